@@ -1,0 +1,1 @@
+"""Key -> vShard -> group -> leader routing."""

@@ -1,0 +1,19 @@
+//! The only pyo3 module: the Python face of the Rust data plane.
+use pyo3::prelude::*;
+
+/// "release" or "debug": benchmarks refuse to run on a debug build.
+#[pyfunction]
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+#[pymodule]
+fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(build_profile, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Frame codec and control messages: see WIRE.md.
