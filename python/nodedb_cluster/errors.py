@@ -1,0 +1,130 @@
+"""Every typed error of nodedb-cluster, in one place.
+
+Each class says who is at fault and whether a retry can help (`retryable`). Errors raised by the
+Rust core (`nodedb_cluster_core`) are mapped 1:1 onto these classes; see the sections below.
+"""
+
+from __future__ import annotations
+
+
+class ClusterError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    retryable: bool = False
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+class ConfigError(ClusterError, ValueError):
+    """A configuration value or combination is invalid; names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"invalid config field {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+# --- persistence ----------------------------------------------------------------------------------
+
+
+class CatalogError(ClusterError):
+    """The LMDB catalog is missing data it must hold, or holds data it cannot read."""
+
+
+class CatalogFormatError(CatalogError):
+    """The catalog was written by a format version this build cannot open (no downgrades)."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"catalog format version {found} is newer than the supported version {supported}; "
+            "refusing to open it (downgrades are not supported)"
+        )
+        self.found = found
+        self.supported = supported
+
+
+class CorruptLog(ClusterError):
+    """A durable file is corrupt before its tail: the node refuses to start rather than lose data."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"corrupt log {path} at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+# --- topology and routing -------------------------------------------------------------------------
+
+
+class UnknownNodeState(ClusterError, ValueError):
+    """A NodeState code outside the stable table of WIRE.md arrived at a boundary."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"unknown NodeState code {code}")
+        self.code = code
+
+
+class UnknownVShard(ClusterError, KeyError):
+    """A vShard id outside 0..1023."""
+
+    def __init__(self, vshard: int) -> None:
+        super().__init__(f"unknown vShard {vshard} (valid: 0..1023)")
+        self.vshard = vshard
+
+
+class UnknownGroup(ClusterError, KeyError):
+    """A Raft group id the routing table does not hold."""
+
+    def __init__(self, group_id: int) -> None:
+        super().__init__(f"unknown Raft group {group_id}")
+        self.group_id = group_id
+
+
+# --- network and consensus ----------------------------------------------------------------------
+
+
+class NotLeader(ClusterError):
+    """This node does not lead the group; `leader_addr` is the hint, when one is known."""
+
+    retryable = True
+
+    def __init__(self, leader_addr: str | None, detail: str = "") -> None:
+        hint = f"; leader is {leader_addr}" if leader_addr else "; leader unknown"
+        super().__init__(f"not leader{hint}{'; ' + detail if detail else ''}")
+        self.leader_addr = leader_addr
+
+
+class Timeout(ClusterError, TimeoutError):
+    """An operation did not finish within its deadline."""
+
+    retryable = True
+
+    def __init__(self, op: str, timeout_ms: int) -> None:
+        super().__init__(f"{op} timed out after {timeout_ms} ms")
+        self.op = op
+        self.timeout_ms = timeout_ms
+
+
+class Unreachable(ClusterError, ConnectionError):
+    """A peer could not be reached (connect failed, connection lost)."""
+
+    retryable = True
+
+    def __init__(self, addr: str, reason: str) -> None:
+        super().__init__(f"peer {addr} unreachable: {reason}")
+        self.addr = addr
+        self.reason = reason
+
+
+class WireVersionError(ClusterError):
+    """A peer speaks a wire version outside our supported range; names both."""
+
+    def __init__(self, peer_version: int, supported_min: int, supported_max: int) -> None:
+        super().__init__(
+            f"peer wire version {peer_version} is outside the supported range "
+            f"{supported_min}..{supported_max}"
+        )
+        self.peer_version = peer_version
+        self.supported_min = supported_min
+        self.supported_max = supported_max
