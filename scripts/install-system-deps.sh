@@ -2,7 +2,7 @@
 # Debian packages the build needs; a no-op when they are already present.
 set -euo pipefail
 needed=()
-for pkg in build-essential cmake pkg-config; do
+for pkg in build-essential pkg-config; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || needed+=("$pkg")
 done
 if [ ${#needed[@]} -gt 0 ]; then
