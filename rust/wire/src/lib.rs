@@ -1,1 +1,24 @@
-//! Frame codec and control messages: see WIRE.md.
+//! Frame codec, message-kind table and control-message schemas of nodedb-cluster (WIRE.md).
+//!
+//! Pure code: no I/O, no clocks. The transport (crate `nodedb-transport`) reads a header, asks
+//! [`FrameHeader::decode`] how long the payload is (after the bound check), reads exactly that many
+//! bytes and calls [`FrameHeader::verify_payload`]; in-memory callers use [`decode_frame`].
+
+pub mod control;
+pub mod frame;
+pub mod kind;
+
+pub use control::{
+    ControlError, ErrorMsg, GroupMembers, JoinNode, JoinRequest, JoinResponse, Ping, Pong,
+    RoutingSnapshot,
+};
+pub use frame::{
+    decode_frame, encode_frame, Frame, FrameError, FrameHeader, FORMAT_VERSION, HEADER_BYTES,
+    PAYLOAD_BYTES_MAX,
+};
+pub use kind::{KindRow, KindStatus, MessageKind, KINDS};
+
+/// The node wire version that travels in JoinRequest (WIRE.md "Versions").
+pub const WIRE_VERSION: u32 = 1;
+/// Oldest peer wire version this build talks to.
+pub const WIRE_VERSION_MIN: u32 = 1;
