@@ -25,6 +25,15 @@ class ConfigError(ClusterError, ValueError):
         self.reason = reason
 
 
+class InvalidAddress(ClusterError, ValueError):
+    """A socket-address text is not `IPv4:port` or `[IPv6]:port`; says what is wrong with it."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"invalid socket address {text!r}: {reason}")
+        self.text = text
+        self.reason = reason
+
+
 # --- persistence ----------------------------------------------------------------------------------
 
 
@@ -42,6 +51,15 @@ class CatalogFormatError(CatalogError):
         )
         self.found = found
         self.supported = supported
+
+
+class CatalogCorrupt(CatalogError):
+    """A value stored in the catalog cannot be decoded; names the key (the data is left as is)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"catalog key {key!r} is corrupt: {reason}")
+        self.key = key
+        self.reason = reason
 
 
 class CorruptLog(ClusterError):
@@ -63,6 +81,29 @@ class UnknownNodeState(ClusterError, ValueError):
     def __init__(self, code: int) -> None:
         super().__init__(f"unknown NodeState code {code}")
         self.code = code
+
+
+class TopologyError(ClusterError, ValueError):
+    """A topology change contradicts the current topology (duplicate id or address)."""
+
+
+class UnknownNode(TopologyError, KeyError):
+    """A node id the topology does not hold."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__(f"unknown node {node_id}")
+        self.node_id = node_id
+
+    def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
+        return str(self.args[0])
+
+
+class MalformedTopology(ClusterError, ValueError):
+    """Encoded topology bytes (from a peer or the catalog) do not decode; says where and why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"malformed topology: {reason}")
+        self.reason = reason
 
 
 class UnknownVShard(ClusterError, KeyError):
@@ -128,3 +169,25 @@ class WireVersionError(ClusterError):
         self.peer_version = peer_version
         self.supported_min = supported_min
         self.supported_max = supported_max
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+class IllegalTransition(ClusterError):
+    """A lifecycle transition the transition table does not allow (a programming error upstream)."""
+
+    def __init__(
+        self, previous: str, requested: str, reason: str = "not in the transition table"
+    ) -> None:
+        super().__init__(f"illegal lifecycle transition {previous} -> {requested}: {reason}")
+        self.previous = previous
+        self.requested = requested
+
+
+class FormationFailed(ClusterError):
+    """The node reached lifecycle Failed; `reason` is the last concrete error text."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"cluster formation failed: {reason}")
+        self.reason = reason

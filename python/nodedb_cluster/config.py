@@ -1,0 +1,448 @@
+"""ClusterConfig: every knob of a node, validated once at construction (JOIN.md "Configuration").
+
+A config that constructs is one the node can run with: each refusal is a `ConfigError` naming the
+field. Addresses are parsed once, here, into `SocketAddr`. Sources, in increasing precedence: field
+defaults, a TOML file (`from_toml`), explicit overrides (`from_toml(..., overrides=)`, CLI flags via
+`config_from_args`). The mapping/TOML form uses the field names below; `join_retry` is a nested
+table. Relative paths are taken relative to the process's working directory, as given.
+
+Timing defaults aim at leader failover within 2 s: the Raft tick is 100 ms, the leader heartbeats
+every tick, and a follower that hears nothing campaigns after a randomized 500..1000 ms. Detection
+therefore takes at most 1 s, a vote round a few LAN round trips, and even one split vote (another
+randomized timeout) stays under 2 s. All Raft timings are whole multiples of the tick, because the
+Raft core counts ticks, not milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from nodedb_cluster.addr import SocketAddr, parse_socket_addr
+from nodedb_cluster.errors import ConfigError, InvalidAddress
+from nodedb_cluster.formation.retry import JoinRetryPolicy
+
+# --- limits, each with its reason -----------------------------------------------------------------
+
+U64_MAX: Final = 2**64 - 1
+NUM_GROUPS_MAX: Final = 1024
+"""There are 1024 vShards; a data group without a vShard would be pure overhead."""
+REPLICATION_FACTOR_MAX: Final = 15
+"""Quorum latency grows with voters; past 15 no failure model we target gains anything."""
+SEED_NODES_MAX: Final = 64
+"""A join attempt walks every seed once; the list must stay short enough to walk in a timeout."""
+TICK_INTERVAL_MS_MAX: Final = 10_000
+HEARTBEAT_INTERVAL_MS_MAX: Final = 60_000
+ELECTION_TIMEOUT_MS_MAX: Final = 600_000
+RPC_TIMEOUT_MS_MAX: Final = 600_000
+"""Ten minutes: any RPC slower than that is a hang, not a slow peer."""
+INSTALL_SNAPSHOT_CHUNK_BYTES_MAX: Final = 64 * 1024 * 1024
+"""WIRE.md caps a frame payload at 64 MiB; a chunk must fit in one frame."""
+ORPHAN_PARTIAL_MAX_AGE_SECS_MAX: Final = 7 * 24 * 3600
+
+DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: Final = 4 * 1024 * 1024
+
+_TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
+_ADDR_FIELDS: Final = frozenset({"listen_addr", "swim_udp_addr", "metrics_addr"})
+_PATH_FIELDS: Final = frozenset({"data_dir", *_TLS_FIELDS})
+_BOOL_FIELDS: Final = frozenset({"force_bootstrap", "insecure_transport"})
+_REQUIRED_FIELDS: Final = ("node_id", "listen_addr", "data_dir")
+_INT_RE: Final = re.compile(r"-?[0-9]{1,20}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """One node's configuration. Construct with keywords; invalid values raise `ConfigError`."""
+
+    node_id: int
+    """This node's id: a non-zero u64, unique in the cluster for the cluster's whole life."""
+    listen_addr: SocketAddr
+    """The QUIC address peers reach this node on (also its identity in the seed order)."""
+    data_dir: Path
+    """Holds `catalog/`, `raft/` and `snapshots/`."""
+    seed_nodes: tuple[SocketAddr, ...] = ()
+    """Addresses to join through; the smallest bootstraps. Ignored once the catalog is formed."""
+    num_groups: int = 4
+    """Data groups (1..1024); group 0, the metadata group, comes on top."""
+    replication_factor: int = 3
+    """Voters per data group (1..15), capped at the number of live nodes."""
+    force_bootstrap: bool = False
+    """Bootstrap even if this is not the smallest seed; requires listen_addr to be a seed."""
+    join_retry: JoinRetryPolicy = field(default_factory=JoinRetryPolicy)
+    swim_udp_addr: SocketAddr | None = None
+    """UDP address for SWIM membership; None disables SWIM."""
+    tick_interval_ms: int = 100
+    """One Raft tick; every Raft timing below is a whole number of ticks."""
+    heartbeat_interval_ms: int = 100
+    """Leader heartbeat period (>= one tick)."""
+    election_timeout_min_ms: int = 500
+    """Lower end of the randomized election timeout; must exceed the heartbeat interval."""
+    election_timeout_max_ms: int = 1000
+    """Upper end (exclusive) of the randomized election timeout; must exceed the lower end."""
+    install_snapshot_chunk_bytes: int = DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES
+    """Snapshot transfer chunk size (1 B..64 MiB)."""
+    orphan_partial_max_age_secs: int = 300
+    """A `*.partial` snapshot file older than this, with no transfer behind it, is removed."""
+    rpc_timeout_ms: int = 5000
+    """Bound on connect plus a whole request/response (join, forwarding, ...)."""
+    tls_ca_path: Path | None = None
+    """Cluster CA (PEM). The three TLS paths come together, or none with insecure_transport."""
+    tls_cert_path: Path | None = None
+    """This node's certificate chain (PEM)."""
+    tls_key_path: Path | None = None
+    """This node's private key (PEM)."""
+    insecure_transport: bool = False
+    """Run without TLS; must be asked for by name (WIRE.md) and excludes the TLS paths."""
+    metrics_addr: SocketAddr | None = None
+    """TCP address for the metrics endpoint; None disables it."""
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        self._check_identity()
+        self._check_groups()
+        self._check_raft_timing()
+        self._check_sizes()
+        self._check_transport()
+
+    # --- derived values --------------------------------------------------------------------------
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        return self.heartbeat_interval_ms // self.tick_interval_ms
+
+    @property
+    def election_timeout_min_ticks(self) -> int:
+        return self.election_timeout_min_ms // self.tick_interval_ms
+
+    @property
+    def election_timeout_max_ticks(self) -> int:
+        return self.election_timeout_max_ms // self.tick_interval_ms
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.data_dir / "catalog"
+
+    # --- sources ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object]) -> ClusterConfig:
+        """Build from plain values (TOML-shaped: strings for addresses and paths, a nested
+        `join_retry` mapping). Unknown keys are refused by name."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError("config", f"expected a table of settings, got {type(raw).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in raw:
+            if key not in known:
+                raise ConfigError(str(key), "unknown config key")
+        for key in _REQUIRED_FIELDS:
+            if raw.get(key) is None:
+                raise ConfigError(key, "required")
+        kwargs: dict[str, object] = {}
+        for key, value in raw.items():
+            if value is not None:
+                kwargs[key] = _convert(key, value)
+        return cls(**kwargs)  # type: ignore[arg-type]  # each value was type-checked by _convert
+
+    @classmethod
+    def from_toml(
+        cls, path: str | Path, overrides: Mapping[str, object] | None = None
+    ) -> ClusterConfig:
+        """Read a TOML file, apply `overrides` on top (nested `join_retry` merged key by key)."""
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError("config", f"cannot read {path}: {e.strerror or e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("config", f"{path} is not valid TOML: {e}") from e
+        return cls.from_mapping(_merge(raw, overrides or {}))
+
+    def to_mapping(self) -> dict[str, object]:
+        """The TOML-shaped form `from_mapping` accepts (None fields left out); round-trips."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, SocketAddr | Path):
+                out[f.name] = str(value)
+            elif f.name == "seed_nodes":
+                out[f.name] = [str(a) for a in value]
+            elif isinstance(value, JoinRetryPolicy):
+                out[f.name] = {
+                    "max_attempts": value.max_attempts,
+                    "max_backoff_secs": value.max_backoff_secs,
+                }
+            else:
+                out[f.name] = value
+        return out
+
+    # --- validation ------------------------------------------------------------------------------
+
+    def _normalise(self) -> None:
+        """Accept a list for seed_nodes and str paths from Python callers; store canonical types."""
+        if isinstance(self.seed_nodes, list):
+            object.__setattr__(self, "seed_nodes", tuple(self.seed_nodes))
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                if not value:
+                    raise ConfigError(name, "empty path")
+                object.__setattr__(self, name, Path(value))
+            elif value is not None and not isinstance(value, Path):
+                raise ConfigError(name, f"expected a path, got {type(value).__name__}")
+        if self.data_dir is None:
+            raise ConfigError("data_dir", "required")
+
+    def _check_identity(self) -> None:
+        _check_int("node_id", self.node_id, 1, U64_MAX)
+        for name in _ADDR_FIELDS:
+            value = getattr(self, name)
+            if not (isinstance(value, SocketAddr) or (value is None and name != "listen_addr")):
+                raise ConfigError(name, f"expected a SocketAddr, got {type(value).__name__}")
+        if not isinstance(self.seed_nodes, tuple) or not all(
+            isinstance(a, SocketAddr) for a in self.seed_nodes
+        ):
+            raise ConfigError("seed_nodes", "expected a sequence of SocketAddr")
+        if len(self.seed_nodes) > SEED_NODES_MAX:
+            raise ConfigError(
+                "seed_nodes", f"{len(self.seed_nodes)} seeds; at most {SEED_NODES_MAX}"
+            )
+        if len(set(self.seed_nodes)) != len(self.seed_nodes):
+            dup = next(a for a in self.seed_nodes if self.seed_nodes.count(a) > 1)
+            raise ConfigError("seed_nodes", f"{dup} is listed twice")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, "expected true or false")
+        if self.force_bootstrap and self.listen_addr not in self.seed_nodes:
+            raise ConfigError(
+                "force_bootstrap",
+                f"requires listen_addr {self.listen_addr} to be one of seed_nodes",
+            )
+        if self.swim_udp_addr is not None and self.swim_udp_addr == self.listen_addr:
+            raise ConfigError(
+                "swim_udp_addr", "must differ from listen_addr (QUIC already uses that UDP port)"
+            )
+
+    def _check_groups(self) -> None:
+        _check_int("num_groups", self.num_groups, 1, NUM_GROUPS_MAX)
+        _check_int("replication_factor", self.replication_factor, 1, REPLICATION_FACTOR_MAX)
+        if not isinstance(self.join_retry, JoinRetryPolicy):
+            raise ConfigError("join_retry", "expected a JoinRetryPolicy")
+
+    def _check_raft_timing(self) -> None:
+        tick = self.tick_interval_ms
+        _check_int("tick_interval_ms", tick, 1, TICK_INTERVAL_MS_MAX)
+        _check_int(
+            "heartbeat_interval_ms", self.heartbeat_interval_ms, 1, HEARTBEAT_INTERVAL_MS_MAX
+        )
+        _check_int(
+            "election_timeout_min_ms", self.election_timeout_min_ms, 1, ELECTION_TIMEOUT_MS_MAX
+        )
+        _check_int(
+            "election_timeout_max_ms", self.election_timeout_max_ms, 1, ELECTION_TIMEOUT_MS_MAX
+        )
+        for name in ("heartbeat_interval_ms", "election_timeout_min_ms", "election_timeout_max_ms"):
+            value = getattr(self, name)
+            if value % tick:
+                raise ConfigError(
+                    name, f"{value} ms is not a multiple of tick_interval_ms ({tick})"
+                )
+        if self.election_timeout_min_ms <= self.heartbeat_interval_ms:
+            raise ConfigError(
+                "election_timeout_min_ms",
+                f"{self.election_timeout_min_ms} ms must exceed heartbeat_interval_ms "
+                f"({self.heartbeat_interval_ms} ms) or followers campaign against a live leader",
+            )
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms:
+            raise ConfigError(
+                "election_timeout_max_ms",
+                f"{self.election_timeout_max_ms} ms must exceed election_timeout_min_ms "
+                f"({self.election_timeout_min_ms} ms): the timeout is drawn from [min, max), and "
+                "an empty range would leave split votes unbroken",
+            )
+        _check_int("rpc_timeout_ms", self.rpc_timeout_ms, 1, RPC_TIMEOUT_MS_MAX)
+
+    def _check_sizes(self) -> None:
+        _check_int(
+            "install_snapshot_chunk_bytes",
+            self.install_snapshot_chunk_bytes,
+            1,
+            INSTALL_SNAPSHOT_CHUNK_BYTES_MAX,
+        )
+        _check_int(
+            "orphan_partial_max_age_secs",
+            self.orphan_partial_max_age_secs,
+            1,
+            ORPHAN_PARTIAL_MAX_AGE_SECS_MAX,
+        )
+
+    def _check_transport(self) -> None:
+        given = [name for name in _TLS_FIELDS if getattr(self, name) is not None]
+        if self.insecure_transport:
+            if given:
+                raise ConfigError(
+                    "insecure_transport",
+                    f"conflicts with {given[0]}: choose TLS or insecure, not both",
+                )
+            return
+        if not given:
+            raise ConfigError(
+                "tls_ca_path",
+                "transport credentials required: set tls_ca_path, tls_cert_path and tls_key_path, "
+                "or insecure_transport = true to run without TLS",
+            )
+        missing = [name for name in _TLS_FIELDS if name not in given]
+        if missing:
+            raise ConfigError(missing[0], f"required together with {', '.join(given)}")
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--config PATH` and one flag per field (`--node-id`, `--seed-nodes A,B`, ...).
+
+    Flags left out keep the TOML value (or the default); given flags override it.
+    """
+    group = parser.add_argument_group("cluster configuration")
+    group.add_argument("--config", dest="config_path", metavar="PATH", help="TOML config file")
+    for f in dataclasses.fields(ClusterConfig):
+        if f.name == "join_retry":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in _BOOL_FIELDS:
+            group.add_argument(
+                flag, dest=_dest(f.name), action=argparse.BooleanOptionalAction, default=None
+            )
+        elif f.name == "seed_nodes":
+            group.add_argument(flag, dest=_dest(f.name), metavar="ADDR,ADDR,...", default=None)
+        else:
+            group.add_argument(flag, dest=_dest(f.name), default=None)
+    for sub in ("max_attempts", "max_backoff_secs"):
+        group.add_argument(
+            "--join-retry-" + sub.replace("_", "-"), dest=_dest("join_retry." + sub), default=None
+        )
+
+
+def config_from_args(namespace: argparse.Namespace) -> ClusterConfig:
+    """The config the parsed flags describe: `--config` file (if given) overlaid by every flag."""
+    overrides: dict[str, object] = {}
+    join_retry: dict[str, object] = {}
+    for f in dataclasses.fields(ClusterConfig):
+        if f.name == "join_retry":
+            continue
+        value = getattr(namespace, _dest(f.name), None)
+        if value is None:
+            continue
+        if f.name in _BOOL_FIELDS:
+            overrides[f.name] = value
+        elif f.name == "seed_nodes":
+            overrides[f.name] = [part.strip() for part in str(value).split(",") if part.strip()]
+        elif f.name in _ADDR_FIELDS or f.name in _PATH_FIELDS:
+            overrides[f.name] = str(value)
+        else:
+            overrides[f.name] = _int_from_text(f.name, str(value))
+    for sub in ("max_attempts", "max_backoff_secs"):
+        value = getattr(namespace, _dest("join_retry." + sub), None)
+        if value is not None:
+            join_retry[sub] = _int_from_text("join_retry." + sub, str(value))
+    if join_retry:
+        overrides["join_retry"] = join_retry
+    config_path = getattr(namespace, "config_path", None)
+    if config_path is not None:
+        return ClusterConfig.from_toml(config_path, overrides)
+    return ClusterConfig.from_mapping(overrides)
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _dest(name: str) -> str:
+    return "cfg_" + name.replace(".", "_")
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"expected an integer, got {type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"{value} is outside {lo}..{hi}")
+
+
+def _int_from_text(name: str, text: str) -> int:
+    if _INT_RE.fullmatch(text) is None:
+        raise ConfigError(name, f"expected an integer, got {text!r}")
+    return int(text)
+
+
+def _convert(key: str, value: object) -> object:
+    """One raw (TOML-shaped) value to the field's type; type mismatches name the field."""
+    if key in _ADDR_FIELDS:
+        return _addr(key, value)
+    if key == "seed_nodes":
+        if not isinstance(value, list | tuple):
+            raise ConfigError(key, f"expected a list of addresses, got {type(value).__name__}")
+        if len(value) > SEED_NODES_MAX:
+            raise ConfigError(key, f"{len(value)} seeds; at most {SEED_NODES_MAX}")
+        return tuple(_addr(key, v) for v in value)
+    if key in _PATH_FIELDS:
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a path string, got {type(value).__name__}")
+        return value  # ClusterConfig._normalise turns it into a Path (and refuses "")
+    if key == "join_retry":
+        return _join_retry(value)
+    if key in _BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _addr(key: str, value: object) -> SocketAddr:
+    if isinstance(value, SocketAddr):
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(key, f"expected an address string, got {type(value).__name__}")
+    try:
+        return parse_socket_addr(value)
+    except InvalidAddress as e:
+        raise ConfigError(key, str(e)) from e
+
+
+def _join_retry(value: object) -> JoinRetryPolicy:
+    if isinstance(value, JoinRetryPolicy):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError("join_retry", f"expected a table, got {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(JoinRetryPolicy)}
+    for sub in value:
+        if sub not in known:
+            raise ConfigError(f"join_retry.{sub}", "unknown config key")
+    for sub, sub_value in value.items():
+        if isinstance(sub_value, bool) or not isinstance(sub_value, int):
+            raise ConfigError(
+                f"join_retry.{sub}",
+                f"expected an integer, got {type(sub_value).__name__} {sub_value!r}",
+            )
+    return JoinRetryPolicy(**value)
+
+
+def _merge(base: Mapping[str, object], overrides: Mapping[str, object]) -> dict[str, object]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        old = merged.get(key)
+        if key == "join_retry" and isinstance(old, Mapping) and isinstance(value, Mapping):
+            merged[key] = {**old, **value}
+        else:
+            merged[key] = value
+    return merged

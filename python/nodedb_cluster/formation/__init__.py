@@ -1,0 +1,1 @@
+"""Cluster formation: bootstrap, join and restart (JOIN.md), and the small policies they share."""
