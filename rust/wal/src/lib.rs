@@ -1,1 +1,84 @@
-//! Durable segmented log.
+//! Durable segmented log shared by every Raft group of a node (`data_dir/raft/`).
+//!
+//! # Contract (for the Multi-Raft engine)
+//!
+//! - **One log, many groups.** A record is `(group_id, kind, index, payload)`. `kind` is the
+//!   engine's (entries, hard state, conf state, snapshot mark, ...; kinds
+//!   `RESERVED_KIND_MIN..=255` are the WAL's own). `index` is the highest Raft index the record
+//!   covers, 0 if none. The payload is opaque.
+//! - **Append, then sync once.** [`Wal::append`] frames a batch into a buffer and returns the
+//!   LSNs it assigned (LSNs are consecutive from 1, one per record, never reused). [`Wal::sync`]
+//!   writes and fsyncs everything appended so far with ONE `fdatasync` and returns the durable
+//!   LSN. **Durability point: a record is durable only once `sync()` returned `Ok(lsn)` with
+//!   `lsn` ≥ its LSN.** The engine appends every group's Ready, calls `sync()` once, and only
+//!   then sends persisted messages and acknowledges proposals.
+//! - **Segments.** Files `{seq:016x}.wal`, rolled once the next record would take the segment
+//!   past `WalOptions::segment_bytes_max` (default 64 MiB). A closed segment has been fsynced
+//!   whole; segment creation and deletion fsync the directory.
+//! - **State is never lost to compaction.** Kinds listed in `WalOptions::sticky_kinds` (hard
+//!   state, conf state, ...) are state: the WAL keeps the latest record of each
+//!   (group, sticky kind) and rewrites it at the start of every new segment, so on replay the
+//!   last record of a sticky kind for a group is its current value (earlier ones, including
+//!   rewritten copies, are older or equal). Sticky records never keep a segment alive.
+//! - **Compaction.** [`Wal::compact`] takes the engine's per-group floors (index up to which
+//!   the log is no longer needed, e.g. the snapshot index) and deletes the oldest closed
+//!   segments in which every group's records are at or below its floor. A group absent from
+//!   the floors keeps its segments. A removed group is released with [`Wal::forget_group`],
+//!   which also appears on replay as a [`KIND_FORGET_GROUP`] record: drop everything earlier
+//!   for that group.
+//! - **Recovery.** [`Wal::open`] / [`Wal::open_with`] replay every segment in order. A torn tail
+//!   of the last segment (cut header, cut record, bad crc at the end, zero fill) is truncated
+//!   and reported; any other damage (bad crc followed by a valid record, a bad header in an
+//!   earlier segment, a missing segment) is [`WalError::Corrupt`] with file and byte offset,
+//!   and the node must not start. Each open then starts a fresh segment.
+//! - **Failures poison.** After a failed write or fsync every call returns
+//!   [`WalError::Poisoned`]; restart and let recovery read what reached the disk.
+//! - One `Wal` per directory and process; the WAL takes no lock itself.
+//!
+//! Power-loss caveat: the kernel may write back pages of the unsynced tail out of order, which
+//! can leave a hole followed by whole (never acknowledged) records. Recovery cannot tell that
+//! from mid-file damage and refuses to start, naming the offset; kill -9 cannot cause it.
+
+mod compaction;
+mod error;
+mod format;
+mod options;
+mod recovery;
+mod segment;
+mod wal;
+
+use std::fs::File;
+use std::path::Path;
+
+pub use compaction::segment_obsolete;
+pub use error::WalError;
+pub use format::{RecordRef, FORMAT_PAYLOAD_BYTES_MAX, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+pub use options::{
+    SyncMode, WalOptions, RECORD_PAYLOAD_BYTES_DEFAULT, RESERVED_KIND_MIN, SEGMENT_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT,
+};
+pub use recovery::{Recovered, RecoveredRecord, RecoveryReport, TornTail};
+pub use segment::{segment_file_name, GroupSpan};
+pub use wal::{AppendOutcome, CompactOutcome, Wal};
+
+/// Record kind the WAL writes for [`Wal::forget_group`]: the group's history ends here.
+pub const KIND_FORGET_GROUP: u8 = 0xFF;
+
+/// Log sequence number: the position of a record in the log, 1 for the first record ever,
+/// consecutive, never reused. `Lsn(0)` means "no record".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lsn {}", self.0)
+    }
+}
+
+/// fsyncs a directory so entries created or removed in it survive a crash.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<(), WalError> {
+    let handle = File::open(dir).map_err(|e| WalError::io("open dir", dir, e))?;
+    handle
+        .sync_all()
+        .map_err(|e| WalError::io("fsync dir", dir, e))
+}

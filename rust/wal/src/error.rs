@@ -1,0 +1,75 @@
+//! Typed failures of the log. Each says who is at fault: the caller (bad input, nothing written),
+//! the disk (I/O, with the path), or the bytes on disk (corruption, with path and byte offset).
+
+use std::io;
+use std::path::PathBuf;
+
+/// Every error the WAL returns.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An operating-system call on `path` failed. After a failed write or sync the log is
+    /// poisoned (see [`WalError::Poisoned`]): the kernel may have dropped dirty pages, so
+    /// retrying the fsync could falsely report success ("fsyncgate").
+    #[error("wal I/O error during {op} on {path}: {source}")]
+    Io {
+        /// What the WAL was doing ("write", "fsync", "open", "read", ...).
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The bytes on disk are damaged somewhere other than a torn tail of the last segment
+    /// (or a segment is missing). The node must not start: records that were acknowledged
+    /// as durable would be lost. `offset_bytes` is where the damage was found.
+    #[error("wal corrupt: {path} at byte offset {offset_bytes}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset_bytes: u64,
+        reason: String,
+    },
+
+    /// A record's payload is larger than `WalOptions::record_payload_bytes_max`. Nothing of
+    /// the batch was written.
+    #[error("record payload of {payload_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    RecordTooLarge {
+        payload_bytes: usize,
+        limit_bytes: u32,
+    },
+
+    /// The caller used a record kind the WAL reserves for itself (`RESERVED_KIND_MIN..=255`).
+    /// Nothing of the batch was written.
+    #[error("record kind {kind} is reserved for the wal (kinds >= {reserved_min} are internal)")]
+    ReservedKind { kind: u8, reserved_min: u8 },
+
+    /// `WalOptions` failed validation; `field` names the offending option.
+    #[error("invalid wal option {field}: {reason}")]
+    InvalidOptions { field: &'static str, reason: String },
+
+    /// An earlier write or fsync failed; the log refuses all further work. Restart the node:
+    /// recovery re-reads what actually reached the disk.
+    #[error("wal is poisoned by an earlier failure: {cause}")]
+    Poisoned { cause: String },
+}
+
+impl WalError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        WalError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        offset_bytes: u64,
+        reason: impl Into<String>,
+    ) -> Self {
+        WalError::Corrupt {
+            path: path.into(),
+            offset_bytes,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Configuration, validated on `Wal::open`. Every limit carries its reason.
+
+use crate::error::WalError;
+use crate::format::FORMAT_PAYLOAD_BYTES_MAX;
+
+/// Kinds at or above this value belong to the WAL itself (see [`crate::KIND_FORGET_GROUP`]).
+pub const RESERVED_KIND_MIN: u8 = 0xF0;
+
+/// Default segment size. 64 MiB keeps the file count low (a busy node writes a few segments a
+/// minute) while a segment is still small enough to read whole during recovery.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Smallest accepted segment size: below this the roll fsyncs would dominate.
+pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024;
+/// Largest accepted segment size: recovery reads a segment into memory at once.
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Default payload limit; raft-rs entries batches above this should be split by the engine.
+pub const RECORD_PAYLOAD_BYTES_DEFAULT: u32 = 64 * 1024 * 1024;
+/// Default write-buffer size: appends are copied here and written with one `write` syscall once
+/// it fills (or at `sync`). 1 MiB amortises the syscall to nothing for 100-byte records.
+pub const WRITE_BUFFER_BYTES_DEFAULT: usize = 1024 * 1024;
+
+/// Which system call makes appended bytes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `fdatasync(2)`: data and the metadata needed to read it back (the file size); skips
+    /// timestamps. Default: equally durable for an append-only file and never slower.
+    Fdatasync,
+    /// `fsync(2)`: data and all metadata.
+    Fsync,
+}
+
+/// Options for [`crate::Wal::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A new segment is started once the current one would grow past this many bytes.
+    pub segment_bytes_max: u64,
+    /// Largest payload `append` accepts (≤ [`FORMAT_PAYLOAD_BYTES_MAX`]).
+    pub record_payload_bytes_max: u32,
+    /// Size of the in-memory write buffer.
+    pub write_buffer_bytes: usize,
+    /// Sync call used by `sync()`, on roll and on open.
+    pub sync_mode: SyncMode,
+    /// Kinds whose latest record per group is *state*, not history (hard state, conf state,
+    /// snapshot mark...). The WAL keeps the latest record of each (group, sticky kind) in memory
+    /// and rewrites it at the start of every new segment, so compaction can never delete the
+    /// only copy. Must not contain reserved kinds.
+    pub sticky_kinds: Vec<u8>,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes_max: SEGMENT_BYTES_DEFAULT,
+            record_payload_bytes_max: RECORD_PAYLOAD_BYTES_DEFAULT,
+            write_buffer_bytes: WRITE_BUFFER_BYTES_DEFAULT,
+            sync_mode: SyncMode::Fdatasync,
+            sticky_kinds: Vec::new(),
+        }
+    }
+}
+
+impl WalOptions {
+    /// Checks every field and the relations between them; the error names the field.
+    pub fn validate(&self) -> Result<(), WalError> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes_max) {
+            return Err(invalid(
+                "segment_bytes_max",
+                format!(
+                    "{} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}",
+                    self.segment_bytes_max
+                ),
+            ));
+        }
+        if self.record_payload_bytes_max > FORMAT_PAYLOAD_BYTES_MAX {
+            return Err(invalid(
+                "record_payload_bytes_max",
+                format!(
+                    "{} exceeds the format limit {FORMAT_PAYLOAD_BYTES_MAX}",
+                    self.record_payload_bytes_max
+                ),
+            ));
+        }
+        if self.write_buffer_bytes == 0 || self.write_buffer_bytes as u64 > self.segment_bytes_max {
+            return Err(invalid(
+                "write_buffer_bytes",
+                format!(
+                    "{} must be in 1..=segment_bytes_max ({})",
+                    self.write_buffer_bytes, self.segment_bytes_max
+                ),
+            ));
+        }
+        if let Some(kind) = self.sticky_kinds.iter().find(|k| **k >= RESERVED_KIND_MIN) {
+            return Err(invalid(
+                "sticky_kinds",
+                format!("kind {kind} is reserved for the wal (>= {RESERVED_KIND_MIN})"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sticky_table(&self) -> [bool; 256] {
+        let mut table = [false; 256];
+        for kind in &self.sticky_kinds {
+            table[usize::from(*kind)] = true;
+        }
+        table
+    }
+}
+
+fn invalid(field: &'static str, reason: String) -> WalError {
+    WalError::InvalidOptions { field, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(opts: &WalOptions) -> &'static str {
+        match opts.validate() {
+            Err(WalError::InvalidOptions { field, .. }) => field,
+            other => panic!("expected InvalidOptions, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        WalOptions::default().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let base = WalOptions::default();
+        let o = WalOptions {
+            segment_bytes_max: 100,
+            ..base.clone()
+        };
+        assert_eq!(field_of(&o), "segment_bytes_max");
+        let o = WalOptions {
+            record_payload_bytes_max: u32::MAX,
+            ..base.clone()
+        };
+        assert_eq!(field_of(&o), "record_payload_bytes_max");
+        let o = WalOptions {
+            write_buffer_bytes: 0,
+            ..base.clone()
+        };
+        assert_eq!(field_of(&o), "write_buffer_bytes");
+        let o = WalOptions {
+            segment_bytes_max: 8192,
+            write_buffer_bytes: 8193,
+            ..base.clone()
+        };
+        assert_eq!(field_of(&o), "write_buffer_bytes");
+        let o = WalOptions {
+            sticky_kinds: vec![1, 0xF0],
+            ..base
+        };
+        assert_eq!(field_of(&o), "sticky_kinds");
+    }
+}

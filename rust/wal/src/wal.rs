@@ -1,0 +1,381 @@
+//! The log itself: a thin I/O shell around the format, the scan and the compaction decision.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::compaction::segment_obsolete;
+use crate::error::WalError;
+use crate::format::{encode_frame, frame_bytes, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::options::{SyncMode, WalOptions, RESERVED_KIND_MIN};
+use crate::recovery::{
+    replay, track_record, Recovered, RecoveredRecord, RecoveryReport, StickyRecord,
+};
+use crate::segment::{segment_file_name, SegmentMeta};
+use crate::{fsync_dir, Lsn, KIND_FORGET_GROUP};
+
+/// What one `append` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// LSN of the batch's first record (`last_lsn + 1` of the previous batch).
+    pub first_lsn: Lsn,
+    /// LSN of the batch's last record. Durable once `sync()` returns an LSN ≥ this.
+    pub last_lsn: Lsn,
+    /// Whether the batch started at least one new segment. Informational: the WAL itself
+    /// rewrites the sticky state into the new segment.
+    pub rolled: bool,
+}
+
+/// What one `compact` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompactOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+}
+
+/// The segment being appended to.
+struct Active {
+    file: File,
+    meta: SegmentMeta,
+    /// Records rewritten from the sticky cache when the segment was created; a segment holding
+    /// only those never rolls (so a large sticky set cannot cause a roll loop).
+    carried_count: u64,
+}
+
+/// The node's durable log for all Raft groups. See the crate docs for the contract.
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    sticky_table: [bool; 256],
+    /// Closed segments, oldest first. All fully synced.
+    closed: VecDeque<SegmentMeta>,
+    active: Active,
+    /// Encoded frames not yet handed to the kernel.
+    buffer: Vec<u8>,
+    next_lsn: u64,
+    synced_lsn: u64,
+    sticky: BTreeMap<(u64, u8), StickyRecord>,
+    forgotten_lsn: HashMap<u64, u64>,
+    poisoned: Option<String>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` and returns every valid record it holds.
+    /// Holds all payloads in memory; use [`Wal::open_with`] to stream them instead.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<(Wal, Recovered), WalError> {
+        let mut records = Vec::new();
+        let (wal, report) = Wal::open_with(dir, options, |lsn, record| {
+            records.push(RecoveredRecord {
+                lsn,
+                group_id: record.group_id,
+                kind: record.kind,
+                index: record.index,
+                payload: record.payload.to_vec(),
+            });
+        })?;
+        Ok((wal, Recovered { records, report }))
+    }
+
+    /// Opens (or creates) the log in `dir`, calling `visit` for every valid record in LSN order.
+    ///
+    /// A torn tail of the last segment is truncated (see `RecoveryReport::torn_tail`); damage
+    /// anywhere else returns [`WalError::Corrupt`] naming the file and byte offset. On error,
+    /// `visit` may already have seen some records: discard them, the node must not start.
+    /// Every open starts a fresh segment, so existing segments are never appended to again.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        options: WalOptions,
+        visit: impl FnMut(Lsn, RecordRef<'_>),
+    ) -> Result<(Wal, RecoveryReport), WalError> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        create_dir_durably(&dir)?;
+        let sticky_table = options.sticky_table();
+        let state = replay(&dir, &sticky_table, visit)?;
+        let active = create_segment(&dir, state.next_seq, state.next_lsn)?;
+        let mut wal = Wal {
+            buffer: Vec::with_capacity(options.write_buffer_bytes),
+            dir,
+            options,
+            sticky_table,
+            closed: state.closed.into(),
+            active,
+            next_lsn: state.next_lsn,
+            synced_lsn: state.next_lsn - 1,
+            sticky: state.sticky,
+            forgotten_lsn: state.forgotten_lsn,
+            poisoned: None,
+        };
+        wal.carry_sticky();
+        Ok((wal, state.report))
+    }
+
+    /// Appends a batch without syncing. Records get consecutive LSNs. The batch is validated
+    /// first: on `RecordTooLarge`/`ReservedKind` nothing is written.
+    ///
+    /// NOT durable yet: the engine must call [`Wal::sync`] before sending any message that
+    /// depends on these records or acknowledging a proposal.
+    pub fn append(&mut self, records: &[RecordRef<'_>]) -> Result<AppendOutcome, WalError> {
+        self.check_usable()?;
+        for record in records {
+            self.check_record(record)?;
+        }
+        let first_lsn = Lsn(self.next_lsn);
+        let mut rolled = false;
+        for record in records {
+            rolled |= self.push(record)?;
+        }
+        Ok(AppendOutcome {
+            first_lsn,
+            last_lsn: Lsn(self.next_lsn - 1),
+            rolled,
+        })
+    }
+
+    /// Makes every appended record durable with one write and one fsync/fdatasync (group
+    /// commit: append every group's Ready, then sync once).
+    ///
+    /// DURABILITY POINT: a record is durable when `sync()` returns `Ok(lsn)` with
+    /// `lsn >= record's LSN`. A no-op (no syscall) when nothing was appended since the last sync.
+    /// On failure the WAL is poisoned: whether the data reached the disk is unknown.
+    pub fn sync(&mut self) -> Result<Lsn, WalError> {
+        self.check_usable()?;
+        if self.synced_lsn + 1 == self.next_lsn && self.buffer.is_empty() {
+            return Ok(Lsn(self.synced_lsn));
+        }
+        self.write_buffer()?;
+        let result = match self.options.sync_mode {
+            SyncMode::Fdatasync => self.active.file.sync_data(),
+            SyncMode::Fsync => self.active.file.sync_all(),
+        };
+        result.map_err(|e| self.poison(WalError::io("fsync", &self.active.meta.path, e)))?;
+        self.synced_lsn = self.next_lsn - 1;
+        Ok(Lsn(self.synced_lsn))
+    }
+
+    /// Deletes the oldest closed segments whose counted records are all obsolete (see
+    /// [`crate::compaction::segment_obsolete`]); stops at the first one that is still needed,
+    /// so the surviving segments always form an unbroken sequence. `floors` maps group → the
+    /// highest index the engine no longer needs from the log (its snapshot / compacted index);
+    /// a group missing from `floors` keeps its segments. Never touches the active segment.
+    ///
+    /// Syncs first: the sticky records carried into the active segment must be durable before
+    /// older copies are deleted. Each deletion is followed by a directory fsync, so a crash
+    /// can never leave a gap in the sequence.
+    pub fn compact(&mut self, floors: &HashMap<u64, u64>) -> Result<CompactOutcome, WalError> {
+        self.sync()?;
+        let mut outcome = CompactOutcome::default();
+        while let Some(oldest) = self.closed.front() {
+            if !segment_obsolete(&oldest.groups, floors, &self.forgotten_lsn) {
+                break;
+            }
+            fs::remove_file(&oldest.path)
+                .map_err(|e| WalError::io("remove segment", &oldest.path, e))?;
+            let removed = self.closed.pop_front();
+            fsync_dir(&self.dir).map_err(|e| self.poison(e))?;
+            if let Some(meta) = removed {
+                outcome.segments_deleted += 1;
+                outcome.bytes_deleted += meta.size_bytes;
+            }
+        }
+        let oldest_lsn = self
+            .closed
+            .front()
+            .map_or(self.active.meta.first_lsn, |m| m.first_lsn);
+        self.forgotten_lsn.retain(|_, lsn| *lsn >= oldest_lsn);
+        Ok(outcome)
+    }
+
+    /// Ends a group's history in this log (after the engine removed the group): appends a
+    /// [`KIND_FORGET_GROUP`] record, stops carrying the group's sticky records forward, and
+    /// lets compaction drop every older record of the group without a floor. Not durable
+    /// until `sync()`.
+    pub fn forget_group(&mut self, group_id: u64) -> Result<Lsn, WalError> {
+        self.check_usable()?;
+        let record = RecordRef {
+            group_id,
+            kind: KIND_FORGET_GROUP,
+            index: 0,
+            payload: &[],
+        };
+        self.push(&record)?;
+        Ok(Lsn(self.next_lsn - 1))
+    }
+
+    /// LSN of the last appended record (`Lsn(0)` if none ever).
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn - 1)
+    }
+
+    /// LSN up to which everything is durable.
+    pub fn synced_lsn(&self) -> Lsn {
+        Lsn(self.synced_lsn)
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Segment files on disk, including the active one.
+    pub fn segment_count(&self) -> usize {
+        self.closed.len() + 1
+    }
+
+    /// Seq of the segment being appended to.
+    pub fn active_segment_seq(&self) -> u64 {
+        self.active.meta.seq
+    }
+
+    fn check_usable(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(cause) => Err(WalError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn check_record(&self, record: &RecordRef<'_>) -> Result<(), WalError> {
+        if record.kind >= RESERVED_KIND_MIN {
+            return Err(WalError::ReservedKind {
+                kind: record.kind,
+                reserved_min: RESERVED_KIND_MIN,
+            });
+        }
+        if record.payload.len() > self.options.record_payload_bytes_max as usize {
+            return Err(WalError::RecordTooLarge {
+                payload_bytes: record.payload.len(),
+                limit_bytes: self.options.record_payload_bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Frames one record into the buffer, rolling first if it would overflow the segment.
+    /// Returns whether it rolled.
+    fn push(&mut self, record: &RecordRef<'_>) -> Result<bool, WalError> {
+        let frame_len = frame_bytes(record.payload.len()) as u64;
+        let has_own_records = self.active.meta.record_count > self.active.carried_count;
+        let rolled = has_own_records
+            && self.active.meta.size_bytes + frame_len > self.options.segment_bytes_max;
+        if rolled {
+            self.roll()?;
+        }
+        self.push_unchecked(record)?;
+        Ok(rolled)
+    }
+
+    fn push_unchecked(&mut self, record: &RecordRef<'_>) -> Result<(), WalError> {
+        let lsn = self.next_lsn;
+        encode_frame(record, &mut self.buffer);
+        self.active.meta.size_bytes += frame_bytes(record.payload.len()) as u64;
+        self.active.meta.record_count += 1;
+        track_record(
+            record,
+            lsn,
+            &self.sticky_table,
+            &mut self.active.meta,
+            &mut self.sticky,
+            &mut self.forgotten_lsn,
+        );
+        self.next_lsn += 1;
+        if self.buffer.len() >= self.options.write_buffer_bytes {
+            self.write_buffer()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment (write + fsync, so closed segments are always whole) and
+    /// starts the next one with the sticky state rewritten at its start.
+    fn roll(&mut self) -> Result<(), WalError> {
+        self.write_buffer()?;
+        self.active
+            .file
+            .sync_data()
+            .map_err(|e| self.poison(WalError::io("fsync on roll", &self.active.meta.path, e)))?;
+        self.synced_lsn = self.next_lsn - 1;
+        let next = create_segment(&self.dir, self.active.meta.seq + 1, self.next_lsn)
+            .map_err(|e| self.poison(e))?;
+        let old = std::mem::replace(&mut self.active, next);
+        self.closed.push_back(old.meta);
+        self.carry_sticky();
+        Ok(())
+    }
+
+    /// Rewrites the latest record of every (group, sticky kind) into the active segment.
+    fn carry_sticky(&mut self) {
+        let sticky = std::mem::take(&mut self.sticky);
+        for ((group_id, kind), rec) in &sticky {
+            debug_assert!(self.sticky_table[usize::from(*kind)]);
+            let record = RecordRef {
+                group_id: *group_id,
+                kind: *kind,
+                index: rec.index,
+                payload: &rec.payload,
+            };
+            encode_frame(&record, &mut self.buffer);
+            self.active.meta.size_bytes += frame_bytes(rec.payload.len()) as u64;
+            self.active.meta.record_count += 1;
+            self.active.carried_count += 1;
+            self.next_lsn += 1;
+        }
+        self.sticky = sticky;
+    }
+
+    fn write_buffer(&mut self) -> Result<(), WalError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = self.active.file.write_all(&self.buffer);
+        self.buffer.clear();
+        result.map_err(|e| self.poison(WalError::io("write", &self.active.meta.path, e)))
+    }
+
+    fn poison(&mut self, error: WalError) -> WalError {
+        self.poisoned = Some(error.to_string());
+        error
+    }
+}
+
+/// Creates `dir` (and parents) if missing, making the new directory entry durable.
+fn create_dir_durably(dir: &Path) -> Result<(), WalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(|e| WalError::io("create_dir", dir, e))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Creates segment `seq` with its header, durably (file fsync, then directory fsync).
+fn create_segment(dir: &Path, seq: u64, first_lsn: u64) -> Result<Active, WalError> {
+    let path = dir.join(segment_file_name(seq));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| WalError::io("create segment", &path, e))?;
+    let header = SegmentHeader { seq, first_lsn }.encode();
+    file.write_all(&header)
+        .map_err(|e| WalError::io("write segment header", &path, e))?;
+    file.sync_all()
+        .map_err(|e| WalError::io("fsync segment header", &path, e))?;
+    fsync_dir(dir)?;
+    let meta = SegmentMeta {
+        seq,
+        path,
+        first_lsn,
+        record_count: 0,
+        size_bytes: SEGMENT_HEADER_BYTES as u64,
+        groups: HashMap::new(),
+    };
+    Ok(Active {
+        file,
+        meta,
+        carried_count: 0,
+    })
+}
