@@ -1,0 +1,52 @@
+"""The catalog's on-disk layout: one LMDB environment, one named database, a few fixed keys.
+
+Format 1 (current), all in the named database `meta`:
+
+    format_version  u32 little-endian; stamped when the catalog is created
+    cluster_id      UTF-8 text; present once the node belongs to a cluster ("bootstrapped")
+    topology        Topology.encode()
+    routing         RoutingTable.encode()
+    settings        MessagePack map of str -> value
+
+Format 0 (pre-release) differed in two keys: topology was stored under `topo`, and settings were a
+JSON object. `migrations.py` turns format 0 into format 1.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from nodedb_cluster.errors import CatalogCorrupt
+
+FORMAT_VERSION: Final = 1
+"""The format this build writes; older ones are migrated, newer ones refused."""
+
+DB_NAME: Final = b"meta"
+MAX_DBS: Final = 2
+"""`meta`, plus one spare so a future format can add a database before dropping an old one."""
+
+KEY_FORMAT_VERSION: Final = b"format_version"
+KEY_CLUSTER_ID: Final = b"cluster_id"
+KEY_TOPOLOGY: Final = b"topology"
+KEY_ROUTING: Final = b"routing"
+KEY_SETTINGS: Final = b"settings"
+
+KEY_TOPOLOGY_V0: Final = b"topo"
+"""Format 0 name of KEY_TOPOLOGY."""
+
+_VERSION: Final = struct.Struct("<I")
+
+
+def encode_version(version: int) -> bytes:
+    return _VERSION.pack(version)
+
+
+def decode_version(raw: bytes) -> int:
+    if len(raw) != _VERSION.size:
+        raise CatalogCorrupt(
+            KEY_FORMAT_VERSION.decode(), f"expected {_VERSION.size} bytes, found {len(raw)}"
+        )
+    (version,) = _VERSION.unpack(raw)
+    assert isinstance(version, int)
+    return version

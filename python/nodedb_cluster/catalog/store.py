@@ -1,0 +1,402 @@
+"""Catalog: the node's durable control-plane state in one LMDB environment (py-lmdb).
+
+Durability: the environment is opened with LMDB's defaults `sync=True, metasync=True`, written out
+here on purpose: every write transaction is fsynced when it commits, and that commit is the
+durability point of the catalog. Each logical save is ONE write transaction, so a crash leaves every
+key holding either its old or its new complete value, and `save_formation` lands cluster id,
+topology and routing together or not at all.
+
+Calls block on disk I/O (a commit is an fsync); an asyncio caller that cannot afford a few
+milliseconds runs them in a thread. One `Catalog` per environment per process (LMDB's rule).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, overload
+
+import lmdb
+import msgpack
+
+from nodedb_cluster.catalog import layout
+from nodedb_cluster.catalog.migrations import MIGRATIONS
+from nodedb_cluster.errors import (
+    CatalogCorrupt,
+    CatalogError,
+    CatalogFormatError,
+    ClusterError,
+    MalformedTopology,
+)
+from nodedb_cluster.topology import Topology
+
+if TYPE_CHECKING:
+    from lmdb import _Database
+
+    from nodedb_cluster.routing.table import RoutingTable
+
+DEFAULT_MAP_SIZE_BYTES: Final = 64 * 1024 * 1024
+"""LMDB's address-space reservation (the file only grows as used). A topology of 4096 nodes and a
+routing table are a few MiB; 64 MiB leaves room for both plus LMDB's copy-on-write pages."""
+MAP_SIZE_BYTES_MAX: Final = 1 << 40
+SETTINGS_ENCODED_BYTES_MAX: Final = 1024 * 1024
+"""Settings are a handful of cluster knobs; a MiB is generous and bounds what decode accepts."""
+CLUSTER_ID_RE: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
+"""Printable, shell- and log-safe, at most 128 chars (a UUID fits)."""
+
+
+class RoutingCodec(Protocol):
+    """What the catalog needs of a routing table: bytes out, bytes in."""
+
+    def encode(self) -> bytes: ...
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self: ...
+
+
+R = TypeVar("R", bound=RoutingCodec)
+
+
+@dataclass(frozen=True, slots=True)
+class Formation:
+    """Everything a restart needs, read in one transaction."""
+
+    cluster_id: str
+    topology: Topology
+    routing: RoutingTable
+
+
+# py-lmdb must not open one environment twice in a process (closing either would drop the other's
+# locks); this registry turns that mistake into an error instead of silent corruption.
+_open_paths: set[Path] = set()
+_open_paths_lock = threading.Lock()
+
+
+class Catalog:
+    """The catalog of one node. Open with `Catalog.open(data_dir)`; use as a context manager."""
+
+    def __init__(
+        self, env: lmdb.Environment, db: _Database, path: Path, format_version: int
+    ) -> None:
+        """Use `Catalog.open`."""
+        self._env: lmdb.Environment | None = env
+        self._db = db
+        self._path = path
+        self._format_version = format_version
+
+    # --- opening and closing ---------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: str | Path, *, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> Catalog:
+        """Open (creating it if needed) the catalog at `data_dir/catalog`.
+
+        A new catalog is stamped with the current format; an older one is migrated in one write
+        transaction; a newer one raises `CatalogFormatError` and is left untouched.
+        """
+        if not 1 << 20 <= map_size_bytes <= MAP_SIZE_BYTES_MAX:
+            raise CatalogError(f"map_size_bytes {map_size_bytes} is outside 1 MiB..1 TiB")
+        path = Path(data_dir) / "catalog"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CatalogError(f"cannot create catalog directory {path}: {e}") from e
+        key = path.resolve()
+        with _open_paths_lock:
+            if key in _open_paths:
+                raise CatalogError(f"catalog {path} is already open in this process")
+            _open_paths.add(key)
+        try:
+            env = lmdb.open(
+                str(path),
+                subdir=True,
+                map_size=map_size_bytes,
+                max_dbs=layout.MAX_DBS,
+                sync=True,  # fsync on every commit: the catalog's durability point
+                metasync=True,  # ...including the meta page that makes the commit visible
+                lock=True,
+                readahead=False,
+            )
+        except lmdb.Error as e:
+            with _open_paths_lock:
+                _open_paths.discard(key)
+            raise CatalogError(f"cannot open catalog {path}: {e}") from e
+        try:
+            db = env.open_db(layout.DB_NAME)
+            version = _stamp_or_migrate(env, db, path)
+        except BaseException:
+            env.close()
+            with _open_paths_lock:
+                _open_paths.discard(key)
+            raise
+        return cls(env, db, path, version)
+
+    def close(self) -> None:
+        """Close the environment; idempotent. Every commit is already durable."""
+        if self._env is None:
+            return
+        self._env.close()
+        self._env = None
+        with _open_paths_lock:
+            _open_paths.discard(self._path.resolve())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def format_version(self) -> int:
+        return self._format_version
+
+    # --- cluster id ------------------------------------------------------------------------------
+
+    def is_bootstrapped(self) -> bool:
+        """True once a cluster id is stored: the node belongs to a cluster and must restart."""
+        with self._read() as txn:
+            return txn.get(layout.KEY_CLUSTER_ID) is not None
+
+    def cluster_id(self) -> str | None:
+        with self._read() as txn:
+            return _decode_cluster_id(txn.get(layout.KEY_CLUSTER_ID))
+
+    def save_cluster_id(self, cluster_id: str) -> None:
+        """Store the cluster id; storing a *different* id over an existing one is refused."""
+        raw = _encode_cluster_id(cluster_id)
+        with self._write() as txn:
+            _put_cluster_id(txn, raw, cluster_id)
+
+    # --- topology, routing, settings -------------------------------------------------------------
+
+    def save_topology(self, topology: Topology) -> None:
+        data = topology.encode()
+        with self._write() as txn:
+            txn.put(layout.KEY_TOPOLOGY, data)
+
+    def load_topology(self) -> Topology | None:
+        """The stored topology; None before formation; `CatalogError` if formed but missing."""
+        with self._read() as txn:
+            return _load_topology(txn)
+
+    def save_routing(self, table: RoutingCodec) -> None:
+        data = table.encode()
+        with self._write() as txn:
+            txn.put(layout.KEY_ROUTING, data)
+
+    @overload
+    def load_routing(self) -> RoutingTable | None: ...
+
+    @overload
+    def load_routing(self, codec: type[R]) -> R | None: ...
+
+    def load_routing(self, codec: type[RoutingCodec] | None = None) -> RoutingCodec | None:
+        """The stored routing table (decoded by `codec`, default `RoutingTable`); None before
+        formation; `CatalogError` if formed but missing."""
+        with self._read() as txn:
+            return _load_routing(txn, codec)
+
+    def save_settings(self, settings: Mapping[str, object]) -> None:
+        """Replace the cluster settings (a map of str -> MessagePack-encodable value)."""
+        data = _encode_settings(settings)
+        with self._write() as txn:
+            txn.put(layout.KEY_SETTINGS, data)
+
+    def load_settings(self) -> dict[str, object]:
+        """The stored settings; empty when none were saved."""
+        with self._read() as txn:
+            raw = txn.get(layout.KEY_SETTINGS)
+        return {} if raw is None else _decode_settings(bytes(raw))
+
+    # --- formation: all three, one transaction ---------------------------------------------------
+
+    def save_formation(self, cluster_id: str, topology: Topology, routing: RoutingCodec) -> None:
+        """Persist cluster id, topology and routing in one write transaction (bootstrap, join)."""
+        raw_id = _encode_cluster_id(cluster_id)
+        topology_data = topology.encode()
+        routing_data = routing.encode()
+        with self._write() as txn:
+            _put_cluster_id(txn, raw_id, cluster_id)
+            txn.put(layout.KEY_TOPOLOGY, topology_data)
+            txn.put(layout.KEY_ROUTING, routing_data)
+
+    def load_formation(self, codec: type[RoutingCodec] | None = None) -> Formation | None:
+        """Cluster id, topology and routing from one consistent read; None when not bootstrapped.
+
+        A bootstrapped catalog missing topology or routing raises `CatalogError` naming it.
+        """
+        with self._read() as txn:
+            cluster_id = _decode_cluster_id(txn.get(layout.KEY_CLUSTER_ID))
+            if cluster_id is None:
+                return None
+            topology = _load_topology(txn)
+            routing = _load_routing(txn, codec)
+        assert topology is not None  # bootstrapped: the loaders raise instead of returning None
+        assert routing is not None
+        return Formation(cluster_id, topology, routing)  # type: ignore[arg-type]  # codec-typed
+
+    # --- transactions ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction[bytes]]:
+        env = self._require_open()
+        try:
+            with env.begin(db=self._db, write=False, buffers=False) as txn:
+                yield txn
+        except lmdb.Error as e:
+            raise CatalogError(f"catalog {self._path}: read failed: {e}") from e
+
+    @contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction[bytes]]:
+        """One write transaction: committed (and fsynced) on success, aborted on any exception."""
+        env = self._require_open()
+        try:
+            with env.begin(db=self._db, write=True) as txn:
+                yield txn
+        except lmdb.MapFullError as e:
+            raise CatalogError(
+                f"catalog {self._path} is full: reopen with a larger map_size_bytes ({e})"
+            ) from e
+        except lmdb.Error as e:
+            raise CatalogError(f"catalog {self._path}: write failed: {e}") from e
+
+    def _require_open(self) -> lmdb.Environment:
+        if self._env is None:
+            raise CatalogError(f"catalog {self._path} is closed")
+        return self._env
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _stamp_or_migrate(env: lmdb.Environment, db: _Database, path: Path) -> int:
+    """Stamp a new catalog, migrate an old one, refuse a newer one; one write transaction."""
+    try:
+        with env.begin(db=db, write=True) as txn:
+            raw = txn.get(layout.KEY_FORMAT_VERSION)
+            if raw is None:
+                if txn.stat(db)["entries"] != 0:
+                    raise CatalogCorrupt("format_version", "missing from a non-empty catalog")
+                txn.put(layout.KEY_FORMAT_VERSION, layout.encode_version(layout.FORMAT_VERSION))
+                return layout.FORMAT_VERSION
+            version = layout.decode_version(bytes(raw))
+            if version > layout.FORMAT_VERSION:
+                raise CatalogFormatError(version, layout.FORMAT_VERSION)
+            while version < layout.FORMAT_VERSION:
+                step = MIGRATIONS.get(version)
+                if step is None:
+                    raise CatalogError(f"catalog {path}: no migration from format {version}")
+                step(txn)
+                version += 1
+                txn.put(layout.KEY_FORMAT_VERSION, layout.encode_version(version))
+            return version
+    except lmdb.Error as e:
+        raise CatalogError(f"catalog {path}: cannot check the format version: {e}") from e
+
+
+def _encode_cluster_id(cluster_id: str) -> bytes:
+    if not isinstance(cluster_id, str) or CLUSTER_ID_RE.fullmatch(cluster_id) is None:
+        raise CatalogError(
+            f"cluster id {cluster_id!r} must be 1..128 chars of [0-9A-Za-z._-], "
+            "starting alphanumeric"
+        )
+    return cluster_id.encode("ascii")
+
+
+def _decode_cluster_id(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        text = bytes(raw).decode("ascii")
+    except UnicodeDecodeError as e:
+        raise CatalogCorrupt("cluster_id", "not ASCII text") from e
+    if CLUSTER_ID_RE.fullmatch(text) is None:
+        raise CatalogCorrupt("cluster_id", f"{text[:40]!r} is not a valid cluster id")
+    return text
+
+
+def _put_cluster_id(txn: lmdb.Transaction[bytes], raw: bytes, cluster_id: str) -> None:
+    existing = _decode_cluster_id(txn.get(layout.KEY_CLUSTER_ID))
+    if existing is not None and existing != cluster_id:
+        raise CatalogError(
+            f"catalog belongs to cluster {existing!r}; refusing to overwrite it with {cluster_id!r}"
+        )
+    txn.put(layout.KEY_CLUSTER_ID, raw)
+
+
+def _require_if_bootstrapped(txn: lmdb.Transaction[bytes], what: str) -> None:
+    if txn.get(layout.KEY_CLUSTER_ID) is not None:
+        raise CatalogError(
+            f"catalog is bootstrapped (it holds a cluster id) but holds no {what}: "
+            "it was damaged or written by a broken build; refusing to guess"
+        )
+
+
+def _load_topology(txn: lmdb.Transaction[bytes]) -> Topology | None:
+    raw = txn.get(layout.KEY_TOPOLOGY)
+    if raw is None:
+        _require_if_bootstrapped(txn, "topology")
+        return None
+    try:
+        return Topology.decode(bytes(raw))
+    except MalformedTopology as e:
+        raise CatalogCorrupt("topology", e.reason) from e
+
+
+def _load_routing(
+    txn: lmdb.Transaction[bytes], codec: type[RoutingCodec] | None
+) -> RoutingCodec | None:
+    raw = txn.get(layout.KEY_ROUTING)
+    if raw is None:
+        _require_if_bootstrapped(txn, "routing")
+        return None
+    if codec is None:
+        from nodedb_cluster.routing.table import RoutingTable  # lazy: numpy + Cython kernels
+
+        codec = RoutingTable
+    try:
+        return codec.decode(bytes(raw))
+    except (ClusterError, ValueError) as e:
+        raise CatalogCorrupt("routing", str(e)) from e
+
+
+def _encode_settings(settings: Mapping[str, object]) -> bytes:
+    if not isinstance(settings, Mapping) or not all(isinstance(k, str) for k in settings):
+        raise CatalogError("settings must be a mapping with str keys")
+    try:
+        data = msgpack.packb(dict(settings), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CatalogError(f"settings cannot be encoded: {e}") from e
+    assert isinstance(data, bytes)
+    if len(data) > SETTINGS_ENCODED_BYTES_MAX:
+        raise CatalogError(
+            f"settings encode to {len(data)} bytes; at most {SETTINGS_ENCODED_BYTES_MAX}"
+        )
+    return data
+
+
+def _decode_settings(raw: bytes) -> dict[str, object]:
+    if len(raw) > SETTINGS_ENCODED_BYTES_MAX:
+        raise CatalogCorrupt("settings", f"{len(raw)} bytes exceeds {SETTINGS_ENCODED_BYTES_MAX}")
+    try:
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise CatalogCorrupt("settings", f"not valid MessagePack: {e}") from e
+    if not isinstance(value, dict):
+        raise CatalogCorrupt("settings", f"expected a map, found {type(value).__name__}")
+    if not all(isinstance(k, str) for k in value):
+        raise CatalogCorrupt("settings", "a key is not text")
+    return value
