@@ -84,3 +84,38 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+/// The segment files of a directory, by name, in memory: a crash image to replay from.
+pub fn image(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    segment_files(dir)
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Writes an image into a fresh temporary directory.
+pub fn restore(files: &[(String, Vec<u8>)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    dir
+}
+
+/// Byte offsets at which each record frame starts in a segment written with `recs` only
+/// (no carried records): header, then frames back to back.
+pub fn frame_starts(recs: &[Rec]) -> Vec<usize> {
+    let mut at = nodedb_wal::SEGMENT_HEADER_BYTES;
+    recs.iter()
+        .map(|r| {
+            let start = at;
+            at += nodedb_wal::FRAME_HEADER_BYTES + r.payload.len();
+            start
+        })
+        .collect()
+}
