@@ -16,7 +16,7 @@ as numpy hands its elements out, i.e. without trailing NUL bytes).
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, TypeAlias
 
 import numpy as np
@@ -40,8 +40,9 @@ __all__ = [
 Key: TypeAlias = bytes | bytearray | memoryview
 """One key as the kernels accept it."""
 
-KeyBatch: TypeAlias = Sequence[Key] | npt.NDArray[np.bytes_] | npt.NDArray[np.object_]
-"""A batch of keys: any sequence of keys, or a 1-D numpy `S<n>` (or object) array."""
+KeyBatch: TypeAlias = Iterable[Key] | npt.NDArray[np.bytes_] | npt.NDArray[np.object_]
+"""A batch of keys: a list or tuple (fast path), any other iterable of keys (copied into a list
+first), or a 1-D numpy `S<n>` (or object) array."""
 
 VShardIds: TypeAlias = npt.NDArray[np.integer] | Sequence[int]
 """A batch of vShard ids; uint16 arrays are the zero-copy fast path."""
