@@ -15,7 +15,11 @@ Contracts shared by every kernel:
   id; kernels mask every table index with 1023, so a bad id can never read out of bounds.
 - Tables are exactly `uint32[1024]` (vShard -> group) or `uint64[1024]` (vShard -> leader, fused),
   C-contiguous; read-only arrays are accepted. A wrong table is a `TypeError`/`ValueError`.
-- `out=` must be 1-D, C-contiguous, writable, the output dtype, and as long as the input.
+- `out=` must be 1-D, C-contiguous, writable, the output dtype, and as long as the input. It is
+  validated before anything is written; if a bad key or id is found later, `out` may be partly
+  written (the call raises, and its contents are then meaningless).
+- Key lists are walked with the GIL held (the list and its items are Python objects); fixed-width
+  key arrays and every vShard-id gather run with the GIL released.
 - Keys are `bytes`, `bytearray` or (C-contiguous) `memoryview`, in a list, tuple or any sequence; or a
   1-D numpy fixed-width bytes array (dtype `S<n>`), whose elements are hashed the way numpy hands
   them out (`arr[i]` strips trailing NUL bytes), so `vshard_for_key(arr[i])` always agrees.

@@ -105,6 +105,7 @@ def test_fixed_width_array_agrees_with_its_elements(keys: list[bytes]) -> None:
     assert vshards_for_keys(array).tolist() == reference
     strided = array[::2]
     assert vshards_for_keys(strided).tolist() == reference[::2]
+    assert vshards_for_keys(array[::-1]).tolist() == reference[::-1]
 
 
 def test_memoryview_keys_and_object_arrays() -> None:
