@@ -109,6 +109,9 @@ def test_transitions_are_logged_with_previous_next_and_detail(
     assert "Starting()" in first.getMessage()
     assert "Joining(attempt=0)" in first.getMessage()
     assert "seeds: 127.0.0.1:9400" in first.getMessage()
+    fields = vars(first)
+    assert (fields["lifecycle_previous"], fields["lifecycle_next"]) == ("starting", "joining")
+    assert fields["lifecycle_detail"] == "seeds: 127.0.0.1:9400"
     assert second.levelno == logging.WARNING
     assert "all seeds unreachable" in second.getMessage()
 

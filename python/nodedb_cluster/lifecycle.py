@@ -170,7 +170,18 @@ class LifecycleTracker:
         self._state = new
         self._history.append(record)
         level = logging.WARNING if isinstance(new, Failed) else logging.INFO
-        logger.log(level, "lifecycle %s -> %s: %s", previous, new, detail or "-")
+        logger.log(
+            level,
+            "lifecycle %s -> %s: %s",
+            previous,
+            new,
+            detail or "-",
+            extra={
+                "lifecycle_previous": previous.label,
+                "lifecycle_next": new.label,
+                "lifecycle_detail": detail,
+            },
+        )
         if isinstance(new, Ready | Failed):
             self._wake_waiters(new)
         self._notify(record)

@@ -81,12 +81,13 @@ class Catalog:
     """The catalog of one node. Open with `Catalog.open(data_dir)`; use as a context manager."""
 
     def __init__(
-        self, env: lmdb.Environment, db: _Database, path: Path, format_version: int
+        self, env: lmdb.Environment, db: _Database, path: Path, key: Path, format_version: int
     ) -> None:
         """Use `Catalog.open`."""
         self._env: lmdb.Environment | None = env
         self._db = db
         self._path = path
+        self._key = key  # the resolved path registered in _open_paths
         self._format_version = format_version
 
     # --- opening and closing ---------------------------------------------------------------------
@@ -133,7 +134,7 @@ class Catalog:
             with _open_paths_lock:
                 _open_paths.discard(key)
             raise
-        return cls(env, db, path, version)
+        return cls(env, db, path, key, version)
 
     def close(self) -> None:
         """Close the environment; idempotent. Every commit is already durable."""
@@ -142,7 +143,7 @@ class Catalog:
         self._env.close()
         self._env = None
         with _open_paths_lock:
-            _open_paths.discard(self._path.resolve())
+            _open_paths.discard(self._key)
 
     def __enter__(self) -> Self:
         return self
