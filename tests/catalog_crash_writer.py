@@ -3,8 +3,8 @@
 Each iteration i saves, as three separate write transactions and in this order: a topology of
 version i, a routing table of epoch i, settings {"i": i, ...}. Value sizes vary with i so pages are
 allocated and freed. On start it first brings routing and settings up to the stored topology
-version (a kill may have left them one save behind). It prints "started saving <i>" once the catalog is open and formed, then saves
-until SIGKILL arrives, or until its own bounds (count and time) end it.
+version (a kill may have left them one save behind). It prints "started saving <i>" once the
+catalog is open and formed, then saves until SIGKILL arrives or its own bounds (count, time) end it.
 
     python tests/catalog_crash_writer.py DATA_DIR
 """

@@ -176,6 +176,8 @@ class Topology:
 
     def update(self, node: NodeInfo) -> bool:
         """Replace an existing node's entry; returns whether anything changed."""
+        if not isinstance(node, NodeInfo):
+            raise TopologyError(f"expected a NodeInfo, got {type(node).__name__}")
         old = self[node.node_id]
         if old == node:
             return False
