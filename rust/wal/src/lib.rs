@@ -55,7 +55,7 @@ pub use error::WalError;
 pub use format::{RecordRef, FORMAT_PAYLOAD_BYTES_MAX, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 pub use options::{
     SyncMode, WalOptions, RECORD_PAYLOAD_BYTES_DEFAULT, RESERVED_KIND_MIN, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT,
+    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX,
 };
 pub use recovery::{Recovered, RecoveredRecord, RecoveryReport, TornTail};
 pub use segment::{segment_file_name, GroupSpan};

@@ -18,6 +18,9 @@ pub const RECORD_PAYLOAD_BYTES_DEFAULT: u32 = 64 * 1024 * 1024;
 /// Default write-buffer size: appends are copied here and written with one `write` syscall once
 /// it fills (or at `sync`). 1 MiB amortises the syscall to nothing for 100-byte records.
 pub const WRITE_BUFFER_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Largest accepted write buffer: it is memory held per node. (A buffer larger than a segment
+/// is harmless: it is flushed on every roll.)
+pub const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Which system call makes appended bytes durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,12 +83,12 @@ impl WalOptions {
                 ),
             ));
         }
-        if self.write_buffer_bytes == 0 || self.write_buffer_bytes as u64 > self.segment_bytes_max {
+        if !(1..=WRITE_BUFFER_BYTES_MAX).contains(&self.write_buffer_bytes) {
             return Err(invalid(
                 "write_buffer_bytes",
                 format!(
-                    "{} must be in 1..=segment_bytes_max ({})",
-                    self.write_buffer_bytes, self.segment_bytes_max
+                    "{} is outside 1..={WRITE_BUFFER_BYTES_MAX}",
+                    self.write_buffer_bytes
                 ),
             ));
         }
@@ -146,8 +149,7 @@ mod tests {
         };
         assert_eq!(field_of(&o), "write_buffer_bytes");
         let o = WalOptions {
-            segment_bytes_max: 8192,
-            write_buffer_bytes: 8193,
+            write_buffer_bytes: WRITE_BUFFER_BYTES_MAX + 1,
             ..base.clone()
         };
         assert_eq!(field_of(&o), "write_buffer_bytes");

@@ -1,0 +1,116 @@
+//! Test helper for `tests/crash_kill9.rs`: appends and syncs in a loop, printing one line per
+//! synced batch, until it is killed with SIGKILL. Not part of the library's API.
+//!
+//! Usage: `wal_crash_child <dir>`. Each batch holds, for one group, 1–8 entries plus the group's
+//! hard state (term = batch number), then one `sync()`. After the sync it prints
+//! `synced <lsn> <group> <index> <term>` (the LSN and index of the batch's last entry).
+//! Every 64 batches it compacts, keeping the last 64 indexes of each group. On restart it
+//! recovers and continues each group's indexes and the term where they left off.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nodedb_wal::{RecordRef, Wal, WalError, WalOptions};
+
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+const GROUPS: u64 = 8;
+/// Bounds: the parent kills us long before either is reached.
+const BATCHES_MAX: u64 = 1_000_000;
+const RUNTIME_MAX: Duration = Duration::from_secs(60);
+
+fn main() -> ExitCode {
+    let Some(dir) = std::env::args().nth(1) else {
+        eprintln!("usage: wal_crash_child <dir>");
+        return ExitCode::from(2);
+    };
+    match run(&dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wal_crash_child: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_bytes_max: 64 * 1024,
+        write_buffer_bytes: 16 * 1024,
+        sticky_kinds: vec![KIND_HARD_STATE],
+        ..WalOptions::default()
+    }
+}
+
+fn run(dir: &str) -> Result<(), WalError> {
+    let mut next_index: HashMap<u64, u64> = HashMap::new();
+    let mut term = 0u64;
+    let (mut wal, _report) = Wal::open_with(dir, options(), |_lsn, record| {
+        if record.kind == KIND_ENTRY {
+            let next = next_index.entry(record.group_id).or_insert(1);
+            *next = (*next).max(record.index + 1);
+        } else if record.kind == KIND_HARD_STATE {
+            term = term.max(decode_u64(record.payload));
+        }
+    })?;
+    let started = Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let payload = [0xABu8; 100];
+    for batch in 0..BATCHES_MAX {
+        if started.elapsed() > RUNTIME_MAX {
+            break;
+        }
+        term += 1;
+        let group_id = batch % GROUPS;
+        let count = 1 + (batch * 7 + term) % 8;
+        let first = *next_index.get(&group_id).unwrap_or(&1);
+        let mut records: Vec<RecordRef<'_>> = (first..first + count)
+            .map(|index| RecordRef {
+                group_id,
+                kind: KIND_ENTRY,
+                index,
+                payload: &payload,
+            })
+            .collect();
+        let term_bytes = term.to_le_bytes();
+        records.push(RecordRef {
+            group_id,
+            kind: KIND_HARD_STATE,
+            index: 0,
+            payload: &term_bytes,
+        });
+        let out = wal.append(&records)?;
+        next_index.insert(group_id, first + count);
+        let synced = wal.sync()?;
+        let last_entry_lsn = out.last_lsn.0 - 1; // the hard state is the batch's last record
+        assert!(synced >= out.last_lsn);
+        // Stdout is a pipe to the parent; if it is gone there is nobody left to report to.
+        if writeln!(
+            stdout,
+            "synced {last_entry_lsn} {group_id} {} {term}",
+            first + count - 1
+        )
+        .is_err()
+        {
+            return Ok(());
+        }
+        let _ = stdout.flush();
+        if batch % 64 == 63 {
+            let floors = next_index
+                .iter()
+                .map(|(g, next)| (*g, next.saturating_sub(65)))
+                .collect();
+            wal.compact(&floors)?;
+        }
+    }
+    Ok(())
+}
+
+fn decode_u64(bytes: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = bytes.len().min(8);
+    a[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(a)
+}
