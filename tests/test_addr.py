@@ -157,3 +157,12 @@ def test_order_is_total_and_matches_the_key(a: SocketAddr, b: SocketAddr) -> Non
     assert (a < b) + (a == b) + (a > b) == 1
     expected = (a.ip.version, int(a.ip), a.port) < (b.ip.version, int(b.ip), b.port)
     assert (a < b) == expected
+
+
+@given(st.text(max_size=80))
+def test_any_text_parses_or_raises_typed(text: str) -> None:
+    try:
+        addr = parse_socket_addr(text)
+    except InvalidAddress:
+        return
+    assert parse_socket_addr(str(addr)) == addr

@@ -8,6 +8,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
@@ -372,3 +374,28 @@ def test_cli_bad_values_name_the_field(tmp_path: Path, flag: str, field: str) ->
     with pytest.raises(ConfigError) as info:
         config_from_args(parse([f"--config={path}", flag]))
     assert info.value.field == field
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.sampled_from(["127.0.0.1:9400", "[::1]:1", "ca.pem", "/tmp/x"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=8,
+)
+field_names = st.sampled_from([f.name for f in dataclasses.fields(ClusterConfig)] + ["bogus"])
+
+
+@given(st.dictionaries(field_names, values, max_size=6))
+def test_any_mapping_builds_or_raises_config_error(changes: dict[str, object]) -> None:
+    try:
+        cfg = ClusterConfig.from_mapping({**BASE, **changes})
+    except ConfigError:
+        return  # the typed refusal; anything else (TypeError, KeyError, ...) fails the test
+    assert ClusterConfig.from_mapping(cfg.to_mapping()) == cfg

@@ -4,6 +4,8 @@ gives None rather than an error or a wrong address."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.errors import NotLeader
@@ -59,3 +61,9 @@ def test_typed_error_for_a_hint() -> None:
     assert isinstance(err, NotLeader)
     assert err.leader_addr == "10.0.0.1:9400"
     assert err.retryable
+
+
+@given(st.text(max_size=80))
+def test_any_suffix_gives_an_address_or_none(suffix: str) -> None:
+    hint = parse_leader_hint(NOT_LEADER_PREFIX + suffix)
+    assert hint is None or format_not_leader(hint) == NOT_LEADER_PREFIX + str(hint)
