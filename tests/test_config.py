@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -399,3 +400,17 @@ def test_any_mapping_builds_or_raises_config_error(changes: dict[str, object]) -
     except ConfigError:
         return  # the typed refusal; anything else (TypeError, KeyError, ...) fails the test
     assert ClusterConfig.from_mapping(cfg.to_mapping()) == cfg
+    assert ClusterConfig.from_mapping(tomllib.loads(cfg.to_toml())) == cfg
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    cfg = make(
+        data_dir='/tmp/odd "dir"\\with\ttab\x7fdel and é',
+        swim_udp_addr="[::1]:7946",
+        join_retry={"max_attempts": 4, "max_backoff_secs": 2},
+        force_bootstrap=True,
+    )
+    path = tmp_path / "out.toml"
+    path.write_text(cfg.to_toml(), encoding="utf-8")
+    assert ClusterConfig.from_toml(path) == cfg
+    assert "[join_retry]" in cfg.to_toml()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import tomllib
 from collections.abc import Mapping
@@ -182,6 +183,18 @@ class ClusterConfig:
             else:
                 out[f.name] = value
         return out
+
+    def to_toml(self) -> str:
+        """A TOML document `from_toml` reads back to an equal config (e.g. for spawned nodes)."""
+        top: list[str] = []
+        tables: list[str] = []
+        for key, value in self.to_mapping().items():
+            if isinstance(value, dict):
+                tables.append(f"\n[{key}]")
+                tables.extend(f"{k} = {_toml_value(v)}" for k, v in value.items())
+            else:
+                top.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(top + tables) + "\n"
 
     # --- validation ------------------------------------------------------------------------------
 
@@ -435,6 +448,19 @@ def _join_retry(value: object) -> JoinRetryPolicy:
                 f"expected an integer, got {type(sub_value).__name__} {sub_value!r}",
             )
     return JoinRetryPolicy(**value)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        # JSON string escapes are valid TOML basic-string escapes; TOML also wants DEL escaped.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")  # to_mapping yields none such
 
 
 def _merge(base: Mapping[str, object], overrides: Mapping[str, object]) -> dict[str, object]:
