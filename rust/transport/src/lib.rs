@@ -1,1 +1,30 @@
-//! QUIC transport.
+//! QUIC transport of nodedb-cluster (WIRE.md "Transport").
+//!
+//! One quinn endpoint per node (server and client on one UDP socket, ALPN `nodedb-cluster/1`), one
+//! connection per peer reused, one bidirectional stream per request/response, many in flight.
+//! Inbound frames are dispatched by message kind through a [`HandlerRegistry`]: Rust handlers
+//! (Raft kinds 16–31) are registered with [`Transport::register_handler`]; everything else goes to
+//! the fallback handler (the Python handler in the binding). See docs/ARCHITECTURE.md.
+
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod handler;
+pub mod metrics;
+pub mod stream;
+mod tls;
+pub mod transport;
+
+pub use config::TransportConfig;
+pub use credentials::{generate_cluster_credentials, spki_pin_of_cert, Credentials, SpkiPin};
+pub use error::TransportError;
+pub use handler::{
+    handler_fn, FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, InboundFrame,
+    OutboundFrame, PeerInfo,
+};
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use nodedb_wire::{MessageKind, NodeId};
+pub use transport::Transport;
+
+/// ALPN protocol id: names the protocol and its major version.
+pub const ALPN: &[u8] = b"nodedb-cluster/1";

@@ -19,9 +19,15 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot decode {message} payload: {reason}")]
-    Decode { message: &'static str, reason: String },
+    Decode {
+        message: &'static str,
+        reason: String,
+    },
     #[error("cannot encode {message} payload: {reason}")]
-    Encode { message: &'static str, reason: String },
+    Encode {
+        message: &'static str,
+        reason: String,
+    },
 }
 
 /// Encode/decode helpers shared by every control message.
@@ -29,13 +35,17 @@ pub trait ControlMessage: Serialize + DeserializeOwned {
     const NAME: &'static str;
 
     fn to_msgpack(&self) -> Result<Vec<u8>, ControlError> {
-        rmp_serde::to_vec_named(self)
-            .map_err(|e| ControlError::Encode { message: Self::NAME, reason: e.to_string() })
+        rmp_serde::to_vec_named(self).map_err(|e| ControlError::Encode {
+            message: Self::NAME,
+            reason: e.to_string(),
+        })
     }
 
     fn from_msgpack(bytes: &[u8]) -> Result<Self, ControlError> {
-        rmp_serde::from_slice(bytes)
-            .map_err(|e| ControlError::Decode { message: Self::NAME, reason: e.to_string() })
+        rmp_serde::from_slice(bytes).map_err(|e| ControlError::Decode {
+            message: Self::NAME,
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -179,6 +189,12 @@ mod tests {
     #[test]
     fn garbage_is_a_typed_error() {
         let err = Ping::from_msgpack(&[0xC1, 0xFF]).unwrap_err();
-        assert!(matches!(err, ControlError::Decode { message: "Ping", .. }));
+        assert!(matches!(
+            err,
+            ControlError::Decode {
+                message: "Ping",
+                ..
+            }
+        ));
     }
 }

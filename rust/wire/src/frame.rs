@@ -26,8 +26,13 @@ pub enum FrameError {
     #[error("frame payload of {payload_bytes} bytes exceeds the maximum of {PAYLOAD_BYTES_MAX}")]
     Oversize { payload_bytes: u64 },
     #[error("frame truncated: header announces {expected_bytes} payload bytes, got {found_bytes}")]
-    Truncated { expected_bytes: usize, found_bytes: usize },
-    #[error("frame checksum mismatch: header says {expected:#010x}, payload hashes to {found:#010x}")]
+    Truncated {
+        expected_bytes: usize,
+        found_bytes: usize,
+    },
+    #[error(
+        "frame checksum mismatch: header says {expected:#010x}, payload hashes to {found:#010x}"
+    )]
     ChecksumMismatch { expected: u32, found: u32 },
     #[error("{trailing_bytes} unexpected bytes after the frame payload")]
     TrailingBytes { trailing_bytes: usize },
@@ -96,11 +101,16 @@ impl FrameHeader {
     /// [`FrameHeader::decode`] against another kind table (tests of retired kinds).
     pub fn decode_with(table: &[KindRow], bytes: &[u8]) -> Result<FrameHeader, FrameError> {
         let Some(header) = bytes.get(..HEADER_BYTES) else {
-            return Err(FrameError::TooShort { found_bytes: bytes.len() });
+            return Err(FrameError::TooShort {
+                found_bytes: bytes.len(),
+            });
         };
         let version = header[0];
         if version != FORMAT_VERSION {
-            return Err(FrameError::WrongVersion { found: version, supported: FORMAT_VERSION });
+            return Err(FrameError::WrongVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let kind_number = u16::from_le_bytes([header[1], header[2]]);
         let payload_bytes = u32::from_le_bytes([header[3], header[4], header[5], header[6]]);
@@ -108,15 +118,24 @@ impl FrameHeader {
         let kind = match lookup(table, kind_number) {
             Ok(kind) => kind,
             Err(Some(row)) => {
-                return Err(FrameError::RetiredKind { kind: row.number, name: row.name })
+                return Err(FrameError::RetiredKind {
+                    kind: row.number,
+                    name: row.name,
+                })
             }
             Err(None) => return Err(FrameError::UnknownKind { kind: kind_number }),
         };
         // u32 always fits in u64; compare before converting to usize.
         if u64::from(payload_bytes) > PAYLOAD_BYTES_MAX as u64 {
-            return Err(FrameError::Oversize { payload_bytes: u64::from(payload_bytes) });
+            return Err(FrameError::Oversize {
+                payload_bytes: u64::from(payload_bytes),
+            });
         }
-        Ok(FrameHeader { kind, payload_bytes: payload_bytes as usize, crc32c })
+        Ok(FrameHeader {
+            kind,
+            payload_bytes: payload_bytes as usize,
+            crc32c,
+        })
     }
 
     /// Check that `payload` is exactly the announced length and matches the checksum.
@@ -134,7 +153,10 @@ impl FrameHeader {
         }
         let found = crc32c::crc32c(payload);
         if found != self.crc32c {
-            return Err(FrameError::ChecksumMismatch { expected: self.crc32c, found });
+            return Err(FrameError::ChecksumMismatch {
+                expected: self.crc32c,
+                found,
+            });
         }
         Ok(())
     }
@@ -142,7 +164,9 @@ impl FrameHeader {
     /// Encode a header for `kind` and `payload`.
     pub fn encode(kind: MessageKind, payload: &[u8]) -> Result<[u8; HEADER_BYTES], FrameError> {
         if payload.len() > PAYLOAD_BYTES_MAX {
-            return Err(FrameError::Oversize { payload_bytes: payload.len() as u64 });
+            return Err(FrameError::Oversize {
+                payload_bytes: payload.len() as u64,
+            });
         }
         let mut header = [0u8; HEADER_BYTES];
         header[0] = FORMAT_VERSION;
@@ -175,7 +199,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
     let header = FrameHeader::decode(bytes)?;
     let payload = bytes.get(HEADER_BYTES..).unwrap_or(&[]);
     header.verify_payload(payload)?;
-    Ok(Frame { kind: header.kind, payload: payload.to_vec() })
+    Ok(Frame {
+        kind: header.kind,
+        payload: payload.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -191,44 +218,81 @@ mod tests {
         assert_eq!(&bytes[1..3], &[1, 0]);
         assert_eq!(&bytes[3..7], &[5, 0, 0, 0]);
         let frame = decode_frame(&bytes).unwrap();
-        assert_eq!(frame, Frame { kind: MessageKind::PING, payload: b"hello".to_vec() });
+        assert_eq!(
+            frame,
+            Frame {
+                kind: MessageKind::PING,
+                payload: b"hello".to_vec()
+            }
+        );
     }
 
     #[test]
     fn each_error_is_typed() {
         let good = encode_frame(MessageKind::PONG, b"abc").unwrap();
-        assert_eq!(decode_frame(&good[..4]), Err(FrameError::TooShort { found_bytes: 4 }));
+        assert_eq!(
+            decode_frame(&good[..4]),
+            Err(FrameError::TooShort { found_bytes: 4 })
+        );
         let mut wrong_version = good.clone();
         wrong_version[0] = 9;
         assert_eq!(
             decode_frame(&wrong_version),
-            Err(FrameError::WrongVersion { found: 9, supported: 1 })
+            Err(FrameError::WrongVersion {
+                found: 9,
+                supported: 1
+            })
         );
         let mut unknown = good.clone();
         unknown[1] = 200;
-        assert_eq!(decode_frame(&unknown), Err(FrameError::UnknownKind { kind: 200 }));
+        assert_eq!(
+            decode_frame(&unknown),
+            Err(FrameError::UnknownKind { kind: 200 })
+        );
         let mut oversize = good.clone();
         oversize[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(decode_frame(&oversize), Err(FrameError::Oversize { .. })));
+        assert!(matches!(
+            decode_frame(&oversize),
+            Err(FrameError::Oversize { .. })
+        ));
         assert_eq!(
             decode_frame(&good[..good.len() - 1]),
-            Err(FrameError::Truncated { expected_bytes: 3, found_bytes: 2 })
+            Err(FrameError::Truncated {
+                expected_bytes: 3,
+                found_bytes: 2
+            })
         );
         let mut flipped = good.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert!(matches!(decode_frame(&flipped), Err(FrameError::ChecksumMismatch { .. })));
+        assert!(matches!(
+            decode_frame(&flipped),
+            Err(FrameError::ChecksumMismatch { .. })
+        ));
         let mut trailing = good.clone();
         trailing.push(0);
-        assert_eq!(decode_frame(&trailing), Err(FrameError::TrailingBytes { trailing_bytes: 1 }));
+        assert_eq!(
+            decode_frame(&trailing),
+            Err(FrameError::TrailingBytes { trailing_bytes: 1 })
+        );
     }
 
     #[test]
     fn retired_kind_says_upgrade() {
-        let table = [KindRow { number: 1, name: "Ping", status: KindStatus::Retired }];
+        let table = [KindRow {
+            number: 1,
+            name: "Ping",
+            status: KindStatus::Retired,
+        }];
         let bytes = encode_frame(MessageKind::PING, b"").unwrap();
         let err = FrameHeader::decode_with(&table, &bytes).unwrap_err();
-        assert_eq!(err, FrameError::RetiredKind { kind: 1, name: "Ping" });
+        assert_eq!(
+            err,
+            FrameError::RetiredKind {
+                kind: 1,
+                name: "Ping"
+            }
+        );
         assert!(err.to_string().contains("retired, upgrade all nodes"));
     }
 
@@ -236,9 +300,15 @@ mod tests {
     fn max_payload_accepted_one_more_refused() {
         let mut header = FrameHeader::encode(MessageKind::PING, b"").unwrap();
         header[3..7].copy_from_slice(&(PAYLOAD_BYTES_MAX as u32).to_le_bytes());
-        assert_eq!(FrameHeader::decode(&header).unwrap().payload_bytes, PAYLOAD_BYTES_MAX);
+        assert_eq!(
+            FrameHeader::decode(&header).unwrap().payload_bytes,
+            PAYLOAD_BYTES_MAX
+        );
         header[3..7].copy_from_slice(&(PAYLOAD_BYTES_MAX as u32 + 1).to_le_bytes());
-        assert!(matches!(FrameHeader::decode(&header), Err(FrameError::Oversize { .. })));
+        assert!(matches!(
+            FrameHeader::decode(&header),
+            Err(FrameError::Oversize { .. })
+        ));
     }
 
     #[test]
@@ -247,7 +317,10 @@ mod tests {
             assert!(FrameError::code_for_number(n).is_some());
         }
         assert_eq!(FrameError::code_for_number(0), None);
-        let err = FrameError::ChecksumMismatch { expected: 1, found: 2 };
+        let err = FrameError::ChecksumMismatch {
+            expected: 1,
+            found: 2,
+        };
         assert_eq!(FrameError::code_for_number(err.number()), Some(err.code()));
     }
 }

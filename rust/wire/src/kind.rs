@@ -128,7 +128,11 @@ mod tests {
 
     #[test]
     fn retired_rows_are_refused() {
-        let table = [KindRow { number: 9, name: "Old", status: KindStatus::Retired }];
+        let table = [KindRow {
+            number: 9,
+            name: "Old",
+            status: KindStatus::Retired,
+        }];
         assert!(matches!(lookup(&table, 9), Err(Some(row)) if row.name == "Old"));
     }
 }

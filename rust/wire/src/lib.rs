@@ -22,3 +22,13 @@ pub use kind::{KindRow, KindStatus, MessageKind, KINDS};
 pub const WIRE_VERSION: u32 = 1;
 /// Oldest peer wire version this build talks to.
 pub const WIRE_VERSION_MIN: u32 = 1;
+
+/// A node's identity in the cluster (non-zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}

@@ -1,0 +1,69 @@
+//! Every limit of the transport, each with its reason. Durations are `Duration`, sizes end in
+//! `_bytes`.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Bound on establishing a connection (handshake included). JOIN.md default rpc timeout.
+    pub connect_timeout: Duration,
+    /// Bound on a whole request/response (connect, write, peer handler, read); also bounds how
+    /// long an inbound handler may take before the peer gets an Error reply.
+    pub rpc_timeout: Duration,
+    /// Keep-alive PING interval: keeps NATs open and lets the idle timer detect a dead peer.
+    pub keep_alive_interval: Duration,
+    /// A connection with no packet from the peer for this long is closed and replaced on next
+    /// use. Must exceed `keep_alive_interval` by a few round trips.
+    pub idle_timeout: Duration,
+    /// Concurrent requests a peer may have open on one connection; more wait for flow control.
+    pub streams_per_connection_max: u32,
+    /// Per-stream receive window: one 4 MiB snapshot chunk / bulk message in flight per stream
+    /// without a window update stall.
+    pub stream_receive_window_bytes: u32,
+    /// Whole-connection receive window: bandwidth-delay product for ≥ 1 GB/s at ~1 ms RTT with
+    /// headroom for several concurrent bulk streams.
+    pub connection_receive_window_bytes: u32,
+    /// Send buffer per connection (quinn's `send_window`).
+    pub send_window_bytes: u64,
+    /// After `close()`, how long to let CONNECTION_CLOSE packets leave before the socket is
+    /// released.
+    pub close_linger: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            connect_timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(5),
+            keep_alive_interval: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            streams_per_connection_max: 1024,
+            stream_receive_window_bytes: 16 * 1024 * 1024,
+            connection_receive_window_bytes: 64 * 1024 * 1024,
+            send_window_bytes: 64 * 1024 * 1024,
+            close_linger: Duration::from_millis(20),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Refuse combinations that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rpc_timeout.is_zero() {
+            return Err("rpc_timeout must be positive".into());
+        }
+        if self.connect_timeout.is_zero() {
+            return Err("connect_timeout must be positive".into());
+        }
+        if self.idle_timeout <= self.keep_alive_interval {
+            return Err(format!(
+                "idle_timeout ({:?}) must exceed keep_alive_interval ({:?})",
+                self.idle_timeout, self.keep_alive_interval
+            ));
+        }
+        if self.streams_per_connection_max == 0 {
+            return Err("streams_per_connection_max must be positive".into());
+        }
+        Ok(())
+    }
+}

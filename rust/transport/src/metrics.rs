@@ -1,0 +1,106 @@
+//! Counters (relaxed atomics; read as a snapshot).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nodedb_wire::FrameError;
+
+use crate::error::TransportError;
+
+/// Insecure transports created in this process (all instances).
+pub static INSECURE_TRANSPORTS_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+const FRAME_ERROR_CODES: usize = 9;
+const TRANSPORT_ERROR_LABELS: [&str; 11] = [
+    "timeout",
+    "unreachable",
+    "handshake",
+    "unknown_peer",
+    "frame",
+    "peer_rejected_frame",
+    "remote",
+    "closed",
+    "bind",
+    "credentials",
+    "config",
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub rpcs_sent: AtomicU64,
+    pub rpcs_received: AtomicU64,
+    pub oneway_sent: AtomicU64,
+    pub oneway_received: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    pub inbound_handshake_failures: AtomicU64,
+    pub streams_reset: AtomicU64,
+    pub handler_errors: AtomicU64,
+    pub insecure: AtomicU64,
+    decode_errors: [AtomicU64; FRAME_ERROR_CODES],
+    errors: [AtomicU64; TRANSPORT_ERROR_LABELS.len()],
+}
+
+pub type MetricsSnapshot = BTreeMap<String, u64>;
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A malformed inbound frame (by its code).
+    pub fn decode_error(&self, err: &FrameError) {
+        let index = err.number() as usize;
+        if let Some(counter) = self.decode_errors.get(index) {
+            Metrics::inc(counter);
+        }
+    }
+
+    /// An outbound operation failed.
+    pub fn error(&self, err: &TransportError) {
+        if let Some(index) = TRANSPORT_ERROR_LABELS
+            .iter()
+            .position(|label| *label == err.label())
+        {
+            Metrics::inc(&self.errors[index]);
+        }
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = BTreeMap::new();
+        out.insert("rpcs_sent".into(), get(&self.rpcs_sent));
+        out.insert("rpcs_received".into(), get(&self.rpcs_received));
+        out.insert("oneway_sent".into(), get(&self.oneway_sent));
+        out.insert("oneway_received".into(), get(&self.oneway_received));
+        out.insert("connections_opened".into(), get(&self.connections_opened));
+        out.insert(
+            "connections_accepted".into(),
+            get(&self.connections_accepted),
+        );
+        out.insert(
+            "inbound_handshake_failures".into(),
+            get(&self.inbound_handshake_failures),
+        );
+        out.insert("streams_reset".into(), get(&self.streams_reset));
+        out.insert("handler_errors".into(), get(&self.handler_errors));
+        out.insert("insecure".into(), get(&self.insecure));
+        out.insert(
+            "insecure_transports_total".into(),
+            get(&INSECURE_TRANSPORTS_TOTAL),
+        );
+        let mut decode_total = 0;
+        for number in 1..FRAME_ERROR_CODES as u32 {
+            let value = get(&self.decode_errors[number as usize]);
+            decode_total += value;
+            if let Some(code) = FrameError::code_for_number(number) {
+                out.insert(format!("decode_errors.{code}"), value);
+            }
+        }
+        out.insert("decode_errors".into(), decode_total);
+        for (label, counter) in TRANSPORT_ERROR_LABELS.iter().zip(&self.errors) {
+            out.insert(format!("errors.{label}"), get(counter));
+        }
+        out
+    }
+}

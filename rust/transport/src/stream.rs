@@ -1,0 +1,77 @@
+//! Reading and writing one frame on a QUIC stream. Lengths are checked before any allocation and
+//! the payload buffer grows only as bytes actually arrive (flow control bounds that), so a peer
+//! announcing 64 MiB and sending nothing costs nothing.
+
+use bytes::Bytes;
+use nodedb_wire::{FrameError, FrameHeader, MessageKind, HEADER_BYTES};
+
+/// Bytes reserved up front for a payload; the rest grows with arrivals.
+const PAYLOAD_PREALLOC_BYTES_MAX: usize = 1024 * 1024;
+
+#[derive(Debug)]
+pub enum ReadFrameError {
+    /// The bytes are not a valid frame.
+    Frame(FrameError),
+    /// The stream or connection failed.
+    Read(quinn::ReadError),
+}
+
+impl From<quinn::ReadError> for ReadFrameError {
+    fn from(err: quinn::ReadError) -> Self {
+        ReadFrameError::Read(err)
+    }
+}
+
+/// Read exactly one frame (header, then the announced payload).
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+) -> Result<(MessageKind, Bytes), ReadFrameError> {
+    let mut header = [0u8; HEADER_BYTES];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(found_bytes)) => {
+            return Err(ReadFrameError::Frame(FrameError::TooShort { found_bytes }))
+        }
+        Err(quinn::ReadExactError::ReadError(err)) => return Err(ReadFrameError::Read(err)),
+    }
+    let header = FrameHeader::decode(&header).map_err(ReadFrameError::Frame)?;
+    let mut payload = Vec::with_capacity(header.payload_bytes.min(PAYLOAD_PREALLOC_BYTES_MAX));
+    while payload.len() < header.payload_bytes {
+        let wanted = header.payload_bytes - payload.len();
+        match recv.read_chunk(wanted, true).await? {
+            Some(chunk) => payload.extend_from_slice(&chunk.bytes),
+            None => {
+                return Err(ReadFrameError::Frame(FrameError::Truncated {
+                    expected_bytes: header.payload_bytes,
+                    found_bytes: payload.len(),
+                }))
+            }
+        }
+    }
+    header
+        .verify_payload(&payload)
+        .map_err(ReadFrameError::Frame)?;
+    Ok((header.kind, Bytes::from(payload)))
+}
+
+/// Write one frame and finish the stream.
+pub async fn write_frame(
+    send: &mut quinn::SendStream,
+    kind: MessageKind,
+    payload: Bytes,
+) -> Result<(), WriteFrameError> {
+    let header = FrameHeader::encode(kind, &payload).map_err(WriteFrameError::Frame)?;
+    let mut chunks = [Bytes::copy_from_slice(&header), payload];
+    send.write_all_chunks(&mut chunks)
+        .await
+        .map_err(WriteFrameError::Write)?;
+    send.finish()
+        .map_err(|_| WriteFrameError::Write(quinn::WriteError::ClosedStream))?;
+    Ok(())
+}
+
+#[derive(Debug)]
+pub enum WriteFrameError {
+    Frame(FrameError),
+    Write(quinn::WriteError),
+}

@@ -1,0 +1,844 @@
+//! The transport: one quinn endpoint, a connection pool keyed by peer address, and the inbound
+//! accept loop that dispatches frames through the [`HandlerRegistry`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use nodedb_wire::control::ControlMessage;
+use nodedb_wire::{ErrorMsg, FrameError, MessageKind, NodeId};
+use quinn::VarInt;
+use tokio::task::JoinHandle;
+
+use crate::config::TransportConfig;
+use crate::credentials::{spki_pin_of_cert, Credentials, SpkiPin};
+use crate::error::TransportError;
+use crate::handler::{
+    FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
+};
+use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
+use crate::stream::{read_frame, write_frame, ReadFrameError, WriteFrameError};
+use crate::tls;
+
+/// Stream reset / stop code for a malformed frame: `FRAME_ERROR_CODE_BASE + FrameError::number()`.
+pub const FRAME_ERROR_CODE_BASE: u32 = 0x100;
+/// Connection close code used by `close()`.
+const CLOSE_CODE_SHUTDOWN: u32 = 0;
+/// Connection close code when a peer's SPKI pin does not match the expected one.
+const CLOSE_CODE_PIN_MISMATCH: u32 = 0x200;
+
+#[derive(Debug, Clone)]
+struct PeerEntry {
+    addr: SocketAddr,
+    expected_pin: Option<SpkiPin>,
+}
+
+/// A QUIC transport bound to one UDP socket. Cheap to share behind an `Arc`; dropping the last
+/// handle closes the endpoint.
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    config: TransportConfig,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    spki_pin: Option<SpkiPin>,
+    peers: RwLock<HashMap<NodeId, PeerEntry>>,
+    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    handlers: HandlerRegistry,
+    metrics: Metrics,
+    closed: AtomicBool,
+    accept_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Transport {
+    /// Bind `listen_addr` (port 0 → ephemeral) and start accepting. Must be called inside a tokio
+    /// runtime.
+    pub fn bind(
+        node_id: NodeId,
+        listen_addr: SocketAddr,
+        credentials: Credentials,
+        config: TransportConfig,
+    ) -> Result<Transport, TransportError> {
+        config
+            .validate()
+            .map_err(|reason| TransportError::Config { reason })?;
+        let metrics = Metrics::default();
+        if matches!(credentials, Credentials::Insecure) {
+            tracing::warn!(%node_id, %listen_addr, "INSECURE transport: peers are not authenticated");
+            INSECURE_TRANSPORTS_TOTAL.fetch_add(1, Ordering::Relaxed);
+            Metrics::inc(&metrics.insecure);
+        }
+        let spki_pin = credentials.spki_pin()?;
+        let (server, client) = tls::build(&credentials, Arc::new(quic_transport_config(&config)?))?;
+        let endpoint_config = match credentials.reset_key_seed() {
+            Some(seed) => quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &seed,
+            ))),
+            None => quinn::EndpointConfig::default(),
+        };
+        let bind_err = |e: std::io::Error| TransportError::Bind {
+            addr: listen_addr,
+            reason: e.to_string(),
+        };
+        let socket = std::net::UdpSocket::bind(listen_addr).map_err(bind_err)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Config {
+            reason: "Transport::bind must run inside a tokio runtime".into(),
+        })?;
+        let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(bind_err)?;
+        endpoint.set_default_client_config(client);
+        let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        let inner = Arc::new(Inner {
+            node_id,
+            config,
+            endpoint: endpoint.clone(),
+            local_addr,
+            spki_pin,
+            peers: RwLock::default(),
+            conns: Mutex::default(),
+            dial_locks: Mutex::default(),
+            handlers: HandlerRegistry::default(),
+            metrics,
+            closed: AtomicBool::new(false),
+            accept_task: Mutex::new(None),
+        });
+        let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint));
+        *lock(&inner.accept_task) = Some(task);
+        Ok(Transport { inner })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This node's SPKI pin (`None` when insecure).
+    pub fn spki_pin(&self) -> Option<SpkiPin> {
+        self.inner.spki_pin
+    }
+
+    pub fn config(&self) -> &TransportConfig {
+        &self.inner.config
+    }
+
+    /// Map `node_id` to `addr` (replacing any previous address); with `expected_pin`, a
+    /// connection to it is refused unless the peer's certificate has that SPKI pin.
+    pub fn register_peer(&self, node_id: NodeId, addr: SocketAddr, expected_pin: Option<SpkiPin>) {
+        let previous = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node_id, PeerEntry { addr, expected_pin });
+        if let Some(previous) = previous {
+            if previous.addr != addr || previous.expected_pin != expected_pin {
+                self.inner.forget_connection(previous.addr, None);
+            }
+        }
+    }
+
+    pub fn unregister_peer(&self, node_id: NodeId) -> bool {
+        self.inner
+            .peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node_id)
+            .is_some()
+    }
+
+    pub fn peer_addr(&self, node_id: NodeId) -> Option<SocketAddr> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+            .map(|p| p.addr)
+    }
+
+    /// Handlers for specific kinds (Rust-side, e.g. Raft 16–31).
+    pub fn register_handler(&self, kind: MessageKind, handler: Arc<dyn FrameHandler>) {
+        self.inner.handlers.register(kind, handler);
+    }
+
+    pub fn unregister_handler(&self, kind: MessageKind) {
+        self.inner.handlers.unregister(kind);
+    }
+
+    /// The handler of every kind without its own.
+    pub fn set_fallback_handler(&self, handler: Option<Arc<dyn FrameHandler>>) {
+        self.inner.handlers.set_fallback(handler);
+    }
+
+    /// Request/response to a registered peer. An Error reply becomes `TransportError::Remote`.
+    pub async fn send_rpc(
+        &self,
+        node_id: NodeId,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, TransportError> {
+        let peer = self.inner.peer(node_id)?;
+        self.inner
+            .rpc(peer.addr, peer.expected_pin, kind, payload)
+            .await
+    }
+
+    /// Request/response to an address (join: the peer has no node id yet).
+    pub async fn send_rpc_to_addr(
+        &self,
+        addr: SocketAddr,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, TransportError> {
+        self.inner.rpc(addr, None, kind, payload).await
+    }
+
+    /// One frame on a unidirectional stream, no reply (Raft message batches). Returns once the
+    /// frame is handed to QUIC; delivery is QUIC-reliable unless the connection dies.
+    pub async fn send_oneway(
+        &self,
+        node_id: NodeId,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let peer = self.inner.peer(node_id)?;
+        let inner = &self.inner;
+        let timeout = inner.config.rpc_timeout;
+        let result = match tokio::time::timeout(timeout, inner.oneway(peer, kind, payload)).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout {
+                op: "send_oneway",
+                timeout,
+            }),
+        };
+        match &result {
+            Ok(()) => Metrics::inc(&inner.metrics.oneway_sent),
+            Err(err) => inner.metrics.error(err),
+        }
+        result
+    }
+
+    /// TEST/DIAGNOSTIC: write raw `bytes` (not necessarily a frame) on a fresh bidirectional
+    /// stream of the pooled connection to `addr` and read the answer: `Ok(Some(frame))`,
+    /// `Ok(None)` when the peer reset the stream (then `Err` carries nothing more), or an error.
+    /// Lets tests prove that garbage on a live stream is refused without harming the connection.
+    pub async fn send_raw_to_addr(
+        &self,
+        addr: SocketAddr,
+        bytes: Bytes,
+    ) -> Result<Result<OutboundFrame, u64>, TransportError> {
+        let inner = &self.inner;
+        let timeout = inner.config.rpc_timeout;
+        let attempt = async {
+            let (conn, _) = inner.connection(addr, None).await?;
+            let lost = |e: quinn::ConnectionError| inner.connection_error(addr, e);
+            let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| write_error(addr, inner, e))?;
+            let _ = send.finish();
+            match read_frame(&mut recv).await {
+                Ok((kind, payload)) => Ok(Ok(OutboundFrame { kind, payload })),
+                Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) => {
+                    Ok(Err(code.into_inner()))
+                }
+                Err(ReadFrameError::Read(e)) => Err(read_error(addr, inner, e)),
+                Err(ReadFrameError::Frame(e)) => Err(TransportError::Frame(e)),
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or(Err(TransportError::Timeout {
+                op: "send_raw",
+                timeout,
+            }))
+    }
+
+    /// Stable id of the pooled connection to `addr`, if one is open (tests: reuse checks).
+    pub fn pooled_connection_id(&self, addr: SocketAddr) -> Option<usize> {
+        lock(&self.inner.conns)
+            .get(&addr)
+            .filter(|c| c.close_reason().is_none())
+            .map(|c| c.stable_id())
+    }
+
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let mut snapshot = self.inner.metrics.snapshot();
+        snapshot.insert(
+            "connections_pooled".into(),
+            lock(&self.inner.conns).len() as u64,
+        );
+        snapshot
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Close every connection and release the UDP port at once (a new transport can bind it as
+    /// soon as this returns). Idempotent.
+    pub async fn close(&self) {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        inner
+            .endpoint
+            .close(VarInt::from_u32(CLOSE_CODE_SHUTDOWN), b"transport closed");
+        if let Some(task) = lock(&inner.accept_task).take() {
+            task.abort();
+        }
+        lock(&inner.conns).clear();
+        // Let the CONNECTION_CLOSE packets leave, but do not wait out the draining period.
+        let _ = tokio::time::timeout(inner.config.close_linger, inner.endpoint.wait_idle()).await;
+        inner.release_port();
+        // Draining connections hold the socket too until they process the rebind event.
+        let _ = tokio::time::timeout(inner.config.close_linger, inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        let inner = &self.inner;
+        if !inner.closed.swap(true, Ordering::AcqRel) {
+            inner
+                .endpoint
+                .close(VarInt::from_u32(CLOSE_CODE_SHUTDOWN), b"transport dropped");
+            if let Some(task) = lock(&inner.accept_task).take() {
+                task.abort();
+            }
+            lock(&inner.conns).clear();
+            inner.release_port();
+        }
+    }
+}
+
+fn quic_transport_config(
+    config: &TransportConfig,
+) -> Result<quinn::TransportConfig, TransportError> {
+    let mut tc = quinn::TransportConfig::default();
+    let idle =
+        quinn::IdleTimeout::try_from(config.idle_timeout).map_err(|e| TransportError::Config {
+            reason: format!("idle_timeout: {e}"),
+        })?;
+    tc.max_idle_timeout(Some(idle))
+        .keep_alive_interval(Some(config.keep_alive_interval))
+        .max_concurrent_bidi_streams(VarInt::from_u32(config.streams_per_connection_max))
+        .max_concurrent_uni_streams(VarInt::from_u32(config.streams_per_connection_max))
+        .stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes))
+        .receive_window(VarInt::from_u32(config.connection_receive_window_bytes))
+        .send_window(config.send_window_bytes);
+    Ok(tc)
+}
+
+/// Why one attempt failed, and whether a fresh connection may retry it safely.
+enum AttemptError {
+    /// The request cannot have been processed (stream never opened, or the peer answered with a
+    /// stateless reset: it has no state for the connection, e.g. it restarted).
+    Stale(TransportError),
+    Fatal(TransportError),
+}
+
+impl Inner {
+    fn peer(&self, node_id: NodeId) -> Result<PeerEntry, TransportError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+            .cloned()
+            .ok_or(TransportError::UnknownPeer { node_id })
+    }
+
+    fn release_port(&self) {
+        // Moving the endpoint onto a throwaway socket drops the listening one now; quinn would
+        // otherwise hold it until every connection finished draining. quinn keeps the previous
+        // socket for stragglers until traffic arrives on the new one, so move twice.
+        for _ in 0..2 {
+            let throwaway = std::net::UdpSocket::bind(SocketAddr::new(self.local_addr.ip(), 0));
+            let result = throwaway.and_then(|socket| self.endpoint.rebind(socket));
+            if let Err(err) = result {
+                tracing::warn!(%err, "could not release the transport socket early");
+            }
+        }
+    }
+
+    fn connection_error(&self, addr: SocketAddr, err: quinn::ConnectionError) -> TransportError {
+        if let Some(reason) = tls::describe_tls_failure(&err) {
+            return TransportError::Handshake { addr, reason };
+        }
+        match err {
+            quinn::ConnectionError::LocallyClosed if self.closed.load(Ordering::Acquire) => {
+                TransportError::Closed
+            }
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == VarInt::from_u32(CLOSE_CODE_PIN_MISMATCH) =>
+            {
+                TransportError::Handshake {
+                    addr,
+                    reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                }
+            }
+            quinn::ConnectionError::TimedOut => TransportError::Unreachable {
+                addr,
+                reason: "no packet from the peer within the idle timeout".into(),
+            },
+            quinn::ConnectionError::Reset => TransportError::Unreachable {
+                addr,
+                reason: "the peer reset the connection (it restarted or lost its state)".into(),
+            },
+            other => TransportError::Unreachable {
+                addr,
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    /// The pooled connection to `addr`, dialling (once, even under concurrent callers) if there is
+    /// none. The bool says whether it was reused.
+    async fn connection(
+        self: &Inner,
+        addr: SocketAddr,
+        expected_pin: Option<SpkiPin>,
+    ) -> Result<(quinn::Connection, bool), TransportError> {
+        if let Some(conn) = self.pooled(addr) {
+            return Ok((conn, true));
+        }
+        let dial_lock = lock(&self.dial_locks).entry(addr).or_default().clone();
+        let _dialing = dial_lock.lock().await;
+        if let Some(conn) = self.pooled(addr) {
+            return Ok((conn, true));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let server_name = addr.ip().to_string();
+        let connecting = self
+            .endpoint
+            .connect(addr, &server_name)
+            .map_err(|e| match e {
+                quinn::ConnectError::EndpointStopping => TransportError::Closed,
+                other => TransportError::Unreachable {
+                    addr,
+                    reason: other.to_string(),
+                },
+            })?;
+        let timeout = self.config.connect_timeout;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => return Err(self.connection_error(addr, err)),
+            Err(_) => {
+                return Err(TransportError::Timeout {
+                    op: "connect",
+                    timeout,
+                })
+            }
+        };
+        if let Some(expected) = expected_pin {
+            let found = peer_pin(&conn);
+            if found != Some(expected) {
+                let reason = match found {
+                    Some(found) => {
+                        format!("peer SPKI pin {found} does not match the expected {expected}")
+                    }
+                    None => format!("peer presented no certificate; expected SPKI pin {expected}"),
+                };
+                conn.close(VarInt::from_u32(CLOSE_CODE_PIN_MISMATCH), reason.as_bytes());
+                return Err(TransportError::Handshake { addr, reason });
+            }
+        }
+        Metrics::inc(&self.metrics.connections_opened);
+        lock(&self.conns).insert(addr, conn.clone());
+        Ok((conn, false))
+    }
+
+    fn pooled(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+        let mut conns = lock(&self.conns);
+        match conns.get(&addr) {
+            Some(conn) if conn.close_reason().is_none() => Some(conn.clone()),
+            Some(_) => {
+                // Dead: replaced on this use.
+                conns.remove(&addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Drop the pooled connection to `addr` (only if it is still `stable_id`, when given).
+    fn forget_connection(&self, addr: SocketAddr, stable_id: Option<usize>) {
+        let mut conns = lock(&self.conns);
+        if let Some(conn) = conns.get(&addr) {
+            if stable_id.is_none_or(|id| conn.stable_id() == id) {
+                conns.remove(&addr);
+            }
+        }
+    }
+
+    async fn rpc(
+        &self,
+        addr: SocketAddr,
+        expected_pin: Option<SpkiPin>,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, TransportError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let timeout = self.config.rpc_timeout;
+        let result = match tokio::time::timeout(
+            timeout,
+            self.rpc_attempts(addr, expected_pin, kind, payload),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout { op: "rpc", timeout }),
+        };
+        match &result {
+            Ok(_) => Metrics::inc(&self.metrics.rpcs_sent),
+            Err(err) => self.metrics.error(err),
+        }
+        result
+    }
+
+    async fn rpc_attempts(
+        &self,
+        addr: SocketAddr,
+        expected_pin: Option<SpkiPin>,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, TransportError> {
+        // At most two attempts: a stale pooled connection is replaced once.
+        let (mut conn, mut reused) = self.connection(addr, expected_pin).await?;
+        for attempt in 0..2 {
+            match self.rpc_once(addr, &conn, kind, payload.clone()).await {
+                Ok(frame) => return reply_or_remote(frame),
+                Err(AttemptError::Stale(err)) if reused && attempt == 0 => {
+                    tracing::debug!(%addr, %err, "stale connection, redialling once");
+                    self.forget_connection(addr, Some(conn.stable_id()));
+                    (conn, reused) = self.connection(addr, expected_pin).await?;
+                }
+                Err(AttemptError::Stale(err) | AttemptError::Fatal(err)) => {
+                    if conn.close_reason().is_some() {
+                        self.forget_connection(addr, Some(conn.stable_id()));
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Err(TransportError::Unreachable {
+            addr,
+            reason: "connection lost twice".into(),
+        })
+    }
+
+    async fn rpc_once(
+        &self,
+        addr: SocketAddr,
+        conn: &quinn::Connection,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, AttemptError> {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| AttemptError::Stale(self.connection_error(addr, e)))?;
+        if let Err(err) = write_frame(&mut send, kind, payload).await {
+            return Err(match err {
+                WriteFrameError::Frame(e) => AttemptError::Fatal(TransportError::Frame(e)),
+                WriteFrameError::Write(quinn::WriteError::ConnectionLost(
+                    quinn::ConnectionError::Reset,
+                )) => {
+                    AttemptError::Stale(self.connection_error(addr, quinn::ConnectionError::Reset))
+                }
+                WriteFrameError::Write(e) => AttemptError::Fatal(write_error(addr, self, e)),
+            });
+        }
+        match read_frame(&mut recv).await {
+            Ok((kind, payload)) => Ok(OutboundFrame { kind, payload }),
+            Err(ReadFrameError::Frame(e)) => Err(AttemptError::Fatal(TransportError::Frame(e))),
+            Err(ReadFrameError::Read(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::Reset,
+            ))) => Err(AttemptError::Stale(
+                self.connection_error(addr, quinn::ConnectionError::Reset),
+            )),
+            Err(ReadFrameError::Read(e)) => Err(AttemptError::Fatal(read_error(addr, self, e))),
+        }
+    }
+
+    async fn oneway(
+        &self,
+        peer: PeerEntry,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let addr = peer.addr;
+        let (mut conn, reused) = self.connection(addr, peer.expected_pin).await?;
+        let mut send = match conn.open_uni().await {
+            Ok(send) => send,
+            Err(err) if reused => {
+                tracing::debug!(%addr, %err, "stale connection, redialling once");
+                self.forget_connection(addr, Some(conn.stable_id()));
+                conn = self.connection(addr, peer.expected_pin).await?.0;
+                conn.open_uni()
+                    .await
+                    .map_err(|e| self.connection_error(addr, e))?
+            }
+            Err(err) => return Err(self.connection_error(addr, err)),
+        };
+        write_frame(&mut send, kind, payload)
+            .await
+            .map_err(|err| match err {
+                WriteFrameError::Frame(e) => TransportError::Frame(e),
+                WriteFrameError::Write(e) => write_error(addr, self, e),
+            })
+    }
+
+    /// Read one frame from an inbound stream; a malformed one is counted and the stream reset.
+    async fn read_inbound(
+        &self,
+        peer: &PeerInfo,
+        recv: &mut quinn::RecvStream,
+        send: Option<&mut quinn::SendStream>,
+    ) -> Option<(MessageKind, Bytes)> {
+        match read_frame(recv).await {
+            Ok(frame) => Some(frame),
+            Err(ReadFrameError::Frame(err)) => {
+                self.metrics.decode_error(&err);
+                Metrics::inc(&self.metrics.streams_reset);
+                tracing::warn!(peer = %peer.addr, code = err.code(), %err, "malformed frame; stream reset");
+                let code = frame_error_code(&err);
+                let _ = recv.stop(code);
+                if let Some(send) = send {
+                    let _ = send.reset(code);
+                }
+                None
+            }
+            Err(ReadFrameError::Read(err)) => {
+                tracing::debug!(peer = %peer.addr, %err, "inbound stream lost before a full frame");
+                None
+            }
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        peer: PeerInfo,
+        kind: MessageKind,
+        payload: Bytes,
+        oneway: bool,
+    ) -> Result<Option<OutboundFrame>, HandlerError> {
+        let Some(handler) = self.handlers.get(kind) else {
+            return Err(HandlerError::new(
+                "no_handler",
+                format!("no handler for {kind}"),
+            ));
+        };
+        let timeout = self.config.rpc_timeout;
+        let frame = InboundFrame {
+            peer,
+            kind,
+            payload,
+            oneway,
+        };
+        match tokio::time::timeout(timeout, handler.handle(frame)).await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::new(
+                "handler_timeout",
+                format!(
+                    "handler for {kind} did not answer within {} ms",
+                    timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    async fn serve_bi(
+        &self,
+        peer: PeerInfo,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let Some((kind, payload)) = self.read_inbound(&peer, &mut recv, Some(&mut send)).await
+        else {
+            return;
+        };
+        Metrics::inc(&self.metrics.rpcs_received);
+        let reply = match self.dispatch(peer.clone(), kind, payload, false).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => error_frame(&HandlerError::new(
+                "no_reply",
+                format!("handler for {kind} gave no reply"),
+            )),
+            Err(err) => {
+                Metrics::inc(&self.metrics.handler_errors);
+                error_frame(&err)
+            }
+        };
+        if let Err(err) = write_frame(&mut send, reply.kind, reply.payload).await {
+            tracing::debug!(peer = %peer.addr, ?err, "could not send the reply");
+        }
+    }
+
+    async fn serve_uni(&self, peer: PeerInfo, mut recv: quinn::RecvStream) {
+        let Some((kind, payload)) = self.read_inbound(&peer, &mut recv, None).await else {
+            return;
+        };
+        Metrics::inc(&self.metrics.oneway_received);
+        match self.dispatch(peer.clone(), kind, payload, true).await {
+            Ok(_) => {}
+            Err(err) => {
+                Metrics::inc(&self.metrics.handler_errors);
+                tracing::warn!(peer = %peer.addr, %kind, %err, "one-way handler failed");
+            }
+        }
+    }
+}
+
+fn frame_error_code(err: &FrameError) -> VarInt {
+    VarInt::from_u32(FRAME_ERROR_CODE_BASE + err.number())
+}
+
+fn reply_or_remote(frame: OutboundFrame) -> Result<OutboundFrame, TransportError> {
+    if frame.kind != MessageKind::ERROR {
+        return Ok(frame);
+    }
+    match ErrorMsg::from_msgpack(&frame.payload) {
+        Ok(msg) => Err(TransportError::Remote {
+            code: msg.code,
+            message: msg.message,
+        }),
+        Err(err) => Err(TransportError::Remote {
+            code: "undecodable_error".into(),
+            message: err.to_string(),
+        }),
+    }
+}
+
+fn error_frame(err: &HandlerError) -> OutboundFrame {
+    let msg = ErrorMsg {
+        code: err.code.clone(),
+        message: err.message.clone(),
+    };
+    // Two strings always encode; fall back to an empty payload rather than panic.
+    let payload = msg.to_msgpack().unwrap_or_default();
+    OutboundFrame {
+        kind: MessageKind::ERROR,
+        payload: Bytes::from(payload),
+    }
+}
+
+fn write_error(addr: SocketAddr, inner: &Inner, err: quinn::WriteError) -> TransportError {
+    match err {
+        quinn::WriteError::ConnectionLost(e) => inner.connection_error(addr, e),
+        quinn::WriteError::Stopped(code) => stream_code_error(addr, code),
+        other => TransportError::Unreachable {
+            addr,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn read_error(addr: SocketAddr, inner: &Inner, err: quinn::ReadError) -> TransportError {
+    match err {
+        quinn::ReadError::ConnectionLost(e) => inner.connection_error(addr, e),
+        quinn::ReadError::Reset(code) => stream_code_error(addr, code),
+        other => TransportError::Unreachable {
+            addr,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn stream_code_error(addr: SocketAddr, code: VarInt) -> TransportError {
+    let code = code.into_inner();
+    let frame_code = code
+        .checked_sub(u64::from(FRAME_ERROR_CODE_BASE))
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(FrameError::code_for_number);
+    match frame_code {
+        Some(code) => TransportError::PeerRejectedFrame { addr, code },
+        None => TransportError::Unreachable {
+            addr,
+            reason: format!("peer reset the stream (code {code})"),
+        },
+    }
+}
+
+fn peer_pin(conn: &quinn::Connection) -> Option<SpkiPin> {
+    let identity = conn.peer_identity()?;
+    let certs = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    spki_pin_of_cert(certs.first()?).ok()
+}
+
+async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Some(inner) = inner.upgrade() else { break };
+        tokio::spawn(async move { serve_connection(inner, incoming).await });
+    }
+}
+
+async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let timeout = inner.config.connect_timeout;
+    let conn = match tokio::time::timeout(timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
+            Metrics::inc(&inner.metrics.inbound_handshake_failures);
+            let reason = tls::describe_tls_failure(&err).unwrap_or_else(|| err.to_string());
+            tracing::warn!(peer = %remote, %reason, "inbound handshake failed");
+            return;
+        }
+        Err(_) => {
+            Metrics::inc(&inner.metrics.inbound_handshake_failures);
+            tracing::warn!(peer = %remote, "inbound handshake timed out");
+            return;
+        }
+    };
+    Metrics::inc(&inner.metrics.connections_accepted);
+    let peer = PeerInfo {
+        addr: conn.remote_address(),
+        spki_pin: peer_pin(&conn),
+    };
+    // Holding only a weak reference between streams lets a dropped transport shut down.
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let Some(inner) = weak.upgrade() else { break };
+                    let peer = peer.clone();
+                    tokio::spawn(async move { inner.serve_bi(peer, send, recv).await });
+                }
+                Err(_) => break,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let Some(inner) = weak.upgrade() else { break };
+                    let peer = peer.clone();
+                    tokio::spawn(async move { inner.serve_uni(peer, recv).await });
+                }
+                Err(_) => break,
+            },
+        }
+    }
+}
