@@ -8,6 +8,8 @@ Run:  pytest benches/bench_routing.py --benchmark-enable
     baseline a Python comprehension `xxh3_64_intdigest(k) % 1024` + dict vShard -> leader,
              and the xxh3-only loop `list(map(xxh3_64_intdigest, keys))` (a floor for any
              per-key Python approach: it does not even route).
+(a') the same keys in shuffled order: each key is its own heap object, so a batch gathered from
+    many requests is scattered in memory; the kernel prefetches ahead, Python cannot.
 (b) vShard -> leader, 1M precomputed uint16 vShard ids, preallocated output:
     kernel   `leaders_for_vshards(vs, vshard_to_leader, out)` (one fused gather);
     baseline numpy's two-step take `np.take(v2g, vs, out=g); np.take(g2l, g, out=l)`, in both
@@ -43,6 +45,7 @@ RecordSummary = Callable[[str, str, object, int, bool], None]
 """The `record_summary` fixture of benches/conftest.py."""
 
 GROUP_KEYS = "(a) 1M 16-byte keys -> leader"
+GROUP_SHUFFLED = "(a') 1M keys, scattered -> leader"
 GROUP_VSHARDS = "(b) 1M vShard ids -> leader"
 
 
@@ -67,6 +70,12 @@ def keys() -> list[bytes]:
     rng = np.random.default_rng(42)
     blob = rng.bytes(KEY_BYTES * KEYS_COUNT)
     return [blob[i : i + KEY_BYTES] for i in range(0, KEY_BYTES * KEYS_COUNT, KEY_BYTES)]
+
+
+@pytest.fixture(scope="module")
+def shuffled_keys(keys: list[bytes]) -> list[bytes]:
+    order = np.random.default_rng(44).permutation(len(keys))
+    return [keys[i] for i in order]
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +143,27 @@ def test_keys_python_xxh3_only(
     x3 = xxhash.xxh3_64_intdigest
     _run(benchmark, lambda: list(map(x3, keys)), ROUNDS_PYTHON)
     record_summary(GROUP_KEYS, "python map(xxh3) only, no routing", benchmark, KEYS_COUNT, True)
+
+
+def test_shuffled_kernel_leaders_for_keys(
+    benchmark: object, record_summary: RecordSummary, shuffled_keys: list[bytes]
+) -> None:
+    benchmark.group = GROUP_SHUFFLED  # type: ignore[attr-defined]
+    out = np.empty(KEYS_COUNT, dtype=np.uint64)
+    _run(benchmark, lambda: _kernels.leaders_for_keys(shuffled_keys, V2L, out), ROUNDS_KERNEL)
+    x3 = xxhash.xxh3_64_intdigest
+    assert out[:1000].tolist() == [int(V2L[x3(k) % 1024]) for k in shuffled_keys[:1000]]
+    record_summary(GROUP_SHUFFLED, "kernel leaders_for_keys", benchmark, KEYS_COUNT, False)
+
+
+def test_shuffled_python_xxh3_dict(
+    benchmark: object, record_summary: RecordSummary, shuffled_keys: list[bytes]
+) -> None:
+    benchmark.group = GROUP_SHUFFLED  # type: ignore[attr-defined]
+    x3 = xxhash.xxh3_64_intdigest
+    route = VSHARD_TO_LEADER_DICT
+    _run(benchmark, lambda: [route[x3(k) % 1024] for k in shuffled_keys], ROUNDS_PYTHON)
+    record_summary(GROUP_SHUFFLED, "python xxh3 + dict loop", benchmark, KEYS_COUNT, True)
 
 
 # --- (b) vShard ids -> leader ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from nodedb_cluster.routing.vshard import (
     NUM_VSHARDS,
     VSHARD_HASH_SEED,
+    Key,
     KeyBatch,
     check_vshard,
     vshard_for_key,
@@ -94,6 +95,19 @@ def test_batch_equals_scalar_equals_reference(keys: list[bytes]) -> None:
     assert vshards_for_keys(iter(keys)).tolist() == reference
 
 
+KEY_TYPES = {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=64), st.sampled_from(sorted(KEY_TYPES))), max_size=40))
+def test_mixed_key_types_in_one_batch(items: list[tuple[bytes, str]]) -> None:
+    """memoryview keys leave the C fast loop and re-enter it; every position must still match."""
+    keys: list[Key] = [KEY_TYPES[kind](raw) for raw, kind in items]
+    reference = [xxhash.xxh3_64_intdigest(raw) % NUM_VSHARDS for raw, _ in items]
+    assert vshards_for_keys(keys).tolist() == reference
+    assert vshards_for_keys(tuple(keys)).tolist() == reference
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=30))
 def test_fixed_width_array_agrees_with_its_elements(keys: list[bytes]) -> None:
@@ -134,6 +148,8 @@ def test_scalar_rejects_non_bytes_keys(bad: object) -> None:
 def test_batch_rejects_a_bad_key_naming_its_index() -> None:
     with pytest.raises(TypeError, match=r"keys\[2\] is str"):
         vshards_for_keys([b"a", b"b", "c"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"keys\[3\] is int"):
+        vshards_for_keys([b"a", memoryview(b"b"), b"c", 5])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"keys\[0\] is int"):
         vshards_for_keys((7,))  # type: ignore[arg-type]
 
