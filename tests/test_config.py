@@ -309,6 +309,11 @@ def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read") as info:
         ClusterConfig.from_toml(tmp_path / "absent.toml")
     assert info.value.field == "config"
+    path.write_bytes(b'node_id = 1\ndata_dir = "\xff"\n')
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        ClusterConfig.from_toml(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        ClusterConfig.from_toml(tmp_path)  # a directory
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -160,8 +160,8 @@ class ClusterConfig:
                 raw = tomllib.load(f)
         except OSError as e:
             raise ConfigError("config", f"cannot read {path}: {e.strerror or e}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("config", f"{path} is not valid TOML: {e}") from e
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError("config", f"{path} is not valid TOML (UTF-8): {e}") from e
         return cls.from_mapping(_merge(raw, overrides or {}))
 
     def to_mapping(self) -> dict[str, object]:
