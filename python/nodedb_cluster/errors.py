@@ -63,7 +63,7 @@ class CatalogCorrupt(CatalogError):
 
 
 class CorruptLog(ClusterError):
-    """A durable file is corrupt before its tail: the node refuses to start rather than lose data"""
+    """A durable file is corrupt before its tail: the node will not start rather than lose data."""
 
     def __init__(self, path: str, offset: int, reason: str) -> None:
         super().__init__(f"corrupt log {path} at offset {offset}: {reason}")
