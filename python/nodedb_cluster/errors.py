@@ -171,6 +171,72 @@ class WireVersionError(ClusterError):
         self.supported_max = supported_max
 
 
+# --- transport and wire (raised by nodedb_cluster_core; mapping in rust/py/src/errors.rs) --------
+
+
+class HandshakeError(ClusterError, ConnectionError):
+    """The TLS handshake with a peer failed: another CA, insecure vs mTLS, SPKI pin mismatch."""
+
+    def __init__(self, addr: str, reason: str) -> None:
+        super().__init__(f"TLS handshake with {addr} failed: {reason}")
+        self.addr = addr
+        self.reason = reason
+
+
+class FrameError(ClusterError, ValueError):
+    """Bytes are not a valid frame (or a peer reset our stream for that). `code` is stable:
+    too_short, wrong_version, unknown_kind, retired_kind, oversize, truncated, checksum_mismatch,
+    trailing_bytes, bad_payload."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RemoteError(ClusterError):
+    """The peer answered with an Error message {code, message} (e.g. its handler raised)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"peer error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class UnknownPeer(ClusterError, KeyError):
+    """send_rpc to a node id that was never registered with register_peer."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__(f"unknown peer node {node_id}: register_peer it first")
+        self.node_id = node_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TransportClosed(ClusterError):
+    """The transport was closed; it sends and accepts nothing more."""
+
+    def __init__(self) -> None:
+        super().__init__("transport is closed")
+
+
+class BindError(ClusterError, OSError):
+    """The transport's UDP socket could not be bound (address in use, not local, ...)."""
+
+    def __init__(self, addr: str, reason: str) -> None:
+        super().__init__(f"cannot bind {addr}: {reason}")
+        self.addr = addr
+        self.reason = reason
+
+
+class CredentialsError(ClusterError, ValueError):
+    """TLS credentials could not be read, parsed or generated."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"credentials: {reason}")
+        self.reason = reason
+
+
 # --- lifecycle ------------------------------------------------------------------------------------
 
 

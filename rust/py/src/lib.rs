@@ -1,6 +1,10 @@
 //! The only pyo3 module: the Python face of the Rust data plane.
 use pyo3::prelude::*;
 
+mod errors;
+mod transport;
+mod wire;
+
 /// "release" or "debug": benchmarks refuse to run on a debug build.
 #[pyfunction]
 fn build_profile() -> &'static str {
@@ -15,5 +19,7 @@ fn build_profile() -> &'static str {
 fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(build_profile, m)?)?;
+    wire::register(m)?;
+    transport::register(m)?;
     Ok(())
 }

@@ -1,0 +1,191 @@
+"""The node's QUIC transport, driven from asyncio.
+
+A thin shell over the Rust core (`nodedb_cluster_core.Transport`): one quinn endpoint per node on a
+real UDP port, one pooled connection per peer, one stream per request, many in flight. Every
+awaitable is a Rust future (the GIL is released while it waits); replies come back on the calling
+loop. Credentials are explicit: `Mtls(ca, cert, key)` or `Insecure()` (logged, counted).
+
+Errors are the classes of `nodedb_cluster.errors`: `Timeout`, `Unreachable`, `HandshakeError`,
+`FrameError`, `RemoteError`, `UnknownPeer`, `TransportClosed`, `BindError`, `CredentialsError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import nodedb_cluster_core as _core
+from nodedb_cluster.addr import SocketAddr
+
+_log = logging.getLogger(__name__)
+
+RPC_TIMEOUT_SECS_DEFAULT: Final = 5.0
+"""JOIN.md: connect and whole-RPC bounded, default 5 s."""
+KEEP_ALIVE_INTERVAL_SECS_DEFAULT: Final = 1.0
+IDLE_TIMEOUT_SECS_DEFAULT: Final = 5.0
+"""A peer silent this long (keep-alives included) is dead; its connection is replaced on next use."""
+
+Peer = _core.Peer
+"""Who sent an inbound frame: `.addr` (str) and `.spki_pin` (bytes, mTLS only)."""
+
+Reply = tuple[int, bytes]
+"""(message kind, payload) of an answer."""
+
+Handler = Callable[[Peer, int, bytes], Awaitable[Reply | None]]
+"""Async callable answering inbound control frames: (peer, kind, payload) -> (kind, payload).
+Raising an exception answers the requester with an Error message (`code` attribute if present,
+else the exception class name); the requester sees `RemoteError`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mtls:
+    """Mutual TLS: cluster CA, this node's certificate and key (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def spki_pin(self) -> bytes:
+        """SHA-256 of this node's SubjectPublicKeyInfo (what peers pin)."""
+        pin = _core.Credentials.mtls(self.ca, self.cert, self.key).spki_pin()
+        assert pin is not None  # mTLS identities always have one
+        return pin
+
+
+@dataclass(frozen=True, slots=True)
+class Insecure:
+    """No authentication at all. Only when asked for by name; logged and counted in metrics."""
+
+
+Credentials = Mtls | Insecure
+
+
+def _core_credentials(credentials: Credentials) -> _core.Credentials:
+    if isinstance(credentials, Mtls):
+        return _core.Credentials.mtls(credentials.ca, credentials.cert, credentials.key)
+    if isinstance(credentials, Insecure):
+        return _core.Credentials.insecure()
+    raise TypeError(f"credentials must be Mtls(...) or Insecure(), not {credentials!r}")
+
+
+def generate_cluster_credentials(
+    directory: Path, cluster_name: str, nodes: list[tuple[str, list[str]]]
+) -> list[Mtls]:
+    """A fresh cluster CA plus one leaf per (node_name, SANs) under `directory`, files 0600.
+
+    SANs are the IP addresses (or DNS names) peers use to reach the node.
+    """
+    files = _core.generate_cluster_credentials(directory, cluster_name, nodes)
+    return [Mtls(Path(ca), Path(cert), Path(key)) for ca, cert, key in files]
+
+
+def issue_node_credentials(
+    ca_cert: Path, ca_key: Path, node_name: str, sans: list[str], directory: Path
+) -> Mtls:
+    """One more node leaf from an existing CA (`ca.key` as written by the generator)."""
+    ca, cert, key = _core.issue_node_credentials(ca_cert, ca_key, node_name, sans, directory)
+    return Mtls(Path(ca), Path(cert), Path(key))
+
+
+def _addr_text(addr: str | SocketAddr) -> str:
+    return str(addr) if isinstance(addr, SocketAddr) else addr
+
+
+class Transport:
+    """One QUIC endpoint bound to `listen_addr` (port 0 → ephemeral; see `local_addr`)."""
+
+    __slots__ = ("_core",)
+
+    def __init__(
+        self,
+        node_id: int,
+        listen_addr: str | SocketAddr,
+        credentials: Credentials,
+        rpc_timeout: float = RPC_TIMEOUT_SECS_DEFAULT,
+        *,
+        connect_timeout: float | None = None,
+        keep_alive_interval: float = KEEP_ALIVE_INTERVAL_SECS_DEFAULT,
+        idle_timeout: float = IDLE_TIMEOUT_SECS_DEFAULT,
+    ) -> None:
+        if isinstance(credentials, Insecure):
+            _log.warning(
+                "node %d: INSECURE transport on %s: peers are not authenticated",
+                node_id,
+                listen_addr,
+            )
+        self._core = _core.Transport(
+            node_id,
+            _addr_text(listen_addr),
+            _core_credentials(credentials),
+            rpc_timeout=rpc_timeout,
+            connect_timeout=rpc_timeout if connect_timeout is None else connect_timeout,
+            keep_alive_interval=keep_alive_interval,
+            idle_timeout=idle_timeout,
+        )
+
+    @property
+    def node_id(self) -> int:
+        return self._core.node_id
+
+    @property
+    def local_addr(self) -> str:
+        """The bound address, `ip:port` (the real port when bound to port 0)."""
+        return self._core.local_addr
+
+    @property
+    def spki_pin(self) -> bytes | None:
+        return self._core.spki_pin
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    def register_peer(
+        self, node_id: int, addr: str | SocketAddr, spki_pin: bytes | None = None
+    ) -> None:
+        """Map a node id to its address; with `spki_pin`, connections to it must present it."""
+        self._core.register_peer(node_id, _addr_text(addr), spki_pin)
+
+    def unregister_peer(self, node_id: int) -> bool:
+        return self._core.unregister_peer(node_id)
+
+    async def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Reply:
+        """Request/response to a registered peer; an Error reply raises `RemoteError`."""
+        return await self._core.send_rpc(node_id, kind, payload)
+
+    async def send_rpc_to_addr(self, addr: str | SocketAddr, kind: int, payload: bytes) -> Reply:
+        """Request/response to an address (e.g. a join seed, whose node id is unknown)."""
+        return await self._core.send_rpc_to_addr(_addr_text(addr), kind, payload)
+
+    async def send_rpc_many(self, node_id: int, kind: int, payloads: list[bytes]) -> list[Reply]:
+        """Many requests to one peer in one boundary crossing, run concurrently in Rust.
+
+        Replies are in request order; if any request fails, the first error is raised after all
+        have finished.
+        """
+        return await self._core.send_rpc_many(node_id, kind, payloads)
+
+    async def send_oneway(self, node_id: int, kind: int, payload: bytes) -> None:
+        """One frame on a unidirectional stream, no reply."""
+        await self._core.send_oneway(node_id, kind, payload)
+
+    def serve(self, handler: Handler | None) -> None:
+        """Answer inbound frames without a Rust handler with `handler`, on the running loop."""
+        self._core.serve(handler)
+
+    async def close(self) -> None:
+        """Close all connections and release the port at once. Idempotent."""
+        await self._core.close()
+
+    def metrics(self) -> dict[str, int]:
+        """Counters: rpcs sent/received, errors by type, decode errors by code, insecure, ..."""
+        return self._core.metrics()
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

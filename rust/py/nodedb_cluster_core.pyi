@@ -1,0 +1,101 @@
+"""Type stubs of the Rust core module (maturin ships this file with the wheel).
+
+Each concern's section mirrors one file of rust/py/src/ (transport.rs, wire.rs, ...).
+"""
+
+from collections.abc import Awaitable, Callable
+from os import PathLike
+from pathlib import Path
+from typing import Final
+
+__version__: Final[str]
+
+def build_profile() -> str:
+    """ "release" or "debug": benchmarks refuse debug builds."""
+
+# --- wire (rust/py/src/wire.rs) ------------------------------------------------------------------
+
+FORMAT_VERSION: Final[int]
+HEADER_BYTES: Final[int]
+PAYLOAD_BYTES_MAX: Final[int]
+WIRE_VERSION: Final[int]
+WIRE_VERSION_MIN: Final[int]
+
+def encode_frame(kind: int, payload: bytes) -> bytes: ...
+def decode_frame(data: bytes) -> tuple[int, bytes]:
+    """Raises nodedb_cluster.errors.FrameError (with `.code`) on malformed input."""
+
+def message_kinds() -> list[tuple[int, str, bool]]:
+    """The kind table: (number, name, active)."""
+
+def check_control_payload(kind: int, payload: bytes) -> bytes:
+    """Decode with the Rust schema of `kind`, re-encode (named fields)."""
+
+# --- transport (rust/py/src/transport.rs) --------------------------------------------------------
+
+ALPN: Final[str]
+
+class Credentials:
+    @staticmethod
+    def mtls(
+        ca: str | PathLike[str], cert: str | PathLike[str], key: str | PathLike[str]
+    ) -> Credentials: ...
+    @staticmethod
+    def insecure() -> Credentials: ...
+    @property
+    def is_insecure(self) -> bool: ...
+    def spki_pin(self) -> bytes | None: ...
+
+class Peer:
+    @property
+    def addr(self) -> str: ...
+    @property
+    def spki_pin(self) -> bytes | None: ...
+
+Handler = Callable[[Peer, int, bytes], Awaitable[tuple[int, bytes] | None]]
+
+class Transport:
+    def __init__(
+        self,
+        node_id: int,
+        listen_addr: str,
+        credentials: Credentials,
+        rpc_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
+        keep_alive_interval: float = 1.0,
+        idle_timeout: float = 5.0,
+    ) -> None: ...
+    @property
+    def node_id(self) -> int: ...
+    @property
+    def local_addr(self) -> str: ...
+    @property
+    def spki_pin(self) -> bytes | None: ...
+    @property
+    def closed(self) -> bool: ...
+    def register_peer(self, node_id: int, addr: str, spki_pin: bytes | None = None) -> None: ...
+    def unregister_peer(self, node_id: int) -> bool: ...
+    def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Awaitable[tuple[int, bytes]]: ...
+    def send_rpc_to_addr(
+        self, addr: str, kind: int, payload: bytes
+    ) -> Awaitable[tuple[int, bytes]]: ...
+    def send_rpc_many(
+        self, node_id: int, kind: int, payloads: list[bytes]
+    ) -> Awaitable[list[tuple[int, bytes]]]: ...
+    def send_oneway(self, node_id: int, kind: int, payload: bytes) -> Awaitable[None]: ...
+    def serve(self, handler: Handler | None) -> None: ...
+    def close(self) -> Awaitable[None]: ...
+    def metrics(self) -> dict[str, int]: ...
+    def pooled_connection_id(self, addr: str) -> int | None: ...
+    def _send_raw_to_addr(self, addr: str, data: bytes) -> Awaitable[tuple[int, bytes] | int]: ...
+
+def generate_cluster_credentials(
+    dir: str | PathLike[str], cluster_name: str, nodes: list[tuple[str, list[str]]]
+) -> list[tuple[Path, Path, Path]]: ...
+def issue_node_credentials(
+    ca_cert: str | PathLike[str],
+    ca_key: str | PathLike[str],
+    node_name: str,
+    sans: list[str],
+    dir: str | PathLike[str],
+) -> tuple[Path, Path, Path]: ...
