@@ -1,0 +1,146 @@
+"""The join client (JOIN.md "Join (client side)"): a pure per-attempt machine and its async shell.
+
+`JoinAttempt` decides which seed to ask next; it does no I/O and knows no clock, so every rule
+of the contract (sorted seeds, each address once per attempt, redirects to the front of the queue,
+at most three redirects, never revisiting) is tested by feeding it outcomes. `run_join` is the
+shell: it sleeps per `JoinRetryPolicy`, reports `Joining{attempt}` to the lifecycle, sends the
+requests and gives up with the last concrete error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Generic, NoReturn, TypeVar
+
+from nodedb_cluster.addr import SocketAddr
+from nodedb_cluster.errors import ClusterError, FormationFailed
+from nodedb_cluster.formation.leader_hint import parse_leader_hint
+from nodedb_cluster.formation.retry import JoinRetryPolicy
+from nodedb_cluster.lifecycle import Failed, Joining, LifecycleTracker
+
+log = logging.getLogger(__name__)
+
+REDIRECTS_PER_ATTEMPT_MAX: Final = 3
+"""A redirect chain longer than this means the seeds disagree about the leader: retry later."""
+NO_SEED_NODES: Final = "no seed nodes configured"
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Generic[R]):
+    """The seed admitted us; `response` is what it sent."""
+
+    response: R
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The seed answered with a rejection text (maybe a `not leader; retry at <addr>` redirect)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """No usable answer: transport error, timeout or an unexpected reply."""
+
+    reason: str
+
+
+JoinOutcome = Accepted[R] | Rejected | SendFailed
+
+
+@dataclass(slots=True)
+class JoinAttempt:
+    """One pass over the seeds: which address to ask next, given the outcomes so far."""
+
+    queue: deque[SocketAddr]
+    visited: set[SocketAddr] = field(default_factory=set)
+    redirects: int = 0
+    last_error: str | None = None
+
+    @classmethod
+    def over(cls, seeds: Iterable[SocketAddr]) -> JoinAttempt:
+        """A fresh attempt walking `seeds` ascending (the designated bootstrapper first)."""
+        return cls(queue=deque(sorted(set(seeds))))
+
+    def next_target(self) -> SocketAddr | None:
+        """The next address to ask, or None when this attempt has nothing left to try."""
+        while self.queue:
+            addr = self.queue.popleft()
+            if addr not in self.visited:
+                self.visited.add(addr)
+                return addr
+        return None
+
+    def on_rejected(self, addr: SocketAddr, text: str) -> None:
+        """Follow a usable leader redirect; otherwise remember the rejection and go on."""
+        hint = parse_leader_hint(text)
+        if hint is not None and hint not in self.visited:
+            if self.redirects < REDIRECTS_PER_ATTEMPT_MAX:
+                self.redirects += 1
+                self.queue.appendleft(hint)
+                self.last_error = f"{addr}: {text}"
+                return
+            self.last_error = f"{addr}: {text} (redirect limit {REDIRECTS_PER_ATTEMPT_MAX} reached)"
+            return
+        self.last_error = f"{addr}: {text}"
+
+    def on_send_failed(self, addr: SocketAddr, reason: str) -> None:
+        """Remember a transport failure and go on to the next seed."""
+        self.last_error = f"{addr}: {reason}"
+
+
+SendJoin = Callable[[SocketAddr], Awaitable[JoinOutcome[R]]]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+async def run_join(
+    seeds: Iterable[SocketAddr],
+    policy: JoinRetryPolicy,
+    send: SendJoin[R],
+    tracker: LifecycleTracker,
+    sleep: Sleep = asyncio.sleep,
+) -> R:
+    """Walk the seeds attempt after attempt until one admits us; raise `FormationFailed` after the
+    last attempt with the last concrete error (the lifecycle ends Failed with the same reason).
+
+    `send` must be bounded by the RPC timeout and turn every failure into `SendFailed`/`Rejected`
+    (a raised `ClusterError` is also accepted and treated as `SendFailed`).
+    """
+    seed_list = sorted(set(seeds))
+    if not seed_list:
+        _fail(tracker, NO_SEED_NODES)
+    last_error = "no attempt made"
+    for attempt_no in range(policy.max_attempts + 1):
+        delay_s = policy.backoff_for(attempt_no)
+        if delay_s > 0:
+            await sleep(delay_s)
+        tracker.transition(Joining(attempt_no), detail=f"{len(seed_list)} seeds")
+        attempt = JoinAttempt.over(seed_list)
+        while (addr := attempt.next_target()) is not None:
+            try:
+                outcome = await send(addr)
+            except ClusterError as exc:
+                outcome = SendFailed(str(exc))
+            match outcome:
+                case Accepted(response=response):
+                    return response
+                case Rejected(text=text):
+                    attempt.on_rejected(addr, text)
+                case SendFailed(reason=reason):
+                    attempt.on_send_failed(addr, reason)
+        last_error = attempt.last_error or last_error
+        log.info("join attempt %d failed: %s", attempt_no, last_error)
+    _fail(tracker, last_error)
+
+
+def _fail(tracker: LifecycleTracker, reason: str) -> NoReturn:
+    error = FormationFailed(reason)
+    tracker.transition(Failed(reason, error=error), detail="join gave up")
+    raise error
