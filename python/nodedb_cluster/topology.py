@@ -215,7 +215,7 @@ class Topology:
         doc = {
             "format": TOPOLOGY_FORMAT,
             "version": self._version,
-            "nodes": [_encode_node(n) for n in self.nodes()],
+            "nodes": [node_to_doc(n) for n in self.nodes()],
         }
         packed = msgpack.packb(doc, use_bin_type=True)
         assert isinstance(packed, bytes)
@@ -248,7 +248,7 @@ class Topology:
         raw_nodes = root.array("nodes")
         if len(raw_nodes) > NODES_MAX:
             raise MalformedTopology(f"{len(raw_nodes)} nodes exceeds the bound {NODES_MAX}")
-        nodes = [_decode_node(raw, f"nodes[{i}]") for i, raw in enumerate(raw_nodes)]
+        nodes = [node_from_doc(raw, f"nodes[{i}]") for i, raw in enumerate(raw_nodes)]
         try:
             return cls(nodes, version)
         except TopologyError as e:
@@ -258,7 +258,7 @@ class Topology:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _encode_node(node: NodeInfo) -> dict[str, object]:
+def node_to_doc(node: NodeInfo) -> dict[str, object]:
     return {
         "node_id": node.node_id,
         "addr": str(node.addr),
@@ -270,7 +270,7 @@ def _encode_node(node: NodeInfo) -> dict[str, object]:
     }
 
 
-def _decode_node(raw: object, where: str) -> NodeInfo:
+def node_from_doc(raw: object, where: str) -> NodeInfo:
     f = _Fields(raw, where)
     node_id = f.integer("node_id", 1, U64_MAX)
     addr = f.addr("addr")

@@ -7,6 +7,8 @@ Format 1 (current), all in the named database `meta`:
     topology        Topology.encode()
     routing         RoutingTable.encode()
     settings        MessagePack map of str -> value
+    metadata_applied_index  u64 little-endian; the last metadata-group (group 0) log index whose
+                    effects topology/routing/settings hold (absent = 0, nothing applied yet)
 
 Format 0 (pre-release) differed in two keys: topology was stored under `topo`, and settings were a
 JSON object. `migrations.py` turns format 0 into format 1.
@@ -31,6 +33,7 @@ KEY_CLUSTER_ID: Final = b"cluster_id"
 KEY_TOPOLOGY: Final = b"topology"
 KEY_ROUTING: Final = b"routing"
 KEY_SETTINGS: Final = b"settings"
+KEY_METADATA_APPLIED_INDEX: Final = b"metadata_applied_index"
 
 KEY_TOPOLOGY_V0: Final = b"topo"
 """Format 0 name of KEY_TOPOLOGY."""

@@ -13,6 +13,7 @@ milliseconds runs them in a thread. One `Catalog` per environment per process (L
 from __future__ import annotations
 
 import re
+import struct
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ routing table are a few MiB; 64 MiB leaves room for both plus LMDB's copy-on-wri
 MAP_SIZE_BYTES_MAX: Final = 1 << 40
 SETTINGS_ENCODED_BYTES_MAX: Final = 1024 * 1024
 """Settings are a handful of cluster knobs; a MiB is generous and bounds what decode accepts."""
+_U64: Final = struct.Struct("<Q")
 CLUSTER_ID_RE: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
 """Printable, shell- and log-safe, at most 128 chars (a UUID fits)."""
 
@@ -248,6 +250,43 @@ class Catalog:
         assert topology is not None  # bootstrapped: the loaders raise instead of returning None
         assert routing is not None
         return Formation(cluster_id, topology, routing)  # type: ignore[arg-type]  # codec-typed
+
+    # --- the metadata group's applied state: one transaction ------------------------------------
+
+    def save_metadata_state(
+        self,
+        topology: Topology,
+        routing: RoutingCodec,
+        settings: Mapping[str, object],
+        applied_index: int,
+    ) -> None:
+        """Persist what group 0 has applied up to `applied_index`, all in one write transaction, so
+        a restart resumes applying after exactly the entries whose effects are on disk."""
+        if not 0 <= applied_index < 2**64:
+            raise ValueError(f"applied_index {applied_index} is not a u64")
+        topology_data = topology.encode()
+        routing_data = routing.encode()
+        settings_data = _encode_settings(settings)
+        with self._write() as txn:
+            txn.put(layout.KEY_TOPOLOGY, topology_data)
+            txn.put(layout.KEY_ROUTING, routing_data)
+            txn.put(layout.KEY_SETTINGS, settings_data)
+            txn.put(layout.KEY_METADATA_APPLIED_INDEX, _U64.pack(applied_index))
+
+    def load_metadata_applied_index(self) -> int:
+        """The last applied metadata-group index; 0 when nothing was applied."""
+        with self._read() as txn:
+            raw = txn.get(layout.KEY_METADATA_APPLIED_INDEX)
+        if raw is None:
+            return 0
+        if len(raw) != _U64.size:
+            raise CatalogCorrupt(
+                layout.KEY_METADATA_APPLIED_INDEX.decode(),
+                f"expected {_U64.size} bytes, found {len(raw)}",
+            )
+        (index,) = _U64.unpack(bytes(raw))
+        assert isinstance(index, int)
+        return index
 
     # --- transactions ----------------------------------------------------------------------------
 

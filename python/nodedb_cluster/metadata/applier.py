@@ -1,0 +1,170 @@
+"""The metadata group's state machine: applies group 0's committed entries on every node.
+
+Deterministic: the same entries in the same order give the same topology, routing and settings on
+every node (no clock, no randomness, no local state consulted). An entry whose commands cannot all
+apply (say, a node id reused with another address) is refused as a whole, identically everywhere,
+and leaves the state untouched. After each batch the state and the last applied index are written
+to the catalog in one transaction: that commit is the durability point, and a restart resumes
+after exactly the entries whose effects it holds (entries at or below it are skipped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from nodedb_cluster.errors import ClusterError
+from nodedb_cluster.metadata.commands import (
+    AddNode,
+    AssignVShard,
+    MalformedCommand,
+    MetadataCommand,
+    MetadataEntry,
+    PutSetting,
+    RemoveNode,
+    SetGroupMembers,
+    SetNodeState,
+    SettingValue,
+)
+from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The entry at `index` took effect."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The entry at `index` was refused as a whole; the state is as before it."""
+
+    index: int
+    reason: str
+
+
+ApplyResult = Applied | Refused
+
+
+@dataclass(slots=True)
+class MetadataState:
+    """What group 0's log builds: the cluster's topology, routing and settings."""
+
+    topology: Topology
+    routing: RoutingTable
+    settings: dict[str, SettingValue]
+    applied_index: int
+
+
+Persist = Callable[[MetadataState], None]
+"""Writes the state durably (the catalog's `save_metadata_state`); called once per batch."""
+
+
+class MetadataStateMachine:
+    """Applies metadata entries in batches and persists the result once per batch."""
+
+    def __init__(self, state: MetadataState, persist: Persist) -> None:
+        self._state = state
+        self._persist = persist
+
+    @property
+    def state(self) -> MetadataState:
+        return self._state
+
+    def apply_batch(self, entries: Sequence[tuple[int, bytes]]) -> list[ApplyResult]:
+        """Apply committed `(index, data)` entries in log order; one result per entry.
+
+        Empty data (the no-op a new Raft leader appends) and indexes already applied are
+        acknowledged without effect.
+        """
+        results: list[ApplyResult] = []
+        changed = False
+        for index, data in entries:
+            if index <= self._state.applied_index:
+                results.append(Applied(index))
+                continue
+            if data:
+                result = self._apply_one(index, data)
+                changed = changed or isinstance(result, Applied)
+            else:
+                result = Applied(index)
+            self._state.applied_index = index
+            results.append(result)
+        if entries:
+            self._persist(self._state)
+        if changed:
+            log.info(
+                "metadata applied through %d: topology v%d, routing epoch %d",
+                self._state.applied_index,
+                self._state.topology.version,
+                self._state.routing.epoch,
+            )
+        return results
+
+    def _apply_one(self, index: int, data: bytes) -> ApplyResult:
+        try:
+            entry = MetadataEntry.decode(data)
+        except MalformedCommand as e:
+            return Refused(index, f"malformed entry: {e}")
+        topology = self._state.topology.copy()
+        routing = RoutingTable.decode(self._state.routing.encode())
+        settings = dict(self._state.settings)
+        try:
+            for command in entry.commands:
+                _apply_command(command, topology, routing, settings)
+            _sync_node_groups(topology, routing)
+        except (ClusterError, ValueError) as e:
+            return Refused(index, str(e))
+        self._state.topology = topology
+        self._state.routing = routing
+        self._state.settings = settings
+        return Applied(index)
+
+
+def _apply_command(
+    command: MetadataCommand,
+    topology: Topology,
+    routing: RoutingTable,
+    settings: dict[str, SettingValue],
+) -> None:
+    match command:
+        case AddNode(node=node):
+            existing = topology.get(node.node_id)
+            if existing is None:
+                topology.add(node)
+            elif existing.addr != node.addr:
+                raise ClusterError(
+                    f"node id {node.node_id} already belongs to {existing.addr}, not {node.addr}"
+                )
+        case SetNodeState(node_id=node_id, state=state):
+            topology.set_state(node_id, state)
+        case RemoveNode(node_id=node_id):
+            if topology.get(node_id) is not None:
+                topology.remove(node_id)
+        case SetGroupMembers(group_id=group_id, voters=voters, learners=learners):
+            for member in (*voters, *learners):
+                if topology.get(member) is None:
+                    raise ClusterError(f"group {group_id}: node {member} is not in the topology")
+            if group_id in routing.group_ids:
+                routing.set_members(group_id, voters, learners)
+            else:
+                routing.add_group(group_id, voters, learners)
+        case AssignVShard(vshard=vshard, group_id=group_id):
+            routing.assign_vshard(vshard, group_id)
+        case PutSetting(key=key, value=value):
+            settings[key] = value
+
+
+def _sync_node_groups(topology: Topology, routing: RoutingTable) -> None:
+    """Keep every node's `raft_groups` equal to the groups the routing table gives it (metadata
+    entries are rare and topologies small, so a full pass is cheaper than tracking what moved)."""
+    for node in topology.nodes():
+        groups = routing.groups_of_node(node.node_id)
+        if node.raft_groups != groups:
+            topology.update(dataclasses.replace(node, raft_groups=groups))

@@ -1,0 +1,195 @@
+"""Commands carried by the metadata group's log (group 0), and their MessagePack form.
+
+One log entry is one `MetadataEntry`: a tuple of commands applied atomically (all or none), so a
+join's "add the node, make it a learner of these groups" lands as one step on every node. The codec
+is one table, `_CODECS`, keyed by the stable op name written into each command's map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from nodedb_cluster.errors import ClusterError, MalformedTopology, UnknownNodeState
+from nodedb_cluster.topology import NodeInfo, NodeState, node_from_doc, node_to_doc
+
+ENTRY_FORMAT: Final = 1
+ENTRY_BYTES_MAX: Final = 4 * 1024 * 1024
+"""A metadata entry is a topology-sized change at most; 4 MiB bounds what decode accepts."""
+COMMANDS_PER_ENTRY_MAX: Final = 4096
+"""A join touches at most every group once (1025 groups) plus the node itself."""
+
+SettingValue = str | int | float | bool
+
+
+class MalformedCommand(ClusterError, ValueError):
+    """A metadata entry that cannot be decoded: written by a newer build or corrupted."""
+
+
+@dataclass(frozen=True, slots=True)
+class AddNode:
+    """Admit `node` to the topology."""
+
+    node: NodeInfo
+
+
+@dataclass(frozen=True, slots=True)
+class SetNodeState:
+    node_id: int
+    state: NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveNode:
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetGroupMembers:
+    """Replace a group's voters and learners (creating the group when it does not exist)."""
+
+    group_id: int
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignVShard:
+    vshard: int
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutSetting:
+    key: str
+    value: SettingValue
+
+
+MetadataCommand = AddNode | SetNodeState | RemoveNode | SetGroupMembers | AssignVShard | PutSetting
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataEntry:
+    """The unit of the metadata log: commands applied together or not at all."""
+
+    commands: tuple[MetadataCommand, ...]
+
+    def encode(self) -> bytes:
+        doc = {"format": ENTRY_FORMAT, "commands": [_encode_command(c) for c in self.commands]}
+        packed = msgpack.packb(doc, use_bin_type=True)
+        assert isinstance(packed, bytes)
+        return packed
+
+    @classmethod
+    def decode(cls, data: bytes) -> MetadataEntry:
+        if len(data) > ENTRY_BYTES_MAX:
+            raise MalformedCommand(f"{len(data)} bytes exceeds the {ENTRY_BYTES_MAX} byte bound")
+        try:
+            doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.UnpackException) as e:
+            raise MalformedCommand(f"not valid MessagePack: {e}") from e
+        if not isinstance(doc, Mapping) or doc.get("format") != ENTRY_FORMAT:
+            raise MalformedCommand(f"not a metadata entry of format {ENTRY_FORMAT}")
+        raw_commands = doc.get("commands")
+        if not isinstance(raw_commands, list) or len(raw_commands) > COMMANDS_PER_ENTRY_MAX:
+            raise MalformedCommand("commands must be a list of at most 4096 maps")
+        return cls(tuple(_decode_command(raw, i) for i, raw in enumerate(raw_commands)))
+
+
+# --- the codec table ------------------------------------------------------------------------------
+
+
+def _node_from_doc(raw: Any) -> NodeInfo:
+    try:
+        return node_from_doc(raw, "add_node.node")
+    except MalformedTopology as e:
+        raise MalformedCommand(str(e)) from e
+
+
+def _ids(raw: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in raw
+    ):
+        raise MalformedCommand(f"{what} must be a list of non-negative integers")
+    return tuple(raw)
+
+
+def _int(raw: Any, what: str) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        raise MalformedCommand(f"{what} must be a non-negative integer")
+    return raw
+
+
+def _state(raw: Any) -> NodeState:
+    try:
+        return NodeState.from_code(_int(raw, "state"))
+    except UnknownNodeState as e:
+        raise MalformedCommand(str(e)) from e
+
+
+def _setting(raw: Any) -> SettingValue:
+    if not isinstance(raw, str | int | float | bool):
+        raise MalformedCommand("a setting value must be a string, integer, float or boolean")
+    return raw
+
+
+Encoder = Callable[[Any], dict[str, Any]]
+Decoder = Callable[[Mapping[str, Any]], MetadataCommand]
+
+_CODECS: Final[dict[str, tuple[type, Encoder, Decoder]]] = {
+    "add_node": (
+        AddNode,
+        lambda c: {"node": node_to_doc(c.node)},
+        lambda d: AddNode(_node_from_doc(d.get("node"))),
+    ),
+    "set_node_state": (
+        SetNodeState,
+        lambda c: {"node_id": c.node_id, "state": int(c.state)},
+        lambda d: SetNodeState(_int(d.get("node_id"), "node_id"), _state(d.get("state"))),
+    ),
+    "remove_node": (
+        RemoveNode,
+        lambda c: {"node_id": c.node_id},
+        lambda d: RemoveNode(_int(d.get("node_id"), "node_id")),
+    ),
+    "set_group_members": (
+        SetGroupMembers,
+        lambda c: {"group_id": c.group_id, "voters": list(c.voters), "learners": list(c.learners)},
+        lambda d: SetGroupMembers(
+            _int(d.get("group_id"), "group_id"),
+            _ids(d.get("voters"), "voters"),
+            _ids(d.get("learners"), "learners"),
+        ),
+    ),
+    "assign_vshard": (
+        AssignVShard,
+        lambda c: {"vshard": c.vshard, "group_id": c.group_id},
+        lambda d: AssignVShard(
+            _int(d.get("vshard"), "vshard"), _int(d.get("group_id"), "group_id")
+        ),
+    ),
+    "put_setting": (
+        PutSetting,
+        lambda c: {"key": c.key, "value": c.value},
+        lambda d: PutSetting(str(d.get("key")), _setting(d.get("value"))),
+    ),
+}
+_OP_OF: Final = {cls: op for op, (cls, _, _) in _CODECS.items()}
+
+
+def _encode_command(command: MetadataCommand) -> dict[str, Any]:
+    op = _OP_OF[type(command)]
+    return {"op": op, **_CODECS[op][1](command)}
+
+
+def _decode_command(raw: Any, index: int) -> MetadataCommand:
+    if not isinstance(raw, Mapping):
+        raise MalformedCommand(f"commands[{index}] is not a map")
+    op = raw.get("op")
+    codec = _CODECS.get(op) if isinstance(op, str) else None
+    if codec is None:
+        raise MalformedCommand(f"commands[{index}]: unknown op {op!r} (written by a newer build?)")
+    return codec[2](raw)

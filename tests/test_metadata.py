@@ -1,0 +1,217 @@
+"""The metadata group's commands, placement rules and state machine (group 0)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.catalog import Catalog
+from nodedb_cluster.metadata.applier import (
+    Applied,
+    MetadataState,
+    MetadataStateMachine,
+    Refused,
+)
+from nodedb_cluster.metadata.commands import (
+    AddNode,
+    AssignVShard,
+    MalformedCommand,
+    MetadataEntry,
+    PutSetting,
+    RemoveNode,
+    SetGroupMembers,
+    SetNodeState,
+)
+from nodedb_cluster.metadata.placement import plan_join, plan_promotion, plan_removal
+from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.topology import NodeInfo, NodeState, Topology
+
+RF = 3
+NUM_GROUPS = 4
+
+
+def node(node_id: int, port: int | None = None) -> NodeInfo:
+    addr = parse_socket_addr(f"127.0.0.{node_id}:{port or 9400}")
+    return NodeInfo(node_id, addr, NodeState.ACTIVE, 1)
+
+
+def bootstrap_state() -> MetadataState:
+    topology = Topology([node(1)])
+    routing = RoutingTable.bootstrap(NUM_GROUPS, 1)
+    return MetadataState(topology, routing, {}, applied_index=0)
+
+
+def join_entry(state: MetadataState, new: NodeInfo) -> bytes:
+    return MetadataEntry((AddNode(new), *plan_join(state.routing, new.node_id, RF))).encode()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.saved: list[int] = []
+
+    def __call__(self, state: MetadataState) -> None:
+        self.saved.append(state.applied_index)
+
+
+# --- codec ----------------------------------------------------------------------------------------
+
+
+def test_every_command_round_trips() -> None:
+    entry = MetadataEntry(
+        (
+            AddNode(NodeInfo(9, parse_socket_addr("[::1]:1"), NodeState.LEARNER, 3, b"p" * 32)),
+            SetNodeState(9, NodeState.DRAINING),
+            RemoveNode(9),
+            SetGroupMembers(2, (1, 2), (3,)),
+            AssignVShard(1023, 2),
+            PutSetting("rf", 3),
+            PutSetting("name", "x"),
+        )
+    )
+    assert MetadataEntry.decode(entry.encode()) == entry
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"format": 2, "commands": []},
+        {"format": 1, "commands": [{"op": "launch_rockets"}]},
+        {"format": 1, "commands": [{"op": "set_node_state", "node_id": 1, "state": 99}]},
+        {"format": 1, "commands": [{"op": "set_group_members", "group_id": 1, "voters": ["a"]}]},
+        {"format": 1, "commands": [{"op": "add_node", "node": {"node_id": 0}}]},
+        {"format": 1, "commands": "nope"},
+    ],
+)
+def test_malformed_entries_are_typed_errors(doc: object) -> None:
+    with pytest.raises(MalformedCommand):
+        MetadataEntry.decode(msgpack.packb(doc))
+
+
+@given(st.binary(max_size=256))
+def test_arbitrary_bytes_decode_or_raise_malformed(data: bytes) -> None:
+    with contextlib.suppress(MalformedCommand):
+        MetadataEntry.decode(data)
+
+
+# --- placement ------------------------------------------------------------------------------------
+
+
+def test_joins_fill_groups_to_rf_and_no_further() -> None:
+    state = bootstrap_state()
+    machine = MetadataStateMachine(state, Recorder())
+    index = 0
+    for new in (2, 3, 4):
+        index += 1
+        assert machine.apply_batch([(index, join_entry(machine.state, node(new)))]) == [
+            Applied(index)
+        ]
+        # Promote every learner that placement allows (the control plane does this once caught up).
+        for group_id in machine.state.routing.group_ids:
+            change = plan_promotion(machine.state.routing, group_id, new, RF)
+            if change is not None:
+                index += 1
+                entry = MetadataEntry((change,)).encode()
+                assert machine.apply_batch([(index, entry)]) == [Applied(index)]
+    routing = machine.state.routing
+    for group_id in range(1, NUM_GROUPS + 1):
+        route = routing.route(group_id)
+        assert len(route.voters) == RF, route
+        assert 4 not in route.voters
+        assert 4 not in route.learners
+    # Group 0 takes every node: RF voters, the rest as permanent learners.
+    assert len(routing.route(0).voters) == RF
+    assert routing.route(0).learners == (4,)
+    # raft_groups in the topology follows the routing table.
+    assert machine.state.topology.get(4).raft_groups == (0,)  # type: ignore[union-attr]
+    assert machine.state.topology.get(2).raft_groups == (0, 1, 2, 3, 4)  # type: ignore[union-attr]
+
+
+def test_promotion_is_refused_past_rf_and_for_non_learners() -> None:
+    routing = RoutingTable.bootstrap(1, 1)
+    routing.set_members(1, (1, 2, 3), (4,))
+    assert plan_promotion(routing, 1, 4, RF) is None
+    assert plan_promotion(routing, 1, 5, RF) is None
+
+
+def test_removal_never_empties_a_group() -> None:
+    routing = RoutingTable.bootstrap(2, 1)
+    routing.set_members(1, (1, 2), ())
+    changes = plan_removal(routing, 1)
+    assert changes == (SetGroupMembers(1, (2,), ()),)
+
+
+# --- the state machine ----------------------------------------------------------------------------
+
+
+def test_refused_entry_changes_nothing_and_is_refused_everywhere() -> None:
+    bad = MetadataEntry((SetNodeState(1, NodeState.DRAINING), AddNode(node(1, port=9999)))).encode()
+    results = []
+    for _ in range(2):
+        machine = MetadataStateMachine(bootstrap_state(), Recorder())
+        before = machine.state.topology.encode(), machine.state.routing.encode()
+        [result] = machine.apply_batch([(1, bad)])
+        assert isinstance(result, Refused)
+        assert "already belongs to" in result.reason
+        assert (machine.state.topology.encode(), machine.state.routing.encode()) == before
+        assert machine.state.applied_index == 1  # refused entries are still consumed
+        results.append(result)
+    assert results[0] == results[1]
+
+
+def test_members_must_be_in_the_topology() -> None:
+    machine = MetadataStateMachine(bootstrap_state(), Recorder())
+    [result] = machine.apply_batch([(1, MetadataEntry((SetGroupMembers(1, (1, 7), ()),)).encode())])
+    assert isinstance(result, Refused)
+    assert "node 7" in result.reason
+
+
+def test_replayed_and_empty_entries_have_no_effect_and_one_persist_per_batch() -> None:
+    recorder = Recorder()
+    machine = MetadataStateMachine(bootstrap_state(), recorder)
+    entry = join_entry(machine.state, node(2))
+    assert machine.apply_batch([(1, b""), (2, entry)]) == [Applied(1), Applied(2)]
+    version = machine.state.topology.version
+    assert machine.apply_batch([(2, entry)]) == [Applied(2)]  # at or below applied: skipped
+    assert machine.state.topology.version == version
+    assert recorder.saved == [2, 2]
+
+
+def test_identical_logs_give_identical_state() -> None:
+    machines = [MetadataStateMachine(bootstrap_state(), Recorder()) for _ in range(3)]
+    log: list[tuple[int, bytes]] = []
+    reference = MetadataStateMachine(bootstrap_state(), Recorder())
+    for i, new in enumerate((2, 3, 5), start=1):
+        data = join_entry(reference.state, node(new))
+        reference.apply_batch([(i, data)])
+        log.append((i, data))
+    log.append((4, MetadataEntry((PutSetting("k", "v"), AssignVShard(7, 2))).encode()))
+    for m, split in zip(machines, (1, 2, 4), strict=True):  # different batch boundaries
+        m.apply_batch(log[:split])
+        m.apply_batch(log[split:])
+    encoded = {(m.state.topology.encode(), m.state.routing.encode()) for m in machines}
+    assert len(encoded) == 1
+    assert machines[0].state.settings == {"k": "v"}
+
+
+def test_state_persists_to_the_catalog_and_restart_resumes_after_it(tmp_path: Path) -> None:
+    with Catalog.open(tmp_path) as catalog:
+        state = bootstrap_state()
+        catalog.save_formation("c1", state.topology, state.routing)
+
+        def persist(s: MetadataState) -> None:
+            catalog.save_metadata_state(s.topology, s.routing, s.settings, s.applied_index)
+
+        machine = MetadataStateMachine(state, persist)
+        machine.apply_batch([(1, join_entry(state, node(2))), (2, MetadataEntry(()).encode())])
+    with Catalog.open(tmp_path) as catalog:
+        formation = catalog.load_formation()
+        assert formation is not None
+        assert catalog.load_metadata_applied_index() == 2
+        assert formation.topology == machine.state.topology
+        assert formation.routing == machine.state.routing
