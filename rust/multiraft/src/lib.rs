@@ -1,1 +1,43 @@
-//! Multi-Raft engine.
+//! Multi-Raft engine: many raft-rs groups on one node behind one tick, one log fsync per round
+//! and one frame per peer per round.
+//!
+//! Layers (each a seam with an in-memory implementation for tests):
+//! - [`storage::GroupStorage`]: raft-rs `Storage` of one group, rebuilt from the log;
+//! - [`log_sink::LogSink`]: the node's durable log (over `nodedb-wal`: [`wal_sink::WalSink`];
+//!   in memory: [`log_sink::MemLogSink`]);
+//! - [`network::RaftNetwork`]: frames to peers (over `nodedb-transport`; in memory:
+//!   [`network::SimNetwork`]);
+//! - [`state_machine::StateMachine`]: what committed commands are applied to (built-in
+//!   [`kv::KvStateMachine`], or Python through the binding);
+//! - [`core::MultiRaftCore`]: all groups, driven by explicit calls (deterministic tests);
+//! - [`driver::MultiRaft`]: the thread that drives the core in time, with the async API.
+
+pub mod codec;
+pub mod config;
+pub mod core;
+pub mod driver;
+pub mod error;
+pub mod ids;
+pub mod kv;
+pub mod log_sink;
+pub mod metrics;
+pub mod network;
+pub mod snapshot;
+pub mod state_machine;
+pub mod storage;
+pub mod wal_sink;
+
+pub use crate::codec::Frame;
+pub use crate::config::MultiRaftConfig;
+pub use crate::core::{
+    GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Role,
+};
+pub use crate::driver::{Inbound, MultiRaft};
+pub use crate::error::{EngineError, RaftError};
+pub use crate::ids::{GroupId, NodeId};
+pub use crate::kv::{KvCommand, KvReader, KvResult, KvStateMachine};
+pub use crate::log_sink::{LogSink, MemLogSink};
+pub use crate::metrics::Metrics;
+pub use crate::network::{RaftNetwork, SimNetwork};
+pub use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};
+pub use crate::wal_sink::WalSink;

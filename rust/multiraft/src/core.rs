@@ -1,0 +1,1283 @@
+//! `MultiRaftCore`: every Raft group of a node, driven by explicit calls — `tick`, `step_frame`,
+//! `propose`, `read_index`, ... and `round`, which handles all pending Readys. It owns the log,
+//! the network endpoint and the state machines but no thread and no clock, so tests drive it
+//! step by step over a simulated network; `driver.rs` is the thread that drives it in time.
+//!
+//! # One round (`round`), in this order
+//! 1. Gather a `Ready` from every group that has one.
+//! 2. Send the messages raft allows before persistence (a leader's appends: raft thesis
+//!    10.2.1), batched: one frame per destination peer across all groups.
+//! 3. Persist: install received snapshots (restore the state machine), append every group's
+//!    new entries and changed hard state to the log as one batch, then ONE `sync` (fsync).
+//!    **This sync is the durability point**: nothing below depends on unsynced records.
+//! 4. Send the persisted messages (votes, append responses), again one frame per peer.
+//!    Asserts nothing is unsynced first (persisted-before-send).
+//! 5. Apply committed entries to the state machines in batches; answer proposals and reads.
+//! 6. Advance each group; handle its `LightReady` (new commit index, leader messages, more
+//!    committed entries to apply), then `advance_apply`.
+//! 7. Housekeeping: fail proposals of groups whose leader stepped down; snapshot and compact
+//!    groups past the threshold.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use raft::prelude::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+    SnapshotMetadata,
+};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage};
+use tokio::sync::oneshot;
+
+use crate::codec::{
+    decode_commands, decode_pb, encode_commands, Frame, RaftBatch, SnapshotAck, SnapshotKey,
+};
+use crate::config::MultiRaftConfig;
+use crate::error::{EngineError, RaftError, SnapshotError};
+use crate::ids::{GroupId, NodeId};
+use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
+use crate::metrics::Metrics;
+use crate::network::RaftNetwork;
+use crate::snapshot::{ChunkOutcome, SnapshotDescriptor, SnapshotStore, TransferJob};
+use crate::state_machine::{Command, StateMachine, StateMachineFactory, StateMachineKind};
+use crate::storage::GroupStorage;
+
+/// One frame carries at most this many bytes of raft messages (a 64 MiB wire frame holds it
+/// with room to spare); more go in further frames.
+pub const BATCH_FRAME_BYTES_MAX: usize = 16 << 20;
+/// Concurrent outgoing snapshot transfers; more are refused back to raft (it retries).
+pub const SNAPSHOT_SENDS_MAX: usize = 4;
+/// A snapshot transfer still queuing chunks after this many ticks (60 s at 100 ms) is reported
+/// failed; raft then retries with a fresh snapshot.
+pub const SNAPSHOT_TRANSFER_TIMEOUT_TICKS: u64 = 600;
+/// Index and term of the bootstrap snapshot every founding voter starts from.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+pub const BOOTSTRAP_TERM: u64 = 1;
+/// Orphaned `.partial` files are swept every this many ticks.
+pub const ORPHAN_SWEEP_EVERY_TICKS: u64 = 100;
+
+/// Reply channel of one request.
+pub type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+
+/// A proposal's outcome: the entry's index and one state-machine result per command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposeOutcome {
+    pub index: u64,
+    pub results: Vec<Vec<u8>>,
+}
+
+/// How a group starts on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRole {
+    /// A founding voter: every founding member is created with the same `peers` (this node
+    /// included) and no log.
+    Voter { peers: Vec<NodeId> },
+    /// Joins an existing group: starts empty and learns log/snapshot and membership from the
+    /// leader, after the control plane added it as a learner there (`ConfChange`).
+    Learner,
+}
+
+/// A raft role, as reported in status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(r: StateRole) -> Self {
+        match r {
+            StateRole::Follower => Role::Follower,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// A group's state on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub group: GroupId,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+/// A membership change, expressed as raft-rs ConfChangeV2 steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    AddLearner(NodeId),
+    /// Promote a learner (or add a new voter) — with others in one joint change if many.
+    AddVoter(NodeId),
+    Remove(NodeId),
+}
+
+struct PendingProposal {
+    index: u64,
+    term: u64,
+    reply: Reply<ProposeOutcome>,
+}
+
+struct PendingConf {
+    index: u64,
+    term: u64,
+    reply: Reply<Vec<NodeId>>,
+}
+
+struct PendingRead {
+    ctx: u64,
+    started_tick: u64,
+    /// Set once raft confirmed leadership: the read may proceed when applied ≥ this.
+    read_index: Option<u64>,
+    reply: Reply<u64>,
+}
+
+struct Group {
+    id: GroupId,
+    meta: GroupMeta,
+    raw: RawNode<GroupStorage>,
+    sm: Box<dyn StateMachine>,
+    proposals: VecDeque<PendingProposal>,
+    confs: VecDeque<PendingConf>,
+    reads: Vec<PendingRead>,
+    applied_index: u64,
+    was_leader: bool,
+}
+
+struct OutgoingTransfer {
+    key: SnapshotKey,
+    started_tick: u64,
+    /// When the sender thread queued the last chunk; the ack must follow within
+    /// `snapshot_ack_timeout_ticks` (a lost chunk or a dead receiver never acks).
+    queued_tick: Option<u64>,
+}
+
+/// Completed snapshot sends reported by transfer threads: (peer, group, all chunks queued).
+type TransferResults = Arc<Mutex<Vec<(NodeId, GroupId, bool)>>>;
+
+/// All Raft groups of one node. See the module docs for the round order.
+pub struct MultiRaftCore {
+    cfg: MultiRaftConfig,
+    logger: slog::Logger,
+    sink: Box<dyn LogSink>,
+    net: Arc<dyn RaftNetwork>,
+    factory: Box<dyn StateMachineFactory>,
+    snapshots: SnapshotStore,
+    groups: BTreeMap<GroupId, Group>,
+    transfers: HashMap<(NodeId, GroupId), OutgoingTransfer>,
+    transfer_results: TransferResults,
+    next_read_ctx: u64,
+    /// Records appended to the log since the last successful sync (persisted-before-send check).
+    unsynced_records: usize,
+    ticks: u64,
+    metrics: Arc<Metrics>,
+    /// Send snapshot chunks from the calling thread (deterministic tests) instead of a thread
+    /// per transfer.
+    inline_snapshot_sends: bool,
+}
+
+fn lost(group: GroupId, leader: u64) -> RaftError {
+    RaftError::LeadershipLost {
+        group,
+        leader_hint: NodeId::from_raft(leader),
+    }
+}
+
+impl MultiRaftCore {
+    /// Opens the engine: validates the config, replays the log, restores each group's state
+    /// machine from its latest snapshot, and recreates every group found.
+    pub fn open(
+        cfg: MultiRaftConfig,
+        mut sink: Box<dyn LogSink>,
+        net: Arc<dyn RaftNetwork>,
+        factory: Box<dyn StateMachineFactory>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
+        cfg.validate()?;
+        let mut snapshots = SnapshotStore::open(cfg.data_dir.join("snapshots"))?;
+        snapshots.remove_orphans(Duration::from_secs(cfg.orphan_partial_max_age_secs))?;
+        let records = sink.take_replay()?;
+        let recovered = recover(&records)?;
+        let mut core = MultiRaftCore {
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            sink,
+            net,
+            factory,
+            snapshots,
+            groups: BTreeMap::new(),
+            transfers: HashMap::new(),
+            transfer_results: Arc::default(),
+            next_read_ctx: 1,
+            unsynced_records: 0,
+            ticks: 0,
+            metrics,
+            inline_snapshot_sends: false,
+            cfg,
+        };
+        for (gid, rg) in recovered {
+            core.start_group(gid, rg.meta, rg.storage)?;
+        }
+        Ok(core)
+    }
+
+    /// Re-creates a recovered group: its state machine restored from the latest snapshot.
+    fn start_group(
+        &mut self,
+        gid: GroupId,
+        meta: GroupMeta,
+        mut storage: GroupStorage,
+    ) -> Result<(), EngineError> {
+        let kind = StateMachineKind::from_u8(meta.sm_kind).ok_or(EngineError::Recovery {
+            group: gid,
+            reason: format!("unknown state machine kind {}", meta.sm_kind),
+        })?;
+        let mut sm = self
+            .factory
+            .create(gid, kind)
+            .map_err(SnapshotError::from)?;
+        let snap_meta = storage.snapshot_meta().clone();
+        if snap_meta.index > 0 {
+            let key = SnapshotKey {
+                group: gid,
+                index: snap_meta.index,
+                term: snap_meta.term,
+            };
+            let desc = self.find_descriptor(&key)?;
+            let data = self.snapshots.read(&key, &desc)?;
+            sm.restore(&data).map_err(SnapshotError::from)?;
+            storage.set_outgoing(outgoing_snapshot(snap_meta, desc));
+        }
+        self.insert_group(gid, meta, storage, sm)
+    }
+
+    fn insert_group(
+        &mut self,
+        gid: GroupId,
+        meta: GroupMeta,
+        storage: GroupStorage,
+        sm: Box<dyn StateMachine>,
+    ) -> Result<(), EngineError> {
+        let applied = storage.snapshot_meta().index;
+        let raw = RawNode::new(&self.cfg.raft_config(applied), storage, &self.logger)?;
+        let was_leader = raw.raft.state == StateRole::Leader;
+        self.groups.insert(
+            gid,
+            Group {
+                id: gid,
+                meta,
+                raw,
+                sm,
+                proposals: VecDeque::new(),
+                confs: VecDeque::new(),
+                reads: Vec::new(),
+                applied_index: applied,
+                was_leader,
+            },
+        );
+        Ok(())
+    }
+
+    /// The descriptor of a local snapshot file (size and checksum recomputed from the file:
+    /// the log records only the metadata).
+    fn find_descriptor(&self, key: &SnapshotKey) -> Result<SnapshotDescriptor, EngineError> {
+        let path = self.snapshots.path(key, "snap");
+        let data = std::fs::read(&path).map_err(|e| EngineError::Recovery {
+            group: key.group,
+            reason: format!("snapshot file {} unreadable: {e}", path.display()),
+        })?;
+        Ok(SnapshotDescriptor {
+            total_bytes: data.len() as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(&data),
+        })
+    }
+
+    /// Sends snapshot chunks on the calling thread: for tests that drive the core by hand and
+    /// must not race a sender thread against their simulated time.
+    pub fn set_inline_snapshot_sends(&mut self, inline: bool) {
+        self.inline_snapshot_sends = inline;
+    }
+
+    pub fn config(&self) -> &MultiRaftConfig {
+        &self.cfg
+    }
+    pub fn node_id(&self) -> NodeId {
+        self.cfg.node_id
+    }
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.groups.keys().copied().collect()
+    }
+    pub fn has_group(&self, g: GroupId) -> bool {
+        self.groups.contains_key(&g)
+    }
+
+    /// Creates a group on this node (durably: the creation is synced before returning).
+    pub fn add_group(
+        &mut self,
+        gid: GroupId,
+        role: GroupRole,
+        kind: StateMachineKind,
+    ) -> Result<(), EngineError> {
+        if self.groups.contains_key(&gid) {
+            return Err(EngineError::GroupExists(gid));
+        }
+        let mut cs = ConfState::default();
+        if let GroupRole::Voter { peers } = &role {
+            if !peers.contains(&self.cfg.node_id) || peers.iter().any(|p| p.0 == 0) {
+                return Err(EngineError::Config {
+                    field: "peers",
+                    reason: format!(
+                        "must include this node ({}) and no id 0: {peers:?}",
+                        self.cfg.node_id
+                    ),
+                });
+            }
+            cs.voters = peers.iter().map(|p| p.0).collect();
+            cs.voters.sort_unstable();
+            cs.voters.dedup();
+        }
+        let meta = GroupMeta {
+            sm_kind: kind as u8,
+        };
+        let sm = self
+            .factory
+            .create(gid, kind)
+            .map_err(SnapshotError::from)?;
+        let mut storage = GroupStorage::new(cs.clone());
+        let mut records = vec![LogRecord::group_created(gid, meta, &cs)];
+        if matches!(role, GroupRole::Voter { .. }) {
+            // Founders start from a snapshot of the empty state at index 1 holding the initial
+            // membership, so the log starts at 2 and a node that joins later gets that
+            // snapshot first: it learns the founding voters, which no log entry records.
+            let snap = snapshot_meta(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, cs);
+            let key = SnapshotKey {
+                group: gid,
+                index: snap.index,
+                term: snap.term,
+            };
+            let desc = self
+                .snapshots
+                .write(&key, &sm.snapshot().map_err(SnapshotError::from)?)?;
+            storage
+                .install_snapshot(snap.clone())
+                .map_err(|e| EngineError::Raft(raft::Error::Store(e)))?;
+            storage.set_outgoing(outgoing_snapshot(snap.clone(), desc));
+            records.push(LogRecord::snapshot_mark(gid, meta, &snap));
+        }
+        self.sink.append(&records)?;
+        self.sink.sync()?;
+        self.insert_group(gid, meta, storage, sm)
+    }
+
+    /// Removes a group from this node: its pending requests fail, its log history is released
+    /// and its snapshot files deleted.
+    pub fn remove_group(&mut self, gid: GroupId) -> Result<(), EngineError> {
+        let Some(mut g) = self.groups.remove(&gid) else {
+            return Err(EngineError::GroupNotFound(gid));
+        };
+        fail_all(&mut g, &RaftError::GroupNotFound { group: gid });
+        self.sink.forget_group(gid)?;
+        self.sink.sync()?;
+        self.snapshots.remove_group(gid)?;
+        self.transfers.retain(|(_, g), _| *g != gid);
+        Ok(())
+    }
+
+    /// One tick for every group; expires overdue reads and snapshot transfers.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        let timeout = self.cfg.read_index_timeout_ticks;
+        let now = self.ticks;
+        for g in self.groups.values_mut() {
+            g.raw.tick();
+            let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut g.reads)
+                .into_iter()
+                .partition(|r| now.saturating_sub(r.started_tick) >= timeout);
+            g.reads = kept;
+            for r in expired {
+                let _ = r.reply.send(Err(RaftError::Timeout {
+                    op: "read_index",
+                    timeout_ms: timeout * self.cfg.tick_interval.as_millis() as u64,
+                }));
+            }
+        }
+        let ack_timeout = self.cfg.snapshot_ack_timeout_ticks;
+        let stale: Vec<(NodeId, GroupId)> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| {
+                now.saturating_sub(t.started_tick) >= SNAPSHOT_TRANSFER_TIMEOUT_TICKS
+                    || t.queued_tick
+                        .is_some_and(|q| now.saturating_sub(q) >= ack_timeout)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for (peer, gid) in stale {
+            self.finish_transfer(peer, gid, false);
+        }
+        if now % ORPHAN_SWEEP_EVERY_TICKS == 0 {
+            let age = Duration::from_secs(self.cfg.orphan_partial_max_age_secs);
+            if let Ok(n) = self.snapshots.remove_orphans(age) {
+                Metrics::add(&self.metrics.orphan_partials_removed, n as u64);
+            }
+        }
+    }
+
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+
+    /// Feeds one inbound frame.
+    pub fn step_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Batch(b) => {
+                for (gid, m) in b.messages {
+                    self.step_message(gid, m);
+                }
+            }
+            Frame::Chunk(c) => {
+                let (from, key) = (c.from, c.key);
+                if !self.groups.contains_key(&key.group) {
+                    Metrics::inc(&self.metrics.inbound_unknown_group);
+                    return;
+                }
+                match self.snapshots.receive(*c) {
+                    Ok(ChunkOutcome::InProgress) => {}
+                    Ok(ChunkOutcome::Complete(m)) => {
+                        Metrics::inc(&self.metrics.snapshots_received);
+                        self.step_message(key.group, *m);
+                        self.send_ack(from, key, true);
+                    }
+                    Err(_) => {
+                        Metrics::inc(&self.metrics.snapshot_receive_errors);
+                        self.send_ack(from, key, false);
+                    }
+                }
+            }
+            Frame::Ack(a) => {
+                if self
+                    .transfers
+                    .get(&(a.from, a.key.group))
+                    .is_some_and(|t| t.key == a.key)
+                {
+                    self.finish_transfer(a.from, a.key.group, a.ok);
+                }
+            }
+        }
+    }
+
+    fn send_ack(&mut self, to: NodeId, key: SnapshotKey, ok: bool) {
+        let ack = SnapshotAck {
+            from: self.cfg.node_id,
+            key,
+            ok,
+        };
+        if self.net.send(to, Frame::Ack(ack)).is_err() {
+            Metrics::inc(&self.metrics.send_errors);
+        }
+    }
+
+    fn finish_transfer(&mut self, peer: NodeId, gid: GroupId, ok: bool) {
+        if self.transfers.remove(&(peer, gid)).is_none() {
+            return;
+        }
+        if let Some(g) = self.groups.get_mut(&gid) {
+            let status = if ok {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            g.raw.report_snapshot(peer.0, status);
+        }
+        if !ok {
+            Metrics::inc(&self.metrics.snapshot_send_failures);
+        }
+    }
+
+    fn step_message(&mut self, gid: GroupId, m: Message) {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            Metrics::inc(&self.metrics.inbound_unknown_group);
+            return;
+        };
+        if g.raw.step(m).is_err() {
+            // Stale-term or unknown-peer messages: raft's normal noise, counted not logged.
+            Metrics::inc(&self.metrics.step_errors);
+        }
+    }
+
+    fn group_mut(&mut self, gid: GroupId) -> Result<&mut Group, RaftError> {
+        self.groups
+            .get_mut(&gid)
+            .ok_or(RaftError::GroupNotFound { group: gid })
+    }
+
+    /// Proposes one entry holding `commands`; `reply` gets (index, one result per command)
+    /// after commit and apply, or a typed error.
+    pub fn propose(&mut self, gid: GroupId, commands: &[Vec<u8>], reply: Reply<ProposeOutcome>) {
+        let limit = self.cfg.pending_proposals_max;
+        let r = (|| {
+            let g = self.group_mut(gid)?;
+            if g.raw.raft.state != StateRole::Leader {
+                return Err(RaftError::NotLeader {
+                    group: gid,
+                    leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
+                });
+            }
+            if g.proposals.len() >= limit {
+                return Err(RaftError::Busy {
+                    reason: "too many pending proposals in this group",
+                });
+            }
+            if commands.is_empty() {
+                return Err(RaftError::Invalid {
+                    reason: "empty proposal batch".into(),
+                });
+            }
+            let before = g.raw.raft.raft_log.last_index();
+            g.raw
+                .propose(Vec::new(), encode_commands(commands))
+                .map_err(|_| RaftError::Busy {
+                    reason: "raft dropped the proposal (uncommitted limit or leader transfer)",
+                })?;
+            let index = g.raw.raft.raft_log.last_index();
+            debug_assert_eq!(index, before + 1);
+            Ok((index, g.raw.raft.term))
+        })();
+        match r {
+            Ok((index, term)) => {
+                Metrics::inc(&self.metrics.proposals);
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    g.proposals
+                        .push_back(PendingProposal { index, term, reply });
+                }
+            }
+            Err(e) => {
+                if matches!(e, RaftError::Busy { .. }) {
+                    Metrics::inc(&self.metrics.proposals_busy);
+                }
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Confirms leadership with a quorum (raft ReadIndex); `reply` gets the read index once
+    /// this node has applied through it, so a local read is linearizable.
+    pub fn read_index(&mut self, gid: GroupId, reply: Reply<u64>) {
+        let ctx = self.next_read_ctx;
+        self.next_read_ctx += 1;
+        let now = self.ticks;
+        let g = match self.group_mut(gid) {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        if g.raw.raft.leader_id == 0 {
+            let _ = reply.send(Err(RaftError::NotLeader {
+                group: gid,
+                leader_hint: None,
+            }));
+            return;
+        }
+        g.raw.read_index(ctx.to_le_bytes().to_vec());
+        g.reads.push(PendingRead {
+            ctx,
+            started_tick: now,
+            read_index: None,
+            reply,
+        });
+    }
+
+    /// Proposes a membership change (ConfChangeV2; several changes enter a joint config that
+    /// raft leaves automatically). `reply` gets the voters after it applied.
+    pub fn change_membership(
+        &mut self,
+        gid: GroupId,
+        changes: &[MembershipChange],
+        reply: Reply<Vec<NodeId>>,
+    ) {
+        let r = (|| {
+            let g = self.group_mut(gid)?;
+            if g.raw.raft.state != StateRole::Leader {
+                return Err(RaftError::NotLeader {
+                    group: gid,
+                    leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
+                });
+            }
+            if changes.is_empty() || changes.iter().any(|c| node_of(c).0 == 0) {
+                return Err(RaftError::Invalid {
+                    reason: format!("bad membership change {changes:?}"),
+                });
+            }
+            let mut cc = ConfChangeV2::default();
+            cc.set_changes(
+                changes
+                    .iter()
+                    .map(|c| {
+                        let mut s = raft::prelude::ConfChangeSingle::default();
+                        let (t, n) = match c {
+                            MembershipChange::AddLearner(n) => {
+                                (raft::prelude::ConfChangeType::AddLearnerNode, n)
+                            }
+                            MembershipChange::AddVoter(n) => {
+                                (raft::prelude::ConfChangeType::AddNode, n)
+                            }
+                            MembershipChange::Remove(n) => {
+                                (raft::prelude::ConfChangeType::RemoveNode, n)
+                            }
+                        };
+                        s.set_change_type(t);
+                        s.node_id = n.0;
+                        s
+                    })
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            g.raw
+                .propose_conf_change(Vec::new(), cc)
+                .map_err(|e| RaftError::Invalid {
+                    reason: format!("conf change refused: {e}"),
+                })?;
+            Ok((g.raw.raft.raft_log.last_index(), g.raw.raft.term))
+        })();
+        match r {
+            Ok((index, term)) => {
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    g.confs.push_back(PendingConf { index, term, reply });
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to` (raft's MsgTransferLeader).
+    pub fn transfer_leader(&mut self, gid: GroupId, to: NodeId) -> Result<(), RaftError> {
+        let g = self.group_mut(gid)?;
+        if g.raw.raft.state != StateRole::Leader {
+            return Err(RaftError::NotLeader {
+                group: gid,
+                leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
+            });
+        }
+        g.raw.transfer_leader(to.0);
+        Ok(())
+    }
+
+    /// Starts an election now (tests and operator tools; normally the tick does this).
+    pub fn campaign(&mut self, gid: GroupId) -> Result<(), RaftError> {
+        let g = self.group_mut(gid)?;
+        g.raw.campaign().map_err(|e| RaftError::Invalid {
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn status(&self, gid: GroupId) -> Result<GroupStatus, RaftError> {
+        let g = self
+            .groups
+            .get(&gid)
+            .ok_or(RaftError::GroupNotFound { group: gid })?;
+        let r = &g.raw.raft;
+        let cs = r.store().conf_state();
+        Ok(GroupStatus {
+            group: gid,
+            role: r.state.into(),
+            term: r.term,
+            leader: NodeId::from_raft(r.leader_id),
+            commit_index: r.raft_log.committed,
+            applied_index: g.applied_index,
+            last_index: r.raft_log.last_index(),
+            snapshot_index: r.store().snapshot_meta().index,
+            voters: sorted_ids(&cs.voters),
+            learners: sorted_ids(&cs.learners),
+        })
+    }
+
+    /// Does this node lead `gid`?
+    pub fn is_leader(&self, gid: GroupId) -> bool {
+        self.groups
+            .get(&gid)
+            .is_some_and(|g| g.raw.raft.state == StateRole::Leader)
+    }
+
+    /// Fails every pending request of every group (shutdown).
+    pub fn fail_all_pending(&mut self, reason: &str) {
+        let e = RaftError::Stopped {
+            reason: reason.to_string(),
+        };
+        for g in self.groups.values_mut() {
+            fail_all(g, &e);
+        }
+    }
+
+    /// Does any group have work for `round`?
+    pub fn has_ready(&self) -> bool {
+        self.groups.values().any(|g| g.raw.has_ready())
+            || self
+                .transfer_results
+                .lock()
+                .map(|v| !v.is_empty())
+                .unwrap_or(false)
+    }
+
+    /// Handles every pending Ready (see the module docs for the order). Returns the number of
+    /// groups that had one. A log error is fatal: the caller must stop the engine.
+    pub fn round(&mut self) -> Result<usize, EngineError> {
+        self.collect_transfer_results();
+        // (1) gather
+        let mut readys = Vec::new();
+        for (gid, g) in self.groups.iter_mut() {
+            if g.raw.has_ready() {
+                readys.push((*gid, g.raw.ready()));
+            }
+        }
+        if readys.is_empty() {
+            return Ok(0);
+        }
+        Metrics::inc(&self.metrics.rounds);
+        // (2) messages sendable before persistence (leader appends / heartbeats)
+        let mut out = Outbox::default();
+        for (gid, rd) in readys.iter_mut() {
+            out.add(*gid, rd.take_messages());
+        }
+        self.flush(out);
+        // (3) persist every group, then ONE sync
+        let mut records = Vec::new();
+        let mut floors_changed = false;
+        for (gid, rd) in readys.iter_mut() {
+            let Some(g) = self.groups.get_mut(gid) else {
+                continue;
+            };
+            if !rd.snapshot().is_empty() {
+                install_snapshot(g, &self.snapshots, rd.snapshot().clone(), &mut records)?;
+                Metrics::inc(&self.metrics.snapshots_installed);
+                floors_changed = true;
+            }
+            if !rd.entries().is_empty() {
+                for e in rd.entries() {
+                    records.push(LogRecord::entry(*gid, e));
+                }
+                g.raw
+                    .mut_store()
+                    .append(rd.entries())
+                    .map_err(|reason| EngineError::Recovery {
+                        group: *gid,
+                        reason,
+                    })?;
+            }
+            if let Some(hs) = rd.hs() {
+                records.push(LogRecord::hard_state(*gid, hs));
+                g.raw.mut_store().set_hard_state(hs.clone());
+            }
+        }
+        if !records.is_empty() {
+            self.unsynced_records += records.len();
+            Metrics::add(&self.metrics.records_written, records.len() as u64);
+            self.sink.append(&records)?;
+            // DURABILITY POINT: entries, hard states and snapshot marks of every group in this
+            // round become durable here, with one fsync. Nothing after this line runs before it.
+            self.sink.sync()?;
+            Metrics::inc(&self.metrics.fsyncs);
+            self.unsynced_records = 0;
+        }
+        // (4) persisted messages — votes and append acks promise what is now on disk.
+        assert_eq!(self.unsynced_records, 0, "persisted-before-send violated");
+        let mut out = Outbox::default();
+        for (gid, rd) in readys.iter_mut() {
+            out.add(*gid, rd.take_persisted_messages());
+        }
+        self.flush(out);
+        // (5)+(6) apply, advance, light ready
+        let mut out = Outbox::default();
+        let groups_handled = readys.len();
+        for (gid, mut rd) in readys {
+            let Some(g) = self.groups.get_mut(&gid) else {
+                continue;
+            };
+            let committed = rd.take_committed_entries();
+            let read_states = rd.take_read_states();
+            apply_entries(g, committed, &self.metrics);
+            for rs in read_states {
+                let ctx = le_u64(&rs.request_ctx);
+                if let Some(p) = g.reads.iter_mut().find(|p| Some(p.ctx) == ctx) {
+                    p.read_index = Some(rs.index);
+                }
+            }
+            let mut light = g.raw.advance(rd);
+            if let Some(c) = light.commit_index() {
+                g.raw.mut_store().set_commit(c);
+            }
+            out.add(gid, light.take_messages());
+            apply_entries(g, light.take_committed_entries(), &self.metrics);
+            g.raw.advance_apply();
+            answer_reads(g);
+            step_down_check(g);
+        }
+        self.flush(out);
+        // (7) snapshots past the threshold
+        floors_changed |= self.maybe_snapshot()?;
+        if floors_changed {
+            self.compact_log()?;
+        }
+        Ok(groups_handled)
+    }
+
+    fn collect_transfer_results(&mut self) {
+        let done: Vec<(NodeId, GroupId, bool)> = match self.transfer_results.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        let now = self.ticks;
+        for (peer, gid, ok) in done {
+            if !ok {
+                self.finish_transfer(peer, gid, false);
+            } else if let Some(t) = self.transfers.get_mut(&(peer, gid)) {
+                // Fully queued: now the receiver's ack must come within the ack timeout.
+                t.queued_tick = Some(now);
+            }
+        }
+    }
+
+    /// Sends one frame (or a few, past `BATCH_FRAME_BYTES_MAX`) per destination peer.
+    fn flush(&mut self, out: Outbox) {
+        for (to, msgs) in out.by_peer {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            for (gid, m) in msgs {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    self.start_transfer(to, gid, m);
+                    continue;
+                }
+                bytes += protobuf::Message::compute_size(&m) as usize + 16;
+                batch.push((gid, m));
+                if bytes >= BATCH_FRAME_BYTES_MAX {
+                    self.send_batch(to, std::mem::take(&mut batch));
+                    bytes = 0;
+                }
+            }
+            if !batch.is_empty() {
+                self.send_batch(to, batch);
+            }
+        }
+    }
+
+    fn send_batch(&mut self, to: NodeId, messages: Vec<(GroupId, Message)>) {
+        let n = messages.len() as u64;
+        let groups: Vec<GroupId> = messages.iter().map(|(g, _)| *g).collect();
+        let frame = Frame::Batch(RaftBatch {
+            from: self.cfg.node_id,
+            messages,
+        });
+        Metrics::inc(&self.metrics.frames_sent);
+        Metrics::add(&self.metrics.messages_sent, n);
+        if self.net.send(to, frame).is_err() {
+            Metrics::inc(&self.metrics.send_errors);
+            for gid in groups {
+                if let Some(g) = self.groups.get_mut(&gid) {
+                    g.raw.report_unreachable(to.0);
+                }
+            }
+        }
+    }
+
+    fn start_transfer(&mut self, to: NodeId, gid: GroupId, m: Message) {
+        let snap = m.get_snapshot();
+        let key = SnapshotKey {
+            group: gid,
+            index: snap.get_metadata().index,
+            term: snap.get_metadata().term,
+        };
+        let desc = SnapshotDescriptor::decode(snap.get_data());
+        let busy =
+            self.transfers.len() >= SNAPSHOT_SENDS_MAX || self.transfers.contains_key(&(to, gid));
+        let Ok(desc) = desc else {
+            self.report_snapshot_failure(gid, to);
+            return;
+        };
+        if busy {
+            self.report_snapshot_failure(gid, to);
+            return;
+        }
+        self.transfers.insert(
+            (to, gid),
+            OutgoingTransfer {
+                key,
+                started_tick: self.ticks,
+                queued_tick: None,
+            },
+        );
+        Metrics::inc(&self.metrics.snapshots_sent);
+        let job = TransferJob {
+            net: Arc::clone(&self.net),
+            from: self.cfg.node_id,
+            to,
+            key,
+            path: self.snapshots.path(&key, "snap"),
+            desc,
+            chunk_bytes: self.cfg.install_snapshot_chunk_bytes,
+            message: m,
+            chunk_timeout: self.cfg.tick_interval * 50,
+        };
+        let results = Arc::clone(&self.transfer_results);
+        if self.inline_snapshot_sends {
+            let ok = job.run().is_ok();
+            if let Ok(mut v) = results.lock() {
+                v.push((to, gid, ok));
+            }
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name(format!("snap-send-{}-{}", gid.0, to.0))
+            .spawn(move || {
+                let ok = job.run().is_ok();
+                if let Ok(mut v) = results.lock() {
+                    v.push((to, gid, ok));
+                }
+            });
+        if spawned.is_err() {
+            self.transfers.remove(&(to, gid));
+            self.report_snapshot_failure(gid, to);
+        }
+    }
+
+    fn report_snapshot_failure(&mut self, gid: GroupId, to: NodeId) {
+        Metrics::inc(&self.metrics.snapshot_send_failures);
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.raw.report_snapshot(to.0, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Snapshots every group that applied `snapshot_threshold_entries` since its last one, or
+    /// whose leader was asked for a snapshot it could not serve.
+    fn maybe_snapshot(&mut self) -> Result<bool, EngineError> {
+        let threshold = self.cfg.snapshot_threshold_entries;
+        let due: Vec<GroupId> = self
+            .groups
+            .values()
+            .filter(|g| {
+                let wanted = g.raw.store().take_snapshot_wanted();
+                let since =
+                    g.applied_index - g.raw.store().snapshot_meta().index.min(g.applied_index);
+                since >= threshold || (wanted && since > 0)
+            })
+            .map(|g| g.id)
+            .collect();
+        for gid in &due {
+            self.snapshot_group(*gid)?;
+        }
+        Ok(!due.is_empty())
+    }
+
+    /// Snapshots one group now at its applied index and compacts its log to it.
+    pub fn snapshot_group(&mut self, gid: GroupId) -> Result<(), EngineError> {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return Err(EngineError::GroupNotFound(gid));
+        };
+        let index = g.applied_index;
+        if index <= g.raw.store().snapshot_meta().index {
+            return Ok(());
+        }
+        let term = g.raw.store().term(index)?;
+        let data = g.sm.snapshot().map_err(SnapshotError::from)?;
+        let key = SnapshotKey {
+            group: gid,
+            index,
+            term,
+        };
+        let desc = self.snapshots.write(&key, &data)?;
+        let meta = snapshot_meta(index, term, g.raw.store().conf_state().clone());
+        // The mark must be durable before the log may drop what it covers.
+        self.sink
+            .append(&[LogRecord::snapshot_mark(gid, g.meta, &meta)])?;
+        self.sink.sync()?;
+        self.unsynced_records = 0;
+        g.raw.mut_store().compact_to_snapshot(meta.clone());
+        g.raw
+            .mut_store()
+            .set_outgoing(outgoing_snapshot(meta, desc));
+        self.snapshots.remove_older(gid, index)?;
+        Metrics::inc(&self.metrics.snapshots_taken);
+        Ok(())
+    }
+
+    fn compact_log(&mut self) -> Result<(), EngineError> {
+        let floors: Vec<(GroupId, u64)> = self
+            .groups
+            .values()
+            .map(|g| (g.id, g.raw.store().snapshot_meta().index))
+            .collect();
+        self.sink.compact(&floors)?;
+        Ok(())
+    }
+
+    /// Applied index of a group (tests and status).
+    pub fn applied_index(&self, gid: GroupId) -> Option<u64> {
+        self.groups.get(&gid).map(|g| g.applied_index)
+    }
+}
+
+fn node_of(c: &MembershipChange) -> NodeId {
+    match c {
+        MembershipChange::AddLearner(n)
+        | MembershipChange::AddVoter(n)
+        | MembershipChange::Remove(n) => *n,
+    }
+}
+
+fn snapshot_meta(index: u64, term: u64, cs: ConfState) -> SnapshotMetadata {
+    SnapshotMetadata {
+        index,
+        term,
+        conf_state: Some(cs).into(),
+        ..Default::default()
+    }
+}
+
+fn sorted_ids(ids: &[u64]) -> Vec<NodeId> {
+    let mut v: Vec<NodeId> = ids.iter().map(|i| NodeId(*i)).collect();
+    v.sort_unstable();
+    v
+}
+
+fn le_u64(b: &[u8]) -> Option<u64> {
+    let a: [u8; 8] = b.try_into().ok()?;
+    Some(u64::from_le_bytes(a))
+}
+
+fn outgoing_snapshot(meta: SnapshotMetadata, desc: SnapshotDescriptor) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.set_metadata(meta);
+    s.data = desc.encode().into();
+    s
+}
+
+fn fail_all(g: &mut Group, e: &RaftError) {
+    for p in g.proposals.drain(..) {
+        let _ = p.reply.send(Err(e.clone()));
+    }
+    for p in g.confs.drain(..) {
+        let _ = p.reply.send(Err(e.clone()));
+    }
+    for r in g.reads.drain(..) {
+        let _ = r.reply.send(Err(e.clone()));
+    }
+}
+
+/// A leader that stepped down fails what it promised: the entries may still commit under the
+/// new leader, so the error is `LeadershipLost` (outcome unknown), never silence.
+fn step_down_check(g: &mut Group) {
+    let leader = g.raw.raft.state == StateRole::Leader;
+    if g.was_leader && !leader {
+        let e = lost(g.id, g.raw.raft.leader_id);
+        fail_all(g, &e);
+    }
+    g.was_leader = leader;
+}
+
+fn answer_reads(g: &mut Group) {
+    let applied = g.applied_index;
+    let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut g.reads)
+        .into_iter()
+        .partition(|r| r.read_index.is_some_and(|i| i <= applied));
+    g.reads = waiting;
+    for r in ready {
+        let _ = r.reply.send(Ok(r.read_index.unwrap_or(applied)));
+    }
+}
+
+/// Installs a snapshot received from the leader (its file is already verified on disk).
+fn install_snapshot(
+    g: &mut Group,
+    store: &SnapshotStore,
+    snap: Snapshot,
+    records: &mut Vec<LogRecord>,
+) -> Result<(), EngineError> {
+    let meta = snap.get_metadata().clone();
+    let key = SnapshotKey {
+        group: g.id,
+        index: meta.index,
+        term: meta.term,
+    };
+    let desc = SnapshotDescriptor::decode(snap.get_data()).map_err(|e| EngineError::Recovery {
+        group: g.id,
+        reason: format!("snapshot descriptor: {e}"),
+    })?;
+    let data = store.read(&key, &desc)?;
+    g.sm.restore(&data).map_err(SnapshotError::from)?;
+    g.raw
+        .mut_store()
+        .install_snapshot(meta.clone())
+        .map_err(|e| EngineError::Raft(raft::Error::Store(e)))?;
+    g.raw
+        .mut_store()
+        .set_outgoing(outgoing_snapshot(meta.clone(), desc));
+    g.applied_index = meta.index;
+    records.push(LogRecord::snapshot_mark(g.id, g.meta, &meta));
+    store.remove_older(g.id, meta.index)?;
+    // Whatever was pending here is superseded by the snapshot.
+    let e = lost(g.id, g.raw.raft.leader_id);
+    for p in g.proposals.drain(..) {
+        let _ = p.reply.send(Err(e.clone()));
+    }
+    Ok(())
+}
+
+/// Applies committed entries in order: runs of normal entries go to the state machine as one
+/// batch; a conf change entry is applied to raft between runs. Answers matching proposals.
+fn apply_entries(g: &mut Group, entries: Vec<Entry>, metrics: &Metrics) {
+    let mut run: Vec<Entry> = Vec::new();
+    for e in entries {
+        if e.index <= g.applied_index {
+            continue; // already covered by an installed snapshot
+        }
+        match e.get_entry_type() {
+            EntryType::EntryNormal => run.push(e),
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                apply_run(g, std::mem::take(&mut run), metrics);
+                apply_conf_entry(g, &e);
+            }
+        }
+    }
+    apply_run(g, run, metrics);
+}
+
+fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
+    let Some(last) = run.last() else {
+        return;
+    };
+    let last_index = last.index;
+    // Decode every entry's commands; an entry that does not decode (cannot happen for entries
+    // we proposed; the log is crc-checked) is applied as empty and its proposer told.
+    // (index, term, its commands — None if undecodable)
+    type Decoded<'a> = (u64, u64, Option<Vec<&'a [u8]>>);
+    let mut decoded: Vec<Decoded<'_>> = Vec::with_capacity(run.len());
+    for e in &run {
+        if e.data.is_empty() {
+            decoded.push((e.index, e.term, Some(Vec::new()))); // leader's no-op
+        } else {
+            decoded.push((e.index, e.term, decode_commands(&e.data).ok()));
+        }
+    }
+    let commands: Vec<Command<'_>> = decoded
+        .iter()
+        .flat_map(|(index, _, cmds)| {
+            cmds.iter().flatten().map(move |data| Command {
+                index: *index,
+                data,
+            })
+        })
+        .collect();
+    let mut results = if commands.is_empty() {
+        Vec::new()
+    } else {
+        g.sm.apply_batch(&commands)
+    }
+    .into_iter();
+    assert_eq!(
+        results.len(),
+        commands.len(),
+        "state machine of {} returned a result count unequal to its command count",
+        g.id
+    );
+    Metrics::add(&metrics.commands_applied, commands.len() as u64);
+    for (index, term, cmds) in &decoded {
+        let mine: Vec<Vec<u8>> = match cmds {
+            Some(c) => results.by_ref().take(c.len()).collect(),
+            None => Vec::new(),
+        };
+        while g.proposals.front().is_some_and(|p| p.index < *index) {
+            if let Some(p) = g.proposals.pop_front() {
+                let _ = p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
+            }
+        }
+        if g.proposals.front().is_some_and(|p| p.index == *index) {
+            if let Some(p) = g.proposals.pop_front() {
+                let r = if p.term != *term {
+                    Err(lost(g.id, g.raw.raft.leader_id))
+                } else if cmds.is_none() {
+                    Err(RaftError::Invalid {
+                        reason: "committed entry did not decode".into(),
+                    })
+                } else {
+                    Ok(ProposeOutcome {
+                        index: *index,
+                        results: mine,
+                    })
+                };
+                let _ = p.reply.send(r);
+            }
+        }
+    }
+    g.applied_index = last_index;
+}
+
+/// Applies a committed conf change to raft and storage. Membership is made durable by snapshot
+/// marks only: on restart raft re-applies every committed conf entry after the last snapshot,
+/// in order, so the recovered membership always matches the recovered applied index (a
+/// separately persisted conf state could run ahead of it and be applied twice).
+fn apply_conf_entry(g: &mut Group, e: &Entry) {
+    let cc: Result<ConfChangeV2, String> = match e.get_entry_type() {
+        EntryType::EntryConfChangeV2 => decode_pb(&e.data).map_err(|x| x.to_string()),
+        // v1 entries are never proposed by this engine; decoded for completeness.
+        _ => decode_pb::<ConfChange>(&e.data)
+            .map(|c| {
+                let mut single = raft::prelude::ConfChangeSingle::default();
+                single.set_change_type(c.get_change_type());
+                single.node_id = c.node_id;
+                let mut v2 = ConfChangeV2::default();
+                v2.set_changes(vec![single].into());
+                v2
+            })
+            .map_err(|x| x.to_string()),
+    };
+    let result = cc.and_then(|cc| g.raw.apply_conf_change(&cc).map_err(|x| x.to_string()));
+    // An Err is refused by raft on every node alike (e.g. an invalid joint transition).
+    if let Ok(cs) = &result {
+        g.raw.mut_store().set_conf_state(cs.clone());
+    }
+    g.applied_index = e.index;
+    while g.confs.front().is_some_and(|p| p.index < e.index) {
+        if let Some(p) = g.confs.pop_front() {
+            let _ = p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
+        }
+    }
+    if g.confs.front().is_some_and(|p| p.index == e.index) {
+        if let Some(p) = g.confs.pop_front() {
+            let r = match (&result, p.term == e.term) {
+                (_, false) => Err(lost(g.id, g.raw.raft.leader_id)),
+                (Ok(cs), true) => Ok(sorted_ids(&cs.voters)),
+                (Err(reason), true) => Err(RaftError::Invalid {
+                    reason: format!("conf change not applied: {reason}"),
+                }),
+            };
+            let _ = p.reply.send(r);
+        }
+    }
+}
+
+/// Outbound messages of a round, grouped by destination peer across groups.
+#[derive(Default)]
+struct Outbox {
+    by_peer: BTreeMap<NodeId, Vec<(GroupId, Message)>>,
+}
+
+impl Outbox {
+    fn add(&mut self, gid: GroupId, msgs: Vec<Message>) {
+        for m in msgs {
+            self.by_peer.entry(NodeId(m.to)).or_default().push((gid, m));
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! `MultiRaft`: the thread that drives a `MultiRaftCore` in real time, and its async API.
+//!
+//! # Driver loop (one dedicated OS thread; fsync blocks, so it stays off the async runtime)
+//! 1. Wait for input until the next tick is due (no wait if a group has a Ready pending).
+//! 2. Take that input and up to `round_input_max - 1` more (commands and inbound frames share
+//!    one bounded queue): group commit happens here — everything that arrived while the last
+//!    fsync ran is handled by the next round.
+//! 3. Tick every group if the tick is due (one tick for all groups).
+//! 4. `core.round()`: gather Readys → send → persist with ONE fsync → send persisted messages →
+//!    apply → advance (order and durability point documented in `core.rs`).
+//! 5. A log error stops the engine: every pending request and every queued one gets `Stopped`.
+//!
+//! Queues are bounded: a full command queue answers `Busy`; a full inbound queue drops the
+//! frame and counts it in `Metrics::inbound_dropped_full` (raft retransmits).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::codec::Frame;
+use crate::config::MultiRaftConfig;
+use crate::core::{GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Reply};
+use crate::error::{EngineError, RaftError};
+use crate::ids::{GroupId, NodeId};
+use crate::log_sink::LogSink;
+use crate::metrics::Metrics;
+use crate::network::RaftNetwork;
+use crate::state_machine::{StateMachineFactory, StateMachineKind};
+
+enum Input {
+    Frame(Frame),
+    Propose {
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        reply: Reply<ProposeOutcome>,
+    },
+    ReadIndex {
+        group: GroupId,
+        reply: Reply<u64>,
+    },
+    Membership {
+        group: GroupId,
+        changes: Vec<MembershipChange>,
+        reply: Reply<Vec<NodeId>>,
+    },
+    TransferLeader {
+        group: GroupId,
+        to: NodeId,
+        reply: Reply<()>,
+    },
+    Status {
+        group: GroupId,
+        reply: Reply<GroupStatus>,
+    },
+    ListGroups {
+        reply: Reply<Vec<GroupId>>,
+    },
+    AddGroup {
+        group: GroupId,
+        role: GroupRole,
+        kind: StateMachineKind,
+        reply: Reply<()>,
+    },
+    RemoveGroup {
+        group: GroupId,
+        reply: Reply<()>,
+    },
+    SnapshotNow {
+        group: GroupId,
+        reply: Reply<()>,
+    },
+    Shutdown,
+}
+
+struct Shared {
+    metrics: Arc<Metrics>,
+    inbound_queued: AtomicUsize,
+    commands_queued: AtomicUsize,
+    inbound_capacity: usize,
+    command_capacity: usize,
+    stopped: Mutex<Option<String>>,
+}
+
+/// Hands inbound frames to the engine; cheap to clone, usable from any thread (the transport's
+/// handler calls it).
+#[derive(Clone)]
+pub struct Inbound {
+    tx: SyncSender<Input>,
+    shared: Arc<Shared>,
+}
+
+impl Inbound {
+    /// Queues a frame; drops it (counted) if the inbound queue is full or the engine stopped.
+    pub fn deliver(&self, frame: Frame) {
+        let s = &self.shared;
+        if s.inbound_queued.fetch_add(1, Ordering::AcqRel) >= s.inbound_capacity {
+            s.inbound_queued.fetch_sub(1, Ordering::AcqRel);
+            Metrics::inc(&s.metrics.inbound_dropped_full);
+            return;
+        }
+        if self.tx.try_send(Input::Frame(frame)).is_err() {
+            s.inbound_queued.fetch_sub(1, Ordering::AcqRel);
+            Metrics::inc(&s.metrics.inbound_dropped_full);
+        }
+    }
+
+    /// Decodes a frame received with wire kind `kind` and queues it; undecodable frames are
+    /// counted and dropped.
+    pub fn deliver_bytes(&self, kind: u16, payload: &[u8]) {
+        match Frame::decode(kind, payload) {
+            Ok(f) => self.deliver(f),
+            Err(_) => Metrics::inc(&self.shared.metrics.inbound_decode_errors),
+        }
+    }
+}
+
+/// A running Multi-Raft engine. Dropping it shuts it down.
+pub struct MultiRaft {
+    node_id: NodeId,
+    tick_interval: Duration,
+    inbound: Inbound,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl MultiRaft {
+    /// Opens the engine (log replay, group recovery) on the calling thread, then starts the
+    /// driver thread.
+    pub fn start(
+        cfg: MultiRaftConfig,
+        sink: Box<dyn LogSink>,
+        net: Arc<dyn RaftNetwork>,
+        factory: Box<dyn StateMachineFactory>,
+    ) -> Result<MultiRaft, EngineError> {
+        let metrics = Arc::new(Metrics::default());
+        let core = MultiRaftCore::open(cfg.clone(), sink, net, factory, Arc::clone(&metrics))?;
+        let (tx, rx) = sync_channel(cfg.command_queue_capacity + cfg.inbound_queue_capacity);
+        let shared = Arc::new(Shared {
+            metrics,
+            inbound_queued: AtomicUsize::new(0),
+            commands_queued: AtomicUsize::new(0),
+            inbound_capacity: cfg.inbound_queue_capacity,
+            command_capacity: cfg.command_queue_capacity,
+            stopped: Mutex::new(None),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("multiraft-{}", cfg.node_id.0))
+            .spawn(move || drive(core, rx, thread_shared))
+            .map_err(|e| EngineError::Thread(e.to_string()))?;
+        Ok(MultiRaft {
+            node_id: cfg.node_id,
+            tick_interval: cfg.tick_interval,
+            inbound: Inbound { tx, shared },
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+    pub fn tick_interval(&self) -> Duration {
+        self.tick_interval
+    }
+    pub fn inbound(&self) -> Inbound {
+        self.inbound.clone()
+    }
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.inbound.shared.metrics)
+    }
+    /// Why the engine stopped, if it did.
+    pub fn stopped_reason(&self) -> Option<String> {
+        self.inbound
+            .shared
+            .stopped
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn submit<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Input,
+    ) -> oneshot::Receiver<Result<T, RaftError>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let s = &self.inbound.shared;
+        if s.commands_queued.fetch_add(1, Ordering::AcqRel) >= s.command_capacity {
+            s.commands_queued.fetch_sub(1, Ordering::AcqRel);
+            Metrics::inc(&s.metrics.proposals_busy);
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(RaftError::Busy {
+                reason: "engine command queue full",
+            }));
+            return rx;
+        }
+        match self.inbound.tx.try_send(make(reply_tx)) {
+            Ok(()) => reply_rx,
+            Err(e) => {
+                s.commands_queued.fetch_sub(1, Ordering::AcqRel);
+                let err = match e {
+                    TrySendError::Full(_) => RaftError::Busy {
+                        reason: "engine command queue full",
+                    },
+                    TrySendError::Disconnected(_) => RaftError::Stopped {
+                        reason: self
+                            .stopped_reason()
+                            .unwrap_or_else(|| "engine stopped".into()),
+                    },
+                };
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(err));
+                rx
+            }
+        }
+    }
+
+    async fn wait<T>(
+        &self,
+        op: &'static str,
+        rx: oneshot::Receiver<Result<T, RaftError>>,
+        timeout: Duration,
+    ) -> Result<T, RaftError> {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(RaftError::Stopped {
+                reason: self
+                    .stopped_reason()
+                    .unwrap_or_else(|| "engine dropped the request".into()),
+            }),
+            Err(_) => Err(RaftError::Timeout {
+                op,
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Proposes one command; resolves after commit and apply with (index, [result]).
+    pub async fn propose(
+        &self,
+        group: GroupId,
+        data: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<ProposeOutcome, RaftError> {
+        self.propose_batch(group, vec![data], timeout).await
+    }
+
+    /// Proposes many commands as ONE entry; resolves with its index and one result each.
+    pub async fn propose_batch(
+        &self,
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<ProposeOutcome, RaftError> {
+        let rx = self.submit(|reply| Input::Propose {
+            group,
+            commands,
+            reply,
+        });
+        self.wait("propose", rx, timeout).await
+    }
+
+    /// Confirms leadership with a quorum; resolves with the read index once applied locally.
+    pub async fn read_index(&self, group: GroupId, timeout: Duration) -> Result<u64, RaftError> {
+        let rx = self.submit(|reply| Input::ReadIndex { group, reply });
+        self.wait("read_index", rx, timeout).await
+    }
+
+    /// Changes membership (ConfChangeV2; several changes go through a joint configuration).
+    /// Resolves with the voters after the change applied on this node.
+    pub async fn change_membership(
+        &self,
+        group: GroupId,
+        changes: Vec<MembershipChange>,
+        timeout: Duration,
+    ) -> Result<Vec<NodeId>, RaftError> {
+        let rx = self.submit(|reply| Input::Membership {
+            group,
+            changes,
+            reply,
+        });
+        self.wait("change_membership", rx, timeout).await
+    }
+
+    /// Asks this node (the leader) to hand leadership of `group` to `to`. Resolves when the
+    /// request is made; watch `status` for the outcome.
+    pub async fn transfer_leader(
+        &self,
+        group: GroupId,
+        to: NodeId,
+        timeout: Duration,
+    ) -> Result<(), RaftError> {
+        let rx = self.submit(|reply| Input::TransferLeader { group, to, reply });
+        self.wait("transfer_leader", rx, timeout).await
+    }
+
+    pub async fn status(
+        &self,
+        group: GroupId,
+        timeout: Duration,
+    ) -> Result<GroupStatus, RaftError> {
+        let rx = self.submit(|reply| Input::Status { group, reply });
+        self.wait("status", rx, timeout).await
+    }
+
+    pub async fn groups(&self, timeout: Duration) -> Result<Vec<GroupId>, RaftError> {
+        let rx = self.submit(|reply| Input::ListGroups { reply });
+        self.wait("groups", rx, timeout).await
+    }
+
+    /// Creates a group on this node (durably).
+    pub async fn add_group(
+        &self,
+        group: GroupId,
+        role: GroupRole,
+        kind: StateMachineKind,
+        timeout: Duration,
+    ) -> Result<(), RaftError> {
+        let rx = self.submit(|reply| Input::AddGroup {
+            group,
+            role,
+            kind,
+            reply,
+        });
+        self.wait("add_group", rx, timeout).await
+    }
+
+    pub async fn remove_group(&self, group: GroupId, timeout: Duration) -> Result<(), RaftError> {
+        let rx = self.submit(|reply| Input::RemoveGroup { group, reply });
+        self.wait("remove_group", rx, timeout).await
+    }
+
+    /// Snapshots `group` now and compacts its log (normally done past the threshold).
+    pub async fn snapshot_now(&self, group: GroupId, timeout: Duration) -> Result<(), RaftError> {
+        let rx = self.submit(|reply| Input::SnapshotNow { group, reply });
+        self.wait("snapshot_now", rx, timeout).await
+    }
+
+    /// Stops the driver: pending and queued requests get `Stopped`. Idempotent; blocks until
+    /// the thread exited (one round at most).
+    pub fn shutdown(&self) {
+        let _ = self.inbound.tx.send(Input::Shutdown);
+        let handle = match self.thread.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for MultiRaft {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn engine_err(e: EngineError) -> RaftError {
+    match e {
+        EngineError::GroupNotFound(group) => RaftError::GroupNotFound { group },
+        other => RaftError::Invalid {
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Returns true on Shutdown.
+fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
+    if matches!(input, Input::Frame(_)) {
+        shared.inbound_queued.fetch_sub(1, Ordering::AcqRel);
+    } else if !matches!(input, Input::Shutdown) {
+        shared.commands_queued.fetch_sub(1, Ordering::AcqRel);
+    }
+    match input {
+        Input::Frame(f) => core.step_frame(f),
+        Input::Propose {
+            group,
+            commands,
+            reply,
+        } => core.propose(group, &commands, reply),
+        Input::ReadIndex { group, reply } => core.read_index(group, reply),
+        Input::Membership {
+            group,
+            changes,
+            reply,
+        } => core.change_membership(group, &changes, reply),
+        Input::TransferLeader { group, to, reply } => {
+            let _ = reply.send(core.transfer_leader(group, to));
+        }
+        Input::Status { group, reply } => {
+            let _ = reply.send(core.status(group));
+        }
+        Input::ListGroups { reply } => {
+            let _ = reply.send(Ok(core.group_ids()));
+        }
+        Input::AddGroup {
+            group,
+            role,
+            kind,
+            reply,
+        } => {
+            let _ = reply.send(core.add_group(group, role, kind).map_err(engine_err));
+        }
+        Input::RemoveGroup { group, reply } => {
+            let _ = reply.send(core.remove_group(group).map_err(engine_err));
+        }
+        Input::SnapshotNow { group, reply } => {
+            let _ = reply.send(core.snapshot_group(group).map_err(engine_err));
+        }
+        Input::Shutdown => return true,
+    }
+    false
+}
+
+fn refuse(input: Input, reason: &str) {
+    let e = || RaftError::Stopped {
+        reason: reason.to_string(),
+    };
+    match input {
+        Input::Propose { reply, .. } => drop(reply.send(Err(e()))),
+        Input::ReadIndex { reply, .. } => drop(reply.send(Err(e()))),
+        Input::Membership { reply, .. } => drop(reply.send(Err(e()))),
+        Input::TransferLeader { reply, .. } => drop(reply.send(Err(e()))),
+        Input::Status { reply, .. } => drop(reply.send(Err(e()))),
+        Input::ListGroups { reply } => drop(reply.send(Err(e()))),
+        Input::AddGroup { reply, .. } => drop(reply.send(Err(e()))),
+        Input::RemoveGroup { reply, .. } => drop(reply.send(Err(e()))),
+        Input::SnapshotNow { reply, .. } => drop(reply.send(Err(e()))),
+        Input::Frame(_) | Input::Shutdown => {}
+    }
+}
+
+fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
+    let tick = core.config().tick_interval;
+    let input_max = core.config().round_input_max;
+    let mut next_tick = Instant::now() + tick;
+    let reason: String = 'outer: loop {
+        let now = Instant::now();
+        let wait = if core.has_ready() {
+            Duration::ZERO
+        } else {
+            next_tick.saturating_duration_since(now)
+        };
+        match rx.recv_timeout(wait) {
+            Ok(input) => {
+                if handle(&mut core, input, &shared) {
+                    break 'outer "shutdown".to_string();
+                }
+                for _ in 1..input_max {
+                    match rx.try_recv() {
+                        Ok(input) => {
+                            if handle(&mut core, input, &shared) {
+                                break 'outer "shutdown".to_string();
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break 'outer "all handles dropped".to_string(),
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            core.tick();
+            next_tick += tick;
+            if next_tick < now {
+                // Fell behind (a long fsync or a stall): skip missed ticks rather than burst.
+                next_tick = now + tick;
+            }
+        }
+        if let Err(e) = core.round() {
+            break 'outer format!("fatal log or snapshot error: {e}");
+        }
+    };
+    if let Ok(mut s) = shared.stopped.lock() {
+        *s = Some(reason.clone());
+    }
+    core.fail_all_pending(&reason);
+    while let Ok(input) = rx.try_recv() {
+        refuse(input, &reason);
+    }
+}

@@ -1,0 +1,140 @@
+//! Typed errors. `RaftError` is what a caller of propose / read_index / conf change sees and maps
+//! 1:1 onto Python exceptions; `EngineError` is what opening the engine or a group can fail with.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::ids::{GroupId, NodeId};
+
+/// Why a request to a group did not succeed. Each variant says whether a retry can help.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RaftError {
+    /// This node does not lead the group; retry at `leader_hint` when known.
+    #[error("not leader of {group}; leader hint {leader_hint:?}")]
+    NotLeader {
+        group: GroupId,
+        leader_hint: Option<NodeId>,
+    },
+    /// The deadline passed; the proposal may still commit later (ambiguous outcome).
+    #[error("{op} timed out after {timeout_ms} ms")]
+    Timeout { op: &'static str, timeout_ms: u64 },
+    /// No such group on this node.
+    #[error("group {group} not found on this node")]
+    GroupNotFound { group: GroupId },
+    /// A bounded queue or raft's uncommitted-size limit is full; retry after back-off.
+    #[error("busy: {reason}")]
+    Busy { reason: &'static str },
+    /// The leader stepped down (or the entry was overwritten) before the entry applied: the
+    /// outcome is unknown, the write may or may not have committed.
+    #[error("leadership of {group} lost before apply; new leader hint {leader_hint:?}")]
+    LeadershipLost {
+        group: GroupId,
+        leader_hint: Option<NodeId>,
+    },
+    /// The engine is shutting down or stopped after a fatal storage error.
+    #[error("engine stopped: {reason}")]
+    Stopped { reason: String },
+    /// The request itself is malformed (e.g. an invalid conf change); retrying cannot help.
+    #[error("invalid request: {reason}")]
+    Invalid { reason: String },
+}
+
+/// Failures of the durable log seam.
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error("log I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt log {path} at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("log record undecodable: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("log backend error: {0}")]
+    Backend(String),
+}
+
+/// A byte string from disk or network that does not decode. Never a panic.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("truncated: need {need_bytes} bytes at offset {offset}, have {have_bytes}")]
+    Truncated {
+        offset: usize,
+        need_bytes: usize,
+        have_bytes: usize,
+    },
+    #[error("unsupported format version {0}")]
+    Version(u8),
+    #[error("unknown tag {tag} for {what}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    #[error("length {len} of {what} exceeds limit {limit}")]
+    TooLong {
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
+    #[error("protobuf: {0}")]
+    Protobuf(String),
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// State machine failures (snapshot/restore); apply itself never fails, it returns per-entry
+/// results, because a committed entry must be applied identically on every node.
+#[derive(Debug, Error)]
+pub enum SmError {
+    #[error("state machine snapshot undecodable: {0}")]
+    Decode(String),
+    #[error("state machine: {0}")]
+    Other(String),
+}
+
+/// Snapshot file and transfer failures.
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("snapshot I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot checksum mismatch on {path}: expected {expected:#x}, got {actual:#x}")]
+    Checksum {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("snapshot chunk out of order: expected offset {expected}, got {got}")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("snapshot chunk overflows declared size {total_bytes}")]
+    Overflow { total_bytes: u64 },
+    #[error("snapshot {0} not found")]
+    Missing(String),
+    #[error(transparent)]
+    Sm(#[from] SmError),
+}
+
+/// Opening the engine or managing a group failed.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("invalid config field {field}: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    #[error("group {0} already exists")]
+    GroupExists(GroupId),
+    #[error("group {0} not found")]
+    GroupNotFound(GroupId),
+    #[error("recovered state of {group} is inconsistent: {reason}")]
+    Recovery { group: GroupId, reason: String },
+    #[error("engine stopped: {0}")]
+    Stopped(String),
+    #[error("engine thread: {0}")]
+    Thread(String),
+}

@@ -1,0 +1,450 @@
+//! The durability seam: what the engine writes to the node's one shared log, and how a group's
+//! state is rebuilt from it. `LogSink` is implemented over `nodedb-wal` (see `wal_sink.rs`) and
+//! in memory (`MemLogSink`, for tests and for simulating crashes: unsynced records are lost).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
+
+use crate::codec::{decode_pb, encode_pb};
+use crate::error::{DecodeError, SinkError};
+use crate::ids::GroupId;
+use crate::storage::GroupStorage;
+
+/// What a log record holds. Stable numbers: they are on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum RecordKind {
+    /// One raft entry (protobuf); `index` = the entry's index.
+    Entry = 1,
+    /// The group's hard state (protobuf); `index` = its commit index.
+    HardState = 2,
+    /// The group's conf state after an applied conf change (protobuf); `index` = that entry.
+    ConfState = 3,
+    /// A snapshot covering the log through `index` (SnapshotMetadata protobuf): entries at or
+    /// below it are dead and the log may drop them.
+    SnapshotMark = 4,
+    /// The group was created here; payload = `GroupMeta`.
+    GroupCreated = 5,
+    /// The group was removed from this node: forget every earlier record of it.
+    GroupRemoved = 6,
+}
+
+impl RecordKind {
+    pub fn from_u8(v: u8) -> Result<RecordKind, DecodeError> {
+        Ok(match v {
+            1 => RecordKind::Entry,
+            2 => RecordKind::HardState,
+            3 => RecordKind::ConfState,
+            4 => RecordKind::SnapshotMark,
+            5 => RecordKind::GroupCreated,
+            6 => RecordKind::GroupRemoved,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "log record kind",
+                    tag,
+                })
+            }
+        })
+    }
+}
+
+/// One record of the shared log: the shape of a `nodedb-wal` record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogRecord {
+    pub group: GroupId,
+    pub kind: RecordKind,
+    pub index: u64,
+    pub payload: Vec<u8>,
+}
+
+impl LogRecord {
+    pub fn entry(group: GroupId, e: &Entry) -> Self {
+        LogRecord {
+            group,
+            kind: RecordKind::Entry,
+            index: e.index,
+            payload: encode_pb(e),
+        }
+    }
+    pub fn hard_state(group: GroupId, hs: &HardState) -> Self {
+        LogRecord {
+            group,
+            kind: RecordKind::HardState,
+            index: hs.commit,
+            payload: encode_pb(hs),
+        }
+    }
+    pub fn conf_state(group: GroupId, index: u64, cs: &ConfState) -> Self {
+        LogRecord {
+            group,
+            kind: RecordKind::ConfState,
+            index,
+            payload: encode_pb(cs),
+        }
+    }
+    /// Carries the group's `GroupMeta` too: once the log drops records below the snapshot
+    /// (including `GroupCreated`), the mark alone re-creates the group on replay.
+    pub fn snapshot_mark(group: GroupId, gm: GroupMeta, meta: &SnapshotMetadata) -> Self {
+        let mut payload = vec![1u8, gm.sm_kind];
+        payload.extend_from_slice(&encode_pb(meta));
+        LogRecord {
+            group,
+            kind: RecordKind::SnapshotMark,
+            index: meta.index,
+            payload,
+        }
+    }
+    pub fn group_created(group: GroupId, gm: GroupMeta, cs: &ConfState) -> Self {
+        let mut payload = vec![1u8, gm.sm_kind];
+        payload.extend_from_slice(&encode_pb(cs));
+        LogRecord {
+            group,
+            kind: RecordKind::GroupCreated,
+            index: 0,
+            payload,
+        }
+    }
+    pub fn group_removed(group: GroupId) -> Self {
+        LogRecord {
+            group,
+            kind: RecordKind::GroupRemoved,
+            index: 0,
+            payload: Vec::new(),
+        }
+    }
+}
+
+/// Per-group facts the engine needs on restart beyond raft state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupMeta {
+    /// Which state machine applies this group (`StateMachineKind` as u8).
+    pub sm_kind: u8,
+}
+
+/// The node's durable log, shared by all groups.
+///
+/// Contract: `append` buffers (no fsync); `sync` makes every appended record durable with one
+/// fsync — THE durability point; nothing appended before a successful `sync` may be assumed
+/// durable. `take_replay` hands over, once, the durable records found at open, in append order.
+/// `compact` lets the log drop a group's records with index ≤ its floor (entries covered by a
+/// snapshot); a group absent from `floors` keeps everything. State kinds (`HardState`,
+/// `ConfState`, `SnapshotMark`, `GroupCreated`) are never lost to compaction: the latest of each
+/// per group survives (nodedb-wal "sticky kinds"). `forget_group` ends a group's history; it
+/// replays as a `GroupRemoved` record.
+pub trait LogSink: Send {
+    fn append(&mut self, records: &[LogRecord]) -> Result<(), SinkError>;
+    fn sync(&mut self) -> Result<(), SinkError>;
+    fn compact(&mut self, floors: &[(GroupId, u64)]) -> Result<(), SinkError>;
+    fn forget_group(&mut self, group: GroupId) -> Result<(), SinkError>;
+    fn take_replay(&mut self) -> Result<Vec<LogRecord>, SinkError>;
+}
+
+/// The record kinds that are state (latest value wins), as nodedb-wal's sticky kinds.
+pub const STATE_KINDS: [RecordKind; 4] = [
+    RecordKind::HardState,
+    RecordKind::ConfState,
+    RecordKind::SnapshotMark,
+    RecordKind::GroupCreated,
+];
+
+/// A group's state rebuilt from the log.
+#[derive(Debug, Clone)]
+pub struct RecoveredGroup {
+    pub meta: GroupMeta,
+    pub storage: GroupStorage,
+}
+
+#[derive(Default)]
+struct Fold {
+    meta: Option<GroupMeta>,
+    storage: GroupStorage,
+    /// Index of the entry whose conf state `storage` holds: a snapshot mark replayed after a
+    /// newer ConfState (sticky records are re-written at each segment start, in kind order)
+    /// must not roll the membership back.
+    conf_index: u64,
+}
+
+/// Folds records (in append order) into per-group storage.
+///
+/// Tolerates what a log with re-written state records looks like: state records may repeat
+/// (equal or older values) and may come before `GroupCreated` in a segment header. Records of
+/// a group after its `GroupRemoved` start it afresh (a group re-added later).
+pub fn recover(records: &[LogRecord]) -> Result<BTreeMap<GroupId, RecoveredGroup>, SinkError> {
+    let mut folds: BTreeMap<GroupId, Fold> = BTreeMap::new();
+    for r in records {
+        if r.kind == RecordKind::GroupRemoved {
+            folds.remove(&r.group);
+            continue;
+        }
+        let f = folds.entry(r.group).or_default();
+        fold_record(f, r).map_err(|reason| SinkError::Backend(format!("{}: {reason}", r.group)))?;
+    }
+    let mut out = BTreeMap::new();
+    for (g, f) in folds {
+        let Some(meta) = f.meta else {
+            return Err(SinkError::Backend(format!(
+                "{g}: records without GroupCreated or SnapshotMark"
+            )));
+        };
+        out.insert(
+            g,
+            RecoveredGroup {
+                meta,
+                storage: f.storage,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn fold_record(f: &mut Fold, r: &LogRecord) -> Result<(), String> {
+    let pb = |e: DecodeError| e.to_string();
+    match r.kind {
+        RecordKind::Entry => {
+            let e: Entry = decode_pb(&r.payload).map_err(pb)?;
+            f.storage.append(std::slice::from_ref(&e))
+        }
+        RecordKind::HardState => {
+            let hs: HardState = decode_pb(&r.payload).map_err(pb)?;
+            // A re-written copy is equal or older: never move term or commit backwards.
+            let cur = f.storage.hard_state();
+            if (hs.term, hs.commit) >= (cur.term, cur.commit) {
+                f.storage.set_hard_state(hs);
+            }
+            Ok(())
+        }
+        RecordKind::ConfState => {
+            let cs: ConfState = decode_pb(&r.payload).map_err(pb)?;
+            if r.index >= f.conf_index {
+                f.storage.set_conf_state(cs);
+                f.conf_index = r.index;
+            }
+            Ok(())
+        }
+        RecordKind::GroupCreated => {
+            let (meta, rest) = split_meta(&r.payload).map_err(|e| e.to_string())?;
+            let cs: ConfState = decode_pb(rest).map_err(pb)?;
+            if f.meta.is_none() {
+                f.meta = Some(meta);
+                if f.conf_index == 0 && f.storage.snapshot_meta().index == 0 {
+                    f.storage.set_conf_state(cs);
+                }
+            }
+            Ok(())
+        }
+        RecordKind::SnapshotMark => {
+            let (meta, rest) = split_meta(&r.payload).map_err(|e| e.to_string())?;
+            let snap: SnapshotMetadata = decode_pb(rest).map_err(pb)?;
+            f.meta.get_or_insert(meta);
+            if snap.index <= f.storage.snapshot_meta().index {
+                return Ok(()); // a re-written copy
+            }
+            let newer_conf = (f.conf_index > snap.index).then(|| f.storage.conf_state().clone());
+            f.storage
+                .install_snapshot(snap.clone())
+                .map_err(|e| e.to_string())?;
+            match newer_conf {
+                Some(cs) => f.storage.set_conf_state(cs),
+                None => f.conf_index = snap.index,
+            }
+            Ok(())
+        }
+        RecordKind::GroupRemoved => Ok(()),
+    }
+}
+
+fn split_meta(payload: &[u8]) -> Result<(GroupMeta, &[u8]), SinkError> {
+    match payload {
+        [1, sm_kind, rest @ ..] => Ok((GroupMeta { sm_kind: *sm_kind }, rest)),
+        [v, _, ..] => Err(SinkError::Decode(DecodeError::Version(*v))),
+        _ => Err(SinkError::Decode(DecodeError::Truncated {
+            offset: 0,
+            need_bytes: 2,
+            have_bytes: payload.len(),
+        })),
+    }
+}
+
+#[derive(Default)]
+struct MemInner {
+    durable: Vec<LogRecord>,
+    buffered: Vec<LogRecord>,
+    syncs: u64,
+}
+
+/// In-memory `LogSink`. Clones share one log, so a test can "restart" a node by opening a new
+/// engine on a clone; `crash()` drops what was appended but never synced, like a power cut.
+#[derive(Clone, Default)]
+pub struct MemLogSink {
+    inner: Arc<Mutex<MemInner>>,
+}
+
+impl MemLogSink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Loses every unsynced record.
+    pub fn crash(&self) {
+        self.lock().buffered.clear();
+    }
+    /// Number of `sync` calls so far (the fsync count a real log would have done).
+    pub fn sync_count(&self) -> u64 {
+        self.lock().syncs
+    }
+    pub fn durable_len(&self) -> usize {
+        self.lock().durable.len()
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        // A panic while holding this lock already failed the test that caused it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl LogSink for MemLogSink {
+    fn append(&mut self, records: &[LogRecord]) -> Result<(), SinkError> {
+        self.lock().buffered.extend_from_slice(records);
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<(), SinkError> {
+        let mut g = self.lock();
+        let moved = std::mem::take(&mut g.buffered);
+        g.durable.extend(moved);
+        g.syncs += 1;
+        Ok(())
+    }
+    /// Drops entry records at or below each floor (state records are kept: latest wins).
+    fn compact(&mut self, floors: &[(GroupId, u64)]) -> Result<(), SinkError> {
+        let floors: BTreeMap<GroupId, u64> = floors.iter().copied().collect();
+        self.lock().durable.retain(|r| {
+            r.kind != RecordKind::Entry || floors.get(&r.group).is_none_or(|f| r.index > *f)
+        });
+        Ok(())
+    }
+    fn forget_group(&mut self, group: GroupId) -> Result<(), SinkError> {
+        self.lock().buffered.push(LogRecord::group_removed(group));
+        Ok(())
+    }
+    fn take_replay(&mut self) -> Result<Vec<LogRecord>, SinkError> {
+        Ok(self.lock().durable.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recover_rebuilds_log_hard_state_and_overwrites() {
+        let g = GroupId(7);
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 2,
+            ..Default::default()
+        };
+        let recs = vec![
+            LogRecord::group_created(g, GroupMeta { sm_kind: 1 }, &cs),
+            LogRecord::entry(g, &ent(1, 1)),
+            LogRecord::entry(g, &ent(2, 1)),
+            LogRecord::entry(g, &ent(3, 1)),
+            LogRecord::entry(g, &ent(3, 3)),
+            LogRecord::hard_state(g, &hs),
+        ];
+        let out = recover(&recs).expect("recover");
+        let s = &out[&g].storage;
+        assert_eq!(s.last_index().ok(), Some(3));
+        assert_eq!(s.term(3).ok(), Some(3));
+        assert_eq!(s.hard_state(), &hs);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn removed_group_is_forgotten_and_group_without_meta_is_an_error() {
+        let g = GroupId(1);
+        let cs = ConfState::default();
+        let recs = vec![
+            LogRecord::group_created(g, GroupMeta { sm_kind: 1 }, &cs),
+            LogRecord::group_removed(g),
+        ];
+        assert!(recover(&recs).expect("recover").is_empty());
+        let orphan = vec![LogRecord::entry(g, &ent(1, 1))];
+        assert!(recover(&orphan).is_err());
+    }
+
+    #[test]
+    fn rewritten_state_records_do_not_roll_back() {
+        // What a segment roll produces: state records re-written (in kind order) after newer ones.
+        let g = GroupId(2);
+        let gm = GroupMeta { sm_kind: 1 };
+        let cs_old = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let mut cs_new = cs_old.clone();
+        cs_new.learners = vec![4];
+        let snap = SnapshotMetadata {
+            index: 5,
+            term: 2,
+            conf_state: Some(cs_old.clone()).into(),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 2,
+            commit: 8,
+            ..Default::default()
+        };
+        let mut recs = vec![LogRecord::group_created(g, gm, &cs_old)];
+        recs.push(LogRecord::snapshot_mark(g, gm, &snap));
+        for i in 6..=8 {
+            recs.push(LogRecord::entry(g, &ent(i, 2)));
+        }
+        recs.push(LogRecord::conf_state(g, 7, &cs_new));
+        recs.push(LogRecord::hard_state(g, &hs));
+        // Segment roll: re-written copies, then the group goes on.
+        recs.push(LogRecord::hard_state(g, &hs));
+        recs.push(LogRecord::conf_state(g, 7, &cs_new));
+        recs.push(LogRecord::snapshot_mark(g, gm, &snap));
+        recs.push(LogRecord::group_created(g, gm, &cs_old));
+        let out = recover(&recs).expect("recover");
+        let s = &out[&g].storage;
+        assert_eq!(s.first_index().ok(), Some(6));
+        assert_eq!(s.last_index().ok(), Some(8));
+        assert_eq!(s.conf_state(), &cs_new);
+        assert_eq!(s.hard_state(), &hs);
+        // The same log with the early segment compacted away (only the header copies remain
+        // before the surviving entries) recovers the same state.
+        let tail: Vec<LogRecord> = recs[7..].iter().chain(recs[2..5].iter()).cloned().collect();
+        let out2 = recover(&tail).expect("recover compacted");
+        assert_eq!(out2[&g].storage.conf_state(), &cs_new);
+        assert_eq!(out2[&g].storage.last_index().ok(), Some(8));
+    }
+
+    #[test]
+    fn mem_sink_loses_unsynced_records_on_crash() {
+        let mut s = MemLogSink::new();
+        let g = GroupId(1);
+        s.append(&[LogRecord::entry(g, &ent(1, 1))])
+            .expect("append");
+        s.sync().expect("sync");
+        s.append(&[LogRecord::entry(g, &ent(2, 1))])
+            .expect("append");
+        s.crash();
+        assert_eq!(s.take_replay().expect("replay").len(), 1);
+    }
+}

@@ -1,0 +1,459 @@
+//! Snapshot files under `data_dir/snapshots/`: writing a state machine's snapshot durably,
+//! streaming it to a follower in chunks, and receiving chunks into a `.partial` file that is
+//! checksummed and renamed only when complete.
+//!
+//! File names: `g{group}-i{index:020}-t{term}.snap` (complete), `.partial` (being received),
+//! `.tmp` (being written locally). A `.partial`/`.tmp` untouched for `orphan_partial_max_age_secs`
+//! belongs to a dead transfer and is removed.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use raft::prelude::Message;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::codec::{Frame, Reader, SnapshotChunk, SnapshotKey, Writer, FORMAT_VERSION};
+use crate::error::{DecodeError, SnapshotError};
+use crate::ids::{GroupId, NodeId};
+use crate::network::RaftNetwork;
+
+/// What travels in raft's `Snapshot.data`: not the state, just how to check the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotDescriptor {
+    pub total_bytes: u64,
+    /// xxh3-64 of the file.
+    pub checksum: u64,
+}
+
+impl SnapshotDescriptor {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(17);
+        w.u8(FORMAT_VERSION);
+        w.u64(self.total_bytes);
+        w.u64(self.checksum);
+        w.buf
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(b);
+        r.version()?;
+        let d = SnapshotDescriptor {
+            total_bytes: r.u64()?,
+            checksum: r.u64()?,
+        };
+        r.finish()?;
+        Ok(d)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), SnapshotError> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// A transfer being received.
+struct Incoming {
+    from: NodeId,
+    key: SnapshotKey,
+    file: File,
+    path: PathBuf,
+    written_bytes: u64,
+    total_bytes: u64,
+    checksum: u64,
+    hasher: Xxh3,
+}
+
+/// Result of feeding one chunk.
+#[derive(Debug)]
+pub enum ChunkOutcome {
+    /// More chunks expected.
+    InProgress,
+    /// The file is complete, verified and renamed; step this MsgSnapshot into raft.
+    Complete(Box<Message>),
+}
+
+/// The node's snapshot directory.
+pub struct SnapshotStore {
+    dir: PathBuf,
+    incoming: HashMap<GroupId, Incoming>,
+}
+
+impl SnapshotStore {
+    pub fn open(dir: PathBuf) -> Result<Self, SnapshotError> {
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(SnapshotStore {
+            dir,
+            incoming: HashMap::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path(&self, key: &SnapshotKey, ext: &str) -> PathBuf {
+        self.dir.join(format!(
+            "g{}-i{:020}-t{}.{ext}",
+            key.group.0, key.index, key.term
+        ))
+    }
+
+    /// Writes a snapshot durably (tmp → fsync → rename → fsync dir) and returns its descriptor.
+    pub fn write(
+        &self,
+        key: &SnapshotKey,
+        data: &[u8],
+    ) -> Result<SnapshotDescriptor, SnapshotError> {
+        let tmp = self.path(key, "tmp");
+        let fin = self.path(key, "snap");
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(data).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &fin).map_err(io_err(&fin))?;
+        fsync_dir(&self.dir)?;
+        Ok(SnapshotDescriptor {
+            total_bytes: data.len() as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(data),
+        })
+    }
+
+    /// Reads a complete snapshot, verifying it against its descriptor.
+    pub fn read(
+        &self,
+        key: &SnapshotKey,
+        desc: &SnapshotDescriptor,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        let path = self.path(key, "snap");
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::Missing(path.display().to_string()))
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let actual = xxhash_rust::xxh3::xxh3_64(&data);
+        if actual != desc.checksum || data.len() as u64 != desc.total_bytes {
+            return Err(SnapshotError::Checksum {
+                path,
+                expected: desc.checksum,
+                actual,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Deletes complete snapshots of `group` older than `keep_index`.
+    pub fn remove_older(&self, group: GroupId, keep_index: u64) -> Result<(), SnapshotError> {
+        self.remove_matching(|g, i| g == group && i < keep_index)
+    }
+
+    /// Deletes every file of `group` (the group was removed from this node).
+    pub fn remove_group(&mut self, group: GroupId) -> Result<(), SnapshotError> {
+        self.incoming.remove(&group);
+        self.remove_matching(|g, _| g == group)
+    }
+
+    fn remove_matching(&self, pred: impl Fn(GroupId, u64) -> bool) -> Result<(), SnapshotError> {
+        let rd = fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
+        for ent in rd.flatten() {
+            let name = ent.file_name();
+            let Some((g, i)) = parse_name(&name.to_string_lossy()) else {
+                continue;
+            };
+            if pred(g, i) {
+                let p = ent.path();
+                fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `.partial`/`.tmp` files untouched for `max_age`; returns how many.
+    pub fn remove_orphans(&mut self, max_age: Duration) -> Result<usize, SnapshotError> {
+        let now = SystemTime::now();
+        let mut removed = 0;
+        let rd = fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
+        for ent in rd.flatten() {
+            let p = ent.path();
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "partial" && ext != "tmp" {
+                continue;
+            }
+            let age = ent
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if age >= max_age {
+                fs::remove_file(&p).map_err(io_err(&p))?;
+                self.incoming.retain(|_, inc| inc.path != p);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Feeds one received chunk. A chunk at offset 0 (re)starts the transfer of its group; any
+    /// other chunk must continue the current one exactly, else the partial is discarded and the
+    /// leader has to start over (it will, after our failure ack).
+    pub fn receive(&mut self, c: SnapshotChunk) -> Result<ChunkOutcome, SnapshotError> {
+        let group = c.key.group;
+        let r = self.receive_inner(c);
+        if r.is_err() {
+            if let Some(inc) = self.incoming.remove(&group) {
+                // Best effort: an undeletable partial is collected by the orphan sweep.
+                let _ = fs::remove_file(&inc.path);
+            }
+        }
+        r
+    }
+
+    fn receive_inner(&mut self, c: SnapshotChunk) -> Result<ChunkOutcome, SnapshotError> {
+        let group = c.key.group;
+        if c.offset_bytes == 0 {
+            if let Some(old) = self.incoming.remove(&group) {
+                let _ = fs::remove_file(&old.path);
+            }
+            let path = self.path(&c.key, "partial");
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            self.incoming.insert(
+                group,
+                Incoming {
+                    from: c.from,
+                    key: c.key,
+                    file,
+                    path,
+                    written_bytes: 0,
+                    total_bytes: c.total_bytes,
+                    checksum: c.checksum,
+                    hasher: Xxh3::new(),
+                },
+            );
+        }
+        let Some(inc) = self.incoming.get_mut(&group) else {
+            return Err(SnapshotError::OutOfOrder {
+                expected: 0,
+                got: c.offset_bytes,
+            });
+        };
+        if inc.key != c.key || inc.from != c.from || inc.written_bytes != c.offset_bytes {
+            return Err(SnapshotError::OutOfOrder {
+                expected: inc.written_bytes,
+                got: c.offset_bytes,
+            });
+        }
+        if inc.total_bytes != c.total_bytes
+            || inc.written_bytes + c.data.len() as u64 > inc.total_bytes
+        {
+            return Err(SnapshotError::Overflow {
+                total_bytes: inc.total_bytes,
+            });
+        }
+        inc.file.write_all(&c.data).map_err(io_err(&inc.path))?;
+        inc.hasher.update(&c.data);
+        inc.written_bytes += c.data.len() as u64;
+        if inc.written_bytes < inc.total_bytes {
+            return Ok(ChunkOutcome::InProgress);
+        }
+        let Some(inc) = self.incoming.remove(&group) else {
+            return Ok(ChunkOutcome::InProgress);
+        };
+        let actual = inc.hasher.digest();
+        if actual != inc.checksum {
+            let _ = fs::remove_file(&inc.path);
+            return Err(SnapshotError::Checksum {
+                path: inc.path,
+                expected: inc.checksum,
+                actual,
+            });
+        }
+        let Some(msg) = c.message else {
+            let _ = fs::remove_file(&inc.path);
+            return Err(SnapshotError::Missing(
+                "MsgSnapshot on the last chunk".into(),
+            ));
+        };
+        inc.file.sync_all().map_err(io_err(&inc.path))?;
+        let fin = self.path(&inc.key, "snap");
+        fs::rename(&inc.path, &fin).map_err(io_err(&fin))?;
+        fsync_dir(&self.dir)?;
+        Ok(ChunkOutcome::Complete(Box::new(msg)))
+    }
+}
+
+fn parse_name(name: &str) -> Option<(GroupId, u64)> {
+    let rest = name.strip_prefix('g')?;
+    let (g, rest) = rest.split_once("-i")?;
+    let (i, _) = rest.split_once("-t")?;
+    Some((GroupId(g.parse().ok()?), i.parse().ok()?))
+}
+
+/// Streams one snapshot file to a peer from its own thread (so a large transfer never stalls
+/// the driver), waiting for queue space per chunk. The last chunk carries the MsgSnapshot.
+/// Returns whether every chunk was queued.
+pub struct TransferJob {
+    pub net: Arc<dyn RaftNetwork>,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub key: SnapshotKey,
+    pub path: PathBuf,
+    pub desc: SnapshotDescriptor,
+    pub chunk_bytes: usize,
+    pub message: Message,
+    pub chunk_timeout: Duration,
+}
+
+impl TransferJob {
+    pub fn run(self) -> Result<u64, SnapshotError> {
+        let mut f = File::open(&self.path).map_err(io_err(&self.path))?;
+        let mut offset = 0u64;
+        let mut sent_chunks = 0u64;
+        let mut message = Some(self.message);
+        loop {
+            let want = (self.desc.total_bytes - offset).min(self.chunk_bytes as u64) as usize;
+            let mut data = vec![0u8; want];
+            f.read_exact(&mut data).map_err(io_err(&self.path))?;
+            let last = offset + want as u64 >= self.desc.total_bytes;
+            let chunk = SnapshotChunk {
+                from: self.from,
+                key: self.key,
+                offset_bytes: offset,
+                total_bytes: self.desc.total_bytes,
+                checksum: self.desc.checksum,
+                data,
+                message: if last { message.take() } else { None },
+            };
+            self.net
+                .send_blocking(self.to, Frame::Chunk(Box::new(chunk)), self.chunk_timeout)
+                .map_err(|e| SnapshotError::Io {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            sent_chunks += 1;
+            offset += want as u64;
+            if last {
+                return Ok(sent_chunks);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SnapshotKey {
+        SnapshotKey {
+            group: GroupId(3),
+            index: 42,
+            term: 2,
+        }
+    }
+
+    fn chunks(data: &[u8], size: usize, from: NodeId) -> Vec<SnapshotChunk> {
+        let checksum = xxhash_rust::xxh3::xxh3_64(data);
+        let n = data.len().div_ceil(size);
+        (0..n)
+            .map(|i| SnapshotChunk {
+                from,
+                key: key(),
+                offset_bytes: (i * size) as u64,
+                total_bytes: data.len() as u64,
+                checksum,
+                data: data[i * size..((i + 1) * size).min(data.len())].to_vec(),
+                message: (i + 1 == n).then(Message::default),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_assemble_verify_and_rename() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = SnapshotStore::open(dir.path().join("snapshots")).expect("open");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let cs = chunks(&data, 1000, NodeId(1));
+        let n = cs.len();
+        for (i, c) in cs.into_iter().enumerate() {
+            let out = st.receive(c).expect("chunk");
+            assert_eq!(matches!(out, ChunkOutcome::Complete(_)), i + 1 == n);
+        }
+        let desc = SnapshotDescriptor {
+            total_bytes: data.len() as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(&data),
+        };
+        assert_eq!(st.read(&key(), &desc).expect("read"), data);
+        assert!(!st.path(&key(), "partial").exists());
+    }
+
+    #[test]
+    fn interrupted_transfer_restarts_cleanly_and_gap_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
+        let data = vec![7u8; 5000];
+        let cs = chunks(&data, 1000, NodeId(1));
+        st.receive(cs[0].clone()).expect("first");
+        st.receive(cs[1].clone()).expect("second");
+        // Chunk 3 missing: chunk 4 is out of order → partial discarded.
+        assert!(matches!(
+            st.receive(cs[3].clone()),
+            Err(SnapshotError::OutOfOrder { .. })
+        ));
+        assert!(!st.path(&key(), "partial").exists());
+        // The leader starts over from offset 0 and completes.
+        let mut done = false;
+        for c in cs {
+            done = matches!(st.receive(c).expect("restart"), ChunkOutcome::Complete(_));
+        }
+        assert!(done);
+    }
+
+    #[test]
+    fn corrupted_chunk_fails_checksum_and_leaves_no_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
+        let data = vec![1u8; 3000];
+        let mut cs = chunks(&data, 1000, NodeId(1));
+        cs[1].data[10] ^= 0xFF;
+        let mut last = None;
+        for c in cs {
+            last = Some(st.receive(c));
+        }
+        assert!(matches!(last, Some(Err(SnapshotError::Checksum { .. }))));
+        assert!(!st.path(&key(), "snap").exists());
+        assert!(!st.path(&key(), "partial").exists());
+    }
+
+    #[test]
+    fn orphan_partials_are_removed_after_max_age_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
+        let cs = chunks(&[5u8; 3000], 1000, NodeId(1));
+        st.receive(cs[0].clone()).expect("first");
+        assert_eq!(
+            st.remove_orphans(Duration::from_secs(300)).expect("sweep"),
+            0
+        );
+        assert!(st.path(&key(), "partial").exists());
+        assert_eq!(st.remove_orphans(Duration::ZERO).expect("sweep"), 1);
+        assert!(!st.path(&key(), "partial").exists());
+        // The transfer it belonged to is gone too: its next chunk is refused.
+        assert!(st.receive(cs[1].clone()).is_err());
+    }
+}

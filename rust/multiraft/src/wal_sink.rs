@@ -1,0 +1,94 @@
+//! `LogSink` over `nodedb-wal`: the node's one segmented log under `data_dir/raft/`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use nodedb_wal::{RecordRef, Wal, WalError, WalOptions, KIND_FORGET_GROUP};
+
+use crate::error::SinkError;
+use crate::ids::GroupId;
+use crate::log_sink::{LogRecord, LogSink, RecordKind, STATE_KINDS};
+
+/// The durable log of a node.
+pub struct WalSink {
+    wal: Wal,
+    replay: Option<Vec<LogRecord>>,
+}
+
+impl WalSink {
+    /// Opens (or creates) the log in `dir`, replaying it; a torn tail is truncated, corruption
+    /// before the tail is `SinkError::Corrupt` naming file and offset (the node must not start).
+    pub fn open(dir: &Path, mut options: WalOptions) -> Result<WalSink, SinkError> {
+        options.sticky_kinds = STATE_KINDS.iter().map(|k| *k as u8).collect();
+        let (wal, recovered) = Wal::open(dir, options).map_err(map_err)?;
+        let mut records = Vec::with_capacity(recovered.records.len());
+        for r in recovered.records {
+            let kind = if r.kind == KIND_FORGET_GROUP {
+                RecordKind::GroupRemoved
+            } else {
+                RecordKind::from_u8(r.kind)?
+            };
+            records.push(LogRecord {
+                group: GroupId(r.group_id),
+                kind,
+                index: r.index,
+                payload: r.payload,
+            });
+        }
+        Ok(WalSink {
+            wal,
+            replay: Some(records),
+        })
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+}
+
+fn map_err(e: WalError) -> SinkError {
+    match e {
+        WalError::Corrupt {
+            path,
+            offset_bytes,
+            reason,
+        } => SinkError::Corrupt {
+            path,
+            offset: offset_bytes,
+            reason,
+        },
+        other => SinkError::Backend(other.to_string()),
+    }
+}
+
+impl LogSink for WalSink {
+    fn append(&mut self, records: &[LogRecord]) -> Result<(), SinkError> {
+        let refs: Vec<RecordRef<'_>> = records
+            .iter()
+            .map(|r| RecordRef {
+                group_id: r.group.0,
+                kind: r.kind as u8,
+                index: r.index,
+                payload: &r.payload,
+            })
+            .collect();
+        self.wal.append(&refs).map(|_| ()).map_err(map_err)
+    }
+
+    fn sync(&mut self) -> Result<(), SinkError> {
+        self.wal.sync().map(|_| ()).map_err(map_err)
+    }
+
+    fn compact(&mut self, floors: &[(GroupId, u64)]) -> Result<(), SinkError> {
+        let floors: HashMap<u64, u64> = floors.iter().map(|(g, f)| (g.0, *f)).collect();
+        self.wal.compact(&floors).map(|_| ()).map_err(map_err)
+    }
+
+    fn forget_group(&mut self, group: GroupId) -> Result<(), SinkError> {
+        self.wal.forget_group(group.0).map(|_| ()).map_err(map_err)
+    }
+
+    fn take_replay(&mut self) -> Result<Vec<LogRecord>, SinkError> {
+        Ok(self.replay.take().unwrap_or_default())
+    }
+}
