@@ -1,9 +1,11 @@
 """The node's QUIC transport, driven from asyncio.
 
 A thin shell over the Rust core (`nodedb_cluster_core.Transport`): one quinn endpoint per node on a
-real UDP port, one pooled connection per peer, one stream per request, many in flight. Every
-awaitable is a Rust future (the GIL is released while it waits); replies come back on the calling
-loop. Credentials are explicit: `Mtls(ca, cert, key)` or `Insecure()` (logged, counted).
+real UDP port, one pooled connection per peer, one stream per request, many in flight. Requests run
+on the core's tokio threads (no GIL held while they wait or do I/O); outcomes come back through
+the core's loop bridge, a socketpair this loop watches (`add_reader`), drained in batches. A
+transport belongs to the first event loop that uses it. Credentials are explicit:
+`Mtls(ca, cert, key)` or `Insecure()` (logged, counted).
 
 Errors are the classes of `nodedb_cluster.errors`: `Timeout`, `Unreachable`, `HandshakeError`,
 `FrameError`, `RemoteError`, `UnknownPeer`, `TransportClosed`, `BindError`, `CredentialsError`.
@@ -11,6 +13,7 @@ Errors are the classes of `nodedb_cluster.errors`: `Timeout`, `Unreachable`, `Ha
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +32,7 @@ IDLE_TIMEOUT_SECS_DEFAULT: Final = 5.0
 """A peer silent this long (keep-alives included) is dead; its connection is replaced on next use."""
 
 Peer = _core.Peer
+Responder = _core.Responder
 """Who sent an inbound frame: `.addr` (str) and `.spki_pin` (bytes, mTLS only)."""
 
 Reply = tuple[int, bytes]
@@ -97,7 +101,7 @@ def _addr_text(addr: str | SocketAddr) -> str:
 class Transport:
     """One QUIC endpoint bound to `listen_addr` (port 0 → ephemeral; see `local_addr`)."""
 
-    __slots__ = ("_core",)
+    __slots__ = ("_core", "_handler", "_loop", "_tasks")
 
     def __init__(
         self,
@@ -125,6 +129,20 @@ class Transport:
             keep_alive_interval=keep_alive_interval,
             idle_timeout=idle_timeout,
         )
+        self._handler: Handler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Handler tasks in flight (the loop keeps only weak references to tasks)."""
+
+    def _attach(self) -> asyncio.AbstractEventLoop:
+        """Bind to the running loop on first use; refuse any other loop afterwards."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            loop.add_reader(self._core.bridge_fd(), self._core.drain)
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("this Transport is bound to another event loop")
+        return loop
 
     @property
     def node_id(self) -> int:
@@ -154,11 +172,15 @@ class Transport:
 
     async def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Reply:
         """Request/response to a registered peer; an Error reply raises `RemoteError`."""
-        return await self._core.send_rpc(node_id, kind, payload)
+        future: asyncio.Future[Reply] = (self._loop or self._attach()).create_future()
+        self._core.send_rpc(node_id, kind, payload, future)
+        return await future
 
     async def send_rpc_to_addr(self, addr: str | SocketAddr, kind: int, payload: bytes) -> Reply:
         """Request/response to an address (e.g. a join seed, whose node id is unknown)."""
-        return await self._core.send_rpc_to_addr(_addr_text(addr), kind, payload)
+        future: asyncio.Future[Reply] = (self._loop or self._attach()).create_future()
+        self._core.send_rpc_to_addr(_addr_text(addr), kind, payload, future)
+        return await future
 
     async def send_rpc_many(self, node_id: int, kind: int, payloads: list[bytes]) -> list[Reply]:
         """Many requests to one peer in one boundary crossing, run concurrently in Rust.
@@ -166,23 +188,79 @@ class Transport:
         Replies are in request order; if any request fails, the first error is raised after all
         have finished.
         """
-        return await self._core.send_rpc_many(node_id, kind, payloads)
+        future: asyncio.Future[list[Reply]] = (self._loop or self._attach()).create_future()
+        self._core.send_rpc_many(node_id, kind, payloads, future)
+        return await future
 
     async def send_oneway(self, node_id: int, kind: int, payload: bytes) -> None:
         """One frame on a unidirectional stream, no reply."""
-        await self._core.send_oneway(node_id, kind, payload)
+        future: asyncio.Future[None] = (self._loop or self._attach()).create_future()
+        self._core.send_oneway(node_id, kind, payload, future)
+        await future
 
     def serve(self, handler: Handler | None) -> None:
         """Answer inbound frames without a Rust handler with `handler`, on the running loop."""
-        self._core.serve(handler)
+        self._attach()
+        self._handler = handler
+        self._core.serve(None if handler is None else self._dispatch)
+
+    def _dispatch(self, responder: Responder, peer: Peer, kind: int, payload: bytes) -> None:
+        """Called by the core on this loop (from `drain`): answer in a task, never block."""
+        task = asyncio.ensure_future(self._answer(responder, peer, kind, payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, responder: Responder, peer: Peer, kind: int, payload: bytes) -> None:
+        handler = self._handler
+        if handler is None:
+            responder.fail("no_handler", f"node {self.node_id} serves no handler")
+            return
+        try:
+            reply = await handler(peer, kind, payload)
+        except Exception as exc:  # the requester gets it as RemoteError; it is logged here too
+            code = getattr(exc, "code", None)
+            code = code if isinstance(code, str) else type(exc).__name__
+            _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
+            responder.fail(code, str(exc))
+            return
+        if reply is None:
+            responder.done()
+            return
+        try:
+            responder.reply(reply[0], reply[1])
+        except (TypeError, IndexError, ValueError) as exc:  # bad reply shape or kind
+            responder.fail("bad_handler_reply", f"handler reply {reply!r:.80} invalid: {exc}")
+
+    def register_echo_handler(self, kind: int) -> None:
+        """Answer `kind` inside Rust with Pong echoing the payload (liveness probes, benchmarks
+        of the transport alone); takes precedence over the Python handler for that kind."""
+        self._core.register_echo_handler(kind)
 
     async def close(self) -> None:
         """Close all connections and release the port at once. Idempotent."""
-        await self._core.close()
+        loop = self._loop or self._attach()
+        future: asyncio.Future[None] = loop.create_future()
+        self._core.close(future)
+        await future
+        for task in list(self._tasks):
+            task.cancel()
+        loop.remove_reader(self._core.bridge_fd())
+        self._loop = None
 
     def metrics(self) -> dict[str, int]:
         """Counters: rpcs sent/received, errors by type, decode errors by code, insecure, ..."""
         return self._core.metrics()
+
+    def pooled_connection_id(self, addr: str | SocketAddr) -> int | None:
+        """Identity of the pooled connection to `addr` (tests: reuse across requests)."""
+        return self._core.pooled_connection_id(_addr_text(addr))
+
+    async def send_raw_for_tests(self, addr: str | SocketAddr, data: bytes) -> Reply | int:
+        """TESTS ONLY: raw bytes on a new stream of the pooled connection; the reply frame or
+        the stream-reset code the peer answered with."""
+        future: asyncio.Future[Reply | int] = (self._loop or self._attach()).create_future()
+        self._core._send_raw_to_addr(_addr_text(addr), data, future)
+        return await future
 
     async def __aenter__(self) -> Transport:
         return self

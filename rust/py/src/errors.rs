@@ -27,10 +27,6 @@ pub fn frame_error(py: Python<'_>, err: &FrameError) -> PyErr {
     cluster_error(py, "FrameError", (err.code(), err.to_string()))
 }
 
-pub fn transport_error(err: TransportError) -> PyErr {
-    Python::attach(|py| transport_error_with(py, err))
-}
-
 pub fn transport_error_with(py: Python<'_>, err: TransportError) -> PyErr {
     match err {
         TransportError::Timeout { op, timeout } => {

@@ -1,6 +1,7 @@
 //! The only pyo3 module: the Python face of the Rust data plane.
 use pyo3::prelude::*;
 
+mod bridge;
 mod errors;
 mod transport;
 mod wire;

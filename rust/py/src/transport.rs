@@ -3,24 +3,26 @@
 //! asyncio loop. Inbound frames without a Rust handler go to the Python handler given to
 //! `serve()`, awaited on the loop that called `serve()`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use nodedb_transport::credentials::issue_node_credentials as issue;
 use nodedb_transport::{
     generate_cluster_credentials as generate, Credentials, FrameHandler, HandlerError,
-    HandlerFuture, InboundFrame, MessageKind, NodeId, OutboundFrame, SpkiPin, Transport,
-    TransportConfig,
+    HandlerFuture, HandlerResult, InboundFrame, MessageKind, NodeId, OutboundFrame, SpkiPin,
+    Transport, TransportConfig, TransportError,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
-use pyo3_async_runtimes::TaskLocals;
+use tokio::sync::oneshot;
 
-use crate::errors::{cluster_error, transport_error, transport_error_with};
+use crate::bridge::{settle, LoopBridge};
+use crate::errors::{cluster_error, transport_error_with};
 use crate::wire::kind_of;
 
 /// Requests `send_rpc_many` keeps in flight at once (bounds memory and stream usage).
@@ -132,77 +134,134 @@ impl PyPeer {
     }
 }
 
-/// The fallback handler: awaits `handler(peer, kind, payload)` on the captured asyncio loop.
-struct PyHandler {
-    callback: Py<PyAny>,
-    locals: TaskLocals,
+/// Answers one inbound request from Python: `reply(kind, payload)` or `fail(code, message)`,
+/// once. Dropped unanswered → the requester gets Error "no_reply".
+#[pyclass(frozen, name = "Responder", module = "nodedb_cluster_core")]
+pub struct PyResponder {
+    sender: Mutex<Option<oneshot::Sender<HandlerResult>>>,
+    kind: MessageKind,
 }
 
-fn handler_error(py: Python<'_>, err: &PyErr) -> HandlerError {
-    let value = err.value(py);
-    let code = value
-        .getattr("code")
-        .ok()
-        .and_then(|code| code.extract::<String>().ok())
-        .unwrap_or_else(|| {
-            value
-                .get_type()
-                .name()
-                .map_or_else(|_| "handler_failed".into(), |n| n.to_string())
-        });
-    HandlerError::new(code, value.to_string())
+impl PyResponder {
+    fn send(&self, result: HandlerResult) -> bool {
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // The requester may have timed out meanwhile: then nobody listens, which is fine.
+        sender.is_some_and(|sender| sender.send(result).is_ok())
+    }
+}
+
+#[pymethods]
+impl PyResponder {
+    /// Send the reply frame; False if already answered or the request timed out.
+    fn reply(&self, py: Python<'_>, kind: u16, payload: &[u8]) -> PyResult<bool> {
+        let kind = kind_of(py, kind)?;
+        let frame = OutboundFrame {
+            kind,
+            payload: Bytes::copy_from_slice(payload),
+        };
+        Ok(self.send(Ok(Some(frame))))
+    }
+
+    /// Answer with an Error message {code, message}.
+    fn fail(&self, code: String, message: String) -> bool {
+        self.send(Err(HandlerError::new(code, message)))
+    }
+
+    /// Acknowledge a one-way frame (no reply is sent).
+    fn done(&self) -> bool {
+        self.send(Ok(None))
+    }
+
+    #[getter]
+    fn kind(&self) -> u16 {
+        self.kind.number()
+    }
+}
+
+/// The fallback handler: queues `dispatch(responder, peer, kind, payload)` for the loop thread
+/// and awaits the responder's answer. No GIL is taken on the tokio side.
+struct PyHandler {
+    dispatch: Arc<Py<PyAny>>,
+    bridge: Arc<LoopBridge>,
 }
 
 impl FrameHandler for PyHandler {
     fn handle(&self, frame: InboundFrame) -> HandlerFuture {
-        let (callback, locals) =
-            Python::attach(|py| (self.callback.clone_ref(py), self.locals.clone()));
+        let (sender, receiver) = oneshot::channel();
+        let dispatch = self.dispatch.clone();
+        let kind = frame.kind;
+        self.bridge.push(Box::new(move |py| {
+            let responder = PyResponder {
+                sender: Mutex::new(Some(sender)),
+                kind,
+            };
+            let peer = PyPeer {
+                addr: frame.peer.addr.to_string(),
+                spki_pin: frame.peer.spki_pin.map(|pin| pin.0),
+            };
+            let args = (
+                responder,
+                peer,
+                kind.number(),
+                PyBytes::new(py, &frame.payload),
+            );
+            if let Err(err) = dispatch.call1(py, args) {
+                // The responder went into the call and is dropped with it: the requester gets
+                // "no_reply"; the failure itself is reported here, not swallowed.
+                err.write_unraisable(py, None);
+            }
+        }));
         Box::pin(async move {
-            let kind = frame.kind;
-            let awaiting = Python::attach(|py| -> PyResult<_> {
-                let peer = PyPeer {
-                    addr: frame.peer.addr.to_string(),
-                    spki_pin: frame.peer.spki_pin.map(|pin| pin.0),
-                };
-                let args = (peer, kind.number(), PyBytes::new(py, &frame.payload));
-                let coroutine = callback.call1(py, args)?;
-                pyo3_async_runtimes::into_future_with_locals(&locals, coroutine.into_bound(py))
-            });
-            let awaiting = awaiting.map_err(|e| Python::attach(|py| handler_error(py, &e)))?;
-            let result = awaiting.await;
-            Python::attach(|py| {
-                let value = result.map_err(|e| handler_error(py, &e))?;
-                let value = value.bind(py);
-                if value.is_none() {
-                    return Ok(None);
-                }
-                let (reply_kind, payload): (u16, Vec<u8>) = value.extract().map_err(|_| {
-                    HandlerError::new(
-                        "bad_handler_reply",
-                        format!(
-                            "handler for {kind} must return (kind: int, payload: bytes) or None"
-                        ),
-                    )
-                })?;
-                let reply_kind = MessageKind::from_u16(reply_kind).map_err(|_| {
-                    HandlerError::new(
-                        "bad_handler_reply",
-                        format!("reply kind {reply_kind} is not in the kind table"),
-                    )
-                })?;
-                Ok(Some(OutboundFrame {
-                    kind: reply_kind,
-                    payload: Bytes::from(payload),
-                }))
-            })
+            match receiver.await {
+                Ok(result) => result,
+                Err(_) => Err(HandlerError::new(
+                    "no_reply",
+                    format!("the Python handler for {kind} dropped the request"),
+                )),
+            }
         })
     }
 }
 
-/// One QUIC endpoint bound to a real UDP port.
+fn reply_to_py(py: Python<'_>, frame: OutboundFrame) -> PyResult<Py<PyAny>> {
+    Ok(Reply(frame).into_pyobject(py)?.into_any().unbind())
+}
+
+fn unit_to_py(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
+    Ok(py.None())
+}
+
+/// One QUIC endpoint bound to a real UDP port. Async operations take an asyncio future created
+/// on the transport's loop and resolve it through the loop bridge (see `bridge_fd`/`drain`).
 #[pyclass(frozen, name = "Transport", module = "nodedb_cluster_core")]
 pub struct PyTransport {
     inner: Arc<Transport>,
+    bridge: Arc<LoopBridge>,
+}
+
+impl PyTransport {
+    /// Run `work` on the tokio runtime; resolve `future` on the loop thread with its outcome.
+    fn spawn_settle<F, T>(
+        &self,
+        future: Py<PyAny>,
+        work: F,
+        to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+    ) where
+        F: Future<Output = Result<T, TransportError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let bridge = self.bridge.clone();
+        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+            let result = work.await;
+            bridge.push(Box::new(move |py| {
+                let value = match result {
+                    Ok(value) => to_py(py, value),
+                    Err(err) => Err(transport_error_with(py, err)),
+                };
+                settle(py, &future, value);
+            }));
+        });
+    }
 }
 
 #[pymethods]
@@ -237,9 +296,22 @@ impl PyTransport {
                 Transport::bind(NodeId(node_id), addr, credentials, config)
             })
             .map_err(|e| transport_error_with(py, e))?;
+        let bridge = LoopBridge::new()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot create the loop bridge: {e}")))?;
         Ok(PyTransport {
             inner: Arc::new(transport),
+            bridge: Arc::new(bridge),
         })
+    }
+
+    /// The fd the owning asyncio loop must watch: `loop.add_reader(t.bridge_fd(), t.drain)`.
+    fn bridge_fd(&self) -> i32 {
+        self.bridge.fd()
+    }
+
+    /// Run queued completions and inbound dispatches (loop thread only). Returns how many ran.
+    fn drain(&self, py: Python<'_>) -> usize {
+        self.bridge.drain(py)
     }
 
     #[getter]
@@ -275,57 +347,59 @@ impl PyTransport {
         self.inner.unregister_peer(NodeId(node_id))
     }
 
-    fn send_rpc<'py>(
+    /// Resolve `future` with `(kind, payload)` of the reply.
+    fn send_rpc(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         node_id: u64,
         kind: u16,
         payload: &[u8],
-    ) -> PyResult<Bound<'py, PyAny>> {
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
         let kind = kind_of(py, kind)?;
         let payload = Bytes::copy_from_slice(payload);
         let transport = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            transport
-                .send_rpc(NodeId(node_id), kind, payload)
-                .await
-                .map(Reply)
-                .map_err(transport_error)
-        })
+        self.spawn_settle(
+            future,
+            async move { transport.send_rpc(NodeId(node_id), kind, payload).await },
+            reply_to_py,
+        );
+        Ok(())
     }
 
-    fn send_rpc_to_addr<'py>(
+    fn send_rpc_to_addr(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         addr: &str,
         kind: u16,
         payload: &[u8],
-    ) -> PyResult<Bound<'py, PyAny>> {
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
         let addr = parse_addr(py, addr)?;
         let kind = kind_of(py, kind)?;
         let payload = Bytes::copy_from_slice(payload);
         let transport = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            transport
-                .send_rpc_to_addr(addr, kind, payload)
-                .await
-                .map(Reply)
-                .map_err(transport_error)
-        })
+        self.spawn_settle(
+            future,
+            async move { transport.send_rpc_to_addr(addr, kind, payload).await },
+            reply_to_py,
+        );
+        Ok(())
     }
 
     /// Many requests to one peer, concurrently (at most RPC_MANY_INFLIGHT_MAX in flight), in one
-    /// boundary crossing. Replies in request order; the first failure is raised.
-    fn send_rpc_many<'py>(
+    /// boundary crossing. Resolves with replies in request order; the first failure is raised.
+    fn send_rpc_many(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         node_id: u64,
         kind: u16,
         payloads: Vec<Vec<u8>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
         let kind = kind_of(py, kind)?;
         let transport = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let work = async move {
             let count = payloads.len();
             let mut replies: Vec<Option<OutboundFrame>> = vec![None; count];
             let mut tasks = tokio::task::JoinSet::new();
@@ -355,61 +429,92 @@ impl PyTransport {
                         first_error.get_or_insert(err);
                     }
                     Err(join_err) => {
-                        return Err(PyRuntimeError::new_err(format!(
-                            "send_rpc_many task failed: {join_err}"
-                        )))
+                        first_error.get_or_insert(TransportError::Unreachable {
+                            addr: transport
+                                .peer_addr(NodeId(node_id))
+                                .unwrap_or(transport.local_addr()),
+                            reason: format!("request task failed: {join_err}"),
+                        });
                     }
                 }
             }
-            if let Some(err) = first_error {
-                return Err(transport_error(err));
+            match first_error {
+                Some(err) => Err(err),
+                None => Ok(replies.into_iter().flatten().collect::<Vec<_>>()),
             }
-            Ok(replies.into_iter().flatten().map(Reply).collect::<Vec<_>>())
-        })
+        };
+        self.spawn_settle(future, work, |py, frames: Vec<OutboundFrame>| {
+            Ok(frames
+                .into_iter()
+                .map(Reply)
+                .collect::<Vec<_>>()
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
+        });
+        Ok(())
     }
 
-    /// One frame, no reply (unidirectional stream).
-    fn send_oneway<'py>(
+    /// One frame, no reply (unidirectional stream); resolves with None once handed to QUIC.
+    fn send_oneway(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         node_id: u64,
         kind: u16,
         payload: &[u8],
-    ) -> PyResult<Bound<'py, PyAny>> {
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
         let kind = kind_of(py, kind)?;
         let payload = Bytes::copy_from_slice(payload);
         let transport = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            transport
-                .send_oneway(NodeId(node_id), kind, payload)
-                .await
-                .map_err(transport_error)
-        })
+        self.spawn_settle(
+            future,
+            async move { transport.send_oneway(NodeId(node_id), kind, payload).await },
+            unit_to_py,
+        );
+        Ok(())
     }
 
-    /// Route every kind without a Rust handler to `handler(peer, kind, payload)`, an async
-    /// callable returning `(kind, payload)` (or None for one-way frames). Must be called from a
-    /// running asyncio loop: the handler runs on that loop. `None` removes the handler.
-    fn serve(&self, py: Python<'_>, handler: Option<Py<PyAny>>) -> PyResult<()> {
-        let Some(callback) = handler else {
-            self.inner.set_fallback_handler(None);
-            return Ok(());
-        };
-        let locals = pyo3_async_runtimes::tokio::get_current_locals(py).map_err(|e| {
-            PyRuntimeError::new_err(format!("serve() needs a running asyncio loop: {e}"))
-        })?;
-        self.inner
-            .set_fallback_handler(Some(Arc::new(PyHandler { callback, locals })));
+    /// Route every kind without a Rust handler to `dispatch(responder, peer, kind, payload)`,
+    /// called on the loop thread (from `drain`); it must not block and must answer through the
+    /// responder (usually by starting a task). `None` removes it.
+    fn serve(&self, dispatch: Option<Py<PyAny>>) {
+        let handler = dispatch.map(|dispatch| {
+            Arc::new(PyHandler {
+                dispatch: Arc::new(dispatch),
+                bridge: self.bridge.clone(),
+            }) as Arc<dyn FrameHandler>
+        });
+        self.inner.set_fallback_handler(handler);
+    }
+
+    /// Answer `kind` in Rust with Pong carrying the request payload, without touching Python:
+    /// a liveness probe that measures the transport alone (benchmarks use it as the server side).
+    fn register_echo_handler(&self, py: Python<'_>, kind: u16) -> PyResult<()> {
+        let kind = kind_of(py, kind)?;
+        self.inner.register_handler(
+            kind,
+            nodedb_transport::handler_fn(|frame| async move {
+                Ok(Some(OutboundFrame {
+                    kind: MessageKind::PONG,
+                    payload: frame.payload,
+                }))
+            }),
+        );
         Ok(())
     }
 
     /// Close every connection and release the port (a new transport can bind it at once).
-    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn close(&self, future: Py<PyAny>) {
         let transport = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            transport.close().await;
-            Ok(())
-        })
+        self.spawn_settle(
+            future,
+            async move {
+                transport.close().await;
+                Ok(())
+            },
+            unit_to_py,
+        );
     }
 
     #[getter]
@@ -430,29 +535,29 @@ impl PyTransport {
         Ok(self.inner.pooled_connection_id(parse_addr(py, addr)?))
     }
 
-    /// TESTS ONLY: write raw bytes on a new stream of the pooled connection to `addr`. Returns
-    /// `(kind, payload)` if the peer answered with a frame, or the int stream-reset code.
-    fn _send_raw_to_addr<'py>(
+    /// TESTS ONLY: write raw bytes on a new stream of the pooled connection to `addr`. Resolves
+    /// with `(kind, payload)` if the peer answered with a frame, or the int stream-reset code.
+    fn _send_raw_to_addr(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         addr: &str,
         data: &[u8],
-    ) -> PyResult<Bound<'py, PyAny>> {
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
         let addr = parse_addr(py, addr)?;
         let data = Bytes::copy_from_slice(data);
         let transport = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let answer = transport
-                .send_raw_to_addr(addr, data)
-                .await
-                .map_err(transport_error)?;
-            Python::attach(|py| -> PyResult<Py<PyAny>> {
+        self.spawn_settle(
+            future,
+            async move { transport.send_raw_to_addr(addr, data).await },
+            |py, answer| {
                 Ok(match answer {
                     Ok(frame) => Reply(frame).into_pyobject(py)?.into_any().unbind(),
                     Err(code) => code.into_pyobject(py)?.into_any().unbind(),
                 })
-            })
-        })
+            },
+        );
+        Ok(())
     }
 }
 
@@ -497,6 +602,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_class::<PyCredentials>()?;
     m.add_class::<PyPeer>()?;
+    m.add_class::<PyResponder>()?;
     m.add_class::<PyTransport>()?;
     m.add_function(wrap_pyfunction!(generate_cluster_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(issue_node_credentials, m)?)?;

@@ -19,8 +19,8 @@ pub use config::TransportConfig;
 pub use credentials::{generate_cluster_credentials, spki_pin_of_cert, Credentials, SpkiPin};
 pub use error::TransportError;
 pub use handler::{
-    handler_fn, FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, InboundFrame,
-    OutboundFrame, PeerInfo,
+    handler_fn, FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, HandlerResult,
+    InboundFrame, OutboundFrame, PeerInfo,
 };
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use nodedb_wire::{MessageKind, NodeId};
