@@ -1,0 +1,292 @@
+//! The threaded driver (`MultiRaft`) and its async API over a simulated network: real time,
+//! real threads, bounded waits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nodedb_multiraft::error::SmError;
+use nodedb_multiraft::kv::{KvCommand, KvReader, KvResult, KvStateMachine};
+use nodedb_multiraft::log_sink::MemLogSink;
+use nodedb_multiraft::network::SimNetwork;
+use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
+use nodedb_multiraft::{
+    GroupId, GroupRole, MultiRaft, MultiRaftConfig, NodeId, RaftError, Role, WalSink,
+};
+
+const T: Duration = Duration::from_secs(5);
+
+type Readers = Arc<Mutex<HashMap<GroupId, KvReader>>>;
+
+fn factory(readers: Readers) -> Box<dyn nodedb_multiraft::StateMachineFactory> {
+    Box::new(
+        move |g: GroupId, _k: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
+            let kv = KvStateMachine::new();
+            readers.lock().expect("lock").insert(g, kv.reader());
+            Ok(Box::new(kv))
+        },
+    )
+}
+
+struct Node {
+    engine: Arc<MultiRaft>,
+    readers: Readers,
+}
+
+fn fast_cfg(id: u64, dir: &std::path::Path) -> MultiRaftConfig {
+    let mut cfg = MultiRaftConfig::new(NodeId(id), dir.join(format!("n{id}")));
+    cfg.tick_interval = Duration::from_millis(20);
+    cfg
+}
+
+fn start(net: &SimNetwork, cfg: MultiRaftConfig, wal: bool) -> Node {
+    let readers: Readers = Arc::default();
+    let sink: Box<dyn nodedb_multiraft::LogSink> = if wal {
+        Box::new(
+            WalSink::open(
+                &cfg.data_dir.join("raft"),
+                nodedb_wal::WalOptions::default(),
+            )
+            .expect("wal"),
+        )
+    } else {
+        Box::new(MemLogSink::new())
+    };
+    let id = cfg.node_id;
+    let engine = Arc::new(
+        MultiRaft::start(
+            cfg,
+            sink,
+            Arc::new(net.endpoint(id)),
+            factory(Arc::clone(&readers)),
+        )
+        .expect("start"),
+    );
+    let inbound = engine.inbound();
+    net.attach(id, move |f| inbound.deliver(f));
+    Node { engine, readers }
+}
+
+async fn wait_leader(nodes: &[&Node], g: GroupId, deadline: Duration) -> Option<usize> {
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Ok(s) = n.engine.status(g, T).await {
+                if s.role == Role::Leader {
+                    return Some(i);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling status: no event exists
+    }
+    None
+}
+
+fn put(k: &str, v: &[u8]) -> Vec<u8> {
+    KvCommand::Put {
+        key: k.as_bytes().to_vec(),
+        value: v.to_vec(),
+    }
+    .encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_api_proposes_reads_and_fails_typed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = SimNetwork::new(7, 10_000);
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| start(&net, fast_cfg(i, dir.path()), true))
+        .collect();
+    let peers: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    for n in &nodes {
+        for g in 1..=4 {
+            n.engine
+                .add_group(
+                    GroupId(g),
+                    GroupRole::Voter {
+                        peers: peers.clone(),
+                    },
+                    StateMachineKind::Kv,
+                    T,
+                )
+                .await
+                .expect("add group");
+        }
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let g = GroupId(1);
+    let li = wait_leader(&refs, g, Duration::from_secs(10))
+        .await
+        .expect("leader elected");
+    let leader = &nodes[li].engine;
+    // Single and batch proposals resolve after apply with per-command results.
+    let out = leader.propose(g, put("a", b"1"), T).await.expect("propose");
+    assert_eq!(
+        KvResult::decode(&out.results[0]),
+        Ok(KvResult::Ok { value: None })
+    );
+    let cas = KvCommand::Cas {
+        key: b"a".to_vec(),
+        expected: Some(b"0".to_vec()),
+        value: b"2".to_vec(),
+    }
+    .encode();
+    let out2 = leader
+        .propose_batch(g, vec![put("b", b"1"), cas], T)
+        .await
+        .expect("batch");
+    assert!(out2.index > out.index);
+    assert_eq!(
+        KvResult::decode(&out2.results[1]),
+        Ok(KvResult::CasMismatch {
+            current: Some(b"1".to_vec())
+        })
+    );
+    // ReadIndex on the leader, then a local read sees the write.
+    let ri = leader.read_index(g, T).await.expect("read index");
+    assert!(ri >= out2.index);
+    let reader = nodes[li].readers.lock().expect("lock")[&g].clone();
+    assert_eq!(reader.get(b"b"), Some(b"1".to_vec()));
+    // A follower refuses with NotLeader carrying the hint.
+    let fi = (li + 1) % 3;
+    match nodes[fi].engine.propose(g, put("x", b"1"), T).await {
+        Err(RaftError::NotLeader { leader_hint, .. }) => {
+            assert_eq!(leader_hint, Some(NodeId(li as u64 + 1)))
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // ReadIndex also works from a follower (forwarded to the leader).
+    let fri = nodes[fi]
+        .engine
+        .read_index(g, T)
+        .await
+        .expect("follower read index");
+    assert!(fri >= out2.index);
+    assert!(matches!(
+        leader.propose(GroupId(99), put("x", b"1"), T).await,
+        Err(RaftError::GroupNotFound { .. })
+    ));
+    // 200 concurrent proposals all resolve, with group-committed fsyncs.
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let e = Arc::clone(leader);
+        tasks.push(tokio::spawn(async move {
+            e.propose(g, put(&format!("c{i}"), &[0; 100]), T).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("concurrent propose");
+    }
+    let m = leader.metrics();
+    let fsyncs = nodedb_multiraft::Metrics::get(&m.fsyncs);
+    let proposals = nodedb_multiraft::Metrics::get(&m.proposals);
+    assert!(
+        fsyncs < proposals,
+        "fsyncs {fsyncs} < proposals {proposals}"
+    );
+    // Shutdown fails what is pending/queued with Stopped, never hangs.
+    let e = Arc::clone(leader);
+    let pending = tokio::spawn(async move { e.propose(GroupId(2), put("z", b"1"), T).await });
+    for n in &nodes {
+        n.engine.shutdown();
+    }
+    let r = pending.await.expect("join");
+    assert!(
+        matches!(
+            r,
+            Ok(_) | Err(RaftError::Stopped { .. }) | Err(RaftError::NotLeader { .. })
+        ),
+        "{r:?}"
+    );
+    assert!(matches!(
+        nodes[0].engine.propose(g, put("q", b"1"), T).await,
+        Err(RaftError::Stopped { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_elects_new_leader_within_two_seconds_with_default_ticks() {
+    // Default tick/election settings (100 ms, 8 ticks): the failover target is 2 s.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = SimNetwork::new(9, 10_000);
+    let mut nodes: Vec<Option<Node>> = (1..=3)
+        .map(|i| {
+            Some(start(
+                &net,
+                MultiRaftConfig::new(NodeId(i), dir.path().join(format!("n{i}"))),
+                false,
+            ))
+        })
+        .collect();
+    let peers: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let g = GroupId(1);
+    for n in nodes.iter().flatten() {
+        n.engine
+            .add_group(
+                g,
+                GroupRole::Voter {
+                    peers: peers.clone(),
+                },
+                StateMachineKind::Kv,
+                T,
+            )
+            .await
+            .expect("add");
+    }
+    let refs: Vec<&Node> = nodes.iter().flatten().collect();
+    let li = wait_leader(&refs, g, Duration::from_secs(10))
+        .await
+        .expect("leader");
+    refs[li]
+        .engine
+        .propose(g, put("before", b"1"), T)
+        .await
+        .expect("commit");
+    // Kill the leader: no more frames in or out, engine stopped.
+    let dead = NodeId(li as u64 + 1);
+    net.set_down(dead, true);
+    net.detach(dead);
+    let killed = Instant::now();
+    if let Some(n) = nodes[li].take() {
+        n.engine.shutdown();
+    }
+    let survivors: Vec<&Node> = nodes.iter().flatten().collect();
+    // First committed proposal after the kill.
+    let committed = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no failover in 10 s"
+        );
+        let mut done = None;
+        for n in &survivors {
+            if let Ok(o) = n
+                .engine
+                .propose(g, put("after", b"1"), Duration::from_millis(500))
+                .await
+            {
+                done = Some(o);
+                break;
+            }
+        }
+        if done.is_some() {
+            break killed.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        committed < Duration::from_secs(2),
+        "failover took {committed:?}"
+    );
+    for n in &survivors {
+        let reader = n.readers.lock().expect("lock")[&g].clone();
+        let until = Instant::now() + T;
+        while reader.get(b"after").is_none() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            reader.get(b"before"),
+            Some(b"1".to_vec()),
+            "acknowledged write kept"
+        );
+    }
+}
