@@ -25,6 +25,7 @@ pub mod network;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
+pub mod transport_net;
 pub mod wal_sink;
 
 pub use crate::codec::Frame;
@@ -40,4 +41,5 @@ pub use crate::log_sink::{LogSink, MemLogSink};
 pub use crate::metrics::Metrics;
 pub use crate::network::{RaftNetwork, SimNetwork};
 pub use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};
+pub use crate::transport_net::TransportNetwork;
 pub use crate::wal_sink::WalSink;
