@@ -257,3 +257,60 @@ class FormationFailed(ClusterError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"cluster formation failed: {reason}")
         self.reason = reason
+
+
+# --- Multi-Raft engine (nodedb_cluster_core.RaftEngine; Rust `RaftError` maps 1:1) -------------
+# GroupNotFound -> UnknownGroup, Timeout -> Timeout, a corrupt log at open -> CorruptLog.
+
+
+class RaftNotLeader(NotLeader):
+    """This node does not lead `group_id`; `leader_id` is the leader it knows of, if any.
+
+    The core knows node ids, not addresses: `leader_addr` is None unless a caller resolved it.
+    """
+
+    def __init__(self, group_id: int, leader_id: int | None) -> None:
+        super().__init__(None, f"group {group_id}; leader node {leader_id}")
+        self.group_id = group_id
+        self.leader_id = leader_id
+
+
+class Busy(ClusterError):
+    """A bounded queue or the uncommitted-entries limit is full; back off and retry."""
+
+    retryable = True
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"busy: {reason}")
+        self.reason = reason
+
+
+class LeadershipLost(ClusterError):
+    """The leader stepped down before the entry applied: it may or may not have committed.
+
+    Not blindly retryable: a retry of a non-idempotent command may apply it twice.
+    """
+
+    def __init__(self, group_id: int, leader_id: int | None) -> None:
+        super().__init__(
+            f"leadership of group {group_id} lost before apply (outcome unknown); "
+            f"new leader node {leader_id}"
+        )
+        self.group_id = group_id
+        self.leader_id = leader_id
+
+
+class EngineStopped(ClusterError):
+    """The Raft engine was closed, or stopped after a fatal log/snapshot error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"raft engine stopped: {reason}")
+        self.reason = reason
+
+
+class InvalidRequest(ClusterError, ValueError):
+    """A malformed request to the engine (e.g. an impossible membership change)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid request: {reason}")
+        self.reason = reason
