@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 import nodedb_cluster_core as _core
+
 from nodedb_cluster.addr import SocketAddr
 
 _log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ RPC_TIMEOUT_SECS_DEFAULT: Final = 5.0
 """JOIN.md: connect and whole-RPC bounded, default 5 s."""
 KEEP_ALIVE_INTERVAL_SECS_DEFAULT: Final = 1.0
 IDLE_TIMEOUT_SECS_DEFAULT: Final = 5.0
-"""A peer silent this long (keep-alives included) is dead; its connection is replaced on next use."""
+"""A peer silent this long (keep-alives included) is dead; its connection is replaced on next
+use."""
 
 Peer = _core.Peer
 Responder = _core.Responder

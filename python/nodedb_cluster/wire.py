@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
 import msgpack
-
 import nodedb_cluster_core as _core
+
 from nodedb_cluster.errors import FrameError
 
 FORMAT_VERSION: Final = _core.FORMAT_VERSION

@@ -54,6 +54,9 @@ struct Inner {
     metrics: Metrics,
     closed: AtomicBool,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// The runtime the endpoint lives on: `close`/`drop` may run outside it (e.g. Python's GC),
+    /// and re-binding the socket needs its reactor.
+    runtime: tokio::runtime::Handle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,13 +83,7 @@ impl Transport {
         }
         let spki_pin = credentials.spki_pin()?;
         let (server, client) = tls::build(&credentials, Arc::new(quic_transport_config(&config)?))?;
-        let endpoint_config = match credentials.reset_key_seed() {
-            Some(seed) => quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-                ring::hmac::HMAC_SHA256,
-                &seed,
-            ))),
-            None => quinn::EndpointConfig::default(),
-        };
+        let endpoint_config = endpoint_config(credentials.reset_key_seed());
         let bind_err = |e: std::io::Error| TransportError::Bind {
             addr: listen_addr,
             reason: e.to_string(),
@@ -112,6 +109,7 @@ impl Transport {
             metrics,
             closed: AtomicBool::new(false),
             accept_task: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
         });
         let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint));
         *lock(&inner.accept_task) = Some(task);
@@ -326,6 +324,25 @@ impl Drop for Transport {
     }
 }
 
+/// With a seed (mTLS: derived from the node key), the stateless-reset key and the connection-id
+/// validation key survive a restart, so the restarted node answers its peers' stale packets with
+/// a stateless reset they accept: they drop the dead connection at once and redial.
+fn endpoint_config(seed: Option<[u8; 32]>) -> quinn::EndpointConfig {
+    let Some(seed) = seed else {
+        return quinn::EndpointConfig::default();
+    };
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&seed[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    config
+}
+
 fn quic_transport_config(
     config: &TransportConfig,
 ) -> Result<quinn::TransportConfig, TransportError> {
@@ -369,6 +386,7 @@ impl Inner {
         // Moving the endpoint onto a throwaway socket drops the listening one now; quinn would
         // otherwise hold it until every connection finished draining. quinn keeps the previous
         // socket for stragglers until traffic arrives on the new one, so move twice.
+        let _context = self.runtime.enter();
         for _ in 0..2 {
             let throwaway = std::net::UdpSocket::bind(SocketAddr::new(self.local_addr.ip(), 0));
             let result = throwaway.and_then(|socket| self.endpoint.rebind(socket));

@@ -384,3 +384,51 @@ async fn issued_leaf_from_existing_ca_is_accepted() {
         .await
         .unwrap();
 }
+
+/// A peer that vanishes without a CONNECTION_CLOSE (its runtime is torn down, as when a process is
+/// killed) and comes back on the same port with the same key: the client's stale connection is
+/// reset statelessly and the very next call redials and succeeds.
+#[test]
+fn silently_vanished_peer_restarted_is_reached_in_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let main_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let doomed_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = {
+        let _guard = doomed_rt.enter();
+        let server = bind(1, ANY, c[0].clone());
+        serve_echo(&server);
+        server
+    };
+    let addr = server.local_addr();
+    let client = {
+        let _guard = main_rt.enter();
+        bind(2, ANY, c[1].clone())
+    };
+    client.register_peer(NodeId(1), addr, server.spki_pin());
+    main_rt
+        .block_on(client.send_rpc(NodeId(1), MessageKind::PING, Bytes::new()))
+        .unwrap();
+    // Kill: no task of the server runs again, so no CONNECTION_CLOSE leaves.
+    doomed_rt.shutdown_background();
+    drop(server);
+    main_rt.block_on(async {
+        let restarted = bind(1, &addr.to_string(), c[0].clone());
+        serve_echo(&restarted);
+        let reply = client
+            .send_rpc(NodeId(1), MessageKind::PING, Bytes::from_static(b"back"))
+            .await;
+        assert_eq!(reply.unwrap().payload, Bytes::from_static(b"back"));
+        assert_eq!(client.metrics()["connections_opened"], 2);
+        restarted.close().await;
+        client.close().await;
+    });
+}
