@@ -38,8 +38,8 @@ KEY_BYTES = 16
 NUM_GROUPS = 64
 ROUNDS_KERNEL = 40
 """Kernel calls take a few ms: 40 rounds give a stable median within ~1 s."""
-ROUNDS_PYTHON = 5
-"""Python loops take ~0.1-0.3 s per round: 5 rounds bound the baseline cost to a few seconds."""
+ROUNDS_PYTHON = 7
+"""Python loops take ~0.1-0.5 s per round: 7 rounds bound each baseline to a few seconds."""
 
 RecordSummary = Callable[[str, str, object, int, bool], None]
 """The `record_summary` fixture of benches/conftest.py."""

@@ -49,6 +49,7 @@ class SummaryRow:
     """Cases compared with each other; one of them is the baseline."""
     case: str
     median_s: float
+    min_s: float
     items: int
     """Keys or lookups processed by one call."""
     is_baseline: bool
@@ -73,7 +74,16 @@ def record_summary(request: pytest.FixtureRequest) -> RecordSummary:
         stats = getattr(benchmark, "stats", None)
         if stats is None:  # benchmarks disabled (--benchmark-disable): nothing was measured
             return
-        rows.append(SummaryRow(group, case, float(stats.stats.median), items, is_baseline))
+        rows.append(
+            SummaryRow(
+                group,
+                case,
+                float(stats.stats.median),
+                float(stats.stats.min),
+                items,
+                is_baseline,
+            )
+        )
 
     return record
 
@@ -84,15 +94,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     write = terminalreporter.write_line
     write("")
-    write("summary (medians of this run)")
-    header = f"{'group':<34} {'case':<46} {'median':>11} {'items/s':>12}"
+    write("summary (items/s from the median; min shown to expose noise from a shared machine)")
+    header = f"{'group':<34} {'case':<46} {'median':>11} {'items/s':>12} {'min':>11}"
     write(header)
     write("-" * len(header))
     for r in rows:
         mark = " [baseline]" if r.is_baseline else ""
         write(
             f"{r.group:<34} {(r.case + mark):<46} {r.median_s * 1e3:9.3f}ms "
-            f"{_si(r.items / r.median_s):>12}"
+            f"{_si(r.items / r.median_s):>12} {r.min_s * 1e3:9.3f}ms"
         )
     write("")
     write("speed-up = baseline median / case median (same run, same input)")
