@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use nodedb_wal::{RecordRef, Wal, WalError, WalOptions, KIND_FORGET_GROUP};
+use nodedb_wal::{RecordRef, Wal, WalError, KIND_FORGET_GROUP};
+
+pub use nodedb_wal::WalOptions;
 
 use crate::error::SinkError;
 use crate::ids::GroupId;

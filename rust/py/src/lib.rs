@@ -3,6 +3,7 @@ use pyo3::prelude::*;
 
 mod bridge;
 mod errors;
+mod raft;
 mod transport;
 mod wire;
 
@@ -22,5 +23,6 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_profile, m)?)?;
     wire::register(m)?;
     transport::register(m)?;
+    raft::register(m)?;
     Ok(())
 }

@@ -240,6 +240,12 @@ pub struct PyTransport {
 }
 
 impl PyTransport {
+    /// The shared transport, for other bindings on the same endpoint (the raft engine
+    /// registers its Rust handlers for kinds 16–18 on it).
+    pub(crate) fn shared(&self) -> Arc<Transport> {
+        self.inner.clone()
+    }
+
     /// Run `work` on the tokio runtime; resolve `future` on the loop thread with its outcome.
     fn spawn_settle<F, T>(
         &self,

@@ -1,0 +1,301 @@
+"""The node's Multi-Raft engine, driven from asyncio.
+
+A thin shell over the Rust core (`nodedb_cluster_core.RaftEngine`): every Raft group of the node
+(group 0 = metadata, applied by Python; data groups with the built-in KV state machine or a
+Python one) runs in Rust behind one tick, one log fsync per round and one frame per peer per
+round, over the node's `Transport` (Raft frames never reach Python). Python proposes single
+payloads or batches and awaits `(index, result)` after commit AND apply; a Python state
+machine receives committed entries in batches (`apply_batch`).
+
+The engine belongs to the first event loop that uses it. Errors are the classes of
+`nodedb_cluster.errors`: `RaftNotLeader` (a `NotLeader`), `Timeout`, `UnknownGroup`, `Busy`,
+`LeadershipLost`, `EngineStopped`, `InvalidRequest`, `ConfigError`, `CorruptLog`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol, cast
+
+import nodedb_cluster_core as _core
+
+from nodedb_cluster.transport import Transport
+
+TIMEOUT_MS_DEFAULT: Final = 5000
+"""Deadline of a proposal / read / admin call unless given: WIRE.md's 5 s RPC bound."""
+
+Role = Literal["follower", "pre_candidate", "candidate", "leader"]
+StateMachineKind = Literal["kv", "python"]
+MembershipOp = Literal["add_learner", "add_voter", "remove"]
+
+
+class StateMachine(Protocol):
+    """A Python-applied group (group 0 always). Called on the engine's driver thread.
+
+    `apply_batch` must be deterministic and return one result per entry; raising is a bug
+    (reported; each entry of the batch then gets the result b"\\xff" + reason).
+    """
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
+StateMachineFactory = Callable[[int], StateMachine]
+"""group_id -> the state machine of that group (on add_group and for each group on restart)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftSettings:
+    """Engine limits; defaults aim at failover p99 ≤ 2 s (election timeout randomized in
+    [election_ticks, 2 * election_ticks) ticks = [0.8, 1.6) s)."""
+
+    tick_interval_ms: int = 100
+    heartbeat_ticks: int = 1
+    election_ticks: int = 8
+    snapshot_threshold_entries: int = 20_000
+    install_snapshot_chunk_bytes: int = 4 << 20
+    orphan_partial_max_age_secs: int = 300
+    max_uncommitted_bytes: int = 32 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStatus:
+    """One group as this node sees it."""
+
+    group_id: int
+    role: Role
+    term: int
+    leader_id: int | None
+    commit_index: int
+    applied_index: int
+    last_index: int
+    snapshot_index: int
+    voters: tuple[int, ...] = field(default=())
+    learners: tuple[int, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Proposed:
+    """A committed and applied proposal: its log index and the state machine's result."""
+
+    index: int
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProposedBatch:
+    """A committed and applied batch (one log entry): its index and one result per payload."""
+
+    index: int
+    results: tuple[bytes, ...]
+
+
+class RaftEngine:
+    """One node's Multi-Raft engine (log under `data_dir/raft/`, snapshots under
+    `data_dir/snapshots/`), sharing `transport`'s QUIC endpoint."""
+
+    __slots__ = ("_core", "_loop")
+
+    def __init__(
+        self,
+        node_id: int,
+        data_dir: str | Path,
+        transport: Transport,
+        state_machine_factory: StateMachineFactory | None = None,
+        settings: RaftSettings | None = None,
+    ) -> None:
+        s = settings or RaftSettings()
+        # The engine registers its Rust handlers (kinds 16-18) on the transport's own endpoint.
+        self._core = _core.RaftEngine(
+            node_id,
+            str(data_dir),
+            transport._core,
+            state_machine_factory,
+            tick_interval_ms=s.tick_interval_ms,
+            heartbeat_ticks=s.heartbeat_ticks,
+            election_ticks=s.election_ticks,
+            snapshot_threshold_entries=s.snapshot_threshold_entries,
+            install_snapshot_chunk_bytes=s.install_snapshot_chunk_bytes,
+            orphan_partial_max_age_secs=s.orphan_partial_max_age_secs,
+            max_uncommitted_bytes=s.max_uncommitted_bytes,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _future(self) -> asyncio.Future[Any]:
+        """A future on the owning loop (bound on first use; any other loop is refused)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            loop.add_reader(self._core.bridge_fd(), self._core.drain)
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("this RaftEngine is bound to another event loop")
+        return loop.create_future()
+
+    @property
+    def node_id(self) -> int:
+        return self._core.node_id
+
+    async def add_group(
+        self, group_id: int, voters: Sequence[int] | None, kind: StateMachineKind = "kv"
+    ) -> None:
+        """Create a group on this node, durably: `voters` = the founding members (identical on
+        each of them, this node included), or None to start as an empty learner that the leader
+        fills (after `change_membership(group, [("add_learner", this node)])` there)."""
+        fut: asyncio.Future[None] = self._future()
+        self._core.add_group(group_id, None if voters is None else list(voters), kind, fut)
+        await fut
+
+    async def remove_group(self, group_id: int) -> None:
+        fut: asyncio.Future[None] = self._future()
+        self._core.remove_group(group_id, fut)
+        await fut
+
+    async def propose(
+        self, group_id: int, data: bytes, timeout_ms: int = TIMEOUT_MS_DEFAULT
+    ) -> Proposed:
+        """Replicate `data` as one entry; returns after it is committed and applied here."""
+        fut: asyncio.Future[tuple[int, bytes]] = self._future()
+        self._core.propose(group_id, data, timeout_ms, fut)
+        index, result = await fut
+        return Proposed(index, result)
+
+    async def propose_batch(
+        self, group_id: int, payloads: Sequence[bytes], timeout_ms: int = TIMEOUT_MS_DEFAULT
+    ) -> ProposedBatch:
+        """Many payloads as ONE entry (one boundary crossing, one log record)."""
+        fut: asyncio.Future[tuple[int, list[bytes]]] = self._future()
+        self._core.propose_batch(group_id, list(payloads), timeout_ms, fut)
+        index, results = await fut
+        return ProposedBatch(index, tuple(results))
+
+    async def read_index(self, group_id: int, timeout_ms: int = TIMEOUT_MS_DEFAULT) -> int:
+        """Confirm leadership with a quorum (ReadIndex) and wait until this node applied
+        through it; a local read after this is linearizable. Works on followers too."""
+        fut: asyncio.Future[int] = self._future()
+        self._core.read_index(group_id, timeout_ms, fut)
+        return await fut
+
+    async def status(self, group_id: int) -> GroupStatus:
+        fut: asyncio.Future[dict[str, object]] = self._future()
+        self._core.status(group_id, fut)
+        d = await fut
+        return GroupStatus(
+            group_id=cast(int, d["group_id"]),
+            role=cast(Role, d["role"]),
+            term=cast(int, d["term"]),
+            leader_id=cast("int | None", d["leader_id"]),
+            commit_index=cast(int, d["commit_index"]),
+            applied_index=cast(int, d["applied_index"]),
+            last_index=cast(int, d["last_index"]),
+            snapshot_index=cast(int, d["snapshot_index"]),
+            voters=tuple(cast("list[int]", d["voters"])),
+            learners=tuple(cast("list[int]", d["learners"])),
+        )
+
+    async def groups(self) -> list[int]:
+        fut: asyncio.Future[list[int]] = self._future()
+        self._core.groups(fut)
+        return await fut
+
+    async def change_membership(
+        self,
+        group_id: int,
+        changes: Sequence[tuple[MembershipOp, int]],
+        timeout_ms: int = TIMEOUT_MS_DEFAULT,
+    ) -> list[int]:
+        """ConfChangeV2 on the leader: several changes at once go through a joint
+        configuration. Returns the voters once the change applied here."""
+        fut: asyncio.Future[list[int]] = self._future()
+        self._core.change_membership(
+            group_id, [(op, node) for op, node in changes], timeout_ms, fut
+        )
+        return await fut
+
+    async def add_learner(self, group_id: int, node_id: int) -> list[int]:
+        return await self.change_membership(group_id, [("add_learner", node_id)])
+
+    async def promote(self, group_id: int, node_id: int) -> list[int]:
+        """Learner → voter (the control plane calls this once the learner caught up)."""
+        return await self.change_membership(group_id, [("add_voter", node_id)])
+
+    async def remove_node(self, group_id: int, node_id: int) -> list[int]:
+        return await self.change_membership(group_id, [("remove", node_id)])
+
+    async def transfer_leader(
+        self, group_id: int, to_node_id: int, timeout_ms: int = TIMEOUT_MS_DEFAULT
+    ) -> None:
+        """Ask the leader to hand over; watch `status` for the outcome."""
+        fut: asyncio.Future[None] = self._future()
+        self._core.transfer_leader(group_id, to_node_id, timeout_ms, fut)
+        await fut
+
+    async def snapshot_now(self, group_id: int) -> None:
+        fut: asyncio.Future[None] = self._future()
+        self._core.snapshot_now(group_id, fut)
+        await fut
+
+    def kv_get(self, group_id: int, key: bytes) -> bytes | None:
+        """Local read of a "kv" group (pair with `read_index` for a linearizable read)."""
+        return self._core.kv_get(group_id, key)
+
+    async def kv_read(
+        self, group_id: int, key: bytes, timeout_ms: int = TIMEOUT_MS_DEFAULT
+    ) -> bytes | None:
+        """Linearizable read: ReadIndex, then the local state."""
+        await self.read_index(group_id, timeout_ms)
+        return self._core.kv_get(group_id, key)
+
+    def kv_digest(self, group_id: int) -> tuple[int, int, int]:
+        """(applied_index, key_count, digest) of a "kv" group: equal on two nodes = same state."""
+        return self._core.kv_digest(group_id)
+
+    def metrics(self) -> dict[str, int]:
+        return self._core.metrics()
+
+    async def close(self) -> None:
+        """Stop the engine; pending calls fail with `EngineStopped`. Idempotent."""
+        await asyncio.get_running_loop().run_in_executor(None, self._core.close)
+        if self._loop is not None:
+            self._loop.remove_reader(self._core.bridge_fd())
+            # Completions queued before the reader went away still settle their futures.
+            self._core.drain()
+            self._loop = None
+
+    async def __aenter__(self) -> RaftEngine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def kv_put(key: bytes, value: bytes) -> bytes:
+    """A put command for a "kv" group (encoded by the core: one format, one place)."""
+    return _core.kv_command("put", key, value)
+
+
+def kv_delete(key: bytes) -> bytes:
+    return _core.kv_command("delete", key)
+
+
+def kv_cas(key: bytes, expected: bytes | None, value: bytes) -> bytes:
+    """Set `key` to `value` iff it currently holds `expected` (None = absent)."""
+    return _core.kv_command("cas", key, value, expected)
+
+
+def kv_get_command(key: bytes) -> bytes:
+    """A read through the log (linearizable without ReadIndex, at the cost of an entry)."""
+    return _core.kv_command("get", key)
+
+
+KvStatus = Literal["ok", "not_found", "cas_mismatch", "invalid"]
+
+
+def kv_result(data: bytes) -> tuple[KvStatus, bytes | None]:
+    """Decode a "kv" group's result: ("ok", value|None), ("not_found", None),
+    ("cas_mismatch", current), ("invalid", reason)."""
+    status, value = _core.kv_result(data)
+    return cast(KvStatus, status), value

@@ -1,0 +1,693 @@
+//! Python face of `nodedb-multiraft`: `RaftEngine`, one per node, over the node's `Transport`.
+//!
+//! Python sees batches, never raft messages: it proposes one payload or a batch, awaits
+//! (index, result(s)), reads status, and — for groups with a Python state machine (group 0
+//! always) — has `apply_batch(entries)` called with committed entries in batches. Raft frames
+//! (kinds 16–18) are handled inside Rust by the transport's Rust handlers.
+//!
+//! Awaitables follow the transport binding: Python creates an asyncio future, Rust runs the work
+//! on the shared tokio runtime (no GIL held while waiting) and settles the future through this
+//! engine's loop bridge. A Python state machine is called on the engine's driver thread with
+//! the GIL taken only for that call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nodedb_multiraft::error::{EngineError, RaftError, SinkError, SmError};
+use nodedb_multiraft::state_machine::Command;
+use nodedb_multiraft::{
+    GroupId, GroupRole, GroupStatus, KvCommand, KvReader, KvResult, KvStateMachine,
+    MembershipChange, Metrics, MultiRaft, MultiRaftConfig, NodeId, Role, StateMachine,
+    StateMachineKind, TransportNetwork, WalSink,
+};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::bridge::{settle, LoopBridge};
+use crate::errors::cluster_error;
+use crate::transport::PyTransport;
+
+/// Frames queued per peer by the raft network adapter before drops (raft retransmits).
+const PEER_QUEUE_FRAMES: usize = 1024;
+/// Upper bound for every timeout a caller passes (a day): a typo cannot park a future forever.
+const TIMEOUT_MS_MAX: u64 = 86_400_000;
+
+type Readers = Arc<Mutex<HashMap<GroupId, KvReader>>>;
+
+/// A group applied by Python: `obj.apply_batch([(index, bytes), ...]) -> [bytes, ...]`,
+/// `obj.snapshot() -> bytes`, `obj.restore(bytes) -> None`.
+struct PyStateMachine {
+    group: GroupId,
+    obj: Py<PyAny>,
+}
+
+impl StateMachine for PyStateMachine {
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
+        Python::attach(|py| {
+            let entries: Vec<(u64, Bound<'_, PyBytes>)> = commands
+                .iter()
+                .map(|c| (c.index, PyBytes::new(py, c.data)))
+                .collect();
+            let out = self
+                .obj
+                .bind(py)
+                .call_method1("apply_batch", (entries,))
+                .and_then(|r| r.extract::<Vec<Vec<u8>>>());
+            match out {
+                Ok(results) if results.len() == commands.len() => results,
+                Ok(results) => {
+                    let msg = format!(
+                        "state machine of group {} returned {} results for {} entries",
+                        self.group.0,
+                        results.len(),
+                        commands.len()
+                    );
+                    PyRuntimeError::new_err(msg.clone()).write_unraisable(py, None);
+                    vec![error_result(&msg); commands.len()]
+                }
+                Err(err) => {
+                    // A raising apply is a bug in the Python state machine: reported, and every
+                    // entry of the batch gets an error result (the log moves on; the proposer
+                    // sees the error as its result).
+                    let msg = format!("apply_batch of group {} raised: {err}", self.group.0);
+                    err.write_unraisable(py, None);
+                    vec![error_result(&msg); commands.len()]
+                }
+            }
+        })
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
+        Python::attach(|py| {
+            self.obj
+                .bind(py)
+                .call_method0("snapshot")
+                .and_then(|r| r.extract::<Vec<u8>>())
+                .map_err(|e| SmError::Other(format!("snapshot() of group {}: {e}", self.group.0)))
+        })
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
+        Python::attach(|py| {
+            self.obj
+                .bind(py)
+                .call_method1("restore", (PyBytes::new(py, data),))
+                .map(|_| ())
+                .map_err(|e| SmError::Other(format!("restore() of group {}: {e}", self.group.0)))
+        })
+    }
+}
+
+/// Result bytes of an entry a Python state machine failed to apply: 0xFF + UTF-8 reason.
+fn error_result(reason: &str) -> Vec<u8> {
+    let mut v = vec![0xFF];
+    v.extend_from_slice(reason.as_bytes());
+    v
+}
+
+fn raft_error(py: Python<'_>, err: RaftError) -> PyErr {
+    match err {
+        RaftError::NotLeader { group, leader_hint } => {
+            cluster_error(py, "RaftNotLeader", (group.0, leader_hint.map(|n| n.0)))
+        }
+        RaftError::Timeout { op, timeout_ms } => cluster_error(py, "Timeout", (op, timeout_ms)),
+        RaftError::GroupNotFound { group } => cluster_error(py, "UnknownGroup", (group.0,)),
+        RaftError::Busy { reason } => cluster_error(py, "Busy", (reason,)),
+        RaftError::LeadershipLost { group, leader_hint } => {
+            cluster_error(py, "LeadershipLost", (group.0, leader_hint.map(|n| n.0)))
+        }
+        RaftError::Stopped { reason } => cluster_error(py, "EngineStopped", (reason,)),
+        RaftError::Invalid { reason } => cluster_error(py, "InvalidRequest", (reason,)),
+    }
+}
+
+fn engine_error(py: Python<'_>, err: EngineError) -> PyErr {
+    match err {
+        EngineError::Config { field, reason } => cluster_error(py, "ConfigError", (field, reason)),
+        EngineError::Sink(SinkError::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => cluster_error(
+            py,
+            "CorruptLog",
+            (path.display().to_string(), offset, reason),
+        ),
+        other => cluster_error(py, "EngineStopped", (other.to_string(),)),
+    }
+}
+
+fn timeout(py: Python<'_>, ms: u64) -> PyResult<Duration> {
+    if ms == 0 || ms > TIMEOUT_MS_MAX {
+        return Err(cluster_error(
+            py,
+            "ConfigError",
+            ("timeout_ms", format!("{ms} is not in 1..={TIMEOUT_MS_MAX}")),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre_candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+    }
+}
+
+fn status_to_py(py: Python<'_>, s: GroupStatus) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    d.set_item("group_id", s.group.0)?;
+    d.set_item("role", role_name(s.role))?;
+    d.set_item("term", s.term)?;
+    d.set_item("leader_id", s.leader.map(|n| n.0))?;
+    d.set_item("commit_index", s.commit_index)?;
+    d.set_item("applied_index", s.applied_index)?;
+    d.set_item("last_index", s.last_index)?;
+    d.set_item("snapshot_index", s.snapshot_index)?;
+    d.set_item("voters", s.voters.iter().map(|n| n.0).collect::<Vec<_>>())?;
+    d.set_item(
+        "learners",
+        s.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
+    )?;
+    Ok(d.into_any().unbind())
+}
+
+fn none(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
+    Ok(py.None())
+}
+
+/// One node's Multi-Raft engine.
+#[pyclass(frozen, name = "RaftEngine", module = "nodedb_cluster_core")]
+pub struct PyRaftEngine {
+    engine: Arc<MultiRaft>,
+    readers: Readers,
+    bridge: Arc<LoopBridge>,
+}
+
+impl PyRaftEngine {
+    fn spawn_settle<F, T>(
+        &self,
+        future: Py<PyAny>,
+        work: F,
+        to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+    ) where
+        F: Future<Output = Result<T, RaftError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let bridge = self.bridge.clone();
+        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+            let result = work.await;
+            bridge.push(Box::new(move |py| {
+                let value = match result {
+                    Ok(value) => to_py(py, value),
+                    Err(err) => Err(raft_error(py, err)),
+                };
+                settle(py, &future, value);
+            }));
+        });
+    }
+}
+
+#[pymethods]
+impl PyRaftEngine {
+    // Python keyword arguments, one per setting: the count is the API, not a smell.
+    #[allow(clippy::too_many_arguments)]
+    #[new]
+    #[pyo3(signature = (node_id, data_dir, transport, state_machine_factory = None,
+                        tick_interval_ms = 100, heartbeat_ticks = 1, election_ticks = 8,
+                        snapshot_threshold_entries = 20_000,
+                        install_snapshot_chunk_bytes = 4 << 20,
+                        orphan_partial_max_age_secs = 300,
+                        max_uncommitted_bytes = 32 << 20))]
+    fn new(
+        py: Python<'_>,
+        node_id: u64,
+        data_dir: PathBuf,
+        transport: &PyTransport,
+        state_machine_factory: Option<Py<PyAny>>,
+        tick_interval_ms: u64,
+        heartbeat_ticks: usize,
+        election_ticks: usize,
+        snapshot_threshold_entries: u64,
+        install_snapshot_chunk_bytes: usize,
+        orphan_partial_max_age_secs: u64,
+        max_uncommitted_bytes: u64,
+    ) -> PyResult<Self> {
+        let mut cfg = MultiRaftConfig::new(NodeId(node_id), &data_dir);
+        cfg.tick_interval = Duration::from_millis(tick_interval_ms);
+        cfg.heartbeat_ticks = heartbeat_ticks;
+        cfg.election_ticks = election_ticks;
+        cfg.snapshot_threshold_entries = snapshot_threshold_entries;
+        cfg.install_snapshot_chunk_bytes = install_snapshot_chunk_bytes;
+        cfg.orphan_partial_max_age_secs = orphan_partial_max_age_secs;
+        cfg.max_uncommitted_bytes = max_uncommitted_bytes;
+        cfg.validate().map_err(|e| engine_error(py, e))?;
+        let readers: Readers = Arc::default();
+        let factory_readers = Arc::clone(&readers);
+        let factory = Box::new(
+            move |g: GroupId, kind: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
+                match kind {
+                    StateMachineKind::Kv => {
+                        let kv = KvStateMachine::new();
+                        factory_readers
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(g, kv.reader());
+                        Ok(Box::new(kv))
+                    }
+                    StateMachineKind::Python => {
+                        let Some(f) = &state_machine_factory else {
+                            return Err(SmError::Other(format!(
+                                "group {} needs a Python state machine but the engine has no \
+                                 state_machine_factory",
+                                g.0
+                            )));
+                        };
+                        let obj = Python::attach(|py| f.call1(py, (g.0,)))
+                            .map_err(|e| SmError::Other(format!("state_machine_factory: {e}")))?;
+                        Ok(Box::new(PyStateMachine { group: g, obj }))
+                    }
+                }
+            },
+        );
+        let shared = transport.shared();
+        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        let net = TransportNetwork::new(
+            Arc::clone(&shared),
+            runtime.handle().clone(),
+            PEER_QUEUE_FRAMES,
+        );
+        let wal_dir = data_dir.join("raft");
+        // Replay and recovery run without the GIL (a Python state machine's restore takes it).
+        let engine = py
+            .detach(|| {
+                let sink =
+                    WalSink::open(&wal_dir, nodedb_multiraft::wal_sink::WalOptions::default())?;
+                MultiRaft::start(cfg, Box::new(sink), net, factory)
+            })
+            .map_err(|e| engine_error(py, e))?;
+        TransportNetwork::attach_inbound(&shared, engine.inbound());
+        let bridge = LoopBridge::new()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot create the loop bridge: {e}")))?;
+        Ok(PyRaftEngine {
+            engine: Arc::new(engine),
+            readers,
+            bridge: Arc::new(bridge),
+        })
+    }
+
+    /// The fd the owning asyncio loop must watch: `loop.add_reader(e.bridge_fd(), e.drain)`.
+    fn bridge_fd(&self) -> i32 {
+        self.bridge.fd()
+    }
+
+    /// Run queued completions (loop thread only). Returns how many ran.
+    fn drain(&self, py: Python<'_>) -> usize {
+        self.bridge.drain(py)
+    }
+
+    #[getter]
+    fn node_id(&self) -> u64 {
+        self.engine.node_id().0
+    }
+
+    /// Create a group here: `voters` = founding members (this node included), or `None` to
+    /// join as an empty learner. `kind` is "kv" (built-in) or "python" (group 0 must be python).
+    #[pyo3(signature = (group_id, voters, kind, future, timeout_ms = 5000))]
+    fn add_group(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        voters: Option<Vec<u64>>,
+        kind: &str,
+        future: Py<PyAny>,
+        timeout_ms: u64,
+    ) -> PyResult<()> {
+        let kind = match kind {
+            "kv" => StateMachineKind::Kv,
+            "python" => StateMachineKind::Python,
+            other => {
+                return Err(cluster_error(
+                    py,
+                    "ConfigError",
+                    ("kind", format!("{other:?} is not \"kv\" or \"python\"")),
+                ))
+            }
+        };
+        if group_id == GroupId::METADATA.0 && kind != StateMachineKind::Python {
+            return Err(cluster_error(
+                py,
+                "ConfigError",
+                (
+                    "kind",
+                    "group 0 (metadata) is always applied by Python".to_string(),
+                ),
+            ));
+        }
+        let role = match voters {
+            Some(v) => GroupRole::Voter {
+                peers: v.into_iter().map(NodeId).collect(),
+            },
+            None => GroupRole::Learner,
+        };
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.add_group(GroupId(group_id), role, kind, t).await },
+            none,
+        );
+        Ok(())
+    }
+
+    #[pyo3(signature = (group_id, future, timeout_ms = 5000))]
+    fn remove_group(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        future: Py<PyAny>,
+        timeout_ms: u64,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&GroupId(group_id));
+        self.spawn_settle(
+            future,
+            async move { e.remove_group(GroupId(group_id), t).await },
+            none,
+        );
+        Ok(())
+    }
+
+    /// Resolve `future` with `(index, result)` once `data` is committed and applied.
+    fn propose(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        data: Vec<u8>,
+        timeout_ms: u64,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.propose(GroupId(group_id), data, t).await },
+            |py, out| {
+                let result = out.results.into_iter().next().unwrap_or_default();
+                Ok((out.index, PyBytes::new(py, &result))
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            },
+        );
+        Ok(())
+    }
+
+    /// Many payloads as ONE entry: resolve with `(index, [result, ...])`.
+    fn propose_batch(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        payloads: Vec<Vec<u8>>,
+        timeout_ms: u64,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.propose_batch(GroupId(group_id), payloads, t).await },
+            |py, out| {
+                let results = PyList::new(py, out.results.iter().map(|r| PyBytes::new(py, r)))?;
+                Ok((out.index, results).into_pyobject(py)?.into_any().unbind())
+            },
+        );
+        Ok(())
+    }
+
+    /// Resolve with the read index once leadership is confirmed by a quorum and this node has
+    /// applied through it (a local read after this is linearizable).
+    fn read_index(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        timeout_ms: u64,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.read_index(GroupId(group_id), t).await },
+            |py, index| Ok(index.into_pyobject(py)?.into_any().unbind()),
+        );
+        Ok(())
+    }
+
+    #[pyo3(signature = (group_id, future, timeout_ms = 5000))]
+    fn status(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        future: Py<PyAny>,
+        timeout_ms: u64,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.status(GroupId(group_id), t).await },
+            status_to_py,
+        );
+        Ok(())
+    }
+
+    #[pyo3(signature = (future, timeout_ms = 5000))]
+    fn groups(&self, py: Python<'_>, future: Py<PyAny>, timeout_ms: u64) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(future, async move { e.groups(t).await }, |py, gs| {
+            Ok(gs
+                .iter()
+                .map(|g| g.0)
+                .collect::<Vec<_>>()
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
+        });
+        Ok(())
+    }
+
+    /// `changes`: [("add_learner" | "add_voter" | "remove", node_id), ...]; several at once go
+    /// through a joint configuration. Resolves with the voters after the change applied.
+    fn change_membership(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        changes: Vec<(String, u64)>,
+        timeout_ms: u64,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let mut parsed = Vec::with_capacity(changes.len());
+        for (op, node) in changes {
+            parsed.push(match op.as_str() {
+                "add_learner" => MembershipChange::AddLearner(NodeId(node)),
+                "add_voter" => MembershipChange::AddVoter(NodeId(node)),
+                "remove" => MembershipChange::Remove(NodeId(node)),
+                other => {
+                    return Err(cluster_error(
+                        py,
+                        "InvalidRequest",
+                        (format!("unknown membership change {other:?}"),),
+                    ))
+                }
+            });
+        }
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.change_membership(GroupId(group_id), parsed, t).await },
+            |py, voters| {
+                Ok(voters
+                    .iter()
+                    .map(|n| n.0)
+                    .collect::<Vec<_>>()
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind())
+            },
+        );
+        Ok(())
+    }
+
+    fn transfer_leader(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        to_node_id: u64,
+        timeout_ms: u64,
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move {
+                e.transfer_leader(GroupId(group_id), NodeId(to_node_id), t)
+                    .await
+            },
+            none,
+        );
+        Ok(())
+    }
+
+    #[pyo3(signature = (group_id, future, timeout_ms = 30000))]
+    fn snapshot_now(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        future: Py<PyAny>,
+        timeout_ms: u64,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.snapshot_now(GroupId(group_id), t).await },
+            none,
+        );
+        Ok(())
+    }
+
+    /// Local read of a KV group (no consensus: pair with `read_index` for linearizability).
+    fn kv_get<'py>(
+        &self,
+        py: Python<'py>,
+        group_id: u64,
+        key: &[u8],
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let r = readers
+            .get(&GroupId(group_id))
+            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        Ok(r.get(key).map(|v| PyBytes::new(py, &v)))
+    }
+
+    /// `(applied_index, key_count, digest)` of a KV group: equal on two nodes = same state.
+    fn kv_digest(&self, py: Python<'_>, group_id: u64) -> PyResult<(u64, usize, u64)> {
+        let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let r = readers
+            .get(&GroupId(group_id))
+            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let st = r.read();
+        Ok((st.applied_index, st.map.len(), st.digest()))
+    }
+
+    fn metrics(&self) -> HashMap<&'static str, u64> {
+        let m = self.engine.metrics();
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 20] = [
+            ("rounds", &m.rounds),
+            ("fsyncs", &m.fsyncs),
+            ("records_written", &m.records_written),
+            ("proposals", &m.proposals),
+            ("proposals_busy", &m.proposals_busy),
+            ("commands_applied", &m.commands_applied),
+            ("frames_sent", &m.frames_sent),
+            ("messages_sent", &m.messages_sent),
+            ("send_errors", &m.send_errors),
+            ("step_errors", &m.step_errors),
+            ("inbound_dropped_full", &m.inbound_dropped_full),
+            ("inbound_decode_errors", &m.inbound_decode_errors),
+            ("inbound_unknown_group", &m.inbound_unknown_group),
+            ("snapshots_taken", &m.snapshots_taken),
+            ("snapshots_sent", &m.snapshots_sent),
+            ("snapshot_send_failures", &m.snapshot_send_failures),
+            ("snapshots_received", &m.snapshots_received),
+            ("snapshot_receive_errors", &m.snapshot_receive_errors),
+            ("snapshots_installed", &m.snapshots_installed),
+            ("orphan_partials_removed", &m.orphan_partials_removed),
+        ];
+        rows.iter().map(|(k, v)| (*k, Metrics::get(v))).collect()
+    }
+
+    /// Stop the engine: pending requests fail with EngineStopped. Blocks (without the GIL)
+    /// until the driver thread exited.
+    fn close(&self, py: Python<'_>) {
+        let e = Arc::clone(&self.engine);
+        py.detach(move || e.shutdown());
+    }
+}
+
+/// Encodes a KV command for a "kv" group: op is "put" | "delete" | "cas" | "get";
+/// `expected` (cas only) None = the key must be absent.
+#[pyfunction]
+#[pyo3(signature = (op, key, value = None, expected = None))]
+fn kv_command<'py>(
+    py: Python<'py>,
+    op: &str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+    expected: Option<Vec<u8>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let need_value = |v: Option<Vec<u8>>| {
+        v.ok_or_else(|| cluster_error(py, "InvalidRequest", (format!("{op} needs a value"),)))
+    };
+    let cmd = match op {
+        "put" => KvCommand::Put {
+            key,
+            value: need_value(value)?,
+        },
+        "delete" => KvCommand::Delete { key },
+        "cas" => KvCommand::Cas {
+            key,
+            expected,
+            value: need_value(value)?,
+        },
+        "get" => KvCommand::Get { key },
+        other => {
+            return Err(cluster_error(
+                py,
+                "InvalidRequest",
+                (format!("unknown kv op {other:?}"),),
+            ))
+        }
+    };
+    Ok(PyBytes::new(py, &cmd.encode()))
+}
+
+/// Decodes a KV result: ("ok", value | None) | ("not_found", None) | ("cas_mismatch", current)
+/// | ("invalid", reason bytes).
+#[pyfunction]
+fn kv_result<'py>(
+    py: Python<'py>,
+    data: &[u8],
+) -> PyResult<(&'static str, Option<Bound<'py, PyBytes>>)> {
+    let r = KvResult::decode(data)
+        .map_err(|e| cluster_error(py, "InvalidRequest", (format!("kv result: {e}"),)))?;
+    let b = |v: Option<Vec<u8>>| v.map(|v| PyBytes::new(py, &v));
+    Ok(match r {
+        KvResult::Ok { value } => ("ok", b(value)),
+        KvResult::NotFound => ("not_found", None),
+        KvResult::CasMismatch { current } => ("cas_mismatch", b(current)),
+        KvResult::Invalid { reason } => ("invalid", b(Some(reason.into_bytes()))),
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyRaftEngine>()?;
+    m.add_function(wrap_pyfunction!(kv_command, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_result, m)?)?;
+    Ok(())
+}
