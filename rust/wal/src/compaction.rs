@@ -1,6 +1,7 @@
 //! Pure compaction decision: may a closed segment be deleted, given the engine's floors?
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use crate::segment::GroupSpan;
 
@@ -13,8 +14,8 @@ use crate::segment::GroupSpan;
 /// a missing floor must never read as "delete". Sticky and WAL-internal records are not
 /// counted in `groups` at all, because their latest versions are rewritten into every newer
 /// segment.
-pub fn segment_obsolete(
-    groups: &HashMap<u64, GroupSpan>,
+pub fn segment_obsolete<S: BuildHasher>(
+    groups: &HashMap<u64, GroupSpan, S>,
     floors: &HashMap<u64, u64>,
     forgotten_lsn: &HashMap<u64, u64>,
 ) -> bool {

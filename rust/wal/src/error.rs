@@ -37,6 +37,11 @@ pub enum WalError {
         limit_bytes: u32,
     },
 
+    /// A batch's framed size exceeds [`crate::BATCH_BYTES_MAX`]: a batch always lands in one
+    /// segment, and recovery reads a segment whole. Split it. Nothing was written.
+    #[error("append batch of {batch_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    BatchTooLarge { batch_bytes: u64, limit_bytes: u64 },
+
     /// The caller used a record kind the WAL reserves for itself (`RESERVED_KIND_MIN..=255`).
     /// Nothing of the batch was written.
     #[error("record kind {kind} is reserved for the wal (kinds >= {reserved_min} are internal)")]

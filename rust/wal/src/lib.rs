@@ -7,7 +7,8 @@
 //!   `RESERVED_KIND_MIN..=255` are the WAL's own). `index` is the highest Raft index the record
 //!   covers, 0 if none. The payload is opaque.
 //! - **Append, then sync once.** [`Wal::append`] frames a batch into a buffer and returns the
-//!   LSNs it assigned (LSNs are consecutive from 1, one per record, never reused). [`Wal::sync`]
+//!   LSNs it assigned: consecutive within the batch, increasing from 1 across the log, never
+//!   reused (rewritten sticky records take LSNs too, between batches). [`Wal::sync`]
 //!   writes and fsyncs everything appended so far with ONE `fdatasync` and returns the durable
 //!   LSN. **Durability point: a record is durable only once `sync()` returned `Ok(lsn)` with
 //!   `lsn` ≥ its LSN.** The engine appends every group's Ready, calls `sync()` once, and only
@@ -19,7 +20,8 @@
 //!   state, conf state, ...) are state: the WAL keeps the latest record of each
 //!   (group, sticky kind) and rewrites it at the start of every new segment, so on replay the
 //!   last record of a sticky kind for a group is its current value (earlier ones, including
-//!   rewritten copies, are older or equal). Sticky records never keep a segment alive.
+//!   rewritten copies, are older or equal). The rewritten records keep their original relative
+//!   order (by LSN), across groups and kinds. Sticky records never keep a segment alive.
 //! - **Compaction.** [`Wal::compact`] takes the engine's per-group floors (index up to which
 //!   the log is no longer needed, e.g. the snapshot index) and deletes the oldest closed
 //!   segments in which every group's records are at or below its floor. A group absent from
@@ -60,6 +62,11 @@ pub use options::{
 pub use recovery::{Recovered, RecoveredRecord, RecoveryReport, TornTail};
 pub use segment::{segment_file_name, GroupSpan};
 pub use wal::{AppendOutcome, CompactOutcome, Wal};
+
+/// Largest batch `append` accepts, in framed bytes. A batch is never split across segments and
+/// recovery reads a segment into memory whole, so this bounds that memory (with
+/// `SEGMENT_BYTES_MAX`).
+pub const BATCH_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// Record kind the WAL writes for [`Wal::forget_group`]: the group's history ends here.
 pub const KIND_FORGET_GROUP: u8 = 0xFF;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
 use crate::format::{RecordRef, SegmentHeader};
-use crate::segment::{list_segments, scan_segment, SegmentMeta};
+use crate::segment::{list_segments, scan_segment, GroupSpans, SegmentMeta};
 use crate::{fsync_dir, Lsn, KIND_FORGET_GROUP, RESERVED_KIND_MIN};
 
 /// A record read back during recovery, with the LSN it was assigned when appended.
@@ -55,6 +55,9 @@ pub struct TornTail {
 /// The latest record of one (group, sticky kind).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StickyRecord {
+    /// LSN of the latest copy: carrying forward sorts by it, so the rewritten records keep
+    /// their original relative order across kinds.
+    pub lsn: u64,
     pub index: u64,
     pub payload: Vec<u8>,
 }
@@ -85,9 +88,11 @@ pub(crate) fn track_record(
         let slot = sticky
             .entry((record.group_id, record.kind))
             .or_insert_with(|| StickyRecord {
+                lsn,
                 index: 0,
                 payload: Vec::new(),
             });
+        slot.lsn = lsn;
         slot.index = record.index;
         slot.payload.clear();
         slot.payload.extend_from_slice(record.payload);
@@ -138,7 +143,7 @@ pub(crate) fn replay(
             first_lsn: state.next_lsn,
             record_count: 0,
             size_bytes: 0,
-            groups: HashMap::new(),
+            groups: GroupSpans::default(),
         };
         let mut lsn = state.next_lsn;
         let scan = scan_segment(&bytes, is_last, |record, _offset| {

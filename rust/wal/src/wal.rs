@@ -12,8 +12,8 @@ use crate::options::{SyncMode, WalOptions, RESERVED_KIND_MIN};
 use crate::recovery::{
     replay, track_record, Recovered, RecoveredRecord, RecoveryReport, StickyRecord,
 };
-use crate::segment::{segment_file_name, SegmentMeta};
-use crate::{fsync_dir, Lsn, KIND_FORGET_GROUP};
+use crate::segment::{segment_file_name, GroupSpans, SegmentMeta};
+use crate::{fsync_dir, Lsn, BATCH_BYTES_MAX, KIND_FORGET_GROUP};
 
 /// What one `append` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,20 +111,31 @@ impl Wal {
         Ok((wal, state.report))
     }
 
-    /// Appends a batch without syncing. Records get consecutive LSNs. The batch is validated
-    /// first: on `RecordTooLarge`/`ReservedKind` nothing is written.
+    /// Appends a batch without syncing. The batch's records get consecutive LSNs
+    /// `first_lsn..=last_lsn` and always land in one segment: if the batch does not fit, the WAL
+    /// rolls first (the sticky records it rewrites come before the batch), so a segment may
+    /// exceed `segment_bytes_max` by at most one batch. The batch is validated first: on
+    /// `RecordTooLarge`, `ReservedKind` or `BatchTooLarge` nothing is written.
     ///
     /// NOT durable yet: the engine must call [`Wal::sync`] before sending any message that
     /// depends on these records or acknowledging a proposal.
     pub fn append(&mut self, records: &[RecordRef<'_>]) -> Result<AppendOutcome, WalError> {
         self.check_usable()?;
+        let mut batch_bytes = 0u64;
         for record in records {
             self.check_record(record)?;
+            batch_bytes += frame_bytes(record.payload.len()) as u64;
         }
+        if batch_bytes > BATCH_BYTES_MAX {
+            return Err(WalError::BatchTooLarge {
+                batch_bytes,
+                limit_bytes: BATCH_BYTES_MAX,
+            });
+        }
+        let rolled = self.roll_if_full(batch_bytes)?;
         let first_lsn = Lsn(self.next_lsn);
-        let mut rolled = false;
         for record in records {
-            rolled |= self.push(record)?;
+            self.push(record)?;
         }
         Ok(AppendOutcome {
             first_lsn,
@@ -199,6 +210,7 @@ impl Wal {
             index: 0,
             payload: &[],
         };
+        self.roll_if_full(frame_bytes(0) as u64)?;
         self.push(&record)?;
         Ok(Lsn(self.next_lsn - 1))
     }
@@ -253,21 +265,21 @@ impl Wal {
         Ok(())
     }
 
-    /// Frames one record into the buffer, rolling first if it would overflow the segment.
-    /// Returns whether it rolled.
-    fn push(&mut self, record: &RecordRef<'_>) -> Result<bool, WalError> {
-        let frame_len = frame_bytes(record.payload.len()) as u64;
+    /// Rolls to a new segment if `batch_bytes` more would take the active one past
+    /// `segment_bytes_max`. Batches are never split, so a batch's LSNs are consecutive; a
+    /// segment holding only carried records never rolls (no roll loop on a large sticky set).
+    fn roll_if_full(&mut self, batch_bytes: u64) -> Result<bool, WalError> {
         let has_own_records = self.active.meta.record_count > self.active.carried_count;
-        let rolled = has_own_records
-            && self.active.meta.size_bytes + frame_len > self.options.segment_bytes_max;
-        if rolled {
+        let full = self.active.meta.size_bytes + batch_bytes > self.options.segment_bytes_max;
+        if has_own_records && full {
             self.roll()?;
+            return Ok(true);
         }
-        self.push_unchecked(record)?;
-        Ok(rolled)
+        Ok(false)
     }
 
-    fn push_unchecked(&mut self, record: &RecordRef<'_>) -> Result<(), WalError> {
+    /// Frames one record into the buffer; writes the buffer out once it is full.
+    fn push(&mut self, record: &RecordRef<'_>) -> Result<(), WalError> {
         let lsn = self.next_lsn;
         encode_frame(record, &mut self.buffer);
         self.active.meta.size_bytes += frame_bytes(record.payload.len()) as u64;
@@ -304,10 +316,13 @@ impl Wal {
         Ok(())
     }
 
-    /// Rewrites the latest record of every (group, sticky kind) into the active segment.
+    /// Rewrites the latest record of every (group, sticky kind) into the active segment, in
+    /// their original LSN order, so replay sees state records in the order they were written.
     fn carry_sticky(&mut self) {
-        let sticky = std::mem::take(&mut self.sticky);
-        for ((group_id, kind), rec) in &sticky {
+        let mut sticky = std::mem::take(&mut self.sticky);
+        let mut ordered: Vec<(&(u64, u8), &mut StickyRecord)> = sticky.iter_mut().collect();
+        ordered.sort_unstable_by_key(|(_, rec)| rec.lsn);
+        for ((group_id, kind), rec) in ordered {
             debug_assert!(self.sticky_table[usize::from(*kind)]);
             let record = RecordRef {
                 group_id: *group_id,
@@ -316,6 +331,7 @@ impl Wal {
                 payload: &rec.payload,
             };
             encode_frame(&record, &mut self.buffer);
+            rec.lsn = self.next_lsn;
             self.active.meta.size_bytes += frame_bytes(rec.payload.len()) as u64;
             self.active.meta.record_count += 1;
             self.active.carried_count += 1;
@@ -371,7 +387,7 @@ fn create_segment(dir: &Path, seq: u64, first_lsn: u64) -> Result<Active, WalErr
         first_lsn,
         record_count: 0,
         size_bytes: SEGMENT_HEADER_BYTES as u64,
-        groups: HashMap::new(),
+        groups: GroupSpans::default(),
     };
     Ok(Active {
         file,

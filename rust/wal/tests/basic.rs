@@ -106,3 +106,54 @@ fn creates_missing_directories() {
     wal.sync().unwrap();
     assert_eq!(segment_files(&nested).len(), 1);
 }
+
+#[test]
+fn a_batch_keeps_consecutive_lsns_across_a_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = small_segments(4096);
+    let (mut wal, _) = open(dir.path(), opts.clone());
+    append_all(
+        &mut wal,
+        &[Rec {
+            kind: KIND_HARD_STATE,
+            ..Rec::entry(1, 0, b"hs")
+        }],
+    );
+    append_all(&mut wal, &[Rec::entry(1, 1, &[0u8; 3000])]);
+    let batch: Vec<Rec> = (2..=6).map(|i| Rec::entry(1, i, &[1u8; 300])).collect();
+    let refs: Vec<RecordRef<'_>> = batch.iter().map(Rec::as_ref).collect();
+    let out = wal.append(&refs).unwrap();
+    assert!(out.rolled, "the batch did not fit: it starts a new segment");
+    assert_eq!(out.last_lsn.0 - out.first_lsn.0 + 1, 5);
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovered) = open(dir.path(), opts);
+    let got: Vec<_> = recovered
+        .records
+        .iter()
+        .filter(|r| (out.first_lsn..=out.last_lsn).contains(&r.lsn))
+        .cloned()
+        .collect();
+    assert_eq!(
+        got.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6]
+    );
+}
+
+#[test]
+fn a_batch_over_the_limit_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path(), options());
+    let payload = vec![0u8; 60 * 1024 * 1024];
+    let refs: Vec<RecordRef<'_>> = (1..=5)
+        .map(|i| RecordRef {
+            group_id: 1,
+            kind: KIND_ENTRIES,
+            index: i,
+            payload: &payload,
+        })
+        .collect();
+    let err = wal.append(&refs).unwrap_err();
+    assert!(matches!(err, WalError::BatchTooLarge { .. }), "{err}");
+    assert_eq!(wal.last_lsn(), Lsn(0));
+}

@@ -191,3 +191,32 @@ fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
     assert_eq!(owned(&recovered)[1], big);
     assert_eq!(owned(&recovered).len(), 3);
 }
+
+#[test]
+fn rewritten_state_records_keep_their_original_order_across_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path(), small_segments(4096));
+    // Conf state (kind 3) written before the hard state (kind 2) of the same group, and a
+    // second group's hard state in between: the rewrite must not sort by kind or group.
+    let conf = Rec {
+        kind: KIND_CONF_STATE,
+        ..hard_state(5, 0)
+    };
+    append_all(
+        &mut wal,
+        &[conf.clone(), hard_state(9, 1), hard_state(5, 2)],
+    );
+    for i in 1..=60 {
+        append_all(&mut wal, &[Rec::entry(7, i, &[0u8; 100])]);
+    }
+    wal.sync().unwrap();
+    wal.compact(&HashMap::from([(7, u64::MAX)])).unwrap();
+    drop(wal);
+    let (_, recovered) = open(dir.path(), small_segments(4096));
+    let state: Vec<Rec> = owned(&recovered)
+        .into_iter()
+        .filter(|r| r.kind != KIND_ENTRIES)
+        .collect();
+    assert!(state.len() >= 3);
+    assert_eq!(&state[..3], &[conf, hard_state(9, 1), hard_state(5, 2)]);
+}

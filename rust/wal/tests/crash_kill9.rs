@@ -1,7 +1,7 @@
 //! Crash safety with a real process: `wal_crash_child` appends and syncs in a loop, printing
-//! each synced LSN; we SIGKILL it at varied moments (after 1..400 acknowledged batches), reopen
+//! each synced LSN; we SIGKILL it at varied moments (after 0..1500 acknowledged batches), reopen
 //! the same directory each round, and check that every acknowledged record is there, at its
-//! LSN, with the hard state at least as new as the last acknowledged one. Bounded: 12 rounds,
+//! LSN, with the hard state at least as new as the last acknowledged one. Bounded: 20 rounds,
 //! each waits at most 30 s for output.
 //! Rounds that kill before the first ack hit recovery and segment creation.
 
@@ -20,7 +20,9 @@ const KIND_HARD_STATE: u8 = 2;
 const ROUND_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Acknowledged batches to wait for before each kill: small, large, and in between.
 /// 0 kills it during recovery / segment creation.
-const KILL_AFTER_BATCHES: [usize; 12] = [1, 3, 17, 0, 50, 120, 7, 240, 0, 2, 90, 400];
+const KILL_AFTER_BATCHES: [usize; 20] = [
+    1, 3, 17, 0, 50, 120, 7, 240, 0, 2, 90, 400, 1500, 33, 700, 1, 64, 128, 999, 5,
+];
 
 #[derive(Debug, Clone, Copy)]
 struct Ack {

@@ -20,7 +20,7 @@ fn whole_frames(bytes: &[u8], cut: usize) -> usize {
     let mut at = SEGMENT_HEADER_BYTES;
     let mut count = 0;
     while at + FRAME_HEADER_BYTES <= cut {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
         if at + FRAME_HEADER_BYTES + len > cut {
             break;
         }
