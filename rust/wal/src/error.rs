@@ -47,6 +47,11 @@ pub enum WalError {
     #[error("record kind {kind} is reserved for the wal (kinds >= {reserved_min} are internal)")]
     ReservedKind { kind: u8, reserved_min: u8 },
 
+    /// Another `Wal` (in this or another process) has the directory open. Only one writer may
+    /// exist; wait for it to close, or stop the other node using this data_dir.
+    #[error("wal directory is locked by another writer: {path}")]
+    Locked { path: PathBuf },
+
     /// `WalOptions` failed validation; `field` names the offending option.
     #[error("invalid wal option {field}: {reason}")]
     InvalidOptions { field: &'static str, reason: String },

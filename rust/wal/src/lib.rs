@@ -35,7 +35,8 @@
 //!   and the node must not start. Each open then starts a fresh segment.
 //! - **Failures poison.** After a failed write or fsync every call returns
 //!   [`WalError::Poisoned`]; restart and let recovery read what reached the disk.
-//! - One `Wal` per directory and process; the WAL takes no lock itself.
+//! - **One writer.** `open` takes an exclusive `flock` on `dir/LOCK` ([`WalError::Locked`] if
+//!   another `Wal`, in any process, holds it); the kernel releases it when the process dies.
 //!
 //! Power-loss caveat: the kernel may write back pages of the unsynced tail out of order, which
 //! can leave a hole followed by whole (never acknowledged) records. Recovery cannot tell that
@@ -44,6 +45,7 @@
 mod compaction;
 mod error;
 mod format;
+mod lock;
 mod options;
 mod recovery;
 mod segment;
@@ -55,6 +57,7 @@ use std::path::Path;
 pub use compaction::segment_obsolete;
 pub use error::WalError;
 pub use format::{RecordRef, FORMAT_PAYLOAD_BYTES_MAX, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+pub use lock::LOCK_FILE_NAME;
 pub use options::{
     SyncMode, WalOptions, RECORD_PAYLOAD_BYTES_DEFAULT, RESERVED_KIND_MIN, SEGMENT_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX,

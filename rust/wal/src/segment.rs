@@ -52,8 +52,7 @@ pub struct GroupSpan {
 }
 
 /// Per-group spans of one segment. Updated on every append, so keyed with a multiplicative
-/// hash instead of SipHash (group ids are ours, not an attacker's): it took 100-byte appends
-/// from SEE_BENCH to SEE_BENCH records/s.
+/// hash instead of SipHash: group ids are the engine's, not attacker-chosen.
 pub type GroupSpans = HashMap<u64, GroupSpan, BuildHasherDefault<GroupIdHasher>>;
 
 /// Fibonacci hashing of a u64 key (`GroupSpans` only ever hashes one u64).

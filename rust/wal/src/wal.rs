@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::compaction::segment_obsolete;
 use crate::error::WalError;
 use crate::format::{encode_frame, frame_bytes, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::lock::{lock_dir, DirLock};
 use crate::options::{SyncMode, WalOptions, RESERVED_KIND_MIN};
 use crate::recovery::{
     replay, track_record, Recovered, RecoveredRecord, RecoveryReport, StickyRecord,
@@ -58,6 +59,8 @@ pub struct Wal {
     sticky: BTreeMap<(u64, u8), StickyRecord>,
     forgotten_lsn: HashMap<u64, u64>,
     poisoned: Option<String>,
+    /// Held for the lifetime of the `Wal`: one writer per directory.
+    _lock: DirLock,
 }
 
 impl Wal {
@@ -91,6 +94,7 @@ impl Wal {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         create_dir_durably(&dir)?;
+        let lock = lock_dir(&dir)?;
         let sticky_table = options.sticky_table();
         let state = replay(&dir, &sticky_table, visit)?;
         let active = create_segment(&dir, state.next_seq, state.next_lsn)?;
@@ -106,6 +110,7 @@ impl Wal {
             sticky: state.sticky,
             forgotten_lsn: state.forgotten_lsn,
             poisoned: None,
+            _lock: lock,
         };
         wal.carry_sticky();
         Ok((wal, state.report))

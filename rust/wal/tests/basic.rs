@@ -157,3 +157,18 @@ fn a_batch_over_the_limit_is_refused_whole() {
     assert!(matches!(err, WalError::BatchTooLarge { .. }), "{err}");
     assert_eq!(wal.last_lsn(), Lsn(0));
 }
+
+#[test]
+fn a_second_writer_on_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), options());
+    match Wal::open(dir.path(), options()) {
+        Err(WalError::Locked { path }) => {
+            assert_eq!(path, dir.path().join(nodedb_wal::LOCK_FILE_NAME))
+        }
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("two writers on one log"),
+    }
+    drop(wal);
+    let (_wal, _) = open(dir.path(), options());
+}
