@@ -3,8 +3,8 @@
 //! `cargo run --release -p nodedb-wal --example wal_bench -- --dir <dir on the data disk> --runs 3`
 //!
 //! Measures, in ONE invocation so ratios are meaningful on a shared machine:
-//! - the disk's physical limit: 4 KiB write + fsync / fdatasync per call (appending, as a log
-//!   does), and 4 KiB overwrite + fdatasync of a pre-written file (what preallocation would buy);
+//! - the disk's physical limit: 4 KiB (and 128 B, one framed entry) write + fsync / fdatasync
+//!   per call (appending, as a log does), and 4 KiB overwrite + fdatasync of a pre-written file (what preallocation would buy);
 //! - unsynced append throughput (4 KiB and 100 B payloads) into one large segment, so no roll
 //!   fsync is timed: the CPU + page-cache cost of `append`;
 //! - durable group commit: batches of N 100-byte entries, each batch `append` + one `sync`, with
@@ -92,15 +92,27 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut cases: Vec<Case<'_>> = vec![
         (
             "raw_append_4k_fsync".into(),
-            Box::new(|d| raw_sync(d, false, |f| f.sync_all())),
+            Box::new(|d| raw_sync(d, false, RAW_WRITE_BYTES, |f| f.sync_all())),
         ),
         (
             "raw_append_4k_fdatasync".into(),
-            Box::new(|d| raw_sync(d, false, |f| f.sync_data())),
+            Box::new(|d| raw_sync(d, false, RAW_WRITE_BYTES, |f| f.sync_data())),
+        ),
+        (
+            // One framed 100-byte entry per sync: the limit for the batch-of-1 WAL case.
+            "raw_append_128b_fdatasync".into(),
+            Box::new(|d| {
+                raw_sync(
+                    d,
+                    false,
+                    ENTRY_BYTES + nodedb_wal::FRAME_HEADER_BYTES,
+                    |f| f.sync_data(),
+                )
+            }),
         ),
         (
             "raw_overwrite_4k_fdatasync".into(),
-            Box::new(|d| raw_sync(d, true, |f| f.sync_data())),
+            Box::new(|d| raw_sync(d, true, RAW_WRITE_BYTES, |f| f.sync_data())),
         ),
         (
             "raw_unsynced_1m_writes".into(),
@@ -153,11 +165,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// One 4 KiB write + one sync call per iteration; `overwrite` pre-writes and syncs the whole
+/// One write of `write_bytes` + one sync call per iteration; `overwrite` pre-writes and syncs the whole
 /// file first, so the syncs never change the file size or allocate blocks.
 fn raw_sync(
     dir: &Path,
     overwrite: bool,
+    write_bytes: usize,
     sync: impl Fn(&File) -> std::io::Result<()>,
 ) -> Result<Vec<(&'static str, f64)>, Box<dyn std::error::Error>> {
     let path = dir.join("raw.dat");
@@ -166,9 +179,9 @@ fn raw_sync(
         .create(true)
         .truncate(true)
         .open(&path)?;
-    let block = vec![0x5Au8; RAW_WRITE_BYTES];
+    let block = vec![0x5Au8; write_bytes];
     if overwrite {
-        let zeros = vec![0u8; RAW_WRITE_BYTES * RAW_WRITES_COUNT];
+        let zeros = vec![0u8; write_bytes * RAW_WRITES_COUNT];
         file.write_all(&zeros)?;
         file.sync_all()?;
     }
@@ -177,7 +190,7 @@ fn raw_sync(
     for i in 0..RAW_WRITES_COUNT {
         let t = Instant::now();
         if overwrite {
-            file.write_all_at(&block, (i * RAW_WRITE_BYTES) as u64)?;
+            file.write_all_at(&block, (i * write_bytes) as u64)?;
         } else {
             file.write_all(&block)?;
         }
