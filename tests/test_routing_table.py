@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 import xxhash
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from nodedb_cluster.errors import ClusterError, UnknownGroup, UnknownVShard
@@ -339,3 +339,67 @@ def test_corrupted_encodings_never_escape_the_typed_error(data: st.DataObject) -
     except MalformedRoutingTable:
         return
     _assert_consistent(table)
+
+
+# --- random mutator sequences against a plain-dict model ---------------------------------------
+
+Step = tuple[str, int, int, list[int], list[int]]
+"""(mutator, a, b, voters, learners): a is the vShard for assign_vshard, else a % 8 - 1 is the
+group (-1..6, so unknown groups occur); b picks the node (set_leader) or is the group
+(assign_vshard)."""
+
+steps_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["set_leader", "set_members", "add_group", "assign_vshard"]),
+        st.integers(-2, 1026),
+        st.integers(0, 6),
+        st.lists(st.integers(0, 6), max_size=4, unique=True),
+        st.lists(st.integers(1, 6), max_size=2, unique=True),
+    ),
+    min_size=5,
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps_strategy)
+def test_random_mutations_match_a_model(steps: list[Step]) -> None:
+    """Each call either applies exactly (epoch +1, model updated) or raises and changes nothing."""
+    table = RoutingTable.bootstrap(2, node_id=1)
+    model_groups = {g: table.route(g) for g in table.group_ids}
+    model_assignment = table.vshard_to_group.tolist()
+    applied = 0
+    for kind, a, b, voters, learners in steps:
+        before_epoch, before_bytes = table.epoch, table.encode()
+        group = a % 8 - 1
+        try:
+            if kind == "set_leader":
+                # b < 5 names one of the group's voters (valid); 5 and 6 are taken literally.
+                known = model_groups.get(group)
+                node = known.voters[b % len(known.voters)] if known and b < 5 else b
+                table.set_leader(group, node)
+                r = model_groups[group]
+                model_groups[group] = GroupRoute(group, node, r.voters, r.learners)
+            elif kind == "set_members":
+                table.set_members(group, voters, learners)
+                leader = model_groups[group].leader
+                leader = leader if leader in voters else 0
+                model_groups[group] = GroupRoute(group, leader, tuple(voters), tuple(learners))
+            elif kind == "add_group":
+                table.add_group(group, voters)
+                model_groups[group] = GroupRoute(group, 0, tuple(voters), ())
+            else:
+                table.assign_vshard(a, b)
+                model_assignment[a] = b
+        except (InvalidRoute, UnknownGroup, UnknownVShard):
+            assert table.epoch == before_epoch
+            assert table.encode() == before_bytes
+            continue
+        applied += 1
+        event(f"applied {kind}")
+        assert table.epoch == before_epoch + 1
+        assert {g: table.route(g) for g in table.group_ids} == model_groups
+        assert table.vshard_to_group.tolist() == model_assignment
+        _assert_consistent(table)
+    assert table.epoch == 1 + applied
+    assert RoutingTable.decode(table.encode()) == table
