@@ -11,7 +11,8 @@ invocation measures, so the ratios are same-run:
   4 KiB overwrite + fdatasync of a pre-written file (what preallocation could buy);
 - unsynced plain 1 MiB writes (the page-cache limit for the unsynced cases);
 - unsynced append MB/s (4 KiB and 100 B payloads; target >= 1 GB/s);
-- durable group commit of 100-byte entries, N entries per fsync (target >= 500k entries/s).
+- durable group commit of 100-byte entries, N entries per fsync (target >= 500k entries/s);
+- recovery: `Wal::open` replaying 2M 100-byte records (256 MB).
 Each case: one discarded warm-up, then `runs` runs interleaved across cases; the summary
 quotes medians [min-max].
 """
@@ -93,6 +94,7 @@ def report(summaries: list[Summary]) -> list[str]:
     unsynced_4k = by_case["wal_unsynced_4k_records"]["mb_per_s"][0]
     head = by_case[f"wal_group_commit_100b_batch{HEADLINE_BATCH_ENTRIES}"]
     single = by_case["wal_group_commit_100b_batch1"]
+    recovery = by_case["wal_recovery_100b_records"]
     lines += [
         "",
         f"unsynced append: {unsynced:,.0f} MB/s (100 B records), {unsynced_4k:,.0f} MB/s (4 KiB)"
@@ -103,6 +105,9 @@ def report(summaries: list[Summary]) -> list[str]:
         f"disk limit: append + fdatasync {raw_4k:,.0f}/s (4 KiB), {raw:,.0f}/s (128 B = one framed"
         f" entry); wal, 1 entry per sync: {single['syncs_per_s'][0]:,.0f} syncs/s"
         f" = {single['syncs_per_s'][0] / raw:.2f}x of the 128 B limit",
+        f"recovery: {recovery['mb_per_s'][0]:,.0f} MB/s"
+        f" ({recovery['records_per_s'][0]:,.0f} records/s, 2M records in"
+        f" {recovery['seconds'][0]:.3f} s)",
     ]
     return lines
 

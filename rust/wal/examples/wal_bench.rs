@@ -7,6 +7,7 @@
 //!   per call (appending, as a log does), and 4 KiB overwrite + fdatasync of a pre-written file (what preallocation would buy);
 //! - unsynced append throughput (4 KiB and 100 B payloads) into one large segment, so no roll
 //!   fsync is timed: the CPU + page-cache cost of `append`;
+//! - recovery: `Wal::open` replaying 2M 100-byte records (256 MB, page cache warm);
 //! - durable group commit: batches of N 100-byte entries, each batch `append` + one `sync`, with
 //!   default options (64 MiB segments, fdatasync), for several N.
 //!
@@ -27,6 +28,8 @@ const RAW_WRITE_BYTES: usize = 4096;
 const UNSYNCED_BYTES_TOTAL: usize = 256 * 1024 * 1024;
 const UNSYNCED_SMALL_RECORDS: usize = 2_000_000;
 const ENTRY_BYTES: usize = 100;
+/// 2M framed 100 B records = 256 MB = 4 default segments: what a restart replays.
+const RECOVERY_RECORDS: usize = 2_000_000;
 /// (entries per sync, syncs timed): sync counts bounded so each case takes well under 2 s.
 const GROUP_COMMIT_CASES: [(usize, usize); 5] = [
     (1, 2000),
@@ -136,6 +139,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     cases.push((
         "wal_group_commit_100b_batch1000_fsync".into(),
         Box::new(|d| group_commit(d, 1000, 400, SyncMode::Fsync)),
+    ));
+    cases.push((
+        "wal_recovery_100b_records".into(),
+        Box::new(|d| recovery(d, RECOVERY_RECORDS)),
     ));
 
     // Runs are interleaved (run 1 of every case, then run 2, ...) so a burst of I/O from a
@@ -319,6 +326,42 @@ fn group_commit(
         ("syncs_per_s", syncs as f64 / total_s),
         ("p50_ms", percentile(&latencies_s, 0.50) * 1e3),
         ("p99_ms", percentile(&latencies_s, 0.99) * 1e3),
+    ])
+}
+
+/// Writes `count` 100-byte entries (synced, default 64 MiB segments), then times `Wal::open`
+/// replaying them with a visitor that only counts (no copies): the restart cost per byte.
+fn recovery(
+    dir: &Path,
+    count: usize,
+) -> Result<Vec<(&'static str, f64)>, Box<dyn std::error::Error>> {
+    let payload = [0x11u8; ENTRY_BYTES];
+    {
+        let (mut wal, _) = Wal::open(dir, WalOptions::default())?;
+        let batch: Vec<RecordRef<'_>> = (0..1000)
+            .map(|i| RecordRef {
+                group_id: (i % 8) as u64,
+                kind: 1,
+                index: i as u64 + 1,
+                payload: &payload,
+            })
+            .collect();
+        for _ in 0..count / batch.len() {
+            wal.append(&batch)?;
+        }
+        wal.sync()?;
+    }
+    let started = Instant::now();
+    let mut seen = 0usize;
+    let (_wal, report) = Wal::open_with(dir, WalOptions::default(), |_, _| seen += 1)?;
+    let total_s = started.elapsed().as_secs_f64();
+    assert_eq!(seen, count);
+    assert_eq!(report.records_replayed, count as u64);
+    let framed_bytes = (count * (ENTRY_BYTES + nodedb_wal::FRAME_HEADER_BYTES)) as f64;
+    Ok(vec![
+        ("mb_per_s", framed_bytes / total_s / 1e6),
+        ("records_per_s", count as f64 / total_s),
+        ("seconds", total_s),
     ])
 }
 
