@@ -74,6 +74,9 @@ async fn main() {
     }
     while tasks.join_next().await.is_some() {}
     let secs = t.elapsed().as_secs_f64();
+    if let Some(stats) = client.connection_stats(server.local_addr()) {
+        println!("path: {:?}", stats.path);
+    }
     println!(
         "bulk 256 MiB in 4 MiB messages (4 streams): {:.0} MB/s",
         (total_chunks as f64 * 4.0 * 1048576.0) / secs / 1e6

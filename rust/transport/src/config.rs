@@ -25,6 +25,14 @@ pub struct TransportConfig {
     pub connection_receive_window_bytes: u32,
     /// Send buffer per connection (quinn's `send_window`).
     pub send_window_bytes: u64,
+    /// Largest UDP payload we send (upper bound of MTU discovery) and accept. Default 1452 (a
+    /// 1500-byte Ethernet path), quinn's own. Raising it to probe loopback's 64 KiB MTU did not
+    /// help here: loss bursts under load trip quinn's black-hole detection back to 1200 (see
+    /// BENCHMARKS.md, transport section). 1200..=65527.
+    pub udp_payload_bytes_max: u16,
+    /// SO_RCVBUF / SO_SNDBUF requested for the UDP socket (the kernel caps it at
+    /// net.core.rmem_max / wmem_max): bursts of a bulk transfer must not overflow it.
+    pub socket_buffer_bytes: usize,
     /// After `close()`, how long to let CONNECTION_CLOSE packets leave before the socket is
     /// released.
     pub close_linger: Duration,
@@ -41,6 +49,8 @@ impl Default for TransportConfig {
             stream_receive_window_bytes: 16 * 1024 * 1024,
             connection_receive_window_bytes: 64 * 1024 * 1024,
             send_window_bytes: 64 * 1024 * 1024,
+            udp_payload_bytes_max: 1452,
+            socket_buffer_bytes: 4 * 1024 * 1024,
             close_linger: Duration::from_millis(20),
         }
     }
@@ -59,6 +69,12 @@ impl TransportConfig {
             return Err(format!(
                 "idle_timeout ({:?}) must exceed keep_alive_interval ({:?})",
                 self.idle_timeout, self.keep_alive_interval
+            ));
+        }
+        if !(1200..=65_527).contains(&self.udp_payload_bytes_max) {
+            return Err(format!(
+                "udp_payload_bytes_max {} is outside 1200..=65527",
+                self.udp_payload_bytes_max
             ));
         }
         if self.streams_per_connection_max == 0 {

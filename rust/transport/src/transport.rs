@@ -83,12 +83,25 @@ impl Transport {
         }
         let spki_pin = credentials.spki_pin()?;
         let (server, client) = tls::build(&credentials, Arc::new(quic_transport_config(&config)?))?;
-        let endpoint_config = endpoint_config(credentials.reset_key_seed());
+        let mut endpoint_config = endpoint_config(credentials.reset_key_seed());
+        endpoint_config
+            .max_udp_payload_size(config.udp_payload_bytes_max)
+            .map_err(|e| TransportError::Config {
+                reason: format!("udp_payload_bytes_max: {e}"),
+            })?;
         let bind_err = |e: std::io::Error| TransportError::Bind {
             addr: listen_addr,
             reason: e.to_string(),
         };
         let socket = std::net::UdpSocket::bind(listen_addr).map_err(bind_err)?;
+        let sock = socket2::SockRef::from(&socket);
+        // Best effort: the kernel caps the size; a smaller buffer costs throughput, not function.
+        if let Err(err) = sock
+            .set_recv_buffer_size(config.socket_buffer_bytes)
+            .and_then(|()| sock.set_send_buffer_size(config.socket_buffer_bytes))
+        {
+            tracing::warn!(%err, "could not size the UDP socket buffers");
+        }
         let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Config {
             reason: "Transport::bind must run inside a tokio runtime".into(),
         })?;
@@ -273,6 +286,12 @@ impl Transport {
             .map(|c| c.stable_id())
     }
 
+    /// quinn's statistics of the pooled connection to `addr` (path MTU, RTT, congestion window,
+    /// lost packets): diagnostics and benchmarks.
+    pub fn connection_stats(&self, addr: SocketAddr) -> Option<quinn::ConnectionStats> {
+        lock(&self.inner.conns).get(&addr).map(|c| c.stats())
+    }
+
     pub fn metrics(&self) -> MetricsSnapshot {
         let mut snapshot = self.inner.metrics.snapshot();
         snapshot.insert(
@@ -357,7 +376,12 @@ fn quic_transport_config(
         .max_concurrent_uni_streams(VarInt::from_u32(config.streams_per_connection_max))
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes))
         .receive_window(VarInt::from_u32(config.connection_receive_window_bytes))
-        .send_window(config.send_window_bytes);
+        .send_window(config.send_window_bytes)
+        .mtu_discovery_config(Some({
+            let mut mtud = quinn::MtuDiscoveryConfig::default();
+            mtud.upper_bound(config.udp_payload_bytes_max);
+            mtud
+        }));
     Ok(tc)
 }
 
