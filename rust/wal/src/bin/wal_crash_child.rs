@@ -1,11 +1,15 @@
 //! Test helper for `tests/crash_kill9.rs`: appends and syncs in a loop, printing one line per
 //! synced batch, until it is killed with SIGKILL. Not part of the library's API.
 //!
-//! Usage: `wal_crash_child <dir>`. Each batch holds, for one group, 1–8 entries plus the group's
+//! Usage: `wal_crash_child <dir> [--fsize-limit-bytes N]`. Each batch holds, for one group, 1–8 entries plus the group's
 //! hard state (term = batch number), then one `sync()`. After the sync it prints
 //! `synced <lsn> <group> <index> <term>` (the LSN and index of the batch's last entry).
 //! Every 64 batches it compacts, keeping the last 64 indexes of each group. On restart it
 //! recovers and continues each group's indexes and the term where they left off.
+//!
+//! With `--fsize-limit-bytes N` it first sets `RLIMIT_FSIZE` to N (writes past N fail with
+//! EFBIG: a real write failure), and on the first error prints `error <message>`, tries one more
+//! append and prints `after <message>` (expected: poisoned), then exits 0.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,17 +26,51 @@ const BATCHES_MAX: u64 = 1_000_000;
 const RUNTIME_MAX: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    let Some(dir) = std::env::args().nth(1) else {
-        eprintln!("usage: wal_crash_child <dir>");
-        return ExitCode::from(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (dir, fsize_limit) = match args.as_slice() {
+        [dir] => (dir.clone(), None),
+        [dir, flag, n] if flag == "--fsize-limit-bytes" => match n.parse::<u64>() {
+            Ok(n) => (dir.clone(), Some(n)),
+            Err(_) => return usage(),
+        },
+        _ => return usage(),
     };
-    match run(&dir) {
+    if let Some(limit) = fsize_limit {
+        if let Err(e) = limit_file_size(limit) {
+            eprintln!("wal_crash_child: setrlimit: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match run(&dir, fsize_limit.is_some()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wal_crash_child: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: wal_crash_child <dir> [--fsize-limit-bytes N]");
+    ExitCode::from(2)
+}
+
+/// Makes writes past `limit` bytes of any file fail with EFBIG instead of killing us (SIGXFSZ).
+fn limit_file_size(limit: u64) -> std::io::Result<()> {
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: plain syscalls with a valid pointer to a local struct / a constant handler.
+    unsafe {
+        if libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::setrlimit(libc::RLIMIT_FSIZE, &rlim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn options() -> WalOptions {
@@ -44,7 +82,7 @@ fn options() -> WalOptions {
     }
 }
 
-fn run(dir: &str) -> Result<(), WalError> {
+fn run(dir: &str, report_first_error: bool) -> Result<(), WalError> {
     let mut next_index: HashMap<u64, u64> = HashMap::new();
     let mut term = 0u64;
     let (mut wal, _report) = Wal::open_with(dir, options(), |_lsn, record| {
@@ -81,9 +119,23 @@ fn run(dir: &str) -> Result<(), WalError> {
             index: 0,
             payload: &term_bytes,
         });
-        let out = wal.append(&records)?;
+        let result = wal.append(&records).and_then(|out| Ok((out, wal.sync()?)));
+        let (out, synced) = match result {
+            Ok(ok) => ok,
+            Err(e) if report_first_error => {
+                let _ = writeln!(stdout, "error {e}");
+                let again = wal.append(&records).and_then(|_| wal.sync());
+                let _ = writeln!(
+                    stdout,
+                    "after {}",
+                    again.err().map_or("ok".to_string(), |e| e.to_string())
+                );
+                let _ = stdout.flush();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         next_index.insert(group_id, first + count);
-        let synced = wal.sync()?;
         let last_entry_lsn = out.last_lsn.0 - 1; // the hard state is the batch's last record
         assert!(synced >= out.last_lsn);
         // Stdout is a pipe to the parent; if it is gone there is nobody left to report to.
