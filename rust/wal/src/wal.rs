@@ -86,6 +86,8 @@ impl Wal {
     /// anywhere else returns [`WalError::Corrupt`] naming the file and byte offset. On error,
     /// `visit` may already have seen some records: discard them, the node must not start.
     /// Every open starts a fresh segment, so existing segments are never appended to again.
+    /// Everything replayed is made durable before `open` returns (a killed process's unsynced
+    /// writes survive in the page cache and are replayed), so `synced_lsn()` is truthful.
     pub fn open_with(
         dir: impl AsRef<Path>,
         options: WalOptions,
@@ -97,6 +99,7 @@ impl Wal {
         let lock = lock_dir(&dir)?;
         let sticky_table = options.sticky_table();
         let state = replay(&dir, &sticky_table, visit)?;
+        make_replayed_durable(&dir, state.closed.last())?;
         let active = create_segment(&dir, state.next_seq, state.next_lsn)?;
         let mut wal = Wal {
             buffer: Vec::with_capacity(options.write_buffer_bytes),
@@ -358,6 +361,21 @@ impl Wal {
         self.poisoned = Some(error.to_string());
         error
     }
+}
+
+/// What replay read may still be only in the page cache: a killed process's writes survive in
+/// it, unsynced. Before anyone treats those records as durable (Raft would acknowledge them),
+/// fsync the newest segment (every older one was fsynced whole when it was closed) and the
+/// directory (a segment created just before the crash).
+fn make_replayed_durable(dir: &Path, newest: Option<&SegmentMeta>) -> Result<(), WalError> {
+    if let Some(meta) = newest {
+        // fsync flushes the file's dirty pages whatever mode the descriptor was opened in.
+        let file =
+            File::open(&meta.path).map_err(|e| WalError::io("open for fsync", &meta.path, e))?;
+        file.sync_all()
+            .map_err(|e| WalError::io("fsync on open", &meta.path, e))?;
+    }
+    fsync_dir(dir)
 }
 
 /// Creates `dir` (and parents) if missing, making the new directory entry durable.

@@ -28,6 +28,8 @@ fn synced_records_come_back_in_order_with_their_lsns() {
     let lsns: Vec<u64> = recovered.records.iter().map(|r| r.lsn.0).collect();
     assert_eq!(lsns, (1..=10).collect::<Vec<_>>());
     assert_eq!(recovered.report.torn_tail, None);
+    // Replayed records were made durable by open: they count as synced.
+    assert_eq!(wal.synced_lsn(), Lsn(10));
     // Appends continue after the recovered LSNs.
     let out = wal.append(&[Rec::entry(1, 11, b"more").as_ref()]).unwrap();
     assert_eq!(out.first_lsn, Lsn(11));
