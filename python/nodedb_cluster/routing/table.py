@@ -155,7 +155,13 @@ def _frozen(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
 class RoutingTable:
     """vShard -> group -> route, plus the derived hot-path arrays. See the module docstring."""
 
-    __slots__ = ("_epoch", "_groups", "_vshard_to_group", "_vshard_to_leader")
+    __slots__ = (
+        "_epoch",
+        "_groups",
+        "_leader_by_vshard",
+        "_vshard_to_group",
+        "_vshard_to_leader",
+    )
     __hash__ = None  # type: ignore[assignment]  # mutable: equality by value, not hashable
 
     def __init__(
@@ -192,7 +198,7 @@ class RoutingTable:
         self._epoch = _check_id(epoch, "epoch", 0, 2**64 - 1)
         self._groups = dict(sorted(routes.items()))
         self._vshard_to_group = _frozen(raw.astype(np.uint32, copy=True))
-        self._vshard_to_leader = self._fused_leaders()
+        self._set_fused_leaders()
 
     @classmethod
     def bootstrap(cls, num_groups: int, node_id: int) -> RoutingTable:
@@ -248,7 +254,7 @@ class RoutingTable:
 
     def leader_for_key(self, key: Key) -> int:
         """Leader node id for one key (0 = unknown)."""
-        return int(self._vshard_to_leader[_kernels.vshard_for_key(key)])
+        return self._leader_by_vshard[_kernels.vshard_for_key(key)]
 
     def groups_of_node(self, node_id: int) -> tuple[int, ...]:
         """Ids of the groups `node_id` is a voter or learner of, ascending."""
@@ -325,7 +331,12 @@ class RoutingTable:
 
     def _changed(self) -> None:
         self._epoch += 1
+        self._set_fused_leaders()
+
+    def _set_fused_leaders(self) -> None:
         self._vshard_to_leader = self._fused_leaders()
+        # A tuple mirror for the scalar path: indexing it is ~4x cheaper than a numpy scalar read.
+        self._leader_by_vshard: tuple[int, ...] = tuple(self._vshard_to_leader.tolist())
 
     def _fused_leaders(self) -> npt.NDArray[np.uint64]:
         """vshard_to_leader rebuilt from scratch: one gather through a dense group index."""
