@@ -117,6 +117,27 @@ async def test_handler_exception_becomes_remote_error(pair: tuple[Transport, Tra
     assert server.metrics()["handler_errors"] == 2
 
 
+async def test_handlers_that_suspend_reply_and_fail_like_immediate_ones(
+    pair: tuple[Transport, Transport],
+) -> None:
+    server, client = pair
+
+    async def later(peer: Peer, kind: int, payload: bytes) -> Reply:
+        for _ in range(3):  # suspend several times: the handler continues in a Task
+            await asyncio.sleep(0)
+        if payload == b"fail":
+            raise LookupError("after suspending")
+        return (MessageKind.PONG, payload[::-1])
+
+    server.serve(later)
+    assert await client.send_rpc(1, MessageKind.PING, b"abc") == (MessageKind.PONG, b"cba")
+    with pytest.raises(RemoteError) as info:
+        await client.send_rpc(1, MessageKind.PING, b"fail")
+    assert info.value.code == "LookupError"
+    replies = await asyncio.gather(*(client.send_rpc(1, 1, bytes([i])) for i in range(50)))
+    assert [p for _, p in replies] == [bytes([i]) for i in range(50)]
+
+
 async def test_slow_handler_times_out_typed_and_bounded(creds: list[Mtls]) -> None:
     release = asyncio.Event()
 

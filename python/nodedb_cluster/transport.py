@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import nodedb_cluster_core as _core
 
@@ -94,6 +94,34 @@ def issue_node_credentials(
     """One more node leaf from an existing CA (`ca.key` as written by the generator)."""
     ca, cert, key = _core.issue_node_credentials(ca_cert, ca_key, node_name, sans, directory)
     return Mtls(Path(ca), Path(cert), Path(key))
+
+
+class _Resumed:
+    """The rest of a coroutine that was stepped once outside a Task: awaiting this re-yields the
+    future it suspended on, then keeps driving it exactly as a Task would (values and
+    exceptions, including cancellation, pass straight through)."""
+
+    __slots__ = ("_coroutine", "_first_yield")
+
+    def __init__(self, coroutine: Generator[Any, Any, Any], first_yield: Any) -> None:
+        self._coroutine = coroutine
+        self._first_yield = first_yield
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        yielded = self._first_yield
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as exc:  # thrown in by the driving Task (e.g. CancelledError)
+                try:
+                    yielded = self._coroutine.throw(exc)
+                except StopIteration as finished:
+                    return finished.value
+            else:
+                try:
+                    yielded = self._coroutine.send(sent)
+                except StopIteration as finished:
+                    return finished.value
 
 
 def _addr_text(addr: str | SocketAddr) -> str:
@@ -207,30 +235,54 @@ class Transport:
         self._core.serve(None if handler is None else self._dispatch)
 
     def _dispatch(self, responder: Responder, peer: Peer, kind: int, payload: bytes) -> None:
-        """Called by the core on this loop (from `drain`): answer in a task, never block."""
-        task = asyncio.ensure_future(self._answer(responder, peer, kind, payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Called by the core on this loop (from `drain`); never blocks.
 
-    async def _answer(self, responder: Responder, peer: Peer, kind: int, payload: bytes) -> None:
+        The handler coroutine is stepped once right here: one that finishes without suspending
+        (most control handlers) is answered with no Task and no extra loop iteration; one that
+        suspends continues in a Task from exactly where it stopped.
+        """
         handler = self._handler
         if handler is None:
             responder.fail("no_handler", f"node {self.node_id} serves no handler")
             return
         try:
-            reply = await handler(peer, kind, payload)
-        except Exception as exc:  # the requester gets it as RemoteError; it is logged here too
-            code = getattr(exc, "code", None)
-            code = code if isinstance(code, str) else type(exc).__name__
-            _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
-            responder.fail(code, str(exc))
-            return
+            coroutine = handler(peer, kind, payload).__await__()
+            first_yield = next(coroutine)
+        except StopIteration as finished:
+            self._reply(responder, peer, kind, finished.value)
+        except Exception as exc:  # the requester gets it as RemoteError; logged here too
+            self._fail(responder, peer, kind, exc)
+        else:
+            task = asyncio.ensure_future(
+                self._finish(responder, peer, kind, _Resumed(coroutine, first_yield))
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, responder: Responder, peer: Peer, kind: int, rest: _Resumed) -> None:
+        try:
+            reply = await rest
+        except Exception as exc:  # the requester gets it as RemoteError; logged here too
+            self._fail(responder, peer, kind, exc)
+        else:
+            self._reply(responder, peer, kind, reply)
+
+    @staticmethod
+    def _fail(responder: Responder, peer: Peer, kind: int, exc: Exception) -> None:
+        code = getattr(exc, "code", None)
+        code = code if isinstance(code, str) else type(exc).__name__
+        _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
+        responder.fail(code, str(exc))
+
+    @staticmethod
+    def _reply(responder: Responder, peer: Peer, kind: int, reply: Reply | None) -> None:
         if reply is None:
             responder.done()
             return
         try:
             responder.reply(reply[0], reply[1])
         except (TypeError, IndexError, ValueError) as exc:  # bad reply shape or kind
+            _log.warning("handler for kind %d from %s replied %r", kind, peer.addr, reply)
             responder.fail("bad_handler_reply", f"handler reply {reply!r:.80} invalid: {exc}")
 
     def register_echo_handler(self, kind: int) -> None:
