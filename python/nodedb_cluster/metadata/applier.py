@@ -52,9 +52,14 @@ class Refused:
 ApplyResult = Applied | Refused
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MetadataState:
-    """What group 0's log builds: the cluster's topology, routing and settings."""
+    """What group 0's log builds: the cluster's topology, routing and settings.
+
+    Immutable once built, objects inside included (the applier mutates copies, then swaps the
+    whole state in one reference assignment): readers on another thread than the applier's see
+    either the old or the new state, never a mix. Readers must not mutate what they get.
+    """
 
     topology: Topology
     routing: RoutingTable
@@ -85,19 +90,20 @@ class MetadataStateMachine:
         """
         results: list[ApplyResult] = []
         changed = False
+        state = self._state
         for index, data in entries:
-            if index <= self._state.applied_index:
+            if index <= state.applied_index:
                 results.append(Applied(index))
                 continue
+            result: ApplyResult = Applied(index)
             if data:
-                result = self._apply_one(index, data)
+                result, state = _apply_entry(state, index, data)
                 changed = changed or isinstance(result, Applied)
-            else:
-                result = Applied(index)
-            self._state.applied_index = index
+            state = dataclasses.replace(state, applied_index=index)
             results.append(result)
         if entries:
-            self._persist(self._state)
+            self._persist(state)
+            self._state = state
         if changed:
             log.info(
                 "metadata applied through %d: topology v%d, routing epoch %d",
@@ -107,24 +113,30 @@ class MetadataStateMachine:
             )
         return results
 
-    def _apply_one(self, index: int, data: bytes) -> ApplyResult:
-        try:
-            entry = MetadataEntry.decode(data)
-        except MalformedCommand as e:
-            return Refused(index, f"malformed entry: {e}")
-        topology = self._state.topology.copy()
-        routing = RoutingTable.decode(self._state.routing.encode())
-        settings = dict(self._state.settings)
-        try:
-            for command in entry.commands:
-                _apply_command(command, topology, routing, settings)
-            _sync_node_groups(topology, routing)
-        except (ClusterError, ValueError) as e:
-            return Refused(index, str(e))
-        self._state.topology = topology
-        self._state.routing = routing
-        self._state.settings = settings
-        return Applied(index)
+    def replace_state(self, state: MetadataState) -> None:
+        """Install a state wholesale (a restored snapshot), persisted first."""
+        self._persist(state)
+        self._state = state
+
+
+def _apply_entry(
+    state: MetadataState, index: int, data: bytes
+) -> tuple[ApplyResult, MetadataState]:
+    """One entry applied to copies of `state`; on refusal the state is returned unchanged."""
+    try:
+        entry = MetadataEntry.decode(data)
+    except MalformedCommand as e:
+        return Refused(index, f"malformed entry: {e}"), state
+    topology = state.topology.copy()
+    routing = RoutingTable.decode(state.routing.encode())
+    settings = dict(state.settings)
+    try:
+        for command in entry.commands:
+            _apply_command(command, topology, routing, settings)
+        _sync_node_groups(topology, routing)
+    except (ClusterError, ValueError) as e:
+        return Refused(index, str(e)), state
+    return Applied(index), MetadataState(topology, routing, settings, state.applied_index)
 
 
 def _apply_command(
