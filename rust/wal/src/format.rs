@@ -9,7 +9,7 @@
 //!   20..28  first_lsn (u64): the LSN of the first record of this segment
 //!   28..32  crc32c of bytes 0..28
 //! records, back to back (28-byte frame header + payload):
-//!   0..4    crc32c over bytes 4..28 and the payload
+//!   0..4    crc32c, seeded with the segment seq, over bytes 4..28 and the payload
 //!   4..8    payload length in bytes (u32)
 //!   8..16   group_id (u64)
 //!   16..24  index (u64): highest Raft index the record covers, 0 if none
@@ -17,6 +17,11 @@
 //!   25..28  reserved, zero
 //!   28..    payload
 //! ```
+//! Seeding the record crc with the segment seq means a frame is only valid in the segment it was
+//! written to: bytes copied from elsewhere (a frame embedded in a user's payload, a stale or
+//! misplaced file) do not pass as records, which keeps the torn-tail test (no valid record after
+//! the damage) sound.
+//!
 //! The LSN of a record is not stored: it is `first_lsn` + its position in the segment, so
 //! segments must chain (`first_lsn` of the next = `first_lsn` + record count of this one).
 
@@ -92,13 +97,24 @@ pub struct RecordRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// The crc32c state every record crc of one segment starts from: crc32c of the segment seq
+/// (little endian). Computed once per segment, not per record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameSeed(u32);
+
+impl FrameSeed {
+    pub fn for_segment(seq: u64) -> FrameSeed {
+        FrameSeed(crc32c::crc32c(&seq.to_le_bytes()))
+    }
+}
+
 /// Bytes a record occupies on disk.
 pub fn frame_bytes(payload_bytes: usize) -> usize {
     FRAME_HEADER_BYTES + payload_bytes
 }
 
 /// Appends the framed record to `out`. The caller has checked the payload size.
-pub fn encode_frame(record: &RecordRef<'_>, out: &mut Vec<u8>) {
+pub fn encode_frame(seed: FrameSeed, record: &RecordRef<'_>, out: &mut Vec<u8>) {
     debug_assert!(record.payload.len() <= FORMAT_PAYLOAD_BYTES_MAX as usize);
     let start = out.len();
     let mut header = [0u8; FRAME_HEADER_BYTES];
@@ -106,7 +122,7 @@ pub fn encode_frame(record: &RecordRef<'_>, out: &mut Vec<u8>) {
     header[8..16].copy_from_slice(&record.group_id.to_le_bytes());
     header[16..24].copy_from_slice(&record.index.to_le_bytes());
     header[24] = record.kind;
-    let crc = frame_crc(&header, record.payload);
+    let crc = frame_crc(seed, &header, record.payload);
     header[0..4].copy_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&header);
     out.extend_from_slice(record.payload);
@@ -124,8 +140,8 @@ pub enum Frame<'a> {
     Invalid(&'static str),
 }
 
-/// Decodes the frame at the start of `buf`.
-pub fn decode_frame(buf: &[u8]) -> Frame<'_> {
+/// Decodes the frame at the start of `buf`, read from the segment `seed` belongs to.
+pub fn decode_frame(seed: FrameSeed, buf: &[u8]) -> Frame<'_> {
     if buf.len() < FRAME_HEADER_BYTES {
         return Frame::Truncated;
     }
@@ -142,7 +158,7 @@ pub fn decode_frame(buf: &[u8]) -> Frame<'_> {
         return Frame::Truncated;
     }
     let payload = &buf[FRAME_HEADER_BYTES..total];
-    if frame_crc(header, payload) != le_u32(&header[0..4]) {
+    if frame_crc(seed, header, payload) != le_u32(&header[0..4]) {
         return Frame::Invalid("record crc mismatch");
     }
     let record = RecordRef {
@@ -154,11 +170,11 @@ pub fn decode_frame(buf: &[u8]) -> Frame<'_> {
     Frame::Record(record, total)
 }
 
-/// crc32c over the frame header after its crc field, then the payload. The crc comes first so
+/// crc32c over the segment seq, the frame header after its crc field, then the payload. The crc comes first so
 /// it covers one contiguous run (two crc calls per record, not three: 100-byte appends are
 /// bound by per-record work).
-fn frame_crc(header: &[u8], payload: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&header[4..FRAME_HEADER_BYTES]);
+fn frame_crc(seed: FrameSeed, header: &[u8], payload: &[u8]) -> u32 {
+    let crc = crc32c::crc32c_append(seed.0, &header[4..FRAME_HEADER_BYTES]);
     crc32c::crc32c_append(crc, payload)
 }
 
@@ -178,6 +194,8 @@ fn le_u64(b: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    const SEQ: u64 = 3;
+
     fn rec(payload: &[u8]) -> RecordRef<'_> {
         RecordRef {
             group_id: 7,
@@ -190,17 +208,20 @@ mod tests {
     #[test]
     fn frame_roundtrip() {
         let mut buf = Vec::new();
-        encode_frame(&rec(b"hello"), &mut buf);
+        encode_frame(FrameSeed::for_segment(SEQ), &rec(b"hello"), &mut buf);
         assert_eq!(buf.len(), frame_bytes(5));
-        assert_eq!(decode_frame(&buf), Frame::Record(rec(b"hello"), buf.len()));
+        assert_eq!(
+            decode_frame(FrameSeed::for_segment(SEQ), &buf),
+            Frame::Record(rec(b"hello"), buf.len())
+        );
     }
 
     #[test]
     fn empty_payload_roundtrip() {
         let mut buf = Vec::new();
-        encode_frame(&rec(b""), &mut buf);
+        encode_frame(FrameSeed::for_segment(SEQ), &rec(b""), &mut buf);
         assert_eq!(
-            decode_frame(&buf),
+            decode_frame(FrameSeed::for_segment(SEQ), &buf),
             Frame::Record(rec(b""), FRAME_HEADER_BYTES)
         );
     }
@@ -208,9 +229,17 @@ mod tests {
     #[test]
     fn every_prefix_is_truncated_and_every_flip_is_invalid() {
         let mut buf = Vec::new();
-        encode_frame(&rec(b"payload bytes"), &mut buf);
+        encode_frame(
+            FrameSeed::for_segment(SEQ),
+            &rec(b"payload bytes"),
+            &mut buf,
+        );
         for cut in 0..buf.len() {
-            assert_eq!(decode_frame(&buf[..cut]), Frame::Truncated, "cut at {cut}");
+            assert_eq!(
+                decode_frame(FrameSeed::for_segment(SEQ), &buf[..cut]),
+                Frame::Truncated,
+                "cut at {cut}"
+            );
         }
         // Flips in the length field may turn into "truncated" (longer) or an invalid frame;
         // a flip anywhere must never decode as a valid record.
@@ -218,16 +247,32 @@ mod tests {
             let mut bad = buf.clone();
             bad[at] ^= 0x10;
             assert!(
-                !matches!(decode_frame(&bad), Frame::Record(..)),
+                !matches!(
+                    decode_frame(FrameSeed::for_segment(SEQ), &bad),
+                    Frame::Record(..)
+                ),
                 "flip at {at} decoded as a record"
             );
         }
     }
 
     #[test]
+    fn a_frame_is_valid_only_in_its_own_segment() {
+        let mut buf = Vec::new();
+        encode_frame(FrameSeed::for_segment(SEQ), &rec(b"hello"), &mut buf);
+        assert_eq!(
+            decode_frame(FrameSeed::for_segment(SEQ + 1), &buf),
+            Frame::Invalid("record crc mismatch")
+        );
+    }
+
+    #[test]
     fn zero_bytes_are_not_a_record() {
         let zeros = [0u8; 64];
-        assert!(matches!(decode_frame(&zeros), Frame::Invalid(_)));
+        assert!(matches!(
+            decode_frame(FrameSeed::for_segment(SEQ), &zeros),
+            Frame::Invalid(_)
+        ));
     }
 
     #[test]

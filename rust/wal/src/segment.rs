@@ -6,7 +6,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
-use crate::format::{decode_frame, Frame, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::{
+    decode_frame, Frame, FrameSeed, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
 
 /// File name of segment `seq`: 16 lowercase hex digits, so lexical order is numeric order.
 pub fn segment_file_name(seq: u64) -> String {
@@ -156,10 +158,11 @@ pub fn scan_segment(
             })
         }
     };
+    let seed = FrameSeed::for_segment(header.seq);
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut record_count = 0u64;
     while offset < bytes.len() {
-        let bad_reason = match decode_frame(&bytes[offset..]) {
+        let bad_reason = match decode_frame(seed, &bytes[offset..]) {
             Frame::Record(record, frame_len) => {
                 visit(record, offset as u64);
                 record_count += 1;
@@ -175,7 +178,7 @@ pub fn scan_segment(
                 reason: bad_reason.to_string(),
             });
         }
-        if let Some(next) = find_valid_frame(bytes, offset + 1) {
+        if let Some(next) = find_valid_frame(seed, bytes, offset + 1) {
             return Err(ScanError {
                 offset_bytes: offset as u64,
                 reason: format!("{bad_reason}, followed by a valid record at offset {next}"),
@@ -198,11 +201,11 @@ pub fn scan_segment(
 
 /// First offset ≥ `from` at which a valid frame decodes, if any. Only runs on the failure path.
 /// Cost: one cheap length/reserved check per byte, a crc only where those pass.
-fn find_valid_frame(bytes: &[u8], from: usize) -> Option<usize> {
+fn find_valid_frame(seed: FrameSeed, bytes: &[u8], from: usize) -> Option<usize> {
     if bytes[from.min(bytes.len())..].iter().all(|b| *b == 0) {
         return None; // zero-filled tail: zeros never form a valid frame (crc of zeros ≠ 0)
     }
-    (from..bytes.len()).find(|at| matches!(decode_frame(&bytes[*at..]), Frame::Record(..)))
+    (from..bytes.len()).find(|at| matches!(decode_frame(seed, &bytes[*at..]), Frame::Record(..)))
 }
 
 #[cfg(test)]
@@ -221,6 +224,7 @@ mod tests {
         for payload in records {
             starts.push(bytes.len());
             encode_frame(
+                FrameSeed::for_segment(1),
                 &RecordRef {
                     group_id: 1,
                     kind: 1,
@@ -270,6 +274,34 @@ mod tests {
         let err = scan_segment(&bytes, true, |_, _| {}).unwrap_err();
         assert_eq!(err.offset_bytes, starts[1] as u64);
         assert!(err.reason.contains("crc"), "{}", err.reason);
+    }
+
+    #[test]
+    fn a_frame_from_another_segment_after_damage_does_not_count_as_valid() {
+        // A torn record whose payload happens to hold a whole frame (a user's value can be
+        // anything): written for another segment, it must not turn the torn tail into
+        // "corruption followed by a valid record".
+        let (mut bytes, _) = segment(&[b"first"]);
+        let good = bytes.len() as u64;
+        let mut embedded = Vec::new();
+        let rec = RecordRef {
+            group_id: 1,
+            kind: 1,
+            index: 2,
+            payload: b"inner",
+        };
+        encode_frame(FrameSeed::for_segment(2), &rec, &mut embedded);
+        let outer = RecordRef {
+            group_id: 1,
+            kind: 1,
+            index: 3,
+            payload: &embedded,
+        };
+        let mut frame = Vec::new();
+        encode_frame(FrameSeed::for_segment(1), &outer, &mut frame);
+        bytes.extend_from_slice(&frame[..frame.len() - 1]); // torn: last byte missing
+        let scan = scan_segment(&bytes, true, |_, _| {}).unwrap();
+        assert_eq!((scan.record_count, scan.valid_bytes), (1, good));
     }
 
     #[test]

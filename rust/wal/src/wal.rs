@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::compaction::segment_obsolete;
 use crate::error::WalError;
-use crate::format::{encode_frame, frame_bytes, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::format::{
+    encode_frame, frame_bytes, FrameSeed, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES,
+};
 use crate::lock::{lock_dir, DirLock};
 use crate::options::{SyncMode, WalOptions, RESERVED_KIND_MIN};
 use crate::recovery::{
@@ -42,6 +44,8 @@ struct Active {
     /// Records rewritten from the sticky cache when the segment was created; a segment holding
     /// only those never rolls (so a large sticky set cannot cause a roll loop).
     carried_count: u64,
+    /// Record crc seed of this segment.
+    seed: FrameSeed,
 }
 
 /// The node's durable log for all Raft groups. See the crate docs for the contract.
@@ -289,7 +293,7 @@ impl Wal {
     /// Frames one record into the buffer; writes the buffer out once it is full.
     fn push(&mut self, record: &RecordRef<'_>) -> Result<(), WalError> {
         let lsn = self.next_lsn;
-        encode_frame(record, &mut self.buffer);
+        encode_frame(self.active.seed, record, &mut self.buffer);
         self.active.meta.size_bytes += frame_bytes(record.payload.len()) as u64;
         self.active.meta.record_count += 1;
         track_record(
@@ -338,7 +342,7 @@ impl Wal {
                 index: rec.index,
                 payload: &rec.payload,
             };
-            encode_frame(&record, &mut self.buffer);
+            encode_frame(self.active.seed, &record, &mut self.buffer);
             rec.lsn = self.next_lsn;
             self.active.meta.size_bytes += frame_bytes(rec.payload.len()) as u64;
             self.active.meta.record_count += 1;
@@ -416,5 +420,6 @@ fn create_segment(dir: &Path, seq: u64, first_lsn: u64) -> Result<Active, WalErr
         file,
         meta,
         carried_count: 0,
+        seed: FrameSeed::for_segment(seq),
     })
 }
