@@ -1,0 +1,104 @@
+"""Group 0 as the Raft engine sees it: the `StateMachine` the engine calls on its driver thread.
+
+Adapts `MetadataStateMachine` to the engine's protocol (one result per entry, snapshot, restore)
+and tells the event loop, thread-safely, each time the state moved, so the node can register new
+peers, reconcile its Raft groups and wake join handlers waiting for their entry to apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import msgpack
+
+from nodedb_cluster.errors import CatalogError
+from nodedb_cluster.metadata.applier import (
+    Applied,
+    MetadataState,
+    MetadataStateMachine,
+    Persist,
+)
+from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.topology import Topology
+
+SNAPSHOT_FORMAT: Final = 1
+RESULT_APPLIED: Final = b""
+"""An applied entry's result; a refused one is b"\\x01" + the reason (UTF-8)."""
+RESULT_REFUSED_TAG: Final = b"\x01"
+
+
+def encode_state(state: MetadataState) -> bytes:
+    """The snapshot form of the metadata state (also what a JoinResponse embeds)."""
+    doc = {
+        "format": SNAPSHOT_FORMAT,
+        "topology": state.topology.encode(),
+        "routing": state.routing.encode(),
+        "settings": dict(state.settings),
+        "applied_index": state.applied_index,
+    }
+    packed = msgpack.packb(doc, use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+def decode_state(data: bytes) -> MetadataState:
+    """Parse `encode_state` output; every defect is a `CatalogError` naming what is wrong."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise CatalogError(f"metadata snapshot is not valid MessagePack: {e}") from e
+    if not isinstance(doc, Mapping) or doc.get("format") != SNAPSHOT_FORMAT:
+        raise CatalogError(f"metadata snapshot is not of format {SNAPSHOT_FORMAT}")
+    topology, routing = doc.get("topology"), doc.get("routing")
+    settings, applied = doc.get("settings"), doc.get("applied_index")
+    if not isinstance(topology, bytes) or not isinstance(routing, bytes):
+        raise CatalogError("metadata snapshot lacks topology or routing bytes")
+    if not isinstance(settings, dict) or not isinstance(applied, int) or applied < 0:
+        raise CatalogError("metadata snapshot has malformed settings or applied_index")
+    return MetadataState(Topology.decode(topology), RoutingTable.decode(routing), settings, applied)
+
+
+def decode_result(result: bytes) -> str | None:
+    """None for an applied entry; the refusal reason otherwise."""
+    if result == RESULT_APPLIED:
+        return None
+    return result[len(RESULT_REFUSED_TAG) :].decode("utf-8", errors="replace")
+
+
+class MetadataGroup:
+    """The engine-facing state machine of group 0."""
+
+    def __init__(
+        self,
+        initial: MetadataState,
+        persist: Persist,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[MetadataState], None],
+    ) -> None:
+        self.machine = MetadataStateMachine(initial, persist)
+        self._loop = loop
+        self._on_change = on_change
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        results = self.machine.apply_batch(entries)
+        self._announce()
+        return [
+            RESULT_APPLIED
+            if isinstance(r, Applied)
+            else RESULT_REFUSED_TAG + r.reason.encode("utf-8")
+            for r in results
+        ]
+
+    def snapshot(self) -> bytes:
+        return encode_state(self.machine.state)
+
+    def restore(self, data: bytes) -> None:
+        self.machine.replace_state(decode_state(data))
+        self._announce()
+
+    def _announce(self) -> None:
+        state = self.machine.state
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._on_change, state)

@@ -1,0 +1,147 @@
+"""Make each Raft group's real membership follow the routing table (a level-triggered loop).
+
+The metadata group decides who *should* serve each group (`RoutingTable`); Raft conf changes make
+it so, one group's leader at a time. `plan_reconcile` is pure: given the desired routing and what
+this node's engine reports for its local groups, it returns the next action per group. The node's
+shell runs the actions and calls it again on every metadata change and on a timer, so a crash or a
+lost RPC in the middle of a change is repaired by the next round rather than remembered.
+
+Per group at most one conf change is planned per round: Raft admits one pending change at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from nodedb_cluster.metadata.placement import plan_promotion
+from nodedb_cluster.routing.table import RoutingTable
+
+CAUGHT_UP_LAG_ENTRIES_MAX: Final = 64
+"""A learner whose matched index trails the leader's commit by at most this is promotable: it
+can vote without stalling commits while it replays the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalGroup:
+    """What this node's engine says of one of its groups."""
+
+    group_id: int
+    is_leader: bool
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    commit_index: int
+    matched: Mapping[int, int] = field(default_factory=dict)
+    """Leader only: each follower's matched log index (empty elsewhere)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGroup:
+    """This node should serve `group_id` but has no local replica: create an empty learner."""
+
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropGroup:
+    """The group no longer includes this node (in routing and in Raft): free its replica."""
+
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddLearner:
+    group_id: int
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteVoter:
+    """Raft conf change learner -> voter, once routing lists the node as a voter."""
+
+    group_id: int
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMember:
+    group_id: int
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeader:
+    """The leader itself is to leave the group: hand leadership over first."""
+
+    group_id: int
+    to_node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProposePromotion:
+    """A caught-up learner of an under-replicated group: ask group 0 to make it a voter."""
+
+    group_id: int
+    node_id: int
+
+
+Action = (
+    CreateGroup
+    | DropGroup
+    | AddLearner
+    | PromoteVoter
+    | RemoveMember
+    | TransferLeader
+    | ProposePromotion
+)
+
+
+def plan_reconcile(
+    self_id: int,
+    routing: RoutingTable,
+    local: Mapping[int, LocalGroup],
+    replication_factor: int,
+) -> list[Action]:
+    """The next action for every group that needs one, in group order."""
+    actions: list[Action] = []
+    desired_groups = set(routing.groups_of_node(self_id))
+    for group_id in sorted(desired_groups - set(local)):
+        actions.append(CreateGroup(group_id))
+    for group_id, group in sorted(local.items()):
+        unwanted = group_id not in routing.group_ids or group_id not in desired_groups
+        if unwanted and self_id not in group.voters and self_id not in group.learners:
+            actions.append(DropGroup(group_id))
+            continue
+        if not group.is_leader or group_id not in routing.group_ids:
+            continue
+        action = _leader_step(self_id, routing, group, replication_factor)
+        if action is not None:
+            actions.append(action)
+    return actions
+
+
+def _leader_step(
+    self_id: int, routing: RoutingTable, group: LocalGroup, replication_factor: int
+) -> Action | None:
+    route = routing.route(group.group_id)
+    desired = set(route.voters) | set(route.learners)
+    actual = set(group.voters) | set(group.learners)
+    for node_id in sorted(desired - actual):
+        return AddLearner(group.group_id, node_id)
+    for node_id in sorted(set(route.voters) & set(group.learners)):
+        return PromoteVoter(group.group_id, node_id)
+    for node_id in sorted(actual - desired):
+        if node_id == self_id:
+            successors = sorted(set(route.voters) & set(group.voters) - {self_id})
+            if successors:
+                return TransferLeader(group.group_id, successors[0])
+            continue
+        return RemoveMember(group.group_id, node_id)
+    for node_id in sorted(set(route.learners) & set(group.learners)):
+        matched = group.matched.get(node_id, 0)
+        if matched + CAUGHT_UP_LAG_ENTRIES_MAX >= group.commit_index and plan_promotion(
+            routing, group.group_id, node_id, replication_factor
+        ):
+            return ProposePromotion(group.group_id, node_id)
+    return None
