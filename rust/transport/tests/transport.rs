@@ -432,3 +432,59 @@ fn silently_vanished_peer_restarted_is_reached_in_one_call() {
         client.close().await;
     });
 }
+
+/// A peer that goes silent (no close, no reset: its runtime is gone and nobody took its port) is
+/// noticed by the idle timeout, and its connection leaves the pool without any request.
+#[test]
+fn a_silent_peer_is_noticed_by_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let main_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let doomed_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = {
+        let _guard = doomed_rt.enter();
+        let server = bind(1, ANY, c[0].clone());
+        serve_echo(&server);
+        server
+    };
+    let addr = server.local_addr();
+    let mut cfg = config();
+    cfg.keep_alive_interval = Duration::from_millis(100);
+    cfg.idle_timeout = Duration::from_millis(400);
+    let client = {
+        let _guard = main_rt.enter();
+        Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), cfg).unwrap()
+    };
+    main_rt
+        .block_on(client.send_rpc_to_addr(addr, MessageKind::PING, Bytes::new()))
+        .unwrap();
+    assert!(client.pooled_connection_id(addr).is_some());
+    doomed_rt.shutdown_background();
+    // Keep the dead server's socket bound so no stateless reset can help: only the idle timer.
+    let _silent_port_holder = std::mem::ManuallyDrop::new(server);
+    main_rt.block_on(async {
+        // No event is exposed for "connection closed"; poll the pool with a hard deadline.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while client.pooled_connection_id(addr).is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "idle timeout never fired"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let err = client
+            .send_rpc_to_addr(addr, MessageKind::PING, Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+        client.close().await;
+    });
+}
