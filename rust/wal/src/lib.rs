@@ -13,9 +13,10 @@
 //!   LSN. **Durability point: a record is durable only once `sync()` returned `Ok(lsn)` with
 //!   `lsn` ≥ its LSN.** The engine appends every group's Ready, calls `sync()` once, and only
 //!   then sends persisted messages and acknowledges proposals.
-//! - **Segments.** Files `{seq:016x}.wal`, rolled once the next record would take the segment
-//!   past `WalOptions::segment_bytes_max` (default 64 MiB). A closed segment has been fsynced
-//!   whole; segment creation and deletion fsync the directory.
+//! - **Segments.** Files `{seq:016x}.wal`, rolled before a batch that would take the segment
+//!   past `WalOptions::segment_bytes_max` (default 64 MiB); a batch never spans two segments
+//!   (at most [`BATCH_BYTES_MAX`]). A closed segment has been fsynced whole; segment creation
+//!   and deletion fsync the directory.
 //! - **State is never lost to compaction.** Kinds listed in `WalOptions::sticky_kinds` (hard
 //!   state, conf state, ...) are state: the WAL keeps the latest record of each
 //!   (group, sticky kind) and rewrites it at the start of every new segment, so on replay the
@@ -32,7 +33,8 @@
 //!   of the last segment (cut header, cut record, bad crc at the end, zero fill) is truncated
 //!   and reported; any other damage (bad crc followed by a valid record, a bad header in an
 //!   earlier segment, a missing segment) is [`WalError::Corrupt`] with file and byte offset,
-//!   and the node must not start. Each open then starts a fresh segment.
+//!   and the node must not start. What was replayed is fsynced before `open` returns (a
+//!   killed process leaves unsynced writes in the page cache), then a fresh segment starts.
 //! - **Failures poison.** After a failed write or fsync every call returns
 //!   [`WalError::Poisoned`]; restart and let recovery read what reached the disk.
 //! - **One writer.** `open` takes an exclusive `flock` on `dir/LOCK` ([`WalError::Locked`] if
