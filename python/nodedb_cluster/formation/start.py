@@ -1,0 +1,269 @@
+"""`start_cluster`: turn a config into a running member by restart, bootstrap or join (JOIN.md).
+
+The path is chosen by `decide_formation`; the lifecycle shows every phase. Order is load-bearing:
+the catalog is written before any Raft state exists (so a crash after it restarts from the
+catalog), groups are created after, and peers are registered last. Any failure ends the
+lifecycle Failed with the concrete error and releases what was opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Final
+
+from nodedb_cluster import wire
+from nodedb_cluster.addr import SocketAddr
+from nodedb_cluster.catalog import Catalog
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.errors import CatalogError, ClusterError, FrameError
+from nodedb_cluster.formation.decide import FormationPath, decide_formation
+from nodedb_cluster.formation.join_client import (
+    Accepted,
+    JoinOutcome,
+    Rejected,
+    SendFailed,
+    run_join,
+)
+from nodedb_cluster.lifecycle import (
+    Bootstrapping,
+    Failed,
+    LifecycleTracker,
+    Ready,
+    Restarting,
+    Starting,
+)
+from nodedb_cluster.metadata.applier import MetadataState
+from nodedb_cluster.metadata.commands import SettingValue
+from nodedb_cluster.metadata.group import MetadataGroup, decode_state
+from nodedb_cluster.node import Node
+from nodedb_cluster.raft import RaftEngine, RaftSettings, StateMachine, StateMachineKind
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.topology import NodeInfo, NodeState, Topology
+from nodedb_cluster.transport import Credentials, Insecure, Mtls, Transport
+
+log = logging.getLogger(__name__)
+
+DataStateMachineFactory = Callable[[int], StateMachine]
+"""group_id -> a Python state machine for that data group (None: the built-in KV machine)."""
+
+CATALOG_OPEN_TIMEOUT_S: Final = 30.0
+
+
+async def start_cluster(
+    config: ClusterConfig,
+    state_machine: DataStateMachineFactory | None = None,
+    tracker: LifecycleTracker | None = None,
+) -> Node:
+    """Start this node and return it once Ready; raise the last concrete error if it fails."""
+    tracker = tracker or LifecycleTracker()
+    catalog = await asyncio.to_thread(Catalog.open, config.data_dir)
+    transport: Transport | None = None
+    node: Node | None = None
+    try:
+        path = decide_formation(config, catalog.is_bootstrapped())
+        transport = Transport(
+            config.node_id,
+            config.listen_addr,
+            credentials_of(config),
+            rpc_timeout=config.rpc_timeout_ms / 1000,
+        )
+        kind: StateMachineKind = "kv" if state_machine is None else "python"
+        match path:
+            case FormationPath.RESTART:
+                tracker.transition(Restarting(), detail=str(config.data_dir))
+                node = await _restart(config, tracker, catalog, transport, kind, state_machine)
+            case FormationPath.BOOTSTRAP:
+                tracker.transition(Bootstrapping(), detail=str(config.listen_addr))
+                node = await _bootstrap(config, tracker, catalog, transport, kind, state_machine)
+            case FormationPath.JOIN:
+                node = await _join(config, tracker, catalog, transport, kind, state_machine)
+        node.serve()
+        node.start_reconciler()
+        tracker.transition(Ready(len(node.metadata.topology.nodes())), detail=path.value)
+        return node
+    except BaseException as e:
+        if not isinstance(tracker.state, Failed):
+            reason = str(e) or type(e).__name__
+            tracker.transition(Failed(reason, error=e), detail="start_cluster")
+        if node is not None:
+            await node.shutdown()
+        else:
+            if transport is not None:
+                await transport.close()
+            await asyncio.to_thread(catalog.close)
+        raise
+
+
+def credentials_of(config: ClusterConfig) -> Credentials:
+    if config.insecure_transport:
+        return Insecure()
+    ca, cert, key = config.tls_ca_path, config.tls_cert_path, config.tls_key_path
+    if ca is None or cert is None or key is None:  # ClusterConfig refuses this; keep mypy honest
+        raise ClusterError("mTLS needs tls_ca_path, tls_cert_path and tls_key_path")
+    return Mtls(ca, cert, key)
+
+
+def raft_settings_of(config: ClusterConfig) -> RaftSettings:
+    return RaftSettings(
+        tick_interval_ms=config.tick_interval_ms,
+        heartbeat_ticks=config.heartbeat_ticks,
+        election_ticks=config.election_timeout_min_ticks,
+        install_snapshot_chunk_bytes=config.install_snapshot_chunk_bytes,
+        orphan_partial_max_age_secs=config.orphan_partial_max_age_secs,
+    )
+
+
+async def _open_engine(
+    node: Node,
+    initial: MetadataState,
+    kind: StateMachineKind,
+    data_sm: DataStateMachineFactory | None,
+) -> RaftEngine:
+    """The engine with group 0 applied by `MetadataGroup` and data groups by `data_sm` or KV."""
+    loop = asyncio.get_running_loop()
+    metadata = MetadataGroup(initial, _persist_to(node.catalog), loop, node.on_metadata_change)
+    node.attach_metadata(metadata)
+
+    def factory(group_id: int) -> StateMachine:
+        if group_id == METADATA_GROUP_ID:
+            return metadata
+        if data_sm is None:
+            raise CatalogError(f"group {group_id} asks for a Python state machine; none given")
+        return data_sm(group_id)
+
+    config = node.config
+    engine = await asyncio.to_thread(
+        RaftEngine,
+        config.node_id,
+        config.data_dir,
+        node.transport,
+        factory,
+        raft_settings_of(config),
+    )
+    node.attach_engine(engine)
+    return engine
+
+
+def _persist_to(catalog: Catalog) -> Callable[[MetadataState], None]:
+    def persist(state: MetadataState) -> None:
+        catalog.save_metadata_state(
+            state.topology, state.routing, state.settings, state.applied_index
+        )
+
+    return persist
+
+
+def _settings(raw: dict[str, object]) -> dict[str, SettingValue]:
+    return {k: v for k, v in raw.items() if isinstance(v, str | int | float | bool)}
+
+
+def _self_info(config: ClusterConfig, transport: Transport, groups: tuple[int, ...]) -> NodeInfo:
+    return NodeInfo(
+        config.node_id,
+        config.listen_addr,
+        NodeState.ACTIVE,
+        wire.WIRE_VERSION,
+        transport.spki_pin,
+        config.swim_udp_addr,
+        groups,
+    )
+
+
+async def _bootstrap(
+    config: ClusterConfig,
+    tracker: LifecycleTracker,
+    catalog: Catalog,
+    transport: Transport,
+    kind: StateMachineKind,
+    data_sm: DataStateMachineFactory | None,
+) -> Node:
+    cluster_id = uuid.uuid4().hex
+    routing = RoutingTable.bootstrap(config.num_groups, config.node_id)
+    topology = Topology([_self_info(config, transport, routing.group_ids)])
+    # The catalog first: a crash from here on restarts instead of bootstrapping a second cluster.
+    await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing)
+    node = Node(config, tracker, catalog, transport, cluster_id, kind)
+    engine = await _open_engine(node, MetadataState(topology, routing, {}, 0), kind, data_sm)
+    for group_id in routing.group_ids:
+        await engine.add_group(group_id, [config.node_id], node.group_kind(group_id))
+        await engine.campaign(group_id)  # a sole voter elects itself now, not after a timeout
+    log.info("bootstrapped cluster %s with %d data groups", cluster_id, config.num_groups)
+    return node
+
+
+async def _restart(
+    config: ClusterConfig,
+    tracker: LifecycleTracker,
+    catalog: Catalog,
+    transport: Transport,
+    kind: StateMachineKind,
+    data_sm: DataStateMachineFactory | None,
+) -> Node:
+    formation = await asyncio.to_thread(catalog.load_formation)
+    if formation is None:  # decide_formation saw a cluster id: only a concurrent wipe gets here
+        raise CatalogError(f"catalog {catalog.path} lost its cluster id during restart")
+    settings = await asyncio.to_thread(catalog.load_settings)
+    applied = await asyncio.to_thread(catalog.load_metadata_applied_index)
+    initial = MetadataState(formation.topology, formation.routing, _settings(settings), applied)
+    node = Node(config, tracker, catalog, transport, formation.cluster_id, kind)
+    node.register_peers(initial)
+    await _open_engine(node, initial, kind, data_sm)  # recreates every group from the log
+    await node.reconcile_once()  # groups routing gave us while we were down
+    log.info("restarted node %d of cluster %s", config.node_id, formation.cluster_id)
+    return node
+
+
+async def _join(
+    config: ClusterConfig,
+    tracker: LifecycleTracker,
+    catalog: Catalog,
+    transport: Transport,
+    kind: StateMachineKind,
+    data_sm: DataStateMachineFactory | None,
+) -> Node:
+    request = wire.JoinRequest(
+        node_id=config.node_id,
+        listen_addr=str(config.listen_addr),
+        wire_version=wire.WIRE_VERSION,
+        spki_pin=transport.spki_pin,
+    )
+    payload = request.encode()
+
+    async def send(addr: SocketAddr) -> JoinOutcome[wire.JoinResponse]:
+        try:
+            kind_in, reply = await transport.send_rpc_to_addr(
+                addr, wire.MessageKind.JOIN_REQUEST, payload
+            )
+            if kind_in != wire.MessageKind.JOIN_RESPONSE:
+                return SendFailed(f"unexpected reply kind {kind_in}")
+            response = wire.JoinResponse.decode(reply)
+        except (FrameError, ClusterError) as e:
+            return SendFailed(str(e))
+        return Accepted(response) if response.success else Rejected(response.error)
+
+    if tracker.state != Starting():
+        raise ClusterError(f"join from lifecycle {tracker.state}")
+    response = await run_join(config.seed_nodes, config.join_retry, send, tracker)
+    state = decode_state(response.state)
+    # 1. Topology (own entry forced Active) and routing from the response.
+    own = state.topology.get(config.node_id)
+    topology = state.topology.copy()
+    if own is not None and own.state is not NodeState.ACTIVE:
+        topology.update(dataclasses.replace(own, state=NodeState.ACTIVE))
+    state = dataclasses.replace(state, topology=topology)
+    # 2. The catalog before any Raft state.
+    await asyncio.to_thread(
+        catalog.save_formation, response.cluster_id, state.topology, state.routing
+    )
+    await asyncio.to_thread(_persist_to(catalog), state)
+    node = Node(config, tracker, catalog, transport, response.cluster_id, kind)
+    # 3. The groups this node belongs to (empty learners the leaders fill), 4. then the peers.
+    await _open_engine(node, state, kind, data_sm)
+    await node.reconcile_once()
+    node.register_peers(state)
+    log.info("joined cluster %s as node %d", response.cluster_id, config.node_id)
+    return node

@@ -1,0 +1,402 @@
+"""A running cluster member: the composition of catalog, transport, Raft engine and metadata.
+
+`Node` owns its parts and their order of shutdown, answers the control RPCs (ping, join, status,
+metadata proposals forwarded by other members) through one dispatch table, and runs the
+membership reconciler. How a node *becomes* a member (bootstrap, join, restart) is
+`nodedb_cluster.formation.start`; this module is what it becomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgpack
+
+from nodedb_cluster import wire
+from nodedb_cluster.addr import SocketAddr
+from nodedb_cluster.catalog import Catalog
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.errors import (
+    ClusterError,
+    EngineStopped,
+    NotLeader,
+    RaftNotLeader,
+    Timeout,
+    UnknownGroup,
+)
+from nodedb_cluster.formation.join_server import (
+    Admit,
+    AlreadyMember,
+    JoinView,
+    Reject,
+    decide_join,
+)
+from nodedb_cluster.formation.leader_hint import format_not_leader
+from nodedb_cluster.lifecycle import LifecycleTracker
+from nodedb_cluster.metadata.applier import MetadataState
+from nodedb_cluster.metadata.commands import MetadataEntry
+from nodedb_cluster.metadata.group import MetadataGroup, decode_result, encode_state
+from nodedb_cluster.metadata.placement import plan_promotion
+from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
+from nodedb_cluster.reconcile import (
+    Action,
+    AddLearner,
+    CreateGroup,
+    DropGroup,
+    LocalGroup,
+    PromoteVoter,
+    ProposePromotion,
+    RemoveMember,
+    TransferLeader,
+    plan_reconcile,
+)
+from nodedb_cluster.routing.table import METADATA_GROUP_ID
+from nodedb_cluster.transport import Peer, Reply, Transport
+
+log = logging.getLogger(__name__)
+
+RECONCILE_INTERVAL_S: Final = 0.5
+"""The reconciler also runs on every metadata change; the timer catches what changes in Raft
+alone (a learner catching up, a new leader) at a pace that keeps promotion well under a second."""
+METADATA_FORWARD_ATTEMPTS_MAX: Final = 3
+"""A metadata proposal follows at most this many leader changes before giving up."""
+
+ControlHandler = Callable[[Peer, bytes], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """What `Node.status()` reports: one consistent look at this member."""
+
+    node_id: int
+    lifecycle: str
+    cluster_id: str
+    topology_version: int
+    routing_epoch: int
+    metadata_applied_index: int
+    nodes: tuple[tuple[int, str, str], ...]
+    """(node id, address, state name) for every node in the topology."""
+    groups: tuple[GroupStatus, ...]
+    vshards_per_group: dict[int, int]
+
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "node_id": self.node_id,
+            "lifecycle": self.lifecycle,
+            "cluster_id": self.cluster_id,
+            "topology_version": self.topology_version,
+            "routing_epoch": self.routing_epoch,
+            "metadata_applied_index": self.metadata_applied_index,
+            "nodes": [list(n) for n in self.nodes],
+            "groups": [
+                {
+                    "group_id": g.group_id,
+                    "role": g.role,
+                    "leader": g.leader_id or 0,
+                    "term": g.term,
+                    "commit": g.commit_index,
+                    "applied": g.applied_index,
+                    "voters": list(g.voters),
+                    "learners": list(g.learners),
+                    "vshards": self.vshards_per_group.get(g.group_id, 0),
+                }
+                for g in self.groups
+            ],
+        }
+
+
+class Node:
+    """One member of a formed cluster. Made by `start_cluster`; stop with `await shutdown()`."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        tracker: LifecycleTracker,
+        catalog: Catalog,
+        transport: Transport,
+        cluster_id: str,
+        data_group_kind: StateMachineKind,
+    ) -> None:
+        self.config = config
+        self.lifecycle = tracker
+        self.catalog = catalog
+        self.transport = transport
+        self.cluster_id = cluster_id
+        self.engine: RaftEngine | None = None
+        self._metadata: MetadataGroup | None = None
+        self._data_group_kind: StateMachineKind = data_group_kind
+        self._reconcile_wakeup = asyncio.Event()
+        self._reconciler: asyncio.Task[None] | None = None
+        self._closed = False
+        self._handlers: dict[int, ControlHandler] = {
+            wire.MessageKind.PING: self._on_ping,
+            wire.MessageKind.JOIN_REQUEST: self._on_join,
+            wire.MessageKind.STATUS_REQUEST: self._on_status,
+            wire.MessageKind.METADATA_PROPOSE: self._on_metadata_propose,
+        }
+
+    # --- wiring (used by formation) ---------------------------------------------------------------
+
+    def attach_metadata(self, group: MetadataGroup) -> None:
+        self._metadata = group
+
+    def attach_engine(self, engine: RaftEngine) -> None:
+        self.engine = engine
+
+    def serve(self) -> None:
+        """Answer control RPCs from now on (raft frames are answered inside the engine)."""
+        self.transport.serve(self._dispatch)
+
+    def start_reconciler(self) -> None:
+        self._reconciler = asyncio.ensure_future(self._reconcile_loop())
+
+    def group_kind(self, group_id: int) -> StateMachineKind:
+        return "python" if group_id == METADATA_GROUP_ID else self._data_group_kind
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def metadata(self) -> MetadataState:
+        if self._metadata is None:
+            raise EngineStopped("the metadata group is not running")
+        return self._metadata.machine.state
+
+    def on_metadata_change(self, state: MetadataState) -> None:
+        """On the event loop after group 0 applied something: peers, then reconcile."""
+        self.register_peers(state)
+        self._reconcile_wakeup.set()
+
+    def register_peers(self, state: MetadataState) -> None:
+        for node in state.topology.nodes():
+            if node.node_id != self.config.node_id:
+                self.transport.register_peer(node.node_id, node.addr, node.spki_pin)
+
+    async def status(self) -> NodeStatus:
+        state = self.metadata
+        engine = self._require_engine()
+        groups = []
+        for group_id in await engine.groups():
+            with contextlib.suppress(UnknownGroup):
+                groups.append(await engine.status(group_id))
+        counts: dict[int, int] = {}
+        for group_id in state.routing.vshard_to_group.tolist():
+            counts[group_id] = counts.get(group_id, 0) + 1
+        return NodeStatus(
+            node_id=self.config.node_id,
+            lifecycle=self.lifecycle.state.label,
+            cluster_id=self.cluster_id,
+            topology_version=state.topology.version,
+            routing_epoch=state.routing.epoch,
+            metadata_applied_index=state.applied_index,
+            nodes=tuple((n.node_id, str(n.addr), n.state.name) for n in state.topology.nodes()),
+            groups=tuple(groups),
+            vshards_per_group=counts,
+        )
+
+    def metrics(self) -> dict[str, int]:
+        counters = {f"transport_{k}": v for k, v in self.transport.metrics().items()}
+        if self.engine is not None:
+            counters.update({f"raft_{k}": v for k, v in self.engine.metrics().items()})
+        return counters
+
+    # --- metadata proposals -------------------------------------------------------------------
+
+    async def propose_metadata(self, entry: MetadataEntry) -> str | None:
+        """Replicate `entry` through group 0 from any member (forwarded to its leader); returns
+        None once applied, or the reason the state machine refused it."""
+        engine = self._require_engine()
+        data = entry.encode()
+        timeout_ms = self.config.rpc_timeout_ms
+        last: ClusterError = Timeout("metadata proposal", timeout_ms)
+        for _ in range(METADATA_FORWARD_ATTEMPTS_MAX):
+            status = await engine.status(METADATA_GROUP_ID)
+            if status.role == "leader":
+                proposed = await engine.propose(METADATA_GROUP_ID, data, timeout_ms)
+                return decode_result(proposed.result)
+            if not status.leader_id:
+                raise NotLeader(None, "metadata group has no leader")
+            try:
+                _kind, payload = await self.transport.send_rpc(
+                    status.leader_id, wire.MessageKind.METADATA_PROPOSE, data
+                )
+            except NotLeader as e:
+                last = e
+                continue
+            result = msgpack.unpackb(payload, raw=False)
+            if not isinstance(result, dict):
+                raise ClusterError("malformed metadata-propose reply")
+            if result.get("not_leader"):
+                last = NotLeader(None, "forwarded proposal reached a former leader")
+                continue
+            reason = result.get("refused")
+            return reason if isinstance(reason, str) else None
+        raise last
+
+    # --- control RPCs -------------------------------------------------------------------------
+
+    async def _dispatch(self, peer: Peer, kind: int, payload: bytes) -> Reply | None:
+        handler = self._handlers.get(kind)
+        if handler is None:
+            raise ClusterError(f"no handler for message kind {kind}")
+        return await handler(peer, payload)
+
+    async def _on_ping(self, peer: Peer, payload: bytes) -> Reply:
+        ping = wire.Ping.decode(payload)
+        return wire.MessageKind.PONG, wire.Pong(self.config.node_id, ping.nonce).encode()
+
+    async def _on_status(self, peer: Peer, payload: bytes) -> Reply:
+        status = await self.status()
+        packed = msgpack.packb(status.to_doc(), use_bin_type=True)
+        return wire.MessageKind.STATUS_RESPONSE, bytes(packed)
+
+    async def _on_metadata_propose(self, peer: Peer, payload: bytes) -> Reply:
+        engine = self._require_engine()
+        try:
+            proposed = await engine.propose(METADATA_GROUP_ID, payload, self.config.rpc_timeout_ms)
+        except RaftNotLeader:
+            doc: dict[str, object] = {"not_leader": True}
+        else:
+            doc = {"refused": decode_result(proposed.result)}
+        return wire.MessageKind.METADATA_PROPOSE_RESPONSE, bytes(msgpack.packb(doc))
+
+    async def _on_join(self, peer: Peer, payload: bytes) -> Reply:
+        request = wire.JoinRequest.decode(payload)
+        response = await self._decide_and_apply_join(request)
+        return wire.MessageKind.JOIN_RESPONSE, response.encode()
+
+    async def _decide_and_apply_join(self, request: wire.JoinRequest) -> wire.JoinResponse:
+        engine = self._require_engine()
+        status = await engine.status(METADATA_GROUP_ID)
+        state = self.metadata
+        leader_node = state.topology.get(status.leader_id) if status.leader_id else None
+        view = JoinView(
+            is_metadata_leader=status.role == "leader",
+            metadata_leader_addr=None if leader_node is None else leader_node.addr,
+            topology=state.topology,
+            routing=state.routing,
+            replication_factor=self.config.replication_factor,
+            wire_version_min=wire.WIRE_VERSION_MIN,
+            wire_version_max=wire.WIRE_VERSION,
+        )
+        decision = decide_join(
+            request.node_id, request.listen_addr, request.wire_version, request.spki_pin, view
+        )
+        match decision:
+            case Reject(text=text):
+                log.info("join of node %d refused: %s", request.node_id, text)
+                return wire.JoinResponse(success=False, error=text)
+            case AlreadyMember():
+                log.info("node %d re-joined (idempotent)", request.node_id)
+            case Admit(entry=entry):
+                try:
+                    proposed = await engine.propose(
+                        METADATA_GROUP_ID, entry.encode(), self.config.rpc_timeout_ms
+                    )
+                except RaftNotLeader as e:
+                    hint = self._leader_addr(e.leader_id)
+                    text = format_not_leader(hint) if hint else "not leader; leader unknown"
+                    return wire.JoinResponse(success=False, error=text)
+                except Timeout as e:
+                    return wire.JoinResponse(success=False, error=f"join not applied in time: {e}")
+                refused = decode_result(proposed.result)
+                if refused is not None:
+                    return wire.JoinResponse(success=False, error=refused)
+                log.info("node %d admitted at metadata index %d", request.node_id, proposed.index)
+        return wire.JoinResponse(
+            success=True, cluster_id=self.cluster_id, state=encode_state(self.metadata)
+        )
+
+    def _leader_addr(self, node_id: int | None) -> SocketAddr | None:
+        if not node_id:
+            return None
+        node = self.metadata.topology.get(node_id)
+        return None if node is None else node.addr
+
+    # --- reconciler ---------------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_wakeup.wait(), RECONCILE_INTERVAL_S)
+            self._reconcile_wakeup.clear()
+            try:
+                await self.reconcile_once()
+            except EngineStopped:
+                return
+            except ClusterError as e:
+                log.info("reconcile round incomplete: %s", e)
+
+    async def reconcile_once(self) -> list[Action]:
+        """One round: plan from the routing table and the engine's view, then act."""
+        engine = self._require_engine()
+        local: dict[int, LocalGroup] = {}
+        for group_id in await engine.groups():
+            with contextlib.suppress(UnknownGroup):
+                s = await engine.status(group_id)
+                local[group_id] = LocalGroup(
+                    group_id,
+                    s.role == "leader",
+                    s.voters,
+                    s.learners,
+                    s.commit_index,
+                    dict(s.matched),
+                )
+        state = self.metadata
+        actions = plan_reconcile(
+            self.config.node_id, state.routing, local, self.config.replication_factor
+        )
+        for action in actions:
+            try:
+                await self._act(action)
+            except ClusterError as e:
+                log.info("reconcile %s failed: %s", action, e)
+        return actions
+
+    async def _act(self, action: Action) -> None:
+        engine = self._require_engine()
+        log.info("reconcile: %s", action)
+        match action:
+            case CreateGroup(group_id=g):
+                await engine.add_group(g, None, self.group_kind(g))
+            case DropGroup(group_id=g):
+                await engine.remove_group(g)
+            case AddLearner(group_id=g, node_id=n):
+                await engine.add_learner(g, n)
+            case PromoteVoter(group_id=g, node_id=n):
+                await engine.promote(g, n)
+            case RemoveMember(group_id=g, node_id=n):
+                await engine.remove_node(g, n)
+            case TransferLeader(group_id=g, to_node_id=n):
+                await engine.transfer_leader(g, n)
+            case ProposePromotion(group_id=g, node_id=n):
+                change = plan_promotion(self.metadata.routing, g, n, self.config.replication_factor)
+                if change is not None:
+                    refused = await self.propose_metadata(MetadataEntry((change,)))
+                    if refused is not None:
+                        log.info("promotion of %d in group %d refused: %s", n, g, refused)
+
+    # --- shutdown -----------------------------------------------------------------------------
+
+    def _require_engine(self) -> RaftEngine:
+        if self.engine is None or self._closed:
+            raise EngineStopped("the node is not running")
+        return self.engine
+
+    async def shutdown(self) -> None:
+        """Stop serving and release ports and files; the same data_dir can restart at once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+        if self.engine is not None:
+            await self.engine.close()
+        await self.transport.close()
+        await asyncio.to_thread(self.catalog.close)
