@@ -35,7 +35,10 @@ pub enum SyncMode {
 /// Options for [`crate::Wal::open`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalOptions {
-    /// A new segment is started once the current one would grow past this many bytes.
+    /// A new segment is started before a batch that would take the current one past this many
+    /// bytes. Keep it well above the sticky set (latest sticky record of every group, rewritten
+    /// at the start of each segment): otherwise nearly every batch rolls (correct, but each roll
+    /// costs an fsync, a file creation and a directory fsync).
     pub segment_bytes_max: u64,
     /// Largest payload `append` accepts (≤ [`FORMAT_PAYLOAD_BYTES_MAX`]).
     pub record_payload_bytes_max: u32,

@@ -49,6 +49,9 @@ struct Active {
 }
 
 /// The node's durable log for all Raft groups. See the crate docs for the contract.
+///
+/// Dropping it releases the directory lock and discards appends still in the write buffer
+/// (never promised durable): call `sync()` first on a clean shutdown.
 pub struct Wal {
     dir: PathBuf,
     options: WalOptions,

@@ -174,3 +174,40 @@ fn a_second_writer_on_the_same_directory_is_refused_until_the_first_closes() {
     drop(wal);
     let (_wal, _) = open(dir.path(), options());
 }
+
+#[test]
+fn streaming_open_sees_the_same_records_as_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path(), small_segments(4096));
+    for i in 1..=100 {
+        append_all(
+            &mut wal,
+            &[
+                Rec::entry(i % 5, i, &[i as u8; 90]),
+                Rec {
+                    kind: KIND_HARD_STATE,
+                    ..Rec::entry(i % 5, 0, b"hs")
+                },
+            ],
+        );
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let mut streamed = Vec::new();
+    let (wal, report) = Wal::open_with(dir.path(), small_segments(4096), |lsn, r| {
+        streamed.push((lsn, r.group_id, r.kind, r.index, r.payload.to_vec()));
+    })
+    .unwrap();
+    drop(wal);
+    let (_, recovered) = open(dir.path(), small_segments(4096));
+    let collected: Vec<_> = recovered
+        .records
+        .iter()
+        .map(|r| (r.lsn, r.group_id, r.kind, r.index, r.payload.clone()))
+        .collect();
+    // The second open replays the segment the first one started (carried hard states) too.
+    assert_eq!(&collected[..streamed.len()], &streamed[..]);
+    assert_eq!(report.records_replayed, streamed.len() as u64);
+    assert_eq!(report.last_lsn, streamed.last().unwrap().0);
+    assert!(report.segments_replayed > 3);
+}
