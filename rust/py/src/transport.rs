@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +24,28 @@ use tokio::sync::oneshot;
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::{cluster_error, transport_error_with};
 use crate::wire::kind_of;
+
+/// Worker threads of the transport's own tokio runtime. One: a request's hops (Python → runtime
+/// → quinn's connection and endpoint drivers → back) stay on one thread instead of bouncing
+/// between workers, which halved serial latency on this project's 2-core machines (BENCHMARKS.md,
+/// transport section). Separate from pyo3-async-runtimes' runtime so other engines keep theirs.
+const TRANSPORT_RUNTIME_WORKERS: usize = 1;
+
+/// The process-wide transport runtime (built on first use).
+pub(crate) fn transport_runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(TRANSPORT_RUNTIME_WORKERS)
+            .thread_name("nodedb-transport")
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    built
+        .as_ref()
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the transport runtime: {e}")))
+}
 
 /// Requests `send_rpc_many` keeps in flight at once (bounds memory and stream usage).
 const RPC_MANY_INFLIGHT_MAX: usize = 256;
@@ -237,6 +259,7 @@ fn unit_to_py(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
 pub struct PyTransport {
     inner: Arc<Transport>,
     bridge: Arc<LoopBridge>,
+    runtime: &'static tokio::runtime::Runtime,
 }
 
 impl PyTransport {
@@ -257,7 +280,7 @@ impl PyTransport {
         T: Send + 'static,
     {
         let bridge = self.bridge.clone();
-        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+        self.runtime.spawn(async move {
             let result = work.await;
             bridge.push(Box::new(move |py| {
                 let value = match result {
@@ -296,9 +319,10 @@ impl PyTransport {
             ..TransportConfig::default()
         };
         let credentials = credentials.inner.clone();
+        let runtime = transport_runtime()?;
         let transport = py
             .detach(|| {
-                let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
+                let _runtime = runtime.enter();
                 Transport::bind(NodeId(node_id), addr, credentials, config)
             })
             .map_err(|e| transport_error_with(py, e))?;
@@ -307,6 +331,7 @@ impl PyTransport {
         Ok(PyTransport {
             inner: Arc::new(transport),
             bridge: Arc::new(bridge),
+            runtime,
         })
     }
 
