@@ -39,7 +39,7 @@ from nodedb_cluster.formation.join_server import (
 from nodedb_cluster.formation.leader_hint import format_not_leader
 from nodedb_cluster.lifecycle import LifecycleTracker
 from nodedb_cluster.metadata.applier import MetadataState
-from nodedb_cluster.metadata.commands import MetadataEntry
+from nodedb_cluster.metadata.commands import MetadataEntry, SettingValue
 from nodedb_cluster.metadata.group import MetadataGroup, decode_result, encode_state
 from nodedb_cluster.metadata.placement import plan_promotion
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
@@ -83,6 +83,7 @@ class NodeStatus:
     """(node id, address, state name) for every node in the topology."""
     groups: tuple[GroupStatus, ...]
     vshards_per_group: dict[int, int]
+    settings: dict[str, SettingValue]
 
     def to_doc(self) -> dict[str, object]:
         return {
@@ -93,6 +94,7 @@ class NodeStatus:
             "routing_epoch": self.routing_epoch,
             "metadata_applied_index": self.metadata_applied_index,
             "nodes": [list(n) for n in self.nodes],
+            "settings": dict(self.settings),
             "groups": [
                 {
                     "group_id": g.group_id,
@@ -108,6 +110,11 @@ class NodeStatus:
                 for g in self.groups
             ],
         }
+
+
+def encode_metadata_propose(entry: bytes, forwarded: bool) -> bytes:
+    """The METADATA_PROPOSE payload: the entry, and whether a member already forwarded it."""
+    return bytes(msgpack.packb({"entry": entry, "forwarded": forwarded}, use_bin_type=True))
 
 
 class Node:
@@ -196,6 +203,7 @@ class Node:
             nodes=tuple((n.node_id, str(n.addr), n.state.name) for n in state.topology.nodes()),
             groups=tuple(groups),
             vshards_per_group=counts,
+            settings=dict(state.settings),
         )
 
     def metrics(self) -> dict[str, int]:
@@ -222,7 +230,9 @@ class Node:
                 raise NotLeader(None, "metadata group has no leader")
             try:
                 _kind, payload = await self.transport.send_rpc(
-                    status.leader_id, wire.MessageKind.METADATA_PROPOSE, data
+                    status.leader_id,
+                    wire.MessageKind.METADATA_PROPOSE,
+                    encode_metadata_propose(data, forwarded=True),
                 )
             except NotLeader as e:
                 last = e
@@ -255,13 +265,24 @@ class Node:
         return wire.MessageKind.STATUS_RESPONSE, bytes(packed)
 
     async def _on_metadata_propose(self, peer: Peer, payload: bytes) -> Reply:
-        engine = self._require_engine()
-        try:
-            proposed = await engine.propose(METADATA_GROUP_ID, payload, self.config.rpc_timeout_ms)
-        except RaftNotLeader:
-            doc: dict[str, object] = {"not_leader": True}
+        """A client's proposal is forwarded to the leader once; a forwarded one is not again."""
+        request = msgpack.unpackb(payload, raw=False)
+        entry = request.get("entry") if isinstance(request, dict) else None
+        if not isinstance(entry, bytes):
+            raise ClusterError("metadata-propose payload must be a map with bytes 'entry'")
+        doc: dict[str, object]
+        if request.get("forwarded"):
+            engine = self._require_engine()
+            try:
+                proposed = await engine.propose(
+                    METADATA_GROUP_ID, entry, self.config.rpc_timeout_ms
+                )
+            except RaftNotLeader:
+                doc = {"not_leader": True}
+            else:
+                doc = {"refused": decode_result(proposed.result)}
         else:
-            doc = {"refused": decode_result(proposed.result)}
+            doc = {"refused": await self.propose_metadata(MetadataEntry.decode(entry))}
         return wire.MessageKind.METADATA_PROPOSE_RESPONSE, bytes(msgpack.packb(doc))
 
     async def _on_join(self, peer: Peer, payload: bytes) -> Reply:

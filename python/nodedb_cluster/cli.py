@@ -1,0 +1,244 @@
+"""The `nodedb-cluster` command: run a node, ask one for its status, make credentials, run the demo.
+
+Exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import msgpack
+
+from nodedb_cluster import __version__, wire
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
+from nodedb_cluster.errors import ClusterError, ConfigError
+from nodedb_cluster.transport import (
+    Credentials,
+    Insecure,
+    Mtls,
+    Transport,
+    generate_cluster_credentials,
+)
+
+log = logging.getLogger("nodedb_cluster.cli")
+
+READY_PREFIX: Final = "READY "
+"""`start` prints this plus a JSON object on stdout once the node is Ready: a parent process
+awaits that line instead of guessing with sleeps."""
+CLIENT_NODE_ID: Final = (1 << 63) + 1
+"""The id a command-line client presents to the node it asks; outside any real node's range."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.run(args)
+    except ConfigError as e:
+        print(f"nodedb-cluster: {e}", file=sys.stderr)
+        return 2
+    except ClusterError as e:
+        print(f"nodedb-cluster: {e}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nodedb-cluster",
+        description="Distributed coordination layer of NodeDB: vShards on Multi-Raft over QUIC.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    start = sub.add_parser("start", help="run a node in the foreground until SIGTERM/SIGINT")
+    add_config_arguments(start)
+    start.set_defaults(run=_cmd_start)
+
+    status = sub.add_parser("status", help="ask a running node for its status")
+    status.add_argument("--addr", required=True, help="the node's listen address HOST:PORT")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_client_credentials(status)
+    status.set_defaults(run=_cmd_status)
+
+    certs = sub.add_parser("gen-certs", help="create a cluster CA and per-node mTLS credentials")
+    certs.add_argument("--out", required=True, type=Path, help="directory to write into")
+    certs.add_argument("--cluster-name", default="nodedb-cluster")
+    certs.add_argument(
+        "--node",
+        action="append",
+        required=True,
+        metavar="NAME=IP[,IP...]",
+        help="one node (or client) credential; repeat per node",
+    )
+    certs.set_defaults(run=_cmd_gen_certs)
+
+    demo = sub.add_parser("demo", help="a local 3-node cluster: form, replicate, fail over")
+    demo.add_argument("--keep", action="store_true", help="keep the data directory")
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def _add_client_credentials(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("client credentials (mTLS unless --insecure)")
+    group.add_argument("--insecure", action="store_true", help="the node runs without TLS")
+    group.add_argument("--ca", type=Path, help="cluster CA certificate (PEM)")
+    group.add_argument("--cert", type=Path, help="client certificate issued by the cluster CA")
+    group.add_argument("--key", type=Path, help="client private key")
+    group.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+
+
+def client_credentials(args: argparse.Namespace) -> Credentials:
+    if args.insecure:
+        return Insecure()
+    if not (args.ca and args.cert and args.key):
+        raise ConfigError("credentials", "give --ca, --cert and --key, or --insecure")
+    return Mtls(args.ca, args.cert, args.key)
+
+
+# --- start ----------------------------------------------------------------------------------------
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    return asyncio.run(run_node(config))
+
+
+async def run_node(config: ClusterConfig) -> int:
+    """Run one node until SIGTERM/SIGINT; 1 if formation fails."""
+    from nodedb_cluster.formation.start import start_cluster  # the engine loads only here
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        node = await start_cluster(config)
+    except ClusterError as e:
+        print(f"nodedb-cluster: node {config.node_id} failed: {e}", file=sys.stderr)
+        return 1
+    metrics_server = None
+    if config.metrics_addr is not None:
+        from nodedb_cluster.metrics import serve_metrics
+
+        metrics_server = await serve_metrics(node, config.metrics_addr)
+    ready = {
+        "node_id": config.node_id,
+        "cluster_id": node.cluster_id,
+        "listen_addr": str(config.listen_addr),
+        "pid": os.getpid(),
+    }
+    print(READY_PREFIX + json.dumps(ready), flush=True)
+    await stop.wait()
+    log.info("node %d shutting down", config.node_id)
+    if metrics_server is not None:
+        metrics_server.close()
+    await node.shutdown()
+    return 0
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+async def fetch_status(addr: str, credentials: Credentials, timeout_s: float) -> dict[str, object]:
+    """Ask the node at `addr` for its status over the cluster transport."""
+    target = parse_socket_addr(addr)
+    client = Transport(CLIENT_NODE_ID, "127.0.0.1:0", credentials, rpc_timeout=timeout_s)
+    try:
+        kind, payload = await client.send_rpc_to_addr(target, wire.MessageKind.STATUS_REQUEST, b"")
+    finally:
+        await client.close()
+    if kind != wire.MessageKind.STATUS_RESPONSE:
+        raise ClusterError(f"node {addr} answered status with message kind {kind}")
+    doc = msgpack.unpackb(payload, raw=False)
+    if not isinstance(doc, dict):
+        raise ClusterError(f"node {addr} sent a malformed status")
+    return doc
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    doc = asyncio.run(fetch_status(args.addr, client_credentials(args), args.timeout))
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True, default=_json_bytes))
+    else:
+        print(format_status(doc))
+    return 0
+
+
+def _json_bytes(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def format_status(doc: dict[str, object]) -> str:
+    """A human-readable status: the node, the members, the groups."""
+    lines = [
+        f"node {doc['node_id']}  lifecycle {doc['lifecycle']}  cluster {doc['cluster_id']}",
+        f"topology v{doc['topology_version']}  routing epoch {doc['routing_epoch']}  "
+        f"metadata applied {doc['metadata_applied_index']}",
+        "",
+        f"{'NODE':>6}  {'ADDRESS':<22} STATE",
+    ]
+    for node_id, addr, state in doc["nodes"]:  # type: ignore[attr-defined]
+        lines.append(f"{node_id:>6}  {addr:<22} {state}")
+    lines += [
+        "",
+        f"{'GROUP':>5}  {'ROLE':<13} {'LEADER':>6} {'TERM':>5} {'COMMIT':>7} "
+        f"{'APPLIED':>7} {'VSHARDS':>7}  VOTERS / LEARNERS",
+    ]
+    for g in doc["groups"]:  # type: ignore[attr-defined]
+        members = (
+            ",".join(map(str, g["voters"])) + " / " + (",".join(map(str, g["learners"])) or "-")
+        )
+        lines.append(
+            f"{g['group_id']:>5}  {g['role']:<13} {g['leader']:>6} {g['term']:>5} "
+            f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7}  {members}"
+        )
+    return "\n".join(lines)
+
+
+# --- gen-certs ------------------------------------------------------------------------------------
+
+
+def _cmd_gen_certs(args: argparse.Namespace) -> int:
+    nodes: list[tuple[str, list[str]]] = []
+    for spec in args.node:
+        name, _, sans = spec.partition("=")
+        if not name or not sans:
+            raise ConfigError("--node", f"expected NAME=IP[,IP...], got {spec!r}")
+        nodes.append((name, [s.strip() for s in sans.split(",") if s.strip()]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = generate_cluster_credentials(args.out, args.cluster_name, nodes)
+    for (name, _), creds in zip(nodes, files, strict=True):
+        print(f"{name}: ca={creds.ca} cert={creds.cert} key={creds.key}")
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nodedb_cluster.demo import run_demo
+
+    return asyncio.run(run_demo(keep=args.keep))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

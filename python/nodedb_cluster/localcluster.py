@@ -1,0 +1,246 @@
+"""Real node processes on loopback, for the demo and the multi-process tests.
+
+Each node is its own `nodedb-cluster start` OS process on 127.0.0.N, with its own data_dir,
+config file and log file under one base directory. Readiness is the `READY {...}` line a node
+prints once its lifecycle reaches Ready: awaited with a deadline, never guessed with a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.cli import READY_PREFIX, fetch_status
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.errors import ClusterError, Timeout
+from nodedb_cluster.formation.retry import JoinRetryPolicy
+from nodedb_cluster.transport import Credentials, Insecure, Mtls, generate_cluster_credentials
+
+READY_TIMEOUT_S: Final = 30.0
+STOP_TIMEOUT_S: Final = 10.0
+LOG_TAIL_BYTES: Final = 4000
+
+
+class NodeProcessError(ClusterError):
+    """A node process exited or never became ready; carries the tail of its log."""
+
+
+def free_port(hosts: Iterable[str]) -> int:
+    """A UDP port free on every one of `hosts` right now (the OS may hand it out again later)."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((next(iter(hosts)), 0))
+            port = int(probe.getsockname()[1])
+        try:
+            for host in hosts:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise ClusterError("no UDP port free on every loopback address")
+
+
+@dataclass(slots=True)
+class NodeProcess:
+    """One node process and the files it owns."""
+
+    config: ClusterConfig
+    config_path: Path
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    ready: dict[str, object] | None = None
+    starts: int = 0
+
+    @property
+    def node_id(self) -> int:
+        return self.config.node_id
+
+    @property
+    def addr(self) -> str:
+        return str(self.config.listen_addr)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def start(self) -> None:
+        """Spawn the process (its config file is written first)."""
+        if self.running:
+            raise NodeProcessError(f"node {self.node_id} is already running")
+        self.config_path.write_text(self.config.to_toml())
+        self.starts += 1
+        self.ready = None
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "nodedb_cluster.cli",
+                "start",
+                "--config",
+                str(self.config_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C at the terminal reaches the parent only
+            )
+        finally:
+            log.close()
+
+    async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, object]:
+        """The READY document, once the node printed it; raises with the log tail otherwise."""
+        proc = self.proc
+        if proc is None or proc.stdout is None:
+            raise NodeProcessError(f"node {self.node_id} was not started")
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = await proc.stdout.readline()
+                    if not line:
+                        await proc.wait()
+                        raise NodeProcessError(
+                            f"node {self.node_id} exited with {proc.returncode} before Ready:\n"
+                            + self.log_tail()
+                        )
+                    text = line.decode(errors="replace").strip()
+                    if text.startswith(READY_PREFIX):
+                        doc = json.loads(text[len(READY_PREFIX) :])
+                        assert isinstance(doc, dict)
+                        self.ready = doc
+                        return doc
+        except TimeoutError:
+            raise NodeProcessError(
+                f"node {self.node_id} not Ready within {timeout_s} s:\n" + self.log_tail()
+            ) from None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown path runs (the crash the tests are about)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+    def pause(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    async def wait_exit(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        if self.proc is None:
+            return 0
+        async with asyncio.timeout(timeout_s):
+            return await self.proc.wait()
+
+    async def stop(self) -> int:
+        """SIGTERM and wait (clean shutdown); SIGKILL if it does not exit in time."""
+        if self.proc is None or self.proc.returncode is not None:
+            return 0 if self.proc is None else int(self.proc.returncode or 0)
+        self.resume()
+        self.proc.terminate()
+        try:
+            return await self.wait_exit()
+        except TimeoutError:
+            self.proc.kill()
+            return await self.proc.wait()
+
+    def log_tail(self) -> str:
+        try:
+            data = self.log_path.read_bytes()
+        except OSError:
+            return "(no log)"
+        return data[-LOG_TAIL_BYTES:].decode(errors="replace")
+
+
+@dataclass(slots=True)
+class LocalCluster:
+    """N node processes on 127.0.0.1..N sharing one port, mTLS by default."""
+
+    base_dir: Path
+    size: int
+    secure: bool = True
+    overrides: dict[str, object] = field(default_factory=dict)
+    nodes: dict[int, NodeProcess] = field(default_factory=dict)
+    client_credentials: Credentials = field(default_factory=Insecure)
+
+    def __post_init__(self) -> None:
+        hosts = [f"127.0.0.{i}" for i in range(1, self.size + 1)]
+        port = free_port(hosts)
+        seeds = tuple(parse_socket_addr(f"{h}:{port}") for h in hosts)
+        creds: list[Mtls] = []
+        if self.secure:
+            names = [(f"node{i}", [h]) for i, h in enumerate(hosts, start=1)]
+            creds = generate_cluster_credentials(
+                self.base_dir / "certs", "localcluster", [*names, ("client", ["127.0.0.1"])]
+            )
+            self.client_credentials = creds[-1]
+        for i, seed in enumerate(seeds, start=1):
+            tls: dict[str, object] = {"insecure_transport": True}
+            if self.secure:
+                tls = {
+                    "tls_ca_path": creds[i - 1].ca,
+                    "tls_cert_path": creds[i - 1].cert,
+                    "tls_key_path": creds[i - 1].key,
+                }
+            config = ClusterConfig(
+                node_id=i,
+                listen_addr=seed,
+                seed_nodes=seeds,
+                data_dir=self.base_dir / f"node{i}",
+                join_retry=JoinRetryPolicy(max_attempts=8, max_backoff_secs=2),
+                **tls,  # type: ignore[arg-type]
+            )
+            if self.overrides:
+                config = replace(config, **self.overrides)  # type: ignore[arg-type]
+            self.nodes[i] = NodeProcess(
+                config, self.base_dir / f"node{i}.toml", self.base_dir / f"node{i}.log"
+            )
+
+    async def start(self, node_ids: Iterable[int] | None = None) -> None:
+        """Start the given nodes (default all) at once and wait until each is Ready."""
+        chosen = [self.nodes[i] for i in (node_ids or self.nodes)]
+        for node in chosen:
+            await node.start()
+        await asyncio.gather(*(node.wait_ready() for node in chosen))
+
+    async def status(self, node_id: int, timeout_s: float = 2.0) -> dict[str, object]:
+        return await fetch_status(self.nodes[node_id].addr, self.client_credentials, timeout_s)
+
+    async def wait_for(
+        self, predicate: object, node_ids: Iterable[int], timeout_s: float, what: str
+    ) -> dict[int, dict[str, object]]:
+        """Poll the nodes' status until `predicate(statuses)` holds; bounded by `timeout_s`."""
+        assert callable(predicate)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        ids = list(node_ids)
+        last_error = ""
+        while loop.time() < deadline:
+            statuses: dict[int, dict[str, object]] = {}
+            for i in ids:
+                try:
+                    statuses[i] = await self.status(i)
+                except ClusterError as e:
+                    last_error = str(e)
+            if len(statuses) == len(ids) and predicate(statuses):
+                return statuses
+            await asyncio.sleep(0.1)  # remote state has no push channel: poll, bounded
+        raise Timeout(f"waiting for {what} ({last_error})", int(timeout_s * 1000))
+
+    async def close(self) -> None:
+        """Stop every process (SIGTERM, then SIGKILL) — also after a failure or Ctrl-C."""
+        await asyncio.gather(*(n.stop() for n in self.nodes.values()), return_exceptions=True)
+        for node in self.nodes.values():
+            with contextlib.suppress(ProcessLookupError):
+                if node.proc is not None and node.proc.returncode is None:
+                    os.kill(node.proc.pid, signal.SIGKILL)
