@@ -140,3 +140,19 @@ fn segment_copied_under_another_name_is_corrupt() {
     let (_, _, reason) = open_err(dir.path());
     assert!(reason.contains("missing"), "{reason}");
 }
+
+#[test]
+fn broken_lsn_chain_between_segments_is_corrupt() {
+    let (dir, _) = three_segments();
+    let second = segment_files(dir.path())[1].clone();
+    let mut bytes = std::fs::read(&second).unwrap();
+    // A well-formed header (valid crc) that starts 5 LSNs too late: records went missing.
+    let first_lsn = u64::from_le_bytes(bytes[20..28].try_into().unwrap());
+    bytes[20..28].copy_from_slice(&(first_lsn + 5).to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&second, &bytes).unwrap();
+    let (path, offset, reason) = open_err(dir.path());
+    assert_eq!((path, offset), (second, 0));
+    assert!(reason.contains("previous one ended"), "{reason}");
+}
