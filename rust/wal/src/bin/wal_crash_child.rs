@@ -4,7 +4,7 @@
 //! Usage: `wal_crash_child <dir> [--fsize-limit-bytes N]`. Each batch holds, for one group, 1–8 entries plus the group's
 //! hard state (term = batch number), then one `sync()`. After the sync it prints
 //! `synced <lsn> <group> <index> <term>` (the LSN and index of the batch's last entry).
-//! Every 64 batches it compacts, keeping the last 64 indexes of each group. On restart it
+//! Every 16th batch has one 512 KiB entry. Every 64 batches it compacts, keeping the last 64 indexes of each group. On restart it
 //! recovers and continues each group's indexes and the term where they left off.
 //!
 //! With `--fsize-limit-bytes N` it first sets `RLIMIT_FSIZE` to N (writes past N fail with
@@ -21,6 +21,10 @@ use nodedb_wal::{RecordRef, Wal, WalError, WalOptions};
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const GROUPS: u64 = 8;
+/// Every 16th batch carries one 512 KiB entry: a multi-page write that SIGKILL can cut
+/// partway, so real kills also produce torn tails (not in `--fsize-limit-bytes` mode).
+const BIG_ENTRY_EVERY_BATCHES: u64 = 16;
+const BIG_ENTRY_BYTES: usize = 512 * 1024;
 /// Bounds: the parent kills us long before either is reached.
 const BATCHES_MAX: u64 = 1_000_000;
 const RUNTIME_MAX: Duration = Duration::from_secs(60);
@@ -96,6 +100,7 @@ fn run(dir: &str, report_first_error: bool) -> Result<(), WalError> {
     let started = Instant::now();
     let mut stdout = std::io::stdout().lock();
     let payload = [0xABu8; 100];
+    let big_payload = vec![0xCDu8; BIG_ENTRY_BYTES];
     for batch in 0..BATCHES_MAX {
         if started.elapsed() > RUNTIME_MAX {
             break;
@@ -104,12 +109,17 @@ fn run(dir: &str, report_first_error: bool) -> Result<(), WalError> {
         let group_id = batch % GROUPS;
         let count = 1 + (batch * 7 + term) % 8;
         let first = *next_index.get(&group_id).unwrap_or(&1);
+        let big = !report_first_error && batch % BIG_ENTRY_EVERY_BATCHES == 5;
         let mut records: Vec<RecordRef<'_>> = (first..first + count)
             .map(|index| RecordRef {
                 group_id,
                 kind: KIND_ENTRY,
                 index,
-                payload: &payload,
+                payload: if big && index == first {
+                    &big_payload
+                } else {
+                    &payload
+                },
             })
             .collect();
         let term_bytes = term.to_le_bytes();
