@@ -191,7 +191,12 @@ impl MultiRaftConfig {
             max_election_tick: 2 * self.election_ticks,
             read_only_option: raft::ReadOnlyOption::Safe,
             skip_bcast_commit: false,
-            batch_append: true,
+            // OFF: raft-rs 0.7 `try_batching` can merge re-sent entries into an earlier empty
+            // MsgAppend with a different prev index (is_continuous_ents is true for an empty
+            // message), producing an append whose entries do not follow its index; a follower
+            // then acknowledges entries it does not hold. Seen under reordering with a lagging
+            // follower. Frames are batched per peer by the engine anyway.
+            batch_append: false,
             priority: 0,
             max_uncommitted_size: self.max_uncommitted_bytes,
             max_committed_size_per_ready: self.max_committed_bytes_per_ready,

@@ -49,6 +49,8 @@ struct Hub {
     delivered_frames: u64,
     /// Frames per node queue before drop (bounded like a real outbound queue).
     queue_frames_max: usize,
+    /// Shuffle frames on drain.
+    reorder: bool,
 }
 
 impl Hub {
@@ -112,13 +114,27 @@ impl SimNetwork {
         self.lock().deliver.remove(&me);
     }
 
-    /// Takes every frame queued for `me`.
+    /// Takes every frame queued for `me` (shuffled if `set_reorder(true)`).
     pub fn drain(&self, me: NodeId) -> Vec<Frame> {
-        self.lock()
+        let mut h = self.lock();
+        let mut out: Vec<Frame> = h
             .queues
             .get_mut(&me)
             .map(|q| q.drain(..).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if h.reorder {
+            // Fisher-Yates with the hub's seeded generator: reproducible reordering.
+            for i in (1..out.len()).rev() {
+                let j = (u64::from(h.next_ppm()) % (i as u64 + 1)) as usize;
+                out.swap(i, j);
+            }
+        }
+        out
+    }
+
+    /// Deliver queued frames in a seeded random order (QUIC streams may overtake each other).
+    pub fn set_reorder(&self, reorder: bool) {
+        self.lock().reorder = reorder;
     }
 
     /// Cuts both directions between every node of `a` and every node of `b`.
