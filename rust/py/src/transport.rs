@@ -581,7 +581,7 @@ impl PyTransport {
         let transport = self.inner.clone();
         self.spawn_settle(
             future,
-            async move { transport.send_raw_to_addr(addr, data).await },
+            async move { transport.send_raw_to_addr(addr, data, true).await },
             |py, answer| {
                 Ok(match answer {
                     Ok(frame) => Reply(frame).into_pyobject(py)?.into_any().unbind(),

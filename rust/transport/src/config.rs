@@ -25,6 +25,13 @@ pub struct TransportConfig {
     pub connection_receive_window_bytes: u32,
     /// Send buffer per connection (quinn's `send_window`).
     pub send_window_bytes: u64,
+    /// Bytes of inbound payloads one connection may hold at once (being read or handled); a
+    /// stream whose frame does not fit waits, and gives up after `rpc_timeout`. With the
+    /// per-stream read deadline this bounds what a slow or hostile peer can pin in memory.
+    /// Must fit one maximal frame.
+    pub inbound_buffer_bytes_max: usize,
+    /// Connection attempts (handshakes) queued at once before new ones are refused.
+    pub incoming_handshakes_max: usize,
     /// Largest UDP payload we send (upper bound of MTU discovery) and accept. Default 1452 (a
     /// 1500-byte Ethernet path), quinn's own. Raising it to probe loopback's 64 KiB MTU did not
     /// help here: loss bursts under load trip quinn's black-hole detection back to 1200 (see
@@ -49,6 +56,8 @@ impl Default for TransportConfig {
             stream_receive_window_bytes: 16 * 1024 * 1024,
             connection_receive_window_bytes: 64 * 1024 * 1024,
             send_window_bytes: 64 * 1024 * 1024,
+            inbound_buffer_bytes_max: 256 * 1024 * 1024,
+            incoming_handshakes_max: 1024,
             udp_payload_bytes_max: 1452,
             socket_buffer_bytes: 4 * 1024 * 1024,
             close_linger: Duration::from_millis(20),
@@ -76,6 +85,16 @@ impl TransportConfig {
                 "udp_payload_bytes_max {} is outside 1200..=65527",
                 self.udp_payload_bytes_max
             ));
+        }
+        if self.inbound_buffer_bytes_max < nodedb_wire::PAYLOAD_BYTES_MAX {
+            return Err(format!(
+                "inbound_buffer_bytes_max ({}) must hold one maximal frame ({} bytes)",
+                self.inbound_buffer_bytes_max,
+                nodedb_wire::PAYLOAD_BYTES_MAX
+            ));
+        }
+        if self.incoming_handshakes_max == 0 {
+            return Err("incoming_handshakes_max must be positive".into());
         }
         if self.streams_per_connection_max == 0 {
             return Err("streams_per_connection_max must be positive".into());

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     pub inbound_handshake_failures: AtomicU64,
     pub streams_reset: AtomicU64,
+    /// Inbound streams reset because their frame did not arrive (or fit the connection's
+    /// buffer budget) within `rpc_timeout`.
+    pub inbound_stream_timeouts: AtomicU64,
     pub handler_errors: AtomicU64,
     pub insecure: AtomicU64,
     decode_errors: [AtomicU64; FRAME_ERROR_CODES],
@@ -83,6 +86,10 @@ impl Metrics {
             get(&self.inbound_handshake_failures),
         );
         out.insert("streams_reset".into(), get(&self.streams_reset));
+        out.insert(
+            "inbound_stream_timeouts".into(),
+            get(&self.inbound_stream_timeouts),
+        );
         out.insert("handler_errors".into(), get(&self.handler_errors));
         out.insert("insecure".into(), get(&self.insecure));
         out.insert(

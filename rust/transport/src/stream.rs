@@ -26,6 +26,13 @@ impl From<quinn::ReadError> for ReadFrameError {
 pub async fn read_frame(
     recv: &mut quinn::RecvStream,
 ) -> Result<(MessageKind, Bytes), ReadFrameError> {
+    let header = read_header(recv).await?;
+    let payload = read_payload(recv, &header).await?;
+    Ok((header.kind, payload))
+}
+
+/// Read and check a header (version, kind, length bound) before anything is allocated.
+pub async fn read_header(recv: &mut quinn::RecvStream) -> Result<FrameHeader, ReadFrameError> {
     let mut header = [0u8; HEADER_BYTES];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -34,7 +41,14 @@ pub async fn read_frame(
         }
         Err(quinn::ReadExactError::ReadError(err)) => return Err(ReadFrameError::Read(err)),
     }
-    let header = FrameHeader::decode(&header).map_err(ReadFrameError::Frame)?;
+    FrameHeader::decode(&header).map_err(ReadFrameError::Frame)
+}
+
+/// Read the payload `header` announces, growing the buffer only as bytes arrive, and verify it.
+pub async fn read_payload(
+    recv: &mut quinn::RecvStream,
+    header: &FrameHeader,
+) -> Result<Bytes, ReadFrameError> {
     let mut payload = Vec::with_capacity(header.payload_bytes.min(PAYLOAD_PREALLOC_BYTES_MAX));
     while payload.len() < header.payload_bytes {
         let wanted = header.payload_bytes - payload.len();
@@ -51,7 +65,7 @@ pub async fn read_frame(
     header
         .verify_payload(&payload)
         .map_err(ReadFrameError::Frame)?;
-    Ok((header.kind, Bytes::from(payload)))
+    Ok(Bytes::from(payload))
 }
 
 /// Write one frame and finish the stream.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use nodedb_wire::control::ControlMessage;
 use nodedb_wire::{ErrorMsg, FrameError, MessageKind, NodeId};
 use quinn::VarInt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::TransportConfig;
@@ -19,11 +20,17 @@ use crate::handler::{
     FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
 };
 use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
-use crate::stream::{read_frame, write_frame, ReadFrameError, WriteFrameError};
+use crate::stream::{
+    read_frame, read_header, read_payload, write_frame, ReadFrameError, WriteFrameError,
+};
 use crate::tls;
 
 /// Stream reset / stop code for a malformed frame: `FRAME_ERROR_CODE_BASE + FrameError::number()`.
 pub const FRAME_ERROR_CODE_BASE: u32 = 0x100;
+/// Stream reset / stop code when an inbound frame did not arrive within `rpc_timeout`.
+pub const STREAM_CODE_INBOUND_TIMEOUT: u32 = 0x300;
+/// Unit of the per-connection inbound buffer budget (a semaphore permit).
+const BUDGET_UNIT_BYTES: usize = 1024;
 /// Connection close code used by `close()`.
 const CLOSE_CODE_SHUTDOWN: u32 = 0;
 /// Connection close code when a peer's SPKI pin does not match the expected one.
@@ -82,7 +89,9 @@ impl Transport {
             Metrics::inc(&metrics.insecure);
         }
         let spki_pin = credentials.spki_pin()?;
-        let (server, client) = tls::build(&credentials, Arc::new(quic_transport_config(&config)?))?;
+        let (mut server, client) =
+            tls::build(&credentials, Arc::new(quic_transport_config(&config)?))?;
+        server.max_incoming(config.incoming_handshakes_max);
         let mut endpoint_config = endpoint_config(credentials.reset_key_seed());
         endpoint_config
             .max_udp_payload_size(config.udp_payload_bytes_max)
@@ -243,13 +252,15 @@ impl Transport {
     }
 
     /// TEST/DIAGNOSTIC: write raw `bytes` (not necessarily a frame) on a fresh bidirectional
-    /// stream of the pooled connection to `addr` and read the answer: `Ok(Some(frame))`,
-    /// `Ok(None)` when the peer reset the stream (then `Err` carries nothing more), or an error.
-    /// Lets tests prove that garbage on a live stream is refused without harming the connection.
+    /// stream of the pooled connection to `addr` (finishing the stream if `finish`) and read the
+    /// answer: `Ok(Ok(frame))`, `Ok(Err(code))` when the peer reset the stream, or an error.
+    /// Lets tests prove that garbage or a stalled frame on a live stream is refused without
+    /// harming the connection.
     pub async fn send_raw_to_addr(
         &self,
         addr: SocketAddr,
         bytes: Bytes,
+        finish: bool,
     ) -> Result<Result<OutboundFrame, u64>, TransportError> {
         let inner = &self.inner;
         let timeout = inner.config.rpc_timeout;
@@ -260,7 +271,9 @@ impl Transport {
             send.write_all(&bytes)
                 .await
                 .map_err(|e| write_error(addr, inner, e))?;
-            let _ = send.finish();
+            if finish {
+                let _ = send.finish();
+            }
             match read_frame(&mut recv).await {
                 Ok((kind, payload)) => Ok(Ok(OutboundFrame { kind, payload })),
                 Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) => {
@@ -652,28 +665,56 @@ impl Inner {
             })
     }
 
-    /// Read one frame from an inbound stream; a malformed one is counted and the stream reset.
+    /// Read one frame from an inbound stream within `rpc_timeout`, reserving its payload size in
+    /// the connection's buffer `budget` (held by the returned permit until the caller is done).
+    /// A malformed frame is counted and the stream reset; so is one that does not arrive in time.
     async fn read_inbound(
         &self,
         peer: &PeerInfo,
+        budget: &Arc<Semaphore>,
         recv: &mut quinn::RecvStream,
         send: Option<&mut quinn::SendStream>,
-    ) -> Option<(MessageKind, Bytes)> {
-        match read_frame(recv).await {
-            Ok(frame) => Some(frame),
-            Err(ReadFrameError::Frame(err)) => {
-                self.metrics.decode_error(&err);
+    ) -> Option<(MessageKind, Bytes, OwnedSemaphorePermit)> {
+        let read = async {
+            let header = read_header(recv).await?;
+            let units = header.payload_bytes.div_ceil(BUDGET_UNIT_BYTES);
+            // Cannot fail: the semaphore is never closed and units ≤ the budget (validated).
+            let permit = budget
+                .clone()
+                .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+                .await;
+            let payload = read_payload(recv, &header).await?;
+            Ok::<_, ReadFrameError>((header.kind, payload, permit))
+        };
+        let outcome = tokio::time::timeout(self.config.rpc_timeout, read).await;
+        let reset =
+            |code: VarInt, recv: &mut quinn::RecvStream, send: Option<&mut quinn::SendStream>| {
                 Metrics::inc(&self.metrics.streams_reset);
-                tracing::warn!(peer = %peer.addr, code = err.code(), %err, "malformed frame; stream reset");
-                let code = frame_error_code(&err);
                 let _ = recv.stop(code);
                 if let Some(send) = send {
                     let _ = send.reset(code);
                 }
+            };
+        match outcome {
+            Ok(Ok((kind, payload, Ok(permit)))) => Some((kind, payload, permit)),
+            Ok(Ok((_, _, Err(closed)))) => {
+                tracing::error!(peer = %peer.addr, %closed, "inbound budget closed");
                 None
             }
-            Err(ReadFrameError::Read(err)) => {
+            Ok(Err(ReadFrameError::Frame(err))) => {
+                self.metrics.decode_error(&err);
+                tracing::warn!(peer = %peer.addr, code = err.code(), %err, "malformed frame; stream reset");
+                reset(frame_error_code(&err), recv, send);
+                None
+            }
+            Ok(Err(ReadFrameError::Read(err))) => {
                 tracing::debug!(peer = %peer.addr, %err, "inbound stream lost before a full frame");
+                None
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.inbound_stream_timeouts);
+                tracing::warn!(peer = %peer.addr, "inbound frame not received within the rpc timeout; stream reset");
+                reset(VarInt::from_u32(STREAM_CODE_INBOUND_TIMEOUT), recv, send);
                 None
             }
         }
@@ -714,10 +755,13 @@ impl Inner {
     async fn serve_bi(
         &self,
         peer: PeerInfo,
+        budget: Arc<Semaphore>,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let Some((kind, payload)) = self.read_inbound(&peer, &mut recv, Some(&mut send)).await
+        let Some((kind, payload, _reserved)) = self
+            .read_inbound(&peer, &budget, &mut recv, Some(&mut send))
+            .await
         else {
             return;
         };
@@ -738,8 +782,10 @@ impl Inner {
         }
     }
 
-    async fn serve_uni(&self, peer: PeerInfo, mut recv: quinn::RecvStream) {
-        let Some((kind, payload)) = self.read_inbound(&peer, &mut recv, None).await else {
+    async fn serve_uni(&self, peer: PeerInfo, budget: Arc<Semaphore>, mut recv: quinn::RecvStream) {
+        let Some((kind, payload, _reserved)) =
+            self.read_inbound(&peer, &budget, &mut recv, None).await
+        else {
             return;
         };
         Metrics::inc(&self.metrics.oneway_received);
@@ -814,6 +860,12 @@ fn stream_code_error(addr: SocketAddr, code: VarInt) -> TransportError {
         .checked_sub(u64::from(FRAME_ERROR_CODE_BASE))
         .and_then(|n| u32::try_from(n).ok())
         .and_then(FrameError::code_for_number);
+    if code == u64::from(STREAM_CODE_INBOUND_TIMEOUT) {
+        return TransportError::Unreachable {
+            addr,
+            reason: "the peer gave up waiting for our frame within its rpc timeout".into(),
+        };
+    }
     match frame_code {
         Some(code) => TransportError::PeerRejectedFrame { addr, code },
         None => TransportError::Unreachable {
@@ -860,6 +912,8 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
         addr: conn.remote_address(),
         spki_pin: peer_pin(&conn),
     };
+    let budget_units = inner.config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
+    let budget = Arc::new(Semaphore::new(budget_units.min(Semaphore::MAX_PERMITS)));
     // Holding only a weak reference between streams lets a dropped transport shut down.
     let weak = Arc::downgrade(&inner);
     drop(inner);
@@ -868,16 +922,16 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
                     let Some(inner) = weak.upgrade() else { break };
-                    let peer = peer.clone();
-                    tokio::spawn(async move { inner.serve_bi(peer, send, recv).await });
+                    let (peer, budget) = (peer.clone(), budget.clone());
+                    tokio::spawn(async move { inner.serve_bi(peer, budget, send, recv).await });
                 }
                 Err(_) => break,
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
                     let Some(inner) = weak.upgrade() else { break };
-                    let peer = peer.clone();
-                    tokio::spawn(async move { inner.serve_uni(peer, recv).await });
+                    let (peer, budget) = (peer.clone(), budget.clone());
+                    tokio::spawn(async move { inner.serve_uni(peer, budget, recv).await });
                 }
                 Err(_) => break,
             },

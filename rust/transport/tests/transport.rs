@@ -13,6 +13,7 @@ use nodedb_transport::{
     generate_cluster_credentials, handler_fn, Credentials, MessageKind, NodeId, OutboundFrame,
     Transport, TransportConfig, TransportError,
 };
+use nodedb_wire::FrameHeader;
 
 const ANY: &str = "127.0.0.1:0";
 
@@ -199,7 +200,7 @@ async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
     ];
     for (bytes, code) in &cases {
         let answer = client
-            .send_raw_to_addr(addr, Bytes::from(bytes.clone()))
+            .send_raw_to_addr(addr, Bytes::from(bytes.clone()), true)
             .await
             .unwrap();
         let reset_code = answer.expect_err("the stream must be reset, not answered");
@@ -487,4 +488,41 @@ fn a_silent_peer_is_noticed_by_the_idle_timeout() {
         assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
         client.close().await;
     });
+}
+
+/// A peer that announces a frame and never sends it (slow loris) holds nothing for long: the
+/// stream is reset after `rpc_timeout`, counted, and the connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let mut server_cfg = config();
+    server_cfg.rpc_timeout = Duration::from_millis(300);
+    let server =
+        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    let client = bind(2, ANY, c[1].clone());
+    serve_echo(&server);
+    let addr = server.local_addr();
+    let mut partial = FrameHeader::encode(MessageKind::PING, &[0u8; 1000])
+        .unwrap()
+        .to_vec();
+    partial.extend_from_slice(&[0u8; 10]); // 10 of the 1000 announced bytes, stream left open
+    let started = std::time::Instant::now();
+    let answer = client
+        .send_raw_to_addr(addr, Bytes::from(partial), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        Err(u64::from(
+            nodedb_transport::transport::STREAM_CODE_INBOUND_TIMEOUT
+        ))
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(server.metrics()["inbound_stream_timeouts"], 1);
+    let reply = client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"ok"))
+        .await;
+    assert_eq!(reply.unwrap().payload, Bytes::from_static(b"ok"));
+    assert_eq!(server.metrics()["connections_accepted"], 1);
 }
