@@ -10,7 +10,8 @@ the client is this process. Cases, each against both stacks:
   - serial: 64 B echo, 1 in flight → p50 / p99 latency (µs);
   - 64 in flight: 64 B echo → requests/s (nodedb: 64 concurrent `send_rpc` calls, and
     `send_rpc_many` batches of 64; aioquic: 64 concurrent requests, one stream each);
-  - bulk: 256 MiB in 4 MiB messages (4 in flight), server acks each → MB/s.
+  - bulk: 256 MiB in 4 MiB messages (4 in flight), server acks each → MB/s;
+  - bridge floor: one trip Python → Rust runtime → Python with no network (p50/p99).
 nodedb's server answers with a Python async handler (like aioquic's, which echoes in Python);
 "rust echo" rows show the same client against a handler inside Rust (transport cost alone).
 Every loop is bounded by a count and a wall-clock cap. Medians of the repetitions are printed.
@@ -213,6 +214,7 @@ async def bench_nodedb(addr: str, creds: list[str], args: argparse.Namespace) ->
             return int.from_bytes(ack, "little")
 
         out["serial"] = await bounded(serial(one, args.requests))
+        out["bridge_floor"] = await bounded(serial(client.probe_bridge, args.requests))
         out["inflight64"] = await bounded(concurrent(one, args.requests * 4, 64))
         out["many64"] = await bounded(batched(many, args.requests * 8, 64))
         if args.bulk:

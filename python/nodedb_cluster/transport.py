@@ -309,6 +309,13 @@ class Transport:
         """Identity of the pooled connection to `addr` (tests: reuse across requests)."""
         return self._core.pooled_connection_id(_addr_text(addr))
 
+    async def probe_bridge(self) -> None:
+        """One trip loop → Rust runtime → loop with no network: the latency floor under every
+        request (diagnostics and benchmarks)."""
+        future: asyncio.Future[None] = (self._loop or self._attach()).create_future()
+        self._core._probe_bridge(future)
+        await future
+
     async def send_raw_for_tests(self, addr: str | SocketAddr, data: bytes) -> Reply | int:
         """TESTS ONLY: raw bytes on a new stream of the pooled connection; the reply frame or
         the stream-reset code the peer answered with."""

@@ -562,6 +562,12 @@ impl PyTransport {
         Ok(dict)
     }
 
+    /// DIAGNOSTICS: resolve `future` with None after one trip through the runtime and the loop
+    /// bridge, no network: the floor under every request's latency (benchmarks report it).
+    fn _probe_bridge(&self, future: Py<PyAny>) {
+        self.spawn_settle(future, async move { Ok(()) }, unit_to_py);
+    }
+
     /// Stable id of the pooled connection to `addr`, or None (tests: connection reuse).
     fn pooled_connection_id(&self, py: Python<'_>, addr: &str) -> PyResult<Option<usize>> {
         Ok(self.inner.pooled_connection_id(parse_addr(py, addr)?))
