@@ -66,6 +66,7 @@ async def load(engine: RaftEngine, cmd: dict[str, Any]) -> dict[str, Any]:
         "errors": errors,
         "latency_ms": [pct(lat_ms, 0.5), pct(lat_ms, 0.99)],
         "elapsed_s": elapsed,
+        "latencies_ms": lat_ms if cmd.get("return_latencies") else [],
     }
 
 

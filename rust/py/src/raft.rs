@@ -29,7 +29,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::cluster_error;
-use crate::transport::PyTransport;
+use crate::transport::{transport_runtime, PyTransport};
 
 /// Frames queued per peer by the raft network adapter before drops (raft retransmits).
 const PEER_QUEUE_FRAMES: usize = 1024;
@@ -189,6 +189,8 @@ pub struct PyRaftEngine {
     engine: Arc<MultiRaft>,
     readers: Readers,
     bridge: Arc<LoopBridge>,
+    /// The transport's runtime: request hops, raft frame pumps and QUIC stay on one runtime.
+    runtime: &'static tokio::runtime::Runtime,
 }
 
 impl PyRaftEngine {
@@ -202,7 +204,7 @@ impl PyRaftEngine {
         T: Send + 'static,
     {
         let bridge = self.bridge.clone();
-        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+        self.runtime.spawn(async move {
             let result = work.await;
             bridge.push(Box::new(move |py| {
                 let value = match result {
@@ -278,7 +280,7 @@ impl PyRaftEngine {
             },
         );
         let shared = transport.shared();
-        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        let runtime = transport_runtime()?;
         let net = TransportNetwork::new(
             Arc::clone(&shared),
             runtime.handle().clone(),
@@ -300,6 +302,7 @@ impl PyRaftEngine {
             engine: Arc::new(engine),
             readers,
             bridge: Arc::new(bridge),
+            runtime,
         })
     }
 
