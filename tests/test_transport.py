@@ -356,3 +356,26 @@ async def test_dropping_an_unclosed_transport_frees_its_port(creds: list[Mtls]) 
     gc.collect()
     again = Transport(1, addr, creds[0])  # would raise BindError if the socket were still held
     await again.close()
+
+
+async def test_send_rpc_many_raises_the_first_error_and_serve_none_unplugs(
+    pair: tuple[Transport, Transport],
+) -> None:
+    server, client = pair
+
+    async def picky(peer: Peer, kind: int, payload: bytes) -> Reply:
+        if payload == b"bad":
+            raise ValueError("bad payload")
+        return (MessageKind.PONG, payload)
+
+    server.serve(picky)
+    with pytest.raises(RemoteError) as info:
+        await client.send_rpc_many(1, MessageKind.PING, [b"a", b"bad", b"c"])
+    assert info.value.code == "ValueError"
+    assert await client.send_rpc_many(1, MessageKind.PING, []) == []
+    server.serve(None)
+    with pytest.raises(RemoteError) as info:
+        await client.send_rpc(1, MessageKind.PING, b"")
+    assert info.value.code == "no_handler"
+    async with asyncio.timeout(5):
+        await client.probe_bridge()  # the loop bridge round trip itself completes
