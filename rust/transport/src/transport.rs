@@ -36,6 +36,14 @@ const CLOSE_CODE_SHUTDOWN: u32 = 0;
 /// Connection close code when a peer's SPKI pin does not match the expected one.
 const CLOSE_CODE_PIN_MISMATCH: u32 = 0x200;
 
+/// A pooled outbound connection and the SPKI pin its peer presented at the handshake (checked
+/// again on every reuse, so a connection dialled without a pin never serves a pinned peer).
+#[derive(Clone)]
+struct Pooled {
+    conn: quinn::Connection,
+    peer_pin: Option<SpkiPin>,
+}
+
 #[derive(Debug, Clone)]
 struct PeerEntry {
     addr: SocketAddr,
@@ -55,7 +63,7 @@ struct Inner {
     local_addr: SocketAddr,
     spki_pin: Option<SpkiPin>,
     peers: RwLock<HashMap<NodeId, PeerEntry>>,
-    conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    conns: Mutex<HashMap<SocketAddr, Pooled>>,
     dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
     handlers: HandlerRegistry,
     metrics: Metrics,
@@ -295,14 +303,14 @@ impl Transport {
     pub fn pooled_connection_id(&self, addr: SocketAddr) -> Option<usize> {
         lock(&self.inner.conns)
             .get(&addr)
-            .filter(|c| c.close_reason().is_none())
-            .map(|c| c.stable_id())
+            .filter(|p| p.conn.close_reason().is_none())
+            .map(|p| p.conn.stable_id())
     }
 
     /// quinn's statistics of the pooled connection to `addr` (path MTU, RTT, congestion window,
     /// lost packets): diagnostics and benchmarks.
     pub fn connection_stats(&self, addr: SocketAddr) -> Option<quinn::ConnectionStats> {
-        lock(&self.inner.conns).get(&addr).map(|c| c.stats())
+        lock(&self.inner.conns).get(&addr).map(|p| p.conn.stats())
     }
 
     pub fn metrics(&self) -> MetricsSnapshot {
@@ -471,14 +479,37 @@ impl Inner {
         addr: SocketAddr,
         expected_pin: Option<SpkiPin>,
     ) -> Result<(quinn::Connection, bool), TransportError> {
-        if let Some(conn) = self.pooled(addr) {
-            return Ok((conn, true));
+        if let Some(pooled) = self.pooled(addr) {
+            return check_pin(addr, expected_pin, pooled.peer_pin).map(|()| (pooled.conn, true));
         }
         let dial_lock = lock(&self.dial_locks).entry(addr).or_default().clone();
-        let _dialing = dial_lock.lock().await;
-        if let Some(conn) = self.pooled(addr) {
-            return Ok((conn, true));
+        let dialled = {
+            let _dialing = dial_lock.lock().await;
+            match self.pooled(addr) {
+                Some(pooled) => Ok((pooled, true)),
+                None => self.dial(addr).await.map(|pooled| (pooled, false)),
+            }
+        };
+        // The map's entry and ours: nobody else is waiting, so the lock can go.
+        if Arc::strong_count(&dial_lock) <= 2 {
+            lock(&self.dial_locks).remove(&addr);
         }
+        let (pooled, reused) = dialled?;
+        if let Err(err) = check_pin(addr, expected_pin, pooled.peer_pin) {
+            if !reused {
+                pooled.conn.close(
+                    VarInt::from_u32(CLOSE_CODE_PIN_MISMATCH),
+                    err.to_string().as_bytes(),
+                );
+                self.forget_connection(addr, Some(pooled.conn.stable_id()));
+            }
+            return Err(err);
+        }
+        Ok((pooled.conn, reused))
+    }
+
+    /// Open a new connection to `addr` and put it in the pool.
+    async fn dial(&self, addr: SocketAddr) -> Result<Pooled, TransportError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
@@ -504,28 +535,19 @@ impl Inner {
                 })
             }
         };
-        if let Some(expected) = expected_pin {
-            let found = peer_pin(&conn);
-            if found != Some(expected) {
-                let reason = match found {
-                    Some(found) => {
-                        format!("peer SPKI pin {found} does not match the expected {expected}")
-                    }
-                    None => format!("peer presented no certificate; expected SPKI pin {expected}"),
-                };
-                conn.close(VarInt::from_u32(CLOSE_CODE_PIN_MISMATCH), reason.as_bytes());
-                return Err(TransportError::Handshake { addr, reason });
-            }
-        }
         Metrics::inc(&self.metrics.connections_opened);
-        lock(&self.conns).insert(addr, conn.clone());
-        Ok((conn, false))
+        let pooled = Pooled {
+            peer_pin: peer_pin(&conn),
+            conn,
+        };
+        lock(&self.conns).insert(addr, pooled.clone());
+        Ok(pooled)
     }
 
-    fn pooled(&self, addr: SocketAddr) -> Option<quinn::Connection> {
+    fn pooled(&self, addr: SocketAddr) -> Option<Pooled> {
         let mut conns = lock(&self.conns);
         match conns.get(&addr) {
-            Some(conn) if conn.close_reason().is_none() => Some(conn.clone()),
+            Some(pooled) if pooled.conn.close_reason().is_none() => Some(pooled.clone()),
             Some(_) => {
                 // Dead: replaced on this use.
                 conns.remove(&addr);
@@ -538,8 +560,8 @@ impl Inner {
     /// Drop the pooled connection to `addr` (only if it is still `stable_id`, when given).
     fn forget_connection(&self, addr: SocketAddr, stable_id: Option<usize>) {
         let mut conns = lock(&self.conns);
-        if let Some(conn) = conns.get(&addr) {
-            if stable_id.is_none_or(|id| conn.stable_id() == id) {
+        if let Some(pooled) = conns.get(&addr) {
+            if stable_id.is_none_or(|id| pooled.conn.stable_id() == id) {
                 conns.remove(&addr);
             }
         }
@@ -873,6 +895,25 @@ fn stream_code_error(addr: SocketAddr, code: VarInt) -> TransportError {
             reason: format!("peer reset the stream (code {code})"),
         },
     }
+}
+
+/// Refuse a peer whose SPKI pin is not the expected one (no expectation: anything goes).
+fn check_pin(
+    addr: SocketAddr,
+    expected: Option<SpkiPin>,
+    found: Option<SpkiPin>,
+) -> Result<(), TransportError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    if found == Some(expected) {
+        return Ok(());
+    }
+    let reason = match found {
+        Some(found) => format!("peer SPKI pin {found} does not match the expected {expected}"),
+        None => format!("peer presented no certificate; expected SPKI pin {expected}"),
+    };
+    Err(TransportError::Handshake { addr, reason })
 }
 
 fn peer_pin(conn: &quinn::Connection) -> Option<SpkiPin> {

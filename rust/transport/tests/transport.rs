@@ -169,6 +169,23 @@ async fn pin_mismatch_is_refused() {
         .send_rpc(NodeId(1), MessageKind::PING, Bytes::new())
         .await
         .unwrap();
+    // A connection pooled without a pin (join-style, by address) never serves a pinned peer
+    // whose pin it does not match.
+    let other = bind(3, ANY, c[2].clone());
+    serve_echo(&other);
+    let probe = client.send_rpc_to_addr(other.local_addr(), MessageKind::PING, Bytes::new());
+    probe.await.unwrap();
+    client.register_peer(NodeId(3), other.local_addr(), server.spki_pin());
+    let err = client
+        .send_rpc(NodeId(3), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
+    client.register_peer(NodeId(3), other.local_addr(), other.spki_pin());
+    client
+        .send_rpc(NodeId(3), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
