@@ -56,8 +56,27 @@ pub const BOOTSTRAP_TERM: u64 = 1;
 /// Orphaned `.partial` files are swept every this many ticks.
 pub const ORPHAN_SWEEP_EVERY_TICKS: u64 = 100;
 
-/// Reply channel of one request.
-pub type Reply<T> = oneshot::Sender<Result<T, RaftError>>;
+/// How one request is answered: exactly once, from the driver thread. A oneshot sender for
+/// async Rust callers; the Python binding settles its asyncio future directly (no extra hop).
+pub struct Reply<T>(Box<dyn FnOnce(Result<T, RaftError>) + Send>);
+
+impl<T> Reply<T> {
+    pub fn new(f: impl FnOnce(Result<T, RaftError>) + Send + 'static) -> Self {
+        Reply(Box::new(f))
+    }
+    /// Answers the request (a dropped receiver is fine: the caller gave up).
+    pub fn send(self, r: Result<T, RaftError>) {
+        (self.0)(r)
+    }
+}
+
+impl<T: Send + 'static> From<oneshot::Sender<Result<T, RaftError>>> for Reply<T> {
+    fn from(tx: oneshot::Sender<Result<T, RaftError>>) -> Self {
+        Reply::new(move |r| {
+            let _ = tx.send(r);
+        })
+    }
+}
 
 /// A proposal's outcome: the entry's index and one state-machine result per command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,7 +425,7 @@ impl MultiRaftCore {
                 .partition(|r| now.saturating_sub(r.started_tick) >= timeout);
             g.reads = kept;
             for r in expired {
-                let _ = r.reply.send(Err(RaftError::Timeout {
+                r.reply.send(Err(RaftError::Timeout {
                     op: "read_index",
                     timeout_ms: timeout * self.cfg.tick_interval.as_millis() as u64,
                 }));
@@ -524,7 +543,13 @@ impl MultiRaftCore {
 
     /// Proposes one entry holding `commands`; `reply` gets (index, one result per command)
     /// after commit and apply, or a typed error.
-    pub fn propose(&mut self, gid: GroupId, commands: &[Vec<u8>], reply: Reply<ProposeOutcome>) {
+    pub fn propose(
+        &mut self,
+        gid: GroupId,
+        commands: &[Vec<u8>],
+        reply: impl Into<Reply<ProposeOutcome>>,
+    ) {
+        let reply = reply.into();
         let limit = self.cfg.pending_proposals_max;
         let r = (|| {
             let g = self.group_mut(gid)?;
@@ -566,26 +591,27 @@ impl MultiRaftCore {
                 if matches!(e, RaftError::Busy { .. }) {
                     Metrics::inc(&self.metrics.proposals_busy);
                 }
-                let _ = reply.send(Err(e));
+                reply.send(Err(e));
             }
         }
     }
 
     /// Confirms leadership with a quorum (raft ReadIndex); `reply` gets the read index once
     /// this node has applied through it, so a local read is linearizable.
-    pub fn read_index(&mut self, gid: GroupId, reply: Reply<u64>) {
+    pub fn read_index(&mut self, gid: GroupId, reply: impl Into<Reply<u64>>) {
+        let reply = reply.into();
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         let now = self.ticks;
         let g = match self.group_mut(gid) {
             Ok(g) => g,
             Err(e) => {
-                let _ = reply.send(Err(e));
+                reply.send(Err(e));
                 return;
             }
         };
         if g.raw.raft.leader_id == 0 {
-            let _ = reply.send(Err(RaftError::NotLeader {
+            reply.send(Err(RaftError::NotLeader {
                 group: gid,
                 leader_hint: None,
             }));
@@ -606,8 +632,9 @@ impl MultiRaftCore {
         &mut self,
         gid: GroupId,
         changes: &[MembershipChange],
-        reply: Reply<Vec<NodeId>>,
+        reply: impl Into<Reply<Vec<NodeId>>>,
     ) {
+        let reply = reply.into();
         let r = (|| {
             let g = self.group_mut(gid)?;
             if g.raw.raft.state != StateRole::Leader {
@@ -659,7 +686,7 @@ impl MultiRaftCore {
                 }
             }
             Err(e) => {
-                let _ = reply.send(Err(e));
+                reply.send(Err(e));
             }
         }
     }
@@ -1066,13 +1093,13 @@ fn outgoing_snapshot(meta: SnapshotMetadata, desc: SnapshotDescriptor) -> Snapsh
 
 fn fail_all(g: &mut Group, e: &RaftError) {
     for p in g.proposals.drain(..) {
-        let _ = p.reply.send(Err(e.clone()));
+        p.reply.send(Err(e.clone()));
     }
     for p in g.confs.drain(..) {
-        let _ = p.reply.send(Err(e.clone()));
+        p.reply.send(Err(e.clone()));
     }
     for r in g.reads.drain(..) {
-        let _ = r.reply.send(Err(e.clone()));
+        r.reply.send(Err(e.clone()));
     }
 }
 
@@ -1094,7 +1121,7 @@ fn answer_reads(g: &mut Group) {
         .partition(|r| r.read_index.is_some_and(|i| i <= applied));
     g.reads = waiting;
     for r in ready {
-        let _ = r.reply.send(Ok(r.read_index.unwrap_or(applied)));
+        r.reply.send(Ok(r.read_index.unwrap_or(applied)));
     }
 }
 
@@ -1130,7 +1157,7 @@ fn install_snapshot(
     // Whatever was pending here is superseded by the snapshot.
     let e = lost(g.id, g.raw.raft.leader_id);
     for p in g.proposals.drain(..) {
-        let _ = p.reply.send(Err(e.clone()));
+        p.reply.send(Err(e.clone()));
     }
     Ok(())
 }
@@ -1200,7 +1227,7 @@ fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
         };
         while g.proposals.front().is_some_and(|p| p.index < *index) {
             if let Some(p) = g.proposals.pop_front() {
-                let _ = p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
+                p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
             }
         }
         if g.proposals.front().is_some_and(|p| p.index == *index) {
@@ -1217,7 +1244,7 @@ fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
                         results: mine,
                     })
                 };
-                let _ = p.reply.send(r);
+                p.reply.send(r);
             }
         }
     }
@@ -1251,7 +1278,7 @@ fn apply_conf_entry(g: &mut Group, e: &Entry) {
     g.applied_index = e.index;
     while g.confs.front().is_some_and(|p| p.index < e.index) {
         if let Some(p) = g.confs.pop_front() {
-            let _ = p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
+            p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
         }
     }
     if g.confs.front().is_some_and(|p| p.index == e.index) {
@@ -1263,7 +1290,7 @@ fn apply_conf_entry(g: &mut Group, e: &Entry) {
                     reason: format!("conf change not applied: {reason}"),
                 }),
             };
-            let _ = p.reply.send(r);
+            p.reply.send(r);
         }
     }
 }

@@ -181,40 +181,71 @@ impl MultiRaft {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    fn submit<T>(
+    fn submit<T: Send + 'static>(
         &self,
         make: impl FnOnce(Reply<T>) -> Input,
     ) -> oneshot::Receiver<Result<T, RaftError>> {
         let (reply_tx, reply_rx) = oneshot::channel();
+        self.submit_with(make, reply_tx.into());
+        reply_rx
+    }
+
+    /// Queues a command answered through `reply` (from the driver thread); a full queue or a
+    /// stopped engine answers at once, on the calling thread.
+    fn submit_with<T>(&self, make: impl FnOnce(Reply<T>) -> Input, reply: Reply<T>) {
         let s = &self.inbound.shared;
         if s.commands_queued.fetch_add(1, Ordering::AcqRel) >= s.command_capacity {
             s.commands_queued.fetch_sub(1, Ordering::AcqRel);
             Metrics::inc(&s.metrics.proposals_busy);
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(Err(RaftError::Busy {
+            reply.send(Err(RaftError::Busy {
                 reason: "engine command queue full",
             }));
-            return rx;
+            return;
         }
-        match self.inbound.tx.try_send(make(reply_tx)) {
-            Ok(()) => reply_rx,
-            Err(e) => {
-                s.commands_queued.fetch_sub(1, Ordering::AcqRel);
-                let err = match e {
-                    TrySendError::Full(_) => RaftError::Busy {
+        if let Err(e) = self.inbound.tx.try_send(make(reply)) {
+            s.commands_queued.fetch_sub(1, Ordering::AcqRel);
+            let (input, err) = match e {
+                TrySendError::Full(i) => (
+                    i,
+                    RaftError::Busy {
                         reason: "engine command queue full",
                     },
-                    TrySendError::Disconnected(_) => RaftError::Stopped {
+                ),
+                TrySendError::Disconnected(i) => (
+                    i,
+                    RaftError::Stopped {
                         reason: self
                             .stopped_reason()
                             .unwrap_or_else(|| "engine stopped".into()),
                     },
-                };
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Err(err));
-                rx
-            }
+                ),
+            };
+            refuse_with(input, err);
         }
+    }
+
+    /// Callback form of `propose_batch` for bindings: `reply` runs on the driver thread (or at
+    /// once on this thread if the queue is full / the engine stopped). No deadline here: the
+    /// caller bounds its own wait.
+    pub fn propose_batch_with(
+        &self,
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        reply: Reply<ProposeOutcome>,
+    ) {
+        self.submit_with(
+            |reply| Input::Propose {
+                group,
+                commands,
+                reply,
+            },
+            reply,
+        );
+    }
+
+    /// Callback form of `read_index` (see `propose_batch_with`).
+    pub fn read_index_with(&self, group: GroupId, reply: Reply<u64>) {
+        self.submit_with(|reply| Input::ReadIndex { group, reply }, reply);
     }
 
     async fn wait<T>(
@@ -388,13 +419,13 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
             reply,
         } => core.change_membership(group, &changes, reply),
         Input::TransferLeader { group, to, reply } => {
-            let _ = reply.send(core.transfer_leader(group, to));
+            reply.send(core.transfer_leader(group, to));
         }
         Input::Status { group, reply } => {
-            let _ = reply.send(core.status(group));
+            reply.send(core.status(group));
         }
         Input::ListGroups { reply } => {
-            let _ = reply.send(Ok(core.group_ids()));
+            reply.send(Ok(core.group_ids()));
         }
         Input::AddGroup {
             group,
@@ -402,13 +433,13 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
             kind,
             reply,
         } => {
-            let _ = reply.send(core.add_group(group, role, kind).map_err(engine_err));
+            reply.send(core.add_group(group, role, kind).map_err(engine_err));
         }
         Input::RemoveGroup { group, reply } => {
-            let _ = reply.send(core.remove_group(group).map_err(engine_err));
+            reply.send(core.remove_group(group).map_err(engine_err));
         }
         Input::SnapshotNow { group, reply } => {
-            let _ = reply.send(core.snapshot_group(group).map_err(engine_err));
+            reply.send(core.snapshot_group(group).map_err(engine_err));
         }
         Input::Shutdown => return true,
     }
@@ -416,19 +447,26 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
 }
 
 fn refuse(input: Input, reason: &str) {
-    let e = || RaftError::Stopped {
-        reason: reason.to_string(),
-    };
+    refuse_with(
+        input,
+        RaftError::Stopped {
+            reason: reason.to_string(),
+        },
+    );
+}
+
+/// Answers a command that will never run with `e`.
+fn refuse_with(input: Input, e: RaftError) {
     match input {
-        Input::Propose { reply, .. } => drop(reply.send(Err(e()))),
-        Input::ReadIndex { reply, .. } => drop(reply.send(Err(e()))),
-        Input::Membership { reply, .. } => drop(reply.send(Err(e()))),
-        Input::TransferLeader { reply, .. } => drop(reply.send(Err(e()))),
-        Input::Status { reply, .. } => drop(reply.send(Err(e()))),
-        Input::ListGroups { reply } => drop(reply.send(Err(e()))),
-        Input::AddGroup { reply, .. } => drop(reply.send(Err(e()))),
-        Input::RemoveGroup { reply, .. } => drop(reply.send(Err(e()))),
-        Input::SnapshotNow { reply, .. } => drop(reply.send(Err(e()))),
+        Input::Propose { reply, .. } => reply.send(Err(e)),
+        Input::ReadIndex { reply, .. } => reply.send(Err(e)),
+        Input::Membership { reply, .. } => reply.send(Err(e)),
+        Input::TransferLeader { reply, .. } => reply.send(Err(e)),
+        Input::Status { reply, .. } => reply.send(Err(e)),
+        Input::ListGroups { reply } => reply.send(Err(e)),
+        Input::AddGroup { reply, .. } => reply.send(Err(e)),
+        Input::RemoveGroup { reply, .. } => reply.send(Err(e)),
+        Input::SnapshotNow { reply, .. } => reply.send(Err(e)),
         Input::Frame(_) | Input::Shutdown => {}
     }
 }

@@ -13,9 +13,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{EngineError, RaftError, SinkError, SmError};
 use nodedb_multiraft::state_machine::Command;
 use nodedb_multiraft::{
@@ -194,6 +196,44 @@ pub struct PyRaftEngine {
 }
 
 impl PyRaftEngine {
+    /// A `Reply` that settles `future` straight from the driver thread through the loop bridge
+    /// (no runtime hop on the hot path), raced by a timer that settles it with `Timeout`;
+    /// whichever comes first wins, the other does nothing.
+    fn bridge_reply<T: Send + 'static>(
+        &self,
+        future: Py<PyAny>,
+        op: &'static str,
+        timeout: Duration,
+        to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+    ) -> Reply<T> {
+        let done = Arc::new(AtomicBool::new(false));
+        let future = Arc::new(future);
+        let (timer_done, timer_bridge, timer_future) =
+            (Arc::clone(&done), self.bridge.clone(), Arc::clone(&future));
+        self.runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if !timer_done.swap(true, Ordering::AcqRel) {
+                let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                timer_bridge.push(Box::new(move |py| {
+                    let err = raft_error(py, RaftError::Timeout { op, timeout_ms });
+                    settle(py, &timer_future, Err(err));
+                }));
+            }
+        });
+        let bridge = self.bridge.clone();
+        Reply::new(move |result: Result<T, RaftError>| {
+            if !done.swap(true, Ordering::AcqRel) {
+                bridge.push(Box::new(move |py| {
+                    let value = match result {
+                        Ok(value) => to_py(py, value),
+                        Err(err) => Err(raft_error(py, err)),
+                    };
+                    settle(py, &future, value);
+                }));
+            }
+        })
+    }
+
     fn spawn_settle<F, T>(
         &self,
         future: Py<PyAny>,
@@ -402,18 +442,15 @@ impl PyRaftEngine {
         future: Py<PyAny>,
     ) -> PyResult<()> {
         let t = timeout(py, timeout_ms)?;
-        let e = Arc::clone(&self.engine);
-        self.spawn_settle(
-            future,
-            async move { e.propose(GroupId(group_id), data, t).await },
-            |py, out| {
-                let result = out.results.into_iter().next().unwrap_or_default();
-                Ok((out.index, PyBytes::new(py, &result))
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind())
-            },
-        );
+        let reply = self.bridge_reply(future, "propose", t, |py, out: ProposeOutcome| {
+            let result = out.results.into_iter().next().unwrap_or_default();
+            Ok((out.index, PyBytes::new(py, &result))
+                .into_pyobject(py)?
+                .into_any()
+                .unbind())
+        });
+        self.engine
+            .propose_batch_with(GroupId(group_id), vec![data], reply);
         Ok(())
     }
 
@@ -427,15 +464,12 @@ impl PyRaftEngine {
         future: Py<PyAny>,
     ) -> PyResult<()> {
         let t = timeout(py, timeout_ms)?;
-        let e = Arc::clone(&self.engine);
-        self.spawn_settle(
-            future,
-            async move { e.propose_batch(GroupId(group_id), payloads, t).await },
-            |py, out| {
-                let results = PyList::new(py, out.results.iter().map(|r| PyBytes::new(py, r)))?;
-                Ok((out.index, results).into_pyobject(py)?.into_any().unbind())
-            },
-        );
+        let reply = self.bridge_reply(future, "propose_batch", t, |py, out: ProposeOutcome| {
+            let results = PyList::new(py, out.results.iter().map(|r| PyBytes::new(py, r)))?;
+            Ok((out.index, results).into_pyobject(py)?.into_any().unbind())
+        });
+        self.engine
+            .propose_batch_with(GroupId(group_id), payloads, reply);
         Ok(())
     }
 
@@ -449,12 +483,10 @@ impl PyRaftEngine {
         future: Py<PyAny>,
     ) -> PyResult<()> {
         let t = timeout(py, timeout_ms)?;
-        let e = Arc::clone(&self.engine);
-        self.spawn_settle(
-            future,
-            async move { e.read_index(GroupId(group_id), t).await },
-            |py, index| Ok(index.into_pyobject(py)?.into_any().unbind()),
-        );
+        let reply = self.bridge_reply(future, "read_index", t, |py, index: u64| {
+            Ok(index.into_pyobject(py)?.into_any().unbind())
+        });
+        self.engine.read_index_with(GroupId(group_id), reply);
         Ok(())
     }
 
