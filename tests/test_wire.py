@@ -52,7 +52,7 @@ def test_python_kind_enum_mirrors_the_rust_table() -> None:
 
 def test_unknown_kind_number_is_refused_at_the_boundary() -> None:
     with pytest.raises(FrameError) as info:
-        MessageKind(6)
+        MessageKind(10)
     assert info.value.code == "unknown_kind"
 
 
@@ -155,7 +155,8 @@ def test_join_request_python_and_rust_agree(node_id: int, port: int, pin: bytes 
 def test_join_response_python_and_rust_agree() -> None:
     response = JoinResponse(
         success=True,
-        cluster_id=0xDEADBEEF,
+        cluster_id="5f0c0ffee",
+        state=b"\x81\xa1k\x01" * 100,
         nodes=(
             JoinNode(1, "127.0.0.1:9400", 1, 1, b"\x01" * 32),
             JoinNode(2, "127.0.0.2:9400", 0, 1),

@@ -36,6 +36,10 @@ class MessageKind(enum.IntEnum):
     JOIN_REQUEST = 3
     JOIN_RESPONSE = 4
     ERROR = 5
+    STATUS_REQUEST = 6
+    STATUS_RESPONSE = 7
+    METADATA_PROPOSE = 8
+    METADATA_PROPOSE_RESPONSE = 9
     RAFT_BATCH = 16
     SNAPSHOT_CHUNK = 17
     SNAPSHOT_ACK = 18
@@ -241,7 +245,9 @@ class JoinResponse:
     success: bool
     error: str = ""
     """Empty on success; on rejection the reason (e.g. `not leader; retry at <host:port>`)."""
-    cluster_id: int = 0
+    cluster_id: str = ""
+    state: bytes = b""
+    """The metadata group's full state as the formation layer encodes it (opaque here)."""
     nodes: tuple[JoinNode, ...] = field(default=())
     routing: RoutingSnapshot | None = None
 
@@ -252,6 +258,7 @@ class JoinResponse:
                     "success": self.success,
                     "error": self.error,
                     "cluster_id": self.cluster_id,
+                    "state": self.state,
                     "nodes": [n.to_map() for n in self.nodes],
                     "routing": None if self.routing is None else self.routing.to_map(),
                 },
@@ -269,7 +276,8 @@ class JoinResponse:
         return cls(
             success=_field(data, "success", bool, "JoinResponse"),
             error=_optional(data, "error", str, "", "JoinResponse"),
-            cluster_id=_optional(data, "cluster_id", int, 0, "JoinResponse"),
+            cluster_id=_optional(data, "cluster_id", str, "", "JoinResponse"),
+            state=_optional(data, "state", bytes, b"", "JoinResponse"),
             nodes=tuple(JoinNode.from_map(n) for n in nodes),
             routing=None if routing is None else RoutingSnapshot.from_map(routing),
         )

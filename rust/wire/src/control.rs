@@ -5,13 +5,16 @@
 //! Schemas (field: type) — the Python side (`nodedb_cluster.wire`) mirrors these exactly:
 //! - Ping / Pong: `node_id: u64, nonce: u64`
 //! - JoinRequest: `node_id: u64, listen_addr: str, wire_version: u32, spki_pin: bin | nil`
-//! - JoinResponse: `success: bool, error: str, cluster_id: u64, nodes: [JoinNode],
+//! - JoinResponse: `success: bool, error: str, cluster_id: str, state: bin | nil (the metadata
+//!   group's full state as the formation layer encodes it; opaque here), nodes: [JoinNode],
 //!   routing: RoutingSnapshot | nil`
 //!   - JoinNode: `node_id: u64, addr: str, state: u8 (WIRE.md NodeState), wire_version: u32,
 //!     spki_pin: bin | nil`
 //!   - RoutingSnapshot: `epoch: u64, vshard_to_group: [u32; 1024], groups: [GroupMembers]`
 //!   - GroupMembers: `group_id: u32, leader: u64 (0 = unknown), members: [u64], learners: [u64]`
 //! - Error: `code: str, message: str`
+//! - StatusRequest / StatusResponse, MetadataPropose / MetadataProposeResponse (kinds 6-9): owned
+//!   by the formation layer (`python/nodedb_cluster/node.py`), which defines their maps.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -106,7 +109,11 @@ pub struct JoinResponse {
     #[serde(default)]
     pub error: String,
     #[serde(default)]
-    pub cluster_id: u64,
+    pub cluster_id: String,
+    /// The metadata group's state (topology, routing, settings) as the formation layer encodes
+    /// it; Rust carries it without interpreting it.
+    #[serde(default, with = "serde_bytes_opt")]
+    pub state: Option<Vec<u8>>,
     #[serde(default)]
     pub nodes: Vec<JoinNode>,
     #[serde(default)]

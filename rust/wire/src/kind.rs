@@ -44,6 +44,10 @@ kinds! {
     JOIN_REQUEST = 3, "JoinRequest", Active;
     JOIN_RESPONSE = 4, "JoinResponse", Active;
     ERROR = 5, "Error", Active;
+    STATUS_REQUEST = 6, "StatusRequest", Active;
+    STATUS_RESPONSE = 7, "StatusResponse", Active;
+    METADATA_PROPOSE = 8, "MetadataPropose", Active;
+    METADATA_PROPOSE_RESPONSE = 9, "MetadataProposeResponse", Active;
     // 16–31: Raft traffic, handled inside Rust.
     RAFT_BATCH = 16, "RaftBatch", Active;
     SNAPSHOT_CHUNK = 17, "SnapshotChunk", Active;
@@ -123,7 +127,8 @@ mod tests {
         assert_eq!(MessageKind::RAFT_BATCH.number(), 16);
         assert_eq!(MessageKind::KV_REQUEST.number(), 32);
         assert_eq!(MessageKind::from_u16(3), Ok(MessageKind::JOIN_REQUEST));
-        assert_eq!(MessageKind::from_u16(6), Err(None));
+        assert_eq!(MessageKind::METADATA_PROPOSE_RESPONSE.number(), 9);
+        assert_eq!(MessageKind::from_u16(10), Err(None));
     }
 
     #[test]
