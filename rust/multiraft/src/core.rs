@@ -195,7 +195,8 @@ pub struct MultiRaftCore {
     transfers: HashMap<(NodeId, GroupId), OutgoingTransfer>,
     transfer_results: TransferResults,
     next_read_ctx: u64,
-    /// Records appended to the log since the last successful sync (persisted-before-send check).
+    /// Records that must be durable before persisted messages go out, appended since the last
+    /// successful sync (the persisted-before-send check).
     unsynced_records: usize,
     ticks: u64,
     metrics: Arc<Metrics>,
@@ -783,11 +784,16 @@ impl MultiRaftCore {
         self.flush(out);
         // (3) persist every group, then ONE sync
         let mut records = Vec::new();
+        let mut must_sync = false;
         let mut floors_changed = false;
         for (gid, rd) in readys.iter_mut() {
             let Some(g) = self.groups.get_mut(gid) else {
                 continue;
             };
+            // raft-rs: new entries, a snapshot, or a term/vote change must be durable before
+            // the persisted messages go out. A commit-only hard state need not be: it rides
+            // along with the next sync (a lost commit index is re-learned from the leader).
+            must_sync |= rd.must_sync();
             if !rd.snapshot().is_empty() {
                 install_snapshot(g, &self.snapshots, rd.snapshot().clone(), &mut records)?;
                 Metrics::inc(&self.metrics.snapshots_installed);
@@ -811,10 +817,14 @@ impl MultiRaftCore {
             }
         }
         if !records.is_empty() {
-            self.unsynced_records += records.len();
             Metrics::add(&self.metrics.records_written, records.len() as u64);
             self.sink.append(&records)?;
-            // DURABILITY POINT: entries, hard states and snapshot marks of every group in this
+            if must_sync {
+                self.unsynced_records += records.len();
+            }
+        }
+        if must_sync {
+            // DURABILITY POINT: entries, term/vote and snapshot marks of every group in this
             // round become durable here, with one fsync. Nothing after this line runs before it.
             self.sink.sync()?;
             Metrics::inc(&self.metrics.fsyncs);

@@ -485,10 +485,10 @@ fn restart_from_the_wal_keeps_term_vote_and_log() {
         let after = c.core(id).status(GroupId(g)).expect("status");
         assert_eq!(after.term, b.term, "term survives restart");
         assert_eq!(after.last_index, b.last_index, "log survives restart");
-        assert!(after.commit_index >= b.commit_index.saturating_sub(1));
+        // The commit index is not forced to disk (it is re-learned from the leader).
+        assert!(after.commit_index <= after.last_index);
         assert_eq!(after.voters, b.voters);
     }
-    // Vote survives too: read it back from a fresh replay of the same directory.
     assert!(c.drive_until(100, |c| (1..=2).all(|g| c.converged(GroupId(g)))));
     assert_eq!(c.nodes[&id].reg.kv(GroupId(1)).len(), 25);
 }
