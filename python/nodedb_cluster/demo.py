@@ -21,7 +21,7 @@ import msgpack
 from nodedb_cluster import wire
 from nodedb_cluster.cli import CLIENT_NODE_ID, format_status
 from nodedb_cluster.errors import ClusterError
-from nodedb_cluster.localcluster import LocalCluster
+from nodedb_cluster.localcluster import LocalCluster, Status
 from nodedb_cluster.metadata.commands import MetadataEntry, PutSetting
 from nodedb_cluster.node import encode_metadata_propose
 from nodedb_cluster.transport import Transport
@@ -61,7 +61,7 @@ async def _demo(cluster: LocalCluster, client: Transport) -> int:
     t0 = time.monotonic()
     await cluster.start()
     formed = await cluster.wait_for(
-        lambda s: all(len(st["nodes"]) == NODES for st in s.values()),  # type: ignore[arg-type]
+        lambda s: all(len(st["nodes"]) == NODES for st in s.values()),
         cluster.nodes,
         30.0,
         "every node to see the whole topology",
@@ -132,15 +132,15 @@ async def _put_setting(client: Transport, addr: str, key: str, value: str) -> No
         raise ClusterError(f"write {key} not acknowledged: {reply}")
 
 
-def _leader_of(statuses: dict[int, dict[str, object]], group_id: int) -> int:
+def _leader_of(statuses: dict[int, Status], group_id: int) -> int:
     for status in statuses.values():
-        for group in status["groups"]:  # type: ignore[attr-defined]
+        for group in status["groups"]:
             if group["group_id"] == group_id and group["role"] == "leader":
                 return int(group["leader"])
     return 0
 
 
-def _lost(acked: dict[str, str], statuses: dict[int, dict[str, object]]) -> list[str]:
+def _lost(acked: dict[str, str], statuses: dict[int, Status]) -> list[str]:
     lost = []
     for status in statuses.values():
         settings = status.get("settings")

@@ -14,10 +14,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.cli import READY_PREFIX, fetch_status
@@ -25,6 +25,9 @@ from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import ClusterError, Timeout
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.transport import Credentials, Insecure, Mtls, generate_cluster_credentials
+
+Status = dict[str, Any]
+"""A node's status document (`Node.status().to_doc()` as sent over the wire)."""
 
 READY_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 10.0
@@ -213,20 +216,23 @@ class LocalCluster:
             await node.start()
         await asyncio.gather(*(node.wait_ready() for node in chosen))
 
-    async def status(self, node_id: int, timeout_s: float = 2.0) -> dict[str, object]:
+    async def status(self, node_id: int, timeout_s: float = 2.0) -> Status:
         return await fetch_status(self.nodes[node_id].addr, self.client_credentials, timeout_s)
 
     async def wait_for(
-        self, predicate: object, node_ids: Iterable[int], timeout_s: float, what: str
-    ) -> dict[int, dict[str, object]]:
+        self,
+        predicate: Callable[[dict[int, Status]], bool],
+        node_ids: Iterable[int],
+        timeout_s: float,
+        what: str,
+    ) -> dict[int, Status]:
         """Poll the nodes' status until `predicate(statuses)` holds; bounded by `timeout_s`."""
-        assert callable(predicate)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         ids = list(node_ids)
         last_error = ""
         while loop.time() < deadline:
-            statuses: dict[int, dict[str, object]] = {}
+            statuses: dict[int, Status] = {}
             for i in ids:
                 try:
                     statuses[i] = await self.status(i)
