@@ -132,6 +132,8 @@ async def run_join(
                 case Accepted(response=response):
                     return response
                 case Rejected(text=text):
+                    if parse_leader_hint(text) is not None:
+                        log.info("join: %s redirected us: %s", addr, text)
                     attempt.on_rejected(addr, text)
                 case SendFailed(reason=reason):
                     attempt.on_send_failed(addr, reason)

@@ -1,0 +1,172 @@
+"""JOIN.md's formation scenarios with real processes: each node is a `nodedb-cluster start`
+process on 127.0.0.N with its own data_dir, killed with SIGKILL where the scenario says so.
+
+Test configs shorten the join schedule (max_backoff_secs=2) and the RPC timeout so the suite stays
+fast; the production schedule's arithmetic is unit-tested in test_retry.py/test_join_client.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.formation.retry import JoinRetryPolicy
+from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status
+
+pytestmark = pytest.mark.multiprocess
+
+FAST = {"rpc_timeout_ms": 1000}
+
+
+def cluster_ids(statuses: dict[int, Status]) -> set[str]:
+    return {s["cluster_id"] for s in statuses.values()}
+
+
+def sees_all(n: int) -> Callable[[dict[int, Status]], bool]:
+    return lambda statuses: all(len(s["nodes"]) == n for s in statuses.values())
+
+
+def leader_of(statuses: dict[int, Status], group_id: int) -> int:
+    for s in statuses.values():
+        for g in s["groups"]:
+            if g["group_id"] == group_id and g["role"] == "leader":
+                return int(g["leader"])
+    return 0
+
+
+def data_groups_at_rf(rf: int) -> Callable[[dict[int, Status]], bool]:
+    def check(statuses: dict[int, Status]) -> bool:
+        for s in statuses.values():
+            for g in s["groups"]:
+                is_data_leader = g["role"] == "leader" and g["group_id"] != 0
+                if is_data_leader and (len(g["voters"]) != rf or g["learners"]):
+                    return False
+        leaders = {
+            g["group_id"] for s in statuses.values() for g in s["groups"] if g["role"] == "leader"
+        }
+        return len(leaders) == 5  # group 0 + the 4 data groups each have a leader
+
+    return check
+
+
+MakeCluster = Callable[..., LocalCluster]
+
+
+@pytest.fixture
+async def make_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
+    clusters: list[LocalCluster] = []
+
+    def make(size: int, **overrides: object) -> LocalCluster:
+        cluster = LocalCluster(
+            tmp_path / f"c{len(clusters)}", size, overrides={**FAST, **overrides}
+        )
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        await cluster.close()
+
+
+async def test_three_nodes_join_one_bootstrapper(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    await cluster.start([1])
+    await cluster.start([2, 3])
+    statuses = await cluster.wait_for(sees_all(3), cluster.nodes, 15, "a 3-node topology")
+    assert len(cluster_ids(statuses)) == 1
+    assert all(s["lifecycle"] == "ready" for s in statuses.values())
+    # RF=3: every data group ends with exactly three voters and no learner left behind.
+    await cluster.wait_for(data_groups_at_rf(3), cluster.nodes, 20, "every group at RF voters")
+
+
+async def test_five_simultaneous_starts_form_exactly_one_cluster(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(5)
+    await cluster.start()  # all five at once; only 127.0.0.1 may bootstrap
+    statuses = await cluster.wait_for(sees_all(5), cluster.nodes, 10, "a 5-node topology")
+    assert len(cluster_ids(statuses)) == 1
+    await cluster.wait_for(data_groups_at_rf(3), cluster.nodes, 30, "RF=3 with 5 nodes")
+
+
+async def test_join_through_a_follower_follows_the_redirect(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    await cluster.start([1, 2])
+    await cluster.wait_for(sees_all(2), [1, 2], 15, "two nodes")
+    # Node 3 knows only node 2 (a follower of group 0): it must be redirected to node 1.
+    node3 = cluster.nodes[3]
+    node3.config = replace(node3.config, seed_nodes=(cluster.nodes[2].config.listen_addr,))
+    await cluster.start([3])
+    statuses = await cluster.wait_for(sees_all(3), cluster.nodes, 15, "three nodes")
+    assert len(cluster_ids(statuses)) == 1
+    assert "redirected" in cluster.nodes[3].log_tail()
+
+
+async def test_new_node_joins_after_the_bootstrap_leader_died(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(4)
+    await cluster.start([1, 2, 3])
+    await cluster.wait_for(data_groups_at_rf(3), [1, 2, 3], 20, "RF=3 on three nodes")
+    cluster.nodes[1].kill()
+    await cluster.nodes[1].wait_exit()
+    await cluster.wait_for(lambda s: leader_of(s, 0) in (2, 3), [2, 3], 15, "a new leader")
+    await cluster.start([4])  # seeds list node 1 first: unreachable, then the survivors
+    statuses = await cluster.wait_for(sees_all(4), [2, 3, 4], 15, "node 4 admitted")
+    assert len(cluster_ids(statuses)) == 1
+
+
+async def test_restarted_node_comes_back_on_its_own_catalog(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    await cluster.start()
+    before = await cluster.wait_for(sees_all(3), cluster.nodes, 15, "three nodes")
+    cluster.nodes[3].kill()
+    await cluster.nodes[3].wait_exit()
+    await cluster.start([3])
+    after = await cluster.wait_for(sees_all(3), cluster.nodes, 15, "node 3 back")
+    assert cluster_ids(after) == cluster_ids(before)
+    assert "restarting" in cluster.nodes[3].log_tail().lower()
+
+
+async def test_node_id_reused_with_another_address_is_refused(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3)
+    await cluster.start([1, 2])
+    await cluster.wait_for(sees_all(2), [1, 2], 15, "two nodes")
+    impostor = cluster.nodes[3]
+    port = impostor.config.listen_addr.port
+    impostor.config = replace(
+        impostor.config,
+        node_id=2,  # node 2's id, at node 3's address
+        listen_addr=parse_socket_addr(f"127.0.0.3:{port}"),
+        join_retry=JoinRetryPolicy(max_attempts=1, max_backoff_secs=0),
+    )
+    await impostor.start()
+    with pytest.raises(NodeProcessError, match="exited with 1"):
+        await impostor.wait_ready(20)
+    assert "already in use" in impostor.log_tail()
+
+
+async def test_all_seeds_unreachable_fails_after_the_schedule(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(3, join_retry=JoinRetryPolicy(max_attempts=2, max_backoff_secs=1))
+    # Node 2 starts alone: the bootstrapper (node 1) and node 3 are down.
+    await cluster.nodes[2].start()
+    with pytest.raises(NodeProcessError, match="exited with 1"):
+        await cluster.nodes[2].wait_ready(30)
+    log = cluster.nodes[2].log_tail()
+    assert "Joining(attempt=2)" in log
+    assert "formation failed" in log
+
+
+async def test_node_killed_during_its_own_join_converges_after_restart(
+    make_cluster: MakeCluster,
+) -> None:
+    cluster = make_cluster(3)
+    await cluster.start([1, 2])
+    await cluster.wait_for(sees_all(2), [1, 2], 15, "two nodes")
+    node3 = cluster.nodes[3]
+    await node3.start()
+    node3.kill()  # somewhere between spawning and Ready
+    await node3.wait_exit()
+    await cluster.start([3])
+    statuses = await cluster.wait_for(sees_all(3), cluster.nodes, 20, "node 3 converged")
+    assert len(cluster_ids(statuses)) == 1
