@@ -10,6 +10,7 @@ Every wait is bounded by the transport's own timeouts or `asyncio.timeout`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import stat
 import time
@@ -37,6 +38,7 @@ from nodedb_cluster.transport import (
     Transport,
     generate_cluster_credentials,
     issue_node_credentials,
+    revoke_node_credentials,
 )
 from nodedb_cluster.wire import MessageKind, encode_frame
 
@@ -379,3 +381,23 @@ async def test_send_rpc_many_raises_the_first_error_and_serve_none_unplugs(
     assert info.value.code == "no_handler"
     async with asyncio.timeout(5):
         await client.probe_bridge()  # the loop bridge round trip itself completes
+
+
+async def test_a_revoked_leaf_is_refused(tmp_path: Path, creds: list[Mtls]) -> None:
+    crl = revoke_node_credentials(
+        creds[0].ca, tmp_path / "ca.key", [creds[1].cert], tmp_path / "r.crl"
+    )
+    server_creds, revoked_creds, fine_creds = (dataclasses.replace(c, crls=(crl,)) for c in creds)
+    async with (
+        Transport(1, LOCAL, server_creds) as server,
+        Transport(2, LOCAL, revoked_creds) as revoked,
+        Transport(3, LOCAL, fine_creds) as fine,
+    ):
+        server.serve(echo)
+        with pytest.raises(HandshakeError) as info:
+            await revoked.send_rpc_to_addr(server.local_addr, MessageKind.PING, b"")
+        assert "revoked" in str(info.value)
+        assert await fine.send_rpc_to_addr(server.local_addr, MessageKind.PING, b"ok") == (
+            MessageKind.PONG,
+            b"ok",
+        )

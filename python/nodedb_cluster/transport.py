@@ -48,15 +48,17 @@ else the exception class name); the requester sees `RemoteError`."""
 
 @dataclass(frozen=True, slots=True)
 class Mtls:
-    """Mutual TLS: cluster CA, this node's certificate and key (PEM files)."""
+    """Mutual TLS: cluster CA, this node's certificate and key (PEM files), and optional
+    certificate revocation lists signed by the CA (peers they revoke are refused)."""
 
     ca: Path
     cert: Path
     key: Path
+    crls: tuple[Path, ...] = ()
 
     def spki_pin(self) -> bytes:
         """SHA-256 of this node's SubjectPublicKeyInfo (what peers pin)."""
-        pin = _core.Credentials.mtls(self.ca, self.cert, self.key).spki_pin()
+        pin = _core.Credentials.mtls(self.ca, self.cert, self.key, list(self.crls)).spki_pin()
         assert pin is not None  # mTLS identities always have one
         return pin
 
@@ -71,7 +73,9 @@ Credentials = Mtls | Insecure
 
 def _core_credentials(credentials: Credentials) -> _core.Credentials:
     if isinstance(credentials, Mtls):
-        return _core.Credentials.mtls(credentials.ca, credentials.cert, credentials.key)
+        return _core.Credentials.mtls(
+            credentials.ca, credentials.cert, credentials.key, list(credentials.crls)
+        )
     if isinstance(credentials, Insecure):
         return _core.Credentials.insecure()
     raise TypeError(f"credentials must be Mtls(...) or Insecure(), not {credentials!r}")
@@ -122,6 +126,13 @@ class _Resumed:
                     yielded = self._coroutine.send(sent)
                 except StopIteration as finished:
                     return finished.value
+
+
+def revoke_node_credentials(ca_cert: Path, ca_key: Path, revoked: list[Path], out: Path) -> Path:
+    """Write a CRL at `out`, signed by the CA, revoking the leaf certificates `revoked` (as
+    issued by this module's generator). Nodes given it in `Mtls(..., crls=(out,))` refuse them."""
+    _core.revoke_node_credentials(ca_cert, ca_key, list(revoked), out)
+    return out
 
 
 def _addr_text(addr: str | SocketAddr) -> str:

@@ -39,7 +39,10 @@ ALPN: Final[str]
 class Credentials:
     @staticmethod
     def mtls(
-        ca: str | PathLike[str], cert: str | PathLike[str], key: str | PathLike[str]
+        ca: str | PathLike[str],
+        cert: str | PathLike[str],
+        key: str | PathLike[str],
+        crls: list[str | PathLike[str]] = ...,
     ) -> Credentials: ...
     @staticmethod
     def insecure() -> Credentials: ...
@@ -119,6 +122,12 @@ class Transport:
 def generate_cluster_credentials(
     dir: str | PathLike[str], cluster_name: str, nodes: list[tuple[str, list[str]]]
 ) -> list[tuple[Path, Path, Path]]: ...
+def revoke_node_credentials(
+    ca_cert: str | PathLike[str],
+    ca_key: str | PathLike[str],
+    revoked: list[str | PathLike[str]],
+    out: str | PathLike[str],
+) -> None: ...
 def issue_node_credentials(
     ca_cert: str | PathLike[str],
     ca_key: str | PathLike[str],

@@ -93,11 +93,19 @@ pub struct PyCredentials {
 
 #[pymethods]
 impl PyCredentials {
-    /// Mutual TLS from three PEM files (cluster CA, node certificate, node key).
+    /// Mutual TLS from three PEM files (cluster CA, node certificate, node key), plus optional
+    /// certificate revocation lists (PEM files signed by the CA).
     #[staticmethod]
-    fn mtls(py: Python<'_>, ca: PathBuf, cert: PathBuf, key: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (ca, cert, key, crls = Vec::new()))]
+    fn mtls(
+        py: Python<'_>,
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+        crls: Vec<PathBuf>,
+    ) -> PyResult<Self> {
         let inner = py
-            .detach(|| Credentials::mtls_from_files(&ca, &cert, &key))
+            .detach(|| Credentials::mtls_from_files_with_crls(&ca, &cert, &key, &crls))
             .map_err(|e| transport_error_with(py, e))?;
         Ok(PyCredentials { inner })
     }
@@ -633,6 +641,20 @@ fn issue_node_credentials(
     Ok((files.ca_cert, files.cert, files.key))
 }
 
+/// Write a CRL (PEM, at `out`) signed by the CA that revokes the given leaf certificates
+/// (issued by this generator).
+#[pyfunction]
+fn revoke_node_credentials(
+    py: Python<'_>,
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    revoked: Vec<PathBuf>,
+    out: PathBuf,
+) -> PyResult<()> {
+    py.detach(|| nodedb_transport::revoke_node_credentials(&ca_cert, &ca_key, &revoked, &out))
+        .map_err(|e| transport_error_with(py, e))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "ALPN",
@@ -644,5 +666,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTransport>()?;
     m.add_function(wrap_pyfunction!(generate_cluster_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(issue_node_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(revoke_node_credentials, m)?)?;
     Ok(())
 }

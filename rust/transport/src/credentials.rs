@@ -7,7 +7,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
 use crate::error::TransportError;
@@ -58,6 +58,8 @@ pub enum Credentials {
         ca_pem: String,
         cert_pem: String,
         key_pem: String,
+        /// Certificate revocation lists signed by the CA (may be empty).
+        crl_pems: Vec<String>,
     },
     /// No authentication (a throwaway self-signed server cert, no verification). Must be asked
     /// for by name; logged and counted.
@@ -78,6 +80,7 @@ pub(crate) struct MtlsMaterial {
     pub ca: Vec<CertificateDer<'static>>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
 fn bad(what: &str, err: impl fmt::Display) -> TransportError {
@@ -93,6 +96,17 @@ impl Credentials {
         cert: &Path,
         key: &Path,
     ) -> Result<Credentials, TransportError> {
+        Credentials::mtls_from_files_with_crls(ca, cert, key, &[])
+    }
+
+    /// [`Credentials::mtls_from_files`] plus certificate revocation lists (PEM files): peers
+    /// whose certificate a CRL revokes are refused in both directions.
+    pub fn mtls_from_files_with_crls(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        crls: &[PathBuf],
+    ) -> Result<Credentials, TransportError> {
         let read = |path: &Path| {
             std::fs::read_to_string(path)
                 .map_err(|e| bad(&format!("cannot read {}", path.display()), e))
@@ -101,6 +115,7 @@ impl Credentials {
             ca_pem: read(ca)?,
             cert_pem: read(cert)?,
             key_pem: read(key)?,
+            crl_pems: crls.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
         };
         creds.material()?;
         Ok(creds)
@@ -111,6 +126,7 @@ impl Credentials {
             ca_pem,
             cert_pem,
             key_pem,
+            crl_pems,
         } = self
         else {
             return Ok(None);
@@ -129,7 +145,22 @@ impl Credentials {
         let chain = certs(cert_pem, "node certificate")?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| bad("cannot parse node private key PEM", e))?;
-        Ok(Some(MtlsMaterial { ca, chain, key }))
+        let mut crls = Vec::new();
+        for pem in crl_pems {
+            let parsed = CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad("cannot parse CRL PEM", e))?;
+            if parsed.is_empty() {
+                return Err(bad("CRL", "no X509 CRL block in the PEM"));
+            }
+            crls.extend(parsed);
+        }
+        Ok(Some(MtlsMaterial {
+            ca,
+            chain,
+            key,
+            crls,
+        }))
     }
 
     /// This node's SPKI pin (`None` when insecure).
@@ -233,6 +264,10 @@ pub fn issue_node_credentials(
     ];
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     let key = rcgen::KeyPair::generate().map_err(rcgen_err)?;
+    // The serial is derived from the key's SPKI, so a CRL can name a certificate from its file
+    // alone (see `revoke_node_credentials`).
+    let pin = SpkiPin(Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)).into());
+    params.serial_number = Some(serial_for_pin(&pin));
     let cert = params.signed_by(&key, &issuer).map_err(rcgen_err)?;
     if node_name.is_empty() || node_name.contains(['/', '\\', '\0']) || node_name.starts_with('.') {
         return Err(bad(
@@ -248,6 +283,53 @@ pub fn issue_node_credentials(
     write_private(&files.cert, &cert.pem())?;
     write_private(&files.key, &key.serialize_pem())?;
     Ok(files)
+}
+
+/// Serial number of a leaf this generator issues: 16 bytes of its SPKI pin, positive.
+fn serial_for_pin(pin: &SpkiPin) -> rcgen::SerialNumber {
+    let mut serial = [0u8; 16];
+    serial.copy_from_slice(&pin.0[..16]);
+    serial[0] = (serial[0] & 0x7F) | 0x01;
+    rcgen::SerialNumber::from_slice(&serial)
+}
+
+/// Write a CRL signed by the CA that revokes the leaves in `revoked` (certificates issued by
+/// [`issue_node_credentials`]) to `out` (PEM). Peers loading it refuse those leaves.
+pub fn revoke_node_credentials(
+    ca_cert: &Path,
+    ca_key: &Path,
+    revoked: &[PathBuf],
+    out: &Path,
+) -> Result<(), TransportError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| bad(&format!("cannot read {}", path.display()), e))
+    };
+    let ca_key_pair = rcgen::KeyPair::from_pem(&read(ca_key)?).map_err(rcgen_err)?;
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&read(ca_cert)?, ca_key_pair).map_err(rcgen_err)?;
+    let mut revoked_certs = Vec::with_capacity(revoked.len());
+    for path in revoked {
+        let pem = read(path)?;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| bad(&format!("cannot parse {}", path.display()), e))?;
+        revoked_certs.push(rcgen::RevokedCertParams {
+            serial_number: serial_for_pin(&spki_pin_of_cert(&der)?),
+            revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        });
+    }
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2020, 1, 1),
+        next_update: rcgen::date_time_ymd(2100, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&issuer).map_err(rcgen_err)?;
+    write_private(out, &crl.pem().map_err(rcgen_err)?)
 }
 
 /// A CA plus one leaf per `(node_name, sans)` in `dir` (tests and first deployments).

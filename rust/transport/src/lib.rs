@@ -16,7 +16,9 @@ mod tls;
 pub mod transport;
 
 pub use config::TransportConfig;
-pub use credentials::{generate_cluster_credentials, spki_pin_of_cert, Credentials, SpkiPin};
+pub use credentials::{
+    generate_cluster_credentials, revoke_node_credentials, spki_pin_of_cert, Credentials, SpkiPin,
+};
 pub use error::TransportError;
 pub use handler::{
     handler_fn, FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, HandlerResult,

@@ -42,6 +42,7 @@ pub(crate) fn build(
                 roots.clone(),
                 provider.clone(),
             )
+            .with_crls(material.crls.clone())
             .build()
             .map_err(|e| tls_err("cannot build client verifier", e))?;
             let server = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -53,7 +54,15 @@ pub(crate) fn build(
             let client = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .map_err(|e| tls_err("TLS 1.3", e))?
-                .with_root_certificates(roots)
+                .with_webpki_verifier(
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(
+                        roots,
+                        provider.clone(),
+                    )
+                    .with_crls(material.crls)
+                    .build()
+                    .map_err(|e| tls_err("cannot build server verifier", e))?,
+                )
                 .with_client_auth_cert(material.chain, material.key)
                 .map_err(|e| tls_err("node certificate/key rejected", e))?;
             (server, client)
@@ -146,6 +155,7 @@ fn alert_meaning(alert: u64) -> &'static str {
     match alert {
         40 => "handshake failure",
         42 | 43 | 46 => "bad certificate: the peer does not accept our certificate (another CA?)",
+        44 => "certificate revoked: the cluster CRL revokes the certificate",
         45 => "certificate expired",
         48 => "unknown CA: the certificate is not issued by the cluster CA",
         116 => {
@@ -182,6 +192,9 @@ pub(crate) fn describe_tls_failure(err: &quinn::ConnectionError) -> Option<Strin
             "; the peer's certificate is not issued by this cluster's CA (another CA, or an \
              insecure peer)",
         );
+    }
+    if reason.contains("Revoked") {
+        text.push_str("; the peer's certificate is revoked by the cluster CRL");
     }
     if !reason.is_empty() {
         text.push_str(&format!(" [{reason}]"));

@@ -543,3 +543,52 @@ async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
     assert_eq!(reply.unwrap().payload, Bytes::from_static(b"ok"));
     assert_eq!(server.metrics()["connections_accepted"], 1);
 }
+
+/// A leaf revoked by the cluster CRL is refused in both directions, with an error that says so;
+/// other leaves of the same CA still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_leaf_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<(String, Vec<String>)> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| (n.to_string(), vec!["127.0.0.1".to_string()]))
+        .collect();
+    let files = generate_cluster_credentials(dir.path(), "a", &nodes).unwrap();
+    let crl = dir.path().join("revoked.crl.pem");
+    nodedb_transport::revoke_node_credentials(
+        &files[0].ca_cert,
+        &dir.path().join("ca.key"),
+        std::slice::from_ref(&files[1].cert),
+        &crl,
+    )
+    .unwrap();
+    let load = |i: usize| {
+        Credentials::mtls_from_files_with_crls(
+            &files[i].ca_cert,
+            &files[i].cert,
+            &files[i].key,
+            std::slice::from_ref(&crl),
+        )
+        .unwrap()
+    };
+    let server = bind(1, ANY, load(0));
+    serve_echo(&server);
+    let revoked = bind(2, ANY, load(1));
+    let fine = bind(3, ANY, load(2));
+    let err = revoked
+        .send_rpc_to_addr(server.local_addr(), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
+    assert!(err.to_string().contains("revoked"), "{err}");
+    fine.send_rpc_to_addr(server.local_addr(), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap();
+    // And the other way: a node holding the CRL refuses to talk to the revoked node's server.
+    serve_echo(&revoked);
+    let err = fine
+        .send_rpc_to_addr(revoked.local_addr(), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+}
