@@ -739,3 +739,53 @@ fn learner_joins_under_load_with_reordering_and_loss() {
         .count();
     assert!(acked > 1000, "only {acked} proposals acknowledged");
 }
+
+#[test]
+fn removed_group_fails_pending_requests_and_stays_removed_after_restart() {
+    let mut c = Cluster::new(3, 2, |_| {}, true);
+    c.elect_all(2);
+    c.propose(GroupId(2), vec![put("x", b"1")]).expect("commit");
+    let id = NodeId(1);
+    let (tx, mut rx) = oneshot::channel();
+    c.core(id).read_index(GroupId(2), tx);
+    c.core(id).remove_group(GroupId(2)).expect("remove");
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(Err(RaftError::GroupNotFound { .. }))
+    ));
+    let (tx, mut rx) = oneshot::channel();
+    c.core(id).propose(GroupId(2), &[put("y", b"1")], tx);
+    assert!(matches!(
+        rx.try_recv(),
+        Ok(Err(RaftError::GroupNotFound { .. }))
+    ));
+    c.crash(id);
+    c.restart(id);
+    assert_eq!(
+        c.core(id).group_ids(),
+        vec![GroupId(1)],
+        "removal survives restart"
+    );
+    assert!(c.drive_until(100, |c| c.converged(GroupId(1))));
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let mut cfg = MultiRaftConfig::new(NodeId(1), "/nonexistent");
+    cfg.election_ticks = 1;
+    match cfg.validate() {
+        Err(nodedb_multiraft::EngineError::Config { field, .. }) => {
+            assert_eq!(field, "election_ticks")
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    let mut cfg = MultiRaftConfig::new(NodeId(0), "/nonexistent");
+    cfg.tick_interval = std::time::Duration::from_millis(10);
+    assert!(matches!(
+        cfg.validate(),
+        Err(nodedb_multiraft::EngineError::Config {
+            field: "node_id",
+            ..
+        })
+    ));
+}
