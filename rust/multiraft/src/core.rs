@@ -203,6 +203,15 @@ pub struct MultiRaftCore {
     /// Send snapshot chunks from the calling thread (deterministic tests) instead of a thread
     /// per transfer.
     inline_snapshot_sends: bool,
+    /// Peer reports raised while Readys were outstanding, stepped in after `advance`.
+    deferred_reports: Vec<(GroupId, NodeId, PeerReport)>,
+}
+
+/// A transport outcome raft must hear about.
+#[derive(Debug, Clone, Copy)]
+enum PeerReport {
+    Unreachable,
+    SnapshotFailure,
 }
 
 fn lost(group: GroupId, leader: u64) -> RaftError {
@@ -241,6 +250,7 @@ impl MultiRaftCore {
             ticks: 0,
             metrics,
             inline_snapshot_sends: false,
+            deferred_reports: Vec::new(),
             cfg,
         };
         for (gid, rg) in recovered {
@@ -864,6 +874,7 @@ impl MultiRaftCore {
             step_down_check(g);
         }
         self.flush(out);
+        self.apply_deferred_reports();
         // (7) snapshots past the threshold
         floors_changed |= self.maybe_snapshot()?;
         if floors_changed {
@@ -923,9 +934,8 @@ impl MultiRaftCore {
         if self.net.send(to, frame).is_err() {
             Metrics::inc(&self.metrics.send_errors);
             for gid in groups {
-                if let Some(g) = self.groups.get_mut(&gid) {
-                    g.raw.report_unreachable(to.0);
-                }
+                self.deferred_reports
+                    .push((gid, to, PeerReport::Unreachable));
             }
         }
     }
@@ -990,10 +1000,24 @@ impl MultiRaftCore {
         }
     }
 
+    /// Called while Readys are outstanding (from `flush`): the report is stepped into raft
+    /// after `advance`, since raft-rs forbids stepping between `ready()` and `advance()`.
     fn report_snapshot_failure(&mut self, gid: GroupId, to: NodeId) {
         Metrics::inc(&self.metrics.snapshot_send_failures);
-        if let Some(g) = self.groups.get_mut(&gid) {
-            g.raw.report_snapshot(to.0, SnapshotStatus::Failure);
+        self.deferred_reports
+            .push((gid, to, PeerReport::SnapshotFailure));
+    }
+
+    fn apply_deferred_reports(&mut self) {
+        for (gid, to, report) in std::mem::take(&mut self.deferred_reports) {
+            if let Some(g) = self.groups.get_mut(&gid) {
+                match report {
+                    PeerReport::Unreachable => g.raw.report_unreachable(to.0),
+                    PeerReport::SnapshotFailure => {
+                        g.raw.report_snapshot(to.0, SnapshotStatus::Failure)
+                    }
+                }
+            }
         }
     }
 
