@@ -21,6 +21,12 @@ pub type LoopTask = Box<dyn FnOnce(Python<'_>) + Send>;
 
 /// Bytes read from the wake socket per `read` call while draining.
 const WAKE_DRAIN_CHUNK_BYTES: usize = 256;
+/// Tasks waiting for the loop, at most. Healthy use stays far below (every task is an in-flight
+/// request or a completion, themselves bounded by stream limits and timeouts); the cap only
+/// matters when the owning loop stopped draining (closed without closing the transport): then
+/// further tasks are dropped, which answers inbound requests with "no_reply" instead of growing
+/// without bound.
+const QUEUED_TASKS_MAX: usize = 1 << 20;
 
 pub struct LoopBridge {
     queue: Mutex<Vec<LoopTask>>,
@@ -48,12 +54,20 @@ impl LoopBridge {
         self.reader.as_raw_fd()
     }
 
-    /// Queue `task` for the loop thread (any thread, no GIL needed).
-    pub fn push(&self, task: LoopTask) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+    /// Queue `task` for the loop thread (any thread, no GIL needed). Returns false (and drops
+    /// the task) when `QUEUED_TASKS_MAX` tasks are already waiting: the loop is not draining.
+    pub fn push(&self, task: LoopTask) -> bool {
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.len() >= QUEUED_TASKS_MAX {
+                drop(queue);
+                // Dropped outside the lock: its Python references are released through pyo3's
+                // deferred reference pool when no GIL is held.
+                drop(task);
+                return false;
+            }
+            queue.push(task);
+        }
         if !self.signalled.swap(true, Ordering::AcqRel) {
             // A full socket buffer means a wake-up is already pending: nothing lost.
             match (&self.writer).write(&[1]) {
@@ -62,6 +76,7 @@ impl LoopBridge {
                 Err(err) => eprintln!("nodedb_cluster_core: loop bridge wake failed: {err}"),
             }
         }
+        true
     }
 
     /// Run every queued task (loop thread, GIL held). Returns how many ran.
