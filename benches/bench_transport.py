@@ -54,7 +54,9 @@ async def serve_nodedb(creds: list[str], rust_echo: bool) -> None:
             return (MessageKind.SNAPSHOT_ACK, len(payload).to_bytes(8, "little"))
         return (MessageKind.PONG, payload)
 
-    transport = Transport(1, "127.0.0.1:0", Mtls(Path(creds[0]), Path(creds[1]), Path(creds[2])), rpc_timeout=60.0)
+    transport = Transport(
+        1, "127.0.0.1:0", Mtls(Path(creds[0]), Path(creds[1]), Path(creds[2])), rpc_timeout=60.0
+    )
     transport.serve(handler)
     if rust_echo:
         transport.register_echo_handler(MessageKind.PING)
@@ -200,7 +202,9 @@ async def bench_nodedb(addr: str, creds: list[str], args: argparse.Namespace) ->
     from nodedb_cluster.wire import MessageKind
 
     out: dict[str, Any] = {}
-    async with Transport(2, "127.0.0.1:0", Mtls(Path(creds[0]), Path(creds[1]), Path(creds[2])), rpc_timeout=60.0) as client:
+    async with Transport(
+        2, "127.0.0.1:0", Mtls(Path(creds[0]), Path(creds[1]), Path(creds[2])), rpc_timeout=60.0
+    ) as client:
         client.register_peer(1, addr)
 
         async def one() -> Any:

@@ -25,7 +25,9 @@ async def handler(peer: Peer, kind: int, payload: bytes) -> Reply:
 
 async def main(argv: list[str]) -> None:
     node_id, listen = int(argv[0]), argv[1]
-    credentials = Insecure() if argv[2] == "--insecure" else Mtls(Path(argv[2]), Path(argv[3]), Path(argv[4]))
+    credentials = (
+        Insecure() if argv[2] == "--insecure" else Mtls(Path(argv[2]), Path(argv[3]), Path(argv[4]))
+    )
     argv = argv[2:]
     transport = Transport(node_id, listen, credentials, rpc_timeout=5.0)
     transport.serve(handler)
