@@ -29,6 +29,7 @@ from nodedb_cluster.errors import (
     Timeout,
     TransportClosed,
     UnknownPeer,
+    Unreachable,
 )
 from nodedb_cluster.transport import (
     Insecure,
@@ -401,3 +402,27 @@ async def test_a_revoked_leaf_is_refused(tmp_path: Path, creds: list[Mtls]) -> N
             MessageKind.PONG,
             b"ok",
         )
+
+
+async def test_peer_closing_mid_request_is_unreachable(creds: list[Mtls]) -> None:
+    entered = asyncio.Event()
+
+    async def stall(peer: Peer, kind: int, payload: bytes) -> Reply:
+        entered.set()
+        await asyncio.Event().wait()  # never answers; cancelled by close()
+        raise AssertionError("unreachable")
+
+    server = Transport(1, LOCAL, creds[0])
+    server.serve(stall)
+    async with Transport(2, LOCAL, creds[1]) as client:
+        pending = asyncio.ensure_future(
+            client.send_rpc_to_addr(server.local_addr, MessageKind.PING, b"")
+        )
+        async with asyncio.timeout(5):
+            await entered.wait()
+        await server.close()
+        with pytest.raises(Unreachable) as info:
+            async with asyncio.timeout(5):
+                await pending
+        assert "closed" in str(info.value)
+        assert client.metrics()["errors.unreachable"] == 1
