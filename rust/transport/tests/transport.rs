@@ -435,8 +435,10 @@ fn silently_vanished_peer_restarted_is_reached_in_one_call() {
     main_rt
         .block_on(client.send_rpc(NodeId(1), MessageKind::PING, Bytes::new()))
         .unwrap();
-    // Kill: no task of the server runs again, so no CONNECTION_CLOSE leaves.
-    doomed_rt.shutdown_background();
+    // Kill: no task of the server runs again, so no CONNECTION_CLOSE leaves. Waiting for the
+    // runtime's threads to exit drops its tasks (and their handles on the socket) before we
+    // drop the transport, which closes the socket as a dying process would.
+    doomed_rt.shutdown_timeout(Duration::from_secs(5));
     drop(server);
     main_rt.block_on(async {
         let restarted = bind(1, &addr.to_string(), c[0].clone());
