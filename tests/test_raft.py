@@ -248,3 +248,21 @@ async def test_python_state_machine_restores_from_its_snapshot_on_restart(tmp_pa
     assert status.snapshot_index > 0
     await n2.engine.close()
     await t.close()
+
+
+async def test_sole_voter_campaigns_at_once_and_leader_reports_matched(tmp_path: Path) -> None:
+    t = Transport(1, "127.0.0.1:0", Insecure())
+    t.register_peer(1, t.local_addr)
+    # A long election timeout: without campaign() the group would stay leaderless for seconds.
+    n = await start_node(1, tmp_path, t, RaftSettings(tick_interval_ms=1000))
+    try:
+        await n.engine.add_group(1, [1], "kv")
+        await n.engine.campaign(1)
+        out = await n.engine.propose(1, kv_put(b"k", b"v"), timeout_ms=900)
+        s = await n.engine.status(1)
+        assert s.role == "leader"
+        assert dict(s.matched)[1] >= out.index
+        assert s.voters_outgoing == ()
+    finally:
+        await n.engine.close()
+        await t.close()

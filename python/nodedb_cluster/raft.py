@@ -76,6 +76,11 @@ class GroupStatus:
     snapshot_index: int
     voters: tuple[int, ...] = field(default=())
     learners: tuple[int, ...] = field(default=())
+    voters_outgoing: tuple[int, ...] = field(default=())
+    """Non-empty while a joint configuration is in effect."""
+    matched: tuple[tuple[int, int], ...] = field(default=())
+    """On the leader: (node_id, highest index known replicated there), itself included; empty
+    elsewhere. A learner whose matched index reached `commit_index` has caught up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +199,8 @@ class RaftEngine:
             snapshot_index=cast(int, d["snapshot_index"]),
             voters=tuple(cast("list[int]", d["voters"])),
             learners=tuple(cast("list[int]", d["learners"])),
+            voters_outgoing=tuple(cast("list[int]", d["voters_outgoing"])),
+            matched=tuple(cast("list[tuple[int, int]]", d["matched"])),
         )
 
     async def groups(self) -> list[int]:
@@ -231,6 +238,12 @@ class RaftEngine:
         """Ask the leader to hand over; watch `status` for the outcome."""
         fut: asyncio.Future[None] = self._future()
         self._core.transfer_leader(group_id, to_node_id, timeout_ms, fut)
+        await fut
+
+    async def campaign(self, group_id: int) -> None:
+        """Start an election now (a sole founding voter need not wait an election timeout)."""
+        fut: asyncio.Future[None] = self._future()
+        self._core.campaign(group_id, fut)
         await fut
 
     async def snapshot_now(self, group_id: int) -> None:

@@ -129,6 +129,11 @@ pub struct GroupStatus {
     pub snapshot_index: u64,
     pub voters: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// Non-empty while a joint configuration is in effect (the voters being replaced).
+    pub voters_outgoing: Vec<NodeId>,
+    /// On the leader: the highest log index known replicated on each member (itself included);
+    /// empty elsewhere. A learner whose `matched` reached the leader's commit has caught up.
+    pub matched: Vec<(NodeId, u64)>,
 }
 
 /// A membership change, expressed as raft-rs ConfChangeV2 steps.
@@ -741,6 +746,18 @@ impl MultiRaftCore {
             snapshot_index: r.store().snapshot_meta().index,
             voters: sorted_ids(&cs.voters),
             learners: sorted_ids(&cs.learners),
+            voters_outgoing: sorted_ids(&cs.voters_outgoing),
+            matched: if r.state == StateRole::Leader {
+                let mut m: Vec<(NodeId, u64)> = r
+                    .prs()
+                    .iter()
+                    .map(|(id, pr)| (NodeId(*id), pr.matched))
+                    .collect();
+                m.sort_unstable();
+                m
+            } else {
+                Vec::new()
+            },
         })
     }
 

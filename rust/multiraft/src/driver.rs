@@ -73,6 +73,10 @@ enum Input {
         group: GroupId,
         reply: Reply<()>,
     },
+    Campaign {
+        group: GroupId,
+        reply: Reply<()>,
+    },
     Shutdown,
 }
 
@@ -369,6 +373,12 @@ impl MultiRaft {
         self.wait("snapshot_now", rx, timeout).await
     }
 
+    /// Starts an election in `group` now (a sole founding voter need not wait a timeout).
+    pub async fn campaign(&self, group: GroupId, timeout: Duration) -> Result<(), RaftError> {
+        let rx = self.submit(|reply| Input::Campaign { group, reply });
+        self.wait("campaign", rx, timeout).await
+    }
+
     /// Stops the driver: pending and queued requests get `Stopped`. Idempotent; blocks until
     /// the thread exited (one round at most).
     pub fn shutdown(&self) {
@@ -441,6 +451,9 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
         Input::SnapshotNow { group, reply } => {
             reply.send(core.snapshot_group(group).map_err(engine_err));
         }
+        Input::Campaign { group, reply } => {
+            reply.send(core.campaign(group));
+        }
         Input::Shutdown => return true,
     }
     false
@@ -467,6 +480,7 @@ fn refuse_with(input: Input, e: RaftError) {
         Input::AddGroup { reply, .. } => reply.send(Err(e)),
         Input::RemoveGroup { reply, .. } => reply.send(Err(e)),
         Input::SnapshotNow { reply, .. } => reply.send(Err(e)),
+        Input::Campaign { reply, .. } => reply.send(Err(e)),
         Input::Frame(_) | Input::Shutdown => {}
     }
 }

@@ -789,3 +789,99 @@ fn config_errors_name_the_field() {
         })
     ));
 }
+
+#[test]
+fn leader_transfer_moves_leadership_to_the_named_voter() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    let g = GroupId(1);
+    c.elect_all(1);
+    c.propose(g, vec![put("a", b"1")]).expect("commit");
+    let old = c.leader_of(g).expect("leader");
+    let target = c.live().into_iter().find(|n| *n != old).expect("follower");
+    let follower = c
+        .live()
+        .into_iter()
+        .find(|n| *n != old && *n != target)
+        .expect("third");
+    assert!(matches!(
+        c.core(follower).transfer_leader(g, target),
+        Err(RaftError::NotLeader { .. })
+    ));
+    c.core(old).transfer_leader(g, target).expect("transfer");
+    assert!(
+        c.drive_until(50, |c| c.leader_of(g) == Some(target)),
+        "leadership did not move to {target}"
+    );
+    let out = c
+        .propose(g, vec![put("b", b"2")])
+        .expect("commit under the new leader");
+    assert!(out.index > 0);
+}
+
+#[test]
+fn joint_change_replaces_a_voter_in_one_step() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    let g = GroupId(1);
+    c.elect_all(1);
+    for i in 0..20 {
+        c.propose(g, vec![put(&format!("k{i}"), b"v")])
+            .expect("commit");
+    }
+    let mut node = Node {
+        core: None,
+        sink: Sink::Mem(MemLogSink::new()),
+        reg: Registry::default(),
+        cfg: MultiRaftConfig::new(NodeId(4), c._dir.path().join("n4")),
+    };
+    node.open(&c.net);
+    node.core
+        .as_mut()
+        .expect("up")
+        .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
+        .expect("learner group");
+    c.nodes.insert(NodeId(4), node);
+    let leader = c.leader_of(g).expect("leader");
+    let (tx, mut rx) = oneshot::channel();
+    c.core(leader)
+        .change_membership(g, &[MembershipChange::AddLearner(NodeId(4))], tx);
+    assert!(c.drive_until(50, |_| rx.try_recv().is_ok()));
+    assert!(c.drive_until(200, |c| c.converged(g)), "learner caught up");
+    // Promote 4 and remove a follower that is not the leader, atomically (joint consensus,
+    // left automatically by raft).
+    let leader = c.leader_of(g).expect("leader");
+    let gone = c
+        .live()
+        .into_iter()
+        .find(|n| *n != leader && *n != NodeId(4))
+        .expect("a follower");
+    let (tx, mut rx) = oneshot::channel();
+    c.core(leader).change_membership(
+        g,
+        &[
+            MembershipChange::AddVoter(NodeId(4)),
+            MembershipChange::Remove(gone),
+        ],
+        tx,
+    );
+    let mut voters = None;
+    assert!(c.drive_until(50, |_| {
+        if let Ok(r) = rx.try_recv() {
+            voters = Some(r);
+        }
+        voters.is_some()
+    }));
+    let voters = voters.expect("answered").expect("joint change applied");
+    assert!(
+        voters.contains(&NodeId(4)) && !voters.contains(&gone),
+        "{voters:?}"
+    );
+    // The joint config is left automatically: the final config has no outgoing voters.
+    assert!(c.drive_until(50, |c| {
+        c.core(leader)
+            .status(g)
+            .map(|s| s.voters.len() == 3 && s.voters_outgoing.is_empty())
+            .unwrap_or(false)
+    }));
+    c.propose(g, vec![put("after", b"1")])
+        .expect("commit in the new config");
+}

@@ -178,6 +178,14 @@ fn status_to_py(py: Python<'_>, s: GroupStatus) -> PyResult<Py<PyAny>> {
         "learners",
         s.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
     )?;
+    d.set_item(
+        "matched",
+        s.matched.iter().map(|(n, i)| (n.0, *i)).collect::<Vec<_>>(),
+    )?;
+    d.set_item(
+        "voters_outgoing",
+        s.voters_outgoing.iter().map(|n| n.0).collect::<Vec<_>>(),
+    )?;
     Ok(d.into_any().unbind())
 }
 
@@ -583,6 +591,25 @@ impl PyRaftEngine {
                 e.transfer_leader(GroupId(group_id), NodeId(to_node_id), t)
                     .await
             },
+            none,
+        );
+        Ok(())
+    }
+
+    /// Start an election in the group now (a sole founding voter elects itself at once).
+    #[pyo3(signature = (group_id, future, timeout_ms = 5000))]
+    fn campaign(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        future: Py<PyAny>,
+        timeout_ms: u64,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { e.campaign(GroupId(group_id), t).await },
             none,
         );
         Ok(())
