@@ -16,6 +16,7 @@ import pytest
 
 from nodedb_cluster.errors import (
     ConfigError,
+    CorruptLog,
     EngineStopped,
     RaftNotLeader,
     UnknownGroup,
@@ -265,4 +266,29 @@ async def test_sole_voter_campaigns_at_once_and_leader_reports_matched(tmp_path:
         assert s.voters_outgoing == ()
     finally:
         await n.engine.close()
+        await t.close()
+
+
+async def test_corrupt_log_refuses_to_start_naming_file_and_offset(tmp_path: Path) -> None:
+    t = Transport(1, "127.0.0.1:0", Insecure())
+    t.register_peer(1, t.local_addr)
+    n = await start_node(1, tmp_path, t, FAST)
+    await n.engine.add_group(1, [1], "kv")
+    await n.engine.campaign(1)
+    for i in range(200):
+        await n.engine.propose(1, kv_put(b"k%d" % i, b"v" * 100))
+    await n.engine.close()
+    segments = sorted((tmp_path / "n1" / "raft").glob("*.wal"))
+    assert segments, "the engine writes its log under data_dir/raft"
+    first = segments[0]
+    data = bytearray(first.read_bytes())
+    middle = len(data) // 2
+    data[middle] ^= 0xFF
+    first.write_bytes(bytes(data))
+    try:
+        with pytest.raises(CorruptLog) as e:
+            await start_node(1, tmp_path, t, FAST)
+        assert e.value.path.endswith(first.name)
+        assert 0 < e.value.offset <= middle
+    finally:
         await t.close()
