@@ -22,24 +22,23 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use raft::prelude::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
-    SnapshotMetadata,
-};
+use raft::prelude::{ConfChangeV2, ConfState, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 use tokio::sync::oneshot;
 
-use crate::codec::{
-    decode_commands, decode_pb, encode_commands, Frame, RaftBatch, SnapshotAck, SnapshotKey,
-};
+use crate::codec::{encode_commands, Frame, RaftBatch, SnapshotAck, SnapshotKey};
 use crate::config::MultiRaftConfig;
 use crate::error::{EngineError, RaftError, SnapshotError};
+use crate::group::{
+    answer_reads, apply_entries, fail_all, install_snapshot, le_u64, outgoing_snapshot,
+    snapshot_meta, sorted_ids, step_down_check, Group, PendingConf, PendingProposal, PendingRead,
+};
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
 use crate::metrics::Metrics;
 use crate::network::RaftNetwork;
 use crate::snapshot::{ChunkOutcome, SnapshotDescriptor, SnapshotStore, TransferJob};
-use crate::state_machine::{Command, StateMachine, StateMachineFactory, StateMachineKind};
+use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};
 use crate::storage::GroupStorage;
 
 /// One frame carries at most this many bytes of raft messages (a 64 MiB wire frame holds it
@@ -145,38 +144,6 @@ pub enum MembershipChange {
     Remove(NodeId),
 }
 
-struct PendingProposal {
-    index: u64,
-    term: u64,
-    reply: Reply<ProposeOutcome>,
-}
-
-struct PendingConf {
-    index: u64,
-    term: u64,
-    reply: Reply<Vec<NodeId>>,
-}
-
-struct PendingRead {
-    ctx: u64,
-    started_tick: u64,
-    /// Set once raft confirmed leadership: the read may proceed when applied ≥ this.
-    read_index: Option<u64>,
-    reply: Reply<u64>,
-}
-
-struct Group {
-    id: GroupId,
-    meta: GroupMeta,
-    raw: RawNode<GroupStorage>,
-    sm: Box<dyn StateMachine>,
-    proposals: VecDeque<PendingProposal>,
-    confs: VecDeque<PendingConf>,
-    reads: Vec<PendingRead>,
-    applied_index: u64,
-    was_leader: bool,
-}
-
 struct OutgoingTransfer {
     key: SnapshotKey,
     started_tick: u64,
@@ -217,13 +184,6 @@ pub struct MultiRaftCore {
 enum PeerReport {
     Unreachable,
     SnapshotFailure,
-}
-
-fn lost(group: GroupId, leader: u64) -> RaftError {
-    RaftError::LeadershipLost {
-        group,
-        leader_hint: NodeId::from_raft(leader),
-    }
 }
 
 impl MultiRaftCore {
@@ -1112,237 +1072,6 @@ fn node_of(c: &MembershipChange) -> NodeId {
         MembershipChange::AddLearner(n)
         | MembershipChange::AddVoter(n)
         | MembershipChange::Remove(n) => *n,
-    }
-}
-
-fn snapshot_meta(index: u64, term: u64, cs: ConfState) -> SnapshotMetadata {
-    SnapshotMetadata {
-        index,
-        term,
-        conf_state: Some(cs).into(),
-        ..Default::default()
-    }
-}
-
-fn sorted_ids(ids: &[u64]) -> Vec<NodeId> {
-    let mut v: Vec<NodeId> = ids.iter().map(|i| NodeId(*i)).collect();
-    v.sort_unstable();
-    v
-}
-
-fn le_u64(b: &[u8]) -> Option<u64> {
-    let a: [u8; 8] = b.try_into().ok()?;
-    Some(u64::from_le_bytes(a))
-}
-
-fn outgoing_snapshot(meta: SnapshotMetadata, desc: SnapshotDescriptor) -> Snapshot {
-    let mut s = Snapshot::default();
-    s.set_metadata(meta);
-    s.data = desc.encode().into();
-    s
-}
-
-fn fail_all(g: &mut Group, e: &RaftError) {
-    for p in g.proposals.drain(..) {
-        p.reply.send(Err(e.clone()));
-    }
-    for p in g.confs.drain(..) {
-        p.reply.send(Err(e.clone()));
-    }
-    for r in g.reads.drain(..) {
-        r.reply.send(Err(e.clone()));
-    }
-}
-
-/// A leader that stepped down fails what it promised: the entries may still commit under the
-/// new leader, so the error is `LeadershipLost` (outcome unknown), never silence.
-fn step_down_check(g: &mut Group) {
-    let leader = g.raw.raft.state == StateRole::Leader;
-    if g.was_leader && !leader {
-        let e = lost(g.id, g.raw.raft.leader_id);
-        fail_all(g, &e);
-    }
-    g.was_leader = leader;
-}
-
-fn answer_reads(g: &mut Group) {
-    let applied = g.applied_index;
-    let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut g.reads)
-        .into_iter()
-        .partition(|r| r.read_index.is_some_and(|i| i <= applied));
-    g.reads = waiting;
-    for r in ready {
-        r.reply.send(Ok(r.read_index.unwrap_or(applied)));
-    }
-}
-
-/// Installs a snapshot received from the leader (its file is already verified on disk).
-fn install_snapshot(
-    g: &mut Group,
-    store: &SnapshotStore,
-    snap: Snapshot,
-    records: &mut Vec<LogRecord>,
-) -> Result<(), EngineError> {
-    let meta = snap.get_metadata().clone();
-    let key = SnapshotKey {
-        group: g.id,
-        index: meta.index,
-        term: meta.term,
-    };
-    let desc = SnapshotDescriptor::decode(snap.get_data()).map_err(|e| EngineError::Recovery {
-        group: g.id,
-        reason: format!("snapshot descriptor: {e}"),
-    })?;
-    let data = store.read(&key, &desc)?;
-    g.sm.restore(&data).map_err(SnapshotError::from)?;
-    g.raw
-        .mut_store()
-        .install_snapshot(meta.clone())
-        .map_err(|e| EngineError::Raft(raft::Error::Store(e)))?;
-    g.raw
-        .mut_store()
-        .set_outgoing(outgoing_snapshot(meta.clone(), desc));
-    g.applied_index = meta.index;
-    records.push(LogRecord::snapshot_mark(g.id, g.meta, &meta));
-    store.remove_older(g.id, meta.index)?;
-    // Whatever was pending here is superseded by the snapshot.
-    let e = lost(g.id, g.raw.raft.leader_id);
-    for p in g.proposals.drain(..) {
-        p.reply.send(Err(e.clone()));
-    }
-    Ok(())
-}
-
-/// Applies committed entries in order: runs of normal entries go to the state machine as one
-/// batch; a conf change entry is applied to raft between runs. Answers matching proposals.
-fn apply_entries(g: &mut Group, entries: Vec<Entry>, metrics: &Metrics) {
-    let mut run: Vec<Entry> = Vec::new();
-    for e in entries {
-        if e.index <= g.applied_index {
-            continue; // already covered by an installed snapshot
-        }
-        match e.get_entry_type() {
-            EntryType::EntryNormal => run.push(e),
-            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                apply_run(g, std::mem::take(&mut run), metrics);
-                apply_conf_entry(g, &e);
-            }
-        }
-    }
-    apply_run(g, run, metrics);
-}
-
-fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
-    let Some(last) = run.last() else {
-        return;
-    };
-    let last_index = last.index;
-    // Decode every entry's commands; an entry that does not decode (cannot happen for entries
-    // we proposed; the log is crc-checked) is applied as empty and its proposer told.
-    // (index, term, its commands — None if undecodable)
-    type Decoded<'a> = (u64, u64, Option<Vec<&'a [u8]>>);
-    let mut decoded: Vec<Decoded<'_>> = Vec::with_capacity(run.len());
-    for e in &run {
-        if e.data.is_empty() {
-            decoded.push((e.index, e.term, Some(Vec::new()))); // leader's no-op
-        } else {
-            decoded.push((e.index, e.term, decode_commands(&e.data).ok()));
-        }
-    }
-    let commands: Vec<Command<'_>> = decoded
-        .iter()
-        .flat_map(|(index, _, cmds)| {
-            cmds.iter().flatten().map(move |data| Command {
-                index: *index,
-                data,
-            })
-        })
-        .collect();
-    let mut results = if commands.is_empty() {
-        Vec::new()
-    } else {
-        g.sm.apply_batch(&commands)
-    }
-    .into_iter();
-    assert_eq!(
-        results.len(),
-        commands.len(),
-        "state machine of {} returned a result count unequal to its command count",
-        g.id
-    );
-    Metrics::add(&metrics.commands_applied, commands.len() as u64);
-    for (index, term, cmds) in &decoded {
-        let mine: Vec<Vec<u8>> = match cmds {
-            Some(c) => results.by_ref().take(c.len()).collect(),
-            None => Vec::new(),
-        };
-        while g.proposals.front().is_some_and(|p| p.index < *index) {
-            if let Some(p) = g.proposals.pop_front() {
-                p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
-            }
-        }
-        if g.proposals.front().is_some_and(|p| p.index == *index) {
-            if let Some(p) = g.proposals.pop_front() {
-                let r = if p.term != *term {
-                    Err(lost(g.id, g.raw.raft.leader_id))
-                } else if cmds.is_none() {
-                    Err(RaftError::Invalid {
-                        reason: "committed entry did not decode".into(),
-                    })
-                } else {
-                    Ok(ProposeOutcome {
-                        index: *index,
-                        results: mine,
-                    })
-                };
-                p.reply.send(r);
-            }
-        }
-    }
-    g.applied_index = last_index;
-}
-
-/// Applies a committed conf change to raft and storage. Membership is made durable by snapshot
-/// marks only: on restart raft re-applies every committed conf entry after the last snapshot,
-/// in order, so the recovered membership always matches the recovered applied index (a
-/// separately persisted conf state could run ahead of it and be applied twice).
-fn apply_conf_entry(g: &mut Group, e: &Entry) {
-    let cc: Result<ConfChangeV2, String> = match e.get_entry_type() {
-        EntryType::EntryConfChangeV2 => decode_pb(&e.data).map_err(|x| x.to_string()),
-        // v1 entries are never proposed by this engine; decoded for completeness.
-        _ => decode_pb::<ConfChange>(&e.data)
-            .map(|c| {
-                let mut single = raft::prelude::ConfChangeSingle::default();
-                single.set_change_type(c.get_change_type());
-                single.node_id = c.node_id;
-                let mut v2 = ConfChangeV2::default();
-                v2.set_changes(vec![single].into());
-                v2
-            })
-            .map_err(|x| x.to_string()),
-    };
-    let result = cc.and_then(|cc| g.raw.apply_conf_change(&cc).map_err(|x| x.to_string()));
-    // An Err is refused by raft on every node alike (e.g. an invalid joint transition).
-    if let Ok(cs) = &result {
-        g.raw.mut_store().set_conf_state(cs.clone());
-    }
-    g.applied_index = e.index;
-    while g.confs.front().is_some_and(|p| p.index < e.index) {
-        if let Some(p) = g.confs.pop_front() {
-            p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));
-        }
-    }
-    if g.confs.front().is_some_and(|p| p.index == e.index) {
-        if let Some(p) = g.confs.pop_front() {
-            let r = match (&result, p.term == e.term) {
-                (_, false) => Err(lost(g.id, g.raw.raft.leader_id)),
-                (Ok(cs), true) => Ok(sorted_ids(&cs.voters)),
-                (Err(reason), true) => Err(RaftError::Invalid {
-                    reason: format!("conf change not applied: {reason}"),
-                }),
-            };
-            p.reply.send(r);
-        }
     }
 }
 

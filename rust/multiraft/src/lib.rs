@@ -17,6 +17,7 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod error;
+mod group;
 pub mod ids;
 pub mod kv;
 pub mod log_sink;
