@@ -12,6 +12,7 @@ Prints `READY` once serving. Commands ({"op": ..., ...}) answer {"ok": value} or
   load {group, count, concurrency, prefix, value_bytes}: puts through this node, returns
     {"acked": n, "errors": {class: n}, "latency_ms": [p50, p99], "elapsed_s": s}
   probe {group, key, deadline_s}: retry one put until committed; returns seconds taken
+  missing {group, prefix, count}: indexes i whose key prefix+i is absent here;
   add_learner / promote {group, node}; metrics.
 """
 
@@ -100,6 +101,9 @@ async def handle(engine: RaftEngine, cmd: dict[str, Any]) -> Any:
         }
     if op == "digest":
         return list(engine.kv_digest(int(cmd["group"])))
+    if op == "missing":
+        g, prefix, count = int(cmd["group"]), str(cmd["prefix"]), int(cmd["count"])
+        return [i for i in range(count) if engine.kv_get(g, f"{prefix}{i}".encode()) is None]
     if op == "get":
         v = engine.kv_get(int(cmd["group"]), cmd["key"].encode())
         return None if v is None else v.decode()
