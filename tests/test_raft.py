@@ -8,6 +8,7 @@ errors are the typed classes of nodedb_cluster.errors.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,4 +292,36 @@ async def test_corrupt_log_refuses_to_start_naming_file_and_offset(tmp_path: Pat
         assert e.value.path.endswith(first.name)
         assert 0 < e.value.offset <= middle
     finally:
+        await t.close()
+
+
+class ExplodingMachine(LogMachine):
+    """Raises on one payload: a bug in a Python state machine."""
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        if any(data == b"boom" for _, data in entries):
+            raise RuntimeError("state machine bug")
+        return super().apply_batch(entries)
+
+
+async def test_raising_python_state_machine_yields_error_results_not_a_dead_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_value))
+    t = Transport(1, "127.0.0.1:0", Insecure())
+    t.register_peer(1, t.local_addr)
+    engine = RaftEngine(1, tmp_path / "n1", t, lambda _g: ExplodingMachine(), FAST)
+    try:
+        await engine.add_group(0, [1], "python")
+        await engine.campaign(0)
+        bad = await engine.propose(0, b"boom")
+        assert [type(e) for e in reported] == [RuntimeError], "the bug is reported"
+        assert bad.result.startswith(b"\xff")
+        assert b"state machine bug" in bad.result
+        ok = await engine.propose(0, b"fine")
+        assert ok.result == b"applied:fine"
+        assert ok.index > bad.index
+    finally:
+        await engine.close()
         await t.close()
