@@ -97,6 +97,13 @@ async def _demo(cluster: LocalCluster, client: Transport) -> int:
     say(f"   node {new_leader} leads group 0 after {failover_s:.2f} s")
     await _put_setting(client, cluster.nodes[new_leader].addr, "demo.after_failover", "ok")
     acked["demo.after_failover"] = "ok"
+    # Followers apply what the leader acknowledged moments later: wait (bounded), then compare.
+    try:
+        after = await cluster.wait_for(
+            lambda s: not _lost(acked, s), survivors, 5.0, "survivors to apply every write"
+        )
+    except ClusterError:
+        after = {i: await cluster.status(i) for i in survivors}
     lost = _lost(acked, after)
     say(f"   acknowledged writes missing on survivors: {lost or 'none'}")
     summary.append(f"failover: new leader node {new_leader} in {failover_s:.2f} s; lost: {lost}")
