@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
@@ -193,8 +193,16 @@ pub struct NodeCredentialFiles {
 }
 
 /// Write `contents` to `path` readable by the owner only (0600), even if the file existed.
+/// Missing parent directories are created owner-only (0700).
 fn write_private(path: &Path, contents: &str) -> Result<(), TransportError> {
     let fail = |e: std::io::Error| bad(&format!("cannot write {}", path.display()), e);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(fail)?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -351,9 +359,10 @@ mod tests {
 
     #[test]
     fn generated_files_are_private_and_pinnable() {
-        let dir = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("not/yet/there");
         let files = generate_cluster_credentials(
-            dir.path(),
+            &dir,
             "t",
             &[
                 ("n1".into(), vec!["127.0.0.1".into()]),
@@ -361,11 +370,13 @@ mod tests {
             ],
         )
         .unwrap();
+        let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700, "created directories are owner-only");
         for path in [
             &files[0].ca_cert,
             &files[0].cert,
             &files[0].key,
-            &dir.path().join("ca.key"),
+            &dir.join("ca.key"),
         ] {
             let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", path.display());
