@@ -132,10 +132,11 @@ async def run_join(
                 case Accepted(response=response):
                     return response
                 case Rejected(text=text):
-                    if parse_leader_hint(text) is not None:
-                        log.info("join: %s redirected us: %s", addr, text)
+                    verb = "redirected" if parse_leader_hint(text) is not None else "rejected"
+                    log.info("join: %s %s us: %s", addr, verb, text)
                     attempt.on_rejected(addr, text)
                 case SendFailed(reason=reason):
+                    log.info("join: %s failed: %s", addr, reason)
                     attempt.on_send_failed(addr, reason)
         last_error = attempt.last_error or last_error
         log.info("join attempt %d failed: %s", attempt_no, last_error)

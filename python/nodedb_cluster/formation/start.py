@@ -247,7 +247,9 @@ async def _join(
 
     if tracker.state != Starting():
         raise ClusterError(f"join from lifecycle {tracker.state}")
-    response = await run_join(config.seed_nodes, config.join_retry, send, tracker)
+    # A node cannot join through itself: its own address in the seed list is skipped.
+    seeds = [a for a in config.seed_nodes if a != config.listen_addr]
+    response = await run_join(seeds, config.join_retry, send, tracker)
     state = decode_state(response.state)
     # 1. Topology (own entry forced Active) and routing from the response.
     own = state.topology.get(config.node_id)
