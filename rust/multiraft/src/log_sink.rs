@@ -159,18 +159,22 @@ pub struct RecoveredGroup {
 #[derive(Default)]
 struct Fold {
     meta: Option<GroupMeta>,
-    storage: GroupStorage,
-    /// Index of the entry whose conf state `storage` holds: a snapshot mark replayed after a
-    /// newer ConfState (sticky records are re-written at each segment start, in kind order)
-    /// must not roll the membership back.
-    conf_index: u64,
+    /// Membership at creation (used when no snapshot survives).
+    created_cs: Option<ConfState>,
+    hard_state: HardState,
+    /// The newest snapshot mark seen.
+    snapshot: Option<SnapshotMetadata>,
+    /// The log with raft's overwrite rule: an entry at index i replaces i and everything after.
+    entries: BTreeMap<u64, Entry>,
 }
 
-/// Folds records (in append order) into per-group storage.
+/// Folds records (in append order) into per-group storage: the newest snapshot mark, then the
+/// entries after it (which must be contiguous), then the newest hard state.
 ///
-/// Tolerates what a log with re-written state records looks like: state records may repeat
-/// (equal or older values) and may come before `GroupCreated` in a segment header. Records of
-/// a group after its `GroupRemoved` start it afresh (a group re-added later).
+/// Tolerates what nodedb-wal produces: state records re-written at the start of each segment
+/// (equal or older values, possibly before `GroupCreated`), and segments dropped by compaction
+/// (entries at or below the snapshot floor gone). Records of a group after its `GroupRemoved`
+/// start it afresh (a group re-added later). A gap after the snapshot is corruption.
 pub fn recover(records: &[LogRecord]) -> Result<BTreeMap<GroupId, RecoveredGroup>, SinkError> {
     let mut folds: BTreeMap<GroupId, Fold> = BTreeMap::new();
     for r in records {
@@ -183,18 +187,8 @@ pub fn recover(records: &[LogRecord]) -> Result<BTreeMap<GroupId, RecoveredGroup
     }
     let mut out = BTreeMap::new();
     for (g, f) in folds {
-        let Some(meta) = f.meta else {
-            return Err(SinkError::Backend(format!(
-                "{g}: records without GroupCreated or SnapshotMark"
-            )));
-        };
-        out.insert(
-            g,
-            RecoveredGroup {
-                meta,
-                storage: f.storage,
-            },
-        );
+        let group = finish(f).map_err(|reason| SinkError::Backend(format!("{g}: {reason}")))?;
+        out.insert(g, group);
     }
     Ok(out)
 }
@@ -204,55 +198,77 @@ fn fold_record(f: &mut Fold, r: &LogRecord) -> Result<(), String> {
     match r.kind {
         RecordKind::Entry => {
             let e: Entry = decode_pb(&r.payload).map_err(pb)?;
-            f.storage.append(std::slice::from_ref(&e))
+            drop(f.entries.split_off(&e.index));
+            f.entries.insert(e.index, e);
         }
         RecordKind::HardState => {
             let hs: HardState = decode_pb(&r.payload).map_err(pb)?;
             // A re-written copy is equal or older: never move term or commit backwards.
-            let cur = f.storage.hard_state();
+            let cur = &f.hard_state;
             if (hs.term, hs.commit) >= (cur.term, cur.commit) {
-                f.storage.set_hard_state(hs);
+                f.hard_state = hs;
             }
-            Ok(())
         }
-        RecordKind::ConfState => {
-            let cs: ConfState = decode_pb(&r.payload).map_err(pb)?;
-            if r.index >= f.conf_index {
-                f.storage.set_conf_state(cs);
-                f.conf_index = r.index;
-            }
-            Ok(())
-        }
+        // Membership is recovered from snapshots and re-applied conf entries; kind 3 is
+        // reserved and ignored.
+        RecordKind::ConfState => {}
         RecordKind::GroupCreated => {
             let (meta, rest) = split_meta(&r.payload).map_err(|e| e.to_string())?;
             let cs: ConfState = decode_pb(rest).map_err(pb)?;
-            if f.meta.is_none() {
-                f.meta = Some(meta);
-                if f.conf_index == 0 && f.storage.snapshot_meta().index == 0 {
-                    f.storage.set_conf_state(cs);
-                }
-            }
-            Ok(())
+            f.meta.get_or_insert(meta);
+            f.created_cs.get_or_insert(cs);
         }
         RecordKind::SnapshotMark => {
             let (meta, rest) = split_meta(&r.payload).map_err(|e| e.to_string())?;
             let snap: SnapshotMetadata = decode_pb(rest).map_err(pb)?;
             f.meta.get_or_insert(meta);
-            if snap.index <= f.storage.snapshot_meta().index {
-                return Ok(()); // a re-written copy
+            if f.snapshot.as_ref().is_none_or(|s| snap.index > s.index) {
+                f.snapshot = Some(snap);
             }
-            let newer_conf = (f.conf_index > snap.index).then(|| f.storage.conf_state().clone());
-            f.storage
-                .install_snapshot(snap.clone())
-                .map_err(|e| e.to_string())?;
-            match newer_conf {
-                Some(cs) => f.storage.set_conf_state(cs),
-                None => f.conf_index = snap.index,
-            }
-            Ok(())
         }
-        RecordKind::GroupRemoved => Ok(()),
+        RecordKind::GroupRemoved => {}
     }
+    Ok(())
+}
+
+fn finish(f: Fold) -> Result<RecoveredGroup, String> {
+    let meta = f
+        .meta
+        .ok_or("records without GroupCreated or SnapshotMark")?;
+    let mut storage = GroupStorage::new(f.created_cs.unwrap_or_default());
+    let mut hs = f.hard_state;
+    let mut floor = 0;
+    if let Some(snap) = f.snapshot {
+        floor = snap.index;
+        if snap.term > hs.term {
+            // Cannot happen with records we write (the hard state is written with the mark);
+            // if it did, a vote from an older term must not carry over.
+            hs.term = snap.term;
+            hs.vote = 0;
+        }
+        storage.install_snapshot(snap).map_err(|e| e.to_string())?;
+    }
+    let mut entries = f.entries;
+    let tail: Vec<Entry> = entries.split_off(&(floor + 1)).into_values().collect();
+    for (expected, e) in (floor + 1..).zip(tail.iter()) {
+        if e.index != expected {
+            return Err(format!(
+                "log gap: expected entry {expected} (snapshot at {floor}), found {}",
+                e.index
+            ));
+        }
+    }
+    storage.append(&tail)?;
+    let last = floor + tail.len() as u64;
+    if hs.commit > last {
+        return Err(format!(
+            "hard state commit {} beyond the last entry {last}",
+            hs.commit
+        ));
+    }
+    hs.commit = hs.commit.max(floor);
+    storage.set_hard_state(hs);
+    Ok(RecoveredGroup { meta, storage })
 }
 
 fn split_meta(payload: &[u8]) -> Result<(GroupMeta, &[u8]), SinkError> {
@@ -425,14 +441,17 @@ mod tests {
         let s = &out[&g].storage;
         assert_eq!(s.first_index().ok(), Some(6));
         assert_eq!(s.last_index().ok(), Some(8));
-        assert_eq!(s.conf_state(), &cs_new);
+        // Membership comes from the snapshot (raft re-applies conf entries after it); the
+        // reserved ConfState kind is ignored.
+        assert_eq!(s.conf_state(), &cs_old);
         assert_eq!(s.hard_state(), &hs);
         // The same log with the early segment compacted away (only the header copies remain
         // before the surviving entries) recovers the same state.
         let tail: Vec<LogRecord> = recs[7..].iter().chain(recs[2..5].iter()).cloned().collect();
         let out2 = recover(&tail).expect("recover compacted");
-        assert_eq!(out2[&g].storage.conf_state(), &cs_new);
+        assert_eq!(out2[&g].storage.conf_state(), &cs_old);
         assert_eq!(out2[&g].storage.last_index().ok(), Some(8));
+        assert_eq!(out2[&g].storage.hard_state(), &hs);
     }
 
     #[test]
@@ -446,5 +465,48 @@ mod tests {
             .expect("append");
         s.crash();
         assert_eq!(s.take_replay().expect("replay").len(), 1);
+    }
+
+    #[test]
+    fn segment_dropped_by_compaction_leaves_a_replayable_log() {
+        // seg2 starts with the re-written SnapshotMark(1) of its creation time, then entries
+        // 101..150 and a newer SnapshotMark(150); seg1 (entries 2..100) was deleted because
+        // every entry in it is at or below the floor 150.
+        let g = GroupId(3);
+        let gm = GroupMeta { sm_kind: 1 };
+        let cs = ConfState {
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        };
+        let snap = |index: u64| SnapshotMetadata {
+            index,
+            term: 2,
+            conf_state: Some(cs.clone()).into(),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 2,
+            vote: 1,
+            commit: 160,
+            ..Default::default()
+        };
+        let mut recs = vec![
+            LogRecord::group_created(g, gm, &cs),
+            LogRecord::snapshot_mark(g, gm, &snap(1)),
+        ];
+        for i in 101..=160 {
+            recs.push(LogRecord::entry(g, &ent(i, 2)));
+        }
+        recs.push(LogRecord::snapshot_mark(g, gm, &snap(150)));
+        recs.push(LogRecord::hard_state(g, &hs));
+        let out = recover(&recs).expect("replayable");
+        let s = &out[&g].storage;
+        assert_eq!(s.first_index().ok(), Some(151));
+        assert_eq!(s.last_index().ok(), Some(160));
+        assert_eq!(s.hard_state(), &hs);
+        // Without the newer mark the same records are a real gap: refused, not panicked on.
+        recs.retain(|r| !(r.kind == RecordKind::SnapshotMark && r.index == 150));
+        let err = recover(&recs).expect_err("gap refused");
+        assert!(err.to_string().contains("gap"), "{err}");
     }
 }
