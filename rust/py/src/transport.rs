@@ -1,7 +1,7 @@
-//! Python face of `nodedb-transport`. Every awaitable is a Rust future run on the shared tokio
-//! runtime (no GIL held while it waits or does I/O); results are handed back to the calling
-//! asyncio loop. Inbound frames without a Rust handler go to the Python handler given to
-//! `serve()`, awaited on the loop that called `serve()`.
+//! Python face of `nodedb-transport`. Every operation runs as a task on the transport's own tokio
+//! runtime (no GIL held while it waits or does I/O) and resolves an asyncio future through the
+//! loop bridge (`bridge.rs`). Inbound frames without a Rust handler go to the dispatch callable
+//! given to `serve()`, called on the owning loop from `drain()`.
 
 use std::future::Future;
 use std::net::SocketAddr;
