@@ -426,3 +426,19 @@ async def test_peer_closing_mid_request_is_unreachable(creds: list[Mtls]) -> Non
                 await pending
         assert "closed" in str(info.value)
         assert client.metrics()["errors.unreachable"] == 1
+
+
+def test_a_transport_belongs_to_the_first_loop_that_uses_it(creds: list[Mtls]) -> None:
+    transport = Transport(1, LOCAL, creds[0])
+
+    async def use() -> None:
+        await transport.probe_bridge()
+
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(use())
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(use())
+        first.run_until_complete(transport.close())
+    finally:
+        first.close()

@@ -176,13 +176,16 @@ class Transport:
         """Handler tasks in flight (the loop keeps only weak references to tasks)."""
 
     def _attach(self) -> asyncio.AbstractEventLoop:
-        """Bind to the running loop on first use; refuse any other loop afterwards."""
+        """The running loop, which must be this transport's: the first loop that uses it is
+        bound (its reader watches the bridge); any other loop is refused before any work starts.
+        """
         loop = asyncio.get_running_loop()
-        if self._loop is None:
-            loop.add_reader(self._core.bridge_fd(), self._core.drain)
-            self._loop = loop
-        elif self._loop is not loop:
+        if loop is self._loop:
+            return loop
+        if self._loop is not None:
             raise RuntimeError("this Transport is bound to another event loop")
+        loop.add_reader(self._core.bridge_fd(), self._core.drain)
+        self._loop = loop
         return loop
 
     @property
@@ -213,13 +216,13 @@ class Transport:
 
     async def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Reply:
         """Request/response to a registered peer; an Error reply raises `RemoteError`."""
-        future: asyncio.Future[Reply] = (self._loop or self._attach()).create_future()
+        future: asyncio.Future[Reply] = self._attach().create_future()
         self._core.send_rpc(node_id, kind, payload, future)
         return await future
 
     async def send_rpc_to_addr(self, addr: str | SocketAddr, kind: int, payload: bytes) -> Reply:
         """Request/response to an address (e.g. a join seed, whose node id is unknown)."""
-        future: asyncio.Future[Reply] = (self._loop or self._attach()).create_future()
+        future: asyncio.Future[Reply] = self._attach().create_future()
         self._core.send_rpc_to_addr(_addr_text(addr), kind, payload, future)
         return await future
 
@@ -229,13 +232,13 @@ class Transport:
         Replies are in request order; if any request fails, the first error is raised after all
         have finished.
         """
-        future: asyncio.Future[list[Reply]] = (self._loop or self._attach()).create_future()
+        future: asyncio.Future[list[Reply]] = self._attach().create_future()
         self._core.send_rpc_many(node_id, kind, payloads, future)
         return await future
 
     async def send_oneway(self, node_id: int, kind: int, payload: bytes) -> None:
         """One frame on a unidirectional stream, no reply."""
-        future: asyncio.Future[None] = (self._loop or self._attach()).create_future()
+        future: asyncio.Future[None] = self._attach().create_future()
         self._core.send_oneway(node_id, kind, payload, future)
         await future
 
@@ -303,7 +306,7 @@ class Transport:
 
     async def close(self) -> None:
         """Close all connections and release the port at once. Idempotent."""
-        loop = self._loop or self._attach()
+        loop = self._attach()
         future: asyncio.Future[None] = loop.create_future()
         self._core.close(future)
         await future
@@ -323,14 +326,14 @@ class Transport:
     async def probe_bridge(self) -> None:
         """One trip loop → Rust runtime → loop with no network: the latency floor under every
         request (diagnostics and benchmarks)."""
-        future: asyncio.Future[None] = (self._loop or self._attach()).create_future()
+        future: asyncio.Future[None] = self._attach().create_future()
         self._core._probe_bridge(future)
         await future
 
     async def send_raw_for_tests(self, addr: str | SocketAddr, data: bytes) -> Reply | int:
         """TESTS ONLY: raw bytes on a new stream of the pooled connection; the reply frame or
         the stream-reset code the peer answered with."""
-        future: asyncio.Future[Reply | int] = (self._loop or self._attach()).create_future()
+        future: asyncio.Future[Reply | int] = self._attach().create_future()
         self._core._send_raw_to_addr(_addr_text(addr), data, future)
         return await future
 
