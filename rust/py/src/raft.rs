@@ -747,6 +747,16 @@ fn kv_result<'py>(
     })
 }
 
+impl Drop for PyRaftEngine {
+    /// An engine dropped without `close()` stops here, with the GIL released while the driver
+    /// thread winds down: it may be waiting for the GIL inside a Python state machine, and
+    /// joining it while holding the GIL would deadlock.
+    fn drop(&mut self) {
+        let engine = Arc::clone(&self.engine);
+        Python::attach(|py| py.detach(move || engine.shutdown()));
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRaftEngine>()?;
     m.add_function(wrap_pyfunction!(kv_command, m)?)?;
