@@ -166,6 +166,16 @@ impl MultiRaftConfig {
         if self.round_input_max == 0 {
             return bad("round_input_max", "must be > 0".into());
         }
+        // raft-rs refuses a group whose uncommitted limit does not exceed one message.
+        if self.max_uncommitted_bytes <= self.max_size_per_msg_bytes {
+            return bad(
+                "max_uncommitted_bytes",
+                format!(
+                    "must exceed max_size_per_msg_bytes ({})",
+                    self.max_size_per_msg_bytes
+                ),
+            );
+        }
         // A chunk must fit in one wire frame (64 MiB payload limit, WIRE.md) with headroom.
         if self.install_snapshot_chunk_bytes > 32 << 20 {
             return bad("install_snapshot_chunk_bytes", "must be ≤ 32 MiB".into());

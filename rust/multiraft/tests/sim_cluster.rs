@@ -791,6 +791,15 @@ fn config_errors_name_the_field() {
         }
         other => panic!("expected a config error, got {other:?}"),
     }
+    let mut cfg = MultiRaftConfig::new(NodeId(1), "/nonexistent");
+    cfg.max_uncommitted_bytes = cfg.max_size_per_msg_bytes;
+    assert!(matches!(
+        cfg.validate(),
+        Err(nodedb_multiraft::EngineError::Config {
+            field: "max_uncommitted_bytes",
+            ..
+        })
+    ));
     let mut cfg = MultiRaftConfig::new(NodeId(0), "/nonexistent");
     cfg.tick_interval = std::time::Duration::from_millis(10);
     assert!(matches!(
@@ -943,4 +952,50 @@ fn wal_rolls_and_compacts_behind_snapshots_and_restarts_from_what_is_left() {
     }
     assert!(c.drive_until(100, |c| (1..=2).all(|g| c.converged(GroupId(g)))));
     assert_eq!(c.nodes[&id].reg.kv(GroupId(1)).len(), 400);
+}
+
+#[test]
+fn bounded_proposals_answer_busy_instead_of_queueing() {
+    let tweak = |c: &mut MultiRaftConfig| {
+        c.pending_proposals_max = 2;
+    };
+    let mut c = Cluster::new(3, 1, tweak, false);
+    let g = GroupId(1);
+    c.elect_all(1);
+    let l = c.leader_of(g).expect("leader");
+    let mut rxs = Vec::new();
+    for i in 0..3 {
+        let (tx, rx) = oneshot::channel();
+        c.core(l).propose(g, &[put(&format!("p{i}"), b"v")], tx);
+        rxs.push(rx);
+    }
+    assert!(matches!(rxs[2].try_recv(), Ok(Err(RaftError::Busy { .. }))));
+    c.pump();
+    for rx in &mut rxs[..2] {
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))), "the first two commit");
+    }
+    // raft's uncommitted-bytes limit: with followers cut off nothing commits, so proposals
+    // pile up until raft drops them, which is answered Busy too.
+    let tweak = |c: &mut MultiRaftConfig| {
+        c.max_size_per_msg_bytes = 1024;
+        c.max_uncommitted_bytes = 4096;
+    };
+    let mut c = Cluster::new(3, 1, tweak, false);
+    c.elect_all(1);
+    let l = c.leader_of(g).expect("leader");
+    let others: Vec<NodeId> = c.live().into_iter().filter(|n| *n != l).collect();
+    c.net.partition(&[l], &others);
+    let mut busy = 0;
+    for i in 0..20 {
+        let (tx, mut rx) = oneshot::channel();
+        c.core(l)
+            .propose(g, &[put(&format!("u{i}"), &[0; 1000])], tx);
+        if matches!(rx.try_recv(), Ok(Err(RaftError::Busy { .. }))) {
+            busy += 1;
+        }
+    }
+    assert!(
+        busy >= 10,
+        "uncommitted limit enforced: {busy} of 20 refused"
+    );
 }
