@@ -78,6 +78,13 @@ def test_caught_up_learner_is_proposed_for_promotion_and_a_lagging_one_is_not() 
     assert plan_reconcile(1, routing, local, RF) == [ProposePromotion(1, 3)]
 
 
+def test_learner_that_never_acknowledged_an_append_is_not_promoted() -> None:
+    # A young group: commit 5 is within the lag of matched 0, yet node 2 never answered.
+    routing = routing_with(1, (1,), (2,))
+    local = {0: leader(0, (1,), (2,), commit=5, matched={2: 0}), 1: leader(1, (1,), (2,), commit=5)}
+    assert plan_reconcile(1, routing, local, RF) == []
+
+
 def test_routing_voter_that_is_a_raft_learner_is_promoted() -> None:
     routing = routing_with(1, (1, 2), ())
     local = {0: leader(0, (1, 2)), 1: leader(1, (1,), (2,))}

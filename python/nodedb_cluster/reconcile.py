@@ -20,7 +20,10 @@ from nodedb_cluster.routing.table import RoutingTable
 
 CAUGHT_UP_LAG_ENTRIES_MAX: Final = 64
 """A learner whose matched index trails the leader's commit by at most this is promotable: it
-can vote without stalling commits while it replays the rest."""
+can vote without stalling commits while it replays the rest. It must also have acknowledged at
+least one append (matched > 0): in a young group every commit index is below the lag, and
+promoting a learner that never answered (a joiner that timed out before creating its replica)
+would add a voter that cannot vote, and with one founder, lose the quorum."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +143,7 @@ def _leader_step(
         return RemoveMember(group.group_id, node_id)
     for node_id in sorted(set(route.learners) & set(group.learners)):
         matched = group.matched.get(node_id, 0)
-        if matched + CAUGHT_UP_LAG_ENTRIES_MAX >= group.commit_index and plan_promotion(
-            routing, group.group_id, node_id, replication_factor
-        ):
+        caught_up = matched > 0 and matched + CAUGHT_UP_LAG_ENTRIES_MAX >= group.commit_index
+        if caught_up and plan_promotion(routing, group.group_id, node_id, replication_factor):
             return ProposePromotion(group.group_id, node_id)
     return None
