@@ -393,6 +393,7 @@ fn quic_transport_config(
         })?;
     tc.max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(config.keep_alive_interval))
+        .initial_rtt(config.initial_rtt)
         .max_concurrent_bidi_streams(VarInt::from_u32(config.streams_per_connection_max))
         .max_concurrent_uni_streams(VarInt::from_u32(config.streams_per_connection_max))
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes))

@@ -504,7 +504,15 @@ fn a_silent_peer_is_noticed_by_the_idle_timeout() {
             .send_rpc_to_addr(addr, MessageKind::PING, Bytes::new())
             .await
             .unwrap_err();
-        assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+        // A new dial to the silent peer fails typed: quinn's handshake idle timer (400 ms here)
+        // or our connect timeout, whichever fires first.
+        assert!(
+            matches!(
+                err,
+                TransportError::Timeout { op: "connect", .. } | TransportError::Unreachable { .. }
+            ),
+            "{err}"
+        );
         client.close().await;
     });
 }
@@ -593,4 +601,42 @@ async fn revoked_leaf_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
+}
+
+/// A peer whose port is not bound yet when we dial (nodes starting at once) is reached within
+/// the same call once it comes up: the handshake is retried, not failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_starts_during_the_connect_is_reached_in_the_same_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let addr = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    }; // a free port, released
+    let mut cfg = config();
+    cfg.connect_timeout = Duration::from_secs(4);
+    cfg.rpc_timeout = Duration::from_secs(4);
+    let client = Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), cfg).unwrap();
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+    let server_creds = c[0].clone();
+    let starter = tokio::spawn(async move {
+        // The peer "process" starts a moment after the first Initial was sent.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let server = bind(1, &addr.to_string(), server_creds);
+        serve_echo(&server);
+        up_tx.send(()).ok();
+        server
+    });
+    let started = std::time::Instant::now();
+    let reply = client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"hi"))
+        .await;
+    assert_eq!(reply.unwrap().payload, Bytes::from_static(b"hi"));
+    up_rx.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    starter.await.unwrap().close().await;
 }
