@@ -18,7 +18,7 @@ from typing import Final
 from nodedb_cluster.localcluster import LocalCluster, Status
 
 ROUNDS: Final = 5
-FAST: Final = {"rpc_timeout_ms": 1000}
+FAST: Final = {"rpc_timeout_ms": 2000}
 
 
 def _sees(n: int) -> Callable[[dict[int, Status]], bool]:

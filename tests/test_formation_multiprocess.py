@@ -19,7 +19,7 @@ from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status
 
 pytestmark = pytest.mark.multiprocess
 
-FAST = {"rpc_timeout_ms": 1000}
+FAST = {"rpc_timeout_ms": 2000}
 
 
 def cluster_ids(statuses: dict[int, Status]) -> set[str]:

@@ -14,7 +14,7 @@ from nodedb_cluster.formation.join_server import (
     decide_join,
 )
 from nodedb_cluster.formation.leader_hint import parse_leader_hint
-from nodedb_cluster.metadata.commands import AddNode, SetGroupMembers
+from nodedb_cluster.metadata.commands import AddGroupLearner, AddNode
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
 
@@ -90,4 +90,4 @@ def test_new_node_is_admitted_as_learner_of_every_under_replicated_group() -> No
     assert add == AddNode(decision.node)
     assert decision.node.state is NodeState.ACTIVE
     assert decision.node.spki_pin == b"p" * 32
-    assert changes == [SetGroupMembers(g, (1,), (2,)) for g in (0, 1, 2)]
+    assert changes == [AddGroupLearner(0, 2, 0), AddGroupLearner(1, 2, 3), AddGroupLearner(2, 2, 3)]

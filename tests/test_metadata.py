@@ -19,11 +19,14 @@ from nodedb_cluster.metadata.applier import (
     Refused,
 )
 from nodedb_cluster.metadata.commands import (
+    AddGroupLearner,
     AddNode,
     AssignVShard,
     MalformedCommand,
     MetadataEntry,
+    PromoteGroupLearner,
     PutSetting,
+    RemoveGroupMember,
     RemoveNode,
     SetGroupMembers,
     SetNodeState,
@@ -69,6 +72,9 @@ def test_every_command_round_trips() -> None:
             SetNodeState(9, NodeState.DRAINING),
             RemoveNode(9),
             SetGroupMembers(2, (1, 2), (3,)),
+            AddGroupLearner(2, 4, 3),
+            PromoteGroupLearner(2, 4, 3),
+            RemoveGroupMember(2, 3),
             AssignVShard(1023, 2),
             PutSetting("rf", 3),
             PutSetting("name", "x"),
@@ -140,10 +146,34 @@ def test_promotion_is_refused_past_rf_and_for_non_learners() -> None:
 
 
 def test_removal_never_empties_a_group() -> None:
-    routing = RoutingTable.bootstrap(2, 1)
-    routing.set_members(1, (1, 2), ())
-    changes = plan_removal(routing, 1)
-    assert changes == (SetGroupMembers(1, (2,), ()),)
+    machine = MetadataStateMachine(bootstrap_state(), Recorder())
+    machine.apply_batch([(1, join_entry(machine.state, node(2)))])
+    promote = plan_promotion(machine.state.routing, 1, 2, RF)
+    assert promote is not None
+    machine.apply_batch([(2, MetadataEntry((promote,)).encode())])
+    removal = plan_removal(machine.state.routing, 1)
+    assert {c.group_id for c in removal} == {0, 1, 2, 3, 4}
+    assert machine.apply_batch([(3, MetadataEntry(removal).encode())]) == [Applied(3)]
+    routing = machine.state.routing
+    assert routing.route(1).voters == (2,)  # node 2 had been promoted in group 1
+    assert routing.route(2).voters == (1,)  # the last voter stays until replaced
+
+
+def test_joins_decided_on_the_same_state_both_land_and_respect_rf() -> None:
+    machine = MetadataStateMachine(bootstrap_state(), Recorder())
+    stale = machine.state  # every decision below is taken on this one view
+    entries = [join_entry(stale, node(n)) for n in (2, 3, 4)]
+    # A promotion of node 2 decided before node 3 and 4 joined, applied after them.
+    machine.apply_batch([(i, e) for i, e in enumerate(entries, start=1)])
+    promote = PromoteGroupLearner(0, 2, RF)
+    machine.apply_batch([(4, MetadataEntry((promote,)).encode())])
+    routing = machine.state.routing
+    assert routing.route(0).voters == (1, 2)
+    assert set(routing.route(0).learners) == {3, 4}  # nobody dropped by a stale member list
+    for g in range(1, NUM_GROUPS + 1):
+        route = routing.route(g)
+        assert len(route.voters) + len(route.learners) == RF  # the cap held at apply time
+        assert 4 not in route.learners
 
 
 # --- the state machine ----------------------------------------------------------------------------

@@ -351,6 +351,8 @@ class Node:
                 return
             except ClusterError as e:
                 log.info("reconcile round incomplete: %s", e)
+            except Exception:  # a control loop that dies silently leaves the cluster half-built
+                log.exception("reconcile round failed; retrying next round")
 
     async def reconcile_once(self) -> list[Action]:
         """One round: plan from the routing table and the engine's view, then act."""
@@ -371,11 +373,15 @@ class Node:
         actions = plan_reconcile(
             self.config.node_id, state.routing, local, self.config.replication_factor
         )
+        bound_s = 2 * self.config.rpc_timeout_ms / 1000
         for action in actions:
             try:
-                await self._act(action)
+                async with asyncio.timeout(bound_s):
+                    await self._act(action)
             except ClusterError as e:
                 log.info("reconcile %s failed: %s", action, e)
+            except TimeoutError:
+                log.warning("reconcile %s not done within %.1f s; next round", action, bound_s)
         return actions
 
     async def _act(self, action: Action) -> None:

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.metadata.commands import (
+    AddGroupLearner,
     AddNode,
     AssignVShard,
     MalformedCommand,
     MetadataCommand,
     MetadataEntry,
+    PromoteGroupLearner,
     PutSetting,
+    RemoveGroupMember,
     RemoveNode,
     SetGroupMembers,
     SetNodeState,
@@ -167,6 +170,24 @@ def _apply_command(
                 routing.set_members(group_id, voters, learners)
             else:
                 routing.add_group(group_id, voters, learners)
+        case AddGroupLearner(group_id=group_id, node_id=node_id, rf_cap=rf_cap):
+            if topology.get(node_id) is None:
+                raise ClusterError(f"group {group_id}: node {node_id} is not in the topology")
+            route = routing.route(group_id)
+            members = len(route.voters) + len(route.learners)
+            if not route.has_member(node_id) and not (rf_cap and members >= rf_cap):
+                routing.set_members(group_id, route.voters, (*route.learners, node_id))
+        case PromoteGroupLearner(group_id=group_id, node_id=node_id, rf_cap=rf_cap):
+            route = routing.route(group_id)
+            if node_id in route.learners and len(route.voters) < rf_cap:
+                learners = tuple(n for n in route.learners if n != node_id)
+                routing.set_members(group_id, (*route.voters, node_id), learners)
+        case RemoveGroupMember(group_id=group_id, node_id=node_id):
+            route = routing.route(group_id)
+            voters = tuple(n for n in route.voters if n != node_id)
+            if route.has_member(node_id) and voters:
+                learners = tuple(n for n in route.learners if n != node_id)
+                routing.set_members(group_id, voters, learners)
         case AssignVShard(vshard=vshard, group_id=group_id):
             routing.assign_vshard(vshard, group_id)
         case PutSetting(key=key, value=value):

@@ -57,6 +57,37 @@ class SetGroupMembers:
 
 
 @dataclass(frozen=True, slots=True)
+class AddGroupLearner:
+    """Make `node_id` a learner of `group_id`, judged against the state at apply time: no-op when
+    it is already a member, or when `rf_cap` > 0 and the group already has `rf_cap` members.
+
+    Relative, not absolute like `SetGroupMembers`: two joins decided on the same state both land
+    (an absolute member list computed from a stale view would drop the other's change).
+    """
+
+    group_id: int
+    node_id: int
+    rf_cap: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PromoteGroupLearner:
+    """Learner -> voter, at apply time only while the group has fewer than `rf_cap` voters."""
+
+    group_id: int
+    node_id: int
+    rf_cap: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveGroupMember:
+    """Take `node_id` out of `group_id`; no-op when absent or when it is the last voter."""
+
+    group_id: int
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class AssignVShard:
     vshard: int
     group_id: int
@@ -68,7 +99,17 @@ class PutSetting:
     value: SettingValue
 
 
-MetadataCommand = AddNode | SetNodeState | RemoveNode | SetGroupMembers | AssignVShard | PutSetting
+MetadataCommand = (
+    AddNode
+    | SetNodeState
+    | RemoveNode
+    | SetGroupMembers
+    | AddGroupLearner
+    | PromoteGroupLearner
+    | RemoveGroupMember
+    | AssignVShard
+    | PutSetting
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +203,31 @@ _CODECS: Final[dict[str, tuple[type, Encoder, Decoder]]] = {
             _int(d.get("group_id"), "group_id"),
             _ids(d.get("voters"), "voters"),
             _ids(d.get("learners"), "learners"),
+        ),
+    ),
+    "add_group_learner": (
+        AddGroupLearner,
+        lambda c: {"group_id": c.group_id, "node_id": c.node_id, "rf_cap": c.rf_cap},
+        lambda d: AddGroupLearner(
+            _int(d.get("group_id"), "group_id"),
+            _int(d.get("node_id"), "node_id"),
+            _int(d.get("rf_cap"), "rf_cap"),
+        ),
+    ),
+    "promote_group_learner": (
+        PromoteGroupLearner,
+        lambda c: {"group_id": c.group_id, "node_id": c.node_id, "rf_cap": c.rf_cap},
+        lambda d: PromoteGroupLearner(
+            _int(d.get("group_id"), "group_id"),
+            _int(d.get("node_id"), "node_id"),
+            _int(d.get("rf_cap"), "rf_cap"),
+        ),
+    ),
+    "remove_group_member": (
+        RemoveGroupMember,
+        lambda c: {"group_id": c.group_id, "node_id": c.node_id},
+        lambda d: RemoveGroupMember(
+            _int(d.get("group_id"), "group_id"), _int(d.get("node_id"), "node_id")
         ),
     ),
     "assign_vshard": (

@@ -9,44 +9,39 @@ rebalancer moves a replica. The metadata group keeps learners beyond RF as perma
 
 from __future__ import annotations
 
-from nodedb_cluster.metadata.commands import SetGroupMembers
+from nodedb_cluster.metadata.commands import (
+    AddGroupLearner,
+    PromoteGroupLearner,
+    RemoveGroupMember,
+)
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 
 
 def plan_join(
     routing: RoutingTable, node_id: int, replication_factor: int
-) -> tuple[SetGroupMembers, ...]:
-    """The membership changes that admit `node_id` as a learner where it is needed."""
-    changes = []
-    for group_id in routing.group_ids:
-        route = routing.route(group_id)
-        if route.has_member(node_id):
-            continue
-        members = len(route.voters) + len(route.learners)
-        if group_id == METADATA_GROUP_ID or members < replication_factor:
-            changes.append(SetGroupMembers(group_id, route.voters, (*route.learners, node_id)))
-    return tuple(changes)
+) -> tuple[AddGroupLearner, ...]:
+    """Learner placements for a new node: every group, capped at RF members for data groups.
+
+    The cap is judged when the entry applies, so joins decided on the same (stale) state cannot
+    over-fill a group; for group 0 there is no cap.
+    """
+    return tuple(
+        AddGroupLearner(g, node_id, 0 if g == METADATA_GROUP_ID else replication_factor)
+        for g in routing.group_ids
+        if not routing.route(g).has_member(node_id)
+    )
 
 
 def plan_promotion(
     routing: RoutingTable, group_id: int, learner: int, replication_factor: int
-) -> SetGroupMembers | None:
+) -> PromoteGroupLearner | None:
     """Promote a caught-up `learner` of `group_id` when the group has fewer than RF voters."""
     route = routing.route(group_id)
     if learner not in route.learners or len(route.voters) >= replication_factor:
         return None
-    learners = tuple(n for n in route.learners if n != learner)
-    return SetGroupMembers(group_id, (*route.voters, learner), learners)
+    return PromoteGroupLearner(group_id, learner, replication_factor)
 
 
-def plan_removal(routing: RoutingTable, node_id: int) -> tuple[SetGroupMembers, ...]:
+def plan_removal(routing: RoutingTable, node_id: int) -> tuple[RemoveGroupMember, ...]:
     """Take `node_id` out of every group it belongs to (decommission); never empties a group."""
-    changes = []
-    for group_id in routing.groups_of_node(node_id):
-        route = routing.route(group_id)
-        voters = tuple(n for n in route.voters if n != node_id)
-        if not voters:
-            continue  # the last voter stays until a replacement is promoted
-        learners = tuple(n for n in route.learners if n != node_id)
-        changes.append(SetGroupMembers(group_id, voters, learners))
-    return tuple(changes)
+    return tuple(RemoveGroupMember(g, node_id) for g in routing.groups_of_node(node_id))
