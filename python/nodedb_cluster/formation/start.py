@@ -211,7 +211,10 @@ async def _restart(
     initial = MetadataState(formation.topology, formation.routing, _settings(settings), applied)
     node = Node(config, tracker, catalog, transport, formation.cluster_id, kind)
     node.register_peers(initial)
-    await _open_engine(node, initial, kind, data_sm)  # recreates every group from the log
+    engine = await _open_engine(node, initial, kind, data_sm)  # every group, from the log
+    for group_id in await engine.groups():
+        if (await engine.status(group_id)).voters == (config.node_id,):
+            await engine.campaign(group_id)  # a sole voter need not wait out an election timeout
     await node.reconcile_once()  # groups routing gave us while we were down
     log.info("restarted node %d of cluster %s", config.node_id, formation.cluster_id)
     return node

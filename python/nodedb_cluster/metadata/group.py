@@ -8,6 +8,7 @@ peers, reconcile its Raft groups and wake join handlers waiting for their entry 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -22,6 +23,8 @@ from nodedb_cluster.metadata.applier import (
 )
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT: Final = 1
 RESULT_APPLIED: Final = b""
@@ -95,7 +98,22 @@ class MetadataGroup:
         return encode_state(self.machine.state)
 
     def restore(self, data: bytes) -> None:
-        self.machine.replace_state(decode_state(data))
+        """Install a snapshot, unless this node's catalog already holds a later state.
+
+        On restart the engine restores the latest Raft snapshot, which may be older than what
+        the catalog holds; the catalog's state is the deterministic result of the same committed
+        prefix, so keeping it (and skipping the entries it covers) is exact, and the node shows
+        its real state at once instead of regressing until the log is replayed.
+        """
+        state = decode_state(data)
+        if state.applied_index < self.machine.state.applied_index:
+            log.info(
+                "metadata snapshot at %d is older than the catalog's %d: keeping the catalog",
+                state.applied_index,
+                self.machine.state.applied_index,
+            )
+            return
+        self.machine.replace_state(state)
         self._announce()
 
     def _announce(self) -> None:

@@ -1,0 +1,103 @@
+"""start_cluster in one process: bootstrap, status, metrics, clean shutdown and restart in place."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.errors import FormationFailed
+from nodedb_cluster.formation.retry import JoinRetryPolicy
+from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.lifecycle import Failed, LifecycleTracker
+from nodedb_cluster.localcluster import free_port
+from nodedb_cluster.metadata.commands import MetadataEntry, PutSetting
+from nodedb_cluster.metrics import serve_metrics
+
+
+def config(tmp_path: Path, port: int, **overrides: object) -> ClusterConfig:
+    addr = parse_socket_addr(f"127.0.0.1:{port}")
+    fields: dict[str, object] = {
+        "node_id": 1,
+        "listen_addr": addr,
+        "seed_nodes": (addr,),
+        "data_dir": tmp_path / "node1",
+        "insecure_transport": True,
+        "num_groups": 2,
+    }
+    fields.update(overrides)
+    return ClusterConfig(**fields)  # type: ignore[arg-type]
+
+
+async def test_bootstrap_status_shutdown_and_restart_in_the_same_process(tmp_path: Path) -> None:
+    port = free_port(["127.0.0.1"])
+    cfg = config(tmp_path, port)
+    node = await start_cluster(cfg)
+    status = await node.status()
+    assert status.lifecycle == "ready"
+    assert status.nodes == ((1, f"127.0.0.1:{port}", "ACTIVE"),)
+    assert {g.group_id: g.role for g in status.groups} == {0: "leader", 1: "leader", 2: "leader"}
+    assert status.vshards_per_group == {1: 512, 2: 512}
+    assert await node.propose_metadata(MetadataEntry((PutSetting("k", "v"),))) is None
+    cluster_id = node.cluster_id
+    await node.shutdown()
+
+    # Same data_dir, same port, same process: restart from the catalog.
+    tracker = LifecycleTracker()
+    again = await start_cluster(cfg, tracker=tracker)
+    try:
+        labels = [t.next.label for t in tracker.history]
+        assert labels == ["restarting", "ready"]
+        assert again.cluster_id == cluster_id
+        restarted = await again.status()
+        assert restarted.settings == {"k": "v"}
+        assert restarted.metadata_applied_index >= status.metadata_applied_index
+        # The restarted sole voter elected itself at once and serves writes again.
+        assert again.engine is not None
+        assert (await again.engine.status(0)).role == "leader"
+        assert await again.propose_metadata(MetadataEntry((PutSetting("k", "w"),))) is None
+    finally:
+        await again.shutdown()
+
+
+async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
+    port = free_port(["127.0.0.1"])
+    node = await start_cluster(config(tmp_path, port))
+    with socket.socket() as probe:  # a free TCP port (SocketAddr refuses port 0)
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    server = await serve_metrics(node, parse_socket_addr(f"127.0.0.1:{metrics_port}"))
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        text = body.decode()
+        assert 'nodedb_lifecycle_state{state="ready"} 1.0' in text
+        assert 'nodedb_raft_role{group="0",role="leader"} 1.0' in text
+        assert "nodedb_transport_insecure" in text
+    finally:
+        server.close()
+        await node.shutdown()
+
+
+async def test_all_seeds_unreachable_ends_failed_with_the_last_error(tmp_path: Path) -> None:
+    port = free_port(["127.0.0.1"])
+    dead = parse_socket_addr(f"127.0.0.1:{free_port(['127.0.0.1'])}")
+    cfg = config(
+        tmp_path,
+        port,
+        node_id=2,
+        seed_nodes=(dead,),
+        rpc_timeout_ms=300,
+        join_retry=JoinRetryPolicy(max_attempts=2, max_backoff_secs=0),
+    )
+    tracker = LifecycleTracker()
+    with pytest.raises(FormationFailed) as excinfo:
+        await start_cluster(cfg, tracker=tracker)
+    assert str(dead) in str(excinfo.value)
+    assert isinstance(tracker.state, Failed)
+    assert [t.next.label for t in tracker.history].count("joining") == 3
