@@ -185,6 +185,11 @@ async def run_all(root: Path, runs: int, trials: int) -> str:
     return report(results, fsync_ms, failover)
 
 
+BENCH_TIMEOUT_S = 1500
+"""3 runs (~15 s each) + 20 failover trials (~3 s each) take ~2 min here; bounded well above."""
+
+
+@pytest.mark.timeout(BENCH_TIMEOUT_S)
 def test_raft_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     enabled = request.config.getoption("benchmark_enable")
     if request.config.getoption("benchmark_disable") and not enabled:
