@@ -7,6 +7,7 @@ fast; the production schedule's arithmetic is unit-tested in test_retry.py/test_
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -81,13 +82,24 @@ async def test_three_nodes_join_one_bootstrapper(make_cluster: MakeCluster) -> N
     assert all(s["lifecycle"] == "ready" for s in statuses.values())
     # RF=3: every data group ends with exactly three voters and no learner left behind.
     await cluster.wait_for(data_groups_at_rf(3), cluster.nodes, 20, "every group at RF voters")
+    # Every node's metadata view converges: same topology version and routing epoch.
+    converged = await cluster.wait_for(
+        lambda s: len({(x["topology_version"], x["routing_epoch"]) for x in s.values()}) == 1,
+        cluster.nodes,
+        10,
+        "one topology version and routing epoch everywhere",
+    )
+    assert {x["metadata_applied_index"] for x in converged.values()} != {0}
 
 
 async def test_five_simultaneous_starts_form_exactly_one_cluster(make_cluster: MakeCluster) -> None:
     cluster = make_cluster(5)
+    t0 = time.monotonic()
     await cluster.start()  # all five at once; only 127.0.0.1 may bootstrap
     statuses = await cluster.wait_for(sees_all(5), cluster.nodes, 10, "a 5-node topology")
+    assert time.monotonic() - t0 < 10  # spawn -> every node Ready with the whole topology
     assert len(cluster_ids(statuses)) == 1
+    assert all(s["lifecycle"] == "ready" for s in statuses.values())
     await cluster.wait_for(data_groups_at_rf(3), cluster.nodes, 30, "RF=3 with 5 nodes")
 
 

@@ -140,6 +140,8 @@ class Node:
         self._reconcile_wakeup = asyncio.Event()
         self._reconciler: asyncio.Task[None] | None = None
         self._closed = False
+        self.join_attempts: list[int] = [0]
+        """Joining transitions before Ready (a cell shared with the lifecycle observer)."""
         self._handlers: dict[int, ControlHandler] = {
             wire.MessageKind.PING: self._on_ping,
             wire.MessageKind.JOIN_REQUEST: self._on_join,
@@ -208,6 +210,7 @@ class Node:
 
     def metrics(self) -> dict[str, int]:
         counters = {f"transport_{k}": v for k, v in self.transport.metrics().items()}
+        counters["join_attempts"] = self.join_attempts[0]
         if self.engine is not None:
             counters.update({f"raft_{k}": v for k, v in self.engine.metrics().items()})
         return counters

@@ -31,10 +31,12 @@ from nodedb_cluster.formation.join_client import (
 from nodedb_cluster.lifecycle import (
     Bootstrapping,
     Failed,
+    Joining,
     LifecycleTracker,
     Ready,
     Restarting,
     Starting,
+    Transition,
 )
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import SettingValue
@@ -60,6 +62,7 @@ async def start_cluster(
 ) -> Node:
     """Start this node and return it once Ready; raise the last concrete error if it fails."""
     tracker = tracker or LifecycleTracker()
+    join_attempts = _count_join_attempts(tracker)
     catalog = await asyncio.to_thread(Catalog.open, config.data_dir)
     transport: Transport | None = None
     node: Node | None = None
@@ -81,6 +84,7 @@ async def start_cluster(
                 node = await _bootstrap(config, tracker, catalog, transport, kind, state_machine)
             case FormationPath.JOIN:
                 node = await _join(config, tracker, catalog, transport, kind, state_machine)
+        node.join_attempts = join_attempts
         node.serve()
         node.start_reconciler()
         tracker.transition(Ready(len(node.metadata.topology.nodes())), detail=path.value)
@@ -96,6 +100,18 @@ async def start_cluster(
                 await transport.close()
             await asyncio.to_thread(catalog.close)
         raise
+
+
+def _count_join_attempts(tracker: LifecycleTracker) -> list[int]:
+    """A one-cell counter of Joining transitions, for the `join_attempts` metric."""
+    counter = [0]
+
+    def observe(transition: Transition) -> None:
+        if isinstance(transition.next, Joining):
+            counter[0] += 1
+
+    tracker.add_observer(observe)
+    return counter
 
 
 def credentials_of(config: ClusterConfig) -> Credentials:
