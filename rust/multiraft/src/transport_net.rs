@@ -78,7 +78,9 @@ impl TransportNetwork {
     }
 }
 
-/// Sends one peer's frames in order; a failed send is dropped (raft retransmits).
+/// Sends one peer's frames in order. A failed send (peer down: it took up to the connect
+/// timeout) also drops whatever queued meanwhile: those frames are stale by now and raft
+/// retransmits what still matters, so a returning peer is not fed a backlog first.
 async fn pump(transport: Arc<Transport>, to: NodeId, mut rx: mpsc::Receiver<Frame>) {
     while let Some(frame) = rx.recv().await {
         let (kind, payload) = frame.encode();
@@ -88,10 +90,13 @@ async fn pump(transport: Arc<Transport>, to: NodeId, mut rx: mpsc::Receiver<Fram
         if transport.is_closed() {
             return;
         }
-        // Errors are counted by the transport's own metrics; raft retries on its own.
-        let _ = transport
+        // Errors are counted by the transport's own metrics.
+        let sent = transport
             .send_oneway(nodedb_wire::NodeId(to.0), wk, Bytes::from(payload))
             .await;
+        if sent.is_err() {
+            while rx.try_recv().is_ok() {}
+        }
     }
 }
 
