@@ -1,3 +1,21 @@
-"""nodedb-cluster: the distributed coordination layer of NodeDB."""
+"""nodedb-cluster: the distributed coordination layer of NodeDB.
+
+The entry points most users need: `ClusterConfig`, `start_cluster` (returns a running `Node`).
+"""
+
+from nodedb_cluster.addr import SocketAddr, parse_socket_addr
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.node import Node, NodeStatus
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ClusterConfig",
+    "Node",
+    "NodeStatus",
+    "SocketAddr",
+    "__version__",
+    "parse_socket_addr",
+    "start_cluster",
+]
