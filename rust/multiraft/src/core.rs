@@ -8,8 +8,10 @@
 //! 2. Send the messages raft allows before persistence (a leader's appends: raft thesis
 //!    10.2.1), batched: one frame per destination peer across all groups.
 //! 3. Persist: install received snapshots (restore the state machine), append every group's
-//!    new entries and changed hard state to the log as one batch, then ONE `sync` (fsync).
-//!    **This sync is the durability point**: nothing below depends on unsynced records.
+//!    new entries and changed hard state to the log as one batch, then ONE `sync` (fsync) if
+//!    any group's Ready `must_sync` (entries, snapshot, term/vote; a commit-only hard state
+//!    rides along with the next sync). **This sync is the durability point**: nothing below
+//!    depends on records that had to be synced and were not.
 //! 4. Send the persisted messages (votes, append responses), again one frame per peer.
 //!    Asserts nothing is unsynced first (persisted-before-send).
 //! 5. Apply committed entries to the state machines in batches; answer proposals and reads.
