@@ -290,3 +290,119 @@ async fn leader_loss_elects_new_leader_within_two_seconds_with_default_ticks() {
         );
     }
 }
+
+/// A state machine that blocks its first apply until released: it parks the driver thread so
+/// the bounded queues in front of it fill deterministically.
+struct Gate {
+    entered: std::sync::mpsc::SyncSender<()>,
+    release: Arc<Mutex<std::sync::mpsc::Receiver<()>>>,
+    kv: KvStateMachine,
+    blocked_once: bool,
+}
+
+impl StateMachine for Gate {
+    fn apply_batch(
+        &mut self,
+        commands: &[nodedb_multiraft::state_machine::Command<'_>],
+    ) -> Vec<Vec<u8>> {
+        if !self.blocked_once && !commands.is_empty() {
+            self.blocked_once = true;
+            let _ = self.entered.send(());
+            let _ = self.release.lock().expect("lock").recv();
+        }
+        self.kv.apply_batch(commands)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
+        self.kv.snapshot()
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
+        self.kv.restore(data)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queues_answer_busy_and_drop_inbound_frames_with_a_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = SimNetwork::new(3, 100);
+    let mut cfg = fast_cfg(1, dir.path());
+    cfg.command_queue_capacity = 2;
+    cfg.inbound_queue_capacity = 1;
+    let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(1);
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let factory = Box::new(
+        move |_g: GroupId, _k: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
+            Ok(Box::new(Gate {
+                entered: entered_tx.clone(),
+                release: Arc::clone(&release_rx),
+                kv: KvStateMachine::new(),
+                blocked_once: false,
+            }))
+        },
+    );
+    let engine = Arc::new(
+        MultiRaft::start(
+            cfg,
+            Box::new(MemLogSink::new()),
+            Arc::new(net.endpoint(NodeId(1))),
+            factory,
+        )
+        .expect("start"),
+    );
+    let g = GroupId(1);
+    engine
+        .add_group(
+            g,
+            GroupRole::Voter {
+                peers: vec![NodeId(1)],
+            },
+            StateMachineKind::Kv,
+            T,
+        )
+        .await
+        .expect("add");
+    engine.campaign(g, T).await.expect("campaign");
+    // The first proposal parks the driver inside apply.
+    let e = Arc::clone(&engine);
+    let first = tokio::spawn(async move { e.propose(g, put("a", b"1"), T).await });
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(T))
+        .await
+        .expect("join")
+        .expect("driver entered apply");
+    // Command queue (capacity 2): two queue, the third is refused at once with Busy. The
+    // callback form submits synchronously, so the order is exact.
+    let mut queued = Vec::new();
+    for i in 0..2 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        engine.propose_batch_with(g, vec![put(&format!("q{i}"), b"1")], tx.into());
+        queued.push(rx);
+    }
+    let (tx, mut third) = tokio::sync::oneshot::channel();
+    engine.propose_batch_with(g, vec![put("third", b"1")], tx.into());
+    assert!(
+        matches!(third.try_recv(), Ok(Err(RaftError::Busy { .. }))),
+        "a full command queue answers Busy at once"
+    );
+    // Inbound queue (capacity 1): one frame queues, the rest are dropped and counted.
+    let inbound = engine.inbound();
+    let hb = nodedb_multiraft::Frame::Batch(nodedb_multiraft::codec::RaftBatch {
+        from: NodeId(2),
+        messages: Vec::new(),
+    });
+    for _ in 0..10 {
+        inbound.deliver(hb.clone());
+    }
+    let m = engine.metrics();
+    assert_eq!(nodedb_multiraft::Metrics::get(&m.inbound_dropped_full), 9);
+    // Release the driver: everything queued completes.
+    release_tx.send(()).expect("release");
+    first.await.expect("join").expect("first commits");
+    for q in queued {
+        tokio::time::timeout(T, q)
+            .await
+            .expect("answered in time")
+            .expect("reply sent")
+            .expect("queued proposals commit");
+    }
+    engine.shutdown();
+}
