@@ -325,3 +325,17 @@ async def test_raising_python_state_machine_yields_error_results_not_a_dead_engi
     finally:
         await engine.close()
         await t.close()
+
+
+async def test_garbage_raft_frames_are_counted_and_dropped(cluster: list[Node]) -> None:
+    for n in cluster:
+        await n.engine.add_group(1, [1, 2, 3], "kv")
+    leader = await leader_of(cluster, 1)
+    victim = next(n for n in cluster if n is not leader)
+    sender = next(n for n in cluster if n is not victim)
+    for kind in (16, 17, 18):  # RaftBatch, SnapshotChunk, SnapshotAck
+        await sender.transport.send_oneway(victim.node_id, kind, b"\x01garbage")
+    await until(lambda: victim.engine.metrics()["inbound_decode_errors"] == 3, "garbage counted")
+    # The group goes on.
+    await leader.engine.propose(1, kv_put(b"after", b"1"))
+    assert await victim.engine.kv_read(1, b"after") == b"1"
