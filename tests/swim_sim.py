@@ -1,0 +1,112 @@
+"""An in-process network of SwimMachines on one manual clock (test helper, no sockets).
+
+Datagrams travel with a fixed latency; a node can be `crash`ed (its datagrams vanish, its timers
+never fire) or `pause`d and later `resume`d (everything addressed to it while paused is lost, like a
+SIGSTOPped process whose socket buffer overflowed). `run_until` is bounded in steps and time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from nodedb_cluster.addr import SocketAddr, parse_socket_addr
+from nodedb_cluster.membership import Codec, MemberChanged, MemberState, Send, SwimConfig
+from nodedb_cluster.membership.machine import Action, SwimMachine
+
+SECRET = b"test-cluster-secret-0123456789"
+STEPS_MAX = 2_000_000
+
+
+def addr_of(node_id: int) -> SocketAddr:
+    return parse_socket_addr(f"127.0.0.{node_id}:7946")
+
+
+@dataclass
+class SimNet:
+    n: int
+    config: SwimConfig = field(default_factory=SwimConfig)
+    seed: int = 1
+    latency_ms: int = 1
+    now_ms: int = 0
+    machines: dict[int, SwimMachine] = field(default_factory=dict)
+    down: set[int] = field(default_factory=set)
+    events: list[tuple[int, MemberChanged]] = field(default_factory=list)
+    """(observer node id, event) in the order they happened."""
+    _inflight: list[tuple[int, int, int, bytes, SocketAddr]] = field(default_factory=list)
+    _counter: int = 0
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        for i in range(1, self.n + 1):
+            self.machines[i] = SwimMachine(
+                i,
+                addr_of(i),
+                self.config,
+                Codec(SECRET, self.config.datagram_bytes_max),
+                random.Random(rng.getrandbits(64)),
+                incarnation=0,
+                now_ms=0,
+            )
+        by_addr = {addr_of(i): i for i in self.machines}
+        self._by_addr = by_addr
+        for i, m in self.machines.items():
+            for j in self.machines:
+                self._carry_out(i, m.add_member(j, addr_of(j), 0))
+
+    def crash(self, node_id: int) -> None:
+        self.down.add(node_id)
+
+    def pause(self, node_id: int) -> None:
+        self.down.add(node_id)
+
+    def resume(self, node_id: int) -> None:
+        self.down.discard(node_id)
+
+    def state_seen(self, observer: int, node_id: int) -> MemberState | None:
+        m = self.machines[observer].member(node_id)
+        return None if m is None else m.state
+
+    def first_event_ms(self, node_id: int, state: MemberState, observer: int) -> int | None:
+        for obs, e in self.events:
+            if obs == observer and e.node_id == node_id and e.state is state:
+                return e.at_ms
+        return None
+
+    def run_until(self, until_ms: int) -> None:
+        """Deliver datagrams and fire timers in time order until `until_ms` (bounded in steps)."""
+        for _ in range(STEPS_MAX):
+            t_next = min(
+                (m.next_deadline_ms() for i, m in self.machines.items() if i not in self.down),
+                default=until_ms + 1,
+            )
+            if self._inflight:
+                t_next = min(t_next, self._inflight[0][0])
+            if t_next > until_ms:
+                self.now_ms = until_ms
+                return
+            self.now_ms = max(self.now_ms, t_next)
+            if self._inflight and self._inflight[0][0] <= self.now_ms:
+                _, _, dst, data, src = heapq.heappop(self._inflight)
+                if dst not in self.down:
+                    self._carry_out(dst, self.machines[dst].on_datagram(data, src, self.now_ms))
+                continue
+            for i, m in self.machines.items():
+                if i not in self.down and m.next_deadline_ms() <= self.now_ms:
+                    self._carry_out(i, m.tick(self.now_ms))
+        raise AssertionError(f"simulation did not reach {until_ms} ms in {STEPS_MAX} steps")
+
+    def _carry_out(self, src_id: int, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                dst = self._by_addr.get(a.addr)
+                if dst is None:
+                    continue
+                self._counter += 1
+                heapq.heappush(
+                    self._inflight,
+                    (self.now_ms + self.latency_ms, self._counter, dst, a.data, addr_of(src_id)),
+                )
+            else:
+                self.events.append((src_id, a))
