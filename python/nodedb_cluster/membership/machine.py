@@ -127,6 +127,7 @@ class SwimMachine:
             "probes_failed": 0,
             "ping_reqs_sent": 0,
             "refutations": 0,
+            "probes_stalled": 0,
             "members_dropped_full": 0,
             "relays_dropped_full": 0,
             **{f"dropped_{r}": 0 for r in REASONS},
@@ -194,11 +195,14 @@ class SwimMachine:
             return out
         if msg.kind is not MessageKind.ACK and msg.sender not in self._members:
             # A node we never heard of pinged us from its SWIM socket: that is where it lives.
-            self._apply(Update(msg.sender, src, MemberState.ALIVE, 0), now_ms, out, False)
+            self._apply(Update(msg.sender, src, MemberState.ALIVE, 0), now_ms, out)
+        refutations_before = self.counters["refutations"]
         for update in msg.updates:
             self._apply(update, now_ms, out, rebroadcast=True)
+        if self.counters["refutations"] != refutations_before:
+            self._push_refutation(src, out)
         if msg.kind is MessageKind.PING:
-            self._send(out, src, MessageKind.ACK, msg.seq)
+            self._send(out, src, MessageKind.ACK, msg.seq, about=msg.sender)
         elif msg.kind is MessageKind.ACK:
             self._on_ack(msg, out)
         else:
@@ -220,7 +224,12 @@ class SwimMachine:
                 del self._relays[seq]
         probe = self._probe
         if probe is not None:
-            if now_ms >= probe.end_ms:
+            if now_ms >= probe.end_ms + self.config.probe_interval_ms:
+                # We were stalled (paused process, blocked loop) past a whole period: the silence
+                # is ours, not the target's, so the probe proves nothing either way.
+                self._probe = None
+                self.counters["probes_stalled"] += 1
+            elif now_ms >= probe.end_ms:
                 self._probe_failed(probe, now_ms, out)
             elif now_ms >= probe.direct_deadline_ms and not probe.indirect_sent:
                 self._send_ping_reqs(probe, out)
@@ -283,6 +292,23 @@ class SwimMachine:
             self.counters["refutations"] += 1
             self._enqueue(Update(self.node_id, self.addr, MemberState.ALIVE, self.incarnation))
 
+    def _push_refutation(self, src: SocketAddr, out: list[Action]) -> None:
+        """Tell the accuser and `indirect_probes` others at once that we are alive: waiting for our
+        next probe would leave the suspicion a whole period to run out on other nodes."""
+        others = sorted(
+            (m for m in self._members.values() if m.state <= MemberState.SUSPECT and m.addr != src),
+            key=lambda m: m.node_id,
+        )
+        targets = [
+            src,
+            *(
+                m.addr
+                for m in self._rng.sample(others, min(len(others), self.config.indirect_probes))
+            ),
+        ]
+        for addr in targets:
+            self._send(out, addr, MessageKind.PING, self._next_seq())
+
     def _entered(self, m: Member, now_ms: int, out: list[Action]) -> None:
         if m.state is MemberState.SUSPECT:
             timeout_ms = self.config.suspicion_timeout_ms(self.live_count())
@@ -303,7 +329,7 @@ class SwimMachine:
             seq, target.node_id, now_ms + cfg.probe_timeout_ms, now_ms + cfg.probe_interval_ms
         )
         self.counters["probes"] += 1
-        self._send(out, target.addr, MessageKind.PING, seq)
+        self._send(out, target.addr, MessageKind.PING, seq, about=target.node_id)
 
     def _next_target(self) -> Member | None:
         """Round-robin over a shuffled list; bounded: at most two passes over the members."""
@@ -376,8 +402,17 @@ class SwimMachine:
         target: int = 0,
         target_addr: SocketAddr | None = None,
         sender: int | None = None,
+        about: int | None = None,
     ) -> None:
+        """`about`: the receiver's node id. If we hold it suspect or dead, that claim rides first,
+        whatever the retransmit budget says: the one node that can refute it must hear it (gossip
+        alone may have spent the claim's retransmissions while the node was paused)."""
         updates = self._piggyback()
+        m = None if about is None else self._members.get(about)
+        if m is not None and m.state in (MemberState.SUSPECT, MemberState.DEAD):
+            claim = Update(m.node_id, m.addr, m.state, m.incarnation)
+            rest = tuple(u for u in updates if u.node_id != m.node_id)
+            updates = (claim, *rest)[: max(1, self.config.piggyback_updates_max)]
         sender_id = self.node_id if sender is None else sender
         data = self._codec.encode(Message(kind, seq, sender_id, updates, target, target_addr))
         while len(data) > self._codec.datagram_bytes_max and updates:
