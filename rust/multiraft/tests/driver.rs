@@ -406,3 +406,88 @@ async fn full_queues_answer_busy_and_drop_inbound_frames_with_a_count() {
     }
     engine.shutdown();
 }
+
+/// A log whose fsync starts failing on demand (a dying disk).
+struct FailingSink {
+    inner: MemLogSink,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl nodedb_multiraft::LogSink for FailingSink {
+    fn append(
+        &mut self,
+        records: &[nodedb_multiraft::log_sink::LogRecord],
+    ) -> Result<(), nodedb_multiraft::error::SinkError> {
+        self.inner.append(records)
+    }
+    fn sync(&mut self) -> Result<(), nodedb_multiraft::error::SinkError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(nodedb_multiraft::error::SinkError::Backend(
+                "fdatasync: EIO".into(),
+            ));
+        }
+        self.inner.sync()
+    }
+    fn compact(
+        &mut self,
+        floors: &[(GroupId, u64)],
+    ) -> Result<(), nodedb_multiraft::error::SinkError> {
+        self.inner.compact(floors)
+    }
+    fn forget_group(&mut self, group: GroupId) -> Result<(), nodedb_multiraft::error::SinkError> {
+        self.inner.forget_group(group)
+    }
+    fn take_replay(
+        &mut self,
+    ) -> Result<Vec<nodedb_multiraft::log_sink::LogRecord>, nodedb_multiraft::error::SinkError>
+    {
+        self.inner.take_replay()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_stops_the_engine_and_every_request_gets_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = SimNetwork::new(5, 100);
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = FailingSink {
+        inner: MemLogSink::new(),
+        fail: Arc::clone(&fail),
+    };
+    let readers: Readers = Arc::default();
+    let engine = MultiRaft::start(
+        fast_cfg(1, dir.path()),
+        Box::new(sink),
+        Arc::new(net.endpoint(NodeId(1))),
+        factory(readers),
+    )
+    .expect("start");
+    let g = GroupId(1);
+    engine
+        .add_group(
+            g,
+            GroupRole::Voter {
+                peers: vec![NodeId(1)],
+            },
+            StateMachineKind::Kv,
+            T,
+        )
+        .await
+        .expect("add");
+    engine.campaign(g, T).await.expect("campaign");
+    engine
+        .propose(g, put("ok", b"1"), T)
+        .await
+        .expect("healthy commit");
+    fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The proposal's entry cannot be made durable: it must not be acknowledged.
+    match engine.propose(g, put("lost", b"1"), T).await {
+        Err(RaftError::Stopped { reason }) => assert!(reason.contains("EIO"), "{reason}"),
+        other => panic!("expected Stopped, got {other:?}"),
+    }
+    assert!(engine.stopped_reason().is_some_and(|r| r.contains("fatal")));
+    assert!(matches!(
+        engine.status(g, T).await,
+        Err(RaftError::Stopped { .. })
+    ));
+}
