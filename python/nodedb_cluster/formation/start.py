@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 from nodedb_cluster import wire
@@ -75,15 +76,16 @@ async def start_cluster(
             rpc_timeout=config.rpc_timeout_ms / 1000,
         )
         kind: StateMachineKind = "kv" if state_machine is None else "python"
+        parts = _Parts(config, tracker, catalog, transport, kind, state_machine)
         match path:
             case FormationPath.RESTART:
                 tracker.transition(Restarting(), detail=str(config.data_dir))
-                node = await _restart(config, tracker, catalog, transport, kind, state_machine)
+                node = await _restart(parts)
             case FormationPath.BOOTSTRAP:
                 tracker.transition(Bootstrapping(), detail=str(config.listen_addr))
-                node = await _bootstrap(config, tracker, catalog, transport, kind, state_machine)
+                node = await _bootstrap(parts)
             case FormationPath.JOIN:
-                node = await _join(config, tracker, catalog, transport, kind, state_machine)
+                node = await _join(parts)
         node.join_attempts = join_attempts
         node.serve()
         node.start_reconciler()
@@ -133,11 +135,23 @@ def raft_settings_of(config: ClusterConfig) -> RaftSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What every formation path starts from."""
+
+    config: ClusterConfig
+    tracker: LifecycleTracker
+    catalog: Catalog
+    transport: Transport
+    kind: StateMachineKind
+    data_sm: DataStateMachineFactory | None
+
+    def node(self, cluster_id: str) -> Node:
+        return Node(self.config, self.tracker, self.catalog, self.transport, cluster_id, self.kind)
+
+
 async def _open_engine(
-    node: Node,
-    initial: MetadataState,
-    kind: StateMachineKind,
-    data_sm: DataStateMachineFactory | None,
+    node: Node, initial: MetadataState, data_sm: DataStateMachineFactory | None
 ) -> RaftEngine:
     """The engine with group 0 applied by `MetadataGroup` and data groups by `data_sm` or KV."""
     loop = asyncio.get_running_loop()
@@ -189,21 +203,15 @@ def _self_info(config: ClusterConfig, transport: Transport, groups: tuple[int, .
     )
 
 
-async def _bootstrap(
-    config: ClusterConfig,
-    tracker: LifecycleTracker,
-    catalog: Catalog,
-    transport: Transport,
-    kind: StateMachineKind,
-    data_sm: DataStateMachineFactory | None,
-) -> Node:
+async def _bootstrap(parts: _Parts) -> Node:
+    config, catalog, transport = parts.config, parts.catalog, parts.transport
     cluster_id = uuid.uuid4().hex
     routing = RoutingTable.bootstrap(config.num_groups, config.node_id)
     topology = Topology([_self_info(config, transport, routing.group_ids)])
     # The catalog first: a crash from here on restarts instead of bootstrapping a second cluster.
     await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing)
-    node = Node(config, tracker, catalog, transport, cluster_id, kind)
-    engine = await _open_engine(node, MetadataState(topology, routing, {}, 0), kind, data_sm)
+    node = parts.node(cluster_id)
+    engine = await _open_engine(node, MetadataState(topology, routing, {}, 0), parts.data_sm)
     for group_id in routing.group_ids:
         await engine.add_group(group_id, [config.node_id], node.group_kind(group_id))
         await engine.campaign(group_id)  # a sole voter elects itself now, not after a timeout
@@ -211,23 +219,17 @@ async def _bootstrap(
     return node
 
 
-async def _restart(
-    config: ClusterConfig,
-    tracker: LifecycleTracker,
-    catalog: Catalog,
-    transport: Transport,
-    kind: StateMachineKind,
-    data_sm: DataStateMachineFactory | None,
-) -> Node:
+async def _restart(parts: _Parts) -> Node:
+    config, catalog = parts.config, parts.catalog
     formation = await asyncio.to_thread(catalog.load_formation)
     if formation is None:  # decide_formation saw a cluster id: only a concurrent wipe gets here
         raise CatalogError(f"catalog {catalog.path} lost its cluster id during restart")
     settings = await asyncio.to_thread(catalog.load_settings)
     applied = await asyncio.to_thread(catalog.load_metadata_applied_index)
     initial = MetadataState(formation.topology, formation.routing, _settings(settings), applied)
-    node = Node(config, tracker, catalog, transport, formation.cluster_id, kind)
+    node = parts.node(formation.cluster_id)
     node.register_peers(initial)
-    engine = await _open_engine(node, initial, kind, data_sm)  # every group, from the log
+    engine = await _open_engine(node, initial, parts.data_sm)  # every group, from the log
     for group_id in await engine.groups():
         if (await engine.status(group_id)).voters == (config.node_id,):
             await engine.campaign(group_id)  # a sole voter need not wait out an election timeout
@@ -236,14 +238,8 @@ async def _restart(
     return node
 
 
-async def _join(
-    config: ClusterConfig,
-    tracker: LifecycleTracker,
-    catalog: Catalog,
-    transport: Transport,
-    kind: StateMachineKind,
-    data_sm: DataStateMachineFactory | None,
-) -> Node:
+async def _join(parts: _Parts) -> Node:
+    config, catalog, transport = parts.config, parts.catalog, parts.transport
     request = wire.JoinRequest(
         node_id=config.node_id,
         listen_addr=str(config.listen_addr),
@@ -264,6 +260,7 @@ async def _join(
             return SendFailed(str(e))
         return Accepted(response) if response.success else Rejected(response.error)
 
+    tracker = parts.tracker
     if tracker.state != Starting():
         raise ClusterError(f"join from lifecycle {tracker.state}")
     # A node cannot join through itself: its own address in the seed list is skipped.
@@ -281,9 +278,9 @@ async def _join(
         catalog.save_formation, response.cluster_id, state.topology, state.routing
     )
     await asyncio.to_thread(_persist_to(catalog), state)
-    node = Node(config, tracker, catalog, transport, response.cluster_id, kind)
+    node = parts.node(response.cluster_id)
     # 3. The groups this node belongs to (empty learners the leaders fill), 4. then the peers.
-    await _open_engine(node, state, kind, data_sm)
+    await _open_engine(node, state, parts.data_sm)
     await node.reconcile_once()
     node.register_peers(state)
     log.info("joined cluster %s as node %d", response.cluster_id, config.node_id)
