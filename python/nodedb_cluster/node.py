@@ -37,6 +37,7 @@ from nodedb_cluster.formation.join_server import (
     decide_join,
 )
 from nodedb_cluster.formation.leader_hint import format_not_leader
+from nodedb_cluster.kv import LEASE_FRACTION, KvRouter, decode_doc, encode_request
 from nodedb_cluster.lifecycle import LifecycleTracker
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import MetadataEntry, SettingValue
@@ -135,6 +136,7 @@ class Node:
         self.transport = transport
         self.cluster_id = cluster_id
         self.engine: RaftEngine | None = None
+        self._kv: KvRouter | None = None
         self._metadata: MetadataGroup | None = None
         self._data_group_kind: StateMachineKind = data_group_kind
         self._reconcile_wakeup = asyncio.Event()
@@ -147,6 +149,7 @@ class Node:
             wire.MessageKind.JOIN_REQUEST: self._on_join,
             wire.MessageKind.STATUS_REQUEST: self._on_status,
             wire.MessageKind.METADATA_PROPOSE: self._on_metadata_propose,
+            wire.MessageKind.KV_REQUEST: self._on_kv,
         }
 
     # --- wiring (used by formation) ---------------------------------------------------------------
@@ -156,6 +159,18 @@ class Node:
 
     def attach_engine(self, engine: RaftEngine) -> None:
         self.engine = engine
+        lease_s = self.config.election_timeout_min_ms / 1000 * LEASE_FRACTION
+        self._kv = KvRouter(
+            self.config.node_id, self.transport, lambda: self.metadata.routing, engine, lease_s
+        )
+
+    @property
+    def kv(self) -> KvRouter:
+        """The replicated KV API: `await node.kv.put(key, value)`, `get`, `delete`, `cas`,
+        `put_many`, `get_many` (nodedb_cluster.kv)."""
+        if self._kv is None or self._closed:
+            raise EngineStopped("the node is not running")
+        return self._kv
 
     def serve(self) -> None:
         """Answer control RPCs from now on (raft frames are answered inside the engine)."""
@@ -287,6 +302,18 @@ class Node:
         else:
             doc = {"refused": await self.propose_metadata(MetadataEntry.decode(entry))}
         return wire.MessageKind.METADATA_PROPOSE_RESPONSE, bytes(msgpack.packb(doc))
+
+    async def _on_kv(self, peer: Peer, payload: bytes) -> Reply:
+        """KV requests: "routing" (what a `Client` needs to reach leaders) or one operation."""
+        request = decode_doc(payload, "kv request")
+        if request.get("op") == "routing":
+            state = self.metadata
+            doc = {
+                "routing": state.routing.encode(),
+                "nodes": [[n.node_id, str(n.addr), n.spki_pin] for n in state.topology.nodes()],
+            }
+            return wire.MessageKind.KV_RESPONSE, encode_request(doc)
+        return wire.MessageKind.KV_RESPONSE, await self.kv.serve(request)
 
     async def _on_join(self, peer: Peer, payload: bytes) -> Reply:
         request = wire.JoinRequest.decode(payload)
@@ -426,6 +453,8 @@ class Node:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconciler
+        if self._kv is not None:
+            await self._kv.close()
         if self.engine is not None:
             await self.engine.close()
         await self.transport.close()
