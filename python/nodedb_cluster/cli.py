@@ -20,6 +20,7 @@ import msgpack
 
 from nodedb_cluster import __version__, wire
 from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.client import CLIENT_NODE_ID, Client
 from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
 from nodedb_cluster.errors import ClusterError, ConfigError
 from nodedb_cluster.transport import (
@@ -35,8 +36,6 @@ log = logging.getLogger("nodedb_cluster.cli")
 READY_PREFIX: Final = "READY "
 """`start` prints this plus a JSON object on stdout once the node is Ready: a parent process
 awaits that line instead of guessing with sleeps."""
-CLIENT_NODE_ID: Final = (1 << 63) + 1
-"""The id a command-line client presents to the node it asks; outside any real node's range."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +75,33 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_client_credentials(status)
     status.set_defaults(run=_cmd_status)
+
+    put = sub.add_parser("put", help="write KEY=VALUE to the replicated KV")
+    put.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
+    put.add_argument("key")
+    put.add_argument("value")
+    _add_client_credentials(put)
+    put.set_defaults(run=_cmd_put)
+
+    get = sub.add_parser("get", help="read KEY from the replicated KV (exit 1 if absent)")
+    get.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
+    get.add_argument("key")
+    get.add_argument(
+        "--read", default="linearizable", choices=("linearizable", "lease", "follower")
+    )
+    _add_client_credentials(get)
+    get.set_defaults(run=_cmd_get)
+
+    delete = sub.add_parser("delete", help="delete KEY from the replicated KV")
+    delete.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
+    delete.add_argument("key")
+    _add_client_credentials(delete)
+    delete.set_defaults(run=_cmd_delete)
+
+    bench = sub.add_parser("bench", help="KV load: N clients for D seconds, latency percentiles")
+    _add_bench_arguments(bench)
+    _add_client_credentials(bench)
+    bench.set_defaults(run=_cmd_bench)
 
     certs = sub.add_parser("gen-certs", help="create a cluster CA and per-node mTLS credentials")
     certs.add_argument("--out", required=True, type=Path, help="directory to write into")
@@ -212,6 +238,57 @@ def format_status(doc: dict[str, object]) -> str:
             f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7}  {members}"
         )
     return "\n".join(lines)
+
+
+# --- put / get / delete -------------------------------------------------------------------------
+
+
+def _cmd_put(args: argparse.Namespace) -> int:
+    async def run() -> None:
+        async with Client([args.addr], client_credentials(args), args.timeout) as client:
+            await client.put(args.key.encode(), args.value.encode(), timeout_s=args.timeout)
+
+    asyncio.run(run())
+    return 0
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    async def run() -> bytes | None:
+        async with Client([args.addr], client_credentials(args), args.timeout) as client:
+            return await client.get(args.key.encode(), read=args.read, timeout_s=args.timeout)
+
+    value = asyncio.run(run())
+    if value is None:
+        print(f"nodedb-cluster: key {args.key!r} not found", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(value + b"\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    async def run() -> bool:
+        async with Client([args.addr], client_credentials(args), args.timeout) as client:
+            return await client.delete(args.key.encode(), timeout_s=args.timeout)
+
+    existed = asyncio.run(run())
+    print("deleted" if existed else "not found")
+    return 0
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from nodedb_cluster.bench import add_bench_arguments
+
+    add_bench_arguments(parser)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from nodedb_cluster.bench import run_bench_command
+
+    return run_bench_command(args)
 
 
 # --- gen-certs ------------------------------------------------------------------------------------

@@ -80,6 +80,10 @@ class Client:
         raise Unavailable(0, "no node answered: " + "; ".join(errors))
 
     @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    @property
     def router(self) -> KvRouter:
         return self._router
 

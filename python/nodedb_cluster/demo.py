@@ -19,7 +19,8 @@ from typing import Final
 import msgpack
 
 from nodedb_cluster import wire
-from nodedb_cluster.cli import CLIENT_NODE_ID, format_status
+from nodedb_cluster.cli import format_status
+from nodedb_cluster.client import CLIENT_NODE_ID
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.localcluster import LocalCluster, Status
 from nodedb_cluster.metadata.commands import MetadataEntry, PutSetting

@@ -32,8 +32,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, cast
 
 import msgpack
@@ -80,6 +81,10 @@ BATCH_BYTES_MAX: Final = 512 << 10
 """Bytes of commands per Raft entry (below the 1 MiB message bound)."""
 BATCHES_IN_FLIGHT_MAX: Final = 4
 """Entries per group proposed concurrently: the engine commits them in the same fsync round."""
+REMOTE_IN_FLIGHT_MAX: Final = 4
+"""KV_REQUESTs per (target, group, kind) in flight at once."""
+REMOTE_COALESCERS_MAX: Final = 4096
+"""Bound on remembered (target, group, kind) batchers."""
 RETRY_BACKOFF_S: Final = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 """Pause before retry n (then the last value), always cut short by the deadline."""
 REFRESH_INTERVAL_S: Final = 0.2
@@ -157,53 +162,66 @@ def _int(value: object, what: str) -> int:
 # --- the coalescers -------------------------------------------------------------------------------
 
 
+Result = bytes | None
+Send = Callable[[list[bytes], int], Awaitable[Sequence[Result]]]
+"""Send a batch of items (commands or keys) with a timeout in ms; one result per item."""
+
+
 @dataclass(slots=True)
 class _Waiter:
-    cmds: list[bytes]
+    items: list[bytes]
     deadline: float
-    future: asyncio.Future[list[bytes]]
+    future: asyncio.Future[list[Result]]
 
 
-@dataclass(slots=True)
-class _GroupCommit:
-    """Commands for one group that arrive together become one Raft entry (`propose_batch`)."""
+class _Coalescer:
+    """Items that arrive together travel together: one `send` per loop iteration (at most
+    `in_flight_max` at once), results sliced back per caller. Locally one Raft entry per batch
+    (group commit); towards another node one KV_REQUEST per batch."""
 
-    group_id: int
-    engine: RaftEngine
-    on_committed: Callable[[int, float], None]
-    pending: list[_Waiter] = field(default_factory=list)
-    in_flight: int = 0
-    scheduled: bool = False
+    __slots__ = ("_in_flight", "_in_flight_max", "_on_done", "_pending", "_scheduled", "_send")
 
-    def submit(self, cmds: list[bytes], deadline: float) -> asyncio.Future[list[bytes]]:
+    def __init__(
+        self, send: Send, in_flight_max: int, on_done: Callable[[float], None] | None = None
+    ) -> None:
+        self._send = send
+        self._in_flight_max = in_flight_max
+        self._on_done = on_done
+        self._pending: deque[_Waiter] = deque()
+        self._in_flight = 0
+        self._scheduled = False
+
+    def submit(self, items: list[bytes], deadline: float) -> asyncio.Future[list[Result]]:
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(cmds, deadline, loop.create_future())
-        self.pending.append(waiter)
-        if not self.scheduled and self.in_flight < BATCHES_IN_FLIGHT_MAX:
-            # call_soon: everything submitted in this loop iteration shares the entry.
-            self.scheduled = True
+        waiter = _Waiter(items, deadline, loop.create_future())
+        self._pending.append(waiter)
+        if not self._scheduled and self._in_flight < self._in_flight_max:
+            # call_soon: everything submitted in this loop iteration shares the batch.
+            self._scheduled = True
             loop.call_soon(self._launch)
         return waiter.future
 
     def _launch(self) -> None:
-        self.scheduled = False
-        while self.pending and self.in_flight < BATCHES_IN_FLIGHT_MAX:
+        self._scheduled = False
+        pending = self._pending
+        while pending and self._in_flight < self._in_flight_max:
             batch: list[_Waiter] = []
             count = size = 0
-            while self.pending:
-                w = self.pending[0]
-                w_size = sum(len(c) for c in w.cmds)
+            while pending:
+                w = pending[0]
+                w_size = sum(len(c) for c in w.items)
                 if batch and (
-                    count + len(w.cmds) > BATCH_COMMANDS_MAX or size + w_size > BATCH_BYTES_MAX
+                    count + len(w.items) > BATCH_COMMANDS_MAX or size + w_size > BATCH_BYTES_MAX
                 ):
                     break
-                batch.append(self.pending.pop(0))
-                count += len(w.cmds)
-                size += w_size
-            batch = [w for w in batch if not w.future.done()]  # cancelled callers
+                pending.popleft()
+                if not w.future.done():  # a cancelled caller's items are not sent
+                    batch.append(w)
+                    count += len(w.items)
+                    size += w_size
             if not batch:
                 continue
-            self.in_flight += 1
+            self._in_flight += 1
             task = asyncio.ensure_future(self._run(batch))
             _BACKGROUND.add(task)
             task.add_done_callback(_BACKGROUND.discard)
@@ -212,25 +230,27 @@ class _GroupCommit:
         loop = asyncio.get_running_loop()
         sent_at = time.monotonic()
         timeout_ms = max(1, int((min(w.deadline for w in batch) - loop.time()) * 1000))
-        cmds = [c for w in batch for c in w.cmds]
+        items = [c for w in batch for c in w.items] if len(batch) > 1 else batch[0].items
         try:
-            proposed = await self.engine.propose_batch(self.group_id, cmds, timeout_ms)
+            results = await self._send(items, timeout_ms)
+            if len(results) != len(items):
+                raise RemoteError("malformed", f"{len(results)} results for {len(items)} items")
         except ClusterError as e:
             for w in batch:
                 if not w.future.done():
                     w.future.set_exception(e)
         else:
-            self.on_committed(self.group_id, sent_at)
-            results = proposed.results
+            if self._on_done is not None:
+                self._on_done(sent_at)
             at = 0
             for w in batch:
                 if not w.future.done():
-                    w.future.set_result(list(results[at : at + len(w.cmds)]))
-                at += len(w.cmds)
+                    w.future.set_result(list(results[at : at + len(w.items)]))
+                at += len(w.items)
         finally:
-            self.in_flight -= 1
-            if self.pending and not self.scheduled:
-                self.scheduled = True
+            self._in_flight -= 1
+            if self._pending and not self._scheduled:
+                self._scheduled = True
                 loop.call_soon(self._launch)
 
 
@@ -277,6 +297,15 @@ class _ReadIndexShare:
             self.running = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Remote:
+    """How to send a request's items to another node: the batch key and the request builder."""
+
+    kind: tuple[object, ...]
+    items: list[bytes]
+    request: Callable[[list[bytes], int], dict[str, object]]
+
+
 _BACKGROUND: set[asyncio.Task[None]] = set()
 """Tasks the loop would otherwise only weakly reference."""
 
@@ -302,7 +331,8 @@ class KvRouter:
         self._lease_s = lease_s
         self._leaders: dict[int, int] = {}
         """group -> leader node id as last learned (absent = ask routing)."""
-        self._commit: dict[int, _GroupCommit] = {}
+        self._commit: dict[int, _Coalescer] = {}
+        self._remote: dict[tuple[object, ...], _Coalescer] = {}
         self._reads: dict[int, _ReadIndexShare] = {}
         self._confirmed_at: dict[int, float] = {}
         """group -> monotonic time a request confirmed by a quorum was sent from here."""
@@ -514,9 +544,10 @@ class KvRouter:
         async def local() -> list[bytes]:
             return await self._propose_local(group, cmds, deadline)
 
-        def remote(timeout_ms: int) -> dict[str, object]:
-            return {"op": "propose", "g": group, "cmds": cmds, "fwd": True, "t": timeout_ms}
+        def request(items: list[bytes], timeout_ms: int) -> dict[str, object]:
+            return {"op": "propose", "g": group, "cmds": items, "fwd": True, "t": timeout_ms}
 
+        remote = _Remote(("propose", group), cmds, request)
         results = await self._attempts(group, deadline, local, remote, idempotent)
         return cast("list[bytes]", results)
 
@@ -526,8 +557,15 @@ class KvRouter:
             raise RaftNotLeader(group, None)
         gc = self._commit.get(group)
         if gc is None:
-            gc = self._commit[group] = _GroupCommit(group, engine, self._on_committed)
-        return await gc.submit(cmds, deadline)
+
+            async def propose(items: list[bytes], timeout_ms: int) -> Sequence[Result]:
+                return (await engine.propose_batch(group, items, timeout_ms)).results
+
+            def committed(sent_at: float) -> None:
+                self._on_committed(group, sent_at)
+
+            gc = self._commit[group] = _Coalescer(propose, BATCHES_IN_FLIGHT_MAX, committed)
+        return cast("list[bytes]", await gc.submit(cmds, deadline))
 
     async def _read(
         self, group: int, keys: list[bytes], level: ReadLevel, stale_s: float, deadline: float
@@ -535,16 +573,18 @@ class KvRouter:
         async def local() -> list[bytes | None]:
             return await self._read_local(group, keys, level, stale_s, deadline)
 
-        def remote(timeout_ms: int) -> dict[str, object]:
+        def request(items: list[bytes], timeout_ms: int) -> dict[str, object]:
             return {
                 "op": "read",
                 "g": group,
-                "keys": keys,
+                "keys": items,
                 "level": level,
                 "stale_s": stale_s,
                 "fwd": True,
                 "t": timeout_ms,
             }
+
+        remote = _Remote(("read", group, level, stale_s), keys, request)
 
         local_ok = self._is_local(group)
         results = await self._attempts(group, deadline, local, remote, True, local_ok)
@@ -588,7 +628,7 @@ class KvRouter:
         group: int,
         deadline: float,
         local: Callable[[], Awaitable[Sequence[bytes | None]]],
-        remote: Callable[[int], dict[str, object]],
+        remote: _Remote,
         idempotent: bool,
         local_ok: bool = False,
     ) -> Sequence[bytes | None]:
@@ -615,7 +655,7 @@ class KvRouter:
                     target = self._next_member(group, attempt)
                     if not target:
                         raise Unavailable(group, "no member known")
-                return await self._forward(group, target, remote(max(1, int(remaining * 1000))))
+                return await self._send_remote(group, target, remote, deadline)
             except RaftNotLeader as e:
                 last = e
                 local_ok = False
@@ -641,6 +681,27 @@ class KvRouter:
             if isinstance(last, RaftNotLeader) and last.leader_id and attempt < 3:
                 continue  # a named leader: go at once
             await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
+
+    async def _send_remote(
+        self, group: int, target: int, remote: _Remote, deadline: float
+    ) -> list[Result]:
+        """One hop, coalesced with every other request for the same target and kind."""
+        key = (target, *remote.kind)
+        coalescer = self._remote.get(key)
+        if coalescer is None:
+            if len(self._remote) >= REMOTE_COALESCERS_MAX:
+                self._remote.clear()  # old targets and levels; rebuilt on demand
+
+            async def send(items: list[bytes], timeout_ms: int) -> Sequence[Result]:
+                # The transport's own RPC bound may be longer than what is left of ours.
+                try:
+                    async with asyncio.timeout(timeout_ms / 1000):
+                        return await self._forward(group, target, remote.request(items, timeout_ms))
+                except TimeoutError:
+                    raise Timeout(f"kv request to node {target}", timeout_ms) from None
+
+            coalescer = self._remote[key] = _Coalescer(send, REMOTE_IN_FLIGHT_MAX)
+        return await coalescer.submit(remote.items, deadline)
 
     async def _forward(
         self, group: int, target: int, request: dict[str, object]

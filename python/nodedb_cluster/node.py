@@ -13,12 +13,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgpack
 
 from nodedb_cluster import wire
 from nodedb_cluster.addr import SocketAddr
+
+if TYPE_CHECKING:
+    from nodedb_cluster.bench import EmbeddedLoad
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import (
@@ -137,6 +140,7 @@ class Node:
         self.cluster_id = cluster_id
         self.engine: RaftEngine | None = None
         self._kv: KvRouter | None = None
+        self._load: EmbeddedLoad | None = None
         self._metadata: MetadataGroup | None = None
         self._data_group_kind: StateMachineKind = data_group_kind
         self._reconcile_wakeup = asyncio.Event()
@@ -313,6 +317,17 @@ class Node:
                 "nodes": [[n.node_id, str(n.addr), n.spki_pin] for n in state.topology.nodes()],
             }
             return wire.MessageKind.KV_RESPONSE, encode_request(doc)
+        if request.get("op") in (
+            "load",
+            "load_result",
+        ):  # `nodedb-cluster bench --placement embedded`
+            if self._load is None:
+                from nodedb_cluster.bench import EmbeddedLoad
+
+                self._load = EmbeddedLoad()
+            return wire.MessageKind.KV_RESPONSE, encode_request(
+                await self._load.handle(self.kv, request)
+            )
         return wire.MessageKind.KV_RESPONSE, await self.kv.serve(request)
 
     async def _on_join(self, peer: Peer, payload: bytes) -> Reply:

@@ -1,0 +1,177 @@
+"""node.kv in one process: real nodes over real QUIC on 127.0.0.x, real logs with fsync."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster import wire
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.errors import RemoteError, Timeout
+from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.kv import StaleRead, Unavailable
+from nodedb_cluster.localcluster import free_port
+from nodedb_cluster.node import Node
+from nodedb_cluster.raft import GroupStatus
+from nodedb_cluster.routing import vshard_for_key
+
+FORM_TIMEOUT_S = 30.0
+
+
+async def start_nodes(tmp_path: Path, size: int, **overrides: object) -> list[Node]:
+    hosts = [f"127.0.0.{i}" for i in range(1, size + 1)]
+    port = free_port(hosts)
+    seeds = tuple(parse_socket_addr(f"{h}:{port}") for h in hosts)
+
+    async def one(i: int) -> Node:
+        fields: dict[str, object] = {
+            "node_id": i,
+            "listen_addr": seeds[i - 1],
+            "seed_nodes": seeds,
+            "data_dir": tmp_path / f"node{i}",
+            "insecure_transport": True,
+            "num_groups": 2,
+        }
+        fields.update(overrides)
+        return await start_cluster(ClusterConfig(**fields))  # type: ignore[arg-type]
+
+    return list(await asyncio.gather(*(one(i) for i in range(1, size + 1))))
+
+
+async def wait_formed(nodes: list[Node], voters: int) -> dict[int, dict[int, GroupStatus]]:
+    """Until every group on every node has `voters` voters and a leader (bounded)."""
+    deadline = time.monotonic() + FORM_TIMEOUT_S
+    while time.monotonic() < deadline:
+        seen: dict[int, dict[int, GroupStatus]] = {}
+        for node in nodes:
+            status = await node.status()
+            seen[node.config.node_id] = {g.group_id: g for g in status.groups}
+        groups = {g for per_node in seen.values() for g in per_node}
+        if groups and all(
+            len(per_node.get(g, GroupStatus(g, "follower", 0, None, 0, 0, 0, 0)).voters) >= voters
+            and per_node[g].leader_id
+            for per_node in seen.values()
+            for g in per_node
+        ):
+            return seen
+        await asyncio.sleep(0.1)  # raft state has no push channel here: poll, bounded
+    raise AssertionError(f"cluster not formed within {FORM_TIMEOUT_S} s")
+
+
+@pytest.fixture
+async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    nodes = await start_nodes(tmp_path, 3)
+    try:
+        await wait_formed(nodes, 3)
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.shutdown()
+
+
+async def test_routing_from_every_node_reaches_the_right_group(three: list[Node]) -> None:
+    keys = [b"route:%d" % i for i in range(120)]
+    for i, key in enumerate(keys):
+        await three[i % 3].kv.put(key, b"v" + key)
+    routing = three[0].metadata.routing
+    data_groups = [g for g in routing.group_ids if g != 0]
+    for node in three:
+        for key in keys:
+            expected_group = routing.group_for_vshard(vshard_for_key(key))
+            assert node.kv.group_of(key) == expected_group
+            # Through the API from this node, then directly in the group's replica here.
+            assert await node.kv.get(key) == b"v" + key
+            engine = node.engine
+            assert engine is not None
+            assert engine.kv_get(expected_group, key) == b"v" + key
+            for other in data_groups:
+                if other != expected_group:
+                    assert engine.kv_get(other, key) is None
+
+
+async def test_get_after_put_from_any_node_is_linearizable(three: list[Node]) -> None:
+    for writer in three:
+        for reader in three:
+            key = b"lin:%d:%d" % (writer.config.node_id, reader.config.node_id)
+            await writer.kv.put(key, key)
+            assert await reader.kv.get(key) == key
+            assert await reader.kv.get(key, read="lease") == key
+    many = [(b"many:%d" % i, b"%d" % i) for i in range(2000)]
+    await three[1].kv.put_many(many)
+    assert await three[2].kv.get_many([k for k, _ in many]) == [v for _, v in many]
+
+
+async def test_cas_delete_and_missing_keys(three: list[Node]) -> None:
+    kv = three[2].kv
+    assert await kv.get(b"absent") is None
+    assert await kv.cas(b"c", None, b"1")
+    assert not await kv.cas(b"c", None, b"2")  # present now: expected-absent fails
+    assert await kv.cas(b"c", b"1", b"3")
+    assert await three[0].kv.get(b"c") == b"3"
+    assert await kv.delete(b"c")
+    assert not await kv.delete(b"c")
+    assert await three[1].kv.get(b"c") is None
+
+
+async def test_write_through_a_node_that_is_no_member_of_the_group(tmp_path: Path) -> None:
+    nodes = await start_nodes(tmp_path, 2, replication_factor=1)
+    try:
+        await wait_formed(nodes, 1)
+        outsider = nodes[1]
+        routing = outsider.metadata.routing
+        assert [g for g in routing.groups_of_node(2) if g != 0] == []  # member of no data group
+        before = outsider.kv.forwarded
+        await outsider.kv.put(b"far", b"away")
+        await outsider.kv.put_many([(b"far%d" % i, b"x") for i in range(100)])
+        assert outsider.kv.forwarded > before
+        assert await outsider.kv.get(b"far") == b"away"
+        assert await outsider.kv.get(b"far", read="follower") == b"away"
+        assert await nodes[0].kv.get(b"far") == b"away"
+        assert await outsider.kv.get_many([b"far%d" % i for i in range(100)]) == [b"x"] * 100
+    finally:
+        for node in nodes:
+            await node.shutdown()
+
+
+async def test_follower_read_refuses_when_staler_than_allowed(three: list[Node]) -> None:
+    await three[0].kv.put(b"stale", b"1")
+    g = three[0].kv.group_of(b"stale")
+    statuses = [await n.status() for n in three]
+    roles = {
+        n.config.node_id: next(x.role for x in s.groups if x.group_id == g)
+        for n, s in zip(three, statuses, strict=True)
+    }
+    follower = next(n for n in three if roles[n.config.node_id] == "follower")
+    assert await follower.kv.get(b"stale", read="follower", max_staleness_s=1.0) == b"1"
+    for node in three:
+        if node is not follower:
+            await node.shutdown()
+    # Time passing is the condition under test: the last confirmation must age past the bound.
+    await asyncio.sleep(0.6)
+    t0 = time.monotonic()
+    with pytest.raises(StaleRead) as refused:
+        await follower.kv.get(b"stale", read="follower", max_staleness_s=0.3)
+    assert refused.value.age_s > 0.3
+    assert time.monotonic() - t0 < 2.0  # refused promptly, not at the 5 s deadline
+    # A write without a quorum ends with a typed error at its deadline, not before or hung.
+    t0 = time.monotonic()
+    with pytest.raises((Timeout, Unavailable)):
+        await follower.kv.put(b"stale", b"2", timeout_s=1.0)
+    assert 0.9 < time.monotonic() - t0 < 3.0
+
+
+async def test_malformed_kv_request_gets_a_typed_error_and_the_node_goes_on(
+    three: list[Node],
+) -> None:
+    node = three[0]
+    client = three[1].transport
+    for payload in (b"\xc1", b"\x93\x01\x02\x03", b'\x81\xa2op\xa7propose'):
+        with pytest.raises(RemoteError):
+            await client.send_rpc(node.config.node_id, wire.MessageKind.KV_REQUEST, payload)
+    await three[1].kv.put(b"after", b"garbage")
+    assert await node.kv.get(b"after") == b"garbage"
