@@ -170,7 +170,7 @@ async def test_malformed_kv_request_gets_a_typed_error_and_the_node_goes_on(
 ) -> None:
     node = three[0]
     client = three[1].transport
-    for payload in (b"\xc1", b"\x93\x01\x02\x03", b'\x81\xa2op\xa7propose'):
+    for payload in (b"\xc1", b"\x93\x01\x02\x03", b"\x81\xa2op\xa7propose"):
         with pytest.raises(RemoteError):
             await client.send_rpc(node.config.node_id, wire.MessageKind.KV_REQUEST, payload)
     await three[1].kv.put(b"after", b"garbage")
