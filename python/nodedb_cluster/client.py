@@ -127,6 +127,38 @@ class Client:
             keys, read=read, max_staleness_s=max_staleness_s, timeout_s=timeout_s
         )
 
+    async def get_many_at(
+        self,
+        node_id: int,
+        keys: Sequence[bytes],
+        *,
+        read: ReadLevel = "follower",
+        max_staleness_s: float = MAX_STALENESS_S_DEFAULT,
+    ) -> list[bytes | None]:
+        """Values as the replicas on node `node_id` hold them (for checks after a failover):
+        each key's group is read on that node only, never forwarded."""
+        groups = [self._router.group_of(k) for k in keys]
+        out: list[bytes | None] = []
+        for key, group in zip(keys, groups, strict=True):
+            request = {
+                "op": "read",
+                "g": group,
+                "keys": [key],
+                "level": read,
+                "stale_s": max_staleness_s,
+                "fwd": True,
+                "t": int(self._timeout_s * 1000),
+            }
+            kind, payload = await self._transport.send_rpc(
+                node_id, wire.MessageKind.KV_REQUEST, encode_request(request)
+            )
+            doc = decode_doc(payload, "kv response")
+            values = doc.get("r")
+            if kind != wire.MessageKind.KV_RESPONSE or not isinstance(values, list):
+                raise ClusterError(f"node {node_id} did not serve {key!r} locally: {doc}")
+            out.append(values[0])
+        return out
+
     async def close(self) -> None:
         await self._router.close()
         await self._transport.close()

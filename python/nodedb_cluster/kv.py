@@ -85,6 +85,12 @@ REMOTE_IN_FLIGHT_MAX: Final = 4
 """KV_REQUESTs per (target, group, kind) in flight at once."""
 REMOTE_COALESCERS_MAX: Final = 4096
 """Bound on remembered (target, group, kind) batchers."""
+ATTEMPT_TIMEOUT_S: Final = 1.0
+"""One hop's bound inside a call's deadline: a healthy leader answers in milliseconds, and a
+dead one is replaced by an election within ~1 s (election timeout 0.5-1 s), so the next
+attempt finds the new leader instead of the whole deadline going to a dead node."""
+DOWN_HOLD_S: Final = 2.0
+"""A node that failed to answer is tried after the others for this long."""
 RETRY_BACKOFF_S: Final = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 """Pause before retry n (then the last value), always cut short by the deadline."""
 REFRESH_INTERVAL_S: Final = 0.2
@@ -337,6 +343,8 @@ class KvRouter:
         self._confirmed_at: dict[int, float] = {}
         """group -> monotonic time a request confirmed by a quorum was sent from here."""
         self._lease_from: dict[int, float] = {}
+        self._down: dict[int, float] = {}
+        """node -> monotonic time until which it is tried last (it failed to answer)."""
         self._follower_read_at = 0.0
         self._refresher: asyncio.Task[None] | None = None
         self.forwarded = 0
@@ -497,29 +505,40 @@ class KvRouter:
             return False
 
     def _target(self, group_id: int) -> int:
+        """The node to send `group_id`'s requests to: the leader as last learned, else the one
+        routing names (0 = unknown); a node that just failed us is skipped for a while."""
         leader = self._leaders.get(group_id)
-        if leader:
-            return leader
-        try:
-            return self._routing().route(group_id).leader
-        except UnknownGroup:
+        if leader is None:
+            try:
+                leader = self._routing().route(group_id).leader
+            except UnknownGroup:
+                return 0
+        if leader and self._down.get(leader, 0.0) > time.monotonic():
             return 0
+        return leader
 
     def learn_leader(self, group_id: int, leader: int | None) -> None:
-        if leader:
-            self._leaders[group_id] = leader
-        else:
-            self._leaders.pop(group_id, None)
-            self._leaders[group_id] = 0
+        self._leaders[group_id] = leader or 0
+
+    def _failed(self, group_id: int, node_id: int) -> None:
+        """`node_id` did not answer: forget it as leader and try other members first."""
+        if node_id and node_id != self.node_id:
+            self._down[node_id] = time.monotonic() + DOWN_HOLD_S
+            if len(self._down) > REMOTE_COALESCERS_MAX:
+                self._down.clear()
+        self._leaders[group_id] = 0
 
     def _next_member(self, group_id: int, tried: int) -> int:
-        """With no leader known, ask the members in turn (any of them may know it)."""
+        """With no leader known, ask the members in turn (any of them may know it), those
+        that answered lately first."""
         try:
             route = self._routing().route(group_id)
         except UnknownGroup:
             return 0
+        now = time.monotonic()
         members = [m for m in route.voters if m != self.node_id] or list(route.voters)
-        return members[tried % len(members)] if members else 0
+        alive = [m for m in members if self._down.get(m, 0.0) <= now] or members
+        return alive[tried % len(alive)] if alive else 0
 
     def _on_confirmed(self, group_id: int, sent_at: float) -> None:
         """A ReadIndex sent at `sent_at` came back: the local state is at least that fresh."""
@@ -644,18 +663,16 @@ class KvRouter:
                     raise last
                 raise Unavailable(group, str(last) if last else "no attempt possible")
             target = self._target(group)
-            if attempt > 0 and not target:
-                target = self._next_member(group, attempt)
             try:
                 if local_ok or (target == self.node_id and self._is_local(group)):
                     return await local()
                 if not target or target == self.node_id:
-                    # We were told we lead a group we hold no replica of: ask routing's members.
-                    self.learn_leader(group, None)
+                    # Unknown, or "us" without a replica here: ask the members in turn.
                     target = self._next_member(group, attempt)
                     if not target:
                         raise Unavailable(group, "no member known")
-                return await self._send_remote(group, target, remote, deadline)
+                attempt_deadline = min(deadline, loop.time() + ATTEMPT_TIMEOUT_S)
+                return await self._send_remote(group, target, remote, attempt_deadline)
             except RaftNotLeader as e:
                 last = e
                 local_ok = False
@@ -663,17 +680,14 @@ class KvRouter:
             except UnknownGroup as e:  # the replica is not created here yet: go to the leader
                 last = e
                 local_ok = False
-            except LeadershipLost as e:
+            except (LeadershipLost, Timeout) as e:  # outcome unknown
                 if not idempotent:
                     raise
                 last = e
-                self.learn_leader(group, None)
-            except Timeout as e:
-                last = e
-                self.learn_leader(group, None)
+                self._failed(group, target if isinstance(e, Timeout) else 0)
             except _TRANSIENT as e:
                 last = e
-                self.learn_leader(group, None)
+                self._failed(group, target)
             except EngineStopped:
                 raise
             pause = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
