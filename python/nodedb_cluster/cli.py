@@ -78,14 +78,14 @@ def _parser() -> argparse.ArgumentParser:
 
     put = sub.add_parser("put", help="write KEY=VALUE to the replicated KV")
     put.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
-    put.add_argument("key")
-    put.add_argument("value")
+    put.add_argument("kv_key", metavar="KEY")  # dest differs from --key (the credential file)
+    put.add_argument("kv_value", metavar="VALUE")
     _add_client_credentials(put)
     put.set_defaults(run=_cmd_put)
 
     get = sub.add_parser("get", help="read KEY from the replicated KV (exit 1 if absent)")
     get.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
-    get.add_argument("key")
+    get.add_argument("kv_key", metavar="KEY")
     get.add_argument(
         "--read", default="linearizable", choices=("linearizable", "lease", "follower")
     )
@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     delete = sub.add_parser("delete", help="delete KEY from the replicated KV")
     delete.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
-    delete.add_argument("key")
+    delete.add_argument("kv_key", metavar="KEY")
     _add_client_credentials(delete)
     delete.set_defaults(run=_cmd_delete)
 
@@ -246,7 +246,7 @@ def format_status(doc: dict[str, object]) -> str:
 def _cmd_put(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with Client([args.addr], client_credentials(args), args.timeout) as client:
-            await client.put(args.key.encode(), args.value.encode(), timeout_s=args.timeout)
+            await client.put(args.kv_key.encode(), args.kv_value.encode(), timeout_s=args.timeout)
 
     asyncio.run(run())
     return 0
@@ -255,11 +255,11 @@ def _cmd_put(args: argparse.Namespace) -> int:
 def _cmd_get(args: argparse.Namespace) -> int:
     async def run() -> bytes | None:
         async with Client([args.addr], client_credentials(args), args.timeout) as client:
-            return await client.get(args.key.encode(), read=args.read, timeout_s=args.timeout)
+            return await client.get(args.kv_key.encode(), read=args.read, timeout_s=args.timeout)
 
     value = asyncio.run(run())
     if value is None:
-        print(f"nodedb-cluster: key {args.key!r} not found", file=sys.stderr)
+        print(f"nodedb-cluster: key {args.kv_key!r} not found", file=sys.stderr)
         return 1
     sys.stdout.buffer.write(value + b"\n")
     sys.stdout.flush()
@@ -269,7 +269,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
 def _cmd_delete(args: argparse.Namespace) -> int:
     async def run() -> bool:
         async with Client([args.addr], client_credentials(args), args.timeout) as client:
-            return await client.delete(args.key.encode(), timeout_s=args.timeout)
+            return await client.delete(args.kv_key.encode(), timeout_s=args.timeout)
 
     existed = asyncio.run(run())
     print("deleted" if existed else "not found")

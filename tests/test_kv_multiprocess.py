@@ -1,0 +1,151 @@
+"""The replicated KV across real node processes (mTLS, fsync): a separate-process `Client`, a
+leader SIGKILLed under load, and the CLI's put/get/delete."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster.client import Client
+from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.transport import Mtls
+
+pytestmark = pytest.mark.multiprocess
+
+CLI = [sys.executable, "-m", "nodedb_cluster.cli"]
+WRITERS = 8
+WRITES_PER_WRITER_MAX = 3000
+AFTER_FAILOVER_S = 2.0
+
+
+def _leader_of(statuses: dict[int, Status], group_id: int) -> int:
+    for status in statuses.values():
+        for group in status["groups"]:
+            if group["group_id"] == group_id and group["role"] == "leader":
+                return int(group["leader"])
+    return 0
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    c = LocalCluster(tmp_path, 3)
+    try:
+        await c.start()
+        await c.wait_for(
+            lambda s: all(
+                len(st["nodes"]) == 3
+                and all(len(g["voters"]) == 3 and g["leader"] for g in st["groups"])
+                for st in s.values()
+            ),
+            c.nodes,
+            30.0,
+            "every group with 3 voters and a leader",
+        )
+        yield c
+    finally:
+        await c.close()
+
+
+async def test_writes_continue_without_errors_across_a_leader_kill(cluster: LocalCluster) -> None:
+    addrs = [n.addr for n in cluster.nodes.values()]
+    async with Client(addrs, cluster.client_credentials) as client:
+        group = client.router.group_of(b"w0:0")
+        statuses = {i: await cluster.status(i) for i in cluster.nodes}
+        victim = _leader_of(statuses, group)
+        assert victim
+        acked: dict[bytes, bytes] = {}
+        killed_at: list[float] = []
+        slowest = [0.0]
+        enough_before_kill = asyncio.Event()
+
+        async def writer(w: int) -> None:
+            for n in range(WRITES_PER_WRITER_MAX):
+                if killed_at and time.monotonic() - killed_at[0] > AFTER_FAILOVER_S:
+                    return
+                key, value = b"w%d:%d" % (w, n), b"%d" % n
+                t0 = time.monotonic()
+                await client.put(key, value)  # must not raise: retried within its deadline
+                slowest[0] = max(slowest[0], time.monotonic() - t0)
+                acked[key] = value
+                if len(acked) >= 200:
+                    enough_before_kill.set()
+
+        async def killer() -> None:
+            await enough_before_kill.wait()
+            cluster.nodes[victim].kill()
+            killed_at.append(time.monotonic())
+
+        kill_task = asyncio.ensure_future(killer())
+        await asyncio.wait_for(asyncio.gather(*(writer(w) for w in range(WRITERS))), 60)
+        await kill_task
+        assert killed_at, "the writers finished before the kill"
+        writes_after_kill = len(acked)
+        assert slowest[0] < 5.0
+        survivors = [i for i in cluster.nodes if i != victim]
+        after = await cluster.wait_for(
+            lambda s: _leader_of(s, group) not in (0, victim), survivors, 10.0, "new leader"
+        )
+        assert _leader_of(after, group) != victim
+        keys = list(acked)
+        assert await client.get_many(keys) == [acked[k] for k in keys]
+        assert writes_after_kill >= 200
+
+
+async def test_client_through_any_single_node_and_typed_timeout(cluster: LocalCluster) -> None:
+    for node in cluster.nodes.values():
+        async with Client([node.addr], cluster.client_credentials) as client:
+            key = b"via:%d" % node.node_id
+            await client.put(key, b"x")
+            assert await client.get(key) == b"x"
+            assert await client.cas(key, b"x", b"y")
+            assert await client.get(key, read="lease") == b"y"
+    async with Client([cluster.nodes[1].addr], cluster.client_credentials) as client:
+        for node in cluster.nodes.values():
+            assert await client.get_many_at(node.node_id, [b"via:1"], max_staleness_s=5.0) == [b"y"]
+
+
+def _cli(*args: str, creds: Mtls) -> subprocess.CompletedProcess[str]:
+    flags = ["--ca", str(creds.ca), "--cert", str(creds.cert), "--key", str(creds.key)]
+    return subprocess.run(
+        [*CLI, "--log-level", "warning", *args[:1], *flags, *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_cli_put_get_delete_round_trip(cluster: LocalCluster) -> None:
+    creds = cluster.client_credentials
+    assert isinstance(creds, Mtls)
+    addr2, addr3 = cluster.nodes[2].addr, cluster.nodes[3].addr
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return _cli(*args, creds=creds)
+
+    put = await asyncio.to_thread(run, "put", "--addr", addr2, "greeting", "hello world")
+    assert put.returncode == 0, put.stderr
+    got = await asyncio.to_thread(run, "get", "--addr", addr3, "greeting")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "hello world\n"
+    deleted = await asyncio.to_thread(run, "delete", "--addr", addr3, "greeting")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == "deleted"
+    missing = await asyncio.to_thread(run, "get", "--addr", addr2, "greeting")
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr
+    insecure = await asyncio.to_thread(
+        subprocess.run,
+        [*CLI, "get", "--addr", addr2, "--insecure", "--timeout", "2", "greeting"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert insecure.returncode == 1  # an mTLS cluster refuses an unauthenticated client
