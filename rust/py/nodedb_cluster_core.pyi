@@ -4,7 +4,7 @@ Each concern's section mirrors one file of rust/py/src/ (transport.rs, wire.rs, 
 """
 
 from asyncio import Future
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from os import PathLike
 from pathlib import Path
 from typing import Final
@@ -13,6 +13,9 @@ __version__: Final[str]
 
 def build_profile() -> str:
     """ "release" or "debug": benchmarks refuse debug builds."""
+
+def _probe_async_runtimes() -> Awaitable[None]:
+    """DIAGNOSTICS: one trip through pyo3-async-runtimes (the bridging we did not take)."""
 
 # --- wire (rust/py/src/wire.rs) ------------------------------------------------------------------
 

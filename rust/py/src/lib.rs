@@ -3,6 +3,7 @@ use pyo3::prelude::*;
 
 mod bridge;
 mod errors;
+mod probe;
 mod raft;
 mod transport;
 mod wire;
@@ -24,5 +25,6 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     wire::register(m)?;
     transport::register(m)?;
     raft::register(m)?;
+    probe::register(m)?;
     Ok(())
 }
