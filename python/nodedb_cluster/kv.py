@@ -57,7 +57,7 @@ from nodedb_cluster.errors import (
     Unreachable,
 )
 from nodedb_cluster.raft import kv_cas, kv_delete, kv_put, kv_result
-from nodedb_cluster.routing import vshards_for_keys
+from nodedb_cluster.routing import vshard_for_key, vshards_for_keys
 from nodedb_cluster.routing.table import RoutingTable
 
 if TYPE_CHECKING:
@@ -430,7 +430,8 @@ class KvRouter:
         return out
 
     def group_of(self, key: bytes) -> int:
-        return int(self._groups_of([key])[0])
+        """The data group owning `key` (the scalar kernel: no arrays for one key)."""
+        return self._routing().group_for_vshard(vshard_for_key(key))
 
     def leader_hint(self, group_id: int) -> int:
         """The leader this router would send `group_id`'s requests to (0 = unknown)."""
