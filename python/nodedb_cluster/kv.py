@@ -169,13 +169,15 @@ def _int(value: object, what: str) -> int:
 
 
 Result = bytes | None
-Send = Callable[[list[bytes], int], Awaitable[Sequence[Result]]]
-"""Send a batch of items (commands or keys) with a timeout in ms; one result per item."""
+Send = Callable[[list[bytes], list[int], int], Awaitable[Sequence[Result | ClusterError]]]
+"""Send a batch of items (commands or keys) with one tag (group) per item and a timeout in ms;
+one result per item, or the error of that item's group."""
 
 
 @dataclass(slots=True)
 class _Waiter:
     items: list[bytes]
+    tag: int
     deadline: float
     future: asyncio.Future[list[Result]]
 
@@ -197,9 +199,11 @@ class _Coalescer:
         self._in_flight = 0
         self._scheduled = False
 
-    def submit(self, items: list[bytes], deadline: float) -> asyncio.Future[list[Result]]:
+    def submit(
+        self, items: list[bytes], deadline: float, tag: int = 0
+    ) -> asyncio.Future[list[Result]]:
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(items, deadline, loop.create_future())
+        waiter = _Waiter(items, tag, deadline, loop.create_future())
         self._pending.append(waiter)
         if not self._scheduled and self._in_flight < self._in_flight_max:
             # call_soon: everything submitted in this loop iteration shares the batch.
@@ -237,8 +241,9 @@ class _Coalescer:
         sent_at = time.monotonic()
         timeout_ms = max(1, int((min(w.deadline for w in batch) - loop.time()) * 1000))
         items = [c for w in batch for c in w.items] if len(batch) > 1 else batch[0].items
+        tags = [w.tag for w in batch for _ in w.items]
         try:
-            results = await self._send(items, timeout_ms)
+            results = await self._send(items, tags, timeout_ms)
             if len(results) != len(items):
                 raise RemoteError("malformed", f"{len(results)} results for {len(items)} items")
         except ClusterError as e:
@@ -251,7 +256,12 @@ class _Coalescer:
             at = 0
             for w in batch:
                 if not w.future.done():
-                    w.future.set_result(list(results[at : at + len(w.items)]))
+                    mine = results[at : at + len(w.items)]
+                    failed = next((r for r in mine if isinstance(r, ClusterError)), None)
+                    if failed is not None:
+                        w.future.set_exception(failed)
+                    else:
+                        w.future.set_result(cast("list[Result]", list(mine)))
                 at += len(w.items)
         finally:
             self._in_flight -= 1
@@ -309,7 +319,16 @@ class _Remote:
 
     kind: tuple[object, ...]
     items: list[bytes]
-    request: Callable[[list[bytes], int], dict[str, object]]
+    request: Callable[[list[bytes], list[int], int], dict[str, object]]
+    tag: int = 0
+    """The group of these items when one request may carry several groups."""
+
+
+def _propose_many_request(
+    items: list[bytes], tags: list[int], timeout_ms: int
+) -> dict[str, object]:
+    """Commands of several groups for one target in one KV_REQUEST (`"gs"`: group per command)."""
+    return {"op": "propose_many", "gs": tags, "cmds": items, "t": timeout_ms}
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
@@ -449,9 +468,11 @@ class KvRouter:
         """Answer one decoded KV_REQUEST; a forwarded one is executed here or answered
         NotLeader."""
         op = doc.get("op")
-        group = _int(doc.get("g"), "g")
         timeout_s = _int(doc.get("t", 5000), "t") / 1000
         deadline = self._deadline(timeout_s)
+        if op == "propose_many":
+            return await self._serve_propose_many(doc, deadline)
+        group = _int(doc.get("g"), "g")
         forwarded = bool(doc.get("fwd"))
         try:
             if op == "propose":
@@ -484,6 +505,43 @@ class KvRouter:
         except StaleRead as e:
             return encode_request({"stale": e.age_s})
         return encode_request({"r": results})
+
+    async def _serve_propose_many(self, doc: dict[str, object], deadline: float) -> bytes:
+        """Forwarded commands of several groups: each group's share proposed here (one group
+        commit each); groups not led here are named with their leader hint in "nlg"."""
+        cmds = _bytes_list(doc.get("cmds"), "cmds")
+        groups = doc.get("gs")
+        if not isinstance(groups, list) or len(groups) != len(cmds):
+            raise InvalidRequest("gs must list one group per command")
+        by_group: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            by_group.setdefault(_int(g, "gs[]"), []).append(i)
+        shares = list(by_group.items())
+        outcomes = await asyncio.gather(
+            *(self._propose_local(g, [cmds[i] for i in idx], deadline) for g, idx in shares),
+            return_exceptions=True,
+        )
+        results: list[Result] = [None] * len(cmds)
+        refused: list[list[int]] = []
+        unknown: list[int] = []
+        for (g, idx), outcome in zip(shares, outcomes, strict=True):
+            if isinstance(outcome, RaftNotLeader):
+                refused.append([g, outcome.leader_id or 0])
+            elif isinstance(outcome, UnknownGroup):
+                refused.append([g, self._leaders.get(g, 0)])
+            elif isinstance(outcome, LeadershipLost | Timeout):
+                unknown.append(g)  # outcome unknown: the caller decides whether to retry
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                for i, r in zip(idx, outcome, strict=True):
+                    results[i] = r
+        doc_out: dict[str, object] = {"r": results}
+        if refused:
+            doc_out["nlg"] = refused
+        if unknown:
+            doc_out["unk"] = unknown
+        return encode_request(doc_out)
 
     # --- the path -----------------------------------------------------------------------------
 
@@ -564,10 +622,7 @@ class KvRouter:
         async def local() -> list[bytes]:
             return await self._propose_local(group, cmds, deadline)
 
-        def request(items: list[bytes], timeout_ms: int) -> dict[str, object]:
-            return {"op": "propose", "g": group, "cmds": items, "fwd": True, "t": timeout_ms}
-
-        remote = _Remote(("propose", group), cmds, request)
+        remote = _Remote(("propose_many",), cmds, _propose_many_request, group)
         results = await self._attempts(group, deadline, local, remote, idempotent)
         return cast("list[bytes]", results)
 
@@ -578,7 +633,9 @@ class KvRouter:
         gc = self._commit.get(group)
         if gc is None:
 
-            async def propose(items: list[bytes], timeout_ms: int) -> Sequence[Result]:
+            async def propose(
+                items: list[bytes], _tags: list[int], timeout_ms: int
+            ) -> Sequence[Result]:
                 return (await engine.propose_batch(group, items, timeout_ms)).results
 
             def committed(sent_at: float) -> None:
@@ -593,7 +650,7 @@ class KvRouter:
         async def local() -> list[bytes | None]:
             return await self._read_local(group, keys, level, stale_s, deadline)
 
-        def request(items: list[bytes], timeout_ms: int) -> dict[str, object]:
+        def request(items: list[bytes], _tags: list[int], timeout_ms: int) -> dict[str, object]:
             return {
                 "op": "read",
                 "g": group,
@@ -707,20 +764,23 @@ class KvRouter:
             if len(self._remote) >= REMOTE_COALESCERS_MAX:
                 self._remote.clear()  # old targets and levels; rebuilt on demand
 
-            async def send(items: list[bytes], timeout_ms: int) -> Sequence[Result]:
+            async def send(
+                items: list[bytes], tags: list[int], timeout_ms: int
+            ) -> Sequence[Result | ClusterError]:
                 # The transport's own RPC bound may be longer than what is left of ours.
                 try:
                     async with asyncio.timeout(timeout_ms / 1000):
-                        return await self._forward(group, target, remote.request(items, timeout_ms))
+                        request = remote.request(items, tags, timeout_ms)
+                        return await self._forward(group, target, request, tags)
                 except TimeoutError:
                     raise Timeout(f"kv request to node {target}", timeout_ms) from None
 
             coalescer = self._remote[key] = _Coalescer(send, REMOTE_IN_FLIGHT_MAX)
-        return await coalescer.submit(remote.items, deadline)
+        return await coalescer.submit(remote.items, deadline, remote.tag)
 
     async def _forward(
-        self, group: int, target: int, request: dict[str, object]
-    ) -> Sequence[bytes | None]:
+        self, group: int, target: int, request: dict[str, object], tags: list[int]
+    ) -> Sequence[Result | ClusterError]:
         self.forwarded += 1
         kind, payload = await self._transport.send_rpc(
             target, wire.MessageKind.KV_REQUEST, encode_request(request)
@@ -732,8 +792,25 @@ class KvRouter:
             results = doc["r"]
             if not isinstance(results, list):
                 raise RemoteError("malformed", "kv response 'r' is not a list")
-            self._leaders.setdefault(group, target)
-            return cast("list[bytes | None]", results)
+            refused = doc.get("nlg")
+            unknown = doc.get("unk")
+            if not refused and not unknown:
+                for g in set(tags) if tags else (group,):
+                    self._leaders.setdefault(g, target)
+                return cast("list[Result]", results)
+            # Some groups of a multi-group request are not led there: those items fail alone.
+            errors: dict[int, ClusterError] = {}
+            if isinstance(refused, list):
+                for pair in refused:
+                    if isinstance(pair, list) and len(pair) == 2:
+                        g, hint = pair
+                        errors[int(g)] = RaftNotLeader(int(g), int(hint) or None)
+            if isinstance(unknown, list):
+                for g in unknown:
+                    errors[int(g)] = LeadershipLost(int(g), None)
+            if len(results) != len(tags):
+                raise RemoteError("malformed", "kv response with a result count mismatch")
+            return [errors.get(t, r) for t, r in zip(tags, results, strict=True)]
         if "nl" in doc:
             hint = doc["nl"]
             raise RaftNotLeader(group, hint if isinstance(hint, int) and hint else None)
