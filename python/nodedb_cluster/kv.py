@@ -470,8 +470,8 @@ class KvRouter:
         op = doc.get("op")
         timeout_s = _int(doc.get("t", 5000), "t") / 1000
         deadline = self._deadline(timeout_s)
-        if op == "propose_many":
-            return await self._serve_propose_many(doc, deadline)
+        if op in ("propose_many", "read_many"):
+            return await self._serve_many(op, doc, deadline)
         group = _int(doc.get("g"), "g")
         forwarded = bool(doc.get("fwd"))
         try:
@@ -506,10 +506,24 @@ class KvRouter:
             return encode_request({"stale": e.age_s})
         return encode_request({"r": results})
 
-    async def _serve_propose_many(self, doc: dict[str, object], deadline: float) -> bytes:
-        """Forwarded commands of several groups: each group's share proposed here (one group
-        commit each); groups not led here are named with their leader hint in "nlg"."""
-        cmds = _bytes_list(doc.get("cmds"), "cmds")
+    async def _serve_many(self, op: str, doc: dict[str, object], deadline: float) -> bytes:
+        """Forwarded commands (or reads) of several groups: each group's share executed here
+        (one group commit / one ReadIndex round each); groups not served here are named with
+        their leader hint in "nlg", groups with an unknown outcome in "unk", stale ones in
+        "stale"."""
+        read = op == "read_many"
+        cmds = _bytes_list(doc.get("keys" if read else "cmds"), "keys" if read else "cmds")
+        level: ReadLevel = "linearizable"
+        stale_s = MAX_STALENESS_S_DEFAULT
+        if read:
+            raw_level = doc.get("level", "linearizable")
+            if raw_level not in READ_LEVELS:
+                raise InvalidRequest(f"unknown read level {raw_level!r}")
+            level = raw_level
+            raw_stale = doc.get("stale_s", MAX_STALENESS_S_DEFAULT)
+            if not isinstance(raw_stale, int | float):
+                raise InvalidRequest("stale_s must be a number")
+            stale_s = float(raw_stale)
         groups = doc.get("gs")
         if not isinstance(groups, list) or len(groups) != len(cmds):
             raise InvalidRequest("gs must list one group per command")
@@ -518,29 +532,39 @@ class KvRouter:
             by_group.setdefault(_int(g, "gs[]"), []).append(i)
         shares = list(by_group.items())
         outcomes = await asyncio.gather(
-            *(self._propose_local(g, [cmds[i] for i in idx], deadline) for g, idx in shares),
+            *(
+                self._read_local(g, [cmds[i] for i in idx], level, stale_s, deadline)
+                if read
+                else self._propose_local(g, [cmds[i] for i in idx], deadline)
+                for g, idx in shares
+            ),
             return_exceptions=True,
         )
         results: list[Result] = [None] * len(cmds)
         refused: list[list[int]] = []
         unknown: list[int] = []
+        stale: list[list[float]] = []
         for (g, idx), outcome in zip(shares, outcomes, strict=True):
             if isinstance(outcome, RaftNotLeader):
                 refused.append([g, outcome.leader_id or 0])
             elif isinstance(outcome, UnknownGroup):
                 refused.append([g, self._leaders.get(g, 0)])
+            elif isinstance(outcome, StaleRead):
+                stale.append([g, outcome.age_s])
             elif isinstance(outcome, LeadershipLost | Timeout):
                 unknown.append(g)  # outcome unknown: the caller decides whether to retry
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                for i, r in zip(idx, outcome, strict=True):
+                for i, r in zip(idx, cast("list[Result]", outcome), strict=True):
                     results[i] = r
         doc_out: dict[str, object] = {"r": results}
         if refused:
             doc_out["nlg"] = refused
         if unknown:
             doc_out["unk"] = unknown
+        if stale:
+            doc_out["stale_g"] = stale
         return encode_request(doc_out)
 
     # --- the path -----------------------------------------------------------------------------
@@ -650,18 +674,17 @@ class KvRouter:
         async def local() -> list[bytes | None]:
             return await self._read_local(group, keys, level, stale_s, deadline)
 
-        def request(items: list[bytes], _tags: list[int], timeout_ms: int) -> dict[str, object]:
+        def request(items: list[bytes], tags: list[int], timeout_ms: int) -> dict[str, object]:
             return {
-                "op": "read",
-                "g": group,
+                "op": "read_many",
+                "gs": tags,
                 "keys": items,
                 "level": level,
                 "stale_s": stale_s,
-                "fwd": True,
                 "t": timeout_ms,
             }
 
-        remote = _Remote(("read", group, level, stale_s), keys, request)
+        remote = _Remote(("read_many", level, stale_s), keys, request, group)
 
         local_ok = self._is_local(group)
         results = await self._attempts(group, deadline, local, remote, True, local_ok)
@@ -794,7 +817,8 @@ class KvRouter:
                 raise RemoteError("malformed", "kv response 'r' is not a list")
             refused = doc.get("nlg")
             unknown = doc.get("unk")
-            if not refused and not unknown:
+            stale = doc.get("stale_g")
+            if not refused and not unknown and not stale:
                 for g in set(tags) if tags else (group,):
                     self._leaders.setdefault(g, target)
                 return cast("list[Result]", results)
@@ -808,6 +832,15 @@ class KvRouter:
             if isinstance(unknown, list):
                 for g in unknown:
                     errors[int(g)] = LeadershipLost(int(g), None)
+            if isinstance(stale, list):
+                allowed = request.get("stale_s", 0.0)
+                for pair in stale:
+                    if isinstance(pair, list) and len(pair) == 2:
+                        errors[int(pair[0])] = StaleRead(
+                            int(pair[0]),
+                            float(pair[1]),
+                            float(allowed) if isinstance(allowed, int | float) else 0.0,
+                        )
             if len(results) != len(tags):
                 raise RemoteError("malformed", "kv response with a result count mismatch")
             return [errors.get(t, r) for t, r in zip(tags, results, strict=True)]
