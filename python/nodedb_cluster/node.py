@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import msgpack
@@ -88,6 +88,9 @@ class NodeStatus:
     groups: tuple[GroupStatus, ...]
     vshards_per_group: dict[int, int]
     settings: dict[str, SettingValue]
+    kv_digests: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    """(applied index, key count, digest) per local KV replica: equal on two nodes = same state
+    (the fault harness compares them across replicas after healing)."""
 
     def to_doc(self) -> dict[str, object]:
         return {
@@ -110,6 +113,7 @@ class NodeStatus:
                     "voters": list(g.voters),
                     "learners": list(g.learners),
                     "vshards": self.vshards_per_group.get(g.group_id, 0),
+                    "kv": list(self.kv_digests.get(g.group_id, ())),
                 }
                 for g in self.groups
             ],
@@ -208,9 +212,13 @@ class Node:
         state = self.metadata
         engine = self._require_engine()
         groups = []
+        kv_digests: dict[int, tuple[int, int, int]] = {}
         for group_id in await engine.groups():
             with contextlib.suppress(UnknownGroup):
                 groups.append(await engine.status(group_id))
+            if self.group_kind(group_id) == "kv":
+                with contextlib.suppress(UnknownGroup):
+                    kv_digests[group_id] = engine.kv_digest(group_id)
         counts: dict[int, int] = {}
         for group_id in state.routing.vshard_to_group.tolist():
             counts[group_id] = counts.get(group_id, 0) + 1
@@ -225,6 +233,7 @@ class Node:
             groups=tuple(groups),
             vshards_per_group=counts,
             settings=dict(state.settings),
+            kv_digests=kv_digests,
         )
 
     def metrics(self) -> dict[str, int]:
