@@ -7,7 +7,8 @@ Workloads (3 members on 127.0.0.1-3, 100-byte values, closed-loop clients):
   (+ nodedb `put_many` batches of 1000). Reads are linearizable on both nodedb (ReadIndex) and
 etcd (its default Get). Every nodedb and etcd write is fsynced before it is acknowledged;
 PySyncObj (pip pysyncobj==0.3.17, driven by ../shared/anchors/pysyncobj at its best tuning:
-batching on, log compaction off) does not fsync at all, and only writes.
+batching off (its batching waits for a 100 ms tick), log compaction off) does not fsync at
+all, and only writes.
 
 nodedb runs in two placements: "client" (a separate process, `nodedb_cluster.Client` over
 QUIC + mTLS; the etcd ratios use this) and "embedded" (the clients run inside the node processes
@@ -249,8 +250,16 @@ def pysyncobj_all(duration_s: float, work: Path) -> dict[str, dict[str, Any]]:
     shutil.copy(ANCHORS / "common.py", work / "common.py")  # its shared helper
     os.chmod(driver, 0o755)
     runs = {
-        "W1": ["--mode", "seq"],
-        "W64": ["--mode", "inflight", "--inflight", "64", "--compact-min", "10000000"],
+        "W1": ["--mode", "seq", "--nobatch"],
+        "W64": [
+            "--mode",
+            "inflight",
+            "--inflight",
+            "64",
+            "--nobatch",
+            "--compact-min",
+            "10000000",
+        ],
     }
     out: dict[str, dict[str, Any]] = {}
     for name, flags in runs.items():
