@@ -51,8 +51,8 @@ DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: Final = 4 * 1024 * 1024
 
 _TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
 _ADDR_FIELDS: Final = frozenset({"listen_addr", "swim_udp_addr", "metrics_addr"})
-_PATH_FIELDS: Final = frozenset({"data_dir", *_TLS_FIELDS})
-_BOOL_FIELDS: Final = frozenset({"force_bootstrap", "insecure_transport"})
+_PATH_FIELDS: Final = frozenset({"data_dir", "cluster_secret_path", *_TLS_FIELDS})
+_BOOL_FIELDS: Final = frozenset({"force_bootstrap", "insecure_transport", "swim_insecure"})
 _REQUIRED_FIELDS: Final = ("node_id", "listen_addr", "data_dir")
 _INT_RE: Final = re.compile(r"-?[0-9]{1,20}")
 
@@ -78,6 +78,11 @@ class ClusterConfig:
     join_retry: JoinRetryPolicy = field(default_factory=JoinRetryPolicy)
     swim_udp_addr: SocketAddr | None = None
     """UDP address for SWIM membership; None disables SWIM."""
+    cluster_secret_path: Path | None = None
+    """File with the cluster secret (16..4096 raw bytes, same on every node) keying SWIM's HMAC;
+    required to run SWIM unless swim_insecure (checked when SWIM starts: membership/secret.py)."""
+    swim_insecure: bool = False
+    """Run SWIM without datagram authentication; must be asked for by name, excludes the secret."""
     tick_interval_ms: int = 100
     """One Raft tick; every Raft timing below is a whole number of ticks."""
     heartbeat_interval_ms: int = 100
@@ -297,6 +302,10 @@ class ClusterConfig:
         )
 
     def _check_transport(self) -> None:
+        if self.swim_insecure and self.cluster_secret_path is not None:
+            raise ConfigError(
+                "swim_insecure", "conflicts with cluster_secret_path: choose one for SWIM"
+            )
         given = [name for name in _TLS_FIELDS if getattr(self, name) is not None]
         if self.insecure_transport:
             if given:

@@ -42,6 +42,8 @@ from nodedb_cluster.formation.join_server import (
 from nodedb_cluster.formation.leader_hint import format_not_leader
 from nodedb_cluster.kv import LEASE_FRACTION, KvRouter, decode_doc, encode_request
 from nodedb_cluster.lifecycle import LifecycleTracker
+from nodedb_cluster.membership import MemberChanged, MemberState, SwimConfig, SwimNode
+from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import MetadataEntry, SettingValue
 from nodedb_cluster.metadata.group import MetadataGroup, decode_result, encode_state
@@ -91,6 +93,8 @@ class NodeStatus:
     kv_digests: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     """(applied index, key count, digest) per local KV replica: equal on two nodes = same state
     (the fault harness compares them across replicas after healing)."""
+    members: tuple[tuple[int, str, int], ...] = ()
+    """SWIM's view: (node id, swim state name, incarnation) per other node; () without SWIM."""
 
     def to_doc(self) -> dict[str, object]:
         return {
@@ -102,6 +106,7 @@ class NodeStatus:
             "metadata_applied_index": self.metadata_applied_index,
             "nodes": [list(n) for n in self.nodes],
             "settings": dict(self.settings),
+            "members": [list(m) for m in self.members],
             "groups": [
                 {
                     "group_id": g.group_id,
@@ -152,6 +157,9 @@ class Node:
         self._closed = False
         self.join_attempts: list[int] = [0]
         """Joining transitions before Ready (a cell shared with the lifecycle observer)."""
+        self.membership: SwimNode | None = None
+        """SWIM failure detector (config.swim_udp_addr); None when SWIM is off."""
+        self._member_dead_hooks: list[Callable[[int], None]] = []
         self._handlers: dict[int, ControlHandler] = {
             wire.MessageKind.PING: self._on_ping,
             wire.MessageKind.JOIN_REQUEST: self._on_join,
@@ -201,6 +209,7 @@ class Node:
     def on_metadata_change(self, state: MetadataState) -> None:
         """On the event loop after group 0 applied something: peers, then reconcile."""
         self.register_peers(state)
+        self._seed_membership(state)
         self._reconcile_wakeup.set()
 
     def register_peers(self, state: MetadataState) -> None:
@@ -234,6 +243,7 @@ class Node:
             vshards_per_group=counts,
             settings=dict(state.settings),
             kv_digests=kv_digests,
+            members=self._members_view(),
         )
 
     def metrics(self) -> dict[str, int]:
@@ -463,6 +473,58 @@ class Node:
 
     # --- shutdown -----------------------------------------------------------------------------
 
+    # --- SWIM membership (issue 7; nodedb_cluster.membership) ----------------------------------
+
+    async def start_membership(self) -> None:
+        """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology."""
+        if self.config.swim_udp_addr is None or self.membership is not None:
+            return
+        secret = await asyncio.to_thread(read_cluster_secret, self.config)
+        swim = SwimNode(self.config.node_id, self.config.swim_udp_addr, SwimConfig(), secret)
+        swim.subscribe(self._on_member_changed)
+        await swim.start()
+        self.membership = swim
+        self._seed_membership(self.metadata)
+
+    def add_member_dead_hook(self, hook: Callable[[int], None]) -> None:
+        """Call `hook(node_id)` on the loop whenever SWIM declares a node dead (must not block)."""
+        self._member_dead_hooks.append(hook)
+
+    def on_member_dead(self, node_id: int) -> None:
+        """SWIM declared `node_id` dead: forget it as the leader of any group (the KV router then
+        asks the group's other members instead of waiting out a dead leader), then run hooks."""
+        if self._kv is not None and self._metadata is not None:
+            for group_id in self.metadata.routing.group_ids:
+                if self._kv.leader_hint(group_id) == node_id:
+                    self._kv.learn_leader(group_id, None)
+        for hook in self._member_dead_hooks:
+            try:
+                hook(node_id)
+            except Exception:  # one observer's bug must not stop the others
+                log.exception("member-dead hook %r failed for node %d", hook, node_id)
+
+    def _on_member_changed(self, event: MemberChanged) -> None:
+        log.info(
+            "swim: node %d is %s (incarnation %d)",
+            event.node_id,
+            event.state.name,
+            event.incarnation,
+        )
+        if event.state is MemberState.DEAD:
+            self.on_member_dead(event.node_id)
+
+    def _seed_membership(self, state: MetadataState) -> None:
+        if self.membership is None:
+            return
+        for node in state.topology.nodes():
+            if node.node_id != self.config.node_id and node.swim_addr is not None:
+                self.membership.add_member(node.node_id, node.swim_addr)
+
+    def _members_view(self) -> tuple[tuple[int, str, int], ...]:
+        if self.membership is None:
+            return ()
+        return tuple((m.node_id, m.state.name, m.incarnation) for m in self.membership.members())
+
     def _require_engine(self) -> RaftEngine:
         if self.engine is None or self._closed:
             raise EngineStopped("the node is not running")
@@ -477,6 +539,8 @@ class Node:
             self._reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconciler
+        if self.membership is not None:
+            await self.membership.close()
         if self._kv is not None:
             await self._kv.close()
         if self.engine is not None:

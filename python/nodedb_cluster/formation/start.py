@@ -89,6 +89,7 @@ async def start_cluster(
         node.join_attempts = join_attempts
         node.serve()
         node.start_reconciler()
+        await node.start_membership()  # SWIM, when config.swim_udp_addr is set
         tracker.transition(Ready(len(node.metadata.topology.nodes())), detail=path.value)
         return node
     except BaseException as e:
