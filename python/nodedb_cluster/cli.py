@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a local 3-node cluster: form, replicate, fail over")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
     demo.set_defaults(run=_cmd_demo)
+
+    chaos = sub.add_parser("chaos", help="fault-injection runs on a local cluster, then checks")
+    _add_chaos_arguments(chaos)
+    chaos.set_defaults(run=_cmd_chaos)
     return parser
 
 
@@ -315,6 +319,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nodedb_cluster.demo import run_demo
 
     return asyncio.run(run_demo(keep=args.keep))
+
+
+# --- chaos ----------------------------------------------------------------------------------------
+
+
+def _add_chaos_arguments(parser: argparse.ArgumentParser) -> None:
+    from nodedb_cluster.faults.command import add_chaos_arguments
+
+    add_chaos_arguments(parser)
+
+
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from nodedb_cluster.faults.command import run_chaos_command
+
+    return run_chaos_command(args)
 
 
 if __name__ == "__main__":
