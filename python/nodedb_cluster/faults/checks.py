@@ -6,75 +6,49 @@ group and the values involved, so a failing run can be read without the debugger
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from nodedb_cluster.faults.history import Event, History
+from nodedb_cluster.checker import Op, Verdict, acknowledged_writes_present, check
 
 Status = Mapping[str, Any]
 
 
-def _written(invoked: Event) -> str | None:
-    if invoked.f == "put":
-        return invoked.value if isinstance(invoked.value, str) else None
-    if invoked.f == "cas" and isinstance(invoked.value, list):
-        new = invoked.value[1]
-        return new if isinstance(new, str) else None
-    return None
+@dataclass(frozen=True, slots=True)
+class HistoryVerdict:
+    linearizable: bool | None
+    """None: the checker's search ran out of budget on some key (UNKNOWN), never a guess."""
+    note: str
+    anomalies: list[str]
 
 
-def _acknowledged(completion: Event | None) -> bool:
-    """ok, and for a cas: it swapped."""
-    if completion is None or completion.type != "ok":
-        return False
-    if completion.f == "cas":
-        return isinstance(completion.value, list) and completion.value[2] is True
-    return completion.f == "put"
-
-
-def lost_writes(history: History, final: Mapping[str, str | None]) -> list[str]:
-    """Every acknowledged write must be the key's final value, or be superseded: the final
-    value was written by another acknowledged or unknown write that did not complete before
-    the acknowledged one was invoked (so it may be ordered after it)."""
-    writers: dict[tuple[str, str], tuple[Event, Event | None]] = {}
-    acked: list[tuple[Event, Event]] = []
-    for invoked, completion in history.pairs():
-        value = _written(invoked)
-        if value is None:
-            continue
-        failed = completion is not None and (
-            completion.type == "fail" or (completion.type == "ok" and not _acknowledged(completion))
-        )
-        if not failed:
-            writers[(invoked.key, value)] = (invoked, completion)
-        if completion is not None and _acknowledged(completion):
-            acked.append((invoked, completion))
-    problems: list[str] = []
-    for invoked, _completion in acked:
-        value = _written(invoked)
-        now = final.get(invoked.key)
-        if now == value:
-            continue
-        if now is None:
-            problems.append(
-                f"key {invoked.key}: acknowledged {invoked.f} of {value!r} lost, key is absent"
-            )
-            continue
-        writer = writers.get((invoked.key, now))
-        if writer is None:
-            problems.append(
-                f"key {invoked.key}: final value {now!r} was never (possibly) written; "
-                f"acknowledged {value!r} lost"
-            )
-            continue
-        w_inv, w_done = writer
-        if w_done is not None and w_done.time_ns < invoked.time_ns:
-            problems.append(
-                f"key {invoked.key}: acknowledged {invoked.f} of {value!r} (op {invoked.op_index})"
-                f" lost: final {now!r} comes from op {w_inv.op_index}, which completed before it"
-                " was invoked"
-            )
-    return problems
+def check_history(ops: Sequence[Op], final: Mapping[str, str | None]) -> HistoryVerdict:
+    """Linearizable per key (`checker.check`) and every acknowledged write present in `final`
+    (`checker.acknowledged_writes_present`), as anomaly sentences."""
+    anomalies = [
+        f"key {lw.key}: acknowledged write lost: final value {lw.found!r}, "
+        f"consistent values {list(lw.allowed)}"
+        for lw in acknowledged_writes_present(ops, final)
+    ]
+    result = check(ops)
+    anomalies += [
+        f"key {r.key}: not linearizable: {r.reason}"
+        for r in result.failures
+        if r.verdict is Verdict.ILLEGAL
+    ]
+    unknown = [r.key for r in result.failures if r.verdict is Verdict.UNKNOWN]
+    linearizable = {
+        Verdict.OK: True,
+        Verdict.ILLEGAL: False,
+        Verdict.UNKNOWN: None,
+    }[result.verdict]
+    fast = sum(1 for r in result.keys.values() if r.fast_path)
+    steps = sum(r.steps for r in result.keys.values())
+    note = f"{len(result.keys)} keys, {fast} by the fast path, {steps} search steps"
+    if unknown:
+        note += f"; search budget exhausted on keys {unknown}"
+    return HistoryVerdict(linearizable, note, anomalies)
 
 
 def kv_replicas(statuses: Mapping[int, Status]) -> dict[int, dict[int, tuple[int, int, int]]]:

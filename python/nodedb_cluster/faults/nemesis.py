@@ -71,9 +71,11 @@ def plan_schedule(
     t = WARMUP_S
     while len(faults) < FAULTS_MAX:
         hold = round(rng.uniform(*HOLD_S_RANGE), 2)
-        kind = rng.choice(usable)
-        node = rng.choice(nodes)
-        group = rng.choice(groups) if groups else 0
+        # One random() per choice: the kinds and times do not depend on how many groups exist.
+        kind = usable[int(rng.random() * len(usable))]
+        node = nodes[int(rng.random() * len(nodes))]
+        g = rng.random()
+        group = groups[int(g * len(groups))] if groups else 0
         if t + hold > duration_s:
             break
         faults.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import shutil
 import statistics
 import time
@@ -18,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from nodedb_cluster.checker import HistoryRecorder, Op, OpKind, Outcome, dumps
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import ClusterError, Timeout
-from nodedb_cluster.faults.checks import lost_writes, replica_divergence
-from nodedb_cluster.faults.history import History
-from nodedb_cluster.faults.linearizable import check_linearizable, export_porcupine
+from nodedb_cluster.faults.checks import check_history, replica_divergence
 from nodedb_cluster.faults.nemesis import (
     FAULT_KINDS,
     Fault,
@@ -31,7 +31,7 @@ from nodedb_cluster.faults.nemesis import (
     plan_schedule,
 )
 from nodedb_cluster.faults.netfault import Partitioner, in_private_netns
-from nodedb_cluster.faults.workload import WorkloadSpec, connect_client, run_workload
+from nodedb_cluster.faults.workload import WorkloadSpec, connect_client, now_ms, run_workload
 from nodedb_cluster.localcluster import LocalCluster, Status
 
 FORM_TIMEOUT_S: Final = 60.0
@@ -40,6 +40,8 @@ CONVERGE_TIMEOUT_S: Final = 30.0
 """Heal to every replica of every group reporting the same state."""
 FINAL_READ_TIMEOUT_S: Final = 15.0
 RESTART_READY_TIMEOUT_S: Final = 30.0
+FINAL_READ_PROCESS: Final = 999_999
+"""The process id of the reads after healing (in the history, so the checker sees them)."""
 
 PrintFn = Callable[[str], None]
 
@@ -124,8 +126,8 @@ class _Nemesis:
         self.partitioner = Partitioner(port) if in_private_netns() else None
         self.t0 = t0
         self.log: list[str] = []
-        self.leader_kills: list[tuple[int, int]] = []
-        """(group id, monotonic ns of the SIGKILL)."""
+        self.leader_kills: list[tuple[int, float]] = []
+        """(group id, `now_ms()` of the SIGKILL)."""
 
     def note(self, text: str) -> None:
         self.log.append(f"t+{time.monotonic() - self.t0:6.2f}s  {text}")
@@ -164,7 +166,7 @@ class _Nemesis:
                 await asyncio.sleep(hold)
                 return
             nodes[leader].kill()
-            self.leader_kills.append((fault.group_id, time.monotonic_ns()))
+            self.leader_kills.append((fault.group_id, now_ms()))
             self.note(f"SIGKILL node {leader}, leader of group {fault.group_id}")
             await asyncio.sleep(hold)
             await self._restart([leader])
@@ -223,44 +225,46 @@ class _Nemesis:
 
 
 def failover_times_ms(
-    history: History, leader_kills: Sequence[tuple[int, int]], client: Client
+    ops: Sequence[Op], leader_kills: Sequence[tuple[int, float]], client: Client
 ) -> list[float]:
     """Per leader kill: the first acknowledged write to that group invoked after the kill,
     its completion minus the kill time."""
     out: list[float] = []
-    pairs = history.pairs()
-    for group_id, killed_ns in leader_kills:
-        best: int | None = None
-        for invoked, done in pairs:
-            if (
-                invoked.f == "get"
-                or invoked.time_ns < killed_ns
-                or done is None
-                or done.type != "ok"
-            ):
-                continue
-            if client.router.group_of(invoked.key.encode()) != group_id:
-                continue
-            if best is None or done.time_ns < best:
-                best = done.time_ns
-        if best is not None:
-            out.append((best - killed_ns) / 1e6)
+    for group_id, killed_ms in leader_kills:
+        done = [
+            op.complete_ms
+            for op in ops
+            if op.is_write
+            and op.outcome is Outcome.OK
+            and op.invoke_ms >= killed_ms
+            and op.complete_ms is not None
+            and client.router.group_of(op.key.encode()) == group_id
+        ]
+        if done:
+            out.append(min(done) - killed_ms)
     return out
 
 
-async def _final_values(client: Client, keys: Sequence[str]) -> dict[str, str | None]:
+async def _final_values(
+    client: Client, keys: Sequence[str], history: HistoryRecorder
+) -> dict[str, str | None]:
+    """Each key read (linearizable) after healing, recorded in the history as well."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + FINAL_READ_TIMEOUT_S
     out: dict[str, str | None] = {}
     for key in keys:
         while True:
+            history.invoke(FINAL_READ_PROCESS, OpKind.GET, key, now_ms())
             try:
                 got = await client.get(key.encode(), timeout_s=2.0)
-                out[key] = None if got is None else got.decode()
-                break
             except ClusterError:
+                history.fail(FINAL_READ_PROCESS, now_ms())
                 if loop.time() > deadline:
                     raise
+                continue
+            out[key] = None if got is None else got.decode()
+            history.ok(FINAL_READ_PROCESS, now_ms(), out[key])
+            break
     return out
 
 
@@ -272,6 +276,7 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
     cluster = LocalCluster(base, spec.nodes)
     clients: list[Client] = []
     result = RunResult(spec.seed, ())
+    finished = False
     try:
         await cluster.start()
         await cluster.wait_for(_kv_groups_ready, cluster.nodes, FORM_TIMEOUT_S, "KV groups led")
@@ -287,7 +292,7 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
         )
         result.schedule = schedule
         print_fn(format_schedule(spec.seed, schedule))
-        history = History()
+        history = HistoryRecorder()
         loop = asyncio.get_running_loop()
         nemesis = _Nemesis(cluster, cluster.nodes[1].config.listen_addr.port, loop.time())
         workload = asyncio.create_task(run_workload(clients, spec.workload, history, spec.seed))
@@ -297,9 +302,8 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
             await nemesis.heal_all()
             await workload
         result.fault_log = nemesis.log
-        result.ops = _count_ops(history)
         try:
-            statuses = await cluster.wait_for(
+            await cluster.wait_for(
                 lambda s: _kv_groups_ready(s) and not replica_divergence(s),
                 cluster.nodes,
                 CONVERGE_TIMEOUT_S,
@@ -311,33 +315,34 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
                 f"no convergence within {CONVERGE_TIMEOUT_S} s: {p}"
                 for p in replica_divergence(statuses) or ["(no group led)"]
             ]
-        final = await _final_values(clients[0], keys)
-        result.anomalies += lost_writes(history, final)
-        verdict = check_linearizable(history)
+        final = await _final_values(clients[0], keys, history)
+        ops = history.close()
+        result.ops = _count_ops(ops)
+        verdict = check_history(ops, final)
         result.linearizable = verdict.linearizable
         result.linearizable_note = verdict.note
         result.anomalies += verdict.anomalies
-        result.failovers_ms = failover_times_ms(history, nemesis.leader_kills, clients[0])
+        result.failovers_ms = failover_times_ms(ops, nemesis.leader_kills, clients[0])
         if not result.passed:
-            result.history_path = base / "history.jsonl"
-            history.write_jsonl(result.history_path)
-            export_porcupine(history, base / "history.porcupine.json")
+            result.history_path = base / "history.porcupine.json"
+            result.history_path.write_text(dumps(ops))
             print_fn(_failure_report(spec, result))
+        finished = True
         return result
     finally:
         for client in clients:
             with contextlib.suppress(ClusterError):
                 await client.close()
         await cluster.close()
-        if result.passed and not spec.keep_dirs:
+        if finished and result.passed and not spec.keep_dirs:  # logs kept after an error
             shutil.rmtree(base, ignore_errors=True)
 
 
-def _count_ops(history: History) -> dict[str, int]:
+def _count_ops(ops: Sequence[Op]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for invoked, done in history.pairs():
-        outcome = "info" if done is None else done.type
-        counts[f"{invoked.f}:{outcome}"] = counts.get(f"{invoked.f}:{outcome}", 0) + 1
+    for op in ops:
+        name = f"{op.kind.value}:{op.outcome.value}"
+        counts[name] = counts.get(name, 0) + 1
     return dict(sorted(counts.items()))
 
 
@@ -350,7 +355,7 @@ def _failure_report(spec: RunSpec, result: RunResult) -> str:
         "anomalies:",
         *("  " + a for a in result.anomalies),
         f"linearizable: {result.linearizable} {result.linearizable_note}",
-        f"history: {result.history_path} (+ history.porcupine.json beside it)",
+        f"history (Porcupine format): {result.history_path}",
     ]
     return "\n".join(lines)
 
@@ -358,7 +363,7 @@ def _failure_report(spec: RunSpec, result: RunResult) -> str:
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 

@@ -1,6 +1,7 @@
 """The recorded load: N client tasks doing put/get/cas on a few keys with unique values.
 
-Every operation is an invoke event and then exactly one completion. Classification:
+Every operation goes into the checker's `HistoryRecorder` (invoke, then ok/fail/info).
+Classification:
 - a read that raised is `fail` (it changed nothing);
 - a write (put, cas) that raised is `info`, whatever the error: after a timeout, a lost
   connection, a LeadershipLost or an `Unavailable` that followed one, the command may still
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from nodedb_cluster.checker import HistoryRecorder, OpKind
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import ClusterError
-from nodedb_cluster.faults.history import History
 from nodedb_cluster.transport import Credentials
 
 OP_TIMEOUT_S: Final = 2.0
@@ -62,11 +64,16 @@ async def connect_client(
         await asyncio.sleep(0.2)  # nodes not answering yet; nothing to await on
 
 
+def now_ms() -> float:
+    """The history's clock (monotonic); the nemesis stamps its faults with it too."""
+    return time.monotonic_ns() / 1e6
+
+
 async def _worker(
     worker: int,
     client: Client,
     spec: WorkloadSpec,
-    history: History,
+    history: HistoryRecorder,
     rng: random.Random,
     stop: asyncio.Event,
 ) -> None:
@@ -81,47 +88,48 @@ async def _worker(
         roll = rng.random()
         t = spec.op_timeout_s
         if roll < spec.read_fraction:
-            inv = history.invoke(process, "get", key, None)
+            history.invoke(process, OpKind.GET, key, now_ms())
             try:
                 got = await client.get(kb, timeout_s=t)
             except ClusterError:
-                history.complete(inv, "fail", None)
+                history.fail(process, now_ms())
                 continue
             value = None if got is None else got.decode()
             last_seen[key] = value
-            history.complete(inv, "ok", value)
+            history.ok(process, now_ms(), value)
             continue
         new = f"w{worker}-{seq}"
         if roll < spec.read_fraction + spec.cas_fraction:
             expected = last_seen.get(key)
-            inv = history.invoke(process, "cas", key, [expected, new])
+            history.invoke(process, OpKind.CAS, key, now_ms(), new, expected)
             try:
                 swapped = await client.cas(
                     kb, None if expected is None else expected.encode(), new.encode(), timeout_s=t
                 )
             except ClusterError:
-                history.complete(inv, "info", [expected, new])
+                history.info(process)
                 process += PROCESS_STRIDE
                 continue
-            history.complete(inv, "ok", [expected, new, swapped])
+            history.ok(process, now_ms(), swapped)
             if swapped:
                 last_seen[key] = new
             continue
-        inv = history.invoke(process, "put", key, new)
+        history.invoke(process, OpKind.PUT, key, now_ms(), new)
         try:
             await client.put(kb, new.encode(), timeout_s=t)
         except ClusterError:
-            history.complete(inv, "info", new)
+            history.info(process)
             process += PROCESS_STRIDE
             continue
-        history.complete(inv, "ok", new)
+        history.ok(process, now_ms())
         last_seen[key] = new
 
 
 async def run_workload(
-    clients: Sequence[Client], spec: WorkloadSpec, history: History, seed: int
+    clients: Sequence[Client], spec: WorkloadSpec, history: HistoryRecorder, seed: int
 ) -> None:
-    """All workers until `spec.duration_s` has passed (operations in flight then finish)."""
+    """All workers until `spec.duration_s` has passed (operations in flight then finish; one
+    cancelled at the bound stays pending and becomes INFO when the recorder is closed)."""
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(
