@@ -4,6 +4,7 @@ leader SIGKILLed under load, and the CLI's put/get/delete."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -149,3 +150,35 @@ async def test_cli_put_get_delete_round_trip(cluster: LocalCluster) -> None:
         check=False,
     )
     assert insecure.returncode == 1  # an mTLS cluster refuses an unauthenticated client
+
+
+@pytest.mark.parametrize("placement", ["client", "embedded"])
+async def test_bench_command_reports_throughput_and_percentiles(
+    cluster: LocalCluster, placement: str
+) -> None:
+    creds = cluster.client_credentials
+    assert isinstance(creds, Mtls)
+    addrs = [a for n in cluster.nodes.values() for a in ("--addr", n.addr)]
+    flags = ["--ca", str(creds.ca), "--cert", str(creds.cert), "--key", str(creds.key)]
+    args = [*CLI, "--log-level", "warning", "bench", *addrs, *flags, "--placement", placement]
+    args += ["--clients", "4", "--duration", "1", "--read-fraction", "0.5", "--keyspace", "50"]
+    result = await asyncio.to_thread(
+        subprocess.run, [*args, "--json"], capture_output=True, text=True, timeout=90, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout.strip().splitlines()[-1])
+    assert doc["placement"] == placement
+    assert doc["errors"] == 0
+    assert doc["writes"] > 0
+    assert doc["reads"] > 0
+    assert 0 < doc["p50_ms"] <= doc["p99_ms"] <= doc["p999_ms"]
+    assert doc["fsync_before_ack"] is True
+
+
+def test_help_lists_the_kv_commands() -> None:
+    result = subprocess.run(
+        [*CLI, "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    for command in ("put", "get", "delete", "bench"):
+        assert command in result.stdout
