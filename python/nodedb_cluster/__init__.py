@@ -1,9 +1,11 @@
 """nodedb-cluster: the distributed coordination layer of NodeDB.
 
-The entry points most users need: `ClusterConfig`, `start_cluster` (returns a running `Node`).
+The entry points most users need: `ClusterConfig`, `start_cluster` (returns a running `Node`,
+whose `kv` is the replicated KV), `Client` (the KV from another process).
 """
 
 from nodedb_cluster.addr import SocketAddr, parse_socket_addr
+from nodedb_cluster.client import Client
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.node import Node, NodeStatus
@@ -11,6 +13,7 @@ from nodedb_cluster.node import Node, NodeStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "ClusterConfig",
     "Node",
     "NodeStatus",
