@@ -12,7 +12,7 @@ import pytest
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import RemoteError, Timeout
+from nodedb_cluster.errors import InvalidRequest, RemoteError, Timeout
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.kv import StaleRead, Unavailable
 from nodedb_cluster.localcluster import free_port
@@ -173,5 +173,9 @@ async def test_malformed_kv_request_gets_a_typed_error_and_the_node_goes_on(
     for payload in (b"\xc1", b"\x93\x01\x02\x03", b"\x81\xa2op\xa7propose"):
         with pytest.raises(RemoteError):
             await client.send_rpc(node.config.node_id, wire.MessageKind.KV_REQUEST, payload)
+    with pytest.raises(InvalidRequest):
+        await node.kv.get(b"k", read="bogus")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        await node.kv.put(b"k", b"v", timeout_s=0)
     await three[1].kv.put(b"after", b"garbage")
     assert await node.kv.get(b"after") == b"garbage"

@@ -124,10 +124,6 @@ class StaleRead(ClusterError):
         self.max_staleness_s = max_staleness_s
 
 
-class CasFailed(ClusterError):
-    """Not raised by `cas` (which returns False); for callers that want an exception."""
-
-
 # --- wire -----------------------------------------------------------------------------------------
 # KV_REQUEST payload (MessagePack map):
 #   {"op": "propose", "g": group, "cmds": [bytes], "fwd": bool, "t": timeout_ms}
@@ -767,6 +763,8 @@ class KvRouter:
                 last = e
                 self._failed(group, target if isinstance(e, Timeout) else 0)
             except _TRANSIENT as e:
+                if isinstance(e, RemoteError) and e.code == "InvalidRequest":
+                    raise  # the request itself is bad: no other node or attempt will take it
                 last = e
                 self._failed(group, target)
             except EngineStopped:
