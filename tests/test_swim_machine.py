@@ -119,6 +119,15 @@ def test_no_ack_suspect_then_dead_after_the_suspicion_timeout() -> None:
     assert a.member(target).state is MemberState.DEAD  # type: ignore[union-attr]
 
 
+def test_a_late_timer_does_not_let_a_failed_probe_escape() -> None:
+    # The shell's timer fires a millisecond late for the probe; the period still ends on schedule,
+    # so the failed probe is judged before the next one starts (it used to be replaced unjudged).
+    a = machine(1, [2])
+    a.tick(1001)
+    a.tick(1501)
+    assert changes(a.tick(2000)) == [(2, MemberState.SUSPECT)]
+
+
 def test_refutation_with_a_higher_incarnation_cancels_the_suspicion_timer() -> None:
     a, b = machine(1, [2]), machine(2, [1])
     a.tick(1000)

@@ -234,10 +234,13 @@ class SwimMachine:
             elif now_ms >= probe.direct_deadline_ms and not probe.indirect_sent:
                 self._send_ping_reqs(probe, out)
         if now_ms >= self._next_probe_ms:
-            self._start_probe(now_ms, out)
+            # The period ends at the next scheduled probe, not at now + interval: a timer that
+            # fires late must not leave this probe pending when the next one starts (it would be
+            # replaced unjudged, and a dead target would escape suspicion for a whole round).
             self._next_probe_ms = max(
                 self._next_probe_ms + self.config.probe_interval_ms, now_ms + 1
             )
+            self._start_probe(now_ms, out)
         return out
 
     def leave(self, now_ms: int) -> list[Action]:
@@ -325,8 +328,9 @@ class SwimMachine:
             return
         seq = self._next_seq()
         cfg = self.config
+        end_ms = self._next_probe_ms
         self._probe = _Probe(
-            seq, target.node_id, now_ms + cfg.probe_timeout_ms, now_ms + cfg.probe_interval_ms
+            seq, target.node_id, min(now_ms + cfg.probe_timeout_ms, end_ms), end_ms
         )
         self.counters["probes"] += 1
         self._send(out, target.addr, MessageKind.PING, seq, about=target.node_id)
