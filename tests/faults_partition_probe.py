@@ -17,7 +17,7 @@ from pathlib import Path
 from nodedb_cluster.client import Client
 from nodedb_cluster.faults.checks import replica_divergence
 from nodedb_cluster.faults.netfault import Partitioner, prepare_private_netns
-from nodedb_cluster.faults.run import _kv_groups_ready, _leader_of
+from nodedb_cluster.faults.run import _leader_of, groups_formed
 from nodedb_cluster.localcluster import LocalCluster, Status
 
 
@@ -33,7 +33,9 @@ async def main(base: Path) -> dict[str, object]:
     cluster = LocalCluster(base, 3)
     try:
         await cluster.start()
-        statuses = await cluster.wait_for(_kv_groups_ready, cluster.nodes, 60.0, "groups led")
+        statuses = await cluster.wait_for(
+            lambda s: groups_formed(s, 3), cluster.nodes, 60.0, "groups formed"
+        )
         addrs = [n.addr for n in cluster.nodes.values()]
         async with Client(addrs, cluster.client_credentials, timeout_s=5.0) as client:
             key = b"probe"
@@ -62,7 +64,7 @@ async def main(base: Path) -> dict[str, object]:
             await client.put(key, b"during-partition", timeout_s=10.0)
             part.heal()
             await cluster.wait_for(
-                lambda s: _kv_groups_ready(s) and not replica_divergence(s),
+                lambda s: groups_formed(s, 3) and not replica_divergence(s),
                 cluster.nodes,
                 30.0,
                 "convergence after heal",

@@ -14,10 +14,10 @@ import math
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from nodedb_cluster.checker import HistoryRecorder, Op, OpKind, Outcome, dumps
 from nodedb_cluster.client import Client
@@ -89,22 +89,24 @@ class RunResult:
         }
 
 
-def _kv_groups_ready(statuses: dict[int, Status]) -> bool:
-    """Every KV group has a leader some node agrees it is, and every voter reports it."""
-    leaders: dict[int, int] = {}
-    voters: dict[int, set[int]] = {}
+def groups_formed(statuses: dict[int, Status], voters_per_group: int) -> bool:
+    """Every group (metadata and KV) has a leader whose view holds `voters_per_group` voters
+    and no learners, and every voter reports a replica. Before this, followers may still be
+    learners, which never campaign: a fault then tests formation, not failover."""
+    leaders: dict[int, Mapping[str, Any]] = {}
     present: dict[int, set[int]] = {}
     for node_id, doc in statuses.items():
         for g in doc.get("groups", []):
-            if not g.get("kv"):
-                continue
             gid = int(g["group_id"])
             present.setdefault(gid, set()).add(node_id)
-            voters.setdefault(gid, set()).update(int(v) for v in g["voters"])
             if g["role"] == "leader":
-                leaders[gid] = node_id
-    return bool(voters) and all(
-        gid in leaders and voters[gid] <= present.get(gid, set()) for gid in voters
+                leaders[gid] = g
+    return bool(present) and all(
+        gid in leaders
+        and len(leaders[gid]["voters"]) == voters_per_group
+        and not leaders[gid]["learners"]
+        and {int(v) for v in leaders[gid]["voters"]} <= present[gid]
+        for gid in present
     )
 
 
@@ -279,7 +281,10 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
     finished = False
     try:
         await cluster.start()
-        await cluster.wait_for(_kv_groups_ready, cluster.nodes, FORM_TIMEOUT_S, "KV groups led")
+        voters = min(spec.nodes, cluster.nodes[1].config.replication_factor)
+        await cluster.wait_for(
+            lambda s: groups_formed(s, voters), cluster.nodes, FORM_TIMEOUT_S, "groups formed"
+        )
         addrs = [n.addr for n in cluster.nodes.values()]
         for _ in range(spec.workload.workers):
             clients.append(
@@ -304,7 +309,7 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
         result.fault_log = nemesis.log
         try:
             await cluster.wait_for(
-                lambda s: _kv_groups_ready(s) and not replica_divergence(s),
+                lambda s: groups_formed(s, voters) and not replica_divergence(s),
                 cluster.nodes,
                 CONVERGE_TIMEOUT_S,
                 "replicas to converge",
