@@ -159,7 +159,9 @@ async def test_node_id_reused_with_another_address_is_refused(make_cluster: Make
 
 
 async def test_all_seeds_unreachable_fails_after_the_schedule(make_cluster: MakeCluster) -> None:
-    cluster = make_cluster(3, join_retry=JoinRetryPolicy(max_attempts=2, max_backoff_secs=1))
+    cluster = make_cluster(
+        3, rpc_timeout_ms=500, join_retry=JoinRetryPolicy(max_attempts=2, max_backoff_secs=1)
+    )
     # Node 2 starts alone: the bootstrapper (node 1) and node 3 are down.
     await cluster.nodes[2].start()
     with pytest.raises(NodeProcessError, match="exited with 1"):
