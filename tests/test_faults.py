@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from nodedb_cluster.checker import Op, OpKind, Outcome
+from nodedb_cluster.cli import main
 from nodedb_cluster.faults.checks import check_history, replica_divergence
 from nodedb_cluster.faults.nemesis import (
     FAULT_KINDS,
@@ -130,3 +133,13 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([5.0], 99) == 5.0
     assert percentile([float(i) for i in range(1, 101)], 50) == 50.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def test_chaos_cli_refuses_unknown_kinds_and_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chaos", "--kinds=kill,bogus", "--no-netns"]) == 2
+    assert "unknown fault kind 'bogus'" in capsys.readouterr().err
+    assert main(["chaos", "--schedules=0", "--no-netns"]) == 2
+    assert "--schedules must be" in capsys.readouterr().err
