@@ -165,9 +165,11 @@ def _int(value: object, what: str) -> int:
 
 
 Result = bytes | None
-Send = Callable[[list[bytes], list[int], int], Awaitable[Sequence[Result | ClusterError]]]
-"""Send a batch of items (commands or keys) with one tag (group) per item and a timeout in ms;
-one result per item, or the error of that item's group."""
+Outcome = tuple[Sequence[Result], Mapping[int, ClusterError]]
+"""One result per item, and the errors of the tags (groups) whose items failed."""
+Send = Callable[[list[bytes], list[int], int], Awaitable[Outcome]]
+"""Send a batch of items (commands or keys) with one tag (group) per item and a timeout in ms."""
+_NO_ERRORS: Mapping[int, ClusterError] = {}
 
 
 @dataclass(slots=True)
@@ -239,7 +241,7 @@ class _Coalescer:
         items = [c for w in batch for c in w.items] if len(batch) > 1 else batch[0].items
         tags = [w.tag for w in batch for _ in w.items]
         try:
-            results = await self._send(items, tags, timeout_ms)
+            results, errors = await self._send(items, tags, timeout_ms)
             if len(results) != len(items):
                 raise RemoteError("malformed", f"{len(results)} results for {len(items)} items")
         except ClusterError as e:
@@ -252,12 +254,11 @@ class _Coalescer:
             at = 0
             for w in batch:
                 if not w.future.done():
-                    mine = results[at : at + len(w.items)]
-                    failed = next((r for r in mine if isinstance(r, ClusterError)), None)
+                    failed = errors.get(w.tag) if errors else None
                     if failed is not None:
                         w.future.set_exception(failed)
                     else:
-                        w.future.set_result(cast("list[Result]", list(mine)))
+                        w.future.set_result(list(results[at : at + len(w.items)]))
                 at += len(w.items)
         finally:
             self._in_flight -= 1
@@ -653,10 +654,8 @@ class KvRouter:
         gc = self._commit.get(group)
         if gc is None:
 
-            async def propose(
-                items: list[bytes], _tags: list[int], timeout_ms: int
-            ) -> Sequence[Result]:
-                return (await engine.propose_batch(group, items, timeout_ms)).results
+            async def propose(items: list[bytes], _tags: list[int], timeout_ms: int) -> Outcome:
+                return (await engine.propose_batch(group, items, timeout_ms)).results, _NO_ERRORS
 
             def committed(sent_at: float) -> None:
                 self._on_committed(group, sent_at)
@@ -785,9 +784,7 @@ class KvRouter:
             if len(self._remote) >= REMOTE_COALESCERS_MAX:
                 self._remote.clear()  # old targets and levels; rebuilt on demand
 
-            async def send(
-                items: list[bytes], tags: list[int], timeout_ms: int
-            ) -> Sequence[Result | ClusterError]:
+            async def send(items: list[bytes], tags: list[int], timeout_ms: int) -> Outcome:
                 # The transport's own RPC bound may be longer than what is left of ours.
                 try:
                     async with asyncio.timeout(timeout_ms / 1000):
@@ -801,7 +798,7 @@ class KvRouter:
 
     async def _forward(
         self, group: int, target: int, request: dict[str, object], tags: list[int]
-    ) -> Sequence[Result | ClusterError]:
+    ) -> Outcome:
         self.forwarded += 1
         kind, payload = await self._transport.send_rpc(
             target, wire.MessageKind.KV_REQUEST, encode_request(request)
@@ -819,7 +816,7 @@ class KvRouter:
             if not refused and not unknown and not stale:
                 for g in set(tags) if tags else (group,):
                     self._leaders.setdefault(g, target)
-                return cast("list[Result]", results)
+                return cast("list[Result]", results), _NO_ERRORS
             # Some groups of a multi-group request are not led there: those items fail alone.
             errors: dict[int, ClusterError] = {}
             if isinstance(refused, list):
@@ -841,7 +838,7 @@ class KvRouter:
                         )
             if len(results) != len(tags):
                 raise RemoteError("malformed", "kv response with a result count mismatch")
-            return [errors.get(t, r) for t, r in zip(tags, results, strict=True)]
+            return cast("list[Result]", results), errors
         if "nl" in doc:
             hint = doc["nl"]
             raise RaftNotLeader(group, hint if isinstance(hint, int) and hint else None)
