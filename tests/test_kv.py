@@ -106,6 +106,28 @@ async def test_get_after_put_from_any_node_is_linearizable(three: list[Node]) ->
     assert await three[2].kv.get_many([k for k, _ in many]) == [v for _, v in many]
 
 
+async def test_lease_reads_skip_read_index_and_concurrent_reads_share_rounds(
+    three: list[Node],
+) -> None:
+    key = b"lease"
+    g = three[0].kv.group_of(key)
+    statuses = {n.config.node_id: await n.status() for n in three}
+    leader_id = next(
+        x.leader_id for s in statuses.values() for x in s.groups if x.group_id == g and x.leader_id
+    )
+    leader = next(n for n in three if n.config.node_id == leader_id)
+    await leader.kv.put(key, b"1")  # a commit from here starts the lease
+    before = leader.kv.read_index_rounds
+    assert await leader.kv.get(key, read="lease") == b"1"
+    assert leader.kv.read_index_rounds == before  # served inside the lease, no quorum round
+    assert await leader.kv.get(key) == b"1"
+    assert leader.kv.read_index_rounds == before + 1  # linearizable: one ReadIndex round
+    before = leader.kv.read_index_rounds
+    values = await asyncio.gather(*(leader.kv.get(key) for _ in range(64)))
+    assert values == [b"1"] * 64
+    assert leader.kv.read_index_rounds - before <= 2  # 64 reads, at most two shared rounds
+
+
 async def test_cas_delete_and_missing_keys(three: list[Node]) -> None:
     kv = three[2].kv
     assert await kv.get(b"absent") is None

@@ -278,6 +278,7 @@ class _ReadIndexShare:
     next_round: asyncio.Future[None] | None = None
     running: bool = False
     next_timeout_ms: int = 0
+    rounds: int = 0
 
     def wait(self, timeout_ms: int) -> asyncio.Future[None]:
         if self.next_round is None:
@@ -296,6 +297,7 @@ class _ReadIndexShare:
         try:
             while self.next_round is not None:
                 round_, self.next_round = self.next_round, None
+                self.rounds += 1
                 sent_at = time.monotonic()
                 try:
                     await self.engine.read_index(self.group_id, max(1, self.next_timeout_ms))
@@ -444,6 +446,11 @@ class KvRouter:
             for i, v in zip(idx, values, strict=True):
                 out[i] = v
         return out
+
+    @property
+    def read_index_rounds(self) -> int:
+        """ReadIndex rounds this router ran (reads share them; lease reads skip them)."""
+        return sum(share.rounds for share in self._reads.values())
 
     def group_of(self, key: bytes) -> int:
         """The data group owning `key` (the scalar kernel: no arrays for one key)."""
