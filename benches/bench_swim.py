@@ -105,7 +105,7 @@ async def soak(soak_secs: int, every_s: float = 30.0, pause_s: float = 1.0) -> N
         suspect = [e for e in cluster.events if e.state == "SUSPECT"]
         print(
             f"soak {soak_secs} s, {pauses} pauses of {pause_s} s every {every_s} s: "
-            f"DEAD events {len(dead)} (target 0), SUSPECT events {len(suspect)} (refuted)"
+            f"DEAD events {len(dead)} (target 0), SUSPECT events {len(suspect)}"
         )
     finally:
         await cluster.close()
