@@ -118,6 +118,22 @@ async def test_forged_datagrams_from_a_real_socket_are_dropped_and_counted() -> 
             await n.close()
 
 
+async def test_an_events_consumer_is_released_by_close() -> None:
+    nodes, _ = await start_nodes(1, FAST)
+    seen: list[object] = []
+
+    async def consume() -> None:
+        async for e in nodes[0].events():
+            seen.append(e)
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0)  # let the consumer reach its wait
+    await nodes[0].close()
+    async with asyncio.timeout(5):
+        await task
+    assert seen == []  # a lone node has no members, hence no events
+
+
 async def test_bind_failure_is_a_typed_error() -> None:
     with pytest.raises(SwimError):
         await SwimNode(1, parse_socket_addr("192.0.2.1:7946"), FAST, SECRET).start()

@@ -70,6 +70,7 @@ class SwimNode:
         self._queue: asyncio.Queue[MemberChanged] = asyncio.Queue(maxsize=config.event_queue_max)
         self._paused = False
         self._closed = False
+        self._closed_event = asyncio.Event()
         self.counters: dict[str, int] = {"events_dropped": 0, "send_errors": 0}
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -94,6 +95,7 @@ class SwimNode:
         if leave and self._transport is not None and not self._paused:
             self._carry_out(self._machine.leave(self._clock.monotonic_ms()))
         self._closed = True
+        self._closed_event.set()
         if self._timer is not None:
             self._timer.cancel()
         if self._transport is not None:
@@ -142,9 +144,24 @@ class SwimNode:
         self._observers.append(observer)
 
     async def events(self) -> AsyncIterator[MemberChanged]:
-        """Membership events in order (oldest dropped if the bounded queue overflows)."""
-        while not self._closed or not self._queue.empty():
-            yield await self._queue.get()
+        """Membership events in order (oldest dropped if the bounded queue overflows); ends once
+        the node is closed and the queue drained, so no consumer waits forever."""
+        while True:
+            if not self._queue.empty():
+                yield self._queue.get_nowait()
+                continue
+            if self._closed:
+                return
+            getter = asyncio.ensure_future(self._queue.get())
+            closer = asyncio.ensure_future(self._closed_event.wait())
+            try:
+                await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closer.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                yield getter.result()
 
     # --- the shell -----------------------------------------------------------------------------
 
