@@ -19,7 +19,7 @@ from typing import Final
 import msgpack
 
 from nodedb_cluster.addr import SocketAddr, parse_socket_addr
-from nodedb_cluster.errors import ClusterError, InvalidAddress
+from nodedb_cluster.errors import ClusterError, ConfigError, InvalidAddress
 
 TAG_BYTES: Final = 32
 SWIM_FORMAT: Final = 1
@@ -86,7 +86,7 @@ class Codec:
 
     def __init__(self, secret: bytes | None, datagram_bytes_max: int) -> None:
         if secret is not None and (not isinstance(secret, bytes) or len(secret) < 16):
-            raise ValueError("a SWIM cluster secret must be at least 16 bytes")
+            raise ConfigError("cluster_secret_path", "a SWIM cluster secret is at least 16 bytes")
         self._secret = secret
         self.datagram_bytes_max = datagram_bytes_max
 
