@@ -10,13 +10,14 @@
 A NotLeader answer teaches the leader cache the new leader and the call retries, all within the
 call's deadline (default 5 s); after it the caller gets `Timeout` (the last attempt timed out) or
 `Unavailable` (no leader could be reached). Puts and deletes are retried after an unknown outcome
-(`LeadershipLost`, a lost reply): they are idempotent. A CAS is not and surfaces it.
+(`LeadershipLost`, a lost reply): they are idempotent (a retried delete may then report that
+the key did not exist). A CAS is not and surfaces the error.
 
 Read levels (docs/ARCHITECTURE.md, "Replicated KV"):
 - "linearizable": ReadIndex (coalesced: every read that arrives while one is in flight shares the
   next) then the local state; on a member, leader or follower; a non-member forwards.
 - "lease": the leader serves locally while its lease holds: from the moment it *sent* a request
-  that a quorum then confirmed (a commit or a ReadIndex) for `LEASE_FRACTION` of the minimum
+  that a quorum then confirmed (its own commit) for `LEASE_FRACTION` of the minimum
   election timeout. Clock assumption: every node's monotonic clock advances at a rate within 10 %
   of every other's (no synchronised wall clocks needed). With check-quorum and pre-vote on, no
   follower votes for another candidate within an election timeout of hearing from this leader.
@@ -125,7 +126,10 @@ class StaleRead(ClusterError):
 
 
 # --- wire -----------------------------------------------------------------------------------------
-# KV_REQUEST payload (MessagePack map):
+# KV_REQUEST payload (MessagePack map); node-to-node and Client traffic uses the *_many forms:
+#   {"op": "propose_many", "gs": [group per cmd], "cmds": [bytes], "t": timeout_ms}
+#   {"op": "read_many", "gs": [group per key], "keys": [bytes], "level", "stale_s", "t"}
+#     -> {"r": [...], "nlg": [[group, leader]], "unk": [group], "stale_g": [[group, age_s]]}
 #   {"op": "propose", "g": group, "cmds": [bytes], "fwd": bool, "t": timeout_ms}
 #   {"op": "read", "g": group, "keys": [bytes], "level": str, "stale_s": float, "fwd": bool,
 #    "t": timeout_ms}
