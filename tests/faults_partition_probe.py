@@ -17,15 +17,8 @@ from pathlib import Path
 from nodedb_cluster.client import Client
 from nodedb_cluster.faults.checks import replica_divergence
 from nodedb_cluster.faults.netfault import Partitioner, prepare_private_netns
-from nodedb_cluster.faults.run import _leader_of, groups_formed
-from nodedb_cluster.localcluster import LocalCluster, Status
-
-
-def _term_of(statuses: dict[int, Status], node_id: int, group_id: int) -> int:
-    for g in statuses[node_id]["groups"]:
-        if g["group_id"] == group_id:
-            return int(g["term"])
-    return 0
+from nodedb_cluster.faults.run import _leader_of, _term_of, groups_formed
+from nodedb_cluster.localcluster import LocalCluster
 
 
 async def main(base: Path) -> dict[str, object]:

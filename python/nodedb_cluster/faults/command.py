@@ -99,6 +99,7 @@ def run_chaos_command(args: argparse.Namespace) -> int:
             print(
                 f"run seed={result.seed} {'PASS' if result.passed else 'FAIL'} "
                 f"ops={result.ops} failovers_ms={[round(f) for f in result.failovers_ms]} "
+                f"elections_ms={[round(f) for f in result.elections_ms]} "
                 f"linearizable={result.linearizable} {result.linearizable_note}",
                 flush=True,
             )

@@ -65,6 +65,8 @@ class RunResult:
     """None when the checker gave up (search bound) or is not installed."""
     linearizable_note: str = ""
     failovers_ms: list[float] = field(default_factory=list)
+    elections_ms: list[float] = field(default_factory=list)
+    """Leader SIGKILL → a survivor reports leading that group in a later term."""
     """Leader SIGKILL → first acknowledged write invoked after it, in that group."""
     ops: dict[str, int] = field(default_factory=dict)
     fault_log: list[str] = field(default_factory=list)
@@ -82,6 +84,7 @@ class RunResult:
             "linearizable": self.linearizable,
             "linearizable_note": self.linearizable_note,
             "failovers_ms": self.failovers_ms,
+            "elections_ms": self.elections_ms,
             "ops": self.ops,
             "schedule": [f.describe() for f in self.schedule],
             "fault_log": self.fault_log,
@@ -110,6 +113,13 @@ def groups_formed(statuses: dict[int, Status], voters_per_group: int) -> bool:
     )
 
 
+def _term_of(statuses: dict[int, Status], node_id: int, group_id: int) -> int:
+    for g in statuses.get(node_id, {}).get("groups", []):
+        if int(g["group_id"]) == group_id:
+            return int(g["term"])
+    return 0
+
+
 def _leader_of(statuses: dict[int, Status], group_id: int) -> int:
     """The node that reports itself leader of `group_id` with the highest term (0 if none)."""
     best = (-1, 0)
@@ -130,6 +140,8 @@ class _Nemesis:
         self.log: list[str] = []
         self.leader_kills: list[tuple[int, float]] = []
         """(group id, `now_ms()` of the SIGKILL)."""
+        self.elections_ms: list[float] = []
+        """Leader SIGKILL → a survivor reports itself leader in a later term (status polls)."""
 
     def note(self, text: str) -> None:
         self.log.append(f"t+{time.monotonic() - self.t0:6.2f}s  {text}")
@@ -167,10 +179,12 @@ class _Nemesis:
                 self.note(f"group {fault.group_id} has no leader now: kill skipped")
                 await asyncio.sleep(hold)
                 return
+            term = _term_of(await self._statuses(), leader, fault.group_id)
             nodes[leader].kill()
-            self.leader_kills.append((fault.group_id, now_ms()))
-            self.note(f"SIGKILL node {leader}, leader of group {fault.group_id}")
-            await asyncio.sleep(hold)
+            killed_ms = now_ms()
+            self.leader_kills.append((fault.group_id, killed_ms))
+            self.note(f"SIGKILL node {leader}, leader of group {fault.group_id} (term {term})")
+            await self._watch_election(fault.group_id, leader, term, killed_ms, hold)
             await self._restart([leader])
         elif fault.kind == "pause":
             nodes[fault.node_id].pause()
@@ -202,6 +216,23 @@ class _Nemesis:
             finally:
                 self.partitioner.heal()
                 self.note(f"healed partition of node {fault.node_id}")
+
+    async def _watch_election(
+        self, group_id: int, old: int, term: int, killed_ms: float, hold_s: float
+    ) -> None:
+        """For the hold: poll the survivors until one reports itself leader of `group_id` in a
+        later term (status polling, so up to one poll late); the time goes to `elections_ms`."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + hold_s
+        while loop.time() < end:
+            statuses = await self._statuses()
+            new = _leader_of(statuses, group_id)
+            if new not in (0, old) and _term_of(statuses, new, group_id) > term:
+                self.elections_ms.append(now_ms() - killed_ms)
+                self.note(f"group {group_id}: node {new} leads")
+                break
+            await asyncio.sleep(min(0.05, max(0.0, end - loop.time())))  # no push channel
+        await asyncio.sleep(max(0.0, end - loop.time()))
 
     async def run(self, schedule: Sequence[Fault], duration_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -328,6 +359,7 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
         result.linearizable_note = verdict.note
         result.anomalies += verdict.anomalies
         result.failovers_ms = failover_times_ms(ops, nemesis.leader_kills, clients[0])
+        result.elections_ms = nemesis.elections_ms
         if not result.passed:
             result.history_path = base / "history.porcupine.json"
             result.history_path.write_text(dumps(ops))
@@ -374,6 +406,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def summarize(results: Sequence[RunResult]) -> dict[str, object]:
     failovers = [f for r in results for f in r.failovers_ms]
+    elections = [f for r in results for f in r.elections_ms]
     ops: dict[str, int] = {}
     for r in results:
         for k, v in r.ops.items():
@@ -387,6 +420,9 @@ def summarize(results: Sequence[RunResult]) -> dict[str, object]:
         "failover_ms_p50": statistics.median(failovers) if failovers else None,
         "failover_ms_p99": percentile(failovers, 99) if failovers else None,
         "failover_ms_max": max(failovers) if failovers else None,
+        "elections": len(elections),
+        "election_ms_p50": statistics.median(elections) if elections else None,
+        "election_ms_p99": percentile(elections, 99) if elections else None,
         "ops": dict(sorted(ops.items())),
     }
 
