@@ -5,12 +5,14 @@ replicas, a voter without a replica)."""
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 
-from nodedb_cluster.checker import Op, OpKind, Outcome
+from nodedb_cluster.checker import Op, OpKind, Outcome, Verdict, check
 from nodedb_cluster.cli import main
-from nodedb_cluster.faults.checks import check_history, replica_divergence
+from nodedb_cluster.faults.checks import check_history, ops_from_porcupine, replica_divergence
 from nodedb_cluster.faults.nemesis import (
     FAULT_KINDS,
     FAULTS_MAX,
@@ -143,3 +145,28 @@ def test_chaos_cli_refuses_unknown_kinds_and_bad_counts(capsys: pytest.CaptureFi
     assert "unknown fault kind 'bogus'" in capsys.readouterr().err
     assert main(["chaos", "--schedules=0", "--no-netns"]) == 2
     assert "--schedules must be" in capsys.readouterr().err
+
+
+# --- a real anomaly, kept ------------------------------------------------------------------------
+
+
+PUT_RETRY_FIXTURE = (
+    Path(__file__).parent / "fixtures" / "faults_put_retry_seed1029_k4.porcupine.json"
+)
+"""Key k4 of `nodedb-cluster chaos --seed 1000` run seed=1029, the 27 operations around the
+anomaly: process 2000's put of w0-1136 was sent to the group leader just as it was SIGSTOPped;
+the entry committed under the next leader (process 3001 read it at 14.6 s, then wrote w1-1307
+.. w1-1348 over it), and the client's blind retry of the put applied it a second time, so reads
+at 14.81 s returned w0-1136 again. One put, two effects: not linearizable."""
+
+
+def test_the_recorded_put_retry_history_is_caught_and_its_legal_twin_passes() -> None:
+    ops = ops_from_porcupine(json.loads(PUT_RETRY_FIXTURE.read_text()))
+    assert len(ops) == 27
+    result = check(ops)
+    assert result.verdict is Verdict.ILLEGAL
+    late = [
+        o for o in ops if o.kind is OpKind.GET and o.output == "w0-1136" and o.invoke_ms > 14800
+    ]
+    assert len(late) == 2  # the reads that saw the second application
+    assert check([o for o in ops if o not in late]).verdict is Verdict.OK

@@ -10,7 +10,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nodedb_cluster.checker import Op, Verdict, acknowledged_writes_present, check
+from nodedb_cluster.checker import (
+    Op,
+    OpKind,
+    Outcome,
+    Value,
+    Verdict,
+    acknowledged_writes_present,
+    check,
+)
+from nodedb_cluster.checker.porcupine import INT64_MAX
 
 Status = Mapping[str, Any]
 
@@ -85,3 +94,37 @@ def replica_divergence(statuses: Mapping[int, Status]) -> list[str]:
             shown = ", ".join(f"node {n}: {s}" for n, s in sorted(states.items()))
             problems.append(f"group {group_id}: replicas differ (applied, keys, digest): {shown}")
     return problems
+
+
+_PORCUPINE_KINDS = {0: OpKind.GET, 1: OpKind.PUT, 2: OpKind.DELETE, 3: OpKind.CAS}
+
+
+def ops_from_porcupine(rows: Sequence[Mapping[str, Any]]) -> list[Op]:
+    """The inverse of `checker.dumps` for string values (a failed run's file, re-checked):
+    `Return` = int64 max → INFO; FAIL operations were never exported."""
+    ops: list[Op] = []
+    for n, row in enumerate(rows):
+        given, out = row["Input"], row["Output"]
+        kind = _PORCUPINE_KINDS[int(given["Op"])]
+        unknown = bool(out["Unknown"])
+        output: Value | bool = None
+        if not unknown:
+            output = (
+                out["Value"] if kind is OpKind.GET else out["Ok"] if kind is OpKind.CAS else None
+            )
+        ret = int(row["Return"])
+        ops.append(
+            Op(
+                op_id=n,
+                process=int(row["ClientId"]),
+                kind=kind,
+                key=str(given["Key"]),
+                value=given["Value"],
+                expected=given["Expected"],
+                output=output,
+                outcome=Outcome.INFO if unknown else Outcome.OK,
+                invoke_ms=int(row["Call"]) / 1e6,
+                complete_ms=None if ret == INT64_MAX else ret / 1e6,
+            )
+        )
+    return ops
