@@ -189,8 +189,11 @@ class Node:
         return self._kv
 
     def serve(self) -> None:
-        """Answer control RPCs from now on (raft frames are answered inside the engine)."""
+        """Answer control RPCs from now on (raft frames are answered inside the engine; so is
+        KV_REQUEST `propose_many`, the hot write path: rust/py/src/kv_serve.rs)."""
         self.transport.serve(self._dispatch)
+        if self.engine is not None:
+            self.engine.serve_kv_requests(self.transport)
 
     def start_reconciler(self) -> None:
         self._reconciler = asyncio.ensure_future(self._reconcile_loop())

@@ -177,6 +177,12 @@ class RaftEngine:
         index, results = await fut
         return ProposedBatch(index, tuple(results))
 
+    def serve_kv_requests(self, transport: Transport) -> None:
+        """Answer `transport`'s KV_REQUEST `propose_many` in Rust from now on (group commit per
+        group, the reply `KvRouter.serve` would give); every other KV_REQUEST still reaches the
+        Python handler of `transport.serve`. Undone by `close`."""
+        self._core.serve_kv_requests(transport._core)
+
     async def read_index(self, group_id: int, timeout_ms: int = TIMEOUT_MS_DEFAULT) -> int:
         """Confirm leadership with a quorum (ReadIndex) and wait until this node applied
         through it; a local read after this is linearizable. Works on followers too."""

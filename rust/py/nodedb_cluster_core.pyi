@@ -175,6 +175,7 @@ class RaftEngine:
     def propose(
         self, group_id: int, data: bytes, timeout_ms: int, future: Future[tuple[int, bytes]]
     ) -> None: ...
+    def serve_kv_requests(self, transport: Transport) -> None: ...
     def propose_batch(
         self,
         group_id: int,

@@ -3,6 +3,7 @@ use pyo3::prelude::*;
 
 mod bridge;
 mod errors;
+mod kv_serve;
 mod probe;
 mod raft;
 mod transport;

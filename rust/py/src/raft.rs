@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
@@ -25,12 +25,14 @@ use nodedb_multiraft::{
     MembershipChange, Metrics, MultiRaft, MultiRaftConfig, NodeId, Role, StateMachine,
     StateMachineKind, TransportNetwork, WalSink,
 };
+use nodedb_transport::{MessageKind, Transport};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::cluster_error;
+use crate::kv_serve::KvFastHandler;
 use crate::transport::{transport_runtime, PyTransport};
 
 /// Frames queued per peer by the raft network adapter before drops (raft retransmits).
@@ -201,6 +203,8 @@ pub struct PyRaftEngine {
     bridge: Arc<LoopBridge>,
     /// The transport's runtime: request hops, raft frame pumps and QUIC stay on one runtime.
     runtime: &'static tokio::runtime::Runtime,
+    /// The transport whose KV_REQUESTs `serve_kv_requests` answers here (unregistered on close).
+    kv_transport: Mutex<Option<Weak<Transport>>>,
 }
 
 impl PyRaftEngine {
@@ -351,6 +355,7 @@ impl PyRaftEngine {
             readers,
             bridge: Arc::new(bridge),
             runtime,
+            kv_transport: Mutex::new(None),
         })
     }
 
@@ -479,6 +484,21 @@ impl PyRaftEngine {
         self.engine
             .propose_batch_with(GroupId(group_id), payloads, reply);
         Ok(())
+    }
+
+    /// Answer `transport`'s KV_REQUEST `propose_many` in Rust from now on (group commit per
+    /// group, the same reply as kv.py's `_serve_many`); every other KV_REQUEST still goes to
+    /// the Python handler set with `transport.serve`. Undone by `close`.
+    fn serve_kv_requests(&self, transport: &PyTransport) {
+        let shared = transport.shared();
+        let handler = KvFastHandler::new(
+            Arc::downgrade(&self.engine),
+            Arc::downgrade(&shared),
+            self.runtime.handle().clone(),
+        );
+        shared.register_handler(MessageKind::KV_REQUEST, Arc::new(handler));
+        *self.kv_transport.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Arc::downgrade(&shared));
     }
 
     /// Resolve with the read index once leadership is confirmed by a quorum and this node has
@@ -687,6 +707,14 @@ impl PyRaftEngine {
     /// Stop the engine: pending requests fail with EngineStopped. Blocks (without the GIL)
     /// until the driver thread exited.
     fn close(&self, py: Python<'_>) {
+        let served = self
+            .kv_transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(transport) = served.and_then(|t| t.upgrade()) {
+            transport.unregister_handler(MessageKind::KV_REQUEST);
+        }
         let e = Arc::clone(&self.engine);
         py.detach(move || e.shutdown());
     }

@@ -115,6 +115,15 @@ impl HandlerRegistry {
         *self.fallback.write().unwrap_or_else(|p| p.into_inner()) = handler;
     }
 
+    /// The fallback alone: a kind's handler that serves only part of its requests hands the
+    /// rest to it.
+    pub fn fallback(&self) -> Option<Arc<dyn FrameHandler>> {
+        self.fallback
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn get(&self, kind: MessageKind) -> Option<Arc<dyn FrameHandler>> {
         if let Some(handler) = self
             .by_kind

@@ -211,6 +211,11 @@ impl Transport {
         self.inner.handlers.set_fallback(handler);
     }
 
+    /// The current fallback handler (for a kind's handler that delegates part of its requests).
+    pub fn fallback_handler(&self) -> Option<Arc<dyn FrameHandler>> {
+        self.inner.handlers.fallback()
+    }
+
     /// Request/response to a registered peer. An Error reply becomes `TransportError::Remote`.
     pub async fn send_rpc(
         &self,

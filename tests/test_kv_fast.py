@@ -1,0 +1,153 @@
+"""The Rust KV_REQUEST fast path (rust/py/src/kv_serve.rs): `propose_many` answered without the
+Python handler, with the Python handler's reply; every other op still reaches Python. Real
+nodes over real QUIC on 127.0.0.x, real fsynced logs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster import wire
+from nodedb_cluster.errors import InvalidRequest, RemoteError
+from nodedb_cluster.kv import decode_doc, encode_request
+from nodedb_cluster.node import Node
+from nodedb_cluster.raft import kv_put, kv_result
+from nodedb_cluster.routing import vshard_for_key
+from nodedb_cluster.transport import Peer, Reply
+from test_kv import start_nodes, wait_formed
+
+CONCURRENT_REQUESTS = 300
+"""Single-command requests sent at once to one group's leader (group commit test)."""
+
+
+@pytest.fixture
+async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    nodes = await start_nodes(tmp_path, 3)
+    try:
+        await wait_formed(nodes, 3)
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.shutdown()
+
+
+def record_python_kv_ops(node: Node) -> list[object]:
+    """The ops of every KV_REQUEST that reaches `node`'s Python handler, in arrival order (the
+    real handler still answers them)."""
+    seen: list[object] = []
+    handlers = node._handlers  # observed, not replaced: the real handler still answers
+    inner = handlers[wire.MessageKind.KV_REQUEST]
+
+    async def observed(peer: Peer, payload: bytes) -> Reply:
+        try:
+            seen.append(decode_doc(payload, "kv request").get("op"))
+        except InvalidRequest as e:  # a malformed payload is recorded as such
+            seen.append(type(e).__name__)
+        return await inner(peer, payload)
+
+    handlers[wire.MessageKind.KV_REQUEST] = observed
+    return seen
+
+
+async def leaders(node: Node) -> dict[int, int]:
+    status = await node.status()
+    return {g.group_id: g.leader_id or 0 for g in status.groups if g.group_id != 0}
+
+
+async def kv_rpc(sender: Node, target: Node, doc: dict[str, object]) -> dict[str, object]:
+    kind, payload = await sender.transport.send_rpc(
+        target.config.node_id, wire.MessageKind.KV_REQUEST, encode_request(doc)
+    )
+    assert kind == wire.MessageKind.KV_RESPONSE
+    return decode_doc(payload, "kv response")
+
+
+async def test_propose_many_is_answered_in_rust_with_per_group_not_leader(
+    three: list[Node],
+) -> None:
+    led_by = await leaders(three[0])
+    target = next(n for n in three if n.config.node_id in led_by.values())
+    sender = next(n for n in three if n is not target)
+    python_ops = record_python_kv_ops(target)
+    routing = target.metadata.routing
+    keys = [b"fast:%d" % i for i in range(64)]
+    groups = [routing.group_for_vshard(vshard_for_key(k)) for k in keys]
+    assert len(set(groups)) == 2  # both data groups in one request
+    reply = await kv_rpc(
+        sender,
+        target,
+        {"op": "propose_many", "gs": groups, "cmds": [kv_put(k, b"v" + k) for k in keys]},
+    )
+    here = {g for g, leader in led_by.items() if leader == target.config.node_id}
+    results = reply["r"]
+    assert isinstance(results, list)
+    assert len(results) == len(keys)
+    for g, r in zip(groups, results, strict=True):
+        if g in here:
+            assert isinstance(r, bytes)
+            assert kv_result(r) == ("ok", None)
+        else:
+            assert r is None
+    refused = {g: leader for g, leader in reply.get("nlg", [])}  # type: ignore[attr-defined]
+    assert refused == {g: led_by[g] for g in set(groups) - here}
+    assert "unk" not in reply
+    assert python_ops == []  # the Python handler never saw it
+    for k, g in zip(keys, groups, strict=True):
+        if g in here:
+            assert await sender.kv.get(k) == b"v" + k
+    # Other ops still reach Python, answered as before.
+    routed = await kv_rpc(sender, target, {"op": "routing"})
+    assert "routing" in routed
+    assert python_ops == ["routing"]
+
+
+async def test_unknown_group_and_bad_input_keep_their_answers(three: list[Node]) -> None:
+    target, sender = three[0], three[1]
+    python_ops = record_python_kv_ops(target)
+    reply = await kv_rpc(sender, target, {"op": "propose_many", "gs": [999], "cmds": [b"x"]})
+    assert reply == {"r": [None], "nlg": [[999, 0]]}
+    assert python_ops == []
+    # Malformed propose_many: the Python handler answers with its typed error, as before.
+    bad: list[dict[str, object]] = [
+        {"op": "propose_many", "gs": [1, 2], "cmds": [b"x"]},
+        {"op": "propose_many", "gs": [1], "cmds": [b"x"], "t": 0},
+        {"op": "propose_many", "gs": [-1], "cmds": [b"x"]},
+    ]
+    for doc in bad:
+        with pytest.raises(RemoteError) as refused:
+            await kv_rpc(sender, target, doc)
+        assert refused.value.code == "InvalidRequest"
+    assert python_ops == ["propose_many"] * 3
+    await sender.kv.put(b"after-bad", b"fine")
+    assert await target.kv.get(b"after-bad") == b"fine"
+
+
+async def test_concurrent_requests_share_raft_entries(three: list[Node]) -> None:
+    led_by = await leaders(three[0])
+    group, leader_id = next(iter(sorted(led_by.items())))
+    leader = next(n for n in three if n.config.node_id == leader_id)
+    sender = next(n for n in three if n is not leader)
+    routing = leader.metadata.routing
+    keys = [
+        k
+        for k in (b"gc:%d" % i for i in range(CONCURRENT_REQUESTS * 4))
+        if routing.group_for_vshard(vshard_for_key(k)) == group
+    ][:CONCURRENT_REQUESTS]
+    assert len(keys) == CONCURRENT_REQUESTS
+    before = next(g.commit_index for g in (await leader.status()).groups if g.group_id == group)
+    payloads = [
+        encode_request({"op": "propose_many", "gs": [group], "cmds": [kv_put(k, k)]}) for k in keys
+    ]
+    replies = await sender.transport.send_rpc_many(leader_id, wire.MessageKind.KV_REQUEST, payloads)
+    for _kind, payload in replies:
+        r = decode_doc(payload, "kv response")["r"]
+        assert isinstance(r, list)
+        assert kv_result(r[0]) == ("ok", None)
+    after = next(g.commit_index for g in (await leader.status()).groups if g.group_id == group)
+    # Every command committed, in fewer entries than requests (group commit).
+    assert 0 < after - before < CONCURRENT_REQUESTS
+    values = await asyncio.gather(*(sender.kv.get(k) for k in keys[:20]))
+    assert values == keys[:20]
