@@ -29,6 +29,8 @@ class SimNet:
     config: SwimConfig = field(default_factory=SwimConfig)
     seed: int = 1
     latency_ms: int = 1
+    loss: float = 0.0
+    """Probability that any one datagram is lost (drawn from a seeded RNG)."""
     now_ms: int = 0
     machines: dict[int, SwimMachine] = field(default_factory=dict)
     down: set[int] = field(default_factory=set)
@@ -39,6 +41,7 @@ class SimNet:
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
+        self._loss_rng = random.Random(self.seed + 1)
         for i in range(1, self.n + 1):
             self.machines[i] = SwimMachine(
                 i,
@@ -101,7 +104,7 @@ class SimNet:
         for a in actions:
             if isinstance(a, Send):
                 dst = self._by_addr.get(a.addr)
-                if dst is None:
+                if dst is None or (self.loss and self._loss_rng.random() < self.loss):
                     continue
                 self._counter += 1
                 heapq.heappush(

@@ -375,6 +375,9 @@ class SwimMachine:
         m = self._members.get(probe.target)
         if m is not None and m.state is MemberState.ALIVE:
             self._apply(Update(m.node_id, m.addr, MemberState.SUSPECT, m.incarnation), now_ms, out)
+            # Tell the suspect at once (Lifeguard's point: refutation needs the claim to reach the
+            # one node able to refute it; on a lossy link the probe's silence may be the link's).
+            self._send(out, m.addr, MessageKind.PING, self._next_seq(), about=m.node_id)
 
     def _on_ack(self, msg: Message, out: list[Action]) -> None:
         probe = self._probe
