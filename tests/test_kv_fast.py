@@ -151,3 +151,27 @@ async def test_concurrent_requests_share_raft_entries(three: list[Node]) -> None
     assert 0 < after - before < CONCURRENT_REQUESTS
     values = await asyncio.gather(*(sender.kv.get(k) for k in keys[:20]))
     assert values == keys[:20]
+
+
+async def test_linearizable_read_many_is_answered_in_rust_on_any_member(
+    three: list[Node],
+) -> None:
+    keys = [b"read:%d" % i for i in range(40)]
+    await three[0].kv.put_many([(k, b"v" + k) for k in keys[:30]])  # the rest stay absent
+    routing = three[0].metadata.routing
+    groups = [routing.group_for_vshard(vshard_for_key(k)) for k in keys]
+    expected = [b"v" + k if i < 30 else None for i, k in enumerate(keys)]
+    for target in three:  # leader of some groups, follower of others: ReadIndex works on both
+        sender = next(n for n in three if n is not target)
+        python_ops = record_python_kv_ops(target)
+        doc: dict[str, object] = {"op": "read_many", "gs": groups, "keys": keys}
+        assert await kv_rpc(sender, target, doc) == {"r": expected}
+        doc.update(level="linearizable", stale_s=1.0, t=2000)
+        assert await kv_rpc(sender, target, doc) == {"r": expected}
+        assert python_ops == []
+        # Other read levels are still the Python handler's.
+        doc.update(level="lease")
+        assert (await kv_rpc(sender, target, doc))["r"] == expected
+        assert python_ops == ["read_many"]
+    reply = await kv_rpc(three[1], three[0], {"op": "read_many", "gs": [999], "keys": [b"k"]})
+    assert reply == {"r": [None], "nlg": [[999, 0]]}

@@ -1,16 +1,20 @@
-//! The KV serving fast path: KV_REQUEST `propose_many` answered in Rust on the serving node,
-//! without a Python coroutine per request; every other KV_REQUEST (routing, reads, singles,
-//! load, anything malformed) goes to the Python handler unchanged.
+//! The KV serving fast path: KV_REQUEST `propose_many` and linearizable `read_many` answered in
+//! Rust on the serving node, without a Python coroutine per request; every other KV_REQUEST
+//! (routing, lease/follower reads, singles, load, anything malformed) goes to the Python handler
+//! unchanged.
 //!
 //! Why: under load the Python handler (msgpack + a coroutine + a future per group) was the
 //! leader's bottleneck (BENCHMARKS.md, "Replicated KV"). The wire schema is the one of
 //! `nodedb_cluster/kv.py`: request `{"op": "propose_many", "gs": [group per cmd], "cmds":
-//! [bytes], "t": timeout_ms}`, reply `{"r": [result or nil], "nlg": [[group, leader or 0]],
+//! [bytes], "t": timeout_ms}` (or `{"op": "read_many", "gs", "keys", "level": "linearizable",
+//! "stale_s", "t"}`), reply `{"r": [result or nil], "nlg": [[group, leader or 0]],
 //! "unk": [group]}` — byte-for-byte what the Python `_serve_many` answers, so clients and
 //! forwarding nodes need no change.
 //!
 //! Group commit per group: every command that arrives while `BATCHES_IN_FLIGHT_MAX` entries of
-//! its group are in flight rides the next entry (ONE Raft entry per batch), as in kv.py.
+//! its group are in flight rides the next entry (ONE Raft entry per batch), as in kv.py. Reads
+//! share ReadIndex rounds per group: a read that arrives while a round is in flight waits for the
+//! next one (the running one may have been sent before it arrived), then reads the local state.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nodedb_multiraft::error::RaftError;
-use nodedb_multiraft::{GroupId, MultiRaft};
+use nodedb_multiraft::{GroupId, KvReader, MultiRaft};
 use nodedb_transport::{
     FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame, MessageKind,
     OutboundFrame, Transport,
@@ -36,7 +40,9 @@ const BATCH_BYTES_MAX: usize = 512 << 10;
 const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Commands of one group waiting for an entry, at most; more are refused with Busy.
 const PENDING_COMMANDS_MAX: usize = 1 << 16;
-/// Remembered group batchers, at most (the map is cleared past it; running batches finish).
+/// Reads of one group waiting for a ReadIndex round, at most; more are refused with Busy.
+const PENDING_READS_MAX: usize = 1 << 16;
+/// Remembered group batchers (and read shares), at most (the map is cleared past it; running batches finish).
 const BATCHERS_MAX: usize = 4096;
 /// A request timeout above this (or 0) is left to the Python handler, which refuses it.
 const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
@@ -49,14 +55,34 @@ fn default_timeout_ms() -> u64 {
 
 /// The part of a KV_REQUEST the fast path reads; unknown fields are ignored.
 #[derive(Deserialize)]
-struct ProposeMany {
+struct KvMany {
     op: String,
     #[serde(default)]
     gs: Vec<u64>,
     #[serde(default)]
     cmds: Vec<ByteBuf>,
+    #[serde(default)]
+    keys: Vec<ByteBuf>,
+    level: Option<String>,
+    /// Only checked to be a number (as kv.py does); unused by linearizable reads.
+    #[serde(rename = "stale_s")]
+    _stale_s: Option<f64>,
     #[serde(default = "default_timeout_ms")]
     t: u64,
+}
+
+/// A request the fast path serves.
+enum Fast {
+    Propose {
+        gs: Vec<u64>,
+        cmds: Vec<ByteBuf>,
+        t: u64,
+    },
+    Read {
+        gs: Vec<u64>,
+        keys: Vec<ByteBuf>,
+        t: u64,
+    },
 }
 
 #[derive(Serialize)]
@@ -68,14 +94,48 @@ struct ManyReply {
     unk: Vec<u64>,
 }
 
-/// A valid `propose_many`, or None: the Python handler then answers (its errors stay the
-/// reference for bad input).
-fn parse(payload: &[u8]) -> Option<ProposeMany> {
-    let req: ProposeMany = rmp_serde::from_slice(payload).ok()?;
-    let valid = req.op == "propose_many"
-        && req.gs.len() == req.cmds.len()
-        && (1..=REQUEST_TIMEOUT_MS_MAX).contains(&req.t);
-    valid.then_some(req)
+/// A valid `propose_many` or linearizable `read_many`, or None: the Python handler then
+/// answers (its errors stay the reference for bad input).
+fn parse(payload: &[u8]) -> Option<Fast> {
+    let req: KvMany = rmp_serde::from_slice(payload).ok()?;
+    if !(1..=REQUEST_TIMEOUT_MS_MAX).contains(&req.t) {
+        return None;
+    }
+    match req.op.as_str() {
+        "propose_many" if req.gs.len() == req.cmds.len() && req.keys.is_empty() => {
+            Some(Fast::Propose {
+                gs: req.gs,
+                cmds: req.cmds,
+                t: req.t,
+            })
+        }
+        "read_many"
+            if req.gs.len() == req.keys.len()
+                && req.cmds.is_empty()
+                && req.level.as_deref().is_none_or(|l| l == "linearizable") =>
+        {
+            Some(Fast::Read {
+                gs: req.gs,
+                keys: req.keys,
+                t: req.t,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Request indexes per group, groups in order of first appearance (as kv.py).
+fn by_group(gs: &[u64]) -> Vec<(u64, Vec<usize>)> {
+    let mut order: Vec<(u64, Vec<usize>)> = Vec::new();
+    let mut index_of: HashMap<u64, usize> = HashMap::new();
+    for (i, &g) in gs.iter().enumerate() {
+        let slot = *index_of.entry(g).or_insert_with(|| {
+            order.push((g, Vec::new()));
+            order.len() - 1
+        });
+        order[slot].1.push(i);
+    }
+    order
 }
 
 type GroupResult = Result<Vec<Vec<u8>>, RaftError>;
@@ -211,27 +271,115 @@ impl Batcher {
     }
 }
 
+#[derive(Default)]
+struct ReadQueue {
+    next: Vec<oneshot::Sender<Result<(), RaftError>>>,
+    next_deadline: Option<Instant>,
+    running: bool,
+}
+
+/// One group's shared ReadIndex rounds (kv.py `_ReadIndexShare`).
+struct ReadShare {
+    group: GroupId,
+    engine: Weak<MultiRaft>,
+    runtime: Handle,
+    queue: Mutex<ReadQueue>,
+}
+
+impl ReadShare {
+    fn wait(self: &Arc<Self>, deadline: Instant) -> oneshot::Receiver<Result<(), RaftError>> {
+        let (reply, receiver) = oneshot::channel();
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.next.len() >= PENDING_READS_MAX {
+            drop(queue);
+            let _ = reply.send(Err(RaftError::Busy {
+                reason: "kv read queue full",
+            }));
+            return receiver;
+        }
+        queue.next.push(reply);
+        queue.next_deadline = Some(queue.next_deadline.map_or(deadline, |d| d.min(deadline)));
+        if !queue.running {
+            queue.running = true;
+            let this = Arc::clone(self);
+            self.runtime.spawn(async move { this.rounds().await });
+        }
+        receiver
+    }
+
+    async fn rounds(self: Arc<Self>) {
+        loop {
+            let (waiters, deadline) = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.next.is_empty() {
+                    queue.running = false;
+                    return;
+                }
+                (
+                    std::mem::take(&mut queue.next),
+                    queue.next_deadline.take().unwrap_or_else(Instant::now),
+                )
+            };
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let outcome = match self.engine.upgrade() {
+                Some(engine) => engine.read_index(self.group, timeout).await.map(|_| ()),
+                None => Err(RaftError::Stopped {
+                    reason: "engine closed".into(),
+                }),
+            };
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        }
+    }
+}
+
 /// The KV_REQUEST handler of a node: `propose_many` here, the rest to the transport's fallback
 /// (the Python handler). Holds the engine and transport weakly (the transport owns it).
 pub(crate) struct KvFastHandler {
     engine: Weak<MultiRaft>,
     transport: Weak<Transport>,
+    readers: Arc<Mutex<HashMap<GroupId, KvReader>>>,
     runtime: Handle,
     batchers: Mutex<HashMap<u64, Arc<Batcher>>>,
+    reads: Mutex<HashMap<u64, Arc<ReadShare>>>,
 }
 
 impl KvFastHandler {
     pub(crate) fn new(
         engine: Weak<MultiRaft>,
         transport: Weak<Transport>,
+        readers: Arc<Mutex<HashMap<GroupId, KvReader>>>,
         runtime: Handle,
     ) -> Self {
         KvFastHandler {
             engine,
             transport,
+            readers,
             runtime,
             batchers: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn read_share(&self, group: u64) -> Arc<ReadShare> {
+        let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = reads.get(&group) {
+            return Arc::clone(r);
+        }
+        if reads.len() >= BATCHERS_MAX {
+            reads.clear();
+        }
+        let r = Arc::new(ReadShare {
+            group: GroupId(group),
+            engine: self.engine.clone(),
+            runtime: self.runtime.clone(),
+            queue: Mutex::new(ReadQueue::default()),
+        });
+        reads.insert(group, Arc::clone(&r));
+        r
     }
 
     fn batcher(&self, group: u64) -> Arc<Batcher> {
@@ -264,22 +412,12 @@ impl KvFastHandler {
         }
     }
 
-    /// Split by group (first appearance order, as kv.py), submit each share to its batcher.
-    fn submit(&self, req: ProposeMany) -> (usize, Vec<GroupShare>) {
-        let deadline = Instant::now() + Duration::from_millis(req.t);
-        let total = req.cmds.len();
-        let mut order: Vec<(u64, Vec<usize>)> = Vec::new();
-        let mut index_of: HashMap<u64, usize> = HashMap::new();
-        for (i, &g) in req.gs.iter().enumerate() {
-            let slot = *index_of.entry(g).or_insert_with(|| {
-                order.push((g, Vec::new()));
-                order.len() - 1
-            });
-            order[slot].1.push(i);
-        }
-        let mut cmds: Vec<Option<Vec<u8>>> =
-            req.cmds.into_iter().map(|c| Some(c.into_vec())).collect();
-        let shares = order
+    /// Split by group, submit each share to its batcher.
+    fn submit(&self, gs: &[u64], cmds: Vec<ByteBuf>, t: u64) -> (usize, Vec<GroupShare>) {
+        let deadline = Instant::now() + Duration::from_millis(t);
+        let total = cmds.len();
+        let mut cmds: Vec<Option<Vec<u8>>> = cmds.into_iter().map(|c| Some(c.into_vec())).collect();
+        let shares = by_group(gs)
             .into_iter()
             .map(|(g, idx)| {
                 let share: Vec<Vec<u8>> = idx
@@ -319,19 +457,70 @@ async fn answer(total: usize, shares: Vec<GroupShare>) -> HandlerResult {
                     reply.r[i] = Some(ByteBuf::from(r));
                 }
             }
-            Ok(Err(RaftError::NotLeader { leader_hint, .. })) => {
-                reply
-                    .nlg
-                    .push((share.group, leader_hint.map_or(0, |n| n.0)));
-            }
-            Ok(Err(RaftError::GroupNotFound { .. })) => reply.nlg.push((share.group, 0)),
-            Ok(Err(RaftError::LeadershipLost { .. } | RaftError::Timeout { .. })) | Err(_) => {
-                reply.unk.push(share.group);
-            }
-            Ok(Err(err)) => return Err(handler_error(err)),
+            Ok(Err(err)) => classify(&mut reply, share.group, err)?,
+            Err(_) => reply.unk.push(share.group),
         }
     }
-    let payload = rmp_serde::to_vec_named(&reply)
+    encode(&reply)
+}
+
+struct ReadWait {
+    group: u64,
+    idx: Vec<usize>,
+    receiver: oneshot::Receiver<Result<(), RaftError>>,
+}
+
+/// kv.py `_serve_many` for linearizable reads: after the group's ReadIndex round, the keys from
+/// the local state; failures as for proposals.
+async fn answer_reads(
+    readers: Arc<Mutex<HashMap<GroupId, KvReader>>>,
+    keys: Vec<ByteBuf>,
+    shares: Vec<ReadWait>,
+) -> HandlerResult {
+    let mut reply = ManyReply {
+        r: vec![None; keys.len()],
+        nlg: Vec::new(),
+        unk: Vec::new(),
+    };
+    for share in shares {
+        match share.receiver.await {
+            Ok(Ok(())) => {
+                let reader = readers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&GroupId(share.group))
+                    .cloned();
+                let Some(reader) = reader else {
+                    reply.nlg.push((share.group, 0)); // not a KV group here
+                    continue;
+                };
+                for i in share.idx {
+                    reply.r[i] = reader.get(&keys[i]).map(ByteBuf::from);
+                }
+            }
+            Ok(Err(err)) => classify(&mut reply, share.group, err)?,
+            Err(_) => reply.unk.push(share.group),
+        }
+    }
+    encode(&reply)
+}
+
+/// A group's failure into the reply (NotLeader / unknown group → "nlg", unknown outcome →
+/// "unk"), or the error that fails the whole request (as the Python handler raises it).
+fn classify(reply: &mut ManyReply, group: u64, err: RaftError) -> Result<(), HandlerError> {
+    match err {
+        RaftError::NotLeader { leader_hint, .. } => {
+            reply.nlg.push((group, leader_hint.map_or(0, |n| n.0)));
+        }
+        RaftError::GroupNotFound { .. } => reply.nlg.push((group, 0)),
+        RaftError::LeadershipLost { .. } | RaftError::Timeout { .. } => reply.unk.push(group),
+        err => return Err(handler_error(err)),
+    }
+    Ok(())
+}
+
+fn encode(reply: &ManyReply) -> HandlerResult {
+    let payload = rmp_serde::to_vec_named(reply)
         .map_err(|e| HandlerError::new("encode", format!("kv reply: {e}")))?;
     Ok(Some(OutboundFrame {
         kind: MessageKind::KV_RESPONSE,
@@ -355,12 +544,27 @@ fn handler_error(err: RaftError) -> HandlerError {
 
 impl FrameHandler for KvFastHandler {
     fn handle(&self, frame: InboundFrame) -> HandlerFuture {
+        if frame.oneway || self.engine.strong_count() == 0 {
+            return self.delegate(frame);
+        }
         match parse(&frame.payload) {
-            Some(req) if !frame.oneway && self.engine.strong_count() > 0 => {
-                let (total, shares) = self.submit(req);
+            Some(Fast::Propose { gs, cmds, t }) => {
+                let (total, shares) = self.submit(&gs, cmds, t);
                 Box::pin(answer(total, shares))
             }
-            _ => self.delegate(frame),
+            Some(Fast::Read { gs, keys, t }) => {
+                let deadline = Instant::now() + Duration::from_millis(t);
+                let shares: Vec<ReadWait> = by_group(&gs)
+                    .into_iter()
+                    .map(|(g, idx)| ReadWait {
+                        group: g,
+                        idx,
+                        receiver: self.read_share(g).wait(deadline),
+                    })
+                    .collect();
+                Box::pin(answer_reads(Arc::clone(&self.readers), keys, shares))
+            }
+            None => self.delegate(frame),
         }
     }
 }

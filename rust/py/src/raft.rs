@@ -494,6 +494,7 @@ impl PyRaftEngine {
         let handler = KvFastHandler::new(
             Arc::downgrade(&self.engine),
             Arc::downgrade(&shared),
+            Arc::clone(&self.readers),
             self.runtime.handle().clone(),
         );
         shared.register_handler(MessageKind::KV_REQUEST, Arc::new(handler));
