@@ -91,3 +91,12 @@ def test_new_node_is_admitted_as_learner_of_every_under_replicated_group() -> No
     assert decision.node.state is NodeState.ACTIVE
     assert decision.node.spki_pin == b"p" * 32
     assert changes == [AddGroupLearner(0, 2, 0), AddGroupLearner(1, 2, 3), AddGroupLearner(2, 2, 3)]
+
+
+def test_swim_address_travels_into_the_topology_and_a_bad_one_is_refused() -> None:
+    decision = decide_join(2, "127.0.0.2:9400", 1, None, view(), "127.0.0.2:9500")
+    assert isinstance(decision, Admit)
+    assert str(decision.node.swim_addr) == "127.0.0.2:9500"
+    bad = decide_join(2, "127.0.0.2:9400", 1, None, view(), "nowhere")
+    assert isinstance(bad, Reject)
+    assert "SWIM" in bad.text

@@ -372,7 +372,12 @@ class Node:
             wire_version_max=wire.WIRE_VERSION,
         )
         decision = decide_join(
-            request.node_id, request.listen_addr, request.wire_version, request.spki_pin, view
+            request.node_id,
+            request.listen_addr,
+            request.wire_version,
+            request.spki_pin,
+            view,
+            request.swim_addr,
         )
         match decision:
             case Reject(text=text):

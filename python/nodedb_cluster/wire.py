@@ -120,6 +120,8 @@ class JoinRequest:
     wire_version: int
     spki_pin: bytes | None = None
     """SHA-256 of the joiner's SubjectPublicKeyInfo when it runs mTLS."""
+    swim_addr: str | None = None
+    """The joiner's SWIM UDP address, when it runs SWIM (added field: absent = None)."""
 
     def encode(self) -> bytes:
         return bytes(
@@ -129,6 +131,7 @@ class JoinRequest:
                     "listen_addr": self.listen_addr,
                     "wire_version": self.wire_version,
                     "spki_pin": self.spki_pin,
+                    "swim_addr": self.swim_addr,
                 },
                 use_bin_type=True,
             )
@@ -142,6 +145,7 @@ class JoinRequest:
             listen_addr=_field(data, "listen_addr", str, "JoinRequest"),
             wire_version=_field(data, "wire_version", int, "JoinRequest"),
             spki_pin=_pin(data, "JoinRequest"),
+            swim_addr=_optional(data, "swim_addr", str, None, "JoinRequest"),
         )
 
 

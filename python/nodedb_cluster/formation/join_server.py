@@ -64,6 +64,7 @@ def decide_join(
     wire_version: int,
     spki_pin: bytes | None,
     view: JoinView,
+    swim_addr: str | None = None,
 ) -> JoinDecision:
     """The decision for one join request, in the order JOIN.md lists the checks."""
     if not view.is_metadata_leader:
@@ -81,6 +82,12 @@ def decide_join(
         )
     if not 1 <= node_id < 2**64:
         return Reject(f"invalid node id {node_id}")
+    swim: SocketAddr | None = None
+    if swim_addr is not None:
+        try:
+            swim = parse_socket_addr(swim_addr)
+        except InvalidAddress as e:
+            return Reject(f"invalid SWIM address: {e}")
     if spki_pin is not None and len(spki_pin) != SPKI_PIN_BYTES:
         return Reject(f"spki_pin must be {SPKI_PIN_BYTES} bytes, got {len(spki_pin)}")
     known = view.topology.get(node_id)
@@ -91,6 +98,6 @@ def decide_join(
     holder = view.topology.by_addr(addr)
     if holder is not None:
         return Reject(f"address {addr} already belongs to node {holder.node_id}")
-    node = NodeInfo(node_id, addr, NodeState.ACTIVE, wire_version, spki_pin)
+    node = NodeInfo(node_id, addr, NodeState.ACTIVE, wire_version, spki_pin, swim)
     changes = plan_join(view.routing, node_id, view.replication_factor)
     return Admit(MetadataEntry((AddNode(node), *changes)), node)

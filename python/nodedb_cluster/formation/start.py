@@ -246,6 +246,7 @@ async def _join(parts: _Parts) -> Node:
         listen_addr=str(config.listen_addr),
         wire_version=wire.WIRE_VERSION,
         spki_pin=transport.spki_pin,
+        swim_addr=None if config.swim_udp_addr is None else str(config.swim_udp_addr),
     )
     payload = request.encode()
 

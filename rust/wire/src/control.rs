@@ -4,7 +4,8 @@
 //!
 //! Schemas (field: type) — the Python side (`nodedb_cluster.wire`) mirrors these exactly:
 //! - Ping / Pong: `node_id: u64, nonce: u64`
-//! - JoinRequest: `node_id: u64, listen_addr: str, wire_version: u32, spki_pin: bin | nil`
+//! - JoinRequest: `node_id: u64, listen_addr: str, wire_version: u32, spki_pin: bin | nil,
+//!   swim_addr: str | nil`
 //! - JoinResponse: `success: bool, error: str, cluster_id: str, state: bin | nil (the metadata
 //!   group's full state as the formation layer encodes it; opaque here), nodes: [JoinNode],
 //!   routing: RoutingSnapshot | nil`
@@ -72,6 +73,9 @@ pub struct JoinRequest {
     /// SHA-256 of the joining node's SubjectPublicKeyInfo, when it runs mTLS.
     #[serde(default, with = "serde_bytes_opt")]
     pub spki_pin: Option<Vec<u8>>,
+    /// The joiner's SWIM UDP address, when it runs SWIM (an added field: absent = None).
+    #[serde(default)]
+    pub swim_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,6 +174,7 @@ mod tests {
             listen_addr: "127.0.0.1:9400".into(),
             wire_version: 1,
             spki_pin: Some(vec![0xAB; 32]),
+            swim_addr: Some("127.0.0.1:9500".into()),
         };
         let bytes = req.to_msgpack().unwrap();
         // Named fields: the key text is in the payload.
