@@ -192,7 +192,8 @@ class _Nemesis:
             try:
                 await asyncio.sleep(hold)
             finally:
-                nodes[fault.node_id].resume()
+                with contextlib.suppress(ProcessLookupError):
+                    nodes[fault.node_id].resume()
                 self.note(f"SIGCONT node {fault.node_id}")
         elif fault.kind == "restart_all":
             for node in nodes.values():
@@ -250,8 +251,10 @@ class _Nemesis:
             self.partitioner.heal()
         dead = []
         for node_id, node in self.cluster.nodes.items():
-            node.resume()
-            if not node.running:
+            if node.running:
+                with contextlib.suppress(ProcessLookupError):  # exited since the check
+                    node.resume()
+            else:
                 dead.append(node_id)
         if dead:
             await self._restart(dead)
