@@ -137,6 +137,8 @@ class StaleRead(ClusterError):
 # KV_RESPONSE payload: {"r": [results]} | {"nl": leader id or 0} | {"stale": age_s}
 #   | {"routing": RoutingTable.encode(), "nodes": [[id, "ip:port", spki pin or nil]]}
 # A forwarded ("fwd": true) request is executed on the receiver only; never forwarded again.
+# On every node "propose_many" and linearizable "read_many" are answered in Rust
+# (rust/py/src/kv_serve.rs, same replies as `_serve_many`): change both together.
 
 
 def encode_request(doc: Mapping[str, object]) -> bytes:
