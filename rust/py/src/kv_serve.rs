@@ -568,3 +568,105 @@ impl FrameHandler for KvFastHandler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Req<'a> {
+        op: &'a str,
+        gs: Vec<i64>,
+        cmds: Vec<ByteBuf>,
+        keys: Vec<ByteBuf>,
+        level: &'a str,
+        t: u64,
+    }
+
+    fn req(op: &str, gs: Vec<i64>, items: usize, level: &str, t: u64) -> Vec<u8> {
+        let list = (0..items).map(|i| ByteBuf::from(vec![i as u8])).collect();
+        let (cmds, keys) = if op == "read_many" {
+            (Vec::new(), list)
+        } else {
+            (list, Vec::new())
+        };
+        rmp_serde::to_vec_named(&Req {
+            op,
+            gs,
+            cmds,
+            keys,
+            level,
+            t,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn parse_takes_only_valid_fast_requests() {
+        let propose = parse(&req("propose_many", vec![1, 2, 1], 3, "linearizable", 50));
+        assert!(matches!(propose, Some(Fast::Propose { ref gs, t: 50, .. }) if *gs == [1, 2, 1]));
+        let read = parse(&req("read_many", vec![3], 1, "linearizable", 5000));
+        assert!(matches!(read, Some(Fast::Read { ref keys, .. }) if keys.len() == 1));
+        // Everything else is the Python handler's: other ops and levels, bad shapes, bad input.
+        for payload in [
+            req("propose", vec![1], 1, "linearizable", 50),
+            req("read_many", vec![3], 1, "lease", 50),
+            req("read_many", vec![3], 1, "follower", 50),
+            req("propose_many", vec![1, 2], 1, "linearizable", 50),
+            req("propose_many", vec![-1], 1, "linearizable", 50),
+            req("propose_many", vec![1], 1, "linearizable", 0),
+            req(
+                "propose_many",
+                vec![1],
+                1,
+                "linearizable",
+                REQUEST_TIMEOUT_MS_MAX + 1,
+            ),
+            vec![0xc1],
+            Vec::new(),
+        ] {
+            assert!(parse(&payload).is_none(), "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn by_group_keeps_first_appearance_order() {
+        assert_eq!(
+            by_group(&[7, 2, 7, 5, 2]),
+            vec![(7, vec![0, 2]), (2, vec![1, 4]), (5, vec![3])]
+        );
+        assert!(by_group(&[]).is_empty());
+    }
+
+    #[test]
+    fn reply_names_failures_only_when_there_are_some() {
+        let mut reply = ManyReply {
+            r: vec![Some(ByteBuf::from(b"x".to_vec())), None],
+            nlg: Vec::new(),
+            unk: Vec::new(),
+        };
+        let frame = encode(&reply).unwrap().unwrap();
+        assert_eq!(frame.kind, MessageKind::KV_RESPONSE);
+        // {"r": [bin "x", nil]}
+        assert_eq!(&frame.payload[..], b"\x81\xa1r\x92\xc4\x01x\xc0");
+        classify(
+            &mut reply,
+            4,
+            RaftError::GroupNotFound { group: GroupId(4) },
+        )
+        .unwrap();
+        classify(
+            &mut reply,
+            5,
+            RaftError::Timeout {
+                op: "propose",
+                timeout_ms: 1,
+            },
+        )
+        .unwrap();
+        let failed = classify(&mut reply, 6, RaftError::Busy { reason: "full" }).unwrap_err();
+        assert_eq!(failed.code, "Busy");
+        assert_eq!(reply.nlg, vec![(4, 0)]);
+        assert_eq!(reply.unk, vec![5]);
+    }
+}
