@@ -38,7 +38,8 @@ const BATCH_COMMANDS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 512 << 10;
 /// Entries per group proposed concurrently (kv.py `BATCHES_IN_FLIGHT_MAX`).
 const BATCHES_IN_FLIGHT_MAX: usize = 4;
-/// Commands of one group waiting for an entry, at most; more are refused with Busy.
+/// Commands of one group waiting for an entry, at most; more are refused with Busy (a request
+/// that finds the queue empty is taken whatever its size: the 1 MiB frame bounds it).
 const PENDING_COMMANDS_MAX: usize = 1 << 16;
 /// Reads of one group waiting for a ReadIndex round, at most; more are refused with Busy.
 const PENDING_READS_MAX: usize = 1 << 16;
@@ -169,7 +170,8 @@ impl Batcher {
     ) -> oneshot::Receiver<GroupResult> {
         let (reply, receiver) = oneshot::channel();
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if queue.pending_cmds + cmds.len() > PENDING_COMMANDS_MAX {
+        // One request alone is always taken (its size is bounded by the frame size).
+        if queue.pending_cmds > 0 && queue.pending_cmds + cmds.len() > PENDING_COMMANDS_MAX {
             drop(queue);
             // The receiver is alive right here: the send cannot fail.
             let _ = reply.send(Err(RaftError::Busy {
