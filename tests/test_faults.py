@@ -122,6 +122,12 @@ def test_equal_replicas_converge_and_a_diverged_digest_is_caught() -> None:
     assert "node 3: (9, 3, 78)" in problem
 
 
+def test_statuses_without_digests_do_not_pass_vacuously() -> None:
+    statuses = {n: _status(n, {1: None}) for n in (1, 2, 3)}
+    (problem,) = replica_divergence(statuses)
+    assert problem.startswith("no node reports a KV replica digest")
+
+
 def test_a_voter_without_a_replica_is_caught() -> None:
     statuses = {n: _status(n, {1: (9, 3, 77)}) for n in (1, 2)}
     (problem,) = replica_divergence(statuses)

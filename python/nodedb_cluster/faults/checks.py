@@ -84,6 +84,8 @@ def replica_divergence(statuses: Mapping[int, Status]) -> list[str]:
             if g.get("kv"):
                 voters.setdefault(int(g["group_id"]), set()).update(int(v) for v in g["voters"])
     problems: list[str] = []
+    if statuses and not voters:
+        return ["no node reports a KV replica digest (status without 'kv'): nothing compared"]
     replicas = kv_replicas(statuses)
     for group_id in sorted(voters):
         states = replicas.get(group_id, {})
