@@ -38,7 +38,10 @@ class Client:
         credentials: Credentials,
         timeout_s: float = 5.0,
         bind: str = "127.0.0.1:0",
+        retry_unknown_writes: bool = True,
     ) -> None:
+        """`retry_unknown_writes`: see `KvRouter.retry_unknown_writes` (True trades strict
+        linearizability in a rare interleaving for fewer errors across a leader change)."""
         if not addrs:
             raise ClusterError("a Client needs at least one node address")
         self._addrs = [str(parse_socket_addr(a)) for a in addrs]
@@ -46,6 +49,7 @@ class Client:
         self._transport = Transport(CLIENT_NODE_ID, bind, credentials, rpc_timeout=timeout_s)
         self._routing: RoutingTable | None = None
         self._router = KvRouter(CLIENT_NODE_ID, self._transport, self._current_routing)
+        self._router.retry_unknown_writes = retry_unknown_writes
 
     def _current_routing(self) -> RoutingTable:
         if self._routing is None:

@@ -359,6 +359,13 @@ class KvRouter:
         self._routing = routing
         self._engine = engine
         self._lease_s = lease_s
+        self.retry_unknown_writes = True
+        """Retry a put/delete whose outcome is unknown (LeadershipLost, a lost reply) within the
+        deadline. At-least-once: in a rare interleaving the retried write lands after another
+        client's later write to the same key, which is NOT linearizable (found by the fault
+        harness; fixture tests/fixtures/faults_put_retry_seed1029_k4.porcupine.json). False
+        surfaces the unknown outcome to the caller instead, as `cas` always does. The lasting
+        fix is a client id + sequence number deduplicated by the state machine."""
         self._leaders: dict[int, int] = {}
         """group -> leader node id as last learned (absent = ask routing)."""
         self._commit: dict[int, _Coalescer] = {}
@@ -377,11 +384,15 @@ class KvRouter:
     # --- public API ---------------------------------------------------------------------------
 
     async def put(self, key: bytes, value: bytes, *, timeout_s: float | None = None) -> None:
-        await self._commands(key, [kv_put(key, value)], timeout_s, idempotent=True)
+        await self._commands(
+            key, [kv_put(key, value)], timeout_s, idempotent=self.retry_unknown_writes
+        )
 
     async def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
         """True when the key existed."""
-        (result,) = await self._commands(key, [kv_delete(key)], timeout_s, idempotent=True)
+        (result,) = await self._commands(
+            key, [kv_delete(key)], timeout_s, idempotent=self.retry_unknown_writes
+        )
         return kv_result(result)[0] == "ok"
 
     async def cas(
