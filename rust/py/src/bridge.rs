@@ -113,3 +113,30 @@ pub fn settle(py: Python<'_>, future: &Py<PyAny>, result: PyResult<Py<PyAny>>) {
         err.write_unraisable(py, Some(future));
     }
 }
+
+/// Run `work` on `runtime`; resolve `future` on the loop thread with its outcome, mapping a
+/// value with `to_py` and an error with `err_to_py` (each binding passes its own error mapper).
+pub fn spawn_settle<F, T, E>(
+    runtime: &tokio::runtime::Runtime,
+    bridge: &std::sync::Arc<LoopBridge>,
+    future: Py<PyAny>,
+    work: F,
+    to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+    err_to_py: fn(Python<'_>, E) -> PyErr,
+) where
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    let bridge = std::sync::Arc::clone(bridge);
+    runtime.spawn(async move {
+        let result = work.await;
+        bridge.push(Box::new(move |py| {
+            let value = match result {
+                Ok(value) => to_py(py, value),
+                Err(err) => Err(err_to_py(py, err)),
+            };
+            settle(py, &future, value);
+        }));
+    });
+}

@@ -246,6 +246,7 @@ impl PyRaftEngine {
         })
     }
 
+    /// Run `work` on the runtime; resolve `future` on the loop thread (see `bridge::spawn_settle`).
     fn spawn_settle<F, T>(
         &self,
         future: Py<PyAny>,
@@ -255,17 +256,7 @@ impl PyRaftEngine {
         F: Future<Output = Result<T, RaftError>> + Send + 'static,
         T: Send + 'static,
     {
-        let bridge = self.bridge.clone();
-        self.runtime.spawn(async move {
-            let result = work.await;
-            bridge.push(Box::new(move |py| {
-                let value = match result {
-                    Ok(value) => to_py(py, value),
-                    Err(err) => Err(raft_error(py, err)),
-                };
-                settle(py, &future, value);
-            }));
-        });
+        crate::bridge::spawn_settle(self.runtime, &self.bridge, future, work, to_py, raft_error);
     }
 }
 

@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::sync::oneshot;
 
-use crate::bridge::{settle, LoopBridge};
+use crate::bridge::LoopBridge;
 use crate::errors::{cluster_error, transport_error_with};
 use crate::wire::kind_of;
 
@@ -278,7 +278,7 @@ impl PyTransport {
         self.inner.clone()
     }
 
-    /// Run `work` on the tokio runtime; resolve `future` on the loop thread with its outcome.
+    /// Run `work` on the runtime; resolve `future` on the loop thread (see `bridge::spawn_settle`).
     fn spawn_settle<F, T>(
         &self,
         future: Py<PyAny>,
@@ -288,17 +288,14 @@ impl PyTransport {
         F: Future<Output = Result<T, TransportError>> + Send + 'static,
         T: Send + 'static,
     {
-        let bridge = self.bridge.clone();
-        self.runtime.spawn(async move {
-            let result = work.await;
-            bridge.push(Box::new(move |py| {
-                let value = match result {
-                    Ok(value) => to_py(py, value),
-                    Err(err) => Err(transport_error_with(py, err)),
-                };
-                settle(py, &future, value);
-            }));
-        });
+        crate::bridge::spawn_settle(
+            self.runtime,
+            &self.bridge,
+            future,
+            work,
+            to_py,
+            transport_error_with,
+        );
     }
 }
 
