@@ -3,8 +3,16 @@
 A config that constructs is one the node can run with: each refusal is a `ConfigError` naming the
 field. Addresses are parsed once, here, into `SocketAddr`. Sources, in increasing precedence: field
 defaults, a TOML file (`from_toml`), explicit overrides (`from_toml(..., overrides=)`, CLI flags via
-`config_from_args`). The mapping/TOML form uses the field names below; `join_retry` is a nested
-table. Relative paths are taken relative to the process's working directory, as given.
+`config_from_args`). The mapping/TOML form uses the field names below; `join_retry` and `swim` are
+nested tables. Relative paths are taken relative to the process's working directory, as given.
+
+Nested tables (`_TABLES`): a group of knobs that already has its own validated dataclass
+(`JoinRetryPolicy`, `SwimConfig`) is one TOML table named after the field (`[swim]`
+`probe_interval_ms = 200`), one CLI flag per knob (`--swim-probe-interval-ms 200`), merged key
+by key when overrides are applied, and every refusal names `table.knob`, exactly what the user
+wrote. A table rather than flat `swim_*` fields: the knobs stay one value the SWIM layer takes as
+is (no field list kept in sync in two places), and `join_retry` set the pattern the loader
+already handles.
 
 Timing defaults aim at leader failover within 2 s: the Raft tick is 100 ms, the leader heartbeats
 every tick, and a follower that hears nothing campaigns after a randomized 500..1000 ms. Detection
@@ -28,6 +36,7 @@ from typing import Final
 from nodedb_cluster.addr import SocketAddr, parse_socket_addr
 from nodedb_cluster.errors import ConfigError, InvalidAddress
 from nodedb_cluster.formation.retry import JoinRetryPolicy
+from nodedb_cluster.membership.config import SwimConfig
 
 # --- limits, each with its reason -----------------------------------------------------------------
 
@@ -55,6 +64,11 @@ _PATH_FIELDS: Final = frozenset({"data_dir", "cluster_secret_path", *_TLS_FIELDS
 _BOOL_FIELDS: Final = frozenset({"force_bootstrap", "insecure_transport", "swim_insecure"})
 _REQUIRED_FIELDS: Final = ("node_id", "listen_addr", "data_dir")
 _INT_RE: Final = re.compile(r"-?[0-9]{1,20}")
+_TABLES: Final[dict[str, type[JoinRetryPolicy] | type[SwimConfig]]] = {
+    "join_retry": JoinRetryPolicy,
+    "swim": SwimConfig,
+}
+"""Fields that are a nested table of integer knobs, and the dataclass each table builds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +97,9 @@ class ClusterConfig:
     required to run SWIM unless swim_insecure (checked when SWIM starts: membership/secret.py)."""
     swim_insecure: bool = False
     """Run SWIM without datagram authentication; must be asked for by name, excludes the secret."""
+    swim: SwimConfig = field(default_factory=SwimConfig)
+    """SWIM timings and bounds (the `[swim]` table: probe_interval_ms, probe_timeout_ms,
+    indirect_probes, suspicion_mult, suspicion_min_ms, piggyback_updates_max, ...)."""
     tick_interval_ms: int = 100
     """One Raft tick; every Raft timing below is a whole number of ticks."""
     heartbeat_interval_ms: int = 100
@@ -138,8 +155,8 @@ class ClusterConfig:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object]) -> ClusterConfig:
-        """Build from plain values (TOML-shaped: strings for addresses and paths, a nested
-        `join_retry` mapping). Unknown keys are refused by name."""
+        """Build from plain values (TOML-shaped: strings for addresses and paths, nested
+        `join_retry` and `swim` mappings). Unknown keys are refused by name."""
         if not isinstance(raw, Mapping):
             raise ConfigError("config", f"expected a table of settings, got {type(raw).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -159,7 +176,7 @@ class ClusterConfig:
     def from_toml(
         cls, path: str | Path, overrides: Mapping[str, object] | None = None
     ) -> ClusterConfig:
-        """Read a TOML file, apply `overrides` on top (nested `join_retry` merged key by key)."""
+        """Read a TOML file, apply `overrides` on top (nested tables merged key by key)."""
         try:
             with open(path, "rb") as f:
                 raw = tomllib.load(f)
@@ -180,11 +197,8 @@ class ClusterConfig:
                 out[f.name] = str(value)
             elif f.name == "seed_nodes":
                 out[f.name] = [str(a) for a in value]
-            elif isinstance(value, JoinRetryPolicy):
-                out[f.name] = {
-                    "max_attempts": value.max_attempts,
-                    "max_backoff_secs": value.max_backoff_secs,
-                }
+            elif f.name in _TABLES:
+                out[f.name] = {t.name: getattr(value, t.name) for t in dataclasses.fields(value)}
             else:
                 out[f.name] = value
         return out
@@ -251,8 +265,9 @@ class ClusterConfig:
     def _check_groups(self) -> None:
         _check_int("num_groups", self.num_groups, 1, NUM_GROUPS_MAX)
         _check_int("replication_factor", self.replication_factor, 1, REPLICATION_FACTOR_MAX)
-        if not isinstance(self.join_retry, JoinRetryPolicy):
-            raise ConfigError("join_retry", "expected a JoinRetryPolicy")
+        for name, table in _TABLES.items():
+            if not isinstance(getattr(self, name), table):
+                raise ConfigError(name, f"expected a {table.__name__}")
 
     def _check_raft_timing(self) -> None:
         tick = self.tick_interval_ms
@@ -336,7 +351,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster configuration")
     group.add_argument("--config", dest="config_path", metavar="PATH", help="TOML config file")
     for f in dataclasses.fields(ClusterConfig):
-        if f.name == "join_retry":
+        if f.name in _TABLES:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name in _BOOL_FIELDS:
@@ -347,18 +362,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=_dest(f.name), metavar="ADDR,ADDR,...", default=None)
         else:
             group.add_argument(flag, dest=_dest(f.name), default=None)
-    for sub in ("max_attempts", "max_backoff_secs"):
-        group.add_argument(
-            "--join-retry-" + sub.replace("_", "-"), dest=_dest("join_retry." + sub), default=None
-        )
+    for key in _table_keys():
+        group.add_argument("--" + key.replace("_", "-").replace(".", "-"), dest=_dest(key))
 
 
 def config_from_args(namespace: argparse.Namespace) -> ClusterConfig:
     """The config the parsed flags describe: `--config` file (if given) overlaid by every flag."""
     overrides: dict[str, object] = {}
-    join_retry: dict[str, object] = {}
     for f in dataclasses.fields(ClusterConfig):
-        if f.name == "join_retry":
+        if f.name in _TABLES:
             continue
         value = getattr(namespace, _dest(f.name), None)
         if value is None:
@@ -371,12 +383,13 @@ def config_from_args(namespace: argparse.Namespace) -> ClusterConfig:
             overrides[f.name] = str(value)
         else:
             overrides[f.name] = _int_from_text(f.name, str(value))
-    for sub in ("max_attempts", "max_backoff_secs"):
-        value = getattr(namespace, _dest("join_retry." + sub), None)
+    tables: dict[str, dict[str, object]] = {}
+    for key in _table_keys():
+        value = getattr(namespace, _dest(key), None)
         if value is not None:
-            join_retry[sub] = _int_from_text("join_retry." + sub, str(value))
-    if join_retry:
-        overrides["join_retry"] = join_retry
+            name, _, sub = key.partition(".")
+            tables.setdefault(name, {})[sub] = _int_from_text(key, str(value))
+    overrides.update(tables)
     config_path = getattr(namespace, "config_path", None)
     if config_path is not None:
         return ClusterConfig.from_toml(config_path, overrides)
@@ -388,6 +401,11 @@ def config_from_args(namespace: argparse.Namespace) -> ClusterConfig:
 
 def _dest(name: str) -> str:
     return "cfg_" + name.replace(".", "_")
+
+
+def _table_keys() -> list[str]:
+    """`table.knob` for every knob of every nested table (one CLI flag each)."""
+    return [f"{name}.{f.name}" for name, t in _TABLES.items() for f in dataclasses.fields(t)]
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
@@ -419,8 +437,8 @@ def _convert(key: str, value: object) -> object:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a path string, got {type(value).__name__}")
         return value  # ClusterConfig._normalise turns it into a Path (and refuses "")
-    if key == "join_retry":
-        return _join_retry(value)
+    if key in _TABLES:
+        return _table(key, value)
     if key in _BOOL_FIELDS:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {type(value).__name__} {value!r}")
@@ -441,22 +459,30 @@ def _addr(key: str, value: object) -> SocketAddr:
         raise ConfigError(key, str(e)) from e
 
 
-def _join_retry(value: object) -> JoinRetryPolicy:
-    if isinstance(value, JoinRetryPolicy):
+def _table(key: str, value: object) -> JoinRetryPolicy | SwimConfig:
+    """A nested table (all integer knobs) to its dataclass; every refusal names `key.knob`."""
+    table = _TABLES[key]
+    if isinstance(value, table):
         return value
     if not isinstance(value, Mapping):
-        raise ConfigError("join_retry", f"expected a table, got {type(value).__name__}")
-    known = {f.name for f in dataclasses.fields(JoinRetryPolicy)}
+        raise ConfigError(key, f"expected a table, got {type(value).__name__}")
+    known = {f.name for f in dataclasses.fields(table)}
     for sub in value:
         if sub not in known:
-            raise ConfigError(f"join_retry.{sub}", "unknown config key")
+            raise ConfigError(f"{key}.{sub}", "unknown config key")
     for sub, sub_value in value.items():
         if isinstance(sub_value, bool) or not isinstance(sub_value, int):
             raise ConfigError(
-                f"join_retry.{sub}",
+                f"{key}.{sub}",
                 f"expected an integer, got {type(sub_value).__name__} {sub_value!r}",
             )
-    return JoinRetryPolicy(**value)
+    try:
+        return table(**value)
+    except ConfigError as e:
+        # SwimConfig names its own knobs bare (it is also built directly); the user wrote key.knob.
+        if e.field.startswith(key + "."):
+            raise
+        raise ConfigError(f"{key}.{e.field}", e.reason) from e
 
 
 def _toml_value(value: object) -> str:
@@ -476,7 +502,7 @@ def _merge(base: Mapping[str, object], overrides: Mapping[str, object]) -> dict[
     merged = dict(base)
     for key, value in overrides.items():
         old = merged.get(key)
-        if key == "join_retry" and isinstance(old, Mapping) and isinstance(value, Mapping):
+        if key in _TABLES and isinstance(old, Mapping) and isinstance(value, Mapping):
             merged[key] = {**old, **value}
         else:
             merged[key] = value

@@ -42,7 +42,7 @@ from nodedb_cluster.formation.join_server import (
 from nodedb_cluster.formation.leader_hint import format_not_leader
 from nodedb_cluster.kv import LEASE_FRACTION, KvRouter, decode_doc, encode_request
 from nodedb_cluster.lifecycle import LifecycleTracker
-from nodedb_cluster.membership import MemberChanged, MemberState, SwimConfig, SwimNode
+from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import MetadataEntry, SettingValue
@@ -484,11 +484,12 @@ class Node:
     # --- SWIM membership (issue 7; nodedb_cluster.membership) ----------------------------------
 
     async def start_membership(self) -> None:
-        """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology."""
+        """Run SWIM on config.swim_udp_addr with config.swim's timings (no-op when the address is
+        unset), seeded from the topology."""
         if self.config.swim_udp_addr is None or self.membership is not None:
             return
         secret = await asyncio.to_thread(read_cluster_secret, self.config)
-        swim = SwimNode(self.config.node_id, self.config.swim_udp_addr, SwimConfig(), secret)
+        swim = SwimNode(self.config.node_id, self.config.swim_udp_addr, self.config.swim, secret)
         swim.subscribe(self._on_member_changed)
         await swim.start()
         self.membership = swim
