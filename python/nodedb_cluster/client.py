@@ -40,8 +40,8 @@ class Client:
         bind: str = "127.0.0.1:0",
         retry_unknown_writes: bool = True,
     ) -> None:
-        """`retry_unknown_writes`: see `KvRouter.retry_unknown_writes` (True trades strict
-        linearizability in a rare interleaving for fewer errors across a leader change)."""
+        """`retry_unknown_writes`: see `KvRouter.retry_unknown_writes` (writes are exactly-once
+        through this client's session either way; False surfaces unknown outcomes at once)."""
         if not addrs:
             raise ClusterError("a Client needs at least one node address")
         self._addrs = [str(parse_socket_addr(a)) for a in addrs]

@@ -9,9 +9,10 @@
 
 A NotLeader answer teaches the leader cache the new leader and the call retries, all within the
 call's deadline (default 5 s); after it the caller gets `Timeout` (the last attempt timed out) or
-`Unavailable` (no leader could be reached). Puts and deletes are retried after an unknown outcome
-(`LeadershipLost`, a lost reply): they are idempotent (a retried delete may then report that
-the key did not exist). A CAS is not and surfaces the error.
+`Unavailable` (no leader could be reached). Writes (put, delete, cas) are exactly-once: each
+carries this router's session id and a sequence number (`nodedb_cluster.session`), so a retry
+after an unknown outcome (`LeadershipLost`, a lost reply, an attempt timeout) is applied at most
+once by the state machine and answers the first copy's result.
 
 Read levels (docs/ARCHITECTURE.md, "Replicated KV"):
 - "linearizable": ReadIndex (coalesced: every read that arrives while one is in flight shares the
@@ -60,6 +61,7 @@ from nodedb_cluster.errors import (
 from nodedb_cluster.raft import kv_cas, kv_delete, kv_put, kv_result
 from nodedb_cluster.routing import vshard_for_key, vshards_for_keys
 from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.session import WriteSession
 
 if TYPE_CHECKING:
     from nodedb_cluster.raft import RaftEngine
@@ -110,6 +112,16 @@ class Unavailable(ClusterError):
         super().__init__(f"group {group_id} unavailable: {reason}")
         self.group_id = group_id
         self.reason = reason
+
+
+class OutcomeUnknown(ClusterError):
+    """A retried write found its first copy's result already dropped (its session's window of
+    cached results overflowed, or the session was evicted): it was applied at most once, and
+    whether it was is not known."""
+
+    def __init__(self, group_id: int) -> None:
+        super().__init__(f"group {group_id}: write outcome unknown (session result dropped)")
+        self.group_id = group_id
 
 
 class StaleRead(ClusterError):
@@ -336,6 +348,15 @@ def _propose_many_request(
     return {"op": "propose_many", "gs": tags, "cmds": items, "t": timeout_ms}
 
 
+def _written(group: int, result: bytes) -> tuple[str, bytes | None]:
+    """A write's decoded result; a session copy refused as already answered is an unknown
+    outcome for this caller."""
+    status, value = kv_result(result)
+    if status == "duplicate":
+        raise OutcomeUnknown(group)
+    return status, value
+
+
 _BACKGROUND: set[asyncio.Task[None]] = set()
 """Tasks the loop would otherwise only weakly reference."""
 
@@ -360,12 +381,13 @@ class KvRouter:
         self._engine = engine
         self._lease_s = lease_s
         self.retry_unknown_writes = True
-        """Retry a put/delete whose outcome is unknown (LeadershipLost, a lost reply) within the
-        deadline. At-least-once: in a rare interleaving the retried write lands after another
-        client's later write to the same key, which is NOT linearizable (found by the fault
-        harness; fixture tests/fixtures/faults_put_retry_seed1029_k4.porcupine.json). False
-        surfaces the unknown outcome to the caller instead, as `cas` always does. The lasting
-        fix is a client id + sequence number deduplicated by the state machine."""
+        """Retry a write whose outcome is unknown (LeadershipLost, a lost reply, an attempt
+        timeout) within the deadline. Safe: the session makes the retry exactly-once (before
+        sessions a retried put could land after another client's later write, fixture
+        tests/fixtures/faults_put_retry_seed1029_k4.porcupine.json). False surfaces the
+        unknown outcome to the caller instead."""
+        self.session = WriteSession()
+        """This router's client identity for exactly-once writes."""
         self._leaders: dict[int, int] = {}
         """group -> leader node id as last learned (absent = ask routing)."""
         self._commit: dict[int, _Coalescer] = {}
@@ -384,23 +406,18 @@ class KvRouter:
     # --- public API ---------------------------------------------------------------------------
 
     async def put(self, key: bytes, value: bytes, *, timeout_s: float | None = None) -> None:
-        await self._commands(
-            key, [kv_put(key, value)], timeout_s, idempotent=self.retry_unknown_writes
-        )
+        await self._write(key, kv_put(key, value), timeout_s)
 
     async def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
         """True when the key existed."""
-        (result,) = await self._commands(
-            key, [kv_delete(key)], timeout_s, idempotent=self.retry_unknown_writes
-        )
-        return kv_result(result)[0] == "ok"
+        status, _ = await self._write(key, kv_delete(key), timeout_s)
+        return status == "ok"
 
     async def cas(
         self, key: bytes, expected: bytes | None, new: bytes, *, timeout_s: float | None = None
     ) -> bool:
         """Set `key` to `new` iff it holds `expected` (None = absent); False when it did not."""
-        (result,) = await self._commands(key, [kv_cas(key, expected, new)], timeout_s, False)
-        status, value = kv_result(result)
+        status, value = await self._write(key, kv_cas(key, expected, new), timeout_s)
         if status == "invalid":
             raise InvalidRequest(f"cas refused: {value!r}")
         return status == "ok"
@@ -426,13 +443,23 @@ class KvRouter:
             return
         keys = [k for k, _ in items]
         groups = self._groups_of(keys)
-        by_group: dict[int, list[bytes]] = {}
-        for (key, value), g in zip(items, groups.tolist(), strict=True):
-            by_group.setdefault(g, []).append(kv_put(key, value))
         deadline = self._deadline(timeout_s)
-        await asyncio.gather(
-            *(self._propose(g, cmds, deadline, True) for g, cmds in by_group.items())
-        )
+        seqs, cmds = self.session.wrap([kv_put(key, value) for key, value in items])
+        by_group: dict[int, list[bytes]] = {}
+        for cmd, g in zip(cmds, groups.tolist(), strict=True):
+            by_group.setdefault(g, []).append(cmd)
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    self._propose(g, group_cmds, deadline, self.retry_unknown_writes)
+                    for g, group_cmds in by_group.items()
+                )
+            )
+        finally:
+            self.session.finish(seqs)
+        for g, results in zip(by_group, outcomes, strict=True):
+            for result in results:
+                _written(g, result)
 
     async def get_many(
         self,
@@ -655,11 +682,18 @@ class KvRouter:
         self._leaders[group_id] = self.node_id
         self._lease_from[group_id] = max(self._lease_from.get(group_id, 0.0), sent_at)
 
-    async def _commands(
-        self, key: bytes, cmds: list[bytes], timeout_s: float | None, idempotent: bool
-    ) -> list[bytes]:
+    async def _write(
+        self, key: bytes, command: bytes, timeout_s: float | None
+    ) -> tuple[str, bytes | None]:
+        """One write of `key` in this router's session; its decoded result."""
         deadline = self._deadline(timeout_s)
-        return await self._propose(self.group_of(key), cmds, deadline, idempotent)
+        group = self.group_of(key)
+        seqs, cmds = self.session.wrap([command])
+        try:
+            (result,) = await self._propose(group, cmds, deadline, self.retry_unknown_writes)
+        finally:
+            self.session.finish(seqs)
+        return _written(group, result)
 
     async def _propose(
         self, group: int, cmds: list[bytes], deadline: float, idempotent: bool

@@ -305,16 +305,22 @@ def kv_cas(key: bytes, expected: bytes | None, value: bytes) -> bytes:
     return _core.kv_command("cas", key, value, expected)
 
 
+def kv_session(client: int, seq: int, acked_below: int, command: bytes) -> bytes:
+    """`command` as client `client`'s write `seq` (exactly-once: see `nodedb_cluster.session`)."""
+    return _core.kv_session(client, seq, acked_below, command)
+
+
 def kv_get_command(key: bytes) -> bytes:
     """A read through the log (linearizable without ReadIndex, at the cost of an entry)."""
     return _core.kv_command("get", key)
 
 
-KvStatus = Literal["ok", "not_found", "cas_mismatch", "invalid"]
+KvStatus = Literal["ok", "not_found", "cas_mismatch", "duplicate", "invalid"]
 
 
 def kv_result(data: bytes) -> tuple[KvStatus, bytes | None]:
     """Decode a "kv" group's result: ("ok", value|None), ("not_found", None),
-    ("cas_mismatch", current), ("invalid", reason)."""
+    ("cas_mismatch", current), ("duplicate", None) (a session write answered before: not
+    applied again), ("invalid", reason)."""
     status, value = _core.kv_result(data)
     return cast(KvStatus, status), value

@@ -111,6 +111,10 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    /// Nothing left to read (an optional trailing section is absent).
+    pub fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
     pub fn finish(&self) -> Result<(), DecodeError> {
         match self.buf.len() - self.pos {
             0 => Ok(()),

@@ -1,6 +1,12 @@
 //! The built-in KV state machine: put / delete / compare-and-set / get, applied in batches with
 //! one result per command, a digest for convergence checks, snapshot and restore.
 //!
+//! Exactly-once writes: a client wraps each write in a session (`KvCommand::Session`: client id,
+//! sequence number, and the lowest sequence it still waits for). A retry after an unknown outcome
+//! (lost leader, lost reply) resends the same bytes; whichever copy applies first takes effect,
+//! every later copy gets the cached result and changes nothing. Sessions are part of the
+//! replicated state (snapshot, digest), so every replica makes the same decision.
+//!
 //! The map sits behind a shared lock so reads (after a ReadIndex) are served from any thread
 //! through `KvReader` without a round trip to the driver.
 
@@ -13,6 +19,16 @@ use crate::state_machine::{Command, StateMachine};
 
 /// Keys above 64 KiB are refused (as an error result) so one entry cannot bloat every snapshot.
 pub const KEY_BYTES_MAX: usize = 64 << 10;
+/// Client sessions kept per group; past it the one least recently written through is forgotten
+/// (deterministically: by last applied index). A retry from a forgotten session applies again,
+/// so this bounds memory at the price of at-least-once for a client silent while 4096 others wrote.
+pub const SESSIONS_MAX: usize = 4096;
+/// Cached results per session, at most: a client with more writes outstanding in one group than
+/// this gets its oldest results dropped, and a retry of one of those is refused (`Duplicate`),
+/// never applied twice.
+pub const SESSION_RESULTS_MAX: usize = 1 << 16;
+/// Op tag of `KvCommand::Session`.
+const SESSION_OP: u8 = 16;
 
 /// A KV operation. Encoding: `op u8` then length-prefixed fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +45,15 @@ pub enum KvCommand {
     },
     /// op 4: read through the log (linearizable without ReadIndex, at the cost of an entry).
     Get { key: Vec<u8> },
+    /// op 16: `inner` (never itself a session) on behalf of client `client` as its write `seq`;
+    /// the client has the answers of all its seqs below `acked_below` (their results may go).
+    /// Encoding: `16, client u64, seq u64, acked_below u64`, then `inner` encoded.
+    Session {
+        client: u64,
+        seq: u64,
+        acked_below: u64,
+        inner: Box<KvCommand>,
+    },
 }
 
 /// A KV result. Encoding: `status u8` then an optional length-prefixed value.
@@ -40,6 +65,9 @@ pub enum KvResult {
     NotFound,
     /// status 2: Cas lost; `current` is the value it found.
     CasMismatch { current: Option<Vec<u8>> },
+    /// status 3: a session write whose result the client already had (or that fell out of the
+    /// session's result window): not applied again; its first outcome stands.
+    Duplicate,
     /// status 255: the command did not decode; every node answers the same.
     Invalid { reason: String },
 }
@@ -71,12 +99,53 @@ impl KvCommand {
                 w.u8(4);
                 w.bytes(key);
             }
+            KvCommand::Session {
+                client,
+                seq,
+                acked_below,
+                inner,
+            } => {
+                w.u8(SESSION_OP);
+                w.u64(*client);
+                w.u64(*seq);
+                w.u64(*acked_below);
+                w.buf.extend_from_slice(&inner.encode());
+            }
         }
+        w.buf
+    }
+
+    /// Wrap already-encoded `inner` in a session without decoding it (the client's hot path);
+    /// the state machine checks it when applying.
+    pub fn encode_session(client: u64, seq: u64, acked_below: u64, inner: &[u8]) -> Vec<u8> {
+        let mut w = Writer::with_capacity(25 + inner.len());
+        w.u8(SESSION_OP);
+        w.u64(client);
+        w.u64(seq);
+        w.u64(acked_below);
+        w.buf.extend_from_slice(inner);
         w.buf
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(b);
+        if b.first() == Some(&SESSION_OP) {
+            r.u8()?;
+            let (client, seq, acked_below) = (r.u64()?, r.u64()?, r.u64()?);
+            let inner = b.get(25..).unwrap_or(&[]);
+            if inner.first() == Some(&SESSION_OP) {
+                return Err(DecodeError::UnknownTag {
+                    what: "kv op inside a session",
+                    tag: SESSION_OP,
+                });
+            }
+            return Ok(KvCommand::Session {
+                client,
+                seq,
+                acked_below,
+                inner: Box::new(KvCommand::decode(inner)?),
+            });
+        }
         let cmd = match r.u8()? {
             1 => KvCommand::Put {
                 key: key(&mut r)?,
@@ -105,6 +174,7 @@ impl KvResult {
                 opt(&mut w, value.as_deref());
             }
             KvResult::NotFound => w.u8(1),
+            KvResult::Duplicate => w.u8(3),
             KvResult::CasMismatch { current } => {
                 w.u8(2);
                 opt(&mut w, current.as_deref());
@@ -127,6 +197,7 @@ impl KvResult {
             2 => KvResult::CasMismatch {
                 current: read_opt(&mut r)?,
             },
+            3 => KvResult::Duplicate,
             255 => KvResult::Invalid {
                 reason: String::from_utf8_lossy(r.bytes("reason")?).into_owned(),
             },
@@ -175,17 +246,29 @@ fn key(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
     Ok(k.to_vec())
 }
 
-/// The KV map and the index of the last command applied to it.
+/// What a group remembers of one client's session.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct ClientSession {
+    /// Seqs below this are answered (or their results dropped): a copy arriving now is refused.
+    pub floor: u64,
+    /// Encoded results of applied seqs at or above `floor`, for retries.
+    pub results: BTreeMap<u64, Vec<u8>>,
+    /// Log index of the last command of this session: the least recent one is evicted first.
+    pub last_index: u64,
+}
+
+/// The KV map, the client sessions and the index of the last command applied to them.
 #[derive(Default, Debug)]
 pub struct KvState {
     pub map: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub sessions: BTreeMap<u64, ClientSession>,
     pub applied_index: u64,
     pub applied_commands: u64,
 }
 
 impl KvState {
-    /// xxh3 over (applied index, every key and value in order): equal digests on two nodes mean
-    /// equal state at the same index.
+    /// xxh3 over (applied index, every key and value in order, every session): equal digests on
+    /// two nodes mean equal state at the same index.
     pub fn digest(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.applied_index.to_le_bytes());
@@ -195,20 +278,81 @@ impl KvState {
             h.update(&(v.len() as u64).to_le_bytes());
             h.update(v);
         }
+        for (client, s) in &self.sessions {
+            h.update(&client.to_le_bytes());
+            h.update(&s.floor.to_le_bytes());
+            h.update(&s.last_index.to_le_bytes());
+            for (seq, r) in &s.results {
+                h.update(&seq.to_le_bytes());
+                h.update(&(r.len() as u64).to_le_bytes());
+                h.update(r);
+            }
+        }
         h.digest()
     }
 
-    fn apply(&mut self, c: &Command<'_>) -> KvResult {
+    fn apply(&mut self, c: &Command<'_>) -> Vec<u8> {
         self.applied_index = c.index;
         self.applied_commands += 1;
-        let cmd = match KvCommand::decode(c.data) {
-            Ok(cmd) => cmd,
-            Err(e) => {
-                return KvResult::Invalid {
-                    reason: e.to_string(),
-                }
+        match KvCommand::decode(c.data) {
+            Ok(KvCommand::Session {
+                client,
+                seq,
+                acked_below,
+                inner,
+            }) => self.apply_in_session(c.index, client, seq, acked_below, *inner),
+            Ok(cmd) => self.apply_command(cmd).encode(),
+            Err(e) => KvResult::Invalid {
+                reason: e.to_string(),
             }
-        };
+            .encode(),
+        }
+    }
+
+    /// The dedup rule: a cached seq answers from the cache, a seq below the floor is refused,
+    /// anything else applies once and is cached until the client acknowledges it.
+    fn apply_in_session(
+        &mut self,
+        index: u64,
+        client: u64,
+        seq: u64,
+        acked_below: u64,
+        inner: KvCommand,
+    ) -> Vec<u8> {
+        if !self.sessions.contains_key(&client) && self.sessions.len() >= SESSIONS_MAX {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, s)| (s.last_index, **id))
+                .map(|(id, _)| *id);
+            if let Some(id) = oldest {
+                self.sessions.remove(&id);
+            }
+        }
+        let session = self.sessions.entry(client).or_default();
+        session.last_index = index;
+        if acked_below > session.floor {
+            session.floor = acked_below;
+            session.results = session.results.split_off(&acked_below);
+        }
+        if let Some(cached) = session.results.get(&seq) {
+            return cached.clone();
+        }
+        if seq < session.floor {
+            return KvResult::Duplicate.encode();
+        }
+        let result = self.apply_command(inner).encode();
+        let session = self.sessions.entry(client).or_default();
+        session.results.insert(seq, result.clone());
+        if session.results.len() > SESSION_RESULTS_MAX {
+            if let Some((dropped, _)) = session.results.pop_first() {
+                session.floor = session.floor.max(dropped + 1);
+            }
+        }
+        result
+    }
+
+    fn apply_command(&mut self, cmd: KvCommand) -> KvResult {
         match cmd {
             KvCommand::Put { key, value } => {
                 self.map.insert(key, value);
@@ -238,6 +382,9 @@ impl KvState {
                     value: Some(v.clone()),
                 },
                 None => KvResult::NotFound,
+            },
+            KvCommand::Session { .. } => KvResult::Invalid {
+                reason: "a session inside a session".into(),
             },
         }
     }
@@ -294,14 +441,16 @@ impl KvReader {
 impl StateMachine for KvStateMachine {
     fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
         let mut st = self.write();
-        commands.iter().map(|c| st.apply(c).encode()).collect()
+        commands.iter().map(|c| st.apply(c)).collect()
     }
 
-    /// `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`.
+    /// `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`, then
+    /// `sessions u64, (client u64, floor u64, last_index u64, results u64, (seq u64, result)*)*`
+    /// (a snapshot written before sessions existed ends after the map and restores none).
     fn snapshot(&self) -> Result<Vec<u8>, SmError> {
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
         let bytes: usize = st.map.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-        let mut w = Writer::with_capacity(25 + bytes);
+        let mut w = Writer::with_capacity(33 + bytes);
         w.u8(FORMAT_VERSION);
         w.u64(st.applied_index);
         w.u64(st.applied_commands);
@@ -309,6 +458,17 @@ impl StateMachine for KvStateMachine {
         for (k, v) in &st.map {
             w.bytes(k);
             w.bytes(v);
+        }
+        w.u64(st.sessions.len() as u64);
+        for (client, s) in &st.sessions {
+            w.u64(*client);
+            w.u64(s.floor);
+            w.u64(s.last_index);
+            w.u64(s.results.len() as u64);
+            for (seq, r) in &s.results {
+                w.u64(*seq);
+                w.bytes(r);
+            }
         }
         Ok(w.buf)
     }
@@ -326,9 +486,33 @@ impl StateMachine for KvStateMachine {
                 let v = r.bytes("value")?.to_vec();
                 map.insert(k, v);
             }
+            let mut sessions = BTreeMap::new();
+            if !r.at_end() {
+                let n = r.u64()?;
+                for _ in 0..n {
+                    let client = r.u64()?;
+                    let floor = r.u64()?;
+                    let last_index = r.u64()?;
+                    let count = r.u64()?;
+                    let mut results = BTreeMap::new();
+                    for _ in 0..count {
+                        let seq = r.u64()?;
+                        results.insert(seq, r.bytes("session result")?.to_vec());
+                    }
+                    sessions.insert(
+                        client,
+                        ClientSession {
+                            floor,
+                            results,
+                            last_index,
+                        },
+                    );
+                }
+            }
             r.finish()?;
             Ok(KvState {
                 map,
+                sessions,
                 applied_index,
                 applied_commands,
             })
@@ -438,6 +622,176 @@ mod tests {
             a.reader().digest(),
             b.reader().digest(),
             "failed restore keeps state"
+        );
+    }
+
+    fn put(k: &[u8], v: &[u8]) -> KvCommand {
+        KvCommand::Put {
+            key: k.to_vec(),
+            value: v.to_vec(),
+        }
+    }
+
+    fn session(client: u64, seq: u64, acked_below: u64, inner: KvCommand) -> KvCommand {
+        KvCommand::Session {
+            client,
+            seq,
+            acked_below,
+            inner: Box::new(inner),
+        }
+    }
+
+    #[test]
+    fn session_encoding_round_trips_and_matches_the_fast_wrapper() {
+        let c = session(7, 9, 3, put(b"k", b"v"));
+        let enc = c.encode();
+        assert_eq!(KvCommand::decode(&enc), Ok(c));
+        assert_eq!(
+            KvCommand::encode_session(7, 9, 3, &put(b"k", b"v").encode()),
+            enc
+        );
+        let nested = KvCommand::encode_session(1, 1, 0, &enc);
+        assert!(
+            KvCommand::decode(&nested).is_err(),
+            "a session inside a session"
+        );
+        assert!(KvCommand::decode(&enc[..20]).is_err(), "truncated header");
+        assert!(
+            KvCommand::decode(&enc[..25]).is_err(),
+            "header without a command"
+        );
+    }
+
+    #[test]
+    fn a_retried_write_applies_once_and_answers_its_first_result() {
+        let mut sm = KvStateMachine::new();
+        // Client 1's put, then client 2 overwrites, then client 1's retry of the same seq arrives
+        // (the interleaving of the fault harness's seed 1029): the retry must not undo client 2.
+        let first = apply(&mut sm, 1, &[session(1, 1, 1, put(b"k", b"a"))]);
+        apply(&mut sm, 2, &[session(2, 1, 1, put(b"k", b"b"))]);
+        let retry = apply(&mut sm, 3, &[session(1, 1, 1, put(b"k", b"a"))]);
+        assert_eq!(first, retry);
+        assert_eq!(sm.reader().get(b"k"), Some(b"b".to_vec()));
+        // A CAS retried after it applied answers its first result, not a mismatch.
+        let cas = || {
+            session(
+                1,
+                2,
+                1,
+                KvCommand::Cas {
+                    key: b"k".to_vec(),
+                    expected: Some(b"b".to_vec()),
+                    value: b"c".to_vec(),
+                },
+            )
+        };
+        assert_eq!(
+            apply(&mut sm, 4, &[cas()]),
+            vec![KvResult::Ok { value: None }]
+        );
+        assert_eq!(
+            apply(&mut sm, 5, &[cas()]),
+            vec![KvResult::Ok { value: None }]
+        );
+        assert_eq!(sm.reader().get(b"k"), Some(b"c".to_vec()));
+    }
+
+    #[test]
+    fn a_copy_below_the_acknowledged_floor_is_refused_not_applied() {
+        let mut sm = KvStateMachine::new();
+        apply(&mut sm, 1, &[session(1, 1, 1, put(b"k", b"a"))]);
+        // Seq 2 says the client has seq 1's answer: its result is dropped.
+        apply(&mut sm, 2, &[session(1, 2, 2, put(b"x", b"1"))]);
+        assert!(!sm.reader().read().sessions[&1].results.contains_key(&1));
+        apply(&mut sm, 3, &[put(b"k", b"z")]);
+        let late = apply(&mut sm, 4, &[session(1, 1, 1, put(b"k", b"a"))]);
+        assert_eq!(late, vec![KvResult::Duplicate]);
+        assert_eq!(sm.reader().get(b"k"), Some(b"z".to_vec()));
+    }
+
+    #[test]
+    fn sessions_survive_snapshot_restore_and_old_snapshots_still_restore() {
+        let mut a = KvStateMachine::new();
+        apply(&mut a, 1, &[session(5, 1, 1, put(b"k", b"a"))]);
+        apply(&mut a, 2, &[put(b"k", b"b")]);
+        let snap = a.snapshot().expect("snapshot");
+        let mut b = KvStateMachine::new();
+        b.restore(&snap).expect("restore");
+        assert_eq!(a.reader().digest(), b.reader().digest());
+        let retry = apply(&mut b, 3, &[session(5, 1, 1, put(b"k", b"a"))]);
+        assert_eq!(retry, vec![KvResult::Ok { value: None }]);
+        assert_eq!(
+            b.reader().get(b"k"),
+            Some(b"b".to_vec()),
+            "deduped after restore"
+        );
+
+        // A snapshot from before sessions: the map section only.
+        let mut old = Writer::default();
+        old.u8(FORMAT_VERSION);
+        old.u64(9);
+        old.u64(9);
+        old.u64(1);
+        old.bytes(b"k");
+        old.bytes(b"v");
+        let mut c = KvStateMachine::new();
+        c.restore(&old.buf).expect("old snapshot restores");
+        assert_eq!(c.reader().get(b"k"), Some(b"v".to_vec()));
+        assert!(c.reader().read().sessions.is_empty());
+    }
+
+    #[test]
+    fn the_least_recently_used_session_is_evicted_at_the_bound() {
+        let mut sm = KvStateMachine::new();
+        let cmds: Vec<KvCommand> = (0..SESSIONS_MAX as u64)
+            .map(|c| session(c + 1, 1, 1, put(b"k", b"v")))
+            .collect();
+        for (i, c) in cmds.iter().enumerate() {
+            apply(&mut sm, i as u64 + 1, std::slice::from_ref(c));
+        }
+        // Touch client 1 so client 2 is now the least recent.
+        apply(&mut sm, 10_000, &[session(1, 2, 1, put(b"k", b"w"))]);
+        apply(&mut sm, 10_001, &[session(u64::MAX, 1, 1, put(b"n", b"v"))]);
+        let st = sm.reader();
+        let st = st.read();
+        assert_eq!(st.sessions.len(), SESSIONS_MAX);
+        assert!(st.sessions.contains_key(&1));
+        assert!(!st.sessions.contains_key(&2));
+        assert!(st.sessions.contains_key(&u64::MAX));
+    }
+
+    #[test]
+    fn a_full_result_window_drops_the_oldest_and_refuses_its_retry() {
+        let mut sm = KvStateMachine::new();
+        let n = SESSION_RESULTS_MAX as u64 + 1;
+        let enc: Vec<Vec<u8>> = (1..=n)
+            .map(|seq| session(3, seq, 1, put(&seq.to_le_bytes(), b"v")).encode())
+            .collect();
+        let batch: Vec<Command<'_>> = enc.iter().map(|d| Command { index: 1, data: d }).collect();
+        sm.apply_batch(&batch);
+        {
+            let st = sm.reader();
+            let st = st.read();
+            assert_eq!(st.sessions[&3].results.len(), SESSION_RESULTS_MAX);
+            assert_eq!(st.sessions[&3].floor, 2);
+        }
+        sm.apply_batch(&[Command {
+            index: 2,
+            data: &KvCommand::Delete {
+                key: 1u64.to_le_bytes().to_vec(),
+            }
+            .encode(),
+        }]);
+        let again = apply(
+            &mut sm,
+            3,
+            &[session(3, 1, 1, put(&1u64.to_le_bytes(), b"v"))],
+        );
+        assert_eq!(again, vec![KvResult::Duplicate]);
+        assert_eq!(
+            sm.reader().get(&1u64.to_le_bytes()),
+            None,
+            "not applied twice"
         );
     }
 }

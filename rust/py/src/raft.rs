@@ -749,8 +749,25 @@ fn kv_command<'py>(
     Ok(PyBytes::new(py, &cmd.encode()))
 }
 
+/// Wraps an encoded KV command in client session `client` as its write `seq` (exactly-once:
+/// the state machine applies one copy of each (client, seq)); `acked_below`: the lowest seq the
+/// client still waits for.
+#[pyfunction]
+fn kv_session<'py>(
+    py: Python<'py>,
+    client: u64,
+    seq: u64,
+    acked_below: u64,
+    inner: &[u8],
+) -> Bound<'py, PyBytes> {
+    PyBytes::new(
+        py,
+        &KvCommand::encode_session(client, seq, acked_below, inner),
+    )
+}
+
 /// Decodes a KV result: ("ok", value | None) | ("not_found", None) | ("cas_mismatch", current)
-/// | ("invalid", reason bytes).
+/// | ("duplicate", None) | ("invalid", reason bytes).
 #[pyfunction]
 fn kv_result<'py>(
     py: Python<'py>,
@@ -763,6 +780,7 @@ fn kv_result<'py>(
         KvResult::Ok { value } => ("ok", b(value)),
         KvResult::NotFound => ("not_found", None),
         KvResult::CasMismatch { current } => ("cas_mismatch", b(current)),
+        KvResult::Duplicate => ("duplicate", None),
         KvResult::Invalid { reason } => ("invalid", b(Some(reason.into_bytes()))),
     })
 }
@@ -780,6 +798,7 @@ impl Drop for PyRaftEngine {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRaftEngine>()?;
     m.add_function(wrap_pyfunction!(kv_command, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_session, m)?)?;
     m.add_function(wrap_pyfunction!(kv_result, m)?)?;
     Ok(())
 }
