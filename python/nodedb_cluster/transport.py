@@ -226,6 +226,13 @@ class Transport:
         self._core.send_rpc_to_addr(_addr_text(addr), kind, payload, future)
         return await future
 
+    async def send_rpc_fresh(self, addr: str | SocketAddr, kind: int, payload: bytes) -> Reply:
+        """Request/response to an address on a connection dialled for it alone and closed after
+        (never pooled): JOIN.md's join attempts, which must not ride a pooled connection."""
+        future: asyncio.Future[Reply] = self._attach().create_future()
+        self._core.send_rpc_fresh(_addr_text(addr), kind, payload, future)
+        return await future
+
     async def send_rpc_many(self, node_id: int, kind: int, payloads: list[bytes]) -> list[Reply]:
         """Many requests to one peer in one boundary crossing, run concurrently in Rust.
 

@@ -4,7 +4,10 @@
 of the contract (sorted seeds, each address once per attempt, redirects to the front of the queue,
 at most three redirects, never revisiting) is tested by feeding it outcomes. `run_join` is the
 shell: it sleeps per `JoinRetryPolicy`, reports `Joining{attempt}` to the lifecycle, sends the
-requests and gives up with the last concrete error.
+requests and gives up with the last concrete error. `join_sender` is how a node sends them: each
+JoinRequest on a connection dialled for it alone (JOIN.md: "no pooled connection"), so a join
+attempt never rides a pooled connection to a seed that restarted since, and the joiner's pool is
+left to the peers it later talks Raft to.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, NoReturn, TypeVar
 
+from nodedb_cluster import wire
 from nodedb_cluster.addr import SocketAddr
-from nodedb_cluster.errors import ClusterError, FormationFailed
+from nodedb_cluster.errors import ClusterError, FormationFailed, FrameError
 from nodedb_cluster.formation.leader_hint import parse_leader_hint
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.lifecycle import Failed, Joining, LifecycleTracker
+
+if TYPE_CHECKING:
+    from nodedb_cluster.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +148,27 @@ async def run_join(
         last_error = attempt.last_error or last_error
         log.info("join attempt %d failed: %s", attempt_no, last_error)
     _fail(tracker, last_error)
+
+
+def join_sender(transport: Transport, request: wire.JoinRequest) -> SendJoin[wire.JoinResponse]:
+    """`send` for `run_join`: `request` to one seed on a fresh, unpooled connection (dialled,
+    used once, closed; connect plus reply bounded by the transport's rpc timeout), every failure
+    turned into an outcome."""
+    payload = request.encode()
+
+    async def send(addr: SocketAddr) -> JoinOutcome[wire.JoinResponse]:
+        try:
+            kind_in, reply = await transport.send_rpc_fresh(
+                addr, wire.MessageKind.JOIN_REQUEST, payload
+            )
+            if kind_in != wire.MessageKind.JOIN_RESPONSE:
+                return SendFailed(f"unexpected reply kind {kind_in}")
+            response = wire.JoinResponse.decode(reply)
+        except (FrameError, ClusterError) as e:
+            return SendFailed(str(e))
+        return Accepted(response) if response.success else Rejected(response.error)
+
+    return send
 
 
 def _fail(tracker: LifecycleTracker, reason: str) -> NoReturn:

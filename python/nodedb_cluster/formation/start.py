@@ -17,18 +17,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from nodedb_cluster import wire
-from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import CatalogError, ClusterError, FrameError
+from nodedb_cluster.errors import CatalogError, ClusterError
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
-from nodedb_cluster.formation.join_client import (
-    Accepted,
-    JoinOutcome,
-    Rejected,
-    SendFailed,
-    run_join,
-)
+from nodedb_cluster.formation.join_client import join_sender, run_join
 from nodedb_cluster.lifecycle import (
     Bootstrapping,
     Failed,
@@ -248,20 +241,7 @@ async def _join(parts: _Parts) -> Node:
         spki_pin=transport.spki_pin,
         swim_addr=None if config.swim_udp_addr is None else str(config.swim_udp_addr),
     )
-    payload = request.encode()
-
-    async def send(addr: SocketAddr) -> JoinOutcome[wire.JoinResponse]:
-        try:
-            kind_in, reply = await transport.send_rpc_to_addr(
-                addr, wire.MessageKind.JOIN_REQUEST, payload
-            )
-            if kind_in != wire.MessageKind.JOIN_RESPONSE:
-                return SendFailed(f"unexpected reply kind {kind_in}")
-            response = wire.JoinResponse.decode(reply)
-        except (FrameError, ClusterError) as e:
-            return SendFailed(str(e))
-        return Accepted(response) if response.success else Rejected(response.error)
-
+    send = join_sender(transport, request)  # a fresh connection per request (JOIN.md)
     tracker = parts.tracker
     if tracker.state != Starting():
         raise ClusterError(f"join from lifecycle {tracker.state}")

@@ -424,6 +424,28 @@ impl PyTransport {
         Ok(())
     }
 
+    /// Like `send_rpc_to_addr`, on a connection dialled for this request alone and closed after
+    /// it (never pooled): the join client's path (JOIN.md).
+    fn send_rpc_fresh(
+        &self,
+        py: Python<'_>,
+        addr: &str,
+        kind: u16,
+        payload: &[u8],
+        future: Py<PyAny>,
+    ) -> PyResult<()> {
+        let addr = parse_addr(py, addr)?;
+        let kind = kind_of(py, kind)?;
+        let payload = Bytes::copy_from_slice(payload);
+        let transport = self.inner.clone();
+        self.spawn_settle(
+            future,
+            async move { transport.send_rpc_fresh(addr, kind, payload).await },
+            reply_to_py,
+        );
+        Ok(())
+    }
+
     /// Many requests to one peer, concurrently (at most RPC_MANY_INFLIGHT_MAX in flight), in one
     /// boundary crossing. Resolves with replies in request order; the first failure is raised.
     fn send_rpc_many(

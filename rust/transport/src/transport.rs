@@ -35,6 +35,8 @@ const BUDGET_UNIT_BYTES: usize = 1024;
 const CLOSE_CODE_SHUTDOWN: u32 = 0;
 /// Connection close code when a peer's SPKI pin does not match the expected one.
 const CLOSE_CODE_PIN_MISMATCH: u32 = 0x200;
+/// Connection close code of a one-shot connection whose single RPC is done (`send_rpc_fresh`).
+const CLOSE_CODE_ONE_SHOT_DONE: u32 = 0x201;
 
 /// A pooled outbound connection and the SPKI pin its peer presented at the handshake (checked
 /// again on every reuse, so a connection dialled without a pin never serves a pinned peer).
@@ -237,6 +239,34 @@ impl Transport {
         payload: Bytes,
     ) -> Result<OutboundFrame, TransportError> {
         self.inner.rpc(addr, None, kind, payload).await
+    }
+
+    /// Request/response to `addr` on a connection of its own: dialled for this request, never
+    /// pooled, closed once the reply is read (or dropped with the call). JOIN.md asks a joiner to
+    /// send each JoinRequest this way, so no pooled connection (perhaps to a seed that since
+    /// restarted) is ever in the path of a join attempt. Connect plus the request are bounded by
+    /// `rpc_timeout`; there is no redial (a fresh connection cannot be stale).
+    pub async fn send_rpc_fresh(
+        &self,
+        addr: SocketAddr,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, TransportError> {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let timeout = inner.config.rpc_timeout;
+        let result = match tokio::time::timeout(timeout, inner.rpc_fresh(addr, kind, payload)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout { op: "rpc", timeout }),
+        };
+        match &result {
+            Ok(_) => Metrics::inc(&inner.metrics.rpcs_sent),
+            Err(err) => inner.metrics.error(err),
+        }
+        result
     }
 
     /// One frame on a unidirectional stream, no reply (Raft message batches). Returns once the
@@ -516,6 +546,13 @@ impl Inner {
 
     /// Open a new connection to `addr` and put it in the pool.
     async fn dial(&self, addr: SocketAddr) -> Result<Pooled, TransportError> {
+        let pooled = self.connect(addr).await?;
+        lock(&self.conns).insert(addr, pooled.clone());
+        Ok(pooled)
+    }
+
+    /// Open a new connection to `addr` (bounded by `connect_timeout`), outside the pool.
+    async fn connect(&self, addr: SocketAddr) -> Result<Pooled, TransportError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
@@ -542,12 +579,30 @@ impl Inner {
             }
         };
         Metrics::inc(&self.metrics.connections_opened);
-        let pooled = Pooled {
+        Ok(Pooled {
             peer_pin: peer_pin(&conn),
             conn,
-        };
-        lock(&self.conns).insert(addr, pooled.clone());
-        Ok(pooled)
+        })
+    }
+
+    /// One request on a connection dialled for it alone, closed when the reply is in (dropping
+    /// the future, e.g. at the caller's timeout, drops the last handle, which closes it too).
+    async fn rpc_fresh(
+        &self,
+        addr: SocketAddr,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, TransportError> {
+        let fresh = self.connect(addr).await?;
+        let result = self.rpc_once(addr, &fresh.conn, kind, payload).await;
+        fresh.conn.close(
+            VarInt::from_u32(CLOSE_CODE_ONE_SHOT_DONE),
+            b"one-shot rpc done",
+        );
+        match result {
+            Ok(frame) => reply_or_remote(frame),
+            Err(AttemptError::Stale(err) | AttemptError::Fatal(err)) => Err(err),
+        }
     }
 
     fn pooled(&self, addr: SocketAddr) -> Option<Pooled> {

@@ -640,3 +640,80 @@ async fn a_peer_that_starts_during_the_connect_is_reached_in_the_same_call() {
     );
     starter.await.unwrap().close().await;
 }
+
+/// JOIN.md: a joiner sends each JoinRequest on a connection of its own. `send_rpc_fresh` dials for
+/// every call, leaves nothing in the pool and never uses (or disturbs) a pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_rpcs_dial_each_time_and_leave_the_pool_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let server = bind(1, ANY, c[0].clone());
+    let client = bind(2, ANY, c[1].clone());
+    serve_echo(&server);
+    let addr = server.local_addr();
+    for i in 0..2u8 {
+        let reply = client
+            .send_rpc_fresh(addr, MessageKind::PING, Bytes::from(vec![i]))
+            .await
+            .unwrap();
+        assert_eq!(reply.payload, Bytes::from(vec![i]));
+    }
+    assert_eq!(client.metrics()["connections_opened"], 2);
+    assert_eq!(client.metrics()["connections_pooled"], 0);
+    assert_eq!(client.pooled_connection_id(addr), None);
+    assert_eq!(server.metrics()["connections_accepted"], 2);
+    // A pooled connection, then a fresh RPC: the pooled one is neither used nor replaced.
+    client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::new())
+        .await
+        .unwrap();
+    let pooled = client.pooled_connection_id(addr).unwrap();
+    client
+        .send_rpc_fresh(addr, MessageKind::PING, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(client.pooled_connection_id(addr), Some(pooled));
+    assert_eq!(client.metrics()["connections_opened"], 4);
+    assert_eq!(server.metrics()["connections_accepted"], 4);
+    assert_eq!(client.metrics()["rpcs_sent"], 4);
+}
+
+/// A fresh RPC to nobody is a typed error within the RPC bound; an error reply is `Remote`, as on
+/// the pooled path; after close, `Closed`. None of them leaves a connection in the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_rpc_failures_are_typed_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let mut cfg = config();
+    cfg.rpc_timeout = Duration::from_millis(300);
+    cfg.connect_timeout = Duration::from_millis(300);
+    let client = Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), cfg).unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .send_rpc_fresh(
+            silent.local_addr().unwrap(),
+            MessageKind::PING,
+            Bytes::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let server = bind(1, ANY, c[0].clone());
+    server.set_fallback_handler(Some(handler_fn(|_| async {
+        Err(nodedb_transport::HandlerError::new("refused", "no"))
+    })));
+    let err = client
+        .send_rpc_fresh(server.local_addr(), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Remote { .. }), "{err}");
+    assert_eq!(client.metrics()["connections_pooled"], 0);
+    client.close().await;
+    let err = client
+        .send_rpc_fresh(server.local_addr(), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Closed), "{err}");
+}
