@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -63,15 +64,22 @@ async def wait_formed(nodes: list[Node], voters: int) -> dict[int, dict[int, Gro
     raise AssertionError(f"cluster not formed within {FORM_TIMEOUT_S} s")
 
 
-@pytest.fixture
-async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
-    nodes = await start_nodes(tmp_path, 3)
+@contextlib.asynccontextmanager
+async def formed(tmp_path: Path, size: int = 3, **overrides: object) -> AsyncIterator[list[Node]]:
+    """`size` nodes, every group with `size` voters and a leader; shut down on exit."""
+    nodes = await start_nodes(tmp_path, size, **overrides)
     try:
-        await wait_formed(nodes, 3)
+        await wait_formed(nodes, size)
         yield nodes
     finally:
         for node in nodes:
             await node.shutdown()
+
+
+@pytest.fixture
+async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    async with formed(tmp_path) as nodes:
+        yield nodes
 
 
 async def test_routing_from_every_node_reaches_the_right_group(three: list[Node]) -> None:

@@ -17,7 +17,7 @@ from nodedb_cluster.node import Node
 from nodedb_cluster.raft import kv_put, kv_result
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.transport import Peer, Reply
-from test_kv import start_nodes, wait_formed
+from test_kv import formed
 
 CONCURRENT_REQUESTS = 300
 """Single-command requests sent at once to one group's leader (group commit test)."""
@@ -25,13 +25,8 @@ CONCURRENT_REQUESTS = 300
 
 @pytest.fixture
 async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
-    nodes = await start_nodes(tmp_path, 3)
-    try:
-        await wait_formed(nodes, 3)
+    async with formed(tmp_path) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            await node.shutdown()
 
 
 def record_python_kv_ops(node: Node) -> list[object]:

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_kv import start_nodes, wait_formed
 
 from nodedb_cluster.kv import OutcomeUnknown, _written
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import kv_cas, kv_put, kv_result
 from nodedb_cluster.session import WriteSession
+from test_kv import formed
 
 CONVERGE_TIMEOUT_S = 10.0
 
@@ -27,16 +27,19 @@ def test_acked_below_is_the_lowest_unfinished_seq() -> None:
     s = WriteSession(client_id=7)
     assert s.acked_below == 1
     seqs, cmds = s.wrap([kv_put(b"a", b"1"), kv_put(b"b", b"2"), kv_put(b"c", b"3")])
-    assert seqs == [1, 2, 3] and len(cmds) == 3
+    assert seqs == [1, 2, 3]
+    assert len(cmds) == 3
     assert s.acked_below == 1
     s.finish([2])
     assert s.acked_below == 1, "seq 1 still open"
     s.finish([1])
     assert s.acked_below == 3
     (seq4,), _ = s.wrap([kv_put(b"d", b"4")])
-    assert seq4 == 4 and s.in_flight == 2
+    assert seq4 == 4
+    assert s.in_flight == 2
     s.finish([3, 4])
-    assert s.acked_below == 5 and s.in_flight == 0
+    assert s.acked_below == 5
+    assert s.in_flight == 0
 
 
 def test_two_sessions_get_different_ids() -> None:
@@ -45,13 +48,8 @@ def test_two_sessions_get_different_ids() -> None:
 
 @pytest.fixture
 async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
-    nodes = await start_nodes(tmp_path, 3, num_groups=1)
-    try:
-        await wait_formed(nodes, 3)
+    async with formed(tmp_path, num_groups=1) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            await node.shutdown()
 
 
 async def leader_of(nodes: list[Node], group: int) -> Node:
