@@ -1,14 +1,17 @@
 """SWIM wired into running nodes (in one process, real QUIC and UDP sockets on 127.0.0.x).
 
 Goal: with swim_udp_addr and a cluster secret set, each node advertises its SWIM address in the
-topology, seeds SWIM from it, reports members in `status()`, and when SWIM declares a node dead,
-leader hints pointing at it are cleared and `on_member_dead` hooks run. Without a secret, SWIM
-refuses to start unless swim_insecure is asked for by name."""
+topology (the bootstrapper's own entry, joiners' through their JoinRequest), seeds SWIM from it,
+reports members in `status()`, and when SWIM declares a node dead, the KV router's leader hint
+naming it (learned from Raft, the node really leading a data group) is cleared and
+`on_member_dead` hooks run (issue 7: "membership changes feed routing and status"). Without a
+secret, SWIM refuses to start unless swim_insecure is asked for by name."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +41,18 @@ def node_config(
         cluster_secret_path=secret,
         **kw,  # type: ignore[arg-type]
     )
+
+
+POLL_S = 0.05
+
+
+async def until(pred: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll Raft state (it has no change notification here) until `pred()`; bounded."""
+    for _ in range(int(timeout_s / POLL_S)):
+        if await pred():
+            return
+        await asyncio.sleep(POLL_S)  # a poll period, not a synchronisation
+    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 async def wait_for(pred: object, changed: asyncio.Event, timeout_s: float) -> None:
@@ -73,16 +88,35 @@ async def test_nodes_run_swim_report_members_and_clear_dead_leader_hints(tmp_pat
             n.membership.subscribe(lambda _e: changed.set())
         await wait_for(all_alive, changed, DETECT_TIMEOUT_S)
         topo = nodes[0].metadata.topology
-        # The bootstrapper's entry carries its SWIM address; joiners are learned by SWIM itself
-        # (their first ping), since JoinRequest has no swim_addr field yet (wire.py, issue 7 note).
-        assert topo[1].swim_addr == nodes[0].config.swim_udp_addr
+        for n in nodes:  # joiners' entries too: JoinRequest carries the SWIM address
+            assert topo[n.config.node_id].swim_addr == n.config.swim_udp_addr
         assert "members" in (await nodes[0].status()).to_doc()
+
+        # Node 3 really leads a data group, and node 1's KV router learned so from Raft.
+        engine = nodes[0].engine
+        assert engine is not None
+        group = next(g for g in nodes[0].metadata.routing.group_ids if g != 0)
+
+        async def three_votes() -> bool:
+            return 3 in (await engine.status(group)).voters
+
+        await until(three_votes, DETECT_TIMEOUT_S, f"node 3 a voter of group {group}")
+        leader = (await engine.status(group)).leader_id
+        assert leader is not None
+        owner = next(n for n in nodes if n.config.node_id == leader)
+        assert owner.engine is not None
+        await owner.engine.transfer_leader(group, 3)
+
+        async def three_leads() -> bool:
+            return (await engine.status(group)).leader_id == 3
+
+        await until(three_leads, DETECT_TIMEOUT_S, f"node 3 leading group {group}")
+        key = next(k for i in range(10_000) if nodes[0].kv.group_of(k := b"k%d" % i) == group)
+        await nodes[0].kv.put(key, b"v")
+        assert nodes[0].kv.leader_hint(group) == 3
 
         dead: asyncio.Queue[int] = asyncio.Queue(maxsize=8)
         nodes[0].add_member_dead_hook(dead.put_nowait)
-        group = nodes[0].metadata.routing.group_ids[0]
-        nodes[0].kv.learn_leader(group, 3)  # pretend node 3 led this group
-        assert nodes[0].kv.leader_hint(group) == 3
         victim = nodes.pop()
         assert victim.membership is not None
         await victim.membership.close(leave=False)  # SWIM goes silent as in a crash
