@@ -1,15 +1,25 @@
 """`Client`: the replicated KV from a separate process, over the cluster transport.
 
 It asks any node for the routing table and the members' addresses, then sends each request
-straight to the leader of the key's group (the same `KvRouter` a node uses, without an engine):
-a NotLeader answer names the new leader and the request is retried there within its deadline.
-Call `connect()` again to refresh routing after members moved.
+straight to the leader of the key's group: a NotLeader answer names the new leader and the
+request is retried there within its deadline. Call `connect()` again to refresh routing after
+members moved.
+
+The request path is the Rust client core (`nodedb_cluster_core.KvClient`, rust/py/src/
+kv_client.rs): routing, the write session, per-target coalescing (everything submitted in one
+loop iteration shares one KV_REQUEST per target), msgpack, retries and deadlines run there, and
+the calls one reply finishes are resolved in one loop wake-up. A call costs one boundary crossing
+and one future; the retry rules and errors are `KvRouter`'s (`Timeout`, `kv.Unavailable`,
+`kv.StaleRead`, `kv.OutcomeUnknown`, `InvalidRequest`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Final
+
+import nodedb_cluster_core as _core
 
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
@@ -50,6 +60,10 @@ class Client:
         self._routing: RoutingTable | None = None
         self._router = KvRouter(CLIENT_NODE_ID, self._transport, self._current_routing)
         self._router.retry_unknown_writes = retry_unknown_writes
+        # The core shares the transport's endpoint and runtime (the wrapper's Rust object).
+        self._core = _core.KvClient(self._transport._core, CLIENT_NODE_ID, timeout_s=timeout_s)
+        self._core.retry_unknown_writes = retry_unknown_writes
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _current_routing(self) -> RoutingTable:
         if self._routing is None:
@@ -79,9 +93,25 @@ class Client:
             for entry in nodes:
                 node_id, node_addr, pin = entry
                 self._transport.register_peer(int(node_id), str(node_addr), pin)
-            self._routing = RoutingTable.decode(routing)
+            table = RoutingTable.decode(routing)
+            self._core.set_routing(
+                table.vshard_to_group.tolist(),
+                [(g, table.route(g).leader, list(table.route(g).voters)) for g in table.group_ids],
+            )
+            self._routing = table
+            self._attach()
             return
         raise Unavailable(0, "no node answered: " + "; ".join(errors))
+
+    def _attach(self) -> asyncio.AbstractEventLoop:
+        """The running loop, watching the core's bridge (the first loop that uses it)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:
+                raise RuntimeError("this Client is bound to another event loop")
+            loop.add_reader(self._core.bridge_fd(), self._core.drain)
+            self._loop = loop
+        return loop
 
     @property
     def transport(self) -> Transport:
@@ -89,18 +119,43 @@ class Client:
 
     @property
     def router(self) -> KvRouter:
+        """Routing helpers (`group_of`, ...); requests go through the client core."""
         return self._router
 
+    @property
+    def client_id(self) -> int:
+        """This client's write-session id (exactly-once writes)."""
+        return self._core.client_id
+
+    @property
+    def requests_sent(self) -> int:
+        """KV_REQUESTs sent (each carries every call queued for its target meanwhile)."""
+        return self._core.requests_sent
+
     async def put(self, key: bytes, value: bytes, *, timeout_s: float | None = None) -> None:
-        await self._router.put(key, value, timeout_s=timeout_s)
+        loop = self._attach()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._core.put(key, value, timeout_s, future):
+            loop.call_soon(self._core.flush)
+        await future
 
     async def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
-        return await self._router.delete(key, timeout_s=timeout_s)
+        """True when the key existed."""
+        loop = self._attach()
+        future: asyncio.Future[bool] = loop.create_future()
+        if self._core.delete(key, timeout_s, future):
+            loop.call_soon(self._core.flush)
+        return await future
 
     async def cas(
         self, key: bytes, expected: bytes | None, new: bytes, *, timeout_s: float | None = None
     ) -> bool:
-        return await self._router.cas(key, expected, new, timeout_s=timeout_s)
+        """Set `key` to `new` iff it holds `expected` (None = absent); False when it did not."""
+        loop = self._attach()
+        future: asyncio.Future[bool] = loop.create_future()
+        if self._core.cas(key, expected, new, timeout_s, future):
+            loop.call_soon(self._core.flush)
+        return await future
 
     async def get(
         self,
@@ -110,14 +165,23 @@ class Client:
         max_staleness_s: float = MAX_STALENESS_S_DEFAULT,
         timeout_s: float | None = None,
     ) -> bytes | None:
-        return await self._router.get(
-            key, read=read, max_staleness_s=max_staleness_s, timeout_s=timeout_s
-        )
+        loop = self._attach()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        if self._core.get_many([key], read, max_staleness_s, timeout_s, future, True):
+            loop.call_soon(self._core.flush)
+        return await future
 
     async def put_many(
         self, items: Sequence[tuple[bytes, bytes]], *, timeout_s: float | None = None
     ) -> None:
-        await self._router.put_many(items, timeout_s=timeout_s)
+        """Every pair; one session seq each, every group's share in the same requests."""
+        if not items:
+            return
+        loop = self._attach()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._core.put_many(list(items), timeout_s, future):
+            loop.call_soon(self._core.flush)
+        await future
 
     async def get_many(
         self,
@@ -127,9 +191,14 @@ class Client:
         max_staleness_s: float = MAX_STALENESS_S_DEFAULT,
         timeout_s: float | None = None,
     ) -> list[bytes | None]:
-        return await self._router.get_many(
-            keys, read=read, max_staleness_s=max_staleness_s, timeout_s=timeout_s
-        )
+        """One value (or None) per key, in order."""
+        if not keys:
+            return []
+        loop = self._attach()
+        future: asyncio.Future[list[bytes | None]] = loop.create_future()
+        if self._core.get_many(list(keys), read, max_staleness_s, timeout_s, future, False):
+            loop.call_soon(self._core.flush)
+        return await future
 
     async def get_many_at(
         self,
@@ -164,8 +233,14 @@ class Client:
         return out
 
     async def close(self) -> None:
+        """Queued calls fail with `TransportClosed`, and so do calls in flight as the transport
+        closes (the bridge is watched until then)."""
+        self._core.close()
         await self._router.close()
         await self._transport.close()
+        if self._loop is not None and not self._loop.is_closed():
+            self._core.drain()
+            self._loop.remove_reader(self._core.bridge_fd())
 
     async def __aenter__(self) -> Client:
         await self.connect()

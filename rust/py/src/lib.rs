@@ -3,7 +3,9 @@ use pyo3::prelude::*;
 
 mod bridge;
 mod errors;
+mod kv_client;
 mod kv_serve;
+mod kv_session;
 mod probe;
 mod raft;
 mod transport;
@@ -26,6 +28,8 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     wire::register(m)?;
     transport::register(m)?;
     raft::register(m)?;
+    kv_session::register(m)?;
+    kv_client::register(m)?;
     probe::register(m)?;
     Ok(())
 }
