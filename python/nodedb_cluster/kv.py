@@ -58,6 +58,7 @@ from nodedb_cluster.errors import (
     UnknownPeer,
     Unreachable,
 )
+from nodedb_cluster.peer_health import PeerHealth
 from nodedb_cluster.raft import kv_cas, kv_delete, kv_put, kv_result
 from nodedb_cluster.routing import vshard_for_key, vshards_for_keys
 from nodedb_cluster.routing.table import RoutingTable
@@ -88,14 +89,9 @@ REMOTE_IN_FLIGHT_MAX: Final = 4
 """KV_REQUESTs per (target, group, kind) in flight at once."""
 REMOTE_COALESCERS_MAX: Final = 4096
 """Bound on remembered (target, group, kind) batchers."""
-ATTEMPT_TIMEOUT_S: Final = 1.0
-"""One hop's bound inside a call's deadline: a healthy leader answers in milliseconds, and a
-dead one is replaced by an election within ~1 s (election timeout 0.5-1 s), so the next
-attempt finds the new leader instead of the whole deadline going to a dead node."""
-DOWN_HOLD_S: Final = 2.0
-"""A node that failed to answer is tried after the others for this long."""
-RETRY_BACKOFF_S: Final = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
-"""Pause before retry n (then the last value), always cut short by the deadline."""
+RETRY_BACKOFF_S: Final = (0.005, 0.01, 0.02, 0.05, 0.1)
+"""Pause before retry n (then the last value), always cut short by the deadline; the last one
+is how soon a client waiting out an election notices the new leader."""
 REFRESH_INTERVAL_S: Final = 0.2
 """How often a follower serving follower reads re-confirms it is current."""
 REFRESH_IDLE_STOP_S: Final = 10.0
@@ -396,8 +392,9 @@ class KvRouter:
         self._confirmed_at: dict[int, float] = {}
         """group -> monotonic time a request confirmed by a quorum was sent from here."""
         self._lease_from: dict[int, float] = {}
-        self._down: dict[int, float] = {}
-        """node -> monotonic time until which it is tried last (it failed to answer)."""
+        self.health = PeerHealth()
+        """Nodes to try last (they failed to answer, or SWIM declared them dead) and the
+        bound of one attempt (`nodedb_cluster.peer_health`)."""
         self._follower_read_at = 0.0
         self._refresher: asyncio.Task[None] | None = None
         self.forwarded = 0
@@ -644,7 +641,7 @@ class KvRouter:
                 leader = self._routing().route(group_id).leader
             except UnknownGroup:
                 return 0
-        if leader and self._down.get(leader, 0.0) > time.monotonic():
+        if leader and self.health.avoid(leader):
             return 0
         return leader
 
@@ -654,9 +651,7 @@ class KvRouter:
     def _failed(self, group_id: int, node_id: int) -> None:
         """`node_id` did not answer: forget it as leader and try other members first."""
         if node_id and node_id != self.node_id:
-            self._down[node_id] = time.monotonic() + DOWN_HOLD_S
-            if len(self._down) > REMOTE_COALESCERS_MAX:
-                self._down.clear()
+            self.health.failed(node_id)
         self._leaders[group_id] = 0
 
     def _next_member(self, group_id: int, tried: int) -> int:
@@ -666,9 +661,8 @@ class KvRouter:
             route = self._routing().route(group_id)
         except UnknownGroup:
             return 0
-        now = time.monotonic()
         members = [m for m in route.voters if m != self.node_id] or list(route.voters)
-        alive = [m for m in members if self._down.get(m, 0.0) <= now] or members
+        alive = self.health.preferred(members)
         return alive[tried % len(alive)] if alive else 0
 
     def _on_confirmed(self, group_id: int, sent_at: float) -> None:
@@ -805,8 +799,11 @@ class KvRouter:
                     target = self._next_member(group, attempt)
                     if not target:
                         raise Unavailable(group, "no member known")
-                attempt_deadline = min(deadline, loop.time() + ATTEMPT_TIMEOUT_S)
-                return await self._send_remote(group, target, remote, attempt_deadline)
+                sent_at = loop.time()
+                attempt_deadline = min(deadline, sent_at + self.health.attempt_timeout_s())
+                results = await self._send_remote(group, target, remote, attempt_deadline)
+                self.health.answered(loop.time() - sent_at)
+                return results
             except RaftNotLeader as e:
                 last = e
                 local_ok = False

@@ -519,6 +519,10 @@ class Node:
             event.state.name,
             event.incarnation,
         )
+        if self._kv is not None:
+            self._kv.health.set_dead(
+                event.node_id, event.state in (MemberState.DEAD, MemberState.LEFT)
+            )
         if event.state is MemberState.DEAD:
             self.on_member_dead(event.node_id)
 
