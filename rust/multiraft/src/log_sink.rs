@@ -288,6 +288,7 @@ struct MemInner {
     durable: Vec<LogRecord>,
     buffered: Vec<LogRecord>,
     syncs: u64,
+    failing: bool,
 }
 
 /// In-memory `LogSink`. Clones share one log, so a test can "restart" a node by opening a new
@@ -304,6 +305,10 @@ impl MemLogSink {
     /// Loses every unsynced record.
     pub fn crash(&self) {
         self.lock().buffered.clear();
+    }
+    /// While set, every `sync` fails (a dying disk) and keeps its records unsynced.
+    pub fn set_failing(&self, failing: bool) {
+        self.lock().failing = failing;
     }
     /// Number of `sync` calls so far (the fsync count a real log would have done).
     pub fn sync_count(&self) -> u64 {
@@ -325,6 +330,9 @@ impl LogSink for MemLogSink {
     }
     fn sync(&mut self) -> Result<(), SinkError> {
         let mut g = self.lock();
+        if g.failing {
+            return Err(SinkError::Backend("fdatasync: EIO (injected)".into()));
+        }
         let moved = std::mem::take(&mut g.buffered);
         g.durable.extend(moved);
         g.syncs += 1;

@@ -999,3 +999,53 @@ fn bounded_proposals_answer_busy_instead_of_queueing() {
         "uncommitted limit enforced: {busy} of 20 refused"
     );
 }
+
+/// A commit is answered in the round that learns it, BEFORE that round's fsync of newer entries
+/// (core.rs, round step 3): under load every round has new entries to sync, and waiting for
+/// that fsync cost each commit one more fsync of latency. Shown with a leader whose next fsync
+/// fails: the proposal a quorum already holds gets its result, the newer one never does.
+#[test]
+fn a_commit_is_answered_before_the_fsync_of_newer_entries() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    c.elect_all(1);
+    let g = GroupId(1);
+    let leader = c.leader_of(g).expect("leader");
+    let (tx1, mut rx1) = oneshot::channel();
+    c.core(leader).propose(g, &[put("a", b"1")], tx1);
+    assert!(
+        c.core(leader).round().expect("round") > 0,
+        "P1 appended, synced, sent"
+    );
+    for id in c.live() {
+        if id == leader {
+            continue;
+        }
+        for f in c.net.drain(id) {
+            c.core(id).step_frame(f);
+        }
+        c.core(id)
+            .round()
+            .expect("follower persists P1 and acknowledges it");
+    }
+    // P2 arrives with the acknowledgements; this round's fsync (of P2) fails.
+    let (tx2, mut rx2) = oneshot::channel();
+    c.core(leader).propose(g, &[put("b", b"2")], tx2);
+    for f in c.net.drain(leader) {
+        c.core(leader).step_frame(f);
+    }
+    let Sink::Mem(sink) = &c.nodes[&leader].sink else {
+        panic!("memory sinks in this cluster");
+    };
+    sink.set_failing(true);
+    assert!(c.core(leader).round().is_err(), "the fsync of P2 fails");
+    let p1 = rx1.try_recv().expect("P1 answered in that round");
+    let results = p1.expect("P1 committed").results;
+    assert_eq!(
+        KvResult::decode(&results[0]).expect("kv result"),
+        KvResult::Ok { value: None }
+    );
+    assert!(
+        !matches!(rx2.try_recv(), Ok(Ok(_))),
+        "P2 was never durable here: not acknowledged"
+    );
+}
