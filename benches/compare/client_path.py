@@ -25,7 +25,7 @@ from nodedb_cluster.bench import LoadRun, LoadSpec, prefill, run_load, summarize
 from nodedb_cluster.client import Client
 from nodedb_cluster.transport import Credentials
 
-WORKLOADS = ("W1", "W64", "RW64")
+WORKLOADS = ("W1", "W64", "RW64", "BATCH")
 
 
 def specs(duration_s: float) -> dict[str, LoadSpec]:
@@ -33,12 +33,15 @@ def specs(duration_s: float) -> dict[str, LoadSpec]:
         "W1": LoadSpec(clients=1, duration_s=duration_s),
         "W64": LoadSpec(clients=64, duration_s=duration_s),
         "RW64": LoadSpec(clients=64, duration_s=duration_s, read_fraction=0.9, keyspace=10_000),
+        "BATCH": LoadSpec(clients=8, duration_s=duration_s, batch=1000),
     }
 
 
-async def measure(duration_s: float, rounds: int) -> dict[str, dict[str, list[dict[str, Any]]]]:
+async def measure(
+    duration_s: float, rounds: int, workloads: tuple[str, ...]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
     out: dict[str, dict[str, list[dict[str, Any]]]] = {
-        w: {"core": [], "python": []} for w in WORKLOADS
+        w: {"core": [], "python": []} for w in workloads
     }
 
     async def body(addrs: list[str], creds: Credentials) -> None:
@@ -49,6 +52,8 @@ async def measure(duration_s: float, rounds: int) -> dict[str, dict[str, list[di
                 await run_load(kv, warm, LoadRun())
             for r in range(rounds):
                 for name, spec in specs(duration_s).items():
+                    if name not in workloads:
+                        continue
                     for path, kv in (("core", client), ("python", client.router)):
                         run = LoadRun()
                         await run_load(kv, spec, run)
@@ -83,6 +88,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only", action="append", choices=WORKLOADS, help="run only these")
     args = ap.parse_args()
     if nodedb_cluster_core.build_profile() != "release":
         print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
@@ -90,7 +96,7 @@ def main() -> int:
     if not (1 <= args.duration <= 60 and 1 <= args.rounds <= 9):
         print("--duration must be in 1..60 s and --rounds in 1..9", file=sys.stderr)
         return 2
-    results = asyncio.run(measure(args.duration, args.rounds))
+    results = asyncio.run(measure(args.duration, args.rounds, tuple(args.only or WORKLOADS)))
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True))

@@ -14,8 +14,9 @@
 //! Wire: kv.py's `propose_many` / `read_many` (documented there and in kv_serve.rs), so
 //! servers need no change. Retry rules: kv.py `KvRouter._attempts` (NotLeader → learn the hint,
 //! go at once while it names a leader; unknown outcome → retry when allowed; transient transport
-//! errors → try other members first for `DOWN_HOLD`; after the deadline `Timeout` if the last
-//! attempt timed out, else `Unavailable`).
+//! errors → try other members first for `DOWN_HOLD`; one attempt bounded by 3x the slowest
+//! recent answer within 0.3-1 s, as `nodedb_cluster.peer_health`; after the deadline `Timeout`
+//! if the last attempt timed out, else `Unavailable`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,13 +45,19 @@ const BATCH_ITEMS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 512 << 10;
 /// KV_REQUESTs per (target, lane) in flight at once (kv.py `REMOTE_IN_FLIGHT_MAX`).
 const REMOTE_IN_FLIGHT_MAX: usize = 4;
-/// One hop's bound inside a call's deadline (kv.py `ATTEMPT_TIMEOUT_S`: a dead leader is
-/// replaced by an election within ~1 s, so the next attempt finds the new one).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A node that failed to answer is tried after the others for this long (kv.py `DOWN_HOLD_S`).
-const DOWN_HOLD: Duration = Duration::from_secs(2);
+/// One attempt's bound is `ATTEMPT_SLOWEST_MULT` x the slowest recent answer, within
+/// [`ATTEMPT_TIMEOUT_MIN_S`, `ATTEMPT_TIMEOUT_MAX_S`]; the slowest answer halves every
+/// `SLOWEST_HALF_LIFE_S` (nodedb_cluster.peer_health, which explains the numbers: above the
+/// slowest healthy answer, below the longest election timeout).
+const ATTEMPT_TIMEOUT_MIN_S: f64 = 0.3;
+const ATTEMPT_TIMEOUT_MAX_S: f64 = 1.0;
+const ATTEMPT_SLOWEST_MULT: f64 = 3.0;
+const SLOWEST_HALF_LIFE_S: f64 = 2.0;
+/// A node that failed to answer is tried after the others for this long (peer_health
+/// `DOWN_HOLD_S`: about one election).
+const DOWN_HOLD: Duration = Duration::from_secs(1);
 /// Pause before retry n (then the last value), cut short by the deadline (kv.py).
-const RETRY_BACKOFF_MS: [u64; 6] = [5, 10, 20, 50, 100, 200];
+const RETRY_BACKOFF_MS: [u64; 5] = [5, 10, 20, 50, 100];
 /// Retries that go at once when NotLeader named a leader, per item (kv.py: `attempt < 3`).
 const NAMED_LEADER_RETRIES_MAX: usize = 3;
 /// Items queued and not yet sent, at most; a call beyond it fails with `Busy` (a call that
@@ -296,9 +303,33 @@ struct State {
     pending_items: usize,
     flush_scheduled: bool,
     closed: bool,
+    /// The slowest recent answer (seconds) and when it was seen (peer_health's rule).
+    slowest_s: f64,
+    slowest_at: Instant,
 }
 
 impl State {
+    fn decayed_slowest_s(&self, now: Instant) -> f64 {
+        let halvings =
+            now.saturating_duration_since(self.slowest_at).as_secs_f64() / SLOWEST_HALF_LIFE_S;
+        self.slowest_s * 0.5f64.powf(halvings)
+    }
+
+    /// A node answered after `elapsed`.
+    fn answered(&mut self, elapsed: Duration, now: Instant) {
+        let elapsed_s = elapsed.as_secs_f64();
+        if elapsed_s >= self.decayed_slowest_s(now) {
+            self.slowest_s = elapsed_s;
+            self.slowest_at = now;
+        }
+    }
+
+    /// How long one attempt may wait for its answer.
+    fn attempt_timeout(&self, now: Instant) -> Duration {
+        let scaled = ATTEMPT_SLOWEST_MULT * self.decayed_slowest_s(now);
+        Duration::from_secs_f64(scaled.clamp(ATTEMPT_TIMEOUT_MIN_S, ATTEMPT_TIMEOUT_MAX_S))
+    }
+
     /// kv.py `_target`: the leader as last learned, else routing's; 0 when unknown or down.
     fn target(&self, group: u64, now: Instant) -> u64 {
         let leader = match self.leaders.get(&group) {
@@ -619,12 +650,13 @@ impl Inner {
     async fn run_batch(self: Arc<Self>, key: LaneKey, items: Vec<Item>) {
         let (target, lane) = key;
         let start = Instant::now();
+        let attempt = self.state().attempt_timeout(start);
         let deadline = items
             .iter()
             .map(|i| i.call.deadline)
             .min()
             .unwrap_or(start)
-            .min(start + ATTEMPT_TIMEOUT);
+            .min(start + attempt);
         let timeout = deadline
             .saturating_duration_since(start)
             .max(Duration::from_millis(1));
@@ -655,6 +687,7 @@ impl Inner {
             }
             match reply {
                 Ok((results, failed)) => {
+                    st.answered(now.saturating_duration_since(start), now);
                     for (item, result) in items.into_iter().zip(results) {
                         match failed.get(&item.group) {
                             Some(err) => {
@@ -1014,6 +1047,8 @@ impl PyKvClient {
             pending_items: 0,
             flush_scheduled: false,
             closed: false,
+            slowest_s: 0.0,
+            slowest_at: Instant::now(),
         };
         Ok(PyKvClient {
             inner: Arc::new(Inner {
@@ -1444,7 +1479,24 @@ mod tests {
             pending_items: 0,
             flush_scheduled: false,
             closed: false,
+            slowest_s: 0.0,
+            slowest_at: Instant::now(),
         }
+    }
+
+    #[test]
+    fn attempt_timeout_follows_the_slowest_recent_answer() {
+        let now = Instant::now();
+        let mut st = state_with(1, vec![1]);
+        assert_eq!(st.attempt_timeout(now), Duration::from_millis(300), "floor");
+        st.answered(Duration::from_millis(200), now);
+        assert_eq!(st.attempt_timeout(now), Duration::from_millis(600));
+        st.answered(Duration::from_millis(900), now);
+        assert_eq!(st.attempt_timeout(now), Duration::from_secs(1), "ceiling");
+        // Two half-lives later the 900 ms answer counts as 225 ms.
+        let later = now + Duration::from_secs(4);
+        let t = st.attempt_timeout(later).as_secs_f64();
+        assert!((t - 0.675).abs() < 1e-9, "{t}");
     }
 
     #[test]
