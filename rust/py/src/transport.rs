@@ -297,6 +297,28 @@ impl PyTransport {
             transport_error_with,
         );
     }
+
+    /// One request to an address (`send` picks the transport call), resolved on the loop.
+    fn to_addr<S, F>(
+        &self,
+        py: Python<'_>,
+        addr: &str,
+        kind: u16,
+        payload: &[u8],
+        future: Py<PyAny>,
+        send: S,
+    ) -> PyResult<()>
+    where
+        S: FnOnce(Arc<Transport>, SocketAddr, MessageKind, Bytes) -> F,
+        F: Future<Output = Result<OutboundFrame, TransportError>> + Send + 'static,
+    {
+        let addr = parse_addr(py, addr)?;
+        let kind = kind_of(py, kind)?;
+        let payload = Bytes::copy_from_slice(payload);
+        let work = send(self.inner.clone(), addr, kind, payload);
+        self.spawn_settle(future, work, reply_to_py);
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -412,16 +434,14 @@ impl PyTransport {
         payload: &[u8],
         future: Py<PyAny>,
     ) -> PyResult<()> {
-        let addr = parse_addr(py, addr)?;
-        let kind = kind_of(py, kind)?;
-        let payload = Bytes::copy_from_slice(payload);
-        let transport = self.inner.clone();
-        self.spawn_settle(
+        self.to_addr(
+            py,
+            addr,
+            kind,
+            payload,
             future,
-            async move { transport.send_rpc_to_addr(addr, kind, payload).await },
-            reply_to_py,
-        );
-        Ok(())
+            |t, addr, kind, payload| async move { t.send_rpc_to_addr(addr, kind, payload).await },
+        )
     }
 
     /// Like `send_rpc_to_addr`, on a connection dialled for this request alone and closed after
@@ -434,16 +454,14 @@ impl PyTransport {
         payload: &[u8],
         future: Py<PyAny>,
     ) -> PyResult<()> {
-        let addr = parse_addr(py, addr)?;
-        let kind = kind_of(py, kind)?;
-        let payload = Bytes::copy_from_slice(payload);
-        let transport = self.inner.clone();
-        self.spawn_settle(
+        self.to_addr(
+            py,
+            addr,
+            kind,
+            payload,
             future,
-            async move { transport.send_rpc_fresh(addr, kind, payload).await },
-            reply_to_py,
-        );
-        Ok(())
+            |t, addr, kind, payload| async move { t.send_rpc_fresh(addr, kind, payload).await },
+        )
     }
 
     /// Many requests to one peer, concurrently (at most RPC_MANY_INFLIGHT_MAX in flight), in one

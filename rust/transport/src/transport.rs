@@ -253,20 +253,9 @@ impl Transport {
         payload: Bytes,
     ) -> Result<OutboundFrame, TransportError> {
         let inner = &self.inner;
-        if inner.closed.load(Ordering::Acquire) {
-            return Err(TransportError::Closed);
-        }
-        let timeout = inner.config.rpc_timeout;
-        let result = match tokio::time::timeout(timeout, inner.rpc_fresh(addr, kind, payload)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout { op: "rpc", timeout }),
-        };
-        match &result {
-            Ok(_) => Metrics::inc(&inner.metrics.rpcs_sent),
-            Err(err) => inner.metrics.error(err),
-        }
-        result
+        inner
+            .bounded_rpc(inner.rpc_fresh(addr, kind, payload))
+            .await
     }
 
     /// One frame on a unidirectional stream, no reply (Raft message batches). Returns once the
@@ -635,16 +624,20 @@ impl Inner {
         kind: MessageKind,
         payload: Bytes,
     ) -> Result<OutboundFrame, TransportError> {
+        self.bounded_rpc(self.rpc_attempts(addr, expected_pin, kind, payload))
+            .await
+    }
+
+    /// One request, refused once closed, bounded by `rpc_timeout` as a whole, counted.
+    async fn bounded_rpc(
+        &self,
+        request: impl std::future::Future<Output = Result<OutboundFrame, TransportError>>,
+    ) -> Result<OutboundFrame, TransportError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
         let timeout = self.config.rpc_timeout;
-        let result = match tokio::time::timeout(
-            timeout,
-            self.rpc_attempts(addr, expected_pin, kind, payload),
-        )
-        .await
-        {
+        let result = match tokio::time::timeout(timeout, request).await {
             Ok(result) => result,
             Err(_) => Err(TransportError::Timeout { op: "rpc", timeout }),
         };
