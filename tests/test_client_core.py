@@ -153,6 +153,9 @@ async def test_close_fails_pending_calls_and_refuses_new_ones(three: list[Node])
     await c.close()
     outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), CALL_BOUND_S)
     assert all(o is None or isinstance(o, ClusterError) for o in outcomes), outcomes
+    assert c._core.calls_unresolved == 0
+    # Nothing left to resolve: the loop no longer watches the core's bridge.
+    assert not asyncio.get_running_loop().remove_reader(c._core.bridge_fd())
     with pytest.raises(TransportClosed):
         await c.put(b"after", b"v")
 

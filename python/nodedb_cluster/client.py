@@ -23,7 +23,7 @@ import nodedb_cluster_core as _core
 
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
-from nodedb_cluster.errors import ClusterError, RemoteError, Unreachable
+from nodedb_cluster.errors import ClusterError, RemoteError, TransportClosed, Unreachable
 from nodedb_cluster.kv import (
     MAX_STALENESS_S_DEFAULT,
     KvRouter,
@@ -64,6 +64,7 @@ class Client:
         self._core = _core.KvClient(self._transport._core, CLIENT_NODE_ID, timeout_s=timeout_s)
         self._core.retry_unknown_writes = retry_unknown_writes
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def _current_routing(self) -> RoutingTable:
         if self._routing is None:
@@ -107,11 +108,21 @@ class Client:
         """The running loop, watching the core's bridge (the first loop that uses it)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
+            if self._closed:
+                raise TransportClosed()
             if self._loop is not None:
                 raise RuntimeError("this Client is bound to another event loop")
-            loop.add_reader(self._core.bridge_fd(), self._core.drain)
+            loop.add_reader(self._core.bridge_fd(), self._drain)
             self._loop = loop
         return loop
+
+    def _drain(self) -> None:
+        """Resolve finished calls; once closed, stop watching when none is left."""
+        self._core.drain()
+        if self._closed and self._core.calls_unresolved == 0 and self._loop is not None:
+            if not self._loop.is_closed():
+                self._loop.remove_reader(self._core.bridge_fd())
+            self._loop = None
 
     @property
     def transport(self) -> Transport:
@@ -234,13 +245,12 @@ class Client:
 
     async def close(self) -> None:
         """Queued calls fail with `TransportClosed`, and so do calls in flight as the transport
-        closes (the bridge is watched until then)."""
+        closes: the bridge stays watched until the last of them is resolved."""
         self._core.close()
         await self._router.close()
         await self._transport.close()
-        if self._loop is not None and not self._loop.is_closed():
-            self._core.drain()
-            self._loop.remove_reader(self._core.bridge_fd())
+        self._closed = True
+        self._drain()
 
     async def __aenter__(self) -> Client:
         await self.connect()

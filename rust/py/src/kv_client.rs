@@ -19,7 +19,7 @@
 //! if the last attempt timed out, else `Unavailable`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -495,6 +495,8 @@ struct Inner {
     runtime: &'static tokio::runtime::Runtime,
     retry_unknown_writes: AtomicBool,
     requests_sent: AtomicU64,
+    /// Calls queued and not yet resolved on the loop (decremented there).
+    calls_unresolved: Arc<AtomicUsize>,
     state: Mutex<State>,
 }
 
@@ -516,7 +518,9 @@ impl Inner {
         if finished.is_empty() {
             return;
         }
+        let unresolved = Arc::clone(&self.calls_unresolved);
         self.bridge.push(Box::new(move |py| {
+            unresolved.fetch_sub(finished.len(), Ordering::AcqRel);
             for f in finished {
                 let future = f
                     .call
@@ -981,6 +985,7 @@ impl PyKvClient {
         } else {
             ((0, 0), None)
         };
+        self.inner.calls_unresolved.fetch_add(1, Ordering::AcqRel);
         let call = Arc::new(Call {
             kind,
             deadline,
@@ -1058,6 +1063,7 @@ impl PyKvClient {
                 runtime: transport_runtime()?,
                 retry_unknown_writes: AtomicBool::new(true),
                 requests_sent: AtomicU64::new(0),
+                calls_unresolved: Arc::new(AtomicUsize::new(0)),
                 state: Mutex::new(state),
             }),
             timeout_s,
@@ -1136,6 +1142,13 @@ impl PyKvClient {
     #[getter]
     fn requests_sent(&self) -> u64 {
         self.inner.requests_sent.load(Ordering::Relaxed)
+    }
+
+    /// Calls accepted whose futures are not resolved yet (the owner keeps watching the bridge
+    /// until this is 0 after `close`).
+    #[getter]
+    fn calls_unresolved(&self) -> usize {
+        self.inner.calls_unresolved.load(Ordering::Acquire)
     }
 
     fn group_of(&self, py: Python<'_>, key: &[u8]) -> PyResult<u64> {
