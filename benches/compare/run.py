@@ -50,6 +50,12 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def load_doc() -> dict[str, float]:
+    """The machine's 1-minute load average when a cell ends: on a shared machine it says how
+    much the other jobs weighed on that cell."""
+    return {"loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
 # --- nodedb -----------------------------------------------------------------------------------
 
 
@@ -71,7 +77,7 @@ async def nodedb_all(duration_s: float) -> dict[str, dict[str, Any]]:
                 runner = bench_client if placement == "client" else bench_embedded
                 summary: Summary = await runner(addrs, creds, spec, quiet=True)
                 log("  " + summary.line())
-                out[f"nodedb-{placement}/{name}"] = summary.to_doc()
+                out[f"nodedb-{placement}/{name}"] = {**summary.to_doc(), **load_doc()}
         return out
 
     return await with_local_cluster(body, quiet=True)
@@ -229,7 +235,7 @@ def etcd_all(duration_s: float, work: Path) -> dict[str, dict[str, Any]]:
             )
             doc = json.loads(res.stdout.strip().splitlines()[-1])
             log(f"  {doc}")
-            out[f"etcd/{name}"] = doc
+            out[f"etcd/{name}"] = {**doc, **load_doc()}
     finally:
         stop(procs)
     return out
@@ -285,7 +291,7 @@ def pysyncobj_all(duration_s: float, work: Path) -> dict[str, dict[str, Any]]:
         line = next(x for x in res.stdout.splitlines() if x.startswith("{"))
         doc = json.loads(line)
         log(f"  {doc}")
-        out[f"pysyncobj/{name}"] = doc
+        out[f"pysyncobj/{name}"] = {**doc, **load_doc()}
     return out
 
 
@@ -293,16 +299,18 @@ def pysyncobj_all(duration_s: float, work: Path) -> dict[str, dict[str, Any]]:
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    def row(key: str) -> tuple[float, float, float] | None:
+    def row(key: str) -> tuple[float, float, float, float] | None:
         d = results.get(key)
         if d is None or "error" in d:
             return None
         ops = float(d.get("ops_per_s", 0.0))
-        return ops, float(d.get("p50_ms", -1)), float(d.get("p99_ms", -1))
+        load = float(d.get("loadavg_1m", -1))
+        return ops, float(d.get("p50_ms", -1)), float(d.get("p99_ms", -1)), load
 
     lines = [
-        "| workload | system | ops/s | p50 ms | p99 ms | ops/s vs etcd | p99 vs etcd |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| workload | system | ops/s | p50 ms | p99 ms | ops/s vs etcd | p50 vs etcd | p99 vs etcd "
+        "| load 1m |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     systems = ["nodedb-client", "nodedb-embedded", "etcd", "pysyncobj"]
     for w in ("W1", "W64", "RW64", "BATCH"):
@@ -312,11 +320,14 @@ def table(results: dict[str, dict[str, Any]]) -> str:
             if r is None:
                 continue
             ratio = f"{r[0] / base[0]:.2f}x" if base else "-"
+            p50r = f"{r[1] / base[1]:.2f}x" if base and base[1] > 0 else "-"
+            load = f"{r[3]:.1f}" if r[3] >= 0 else "-"
             p99r = f"{r[2] / base[2]:.2f}x" if base and base[2] > 0 else "-"
             lines.append(
-                f"| {w} | {s} | {r[0]:,.0f} | {r[1]:.2f} | {r[2]:.2f} | {ratio} | {p99r} |"
+                f"| {w} | {s} | {r[0]:,.0f} | {r[1]:.2f} | {r[2]:.2f} | {ratio} | {p50r} | {p99r} "
+                f"| {load} |"
             )
-    best_pso = max((row(f"pysyncobj/{w}") or (0.0, 0, 0))[0] for w in ("W1", "W64"))
+    best_pso = max((row(f"pysyncobj/{w}") or (0.0, 0, 0, 0))[0] for w in ("W1", "W64"))
     nd = row("nodedb-client/W64")
     if nd and best_pso:
         lines.append(f"\nnodedb-client W64 vs PySyncObj best: {nd[0] / best_pso:.2f}x")
