@@ -19,7 +19,7 @@ from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.membership import MemberState, SwimConfig, SwimNode
 from nodedb_cluster.membership.shell import SwimError
 from raft_cluster import free_udp_addr
-from swim_cluster import SwimProcCluster
+from swim_cluster import SwimEvent, SwimProcCluster
 
 SECRET = os.urandom(32)
 FAST = SwimConfig(probe_interval_ms=200, probe_timeout_ms=100, suspicion_min_ms=600)
@@ -179,9 +179,21 @@ async def test_processes_kill_minus_9_is_declared_dead_within_the_bounds() -> No
         # reports the distribution against 3 s over many kills.
         assert suspect_ms - kill_ms <= 5000
         assert dead_ms - kill_ms <= 12000
-        live_alarm = [
-            e for e in cluster.events if e.node != victim and e.state in ("SUSPECT", "DEAD")
-        ]
-        assert live_alarm == []
+        live_dead = [e for e in cluster.events if e.node != victim and e.state == "DEAD"]
+        assert live_dead == []
+        # On a loaded 2-core machine a live node's loop can stall past the 500 ms probe timeout
+        # and be suspected; SWIM's answer is refutation (a higher incarnation), never death.
+        suspected = [e for e in cluster.events if e.node != victim and e.state == "SUSPECT"]
+
+        def refuted(s: SwimEvent) -> bool:
+            return any(
+                (e.observer, e.node, e.state) == (s.observer, s.node, "ALIVE")
+                and e.incarnation > s.incarnation
+                for e in cluster.events
+            )
+
+        assert await cluster.wait_for(lambda: all(refuted(s) for s in suspected), 10.0), (
+            f"suspicions of live nodes not refuted: {[s for s in suspected if not refuted(s)]}"
+        )
     finally:
         await cluster.close()
