@@ -104,3 +104,58 @@ def test_followers_plan_nothing_for_groups_they_hold() -> None:
     routing = routing_with(1, (1,), (2,))
     local = {0: LocalGroup(0, False, (1,), (), 1), 1: LocalGroup(1, False, (1,), (), 1)}
     assert plan_reconcile(2, routing, local, RF) == []
+
+
+def data_routing(groups: int, voters: tuple[int, ...]) -> RoutingTable:
+    table = RoutingTable.bootstrap(groups, 1)
+    for g in range(groups + 1):
+        table.set_members(g, voters, ())
+    return table
+
+
+def replicas(
+    self_id: int, leaders: dict[int, int], matched: int = 100, voters: tuple[int, ...] = (1, 2, 3)
+) -> dict[int, LocalGroup]:
+    """This node's view: group -> its leader; the node's own groups carry matched indexes."""
+    return {
+        g: LocalGroup(
+            g,
+            lead == self_id,
+            voters,
+            (),
+            100,
+            {v: matched for v in voters if v != self_id} if lead == self_id else {},
+            lead,
+        )
+        for g, lead in leaders.items()
+    }
+
+
+def test_a_node_leading_every_data_group_hands_one_to_the_least_loaded_voter() -> None:
+    routing = data_routing(4, (1, 2, 3))
+    local = replicas(1, {0: 1, 1: 1, 2: 1, 3: 1, 4: 1})
+    assert plan_reconcile(1, routing, local, RF, balance_leaders=True) == [TransferLeader(1, 2)]
+    # One round later node 2 leads group 1: the next goes to node 3, which leads none.
+    local = replicas(1, {0: 1, 1: 2, 2: 1, 3: 1, 4: 1})
+    assert plan_reconcile(1, routing, local, RF, balance_leaders=True) == [TransferLeader(2, 3)]
+
+
+def test_a_difference_of_one_is_balanced_and_the_metadata_group_does_not_count() -> None:
+    routing = data_routing(4, (1, 2, 3))
+    # Node 1 leads groups 0 (metadata), 1 and 2; nodes 2 and 3 one data group each.
+    local = replicas(1, {0: 1, 1: 1, 2: 1, 3: 2, 4: 3})
+    assert plan_reconcile(1, routing, local, RF, balance_leaders=True) == []
+    view2 = replicas(2, {0: 1, 1: 1, 2: 1, 3: 2, 4: 3})
+    assert plan_reconcile(2, routing, view2, RF, balance_leaders=True) == []
+
+
+def test_no_hand_over_to_a_lagging_voter_nor_while_membership_changes_or_when_off() -> None:
+    routing = data_routing(4, (1, 2, 3))
+    lagging = replicas(
+        1, {0: 1, 1: 1, 2: 1, 3: 1, 4: 1}, matched=100 - CAUGHT_UP_LAG_ENTRIES_MAX - 1
+    )
+    assert plan_reconcile(1, routing, lagging, RF, balance_leaders=True) == []
+    local = replicas(1, {0: 1, 1: 1, 2: 1, 3: 1, 4: 1})
+    assert plan_reconcile(1, routing, local, RF) == [], "off by default"
+    routing.set_members(3, (1, 2, 3), (4,))  # a learner to add first: membership comes first
+    assert plan_reconcile(1, routing, local, RF, balance_leaders=True) == [AddLearner(3, 4)]

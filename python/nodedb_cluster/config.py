@@ -61,7 +61,9 @@ DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: Final = 4 * 1024 * 1024
 _TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
 _ADDR_FIELDS: Final = frozenset({"listen_addr", "swim_udp_addr", "metrics_addr"})
 _PATH_FIELDS: Final = frozenset({"data_dir", "cluster_secret_path", *_TLS_FIELDS})
-_BOOL_FIELDS: Final = frozenset({"force_bootstrap", "insecure_transport", "swim_insecure"})
+_BOOL_FIELDS: Final = frozenset(
+    {"force_bootstrap", "insecure_transport", "swim_insecure", "balance_leaders"}
+)
 _REQUIRED_FIELDS: Final = ("node_id", "listen_addr", "data_dir")
 _INT_RE: Final = re.compile(r"-?[0-9]{1,20}")
 _TABLES: Final[dict[str, type[JoinRetryPolicy] | type[SwimConfig]]] = {
@@ -89,6 +91,11 @@ class ClusterConfig:
     """Voters per data group (1..15), capped at the number of live nodes."""
     force_bootstrap: bool = False
     """Bootstrap even if this is not the smallest seed; requires listen_addr to be a seed."""
+    balance_leaders: bool = False
+    """Hand data-group leaderships to nodes that lead fewer (reconcile.plan_leader_balance).
+    Off by default: with every node on one host (shared cores and disk) spreading leaders cut
+    64-client writes/s to 0.40x (benches/compare/leader_balance.py, BENCHMARKS.md); turn it on
+    when nodes have hosts of their own, so each leader's work lands on its own CPU and disk."""
     join_retry: JoinRetryPolicy = field(default_factory=JoinRetryPolicy)
     swim_udp_addr: SocketAddr | None = None
     """UDP address for SWIM membership; None disables SWIM."""

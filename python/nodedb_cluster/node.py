@@ -440,10 +440,15 @@ class Node:
                     s.learners,
                     s.commit_index,
                     dict(s.matched),
+                    s.leader_id or 0,
                 )
         state = self.metadata
         actions = plan_reconcile(
-            self.config.node_id, state.routing, local, self.config.replication_factor
+            self.config.node_id,
+            state.routing,
+            local,
+            self.config.replication_factor,
+            self.config.balance_leaders,
         )
         bound_s = 2 * self.config.rpc_timeout_ms / 1000
         for action in actions:

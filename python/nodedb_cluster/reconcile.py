@@ -7,16 +7,25 @@ shell runs the actions and calls it again on every metadata change and on a time
 lost RPC in the middle of a change is repaired by the next round rather than remembered.
 
 Per group at most one conf change is planned per round: Raft admits one pending change at a time.
+
+Leader balance (`ClusterConfig.balance_leaders`, off by default: measured slower with every
+node on one host): Multi-Raft spreads work by spreading leaders (a leader does a group's
+proposals, replication and reads). A node that leads at least `LEADER_IMBALANCE_MIN` more data
+groups than a caught-up voter of one of them hands that group's leadership over, one group per
+round, only when no membership change is pending here. Each node judges from its own replicas'
+view of who leads (stale by a round at most); a difference of one is as balanced as the counts
+allow, so the rule converges instead of oscillating.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
 from nodedb_cluster.metadata.placement import plan_promotion
-from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 
 CAUGHT_UP_LAG_ENTRIES_MAX: Final = 64
 """A learner whose matched index trails the leader's commit by at most this is promotable: it
@@ -24,6 +33,8 @@ can vote without stalling commits while it replays the rest. It must also have a
 least one append (matched > 0): in a young group every commit index is below the lag, and
 promoting a learner that never answered (a joiner that timed out before creating its replica)
 would add a voter that cannot vote, and with one founder, lose the quorum."""
+LEADER_IMBALANCE_MIN: Final = 2
+"""Move a leadership only from a node leading this many more data groups than the target."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,8 @@ class LocalGroup:
     commit_index: int
     matched: Mapping[int, int] = field(default_factory=dict)
     """Leader only: each follower's matched log index (empty elsewhere)."""
+    leader_id: int = 0
+    """The group's leader as this replica knows it (0 = unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +118,10 @@ def plan_reconcile(
     routing: RoutingTable,
     local: Mapping[int, LocalGroup],
     replication_factor: int,
+    balance_leaders: bool = False,
 ) -> list[Action]:
-    """The next action for every group that needs one, in group order."""
+    """The next action for every group that needs one, in group order; then, when nothing else
+    is to be done here, at most one leadership hand-over towards balance."""
     actions: list[Action] = []
     desired_groups = set(routing.groups_of_node(self_id))
     for group_id in sorted(desired_groups - set(local)):
@@ -121,7 +136,43 @@ def plan_reconcile(
         action = _leader_step(self_id, routing, group, replication_factor)
         if action is not None:
             actions.append(action)
+    if balance_leaders and not actions:
+        transfer = plan_leader_balance(self_id, routing, local)
+        if transfer is not None:
+            actions.append(transfer)
     return actions
+
+
+def plan_leader_balance(
+    self_id: int, routing: RoutingTable, local: Mapping[int, LocalGroup]
+) -> TransferLeader | None:
+    """One data group this node leads to hand to the caught-up voter leading the fewest, if
+    this node leads at least `LEADER_IMBALANCE_MIN` more than it."""
+    data = [
+        g
+        for g in local.values()
+        if g.group_id != METADATA_GROUP_ID and g.group_id in routing.group_ids
+    ]
+    leads = Counter(g.leader_id for g in data if g.leader_id)
+    for group in sorted(data, key=lambda g: g.group_id):
+        if not group.is_leader:
+            continue
+        candidates = [
+            v
+            for v in group.voters
+            if v != self_id and v in routing.route(group.group_id).voters and _caught_up(group, v)
+        ]
+        if not candidates:
+            continue
+        target = min(candidates, key=lambda v: (leads[v], v))
+        if leads[self_id] - leads[target] >= LEADER_IMBALANCE_MIN:
+            return TransferLeader(group.group_id, target)
+    return None
+
+
+def _caught_up(group: LocalGroup, node_id: int) -> bool:
+    matched = group.matched.get(node_id, 0)
+    return matched > 0 and matched + CAUGHT_UP_LAG_ENTRIES_MAX >= group.commit_index
 
 
 def _leader_step(
