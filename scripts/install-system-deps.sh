@@ -3,6 +3,10 @@
 set -euo pipefail
 needed=()
 pkgs=(build-essential pkg-config)
+# `cargo test` links the pyo3 binding's unit tests against libpython: Debian's interpreter needs
+# its development package for that (pyenv/venv interpreters built shared ship the library).
+py_lib=$(python3 -c 'import os, sysconfig as s; print(os.path.join(s.get_config_var("LIBDIR") or "", s.get_config_var("LDLIBRARY") or ""))')
+[ -e "$py_lib" ] || pkgs+=(python3-dev)
 # benches/compare (etcd 3.4 + the Go gRPC load generator built against Debian's client sources):
 [ "${NODEDB_BENCH_DEPS:-0}" = 1 ] && pkgs+=(etcd-server etcd-client golang-go golang-etcd-server-dev)
 for pkg in "${pkgs[@]}"; do
