@@ -107,15 +107,11 @@ impl Credentials {
         key: &Path,
         crls: &[PathBuf],
     ) -> Result<Credentials, TransportError> {
-        let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map_err(|e| bad(&format!("cannot read {}", path.display()), e))
-        };
         let creds = Credentials::Mtls {
-            ca_pem: read(ca)?,
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-            crl_pems: crls.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
+            ca_pem: read_pem(ca)?,
+            cert_pem: read_pem(cert)?,
+            key_pem: read_pem(key)?,
+            crl_pems: crls.iter().map(|p| read_pem(p)).collect::<Result<_, _>>()?,
         };
         creds.material()?;
         Ok(creds)
@@ -221,6 +217,19 @@ fn rcgen_err(e: rcgen::Error) -> TransportError {
     bad("certificate generation failed", e)
 }
 
+fn read_pem(path: &Path) -> Result<String, TransportError> {
+    std::fs::read_to_string(path).map_err(|e| bad(&format!("cannot read {}", path.display()), e))
+}
+
+/// The CA that signs leaves and CRLs, from its certificate and key files.
+fn load_ca(
+    ca_cert: &Path,
+    ca_key: &Path,
+) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, TransportError> {
+    let key_pair = rcgen::KeyPair::from_pem(&read_pem(ca_key)?).map_err(rcgen_err)?;
+    rcgen::Issuer::from_ca_cert_pem(&read_pem(ca_cert)?, key_pair).map_err(rcgen_err)
+}
+
 /// Generate a cluster CA (`ca.pem`, `ca.key`) in `dir`.
 pub fn generate_cluster_ca(
     dir: &Path,
@@ -255,13 +264,7 @@ pub fn issue_node_credentials(
     sans: &[String],
     dir: &Path,
 ) -> Result<NodeCredentialFiles, TransportError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map_err(|e| bad(&format!("cannot read {}", path.display()), e))
-    };
-    let ca_key_pair = rcgen::KeyPair::from_pem(&read(ca_key)?).map_err(rcgen_err)?;
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&read(ca_cert)?, ca_key_pair).map_err(rcgen_err)?;
+    let issuer = load_ca(ca_cert, ca_key)?;
     let mut params = rcgen::CertificateParams::new(sans.to_vec()).map_err(rcgen_err)?;
     params
         .distinguished_name
@@ -309,16 +312,10 @@ pub fn revoke_node_credentials(
     revoked: &[PathBuf],
     out: &Path,
 ) -> Result<(), TransportError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map_err(|e| bad(&format!("cannot read {}", path.display()), e))
-    };
-    let ca_key_pair = rcgen::KeyPair::from_pem(&read(ca_key)?).map_err(rcgen_err)?;
-    let issuer =
-        rcgen::Issuer::from_ca_cert_pem(&read(ca_cert)?, ca_key_pair).map_err(rcgen_err)?;
+    let issuer = load_ca(ca_cert, ca_key)?;
     let mut revoked_certs = Vec::with_capacity(revoked.len());
     for path in revoked {
-        let pem = read(path)?;
+        let pem = read_pem(path)?;
         let der = CertificateDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| bad(&format!("cannot parse {}", path.display()), e))?;
         revoked_certs.push(rcgen::RevokedCertParams {
