@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.client import Client
-from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.localcluster import LocalCluster, leader_of
 from nodedb_cluster.transport import Mtls
 
 pytestmark = pytest.mark.multiprocess
@@ -23,14 +23,6 @@ CLI = [sys.executable, "-m", "nodedb_cluster.cli"]
 WRITERS = 8
 WRITES_PER_WRITER_MAX = 3000
 AFTER_FAILOVER_S = 2.0
-
-
-def _leader_of(statuses: dict[int, Status], group_id: int) -> int:
-    for status in statuses.values():
-        for group in status["groups"]:
-            if group["group_id"] == group_id and group["role"] == "leader":
-                return int(group["leader"])
-    return 0
 
 
 @pytest.fixture
@@ -58,7 +50,7 @@ async def test_writes_continue_without_errors_across_a_leader_kill(cluster: Loca
     async with Client(addrs, cluster.client_credentials) as client:
         group = client.router.group_of(b"w0:0")
         statuses = {i: await cluster.status(i) for i in cluster.nodes}
-        victim = _leader_of(statuses, group)
+        victim = leader_of(statuses, group)
         assert victim
         acked: dict[bytes, bytes] = {}
         killed_at: list[float] = []
@@ -90,9 +82,9 @@ async def test_writes_continue_without_errors_across_a_leader_kill(cluster: Loca
         assert slowest[0] < 5.0
         survivors = [i for i in cluster.nodes if i != victim]
         after = await cluster.wait_for(
-            lambda s: _leader_of(s, group) not in (0, victim), survivors, 10.0, "new leader"
+            lambda s: leader_of(s, group) not in (0, victim), survivors, 10.0, "new leader"
         )
-        assert _leader_of(after, group) != victim
+        assert leader_of(after, group) != victim
         keys = list(acked)
         assert await client.get_many(keys) == [acked[k] for k in keys]
         assert writes_after_kill >= 200

@@ -20,7 +20,7 @@ from typing import Final
 from nodedb_cluster.cli import format_status
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import ClusterError
-from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
 
 NODES: Final = 3
 WRITES: Final = 20
@@ -79,19 +79,19 @@ async def _demo(cluster: LocalCluster) -> int:
             acked[key] = value
         say(f"   {len(acked)} writes acknowledged")
         group = client.router.group_of(b"demo.key00")
-        leader = _leader_of(await _statuses(cluster), group)
+        leader = leader_of(await _statuses(cluster), group)
         say(f"\n3. SIGKILL node {leader}, the leader of data group {group}")
         cluster.nodes[leader].kill()
         t_kill = time.monotonic()
         survivors = [i for i in cluster.nodes if i != leader]
         after = await cluster.wait_for(
-            lambda s: _leader_of(s, group) not in (0, leader),
+            lambda s: leader_of(s, group) not in (0, leader),
             survivors,
             FAILOVER_TIMEOUT_S,
             f"a new leader of group {group}",
         )
         failover_s = time.monotonic() - t_kill
-        new_leader = _leader_of(after, group)
+        new_leader = leader_of(after, group)
         say(f"   node {new_leader} leads group {group} after {failover_s:.2f} s")
         await client.put(b"demo.after_failover", b"ok")
         acked[b"demo.after_failover"] = b"ok"
@@ -142,14 +142,6 @@ async def _lost_on(
         if not lost or time.monotonic() > deadline:
             return sorted(lost)
         await asyncio.sleep(0.2)  # a follower's apply has no push channel: poll, bounded
-
-
-def _leader_of(statuses: dict[int, Status], group_id: int) -> int:
-    for status in statuses.values():
-        for group in status["groups"]:
-            if group["group_id"] == group_id and group["role"] == "leader":
-                return int(group["leader"])
-    return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +28,18 @@ from nodedb_cluster.transport import Credentials, Insecure, Mtls, generate_clust
 
 Status = dict[str, Any]
 """A node's status document (`Node.status().to_doc()` as sent over the wire)."""
+
+
+def leader_of(statuses: Mapping[int, Status], group_id: int) -> int:
+    """The node that reports itself leader of `group_id` with the highest term (0 if none): a
+    deposed leader that has not heard of the new term yet may still say it leads."""
+    best = (-1, 0)
+    for node_id, doc in statuses.items():
+        for g in doc.get("groups", []):
+            if int(g["group_id"]) == group_id and g["role"] == "leader":
+                best = max(best, (int(g["term"]), node_id))
+    return best[1]
+
 
 READY_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 10.0

@@ -32,7 +32,7 @@ from nodedb_cluster.faults.nemesis import (
 )
 from nodedb_cluster.faults.netfault import Partitioner, in_private_netns
 from nodedb_cluster.faults.workload import WorkloadSpec, connect_client, now_ms, run_workload
-from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
 
 FORM_TIMEOUT_S: Final = 60.0
 """Start to every KV group led with all its voters."""
@@ -120,16 +120,6 @@ def _term_of(statuses: dict[int, Status], node_id: int, group_id: int) -> int:
     return 0
 
 
-def _leader_of(statuses: dict[int, Status], group_id: int) -> int:
-    """The node that reports itself leader of `group_id` with the highest term (0 if none)."""
-    best = (-1, 0)
-    for node_id, doc in statuses.items():
-        for g in doc.get("groups", []):
-            if int(g["group_id"]) == group_id and g["role"] == "leader":
-                best = max(best, (int(g["term"]), node_id))
-    return best[1]
-
-
 class _Nemesis:
     """Executes a schedule against `cluster`; everything it did is in `log`."""
 
@@ -174,7 +164,7 @@ class _Nemesis:
             await asyncio.sleep(hold)
             await self._restart([fault.node_id])
         elif fault.kind == "kill_leader":
-            leader = _leader_of(await self._statuses(), fault.group_id)
+            leader = leader_of(await self._statuses(), fault.group_id)
             if not leader:
                 self.note(f"group {fault.group_id} has no leader now: kill skipped")
                 await asyncio.sleep(hold)
@@ -227,7 +217,7 @@ class _Nemesis:
         end = loop.time() + hold_s
         while loop.time() < end:
             statuses = await self._statuses()
-            new = _leader_of(statuses, group_id)
+            new = leader_of(statuses, group_id)
             if new not in (0, old) and _term_of(statuses, new, group_id) > term:
                 self.elections_ms.append(now_ms() - killed_ms)
                 self.note(f"group {group_id}: node {new} leads")
