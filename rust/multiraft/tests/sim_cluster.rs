@@ -220,6 +220,24 @@ impl Cluster {
         cond(self)
     }
 
+    /// A new node `id` (in-memory log) with an empty learner replica of `g`, not yet in its
+    /// configuration: the leader still has to add it.
+    fn start_learner(&mut self, id: NodeId, g: GroupId) {
+        let mut node = Node {
+            core: None,
+            sink: Sink::Mem(MemLogSink::new()),
+            reg: Registry::default(),
+            cfg: MultiRaftConfig::new(id, self._dir.path().join(format!("n{}", id.0))),
+        };
+        node.open(&self.net);
+        node.core
+            .as_mut()
+            .expect("up")
+            .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
+            .expect("learner group");
+        self.nodes.insert(id, node);
+    }
+
     fn leader_of(&self, g: GroupId) -> Option<NodeId> {
         let leaders: Vec<NodeId> = self
             .nodes
@@ -514,21 +532,7 @@ fn learner_catches_up_then_is_promoted() {
         c.propose(g, vec![put(&format!("k{i}"), &[2; 100])])
             .expect("commit");
     }
-    // Node 4 joins: created empty as a learner, then added by the leader.
-    let dir = c._dir.path().join("n4");
-    let mut node = Node {
-        core: None,
-        sink: Sink::Mem(MemLogSink::new()),
-        reg: Registry::default(),
-        cfg: MultiRaftConfig::new(NodeId(4), dir),
-    };
-    node.open(&c.net);
-    node.core
-        .as_mut()
-        .expect("up")
-        .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
-        .expect("add learner group");
-    c.nodes.insert(NodeId(4), node);
+    c.start_learner(NodeId(4), g); // created empty; the leader adds it
     let leader = c.leader_of(g).expect("leader");
     let (tx, mut rx) = oneshot::channel();
     c.core(leader)
@@ -706,19 +710,7 @@ fn learner_joins_under_load_with_reordering_and_loss() {
             }
         }
     }
-    let mut node = Node {
-        core: None,
-        sink: Sink::Mem(MemLogSink::new()),
-        reg: Registry::default(),
-        cfg: MultiRaftConfig::new(NodeId(4), c._dir.path().join("n4")),
-    };
-    node.open(&c.net);
-    node.core
-        .as_mut()
-        .expect("up")
-        .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
-        .expect("learner group");
-    c.nodes.insert(NodeId(4), node);
+    c.start_learner(NodeId(4), g); // created empty; the leader adds it
     let mut pending = Vec::new();
     let mut added = false;
     for round in 0..400u32 {
@@ -848,19 +840,7 @@ fn joint_change_replaces_a_voter_in_one_step() {
         c.propose(g, vec![put(&format!("k{i}"), b"v")])
             .expect("commit");
     }
-    let mut node = Node {
-        core: None,
-        sink: Sink::Mem(MemLogSink::new()),
-        reg: Registry::default(),
-        cfg: MultiRaftConfig::new(NodeId(4), c._dir.path().join("n4")),
-    };
-    node.open(&c.net);
-    node.core
-        .as_mut()
-        .expect("up")
-        .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
-        .expect("learner group");
-    c.nodes.insert(NodeId(4), node);
+    c.start_learner(NodeId(4), g); // created empty; the leader adds it
     let leader = c.leader_of(g).expect("leader");
     let (tx, mut rx) = oneshot::channel();
     c.core(leader)
