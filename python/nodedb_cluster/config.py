@@ -37,6 +37,7 @@ from nodedb_cluster.addr import SocketAddr, parse_socket_addr
 from nodedb_cluster.errors import ConfigError, InvalidAddress
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.membership.config import SwimConfig
+from nodedb_cluster.validate import check_int, require_int
 
 # --- limits, each with its reason -----------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class ClusterConfig:
             raise ConfigError("data_dir", "required")
 
     def _check_identity(self) -> None:
-        _check_int("node_id", self.node_id, 1, U64_MAX)
+        check_int("node_id", self.node_id, 1, U64_MAX)
         for name in _ADDR_FIELDS:
             value = getattr(self, name)
             if not (isinstance(value, SocketAddr) or (value is None and name != "listen_addr")):
@@ -270,22 +271,20 @@ class ClusterConfig:
             )
 
     def _check_groups(self) -> None:
-        _check_int("num_groups", self.num_groups, 1, NUM_GROUPS_MAX)
-        _check_int("replication_factor", self.replication_factor, 1, REPLICATION_FACTOR_MAX)
+        check_int("num_groups", self.num_groups, 1, NUM_GROUPS_MAX)
+        check_int("replication_factor", self.replication_factor, 1, REPLICATION_FACTOR_MAX)
         for name, table in _TABLES.items():
             if not isinstance(getattr(self, name), table):
                 raise ConfigError(name, f"expected a {table.__name__}")
 
     def _check_raft_timing(self) -> None:
         tick = self.tick_interval_ms
-        _check_int("tick_interval_ms", tick, 1, TICK_INTERVAL_MS_MAX)
-        _check_int(
-            "heartbeat_interval_ms", self.heartbeat_interval_ms, 1, HEARTBEAT_INTERVAL_MS_MAX
-        )
-        _check_int(
+        check_int("tick_interval_ms", tick, 1, TICK_INTERVAL_MS_MAX)
+        check_int("heartbeat_interval_ms", self.heartbeat_interval_ms, 1, HEARTBEAT_INTERVAL_MS_MAX)
+        check_int(
             "election_timeout_min_ms", self.election_timeout_min_ms, 1, ELECTION_TIMEOUT_MS_MAX
         )
-        _check_int(
+        check_int(
             "election_timeout_max_ms", self.election_timeout_max_ms, 1, ELECTION_TIMEOUT_MS_MAX
         )
         for name in ("heartbeat_interval_ms", "election_timeout_min_ms", "election_timeout_max_ms"):
@@ -307,16 +306,16 @@ class ClusterConfig:
                 f"({self.election_timeout_min_ms} ms): the timeout is drawn from [min, max), and "
                 "an empty range would leave split votes unbroken",
             )
-        _check_int("rpc_timeout_ms", self.rpc_timeout_ms, 1, RPC_TIMEOUT_MS_MAX)
+        check_int("rpc_timeout_ms", self.rpc_timeout_ms, 1, RPC_TIMEOUT_MS_MAX)
 
     def _check_sizes(self) -> None:
-        _check_int(
+        check_int(
             "install_snapshot_chunk_bytes",
             self.install_snapshot_chunk_bytes,
             1,
             INSTALL_SNAPSHOT_CHUNK_BYTES_MAX,
         )
-        _check_int(
+        check_int(
             "orphan_partial_max_age_secs",
             self.orphan_partial_max_age_secs,
             1,
@@ -415,13 +414,6 @@ def _table_keys() -> list[str]:
     return [f"{name}.{f.name}" for name, t in _TABLES.items() for f in dataclasses.fields(t)]
 
 
-def _check_int(name: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"expected an integer, got {type(value).__name__} {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(name, f"{value} is outside {lo}..{hi}")
-
-
 def _int_from_text(name: str, text: str) -> int:
     if _INT_RE.fullmatch(text) is None:
         raise ConfigError(name, f"expected an integer, got {text!r}")
@@ -450,9 +442,7 @@ def _convert(key: str, value: object) -> object:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {type(value).__name__} {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected an integer, got {type(value).__name__} {value!r}")
-    return value
+    return require_int(key, value)
 
 
 def _addr(key: str, value: object) -> SocketAddr:
@@ -478,11 +468,7 @@ def _table(key: str, value: object) -> JoinRetryPolicy | SwimConfig:
         if sub not in known:
             raise ConfigError(f"{key}.{sub}", "unknown config key")
     for sub, sub_value in value.items():
-        if isinstance(sub_value, bool) or not isinstance(sub_value, int):
-            raise ConfigError(
-                f"{key}.{sub}",
-                f"expected an integer, got {type(sub_value).__name__} {sub_value!r}",
-            )
+        require_int(f"{key}.{sub}", sub_value)
     try:
         return table(**value)
     except ConfigError as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from nodedb_cluster.errors import ConfigError
+from nodedb_cluster.validate import check_int
 
 MAX_ATTEMPTS_MAX: Final = 64
 """A larger count would make the early shifts vanish anyway; 64 also keeps the shift in range."""
@@ -31,8 +31,8 @@ class JoinRetryPolicy:
     """Delay before the last attempt, in seconds; 0..3600 (0 gives the 1 ms floor everywhere)."""
 
     def __post_init__(self) -> None:
-        _check_int("join_retry.max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_MAX)
-        _check_int("join_retry.max_backoff_secs", self.max_backoff_secs, 0, MAX_BACKOFF_SECS_MAX)
+        check_int("join_retry.max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_MAX)
+        check_int("join_retry.max_backoff_secs", self.max_backoff_secs, 0, MAX_BACKOFF_SECS_MAX)
 
     def backoff_ms(self, attempt: int) -> int:
         """Delay before `attempt`, in whole milliseconds."""
@@ -54,10 +54,3 @@ class JoinRetryPolicy:
     def total_backoff_ms(self) -> int:
         """The whole schedule's sleeping time: how long a join takes to fail, not counting RPCs."""
         return sum(self.schedule_ms())
-
-
-def _check_int(field: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(field, f"expected an integer, got {type(value).__name__} {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(field, f"{value} is outside {lo}..{hi}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from nodedb_cluster.errors import ConfigError
+from nodedb_cluster.validate import check_int
 
 PROBE_INTERVAL_MS_MAX: Final = 60_000
 SUSPICION_MULT_MAX: Final = 100
@@ -51,23 +52,23 @@ class SwimConfig:
     """Bound of the membership-event queue; when full the oldest event is dropped and counted."""
 
     def __post_init__(self) -> None:
-        _check("probe_interval_ms", self.probe_interval_ms, 10, PROBE_INTERVAL_MS_MAX)
-        _check("probe_timeout_ms", self.probe_timeout_ms, 1, PROBE_INTERVAL_MS_MAX)
+        check_int("probe_interval_ms", self.probe_interval_ms, 10, PROBE_INTERVAL_MS_MAX)
+        check_int("probe_timeout_ms", self.probe_timeout_ms, 1, PROBE_INTERVAL_MS_MAX)
         if self.probe_timeout_ms >= self.probe_interval_ms:
             raise ConfigError(
                 "probe_timeout_ms",
                 f"{self.probe_timeout_ms} ms must be below probe_interval_ms "
                 f"({self.probe_interval_ms} ms): indirect probes need the rest of the period",
             )
-        _check("indirect_probes", self.indirect_probes, 0, INDIRECT_PROBES_MAX)
-        _check("suspicion_mult", self.suspicion_mult, 1, SUSPICION_MULT_MAX)
-        _check("suspicion_min_ms", self.suspicion_min_ms, 1, 3_600_000)
-        _check("piggyback_updates_max", self.piggyback_updates_max, 0, PIGGYBACK_UPDATES_MAX)
-        _check("retransmit_mult", self.retransmit_mult, 1, 100)
-        _check(
+        check_int("indirect_probes", self.indirect_probes, 0, INDIRECT_PROBES_MAX)
+        check_int("suspicion_mult", self.suspicion_mult, 1, SUSPICION_MULT_MAX)
+        check_int("suspicion_min_ms", self.suspicion_min_ms, 1, 3_600_000)
+        check_int("piggyback_updates_max", self.piggyback_updates_max, 0, PIGGYBACK_UPDATES_MAX)
+        check_int("retransmit_mult", self.retransmit_mult, 1, 100)
+        check_int(
             "datagram_bytes_max", self.datagram_bytes_max, DATAGRAM_BYTES_MIN, DATAGRAM_BYTES_MAX
         )
-        _check("event_queue_max", self.event_queue_max, 1, EVENT_QUEUE_MAX)
+        check_int("event_queue_max", self.event_queue_max, 1, EVENT_QUEUE_MAX)
 
     def suspicion_timeout_ms(self, members: int) -> int:
         """How long a suspect may refute before it is declared dead, for `members` live nodes."""
@@ -77,10 +78,3 @@ class SwimConfig:
     def retransmit_limit(self, members: int) -> int:
         """How many datagrams carry one update before it is considered disseminated."""
         return self.retransmit_mult * max(1, math.ceil(math.log10(max(1, members) + 1)))
-
-
-def _check(name: str, value: object, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"expected an integer, got {type(value).__name__} {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(name, f"{value} is outside {lo}..{hi}")
