@@ -17,8 +17,8 @@ from pathlib import Path
 from nodedb_cluster.client import Client
 from nodedb_cluster.faults.checks import replica_divergence
 from nodedb_cluster.faults.netfault import Partitioner, prepare_private_netns
-from nodedb_cluster.faults.run import _leader_of, _term_of, groups_formed
-from nodedb_cluster.localcluster import LocalCluster
+from nodedb_cluster.faults.run import _term_of, groups_formed
+from nodedb_cluster.localcluster import LocalCluster, leader_of
 
 
 async def main(base: Path) -> dict[str, object]:
@@ -33,7 +33,7 @@ async def main(base: Path) -> dict[str, object]:
         async with Client(addrs, cluster.client_credentials, timeout_s=5.0) as client:
             key = b"probe"
             group = client.router.group_of(key)
-            old_leader = _leader_of(statuses, group)
+            old_leader = leader_of(statuses, group)
             old_term = _term_of(statuses, old_leader, group)
             part = Partitioner(cluster.nodes[1].config.listen_addr.port)
             isolated = str(cluster.nodes[old_leader].config.listen_addr.host)
@@ -45,14 +45,14 @@ async def main(base: Path) -> dict[str, object]:
             rest = [i for i in cluster.nodes if i != old_leader]
             after = await cluster.wait_for(
                 lambda s: (
-                    (lead := _leader_of(s, group)) not in (0, old_leader)
+                    (lead := leader_of(s, group)) not in (0, old_leader)
                     and _term_of(s, lead, group) > old_term
                 ),
                 rest,
                 15.0,
                 "a new leader on the majority side",
             )
-            new_leader = _leader_of(after, group)
+            new_leader = leader_of(after, group)
             elected_s = time.monotonic() - t0
             await client.put(key, b"during-partition", timeout_s=10.0)
             part.heal()

@@ -16,7 +16,7 @@ import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.formation.retry import JoinRetryPolicy
-from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status
+from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status, leader_of
 
 pytestmark = pytest.mark.multiprocess
 
@@ -29,14 +29,6 @@ def cluster_ids(statuses: dict[int, Status]) -> set[str]:
 
 def sees_all(n: int) -> Callable[[dict[int, Status]], bool]:
     return lambda statuses: all(len(s["nodes"]) == n for s in statuses.values())
-
-
-def leader_of(statuses: dict[int, Status], group_id: int) -> int:
-    for s in statuses.values():
-        for g in s["groups"]:
-            if g["group_id"] == group_id and g["role"] == "leader":
-                return int(g["leader"])
-    return 0
 
 
 def data_groups_at_rf(rf: int) -> Callable[[dict[int, Status]], bool]:
