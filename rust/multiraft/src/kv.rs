@@ -9,8 +9,15 @@
 //!
 //! The map sits behind a shared lock so reads (after a ReadIndex) are served from any thread
 //! through `KvReader` without a round trip to the driver.
+//!
+//! The map is a hash map, not an ordered one: nothing reads keys in order, and an ordered map's
+//! insert (a dozen key comparisons, each chasing a heap pointer) was a quarter of the driver
+//! thread's time under load (BENCHMARKS.md). Its seed is random per process, so iteration order
+//! differs between replicas: the digest combines entries order-independently, and snapshots
+//! need no order.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::codec::{Reader, Writer, FORMAT_VERSION};
@@ -260,24 +267,25 @@ pub struct ClientSession {
 /// The KV map, the client sessions and the index of the last command applied to them.
 #[derive(Default, Debug)]
 pub struct KvState {
-    pub map: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub map: HashMap<Vec<u8>, Vec<u8>>,
     pub sessions: BTreeMap<u64, ClientSession>,
     pub applied_index: u64,
     pub applied_commands: u64,
 }
 
 impl KvState {
-    /// xxh3 over (applied index, every key and value in order, every session): equal digests on
-    /// two nodes mean equal state at the same index.
+    /// xxh3 over (applied index, the map's entry count and the wrapping sum of its entries'
+    /// hashes, every session in order): equal digests on two nodes mean equal state at the same
+    /// index. The sum makes the map's part independent of iteration order.
     pub fn digest(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.applied_index.to_le_bytes());
-        for (k, v) in &self.map {
-            h.update(&(k.len() as u64).to_le_bytes());
-            h.update(k);
-            h.update(&(v.len() as u64).to_le_bytes());
-            h.update(v);
-        }
+        let entries = self.map.iter().fold(0u64, |sum, (k, v)| {
+            let key = xxhash_rust::xxh3::xxh3_64_with_seed(k, k.len() as u64);
+            sum.wrapping_add(xxhash_rust::xxh3::xxh3_64_with_seed(v, key))
+        });
+        h.update(&(self.map.len() as u64).to_le_bytes());
+        h.update(&entries.to_le_bytes());
         for (client, s) in &self.sessions {
             h.update(&client.to_le_bytes());
             h.update(&s.floor.to_le_bytes());
@@ -480,7 +488,12 @@ impl StateMachine for KvStateMachine {
             let applied_index = r.u64()?;
             let applied_commands = r.u64()?;
             let n = r.u64()?;
-            let mut map = BTreeMap::new();
+            // Capacity bounded by what the input can hold (two 4-byte length prefixes per
+            // entry), so a corrupt count cannot reserve unbounded memory.
+            let mut map = HashMap::with_capacity_and_hasher(
+                usize::try_from(n).unwrap_or(usize::MAX).min(data.len() / 8),
+                RandomState::new(),
+            );
             for _ in 0..n {
                 let k = r.bytes("key")?.to_vec();
                 let v = r.bytes("value")?.to_vec();
@@ -622,6 +635,41 @@ mod tests {
             a.reader().digest(),
             b.reader().digest(),
             "failed restore keeps state"
+        );
+    }
+
+    #[test]
+    fn digest_ignores_insertion_order_and_sees_every_value() {
+        let keys: Vec<Vec<u8>> = (0..500u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let mut a = KvStateMachine::new();
+        let mut b = KvStateMachine::new();
+        let fwd: Vec<KvCommand> = keys.iter().map(|k| put(k, b"v")).collect();
+        let rev: Vec<KvCommand> = keys.iter().rev().map(|k| put(k, b"v")).collect();
+        apply(&mut a, 1, &fwd);
+        apply(&mut b, 1, &rev);
+        assert_eq!(a.reader().digest(), b.reader().digest());
+        apply(&mut b, 2, &[put(&keys[7], b"w")]);
+        apply(&mut a, 2, &[put(&keys[7], b"v")]);
+        assert_ne!(
+            a.reader().digest(),
+            b.reader().digest(),
+            "one changed value shows"
+        );
+        // Swapping two values between keys must show too (not a plain multiset of values).
+        apply(&mut a, 3, &[put(&keys[1], b"x"), put(&keys[2], b"y")]);
+        apply(
+            &mut b,
+            3,
+            &[
+                put(&keys[7], b"v"),
+                put(&keys[1], b"y"),
+                put(&keys[2], b"x"),
+            ],
+        );
+        assert_ne!(
+            a.reader().digest(),
+            b.reader().digest(),
+            "swapped values show"
         );
     }
 
