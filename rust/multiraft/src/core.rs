@@ -269,7 +269,8 @@ impl MultiRaftCore {
         sm: Box<dyn StateMachine>,
     ) -> Result<(), EngineError> {
         let applied = storage.snapshot_meta().index;
-        let raw = RawNode::new(&self.cfg.raft_config(applied), storage, &self.logger)?;
+        let kind = StateMachineKind::from_u8(meta.sm_kind).unwrap_or(StateMachineKind::Python);
+        let raw = RawNode::new(&self.cfg.raft_config(applied, kind), storage, &self.logger)?;
         let was_leader = raw.raft.state == StateRole::Leader;
         self.groups.insert(
             gid,

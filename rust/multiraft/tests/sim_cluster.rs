@@ -1029,3 +1029,30 @@ fn a_commit_is_answered_before_the_fsync_of_newer_entries() {
         "P2 was never durable here: not acknowledged"
     );
 }
+
+#[test]
+fn a_kv_commit_reaches_followers_with_the_next_heartbeat_not_a_broadcast() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    c.elect_all(1);
+    let g = GroupId(1);
+    c.propose(g, vec![put("first", b"v")]).expect("commits");
+    assert!(c.drive_until(10, |c| c.converged(g)), "followers caught up");
+    let leader = c.leader_of(g).expect("leader");
+    let (tx, mut rx) = oneshot::channel();
+    c.core(leader).propose(g, &[put("k", b"v")], tx);
+    c.pump(); // appends out, acks back, committed and answered on the leader: no tick needed
+    assert!(rx.try_recv().is_ok(), "the leader answers without a tick");
+    let applied = |c: &Cluster, id: NodeId| c.nodes[&id].reg.seq(g).0;
+    let followers: Vec<NodeId> = c.live().into_iter().filter(|id| *id != leader).collect();
+    for f in &followers {
+        assert_eq!(
+            applied(&c, *f),
+            1,
+            "{f:?} learned the commit without a heartbeat: was it broadcast?"
+        );
+    }
+    c.tick(); // one heartbeat carries the commit index
+    for f in &followers {
+        assert_eq!(applied(&c, *f), 2, "{f:?} applied after one heartbeat");
+    }
+}
