@@ -49,6 +49,7 @@ mod error;
 mod format;
 mod lock;
 mod options;
+mod prealloc;
 mod recovery;
 mod segment;
 mod wal;
@@ -61,9 +62,12 @@ pub use error::WalError;
 pub use format::{RecordRef, FORMAT_PAYLOAD_BYTES_MAX, FRAME_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 pub use lock::LOCK_FILE_NAME;
 pub use options::{
-    SyncMode, WalOptions, RECORD_PAYLOAD_BYTES_DEFAULT, RESERVED_KIND_MIN, SEGMENT_BYTES_DEFAULT,
-    SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX,
+    SyncMode, WalOptions, PREALLOCATE_CHUNK_BYTES_DEFAULT, PREALLOCATE_CHUNK_BYTES_MAX,
+    PREALLOCATE_CHUNK_BYTES_MIN, RECORD_PAYLOAD_BYTES_DEFAULT, RESERVED_KIND_MIN,
+    SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT,
+    WRITE_BUFFER_BYTES_MAX,
 };
+pub use prealloc::PreallocationStats;
 pub use recovery::{Recovered, RecoveredRecord, RecoveryReport, TornTail};
 pub use segment::{segment_file_name, GroupSpan};
 pub use wal::{AppendOutcome, CompactOutcome, Wal};

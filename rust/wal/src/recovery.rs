@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
@@ -41,13 +42,17 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
 }
 
-/// A torn tail that recovery truncated: bytes of a write that never completed.
+/// A torn tail that recovery repaired: bytes of a write that never completed. Cut off
+/// (truncated) in a growing segment; overwritten with zeros in a preallocated one, which keeps
+/// its size so appends continue to overwrite written blocks. With preallocation off, a zero
+/// tail after the records is cut off too and reported here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub path: PathBuf,
-    /// Length the file was truncated to (0 and the file removed when its header was torn).
+    /// Where the valid records end: the file was truncated to this length, or zeroed from here
+    /// (0 and the file removed when its header was torn).
     pub offset_bytes: u64,
-    /// Bytes discarded.
+    /// Bytes discarded (truncated away or zeroed).
     pub discarded_bytes: u64,
     pub reason: &'static str,
 }
@@ -70,6 +75,9 @@ pub(crate) struct ReplayState {
     pub sticky: BTreeMap<(u64, u8), StickyRecord>,
     pub forgotten_lsn: HashMap<u64, u64>,
     pub report: RecoveryReport,
+    /// File length of the last segment (the last entry of `closed`) when it is preallocated
+    /// (zeros after its records) and preallocation is on: the `Wal` continues appending to it.
+    pub reusable_last_bytes: Option<u64>,
 }
 
 /// Bookkeeping for one replayed record, shared by recovery and the append path.
@@ -101,10 +109,13 @@ pub(crate) fn track_record(
     }
 }
 
-/// Replays `dir`, calling `visit` for each valid record in LSN order.
+/// Replays `dir`, calling `visit` for each valid record in LSN order. With `preallocate`, a
+/// last segment with zeros after its records keeps them (see `ReplayState::reusable_last_bytes`);
+/// without, they are cut off so the segment can be closed as it is.
 pub(crate) fn replay(
     dir: &Path,
     sticky_table: &[bool; 256],
+    preallocate: bool,
     mut visit: impl FnMut(Lsn, RecordRef<'_>),
 ) -> Result<ReplayState, WalError> {
     let files = list_segments(dir)?;
@@ -120,6 +131,7 @@ pub(crate) fn replay(
             last_lsn: Lsn(0),
             torn_tail: None,
         },
+        reusable_last_bytes: None,
     };
     for (position, (seq, path)) in files.iter().enumerate() {
         let is_last = position + 1 == files.len();
@@ -163,13 +175,24 @@ pub(crate) fn replay(
         state.report.records_replayed += scan.record_count;
         state.next_lsn = lsn;
         state.next_seq = seq + 1;
-        if let Some(reason) = scan.torn_reason {
-            state.report.torn_tail =
-                Some(cut_torn_tail(dir, path, &scan, bytes.len() as u64, reason)?);
-            if scan.header.is_none() {
-                state.next_seq = *seq; // the file is gone; its seq is free again
-                continue;
+        let file_bytes = bytes.len() as u64;
+        if scan.header.is_none() {
+            let reason = scan.torn_reason.unwrap_or("torn segment header");
+            state.report.torn_tail = Some(cut_torn_tail(dir, path, &scan, file_bytes, reason)?);
+            state.next_seq = *seq; // the file is gone; its seq is free again
+            continue;
+        }
+        let zero_tail_bytes = file_bytes - scan.torn_end_bytes;
+        if is_last && preallocate && zero_tail_bytes > 0 {
+            if let Some(reason) = scan.torn_reason {
+                state.report.torn_tail = Some(zero_torn_bytes(path, &scan, reason)?);
             }
+            state.reusable_last_bytes = Some(file_bytes);
+        } else if is_last && file_bytes > scan.valid_bytes {
+            let reason = scan
+                .torn_reason
+                .unwrap_or("zero fill after the last record");
+            state.report.torn_tail = Some(cut_torn_tail(dir, path, &scan, file_bytes, reason)?);
         }
         meta.record_count = scan.record_count;
         meta.size_bytes = scan.valid_bytes;
@@ -216,6 +239,31 @@ fn check_header(
         ));
     }
     Ok(())
+}
+
+/// Overwrites the torn bytes of a preallocated segment with zeros, durably, keeping the file's
+/// size: the segment then ends cleanly and appends continue at `valid_bytes`.
+fn zero_torn_bytes(
+    path: &Path,
+    scan: &crate::segment::Scan,
+    reason: &'static str,
+) -> Result<TornTail, WalError> {
+    let torn_bytes = scan.torn_end_bytes - scan.valid_bytes;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| WalError::io("open to zero torn tail", path, e))?;
+    let zeros = vec![0u8; torn_bytes as usize];
+    file.write_all_at(&zeros, scan.valid_bytes)
+        .map_err(|e| WalError::io("zero torn tail", path, e))?;
+    file.sync_all()
+        .map_err(|e| WalError::io("fsync after zeroing torn tail", path, e))?;
+    Ok(TornTail {
+        path: path.to_path_buf(),
+        offset_bytes: scan.valid_bytes,
+        discarded_bytes: torn_bytes,
+        reason,
+    })
 }
 
 /// Truncates the torn tail (or removes a segment whose header never made it) and makes the

@@ -109,6 +109,10 @@ pub struct Scan {
     /// Set when the last segment ends in a torn tail: why the bytes after `valid_bytes` were
     /// judged a torn write.
     pub torn_reason: Option<&'static str>,
+    /// End of the torn bytes: `valid_bytes..torn_end_bytes` is the torn write (empty when not
+    /// torn) and everything from here to the end of the file is zero (a preallocated segment's
+    /// unused space, or a zero-filled tail).
+    pub torn_end_bytes: u64,
 }
 
 /// A scan failure: the offset of the damage and what was wrong.
@@ -121,9 +125,12 @@ pub struct ScanError {
 /// Scans a segment's bytes, calling `visit(record, offset_bytes)` for every valid record in order.
 ///
 /// Only the last segment may end badly (a crash tears at most the unsynced tail of the file being
-/// appended; every other segment was fsynced whole before its successor was created). A bad frame
-/// in the last segment is a torn tail when nothing after it decodes as a valid record; if a valid
-/// record follows, the damage is in the middle and the scan fails.
+/// appended; every other segment was fsynced whole, and cut to its records, before its successor
+/// was created). In the last segment, zero bytes after the records are a clean end (the unused
+/// part of a preallocated segment); a bad frame followed only by zeros is a torn tail; a bad
+/// frame followed by a valid record is damage in the middle and the scan fails. The zero run at
+/// the end is found first (a backwards scan, word-wide), so a mostly empty 64 MiB segment costs
+/// one pass, not a frame decode per offset.
 pub fn scan_segment(
     bytes: &[u8],
     is_last: bool,
@@ -149,6 +156,7 @@ pub fn scan_segment(
                 record_count: 0,
                 valid_bytes: 0,
                 torn_reason: Some("torn segment header"),
+                torn_end_bytes: bytes.len() as u64,
             });
         }
         Err(reason) => {
@@ -178,7 +186,13 @@ pub fn scan_segment(
                 reason: bad_reason.to_string(),
             });
         }
-        if let Some(next) = find_valid_frame(seed, bytes, offset + 1) {
+        let data_end = nonzero_end(bytes, offset);
+        if data_end == offset {
+            // Only zeros from here on: the records end cleanly (zeros never decode as a
+            // record: the crc of a zero header is not zero).
+            break;
+        }
+        if let Some(next) = find_valid_frame(seed, bytes, offset + 1, data_end) {
             return Err(ScanError {
                 offset_bytes: offset as u64,
                 reason: format!("{bad_reason}, followed by a valid record at offset {next}"),
@@ -189,6 +203,7 @@ pub fn scan_segment(
             record_count,
             valid_bytes: offset as u64,
             torn_reason: Some(bad_reason),
+            torn_end_bytes: data_end as u64,
         });
     }
     Ok(Scan {
@@ -196,16 +211,36 @@ pub fn scan_segment(
         record_count,
         valid_bytes: offset as u64,
         torn_reason: None,
+        torn_end_bytes: offset as u64,
     })
 }
 
-/// First offset ≥ `from` at which a valid frame decodes, if any. Only runs on the failure path.
-/// Cost: one cheap length/reserved check per byte, a crc only where those pass.
-fn find_valid_frame(seed: FrameSeed, bytes: &[u8], from: usize) -> Option<usize> {
-    if bytes[from.min(bytes.len())..].iter().all(|b| *b == 0) {
-        return None; // zero-filled tail: zeros never form a valid frame (crc of zeros ≠ 0)
+/// First offset in `from..to` at which a valid frame decodes, if any. Only runs on the failure
+/// path, and only over the non-zero bytes (`to` is where the zero tail starts; a frame starting
+/// there would begin with zeros and cannot be valid). Cost: one cheap length/reserved check per
+/// byte, a crc only where those pass.
+fn find_valid_frame(seed: FrameSeed, bytes: &[u8], from: usize, to: usize) -> Option<usize> {
+    (from..to).find(|at| matches!(decode_frame(seed, &bytes[*at..]), Frame::Record(..)))
+}
+
+/// Offset just past the last non-zero byte of `bytes[from..]`, or `from` if they are all zero.
+/// Scans backwards in 4 KiB blocks OR-folded to one byte (the compiler vectorises the fold), so
+/// the zero tail of a preallocated segment costs a memory pass, not per-byte branching.
+pub fn nonzero_end(bytes: &[u8], from: usize) -> usize {
+    const BLOCK_BYTES: usize = 4096;
+    let mut end = bytes.len();
+    while end > from {
+        let start = end.saturating_sub(BLOCK_BYTES).max(from);
+        let block = &bytes[start..end];
+        if block.iter().fold(0u8, |acc, b| acc | b) != 0 {
+            return block
+                .iter()
+                .rposition(|b| *b != 0)
+                .map_or(end, |at| start + at + 1);
+        }
+        end = start;
     }
-    (from..bytes.len()).find(|at| matches!(decode_frame(seed, &bytes[*at..]), Frame::Record(..)))
+    from
 }
 
 #[cfg(test)]
@@ -257,14 +292,73 @@ mod tests {
     }
 
     #[test]
-    fn zero_tail_is_torn_in_last_and_corrupt_elsewhere() {
+    fn zero_tail_is_a_clean_end_in_last_and_corrupt_elsewhere() {
         let (mut bytes, _) = segment(&[b"a"]);
         let good = bytes.len() as u64;
         bytes.extend_from_slice(&[0u8; 4096]);
         let scan = scan_segment(&bytes, true, |_, _| {}).unwrap();
         assert_eq!((scan.record_count, scan.valid_bytes), (1, good));
+        assert_eq!((scan.torn_reason, scan.torn_end_bytes), (None, good));
         let err = scan_segment(&bytes, false, |_, _| {}).unwrap_err();
         assert_eq!(err.offset_bytes, good);
+    }
+
+    #[test]
+    fn torn_record_followed_by_zeros_is_torn_up_to_the_zero_run() {
+        let (mut bytes, starts) = segment(&[b"first", b"second record"]);
+        let torn_at = starts[1];
+        let torn_end = bytes.len() - 3;
+        bytes.truncate(torn_end);
+        bytes.extend_from_slice(&[0u8; 10_000]);
+        let scan = scan_segment(&bytes, true, |_, _| {}).unwrap();
+        assert_eq!(scan.record_count, 1);
+        assert_eq!(scan.valid_bytes, torn_at as u64);
+        assert!(scan.torn_reason.is_some());
+        assert_eq!(scan.torn_end_bytes, torn_end as u64);
+    }
+
+    #[test]
+    fn a_valid_frame_inside_the_zero_run_is_corrupt() {
+        let (mut bytes, _) = segment(&[b"first"]);
+        let good = bytes.len();
+        bytes.extend_from_slice(&[0u8; 5000]);
+        let mut late = Vec::new();
+        encode_frame(
+            FrameSeed::for_segment(1),
+            &RecordRef {
+                group_id: 1,
+                kind: 1,
+                index: 9,
+                payload: b"late",
+            },
+            &mut late,
+        );
+        let late_at = bytes.len();
+        bytes.extend_from_slice(&late);
+        bytes.extend_from_slice(&[0u8; 5000]);
+        let err = scan_segment(&bytes, true, |_, _| {}).unwrap_err();
+        assert_eq!(err.offset_bytes, good as u64);
+        assert!(
+            err.reason.contains(&format!("offset {late_at}")),
+            "{}",
+            err.reason
+        );
+    }
+
+    #[test]
+    fn nonzero_end_finds_the_last_nonzero_byte() {
+        let mut bytes = vec![0u8; 3 * 4096 + 17];
+        assert_eq!(nonzero_end(&bytes, 0), 0);
+        assert_eq!(nonzero_end(&bytes, 100), 100);
+        for at in [0, 1, 4095, 4096, 8191, 9000, bytes.len() - 1] {
+            bytes.fill(0);
+            bytes[at] = 1;
+            assert_eq!(nonzero_end(&bytes, 0), at + 1, "at {at}");
+            assert_eq!(nonzero_end(&bytes, at + 1), at + 1, "from past {at}");
+            if at > 0 {
+                assert_eq!(nonzero_end(&bytes, at - 1), at + 1);
+            }
+        }
     }
 
     #[test]

@@ -129,6 +129,39 @@ fn missing_segment_in_the_sequence_is_corrupt() {
 fn segment_copied_under_another_name_is_corrupt() {
     let (dir, _) = three_segments();
     let files = segment_files(dir.path());
+    // The log was left with its last segment preallocated (zeros after its records): once a
+    // file follows it, that zero tail is found first, and it is corrupt too (a closed segment
+    // ends at its last record). Named with file and offset like any damage.
+    let copy = dir
+        .path()
+        .join(nodedb_wal::segment_file_name(files.len() as u64));
+    std::fs::copy(&files[0], &copy).unwrap();
+    let (path, offset, reason) = open_err(dir.path());
+    let last = files.last().unwrap();
+    assert_eq!(path, *last);
+    let records_end = std::fs::read(last)
+        .unwrap()
+        .iter()
+        .rposition(|b| *b != 0)
+        .unwrap() as u64
+        + 1;
+    assert_eq!(offset, records_end, "{reason}");
+    std::fs::remove_file(&copy).unwrap();
+    // With growing segments the copy's own header is the first damage.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(
+        dir.path(),
+        nodedb_wal::WalOptions {
+            preallocate: false,
+            ..small_segments(4096)
+        },
+    );
+    for i in 1..=90 {
+        append_all(&mut wal, &[Rec::entry(1, i, &[7u8; 100])]);
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let files = segment_files(dir.path());
     let next_seq = files.len() as u64; // seqs start at 0 in a fresh log
     let copy = dir.path().join(nodedb_wal::segment_file_name(next_seq));
     std::fs::copy(&files[0], &copy).unwrap();

@@ -1,6 +1,8 @@
 //! A crash tears at most the unsynced tail of the last segment. Goal: every way of tearing it
 //! (cut header, cut record at any byte, bad crc at the end, zero fill) opens with exactly the
 //! fully written records, repairs the file, and later opens and appends behave normally.
+//! These reason about the exact bytes of a growing segment (`preallocate: false`); the
+//! preallocated layout (zeros after the records) is covered in `preallocated.rs`.
 
 mod common;
 
@@ -9,7 +11,7 @@ use nodedb_wal::{Lsn, SEGMENT_HEADER_BYTES};
 
 fn written_log(recs: &[Rec]) -> Vec<(String, Vec<u8>)> {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = open(dir.path(), options());
+    let (mut wal, _) = open(dir.path(), growing());
     append_all(&mut wal, recs);
     wal.sync().unwrap();
     drop(wal);
@@ -33,7 +35,7 @@ fn cut_at_every_byte_of_the_last_record_keeps_exactly_the_whole_records() {
     assert_eq!(bytes.len(), last_start + 28 + recs[5].payload.len());
     for cut in last_start..=bytes.len() {
         let dir = restore(&[(name.clone(), bytes[..cut].to_vec())]);
-        let (_wal, recovered) = open(dir.path(), options());
+        let (_wal, recovered) = open(dir.path(), growing());
         let expected = if cut == bytes.len() {
             &recs[..]
         } else {
@@ -59,7 +61,7 @@ fn cut_at_every_byte_of_the_header_leaves_an_empty_log() {
     let (name, bytes) = &files[0];
     for cut in 0..SEGMENT_HEADER_BYTES {
         let dir = restore(&[(name.clone(), bytes[..cut].to_vec())]);
-        let (mut wal, recovered) = open(dir.path(), options());
+        let (mut wal, recovered) = open(dir.path(), growing());
         assert!(recovered.records.is_empty(), "cut at {cut}");
         append_all(&mut wal, &[Rec::entry(1, 1, b"after")]);
         assert_eq!(
@@ -84,7 +86,7 @@ fn bad_crc_or_zero_fill_at_the_very_end_is_a_torn_tail() {
         ("zeros", zero_filled, &recs[..]),
     ] {
         let dir = restore(&[(name.clone(), image_bytes)]);
-        let (_wal, recovered) = open(dir.path(), options());
+        let (_wal, recovered) = open(dir.path(), growing());
         assert_eq!(owned(&recovered), expected, "{what}");
         assert!(recovered.report.torn_tail.is_some(), "{what}");
     }
@@ -97,10 +99,10 @@ fn after_truncation_reopen_sees_the_same_records_and_appends_continue() {
     let (name, bytes) = &files[0];
     let cut = bytes.len() - 7;
     let dir = restore(&[(name.clone(), bytes[..cut].to_vec())]);
-    let (wal, first) = open(dir.path(), options());
+    let (wal, first) = open(dir.path(), growing());
     assert_eq!(owned(&first), &recs[..5]);
     drop(wal);
-    let (mut wal2, second) = open(dir.path(), options());
+    let (mut wal2, second) = open(dir.path(), growing());
     assert_eq!(
         second.records, first.records,
         "second open sees the same records"
@@ -113,7 +115,7 @@ fn after_truncation_reopen_sees_the_same_records_and_appends_continue() {
     append_all(&mut wal2, &more);
     assert_eq!(wal2.sync().unwrap(), Lsn(7));
     drop(wal2);
-    let (_wal3, third) = open(dir.path(), options());
+    let (_wal3, third) = open(dir.path(), growing());
     let mut expected = recs[..5].to_vec();
     expected.extend(more);
     assert_eq!(owned(&third), expected);

@@ -77,11 +77,14 @@ fn limit_file_size(limit: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn options() -> WalOptions {
+/// Preallocation on (the default) unless `--fsize-limit-bytes`: that mode needs writes that
+/// extend the file to hit the limit, and a preallocated segment is already full-size.
+fn options(preallocate: bool) -> WalOptions {
     WalOptions {
         segment_bytes_max: 64 * 1024,
         write_buffer_bytes: 16 * 1024,
         sticky_kinds: vec![KIND_HARD_STATE],
+        preallocate,
         ..WalOptions::default()
     }
 }
@@ -89,7 +92,7 @@ fn options() -> WalOptions {
 fn run(dir: &str, report_first_error: bool) -> Result<(), WalError> {
     let mut next_index: HashMap<u64, u64> = HashMap::new();
     let mut term = 0u64;
-    let (mut wal, _report) = Wal::open_with(dir, options(), |_lsn, record| {
+    let (mut wal, _report) = Wal::open_with(dir, options(!report_first_error), |_lsn, record| {
         if record.kind == KIND_ENTRY {
             let next = next_index.entry(record.group_id).or_insert(1);
             *next = (*next).max(record.index + 1);

@@ -17,6 +17,15 @@ pub fn options() -> WalOptions {
     }
 }
 
+/// `options()` with segments that grow by appending (no preallocation): the layout the
+/// byte-exact torn-tail tests reason about, and the roll fallback's layout.
+pub fn growing() -> WalOptions {
+    WalOptions {
+        preallocate: false,
+        ..options()
+    }
+}
+
 pub fn small_segments(segment_bytes_max: u64) -> WalOptions {
     WalOptions {
         segment_bytes_max,
