@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::error::WalError;
 
@@ -26,7 +27,9 @@ pub(crate) fn prep_file_name(seq: u64) -> String {
 }
 
 /// Deletes every `*.wal.prep` file in `dir`; returns how many. They hold only zeros (nothing is
-/// written into a prepared file before it is renamed to a segment).
+/// written into a prepared file before it is linked as a segment). Anything else by that name
+/// (a directory) is not ours and is left alone; preparing that seq then fails and the roll
+/// falls back to a growing segment.
 pub(crate) fn remove_leftover_prep_files(dir: &Path) -> Result<usize, WalError> {
     let entries = fs::read_dir(dir).map_err(|e| WalError::io("read_dir", dir, e))?;
     let mut removed = 0;
@@ -35,7 +38,8 @@ pub(crate) fn remove_leftover_prep_files(dir: &Path) -> Result<usize, WalError> 
         let is_prep = entry
             .file_name()
             .to_str()
-            .is_some_and(|n| n.ends_with(PREP_SUFFIX));
+            .is_some_and(|n| n.ends_with(PREP_SUFFIX))
+            && entry.file_type().is_ok_and(|t| t.is_file());
         if is_prep {
             let path = entry.path();
             fs::remove_file(&path).map_err(|e| WalError::io("remove prep file", &path, e))?;
@@ -194,6 +198,26 @@ impl Preparer {
         }
     }
 
+    /// Waits until the prepared file for `seq` is ready (true) or its preparation failed or
+    /// `timeout` passed (false).
+    pub fn wait_ready(&self, seq: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if state.ready.as_ref().is_some_and(|r| r.seq == seq) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if state.failed == Some(seq) || state.shutdown || left.is_zero() {
+                return false;
+            }
+            state = match self.shared.wake.wait_timeout(state, left) {
+                Ok((state, _)) => state,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
     /// Failed preparations so far and the last background error.
     pub fn failures(&self) -> (u64, Option<String>) {
         let state = self.shared.lock();
@@ -252,6 +276,7 @@ fn run_worker(shared: &Shared, dir: &Path, len_bytes: u64, chunk_bytes: usize) {
         };
         let result = prepare_file(dir, seq, len_bytes, chunk_bytes, still_wanted);
         let mut state = shared.lock();
+        shared.wake.notify_all(); // wakes `wait_ready`
         match result {
             Ok(Some(prepared)) if !state.shutdown && state.wanted == Some(seq) => {
                 if let Some(old) = state.ready.replace(prepared) {

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::compaction::segment_obsolete;
 use crate::error::WalError;
@@ -314,6 +315,15 @@ impl Wal {
     /// Seq of the segment being appended to.
     pub fn active_segment_seq(&self) -> u64 {
         self.active.meta.seq
+    }
+
+    /// Waits (at most `timeout`) until the next segment has been prepared in the background,
+    /// so the next roll starts a preallocated segment. False if preallocation is off, the
+    /// preparation failed, or the time ran out. For tests and benchmarks; the WAL never waits.
+    pub fn wait_for_prepared_segment(&self, timeout: Duration) -> bool {
+        self.preparer
+            .as_ref()
+            .is_some_and(|p| p.wait_ready(self.active.meta.seq + 1, timeout))
     }
 
     /// How segment preallocation went so far (all zero with `preallocate` off).

@@ -3,7 +3,8 @@
 //! the same directory each round, and check that every acknowledged record is there, at its
 //! LSN, with the hard state at least as new as the last acknowledged one. Bounded: 20 rounds,
 //! each waits at most 30 s for output.
-//! Rounds that kill before the first ack hit recovery and segment creation.
+//! Rounds that kill before the first ack hit recovery and segment creation. Preallocation is on
+//! (the default): kills land in zero-filled segments, in their preparation, and in rolls.
 
 mod common;
 
@@ -104,6 +105,14 @@ fn every_acknowledged_record_survives_kill_9() {
         let acks = run_and_kill(dir.path(), *kill_after);
         let (wal, recovered) = Wal::open(dir.path(), options.clone()).unwrap();
         drop(wal);
+        // The child and this open run with preallocation on (the default): the segment left
+        // active is full-size (continued or freshly prepared), never a growing one.
+        let active = common::segment_files(dir.path()).pop().unwrap();
+        assert!(
+            std::fs::metadata(&active).unwrap().len() >= options.segment_bytes_max,
+            "round {round}: {} is not preallocated",
+            active.display()
+        );
         torn_rounds += usize::from(recovered.report.torn_tail.is_some());
         let records = &recovered.records;
         if records.is_empty() {
