@@ -9,7 +9,11 @@
 //!   fsync is timed: the CPU + page-cache cost of `append`;
 //! - recovery: `Wal::open` replaying 2M 100-byte records (256 MB, page cache warm);
 //! - durable group commit: batches of N 100-byte entries, each batch `append` + one `sync`, with
-//!   default options (64 MiB segments, fdatasync), for several N.
+//!   default options (64 MiB preallocated segments, fdatasync), for several N; for N = 1, 100,
+//!   1000 also with growing segments (`preallocate: false`), the baseline for preallocation;
+//! - foreground syncs while the next segment is zero-filled in the background (1 entry per
+//!   sync, timed from `open` until the preparation is done), and `Wal::open` of an empty
+//!   directory with and without preallocation (the first segment is zero-filled synchronously).
 //!
 //! Each case runs once as a discarded warm-up, then `--runs` times, runs interleaved across cases.
 //! Prints one JSON line per run and a `SUMMARY {json}` line per case with the median and range.
@@ -19,7 +23,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nodedb_wal::{RecordRef, SyncMode, Wal, WalOptions};
 
@@ -30,14 +34,20 @@ const UNSYNCED_SMALL_RECORDS: usize = 2_000_000;
 const ENTRY_BYTES: usize = 100;
 /// 2M framed 100 B records = 256 MB = 4 default segments: what a restart replays.
 const RECOVERY_RECORDS: usize = 2_000_000;
-/// (entries per sync, syncs timed): sync counts bounded so each case takes well under 2 s.
-const GROUP_COMMIT_CASES: [(usize, usize); 5] = [
-    (1, 2000),
-    (10, 1500),
-    (100, 1000),
-    (1000, 400),
-    (10_000, 60),
+/// (entries per sync, syncs timed, also timed with growing segments): sync counts bounded so
+/// each case takes well under 2 s.
+const GROUP_COMMIT_CASES: [(usize, usize, bool); 5] = [
+    (1, 2000, true),
+    (10, 1500, false),
+    (100, 1000, true),
+    (1000, 400, true),
+    (10_000, 60, false),
 ];
+/// Bound on waiting for the background preparation before a timed preallocated case.
+const PREPARED_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Bound on the syncs timed while a preparation runs (it takes ~0.1-0.3 s here).
+const SYNCS_DURING_PREPARATION_MAX: usize = 100_000;
+const OPEN_EMPTY_REPEATS: usize = 5;
 
 struct Args {
     dir: PathBuf,
@@ -130,19 +140,41 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Box::new(|d| unsynced(d, ENTRY_BYTES, UNSYNCED_SMALL_RECORDS)),
         ),
     ];
-    for (batch, syncs) in GROUP_COMMIT_CASES {
+    for (batch, syncs, with_growing) in GROUP_COMMIT_CASES {
         cases.push((
             format!("wal_group_commit_100b_batch{batch}"),
-            Box::new(move |d| group_commit(d, batch, syncs, SyncMode::Fdatasync)),
+            Box::new(move |d| group_commit(d, batch, syncs, SyncMode::Fdatasync, true)),
         ));
+        if with_growing {
+            cases.push((
+                format!("wal_group_commit_100b_batch{batch}_growing"),
+                Box::new(move |d| group_commit(d, batch, syncs, SyncMode::Fdatasync, false)),
+            ));
+        }
     }
     cases.push((
         "wal_group_commit_100b_batch1000_fsync".into(),
-        Box::new(|d| group_commit(d, 1000, 400, SyncMode::Fsync)),
+        Box::new(|d| group_commit(d, 1000, 400, SyncMode::Fsync, true)),
+    ));
+    cases.push((
+        "wal_sync_during_preparation_batch1".into(),
+        Box::new(syncs_during_preparation),
+    ));
+    cases.push((
+        "wal_open_empty_preallocated".into(),
+        Box::new(|d| open_empty(d, true)),
+    ));
+    cases.push((
+        "wal_open_empty_growing".into(),
+        Box::new(|d| open_empty(d, false)),
     ));
     cases.push((
         "wal_recovery_100b_records".into(),
-        Box::new(|d| recovery(d, RECOVERY_RECORDS)),
+        Box::new(|d| recovery(d, RECOVERY_RECORDS, true)),
+    ));
+    cases.push((
+        "wal_recovery_100b_records_growing".into(),
+        Box::new(|d| recovery(d, RECOVERY_RECORDS, false)),
     ));
 
     // Runs are interleaved (run 1 of every case, then run 2, ...) so a burst of I/O from a
@@ -244,7 +276,8 @@ fn raw_unsynced(
     Ok(vec![("mb_per_s", bytes as f64 / total_s / 1e6)])
 }
 /// Appends `count` records of `payload_bytes` with no sync, into one segment large enough that
-/// no roll (and so no fsync) happens inside the timed loop.
+/// no roll (and so no fsync) happens inside the timed loop. Growing segment: preallocating the
+/// 1 GiB segment would zero-fill 2 GiB per run, and no sync is timed here.
 fn unsynced(
     dir: &Path,
     payload_bytes: usize,
@@ -256,6 +289,7 @@ fn unsynced(
     )?;
     let options = WalOptions {
         segment_bytes_max: nodedb_wal::SEGMENT_BYTES_MAX,
+        preallocate: false,
         ..WalOptions::default()
     };
     let (mut wal, _) = Wal::open(dir, options)?;
@@ -290,17 +324,25 @@ fn unsynced(
 }
 
 /// `syncs` rounds of: append `batch` 100-byte entries spread over 8 groups, then one `sync`.
+/// Preallocated: timing starts once the background preparation of the next segment is done,
+/// so this is the steady state (see `syncs_during_preparation` for the other case). No case
+/// rolls inside the timed loop (at most 51 MB into a 64 MiB segment).
 fn group_commit(
     dir: &Path,
     batch: usize,
     syncs: usize,
     sync_mode: SyncMode,
+    preallocate: bool,
 ) -> Result<Vec<(&'static str, f64)>, Box<dyn std::error::Error>> {
     let options = WalOptions {
         sync_mode,
+        preallocate,
         ..WalOptions::default()
     };
     let (mut wal, _) = Wal::open(dir, options)?;
+    if preallocate && !wal.wait_for_prepared_segment(PREPARED_WAIT_MAX) {
+        return Err(format!("no prepared segment: {:?}", wal.preallocation_stats()).into());
+    }
     let payload = [0x7Eu8; ENTRY_BYTES];
     let records: Vec<RecordRef<'_>> = (0..batch)
         .map(|i| RecordRef {
@@ -329,15 +371,82 @@ fn group_commit(
     ])
 }
 
+/// One entry per sync from right after `open`, while the background thread zero-fills the next
+/// 64 MiB segment (1 MiB chunks, each fdatasynced); stops when the preparation is done. The
+/// steady-state baseline is `wal_group_commit_100b_batch1` (same invocation).
+fn syncs_during_preparation(
+    dir: &Path,
+) -> Result<Vec<(&'static str, f64)>, Box<dyn std::error::Error>> {
+    let (mut wal, _) = Wal::open(dir, WalOptions::default())?;
+    let payload = [0x7Eu8; ENTRY_BYTES];
+    let record = RecordRef {
+        group_id: 1,
+        kind: 1,
+        index: 1,
+        payload: &payload,
+    };
+    let mut latencies_s = Vec::new();
+    let started = Instant::now();
+    while latencies_s.len() < SYNCS_DURING_PREPARATION_MAX
+        && !wal.wait_for_prepared_segment(Duration::ZERO)
+    {
+        let t = Instant::now();
+        let out = wal.append(&[record])?;
+        let durable = wal.sync()?;
+        assert!(durable >= out.last_lsn);
+        latencies_s.push(t.elapsed().as_secs_f64());
+    }
+    let preparation_s = started.elapsed().as_secs_f64();
+    if latencies_s.is_empty() {
+        return Err("the preparation finished before the first sync".into());
+    }
+    latencies_s.sort_by(f64::total_cmp);
+    Ok(vec![
+        ("syncs", latencies_s.len() as f64),
+        ("preparation_ms", preparation_s * 1e3),
+        ("p50_ms", percentile(&latencies_s, 0.50) * 1e3),
+        ("p99_ms", percentile(&latencies_s, 0.99) * 1e3),
+        ("max_ms", percentile(&latencies_s, 1.0) * 1e3),
+    ])
+}
+
+/// `Wal::open` of an empty directory (default 64 MiB segments): with preallocation the first
+/// segment is zero-filled synchronously inside `open`.
+fn open_empty(
+    dir: &Path,
+    preallocate: bool,
+) -> Result<Vec<(&'static str, f64)>, Box<dyn std::error::Error>> {
+    let mut times_s = Vec::with_capacity(OPEN_EMPTY_REPEATS);
+    for i in 0..OPEN_EMPTY_REPEATS {
+        let sub = dir.join(format!("open{i}"));
+        let options = WalOptions {
+            preallocate,
+            ..WalOptions::default()
+        };
+        let t = Instant::now();
+        let (wal, _) = Wal::open(&sub, options)?;
+        times_s.push(t.elapsed().as_secs_f64());
+        drop(wal);
+    }
+    times_s.sort_by(f64::total_cmp);
+    Ok(vec![("open_ms", percentile(&times_s, 0.5) * 1e3)])
+}
+
 /// Writes `count` 100-byte entries (synced, default 64 MiB segments), then times `Wal::open`
 /// replaying them with a visitor that only counts (no copies): the restart cost per byte.
+/// Preallocated: the last segment is mostly zeros, which the scan must check.
 fn recovery(
     dir: &Path,
     count: usize,
+    preallocate: bool,
 ) -> Result<Vec<(&'static str, f64)>, Box<dyn std::error::Error>> {
     let payload = [0x11u8; ENTRY_BYTES];
+    let options = WalOptions {
+        preallocate,
+        ..WalOptions::default()
+    };
     {
-        let (mut wal, _) = Wal::open(dir, WalOptions::default())?;
+        let (mut wal, _) = Wal::open(dir, options.clone())?;
         let batch: Vec<RecordRef<'_>> = (0..1000)
             .map(|i| RecordRef {
                 group_id: (i % 8) as u64,
@@ -353,7 +462,7 @@ fn recovery(
     }
     let started = Instant::now();
     let mut seen = 0usize;
-    let (_wal, report) = Wal::open_with(dir, WalOptions::default(), |_, _| seen += 1)?;
+    let (_wal, report) = Wal::open_with(dir, options, |_, _| seen += 1)?;
     let total_s = started.elapsed().as_secs_f64();
     assert_eq!(seen, count);
     assert_eq!(report.records_replayed, count as u64);

@@ -15,8 +15,14 @@
 //!   then sends persisted messages and acknowledges proposals.
 //! - **Segments.** Files `{seq:016x}.wal`, rolled before a batch that would take the segment
 //!   past `WalOptions::segment_bytes_max` (default 64 MiB); a batch never spans two segments
-//!   (at most [`BATCH_BYTES_MAX`]). A closed segment has been fsynced whole; segment creation
-//!   and deletion fsync the directory.
+//!   (at most [`BATCH_BYTES_MAX`]). A closed segment has been cut to its last record and
+//!   fsynced whole; segment creation and deletion fsync the directory.
+//! - **Preallocation** (`WalOptions::preallocate`, default on). A segment is filled with real
+//!   zero bytes up to `segment_bytes_max` before it becomes active, so appends overwrite
+//!   written blocks and `sync` never changes the file size (no inode write in the fdatasync).
+//!   The next segment is prepared by a background thread as `{seq:016x}.wal.prep` (never
+//!   replayed; leftovers are deleted at open); a roll that finds it not ready starts a growing
+//!   segment instead of waiting ([`Wal::preallocation_stats`]).
 //! - **State is never lost to compaction.** Kinds listed in `WalOptions::sticky_kinds` (hard
 //!   state, conf state, ...) are state: the WAL keeps the latest record of each
 //!   (group, sticky kind) and rewrites it at the start of every new segment, so on replay the
@@ -30,11 +36,14 @@
 //!   which also appears on replay as a [`KIND_FORGET_GROUP`] record: drop everything earlier
 //!   for that group.
 //! - **Recovery.** [`Wal::open`] / [`Wal::open_with`] replay every segment in order. A torn tail
-//!   of the last segment (cut header, cut record, bad crc at the end, zero fill) is truncated
-//!   and reported; any other damage (bad crc followed by a valid record, a bad header in an
-//!   earlier segment, a missing segment) is [`WalError::Corrupt`] with file and byte offset,
-//!   and the node must not start. What was replayed is fsynced before `open` returns (a
-//!   killed process leaves unsynced writes in the page cache), then a fresh segment starts.
+//!   of the last segment (cut header, cut record, bad crc at the end) is repaired and reported:
+//!   zeroed when zeros follow it (a preallocated segment), else truncated. Zeros after the last
+//!   segment's records are its clean end: with preallocation on, that segment stays active and
+//!   appends continue over the zeros; with it off, the zeros are cut off and a fresh segment
+//!   starts. Any other damage (a bad frame followed by a valid record, also inside the zeros;
+//!   zeros or a bad header in an earlier segment; a missing segment) is [`WalError::Corrupt`]
+//!   with file and byte offset, and the node must not start. What was replayed is fsynced
+//!   before `open` returns (a killed process leaves unsynced writes in the page cache).
 //! - **Failures poison.** After a failed write or fsync every call returns
 //!   [`WalError::Poisoned`]; restart and let recovery read what reached the disk.
 //! - **One writer.** `open` takes an exclusive `flock` on `dir/LOCK` ([`WalError::Locked`] if

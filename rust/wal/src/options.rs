@@ -34,7 +34,8 @@ pub const PREALLOCATE_CHUNK_BYTES_MAX: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
     /// `fdatasync(2)`: data and the metadata needed to read it back (the file size); skips
-    /// timestamps. Default: equally durable for an append-only file and never slower.
+    /// timestamps. Default: equally durable for an append-only file and never slower; with
+    /// preallocation the size never changes, so it writes data blocks only.
     Fdatasync,
     /// `fsync(2)`: data and all metadata.
     Fsync,

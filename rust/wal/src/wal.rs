@@ -108,12 +108,12 @@ impl Wal {
 
     /// Opens (or creates) the log in `dir`, calling `visit` for every valid record in LSN order.
     ///
-    /// A torn tail of the last segment is truncated (see `RecoveryReport::torn_tail`); damage
+    /// A torn tail of the last segment is repaired (see `RecoveryReport::torn_tail`); damage
     /// anywhere else returns [`WalError::Corrupt`] naming the file and byte offset. On error,
     /// `visit` may already have seen some records: discard them, the node must not start.
     /// With `preallocate` on, a last segment with preallocated zeros after its records is
     /// continued (its torn tail, if any, zeroed); otherwise a fresh segment starts (zero-filled
-    /// synchronously with `preallocate` on: ~70 ms for 64 MiB here) and older segments are never
+    /// synchronously with `preallocate` on; measured in BENCHMARKS.md) and older segments are never
     /// appended to again. Either way the sticky state is rewritten into the active segment.
     /// Leftover `*.wal.prep` files are deleted first (never replayed).
     /// Everything replayed is made durable before `open` returns (a killed process's unsynced
