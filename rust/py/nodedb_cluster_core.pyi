@@ -4,7 +4,7 @@ Each concern's section mirrors one file of rust/py/src/ (transport.rs, wire.rs, 
 """
 
 from asyncio import Future
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Final
@@ -230,6 +230,26 @@ class WriteSession:
     def in_flight(self) -> int: ...
     def wrap(self, commands: list[bytes]) -> tuple[list[int], list[bytes]]: ...
     def finish(self, seqs: list[int]) -> None: ...
+
+# --- peer health (rust/py/src/peer_health.rs) ----------------------------------------------------
+
+ATTEMPT_TIMEOUT_MIN_S: float
+ATTEMPT_TIMEOUT_MAX_S: float
+SLOWEST_MULT: float
+SLOWEST_HALF_LIFE_S: float
+DOWN_HOLD_S: float
+DOWN_NODES_MAX: int
+
+class PeerHealth:
+    """Nodes to try last and the bound of one attempt (shared with the client core)."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None: ...
+    def answered(self, elapsed_s: float) -> None: ...
+    def attempt_timeout_s(self) -> float: ...
+    def failed(self, node_id: int) -> None: ...
+    def set_dead(self, node_id: int, dead: bool) -> None: ...
+    def avoid(self, node_id: int) -> bool: ...
+    def preferred(self, nodes: Sequence[int]) -> list[int]: ...
 
 # --- KV client core (rust/py/src/kv_client.rs) ---------------------------------------------------
 

@@ -14,9 +14,9 @@
 //! Wire: kv.py's `propose_many` / `read_many` (documented there and in kv_serve.rs), so
 //! servers need no change. Retry rules: kv.py `KvRouter._attempts` (NotLeader → learn the hint,
 //! go at once while it names a leader; unknown outcome → retry when allowed; transient transport
-//! errors → try other members first for `DOWN_HOLD`; one attempt bounded by 3x the slowest
-//! recent answer within 0.3-1 s, as `nodedb_cluster.peer_health`; after the deadline `Timeout`
-//! if the last attempt timed out, else `Unavailable`).
+//! errors → try other members first; one attempt bounded by the slowest recent answer — both
+//! `peer_health.rs`, shared with `KvRouter`; after the deadline `Timeout` if the last attempt
+//! timed out, else `Unavailable`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,6 +35,7 @@ use serde_bytes::ByteBuf;
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::{cluster_error, transport_error_with};
 use crate::kv_session::{random_client_id, SessionState};
+use crate::peer_health::{monotonic_s, PeerHealth};
 use crate::transport::{transport_runtime, PyTransport};
 
 /// vShards of the key space (`nodedb_cluster.routing.vshard.NUM_VSHARDS`).
@@ -45,17 +46,6 @@ const BATCH_ITEMS_MAX: usize = 4096;
 const BATCH_BYTES_MAX: usize = 512 << 10;
 /// KV_REQUESTs per (target, lane) in flight at once (kv.py `REMOTE_IN_FLIGHT_MAX`).
 const REMOTE_IN_FLIGHT_MAX: usize = 4;
-/// One attempt's bound is `ATTEMPT_SLOWEST_MULT` x the slowest recent answer, within
-/// [`ATTEMPT_TIMEOUT_MIN_S`, `ATTEMPT_TIMEOUT_MAX_S`]; the slowest answer halves every
-/// `SLOWEST_HALF_LIFE_S` (nodedb_cluster.peer_health, which explains the numbers: above the
-/// slowest healthy answer, below the longest election timeout).
-const ATTEMPT_TIMEOUT_MIN_S: f64 = 0.3;
-const ATTEMPT_TIMEOUT_MAX_S: f64 = 1.0;
-const ATTEMPT_SLOWEST_MULT: f64 = 3.0;
-const SLOWEST_HALF_LIFE_S: f64 = 2.0;
-/// A node that failed to answer is tried after the others for this long (peer_health
-/// `DOWN_HOLD_S`: about one election).
-const DOWN_HOLD: Duration = Duration::from_secs(1);
 /// Pause before retry n (then the last value), cut short by the deadline (kv.py).
 const RETRY_BACKOFF_MS: [u64; 5] = [5, 10, 20, 50, 100];
 /// Retries that go at once when NotLeader named a leader, per item (kv.py: `attempt < 3`).
@@ -63,8 +53,6 @@ const NAMED_LEADER_RETRIES_MAX: usize = 3;
 /// Items queued and not yet sent, at most; a call beyond it fails with `Busy` (a call that
 /// finds the queue empty is always taken).
 const PENDING_ITEMS_MAX: usize = 1 << 20;
-/// Remembered failed nodes, at most (cleared past it).
-const DOWN_NODES_MAX: usize = 4096;
 /// A call's timeout, at most (a day): a typo cannot park a future forever.
 const TIMEOUT_S_MAX: f64 = 86_400.0;
 
@@ -296,38 +284,25 @@ struct State {
     routing: Option<Routing>,
     /// group → leader as last learned (0 = unknown: ask the members in turn).
     leaders: HashMap<u64, u64>,
-    /// node → until when it is tried after the others.
-    down: HashMap<u64, Instant>,
+    /// Nodes to try after the others, and the bound of one attempt.
+    health: PeerHealth,
     session: SessionState,
     lanes: HashMap<LaneKey, LaneQueue>,
     pending_items: usize,
     flush_scheduled: bool,
     closed: bool,
-    /// The slowest recent answer (seconds) and when it was seen (peer_health's rule).
-    slowest_s: f64,
-    slowest_at: Instant,
 }
 
 impl State {
-    fn decayed_slowest_s(&self, now: Instant) -> f64 {
-        let halvings =
-            now.saturating_duration_since(self.slowest_at).as_secs_f64() / SLOWEST_HALF_LIFE_S;
-        self.slowest_s * 0.5f64.powf(halvings)
-    }
-
     /// A node answered after `elapsed`.
     fn answered(&mut self, elapsed: Duration, now: Instant) {
-        let elapsed_s = elapsed.as_secs_f64();
-        if elapsed_s >= self.decayed_slowest_s(now) {
-            self.slowest_s = elapsed_s;
-            self.slowest_at = now;
-        }
+        self.health
+            .answered(elapsed.as_secs_f64(), monotonic_s(now));
     }
 
     /// How long one attempt may wait for its answer.
     fn attempt_timeout(&self, now: Instant) -> Duration {
-        let scaled = ATTEMPT_SLOWEST_MULT * self.decayed_slowest_s(now);
-        Duration::from_secs_f64(scaled.clamp(ATTEMPT_TIMEOUT_MIN_S, ATTEMPT_TIMEOUT_MAX_S))
+        Duration::from_secs_f64(self.health.attempt_timeout_s(monotonic_s(now)))
     }
 
     /// kv.py `_target`: the leader as last learned, else routing's; 0 when unknown or down.
@@ -340,7 +315,7 @@ impl State {
                 .and_then(|r| r.routes.get(&group))
                 .map_or(0, |r| r.leader),
         };
-        if leader != 0 && self.down.get(&leader).is_some_and(|&until| until > now) {
+        if leader != 0 && self.health.avoid(leader, monotonic_s(now)) {
             return 0;
         }
         leader
@@ -356,12 +331,7 @@ impl State {
         if members.is_empty() {
             members.clone_from(&route.voters);
         }
-        let alive: Vec<u64> = members
-            .iter()
-            .copied()
-            .filter(|m| self.down.get(m).is_none_or(|&until| until <= now))
-            .collect();
-        let pool = if alive.is_empty() { &members } else { &alive };
+        let pool = self.health.preferred(&members, monotonic_s(now));
         if pool.is_empty() {
             return 0;
         }
@@ -380,10 +350,7 @@ impl State {
     /// kv.py `_failed`: `node` did not answer: forget it as leader, try the others first.
     fn failed(&mut self, group: u64, node: u64, me: u64, now: Instant) {
         if node != 0 && node != me {
-            self.down.insert(node, now + DOWN_HOLD);
-            if self.down.len() > DOWN_NODES_MAX {
-                self.down.clear();
-            }
+            self.health.failed(node, monotonic_s(now));
         }
         self.leaders.insert(group, 0);
     }
@@ -1046,14 +1013,12 @@ impl PyKvClient {
         let state = State {
             routing: None,
             leaders: HashMap::new(),
-            down: HashMap::new(),
+            health: PeerHealth::default(),
             session: SessionState::new(client_id.unwrap_or_else(random_client_id)),
             lanes: HashMap::new(),
             pending_items: 0,
             flush_scheduled: false,
             closed: false,
-            slowest_s: 0.0,
-            slowest_at: Instant::now(),
         };
         Ok(PyKvClient {
             inner: Arc::new(Inner {
@@ -1351,6 +1316,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer_health::DOWN_HOLD_S;
 
     fn frame(payload: Vec<u8>) -> OutboundFrame {
         OutboundFrame {
@@ -1486,14 +1452,12 @@ mod tests {
                 routes,
             }),
             leaders: HashMap::new(),
-            down: HashMap::new(),
+            health: PeerHealth::default(),
             session: SessionState::new(1),
             lanes: HashMap::new(),
             pending_items: 0,
             flush_scheduled: false,
             closed: false,
-            slowest_s: 0.0,
-            slowest_at: Instant::now(),
         }
     }
 
@@ -1523,7 +1487,8 @@ mod tests {
         // Leader forgotten, node 3 down: members in turn, those not down first.
         assert_eq!(st.pick(1, 0, 99, now), Some(1));
         assert_eq!(st.pick(1, 1, 99, now), Some(2));
-        assert_eq!(st.pick(1, 0, 99, now + DOWN_HOLD * 2), Some(1));
+        let hold_passed = now + Duration::from_secs_f64(2.0 * DOWN_HOLD_S);
+        assert_eq!(st.pick(1, 0, 99, hold_passed), Some(1));
         let empty = state_with(0, vec![]);
         assert_eq!(empty.pick(1, 0, 99, now), None);
     }

@@ -6,6 +6,7 @@ mod errors;
 mod kv_client;
 mod kv_serve;
 mod kv_session;
+mod peer_health;
 mod probe;
 mod raft;
 mod transport;
@@ -29,6 +30,7 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     transport::register(m)?;
     raft::register(m)?;
     kv_session::register(m)?;
+    peer_health::register(m)?;
     kv_client::register(m)?;
     probe::register(m)?;
     Ok(())

@@ -1,0 +1,216 @@
+//! `PeerHealth`: which nodes a KV router should avoid, and how long to wait for one answer.
+//! ONE implementation for the client core (`kv_client.rs`) and `KvRouter` (Python, through
+//! `nodedb_cluster.peer_health`, which re-exports the class and explains the rule).
+//!
+//! Failover from the caller's side is "stop waiting for the dead leader, find the new one". The
+//! new leader exists one election after the crash, so waiting longer than the longest election
+//! timeout only delays the caller, and waiting much less than the slowest healthy answer turns a
+//! loaded cluster into a storm of retries: one attempt is bounded by a multiple of the slowest
+//! recent answer, clamped to [`ATTEMPT_TIMEOUT_MIN_S`, `ATTEMPT_TIMEOUT_MAX_S`]. A node that
+//! failed to answer is tried after the others for `DOWN_HOLD_S`; one SWIM declared dead, until
+//! SWIM sees it alive again.
+//!
+//! Pure: every call takes `now` in monotonic seconds, so tests drive time by hand.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use pyo3::prelude::*;
+
+/// Below the shortest election timeout (0.5 s): the next attempt is ready when a leader is.
+pub const ATTEMPT_TIMEOUT_MIN_S: f64 = 0.3;
+/// The longest election timeout: by then a dead leader's group has elected another.
+pub const ATTEMPT_TIMEOUT_MAX_S: f64 = 1.0;
+/// An attempt waits at least this multiple of the slowest recent answer.
+pub const SLOWEST_MULT: f64 = 3.0;
+/// The remembered slowest answer halves every this many seconds (a load spike fades).
+pub const SLOWEST_HALF_LIFE_S: f64 = 2.0;
+/// A node that failed to answer is tried after the others for this long: about one election,
+/// after which its groups have another leader if it was dead.
+pub const DOWN_HOLD_S: f64 = 1.0;
+/// Bound on remembered down nodes (forgotten all at once past it).
+pub const DOWN_NODES_MAX: usize = 4096;
+
+/// `at` in seconds from a process-wide origin (the first call), negative before it: the
+/// default clock of `PeerHealth`.
+pub fn monotonic_s(at: Instant) -> f64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    match at.checked_duration_since(origin) {
+        Some(after) => after.as_secs_f64(),
+        None => -origin.duration_since(at).as_secs_f64(),
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PeerHealth {
+    down_until_s: HashMap<u64, f64>,
+    dead: HashSet<u64>,
+    slowest_s: f64,
+    slowest_at_s: f64,
+}
+
+impl PeerHealth {
+    /// A peer answered after `elapsed_s`.
+    pub fn answered(&mut self, elapsed_s: f64, now_s: f64) {
+        if elapsed_s >= self.decayed_slowest_s(now_s) {
+            self.slowest_s = elapsed_s;
+            self.slowest_at_s = now_s;
+        }
+    }
+
+    /// How long one attempt may wait for its answer, in seconds.
+    pub fn attempt_timeout_s(&self, now_s: f64) -> f64 {
+        let scaled = SLOWEST_MULT * self.decayed_slowest_s(now_s);
+        scaled.clamp(ATTEMPT_TIMEOUT_MIN_S, ATTEMPT_TIMEOUT_MAX_S)
+    }
+
+    /// `node` did not answer in time (or could not be reached).
+    pub fn failed(&mut self, node: u64, now_s: f64) {
+        if self.down_until_s.len() >= DOWN_NODES_MAX {
+            self.down_until_s.clear();
+        }
+        self.down_until_s.insert(node, now_s + DOWN_HOLD_S);
+    }
+
+    /// SWIM's verdict on `node`.
+    pub fn set_dead(&mut self, node: u64, dead: bool) {
+        if dead {
+            self.dead.insert(node);
+        } else {
+            self.dead.remove(&node);
+        }
+    }
+
+    /// True while `node` should be tried only when nothing else is left.
+    pub fn avoid(&self, node: u64, now_s: f64) -> bool {
+        self.dead.contains(&node) || self.down_until_s.get(&node).is_some_and(|&t| t > now_s)
+    }
+
+    /// `nodes` not to avoid, in order; all of them when every one is to be avoided.
+    pub fn preferred(&self, nodes: &[u64], now_s: f64) -> Vec<u64> {
+        let kept: Vec<u64> = nodes
+            .iter()
+            .copied()
+            .filter(|&n| !self.avoid(n, now_s))
+            .collect();
+        if kept.is_empty() {
+            nodes.to_vec()
+        } else {
+            kept
+        }
+    }
+
+    fn decayed_slowest_s(&self, now_s: f64) -> f64 {
+        let halvings = (now_s - self.slowest_at_s).max(0.0) / SLOWEST_HALF_LIFE_S;
+        self.slowest_s * 0.5f64.powf(halvings)
+    }
+}
+
+/// `nodedb_cluster_core.PeerHealth(clock=None)`: the same rule for Python callers; `clock` is
+/// a callable returning monotonic seconds (tests), else the process's monotonic clock.
+#[pyclass(frozen, name = "PeerHealth", module = "nodedb_cluster_core")]
+pub struct PyPeerHealth {
+    inner: Mutex<PeerHealth>,
+    clock: Option<Py<PyAny>>,
+}
+
+impl PyPeerHealth {
+    fn now_s(&self, py: Python<'_>) -> PyResult<f64> {
+        match &self.clock {
+            Some(clock) => clock.call0(py)?.extract(py),
+            None => Ok(monotonic_s(Instant::now())),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut PeerHealth) -> T) -> T {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut inner)
+    }
+}
+
+#[pymethods]
+impl PyPeerHealth {
+    #[new]
+    #[pyo3(signature = (clock = None))]
+    fn new(clock: Option<Py<PyAny>>) -> Self {
+        PyPeerHealth {
+            inner: Mutex::new(PeerHealth::default()),
+            clock,
+        }
+    }
+
+    fn answered(&self, py: Python<'_>, elapsed_s: f64) -> PyResult<()> {
+        let now = self.now_s(py)?;
+        self.with(|h| h.answered(elapsed_s, now));
+        Ok(())
+    }
+
+    fn attempt_timeout_s(&self, py: Python<'_>) -> PyResult<f64> {
+        let now = self.now_s(py)?;
+        Ok(self.with(|h| h.attempt_timeout_s(now)))
+    }
+
+    fn failed(&self, py: Python<'_>, node_id: u64) -> PyResult<()> {
+        let now = self.now_s(py)?;
+        self.with(|h| h.failed(node_id, now));
+        Ok(())
+    }
+
+    fn set_dead(&self, node_id: u64, dead: bool) {
+        self.with(|h| h.set_dead(node_id, dead));
+    }
+
+    fn avoid(&self, py: Python<'_>, node_id: u64) -> PyResult<bool> {
+        let now = self.now_s(py)?;
+        Ok(self.with(|h| h.avoid(node_id, now)))
+    }
+
+    fn preferred(&self, py: Python<'_>, nodes: Vec<u64>) -> PyResult<Vec<u64>> {
+        let now = self.now_s(py)?;
+        Ok(self.with(|h| h.preferred(&nodes, now)))
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyPeerHealth>()?;
+    m.add("ATTEMPT_TIMEOUT_MIN_S", ATTEMPT_TIMEOUT_MIN_S)?;
+    m.add("ATTEMPT_TIMEOUT_MAX_S", ATTEMPT_TIMEOUT_MAX_S)?;
+    m.add("SLOWEST_MULT", SLOWEST_MULT)?;
+    m.add("SLOWEST_HALF_LIFE_S", SLOWEST_HALF_LIFE_S)?;
+    m.add("DOWN_HOLD_S", DOWN_HOLD_S)?;
+    m.add("DOWN_NODES_MAX", DOWN_NODES_MAX)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_follows_the_slowest_recent_answer_and_fades() {
+        let mut h = PeerHealth::default();
+        let t = 100.0;
+        assert_eq!(h.attempt_timeout_s(t), ATTEMPT_TIMEOUT_MIN_S);
+        h.answered(0.2, t);
+        assert!((h.attempt_timeout_s(t) - SLOWEST_MULT * 0.2).abs() < 1e-9);
+        h.answered(0.9, t);
+        assert_eq!(h.attempt_timeout_s(t), ATTEMPT_TIMEOUT_MAX_S);
+        assert_eq!(
+            h.attempt_timeout_s(t + 10.0 * SLOWEST_HALF_LIFE_S),
+            ATTEMPT_TIMEOUT_MIN_S
+        );
+    }
+
+    #[test]
+    fn failed_nodes_are_held_back_and_all_avoided_means_all_tried() {
+        let mut h = PeerHealth::default();
+        h.failed(3, 10.0);
+        assert!(h.avoid(3, 10.5));
+        assert_eq!(h.preferred(&[1, 3], 10.5), vec![1]);
+        assert!(!h.avoid(3, 10.0 + DOWN_HOLD_S + 0.001));
+        h.set_dead(1, true);
+        assert_eq!(h.preferred(&[1, 3], 10.5), vec![1, 3]);
+    }
+}
