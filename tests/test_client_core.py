@@ -167,3 +167,38 @@ async def test_unconnected_client_says_so(three: list[Node]) -> None:
             await c.put(b"k", b"v")
     finally:
         await c.close()
+
+
+async def test_native_load_writes_through_the_core_and_coalesces(client: Client) -> None:
+    """The Rust load driver (rust/py/src/kv_load.rs): bounded by its duration, every write
+    lands (read back through the ordinary path), reads find them, requests are coalesced."""
+    keyspace, value = 40, b"v" * 16
+    sent_before = client.requests_sent
+    load, done = client.start_native_load(
+        clients=16, duration_s=0.8, value_bytes=len(value), keyspace=keyspace, read_fraction=0.2
+    )
+    doc = await asyncio.wait_for(done, CALL_BOUND_S)
+    writes, reads, errors = load.counts
+    assert (doc["writes"], doc["reads"], doc["errors"]) == (writes, reads, errors)
+    assert errors == 0, doc["first_error"]
+    assert writes > 50 and reads > 0
+    latencies = doc["latencies_us"]
+    assert isinstance(latencies, bytes) and len(latencies) == 4 * (writes + reads)
+    assert 0.8 <= float(doc["elapsed_s"]) < 0.8 + CALL_BOUND_S  # type: ignore[arg-type]
+    requests = client.requests_sent - sent_before
+    assert requests < writes + reads, "calls freed by one reply leave together"
+    stored = await client.get_many([b"bench:%010d" % i for i in range(keyspace)])
+    assert stored.count(value) > keyspace // 2, "the load's puts are in the cluster"
+
+
+async def test_native_load_refuses_bad_settings_naming_the_field(client: Client) -> None:
+    for field, kwargs in [
+        ("clients", {"clients": 0}),
+        ("duration_s", {"duration_s": 0.0}),
+        ("keyspace", {"keyspace": 0}),
+        ("read_fraction", {"read_fraction": 1.5}),
+    ]:
+        args: dict[str, float] = {"clients": 1, "duration_s": 0.1, "value_bytes": 1}
+        args |= {"keyspace": 1, **kwargs}
+        with pytest.raises(ClusterError, match=field):
+            client.start_native_load(**args)  # type: ignore[arg-type]

@@ -144,22 +144,26 @@ async def test_cli_put_get_delete_round_trip(cluster: LocalCluster) -> None:
     assert insecure.returncode == 1  # an mTLS cluster refuses an unauthenticated client
 
 
-@pytest.mark.parametrize("placement", ["client", "embedded"])
+@pytest.mark.parametrize(
+    ("placement", "driver"),
+    [("client", "asyncio"), ("client", "native"), ("embedded", "asyncio")],
+)
 async def test_bench_command_reports_throughput_and_percentiles(
-    cluster: LocalCluster, placement: str
+    cluster: LocalCluster, placement: str, driver: str
 ) -> None:
     creds = cluster.client_credentials
     assert isinstance(creds, Mtls)
     addrs = [a for n in cluster.nodes.values() for a in ("--addr", n.addr)]
     flags = ["--ca", str(creds.ca), "--cert", str(creds.cert), "--key", str(creds.key)]
     args = [*CLI, "--log-level", "warning", "bench", *addrs, *flags, "--placement", placement]
+    args += ["--driver", driver]
     args += ["--clients", "4", "--duration", "1", "--read-fraction", "0.5", "--keyspace", "50"]
     result = await asyncio.to_thread(
         subprocess.run, [*args, "--json"], capture_output=True, text=True, timeout=90, check=False
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout.strip().splitlines()[-1])
-    assert doc["placement"] == placement
+    assert doc["placement"] == (placement if driver == "asyncio" else "client-native")
     assert doc["errors"] == 0
     assert doc["writes"] > 0
     assert doc["reads"] > 0

@@ -14,6 +14,10 @@ nodedb runs in two placements: "client" (a separate process, `nodedb_cluster.Cli
 QUIC + mTLS; the etcd ratios use this) and "embedded" (the clients run inside the node processes
 on `node.kv`). etcd (Debian etcd-server 3.4, installed here if missing) is driven by
 benches/compare/etcdload (Go gRPC, built offline against Debian's golang-etcd-server-dev).
+The client placement runs twice: "nodedb-client" with the callers as asyncio coroutines (what a
+Python user's code pays), and "nodedb-client-native" with the callers in Rust on the same
+`Client` core (`Client.start_native_load`: same routing, sessions, coalescing, retries): a load
+generator of the same efficiency class as etcdload, so that row compares the clusters.
 
 Refuses a debug build of the Rust core. Every load is bounded in time; traffic stays on loopback;
 only processes started here are stopped, by PID.
@@ -36,7 +40,14 @@ from typing import Any
 
 import nodedb_cluster_core
 
-from nodedb_cluster.bench import LoadSpec, Summary, bench_client, bench_embedded, with_local_cluster
+from nodedb_cluster.bench import (
+    Driver,
+    LoadSpec,
+    Summary,
+    bench_client,
+    bench_embedded,
+    with_local_cluster,
+)
 
 HERE = Path(__file__).resolve().parent
 ANCHORS = Path(os.environ.get("NODEDB_ANCHORS", HERE.parents[2] / "shared" / "anchors"))
@@ -72,10 +83,16 @@ async def nodedb_all(duration_s: float) -> dict[str, dict[str, Any]]:
         # Warm-up (connections, leader caches), not measured.
         await bench_client(addrs, creds, LoadSpec(clients=16, duration_s=WARMUP_S), quiet=True)
         for name, spec in specs.items():
-            for placement in ("client", "embedded"):
+            for placement in ("client", "client-native", "embedded"):
+                if placement == "client-native" and spec.batch:
+                    continue  # the native driver runs single puts and gets
                 log(f"nodedb {placement} {name} ...")
-                runner = bench_client if placement == "client" else bench_embedded
-                summary: Summary = await runner(addrs, creds, spec, quiet=True)
+                summary: Summary
+                if placement == "embedded":
+                    summary = await bench_embedded(addrs, creds, spec, quiet=True)
+                else:
+                    driver: Driver = "native" if placement == "client-native" else "asyncio"
+                    summary = await bench_client(addrs, creds, spec, quiet=True, driver=driver)
                 log("  " + summary.line())
                 out[f"nodedb-{placement}/{name}"] = {**summary.to_doc(), **load_doc()}
         return out
@@ -312,7 +329,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         "| load 1m |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    systems = ["nodedb-client", "nodedb-embedded", "etcd", "pysyncobj"]
+    systems = ["nodedb-client", "nodedb-client-native", "nodedb-embedded", "etcd", "pysyncobj"]
     for w in ("W1", "W64", "RW64", "BATCH"):
         base = row(f"etcd/{w}")
         for s in systems:
@@ -328,9 +345,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                 f"| {load} |"
             )
     best_pso = max((row(f"pysyncobj/{w}") or (0.0, 0, 0, 0))[0] for w in ("W1", "W64"))
-    nd = row("nodedb-client/W64")
-    if nd and best_pso:
-        lines.append(f"\nnodedb-client W64 vs PySyncObj best: {nd[0] / best_pso:.2f}x")
+    for system in ("nodedb-client", "nodedb-client-native"):
+        nd = row(f"{system}/W64")
+        if nd and best_pso:
+            lines.append(f"\n{system} W64 vs PySyncObj best: {nd[0] / best_pso:.2f}x")
     return "\n".join(lines)
 
 

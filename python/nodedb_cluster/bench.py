@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,9 @@ from nodedb_cluster.kv import ReadLevel, decode_doc, encode_request
 
 if TYPE_CHECKING:
     from nodedb_cluster.transport import Credentials
+
+Driver = Literal["asyncio", "native"]
+"""Who makes the client placement's calls: asyncio coroutines, or callers in Rust."""
 
 DURATION_S_MAX: Final = 300.0
 CLIENTS_MAX: Final = 4096
@@ -338,14 +341,32 @@ def _progress(text: str, quiet: bool) -> None:
 
 
 async def bench_client(
-    addrs: Sequence[str], credentials: Credentials, spec: LoadSpec, quiet: bool = False
+    addrs: Sequence[str],
+    credentials: Credentials,
+    spec: LoadSpec,
+    quiet: bool = False,
+    driver: Driver = "asyncio",
 ) -> Summary:
-    """Clients in this process, over one `Client`."""
+    """Clients in this process, over one `Client`: asyncio coroutines, or (`driver="native"`)
+    callers in Rust on the same client core, as efficient as etcd's Go load generator."""
     from nodedb_cluster.client import Client
 
+    if driver == "native" and (spec.batch or spec.read_level != "linearizable"):
+        raise ConfigError("driver", "the native driver runs single puts and linearizable gets")
     async with Client(addrs, credentials) as client:
         if spec.read_fraction > 0:
             await prefill(client, spec)
+        if driver == "native":
+            load, done = client.start_native_load(
+                clients=spec.clients,
+                duration_s=spec.duration_s,
+                value_bytes=spec.value_bytes,
+                keyspace=spec.keyspace,
+                read_fraction=spec.read_fraction,
+                seed=spec.seed,
+            )
+            await _watch(done, lambda: load.counts, spec, quiet)
+            return summarize("client-native", spec, [_run_from_doc(done.result())])
         run = LoadRun()
         task = asyncio.ensure_future(run_load(client, spec, run))
         await _watch(task, lambda: (run.writes, run.reads, run.errors), spec, quiet)
@@ -353,7 +374,7 @@ async def bench_client(
 
 
 async def _watch(
-    task: asyncio.Future[None],
+    task: asyncio.Future[Any],
     counts: Callable[[], tuple[int, int, int]],
     spec: LoadSpec,
     quiet: bool,
@@ -480,6 +501,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=0, help="put_many of this many per write")
     parser.add_argument("--keyspace", type=int, default=KEYSPACE_DEFAULT)
     parser.add_argument("--placement", choices=("client", "embedded"), default="client")
+    parser.add_argument(
+        "--driver",
+        choices=("asyncio", "native"),
+        default="asyncio",
+        help="client placement: calls from asyncio coroutines, or from callers in Rust on the "
+        "same client core (a load generator as efficient as etcd's Go one)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -507,19 +535,17 @@ async def _bench_main(args: argparse.Namespace, spec: LoadSpec) -> Summary:
     from nodedb_cluster.cli import client_credentials
 
     quiet = bool(args.json)
+    if args.placement == "embedded" and args.driver != "asyncio":
+        raise ConfigError("driver", "the embedded placement runs asyncio callers in the nodes")
+
+    def on(addrs: Sequence[str], creds: Credentials) -> Awaitable[Summary]:
+        if args.placement == "embedded":
+            return bench_embedded(addrs, creds, spec, quiet)
+        return bench_client(addrs, creds, spec, quiet, args.driver)
+
     if args.addr:
-        return await _bench_on(args.addr, client_credentials(args), spec, args.placement, quiet)
-    return await with_local_cluster(
-        lambda addrs, creds: _bench_on(addrs, creds, spec, args.placement, quiet), quiet
-    )
-
-
-async def _bench_on(
-    addrs: Sequence[str], creds: Credentials, spec: LoadSpec, placement: str, quiet: bool
-) -> Summary:
-    if placement == "embedded":
-        return await bench_embedded(addrs, creds, spec, quiet)
-    return await bench_client(addrs, creds, spec, quiet)
+        return await on(args.addr, client_credentials(args))
+    return await with_local_cluster(on, quiet)
 
 
 async def with_local_cluster(

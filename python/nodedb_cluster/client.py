@@ -211,6 +211,37 @@ class Client:
             loop.call_soon(self._core.flush)
         return await future
 
+    def start_native_load(
+        self,
+        *,
+        clients: int,
+        duration_s: float,
+        value_bytes: int,
+        keyspace: int,
+        read_fraction: float = 0.0,
+        seed: int = 1,
+        timeout_s: float | None = None,
+    ) -> tuple[_core.NativeLoad, asyncio.Future[dict[str, object]]]:
+        """`clients` closed-loop callers that live in Rust on this client's core (single puts
+        of `bench:%010d` keys, or linearizable gets for `read_fraction` of the calls) for
+        `duration_s`: a load generator as efficient as etcd's Go one, for benchmarks
+        (rust/py/src/kv_load.rs). Returns the live counts and a future of the result doc
+        (`nodedb_cluster.bench` reads it)."""
+        loop = self._attach()
+        future: asyncio.Future[dict[str, object]] = loop.create_future()
+        load = _core.run_native_load(
+            self._core,
+            clients,
+            duration_s,
+            value_bytes,
+            keyspace,
+            read_fraction,
+            seed,
+            self._timeout_s if timeout_s is None else timeout_s,
+            future,
+        )
+        return load, future
+
     async def get_many_at(
         self,
         node_id: int,

@@ -231,6 +231,26 @@ class WriteSession:
     def wrap(self, commands: list[bytes]) -> tuple[list[int], list[bytes]]: ...
     def finish(self, seqs: list[int]) -> None: ...
 
+# --- native load driver (rust/py/src/kv_load.rs) ------------------------------------------------
+
+class NativeLoad:
+    """A running `run_native_load`."""
+
+    @property
+    def counts(self) -> tuple[int, int, int]: ...
+
+def run_native_load(
+    client: KvClient,
+    clients: int,
+    duration_s: float,
+    value_bytes: int,
+    keyspace: int,
+    read_fraction: float,
+    seed: int,
+    timeout_s: float,
+    future: Future[dict[str, object]],
+) -> NativeLoad: ...
+
 # --- peer health (rust/py/src/peer_health.rs) ----------------------------------------------------
 
 ATTEMPT_TIMEOUT_MIN_S: float

@@ -31,6 +31,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyList};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use tokio::sync::mpsc;
 
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::{cluster_error, transport_error_with};
@@ -120,7 +121,7 @@ impl CallKind {
 
 /// Why an item failed (one attempt, or for good).
 #[derive(Clone, Debug)]
-enum ItemError {
+pub(crate) enum ItemError {
     NotLeader {
         hint: u64,
     },
@@ -219,7 +220,23 @@ struct Progress {
     finished: bool,
 }
 
-/// One Python call: its items, deadline, session seqs and future.
+/// Who is told when a call finishes: an asyncio future (resolved on its loop through the
+/// bridge), or a Rust caller on the runtime (`kv_load.rs`), told through a channel.
+enum Waiter {
+    Loop(Py<PyAny>),
+    Native {
+        tx: mpsc::UnboundedSender<NativeDone>,
+        tag: usize,
+    },
+}
+
+/// A finished call of a Rust caller: its tag, and whether it succeeded (else why not).
+pub(crate) struct NativeDone {
+    pub tag: usize,
+    pub result: Result<(), String>,
+}
+
+/// One call: its items, deadline, session seqs and waiter.
 struct Call {
     kind: CallKind,
     deadline: Instant,
@@ -227,8 +244,8 @@ struct Call {
     groups: Vec<u64>,
     /// Session seqs `first..first + count` (writes; count 0 for reads).
     seqs: (u64, u64),
-    /// Taken (and dropped) on the loop thread when the call resolves.
-    future: Mutex<Option<Py<PyAny>>>,
+    /// Taken once when the call resolves.
+    waiter: Mutex<Option<Waiter>>,
     progress: Mutex<Progress>,
 }
 
@@ -454,7 +471,7 @@ struct Step {
     later: Vec<(Duration, Item)>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     /// This client's own id (never a target).
     me: u64,
     transport: Arc<Transport>,
@@ -480,25 +497,35 @@ impl Inner {
         }
     }
 
-    /// Resolve finished calls' futures in one loop-bridge wake-up.
+    /// Tell Rust callers at once; resolve Python futures in one loop-bridge wake-up.
     fn resolve(&self, finished: Vec<Finished>) {
-        if finished.is_empty() {
+        let mut on_loop = Vec::new();
+        for f in finished {
+            let waiter = f
+                .call
+                .waiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            match waiter {
+                Some(Waiter::Loop(future)) => on_loop.push((f, future)),
+                Some(Waiter::Native { tx, tag }) => {
+                    let result = native_outcome(&f.call, f.outcome);
+                    // A closed receiver: the caller stopped waiting (its run ended).
+                    let _ = tx.send(NativeDone { tag, result });
+                }
+                None => {}
+            }
+        }
+        if on_loop.is_empty() {
             return;
         }
         let unresolved = Arc::clone(&self.calls_unresolved);
         self.bridge.push(Box::new(move |py| {
-            unresolved.fetch_sub(finished.len(), Ordering::AcqRel);
-            for f in finished {
-                let future = f
-                    .call
-                    .future
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                if let Some(future) = future {
-                    let value = outcome_to_py(py, &f.call, f.outcome);
-                    settle(py, &future, value);
-                }
+            unresolved.fetch_sub(on_loop.len(), Ordering::AcqRel);
+            for (f, future) in on_loop {
+                let value = outcome_to_py(py, &f.call, f.outcome);
+                settle(py, &future, value);
             }
         }));
     }
@@ -848,6 +875,23 @@ fn opt_bytes(py: Python<'_>, value: Option<Vec<u8>>) -> Py<PyAny> {
     }
 }
 
+/// What a Rust caller learns: writes must have applied (not refused), reads must have
+/// answered; the error text is `ItemError::describe`'s.
+fn native_outcome(call: &Call, outcome: Outcome) -> Result<(), String> {
+    let results = outcome.map_err(|(group, err)| err.describe(group))?;
+    if call.kind.is_write() {
+        for (i, r) in results.iter().enumerate() {
+            let group = call.groups.get(i).copied().unwrap_or(0);
+            match written(r.as_ref()) {
+                Ok(KvResult::Invalid { reason }) => return Err(format!("refused: {reason}")),
+                Ok(_) => {}
+                Err(e) => return Err(e.describe(group)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The value (or exception) the caller's future gets, by call kind.
 fn outcome_to_py(py: Python<'_>, call: &Call, outcome: Outcome) -> PyResult<Py<PyAny>> {
     let mut results = outcome.map_err(|(group, err)| err.into_py(py, group))?;
@@ -922,26 +966,100 @@ impl PyKvClient {
         items: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> PyResult<bool> {
         let deadline = self.deadline(py, timeout_s)?;
+        self.inner
+            .enqueue_call(kind, lane, deadline, Waiter::Loop(future), items)
+            .map_err(|e| e.into_py(py))
+    }
+
+    /// The shared core (`kv_load.rs` drives it from the runtime).
+    pub(crate) fn core(&self) -> Arc<Inner> {
+        Arc::clone(&self.inner)
+    }
+
+    pub(crate) fn runtime(&self) -> &'static tokio::runtime::Runtime {
+        self.inner.runtime
+    }
+
+    /// Resolve `future` on the owning loop with what `value` makes there (counted as an
+    /// unresolved call until then, so a closing `Client` keeps watching the bridge).
+    pub(crate) fn resolve_later(&self, future: Py<PyAny>) -> impl FnOnce(Box<LoopValue>) + Send {
+        let bridge = Arc::clone(&self.inner.bridge);
+        let unresolved = Arc::clone(&self.inner.calls_unresolved);
+        unresolved.fetch_add(1, Ordering::AcqRel);
+        move |value: Box<LoopValue>| {
+            bridge.push(Box::new(move |py| {
+                unresolved.fetch_sub(1, Ordering::AcqRel);
+                let result = value(py);
+                settle(py, &future, result);
+            }));
+        }
+    }
+}
+
+/// Builds a Python value on the loop thread.
+pub(crate) type LoopValue = dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send;
+
+/// Why a call could not start.
+pub(crate) enum SubmitError {
+    Closed,
+    NotConnected(String),
+    Item(u64, ItemError),
+}
+
+impl SubmitError {
+    fn into_py(self, py: Python<'_>) -> PyErr {
+        match self {
+            SubmitError::Closed => cluster_error(py, "TransportClosed", ()),
+            SubmitError::NotConnected(text) => cluster_error(py, "ClusterError", (text,)),
+            SubmitError::Item(group, err) => err.into_py(py, group),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            SubmitError::Closed => "client closed".into(),
+            SubmitError::NotConnected(text) => text.clone(),
+            SubmitError::Item(group, err) => err.describe(*group),
+        }
+    }
+}
+
+impl Inner {
+    /// Route, wrap (writes) and queue one call's items. True when the caller must flush (the
+    /// first call queued since the last flush).
+    fn enqueue_call(
+        &self,
+        kind: CallKind,
+        lane: Lane,
+        deadline: Instant,
+        waiter: Waiter,
+        items: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<bool, SubmitError> {
         let now = Instant::now();
-        let mut st = self.inner.state();
+        let mut st = self.state();
         if st.closed {
-            return Err(cluster_error(py, "TransportClosed", ()));
+            return Err(SubmitError::Closed);
         }
         if st.pending_items > 0 && st.pending_items + items.len() > PENDING_ITEMS_MAX {
-            return Err(ItemError::Busy(format!(
-                "kv client queue full ({} items waiting)",
-                st.pending_items
-            ))
-            .into_py(py, 0));
+            return Err(SubmitError::Item(
+                0,
+                ItemError::Busy(format!(
+                    "kv client queue full ({} items waiting)",
+                    st.pending_items
+                )),
+            ));
         }
         let mut placed = Vec::with_capacity(items.len());
         for (key, _) in &items {
             let group = st.group_of(key).map_err(|e| match e {
-                ItemError::Unavailable(text) => cluster_error(py, "ClusterError", (text,)),
-                e => e.into_py(py, 0),
+                ItemError::Unavailable(text) => SubmitError::NotConnected(text),
+                e => SubmitError::Item(0, e),
             })?;
-            let Some(target) = st.pick(group, 0, self.inner.me, now) else {
-                return Err(ItemError::Unavailable("no member known".into()).into_py(py, group));
+            let Some(target) = st.pick(group, 0, self.me, now) else {
+                return Err(SubmitError::Item(
+                    group,
+                    ItemError::Unavailable("no member known".into()),
+                ));
             };
             placed.push((group, target));
         }
@@ -952,13 +1070,15 @@ impl PyKvClient {
         } else {
             ((0, 0), None)
         };
-        self.inner.calls_unresolved.fetch_add(1, Ordering::AcqRel);
+        if matches!(waiter, Waiter::Loop(_)) {
+            self.calls_unresolved.fetch_add(1, Ordering::AcqRel);
+        }
         let call = Arc::new(Call {
             kind,
             deadline,
             groups: placed.iter().map(|&(g, _)| g).collect(),
             seqs: seqs.0,
-            future: Mutex::new(Some(future)),
+            waiter: Mutex::new(Some(waiter)),
             progress: Mutex::new(Progress {
                 results: vec![None; count],
                 remaining: count,
@@ -984,6 +1104,78 @@ impl PyKvClient {
             st.enqueue((target, lane), item);
         }
         Ok(!std::mem::replace(&mut st.flush_scheduled, true))
+    }
+
+    /// Send everything queued since the last flush: one KV_REQUEST per (target, lane) while
+    /// slots are free (the rest follows as replies come back).
+    pub(crate) fn flush(self: &Arc<Self>) {
+        let mut batches = Vec::new();
+        {
+            let mut st = self.state();
+            st.flush_scheduled = false;
+            let keys: Vec<LaneKey> = st
+                .lanes
+                .iter()
+                .filter(|(_, q)| !q.pending.is_empty() && q.in_flight < REMOTE_IN_FLIGHT_MAX)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in keys {
+                st.take_batches(key, &mut batches);
+            }
+        }
+        self.spawn(batches);
+    }
+
+    /// A put from a Rust caller, answered through `tx` with `tag`.
+    pub(crate) fn put_native(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        deadline: Instant,
+        tx: &mpsc::UnboundedSender<NativeDone>,
+        tag: usize,
+    ) -> Result<bool, SubmitError> {
+        let cmd = KvCommand::Put {
+            key: key.clone(),
+            value,
+        }
+        .encode();
+        let waiter = Waiter::Native {
+            tx: tx.clone(),
+            tag,
+        };
+        self.enqueue_call(
+            CallKind::Put,
+            Lane::Propose,
+            deadline,
+            waiter,
+            vec![(key, cmd)],
+        )
+    }
+
+    /// A linearizable get from a Rust caller, answered through `tx` with `tag`.
+    pub(crate) fn get_native(
+        &self,
+        key: Vec<u8>,
+        deadline: Instant,
+        tx: &mpsc::UnboundedSender<NativeDone>,
+        tag: usize,
+    ) -> Result<bool, SubmitError> {
+        let lane = Lane::Read {
+            level: Level::Linearizable,
+            stale_s_bits: 0f64.to_bits(),
+        };
+        let waiter = Waiter::Native {
+            tx: tx.clone(),
+            tag,
+        };
+        self.enqueue_call(
+            CallKind::Get,
+            lane,
+            deadline,
+            waiter,
+            vec![(key.clone(), key)],
+        )
     }
 }
 
@@ -1270,24 +1462,7 @@ impl PyKvClient {
     /// Send everything queued since the last flush: one KV_REQUEST per (target, lane) while
     /// slots are free (the rest follows as replies come back).
     fn flush(&self, py: Python<'_>) {
-        let inner = &self.inner;
-        py.detach(|| {
-            let mut batches = Vec::new();
-            {
-                let mut st = inner.state();
-                st.flush_scheduled = false;
-                let keys: Vec<LaneKey> = st
-                    .lanes
-                    .iter()
-                    .filter(|(_, q)| !q.pending.is_empty() && q.in_flight < REMOTE_IN_FLIGHT_MAX)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for key in keys {
-                    st.take_batches(key, &mut batches);
-                }
-            }
-            inner.spawn(batches);
-        });
+        py.detach(|| self.inner.flush());
     }
 
     /// Fail every queued call with TransportClosed; calls in flight fail when their reply (or
@@ -1402,7 +1577,7 @@ mod tests {
             deadline: Instant::now(),
             groups: vec![3, 1],
             seqs: (0, 0),
-            future: Mutex::new(None),
+            waiter: Mutex::new(None),
             progress: Mutex::new(Progress {
                 results: vec![None, None],
                 remaining: 2,

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 mod bridge;
 mod errors;
 mod kv_client;
+mod kv_load;
 mod kv_serve;
 mod kv_session;
 mod peer_health;
@@ -32,6 +33,7 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kv_session::register(m)?;
     peer_health::register(m)?;
     kv_client::register(m)?;
+    kv_load::register(m)?;
     probe::register(m)?;
     Ok(())
 }
