@@ -11,8 +11,11 @@ invocation measures, so the ratios are same-run:
   4 KiB overwrite + fdatasync of a pre-written file (what preallocation could buy);
 - unsynced plain 1 MiB writes (the page-cache limit for the unsynced cases);
 - unsynced append MB/s (4 KiB and 100 B payloads; target >= 1 GB/s);
-- durable group commit of 100-byte entries, N entries per fsync (target >= 500k entries/s);
-- recovery: `Wal::open` replaying 2M 100-byte records (256 MB).
+- durable group commit of 100-byte entries, N entries per fsync (target >= 500k entries/s),
+  with preallocated segments (the default) and, for N = 1, 100, 1000, growing ones (baseline);
+- foreground syncs (1 entry each) while the next segment is zero-filled in the background, for
+  three chunk sizes; `Wal::open` of an empty directory with and without preallocation;
+- recovery: `Wal::open` replaying 2M 100-byte records (256 MB), preallocated and growing.
 Each case: one discarded warm-up, then `runs` runs interleaved across cases; the summary
 quotes medians [min-max].
 """
@@ -95,6 +98,34 @@ def report(summaries: list[Summary]) -> list[str]:
     head = by_case[f"wal_group_commit_100b_batch{HEADLINE_BATCH_ENTRIES}"]
     single = by_case["wal_group_commit_100b_batch1"]
     recovery = by_case["wal_recovery_100b_records"]
+    lines += ["", "preallocated vs growing segments (same invocation):"]
+    for batch in (1, 100, 1000):
+        pre = by_case[f"wal_group_commit_100b_batch{batch}"]
+        grow = by_case[f"wal_group_commit_100b_batch{batch}_growing"]
+        lines.append(
+            f"  {batch:>4} entries per sync: {pre['syncs_per_s'][0]:,.0f} vs"
+            f" {grow['syncs_per_s'][0]:,.0f} syncs/s"
+            f" = {pre['syncs_per_s'][0] / grow['syncs_per_s'][0]:.2f}x;"
+            f" p50 {pre['p50_ms'][0]:.3f} vs {grow['p50_ms'][0]:.3f} ms,"
+            f" p99 {pre['p99_ms'][0]:.3f} vs {grow['p99_ms'][0]:.3f} ms"
+        )
+    for case in (
+        "wal_sync_during_preparation_batch1",
+        "wal_sync_during_preparation_batch1_chunk1m",
+        "wal_sync_during_preparation_batch1_chunk64k",
+    ):
+        m = by_case[case]
+        lines.append(
+            f"  {case}: p50 {m['p50_ms'][0]:.3f} ms, p99 {m['p99_ms'][0]:.3f} ms,"
+            f" max {m['max_ms'][0]:.3f} ms over {m['syncs'][0]:,.0f} syncs;"
+            f" preparation {m['preparation_ms'][0]:,.0f} ms"
+        )
+    lines.append(
+        f"  open of an empty dir: {by_case['wal_open_empty_preallocated']['open_ms'][0]:.1f} ms"
+        f" preallocated vs {by_case['wal_open_empty_growing']['open_ms'][0]:.1f} ms growing;"
+        f" recovery {recovery['seconds'][0]:.3f} s vs"
+        f" {by_case['wal_recovery_100b_records_growing']['seconds'][0]:.3f} s"
+    )
     lines += [
         "",
         f"unsynced append: {unsynced:,.0f} MB/s (100 B records), {unsynced_4k:,.0f} MB/s (4 KiB)"
@@ -130,7 +161,7 @@ def test_wal_append(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     lines = report(summaries)
     print("\n" + "\n".join(lines))
     # Sanity, not targets: every case produced positive figures.
-    assert len(summaries) >= 10
+    assert len(summaries) >= 20
     assert all(m > 0 for s in summaries for (m, _, _) in s.metrics.values())
 
 

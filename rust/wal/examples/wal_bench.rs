@@ -25,7 +25,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nodedb_wal::{RecordRef, SyncMode, Wal, WalOptions};
+use nodedb_wal::{RecordRef, SyncMode, Wal, WalOptions, PREALLOCATE_CHUNK_BYTES_DEFAULT};
 
 const RAW_WRITES_COUNT: usize = 2000;
 const RAW_WRITE_BYTES: usize = 4096;
@@ -156,10 +156,19 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         "wal_group_commit_100b_batch1000_fsync".into(),
         Box::new(|d| group_commit(d, 1000, 400, SyncMode::Fsync, true)),
     ));
-    cases.push((
-        "wal_sync_during_preparation_batch1".into(),
-        Box::new(syncs_during_preparation),
-    ));
+    for (name, chunk_bytes) in [
+        (
+            "wal_sync_during_preparation_batch1",
+            PREALLOCATE_CHUNK_BYTES_DEFAULT,
+        ),
+        ("wal_sync_during_preparation_batch1_chunk1m", 1024 * 1024),
+        ("wal_sync_during_preparation_batch1_chunk64k", 64 * 1024),
+    ] {
+        cases.push((
+            name.into(),
+            Box::new(move |d| syncs_during_preparation(d, chunk_bytes)),
+        ));
+    }
     cases.push((
         "wal_open_empty_preallocated".into(),
         Box::new(|d| open_empty(d, true)),
@@ -372,12 +381,18 @@ fn group_commit(
 }
 
 /// One entry per sync from right after `open`, while the background thread zero-fills the next
-/// 64 MiB segment (1 MiB chunks, each fdatasynced); stops when the preparation is done. The
+/// 64 MiB segment (`chunk_bytes` chunks, each fdatasynced, paced); stops when the preparation
+/// is done. The
 /// steady-state baseline is `wal_group_commit_100b_batch1` (same invocation).
 fn syncs_during_preparation(
     dir: &Path,
+    chunk_bytes: usize,
 ) -> Result<Vec<(&'static str, f64)>, Box<dyn std::error::Error>> {
-    let (mut wal, _) = Wal::open(dir, WalOptions::default())?;
+    let options = WalOptions {
+        preallocate_chunk_bytes: chunk_bytes,
+        ..WalOptions::default()
+    };
+    let (mut wal, _) = Wal::open(dir, options)?;
     let payload = [0x7Eu8; ENTRY_BYTES];
     let record = RecordRef {
         group_id: 1,

@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 use crate::error::WalError;
 
 const PREP_SUFFIX: &str = ".wal.prep";
+/// Background pacing: idle time after each chunk, as a multiple of the time the chunk took.
+const PAUSE_PER_BUSY: u32 = 1;
+/// Cap on one pause (a sick disk must not stretch a preparation without bound).
+const PAUSE_MAX: Duration = Duration::from_millis(50);
 
 /// Name of the file segment `seq` is prepared under.
 pub(crate) fn prep_file_name(seq: u64) -> String {
@@ -58,39 +62,58 @@ pub(crate) struct Prepared {
     pub len_bytes: u64,
 }
 
+/// When the zeros of a preparation are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pacing {
+    /// fdatasync after every chunk: in the background, a foreground `sync` then queues behind
+    /// at most one chunk's flush instead of the whole segment's.
+    SyncEachChunk,
+    /// One fdatasync at the end: fastest when nothing else is waiting (the first segment,
+    /// prepared inside `open`).
+    SyncAtEnd,
+}
+
 /// Creates `dir/{seq}.wal.prep` and fills it with `len_bytes` zeros, `chunk_bytes` per write,
-/// each write followed by an fdatasync. `keep_going` is asked before every chunk; on `false`
-/// the file is deleted and `Ok(None)` returned. On error the partial file is left behind (it
-/// is deleted at the next open).
+/// synced as `pacing` says. `keep_going` is asked before every chunk, with how long the previous
+/// chunk took (zero before the first; it may pause to pace the fill); on `false` the file is
+/// deleted and `Ok(None)` returned. On error the partial file is left behind (it is deleted at
+/// the next open).
 pub(crate) fn prepare_file(
     dir: &Path,
     seq: u64,
     len_bytes: u64,
     chunk_bytes: usize,
-    mut keep_going: impl FnMut() -> bool,
+    pacing: Pacing,
+    mut keep_going: impl FnMut(Duration) -> bool,
 ) -> Result<Option<Prepared>, WalError> {
     let path = dir.join(prep_file_name(seq));
+    // create_new: never reopen (and zero) an existing file: that name may still be linked to
+    // a segment being activated.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(&path)
         .map_err(|e| WalError::io("create prep file", &path, e))?;
     let zeros = vec![0u8; chunk_bytes];
     let mut at = 0u64;
+    let mut chunk_took = Duration::ZERO;
     while at < len_bytes {
-        if !keep_going() {
+        if !keep_going(chunk_took) {
             drop(file);
             fs::remove_file(&path).map_err(|e| WalError::io("remove prep file", &path, e))?;
             return Ok(None);
         }
+        let chunk_started = Instant::now();
         let n = zeros.len().min((len_bytes - at) as usize);
         file.write_all_at(&zeros[..n], at)
             .map_err(|e| WalError::io("zero-fill prep file", &path, e))?;
-        file.sync_data()
-            .map_err(|e| WalError::io("fsync prep file", &path, e))?;
         at += n as u64;
+        if pacing == Pacing::SyncEachChunk || at == len_bytes {
+            file.sync_data()
+                .map_err(|e| WalError::io("fsync prep file", &path, e))?;
+        }
+        chunk_took = chunk_started.elapsed();
     }
     Ok(Some(Prepared {
         seq,
@@ -189,12 +212,25 @@ impl Preparer {
         }
     }
 
-    /// The prepared file for `seq` if it is ready now; never waits.
+    /// The prepared file for `seq` if it is ready now (never waits), and asks for `seq + 1`
+    /// next, in the same critical section: the worker must never start preparing `seq` again
+    /// once its file was handed out (it would zero the new segment under the `.prep` name).
     pub fn take(&self, seq: u64) -> Option<Prepared> {
-        let mut state = self.shared.lock();
-        match &state.ready {
-            Some(ready) if ready.seq == seq => state.ready.take(),
-            _ => None,
+        let ready = {
+            let mut state = self.shared.lock();
+            state.wanted = Some(seq + 1);
+            state.ready.take()
+        };
+        self.shared.wake.notify_all();
+        match ready {
+            Some(ready) if ready.seq == seq => Some(ready),
+            Some(stale) => {
+                if let Err(e) = discard(stale) {
+                    self.shared.lock().last_failure = Some(e.to_string());
+                }
+                None
+            }
+            None => None,
         }
     }
 
@@ -270,11 +306,27 @@ fn run_worker(shared: &Shared, dir: &Path, len_bytes: u64, chunk_bytes: usize) {
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let still_wanted = || {
+        // Pacing: after each chunk, leave the disk idle for as long as the chunk kept it busy
+        // (woken early by a shutdown or a new `want`), so a foreground sync finds the disk
+        // busy with a chunk at most half the time.
+        let still_wanted = |chunk_took: Duration| {
+            let pause = chunk_took.saturating_mul(PAUSE_PER_BUSY).min(PAUSE_MAX);
             let state = shared.lock();
-            !state.shutdown && state.wanted == Some(seq)
+            let wanted = |s: &mut State| !s.shutdown && s.wanted == Some(seq);
+            let (mut state, _) = shared
+                .wake
+                .wait_timeout_while(state, pause, |s| wanted(s))
+                .unwrap_or_else(|p| p.into_inner());
+            wanted(&mut state)
         };
-        let result = prepare_file(dir, seq, len_bytes, chunk_bytes, still_wanted);
+        let result = prepare_file(
+            dir,
+            seq,
+            len_bytes,
+            chunk_bytes,
+            Pacing::SyncEachChunk,
+            still_wanted,
+        );
         let mut state = shared.lock();
         shared.wake.notify_all(); // wakes `wait_ready`
         match result {
@@ -298,5 +350,74 @@ fn run_worker(shared: &Shared, dir: &Path, len_bytes: u64, chunk_bytes: usize) {
                 state.last_failure = Some(e.to_string());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn a_taken_file_is_never_prepared_again() {
+        // Regression: `take` used to leave `wanted` at the taken seq, so the worker started
+        // preparing it again and zeroed the file the WAL was turning into a segment.
+        let dir = tempfile::tempdir().unwrap();
+        let preparer = Preparer::start(dir.path(), 64 * 1024, 4096).unwrap();
+        preparer.want(1);
+        assert!(preparer.wait_ready(1, WAIT));
+        let taken = preparer.take(1).unwrap();
+        taken.file.write_all_at(b"HEADER", 0).unwrap(); // still under the .prep name
+        assert!(preparer.wait_ready(2, WAIT), "{:?}", preparer.failures());
+        let mut head = [0u8; 6];
+        taken.file.read_exact_at(&mut head, 0).unwrap();
+        assert_eq!(&head, b"HEADER");
+        assert_eq!(preparer.failures(), (0, None));
+        assert_eq!(std::fs::metadata(&taken.path).unwrap().len(), 64 * 1024);
+    }
+
+    #[test]
+    fn a_cancelled_preparation_removes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chunks = 0;
+        let out = prepare_file(
+            dir.path(),
+            3,
+            64 * 1024,
+            4096,
+            Pacing::SyncEachChunk,
+            |_| {
+                chunks += 1;
+                chunks < 5
+            },
+        )
+        .unwrap();
+        assert!(out.is_none());
+        assert!(!dir.path().join(prep_file_name(3)).exists());
+    }
+
+    #[test]
+    fn a_prepared_file_is_all_zeros_of_the_full_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for pacing in [Pacing::SyncEachChunk, Pacing::SyncAtEnd] {
+            let seq = pacing as u64;
+            let prepared = prepare_file(dir.path(), seq, 10_000, 4096, pacing, |_| true)
+                .unwrap()
+                .unwrap();
+            let bytes = std::fs::read(&prepared.path).unwrap();
+            assert_eq!(bytes.len(), 10_000);
+            assert!(bytes.iter().all(|b| *b == 0));
+        }
+    }
+
+    #[test]
+    fn an_existing_file_is_never_reused_or_zeroed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(prep_file_name(4));
+        std::fs::write(&path, b"not ours to zero").unwrap();
+        let err = prepare_file(dir.path(), 4, 8192, 4096, Pacing::SyncAtEnd, |_| true);
+        assert!(matches!(err, Err(WalError::Io { .. })));
+        assert_eq!(std::fs::read(&path).unwrap(), b"not ours to zero");
     }
 }

@@ -14,7 +14,7 @@ use crate::format::{
 use crate::lock::{lock_dir, DirLock};
 use crate::options::{SyncMode, WalOptions, RESERVED_KIND_MIN};
 use crate::prealloc::{
-    prepare_file, remove_leftover_prep_files, PreallocationStats, Prepared, Preparer,
+    prepare_file, remove_leftover_prep_files, Pacing, PreallocationStats, Prepared, Preparer,
 };
 use crate::recovery::{
     replay, track_record, Recovered, RecoveredRecord, RecoveryReport, StickyRecord,
@@ -149,7 +149,8 @@ impl Wal {
                     state.next_seq,
                     options.segment_bytes_max,
                     options.preallocate_chunk_bytes,
-                    || true,
+                    Pacing::SyncAtEnd,
+                    |_| true,
                 )?
                 .ok_or_else(|| WalError::io("prepare first segment", &dir, cancelled()))?;
                 stats.segments_prepared += 1;
@@ -414,6 +415,7 @@ impl Wal {
         self.active.file_bytes = self.active.written_bytes;
         self.synced_lsn = self.next_lsn - 1;
         let seq = self.active.meta.seq + 1;
+        // `take` also asks for `seq + 1`, whether or not `seq` was ready.
         let prepared = self.preparer.as_ref().and_then(|p| p.take(seq));
         let next = match prepared {
             Some(prepared) => {
@@ -428,9 +430,6 @@ impl Wal {
             }
         }
         .map_err(|e| self.poison(e))?;
-        if let Some(preparer) = &self.preparer {
-            preparer.want(seq + 1);
-        }
         let old = std::mem::replace(&mut self.active, next);
         self.closed.push_back(old.meta);
         self.carry_sticky();

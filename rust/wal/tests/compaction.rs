@@ -29,7 +29,11 @@ fn latest(records: &[Rec], group_id: u64, kind: u8) -> Option<Rec> {
 
 /// Group 1 writes its hard state once, then only group 2 writes entries for many segments.
 fn idle_group_log(dir: &std::path::Path) -> Wal {
-    let (mut wal, _) = open(dir, small_segments(4096));
+    idle_group_log_with(dir, small_segments(4096))
+}
+
+fn idle_group_log_with(dir: &std::path::Path, options: nodedb_wal::WalOptions) -> Wal {
+    let (mut wal, _) = open(dir, options);
     append_all(
         &mut wal,
         &[
@@ -119,28 +123,53 @@ fn a_group_without_a_floor_keeps_its_segments() {
     assert_eq!(out.segments_deleted, 0);
 }
 
+/// With growing segments every open starts a fresh segment, so a restart closes the segment
+/// holding the forget record (and group 1's carried state before it) and compaction drops it.
+/// With preallocation the restart continues that segment: it goes once it has rolled.
 #[test]
 fn forgotten_group_releases_its_segments_and_stops_being_carried() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut wal = idle_group_log(dir.path());
-    let lsn = wal.forget_group(1).unwrap();
-    assert_eq!(wal.last_lsn(), lsn);
-    let out = wal.compact(&HashMap::from([(2, u64::MAX)])).unwrap();
-    assert!(out.segments_deleted >= 4, "{out:?}");
-    drop(wal);
-    let (mut wal, recovered) = open(dir.path(), small_segments(4096));
-    let records = owned(&recovered);
-    let last_of_1 = records.iter().rev().find(|r| r.group_id == 1).unwrap();
-    assert_eq!(
-        last_of_1.kind, KIND_FORGET_GROUP,
-        "nothing of group 1 after its forget record"
-    );
-    wal.compact(&HashMap::from([(2, u64::MAX)])).unwrap();
-    drop(wal);
-    let (_, recovered) = open(dir.path(), small_segments(4096));
-    assert!(owned(&recovered)
-        .iter()
-        .all(|r| r.group_id != 1 || r.kind == KIND_FORGET_GROUP));
+    for preallocate in [false, true] {
+        let options = nodedb_wal::WalOptions {
+            preallocate,
+            ..small_segments(4096)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = idle_group_log_with(dir.path(), options.clone());
+        let lsn = wal.forget_group(1).unwrap();
+        assert_eq!(wal.last_lsn(), lsn);
+        let out = wal.compact(&HashMap::from([(2, u64::MAX)])).unwrap();
+        assert!(out.segments_deleted >= 4, "{out:?}");
+        drop(wal);
+        let (mut wal, recovered) = open(dir.path(), options.clone());
+        let records = owned(&recovered);
+        let last_of_1 = records.iter().rev().find(|r| r.group_id == 1).unwrap();
+        assert_eq!(
+            last_of_1.kind, KIND_FORGET_GROUP,
+            "nothing of group 1 after its forget record"
+        );
+        if preallocate {
+            let mut rolled = false;
+            for i in 1000..2000 {
+                let out = wal
+                    .append(&[Rec::entry(2, i, &[1u8; 100]).as_ref()])
+                    .unwrap();
+                if out.rolled {
+                    rolled = true;
+                    break;
+                }
+            }
+            assert!(rolled, "no roll within 1000 appends");
+        }
+        wal.compact(&HashMap::from([(2, u64::MAX)])).unwrap();
+        drop(wal);
+        let (_, recovered) = open(dir.path(), options);
+        assert!(
+            owned(&recovered)
+                .iter()
+                .all(|r| r.group_id != 1 || r.kind == KIND_FORGET_GROUP),
+            "preallocate {preallocate}"
+        );
+    }
 }
 
 #[test]

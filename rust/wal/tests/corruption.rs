@@ -127,11 +127,20 @@ fn missing_segment_in_the_sequence_is_corrupt() {
 
 #[test]
 fn segment_copied_under_another_name_is_corrupt() {
-    let (dir, _) = three_segments();
-    let files = segment_files(dir.path());
-    // The log was left with its last segment preallocated (zeros after its records): once a
-    // file follows it, that zero tail is found first, and it is corrupt too (a closed segment
+    // A log whose last segment is preallocated (zeros after its records; every roll waits for
+    // the prepared file so the layout does not depend on the background thread's timing): once
+    // a file follows it, that zero tail is found first, and it is corrupt too (a closed segment
     // ends at its last record). Named with file and offset like any damage.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path(), small_segments(4096));
+    for i in 1..=90 {
+        assert!(wal.wait_for_prepared_segment(std::time::Duration::from_secs(20)));
+        append_all(&mut wal, &[Rec::entry(1, i, &[7u8; 100])]);
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3);
     let copy = dir
         .path()
         .join(nodedb_wal::segment_file_name(files.len() as u64));
