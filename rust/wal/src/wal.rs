@@ -14,7 +14,8 @@ use crate::format::{
 use crate::lock::{lock_dir, DirLock};
 use crate::options::{SyncMode, WalOptions, RESERVED_KIND_MIN};
 use crate::prealloc::{
-    prepare_file, remove_leftover_prep_files, Pacing, PreallocationStats, Prepared, Preparer,
+    prep_file_name, prepare_file, remove_leftover_prep_files, Pacing, PreallocationStats, Prepared,
+    Preparer,
 };
 use crate::recovery::{
     replay, track_record, Recovered, RecoveredRecord, RecoveryReport, StickyRecord,
@@ -144,17 +145,19 @@ impl Wal {
         let active = match reused {
             Some(active) => active,
             None if options.preallocate => {
-                let prepared = prepare_file(
-                    &dir,
-                    state.next_seq,
-                    options.segment_bytes_max,
-                    options.preallocate_chunk_bytes,
-                    Pacing::SyncAtEnd,
-                    |_| true,
-                )?
-                .ok_or_else(|| WalError::io("prepare first segment", &dir, cancelled()))?;
-                stats.segments_prepared += 1;
-                activate_prepared(&dir, prepared, state.next_lsn)?
+                match prepare_first_segment(&dir, &options, state.next_seq) {
+                    Ok(prepared) => {
+                        stats.segments_prepared += 1;
+                        activate_prepared(&dir, prepared, state.next_lsn)?
+                    }
+                    Err(e) => {
+                        // E.g. the disk is too full for a whole segment: start a growing one,
+                        // as a roll would.
+                        stats.prepare_failures += 1;
+                        stats.last_failure = Some(e.to_string());
+                        create_segment(&dir, state.next_seq, state.next_lsn)?
+                    }
+                }
             }
             None => create_segment(&dir, state.next_seq, state.next_lsn)?,
         };
@@ -331,7 +334,9 @@ impl Wal {
     pub fn preallocation_stats(&self) -> PreallocationStats {
         let mut stats = self.stats.clone();
         if let Some(preparer) = &self.preparer {
-            (stats.prepare_failures, stats.last_failure) = preparer.failures();
+            let (failures, last_failure) = preparer.failures();
+            stats.prepare_failures += failures;
+            stats.last_failure = last_failure.or(stats.last_failure);
         }
         stats
     }
@@ -593,7 +598,28 @@ fn continue_segment(meta: SegmentMeta, file_bytes: u64) -> Result<Active, WalErr
     })
 }
 
-/// The error for a synchronous preparation that stopped early (it is never asked to).
-fn cancelled() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::Interrupted, "preparation cancelled")
+/// Zero-fills the first segment inside `open` (one sync at the end: nothing else is waiting).
+/// On failure the partial file is deleted (a leftover would also go at the next open).
+fn prepare_first_segment(dir: &Path, options: &WalOptions, seq: u64) -> Result<Prepared, WalError> {
+    let prepared = prepare_file(
+        dir,
+        seq,
+        options.segment_bytes_max,
+        options.preallocate_chunk_bytes,
+        Pacing::SyncAtEnd,
+        |_| true,
+    );
+    match prepared {
+        Ok(Some(prepared)) => Ok(prepared),
+        Ok(None) => unreachable!("an unconditional preparation does not stop early"),
+        Err(e) => {
+            let path = dir.join(prep_file_name(seq));
+            match fs::remove_file(&path) {
+                Err(rm) if rm.kind() != std::io::ErrorKind::NotFound => {
+                    Err(WalError::io("remove partial prep file", &path, rm))
+                }
+                _ => Err(e),
+            }
+        }
+    }
 }

@@ -2,6 +2,9 @@
 //! fails with EFBIG partway through a record. Goal: the failing call returns an I/O error naming
 //! the segment, every later call is refused as poisoned (no retry may pretend the data is safe),
 //! and a normal open afterwards recovers every acknowledged record, cutting the partial tail.
+//! Run twice: growing segments, and preallocation on (preparing a full-size segment then fails
+//! at the limit too, at open and in the background: the WAL must fall back to growing segments
+//! instead of failing to open, and the write failure then behaves the same).
 
 use std::process::Command;
 
@@ -16,13 +19,25 @@ const FSIZE_LIMIT_BYTES: u64 = 40_001;
 
 #[test]
 fn failed_write_poisons_and_recovery_keeps_every_acknowledged_record() {
+    failed_write_case(false);
+}
+
+#[test]
+fn failed_write_with_preallocation_falls_back_then_poisons_and_recovers() {
+    failed_write_case(true);
+}
+
+fn failed_write_case(preallocate: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_wal_crash_child"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wal_crash_child"));
+    child
         .arg(dir.path())
         .arg("--fsize-limit-bytes")
-        .arg(FSIZE_LIMIT_BYTES.to_string())
-        .output()
-        .unwrap();
+        .arg(FSIZE_LIMIT_BYTES.to_string());
+    if preallocate {
+        child.arg("--preallocate");
+    }
+    let out = child.output().unwrap();
     assert!(
         out.status.success(),
         "child failed: {}",

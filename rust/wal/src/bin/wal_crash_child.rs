@@ -1,7 +1,7 @@
 //! Test helper for `tests/crash_kill9.rs`: appends and syncs in a loop, printing one line per
 //! synced batch, until it is killed with SIGKILL. Not part of the library's API.
 //!
-//! Usage: `wal_crash_child <dir> [--fsize-limit-bytes N]`. Each batch holds, for one group, 1–8 entries plus the group's
+//! Usage: `wal_crash_child <dir> [--fsize-limit-bytes N [--preallocate]]`. Each batch holds, for one group, 1–8 entries plus the group's
 //! hard state (term = batch number), then one `sync()`. After the sync it prints
 //! `synced <lsn> <group> <index> <term>` (the LSN and index of the batch's last entry).
 //! Every 16th batch has one 512 KiB entry. Every 64 batches it compacts, keeping the last 64 indexes of each group. On restart it
@@ -31,12 +31,19 @@ const RUNTIME_MAX: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (dir, fsize_limit) = match args.as_slice() {
-        [dir] => (dir.clone(), None),
-        [dir, flag, n] if flag == "--fsize-limit-bytes" => match n.parse::<u64>() {
-            Ok(n) => (dir.clone(), Some(n)),
-            Err(_) => return usage(),
-        },
+    let (dir, fsize_limit, preallocate) = match args.as_slice() {
+        [dir] => (dir.clone(), None, true),
+        [dir, flag, n, rest @ ..] if flag == "--fsize-limit-bytes" => {
+            let preallocate = match rest {
+                [] => false,
+                [p] if p == "--preallocate" => true,
+                _ => return usage(),
+            };
+            match n.parse::<u64>() {
+                Ok(n) => (dir.clone(), Some(n), preallocate),
+                Err(_) => return usage(),
+            }
+        }
         _ => return usage(),
     };
     if let Some(limit) = fsize_limit {
@@ -45,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    match run(&dir, fsize_limit.is_some()) {
+    match run(&dir, fsize_limit.is_some(), preallocate) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wal_crash_child: {e}");
@@ -55,7 +62,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: wal_crash_child <dir> [--fsize-limit-bytes N]");
+    eprintln!("usage: wal_crash_child <dir> [--fsize-limit-bytes N [--preallocate]]");
     ExitCode::from(2)
 }
 
@@ -77,8 +84,9 @@ fn limit_file_size(limit: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Preallocation on (the default) unless `--fsize-limit-bytes`: that mode needs writes that
-/// extend the file to hit the limit, and a preallocated segment is already full-size.
+/// Preallocation on (the default) unless `--fsize-limit-bytes` without `--preallocate`: with
+/// it, preparing a full-size segment fails at the limit and the WAL must fall back to growing
+/// segments (at open and at every roll) before the write itself fails.
 fn options(preallocate: bool) -> WalOptions {
     WalOptions {
         segment_bytes_max: 64 * 1024,
@@ -89,10 +97,10 @@ fn options(preallocate: bool) -> WalOptions {
     }
 }
 
-fn run(dir: &str, report_first_error: bool) -> Result<(), WalError> {
+fn run(dir: &str, report_first_error: bool, preallocate: bool) -> Result<(), WalError> {
     let mut next_index: HashMap<u64, u64> = HashMap::new();
     let mut term = 0u64;
-    let (mut wal, _report) = Wal::open_with(dir, options(!report_first_error), |_lsn, record| {
+    let (mut wal, _report) = Wal::open_with(dir, options(preallocate), |_lsn, record| {
         if record.kind == KIND_ENTRY {
             let next = next_index.entry(record.group_id).or_insert(1);
             *next = (*next).max(record.index + 1);
