@@ -36,8 +36,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT_S = 1800
 """A cold release build of the crate and its deps takes minutes on 2 shared cores."""
 RUN_TIMEOUT_S = 600
-"""The bench itself takes ~10 s per run on this machine's disk; 600 s bounds a sick disk."""
-RUNS_DEFAULT = 3
+"""The bench takes ~15 s per run on this machine's disk (6 with the warm-up); 600 s bounds a
+sick disk."""
+RUNS_DEFAULT = 5
 TARGET_UNSYNCED_MB_PER_S = 1000.0
 TARGET_DURABLE_ENTRIES_PER_S = 500_000.0
 HEADLINE_BATCH_ENTRIES = 1000
@@ -107,7 +108,8 @@ def report(summaries: list[Summary]) -> list[str]:
             f" {grow['syncs_per_s'][0]:,.0f} syncs/s"
             f" = {pre['syncs_per_s'][0] / grow['syncs_per_s'][0]:.2f}x;"
             f" p50 {pre['p50_ms'][0]:.3f} vs {grow['p50_ms'][0]:.3f} ms,"
-            f" p99 {pre['p99_ms'][0]:.3f} vs {grow['p99_ms'][0]:.3f} ms"
+            f" p99 {pre['p99_ms'][0]:.3f} vs {grow['p99_ms'][0]:.3f} ms;"
+            f" CPU {pre['cpu_us_per_sync'][0]:.1f} vs {grow['cpu_us_per_sync'][0]:.1f} us per sync"
         )
     for case in (
         "wal_sync_during_preparation_batch1",
