@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -442,3 +445,57 @@ def test_a_transport_belongs_to_the_first_loop_that_uses_it(creds: list[Mtls]) -
         first.run_until_complete(transport.close())
     finally:
         first.close()
+
+
+WORKERS_PROBE = """
+import asyncio, os, sys, time
+from nodedb_cluster.transport import Insecure, Transport
+
+def workers() -> int:
+    tasks = os.listdir("/proc/self/task")
+    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
+    return sum(n == "nodedb-transpor" for n in names)
+
+async def main() -> None:
+    expected = int(sys.argv[1])
+    async with Transport(1, "127.0.0.1:0", Insecure()):
+        # A new thread takes its name when it starts running: poll (bounded) until the
+        # expected count shows, then check that no further worker appears.
+        deadline = time.monotonic() + 5.0
+        while workers() < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        print(workers())
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(("value", "workers"), [("1", 1), ("3", 3), (None, 2)])
+def test_transport_workers_follow_the_environment(value: str | None, workers: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NODEDB_TRANSPORT_WORKERS"}
+    if value is not None:
+        env["NODEDB_TRANSPORT_WORKERS"] = value
+    out = subprocess.run(
+        [sys.executable, "-c", WORKERS_PROBE, str(workers)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert int(out.stdout.strip()) == workers
+
+
+def test_a_bad_transport_worker_count_is_refused_naming_the_variable() -> None:
+    env = {**os.environ, "NODEDB_TRANSPORT_WORKERS": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", WORKERS_PROBE, "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "NODEDB_TRANSPORT_WORKERS" in out.stderr

@@ -31,13 +31,32 @@ use crate::wire::kind_of;
 /// serial p50 with a Python handler 202 vs 219 us; only a Rust-answered serial probe is faster on
 /// one worker (115 vs 184 us), because its hops then stay on one thread.
 const TRANSPORT_RUNTIME_WORKERS: usize = 2;
+/// Environment variable overriding `TRANSPORT_RUNTIME_WORKERS` for the whole process (read once,
+/// when the runtime starts): the runtime is process-wide, so no per-object setting can size it.
+const TRANSPORT_WORKERS_ENV: &str = "NODEDB_TRANSPORT_WORKERS";
+/// Largest accepted override.
+const TRANSPORT_WORKERS_MAX: usize = 64;
+
+/// The worker count: the override when set (1..=64, anything else refused naming the
+/// variable), else the default.
+fn transport_workers() -> Result<usize, String> {
+    let Ok(text) = std::env::var(TRANSPORT_WORKERS_ENV) else {
+        return Ok(TRANSPORT_RUNTIME_WORKERS);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=TRANSPORT_WORKERS_MAX).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{TRANSPORT_WORKERS_ENV}={text:?} is not a worker count in 1..={TRANSPORT_WORKERS_MAX}"
+        )),
+    }
+}
 
 /// The process-wide transport runtime (built on first use).
 pub(crate) fn transport_runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     let built = RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(TRANSPORT_RUNTIME_WORKERS)
+            .worker_threads(transport_workers()?)
             .thread_name("nodedb-transport")
             .enable_all()
             .build()
