@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::WalError;
 use crate::format::{
-    decode_frame, Frame, FrameSeed, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES,
+    decode_frame, Frame, FrameSeed, RecordRef, SegmentHeader, FRAME_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 
 /// File name of segment `seq`: 16 lowercase hex digits, so lexical order is numeric order.
@@ -128,7 +129,8 @@ pub struct ScanError {
 /// appended; every other segment was fsynced whole, and cut to its records, before its successor
 /// was created). In the last segment, zero bytes after the records are a clean end (the unused
 /// part of a preallocated segment); a bad frame followed only by zeros is a torn tail; a bad
-/// frame followed by a valid record is damage in the middle and the scan fails. The zero run at
+/// frame followed by a valid record is damage in the middle and the scan fails, and so are
+/// zeros followed by non-zero bytes (a crash tears a write into a prefix, never a hole). The zero run at
 /// the end is found first (a backwards scan, word-wide), so a mostly empty 64 MiB segment costs
 /// one pass, not a frame decode per offset.
 pub fn scan_segment(
@@ -196,6 +198,19 @@ pub fn scan_segment(
             return Err(ScanError {
                 offset_bytes: offset as u64,
                 reason: format!("{bad_reason}, followed by a valid record at offset {next}"),
+            });
+        }
+        let head_end = bytes.len().min(offset + FRAME_HEADER_BYTES);
+        if bytes[offset..head_end].iter().all(|b| *b == 0) {
+            // A write torn by a crash is a prefix: it starts at the end of the records. Zeros
+            // there and data further on is a hole (out-of-order writeback after power loss, or
+            // damage in a preallocated segment's zeros), not a torn write.
+            return Err(ScanError {
+                offset_bytes: offset as u64,
+                reason: format!(
+                    "the records end in zeros here but non-zero bytes follow (up to offset {})",
+                    data_end - 1
+                ),
             });
         }
         return Ok(Scan {
@@ -343,6 +358,25 @@ mod tests {
             "{}",
             err.reason
         );
+    }
+
+    #[test]
+    fn zeros_then_garbage_after_the_records_is_corrupt_not_torn() {
+        let (mut bytes, _) = segment(&[b"first"]);
+        let good = bytes.len();
+        bytes.extend_from_slice(&[0u8; 100_000]);
+        bytes[good + 50_000] = 0xFF; // a flipped bit in the preallocated zeros
+        let err = scan_segment(&bytes, true, |_, _| {}).unwrap_err();
+        assert_eq!(err.offset_bytes, good as u64);
+        assert!(
+            err.reason.contains(&format!("{}", good + 50_000)),
+            "{}",
+            err.reason
+        );
+        // Damage that starts right at the end of the records is a torn write.
+        bytes[good] = 0x01;
+        let scan = scan_segment(&bytes, true, |_, _| {}).unwrap();
+        assert_eq!(scan.torn_end_bytes, (good + 50_001) as u64);
     }
 
     #[test]
