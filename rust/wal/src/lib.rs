@@ -34,7 +34,8 @@
 //!   segments in which every group's records are at or below its floor. A group absent from
 //!   the floors keeps its segments. A removed group is released with [`Wal::forget_group`],
 //!   which also appears on replay as a [`KIND_FORGET_GROUP`] record: drop everything earlier
-//!   for that group.
+//!   for that group. With preallocation a restart continues the last segment instead of
+//!   closing it, so what it holds is released only once it has rolled.
 //! - **Recovery.** [`Wal::open`] / [`Wal::open_with`] replay every segment in order. A torn tail
 //!   of the last segment (cut header, cut record, bad crc at the end) is repaired and reported:
 //!   zeroed when zeros follow it (a preallocated segment), else truncated. Zeros after the last

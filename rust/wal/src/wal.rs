@@ -67,7 +67,10 @@ impl Active {
 /// The node's durable log for all Raft groups. See the crate docs for the contract.
 ///
 /// Dropping it releases the directory lock and discards appends still in the write buffer
-/// (never promised durable): call `sync()` first on a clean shutdown.
+/// (never promised durable): call `sync()` first on a clean shutdown. Drop also stops the
+/// preparation thread (waits for at most one chunk) and deletes an unused prepared file; the
+/// active segment keeps its preallocated zeros (the next open continues it). Disk cost: up to
+/// two full segments per log (active + prepared), 128 MiB with the defaults.
 pub struct Wal {
     dir: PathBuf,
     options: WalOptions,
