@@ -28,6 +28,14 @@ pub const WRITE_BUFFER_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// preparation 0.33 ms with 256 KiB vs 0.67 ms with 1 MiB (0.18 ms idle), preparing 64 MiB in
 /// 0.23 s vs 0.11 s; 64 KiB bought little more (0.27 ms) for 0.7 s.
 pub const PREALLOCATE_CHUNK_BYTES_DEFAULT: usize = 256 * 1024;
+/// A segment whose syncs carried more than this on average is followed by a growing segment,
+/// not a prepared one. Zero-filling doubles the bytes written, while what it saves (the inode
+/// write, ~50 us) is per sync: it pays only when syncs are many and small. Measured on the
+/// replicated KV (BENCHMARKS.md, "Replicated KV"): 64-client waves (64 commands of ~150 B per
+/// sync) +24 % writes/s with preallocation; 8 x 1000-item batches lost 12 % with it at a 64 KiB
+/// bound (group commit splits their batches into smaller syncs) and nothing at this one. The
+/// next segment is prepared again once a segment of smaller syncs closes.
+pub const PREALLOCATE_BYTES_PER_SYNC_MAX: u64 = 16 * 1024;
 /// Smallest accepted zero-fill chunk (one page).
 pub const PREALLOCATE_CHUNK_BYTES_MIN: usize = 4096;
 /// Largest accepted zero-fill chunk: the chunk is a buffer of zeros held while preparing.

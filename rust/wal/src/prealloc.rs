@@ -130,6 +130,9 @@ pub struct PreallocationStats {
     pub segments_prepared: u64,
     /// Rolls that found no prepared file ready and started a growing segment instead.
     pub rolls_fallback: u64,
+    /// Rolls after a segment whose syncs averaged more than `PREALLOCATE_BYTES_PER_SYNC_MAX`
+    /// bytes: no further segment is prepared until a segment of smaller syncs closes.
+    pub rolls_dense: u64,
     /// Background preparations that failed (e.g. disk full); each leads to one fallback roll.
     pub prepare_failures: u64,
     /// The last background error (a failed preparation or a failed delete of an unused
@@ -213,12 +216,13 @@ impl Preparer {
     }
 
     /// The prepared file for `seq` if it is ready now (never waits), and asks for `seq + 1`
-    /// next, in the same critical section: the worker must never start preparing `seq` again
-    /// once its file was handed out (it would zero the new segment under the `.prep` name).
-    pub fn take(&self, seq: u64) -> Option<Prepared> {
+    /// next (or, `want_next` false, for nothing: the worker idles), in the same critical
+    /// section: the worker must never start preparing `seq` again once its file was handed out
+    /// (it would zero the new segment under the `.prep` name).
+    pub fn take(&self, seq: u64, want_next: bool) -> Option<Prepared> {
         let ready = {
             let mut state = self.shared.lock();
-            state.wanted = Some(seq + 1);
+            state.wanted = want_next.then_some(seq + 1);
             state.ready.take()
         };
         self.shared.wake.notify_all();
@@ -367,7 +371,7 @@ mod tests {
         let preparer = Preparer::start(dir.path(), 64 * 1024, 4096).unwrap();
         preparer.want(1);
         assert!(preparer.wait_ready(1, WAIT));
-        let taken = preparer.take(1).unwrap();
+        let taken = preparer.take(1, true).unwrap();
         taken.file.write_all_at(b"HEADER", 0).unwrap(); // still under the .prep name
         assert!(preparer.wait_ready(2, WAIT), "{:?}", preparer.failures());
         let mut head = [0u8; 6];

@@ -12,7 +12,7 @@ use crate::format::{
     encode_frame, frame_bytes, FrameSeed, RecordRef, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::lock::{lock_dir, DirLock};
-use crate::options::{SyncMode, WalOptions, RESERVED_KIND_MIN};
+use crate::options::{SyncMode, WalOptions, PREALLOCATE_BYTES_PER_SYNC_MAX, RESERVED_KIND_MIN};
 use crate::prealloc::{
     prep_file_name, prepare_file, remove_leftover_prep_files, Pacing, PreallocationStats, Prepared,
     Preparer,
@@ -56,11 +56,19 @@ struct Active {
     /// Current file length. Larger than `written_bytes` while preallocated zeros lie ahead;
     /// cut back to `written_bytes` when the segment is closed.
     file_bytes: u64,
+    /// Syncs that wrote into this segment (with `written_bytes`: the bytes per sync that
+    /// decide whether the next segment is prepared).
+    syncs: u64,
 }
 
 impl Active {
     fn preallocated_bytes_ahead(&self) -> u64 {
         self.file_bytes.saturating_sub(self.written_bytes)
+    }
+
+    /// Were this segment's syncs, on average, too large for preallocation to pay?
+    fn syncs_dense(&self) -> bool {
+        self.syncs > 0 && self.written_bytes / self.syncs > PREALLOCATE_BYTES_PER_SYNC_MAX
     }
 }
 
@@ -88,6 +96,8 @@ pub struct Wal {
     /// Background preparation of the next segment (`None` with `preallocate` off). Declared
     /// before `_lock` so its thread is joined before the directory lock is released.
     preparer: Option<Preparer>,
+    /// No preparation asked for since the last roll (the closed segment's syncs were large).
+    prep_paused: bool,
     stats: PreallocationStats,
     /// Held for the lifetime of the `Wal`: one writer per directory.
     _lock: DirLock,
@@ -188,6 +198,7 @@ impl Wal {
             forgotten_lsn: state.forgotten_lsn,
             poisoned: None,
             preparer,
+            prep_paused: false,
             stats,
             _lock: lock,
         };
@@ -245,6 +256,7 @@ impl Wal {
             SyncMode::Fsync => self.active.file.sync_all(),
         };
         result.map_err(|e| self.poison(WalError::io("fsync", &self.active.meta.path, e)))?;
+        self.active.syncs += 1;
         self.synced_lsn = self.next_lsn - 1;
         Ok(Lsn(self.synced_lsn))
     }
@@ -423,15 +435,27 @@ impl Wal {
         self.active.file_bytes = self.active.written_bytes;
         self.synced_lsn = self.next_lsn - 1;
         let seq = self.active.meta.seq + 1;
-        // `take` also asks for `seq + 1`, whether or not `seq` was ready.
-        let prepared = self.preparer.as_ref().and_then(|p| p.take(seq));
+        // Large syncs: the next segment grows (and `seq + 1` is not prepared either) until a
+        // segment of small syncs asks for preparation again.
+        let dense = self.active.syncs_dense();
+        let was_wanted = !self.prep_paused;
+        self.prep_paused = dense;
+        // `take` also asks for `seq + 1` (unless dense), whether or not `seq` was ready.
+        let prepared = match &self.preparer {
+            Some(p) if !dense => p.take(seq, true),
+            Some(p) => {
+                self.stats.rolls_dense += 1;
+                p.take(seq, false) // one already prepared is used: its zeros are written
+            }
+            None => None,
+        };
         let next = match prepared {
             Some(prepared) => {
                 self.stats.segments_prepared += 1;
                 activate_prepared(&self.dir, prepared, self.next_lsn)
             }
             None => {
-                if self.preparer.is_some() {
+                if self.preparer.is_some() && !dense && was_wanted {
                     self.stats.rolls_fallback += 1;
                 }
                 create_segment(&self.dir, seq, self.next_lsn)
@@ -527,6 +551,18 @@ fn create_segment(dir: &Path, seq: u64, first_lsn: u64) -> Result<Active, WalErr
     file.sync_all()
         .map_err(|e| WalError::io("fsync segment header", &path, e))?;
     fsync_dir(dir)?;
+    Ok(empty_active(
+        file,
+        path,
+        seq,
+        first_lsn,
+        SEGMENT_HEADER_BYTES as u64,
+    ))
+}
+
+/// The active state of a segment that holds only its header; `file_bytes` is its length on
+/// disk (the header alone, or a whole preallocated segment).
+fn empty_active(file: File, path: PathBuf, seq: u64, first_lsn: u64, file_bytes: u64) -> Active {
     let meta = SegmentMeta {
         seq,
         path,
@@ -535,14 +571,15 @@ fn create_segment(dir: &Path, seq: u64, first_lsn: u64) -> Result<Active, WalErr
         size_bytes: SEGMENT_HEADER_BYTES as u64,
         groups: GroupSpans::default(),
     };
-    Ok(Active {
+    Active {
         file,
         meta,
         carried_count: 0,
         seed: FrameSeed::for_segment(seq),
         written_bytes: SEGMENT_HEADER_BYTES as u64,
-        file_bytes: SEGMENT_HEADER_BYTES as u64,
-    })
+        file_bytes,
+        syncs: 0,
+    }
 }
 
 /// Turns a prepared (zero-filled, synced) file into segment `prepared.seq`: header written and
@@ -566,22 +603,7 @@ fn activate_prepared(dir: &Path, prepared: Prepared, first_lsn: u64) -> Result<A
         .map_err(|e| WalError::io("link prepared segment", &path, e))?;
     fs::remove_file(&prep_path).map_err(|e| WalError::io("remove prep name", &prep_path, e))?;
     fsync_dir(dir)?;
-    let meta = SegmentMeta {
-        seq,
-        path,
-        first_lsn,
-        record_count: 0,
-        size_bytes: SEGMENT_HEADER_BYTES as u64,
-        groups: GroupSpans::default(),
-    };
-    Ok(Active {
-        file,
-        meta,
-        carried_count: 0,
-        seed: FrameSeed::for_segment(seq),
-        written_bytes: SEGMENT_HEADER_BYTES as u64,
-        file_bytes: len_bytes,
-    })
+    Ok(empty_active(file, path, seq, first_lsn, len_bytes))
 }
 
 /// Continues appending to the (preallocated) last segment replay found: the next write goes
@@ -598,6 +620,7 @@ fn continue_segment(meta: SegmentMeta, file_bytes: u64) -> Result<Active, WalErr
         file_bytes,
         meta,
         carried_count: 0,
+        syncs: 0,
     })
 }
 

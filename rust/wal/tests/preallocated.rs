@@ -418,3 +418,46 @@ fn smallest_segments_preallocate_too() {
     let (_wal, recovered) = open(dir.path(), opts);
     assert_eq!(entries_of(&recovered), written);
 }
+
+/// Appends `payload_bytes` records, one sync each, until the WAL rolls.
+fn sync_until_roll(wal: &mut Wal, next_index: &mut u64, payload_bytes: usize) {
+    for _ in 0..APPENDS_TO_ROLL_MAX {
+        let rec = Rec::entry(1, *next_index, &vec![7u8; payload_bytes]);
+        *next_index += 1;
+        let rolled = wal.append(&[rec.as_ref()]).unwrap().rolled;
+        wal.sync().unwrap();
+        if rolled {
+            return;
+        }
+    }
+    panic!("no roll after {APPENDS_TO_ROLL_MAX} appends");
+}
+
+#[test]
+fn large_syncs_pause_preparation_until_a_segment_of_small_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = open(dir.path(), small_segments(1 << 20));
+    let large = usize::try_from(nodedb_wal::PREALLOCATE_BYTES_PER_SYNC_MAX).unwrap() * 2;
+    let mut next = 1;
+    assert!(wal.wait_for_prepared_segment(PREPARED_WAIT_MAX));
+    sync_until_roll(&mut wal, &mut next, large);
+    let after_dense = wal.preallocation_stats();
+    assert_eq!(after_dense.rolls_dense, 1, "{after_dense:?}");
+    // The segment now active was already prepared (its zeros are written: used), but nothing
+    // further is prepared while its syncs are small: the next roll grows, without counting a
+    // fallback (none was asked for).
+    sync_until_roll(&mut wal, &mut next, 100);
+    let paused = wal.preallocation_stats();
+    assert_eq!(paused.segments_prepared, after_dense.segments_prepared);
+    assert_eq!((paused.rolls_dense, paused.rolls_fallback), (1, 0));
+    // That segment's syncs were small: preparation resumed, and the next roll uses it.
+    assert!(wal.wait_for_prepared_segment(PREPARED_WAIT_MAX));
+    sync_until_roll(&mut wal, &mut next, 100);
+    let resumed = wal.preallocation_stats();
+    assert_eq!(resumed.segments_prepared, paused.segments_prepared + 1);
+    assert_eq!(
+        (resumed.rolls_dense, resumed.rolls_fallback),
+        (1, 0),
+        "{resumed:?}"
+    );
+}
