@@ -980,24 +980,28 @@ impl PyKvClient {
         self.inner.runtime
     }
 
-    /// Resolve `future` on the owning loop with what `value` makes there (counted as an
-    /// unresolved call until then, so a closing `Client` keeps watching the bridge).
-    pub(crate) fn resolve_later(&self, future: Py<PyAny>) -> impl FnOnce(Box<LoopValue>) + Send {
-        let bridge = Arc::clone(&self.inner.bridge);
-        let unresolved = Arc::clone(&self.inner.calls_unresolved);
-        unresolved.fetch_add(1, Ordering::AcqRel);
-        move |value: Box<LoopValue>| {
-            bridge.push(Box::new(move |py| {
-                unresolved.fetch_sub(1, Ordering::AcqRel);
-                let result = value(py);
-                settle(py, &future, result);
-            }));
-        }
+    pub(crate) fn bridge(&self) -> &Arc<LoopBridge> {
+        &self.inner.bridge
+    }
+
+    /// Counts one more call whose future is resolved through the bridge by other code (so a
+    /// closing `Client` keeps watching the bridge); dropping the guard on the loop thread, once
+    /// that future is settled, uncounts it.
+    pub(crate) fn unresolved_call(&self) -> UnresolvedCall {
+        let counter = Arc::clone(&self.inner.calls_unresolved);
+        counter.fetch_add(1, Ordering::AcqRel);
+        UnresolvedCall(counter)
     }
 }
 
-/// Builds a Python value on the loop thread.
-pub(crate) type LoopValue = dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send;
+/// See [`PyKvClient::unresolved_call`].
+pub(crate) struct UnresolvedCall(Arc<AtomicUsize>);
+
+impl Drop for UnresolvedCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Why a call could not start.
 pub(crate) enum SubmitError {

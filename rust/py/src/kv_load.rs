@@ -11,6 +11,7 @@
 //! Bounded: `duration_s` ≤ `DURATION_S_MAX`, at most `OPS_PER_CLIENT_MAX` operations per
 //! caller; a caller whose call cannot even start (client closed, no member known) stops.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +20,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use tokio::sync::mpsc;
 
+use crate::bridge::spawn_settle;
 use crate::errors::cluster_error;
-use crate::kv_client::{Inner, NativeDone, PyKvClient};
+use crate::kv_client::{Inner, NativeDone, PyKvClient, UnresolvedCall};
 
 /// Longest run accepted (the bench's own bound).
 const DURATION_S_MAX: f64 = 3600.0;
@@ -79,7 +81,7 @@ fn key_of(i: u64) -> Vec<u8> {
     format!("bench:{i:010}").into_bytes()
 }
 
-/// One caller's next operation; false when it could not start (counted as an error).
+/// Issues the callers' operations (one call in flight per caller, tagged with its index).
 struct Issuer<'a> {
     core: &'a Arc<Inner>,
     spec: LoadSpec,
@@ -93,6 +95,7 @@ struct Issuer<'a> {
 }
 
 impl Issuer<'_> {
+    /// `caller`'s next operation; false when it could not start (counted as an error).
     fn issue(&mut self, caller: usize, result: &mut LoadResult, counts: &Counts) -> bool {
         if self.issued[caller] >= OPS_PER_CLIENT_MAX {
             return false;
@@ -277,16 +280,37 @@ fn run_native_load(
     };
     let counts = Arc::new(Counts::default());
     let core = client.core();
-    let resolve = client.resolve_later(future);
     let run_counts = Arc::clone(&counts);
-    client.runtime().spawn(async move {
+    let call = client.unresolved_call();
+    let work = async move {
         let result = run(core, spec, Arc::clone(&run_counts)).await;
-        resolve(Box::new(move |py| to_py(py, &run_counts, result)));
-    });
+        Ok::<_, Infallible>(Finished {
+            result,
+            counts: run_counts,
+            _call: call,
+        })
+    };
+    spawn_settle(
+        client.runtime(),
+        client.bridge(),
+        future,
+        work,
+        to_py,
+        |_, never| match never {},
+    );
     Ok(PyNativeLoad { counts })
 }
 
-fn to_py(py: Python<'_>, counts: &Counts, result: LoadResult) -> PyResult<Py<PyAny>> {
+/// What the run's future is resolved with; `_call` is uncounted when this is dropped, on the
+/// loop thread, right after the conversion.
+struct Finished {
+    result: LoadResult,
+    counts: Arc<Counts>,
+    _call: UnresolvedCall,
+}
+
+fn to_py(py: Python<'_>, finished: Finished) -> PyResult<Py<PyAny>> {
+    let Finished { result, counts, .. } = finished;
     let doc = PyDict::new(py);
     doc.set_item("writes", counts.writes.load(Ordering::Relaxed))?;
     doc.set_item("reads", counts.reads.load(Ordering::Relaxed))?;
