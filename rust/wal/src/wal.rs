@@ -56,9 +56,11 @@ struct Active {
     /// Current file length. Larger than `written_bytes` while preallocated zeros lie ahead;
     /// cut back to `written_bytes` when the segment is closed.
     file_bytes: u64,
-    /// Syncs that wrote into this segment (with `written_bytes`: the bytes per sync that
-    /// decide whether the next segment is prepared).
+    /// Syncs that wrote into this segment since it became active, and `written_bytes` then:
+    /// the bytes per sync that decide whether the next segment is prepared (a segment
+    /// continued after a restart counts only what this process wrote).
     syncs: u64,
+    written_bytes_at_start: u64,
 }
 
 impl Active {
@@ -68,7 +70,8 @@ impl Active {
 
     /// Were this segment's syncs, on average, too large for preallocation to pay?
     fn syncs_dense(&self) -> bool {
-        self.syncs > 0 && self.written_bytes / self.syncs > PREALLOCATE_BYTES_PER_SYNC_MAX
+        let written = self.written_bytes - self.written_bytes_at_start;
+        self.syncs > 0 && written / self.syncs > PREALLOCATE_BYTES_PER_SYNC_MAX
     }
 }
 
@@ -579,6 +582,7 @@ fn empty_active(file: File, path: PathBuf, seq: u64, first_lsn: u64, file_bytes:
         written_bytes: SEGMENT_HEADER_BYTES as u64,
         file_bytes,
         syncs: 0,
+        written_bytes_at_start: SEGMENT_HEADER_BYTES as u64,
     }
 }
 
@@ -617,6 +621,7 @@ fn continue_segment(meta: SegmentMeta, file_bytes: u64) -> Result<Active, WalErr
         file,
         seed: FrameSeed::for_segment(meta.seq),
         written_bytes: meta.size_bytes,
+        written_bytes_at_start: meta.size_bytes,
         file_bytes,
         meta,
         carried_count: 0,

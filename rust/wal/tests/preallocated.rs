@@ -461,3 +461,26 @@ fn large_syncs_pause_preparation_until_a_segment_of_small_syncs() {
         "{resumed:?}"
     );
 }
+
+#[test]
+fn a_segment_continued_after_restart_judges_only_its_new_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = 8 * 1024; // below PREALLOCATE_BYTES_PER_SYNC_MAX per sync
+    let segment_bytes: u64 = 1 << 20;
+    let mut next = 1;
+    {
+        let (mut wal, _) = open(dir.path(), small_segments(segment_bytes));
+        // Fill most of the first (preallocated) segment with small syncs, without rolling.
+        while next <= 100 {
+            let rec = Rec::entry(1, next, &vec![7u8; small]);
+            next += 1;
+            assert!(!wal.append(&[rec.as_ref()]).unwrap().rolled);
+            wal.sync().unwrap();
+        }
+    }
+    // Restart: the segment is continued. A few more small syncs, then the roll: the bytes
+    // written before the restart must not count against these syncs.
+    let (mut wal, _) = open(dir.path(), small_segments(segment_bytes));
+    sync_until_roll(&mut wal, &mut next, small);
+    assert_eq!(wal.preallocation_stats().rolls_dense, 0);
+}
