@@ -5,17 +5,20 @@
 //! Schemas (field: type) — the Python side (`nodedb_cluster.wire`) mirrors these exactly:
 //! - Ping / Pong: `node_id: u64, nonce: u64`
 //! - JoinRequest: `node_id: u64, listen_addr: str, wire_version: u32, spki_pin: bin | nil,
-//!   swim_addr: str | nil`
+//!   swim_addr: str | nil, join_token: str | nil (96 hex characters)`
 //! - JoinResponse: `success: bool, error: str, cluster_id: str, state: bin | nil (the metadata
 //!   group's full state as the formation layer encodes it; opaque here), nodes: [JoinNode],
-//!   routing: RoutingSnapshot | nil`
+//!   routing: RoutingSnapshot | nil, cluster_secret: bin | nil (to an admitted node only),
+//!   permanent: bool (a rejection no retry can cure; absent = false)`
 //!   - JoinNode: `node_id: u64, addr: str, state: u8 (WIRE.md NodeState), wire_version: u32,
 //!     spki_pin: bin | nil`
 //!   - RoutingSnapshot: `epoch: u64, vshard_to_group: [u32; 1024], groups: [GroupMembers]`
 //!   - GroupMembers: `group_id: u32, leader: u64 (0 = unknown), members: [u64], learners: [u64]`
 //! - Error: `code: str, message: str`
 //! - StatusRequest / StatusResponse, MetadataPropose / MetadataProposeResponse (kinds 6-9): owned
-//!   by the formation layer (`python/nodedb_cluster/node.py`), which defines their maps.
+//!   by the formation layer (`python/nodedb_cluster/node.py`), which defines their maps; so are
+//!   JoinTokenRequest / JoinTokenResponse (10-11, `python/nodedb_cluster/formation/admission.py`)
+//!   and AuditRequest / AuditResponse (12-13, `python/nodedb_cluster/metadata/audit.py`).
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -76,6 +79,9 @@ pub struct JoinRequest {
     /// The joiner's SWIM UDP address, when it runs SWIM (an added field: absent = None).
     #[serde(default)]
     pub swim_addr: Option<String>,
+    /// The operator's join token (an added field: absent = None).
+    #[serde(default)]
+    pub join_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +128,12 @@ pub struct JoinResponse {
     pub nodes: Vec<JoinNode>,
     #[serde(default)]
     pub routing: Option<RoutingSnapshot>,
+    /// The cluster secret, to an admitted node only (an added field: absent = None).
+    #[serde(default, with = "serde_bytes_opt")]
+    pub cluster_secret: Option<Vec<u8>>,
+    /// A rejection that no retry can cure (an added field: absent = false).
+    #[serde(default)]
+    pub permanent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +187,7 @@ mod tests {
             wire_version: 1,
             spki_pin: Some(vec![0xAB; 32]),
             swim_addr: Some("127.0.0.1:9500".into()),
+            join_token: None,
         };
         let bytes = req.to_msgpack().unwrap();
         // Named fields: the key text is in the payload.
