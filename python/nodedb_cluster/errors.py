@@ -202,6 +202,19 @@ class RemoteError(ClusterError):
         self.message = message
 
 
+class PermissionDenied(ClusterError, PermissionError):
+    """The node refused the request: this certificate's role may not send it (the node's kind
+    table), or the node does not allow it at all. Not retryable: another attempt, node or
+    leader gets the same answer; a certificate with another role is needed."""
+
+    code = "permission_denied"
+    """The Error-message code (a handler raising this answers with it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"permission denied: {message}")
+        self.message = message
+
+
 class UnknownPeer(ClusterError, KeyError):
     """send_rpc to a node id that was never registered with register_peer."""
 

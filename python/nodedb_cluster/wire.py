@@ -40,11 +40,17 @@ class MessageKind(enum.IntEnum):
     STATUS_RESPONSE = 7
     METADATA_PROPOSE = 8
     METADATA_PROPOSE_RESPONSE = 9
+    JOIN_TOKEN_REQUEST = 10
+    JOIN_TOKEN_RESPONSE = 11
+    AUDIT_REQUEST = 12
+    AUDIT_RESPONSE = 13
     RAFT_BATCH = 16
     SNAPSHOT_CHUNK = 17
     SNAPSHOT_ACK = 18
     KV_REQUEST = 32
     KV_RESPONSE = 33
+    BENCH_LOAD = 34
+    BENCH_LOAD_RESPONSE = 35
 
     @classmethod
     def _missing_(cls, value: object) -> MessageKind:
@@ -122,6 +128,9 @@ class JoinRequest:
     """SHA-256 of the joiner's SubjectPublicKeyInfo when it runs mTLS."""
     swim_addr: str | None = None
     """The joiner's SWIM UDP address, when it runs SWIM (added field: absent = None)."""
+    join_token: str | None = field(default=None, repr=False)
+    """The operator's join token (formation/join_token.py), when the joiner was given one (added
+    field: absent = None). A bearer credential: kept out of repr and logs."""
 
     def encode(self) -> bytes:
         return bytes(
@@ -132,6 +141,7 @@ class JoinRequest:
                     "wire_version": self.wire_version,
                     "spki_pin": self.spki_pin,
                     "swim_addr": self.swim_addr,
+                    "join_token": self.join_token,
                 },
                 use_bin_type=True,
             )
@@ -146,6 +156,7 @@ class JoinRequest:
             wire_version=_field(data, "wire_version", int, "JoinRequest"),
             spki_pin=_pin(data, "JoinRequest"),
             swim_addr=_optional(data, "swim_addr", str, None, "JoinRequest"),
+            join_token=_optional(data, "join_token", str, None, "JoinRequest"),
         )
 
 
@@ -254,6 +265,12 @@ class JoinResponse:
     """The metadata group's full state as the formation layer encodes it (opaque here)."""
     nodes: tuple[JoinNode, ...] = field(default=())
     routing: RoutingSnapshot | None = None
+    cluster_secret: bytes | None = field(default=None, repr=False)
+    """The cluster secret, to an admitted node only (it keys join tokens and SWIM); sent over
+    mTLS only. Added field: a response from an older node lacks it (None). Never logged."""
+    permanent: bool = False
+    """A rejection that no retry can cure (e.g. a refused join token): the joiner stops at once
+    instead of walking its retry schedule. Added field: absent = False (retry, as before)."""
 
     def encode(self) -> bytes:
         return bytes(
@@ -265,6 +282,8 @@ class JoinResponse:
                     "state": self.state,
                     "nodes": [n.to_map() for n in self.nodes],
                     "routing": None if self.routing is None else self.routing.to_map(),
+                    "cluster_secret": self.cluster_secret,
+                    "permanent": self.permanent,
                 },
                 use_bin_type=True,
             )
@@ -284,6 +303,8 @@ class JoinResponse:
             state=_optional(data, "state", bytes, b"", "JoinResponse"),
             nodes=tuple(JoinNode.from_map(n) for n in nodes),
             routing=None if routing is None else RoutingSnapshot.from_map(routing),
+            cluster_secret=_optional(data, "cluster_secret", bytes, None, "JoinResponse"),
+            permanent=_optional(data, "permanent", bool, False, "JoinResponse"),
         )
 
 

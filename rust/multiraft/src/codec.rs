@@ -367,6 +367,98 @@ impl Frame {
             Frame::Ack(a) => a.from,
         }
     }
+
+    /// Refuse a frame that claims to come from anyone but `sender`, the node id its transport
+    /// connection proved: the frame's own field and, inside, every raft message's `from` (raft
+    /// steps on `msg.from`, so one forged message is enough to fake a vote or an append).
+    pub fn check_sender(&self, sender: NodeId) -> Result<(), String> {
+        if self.from() != sender {
+            return Err(format!(
+                "frame claims to come from node {} but the connection is node {}'s",
+                self.from().0,
+                sender.0
+            ));
+        }
+        let messages: Box<dyn Iterator<Item = &Message>> = match self {
+            Frame::Batch(b) => Box::new(b.messages.iter().map(|(_, m)| m)),
+            Frame::Chunk(c) => Box::new(c.message.iter()),
+            Frame::Ack(_) => Box::new(std::iter::empty()),
+        };
+        for m in messages {
+            if m.from != sender.0 {
+                return Err(format!(
+                    "raft message claims to come from node {} but the connection is node {}'s",
+                    m.from, sender.0
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod sender_tests {
+    use super::*;
+
+    fn msg(from: u64) -> Message {
+        let mut m = Message::default();
+        m.from = from;
+        m.to = 1;
+        m
+    }
+
+    #[test]
+    fn a_frame_from_its_connection_passes() {
+        let batch = Frame::Batch(RaftBatch {
+            from: NodeId(2),
+            messages: vec![(GroupId(1), msg(2)), (GroupId(3), msg(2))],
+        });
+        assert!(batch.check_sender(NodeId(2)).is_ok());
+    }
+
+    #[test]
+    fn a_forged_sender_is_refused_in_the_frame_or_in_any_message() {
+        let claims_3 = Frame::Batch(RaftBatch {
+            from: NodeId(3),
+            messages: vec![(GroupId(1), msg(3))],
+        });
+        assert!(claims_3.check_sender(NodeId(2)).is_err());
+        let one_message_forged = Frame::Batch(RaftBatch {
+            from: NodeId(2),
+            messages: vec![(GroupId(1), msg(2)), (GroupId(1), msg(99))],
+        });
+        let err = one_message_forged.check_sender(NodeId(2)).unwrap_err();
+        assert!(err.contains("99"), "{err}");
+        let chunk = |from: u64, message_from: u64| {
+            Frame::Chunk(Box::new(SnapshotChunk {
+                from: NodeId(from),
+                key: SnapshotKey {
+                    group: GroupId(1),
+                    index: 5,
+                    term: 2,
+                },
+                offset_bytes: 0,
+                total_bytes: 0,
+                checksum: 0,
+                data: vec![],
+                message: Some(msg(message_from)),
+            }))
+        };
+        assert!(chunk(2, 2).check_sender(NodeId(2)).is_ok());
+        assert!(chunk(3, 3).check_sender(NodeId(2)).is_err());
+        assert!(chunk(2, 3).check_sender(NodeId(2)).is_err());
+        let ack = Frame::Ack(SnapshotAck {
+            from: NodeId(4),
+            key: SnapshotKey {
+                group: GroupId(1),
+                index: 5,
+                term: 2,
+            },
+            ok: true,
+        });
+        assert!(ack.check_sender(NodeId(2)).is_err());
+        assert!(ack.check_sender(NodeId(4)).is_ok());
+    }
 }
 
 #[cfg(test)]

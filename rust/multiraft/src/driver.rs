@@ -120,6 +120,32 @@ impl Inbound {
             Err(_) => Metrics::inc(&self.shared.metrics.inbound_decode_errors),
         }
     }
+
+    /// [`Inbound::deliver_bytes`] for a frame whose connection proved it comes from `sender`
+    /// (`None`: an unauthenticated transport, nothing to check). A frame claiming any other
+    /// sender is dropped before the engine sees it, counted, and the reason returned.
+    pub fn deliver_bytes_from(
+        &self,
+        kind: u16,
+        payload: &[u8],
+        sender: Option<NodeId>,
+    ) -> Result<(), String> {
+        let frame = match Frame::decode(kind, payload) {
+            Ok(frame) => frame,
+            Err(_) => {
+                Metrics::inc(&self.shared.metrics.inbound_decode_errors);
+                return Ok(());
+            }
+        };
+        if let Some(sender) = sender {
+            if let Err(reason) = frame.check_sender(sender) {
+                Metrics::inc(&self.shared.metrics.inbound_forged_sender);
+                return Err(reason);
+            }
+        }
+        self.deliver(frame);
+        Ok(())
+    }
 }
 
 /// A running Multi-Raft engine. Dropping it shuts it down.

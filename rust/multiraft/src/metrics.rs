@@ -17,6 +17,9 @@ pub struct Metrics {
     pub step_errors: AtomicU64,
     pub inbound_dropped_full: AtomicU64,
     pub inbound_decode_errors: AtomicU64,
+    /// Frames whose claimed sender (frame or raft message `from`) is not the node id of the
+    /// certificate they arrived under: dropped unseen.
+    pub inbound_forged_sender: AtomicU64,
     pub inbound_unknown_group: AtomicU64,
     pub snapshots_taken: AtomicU64,
     pub snapshots_sent: AtomicU64,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nodedb_transport::{handler_fn, Transport};
+use nodedb_transport::{handler_fn, PeerIdentity, Refusal, Transport};
 use nodedb_wire::MessageKind;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -47,18 +47,35 @@ impl TransportNetwork {
         })
     }
 
-    /// Routes inbound raft kinds (16–18) of `transport` to `inbound`. Decoding happens on the
-    /// driver side of `Inbound::deliver_bytes`: a bad frame is counted there, never a panic.
-    pub fn attach_inbound(transport: &Transport, inbound: Inbound) {
+    /// Routes inbound raft kinds (16–18) of `transport` to `inbound`. A bad frame is counted by
+    /// `Inbound::deliver_bytes_from`, never a panic; one whose claimed sender is not the node id
+    /// of the certificate it came under is dropped there and counted as a refusal here.
+    pub fn attach_inbound(transport_arc: &Arc<Transport>, inbound: Inbound) {
+        let transport: &Transport = transport_arc;
         for kind in [KIND_RAFT_BATCH, KIND_SNAPSHOT_CHUNK, KIND_SNAPSHOT_ACK] {
             let Some(wk) = wire_kind(kind) else {
                 continue;
             };
             let inbound = inbound.clone();
+            let refusals = Arc::downgrade(transport_arc);
             transport.register_handler(
                 wk,
                 handler_fn(move |frame| {
-                    inbound.deliver_bytes(kind, &frame.payload);
+                    // The transport already refused every role but node; under mTLS the
+                    // certificate's node id is the only sender this connection may claim.
+                    let sender = match frame.peer.identity.as_ref() {
+                        PeerIdentity::Unauthenticated => None,
+                        identity => Some(NodeId(identity.node_id().unwrap_or(0))),
+                    };
+                    if let Err(message) = inbound.deliver_bytes_from(kind, &frame.payload, sender) {
+                        if let Some(transport) = refusals.upgrade() {
+                            let refusal = Refusal {
+                                reason: "sender_mismatch",
+                                message,
+                            };
+                            transport.record_refusal(&frame.peer, wk, refusal);
+                        }
+                    }
                     async { Ok(None) }
                 }),
             );

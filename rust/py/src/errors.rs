@@ -52,6 +52,9 @@ pub fn transport_error_with(py: Python<'_>, err: TransportError) -> PyErr {
         TransportError::Remote { code, message } => {
             cluster_error(py, "RemoteError", (code, message))
         }
+        TransportError::PermissionDenied { message } => {
+            cluster_error(py, "PermissionDenied", (message,))
+        }
         TransportError::Closed => cluster_error(py, "TransportClosed", ()),
         TransportError::Bind { addr, reason } => {
             cluster_error(py, "BindError", (addr.to_string(), reason))

@@ -671,7 +671,7 @@ impl PyRaftEngine {
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
         let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 20] = [
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 21] = [
             ("rounds", &m.rounds),
             ("fsyncs", &m.fsyncs),
             ("records_written", &m.records_written),
@@ -684,6 +684,7 @@ impl PyRaftEngine {
             ("step_errors", &m.step_errors),
             ("inbound_dropped_full", &m.inbound_dropped_full),
             ("inbound_decode_errors", &m.inbound_decode_errors),
+            ("inbound_forged_sender", &m.inbound_forged_sender),
             ("inbound_unknown_group", &m.inbound_unknown_group),
             ("snapshots_taken", &m.snapshots_taken),
             ("snapshots_sent", &m.snapshots_sent),

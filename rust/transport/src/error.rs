@@ -32,6 +32,10 @@ pub enum TransportError {
     /// The peer answered with an Error message.
     #[error("peer error {code}: {message}")]
     Remote { code: String, message: String },
+    /// The peer refused the request: our certificate's role may not send that kind (or the
+    /// node does not allow it at all). Retrying cannot help.
+    #[error("permission denied: {message}")]
+    PermissionDenied { message: String },
     /// The transport was closed.
     #[error("transport is closed")]
     Closed,
@@ -57,6 +61,7 @@ impl TransportError {
             TransportError::Frame(_) => "frame",
             TransportError::PeerRejectedFrame { .. } => "peer_rejected_frame",
             TransportError::Remote { .. } => "remote",
+            TransportError::PermissionDenied { .. } => "permission_denied",
             TransportError::Closed => "closed",
             TransportError::Bind { .. } => "bind",
             TransportError::Credentials { .. } => "credentials",

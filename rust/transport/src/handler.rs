@@ -13,13 +13,16 @@ use bytes::Bytes;
 use nodedb_wire::MessageKind;
 
 use crate::credentials::SpkiPin;
+use crate::identity::PeerIdentity;
 
-/// Who sent an inbound frame.
+/// Who sent an inbound frame (fixed per connection at the handshake).
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
     /// SHA-256 of the peer's SubjectPublicKeyInfo (mTLS only), for checking against topology.
     pub spki_pin: Option<SpkiPin>,
+    /// The identity in the peer's verified certificate: what it may send.
+    pub identity: Arc<PeerIdentity>,
 }
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,9 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod handler;
+pub mod identity;
 pub mod metrics;
+pub mod refusals;
 pub mod stream;
 mod tls;
 pub mod transport;
@@ -24,8 +26,10 @@ pub use handler::{
     handler_fn, FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, HandlerResult,
     InboundFrame, OutboundFrame, PeerInfo,
 };
+pub use identity::{authorize, Identity, PeerIdentity, Refusal};
 pub use metrics::{Metrics, MetricsSnapshot};
-pub use nodedb_wire::{MessageKind, NodeId};
+pub use refusals::{refusal_reason, RefusalLine, RefusalLog, REASONS};
+pub use nodedb_wire::{MessageKind, NodeId, Role, Roles};
 pub use transport::Transport;
 
 /// ALPN protocol id: names the protocol and its major version.

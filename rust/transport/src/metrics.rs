@@ -11,7 +11,7 @@ use crate::error::TransportError;
 pub static INSECURE_TRANSPORTS_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 const FRAME_ERROR_CODES: usize = 9;
-const TRANSPORT_ERROR_LABELS: [&str; 11] = [
+const TRANSPORT_ERROR_LABELS: [&str; 12] = [
     "timeout",
     "unreachable",
     "handshake",
@@ -19,6 +19,7 @@ const TRANSPORT_ERROR_LABELS: [&str; 11] = [
     "frame",
     "peer_rejected_frame",
     "remote",
+    "permission_denied",
     "closed",
     "bind",
     "credentials",
@@ -39,6 +40,9 @@ pub struct Metrics {
     /// buffer budget) within `rpc_timeout`.
     pub inbound_stream_timeouts: AtomicU64,
     pub handler_errors: AtomicU64,
+    /// Inbound requests refused before their handler (the kind table, or a handler's own
+    /// identity rule); by kind and reason in [`crate::RefusalLog`].
+    pub requests_refused: AtomicU64,
     pub insecure: AtomicU64,
     decode_errors: [AtomicU64; FRAME_ERROR_CODES],
     errors: [AtomicU64; TRANSPORT_ERROR_LABELS.len()],
@@ -91,6 +95,7 @@ impl Metrics {
             get(&self.inbound_stream_timeouts),
         );
         out.insert("handler_errors".into(), get(&self.handler_errors));
+        out.insert("requests_refused".into(), get(&self.requests_refused));
         out.insert("insecure".into(), get(&self.insecure));
         out.insert(
             "insecure_transports_total".into(),

@@ -283,6 +283,7 @@ mod tests {
             number: 1,
             name: "Ping",
             status: KindStatus::Retired,
+            senders: crate::Roles::NONE,
         }];
         let bytes = encode_frame(MessageKind::PING, b"").unwrap();
         let err = FrameHeader::decode_with(&table, &bytes).unwrap_err();

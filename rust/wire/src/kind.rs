@@ -4,6 +4,10 @@
 //!
 //! Ranges: 1–15 control messages answered in Python; 16–31 Raft traffic handled in Rust;
 //! 32–63 KV forwarding and client requests.
+//!
+//! Each row also says which certificate roles may send the kind to a node ([`Roles`]): the
+//! transport checks it against the peer's verified identity before any handler runs, so this
+//! table is the whole authorization policy (docs/ARCHITECTURE.md "Trust boundaries").
 
 /// Whether a kind may still be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,12 +17,84 @@ pub enum KindStatus {
     Retired,
 }
 
+/// The role a certificate's identity gives its holder (`spiffe://<cluster>/<role>/<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A cluster member: Raft, formation, metadata.
+    Node,
+    /// An operator: everything a client may do, plus membership and placement operations.
+    Admin,
+    /// An application: KV operations, status, routing.
+    Client,
+}
+
+impl Role {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Role::Node => "node",
+            Role::Admin => "admin",
+            Role::Client => "client",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Role> {
+        match name {
+            "node" => Some(Role::Node),
+            "admin" => Some(Role::Admin),
+            "client" => Some(Role::Client),
+            _ => None,
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        match self {
+            Role::Node => 1,
+            Role::Admin => 2,
+            Role::Client => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Roles(u8);
+
+impl Roles {
+    /// Answers and errors: never a request, so nobody may send them to a node.
+    pub const NONE: Roles = Roles(0);
+    pub const NODE: Roles = Roles(Role::Node.bit());
+    pub const NODE_ADMIN: Roles = Roles(Role::Node.bit() | Role::Admin.bit());
+    pub const ADMIN: Roles = Roles(Role::Admin.bit());
+    pub const ANY: Roles = Roles(Role::Node.bit() | Role::Admin.bit() | Role::Client.bit());
+
+    pub const fn contains(self, role: Role) -> bool {
+        self.0 & role.bit() != 0
+    }
+
+    /// Names of the roles in the set, for refusal texts.
+    pub fn names(self) -> Vec<&'static str> {
+        [Role::Node, Role::Admin, Role::Client]
+            .into_iter()
+            .filter(|r| self.contains(*r))
+            .map(Role::name)
+            .collect()
+    }
+}
+
 /// One row of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindRow {
     pub number: u16,
     pub name: &'static str,
     pub status: KindStatus,
+    /// Who may send it to a node.
+    pub senders: Roles,
 }
 
 /// A known, active message kind. Construct with [`MessageKind::from_u16`] (checks the table).
@@ -26,35 +102,48 @@ pub struct KindRow {
 pub struct MessageKind(u16);
 
 macro_rules! kinds {
-    ($( $konst:ident = $num:literal, $name:literal, $status:ident; )*) => {
+    ($( $konst:ident = $num:literal, $name:literal, $status:ident, $senders:ident; )*) => {
         impl MessageKind {
             $( pub const $konst: MessageKind = MessageKind($num); )*
         }
         /// Every kind ever assigned, in number order.
         pub const KINDS: &[KindRow] = &[
-            $( KindRow { number: $num, name: $name, status: KindStatus::$status }, )*
+            $( KindRow {
+                number: $num,
+                name: $name,
+                status: KindStatus::$status,
+                senders: Roles::$senders,
+            }, )*
         ];
     };
 }
 
 kinds! {
     // 1–15: control, answered by the Python handler.
-    PING = 1, "Ping", Active;
-    PONG = 2, "Pong", Active;
-    JOIN_REQUEST = 3, "JoinRequest", Active;
-    JOIN_RESPONSE = 4, "JoinResponse", Active;
-    ERROR = 5, "Error", Active;
-    STATUS_REQUEST = 6, "StatusRequest", Active;
-    STATUS_RESPONSE = 7, "StatusResponse", Active;
-    METADATA_PROPOSE = 8, "MetadataPropose", Active;
-    METADATA_PROPOSE_RESPONSE = 9, "MetadataProposeResponse", Active;
+    PING = 1, "Ping", Active, ANY;
+    PONG = 2, "Pong", Active, NONE;
+    JOIN_REQUEST = 3, "JoinRequest", Active, NODE;
+    JOIN_RESPONSE = 4, "JoinResponse", Active, NONE;
+    ERROR = 5, "Error", Active, NONE;
+    STATUS_REQUEST = 6, "StatusRequest", Active, ANY;
+    STATUS_RESPONSE = 7, "StatusResponse", Active, NONE;
+    METADATA_PROPOSE = 8, "MetadataPropose", Active, NODE;
+    METADATA_PROPOSE_RESPONSE = 9, "MetadataProposeResponse", Active, NONE;
+    JOIN_TOKEN_REQUEST = 10, "JoinTokenRequest", Active, ADMIN;
+    JOIN_TOKEN_RESPONSE = 11, "JoinTokenResponse", Active, NONE;
+    AUDIT_REQUEST = 12, "AuditRequest", Active, ADMIN;
+    AUDIT_RESPONSE = 13, "AuditResponse", Active, NONE;
     // 16–31: Raft traffic, handled inside Rust.
-    RAFT_BATCH = 16, "RaftBatch", Active;
-    SNAPSHOT_CHUNK = 17, "SnapshotChunk", Active;
-    SNAPSHOT_ACK = 18, "SnapshotAck", Active;
+    RAFT_BATCH = 16, "RaftBatch", Active, NODE;
+    SNAPSHOT_CHUNK = 17, "SnapshotChunk", Active, NODE;
+    SNAPSHOT_ACK = 18, "SnapshotAck", Active, NODE;
     // 32–63: KV forwarding and client requests.
-    KV_REQUEST = 32, "KvRequest", Active;
-    KV_RESPONSE = 33, "KvResponse", Active;
+    KV_REQUEST = 32, "KvRequest", Active, ANY;
+    KV_RESPONSE = 33, "KvResponse", Active, NONE;
+    // Load generation on the node itself (`nodedb-cluster bench --placement embedded`): the
+    // bench tool holds an admin certificate; also refused unless the node allows bench load.
+    BENCH_LOAD = 34, "BenchLoad", Active, NODE_ADMIN;
+    BENCH_LOAD_RESPONSE = 35, "BenchLoadResponse", Active, NONE;
 }
 
 /// Which side answers a kind by default (ARCHITECTURE.md).
@@ -78,10 +167,16 @@ impl MessageKind {
     }
 
     pub fn name(self) -> &'static str {
-        KINDS
-            .iter()
-            .find(|row| row.number == self.0)
-            .map_or("?", |row| row.name)
+        self.row().map_or("?", |row| row.name)
+    }
+
+    /// The roles that may send this kind to a node (none for answers).
+    pub fn senders(self) -> Roles {
+        self.row().map_or(Roles::NONE, |row| row.senders)
+    }
+
+    fn row(self) -> Option<&'static KindRow> {
+        KINDS.iter().find(|row| row.number == self.0)
     }
 
     pub const fn range(self) -> KindRange {
@@ -128,7 +223,40 @@ mod tests {
         assert_eq!(MessageKind::KV_REQUEST.number(), 32);
         assert_eq!(MessageKind::from_u16(3), Ok(MessageKind::JOIN_REQUEST));
         assert_eq!(MessageKind::METADATA_PROPOSE_RESPONSE.number(), 9);
-        assert_eq!(MessageKind::from_u16(10), Err(None));
+        assert_eq!(MessageKind::from_u16(14), Err(None));
+        assert_eq!(MessageKind::BENCH_LOAD.number(), 34);
+    }
+
+    #[test]
+    fn answers_have_no_senders_and_requests_have_some() {
+        for row in KINDS {
+            let is_answer = row.name.ends_with("Response") || row.name == "Pong" || row.name == "Error";
+            assert_eq!(row.senders == Roles::NONE, is_answer, "{}", row.name);
+        }
+    }
+
+    #[test]
+    fn the_policy() {
+        use Role::*;
+        let may = |kind: MessageKind, role: Role| kind.senders().contains(role);
+        for kind in [
+            MessageKind::RAFT_BATCH,
+            MessageKind::SNAPSHOT_CHUNK,
+            MessageKind::SNAPSHOT_ACK,
+            MessageKind::METADATA_PROPOSE,
+            MessageKind::JOIN_REQUEST,
+        ] {
+            assert!(may(kind, Node) && !may(kind, Admin) && !may(kind, Client), "{kind}");
+        }
+        for kind in [MessageKind::JOIN_TOKEN_REQUEST, MessageKind::AUDIT_REQUEST] {
+            assert!(!may(kind, Node) && may(kind, Admin) && !may(kind, Client), "{kind}");
+        }
+        for kind in [MessageKind::KV_REQUEST, MessageKind::STATUS_REQUEST, MessageKind::PING] {
+            assert!(may(kind, Node) && may(kind, Admin) && may(kind, Client), "{kind}");
+        }
+        assert!(!may(MessageKind::BENCH_LOAD, Client));
+        assert_eq!(Role::from_name("admin"), Some(Admin));
+        assert_eq!(Role::from_name("root"), None);
     }
 
     #[test]
@@ -137,6 +265,7 @@ mod tests {
             number: 9,
             name: "Old",
             status: KindStatus::Retired,
+            senders: Roles::NONE,
         }];
         assert!(matches!(lookup(&table, 9), Err(Some(row)) if row.name == "Old"));
     }

@@ -16,7 +16,7 @@ pub use frame::{
     decode_frame, encode_frame, Frame, FrameError, FrameHeader, FORMAT_VERSION, HEADER_BYTES,
     PAYLOAD_BYTES_MAX,
 };
-pub use kind::{KindRow, KindStatus, MessageKind, KINDS};
+pub use kind::{KindRow, KindStatus, MessageKind, Role, Roles, KINDS};
 
 /// The node wire version that travels in JoinRequest (WIRE.md "Versions").
 pub const WIRE_VERSION: u32 = 1;
