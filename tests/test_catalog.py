@@ -311,3 +311,33 @@ def test_open_errors(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(CatalogError, match="cannot create catalog directory"):
         Catalog.open(blocker)
+
+
+def test_cluster_secret_lands_with_the_formation_and_is_checked(tmp_path: Path) -> None:
+    secret = bytes(range(32))
+    with Catalog.open(tmp_path) as catalog:
+        assert catalog.load_cluster_secret() is None
+        catalog.save_formation("c-s", topology(1), BlobCodec(b"r"), secret)
+        assert catalog.load_cluster_secret() == secret
+        catalog.save_cluster_secret(secret)  # the same one again: fine
+        with pytest.raises(CatalogError, match="different cluster secret"):
+            catalog.save_cluster_secret(bytes(32))
+        with pytest.raises(CatalogError, match="32 bytes, found 16"):
+            catalog.save_cluster_secret(bytes(16))
+    with Catalog.open(tmp_path) as catalog:
+        assert catalog.load_cluster_secret() == secret
+
+
+def test_a_catalog_without_a_secret_is_allowed_and_a_bad_one_is_corrupt(tmp_path: Path) -> None:
+    with Catalog.open(tmp_path) as catalog:
+        catalog.save_formation("c-old", topology(1), BlobCodec(b"r"))  # formed before secrets
+        assert catalog.is_bootstrapped()
+        assert catalog.load_cluster_secret() is None
+    env = lmdb.open(str(tmp_path / "catalog"), subdir=True, max_dbs=2)
+    with env.begin(db=env.open_db(b"meta"), write=True) as txn:
+        txn.put(b"cluster_secret", b"short")
+    env.close()
+    with Catalog.open(tmp_path) as catalog, pytest.raises(CatalogCorrupt) as info:
+        catalog.load_cluster_secret()
+    assert info.value.key == "cluster_secret"
+    assert "short" not in str(info.value)  # the value itself is never quoted

@@ -419,3 +419,19 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     path.write_text(cfg.to_toml(), encoding="utf-8")
     assert ClusterConfig.from_toml(path) == cfg
     assert "[join_retry]" in cfg.to_toml()
+
+
+def test_join_token_is_checked_at_load_and_kept_out_of_repr(tmp_path: Path) -> None:
+    from nodedb_cluster.formation.join_token import issue_token
+
+    token = issue_token(bytes(32), 4, 2_000_000_000)
+    cfg = make(join_token=token)
+    assert cfg.join_token == token
+    assert token not in repr(cfg)  # a bearer credential
+    path = tmp_path / "n.toml"
+    path.write_text(cfg.to_toml())
+    assert ClusterConfig.from_toml(path) == cfg
+    flags = parse([f"--config={path}", "--join-token", token.upper()])
+    assert config_from_args(flags).join_token == token.upper()
+    refused("join_token", join_token="abc")
+    refused("join_token", join_token=7)

@@ -162,3 +162,18 @@ async def test_empty_seed_list_fails_at_once() -> None:
     assert script.asked == []
     assert script.slept_s == []
     assert isinstance(tracker.state, Failed)
+
+
+async def test_a_permanent_refusal_stops_at_once_with_its_text() -> None:
+    """A refused join token cannot be cured by retrying: no second seed, no backoff, Failed."""
+    text = "join refused: join token expired 5 s ago"
+    script = Script({"127.0.0.1:9400": lambda _: Rejected(text, permanent=True)})
+    tracker = LifecycleTracker()
+    seeds = [A("127.0.0.1:9400"), A("127.0.0.2:9400")]
+    with pytest.raises(FormationFailed, match="token expired"):
+        await run_join(seeds, JoinRetryPolicy(), script.send, tracker, script.sleep)
+    assert script.asked == ["127.0.0.1:9400"]
+    assert script.slept_s == []
+    state = tracker.state
+    assert isinstance(state, Failed)
+    assert state.reason == f"127.0.0.1:9400: {text}"

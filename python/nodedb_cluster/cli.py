@@ -20,6 +20,7 @@ import msgpack
 
 from nodedb_cluster import __version__, wire
 from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.admin_cli import add_admin_commands
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
 from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
 from nodedb_cluster.errors import ClusterError, ConfigError
@@ -114,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
         help="one node (or client) credential; repeat per node",
     )
     certs.set_defaults(run=_cmd_gen_certs)
+
+    add_admin_commands(sub, _add_client_credentials, client_credentials)  # join-token, audit
 
     demo = sub.add_parser("demo", help="a local 3-node cluster: form, replicate, fail over")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")

@@ -35,6 +35,7 @@ from typing import Final
 
 from nodedb_cluster.addr import SocketAddr, parse_socket_addr
 from nodedb_cluster.errors import ConfigError, InvalidAddress
+from nodedb_cluster.formation.join_token import TOKEN_HEX_CHARS, parse_token
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.membership.config import SwimConfig
 from nodedb_cluster.validate import check_int, require_int
@@ -65,6 +66,7 @@ _PATH_FIELDS: Final = frozenset({"data_dir", "cluster_secret_path", *_TLS_FIELDS
 _BOOL_FIELDS: Final = frozenset(
     {"force_bootstrap", "insecure_transport", "swim_insecure", "balance_leaders"}
 )
+_STR_FIELDS: Final = frozenset({"join_token"})
 _REQUIRED_FIELDS: Final = ("node_id", "listen_addr", "data_dir")
 _INT_RE: Final = re.compile(r"-?[0-9]{1,20}")
 _TABLES: Final[dict[str, type[JoinRetryPolicy] | type[SwimConfig]]] = {
@@ -98,6 +100,10 @@ class ClusterConfig:
     64-client writes/s to 0.40x (benches/compare/leader_balance.py, BENCHMARKS.md); turn it on
     when nodes have hosts of their own, so each leader's work lands on its own CPU and disk."""
     join_retry: JoinRetryPolicy = field(default_factory=JoinRetryPolicy)
+    join_token: str | None = field(default=None, repr=False)
+    """The operator's token admitting this node id (`nodedb-cluster join-token`, 96 hex
+    characters); needed to join an mTLS cluster that does not list this node's address among its
+    seeds. Ignored once the node belongs to a cluster. A bearer credential: kept out of repr."""
     swim_udp_addr: SocketAddr | None = None
     """UDP address for SWIM membership; None disables SWIM."""
     cluster_secret_path: Path | None = None
@@ -265,6 +271,14 @@ class ClusterConfig:
                 "force_bootstrap",
                 f"requires listen_addr {self.listen_addr} to be one of seed_nodes",
             )
+        if self.join_token is not None and (
+            not isinstance(self.join_token, str) or parse_token(self.join_token) is None
+        ):
+            raise ConfigError(
+                "join_token",
+                f"expected {TOKEN_HEX_CHARS} hex characters as printed by "
+                "`nodedb-cluster join-token`",
+            )
         if self.swim_udp_addr is not None and self.swim_udp_addr == self.listen_addr:
             raise ConfigError(
                 "swim_udp_addr", "must differ from listen_addr (QUIC already uses that UDP port)"
@@ -385,7 +399,7 @@ def config_from_args(namespace: argparse.Namespace) -> ClusterConfig:
             overrides[f.name] = value
         elif f.name == "seed_nodes":
             overrides[f.name] = [part.strip() for part in str(value).split(",") if part.strip()]
-        elif f.name in _ADDR_FIELDS or f.name in _PATH_FIELDS:
+        elif f.name in _ADDR_FIELDS or f.name in _PATH_FIELDS or f.name in _STR_FIELDS:
             overrides[f.name] = str(value)
         else:
             overrides[f.name] = _int_from_text(f.name, str(value))
@@ -438,6 +452,10 @@ def _convert(key: str, value: object) -> object:
         return value  # ClusterConfig._normalise turns it into a Path (and refuses "")
     if key in _TABLES:
         return _table(key, value)
+    if key in _STR_FIELDS:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {type(value).__name__}")
+        return value
     if key in _BOOL_FIELDS:
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {type(value).__name__} {value!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Final
 import msgpack
 
 from nodedb_cluster import wire
-from nodedb_cluster.addr import SocketAddr
 
 if TYPE_CHECKING:
     from nodedb_cluster.bench import EmbeddedLoad
@@ -32,21 +32,15 @@ from nodedb_cluster.errors import (
     Timeout,
     UnknownGroup,
 )
-from nodedb_cluster.formation.join_server import (
-    Admit,
-    AlreadyMember,
-    JoinView,
-    Reject,
-    decide_join,
-)
-from nodedb_cluster.formation.leader_hint import format_not_leader
+from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.kv import LEASE_FRACTION, KvRouter, decode_doc, encode_request
 from nodedb_cluster.lifecycle import LifecycleTracker
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.metadata.applier import MetadataState
+from nodedb_cluster.metadata.audit import AUDIT_FILE_NAME, AuditLog
 from nodedb_cluster.metadata.commands import MetadataEntry, SettingValue
-from nodedb_cluster.metadata.group import MetadataGroup, decode_result, encode_state
+from nodedb_cluster.metadata.group import MetadataGroup, decode_result
 from nodedb_cluster.metadata.placement import plan_promotion
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
 from nodedb_cluster.reconcile import (
@@ -160,12 +154,18 @@ class Node:
         self.membership: SwimNode | None = None
         """SWIM failure detector (config.swim_udp_addr); None when SWIM is off."""
         self._member_dead_hooks: list[Callable[[int], None]] = []
+        self.admission = JoinAdmission(config, catalog)
+        """Join decisions, join tokens and their counters (formation/admission.py)."""
+        self.audit = AuditLog(config.data_dir / AUDIT_FILE_NAME)
+        """Applied membership and settings changes (metadata/audit.py)."""
         self._handlers: dict[int, ControlHandler] = {
             wire.MessageKind.PING: self._on_ping,
             wire.MessageKind.JOIN_REQUEST: self._on_join,
             wire.MessageKind.STATUS_REQUEST: self._on_status,
             wire.MessageKind.METADATA_PROPOSE: self._on_metadata_propose,
             wire.MessageKind.KV_REQUEST: self._on_kv,
+            wire.MessageKind.JOIN_TOKEN_REQUEST: self.admission.on_join_token_request,
+            wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
         }
 
     # --- wiring (used by formation) ---------------------------------------------------------------
@@ -252,6 +252,8 @@ class Node:
     def metrics(self) -> dict[str, int]:
         counters = {f"transport_{k}": v for k, v in self.transport.metrics().items()}
         counters["join_attempts"] = self.join_attempts[0]
+        counters.update(self.admission.metrics())
+        counters["audit_write_errors"] = self.audit.write_errors
         if self.engine is not None:
             counters.update({f"raft_{k}": v for k, v in self.engine.metrics().items()})
         return counters
@@ -262,6 +264,8 @@ class Node:
         """Replicate `entry` through group 0 from any member (forwarded to its leader); returns
         None once applied, or the reason the state machine refused it."""
         engine = self._require_engine()
+        if entry.proposer is None:  # the audit log names who proposed: this node, by default
+            entry = dataclasses.replace(entry, proposer=self.transport.identity)
         data = entry.encode()
         timeout_ms = self.config.rpc_timeout_ms
         last: ClusterError = Timeout("metadata proposal", timeout_ms)
@@ -354,61 +358,8 @@ class Node:
 
     async def _on_join(self, peer: Peer, payload: bytes) -> Reply:
         request = wire.JoinRequest.decode(payload)
-        response = await self._decide_and_apply_join(request)
+        response = await self.admission.admit(self, request, peer)
         return wire.MessageKind.JOIN_RESPONSE, response.encode()
-
-    async def _decide_and_apply_join(self, request: wire.JoinRequest) -> wire.JoinResponse:
-        engine = self._require_engine()
-        status = await engine.status(METADATA_GROUP_ID)
-        state = self.metadata
-        leader_node = state.topology.get(status.leader_id) if status.leader_id else None
-        view = JoinView(
-            is_metadata_leader=status.role == "leader",
-            metadata_leader_addr=None if leader_node is None else leader_node.addr,
-            topology=state.topology,
-            routing=state.routing,
-            replication_factor=self.config.replication_factor,
-            wire_version_min=wire.WIRE_VERSION_MIN,
-            wire_version_max=wire.WIRE_VERSION,
-        )
-        decision = decide_join(
-            request.node_id,
-            request.listen_addr,
-            request.wire_version,
-            request.spki_pin,
-            view,
-            request.swim_addr,
-        )
-        match decision:
-            case Reject(text=text):
-                log.info("join of node %d refused: %s", request.node_id, text)
-                return wire.JoinResponse(success=False, error=text)
-            case AlreadyMember():
-                log.info("node %d re-joined (idempotent)", request.node_id)
-            case Admit(entry=entry):
-                try:
-                    proposed = await engine.propose(
-                        METADATA_GROUP_ID, entry.encode(), self.config.rpc_timeout_ms
-                    )
-                except RaftNotLeader as e:
-                    hint = self._leader_addr(e.leader_id)
-                    text = format_not_leader(hint) if hint else "not leader; leader unknown"
-                    return wire.JoinResponse(success=False, error=text)
-                except Timeout as e:
-                    return wire.JoinResponse(success=False, error=f"join not applied in time: {e}")
-                refused = decode_result(proposed.result)
-                if refused is not None:
-                    return wire.JoinResponse(success=False, error=refused)
-                log.info("node %d admitted at metadata index %d", request.node_id, proposed.index)
-        return wire.JoinResponse(
-            success=True, cluster_id=self.cluster_id, state=encode_state(self.metadata)
-        )
-
-    def _leader_addr(self, node_id: int | None) -> SocketAddr | None:
-        if not node_id:
-            return None
-        node = self.metadata.topology.get(node_id)
-        return None if node is None else node.addr
 
     # --- reconciler ---------------------------------------------------------------------------
 
@@ -493,7 +444,8 @@ class Node:
         unset), seeded from the topology."""
         if self.config.swim_udp_addr is None or self.membership is not None:
             return
-        secret = await asyncio.to_thread(read_cluster_secret, self.config)
+        stored = await self.admission.secret()  # the catalog's; cluster_secret_path overrides
+        secret = await asyncio.to_thread(read_cluster_secret, self.config, stored)
         swim = SwimNode(self.config.node_id, self.config.swim_udp_addr, self.config.swim, secret)
         swim.subscribe(self._on_member_changed)
         await swim.start()

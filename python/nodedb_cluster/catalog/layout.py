@@ -9,6 +9,10 @@ Format 1 (current), all in the named database `meta`:
     settings        MessagePack map of str -> value
     metadata_applied_index  u64 little-endian; the last metadata-group (group 0) log index whose
                     effects topology/routing/settings hold (absent = 0, nothing applied yet)
+    cluster_secret  32 raw bytes; made at bootstrap, handed to joiners in the JoinResponse; keys
+                    join tokens and (without cluster_secret_path) SWIM. Optional: catalogs made
+                    before it existed lack it (no format change: old builds ignore the key), and
+                    such a cluster can issue no join token until it is rebuilt. Never logged.
 
 Format 0 (pre-release) differed in two keys: topology was stored under `topo`, and settings were a
 JSON object. `migrations.py` turns format 0 into format 1.
@@ -34,6 +38,9 @@ KEY_TOPOLOGY: Final = b"topology"
 KEY_ROUTING: Final = b"routing"
 KEY_SETTINGS: Final = b"settings"
 KEY_METADATA_APPLIED_INDEX: Final = b"metadata_applied_index"
+KEY_CLUSTER_SECRET: Final = b"cluster_secret"
+CLUSTER_SECRET_BYTES: Final = 32
+"""256 bits: HMAC-SHA256's full key strength."""
 
 KEY_TOPOLOGY_V0: Final = b"topo"
 """Format 0 name of KEY_TOPOLOGY."""

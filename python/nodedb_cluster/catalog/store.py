@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import struct
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,15 +226,46 @@ class Catalog:
 
     # --- formation: all three, one transaction ---------------------------------------------------
 
-    def save_formation(self, cluster_id: str, topology: Topology, routing: RoutingCodec) -> None:
-        """Persist cluster id, topology and routing in one write transaction (bootstrap, join)."""
+    def save_formation(
+        self,
+        cluster_id: str,
+        topology: Topology,
+        routing: RoutingCodec,
+        cluster_secret: bytes | None = None,
+    ) -> None:
+        """Persist cluster id, topology, routing and (when given) the cluster secret in one write
+        transaction (bootstrap, join): a node never belongs to a cluster without its secret."""
         raw_id = _encode_cluster_id(cluster_id)
         topology_data = topology.encode()
         routing_data = routing.encode()
+        if cluster_secret is not None:
+            _check_cluster_secret(cluster_secret, CatalogError)
         with self._write() as txn:
             _put_cluster_id(txn, raw_id, cluster_id)
             txn.put(layout.KEY_TOPOLOGY, topology_data)
             txn.put(layout.KEY_ROUTING, routing_data)
+            if cluster_secret is not None:
+                _put_cluster_secret(txn, cluster_secret)
+
+    # --- the cluster secret ----------------------------------------------------------------------
+
+    def save_cluster_secret(self, secret: bytes) -> None:
+        """Store the cluster secret (32 bytes); replacing a *different* one is refused (tokens and
+        SWIM datagrams of the whole cluster are keyed by it)."""
+        _check_cluster_secret(secret, CatalogError)
+        with self._write() as txn:
+            _put_cluster_secret(txn, secret)
+
+    def load_cluster_secret(self) -> bytes | None:
+        """The cluster secret; None in a catalog formed before the secret existed (or unformed).
+        Callers must never log, print or export it."""
+        with self._read() as txn:
+            raw = txn.get(layout.KEY_CLUSTER_SECRET)
+        if raw is None:
+            return None
+        secret = bytes(raw)
+        _check_cluster_secret(secret, _corrupt_secret)
+        return secret
 
     def load_formation(self, codec: type[RoutingCodec] | None = None) -> Formation | None:
         """Cluster id, topology and routing from one consistent read; None when not bootstrapped.
@@ -375,6 +406,29 @@ def _put_cluster_id(txn: lmdb.Transaction[bytes], raw: bytes, cluster_id: str) -
             f"catalog belongs to cluster {existing!r}; refusing to overwrite it with {cluster_id!r}"
         )
     txn.put(layout.KEY_CLUSTER_ID, raw)
+
+
+def _corrupt_secret(reason: str) -> CatalogError:
+    return CatalogCorrupt(layout.KEY_CLUSTER_SECRET.decode(), reason)
+
+
+def _check_cluster_secret(secret: object, error: Callable[[str], CatalogError]) -> None:
+    """Exactly CLUSTER_SECRET_BYTES bytes, else `error` (the value itself is never quoted)."""
+    if not isinstance(secret, bytes):
+        raise error(f"the cluster secret must be bytes, not {type(secret).__name__}")
+    if len(secret) != layout.CLUSTER_SECRET_BYTES:
+        raise error(
+            f"the cluster secret must be {layout.CLUSTER_SECRET_BYTES} bytes, found {len(secret)}"
+        )
+
+
+def _put_cluster_secret(txn: lmdb.Transaction[bytes], secret: bytes) -> None:
+    existing = txn.get(layout.KEY_CLUSTER_SECRET)
+    if existing is not None and bytes(existing) != secret:
+        raise CatalogError(
+            "catalog already holds a different cluster secret; refusing to replace it"
+        )
+    txn.put(layout.KEY_CLUSTER_SECRET, secret)
 
 
 def _require_if_bootstrapped(txn: lmdb.Transaction[bytes], what: str) -> None:

@@ -50,6 +50,8 @@ class Rejected:
     """The seed answered with a rejection text (maybe a `not leader; retry at <addr>` redirect)."""
 
     text: str
+    permanent: bool = False
+    """The seed said no retry can cure it (a refused join token or certificate): stop at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,8 @@ async def run_join(
     sleep: Sleep = asyncio.sleep,
 ) -> R:
     """Walk the seeds attempt after attempt until one admits us; raise `FormationFailed` after the
-    last attempt with the last concrete error (the lifecycle ends Failed with the same reason).
+    last attempt with the last concrete error (the lifecycle ends Failed with the same reason),
+    or at once on a permanent rejection (a refused token: retrying would only repeat it).
 
     `send` must be bounded by the RPC timeout and turn every failure into `SendFailed`/`Rejected`
     (a raised `ClusterError` is also accepted and treated as `SendFailed`).
@@ -138,6 +141,9 @@ async def run_join(
             match outcome:
                 case Accepted(response=response):
                     return response
+                case Rejected(text=text, permanent=True):
+                    log.error("join: %s refused us for good: %s", addr, text)
+                    _fail(tracker, f"{addr}: {text}")
                 case Rejected(text=text):
                     verb = "redirected" if parse_leader_hint(text) is not None else "rejected"
                     log.info("join: %s %s us: %s", addr, verb, text)
@@ -166,7 +172,9 @@ def join_sender(transport: Transport, request: wire.JoinRequest) -> SendJoin[wir
             response = wire.JoinResponse.decode(reply)
         except (FrameError, ClusterError) as e:
             return SendFailed(str(e))
-        return Accepted(response) if response.success else Rejected(response.error)
+        if response.success:
+            return Accepted(response)
+        return Rejected(response.error, permanent=response.permanent)
 
     return send
 

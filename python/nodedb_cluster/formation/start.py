@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Final
 
 from nodedb_cluster import wire
 from nodedb_cluster.catalog import Catalog
+from nodedb_cluster.catalog.layout import CLUSTER_SECRET_BYTES
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import CatalogError, ClusterError
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
@@ -149,7 +151,9 @@ async def _open_engine(
 ) -> RaftEngine:
     """The engine with group 0 applied by `MetadataGroup` and data groups by `data_sm` or KV."""
     loop = asyncio.get_running_loop()
-    metadata = MetadataGroup(initial, _persist_to(node.catalog), loop, node.on_metadata_change)
+    metadata = MetadataGroup(
+        initial, _persist_to(node.catalog), loop, node.on_metadata_change, node.audit.append
+    )
     node.attach_metadata(metadata)
 
     def factory(group_id: int) -> StateMachine:
@@ -200,10 +204,11 @@ def _self_info(config: ClusterConfig, transport: Transport, groups: tuple[int, .
 async def _bootstrap(parts: _Parts) -> Node:
     config, catalog, transport = parts.config, parts.catalog, parts.transport
     cluster_id = uuid.uuid4().hex
+    secret = secrets.token_bytes(CLUSTER_SECRET_BYTES)  # keys join tokens and SWIM; never logged
     routing = RoutingTable.bootstrap(config.num_groups, config.node_id)
     topology = Topology([_self_info(config, transport, routing.group_ids)])
     # The catalog first: a crash from here on restarts instead of bootstrapping a second cluster.
-    await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing)
+    await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing, secret)
     node = parts.node(cluster_id)
     engine = await _open_engine(node, MetadataState(topology, routing, {}, 0), parts.data_sm)
     for group_id in routing.group_ids:
@@ -240,6 +245,7 @@ async def _join(parts: _Parts) -> Node:
         wire_version=wire.WIRE_VERSION,
         spki_pin=transport.spki_pin,
         swim_addr=None if config.swim_udp_addr is None else str(config.swim_udp_addr),
+        join_token=config.join_token,
     )
     send = join_sender(transport, request)  # a fresh connection per request (JOIN.md)
     tracker = parts.tracker
@@ -255,9 +261,14 @@ async def _join(parts: _Parts) -> Node:
     if own is not None and own.state is not NodeState.ACTIVE:
         topology.update(dataclasses.replace(own, state=NodeState.ACTIVE))
     state = dataclasses.replace(state, topology=topology)
-    # 2. The catalog before any Raft state.
+    # 2. The catalog (with the cluster secret, when the admitting node sent one) before any
+    # Raft state.
     await asyncio.to_thread(
-        catalog.save_formation, response.cluster_id, state.topology, state.routing
+        catalog.save_formation,
+        response.cluster_id,
+        state.topology,
+        state.routing,
+        response.cluster_secret,
     )
     await asyncio.to_thread(_persist_to(catalog), state)
     node = parts.node(response.cluster_id)

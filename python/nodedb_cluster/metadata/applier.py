@@ -72,14 +72,19 @@ class MetadataState:
 
 Persist = Callable[[MetadataState], None]
 """Writes the state durably (the catalog's `save_metadata_state`); called once per batch."""
+Audit = Callable[[Sequence[tuple[int, MetadataEntry]]], None]
+"""Records a batch's applied entries (`metadata/audit.py`); called once per batch that applied
+any, BEFORE `Persist`, so a crash in between makes the replay write them again (the audit log
+skips indexes it already holds) instead of losing them."""
 
 
 class MetadataStateMachine:
     """Applies metadata entries in batches and persists the result once per batch."""
 
-    def __init__(self, state: MetadataState, persist: Persist) -> None:
+    def __init__(self, state: MetadataState, persist: Persist, audit: Audit | None = None) -> None:
         self._state = state
         self._persist = persist
+        self._audit = audit
 
     @property
     def state(self) -> MetadataState:
@@ -92,7 +97,7 @@ class MetadataStateMachine:
         acknowledged without effect.
         """
         results: list[ApplyResult] = []
-        changed = False
+        audited: list[tuple[int, MetadataEntry]] = []
         state = self._state
         for index, data in entries:
             if index <= state.applied_index:
@@ -100,10 +105,14 @@ class MetadataStateMachine:
                 continue
             result: ApplyResult = Applied(index)
             if data:
-                result, state = _apply_entry(state, index, data)
-                changed = changed or isinstance(result, Applied)
+                result, state, entry = _apply_entry(state, index, data)
+                if entry is not None:
+                    audited.append((index, entry))
             state = dataclasses.replace(state, applied_index=index)
             results.append(result)
+        changed = bool(audited)
+        if audited and self._audit is not None:
+            self._audit(audited)
         if entries:
             self._persist(state)
             self._state = state
@@ -124,12 +133,13 @@ class MetadataStateMachine:
 
 def _apply_entry(
     state: MetadataState, index: int, data: bytes
-) -> tuple[ApplyResult, MetadataState]:
-    """One entry applied to copies of `state`; on refusal the state is returned unchanged."""
+) -> tuple[ApplyResult, MetadataState, MetadataEntry | None]:
+    """One entry applied to copies of `state`, and the entry when it applied; on refusal the
+    state is returned unchanged."""
     try:
         entry = MetadataEntry.decode(data)
     except MalformedCommand as e:
-        return Refused(index, f"malformed entry: {e}"), state
+        return Refused(index, f"malformed entry: {e}"), state, None
     topology = state.topology.copy()
     routing = RoutingTable.decode(state.routing.encode())
     settings = dict(state.settings)
@@ -138,8 +148,8 @@ def _apply_entry(
             _apply_command(command, topology, routing, settings)
         _sync_node_groups(topology, routing)
     except (ClusterError, ValueError) as e:
-        return Refused(index, str(e)), state
-    return Applied(index), MetadataState(topology, routing, settings, state.applied_index)
+        return Refused(index, str(e)), state, None
+    return Applied(index), MetadataState(topology, routing, settings, state.applied_index), entry
 
 
 def _apply_command(

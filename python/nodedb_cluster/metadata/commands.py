@@ -112,14 +112,28 @@ MetadataCommand = (
 )
 
 
+PROPOSER_BYTES_MAX: Final = 2048
+"""A certificate URI (`spiffe://<cluster>/<role>/<name>`) is well under this."""
+
+
 @dataclass(frozen=True, slots=True)
 class MetadataEntry:
     """The unit of the metadata log: commands applied together or not at all."""
 
     commands: tuple[MetadataCommand, ...]
+    proposer: str | None = None
+    """The certificate identity on whose behalf the entry was proposed (a joiner's for its
+    admission, the proposing node's own otherwise), for the audit log; None on an insecure
+    transport. Optional field: entries written before it decode with None, and older builds
+    ignore it. Carried in the entry so every node writes the same audit record when applying."""
 
     def encode(self) -> bytes:
-        doc = {"format": ENTRY_FORMAT, "commands": [_encode_command(c) for c in self.commands]}
+        doc: dict[str, object] = {
+            "format": ENTRY_FORMAT,
+            "commands": [_encode_command(c) for c in self.commands],
+        }
+        if self.proposer is not None:
+            doc["proposer"] = self.proposer
         packed = msgpack.packb(doc, use_bin_type=True)
         assert isinstance(packed, bytes)
         return packed
@@ -137,7 +151,25 @@ class MetadataEntry:
         raw_commands = doc.get("commands")
         if not isinstance(raw_commands, list) or len(raw_commands) > COMMANDS_PER_ENTRY_MAX:
             raise MalformedCommand("commands must be a list of at most 4096 maps")
-        return cls(tuple(_decode_command(raw, i) for i, raw in enumerate(raw_commands)))
+        proposer = doc.get("proposer")
+        if proposer is not None and (
+            not isinstance(proposer, str) or len(proposer) > PROPOSER_BYTES_MAX
+        ):
+            raise MalformedCommand(f"proposer must be text of at most {PROPOSER_BYTES_MAX} chars")
+        commands = tuple(_decode_command(raw, i) for i, raw in enumerate(raw_commands))
+        return cls(commands, proposer)
+
+
+def command_name(command: MetadataCommand) -> str:
+    """The command's stable op name (`add_node`, `put_setting`, ...), as the log writes it."""
+    return _OP_OF[type(command)]
+
+
+def command_to_doc(command: MetadataCommand) -> dict[str, Any]:
+    """The command's fields as the log encodes them (without the op name)."""
+    doc = _encode_command(command)
+    doc.pop("op")
+    return doc
 
 
 # --- the codec table ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import msgpack
 from nodedb_cluster.errors import CatalogError
 from nodedb_cluster.metadata.applier import (
     Applied,
+    Audit,
     MetadataState,
     MetadataStateMachine,
     Persist,
@@ -79,8 +80,9 @@ class MetadataGroup:
         persist: Persist,
         loop: asyncio.AbstractEventLoop,
         on_change: Callable[[MetadataState], None],
+        audit: Audit | None = None,
     ) -> None:
-        self.machine = MetadataStateMachine(initial, persist)
+        self.machine = MetadataStateMachine(initial, persist, audit)
         self._loop = loop
         self._on_change = on_change
 

@@ -1,0 +1,153 @@
+"""The audit log (metadata/audit.py) and its feed from group 0's applier: one line per applied
+command with index and proposer, nothing twice after a replayed apply, torn tails repaired,
+bounded by rotation; the proposer survives the entry codec (old entries decode without it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.clock import ManualClock
+from nodedb_cluster.errors import InvalidRequest
+from nodedb_cluster.metadata.applier import MetadataState, MetadataStateMachine
+from nodedb_cluster.metadata.audit import (
+    INSECURE_PROPOSER,
+    AuditLog,
+    decode_audit_request,
+    decode_audit_response,
+    encode_audit_request,
+)
+from nodedb_cluster.metadata.commands import (
+    AddGroupLearner,
+    AddNode,
+    MetadataEntry,
+    PutSetting,
+    RemoveNode,
+)
+from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.topology import NodeInfo, NodeState, Topology
+
+JOINER = "spiffe://c/node/2"
+
+
+def node(node_id: int) -> NodeInfo:
+    return NodeInfo(
+        node_id, parse_socket_addr(f"127.0.0.{node_id}:9400"), NodeState.ACTIVE, 1, b"p" * 32
+    )
+
+
+def join_entry(node_id: int = 2) -> MetadataEntry:
+    return MetadataEntry(
+        (AddNode(node(node_id)), AddGroupLearner(0, node_id, 0)),
+        proposer=f"spiffe://c/node/{node_id}",
+    )
+
+
+def records(log: AuditLog, limit: int = 100) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.tail(limit)]
+
+
+def test_entry_codec_carries_the_proposer_and_old_entries_decode_without_it() -> None:
+    entry = join_entry()
+    assert MetadataEntry.decode(entry.encode()) == entry
+    old = msgpack.packb({"format": 1, "commands": [{"op": "remove_node", "node_id": 3}]})
+    assert MetadataEntry.decode(old) == MetadataEntry((RemoveNode(3),))
+    assert b"proposer" not in MetadataEntry((RemoveNode(3),)).encode()
+
+
+def test_one_line_per_command_with_index_time_and_proposer(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", ManualClock(wall_start_ms=1_700_000_000_123))
+    log.append([(7, join_entry()), (8, MetadataEntry((PutSetting("k", 1),)))])
+    got = records(log)
+    assert [(r["index"], r["part"], r["parts"], r["command"]) for r in got] == [
+        (7, 0, 2, "add_node"),
+        (7, 1, 2, "add_group_learner"),
+        (8, 0, 1, "put_setting"),
+    ]
+    assert got[0]["proposer"] == JOINER
+    assert got[2]["proposer"] == INSECURE_PROPOSER
+    assert got[0]["time"] == "2023-11-14T22:13:20.123Z"
+    args = got[0]["args"]
+    assert isinstance(args, dict)
+    assert args["node"]["node_id"] == 2
+    assert args["node"]["spki_pin"] == (b"p" * 32).hex()
+    assert got[2]["args"] == {"key": "k", "value": 1}
+
+
+def test_a_replayed_apply_writes_nothing_twice_even_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path).append([(7, join_entry())])
+    again = AuditLog(path)  # a new process: it learns the last index from the file
+    again.append([(6, join_entry(3)), (7, join_entry()), (9, join_entry(4))])
+    assert [(r["index"], r["part"]) for r in records(again)] == [(7, 0), (7, 1), (9, 0), (9, 1)]
+
+
+def test_a_torn_tail_is_cut_and_the_replay_writes_it_again(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path).append([(7, join_entry()), (8, join_entry(3))])
+    lines = path.read_bytes().splitlines(keepends=True)
+    # A crash inside the write of index 8: its first line complete, the second torn.
+    path.write_bytes(b"".join(lines[:3]) + lines[3][:20])
+    log = AuditLog(path)
+    log.append([(8, join_entry(3))])  # the catalog never committed 8: the applier replays it
+    assert [(r["index"], r["part"]) for r in records(log)] == [(7, 0), (7, 1), (8, 0), (8, 1)]
+
+
+def test_rotation_bounds_the_files_and_reads_span_both(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, file_bytes_max=2000)
+    for index in range(1, 21):
+        log.append([(index, join_entry())])
+    assert path.stat().st_size <= 2000
+    rotated = path.with_name("audit.jsonl.1")
+    assert rotated.stat().st_size <= 2000
+    got = records(log, 1000)
+    indexes = [r["index"] for r in got]
+    assert indexes == sorted(indexes)
+    assert indexes[-1] == 20
+    assert len(got) < 40  # the oldest were dropped with the previous rotated file
+    assert [r["index"] for r in records(log, 3)] == [19, 20, 20]
+    # A restart after rotation still knows the last index.
+    AuditLog(path, file_bytes_max=2000).append([(20, join_entry())])
+    assert [r["index"] for r in records(log, 2)] == [20, 20]
+
+
+def test_the_applier_feeds_applied_entries_only_before_persisting(tmp_path: Path) -> None:
+    order: list[str] = []
+    log = AuditLog(tmp_path / "audit.jsonl")
+
+    def audit(batch: object) -> None:
+        order.append("audit")
+        log.append(batch)  # type: ignore[arg-type]
+
+    state = MetadataState(Topology([node(1)]), RoutingTable.bootstrap(2, 1), {}, 0)
+    machine = MetadataStateMachine(state, lambda s: order.append("persist"), audit)
+    reused = MetadataEntry(
+        (AddNode(NodeInfo(1, parse_socket_addr("127.0.0.9:1"), NodeState.ACTIVE, 1)),)
+    )
+    machine.apply_batch([(1, b""), (2, join_entry().encode()), (3, reused.encode())])
+    assert order == ["audit", "persist"]
+    assert [(r["index"], r["command"]) for r in records(log)] == [
+        (2, "add_node"),
+        (2, "add_group_learner"),
+    ]  # the no-op and the refused entry (id reuse) are not audited
+    order.clear()
+    machine.apply_batch([(4, b"")])
+    assert order == ["persist"]
+
+
+def test_requests_and_replies_are_bounded_and_typed(tmp_path: Path) -> None:
+    assert decode_audit_request(encode_audit_request(5)) == 5
+    for bad in (b"\xc1", msgpack.packb({"limit": 0}), msgpack.packb({"limit": "x"})):
+        with pytest.raises(InvalidRequest):
+            decode_audit_request(bad)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(InvalidRequest):
+        log.tail(0)
+    assert log.tail(10) == []  # no file yet
+    payload = msgpack.packb({"records": ['{"index": 1}'], "truncated": False})
+    assert decode_audit_response(payload) == ([{"index": 1}], False)
