@@ -27,7 +27,7 @@ AFTER_FAILOVER_S = 2.0
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    c = LocalCluster(tmp_path, 3)
+    c = LocalCluster(tmp_path, 3, overrides={"allow_bench_load": True})
     try:
         await c.start()
         await c.wait_for(
@@ -151,7 +151,8 @@ async def test_cli_put_get_delete_round_trip(cluster: LocalCluster) -> None:
 async def test_bench_command_reports_throughput_and_percentiles(
     cluster: LocalCluster, placement: str, driver: str
 ) -> None:
-    creds = cluster.client_credentials
+    # Load inside the nodes is an operator's action (BENCH_LOAD: admin certificates only).
+    creds = cluster.admin_credentials if placement == "embedded" else cluster.client_credentials
     assert isinstance(creds, Mtls)
     addrs = [a for n in cluster.nodes.values() for a in ("--addr", n.addr)]
     flags = ["--ca", str(creds.ca), "--cert", str(creds.cert), "--key", str(creds.key)]

@@ -27,7 +27,9 @@ BALANCE_TIMEOUT_S = 30.0
 
 async def one(balance: bool, spec: LoadSpec, placement: str) -> tuple[Summary, dict[int, int]]:
     base = Path(tempfile.mkdtemp(prefix="nodedb-balance-"))
-    cluster = LocalCluster(base, 3, overrides={"balance_leaders": balance})
+    cluster = LocalCluster(
+        base, 3, overrides={"balance_leaders": balance, "allow_bench_load": True}
+    )
     try:
         await cluster.start()
 
@@ -46,8 +48,11 @@ async def one(balance: bool, spec: LoadSpec, placement: str) -> tuple[Summary, d
         status = await cluster.status(1)
         leaders = {g["group_id"]: g["leader"] for g in status["groups"]}
         addrs = [n.addr for n in cluster.nodes.values()]
-        run = bench_embedded if placement == "embedded" else bench_client
-        return await run(addrs, cluster.client_credentials, spec, quiet=True), leaders
+        if placement == "embedded":
+            summary = await bench_embedded(addrs, cluster.admin_credentials, spec, quiet=True)
+        else:
+            summary = await bench_client(addrs, cluster.client_credentials, spec, quiet=True)
+        return summary, leaders
     finally:
         await cluster.close()
         shutil.rmtree(base, ignore_errors=True)

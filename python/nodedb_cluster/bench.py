@@ -270,7 +270,8 @@ def summarize(placement: str, spec: LoadSpec, runs: Sequence[LoadRun]) -> Summar
 
 
 class EmbeddedLoad:
-    """One bounded load run inside a node, started and polled over KV_REQUEST."""
+    """One bounded load run inside a node, started and polled over BENCH_LOAD (served only by
+    nodes started with `--allow-bench-load`, to admin certificates)."""
 
     def __init__(self) -> None:
         self._run: LoadRun | None = None
@@ -421,9 +422,9 @@ async def _rpc(transport: object, addr: str, doc: dict[str, object]) -> dict[str
 
     assert isinstance(transport, Transport)
     kind, payload = await transport.send_rpc_to_addr(
-        addr, wire.MessageKind.KV_REQUEST, encode_request(doc)
+        addr, wire.MessageKind.BENCH_LOAD, encode_request(doc)
     )
-    if kind != wire.MessageKind.KV_RESPONSE:
+    if kind != wire.MessageKind.BENCH_LOAD_RESPONSE:
         raise ClusterError(f"{addr} answered with kind {kind}")
     return decode_doc(payload, "load response")
 
@@ -545,17 +546,21 @@ async def _bench_main(args: argparse.Namespace, spec: LoadSpec) -> Summary:
 
     if args.addr:
         return await on(args.addr, client_credentials(args))
-    return await with_local_cluster(on, quiet)
+    return await with_local_cluster(on, quiet, operator=args.placement == "embedded")
 
 
 async def with_local_cluster(
-    body: Callable[[list[str], Credentials], Awaitable[T]], quiet: bool = False, size: int = 3
+    body: Callable[[list[str], Credentials], Awaitable[T]],
+    quiet: bool = False,
+    size: int = 3,
+    operator: bool = False,
 ) -> T:
-    """Start a fresh mTLS cluster of `size` processes on 127.0.0.1.., run `body`, remove it."""
+    """Start a fresh mTLS cluster of `size` processes on 127.0.0.1.., run `body` with the
+    client's credentials (the admin's when `operator`), remove it. Its nodes allow bench load."""
     from nodedb_cluster.localcluster import LocalCluster
 
     base = Path(tempfile.mkdtemp(prefix="nodedb-bench-"))
-    cluster = LocalCluster(base, size)
+    cluster = LocalCluster(base, size, overrides={"allow_bench_load": True})
     try:
         if not quiet:
             print(f"starting a {size}-node cluster under {base}", file=sys.stderr)
@@ -571,7 +576,8 @@ async def with_local_cluster(
             "every group to have all members as voters and a leader",
         )
         addrs = [n.addr for n in cluster.nodes.values()]
-        return await body(addrs, cluster.client_credentials)
+        creds = cluster.admin_credentials if operator else cluster.client_credentials
+        return await body(addrs, creds)
     finally:
         await cluster.close()
         shutil.rmtree(base, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -20,8 +21,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.lifecycle import STATE_LABELS
+from nodedb_cluster.transport import certificate_not_after
 
 if TYPE_CHECKING:
+    from nodedb_cluster.config import ClusterConfig
     from nodedb_cluster.node import Node, NodeStatus
 
 REFRESH_INTERVAL_S: Final = 1.0
@@ -33,6 +36,9 @@ ROLES: Final = ("follower", "pre_candidate", "candidate", "leader")
 class _Snapshot:
     status: NodeStatus | None = None
     counters: dict[str, int] | None = None
+    refusals: dict[tuple[str, str], int] | None = None
+    cert_not_after_s: int | None = None
+    """When this node's TLS certificate expires (Unix seconds); None when insecure."""
 
 
 class NodeCollector(Collector):
@@ -53,6 +59,22 @@ class NodeCollector(Collector):
         status = self._snapshot.status
         if status is not None:
             yield from _group_families(status)
+        not_after = self._snapshot.cert_not_after_s
+        if not_after is not None:
+            expiry = GaugeMetricFamily(
+                "nodedb_tls_cert_expiry_seconds",
+                "seconds until this node's TLS certificate expires (negative: expired)",
+            )
+            expiry.add_metric([], float(not_after - time.time()))
+            yield expiry
+        refused = CounterMetricFamily(
+            "nodedb_requests_refused",
+            "requests refused by the authorization table or a handler's identity rule",
+            labels=["kind", "reason"],
+        )
+        for (kind, reason), value in sorted((self._snapshot.refusals or {}).items()):
+            refused.add_metric([kind, reason], float(value))
+        yield refused
         for name, value in sorted((self._snapshot.counters or {}).items()):
             family = CounterMetricFamily(f"nodedb_{name}", f"counter {name} of the node")
             family.add_metric([], float(value))
@@ -82,7 +104,7 @@ class MetricsServer:
     """The HTTP endpoint and its refresh task; `close()` stops both."""
 
     def __init__(self, node: Node, addr: SocketAddr) -> None:
-        self._snapshot = _Snapshot()
+        self._snapshot = _Snapshot(cert_not_after_s=_cert_not_after(node.config))
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(node, self._snapshot))
         self._server, self._thread = start_http_server(addr.port, addr.host, self.registry)
@@ -96,6 +118,7 @@ class MetricsServer:
     async def refresh(self) -> None:
         self._snapshot.status = await self._node.status()
         self._snapshot.counters = self._node.metrics()
+        self._snapshot.refusals = self._node.transport.refusal_counts()
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -107,6 +130,14 @@ class MetricsServer:
         self._task.cancel()
         self._server.shutdown()
         self._server.server_close()
+
+
+def _cert_not_after(config: ClusterConfig) -> int | None:
+    """The expiry of the certificate the node loaded at start (the file is read once: a file
+    replaced on disk is not what the running node presents)."""
+    if config.insecure_transport or config.tls_cert_path is None:
+        return None
+    return certificate_not_after(config.tls_cert_path)
 
 
 async def serve_metrics(node: Node, addr: SocketAddr) -> MetricsServer:

@@ -1,0 +1,368 @@
+"""The trust boundary on real node processes: what a stolen certificate can and cannot do.
+
+An attacker holds the `client` certificate of a 3-node mTLS cluster (or, for the last test, node
+2's certificate) and sends hand-built frames: forged Raft heartbeats, appends and snapshot
+frames, every metadata command, joins and bench load. Each is refused before any handler runs
+(`PermissionDenied` at the caller), and afterwards the cluster is as it was: same terms, same
+membership, same settings, same data; the refusal counters moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from nodedb_cluster import wire
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.client import CLIENT_NODE_ID, Client
+from nodedb_cluster.errors import ClusterError, PermissionDenied
+from nodedb_cluster.localcluster import LocalCluster, Status, free_port, leader_of
+from nodedb_cluster.metadata.commands import (
+    AddGroupLearner,
+    AddNode,
+    AssignVShard,
+    MetadataEntry,
+    PromoteGroupLearner,
+    PutSetting,
+    RemoveGroupMember,
+    RemoveNode,
+    SetGroupMembers,
+    SetNodeState,
+)
+from nodedb_cluster.node import encode_metadata_propose
+from nodedb_cluster.topology import NodeInfo, NodeState
+from nodedb_cluster.transport import Mtls, Transport
+
+pytestmark = pytest.mark.multiprocess
+
+MSG_APPEND = 3
+MSG_HEARTBEAT = 8
+MSG_SNAPSHOT = 7
+
+
+# --- hand-built raft frames (rust/multiraft/src/codec.rs layouts, eraftpb field numbers) ----------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _pb(fields: list[tuple[int, int | bytes]]) -> bytes:
+    out = bytearray()
+    for number, value in fields:
+        if isinstance(value, bytes):
+            out += _varint(number << 3 | 2) + _varint(len(value)) + value
+        elif value:
+            out += _varint(number << 3) + _varint(value)
+    return bytes(out)
+
+
+def raft_message(
+    msg_type: int,
+    to: int,
+    sender: int,
+    term: int,
+    index: int = 0,
+    commit: int = 0,
+    entry_data: bytes | None = None,
+) -> bytes:
+    fields: list[tuple[int, int | bytes]] = [
+        (1, msg_type),
+        (2, to),
+        (3, sender),
+        (4, term),
+        (5, term),
+        (6, index),
+        (8, commit),
+    ]
+    if entry_data is not None:
+        fields.append((7, _pb([(2, term), (3, index + 1), (4, entry_data)])))
+    return _pb(fields)
+
+
+def raft_batch(sender: int, messages: list[tuple[int, bytes]]) -> bytes:
+    out = bytearray(struct.pack("<BQI", 1, sender, len(messages)))
+    for group, message in messages:
+        out += struct.pack("<QI", group, len(message)) + message
+    return bytes(out)
+
+
+def snapshot_chunk(sender: int, group: int, index: int, term: int, data: bytes) -> bytes:
+    head = struct.pack("<BQQQQQQQ", 1, sender, group, index, term, 0, len(data), 0)
+    return head + struct.pack("<I", len(data)) + data + b"\x00"
+
+
+def snapshot_ack(sender: int, group: int, index: int, term: int) -> bytes:
+    return struct.pack("<BQQQQB", 1, sender, group, index, term, 1)
+
+
+# --- the cluster ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    c = LocalCluster(tmp_path, 3)
+    port = free_port([f"127.0.0.{i}" for i in c.nodes])
+    for i, node in c.nodes.items():
+        metrics = parse_socket_addr(f"127.0.0.{i}:{port}")
+        node.config = replace(node.config, metrics_addr=metrics)
+    try:
+        await c.start()
+        await c.wait_for(
+            lambda s: all(
+                len(st["nodes"]) == 3
+                and all(len(g["voters"]) == 3 and g["leader"] for g in st["groups"])
+                for st in s.values()
+            ),
+            c.nodes,
+            60.0,
+            "3 voters and a leader in every group",
+        )
+        yield c
+    finally:
+        await c.close()
+
+
+def _metrics(cluster: LocalCluster, node_id: int) -> str:
+    addr = cluster.nodes[node_id].config.metrics_addr
+    assert addr is not None
+    with urllib.request.urlopen(f"http://{addr.host}:{addr.port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        sample, _, label_text = key.partition("{")
+        found = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if sample == name and found == want:
+            return float(value)
+    return 0.0
+
+
+async def _wait_metric(
+    cluster: LocalCluster, node_id: int, name: str, at_least: float, **labels: str
+) -> float:
+    """Metrics refresh once a second: wait (bounded) until the sample reaches `at_least`."""
+    async with asyncio.timeout(10):
+        while True:
+            value = _metric(await asyncio.to_thread(_metrics, cluster, node_id), name, **labels)
+            if value >= at_least:
+                return value
+            await asyncio.sleep(0.2)  # the scrape endpoint has no push channel: poll, bounded
+
+
+def _picture(statuses: dict[int, Status]) -> dict[int, object]:
+    """What must not change: terms, members, leaders' existence, topology, settings."""
+    out: dict[int, object] = {}
+    for node_id, st in statuses.items():
+        groups = st["groups"]
+        assert isinstance(groups, list)
+        out[node_id] = (
+            sorted(
+                (g["group_id"], g["term"], tuple(g["voters"]), tuple(g["learners"])) for g in groups
+            ),
+            st["nodes"],
+            st["settings"],
+        )
+    return out
+
+
+async def _all_status(cluster: LocalCluster) -> dict[int, Status]:
+    return {i: await cluster.status(i) for i in cluster.nodes}
+
+
+def _creds(cluster: LocalCluster, which: str) -> Mtls:
+    creds = cluster.admin_credentials if which == "admin" else cluster.client_credentials
+    assert isinstance(creds, Mtls)
+    return creds
+
+
+def _node_creds(cluster: LocalCluster, node_id: int) -> Mtls:
+    config = cluster.nodes[node_id].config
+    assert config.tls_ca_path is not None
+    assert config.tls_cert_path is not None
+    assert config.tls_key_path is not None
+    return Mtls(config.tls_ca_path, config.tls_cert_path, config.tls_key_path)
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+async def test_a_client_certificate_cannot_forge_raft_change_membership_join_or_load(
+    cluster: LocalCluster,
+) -> None:
+    before_status = await _all_status(cluster)
+    before = _picture(before_status)
+    async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
+        await c.put(b"authz:before", b"1")
+    g1_leader = leader_of(before_status, 1)
+    term = next(g["term"] for g in before_status[g1_leader]["groups"] if g["group_id"] == 1)
+    assert isinstance(term, int)
+    follower = next(i for i in cluster.nodes if i != g1_leader)
+    forged: list[tuple[str, int, wire.MessageKind, bytes]] = []
+    for node_id in cluster.nodes:
+        forged += [
+            # A heartbeat "from node 2" with a far higher term: made the leader step down before.
+            (
+                "heartbeat",
+                node_id,
+                wire.MessageKind.RAFT_BATCH,
+                raft_batch(2, [(1, raft_message(MSG_HEARTBEAT, node_id, 2, term + 100))]),
+            ),
+            # An append from a node that does not exist, carrying a write.
+            (
+                "append",
+                node_id,
+                wire.MessageKind.RAFT_BATCH,
+                raft_batch(
+                    99,
+                    [
+                        (
+                            1,
+                            raft_message(
+                                MSG_APPEND, node_id, 99, term + 100, 10_000, 10_001, b"forged"
+                            ),
+                        )
+                    ],
+                ),
+            ),
+            (
+                "snapshot chunk",
+                node_id,
+                wire.MessageKind.SNAPSHOT_CHUNK,
+                snapshot_chunk(g1_leader, 1, 10_000, term + 100, b"\x00" * 64),
+            ),
+            (
+                "snapshot ack",
+                node_id,
+                wire.MessageKind.SNAPSHOT_ACK,
+                snapshot_ack(follower, 1, 1, term),
+            ),
+        ]
+    node3 = NodeInfo(3, parse_socket_addr("127.0.0.9:1"), NodeState.ACTIVE, 1)
+    commands = [
+        SetGroupMembers(1, (1,), ()),
+        RemoveNode(3),
+        AddNode(node3),
+        SetNodeState(3, NodeState.DECOMMISSIONED),
+        AddGroupLearner(1, 77),
+        PromoteGroupLearner(1, 77, 5),
+        RemoveGroupMember(1, 2),
+        AssignVShard(0, 2),
+        PutSetting("owned", True),
+    ]
+    for command in commands:
+        entry = MetadataEntry((command,)).encode()
+        for forwarded in (False, True):
+            forged.append(
+                (
+                    f"metadata {type(command).__name__}",
+                    1,
+                    wire.MessageKind.METADATA_PROPOSE,
+                    encode_metadata_propose(entry, forwarded),
+                )
+            )
+    join = wire.JoinRequest(node_id=77, listen_addr="127.0.0.77:9400", wire_version=1)
+    forged += [
+        ("join", 1, wire.MessageKind.JOIN_REQUEST, join.encode()),
+        ("bench load", 1, wire.MessageKind.BENCH_LOAD, msgpack.packb({"op": "load_result"})),
+        ("join token", 1, wire.MessageKind.JOIN_TOKEN_REQUEST, msgpack.packb({"node_id": 77})),
+        ("audit", 1, wire.MessageKind.AUDIT_REQUEST, msgpack.packb({})),
+        ("an answer kind", 1, wire.MessageKind.JOIN_RESPONSE, b""),
+    ]
+    async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", _creds(cluster, "client")) as attacker:
+        for what, node_id, kind, payload in forged:
+            with pytest.raises(PermissionDenied) as refused:
+                await attacker.send_rpc_to_addr(cluster.nodes[node_id].addr, kind, payload)
+            assert "client" in str(refused.value), what
+        # The same certificate still does what a client may.
+        kind, _ = await attacker.send_rpc_to_addr(
+            cluster.nodes[1].addr, wire.MessageKind.STATUS_REQUEST, b""
+        )
+        assert kind == wire.MessageKind.STATUS_RESPONSE
+    after_status = await _all_status(cluster)
+    assert _picture(after_status) == before, "a refused frame changed terms, members or settings"
+    async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
+        assert await c.get(b"authz:before") == b"1"
+        assert await c.get(b"forged") is None
+    for node_id in cluster.nodes:  # the heartbeat and the append, at every node
+        seen = await _wait_metric(
+            cluster, node_id, "nodedb_requests_refused_total", 2, kind="RaftBatch", reason="role"
+        )
+        assert seen == 2
+    text = await asyncio.to_thread(_metrics, cluster, 1)
+    assert _metric(
+        text, "nodedb_requests_refused_total", kind="MetadataPropose", reason="role"
+    ) == 2 * len(commands)
+    for kind in ("JoinRequest", "BenchLoad", "JoinTokenRequest", "AuditRequest", "SnapshotChunk"):
+        assert _metric(text, "nodedb_requests_refused_total", kind=kind, reason="role") >= 1, kind
+    log = cluster.nodes[1].log_path.read_text()
+    assert "refused MetadataPropose from spiffe://localcluster/client/" in log, log[-3000:]
+
+
+async def test_a_node_certificate_cannot_speak_for_another_node(cluster: LocalCluster) -> None:
+    statuses = await _all_status(cluster)
+    before = _picture(statuses)
+    g1_leader = leader_of(statuses, 1)
+    term = next(g["term"] for g in statuses[g1_leader]["groups"] if g["group_id"] == 1)
+    assert isinstance(term, int)
+    target = next(i for i in cluster.nodes if i not in (2, 3)) if g1_leader in (2, 3) else g1_leader
+    # Node 2's own certificate on another port, claiming to be node 3 (in the frame, and in a
+    # message of an honest-looking frame).
+    frames = [
+        raft_batch(3, [(1, raft_message(MSG_HEARTBEAT, target, 3, term + 100))]),
+        raft_batch(2, [(1, raft_message(MSG_HEARTBEAT, target, 3, term + 100))]),
+    ]
+    async with Transport(2, "127.0.0.1:0", _node_creds(cluster, 2)) as impostor:
+        for frame in frames:
+            with pytest.raises(ClusterError):  # one-way kind on a request stream: no reply
+                await impostor.send_rpc_to_addr(
+                    cluster.nodes[target].addr, wire.MessageKind.RAFT_BATCH, frame
+                )
+    await _wait_metric(
+        cluster,
+        target,
+        "nodedb_requests_refused_total",
+        2,
+        kind="RaftBatch",
+        reason="sender_mismatch",
+    )
+    await _wait_metric(cluster, target, "nodedb_raft_inbound_forged_sender_total", 2)
+    assert _picture(await _all_status(cluster)) == before
+
+
+async def test_bench_load_needs_the_node_to_allow_it(cluster: LocalCluster) -> None:
+    payload = msgpack.packb({"op": "load_result"})
+    async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", _creds(cluster, "admin")) as admin:
+        with pytest.raises(PermissionDenied, match="allow-bench-load"):
+            await admin.send_rpc_to_addr(
+                cluster.nodes[1].addr, wire.MessageKind.BENCH_LOAD, payload
+            )
+    await _wait_metric(
+        cluster,
+        1,
+        "nodedb_requests_refused_total",
+        1,
+        kind="BenchLoad",
+        reason="bench_load_disabled",
+    )
