@@ -5,7 +5,7 @@ topology (the bootstrapper's own entry, joiners' through their JoinRequest), see
 reports members in `status()`, and when SWIM declares a node dead, the KV router's leader hint
 naming it (learned from Raft, the node really leading a data group) is cleared and
 `on_member_dead` hooks run (issue 7: "membership changes feed routing and status"). Without a
-secret, SWIM refuses to start unless swim_insecure is asked for by name."""
+secret file, SWIM uses the cluster secret in the catalog (issue 12)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import ClusterError, ConfigError
+from nodedb_cluster.errors import ConfigError
 from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.node import Node
 from raft_cluster import free_udp_addr
 
@@ -133,21 +134,24 @@ async def test_nodes_run_swim_report_members_and_clear_dead_leader_hints(tmp_pat
             await n.shutdown()
 
 
-async def test_swim_without_a_secret_is_refused_unless_insecure_by_name(tmp_path: Path) -> None:
+async def test_swim_without_a_secret_file_uses_the_catalog_secret(tmp_path: Path) -> None:
+    """Issue 12: the cluster secret made at bootstrap (and handed to joiners) keys SWIM, so no
+    file is needed; a catalog without one (formed before it existed) still needs the file or
+    swim_insecure by name."""
     seed = free_udp_addr("127.0.0.1")
-    with pytest.raises(ClusterError) as e:
-        await start_cluster(node_config(tmp_path, 1, seed, None))
-    cause: BaseException | None = e.value
-    while cause is not None and not isinstance(cause, ConfigError):
-        cause = cause.__cause__ or cause.__context__
-    assert isinstance(cause, ConfigError)
-    assert cause.field == "cluster_secret_path"
-    node = await start_cluster(node_config(tmp_path, 1, seed, None, swim_insecure=True))
+    node = await start_cluster(node_config(tmp_path, 1, seed, None))
     try:
         assert node.membership is not None
-        assert (await node.status()).members == ()
+        stored = await node.admission.secret()
+        assert stored is not None
+        assert len(stored) == 32
     finally:
         await node.shutdown()
+    with pytest.raises(ConfigError) as missing:
+        read_cluster_secret(node_config(tmp_path, 1, seed, None), None)
+    assert missing.value.field == "cluster_secret_path"
+    insecure = node_config(tmp_path, 1, seed, None, swim_insecure=True)
+    assert read_cluster_secret(insecure, b"s" * 32) is None  # asked for by name: honoured
     with pytest.raises(ConfigError) as refused:
         node_config(tmp_path, 1, seed, tmp_path / "s", swim_insecure=True)
     assert refused.value.field == "swim_insecure"
