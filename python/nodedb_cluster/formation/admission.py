@@ -1,10 +1,12 @@
 """The join server's shell and the join-token service: who may join, and who says so.
 
 `JoinAdmission` runs `decide_join` (pure, `join_server.py`) with the caller's verified certificate
-identity and what this node knows, carries an admission through group 0, and answers. Refusals
-are counted by reason (`join_refused_total.<reason>` in the node's metrics) and logged at WARN,
-rate-limited to one line per reason per `REFUSAL_LOG_INTERVAL_MS` with the count of the ones
-left out, naming the caller's identity: a misconfigured joiner retrying cannot flood the log.
+identity and what this node knows, carries an admission through group 0, and answers. Identity
+and token refusals go through the transport's one refusal path (`Transport.record_refusal`):
+counted by kind and reason (`nodedb_requests_refused{kind="JoinRequest",reason="join_token_..."}`)
+and logged at WARN naming the caller's identity, at most one line per peer, kind and reason per
+10 s with the count of the ones left out, so a misconfigured joiner retrying cannot flood the
+log. The older refusals (address, version, id reuse) are logged at INFO as before.
 
 It also answers JOIN_TOKEN_REQUEST (admin certificates only: the transport refuses every other
 role before this runs): `{"node_id": u64, "ttl_secs": int}` -> JOIN_TOKEN_RESPONSE
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import msgpack
@@ -47,8 +48,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFUSAL_LOG_INTERVAL_MS: Final = 10_000
-"""At most one WARN line per refusal reason per 10 s; the next line says how many were left out."""
+REFUSAL_LABELS: Final[dict[JoinRefusal, str]] = {
+    JoinRefusal.NO_IDENTITY: "no_identity",
+    JoinRefusal.NOT_A_NODE: "role",
+    JoinRefusal.IDENTITY_MISMATCH: "join_identity_mismatch",
+    JoinRefusal.TOKEN_MISSING: "join_token_missing",
+    JoinRefusal.TOKEN_MALFORMED: "join_token_malformed",
+    JoinRefusal.TOKEN_FORGED: "join_token_forged",
+    JoinRefusal.TOKEN_EXPIRED: "join_token_expired",
+    JoinRefusal.TOKEN_WRONG_NODE: "join_token_wrong_node",
+    JoinRefusal.NO_SECRET: "join_no_secret",
+}
+"""The transport's refusal label (rust/transport/src/refusals.rs `REASONS`) of each security
+refusal; the others are not trust decisions and are not counted there."""
 NO_SECRET_FOR_TOKENS: Final = (
     "this node's catalog holds no cluster secret (the cluster was formed before join tokens "
     "existed), so it cannot issue join tokens"
@@ -60,24 +72,6 @@ def caller_of(peer: Peer) -> Caller:
     return Caller(peer.identity, peer.role, peer.node_id)
 
 
-@dataclass(slots=True)
-class RateLimitedLog:
-    """One log line per key per interval; the lines in between are counted, not written."""
-
-    interval_ms: int
-    _last_ms: dict[str, int] = field(default_factory=dict)
-    _suppressed: dict[str, int] = field(default_factory=dict)
-
-    def admit(self, key: str, now_ms: int) -> int | None:
-        """None: stay quiet; else log now, mentioning the returned count of suppressed lines."""
-        last = self._last_ms.get(key)
-        if last is not None and now_ms - last < self.interval_ms:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return None
-        self._last_ms[key] = now_ms
-        return self._suppressed.pop(key, 0)
-
-
 class JoinAdmission:
     """Admission decisions, token issuance and their counters for one node."""
 
@@ -87,38 +81,13 @@ class JoinAdmission:
         self._clock = clock or SystemClock()
         self._secret: bytes | None = None
         self._secret_loaded = False
-        self._refused: dict[str, int] = {}
-        self._log = RateLimitedLog(REFUSAL_LOG_INTERVAL_MS)
         self.tokens_issued = 0
 
     # --- counters ---------------------------------------------------------------------------------
 
     def metrics(self) -> dict[str, int]:
-        """`join_refused_total` and `join_refused_total.<reason>`, `join_tokens_issued_total`."""
-        out = {f"join_refused_total.{reason}": n for reason, n in sorted(self._refused.items())}
-        out["join_refused_total"] = sum(self._refused.values())
-        out["join_tokens_issued_total"] = self.tokens_issued
-        return out
-
-    def refused(self, reason: JoinRefusal, caller: Caller, node_id: int, text: str) -> None:
-        """Count a refusal and log it, rate-limited per reason."""
-        self._refused[reason.value] = self._refused.get(reason.value, 0) + 1
-        suppressed = self._log.admit(reason.value, self._clock.monotonic_ms())
-        if suppressed is None:
-            return
-        more = (
-            f" ({suppressed} more refused for this reason since the last line)"
-            if suppressed
-            else ""
-        )
-        log.warning(
-            "join of node %d from %s refused [%s]: %s%s",
-            node_id,
-            caller.identity or "an unauthenticated peer",
-            reason.value,
-            text,
-            more,
-        )
+        """`join_tokens_issued` (refusals are in the transport's `requests_refused`)."""
+        return {"join_tokens_issued": self.tokens_issued}
 
     # --- the cluster secret -----------------------------------------------------------------------
 
@@ -165,10 +134,11 @@ class JoinAdmission:
         )
         match decision:
             case Reject(text=text, reason=reason):
-                if reason is None:  # a redirect to the leader
-                    log.info("join of node %d redirected: %s", request.node_id, text)
-                else:
-                    self.refused(reason, caller, request.node_id, text)
+                label = None if reason is None else REFUSAL_LABELS.get(reason)
+                if label is not None:  # counted, and logged at WARN rate-limited
+                    node.transport.record_refusal(peer, wire.MessageKind.JOIN_REQUEST, label, text)
+                else:  # a redirect, or JOIN.md's retryable refusals
+                    log.info("join of node %d not admitted: %s", request.node_id, text)
                 return wire.JoinResponse(success=False, error=text, permanent=decision.permanent)
             case AlreadyMember():
                 log.info("node %d re-joined (idempotent)", request.node_id)
