@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -47,7 +48,7 @@ def join_entry(node_id: int = 2) -> MetadataEntry:
     )
 
 
-def records(log: AuditLog, limit: int = 100) -> list[dict[str, object]]:
+def records(log: AuditLog, limit: int = 100) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.tail(limit)]
 
 

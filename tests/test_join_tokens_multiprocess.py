@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +54,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         await c.close()
 
 
-def _members(n: int) -> object:
+def _members(n: int) -> Callable[[dict[int, Status]], bool]:
     def check(statuses: dict[int, Status]) -> bool:
         return all(
             len(s["nodes"]) == n and any(g["group_id"] == 0 and g["leader"] for g in s["groups"])
