@@ -40,6 +40,7 @@ def swim_cluster(tmp_path: Path, swim: SwimConfig) -> LocalCluster:
     """A LocalCluster whose nodes run SWIM (shared secret, one UDP port per 127.0.0.N)."""
     secret = tmp_path / "cluster.secret"
     secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)  # a node refuses a secret others can read
     cluster = LocalCluster(
         tmp_path,
         3,

@@ -68,6 +68,7 @@ async def wait_for(pred: object, changed: asyncio.Event, timeout_s: float) -> No
 async def test_nodes_run_swim_report_members_and_clear_dead_leader_hints(tmp_path: Path) -> None:
     secret = tmp_path / "cluster.secret"
     secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)  # a node refuses a secret others can read
     seed = free_udp_addr("127.0.0.1")
     nodes: list[Node] = []
     try:

@@ -40,6 +40,7 @@ from nodedb_cluster.transport import (
     Peer,
     Reply,
     Transport,
+    ca_key_path,
     generate_cluster_credentials,
     issue_node_credentials,
     revoke_node_credentials,
@@ -342,9 +343,10 @@ async def test_restarted_peer_is_reached_again(creds: list[Mtls]) -> None:
 
 
 def test_credentials_files_are_private_and_issuable(tmp_path: Path, creds: list[Mtls]) -> None:
-    for path in [creds[0].ca, creds[0].cert, creds[0].key, tmp_path / "ca.key"]:
+    for path in [creds[0].ca, creds[0].cert, creds[0].key, ca_key_path(tmp_path)]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    later = issue_node_credentials(creds[0].ca, tmp_path / "ca.key", "n9", ["127.0.0.1"], tmp_path)
+    ca_key = ca_key_path(tmp_path)
+    later = issue_node_credentials(creds[0].ca, ca_key, "n9", ["127.0.0.1"], tmp_path)
     assert len(later.spki_pin()) == 32
     assert later.spki_pin() != creds[0].spki_pin()
     junk = tmp_path / "junk.pem"
@@ -389,8 +391,8 @@ async def test_send_rpc_many_raises_the_first_error_and_serve_none_unplugs(
 
 async def test_a_revoked_leaf_is_refused(tmp_path: Path, creds: list[Mtls]) -> None:
     crl = revoke_node_credentials(
-        creds[0].ca, tmp_path / "ca.key", [creds[1].cert], tmp_path / "r.crl"
-    )
+        creds[0].ca, ca_key_path(tmp_path), [creds[1].cert], tmp_path / "r.crl"
+    ).path
     server_creds, revoked_creds, fine_creds = (dataclasses.replace(c, crls=(crl,)) for c in creds)
     async with (
         Transport(1, LOCAL, server_creds) as server,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgpack
 
@@ -24,13 +25,22 @@ from nodedb_cluster.admin_cli import add_admin_commands
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
 from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
 from nodedb_cluster.errors import ClusterError, ConfigError
+from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
 from nodedb_cluster.transport import (
+    LEAF_VALIDITY_DAYS_DEFAULT,
     Credentials,
     Insecure,
+    Leaf,
     Mtls,
     Transport,
+    ca_key_path,
     generate_cluster_credentials,
+    read_cert_identity,
+    revoke_node_credentials,
 )
+
+if TYPE_CHECKING:
+    from nodedb_cluster.node import Node
 
 log = logging.getLogger("nodedb_cluster.cli")
 
@@ -106,15 +116,43 @@ def _parser() -> argparse.ArgumentParser:
 
     certs = sub.add_parser("gen-certs", help="create a cluster CA and per-node mTLS credentials")
     certs.add_argument("--out", required=True, type=Path, help="directory to write into")
-    certs.add_argument("--cluster-name", default="nodedb-cluster")
     certs.add_argument(
-        "--node",
-        action="append",
-        required=True,
-        metavar="NAME=IP[,IP...]",
-        help="one node (or client) credential; repeat per node",
+        "--cluster-name",
+        default="nodedb-cluster",
+        help="the trust domain of every identity: [a-z0-9._-], at most 255 characters",
+    )
+    for flag, what in (
+        ("--node", "n<id>=IP: node <id>'s credential (n1, n2, ...); any other NAME is a client"),
+        ("--admin", "an operator's credential (membership and placement operations)"),
+        ("--client", "an application's credential (KV operations, status)"),
+    ):
+        certs.add_argument(
+            flag, action="append", default=[], metavar="NAME=IP[,IP...]", help=what + "; repeat"
+        )
+    certs.add_argument(
+        "--days",
+        type=int,
+        default=LEAF_VALIDITY_DAYS_DEFAULT,
+        help=f"leaf validity (default {LEAF_VALIDITY_DAYS_DEFAULT}); the CA gets 3650",
     )
     certs.set_defaults(run=_cmd_gen_certs)
+
+    revoke = sub.add_parser(
+        "revoke", help="add certificates to the cluster CRL (nodes reload it on SIGHUP)"
+    )
+    revoke.add_argument(
+        "--ca-dir", required=True, type=Path, help="the gen-certs folder (ca.pem, ca-key/ca.key)"
+    )
+    revoke.add_argument(
+        "--cert", action="append", required=True, type=Path, help="a leaf to revoke; repeat"
+    )
+    revoke.add_argument(
+        "--crl",
+        required=True,
+        type=Path,
+        help="the CRL file (updated, or created); nodes' tls_crl_path",
+    )
+    revoke.set_defaults(run=_cmd_revoke)
 
     add_admin_commands(sub, _add_client_credentials, client_credentials)  # join-token, audit
 
@@ -158,14 +196,20 @@ async def run_node(config: ClusterConfig) -> int:
     from nodedb_cluster.formation.start import start_cluster  # the engine loads only here
 
     stop = asyncio.Event()
+    hangup = asyncio.Event()  # SIGHUP: reload the CRL (set early: a HUP during start is kept)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
     try:
         node = await start_cluster(config)
     except ClusterError as e:
         print(f"nodedb-cluster: node {config.node_id} failed: {e}", file=sys.stderr)
         return 1
+    background = [
+        asyncio.create_task(_reload_crl_on_hangup(node, hangup)),
+        asyncio.create_task(warn_before_expiry(config, node_cert_not_after(config))),
+    ]
     metrics_server = None
     if config.metrics_addr is not None:
         from nodedb_cluster.metrics import serve_metrics
@@ -180,10 +224,22 @@ async def run_node(config: ClusterConfig) -> int:
     print(READY_PREFIX + json.dumps(ready), flush=True)
     await stop.wait()
     log.info("node %d shutting down", config.node_id)
+    for task in background:
+        task.cancel()
     if metrics_server is not None:
         metrics_server.close()
     await node.shutdown()
     return 0
+
+
+async def _reload_crl_on_hangup(node: Node, hangup: asyncio.Event) -> None:
+    """Reload the CRL on every SIGHUP; a broken file is logged by `reload_crl` and the CRL in
+    force stays (the node keeps running)."""
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        with contextlib.suppress(ClusterError):
+            node.reload_crl()
 
 
 # --- status ---------------------------------------------------------------------------------------
@@ -301,17 +357,49 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # --- gen-certs ------------------------------------------------------------------------------------
 
 
-def _cmd_gen_certs(args: argparse.Namespace) -> int:
-    nodes: list[tuple[str, list[str]]] = []
-    for spec in args.node:
+def _leaves(flag: str, specs: list[str]) -> list[Leaf]:
+    leaves: list[Leaf] = []
+    for spec in specs:
         name, _, sans = spec.partition("=")
-        if not name or not sans:
-            raise ConfigError("--node", f"expected NAME=IP[,IP...], got {spec!r}")
-        nodes.append((name, [s.strip() for s in sans.split(",") if s.strip()]))
-    args.out.mkdir(parents=True, exist_ok=True)
-    files = generate_cluster_credentials(args.out, args.cluster_name, nodes)
-    for (name, _), creds in zip(nodes, files, strict=True):
-        print(f"{name}: ca={creds.ca} cert={creds.cert} key={creds.key}")
+        addrs = [s.strip() for s in sans.split(",") if s.strip()]
+        if not name or not addrs:
+            raise ConfigError(flag, f"expected NAME=IP[,IP...], got {spec!r}")
+        leaves.append((name, addrs))
+    return leaves
+
+
+def _cmd_gen_certs(args: argparse.Namespace) -> int:
+    nodes = _leaves("--node", args.node)
+    admins = _leaves("--admin", args.admin)
+    clients = _leaves("--client", args.client)
+    if not (nodes or admins or clients):
+        raise ConfigError("--node", "give at least one --node, --admin or --client NAME=IP")
+    files = generate_cluster_credentials(
+        args.out, args.cluster_name, nodes, admins=admins, clients=clients, days=args.days
+    )
+    print(f"CA certificate: {files[0].ca}  (every node and client needs it)")
+    print(
+        f"CA key: {ca_key_path(args.out)}  (keep it off the nodes: it signs certificates and CRLs)"
+    )
+    for (name, _), creds in zip([*nodes, *admins, *clients], files, strict=True):
+        identity = read_cert_identity(creds.cert)
+        print(f"{name}: {identity.uri} ca={creds.ca} cert={creds.cert} key={creds.key}")
+    return 0
+
+
+# --- revoke ---------------------------------------------------------------------------------------
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    ca_dir: Path = args.ca_dir
+    summary = revoke_node_credentials(
+        ca_dir / "ca.pem", ca_key_path(ca_dir), list(args.cert), args.crl
+    )
+    print(
+        f"{summary.path}: CRL number {summary.crl_number}, {summary.newly_revoked} newly "
+        f"revoked, {summary.revoked_total} in total; send SIGHUP to every node whose "
+        "tls_crl_path is this file (or copy it there first)"
+    )
     return 0
 
 

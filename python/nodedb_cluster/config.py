@@ -62,7 +62,7 @@ DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: Final = 4 * 1024 * 1024
 
 _TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
 _ADDR_FIELDS: Final = frozenset({"listen_addr", "swim_udp_addr", "metrics_addr"})
-_PATH_FIELDS: Final = frozenset({"data_dir", "cluster_secret_path", *_TLS_FIELDS})
+_PATH_FIELDS: Final = frozenset({"data_dir", "cluster_secret_path", "tls_crl_path", *_TLS_FIELDS})
 _BOOL_FIELDS: Final = frozenset(
     {"force_bootstrap", "insecure_transport", "swim_insecure", "balance_leaders"}
 )
@@ -133,7 +133,11 @@ class ClusterConfig:
     tls_cert_path: Path | None = None
     """This node's certificate chain (PEM)."""
     tls_key_path: Path | None = None
-    """This node's private key (PEM)."""
+    """This node's private key (PEM); refused at start unless only its owner can read it."""
+    tls_crl_path: Path | None = None
+    """Certificate revocation list (PEM, signed by the cluster CA; `nodedb-cluster revoke`):
+    peers it revokes are refused. Read at start and again on SIGHUP (`Node.reload_crl`), which
+    also closes live connections of newly revoked peers; mTLS only."""
     insecure_transport: bool = False
     """Run without TLS; must be asked for by name (WIRE.md) and excludes the TLS paths."""
     metrics_addr: SocketAddr | None = None
@@ -343,6 +347,8 @@ class ClusterConfig:
             )
         given = [name for name in _TLS_FIELDS if getattr(self, name) is not None]
         if self.insecure_transport:
+            if self.tls_crl_path is not None:
+                given.append("tls_crl_path")
             if given:
                 raise ConfigError(
                     "insecure_transport",

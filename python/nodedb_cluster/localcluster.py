@@ -187,6 +187,10 @@ class LocalCluster:
     overrides: dict[str, object] = field(default_factory=dict)
     nodes: dict[int, NodeProcess] = field(default_factory=dict)
     client_credentials: Credentials = field(default_factory=Insecure)
+    """A client-role certificate (KV operations, status), as an application holds."""
+    admin_credentials: Credentials = field(default_factory=Insecure)
+    """An admin-role certificate (membership operations, the bench load RPC), as an operator
+    holds."""
 
     def __post_init__(self) -> None:
         hosts = [f"127.0.0.{i}" for i in range(1, self.size + 1)]
@@ -194,11 +198,14 @@ class LocalCluster:
         seeds = tuple(parse_socket_addr(f"{h}:{port}") for h in hosts)
         creds: list[Mtls] = []
         if self.secure:
-            names = [(f"node{i}", [h]) for i, h in enumerate(hosts, start=1)]
+            names = [(f"n{i}", [h]) for i, h in enumerate(hosts, start=1)]
             creds = generate_cluster_credentials(
-                self.base_dir / "certs", "localcluster", [*names, ("client", ["127.0.0.1"])]
+                self.base_dir / "certs",
+                "localcluster",
+                [*names, ("client", ["127.0.0.1"])],
+                admins=[("admin", ["127.0.0.1"])],
             )
-            self.client_credentials = creds[-1]
+            self.client_credentials, self.admin_credentials = creds[-2], creds[-1]
         for i, seed in enumerate(seeds, start=1):
             tls: dict[str, object] = {"insecure_transport": True}
             if self.secure:

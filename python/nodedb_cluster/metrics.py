@@ -20,11 +20,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.errors import ClusterError
+from nodedb_cluster.formation.credentials import node_cert_not_after
 from nodedb_cluster.lifecycle import STATE_LABELS
-from nodedb_cluster.transport import certificate_not_after
 
 if TYPE_CHECKING:
-    from nodedb_cluster.config import ClusterConfig
     from nodedb_cluster.node import Node, NodeStatus
 
 REFRESH_INTERVAL_S: Final = 1.0
@@ -104,7 +103,7 @@ class MetricsServer:
     """The HTTP endpoint and its refresh task; `close()` stops both."""
 
     def __init__(self, node: Node, addr: SocketAddr) -> None:
-        self._snapshot = _Snapshot(cert_not_after_s=_cert_not_after(node.config))
+        self._snapshot = _Snapshot(cert_not_after_s=node_cert_not_after(node.config))
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(node, self._snapshot))
         self._server, self._thread = start_http_server(addr.port, addr.host, self.registry)
@@ -130,14 +129,6 @@ class MetricsServer:
         self._task.cancel()
         self._server.shutdown()
         self._server.server_close()
-
-
-def _cert_not_after(config: ClusterConfig) -> int | None:
-    """The expiry of the certificate the node loaded at start (the file is read once: a file
-    replaced on disk is not what the running node presents)."""
-    if config.insecure_transport or config.tls_cert_path is None:
-        return None
-    return certificate_not_after(config.tls_cert_path)
 
 
 async def serve_metrics(node: Node, addr: SocketAddr) -> MetricsServer:

@@ -258,6 +258,32 @@ class Node:
             counters.update({f"raft_{k}": v for k, v in self.engine.metrics().items()})
         return counters
 
+    def reload_crl(self) -> int:
+        """Read `tls_crl_path` again and put it in force (the `start` command does on SIGHUP):
+        new handshakes are checked against it and live connections of peers it revokes are
+        closed. Returns how many were closed. A file that cannot be read or parsed raises
+        `CredentialsError` (logged here) and the CRL in force stays."""
+        path = self.config.tls_crl_path
+        if self.config.insecure_transport:
+            return 0
+        try:
+            closed = self.transport.set_crls([] if path is None else [path])
+        except ClusterError as e:
+            log.error(
+                "node %d: CRL %s not reloaded, the one in force stays: %s",
+                self.config.node_id,
+                path,
+                e,
+            )
+            raise
+        log.info(
+            "node %d: CRL %s reloaded; %d connection(s) of revoked peers closed",
+            self.config.node_id,
+            path,
+            closed,
+        )
+        return closed
+
     # --- metadata proposals -------------------------------------------------------------------
 
     async def propose_metadata(self, entry: MetadataEntry) -> str | None:

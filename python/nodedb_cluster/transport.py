@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import nodedb_cluster_core as _core
 
@@ -81,23 +81,66 @@ def _core_credentials(credentials: Credentials) -> _core.Credentials:
     raise TypeError(f"credentials must be Mtls(...) or Insecure(), not {credentials!r}")
 
 
-def generate_cluster_credentials(
-    directory: Path, cluster_name: str, nodes: list[tuple[str, list[str]]]
-) -> list[Mtls]:
-    """A fresh cluster CA plus one leaf per (node_name, SANs) under `directory`, files 0600.
+LEAF_VALIDITY_DAYS_DEFAULT: Final = 365
+"""A leaf is valid a year (from an hour before issue, for clock skew); the CA ten years."""
+CA_KEY_RELPATH: Final = Path("ca-key") / "ca.key"
+"""Where the generator puts the CA key under its folder: a folder of its own (0700), so the
+folder a node is given never needs to hold it."""
 
-    SANs are the IP addresses (or DNS names) peers use to reach the node.
+LeafRole = Literal["auto", "node", "admin", "client"]
+"""A leaf's role; "auto" is `gen-certs --node`'s rule: `n<id>` is node <id>, other names clients."""
+
+Leaf = tuple[str, list[str]]
+"""(name, SANs): SANs are the IP addresses (or DNS names) peers use to reach the holder."""
+
+
+def ca_key_path(directory: Path) -> Path:
+    """The CA key the generator wrote under `directory`."""
+    return directory / CA_KEY_RELPATH
+
+
+def generate_cluster_credentials(
+    directory: Path,
+    cluster_name: str,
+    nodes: Sequence[Leaf],
+    *,
+    admins: Sequence[Leaf] = (),
+    clients: Sequence[Leaf] = (),
+    days: int = LEAF_VALIDITY_DAYS_DEFAULT,
+) -> list[Mtls]:
+    """A fresh cluster CA (`ca.pem`, `ca-key/ca.key`) plus one leaf per entry under
+    `directory` (keys 0600, folders 0700), each carrying `spiffe://<cluster_name>/<role>/<name>`.
+
+    `nodes` follow gen-certs' rule (`n<id>` is node <id>, any other name a client); `admins` and
+    `clients` are explicit. Returns the leaves in that order: nodes, admins, clients.
     """
-    files = _core.generate_cluster_credentials(directory, cluster_name, nodes)
+    leaves = [
+        *(("auto", name, list(sans)) for name, sans in nodes),
+        *(("admin", name, list(sans)) for name, sans in admins),
+        *(("client", name, list(sans)) for name, sans in clients),
+    ]
+    files = _core.generate_cluster_credentials(directory, cluster_name, leaves, days)
     return [Mtls(Path(ca), Path(cert), Path(key)) for ca, cert, key in files]
 
 
 def issue_node_credentials(
-    ca_cert: Path, ca_key: Path, node_name: str, sans: list[str], directory: Path
+    ca_cert: Path,
+    ca_key: Path,
+    name: str,
+    sans: list[str],
+    directory: Path,
+    *,
+    role: LeafRole = "auto",
+    days: int = LEAF_VALIDITY_DAYS_DEFAULT,
 ) -> Mtls:
-    """One more node leaf from an existing CA (`ca.key` as written by the generator)."""
-    ca, cert, key = _core.issue_node_credentials(ca_cert, ca_key, node_name, sans, directory)
+    """One more leaf from an existing CA (its cluster name comes from the CA certificate)."""
+    ca, cert, key = _core.issue_node_credentials(ca_cert, ca_key, role, name, sans, days, directory)
     return Mtls(Path(ca), Path(cert), Path(key))
+
+
+def certificate_not_after(path: Path) -> int:
+    """When the certificate in `path` (PEM) expires, in seconds since the Unix epoch."""
+    return _core.certificate_not_after(path)
 
 
 class _Resumed:
@@ -128,11 +171,27 @@ class _Resumed:
                     return finished.value
 
 
-def revoke_node_credentials(ca_cert: Path, ca_key: Path, revoked: list[Path], out: Path) -> Path:
-    """Write a CRL at `out`, signed by the CA, revoking the leaf certificates `revoked` (as
-    issued by this module's generator). Nodes given it in `Mtls(..., crls=(out,))` refuse them."""
-    _core.revoke_node_credentials(ca_cert, ca_key, list(revoked), out)
-    return out
+@dataclass(frozen=True, slots=True)
+class CrlSummary:
+    """What `revoke_node_credentials` wrote."""
+
+    path: Path
+    crl_number: int
+    """The previous CRL's number plus one (1 for a first CRL)."""
+    revoked_total: int
+    """Certificates the CRL revokes, earlier entries included."""
+    newly_revoked: int
+    """Of those asked for, the ones not revoked already."""
+
+
+def revoke_node_credentials(
+    ca_cert: Path, ca_key: Path, revoked: list[Path], out: Path
+) -> CrlSummary:
+    """Revoke the leaf certificates `revoked` (issued by this CA) in the CRL at `out`, keeping
+    what an existing CRL there already revokes; replaced atomically. Nodes given it
+    (`tls_crl_path`, reloaded on SIGHUP; `Mtls(..., crls=(out,))`) refuse those leaves."""
+    number, total, new = _core.revoke_node_credentials(ca_cert, ca_key, list(revoked), out)
+    return CrlSummary(out, number, total, new)
 
 
 def _addr_text(addr: str | SocketAddr) -> str:
@@ -204,6 +263,14 @@ class Transport:
     @property
     def closed(self) -> bool:
         return self._core.closed
+
+    def set_crls(self, paths: Sequence[Path]) -> int:
+        """Put the CRL files `paths` in force (empty: none): new handshakes in both directions
+        are checked against them, and live connections whose peer they revoke are closed (only
+        those: the others carry Raft and client traffic that has nothing to do with it).
+        Returns how many were closed. A broken file raises `CredentialsError` and the CRLs in
+        force stay."""
+        return self._core.set_crls(list(paths))
 
     def register_peer(
         self, node_id: int, addr: str | SocketAddr, spki_pin: bytes | None = None

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.catalog.layout import CLUSTER_SECRET_BYTES
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import CatalogError, ClusterError
+from nodedb_cluster.formation.credentials import check_node_credentials
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
 from nodedb_cluster.formation.join_client import join_sender, run_join
 from nodedb_cluster.lifecycle import (
@@ -64,6 +66,7 @@ async def start_cluster(
     node: Node | None = None
     try:
         path = decide_formation(config, catalog.is_bootstrapped())
+        check_node_credentials(config, time.time())  # key modes, identity, expiry
         transport = Transport(
             config.node_id,
             config.listen_addr,
@@ -118,7 +121,8 @@ def credentials_of(config: ClusterConfig) -> Credentials:
     ca, cert, key = config.tls_ca_path, config.tls_cert_path, config.tls_key_path
     if ca is None or cert is None or key is None:  # ClusterConfig refuses this; keep mypy honest
         raise ClusterError("mTLS needs tls_ca_path, tls_cert_path and tls_key_path")
-    return Mtls(ca, cert, key)
+    crls = () if config.tls_crl_path is None else (config.tls_crl_path,)
+    return Mtls(ca, cert, key, crls)
 
 
 def raft_settings_of(config: ClusterConfig) -> RaftSettings:

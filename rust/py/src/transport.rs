@@ -10,11 +10,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nodedb_transport::credentials::issue_node_credentials as issue;
+use nodedb_transport::credentials::{
+    generate_cluster_credentials_with as generate, issue_node_credentials as issue,
+    read_crl_files, LeafSpec,
+};
 use nodedb_transport::{
-    generate_cluster_credentials as generate, Credentials, FrameHandler, HandlerError,
-    HandlerFuture, HandlerResult, InboundFrame, MessageKind, NodeId, OutboundFrame, SpkiPin,
-    Transport, TransportConfig, TransportError,
+    Credentials, FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame,
+    MessageKind, NodeId, OutboundFrame, Role, SpkiPin, Transport, TransportConfig,
+    TransportError,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -407,6 +410,15 @@ impl PyTransport {
         self.inner.spki_pin().map(|pin| PyBytes::new(py, &pin.0))
     }
 
+    /// Put the CRL files `paths` in force (read now; empty = none): new handshakes are checked
+    /// against them and live connections of revoked peers are closed. Returns how many were
+    /// closed; a file that cannot be read or parsed raises CredentialsError and nothing changes.
+    fn set_crls(&self, py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<usize> {
+        let transport = self.inner.clone();
+        py.detach(|| transport.set_crls(read_crl_files(&paths)?))
+            .map_err(|e| transport_error_with(py, e))
+    }
+
     #[pyo3(signature = (node_id, addr, spki_pin = None))]
     fn register_peer(
         &self,
@@ -663,17 +675,36 @@ impl PyTransport {
     }
 }
 
-/// Generate a cluster CA and one leaf per `(node_name, sans)` in `dir` (files 0600).
-/// Returns `[(ca_cert, cert, key)]` paths.
+/// A leaf to issue from Python: role "auto" applies `gen-certs --node`'s rule (`n<id>` is a
+/// node, any other name a client); "node", "admin" and "client" are explicit.
+fn leaf_spec(role: &str, name: &str, sans: Vec<String>) -> Result<LeafSpec, TransportError> {
+    if role == "auto" {
+        return LeafSpec::from_name(name, sans);
+    }
+    let role = Role::from_name(role).ok_or_else(|| TransportError::Credentials {
+        reason: format!("unknown role {role:?} (auto, node, admin or client)"),
+    })?;
+    LeafSpec::named(role, name, sans)
+}
+
+/// Generate a cluster CA (`ca.pem`, `ca-key/ca.key`) and one leaf per `(role, name, sans)` in
+/// `dir`, each valid `days`. Returns `[(ca_cert, cert, key)]` paths, in order.
 #[pyfunction]
 fn generate_cluster_credentials(
     py: Python<'_>,
     dir: PathBuf,
     cluster_name: String,
-    nodes: Vec<(String, Vec<String>)>,
+    leaves: Vec<(String, String, Vec<String>)>,
+    days: u32,
 ) -> PyResult<Vec<(PathBuf, PathBuf, PathBuf)>> {
     let files = py
-        .detach(|| generate(&dir, &cluster_name, &nodes))
+        .detach(|| {
+            let specs = leaves
+                .into_iter()
+                .map(|(role, name, sans)| leaf_spec(&role, &name, sans))
+                .collect::<Result<Vec<_>, _>>()?;
+            generate(&dir, &cluster_name, &specs, days)
+        })
         .map_err(|e| transport_error_with(py, e))?;
     Ok(files
         .into_iter()
@@ -681,24 +712,31 @@ fn generate_cluster_credentials(
         .collect())
 }
 
-/// Issue one more node leaf from an existing CA. Returns `(ca_cert, cert, key)` paths.
+/// Issue one more leaf `(role, name, sans)` from an existing CA, valid `days`. Returns
+/// `(ca_cert, cert, key)` paths.
 #[pyfunction]
+#[allow(clippy::too_many_arguments)]
 fn issue_node_credentials(
     py: Python<'_>,
     ca_cert: PathBuf,
     ca_key: PathBuf,
-    node_name: String,
+    role: String,
+    name: String,
     sans: Vec<String>,
+    days: u32,
     dir: PathBuf,
 ) -> PyResult<(PathBuf, PathBuf, PathBuf)> {
     let files = py
-        .detach(|| issue(&ca_cert, &ca_key, &node_name, &sans, &dir))
+        .detach(|| {
+            let spec = leaf_spec(&role, &name, sans)?;
+            issue(&ca_cert, &ca_key, &spec, days, &dir)
+        })
         .map_err(|e| transport_error_with(py, e))?;
     Ok((files.ca_cert, files.cert, files.key))
 }
 
-/// Write a CRL (PEM, at `out`) signed by the CA that revokes the given leaf certificates
-/// (issued by this generator).
+/// Revoke the given leaf certificates in the CRL at `out` (PEM), keeping the entries already in
+/// it. Returns `(crl_number, revoked_total, newly_revoked)`.
 #[pyfunction]
 fn revoke_node_credentials(
     py: Python<'_>,
@@ -706,8 +744,21 @@ fn revoke_node_credentials(
     ca_key: PathBuf,
     revoked: Vec<PathBuf>,
     out: PathBuf,
-) -> PyResult<()> {
-    py.detach(|| nodedb_transport::revoke_node_credentials(&ca_cert, &ca_key, &revoked, &out))
+) -> PyResult<(u64, usize, usize)> {
+    let summary = py
+        .detach(|| nodedb_transport::revoke_node_credentials(&ca_cert, &ca_key, &revoked, &out))
+        .map_err(|e| transport_error_with(py, e))?;
+    Ok((
+        summary.crl_number,
+        summary.revoked_total,
+        summary.newly_revoked,
+    ))
+}
+
+/// When the certificate in the PEM file at `path` expires, in seconds since the Unix epoch.
+#[pyfunction]
+fn certificate_not_after(py: Python<'_>, path: PathBuf) -> PyResult<i64> {
+    py.detach(|| nodedb_transport::credentials::certificate_not_after(&path))
         .map_err(|e| transport_error_with(py, e))
 }
 
@@ -723,5 +774,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(generate_cluster_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(issue_node_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(revoke_node_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(certificate_not_after, m)?)?;
     Ok(())
 }

@@ -14,7 +14,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::TransportConfig;
-use crate::credentials::{spki_pin_of_cert, Credentials, SpkiPin};
+use crate::credentials::{
+    issuer_and_serial, revoked_serials, spki_pin_of_cert, Credentials, SpkiPin,
+};
 use crate::error::TransportError;
 use crate::handler::{
     FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
@@ -37,6 +39,8 @@ const CLOSE_CODE_SHUTDOWN: u32 = 0;
 const CLOSE_CODE_PIN_MISMATCH: u32 = 0x200;
 /// Connection close code of a one-shot connection whose single RPC is done (`send_rpc_fresh`).
 const CLOSE_CODE_ONE_SHOT_DONE: u32 = 0x201;
+/// Connection close code when a reloaded CRL revokes the peer's certificate.
+const CLOSE_CODE_REVOKED: u32 = 0x202;
 
 /// A pooled outbound connection and the SPKI pin its peer presented at the handshake (checked
 /// again on every reuse, so a connection dialled without a pin never serves a pinned peer).
@@ -71,6 +75,12 @@ struct Inner {
     metrics: Metrics,
     closed: AtomicBool,
     accept_task: Mutex<Option<JoinHandle<()>>>,
+    /// The credentials in force (CRLs included), the QUIC limits, and the client config dials
+    /// use: a CRL reload rebuilds the TLS configs from them (`set_crls`). The client config is
+    /// kept here because quinn keeps an endpoint's default client config per handle.
+    tls_state: Mutex<TlsState>,
+    /// Live inbound connections by `stable_id`, so a CRL reload can close a revoked peer's.
+    inbound: Mutex<HashMap<usize, quinn::Connection>>,
     /// The runtime the endpoint lives on: `close`/`drop` may run outside it (e.g. Python's GC),
     /// and re-binding the socket needs its reactor.
     runtime: tokio::runtime::Handle,
@@ -99,8 +109,8 @@ impl Transport {
             Metrics::inc(&metrics.insecure);
         }
         let spki_pin = credentials.spki_pin()?;
-        let (mut server, client) =
-            tls::build(&credentials, Arc::new(quic_transport_config(&config)?))?;
+        let quic = Arc::new(quic_transport_config(&config)?);
+        let (mut server, client) = tls::build(&credentials, quic.clone())?;
         server.max_incoming(config.incoming_handshakes_max);
         let mut endpoint_config = endpoint_config(credentials.reset_key_seed());
         endpoint_config
@@ -126,7 +136,7 @@ impl Transport {
         })?;
         let mut endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
             .map_err(bind_err)?;
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let inner = Arc::new(Inner {
             node_id,
@@ -141,6 +151,12 @@ impl Transport {
             metrics,
             closed: AtomicBool::new(false),
             accept_task: Mutex::new(None),
+            tls_state: Mutex::new(TlsState {
+                credentials,
+                quic,
+                client,
+            }),
+            inbound: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
         });
         let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint));
@@ -163,6 +179,60 @@ impl Transport {
 
     pub fn config(&self) -> &TransportConfig {
         &self.inner.config
+    }
+
+    /// Put the CRLs `crl_pems` (PEM texts; empty = none) in force, for new handshakes in both
+    /// directions and for connections already open: the TLS configs are rebuilt and swapped
+    /// into the endpoint, then every live connection (inbound and pooled) whose peer
+    /// certificate the new CRLs revoke is closed. Only revoked peers are cut, not all: closing
+    /// every connection would fail the Raft and client requests in flight with every other peer
+    /// for nothing. Returns how many connections were closed. Invalid CRLs are refused
+    /// before anything changes (the CRLs in force stay).
+    pub fn set_crls(&self, crl_pems: Vec<String>) -> Result<usize, TransportError> {
+        let inner = &self.inner;
+        let revoked = revoked_serials(&crl_pems)?;
+        {
+            let mut state = lock(&inner.tls_state);
+            let credentials = state.credentials.with_crl_pems(crl_pems)?;
+            let (mut server, client) = tls::build(&credentials, state.quic.clone())?;
+            server.max_incoming(inner.config.incoming_handshakes_max);
+            inner.endpoint.set_server_config(Some(server));
+            *state = TlsState {
+                credentials,
+                quic: state.quic.clone(),
+                client,
+            };
+        }
+        let is_revoked = |conn: &quinn::Connection| {
+            peer_cert(conn)
+                .and_then(|der| issuer_and_serial(&der))
+                .is_some_and(|key| revoked.contains(&key))
+        };
+        let mut victims: Vec<quinn::Connection> = lock(&inner.inbound)
+            .values()
+            .filter(|conn| is_revoked(conn))
+            .cloned()
+            .collect();
+        lock(&inner.conns).retain(|_, pooled| {
+            let revoked = is_revoked(&pooled.conn);
+            if revoked {
+                victims.push(pooled.conn.clone());
+            }
+            !revoked
+        });
+        for conn in &victims {
+            tracing::warn!(peer = %conn.remote_address(), "closing a connection: the reloaded CRL revokes the peer's certificate");
+            conn.close(
+                VarInt::from_u32(CLOSE_CODE_REVOKED),
+                b"certificate revoked by the cluster CRL",
+            );
+        }
+        Ok(victims.len())
+    }
+
+    /// How many CRLs (PEM texts) are in force.
+    pub fn crl_count(&self) -> usize {
+        lock(&self.inner.tls_state).credentials.crl_pems().len()
     }
 
     /// Map `node_id` to `addr` (replacing any previous address); with `expected_pin`, a
@@ -546,9 +616,10 @@ impl Inner {
             return Err(TransportError::Closed);
         }
         let server_name = addr.ip().to_string();
+        let client_config = lock(&self.tls_state).client.clone();
         let connecting = self
             .endpoint
-            .connect(addr, &server_name)
+            .connect_with(client_config, addr, &server_name)
             .map_err(|e| match e {
                 quinn::ConnectError::EndpointStopping => TransportError::Closed,
                 other => TransportError::Unreachable {
@@ -978,6 +1049,38 @@ fn peer_pin(conn: &quinn::Connection) -> Option<SpkiPin> {
     spki_pin_of_cert(certs.first()?).ok()
 }
 
+/// What a CRL reload rebuilds the TLS configs from, and the client config dials use.
+struct TlsState {
+    credentials: Credentials,
+    quic: Arc<quinn::TransportConfig>,
+    client: quinn::ClientConfig,
+}
+
+/// An inbound connection's entry in `Inner::inbound`, removed when its serving task ends.
+struct InboundTracked {
+    inner: std::sync::Weak<Inner>,
+    id: usize,
+}
+
+impl InboundTracked {
+    fn new(inner: &Arc<Inner>, conn: &quinn::Connection) -> InboundTracked {
+        let id = conn.stable_id();
+        lock(&inner.inbound).insert(id, conn.clone());
+        InboundTracked {
+            inner: Arc::downgrade(inner),
+            id,
+        }
+    }
+}
+
+impl Drop for InboundTracked {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            lock(&inner.inbound).remove(&self.id);
+        }
+    }
+}
+
 async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let Some(inner) = inner.upgrade() else { break };
@@ -1003,6 +1106,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
         }
     };
     Metrics::inc(&inner.metrics.connections_accepted);
+    let _tracked = InboundTracked::new(&inner, &conn);
     let peer = PeerInfo {
         addr: conn.remote_address(),
         spki_pin: peer_pin(&conn),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nodedb_transport::credentials::issue_node_credentials;
+use nodedb_transport::credentials::{issue_node_credentials, LeafSpec};
 use nodedb_transport::{
     generate_cluster_credentials, handler_fn, Credentials, MessageKind, NodeId, OutboundFrame,
     Transport, TransportConfig, TransportError,
@@ -380,9 +380,9 @@ async fn issued_leaf_from_existing_ca_is_accepted() {
             .unwrap();
     let later = issue_node_credentials(
         &files[0].ca_cert,
-        &dir.path().join("ca.key"),
-        "n9",
-        &["127.0.0.1".into()],
+        &dir.path().join("ca-key/ca.key"),
+        &LeafSpec::node(9, vec!["127.0.0.1".into()]).unwrap(),
+        365,
         dir.path(),
     )
     .unwrap();
@@ -567,7 +567,7 @@ async fn revoked_leaf_is_refused() {
     let crl = dir.path().join("revoked.crl.pem");
     nodedb_transport::revoke_node_credentials(
         &files[0].ca_cert,
-        &dir.path().join("ca.key"),
+        &dir.path().join("ca-key/ca.key"),
         std::slice::from_ref(&files[1].cert),
         &crl,
     )
@@ -601,6 +601,76 @@ async fn revoked_leaf_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("revoked"), "{err}");
+}
+
+/// A CRL reloaded into a running transport refuses the revoked peer's new handshakes and closes
+/// its live connections, inbound and pooled outbound; other peers keep theirs. A broken CRL is
+/// refused and the one in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_crl_closes_the_revoked_peers_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<(String, Vec<String>)> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| (n.to_string(), vec!["127.0.0.1".to_string()]))
+        .collect();
+    let files = generate_cluster_credentials(dir.path(), "a", &nodes).unwrap();
+    let load =
+        |i: usize| Credentials::mtls_from_files(&files[i].ca_cert, &files[i].cert, &files[i].key);
+    let server = bind(1, ANY, load(0).unwrap());
+    let revoked = bind(2, ANY, load(1).unwrap());
+    let fine = bind(3, ANY, load(2).unwrap());
+    for t in [&server, &revoked, &fine] {
+        serve_echo(t);
+    }
+    async fn ping(from: &Transport, to: SocketAddr) -> Result<OutboundFrame, TransportError> {
+        from.send_rpc_to_addr(to, MessageKind::PING, Bytes::new())
+            .await
+    }
+    ping(&revoked, server.local_addr()).await.unwrap();
+    ping(&fine, server.local_addr()).await.unwrap();
+    ping(&server, revoked.local_addr()).await.unwrap(); // a pooled outbound connection too
+    let fine_conn = fine.pooled_connection_id(server.local_addr());
+    let crl = dir.path().join("crl.pem");
+    nodedb_transport::revoke_node_credentials(
+        &files[0].ca_cert,
+        &dir.path().join("ca-key/ca.key"),
+        std::slice::from_ref(&files[1].cert),
+        &crl,
+    )
+    .unwrap();
+    let pem = std::fs::read_to_string(&crl).unwrap();
+    assert_eq!(
+        server.set_crls(vec![pem.clone()]).unwrap(),
+        2,
+        "inbound + pooled outbound"
+    );
+    assert_eq!(server.pooled_connection_id(revoked.local_addr()), None);
+    // The revoked peer's next requests fail; once its closed connection is noticed, the
+    // redial is refused as revoked (bounded: a handful of attempts, each bounded by rpc_timeout).
+    let mut last = String::new();
+    for _ in 0..5 {
+        match ping(&revoked, server.local_addr()).await {
+            Ok(_) => panic!("a revoked peer was served after the reload"),
+            Err(err) => last = err.to_string(),
+        }
+        if last.contains("revoked") {
+            break;
+        }
+    }
+    assert!(last.contains("revoked"), "{last}");
+    let err = ping(&server, revoked.local_addr()).await.unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+    ping(&fine, server.local_addr()).await.unwrap();
+    assert_eq!(
+        fine.pooled_connection_id(server.local_addr()),
+        fine_conn,
+        "left alone"
+    );
+    // A broken CRL changes nothing; an empty list lifts the revocation.
+    assert!(server.set_crls(vec!["not a crl".into()]).is_err());
+    assert_eq!(server.crl_count(), 1);
+    assert_eq!(server.set_crls(Vec::new()).unwrap(), 0);
+    ping(&server, revoked.local_addr()).await.unwrap();
 }
 
 /// A peer whose port is not bound yet when we dial (nodes starting at once) is reached within
