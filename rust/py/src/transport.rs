@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nodedb_transport::credentials::{
-    generate_cluster_credentials_with as generate, issue_node_credentials as issue,
-    read_crl_files, LeafSpec,
+    generate_cluster_credentials_with as generate, issue_node_credentials as issue, read_crl_files,
+    LeafSpec,
 };
 use nodedb_transport::{
     Credentials, FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame,
-    MessageKind, NodeId, OutboundFrame, Role, SpkiPin, Transport, TransportConfig,
-    TransportError,
+    MessageKind, NodeId, OutboundFrame, Role, SpkiPin, Transport, TransportConfig, TransportError,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
