@@ -26,6 +26,7 @@ Bounded growth: when the file would pass `AUDIT_FILE_BYTES_MAX` it is renamed to
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import logging
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
+from nodedb_cluster import wire
 from nodedb_cluster.clock import Clock, SystemClock
 from nodedb_cluster.errors import ClusterError, InvalidRequest
 from nodedb_cluster.metadata.commands import MetadataEntry, command_name, command_to_doc
@@ -122,10 +124,6 @@ class AuditLog:
     async def handle_request(self, peer: Peer, payload: bytes) -> Reply:
         """AUDIT_REQUEST `{"limit": n}` -> AUDIT_RESPONSE `{"records": [line...], "truncated"}`:
         the last n lines verbatim, oldest first, fewer when they pass AUDIT_REPLY_BYTES_MAX."""
-        import asyncio
-
-        from nodedb_cluster import wire
-
         limit = decode_audit_request(payload)
         lines = await asyncio.to_thread(self.tail, limit)
         kept: list[str] = []
