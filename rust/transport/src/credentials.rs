@@ -805,11 +805,14 @@ fn reason(code: u8) -> Option<rcgen::RevocationReason> {
     })
 }
 
+/// A certificate as a CRL names it: (issuer name DER, serial number).
+pub(crate) type IssuerAndSerial = (Vec<u8>, Vec<u8>);
+
 /// (issuer name DER, serial) of every certificate the CRLs (PEM texts) revoke: what a reload
 /// checks live connections against.
 pub(crate) fn revoked_serials(
     crl_pems: &[String],
-) -> Result<std::collections::HashSet<(Vec<u8>, Vec<u8>)>, TransportError> {
+) -> Result<std::collections::HashSet<IssuerAndSerial>, TransportError> {
     let mut revoked = std::collections::HashSet::new();
     for pem in crl_pems {
         for der in CertificateRevocationListDer::pem_slice_iter(pem.as_bytes()) {
@@ -825,7 +828,7 @@ pub(crate) fn revoked_serials(
 }
 
 /// (issuer name DER, serial) of a certificate (DER), to look up in [`revoked_serials`].
-pub(crate) fn issuer_and_serial(cert_der: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn issuer_and_serial(cert_der: &[u8]) -> Option<IssuerAndSerial> {
     use x509_parser::prelude::FromDer;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).ok()?;
     Some((cert.issuer().as_raw().to_vec(), cert.raw_serial().to_vec()))
