@@ -55,10 +55,11 @@ def test_gen_certs_writes_private_files(tmp_path: Path) -> None:
         "gen-certs", "--out", str(tmp_path), "--node", "n1=127.0.0.1", "--node", "n2=127.0.0.2"
     )
     assert result.returncode == 0, result.stderr
-    keys = sorted(tmp_path.rglob("*key*"))
-    assert keys
+    keys = sorted(p for p in tmp_path.rglob("*.key") if p.is_file())
+    assert tmp_path / "ca-key" / "ca.key" in keys
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "ca-key").stat().st_mode) == 0o700
 
 
 @pytest.fixture
