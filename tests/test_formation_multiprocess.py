@@ -140,9 +140,11 @@ async def test_node_id_reused_with_another_address_is_refused(make_cluster: Make
     port = impostor.config.listen_addr.port
     impostor.config = replace(
         impostor.config,
-        node_id=2,  # node 2's id, at node 3's address
+        node_id=2,  # node 2's id (and its certificate: a node proves its id), at node 3's address
         listen_addr=parse_socket_addr(f"127.0.0.3:{port}"),
         join_retry=JoinRetryPolicy(max_attempts=1, max_backoff_secs=0),
+        tls_cert_path=cluster.nodes[2].config.tls_cert_path,
+        tls_key_path=cluster.nodes[2].config.tls_key_path,
     )
     await impostor.start()
     with pytest.raises(NodeProcessError, match="exited with 1"):

@@ -64,7 +64,13 @@ _TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
 _ADDR_FIELDS: Final = frozenset({"listen_addr", "swim_udp_addr", "metrics_addr"})
 _PATH_FIELDS: Final = frozenset({"data_dir", "cluster_secret_path", "tls_crl_path", *_TLS_FIELDS})
 _BOOL_FIELDS: Final = frozenset(
-    {"force_bootstrap", "insecure_transport", "swim_insecure", "balance_leaders"}
+    {
+        "force_bootstrap",
+        "insecure_transport",
+        "swim_insecure",
+        "balance_leaders",
+        "allow_bench_load",
+    }
 )
 _STR_FIELDS: Final = frozenset({"join_token"})
 _REQUIRED_FIELDS: Final = ("node_id", "listen_addr", "data_dir")
@@ -142,6 +148,10 @@ class ClusterConfig:
     """Run without TLS; must be asked for by name (WIRE.md) and excludes the TLS paths."""
     metrics_addr: SocketAddr | None = None
     """TCP address for the metrics endpoint; None disables it."""
+    allow_bench_load: bool = False
+    """Serve BENCH_LOAD (load generation inside this node, writing `bench:*` keys into the
+    user's keyspace) to admin certificates. Off by default: the CLI's self-started bench and demo
+    clusters turn it on; a production node never needs it."""
 
     def __post_init__(self) -> None:
         self._normalise()

@@ -28,6 +28,7 @@ from nodedb_cluster.errors import (
     ClusterError,
     EngineStopped,
     NotLeader,
+    PermissionDenied,
     RaftNotLeader,
     Timeout,
     UnknownGroup,
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 RECONCILE_INTERVAL_S: Final = 0.5
 """The reconciler also runs on every metadata change; the timer catches what changes in Raft
 alone (a learner catching up, a new leader) at a pace that keeps promotion well under a second."""
+REFUSAL_LOG_INTERVAL_S: Final = 1.0
+"""How often refused-request lines queued by the transport are written to the log."""
 METADATA_FORWARD_ATTEMPTS_MAX: Final = 3
 """A metadata proposal follows at most this many leader changes before giving up."""
 
@@ -148,6 +151,7 @@ class Node:
         self._data_group_kind: StateMachineKind = data_group_kind
         self._reconcile_wakeup = asyncio.Event()
         self._reconciler: asyncio.Task[None] | None = None
+        self._refusal_logger: asyncio.Task[None] | None = None
         self._closed = False
         self.join_attempts: list[int] = [0]
         """Joining transitions before Ready (a cell shared with the lifecycle observer)."""
@@ -164,6 +168,7 @@ class Node:
             wire.MessageKind.STATUS_REQUEST: self._on_status,
             wire.MessageKind.METADATA_PROPOSE: self._on_metadata_propose,
             wire.MessageKind.KV_REQUEST: self._on_kv,
+            wire.MessageKind.BENCH_LOAD: self._on_bench_load,
             wire.MessageKind.JOIN_TOKEN_REQUEST: self.admission.on_join_token_request,
             wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
         }
@@ -192,6 +197,8 @@ class Node:
         """Answer control RPCs from now on (raft frames are answered inside the engine; so is
         KV_REQUEST `propose_many`, the hot write path: rust/py/src/kv_serve.rs)."""
         self.transport.serve(self._dispatch)
+        if self._refusal_logger is None:
+            self._refusal_logger = asyncio.ensure_future(self._log_refusals())
         if self.engine is not None:
             self.engine.serve_kv_requests(self.transport)
 
@@ -369,23 +376,46 @@ class Node:
                 "nodes": [[n.node_id, str(n.addr), n.spki_pin] for n in state.topology.nodes()],
             }
             return wire.MessageKind.KV_RESPONSE, encode_request(doc)
-        if request.get("op") in (
-            "load",
-            "load_result",
-        ):  # `nodedb-cluster bench --placement embedded`
-            if self._load is None:
-                from nodedb_cluster.bench import EmbeddedLoad
-
-                self._load = EmbeddedLoad()
-            return wire.MessageKind.KV_RESPONSE, encode_request(
-                await self._load.handle(self.kv, request)
-            )
         return wire.MessageKind.KV_RESPONSE, await self.kv.serve(request)
+
+    async def _on_bench_load(self, peer: Peer, payload: bytes) -> Reply:
+        """`nodedb-cluster bench --placement embedded`: load generated inside this node, only
+        where the operator allowed it (the kind table already limits it to admins and nodes)."""
+        if not self.config.allow_bench_load:
+            text = "bench load is disabled on this node (start it with --allow-bench-load)"
+            self.transport.record_refusal(
+                peer, wire.MessageKind.BENCH_LOAD, "bench_load_disabled", text
+            )
+            raise PermissionDenied(text)
+        if self._load is None:
+            from nodedb_cluster.bench import EmbeddedLoad
+
+            self._load = EmbeddedLoad()
+        request = decode_doc(payload, "bench load request")
+        answer = await self._load.handle(self.kv, request)
+        return wire.MessageKind.BENCH_LOAD_RESPONSE, encode_request(answer)
 
     async def _on_join(self, peer: Peer, payload: bytes) -> Reply:
         request = wire.JoinRequest.decode(payload)
         response = await self.admission.admit(self, request, peer)
         return wire.MessageKind.JOIN_RESPONSE, response.encode()
+
+    async def _log_refusals(self) -> None:
+        """Log the transport's refused requests at WARN (already rate-limited there: one line
+        per peer, kind and reason per 10 s, with the number suppressed)."""
+        while not self._closed:
+            for line in self.transport.take_refusal_lines():
+                more = f" (+{line.suppressed} more since the last line)" if line.suppressed else ""
+                log.warning(
+                    "refused %s from %s at %s [%s]: %s%s",
+                    line.kind,
+                    line.peer,
+                    line.addr,
+                    line.reason,
+                    line.message,
+                    more,
+                )
+            await asyncio.sleep(REFUSAL_LOG_INTERVAL_S)
 
     # --- reconciler ---------------------------------------------------------------------------
 
@@ -531,10 +561,11 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconciler
+        for task in (self._reconciler, self._refusal_logger):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.membership is not None:
             await self.membership.close()
         if self._kv is not None:

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 import nodedb_cluster_core as _core
 
 from nodedb_cluster.addr import SocketAddr
+from nodedb_cluster.errors import PermissionDenied
 
 _log = logging.getLogger(__name__)
 
@@ -35,7 +36,40 @@ use."""
 
 Peer = _core.Peer
 Responder = _core.Responder
-"""Who sent an inbound frame: `.addr` (str) and `.spki_pin` (bytes, mTLS only)."""
+"""Who sent an inbound frame: `.addr` (str), `.spki_pin` (bytes, mTLS only), and the verified
+certificate identity: `.identity` (URI), `.role` ("node" | "admin" | "client") and `.node_id`
+(node role only); all three None on an insecure transport."""
+
+@dataclass(frozen=True, slots=True)
+class RefusalLine:
+    """One rate-limited log line of refused requests."""
+
+    peer: str
+    """The sender's identity URI, `unidentified` or `unauthenticated`."""
+    addr: str
+    kind: str
+    reason: str
+    message: str
+    suppressed: int
+    """Refusals of the same (peer, kind, reason) since the previous line that were not logged."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertIdentity:
+    """The identity a certificate carries in its `spiffe://<cluster>/<role>/<name>` URI SAN."""
+
+    uri: str
+    role: str
+    name: str
+    node_id: int | None
+    """Set for the node role (the name is the node id)."""
+
+
+def read_cert_identity(path: Path) -> CertIdentity:
+    """The identity of the certificate in `path` (PEM); `CredentialsError` naming the file when
+    it has none (issued before roles existed: `nodedb-cluster gen-certs` makes new ones)."""
+    return CertIdentity(*_core.cert_identity(path))
+
 
 Reply = tuple[int, bytes]
 """(message kind, payload) of an answer."""
@@ -261,6 +295,25 @@ class Transport:
         return self._core.spki_pin
 
     @property
+    def identity(self) -> str | None:
+        """This node's certificate identity URI (`spiffe://<cluster>/<role>/<name>`); None when
+        insecure."""
+        return self._core.identity
+
+    def refusal_counts(self) -> dict[tuple[str, str], int]:
+        """Requests refused before (or by) their handler: {(kind name, reason): count}."""
+        return dict(self._core.refusal_counts())
+
+    def take_refusal_lines(self) -> list[RefusalLine]:
+        """Refusal log lines not yet logged (at most one per peer, kind and reason per 10 s)."""
+        return [RefusalLine(*line) for line in self._core.take_refusal_lines()]
+
+    def record_refusal(self, peer: Peer, kind: int, reason: str, message: str) -> None:
+        """Count and queue a log line for a refusal decided in a handler (`reason` is one of the
+        stable labels of rust/transport/src/refusals.rs)."""
+        self._core.record_refusal(peer, kind, reason, message)
+
+    @property
     def closed(self) -> bool:
         return self._core.closed
 
@@ -359,6 +412,9 @@ class Transport:
     def _fail(responder: Responder, peer: Peer, kind: int, exc: Exception) -> None:
         code = getattr(exc, "code", None)
         code = code if isinstance(code, str) else type(exc).__name__
+        if isinstance(exc, PermissionDenied):  # counted and logged (rate-limited) by its raiser
+            responder.fail(code, exc.message)
+            return
         _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
         responder.fail(code, str(exc))
 

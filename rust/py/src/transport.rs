@@ -18,7 +18,8 @@ use nodedb_transport::{
     Credentials, FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame,
     MessageKind, NodeId, OutboundFrame, Role, SpkiPin, Transport, TransportConfig, TransportError,
 };
-use pyo3::exceptions::PyRuntimeError;
+use nodedb_transport::{refusal_reason, Identity, PeerIdentity, PeerInfo, Refusal};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::sync::oneshot;
@@ -163,6 +164,14 @@ impl PyCredentials {
 pub struct PyPeer {
     addr: String,
     spki_pin: Option<[u8; 32]>,
+    identity: Arc<PeerIdentity>,
+}
+
+fn verified(identity: &PeerIdentity) -> Option<&Identity> {
+    match identity {
+        PeerIdentity::Verified(id) => Some(id),
+        PeerIdentity::Unauthenticated | PeerIdentity::Unidentified(_) => None,
+    }
 }
 
 #[pymethods]
@@ -177,11 +186,28 @@ impl PyPeer {
         self.spki_pin.map(|pin| PyBytes::new(py, &pin))
     }
 
+    /// The verified certificate identity URI; None on an insecure transport.
+    #[getter]
+    fn identity(&self) -> Option<String> {
+        verified(&self.identity).map(Identity::uri)
+    }
+
+    /// "node", "admin" or "client"; None on an insecure transport.
+    #[getter]
+    fn role(&self) -> Option<&'static str> {
+        verified(&self.identity).map(|id| id.role.name())
+    }
+
+    /// The node id the certificate proves (node role only).
+    #[getter]
+    fn node_id(&self) -> Option<u64> {
+        self.identity.node_id()
+    }
+
     fn __repr__(&self) -> String {
         format!(
-            "Peer(addr={:?}, pinned={})",
-            self.addr,
-            self.spki_pin.is_some()
+            "Peer(addr={:?}, identity={})",
+            self.addr, self.identity
         )
     }
 }
@@ -250,6 +276,7 @@ impl FrameHandler for PyHandler {
             let peer = PyPeer {
                 addr: frame.peer.addr.to_string(),
                 spki_pin: frame.peer.spki_pin.map(|pin| pin.0),
+                identity: frame.peer.identity.clone(),
             };
             let args = (
                 responder,
@@ -407,6 +434,57 @@ impl PyTransport {
     #[getter]
     fn spki_pin<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
         self.inner.spki_pin().map(|pin| PyBytes::new(py, &pin.0))
+    }
+
+    /// This node's certificate identity URI (None when insecure).
+    #[getter]
+    fn identity(&self) -> Option<String> {
+        self.inner.identity().map(Identity::uri)
+    }
+
+    /// Requests refused before their handler: {(kind name, reason): count}.
+    fn refusal_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for (kind, reason, count) in self.inner.refusals().counts() {
+            dict.set_item((kind.name(), reason), count)?;
+        }
+        Ok(dict)
+    }
+
+    /// Rate-limited refusal lines not yet logged, oldest first:
+    /// [(peer identity, peer addr, kind name, reason, message, suppressed)].
+    #[allow(clippy::type_complexity)]
+    fn take_refusal_lines(&self) -> Vec<(String, String, &'static str, &'static str, String, u64)> {
+        self.inner
+            .refusals()
+            .take_lines()
+            .into_iter()
+            .map(|l| (l.peer, l.addr.to_string(), l.kind.name(), l.reason, l.message, l.suppressed))
+            .collect()
+    }
+
+    /// Count and log a refusal decided in a Python handler (same counters and lines as the
+    /// transport's own).
+    fn record_refusal(
+        &self,
+        py: Python<'_>,
+        peer: &PyPeer,
+        kind: u16,
+        reason: String,
+        message: String,
+    ) -> PyResult<()> {
+        let kind = kind_of(py, kind)?;
+        let info = PeerInfo {
+            addr: parse_addr(py, &peer.addr)?,
+            spki_pin: None,
+            identity: peer.identity.clone(),
+        };
+        let reason = refusal_reason(&reason).ok_or_else(|| {
+            PyValueError::new_err(format!("unknown refusal reason {reason:?}"))
+        })?;
+        self.inner
+            .record_refusal(&info, kind, Refusal { reason, message });
+        Ok(())
     }
 
     /// Put the CRL files `paths` in force (read now; empty = none): new handshakes are checked
@@ -761,6 +839,17 @@ fn certificate_not_after(py: Python<'_>, path: PathBuf) -> PyResult<i64> {
         .map_err(|e| transport_error_with(py, e))
 }
 
+/// The identity in a certificate (PEM file): `(uri, role, name, node_id or None)`; a
+/// CredentialsError names the file when it has none.
+#[pyfunction]
+fn cert_identity(
+    py: Python<'_>,
+    path: PathBuf,
+) -> PyResult<(String, &'static str, String, Option<u64>)> {
+    let id = Identity::from_cert_pem_file(&path).map_err(|e| transport_error_with(py, e))?;
+    Ok((id.uri(), id.role.name(), id.name, id.node_id))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "ALPN",
@@ -774,5 +863,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(issue_node_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(revoke_node_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(certificate_not_after, m)?)?;
+    m.add_function(wrap_pyfunction!(cert_identity, m)?)?;
     Ok(())
 }

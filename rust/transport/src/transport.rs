@@ -21,6 +21,8 @@ use crate::error::TransportError;
 use crate::handler::{
     FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
 };
+use crate::identity::{authorize, own_identity, Identity, PeerIdentity, Refusal};
+use crate::refusals::RefusalLog;
 use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
 use crate::stream::{
     read_frame, read_header, read_payload, write_frame, ReadFrameError, WriteFrameError,
@@ -33,6 +35,9 @@ pub const FRAME_ERROR_CODE_BASE: u32 = 0x100;
 pub const STREAM_CODE_INBOUND_TIMEOUT: u32 = 0x300;
 /// Unit of the per-connection inbound buffer budget (a semaphore permit).
 const BUDGET_UNIT_BYTES: usize = 1024;
+/// Error code of a request the sender's certificate role may not make (the caller gets
+/// [`TransportError::PermissionDenied`]).
+pub const PERMISSION_DENIED: &str = "permission_denied";
 /// Connection close code used by `close()`.
 const CLOSE_CODE_SHUTDOWN: u32 = 0;
 /// Connection close code when a peer's SPKI pin does not match the expected one.
@@ -68,6 +73,9 @@ struct Inner {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     spki_pin: Option<SpkiPin>,
+    /// This node's certificate identity; peers of another trust domain are unidentified.
+    identity: Option<Identity>,
+    refusals: RefusalLog,
     peers: RwLock<HashMap<NodeId, PeerEntry>>,
     conns: Mutex<HashMap<SocketAddr, Pooled>>,
     dial_locks: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
@@ -109,6 +117,7 @@ impl Transport {
             Metrics::inc(&metrics.insecure);
         }
         let spki_pin = credentials.spki_pin()?;
+        let identity = own_identity(&credentials);
         let quic = Arc::new(quic_transport_config(&config)?);
         let (mut server, client) = tls::build(&credentials, quic.clone())?;
         server.max_incoming(config.incoming_handshakes_max);
@@ -144,6 +153,8 @@ impl Transport {
             endpoint: endpoint.clone(),
             local_addr,
             spki_pin,
+            identity,
+            refusals: RefusalLog::default(),
             peers: RwLock::default(),
             conns: Mutex::default(),
             dial_locks: Mutex::default(),
@@ -175,6 +186,22 @@ impl Transport {
     /// This node's SPKI pin (`None` when insecure).
     pub fn spki_pin(&self) -> Option<SpkiPin> {
         self.inner.spki_pin
+    }
+
+    /// This node's certificate identity (`None` when insecure).
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.identity.as_ref()
+    }
+
+    /// Refused requests: counts by (kind, reason) and the rate-limited lines for the host's log.
+    pub fn refusals(&self) -> &RefusalLog {
+        &self.inner.refusals
+    }
+
+    /// Count and log a refusal decided past the kind table (a handler's own rule, e.g. a Raft
+    /// frame whose sender field is not the certificate's node id).
+    pub fn record_refusal(&self, peer: &PeerInfo, kind: MessageKind, refusal: Refusal) {
+        self.inner.record_refusal(peer, kind, refusal);
     }
 
     pub fn config(&self) -> &TransportConfig {
@@ -874,6 +901,11 @@ impl Inner {
         payload: Bytes,
         oneway: bool,
     ) -> Result<Option<OutboundFrame>, HandlerError> {
+        if let Err(refusal) = authorize(&peer.identity, kind) {
+            let error = HandlerError::new(PERMISSION_DENIED, refusal.message.clone());
+            self.record_refusal(&peer, kind, refusal);
+            return Err(error);
+        }
         let Some(handler) = self.handlers.get(kind) else {
             return Err(HandlerError::new(
                 "no_handler",
@@ -897,6 +929,17 @@ impl Inner {
                 ),
             )),
         }
+    }
+
+    fn record_refusal(&self, peer: &PeerInfo, kind: MessageKind, refusal: Refusal) {
+        Metrics::inc(&self.metrics.requests_refused);
+        self.refusals.record(
+            peer.identity.to_string(),
+            peer.addr,
+            kind,
+            refusal.reason,
+            refusal.message,
+        );
     }
 
     async fn serve_bi(
@@ -955,6 +998,9 @@ fn reply_or_remote(frame: OutboundFrame) -> Result<OutboundFrame, TransportError
         return Ok(frame);
     }
     match ErrorMsg::from_msgpack(&frame.payload) {
+        Ok(msg) if msg.code == PERMISSION_DENIED => Err(TransportError::PermissionDenied {
+            message: msg.message,
+        }),
         Ok(msg) => Err(TransportError::Remote {
             code: msg.code,
             message: msg.message,
@@ -1042,11 +1088,16 @@ fn check_pin(
 }
 
 fn peer_pin(conn: &quinn::Connection) -> Option<SpkiPin> {
+    spki_pin_of_cert(&peer_cert(conn)?).ok()
+}
+
+/// The leaf the peer presented (verified against the CA by the handshake); `None` when insecure.
+fn peer_cert(conn: &quinn::Connection) -> Option<Vec<u8>> {
     let identity = conn.peer_identity()?;
     let certs = identity
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    spki_pin_of_cert(certs.first()?).ok()
+    Some(certs.first()?.to_vec())
 }
 
 /// What a CRL reload rebuilds the TLS configs from, and the client config dials use.
@@ -1107,9 +1158,12 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
     };
     Metrics::inc(&inner.metrics.connections_accepted);
     let _tracked = InboundTracked::new(&inner, &conn);
+    let cert = peer_cert(&conn);
+    let trust_domain = inner.identity.as_ref().map(|id| id.trust_domain.as_str());
     let peer = PeerInfo {
         addr: conn.remote_address(),
-        spki_pin: peer_pin(&conn),
+        spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
+        identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
     let budget_units = inner.config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
     let budget = Arc::new(Semaphore::new(budget_units.min(Semaphore::MAX_PERMITS)));
