@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.localcluster import LocalCluster
-from nodedb_cluster.transport import Mtls
+from nodedb_cluster.transport import Mtls, read_cert_identity
 
 pytestmark = pytest.mark.multiprocess
 
@@ -60,6 +60,24 @@ def test_gen_certs_writes_private_files(tmp_path: Path) -> None:
     for key in keys:
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "ca-key").stat().st_mode) == 0o700
+
+
+def test_gen_certs_adds_leaves_from_the_existing_ca(tmp_path: Path) -> None:
+    first = run(
+        "gen-certs", "--out", str(tmp_path), "--cluster-name", "prod", "--node", "n1=127.0.0.1"
+    )
+    assert first.returncode == 0, first.stderr
+    ca_before = (tmp_path / "ca.pem").read_bytes()
+    added = run(
+        "gen-certs", "--out", str(tmp_path), "--node", "n4=127.0.0.4", "--admin", "ops=127.0.0.1"
+    )
+    assert added.returncode == 0, added.stderr
+    assert (tmp_path / "ca.pem").read_bytes() == ca_before, "the CA is never replaced"
+    assert read_cert_identity(tmp_path / "n4.pem").uri == "spiffe://prod/node/4"
+    assert read_cert_identity(tmp_path / "ops.pem").uri == "spiffe://prod/admin/ops"
+    again = run("gen-certs", "--out", str(tmp_path), "--node", "n4=127.0.0.4")
+    assert again.returncode != 0
+    assert "n4.pem exists" in again.stderr
 
 
 @pytest.fixture

@@ -31,10 +31,12 @@ from nodedb_cluster.transport import (
     Credentials,
     Insecure,
     Leaf,
+    LeafRole,
     Mtls,
     Transport,
     ca_key_path,
     generate_cluster_credentials,
+    issue_node_credentials,
     read_cert_identity,
     revoke_node_credentials,
 )
@@ -374,9 +376,31 @@ def _cmd_gen_certs(args: argparse.Namespace) -> int:
     clients = _leaves("--client", args.client)
     if not (nodes or admins or clients):
         raise ConfigError("--node", "give at least one --node, --admin or --client NAME=IP")
-    files = generate_cluster_credentials(
-        args.out, args.cluster_name, nodes, admins=admins, clients=clients, days=args.days
-    )
+    out: Path = args.out
+    ca_cert, ca_key = out / "ca.pem", ca_key_path(out)
+    if ca_key.exists() and ca_cert.exists():
+        # The cluster's CA is already here (adding a node, an operator, an application): issue
+        # from it, never over an existing leaf.
+        leaves: list[tuple[LeafRole, tuple[str, list[str]]]] = [
+            *(("auto", leaf) for leaf in nodes),
+            *(("admin", leaf) for leaf in admins),
+            *(("client", leaf) for leaf in clients),
+        ]
+        for _, (name, _) in leaves:
+            for existing in (out / f"{name}.pem", out / f"{name}.key"):
+                if existing.exists():
+                    raise ConfigError(
+                        "--out", f"{existing} exists; choose another name or remove it first"
+                    )
+        print(f"issuing from the existing CA in {out} (its cluster name; --cluster-name unused)")
+        files = [
+            issue_node_credentials(ca_cert, ca_key, name, sans, out, role=role, days=args.days)
+            for role, (name, sans) in leaves
+        ]
+    else:
+        files = generate_cluster_credentials(
+            out, args.cluster_name, nodes, admins=admins, clients=clients, days=args.days
+        )
     print(f"CA certificate: {files[0].ca}  (every node and client needs it)")
     print(
         f"CA key: {ca_key_path(args.out)}  (keep it off the nodes: it signs certificates and CRLs)"
