@@ -98,7 +98,7 @@ def test_gen_certs_issues_identities_with_bounded_validity_and_private_files(
     assert f"CA key: {out / 'ca-key' / 'ca.key'}" in result.stdout
 
 
-def test_gen_certs_refuses_bad_names_and_an_existing_ca(tmp_path: Path) -> None:
+def test_gen_certs_refuses_bad_names_and_an_existing_leaf(tmp_path: Path) -> None:
     for args, words in [
         (["--cluster-name", "Prod", "--node", "n1=127.0.0.1"], "cluster name"),
         (["--node", "n0=127.0.0.1"], "not a node id"),
@@ -110,9 +110,10 @@ def test_gen_certs_refuses_bad_names_and_an_existing_ca(tmp_path: Path) -> None:
         assert result.returncode != 0, args
         assert words in result.stderr, (args, result.stderr)
     assert run("gen-certs", "--out", str(tmp_path / "c"), "--node", "n1=127.0.0.1").returncode == 0
-    again = run("gen-certs", "--out", str(tmp_path / "c"), "--node", "n2=127.0.0.1")
+    # Into a folder with the CA: new leaves come from it; an existing leaf is never replaced.
+    again = run("gen-certs", "--out", str(tmp_path / "c"), "--node", "n1=127.0.0.1")
     assert again.returncode == 1
-    assert "already exists" in again.stderr
+    assert "n1.pem exists" in again.stderr
 
 
 def test_revoke_keeps_earlier_entries(tmp_path: Path) -> None:
