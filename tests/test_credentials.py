@@ -112,7 +112,7 @@ def test_gen_certs_refuses_bad_names_and_an_existing_leaf(tmp_path: Path) -> Non
     assert run("gen-certs", "--out", str(tmp_path / "c"), "--node", "n1=127.0.0.1").returncode == 0
     # Into a folder with the CA: new leaves come from it; an existing leaf is never replaced.
     again = run("gen-certs", "--out", str(tmp_path / "c"), "--node", "n1=127.0.0.1")
-    assert again.returncode == 1
+    assert again.returncode != 0
     assert "n1.pem exists" in again.stderr
 
 
