@@ -401,10 +401,11 @@ mod sender_tests {
     use super::*;
 
     fn msg(from: u64) -> Message {
-        let mut m = Message::default();
-        m.from = from;
-        m.to = 1;
-        m
+        Message {
+            from,
+            to: 1,
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -14,11 +14,11 @@ use nodedb_transport::credentials::{
     generate_cluster_credentials_with as generate, issue_node_credentials as issue, read_crl_files,
     LeafSpec,
 };
+use nodedb_transport::{refusal_reason, Identity, PeerIdentity, PeerInfo, Refusal};
 use nodedb_transport::{
     Credentials, FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame,
     MessageKind, NodeId, OutboundFrame, Role, SpkiPin, Transport, TransportConfig, TransportError,
 };
-use nodedb_transport::{refusal_reason, Identity, PeerIdentity, PeerInfo, Refusal};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -205,10 +205,7 @@ impl PyPeer {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "Peer(addr={:?}, identity={})",
-            self.addr, self.identity
-        )
+        format!("Peer(addr={:?}, identity={})", self.addr, self.identity)
     }
 }
 
@@ -459,7 +456,16 @@ impl PyTransport {
             .refusals()
             .take_lines()
             .into_iter()
-            .map(|l| (l.peer, l.addr.to_string(), l.kind.name(), l.reason, l.message, l.suppressed))
+            .map(|l| {
+                (
+                    l.peer,
+                    l.addr.to_string(),
+                    l.kind.name(),
+                    l.reason,
+                    l.message,
+                    l.suppressed,
+                )
+            })
             .collect()
     }
 
@@ -479,9 +485,8 @@ impl PyTransport {
             spki_pin: None,
             identity: peer.identity.clone(),
         };
-        let reason = refusal_reason(&reason).ok_or_else(|| {
-            PyValueError::new_err(format!("unknown refusal reason {reason:?}"))
-        })?;
+        let reason = refusal_reason(&reason)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown refusal reason {reason:?}")))?;
         self.inner
             .record_refusal(&info, kind, Refusal { reason, message });
         Ok(())

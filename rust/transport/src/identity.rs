@@ -71,7 +71,11 @@ impl Identity {
         let node_id = match role {
             Role::Node => match name.parse::<u64>() {
                 Ok(id) if id > 0 && !name.starts_with('0') => Some(id),
-                _ => return Err(format!("{uri:?}: a node's name is its id, a positive integer")),
+                _ => {
+                    return Err(format!(
+                        "{uri:?}: a node's name is its id, a positive integer"
+                    ))
+                }
             },
             Role::Admin | Role::Client => None,
         };
@@ -118,7 +122,8 @@ impl Identity {
 }
 
 /// Why a certificate has no usable identity, and what to do about it.
-pub const MISSING_IDENTITY: &str = "the certificate carries no single spiffe://<cluster>/<role>/<name> URI \
+pub const MISSING_IDENTITY: &str =
+    "the certificate carries no single spiffe://<cluster>/<role>/<name> URI \
      SAN (issued before roles existed, or by another tool); issue it again with \
      `nodedb-cluster gen-certs`";
 
@@ -126,9 +131,9 @@ pub const MISSING_IDENTITY: &str = "the certificate carries no single spiffe://<
 pub fn check_trust_domain(trust_domain: &str) -> Result<(), String> {
     if trust_domain.is_empty()
         || trust_domain.len() > TRUST_DOMAIN_BYTES_MAX
-        || !trust_domain
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_'))
+        || !trust_domain.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
     {
         return Err(format!(
             "cluster name {trust_domain:?} must be 1..{TRUST_DOMAIN_BYTES_MAX} characters of \
@@ -255,7 +260,10 @@ mod tests {
         assert_eq!((node.role, node.node_id), (Role::Node, Some(42)));
         assert_eq!(node.uri(), "spiffe://prod-eu/node/42");
         let admin = Identity::parse("spiffe://prod-eu/admin/alice").unwrap();
-        assert_eq!((admin.role, admin.node_id, admin.name.as_str()), (Role::Admin, None, "alice"));
+        assert_eq!(
+            (admin.role, admin.node_id, admin.name.as_str()),
+            (Role::Admin, None, "alice")
+        );
         assert_eq!(
             Identity::parse("spiffe://c/client/app.1").unwrap().role,
             Role::Client
@@ -329,7 +337,11 @@ mod tests {
         assert!(authorize(&client, MessageKind::KV_REQUEST).is_ok());
         let refused = authorize(&client, MessageKind::RAFT_BATCH).unwrap_err();
         assert_eq!(refused.reason, "role");
-        assert!(refused.message.contains("spiffe://c/client/app"), "{}", refused.message);
+        assert!(
+            refused.message.contains("spiffe://c/client/app"),
+            "{}",
+            refused.message
+        );
         assert!(authorize(&client, MessageKind::METADATA_PROPOSE).is_err());
         assert!(authorize(&client, MessageKind::JOIN_REQUEST).is_err());
         assert!(authorize(&client, MessageKind::BENCH_LOAD).is_err());
@@ -340,7 +352,9 @@ mod tests {
         assert!(authorize(&node, MessageKind::PONG).is_err());
         let unidentified = PeerIdentity::Unidentified("no SAN".into());
         assert_eq!(
-            authorize(&unidentified, MessageKind::PING).unwrap_err().reason,
+            authorize(&unidentified, MessageKind::PING)
+                .unwrap_err()
+                .reason,
             "no_identity"
         );
         assert!(authorize(&PeerIdentity::Unauthenticated, MessageKind::RAFT_BATCH).is_ok());

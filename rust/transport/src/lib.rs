@@ -28,8 +28,8 @@ pub use handler::{
 };
 pub use identity::{authorize, Identity, PeerIdentity, Refusal};
 pub use metrics::{Metrics, MetricsSnapshot};
-pub use refusals::{refusal_reason, RefusalLine, RefusalLog, REASONS};
 pub use nodedb_wire::{MessageKind, NodeId, Role, Roles};
+pub use refusals::{refusal_reason, RefusalLine, RefusalLog, REASONS};
 pub use transport::Transport;
 
 /// ALPN protocol id: names the protocol and its major version.

@@ -161,7 +161,14 @@ mod tests {
         let log = RefusalLog::default();
         let t0 = Instant::now();
         let record = |at: Instant, peer: &str| {
-            log.record_at(at, peer.into(), addr(), MessageKind::RAFT_BATCH, "role", "no".into())
+            log.record_at(
+                at,
+                peer.into(),
+                addr(),
+                MessageKind::RAFT_BATCH,
+                "role",
+                "no".into(),
+            )
         };
         for i in 0..5 {
             record(t0 + Duration::from_millis(i), "a");
@@ -181,7 +188,13 @@ mod tests {
     fn pending_lines_are_bounded() {
         let log = RefusalLog::default();
         for i in 0..PENDING_LINES_MAX + 10 {
-            log.record(format!("peer{i}"), addr(), MessageKind::PING, "role", String::new());
+            log.record(
+                format!("peer{i}"),
+                addr(),
+                MessageKind::PING,
+                "role",
+                String::new(),
+            );
         }
         assert_eq!(log.take_lines().len(), PENDING_LINES_MAX);
         assert_eq!(log.lines_dropped(), 10);

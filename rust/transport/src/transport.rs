@@ -22,8 +22,8 @@ use crate::handler::{
     FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
 };
 use crate::identity::{authorize, own_identity, Identity, PeerIdentity, Refusal};
-use crate::refusals::RefusalLog;
 use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
+use crate::refusals::RefusalLog;
 use crate::stream::{
     read_frame, read_header, read_payload, write_frame, ReadFrameError, WriteFrameError,
 };

@@ -787,3 +787,120 @@ async fn fresh_rpc_failures_are_typed_and_bounded() {
         .unwrap_err();
     assert!(matches!(err, TransportError::Closed), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_may_send_only_what_the_kind_table_allows_and_handlers_see_the_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    // n1, n2: nodes 1 and 2; "app": an application (client role).
+    let c = creds(dir.path(), "prod", &["n1", "n2", "app"]);
+    let server = bind(1, ANY, c[0].clone());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    server.register_handler(
+        MessageKind::METADATA_PROPOSE,
+        handler_fn(move |frame| {
+            record.lock().unwrap().push(frame.peer.identity.node_id());
+            async move {
+                Ok(Some(OutboundFrame {
+                    kind: MessageKind::METADATA_PROPOSE_RESPONSE,
+                    payload: Bytes::new(),
+                }))
+            }
+        }),
+    );
+    serve_echo(&server);
+    let node2 = bind(2, ANY, c[1].clone());
+    let app = bind(u64::MAX, ANY, c[2].clone());
+    assert_eq!(
+        server.identity().map(|id| id.uri()).as_deref(),
+        Some("spiffe://prod/node/1")
+    );
+    for t in [&node2, &app] {
+        t.register_peer(NodeId(1), server.local_addr(), server.spki_pin());
+    }
+    // The client may ping; it may not propose metadata, and its handler never runs.
+    app.send_rpc(NodeId(1), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap();
+    let err = app
+        .send_rpc(NodeId(1), MessageKind::METADATA_PROPOSE, Bytes::new())
+        .await
+        .unwrap_err();
+    match &err {
+        TransportError::PermissionDenied { message } => {
+            assert!(message.contains("spiffe://prod/client/app"), "{message}");
+            assert!(message.contains("node role"), "{message}");
+        }
+        other => panic!("expected PermissionDenied, got {other}"),
+    }
+    // An answer kind is nobody's to send.
+    let answer = node2
+        .send_rpc(NodeId(1), MessageKind::PONG, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(answer, TransportError::PermissionDenied { .. }),
+        "{answer}"
+    );
+    // A node may; its handler sees the certificate's node id.
+    node2
+        .send_rpc(NodeId(1), MessageKind::METADATA_PROPOSE, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![Some(2)]);
+    let counts = server.refusals().counts();
+    assert!(
+        counts.contains(&(MessageKind::METADATA_PROPOSE, "role", 1)),
+        "{counts:?}"
+    );
+    assert!(
+        counts.contains(&(MessageKind::PONG, "role", 1)),
+        "{counts:?}"
+    );
+    let lines = server.refusals().take_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(server.metrics()["requests_refused"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_of_the_ca_without_an_identity_may_send_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "prod", &["n1"]);
+    // A leaf the cluster CA signed before identities existed: IP SAN only.
+    let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(dir.path().join("ca-key/ca.key")).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca_pem, rcgen::KeyPair::from_pem(&ca_key).unwrap())
+            .unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let old = Credentials::Mtls {
+        ca_pem,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        crl_pems: vec![],
+    };
+    let server = bind(1, ANY, c[0].clone());
+    serve_echo(&server);
+    let legacy = bind(9, ANY, old);
+    legacy.register_peer(NodeId(1), server.local_addr(), server.spki_pin());
+    let err = legacy
+        .send_rpc(NodeId(1), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    match &err {
+        TransportError::PermissionDenied { message } => {
+            assert!(message.contains("gen-certs"), "{message}");
+        }
+        other => panic!("expected PermissionDenied, got {other}"),
+    }
+    assert!(server
+        .refusals()
+        .counts()
+        .contains(&(MessageKind::PING, "no_identity", 1)));
+}

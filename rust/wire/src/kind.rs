@@ -230,7 +230,8 @@ mod tests {
     #[test]
     fn answers_have_no_senders_and_requests_have_some() {
         for row in KINDS {
-            let is_answer = row.name.ends_with("Response") || row.name == "Pong" || row.name == "Error";
+            let is_answer =
+                row.name.ends_with("Response") || row.name == "Pong" || row.name == "Error";
             assert_eq!(row.senders == Roles::NONE, is_answer, "{}", row.name);
         }
     }
@@ -246,13 +247,26 @@ mod tests {
             MessageKind::METADATA_PROPOSE,
             MessageKind::JOIN_REQUEST,
         ] {
-            assert!(may(kind, Node) && !may(kind, Admin) && !may(kind, Client), "{kind}");
+            assert!(
+                may(kind, Node) && !may(kind, Admin) && !may(kind, Client),
+                "{kind}"
+            );
         }
         for kind in [MessageKind::JOIN_TOKEN_REQUEST, MessageKind::AUDIT_REQUEST] {
-            assert!(!may(kind, Node) && may(kind, Admin) && !may(kind, Client), "{kind}");
+            assert!(
+                !may(kind, Node) && may(kind, Admin) && !may(kind, Client),
+                "{kind}"
+            );
         }
-        for kind in [MessageKind::KV_REQUEST, MessageKind::STATUS_REQUEST, MessageKind::PING] {
-            assert!(may(kind, Node) && may(kind, Admin) && may(kind, Client), "{kind}");
+        for kind in [
+            MessageKind::KV_REQUEST,
+            MessageKind::STATUS_REQUEST,
+            MessageKind::PING,
+        ] {
+            assert!(
+                may(kind, Node) && may(kind, Admin) && may(kind, Client),
+                "{kind}"
+            );
         }
         assert!(!may(MessageKind::BENCH_LOAD, Client));
         assert_eq!(Role::from_name("admin"), Some(Admin));
