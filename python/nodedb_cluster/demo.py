@@ -33,7 +33,8 @@ def say(text: str) -> None:
 
 async def run_demo(keep: bool = False) -> int:
     base = Path(tempfile.mkdtemp(prefix="nodedb-demo-"))
-    cluster = LocalCluster(base, NODES)
+    # A throwaway local cluster, like the bench's: it may serve BENCH_LOAD to its admin.
+    cluster = LocalCluster(base, NODES, overrides={"allow_bench_load": True})
     try:
         return await _demo(cluster)
     except (ClusterError, TimeoutError) as e:
