@@ -123,16 +123,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         node.config = replace(node.config, metrics_addr=metrics)
     try:
         await c.start()
-        await c.wait_for(
-            lambda s: all(
-                len(st["nodes"]) == 3
-                and all(len(g["voters"]) == 3 and g["leader"] for g in st["groups"])
-                for st in s.values()
-            ),
-            c.nodes,
-            60.0,
-            "3 voters and a leader in every group",
-        )
+        await c.wait_formed(60.0)
         yield c
     finally:
         await c.close()

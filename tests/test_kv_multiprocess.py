@@ -30,16 +30,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     c = LocalCluster(tmp_path, 3, overrides={"allow_bench_load": True})
     try:
         await c.start()
-        await c.wait_for(
-            lambda s: all(
-                len(st["nodes"]) == 3
-                and all(len(g["voters"]) == 3 and g["leader"] for g in st["groups"])
-                for st in s.values()
-            ),
-            c.nodes,
-            30.0,
-            "every group with 3 voters and a leader",
-        )
+        await c.wait_formed(30.0)
         yield c
     finally:
         await c.close()

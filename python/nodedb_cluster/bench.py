@@ -565,16 +565,7 @@ async def with_local_cluster(
         if not quiet:
             print(f"starting a {size}-node cluster under {base}", file=sys.stderr)
         await cluster.start()
-        await cluster.wait_for(
-            lambda s: all(
-                len(st["nodes"]) == size
-                and all(len(g["voters"]) == size and g["leader"] for g in st["groups"])
-                for st in s.values()
-            ),
-            cluster.nodes,
-            60.0,
-            "every group to have all members as voters and a leader",
-        )
+        await cluster.wait_formed(60.0)
         addrs = [n.addr for n in cluster.nodes.values()]
         creds = cluster.admin_credentials if operator else cluster.client_credentials
         return await body(addrs, creds)

@@ -262,6 +262,21 @@ class LocalCluster:
             await asyncio.sleep(0.1)  # remote state has no push channel: poll, bounded
         raise Timeout(f"waiting for {what} ({last_error})", int(timeout_s * 1000))
 
+    async def wait_formed(self, timeout_s: float = 60.0) -> dict[int, Status]:
+        """Until every node sees all `size` nodes and every group has them all as voters and a
+        leader (the state a bench or a test of the formed cluster starts from)."""
+        size = self.size
+        return await self.wait_for(
+            lambda s: all(
+                len(st["nodes"]) == size
+                and all(len(g["voters"]) == size and g["leader"] for g in st["groups"])
+                for st in s.values()
+            ),
+            self.nodes,
+            timeout_s,
+            f"every group to have all {size} nodes as voters and a leader",
+        )
+
     async def close(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL) — also after a failure or Ctrl-C."""
         await asyncio.gather(*(n.stop() for n in self.nodes.values()), return_exceptions=True)

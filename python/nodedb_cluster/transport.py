@@ -40,6 +40,7 @@ Responder = _core.Responder
 certificate identity: `.identity` (URI), `.role` ("node" | "admin" | "client") and `.node_id`
 (node role only); all three None on an insecure transport."""
 
+
 @dataclass(frozen=True, slots=True)
 class RefusalLine:
     """One rate-limited log line of refused requests."""
