@@ -357,3 +357,28 @@ async def test_bench_load_needs_the_node_to_allow_it(cluster: LocalCluster) -> N
         kind="BenchLoad",
         reason="bench_load_disabled",
     )
+
+
+async def test_the_kv_path_cannot_write_into_the_metadata_group(cluster: LocalCluster) -> None:
+    """KV_REQUEST is open to clients; a metadata entry sent through it as if group 0 were a KV
+    group must not be applied (it would bypass METADATA_PROPOSE's node-only rule)."""
+    statuses = await _all_status(cluster)
+    before = _picture(statuses)
+    g0_leader = leader_of(statuses, 0)
+    entry = MetadataEntry((PutSetting("owned", True), RemoveNode(3))).encode()
+    requests = [
+        {"op": "propose_many", "gs": [0], "cmds": [entry], "t": 2000},  # the Rust serving path
+        {"op": "propose", "g": 0, "cmds": [entry], "fwd": False, "t": 2000},  # the Python one
+    ]
+    async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", _creds(cluster, "client")) as attacker:
+        for request in requests:
+            with pytest.raises(ClusterError, match="does not run the Kv state machine"):
+                await attacker.send_rpc_to_addr(
+                    cluster.nodes[g0_leader].addr,
+                    wire.MessageKind.KV_REQUEST,
+                    msgpack.packb(request),
+                )
+    # The cluster still serves, and nothing of the refused entry was applied anywhere.
+    async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
+        await c.put(b"after", b"1")
+    assert _picture(await _all_status(cluster)) == before

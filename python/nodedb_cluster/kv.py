@@ -707,7 +707,8 @@ class KvRouter:
         if gc is None:
 
             async def propose(items: list[bytes], _tags: list[int], timeout_ms: int) -> Outcome:
-                return (await engine.propose_batch(group, items, timeout_ms)).results, _NO_ERRORS
+                proposed = await engine.propose_batch(group, items, timeout_ms, kind="kv")
+                return proposed.results, _NO_ERRORS
 
             def committed(sent_at: float) -> None:
                 self._on_committed(group, sent_at)

@@ -169,11 +169,18 @@ class RaftEngine:
         return Proposed(index, result)
 
     async def propose_batch(
-        self, group_id: int, payloads: Sequence[bytes], timeout_ms: int = TIMEOUT_MS_DEFAULT
+        self,
+        group_id: int,
+        payloads: Sequence[bytes],
+        timeout_ms: int = TIMEOUT_MS_DEFAULT,
+        *,
+        kind: StateMachineKind | None = None,
     ) -> ProposedBatch:
-        """Many payloads as ONE entry (one boundary crossing, one log record)."""
+        """Many payloads as ONE entry (one boundary crossing, one log record). With `kind`, the
+        payloads are that state machine's commands: `InvalidRequest` unless the group runs it
+        (the KV path never feeds group 0 or a host's group)."""
         fut: asyncio.Future[tuple[int, list[bytes]]] = self._future()
-        self._core.propose_batch(group_id, list(payloads), timeout_ms, fut)
+        self._core.propose_batch(group_id, list(payloads), timeout_ms, fut, kind)
         index, results = await fut
         return ProposedBatch(index, tuple(results))
 

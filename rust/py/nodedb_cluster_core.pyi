@@ -204,6 +204,7 @@ class RaftEngine:
         payloads: list[bytes],
         timeout_ms: int,
         future: Future[tuple[int, list[bytes]]],
+        kind: str | None = None,
     ) -> None: ...
     def read_index(self, group_id: int, timeout_ms: int, future: Future[int]) -> None: ...
     def status(

@@ -533,10 +533,31 @@ impl MultiRaftCore {
         commands: &[Vec<u8>],
         reply: impl Into<Reply<ProposeOutcome>>,
     ) {
+        self.propose_for(None, gid, commands, reply);
+    }
+
+    /// [`MultiRaftCore::propose`] of commands written for the `kind` state machine: refused
+    /// unless the group runs that one. A request path that speaks one state machine's language
+    /// (the KV protocol) must not feed another group's log — group 0's metadata machine, or a
+    /// host's — with bytes that group would take for its own commands.
+    pub fn propose_for(
+        &mut self,
+        kind: Option<StateMachineKind>,
+        gid: GroupId,
+        commands: &[Vec<u8>],
+        reply: impl Into<Reply<ProposeOutcome>>,
+    ) {
         let reply = reply.into();
         let limit = self.cfg.pending_proposals_max;
         let r = (|| {
             let g = self.group_mut(gid)?;
+            if let Some(kind) = kind {
+                if g.meta.sm_kind != kind as u8 {
+                    return Err(RaftError::Invalid {
+                        reason: format!("group {} does not run the {kind:?} state machine", gid.0),
+                    });
+                }
+            }
             if g.raw.raft.state != StateRole::Leader {
                 return Err(RaftError::NotLeader {
                     group: gid,

@@ -34,6 +34,8 @@ use crate::state_machine::{StateMachineFactory, StateMachineKind};
 enum Input {
     Frame(Frame),
     Propose {
+        /// When set, refused unless the group runs this state machine.
+        kind: Option<StateMachineKind>,
         group: GroupId,
         commands: Vec<Vec<u8>>,
         reply: Reply<ProposeOutcome>,
@@ -263,8 +265,21 @@ impl MultiRaft {
         commands: Vec<Vec<u8>>,
         reply: Reply<ProposeOutcome>,
     ) {
+        self.propose_for_with(None, group, commands, reply);
+    }
+
+    /// `propose_batch_with` of commands for the `kind` state machine (`Some`): refused with
+    /// `RaftError::Invalid` unless the group runs it (see `MultiRaftCore::propose_for`).
+    pub fn propose_for_with(
+        &self,
+        kind: Option<StateMachineKind>,
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        reply: Reply<ProposeOutcome>,
+    ) {
         self.submit_with(
             |reply| Input::Propose {
+                kind,
                 group,
                 commands,
                 reply,
@@ -315,7 +330,20 @@ impl MultiRaft {
         commands: Vec<Vec<u8>>,
         timeout: Duration,
     ) -> Result<ProposeOutcome, RaftError> {
+        self.propose_for(None, group, commands, timeout).await
+    }
+
+    /// `propose_batch` of commands for the `kind` state machine (`Some`): refused with
+    /// `RaftError::Invalid` unless the group runs it (see `MultiRaftCore::propose_for`).
+    pub async fn propose_for(
+        &self,
+        kind: Option<StateMachineKind>,
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<ProposeOutcome, RaftError> {
         let rx = self.submit(|reply| Input::Propose {
+            kind,
             group,
             commands,
             reply,
@@ -444,10 +472,11 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
     match input {
         Input::Frame(f) => core.step_frame(f),
         Input::Propose {
+            kind,
             group,
             commands,
             reply,
-        } => core.propose(group, &commands, reply),
+        } => core.propose_for(kind, group, &commands, reply),
         Input::ReadIndex { group, reply } => core.read_index(group, reply),
         Input::Membership {
             group,

@@ -166,6 +166,20 @@ async fn async_api_proposes_reads_and_fails_typed() {
         leader.propose(GroupId(99), put("x", b"1"), T).await,
         Err(RaftError::GroupNotFound { .. })
     ));
+    // Commands meant for one state machine never reach a group that runs another.
+    let kv = Some(StateMachineKind::Kv);
+    let as_kv = leader.propose_for(kv, g, vec![put("k", b"1")], T).await;
+    assert!(as_kv.is_ok(), "{as_kv:?}");
+    let python = Some(StateMachineKind::Python);
+    match leader.propose_for(python, g, vec![put("k", b"2")], T).await {
+        Err(RaftError::Invalid { reason }) => assert!(reason.contains("group 1"), "{reason}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(
+        reader.get(b"k"),
+        Some(b"1".to_vec()),
+        "the refused command was not applied"
+    );
     // 200 concurrent proposals all resolve, with group-committed fsyncs.
     let mut tasks = Vec::new();
     for i in 0..200 {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nodedb_multiraft::error::RaftError;
-use nodedb_multiraft::{GroupId, KvReader, MultiRaft};
+use nodedb_multiraft::{GroupId, KvReader, MultiRaft, StateMachineKind};
 use nodedb_transport::{
     FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame, MessageKind,
     OutboundFrame, Transport,
@@ -240,7 +240,13 @@ impl Batcher {
         }
         let expected = items.len();
         let outcome = match self.engine.upgrade() {
-            Some(engine) => engine.propose_batch(self.group, items, timeout).await,
+            // KV commands only into groups that run the KV state machine (never group 0's
+            // metadata machine nor a host's).
+            Some(engine) => {
+                engine
+                    .propose_for(Some(StateMachineKind::Kv), self.group, items, timeout)
+                    .await
+            }
             None => Err(RaftError::Stopped {
                 reason: "engine closed".into(),
             }),

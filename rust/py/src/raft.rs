@@ -377,17 +377,7 @@ impl PyRaftEngine {
         future: Py<PyAny>,
         timeout_ms: u64,
     ) -> PyResult<()> {
-        let kind = match kind {
-            "kv" => StateMachineKind::Kv,
-            "python" => StateMachineKind::Python,
-            other => {
-                return Err(cluster_error(
-                    py,
-                    "ConfigError",
-                    ("kind", format!("{other:?} is not \"kv\" or \"python\"")),
-                ))
-            }
-        };
+        let kind = kind_of(py, kind)?;
         if group_id == GroupId::METADATA.0 && kind != StateMachineKind::Python {
             return Err(cluster_error(
                 py,
@@ -458,7 +448,9 @@ impl PyRaftEngine {
         Ok(())
     }
 
-    /// Many payloads as ONE entry: resolve with `(index, [result, ...])`.
+    /// Many payloads as ONE entry: resolve with `(index, [result, ...])`. With `kind` ("kv"
+    /// or "python"), refused (InvalidRequest) unless the group runs that state machine.
+    #[pyo3(signature = (group_id, payloads, timeout_ms, future, kind = None))]
     fn propose_batch(
         &self,
         py: Python<'_>,
@@ -466,14 +458,16 @@ impl PyRaftEngine {
         payloads: Vec<Vec<u8>>,
         timeout_ms: u64,
         future: Py<PyAny>,
+        kind: Option<&str>,
     ) -> PyResult<()> {
+        let kind = kind.map(|k| kind_of(py, k)).transpose()?;
         let t = timeout(py, timeout_ms)?;
         let reply = self.bridge_reply(future, "propose_batch", t, |py, out: ProposeOutcome| {
             let results = PyList::new(py, out.results.iter().map(|r| PyBytes::new(py, r)))?;
             Ok((out.index, results).into_pyobject(py)?.into_any().unbind())
         });
         self.engine
-            .propose_batch_with(GroupId(group_id), payloads, reply);
+            .propose_for_with(kind, GroupId(group_id), payloads, reply);
         Ok(())
     }
 
@@ -802,4 +796,17 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_session, m)?)?;
     m.add_function(wrap_pyfunction!(kv_result, m)?)?;
     Ok(())
+}
+
+/// `"kv"` or `"python"`, the state machine kinds a group can run.
+fn kind_of(py: Python<'_>, kind: &str) -> PyResult<StateMachineKind> {
+    match kind {
+        "kv" => Ok(StateMachineKind::Kv),
+        "python" => Ok(StateMachineKind::Python),
+        other => Err(cluster_error(
+            py,
+            "ConfigError",
+            ("kind", format!("{other:?} is not \"kv\" or \"python\"")),
+        )),
+    }
 }
