@@ -38,7 +38,7 @@ from nodedb_cluster.metadata.commands import (
 )
 from nodedb_cluster.node import encode_metadata_propose
 from nodedb_cluster.topology import NodeInfo, NodeState
-from nodedb_cluster.transport import Mtls, Transport
+from nodedb_cluster.transport import Mtls, Transport, ca_key_path, issue_node_credentials
 
 pytestmark = pytest.mark.multiprocess
 
@@ -381,4 +381,37 @@ async def test_the_kv_path_cannot_write_into_the_metadata_group(cluster: LocalCl
     # The cluster still serves, and nothing of the refused entry was applied anywhere.
     async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
         await c.put(b"after", b"1")
+    assert _picture(await _all_status(cluster)) == before
+
+
+async def test_a_node_certificate_of_a_node_never_admitted_takes_no_part_in_raft(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A valid node certificate (node 9, issued by the cluster CA) whose node was never admitted:
+    its Raft frames are refused even with an honest `from`."""
+    statuses = await _all_status(cluster)
+    before = _picture(statuses)
+    g1_leader = leader_of(statuses, 1)
+    term = next(g["term"] for g in statuses[g1_leader]["groups"] if g["group_id"] == 1)
+    assert isinstance(term, int)
+    ca = _creds(cluster, "client").ca
+    stray = issue_node_credentials(
+        ca, ca_key_path(ca.parent), "n9", ["127.0.0.1"], tmp_path / "stray"
+    )
+    frame = raft_batch(
+        9, [(1, raft_message(MSG_APPEND, g1_leader, 9, term + 100, 10_000, 10_001, b"x"))]
+    )
+    async with Transport(9, "127.0.0.1:0", stray) as outsider:
+        with pytest.raises(ClusterError):  # one-way kind on a request stream: no reply
+            await outsider.send_rpc_to_addr(
+                cluster.nodes[g1_leader].addr, wire.MessageKind.RAFT_BATCH, frame
+            )
+    await _wait_metric(
+        cluster,
+        g1_leader,
+        "nodedb_requests_refused_total",
+        1,
+        kind="RaftBatch",
+        reason="unknown_sender",
+    )
     assert _picture(await _all_status(cluster)) == before

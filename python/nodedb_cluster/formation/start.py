@@ -276,9 +276,10 @@ async def _join(parts: _Parts) -> Node:
     )
     await asyncio.to_thread(_persist_to(catalog), state)
     node = parts.node(response.cluster_id)
-    # 3. The groups this node belongs to (empty learners the leaders fill), 4. then the peers.
+    # 3. The peers (Raft is taken only from registered members), 4. the groups this node
+    # belongs to (empty learners the leaders fill).
+    node.register_peers(state)
     await _open_engine(node, state, parts.data_sm)
     await node.reconcile_once()
-    node.register_peers(state)
     log.info("joined cluster %s as node %d", response.cluster_id, config.node_id)
     return node

@@ -48,8 +48,10 @@ impl TransportNetwork {
     }
 
     /// Routes inbound raft kinds (16–18) of `transport` to `inbound`. A bad frame is counted by
-    /// `Inbound::deliver_bytes_from`, never a panic; one whose claimed sender is not the node id
-    /// of the certificate it came under is dropped there and counted as a refusal here.
+    /// `Inbound::deliver_bytes_from`, never a panic. Refused, counted and logged through the
+    /// transport's refusal log: a frame from a node certificate that is not a registered peer
+    /// with the registered key (`unknown_sender`), and one whose claimed sender is not the node
+    /// id of the certificate it came under (`sender_mismatch`).
     pub fn attach_inbound(transport_arc: &Arc<Transport>, inbound: Inbound) {
         let transport: &Transport = transport_arc;
         for kind in [KIND_RAFT_BATCH, KIND_SNAPSHOT_CHUNK, KIND_SNAPSHOT_ACK] {
@@ -57,26 +59,34 @@ impl TransportNetwork {
                 continue;
             };
             let inbound = inbound.clone();
-            let refusals = Arc::downgrade(transport_arc);
+            let transport_ref = Arc::downgrade(transport_arc);
             transport.register_handler(
                 wk,
                 handler_fn(move |frame| {
-                    // The transport already refused every role but node; under mTLS the
-                    // certificate's node id is the only sender this connection may claim.
+                    let Some(transport) = transport_ref.upgrade() else {
+                        return std::future::ready(Ok(None));
+                    };
+                    // The transport already refused every role but node. Under mTLS the
+                    // certificate's node id is the only sender this connection may claim, and
+                    // it must be a member this node knows, holding the key it registered.
                     let sender = match frame.peer.identity.as_ref() {
                         PeerIdentity::Unauthenticated => None,
                         identity => Some(NodeId(identity.node_id().unwrap_or(0))),
                     };
-                    if let Err(message) = inbound.deliver_bytes_from(kind, &frame.payload, sender) {
-                        if let Some(transport) = refusals.upgrade() {
-                            let refusal = Refusal {
+                    let refusal = match sender.map(|s| known_sender(&transport, &frame, s)) {
+                        Some(Err(refusal)) => Some(refusal),
+                        _ => inbound
+                            .deliver_bytes_from(kind, &frame.payload, sender)
+                            .err()
+                            .map(|message| Refusal {
                                 reason: "sender_mismatch",
                                 message,
-                            };
-                            transport.record_refusal(&frame.peer, wk, refusal);
-                        }
+                            }),
+                    };
+                    if let Some(refusal) = refusal {
+                        transport.record_refusal(&frame.peer, wk, refusal);
                     }
-                    async { Ok(None) }
+                    std::future::ready(Ok(None))
                 }),
             );
         }
@@ -92,6 +102,32 @@ impl TransportNetwork {
         self.runtime.spawn(pump(transport, to, rx));
         peers.insert(to, tx.clone());
         tx
+    }
+}
+
+/// A node-role sender may speak for the cluster only if it is a registered peer (a node of the
+/// topology) and presents the key registered for it: a stray certificate of the node role (a
+/// removed or never-admitted node) cannot take part in any group.
+fn known_sender(
+    transport: &Transport,
+    frame: &nodedb_transport::InboundFrame,
+    sender: NodeId,
+) -> Result<(), Refusal> {
+    let Some(expected) = transport.registered_pin(nodedb_wire::NodeId(sender.0)) else {
+        return Err(Refusal {
+            reason: "unknown_sender",
+            message: format!("node {} is not a member this node knows", sender.0),
+        });
+    };
+    match expected {
+        Some(pin) if frame.peer.spki_pin != Some(pin) => Err(Refusal {
+            reason: "unknown_sender",
+            message: format!(
+                "node {} presented another key than the one in the topology",
+                sender.0
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 

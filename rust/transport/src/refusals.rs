@@ -20,11 +20,13 @@ pub const PENDING_LINES_MAX: usize = 256;
 const KEYS_MAX: usize = 4096;
 
 /// Every refusal reason (stable metric labels). The transport decides `role` and `no_identity`
-/// from the kind table; the engine `sender_mismatch`; the host's handlers the rest.
+/// from the kind table; the Raft handler `sender_mismatch` and `unknown_sender`; the host's
+/// handlers the rest.
 pub const REASONS: &[&str] = &[
     "role",
     "no_identity",
     "sender_mismatch",
+    "unknown_sender",
     "bench_load_disabled",
     "join_identity_mismatch",
     "join_token_missing",

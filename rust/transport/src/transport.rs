@@ -296,6 +296,17 @@ impl Transport {
             .map(|p| p.addr)
     }
 
+    /// Whether `node_id` is a registered peer, and the SPKI pin registered for it (`None`
+    /// outside: not a peer this node knows; `Some(None)`: known, no pin expected).
+    pub fn registered_pin(&self, node_id: NodeId) -> Option<Option<SpkiPin>> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+            .map(|p| p.expected_pin)
+    }
+
     /// Handlers for specific kinds (Rust-side, e.g. Raft 16–31).
     pub fn register_handler(&self, kind: MessageKind, handler: Arc<dyn FrameHandler>) {
         self.inner.handlers.register(kind, handler);
