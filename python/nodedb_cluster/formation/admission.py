@@ -122,11 +122,14 @@ class JoinAdmission:
             cluster_secret=await self.secret(),
             now_s=self._clock.now_ms() // 1000,
         )
+        # The key the topology will pin for this node: the one its handshake proved, not the
+        # one its payload names (they are equal for an honest joiner).
+        spki_pin = peer.spki_pin if view.authenticated and peer.spki_pin else request.spki_pin
         decision = decide_join(
             request.node_id,
             request.listen_addr,
             request.wire_version,
-            request.spki_pin,
+            spki_pin,
             view,
             request.swim_addr,
             caller=caller,
