@@ -121,16 +121,19 @@ def test_revoke_keeps_earlier_entries(tmp_path: Path) -> None:
     nodes = [(f"n{i}", ["127.0.0.1"]) for i in (1, 2, 3)]
     creds = generate_cluster_credentials(out, "c", nodes)
     crl_path = tmp_path / "crl.pem"
+    empty = run("revoke", "--ca-dir", str(out), "--crl", str(crl_path))  # to start nodes with
+    assert empty.returncode == 0, empty.stderr
+    assert list(x509.load_pem_x509_crl(crl_path.read_bytes())) == []
     for cert in (creds[0].cert, creds[1].cert, creds[0].cert):
         result = run("revoke", "--ca-dir", str(out), "--cert", str(cert), "--crl", str(crl_path))
         assert result.returncode == 0, result.stderr
     crl = x509.load_pem_x509_crl(crl_path.read_bytes())
     serials = {entry.serial_number for entry in crl}
     assert serials == {load(creds[0].cert).serial_number, load(creds[1].cert).serial_number}
-    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 3
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 4
     assert crl.is_signature_valid(load(creds[0].ca).public_key())  # type: ignore[arg-type]
     summary = revoke_node_credentials(creds[0].ca, ca_key_path(out), [creds[2].cert], crl_path)
-    assert (summary.crl_number, summary.revoked_total, summary.newly_revoked) == (4, 3, 1)
+    assert (summary.crl_number, summary.revoked_total, summary.newly_revoked) == (5, 3, 1)
 
 
 # --- the pure start checks ------------------------------------------------------------------------

@@ -146,7 +146,12 @@ def _parser() -> argparse.ArgumentParser:
         "--ca-dir", required=True, type=Path, help="the gen-certs folder (ca.pem, ca-key/ca.key)"
     )
     revoke.add_argument(
-        "--cert", action="append", required=True, type=Path, help="a leaf to revoke; repeat"
+        "--cert",
+        action="append",
+        default=[],
+        type=Path,
+        help="a leaf to revoke; repeat (none: write the CRL with what it holds, e.g. an empty "
+        "one to start nodes with --tls-crl-path before anything is revoked)",
     )
     revoke.add_argument(
         "--crl",
