@@ -28,6 +28,7 @@ from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
     AddNode,
     AssignVShard,
+    MetadataCommand,
     MetadataEntry,
     PromoteGroupLearner,
     PutSetting,
@@ -251,7 +252,7 @@ async def test_a_client_certificate_cannot_forge_raft_change_membership_join_or_
             ),
         ]
     node3 = NodeInfo(3, parse_socket_addr("127.0.0.9:1"), NodeState.ACTIVE, 1)
-    commands = [
+    commands: list[MetadataCommand] = [
         SetGroupMembers(1, (1,), ()),
         RemoveNode(3),
         AddNode(node3),
@@ -287,10 +288,10 @@ async def test_a_client_certificate_cannot_forge_raft_change_membership_join_or_
                 await attacker.send_rpc_to_addr(cluster.nodes[node_id].addr, kind, payload)
             assert "client" in str(refused.value), what
         # The same certificate still does what a client may.
-        kind, _ = await attacker.send_rpc_to_addr(
+        answer, _ = await attacker.send_rpc_to_addr(
             cluster.nodes[1].addr, wire.MessageKind.STATUS_REQUEST, b""
         )
-        assert kind == wire.MessageKind.STATUS_RESPONSE
+        assert answer == wire.MessageKind.STATUS_RESPONSE
     after_status = await _all_status(cluster)
     assert _picture(after_status) == before, "a refused frame changed terms, members or settings"
     async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
@@ -305,8 +306,8 @@ async def test_a_client_certificate_cannot_forge_raft_change_membership_join_or_
     assert _metric(
         text, "nodedb_requests_refused_total", kind="MetadataPropose", reason="role"
     ) == 2 * len(commands)
-    for kind in ("JoinRequest", "BenchLoad", "JoinTokenRequest", "AuditRequest", "SnapshotChunk"):
-        assert _metric(text, "nodedb_requests_refused_total", kind=kind, reason="role") >= 1, kind
+    for name in ("JoinRequest", "BenchLoad", "JoinTokenRequest", "AuditRequest", "SnapshotChunk"):
+        assert _metric(text, "nodedb_requests_refused_total", kind=name, reason="role") >= 1, name
     log = cluster.nodes[1].log_path.read_text()
     assert "refused MetadataPropose from spiffe://localcluster/client/" in log, log[-3000:]
 
@@ -415,3 +416,67 @@ async def test_a_node_certificate_of_a_node_never_admitted_takes_no_part_in_raft
         reason="unknown_sender",
     )
     assert _picture(await _all_status(cluster)) == before
+
+
+def _leaf_without_identity(creds: Mtls, out: Path) -> Mtls:
+    """A leaf the cluster CA signed the way certificates were made before identities: IP SAN
+    only (made with `cryptography`, as another tool would)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = cx509.load_pem_x509_certificate(creds.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(
+        ca_key_path(creds.ca.parent).read_bytes(), password=None
+    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        cx509.CertificateBuilder()
+        .subject_name(cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, "legacy")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(cx509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            cx509.SubjectAlternativeName([cx509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(
+            cx509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "legacy.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / "legacy.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (out / "legacy.key").chmod(0o600)
+    return Mtls(creds.ca, out / "legacy.pem", out / "legacy.key")
+
+
+async def test_a_certificate_without_an_identity_gets_permission_denied_at_once(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    legacy = _leaf_without_identity(_creds(cluster, "client"), tmp_path / "legacy")
+    client = Client([n.addr for n in cluster.nodes.values()], legacy)
+    with pytest.raises(PermissionDenied, match="gen-certs"):
+        await client.connect()  # not "no node answered" after trying every node
+    await client.close()
+    await _wait_metric(
+        cluster, 1, "nodedb_requests_refused_total", 1, kind="KvRequest", reason="no_identity"
+    )

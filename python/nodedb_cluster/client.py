@@ -23,7 +23,13 @@ import nodedb_cluster_core as _core
 
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
-from nodedb_cluster.errors import ClusterError, RemoteError, TransportClosed, Unreachable
+from nodedb_cluster.errors import (
+    ClusterError,
+    PermissionDenied,
+    RemoteError,
+    TransportClosed,
+    Unreachable,
+)
 from nodedb_cluster.kv import (
     MAX_STALENESS_S_DEFAULT,
     KvRouter,
@@ -79,6 +85,8 @@ class Client:
                 kind, payload = await self._transport.send_rpc_to_addr(
                     addr, wire.MessageKind.KV_REQUEST, encode_request({"op": "routing"})
                 )
+            except PermissionDenied:
+                raise  # every node answers the same: this certificate may not use the cluster
             except (Unreachable, RemoteError, ClusterError) as e:
                 errors.append(f"{addr}: {e}")
                 continue
