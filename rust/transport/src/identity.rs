@@ -7,17 +7,14 @@
 
 use std::fmt;
 
-use nodedb_wire::{MessageKind, Role};
-
 use std::path::Path;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-
-use crate::credentials::Credentials;
-use crate::error::TransportError;
+use nodedb_wire::{MessageKind, Role};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::credentials::{read_cert_der, Credentials};
+use crate::error::TransportError;
 
 const SCHEME: &str = "spiffe://";
 const NAME_BYTES_MAX: usize = 128;
@@ -111,13 +108,10 @@ impl Identity {
 impl Identity {
     /// The identity of the first certificate in a PEM file; errors name the file.
     pub fn from_cert_pem_file(path: &Path) -> Result<Identity, TransportError> {
-        let fail = |reason: String| TransportError::Credentials {
+        let der = read_cert_der(path)?;
+        Identity::from_cert_der(&der).map_err(|reason| TransportError::Credentials {
             reason: format!("{}: {reason}", path.display()),
-        };
-        let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let der = CertificateDer::from_pem_slice(&pem)
-            .map_err(|e| fail(format!("no PEM certificate: {e}")))?;
-        Identity::from_cert_der(&der).map_err(fail)
+        })
     }
 }
 

@@ -8,9 +8,11 @@
 
 pub mod config;
 pub mod credentials;
+pub mod crl;
 pub mod error;
 pub mod handler;
 pub mod identity;
+pub mod issue;
 pub mod metrics;
 pub mod refusals;
 pub mod stream;
@@ -18,15 +20,15 @@ mod tls;
 pub mod transport;
 
 pub use config::TransportConfig;
-pub use credentials::{
-    generate_cluster_credentials, revoke_node_credentials, spki_pin_of_cert, Credentials, SpkiPin,
-};
+pub use credentials::{spki_pin_of_cert, Credentials, SpkiPin};
+pub use crl::revoke_node_credentials;
 pub use error::TransportError;
 pub use handler::{
     handler_fn, FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, HandlerResult,
     InboundFrame, OutboundFrame, PeerInfo,
 };
 pub use identity::{authorize, Identity, PeerIdentity, Refusal};
+pub use issue::generate_cluster_credentials;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use nodedb_wire::{MessageKind, NodeId, Role, Roles};
 pub use refusals::{refusal_reason, RefusalLine, RefusalLog, REASONS};

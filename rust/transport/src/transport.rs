@@ -14,9 +14,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::TransportConfig;
-use crate::credentials::{
-    issuer_and_serial, revoked_serials, spki_pin_of_cert, Credentials, SpkiPin,
-};
+use crate::credentials::{spki_pin_of_cert, Credentials, SpkiPin};
+use crate::crl::{issuer_and_serial, revoked_serials};
 use crate::error::TransportError;
 use crate::handler::{
     FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
