@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use nodedb_transport::credentials::{
-    generate_cluster_credentials_with as generate, issue_node_credentials as issue, read_crl_files,
-    LeafSpec,
+use nodedb_transport::crl::read_crl_files;
+use nodedb_transport::issue::{
+    generate_cluster_credentials_with as generate, issue_node_credentials as issue, LeafSpec,
 };
 use nodedb_transport::{refusal_reason, Identity, PeerIdentity, PeerInfo, Refusal};
 use nodedb_transport::{
@@ -840,7 +840,7 @@ fn revoke_node_credentials(
 /// When the certificate in the PEM file at `path` expires, in seconds since the Unix epoch.
 #[pyfunction]
 fn certificate_not_after(py: Python<'_>, path: PathBuf) -> PyResult<i64> {
-    py.detach(|| nodedb_transport::credentials::certificate_not_after(&path))
+    py.detach(|| nodedb_transport::issue::certificate_not_after(&path))
         .map_err(|e| transport_error_with(py, e))
 }
 

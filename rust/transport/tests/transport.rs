@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nodedb_transport::credentials::{issue_node_credentials, LeafSpec};
+use nodedb_transport::issue::{issue_node_credentials, LeafSpec};
 use nodedb_transport::{
     generate_cluster_credentials, handler_fn, Credentials, MessageKind, NodeId, OutboundFrame,
     Transport, TransportConfig, TransportError,
