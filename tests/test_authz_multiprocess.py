@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -23,6 +24,7 @@ from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
 from nodedb_cluster.errors import ClusterError, PermissionDenied
+from nodedb_cluster.formation.join_token import issue_token
 from nodedb_cluster.localcluster import LocalCluster, Status, free_port, leader_of
 from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
@@ -275,8 +277,13 @@ async def test_a_client_certificate_cannot_forge_raft_change_membership_join_or_
                 )
             )
     join = wire.JoinRequest(node_id=77, listen_addr="127.0.0.77:9400", wire_version=1)
+    secret = b"\x07" * 32  # not the cluster's: the role refuses before any token is looked at
+    expired = replace(join, join_token=issue_token(secret, 77, int(time.time()) - 60))
+    someone_elses = replace(join, join_token=issue_token(secret, 78, int(time.time()) + 600))
     forged += [
         ("join", 1, wire.MessageKind.JOIN_REQUEST, join.encode()),
+        ("join, expired token", 1, wire.MessageKind.JOIN_REQUEST, expired.encode()),
+        ("join, another node's token", 1, wire.MessageKind.JOIN_REQUEST, someone_elses.encode()),
         ("bench load", 1, wire.MessageKind.BENCH_LOAD, msgpack.packb({"op": "load_result"})),
         ("join token", 1, wire.MessageKind.JOIN_TOKEN_REQUEST, msgpack.packb({"node_id": 77})),
         ("audit", 1, wire.MessageKind.AUDIT_REQUEST, msgpack.packb({})),
