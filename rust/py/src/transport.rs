@@ -17,7 +17,7 @@ use nodedb_transport::issue::{
 use nodedb_transport::{refusal_reason, Identity, PeerIdentity, PeerInfo, Refusal};
 use nodedb_transport::{
     Credentials, FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame,
-    MessageKind, NodeId, OutboundFrame, Role, SpkiPin, Transport, TransportConfig, TransportError,
+    MessageKind, NodeId, OutboundFrame, SpkiPin, Transport, TransportConfig, TransportError,
 };
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -757,18 +757,6 @@ impl PyTransport {
     }
 }
 
-/// A leaf to issue from Python: role "auto" applies `gen-certs --node`'s rule (`n<id>` is a
-/// node, any other name a client); "node", "admin" and "client" are explicit.
-fn leaf_spec(role: &str, name: &str, sans: Vec<String>) -> Result<LeafSpec, TransportError> {
-    if role == "auto" {
-        return LeafSpec::from_name(name, sans);
-    }
-    let role = Role::from_name(role).ok_or_else(|| TransportError::Credentials {
-        reason: format!("unknown role {role:?} (auto, node, admin or client)"),
-    })?;
-    LeafSpec::named(role, name, sans)
-}
-
 /// Generate a cluster CA (`ca.pem`, `ca-key/ca.key`) and one leaf per `(role, name, sans)` in
 /// `dir`, each valid `days`. Returns `[(ca_cert, cert, key)]` paths, in order.
 #[pyfunction]
@@ -783,7 +771,7 @@ fn generate_cluster_credentials(
         .detach(|| {
             let specs = leaves
                 .into_iter()
-                .map(|(role, name, sans)| leaf_spec(&role, &name, sans))
+                .map(|(role, name, sans)| LeafSpec::with_role(&role, &name, sans))
                 .collect::<Result<Vec<_>, _>>()?;
             generate(&dir, &cluster_name, &specs, days)
         })
@@ -810,7 +798,7 @@ fn issue_node_credentials(
 ) -> PyResult<(PathBuf, PathBuf, PathBuf)> {
     let files = py
         .detach(|| {
-            let spec = leaf_spec(&role, &name, sans)?;
+            let spec = LeafSpec::with_role(&role, &name, sans)?;
             issue(&ca_cert, &ca_key, &spec, days, &dir)
         })
         .map_err(|e| transport_error_with(py, e))?;

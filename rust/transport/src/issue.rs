@@ -103,6 +103,25 @@ impl LeafSpec {
         })
     }
 
+    /// A leaf by role name: `node`, `admin`, `client`, or `auto` ([`LeafSpec::from_name`]'s
+    /// rule, what `gen-certs --node` does).
+    pub fn with_role(
+        role: &str,
+        name: &str,
+        sans: Vec<String>,
+    ) -> Result<LeafSpec, TransportError> {
+        if role == "auto" {
+            return LeafSpec::from_name(name, sans);
+        }
+        let role = Role::from_name(role).ok_or_else(|| {
+            bad(
+                "role",
+                format!("unknown role {role:?} (auto, node, admin or client)"),
+            )
+        })?;
+        LeafSpec::named(role, name, sans)
+    }
+
     /// `gen-certs --node NAME=IP`'s rule: `n<id>` (n1, n2, …) is node `<id>`, any other name a
     /// client, so the credentials of a cluster and its CLI user come from one list of names.
     pub fn from_name(name: &str, sans: Vec<String>) -> Result<LeafSpec, TransportError> {
