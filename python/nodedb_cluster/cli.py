@@ -116,7 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_client_credentials(bench)
     bench.set_defaults(run=_cmd_bench)
 
-    certs = sub.add_parser("gen-certs", help="create a cluster CA and per-node mTLS credentials")
+    certs = sub.add_parser(
+        "gen-certs",
+        help="mTLS credentials with identities: a cluster CA (or the one already in --out) and "
+        "node, admin and client leaves",
+    )
     certs.add_argument("--out", required=True, type=Path, help="directory to write into")
     certs.add_argument(
         "--cluster-name",
