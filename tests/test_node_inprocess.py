@@ -16,8 +16,9 @@ from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.lifecycle import Failed, LifecycleTracker
 from nodedb_cluster.localcluster import free_port
-from nodedb_cluster.metadata.commands import MetadataEntry, PutSetting
+from nodedb_cluster.metadata.commands import AddNode, MetadataEntry, PutSetting, RemoveNode
 from nodedb_cluster.metrics import serve_metrics
+from nodedb_cluster.topology import NodeInfo, NodeState
 
 
 def config(tmp_path: Path, port: int, **overrides: object) -> ClusterConfig:
@@ -101,3 +102,21 @@ async def test_all_seeds_unreachable_ends_failed_with_the_last_error(tmp_path: P
     assert str(dead) in str(excinfo.value)
     assert isinstance(tracker.state, Failed)
     assert [t.next.label for t in tracker.history].count("joining") == 3
+
+
+async def test_a_node_removed_from_the_topology_is_no_longer_a_transport_peer(
+    tmp_path: Path,
+) -> None:
+    """Raft is taken only from registered peers: removal from the topology unregisters."""
+    port = free_port(["127.0.0.1"])
+    node = await start_cluster(config(tmp_path, port))
+    try:
+        for node_id in (5, 6):
+            info = NodeInfo(node_id, parse_socket_addr(f"127.0.0.{node_id}:1"), NodeState.ACTIVE, 1)
+            assert await node.propose_metadata(MetadataEntry((AddNode(info),))) is None
+        assert await node.propose_metadata(MetadataEntry((RemoveNode(5),))) is None
+        node.on_metadata_change(node.metadata)  # what group 0's apply hook ran already
+        assert node.transport.unregister_peer(5) is False, "removed: no longer registered"
+        assert node.transport.unregister_peer(6) is True, "still a member: registered"
+    finally:
+        await node.shutdown()

@@ -152,6 +152,8 @@ class Node:
         self._reconcile_wakeup = asyncio.Event()
         self._reconciler: asyncio.Task[None] | None = None
         self._refusal_logger: asyncio.Task[None] | None = None
+        self._peers: set[int] = set()
+        """Node ids registered with the transport (the topology's other nodes)."""
         self._closed = False
         self.join_attempts: list[int] = [0]
         """Joining transitions before Ready (a cell shared with the lifecycle observer)."""
@@ -223,9 +225,15 @@ class Node:
         self._reconcile_wakeup.set()
 
     def register_peers(self, state: MetadataState) -> None:
+        """The transport's peers are the topology's other nodes: a node removed from it is
+        unregistered, so its certificate no longer takes part in Raft (`unknown_sender`)."""
+        members = {n.node_id for n in state.topology.nodes()} - {self.config.node_id}
         for node in state.topology.nodes():
-            if node.node_id != self.config.node_id:
+            if node.node_id in members:
                 self.transport.register_peer(node.node_id, node.addr, node.spki_pin)
+        for gone in self._peers - members:
+            self.transport.unregister_peer(gone)
+        self._peers = members
 
     async def status(self) -> NodeStatus:
         state = self.metadata
