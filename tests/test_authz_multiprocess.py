@@ -185,6 +185,16 @@ async def _all_status(cluster: LocalCluster) -> dict[int, Status]:
     return {i: await cluster.status(i) for i in cluster.nodes}
 
 
+def _leader_and_term(statuses: dict[int, Status], group_id: int) -> tuple[int, int]:
+    """The group's leader and its term, as the leader reports them."""
+    leader = leader_of(statuses, group_id)
+    groups = statuses[leader]["groups"]
+    assert isinstance(groups, list)
+    term = next(g["term"] for g in groups if g["group_id"] == group_id)
+    assert isinstance(term, int)
+    return leader, term
+
+
 def _creds(cluster: LocalCluster, which: str) -> Mtls:
     creds = cluster.admin_credentials if which == "admin" else cluster.client_credentials
     assert isinstance(creds, Mtls)
@@ -209,9 +219,7 @@ async def test_a_client_certificate_cannot_forge_raft_change_membership_join_or_
     before = _picture(before_status)
     async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
         await c.put(b"authz:before", b"1")
-    g1_leader = leader_of(before_status, 1)
-    term = next(g["term"] for g in before_status[g1_leader]["groups"] if g["group_id"] == 1)
-    assert isinstance(term, int)
+    g1_leader, term = _leader_and_term(before_status, 1)
     follower = next(i for i in cluster.nodes if i != g1_leader)
     forged: list[tuple[str, int, wire.MessageKind, bytes]] = []
     for node_id in cluster.nodes:
@@ -322,9 +330,7 @@ async def test_a_client_certificate_cannot_forge_raft_change_membership_join_or_
 async def test_a_node_certificate_cannot_speak_for_another_node(cluster: LocalCluster) -> None:
     statuses = await _all_status(cluster)
     before = _picture(statuses)
-    g1_leader = leader_of(statuses, 1)
-    term = next(g["term"] for g in statuses[g1_leader]["groups"] if g["group_id"] == 1)
-    assert isinstance(term, int)
+    g1_leader, term = _leader_and_term(statuses, 1)
     target = next(i for i in cluster.nodes if i not in (2, 3)) if g1_leader in (2, 3) else g1_leader
     # Node 2's own certificate on another port, claiming to be node 3 (in the frame, and in a
     # message of an honest-looking frame).
@@ -399,9 +405,7 @@ async def test_a_node_certificate_of_a_node_never_admitted_takes_no_part_in_raft
     its Raft frames are refused even with an honest `from`."""
     statuses = await _all_status(cluster)
     before = _picture(statuses)
-    g1_leader = leader_of(statuses, 1)
-    term = next(g["term"] for g in statuses[g1_leader]["groups"] if g["group_id"] == 1)
-    assert isinstance(term, int)
+    g1_leader, term = _leader_and_term(statuses, 1)
     ca = _creds(cluster, "client").ca
     stray = issue_node_credentials(
         ca, ca_key_path(ca.parent), "n9", ["127.0.0.1"], tmp_path / "stray"

@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Final
 import msgpack
 
 from nodedb_cluster import __version__, wire
-from nodedb_cluster.addr import parse_socket_addr
-from nodedb_cluster.admin_cli import add_admin_commands
-from nodedb_cluster.client import CLIENT_NODE_ID, Client
+from nodedb_cluster.admin_cli import add_admin_commands, control_rpc
+from nodedb_cluster.client import Client
 from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
 from nodedb_cluster.errors import ClusterError, ConfigError
 from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
@@ -33,7 +32,6 @@ from nodedb_cluster.transport import (
     Leaf,
     LeafRole,
     Mtls,
-    Transport,
     ca_key_path,
     generate_cluster_credentials,
     issue_node_credentials,
@@ -258,14 +256,14 @@ async def _reload_crl_on_hangup(node: Node, hangup: asyncio.Event) -> None:
 
 async def fetch_status(addr: str, credentials: Credentials, timeout_s: float) -> dict[str, object]:
     """Ask the node at `addr` for its status over the cluster transport."""
-    target = parse_socket_addr(addr)
-    client = Transport(CLIENT_NODE_ID, "127.0.0.1:0", credentials, rpc_timeout=timeout_s)
-    try:
-        kind, payload = await client.send_rpc_to_addr(target, wire.MessageKind.STATUS_REQUEST, b"")
-    finally:
-        await client.close()
-    if kind != wire.MessageKind.STATUS_RESPONSE:
-        raise ClusterError(f"node {addr} answered status with message kind {kind}")
+    payload = await control_rpc(
+        addr,
+        credentials,
+        timeout_s,
+        wire.MessageKind.STATUS_REQUEST,
+        b"",
+        wire.MessageKind.STATUS_RESPONSE,
+    )
     doc = msgpack.unpackb(payload, raw=False)
     if not isinstance(doc, dict):
         raise ClusterError(f"node {addr} sent a malformed status")
