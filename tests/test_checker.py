@@ -134,6 +134,34 @@ def test_unknown_write_may_not_have_happened() -> None:
     assert both_paths(h) == {Verdict.ILLEGAL}
 
 
+def test_an_unknown_write_is_not_bounded_by_the_time_its_client_gave_up() -> None:
+    # The client recorded when it gave up (t=3); the write was applied later (a new leader
+    # committed it) and read at t=10 after another write at t=5..6: legal, whatever t=3 says.
+    h = (
+        H()
+        .put(1, "a", 0, 1)
+        .put(2, "b", 2, 3, outcome=Outcome.INFO)
+        .put(1, "c", 5, 6)
+        .get(3, "b", 10, 11)
+    )
+    assert both_paths(h) == {Verdict.OK}
+    # The same history with b acknowledged at t=3 is illegal (c overwrote it before the read).
+    acknowledged = H().put(1, "a", 0, 1).put(2, "b", 2, 3).put(1, "c", 5, 6).get(3, "b", 10, 11)
+    assert both_paths(acknowledged) == {Verdict.ILLEGAL}
+    rows = json.loads(dumps(h.ops))
+    assert rows[1]["Return"] == INT64_MAX, "exported to Porcupine as unbounded too"
+
+
+def test_a_failure_names_the_operation_that_cannot_be_placed() -> None:
+    # put 1, cas 1->2, then a read of 3 that nothing wrote: the read is the culprit, not the put
+    # the search backtracks to last.
+    h = H().put(1, 1, 0, 1).cas(2, 1, 2, True, 2, 3).get(3, 3, 4, 5)
+    result = check_key(h.ops)
+    assert result.verdict is Verdict.ILLEGAL
+    assert "get by process 3 (op 2)" in result.reason, result.reason
+    assert "after the 2 operations" in result.reason
+
+
 def test_failed_ops_did_not_happen_and_unknown_reads_are_ignored() -> None:
     h = H().put(1, "a", 0, 1).put(2, "b", 2, 3, outcome=Outcome.FAIL).get(3, "b", 4, 5)
     assert verdict(h) is Verdict.ILLEGAL

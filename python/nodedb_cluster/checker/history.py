@@ -17,6 +17,7 @@ from nodedb_cluster.errors import ClusterError
 
 Value = str | int | bytes | None
 """A register value; None means the key is absent."""
+_INF: Final = float("inf")
 OPS_MAX: Final = 10_000_000
 """A recorder bound: far above any run we check (the search is the limit long before)."""
 
@@ -55,11 +56,21 @@ class Op:
     outcome: Outcome = Outcome.OK
     invoke_ms: float = 0.0
     complete_ms: float | None = None
-    """None for INFO: the operation may take effect at any time after its invocation."""
+    """When the client heard back. Recorded for INFO too where a client knows when it gave up,
+    but that does not bound the operation: see `effect_deadline_ms`."""
 
     @property
     def is_write(self) -> bool:
         return self.kind is not OpKind.GET
+
+    @property
+    def effect_deadline_ms(self) -> float:
+        """The latest time the operation can have taken effect: its completion for OK and FAIL;
+        never for INFO (a write whose client gave up may still be applied later, e.g. by a new
+        leader committing it), so infinity."""
+        if self.outcome is Outcome.INFO or self.complete_ms is None:
+            return _INF
+        return self.complete_ms
 
 
 class HistoryRecorder:

@@ -113,7 +113,7 @@ def _fast_path_applies(ops: list[Op], initial: Value) -> bool:
 
 
 def _end(op: Op) -> float:
-    return _INF if op.complete_ms is None else op.complete_ms
+    return op.effect_deadline_ms
 
 
 def _zones(ops: list[Op]) -> str:
@@ -201,6 +201,9 @@ def _search(key: str, ops: list[Op], initial: Value, steps_max: int) -> KeyResul
     stack: list[tuple[_Entry, Value]] = []
     entry = head.next
     steps = 0
+    # The operation that blocked the longest partial linearization: the one to name on failure
+    # (the return the search finally fails at is usually an innocent one it backtracked over).
+    blocked_depth, blocked = -1, 0
     while head.next is not None:
         steps += 1
         if steps > steps_max:
@@ -221,13 +224,16 @@ def _search(key: str, ops: list[Op], initial: Value, steps_max: int) -> KeyResul
                     continue
             entry = entry.next
         else:
+            if len(stack) > blocked_depth:
+                blocked_depth, blocked = len(stack), entry.op_index
             if not stack:
-                op = ops[entry.op_index]
+                op = ops[blocked]
                 return KeyResult(
                     key,
                     Verdict.ILLEGAL,
                     f"no linearization: {op.kind.value} by process {op.process} "
-                    f"(op {op.op_id}) cannot be placed",
+                    f"(op {op.op_id}) cannot be placed after the {blocked_depth} operations "
+                    "before it that can",
                     steps,
                 )
             top, state = stack.pop()

@@ -46,7 +46,11 @@ def to_porcupine_operations(ops: Iterable[Op]) -> list[dict[str, object]]:
                     "Ok": op.output if op.kind is OpKind.CAS else True,
                     "Unknown": unknown,
                 },
-                "Return": INT64_MAX if op.complete_ms is None else int(op.complete_ms * 1_000_000),
+                "Return": (
+                    INT64_MAX
+                    if op.effect_deadline_ms == float("inf")
+                    else int(op.effect_deadline_ms * 1_000_000)
+                ),
             }
         )
     return out
