@@ -231,12 +231,21 @@ async def run_node(config: ClusterConfig) -> int:
         "pid": os.getpid(),
     }
     print(READY_PREFIX + json.dumps(ready), flush=True)
-    await stop.wait()
-    log.info("node %d shutting down", config.node_id)
-    for task in background:
+    stopped, failed = asyncio.create_task(stop.wait()), asyncio.create_task(node.failed.wait())
+    await asyncio.wait((stopped, failed), return_when=asyncio.FIRST_COMPLETED)
+    for task in (*background, stopped, failed):
         task.cancel()
     if metrics_server is not None:
         metrics_server.close()
+    if node.failed.is_set():  # the node already logged why and stopped itself
+        await node.shutdown()
+        print(
+            f"nodedb-cluster: node {config.node_id} failed: the Raft engine stopped: "
+            f"{node.failure}",
+            file=sys.stderr,
+        )
+        return 1
+    log.info("node %d shutting down", config.node_id)
     await node.shutdown()
     return 0
 

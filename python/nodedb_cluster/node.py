@@ -35,7 +35,7 @@ from nodedb_cluster.errors import (
 )
 from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.kv import LEASE_FRACTION, KvRouter, decode_doc, encode_request
-from nodedb_cluster.lifecycle import LifecycleTracker
+from nodedb_cluster.lifecycle import Failed, LifecycleTracker
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.metadata.applier import MetadataState
@@ -152,6 +152,13 @@ class Node:
         self._reconcile_wakeup = asyncio.Event()
         self._reconciler: asyncio.Task[None] | None = None
         self._refusal_logger: asyncio.Task[None] | None = None
+        self._engine_watch: asyncio.Task[None] | None = None
+        self.failed = asyncio.Event()
+        """Set when the node can no longer serve (its Raft engine stopped on its own): the
+        lifecycle is Failed with the reason in `failure`, and the node shuts itself down. The
+        `start` command exits non-zero on it, so a supervisor restarts the process."""
+        self.failure: str | None = None
+        self._stopping: asyncio.Task[None] | None = None
         self._peers: set[int] = set()
         """Node ids registered with the transport (the topology's other nodes)."""
         self._closed = False
@@ -182,6 +189,7 @@ class Node:
 
     def attach_engine(self, engine: RaftEngine) -> None:
         self.engine = engine
+        self._engine_watch = asyncio.ensure_future(self._watch_engine(engine))
         lease_s = self.config.election_timeout_min_ms / 1000 * LEASE_FRACTION
         self._kv = KvRouter(
             self.config.node_id, self.transport, lambda: self.metadata.routing, engine, lease_s
@@ -408,6 +416,22 @@ class Node:
         response = await self.admission.admit(self, request, peer)
         return wire.MessageKind.JOIN_RESPONSE, response.encode()
 
+    async def _watch_engine(self, engine: RaftEngine) -> None:
+        """Fail fast: an engine that stopped without being asked to (a fatal log error, a
+        panic on its driver thread) leaves a process that can only answer errors; say why once,
+        mark the node Failed and stop it rather than linger."""
+        reason = await engine.wait_stopped()
+        if self._closed:
+            return
+        self.failure = reason
+        log.error(
+            "node %d: the Raft engine stopped (%s); the node stops", self.config.node_id, reason
+        )
+        if not isinstance(self.lifecycle.state, Failed):
+            self.lifecycle.transition(Failed(f"raft engine stopped: {reason}"), "engine stopped")
+        self.failed.set()
+        await self.shutdown()
+
     async def _log_refusals(self) -> None:
         """Log the transport's refused requests at WARN (already rate-limited there: one line
         per peer, kind and reason per 10 s, with the number suppressed)."""
@@ -565,11 +589,15 @@ class Node:
         return self.engine
 
     async def shutdown(self) -> None:
-        """Stop serving and release ports and files; the same data_dir can restart at once."""
-        if self._closed:
-            return
-        self._closed = True
-        for task in (self._reconciler, self._refusal_logger):
+        """Stop serving and release ports and files; the same data_dir can restart at once.
+        Every call returns once the one shutdown is complete."""
+        if self._stopping is None:
+            self._closed = True
+            self._stopping = asyncio.ensure_future(self._shutdown_once())
+        await asyncio.shield(self._stopping)
+
+    async def _shutdown_once(self) -> None:
+        for task in (self._reconciler, self._refusal_logger, self._engine_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

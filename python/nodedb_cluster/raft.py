@@ -197,6 +197,13 @@ class RaftEngine:
         self._core.read_index(group_id, timeout_ms, fut)
         return await fut
 
+    async def wait_stopped(self) -> str:
+        """The reason, once the engine's driver thread has ended for any reason (a shutdown, a
+        fatal log error, a panic); from then on the engine serves nothing."""
+        fut: asyncio.Future[str] = self._future()
+        self._core.wait_stopped(fut)
+        return await fut
+
     async def status(self, group_id: int) -> GroupStatus:
         fut: asyncio.Future[dict[str, object]] = self._future()
         self._core.status(group_id, fut)

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::codec::Frame;
 use crate::config::MultiRaftConfig;
@@ -88,7 +88,8 @@ struct Shared {
     commands_queued: AtomicUsize,
     inbound_capacity: usize,
     command_capacity: usize,
-    stopped: Mutex<Option<String>>,
+    /// Why the driver thread ended (None while it runs); watchers await the change.
+    stopped: watch::Sender<Option<String>>,
 }
 
 /// Hands inbound frames to the engine; cheap to clone, usable from any thread (the transport's
@@ -176,12 +177,23 @@ impl MultiRaft {
             commands_queued: AtomicUsize::new(0),
             inbound_capacity: cfg.inbound_queue_capacity,
             command_capacity: cfg.command_queue_capacity,
-            stopped: Mutex::new(None),
+            stopped: watch::Sender::new(None),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("multiraft-{}", cfg.node_id.0))
-            .spawn(move || drive(core, rx, thread_shared))
+            .spawn(move || {
+                let after_panic = Arc::clone(&thread_shared);
+                let run = std::panic::AssertUnwindSafe(|| drive(core, rx, thread_shared));
+                if let Err(payload) = std::panic::catch_unwind(run) {
+                    // The panic hook printed it; the host learns it through `stopped()`. The
+                    // core is gone with the unwound stack: pending callers get "dropped".
+                    let text = panic_text(payload.as_ref());
+                    after_panic
+                        .stopped
+                        .send_replace(Some(format!("driver thread panicked: {text}")));
+                }
+            })
             .map_err(|e| EngineError::Thread(e.to_string()))?;
         Ok(MultiRaft {
             node_id: cfg.node_id,
@@ -205,12 +217,18 @@ impl MultiRaft {
     }
     /// Why the engine stopped, if it did.
     pub fn stopped_reason(&self) -> Option<String> {
-        self.inbound
-            .shared
-            .stopped
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.inbound.shared.stopped.borrow().clone()
+    }
+
+    /// Resolves with the reason once the driver thread has ended for any reason (a shutdown, a
+    /// fatal log error, a panic): a host that can no longer serve learns it at once.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.inbound.shared.stopped.subscribe();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "engine dropped".to_string(),
+        };
+        reason
     }
 
     fn submit<T: Send + 'static>(
@@ -540,12 +558,38 @@ fn refuse_with(input: Input, e: RaftError) {
     }
 }
 
+/// Failpoint (tests of a host's fail-fast path): the driver thread panics this many milliseconds
+/// after it starts. Read once per engine; unset in production, where it costs one branch a round.
+pub const FAILPOINT_DRIVER_PANIC_AFTER_MS: &str = "NODEDB_FAILPOINT_DRIVER_PANIC_AFTER_MS";
+
+fn failpoint_panic_at() -> Option<Instant> {
+    let ms: u64 = std::env::var(FAILPOINT_DRIVER_PANIC_AFTER_MS)
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Instant::now() + Duration::from_millis(ms))
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
 fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
     let tick = core.config().tick_interval;
     let input_max = core.config().round_input_max;
     let mut next_tick = Instant::now() + tick;
+    let failpoint = failpoint_panic_at();
     let reason: String = 'outer: loop {
         let now = Instant::now();
+        if failpoint.is_some_and(|at| now >= at) {
+            panic!("failpoint {FAILPOINT_DRIVER_PANIC_AFTER_MS}");
+        }
         let wait = if core.has_ready() {
             Duration::ZERO
         } else {
@@ -583,9 +627,7 @@ fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
             break 'outer format!("fatal log or snapshot error: {e}");
         }
     };
-    if let Ok(mut s) = shared.stopped.lock() {
-        *s = Some(reason.clone());
-    }
+    shared.stopped.send_replace(Some(reason.clone()));
     core.fail_all_pending(&reason);
     while let Ok(input) = rx.try_recv() {
         refuse(input, &reason);

@@ -500,6 +500,9 @@ async fn a_failing_fsync_stops_the_engine_and_every_request_gets_stopped() {
         other => panic!("expected Stopped, got {other:?}"),
     }
     assert!(engine.stopped_reason().is_some_and(|r| r.contains("fatal")));
+    // A host watching the engine learns it at once (it exits rather than lingers).
+    let watched = tokio::time::timeout(T, engine.stopped()).await;
+    assert!(watched.is_ok_and(|r| r.contains("fatal")));
     assert!(matches!(
         engine.status(g, T).await,
         Err(RaftError::Stopped { .. })

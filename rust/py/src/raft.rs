@@ -522,6 +522,17 @@ impl PyRaftEngine {
         Ok(())
     }
 
+    /// Resolve `future` with the reason once the engine's driver thread has ended (shutdown,
+    /// fatal log error, panic).
+    fn wait_stopped(&self, future: Py<PyAny>) {
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move { Ok(e.stopped().await) },
+            |py, reason| Ok(reason.into_pyobject(py)?.into_any().unbind()),
+        );
+    }
+
     #[pyo3(signature = (future, timeout_ms = 5000))]
     fn groups(&self, py: Python<'_>, future: Py<PyAny>, timeout_ms: u64) -> PyResult<()> {
         let t = timeout(py, timeout_ms)?;

@@ -1,0 +1,93 @@
+"""Fail fast: a node whose Raft engine stops on its own (here: a panic on the driver thread, from
+the failpoint) says why once, is marked Failed and exits non-zero within a second, so a
+supervisor restarts it; it never lingers answering errors."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.lifecycle import Failed
+from nodedb_cluster.localcluster import free_port
+
+FAILPOINT = "NODEDB_FAILPOINT_DRIVER_PANIC_AFTER_MS"
+PANIC_AFTER_MS = 1500
+
+
+def _config(tmp_path: Path) -> ClusterConfig:
+    addr = parse_socket_addr(f"127.0.0.1:{free_port(['127.0.0.1'])}")
+    return ClusterConfig(
+        node_id=1,
+        listen_addr=addr,
+        seed_nodes=(addr,),
+        data_dir=tmp_path / "n1",
+        insecure_transport=True,
+        num_groups=2,
+    )
+
+
+@pytest.mark.multiprocess
+async def test_a_node_whose_engine_dies_exits_non_zero_within_a_second(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config_path = tmp_path / "n1.toml"
+    config_path.write_text(config.to_toml())
+    env = {**os.environ, FAILPOINT: str(PANIC_AFTER_MS)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodedb_cluster.cli",
+        "start",
+        "--config",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            ready = await proc.stdout.readline()
+        assert ready.startswith(b"READY "), ready
+        async with asyncio.timeout(PANIC_AFTER_MS / 1000 + 10):
+            _, err = await proc.communicate()
+        exited_at = time.time()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = err.decode(errors="replace")
+    assert proc.returncode == 1, text
+    assert "failed: the Raft engine stopped: driver thread panicked: failpoint" in text, text
+    stopped_lines = [
+        line for line in text.splitlines() if "ERROR" in line and "the Raft engine stopped" in line
+    ]
+    assert len(stopped_lines) == 1, "the reason is logged once"
+    logged_at = datetime.datetime.strptime(stopped_lines[0][:23], "%Y-%m-%d %H:%M:%S,%f")
+    assert exited_at - logged_at.timestamp() < 1.0, "exits within a second of the engine stopping"
+
+
+async def test_an_embedded_node_is_marked_failed_and_stops_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(FAILPOINT, str(PANIC_AFTER_MS))
+    node = await start_cluster(_config(tmp_path))
+    try:
+        async with asyncio.timeout(PANIC_AFTER_MS / 1000 + 5):
+            await node.failed.wait()
+        assert isinstance(node.lifecycle.state, Failed)
+        assert node.failure is not None
+        assert "panicked" in node.failure
+        async with asyncio.timeout(5):
+            await node.shutdown()  # returns once the shutdown the node began itself is done
+        assert node.transport.closed
+    finally:
+        await node.shutdown()
