@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nodedb_transport::issue::{issue_node_credentials, LeafSpec};
+use nodedb_transport::issue::{issue_node_credentials, LeafSpec, NodeCredentialFiles};
 use nodedb_transport::{
     generate_cluster_credentials, handler_fn, Credentials, MessageKind, NodeId, OutboundFrame,
     Transport, TransportConfig, TransportError,
@@ -17,13 +17,17 @@ use nodedb_wire::FrameHeader;
 
 const ANY: &str = "127.0.0.1:0";
 
-fn creds(dir: &Path, cluster: &str, names: &[&str]) -> Vec<Credentials> {
+/// A cluster CA and one leaf per name (gen-certs' rule: `n<id>` is a node), all on 127.0.0.1.
+fn credential_files(dir: &Path, cluster: &str, names: &[&str]) -> Vec<NodeCredentialFiles> {
     let nodes: Vec<(String, Vec<String>)> = names
         .iter()
         .map(|n| (n.to_string(), vec!["127.0.0.1".to_string()]))
         .collect();
-    generate_cluster_credentials(dir, cluster, &nodes)
-        .unwrap()
+    generate_cluster_credentials(dir, cluster, &nodes).unwrap()
+}
+
+fn creds(dir: &Path, cluster: &str, names: &[&str]) -> Vec<Credentials> {
+    credential_files(dir, cluster, names)
         .iter()
         .map(|f| Credentials::mtls_from_files(&f.ca_cert, &f.cert, &f.key).unwrap())
         .collect()
@@ -559,11 +563,7 @@ async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_leaf_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<(String, Vec<String>)> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| (n.to_string(), vec!["127.0.0.1".to_string()]))
-        .collect();
-    let files = generate_cluster_credentials(dir.path(), "a", &nodes).unwrap();
+    let files = credential_files(dir.path(), "a", &["n1", "n2", "n3"]);
     let crl = dir.path().join("revoked.crl.pem");
     nodedb_transport::revoke_node_credentials(
         &files[0].ca_cert,
@@ -609,11 +609,7 @@ async fn revoked_leaf_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloaded_crl_closes_the_revoked_peers_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes: Vec<(String, Vec<String>)> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| (n.to_string(), vec!["127.0.0.1".to_string()]))
-        .collect();
-    let files = generate_cluster_credentials(dir.path(), "a", &nodes).unwrap();
+    let files = credential_files(dir.path(), "a", &["n1", "n2", "n3"]);
     let load =
         |i: usize| Credentials::mtls_from_files(&files[i].ca_cert, &files[i].cert, &files[i].key);
     let server = bind(1, ANY, load(0).unwrap());
