@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::EngineError;
 use crate::ids::NodeId;
+use crate::lost_tail::LostTailPolicy;
 use crate::state_machine::StateMachineKind;
 
 /// One tick drives every group. 100 ms keeps 256 groups' heartbeats at a few thousand small
@@ -89,6 +90,8 @@ pub struct MultiRaftConfig {
     pub snapshot_ack_timeout_ticks: u64,
     /// Commands + frames handled per driver round.
     pub round_input_max: usize,
+    /// What open does with a group whose log lost its acknowledged tail.
+    pub lost_tail: LostTailPolicy,
 }
 
 impl MultiRaftConfig {
@@ -113,6 +116,7 @@ impl MultiRaftConfig {
             read_index_timeout_ticks: DEFAULT_READ_INDEX_TIMEOUT_TICKS,
             snapshot_ack_timeout_ticks: DEFAULT_SNAPSHOT_ACK_TIMEOUT_TICKS,
             round_input_max: DEFAULT_ROUND_INPUT_MAX,
+            lost_tail: LostTailPolicy::Refuse,
         }
     }
 

@@ -42,6 +42,7 @@ use crate::group::{
 };
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
+use crate::lost_tail::{find_lost_tails, LostTail, LostTailPolicy};
 use crate::metrics::Metrics;
 use crate::network::RaftNetwork;
 use crate::snapshot::{ChunkOutcome, SnapshotDescriptor, SnapshotStore, TransferJob};
@@ -184,6 +185,10 @@ pub struct MultiRaftCore {
     inline_snapshot_sends: bool,
     /// Peer reports raised while Readys were outstanding, stepped in after `advance`.
     deferred_reports: Vec<(GroupId, NodeId, PeerReport)>,
+    /// Groups whose lost-tail state open forgot ([`LostTailPolicy::Discard`]).
+    discarded: Vec<LostTail>,
+    /// Groups a leader's heartbeat showed to have lost acknowledged entries (fatal).
+    lost_at_runtime: Vec<LostTail>,
 }
 
 /// A transport outcome raft must hear about.
@@ -207,7 +212,24 @@ impl MultiRaftCore {
         let mut snapshots = SnapshotStore::open(cfg.data_dir.join("snapshots"))?;
         snapshots.remove_orphans(Duration::from_secs(cfg.orphan_partial_max_age_secs))?;
         let records = sink.take_replay()?;
-        let recovered = recover(&records)?;
+        let mut recovered = recover(&records)?;
+        let lost = find_lost_tails(&recovered);
+        if !lost.is_empty() {
+            if cfg.lost_tail == LostTailPolicy::Refuse {
+                return Err(EngineError::LostTail {
+                    lost,
+                    location: sink.location(),
+                });
+            }
+            // --rejoin: this node's copy of each such group is forgotten (durably, before
+            // anything else is written) and the control plane rejoins it as a learner.
+            for tail in &lost {
+                recovered.remove(&tail.group);
+                sink.forget_group(tail.group)?;
+                snapshots.remove_group(tail.group)?;
+            }
+            sink.sync()?;
+        }
         let mut core = MultiRaftCore {
             logger: slog::Logger::root(slog::Discard, slog::o!()),
             sink,
@@ -223,6 +245,8 @@ impl MultiRaftCore {
             metrics,
             inline_snapshot_sends: false,
             deferred_reports: Vec::new(),
+            discarded: lost,
+            lost_at_runtime: Vec::new(),
             cfg,
         };
         for (gid, rg) in recovered {
@@ -307,6 +331,12 @@ impl MultiRaftCore {
     /// must not race a sender thread against their simulated time.
     pub fn set_inline_snapshot_sends(&mut self, inline: bool) {
         self.inline_snapshot_sends = inline;
+    }
+
+    /// The groups whose state open forgot because their log lost its acknowledged tail
+    /// (only with [`LostTailPolicy::Discard`]); the control plane rejoins them.
+    pub fn discarded_groups(&self) -> &[LostTail] {
+        &self.discarded
     }
 
     pub fn config(&self) -> &MultiRaftConfig {
@@ -513,6 +543,32 @@ impl MultiRaftCore {
             Metrics::inc(&self.metrics.inbound_unknown_group);
             return;
         };
+        if m.get_msg_type() == MessageType::MsgHeartbeat
+            && m.term >= g.raw.raft.term
+            && m.commit > g.raw.raft.raft_log.last_index()
+        {
+            // A leader sends a follower at most the index that follower acknowledged: one
+            // beyond our log means entries we acknowledged are gone (raft-rs would panic).
+            // Recorded, and made durable as the commit index, by the next round, which stops
+            // the engine; the next open refuses the group until it rejoins.
+            if !self.lost_at_runtime.iter().any(|t| t.group == gid) {
+                self.lost_at_runtime.push(LostTail {
+                    group: gid,
+                    commit_index: m.commit,
+                    last_index: g.raw.raft.raft_log.last_index(),
+                });
+            }
+            return;
+        }
+        if is_vote_request(&m) && g.raw.store().last() == 0 {
+            // An empty replica (a learner not yet filled, or one rejoining after losing its
+            // log) holds nothing to judge a candidate by: its vote could elect a leader that
+            // lacks entries this node once acknowledged. No voter is ever empty (founders
+            // start from a snapshot, joiners are promoted only once caught up), so this costs
+            // no election its vote could legitimately decide.
+            Metrics::inc(&self.metrics.votes_refused_empty);
+            return;
+        }
         if g.raw.step(m).is_err() {
             // Stale-term or unknown-peer messages: raft's normal noise, counted not logged.
             Metrics::inc(&self.metrics.step_errors);
@@ -780,6 +836,9 @@ impl MultiRaftCore {
     /// Handles every pending Ready (see the module docs for the order). Returns the number of
     /// groups that had one. A log error is fatal: the caller must stop the engine.
     pub fn round(&mut self) -> Result<usize, EngineError> {
+        if !self.lost_at_runtime.is_empty() {
+            return Err(self.stop_for_lost_tail());
+        }
         self.collect_transfer_results();
         // (1) gather
         let mut readys = Vec::new();
@@ -893,6 +952,30 @@ impl MultiRaftCore {
             self.compact_log()?;
         }
         Ok(groups_handled)
+    }
+
+    /// Persists each lost group's attested commit index (so the next open refuses it too,
+    /// instead of serving until the next heartbeat) and returns the error that stops the
+    /// engine.
+    fn stop_for_lost_tail(&mut self) -> EngineError {
+        let lost = std::mem::take(&mut self.lost_at_runtime);
+        let mut records = Vec::new();
+        for tail in &lost {
+            if let Some(g) = self.groups.get(&tail.group) {
+                let mut hs = g.raw.raft.hard_state();
+                hs.commit = hs.commit.max(tail.commit_index);
+                records.push(LogRecord::hard_state(tail.group, &hs));
+            }
+        }
+        let persisted = self.sink.append(&records).and_then(|()| self.sink.sync());
+        let location = self.sink.location();
+        match persisted {
+            Ok(()) => EngineError::LostTail { lost, location },
+            Err(e) => EngineError::Stopped(format!(
+                "{}; recording it in the log failed too: {e}",
+                EngineError::LostTail { lost, location }
+            )),
+        }
     }
 
     fn collect_transfer_results(&mut self) {
@@ -1132,4 +1215,11 @@ fn take_read_states(g: &mut Group, rd: &mut raft::Ready) {
             p.read_index = Some(rs.index);
         }
     }
+}
+
+fn is_vote_request(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    )
 }

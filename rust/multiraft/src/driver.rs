@@ -27,6 +27,7 @@ use crate::core::{GroupRole, GroupStatus, MembershipChange, MultiRaftCore, Propo
 use crate::error::{EngineError, RaftError};
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::LogSink;
+use crate::lost_tail::LostTail;
 use crate::metrics::Metrics;
 use crate::network::RaftNetwork;
 use crate::state_machine::{StateMachineFactory, StateMachineKind};
@@ -157,6 +158,7 @@ pub struct MultiRaft {
     tick_interval: Duration,
     inbound: Inbound,
     thread: Mutex<Option<JoinHandle<()>>>,
+    discarded: Vec<LostTail>,
 }
 
 impl MultiRaft {
@@ -170,6 +172,7 @@ impl MultiRaft {
     ) -> Result<MultiRaft, EngineError> {
         let metrics = Arc::new(Metrics::default());
         let core = MultiRaftCore::open(cfg.clone(), sink, net, factory, Arc::clone(&metrics))?;
+        let discarded = core.discarded_groups().to_vec();
         let (tx, rx) = sync_channel(cfg.command_queue_capacity + cfg.inbound_queue_capacity);
         let shared = Arc::new(Shared {
             metrics,
@@ -200,6 +203,7 @@ impl MultiRaft {
             tick_interval: cfg.tick_interval,
             inbound: Inbound { tx, shared },
             thread: Mutex::new(Some(thread)),
+            discarded,
         })
     }
 
@@ -215,6 +219,12 @@ impl MultiRaft {
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.inbound.shared.metrics)
     }
+    /// The groups open forgot because their log lost its acknowledged tail
+    /// ([`crate::LostTailPolicy::Discard`]).
+    pub fn discarded_groups(&self) -> &[LostTail] {
+        &self.discarded
+    }
+
     /// Why the engine stopped, if it did.
     pub fn stopped_reason(&self) -> Option<String> {
         self.inbound.shared.stopped.borrow().clone()

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::ids::{GroupId, NodeId};
+use crate::lost_tail::LostTail;
 
 /// Why a request to a group did not succeed. Each variant says whether a retry can help.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -137,4 +138,17 @@ pub enum EngineError {
     Stopped(String),
     #[error("engine thread: {0}")]
     Thread(String),
+    /// Groups whose log ends before their persisted commit index, or before the commit index a
+    /// leader says this node acknowledged: entries this node acknowledged are gone (see
+    /// `lost_tail`). At open nothing was changed; at run time the engine stops.
+    #[error(
+        "the raft log in {location} lost entries this node acknowledged: {}; this node's copy \
+         of those groups cannot be trusted, so it will not serve. Start it with --rejoin to \
+         discard that copy and have the leaders re-replicate it",
+        lost.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    LostTail {
+        lost: Vec<LostTail>,
+        location: String,
+    },
 }

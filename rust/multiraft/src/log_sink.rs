@@ -139,6 +139,11 @@ pub trait LogSink: Send {
     fn compact(&mut self, floors: &[(GroupId, u64)]) -> Result<(), SinkError>;
     fn forget_group(&mut self, group: GroupId) -> Result<(), SinkError>;
     fn take_replay(&mut self) -> Result<Vec<LogRecord>, SinkError>;
+    /// Where the log lives, for messages about it: the directory, and the file whose torn
+    /// tail recovery cut off when there was one.
+    fn location(&self) -> String {
+        "the log".to_string()
+    }
 }
 
 /// The record kinds that are state (latest value wins), as nodedb-wal's sticky kinds.
@@ -259,13 +264,8 @@ fn finish(f: Fold) -> Result<RecoveredGroup, String> {
         }
     }
     storage.append(&tail)?;
-    let last = floor + tail.len() as u64;
-    if hs.commit > last {
-        return Err(format!(
-            "hard state commit {} beyond the last entry {last}",
-            hs.commit
-        ));
-    }
+    // A commit index beyond the last entry means acknowledged entries were lost; it is kept
+    // as found for `lost_tail::find_lost_tails`, which the engine runs before raft sees it.
     hs.commit = hs.commit.max(floor);
     storage.set_hard_state(hs);
     Ok(RecoveredGroup { meta, storage })
@@ -316,6 +316,20 @@ impl MemLogSink {
     }
     pub fn durable_len(&self) -> usize {
         self.lock().durable.len()
+    }
+    /// Drops the last `n` durable entry records of `group` (a disk that lost an acknowledged
+    /// tail; state records, e.g. the hard state with its commit index, stay).
+    pub fn lose_last_entries(&self, group: GroupId, n: usize) {
+        let mut inner = self.lock();
+        for _ in 0..n {
+            let last = inner
+                .durable
+                .iter()
+                .rposition(|r| r.group == group && r.kind == RecordKind::Entry);
+            if let Some(at) = last {
+                inner.durable.remove(at);
+            }
+        }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
         // A panic while holding this lock already failed the test that caused it.

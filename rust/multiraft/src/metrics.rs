@@ -28,6 +28,8 @@ pub struct Metrics {
     pub snapshot_receive_errors: AtomicU64,
     pub snapshots_installed: AtomicU64,
     pub orphan_partials_removed: AtomicU64,
+    /// Vote requests an empty replica dropped (see `MultiRaftCore::step_message`).
+    pub votes_refused_empty: AtomicU64,
 }
 
 impl Metrics {

@@ -69,7 +69,7 @@ impl GroupStorage {
     fn first(&self) -> u64 {
         self.snapshot_meta.index + 1
     }
-    fn last(&self) -> u64 {
+    pub(crate) fn last(&self) -> u64 {
         self.snapshot_meta.index + self.entries.len() as u64
     }
 

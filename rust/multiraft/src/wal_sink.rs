@@ -15,6 +15,7 @@ use crate::log_sink::{LogRecord, LogSink, RecordKind, STATE_KINDS};
 pub struct WalSink {
     wal: Wal,
     replay: Option<Vec<LogRecord>>,
+    location: String,
 }
 
 impl WalSink {
@@ -23,6 +24,16 @@ impl WalSink {
     pub fn open(dir: &Path, mut options: WalOptions) -> Result<WalSink, SinkError> {
         options.sticky_kinds = STATE_KINDS.iter().map(|k| *k as u8).collect();
         let (wal, recovered) = Wal::open(dir, options).map_err(map_err)?;
+        let location = match &recovered.report.torn_tail {
+            Some(t) => format!(
+                "{} (recovery cut a torn tail of {} bytes at byte {} of {})",
+                dir.display(),
+                t.discarded_bytes,
+                t.offset_bytes,
+                t.path.display()
+            ),
+            None => dir.display().to_string(),
+        };
         let mut records = Vec::with_capacity(recovered.records.len());
         for r in recovered.records {
             let kind = if r.kind == KIND_FORGET_GROUP {
@@ -40,6 +51,7 @@ impl WalSink {
         Ok(WalSink {
             wal,
             replay: Some(records),
+            location,
         })
     }
 
@@ -92,5 +104,9 @@ impl LogSink for WalSink {
 
     fn take_replay(&mut self) -> Result<Vec<LogRecord>, SinkError> {
         Ok(self.replay.take().unwrap_or_default())
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
     }
 }

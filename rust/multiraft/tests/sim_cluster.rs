@@ -8,14 +8,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use nodedb_multiraft::core::ProposeOutcome;
-use nodedb_multiraft::error::{RaftError, SmError};
+use nodedb_multiraft::error::{EngineError, RaftError, SmError};
 use nodedb_multiraft::kv::{KvCommand, KvReader, KvResult, KvStateMachine};
 use nodedb_multiraft::log_sink::{LogSink, MemLogSink};
 use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{Command, StateMachine, StateMachineKind};
 use nodedb_multiraft::wal_sink::WalSink;
 use nodedb_multiraft::{
-    GroupId, GroupRole, MembershipChange, Metrics, MultiRaftConfig, MultiRaftCore, NodeId, Role,
+    GroupId, GroupRole, LostTailPolicy, MembershipChange, Metrics, MultiRaftConfig, MultiRaftCore,
+    NodeId, Role,
 };
 use tokio::sync::oneshot;
 
@@ -315,6 +316,12 @@ impl Cluster {
 
 impl Node {
     fn open(&mut self, net: &SimNetwork) {
+        let mut core = self.try_open(net).expect("core open");
+        core.set_inline_snapshot_sends(true);
+        self.core = Some(core);
+    }
+
+    fn try_open(&mut self, net: &SimNetwork) -> Result<MultiRaftCore, EngineError> {
         let sink: Box<dyn LogSink> = match &self.sink {
             Sink::Mem(m) => Box::new(m.clone()),
             Sink::Wal(dir) => Box::new(
@@ -330,17 +337,13 @@ impl Node {
                 .expect("wal open"),
             ),
         };
-        let core = MultiRaftCore::open(
+        MultiRaftCore::open(
             self.cfg.clone(),
             sink,
             Arc::new(net.endpoint(self.cfg.node_id)),
             self.reg.factory(),
             Arc::new(Metrics::default()),
         )
-        .expect("core open");
-        let mut core = core;
-        core.set_inline_snapshot_sends(true);
-        self.core = Some(core);
     }
 }
 
@@ -1055,4 +1058,158 @@ fn a_kv_commit_reaches_followers_with_the_next_heartbeat_not_a_broadcast() {
     for f in &followers {
         assert_eq!(applied(&c, *f), 2, "{f:?} applied after one heartbeat");
     }
+}
+
+/// A follower whose disk lost its last acknowledged entries refuses to open (naming group and
+/// indexes); opened with `LostTailPolicy::Discard` it forgets the group, and once the leader
+/// demoted it to learner it is re-replicated and promoted back. Before the demotion its empty
+/// replica refuses to vote, so a candidate cannot win with the vote of a node that forgot.
+#[test]
+fn lost_tail_refuses_then_rejoin_re_replicates_and_the_empty_replica_never_votes() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    let g = GroupId(1);
+    c.elect_all(1);
+    for i in 0..10 {
+        c.propose(g, vec![put(&format!("k{i}"), &[1; 10])])
+            .expect("commit");
+    }
+    assert!(c.drive_until(50, |c| c.converged(g)));
+    let leader = c.leader_of(g).expect("leader");
+    let f = c
+        .live()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let other = c
+        .live()
+        .into_iter()
+        .find(|id| *id != leader && *id != f)
+        .expect("the third node");
+    c.crash(f);
+    let Sink::Mem(m) = &c.nodes[&f].sink else {
+        panic!("in-memory sink")
+    };
+    m.lose_last_entries(g, 3); // the commit-only hard state of the last round was never synced
+
+    let net = c.net.clone();
+    let err = c
+        .nodes
+        .get_mut(&f)
+        .expect("node")
+        .try_open(&net)
+        .err()
+        .expect("refused");
+    let EngineError::LostTail { lost, .. } = &err else {
+        panic!("expected LostTail, got {err}")
+    };
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].group, g);
+    assert!(lost[0].last_index < lost[0].commit_index);
+    let text = err.to_string();
+    assert!(
+        text.contains("g1: log ends at index") && text.contains("--rejoin"),
+        "{text}"
+    );
+
+    // --rejoin: the group is forgotten; the others would open as usual.
+    c.nodes.get_mut(&f).expect("node").cfg.lost_tail = LostTailPolicy::Discard;
+    c.restart(f);
+    assert_eq!(c.core(f).discarded_groups().len(), 1);
+    assert!(!c.core(f).has_group(g));
+    c.core(f)
+        .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
+        .expect("empty replica");
+
+    // Still a voter in the others' configuration: with the leader gone, the third node
+    // cannot win, because the empty replica refuses its vote request.
+    c.crash(leader);
+    let elected = c.drive_until(60, |c| c.leader_of(g).is_some());
+    assert!(
+        !elected,
+        "a leader was elected with the vote of an empty replica"
+    );
+    assert!(Metrics::get(&c.core(f).metrics().votes_refused_empty) > 0);
+    let _ = other;
+
+    // The old leader returns; the group demotes f, re-replicates it and promotes it back.
+    c.restart(leader);
+    c.elect_all(1);
+    let l = c.leader_of(g).expect("leader");
+    let (tx, mut rx) = oneshot::channel();
+    c.core(l)
+        .change_membership(g, &[MembershipChange::AddLearner(f)], tx);
+    assert!(c.drive_until(50, |_| matches!(rx.try_recv(), Ok(Ok(_)))));
+    assert!(c.drive_until(200, |c| c.nodes[&f].reg.kv(g).len() == 10));
+    let (tx, mut rx) = oneshot::channel();
+    let l = c.leader_of(g).expect("leader");
+    c.core(l)
+        .change_membership(g, &[MembershipChange::AddVoter(f)], tx);
+    assert!(c.drive_until(50, |_| matches!(rx.try_recv(), Ok(Ok(_)))));
+    assert!(
+        c.drive_until(50, |c| c.core(f).status(g).map(|s| s.voters.contains(&f))
+            == Ok(true))
+    );
+}
+
+/// A follower that lost an acknowledged entry but whose persisted commit index does not show
+/// it opens; the leader's next heartbeat carries a commit index beyond its log (raft-rs would
+/// panic there). The engine stops with `LostTail` instead and records the attested commit
+/// index, so the next open refuses the group too.
+#[test]
+fn heartbeat_beyond_the_log_stops_the_engine_and_the_next_open_refuses() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    let g = GroupId(1);
+    c.elect_all(1);
+    for i in 0..10 {
+        c.propose(g, vec![put(&format!("k{i}"), &[1; 10])])
+            .expect("commit");
+    }
+    assert!(c.drive_until(50, |c| c.converged(g)));
+    let leader = c.leader_of(g).expect("leader");
+    let f = c
+        .live()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    c.crash(f);
+    let Sink::Mem(m) = &c.nodes[&f].sink else {
+        panic!("in-memory sink")
+    };
+    m.lose_last_entries(g, 1); // below the durable commit index: open cannot tell
+    c.restart(f);
+    let mut stopped = None;
+    'drive: for _ in 0..100 {
+        for id in c.live() {
+            c.core(id).tick();
+        }
+        for id in c.live() {
+            let frames = c.net.drain(id);
+            let core = c.core(id);
+            for frame in frames {
+                core.step_frame(frame);
+            }
+            match core.round() {
+                Err(e) if id == f => {
+                    stopped = Some(e);
+                    break 'drive;
+                }
+                r => {
+                    r.expect("round");
+                }
+            }
+        }
+    }
+    let err = stopped.expect("the follower's engine stopped");
+    let EngineError::LostTail { lost, .. } = &err else {
+        panic!("expected LostTail, got {err}")
+    };
+    assert_eq!(lost[0].group, g);
+    assert!(lost[0].commit_index > lost[0].last_index);
+    c.crash(f);
+    let net = c.net.clone();
+    let again = c.nodes.get_mut(&f).expect("node").try_open(&net);
+    assert!(
+        matches!(again, Err(EngineError::LostTail { .. })),
+        "the next open must refuse too"
+    );
 }

@@ -21,7 +21,7 @@ use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{EngineError, RaftError, SinkError, SmError};
 use nodedb_multiraft::state_machine::Command;
 use nodedb_multiraft::{
-    GroupId, GroupRole, GroupStatus, KvCommand, KvReader, KvResult, KvStateMachine,
+    GroupId, GroupRole, GroupStatus, KvCommand, KvReader, KvResult, KvStateMachine, LostTailPolicy,
     MembershipChange, Metrics, MultiRaft, MultiRaftConfig, NodeId, Role, StateMachine,
     StateMachineKind, TransportNetwork, WalSink,
 };
@@ -141,6 +141,13 @@ fn engine_error(py: Python<'_>, err: EngineError) -> PyErr {
             "CorruptLog",
             (path.display().to_string(), offset, reason),
         ),
+        EngineError::LostTail { ref lost, .. } => {
+            let groups: Vec<(u64, u64, u64)> = lost
+                .iter()
+                .map(|t| (t.group.0, t.commit_index, t.last_index))
+                .collect();
+            cluster_error(py, "LostLogTail", (err.to_string(), groups))
+        }
         other => cluster_error(py, "EngineStopped", (other.to_string(),)),
     }
 }
@@ -270,7 +277,7 @@ impl PyRaftEngine {
                         snapshot_threshold_entries = 20_000,
                         install_snapshot_chunk_bytes = 4 << 20,
                         orphan_partial_max_age_secs = 300,
-                        max_uncommitted_bytes = 32 << 20))]
+                        max_uncommitted_bytes = 32 << 20, rejoin = false))]
     fn new(
         py: Python<'_>,
         node_id: u64,
@@ -284,6 +291,7 @@ impl PyRaftEngine {
         install_snapshot_chunk_bytes: usize,
         orphan_partial_max_age_secs: u64,
         max_uncommitted_bytes: u64,
+        rejoin: bool,
     ) -> PyResult<Self> {
         let mut cfg = MultiRaftConfig::new(NodeId(node_id), &data_dir);
         cfg.tick_interval = Duration::from_millis(tick_interval_ms);
@@ -293,6 +301,9 @@ impl PyRaftEngine {
         cfg.install_snapshot_chunk_bytes = install_snapshot_chunk_bytes;
         cfg.orphan_partial_max_age_secs = orphan_partial_max_age_secs;
         cfg.max_uncommitted_bytes = max_uncommitted_bytes;
+        if rejoin {
+            cfg.lost_tail = LostTailPolicy::Discard;
+        }
         cfg.validate().map_err(|e| engine_error(py, e))?;
         let readers: Readers = Arc::default();
         let factory_readers = Arc::clone(&readers);
@@ -348,6 +359,16 @@ impl PyRaftEngine {
             runtime,
             kv_transport: Mutex::new(None),
         })
+    }
+
+    /// The groups this engine forgot at open because their log lost its acknowledged tail
+    /// (only when opened with `rejoin=True`): `(group_id, commit_index, last_index)` each.
+    fn discarded_groups(&self) -> Vec<(u64, u64, u64)> {
+        self.engine
+            .discarded_groups()
+            .iter()
+            .map(|t| (t.group.0, t.commit_index, t.last_index))
+            .collect()
     }
 
     /// The fd the owning asyncio loop must watch: `loop.add_reader(e.bridge_fd(), e.drain)`.
@@ -676,7 +697,7 @@ impl PyRaftEngine {
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
         let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 21] = [
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 22] = [
             ("rounds", &m.rounds),
             ("fsyncs", &m.fsyncs),
             ("records_written", &m.records_written),
@@ -698,6 +719,7 @@ impl PyRaftEngine {
             ("snapshot_receive_errors", &m.snapshot_receive_errors),
             ("snapshots_installed", &m.snapshots_installed),
             ("orphan_partials_removed", &m.orphan_partials_removed),
+            ("votes_refused_empty", &m.votes_refused_empty),
         ];
         rows.iter().map(|(k, v)| (*k, Metrics::get(v))).collect()
     }
