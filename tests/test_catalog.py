@@ -1,7 +1,8 @@
 """Catalog over real LMDB files: API round trips and reopen, one transaction per logical save,
 refusals (foreign cluster id, closed, double open, full map), typed errors naming the key for
-corrupt or missing values, format stamping, refusing a newer format, and the 0 -> 1 migration on
-the committed fixture built by catalog_make_v0_fixture.py."""
+corrupt or missing values, format stamping, refusing a newer format, and the 0 -> 1 -> 2 migration
+on the committed fixture built by catalog_make_v0_fixture.py. Damage below the value decoders
+(checksums, truncation, LMDB pages) is tested in test_catalog_integrity.py."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import FORMAT_VERSION, MIGRATIONS, Catalog
+from nodedb_cluster.catalog.checksum import seal
 from nodedb_cluster.errors import CatalogCorrupt, CatalogError, CatalogFormatError
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
@@ -60,8 +62,11 @@ class BlobCodec:
         return cls(data[4:])
 
 
-def raw_put(data_dir: Path, key: bytes, value: bytes | None) -> None:
-    """Write (or delete) one key behind the catalog's back, as damage or an old build would."""
+def raw_put(data_dir: Path, key: bytes, value: bytes | None, *, sealed: bool = True) -> None:
+    """Write (or delete) one key behind the catalog's back, as damage or an old build would.
+
+    `sealed` (not for format_version, which is stored bare) adds a valid format-2 checksum, so
+    the value reaches the decoder under test instead of failing its checksum first."""
     env = lmdb.open(str(data_dir / "catalog"), subdir=True, max_dbs=2, map_size=1 << 26)
     try:
         db = env.open_db(b"meta")
@@ -69,7 +74,7 @@ def raw_put(data_dir: Path, key: bytes, value: bytes | None) -> None:
             if value is None:
                 txn.delete(key)
             else:
-                txn.put(key, value)
+                txn.put(key, seal(key, value) if sealed and key != b"format_version" else value)
     finally:
         env.close()
 
@@ -89,7 +94,7 @@ def test_fresh_catalog(tmp_path: Path) -> None:
     data_dir = tmp_path / "a" / "b"
     with Catalog.open(data_dir) as catalog:
         assert catalog.path == data_dir / "catalog"
-        assert catalog.format_version == FORMAT_VERSION == 1
+        assert catalog.format_version == FORMAT_VERSION == 2
         assert not catalog.is_bootstrapped()
         assert catalog.cluster_id() is None
         assert catalog.load_topology() is None
@@ -97,7 +102,7 @@ def test_fresh_catalog(tmp_path: Path) -> None:
         assert catalog.load_settings() == {}
         assert catalog.load_formation() is None
     assert (data_dir / "catalog" / "data.mdb").is_file()
-    assert raw_get(data_dir, b"format_version") == struct.pack("<I", 1)
+    assert raw_get(data_dir, b"format_version") == struct.pack("<I", 2)
 
 
 def test_values_survive_reopen(tmp_path: Path) -> None:
@@ -197,18 +202,18 @@ def test_corrupt_values_name_the_key_and_stay(
         getattr(catalog, load)()
     assert info.value.key == key.decode()
     assert key.decode() in str(info.value)
-    assert raw_get(tmp_path, key) == value  # reading never rewrites or drops the damaged value
+    assert raw_get(tmp_path, key) == seal(key, value)  # reading never rewrites or drops it
 
 
 def test_newer_format_is_refused_untouched(tmp_path: Path) -> None:
     Catalog.open(tmp_path).close()
-    raw_put(tmp_path, b"format_version", struct.pack("<I", 2))
+    raw_put(tmp_path, b"format_version", struct.pack("<I", 3))
     with pytest.raises(CatalogFormatError) as info:
         Catalog.open(tmp_path)
-    assert (info.value.found, info.value.supported) == (2, 1)
-    assert raw_get(tmp_path, b"format_version") == struct.pack("<I", 2)
+    assert (info.value.found, info.value.supported) == (3, 2)
+    assert raw_get(tmp_path, b"format_version") == struct.pack("<I", 3)
     Catalog.open(tmp_path / "other").close()  # the failed open released its registration
-    raw_put(tmp_path, b"format_version", struct.pack("<I", 1))
+    raw_put(tmp_path, b"format_version", struct.pack("<I", 2))
     Catalog.open(tmp_path).close()  # and the same path opens again once the version is fine
 
 
@@ -235,21 +240,22 @@ def test_migration_from_format_0_fixture(tmp_path: Path) -> None:
     script = load_fixture_script()
     data_dir = open_fixture_copy(tmp_path)
     assert 0 in MIGRATIONS
-    with Catalog.open(data_dir) as catalog:
-        assert catalog.format_version == 1
+    assert 1 in MIGRATIONS
+    with Catalog.open(data_dir) as catalog:  # 0 -> 1 -> 2 in one transaction
+        assert catalog.format_version == 2
         assert catalog.cluster_id() == script.CLUSTER_ID
         assert catalog.load_topology() == script.expected_topology()
         assert catalog.load_routing() == script.expected_routing()
         assert catalog.load_settings() == script.SETTINGS
     assert raw_get(data_dir, b"topo") is None
-    assert raw_get(data_dir, b"format_version") == struct.pack("<I", 1)
-    with Catalog.open(data_dir) as catalog:  # a second open finds format 1: nothing to do
+    assert raw_get(data_dir, b"format_version") == struct.pack("<I", 2)
+    with Catalog.open(data_dir) as catalog:  # a second open finds format 2: nothing to do
         assert catalog.load_settings() == script.SETTINGS
 
 
 def test_failed_migration_leaves_format_0_intact(tmp_path: Path) -> None:
     data_dir = open_fixture_copy(tmp_path)
-    raw_put(data_dir, b"settings", b"{not json")
+    raw_put(data_dir, b"settings", b"{not json", sealed=False)
     with pytest.raises(CatalogCorrupt) as info:
         Catalog.open(data_dir)
     assert info.value.key == "settings"
@@ -333,10 +339,7 @@ def test_a_catalog_without_a_secret_is_allowed_and_a_bad_one_is_corrupt(tmp_path
         catalog.save_formation("c-old", topology(1), BlobCodec(b"r"))  # formed before secrets
         assert catalog.is_bootstrapped()
         assert catalog.load_cluster_secret() is None
-    env = lmdb.open(str(tmp_path / "catalog"), subdir=True, max_dbs=2)
-    with env.begin(db=env.open_db(b"meta"), write=True) as txn:
-        txn.put(b"cluster_secret", b"short")
-    env.close()
+    raw_put(tmp_path, b"cluster_secret", b"short")  # a valid checksum over a wrong length
     with Catalog.open(tmp_path) as catalog, pytest.raises(CatalogCorrupt) as info:
         catalog.load_cluster_secret()
     assert info.value.key == "cluster_secret"

@@ -6,6 +6,8 @@ Rust core (`nodedb_cluster_core`) are mapped 1:1 onto these classes; see the sec
 
 from __future__ import annotations
 
+import os
+
 
 class ClusterError(Exception):
     """Base of every error this package raises on purpose."""
@@ -54,12 +56,49 @@ class CatalogFormatError(CatalogError):
 
 
 class CatalogCorrupt(CatalogError):
-    """A value stored in the catalog cannot be decoded; names the key (the data is left as is)."""
+    """The catalog file or a value in it is damaged; names the file and, for a value, the key.
 
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"catalog key {key!r} is corrupt: {reason}")
+    The data is left as is (nothing is repaired or dropped). `key` is None for damage to the file
+    itself (truncated, damaged LMDB pages); `path` (the catalog's data.mdb) is None only when the
+    error was raised below the layer that knows the file, which attaches it with `at`.
+    """
+
+    def __init__(
+        self, key: str | None, reason: str, path: str | os.PathLike[str] | None = None
+    ) -> None:
+        where = "catalog" if path is None else f"catalog {os.fspath(path)}"
+        if key is None:
+            message = f"{where} is corrupt: {reason}"
+        elif path is None:
+            message = f"catalog key {key!r} is corrupt: {reason}"
+        else:
+            message = f"{where}: key {key!r} is corrupt: {reason}"
+        super().__init__(" ".join(message.splitlines()))  # one line: it ends up in a log/terminal
         self.key = key
         self.reason = reason
+        self.path = None if path is None else os.fspath(path)
+
+    def at(self, path: str | os.PathLike[str]) -> CatalogCorrupt:
+        """The same error naming the catalog file (self when it already names one)."""
+        if self.path is not None:
+            return self
+        return CatalogCorrupt(self.key, self.reason, path)
+
+
+class CatalogNoSpace(CatalogError):
+    """A catalog write found no space left on its filesystem (ENOSPC). The write transaction was
+    aborted, so the catalog holds exactly what it held before; retrying once space has been
+    freed succeeds (unlike a full LMDB map, which needs a larger map_size_bytes)."""
+
+    retryable = True
+
+    def __init__(self, path: str | os.PathLike[str], detail: str) -> None:
+        super().__init__(
+            f"catalog {os.fspath(path)}: no space left on the device ({detail}); the write was "
+            "rolled back and can be retried once space is freed on that filesystem"
+        )
+        self.path = os.fspath(path)
+        self.detail = detail
 
 
 class CorruptLog(ClusterError):
@@ -70,6 +109,16 @@ class CorruptLog(ClusterError):
         self.path = path
         self.offset = offset
         self.reason = reason
+
+
+class LostLogTail(ClusterError):
+    """A group's Raft log ends before its persisted commit index: entries this node
+    acknowledged are gone. The node refuses to start; `start --rejoin` re-replicates them."""
+
+    def __init__(self, message: str, groups: list[tuple[int, int, int]]) -> None:
+        super().__init__(message)
+        self.groups = [tuple(g) for g in groups]
+        """(group_id, commit_index, last_index) of each damaged group."""
 
 
 # --- topology and routing -------------------------------------------------------------------------

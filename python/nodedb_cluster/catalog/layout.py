@@ -1,8 +1,11 @@
 """The catalog's on-disk layout: one LMDB environment, one named database, a few fixed keys.
 
-Format 1 (current), all in the named database `meta`:
+Format 2 (current), all in the named database `meta`. Every value except `format_version` is
+stored sealed: `payload || crc32` where the CRC-32 covers the key and the payload (`checksum.py`);
+the payloads are:
 
-    format_version  u32 little-endian; stamped when the catalog is created
+    format_version  u32 little-endian, NOT sealed (old builds must read it to refuse a newer
+                    format); stamped when the catalog is created
     cluster_id      UTF-8 text; present once the node belongs to a cluster ("bootstrapped")
     topology        Topology.encode()
     routing         RoutingTable.encode()
@@ -14,8 +17,13 @@ Format 1 (current), all in the named database `meta`:
                     before it existed lack it (no format change: old builds ignore the key), and
                     such a cluster can issue no join token until it is rebuilt. Never logged.
 
-Format 0 (pre-release) differed in two keys: topology was stored under `topo`, and settings were a
-JSON object. `migrations.py` turns format 0 into format 1.
+A value whose checksum fails (a changed byte, a changed key name, a value copied under another
+key) is refused with `CatalogCorrupt` naming the file and the key; `Catalog.open` checks every
+value, so a damaged catalog stops the node before it acts on anything.
+
+Format 1 stored the same payloads bare; migration 1 -> 2 seals them. Format 0 (pre-release)
+differed from 1 in two keys: topology was stored under `topo`, and settings were a JSON object;
+migration 0 -> 1 converts them. `migrations.py` holds both steps.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Final
 
 from nodedb_cluster.errors import CatalogCorrupt
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 """The format this build writes; older ones are migrated, newer ones refused."""
 
 DB_NAME: Final = b"meta"

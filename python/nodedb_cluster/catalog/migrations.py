@@ -16,6 +16,7 @@ import lmdb
 import msgpack
 
 from nodedb_cluster.catalog import layout
+from nodedb_cluster.catalog.checksum import RESTORE_HINT, is_sealed, seal
 from nodedb_cluster.errors import CatalogCorrupt
 
 
@@ -36,7 +37,31 @@ def _v0_to_v1(txn: lmdb.Transaction[bytes]) -> None:
         txn.put(layout.KEY_SETTINGS, msgpack.packb(value, use_bin_type=True))
 
 
+def _v1_to_v2(txn: lmdb.Transaction[bytes]) -> None:
+    """Seal every value (all but `format_version`) with its key-bound checksum.
+
+    A value that already carries a valid format-2 checksum means the stored version was damaged
+    (a format-1 value passes by chance once in 2**32): sealing again would bury the damage, so
+    the catalog is refused instead.
+    """
+    items = [
+        (bytes(key), bytes(value))
+        for key, value in txn.cursor()
+        if bytes(key) != layout.KEY_FORMAT_VERSION
+    ]
+    for key, value in items:
+        if is_sealed(key, value):
+            raise CatalogCorrupt(
+                layout.KEY_FORMAT_VERSION.decode(),
+                f"says format 1, but key {key.decode(errors='backslashreplace')!r} already "
+                f"carries a format-2 checksum: {RESTORE_HINT}",
+            )
+    for key, value in items:
+        txn.put(key, seal(key, value))
+
+
 MIGRATIONS: Final[dict[int, Callable[[lmdb.Transaction[bytes]], None]]] = {
     0: _v0_to_v1,
+    1: _v1_to_v2,
 }
 """from-version -> step producing from-version + 1."""

@@ -6,12 +6,21 @@ durability point of the catalog. Each logical save is ONE write transaction, so 
 key holding either its old or its new complete value, and `save_formation` lands cluster id,
 topology and routing together or not at all.
 
+Integrity (format 2): every value but `format_version` carries a checksum bound to its key
+(`checksum.py`); `open` verifies all of them, and every load verifies what it reads, so a changed
+byte is refused naming the file and the key instead of being decoded into a wrong answer. Before
+LMDB maps data.mdb, `lmdbfile.check_data_file` checks its length against LMDB's own header (a
+truncated file would otherwise kill the process with SIGBUS). Only `CatalogError`s leave this
+module: every LMDB error is mapped to one naming the file (`CatalogCorrupt` for damage,
+`CatalogNoSpace` for a full filesystem, whose write is rolled back and can simply be retried).
+
 Calls block on disk I/O (a commit is an fsync); an asyncio caller that cannot afford a few
 milliseconds runs them in a thread. One `Catalog` per environment per process (LMDB's rule).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import threading
@@ -26,11 +35,14 @@ import lmdb
 import msgpack
 
 from nodedb_cluster.catalog import layout
+from nodedb_cluster.catalog.checksum import RESTORE_HINT, seal, unseal
+from nodedb_cluster.catalog.lmdbfile import check_data_file
 from nodedb_cluster.catalog.migrations import MIGRATIONS
 from nodedb_cluster.errors import (
     CatalogCorrupt,
     CatalogError,
     CatalogFormatError,
+    CatalogNoSpace,
     ClusterError,
     MalformedTopology,
 )
@@ -50,6 +62,20 @@ SETTINGS_ENCODED_BYTES_MAX: Final = 1024 * 1024
 _U64: Final = struct.Struct("<Q")
 CLUSTER_ID_RE: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}")
 """Printable, shell- and log-safe, at most 128 chars (a UUID fits)."""
+DATA_FILE: Final = "data.mdb"
+"""LMDB's data file inside the catalog directory: what every error message names."""
+NO_SPACE_FREE_BYTES: Final = 1 << 20
+"""LMDB reports a write cut short by a full disk as a plain EIO, not ENOSPC: a failed write on a
+filesystem with less than this free is taken for no space (a retry is harmless either way)."""
+_DAMAGE_ERRORS: Final[tuple[type[lmdb.Error], ...]] = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.VersionMismatchError,
+    lmdb.IncompatibleError,
+)
+"""What LMDB raises when its own structures are damaged (bad page flags, a page number past the
+end, a bad meta page, a database record changed)."""
 
 
 class RoutingCodec(Protocol):
@@ -89,6 +115,7 @@ class Catalog:
         self._env: lmdb.Environment | None = env
         self._db = db
         self._path = path
+        self._file = path / DATA_FILE
         self._key = key  # the resolved path registered in _open_paths
         self._format_version = format_version
 
@@ -99,7 +126,8 @@ class Catalog:
         """Open (creating it if needed) the catalog at `data_dir/catalog`.
 
         A new catalog is stamped with the current format; an older one is migrated in one write
-        transaction; a newer one raises `CatalogFormatError` and is left untouched.
+        transaction; a newer one raises `CatalogFormatError` and is left untouched. A truncated or
+        damaged file, or a value failing its checksum, raises `CatalogCorrupt` naming the file.
         """
         if not 1 << 20 <= map_size_bytes <= MAP_SIZE_BYTES_MAX:
             raise CatalogError(f"map_size_bytes {map_size_bytes} is outside 1 MiB..1 TiB")
@@ -113,7 +141,10 @@ class Catalog:
             if key in _open_paths:
                 raise CatalogError(f"catalog {path} is already open in this process")
             _open_paths.add(key)
+        data_file = path / DATA_FILE
+        env: lmdb.Environment | None = None
         try:
+            check_data_file(data_file)  # before mapping: a short file would SIGBUS
             env = lmdb.open(
                 str(path),
                 subdir=True,
@@ -124,18 +155,17 @@ class Catalog:
                 lock=True,
                 readahead=False,
             )
-        except lmdb.Error as e:
+            db = _open_meta_db(env, data_file)
+            version = _stamp_or_migrate(env, db, data_file)
+        except BaseException as e:
+            if env is not None:
+                env.close()
             with _open_paths_lock:
                 _open_paths.discard(key)
-            raise CatalogError(f"cannot open catalog {path}: {e}") from e
-        try:
-            db = env.open_db(layout.DB_NAME)
-            version = _stamp_or_migrate(env, db, path)
-        except BaseException:
-            env.close()
-            with _open_paths_lock:
-                _open_paths.discard(key)
-            raise
+            mapped = _catalog_error(e, data_file, "open", write=True)
+            if mapped is e:
+                raise
+            raise mapped from e
         return cls(env, db, path, key, version)
 
     def close(self) -> None:
@@ -171,11 +201,11 @@ class Catalog:
     def is_bootstrapped(self) -> bool:
         """True once a cluster id is stored: the node belongs to a cluster and must restart."""
         with self._read() as txn:
-            return txn.get(layout.KEY_CLUSTER_ID) is not None
+            return _get(txn, layout.KEY_CLUSTER_ID) is not None
 
     def cluster_id(self) -> str | None:
         with self._read() as txn:
-            return _decode_cluster_id(txn.get(layout.KEY_CLUSTER_ID))
+            return _decode_cluster_id(_get(txn, layout.KEY_CLUSTER_ID))
 
     def save_cluster_id(self, cluster_id: str) -> None:
         """Store the cluster id; storing a *different* id over an existing one is refused."""
@@ -188,7 +218,7 @@ class Catalog:
     def save_topology(self, topology: Topology) -> None:
         data = topology.encode()
         with self._write() as txn:
-            txn.put(layout.KEY_TOPOLOGY, data)
+            _put(txn, layout.KEY_TOPOLOGY, data)
 
     def load_topology(self) -> Topology | None:
         """The stored topology; None before formation; `CatalogError` if formed but missing."""
@@ -198,7 +228,7 @@ class Catalog:
     def save_routing(self, table: RoutingCodec) -> None:
         data = table.encode()
         with self._write() as txn:
-            txn.put(layout.KEY_ROUTING, data)
+            _put(txn, layout.KEY_ROUTING, data)
 
     @overload
     def load_routing(self) -> RoutingTable | None: ...
@@ -216,13 +246,13 @@ class Catalog:
         """Replace the cluster settings (a map of str -> MessagePack-encodable value)."""
         data = _encode_settings(settings)
         with self._write() as txn:
-            txn.put(layout.KEY_SETTINGS, data)
+            _put(txn, layout.KEY_SETTINGS, data)
 
     def load_settings(self) -> dict[str, object]:
         """The stored settings; empty when none were saved."""
         with self._read() as txn:
-            raw = txn.get(layout.KEY_SETTINGS)
-        return {} if raw is None else _decode_settings(bytes(raw))
+            raw = _get(txn, layout.KEY_SETTINGS)
+            return {} if raw is None else _decode_settings(raw)
 
     # --- formation: all three, one transaction ---------------------------------------------------
 
@@ -242,8 +272,8 @@ class Catalog:
             _check_cluster_secret(cluster_secret, CatalogError)
         with self._write() as txn:
             _put_cluster_id(txn, raw_id, cluster_id)
-            txn.put(layout.KEY_TOPOLOGY, topology_data)
-            txn.put(layout.KEY_ROUTING, routing_data)
+            _put(txn, layout.KEY_TOPOLOGY, topology_data)
+            _put(txn, layout.KEY_ROUTING, routing_data)
             if cluster_secret is not None:
                 _put_cluster_secret(txn, cluster_secret)
 
@@ -260,12 +290,11 @@ class Catalog:
         """The cluster secret; None in a catalog formed before the secret existed (or unformed).
         Callers must never log, print or export it."""
         with self._read() as txn:
-            raw = txn.get(layout.KEY_CLUSTER_SECRET)
-        if raw is None:
-            return None
-        secret = bytes(raw)
-        _check_cluster_secret(secret, _corrupt_secret)
-        return secret
+            secret = _get(txn, layout.KEY_CLUSTER_SECRET)
+            if secret is None:
+                return None
+            _check_cluster_secret(secret, _corrupt_secret)
+            return secret
 
     def load_formation(self, codec: type[RoutingCodec] | None = None) -> Formation | None:
         """Cluster id, topology and routing from one consistent read; None when not bootstrapped.
@@ -273,7 +302,7 @@ class Catalog:
         A bootstrapped catalog missing topology or routing raises `CatalogError` naming it.
         """
         with self._read() as txn:
-            cluster_id = _decode_cluster_id(txn.get(layout.KEY_CLUSTER_ID))
+            cluster_id = _decode_cluster_id(_get(txn, layout.KEY_CLUSTER_ID))
             if cluster_id is None:
                 return None
             topology = _load_topology(txn)
@@ -299,36 +328,37 @@ class Catalog:
         routing_data = routing.encode()
         settings_data = _encode_settings(settings)
         with self._write() as txn:
-            txn.put(layout.KEY_TOPOLOGY, topology_data)
-            txn.put(layout.KEY_ROUTING, routing_data)
-            txn.put(layout.KEY_SETTINGS, settings_data)
-            txn.put(layout.KEY_METADATA_APPLIED_INDEX, _U64.pack(applied_index))
+            _put(txn, layout.KEY_TOPOLOGY, topology_data)
+            _put(txn, layout.KEY_ROUTING, routing_data)
+            _put(txn, layout.KEY_SETTINGS, settings_data)
+            _put(txn, layout.KEY_METADATA_APPLIED_INDEX, _U64.pack(applied_index))
 
     def load_metadata_applied_index(self) -> int:
         """The last applied metadata-group index; 0 when nothing was applied."""
         with self._read() as txn:
-            raw = txn.get(layout.KEY_METADATA_APPLIED_INDEX)
-        if raw is None:
-            return 0
-        if len(raw) != _U64.size:
-            raise CatalogCorrupt(
-                layout.KEY_METADATA_APPLIED_INDEX.decode(),
-                f"expected {_U64.size} bytes, found {len(raw)}",
-            )
-        (index,) = _U64.unpack(bytes(raw))
-        assert isinstance(index, int)
-        return index
+            raw = _get(txn, layout.KEY_METADATA_APPLIED_INDEX)
+            if raw is None:
+                return 0
+            if len(raw) != _U64.size:
+                raise CatalogCorrupt(
+                    layout.KEY_METADATA_APPLIED_INDEX.decode(),
+                    f"expected {_U64.size} bytes, found {len(raw)}",
+                )
+            (index,) = _U64.unpack(raw)
+            assert isinstance(index, int)
+            return index
 
     # --- transactions ----------------------------------------------------------------------------
 
     @contextmanager
     def _read(self) -> Iterator[lmdb.Transaction[bytes]]:
+        """One read transaction; decode inside it, so a corrupt value is reported with the path."""
         env = self._require_open()
         try:
             with env.begin(db=self._db, write=False, buffers=False) as txn:
                 yield txn
-        except lmdb.Error as e:
-            raise CatalogError(f"catalog {self._path}: read failed: {e}") from e
+        except (lmdb.Error, CatalogCorrupt) as e:
+            raise _catalog_error(e, self._file, "read", write=False) from e
 
     @contextmanager
     def _write(self) -> Iterator[lmdb.Transaction[bytes]]:
@@ -337,12 +367,8 @@ class Catalog:
         try:
             with env.begin(db=self._db, write=True) as txn:
                 yield txn
-        except lmdb.MapFullError as e:
-            raise CatalogError(
-                f"catalog {self._path} is full: reopen with a larger map_size_bytes ({e})"
-            ) from e
-        except lmdb.Error as e:
-            raise CatalogError(f"catalog {self._path}: write failed: {e}") from e
+        except (lmdb.Error, CatalogCorrupt) as e:
+            raise _catalog_error(e, self._file, "write", write=True) from e
 
     def _require_open(self) -> lmdb.Environment:
         if self._env is None:
@@ -353,29 +379,88 @@ class Catalog:
 # --- helpers --------------------------------------------------------------------------------------
 
 
-def _stamp_or_migrate(env: lmdb.Environment, db: _Database, path: Path) -> int:
-    """Stamp a new catalog, migrate an old one, refuse a newer one; one write transaction."""
+def _catalog_error(e: BaseException, data_file: Path, doing: str, *, write: bool) -> BaseException:
+    """The `CatalogError` an exception from LMDB or a decoder becomes: every one names the file.
+
+    Anything else (a `CatalogError` that already says what is wrong, a KeyboardInterrupt) is
+    returned as is.
+    """
+    if isinstance(e, CatalogCorrupt):
+        return e.at(data_file)
+    if not isinstance(e, lmdb.Error):
+        return e
+    if isinstance(e, lmdb.DiskError) or (write and _looks_like_no_space(e, data_file.parent)):
+        return CatalogNoSpace(data_file, f"{doing} failed: {e}")
+    if isinstance(e, lmdb.MapFullError):
+        return CatalogError(
+            f"catalog {data_file} is full: reopen with a larger map_size_bytes ({e})"
+        )
+    if isinstance(e, _DAMAGE_ERRORS):
+        return CatalogCorrupt(None, f"LMDB refused it: {e}: {RESTORE_HINT}", data_file)
+    return CatalogError(f"catalog {data_file}: {doing} failed: {e}")
+
+
+def _looks_like_no_space(e: lmdb.Error, directory: Path) -> bool:
+    """A plain lmdb.Error (EIO: a write cut short) on a filesystem that is all but full."""
+    if type(e) is not lmdb.Error:
+        return False
     try:
-        with env.begin(db=db, write=True) as txn:
-            raw = txn.get(layout.KEY_FORMAT_VERSION)
-            if raw is None:
-                if txn.stat(db)["entries"] != 0:
-                    raise CatalogCorrupt("format_version", "missing from a non-empty catalog")
-                txn.put(layout.KEY_FORMAT_VERSION, layout.encode_version(layout.FORMAT_VERSION))
-                return layout.FORMAT_VERSION
-            version = layout.decode_version(bytes(raw))
-            if version > layout.FORMAT_VERSION:
-                raise CatalogFormatError(version, layout.FORMAT_VERSION)
-            while version < layout.FORMAT_VERSION:
-                step = MIGRATIONS.get(version)
-                if step is None:
-                    raise CatalogError(f"catalog {path}: no migration from format {version}")
-                step(txn)
-                version += 1
-                txn.put(layout.KEY_FORMAT_VERSION, layout.encode_version(version))
-            return version
-    except lmdb.Error as e:
-        raise CatalogError(f"catalog {path}: cannot check the format version: {e}") from e
+        stat = os.statvfs(directory)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < NO_SPACE_FREE_BYTES
+
+
+def _open_meta_db(env: lmdb.Environment, data_file: Path) -> _Database:
+    """The `meta` database; refused when LMDB's main database lists others but not it (a damaged
+    name would otherwise make LMDB create an empty `meta`: a formed node would look new)."""
+    with env.begin() as txn:
+        names = [bytes(name) for name in txn.cursor().iternext(keys=True, values=False)]
+    if names and layout.DB_NAME not in names:
+        listed = ", ".join(repr(n) for n in names[:4])
+        raise CatalogCorrupt(
+            None,
+            f"LMDB's main database lists {listed} but not the catalog's database "
+            f"{layout.DB_NAME.decode()!r}: {RESTORE_HINT}",
+            data_file,
+        )
+    return env.open_db(layout.DB_NAME, create=not names)
+
+
+def _stamp_or_migrate(env: lmdb.Environment, db: _Database, data_file: Path) -> int:
+    """Stamp a new catalog, migrate an old one, refuse a newer one, then check every value's
+    checksum; one write transaction (a crash or refusal mid-migration leaves the old format)."""
+    with env.begin(db=db, write=True) as txn:
+        raw = txn.get(layout.KEY_FORMAT_VERSION)
+        if raw is None:
+            if txn.stat(db)["entries"] != 0:
+                raise CatalogCorrupt("format_version", "missing from a non-empty catalog")
+            txn.put(layout.KEY_FORMAT_VERSION, layout.encode_version(layout.FORMAT_VERSION))
+            return layout.FORMAT_VERSION
+        version = layout.decode_version(bytes(raw))
+        if version > layout.FORMAT_VERSION:
+            raise CatalogFormatError(version, layout.FORMAT_VERSION)
+        while version < layout.FORMAT_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise CatalogError(f"catalog {data_file}: no migration from format {version}")
+            step(txn)
+            version += 1
+            txn.put(layout.KEY_FORMAT_VERSION, layout.encode_version(version))
+        for key, value in txn.cursor():  # every value, known keys or not: a renamed key fails too
+            if key != layout.KEY_FORMAT_VERSION:
+                unseal(bytes(key), bytes(value))
+        return version
+
+
+def _get(txn: lmdb.Transaction[bytes], key: bytes) -> bytes | None:
+    """The payload stored under `key`, its checksum verified; None when absent."""
+    raw = txn.get(key)
+    return None if raw is None else unseal(key, bytes(raw))
+
+
+def _put(txn: lmdb.Transaction[bytes], key: bytes, payload: bytes) -> None:
+    txn.put(key, seal(key, payload))
 
 
 def _encode_cluster_id(cluster_id: str) -> bytes:
@@ -391,7 +476,7 @@ def _decode_cluster_id(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     try:
-        text = bytes(raw).decode("ascii")
+        text = raw.decode("ascii")
     except UnicodeDecodeError as e:
         raise CatalogCorrupt("cluster_id", "not ASCII text") from e
     if CLUSTER_ID_RE.fullmatch(text) is None:
@@ -400,12 +485,12 @@ def _decode_cluster_id(raw: bytes | None) -> str | None:
 
 
 def _put_cluster_id(txn: lmdb.Transaction[bytes], raw: bytes, cluster_id: str) -> None:
-    existing = _decode_cluster_id(txn.get(layout.KEY_CLUSTER_ID))
+    existing = _decode_cluster_id(_get(txn, layout.KEY_CLUSTER_ID))
     if existing is not None and existing != cluster_id:
         raise CatalogError(
             f"catalog belongs to cluster {existing!r}; refusing to overwrite it with {cluster_id!r}"
         )
-    txn.put(layout.KEY_CLUSTER_ID, raw)
+    _put(txn, layout.KEY_CLUSTER_ID, raw)
 
 
 def _corrupt_secret(reason: str) -> CatalogError:
@@ -423,29 +508,30 @@ def _check_cluster_secret(secret: object, error: Callable[[str], CatalogError]) 
 
 
 def _put_cluster_secret(txn: lmdb.Transaction[bytes], secret: bytes) -> None:
-    existing = txn.get(layout.KEY_CLUSTER_SECRET)
-    if existing is not None and bytes(existing) != secret:
+    existing = _get(txn, layout.KEY_CLUSTER_SECRET)
+    if existing is not None and existing != secret:
         raise CatalogError(
             "catalog already holds a different cluster secret; refusing to replace it"
         )
-    txn.put(layout.KEY_CLUSTER_SECRET, secret)
+    _put(txn, layout.KEY_CLUSTER_SECRET, secret)
 
 
-def _require_if_bootstrapped(txn: lmdb.Transaction[bytes], what: str) -> None:
+def _require_if_bootstrapped(txn: lmdb.Transaction[bytes], key: bytes) -> None:
     if txn.get(layout.KEY_CLUSTER_ID) is not None:
-        raise CatalogError(
-            f"catalog is bootstrapped (it holds a cluster id) but holds no {what}: "
-            "it was damaged or written by a broken build; refusing to guess"
+        raise CatalogCorrupt(
+            key.decode(),
+            f"the catalog is bootstrapped (it holds a cluster id) but holds no {key.decode()}: "
+            "it was damaged or written by a broken build; refusing to guess",
         )
 
 
 def _load_topology(txn: lmdb.Transaction[bytes]) -> Topology | None:
-    raw = txn.get(layout.KEY_TOPOLOGY)
+    raw = _get(txn, layout.KEY_TOPOLOGY)
     if raw is None:
-        _require_if_bootstrapped(txn, "topology")
+        _require_if_bootstrapped(txn, layout.KEY_TOPOLOGY)
         return None
     try:
-        return Topology.decode(bytes(raw))
+        return Topology.decode(raw)
     except MalformedTopology as e:
         raise CatalogCorrupt("topology", e.reason) from e
 
@@ -453,16 +539,16 @@ def _load_topology(txn: lmdb.Transaction[bytes]) -> Topology | None:
 def _load_routing(
     txn: lmdb.Transaction[bytes], codec: type[RoutingCodec] | None
 ) -> RoutingCodec | None:
-    raw = txn.get(layout.KEY_ROUTING)
+    raw = _get(txn, layout.KEY_ROUTING)
     if raw is None:
-        _require_if_bootstrapped(txn, "routing")
+        _require_if_bootstrapped(txn, layout.KEY_ROUTING)
         return None
     if codec is None:
         from nodedb_cluster.routing.table import RoutingTable  # lazy: numpy + Cython kernels
 
         codec = RoutingTable
     try:
-        return codec.decode(bytes(raw))
+        return codec.decode(raw)
     except (ClusterError, ValueError) as e:
         raise CatalogCorrupt("routing", str(e)) from e
 
