@@ -7,8 +7,8 @@ use std::path::PathBuf;
 /// Every error the WAL returns.
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    /// An operating-system call on `path` failed. After a failed write or sync the log is
-    /// poisoned (see [`WalError::Poisoned`]): the kernel may have dropped dirty pages, so
+    /// An operating-system call on `path` failed. After a failed write (other than
+    /// [`WalError::NoSpace`]) or a failed sync the log is poisoned (see [`WalError::Poisoned`]): the kernel may have dropped dirty pages, so
     /// retrying the fsync could falsely report success ("fsyncgate").
     #[error("wal I/O error during {op} on {path}: {source}")]
     Io {
@@ -60,9 +60,52 @@ pub enum WalError {
     /// recovery re-reads what actually reached the disk.
     #[error("wal is poisoned by an earlier failure: {cause}")]
     Poisoned { cause: String },
+
+    /// The filesystem holding the log is full (`ENOSPC`, or `EDQUOT`) while writing appended
+    /// records out or creating the next segment. NOT a poison: nothing of the failed write
+    /// counts as written, the records stay buffered, and the next `sync()` writes them again
+    /// from the same file offset, so once space is freed the same records land with the same
+    /// LSNs. (A failed fsync still poisons, whatever its errno.)
+    #[error(
+        "no space left on the device holding {dir} ({op} on {path}: {source}); \
+         the records are kept and written once space is freed"
+    )]
+    NoSpace {
+        /// The log directory.
+        dir: PathBuf,
+        op: &'static str,
+        /// The file being written or created.
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl WalError {
+    /// Is this [`WalError::NoSpace`] (retryable once space is freed)?
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, WalError::NoSpace { .. })
+    }
+
+    /// `NoSpace` when `source` says the filesystem is full, else `Io`.
+    pub(crate) fn io_or_no_space(
+        op: &'static str,
+        dir: &std::path::Path,
+        path: impl Into<PathBuf>,
+        source: io::Error,
+    ) -> Self {
+        if crate::space::is_no_space(&source) {
+            WalError::NoSpace {
+                dir: dir.to_path_buf(),
+                op,
+                path: path.into(),
+                source,
+            }
+        } else {
+            WalError::io(op, path, source)
+        }
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         WalError::Io {
             op,

@@ -45,8 +45,22 @@
 //!   zeros or a bad header in an earlier segment; a missing segment) is [`WalError::Corrupt`]
 //!   with file and byte offset, and the node must not start. What was replayed is fsynced
 //!   before `open` returns (a killed process leaves unsynced writes in the page cache).
-//! - **Failures poison.** After a failed write or fsync every call returns
-//!   [`WalError::Poisoned`]; restart and let recovery read what reached the disk.
+//! - **Free-space reserve** (`WalOptions::free_space_reserve`; default two segments or 10 % of
+//!   the filesystem, whichever is less). Preparing a segment (background, or the first at open)
+//!   is skipped when it would leave less free space than the reserve
+//!   (`PreallocationStats::prepare_skipped_low_space`); a preparation that fails anyway deletes
+//!   its partial file. [`Wal::space`] (one `statvfs`) reports `available_bytes` and
+//!   `reserve_bytes`: the engine refuses writes while available < reserve.
+//! - **A full disk does not poison.** `ENOSPC`/`EDQUOT` while writing the buffer out or
+//!   creating the next segment returns [`WalError::NoSpace`] (naming the log dir): nothing of
+//!   that write counts as written, the buffered records keep their LSNs, a partially created
+//!   segment is removed (directory fsynced), and the next `sync()` writes the same bytes from
+//!   the same file offset. From `append` it comes only from the roll, before the batch was
+//!   taken (append it again); a full buffer that cannot be written during `append` is left to
+//!   `sync()`. Once space is freed the same records land, LSNs consecutive.
+//! - **Other failures poison.** After any other failed write, and after ANY failed fsync
+//!   (ENOSPC/EIO included: the kernel may have dropped the dirty pages, "fsyncgate"), every
+//!   call returns [`WalError::Poisoned`]; restart and let recovery read what reached the disk.
 //! - **One writer.** `open` takes an exclusive `flock` on `dir/LOCK` ([`WalError::Locked`] if
 //!   another `Wal`, in any process, holds it); the kernel releases it when the process dies.
 //!
@@ -62,6 +76,7 @@ mod options;
 mod prealloc;
 mod recovery;
 mod segment;
+mod space;
 mod wal;
 
 use std::fs::File;
@@ -80,6 +95,7 @@ pub use options::{
 pub use prealloc::PreallocationStats;
 pub use recovery::{Recovered, RecoveredRecord, RecoveryReport, TornTail};
 pub use segment::{segment_file_name, GroupSpan};
+pub use space::SpaceStatus;
 pub use wal::{AppendOutcome, CompactOutcome, Wal};
 
 /// Largest batch `append` accepts, in framed bytes. A batch is never split across segments and

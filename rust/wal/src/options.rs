@@ -78,6 +78,16 @@ pub struct WalOptions {
     pub preallocate: bool,
     /// Zero-fill chunk size, each chunk fdatasynced separately (paces the background fill).
     pub preallocate_chunk_bytes: usize,
+    /// Bytes of the log's filesystem kept free. Preparing the next segment (background, or the
+    /// first one at open) is skipped when it would leave less than this (the roll then starts a
+    /// growing segment, counted in `PreallocationStats::prepare_skipped_low_space`), and the
+    /// engine enters its NO_SPACE state (writes refused) once free space falls below it
+    /// ([`crate::Wal::space`]). `None` (default): two segments (`2 × segment_bytes_max`) or 10 %
+    /// of the filesystem's size, whichever is less, resolved at open. Two segments is what
+    /// preallocation itself may hold (active + prepared); the 10 % cap keeps a small volume
+    /// (20 MiB with 64 MiB segments) usable instead of refusing from the first byte. `Some(0)`
+    /// keeps nothing in reserve (preparation runs until ENOSPC).
+    pub free_space_reserve: Option<u64>,
 }
 
 impl Default for WalOptions {
@@ -90,6 +100,7 @@ impl Default for WalOptions {
             sticky_kinds: Vec::new(),
             preallocate: true,
             preallocate_chunk_bytes: PREALLOCATE_CHUNK_BYTES_DEFAULT,
+            free_space_reserve: None,
         }
     }
 }

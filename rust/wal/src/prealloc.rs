@@ -9,6 +9,11 @@
 //! takes it at roll time if it is ready and falls back to a growing segment if not (never
 //! waits). Leftover `.prep` files (a crash or a drop during preparation) hold only zeros and are
 //! deleted at open; they are never replayed.
+//!
+//! Free space first: a preparation that would leave less than the reserve
+//! (`WalOptions::free_space_reserve`) on the filesystem is skipped (counted), so the zero fill
+//! never takes the last free bytes the log's own appends need; a preparation that fails anyway
+//! (another process filled the disk meanwhile) deletes its partial file at once.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -18,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::WalError;
+use crate::space::fs_space;
 
 const PREP_SUFFIX: &str = ".wal.prep";
 /// Background pacing: idle time after each chunk, as a multiple of the time the chunk took.
@@ -76,15 +82,16 @@ pub(crate) enum Pacing {
 /// Creates `dir/{seq}.wal.prep` and fills it with `len_bytes` zeros, `chunk_bytes` per write,
 /// synced as `pacing` says. `keep_going` is asked before every chunk, with how long the previous
 /// chunk took (zero before the first; it may pause to pace the fill); on `false` the file is
-/// deleted and `Ok(None)` returned. On error the partial file is left behind (it is deleted at
-/// the next open).
+/// deleted and `Ok(None)` returned. On an error after the file was created, the partial file is
+/// deleted (it holds only zeros, but on a full disk those zeros are the space the log's appends
+/// need; if even the delete fails, the next open deletes it).
 pub(crate) fn prepare_file(
     dir: &Path,
     seq: u64,
     len_bytes: u64,
     chunk_bytes: usize,
     pacing: Pacing,
-    mut keep_going: impl FnMut(Duration) -> bool,
+    keep_going: impl FnMut(Duration) -> bool,
 ) -> Result<Option<Prepared>, WalError> {
     let path = dir.join(prep_file_name(seq));
     // create_new: never reopen (and zero) an existing file: that name may still be linked to
@@ -95,32 +102,55 @@ pub(crate) fn prepare_file(
         .create_new(true)
         .open(&path)
         .map_err(|e| WalError::io("create prep file", &path, e))?;
+    let filled = fill(&file, &path, len_bytes, chunk_bytes, pacing, keep_going);
+    match filled {
+        Ok(true) => Ok(Some(Prepared {
+            seq,
+            path,
+            file,
+            len_bytes,
+        })),
+        Ok(false) => {
+            drop(file);
+            fs::remove_file(&path).map_err(|e| WalError::io("remove prep file", &path, e))?;
+            Ok(None)
+        }
+        Err(e) => {
+            drop(file);
+            let _ignored = fs::remove_file(&path);
+            Err(e)
+        }
+    }
+}
+
+/// Zero-fills `file` up to `len_bytes`; false when `keep_going` stopped it.
+fn fill(
+    file: &File,
+    path: &Path,
+    len_bytes: u64,
+    chunk_bytes: usize,
+    pacing: Pacing,
+    mut keep_going: impl FnMut(Duration) -> bool,
+) -> Result<bool, WalError> {
     let zeros = vec![0u8; chunk_bytes];
     let mut at = 0u64;
     let mut chunk_took = Duration::ZERO;
     while at < len_bytes {
         if !keep_going(chunk_took) {
-            drop(file);
-            fs::remove_file(&path).map_err(|e| WalError::io("remove prep file", &path, e))?;
-            return Ok(None);
+            return Ok(false);
         }
         let chunk_started = Instant::now();
         let n = zeros.len().min((len_bytes - at) as usize);
         file.write_all_at(&zeros[..n], at)
-            .map_err(|e| WalError::io("zero-fill prep file", &path, e))?;
+            .map_err(|e| WalError::io("zero-fill prep file", path, e))?;
         at += n as u64;
         if pacing == Pacing::SyncEachChunk || at == len_bytes {
             file.sync_data()
-                .map_err(|e| WalError::io("fsync prep file", &path, e))?;
+                .map_err(|e| WalError::io("fsync prep file", path, e))?;
         }
         chunk_took = chunk_started.elapsed();
     }
-    Ok(Some(Prepared {
-        seq,
-        path,
-        file,
-        len_bytes,
-    }))
+    Ok(true)
 }
 
 /// Counters of the preparation, for operators and tests.
@@ -135,6 +165,9 @@ pub struct PreallocationStats {
     pub rolls_dense: u64,
     /// Background preparations that failed (e.g. disk full); each leads to one fallback roll.
     pub prepare_failures: u64,
+    /// Preparations not started because the zero fill would have left less free space than
+    /// the reserve (`WalOptions::free_space_reserve`); each leads to one fallback roll.
+    pub prepare_skipped_low_space: u64,
     /// The last background error (a failed preparation or a failed delete of an unused
     /// prepared file), if any.
     pub last_failure: Option<String>,
@@ -148,6 +181,7 @@ struct State {
     /// A seq whose preparation failed: not retried until a new seq is wanted.
     failed: Option<u64>,
     failures: u64,
+    skipped_low_space: u64,
     last_failure: Option<String>,
     shutdown: bool,
 }
@@ -171,14 +205,21 @@ pub(crate) struct Preparer {
 }
 
 impl Preparer {
-    /// Starts the worker thread; it idles until [`Preparer::want`].
-    pub fn start(dir: &Path, len_bytes: u64, chunk_bytes: usize) -> Result<Preparer, WalError> {
+    /// Starts the worker thread; it idles until [`Preparer::want`]. A preparation is skipped
+    /// when the filesystem would have less than `reserve_bytes` free after it.
+    pub fn start(
+        dir: &Path,
+        len_bytes: u64,
+        chunk_bytes: usize,
+        reserve_bytes: u64,
+    ) -> Result<Preparer, WalError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 wanted: None,
                 ready: None,
                 failed: None,
                 failures: 0,
+                skipped_low_space: 0,
                 last_failure: None,
                 shutdown: false,
             }),
@@ -188,7 +229,15 @@ impl Preparer {
         let worker_dir = dir.to_path_buf();
         let worker = std::thread::Builder::new()
             .name("wal-prealloc".to_string())
-            .spawn(move || run_worker(&worker_shared, &worker_dir, len_bytes, chunk_bytes))
+            .spawn(move || {
+                let job = Job {
+                    dir: &worker_dir,
+                    len_bytes,
+                    chunk_bytes,
+                    reserve_bytes,
+                };
+                run_worker(&worker_shared, &job)
+            })
             .map_err(|e| WalError::io("spawn preallocation thread", dir, e))?;
         Ok(Preparer {
             shared,
@@ -263,6 +312,11 @@ impl Preparer {
         let state = self.shared.lock();
         (state.failures, state.last_failure.clone())
     }
+
+    /// Preparations skipped so far because they would have left less than the reserve free.
+    pub fn skipped_low_space(&self) -> u64 {
+        self.shared.lock().skipped_low_space
+    }
 }
 
 impl Drop for Preparer {
@@ -293,7 +347,28 @@ fn discard(prepared: Prepared) -> Result<(), WalError> {
     fs::remove_file(&prepared.path).map_err(|e| WalError::io("remove prep file", &prepared.path, e))
 }
 
-fn run_worker(shared: &Shared, dir: &Path, len_bytes: u64, chunk_bytes: usize) {
+/// Would zero-filling `len_bytes` more leave less than `reserve_bytes` free on the filesystem
+/// holding `dir`? Not knowing (statvfs failed) is not a reason to skip: the fill then fails or
+/// succeeds on its own.
+pub(crate) fn leaves_less_than_reserve(dir: &Path, len_bytes: u64, reserve_bytes: u64) -> bool {
+    fs_space(dir).is_ok_and(|s| s.available_bytes < len_bytes.saturating_add(reserve_bytes))
+}
+
+/// What the worker prepares: segment-sized files in `dir`.
+struct Job<'a> {
+    dir: &'a Path,
+    len_bytes: u64,
+    chunk_bytes: usize,
+    reserve_bytes: u64,
+}
+
+fn run_worker(shared: &Shared, job: &Job<'_>) {
+    let Job {
+        dir,
+        len_bytes,
+        chunk_bytes,
+        reserve_bytes,
+    } = *job;
     loop {
         let seq = {
             let mut state = shared.lock();
@@ -310,6 +385,14 @@ fn run_worker(shared: &Shared, dir: &Path, len_bytes: u64, chunk_bytes: usize) {
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
         };
+        if leaves_less_than_reserve(dir, len_bytes, reserve_bytes) {
+            // The roll falls back to a growing segment; this seq is not tried again.
+            let mut state = shared.lock();
+            state.failed = Some(seq);
+            state.skipped_low_space += 1;
+            shared.wake.notify_all(); // wakes `wait_ready`
+            continue;
+        }
         // Pacing: after each chunk, leave the disk idle for as long as the chunk kept it busy
         // (woken early by a shutdown or a new `want`), so a foreground sync finds the disk
         // busy with a chunk at most half the time.
@@ -368,7 +451,7 @@ mod tests {
         // Regression: `take` used to leave `wanted` at the taken seq, so the worker started
         // preparing it again and zeroed the file the WAL was turning into a segment.
         let dir = tempfile::tempdir().unwrap();
-        let preparer = Preparer::start(dir.path(), 64 * 1024, 4096).unwrap();
+        let preparer = Preparer::start(dir.path(), 64 * 1024, 4096, 0).unwrap();
         preparer.want(1);
         assert!(preparer.wait_ready(1, WAIT));
         let taken = preparer.take(1, true).unwrap();

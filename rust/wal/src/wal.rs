@@ -14,13 +14,14 @@ use crate::format::{
 use crate::lock::{lock_dir, DirLock};
 use crate::options::{SyncMode, WalOptions, PREALLOCATE_BYTES_PER_SYNC_MAX, RESERVED_KIND_MIN};
 use crate::prealloc::{
-    prep_file_name, prepare_file, remove_leftover_prep_files, Pacing, PreallocationStats, Prepared,
-    Preparer,
+    leaves_less_than_reserve, prep_file_name, prepare_file, remove_leftover_prep_files, Pacing,
+    PreallocationStats, Prepared, Preparer,
 };
 use crate::recovery::{
     replay, track_record, Recovered, RecoveredRecord, RecoveryReport, StickyRecord,
 };
 use crate::segment::{segment_file_name, GroupSpans, SegmentMeta};
+use crate::space::{default_reserve_bytes, fs_space, SpaceStatus};
 use crate::{fsync_dir, Lsn, BATCH_BYTES_MAX, KIND_FORGET_GROUP};
 
 /// What one `append` did.
@@ -102,6 +103,8 @@ pub struct Wal {
     /// No preparation asked for since the last roll (the closed segment's syncs were large).
     prep_paused: bool,
     stats: PreallocationStats,
+    /// Free bytes kept on the filesystem (`WalOptions::free_space_reserve`, resolved at open).
+    reserve_bytes: u64,
     /// Held for the lifetime of the `Wal`: one writer per directory.
     _lock: DirLock,
 }
@@ -148,6 +151,7 @@ impl Wal {
             fsync_dir(&dir)?;
         }
         let sticky_table = options.sticky_table();
+        let reserve_bytes = resolve_reserve(&dir, &options);
         let mut state = replay(&dir, &sticky_table, options.preallocate, visit)?;
         make_replayed_durable(&dir, state.closed.last())?;
         let mut stats = PreallocationStats::default();
@@ -160,6 +164,13 @@ impl Wal {
         };
         let active = match reused {
             Some(active) => active,
+            None if options.preallocate
+                && leaves_less_than_reserve(&dir, options.segment_bytes_max, reserve_bytes) =>
+            {
+                // Zero-filling a whole segment would eat into the reserve: grow instead.
+                stats.prepare_skipped_low_space += 1;
+                create_segment(&dir, state.next_seq, state.next_lsn)?
+            }
             None if options.preallocate => {
                 match prepare_first_segment(&dir, &options, state.next_seq) {
                     Ok(prepared) => {
@@ -182,6 +193,7 @@ impl Wal {
                 &dir,
                 options.segment_bytes_max,
                 options.preallocate_chunk_bytes,
+                reserve_bytes,
             )?;
             preparer.want(active.meta.seq + 1);
             Some(preparer)
@@ -203,6 +215,7 @@ impl Wal {
             preparer,
             prep_paused: false,
             stats,
+            reserve_bytes,
             _lock: lock,
         };
         wal.carry_sticky();
@@ -214,6 +227,13 @@ impl Wal {
     /// rolls first (the sticky records it rewrites come before the batch), so a segment may
     /// exceed `segment_bytes_max` by at most one batch. The batch is validated first: on
     /// `RecordTooLarge`, `ReservedKind` or `BatchTooLarge` nothing is written.
+    ///
+    /// Disk full: [`WalError::NoSpace`] from `append` comes from the roll (writing out the old
+    /// segment's buffered tail, or creating the next segment), before the batch was taken:
+    /// nothing of the batch was appended, the log is not poisoned, append it again later. A
+    /// full disk while writing out a full buffer AFTER the batch was taken does not fail the
+    /// append: the batch is appended (its LSNs assigned) and stays buffered, and the next
+    /// [`Wal::sync`] writes it again and reports `NoSpace` if the disk is still full.
     ///
     /// NOT durable yet: the engine must call [`Wal::sync`] before sending any message that
     /// depends on these records or acknowledging a proposal.
@@ -232,8 +252,10 @@ impl Wal {
         }
         let rolled = self.roll_if_full(batch_bytes)?;
         let first_lsn = Lsn(self.next_lsn);
+        let mut write_deferred = false;
         for record in records {
-            self.push(record)?;
+            self.push(record);
+            self.write_if_full(&mut write_deferred)?;
         }
         Ok(AppendOutcome {
             first_lsn,
@@ -247,7 +269,10 @@ impl Wal {
     ///
     /// DURABILITY POINT: a record is durable when `sync()` returns `Ok(lsn)` with
     /// `lsn >= record's LSN`. A no-op (no syscall) when nothing was appended since the last sync.
-    /// On failure the WAL is poisoned: whether the data reached the disk is unknown.
+    /// [`WalError::NoSpace`] (the write of the buffered records hit a full disk) does not
+    /// poison: nothing of that write counts, the records stay buffered with their LSNs, and the
+    /// next `sync()` writes them again from the same file offset. Any other failure poisons
+    /// the WAL (a failed fsync above all: whether the data reached the disk is unknown).
     pub fn sync(&mut self) -> Result<Lsn, WalError> {
         self.check_usable()?;
         if self.synced_lsn + 1 == self.next_lsn && self.buffer.is_empty() {
@@ -310,7 +335,8 @@ impl Wal {
             payload: &[],
         };
         self.roll_if_full(frame_bytes(0) as u64)?;
-        self.push(&record)?;
+        self.push(&record);
+        self.write_if_full(&mut false)?;
         Ok(Lsn(self.next_lsn - 1))
     }
 
@@ -354,9 +380,25 @@ impl Wal {
         if let Some(preparer) = &self.preparer {
             let (failures, last_failure) = preparer.failures();
             stats.prepare_failures += failures;
+            stats.prepare_skipped_low_space += preparer.skipped_low_space();
             stats.last_failure = last_failure.or(stats.last_failure);
         }
         stats
+    }
+
+    /// Free space on the log's filesystem and the reserve the log keeps (one `statvfs`, cheap
+    /// enough for every tick). The engine refuses writes while `available < reserve`.
+    pub fn space(&self) -> Result<SpaceStatus, WalError> {
+        let fs = fs_space(&self.dir).map_err(|e| WalError::io("statvfs", &self.dir, e))?;
+        Ok(SpaceStatus {
+            available_bytes: fs.available_bytes,
+            reserve_bytes: self.reserve_bytes,
+        })
+    }
+
+    /// The free-space reserve in bytes (`WalOptions::free_space_reserve`, resolved at open).
+    pub fn reserve_bytes(&self) -> u64 {
+        self.reserve_bytes
     }
 
     fn check_usable(&self) -> Result<(), WalError> {
@@ -397,8 +439,8 @@ impl Wal {
         Ok(false)
     }
 
-    /// Frames one record into the buffer; writes the buffer out once it is full.
-    fn push(&mut self, record: &RecordRef<'_>) -> Result<(), WalError> {
+    /// Frames one record into the buffer (no I/O).
+    fn push(&mut self, record: &RecordRef<'_>) {
         let lsn = self.next_lsn;
         encode_frame(self.active.seed, record, &mut self.buffer);
         self.active.meta.size_bytes += frame_bytes(record.payload.len()) as u64;
@@ -412,16 +454,32 @@ impl Wal {
             &mut self.forgotten_lsn,
         );
         self.next_lsn += 1;
-        if self.buffer.len() >= self.options.write_buffer_bytes {
-            self.write_buffer()?;
+    }
+
+    /// Writes the buffer out once it is full. A full disk is not an error of the append that
+    /// filled the buffer (its records are taken; `sync` retries the write and reports it):
+    /// `deferred` is set and no further write is tried during this append.
+    fn write_if_full(&mut self, deferred: &mut bool) -> Result<(), WalError> {
+        if *deferred || self.buffer.len() < self.options.write_buffer_bytes {
+            return Ok(());
         }
-        Ok(())
+        match self.write_buffer() {
+            Err(e) if e.is_no_space() => {
+                *deferred = true;
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Closes the active segment (write, cut the unused preallocated zeros, fsync: closed
     /// segments are always whole and end at their last record) and starts the next one with
     /// the sticky state rewritten at its start: the prepared file if it is ready, else a
     /// growing segment (counted in `rolls_fallback`; never waits for the preparation).
+    ///
+    /// A full disk ([`WalError::NoSpace`]) while writing the old segment's tail or creating the
+    /// new one leaves the old segment active (whole and fsynced if it got that far), removes
+    /// what was created of the new one, and does not poison: the next append rolls again.
     fn roll(&mut self) -> Result<(), WalError> {
         self.write_buffer()?;
         let cut = self.active.preallocated_bytes_ahead() > 0;
@@ -463,8 +521,15 @@ impl Wal {
                 }
                 create_segment(&self.dir, seq, self.next_lsn)
             }
-        }
-        .map_err(|e| self.poison(e))?;
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(e) if e.is_no_space() => {
+                remove_unborn_segment(&self.dir, seq).map_err(|e| self.poison(e))?;
+                return Err(e);
+            }
+            Err(e) => return Err(self.poison(e)),
+        };
         let old = std::mem::replace(&mut self.active, next);
         self.closed.push_back(old.meta);
         self.carry_sticky();
@@ -495,16 +560,29 @@ impl Wal {
         self.sticky = sticky;
     }
 
+    /// Hands the buffer to the kernel at `written_bytes`. A full disk (`ENOSPC`/`EDQUOT`)
+    /// leaves everything as it was: the buffer is kept, `written_bytes` does not move, and the
+    /// next call writes the same bytes at the same offset, over whatever prefix of them reached
+    /// the file (a crash before that leaves the prefix as a torn tail, which recovery cuts).
+    /// Any other failure poisons.
     fn write_buffer(&mut self) -> Result<(), WalError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         let at = self.active.written_bytes;
-        let result = self.active.file.write_all_at(&self.buffer, at);
+        if let Err(e) = self.active.file.write_all_at(&self.buffer, at) {
+            let path = &self.active.meta.path;
+            let error = WalError::io_or_no_space("write", &self.dir, path, e);
+            if error.is_no_space() {
+                return Err(error);
+            }
+            self.buffer.clear();
+            return Err(self.poison(error));
+        }
         self.active.written_bytes += self.buffer.len() as u64;
         self.active.file_bytes = self.active.file_bytes.max(self.active.written_bytes);
         self.buffer.clear();
-        result.map_err(|e| self.poison(WalError::io("write", &self.active.meta.path, e)))
+        Ok(())
     }
 
     fn poison(&mut self, error: WalError) -> WalError {
@@ -547,10 +625,10 @@ fn create_segment(dir: &Path, seq: u64, first_lsn: u64) -> Result<Active, WalErr
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(|e| WalError::io("create segment", &path, e))?;
+        .map_err(|e| WalError::io_or_no_space("create segment", dir, &path, e))?;
     let header = SegmentHeader { seq, first_lsn }.encode();
     file.write_all_at(&header, 0)
-        .map_err(|e| WalError::io("write segment header", &path, e))?;
+        .map_err(|e| WalError::io_or_no_space("write segment header", dir, &path, e))?;
     file.sync_all()
         .map_err(|e| WalError::io("fsync segment header", &path, e))?;
     fsync_dir(dir)?;
@@ -599,15 +677,44 @@ fn activate_prepared(dir: &Path, prepared: Prepared, first_lsn: u64) -> Result<A
     } = prepared;
     let header = SegmentHeader { seq, first_lsn }.encode();
     file.write_all_at(&header, 0)
-        .map_err(|e| WalError::io("write segment header", &prep_path, e))?;
+        .map_err(|e| WalError::io_or_no_space("write segment header", dir, &prep_path, e))?;
     file.sync_data()
         .map_err(|e| WalError::io("fsync segment header", &prep_path, e))?;
     let path = dir.join(segment_file_name(seq));
     fs::hard_link(&prep_path, &path)
-        .map_err(|e| WalError::io("link prepared segment", &path, e))?;
+        .map_err(|e| WalError::io_or_no_space("link prepared segment", dir, &path, e))?;
     fs::remove_file(&prep_path).map_err(|e| WalError::io("remove prep name", &prep_path, e))?;
     fsync_dir(dir)?;
     Ok(empty_active(file, path, seq, first_lsn, len_bytes))
+}
+
+/// Removes what a roll that ran out of space created of segment `seq` (the segment file, or the
+/// prepared file it was being made from), then fsyncs the directory: the log is back to the
+/// old segment as the last one, and a later roll creates `seq` afresh.
+fn remove_unborn_segment(dir: &Path, seq: u64) -> Result<(), WalError> {
+    for path in [
+        dir.join(segment_file_name(seq)),
+        dir.join(prep_file_name(seq)),
+    ] {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(WalError::io("remove unborn segment", &path, e))
+            }
+            _ => {}
+        }
+    }
+    fsync_dir(dir)
+}
+
+/// `WalOptions::free_space_reserve`, or its default from the filesystem's size (two segments
+/// when the size cannot be read).
+fn resolve_reserve(dir: &Path, options: &WalOptions) -> u64 {
+    options.free_space_reserve.unwrap_or_else(|| {
+        let two_segments = options.segment_bytes_max.saturating_mul(2);
+        fs_space(dir).map_or(two_segments, |fs| {
+            default_reserve_bytes(options.segment_bytes_max, fs.total_bytes)
+        })
+    })
 }
 
 /// Continues appending to the (preallocated) last segment replay found: the next write goes
