@@ -1,9 +1,12 @@
-"""LMDB's own header, read before the file is mapped: a truncated data.mdb is refused, not mapped.
+"""data.mdb checked with ordinary reads before LMDB maps it: damage is refused, never mapped.
 
-LMDB maps the whole file and trusts its meta page: a page the meta counts as written but the file
-no longer holds is read through the mapping, and the process dies of SIGBUS without a word. So
-`check_data_file` reads the two meta pages with ordinary reads first and checks the file is as
-long as the newest valid one says.
+LMDB maps the whole file and trusts what it finds: a page the meta counts as written but the file
+no longer holds is read through the mapping and the process dies of SIGBUS without a word, and a
+damaged page header can trip an assertion in liblmdb that aborts it (a leaf page marked as a
+branch does). So `check_data_file` first reads the two meta pages and checks the file is as long
+as the newest valid one says, then runs py-lmdb's offline structural verifier (`lmdb.verify`,
+pure Python, reads only, built for files nobody vouches for) over every page reachable from it.
+The whole file is read once per open: a catalog is a few MiB at most.
 
 On-disk layout (liblmdb 0.9, mdb.c; 64-bit build, host byte order), offsets from each meta page:
 
@@ -23,9 +26,8 @@ tests/test_catalog_integrity.py reads them back with `read_header` and compares 
 
 mdb.c allows one exception: "the file may be shorter if the freeDB lists the final pages" (pages
 a transaction allocated and freed again are never written). LMDB never reads a free page, so such
-a file is safe; when py-lmdb's offline verifier (`lmdb.verify`, py-lmdb >= 3) is available, a
-short file is accepted only if it proves every page reachable from the committed meta is inside
-the file and finds nothing else wrong; without it a short file is refused.
+a file is safe: a short file is accepted when the verifier proves every page reachable from the
+committed meta is inside it and finds nothing else wrong.
 
 An empty (0-byte) data.mdb is what LMDB itself treats as a new environment (mdb_env_read_header
 returns ENOENT), and what a crash during the very first open can leave: it is accepted as an
@@ -42,6 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from lmdb import verify as lmdb_verify
+
+from nodedb_cluster.catalog.checksum import RESTORE_HINT
 from nodedb_cluster.errors import CatalogCorrupt
 
 MDB_MAGIC: Final = 0xBEEFC0DE
@@ -138,8 +143,9 @@ def read_header(data_file: Path) -> Meta | None:
 
 
 def check_data_file(data_file: Path) -> None:
-    """Refuse (`CatalogCorrupt` naming the file, its size and the size LMDB's header requires) a
-    data.mdb that LMDB would map although it is shorter than its committed pages."""
+    """Refuse, with `CatalogCorrupt` naming the file, a data.mdb LMDB must not map: shorter than
+    its committed pages (the message gives its size and the size LMDB's header requires), or
+    with damaged pages."""
     if not _SUPPORTED:
         return
     meta = read_header(data_file)
@@ -150,28 +156,32 @@ def check_data_file(data_file: Path) -> None:
         size = data_file.stat().st_size
     except OSError as e:
         raise _corrupt(data_file, f"cannot stat it: {e}") from e
-    if size >= required or _only_free_pages_missing(data_file):
-        return
-    raise _corrupt(
-        data_file,
-        f"the file is {size} bytes but LMDB's header requires {required} "
-        f"({meta.last_page + 1} pages of {meta.page_size} bytes, transaction {meta.txnid}): "
-        "it was truncated; restore it from a backup or rejoin this node as a fresh replica",
-    )
+    problems = verify_structure(data_file)
+    if size < required and problems:
+        raise _corrupt(
+            data_file,
+            f"the file is {size} bytes but LMDB's header requires {required} "
+            f"({meta.last_page + 1} pages of {meta.page_size} bytes, transaction {meta.txnid}): "
+            f"it was truncated ({_summary(problems)}); {RESTORE_HINT}",
+        )
+    if problems:
+        raise _corrupt(
+            data_file, f"LMDB's pages are damaged ({_summary(problems)}); {RESTORE_HINT}"
+        )
 
 
-def _only_free_pages_missing(data_file: Path) -> bool:
-    """True when py-lmdb's offline verifier finds the file sound: every page reachable from the
-    committed meta lies inside the file (only free pages are missing). False without it."""
-    try:
-        from lmdb import verify as lmdb_verify
-    except ImportError:  # py-lmdb < 3 has no verifier: refuse rather than risk the SIGBUS
-        return False
+def verify_structure(data_file: Path) -> list[str]:
+    """What py-lmdb's offline verifier finds wrong with the file's pages (empty: sound)."""
     try:
         problems = lmdb_verify.verify(str(data_file), subdir=False)  # type: ignore[no-untyped-call]
-    except Exception:  # its VerifyError, or an OSError: either way not proven safe
-        return False
-    return not problems
+    except Exception as e:  # its VerifyError, an OSError, or whatever hostile bytes provoke
+        return [f"{type(e).__name__}: {e}"]
+    return [str(p) for p in problems]
+
+
+def _summary(problems: list[str]) -> str:
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"LMDB verifier: {problems[0]}{more}"
 
 
 def _corrupt(data_file: Path, reason: str) -> CatalogCorrupt:

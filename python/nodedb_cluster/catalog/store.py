@@ -73,9 +73,12 @@ _DAMAGE_ERRORS: Final[tuple[type[lmdb.Error], ...]] = (
     lmdb.InvalidError,
     lmdb.VersionMismatchError,
     lmdb.IncompatibleError,
+    lmdb.CursorFullError,
 )
 """What LMDB raises when its own structures are damaged (bad page flags, a page number past the
-end, a bad meta page, a database record changed)."""
+end, a bad meta page, a database record changed, a tree deeper than possible). The structural
+check before mapping (`lmdbfile`) catches such damage first; these remain for damage it cannot
+see, such as the file changing while it is open."""
 
 
 class RoutingCodec(Protocol):
