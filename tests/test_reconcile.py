@@ -6,9 +6,11 @@ from nodedb_cluster.reconcile import (
     CAUGHT_UP_LAG_ENTRIES_MAX,
     AddLearner,
     CreateGroup,
+    DemoteVoter,
     DropGroup,
     LocalGroup,
     PromoteVoter,
+    ProposeDemotion,
     ProposePromotion,
     RemoveMember,
     TransferLeader,
@@ -159,3 +161,29 @@ def test_no_hand_over_to_a_lagging_voter_nor_while_membership_changes_or_when_of
     assert plan_reconcile(1, routing, local, RF) == [], "off by default"
     routing.set_members(3, (1, 2, 3), (4,))  # a learner to add first: membership comes first
     assert plan_reconcile(1, routing, local, RF, balance_leaders=True) == [AddLearner(3, 4)]
+
+
+def test_a_voter_without_its_replica_asks_to_be_demoted_instead_of_creating_an_empty_voter() -> (
+    None
+):
+    # Node 3 lost group 1 (its log's tail, or all of it): routing still lists it as a voter.
+    routing = routing_with(1, (1, 2, 3), ())
+    local = {0: LocalGroup(0, False, (1, 2, 3), (), 5)}
+    assert plan_reconcile(3, routing, local, RF) == [ProposeDemotion(1)]
+    # Once routing says learner, the empty learner replica is created.
+    routing.set_members(1, (1, 2), (3,))
+    assert plan_reconcile(3, routing, local, RF) == [CreateGroup(1)]
+
+
+def test_a_sole_voter_that_lost_its_replica_has_no_one_to_ask() -> None:
+    routing = routing_with(1, (3,), ())
+    local = {0: LocalGroup(0, False, (3,), (), 5)}
+    assert plan_reconcile(3, routing, local, RF) == []
+
+
+def test_the_leader_demotes_a_voter_routing_lists_as_learner_then_promotes_it_caught_up() -> None:
+    routing = routing_with(1, (1, 2), (3,))
+    local = {0: leader(0, (1, 2), (3,)), 1: leader(1, (1, 2, 3))}
+    assert plan_reconcile(1, routing, local, RF) == [DemoteVoter(1, 3)]
+    local[1] = leader(1, (1, 2), (3,), commit=100, matched={3: 100})
+    assert plan_reconcile(1, routing, local, RF) == [ProposePromotion(1, 3)]

@@ -70,6 +70,7 @@ _BOOL_FIELDS: Final = frozenset(
         "swim_insecure",
         "balance_leaders",
         "allow_bench_load",
+        "rejoin",
     }
 )
 _STR_FIELDS: Final = frozenset({"join_token"})
@@ -100,6 +101,11 @@ class ClusterConfig:
     """Voters per data group (1..15), capped at the number of live nodes."""
     force_bootstrap: bool = False
     """Bootstrap even if this is not the smallest seed; requires listen_addr to be a seed."""
+    rejoin: bool = False
+    """Start even though this node's Raft log lost entries it acknowledged (or its catalog is
+    gone): discard this node's copy of the damaged groups (all of them without a catalog) and
+    rejoin as a fresh replica the leaders re-replicate, keeping the node id. Without it such a
+    node refuses to start."""
     balance_leaders: bool = False
     """Hand data-group leaderships to nodes that lead fewer (reconcile.plan_leader_balance).
     Off by default: with every node on one host (shared cores and disk) spreading leaders cut

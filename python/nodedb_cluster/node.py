@@ -40,7 +40,7 @@ from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.audit import AUDIT_FILE_NAME, AuditLog
-from nodedb_cluster.metadata.commands import MetadataEntry, SettingValue
+from nodedb_cluster.metadata.commands import DemoteGroupVoter, MetadataEntry, SettingValue
 from nodedb_cluster.metadata.group import MetadataGroup, decode_result
 from nodedb_cluster.metadata.placement import plan_promotion
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
@@ -48,9 +48,11 @@ from nodedb_cluster.reconcile import (
     Action,
     AddLearner,
     CreateGroup,
+    DemoteVoter,
     DropGroup,
     LocalGroup,
     PromoteVoter,
+    ProposeDemotion,
     ProposePromotion,
     RemoveMember,
     TransferLeader,
@@ -189,6 +191,15 @@ class Node:
 
     def attach_engine(self, engine: RaftEngine) -> None:
         self.engine = engine
+        for group_id, commit_index, last_index in engine.discarded_groups():
+            log.warning(
+                "node %d: discarded its copy of group %d (its log ended at index %d, before the "
+                "committed index %d): rejoining it as a learner the leader re-replicates",
+                self.config.node_id,
+                group_id,
+                last_index,
+                commit_index,
+            )
         self._engine_watch = asyncio.ensure_future(self._watch_engine(engine))
         lease_s = self.config.election_timeout_min_ms / 1000 * LEASE_FRACTION
         self._kv = KvRouter(
@@ -512,6 +523,13 @@ class Node:
                 await engine.add_learner(g, n)
             case PromoteVoter(group_id=g, node_id=n):
                 await engine.promote(g, n)
+            case DemoteVoter(group_id=g, node_id=n):
+                await engine.add_learner(g, n)  # raft: adding a voter as learner demotes it
+            case ProposeDemotion(group_id=g):
+                me = self.config.node_id
+                refused = await self.propose_metadata(MetadataEntry((DemoteGroupVoter(g, me),)))
+                if refused is not None:
+                    log.info("demotion of %d in group %d refused: %s", me, g, refused)
             case RemoveMember(group_id=g, node_id=n):
                 await engine.remove_node(g, n)
             case TransferLeader(group_id=g, to_node_id=n):

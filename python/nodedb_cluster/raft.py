@@ -60,6 +60,9 @@ class RaftSettings:
     install_snapshot_chunk_bytes: int = 4 << 20
     orphan_partial_max_age_secs: int = 300
     max_uncommitted_bytes: int = 32 << 20
+    rejoin: bool = False
+    """Forget (instead of refusing to open) groups whose log lost acknowledged entries; they
+    are listed by `RaftEngine.discarded_groups` and rejoined by the control plane."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +130,13 @@ class RaftEngine:
             install_snapshot_chunk_bytes=s.install_snapshot_chunk_bytes,
             orphan_partial_max_age_secs=s.orphan_partial_max_age_secs,
             max_uncommitted_bytes=s.max_uncommitted_bytes,
+            rejoin=s.rejoin,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def discarded_groups(self) -> list[tuple[int, int, int]]:
+        """(group_id, commit_index, last_index) of each group forgotten at open (`rejoin`)."""
+        return list(self._core.discarded_groups())
 
     def _future(self) -> asyncio.Future[Any]:
         """A future on the owning loop (bound on first use; any other loop is refused)."""

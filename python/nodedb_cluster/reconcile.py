@@ -95,6 +95,25 @@ class TransferLeader:
 
 
 @dataclass(frozen=True, slots=True)
+class DemoteVoter:
+    """Raft conf change voter -> learner, once routing lists the node as a learner (it lost its
+    replica and rejoins; `ProposeDemotion`)."""
+
+    group_id: int
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeDemotion:
+    """This node is a voter of `group_id` in routing but holds no replica of it (its log lost
+    the group, or `start --rejoin` discarded it): an empty voter would count towards quorums
+    for entries it no longer has. Ask group 0 to make it a learner first; the learner replica
+    is created once routing says so, filled by the leader and promoted when caught up."""
+
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProposePromotion:
     """A caught-up learner of an under-replicated group: ask group 0 to make it a voter."""
 
@@ -109,6 +128,8 @@ Action = (
     | PromoteVoter
     | RemoveMember
     | TransferLeader
+    | DemoteVoter
+    | ProposeDemotion
     | ProposePromotion
 )
 
@@ -125,7 +146,12 @@ def plan_reconcile(
     actions: list[Action] = []
     desired_groups = set(routing.groups_of_node(self_id))
     for group_id in sorted(desired_groups - set(local)):
-        actions.append(CreateGroup(group_id))
+        voters = routing.route(group_id).voters
+        if self_id not in voters:
+            actions.append(CreateGroup(group_id))
+        elif any(v != self_id for v in voters):
+            actions.append(ProposeDemotion(group_id))
+        # else: the sole voter lost its only copy; nothing can restore it from here.
     for group_id, group in sorted(local.items()):
         unwanted = group_id not in routing.group_ids or group_id not in desired_groups
         if unwanted and self_id not in group.voters and self_id not in group.learners:
@@ -185,6 +211,8 @@ def _leader_step(
         return AddLearner(group.group_id, node_id)
     for node_id in sorted(set(route.voters) & set(group.learners)):
         return PromoteVoter(group.group_id, node_id)
+    for node_id in sorted(set(route.learners) & set(group.voters) - {self_id}):
+        return DemoteVoter(group.group_id, node_id)
     for node_id in sorted(actual - desired):
         if node_id == self_id:
             successors = sorted(set(route.voters) & set(group.voters) - {self_id})

@@ -27,6 +27,8 @@ def decide_formation(config: ClusterConfig, catalog_bootstrapped: bool) -> Forma
     """The formation path for `config` given whether the catalog already holds a cluster id."""
     if catalog_bootstrapped:
         return FormationPath.RESTART
+    if config.rejoin:  # a member that lost its catalog rejoins; it never founds a new cluster
+        return FormationPath.JOIN
     seeds = config.seed_nodes
     if config.listen_addr in seeds and (config.force_bootstrap or config.listen_addr == min(seeds)):
         return FormationPath.BOOTSTRAP

@@ -26,6 +26,17 @@ from nodedb_cluster.errors import CatalogError, ClusterError
 from nodedb_cluster.formation.credentials import check_node_credentials
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
 from nodedb_cluster.formation.join_client import join_sender, run_join
+from nodedb_cluster.formation.log_identity import (
+    LogIdentity,
+    LogIdentityError,
+    Verdict,
+    discard_raft_state,
+    has_raft_log,
+    identity_path,
+    read_identity,
+    write_identity,
+)
+from nodedb_cluster.formation.log_identity import decide as decide_log_identity
 from nodedb_cluster.lifecycle import (
     Bootstrapping,
     Failed,
@@ -65,6 +76,7 @@ async def start_cluster(
     transport: Transport | None = None
     node: Node | None = None
     try:
+        await asyncio.to_thread(_check_log_identity, config, catalog)
         path = decide_formation(config, catalog.is_bootstrapped())
         check_node_credentials(config, time.time())  # key modes, identity, expiry
         transport = Transport(
@@ -103,6 +115,48 @@ async def start_cluster(
         raise
 
 
+def _check_log_identity(config: ClusterConfig, catalog: Catalog) -> None:
+    """Catalog and Raft log must belong to the same cluster and node (`log_identity`); a log
+    without a catalog is never formed over. Acts on the verdict: stamp, or move aside."""
+    data_dir = config.data_dir
+    cluster_id = catalog.cluster_id()
+    ours = None if cluster_id is None else LogIdentity(cluster_id, config.node_id)
+    try:
+        theirs = read_identity(data_dir)
+    except LogIdentityError:
+        if not config.rejoin:
+            raise
+        theirs, verdict = None, Verdict.DISCARD
+    else:
+        verdict = decide_log_identity(
+            ours,
+            theirs,
+            has_raft_log(data_dir),
+            rejoin=config.rejoin,
+            force_bootstrap=config.force_bootstrap,
+            catalog_path=catalog.path,
+            data_dir=data_dir,
+        )
+    match verdict:
+        case Verdict.PROCEED:
+            return
+        case Verdict.STAMP:
+            assert ours is not None
+            write_identity(data_dir, ours)
+            log.info("recorded the Raft log's identity (%s) in %s", ours, identity_path(data_dir))
+        case Verdict.DISCARD:
+            moved = discard_raft_state(data_dir)
+            log.warning(
+                "moved this node's Raft state (log of %s) aside to %s (delete it once it is no "
+                "longer needed); %s",
+                theirs or "unknown identity",
+                moved,
+                "rejoining as a fresh replica" if config.rejoin else "bootstrapping a new cluster",
+            )
+            if ours is not None:
+                write_identity(data_dir, ours)
+
+
 def _count_join_attempts(tracker: LifecycleTracker) -> list[int]:
     """A one-cell counter of Joining transitions, for the `join_attempts` metric."""
     counter = [0]
@@ -132,6 +186,7 @@ def raft_settings_of(config: ClusterConfig) -> RaftSettings:
         election_ticks=config.election_timeout_min_ticks,
         install_snapshot_chunk_bytes=config.install_snapshot_chunk_bytes,
         orphan_partial_max_age_secs=config.orphan_partial_max_age_secs,
+        rejoin=config.rejoin,
     )
 
 
@@ -211,7 +266,11 @@ async def _bootstrap(parts: _Parts) -> Node:
     secret = secrets.token_bytes(CLUSTER_SECRET_BYTES)  # keys join tokens and SWIM; never logged
     routing = RoutingTable.bootstrap(config.num_groups, config.node_id)
     topology = Topology([_self_info(config, transport, routing.group_ids)])
-    # The catalog first: a crash from here on restarts instead of bootstrapping a second cluster.
+    # The log's identity, then the catalog: a crash from here on restarts instead of
+    # bootstrapping a second cluster.
+    await asyncio.to_thread(
+        write_identity, config.data_dir, LogIdentity(cluster_id, config.node_id)
+    )
     await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing, secret)
     node = parts.node(cluster_id)
     engine = await _open_engine(node, MetadataState(topology, routing, {}, 0), parts.data_sm)
@@ -265,8 +324,11 @@ async def _join(parts: _Parts) -> Node:
     if own is not None and own.state is not NodeState.ACTIVE:
         topology.update(dataclasses.replace(own, state=NodeState.ACTIVE))
     state = dataclasses.replace(state, topology=topology)
-    # 2. The catalog (with the cluster secret, when the admitting node sent one) before any
-    # Raft state.
+    # 2. The log's identity and the catalog (with the cluster secret, when the admitting node
+    # sent one) before any Raft state.
+    await asyncio.to_thread(
+        write_identity, config.data_dir, LogIdentity(response.cluster_id, config.node_id)
+    )
     await asyncio.to_thread(
         catalog.save_formation,
         response.cluster_id,

@@ -40,6 +40,7 @@ import msgpack
 
 from nodedb_cluster import wire
 from nodedb_cluster.clock import Clock, SystemClock
+from nodedb_cluster.durable import fsync_dir
 from nodedb_cluster.errors import ClusterError, InvalidRequest
 from nodedb_cluster.metadata.commands import MetadataEntry, command_name, command_to_doc
 
@@ -155,7 +156,7 @@ class AuditLog:
             return
         if size and size + incoming_bytes > self._file_bytes_max:
             os.replace(self.path, self.rotated_path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             log.info("audit: rotated %s to %s", self.path, self.rotated_path)
 
 
@@ -297,11 +298,3 @@ def _last_lines(path: Path, limit: int) -> list[str]:
         lines = lines[1:]  # the first may be the end of a longer line
     complete = [line for line in lines if line.endswith(b"\n")]
     return [line.decode("utf-8", errors="replace").rstrip("\n") for line in complete[-limit:]]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

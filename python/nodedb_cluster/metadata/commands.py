@@ -88,6 +88,16 @@ class RemoveGroupMember:
 
 
 @dataclass(frozen=True, slots=True)
+class DemoteGroupVoter:
+    """Voter -> learner, at apply time only while another voter remains: a node that lost its
+    replica (or the acknowledged tail of its log) asks for this before it takes part again, so
+    it catches up from the leader without counting towards any quorum (see `reconcile`)."""
+
+    group_id: int
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class AssignVShard:
     vshard: int
     group_id: int
@@ -107,6 +117,7 @@ MetadataCommand = (
     | AddGroupLearner
     | PromoteGroupLearner
     | RemoveGroupMember
+    | DemoteGroupVoter
     | AssignVShard
     | PutSetting
 )
@@ -259,6 +270,13 @@ _CODECS: Final[dict[str, tuple[type, Encoder, Decoder]]] = {
         RemoveGroupMember,
         lambda c: {"group_id": c.group_id, "node_id": c.node_id},
         lambda d: RemoveGroupMember(
+            _int(d.get("group_id"), "group_id"), _int(d.get("node_id"), "node_id")
+        ),
+    ),
+    "demote_group_voter": (
+        DemoteGroupVoter,
+        lambda c: {"group_id": c.group_id, "node_id": c.node_id},
+        lambda d: DemoteGroupVoter(
             _int(d.get("group_id"), "group_id"), _int(d.get("node_id"), "node_id")
         ),
     ),
