@@ -416,7 +416,8 @@ def _looks_like_no_space(e: lmdb.Error, directory: Path) -> bool:
 
 def _open_meta_db(env: lmdb.Environment, data_file: Path) -> _Database:
     """The `meta` database; refused when LMDB's main database lists others but not it (a damaged
-    name would otherwise make LMDB create an empty `meta`: a formed node would look new)."""
+    name would otherwise make LMDB create an empty `meta`: a formed node would look new), or when
+    its record in the main database was changed to other flags."""
     with env.begin() as txn:
         names = [bytes(name) for name in txn.cursor().iternext(keys=True, values=False)]
     if names and layout.DB_NAME not in names:
@@ -427,7 +428,16 @@ def _open_meta_db(env: lmdb.Environment, data_file: Path) -> _Database:
             f"{layout.DB_NAME.decode()!r}: {RESTORE_HINT}",
             data_file,
         )
-    return env.open_db(layout.DB_NAME, create=not names)
+    db = env.open_db(layout.DB_NAME, create=not names)
+    flags = sorted(name for name, on in db.flags().items() if on)
+    if flags:  # e.g. dupsort: a put would then add a duplicate and a get find the old value
+        raise CatalogCorrupt(
+            None,
+            f"the catalog's database {layout.DB_NAME.decode()!r} carries LMDB flags it is never "
+            f"created with ({', '.join(flags)}): {RESTORE_HINT}",
+            data_file,
+        )
+    return db
 
 
 def _stamp_or_migrate(env: lmdb.Environment, db: _Database, data_file: Path) -> int:

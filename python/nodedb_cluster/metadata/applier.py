@@ -6,20 +6,31 @@ apply (say, a node id reused with another address) is refused as a whole, identi
 and leaves the state untouched. After each batch the state and the last applied index are written
 to the catalog in one transaction: that commit is the durability point, and a restart resumes
 after exactly the entries whose effects it holds (entries at or below it are skipped).
+
+A full disk (`CatalogNoSpace` from the save) neither stops the node nor loses a batch: the
+state is applied in memory as usual (the log has moved on; dropping it would diverge from every
+other node), the save is retried on a thread with a bounded backoff, and each later batch saves
+the newer state instead (one full state covers all before it). Until a save lands the catalog
+lags the log, which a crash repairs by replay (the engine replays everything after its latest
+snapshot, and the applier skips only what the catalog holds). `no_space` and the `on_no_space`
+observer tell the node, which refuses writes meanwhile (its NO_SPACE state).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
-from nodedb_cluster.errors import ClusterError
+from nodedb_cluster.errors import CatalogNoSpace, ClusterError
 from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
     AddNode,
     AssignVShard,
+    DemoteGroupVoter,
     MalformedCommand,
     MetadataCommand,
     MetadataEntry,
@@ -35,6 +46,12 @@ from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
 
 log = logging.getLogger(__name__)
+
+NO_SPACE_RETRY_FIRST_S: Final = 0.05
+NO_SPACE_RETRY_MAX_S: Final = 1.0
+"""Backoff of the save retry while the disk is full: doubling from 50 ms, capped at 1 s, so writes
+resume within about a second of space being freed at a cost of one failed commit per second."""
+RETRIER_JOIN_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +93,56 @@ Audit = Callable[[Sequence[tuple[int, MetadataEntry]]], None]
 """Records a batch's applied entries (`metadata/audit.py`); called once per batch that applied
 any, BEFORE `Persist`, so a crash in between makes the replay write them again (the audit log
 skips indexes it already holds) instead of losing them."""
+NoSpaceObserver = Callable[[CatalogNoSpace | None], None]
+"""Told of each change of the no-space condition: the error when saves start failing for lack of
+space, None once a save lands again. Called on the engine's driver thread or the retry thread
+(never the event loop's), with the applier's save lock held: it must only hand the news on
+(e.g. `loop.call_soon_threadsafe`), never block or call back into the applier."""
 
 
 class MetadataStateMachine:
     """Applies metadata entries in batches and persists the result once per batch."""
 
-    def __init__(self, state: MetadataState, persist: Persist, audit: Audit | None = None) -> None:
+    def __init__(
+        self,
+        state: MetadataState,
+        persist: Persist,
+        audit: Audit | None = None,
+        *,
+        on_no_space: NoSpaceObserver | None = None,
+    ) -> None:
         self._state = state
         self._persist = persist
         self._audit = audit
+        self._on_no_space = on_no_space
+        self._save_lock = threading.Lock()  # the driver's saves and the retrier's, one at a time
+        self._unsaved: MetadataState | None = None  # applied, not yet durable (disk full)
+        self._no_space: CatalogNoSpace | None = None
+        self._retrier: threading.Thread | None = None
+        self._closed = threading.Event()
 
     @property
     def state(self) -> MetadataState:
         return self._state
+
+    @property
+    def no_space(self) -> bool:
+        """True while the applied state could not be saved for lack of disk space (the retry
+        runs); False once a save landed. The node's NO_SPACE state follows this."""
+        return self._no_space is not None
+
+    @property
+    def no_space_error(self) -> CatalogNoSpace | None:
+        """The last `CatalogNoSpace` while `no_space` (it names the catalog file), else None."""
+        return self._no_space
+
+    def close(self) -> None:
+        """Stop the save retrier, if one runs (bounded wait). Whatever it had not saved yet is
+        re-applied from the Raft log at the next start."""
+        self._closed.set()
+        retrier = self._retrier
+        if retrier is not None and retrier is not threading.current_thread():
+            retrier.join(RETRIER_JOIN_S)
 
     def apply_batch(self, entries: Sequence[tuple[int, bytes]]) -> list[ApplyResult]:
         """Apply committed `(index, data)` entries in log order; one result per entry.
@@ -114,7 +168,7 @@ class MetadataStateMachine:
         if audited and self._audit is not None:
             self._audit(audited)
         if entries:
-            self._persist(state)
+            self._save(state)
             self._state = state
         if changed:
             log.info(
@@ -127,8 +181,89 @@ class MetadataStateMachine:
 
     def replace_state(self, state: MetadataState) -> None:
         """Install a state wholesale (a restored snapshot), persisted first."""
-        self._persist(state)
+        self._save(state)
         self._state = state
+
+    # --- saving, and retrying while the disk is full -------------------------------------------
+
+    def _save(self, state: MetadataState) -> None:
+        """Persist `state`; on `CatalogNoSpace` keep it for the retrier instead of raising (any
+        other error propagates as before)."""
+        with self._save_lock:
+            try:
+                self._persist(state)
+            except CatalogNoSpace as e:
+                self._unsaved = state
+                self._enter_no_space(e)
+                if self._retrier is None and not self._closed.is_set():
+                    self._retrier = threading.Thread(
+                        target=self._retry_saves, name="metadata-save-retry", daemon=True
+                    )
+                    self._retrier.start()
+                return
+            self._unsaved = None  # this state covers any older unsaved one
+            self._leave_no_space(state)
+
+    def _retry_saves(self) -> None:
+        """Save the newest unsaved state with a doubling, capped backoff until one lands, a batch
+        saves it first, the applier closes, or another error ends the attempt (logged). The
+        thread clears `_retrier` under the save lock in the same step as it decides to end, so a
+        save failing meanwhile always finds either this thread still retrying or none."""
+        delay = NO_SPACE_RETRY_FIRST_S
+        while True:
+            closed = self._closed.wait(delay)
+            with self._save_lock:
+                state = self._unsaved
+                if closed or state is None:  # closing, or a later batch's save landed
+                    self._retrier = None
+                    return
+                try:
+                    self._persist(state)
+                except CatalogNoSpace as e:
+                    self._no_space = e
+                    delay = min(delay * 2, NO_SPACE_RETRY_MAX_S)
+                    continue
+                except Exception as e:  # a closed or damaged catalog: not a reason to spin
+                    log.error(
+                        "metadata: gave up saving the state applied through %d: %s (the next "
+                        "batch tries again; a restart replays it from the Raft log)",
+                        state.applied_index,
+                        e,
+                    )
+                    self._retrier = None
+                    return
+                self._unsaved = None
+                self._retrier = None
+                self._leave_no_space(state)
+                return
+
+    def _enter_no_space(self, error: CatalogNoSpace) -> None:
+        first = self._no_space is None
+        self._no_space = error
+        if first:
+            log.warning(
+                "metadata: %s; the applied state stays in memory and its save is retried",
+                error,
+            )
+            self._tell(error)
+
+    def _leave_no_space(self, state: MetadataState) -> None:
+        if self._no_space is None:
+            return
+        self._no_space = None
+        log.warning(
+            "metadata: the catalog has space again; state saved through index %d",
+            state.applied_index,
+        )
+        self._tell(None)
+
+    def _tell(self, error: CatalogNoSpace | None) -> None:
+        if self._on_no_space is None:
+            return
+        try:
+            self._on_no_space(error)
+        except Exception:  # an observer's bug must not fail the apply or stop the retry
+            log.exception("metadata: the no-space observer raised")
 
 
 def _apply_entry(
@@ -198,6 +333,11 @@ def _apply_command(
             if route.has_member(node_id) and voters:
                 learners = tuple(n for n in route.learners if n != node_id)
                 routing.set_members(group_id, voters, learners)
+        case DemoteGroupVoter(group_id=group_id, node_id=node_id):
+            route = routing.route(group_id)
+            voters = tuple(n for n in route.voters if n != node_id)
+            if node_id in route.voters and voters:
+                routing.set_members(group_id, voters, (*route.learners, node_id))
         case AssignVShard(vshard=vshard, group_id=group_id):
             routing.assign_vshard(vshard, group_id)
         case PutSetting(key=key, value=value):

@@ -14,7 +14,7 @@ from typing import Final
 
 import msgpack
 
-from nodedb_cluster.errors import CatalogError
+from nodedb_cluster.errors import CatalogError, CatalogNoSpace
 from nodedb_cluster.metadata.applier import (
     Applied,
     Audit,
@@ -81,10 +81,24 @@ class MetadataGroup:
         loop: asyncio.AbstractEventLoop,
         on_change: Callable[[MetadataState], None],
         audit: Audit | None = None,
+        on_no_space: Callable[[CatalogNoSpace | None], None] | None = None,
     ) -> None:
-        self.machine = MetadataStateMachine(initial, persist, audit)
+        """`on_no_space` runs on the event loop each time the catalog runs out of space for the
+        applied state (the error) or has it again (None); see `MetadataStateMachine.no_space`."""
+        observer = None if on_no_space is None else self._on_loop(loop, on_no_space)
+        self.machine = MetadataStateMachine(initial, persist, audit, on_no_space=observer)
         self._loop = loop
         self._on_change = on_change
+
+    @staticmethod
+    def _on_loop(
+        loop: asyncio.AbstractEventLoop, callback: Callable[[CatalogNoSpace | None], None]
+    ) -> Callable[[CatalogNoSpace | None], None]:
+        def hand_over(error: CatalogNoSpace | None) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(callback, error)
+
+        return hand_over
 
     def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
         results = self.machine.apply_batch(entries)
