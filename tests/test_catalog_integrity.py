@@ -12,7 +12,6 @@ through the CLI on a catalog with one changed byte of its routing table or clust
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import os
@@ -32,9 +31,8 @@ from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import FORMAT_VERSION, Catalog
 from nodedb_cluster.catalog.checksum import CHECKSUM_BYTES, is_sealed, seal
 from nodedb_cluster.catalog.lmdbfile import read_header, verify_structure
-from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import CatalogCorrupt, CatalogError, CatalogNoSpace
-from nodedb_cluster.localcluster import free_port
+from nodedb_cluster.localcluster import LocalCluster
 from nodedb_cluster.metadata.applier import Applied, MetadataState, MetadataStateMachine
 from nodedb_cluster.metadata.commands import MetadataEntry, PutSetting
 from nodedb_cluster.routing.table import RoutingTable
@@ -43,6 +41,7 @@ from nodedb_cluster.topology import NodeInfo, NodeState, Topology
 TESTS = Path(__file__).resolve().parent
 CHILD = TESTS / "catalog_open_child.py"
 CHILD_TIMEOUT_S = 120.0
+EXIT_WAIT_S = 30.0
 CLUSTER_ID = "0123456789abcdef0123456789abcdef"
 SECRET = bytes(range(32))
 P_BRANCH, P_LEAF, P_OVERFLOW, P_META = 0x01, 0x02, 0x04, 0x08
@@ -567,65 +566,33 @@ def test_the_applier_still_raises_other_catalog_errors(tmp_path: Path) -> None:
 # --- a real node through the CLI ------------------------------------------------------------------
 
 
-async def start_node(config_path: Path, timeout_s: float) -> tuple[int | None, str, str]:
-    """Run `nodedb-cluster start`: (exit code, or None once it printed READY; stdout; stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nodedb_cluster.cli",
-        "start",
-        "--config",
-        str(config_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(timeout_s):
-            first = await proc.stdout.readline()
-            if first.startswith(b"READY "):
-                proc.terminate()
-                _, err = await proc.communicate()
-                return None, first.decode(), err.decode(errors="replace")
-            out, err = await proc.communicate()
-            return proc.returncode, (first + out).decode(), err.decode(errors="replace")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("key", [b"routing", b"cluster_id"])
 async def test_a_node_on_a_changed_catalog_refuses_to_start_in_one_line(
     tmp_path: Path, key: bytes
 ) -> None:
-    addr = parse_socket_addr(f"127.0.0.1:{free_port(['127.0.0.1'])}")
-    config = ClusterConfig(
-        node_id=1,
-        listen_addr=addr,
-        seed_nodes=(addr,),
-        data_dir=tmp_path / "n1",
-        insecure_transport=True,
-        num_groups=2,
-    )
-    config_path = tmp_path / "n1.toml"
-    config_path.write_text(config.to_toml())
-    code, out, err = await start_node(config_path, 60.0)
-    assert code is None, f"the first start did not get READY: {out}\n{err}"
-    value = stored(config.data_dir, key)
-    if key == b"cluster_id":  # one character of the id changed, still a valid-looking id
-        text = value[:-CHECKSUM_BYTES]
-        position = len(text) // 2
-        replacement = b"0" if text[position : position + 1] != b"0" else b"1"
-        edit(config.data_dir / "catalog" / "data.mdb", value, position, replacement[0])
-    else:
-        edit(config.data_dir / "catalog" / "data.mdb", value, (len(value) - CHECKSUM_BYTES) // 2)
-    code, out, err = await start_node(config_path, 30.0)
-    assert code not in (None, 0), f"started on a damaged catalog: {out}\n{err}"
-    assert "Traceback" not in err, err
-    data_file = str(config.data_dir / "catalog" / "data.mdb")
-    lines = [line for line in err.splitlines() if data_file in line]
-    assert len(lines) == 1, err
+    cluster = LocalCluster(tmp_path, 1, secure=False, overrides={"num_groups": 2})
+    node = cluster.nodes[1]
+    data_file = node.config.data_dir / "catalog" / "data.mdb"
+    try:
+        await cluster.start()
+        assert await node.stop() == 0
+        value = stored(node.config.data_dir, key)
+        if key == b"cluster_id":  # one character of the id changed: still a valid-looking id
+            text = value[:-CHECKSUM_BYTES]
+            position = len(text) // 2
+            edit(data_file, value, position, ord("0" if text[position] != ord("0") else "1"))
+        else:
+            edit(data_file, value, (len(value) - CHECKSUM_BYTES) // 2)
+        first_run = node.log_path.stat().st_size
+        await node.start()
+        code = await node.wait_exit(EXIT_WAIT_S)
+    finally:
+        await cluster.close()
+    log = node.log_path.read_bytes()[first_run:].decode(errors="replace")
+    assert code != 0, f"started on a changed catalog:\n{log}"
+    assert "Traceback" not in log, log
+    lines = [line for line in log.splitlines() if str(data_file) in line]
+    assert len(lines) == 1, log
     assert f"key {key.decode()!r}" in lines[0], lines[0]
-    assert "checksum" in lines[0], lines[0]
+    assert "checksum does not match" in lines[0], lines[0]
