@@ -46,10 +46,13 @@ class CatalogError(ClusterError):
 class CatalogFormatError(CatalogError):
     """The catalog was written by a format version this build cannot open (no downgrades)."""
 
-    def __init__(self, found: int, supported: int) -> None:
+    def __init__(
+        self, found: int, supported: int, path: str | os.PathLike[str] | None = None
+    ) -> None:
+        where = "" if path is None else f"{os.fspath(path)}: "
         super().__init__(
-            f"catalog format version {found} is newer than the supported version {supported}; "
-            "refusing to open it (downgrades are not supported)"
+            f"catalog {where}format version {found} is newer than the supported version "
+            f"{supported}; refusing to open it (downgrades are not supported)"
         )
         self.found = found
         self.supported = supported
@@ -105,7 +108,11 @@ class CorruptLog(ClusterError):
     """A durable file is corrupt before its tail: the node will not start rather than lose data."""
 
     def __init__(self, path: str, offset: int, reason: str) -> None:
-        super().__init__(f"corrupt log {path} at offset {offset}: {reason}")
+        super().__init__(
+            f"corrupt log {path} at offset {offset}: {reason}; refusing to start (entries this "
+            "node acknowledged may be in the damaged part). Restore the file, or start with "
+            "--rejoin to move this node's Raft log aside and rejoin as a fresh replica"
+        )
         self.path = path
         self.offset = offset
         self.reason = reason

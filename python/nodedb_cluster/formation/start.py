@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import secrets
 import time
@@ -22,7 +23,7 @@ from nodedb_cluster import wire
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.catalog.layout import CLUSTER_SECRET_BYTES
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import CatalogError, ClusterError
+from nodedb_cluster.errors import CatalogError, ClusterError, CorruptLog
 from nodedb_cluster.formation.credentials import check_node_credentials
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
 from nodedb_cluster.formation.join_client import join_sender, run_join
@@ -223,7 +224,7 @@ async def _open_engine(
         return data_sm(group_id)
 
     config = node.config
-    engine = await asyncio.to_thread(
+    open_engine = functools.partial(
         RaftEngine,
         config.node_id,
         config.data_dir,
@@ -231,6 +232,18 @@ async def _open_engine(
         factory,
         raft_settings_of(config),
     )
+    try:
+        engine = await asyncio.to_thread(open_engine)
+    except CorruptLog as e:
+        if not config.rejoin:
+            raise
+        # --rejoin: a log damaged before its tail is moved aside whole; every group is then
+        # rejoined as a fresh replica (reconcile: ProposeDemotion, then CreateGroup).
+        moved = await asyncio.to_thread(discard_raft_state, config.data_dir)
+        log.warning("%s; moved the Raft state aside to %s, rejoining as a fresh replica", e, moved)
+        identity = LogIdentity(node.cluster_id, config.node_id)
+        await asyncio.to_thread(write_identity, config.data_dir, identity)
+        engine = await asyncio.to_thread(open_engine)
     node.attach_engine(engine)
     return engine
 
