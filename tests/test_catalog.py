@@ -211,6 +211,7 @@ def test_newer_format_is_refused_untouched(tmp_path: Path) -> None:
     with pytest.raises(CatalogFormatError) as info:
         Catalog.open(tmp_path)
     assert (info.value.found, info.value.supported) == (3, 2)
+    assert str(tmp_path / "catalog" / "data.mdb") in str(info.value)
     assert raw_get(tmp_path, b"format_version") == struct.pack("<I", 3)
     Catalog.open(tmp_path / "other").close()  # the failed open released its registration
     raw_put(tmp_path, b"format_version", struct.pack("<I", 2))

@@ -133,7 +133,7 @@ def read_header(data_file: Path) -> Meta | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise _corrupt(data_file, f"cannot read LMDB's header: {e}") from e
+        raise CatalogCorrupt(None, f"cannot read LMDB's header: {e}", data_file) from e
     if second.page_size != page_size:
         raise _corrupt(
             data_file,
@@ -155,19 +155,17 @@ def check_data_file(data_file: Path) -> None:
     try:
         size = data_file.stat().st_size
     except OSError as e:
-        raise _corrupt(data_file, f"cannot stat it: {e}") from e
+        raise CatalogCorrupt(None, f"cannot stat it: {e}", data_file) from e
     problems = verify_structure(data_file)
     if size < required and problems:
         raise _corrupt(
             data_file,
             f"the file is {size} bytes but LMDB's header requires {required} "
             f"({meta.last_page + 1} pages of {meta.page_size} bytes, transaction {meta.txnid}): "
-            f"it was truncated ({_summary(problems)}); {RESTORE_HINT}",
+            f"it was truncated ({_summary(problems)})",
         )
     if problems:
-        raise _corrupt(
-            data_file, f"LMDB's pages are damaged ({_summary(problems)}); {RESTORE_HINT}"
-        )
+        raise _corrupt(data_file, f"LMDB's pages are damaged ({_summary(problems)})")
 
 
 def verify_structure(data_file: Path) -> list[str]:
@@ -185,4 +183,5 @@ def _summary(problems: list[str]) -> str:
 
 
 def _corrupt(data_file: Path, reason: str) -> CatalogCorrupt:
-    return CatalogCorrupt(None, reason, data_file)
+    """Damage to the file itself: the message says what, and the two ways out."""
+    return CatalogCorrupt(None, f"{reason}; {RESTORE_HINT}", data_file)

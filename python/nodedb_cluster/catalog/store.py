@@ -147,7 +147,7 @@ class Catalog:
         data_file = path / DATA_FILE
         env: lmdb.Environment | None = None
         try:
-            check_data_file(data_file)  # before mapping: a short file would SIGBUS
+            check_data_file(data_file)  # before mapping: short or damaged, it would SIGBUS/abort
             env = lmdb.open(
                 str(path),
                 subdir=True,
@@ -452,7 +452,7 @@ def _stamp_or_migrate(env: lmdb.Environment, db: _Database, data_file: Path) -> 
             return layout.FORMAT_VERSION
         version = layout.decode_version(bytes(raw))
         if version > layout.FORMAT_VERSION:
-            raise CatalogFormatError(version, layout.FORMAT_VERSION)
+            raise CatalogFormatError(version, layout.FORMAT_VERSION, data_file)
         while version < layout.FORMAT_VERSION:
             step = MIGRATIONS.get(version)
             if step is None:
