@@ -12,7 +12,6 @@ through the CLI on a catalog with one changed byte of its routing table or clust
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from nodedb_cluster.metadata.applier import Applied, MetadataState, MetadataStat
 from nodedb_cluster.metadata.commands import MetadataEntry, PutSetting
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
+from tmpfs import fill, tmpfs
 
 TESTS = Path(__file__).resolve().parent
 CHILD = TESTS / "catalog_open_child.py"
@@ -439,42 +439,9 @@ def test_a_format_version_damaged_downwards_is_refused_and_changes_nothing(
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs (for a real ENOSPC) needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"mount -t tmpfs failed (needs root with CAP_SYS_ADMIN): {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-
-
-def fill(fs: Path, leave_bytes: int = 0) -> Path:
-    """Fill the filesystem with one file until ENOSPC, then give back `leave_bytes`."""
-    blocker = fs / "blocker"
-    chunk = b"\0" * 65536
-    with blocker.open("wb", buffering=0) as f:
-        for _ in range(1024):  # 64 MiB: far more than the 4 MiB filesystem holds
-            try:
-                f.write(chunk)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-                break
-        else:
-            pytest.fail("the tmpfs never filled up")
-    if leave_bytes:
-        os.truncate(blocker, max(0, blocker.stat().st_size - leave_bytes))
-    return blocker
+    """A 4 MiB tmpfs (skipped unless root may mount one), unmounted afterwards."""
+    with tmpfs(tmp_path / "mnt", "4m") as fs:
+        yield fs
 
 
 @pytest.mark.parametrize("leave_bytes", [0, 100_000], ids=["nothing-free", "some-free"])
