@@ -383,3 +383,24 @@ class InvalidRequest(ClusterError, ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"invalid request: {reason}")
         self.reason = reason
+
+
+class NoSpace(ClusterError):
+    """The node is in its NO_SPACE state: the disk holding `data_dir` is full, or below the Raft
+    log's free-space reserve. Writes are refused; reads are still served. The state ends by
+    itself, with no restart, once space is freed on that disk.
+
+    Not retryable by a client (a definite refusal: the write was not taken); a remote node's
+    refusal is raised as this class too (Error-message code "NoSpace", message = `data_dir`).
+    """
+
+    code = "NoSpace"
+    """The Error-message code (a handler raising this answers with it; the message is
+    `data_dir`)."""
+
+    def __init__(self, data_dir: str) -> None:
+        super().__init__(
+            f"no space left on the device holding {data_dir}: writes are refused until space is "
+            "freed there, then resume by themselves (no restart needed); reads are still served"
+        )
+        self.data_dir = data_dir

@@ -9,10 +9,12 @@
 
 A NotLeader answer teaches the leader cache the new leader and the call retries, all within the
 call's deadline (default 5 s); after it the caller gets `Timeout` (the last attempt timed out) or
-`Unavailable` (no leader could be reached). Writes (put, delete, cas) are exactly-once: each
-carries this router's session id and a sequence number (`nodedb_cluster.session`), so a retry
-after an unknown outcome (`LeadershipLost`, a lost reply, an attempt timeout) is applied at most
-once by the state machine and answers the first copy's result.
+`Unavailable` (no leader could be reached). A leader whose disk is full answers `NoSpace`
+(errors.NoSpace, naming its data dir): raised at once, never retried. Writes (put, delete, cas)
+are exactly-once: each carries this router's session id and a sequence number
+(`nodedb_cluster.session`), so a retry after an unknown outcome (`LeadershipLost`, a lost reply,
+an attempt timeout) is applied at most once by the state machine and answers the first copy's
+result.
 
 Read levels (docs/ARCHITECTURE.md, "Replicated KV"):
 - "linearizable": ReadIndex (coalesced: every read that arrives while one is in flight shares the
@@ -50,6 +52,7 @@ from nodedb_cluster.errors import (
     HandshakeError,
     InvalidRequest,
     LeadershipLost,
+    NoSpace,
     RaftNotLeader,
     RemoteError,
     Timeout,
@@ -820,6 +823,9 @@ class KvRouter:
             except _TRANSIENT as e:
                 if isinstance(e, RemoteError) and e.code == "InvalidRequest":
                     raise  # the request itself is bad: no other node or attempt will take it
+                if isinstance(e, RemoteError) and e.code == NoSpace.code:
+                    # The leader's disk is full: a definite refusal, not a transient failure.
+                    raise NoSpace(e.message) from e
                 last = e
                 self._failed(group, target)
             except EngineStopped:

@@ -200,6 +200,16 @@ class Node:
                 last_index,
                 commit_index,
             )
+        for repair in engine.recovery_repairs():  # once per engine open (issue 13 part 6)
+            log.warning(
+                "node %d: Raft log recovery repaired %s: discarded %d bytes of an incomplete "
+                "write from byte offset %d (%s)",
+                self.config.node_id,
+                repair.file,
+                repair.discarded_bytes,
+                repair.offset_bytes,
+                repair.reason,
+            )
         self._engine_watch = asyncio.ensure_future(self._watch_engine(engine))
         lease_s = self.config.election_timeout_min_ms / 1000 * LEASE_FRACTION
         self._kv = KvRouter(

@@ -9,7 +9,12 @@ machine receives committed entries in batches (`apply_batch`).
 
 The engine belongs to the first event loop that uses it. Errors are the classes of
 `nodedb_cluster.errors`: `RaftNotLeader` (a `NotLeader`), `Timeout`, `UnknownGroup`, `Busy`,
-`LeadershipLost`, `EngineStopped`, `InvalidRequest`, `ConfigError`, `CorruptLog`.
+`LeadershipLost`, `EngineStopped`, `InvalidRequest`, `NoSpace`, `ConfigError`, `CorruptLog`.
+
+Disk full: the engine does not stop. In NO_SPACE (free space below the log's reserve, or the log
+hit ENOSPC) writes fail with `NoSpace` naming the data dir, reads are served, and writes resume
+by themselves once space is freed (`RaftEngine.no_space`, metrics `no_space`,
+`no_space_entered`, `appends_dropped_no_space`, `proposals_no_space`, `log_stalls`).
 """
 
 from __future__ import annotations
@@ -87,6 +92,18 @@ class GroupStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LogRepair:
+    """A repair the Raft log's recovery made at open: the bytes of a write that never
+    completed (a torn tail), discarded."""
+
+    file: str
+    offset_bytes: int
+    """Where the valid records end: the bytes from here were discarded."""
+    discarded_bytes: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Proposed:
     """A committed and applied proposal: its log index and the state machine's result."""
 
@@ -151,6 +168,25 @@ class RaftEngine:
     @property
     def node_id(self) -> int:
         return self._core.node_id
+
+    @property
+    def no_space(self) -> bool:
+        """True while the node is in its NO_SPACE state: writes raise `NoSpace` until space is
+        freed on the data dir's disk, then resume by themselves; reads are served."""
+        return self._core.no_space
+
+    def recovery_repairs(self) -> list[LogRepair]:
+        """What the Raft log's recovery repaired at open (torn tails discarded); counted in
+        the metrics `wal_torn_tail_repairs_total` and `wal_torn_tail_bytes_discarded_total`."""
+        return [
+            LogRepair(
+                file=str(r["file"]),
+                offset_bytes=int(r["offset_bytes"]),
+                discarded_bytes=int(r["discarded_bytes"]),
+                reason=str(r["reason"]),
+            )
+            for r in self._core.recovery_repairs()
+        ]
 
     async def add_group(
         self, group_id: int, voters: Sequence[int] | None, kind: StateMachineKind = "kv"

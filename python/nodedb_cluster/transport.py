@@ -23,7 +23,7 @@ from typing import Any, Final, Literal
 import nodedb_cluster_core as _core
 
 from nodedb_cluster.addr import SocketAddr
-from nodedb_cluster.errors import PermissionDenied
+from nodedb_cluster.errors import NoSpace, PermissionDenied
 
 _log = logging.getLogger(__name__)
 
@@ -415,6 +415,9 @@ class Transport:
         code = code if isinstance(code, str) else type(exc).__name__
         if isinstance(exc, PermissionDenied):  # counted and logged (rate-limited) by its raiser
             responder.fail(code, exc.message)
+            return
+        if isinstance(exc, NoSpace):  # a state, counted and shown by the node: not a warning each
+            responder.fail(code, exc.data_dir)  # the requester raises NoSpace(data_dir) again
             return
         _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
         responder.fail(code, str(exc))

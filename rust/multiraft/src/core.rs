@@ -24,6 +24,11 @@
 //!    committed entries to apply), then `advance_apply`.
 //! 7. Housekeeping: fail proposals of groups whose leader stepped down; snapshot and compact
 //!    groups past the threshold.
+//!
+//! A full disk does not stop the engine: NO_SPACE refuses writes, and a round whose append or
+//! sync meets a full disk stalls and is retried (`core/disk_full.rs`).
+
+mod disk_full;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -48,6 +53,9 @@ use crate::network::RaftNetwork;
 use crate::snapshot::{ChunkOutcome, SnapshotDescriptor, SnapshotStore, TransferJob};
 use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};
 use crate::storage::GroupStorage;
+
+pub use self::disk_full::SPACE_SAMPLE_EVERY_TICKS;
+use self::disk_full::{grows_log, DiskState, PendingRound, STALLED};
 
 /// One frame carries at most this many bytes of raft messages (a 64 MiB wire frame holds it
 /// with room to spare); more go in further frames.
@@ -189,6 +197,8 @@ pub struct MultiRaftCore {
     discarded: Vec<LostTail>,
     /// Groups a leader's heartbeat showed to have lost acknowledged entries (fatal).
     lost_at_runtime: Vec<LostTail>,
+    /// NO_SPACE state and a round stalled on a full disk (`core/disk_full.rs`).
+    disk: DiskState,
 }
 
 /// A transport outcome raft must hear about.
@@ -247,6 +257,7 @@ impl MultiRaftCore {
             deferred_reports: Vec::new(),
             discarded: lost,
             lost_at_runtime: Vec::new(),
+            disk: DiskState::default(),
             cfg,
         };
         for (gid, rg) in recovered {
@@ -356,6 +367,9 @@ impl MultiRaftCore {
     }
 
     /// Creates a group on this node (durably: the creation is synced before returning).
+    /// Refused in NO_SPACE. If the sync meets a full disk after the creation was appended, the
+    /// group is created here (the log holds its creation, in order, durable with the next
+    /// sync) but the call fails with `NoSpace`: not acknowledged as durable.
     pub fn add_group(
         &mut self,
         gid: GroupId,
@@ -364,6 +378,9 @@ impl MultiRaftCore {
     ) -> Result<(), EngineError> {
         if self.groups.contains_key(&gid) {
             return Err(EngineError::GroupExists(gid));
+        }
+        if self.disk.refuses_writes() {
+            return Err(self.no_space_engine_error());
         }
         let mut cs = ConfState::default();
         if let GroupRole::Voter { peers } = &role {
@@ -408,32 +425,65 @@ impl MultiRaftCore {
             storage.set_outgoing(outgoing_snapshot(snap.clone(), desc));
             records.push(LogRecord::snapshot_mark(gid, meta, &snap));
         }
-        self.sink.append(&records)?;
-        self.sink.sync()?;
-        self.insert_group(gid, meta, storage, sm)
+        self.sink.append(&records).inspect_err(|e| {
+            if e.is_no_space() {
+                self.note_no_space(); // nothing appended: no group
+            }
+        })?;
+        match self.sink.sync() {
+            Ok(()) => self.insert_group(gid, meta, storage, sm),
+            Err(e) if e.is_no_space() => {
+                self.note_no_space();
+                self.insert_group(gid, meta, storage, sm)?;
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes a group from this node: its pending requests fail, its log history is released
-    /// and its snapshot files deleted.
+    /// and its snapshot files deleted. Allowed in NO_SPACE (it ends with less on disk), not
+    /// while a round is stalled. On a full disk: the group stays if its forget record could
+    /// not be appended; if only the sync failed it is gone here (the record is in the log, in
+    /// order) but the call fails with `NoSpace` and the snapshot files stay until it is durable.
     pub fn remove_group(&mut self, gid: GroupId) -> Result<(), EngineError> {
-        let Some(mut g) = self.groups.remove(&gid) else {
+        if !self.groups.contains_key(&gid) {
             return Err(EngineError::GroupNotFound(gid));
-        };
-        fail_all(&mut g, &RaftError::GroupNotFound { group: gid });
-        self.sink.forget_group(gid)?;
-        self.sink.sync()?;
-        self.snapshots.remove_group(gid)?;
+        }
+        if self.disk.stalled() {
+            return Err(self.no_space_engine_error());
+        }
+        self.sink.forget_group(gid).inspect_err(|e| {
+            if e.is_no_space() {
+                self.note_no_space();
+            }
+        })?;
+        if let Some(mut g) = self.groups.remove(&gid) {
+            fail_all(&mut g, &RaftError::GroupNotFound { group: gid });
+        }
         self.transfers.retain(|(_, g), _| *g != gid);
+        self.sink.sync().inspect_err(|e| {
+            if e.is_no_space() {
+                self.note_no_space();
+            }
+        })?;
+        self.snapshots.remove_group(gid)?;
         Ok(())
     }
 
-    /// One tick for every group; expires overdue reads and snapshot transfers.
+    /// One tick for every group; expires overdue reads and snapshot transfers; samples the
+    /// log's free space when due. While a round is stalled raft is not ticked (raft-rs: no
+    /// state change between `ready` and `advance`); reads still expire.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        self.sample_space_if_due();
+        let stalled = self.disk.stalled();
         let timeout = self.cfg.read_index_timeout_ticks;
         let now = self.ticks;
         for g in self.groups.values_mut() {
-            g.raw.tick();
+            if !stalled {
+                g.raw.tick();
+            }
             let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut g.reads)
                 .into_iter()
                 .partition(|r| now.saturating_sub(r.started_tick) >= timeout);
@@ -449,6 +499,7 @@ impl MultiRaftCore {
         let stale: Vec<(NodeId, GroupId)> = self
             .transfers
             .iter()
+            .filter(|_| !stalled) // reporting a failure steps raft: after the stall
             .filter(|(_, t)| {
                 now.saturating_sub(t.started_tick) >= SNAPSHOT_TRANSFER_TIMEOUT_TICKS
                     || t.queued_tick
@@ -471,13 +522,21 @@ impl MultiRaftCore {
         self.ticks
     }
 
-    /// Feeds one inbound frame.
+    /// Feeds one inbound frame. Dropped (counted) while a round is stalled; snapshot chunks
+    /// are dropped in NO_SPACE (they are written to disk).
     pub fn step_frame(&mut self, frame: Frame) {
+        if self.disk.stalled() {
+            Metrics::inc(&self.metrics.inbound_dropped_stalled);
+            return;
+        }
         match frame {
             Frame::Batch(b) => {
                 for (gid, m) in b.messages {
                     self.step_message(gid, m);
                 }
+            }
+            Frame::Chunk(_) if self.disk.no_space() => {
+                Metrics::inc(&self.metrics.appends_dropped_no_space);
             }
             Frame::Chunk(c) => {
                 let (from, key) = (c.from, c.key);
@@ -560,6 +619,12 @@ impl MultiRaftCore {
             }
             return;
         }
+        if self.disk.no_space() && grows_log(&m) {
+            // NO_SPACE: this node's log must not grow. Like a partition for appends: the
+            // leader retries; heartbeats (commit) and votes still get through.
+            Metrics::inc(&self.metrics.appends_dropped_no_space);
+            return;
+        }
         if is_vote_request(&m) && g.raw.store().last() == 0 {
             // An empty replica (a learner not yet filled, or one rejoining after losing its
             // log) holds nothing to judge a candidate by: its vote could elect a leader that
@@ -605,6 +670,7 @@ impl MultiRaftCore {
     ) {
         let reply = reply.into();
         let limit = self.cfg.pending_proposals_max;
+        let no_space = self.disk.refuses_writes().then(|| self.data_dir());
         let r = (|| {
             let g = self.group_mut(gid)?;
             if let Some(kind) = kind {
@@ -618,6 +684,13 @@ impl MultiRaftCore {
                 return Err(RaftError::NotLeader {
                     group: gid,
                     leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
+                });
+            }
+            if let Some(data_dir) = &no_space {
+                // NO_SPACE (or a stalled round): a leader refuses; a follower still names the
+                // leader above, whose disk may have room.
+                return Err(RaftError::NoSpace {
+                    data_dir: data_dir.clone(),
                 });
             }
             if g.proposals.len() >= limit {
@@ -652,6 +725,9 @@ impl MultiRaftCore {
                 if matches!(e, RaftError::Busy { .. }) {
                     Metrics::inc(&self.metrics.proposals_busy);
                 }
+                if matches!(e, RaftError::NoSpace { .. }) {
+                    Metrics::inc(&self.metrics.proposals_no_space);
+                }
                 reply.send(Err(e));
             }
         }
@@ -678,6 +754,13 @@ impl MultiRaftCore {
             }));
             return;
         }
+        if self.disk.stalled() {
+            reply.send(Err(RaftError::Busy { reason: STALLED })); // may not step raft now
+            return;
+        }
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return;
+        };
         g.raw.read_index(ctx.to_le_bytes().to_vec());
         g.reads.push(PendingRead {
             ctx,
@@ -696,12 +779,19 @@ impl MultiRaftCore {
         reply: impl Into<Reply<Vec<NodeId>>>,
     ) {
         let reply = reply.into();
+        let no_space = self.disk.refuses_writes().then(|| self.data_dir());
         let r = (|| {
             let g = self.group_mut(gid)?;
             if g.raw.raft.state != StateRole::Leader {
                 return Err(RaftError::NotLeader {
                     group: gid,
                     leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
+                });
+            }
+            if let Some(data_dir) = &no_space {
+                // Every conf change is an entry every member must persist, a shrinking one too.
+                return Err(RaftError::NoSpace {
+                    data_dir: data_dir.clone(),
                 });
             }
             if changes.is_empty() || changes.iter().any(|c| node_of(c).0 == 0) {
@@ -747,6 +837,9 @@ impl MultiRaftCore {
                 }
             }
             Err(e) => {
+                if matches!(e, RaftError::NoSpace { .. }) {
+                    Metrics::inc(&self.metrics.proposals_no_space);
+                }
                 reply.send(Err(e));
             }
         }
@@ -754,6 +847,9 @@ impl MultiRaftCore {
 
     /// Asks the leader to hand leadership to `to` (raft's MsgTransferLeader).
     pub fn transfer_leader(&mut self, gid: GroupId, to: NodeId) -> Result<(), RaftError> {
+        if self.disk.stalled() {
+            return Err(RaftError::Busy { reason: STALLED });
+        }
         let g = self.group_mut(gid)?;
         if g.raw.raft.state != StateRole::Leader {
             return Err(RaftError::NotLeader {
@@ -767,6 +863,9 @@ impl MultiRaftCore {
 
     /// Starts an election now (tests and operator tools; normally the tick does this).
     pub fn campaign(&mut self, gid: GroupId) -> Result<(), RaftError> {
+        if self.disk.stalled() {
+            return Err(RaftError::Busy { reason: STALLED });
+        }
         let g = self.group_mut(gid)?;
         g.raw.campaign().map_err(|e| RaftError::Invalid {
             reason: e.to_string(),
@@ -823,8 +922,12 @@ impl MultiRaftCore {
         }
     }
 
-    /// Does any group have work for `round`?
+    /// Does any group have work for `round`? Not while a round is stalled: it is retried at
+    /// the next tick, not in a busy loop.
     pub fn has_ready(&self) -> bool {
+        if self.disk.stalled() {
+            return false;
+        }
         self.groups.values().any(|g| g.raw.has_ready())
             || self
                 .transfer_results
@@ -834,10 +937,14 @@ impl MultiRaftCore {
     }
 
     /// Handles every pending Ready (see the module docs for the order). Returns the number of
-    /// groups that had one. A log error is fatal: the caller must stop the engine.
+    /// groups that had one. A log error is fatal: the caller must stop the engine; a full disk
+    /// is not: the round stalls and the next rounds retry its log write (`core/disk_full.rs`).
     pub fn round(&mut self) -> Result<usize, EngineError> {
         if !self.lost_at_runtime.is_empty() {
             return Err(self.stop_for_lost_tail());
+        }
+        if self.disk.stalled() {
+            return self.retry_stalled_round();
         }
         self.collect_transfer_results();
         // (1) gather
@@ -904,20 +1011,24 @@ impl MultiRaftCore {
                 g.raw.mut_store().set_hard_state(hs.clone());
             }
         }
-        if !records.is_empty() {
-            Metrics::add(&self.metrics.records_written, records.len() as u64);
-            self.sink.append(&records)?;
-            if must_sync {
-                self.unsynced_records += records.len();
-            }
-        }
-        if must_sync {
-            // DURABILITY POINT: entries, term/vote and snapshot marks of every group in this
-            // round become durable here, with one fsync. Nothing after this line runs before it.
-            self.sink.sync()?;
-            Metrics::inc(&self.metrics.fsyncs);
-            self.unsynced_records = 0;
-        }
+        // Append, then ONE sync: the durability point is in `write_round` (core/disk_full.rs).
+        self.persist_round(PendingRound {
+            readys,
+            records,
+            must_sync,
+            floors_changed,
+            appended: false,
+            retries: 0,
+        })
+    }
+
+    /// Steps (5) to (7) of a round whose records are durable (see the module docs).
+    fn finish_round(&mut self, round: PendingRound) -> Result<usize, EngineError> {
+        let PendingRound {
+            mut readys,
+            mut floors_changed,
+            ..
+        } = round;
         // (5) persisted messages — votes and append acks promise what is now on disk.
         assert_eq!(self.unsynced_records, 0, "persisted-before-send violated");
         let mut out = Outbox::default();
@@ -946,10 +1057,12 @@ impl MultiRaftCore {
         }
         self.flush(out);
         self.apply_deferred_reports();
-        // (7) snapshots past the threshold
+        // (7) snapshots past the threshold (none in NO_SPACE; a full disk here is noted and
+        // tried again later, not fatal)
         floors_changed |= self.maybe_snapshot()?;
         if floors_changed {
-            self.compact_log()?;
+            let compacted = self.compact_log();
+            self.tolerate_no_space(compacted)?;
         }
         Ok(groups_handled)
     }
@@ -1119,6 +1232,9 @@ impl MultiRaftCore {
     /// Snapshots every group that applied `snapshot_threshold_entries` since its last one, or
     /// whose leader was asked for a snapshot it could not serve.
     fn maybe_snapshot(&mut self) -> Result<bool, EngineError> {
+        if self.disk.no_space() {
+            return Ok(false); // a snapshot writes a file and a mark: not on a full disk
+        }
         let threshold = self.cfg.snapshot_threshold_entries;
         let due: Vec<GroupId> = self
             .groups
@@ -1132,13 +1248,21 @@ impl MultiRaftCore {
             .map(|g| g.id)
             .collect();
         for gid in &due {
-            self.snapshot_group(*gid)?;
+            let taken = self.snapshot_group(*gid);
+            self.tolerate_no_space(taken)?;
+            if self.disk.no_space() {
+                break;
+            }
         }
         Ok(!due.is_empty())
     }
 
-    /// Snapshots one group now at its applied index and compacts its log to it.
+    /// Snapshots one group now at its applied index and compacts its log to it. Refused in
+    /// NO_SPACE (a snapshot is a file and a log record).
     pub fn snapshot_group(&mut self, gid: GroupId) -> Result<(), EngineError> {
+        if self.disk.refuses_writes() && self.groups.contains_key(&gid) {
+            return Err(self.no_space_engine_error());
+        }
         let Some(g) = self.groups.get_mut(&gid) else {
             return Err(EngineError::GroupNotFound(gid));
         };

@@ -9,6 +9,8 @@
 //! 4. `core.round()`: gather Readys → send → persist with ONE fsync → send persisted messages →
 //!    apply → advance (order and durability point documented in `core.rs`).
 //! 5. A log error stops the engine: every pending request and every queued one gets `Stopped`.
+//!    A full disk does not: the core refuses writes (NO_SPACE) and stalls a round whose log
+//!    write failed, retrying it every tick (`core/disk_full.rs`); `MultiRaft::no_space`.
 //!
 //! Queues are bounded: a full command queue answers `Busy`; a full inbound queue drops the
 //! frame and counts it in `Metrics::inbound_dropped_full` (raft retransmits).
@@ -26,7 +28,7 @@ use crate::config::MultiRaftConfig;
 use crate::core::{GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Reply};
 use crate::error::{EngineError, RaftError};
 use crate::ids::{GroupId, NodeId};
-use crate::log_sink::LogSink;
+use crate::log_sink::{LogRepair, LogSink};
 use crate::lost_tail::LostTail;
 use crate::metrics::Metrics;
 use crate::network::RaftNetwork;
@@ -159,6 +161,8 @@ pub struct MultiRaft {
     inbound: Inbound,
     thread: Mutex<Option<JoinHandle<()>>>,
     discarded: Vec<LostTail>,
+    /// What the log's recovery repaired at open.
+    repairs: Vec<LogRepair>,
 }
 
 impl MultiRaft {
@@ -173,6 +177,14 @@ impl MultiRaft {
         let metrics = Arc::new(Metrics::default());
         let core = MultiRaftCore::open(cfg.clone(), sink, net, factory, Arc::clone(&metrics))?;
         let discarded = core.discarded_groups().to_vec();
+        let repairs = core.recovery_repairs();
+        for repair in &repairs {
+            Metrics::inc(&metrics.wal_torn_tail_repairs_total);
+            Metrics::add(
+                &metrics.wal_torn_tail_bytes_discarded_total,
+                repair.discarded_bytes,
+            );
+        }
         let (tx, rx) = sync_channel(cfg.command_queue_capacity + cfg.inbound_queue_capacity);
         let shared = Arc::new(Shared {
             metrics,
@@ -204,6 +216,7 @@ impl MultiRaft {
             inbound: Inbound { tx, shared },
             thread: Mutex::new(Some(thread)),
             discarded,
+            repairs,
         })
     }
 
@@ -223,6 +236,19 @@ impl MultiRaft {
     /// ([`crate::LostTailPolicy::Discard`]).
     pub fn discarded_groups(&self) -> &[LostTail] {
         &self.discarded
+    }
+
+    /// What the log's recovery repaired at open (a torn tail cut off or zeroed: file, offset,
+    /// bytes discarded, why); also counted in `Metrics::wal_torn_tail_*`. Rust has no log
+    /// subscriber: the host logs these.
+    pub fn recovery_repairs(&self) -> &[LogRepair] {
+        &self.repairs
+    }
+
+    /// Is the node in its NO_SPACE state (writes refused with `RaftError::NoSpace` until space
+    /// is freed; reads served)? Also `Metrics::no_space` (1/0).
+    pub fn no_space(&self) -> bool {
+        Metrics::get(&self.inbound.shared.metrics.no_space) != 0
     }
 
     /// Why the engine stopped, if it did.
@@ -481,9 +507,14 @@ impl Drop for MultiRaft {
     }
 }
 
-fn engine_err(e: EngineError) -> RaftError {
+/// An engine error of a request into what its caller sees; a full disk is `NoSpace` naming
+/// the node's data dir.
+fn engine_err(core: &MultiRaftCore, e: EngineError) -> RaftError {
     match e {
         EngineError::GroupNotFound(group) => RaftError::GroupNotFound { group },
+        e if e.is_no_space() => RaftError::NoSpace {
+            data_dir: core.config().data_dir.clone(),
+        },
         other => RaftError::Invalid {
             reason: other.to_string(),
         },
@@ -526,13 +557,16 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
             kind,
             reply,
         } => {
-            reply.send(core.add_group(group, role, kind).map_err(engine_err));
+            let r = core.add_group(group, role, kind);
+            reply.send(r.map_err(|e| engine_err(core, e)));
         }
         Input::RemoveGroup { group, reply } => {
-            reply.send(core.remove_group(group).map_err(engine_err));
+            let r = core.remove_group(group);
+            reply.send(r.map_err(|e| engine_err(core, e)));
         }
         Input::SnapshotNow { group, reply } => {
-            reply.send(core.snapshot_group(group).map_err(engine_err));
+            let r = core.snapshot_group(group);
+            reply.send(r.map_err(|e| engine_err(core, e)));
         }
         Input::Campaign { group, reply } => {
             reply.send(core.campaign(group));

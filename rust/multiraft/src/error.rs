@@ -39,6 +39,16 @@ pub enum RaftError {
     /// The request itself is malformed (e.g. an invalid conf change); retrying cannot help.
     #[error("invalid request: {reason}")]
     Invalid { reason: String },
+    /// The node is in its NO_SPACE state: the disk holding `data_dir` is full, or below the
+    /// log's free-space reserve. Writes (proposals, membership changes) are refused; reads are
+    /// still served. Not for the client to retry: the state ends by itself, with no restart,
+    /// once space is freed on that disk.
+    #[error(
+        "no space left on the device holding {}: writes are refused until space is freed \
+         there, then resume by themselves (no restart needed); reads are still served",
+        data_dir.display()
+    )]
+    NoSpace { data_dir: PathBuf },
 }
 
 /// Failures of the durable log seam.
@@ -56,6 +66,18 @@ pub enum SinkError {
     Decode(#[from] DecodeError),
     #[error("log backend error: {0}")]
     Backend(String),
+    /// The disk holding the log (`dir`) is full (the WAL's `NoSpace`): nothing of the failed
+    /// write counts and the log is not poisoned; what was appended stays buffered and the same
+    /// call succeeds once space is freed. The engine stalls instead of stopping.
+    #[error("{reason}")]
+    NoSpace { dir: PathBuf, reason: String },
+}
+
+impl SinkError {
+    /// A full disk (retry once space is freed), not a broken log.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, SinkError::NoSpace { .. })
+    }
 }
 
 /// A byte string from disk or network that does not decode. Never a panic.
@@ -151,4 +173,22 @@ pub enum EngineError {
         lost: Vec<LostTail>,
         location: String,
     },
+    /// Refused in the NO_SPACE state (see [`RaftError::NoSpace`]).
+    #[error("no space left on the device holding {}", data_dir.display())]
+    NoSpace { data_dir: PathBuf },
+}
+
+impl EngineError {
+    /// A full disk (the log's `NoSpace`, a snapshot file that hit ENOSPC, or a refusal in the
+    /// NO_SPACE state): the engine stays up and retries, it does not stop.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            EngineError::NoSpace { .. } => true,
+            EngineError::Sink(e) => e.is_no_space(),
+            EngineError::Snapshot(SnapshotError::Io { source, .. }) => {
+                nodedb_wal::is_no_space(source)
+            }
+            _ => false,
+        }
+    }
 }

@@ -3,7 +3,10 @@
 //! in memory (`MemLogSink`, for tests and for simulating crashes: unsynced records are lost).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+pub use nodedb_wal::SpaceStatus;
 
 use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
 
@@ -133,6 +136,11 @@ pub struct GroupMeta {
 /// `ConfState`, `SnapshotMark`, `GroupCreated`) are never lost to compaction: the latest of each
 /// per group survives (nodedb-wal "sticky kinds"). `forget_group` ends a group's history; it
 /// replays as a `GroupRemoved` record.
+///
+/// Disk full: `SinkError::NoSpace` does not break the log. From `append` (and
+/// `forget_group`) it means nothing of the batch was appended: append it again later. From
+/// `sync` it means what was appended stays buffered, in order, and a later `sync` writes it.
+/// Any other error is fatal.
 pub trait LogSink: Send {
     fn append(&mut self, records: &[LogRecord]) -> Result<(), SinkError>;
     fn sync(&mut self) -> Result<(), SinkError>;
@@ -143,6 +151,46 @@ pub trait LogSink: Send {
     /// tail recovery cut off when there was one.
     fn location(&self) -> String {
         "the log".to_string()
+    }
+    /// Free space where the log lives and the reserve it keeps, for the engine's NO_SPACE
+    /// state (one `statvfs`); `None` for a log without a disk, or when the query failed.
+    fn space(&self) -> Option<SpaceStatus> {
+        None
+    }
+    /// True once after the log started a new segment since the last call (the engine samples
+    /// `space` then: a roll is when a log takes new disk space).
+    fn take_rolled(&mut self) -> bool {
+        false
+    }
+    /// What recovery repaired at open (a torn tail cut off or zeroed), for operators.
+    fn recovery_repairs(&self) -> Vec<LogRepair> {
+        Vec::new()
+    }
+}
+
+/// A repair recovery made at open: the bytes of a write that never completed, discarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRepair {
+    /// The segment file repaired.
+    pub file: PathBuf,
+    /// Where its valid records end (the bytes from here were discarded).
+    pub offset_bytes: u64,
+    /// Bytes discarded (truncated away, or zeroed in a preallocated segment).
+    pub discarded_bytes: u64,
+    /// Why those bytes were judged a torn write.
+    pub reason: String,
+}
+
+impl std::fmt::Display for LogRepair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: discarded {} bytes from byte offset {} ({})",
+            self.file.display(),
+            self.discarded_bytes,
+            self.offset_bytes,
+            self.reason
+        )
     }
 }
 
@@ -289,6 +337,10 @@ struct MemInner {
     buffered: Vec<LogRecord>,
     syncs: u64,
     failing: bool,
+    /// The next this-many `append` / `sync` calls fail with `SinkError::NoSpace`.
+    no_space_appends: u32,
+    no_space_syncs: u32,
+    space: Option<SpaceStatus>,
 }
 
 /// In-memory `LogSink`. Clones share one log, so a test can "restart" a node by opening a new
@@ -309,6 +361,22 @@ impl MemLogSink {
     /// While set, every `sync` fails (a dying disk) and keeps its records unsynced.
     pub fn set_failing(&self, failing: bool) {
         self.lock().failing = failing;
+    }
+    /// The next `appends` appends and `syncs` syncs fail with `SinkError::NoSpace` like a full
+    /// disk under nodedb-wal: a failed append takes nothing, a failed sync keeps what was
+    /// appended (a later sync makes it durable).
+    pub fn fail_no_space(&self, appends: u32, syncs: u32) {
+        let mut inner = self.lock();
+        inner.no_space_appends = appends;
+        inner.no_space_syncs = syncs;
+    }
+    /// What `space()` reports from now on (`None`: no disk, the default).
+    pub fn set_space(&self, space: Option<SpaceStatus>) {
+        self.lock().space = space;
+    }
+    /// The durable records (what a restart would replay).
+    pub fn durable(&self) -> Vec<LogRecord> {
+        self.lock().durable.clone()
     }
     /// Number of `sync` calls so far (the fsync count a real log would have done).
     pub fn sync_count(&self) -> u64 {
@@ -337,15 +405,31 @@ impl MemLogSink {
     }
 }
 
+fn injected_no_space() -> SinkError {
+    SinkError::NoSpace {
+        dir: PathBuf::from("mem"),
+        reason: "no space left on the device holding mem (injected)".into(),
+    }
+}
+
 impl LogSink for MemLogSink {
     fn append(&mut self, records: &[LogRecord]) -> Result<(), SinkError> {
-        self.lock().buffered.extend_from_slice(records);
+        let mut g = self.lock();
+        if g.no_space_appends > 0 {
+            g.no_space_appends -= 1;
+            return Err(injected_no_space());
+        }
+        g.buffered.extend_from_slice(records);
         Ok(())
     }
     fn sync(&mut self) -> Result<(), SinkError> {
         let mut g = self.lock();
         if g.failing {
             return Err(SinkError::Backend("fdatasync: EIO (injected)".into()));
+        }
+        if g.no_space_syncs > 0 {
+            g.no_space_syncs -= 1;
+            return Err(injected_no_space());
         }
         let moved = std::mem::take(&mut g.buffered);
         g.durable.extend(moved);
@@ -361,11 +445,19 @@ impl LogSink for MemLogSink {
         Ok(())
     }
     fn forget_group(&mut self, group: GroupId) -> Result<(), SinkError> {
-        self.lock().buffered.push(LogRecord::group_removed(group));
+        let mut g = self.lock();
+        if g.no_space_appends > 0 {
+            g.no_space_appends -= 1;
+            return Err(injected_no_space());
+        }
+        g.buffered.push(LogRecord::group_removed(group));
         Ok(())
     }
     fn take_replay(&mut self) -> Result<Vec<LogRecord>, SinkError> {
         Ok(self.lock().durable.clone())
+    }
+    fn space(&self) -> Option<SpaceStatus> {
+        self.lock().space
     }
 }
 

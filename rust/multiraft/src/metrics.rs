@@ -30,6 +30,23 @@ pub struct Metrics {
     pub orphan_partials_removed: AtomicU64,
     /// Vote requests an empty replica dropped (see `MultiRaftCore::step_message`).
     pub votes_refused_empty: AtomicU64,
+    /// 1 while the node is in its NO_SPACE state (writes refused), else 0: a gauge.
+    pub no_space: AtomicU64,
+    /// Times the node entered NO_SPACE.
+    pub no_space_entered: AtomicU64,
+    /// Inbound MsgAppend with entries and MsgSnapshot (and snapshot chunks) dropped unstepped in
+    /// NO_SPACE, so the log stops growing (the leader retries, as after a partition).
+    pub appends_dropped_no_space: AtomicU64,
+    /// Proposals and membership changes refused with `RaftError::NoSpace`.
+    pub proposals_no_space: AtomicU64,
+    /// Rounds whose log append/sync hit a full disk and stalled (kept, retried each tick).
+    pub log_stalls: AtomicU64,
+    /// Inbound frames dropped while a round was stalled (raft may not step then).
+    pub inbound_dropped_stalled: AtomicU64,
+    /// Torn tails the log's recovery repaired at open (0 or 1 per open).
+    pub wal_torn_tail_repairs_total: AtomicU64,
+    /// Bytes those repairs discarded (truncated or zeroed).
+    pub wal_torn_tail_bytes_discarded_total: AtomicU64,
 }
 
 impl Metrics {
@@ -41,5 +58,8 @@ impl Metrics {
     }
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+    pub fn set(c: &AtomicU64, v: u64) {
+        c.store(v, Ordering::Relaxed);
     }
 }

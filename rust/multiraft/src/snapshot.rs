@@ -117,9 +117,14 @@ impl SnapshotStore {
     ) -> Result<SnapshotDescriptor, SnapshotError> {
         let tmp = self.path(key, "tmp");
         let fin = self.path(key, "snap");
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(data).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
+        let written = File::create(&tmp)
+            .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
+            .map_err(io_err(&tmp));
+        if let Err(e) = written {
+            // A full disk must not keep the partial file (the space is what the node lacks).
+            let _ignored = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, &fin).map_err(io_err(&fin))?;
         fsync_dir(&self.dir)?;
         Ok(SnapshotDescriptor {

@@ -9,13 +9,17 @@ pub use nodedb_wal::WalOptions;
 
 use crate::error::SinkError;
 use crate::ids::GroupId;
-use crate::log_sink::{LogRecord, LogSink, RecordKind, STATE_KINDS};
+use crate::log_sink::{LogRecord, LogRepair, LogSink, RecordKind, SpaceStatus, STATE_KINDS};
 
 /// The durable log of a node.
 pub struct WalSink {
     wal: Wal,
     replay: Option<Vec<LogRecord>>,
     location: String,
+    /// What recovery repaired at open.
+    repairs: Vec<LogRepair>,
+    /// A segment roll happened since the engine last asked (`take_rolled`).
+    rolled: bool,
 }
 
 impl WalSink {
@@ -34,6 +38,17 @@ impl WalSink {
             ),
             None => dir.display().to_string(),
         };
+        let repairs = recovered
+            .report
+            .torn_tail
+            .iter()
+            .map(|t| LogRepair {
+                file: t.path.clone(),
+                offset_bytes: t.offset_bytes,
+                discarded_bytes: t.discarded_bytes,
+                reason: t.reason.to_string(),
+            })
+            .collect();
         let mut records = Vec::with_capacity(recovered.records.len());
         for r in recovered.records {
             let kind = if r.kind == KIND_FORGET_GROUP {
@@ -52,6 +67,8 @@ impl WalSink {
             wal,
             replay: Some(records),
             location,
+            repairs,
+            rolled: false,
         })
     }
 
@@ -71,6 +88,10 @@ fn map_err(e: WalError) -> SinkError {
             offset: offset_bytes,
             reason,
         },
+        WalError::NoSpace { ref dir, .. } => SinkError::NoSpace {
+            dir: dir.clone(),
+            reason: e.to_string(),
+        },
         other => SinkError::Backend(other.to_string()),
     }
 }
@@ -86,7 +107,9 @@ impl LogSink for WalSink {
                 payload: &r.payload,
             })
             .collect();
-        self.wal.append(&refs).map(|_| ()).map_err(map_err)
+        let outcome = self.wal.append(&refs).map_err(map_err)?;
+        self.rolled |= outcome.rolled;
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), SinkError> {
@@ -108,5 +131,17 @@ impl LogSink for WalSink {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+
+    fn space(&self) -> Option<SpaceStatus> {
+        self.wal.space().ok()
+    }
+
+    fn take_rolled(&mut self) -> bool {
+        std::mem::take(&mut self.rolled)
+    }
+
+    fn recovery_repairs(&self) -> Vec<LogRepair> {
+        self.repairs.clone()
     }
 }

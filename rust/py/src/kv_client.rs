@@ -56,6 +56,9 @@ const NAMED_LEADER_RETRIES_MAX: usize = 3;
 const PENDING_ITEMS_MAX: usize = 1 << 20;
 /// A call's timeout, at most (a day): a typo cannot park a future forever.
 const TIMEOUT_S_MAX: f64 = 86_400.0;
+/// The Error-message code of a leader in NO_SPACE (kv_serve.rs / kv.py): its message is the data
+/// dir, raised again here as `errors.NoSpace`, never retried.
+const NO_SPACE: &str = "NoSpace";
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Level {
@@ -185,6 +188,9 @@ impl ItemError {
                 "Timeout",
                 (format!("kv request to node {target}"), timeout_ms),
             ),
+            ItemError::Net(TransportError::Remote { code, message }) if code == NO_SPACE => {
+                cluster_error(py, "NoSpace", (message,)) // the message is the data dir
+            }
             ItemError::Net(err) => transport_error_with(py, err),
             ItemError::Malformed(text) => cluster_error(py, "RemoteError", ("malformed", text)),
             ItemError::Stale { age_s, max_s } => kv_error(py, "StaleRead", (group, age_s, max_s)),
@@ -614,6 +620,9 @@ impl Inner {
             }
             ItemError::Net(TransportError::Remote { code, .. }) if code == "InvalidRequest" => {
                 false // the request itself is bad: no other node or attempt will take it
+            }
+            ItemError::Net(TransportError::Remote { code, .. }) if code == NO_SPACE => {
+                false // the leader's disk is full: a definite refusal until space is freed
             }
             ItemError::Net(
                 TransportError::Unreachable { .. }

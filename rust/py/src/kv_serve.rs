@@ -537,7 +537,12 @@ fn encode(reply: &ManyReply) -> HandlerResult {
 }
 
 /// The code the Python handler would send for the same error (its exception class name).
+/// `NoSpace` carries the data dir as its message, as `errors.NoSpace(data_dir)` takes it (the
+/// client raises the same class again; transport.py's `_fail` sends the same).
 fn handler_error(err: RaftError) -> HandlerError {
+    if let RaftError::NoSpace { data_dir } = &err {
+        return HandlerError::new("NoSpace", data_dir.display().to_string());
+    }
     let code = match &err {
         RaftError::Busy { .. } => "Busy",
         RaftError::Stopped { .. } => "EngineStopped",
@@ -546,6 +551,7 @@ fn handler_error(err: RaftError) -> HandlerError {
         RaftError::GroupNotFound { .. } => "UnknownGroup",
         RaftError::LeadershipLost { .. } => "LeadershipLost",
         RaftError::Timeout { .. } => "Timeout",
+        RaftError::NoSpace { .. } => "NoSpace",
     };
     HandlerError::new(code, err.to_string())
 }

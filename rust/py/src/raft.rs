@@ -126,6 +126,9 @@ fn raft_error(py: Python<'_>, err: RaftError) -> PyErr {
         }
         RaftError::Stopped { reason } => cluster_error(py, "EngineStopped", (reason,)),
         RaftError::Invalid { reason } => cluster_error(py, "InvalidRequest", (reason,)),
+        RaftError::NoSpace { data_dir } => {
+            cluster_error(py, "NoSpace", (data_dir.display().to_string(),))
+        }
     }
 }
 
@@ -147,6 +150,12 @@ fn engine_error(py: Python<'_>, err: EngineError) -> PyErr {
                 .map(|t| (t.group.0, t.commit_index, t.last_index))
                 .collect();
             cluster_error(py, "LostLogTail", (err.to_string(), groups))
+        }
+        EngineError::NoSpace { data_dir } => {
+            cluster_error(py, "NoSpace", (data_dir.display().to_string(),))
+        }
+        EngineError::Sink(SinkError::NoSpace { dir, .. }) => {
+            cluster_error(py, "NoSpace", (dir.display().to_string(),))
         }
         other => cluster_error(py, "EngineStopped", (other.to_string(),)),
     }
@@ -369,6 +378,28 @@ impl PyRaftEngine {
             .iter()
             .map(|t| (t.group.0, t.commit_index, t.last_index))
             .collect()
+    }
+
+    /// True while the node is in its NO_SPACE state: writes refused with `NoSpace` until space
+    /// is freed on the data dir's disk (then they resume by themselves); reads served.
+    #[getter]
+    fn no_space(&self) -> bool {
+        self.engine.no_space()
+    }
+
+    /// What the log's recovery repaired at open: one dict per torn tail discarded, `{"file":
+    /// str, "offset_bytes": int, "discarded_bytes": int, "reason": str}` (empty: nothing).
+    fn recovery_repairs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for r in self.engine.recovery_repairs() {
+            let d = PyDict::new(py);
+            d.set_item("file", r.file.display().to_string())?;
+            d.set_item("offset_bytes", r.offset_bytes)?;
+            d.set_item("discarded_bytes", r.discarded_bytes)?;
+            d.set_item("reason", &r.reason)?;
+            out.append(d)?;
+        }
+        Ok(out)
     }
 
     /// The fd the owning asyncio loop must watch: `loop.add_reader(e.bridge_fd(), e.drain)`.
@@ -697,7 +728,7 @@ impl PyRaftEngine {
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
         let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 22] = [
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 30] = [
             ("rounds", &m.rounds),
             ("fsyncs", &m.fsyncs),
             ("records_written", &m.records_written),
@@ -719,6 +750,20 @@ impl PyRaftEngine {
             ("snapshot_receive_errors", &m.snapshot_receive_errors),
             ("snapshots_installed", &m.snapshots_installed),
             ("orphan_partials_removed", &m.orphan_partials_removed),
+            ("no_space", &m.no_space),
+            ("no_space_entered", &m.no_space_entered),
+            ("appends_dropped_no_space", &m.appends_dropped_no_space),
+            ("proposals_no_space", &m.proposals_no_space),
+            ("log_stalls", &m.log_stalls),
+            ("inbound_dropped_stalled", &m.inbound_dropped_stalled),
+            (
+                "wal_torn_tail_repairs_total",
+                &m.wal_torn_tail_repairs_total,
+            ),
+            (
+                "wal_torn_tail_bytes_discarded_total",
+                &m.wal_torn_tail_bytes_discarded_total,
+            ),
             ("votes_refused_empty", &m.votes_refused_empty),
         ];
         rows.iter().map(|(k, v)| (*k, Metrics::get(v))).collect()

@@ -65,7 +65,7 @@ pub(crate) fn default_reserve_bytes(segment_bytes_max: u64, fs_total_bytes: u64)
 
 /// Is this the filesystem saying it is full (`ENOSPC`, or the user's quota `EDQUOT`)? Both
 /// leave nothing written that counts and clear up once space is freed.
-pub(crate) fn is_no_space(e: &io::Error) -> bool {
+pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
