@@ -7,16 +7,13 @@ client core and the Python router) gets the same typed `NoSpace` at once, not re
 deadline. A torn tail repaired at open is reported (`recovery_repairs`, metrics) and logged once
 at WARNING naming file, offset and bytes dropped.
 
-Mounting a tmpfs needs root; those tests skip without it.
+Mounting a tmpfs needs root; those tests skip without it (tests/tmpfs.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.raft import LogRepair, RaftEngine, RaftSettings, kv_put
 from nodedb_cluster.transport import Insecure, Transport
 from test_kv import formed
+from tmpfs import fill, tmpfs
 
 FAST = RaftSettings(tick_interval_ms=20)
 DEADLINE_S = 20.0
@@ -38,42 +36,9 @@ POLL_S = 0.02
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 32 MiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs (for a real ENOSPC) needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"mount -t tmpfs failed (needs root with CAP_SYS_ADMIN): {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
-def fill(fs: Path, leave_bytes: int = 0) -> Path:
-    """Another process's file, written until the filesystem is full, then cut by `leave_bytes`."""
-    filler = fs / "filler"
-    chunk = b"\xab" * 65536
-    with filler.open("ab", buffering=0) as f:
-        for _ in range(4096):
-            try:
-                f.write(chunk)
-            except OSError as e:
-                if e.errno != errno.ENOSPC:
-                    raise
-                break
-        else:
-            pytest.fail("the tmpfs never filled up")
-    if leave_bytes:
-        os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
-    return filler
+    """A 32 MiB tmpfs (skips the test unless root may mount), unmounted afterwards."""
+    with tmpfs(tmp_path / "mnt", "32m") as fs:
+        yield fs
 
 
 async def until(pred: Callable[[], bool], what: str) -> None:
