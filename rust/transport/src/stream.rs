@@ -1,12 +1,20 @@
 //! Reading and writing one frame on a QUIC stream. Lengths are checked before any allocation and
 //! the payload buffer grows only as bytes actually arrive (flow control bounds that), so a peer
 //! announcing 64 MiB and sending nothing costs nothing.
+//!
+//! One frame per stream, then the stream ends: `write_frame` finishes the stream after the
+//! payload, and `read_payload` requires the end right after it. Bytes after the frame are
+//! `FrameError::TrailingBytes` (the server counts it and resets the stream with its code),
+//! never silently ignored.
 
 use bytes::Bytes;
 use nodedb_wire::{FrameError, FrameHeader, MessageKind, HEADER_BYTES};
 
 /// Bytes reserved up front for a payload; the rest grows with arrivals.
 const PAYLOAD_PREALLOC_BYTES_MAX: usize = 1024 * 1024;
+/// At most this many bytes after a frame are read to report how many trailed it (the stream is
+/// refused either way; a peer sending more is not worth reading).
+const TRAILING_PROBE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub enum ReadFrameError {
@@ -44,7 +52,9 @@ pub async fn read_header(recv: &mut quinn::RecvStream) -> Result<FrameHeader, Re
     FrameHeader::decode(&header).map_err(ReadFrameError::Frame)
 }
 
-/// Read the payload `header` announces, growing the buffer only as bytes arrive, and verify it.
+/// Read the payload `header` announces, growing the buffer only as bytes arrive, verify it, and
+/// require the stream to end right after it (`FrameError::TrailingBytes` otherwise: one frame
+/// per stream). Waits for the end of the stream: the caller bounds the wait.
 pub async fn read_payload(
     recv: &mut quinn::RecvStream,
     header: &FrameHeader,
@@ -65,6 +75,13 @@ pub async fn read_payload(
     header
         .verify_payload(&payload)
         .map_err(ReadFrameError::Frame)?;
+    while let Some(trailing) = recv.read_chunk(TRAILING_PROBE_BYTES, true).await? {
+        if !trailing.bytes.is_empty() {
+            return Err(ReadFrameError::Frame(FrameError::TrailingBytes {
+                trailing_bytes: trailing.bytes.len(),
+            }));
+        }
+    }
     Ok(Bytes::from(payload))
 }
 

@@ -251,6 +251,66 @@ async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
     assert_eq!(server.metrics()["connections_accepted"], 1);
 }
 
+/// One frame per stream (WIRE: trailing bytes are a typed error): a valid frame followed by more
+/// bytes is not answered; the stream is reset with the trailing_bytes code, counted, and the
+/// connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_valid_frame_reset_the_stream_and_the_connection_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let server = bind(1, ANY, c[0].clone());
+    let client = bind(2, ANY, c[1].clone());
+    serve_echo(&server);
+    let addr = server.local_addr();
+    client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::new())
+        .await
+        .unwrap();
+    let conn_id = client.pooled_connection_id(addr).unwrap();
+    // Trailing data in the same write, and a second whole frame on the same stream.
+    let frame = nodedb_wire::encode_frame(MessageKind::PING, b"payload").unwrap();
+    let mut trailing = frame.clone();
+    trailing.extend_from_slice(b"extra");
+    let mut two_frames = frame.clone();
+    two_frames.extend_from_slice(&frame);
+    for (i, bytes) in [trailing, two_frames].into_iter().enumerate() {
+        let answer = client
+            .send_raw_to_addr(addr, Bytes::from(bytes), true)
+            .await
+            .unwrap();
+        let reset_code = answer.expect_err("the stream must be reset, not answered");
+        assert_eq!(
+            nodedb_wire::FrameError::code_for_number((reset_code - 0x100) as u32),
+            Some("trailing_bytes")
+        );
+        let metrics = server.metrics();
+        assert_eq!(metrics["decode_errors.trailing_bytes"], i as u64 + 1);
+        assert_eq!(metrics["decode_errors"], i as u64 + 1);
+        assert_eq!(metrics["streams_reset"], i as u64 + 1);
+        assert_eq!(
+            metrics.get("rpcs_received").copied().unwrap_or(0),
+            1,
+            "not dispatched"
+        );
+    }
+    // The frame alone, finished, is answered; so is the next request on the same connection.
+    let answer = client
+        .send_raw_to_addr(addr, Bytes::from(frame), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.expect("answered").payload,
+        Bytes::from_static(b"payload")
+    );
+    let reply = client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, Bytes::from_static(b"ok"));
+    assert_eq!(client.pooled_connection_id(addr), Some(conn_id));
+    assert_eq!(server.metrics()["connections_accepted"], 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oneway_frames_reach_the_kind_handler() {
     let dir = tempfile::tempdir().unwrap();
