@@ -24,6 +24,7 @@ import walfile
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import NoSpace, Timeout
 from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.metrics import NodeCollector, _Snapshot
 from nodedb_cluster.raft import LogRepair, RaftEngine, RaftSettings, kv_put
 from nodedb_cluster.transport import Insecure, Transport
 from test_kv import formed
@@ -134,6 +135,12 @@ async def test_a_remote_client_gets_no_space_at_once_not_retries(small_fs: Path)
             await client.put(b"before", b"1")
             filler = fill(small_fs)
             await until(lambda: engine.no_space, "NO_SPACE entered")
+            exported = {
+                m.name: m for m in NodeCollector(node, _Snapshot(counters=node.metrics())).collect()
+            }
+            assert exported["nodedb_raft_no_space"].type == "gauge"
+            assert exported["nodedb_raft_no_space"].samples[0].value == 1.0
+            assert exported["nodedb_raft_no_space_entered"].type == "counter"
             # The Rust client core, then the Python router (no engine: one hop).
             for put in (client.put, client.router.put):
                 started = time.monotonic()

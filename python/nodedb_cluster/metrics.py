@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 REFRESH_INTERVAL_S: Final = 1.0
 """Prometheus scrapes every 10-60 s; a second-old snapshot is fresh enough and costs nothing."""
 ROLES: Final = ("follower", "pre_candidate", "candidate", "leader")
+GAUGES: Final = frozenset({"raft_no_space"})
+"""Entries of `Node.metrics()` that are states, not counts: exported as gauges
+(`raft_no_space`: 1 while the engine refuses writes for lack of disk space)."""
 
 
 @dataclass(slots=True)
@@ -75,7 +78,11 @@ class NodeCollector(Collector):
             refused.add_metric([kind, reason], float(value))
         yield refused
         for name, value in sorted((self._snapshot.counters or {}).items()):
-            family = CounterMetricFamily(f"nodedb_{name}", f"counter {name} of the node")
+            family: CounterMetricFamily | GaugeMetricFamily
+            if name in GAUGES:
+                family = GaugeMetricFamily(f"nodedb_{name}", f"state {name} of the node")
+            else:
+                family = CounterMetricFamily(f"nodedb_{name}", f"counter {name} of the node")
             family.add_metric([], float(value))
             yield family
 
