@@ -68,6 +68,9 @@ class RaftSettings:
     rejoin: bool = False
     """Forget (instead of refusing to open) groups whose log lost acknowledged entries; they
     are listed by `RaftEngine.discarded_groups` and rejoined by the control plane."""
+    free_space_reserve_bytes: int | None = None
+    """Free bytes the Raft log keeps on its disk: below it the node is in NO_SPACE (writes
+    refused) and segment preallocation stops. None: min(2 segments, 10 % of the filesystem)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,7 @@ class RaftEngine:
             orphan_partial_max_age_secs=s.orphan_partial_max_age_secs,
             max_uncommitted_bytes=s.max_uncommitted_bytes,
             rejoin=s.rejoin,
+            free_space_reserve_bytes=s.free_space_reserve_bytes,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
 

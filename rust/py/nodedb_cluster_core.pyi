@@ -181,6 +181,7 @@ class RaftEngine:
         orphan_partial_max_age_secs: int = 300,
         max_uncommitted_bytes: int = 33554432,
         rejoin: bool = False,
+        free_space_reserve_bytes: int | None = None,
     ) -> None: ...
     def discarded_groups(self) -> list[tuple[int, int, int]]: ...
     @property

@@ -286,7 +286,8 @@ impl PyRaftEngine {
                         snapshot_threshold_entries = 20_000,
                         install_snapshot_chunk_bytes = 4 << 20,
                         orphan_partial_max_age_secs = 300,
-                        max_uncommitted_bytes = 32 << 20, rejoin = false))]
+                        max_uncommitted_bytes = 32 << 20, rejoin = false,
+                        free_space_reserve_bytes = None))]
     fn new(
         py: Python<'_>,
         node_id: u64,
@@ -301,6 +302,7 @@ impl PyRaftEngine {
         orphan_partial_max_age_secs: u64,
         max_uncommitted_bytes: u64,
         rejoin: bool,
+        free_space_reserve_bytes: Option<u64>,
     ) -> PyResult<Self> {
         let mut cfg = MultiRaftConfig::new(NodeId(node_id), &data_dir);
         cfg.tick_interval = Duration::from_millis(tick_interval_ms);
@@ -353,8 +355,11 @@ impl PyRaftEngine {
         // Replay and recovery run without the GIL (a Python state machine's restore takes it).
         let engine = py
             .detach(|| {
-                let sink =
-                    WalSink::open(&wal_dir, nodedb_multiraft::wal_sink::WalOptions::default())?;
+                let options = nodedb_multiraft::wal_sink::WalOptions {
+                    free_space_reserve: free_space_reserve_bytes,
+                    ..nodedb_multiraft::wal_sink::WalOptions::default()
+                };
+                let sink = WalSink::open(&wal_dir, options)?;
                 MultiRaft::start(cfg, Box::new(sink), net, factory)
             })
             .map_err(|e| engine_error(py, e))?;
