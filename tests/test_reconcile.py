@@ -6,7 +6,6 @@ from nodedb_cluster.reconcile import (
     CAUGHT_UP_LAG_ENTRIES_MAX,
     AddLearner,
     CreateGroup,
-    DemoteVoter,
     DropGroup,
     LocalGroup,
     PromoteVoter,
@@ -181,9 +180,12 @@ def test_a_sole_voter_that_lost_its_replica_has_no_one_to_ask() -> None:
     assert plan_reconcile(3, routing, local, RF) == []
 
 
-def test_the_leader_demotes_a_voter_routing_lists_as_learner_then_promotes_it_caught_up() -> None:
+def test_a_voter_routing_demoted_is_removed_readded_as_learner_and_promoted_caught_up() -> None:
     routing = routing_with(1, (1, 2), (3,))
-    local = {0: leader(0, (1, 2), (3,)), 1: leader(1, (1, 2, 3))}
-    assert plan_reconcile(1, routing, local, RF) == [DemoteVoter(1, 3)]
+    local = {0: leader(0, (1, 2), (3,)), 1: leader(1, (1, 2, 3), matched={3: 100})}
+    # Out first (a demotion in place would keep its stale matched index), back as a learner.
+    assert plan_reconcile(1, routing, local, RF) == [RemoveMember(1, 3)]
+    local[1] = leader(1, (1, 2))
+    assert plan_reconcile(1, routing, local, RF) == [AddLearner(1, 3)]
     local[1] = leader(1, (1, 2), (3,), commit=100, matched={3: 100})
     assert plan_reconcile(1, routing, local, RF) == [ProposePromotion(1, 3)]

@@ -48,7 +48,6 @@ from nodedb_cluster.reconcile import (
     Action,
     AddLearner,
     CreateGroup,
-    DemoteVoter,
     DropGroup,
     LocalGroup,
     PromoteVoter,
@@ -339,18 +338,29 @@ class Node:
         data = entry.encode()
         timeout_ms = self.config.rpc_timeout_ms
         last: ClusterError = Timeout("metadata proposal", timeout_ms)
-        for _ in range(METADATA_FORWARD_ATTEMPTS_MAX):
-            status = await engine.status(METADATA_GROUP_ID)
-            if status.role == "leader":
+        for attempt in range(METADATA_FORWARD_ATTEMPTS_MAX):
+            try:
+                status: GroupStatus | None = await engine.status(METADATA_GROUP_ID)
+            except UnknownGroup:
+                status = None  # no replica of group 0 here (rejoining): ask a member of it
+            if status is not None and status.role == "leader":
                 proposed = await engine.propose(METADATA_GROUP_ID, data, timeout_ms)
                 return decode_result(proposed.result)
-            if not status.leader_id:
-                raise NotLeader(None, "metadata group has no leader")
+            if status is not None:
+                if not status.leader_id:
+                    raise NotLeader(None, "metadata group has no leader")
+                target, forwarded = status.leader_id, True
+            else:
+                voters = self.metadata.routing.route(METADATA_GROUP_ID).voters
+                others = [v for v in voters if v != self.config.node_id]
+                if not others:
+                    raise NotLeader(None, "no other member of the metadata group to ask")
+                target, forwarded = others[attempt % len(others)], False  # it forwards once
             try:
                 _kind, payload = await self.transport.send_rpc(
-                    status.leader_id,
+                    target,
                     wire.MessageKind.METADATA_PROPOSE,
-                    encode_metadata_propose(data, forwarded=True),
+                    encode_metadata_propose(data, forwarded=forwarded),
                 )
             except NotLeader as e:
                 last = e
@@ -533,13 +543,16 @@ class Node:
                 await engine.add_learner(g, n)
             case PromoteVoter(group_id=g, node_id=n):
                 await engine.promote(g, n)
-            case DemoteVoter(group_id=g, node_id=n):
-                await engine.add_learner(g, n)  # raft: adding a voter as learner demotes it
             case ProposeDemotion(group_id=g):
                 me = self.config.node_id
                 refused = await self.propose_metadata(MetadataEntry((DemoteGroupVoter(g, me),)))
                 if refused is not None:
                     log.info("demotion of %d in group %d refused: %s", me, g, refused)
+                    return
+                # Applied in group 0: routing lists this node as a learner of g. The empty
+                # replica is created now rather than when this node's routing shows it, which
+                # it learns through its own replica of group 0 (perhaps the one missing).
+                await engine.add_group(g, None, self.group_kind(g))
             case RemoveMember(group_id=g, node_id=n):
                 await engine.remove_node(g, n)
             case TransferLeader(group_id=g, to_node_id=n):

@@ -95,20 +95,12 @@ class TransferLeader:
 
 
 @dataclass(frozen=True, slots=True)
-class DemoteVoter:
-    """Raft conf change voter -> learner, once routing lists the node as a learner (it lost its
-    replica and rejoins; `ProposeDemotion`)."""
-
-    group_id: int
-    node_id: int
-
-
-@dataclass(frozen=True, slots=True)
 class ProposeDemotion:
     """This node is a voter of `group_id` in routing but holds no replica of it (its log lost
     the group, or `start --rejoin` discarded it): an empty voter would count towards quorums
     for entries it no longer has. Ask group 0 to make it a learner first; the learner replica
-    is created once routing says so, filled by the leader and promoted when caught up."""
+    is created once routing says so; the leader takes it out of the group and adds it back as a
+    learner (fresh progress), fills it and promotes it when caught up."""
 
     group_id: int
 
@@ -128,7 +120,6 @@ Action = (
     | PromoteVoter
     | RemoveMember
     | TransferLeader
-    | DemoteVoter
     | ProposeDemotion
     | ProposePromotion
 )
@@ -212,7 +203,11 @@ def _leader_step(
     for node_id in sorted(set(route.voters) & set(group.learners)):
         return PromoteVoter(group.group_id, node_id)
     for node_id in sorted(set(route.learners) & set(group.voters) - {self_id}):
-        return DemoteVoter(group.group_id, node_id)
+        # Routing demoted a voter (it lost its replica and rejoins): out of the group, then
+        # back as a learner (next round). Demoting it in place would keep its Raft progress,
+        # whose matched index is that of the copy it lost: it would look caught up and be
+        # promoted before it holds those entries again.
+        return RemoveMember(group.group_id, node_id)
     for node_id in sorted(actual - desired):
         if node_id == self_id:
             successors = sorted(set(route.voters) & set(group.voters) - {self_id})

@@ -307,6 +307,7 @@ impl MultiRaftCore {
         let kind = StateMachineKind::from_u8(meta.sm_kind).unwrap_or(StateMachineKind::Python);
         let raw = RawNode::new(&self.cfg.raft_config(applied, kind), storage, &self.logger)?;
         let was_leader = raw.raft.state == StateRole::Leader;
+        let started_empty = raw.store().last() == 0;
         self.groups.insert(
             gid,
             Group {
@@ -319,6 +320,7 @@ impl MultiRaftCore {
                 reads: Vec::new(),
                 applied_index: applied,
                 was_leader,
+                started_empty,
             },
         );
         Ok(())
@@ -597,14 +599,23 @@ impl MultiRaftCore {
         }
     }
 
-    fn step_message(&mut self, gid: GroupId, m: Message) {
+    fn step_message(&mut self, gid: GroupId, mut m: Message) {
         let Some(g) = self.groups.get_mut(&gid) else {
             Metrics::inc(&self.metrics.inbound_unknown_group);
             return;
         };
+        let last_index = g.raw.raft.raft_log.last_index();
+        if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last_index && g.started_empty
+        {
+            // A replica created empty here (a joiner, or one rejoining after `--rejoin` forgot
+            // its copy) acknowledged nothing; a leader whose progress still holds the matched
+            // index of the copy this node lost sends a commit beyond our log. Clamped, so
+            // raft-rs does not panic; the entries come by snapshot and append.
+            m.commit = last_index;
+        }
         if m.get_msg_type() == MessageType::MsgHeartbeat
             && m.term >= g.raw.raft.term
-            && m.commit > g.raw.raft.raft_log.last_index()
+            && m.commit > last_index
         {
             // A leader sends a follower at most the index that follower acknowledged: one
             // beyond our log means entries we acknowledged are gone (raft-rs would panic).

@@ -49,6 +49,9 @@ pub(crate) struct Group {
     pub(crate) reads: Vec<PendingRead>,
     pub(crate) applied_index: u64,
     pub(crate) was_leader: bool,
+    /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
+    /// the log: it has never acknowledged anything it could have lost.
+    pub(crate) started_empty: bool,
 }
 
 pub(crate) fn lost(group: GroupId, leader: u64) -> RaftError {
