@@ -1,17 +1,24 @@
-"""Disk faults on a real node's Raft log and identity file (issue 13 part 7), on a real 3-node
-cluster: for each kind of damage the node either refuses to start, exits non-zero within a bound
-and says why in its log (never a Python traceback, never a process left answering errors), or it
-recovers; either way every acknowledged key stays readable with its value from the cluster, and
-a node that came back serves them too.
+"""Disk faults on a real node's Raft log, identity file and catalog (issue 13 parts 2, 4 and 7),
+on a real 3-node cluster. For each kind of damage the node refuses to start, exits non-zero
+within a bound and says why in its log (never a Python traceback, never a process left answering
+errors); the two healthy nodes keep every acknowledged key; and the way back every message names,
+`start --rejoin`, brings the node back as a fresh replica of what was damaged, keeping its node
+id, with every acknowledged key readable through it.
 
-The catalog's cases (a byte changed in every key, truncations, page flags) are in
-test_catalog_integrity.py; the WAL's own byte-level recovery in rust/wal/tests; a lost tail and a
-lost catalog, with the way back, in test_rejoin_multiprocess.py.
+- A follower whose newest WAL segment lost its last acknowledged entry (the tail zeroed from the
+  middle of that record, or cut at its boundary: what recovery must take for a torn write).
+- Damage before the tail (a bit flipped inside a record followed by others, a changed length).
+- A damaged `raft/IDENTITY`.
+- A bootstrap seed whose catalog is gone: it never founds a second cluster on its old log.
+
+The catalog's byte-level cases are in test_catalog_integrity.py; the WAL's own recovery in
+rust/wal/tests; a full disk in test_no_space*.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,12 +26,13 @@ import pytest
 
 import walfile
 from nodedb_cluster.client import Client
-from nodedb_cluster.localcluster import LocalCluster, NodeProcess, leader_of
+from nodedb_cluster.localcluster import LocalCluster, NodeProcess, Status, leader_of
 
 pytestmark = pytest.mark.multiprocess
 
 KEYS = 200
 EXIT_OR_READY_S = 30.0
+CATCH_UP_S = 60.0
 
 
 @pytest.fixture
@@ -60,6 +68,42 @@ async def _follower(cluster: LocalCluster) -> NodeProcess:
     groups = {int(g["group_id"]) for s in statuses.values() for g in s["groups"]}
     leaders = {leader_of(statuses, g) for g in groups}
     return cluster.nodes[max(i for i in cluster.nodes if i not in leaders)]
+
+
+def _data_groups(statuses: dict[int, Status]) -> list[int]:
+    return sorted({int(g["group_id"]) for s in statuses.values() for g in s["groups"]} - {0})
+
+
+async def _wait_exit_with(node: NodeProcess, *needles: str) -> str:
+    code = await node.wait_exit(EXIT_OR_READY_S)
+    tail = node.log_tail()
+    assert code != 0, f"node {node.node_id} exited 0:\n{tail}"
+    for needle in needles:
+        assert needle in tail, f"{needle!r} not in the log of node {node.node_id}:\n{tail}"
+    assert "Traceback" not in tail, tail
+    return tail
+
+
+async def _readable_through(cluster: LocalCluster, node_id: int, acked: dict[bytes, bytes]) -> None:
+    await _readable(cluster, [cluster.nodes[node_id].addr], acked)
+
+
+async def _wait_caught_up(cluster: LocalCluster, node_id: int) -> dict[int, Status]:
+    """Until `node_id` is a voter of every group again and holds the same KV state as the
+    group's leader (applied index, key count and digest of its replica)."""
+
+    def caught_up(statuses: dict[int, Status]) -> bool:
+        mine = {int(g["group_id"]): g for g in statuses[node_id]["groups"]}
+        for group_id in _data_groups(statuses):
+            leader = leader_of(statuses, group_id)
+            if not leader or group_id not in mine or node_id not in mine[group_id]["voters"]:
+                return False
+            theirs = {int(g["group_id"]): g for g in statuses[leader]["groups"]}[group_id]
+            if mine[group_id]["kv"][1:] != theirs["kv"][1:]:
+                return False
+        return 0 in mine and node_id in mine[0]["voters"]
+
+    return await cluster.wait_for(caught_up, cluster.nodes, CATCH_UP_S, f"node {node_id} back")
 
 
 def _newest_segment(node: NodeProcess) -> Path:
@@ -129,11 +173,7 @@ async def test_damaged_raft_state_is_refused_with_a_reason_and_loses_no_acknowle
     expected = DAMAGE[damage](node)
 
     await node.start()
-    code = await node.wait_exit(EXIT_OR_READY_S)
-    tail = node.log_tail()
-    assert code != 0, tail
-    assert expected in tail, tail
-    assert "Traceback" not in tail, tail
+    await _wait_exit_with(node, expected, "--rejoin")
     # The cluster never lost a write: the two healthy nodes serve every acknowledged key.
     others = [n.addr for n in cluster.nodes.values() if n is not node]
     await _readable(cluster, others, acked)
@@ -142,13 +182,69 @@ async def test_damaged_raft_state_is_refused_with_a_reason_and_loses_no_acknowle
     node.config = dataclasses.replace(node.config, rejoin=True)
     await node.start()
     await node.wait_ready()
-    await cluster.wait_for(
-        lambda s: (
-            all(node.node_id in g["voters"] for g in s[node.node_id]["groups"])
-            and len(s[node.node_id]["groups"]) == 3
-        ),
-        cluster.nodes,
-        60.0,
-        f"node {node.node_id} a voter of every group again",
+    await _wait_caught_up(cluster, node.node_id)
+    await _readable_through(cluster, node.node_id, acked)
+
+
+async def test_a_follower_that_lost_its_acknowledged_tail_refuses_then_rejoins(
+    cluster: LocalCluster,
+) -> None:
+    acked = await _write(cluster, b"a")
+    victim = await _follower(cluster)
+    victim_id = victim.node_id
+    assert await victim.stop() == 0
+
+    raft_dir = victim.config.data_dir / "raft"
+    segment = walfile.segments(raft_dir)[-1]
+    records = walfile.records(segment)
+    last_entry = max(
+        (r for r in records if r.kind == walfile.KIND_ENTRY and r.group_id != 0),
+        key=lambda r: r.offset,
     )
-    await _readable(cluster, [node.addr], acked)
+    end = records[-1].offset + records[-1].length
+    walfile.zero_from(segment, last_entry.offset + last_entry.length // 2, end)
+
+    await victim.start()
+    await _wait_exit_with(
+        victim,
+        "lost entries this node acknowledged",
+        f"g{last_entry.group_id}: log ends at index",
+        "--rejoin",
+        str(raft_dir),
+    )
+
+    victim.config = dataclasses.replace(victim.config, rejoin=True)
+    await victim.start()
+    await victim.wait_ready()
+    assert f"discarded its copy of group {last_entry.group_id}" in victim.log_tail()
+    await _wait_caught_up(cluster, victim_id)
+    await _readable_through(cluster, victim_id, acked)
+    more = await _write(cluster, b"b")
+    await _readable_through(cluster, victim_id, {**acked, **more})
+    # Stays a healthy member after another ordinary restart (no flag needed any more).
+    victim.config = dataclasses.replace(victim.config, rejoin=False)
+    assert await victim.stop() == 0
+    await victim.start()
+    await victim.wait_ready()
+    await _wait_caught_up(cluster, victim_id)
+
+
+async def test_a_seed_that_lost_its_catalog_never_founds_a_second_cluster(
+    cluster: LocalCluster,
+) -> None:
+    acked = await _write(cluster, b"c")
+    seed = cluster.nodes[1]  # the smallest seed: the one that bootstraps
+    before = await cluster.status(1)
+    assert await seed.stop() == 0
+    shutil.rmtree(seed.config.data_dir / "catalog")
+
+    await seed.start()
+    await _wait_exit_with(seed, "holds a Raft log", "--rejoin", "--force-bootstrap")
+
+    seed.config = dataclasses.replace(seed.config, rejoin=True)
+    await seed.start()
+    await seed.wait_ready()
+    statuses = await _wait_caught_up(cluster, 1)
+    assert statuses[1]["cluster_id"] == before["cluster_id"]
+    assert list(seed.config.data_dir.glob("discarded-*/raft/*.wal")), "old log not kept aside"
+    await _readable_through(cluster, 1, acked)

@@ -300,9 +300,10 @@ def format_status(doc: dict[str, object]) -> str:
         f"node {doc['node_id']}  lifecycle {doc['lifecycle']}  cluster {doc['cluster_id']}",
         f"topology v{doc['topology_version']}  routing epoch {doc['routing_epoch']}  "
         f"metadata applied {doc['metadata_applied_index']}",
-        "",
-        f"{'NODE':>6}  {'ADDRESS':<22} STATE",
     ]
+    if doc.get("no_space"):
+        lines.append(f"NO_SPACE: {doc['no_space']}")
+    lines += ["", f"{'NODE':>6}  {'ADDRESS':<22} STATE"]
     for node_id, addr, state in doc["nodes"]:  # type: ignore[attr-defined]
         lines.append(f"{node_id:>6}  {addr:<22} {state}")
     lines += [

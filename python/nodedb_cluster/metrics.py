@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 REFRESH_INTERVAL_S: Final = 1.0
 """Prometheus scrapes every 10-60 s; a second-old snapshot is fresh enough and costs nothing."""
 ROLES: Final = ("follower", "pre_candidate", "candidate", "leader")
-GAUGES: Final = frozenset({"raft_no_space"})
+GAUGES: Final = frozenset({"raft_no_space", "no_space"})
 """Entries of `Node.metrics()` that are states, not counts: exported as gauges
-(`raft_no_space`: 1 while the engine refuses writes for lack of disk space)."""
+(`raft_no_space`: 1 while the engine refuses writes for lack of disk space; `no_space`: 1 while
+the node is NO_SPACE for its log's or its catalog's disk, as `status` shows)."""
 
 
 @dataclass(slots=True)

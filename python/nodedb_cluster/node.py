@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import (
+    CatalogNoSpace,
     ClusterError,
     EngineStopped,
     NotLeader,
@@ -93,6 +94,8 @@ class NodeStatus:
     (the fault harness compares them across replicas after healing)."""
     members: tuple[tuple[int, str, int], ...] = ()
     """SWIM's view: (node id, swim state name, incarnation) per other node; () without SWIM."""
+    no_space: str | None = None
+    """Set while the node is NO_SPACE (writes refused, reads served): why; `Node.no_space`."""
 
     def to_doc(self) -> dict[str, object]:
         return {
@@ -105,6 +108,7 @@ class NodeStatus:
             "nodes": [list(n) for n in self.nodes],
             "settings": dict(self.settings),
             "members": [list(m) for m in self.members],
+            "no_space": self.no_space,
             "groups": [
                 {
                     "group_id": g.group_id,
@@ -290,10 +294,34 @@ class Node:
             settings=dict(state.settings),
             kv_digests=kv_digests,
             members=self._members_view(),
+            no_space=self.no_space(),
         )
+
+    def no_space(self) -> str | None:
+        """Why this node is NO_SPACE, or None. Its Raft log's disk is below the free-space
+        reserve (the engine refuses proposals with `NoSpace`, serves reads) or its catalog
+        could not save the applied metadata for lack of space (retried). Both clear by
+        themselves once space is freed."""
+        if self.engine is not None and self.engine.no_space:
+            raft_dir = self.config.data_dir / "raft"
+            return f"the disk of {raft_dir} is below its free-space reserve: writes refused"
+        if self._metadata is not None and self._metadata.machine.no_space_error is not None:
+            return str(self._metadata.machine.no_space_error)
+        return None
+
+    def on_catalog_no_space(self, error: CatalogNoSpace | None) -> None:
+        """The metadata applier's catalog saves started failing for lack of space, or landed
+        again (on the loop)."""
+        if error is not None:
+            log.warning(
+                "node %d is NO_SPACE: %s (retried until space is freed)", self.config.node_id, error
+            )
+        else:
+            log.info("node %d: the catalog saves again (space was freed)", self.config.node_id)
 
     def metrics(self) -> dict[str, int]:
         counters = {f"transport_{k}": v for k, v in self.transport.metrics().items()}
+        counters["no_space"] = int(self.no_space() is not None)
         counters["join_attempts"] = self.join_attempts[0]
         counters.update(self.admission.metrics())
         counters["audit_write_errors"] = self.audit.write_errors

@@ -212,7 +212,12 @@ async def _open_engine(
     """The engine with group 0 applied by `MetadataGroup` and data groups by `data_sm` or KV."""
     loop = asyncio.get_running_loop()
     metadata = MetadataGroup(
-        initial, _persist_to(node.catalog), loop, node.on_metadata_change, node.audit.append
+        initial,
+        _persist_to(node.catalog),
+        loop,
+        node.on_metadata_change,
+        node.audit.append,
+        on_no_space=node.on_catalog_no_space,
     )
     node.attach_metadata(metadata)
 

@@ -1,0 +1,65 @@
+"""A real node process whose disk fills up (issue 13 part 5, on a tmpfs): it turns NO_SPACE
+(status and metrics say so), refuses writes with a typed error naming its data dir, keeps
+serving reads, never exits or lingers broken, and takes writes again by itself once space is
+freed, with every acknowledged write still there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster.client import Client
+from nodedb_cluster.errors import NoSpace
+from nodedb_cluster.localcluster import LocalCluster
+from tmpfs import fill, tmpfs
+
+pytestmark = pytest.mark.multiprocess
+
+FS_SIZE = "160m"
+"""One preallocated 64 MiB log segment and the catalog fit; the log's reserve is then 16 MiB
+(10 % of the filesystem, less than two segments)."""
+LEFT_BYTES = 4 << 20
+"""Space left by the other process's file: below the reserve, not yet a full disk."""
+STATE_WAIT_S = 20.0
+
+
+async def test_a_node_whose_disk_fills_refuses_writes_serves_reads_and_resumes(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "mnt", FS_SIZE) as fs:
+        data_dir = fs / "n1"
+        cluster = LocalCluster(tmp_path / "c", 1, overrides={"data_dir": data_dir, "num_groups": 1})
+        (tmp_path / "c").mkdir()
+        try:
+            await cluster.start()
+            await cluster.wait_formed(30.0)
+            node = cluster.nodes[1]
+            async with Client([node.addr], cluster.client_credentials) as client:
+                acked = [(b"k%d" % i, b"v%d" % i) for i in range(200)]
+                await client.put_many(acked)
+
+                blocker = fill(fs, leave_bytes=LEFT_BYTES)
+                statuses = await cluster.wait_for(
+                    lambda s: bool(s[1].get("no_space")), [1], STATE_WAIT_S, "NO_SPACE"
+                )
+                assert str(data_dir) in str(statuses[1]["no_space"])
+                with pytest.raises(NoSpace) as refused:
+                    await client.put(b"refused", b"x")
+                assert str(data_dir) in str(refused.value)
+                keys = [k for k, _ in acked]
+                assert await client.get_many(keys) == [v for _, v in acked], "reads served"
+                assert node.running
+
+                blocker.unlink()
+                await cluster.wait_for(
+                    lambda s: not s[1].get("no_space"), [1], STATE_WAIT_S, "NO_SPACE cleared"
+                )
+                await client.put(b"after", b"1")
+                assert await client.get(b"after") == b"1"
+                assert await client.get(b"refused") is None
+                assert await client.get_many(keys) == [v for _, v in acked]
+            assert node.running
+            assert "Traceback" not in node.log_tail()
+        finally:
+            await cluster.close()
