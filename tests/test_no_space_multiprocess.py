@@ -30,7 +30,6 @@ async def test_a_node_whose_disk_fills_refuses_writes_serves_reads_and_resumes(
     with tmpfs(tmp_path / "mnt", FS_SIZE) as fs:
         data_dir = fs / "n1"
         cluster = LocalCluster(tmp_path / "c", 1, overrides={"data_dir": data_dir, "num_groups": 1})
-        (tmp_path / "c").mkdir()
         try:
             await cluster.start()
             await cluster.wait_formed(30.0)
