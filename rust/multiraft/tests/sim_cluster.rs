@@ -1060,14 +1060,10 @@ fn a_kv_commit_reaches_followers_with_the_next_heartbeat_not_a_broadcast() {
     }
 }
 
-/// A follower whose disk lost its last acknowledged entries refuses to open (naming group and
-/// indexes); opened with `LostTailPolicy::Discard` it forgets the group, and once the leader
-/// demoted it to learner it is re-replicated and promoted back. Before the demotion its empty
-/// replica refuses to vote, so a candidate cannot win with the vote of a node that forgot.
-#[test]
-fn lost_tail_refuses_then_rejoin_re_replicates_and_the_empty_replica_never_votes() {
+/// A 3-node cluster with 10 writes in `g`, and a follower, crashed, whose log lost its last
+/// `lost` entry records: (cluster, leader, that follower).
+fn follower_that_lost_entries(g: GroupId, lost: usize) -> (Cluster, NodeId, NodeId) {
     let mut c = Cluster::new(3, 1, |_| {}, false);
-    let g = GroupId(1);
     c.elect_all(1);
     for i in 0..10 {
         c.propose(g, vec![put(&format!("k{i}"), &[1; 10])])
@@ -1080,16 +1076,23 @@ fn lost_tail_refuses_then_rejoin_re_replicates_and_the_empty_replica_never_votes
         .into_iter()
         .find(|id| *id != leader)
         .expect("a follower");
-    let other = c
-        .live()
-        .into_iter()
-        .find(|id| *id != leader && *id != f)
-        .expect("the third node");
     c.crash(f);
     let Sink::Mem(m) = &c.nodes[&f].sink else {
         panic!("in-memory sink")
     };
-    m.lose_last_entries(g, 3); // the commit-only hard state of the last round was never synced
+    m.lose_last_entries(g, lost);
+    (c, leader, f)
+}
+
+/// A follower whose disk lost its last acknowledged entries refuses to open (naming group and
+/// indexes); opened with `LostTailPolicy::Discard` it forgets the group, and once the leader
+/// demoted it to learner it is re-replicated and promoted back. Before the demotion its empty
+/// replica refuses to vote, so a candidate cannot win with the vote of a node that forgot.
+#[test]
+fn lost_tail_refuses_then_rejoin_re_replicates_and_the_empty_replica_never_votes() {
+    let g = GroupId(1);
+    // 3: the commit-only hard state of the last round was never synced
+    let (mut c, leader, f) = follower_that_lost_entries(g, 3);
 
     let net = c.net.clone();
     let err = c
@@ -1129,7 +1132,6 @@ fn lost_tail_refuses_then_rejoin_re_replicates_and_the_empty_replica_never_votes
         "a leader was elected with the vote of an empty replica"
     );
     assert!(Metrics::get(&c.core(f).metrics().votes_refused_empty) > 0);
-    let _ = other;
 
     // The old leader returns; the group demotes f, re-replicates it and promotes it back.
     c.restart(leader);
@@ -1157,25 +1159,9 @@ fn lost_tail_refuses_then_rejoin_re_replicates_and_the_empty_replica_never_votes
 /// index, so the next open refuses the group too.
 #[test]
 fn heartbeat_beyond_the_log_stops_the_engine_and_the_next_open_refuses() {
-    let mut c = Cluster::new(3, 1, |_| {}, false);
     let g = GroupId(1);
-    c.elect_all(1);
-    for i in 0..10 {
-        c.propose(g, vec![put(&format!("k{i}"), &[1; 10])])
-            .expect("commit");
-    }
-    assert!(c.drive_until(50, |c| c.converged(g)));
-    let leader = c.leader_of(g).expect("leader");
-    let f = c
-        .live()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
-    c.crash(f);
-    let Sink::Mem(m) = &c.nodes[&f].sink else {
-        panic!("in-memory sink")
-    };
-    m.lose_last_entries(g, 1); // below the durable commit index: open cannot tell
+    // 1: below the durable commit index, so open cannot tell
+    let (mut c, _leader, f) = follower_that_lost_entries(g, 1);
     c.restart(f);
     let mut stopped = None;
     'drive: for _ in 0..100 {
