@@ -5,6 +5,7 @@ freed, with every acknowledged write still there."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -60,5 +61,25 @@ async def test_a_node_whose_disk_fills_refuses_writes_serves_reads_and_resumes(
                 assert await client.get_many(keys) == [v for _, v in acked]
             assert node.running
             assert "Traceback" not in node.log_tail()
+        finally:
+            await cluster.close()
+
+
+async def test_a_node_on_a_read_only_data_dir_refuses_to_start_naming_it(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "mnt", FS_SIZE) as fs:
+        data_dir = fs / "n1"
+        cluster = LocalCluster(tmp_path / "c", 1, overrides={"data_dir": data_dir, "num_groups": 1})
+        try:
+            await cluster.start()
+            node = cluster.nodes[1]
+            assert await node.stop() == 0
+            remount = await asyncio.create_subprocess_exec("mount", "-o", "remount,ro", str(fs))
+            assert await remount.wait() == 0
+            await node.start()
+            assert await node.wait_exit(STATE_WAIT_S) != 0
+            tail = node.log_tail()
+            assert "Read-only file system" in tail, tail
+            assert str(data_dir) in tail, tail
+            assert "Traceback" not in tail, tail
         finally:
             await cluster.close()
