@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,20 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield fs
 
 
+@asynccontextmanager
+async def lone_engine(data_dir: Path) -> AsyncIterator[RaftEngine]:
+    """Node 1's engine on `data_dir`, sole voter and leader of KV group 1; closed afterwards."""
+    transport = Transport(1, "127.0.0.1:0", Insecure())
+    engine = RaftEngine(1, data_dir, transport, None, FAST)
+    try:
+        await engine.add_group(1, [1], "kv")
+        await engine.campaign(1)
+        yield engine
+    finally:
+        await engine.close()
+        await transport.close()
+
+
 async def until(pred: Callable[[], bool], what: str) -> None:
     """Polls `pred` (the engine's state has no event to await here). Bounded."""
     deadline = time.monotonic() + DEADLINE_S
@@ -55,11 +70,7 @@ async def test_below_the_reserve_writes_are_refused_reads_served_and_resume_by_t
     small_fs: Path,
 ) -> None:
     data_dir = small_fs / "n1"
-    transport = Transport(1, "127.0.0.1:0", Insecure())
-    engine = RaftEngine(1, data_dir, transport, None, FAST)
-    try:
-        await engine.add_group(1, [1], "kv")
-        await engine.campaign(1)
+    async with lone_engine(data_dir) as engine:
         await engine.propose(1, kv_put(b"before", b"1"))
         assert not engine.no_space
         assert engine.metrics()["no_space"] == 0
@@ -84,20 +95,12 @@ async def test_below_the_reserve_writes_are_refused_reads_served_and_resume_by_t
         await engine.propose(1, kv_put(b"after", b"2"))
         assert await engine.kv_read(1, b"after") == b"2"
         assert engine.metrics()["no_space"] == 0
-    finally:
-        await engine.close()
-        await transport.close()
 
 
 async def test_a_disk_filled_to_the_last_byte_stalls_and_every_write_lands_once_freed(
     small_fs: Path,
 ) -> None:
-    data_dir = small_fs / "n1"
-    transport = Transport(1, "127.0.0.1:0", Insecure())
-    engine = RaftEngine(1, data_dir, transport, None, FAST)
-    try:
-        await engine.add_group(1, [1], "kv")
-        await engine.campaign(1)
+    async with lone_engine(small_fs / "n1") as engine:
         filler = fill(small_fs)  # another process took the reserve too
         acknowledged: list[bytes] = []
         unknown: list[bytes] = []
@@ -120,9 +123,6 @@ async def test_a_disk_filled_to_the_last_byte_stalls_and_every_write_lands_once_
         for key in acknowledged + unknown:  # the stalled writes landed too, nothing lost
             assert await engine.kv_read(1, key) == b"v" * 1000, key
         await engine.propose(1, kv_put(b"after", b"2"))
-    finally:
-        await engine.close()
-        await transport.close()
 
 
 async def test_a_remote_client_gets_no_space_at_once_not_retries(small_fs: Path) -> None:

@@ -1,12 +1,14 @@
 //! The threaded driver (`MultiRaft`) and its async API over a simulated network: real time,
 //! real threads, bounded waits.
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{factory, put, Readers};
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::kv::{KvCommand, KvReader, KvResult, KvStateMachine};
+use nodedb_multiraft::kv::{KvCommand, KvResult, KvStateMachine};
 use nodedb_multiraft::log_sink::MemLogSink;
 use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
@@ -15,18 +17,6 @@ use nodedb_multiraft::{
 };
 
 const T: Duration = Duration::from_secs(5);
-
-type Readers = Arc<Mutex<HashMap<GroupId, KvReader>>>;
-
-fn factory(readers: Readers) -> Box<dyn nodedb_multiraft::StateMachineFactory> {
-    Box::new(
-        move |g: GroupId, _k: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
-            let kv = KvStateMachine::new();
-            readers.lock().expect("lock").insert(g, kv.reader());
-            Ok(Box::new(kv))
-        },
-    )
-}
 
 struct Node {
     engine: Arc<MultiRaft>,
@@ -80,14 +70,6 @@ async fn wait_leader(nodes: &[&Node], g: GroupId, deadline: Duration) -> Option<
         tokio::time::sleep(Duration::from_millis(10)).await; // polling status: no event exists
     }
     None
-}
-
-fn put(k: &str, v: &[u8]) -> Vec<u8> {
-    KvCommand::Put {
-        key: k.as_bytes().to_vec(),
-        value: v.to_vec(),
-    }
-    .encode()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,16 +9,18 @@
 //! - on a real full tmpfs (root only) with the real WAL: the engine keeps running, refuses
 //!   writes, resumes after space is freed, and every acknowledged write survives a restart.
 
-use std::collections::{BTreeMap, HashMap};
+mod common;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use common::{factory, put, Readers, SimCluster, SimNode};
 use nodedb_multiraft::core::{ProposeOutcome, Reply, SPACE_SAMPLE_EVERY_TICKS};
-use nodedb_multiraft::error::{RaftError, SmError};
-use nodedb_multiraft::kv::{KvCommand, KvReader, KvStateMachine};
+use nodedb_multiraft::error::RaftError;
 use nodedb_multiraft::log_sink::{LogRecord, MemLogSink, RecordKind, SpaceStatus};
 use nodedb_multiraft::network::SimNetwork;
-use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
+use nodedb_multiraft::state_machine::StateMachineKind;
 use nodedb_multiraft::{
     GroupId, GroupRole, Metrics, MultiRaftConfig, MultiRaftCore, NodeId, WalSink,
 };
@@ -26,26 +28,7 @@ use nodedb_multiraft::{
 const G: GroupId = GroupId(1);
 const GIB: u64 = 1 << 30;
 
-type Readers = Arc<Mutex<HashMap<GroupId, KvReader>>>;
 type Answer<T> = Arc<Mutex<Option<Result<T, RaftError>>>>;
-
-fn factory(readers: Readers) -> Box<dyn nodedb_multiraft::StateMachineFactory> {
-    Box::new(
-        move |g: GroupId, _k: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
-            let kv = KvStateMachine::new();
-            readers.lock().expect("lock").insert(g, kv.reader());
-            Ok(Box::new(kv))
-        },
-    )
-}
-
-fn put(key: &str, value: &str) -> Vec<u8> {
-    KvCommand::Put {
-        key: key.as_bytes().to_vec(),
-        value: value.as_bytes().to_vec(),
-    }
-    .encode()
-}
 
 fn plenty() -> Option<SpaceStatus> {
     Some(SpaceStatus {
@@ -67,18 +50,8 @@ fn has_entry(records: &[LogRecord], index: u64) -> bool {
         .any(|r| r.group == G && r.kind == RecordKind::Entry && r.index == index)
 }
 
-struct Node {
-    core: Option<MultiRaftCore>,
-    sink: MemLogSink,
-    readers: Readers,
-    cfg: MultiRaftConfig,
-}
-
-struct Cluster {
-    net: SimNetwork,
-    nodes: BTreeMap<NodeId, Node>,
-    _dir: tempfile::TempDir,
-}
+/// A round error fails the test: a full disk must never stop the engine.
+type Cluster = SimCluster<MemLogSink, Readers>;
 
 impl Cluster {
     /// `n` founding voters of group 1 (KV), each with an in-memory log that reports plenty
@@ -111,77 +84,19 @@ impl Cluster {
             .expect("add group");
             nodes.insert(
                 NodeId(id),
-                Node {
+                SimNode {
                     core: Some(core),
                     sink,
-                    readers,
+                    reg: readers,
                     cfg,
                 },
             );
         }
-        Cluster {
-            net,
-            nodes,
-            _dir: dir,
-        }
-    }
-
-    fn core(&mut self, id: NodeId) -> &mut MultiRaftCore {
-        self.nodes
-            .get_mut(&id)
-            .and_then(|n| n.core.as_mut())
-            .expect("up")
+        Cluster { net, nodes, dir }
     }
 
     fn sink(&self, id: NodeId) -> &MemLogSink {
         &self.nodes[&id].sink
-    }
-
-    /// Delivers frames and runs rounds until nothing moves (bounded). A round error fails the
-    /// test: a full disk must never stop the engine.
-    fn pump(&mut self) {
-        for _ in 0..200 {
-            let mut moved = false;
-            for (id, node) in self.nodes.iter_mut() {
-                let Some(core) = node.core.as_mut() else {
-                    continue;
-                };
-                for f in self.net.drain(*id) {
-                    moved = true;
-                    core.step_frame(f);
-                }
-                if core.round().expect("a full disk is not fatal") > 0 {
-                    moved = true;
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    fn tick(&mut self) {
-        for node in self.nodes.values_mut() {
-            if let Some(c) = node.core.as_mut() {
-                c.tick();
-            }
-        }
-        self.pump();
-    }
-
-    fn drive_until(
-        &mut self,
-        ticks_max: usize,
-        mut cond: impl FnMut(&mut Cluster) -> bool,
-    ) -> bool {
-        for _ in 0..ticks_max {
-            self.pump();
-            if cond(self) {
-                return true;
-            }
-            self.tick();
-        }
-        cond(self)
     }
 
     fn leader(&self) -> Option<NodeId> {
@@ -229,7 +144,7 @@ impl Cluster {
     }
 
     fn get(&self, at: NodeId, key: &str) -> Option<Vec<u8>> {
-        self.nodes[&at].readers.lock().expect("lock")[&G].get(key.as_bytes())
+        self.nodes[&at].reg.lock().expect("lock")[&G].get(key.as_bytes())
     }
 
     fn last_index(&self, at: NodeId) -> u64 {
@@ -271,13 +186,13 @@ fn assert_no_space(err: &RaftError, data_dir: &Path) {
 fn a_sync_that_hits_a_full_disk_stalls_the_round_and_acknowledges_only_after_the_retry() {
     let mut c = Cluster::new(1);
     let me = c.elect();
-    let first = c.propose_on(me, put("a", "1"));
+    let first = c.propose_on(me, put("a", b"1"));
     c.pump();
     assert!(matches!(taken(&first), Some(Ok(_))), "healthy commit");
 
     c.sink(me).fail_no_space(0, 3);
-    let p = c.propose_on(me, put("b", "2"));
-    let q = c.propose_on(me, put("c", "3"));
+    let p = c.propose_on(me, put("b", b"2"));
+    let q = c.propose_on(me, put("c", b"3"));
     c.pump();
     let core = c.core(me);
     assert!(core.stalled() && core.no_space(), "stalled, not stopped");
@@ -287,7 +202,7 @@ fn a_sync_that_hits_a_full_disk_stalls_the_round_and_acknowledges_only_after_the
     );
     assert_eq!(metric(&mut c, me, |m| &m.log_stalls), 1);
     // While stalled: a new proposal is refused (raft may not be stepped), no busy loop.
-    let refused = c.propose_on(me, put("d", "4"));
+    let refused = c.propose_on(me, put("d", b"4"));
     let data_dir = c.nodes[&me].cfg.data_dir.clone();
     assert_no_space(
         &taken(&refused).expect("answered at once").unwrap_err(),
@@ -320,7 +235,7 @@ fn a_sync_that_hits_a_full_disk_stalls_the_round_and_acknowledges_only_after_the
     assert!(c.drive_until(2 * SPACE_SAMPLE_EVERY_TICKS as usize, |c| !c
         .core(me)
         .no_space()));
-    let after = c.propose_on(me, put("e", "5"));
+    let after = c.propose_on(me, put("e", b"5"));
     c.pump();
     assert!(matches!(taken(&after), Some(Ok(_))), "{:?}", taken(&after));
     assert_eq!(metric(&mut c, me, |m| &m.no_space_entered), 1);
@@ -331,7 +246,7 @@ fn an_append_that_hits_a_full_disk_is_appended_again_and_nothing_doubles() {
     let mut c = Cluster::new(1);
     let me = c.elect();
     c.sink(me).fail_no_space(2, 0);
-    let p = c.propose_on(me, put("k", "v"));
+    let p = c.propose_on(me, put("k", b"v"));
     c.pump();
     assert!(c.core(me).stalled());
     c.tick();
@@ -353,7 +268,7 @@ fn a_stalled_leader_of_three_acknowledges_nothing_until_its_own_log_has_the_entr
     let mut c = Cluster::new(3);
     let leader = c.elect();
     c.sink(leader).fail_no_space(0, 4);
-    let p = c.propose_on(leader, put("x", "1"));
+    let p = c.propose_on(leader, put("x", b"1"));
     // The followers receive, persist and acknowledge the entry; the leader is stalled.
     for _ in 0..3 {
         c.tick();
@@ -374,7 +289,7 @@ fn a_stalled_leader_of_three_acknowledges_nothing_until_its_own_log_has_the_entr
 fn no_space_refuses_writes_keeps_reads_and_resumes_by_itself() {
     let mut c = Cluster::new(3);
     let leader = c.elect();
-    let first = c.propose_on(leader, put("k1", "v1"));
+    let first = c.propose_on(leader, put("k1", b"v1"));
     assert!(c.drive_until(20, |_| taken(&first).is_some()));
     let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|id| *id != leader).collect();
     assert!(c.drive_until(20, |c| followers.iter().all(|f| c.get(*f, "k1").is_some())));
@@ -384,7 +299,7 @@ fn no_space_refuses_writes_keeps_reads_and_resumes_by_itself() {
     assert!(c.drive_until(2 * SPACE_SAMPLE_EVERY_TICKS as usize, |c| c
         .core(leader)
         .no_space()));
-    let refused = c.propose_on(leader, put("k2", "v2"));
+    let refused = c.propose_on(leader, put("k2", b"v2"));
     let data_dir = c.nodes[&leader].cfg.data_dir.clone();
     assert_no_space(
         &taken(&refused).expect("refused at once").unwrap_err(),
@@ -413,7 +328,7 @@ fn no_space_refuses_writes_keeps_reads_and_resumes_by_itself() {
         c.core(full).no_space() && !c.core(leader).no_space()
     }));
     let full_last = c.last_index(full);
-    let resumed = c.propose_on(leader, put("k3", "v3"));
+    let resumed = c.propose_on(leader, put("k3", b"v3"));
     assert!(c.drive_until(20, |_| taken(&resumed).is_some()));
     assert!(
         matches!(taken(&resumed), Some(Ok(_))),
@@ -553,7 +468,7 @@ fn real_full_disk(free_space_reserve: Option<u64>) {
         let out = Arc::clone(&cell);
         core.propose(
             G,
-            &[put(&format!("key{i}"), &value)],
+            &[put(&format!("key{i}"), value.as_bytes())],
             Reply::new(move |r| {
                 *out.lock().expect("lock") = Some(r);
             }),
@@ -606,7 +521,7 @@ fn real_full_disk(free_space_reserve: Option<u64>) {
         let out = Arc::clone(&cell);
         core.propose(
             G,
-            &[put(&key, "x")],
+            &[put(&key, b"x")],
             Reply::new(move |r| {
                 *out.lock().expect("lock") = Some(r);
             }),
@@ -652,6 +567,16 @@ fn start_engine(
     engine
 }
 
+/// Group 1 (KV) with node 1 as its only voter, and node 1 its leader.
+async fn elect_alone(engine: &nodedb_multiraft::MultiRaft) {
+    let peers = vec![NodeId(1)];
+    engine
+        .add_group(G, GroupRole::Voter { peers }, StateMachineKind::Kv, T)
+        .await
+        .expect("group");
+    engine.campaign(G, T).await.expect("campaign");
+}
+
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + T;
     while !cond() {
@@ -673,18 +598,13 @@ async fn the_driver_stalls_then_completes_and_reports_no_space() {
     let sink = MemLogSink::new();
     sink.set_space(plenty());
     let engine = start_engine(cfg, Box::new(sink.clone()), &net);
-    let peers = vec![NodeId(1)];
-    engine
-        .add_group(G, GroupRole::Voter { peers }, StateMachineKind::Kv, T)
-        .await
-        .expect("group");
-    engine.campaign(G, T).await.expect("campaign");
-    engine.propose(G, put("a", "1"), T).await.expect("healthy");
+    elect_alone(&engine).await;
+    engine.propose(G, put("a", b"1"), T).await.expect("healthy");
 
     // A stalled log write: the proposal completes once a retry lands; the engine never stops.
     sink.fail_no_space(0, 3);
     let out = engine
-        .propose(G, put("b", "2"), T)
+        .propose(G, put("b", b"2"), T)
         .await
         .expect("after the stall");
     assert!(has_entry(&sink.durable(), out.index));
@@ -697,7 +617,7 @@ async fn the_driver_stalls_then_completes_and_reports_no_space() {
     sink.set_space(below_reserve());
     until("NO_SPACE entered", || engine.no_space()).await;
     assert_eq!(Metrics::get(&m.no_space), 1);
-    match engine.propose(G, put("c", "3"), T).await {
+    match engine.propose(G, put("c", b"3"), T).await {
         Err(e) => assert_no_space(&e, &data_dir),
         Ok(o) => panic!("a write was accepted in NO_SPACE: {o:?}"),
     }
@@ -705,7 +625,7 @@ async fn the_driver_stalls_then_completes_and_reports_no_space() {
     sink.set_space(plenty());
     until("NO_SPACE left", || !engine.no_space()).await;
     engine
-        .propose(G, put("c", "3"), T)
+        .propose(G, put("c", b"3"), T)
         .await
         .expect("writes resume");
     assert_eq!(Metrics::get(&m.no_space_entered), 2);
@@ -728,13 +648,8 @@ async fn a_torn_tail_repair_is_reported_and_counted() {
         &net,
     );
     assert!(engine.recovery_repairs().is_empty());
-    let peers = vec![NodeId(1)];
-    engine
-        .add_group(G, GroupRole::Voter { peers }, StateMachineKind::Kv, T)
-        .await
-        .expect("group");
-    engine.campaign(G, T).await.expect("campaign");
-    engine.propose(G, put("a", "1"), T).await.expect("write");
+    elect_alone(&engine).await;
+    engine.propose(G, put("a", b"1"), T).await.expect("write");
     engine.shutdown();
     drop(engine);
     net.detach(NodeId(1));

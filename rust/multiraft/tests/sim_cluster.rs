@@ -4,12 +4,15 @@
 //! Each test states its claim; each wait is a bounded drive that fails the test if the
 //! condition never holds.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use common::{put, SimCluster, SimNode};
 use nodedb_multiraft::core::ProposeOutcome;
 use nodedb_multiraft::error::{EngineError, RaftError, SmError};
-use nodedb_multiraft::kv::{KvCommand, KvReader, KvResult, KvStateMachine};
+use nodedb_multiraft::kv::{KvReader, KvResult, KvStateMachine};
 use nodedb_multiraft::log_sink::{LogSink, MemLogSink};
 use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{Command, StateMachine, StateMachineKind};
@@ -104,26 +107,8 @@ enum Sink {
     Wal(std::path::PathBuf),
 }
 
-struct Node {
-    core: Option<MultiRaftCore>,
-    sink: Sink,
-    reg: Registry,
-    cfg: MultiRaftConfig,
-}
-
-struct Cluster {
-    net: SimNetwork,
-    nodes: BTreeMap<NodeId, Node>,
-    _dir: tempfile::TempDir,
-}
-
-fn put(key: &str, value: &[u8]) -> Vec<u8> {
-    KvCommand::Put {
-        key: key.as_bytes().to_vec(),
-        value: value.to_vec(),
-    }
-    .encode()
-}
+type Node = SimNode<Sink, Registry>;
+type Cluster = SimCluster<Sink, Registry>;
 
 impl Cluster {
     /// `n` nodes (ids 1..=n), each founding voter of `groups` KV groups 1..=groups.
@@ -160,65 +145,7 @@ impl Cluster {
             }
             nodes.insert(NodeId(id), node);
         }
-        Cluster {
-            net,
-            nodes,
-            _dir: dir,
-        }
-    }
-
-    fn core(&mut self, id: NodeId) -> &mut MultiRaftCore {
-        self.nodes
-            .get_mut(&id)
-            .and_then(|n| n.core.as_mut())
-            .expect("node is up")
-    }
-
-    /// Delivers frames and runs rounds until nothing moves (bounded).
-    fn pump(&mut self) {
-        for _ in 0..200 {
-            let mut moved = false;
-            for (id, node) in self.nodes.iter_mut() {
-                let Some(core) = node.core.as_mut() else {
-                    continue;
-                };
-                for f in self.net.drain(*id) {
-                    moved = true;
-                    core.step_frame(f);
-                }
-                if core.round().expect("round") > 0 {
-                    moved = true;
-                }
-            }
-            if !moved {
-                return;
-            }
-        }
-    }
-
-    fn tick(&mut self) {
-        for node in self.nodes.values_mut() {
-            if let Some(c) = node.core.as_mut() {
-                c.tick();
-            }
-        }
-        self.pump();
-    }
-
-    /// Ticks until `cond` holds; false after `ticks_max` ticks.
-    fn drive_until(
-        &mut self,
-        ticks_max: usize,
-        mut cond: impl FnMut(&mut Cluster) -> bool,
-    ) -> bool {
-        for _ in 0..ticks_max {
-            self.pump();
-            if cond(self) {
-                return true;
-            }
-            self.tick();
-        }
-        cond(self)
+        Cluster { net, nodes, dir }
     }
 
     /// A new node `id` (in-memory log) with an empty learner replica of `g`, not yet in its
@@ -228,7 +155,7 @@ impl Cluster {
             core: None,
             sink: Sink::Mem(MemLogSink::new()),
             reg: Registry::default(),
-            cfg: MultiRaftConfig::new(id, self._dir.path().join(format!("n{}", id.0))),
+            cfg: MultiRaftConfig::new(id, self.dir.path().join(format!("n{}", id.0))),
         };
         node.open(&self.net);
         node.core

@@ -192,10 +192,11 @@ async fn pin_mismatch_is_refused() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = creds(dir.path(), "a", &["n1", "n2"]);
+/// An echo server (n1) and a client (n2) of one cluster, the client holding one pooled
+/// connection to the server, opened by a first request: (server, client, the server's address,
+/// that connection's id).
+async fn connected_echo_pair(dir: &Path) -> (Transport, Transport, SocketAddr, usize) {
+    let c = creds(dir, "a", &["n1", "n2"]);
     let server = bind(1, ANY, c[0].clone());
     let client = bind(2, ANY, c[1].clone());
     serve_echo(&server);
@@ -205,6 +206,44 @@ async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
         .await
         .unwrap();
     let conn_id = client.pooled_connection_id(addr).unwrap();
+    (server, client, addr, conn_id)
+}
+
+/// Sends `bytes` raw on a new stream of the pooled connection, which the peer must reset rather
+/// than answer: the frame error the reset code names.
+async fn reset_with(client: &Transport, addr: SocketAddr, bytes: Vec<u8>) -> Option<&'static str> {
+    let answer = client
+        .send_raw_to_addr(addr, Bytes::from(bytes), true)
+        .await
+        .unwrap();
+    let reset_code = answer.expect_err("the stream must be reset, not answered");
+    nodedb_wire::FrameError::code_for_number((reset_code - 0x100) as u32)
+}
+
+/// The next request is answered on the same pooled connection, and the server accepted no other.
+async fn assert_the_connection_still_serves(
+    server: &Transport,
+    client: &Transport,
+    addr: SocketAddr,
+    conn_id: usize,
+) {
+    let reply = client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"ok"))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, Bytes::from_static(b"ok"));
+    assert_eq!(
+        client.pooled_connection_id(addr),
+        Some(conn_id),
+        "same connection"
+    );
+    assert_eq!(server.metrics()["connections_accepted"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, addr, conn_id) = connected_echo_pair(dir.path()).await;
     let mut bad_crc = nodedb_wire::encode_frame(MessageKind::PING, b"payload").unwrap();
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 0xFF;
@@ -220,16 +259,7 @@ async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
         (bad_crc, "checksum_mismatch"),
     ];
     for (bytes, code) in &cases {
-        let answer = client
-            .send_raw_to_addr(addr, Bytes::from(bytes.clone()), true)
-            .await
-            .unwrap();
-        let reset_code = answer.expect_err("the stream must be reset, not answered");
-        let number = reset_code - 0x100;
-        assert_eq!(
-            nodedb_wire::FrameError::code_for_number(number as u32),
-            Some(*code)
-        );
+        assert_eq!(reset_with(&client, addr, bytes.clone()).await, Some(*code));
         assert_eq!(
             server.metrics()[&format!("decode_errors.{code}")],
             1,
@@ -238,17 +268,7 @@ async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
     }
     assert_eq!(server.metrics()["decode_errors"], cases.len() as u64);
     assert_eq!(server.metrics()["streams_reset"], cases.len() as u64);
-    let reply = client
-        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"ok"))
-        .await
-        .unwrap();
-    assert_eq!(reply.payload, Bytes::from_static(b"ok"));
-    assert_eq!(
-        client.pooled_connection_id(addr),
-        Some(conn_id),
-        "same connection after garbage"
-    );
-    assert_eq!(server.metrics()["connections_accepted"], 1);
+    assert_the_connection_still_serves(&server, &client, addr, conn_id).await;
 }
 
 /// One frame per stream (WIRE: trailing bytes are a typed error): a valid frame followed by more
@@ -257,16 +277,7 @@ async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_after_a_valid_frame_reset_the_stream_and_the_connection_survives() {
     let dir = tempfile::tempdir().unwrap();
-    let c = creds(dir.path(), "a", &["n1", "n2"]);
-    let server = bind(1, ANY, c[0].clone());
-    let client = bind(2, ANY, c[1].clone());
-    serve_echo(&server);
-    let addr = server.local_addr();
-    client
-        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::new())
-        .await
-        .unwrap();
-    let conn_id = client.pooled_connection_id(addr).unwrap();
+    let (server, client, addr, conn_id) = connected_echo_pair(dir.path()).await;
     // Trailing data in the same write, and a second whole frame on the same stream.
     let frame = nodedb_wire::encode_frame(MessageKind::PING, b"payload").unwrap();
     let mut trailing = frame.clone();
@@ -274,13 +285,8 @@ async fn bytes_after_a_valid_frame_reset_the_stream_and_the_connection_survives(
     let mut two_frames = frame.clone();
     two_frames.extend_from_slice(&frame);
     for (i, bytes) in [trailing, two_frames].into_iter().enumerate() {
-        let answer = client
-            .send_raw_to_addr(addr, Bytes::from(bytes), true)
-            .await
-            .unwrap();
-        let reset_code = answer.expect_err("the stream must be reset, not answered");
         assert_eq!(
-            nodedb_wire::FrameError::code_for_number((reset_code - 0x100) as u32),
+            reset_with(&client, addr, bytes).await,
             Some("trailing_bytes")
         );
         let metrics = server.metrics();
@@ -302,13 +308,7 @@ async fn bytes_after_a_valid_frame_reset_the_stream_and_the_connection_survives(
         answer.expect("answered").payload,
         Bytes::from_static(b"payload")
     );
-    let reply = client
-        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"ok"))
-        .await
-        .unwrap();
-    assert_eq!(reply.payload, Bytes::from_static(b"ok"));
-    assert_eq!(client.pooled_connection_id(addr), Some(conn_id));
-    assert_eq!(server.metrics()["connections_accepted"], 1);
+    assert_the_connection_still_serves(&server, &client, addr, conn_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

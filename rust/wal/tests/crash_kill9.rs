@@ -91,19 +91,6 @@ fn run_and_kill(dir: &std::path::Path, kill_after: usize) -> Vec<Ack> {
     acks
 }
 
-fn prep_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".wal.prep")
-        })
-        .count()
-}
-
 #[test]
 fn every_acknowledged_record_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,14 +104,14 @@ fn every_acknowledged_record_survives_kill_9() {
     };
     for (round, kill_after) in KILL_AFTER_BATCHES.iter().enumerate() {
         let acks = run_and_kill(dir.path(), *kill_after);
-        stale_prep_rounds += usize::from(prep_files(dir.path()) > 0);
+        stale_prep_rounds += usize::from(common::prep_files(dir.path()) > 0);
         let (wal, recovered) = Wal::open(dir.path(), options.clone()).unwrap();
         drop(wal);
         // The child and this open run with preallocation on (the default): the segment left
         // active is full-size (continued or freshly prepared), never a growing one.
         // The child's half-prepared `.prep` file (killed mid-fill) was deleted by this open,
         // and this `Wal`'s own preparation was cancelled and deleted by its drop.
-        assert_eq!(prep_files(dir.path()), 0, "round {round}");
+        assert_eq!(common::prep_files(dir.path()), 0, "round {round}");
         let active = common::segment_files(dir.path()).pop().unwrap();
         assert!(
             std::fs::metadata(&active).unwrap().len() >= options.segment_bytes_max,

@@ -281,17 +281,11 @@ fn preparation_keeps_the_reserve_and_the_log_survives_the_disk_filling_up() {
         stats.prepare_skipped_low_space >= 1 && stats.rolls_fallback >= 1,
         "{stats:?}"
     );
-    let prep_files = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".prep")
-        })
-        .count();
-    assert_eq!(prep_files, 0, "no preparation holds space on a full disk");
+    assert_eq!(
+        prep_files(&dir),
+        0,
+        "no preparation holds space on a full disk"
+    );
     free(&filler);
     // Writes resume where they stopped and go on across more rolls.
     let mut all = acked;

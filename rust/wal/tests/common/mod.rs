@@ -94,6 +94,20 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// How many segment preparations (`.wal.prep` files) a directory holds.
+pub fn prep_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".wal.prep")
+        })
+        .count()
+}
+
 /// The segment files of a directory, by name, in memory: a crash image to replay from.
 pub fn image(dir: &Path) -> Vec<(String, Vec<u8>)> {
     segment_files(dir)
