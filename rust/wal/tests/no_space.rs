@@ -27,9 +27,17 @@ const MIB: u64 = 1024 * KIB;
 const APPENDS_MAX: u64 = 100_000;
 
 /// A tmpfs of `size_bytes` mounted on a fresh temporary directory; unmounted on drop.
+/// Holds `SERIAL` while it lives: these tests run one at a time.
 struct Tmpfs {
     dir: tempfile::TempDir,
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Run in parallel (the harness's default), a test here saw the space of the file it had just
+/// deleted stay in use (statvfs: 0 bytes available, about one run in three); one at a time they
+/// passed every run before and after the harness changes. Why is not understood yet, so the
+/// mounts are serialized rather than the assertion weakened.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Tmpfs {
     /// `None` (after saying why) when this process may not mount.
@@ -39,6 +47,7 @@ impl Tmpfs {
             eprintln!("SKIPPED: mounting a tmpfs needs root; run as root to test a full disk");
             return None;
         }
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
@@ -49,7 +58,10 @@ impl Tmpfs {
             eprintln!("SKIPPED: mount -t tmpfs failed ({status}); no CAP_SYS_ADMIN here?");
             return None;
         }
-        Some(Tmpfs { dir })
+        Some(Tmpfs {
+            dir,
+            _serial: serial,
+        })
     }
 
     fn path(&self) -> &Path {
@@ -276,6 +288,13 @@ fn preparation_keeps_the_reserve_and_the_log_survives_the_disk_filling_up() {
     let mut next = 1;
     let (acked, err) = append_until_no_space(&mut wal, &mut next, 1000);
     assert_no_space(&err, &dir);
+    // The background preparer decides on its own thread after a roll: wait (bounded) for it.
+    let decided_by = std::time::Instant::now() + Duration::from_secs(10);
+    while wal.preallocation_stats().prepare_skipped_low_space == 0
+        && std::time::Instant::now() < decided_by
+    {
+        std::thread::sleep(Duration::from_millis(5)); // the preparer has no event to await
+    }
     let stats = wal.preallocation_stats();
     assert!(
         stats.prepare_skipped_low_space >= 1 && stats.rolls_fallback >= 1,
