@@ -248,3 +248,30 @@ async def test_a_seed_that_lost_its_catalog_never_founds_a_second_cluster(
     assert statuses[1]["cluster_id"] == before["cluster_id"]
     assert list(seed.config.data_dir.glob("discarded-*/raft/*.wal")), "old log not kept aside"
     await _readable_through(cluster, 1, acked)
+
+
+async def test_force_bootstrap_over_a_log_without_catalog_founds_a_new_cluster_keeping_the_old_log(
+    tmp_path: Path,
+) -> None:
+    """Whole-cluster disaster recovery: nothing else is left, the operator says so."""
+    cluster = LocalCluster(tmp_path, 1, overrides={"num_groups": 1})
+    try:
+        await cluster.start()
+        node = cluster.nodes[1]
+        before = await cluster.status(1)
+        assert await node.stop() == 0
+        shutil.rmtree(node.config.data_dir / "catalog")
+        await node.start()
+        await _wait_exit_with(node, "holds a Raft log", "--force-bootstrap")
+
+        node.config = dataclasses.replace(node.config, force_bootstrap=True)
+        await node.start()
+        await node.wait_ready()
+        after = await cluster.status(1)
+        assert after["cluster_id"] != before["cluster_id"]
+        assert list(node.config.data_dir.glob("discarded-*/raft/*.wal")), "old log not kept aside"
+        async with Client([node.addr], cluster.client_credentials) as client:
+            await client.put(b"k", b"v")
+            assert await client.get(b"k") == b"v"
+    finally:
+        await cluster.close()
