@@ -61,7 +61,7 @@ from nodedb_cluster.errors import (
     UnknownPeer,
     Unreachable,
 )
-from nodedb_cluster.peer_health import PeerHealth
+from nodedb_cluster.peer_health import PeerHealth, serve_budget_ms
 from nodedb_cluster.raft import kv_cas, kv_delete, kv_put, kv_result
 from nodedb_cluster.routing import vshard_for_key, vshards_for_keys
 from nodedb_cluster.routing.table import RoutingTable
@@ -516,7 +516,9 @@ class KvRouter:
         """Answer one decoded KV_REQUEST; a forwarded one is executed here or answered
         NotLeader."""
         op = doc.get("op")
-        timeout_s = _int(doc.get("t", 5000), "t") / 1000
+        t_ms = _int(doc.get("t", 5000), "t")
+        # Answer a little before the requester's bound, so it never mistakes us for dead.
+        timeout_s = (serve_budget_ms(t_ms) if t_ms > 0 else t_ms) / 1000
         deadline = self._deadline(timeout_s)
         if op in ("propose_many", "read_many"):
             return await self._serve_many(op, doc, deadline)

@@ -13,6 +13,10 @@ A node that failed to answer is tried after the others for `DOWN_HOLD_S` (about 
 one that SWIM declared dead is avoided until SWIM sees it alive again. When every candidate is
 to be avoided, all are tried.
 
+The other side of the bound: a serving node waits at most `serve_budget_ms(t)` of a request's
+bound `t` before answering (a little less than `t`), so a request that waited out an election
+or a slow commit comes back as an answer to retry, not as a timeout that marks a live node down.
+
 The rule lives in ONE place, Rust (rust/py/src/peer_health.rs): the client core
 (`nodedb_cluster.Client`) and `KvRouter` (through this class) share it. `PeerHealth(clock)`
 takes an optional callable returning monotonic seconds (tests drive time by hand).
@@ -28,6 +32,7 @@ from nodedb_cluster_core import (
     SLOWEST_HALF_LIFE_S,
     SLOWEST_MULT,
     PeerHealth,
+    serve_budget_ms,
 )
 
 __all__ = [
@@ -38,4 +43,5 @@ __all__ = [
     "SLOWEST_HALF_LIFE_S",
     "SLOWEST_MULT",
     "PeerHealth",
+    "serve_budget_ms",
 ]

@@ -335,6 +335,13 @@ class Transport:
     def unregister_peer(self, node_id: int) -> bool:
         return self._core.unregister_peer(node_id)
 
+    def dial_peers(self) -> None:
+        """Dial every registered peer not yet connected, in the background (errors ignored).
+        A restarted node calls it once its peers are registered: a peer that sees this node
+        dial it again drops its connection to the previous process at once, instead of sending
+        into it until a QUIC probe draws a stateless reset (seconds after a crash)."""
+        self._core.dial_peers()
+
     async def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Reply:
         """Request/response to a registered peer; an Error reply raises `RemoteError`."""
         future: asyncio.Future[Reply] = self._attach().create_future()

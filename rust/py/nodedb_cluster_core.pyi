@@ -108,6 +108,7 @@ class Transport:
     def set_crls(self, paths: list[str | PathLike[str]]) -> int: ...
     def register_peer(self, node_id: int, addr: str, spki_pin: bytes | None = None) -> None: ...
     def unregister_peer(self, node_id: int) -> bool: ...
+    def dial_peers(self) -> None: ...
     def send_rpc(
         self, node_id: int, kind: int, payload: bytes, future: Future[tuple[int, bytes]]
     ) -> None: ...
@@ -286,6 +287,10 @@ SLOWEST_MULT: float
 SLOWEST_HALF_LIFE_S: float
 DOWN_HOLD_S: float
 DOWN_NODES_MAX: int
+SERVE_MARGIN_MS_MAX: int
+
+def serve_budget_ms(t_ms: int) -> int:
+    """How long a node serving a request with attempt bound `t_ms` may wait before answering."""
 
 class PeerHealth:
     """Nodes to try last and the bound of one attempt (shared with the client core)."""

@@ -309,6 +309,9 @@ async def _restart(parts: _Parts) -> Node:
     initial = MetadataState(formation.topology, formation.routing, _settings(settings), applied)
     node = parts.node(formation.cluster_id)
     node.register_peers(initial)
+    # Peers still hold connections to our previous process: dialling them now makes them drop
+    # those at once, so their Raft traffic (a leader's appends, a candidate's votes) reaches us.
+    parts.transport.dial_peers()
     engine = await _open_engine(node, initial, parts.data_sm)  # every group, from the log
     for group_id in await engine.groups():
         if (await engine.status(group_id)).voters == (config.node_id,):
@@ -359,6 +362,7 @@ async def _join(parts: _Parts) -> Node:
     # 3. The peers (Raft is taken only from registered members), 4. the groups this node
     # belongs to (empty learners the leaders fill).
     node.register_peers(state)
+    transport.dial_peers()  # a rejoining node: peers drop connections to its previous process
     await _open_engine(node, state, parts.data_sm)
     await node.reconcile_once()
     log.info("joined cluster %s as node %d", response.cluster_id, config.node_id)

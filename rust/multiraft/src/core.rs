@@ -42,8 +42,9 @@ use crate::codec::{encode_commands, Frame, RaftBatch, SnapshotAck, SnapshotKey};
 use crate::config::MultiRaftConfig;
 use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::group::{
-    answer_reads, apply_entries, fail_all, install_snapshot, le_u64, outgoing_snapshot,
-    snapshot_meta, sorted_ids, step_down_check, Group, PendingConf, PendingProposal, PendingRead,
+    answer_reads, apply_entries, fail_all, install_snapshot, issue_reads, le_u64,
+    leads_with_commit, outgoing_snapshot, resend_pre_votes, snapshot_meta, sorted_ids,
+    step_down_check, Group, PendingConf, PendingProposal, PendingRead, DEFERRED_READ_MSGS_MAX,
 };
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
@@ -241,7 +242,7 @@ impl MultiRaftCore {
             sink.sync()?;
         }
         let mut core = MultiRaftCore {
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            logger: crate::raft_log::root_logger(cfg.node_id.0),
             sink,
             net,
             factory,
@@ -249,7 +250,7 @@ impl MultiRaftCore {
             groups: BTreeMap::new(),
             transfers: HashMap::new(),
             transfer_results: Arc::default(),
-            next_read_ctx: 1,
+            next_read_ctx: initial_read_ctx(cfg.node_id),
             unsynced_records: 0,
             ticks: 0,
             metrics,
@@ -305,7 +306,8 @@ impl MultiRaftCore {
     ) -> Result<(), EngineError> {
         let applied = storage.snapshot_meta().index;
         let kind = StateMachineKind::from_u8(meta.sm_kind).unwrap_or(StateMachineKind::Python);
-        let raw = RawNode::new(&self.cfg.raft_config(applied, kind), storage, &self.logger)?;
+        let logger = self.logger.new(slog::o!("group" => gid.0));
+        let raw = RawNode::new(&self.cfg.raft_config(applied, kind), storage, &logger)?;
         let was_leader = raw.raft.state == StateRole::Leader;
         let started_empty = raw.store().last() == 0;
         self.groups.insert(
@@ -318,7 +320,9 @@ impl MultiRaftCore {
                 proposals: VecDeque::new(),
                 confs: VecDeque::new(),
                 reads: Vec::new(),
+                deferred_read_msgs: Vec::new(),
                 applied_index: applied,
+                pre_vote_tick: None,
                 was_leader,
                 started_empty,
             },
@@ -485,6 +489,8 @@ impl MultiRaftCore {
         for g in self.groups.values_mut() {
             if !stalled {
                 g.raw.tick();
+                resend_pre_votes(g, now);
+                issue_reads(g, now); // resends what went unanswered
             }
             let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut g.reads)
                 .into_iter()
@@ -645,6 +651,17 @@ impl MultiRaftCore {
             Metrics::inc(&self.metrics.votes_refused_empty);
             return;
         }
+        if m.get_msg_type() == MessageType::MsgReadIndex
+            && g.raw.raft.state == StateRole::Leader
+            && !leads_with_commit(g)
+        {
+            // raft-rs 0.7 would drop it (no entry of this term committed yet): the follower's
+            // read would wait for its deadline. Held and stepped once we have one.
+            if g.deferred_read_msgs.len() < DEFERRED_READ_MSGS_MAX {
+                g.deferred_read_msgs.push(m);
+            }
+            return;
+        }
         if g.raw.step(m).is_err() {
             // Stale-term or unknown-peer messages: raft's normal noise, counted not logged.
             Metrics::inc(&self.metrics.step_errors);
@@ -751,18 +768,8 @@ impl MultiRaftCore {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         let now = self.ticks;
-        let g = match self.group_mut(gid) {
-            Ok(g) => g,
-            Err(e) => {
-                reply.send(Err(e));
-                return;
-            }
-        };
-        if g.raw.raft.leader_id == 0 {
-            reply.send(Err(RaftError::NotLeader {
-                group: gid,
-                leader_hint: None,
-            }));
+        if let Err(e) = self.group_mut(gid) {
+            reply.send(Err(e));
             return;
         }
         if self.disk.stalled() {
@@ -772,13 +779,18 @@ impl MultiRaftCore {
         let Some(g) = self.groups.get_mut(&gid) else {
             return;
         };
-        g.raw.read_index(ctx.to_le_bytes().to_vec());
+        // Sent now if a leader that can answer is known, else once there is one (a read
+        // waits out an election instead of failing: `issue_reads`); the ReadIndex deadline
+        // bounds the wait.
         g.reads.push(PendingRead {
             ctx,
             started_tick: now,
             read_index: None,
+            sent_to: 0,
+            sent_tick: now,
             reply,
         });
+        issue_reads(g, now);
     }
 
     /// Proposes a membership change (ConfChangeV2; several changes enter a joint config that
@@ -914,6 +926,15 @@ impl MultiRaftCore {
                 Vec::new()
             },
         })
+    }
+
+    /// TEST HOOK: this node's randomized election timeout of `gid`, in ticks (raft-rs draws it
+    /// at random on every term change); lets deterministic tests order candidates.
+    #[doc(hidden)]
+    pub fn set_election_timeout_ticks(&mut self, gid: GroupId, ticks: usize) {
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.raw.raft.set_randomized_election_timeout(ticks);
+        }
     }
 
     /// Does this node lead `gid`?
@@ -1065,6 +1086,7 @@ impl MultiRaftCore {
             g.raw.advance_apply();
             answer_reads(g);
             step_down_check(g);
+            issue_reads(g, self.ticks); // a new leader (or none any more), a first commit
         }
         self.flush(out);
         self.apply_deferred_reports();
@@ -1340,6 +1362,19 @@ impl Outbox {
             self.by_peer.entry(NodeId(m.to)).or_default().push((gid, m));
         }
     }
+}
+
+/// The first ReadIndex context of this engine. raft-rs leaders key pending ReadIndex requests by
+/// context alone and ignore a request whose context is already pending, so contexts must not
+/// collide across nodes (every engine counting from 1 did: a follower's read that met a
+/// leader's own read with the same number was never answered) nor across restarts of one
+/// node: the node id in the top 24 bits, a start taken from the clock below.
+fn initial_read_ctx(node: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    ((node.0 & 0xff_ffff) << 40) | (u64::from(nanos) << 8)
 }
 
 /// Marks the reads `rd` confirms with their read index (answered once applied up to it).

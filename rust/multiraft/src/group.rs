@@ -36,8 +36,21 @@ pub(crate) struct PendingRead {
     pub(crate) started_tick: u64,
     /// Set once raft confirmed leadership: the read may proceed when applied ≥ this.
     pub(crate) read_index: Option<u64>,
+    /// The leader this read's ReadIndex request went to (this node when it leads), and when;
+    /// 0 while it waits to be sent (no leader known, or a new leader that has not committed
+    /// an entry of its term yet). See [`issue_reads`].
+    pub(crate) sent_to: u64,
+    pub(crate) sent_tick: u64,
     pub(crate) reply: Reply<u64>,
 }
+
+/// Followers' ReadIndex requests a leader holds until it has committed an entry of its term
+/// (raft-rs 0.7 drops them silently before that), at most.
+pub(crate) const DEFERRED_READ_MSGS_MAX: usize = 4096;
+/// A ReadIndex request unanswered this many ticks is sent again (its message or the answer may
+/// have been lost: a dropped frame, a connection to a restarted peer); raft-rs leaders answer
+/// a repeated context once.
+pub(crate) const READ_RESEND_TICKS: u64 = 3;
 
 pub(crate) struct Group {
     pub(crate) id: GroupId,
@@ -47,7 +60,13 @@ pub(crate) struct Group {
     pub(crate) proposals: VecDeque<PendingProposal>,
     pub(crate) confs: VecDeque<PendingConf>,
     pub(crate) reads: Vec<PendingRead>,
+    /// Followers' ReadIndex messages held while this node leads without an entry of its term
+    /// committed (stepped once it has one).
+    pub(crate) deferred_read_msgs: Vec<raft::prelude::Message>,
     pub(crate) applied_index: u64,
+    /// The tick this node last sent pre-vote requests while a pre-candidate (None otherwise):
+    /// see [`resend_pre_votes`].
+    pub(crate) pre_vote_tick: Option<u64>,
     pub(crate) was_leader: bool,
     /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
     /// the log: it has never acknowledged anything it could have lost.
@@ -101,14 +120,84 @@ pub(crate) fn fail_all(g: &mut Group, e: &RaftError) {
 }
 
 /// A leader that stepped down fails what it promised: the entries may still commit under the
-/// new leader, so the error is `LeadershipLost` (outcome unknown), never silence.
+/// new leader, so the error is `LeadershipLost` (outcome unknown), never silence. Reads are
+/// not promises of an effect: those not yet confirmed are sent again to the next leader
+/// ([`issue_reads`]), those confirmed are answered once applied.
 pub(crate) fn step_down_check(g: &mut Group) {
     let leader = g.raw.raft.state == StateRole::Leader;
     if g.was_leader && !leader {
         let e = lost(g.id, g.raw.raft.leader_id);
-        fail_all(g, &e);
+        for p in g.proposals.drain(..) {
+            p.reply.send(Err(e.clone()));
+        }
+        for p in g.confs.drain(..) {
+            p.reply.send(Err(e.clone()));
+        }
+        g.deferred_read_msgs.clear();
     }
     g.was_leader = leader;
+}
+
+/// A pre-candidate sends its pre-vote requests again every tick until it wins or stops being
+/// one. raft-rs sends them once per election timeout, and a voter that heard from the old
+/// leader less than an election timeout ago ignores them without an answer (check-quorum's
+/// lease). Timeouts are randomized per node in ticks, so a candidate whose timeout expired one
+/// tick before the lease of the only other live voter was ignored, and waited a whole timeout
+/// more (up to 0.5 s at defaults; issue 13, failover tail); so was one whose requests were
+/// lost. That lease ends within a tick, so the next tick's requests are granted. Pre-votes
+/// change no term and no vote: sending them again disturbs nothing.
+pub(crate) fn resend_pre_votes(g: &mut Group, now_tick: u64) {
+    if g.raw.raft.state != StateRole::PreCandidate {
+        g.pre_vote_tick = None;
+        return;
+    }
+    match g.pre_vote_tick {
+        Some(sent) if now_tick > sent => {
+            let _ = g.raw.campaign(); // refused only in states where raft-rs would not campaign
+            g.pre_vote_tick = Some(now_tick);
+        }
+        Some(_) => {}
+        None => g.pre_vote_tick = Some(now_tick),
+    }
+}
+
+/// Has this node's leadership committed an entry of its term? Before that raft-rs 0.7 drops
+/// ReadIndex requests (the new leader does not know the commit index yet).
+pub(crate) fn leads_with_commit(g: &Group) -> bool {
+    g.raw.raft.state == StateRole::Leader && g.raw.raft.commit_to_current_term()
+}
+
+/// Sends every unconfirmed read's ReadIndex request where it can be answered now: to the
+/// leader this node knows (itself included, once it committed an entry of its term), again
+/// when the leader changed since it was sent or it went unanswered `READ_RESEND_TICKS`. A
+/// read waits while no leader is known: an election is under way, and sending it to the old
+/// leader (or dropping it) would cost its caller a timeout (issue 13, failover tail). Also
+/// steps the followers' requests a new leader held back. Any ReadIndex answer after a read
+/// was issued is a valid read point, so sending one twice is safe.
+pub(crate) fn issue_reads(g: &mut Group, now_tick: u64) {
+    let leader = g.raw.raft.leader_id;
+    let ready = leader != 0 && (leader != g.raw.raft.id || leads_with_commit(g));
+    if !ready {
+        return;
+    }
+    if !g.deferred_read_msgs.is_empty() && leads_with_commit(g) {
+        for m in std::mem::take(&mut g.deferred_read_msgs) {
+            let _ = g.raw.step(m);
+        }
+    }
+    for i in 0..g.reads.len() {
+        let r = &g.reads[i];
+        let due = r.read_index.is_none()
+            && (r.sent_to != leader || now_tick.saturating_sub(r.sent_tick) >= READ_RESEND_TICKS);
+        if !due {
+            continue;
+        }
+        let ctx = r.ctx;
+        g.raw.read_index(ctx.to_le_bytes().to_vec());
+        let r = &mut g.reads[i];
+        r.sent_to = leader;
+        r.sent_tick = now_tick;
+    }
 }
 
 pub(crate) fn answer_reads(g: &mut Group) {

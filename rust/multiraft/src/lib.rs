@@ -25,6 +25,7 @@ pub mod lost_tail;
 pub mod metrics;
 pub mod network;
 pub mod no_space;
+pub mod raft_log;
 pub mod snapshot;
 pub mod state_machine;
 pub mod storage;

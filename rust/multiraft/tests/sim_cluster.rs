@@ -1126,3 +1126,141 @@ fn heartbeat_beyond_the_log_stops_the_engine_and_the_next_open_refuses() {
         "the next open must refuse too"
     );
 }
+
+/// The followers of `g` (not `leader`), in id order.
+fn followers(c: &Cluster, leader: NodeId) -> Vec<NodeId> {
+    c.live().into_iter().filter(|n| *n != leader).collect()
+}
+
+/// Issue 13 (failover tail): a pre-candidate whose pre-vote the only other live voter ignored
+/// (it heard from the old leader less than an election timeout ago: check-quorum's lease)
+/// sends it again every tick, so it is elected as soon as that lease ends, not a whole
+/// election timeout later.
+#[test]
+fn an_ignored_pre_vote_is_sent_again_when_the_lease_ends() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    c.elect_all(1);
+    let g = GroupId(1);
+    c.propose(g, vec![put("x", b"1")]).expect("commit");
+    let e = c.core(NodeId(1)).config().election_ticks;
+    let old = c.leader_of(g).expect("leader");
+    let f = followers(&c, old);
+    let (a, b) = (f[0], f[1]);
+    // A hears nothing from the leader any more and times out first; B stays in the leader's
+    // lease until the leader dies, and would time out last.
+    c.core(a).set_election_timeout_ticks(g, e);
+    c.core(b).set_election_timeout_ticks(g, 2 * e - 1);
+    c.net.partition(&[a], &[old]);
+    let fired = c.drive_until(3 * e, |c| {
+        c.nodes[&a]
+            .core
+            .as_ref()
+            .expect("up")
+            .status(g)
+            .expect("status")
+            .role
+            == Role::PreCandidate
+    });
+    assert!(fired, "A never became a pre-candidate");
+    // A's pre-vote reached B inside the lease: ignored. The leader dies a little later (raft-rs
+    // alone would have A ask again only a whole timeout after its first request, B still in
+    // the lease then, and again a timeout later).
+    for _ in 0..2 {
+        c.tick();
+    }
+    assert_eq!(
+        c.leader_of(g),
+        Some(old),
+        "B stays with the old leader meanwhile"
+    );
+    c.crash(old);
+    c.net.heal();
+    // B's lease ends e ticks after it last heard from the leader; A asks again each tick.
+    let elected = c.drive_until(e + 2, |c| c.leader_of(g) == Some(a));
+    assert!(
+        elected,
+        "A was not elected within {} ticks of the leader's death",
+        e + 2
+    );
+    c.propose(g, vec![put("y", b"2")]).expect("commit under A");
+}
+
+/// One delivery-and-round step of every live node (a slice of `pump`): lets a test act between
+/// a leader's election and its first commit.
+fn step_nodes(c: &mut Cluster) -> bool {
+    let mut moved = false;
+    for id in c.live() {
+        for f in c.net.drain(id) {
+            moved = true;
+            c.core(id).step_frame(f);
+        }
+        moved |= c.core(id).round().expect("round") > 0;
+    }
+    moved
+}
+
+/// Issue 13: a read that reaches a follower during an election (its ReadIndex went to the dead
+/// leader, or no leader is known) is sent again to the new leader and answered, instead of
+/// waiting for its deadline; so is one that reaches the new leader before it committed an
+/// entry of its term (raft-rs 0.7 drops those), from a follower or its own caller.
+#[test]
+fn reads_during_an_election_are_answered_by_the_new_leader() {
+    let mut c = Cluster::new(3, 1, |_| {}, false);
+    c.elect_all(1);
+    let g = GroupId(1);
+    c.propose(g, vec![put("x", b"1")]).expect("commit");
+    let timeout = c.core(NodeId(1)).config().read_index_timeout_ticks as usize;
+    let e = c.core(NodeId(1)).config().election_ticks;
+    let old = c.leader_of(g).expect("leader");
+    let f = followers(&c, old);
+    let (a, b) = (f[0], f[1]);
+    c.core(a).set_election_timeout_ticks(g, e); // A campaigns first and wins
+    c.core(b).set_election_timeout_ticks(g, 2 * e - 1);
+    c.crash(old);
+    // Before any follower timed out: both still name the dead leader.
+    let mut reads = Vec::new();
+    for n in [a, b] {
+        let (tx, rx) = oneshot::channel();
+        c.core(n).read_index(g, tx);
+        reads.push(rx);
+    }
+    // Step the election by hand: a read at A while it knows no leader (a pre-candidate), and
+    // reads at both as soon as A leads but has not committed an entry of its term.
+    let (mut asked_leaderless, mut asked_new) = (false, false);
+    for _ in 0..timeout * 20 {
+        if !asked_leaderless && c.core(a).status(g).expect("status").leader.is_none() {
+            let (tx, rx) = oneshot::channel();
+            c.core(a).read_index(g, tx);
+            reads.push(rx);
+            asked_leaderless = true;
+        }
+        let s = c.core(a).status(g).expect("status");
+        if s.role == Role::Leader && s.commit_index < s.last_index {
+            for n in [a, b] {
+                let (tx, rx) = oneshot::channel();
+                c.core(n).read_index(g, tx);
+                reads.push(rx);
+            }
+            asked_new = true;
+            break;
+        }
+        if !step_nodes(&mut c) {
+            for id in c.live() {
+                c.core(id).tick();
+            }
+        }
+    }
+    assert!(
+        asked_leaderless && asked_new,
+        "the election was not caught in its steps"
+    );
+    // All answered well before the ReadIndex deadline, none refused.
+    let answered = c.drive_until(timeout / 2, |_| reads.iter().all(|rx| !rx.is_empty()));
+    assert!(answered, "reads not answered within {} ticks", timeout / 2);
+    for mut rx in reads {
+        match rx.try_recv() {
+            Ok(Ok(index)) => assert!(index > 0),
+            other => panic!("read not answered with an index: {other:?}"),
+        }
+    }
+}

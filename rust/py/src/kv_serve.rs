@@ -32,6 +32,8 @@ use serde_bytes::ByteBuf;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use crate::peer_health::serve_budget_ms;
+
 /// Commands per Raft entry (kv.py `BATCH_COMMANDS_MAX`).
 const BATCH_COMMANDS_MAX: usize = 4096;
 /// Bytes of commands per Raft entry (kv.py `BATCH_BYTES_MAX`; below the 1 MiB message bound).
@@ -422,7 +424,7 @@ impl KvFastHandler {
 
     /// Split by group, submit each share to its batcher.
     fn submit(&self, gs: &[u64], cmds: Vec<ByteBuf>, t: u64) -> (usize, Vec<GroupShare>) {
-        let deadline = Instant::now() + Duration::from_millis(t);
+        let deadline = Instant::now() + Duration::from_millis(serve_budget_ms(t));
         let total = cmds.len();
         let mut cmds: Vec<Option<Vec<u8>>> = cmds.into_iter().map(|c| Some(c.into_vec())).collect();
         let shares = by_group(gs)
@@ -567,7 +569,7 @@ impl FrameHandler for KvFastHandler {
                 Box::pin(answer(total, shares))
             }
             Some(Fast::Read { gs, keys, t }) => {
-                let deadline = Instant::now() + Duration::from_millis(t);
+                let deadline = Instant::now() + Duration::from_millis(serve_budget_ms(t));
                 let shares: Vec<ReadWait> = by_group(&gs)
                     .into_iter()
                     .map(|(g, idx)| ReadWait {

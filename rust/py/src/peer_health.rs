@@ -31,6 +31,20 @@ pub const SLOWEST_HALF_LIFE_S: f64 = 2.0;
 pub const DOWN_HOLD_S: f64 = 1.0;
 /// Bound on remembered down nodes (forgotten all at once past it).
 pub const DOWN_NODES_MAX: usize = 4096;
+/// A serving node answers this long before the requester's attempt bound ("t") runs out, at
+/// most (an eighth of the bound below 400 ms): the answer must arrive before the requester
+/// gives up.
+pub const SERVE_MARGIN_MS_MAX: u64 = 50;
+
+/// How long a node serving a request with attempt bound `t_ms` may wait before answering:
+/// a little less than `t_ms`, so that a request that waited out an election, or a slow
+/// commit, comes back as an answer (not leader / outcome unknown: retried at once) instead
+/// of a timeout, which would mark a live node as down (`PeerHealth::failed`) and hold it back
+/// for `DOWN_HOLD_S`. Never below 1 ms.
+pub fn serve_budget_ms(t_ms: u64) -> u64 {
+    let margin = (t_ms / 8).min(SERVE_MARGIN_MS_MAX);
+    t_ms.saturating_sub(margin).max(1)
+}
 
 /// `at` in seconds from a process-wide origin (the first call), negative before it: the
 /// default clock of `PeerHealth`.
@@ -173,6 +187,12 @@ impl PyPeerHealth {
     }
 }
 
+/// `nodedb_cluster_core.serve_budget_ms(t_ms)`: see [`serve_budget_ms`].
+#[pyfunction(name = "serve_budget_ms")]
+fn py_serve_budget_ms(t_ms: u64) -> u64 {
+    serve_budget_ms(t_ms)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPeerHealth>()?;
     m.add("ATTEMPT_TIMEOUT_MIN_S", ATTEMPT_TIMEOUT_MIN_S)?;
@@ -181,6 +201,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SLOWEST_HALF_LIFE_S", SLOWEST_HALF_LIFE_S)?;
     m.add("DOWN_HOLD_S", DOWN_HOLD_S)?;
     m.add("DOWN_NODES_MAX", DOWN_NODES_MAX)?;
+    m.add("SERVE_MARGIN_MS_MAX", SERVE_MARGIN_MS_MAX)?;
+    m.add_function(wrap_pyfunction!(py_serve_budget_ms, m)?)?;
     Ok(())
 }
 
@@ -201,6 +223,16 @@ mod tests {
             h.attempt_timeout_s(t + 10.0 * SLOWEST_HALF_LIFE_S),
             ATTEMPT_TIMEOUT_MIN_S
         );
+    }
+
+    #[test]
+    fn a_server_answers_before_the_requesters_bound() {
+        assert_eq!(serve_budget_ms(300), 300 - 37);
+        assert_eq!(serve_budget_ms(1000), 1000 - SERVE_MARGIN_MS_MAX);
+        assert_eq!(serve_budget_ms(5000), 5000 - SERVE_MARGIN_MS_MAX);
+        assert_eq!(serve_budget_ms(4), 4);
+        assert_eq!(serve_budget_ms(1), 1);
+        assert_eq!(serve_budget_ms(0), 1);
     }
 
     #[test]

@@ -519,6 +519,12 @@ impl PyTransport {
         self.inner.unregister_peer(NodeId(node_id))
     }
 
+    /// Dial every registered peer not yet connected, in the background (see
+    /// `Transport::dial_peers`).
+    fn dial_peers(&self) {
+        self.inner.dial_peers();
+    }
+
     /// Resolve `future` with `(kind, payload)` of the reply.
     fn send_rpc(
         &self,

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub oneway_received: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_accepted: AtomicU64,
+    /// Pooled outbound connections closed because their peer dialled this node again (it
+    /// restarted): the next send dials the new process.
+    pub connections_replaced_on_redial: AtomicU64,
     pub inbound_handshake_failures: AtomicU64,
     pub streams_reset: AtomicU64,
     /// Inbound streams reset because their frame did not arrive (or fit the connection's
@@ -84,6 +87,10 @@ impl Metrics {
         out.insert(
             "connections_accepted".into(),
             get(&self.connections_accepted),
+        );
+        out.insert(
+            "connections_replaced_on_redial".into(),
+            get(&self.connections_replaced_on_redial),
         );
         out.insert(
             "inbound_handshake_failures".into(),

@@ -1,10 +1,11 @@
 //! The transport: one quinn endpoint, a connection pool keyed by peer address, and the inbound
 //! accept loop that dispatches frames through the [`HandlerRegistry`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use nodedb_wire::control::ControlMessage;
@@ -45,6 +46,9 @@ const CLOSE_CODE_PIN_MISMATCH: u32 = 0x200;
 const CLOSE_CODE_ONE_SHOT_DONE: u32 = 0x201;
 /// Connection close code when a reloaded CRL revokes the peer's certificate.
 const CLOSE_CODE_REVOKED: u32 = 0x202;
+/// Connection close code of an outbound connection dropped because its peer dialled this node
+/// again (it restarted, or lost its own connection): see `Inner::peer_dialled_again`.
+const CLOSE_CODE_PEER_REDIALLED: u32 = 0x203;
 
 /// A pooled outbound connection and the SPKI pin its peer presented at the handshake (checked
 /// again on every reuse, so a connection dialled without a pin never serves a pinned peer).
@@ -52,6 +56,8 @@ const CLOSE_CODE_REVOKED: u32 = 0x202;
 struct Pooled {
     conn: quinn::Connection,
     peer_pin: Option<SpkiPin>,
+    /// When the handshake completed.
+    opened_at: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +94,9 @@ struct Inner {
     tls_state: Mutex<TlsState>,
     /// Live inbound connections by `stable_id`, so a CRL reload can close a revoked peer's.
     inbound: Mutex<HashMap<usize, quinn::Connection>>,
+    /// Addresses of registered peers that have dialled this node at least once (bounded by the
+    /// peer table): a second dial from one means its process restarted or lost its connection.
+    dialled_us: Mutex<HashSet<SocketAddr>>,
     /// The runtime the endpoint lives on: `close`/`drop` may run outside it (e.g. Python's GC),
     /// and re-binding the socket needs its reactor.
     runtime: tokio::runtime::Handle,
@@ -167,6 +176,7 @@ impl Transport {
                 client,
             }),
             inbound: Mutex::default(),
+            dialled_us: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
         });
         let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint));
@@ -274,6 +284,33 @@ impl Transport {
             if previous.addr != addr || previous.expected_pin != expected_pin {
                 self.inner.forget_connection(previous.addr, None);
             }
+        }
+    }
+
+    /// Dials every registered peer that has no pooled connection, in the background (errors
+    /// are ignored: the next send dials again). A restarting node calls it once its peers are
+    /// registered: the peers see this node dial them again and drop their connections to its
+    /// previous process at once (`Inner::peer_dialled`), instead of sending into them until a
+    /// QUIC probe draws a stateless reset, which takes seconds after a crash.
+    pub fn dial_peers(&self) {
+        let peers: Vec<PeerEntry> = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for peer in peers {
+            if self.inner.pooled(peer.addr).is_some() {
+                continue;
+            }
+            let inner = Arc::clone(&self.inner);
+            self.inner.runtime.spawn(async move {
+                if let Err(err) = inner.connection(peer.addr, peer.expected_pin).await {
+                    tracing::debug!(addr = %peer.addr, %err, "dial_peers: not reached");
+                }
+            });
         }
     }
 
@@ -679,6 +716,7 @@ impl Inner {
         Ok(Pooled {
             peer_pin: peer_pin(&conn),
             conn,
+            opened_at: Instant::now(),
         })
     }
 
@@ -712,6 +750,54 @@ impl Inner {
                 None
             }
             None => None,
+        }
+    }
+
+    /// A registered peer (a node certificate, or anyone on an insecure transport) at `peer.addr`
+    /// completed a handshake that began at `dial_started`. Peers dial from their listening
+    /// socket and keep one pooled connection, so a second dial from the same address means its
+    /// process restarted (or lost its connection to us). Then our pooled connection to it is
+    /// most likely dead too, and after a crash it may stay so for seconds: packets to a dead
+    /// process are lost, QUIC backs its probes off exponentially, and only the next probe draws
+    /// the restarted process's stateless reset. Meanwhile everything sent there is lost: a
+    /// restarted Raft follower hears no leader and no candidate, and an election that needs its
+    /// vote waits (issue 13, failover tail). So that connection is closed now (unblocking any
+    /// send queued on it) and the next send dials the new process. A connection we opened after
+    /// the peer began this dial is to the new process already and is kept.
+    fn peer_dialled(&self, peer: &PeerInfo, dial_started: Instant) {
+        let node_peer = matches!(*peer.identity, PeerIdentity::Unauthenticated)
+            || peer.identity.node_id().is_some();
+        if !node_peer || !self.is_registered_addr(peer.addr) {
+            return;
+        }
+        if !lock(&self.dialled_us).insert(peer.addr) {
+            self.peer_dialled_again(peer.addr, dial_started);
+        }
+    }
+
+    fn is_registered_addr(&self, addr: SocketAddr) -> bool {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|p| p.addr == addr)
+    }
+
+    fn peer_dialled_again(&self, addr: SocketAddr, dial_started: Instant) {
+        let stale = {
+            let mut conns = lock(&self.conns);
+            match conns.get(&addr) {
+                Some(pooled) if pooled.opened_at < dial_started => conns.remove(&addr),
+                _ => None,
+            }
+        };
+        if let Some(stale) = stale {
+            Metrics::inc(&self.metrics.connections_replaced_on_redial);
+            tracing::debug!(%addr, "peer dialled again: dropping our connection to it");
+            stale.conn.close(
+                VarInt::from_u32(CLOSE_CODE_PEER_REDIALLED),
+                b"peer dialled again",
+            );
         }
     }
 
@@ -1151,6 +1237,7 @@ async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint) {
 
 async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
+    let dial_started = Instant::now();
     let timeout = inner.config.connect_timeout;
     let conn = match tokio::time::timeout(timeout, incoming).await {
         Ok(Ok(conn)) => conn,
@@ -1175,6 +1262,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
         spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
+    inner.peer_dialled(&peer, dial_started);
     let budget_units = inner.config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
     let budget = Arc::new(Semaphore::new(budget_units.min(Semaphore::MAX_PERMITS)));
     // Holding only a weak reference between streams lets a dropped transport shut down.

@@ -960,3 +960,113 @@ async fn a_leaf_of_the_ca_without_an_identity_may_send_nothing() {
         .counts()
         .contains(&(MessageKind::PING, "no_identity", 1)));
 }
+
+/// Issue 13 (failover tail): a peer that crashed while we kept sending to it (so QUIC backed its
+/// probes off) and came back on the same port dials us again on start (`dial_peers`): we drop
+/// our connection to its previous process at once, and the next frame reaches the new process
+/// without waiting for a probe to draw its stateless reset.
+#[test]
+fn a_peer_that_dials_again_after_a_crash_is_reached_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let main_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let doomed_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = {
+        let _guard = main_rt.enter();
+        bind(2, ANY, c[1].clone())
+    };
+    let server = {
+        let _guard = doomed_rt.enter();
+        let server = bind(1, ANY, c[0].clone());
+        server.register_peer(NodeId(2), client.local_addr(), client.spki_pin());
+        server
+    };
+    let addr = server.local_addr();
+    client.register_peer(NodeId(1), addr, server.spki_pin());
+    serve_echo(&client);
+    // Both directions are up: the server has dialled the client once, and the reverse.
+    doomed_rt
+        .block_on(server.send_rpc(NodeId(2), MessageKind::PING, Bytes::new()))
+        .unwrap();
+    main_rt
+        .block_on(client.send_oneway(NodeId(1), MessageKind::RAFT_BATCH, Bytes::from_static(b"x")))
+        .unwrap();
+    // Crash (no CONNECTION_CLOSE), then the client keeps sending for a while, as a Raft leader
+    // does, into the dead connection: the unacknowledged bytes fill the congestion window, so
+    // only probes leave, and they back off.
+    doomed_rt.shutdown_timeout(Duration::from_secs(5));
+    drop(server);
+    main_rt.block_on(async {
+        let sends = async {
+            loop {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    client.send_oneway(
+                        NodeId(1),
+                        MessageKind::RAFT_BATCH,
+                        Bytes::from(vec![0u8; 4096]),
+                    ),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        // The time the peer stays down is the scenario, not a synchronisation.
+        let _ = tokio::time::timeout(Duration::from_secs(2), sends).await;
+        let restarted = bind(1, &addr.to_string(), c[0].clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+        restarted.register_handler(
+            MessageKind::RAFT_BATCH,
+            handler_fn(move |frame| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(frame.payload).await.ok();
+                    Ok(None)
+                }
+            }),
+        );
+        restarted.register_peer(NodeId(2), client.local_addr(), client.spki_pin());
+        restarted.dial_peers();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while client.metrics()["connections_replaced_on_redial"] == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the redial was never noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sent = tokio::time::Instant::now();
+        client
+            .send_oneway(
+                NodeId(1),
+                MessageKind::RAFT_BATCH,
+                Bytes::from_static(b"back"),
+            )
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match rx.recv().await {
+                    Some(payload) if payload == Bytes::from_static(b"back") => return,
+                    Some(_) => {}
+                    None => panic!("handler gone"),
+                }
+            }
+        })
+        .await;
+        assert!(got.is_ok(), "the restarted peer never got the frame");
+        let took = sent.elapsed();
+        assert!(took < Duration::from_millis(300), "took {took:?}");
+        assert_eq!(client.metrics()["connections_replaced_on_redial"], 1);
+        restarted.close().await;
+        client.close().await;
+    });
+}
