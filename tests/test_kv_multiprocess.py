@@ -81,6 +81,77 @@ async def test_writes_continue_without_errors_across_a_leader_kill(cluster: Loca
         assert writes_after_kill >= 200
 
 
+DOWN_S = 3.0
+"""How long the restarted node stays down while the leader keeps sending to it (its QUIC probes
+back off meanwhile, as after any crash)."""
+HEARS_LEADER_S = 0.7
+"""A restarted node hears the leader within this (measured 0.2 s, status polls included): the
+leader drops its connection to the dead process as soon as the new one dials it. Before, it
+sent into that connection until its next QUIC probe drew a stateless reset: 1.1-1.3 s here."""
+FAILOVER_S = 2.0
+"""Leader SIGKILL -> first acknowledged write, when the election needs the restarted node: one
+election timeout (<= 1 s) plus the client's detection, with room for a loaded machine."""
+
+
+def _group_status(status: dict[str, object], group: int) -> dict[str, object]:
+    groups = status.get("groups")
+    assert isinstance(groups, list)
+    for g in groups:
+        assert isinstance(g, dict)
+        if g.get("group_id") == group:
+            return g
+    raise AssertionError(f"group {group} not in status")
+
+
+async def test_a_restarted_node_is_heard_at_once_and_elects_the_next_leader(
+    cluster: LocalCluster,
+) -> None:
+    """Issue 13 (failover tail): a follower SIGKILLed while the leader writes, restarted, then the
+    leader SIGKILLed: the two survivors (one just restarted) elect a leader within one election,
+    because the restarted node hears its peers at once."""
+    addrs = [n.addr for n in cluster.nodes.values()]
+    async with Client(addrs, cluster.client_credentials, timeout_s=5.0) as client:
+        key = b"restart-then-kill"
+        group = client.router.group_of(key)
+        statuses = {i: await cluster.status(i) for i in cluster.nodes}
+        leader = leader_of(statuses, group)
+        assert leader
+        restarted = next(i for i in cluster.nodes if i != leader)
+        stop = asyncio.Event()
+
+        async def writer() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await client.put(key, b"%d" % n)
+
+        writing = asyncio.ensure_future(writer())
+        try:
+            cluster.nodes[restarted].kill()
+            await cluster.nodes[restarted].wait_exit(5.0)
+            await asyncio.sleep(DOWN_S)  # the scenario: the node stays down while writes go on
+            await cluster.nodes[restarted].start()
+            await cluster.nodes[restarted].wait_ready()
+            ready = time.monotonic()
+            await cluster.wait_for(
+                lambda s: _group_status(s[restarted], group).get("leader") == leader,
+                [restarted],
+                5.0,
+                "the restarted node names the leader",
+            )
+            heard_after = time.monotonic() - ready
+        finally:
+            stop.set()
+            await asyncio.wait_for(writing, 10.0)
+        assert heard_after < HEARS_LEADER_S, f"heard the leader {heard_after:.2f} s after READY"
+        cluster.nodes[leader].kill()
+        killed = time.monotonic()
+        await client.put(key, b"after")  # retried within its deadline; must not raise
+        took = time.monotonic() - killed
+        assert took < FAILOVER_S, f"first write after the kill took {took:.2f} s"
+        assert await client.get(key) == b"after"
+
+
 async def test_client_through_any_single_node_and_typed_timeout(cluster: LocalCluster) -> None:
     for node in cluster.nodes.values():
         async with Client([node.addr], cluster.client_credentials) as client:

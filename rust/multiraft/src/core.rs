@@ -184,6 +184,8 @@ pub struct MultiRaftCore {
     transfers: HashMap<(NodeId, GroupId), OutgoingTransfer>,
     transfer_results: TransferResults,
     next_read_ctx: u64,
+    /// (group, leader or 0) since the last `take_leader_changes`.
+    leader_changes: Vec<(GroupId, u64)>,
     /// Records that must be durable before persisted messages go out, appended since the last
     /// successful sync (the persisted-before-send check).
     unsynced_records: usize,
@@ -251,6 +253,7 @@ impl MultiRaftCore {
             transfers: HashMap::new(),
             transfer_results: Arc::default(),
             next_read_ctx: initial_read_ctx(cfg.node_id),
+            leader_changes: Vec::new(),
             unsynced_records: 0,
             ticks: 0,
             metrics,
@@ -323,6 +326,7 @@ impl MultiRaftCore {
                 deferred_read_msgs: Vec::new(),
                 applied_index: applied,
                 pre_vote_tick: None,
+                published_leader: None,
                 was_leader,
                 started_empty,
             },
@@ -466,6 +470,7 @@ impl MultiRaftCore {
         })?;
         if let Some(mut g) = self.groups.remove(&gid) {
             fail_all(&mut g, &RaftError::GroupNotFound { group: gid });
+            self.leader_changes.push((gid, 0));
         }
         self.transfers.retain(|(_, g), _| *g != gid);
         self.sink.sync().inspect_err(|e| {
@@ -937,6 +942,12 @@ impl MultiRaftCore {
         }
     }
 
+    /// Every group whose known leader changed (0: none known, or the group was removed) since
+    /// the last call, oldest first: the driver publishes them (`MultiRaft::wait_leader`).
+    pub fn take_leader_changes(&mut self) -> Vec<(GroupId, u64)> {
+        std::mem::take(&mut self.leader_changes)
+    }
+
     /// Does this node lead `gid`?
     pub fn is_leader(&self, gid: GroupId) -> bool {
         self.groups
@@ -1087,6 +1098,11 @@ impl MultiRaftCore {
             answer_reads(g);
             step_down_check(g);
             issue_reads(g, self.ticks); // a new leader (or none any more), a first commit
+            let leader = g.raw.raft.leader_id;
+            if g.published_leader != Some(leader) {
+                g.published_leader = Some(leader);
+                self.leader_changes.push((gid, leader));
+            }
         }
         self.flush(out);
         self.apply_deferred_reports();

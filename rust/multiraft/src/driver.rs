@@ -15,6 +15,7 @@
 //! Queues are bounded: a full command queue answers `Busy`; a full inbound queue drops the
 //! frame and counts it in `Metrics::inbound_dropped_full` (raft retransmits).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -93,6 +94,34 @@ struct Shared {
     command_capacity: usize,
     /// Why the driver thread ended (None while it runs); watchers await the change.
     stopped: watch::Sender<Option<String>>,
+    /// Each group's leader as this node knows it (absent or 0: none known).
+    leaders: Mutex<HashMap<GroupId, u64>>,
+    /// Bumped whenever a group's leader changes; `wait_leader` waits on it.
+    leader_epoch: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn publish_leaders(&self, changes: Vec<(GroupId, u64)>) {
+        if changes.is_empty() {
+            return;
+        }
+        {
+            let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+            for (group, leader) in changes {
+                if leader == 0 {
+                    leaders.remove(&group);
+                } else {
+                    leaders.insert(group, leader);
+                }
+            }
+        }
+        self.leader_epoch.send_modify(|e| *e = e.wrapping_add(1));
+    }
+
+    fn leader(&self, group: GroupId) -> Option<NodeId> {
+        let leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        leaders.get(&group).copied().map(NodeId)
+    }
 }
 
 /// Hands inbound frames to the engine; cheap to clone, usable from any thread (the transport's
@@ -193,6 +222,8 @@ impl MultiRaft {
             inbound_capacity: cfg.inbound_queue_capacity,
             command_capacity: cfg.command_queue_capacity,
             stopped: watch::Sender::new(None),
+            leaders: Mutex::new(HashMap::new()),
+            leader_epoch: watch::Sender::new(0),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -481,6 +512,40 @@ impl MultiRaft {
         self.wait("snapshot_now", rx, timeout).await
     }
 
+    /// The leader of `group` this node knows (itself included), as of the last round.
+    pub fn leader(&self, group: GroupId) -> Option<NodeId> {
+        self.inbound.shared.leader(group)
+    }
+
+    /// Waits until this node knows a leader of `group` that is not in `avoid`, for at most
+    /// `timeout`, and returns it (None: none such within the time). A request that reached a
+    /// node which knows no leader (an election is under way) or only one its sender could not
+    /// reach (`avoid`: it will be replaced) waits here and is answered as soon as the new leader
+    /// is known, instead of sending its caller polling (issue 13, failover tail).
+    pub async fn wait_leader(
+        &self,
+        group: GroupId,
+        avoid: &[NodeId],
+        timeout: Duration,
+    ) -> Option<NodeId> {
+        let shared = &self.inbound.shared;
+        let mut epochs = shared.leader_epoch.subscribe();
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            epochs.borrow_and_update();
+            if let Some(leader) = shared.leader(group).filter(|l| !avoid.contains(l)) {
+                return Some(leader);
+            }
+            if self.stopped_reason().is_some() {
+                return None;
+            }
+            match tokio::time::timeout_at(until, epochs.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return None, // sender gone, or the time is up
+            }
+        }
+    }
+
     /// Starts an election in `group` now (a sole founding voter need not wait a timeout).
     pub async fn campaign(&self, group: GroupId, timeout: Duration) -> Result<(), RaftError> {
         let rx = self.submit(|reply| Input::Campaign { group, reply });
@@ -670,6 +735,7 @@ fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
         if let Err(e) = core.round() {
             break 'outer format!("fatal log or snapshot error: {e}");
         }
+        shared.publish_leaders(core.take_leader_changes());
     };
     shared.stopped.send_replace(Some(reason.clone()));
     core.fail_all_pending(&reason);

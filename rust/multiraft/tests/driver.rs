@@ -490,3 +490,68 @@ async fn a_failing_fsync_stops_the_engine_and_every_request_gets_stopped() {
         Err(RaftError::Stopped { .. })
     ));
 }
+
+/// Issue 13 (failover tail): `wait_leader` answers as soon as a node knows a leader that is not
+/// the one its caller could not reach: a request parked on a follower during an election is
+/// sent on to the new leader without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_leader_names_the_new_leader_once_it_is_known() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = SimNetwork::new(11, 10_000);
+    let mut nodes: Vec<Option<Node>> = (1..=3)
+        .map(|i| Some(start(&net, fast_cfg(i, dir.path()), false)))
+        .collect();
+    let peers: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let g = GroupId(1);
+    for n in nodes.iter().flatten() {
+        n.engine
+            .add_group(
+                g,
+                GroupRole::Voter {
+                    peers: peers.clone(),
+                },
+                StateMachineKind::Kv,
+                T,
+            )
+            .await
+            .expect("add");
+    }
+    let refs: Vec<&Node> = nodes.iter().flatten().collect();
+    let li = wait_leader(&refs, g, Duration::from_secs(10))
+        .await
+        .expect("leader");
+    let old = NodeId(li as u64 + 1);
+    refs[li]
+        .engine
+        .propose(g, put("x", b"1"), T)
+        .await
+        .expect("commit");
+    let follower = (li + 1) % 3;
+    // Every node knows the leader (a heartbeat reached them all).
+    for n in &refs {
+        let known = n.engine.wait_leader(g, &[], T).await;
+        assert_eq!(known, Some(old));
+    }
+    // Asked to avoid the leader while it is alive: nothing within the bound.
+    let none = refs[follower]
+        .engine
+        .wait_leader(g, &[old], Duration::from_millis(200))
+        .await;
+    assert_eq!(none, None);
+    net.set_down(old, true);
+    net.detach(old);
+    if let Some(n) = nodes[li].take() {
+        n.engine.shutdown();
+    }
+    let survivor = nodes[follower].as_ref().expect("up");
+    let new = survivor
+        .engine
+        .wait_leader(g, &[old], Duration::from_secs(10))
+        .await
+        .expect("a new leader within 10 s");
+    assert_ne!(new, old);
+    let leading = nodes[new.0 as usize - 1].as_ref().expect("alive");
+    let status = leading.engine.status(g, T).await.expect("status");
+    assert_eq!(status.role, Role::Leader);
+    assert_eq!(survivor.engine.leader(g), Some(new));
+}

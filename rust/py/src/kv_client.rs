@@ -51,6 +51,10 @@ const REMOTE_IN_FLIGHT_MAX: usize = 4;
 const RETRY_BACKOFF_MS: [u64; 5] = [5, 10, 20, 50, 100];
 /// Retries that go at once when NotLeader named a leader, per item (kv.py: `attempt < 3`).
 const NAMED_LEADER_RETRIES_MAX: usize = 3;
+/// Nodes named in a request's "wl" (the nodes the client avoids), at most.
+const AVOIDED_IN_REQUEST_MAX: usize = 16;
+/// Targets with a suspicion channel (`State::suspects`), at most (forgotten all at once past it).
+const SUSPECT_TARGETS_MAX: usize = 4096;
 /// Items queued and not yet sent, at most; a call beyond it fails with `Busy` (a call that
 /// finds the queue empty is always taken).
 const PENDING_ITEMS_MAX: usize = 1 << 20;
@@ -300,7 +304,11 @@ struct LaneQueue {
     in_flight: usize,
 }
 
-type LaneKey = (u64, Lane);
+/// (target, lane, probe): a probe goes to a member while no leader of its groups is known (or
+/// only one the client avoids). Probes travel in requests of their own: the member may hold
+/// them until it knows a leader (kv_serve.rs), which must not delay requests to a leader, and
+/// their answer times are not the cluster's (they do not feed the attempt bound).
+type LaneKey = (u64, Lane, bool);
 type Batch = (LaneKey, Vec<Item>);
 
 struct State {
@@ -314,9 +322,27 @@ struct State {
     pending_items: usize,
     flush_scheduled: bool,
     closed: bool,
+    /// Per target, woken when one attempt to it timed out: every other attempt waiting on the
+    /// same node gives up then too (the node is suspect for all of them, not one at a time).
+    suspects: HashMap<u64, Arc<tokio::sync::Notify>>,
 }
 
 impl State {
+    /// The suspicion channel of `target` (see `suspects`).
+    fn suspect_channel(&mut self, target: u64) -> Arc<tokio::sync::Notify> {
+        if self.suspects.len() >= SUSPECT_TARGETS_MAX && !self.suspects.contains_key(&target) {
+            self.suspects.clear(); // a bound: attempts waiting on a dropped channel keep their timer
+        }
+        Arc::clone(self.suspects.entry(target).or_default())
+    }
+
+    /// One attempt to `target` timed out: wake every other attempt waiting on it.
+    fn suspect(&self, target: u64) {
+        if let Some(channel) = self.suspects.get(&target) {
+            channel.notify_waiters();
+        }
+    }
+
     /// A node answered after `elapsed`.
     fn answered(&mut self, elapsed: Duration, now: Instant) {
         self.health
@@ -361,13 +387,14 @@ impl State {
         pool[tried % pool.len()]
     }
 
-    fn pick(&self, group: u64, attempt: usize, me: u64, now: Instant) -> Option<u64> {
+    /// Where an item goes: the leader as known (false), else a member in turn (true: a probe).
+    fn pick(&self, group: u64, attempt: usize, me: u64, now: Instant) -> Option<(u64, bool)> {
         let target = self.target(group, now);
         if target != 0 && target != me {
-            return Some(target);
+            return Some((target, false));
         }
         let member = self.next_member(group, attempt, me, now);
-        (member != 0).then_some(member)
+        (member != 0).then_some((member, true))
     }
 
     /// kv.py `_failed`: `node` did not answer: forget it as leader, try the others first.
@@ -562,8 +589,8 @@ impl Inner {
             return;
         }
         match st.pick(item.group, item.attempt, self.me, now) {
-            Some(target) => {
-                let key = (target, item.lane);
+            Some((target, probe)) => {
+                let key = (target, item.lane, probe);
                 st.enqueue(key, item);
                 if !keys.contains(&key) {
                     keys.push(key);
@@ -655,9 +682,21 @@ impl Inner {
     }
 
     async fn run_batch(self: Arc<Self>, key: LaneKey, items: Vec<Item>) {
-        let (target, lane) = key;
+        let (target, lane, probe) = key;
         let start = Instant::now();
-        let attempt = self.state().attempt_timeout(start);
+        // Attempts that may be given up early (their items are retried): reads, and writes when
+        // unknown outcomes are retried (exactly-once through the session).
+        let cancellable =
+            lane != Lane::Propose || self.retry_unknown_writes.load(Ordering::Relaxed);
+        let (attempt, avoid, suspect) = {
+            let mut st = self.state();
+            let avoid = (probe && lane == Lane::Propose).then(|| {
+                st.health
+                    .avoided(monotonic_s(start), AVOIDED_IN_REQUEST_MAX)
+            });
+            let suspect = cancellable.then(|| st.suspect_channel(target));
+            (st.attempt_timeout(start), avoid, suspect)
+        };
         let deadline = items
             .iter()
             .map(|i| i.call.deadline)
@@ -670,17 +709,45 @@ impl Inner {
         let timeout_ms = u64::try_from(timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let reply = match encode_request(lane, &items, timeout_ms) {
+        // Registered before the request leaves, so a suspicion raised meanwhile is not missed.
+        let suspected = async {
+            match &suspect {
+                Some(channel) => {
+                    let notified = channel.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    notified.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(suspected);
+        let mut timed_out_here = false;
+        let reply = match encode_request(lane, &items, timeout_ms, avoid.as_deref()) {
             Err(err) => Err(err),
             Ok(payload) => {
                 self.requests_sent.fetch_add(1, Ordering::Relaxed);
                 let rpc = self
                     .transport
                     .send_rpc(NodeId(target), MessageKind::KV_REQUEST, payload);
-                match tokio::time::timeout(timeout, rpc).await {
-                    Err(_) => Err(ItemError::Timeout { target, timeout_ms }),
-                    Ok(Err(err)) => Err(ItemError::Net(err)),
-                    Ok(Ok(frame)) => decode_reply(&frame, lane, items.len()),
+                tokio::select! {
+                    biased;
+                    answer = tokio::time::timeout(timeout, rpc) => match answer {
+                        Err(_) => {
+                            timed_out_here = true;
+                            Err(ItemError::Timeout { target, timeout_ms })
+                        }
+                        Ok(Err(err)) => Err(ItemError::Net(err)),
+                        Ok(Ok(frame)) => decode_reply(&frame, lane, items.len()),
+                    },
+                    () = &mut suspected => {
+                        // Another attempt to this node timed out: this one gives up too.
+                        let waited = start.elapsed().as_millis();
+                        Err(ItemError::Timeout {
+                            target,
+                            timeout_ms: u64::try_from(waited).unwrap_or(u64::MAX),
+                        })
+                    }
                 }
             }
         };
@@ -692,9 +759,14 @@ impl Inner {
             if let Some(q) = st.lanes.get_mut(&key) {
                 q.in_flight -= 1;
             }
+            if timed_out_here {
+                st.suspect(target);
+            }
             match reply {
                 Ok((results, failed)) => {
-                    st.answered(now.saturating_duration_since(start), now);
+                    if !probe {
+                        st.answered(now.saturating_duration_since(start), now);
+                    }
                     for (item, result) in items.into_iter().zip(results) {
                         match failed.get(&item.group) {
                             Some(err) => {
@@ -760,6 +832,10 @@ struct ProposeMany<'a> {
     gs: Vec<u64>,
     cmds: Vec<&'a serde_bytes::Bytes>,
     t: u64,
+    /// Present on a probe: the receiver may hold a group's share until it knows a leader that
+    /// is none of these nodes (the ones the client avoids), then answer with it (kv_serve.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wl: Option<&'a [u64]>,
 }
 
 #[derive(Serialize)]
@@ -772,7 +848,12 @@ struct ReadMany<'a> {
     t: u64,
 }
 
-fn encode_request(lane: Lane, items: &[Item], timeout_ms: u64) -> Result<Bytes, ItemError> {
+fn encode_request(
+    lane: Lane,
+    items: &[Item],
+    timeout_ms: u64,
+    wait_leader_avoiding: Option<&[u64]>,
+) -> Result<Bytes, ItemError> {
     let gs = items.iter().map(|i| i.group).collect();
     let list = items
         .iter()
@@ -784,6 +865,7 @@ fn encode_request(lane: Lane, items: &[Item], timeout_ms: u64) -> Result<Bytes, 
             gs,
             cmds: list,
             t: timeout_ms,
+            wl: wait_leader_avoiding,
         }),
         Lane::Read { level, .. } => rmp_serde::to_vec_named(&ReadMany {
             op: "read_many",
@@ -1068,13 +1150,13 @@ impl Inner {
                 ItemError::Unavailable(text) => SubmitError::NotConnected(text),
                 e => SubmitError::Item(0, e),
             })?;
-            let Some(target) = st.pick(group, 0, self.me, now) else {
+            let Some((target, probe)) = st.pick(group, 0, self.me, now) else {
                 return Err(SubmitError::Item(
                     group,
                     ItemError::Unavailable("no member known".into()),
                 ));
             };
-            placed.push((group, target));
+            placed.push((group, target, probe));
         }
         let count = items.len();
         let seqs = if kind.is_write() {
@@ -1089,7 +1171,7 @@ impl Inner {
         let call = Arc::new(Call {
             kind,
             deadline,
-            groups: placed.iter().map(|&(g, _)| g).collect(),
+            groups: placed.iter().map(|&(g, _, _)| g).collect(),
             seqs: seqs.0,
             waiter: Mutex::new(Some(waiter)),
             progress: Mutex::new(Progress {
@@ -1098,7 +1180,9 @@ impl Inner {
                 finished: false,
             }),
         });
-        for (slot, ((group, target), (_, payload))) in placed.into_iter().zip(items).enumerate() {
+        for (slot, ((group, target, probe), (_, payload))) in
+            placed.into_iter().zip(items).enumerate()
+        {
             let payload = match seqs.1 {
                 Some(floor) => st
                     .session
@@ -1114,7 +1198,7 @@ impl Inner {
                 attempt: 0,
                 last: None,
             };
-            st.enqueue((target, lane), item);
+            st.enqueue((target, lane, probe), item);
         }
         Ok(!std::mem::replace(&mut st.flush_scheduled, true))
     }
@@ -1224,6 +1308,7 @@ impl PyKvClient {
             pending_items: 0,
             flush_scheduled: false,
             closed: false,
+            suspects: HashMap::new(),
         };
         Ok(PyKvClient {
             inner: Arc::new(Inner {
@@ -1610,12 +1695,49 @@ mod tests {
                 last: None,
             })
             .collect();
-        let bytes = encode_request(Lane::Propose, &items, 250).unwrap();
+        let bytes = encode_request(Lane::Propose, &items, 250, None).unwrap();
         let req: Req = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(req.op, "propose_many");
         assert_eq!(req.gs, vec![3, 1]);
         assert_eq!(req.cmds[1].as_ref(), b"bc");
         assert_eq!(req.t, 250);
+    }
+
+    #[test]
+    fn a_probe_request_names_the_avoided_nodes() {
+        #[derive(Deserialize)]
+        struct Req {
+            wl: Option<Vec<u64>>,
+        }
+        let bytes = encode_request(Lane::Propose, &[], 250, Some(&[3, 5])).unwrap();
+        let req: Req = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(req.wl, Some(vec![3, 5]));
+        let bytes = encode_request(Lane::Propose, &[], 250, None).unwrap();
+        let req: Req = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(req.wl, None, "only probes may be held");
+    }
+
+    #[test]
+    fn one_timed_out_attempt_wakes_every_attempt_waiting_on_that_node() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut st = state_with(1, vec![1, 2]);
+        let on_1 = st.suspect_channel(1);
+        let on_2 = st.suspect_channel(2);
+        rt.block_on(async {
+            let a = on_1.notified();
+            let b = on_2.notified();
+            tokio::pin!(a, b);
+            a.as_mut().enable();
+            b.as_mut().enable();
+            st.suspect(1);
+            let woke = tokio::time::timeout(Duration::from_secs(5), a).await;
+            assert!(woke.is_ok(), "the waiter on node 1 was woken");
+            let other = tokio::time::timeout(Duration::from_millis(50), b).await;
+            assert!(other.is_err(), "the one on node 2 was not");
+        });
     }
 
     #[test]
@@ -1646,6 +1768,7 @@ mod tests {
             pending_items: 0,
             flush_scheduled: false,
             closed: false,
+            suspects: HashMap::new(),
         }
     }
 
@@ -1668,15 +1791,19 @@ mod tests {
     fn target_follows_hints_and_skips_failed_nodes() {
         let now = Instant::now();
         let mut st = state_with(2, vec![1, 2, 3]);
-        assert_eq!(st.pick(1, 0, 99, now), Some(2), "routing's leader");
+        assert_eq!(st.pick(1, 0, 99, now), Some((2, false)), "routing's leader");
         st.leaders.insert(1, 3);
-        assert_eq!(st.pick(1, 0, 99, now), Some(3), "a learned leader wins");
+        assert_eq!(
+            st.pick(1, 0, 99, now),
+            Some((3, false)),
+            "a learned leader wins"
+        );
         st.failed(1, 3, 99, now);
-        // Leader forgotten, node 3 down: members in turn, those not down first.
-        assert_eq!(st.pick(1, 0, 99, now), Some(1));
-        assert_eq!(st.pick(1, 1, 99, now), Some(2));
+        // Leader forgotten, node 3 down: members in turn (probes), those not down first.
+        assert_eq!(st.pick(1, 0, 99, now), Some((1, true)));
+        assert_eq!(st.pick(1, 1, 99, now), Some((2, true)));
         let hold_passed = now + Duration::from_secs_f64(2.0 * DOWN_HOLD_S);
-        assert_eq!(st.pick(1, 0, 99, hold_passed), Some(1));
+        assert_eq!(st.pick(1, 0, 99, hold_passed), Some((1, true)));
         let empty = state_with(0, vec![]);
         assert_eq!(empty.pick(1, 0, 99, now), None);
     }

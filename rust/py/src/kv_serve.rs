@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nodedb_multiraft::error::RaftError;
-use nodedb_multiraft::{GroupId, KvReader, MultiRaft, StateMachineKind};
+use nodedb_multiraft::{GroupId, KvReader, MultiRaft, NodeId, StateMachineKind};
 use nodedb_transport::{
     FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame, MessageKind,
     OutboundFrame, Transport,
@@ -72,7 +72,13 @@ struct KvMany {
     _stale_s: Option<f64>,
     #[serde(default = "default_timeout_ms")]
     t: u64,
+    /// A probe's avoided nodes (kv_client.rs): a group's share that finds no leader here, or only
+    /// one of these, waits for another leader within the request's time and is sent there.
+    wl: Option<Vec<u64>>,
 }
+
+/// Nodes a probe may name in "wl", at most (the client sends at most 16).
+const AVOIDED_MAX: usize = 64;
 
 /// A request the fast path serves.
 enum Fast {
@@ -80,6 +86,7 @@ enum Fast {
         gs: Vec<u64>,
         cmds: Vec<ByteBuf>,
         t: u64,
+        wait_leader: Option<Vec<NodeId>>,
     },
     Read {
         gs: Vec<u64>,
@@ -105,11 +112,16 @@ fn parse(payload: &[u8]) -> Option<Fast> {
         return None;
     }
     match req.op.as_str() {
-        "propose_many" if req.gs.len() == req.cmds.len() && req.keys.is_empty() => {
+        "propose_many"
+            if req.gs.len() == req.cmds.len()
+                && req.keys.is_empty()
+                && req.wl.as_ref().is_none_or(|wl| wl.len() <= AVOIDED_MAX) =>
+        {
             Some(Fast::Propose {
                 gs: req.gs,
                 cmds: req.cmds,
                 t: req.t,
+                wait_leader: req.wl.map(|wl| wl.into_iter().map(NodeId).collect()),
             })
         }
         "read_many"
@@ -422,11 +434,24 @@ impl KvFastHandler {
         }
     }
 
-    /// Split by group, submit each share to its batcher.
-    fn submit(&self, gs: &[u64], cmds: Vec<ByteBuf>, t: u64) -> (usize, Vec<GroupShare>) {
+    /// Split by group, submit each share to its batcher. With `wait_leader` (a probe) each
+    /// share keeps its commands and batcher, to be proposed again here if this node becomes
+    /// the leader while the share waits ([`answer`]).
+    fn submit(
+        &self,
+        gs: &[u64],
+        cmds: Vec<ByteBuf>,
+        t: u64,
+        wait_leader: Option<Vec<NodeId>>,
+    ) -> (usize, Vec<GroupShare>, Option<Park>) {
         let deadline = Instant::now() + Duration::from_millis(serve_budget_ms(t));
         let total = cmds.len();
         let mut cmds: Vec<Option<Vec<u8>>> = cmds.into_iter().map(|c| Some(c.into_vec())).collect();
+        let park = wait_leader.map(|avoid| Park {
+            engine: self.engine.clone(),
+            avoid,
+            deadline,
+        });
         let shares = by_group(gs)
             .into_iter()
             .map(|(g, idx)| {
@@ -434,15 +459,18 @@ impl KvFastHandler {
                     .iter()
                     .map(|&i| cmds[i].take().unwrap_or_default())
                     .collect();
-                let receiver = self.batcher(g).submit(share, deadline);
+                let batcher = self.batcher(g);
+                let again = park.as_ref().map(|_| (Arc::clone(&batcher), share.clone()));
+                let receiver = batcher.submit(share, deadline);
                 GroupShare {
                     group: g,
                     idx,
                     receiver,
+                    again,
                 }
             })
             .collect();
-        (total, shares)
+        (total, shares, park)
     }
 }
 
@@ -450,18 +478,52 @@ struct GroupShare {
     group: u64,
     idx: Vec<usize>,
     receiver: oneshot::Receiver<GroupResult>,
+    /// A probe's share: its batcher and commands, to propose again if this node comes to lead.
+    again: Option<(Arc<Batcher>, Vec<Vec<u8>>)>,
+}
+
+/// A probe's wait for a leader (see `KvMany::wl`).
+struct Park {
+    engine: Weak<MultiRaft>,
+    avoid: Vec<NodeId>,
+    deadline: Instant,
+}
+
+impl Park {
+    /// A NotLeader answer the probe may wait out: no leader known here, or only one the
+    /// client avoids (it will be replaced).
+    fn waits_for(&self, hint: Option<NodeId>) -> bool {
+        hint.is_none_or(|h| self.avoid.contains(&h))
+    }
 }
 
 /// kv.py `_serve_many`'s answer: results in place, NotLeader/unknown-group shares in "nlg",
-/// unknown outcomes in "unk", any other failure fails the whole request.
-async fn answer(total: usize, shares: Vec<GroupShare>) -> HandlerResult {
+/// unknown outcomes in "unk", any other failure fails the whole request. A probe's share that
+/// found no usable leader here waits for one (issue 13, failover tail): named in "nlg" as soon
+/// as this node knows it, or proposed here if that is this node.
+async fn answer(total: usize, shares: Vec<GroupShare>, park: Option<Park>) -> HandlerResult {
     let mut reply = ManyReply {
         r: vec![None; total],
         nlg: Vec::new(),
         unk: Vec::new(),
     };
     for share in shares {
-        match share.receiver.await {
+        let mut outcome = share.receiver.await;
+        if let (Some(park), Some((batcher, cmds))) = (&park, share.again) {
+            if let Ok(Err(RaftError::NotLeader { leader_hint, .. })) = &outcome {
+                if park.waits_for(*leader_hint) {
+                    match wait_for_leader(park, share.group).await {
+                        Some((_, true)) => outcome = batcher.submit(cmds, park.deadline).await,
+                        Some((leader, false)) => {
+                            reply.nlg.push((share.group, leader.0));
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        match outcome {
             Ok(Ok(results)) => {
                 for (i, r) in share.idx.into_iter().zip(results) {
                     reply.r[i] = Some(ByteBuf::from(r));
@@ -472,6 +534,17 @@ async fn answer(total: usize, shares: Vec<GroupShare>) -> HandlerResult {
         }
     }
     encode(&reply)
+}
+
+/// The leader `park` waits for in `group`, and whether it is this node; None once its time is
+/// up (or the engine is gone).
+async fn wait_for_leader(park: &Park, group: u64) -> Option<(NodeId, bool)> {
+    let engine = park.engine.upgrade()?;
+    let left = park.deadline.saturating_duration_since(Instant::now());
+    let leader = engine
+        .wait_leader(GroupId(group), &park.avoid, left)
+        .await?;
+    Some((leader, leader == engine.node_id()))
 }
 
 struct ReadWait {
@@ -564,9 +637,14 @@ impl FrameHandler for KvFastHandler {
             return self.delegate(frame);
         }
         match parse(&frame.payload) {
-            Some(Fast::Propose { gs, cmds, t }) => {
-                let (total, shares) = self.submit(&gs, cmds, t);
-                Box::pin(answer(total, shares))
+            Some(Fast::Propose {
+                gs,
+                cmds,
+                t,
+                wait_leader,
+            }) => {
+                let (total, shares, park) = self.submit(&gs, cmds, t, wait_leader);
+                Box::pin(answer(total, shares, park))
             }
             Some(Fast::Read { gs, keys, t }) => {
                 let deadline = Instant::now() + Duration::from_millis(serve_budget_ms(t));
@@ -643,6 +721,57 @@ mod tests {
         ] {
             assert!(parse(&payload).is_none(), "{payload:?}");
         }
+    }
+
+    #[test]
+    fn a_probe_names_the_nodes_it_avoids_and_waits_only_for_those() {
+        #[derive(Serialize)]
+        struct Probe<'a> {
+            op: &'a str,
+            gs: Vec<u64>,
+            cmds: Vec<ByteBuf>,
+            t: u64,
+            wl: Vec<u64>,
+        }
+        let probe = |wl: Vec<u64>| {
+            rmp_serde::to_vec_named(&Probe {
+                op: "propose_many",
+                gs: vec![4],
+                cmds: vec![ByteBuf::from(vec![1])],
+                t: 300,
+                wl,
+            })
+            .unwrap()
+        };
+        match parse(&probe(vec![3])) {
+            Some(Fast::Propose { wait_leader, .. }) => {
+                assert_eq!(wait_leader, Some(vec![NodeId(3)]));
+            }
+            _ => panic!("a probe is a fast request"),
+        }
+        match parse(&req("propose_many", vec![1], 1, "linearizable", 50)) {
+            Some(Fast::Propose { wait_leader, .. }) => assert_eq!(wait_leader, None),
+            _ => panic!("a plain request is a fast request"),
+        }
+        let too_many = (1..=AVOIDED_MAX as u64 + 1).collect();
+        assert!(
+            parse(&probe(too_many)).is_none(),
+            "left to the Python handler"
+        );
+        let park = Park {
+            engine: Weak::new(),
+            avoid: vec![NodeId(3)],
+            deadline: Instant::now(),
+        };
+        assert!(park.waits_for(None), "no leader known: wait for one");
+        assert!(
+            park.waits_for(Some(NodeId(3))),
+            "only an avoided one: wait for another"
+        );
+        assert!(
+            !park.waits_for(Some(NodeId(2))),
+            "another leader: named at once"
+        );
     }
 
     #[test]

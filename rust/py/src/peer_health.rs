@@ -102,6 +102,23 @@ impl PeerHealth {
         self.dead.contains(&node) || self.down_until_s.get(&node).is_some_and(|&t| t > now_s)
     }
 
+    /// The nodes to avoid now (at most `limit`, lowest ids first): a request sent to another
+    /// member while no leader is known names them, and that member answers with a leader that
+    /// is none of them as soon as it knows one (kv_serve.rs).
+    pub fn avoided(&self, now_s: f64, limit: usize) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .down_until_s
+            .iter()
+            .filter(|(_, &t)| t > now_s)
+            .map(|(&n, _)| n)
+            .chain(self.dead.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(limit);
+        out
+    }
+
     /// `nodes` not to avoid, in order; all of them when every one is to be avoided.
     pub fn preferred(&self, nodes: &[u64], now_s: f64) -> Vec<u64> {
         let kept: Vec<u64> = nodes
@@ -244,5 +261,8 @@ mod tests {
         assert!(!h.avoid(3, 10.0 + DOWN_HOLD_S + 0.001));
         h.set_dead(1, true);
         assert_eq!(h.preferred(&[1, 3], 10.5), vec![1, 3]);
+        assert_eq!(h.avoided(10.5, 8), vec![1, 3]);
+        assert_eq!(h.avoided(10.5, 1), vec![1]);
+        assert_eq!(h.avoided(10.0 + DOWN_HOLD_S + 0.001, 8), vec![1]);
     }
 }

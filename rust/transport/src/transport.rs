@@ -1,7 +1,7 @@
 //! The transport: one quinn endpoint, a connection pool keyed by peer address, and the inbound
 //! accept loop that dispatches frames through the [`HandlerRegistry`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -50,6 +50,24 @@ const CLOSE_CODE_REVOKED: u32 = 0x202;
 /// again (it restarted, or lost its own connection): see `Inner::peer_dialled_again`.
 const CLOSE_CODE_PEER_REDIALLED: u32 = 0x203;
 
+/// Nodes remembered as having dialled this one, at most (then forgotten all at once).
+const DIALLED_US_MAX: usize = 4096;
+
+/// After closing our connection to a peer because it dialled again, its next dial within this
+/// long answers that close (ours reached it as a dial of our own), not a restart: ignored. So
+/// two live nodes that raced each other's closes stop after two connections at most.
+const REDIAL_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What is known of a node that dialled this one.
+#[derive(Clone, Copy, Debug, Default)]
+struct DialledUs {
+    /// It closed its connection to us because we dialled it again (`CLOSE_CODE_PEER_REDIALLED`):
+    /// its next dial only replaces that connection.
+    closed_ours: bool,
+    /// When we last closed our connection to it because it dialled again.
+    we_closed_at: Option<Instant>,
+}
+
 /// A pooled outbound connection and the SPKI pin its peer presented at the handshake (checked
 /// again on every reuse, so a connection dialled without a pin never serves a pinned peer).
 #[derive(Clone)]
@@ -94,9 +112,9 @@ struct Inner {
     tls_state: Mutex<TlsState>,
     /// Live inbound connections by `stable_id`, so a CRL reload can close a revoked peer's.
     inbound: Mutex<HashMap<usize, quinn::Connection>>,
-    /// Addresses of registered peers that have dialled this node at least once (bounded by the
-    /// peer table): a second dial from one means its process restarted or lost its connection.
-    dialled_us: Mutex<HashSet<SocketAddr>>,
+    /// Addresses of nodes that have dialled this node (at most `DIALLED_US_MAX`): a second dial
+    /// from one means its process restarted or lost its connection (`peer_dialled`).
+    dialled_us: Mutex<HashMap<SocketAddr, DialledUs>>,
     /// The runtime the endpoint lives on: `close`/`drop` may run outside it (e.g. Python's GC),
     /// and re-binding the socket needs its reactor.
     runtime: tokio::runtime::Handle,
@@ -753,34 +771,59 @@ impl Inner {
         }
     }
 
-    /// A registered peer (a node certificate, or anyone on an insecure transport) at `peer.addr`
-    /// completed a handshake that began at `dial_started`. Peers dial from their listening
-    /// socket and keep one pooled connection, so a second dial from the same address means its
-    /// process restarted (or lost its connection to us). Then our pooled connection to it is
-    /// most likely dead too, and after a crash it may stay so for seconds: packets to a dead
-    /// process are lost, QUIC backs its probes off exponentially, and only the next probe draws
-    /// the restarted process's stateless reset. Meanwhile everything sent there is lost: a
+    /// A node (a node certificate, or anyone on an insecure transport) at `peer.addr` completed a
+    /// handshake that began at `dial_started`. Nodes dial from their listening socket and keep
+    /// one pooled connection per peer, so a second dial from the same address means its process
+    /// restarted, or its connection to us died. Either way our pooled connection to it is most
+    /// likely dead too, and after a crash it may stay so for seconds: packets to a dead process
+    /// are lost, QUIC backs its probes off exponentially, and only the next probe draws the
+    /// restarted process's stateless reset. Meanwhile everything sent there is lost: a
     /// restarted Raft follower hears no leader and no candidate, and an election that needs its
-    /// vote waits (issue 13, failover tail). So that connection is closed now (unblocking any
-    /// send queued on it) and the next send dials the new process. A connection we opened after
-    /// the peer began this dial is to the new process already and is kept.
+    /// vote waits (issue 13, failover tail). So that connection is closed now (which also fails
+    /// a send blocked on it) and the next send dials the new process. Kept: a connection we
+    /// opened after the peer began this dial (it is to the new process), and any connection when
+    /// this dial answers our own such close (`CLOSE_CODE_PEER_REDIALLED` reached the peer: the
+    /// connection was alive, and the peer only dialled again because we closed it; acting on
+    /// it would start a ping-pong of closes).
     fn peer_dialled(&self, peer: &PeerInfo, dial_started: Instant) {
         let node_peer = matches!(*peer.identity, PeerIdentity::Unauthenticated)
             || peer.identity.node_id().is_some();
-        if !node_peer || !self.is_registered_addr(peer.addr) {
+        if !node_peer {
             return;
         }
-        if !lock(&self.dialled_us).insert(peer.addr) {
+        let again = {
+            let mut dialled = lock(&self.dialled_us);
+            if dialled.len() >= DIALLED_US_MAX && !dialled.contains_key(&peer.addr) {
+                dialled.clear(); // a bound, not a policy: a forgotten dialler is seen anew
+            }
+            match dialled.get_mut(&peer.addr) {
+                None => {
+                    dialled.insert(peer.addr, DialledUs::default());
+                    false
+                }
+                Some(known) => {
+                    let answers_ours = std::mem::take(&mut known.closed_ours)
+                        || known.we_closed_at.is_some_and(|at| {
+                            dial_started.saturating_duration_since(at) < REDIAL_QUIET
+                        });
+                    if !answers_ours {
+                        known.we_closed_at = Some(Instant::now());
+                    }
+                    !answers_ours
+                }
+            }
+        };
+        if again {
             self.peer_dialled_again(peer.addr, dial_started);
         }
     }
 
-    fn is_registered_addr(&self, addr: SocketAddr) -> bool {
-        self.peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|p| p.addr == addr)
+    /// The peer at `addr` closed its connection to us because we dialled it again: the
+    /// connection was alive, so its next dial is no sign of a restart.
+    fn peer_closed_on_our_redial(&self, addr: SocketAddr) {
+        if let Some(known) = lock(&self.dialled_us).get_mut(&addr) {
+            known.closed_ours = true;
+        }
     }
 
     fn peer_dialled_again(&self, addr: SocketAddr, dial_started: Instant) {
@@ -1286,6 +1329,13 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
                 }
                 Err(_) => break,
             },
+        }
+    }
+    if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
+        if close.error_code == VarInt::from_u32(CLOSE_CODE_PEER_REDIALLED) {
+            if let Some(inner) = weak.upgrade() {
+                inner.peer_closed_on_our_redial(peer.addr);
+            }
         }
     }
 }

@@ -1070,3 +1070,84 @@ fn a_peer_that_dials_again_after_a_crash_is_reached_at_once() {
         client.close().await;
     });
 }
+
+/// The other side of `a_peer_that_dials_again_after_a_crash_is_reached_at_once`: a peer that
+/// dials again while alive (it dropped its connection) costs at most one closed connection, and
+/// the close it answers does not start a ping-pong of closes and redials: once both sides send
+/// again, their connections stay and every frame arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_peer_that_dials_again_costs_one_connection_and_no_ping_pong() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let a = bind(1, ANY, c[0].clone());
+    let b = bind(2, ANY, c[1].clone());
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for t in [&a, &b] {
+        let got = Arc::clone(&got);
+        t.register_handler(
+            MessageKind::RAFT_BATCH,
+            handler_fn(move |_frame| {
+                got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async { Ok(None) }
+            }),
+        );
+    }
+    a.register_peer(NodeId(2), b.local_addr(), None);
+    b.register_peer(NodeId(1), a.local_addr(), None);
+    let exchange = |n: usize| {
+        let (a, b) = (&a, &b);
+        async move {
+            for _ in 0..n {
+                for (from, to) in [(a, 2), (b, 1)] {
+                    // A frame written into a connection that is being closed is lost (as Raft's
+                    // are): sending fails or succeeds, both fine here.
+                    let _ = from
+                        .send_oneway(
+                            NodeId(to),
+                            MessageKind::RAFT_BATCH,
+                            Bytes::from_static(b"f"),
+                        )
+                        .await;
+                }
+            }
+        }
+    };
+    exchange(3).await;
+    // B forgets its connection to A (a changed pin does that) and dials A again.
+    b.register_peer(NodeId(1), a.local_addr(), a.spki_pin());
+    // Bounded: the connections settle (20 exchanges in a row without a change) within 500.
+    let ids = || {
+        (
+            a.pooled_connection_id(b.local_addr()),
+            b.pooled_connection_id(a.local_addr()),
+        )
+    };
+    let (mut last, mut steady) = (ids(), 0);
+    for _ in 0..500 {
+        exchange(1).await;
+        let now = ids();
+        steady = if now == last { steady + 1 } else { 0 };
+        last = now;
+        if steady >= 20 {
+            break;
+        }
+    }
+    assert!(steady >= 20, "connections keep being replaced");
+    let replaced = a.metrics()["connections_replaced_on_redial"]
+        + b.metrics()["connections_replaced_on_redial"];
+    assert!(replaced <= 2, "{replaced} connections replaced");
+    let before = got.load(std::sync::atomic::Ordering::Relaxed);
+    exchange(20).await;
+    assert_eq!(ids(), last, "a connection was replaced after settling");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while got.load(std::sync::atomic::Ordering::Relaxed) < before + 40 {
+        let now = got.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{now} of 40 frames arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await; // handlers count; nothing to await
+    }
+    a.close().await;
+    b.close().await;
+}
