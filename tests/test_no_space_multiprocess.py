@@ -26,7 +26,9 @@ STATE_WAIT_S = 20.0
 FILL_ATTEMPTS_MAX = 4
 
 
-async def _fill_until_no_space(cluster: LocalCluster, fs: Path) -> tuple[list[Path], dict[int, Status]]:
+async def _fill_until_no_space(
+    cluster: LocalCluster, fs: Path
+) -> tuple[list[Path], dict[int, Status]]:
     """Fill the disk to `LEFT_BYTES` free and wait for NO_SPACE. A segment preparation that was
     still writing when the filler ran fails and gives its space back (the disk is then above
     the reserve again, rightly not NO_SPACE): the filler tops up, a bounded number of times."""
