@@ -184,8 +184,8 @@ pub struct MultiRaftCore {
     transfers: HashMap<(NodeId, GroupId), OutgoingTransfer>,
     transfer_results: TransferResults,
     next_read_ctx: u64,
-    /// (group, leader or 0) since the last `take_leader_changes`.
-    leader_changes: Vec<(GroupId, u64)>,
+    /// (group, leader or 0, term) since the last `take_leader_changes`.
+    leader_changes: Vec<(GroupId, u64, u64)>,
     /// Records that must be durable before persisted messages go out, appended since the last
     /// successful sync (the persisted-before-send check).
     unsynced_records: usize,
@@ -470,7 +470,7 @@ impl MultiRaftCore {
         })?;
         if let Some(mut g) = self.groups.remove(&gid) {
             fail_all(&mut g, &RaftError::GroupNotFound { group: gid });
-            self.leader_changes.push((gid, 0));
+            self.leader_changes.push((gid, 0, 0));
         }
         self.transfers.retain(|(_, g), _| *g != gid);
         self.sink.sync().inspect_err(|e| {
@@ -942,9 +942,10 @@ impl MultiRaftCore {
         }
     }
 
-    /// Every group whose known leader changed (0: none known, or the group was removed) since
-    /// the last call, oldest first: the driver publishes them (`MultiRaft::wait_leader`).
-    pub fn take_leader_changes(&mut self) -> Vec<(GroupId, u64)> {
+    /// Every group whose known leader or term changed since the last call, as (group, leader,
+    /// term), oldest first (leader 0: none known, or the group was removed): the driver
+    /// publishes them (`MultiRaft::wait_leader`).
+    pub fn take_leader_changes(&mut self) -> Vec<(GroupId, u64, u64)> {
         std::mem::take(&mut self.leader_changes)
     }
 
@@ -1098,10 +1099,10 @@ impl MultiRaftCore {
             answer_reads(g);
             step_down_check(g);
             issue_reads(g, self.ticks); // a new leader (or none any more), a first commit
-            let leader = g.raw.raft.leader_id;
-            if g.published_leader != Some(leader) {
-                g.published_leader = Some(leader);
-                self.leader_changes.push((gid, leader));
+            let known = (g.raw.raft.leader_id, g.raw.raft.term);
+            if g.published_leader != Some(known) {
+                g.published_leader = Some(known);
+                self.leader_changes.push((gid, known.0, known.1));
             }
         }
         self.flush(out);

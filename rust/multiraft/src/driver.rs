@@ -94,33 +94,33 @@ struct Shared {
     command_capacity: usize,
     /// Why the driver thread ended (None while it runs); watchers await the change.
     stopped: watch::Sender<Option<String>>,
-    /// Each group's leader as this node knows it (absent or 0: none known).
-    leaders: Mutex<HashMap<GroupId, u64>>,
+    /// Each group's (leader, term) as this node knows it (leader 0: none known).
+    leaders: Mutex<HashMap<GroupId, (u64, u64)>>,
     /// Bumped whenever a group's leader changes; `wait_leader` waits on it.
     leader_epoch: watch::Sender<u64>,
 }
 
 impl Shared {
-    fn publish_leaders(&self, changes: Vec<(GroupId, u64)>) {
+    fn publish_leaders(&self, changes: Vec<(GroupId, u64, u64)>) {
         if changes.is_empty() {
             return;
         }
         {
             let mut leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
-            for (group, leader) in changes {
-                if leader == 0 {
-                    leaders.remove(&group);
-                } else {
-                    leaders.insert(group, leader);
-                }
+            for (group, leader, term) in changes {
+                leaders.insert(group, (leader, term));
             }
         }
         self.leader_epoch.send_modify(|e| *e = e.wrapping_add(1));
     }
 
-    fn leader(&self, group: GroupId) -> Option<NodeId> {
+    /// (leader if known, term) of `group`.
+    fn known(&self, group: GroupId) -> (Option<NodeId>, u64) {
         let leaders = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
-        leaders.get(&group).copied().map(NodeId)
+        match leaders.get(&group) {
+            Some(&(leader, term)) => ((leader != 0).then_some(NodeId(leader)), term),
+            None => (None, 0),
+        }
     }
 }
 
@@ -514,10 +514,11 @@ impl MultiRaft {
 
     /// The leader of `group` this node knows (itself included), as of the last round.
     pub fn leader(&self, group: GroupId) -> Option<NodeId> {
-        self.inbound.shared.leader(group)
+        self.inbound.shared.known(group).0
     }
 
-    /// Waits until this node knows a leader of `group` that is not in `avoid`, for at most
+    /// Waits until this node knows a leader of `group` that is not in `avoid`, or one elected
+    /// after the call (a later term: even a node in `avoid` is alive then), for at most
     /// `timeout`, and returns it (None: none such within the time). A request that reached a
     /// node which knows no leader (an election is under way) or only one its sender could not
     /// reach (`avoid`: it will be replaced) waits here and is answered as soon as the new leader
@@ -531,16 +532,20 @@ impl MultiRaft {
         let shared = &self.inbound.shared;
         let mut epochs = shared.leader_epoch.subscribe();
         let until = tokio::time::Instant::now() + timeout;
+        epochs.borrow_and_update();
+        let (_, term_at_start) = shared.known(group);
         loop {
-            epochs.borrow_and_update();
-            if let Some(leader) = shared.leader(group).filter(|l| !avoid.contains(l)) {
+            let (leader, term) = shared.known(group);
+            if let Some(leader) = leader.filter(|l| !avoid.contains(l) || term > term_at_start) {
                 return Some(leader);
             }
             if self.stopped_reason().is_some() {
                 return None;
             }
             match tokio::time::timeout_at(until, epochs.changed()).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    epochs.borrow_and_update();
+                }
                 Ok(Err(_)) | Err(_) => return None, // sender gone, or the time is up
             }
         }

@@ -67,8 +67,9 @@ pub(crate) struct Group {
     /// The tick this node last sent pre-vote requests while a pre-candidate (None otherwise):
     /// see [`resend_pre_votes`].
     pub(crate) pre_vote_tick: Option<u64>,
-    /// The leader last published to the driver's leader map (`MultiRaftCore::take_leader_changes`).
-    pub(crate) published_leader: Option<u64>,
+    /// (leader, term) last published to the driver's leader map
+    /// (`MultiRaftCore::take_leader_changes`).
+    pub(crate) published_leader: Option<(u64, u64)>,
     pub(crate) was_leader: bool,
     /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
     /// the log: it has never acknowledged anything it could have lost.

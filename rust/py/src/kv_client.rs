@@ -336,6 +336,19 @@ impl State {
         Arc::clone(self.suspects.entry(target).or_default())
     }
 
+    /// A probe's answer named, as a group's leader, a node this client holds back: the member
+    /// names an avoided node only once it was elected after the probe arrived (kv_serve.rs), so
+    /// it is alive: tried again at once instead of after `DOWN_HOLD_S`.
+    fn revive_named(&mut self, failed: &HashMap<u64, ItemError>) {
+        for err in failed.values() {
+            if let ItemError::NotLeader { hint } = err {
+                if *hint != 0 {
+                    self.health.revive(*hint);
+                }
+            }
+        }
+    }
+
     /// One attempt to `target` timed out: wake every other attempt waiting on it.
     fn suspect(&self, target: u64) {
         if let Some(channel) = self.suspects.get(&target) {
@@ -766,6 +779,9 @@ impl Inner {
                 Ok((results, failed)) => {
                     if !probe {
                         st.answered(now.saturating_duration_since(start), now);
+                    }
+                    if probe && lane == Lane::Propose {
+                        st.revive_named(&failed);
                     }
                     for (item, result) in items.into_iter().zip(results) {
                         match failed.get(&item.group) {

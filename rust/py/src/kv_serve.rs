@@ -500,7 +500,8 @@ impl Park {
 /// kv.py `_serve_many`'s answer: results in place, NotLeader/unknown-group shares in "nlg",
 /// unknown outcomes in "unk", any other failure fails the whole request. A probe's share that
 /// found no usable leader here waits for one (issue 13, failover tail): named in "nlg" as soon
-/// as this node knows it, or proposed here if that is this node.
+/// as this node knows it (an avoided node only when elected during the wait), or proposed here
+/// if that is this node; 0 when none came within the request's time.
 async fn answer(total: usize, shares: Vec<GroupShare>, park: Option<Park>) -> HandlerResult {
     let mut reply = ManyReply {
         r: vec![None; total],
@@ -518,7 +519,13 @@ async fn answer(total: usize, shares: Vec<GroupShare>, park: Option<Park>) -> Ha
                             reply.nlg.push((share.group, leader.0));
                             continue;
                         }
-                        None => {}
+                        None => {
+                            // Still no usable leader: "none known", never the avoided one
+                            // again (a probe's answer naming an avoided node means that node
+                            // was elected since: the client may use it at once).
+                            reply.nlg.push((share.group, 0));
+                            continue;
+                        }
                     }
                 }
             }

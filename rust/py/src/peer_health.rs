@@ -88,6 +88,12 @@ impl PeerHealth {
         self.down_until_s.insert(node, now_s + DOWN_HOLD_S);
     }
 
+    /// `node` was seen alive (elected leader since it failed to answer): no longer held back.
+    /// A SWIM verdict of dead stands until SWIM changes it.
+    pub fn revive(&mut self, node: u64) {
+        self.down_until_s.remove(&node);
+    }
+
     /// SWIM's verdict on `node`.
     pub fn set_dead(&mut self, node: u64, dead: bool) {
         if dead {
@@ -264,5 +270,9 @@ mod tests {
         assert_eq!(h.avoided(10.5, 8), vec![1, 3]);
         assert_eq!(h.avoided(10.5, 1), vec![1]);
         assert_eq!(h.avoided(10.0 + DOWN_HOLD_S + 0.001, 8), vec![1]);
+        h.revive(3);
+        assert!(!h.avoid(3, 10.5), "seen alive: no longer held back");
+        h.revive(1);
+        assert!(h.avoid(1, 10.5), "SWIM's verdict stands");
     }
 }
