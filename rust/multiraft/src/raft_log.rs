@@ -8,12 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use slog::{Drain, Level, OwnedKVList, Record, Serializer, KV};
 
-/// Environment variable: any value turns raft-rs's info-level log on (`debug` for debug).
+/// Environment variable: any value turns raft-rs's info-level log on (slog compiles out its
+/// debug records in release builds).
 pub const RAFT_LOG_ENV: &str = "NODEDB_RAFT_LOG";
 
-struct StderrDrain {
-    max: Level,
-}
+struct StderrDrain;
 
 struct Line(String);
 
@@ -30,7 +29,7 @@ impl Drain for StderrDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
-        if !record.level().is_at_least(self.max) {
+        if !record.level().is_at_least(Level::Info) {
             return Ok(());
         }
         let t = SystemTime::now()
@@ -52,15 +51,9 @@ impl Drain for StderrDrain {
 
 /// The root logger of an engine: stderr if `NODEDB_RAFT_LOG` is set, else discarded.
 pub fn root_logger(node: u64) -> slog::Logger {
-    match std::env::var(RAFT_LOG_ENV) {
-        Ok(level) => {
-            let max = if level.eq_ignore_ascii_case("debug") {
-                Level::Debug
-            } else {
-                Level::Info
-            };
-            slog::Logger::root(StderrDrain { max }.fuse(), slog::o!("node" => node))
-        }
-        Err(_) => slog::Logger::root(slog::Discard, slog::o!()),
+    if std::env::var_os(RAFT_LOG_ENV).is_some() {
+        slog::Logger::root(StderrDrain.fuse(), slog::o!("node" => node))
+    } else {
+        slog::Logger::root(slog::Discard, slog::o!())
     }
 }
