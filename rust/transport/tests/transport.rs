@@ -474,16 +474,8 @@ async fn issued_leaf_from_existing_ca_is_accepted() {
 fn silently_vanished_peer_restarted_is_reached_in_one_call() {
     let dir = tempfile::tempdir().unwrap();
     let c = creds(dir.path(), "a", &["n1", "n2"]);
-    let main_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let doomed_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main_rt = runtime(2);
+    let doomed_rt = runtime(1);
     let server = {
         let _guard = doomed_rt.enter();
         let server = bind(1, ANY, c[0].clone());
@@ -523,16 +515,8 @@ fn silently_vanished_peer_restarted_is_reached_in_one_call() {
 fn a_silent_peer_is_noticed_by_the_idle_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let c = creds(dir.path(), "a", &["n1", "n2"]);
-    let main_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let doomed_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main_rt = runtime(2);
+    let doomed_rt = runtime(1);
     let server = {
         let _guard = doomed_rt.enter();
         let server = bind(1, ANY, c[0].clone());
@@ -969,16 +953,8 @@ async fn a_leaf_of_the_ca_without_an_identity_may_send_nothing() {
 fn a_peer_that_dials_again_after_a_crash_is_reached_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let c = creds(dir.path(), "a", &["n1", "n2"]);
-    let main_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let doomed_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main_rt = runtime(2);
+    let doomed_rt = runtime(1);
     let client = {
         let _guard = main_rt.enter();
         bind(2, ANY, c[1].clone())
@@ -1150,4 +1126,14 @@ async fn a_live_peer_that_dials_again_costs_one_connection_and_no_ping_pong() {
     }
     a.close().await;
     b.close().await;
+}
+
+/// A multi-threaded runtime of `workers` threads (each simulated process gets its own, so it can
+/// be torn down as a kill would).
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap()
 }
