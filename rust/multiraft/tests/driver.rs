@@ -214,21 +214,8 @@ async fn leader_loss_elects_new_leader_within_two_seconds_with_default_ticks() {
             ))
         })
         .collect();
-    let peers: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let g = GroupId(1);
-    for n in nodes.iter().flatten() {
-        n.engine
-            .add_group(
-                g,
-                GroupRole::Voter {
-                    peers: peers.clone(),
-                },
-                StateMachineKind::Kv,
-                T,
-            )
-            .await
-            .expect("add");
-    }
+    add_founding_group(&nodes, g).await;
     let refs: Vec<&Node> = nodes.iter().flatten().collect();
     let li = wait_leader(&refs, g, Duration::from_secs(10))
         .await
@@ -501,21 +488,8 @@ async fn wait_leader_names_the_new_leader_once_it_is_known() {
     let mut nodes: Vec<Option<Node>> = (1..=3)
         .map(|i| Some(start(&net, fast_cfg(i, dir.path()), false)))
         .collect();
-    let peers: Vec<NodeId> = (1..=3).map(NodeId).collect();
     let g = GroupId(1);
-    for n in nodes.iter().flatten() {
-        n.engine
-            .add_group(
-                g,
-                GroupRole::Voter {
-                    peers: peers.clone(),
-                },
-                StateMachineKind::Kv,
-                T,
-            )
-            .await
-            .expect("add");
-    }
+    add_founding_group(&nodes, g).await;
     let refs: Vec<&Node> = nodes.iter().flatten().collect();
     let li = wait_leader(&refs, g, Duration::from_secs(10))
         .await
@@ -556,4 +530,22 @@ async fn wait_leader_names_the_new_leader_once_it_is_known() {
     let status = leading.engine.status(g, T).await.expect("status");
     assert_eq!(status.role, Role::Leader);
     assert_eq!(survivor.engine.leader(g), Some(new));
+}
+
+/// Group `g` on every node given, all of them founding voters.
+async fn add_founding_group(nodes: &[Option<Node>], g: GroupId) {
+    let peers: Vec<NodeId> = (1..=nodes.len() as u64).map(NodeId).collect();
+    for n in nodes.iter().flatten() {
+        n.engine
+            .add_group(
+                g,
+                GroupRole::Voter {
+                    peers: peers.clone(),
+                },
+                StateMachineKind::Kv,
+                T,
+            )
+            .await
+            .expect("add");
+    }
 }
