@@ -5,7 +5,7 @@ as the floor a durable commit cannot beat.
 Run:  python benches/bench_raft.py [--runs 3] [--trials 20]
   or: pytest benches/bench_raft.py --benchmark-enable -s
 
-Cases (nodes = tests/raft_node.py processes on 127.0.0.1-3, default engine settings: tick
+Cases (nodes = tests/support/raft_node.py processes on 127.0.0.1-3, default engine settings: tick
 100 ms, heartbeat 1 tick, election 8 ticks, pre-vote + check-quorum; real QUIC, real WAL):
 - baseline: 4 KiB write + fdatasync on the data disk (p50), the physical limit of one commit;
 - single proposer: sequential 100 B puts to one group's leader (p50/p99; target p50 <= 1 ms);
@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from raft_cluster import ProcCluster
+from support.raft_cluster import ProcCluster
 
 GROUPS = 8
 SINGLE_PROPOSALS = 500

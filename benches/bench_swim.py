@@ -3,7 +3,7 @@
 Run: python benches/bench_swim.py [--trials 10] [--soak-secs 120]
      (10-minute soak: python benches/bench_swim.py --trials 0 --soak-secs 600)
 
-1. Detection: per trial a fresh 5-process cluster (tests/swim_node.py, defaults: 1 s period,
+1. Detection: per trial a fresh 5-process cluster (tests/support/swim_node.py, defaults: 1 s period,
    500 ms probe timeout, k=3, suspicion 4 x max(1, log10 n) s), 3 s warm-up, SIGKILL of one node;
    reports kill -> first suspicion anywhere and kill -> dead at every survivor (median, p90, max),
    as ratios of the issue-7 targets (3 s, 12 s).
@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from checker_histories import generate
 from nodedb_cluster.checker import Op, OpKind, Outcome, check
-from swim_cluster import SwimProcCluster
+from support.checker_histories import generate
+from support.swim_cluster import SwimProcCluster
 
 SUSPECT_TARGET_MS = 3000
 DEAD_TARGET_MS = 12000

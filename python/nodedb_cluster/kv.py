@@ -383,7 +383,7 @@ class KvRouter:
         """Retry a write whose outcome is unknown (LeadershipLost, a lost reply, an attempt
         timeout) within the deadline. Safe: the session makes the retry exactly-once (before
         sessions a retried put could land after another client's later write, fixture
-        tests/fixtures/faults_put_retry_seed1029_k4.porcupine.json). False surfaces the
+        tests/support/fixtures/faults_put_retry_seed1029_k4.porcupine.json). False surfaces the
         unknown outcome to the caller instead."""
         self.session = WriteSession()
         """This router's client identity for exactly-once writes."""

@@ -21,7 +21,7 @@ Meta page 0 is at offset 0, meta page 1 at offset psize; LMDB uses the one with 
 mm_txnid (mdb_env_read_header / mdb_env_pick_meta) and refuses the file when either page lacks
 P_META, the magic or the version. The file must then hold pages 0..mm_last_pg: at least
 (mm_last_pg + 1) * psize bytes. (Verified against files py-lmdb writes on this machine:
-tests/test_catalog_integrity.py reads them back with `read_header` and compares with
+tests/inprocess/test_catalog_integrity.py reads them back with `read_header` and compares with
 `Environment.info()`.)
 
 mdb.c allows one exception: "the file may be shorter if the freeDB lists the final pages" (pages

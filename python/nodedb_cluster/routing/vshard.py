@@ -6,7 +6,7 @@ XXH3 64-bit is the function `xxhash.xxh3_64_intdigest(key)` of the PyPI `xxhash`
 `XXH3_64bits(data, len)` of the C library (docs/ARCHITECTURE.md, "vShard hash"). It was picked
 because it is a stable, specified, widely implemented hash that is cheap on short keys (the inlined
 kernel hashes 16-byte keys at ~200 M/s on one core, BENCHMARKS.md) and whose final avalanche makes
-the low 10 bits we keep uniform; tests/test_vshard_hash.py checks that with a chi-square test.
+the low 10 bits we keep uniform; tests/unit/test_vshard_hash.py checks that with a chi-square test.
 
 The functions here are the compiled kernels (`cython/routing_kernels.pyx`), re-exported unwrapped so
 the scalar path costs one C call. A key is `bytes`, `bytearray` or a C-contiguous `memoryview`;

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import support
 from nodedb_cluster.faults.netfault import NETNS_ENV, can_make_private_netns
 
 pytestmark = [
@@ -60,7 +61,7 @@ def test_chaos_three_fixed_schedules_pass_every_check(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(150)
 def test_a_partition_drops_real_packets_and_the_majority_moves_on() -> None:
-    probe = Path(__file__).with_name("faults_partition_probe.py")
+    probe = support.DIR / "faults_partition_probe.py"
     env = dict(os.environ, **{NETNS_ENV: os.readlink("/proc/self/ns/net")})
     cmd = ["unshare", "--net", "--", sys.executable, str(probe)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=140, env=env, check=False)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import pytest
 
+import support
 from nodedb_cluster.checker import Op, OpKind, Outcome, Verdict, check
 from nodedb_cluster.cli import main
 from nodedb_cluster.faults.checks import check_history, ops_from_porcupine, replica_divergence
@@ -156,9 +156,7 @@ def test_chaos_cli_refuses_unknown_kinds_and_bad_counts(capsys: pytest.CaptureFi
 # --- a real anomaly, kept ------------------------------------------------------------------------
 
 
-PUT_RETRY_FIXTURE = (
-    Path(__file__).parent / "fixtures" / "faults_put_retry_seed1029_k4.porcupine.json"
-)
+PUT_RETRY_FIXTURE = support.DIR / "fixtures" / "faults_put_retry_seed1029_k4.porcupine.json"
 """Key k4 of `nodedb-cluster chaos --seed 1000` run seed=1029, the 27 operations around the
 anomaly: process 2000's put of w0-1136 was sent to the group leader just as it was SIGSTOPped;
 the entry committed under the next leader (process 3001 read it at 14.6 s, then wrote w1-1307

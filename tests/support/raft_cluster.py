@@ -1,5 +1,6 @@
-"""Test/benchmark harness: Raft node processes (tests/raft_node.py) on 127.0.0.x, commands over
-their stdin/stdout, SIGKILL and restart on the same data_dir and address. Every wait bounded."""
+"""Test/benchmark harness: Raft node processes (tests/support/raft_node.py) on 127.0.0.x,
+commands over their stdin/stdout, SIGKILL and restart on the same data_dir and address. Every
+wait bounded."""
 
 from __future__ import annotations
 

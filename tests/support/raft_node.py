@@ -1,7 +1,7 @@
 """Helper process for the multi-process Raft tests and benchmarks: one node (Transport +
 RaftEngine) driven by JSON lines on stdin, one JSON line answer each on stdout.
 
-Usage: python tests/raft_node.py NODE_ID DATA_DIR LISTEN_ADDR PEERS GROUPS [--learner G]
+Usage: python tests/support/raft_node.py NODE_ID DATA_DIR LISTEN_ADDR PEERS GROUPS [--learner G]
   PEERS = "1=127.0.0.1:7001,2=127.0.0.2:7002,..." (this node included); GROUPS = number of KV
   groups 1..GROUPS this node founds (ignored on restart: groups are recovered from the log);
   --learner G: start group G as an empty learner instead; --voters 1,2,3: founding voters

@@ -9,8 +9,8 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from checker_histories import brute_force_linearizable, generate
 from nodedb_cluster.checker import Op, OpKind, Outcome, Verdict, check, check_key
+from support.checker_histories import brute_force_linearizable, generate
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

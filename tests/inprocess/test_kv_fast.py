@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from test_kv import formed
 
 from nodedb_cluster import wire
 from nodedb_cluster.errors import InvalidRequest, RemoteError
@@ -17,7 +18,6 @@ from nodedb_cluster.node import Node
 from nodedb_cluster.raft import kv_put, kv_result
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.transport import Peer, Reply
-from test_kv import formed
 
 CONCURRENT_REQUESTS = 300
 """Single-command requests sent at once to one group's leader (group commit test)."""

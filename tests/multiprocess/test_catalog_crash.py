@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+import support
 from nodedb_cluster.catalog import Catalog
 
-WRITER = Path(__file__).with_name("catalog_crash_writer.py")
+WRITER = support.DIR / "catalog_crash_writer.py"
 ROUNDS = 8
 STARTUP_TIMEOUT_S = 20.0
 KILL_DELAY_S_MAX = 0.12

@@ -22,7 +22,7 @@ from nodedb_cluster.errors import ConfigError
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.node import Node
-from raft_cluster import free_udp_addr
+from support.raft_cluster import free_udp_addr
 
 DETECT_TIMEOUT_S = 20.0
 

@@ -6,7 +6,7 @@ For each DATA_DIR it opens the catalog, loads every value, and prints one JSON l
 status 1; a SIGBUS or an abort inside liblmdb kills the process with that signal. The parent
 asserts a clean exit, so each of those is a test failure, not a pass.
 
-    python tests/catalog_open_child.py DATA_DIR...
+    python tests/support/catalog_open_child.py DATA_DIR...
 """
 
 from __future__ import annotations

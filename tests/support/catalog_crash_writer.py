@@ -6,7 +6,7 @@ allocated and freed. On start it first brings routing and settings up to the sto
 version (a kill may have left them one save behind). It prints "started saving <i>" once the
 catalog is open and formed, then saves until SIGKILL arrives or its own bounds (count, time) end it.
 
-    python tests/catalog_crash_writer.py DATA_DIR
+    python tests/support/catalog_crash_writer.py DATA_DIR
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from nodedb_cluster.membership import MemberState, SwimConfig
-from swim_sim import SimNet
+from support.swim_sim import SimNet
 
 SUSPECT_WITHIN_MS = 3000
 DEAD_WITHIN_MS = 12000

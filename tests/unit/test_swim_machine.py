@@ -21,7 +21,7 @@ from nodedb_cluster.membership import (
 )
 from nodedb_cluster.membership.codec import Message, MessageKind, Update
 from nodedb_cluster.membership.machine import Action
-from swim_sim import SECRET, addr_of
+from support.swim_sim import SECRET, addr_of
 
 CFG = SwimConfig()
 CODEC = Codec(SECRET, CFG.datagram_bytes_max)

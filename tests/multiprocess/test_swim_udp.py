@@ -18,8 +18,8 @@ import pytest
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.membership import MemberState, SwimConfig, SwimNode
 from nodedb_cluster.membership.shell import SwimError
-from raft_cluster import free_udp_addr
-from swim_cluster import SwimEvent, SwimProcCluster
+from support.raft_cluster import free_udp_addr
+from support.swim_cluster import SwimEvent, SwimProcCluster
 
 SECRET = os.urandom(32)
 FAST = SwimConfig(probe_interval_ms=200, probe_timeout_ms=100, suspicion_min_ms=600)

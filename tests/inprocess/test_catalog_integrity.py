@@ -26,6 +26,7 @@ import lmdb
 import msgpack
 import pytest
 
+import support
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import FORMAT_VERSION, Catalog
 from nodedb_cluster.catalog.checksum import CHECKSUM_BYTES, is_sealed, seal
@@ -36,10 +37,9 @@ from nodedb_cluster.metadata.applier import Applied, MetadataState, MetadataStat
 from nodedb_cluster.metadata.commands import MetadataEntry, PutSetting
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
-from tmpfs import fill, tmpfs
+from support.tmpfs import fill, tmpfs
 
-TESTS = Path(__file__).resolve().parent
-CHILD = TESTS / "catalog_open_child.py"
+CHILD = support.DIR / "catalog_open_child.py"
 CHILD_TIMEOUT_S = 120.0
 EXIT_WAIT_S = 30.0
 CLUSTER_ID = "0123456789abcdef0123456789abcdef"

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from test_kv import formed
 
 from nodedb_cluster.kv import OutcomeUnknown, _written
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import kv_cas, kv_put, kv_result
 from nodedb_cluster.session import WriteSession
-from test_kv import formed
 
 CONVERGE_TIMEOUT_S = 10.0
 

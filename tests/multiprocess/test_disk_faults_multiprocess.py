@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-import walfile
 from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster, NodeProcess, Status, leader_of
+from support import walfile
 
 pytestmark = pytest.mark.multiprocess
 

@@ -13,7 +13,7 @@ import pytest
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import NoSpace, Timeout
 from nodedb_cluster.localcluster import LocalCluster, Status
-from tmpfs import fill, tmpfs
+from support.tmpfs import fill, tmpfs
 
 pytestmark = pytest.mark.multiprocess
 

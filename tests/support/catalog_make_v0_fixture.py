@@ -1,11 +1,13 @@
-"""Build tests/fixtures/catalog_v0/: a catalog in the pre-release format 0 layout.
+"""Build tests/support/fixtures/catalog_v0/: a catalog in the pre-release format 0 layout.
 
 Format 0 kept the topology under the key `topo` and the settings as a JSON object (see
 nodedb_cluster/catalog/layout.py); test_catalog.py opens a copy of this fixture and checks that
 migration 0 -> 1 keeps every value. Written with raw py-lmdb, not `Catalog`, because `Catalog` only
 writes the current format.
 
-    python tests/catalog_make_v0_fixture.py [OUT_DIR]   # default: tests/fixtures/catalog_v0
+    python tests/support/catalog_make_v0_fixture.py [OUT_DIR]
+
+(OUT_DIR defaults to tests/support/fixtures/catalog_v0.)
 """
 
 from __future__ import annotations

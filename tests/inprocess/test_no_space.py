@@ -7,7 +7,7 @@ client core and the Python router) gets the same typed `NoSpace` at once, not re
 deadline. A torn tail repaired at open is reported (`recovery_repairs`, metrics) and logged once
 at WARNING naming file, offset and bytes dropped.
 
-Mounting a tmpfs needs root; those tests skip without it (tests/tmpfs.py).
+Mounting a tmpfs needs root; those tests skip without it (tests/support/tmpfs.py).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from test_kv import formed
 
-import walfile
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import NoSpace, Timeout
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.metrics import NodeCollector, _Snapshot
 from nodedb_cluster.raft import LogRepair, RaftEngine, RaftSettings, kv_put
 from nodedb_cluster.transport import Insecure, Transport
-from test_kv import formed
-from tmpfs import fill, tmpfs
+from support import walfile
+from support.tmpfs import fill, tmpfs
 
 FAST = RaftSettings(tick_interval_ms=20)
 DEADLINE_S = 20.0

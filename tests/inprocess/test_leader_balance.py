@@ -7,8 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from nodedb_cluster.node import Node
 from test_kv import formed
+
+from nodedb_cluster.node import Node
 
 BALANCE_TIMEOUT_S = 20.0
 

@@ -28,7 +28,7 @@ from nodedb_cluster.formation.leader_hint import format_not_leader
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.lifecycle import LifecycleTracker
 from nodedb_cluster.transport import Insecure, Peer, Reply, Transport
-from raft_cluster import free_udp_addr
+from support.raft_cluster import free_udp_addr
 
 RPC_TIMEOUT_S = 0.5
 REQUEST = wire.JoinRequest(

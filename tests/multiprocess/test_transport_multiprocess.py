@@ -1,4 +1,4 @@
-"""Transports in separate OS processes (tests/transport_server.py is the peer).
+"""Transports in separate OS processes (tests/support/transport_server.py is the peer).
 
 Goal: the claims that are about processes hold with real processes: RPCs under mTLS across
 processes, refusal of another CA and of an insecure client, and survival of a peer that is killed
@@ -16,13 +16,14 @@ from pathlib import Path
 
 import pytest
 
+import support
 from nodedb_cluster.errors import HandshakeError, RemoteError
 from nodedb_cluster.transport import Insecure, Mtls, Transport, generate_cluster_credentials
 from nodedb_cluster.wire import JoinRequest, MessageKind
 
 pytestmark = pytest.mark.multiprocess
 
-SERVER = Path(__file__).with_name("transport_server.py")
+SERVER = support.DIR / "transport_server.py"
 START_TIMEOUT_SECS = 20.0
 
 

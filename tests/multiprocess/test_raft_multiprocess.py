@@ -1,4 +1,4 @@
-"""Multi-Raft engine across real processes (tests/raft_node.py on 127.0.0.1-4, real QUIC, real
+"""Multi-Raft engine across real processes (tests/support/raft_node.py on 127.0.0.1-4, real QUIC, real
 WAL, SIGKILL). Claims (issue 4): three processes replicate 10,000 proposals across 8 groups and
 every node ends with the same state; killing the leader of a group yields a new leader within
 the failover target and loses no acknowledged proposal; the killed node restarts from its log
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from raft_cluster import ProcCluster
+from support.raft_cluster import ProcCluster
 
 pytestmark = pytest.mark.multiprocess
 

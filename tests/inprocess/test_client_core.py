@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from test_kv import formed
 
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import ClusterError, InvalidRequest, Timeout, TransportClosed
@@ -16,7 +17,6 @@ from nodedb_cluster.kv import Unavailable
 from nodedb_cluster.localcluster import free_port
 from nodedb_cluster.node import Node
 from nodedb_cluster.transport import Insecure
-from test_kv import formed
 
 CALL_BOUND_S = 10.0
 

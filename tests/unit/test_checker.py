@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from checker_histories import H, generate
 from nodedb_cluster.checker import (
     HistoryError,
     HistoryRecorder,
@@ -26,6 +25,7 @@ from nodedb_cluster.checker import (
     dumps,
 )
 from nodedb_cluster.checker.porcupine import INT64_MAX
+from support.checker_histories import H, generate
 
 
 def verdict(h: H) -> Verdict:

@@ -1,6 +1,7 @@
 """Helper process for the multi-process transport tests: one node serving an echo handler.
 
-Usage: python tests/transport_server.py NODE_ID LISTEN_ADDR (--insecure | CA CERT KEY) [--rust-echo]
+Usage: python tests/support/transport_server.py NODE_ID LISTEN_ADDR
+           (--insecure | CA CERT KEY) [--rust-echo]
 Prints `READY <local_addr> <pin-hex or ->` on stdout once bound, then serves until stdin closes
 (the test holds the pipe) or it is killed. Handler: Ping → Pong with the same payload; kind 3
 (JoinRequest) → raises, to exercise the Error reply path. `--rust-echo` answers Ping inside Rust

@@ -1,4 +1,4 @@
-"""Test/bench harness: SWIM member processes (tests/swim_node.py) on 127.0.0.x.
+"""Test/bench harness: SWIM member processes (tests/support/swim_node.py) on 127.0.0.x.
 
 Each process's stdout is read by a task that appends events to `events` and wakes waiters, so a
 test awaits a condition (with a deadline) instead of sleeping. `kill` is SIGKILL, `pause` and
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raft_cluster import free_udp_addr
+from support.raft_cluster import free_udp_addr
 
 NODE = Path(__file__).with_name("swim_node.py")
 START_TIMEOUT_S = 30.0

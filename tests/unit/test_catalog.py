@@ -17,6 +17,7 @@ import lmdb
 import msgpack
 import pytest
 
+import support
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import FORMAT_VERSION, MIGRATIONS, Catalog
 from nodedb_cluster.catalog.checksum import seal
@@ -24,12 +25,12 @@ from nodedb_cluster.errors import CatalogCorrupt, CatalogError, CatalogFormatErr
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
 
-FIXTURE_V0 = Path(__file__).with_name("fixtures") / "catalog_v0"
+FIXTURE_V0 = support.DIR / "fixtures" / "catalog_v0"
 
 
 def load_fixture_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "catalog_make_v0_fixture", Path(__file__).with_name("catalog_make_v0_fixture.py")
+        "catalog_make_v0_fixture", support.DIR / "catalog_make_v0_fixture.py"
     )
     assert spec is not None
     assert spec.loader is not None
