@@ -159,7 +159,7 @@ impl ControlMessage for ErrorMsg {
 }
 
 /// `Option<Vec<u8>>` as msgpack `bin` (not an array of ints), `nil` when absent.
-mod serde_bytes_opt {
+pub(crate) mod serde_bytes_opt {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {

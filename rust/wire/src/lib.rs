@@ -7,6 +7,7 @@
 pub mod control;
 pub mod frame;
 pub mod kind;
+pub mod kv;
 
 pub use control::{
     ControlError, ErrorMsg, GroupMembers, JoinNode, JoinRequest, JoinResponse, Ping, Pong,
@@ -17,6 +18,10 @@ pub use frame::{
     PAYLOAD_BYTES_MAX,
 };
 pub use kind::{KindRow, KindStatus, MessageKind, Role, Roles, KINDS};
+pub use kv::{
+    KvNode, KvRequest, KvResponse, KvResults, KvWireError, ProposeMany, ProposeOne, ReadLevel,
+    ReadMany, ReadOne, KV_VERSION,
+};
 
 /// The node wire version that travels in JoinRequest (WIRE.md "Versions").
 pub const WIRE_VERSION: u32 = 1;

@@ -73,3 +73,184 @@ proptest! {
         }
     }
 }
+
+mod kv {
+    //! KV_REQUEST / KV_RESPONSE payloads: encode → decode is the identity for every op, and
+    //! random or mutated payloads give a value or a typed error, never a panic.
+
+    use std::borrow::Cow;
+
+    use nodedb_wire::{
+        KvNode, KvRequest, KvResponse, KvResults, ProposeMany, ProposeOne, ReadLevel, ReadMany,
+        ReadOne,
+    };
+    use proptest::prelude::*;
+
+    fn blobs() -> impl Strategy<Value = Vec<Cow<'static, [u8]>>> {
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..16), 0..8)
+            .prop_map(|v| v.into_iter().map(Cow::Owned).collect())
+    }
+
+    fn level() -> impl Strategy<Value = ReadLevel> {
+        prop_oneof![
+            Just(ReadLevel::Linearizable),
+            Just(ReadLevel::Lease),
+            Just(ReadLevel::Follower)
+        ]
+    }
+
+    /// Finite staleness: NaN never equals itself, which says nothing about the codec.
+    fn stale_s() -> impl Strategy<Value = f64> {
+        -1e9f64..1e9
+    }
+
+    fn request() -> impl Strategy<Value = KvRequest<'static>> {
+        prop_oneof![
+            (
+                blobs(),
+                any::<u64>(),
+                proptest::option::of(proptest::collection::vec(any::<u64>(), 0..4))
+            )
+                .prop_flat_map(|(commands, t, avoid)| {
+                    proptest::collection::vec(any::<u64>(), commands.len()).prop_map(
+                        move |groups| {
+                            KvRequest::ProposeMany(ProposeMany {
+                                groups,
+                                commands: commands.clone(),
+                                timeout_ms: t,
+                                avoid: avoid.clone(),
+                            })
+                        },
+                    )
+                }),
+            (blobs(), level(), stale_s(), any::<u64>()).prop_flat_map(
+                |(keys, level, stale_s, t)| {
+                    proptest::collection::vec(any::<u64>(), keys.len()).prop_map(move |groups| {
+                        KvRequest::ReadMany(ReadMany {
+                            groups,
+                            keys: keys.clone(),
+                            level,
+                            stale_s,
+                            timeout_ms: t,
+                        })
+                    })
+                }
+            ),
+            (any::<u64>(), blobs(), any::<bool>(), any::<u64>()).prop_map(
+                |(group, commands, forwarded, t)| {
+                    KvRequest::Propose(ProposeOne {
+                        group,
+                        commands,
+                        forwarded,
+                        timeout_ms: t,
+                    })
+                }
+            ),
+            (
+                any::<u64>(),
+                blobs(),
+                level(),
+                stale_s(),
+                any::<bool>(),
+                any::<u64>()
+            )
+                .prop_map(|(group, keys, level, stale_s, forwarded, t)| {
+                    KvRequest::Read(ReadOne {
+                        group,
+                        keys,
+                        level,
+                        stale_s,
+                        forwarded,
+                        timeout_ms: t,
+                    })
+                }),
+            Just(KvRequest::Routing),
+        ]
+    }
+
+    fn response() -> impl Strategy<Value = KvResponse<'static>> {
+        let results = proptest::collection::vec(
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8).prop_map(Cow::Owned)),
+            0..8,
+        );
+        prop_oneof![
+            (
+                results,
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3),
+                proptest::collection::vec(any::<u64>(), 0..3),
+                proptest::collection::vec((any::<u64>(), stale_s()), 0..3)
+            )
+                .prop_map(|(results, not_leader, unknown, stale)| {
+                    KvResponse::Results(KvResults {
+                        results,
+                        not_leader,
+                        unknown,
+                        stale,
+                    })
+                }),
+            any::<u64>().prop_map(|leader| KvResponse::NotLeader { leader }),
+            stale_s().prop_map(|age_s| KvResponse::Stale { age_s }),
+            (
+                proptest::collection::vec(any::<u8>(), 0..16),
+                proptest::collection::vec(
+                    (
+                        any::<u64>(),
+                        "[0-9.:]{0,21}",
+                        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..4))
+                    ),
+                    0..4
+                )
+            )
+                .prop_map(|(routing, nodes)| KvResponse::Routing {
+                    routing,
+                    nodes: nodes
+                        .into_iter()
+                        .map(|(id, addr, pin)| KvNode(id, addr, pin))
+                        .collect(),
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, .. ProptestConfig::default() })]
+
+        #[test]
+        fn requests_round_trip(request in request()) {
+            let bytes = request.encode().unwrap();
+            prop_assert_eq!(KvRequest::decode(&bytes).unwrap(), request);
+        }
+
+        #[test]
+        fn responses_round_trip(response in response()) {
+            let bytes = response.encode().unwrap();
+            prop_assert_eq!(KvResponse::decode(&bytes).unwrap(), response);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = KvRequest::decode(&bytes);
+            let _ = KvResponse::decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_payloads_decode_or_fail_typed(
+            request in request(),
+            index in any::<prop::sample::Index>(),
+            xor in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut bytes = request.encode().unwrap();
+            if truncate {
+                bytes.truncate(cut.index(bytes.len()));
+            } else {
+                let i = index.index(bytes.len());
+                bytes[i] ^= xor;
+            }
+            if let Err(err) = KvRequest::decode(&bytes) {
+                prop_assert!(!err.to_string().is_empty());
+            }
+            let _ = KvResponse::decode(&bytes);
+        }
+    }
+}
