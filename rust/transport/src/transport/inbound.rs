@@ -1,0 +1,270 @@
+//! Accepting connections and serving their streams: read, authorize, dispatch, answer.
+
+use super::*;
+
+impl Inner {
+    /// Read one frame from an inbound stream within `rpc_timeout`, reserving its payload size in
+    /// the connection's buffer `budget` (held by the returned permit until the caller is done).
+    /// A malformed frame is counted and the stream reset; so is one that does not arrive in time.
+    pub(super) async fn read_inbound(
+        &self,
+        peer: &PeerInfo,
+        budget: &Arc<Semaphore>,
+        recv: &mut quinn::RecvStream,
+        send: Option<&mut quinn::SendStream>,
+    ) -> Option<(MessageKind, Bytes, OwnedSemaphorePermit)> {
+        let read = async {
+            let header = read_header(recv).await?;
+            let units = header.payload_bytes.div_ceil(BUDGET_UNIT_BYTES);
+            // Cannot fail: the semaphore is never closed and units ≤ the budget (validated).
+            let permit = budget
+                .clone()
+                .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+                .await;
+            let payload = read_payload(recv, &header).await?;
+            Ok::<_, ReadFrameError>((header.kind, payload, permit))
+        };
+        let outcome = tokio::time::timeout(self.config.rpc_timeout, read).await;
+        let reset =
+            |code: VarInt, recv: &mut quinn::RecvStream, send: Option<&mut quinn::SendStream>| {
+                Metrics::inc(&self.metrics.streams_reset);
+                let _ = recv.stop(code);
+                if let Some(send) = send {
+                    let _ = send.reset(code);
+                }
+            };
+        match outcome {
+            Ok(Ok((kind, payload, Ok(permit)))) => Some((kind, payload, permit)),
+            Ok(Ok((_, _, Err(closed)))) => {
+                tracing::error!(peer = %peer.addr, %closed, "inbound budget closed");
+                None
+            }
+            Ok(Err(ReadFrameError::Frame(err))) => {
+                self.metrics.decode_error(&err);
+                tracing::warn!(peer = %peer.addr, code = err.code(), %err, "malformed frame; stream reset");
+                reset(frame_error_code(&err), recv, send);
+                None
+            }
+            Ok(Err(ReadFrameError::Read(err))) => {
+                tracing::debug!(peer = %peer.addr, %err, "inbound stream lost before a full frame");
+                None
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.inbound_stream_timeouts);
+                tracing::warn!(peer = %peer.addr, "inbound frame not received within the rpc timeout; stream reset");
+                reset(VarInt::from_u32(STREAM_CODE_INBOUND_TIMEOUT), recv, send);
+                None
+            }
+        }
+    }
+
+    pub(super) async fn dispatch(
+        &self,
+        peer: PeerInfo,
+        kind: MessageKind,
+        payload: Bytes,
+        oneway: bool,
+    ) -> Result<Option<OutboundFrame>, HandlerError> {
+        if let Err(refusal) = authorize(&peer.identity, kind) {
+            let error = HandlerError::new(PERMISSION_DENIED, refusal.message.clone());
+            self.record_refusal(&peer, kind, refusal);
+            return Err(error);
+        }
+        let Some(handler) = self.handlers.get(kind) else {
+            return Err(HandlerError::new(
+                "no_handler",
+                format!("no handler for {kind}"),
+            ));
+        };
+        let timeout = self.config.rpc_timeout;
+        let frame = InboundFrame {
+            peer,
+            kind,
+            payload,
+            oneway,
+        };
+        match tokio::time::timeout(timeout, handler.handle(frame)).await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::new(
+                "handler_timeout",
+                format!(
+                    "handler for {kind} did not answer within {} ms",
+                    timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    pub(super) fn record_refusal(&self, peer: &PeerInfo, kind: MessageKind, refusal: Refusal) {
+        Metrics::inc(&self.metrics.requests_refused);
+        self.refusals.record(
+            peer.identity.to_string(),
+            peer.addr,
+            kind,
+            refusal.reason,
+            refusal.message,
+        );
+    }
+
+    pub(super) async fn serve_bi(
+        &self,
+        peer: PeerInfo,
+        budget: Arc<Semaphore>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let Some((kind, payload, _reserved)) = self
+            .read_inbound(&peer, &budget, &mut recv, Some(&mut send))
+            .await
+        else {
+            return;
+        };
+        Metrics::inc(&self.metrics.rpcs_received);
+        let reply = match self.dispatch(peer.clone(), kind, payload, false).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => error_frame(&HandlerError::new(
+                "no_reply",
+                format!("handler for {kind} gave no reply"),
+            )),
+            Err(err) => {
+                Metrics::inc(&self.metrics.handler_errors);
+                error_frame(&err)
+            }
+        };
+        if let Err(err) = write_frame(&mut send, reply.kind, reply.payload).await {
+            tracing::debug!(peer = %peer.addr, ?err, "could not send the reply");
+        }
+    }
+
+    pub(super) async fn serve_uni(
+        &self,
+        peer: PeerInfo,
+        budget: Arc<Semaphore>,
+        mut recv: quinn::RecvStream,
+    ) {
+        let Some((kind, payload, _reserved)) =
+            self.read_inbound(&peer, &budget, &mut recv, None).await
+        else {
+            return;
+        };
+        Metrics::inc(&self.metrics.oneway_received);
+        match self.dispatch(peer.clone(), kind, payload, true).await {
+            Ok(_) => {}
+            Err(err) => {
+                Metrics::inc(&self.metrics.handler_errors);
+                tracing::warn!(peer = %peer.addr, %kind, %err, "one-way handler failed");
+            }
+        }
+    }
+}
+
+pub(super) fn frame_error_code(err: &FrameError) -> VarInt {
+    VarInt::from_u32(FRAME_ERROR_CODE_BASE + err.number())
+}
+
+pub(super) fn error_frame(err: &HandlerError) -> OutboundFrame {
+    let msg = ErrorMsg {
+        code: err.code.clone(),
+        message: err.message.clone(),
+    };
+    // Two strings always encode; fall back to an empty payload rather than panic.
+    let payload = msg.to_msgpack().unwrap_or_default();
+    OutboundFrame {
+        kind: MessageKind::ERROR,
+        payload: Bytes::from(payload),
+    }
+}
+
+/// An inbound connection's entry in `Inner::inbound`, removed when its serving task ends.
+pub(super) struct InboundTracked {
+    inner: std::sync::Weak<Inner>,
+    id: usize,
+}
+
+impl InboundTracked {
+    pub(super) fn new(inner: &Arc<Inner>, conn: &quinn::Connection) -> InboundTracked {
+        let id = conn.stable_id();
+        lock(&inner.inbound).insert(id, conn.clone());
+        InboundTracked {
+            inner: Arc::downgrade(inner),
+            id,
+        }
+    }
+}
+
+impl Drop for InboundTracked {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            lock(&inner.inbound).remove(&self.id);
+        }
+    }
+}
+
+pub(super) async fn accept_loop(inner: std::sync::Weak<Inner>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Some(inner) = inner.upgrade() else { break };
+        tokio::spawn(async move { serve_connection(inner, incoming).await });
+    }
+}
+
+pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let dial_started = Instant::now();
+    let timeout = inner.config.connect_timeout;
+    let conn = match tokio::time::timeout(timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
+            Metrics::inc(&inner.metrics.inbound_handshake_failures);
+            let reason = tls::describe_tls_failure(&err).unwrap_or_else(|| err.to_string());
+            tracing::warn!(peer = %remote, %reason, "inbound handshake failed");
+            return;
+        }
+        Err(_) => {
+            Metrics::inc(&inner.metrics.inbound_handshake_failures);
+            tracing::warn!(peer = %remote, "inbound handshake timed out");
+            return;
+        }
+    };
+    Metrics::inc(&inner.metrics.connections_accepted);
+    let _tracked = InboundTracked::new(&inner, &conn);
+    let cert = peer_cert(&conn);
+    let trust_domain = inner.identity.as_ref().map(|id| id.trust_domain.as_str());
+    let peer = PeerInfo {
+        addr: conn.remote_address(),
+        spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
+        identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
+    };
+    inner.peer_dialled(&peer, dial_started);
+    let budget_units = inner.config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
+    let budget = Arc::new(Semaphore::new(budget_units.min(Semaphore::MAX_PERMITS)));
+    // Holding only a weak reference between streams lets a dropped transport shut down.
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let Some(inner) = weak.upgrade() else { break };
+                    let (peer, budget) = (peer.clone(), budget.clone());
+                    tokio::spawn(async move { inner.serve_bi(peer, budget, send, recv).await });
+                }
+                Err(_) => break,
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let Some(inner) = weak.upgrade() else { break };
+                    let (peer, budget) = (peer.clone(), budget.clone());
+                    tokio::spawn(async move { inner.serve_uni(peer, budget, recv).await });
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    if let Some(quinn::ConnectionError::ApplicationClosed(close)) = conn.close_reason() {
+        if close.error_code == VarInt::from_u32(CLOSE_CODE_PEER_REDIALLED) {
+            if let Some(inner) = weak.upgrade() {
+                inner.peer_closed_on_our_redial(peer.addr);
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Frames over real UDP sockets on 127.0.0.1: garbage on a live stream, bytes after a frame,
+//! one-way frames, typed timeouts and a stalled inbound frame. Every wait is bounded.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use nodedb_transport::{handler_fn, MessageKind, NodeId, Transport, TransportError};
+use nodedb_wire::FrameHeader;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_live_stream_is_counted_and_the_connection_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, addr, conn_id) = connected_echo_pair(dir.path()).await;
+    let mut bad_crc = nodedb_wire::encode_frame(MessageKind::PING, b"payload").unwrap();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xFF;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "wrong_version"),
+        (vec![1, 2], "too_short"),
+        (vec![1, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0], "unknown_kind"),
+        (
+            vec![1, 1, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0],
+            "oversize",
+        ),
+        (vec![1, 1, 0, 10, 0, 0, 0, 0, 0, 0, 0, 1, 2], "truncated"),
+        (bad_crc, "checksum_mismatch"),
+    ];
+    for (bytes, code) in &cases {
+        assert_eq!(reset_with(&client, addr, bytes.clone()).await, Some(*code));
+        assert_eq!(
+            server.metrics()[&format!("decode_errors.{code}")],
+            1,
+            "{code}"
+        );
+    }
+    assert_eq!(server.metrics()["decode_errors"], cases.len() as u64);
+    assert_eq!(server.metrics()["streams_reset"], cases.len() as u64);
+    assert_the_connection_still_serves(&server, &client, addr, conn_id).await;
+}
+
+/// One frame per stream (WIRE: trailing bytes are a typed error): a valid frame followed by more
+/// bytes is not answered; the stream is reset with the trailing_bytes code, counted, and the
+/// connection keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_valid_frame_reset_the_stream_and_the_connection_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client, addr, conn_id) = connected_echo_pair(dir.path()).await;
+    // Trailing data in the same write, and a second whole frame on the same stream.
+    let frame = nodedb_wire::encode_frame(MessageKind::PING, b"payload").unwrap();
+    let mut trailing = frame.clone();
+    trailing.extend_from_slice(b"extra");
+    let mut two_frames = frame.clone();
+    two_frames.extend_from_slice(&frame);
+    for (i, bytes) in [trailing, two_frames].into_iter().enumerate() {
+        assert_eq!(
+            reset_with(&client, addr, bytes).await,
+            Some("trailing_bytes")
+        );
+        let metrics = server.metrics();
+        assert_eq!(metrics["decode_errors.trailing_bytes"], i as u64 + 1);
+        assert_eq!(metrics["decode_errors"], i as u64 + 1);
+        assert_eq!(metrics["streams_reset"], i as u64 + 1);
+        assert_eq!(
+            metrics.get("rpcs_received").copied().unwrap_or(0),
+            1,
+            "not dispatched"
+        );
+    }
+    // The frame alone, finished, is answered; so is the next request on the same connection.
+    let answer = client
+        .send_raw_to_addr(addr, Bytes::from(frame), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.expect("answered").payload,
+        Bytes::from_static(b"payload")
+    );
+    assert_the_connection_still_serves(&server, &client, addr, conn_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneway_frames_reach_the_kind_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let server = bind(1, ANY, c[0].clone());
+    let client = bind(2, ANY, c[1].clone());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(bool, Bytes)>(16);
+    server.register_handler(
+        MessageKind::RAFT_BATCH,
+        handler_fn(move |frame| {
+            let tx = tx.clone();
+            async move {
+                tx.send((frame.oneway, frame.payload)).await.ok();
+                Ok(None)
+            }
+        }),
+    );
+    client.register_peer(NodeId(1), server.local_addr(), None);
+    for i in 0..10u8 {
+        client
+            .send_oneway(NodeId(1), MessageKind::RAFT_BATCH, Bytes::from(vec![i]))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let (oneway, payload) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(oneway);
+        seen.push(payload[0]);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+    // A request for a kind with no handler and no fallback gets a typed remote error.
+    let err = client
+        .send_rpc(NodeId(1), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Remote { code, .. } if code == "no_handler"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_are_typed_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let mut cfg = config();
+    cfg.rpc_timeout = Duration::from_millis(300);
+    cfg.connect_timeout = Duration::from_millis(300);
+    let server = Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), config()).unwrap();
+    let client = Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), cfg).unwrap();
+    server.set_fallback_handler(Some(handler_fn(|_| async {
+        tokio::time::sleep(Duration::from_secs(1)).await; // a slow handler, not synchronisation
+        Ok(None)
+    })));
+    let started = std::time::Instant::now();
+    let err = client
+        .send_rpc_to_addr(server.local_addr(), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Timeout { op: "rpc", .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Nobody listening: a connect timeout (QUIC gets no ICMP-driven refusal from quinn).
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let err = client
+        .send_rpc_to_addr(
+            silent.local_addr().unwrap(),
+            MessageKind::PING,
+            Bytes::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let err = client
+        .send_rpc(NodeId(9), MessageKind::PING, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        TransportError::UnknownPeer { node_id: NodeId(9) }
+    ));
+    assert_eq!(client.metrics()["errors.timeout"], 2);
+}
+
+/// A peer that announces a frame and never sends it (slow loris) holds nothing for long: the
+/// stream is reset after `rpc_timeout`, counted, and the connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let mut server_cfg = config();
+    server_cfg.rpc_timeout = Duration::from_millis(300);
+    let server =
+        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    let client = bind(2, ANY, c[1].clone());
+    serve_echo(&server);
+    let addr = server.local_addr();
+    let mut partial = FrameHeader::encode(MessageKind::PING, &[0u8; 1000])
+        .unwrap()
+        .to_vec();
+    partial.extend_from_slice(&[0u8; 10]); // 10 of the 1000 announced bytes, stream left open
+    let started = std::time::Instant::now();
+    let answer = client
+        .send_raw_to_addr(addr, Bytes::from(partial), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        Err(u64::from(
+            nodedb_transport::transport::STREAM_CODE_INBOUND_TIMEOUT
+        ))
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert_eq!(server.metrics()["inbound_stream_timeouts"], 1);
+    let reply = client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"ok"))
+        .await;
+    assert_eq!(reply.unwrap().payload, Bytes::from_static(b"ok"));
+    assert_eq!(server.metrics()["connections_accepted"], 1);
+}
