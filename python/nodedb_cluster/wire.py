@@ -51,6 +51,8 @@ class MessageKind(enum.IntEnum):
     KV_RESPONSE = 33
     BENCH_LOAD = 34
     BENCH_LOAD_RESPONSE = 35
+    HOST_PROPOSE = 36
+    HOST_PROPOSE_RESPONSE = 37
 
     @classmethod
     def _missing_(cls, value: object) -> MessageKind:

@@ -144,6 +144,10 @@ kinds! {
     // bench tool holds an admin certificate; also refused unless the node allows bench load.
     BENCH_LOAD = 34, "BenchLoad", Active, NODE_ADMIN;
     BENCH_LOAD_RESPONSE = 35, "BenchLoadResponse", Active, NONE;
+    // A command for a data group that runs the embedding host's state machine, forwarded to
+    // its leader (host.rs): nodes only, since the host's state machine trusts its log.
+    HOST_PROPOSE = 36, "HostPropose", Active, NODE;
+    HOST_PROPOSE_RESPONSE = 37, "HostProposeResponse", Active, NONE;
 }
 
 /// Which side answers a kind by default (ARCHITECTURE.md).

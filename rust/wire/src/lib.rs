@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod frame;
+pub mod host;
 pub mod kind;
 pub mod kv;
 
@@ -17,6 +18,7 @@ pub use frame::{
     decode_frame, encode_frame, Frame, FrameError, FrameHeader, FORMAT_VERSION, HEADER_BYTES,
     PAYLOAD_BYTES_MAX,
 };
+pub use host::{HostPropose, HostProposeResponse, HOST_VERSION};
 pub use kind::{KindRow, KindStatus, MessageKind, Role, Roles, KINDS};
 pub use kv::{
     KvNode, KvRequest, KvResponse, KvResults, KvWireError, ProposeMany, ProposeOne, ReadLevel,
