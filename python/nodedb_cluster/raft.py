@@ -245,6 +245,24 @@ class RaftEngine:
         self._core.read_index(group_id, timeout_ms, fut)
         return await fut
 
+    def leader(self, group_id: int) -> int | None:
+        """The leader of `group_id` this node knows (itself included), as of the last round."""
+        leader: int | None = self._core.leader(group_id)
+        return leader
+
+    def leaders(self) -> tuple[int, list[tuple[int, int | None, int]]]:
+        """`(epoch, [(group, leader or None, term)])` for every group here; `epoch` is what
+        `wait_leaders_changed` waits to see change."""
+        epoch, leaders = self._core.leaders()
+        return int(epoch), [(int(g), leader, int(term)) for g, leader, term in leaders]
+
+    async def wait_leaders_changed(self, since: int, timeout_ms: int = TIMEOUT_MS_DEFAULT) -> int:
+        """The leader epoch once it differs from `since` (some group's leader changed here), or
+        `since` after `timeout_ms` or once the engine stopped."""
+        fut: asyncio.Future[int] = self._future()
+        self._core.wait_leaders_changed(since, fut, timeout_ms)
+        return await fut
+
     async def wait_stopped(self) -> str:
         """The reason, once the engine's driver thread has ended for any reason (a shutdown, a
         fatal log error, a panic); from then on the engine serves nothing."""

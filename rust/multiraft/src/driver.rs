@@ -517,6 +517,29 @@ impl MultiRaft {
         self.inbound.shared.known(group).0
     }
 
+    /// Every group's (leader if known, term) as this node knows it, as of leader epoch `.0`
+    /// (pass it to [`MultiRaft::leaders_changed`] to wait for the next change).
+    pub fn leaders(&self) -> (u64, Vec<(GroupId, Option<NodeId>, u64)>) {
+        let shared = &self.inbound.shared;
+        let epoch = *shared.leader_epoch.borrow();
+        let leaders = shared.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = leaders
+            .iter()
+            .map(|(&g, &(leader, term))| (g, (leader != 0).then_some(NodeId(leader)), term))
+            .collect();
+        out.sort_by_key(|(g, _, _)| *g);
+        (epoch, out)
+    }
+
+    /// Waits until the leader epoch differs from `since` (some group's leader changed, as this
+    /// node sees it) or `timeout` passes or the engine stops; returns the epoch then.
+    pub async fn leaders_changed(&self, since: u64, timeout: Duration) -> u64 {
+        let mut epochs = self.inbound.shared.leader_epoch.subscribe();
+        let _ = tokio::time::timeout(timeout, epochs.wait_for(|e| *e != since)).await;
+        let epoch = *epochs.borrow();
+        epoch
+    }
+
     /// Waits until this node knows a leader of `group` that is not in `avoid`, or one elected
     /// after the call (a later term: even a node in `avoid` is alive then), for at most
     /// `timeout`, and returns it (None: none such within the time). A request that reached a

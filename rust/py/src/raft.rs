@@ -392,6 +392,48 @@ impl PyRaftEngine {
         self.engine.no_space()
     }
 
+    /// The leader of `group_id` this node knows (itself included), or None.
+    fn leader(&self, group_id: u64) -> Option<u64> {
+        self.engine.leader(GroupId(group_id)).map(|n| n.0)
+    }
+
+    /// `(epoch, [(group_id, leader or None, term)])`: every group's leader as this node knows
+    /// it; pass `epoch` to `wait_leaders_changed` to wait for the next change.
+    fn leaders(&self) -> (u64, Vec<(u64, Option<u64>, u64)>) {
+        let (epoch, leaders) = self.engine.leaders();
+        let leaders = leaders
+            .into_iter()
+            .map(|(g, leader, term)| (g.0, leader.map(|n| n.0), term))
+            .collect();
+        (epoch, leaders)
+    }
+
+    /// Resolve `future` with the leader epoch once it differs from `since` (or after
+    /// `timeout_ms`, with the same epoch, or when the engine stops).
+    #[pyo3(signature = (since, future, timeout_ms = 5000))]
+    fn wait_leaders_changed(
+        &self,
+        py: Python<'_>,
+        since: u64,
+        future: Py<PyAny>,
+        timeout_ms: u64,
+    ) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(
+            future,
+            async move {
+                let stopped = e.stopped();
+                tokio::select! {
+                    epoch = e.leaders_changed(since, t) => Ok(epoch),
+                    _ = stopped => Ok(since),
+                }
+            },
+            |py, epoch: u64| Ok(epoch.into_pyobject(py)?.into_any().unbind()),
+        );
+        Ok(())
+    }
+
     /// What the log's recovery repaired at open: one dict per torn tail discarded, `{"file":
     /// str, "offset_bytes": int, "discarded_bytes": int, "reason": str}` (empty: nothing).
     fn recovery_repairs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
