@@ -3,9 +3,9 @@
 
 use nodedb_wire::control::ControlMessage;
 use nodedb_wire::{
-    decode_frame as decode, encode_frame as encode, ErrorMsg, JoinRequest, JoinResponse,
-    KindStatus, MessageKind, Ping, Pong, FORMAT_VERSION, HEADER_BYTES, KINDS, PAYLOAD_BYTES_MAX,
-    WIRE_VERSION, WIRE_VERSION_MIN,
+    decode_frame as decode, encode_frame as encode, ErrorMsg, HostPropose, HostProposeResponse,
+    JoinRequest, JoinResponse, KindStatus, MessageKind, Ping, Pong, FORMAT_VERSION, HEADER_BYTES,
+    KINDS, PAYLOAD_BYTES_MAX, WIRE_VERSION, WIRE_VERSION_MIN,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -68,6 +68,8 @@ fn check_control_payload<'py>(
         MessageKind::JOIN_REQUEST => round::<JoinRequest>(payload),
         MessageKind::JOIN_RESPONSE => round::<JoinResponse>(payload),
         MessageKind::ERROR => round::<ErrorMsg>(payload),
+        MessageKind::HOST_PROPOSE => round::<HostPropose>(payload),
+        MessageKind::HOST_PROPOSE_RESPONSE => round::<HostProposeResponse>(payload),
         other => Err(format!("{other} is not a control message")),
     };
     match result {

@@ -1,0 +1,384 @@
+"""The embedding API: the host process's own state machine on the data groups (`node.data`).
+
+`start_cluster(config, state_machine=factory)` makes every data group apply the host's commands
+(`factory(group_id)` returns a `raft.StateMachine`: `apply_batch`, `snapshot`, `restore`); group
+0 stays the cluster's metadata group. The node's `data` is then what the host uses:
+
+- `locate(key)`: where a key lives (vShard, group, leader, voters, learners);
+- `propose(command, key=... | group=...)`: replicate one command and return what the state
+  machine's `apply_batch` returned for it. On a node that does not lead the group the command
+  goes ONE hop to the leader (HOST_PROPOSE: node certificates only, so no client can put
+  commands into the host's log) and the answer comes back;
+- `read_index(key=... | group=...)`: once it returns, a read of the host's local state on this
+  node is linearizable (this node must hold a replica of the group);
+- `on_leader_change(callback)`: `callback(group, leader or None, term)` whenever this node sees a
+  data group's leader change.
+
+A host command carries no session: when its fate is unknown (leadership lost or the deadline
+passed after it was handed to a leader, or the connection to the leader broke) `OutcomeUnknown`
+is raised and the command is not retried, unless the caller says it is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import msgpack
+
+from nodedb_cluster import wire
+from nodedb_cluster.errors import (
+    ClusterError,
+    HandshakeError,
+    InvalidRequest,
+    LeadershipLost,
+    RaftNotLeader,
+    Timeout,
+    TransportClosed,
+    UnknownGroup,
+    UnknownPeer,
+    Unreachable,
+)
+from nodedb_cluster.raft import RaftEngine
+from nodedb_cluster.routing import vshard_for_key
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.transport import Peer, Reply, Transport
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S_DEFAULT: Final = 5.0
+"""A call's deadline unless given (docs/WIRE.md's RPC bound)."""
+SERVE_TIMEOUT_MS_MAX: Final = 60_000
+"""A forwarded command's timeout is capped here: a peer cannot hold a leader's slot longer."""
+HOST_VERSION: Final = 1
+"""The HOST_PROPOSE message version this build speaks (rust/wire/src/host.rs)."""
+NO_LEADER_WAIT_S: Final = 0.05
+"""How long a proposer with no leader to try waits for one to be elected before trying again."""
+
+LeaderCallback = Callable[[int, int | None, int], None]
+"""(group, leader node id or None, term), called on the event loop."""
+
+
+class OutcomeUnknown(ClusterError):
+    """A command was handed to a leader but whether it was applied is not known."""
+
+    def __init__(self, group_id: int, reason: str) -> None:
+        super().__init__(f"group {group_id}: outcome of the command unknown ({reason})")
+        self.group_id = group_id
+        self.reason = reason
+
+
+class NotEmbedded(ClusterError):
+    """The API of one kind of data group was used on a node whose data groups run the other."""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a key (or a group) lives, as this node knows it."""
+
+    vshard: int | None
+    """None when located by group."""
+    group: int
+    leader: int | None
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "vshard": self.vshard,
+            "group": self.group,
+            "leader": self.leader,
+            "voters": list(self.voters),
+            "learners": list(self.learners),
+        }
+
+
+def locate(
+    routing: RoutingTable, key: bytes | None, group: int | None, leader: int | None
+) -> Location:
+    """The location of `key` (or of `group`); `leader` overrides the table's hint when known."""
+    if (key is None) == (group is None):
+        raise InvalidRequest("give exactly one of key= or group=")
+    vshard = None
+    if key is not None:
+        vshard = vshard_for_key(key)
+        group = routing.group_for_vshard(vshard)
+    assert group is not None
+    if group == METADATA_GROUP_ID:
+        raise InvalidRequest("group 0 is the cluster's metadata group, not a data group")
+    route = routing.route(group)  # UnknownGroup for a group the table does not have
+    return Location(
+        vshard=vshard,
+        group=group,
+        leader=leader if leader is not None else (route.leader or None),
+        voters=tuple(route.voters),
+        learners=tuple(route.learners),
+    )
+
+
+def encode_propose(group: int, command: bytes, timeout_ms: int) -> bytes:
+    return bytes(
+        msgpack.packb(
+            {"group": group, "command": command, "timeout_ms": timeout_ms}, use_bin_type=True
+        )
+    )
+
+
+def decode_propose(payload: bytes) -> tuple[int, bytes, int]:
+    """(group, command, timeout_ms) of a HOST_PROPOSE; `InvalidRequest` naming what is wrong."""
+    doc = _decode_map(payload, "HostPropose")
+    version = doc.get("v", HOST_VERSION)
+    if not isinstance(version, int) or version > HOST_VERSION:
+        raise InvalidRequest(
+            f"HostPropose version {version!r} is newer than this build's {HOST_VERSION}"
+        )
+    group, command, timeout_ms = doc.get("group"), doc.get("command"), doc.get("timeout_ms")
+    if not isinstance(group, int) or isinstance(group, bool) or group < 0:
+        raise InvalidRequest("HostPropose group must be a non-negative integer")
+    if not isinstance(command, bytes):
+        raise InvalidRequest("HostPropose command must be bytes")
+    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms <= 0:
+        raise InvalidRequest("HostPropose timeout_ms must be a positive integer")
+    return group, command, timeout_ms
+
+
+def encode_outcome(doc: dict[str, object]) -> bytes:
+    return bytes(msgpack.packb(doc, use_bin_type=True))
+
+
+def _decode_map(payload: bytes, what: str) -> dict[str, object]:
+    try:
+        doc = msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise InvalidRequest(f"malformed {what}: {e}") from e
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"malformed {what}: not a map")
+    return doc
+
+
+_NOT_SENT: Final = (UnknownPeer, HandshakeError)
+"""Failures that prove the request never reached the peer: safe to try another node."""
+_MAYBE_SENT: Final = (Unreachable, TransportClosed, Timeout)
+"""Failures after which the peer may have proposed the command."""
+
+
+class DataGroups:
+    """`node.data`: the data groups of a node that runs the host's state machine."""
+
+    def __init__(
+        self,
+        node_id: int,
+        engine: RaftEngine,
+        transport: Transport,
+        routing: Callable[[], RoutingTable],
+        host: bool,
+    ) -> None:
+        self._node_id = node_id
+        self._engine = engine
+        self._transport = transport
+        self._routing = routing
+        self._host = host
+        self._callbacks: list[LeaderCallback] = []
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- the host's API -----------------------------------------------------------------------
+
+    def locate(self, key: bytes | None = None, *, group: int | None = None) -> Location:
+        routing = self._routing()
+        g = group if key is None else routing.group_for_vshard(vshard_for_key(key))
+        leader = self._engine.leader(g) if g is not None else None
+        return locate(routing, key, group, leader)
+
+    async def propose(
+        self,
+        command: bytes,
+        *,
+        key: bytes | None = None,
+        group: int | None = None,
+        timeout_s: float | None = None,
+        idempotent: bool = False,
+    ) -> bytes:
+        """Replicate `command` in the group of `key` (or `group`); the result its apply gave.
+
+        `idempotent=True` lets a command whose outcome became unknown be sent again within
+        the deadline (applying it twice must then be harmless)."""
+        self._require_host()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _positive(timeout_s)
+        where = self.locate(key, group=group)
+        hint = where.leader
+        tried: set[int] = set()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Timeout("propose", int(_positive(timeout_s) * 1000))
+            target = hint if hint is not None and hint not in tried else None
+            if target is None:
+                target = next((v for v in where.voters if v not in tried), None)
+            if target is None:  # every voter tried: wait for an election, then start over
+                tried.clear()
+                await self._wait_leader(where.group, min(NO_LEADER_WAIT_S, remaining))
+                hint = self._engine.leader(where.group)
+                continue
+            try:
+                if target == self._node_id:
+                    return await self._propose_here(where.group, command, remaining)
+                return await self._propose_at(target, where.group, command, remaining)
+            except RaftNotLeader as e:
+                tried.add(target)
+                hint = e.leader_id
+            except _NOT_SENT:
+                tried.add(target)
+                hint = None
+            except OutcomeUnknown:
+                if not idempotent:
+                    raise
+                tried.add(target)
+                hint = None
+
+    async def read_index(
+        self,
+        *,
+        key: bytes | None = None,
+        group: int | None = None,
+        timeout_s: float | None = None,
+    ) -> int:
+        """Confirm with a quorum and wait until this node applied through the group's commit
+        index as of the call: a read of the local state after it is linearizable. Returns the
+        index."""
+        self._require_host()
+        where = self.locate(key, group=group)
+        if self._node_id not in where.voters and self._node_id not in where.learners:
+            raise InvalidRequest(
+                f"node {self._node_id} holds no replica of group {where.group}: "
+                f"read on one of {list(where.voters)}"
+            )
+        return await self._engine.read_index(where.group, int(_positive(timeout_s) * 1000))
+
+    def on_leader_change(self, callback: LeaderCallback) -> Callable[[], None]:
+        """Call `callback(group, leader, term)` on every data-group leader change seen here;
+        returns the function that stops it."""
+        self._callbacks.append(callback)
+        loop = asyncio.get_running_loop()
+        for g, leader, term in self._engine.leaders()[1]:
+            if g != METADATA_GROUP_ID:  # the current leaders first, then every change
+                loop.call_soon(callback, g, leader, term)
+        if self._watcher is None:
+            self._watcher = asyncio.ensure_future(self._watch_leaders())
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.remove(callback)
+
+        return stop
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    # --- serving HOST_PROPOSE (registered on the node's control dispatch) ------------------------
+
+    async def serve_propose(self, peer: Peer, payload: bytes) -> Reply:
+        """Propose a forwarded command on a group this node leads; never forward it again."""
+        self._require_host()
+        group, command, timeout_ms = decode_propose(payload)
+        if group == METADATA_GROUP_ID:
+            raise InvalidRequest("group 0 is the cluster's metadata group, not a data group")
+        timeout_ms = min(timeout_ms, SERVE_TIMEOUT_MS_MAX)
+        try:
+            done = await self._engine.propose_batch(group, [command], timeout_ms, kind="python")
+            doc: dict[str, object] = {
+                "outcome": "applied",
+                "index": done.index,
+                "result": done.results[0],
+            }
+        except RaftNotLeader as e:
+            doc = {"outcome": "not_leader", "leader": e.leader_id}
+        except UnknownGroup:
+            doc = {"outcome": "not_leader", "leader": None}
+        except (LeadershipLost, Timeout) as e:
+            doc = {"outcome": "unknown", "reason": str(e)}
+        return wire.MessageKind.HOST_PROPOSE_RESPONSE, encode_outcome(doc)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _require_host(self) -> None:
+        if not self._host:
+            raise NotEmbedded(
+                "this node's data groups run the built-in KV (use node.kv); start it with "
+                "start_cluster(config, state_machine=factory) to run your own"
+            )
+
+    async def _propose_here(self, group: int, command: bytes, remaining_s: float) -> bytes:
+        try:
+            done = await self._engine.propose_batch(
+                group, [command], max(1, int(remaining_s * 1000)), kind="python"
+            )
+        except UnknownGroup:
+            raise RaftNotLeader(group, None) from None
+        except (LeadershipLost, Timeout) as e:
+            raise OutcomeUnknown(group, str(e)) from e
+        return done.results[0]
+
+    async def _propose_at(
+        self, target: int, group: int, command: bytes, remaining_s: float
+    ) -> bytes:
+        payload = encode_propose(group, command, max(1, int(remaining_s * 1000)))
+        try:
+            kind, reply = await asyncio.wait_for(
+                self._transport.send_rpc(target, wire.MessageKind.HOST_PROPOSE, payload),
+                remaining_s,
+            )
+        except TimeoutError as e:
+            raise OutcomeUnknown(group, f"no answer from node {target} in time") from e
+        except _MAYBE_SENT as e:
+            raise OutcomeUnknown(group, f"node {target}: {e}") from e
+        if kind != wire.MessageKind.HOST_PROPOSE_RESPONSE:
+            raise InvalidRequest(f"node {target} answered HOST_PROPOSE with kind {kind}")
+        doc = _decode_map(reply, "HostProposeResponse")
+        outcome, result = doc.get("outcome"), doc.get("result")
+        if outcome == "applied" and isinstance(result, bytes):
+            return result
+        if outcome == "not_leader":
+            leader = doc.get("leader")
+            raise RaftNotLeader(group, leader if isinstance(leader, int) and leader else None)
+        if outcome == "unknown":
+            raise OutcomeUnknown(group, f"node {target}: {doc.get('reason')}")
+        raise InvalidRequest(f"node {target} answered HOST_PROPOSE with {doc!r}")
+
+    async def _wait_leader(self, group: int, timeout_s: float) -> None:
+        epoch, _ = self._engine.leaders()
+        await self._engine.wait_leaders_changed(epoch, max(1, int(timeout_s * 1000)))
+
+    async def _watch_leaders(self) -> None:
+        epoch, known = self._engine.leaders()
+        seen = {g: (leader, term) for g, leader, term in known}
+        while True:
+            epoch = await self._engine.wait_leaders_changed(epoch, 60_000)
+            epoch, now = self._engine.leaders()
+            for g, leader, term in now:
+                if g == METADATA_GROUP_ID or seen.get(g) == (leader, term):
+                    continue
+                previous = seen.get(g)
+                seen[g] = (leader, term)
+                if previous is not None and previous[0] == leader:
+                    continue  # a new term with the same leader: no change for the host
+                for callback in list(self._callbacks):
+                    try:
+                        callback(g, leader, term)
+                    except Exception:
+                        log.exception("leader-change callback failed for group %d", g)
+
+
+def _positive(timeout_s: float | None) -> float:
+    t = TIMEOUT_S_DEFAULT if timeout_s is None else timeout_s
+    if t <= 0:
+        raise InvalidRequest(f"timeout must be positive, got {t}")
+    return t

@@ -1,0 +1,101 @@
+"""The embedding API's pure parts: HOST_PROPOSE payloads agree with the Rust schema
+(rust/wire/src/host.rs), malformed ones are refused naming the field, and `locate` answers
+from the routing table."""
+
+from __future__ import annotations
+
+import msgpack
+import nodedb_cluster_core as core
+import pytest
+
+from nodedb_cluster import wire
+from nodedb_cluster.embedding import (
+    HOST_VERSION,
+    decode_propose,
+    encode_outcome,
+    encode_propose,
+    locate,
+)
+from nodedb_cluster.errors import InvalidRequest, UnknownGroup
+from nodedb_cluster.routing import vshard_for_key
+from nodedb_cluster.routing.table import RoutingTable
+
+
+def test_a_request_is_what_the_rust_schema_reads_and_round_trips() -> None:
+    payload = encode_propose(3, b"\x00cmd", 2500)
+    again = core.check_control_payload(wire.MessageKind.HOST_PROPOSE, payload)
+    assert decode_propose(again) == (3, b"\x00cmd", 2500)
+    assert decode_propose(payload) == (3, b"\x00cmd", 2500)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"outcome": "applied", "index": 7, "result": b"42"},
+        {"outcome": "not_leader", "leader": 2},
+        {"outcome": "not_leader", "leader": None},
+        {"outcome": "unknown", "reason": "leadership lost"},
+    ],
+)
+def test_every_outcome_is_what_the_rust_schema_reads(doc: dict[str, object]) -> None:
+    payload = encode_outcome(doc)
+    again = core.check_control_payload(wire.MessageKind.HOST_PROPOSE_RESPONSE, payload)
+    assert msgpack.unpackb(again) == doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "says"),
+    [
+        ({"v": HOST_VERSION + 1, "group": 1, "command": b"", "timeout_ms": 5}, "newer"),
+        ({"command": b"x", "timeout_ms": 5}, "group"),
+        ({"group": -1, "command": b"x", "timeout_ms": 5}, "group"),
+        ({"group": True, "command": b"x", "timeout_ms": 5}, "group"),
+        ({"group": 1, "command": "text", "timeout_ms": 5}, "command"),
+        ({"group": 1, "command": b"x", "timeout_ms": 0}, "timeout_ms"),
+        ({"group": 1, "command": b"x"}, "timeout_ms"),
+    ],
+)
+def test_a_malformed_request_is_refused_naming_the_field(doc: dict[str, object], says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        decode_propose(msgpack.packb(doc, use_bin_type=True))
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xc1", msgpack.packb([1, 2]), b"\x81\xa1"])
+def test_garbage_is_refused_not_raised_as_something_else(payload: bytes) -> None:
+    with pytest.raises(InvalidRequest, match="malformed HostPropose"):
+        decode_propose(payload)
+
+
+def _table() -> RoutingTable:
+    table = RoutingTable.bootstrap(4, 1)
+    for g in table.group_ids:
+        table.set_members(g, voters=[1, 2, 3], learners=[4] if g == 2 else [])
+    return table
+
+
+def test_locate_by_key_follows_the_vshard_and_by_group_has_no_vshard() -> None:
+    table = _table()
+    where = locate(table, b"user:7", None, None)
+    assert where.vshard == vshard_for_key(b"user:7")
+    assert where.group == table.group_for_vshard(where.vshard)
+    assert where.voters == (1, 2, 3)
+    by_group = locate(table, None, 2, 3)
+    assert (by_group.vshard, by_group.group, by_group.leader, by_group.learners) == (
+        None,
+        2,
+        3,
+        (4,),
+    )
+    assert by_group.to_doc()["learners"] == [4]
+
+
+def test_locate_refuses_both_neither_group_0_and_unknown_groups() -> None:
+    table = _table()
+    with pytest.raises(InvalidRequest, match="exactly one"):
+        locate(table, b"k", 1, None)
+    with pytest.raises(InvalidRequest, match="exactly one"):
+        locate(table, None, None, None)
+    with pytest.raises(InvalidRequest, match="metadata group"):
+        locate(table, None, 0, None)
+    with pytest.raises(UnknownGroup):
+        locate(table, None, 99, None)
