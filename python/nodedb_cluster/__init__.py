@@ -8,7 +8,8 @@ from nodedb_cluster.addr import SocketAddr, parse_socket_addr
 from nodedb_cluster.client import Client
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.formation.start import start_cluster
-from nodedb_cluster.node import Node, NodeStatus
+from nodedb_cluster.node import Node
+from nodedb_cluster.status import NodeStatus
 
 __version__ = "0.1.0"
 

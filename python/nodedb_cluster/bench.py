@@ -35,7 +35,8 @@ from nodedb_cluster.errors import ClusterError, ConfigError
 from nodedb_cluster.kv import ReadLevel, decode_doc, encode_request
 
 if TYPE_CHECKING:
-    from nodedb_cluster.transport import Credentials
+    from nodedb_cluster.control import ControlDispatch
+    from nodedb_cluster.transport import Credentials, Peer, Reply
 
 Driver = Literal["asyncio", "native"]
 """Who makes the client placement's calls: asyncio coroutines, or callers in Rust."""
@@ -319,6 +320,20 @@ class EmbeddedLoad:
         run.done = True
 
 
+def serve_embedded_load(control: ControlDispatch, kv: Callable[[], KvApi]) -> None:
+    """Answer BENCH_LOAD on a node with load generated inside it: the `start` command installs
+    this on nodes started with `--allow-bench-load` (the node itself only refuses the kind, and
+    the transport admits it from admins and nodes only). `kv()` is the node's KV API."""
+    load = EmbeddedLoad()
+
+    async def on_bench_load(peer: Peer, payload: bytes) -> Reply:
+        request = decode_doc(payload, "bench load request")
+        answer = await load.handle(kv(), request)
+        return wire.MessageKind.BENCH_LOAD_RESPONSE, encode_request(answer)
+
+    control.register(wire.MessageKind.BENCH_LOAD, on_bench_load)
+
+
 def _run_from_doc(doc: dict[str, object]) -> LoadRun:
     raw = doc.get("latencies_us", b"")
     lat = np.frombuffer(raw if isinstance(raw, bytes) else b"", dtype=np.uint32)
@@ -533,7 +548,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 async def _bench_main(args: argparse.Namespace, spec: LoadSpec) -> Summary:
-    from nodedb_cluster.cli import client_credentials
+    from nodedb_cluster.cli_support import client_credentials
 
     quiet = bool(args.json)
     if args.placement == "embedded" and args.driver != "asyncio":

@@ -15,23 +15,25 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
-import msgpack
-
-from nodedb_cluster import __version__, wire
-from nodedb_cluster.admin_cli import add_admin_commands, control_rpc
+from nodedb_cluster import __version__
+from nodedb_cluster.admin_cli import add_admin_commands
+from nodedb_cluster.cli_support import (
+    READY_PREFIX,
+    add_client_credentials,
+    client_credentials,
+    fetch_status,
+    format_status,
+)
 from nodedb_cluster.client import Client
 from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
 from nodedb_cluster.errors import ClusterError, ConfigError
 from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
 from nodedb_cluster.transport import (
     LEAF_VALIDITY_DAYS_DEFAULT,
-    Credentials,
-    Insecure,
     Leaf,
     LeafRole,
-    Mtls,
     ca_key_path,
     generate_cluster_credentials,
     issue_node_credentials,
@@ -43,10 +45,6 @@ if TYPE_CHECKING:
     from nodedb_cluster.node import Node
 
 log = logging.getLogger("nodedb_cluster.cli")
-
-READY_PREFIX: Final = "READY "
-"""`start` prints this plus a JSON object on stdout once the node is Ready: a parent process
-awaits that line instead of guessing with sleeps."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,14 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="ask a running node for its status")
     status.add_argument("--addr", required=True, help="the node's listen address HOST:PORT")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _add_client_credentials(status)
+    add_client_credentials(status)
     status.set_defaults(run=_cmd_status)
 
     put = sub.add_parser("put", help="write KEY=VALUE to the replicated KV")
     put.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
     put.add_argument("kv_key", metavar="KEY")  # dest differs from --key (the credential file)
     put.add_argument("kv_value", metavar="VALUE")
-    _add_client_credentials(put)
+    add_client_credentials(put)
     put.set_defaults(run=_cmd_put)
 
     get = sub.add_parser("get", help="read KEY from the replicated KV (exit 1 if absent)")
@@ -100,18 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument(
         "--read", default="linearizable", choices=("linearizable", "lease", "follower")
     )
-    _add_client_credentials(get)
+    add_client_credentials(get)
     get.set_defaults(run=_cmd_get)
 
     delete = sub.add_parser("delete", help="delete KEY from the replicated KV")
     delete.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
     delete.add_argument("kv_key", metavar="KEY")
-    _add_client_credentials(delete)
+    add_client_credentials(delete)
     delete.set_defaults(run=_cmd_delete)
 
     bench = sub.add_parser("bench", help="KV load: N clients for D seconds, latency percentiles")
     _add_bench_arguments(bench)
-    _add_client_credentials(bench)
+    add_client_credentials(bench)
     bench.set_defaults(run=_cmd_bench)
 
     certs = sub.add_parser(
@@ -163,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     revoke.set_defaults(run=_cmd_revoke)
 
-    add_admin_commands(sub, _add_client_credentials, client_credentials)  # join-token, audit
+    add_admin_commands(sub, add_client_credentials, client_credentials)  # join-token, audit
 
     demo = sub.add_parser("demo", help="a local 3-node cluster: form, replicate, fail over")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -173,23 +171,6 @@ def _parser() -> argparse.ArgumentParser:
     _add_chaos_arguments(chaos)
     chaos.set_defaults(run=_cmd_chaos)
     return parser
-
-
-def _add_client_credentials(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("client credentials (mTLS unless --insecure)")
-    group.add_argument("--insecure", action="store_true", help="the node runs without TLS")
-    group.add_argument("--ca", type=Path, help="cluster CA certificate (PEM)")
-    group.add_argument("--cert", type=Path, help="client certificate issued by the cluster CA")
-    group.add_argument("--key", type=Path, help="client private key")
-    group.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
-
-
-def client_credentials(args: argparse.Namespace) -> Credentials:
-    if args.insecure:
-        return Insecure()
-    if not (args.ca and args.cert and args.key):
-        raise ConfigError("credentials", "give --ca, --cert and --key, or --insecure")
-    return Mtls(args.ca, args.cert, args.key)
 
 
 # --- start ----------------------------------------------------------------------------------------
@@ -215,6 +196,10 @@ async def run_node(config: ClusterConfig) -> int:
     except ClusterError as e:
         print(f"nodedb-cluster: node {config.node_id} failed: {e}", file=sys.stderr)
         return 1
+    if config.allow_bench_load:  # the bench tool's handler; the node alone refuses the kind
+        from nodedb_cluster.bench import serve_embedded_load
+
+        serve_embedded_load(node.control, lambda: node.kv)
     background = [
         asyncio.create_task(_reload_crl_on_hangup(node, hangup)),
         asyncio.create_task(warn_before_expiry(config, node_cert_not_after(config))),
@@ -263,22 +248,6 @@ async def _reload_crl_on_hangup(node: Node, hangup: asyncio.Event) -> None:
 # --- status ---------------------------------------------------------------------------------------
 
 
-async def fetch_status(addr: str, credentials: Credentials, timeout_s: float) -> dict[str, object]:
-    """Ask the node at `addr` for its status over the cluster transport."""
-    payload = await control_rpc(
-        addr,
-        credentials,
-        timeout_s,
-        wire.MessageKind.STATUS_REQUEST,
-        b"",
-        wire.MessageKind.STATUS_RESPONSE,
-    )
-    doc = msgpack.unpackb(payload, raw=False)
-    if not isinstance(doc, dict):
-        raise ClusterError(f"node {addr} sent a malformed status")
-    return doc
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     doc = asyncio.run(fetch_status(args.addr, client_credentials(args), args.timeout))
     if args.json:
@@ -292,34 +261,6 @@ def _json_bytes(value: object) -> str:
     if isinstance(value, bytes):
         return value.hex()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def format_status(doc: dict[str, object]) -> str:
-    """A human-readable status: the node, the members, the groups."""
-    lines = [
-        f"node {doc['node_id']}  lifecycle {doc['lifecycle']}  cluster {doc['cluster_id']}",
-        f"topology v{doc['topology_version']}  routing epoch {doc['routing_epoch']}  "
-        f"metadata applied {doc['metadata_applied_index']}",
-    ]
-    if doc.get("no_space"):
-        lines.append(f"NO_SPACE: {doc['no_space']}")
-    lines += ["", f"{'NODE':>6}  {'ADDRESS':<22} STATE"]
-    for node_id, addr, state in doc["nodes"]:  # type: ignore[attr-defined]
-        lines.append(f"{node_id:>6}  {addr:<22} {state}")
-    lines += [
-        "",
-        f"{'GROUP':>5}  {'ROLE':<13} {'LEADER':>6} {'TERM':>5} {'COMMIT':>7} "
-        f"{'APPLIED':>7} {'VSHARDS':>7}  VOTERS / LEARNERS",
-    ]
-    for g in doc["groups"]:  # type: ignore[attr-defined]
-        members = (
-            ",".join(map(str, g["voters"])) + " / " + (",".join(map(str, g["learners"])) or "-")
-        )
-        lines.append(
-            f"{g['group_id']:>5}  {g['role']:<13} {g['leader']:>6} {g['term']:>5} "
-            f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7}  {members}"
-        )
-    return "\n".join(lines)
 
 
 # --- put / get / delete -------------------------------------------------------------------------

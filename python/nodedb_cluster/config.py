@@ -157,7 +157,8 @@ class ClusterConfig:
     allow_bench_load: bool = False
     """Serve BENCH_LOAD (load generation inside this node, writing `bench:*` keys into the
     user's keyspace) to admin certificates. Off by default: the CLI's self-started bench and demo
-    clusters turn it on; a production node never needs it."""
+    clusters turn it on; a production node never needs it. The `start` command installs the
+    bench tool's handler (`bench.serve_embedded_load`); `start_cluster` alone only refuses it."""
 
     def __post_init__(self) -> None:
         self._normalise()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from nodedb_cluster.cli import format_status
+from nodedb_cluster.cli_support import format_status
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.localcluster import LocalCluster, Status, leader_of

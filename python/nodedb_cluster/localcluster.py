@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from nodedb_cluster.addr import parse_socket_addr
-from nodedb_cluster.cli import READY_PREFIX, fetch_status
+from nodedb_cluster.cli_support import READY_PREFIX, fetch_status
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import ClusterError, Timeout
 from nodedb_cluster.formation.retry import JoinRetryPolicy

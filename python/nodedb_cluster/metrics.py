@@ -24,7 +24,8 @@ from nodedb_cluster.formation.credentials import node_cert_not_after
 from nodedb_cluster.lifecycle import STATE_LABELS
 
 if TYPE_CHECKING:
-    from nodedb_cluster.node import Node, NodeStatus
+    from nodedb_cluster.node import Node
+    from nodedb_cluster.status import NodeStatus
 
 REFRESH_INTERVAL_S: Final = 1.0
 """Prometheus scrapes every 10-60 s; a second-old snapshot is fresh enough and costs nothing."""

@@ -1,135 +1,49 @@
 """A running cluster member: the composition of catalog, transport, Raft engine and metadata.
 
-`Node` owns its parts and their order of shutdown, answers the control RPCs (ping, join, status,
-metadata proposals forwarded by other members) through one dispatch table, and runs the
-membership reconciler. How a node *becomes* a member (bootstrap, join, restart) is
-`nodedb_cluster.formation.start`; this module is what it becomes.
+`Node` owns its parts, wires them to each other and stops them in order. The parts do the work:
+control RPCs are answered through `control.ControlDispatch` by the part that owns each kind
+(join admission, metadata forwarding, status, audit, KV), the reconciler drives replicas towards
+the routing table (`reconciler.py`), SWIM watches the members (`swim_wiring.py`). How a node
+*becomes* a member (bootstrap, join, restart) is `nodedb_cluster.formation.start`; this module
+is what it becomes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
-
-import msgpack
+from collections.abc import Callable
 
 from nodedb_cluster import wire
-
-if TYPE_CHECKING:
-    from nodedb_cluster.bench import EmbeddedLoad
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import (
-    CatalogNoSpace,
-    ClusterError,
-    EngineStopped,
-    NotLeader,
-    PermissionDenied,
-    RaftNotLeader,
-    Timeout,
-    UnknownGroup,
+from nodedb_cluster.control import (
+    ControlDispatch,
+    bench_load_refusal,
+    log_refusals,
+    ping_handler,
 )
+from nodedb_cluster.errors import CatalogNoSpace, EngineStopped
 from nodedb_cluster.formation.admission import JoinAdmission
+from nodedb_cluster.formation.credentials import reload_crl
 from nodedb_cluster.kv import LEASE_FRACTION, KvRouter, decode_doc, encode_request
 from nodedb_cluster.lifecycle import Failed, LifecycleTracker
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
-from nodedb_cluster.membership.secret import read_cluster_secret
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.audit import AUDIT_FILE_NAME, AuditLog
-from nodedb_cluster.metadata.commands import DemoteGroupVoter, MetadataEntry, SettingValue
-from nodedb_cluster.metadata.group import MetadataGroup, decode_result
-from nodedb_cluster.metadata.placement import plan_promotion
-from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
-from nodedb_cluster.reconcile import (
-    Action,
-    AddLearner,
-    CreateGroup,
-    DropGroup,
-    LocalGroup,
-    PromoteVoter,
-    ProposeDemotion,
-    ProposePromotion,
-    RemoveMember,
-    TransferLeader,
-    plan_reconcile,
-)
-from nodedb_cluster.routing.table import METADATA_GROUP_ID
+from nodedb_cluster.metadata.commands import MetadataEntry
+from nodedb_cluster.metadata.forward import MetadataProposer
+from nodedb_cluster.metadata.group import MetadataGroup
+from nodedb_cluster.raft import RaftEngine, StateMachineKind
+from nodedb_cluster.reconcile import Action
+from nodedb_cluster.reconciler import ReconcilePolicy, Reconciler
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.status import NodeIdentity, NodeStatus, collect_status, status_handler
+from nodedb_cluster.swim_wiring import SwimWiring
 from nodedb_cluster.transport import Peer, Reply, Transport
 
 log = logging.getLogger(__name__)
-
-RECONCILE_INTERVAL_S: Final = 0.5
-"""The reconciler also runs on every metadata change; the timer catches what changes in Raft
-alone (a learner catching up, a new leader) at a pace that keeps promotion well under a second."""
-REFUSAL_LOG_INTERVAL_S: Final = 1.0
-"""How often refused-request lines queued by the transport are written to the log."""
-METADATA_FORWARD_ATTEMPTS_MAX: Final = 3
-"""A metadata proposal follows at most this many leader changes before giving up."""
-
-ControlHandler = Callable[[Peer, bytes], Awaitable[Reply]]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """What `Node.status()` reports: one consistent look at this member."""
-
-    node_id: int
-    lifecycle: str
-    cluster_id: str
-    topology_version: int
-    routing_epoch: int
-    metadata_applied_index: int
-    nodes: tuple[tuple[int, str, str], ...]
-    """(node id, address, state name) for every node in the topology."""
-    groups: tuple[GroupStatus, ...]
-    vshards_per_group: dict[int, int]
-    settings: dict[str, SettingValue]
-    kv_digests: dict[int, tuple[int, int, int]] = field(default_factory=dict)
-    """(applied index, key count, digest) per local KV replica: equal on two nodes = same state
-    (the fault harness compares them across replicas after healing)."""
-    members: tuple[tuple[int, str, int], ...] = ()
-    """SWIM's view: (node id, swim state name, incarnation) per other node; () without SWIM."""
-    no_space: str | None = None
-    """Set while the node is NO_SPACE (writes refused, reads served): why; `Node.no_space`."""
-
-    def to_doc(self) -> dict[str, object]:
-        return {
-            "node_id": self.node_id,
-            "lifecycle": self.lifecycle,
-            "cluster_id": self.cluster_id,
-            "topology_version": self.topology_version,
-            "routing_epoch": self.routing_epoch,
-            "metadata_applied_index": self.metadata_applied_index,
-            "nodes": [list(n) for n in self.nodes],
-            "settings": dict(self.settings),
-            "members": [list(m) for m in self.members],
-            "no_space": self.no_space,
-            "groups": [
-                {
-                    "group_id": g.group_id,
-                    "role": g.role,
-                    "leader": g.leader_id or 0,
-                    "term": g.term,
-                    "commit": g.commit_index,
-                    "applied": g.applied_index,
-                    "voters": list(g.voters),
-                    "learners": list(g.learners),
-                    "vshards": self.vshards_per_group.get(g.group_id, 0),
-                    "kv": list(self.kv_digests.get(g.group_id, ())),
-                }
-                for g in self.groups
-            ],
-        }
-
-
-def encode_metadata_propose(entry: bytes, forwarded: bool) -> bytes:
-    """The METADATA_PROPOSE payload: the entry, and whether a member already forwarded it."""
-    return bytes(msgpack.packb({"entry": entry, "forwarded": forwarded}, use_bin_type=True))
 
 
 class Node:
@@ -151,13 +65,10 @@ class Node:
         self.cluster_id = cluster_id
         self.engine: RaftEngine | None = None
         self._kv: KvRouter | None = None
-        self._load: EmbeddedLoad | None = None
         self._metadata: MetadataGroup | None = None
         self._data_group_kind: StateMachineKind = data_group_kind
-        self._reconcile_wakeup = asyncio.Event()
-        self._reconciler: asyncio.Task[None] | None = None
-        self._refusal_logger: asyncio.Task[None] | None = None
-        self._engine_watch: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        """Reconciler, refusal logger, engine watch: cancelled first at shutdown."""
         self.failed = asyncio.Event()
         """Set when the node can no longer serve (its Raft engine stopped on its own): the
         lifecycle is Failed with the reason in `failure`, and the node shuts itself down. The
@@ -169,23 +80,40 @@ class Node:
         self._closed = False
         self.join_attempts: list[int] = [0]
         """Joining transitions before Ready (a cell shared with the lifecycle observer)."""
-        self.membership: SwimNode | None = None
-        """SWIM failure detector (config.swim_udp_addr); None when SWIM is off."""
-        self._member_dead_hooks: list[Callable[[int], None]] = []
-        self.admission = JoinAdmission(config, catalog)
+
+        self.admission = JoinAdmission(
+            config, catalog, transport, cluster_id, self._require_engine, lambda: self.metadata
+        )
         """Join decisions, join tokens and their counters (formation/admission.py)."""
         self.audit = AuditLog(config.data_dir / AUDIT_FILE_NAME)
         """Applied membership and settings changes (metadata/audit.py)."""
-        self._handlers: dict[int, ControlHandler] = {
-            wire.MessageKind.PING: self._on_ping,
-            wire.MessageKind.JOIN_REQUEST: self._on_join,
-            wire.MessageKind.STATUS_REQUEST: self._on_status,
-            wire.MessageKind.METADATA_PROPOSE: self._on_metadata_propose,
+        self._proposer = MetadataProposer(
+            config.node_id, self._require_engine, transport, self._routing, config.rpc_timeout_ms
+        )
+        policy = ReconcilePolicy(
+            config.node_id,
+            config.replication_factor,
+            config.balance_leaders,
+            config.rpc_timeout_ms,
+        )
+        self._reconciler = Reconciler(
+            policy, self._require_engine, self._routing, self.group_kind, self._proposer.propose
+        )
+        self._swim = SwimWiring(config, self.admission.secret)
+        self.control = ControlDispatch()
+        """Who answers which control RPC; tools may add kinds (the bench tool's BENCH_LOAD)."""
+        handlers = {
+            wire.MessageKind.PING: ping_handler(config.node_id),
+            wire.MessageKind.JOIN_REQUEST: self.admission.on_join_request,
+            wire.MessageKind.STATUS_REQUEST: status_handler(self.status),
+            wire.MessageKind.METADATA_PROPOSE: self._proposer.on_propose,
             wire.MessageKind.KV_REQUEST: self._on_kv,
-            wire.MessageKind.BENCH_LOAD: self._on_bench_load,
+            wire.MessageKind.BENCH_LOAD: bench_load_refusal(transport.record_refusal),
             wire.MessageKind.JOIN_TOKEN_REQUEST: self.admission.on_join_token_request,
             wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
         }
+        for kind, handler in handlers.items():
+            self.control.register(kind, handler)
 
     # --- wiring (used by formation) ---------------------------------------------------------------
 
@@ -213,11 +141,50 @@ class Node:
                 repair.offset_bytes,
                 repair.reason,
             )
-        self._engine_watch = asyncio.ensure_future(self._watch_engine(engine))
+        self._tasks.append(asyncio.ensure_future(self._watch_engine(engine)))
+        self._attach_kv(engine)
+
+    def serve(self) -> None:
+        """Answer control RPCs from now on (raft frames are answered inside the engine; so is
+        KV_REQUEST `propose_many`, the hot write path: rust/py/src/kv_serve.rs)."""
+        self.transport.serve(self.control)
+        self._tasks.append(asyncio.ensure_future(log_refusals(self.transport)))
+        if self.engine is not None:
+            self.engine.serve_kv_requests(self.transport)
+
+    def start_reconciler(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._reconciler.run()))
+
+    async def start_membership(self) -> None:
+        """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology."""
+        await self._swim.start(self.metadata.topology)
+
+    def group_kind(self, group_id: int) -> StateMachineKind:
+        return "python" if group_id == METADATA_GROUP_ID else self._data_group_kind
+
+    # --- the built-in KV (issue 14 part 5: the lead replaces this block) --------------------------
+
+    def _attach_kv(self, engine: RaftEngine) -> None:
+        """Build the KV router over `engine` and feed it SWIM's verdicts: a dead or departed
+        node's health is marked, and a dead leader is forgotten so requests ask the group's
+        other members instead of waiting it out."""
         lease_s = self.config.election_timeout_min_ms / 1000 * LEASE_FRACTION
-        self._kv = KvRouter(
-            self.config.node_id, self.transport, lambda: self.metadata.routing, engine, lease_s
-        )
+        kv = KvRouter(self.config.node_id, self.transport, self._routing, engine, lease_s)
+        self._kv = kv
+
+        def on_change(event: MemberChanged) -> None:
+            gone = event.state in (MemberState.DEAD, MemberState.LEFT)
+            kv.health.set_dead(event.node_id, gone)
+
+        def forget_dead_leader(node_id: int) -> None:
+            if self._metadata is None:
+                return
+            for group_id in self.metadata.routing.group_ids:
+                if kv.leader_hint(group_id) == node_id:
+                    kv.learn_leader(group_id, None)
+
+        self._swim.observe(on_change)
+        self._swim.add_dead_hook(forget_dead_leader)
 
     @property
     def kv(self) -> KvRouter:
@@ -227,20 +194,17 @@ class Node:
             raise EngineStopped("the node is not running")
         return self._kv
 
-    def serve(self) -> None:
-        """Answer control RPCs from now on (raft frames are answered inside the engine; so is
-        KV_REQUEST `propose_many`, the hot write path: rust/py/src/kv_serve.rs)."""
-        self.transport.serve(self._dispatch)
-        if self._refusal_logger is None:
-            self._refusal_logger = asyncio.ensure_future(self._log_refusals())
-        if self.engine is not None:
-            self.engine.serve_kv_requests(self.transport)
-
-    def start_reconciler(self) -> None:
-        self._reconciler = asyncio.ensure_future(self._reconcile_loop())
-
-    def group_kind(self, group_id: int) -> StateMachineKind:
-        return "python" if group_id == METADATA_GROUP_ID else self._data_group_kind
+    async def _on_kv(self, peer: Peer, payload: bytes) -> Reply:
+        """KV requests: "routing" (what a `Client` needs to reach leaders) or one operation."""
+        request = decode_doc(payload, "kv request")
+        if request.get("op") == "routing":
+            state = self.metadata
+            doc = {
+                "routing": state.routing.encode(),
+                "nodes": [[n.node_id, str(n.addr), n.spki_pin] for n in state.topology.nodes()],
+            }
+            return wire.MessageKind.KV_RESPONSE, encode_request(doc)
+        return wire.MessageKind.KV_RESPONSE, await self.kv.serve(request)
 
     # --- state --------------------------------------------------------------------------------
 
@@ -250,11 +214,14 @@ class Node:
             raise EngineStopped("the metadata group is not running")
         return self._metadata.machine.state
 
+    def _routing(self) -> RoutingTable:
+        return self.metadata.routing
+
     def on_metadata_change(self, state: MetadataState) -> None:
         """On the event loop after group 0 applied something: peers, then reconcile."""
         self.register_peers(state)
-        self._seed_membership(state)
-        self._reconcile_wakeup.set()
+        self._swim.seed(state.topology)
+        self._reconciler.wake()
 
     def register_peers(self, state: MetadataState) -> None:
         """The transport's peers are the topology's other nodes: a node removed from it is
@@ -270,32 +237,14 @@ class Node:
     async def status(self) -> NodeStatus:
         state = self.metadata
         engine = self._require_engine()
-        groups = []
-        kv_digests: dict[int, tuple[int, int, int]] = {}
-        for group_id in await engine.groups():
-            with contextlib.suppress(UnknownGroup):
-                groups.append(await engine.status(group_id))
-            if self.group_kind(group_id) == "kv":
-                with contextlib.suppress(UnknownGroup):
-                    kv_digests[group_id] = engine.kv_digest(group_id)
-        counts: dict[int, int] = {}
-        for group_id in state.routing.vshard_to_group.tolist():
-            counts[group_id] = counts.get(group_id, 0) + 1
-        return NodeStatus(
-            node_id=self.config.node_id,
-            lifecycle=self.lifecycle.state.label,
-            cluster_id=self.cluster_id,
-            topology_version=state.topology.version,
-            routing_epoch=state.routing.epoch,
-            metadata_applied_index=state.applied_index,
-            nodes=tuple((n.node_id, str(n.addr), n.state.name) for n in state.topology.nodes()),
-            groups=tuple(groups),
-            vshards_per_group=counts,
-            settings=dict(state.settings),
-            kv_digests=kv_digests,
-            members=self._members_view(),
-            no_space=self.no_space(),
+        who = NodeIdentity(
+            self.config.node_id,
+            self.cluster_id,
+            self.lifecycle.state.label,
+            self._swim.view(),
+            self.no_space(),
         )
+        return await collect_status(who, state, engine, self.group_kind)
 
     def no_space(self) -> str | None:
         """Why this node is NO_SPACE, or None. Its Raft log's disk is below the free-space
@@ -330,150 +279,31 @@ class Node:
         return counters
 
     def reload_crl(self) -> int:
-        """Read `tls_crl_path` again and put it in force (the `start` command does on SIGHUP):
-        new handshakes are checked against it and live connections of peers it revokes are
-        closed. Returns how many were closed. A file that cannot be read or parsed raises
-        `CredentialsError` (logged here) and the CRL in force stays."""
-        path = self.config.tls_crl_path
-        if self.config.insecure_transport:
-            return 0
-        try:
-            closed = self.transport.set_crls([] if path is None else [path])
-        except ClusterError as e:
-            log.error(
-                "node %d: CRL %s not reloaded, the one in force stays: %s",
-                self.config.node_id,
-                path,
-                e,
-            )
-            raise
-        log.info(
-            "node %d: CRL %s reloaded; %d connection(s) of revoked peers closed",
-            self.config.node_id,
-            path,
-            closed,
-        )
-        return closed
+        """Put `tls_crl_path` in force again (the `start` command does on SIGHUP); how many live
+        connections of revoked peers were closed (`formation.credentials.reload_crl`)."""
+        return reload_crl(self.config, self.transport)
 
-    # --- metadata proposals -------------------------------------------------------------------
+    # --- the parts' entry points --------------------------------------------------------------
 
     async def propose_metadata(self, entry: MetadataEntry) -> str | None:
         """Replicate `entry` through group 0 from any member (forwarded to its leader); returns
         None once applied, or the reason the state machine refused it."""
-        engine = self._require_engine()
-        if entry.proposer is None:  # the audit log names who proposed: this node, by default
-            entry = dataclasses.replace(entry, proposer=self.transport.identity)
-        data = entry.encode()
-        timeout_ms = self.config.rpc_timeout_ms
-        last: ClusterError = Timeout("metadata proposal", timeout_ms)
-        for attempt in range(METADATA_FORWARD_ATTEMPTS_MAX):
-            try:
-                status: GroupStatus | None = await engine.status(METADATA_GROUP_ID)
-            except UnknownGroup:
-                status = None  # no replica of group 0 here (rejoining): ask a member of it
-            if status is not None and status.role == "leader":
-                proposed = await engine.propose(METADATA_GROUP_ID, data, timeout_ms)
-                return decode_result(proposed.result)
-            if status is not None:
-                if not status.leader_id:
-                    raise NotLeader(None, "metadata group has no leader")
-                target, forwarded = status.leader_id, True
-            else:
-                voters = self.metadata.routing.route(METADATA_GROUP_ID).voters
-                others = [v for v in voters if v != self.config.node_id]
-                if not others:
-                    raise NotLeader(None, "no other member of the metadata group to ask")
-                target, forwarded = others[attempt % len(others)], False  # it forwards once
-            try:
-                _kind, payload = await self.transport.send_rpc(
-                    target,
-                    wire.MessageKind.METADATA_PROPOSE,
-                    encode_metadata_propose(data, forwarded=forwarded),
-                )
-            except NotLeader as e:
-                last = e
-                continue
-            result = msgpack.unpackb(payload, raw=False)
-            if not isinstance(result, dict):
-                raise ClusterError("malformed metadata-propose reply")
-            if result.get("not_leader"):
-                last = NotLeader(None, "forwarded proposal reached a former leader")
-                continue
-            reason = result.get("refused")
-            return reason if isinstance(reason, str) else None
-        raise last
+        return await self._proposer.propose(entry)
 
-    # --- control RPCs -------------------------------------------------------------------------
+    async def reconcile_once(self) -> list[Action]:
+        """One reconciler round now (formation runs one before the node is Ready)."""
+        return await self._reconciler.reconcile_once()
 
-    async def _dispatch(self, peer: Peer, kind: int, payload: bytes) -> Reply | None:
-        handler = self._handlers.get(kind)
-        if handler is None:
-            raise ClusterError(f"no handler for message kind {kind}")
-        return await handler(peer, payload)
+    @property
+    def membership(self) -> SwimNode | None:
+        """SWIM failure detector (config.swim_udp_addr); None when SWIM is off."""
+        return self._swim.swim
 
-    async def _on_ping(self, peer: Peer, payload: bytes) -> Reply:
-        ping = wire.Ping.decode(payload)
-        return wire.MessageKind.PONG, wire.Pong(self.config.node_id, ping.nonce).encode()
+    def add_member_dead_hook(self, hook: Callable[[int], None]) -> None:
+        """Call `hook(node_id)` on the loop whenever SWIM declares a node dead (must not block)."""
+        self._swim.add_dead_hook(hook)
 
-    async def _on_status(self, peer: Peer, payload: bytes) -> Reply:
-        status = await self.status()
-        packed = msgpack.packb(status.to_doc(), use_bin_type=True)
-        return wire.MessageKind.STATUS_RESPONSE, bytes(packed)
-
-    async def _on_metadata_propose(self, peer: Peer, payload: bytes) -> Reply:
-        """A client's proposal is forwarded to the leader once; a forwarded one is not again."""
-        request = msgpack.unpackb(payload, raw=False)
-        entry = request.get("entry") if isinstance(request, dict) else None
-        if not isinstance(entry, bytes):
-            raise ClusterError("metadata-propose payload must be a map with bytes 'entry'")
-        doc: dict[str, object]
-        if request.get("forwarded"):
-            engine = self._require_engine()
-            try:
-                proposed = await engine.propose(
-                    METADATA_GROUP_ID, entry, self.config.rpc_timeout_ms
-                )
-            except RaftNotLeader:
-                doc = {"not_leader": True}
-            else:
-                doc = {"refused": decode_result(proposed.result)}
-        else:
-            doc = {"refused": await self.propose_metadata(MetadataEntry.decode(entry))}
-        return wire.MessageKind.METADATA_PROPOSE_RESPONSE, bytes(msgpack.packb(doc))
-
-    async def _on_kv(self, peer: Peer, payload: bytes) -> Reply:
-        """KV requests: "routing" (what a `Client` needs to reach leaders) or one operation."""
-        request = decode_doc(payload, "kv request")
-        if request.get("op") == "routing":
-            state = self.metadata
-            doc = {
-                "routing": state.routing.encode(),
-                "nodes": [[n.node_id, str(n.addr), n.spki_pin] for n in state.topology.nodes()],
-            }
-            return wire.MessageKind.KV_RESPONSE, encode_request(doc)
-        return wire.MessageKind.KV_RESPONSE, await self.kv.serve(request)
-
-    async def _on_bench_load(self, peer: Peer, payload: bytes) -> Reply:
-        """`nodedb-cluster bench --placement embedded`: load generated inside this node, only
-        where the operator allowed it (the kind table already limits it to admins and nodes)."""
-        if not self.config.allow_bench_load:
-            text = "bench load is disabled on this node (start it with --allow-bench-load)"
-            self.transport.record_refusal(
-                peer, wire.MessageKind.BENCH_LOAD, "bench_load_disabled", text
-            )
-            raise PermissionDenied(text)
-        if self._load is None:
-            from nodedb_cluster.bench import EmbeddedLoad
-
-            self._load = EmbeddedLoad()
-        request = decode_doc(payload, "bench load request")
-        answer = await self._load.handle(self.kv, request)
-        return wire.MessageKind.BENCH_LOAD_RESPONSE, encode_request(answer)
-
-    async def _on_join(self, peer: Peer, payload: bytes) -> Reply:
-        request = wire.JoinRequest.decode(payload)
-        response = await self.admission.admit(self, request, peer)
-        return wire.MessageKind.JOIN_RESPONSE, response.encode()
+    # --- lifetime -----------------------------------------------------------------------------
 
     async def _watch_engine(self, engine: RaftEngine) -> None:
         """Fail fast: an engine that stopped without being asked to (a fatal log error, a
@@ -491,167 +321,6 @@ class Node:
         self.failed.set()
         await self.shutdown()
 
-    async def _log_refusals(self) -> None:
-        """Log the transport's refused requests at WARN (already rate-limited there: one line
-        per peer, kind and reason per 10 s, with the number suppressed)."""
-        while not self._closed:
-            for line in self.transport.take_refusal_lines():
-                more = f" (+{line.suppressed} more since the last line)" if line.suppressed else ""
-                log.warning(
-                    "refused %s from %s at %s [%s]: %s%s",
-                    line.kind,
-                    line.peer,
-                    line.addr,
-                    line.reason,
-                    line.message,
-                    more,
-                )
-            await asyncio.sleep(REFUSAL_LOG_INTERVAL_S)
-
-    # --- reconciler ---------------------------------------------------------------------------
-
-    async def _reconcile_loop(self) -> None:
-        while not self._closed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconcile_wakeup.wait(), RECONCILE_INTERVAL_S)
-            self._reconcile_wakeup.clear()
-            try:
-                await self.reconcile_once()
-            except EngineStopped:
-                return
-            except ClusterError as e:
-                log.info("reconcile round incomplete: %s", e)
-            except Exception:  # a control loop that dies silently leaves the cluster half-built
-                log.exception("reconcile round failed; retrying next round")
-
-    async def reconcile_once(self) -> list[Action]:
-        """One round: plan from the routing table and the engine's view, then act."""
-        engine = self._require_engine()
-        local: dict[int, LocalGroup] = {}
-        for group_id in await engine.groups():
-            with contextlib.suppress(UnknownGroup):
-                s = await engine.status(group_id)
-                local[group_id] = LocalGroup(
-                    group_id,
-                    s.role == "leader",
-                    s.voters,
-                    s.learners,
-                    s.commit_index,
-                    dict(s.matched),
-                    s.leader_id or 0,
-                )
-        state = self.metadata
-        actions = plan_reconcile(
-            self.config.node_id,
-            state.routing,
-            local,
-            self.config.replication_factor,
-            self.config.balance_leaders,
-        )
-        bound_s = 2 * self.config.rpc_timeout_ms / 1000
-        for action in actions:
-            try:
-                async with asyncio.timeout(bound_s):
-                    await self._act(action)
-            except ClusterError as e:
-                log.info("reconcile %s failed: %s", action, e)
-            except TimeoutError:
-                log.warning("reconcile %s not done within %.1f s; next round", action, bound_s)
-        return actions
-
-    async def _act(self, action: Action) -> None:
-        engine = self._require_engine()
-        log.info("reconcile: %s", action)
-        match action:
-            case CreateGroup(group_id=g):
-                await engine.add_group(g, None, self.group_kind(g))
-            case DropGroup(group_id=g):
-                await engine.remove_group(g)
-            case AddLearner(group_id=g, node_id=n):
-                await engine.add_learner(g, n)
-            case PromoteVoter(group_id=g, node_id=n):
-                await engine.promote(g, n)
-            case ProposeDemotion(group_id=g):
-                me = self.config.node_id
-                refused = await self.propose_metadata(MetadataEntry((DemoteGroupVoter(g, me),)))
-                if refused is not None:
-                    log.info("demotion of %d in group %d refused: %s", me, g, refused)
-                    return
-                # Applied in group 0: routing lists this node as a learner of g. The empty
-                # replica is created now rather than when this node's routing shows it, which
-                # it learns through its own replica of group 0 (perhaps the one missing).
-                await engine.add_group(g, None, self.group_kind(g))
-            case RemoveMember(group_id=g, node_id=n):
-                await engine.remove_node(g, n)
-            case TransferLeader(group_id=g, to_node_id=n):
-                await engine.transfer_leader(g, n)
-            case ProposePromotion(group_id=g, node_id=n):
-                change = plan_promotion(self.metadata.routing, g, n, self.config.replication_factor)
-                if change is not None:
-                    refused = await self.propose_metadata(MetadataEntry((change,)))
-                    if refused is not None:
-                        log.info("promotion of %d in group %d refused: %s", n, g, refused)
-
-    # --- shutdown -----------------------------------------------------------------------------
-
-    # --- SWIM membership (issue 7; nodedb_cluster.membership) ----------------------------------
-
-    async def start_membership(self) -> None:
-        """Run SWIM on config.swim_udp_addr with config.swim's timings (no-op when the address is
-        unset), seeded from the topology."""
-        if self.config.swim_udp_addr is None or self.membership is not None:
-            return
-        stored = await self.admission.secret()  # the catalog's; cluster_secret_path overrides
-        secret = await asyncio.to_thread(read_cluster_secret, self.config, stored)
-        swim = SwimNode(self.config.node_id, self.config.swim_udp_addr, self.config.swim, secret)
-        swim.subscribe(self._on_member_changed)
-        await swim.start()
-        self.membership = swim
-        self._seed_membership(self.metadata)
-
-    def add_member_dead_hook(self, hook: Callable[[int], None]) -> None:
-        """Call `hook(node_id)` on the loop whenever SWIM declares a node dead (must not block)."""
-        self._member_dead_hooks.append(hook)
-
-    def on_member_dead(self, node_id: int) -> None:
-        """SWIM declared `node_id` dead: forget it as the leader of any group (the KV router then
-        asks the group's other members instead of waiting out a dead leader), then run hooks."""
-        if self._kv is not None and self._metadata is not None:
-            for group_id in self.metadata.routing.group_ids:
-                if self._kv.leader_hint(group_id) == node_id:
-                    self._kv.learn_leader(group_id, None)
-        for hook in self._member_dead_hooks:
-            try:
-                hook(node_id)
-            except Exception:  # one observer's bug must not stop the others
-                log.exception("member-dead hook %r failed for node %d", hook, node_id)
-
-    def _on_member_changed(self, event: MemberChanged) -> None:
-        log.info(
-            "swim: node %d is %s (incarnation %d)",
-            event.node_id,
-            event.state.name,
-            event.incarnation,
-        )
-        if self._kv is not None:
-            self._kv.health.set_dead(
-                event.node_id, event.state in (MemberState.DEAD, MemberState.LEFT)
-            )
-        if event.state is MemberState.DEAD:
-            self.on_member_dead(event.node_id)
-
-    def _seed_membership(self, state: MetadataState) -> None:
-        if self.membership is None:
-            return
-        for node in state.topology.nodes():
-            if node.node_id != self.config.node_id and node.swim_addr is not None:
-                self.membership.add_member(node.node_id, node.swim_addr)
-
-    def _members_view(self) -> tuple[tuple[int, str, int], ...]:
-        if self.membership is None:
-            return ()
-        return tuple((m.node_id, m.state.name, m.incarnation) for m in self.membership.members())
-
     def _require_engine(self) -> RaftEngine:
         if self.engine is None or self._closed:
             raise EngineStopped("the node is not running")
@@ -666,13 +335,11 @@ class Node:
         await asyncio.shield(self._stopping)
 
     async def _shutdown_once(self) -> None:
-        for task in (self._reconciler, self._refusal_logger, self._engine_watch):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self.membership is not None:
-            await self.membership.close()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._swim.close()
         if self._kv is not None:
             await self._kv.close()
         if self.engine is not None:

@@ -33,8 +33,7 @@ def record_python_kv_ops(node: Node) -> list[object]:
     """The ops of every KV_REQUEST that reaches `node`'s Python handler, in arrival order (the
     real handler still answers them)."""
     seen: list[object] = []
-    handlers = node._handlers  # observed, not replaced: the real handler still answers
-    inner = handlers[wire.MessageKind.KV_REQUEST]
+    inner = node.control.handler(wire.MessageKind.KV_REQUEST)  # observed: it still answers
 
     async def observed(peer: Peer, payload: bytes) -> Reply:
         try:
@@ -43,7 +42,7 @@ def record_python_kv_ops(node: Node) -> list[object]:
             seen.append(type(e).__name__)
         return await inner(peer, payload)
 
-    handlers[wire.MessageKind.KV_REQUEST] = observed
+    node.control.register(wire.MessageKind.KV_REQUEST, observed)
     return seen
 
 

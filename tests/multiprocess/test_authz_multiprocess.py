@@ -39,7 +39,7 @@ from nodedb_cluster.metadata.commands import (
     SetGroupMembers,
     SetNodeState,
 )
-from nodedb_cluster.node import encode_metadata_propose
+from nodedb_cluster.metadata.forward import encode_metadata_propose
 from nodedb_cluster.topology import NodeInfo, NodeState
 from nodedb_cluster.transport import Mtls, Transport, ca_key_path, issue_node_credentials
 

@@ -1,5 +1,5 @@
-"""Multi-Raft engine across real processes (tests/support/raft_node.py on 127.0.0.1-4, real QUIC, real
-WAL, SIGKILL). Claims (issue 4): three processes replicate 10,000 proposals across 8 groups and
+"""Multi-Raft engine across real processes (tests/support/raft_node.py on 127.0.0.1-4, real QUIC,
+real WAL, SIGKILL). Claims (issue 4): three processes replicate 10,000 proposals across 8 groups and
 every node ends with the same state; killing the leader of a group yields a new leader within
 the failover target and loses no acknowledged proposal; the killed node restarts from its log
 and catches up; a learner added to a busy group catches up and is promoted.

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final
 
 import msgpack
 
@@ -39,12 +40,11 @@ from nodedb_cluster.formation.join_server import (
 )
 from nodedb_cluster.formation.join_token import TTL_SECS_DEFAULT, check_ttl, issue_token
 from nodedb_cluster.formation.leader_hint import format_not_leader
+from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.group import decode_result, encode_state
+from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.routing.table import METADATA_GROUP_ID
-
-if TYPE_CHECKING:
-    from nodedb_cluster.node import Node
-    from nodedb_cluster.transport import Peer, Reply
+from nodedb_cluster.transport import Peer, Reply, Transport
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,24 @@ def caller_of(peer: Peer) -> Caller:
 class JoinAdmission:
     """Admission decisions, token issuance and their counters for one node."""
 
-    def __init__(self, config: ClusterConfig, catalog: Catalog, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        catalog: Catalog,
+        transport: Transport,
+        cluster_id: str,
+        engine: Callable[[], RaftEngine],
+        metadata: Callable[[], MetadataState],
+        clock: Clock | None = None,
+    ) -> None:
         self._config = config
         self._catalog = catalog
+        self._transport = transport
+        self._cluster_id = cluster_id
+        self._engine = engine
+        """The running engine (raises EngineStopped once the node stops)."""
+        self._metadata = metadata
+        """The applied metadata state (read again after an admission applied)."""
         self._clock = clock or SystemClock()
         self._secret: bytes | None = None
         self._secret_loaded = False
@@ -100,14 +115,17 @@ class JoinAdmission:
 
     # --- JOIN_REQUEST -----------------------------------------------------------------------------
 
-    async def admit(self, node: Node, request: wire.JoinRequest, peer: Peer) -> wire.JoinResponse:
+    async def on_join_request(self, peer: Peer, payload: bytes) -> Reply:
+        """JOIN_REQUEST -> JOIN_RESPONSE."""
+        response = await self.admit(wire.JoinRequest.decode(payload), peer)
+        return wire.MessageKind.JOIN_RESPONSE, response.encode()
+
+    async def admit(self, request: wire.JoinRequest, peer: Peer) -> wire.JoinResponse:
         """Decide, propose the admission through group 0 (bounded by the RPC timeout), answer."""
-        engine = node.engine
-        if engine is None:
-            raise ClusterError("the node is not running")
+        engine = self._engine()
         caller = caller_of(peer)
         status = await engine.status(METADATA_GROUP_ID)
-        state = node.metadata
+        state = self._metadata()
         leader = state.topology.get(status.leader_id) if status.leader_id else None
         view = JoinView(
             is_metadata_leader=status.role == "leader",
@@ -139,7 +157,7 @@ class JoinAdmission:
             case Reject(text=text, reason=reason):
                 label = None if reason is None else REFUSAL_LABELS.get(reason)
                 if label is not None:  # counted, and logged at WARN rate-limited
-                    node.transport.record_refusal(peer, wire.MessageKind.JOIN_REQUEST, label, text)
+                    self._transport.record_refusal(peer, wire.MessageKind.JOIN_REQUEST, label, text)
                 else:  # a redirect, or JOIN.md's retryable refusals
                     log.info("join of node %d not admitted: %s", request.node_id, text)
                 return wire.JoinResponse(success=False, error=text, permanent=decision.permanent)
@@ -172,8 +190,8 @@ class JoinAdmission:
                 )
         return wire.JoinResponse(
             success=True,
-            cluster_id=node.cluster_id,
-            state=encode_state(node.metadata),
+            cluster_id=self._cluster_id,
+            state=encode_state(self._metadata()),
             cluster_secret=view.cluster_secret,
         )
 

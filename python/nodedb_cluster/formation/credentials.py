@@ -27,8 +27,13 @@ from pathlib import Path
 from typing import Final
 
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import ConfigError, CredentialsError
-from nodedb_cluster.transport import CertIdentity, certificate_not_after, read_cert_identity
+from nodedb_cluster.errors import ClusterError, ConfigError, CredentialsError
+from nodedb_cluster.transport import (
+    CertIdentity,
+    Transport,
+    certificate_not_after,
+    read_cert_identity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,3 +173,30 @@ async def warn_before_expiry(
         else:
             if warning is not None:
                 log.warning("node %d: %s", config.node_id, warning)
+
+
+def reload_crl(config: ClusterConfig, transport: Transport) -> int:
+    """Read `tls_crl_path` again and put it in force (the `start` command does on SIGHUP):
+    new handshakes are checked against it and live connections of peers it revokes are
+    closed. Returns how many were closed. A file that cannot be read or parsed raises
+    `CredentialsError` (logged here) and the CRL in force stays."""
+    path = config.tls_crl_path
+    if config.insecure_transport:
+        return 0
+    try:
+        closed = transport.set_crls([] if path is None else [path])
+    except ClusterError as e:
+        log.error(
+            "node %d: CRL %s not reloaded, the one in force stays: %s",
+            config.node_id,
+            path,
+            e,
+        )
+        raise
+    log.info(
+        "node %d: CRL %s reloaded; %d connection(s) of revoked peers closed",
+        config.node_id,
+        path,
+        closed,
+    )
+    return closed

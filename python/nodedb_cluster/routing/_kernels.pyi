@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nodedb_cluster.errors import UnknownVShard as UnknownVShard
-from nodedb_cluster.routing.vshard import Key, KeyBatch, VShardIds
+from nodedb_cluster.routing.keys import Key, KeyBatch, VShardIds
 
 NUM_VSHARDS: Final[int]
 

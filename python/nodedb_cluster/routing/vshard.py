@@ -17,15 +17,14 @@ as numpy hands its elements out, i.e. without trailing NUL bytes).
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
-from typing import Final, TypeAlias
+from typing import Final
 
 import numpy as np
-import numpy.typing as npt
 
 from nodedb_cluster.errors import UnknownVShard
 from nodedb_cluster.routing import _kernels
 from nodedb_cluster.routing._kernels import vshard_for_key, vshards_for_keys
+from nodedb_cluster.routing.keys import Key, KeyBatch, VShardIds
 
 __all__ = [
     "NUM_VSHARDS",
@@ -38,15 +37,6 @@ __all__ = [
     "vshards_for_keys",
 ]
 
-Key: TypeAlias = bytes | bytearray | memoryview
-"""One key as the kernels accept it."""
-
-KeyBatch: TypeAlias = Iterable[Key] | npt.NDArray[np.bytes_] | npt.NDArray[np.object_]
-"""A batch of keys: a list or tuple (fast path), any other iterable of keys (copied into a list
-first), or a 1-D numpy `S<n>` (or object) array."""
-
-VShardIds: TypeAlias = npt.NDArray[np.integer] | Sequence[int]
-"""A batch of vShard ids; uint16 arrays are the zero-copy fast path."""
 
 NUM_VSHARDS: Final = 1024
 """Fixed for the life of a cluster: changing it moves almost every key."""

@@ -1,0 +1,116 @@
+"""Metadata proposals from any member: replicate an entry through group 0 wherever its leader is.
+
+A member that leads group 0 proposes the entry itself; one that does not forwards it in a
+METADATA_PROPOSE to the leader it knows, or, holding no replica of group 0 (rejoining), to
+another voter of the group, which forwards it once more. A forwarded proposal is never forwarded
+again: the receiver either leads (and answers the outcome) or says `not_leader`, and the sender
+follows at most `METADATA_FORWARD_ATTEMPTS_MAX` leader changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Final
+
+import msgpack
+
+from nodedb_cluster import wire
+from nodedb_cluster.errors import ClusterError, NotLeader, RaftNotLeader, Timeout, UnknownGroup
+from nodedb_cluster.metadata.commands import MetadataEntry
+from nodedb_cluster.metadata.group import decode_result
+from nodedb_cluster.raft import GroupStatus, RaftEngine
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.transport import Peer, Reply, Transport
+
+METADATA_FORWARD_ATTEMPTS_MAX: Final = 3
+"""A metadata proposal follows at most this many leader changes before giving up."""
+
+
+def encode_metadata_propose(entry: bytes, forwarded: bool) -> bytes:
+    """The METADATA_PROPOSE payload: the entry, and whether a member already forwarded it."""
+    return bytes(msgpack.packb({"entry": entry, "forwarded": forwarded}, use_bin_type=True))
+
+
+class MetadataProposer:
+    """Proposes metadata entries for one node, and answers the ones other members forward."""
+
+    def __init__(
+        self,
+        node_id: int,
+        engine: Callable[[], RaftEngine],
+        transport: Transport,
+        routing: Callable[[], RoutingTable],
+        timeout_ms: int,
+    ) -> None:
+        self._node_id = node_id
+        self._engine = engine
+        """The running engine (raises EngineStopped once the node stops)."""
+        self._transport = transport
+        self._routing = routing
+        """The applied routing table: who the voters of group 0 are."""
+        self._timeout_ms = timeout_ms
+
+    async def propose(self, entry: MetadataEntry) -> str | None:
+        """Replicate `entry` through group 0 (forwarded to its leader); None once applied, or
+        the reason the state machine refused it."""
+        engine = self._engine()
+        if entry.proposer is None:  # the audit log names who proposed: this node, by default
+            entry = dataclasses.replace(entry, proposer=self._transport.identity)
+        data = entry.encode()
+        last: ClusterError = Timeout("metadata proposal", self._timeout_ms)
+        for attempt in range(METADATA_FORWARD_ATTEMPTS_MAX):
+            try:
+                status: GroupStatus | None = await engine.status(METADATA_GROUP_ID)
+            except UnknownGroup:
+                status = None  # no replica of group 0 here (rejoining): ask a member of it
+            if status is not None and status.role == "leader":
+                proposed = await engine.propose(METADATA_GROUP_ID, data, self._timeout_ms)
+                return decode_result(proposed.result)
+            if status is not None:
+                if not status.leader_id:
+                    raise NotLeader(None, "metadata group has no leader")
+                target, forwarded = status.leader_id, True
+            else:
+                voters = self._routing().route(METADATA_GROUP_ID).voters
+                others = [v for v in voters if v != self._node_id]
+                if not others:
+                    raise NotLeader(None, "no other member of the metadata group to ask")
+                target, forwarded = others[attempt % len(others)], False  # it forwards once
+            try:
+                _kind, payload = await self._transport.send_rpc(
+                    target,
+                    wire.MessageKind.METADATA_PROPOSE,
+                    encode_metadata_propose(data, forwarded=forwarded),
+                )
+            except NotLeader as e:
+                last = e
+                continue
+            result = msgpack.unpackb(payload, raw=False)
+            if not isinstance(result, dict):
+                raise ClusterError("malformed metadata-propose reply")
+            if result.get("not_leader"):
+                last = NotLeader(None, "forwarded proposal reached a former leader")
+                continue
+            reason = result.get("refused")
+            return reason if isinstance(reason, str) else None
+        raise last
+
+    async def on_propose(self, peer: Peer, payload: bytes) -> Reply:
+        """METADATA_PROPOSE: a client's proposal is forwarded to the leader once; a forwarded
+        one is not again."""
+        request = msgpack.unpackb(payload, raw=False)
+        entry = request.get("entry") if isinstance(request, dict) else None
+        if not isinstance(entry, bytes):
+            raise ClusterError("metadata-propose payload must be a map with bytes 'entry'")
+        doc: dict[str, object]
+        if request.get("forwarded"):
+            try:
+                proposed = await self._engine().propose(METADATA_GROUP_ID, entry, self._timeout_ms)
+            except RaftNotLeader:
+                doc = {"not_leader": True}
+            else:
+                doc = {"refused": decode_result(proposed.result)}
+        else:
+            doc = {"refused": await self.propose(MetadataEntry.decode(entry))}
+        return wire.MessageKind.METADATA_PROPOSE_RESPONSE, bytes(msgpack.packb(doc))

@@ -1,0 +1,161 @@
+"""The membership reconciler's shell: runs `plan_reconcile` (reconcile.py, pure) and acts.
+
+A round reads the engine's view of every local group and the applied routing table, plans, and
+carries each action out with its own time bound, so one stuck change never holds the others.
+Rounds run on every metadata change (`wake`) and on a timer for what changes in Raft alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from nodedb_cluster.errors import ClusterError, EngineStopped, UnknownGroup
+from nodedb_cluster.metadata.commands import DemoteGroupVoter, MetadataEntry
+from nodedb_cluster.metadata.placement import plan_promotion
+from nodedb_cluster.raft import RaftEngine, StateMachineKind
+from nodedb_cluster.reconcile import (
+    Action,
+    AddLearner,
+    CreateGroup,
+    DropGroup,
+    LocalGroup,
+    PromoteVoter,
+    ProposeDemotion,
+    ProposePromotion,
+    RemoveMember,
+    TransferLeader,
+    plan_reconcile,
+)
+from nodedb_cluster.routing.table import RoutingTable
+
+log = logging.getLogger(__name__)
+
+RECONCILE_INTERVAL_S: Final = 0.5
+"""The reconciler also runs on every metadata change; the timer catches what changes in Raft
+alone (a learner catching up, a new leader) at a pace that keeps promotion well under a second."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcilePolicy:
+    """The configuration a round reads (`ClusterConfig` fields of the same names)."""
+
+    node_id: int
+    replication_factor: int
+    balance_leaders: bool
+    rpc_timeout_ms: int
+
+
+class Reconciler:
+    """Drives this node's replicas towards what the routing table says."""
+
+    def __init__(
+        self,
+        policy: ReconcilePolicy,
+        engine: Callable[[], RaftEngine],
+        routing: Callable[[], RoutingTable],
+        group_kind: Callable[[int], StateMachineKind],
+        propose: Callable[[MetadataEntry], Awaitable[str | None]],
+    ) -> None:
+        self._policy = policy
+        self._engine = engine
+        """The running engine (raises EngineStopped once the node stops)."""
+        self._routing = routing
+        self._group_kind = group_kind
+        self._propose = propose
+        """Replicates a metadata entry through group 0; None once applied, else why refused."""
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """Run a round soon (the metadata changed)."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Rounds until the engine stops or the task is cancelled; a failed round is logged and
+        the next one tries again (a control loop that dies silently leaves the cluster
+        half-built)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), RECONCILE_INTERVAL_S)
+            self._wakeup.clear()
+            try:
+                await self.reconcile_once()
+            except EngineStopped:
+                return
+            except ClusterError as e:
+                log.info("reconcile round incomplete: %s", e)
+            except Exception:
+                log.exception("reconcile round failed; retrying next round")
+
+    async def reconcile_once(self) -> list[Action]:
+        """One round: plan from the routing table and the engine's view, then act."""
+        engine = self._engine()
+        local: dict[int, LocalGroup] = {}
+        for group_id in await engine.groups():
+            with contextlib.suppress(UnknownGroup):
+                s = await engine.status(group_id)
+                local[group_id] = LocalGroup(
+                    group_id,
+                    s.role == "leader",
+                    s.voters,
+                    s.learners,
+                    s.commit_index,
+                    dict(s.matched),
+                    s.leader_id or 0,
+                )
+        policy = self._policy
+        actions = plan_reconcile(
+            policy.node_id,
+            self._routing(),
+            local,
+            policy.replication_factor,
+            policy.balance_leaders,
+        )
+        bound_s = 2 * policy.rpc_timeout_ms / 1000
+        for action in actions:
+            try:
+                async with asyncio.timeout(bound_s):
+                    await self._act(action)
+            except ClusterError as e:
+                log.info("reconcile %s failed: %s", action, e)
+            except TimeoutError:
+                log.warning("reconcile %s not done within %.1f s; next round", action, bound_s)
+        return actions
+
+    async def _act(self, action: Action) -> None:
+        engine = self._engine()
+        log.info("reconcile: %s", action)
+        match action:
+            case CreateGroup(group_id=g):
+                await engine.add_group(g, None, self._group_kind(g))
+            case DropGroup(group_id=g):
+                await engine.remove_group(g)
+            case AddLearner(group_id=g, node_id=n):
+                await engine.add_learner(g, n)
+            case PromoteVoter(group_id=g, node_id=n):
+                await engine.promote(g, n)
+            case ProposeDemotion(group_id=g):
+                me = self._policy.node_id
+                refused = await self._propose(MetadataEntry((DemoteGroupVoter(g, me),)))
+                if refused is not None:
+                    log.info("demotion of %d in group %d refused: %s", me, g, refused)
+                    return
+                # Applied in group 0: routing lists this node as a learner of g. The empty
+                # replica is created now rather than when this node's routing shows it, which
+                # it learns through its own replica of group 0 (perhaps the one missing).
+                await engine.add_group(g, None, self._group_kind(g))
+            case RemoveMember(group_id=g, node_id=n):
+                await engine.remove_node(g, n)
+            case TransferLeader(group_id=g, to_node_id=n):
+                await engine.transfer_leader(g, n)
+            case ProposePromotion(group_id=g, node_id=n):
+                rf = self._policy.replication_factor
+                change = plan_promotion(self._routing(), g, n, rf)
+                if change is not None:
+                    refused = await self._propose(MetadataEntry((change,)))
+                    if refused is not None:
+                        log.info("promotion of %d in group %d refused: %s", n, g, refused)

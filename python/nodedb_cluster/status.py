@@ -1,0 +1,131 @@
+"""A node's status: what `Node.status()` and the STATUS_REQUEST RPC report, and how it is read.
+
+Assembled from the engine (per-group Raft state, KV digests), the applied metadata (topology,
+routing, settings) and SWIM's view; kept apart from the node so the RPC, the CLI and the metrics
+exporter share one shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgpack
+
+from nodedb_cluster import wire
+from nodedb_cluster.control import ControlHandler
+from nodedb_cluster.errors import UnknownGroup
+from nodedb_cluster.metadata.applier import MetadataState
+from nodedb_cluster.metadata.commands import SettingValue
+from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
+from nodedb_cluster.transport import Peer, Reply
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """What `Node.status()` reports: one consistent look at this member."""
+
+    node_id: int
+    lifecycle: str
+    cluster_id: str
+    topology_version: int
+    routing_epoch: int
+    metadata_applied_index: int
+    nodes: tuple[tuple[int, str, str], ...]
+    """(node id, address, state name) for every node in the topology."""
+    groups: tuple[GroupStatus, ...]
+    vshards_per_group: dict[int, int]
+    settings: dict[str, SettingValue]
+    kv_digests: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    """(applied index, key count, digest) per local KV replica: equal on two nodes = same state
+    (the fault harness compares them across replicas after healing)."""
+    members: tuple[tuple[int, str, int], ...] = ()
+    """SWIM's view: (node id, swim state name, incarnation) per other node; () without SWIM."""
+    no_space: str | None = None
+    """Set while the node is NO_SPACE (writes refused, reads served): why; `Node.no_space`."""
+
+    def to_doc(self) -> dict[str, object]:
+        return {
+            "node_id": self.node_id,
+            "lifecycle": self.lifecycle,
+            "cluster_id": self.cluster_id,
+            "topology_version": self.topology_version,
+            "routing_epoch": self.routing_epoch,
+            "metadata_applied_index": self.metadata_applied_index,
+            "nodes": [list(n) for n in self.nodes],
+            "settings": dict(self.settings),
+            "members": [list(m) for m in self.members],
+            "no_space": self.no_space,
+            "groups": [
+                {
+                    "group_id": g.group_id,
+                    "role": g.role,
+                    "leader": g.leader_id or 0,
+                    "term": g.term,
+                    "commit": g.commit_index,
+                    "applied": g.applied_index,
+                    "voters": list(g.voters),
+                    "learners": list(g.learners),
+                    "vshards": self.vshards_per_group.get(g.group_id, 0),
+                    "kv": list(self.kv_digests.get(g.group_id, ())),
+                }
+                for g in self.groups
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """The parts of a status that are not read from the engine or the metadata."""
+
+    node_id: int
+    cluster_id: str
+    lifecycle: str
+    members: tuple[tuple[int, str, int], ...]
+    no_space: str | None
+
+
+async def collect_status(
+    who: NodeIdentity,
+    state: MetadataState,
+    engine: RaftEngine,
+    group_kind: Callable[[int], StateMachineKind],
+) -> NodeStatus:
+    """Read every local group's Raft state (a group removed meanwhile is left out)."""
+    groups = []
+    kv_digests: dict[int, tuple[int, int, int]] = {}
+    for group_id in await engine.groups():
+        with contextlib.suppress(UnknownGroup):
+            groups.append(await engine.status(group_id))
+        if group_kind(group_id) == "kv":
+            with contextlib.suppress(UnknownGroup):
+                kv_digests[group_id] = engine.kv_digest(group_id)
+    counts: dict[int, int] = {}
+    for group_id in state.routing.vshard_to_group.tolist():
+        counts[group_id] = counts.get(group_id, 0) + 1
+    return NodeStatus(
+        node_id=who.node_id,
+        lifecycle=who.lifecycle,
+        cluster_id=who.cluster_id,
+        topology_version=state.topology.version,
+        routing_epoch=state.routing.epoch,
+        metadata_applied_index=state.applied_index,
+        nodes=tuple((n.node_id, str(n.addr), n.state.name) for n in state.topology.nodes()),
+        groups=tuple(groups),
+        vshards_per_group=counts,
+        settings=dict(state.settings),
+        kv_digests=kv_digests,
+        members=who.members,
+        no_space=who.no_space,
+    )
+
+
+def status_handler(status: Callable[[], Awaitable[NodeStatus]]) -> ControlHandler:
+    """STATUS_REQUEST -> STATUS_RESPONSE: `status()` as a msgpack map (`NodeStatus.to_doc`)."""
+
+    async def on_status(peer: Peer, payload: bytes) -> Reply:
+        packed = msgpack.packb((await status()).to_doc(), use_bin_type=True)
+        return wire.MessageKind.STATUS_RESPONSE, bytes(packed)
+
+    return on_status
