@@ -42,6 +42,7 @@ def leader_of(statuses: Mapping[int, Status], group_id: int) -> int:
 
 
 READY_TIMEOUT_S: Final = 30.0
+REQUEST_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 10.0
 LOG_TAIL_BYTES: Final = 4000
 
@@ -73,9 +74,14 @@ class NodeProcess:
     config: ClusterConfig
     config_path: Path
     log_path: Path
+    program: tuple[str, ...] = ()
+    """A host program to run instead of `nodedb-cluster start` (script path and arguments; it
+    gets `--config PATH`, prints the READY line, then answers one JSON line on stdout per JSON
+    line on stdin: `request`). Lines with an "event" key are kept in `events`."""
     proc: asyncio.subprocess.Process | None = None
     ready: dict[str, object] | None = None
     starts: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def node_id(self) -> int:
@@ -97,20 +103,63 @@ class NodeProcess:
         self.starts += 1
         self.ready = None
         log = self.log_path.open("ab")
+        argv = self.program or ("-m", "nodedb_cluster.cli", "start")
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "nodedb_cluster.cli",
-                "start",
+                *argv,
                 "--config",
                 str(self.config_path),
+                stdin=asyncio.subprocess.PIPE if self.program else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,  # a Ctrl-C at the terminal reaches the parent only
             )
         finally:
             log.close()
+
+    async def request(
+        self, doc: dict[str, Any], timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Send one JSON command to a host program and return its answer (event lines that
+        come first are appended to `events`)."""
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.stdout is None or not self.program:
+            raise NodeProcessError(f"node {self.node_id} runs no host program")
+        proc.stdin.write((json.dumps(doc) + "\n").encode())
+        await proc.stdin.drain()
+        async with asyncio.timeout(timeout_s):
+            while True:
+                line = await proc.stdout.readline()
+                if not line:
+                    raise NodeProcessError(
+                        f"node {self.node_id} exited before answering {doc}:\n" + self.log_tail()
+                    )
+                answer = json.loads(line)
+                if not isinstance(answer, dict):
+                    raise NodeProcessError(f"node {self.node_id} answered {answer!r}")
+                if "event" not in answer:
+                    return answer
+                self.events.append(answer)
+
+    async def wait_event(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = REQUEST_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """The first event (seen or still to come) that satisfies `predicate`."""
+        proc = self.proc
+        if proc is None or proc.stdout is None or not self.program:
+            raise NodeProcessError(f"node {self.node_id} runs no host program")
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                line = await proc.stdout.readline()
+                if not line:
+                    raise NodeProcessError(f"node {self.node_id} exited:\n" + self.log_tail())
+                answer = json.loads(line)
+                if isinstance(answer, dict) and "event" in answer:
+                    self.events.append(answer)
 
     async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> dict[str, object]:
         """The READY document, once the node printed it; raises with the log tail otherwise."""
@@ -185,6 +234,8 @@ class LocalCluster:
     size: int
     secure: bool = True
     overrides: dict[str, object] = field(default_factory=dict)
+    program: tuple[str, ...] = ()
+    """Run this host program on every node instead of `nodedb-cluster start` (NodeProcess)."""
     nodes: dict[int, NodeProcess] = field(default_factory=dict)
     client_credentials: Credentials = field(default_factory=Insecure)
     """A client-role certificate (KV operations, status), as an application holds."""
@@ -225,7 +276,10 @@ class LocalCluster:
             if self.overrides:
                 config = replace(config, **self.overrides)  # type: ignore[arg-type]
             self.nodes[i] = NodeProcess(
-                config, self.base_dir / f"node{i}.toml", self.base_dir / f"node{i}.log"
+                config,
+                self.base_dir / f"node{i}.toml",
+                self.base_dir / f"node{i}.log",
+                program=self.program,
             )
 
     async def start(self, node_ids: Iterable[int] | None = None) -> None:

@@ -24,6 +24,7 @@ from nodedb_cluster.control import (
     log_refusals,
     ping_handler,
 )
+from nodedb_cluster.embedding import DataGroups, NotEmbedded
 from nodedb_cluster.errors import CatalogNoSpace, EngineStopped
 from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.formation.credentials import reload_crl
@@ -65,6 +66,7 @@ class Node:
         self.cluster_id = cluster_id
         self.engine: RaftEngine | None = None
         self._kv: KvRouter | None = None
+        self._data: DataGroups | None = None
         self._metadata: MetadataGroup | None = None
         self._data_group_kind: StateMachineKind = data_group_kind
         self._tasks: list[asyncio.Task[None]] = []
@@ -111,6 +113,7 @@ class Node:
             wire.MessageKind.BENCH_LOAD: bench_load_refusal(transport.record_refusal),
             wire.MessageKind.JOIN_TOKEN_REQUEST: self.admission.on_join_token_request,
             wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
+            wire.MessageKind.HOST_PROPOSE: self._on_host_propose,
         }
         for kind, handler in handlers.items():
             self.control.register(kind, handler)
@@ -142,6 +145,13 @@ class Node:
                 repair.reason,
             )
         self._tasks.append(asyncio.ensure_future(self._watch_engine(engine)))
+        self._data = DataGroups(
+            self.config.node_id,
+            engine,
+            self.transport,
+            self._routing,
+            host=self._data_group_kind == "python",
+        )
         self._attach_kv(engine)
 
     def serve(self) -> None:
@@ -189,10 +199,27 @@ class Node:
     @property
     def kv(self) -> KvRouter:
         """The replicated KV API: `await node.kv.put(key, value)`, `get`, `delete`, `cas`,
-        `put_many`, `get_many` (nodedb_cluster.kv)."""
+        `put_many`, `get_many` (nodedb_cluster.kv). `NotEmbedded` on a node whose data groups
+        run the host's state machine: KV commands never reach the host's log."""
         if self._kv is None or self._closed:
             raise EngineStopped("the node is not running")
+        if self._data_group_kind != "kv":
+            raise NotEmbedded(
+                "this node's data groups run the host's state machine (start_cluster(..., "
+                "state_machine=...)): node.kv is off; propose through node.data"
+            )
         return self._kv
+
+    @property
+    def data(self) -> DataGroups:
+        """The embedding API (nodedb_cluster.embedding): `locate`, `propose`, `read_index`,
+        `on_leader_change` on the data groups of a node that runs the host's state machine."""
+        if self._data is None or self._closed:
+            raise EngineStopped("the node is not running")
+        return self._data
+
+    async def _on_host_propose(self, peer: Peer, payload: bytes) -> Reply:
+        return await self.data.serve_propose(peer, payload)
 
     async def _on_kv(self, peer: Peer, payload: bytes) -> Reply:
         """KV requests: "routing" (what a `Client` needs to reach leaders) or one operation."""
@@ -342,6 +369,8 @@ class Node:
         await self._swim.close()
         if self._kv is not None:
             await self._kv.close()
+        if self._data is not None:
+            await self._data.close()
         if self.engine is not None:
             await self.engine.close()
         await self.transport.close()
