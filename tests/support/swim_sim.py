@@ -67,6 +67,11 @@ class SimNet:
     def resume(self, node_id: int) -> None:
         self.down.discard(node_id)
 
+    def leave(self, node_id: int) -> None:
+        """`node_id` leaves gracefully now: its farewell datagrams go out, then it is quiet."""
+        self._carry_out(node_id, self.machines[node_id].leave(self.now_ms))
+        self.down.add(node_id)  # a machine that left has no timers to fire
+
     def state_seen(self, observer: int, node_id: int) -> MemberState | None:
         m = self.machines[observer].member(node_id)
         return None if m is None else m.state
