@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::error::EngineError;
 use crate::ids::NodeId;
 use crate::lost_tail::LostTailPolicy;
-use crate::state_machine::StateMachineKind;
 
 /// One tick drives every group. 100 ms keeps 256 groups' heartbeats at a few thousand small
 /// messages per second per peer (batched into one frame per peer per round).
@@ -192,7 +191,9 @@ impl MultiRaftConfig {
     }
 
     /// The raft-rs config of one group on this node: every limit set explicitly.
-    pub(crate) fn raft_config(&self, applied_index: u64, kind: StateMachineKind) -> raft::Config {
+    /// `skip_bcast_commit`: the group's state machine does not want a commit broadcast
+    /// ([`crate::state_machine::StateMachine::commit_broadcast_wanted`]).
+    pub(crate) fn raft_config(&self, applied_index: u64, skip_bcast_commit: bool) -> raft::Config {
         raft::Config {
             id: self.node_id.0,
             election_tick: self.election_ticks,
@@ -205,14 +206,12 @@ impl MultiRaftConfig {
             min_election_tick: self.election_ticks,
             max_election_tick: 2 * self.election_ticks,
             read_only_option: raft::ReadOnlyOption::Safe,
-            // KV groups do not broadcast a new commit index on their own: it rides on the next
-            // append or heartbeat (one tick at most). The broadcast cost every write wave an
-            // extra frame to each follower, a follower round and a response: 11 % of the CPU
-            // per write at 64 clients (BENCHMARKS.md). Nothing on the KV path waits on a
-            // follower's apply without asking: a ReadIndex round's heartbeats carry the commit.
-            // Control-plane groups (Python state machines) keep it: followers apply metadata
-            // changes promptly, and their rate makes the saving nil.
-            skip_bcast_commit: kind == StateMachineKind::Kv,
+            // Groups whose state machine waives it do not broadcast a new commit index on
+            // their own: it rides on the next append or heartbeat (one tick at most). For the
+            // KV the broadcast cost every write wave an extra frame to each follower, a
+            // follower round and a response: 11 % of the CPU per write at 64 clients
+            // (BENCHMARKS.md).
+            skip_bcast_commit,
             // OFF: raft-rs 0.7 `try_batching` can merge re-sent entries into an earlier empty
             // MsgAppend with a different prev index (is_continuous_ents is true for an empty
             // message), producing an append whose entries do not follow its index; a follower

@@ -277,10 +277,13 @@ impl MultiRaftCore {
         meta: GroupMeta,
         mut storage: GroupStorage,
     ) -> Result<(), EngineError> {
-        let kind = StateMachineKind::from_u8(meta.sm_kind).ok_or(EngineError::Recovery {
-            group: gid,
-            reason: format!("unknown state machine kind {}", meta.sm_kind),
-        })?;
+        if meta.sm_kind == 0 {
+            return Err(EngineError::Recovery {
+                group: gid,
+                reason: "no state machine kind recorded".into(),
+            });
+        }
+        let kind = StateMachineKind(meta.sm_kind);
         let mut sm = self
             .factory
             .create(gid, kind)
@@ -308,9 +311,9 @@ impl MultiRaftCore {
         sm: Box<dyn StateMachine>,
     ) -> Result<(), EngineError> {
         let applied = storage.snapshot_meta().index;
-        let kind = StateMachineKind::from_u8(meta.sm_kind).unwrap_or(StateMachineKind::Python);
         let logger = self.logger.new(slog::o!("group" => gid.0));
-        let raw = RawNode::new(&self.cfg.raft_config(applied, kind), storage, &logger)?;
+        let config = self.cfg.raft_config(applied, !sm.commit_broadcast_wanted());
+        let raw = RawNode::new(&config, storage, &logger)?;
         let was_leader = raw.raft.state == StateRole::Leader;
         let started_empty = raw.store().last() == 0;
         self.groups.insert(
@@ -389,6 +392,12 @@ impl MultiRaftCore {
         if self.groups.contains_key(&gid) {
             return Err(EngineError::GroupExists(gid));
         }
+        if kind.0 == 0 {
+            return Err(EngineError::Config {
+                field: "kind",
+                reason: "0 is no state machine kind".into(),
+            });
+        }
         if self.disk.refuses_writes() {
             return Err(self.no_space_engine_error());
         }
@@ -407,9 +416,7 @@ impl MultiRaftCore {
             cs.voters.sort_unstable();
             cs.voters.dedup();
         }
-        let meta = GroupMeta {
-            sm_kind: kind as u8,
-        };
+        let meta = GroupMeta { sm_kind: kind.0 };
         let sm = self
             .factory
             .create(gid, kind)
@@ -707,9 +714,9 @@ impl MultiRaftCore {
         let r = (|| {
             let g = self.group_mut(gid)?;
             if let Some(kind) = kind {
-                if g.meta.sm_kind != kind as u8 {
+                if g.meta.sm_kind != kind.0 {
                     return Err(RaftError::Invalid {
-                        reason: format!("group {} does not run the {kind:?} state machine", gid.0),
+                        reason: format!("group {} does not run {kind}", gid.0),
                     });
                 }
             }

@@ -7,8 +7,9 @@
 //!   in memory: [`log_sink::MemLogSink`]);
 //! - [`network::RaftNetwork`]: frames to peers (over `nodedb-transport`; in memory:
 //!   [`network::SimNetwork`]);
-//! - [`state_machine::StateMachine`]: what committed commands are applied to (built-in
-//!   [`kv::KvStateMachine`], or Python through the binding);
+//! - [`state_machine::StateMachine`]: what committed commands are applied to (the KV state
+//!   machine of `nodedb-kv`, or a host's through the binding), named by an opaque
+//!   [`state_machine::StateMachineKind`] tag;
 //! - [`core::MultiRaftCore`]: all groups, driven by explicit calls (deterministic tests);
 //! - [`driver::MultiRaft`]: the thread that drives the core in time, with the async API.
 
@@ -19,7 +20,6 @@ pub mod driver;
 pub mod error;
 mod group;
 pub mod ids;
-pub mod kv;
 pub mod log_sink;
 pub mod lost_tail;
 pub mod metrics;
@@ -40,7 +40,6 @@ pub use crate::core::{
 pub use crate::driver::{Inbound, MultiRaft};
 pub use crate::error::{EngineError, RaftError};
 pub use crate::ids::{GroupId, NodeId};
-pub use crate::kv::{KvCommand, KvReader, KvResult, KvStateMachine};
 pub use crate::log_sink::{LogRepair, LogSink, MemLogSink, SpaceStatus};
 pub use crate::lost_tail::{LostTail, LostTailPolicy};
 pub use crate::metrics::Metrics;

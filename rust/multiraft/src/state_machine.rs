@@ -10,8 +10,9 @@ pub struct Command<'a> {
     pub data: &'a [u8],
 }
 
-/// Applies committed commands of one group. Implemented in Rust (`KvStateMachine`) and by the
-/// Python binding (group 0 always; data groups when the user plugs one in).
+/// Applies committed commands of one group. Implemented by the crates that define state
+/// machines (`nodedb-kv`'s KV state machine) and by the Python binding (group 0 always; data
+/// groups when the user plugs one in); the engine knows none of them.
 ///
 /// `apply_batch` must be deterministic (same commands → same state and results on every node)
 /// and returns exactly one result per command; a bad command gets an error *result*, because a
@@ -21,25 +22,28 @@ pub trait StateMachine: Send {
     fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>>;
     fn snapshot(&self) -> Result<Vec<u8>, SmError>;
     fn restore(&mut self, data: &[u8]) -> Result<(), SmError>;
+
+    /// Whether followers must learn a new commit index at once (a broadcast per commit) rather
+    /// than on the next append or heartbeat (one tick at most). True by default: control-plane
+    /// machines apply metadata changes promptly on followers and their rate makes the cost nil.
+    /// A machine whose followers never serve without asking first (a ReadIndex round carries
+    /// the commit) returns false and saves a frame to each follower per write wave.
+    fn commit_broadcast_wanted(&self) -> bool {
+        true
+    }
 }
 
-/// Which state machine a group uses, recorded in the log so a restart re-creates the same one.
+/// Which state machine a group runs: an opaque one-byte tag the engine records in the log and
+/// hands back to the factory on restart, never interpreting it (the engine knows no state
+/// machine by name). The crates that define state machines assign the tags — `nodedb-kv`'s
+/// `KV_STATE_MACHINE` is 1, the binding's host (Python) machine is 2 — and since tags are on
+/// disk they are never reused for something else. 0 is never a kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum StateMachineKind {
-    /// The built-in KV state machine (`kv.rs`).
-    Kv = 1,
-    /// Applied by Python through the binding.
-    Python = 2,
-}
+pub struct StateMachineKind(pub u8);
 
-impl StateMachineKind {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(StateMachineKind::Kv),
-            2 => Some(StateMachineKind::Python),
-            _ => None,
-        }
+impl std::fmt::Display for StateMachineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "state machine kind {}", self.0)
     }
 }
 

@@ -1,25 +1,79 @@
-//! Rust errors → the classes of `nodedb_cluster.errors`, 1:1 (one place, so the mapping is
-//! reviewable). Falls back to a RuntimeError naming the class if that module cannot be imported.
+//! Rust errors → Python exception classes, 1:1, in one place so the mapping is reviewable; the
+//! only file of the binding that imports a Python module. Falls back to a RuntimeError naming
+//! the class if the module cannot be imported.
 
+use nodedb_kv::client::error::NO_SPACE;
+use nodedb_kv::client::{Failure, KvError, SubmitError};
 use nodedb_transport::TransportError;
 use nodedb_wire::FrameError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+
+/// The cluster's exception classes.
+const ERRORS_MODULE: &str = "nodedb_cluster.errors";
+/// The KV's own exception classes (`StaleRead`, `Unavailable`, `OutcomeUnknown`).
+const KV_MODULE: &str = "nodedb_cluster.kv";
+
+/// Instantiate `<module>.<class>(*args)` as a PyErr.
+fn python_error<'py, A>(py: Python<'py>, module: &str, class: &str, args: A) -> PyErr
+where
+    A: pyo3::call::PyCallArgs<'py>,
+{
+    let made = py
+        .import(module)
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| cls.call1(args));
+    match made {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(err) => PyRuntimeError::new_err(format!(
+            "{module}.{class} unavailable ({err}); original error lost"
+        )),
+    }
+}
 
 /// Instantiate `nodedb_cluster.errors.<class>(*args)` as a PyErr.
 pub fn cluster_error<'py, A>(py: Python<'py>, class: &str, args: A) -> PyErr
 where
     A: pyo3::call::PyCallArgs<'py>,
 {
-    let made = py
-        .import("nodedb_cluster.errors")
-        .and_then(|module| module.getattr(class))
-        .and_then(|cls| cls.call1(args));
-    match made {
-        Ok(instance) => PyErr::from_value(instance),
-        Err(err) => PyRuntimeError::new_err(format!(
-            "nodedb_cluster.errors.{class} unavailable ({err}); original error lost"
-        )),
+    python_error(py, ERRORS_MODULE, class, args)
+}
+
+/// A KV call's failure (`nodedb_kv::client`).
+pub fn failure_error(py: Python<'_>, failure: Failure) -> PyErr {
+    let Failure { group, error } = failure;
+    match error {
+        KvError::NotLeader { hint } => {
+            cluster_error(py, "RaftNotLeader", (group, (hint != 0).then_some(hint)))
+        }
+        KvError::LeadershipLost => cluster_error(py, "LeadershipLost", (group, None::<u64>)),
+        KvError::Timeout { target, timeout_ms } => cluster_error(
+            py,
+            "Timeout",
+            (format!("kv request to node {target}"), timeout_ms),
+        ),
+        KvError::Net(TransportError::Remote { code, message }) if code == NO_SPACE => {
+            cluster_error(py, "NoSpace", (message,)) // the message is the data dir
+        }
+        KvError::Net(err) => transport_error_with(py, err),
+        KvError::Malformed(text) => cluster_error(py, "RemoteError", ("malformed", text)),
+        KvError::Stale { age_s, max_s } => {
+            python_error(py, KV_MODULE, "StaleRead", (group, age_s, max_s))
+        }
+        KvError::Unavailable(reason) => python_error(py, KV_MODULE, "Unavailable", (group, reason)),
+        KvError::Invalid(reason) => cluster_error(py, "InvalidRequest", (reason,)),
+        KvError::OutcomeUnknown => python_error(py, KV_MODULE, "OutcomeUnknown", (group,)),
+        KvError::Busy(reason) => cluster_error(py, "Busy", (reason,)),
+        KvError::Closed => cluster_error(py, "TransportClosed", ()),
+    }
+}
+
+/// Why a KV call could not start.
+pub fn submit_error(py: Python<'_>, err: SubmitError) -> PyErr {
+    match err {
+        SubmitError::Closed => cluster_error(py, "TransportClosed", ()),
+        SubmitError::NotConnected(text) => cluster_error(py, "ClusterError", (text,)),
+        SubmitError::Item(failure) => failure_error(py, failure),
     }
 }
 

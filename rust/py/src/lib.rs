@@ -5,7 +5,6 @@ mod bridge;
 mod errors;
 mod kv_client;
 mod kv_load;
-mod kv_serve;
 mod kv_session;
 mod peer_health;
 mod probe;

@@ -17,13 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use nodedb_kv::groups::KvGroups;
+use nodedb_kv::serve::KvServer;
+use nodedb_kv::{KvCommand, KvResult, KV_STATE_MACHINE};
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{EngineError, RaftError, SinkError, SmError};
 use nodedb_multiraft::state_machine::Command;
 use nodedb_multiraft::{
-    GroupId, GroupRole, GroupStatus, KvCommand, KvReader, KvResult, KvStateMachine, LostTailPolicy,
-    MembershipChange, Metrics, MultiRaft, MultiRaftConfig, NodeId, Role, StateMachine,
-    StateMachineKind, TransportNetwork, WalSink,
+    GroupId, GroupRole, GroupStatus, LostTailPolicy, MembershipChange, Metrics, MultiRaft,
+    MultiRaftConfig, NodeId, Role, StateMachine, StateMachineKind, TransportNetwork, WalSink,
 };
 use nodedb_transport::{MessageKind, Transport};
 use pyo3::exceptions::PyRuntimeError;
@@ -32,7 +34,6 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::cluster_error;
-use crate::kv_serve::KvFastHandler;
 use crate::transport::{transport_runtime, PyTransport};
 
 /// Frames queued per peer by the raft network adapter before drops (raft retransmits).
@@ -40,7 +41,9 @@ const PEER_QUEUE_FRAMES: usize = 1024;
 /// Upper bound for every timeout a caller passes (a day): a typo cannot park a future forever.
 const TIMEOUT_MS_MAX: u64 = 86_400_000;
 
-type Readers = Arc<Mutex<HashMap<GroupId, KvReader>>>;
+/// The tag of a group applied by the host (Python) through [`PyStateMachine`], recorded in
+/// every node's log since the first release (as the engine's old `StateMachineKind::Python`).
+const HOST_STATE_MACHINE: StateMachineKind = StateMachineKind(2);
 
 /// A group applied by Python: `obj.apply_batch([(index, bytes), ...]) -> [bytes, ...]`,
 /// `obj.snapshot() -> bytes`, `obj.restore(bytes) -> None`.
@@ -215,7 +218,7 @@ fn none(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
 #[pyclass(frozen, name = "RaftEngine", module = "nodedb_cluster_core")]
 pub struct PyRaftEngine {
     engine: Arc<MultiRaft>,
-    readers: Readers,
+    kv_groups: KvGroups,
     bridge: Arc<LoopBridge>,
     /// The transport's runtime: request hops, raft frame pumps and QUIC stay on one runtime.
     runtime: &'static tokio::runtime::Runtime,
@@ -316,20 +319,13 @@ impl PyRaftEngine {
             cfg.lost_tail = LostTailPolicy::Discard;
         }
         cfg.validate().map_err(|e| engine_error(py, e))?;
-        let readers: Readers = Arc::default();
-        let factory_readers = Arc::clone(&readers);
+        let kv_groups = KvGroups::default();
+        let factory_groups = kv_groups.clone();
         let factory = Box::new(
             move |g: GroupId, kind: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
                 match kind {
-                    StateMachineKind::Kv => {
-                        let kv = KvStateMachine::new();
-                        factory_readers
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(g, kv.reader());
-                        Ok(Box::new(kv))
-                    }
-                    StateMachineKind::Python => {
+                    KV_STATE_MACHINE => Ok(Box::new(factory_groups.create(g))),
+                    HOST_STATE_MACHINE => {
                         let Some(f) = &state_machine_factory else {
                             return Err(SmError::Other(format!(
                                 "group {} needs a Python state machine but the engine has no \
@@ -341,6 +337,7 @@ impl PyRaftEngine {
                             .map_err(|e| SmError::Other(format!("state_machine_factory: {e}")))?;
                         Ok(Box::new(PyStateMachine { group: g, obj }))
                     }
+                    other => Err(SmError::Other(format!("group {}: unknown {other}", g.0))),
                 }
             },
         );
@@ -368,7 +365,7 @@ impl PyRaftEngine {
             .map_err(|e| PyRuntimeError::new_err(format!("cannot create the loop bridge: {e}")))?;
         Ok(PyRaftEngine {
             engine: Arc::new(engine),
-            readers,
+            kv_groups,
             bridge: Arc::new(bridge),
             runtime,
             kv_transport: Mutex::new(None),
@@ -477,7 +474,7 @@ impl PyRaftEngine {
         timeout_ms: u64,
     ) -> PyResult<()> {
         let kind = kind_of(py, kind)?;
-        if group_id == GroupId::METADATA.0 && kind != StateMachineKind::Python {
+        if group_id == GroupId::METADATA.0 && kind != HOST_STATE_MACHINE {
             return Err(cluster_error(
                 py,
                 "ConfigError",
@@ -513,10 +510,7 @@ impl PyRaftEngine {
     ) -> PyResult<()> {
         let t = timeout(py, timeout_ms)?;
         let e = Arc::clone(&self.engine);
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&GroupId(group_id));
+        self.kv_groups.remove(GroupId(group_id));
         self.spawn_settle(
             future,
             async move { e.remove_group(GroupId(group_id), t).await },
@@ -575,10 +569,10 @@ impl PyRaftEngine {
     /// the Python handler set with `transport.serve`. Undone by `close`.
     fn serve_kv_requests(&self, transport: &PyTransport) {
         let shared = transport.shared();
-        let handler = KvFastHandler::new(
+        let handler = KvServer::new(
             Arc::downgrade(&self.engine),
             Arc::downgrade(&shared),
-            Arc::clone(&self.readers),
+            self.kv_groups.clone(),
             self.runtime.handle().clone(),
         );
         shared.register_handler(MessageKind::KV_REQUEST, Arc::new(handler));
@@ -756,18 +750,18 @@ impl PyRaftEngine {
         group_id: u64,
         key: &[u8],
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        let r = readers
-            .get(&GroupId(group_id))
+        let r = self
+            .kv_groups
+            .reader(GroupId(group_id))
             .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
         Ok(r.get(key).map(|v| PyBytes::new(py, &v)))
     }
 
     /// `(applied_index, key_count, digest)` of a KV group: equal on two nodes = same state.
     fn kv_digest(&self, py: Python<'_>, group_id: u64) -> PyResult<(u64, usize, u64)> {
-        let readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        let r = readers
-            .get(&GroupId(group_id))
+        let r = self
+            .kv_groups
+            .reader(GroupId(group_id))
             .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
         let st = r.read();
         Ok((st.applied_index, st.map.len(), st.digest()))
@@ -926,8 +920,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// `"kv"` or `"python"`, the state machine kinds a group can run.
 fn kind_of(py: Python<'_>, kind: &str) -> PyResult<StateMachineKind> {
     match kind {
-        "kv" => Ok(StateMachineKind::Kv),
-        "python" => Ok(StateMachineKind::Python),
+        "kv" => Ok(KV_STATE_MACHINE),
+        "python" => Ok(HOST_STATE_MACHINE),
         other => Err(cluster_error(
             py,
             "ConfigError",

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nodedb_kv::{KvCommand, KvReader, KvStateMachine, KV_STATE_MACHINE};
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::kv::{KvCommand, KvReader, KvStateMachine};
 use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
 use nodedb_multiraft::{
     GroupId, GroupRole, Metrics, MultiRaft, MultiRaftConfig, NodeId, Role, TransportNetwork,
@@ -97,7 +97,7 @@ async fn add_groups(nodes: &[Node], groups: u64) {
                     GroupRole::Voter {
                         peers: peers.clone(),
                     },
-                    StateMachineKind::Kv,
+                    KV_STATE_MACHINE,
                     T,
                 )
                 .await

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+use nodedb_kv::{KvCommand, KvReader, KvStateMachine};
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::kv::{KvCommand, KvReader, KvStateMachine};
 use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
 use nodedb_multiraft::{GroupId, MultiRaftConfig, MultiRaftCore, NodeId};

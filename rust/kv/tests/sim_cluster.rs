@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use common::{put, SimCluster, SimNode};
+use nodedb_kv::{KvReader, KvResult, KvStateMachine, KV_STATE_MACHINE};
 use nodedb_multiraft::core::ProposeOutcome;
 use nodedb_multiraft::error::{EngineError, RaftError, SmError};
-use nodedb_multiraft::kv::{KvReader, KvResult, KvStateMachine};
 use nodedb_multiraft::log_sink::{LogSink, MemLogSink};
 use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{Command, StateMachine, StateMachineKind};
@@ -43,6 +43,9 @@ impl StateMachine for SeqKv {
         }
         drop(s);
         self.kv.apply_batch(commands)
+    }
+    fn commit_broadcast_wanted(&self) -> bool {
+        self.kv.commit_broadcast_wanted()
     }
     fn snapshot(&self) -> Result<Vec<u8>, SmError> {
         let s = *self.seq.lock().expect("seq lock");
@@ -139,7 +142,7 @@ impl Cluster {
                     GroupRole::Voter {
                         peers: peers.clone(),
                     },
-                    StateMachineKind::Kv,
+                    KV_STATE_MACHINE,
                 )
                 .expect("add group");
             }
@@ -161,7 +164,7 @@ impl Cluster {
         node.core
             .as_mut()
             .expect("up")
-            .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
+            .add_group(g, GroupRole::Learner, KV_STATE_MACHINE)
             .expect("learner group");
         self.nodes.insert(id, node);
     }
@@ -1047,7 +1050,7 @@ fn lost_tail_refuses_then_rejoin_re_replicates_and_the_empty_replica_never_votes
     assert_eq!(c.core(f).discarded_groups().len(), 1);
     assert!(!c.core(f).has_group(g));
     c.core(f)
-        .add_group(g, GroupRole::Learner, StateMachineKind::Kv)
+        .add_group(g, GroupRole::Learner, KV_STATE_MACHINE)
         .expect("empty replica");
 
     // Still a voter in the others' configuration: with the leader gone, the third node

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{factory, put, Readers};
+use nodedb_kv::{KvCommand, KvResult, KvStateMachine, KV_STATE_MACHINE};
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::kv::{KvCommand, KvResult, KvStateMachine};
 use nodedb_multiraft::log_sink::MemLogSink;
 use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
@@ -88,7 +88,7 @@ async fn async_api_proposes_reads_and_fails_typed() {
                     GroupRole::Voter {
                         peers: peers.clone(),
                     },
-                    StateMachineKind::Kv,
+                    KV_STATE_MACHINE,
                     T,
                 )
                 .await
@@ -149,10 +149,10 @@ async fn async_api_proposes_reads_and_fails_typed() {
         Err(RaftError::GroupNotFound { .. })
     ));
     // Commands meant for one state machine never reach a group that runs another.
-    let kv = Some(StateMachineKind::Kv);
+    let kv = Some(KV_STATE_MACHINE);
     let as_kv = leader.propose_for(kv, g, vec![put("k", b"1")], T).await;
     assert!(as_kv.is_ok(), "{as_kv:?}");
-    let python = Some(StateMachineKind::Python);
+    let python = Some(StateMachineKind(2));
     match leader.propose_for(python, g, vec![put("k", b"2")], T).await {
         Err(RaftError::Invalid { reason }) => assert!(reason.contains("group 1"), "{reason}"),
         other => panic!("expected Invalid, got {other:?}"),
@@ -295,6 +295,9 @@ impl StateMachine for Gate {
         }
         self.kv.apply_batch(commands)
     }
+    fn commit_broadcast_wanted(&self) -> bool {
+        self.kv.commit_broadcast_wanted()
+    }
     fn snapshot(&self) -> Result<Vec<u8>, SmError> {
         self.kv.snapshot()
     }
@@ -339,7 +342,7 @@ async fn full_queues_answer_busy_and_drop_inbound_frames_with_a_count() {
             GroupRole::Voter {
                 peers: vec![NodeId(1)],
             },
-            StateMachineKind::Kv,
+            KV_STATE_MACHINE,
             T,
         )
         .await
@@ -452,7 +455,7 @@ async fn a_failing_fsync_stops_the_engine_and_every_request_gets_stopped() {
             GroupRole::Voter {
                 peers: vec![NodeId(1)],
             },
-            StateMachineKind::Kv,
+            KV_STATE_MACHINE,
             T,
         )
         .await
@@ -542,7 +545,7 @@ async fn add_founding_group(nodes: &[Option<Node>], g: GroupId) {
                 GroupRole::Voter {
                     peers: peers.clone(),
                 },
-                StateMachineKind::Kv,
+                KV_STATE_MACHINE,
                 T,
             )
             .await

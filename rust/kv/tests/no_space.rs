@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use common::{factory, put, Readers, SimCluster, SimNode};
+use nodedb_kv::KV_STATE_MACHINE;
 use nodedb_multiraft::core::{ProposeOutcome, Reply, SPACE_SAMPLE_EVERY_TICKS};
 use nodedb_multiraft::error::RaftError;
 use nodedb_multiraft::log_sink::{LogRecord, MemLogSink, RecordKind, SpaceStatus};
 use nodedb_multiraft::network::SimNetwork;
-use nodedb_multiraft::state_machine::StateMachineKind;
 use nodedb_multiraft::{
     GroupId, GroupRole, Metrics, MultiRaftConfig, MultiRaftCore, NodeId, WalSink,
 };
@@ -79,7 +79,7 @@ impl Cluster {
                 GroupRole::Voter {
                     peers: peers.clone(),
                 },
-                StateMachineKind::Kv,
+                KV_STATE_MACHINE,
             )
             .expect("add group");
             nodes.insert(
@@ -451,7 +451,7 @@ fn real_full_disk(free_space_reserve: Option<u64>) {
         GroupRole::Voter {
             peers: vec![NodeId(1)],
         },
-        StateMachineKind::Kv,
+        KV_STATE_MACHINE,
     )
     .expect("group");
     core.campaign(G).expect("campaign");
@@ -571,7 +571,7 @@ fn start_engine(
 async fn elect_alone(engine: &nodedb_multiraft::MultiRaft) {
     let peers = vec![NodeId(1)];
     engine
-        .add_group(G, GroupRole::Voter { peers }, StateMachineKind::Kv, T)
+        .add_group(G, GroupRole::Voter { peers }, KV_STATE_MACHINE, T)
         .await
         .expect("group");
     engine.campaign(G, T).await.expect("campaign");

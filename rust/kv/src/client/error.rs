@@ -1,0 +1,101 @@
+//! Why a KV call failed: plain Rust values; the binding maps each onto a Python exception
+//! (rust/py/src/errors.rs), a Rust caller reads [`KvError::describe`].
+
+use nodedb_transport::TransportError;
+
+/// The Error-message code of a leader in NO_SPACE (the serving side sends it, kv.py too): its
+/// message is the data dir; never retried.
+pub const NO_SPACE: &str = "NoSpace";
+/// The Error-message code of a request no node or attempt will take.
+pub const INVALID_REQUEST: &str = "InvalidRequest";
+
+/// Why an item failed (one attempt, or for good).
+#[derive(Clone, Debug)]
+pub enum KvError {
+    /// The target does not lead the group; `hint` is the leader it knows (0 = none).
+    NotLeader {
+        hint: u64,
+    },
+    /// LeadershipLost on the server: the outcome is unknown.
+    LeadershipLost,
+    /// This attempt's bound passed without a reply (outcome unknown).
+    Timeout {
+        target: u64,
+        timeout_ms: u64,
+    },
+    Net(TransportError),
+    /// The reply did not decode as a KV_RESPONSE.
+    Malformed(String),
+    Stale {
+        age_s: f64,
+        max_s: f64,
+    },
+    Unavailable(String),
+    Invalid(String),
+    /// A retried write whose first copy's result the state machine no longer has.
+    OutcomeUnknown,
+    Busy(String),
+    Closed,
+}
+
+impl KvError {
+    /// The attempt ran out of time (as opposed to being refused): the node may be down.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            KvError::Timeout { .. } | KvError::Net(TransportError::Timeout { .. })
+        )
+    }
+
+    /// One line for a Rust caller (the native load's `first_error`).
+    pub fn describe(&self, group: u64) -> String {
+        match self {
+            KvError::NotLeader { hint: 0 } => format!("group {group}: not leader, none known"),
+            KvError::NotLeader { hint } => format!("group {group}: not leader (leader {hint})"),
+            KvError::LeadershipLost => format!("group {group}: leadership lost"),
+            KvError::Timeout { target, timeout_ms } => {
+                format!("kv request to node {target} timed out after {timeout_ms} ms")
+            }
+            KvError::Net(err) => err.to_string(),
+            KvError::Malformed(text) => format!("malformed kv response: {text}"),
+            KvError::Stale { age_s, .. } => format!("group {group}: stale by {age_s:.3} s"),
+            KvError::Unavailable(reason) => reason.clone(),
+            KvError::Invalid(reason) => reason.clone(),
+            KvError::OutcomeUnknown => format!("group {group}: write outcome unknown"),
+            KvError::Busy(reason) => reason.clone(),
+            KvError::Closed => "client closed".into(),
+        }
+    }
+}
+
+/// A call's failure: the group of the item that failed (0 when none applies), and why.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub group: u64,
+    pub error: KvError,
+}
+
+impl Failure {
+    pub fn describe(&self) -> String {
+        self.error.describe(self.group)
+    }
+}
+
+/// Why a call could not start.
+#[derive(Debug)]
+pub enum SubmitError {
+    Closed,
+    /// No routing yet (the client has not connected).
+    NotConnected(String),
+    Item(Failure),
+}
+
+impl SubmitError {
+    pub fn describe(&self) -> String {
+        match self {
+            SubmitError::Closed => "client closed".into(),
+            SubmitError::NotConnected(text) => text.clone(),
+            SubmitError::Item(failure) => failure.describe(),
+        }
+    }
+}

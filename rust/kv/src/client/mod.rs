@@ -1,0 +1,788 @@
+//! The KV client core: the request path of a process that reaches the cluster over the
+//! network (`nodedb_cluster.Client`, the native load driver).
+//!
+//! A call is routed (key → vShard → group → leader, [`crate::routing`]), a write is wrapped in
+//! the client's session ([`crate::session`]), and its items are queued per (target node, lane).
+//! Everything queued until [`KvClient::flush`] leaves in ONE KV_REQUEST per target (the
+//! binding flushes once per asyncio loop iteration), at most `REMOTE_IN_FLIGHT_MAX` requests
+//! in flight per lane; replies are decoded, and retries run ([`retry`]), on the runtime. A
+//! finished call is handed to its [`Completion`] with a plain [`Answer`] or [`Failure`].
+//!
+//! Wire: [`nodedb_wire::kv`] (`propose_many`, `read_many`). After the deadline an item fails
+//! with `Timeout` if its last attempt timed out, else `Unavailable`.
+
+pub mod error;
+pub mod retry;
+pub mod state;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use nodedb_transport::{MessageKind, NodeId, OutboundFrame, Transport};
+use nodedb_wire::{KvRequest, KvResponse, ProposeMany, ReadLevel, ReadMany};
+use tokio::runtime::Handle;
+
+pub use self::error::{Failure, KvError, SubmitError};
+use self::retry::{judge, when, When};
+use self::state::{Batch, Call, CallKind, Finished, Item, Lane, LaneKey, Progress, State};
+use crate::command::{KvCommand, KvResult};
+use crate::routing::Routing;
+use crate::session::SessionState;
+
+/// Items queued and not yet sent, at most; a call beyond it fails with `Busy` (a call that
+/// finds the queue empty is always taken).
+pub const PENDING_ITEMS_MAX: usize = 1 << 20;
+/// A call's timeout, at most (a day): a typo cannot park a caller forever.
+pub const TIMEOUT_S_MAX: f64 = 86_400.0;
+/// Nodes named in a probe's "wl" (the nodes the client avoids), at most.
+const AVOIDED_IN_REQUEST_MAX: usize = 16;
+
+/// What a finished call gives its caller (by the kind of call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A put (or every put of a batch) applied; `refused` names the first the state machine
+    /// refused (an undecodable command: every replica answers the same).
+    Written { refused: Option<String> },
+    /// A delete applied; whether the key existed.
+    Deleted { existed: bool },
+    /// A compare-and-set applied; whether the value matched (and was replaced).
+    Swapped { applied: bool },
+    /// One read's value.
+    Value(Option<Vec<u8>>),
+    /// A batch read's values, in order.
+    Values(Vec<Option<Vec<u8>>>),
+}
+
+/// Whom a call tells when it finishes: called exactly once, on a runtime thread or the thread
+/// that closed the client, never with the client's lock held.
+pub trait Completion: Send + 'static {
+    fn complete(self: Box<Self>, outcome: Result<Answer, Failure>);
+}
+
+/// One call of a caller.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Cas {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    },
+    PutMany(Vec<(Vec<u8>, Vec<u8>)>),
+    Get {
+        key: Vec<u8>,
+        read: ReadAt,
+    },
+    GetMany {
+        keys: Vec<Vec<u8>>,
+        read: ReadAt,
+    },
+}
+
+/// How a read is served: its level and the staleness a lease or follower read accepts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReadAt {
+    pub level: ReadLevel,
+    pub max_staleness_s: f64,
+}
+
+impl ReadAt {
+    pub const LINEARIZABLE: ReadAt = ReadAt {
+        level: ReadLevel::Linearizable,
+        max_staleness_s: 0.0,
+    };
+}
+
+/// Per-item results, or the failure of the item that ended the call.
+pub type Outcome = Result<Vec<Option<Vec<u8>>>, Failure>;
+
+/// The deadline of a call that may take `timeout_s` (at most [`TIMEOUT_S_MAX`]).
+pub fn deadline_in(timeout_s: f64) -> Result<Instant, KvError> {
+    if !(timeout_s.is_finite() && timeout_s > 0.0) {
+        return Err(KvError::Invalid(format!(
+            "timeout must be positive, got {timeout_s}"
+        )));
+    }
+    Ok(Instant::now() + Duration::from_secs_f64(timeout_s.min(TIMEOUT_S_MAX)))
+}
+
+/// The client core; shared (`Arc`) by its caller and the tasks it spawns.
+pub struct KvClient {
+    /// This client's own id (never a target).
+    me: u64,
+    transport: Arc<Transport>,
+    runtime: Handle,
+    retry_unknown_writes: AtomicBool,
+    requests_sent: AtomicU64,
+    state: Mutex<State>,
+}
+
+/// What handling one reply produced: finished calls, items to retry at once or after a pause.
+#[derive(Default)]
+struct Step {
+    finished: Vec<Finished>,
+    at_once: Vec<Item>,
+    later: Vec<(Duration, Item)>,
+}
+
+impl KvClient {
+    /// A client with id `me` (never a target) and session `client_id`, sending through
+    /// `transport` and running its tasks on `runtime`.
+    pub fn new(transport: Arc<Transport>, runtime: Handle, me: u64, client_id: u64) -> Arc<Self> {
+        Arc::new(KvClient {
+            me,
+            transport,
+            runtime,
+            retry_unknown_writes: AtomicBool::new(true),
+            requests_sent: AtomicU64::new(0),
+            state: Mutex::new(State::new(SessionState::new(client_id))),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Install routing; learned leaders are kept.
+    pub fn set_routing(&self, routing: Routing) {
+        self.state().routing = Some(routing);
+    }
+
+    pub fn retry_unknown_writes(&self) -> bool {
+        self.retry_unknown_writes.load(Ordering::Relaxed)
+    }
+
+    /// Whether a write whose outcome is unknown is retried (exactly-once through the
+    /// session) or surfaces at once.
+    pub fn set_retry_unknown_writes(&self, value: bool) {
+        self.retry_unknown_writes.store(value, Ordering::Relaxed);
+    }
+
+    pub fn client_id(&self) -> u64 {
+        self.state().session.client_id()
+    }
+
+    /// The lowest write seq this client still waits for.
+    pub fn acked_below(&self) -> u64 {
+        self.state().session.acked_below()
+    }
+
+    /// Writes handed out and not finished.
+    pub fn writes_in_flight(&self) -> usize {
+        self.state().session.in_flight()
+    }
+
+    /// KV_REQUESTs sent (each carries every item queued for its target and lane).
+    pub fn requests_sent(&self) -> u64 {
+        self.requests_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn group_of(&self, key: &[u8]) -> Result<u64, KvError> {
+        self.state().group_of(key)
+    }
+
+    /// The node this client would send `group`'s requests to now (0 = unknown).
+    pub fn leader_hint(&self, group: u64) -> u64 {
+        self.state().target(group, Instant::now())
+    }
+
+    /// Route, wrap (writes) and queue one call; `completion` hears of it exactly once unless
+    /// this returns an error. True when the caller must [`flush`](Self::flush) (the first call
+    /// queued since the last flush).
+    pub fn submit(
+        &self,
+        request: Request,
+        deadline: Instant,
+        completion: Box<dyn Completion>,
+    ) -> Result<bool, SubmitError> {
+        let (kind, lane, items) = items_of(request)?;
+        if items.is_empty() {
+            // Nothing to send (an empty batch): answered at once, never left waiting.
+            let call = Call {
+                kind,
+                deadline,
+                groups: Vec::new(),
+                seqs: (0, 0),
+                completion: Mutex::new(None),
+                progress: Mutex::new(Progress {
+                    results: Vec::new(),
+                    remaining: 0,
+                    finished: true,
+                }),
+            };
+            completion.complete(answer(&call, Ok(Vec::new())));
+            return Ok(false);
+        }
+        self.enqueue_call(kind, lane, deadline, completion, items)
+    }
+
+    fn enqueue_call(
+        &self,
+        kind: CallKind,
+        lane: Lane,
+        deadline: Instant,
+        completion: Box<dyn Completion>,
+        items: Items,
+    ) -> Result<bool, SubmitError> {
+        let now = Instant::now();
+        let mut st = self.state();
+        if st.closed {
+            return Err(SubmitError::Closed);
+        }
+        if st.pending_items > 0 && st.pending_items + items.len() > PENDING_ITEMS_MAX {
+            let text = format!("kv client queue full ({} items waiting)", st.pending_items);
+            return Err(item_error(0, KvError::Busy(text)));
+        }
+        let mut placed = Vec::with_capacity(items.len());
+        for (key, _) in &items {
+            let group = st.group_of(key).map_err(|e| match e {
+                KvError::Unavailable(text) => SubmitError::NotConnected(text),
+                e => item_error(0, e),
+            })?;
+            let Some((target, probe)) = st.pick(group, 0, self.me, now) else {
+                return Err(item_error(
+                    group,
+                    KvError::Unavailable("no member known".into()),
+                ));
+            };
+            placed.push((group, target, probe));
+        }
+        let count = items.len();
+        let (seqs, floor) = if kind.is_write() {
+            let (first, floor) = st.session.open_seqs(count);
+            ((first, count as u64), Some(floor))
+        } else {
+            ((0, 0), None)
+        };
+        let call = Arc::new(Call {
+            kind,
+            deadline,
+            groups: placed.iter().map(|&(g, _, _)| g).collect(),
+            seqs,
+            completion: Mutex::new(Some(completion)),
+            progress: Mutex::new(Progress {
+                results: vec![None; count],
+                remaining: count,
+                finished: false,
+            }),
+        });
+        for (slot, ((group, target, probe), (_, payload))) in
+            placed.into_iter().zip(items).enumerate()
+        {
+            let payload = match floor {
+                Some(floor) => st.session.wrap_one(seqs.0 + slot as u64, floor, &payload),
+                None => payload,
+            };
+            let item = Item {
+                call: Arc::clone(&call),
+                slot,
+                group,
+                lane,
+                payload,
+                attempt: 0,
+                last: None,
+            };
+            st.enqueue((target, lane, probe), item);
+        }
+        Ok(!std::mem::replace(&mut st.flush_scheduled, true))
+    }
+
+    /// Send everything queued since the last flush: one KV_REQUEST per (target, lane) while
+    /// slots are free (the rest follows as replies come back).
+    pub fn flush(self: &Arc<Self>) {
+        let mut batches = Vec::new();
+        {
+            let mut st = self.state();
+            st.flush_scheduled = false;
+            let keys: Vec<LaneKey> = st
+                .lanes
+                .iter()
+                .filter(|(_, q)| !q.pending.is_empty() && q.in_flight < state::REMOTE_IN_FLIGHT_MAX)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in keys {
+                st.take_batches(key, &mut batches);
+            }
+        }
+        self.spawn(batches);
+    }
+
+    /// Fail every queued call with `Closed`; calls in flight fail when their reply (or the
+    /// transport's closing) comes back. Idempotent.
+    pub fn close(&self) {
+        let mut out = Vec::new();
+        {
+            let mut st = self.state();
+            st.closed = true;
+            let lanes: Vec<_> = st.lanes.drain().map(|(_, q)| q).collect();
+            for mut q in lanes {
+                st.pending_items -= q.pending.len();
+                for item in q.pending.drain(..) {
+                    st.complete(item, Err(KvError::Closed), &mut out);
+                }
+            }
+        }
+        resolve(out);
+    }
+
+    fn spawn(self: &Arc<Self>, batches: Vec<Batch>) {
+        for (key, items) in batches {
+            let this = Arc::clone(self);
+            self.runtime
+                .spawn(async move { this.run_batch(key, items).await });
+        }
+    }
+
+    /// Queue an item again (retry), or fail it: past its deadline, client closed, no member.
+    fn requeue(
+        &self,
+        st: &mut State,
+        mut item: Item,
+        now: Instant,
+        keys: &mut Vec<LaneKey>,
+        out: &mut Vec<Finished>,
+    ) {
+        if item.call.is_finished() {
+            return;
+        }
+        if st.closed {
+            st.complete(item, Err(KvError::Closed), out);
+            return;
+        }
+        if now >= item.call.deadline {
+            let err = match item.last.take() {
+                Some(last) if last.is_timeout() => last,
+                Some(last) => KvError::Unavailable(last.describe(item.group)),
+                None => KvError::Unavailable("no attempt possible".into()),
+            };
+            st.complete(item, Err(err), out);
+            return;
+        }
+        match st.pick(item.group, item.attempt, self.me, now) {
+            Some((target, probe)) => {
+                let key = (target, item.lane, probe);
+                st.enqueue(key, item);
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            None => st.complete(
+                item,
+                Err(KvError::Unavailable("no member known".into())),
+                out,
+            ),
+        }
+    }
+
+    /// One failed attempt: learn, and decide when (or whether) to retry ([`retry`]).
+    fn on_error(
+        &self,
+        st: &mut State,
+        mut item: Item,
+        err: KvError,
+        target: u64,
+        now: Instant,
+        step: &mut Step,
+    ) {
+        if st.closed {
+            st.complete(item, Err(KvError::Closed), &mut step.finished);
+            return;
+        }
+        let may_retry_unknown = !item.call.kind.is_write() || self.retry_unknown_writes();
+        let verdict = judge(&err, target, may_retry_unknown);
+        st.learn(item.group, verdict.lesson, self.me, now);
+        if !verdict.retry {
+            st.complete(item, Err(err), &mut step.finished);
+            return;
+        }
+        let left = item.call.deadline.saturating_duration_since(now);
+        let next = when(item.attempt, &err, left);
+        item.attempt += 1;
+        item.last = Some(err);
+        match next {
+            When::AtOnce => step.at_once.push(item),
+            When::After(pause) => step.later.push((pause, item)),
+        }
+    }
+
+    async fn run_batch(self: Arc<Self>, key: LaneKey, items: Vec<Item>) {
+        let (target, lane, probe) = key;
+        let start = Instant::now();
+        // Attempts that may be given up early (their items are retried): reads, and writes when
+        // unknown outcomes are retried (exactly-once through the session).
+        let cancellable = lane != Lane::Propose || self.retry_unknown_writes();
+        let (attempt, avoid, suspect) = {
+            let mut st = self.state();
+            let avoid = (probe && lane == Lane::Propose).then(|| {
+                st.health.avoided(
+                    crate::peer_health::monotonic_s(start),
+                    AVOIDED_IN_REQUEST_MAX,
+                )
+            });
+            let suspect = cancellable.then(|| st.suspect_channel(target));
+            (st.attempt_timeout(start), avoid, suspect)
+        };
+        let deadline = items
+            .iter()
+            .map(|i| i.call.deadline)
+            .min()
+            .unwrap_or(start)
+            .min(start + attempt);
+        let timeout = deadline
+            .saturating_duration_since(start)
+            .max(Duration::from_millis(1));
+        let timeout_ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        // Registered before the request leaves, so a suspicion raised meanwhile is not missed.
+        let suspected = async {
+            match &suspect {
+                Some(channel) => {
+                    let notified = channel.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    notified.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(suspected);
+        let mut timed_out_here = false;
+        let reply = match encode_request(lane, &items, timeout_ms, avoid) {
+            Err(err) => Err(err),
+            Ok(payload) => {
+                self.requests_sent.fetch_add(1, Ordering::Relaxed);
+                let rpc = self
+                    .transport
+                    .send_rpc(NodeId(target), MessageKind::KV_REQUEST, payload);
+                tokio::select! {
+                    biased;
+                    answer = tokio::time::timeout(timeout, rpc) => match answer {
+                        Err(_) => {
+                            timed_out_here = true;
+                            Err(KvError::Timeout { target, timeout_ms })
+                        }
+                        Ok(Err(err)) => Err(KvError::Net(err)),
+                        Ok(Ok(frame)) => decode_reply(&frame, lane, items.len()),
+                    },
+                    () = &mut suspected => {
+                        // Another attempt to this node timed out: this one gives up too.
+                        let waited = start.elapsed().as_millis();
+                        Err(KvError::Timeout {
+                            target,
+                            timeout_ms: u64::try_from(waited).unwrap_or(u64::MAX),
+                        })
+                    }
+                }
+            }
+        };
+        self.on_reply(key, items, reply, start, timed_out_here);
+    }
+
+    /// Hand out one reply's results, retry or fail its failed items, send what is ready.
+    /// `timed_out_here`: this attempt's own bound passed (not another attempt's suspicion).
+    fn on_reply(
+        self: &Arc<Self>,
+        key: LaneKey,
+        items: Vec<Item>,
+        reply: Result<Decoded, KvError>,
+        start: Instant,
+        timed_out_here: bool,
+    ) {
+        let (target, lane, probe) = key;
+        let now = Instant::now();
+        let mut step = Step::default();
+        let mut batches = Vec::new();
+        {
+            let mut st = self.state();
+            if let Some(q) = st.lanes.get_mut(&key) {
+                q.in_flight -= 1;
+            }
+            if timed_out_here {
+                st.suspect(target);
+            }
+            match reply {
+                Ok((results, failed)) => {
+                    if !probe {
+                        st.answered(now.saturating_duration_since(start), now);
+                    }
+                    if probe && lane == Lane::Propose {
+                        st.revive_named(&failed);
+                    }
+                    for (item, result) in items.into_iter().zip(results) {
+                        match failed.get(&item.group) {
+                            Some(err) => {
+                                self.on_error(&mut st, item, err.clone(), target, now, &mut step)
+                            }
+                            None => {
+                                st.leaders.entry(item.group).or_insert(target);
+                                st.complete(item, Ok(result), &mut step.finished);
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    for item in items {
+                        self.on_error(&mut st, item, err.clone(), target, now, &mut step);
+                    }
+                }
+            }
+            let mut keys = vec![key];
+            for item in std::mem::take(&mut step.at_once) {
+                self.requeue(&mut st, item, now, &mut keys, &mut step.finished);
+            }
+            for k in keys {
+                st.take_batches(k, &mut batches);
+            }
+        }
+        self.spawn(batches);
+        resolve(step.finished);
+        self.retry_later(step.later);
+    }
+
+    /// Requeue items after their pause (one timer per distinct pause).
+    fn retry_later(self: &Arc<Self>, later: Vec<(Duration, Item)>) {
+        let mut by_pause: HashMap<Duration, Vec<Item>> = HashMap::new();
+        for (pause, item) in later {
+            by_pause.entry(pause).or_default().push(item);
+        }
+        for (pause, items) in by_pause {
+            let this = Arc::clone(self);
+            self.runtime.spawn(async move {
+                tokio::time::sleep(pause).await;
+                let now = Instant::now();
+                let (mut out, mut keys, mut batches) = (Vec::new(), Vec::new(), Vec::new());
+                {
+                    let mut st = this.state();
+                    for item in items {
+                        this.requeue(&mut st, item, now, &mut keys, &mut out);
+                    }
+                    for k in keys {
+                        st.take_batches(k, &mut batches);
+                    }
+                }
+                this.spawn(batches);
+                resolve(out);
+            });
+        }
+    }
+}
+
+fn item_error(group: u64, error: KvError) -> SubmitError {
+    SubmitError::Item(Failure { group, error })
+}
+
+/// (routing key, payload) of each item of a call: a read's payload is its key, a write's its
+/// encoded command.
+type Items = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The kind, lane and items of a request.
+fn items_of(request: Request) -> Result<(CallKind, Lane, Items), SubmitError> {
+    let put = |key: Vec<u8>, value: Vec<u8>| {
+        let cmd = KvCommand::Put {
+            key: key.clone(),
+            value,
+        }
+        .encode();
+        (key, cmd)
+    };
+    let read_lane = |read: ReadAt| {
+        let stale_s = read.max_staleness_s;
+        if !stale_s.is_finite() || stale_s < 0.0 {
+            let text = format!("max_staleness_s must be >= 0, got {stale_s}");
+            return Err(item_error(0, KvError::Invalid(text)));
+        }
+        Ok(Lane::read(read.level, stale_s))
+    };
+    Ok(match request {
+        Request::Put { key, value } => (CallKind::Put, Lane::Propose, vec![put(key, value)]),
+        Request::PutMany(pairs) => (
+            CallKind::PutMany,
+            Lane::Propose,
+            pairs.into_iter().map(|(k, v)| put(k, v)).collect(),
+        ),
+        Request::Delete { key } => {
+            let cmd = KvCommand::Delete { key: key.clone() }.encode();
+            (CallKind::Delete, Lane::Propose, vec![(key, cmd)])
+        }
+        Request::Cas {
+            key,
+            expected,
+            value,
+        } => {
+            let cmd = KvCommand::Cas {
+                key: key.clone(),
+                expected,
+                value,
+            }
+            .encode();
+            (CallKind::Cas, Lane::Propose, vec![(key, cmd)])
+        }
+        Request::Get { key, read } => (CallKind::Get, read_lane(read)?, vec![(key.clone(), key)]),
+        Request::GetMany { keys, read } => (
+            CallKind::GetMany,
+            read_lane(read)?,
+            keys.into_iter().map(|k| (k.clone(), k)).collect(),
+        ),
+    })
+}
+
+/// Hand each finished call to its completion (outside the client's lock).
+fn resolve(finished: Vec<Finished>) {
+    for f in finished {
+        let completion = f
+            .call
+            .completion
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(completion) = completion {
+            completion.complete(answer(&f.call, f.outcome));
+        }
+    }
+}
+
+fn encode_request(
+    lane: Lane,
+    items: &[Item],
+    timeout_ms: u64,
+    avoid: Option<Vec<u64>>,
+) -> Result<Bytes, KvError> {
+    let groups = items.iter().map(|i| i.group).collect();
+    let list = items
+        .iter()
+        .map(|i| Cow::Borrowed(i.payload.as_slice()))
+        .collect();
+    let request = match lane {
+        Lane::Propose => KvRequest::ProposeMany(ProposeMany {
+            groups,
+            commands: list,
+            timeout_ms,
+            avoid,
+        }),
+        Lane::Read { level, .. } => KvRequest::ReadMany(ReadMany {
+            groups,
+            keys: list,
+            level,
+            stale_s: lane.stale_s(),
+            timeout_ms,
+        }),
+    };
+    request
+        .encode()
+        .map(Bytes::from)
+        .map_err(|e| KvError::Invalid(format!("cannot encode a kv request: {e}")))
+}
+
+/// One result per item and the groups that failed.
+type Decoded = (Vec<Option<Vec<u8>>>, HashMap<u64, KvError>);
+
+/// One result per item and the groups that failed, or the error of the whole request.
+fn decode_reply(frame: &OutboundFrame, lane: Lane, count: usize) -> Result<Decoded, KvError> {
+    if frame.kind != MessageKind::KV_RESPONSE {
+        return Err(KvError::Malformed(format!(
+            "answered kv with kind {}",
+            frame.kind.number()
+        )));
+    }
+    let reply =
+        KvResponse::decode(&frame.payload).map_err(|e| KvError::Malformed(e.to_string()))?;
+    let stale = |age_s| KvError::Stale {
+        age_s,
+        max_s: lane.stale_s(),
+    };
+    match reply {
+        KvResponse::Results(r) => {
+            if r.results.len() != count {
+                return Err(KvError::Malformed(format!(
+                    "{} results for {count} items",
+                    r.results.len()
+                )));
+            }
+            let mut failed = HashMap::new();
+            for (group, hint) in r.not_leader {
+                failed.insert(group, KvError::NotLeader { hint });
+            }
+            for group in r.unknown {
+                failed.insert(group, KvError::LeadershipLost);
+            }
+            for (group, age_s) in r.stale {
+                failed.insert(group, stale(age_s));
+            }
+            let results = r
+                .results
+                .into_iter()
+                .map(|v| v.map(Cow::into_owned))
+                .collect();
+            Ok((results, failed))
+        }
+        KvResponse::NotLeader { leader } => Err(KvError::NotLeader { hint: leader }),
+        KvResponse::Stale { age_s } => Err(stale(age_s)),
+        KvResponse::Routing { .. } => {
+            Err(KvError::Malformed("kv response without a result".into()))
+        }
+    }
+}
+
+/// A write's result; a session copy refused as already answered is an unknown outcome.
+fn written(result: Option<&Vec<u8>>) -> Result<KvResult, KvError> {
+    let bytes = result.ok_or_else(|| KvError::Malformed("a write without a result".into()))?;
+    match KvResult::decode(bytes) {
+        Ok(KvResult::Duplicate) => Err(KvError::OutcomeUnknown),
+        Ok(result) => Ok(result),
+        Err(e) => Err(KvError::Malformed(format!("kv result: {e}"))),
+    }
+}
+
+/// The answer a finished call gives, by its kind.
+fn answer(call: &Call, outcome: Outcome) -> Result<Answer, Failure> {
+    let mut results = outcome?;
+    let fail = |i: usize, error: KvError| Failure {
+        group: call.groups.get(i).copied().unwrap_or(0),
+        error,
+    };
+    match call.kind {
+        CallKind::Get => Ok(Answer::Value(results.pop().flatten())),
+        CallKind::GetMany => Ok(Answer::Values(results)),
+        CallKind::Put | CallKind::PutMany => {
+            let mut refused = None;
+            for (i, r) in results.iter().enumerate() {
+                if let KvResult::Invalid { reason } = written(r.as_ref()).map_err(|e| fail(i, e))? {
+                    refused.get_or_insert(reason);
+                }
+            }
+            Ok(Answer::Written { refused })
+        }
+        CallKind::Delete => {
+            let status =
+                written(results.first().and_then(Option::as_ref)).map_err(|e| fail(0, e))?;
+            Ok(Answer::Deleted {
+                existed: matches!(status, KvResult::Ok { .. }),
+            })
+        }
+        CallKind::Cas => {
+            match written(results.first().and_then(Option::as_ref)).map_err(|e| fail(0, e))? {
+                KvResult::Invalid { reason } => Err(fail(
+                    0,
+                    KvError::Invalid(format!("cas refused: {reason:?}")),
+                )),
+                status => Ok(Answer::Swapped {
+                    applied: matches!(status, KvResult::Ok { .. }),
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,221 @@
+//! The retry rules of one failed attempt (kv.py `KvRouter._attempts`, the reference): what it
+//! teaches about the cluster, whether the item is tried again, and when. Pure: the client core
+//! ([`super`]) applies the lesson to its state and schedules the retry.
+//!
+//! - NotLeader: learn the hint; go again at once while it names a leader (at most
+//!   `NAMED_LEADER_RETRIES_MAX` times in a row), else after a pause.
+//! - Unknown outcome (leadership lost, timeout): retried only when allowed (reads always;
+//!   writes when unknown outcomes are retried, exactly-once through the session), and the node
+//!   that timed out is held back.
+//! - Transient transport errors (unreachable, handshake, closed, unknown peer, a remote error
+//!   other than the two below) and malformed replies: hold the node back, try another member.
+//! - InvalidRequest and NoSpace from the server, and every local error: never retried.
+
+use std::time::Duration;
+
+use nodedb_transport::TransportError;
+
+use super::error::{KvError, INVALID_REQUEST, NO_SPACE};
+
+/// Pause before retry n (then the last value), cut short by the deadline (kv.py).
+pub const RETRY_BACKOFF_MS: [u64; 5] = [5, 10, 20, 50, 100];
+/// Retries that go at once when NotLeader named a leader, per item (kv.py: `attempt < 3`).
+pub const NAMED_LEADER_RETRIES_MAX: usize = 3;
+
+/// What a failed attempt teaches about the group's leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lesson {
+    /// Nothing (the item is not retried, or the failure says nothing about the cluster).
+    Nothing,
+    /// The group's leader is this node (0 = none known).
+    Leader(u64),
+    /// Forget the group's leader; this node (0 = none) did not answer: try the others first.
+    Failed(u64),
+}
+
+/// The verdict on one failed attempt to `target`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub retry: bool,
+    pub lesson: Lesson,
+}
+
+/// Judge `err` from an attempt to `target`; `may_retry_unknown`: the item may be retried
+/// when its outcome is unknown (a read, or a write under a session that retries).
+pub fn judge(err: &KvError, target: u64, may_retry_unknown: bool) -> Verdict {
+    let unknown = |node: u64| Verdict {
+        retry: may_retry_unknown,
+        lesson: if may_retry_unknown {
+            Lesson::Failed(node)
+        } else {
+            Lesson::Nothing
+        },
+    };
+    let give_up = Verdict {
+        retry: false,
+        lesson: Lesson::Nothing,
+    };
+    match err {
+        KvError::NotLeader { hint } => Verdict {
+            retry: true,
+            lesson: Lesson::Leader(*hint),
+        },
+        KvError::LeadershipLost => unknown(0),
+        KvError::Timeout { .. } | KvError::Net(TransportError::Timeout { .. }) => unknown(target),
+        // The request itself is bad, or the leader's disk is full (a definite refusal until
+        // space is freed): no other node or attempt will take it.
+        KvError::Net(TransportError::Remote { code, .. })
+            if code == INVALID_REQUEST || code == NO_SPACE =>
+        {
+            give_up
+        }
+        KvError::Net(
+            TransportError::Unreachable { .. }
+            | TransportError::Handshake { .. }
+            | TransportError::Closed
+            | TransportError::UnknownPeer { .. }
+            | TransportError::Remote { .. },
+        )
+        | KvError::Malformed(_) => Verdict {
+            retry: true,
+            lesson: Lesson::Failed(target),
+        },
+        _ => give_up,
+    }
+}
+
+/// When a retried item goes again: at once, or after a pause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    AtOnce,
+    After(Duration),
+}
+
+/// When the retry of an item that failed its attempt number `attempt` (0-based) with `err`
+/// goes, with `left` until its deadline.
+pub fn when(attempt: usize, err: &KvError, left: Duration) -> When {
+    let named = matches!(err, KvError::NotLeader { hint } if *hint != 0);
+    if named && attempt + 1 < NAMED_LEADER_RETRIES_MAX {
+        return When::AtOnce;
+    }
+    let pause = Duration::from_millis(RETRY_BACKOFF_MS[attempt.min(RETRY_BACKOFF_MS.len() - 1)]);
+    When::After(pause.min(left))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(code: &str) -> KvError {
+        KvError::Net(TransportError::Remote {
+            code: code.into(),
+            message: "m".into(),
+        })
+    }
+
+    #[test]
+    fn not_leader_teaches_the_leader_and_is_always_retried() {
+        for may in [false, true] {
+            let v = judge(&KvError::NotLeader { hint: 3 }, 2, may);
+            assert_eq!(
+                v,
+                Verdict {
+                    retry: true,
+                    lesson: Lesson::Leader(3)
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_outcomes_are_retried_only_when_allowed() {
+        let timeout = KvError::Timeout {
+            target: 2,
+            timeout_ms: 300,
+        };
+        assert_eq!(
+            judge(&timeout, 2, true),
+            Verdict {
+                retry: true,
+                lesson: Lesson::Failed(2)
+            },
+            "the node that timed out is held back"
+        );
+        assert_eq!(
+            judge(&KvError::LeadershipLost, 2, true),
+            Verdict {
+                retry: true,
+                lesson: Lesson::Failed(0)
+            },
+            "it answered: forget the leader, hold nobody back"
+        );
+        for err in [timeout, KvError::LeadershipLost] {
+            assert_eq!(
+                judge(&err, 2, false),
+                Verdict {
+                    retry: false,
+                    lesson: Lesson::Nothing
+                },
+                "a write whose retry could apply twice surfaces the unknown outcome"
+            );
+        }
+    }
+
+    #[test]
+    fn transient_errors_try_another_member_and_refusals_are_final() {
+        let transient = [
+            KvError::Net(TransportError::Closed),
+            KvError::Net(TransportError::UnknownPeer {
+                node_id: nodedb_transport::NodeId(4),
+            }),
+            remote("Busy"),
+            KvError::Malformed("x".into()),
+        ];
+        for err in transient {
+            assert_eq!(
+                judge(&err, 4, false),
+                Verdict {
+                    retry: true,
+                    lesson: Lesson::Failed(4)
+                },
+                "{err:?}"
+            );
+        }
+        for err in [
+            remote(INVALID_REQUEST),
+            remote(NO_SPACE),
+            KvError::Invalid("bad".into()),
+            KvError::OutcomeUnknown,
+            KvError::Closed,
+            KvError::Stale {
+                age_s: 2.0,
+                max_s: 1.0,
+            },
+        ] {
+            assert!(!judge(&err, 4, true).retry, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_named_leader_is_tried_at_once_twice_then_with_backoff() {
+        let named = KvError::NotLeader { hint: 3 };
+        let left = Duration::from_secs(5);
+        assert_eq!(when(0, &named, left), When::AtOnce);
+        assert_eq!(when(1, &named, left), When::AtOnce);
+        assert_eq!(
+            when(2, &named, left),
+            When::After(Duration::from_millis(20))
+        );
+        let none = KvError::NotLeader { hint: 0 };
+        assert_eq!(when(0, &none, left), When::After(Duration::from_millis(5)));
+        assert_eq!(
+            when(9, &none, left),
+            When::After(Duration::from_millis(100))
+        );
+        assert_eq!(
+            when(9, &none, Duration::from_millis(7)),
+            When::After(Duration::from_millis(7)),
+            "cut short by the deadline"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The client core's wire and answer rules, without a network.
+
+use super::*;
+use nodedb_wire::KvResults;
+
+fn frame(payload: Vec<u8>) -> OutboundFrame {
+    OutboundFrame {
+        kind: MessageKind::KV_RESPONSE,
+        payload: Bytes::from(payload),
+    }
+}
+
+fn results(
+    r: Vec<Option<&'static [u8]>>,
+    nlg: Vec<(u64, u64)>,
+    unk: Vec<u64>,
+    stale: Vec<(u64, f64)>,
+) -> Vec<u8> {
+    KvResponse::Results(KvResults {
+        results: r.into_iter().map(|v| v.map(Cow::Borrowed)).collect(),
+        not_leader: nlg,
+        unknown: unk,
+        stale,
+    })
+    .encode()
+    .unwrap()
+}
+
+fn call(kind: CallKind, groups: Vec<u64>) -> Call {
+    let n = groups.len();
+    Call {
+        kind,
+        deadline: Instant::now(),
+        groups,
+        seqs: (0, 0),
+        completion: Mutex::new(None),
+        progress: Mutex::new(Progress {
+            results: vec![None; n],
+            remaining: n,
+            finished: false,
+        }),
+    }
+}
+
+#[test]
+fn reply_decodes_results_and_per_group_failures() {
+    let lane = Lane::read(ReadLevel::Follower, 0.5);
+    let payload = results(
+        vec![Some(b"v"), None, None, None],
+        vec![(2, 3)],
+        vec![4],
+        vec![(5, 1.5)],
+    );
+    let (values, failed) = decode_reply(&frame(payload), lane, 4).unwrap();
+    assert_eq!(values, vec![Some(b"v".to_vec()), None, None, None]);
+    assert!(matches!(failed[&2], KvError::NotLeader { hint: 3 }));
+    assert!(matches!(failed[&4], KvError::LeadershipLost));
+    assert!(matches!(failed[&5], KvError::Stale { age_s, max_s } if age_s == 1.5 && max_s == 0.5));
+}
+
+#[test]
+fn reply_with_wrong_count_or_shape_is_malformed() {
+    let payload = results(vec![None], vec![], vec![], vec![]);
+    assert!(matches!(
+        decode_reply(&frame(payload), Lane::Propose, 2),
+        Err(KvError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_reply(&frame(vec![0xc1]), Lane::Propose, 1),
+        Err(KvError::Malformed(_))
+    ));
+    // {"nl": 2}: the single-group NotLeader form.
+    assert!(matches!(
+        decode_reply(&frame(b"\x81\xa2nl\x02".to_vec()), Lane::Propose, 1),
+        Err(KvError::NotLeader { hint: 2 })
+    ));
+    // {"r": [], "v": 2}: a newer version is refused, not half-read.
+    match decode_reply(&frame(b"\x82\xa1r\x90\xa1v\x02".to_vec()), Lane::Propose, 0) {
+        Err(KvError::Malformed(text)) => assert!(text.contains("version 2"), "{text}"),
+        other => panic!("{other:?}"),
+    }
+    let wrong_kind = OutboundFrame {
+        kind: MessageKind::KV_REQUEST,
+        payload: Bytes::new(),
+    };
+    assert!(matches!(
+        decode_reply(&wrong_kind, Lane::Propose, 0),
+        Err(KvError::Malformed(_))
+    ));
+}
+
+#[test]
+fn request_is_the_schemas_propose_many_and_only_a_probe_names_wl() {
+    let c = Arc::new(call(CallKind::Put, vec![3, 1]));
+    let items: Vec<Item> = [(3u64, b"a".to_vec()), (1, b"bc".to_vec())]
+        .into_iter()
+        .enumerate()
+        .map(|(slot, (group, payload))| Item {
+            call: Arc::clone(&c),
+            slot,
+            group,
+            lane: Lane::Propose,
+            payload,
+            attempt: 0,
+            last: None,
+        })
+        .collect();
+    let bytes = encode_request(Lane::Propose, &items, 250, None).unwrap();
+    match KvRequest::decode(&bytes).unwrap() {
+        KvRequest::ProposeMany(m) => {
+            assert_eq!(m.groups, vec![3, 1]);
+            assert_eq!(m.commands[1].as_ref(), b"bc");
+            assert_eq!(m.timeout_ms, 250);
+            assert_eq!(m.avoid, None, "only probes may be held");
+        }
+        other => panic!("{other:?}"),
+    }
+    let bytes = encode_request(Lane::Propose, &[], 250, Some(vec![3, 5])).unwrap();
+    assert!(
+        matches!(KvRequest::decode(&bytes).unwrap(), KvRequest::ProposeMany(m) if m.avoid == Some(vec![3, 5]))
+    );
+}
+
+#[test]
+fn duplicate_write_result_is_an_unknown_outcome() {
+    assert!(matches!(
+        written(Some(&KvResult::Duplicate.encode())),
+        Err(KvError::OutcomeUnknown)
+    ));
+    assert!(matches!(
+        written(Some(&KvResult::NotFound.encode())),
+        Ok(KvResult::NotFound)
+    ));
+    assert!(matches!(written(None), Err(KvError::Malformed(_))));
+}
+
+#[test]
+fn answers_follow_the_kind_of_call() {
+    let ok = Some(KvResult::Ok { value: None }.encode());
+    let missing = Some(KvResult::NotFound.encode());
+    let refused = Some(
+        KvResult::Invalid {
+            reason: "bad".into(),
+        }
+        .encode(),
+    );
+    let dup = Some(KvResult::Duplicate.encode());
+    let c = call(CallKind::Delete, vec![7]);
+    assert_eq!(
+        answer(&c, Ok(vec![ok.clone()])).unwrap(),
+        Answer::Deleted { existed: true }
+    );
+    assert_eq!(
+        answer(&c, Ok(vec![missing.clone()])).unwrap(),
+        Answer::Deleted { existed: false }
+    );
+    let c = call(CallKind::Cas, vec![7]);
+    let mismatch = Some(KvResult::CasMismatch { current: None }.encode());
+    assert_eq!(
+        answer(&c, Ok(vec![mismatch])).unwrap(),
+        Answer::Swapped { applied: false }
+    );
+    let err = answer(&c, Ok(vec![refused.clone()])).unwrap_err();
+    assert!(
+        matches!(&err.error, KvError::Invalid(t) if t.contains("cas refused")) && err.group == 7
+    );
+    let c = call(CallKind::PutMany, vec![7, 8]);
+    assert_eq!(
+        answer(&c, Ok(vec![ok.clone(), refused])).unwrap(),
+        Answer::Written {
+            refused: Some("bad".into())
+        }
+    );
+    let err = answer(&c, Ok(vec![ok, dup])).unwrap_err();
+    assert!(
+        matches!(err.error, KvError::OutcomeUnknown) && err.group == 8,
+        "the failed item's group"
+    );
+    let c = call(CallKind::Get, vec![7]);
+    assert_eq!(
+        answer(&c, Ok(vec![Some(b"v".to_vec())])).unwrap(),
+        Answer::Value(Some(b"v".to_vec()))
+    );
+    let c = call(CallKind::GetMany, vec![7, 7]);
+    assert_eq!(
+        answer(&c, Ok(vec![None, None])).unwrap(),
+        Answer::Values(vec![None, None])
+    );
+}
+
+#[test]
+fn requests_become_items_and_bad_reads_are_refused_before_queueing() {
+    let (kind, lane, items) =
+        items_of(Request::PutMany(vec![(b"k".to_vec(), b"v".to_vec())])).unwrap();
+    assert_eq!((kind, lane), (CallKind::PutMany, Lane::Propose));
+    assert_eq!(items[0].0, b"k".to_vec(), "routed by the key");
+    assert_eq!(
+        KvCommand::decode(&items[0].1).unwrap(),
+        KvCommand::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec()
+        }
+    );
+    let read = ReadAt {
+        level: ReadLevel::Lease,
+        max_staleness_s: -1.0,
+    };
+    assert!(matches!(
+        items_of(Request::Get {
+            key: b"k".to_vec(),
+            read
+        }),
+        Err(SubmitError::Item(Failure {
+            error: KvError::Invalid(_),
+            ..
+        }))
+    ));
+    assert!(
+        deadline_in(0.0).is_err() && deadline_in(f64::NAN).is_err() && deadline_in(1.0).is_ok()
+    );
+}

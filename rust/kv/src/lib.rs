@@ -1,0 +1,27 @@
+//! The replicated KV of nodedb-cluster, in Rust and without Python: the state machine and the
+//! command codec its log carries, and (one concept per module) everything a node or a client
+//! needs to serve and reach it.
+//!
+//! The engine (`nodedb-multiraft`) knows no KV: a group runs the KV because it was created
+//! with [`KV_STATE_MACHINE`] and the node's factory builds a [`KvStateMachine`] for that tag.
+
+pub mod client;
+pub mod command;
+pub mod groups;
+pub mod load;
+pub mod peer_health;
+pub mod routing;
+pub mod serve;
+pub mod session;
+pub mod state_machine;
+
+use nodedb_multiraft::StateMachineKind;
+
+pub use crate::command::{KvCommand, KvResult, KEY_BYTES_MAX};
+pub use crate::state_machine::{
+    ClientSession, KvReader, KvState, KvStateMachine, SESSIONS_MAX, SESSION_RESULTS_MAX,
+};
+
+/// The tag of a group that runs the KV state machine, recorded in every node's log since the
+/// first release (as the engine's old `StateMachineKind::Kv = 1`): never changes.
+pub const KV_STATE_MACHINE: StateMachineKind = StateMachineKind(1);

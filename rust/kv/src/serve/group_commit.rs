@@ -1,0 +1,255 @@
+//! Group commit and shared ReadIndex rounds, per group (kv.py's `_GroupCommit` and
+//! `_ReadIndexShare`, the reference).
+//!
+//! Group commit: every command that arrives while `BATCHES_IN_FLIGHT_MAX` entries of its group
+//! are in flight rides the next entry (ONE Raft entry per batch). Reads share ReadIndex rounds:
+//! a read that arrives while a round is in flight waits for the next one (the running one may
+//! have been sent before it arrived), then reads the local state.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use nodedb_multiraft::error::RaftError;
+use nodedb_multiraft::{GroupId, MultiRaft};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use crate::KV_STATE_MACHINE;
+
+/// Commands per Raft entry (kv.py `BATCH_COMMANDS_MAX`).
+const BATCH_COMMANDS_MAX: usize = 4096;
+/// Bytes of commands per Raft entry (kv.py `BATCH_BYTES_MAX`; below the 1 MiB message bound).
+const BATCH_BYTES_MAX: usize = 512 << 10;
+/// Entries per group proposed concurrently (kv.py `BATCHES_IN_FLIGHT_MAX`).
+const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Commands of one group waiting for an entry, at most; more are refused with Busy (a request
+/// that finds the queue empty is taken whatever its size: the 1 MiB frame bounds it).
+const PENDING_COMMANDS_MAX: usize = 1 << 16;
+/// Reads of one group waiting for a ReadIndex round, at most; more are refused with Busy.
+const PENDING_READS_MAX: usize = 1 << 16;
+pub(super) type GroupResult = Result<Vec<Vec<u8>>, RaftError>;
+
+struct Waiter {
+    cmds: Vec<Vec<u8>>,
+    deadline: Instant,
+    reply: oneshot::Sender<GroupResult>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Waiter>,
+    pending_cmds: usize,
+    in_flight: usize,
+}
+
+/// One group's group commit.
+pub(super) struct Batcher {
+    group: GroupId,
+    engine: Weak<MultiRaft>,
+    runtime: Handle,
+    queue: Mutex<Queue>,
+}
+
+impl Batcher {
+    pub(super) fn new(group: GroupId, engine: Weak<MultiRaft>, runtime: Handle) -> Self {
+        Batcher {
+            group,
+            engine,
+            runtime,
+            queue: Mutex::new(Queue::default()),
+        }
+    }
+
+    pub(super) fn submit(
+        self: &Arc<Self>,
+        cmds: Vec<Vec<u8>>,
+        deadline: Instant,
+    ) -> oneshot::Receiver<GroupResult> {
+        let (reply, receiver) = oneshot::channel();
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        // One request alone is always taken (its size is bounded by the frame size).
+        if queue.pending_cmds > 0 && queue.pending_cmds + cmds.len() > PENDING_COMMANDS_MAX {
+            drop(queue);
+            // The receiver is alive right here: the send cannot fail.
+            let _ = reply.send(Err(RaftError::Busy {
+                reason: "kv group commit queue full",
+            }));
+            return receiver;
+        }
+        queue.pending_cmds += cmds.len();
+        queue.pending.push_back(Waiter {
+            cmds,
+            deadline,
+            reply,
+        });
+        self.launch(&mut queue);
+        receiver
+    }
+
+    /// Start entries while slots are free (queue lock held).
+    fn launch(self: &Arc<Self>, queue: &mut Queue) {
+        while queue.in_flight < BATCHES_IN_FLIGHT_MAX && !queue.pending.is_empty() {
+            let mut batch: Vec<Waiter> = Vec::new();
+            let (mut count, mut size) = (0usize, 0usize);
+            while let Some(front) = queue.pending.front() {
+                let w_size: usize = front.cmds.iter().map(Vec::len).sum();
+                if !batch.is_empty()
+                    && (count + front.cmds.len() > BATCH_COMMANDS_MAX
+                        || size + w_size > BATCH_BYTES_MAX)
+                {
+                    break;
+                }
+                let Some(waiter) = queue.pending.pop_front() else {
+                    break;
+                };
+                queue.pending_cmds -= waiter.cmds.len();
+                if waiter.reply.is_closed() {
+                    continue; // the request was dropped (requester gone): not proposed
+                }
+                count += waiter.cmds.len();
+                size += w_size;
+                batch.push(waiter);
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            queue.in_flight += 1;
+            let this = Arc::clone(self);
+            self.runtime.spawn(async move { this.run(batch).await });
+        }
+    }
+
+    async fn run(self: Arc<Self>, batch: Vec<Waiter>) {
+        let now = Instant::now();
+        let timeout = batch
+            .iter()
+            .map(|w| w.deadline.saturating_duration_since(now))
+            .min()
+            .unwrap_or_default()
+            .max(Duration::from_millis(1));
+        let mut counts = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut items = Vec::new();
+        for waiter in batch {
+            counts.push(waiter.cmds.len());
+            replies.push(waiter.reply);
+            items.extend(waiter.cmds);
+        }
+        let expected = items.len();
+        let outcome = match self.engine.upgrade() {
+            // KV commands only into groups that run the KV state machine (never group 0's
+            // metadata machine nor a host's).
+            Some(engine) => {
+                engine
+                    .propose_for(Some(KV_STATE_MACHINE), self.group, items, timeout)
+                    .await
+            }
+            None => Err(RaftError::Stopped {
+                reason: "engine closed".into(),
+            }),
+        };
+        match outcome {
+            Ok(out) if out.results.len() == expected => {
+                let mut results = out.results.into_iter();
+                for (reply, n) in replies.into_iter().zip(counts) {
+                    // A requester that went away meanwhile is fine to miss.
+                    let _ = reply.send(Ok(results.by_ref().take(n).collect()));
+                }
+            }
+            Ok(out) => {
+                let err = RaftError::Invalid {
+                    reason: format!("{} results for {expected} commands", out.results.len()),
+                };
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.in_flight -= 1;
+        self.launch(&mut queue);
+    }
+}
+
+#[derive(Default)]
+struct ReadQueue {
+    next: Vec<oneshot::Sender<Result<(), RaftError>>>,
+    next_deadline: Option<Instant>,
+    running: bool,
+}
+
+/// One group's shared ReadIndex rounds (kv.py `_ReadIndexShare`).
+pub(super) struct ReadShare {
+    group: GroupId,
+    engine: Weak<MultiRaft>,
+    runtime: Handle,
+    queue: Mutex<ReadQueue>,
+}
+
+impl ReadShare {
+    pub(super) fn new(group: GroupId, engine: Weak<MultiRaft>, runtime: Handle) -> Self {
+        ReadShare {
+            group,
+            engine,
+            runtime,
+            queue: Mutex::new(ReadQueue::default()),
+        }
+    }
+
+    pub(super) fn wait(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> oneshot::Receiver<Result<(), RaftError>> {
+        let (reply, receiver) = oneshot::channel();
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.next.len() >= PENDING_READS_MAX {
+            drop(queue);
+            let _ = reply.send(Err(RaftError::Busy {
+                reason: "kv read queue full",
+            }));
+            return receiver;
+        }
+        queue.next.push(reply);
+        queue.next_deadline = Some(queue.next_deadline.map_or(deadline, |d| d.min(deadline)));
+        if !queue.running {
+            queue.running = true;
+            let this = Arc::clone(self);
+            self.runtime.spawn(async move { this.rounds().await });
+        }
+        receiver
+    }
+
+    async fn rounds(self: Arc<Self>) {
+        loop {
+            let (waiters, deadline) = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.next.is_empty() {
+                    queue.running = false;
+                    return;
+                }
+                (
+                    std::mem::take(&mut queue.next),
+                    queue.next_deadline.take().unwrap_or_else(Instant::now),
+                )
+            };
+            let timeout = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let outcome = match self.engine.upgrade() {
+                Some(engine) => engine.read_index(self.group, timeout).await.map(|_| ()),
+                None => Err(RaftError::Stopped {
+                    reason: "engine closed".into(),
+                }),
+            };
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        }
+    }
+}
