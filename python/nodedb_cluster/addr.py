@@ -1,9 +1,9 @@
 """Socket addresses: one parser, one printed form, one total order.
 
-The order is load-bearing: the smallest seed bootstraps the cluster (JOIN.md "Who bootstraps"), so
-every node must sort the same seed list the same way. All IPv4 addresses come before all IPv6 ones;
-within a family addresses compare by their bytes numerically (10.0.0.9 < 10.0.0.10, never as text),
-then by port.
+The order is load-bearing: the smallest seed bootstraps the cluster (docs/JOIN.md "Who
+bootstraps"), so every node must sort the same seed list the same way. All IPv4 addresses come
+before all IPv6 ones; within a family addresses compare by their bytes numerically (10.0.0.9 <
+10.0.0.10, never as text), then by port.
 
 Host names are refused rather than resolved: resolution would make the bootstrap decision depend on
 DNS answers, which may differ between nodes and over time.

@@ -1,4 +1,5 @@
-"""ClusterConfig: every knob of a node, validated once at construction (JOIN.md "Configuration").
+"""ClusterConfig: every knob of a node, validated once at construction (docs/JOIN.md,
+"Configuration").
 
 A config that constructs is one the node can run with: each refusal is a `ConfigError` naming the
 field. Addresses are parsed once, here, into `SocketAddr`. Sources, in increasing precedence: field
@@ -55,7 +56,7 @@ ELECTION_TIMEOUT_MS_MAX: Final = 600_000
 RPC_TIMEOUT_MS_MAX: Final = 600_000
 """Ten minutes: any RPC slower than that is a hang, not a slow peer."""
 INSTALL_SNAPSHOT_CHUNK_BYTES_MAX: Final = 64 * 1024 * 1024
-"""WIRE.md caps a frame payload at 64 MiB; a chunk must fit in one frame."""
+"""docs/WIRE.md caps a frame payload at 64 MiB; a chunk must fit in one frame."""
 ORPHAN_PARTIAL_MAX_AGE_SECS_MAX: Final = 7 * 24 * 3600
 
 DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: Final = 4 * 1024 * 1024
@@ -151,7 +152,7 @@ class ClusterConfig:
     peers it revokes are refused. Read at start and again on SIGHUP (`Node.reload_crl`), which
     also closes live connections of newly revoked peers; mTLS only."""
     insecure_transport: bool = False
-    """Run without TLS; must be asked for by name (WIRE.md) and excludes the TLS paths."""
+    """Run without TLS; must be asked for by name (docs/WIRE.md) and excludes the TLS paths."""
     metrics_addr: SocketAddr | None = None
     """TCP address for the metrics endpoint; None disables it."""
     allow_bench_load: bool = False

@@ -132,7 +132,7 @@ class LostLogTail(ClusterError):
 
 
 class UnknownNodeState(ClusterError, ValueError):
-    """A NodeState code outside the stable table of WIRE.md arrived at a boundary."""
+    """A NodeState code outside the stable table of docs/WIRE.md arrived at a boundary."""
 
     def __init__(self, code: int) -> None:
         super().__init__(f"unknown NodeState code {code}")

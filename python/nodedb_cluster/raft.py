@@ -30,7 +30,7 @@ import nodedb_cluster_core as _core
 from nodedb_cluster.transport import Transport
 
 TIMEOUT_MS_DEFAULT: Final = 5000
-"""Deadline of a proposal / read / admin call unless given: WIRE.md's 5 s RPC bound."""
+"""Deadline of a proposal / read / admin call unless given: docs/WIRE.md's 5 s RPC bound."""
 
 Role = Literal["follower", "pre_candidate", "candidate", "leader"]
 StateMachineKind = Literal["kv", "python"]

@@ -1,8 +1,8 @@
 """Cluster topology: which nodes exist, where they listen, what state they are in.
 
 The topology travels in JoinResponses and is persisted in the catalog, so it has one wire form:
-MessagePack with named fields (WIRE.md), nodes sorted by id, fields in a fixed order, so the same
-topology always encodes to the same bytes. Decoding trusts nothing: every field is type- and
+MessagePack with named fields (docs/WIRE.md), nodes sorted by id, fields in a fixed order, so the
+same topology always encodes to the same bytes. Decoding trusts nothing: every field is type- and
 range-checked and any defect is a `MalformedTopology` that says where. Unknown fields are ignored,
 so a newer node may add one without breaking older readers.
 """
@@ -29,7 +29,7 @@ U64_MAX: Final = 2**64 - 1
 WIRE_VERSION_MAX: Final = 2**16 - 1
 """Wire versions are u16 on the wire (JoinRequest, topology)."""
 SPKI_PIN_BYTES: Final = 32
-"""A pin is the SHA-256 of the peer's SubjectPublicKeyInfo (WIRE.md)."""
+"""A pin is the SHA-256 of the peer's SubjectPublicKeyInfo (docs/WIRE.md)."""
 NODES_MAX: Final = 4096
 """Far above any cluster we plan for; a bound so a hostile peer cannot make us allocate at will."""
 RAFT_GROUPS_PER_NODE_MAX: Final = 1025
@@ -41,7 +41,7 @@ TOPOLOGY_FORMAT: Final = 1
 
 
 class NodeState(IntEnum):
-    """A node's membership state; the numbers are the stable wire codes of WIRE.md."""
+    """A node's membership state; the numbers are the stable wire codes of docs/WIRE.md."""
 
     JOINING = 0
     ACTIVE = 1

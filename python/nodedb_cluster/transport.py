@@ -28,7 +28,7 @@ from nodedb_cluster.errors import NoSpace, PermissionDenied
 _log = logging.getLogger(__name__)
 
 RPC_TIMEOUT_SECS_DEFAULT: Final = 5.0
-"""JOIN.md: connect and whole-RPC bounded, default 5 s."""
+"""docs/JOIN.md: connect and whole-RPC bounded, default 5 s."""
 KEEP_ALIVE_INTERVAL_SECS_DEFAULT: Final = 1.0
 IDLE_TIMEOUT_SECS_DEFAULT: Final = 5.0
 """A peer silent this long (keep-alives included) is dead; its connection is replaced on next
@@ -356,7 +356,7 @@ class Transport:
 
     async def send_rpc_fresh(self, addr: str | SocketAddr, kind: int, payload: bytes) -> Reply:
         """Request/response to an address on a connection dialled for it alone and closed after
-        (never pooled): JOIN.md's join attempts, which must not ride a pooled connection."""
+        (never pooled): docs/JOIN.md's join attempts, which must not ride a pooled connection."""
         future: asyncio.Future[Reply] = self._attach().create_future()
         self._core.send_rpc_fresh(_addr_text(addr), kind, payload, future)
         return await future

@@ -167,7 +167,7 @@ class JoinNode:
     node_id: int
     addr: str
     state: int
-    """WIRE.md NodeState code."""
+    """docs/WIRE.md NodeState code."""
     wire_version: int
     spki_pin: bytes | None = None
 

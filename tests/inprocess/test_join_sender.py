@@ -1,5 +1,5 @@
-"""`join_sender`: how a node sends its JoinRequests (JOIN.md "Join (client side)": straight to the
-address, no pooled connection, bounded by the rpc timeout), over real QUIC on 127.0.0.x.
+"""`join_sender`: how a node sends its JoinRequests (docs/JOIN.md "Join (client side)": straight to
+the address, no pooled connection, bounded by the rpc timeout), over real QUIC on 127.0.0.x.
 
 Goal: every request goes on a connection dialled for it alone (the seed accepts one connection per
 request; the joiner's pool stays empty, and a pooled connection that exists is neither used nor

@@ -1,4 +1,4 @@
-"""JOIN.md's formation scenarios with real processes: each node is a `nodedb-cluster start`
+"""docs/JOIN.md's formation scenarios with real processes: each node is a `nodedb-cluster start`
 process on 127.0.0.N with its own data_dir, killed with SIGKILL where the scenario says so.
 
 Test configs shorten the join schedule (max_backoff_secs=2) and the RPC timeout so the suite stays

@@ -1,5 +1,5 @@
 """SocketAddr: strict parsing with typed errors, printed form round-trips, and the total order
-JOIN.md's bootstrap decision depends on (IPv4 before IPv6; numeric octets, then port)."""
+docs/JOIN.md's bootstrap decision depends on (IPv4 before IPv6; numeric octets, then port)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""ClusterConfig: defaults as JOIN.md states them, every refusal names its field (constructor, TOML,
-mapping and CLI paths), addresses are parsed once, and CLI flags override TOML values."""
+"""ClusterConfig: defaults as docs/JOIN.md states them, every refusal names its field (constructor,
+TOML, mapping and CLI paths), addresses are parsed once, and CLI flags override TOML values."""
 
 from __future__ import annotations
 

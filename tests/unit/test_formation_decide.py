@@ -1,4 +1,4 @@
-"""Who bootstraps (JOIN.md): the decision depends only on the catalog and the config."""
+"""Who bootstraps (docs/JOIN.md): the decision depends only on the catalog and the config."""
 
 from __future__ import annotations
 

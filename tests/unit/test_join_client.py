@@ -1,4 +1,4 @@
-"""The join client's contract (JOIN.md "Join (client side)"), driven without a network.
+"""The join client's contract (docs/JOIN.md "Join (client side)"), driven without a network.
 
 `JoinAttempt` is fed outcomes directly; `run_join` is driven by a scripted responder per address
 and a sleep that records the schedule instead of waiting, so the production retry arithmetic is

@@ -1,4 +1,4 @@
-"""The join server's decision (JOIN.md "Join (server side)"), checked case by case; the JOIN.md
+"""The join server's decision (docs/JOIN.md "Join (server side)"), checked case by case; its
 cases on an insecure view (nothing authenticated), then admission under mTLS (issue 12): the
 caller's certificate, seeds, restarting members and join tokens."""
 

@@ -1,5 +1,5 @@
-"""The leader redirect text: the producer's output parses back, and every no-hint case of JOIN.md
-gives None rather than an error or a wrong address."""
+"""The leader redirect text: the producer's output parses back, and every no-hint case of
+docs/JOIN.md gives None rather than an error or a wrong address."""
 
 from __future__ import annotations
 

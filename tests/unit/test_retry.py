@@ -1,5 +1,5 @@
-"""JoinRetryPolicy: the exact schedule of JOIN.md, its edges (attempt 0, past the last, the 1 ms
-floor) and field validation naming the field."""
+"""JoinRetryPolicy: the exact schedule of docs/JOIN.md, its edges (attempt 0, past the last, the
+1 ms floor) and field validation naming the field."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Cluster formation: bootstrap, join and restart (JOIN.md), and the small policies they share."""
+"""Cluster formation: bootstrap, join and restart (docs/JOIN.md), and the policies they share."""

@@ -158,7 +158,7 @@ class JoinAdmission:
                 label = None if reason is None else REFUSAL_LABELS.get(reason)
                 if label is not None:  # counted, and logged at WARN rate-limited
                     self._transport.record_refusal(peer, wire.MessageKind.JOIN_REQUEST, label, text)
-                else:  # a redirect, or JOIN.md's retryable refusals
+                else:  # a redirect, or docs/JOIN.md's retryable refusals
                     log.info("join of node %d not admitted: %s", request.node_id, text)
                 return wire.JoinResponse(success=False, error=text, permanent=decision.permanent)
             case AlreadyMember():

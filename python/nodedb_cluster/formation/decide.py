@@ -1,4 +1,4 @@
-"""Who forms the cluster: restart, bootstrap or join (JOIN.md "Who bootstraps").
+"""Who forms the cluster: restart, bootstrap or join (docs/JOIN.md "Who bootstraps").
 
 A pure function of the catalog's state and the config. Liveness of other seeds never enters it, so
 nodes started at the same moment with the same seed list cannot form two clusters: exactly one of

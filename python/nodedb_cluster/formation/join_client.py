@@ -1,11 +1,11 @@
-"""The join client (JOIN.md "Join (client side)"): a pure per-attempt machine and its async shell.
+"""The join client (docs/JOIN.md "Join (client side)"): a pure per-attempt machine and its shell.
 
 `JoinAttempt` decides which seed to ask next; it does no I/O and knows no clock, so every rule
 of the contract (sorted seeds, each address once per attempt, redirects to the front of the queue,
 at most three redirects, never revisiting) is tested by feeding it outcomes. `run_join` is the
 shell: it sleeps per `JoinRetryPolicy`, reports `Joining{attempt}` to the lifecycle, sends the
 requests and gives up with the last concrete error. `join_sender` is how a node sends them: each
-JoinRequest on a connection dialled for it alone (JOIN.md: "no pooled connection"), so a join
+JoinRequest on a connection dialled for it alone (docs/JOIN.md: "no pooled connection"), so a join
 attempt never rides a pooled connection to a seed that restarted since, and the joiner's pool is
 left to the peers it later talks Raft to.
 """

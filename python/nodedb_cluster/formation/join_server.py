@@ -1,4 +1,4 @@
-"""The join server's decision (JOIN.md "Join (server side)"), as a pure function.
+"""The join server's decision (docs/JOIN.md "Join (server side)"), as a pure function.
 
 `decide_join` looks at one JoinRequest, who sent it (the certificate identity the transport
 verified) and this node's view of the cluster, and says what to do: reject (with the exact
@@ -52,7 +52,7 @@ class JoinRefusal(enum.StrEnum):
     @property
     def permanent(self) -> bool:
         """True when no retry of the same request can succeed: the joiner stops at once.
-        Identity and token refusals are; the older refusals keep JOIN.md's retry behaviour."""
+        Identity and token refusals are; the older refusals keep docs/JOIN.md's retry behaviour."""
         return self not in _RETRIED
 
 
@@ -137,7 +137,7 @@ def decide_join(
     join_token: str | None = None,
 ) -> JoinDecision:
     """The decision for one join request: the caller's identity first (a request that names
-    another node is refused before anything else), then JOIN.md's checks in its order, then
+    another node is refused before anything else), then docs/JOIN.md's checks in its order, then
     the token a new non-seed node needs."""
     if view.authenticated:
         refused = _check_caller(node_id, caller)

@@ -1,4 +1,4 @@
-"""The leader redirect text: one constant, one producer, one parser (JOIN.md, WIRE.md).
+"""The leader redirect text: one constant, one producer, one parser (docs/JOIN.md, docs/WIRE.md).
 
 A node that is not the metadata-group leader rejects a join with exactly
 `not leader; retry at <addr>`. The join client follows the redirect only when the whole text is that

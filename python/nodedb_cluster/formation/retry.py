@@ -1,4 +1,4 @@
-"""The join retry schedule (JOIN.md "Retry policy").
+"""The join retry schedule (docs/JOIN.md "Retry policy").
 
 The delay before attempt `a` is `max_backoff_secs * 1000 ms >> (max_attempts - a)`, floored at 1 ms:
 each attempt waits twice as long as the one before, and the last one (a == max_attempts) waits the

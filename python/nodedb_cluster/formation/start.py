@@ -1,4 +1,4 @@
-"""`start_cluster`: turn a config into a running member by restart, bootstrap or join (JOIN.md).
+"""`start_cluster`: a config becomes a running member by restart, bootstrap or join (docs/JOIN.md).
 
 The path is chosen by `decide_formation`; the lifecycle shows every phase. Order is load-bearing:
 the catalog is written before any Raft state exists (so a crash after it restarts from the
@@ -331,7 +331,7 @@ async def _join(parts: _Parts) -> Node:
         swim_addr=None if config.swim_udp_addr is None else str(config.swim_udp_addr),
         join_token=config.join_token,
     )
-    send = join_sender(transport, request)  # a fresh connection per request (JOIN.md)
+    send = join_sender(transport, request)  # a fresh connection per request (docs/JOIN.md)
     tracker = parts.tracker
     if tracker.state != Starting():
         raise ClusterError(f"join from lifecycle {tracker.state}")
