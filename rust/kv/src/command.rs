@@ -228,18 +228,19 @@ fn key(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
     Ok(k.to_vec())
 }
 
+/// Commands for tests, written once for every test module of the crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_commands {
+    use super::KvCommand;
 
-    fn put(k: &[u8], v: &[u8]) -> KvCommand {
+    pub(crate) fn put(k: &[u8], v: &[u8]) -> KvCommand {
         KvCommand::Put {
             key: k.to_vec(),
             value: v.to_vec(),
         }
     }
 
-    fn session(client: u64, seq: u64, acked_below: u64, inner: KvCommand) -> KvCommand {
+    pub(crate) fn session(client: u64, seq: u64, acked_below: u64, inner: KvCommand) -> KvCommand {
         KvCommand::Session {
             client,
             seq,
@@ -247,6 +248,12 @@ mod tests {
             inner: Box::new(inner),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_commands::{put, session};
+    use super::*;
 
     fn hex(text: &str) -> Vec<u8> {
         (0..text.len())

@@ -328,6 +328,7 @@ impl StateMachine for KvStateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::test_commands::{put, session};
 
     fn apply(sm: &mut KvStateMachine, index: u64, cmds: &[KvCommand]) -> Vec<KvResult> {
         let enc: Vec<Vec<u8>> = cmds.iter().map(KvCommand::encode).collect();
@@ -460,22 +461,6 @@ mod tests {
             b.reader().digest(),
             "swapped values show"
         );
-    }
-
-    fn put(k: &[u8], v: &[u8]) -> KvCommand {
-        KvCommand::Put {
-            key: k.to_vec(),
-            value: v.to_vec(),
-        }
-    }
-
-    fn session(client: u64, seq: u64, acked_below: u64, inner: KvCommand) -> KvCommand {
-        KvCommand::Session {
-            client,
-            seq,
-            acked_below,
-            inner: Box::new(inner),
-        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use nodedb_kv::client::error::NO_SPACE;
 use nodedb_kv::client::{Failure, KvError, SubmitError};
+use nodedb_multiraft::error::{EngineError, RaftError, SinkError};
 use nodedb_transport::TransportError;
 use nodedb_wire::FrameError;
 use pyo3::exceptions::PyRuntimeError;
@@ -117,5 +118,55 @@ pub fn transport_error_with(py: Python<'_>, err: TransportError) -> PyErr {
         TransportError::Config { reason } => {
             cluster_error(py, "ConfigError", ("transport", reason))
         }
+    }
+}
+
+/// An engine call's failure.
+pub fn raft_error(py: Python<'_>, err: RaftError) -> PyErr {
+    match err {
+        RaftError::NotLeader { group, leader_hint } => {
+            cluster_error(py, "RaftNotLeader", (group.0, leader_hint.map(|n| n.0)))
+        }
+        RaftError::Timeout { op, timeout_ms } => cluster_error(py, "Timeout", (op, timeout_ms)),
+        RaftError::GroupNotFound { group } => cluster_error(py, "UnknownGroup", (group.0,)),
+        RaftError::Busy { reason } => cluster_error(py, "Busy", (reason,)),
+        RaftError::LeadershipLost { group, leader_hint } => {
+            cluster_error(py, "LeadershipLost", (group.0, leader_hint.map(|n| n.0)))
+        }
+        RaftError::Stopped { reason } => cluster_error(py, "EngineStopped", (reason,)),
+        RaftError::Invalid { reason } => cluster_error(py, "InvalidRequest", (reason,)),
+        RaftError::NoSpace { data_dir } => {
+            cluster_error(py, "NoSpace", (data_dir.display().to_string(),))
+        }
+    }
+}
+
+/// The engine could not start or stop cleanly (config, log, disk).
+pub fn engine_error(py: Python<'_>, err: EngineError) -> PyErr {
+    match err {
+        EngineError::Config { field, reason } => cluster_error(py, "ConfigError", (field, reason)),
+        EngineError::Sink(SinkError::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => cluster_error(
+            py,
+            "CorruptLog",
+            (path.display().to_string(), offset, reason),
+        ),
+        EngineError::LostTail { ref lost, .. } => {
+            let groups: Vec<(u64, u64, u64)> = lost
+                .iter()
+                .map(|t| (t.group.0, t.commit_index, t.last_index))
+                .collect();
+            cluster_error(py, "LostLogTail", (err.to_string(), groups))
+        }
+        EngineError::NoSpace { data_dir } => {
+            cluster_error(py, "NoSpace", (data_dir.display().to_string(),))
+        }
+        EngineError::Sink(SinkError::NoSpace { dir, .. }) => {
+            cluster_error(py, "NoSpace", (dir.display().to_string(),))
+        }
+        other => cluster_error(py, "EngineStopped", (other.to_string(),)),
     }
 }

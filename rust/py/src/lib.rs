@@ -2,8 +2,11 @@
 use pyo3::prelude::*;
 
 mod bridge;
+mod credentials;
 mod errors;
+mod host_state_machine;
 mod kv_client;
+mod kv_codec;
 mod kv_load;
 mod kv_session;
 mod peer_health;
@@ -27,8 +30,10 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(build_profile, m)?)?;
     wire::register(m)?;
+    credentials::register(m)?;
     transport::register(m)?;
     raft::register(m)?;
+    kv_codec::register(m)?;
     kv_session::register(m)?;
     peer_health::register(m)?;
     kv_client::register(m)?;

@@ -19,10 +19,9 @@ use std::time::Duration;
 
 use nodedb_kv::groups::KvGroups;
 use nodedb_kv::serve::KvServer;
-use nodedb_kv::{KvCommand, KvResult, KV_STATE_MACHINE};
+use nodedb_kv::KV_STATE_MACHINE;
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
-use nodedb_multiraft::error::{EngineError, RaftError, SinkError, SmError};
-use nodedb_multiraft::state_machine::Command;
+use nodedb_multiraft::error::{RaftError, SmError};
 use nodedb_multiraft::{
     GroupId, GroupRole, GroupStatus, LostTailPolicy, MembershipChange, Metrics, MultiRaft,
     MultiRaftConfig, NodeId, Role, StateMachine, StateMachineKind, TransportNetwork, WalSink,
@@ -33,136 +32,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::bridge::{settle, LoopBridge};
-use crate::errors::cluster_error;
+use crate::errors::{cluster_error, engine_error, raft_error};
+use crate::host_state_machine::{PyStateMachine, HOST_STATE_MACHINE};
 use crate::transport::{transport_runtime, PyTransport};
 
 /// Frames queued per peer by the raft network adapter before drops (raft retransmits).
 const PEER_QUEUE_FRAMES: usize = 1024;
 /// Upper bound for every timeout a caller passes (a day): a typo cannot park a future forever.
 const TIMEOUT_MS_MAX: u64 = 86_400_000;
-
-/// The tag of a group applied by the host (Python) through [`PyStateMachine`], recorded in
-/// every node's log since the first release (as the engine's old `StateMachineKind::Python`).
-const HOST_STATE_MACHINE: StateMachineKind = StateMachineKind(2);
-
-/// A group applied by Python: `obj.apply_batch([(index, bytes), ...]) -> [bytes, ...]`,
-/// `obj.snapshot() -> bytes`, `obj.restore(bytes) -> None`.
-struct PyStateMachine {
-    group: GroupId,
-    obj: Py<PyAny>,
-}
-
-impl StateMachine for PyStateMachine {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
-        Python::attach(|py| {
-            let entries: Vec<(u64, Bound<'_, PyBytes>)> = commands
-                .iter()
-                .map(|c| (c.index, PyBytes::new(py, c.data)))
-                .collect();
-            let out = self
-                .obj
-                .bind(py)
-                .call_method1("apply_batch", (entries,))
-                .and_then(|r| r.extract::<Vec<Vec<u8>>>());
-            match out {
-                Ok(results) if results.len() == commands.len() => results,
-                Ok(results) => {
-                    let msg = format!(
-                        "state machine of group {} returned {} results for {} entries",
-                        self.group.0,
-                        results.len(),
-                        commands.len()
-                    );
-                    PyRuntimeError::new_err(msg.clone()).write_unraisable(py, None);
-                    vec![error_result(&msg); commands.len()]
-                }
-                Err(err) => {
-                    // A raising apply is a bug in the Python state machine: reported, and every
-                    // entry of the batch gets an error result (the log moves on; the proposer
-                    // sees the error as its result).
-                    let msg = format!("apply_batch of group {} raised: {err}", self.group.0);
-                    err.write_unraisable(py, None);
-                    vec![error_result(&msg); commands.len()]
-                }
-            }
-        })
-    }
-
-    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
-        Python::attach(|py| {
-            self.obj
-                .bind(py)
-                .call_method0("snapshot")
-                .and_then(|r| r.extract::<Vec<u8>>())
-                .map_err(|e| SmError::Other(format!("snapshot() of group {}: {e}", self.group.0)))
-        })
-    }
-
-    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
-        Python::attach(|py| {
-            self.obj
-                .bind(py)
-                .call_method1("restore", (PyBytes::new(py, data),))
-                .map(|_| ())
-                .map_err(|e| SmError::Other(format!("restore() of group {}: {e}", self.group.0)))
-        })
-    }
-}
-
-/// Result bytes of an entry a Python state machine failed to apply: 0xFF + UTF-8 reason.
-fn error_result(reason: &str) -> Vec<u8> {
-    let mut v = vec![0xFF];
-    v.extend_from_slice(reason.as_bytes());
-    v
-}
-
-fn raft_error(py: Python<'_>, err: RaftError) -> PyErr {
-    match err {
-        RaftError::NotLeader { group, leader_hint } => {
-            cluster_error(py, "RaftNotLeader", (group.0, leader_hint.map(|n| n.0)))
-        }
-        RaftError::Timeout { op, timeout_ms } => cluster_error(py, "Timeout", (op, timeout_ms)),
-        RaftError::GroupNotFound { group } => cluster_error(py, "UnknownGroup", (group.0,)),
-        RaftError::Busy { reason } => cluster_error(py, "Busy", (reason,)),
-        RaftError::LeadershipLost { group, leader_hint } => {
-            cluster_error(py, "LeadershipLost", (group.0, leader_hint.map(|n| n.0)))
-        }
-        RaftError::Stopped { reason } => cluster_error(py, "EngineStopped", (reason,)),
-        RaftError::Invalid { reason } => cluster_error(py, "InvalidRequest", (reason,)),
-        RaftError::NoSpace { data_dir } => {
-            cluster_error(py, "NoSpace", (data_dir.display().to_string(),))
-        }
-    }
-}
-
-fn engine_error(py: Python<'_>, err: EngineError) -> PyErr {
-    match err {
-        EngineError::Config { field, reason } => cluster_error(py, "ConfigError", (field, reason)),
-        EngineError::Sink(SinkError::Corrupt {
-            path,
-            offset,
-            reason,
-        }) => cluster_error(
-            py,
-            "CorruptLog",
-            (path.display().to_string(), offset, reason),
-        ),
-        EngineError::LostTail { ref lost, .. } => {
-            let groups: Vec<(u64, u64, u64)> = lost
-                .iter()
-                .map(|t| (t.group.0, t.commit_index, t.last_index))
-                .collect();
-            cluster_error(py, "LostLogTail", (err.to_string(), groups))
-        }
-        EngineError::NoSpace { data_dir } => {
-            cluster_error(py, "NoSpace", (data_dir.display().to_string(),))
-        }
-        EngineError::Sink(SinkError::NoSpace { dir, .. }) => {
-            cluster_error(py, "NoSpace", (dir.display().to_string(),))
-        }
-        other => cluster_error(py, "EngineStopped", (other.to_string(),)),
-    }
-}
 
 fn timeout(py: Python<'_>, ms: u64) -> PyResult<Duration> {
     if ms == 0 || ms > TIMEOUT_MS_MAX {
@@ -826,79 +703,6 @@ impl PyRaftEngine {
     }
 }
 
-/// Encodes a KV command for a "kv" group: op is "put" | "delete" | "cas" | "get";
-/// `expected` (cas only) None = the key must be absent.
-#[pyfunction]
-#[pyo3(signature = (op, key, value = None, expected = None))]
-fn kv_command<'py>(
-    py: Python<'py>,
-    op: &str,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
-    expected: Option<Vec<u8>>,
-) -> PyResult<Bound<'py, PyBytes>> {
-    let need_value = |v: Option<Vec<u8>>| {
-        v.ok_or_else(|| cluster_error(py, "InvalidRequest", (format!("{op} needs a value"),)))
-    };
-    let cmd = match op {
-        "put" => KvCommand::Put {
-            key,
-            value: need_value(value)?,
-        },
-        "delete" => KvCommand::Delete { key },
-        "cas" => KvCommand::Cas {
-            key,
-            expected,
-            value: need_value(value)?,
-        },
-        "get" => KvCommand::Get { key },
-        other => {
-            return Err(cluster_error(
-                py,
-                "InvalidRequest",
-                (format!("unknown kv op {other:?}"),),
-            ))
-        }
-    };
-    Ok(PyBytes::new(py, &cmd.encode()))
-}
-
-/// Wraps an encoded KV command in client session `client` as its write `seq` (exactly-once:
-/// the state machine applies one copy of each (client, seq)); `acked_below`: the lowest seq the
-/// client still waits for.
-#[pyfunction]
-fn kv_session<'py>(
-    py: Python<'py>,
-    client: u64,
-    seq: u64,
-    acked_below: u64,
-    inner: &[u8],
-) -> Bound<'py, PyBytes> {
-    PyBytes::new(
-        py,
-        &KvCommand::encode_session(client, seq, acked_below, inner),
-    )
-}
-
-/// Decodes a KV result: ("ok", value | None) | ("not_found", None) | ("cas_mismatch", current)
-/// | ("duplicate", None) | ("invalid", reason bytes).
-#[pyfunction]
-fn kv_result<'py>(
-    py: Python<'py>,
-    data: &[u8],
-) -> PyResult<(&'static str, Option<Bound<'py, PyBytes>>)> {
-    let r = KvResult::decode(data)
-        .map_err(|e| cluster_error(py, "InvalidRequest", (format!("kv result: {e}"),)))?;
-    let b = |v: Option<Vec<u8>>| v.map(|v| PyBytes::new(py, &v));
-    Ok(match r {
-        KvResult::Ok { value } => ("ok", b(value)),
-        KvResult::NotFound => ("not_found", None),
-        KvResult::CasMismatch { current } => ("cas_mismatch", b(current)),
-        KvResult::Duplicate => ("duplicate", None),
-        KvResult::Invalid { reason } => ("invalid", b(Some(reason.into_bytes()))),
-    })
-}
-
 impl Drop for PyRaftEngine {
     /// An engine dropped without `close()` stops here, with the GIL released while the driver
     /// thread winds down: it may be waiting for the GIL inside a Python state machine, and
@@ -911,9 +715,6 @@ impl Drop for PyRaftEngine {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRaftEngine>()?;
-    m.add_function(wrap_pyfunction!(kv_command, m)?)?;
-    m.add_function(wrap_pyfunction!(kv_session, m)?)?;
-    m.add_function(wrap_pyfunction!(kv_result, m)?)?;
     Ok(())
 }
 
