@@ -1,0 +1,143 @@
+//! Inbound frames: raft batches stepped into their groups, snapshot chunks and acks.
+
+use super::*;
+
+impl MultiRaftCore {
+    /// Feeds one inbound frame. Dropped (counted) while a round is stalled; snapshot chunks
+    /// are dropped in NO_SPACE (they are written to disk).
+    pub fn step_frame(&mut self, frame: Frame) {
+        if self.disk.stalled() {
+            Metrics::inc(&self.metrics.inbound_dropped_stalled);
+            return;
+        }
+        match frame {
+            Frame::Batch(b) => {
+                for (gid, m) in b.messages {
+                    self.step_message(gid, m);
+                }
+            }
+            Frame::Chunk(_) if self.disk.no_space() => {
+                Metrics::inc(&self.metrics.appends_dropped_no_space);
+            }
+            Frame::Chunk(c) => {
+                let (from, key) = (c.from, c.key);
+                if !self.groups.contains_key(&key.group) {
+                    Metrics::inc(&self.metrics.inbound_unknown_group);
+                    return;
+                }
+                match self.snapshots.receive(*c) {
+                    Ok(ChunkOutcome::InProgress) => {}
+                    Ok(ChunkOutcome::Complete(m)) => {
+                        Metrics::inc(&self.metrics.snapshots_received);
+                        self.step_message(key.group, *m);
+                        self.send_ack(from, key, true);
+                    }
+                    Err(_) => {
+                        Metrics::inc(&self.metrics.snapshot_receive_errors);
+                        self.send_ack(from, key, false);
+                    }
+                }
+            }
+            Frame::Ack(a) => {
+                if self
+                    .transfers
+                    .get(&(a.from, a.key.group))
+                    .is_some_and(|t| t.key == a.key)
+                {
+                    self.finish_transfer(a.from, a.key.group, a.ok);
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_ack(&mut self, to: NodeId, key: SnapshotKey, ok: bool) {
+        let ack = SnapshotAck {
+            from: self.cfg.node_id,
+            key,
+            ok,
+        };
+        if self.net.send(to, Frame::Ack(ack)).is_err() {
+            Metrics::inc(&self.metrics.send_errors);
+        }
+    }
+
+    pub(super) fn finish_transfer(&mut self, peer: NodeId, gid: GroupId, ok: bool) {
+        if self.transfers.remove(&(peer, gid)).is_none() {
+            return;
+        }
+        if let Some(g) = self.groups.get_mut(&gid) {
+            let status = if ok {
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            g.raw.report_snapshot(peer.0, status);
+        }
+        if !ok {
+            Metrics::inc(&self.metrics.snapshot_send_failures);
+        }
+    }
+
+    pub(super) fn step_message(&mut self, gid: GroupId, mut m: Message) {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            Metrics::inc(&self.metrics.inbound_unknown_group);
+            return;
+        };
+        let last_index = g.raw.raft.raft_log.last_index();
+        if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last_index && g.started_empty
+        {
+            // A replica created empty here (a joiner, or one rejoining after `--rejoin` forgot
+            // its copy) acknowledged nothing; a leader whose progress still holds the matched
+            // index of the copy this node lost sends a commit beyond our log. Clamped, so
+            // raft-rs does not panic; the entries come by snapshot and append.
+            m.commit = last_index;
+        }
+        if m.get_msg_type() == MessageType::MsgHeartbeat
+            && m.term >= g.raw.raft.term
+            && m.commit > last_index
+        {
+            // A leader sends a follower at most the index that follower acknowledged: one
+            // beyond our log means entries we acknowledged are gone (raft-rs would panic).
+            // Recorded, and made durable as the commit index, by the next round, which stops
+            // the engine; the next open refuses the group until it rejoins.
+            if !self.lost_at_runtime.iter().any(|t| t.group == gid) {
+                self.lost_at_runtime.push(LostTail {
+                    group: gid,
+                    commit_index: m.commit,
+                    last_index: g.raw.raft.raft_log.last_index(),
+                });
+            }
+            return;
+        }
+        if self.disk.no_space() && grows_log(&m) {
+            // NO_SPACE: this node's log must not grow. Like a partition for appends: the
+            // leader retries; heartbeats (commit) and votes still get through.
+            Metrics::inc(&self.metrics.appends_dropped_no_space);
+            return;
+        }
+        if is_vote_request(&m) && g.raw.store().last() == 0 {
+            // An empty replica (a learner not yet filled, or one rejoining after losing its
+            // log) holds nothing to judge a candidate by: its vote could elect a leader that
+            // lacks entries this node once acknowledged. No voter is ever empty (founders
+            // start from a snapshot, joiners are promoted only once caught up), so this costs
+            // no election its vote could legitimately decide.
+            Metrics::inc(&self.metrics.votes_refused_empty);
+            return;
+        }
+        if m.get_msg_type() == MessageType::MsgReadIndex
+            && g.raw.raft.state == StateRole::Leader
+            && !leads_with_commit(g)
+        {
+            // raft-rs 0.7 would drop it (no entry of this term committed yet): the follower's
+            // read would wait for its deadline. Held and stepped once we have one.
+            if g.deferred_read_msgs.len() < DEFERRED_READ_MSGS_MAX {
+                g.deferred_read_msgs.push(m);
+            }
+            return;
+        }
+        if g.raw.step(m).is_err() {
+            // Stale-term or unknown-peer messages: raft's normal noise, counted not logged.
+            Metrics::inc(&self.metrics.step_errors);
+        }
+    }
+}

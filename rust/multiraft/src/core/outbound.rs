@@ -1,0 +1,143 @@
+//! Outbound messages: one frame per peer per round, and snapshot transfers with their outcome reported back to raft.
+
+use super::*;
+
+impl MultiRaftCore {
+    pub(super) fn collect_transfer_results(&mut self) {
+        let done: Vec<(NodeId, GroupId, bool)> = match self.transfer_results.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        let now = self.ticks;
+        for (peer, gid, ok) in done {
+            if !ok {
+                self.finish_transfer(peer, gid, false);
+            } else if let Some(t) = self.transfers.get_mut(&(peer, gid)) {
+                // Fully queued: now the receiver's ack must come within the ack timeout.
+                t.queued_tick = Some(now);
+            }
+        }
+    }
+
+    /// Sends one frame (or a few, past `BATCH_FRAME_BYTES_MAX`) per destination peer.
+    pub(super) fn flush(&mut self, out: Outbox) {
+        for (to, msgs) in out.by_peer {
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            for (gid, m) in msgs {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    self.start_transfer(to, gid, m);
+                    continue;
+                }
+                bytes += protobuf::Message::compute_size(&m) as usize + 16;
+                batch.push((gid, m));
+                if bytes >= BATCH_FRAME_BYTES_MAX {
+                    self.send_batch(to, std::mem::take(&mut batch));
+                    bytes = 0;
+                }
+            }
+            if !batch.is_empty() {
+                self.send_batch(to, batch);
+            }
+        }
+    }
+
+    pub(super) fn send_batch(&mut self, to: NodeId, messages: Vec<(GroupId, Message)>) {
+        let n = messages.len() as u64;
+        let groups: Vec<GroupId> = messages.iter().map(|(g, _)| *g).collect();
+        let frame = Frame::Batch(RaftBatch {
+            from: self.cfg.node_id,
+            messages,
+        });
+        Metrics::inc(&self.metrics.frames_sent);
+        Metrics::add(&self.metrics.messages_sent, n);
+        if self.net.send(to, frame).is_err() {
+            Metrics::inc(&self.metrics.send_errors);
+            for gid in groups {
+                self.deferred_reports
+                    .push((gid, to, PeerReport::Unreachable));
+            }
+        }
+    }
+
+    pub(super) fn start_transfer(&mut self, to: NodeId, gid: GroupId, m: Message) {
+        let snap = m.get_snapshot();
+        let key = SnapshotKey {
+            group: gid,
+            index: snap.get_metadata().index,
+            term: snap.get_metadata().term,
+        };
+        let desc = SnapshotDescriptor::decode(snap.get_data());
+        let busy =
+            self.transfers.len() >= SNAPSHOT_SENDS_MAX || self.transfers.contains_key(&(to, gid));
+        let Ok(desc) = desc else {
+            self.report_snapshot_failure(gid, to);
+            return;
+        };
+        if busy {
+            self.report_snapshot_failure(gid, to);
+            return;
+        }
+        self.transfers.insert(
+            (to, gid),
+            OutgoingTransfer {
+                key,
+                started_tick: self.ticks,
+                queued_tick: None,
+            },
+        );
+        Metrics::inc(&self.metrics.snapshots_sent);
+        let job = TransferJob {
+            net: Arc::clone(&self.net),
+            from: self.cfg.node_id,
+            to,
+            key,
+            path: self.snapshots.path(&key, "snap"),
+            desc,
+            chunk_bytes: self.cfg.install_snapshot_chunk_bytes,
+            message: m,
+            chunk_timeout: self.cfg.tick_interval * 50,
+        };
+        let results = Arc::clone(&self.transfer_results);
+        if self.inline_snapshot_sends {
+            let ok = job.run().is_ok();
+            if let Ok(mut v) = results.lock() {
+                v.push((to, gid, ok));
+            }
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name(format!("snap-send-{}-{}", gid.0, to.0))
+            .spawn(move || {
+                let ok = job.run().is_ok();
+                if let Ok(mut v) = results.lock() {
+                    v.push((to, gid, ok));
+                }
+            });
+        if spawned.is_err() {
+            self.transfers.remove(&(to, gid));
+            self.report_snapshot_failure(gid, to);
+        }
+    }
+
+    /// Called while Readys are outstanding (from `flush`): the report is stepped into raft
+    /// after `advance`, since raft-rs forbids stepping between `ready()` and `advance()`.
+    pub(super) fn report_snapshot_failure(&mut self, gid: GroupId, to: NodeId) {
+        Metrics::inc(&self.metrics.snapshot_send_failures);
+        self.deferred_reports
+            .push((gid, to, PeerReport::SnapshotFailure));
+    }
+
+    pub(super) fn apply_deferred_reports(&mut self) {
+        for (gid, to, report) in std::mem::take(&mut self.deferred_reports) {
+            if let Some(g) = self.groups.get_mut(&gid) {
+                match report {
+                    PeerReport::Unreachable => g.raw.report_unreachable(to.0),
+                    PeerReport::SnapshotFailure => {
+                        g.raw.report_snapshot(to.0, SnapshotStatus::Failure)
+                    }
+                }
+            }
+        }
+    }
+}
