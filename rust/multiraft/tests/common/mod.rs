@@ -1,0 +1,90 @@
+//! Helpers of the engine's integration tests: a journal state machine that knows no KV (the
+//! engine must not need one), and the simulated cluster.
+#![allow(dead_code)]
+
+pub mod sim_cluster;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use nodedb_multiraft::error::SmError;
+use nodedb_multiraft::state_machine::{Command, StateMachine, StateMachineKind};
+use nodedb_multiraft::GroupId;
+
+/// The tag the tests' groups run (any non-zero byte: the engine does not interpret it).
+pub const JOURNAL: StateMachineKind = StateMachineKind(7);
+
+/// Every (index, command) a group applied, in order.
+pub type Entries = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// Records what it applies; answers each command with its length as 8 little-endian bytes.
+/// Snapshot: the count, then (index, length, bytes) per entry.
+pub struct Journal {
+    entries: Entries,
+}
+
+impl StateMachine for Journal {
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
+        let mut entries = self.entries.lock().expect("journal lock");
+        commands
+            .iter()
+            .map(|c| {
+                entries.push((c.index, c.data.to_vec()));
+                (c.data.len() as u64).to_le_bytes().to_vec()
+            })
+            .collect()
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
+        let entries = self.entries.lock().expect("journal lock");
+        let mut out = (entries.len() as u64).to_le_bytes().to_vec();
+        for (index, data) in entries.iter() {
+            out.extend_from_slice(&index.to_le_bytes());
+            out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            out.extend_from_slice(data);
+        }
+        Ok(out)
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
+        let bad = || SmError::Decode("journal snapshot".into());
+        let mut at = 0usize;
+        let word = |at: &mut usize| -> Result<u64, SmError> {
+            let bytes = data.get(*at..*at + 8).ok_or_else(bad)?;
+            *at += 8;
+            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| bad())?))
+        };
+        let count = word(&mut at)?;
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            let index = word(&mut at)?;
+            let len = usize::try_from(word(&mut at)?).map_err(|_| bad())?;
+            let bytes = data.get(at..at + len).ok_or_else(bad)?;
+            at += len;
+            entries.push((index, bytes.to_vec()));
+        }
+        *self.entries.lock().expect("journal lock") = entries;
+        Ok(())
+    }
+}
+
+/// The journals of one node's groups, filled in as its groups are created.
+pub type Journals = Arc<Mutex<HashMap<GroupId, Entries>>>;
+
+/// A journal for every group of kind [`JOURNAL`], registered in `journals`; any other kind is
+/// refused, as a real factory refuses a tag it does not know.
+pub fn factory(journals: Journals) -> Box<dyn nodedb_multiraft::StateMachineFactory> {
+    Box::new(
+        move |g: GroupId, kind: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
+            if kind != JOURNAL {
+                return Err(SmError::Other(format!("no state machine for {kind}")));
+            }
+            let entries = Entries::default();
+            journals
+                .lock()
+                .expect("lock")
+                .insert(g, Arc::clone(&entries));
+            Ok(Box::new(Journal { entries }))
+        },
+    )
+}
