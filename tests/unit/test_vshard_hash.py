@@ -7,6 +7,9 @@ bins fill uniformly. Method: hard-coded expectations, hypothesis, and a chi-squa
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xxhash
@@ -205,3 +208,17 @@ def test_uniformity_chi_square() -> None:
     counts = np.bincount(vshards_for_keys(structured), minlength=NUM_VSHARDS)
     chi_square = float(((counts - expected) ** 2 / expected).sum())
     assert chi_square < critical, f"structured keys: chi-square {chi_square:.1f}"
+
+
+RUST_VECTORS = Path(__file__).resolve().parents[2] / "rust/kv/tests/fixtures/vshard_vectors.json"
+
+
+def test_the_cython_kernels_agree_with_the_rust_routing_vectors() -> None:
+    """The same file pins the Rust side (rust/kv/tests/vshard_vectors.rs): one hash, two
+    implementations, one answer."""
+    vectors = json.loads(RUST_VECTORS.read_text())
+    assert len(vectors) >= 100
+    keys = [bytes.fromhex(v["key_hex"]) for v in vectors]
+    expected = [int(v["vshard"]) for v in vectors]
+    assert [vshard_for_key(k) for k in keys] == expected
+    assert vshards_for_keys(keys).tolist() == expected
