@@ -24,4 +24,4 @@ pub use crate::state_machine::{
 
 /// The tag of a group that runs the KV state machine, recorded in every node's log since the
 /// first release (as the engine's old `StateMachineKind::Kv = 1`): never changes.
-pub const KV_STATE_MACHINE: StateMachineKind = StateMachineKind(1);
+pub const KV_STATE_MACHINE: StateMachineKind = StateMachineKind::new(1, "Kv");

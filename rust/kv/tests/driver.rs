@@ -152,7 +152,7 @@ async fn async_api_proposes_reads_and_fails_typed() {
     let kv = Some(KV_STATE_MACHINE);
     let as_kv = leader.propose_for(kv, g, vec![put("k", b"1")], T).await;
     assert!(as_kv.is_ok(), "{as_kv:?}");
-    let python = Some(StateMachineKind(2));
+    let python = Some(StateMachineKind::new(2, "Python"));
     match leader.propose_for(python, g, vec![put("k", b"2")], T).await {
         Err(RaftError::Invalid { reason }) => assert!(reason.contains("group 1"), "{reason}"),
         other => panic!("expected Invalid, got {other:?}"),

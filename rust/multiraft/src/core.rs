@@ -307,7 +307,7 @@ impl MultiRaftCore {
         let r = (|| {
             let g = self.group_mut(gid)?;
             if let Some(kind) = kind {
-                if g.meta.sm_kind != kind.0 {
+                if g.meta.sm_kind != kind.tag() {
                     return Err(RaftError::Invalid {
                         reason: format!("group {} does not run {kind}", gid.0),
                     });

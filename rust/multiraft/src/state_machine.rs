@@ -35,15 +35,56 @@ pub trait StateMachine: Send {
 
 /// Which state machine a group runs: an opaque one-byte tag the engine records in the log and
 /// hands back to the factory on restart, never interpreting it (the engine knows no state
-/// machine by name). The crates that define state machines assign the tags — `nodedb-kv`'s
+/// machine). The crates that define state machines assign the tags — `nodedb-kv`'s
 /// `KV_STATE_MACHINE` is 1, the binding's host (Python) machine is 2 — and since tags are on
 /// disk they are never reused for something else. 0 is never a kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StateMachineKind(pub u8);
+///
+/// A kind made by its owner with [`StateMachineKind::new`] also carries a name for messages
+/// ("group 0 does not run the Kv state machine"); names are not recorded, and two kinds are
+/// equal when their tags are.
+#[derive(Clone, Copy, Debug)]
+pub struct StateMachineKind {
+    tag: u8,
+    name: &'static str,
+}
+
+impl StateMachineKind {
+    /// The kind `tag`, named `name` in messages (its owner's constant).
+    pub const fn new(tag: u8, name: &'static str) -> StateMachineKind {
+        StateMachineKind { tag, name }
+    }
+
+    /// The kind recorded as `tag` (read back from the log: no name).
+    pub const fn from_tag(tag: u8) -> StateMachineKind {
+        StateMachineKind { tag, name: "" }
+    }
+
+    pub const fn tag(self) -> u8 {
+        self.tag
+    }
+}
+
+impl PartialEq for StateMachineKind {
+    fn eq(&self, other: &Self) -> bool {
+        self.tag == other.tag
+    }
+}
+
+impl Eq for StateMachineKind {}
+
+impl std::hash::Hash for StateMachineKind {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.tag.hash(state);
+    }
+}
 
 impl std::fmt::Display for StateMachineKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "state machine kind {}", self.0)
+        if self.name.is_empty() {
+            write!(f, "state machine kind {}", self.tag)
+        } else {
+            write!(f, "the {} state machine", self.name)
+        }
     }
 }
 

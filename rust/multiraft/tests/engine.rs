@@ -122,10 +122,13 @@ fn every_node_applies_the_same_commands_in_the_same_order() {
 fn commands_written_for_another_kind_are_refused_and_never_applied() {
     let mut c = cluster(3);
     let l = elected(&mut c);
-    let other = StateMachineKind(1);
+    let other = StateMachineKind::new(1, "Kv");
     match propose(&mut c, l, Some(other), &[b"x".to_vec()]) {
         Err(RaftError::Invalid { reason }) => {
-            assert!(reason.contains("state machine kind 1"), "{reason}");
+            assert!(
+                reason.contains("does not run the Kv state machine"),
+                "{reason}"
+            );
         }
         outcome => panic!("expected Invalid, got {outcome:?}"),
     }
@@ -140,12 +143,12 @@ fn kind_zero_is_refused_and_an_unknown_kind_fails_in_the_factory() {
     let role = || GroupRole::Voter {
         peers: vec![NodeId(1)],
     };
-    match core.add_group(GroupId(2), role(), StateMachineKind(0)) {
+    match core.add_group(GroupId(2), role(), StateMachineKind::from_tag(0)) {
         Err(EngineError::Config { field: "kind", .. }) => {}
         other => panic!("kind 0 must be a config error, got {other:?}"),
     }
     assert!(
-        core.add_group(GroupId(3), role(), StateMachineKind(9))
+        core.add_group(GroupId(3), role(), StateMachineKind::from_tag(9))
             .is_err(),
         "the factory knows no kind 9"
     );

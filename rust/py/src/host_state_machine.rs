@@ -10,7 +10,7 @@ use pyo3::types::PyBytes;
 
 /// The tag of a group applied by the host (Python) through [`PyStateMachine`], recorded in
 /// every node's log since the first release (as the engine's old `StateMachineKind::Python`).
-pub(crate) const HOST_STATE_MACHINE: StateMachineKind = StateMachineKind(2);
+pub(crate) const HOST_STATE_MACHINE: StateMachineKind = StateMachineKind::new(2, "Python");
 
 /// A group applied by Python: `obj.apply_batch([(index, bytes), ...]) -> [bytes, ...]`,
 /// `obj.snapshot() -> bytes`, `obj.restore(bytes) -> None`.

@@ -200,22 +200,22 @@ impl PyRaftEngine {
         let factory_groups = kv_groups.clone();
         let factory = Box::new(
             move |g: GroupId, kind: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
-                match kind {
-                    KV_STATE_MACHINE => Ok(Box::new(factory_groups.create(g))),
-                    HOST_STATE_MACHINE => {
-                        let Some(f) = &state_machine_factory else {
-                            return Err(SmError::Other(format!(
-                                "group {} needs a Python state machine but the engine has no \
-                                 state_machine_factory",
-                                g.0
-                            )));
-                        };
-                        let obj = Python::attach(|py| f.call1(py, (g.0,)))
-                            .map_err(|e| SmError::Other(format!("state_machine_factory: {e}")))?;
-                        Ok(Box::new(PyStateMachine { group: g, obj }))
-                    }
-                    other => Err(SmError::Other(format!("group {}: unknown {other}", g.0))),
+                if kind == KV_STATE_MACHINE {
+                    return Ok(Box::new(factory_groups.create(g)));
                 }
+                if kind != HOST_STATE_MACHINE {
+                    return Err(SmError::Other(format!("group {}: unknown {kind}", g.0)));
+                }
+                let Some(f) = &state_machine_factory else {
+                    return Err(SmError::Other(format!(
+                        "group {} needs a Python state machine but the engine has no \
+                         state_machine_factory",
+                        g.0
+                    )));
+                };
+                let obj = Python::attach(|py| f.call1(py, (g.0,)))
+                    .map_err(|e| SmError::Other(format!("state_machine_factory: {e}")))?;
+                Ok(Box::new(PyStateMachine { group: g, obj }))
             },
         );
         let shared = transport.shared();

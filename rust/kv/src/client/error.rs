@@ -3,11 +3,14 @@
 
 use nodedb_transport::TransportError;
 
-/// The Error-message code of a leader in NO_SPACE (the serving side sends it, kv.py too): its
-/// message is the data dir; never retried.
+/// The Error-message code of a leader in NO_SPACE (the serving side, [`crate::serve`], sends
+/// it, kv.py too): its message is the data dir; never retried.
 pub const NO_SPACE: &str = "NoSpace";
 /// The Error-message code of a request no node or attempt will take.
 pub const INVALID_REQUEST: &str = "InvalidRequest";
+/// The Error-message code of a request of a newer KV version than the server speaks: no
+/// attempt helps until the server is upgraded.
+pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
 
 /// Why an item failed (one attempt, or for good).
 #[derive(Clone, Debug)]

@@ -9,13 +9,14 @@
 //!   that timed out is held back.
 //! - Transient transport errors (unreachable, handshake, closed, unknown peer, a remote error
 //!   other than the two below) and malformed replies: hold the node back, try another member.
-//! - InvalidRequest and NoSpace from the server, and every local error: never retried.
+//! - InvalidRequest, NoSpace and UnsupportedVersion from the server, and every local error:
+//!   never retried.
 
 use std::time::Duration;
 
 use nodedb_transport::TransportError;
 
-use super::error::{KvError, INVALID_REQUEST, NO_SPACE};
+use super::error::{KvError, INVALID_REQUEST, NO_SPACE, UNSUPPORTED_VERSION};
 
 /// Pause before retry n (then the last value), cut short by the deadline (kv.py).
 pub const RETRY_BACKOFF_MS: [u64; 5] = [5, 10, 20, 50, 100];
@@ -62,10 +63,10 @@ pub fn judge(err: &KvError, target: u64, may_retry_unknown: bool) -> Verdict {
         },
         KvError::LeadershipLost => unknown(0),
         KvError::Timeout { .. } | KvError::Net(TransportError::Timeout { .. }) => unknown(target),
-        // The request itself is bad, or the leader's disk is full (a definite refusal until
-        // space is freed): no other node or attempt will take it.
+        // The request itself is bad (or newer than the server), or the leader's disk is full
+        // (a definite refusal until space is freed): no other node or attempt will take it.
         KvError::Net(TransportError::Remote { code, .. })
-            if code == INVALID_REQUEST || code == NO_SPACE =>
+            if code == INVALID_REQUEST || code == NO_SPACE || code == UNSUPPORTED_VERSION =>
         {
             give_up
         }
@@ -184,6 +185,7 @@ mod tests {
         for err in [
             remote(INVALID_REQUEST),
             remote(NO_SPACE),
+            remote(UNSUPPORTED_VERSION),
             KvError::Invalid("bad".into()),
             KvError::OutcomeUnknown,
             KvError::Closed,

@@ -30,6 +30,7 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use self::group_commit::{Batcher, GroupResult, ReadShare};
+use crate::client::error::{INVALID_REQUEST, NO_SPACE, UNSUPPORTED_VERSION};
 use crate::groups::KvGroups;
 use crate::peer_health::serve_budget_ms;
 
@@ -74,7 +75,7 @@ fn parse(payload: &[u8]) -> Parsed {
     let request = match KvRequest::decode(payload) {
         Ok(request) => request,
         Err(err @ KvWireError::UnsupportedVersion { .. }) => {
-            return Parsed::Refuse(HandlerError::new("UnsupportedVersion", err.to_string()));
+            return Parsed::Refuse(HandlerError::new(UNSUPPORTED_VERSION, err.to_string()));
         }
         Err(_) => return Parsed::Delegate,
     };
@@ -382,17 +383,17 @@ fn encode(reply: KvResults<'_>) -> HandlerResult {
 /// client raises the same class again; transport.py's `_fail` sends the same).
 fn handler_error(err: RaftError) -> HandlerError {
     if let RaftError::NoSpace { data_dir } = &err {
-        return HandlerError::new("NoSpace", data_dir.display().to_string());
+        return HandlerError::new(NO_SPACE, data_dir.display().to_string());
     }
     let code = match &err {
         RaftError::Busy { .. } => "Busy",
         RaftError::Stopped { .. } => "EngineStopped",
-        RaftError::Invalid { .. } => "InvalidRequest",
+        RaftError::Invalid { .. } => INVALID_REQUEST,
         RaftError::NotLeader { .. } => "RaftNotLeader",
         RaftError::GroupNotFound { .. } => "UnknownGroup",
         RaftError::LeadershipLost { .. } => "LeadershipLost",
         RaftError::Timeout { .. } => "Timeout",
-        RaftError::NoSpace { .. } => "NoSpace",
+        RaftError::NoSpace { .. } => NO_SPACE,
     };
     HandlerError::new(code, err.to_string())
 }
@@ -588,7 +589,7 @@ mod tests {
         // {"op": "propose_many", "v": 2}
         let newer = b"\x82\xa2op\xacpropose_many\xa1v\x02";
         match parse(newer) {
-            Parsed::Refuse(err) => assert_eq!(err.code, "UnsupportedVersion"),
+            Parsed::Refuse(err) => assert_eq!(err.code, UNSUPPORTED_VERSION),
             _ => panic!("a newer version must be refused"),
         }
     }

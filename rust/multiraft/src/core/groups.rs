@@ -16,7 +16,7 @@ impl MultiRaftCore {
                 reason: "no state machine kind recorded".into(),
             });
         }
-        let kind = StateMachineKind(meta.sm_kind);
+        let kind = StateMachineKind::from_tag(meta.sm_kind);
         let mut sm = self
             .factory
             .create(gid, kind)
@@ -100,7 +100,7 @@ impl MultiRaftCore {
         if self.groups.contains_key(&gid) {
             return Err(EngineError::GroupExists(gid));
         }
-        if kind.0 == 0 {
+        if kind.tag() == 0 {
             return Err(EngineError::Config {
                 field: "kind",
                 reason: "0 is no state machine kind".into(),
@@ -124,7 +124,9 @@ impl MultiRaftCore {
             cs.voters.sort_unstable();
             cs.voters.dedup();
         }
-        let meta = GroupMeta { sm_kind: kind.0 };
+        let meta = GroupMeta {
+            sm_kind: kind.tag(),
+        };
         let sm = self
             .factory
             .create(gid, kind)

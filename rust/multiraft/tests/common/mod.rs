@@ -12,7 +12,7 @@ use nodedb_multiraft::state_machine::{Command, StateMachine, StateMachineKind};
 use nodedb_multiraft::GroupId;
 
 /// The tag the tests' groups run (any non-zero byte: the engine does not interpret it).
-pub const JOURNAL: StateMachineKind = StateMachineKind(7);
+pub const JOURNAL: StateMachineKind = StateMachineKind::new(7, "journal");
 
 /// Every (index, command) a group applied, in order.
 pub type Entries = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;

@@ -163,7 +163,7 @@ fn map(entries: Vec<(&'static str, V)>) -> Vec<u8> {
 
 #[test]
 fn todays_maps_decode_with_their_defaults_and_unknown_keys_ignored() {
-    // A probe from kv_client.rs, with a field this build does not know.
+    // A probe from the client core (nodedb_kv::client), with a field this build does not know.
     let probe = map(vec![
         ("op", V::S("propose_many")),
         ("gs", V::L(vec![V::U(4)])),
