@@ -4,6 +4,15 @@
 //!
 //! The engine (`nodedb-multiraft`) knows no KV: a group runs the KV because it was created
 //! with [`KV_STATE_MACHINE`] and the node's factory builds a [`KvStateMachine`] for that tag.
+//!
+//! - [`command`], [`state_machine`]: the log's bytes and what applies them (on disk: frozen);
+//! - [`routing`]: key → vShard → group → leader and voters;
+//! - [`session`], [`peer_health`]: a client's write session and whom it avoids;
+//! - [`client`]: the client core (lanes, batching, retries; results through `Completion`);
+//! - [`serve`], [`groups`]: a node's KV_REQUEST fast path and its KV groups;
+//! - [`load`]: the native load generator.
+//!
+//! The wire messages are `nodedb_wire::kv`'s.
 
 pub mod client;
 pub mod command;

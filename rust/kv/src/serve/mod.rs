@@ -9,7 +9,7 @@
 //! forwarding nodes of either kind need no change. A request of a newer KV version is refused
 //! with `UnsupportedVersion` here, not handed to a handler that would half-read it.
 //!
-//! Per group: group commit and shared ReadIndex rounds ([`group_commit`]).
+//! Per group: group commit and shared ReadIndex rounds (`serve/group_commit.rs`).
 
 mod group_commit;
 
