@@ -322,6 +322,9 @@ class KvClient:
         timeout_s: float = 5.0,
         client_id: int | None = None,
     ) -> None: ...
+    def serve_locally(self, engine: RaftEngine) -> None:
+        """Serve this node's own share (proposals, linearizable reads of the groups it leads)
+        in process through `engine`'s KV server; `engine.serve_kv_requests` must have run."""
     def bridge_fd(self) -> int: ...
     def drain(self) -> int: ...
     def set_routing(

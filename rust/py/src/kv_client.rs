@@ -17,6 +17,7 @@ use pyo3::types::{PyBool, PyBytes, PyList};
 
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::{cluster_error, failure_error, submit_error};
+use crate::raft::PyRaftEngine;
 use crate::transport::{transport_runtime, PyTransport};
 
 /// Resolves one call's asyncio future on its loop (through the bridge), then uncounts it.
@@ -168,6 +169,18 @@ impl PyKvClient {
             calls_unresolved: Arc::new(AtomicUsize::new(0)),
             timeout_s,
         })
+    }
+
+    /// Serve this node's own share in process through `engine`'s KV server (the engine must
+    /// serve KV requests: `serve_kv_requests`): a client inside a node then reaches the groups
+    /// it leads (proposals, linearizable reads) without the network.
+    fn serve_locally(&self, py: Python<'_>, engine: &PyRaftEngine) -> PyResult<()> {
+        let server = engine.kv_server().ok_or_else(|| {
+            let text = "the engine serves no KV requests: call serve_kv_requests first";
+            cluster_error(py, "ClusterError", (text,))
+        })?;
+        self.core.serve_locally(&server);
+        Ok(())
     }
 
     /// The fd the owning asyncio loop must watch: `loop.add_reader(c.bridge_fd(), c.drain)`.

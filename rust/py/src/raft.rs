@@ -101,9 +101,20 @@ pub struct PyRaftEngine {
     runtime: &'static tokio::runtime::Runtime,
     /// The transport whose KV_REQUESTs `serve_kv_requests` answers here (unregistered on close).
     kv_transport: Mutex<Option<Weak<Transport>>>,
+    /// The KV server `serve_kv_requests` registered: a `KvClient` in this node serves its own
+    /// share through it (`KvClient.serve_locally`). Dropped on close.
+    kv_server: Mutex<Option<Arc<KvServer>>>,
 }
 
 impl PyRaftEngine {
+    /// The KV server of `serve_kv_requests`, if it was called (and `close` was not).
+    pub(crate) fn kv_server(&self) -> Option<Arc<KvServer>> {
+        self.kv_server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// A `Reply` that settles `future` straight from the driver thread through the loop bridge
     /// (no runtime hop on the hot path), raced by a timer that settles it with `Timeout`;
     /// whichever comes first wins, the other does nothing.
@@ -246,6 +257,7 @@ impl PyRaftEngine {
             bridge: Arc::new(bridge),
             runtime,
             kv_transport: Mutex::new(None),
+            kv_server: Mutex::new(None),
         })
     }
 
@@ -446,13 +458,14 @@ impl PyRaftEngine {
     /// the Python handler set with `transport.serve`. Undone by `close`.
     fn serve_kv_requests(&self, transport: &PyTransport) {
         let shared = transport.shared();
-        let handler = KvServer::new(
+        let handler = Arc::new(KvServer::new(
             Arc::downgrade(&self.engine),
             Arc::downgrade(&shared),
             self.kv_groups.clone(),
             self.runtime.handle().clone(),
-        );
-        shared.register_handler(MessageKind::KV_REQUEST, Arc::new(handler));
+        ));
+        shared.register_handler(MessageKind::KV_REQUEST, Arc::clone(&handler) as _);
+        *self.kv_server.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
         *self.kv_transport.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Arc::downgrade(&shared));
     }
@@ -698,6 +711,10 @@ impl PyRaftEngine {
         if let Some(transport) = served.and_then(|t| t.upgrade()) {
             transport.unregister_handler(MessageKind::KV_REQUEST);
         }
+        self.kv_server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let e = Arc::clone(&self.engine);
         py.detach(move || e.shutdown());
     }

@@ -17,12 +17,14 @@ pub mod state;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nodedb_transport::{MessageKind, NodeId, OutboundFrame, Transport};
+use nodedb_transport::{MessageKind, NodeId, OutboundFrame, Transport, TransportError};
 use nodedb_wire::{KvRequest, KvResponse, ProposeMany, ReadLevel, ReadMany};
 use tokio::runtime::Handle;
 
@@ -31,6 +33,7 @@ use self::retry::{judge, when, When};
 use self::state::{Batch, Call, CallKind, Finished, Item, Lane, LaneKey, Progress, State};
 use crate::command::{KvCommand, KvResult};
 use crate::routing::Routing;
+use crate::serve::KvServer;
 use crate::session::SessionState;
 
 /// Items queued and not yet sent, at most; a call beyond it fails with `Busy` (a call that
@@ -158,6 +161,13 @@ impl KvClient {
         self.state().routing = Some(routing);
     }
 
+    /// Run inside the node whose serving side is `server`: items this node leads (or, with no
+    /// leader known, may ask) on lanes its fast path serves go to `server` in process, never
+    /// through the network; the rest as before. Held weakly (the node owns its server).
+    pub fn serve_locally(&self, server: &Arc<KvServer>) {
+        self.state().local = Some(Arc::downgrade(server));
+    }
+
     pub fn retry_unknown_writes(&self) -> bool {
         self.retry_unknown_writes.load(Ordering::Relaxed)
     }
@@ -249,7 +259,7 @@ impl KvClient {
                 KvError::Unavailable(text) => SubmitError::NotConnected(text),
                 e => item_error(0, e),
             })?;
-            let Some((target, probe)) = st.pick(group, 0, self.me, now) else {
+            let Some((target, probe)) = st.pick(group, lane, 0, self.me, now) else {
                 return Err(item_error(
                     group,
                     KvError::Unavailable("no member known".into()),
@@ -368,7 +378,7 @@ impl KvClient {
             st.complete(item, Err(err), out);
             return;
         }
-        match st.pick(item.group, item.attempt, self.me, now) {
+        match st.pick(item.group, item.lane, item.attempt, self.me, now) {
             Some((target, probe)) => {
                 let key = (target, item.lane, probe);
                 st.enqueue(key, item);
@@ -421,7 +431,7 @@ impl KvClient {
         // Attempts that may be given up early (their items are retried): reads, and writes when
         // unknown outcomes are retried (exactly-once through the session).
         let cancellable = lane != Lane::Propose || self.retry_unknown_writes();
-        let (attempt, avoid, suspect) = {
+        let (attempt, avoid, suspect, local) = {
             let mut st = self.state();
             let avoid = (probe && lane == Lane::Propose).then(|| {
                 st.health.avoided(
@@ -430,7 +440,8 @@ impl KvClient {
                 )
             });
             let suspect = cancellable.then(|| st.suspect_channel(target));
-            (st.attempt_timeout(start), avoid, suspect)
+            let local = (target == self.me).then(|| st.local.clone()).flatten();
+            (st.attempt_timeout(start), avoid, suspect, local)
         };
         let deadline = items
             .iter()
@@ -462,9 +473,14 @@ impl KvClient {
             Err(err) => Err(err),
             Ok(payload) => {
                 self.requests_sent.fetch_add(1, Ordering::Relaxed);
-                let rpc = self
-                    .transport
-                    .send_rpc(NodeId(target), MessageKind::KV_REQUEST, payload);
+                let rpc: Rpc<'_> = match local {
+                    Some(server) => Box::pin(serve_here(server, payload)),
+                    None => Box::pin(self.transport.send_rpc(
+                        NodeId(target),
+                        MessageKind::KV_REQUEST,
+                        payload,
+                    )),
+                };
                 tokio::select! {
                     biased;
                     answer = tokio::time::timeout(timeout, rpc) => match answer {
@@ -513,7 +529,9 @@ impl KvClient {
             }
             match reply {
                 Ok((results, failed)) => {
-                    if !probe {
+                    // Answer times of the network only (an in-process answer says nothing
+                    // about how long a peer takes).
+                    if !probe && target != self.me {
                         st.answered(now.saturating_duration_since(start), now);
                     }
                     if probe && lane == Lane::Propose {
@@ -575,6 +593,36 @@ impl KvClient {
                 resolve(out);
             });
         }
+    }
+}
+
+/// One attempt's answer, from a peer or from this node's own server.
+type Rpc<'a> = Pin<Box<dyn Future<Output = Result<OutboundFrame, TransportError>> + Send + 'a>>;
+
+/// Serve a request on this node's own server, as a peer would answer it (a handler error comes
+/// back as the Error message a peer would send).
+async fn serve_here(
+    server: Weak<KvServer>,
+    payload: Bytes,
+) -> Result<OutboundFrame, TransportError> {
+    let server = server.upgrade().ok_or(TransportError::Closed)?;
+    let remote = |code: &str, message: &str| TransportError::Remote {
+        code: code.into(),
+        message: message.into(),
+    };
+    let served = server.serve_fast(&payload).ok_or_else(|| {
+        remote(
+            "no_handler",
+            "this node's fast path does not serve this request",
+        )
+    })?;
+    match served.await {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(remote("no_reply", "this node's server gave no reply")),
+        Err(err) => Err(TransportError::Remote {
+            code: err.code,
+            message: err.message,
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 //! takes `now`; [`super::KvClient`] does the sending.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use nodedb_wire::ReadLevel;
@@ -13,6 +13,7 @@ use super::retry::Lesson;
 use super::{Completion, Outcome};
 use crate::peer_health::{monotonic_s, PeerHealth};
 use crate::routing::Routing;
+use crate::serve::KvServer;
 use crate::session::SessionState;
 
 /// Items per KV_REQUEST (kv.py `BATCH_COMMANDS_MAX`).
@@ -41,6 +42,19 @@ impl Lane {
             level,
             stale_s_bits: stale_s.to_bits(),
         }
+    }
+
+    /// Whether a node's own [`crate::serve::KvServer`] answers this lane in process (its fast
+    /// path: proposals and linearizable reads).
+    pub fn served_locally(self) -> bool {
+        matches!(
+            self,
+            Lane::Propose
+                | Lane::Read {
+                    level: ReadLevel::Linearizable,
+                    ..
+                }
+        )
     }
 
     pub fn stale_s(self) -> f64 {
@@ -144,6 +158,9 @@ pub struct State {
     /// Per target, woken when one attempt to it timed out: every other attempt waiting on the
     /// same node gives up then too (the node is suspect for all of them, not one at a time).
     pub suspects: HashMap<u64, Arc<tokio::sync::Notify>>,
+    /// This node's serving side, when the client runs inside a node: its own share of a
+    /// request is served in process ([`super::KvClient::serve_locally`]).
+    pub local: Option<Weak<KvServer>>,
 }
 
 impl State {
@@ -158,6 +175,7 @@ impl State {
             flush_scheduled: false,
             closed: false,
             suspects: HashMap::new(),
+            local: None,
         }
     }
 
@@ -217,12 +235,17 @@ impl State {
     }
 
     /// kv.py `_next_member`: with no leader known, the members in turn, those that answered
-    /// lately first.
-    fn next_member(&self, group: u64, tried: usize, me: u64, now: Instant) -> u64 {
+    /// lately first (this node among them only when it serves `lane` in process).
+    fn next_member(&self, group: u64, tried: usize, me: u64, here: bool, now: Instant) -> u64 {
         let Some(route) = self.routing.as_ref().and_then(|r| r.route(group)) else {
             return 0;
         };
-        let mut members: Vec<u64> = route.voters.iter().copied().filter(|&m| m != me).collect();
+        let mut members: Vec<u64> = route
+            .voters
+            .iter()
+            .copied()
+            .filter(|&m| here || m != me)
+            .collect();
         if members.is_empty() {
             members.clone_from(&route.voters);
         }
@@ -233,13 +256,22 @@ impl State {
         pool[tried % pool.len()]
     }
 
-    /// Where an item goes: the leader as known (false), else a member in turn (true: a probe).
-    pub fn pick(&self, group: u64, attempt: usize, me: u64, now: Instant) -> Option<(u64, bool)> {
+    /// Where an item of `lane` goes: the leader as known (false), else a member in turn (true:
+    /// a probe). This node (`me`) only when it serves `lane` in process.
+    pub fn pick(
+        &self,
+        group: u64,
+        lane: Lane,
+        attempt: usize,
+        me: u64,
+        now: Instant,
+    ) -> Option<(u64, bool)> {
+        let here = self.local.is_some() && lane.served_locally();
         let target = self.target(group, now);
-        if target != 0 && target != me {
+        if target != 0 && (target != me || here) {
             return Some((target, false));
         }
-        let member = self.next_member(group, attempt, me, now);
+        let member = self.next_member(group, attempt, me, here, now);
         (member != 0).then_some((member, true))
     }
 

@@ -398,12 +398,16 @@ fn handler_error(err: RaftError) -> HandlerError {
     HandlerError::new(code, err.to_string())
 }
 
-impl FrameHandler for KvServer {
-    fn handle(&self, frame: InboundFrame) -> HandlerFuture {
-        if frame.oneway || self.engine.strong_count() == 0 {
-            return self.delegate(frame);
+impl KvServer {
+    /// Serve `payload` here when the fast path takes it (`propose_many`, linearizable
+    /// `read_many`, or a refusal of a newer version); None when it belongs to the fallback
+    /// handler. A client inside this node serves its own share through this, without the
+    /// network ([`crate::client::KvClient::serve_locally`]).
+    pub fn serve_fast(&self, payload: &[u8]) -> Option<HandlerFuture> {
+        if self.engine.strong_count() == 0 {
+            return None;
         }
-        match parse(&frame.payload) {
+        match parse(payload) {
             Parsed::Serve(Fast::Propose {
                 gs,
                 cmds,
@@ -411,7 +415,7 @@ impl FrameHandler for KvServer {
                 wait_leader,
             }) => {
                 let (total, shares, park) = self.submit(&gs, cmds, t, wait_leader);
-                Box::pin(answer(total, shares, park))
+                Some(Box::pin(answer(total, shares, park)))
             }
             Parsed::Serve(Fast::Read { gs, keys, t }) => {
                 let deadline = Instant::now() + Duration::from_millis(serve_budget_ms(t));
@@ -423,10 +427,22 @@ impl FrameHandler for KvServer {
                         receiver: self.read_share(g).wait(deadline),
                     })
                     .collect();
-                Box::pin(answer_reads(self.groups.clone(), keys, shares))
+                Some(Box::pin(answer_reads(self.groups.clone(), keys, shares)))
             }
-            Parsed::Refuse(err) => Box::pin(async move { Err(err) }),
-            Parsed::Delegate => self.delegate(frame),
+            Parsed::Refuse(err) => Some(Box::pin(async move { Err(err) })),
+            Parsed::Delegate => None,
+        }
+    }
+}
+
+impl FrameHandler for KvServer {
+    fn handle(&self, frame: InboundFrame) -> HandlerFuture {
+        if frame.oneway {
+            return self.delegate(frame);
+        }
+        match self.serve_fast(&frame.payload) {
+            Some(served) => served,
+            None => self.delegate(frame),
         }
     }
 }

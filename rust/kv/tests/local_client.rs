@@ -1,0 +1,138 @@
+//! A client inside a node reaches the groups this node leads without the network: one node
+//! over a real transport with no peer registered (not even itself), so any attempt that left
+//! the process would fail; with `serve_locally` writes and linearizable reads are answered by
+//! the node's own KvServer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nodedb_kv::client::{Answer, Completion, Failure, KvClient, KvError, ReadAt, Request};
+use nodedb_kv::groups::KvGroups;
+use nodedb_kv::routing::{Route, Routing, VSHARDS};
+use nodedb_kv::serve::KvServer;
+use nodedb_kv::KV_STATE_MACHINE;
+use nodedb_multiraft::error::SmError;
+use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
+use nodedb_multiraft::{
+    GroupId, GroupRole, MultiRaft, MultiRaftConfig, NodeId, Role, TransportNetwork, WalSink,
+};
+use nodedb_transport::{Credentials, Transport, TransportConfig};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(10);
+const G: GroupId = GroupId(1);
+
+type Outcome = Result<Answer, Failure>;
+
+/// Hands a call's outcome to the test.
+struct ToTest(mpsc::UnboundedSender<Outcome>);
+
+impl Completion for ToTest {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        let _ = self.0.send(outcome);
+    }
+}
+
+async fn call(client: &Arc<KvClient>, request: Request, timeout: Duration) -> Outcome {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let deadline = Instant::now() + timeout;
+    let flush = client
+        .submit(request, deadline, Box::new(ToTest(tx)))
+        .expect("submitted");
+    if flush {
+        client.flush();
+    }
+    tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("answered in time")
+        .expect("completion called")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let transport = Arc::new(
+        Transport::bind(
+            nodedb_wire::NodeId(1),
+            "127.0.0.1:0".parse().expect("addr"),
+            Credentials::Insecure,
+            TransportConfig::default(),
+        )
+        .expect("bind"),
+    );
+    let groups = KvGroups::default();
+    let factory_groups = groups.clone();
+    let factory = Box::new(
+        move |g: GroupId, _k: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
+            Ok(Box::new(factory_groups.create(g)))
+        },
+    );
+    let cfg = MultiRaftConfig::new(NodeId(1), dir.path().join("n1"));
+    let sink = WalSink::open(
+        &cfg.data_dir.join("raft"),
+        nodedb_wal::WalOptions::default(),
+    )
+    .expect("wal");
+    let net = TransportNetwork::new(Arc::clone(&transport), Handle::current(), 1024);
+    let engine = Arc::new(MultiRaft::start(cfg, Box::new(sink), net, factory).expect("start"));
+    TransportNetwork::attach_inbound(&transport, engine.inbound());
+    let role = GroupRole::Voter {
+        peers: vec![NodeId(1)],
+    };
+    engine
+        .add_group(G, role, KV_STATE_MACHINE, T)
+        .await
+        .expect("add group");
+    let until = Instant::now() + T;
+    while engine.status(G, T).await.map(|s| s.role) != Ok(Role::Leader) {
+        assert!(Instant::now() < until, "no leader within {T:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await; // no leadership event to await
+    }
+    let server = Arc::new(KvServer::new(
+        Arc::downgrade(&engine),
+        Arc::downgrade(&transport),
+        groups.clone(),
+        Handle::current(),
+    ));
+    let client = KvClient::new(Arc::clone(&transport), Handle::current(), 1, 77);
+    let route = Route {
+        leader: 1,
+        voters: vec![1],
+    };
+    client.set_routing(Routing::new(vec![1; VSHARDS], [(1, route)]).expect("routing"));
+    let put = || Request::Put {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    };
+
+    // Without its node's server the request would have to leave the process, and this
+    // transport knows no peer (itself included): it fails at its deadline.
+    let short = Duration::from_millis(300);
+    match call(&client, put(), short).await {
+        Err(Failure {
+            error: KvError::Unavailable(text),
+            ..
+        }) => assert!(text.contains("unknown peer"), "{text}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+
+    client.serve_locally(&server);
+    let written = call(&client, put(), T).await.expect("put");
+    assert_eq!(written, Answer::Written { refused: None });
+    let get = Request::Get {
+        key: b"k".to_vec(),
+        read: ReadAt::LINEARIZABLE,
+    };
+    let read = call(&client, get, T).await.expect("get");
+    assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
+    let reader = groups.reader(G).expect("a KV group here");
+    assert_eq!(
+        reader.get(b"k"),
+        Some(b"v".to_vec()),
+        "applied by the engine"
+    );
+
+    engine.shutdown();
+    transport.close().await;
+}
