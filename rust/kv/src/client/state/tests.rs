@@ -160,7 +160,11 @@ fn a_client_inside_a_node_targets_its_node_only_on_lanes_it_serves_in_process() 
     let now = Instant::now();
     let mut st = state_with(2, vec![1, 2, 3]);
     let lease = Lane::read(ReadLevel::Lease, 1.0);
-    assert_eq!(st.pick(1, P, 0, 2, now), Some((1, true)), "not local: ask another");
+    assert_eq!(
+        st.pick(1, P, 0, 2, now),
+        Some((1, true)),
+        "not local: ask another"
+    );
     st.local = Some(std::sync::Weak::new());
     assert_eq!(st.pick(1, P, 0, 2, now), Some((2, false)), "its own leader");
     let linearizable = Lane::read(ReadLevel::Linearizable, 0.0);
