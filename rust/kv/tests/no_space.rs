@@ -11,11 +11,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use common::{factory, put, Readers, SimCluster, SimNode};
+use common::{factory, put, Readers, SimCluster};
 use nodedb_kv::KV_STATE_MACHINE;
 use nodedb_multiraft::core::{ProposeOutcome, Reply, SPACE_SAMPLE_EVERY_TICKS};
 use nodedb_multiraft::error::RaftError;
@@ -57,59 +56,15 @@ impl Cluster {
     /// `n` founding voters of group 1 (KV), each with an in-memory log that reports plenty
     /// of free space.
     fn new(n: u64) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let net = SimNetwork::new(7, 100_000);
-        let peers: Vec<NodeId> = (1..=n).map(NodeId).collect();
-        let mut nodes = BTreeMap::new();
-        for id in 1..=n {
-            let cfg = MultiRaftConfig::new(NodeId(id), dir.path().join(format!("n{id}")));
-            let sink = MemLogSink::new();
+        Cluster::founding(n, G, KV_STATE_MACHINE, |sink| {
             sink.set_space(plenty());
             let readers: Readers = Arc::default();
-            let mut core = MultiRaftCore::open(
-                cfg.clone(),
-                Box::new(sink.clone()),
-                Arc::new(net.endpoint(NodeId(id))),
-                factory(Arc::clone(&readers)),
-                Arc::new(Metrics::default()),
-            )
-            .expect("open");
-            core.add_group(
-                G,
-                GroupRole::Voter {
-                    peers: peers.clone(),
-                },
-                KV_STATE_MACHINE,
-            )
-            .expect("add group");
-            nodes.insert(
-                NodeId(id),
-                SimNode {
-                    core: Some(core),
-                    sink,
-                    reg: readers,
-                    cfg,
-                },
-            );
-        }
-        Cluster { net, nodes, dir }
+            (Arc::clone(&readers), factory(readers))
+        })
     }
 
     fn sink(&self, id: NodeId) -> &MemLogSink {
         &self.nodes[&id].sink
-    }
-
-    fn leader(&self) -> Option<NodeId> {
-        self.nodes
-            .iter()
-            .find(|(_, n)| n.core.as_ref().is_some_and(|c| c.is_leader(G)))
-            .map(|(id, _)| *id)
-    }
-
-    fn elect(&mut self) -> NodeId {
-        assert!(self.drive_until(400, |c| c.leader().is_some()), "no leader");
-        self.drive_until(20, |_| false); // followers learn the leader
-        self.leader().expect("leader")
     }
 
     /// Proposes on `at`; the answer lands in the returned cell. Checked at the moment it is
@@ -185,7 +140,7 @@ fn assert_no_space(err: &RaftError, data_dir: &Path) {
 #[test]
 fn a_sync_that_hits_a_full_disk_stalls_the_round_and_acknowledges_only_after_the_retry() {
     let mut c = Cluster::new(1);
-    let me = c.elect();
+    let me = c.elect(G);
     let first = c.propose_on(me, put("a", b"1"));
     c.pump();
     assert!(matches!(taken(&first), Some(Ok(_))), "healthy commit");
@@ -244,7 +199,7 @@ fn a_sync_that_hits_a_full_disk_stalls_the_round_and_acknowledges_only_after_the
 #[test]
 fn an_append_that_hits_a_full_disk_is_appended_again_and_nothing_doubles() {
     let mut c = Cluster::new(1);
-    let me = c.elect();
+    let me = c.elect(G);
     c.sink(me).fail_no_space(2, 0);
     let p = c.propose_on(me, put("k", b"v"));
     c.pump();
@@ -266,7 +221,7 @@ fn an_append_that_hits_a_full_disk_is_appended_again_and_nothing_doubles() {
 #[test]
 fn a_stalled_leader_of_three_acknowledges_nothing_until_its_own_log_has_the_entry() {
     let mut c = Cluster::new(3);
-    let leader = c.elect();
+    let leader = c.elect(G);
     c.sink(leader).fail_no_space(0, 4);
     let p = c.propose_on(leader, put("x", b"1"));
     // The followers receive, persist and acknowledge the entry; the leader is stalled.
@@ -288,7 +243,7 @@ fn a_stalled_leader_of_three_acknowledges_nothing_until_its_own_log_has_the_entr
 #[test]
 fn no_space_refuses_writes_keeps_reads_and_resumes_by_itself() {
     let mut c = Cluster::new(3);
-    let leader = c.elect();
+    let leader = c.elect(G);
     let first = c.propose_on(leader, put("k1", b"v1"));
     assert!(c.drive_until(20, |_| taken(&first).is_some()));
     let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|id| *id != leader).collect();

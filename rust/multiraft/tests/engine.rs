@@ -4,18 +4,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::sim_cluster::{SimCluster, SimNode};
+use common::sim_cluster::SimCluster;
 use common::{factory, Journals, JOURNAL};
 use nodedb_multiraft::core::ProposeOutcome;
 use nodedb_multiraft::error::{EngineError, RaftError};
 use nodedb_multiraft::log_sink::MemLogSink;
-use nodedb_multiraft::network::SimNetwork;
-use nodedb_multiraft::{
-    GroupId, GroupRole, Metrics, MultiRaftConfig, MultiRaftCore, NodeId, StateMachineKind,
-};
-use tokio::sync::oneshot;
+use nodedb_multiraft::{GroupId, GroupRole, NodeId, StateMachineKind};
 
 type Cluster = SimCluster<MemLogSink, Journals>;
 
@@ -23,84 +17,31 @@ const G: GroupId = GroupId(1);
 
 /// `n` nodes, each a founding voter of group 1 running the journal.
 fn cluster(n: u64) -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = SimNetwork::new(7, 100_000);
-    let peers: Vec<NodeId> = (1..=n).map(NodeId).collect();
-    let mut nodes = BTreeMap::new();
-    for id in 1..=n {
-        let cfg = MultiRaftConfig::new(NodeId(id), dir.path().join(format!("n{id}")));
-        let sink = MemLogSink::new();
-        let reg = Journals::default();
-        let mut core = MultiRaftCore::open(
-            cfg.clone(),
-            Box::new(sink.clone()),
-            std::sync::Arc::new(net.endpoint(NodeId(id))),
-            factory(reg.clone()),
-            std::sync::Arc::new(Metrics::default()),
-        )
-        .expect("open");
-        let role = GroupRole::Voter {
-            peers: peers.clone(),
-        };
-        core.add_group(G, role, JOURNAL).expect("add group");
-        let core = Some(core);
-        nodes.insert(
-            NodeId(id),
-            SimNode {
-                core,
-                sink,
-                reg,
-                cfg,
-            },
-        );
-    }
-    Cluster { net, nodes, dir }
-}
-
-fn leader(c: &Cluster) -> Option<NodeId> {
-    c.nodes
-        .iter()
-        .find(|(_, n)| n.core.as_ref().is_some_and(|core| core.is_leader(G)))
-        .map(|(id, _)| *id)
-}
-
-fn elected(c: &mut Cluster) -> NodeId {
-    assert!(
-        c.drive_until(400, |c| leader(c).is_some()),
-        "no leader in 400 ticks"
-    );
-    leader(c).expect("leader")
+    Cluster::founding(n, G, JOURNAL, |_| {
+        let journals = Journals::default();
+        (journals.clone(), factory(journals))
+    })
 }
 
 fn applied(c: &Cluster, id: NodeId) -> Vec<(u64, Vec<u8>)> {
     let entries = c.nodes[&id].reg.lock().expect("lock")[&G].clone();
-    let applied = entries.lock().expect("lock").clone();
-    applied
+    let snapshot = entries.lock().expect("lock").clone();
+    snapshot
 }
 
-/// Proposes through `at` (with `kind`, when given) and drives until answered.
 fn propose(
     c: &mut Cluster,
     at: NodeId,
     kind: Option<StateMachineKind>,
     cmds: &[Vec<u8>],
 ) -> Result<ProposeOutcome, RaftError> {
-    let (tx, mut rx) = oneshot::channel();
-    c.core(at).propose_for(kind, G, cmds, tx);
-    for _ in 0..100 {
-        c.pump();
-        if let Ok(outcome) = rx.try_recv() {
-            return outcome;
-        }
-        c.tick();
-    }
-    panic!("proposal not answered within 100 ticks");
+    c.propose_via(at, kind, G, cmds)
 }
 
 #[test]
 fn every_node_applies_the_same_commands_in_the_same_order() {
     let mut c = cluster(3);
-    let l = elected(&mut c);
+    let l = c.elect(G);
     let cmds = vec![b"a".to_vec(), b"bb".to_vec(), b"ccc".to_vec()];
     let out = propose(&mut c, l, None, &cmds).expect("proposal");
     let lengths: Vec<u64> = out
@@ -121,7 +62,7 @@ fn every_node_applies_the_same_commands_in_the_same_order() {
 #[test]
 fn commands_written_for_another_kind_are_refused_and_never_applied() {
     let mut c = cluster(3);
-    let l = elected(&mut c);
+    let l = c.elect(G);
     let other = StateMachineKind::new(1, "Kv");
     match propose(&mut c, l, Some(other), &[b"x".to_vec()]) {
         Err(RaftError::Invalid { reason }) => {

@@ -14,7 +14,6 @@ use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{Command, StateMachine, StateMachineKind};
 use nodedb_multiraft::wal_sink::WalSink;
 use nodedb_multiraft::{GroupId, GroupRole, Metrics, MultiRaftConfig, MultiRaftCore, NodeId};
-use tokio::sync::oneshot;
 
 /// KV plus a rolling hash of the exact applied (index, command) sequence: equal hashes on two
 /// nodes mean they applied the same commands in the same order.
@@ -200,16 +199,7 @@ impl Cluster {
             group: g,
             leader_hint: None,
         })?;
-        let (tx, mut rx) = oneshot::channel();
-        self.core(leader).propose(g, &cmds, tx);
-        for _ in 0..100 {
-            self.pump();
-            if let Ok(r) = rx.try_recv() {
-                return r;
-            }
-            self.tick();
-        }
-        panic!("proposal to {g} not answered within 100 ticks");
+        self.propose_via(leader, None, g, &cmds)
     }
 
     pub(crate) fn live(&self) -> Vec<NodeId> {
