@@ -1,4 +1,4 @@
-"""Replica placement rules, as pure functions over the routing table (ARCHITECTURE.md).
+"""Replica placement rules, as pure functions over the routing table (docs/ARCHITECTURE.md).
 
 Every data group converges to exactly min(RF, nodes) voters. A joining node becomes a learner of
 the metadata group (always: every node must receive group 0's log to keep its catalog current) and

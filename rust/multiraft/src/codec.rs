@@ -149,7 +149,7 @@ pub fn decode_commands(data: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
     Ok(out)
 }
 
-/// Protobuf encoding of a raft message (raft-rs's own encoding, WIRE.md).
+/// Protobuf encoding of a raft message (raft-rs's own encoding, docs/WIRE.md).
 pub fn encode_pb<M: protobuf::Message>(m: &M) -> Vec<u8> {
     // Writing a well-formed in-memory protobuf message into a Vec cannot fail.
     m.write_to_bytes().unwrap_or_default()

@@ -180,7 +180,7 @@ impl MultiRaftConfig {
                 ),
             );
         }
-        // A chunk must fit in one wire frame (64 MiB payload limit, WIRE.md) with headroom.
+        // A chunk must fit in one wire frame (64 MiB payload limit, docs/WIRE.md) with headroom.
         if self.install_snapshot_chunk_bytes > 32 << 20 {
             return bad("install_snapshot_chunk_bytes", "must be ≤ 32 MiB".into());
         }

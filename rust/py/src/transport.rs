@@ -510,7 +510,7 @@ impl PyTransport {
     }
 
     /// Like `send_rpc_to_addr`, on a connection dialled for this request alone and closed after
-    /// it (never pooled): the join client's path (JOIN.md).
+    /// it (never pooled): the join client's path (docs/JOIN.md).
     fn send_rpc_fresh(
         &self,
         py: Python<'_>,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
-    /// Bound on establishing a connection (handshake included). JOIN.md default rpc timeout.
+    /// Bound on establishing a connection (handshake included). docs/JOIN.md default rpc timeout.
     pub connect_timeout: Duration,
     /// Bound on a whole request/response (connect, write, peer handler, read); also bounds how
     /// long an inbound handler may take before the peer gets an Error reply.

@@ -1,4 +1,4 @@
-//! QUIC transport of nodedb-cluster (WIRE.md "Transport").
+//! QUIC transport of nodedb-cluster (docs/WIRE.md "Transport").
 //!
 //! One quinn endpoint per node (server and client on one UDP socket, ALPN `nodedb-cluster/1`), one
 //! connection per peer reused, one bidirectional stream per request/response, many in flight.

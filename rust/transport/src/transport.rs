@@ -410,7 +410,7 @@ impl Transport {
     }
 
     /// Request/response to `addr` on a connection of its own: dialled for this request, never
-    /// pooled, closed once the reply is read (or dropped with the call). JOIN.md asks a joiner to
+    /// pooled, closed once the reply is read (or dropped with the call). docs/JOIN.md asks a joiner to
     /// send each JoinRequest this way, so no pooled connection (perhaps to a seed that since
     /// restarted) is ever in the path of a join attempt. Connect plus the request are bounded by
     /// `rpc_timeout`; there is no redial (a fresh connection cannot be stale).

@@ -180,7 +180,7 @@ async fn a_peer_that_starts_during_the_connect_is_reached_in_the_same_call() {
     starter.await.unwrap().close().await;
 }
 
-/// JOIN.md: a joiner sends each JoinRequest on a connection of its own. `send_rpc_fresh` dials for
+/// docs/JOIN.md: a joiner sends each JoinRequest on a connection of its own. `send_rpc_fresh` dials for
 /// every call, leaves nothing in the pool and never uses (or disturbs) a pooled connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_rpcs_dial_each_time_and_leave_the_pool_alone() {

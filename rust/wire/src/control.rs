@@ -10,7 +10,7 @@
 //!   group's full state as the formation layer encodes it; opaque here), nodes: [JoinNode],
 //!   routing: RoutingSnapshot | nil, cluster_secret: bin | nil (to an admitted node only),
 //!   permanent: bool (a rejection no retry can cure; absent = false)`
-//!   - JoinNode: `node_id: u64, addr: str, state: u8 (WIRE.md NodeState), wire_version: u32,
+//!   - JoinNode: `node_id: u64, addr: str, state: u8 (docs/WIRE.md NodeState), wire_version: u32,
 //!     spki_pin: bin | nil`
 //!   - RoutingSnapshot: `epoch: u64, vshard_to_group: [u32; 1024], groups: [GroupMembers]`
 //!   - GroupMembers: `group_id: u32, leader: u64 (0 = unknown), members: [u64], learners: [u64]`

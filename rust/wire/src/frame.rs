@@ -1,4 +1,4 @@
-//! The frame of WIRE.md: `version u8 | kind u16 | payload_len u32 | crc32c(payload) u32`, all
+//! The frame of docs/WIRE.md: `version u8 | kind u16 | payload_len u32 | crc32c(payload) u32`, all
 //! little-endian, then the payload. Decoding checks every length before using it and never panics.
 
 use crate::kind::{lookup, KindRow, MessageKind, KINDS};

@@ -150,7 +150,7 @@ kinds! {
     HOST_PROPOSE_RESPONSE = 37, "HostProposeResponse", Active, NONE;
 }
 
-/// Which side answers a kind by default (ARCHITECTURE.md).
+/// Which side answers a kind by default (docs/ARCHITECTURE.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KindRange {
     Control,

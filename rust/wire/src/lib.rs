@@ -1,4 +1,4 @@
-//! Frame codec, message-kind table and control-message schemas of nodedb-cluster (WIRE.md).
+//! Frame codec, message-kind table and control-message schemas of nodedb-cluster (docs/WIRE.md).
 //!
 //! Pure code: no I/O, no clocks. The transport (crate `nodedb-transport`) reads a header, asks
 //! [`FrameHeader::decode`] how long the payload is (after the bound check), reads exactly that many
@@ -25,7 +25,7 @@ pub use kv::{
     ReadMany, ReadOne, KV_VERSION,
 };
 
-/// The node wire version that travels in JoinRequest (WIRE.md "Versions").
+/// The node wire version that travels in JoinRequest (docs/WIRE.md "Versions").
 pub const WIRE_VERSION: u32 = 1;
 /// Oldest peer wire version this build talks to.
 pub const WIRE_VERSION_MIN: u32 = 1;

@@ -45,7 +45,7 @@ proptest! {
         }
         match decode_frame(&bad) {
             // crc32c catches every single-byte payload error and the header fields are
-            // checked; the kind is not checksummed (WIRE.md), so a flip that lands on another
+            // checked; the kind is not checksummed (docs/WIRE.md), so a flip that lands on another
             // valid kind decodes with that kind and the same payload — and nothing else does.
             Ok(frame) => {
                 prop_assert_eq!(mode, 0);
