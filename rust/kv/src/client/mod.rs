@@ -1,5 +1,6 @@
 //! The KV client core: the request path of a process that reaches the cluster over the
-//! network (`nodedb_cluster.Client`, the native load driver).
+//! network (`nodedb_cluster.Client`, the native load driver), or of a node whose own share is
+//! served in process ([`KvClient::serve_locally`]).
 //!
 //! A call is routed (key → vShard → group → leader, [`crate::routing`]), a write is wrapped in
 //! the client's session ([`crate::session`]), and its items are queued per (target node, lane).
@@ -10,28 +11,31 @@
 //!
 //! Wire: [`nodedb_wire::kv`] (`propose_many`, `read_many`). After the deadline an item fails
 //! with `Timeout` if its last attempt timed out, else `Unavailable`.
+//!
+//! Modules: `calls` (requests into items, results into answers), [`state`] (routing, health,
+//! lanes, batching), [`retry`] (the rules of a failed attempt), `wire` (one attempt's bytes),
+//! [`error`].
 
+mod calls;
 pub mod error;
 pub mod retry;
 pub mod state;
+mod wire;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use nodedb_transport::{MessageKind, NodeId, OutboundFrame, Transport, TransportError};
-use nodedb_wire::{KvRequest, KvResponse, ProposeMany, ReadLevel, ReadMany};
+use nodedb_transport::{MessageKind, NodeId, Transport};
 use tokio::runtime::Handle;
 
+use self::calls::{answer, item_error, items_of, Items};
+pub use self::calls::{Answer, Outcome, ReadAt, Request};
 pub use self::error::{Failure, KvError, SubmitError};
 use self::retry::{judge, when, When};
 use self::state::{Batch, Call, CallKind, Finished, Item, Lane, LaneKey, Progress, State};
-use crate::command::{KvCommand, KvResult};
+use self::wire::{decode_reply, encode_request, serve_here, Decoded, Rpc};
 use crate::routing::Routing;
 use crate::serve::KvServer;
 use crate::session::SessionState;
@@ -44,70 +48,11 @@ pub const TIMEOUT_S_MAX: f64 = 86_400.0;
 /// Nodes named in a probe's "wl" (the nodes the client avoids), at most.
 const AVOIDED_IN_REQUEST_MAX: usize = 16;
 
-/// What a finished call gives its caller (by the kind of call).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// A put (or every put of a batch) applied; `refused` names the first the state machine
-    /// refused (an undecodable command: every replica answers the same).
-    Written { refused: Option<String> },
-    /// A delete applied; whether the key existed.
-    Deleted { existed: bool },
-    /// A compare-and-set applied; whether the value matched (and was replaced).
-    Swapped { applied: bool },
-    /// One read's value.
-    Value(Option<Vec<u8>>),
-    /// A batch read's values, in order.
-    Values(Vec<Option<Vec<u8>>>),
-}
-
 /// Whom a call tells when it finishes: called exactly once, on a runtime thread or the thread
 /// that closed the client, never with the client's lock held.
 pub trait Completion: Send + 'static {
     fn complete(self: Box<Self>, outcome: Result<Answer, Failure>);
 }
-
-/// One call of a caller.
-#[derive(Debug, Clone)]
-pub enum Request {
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    Delete {
-        key: Vec<u8>,
-    },
-    Cas {
-        key: Vec<u8>,
-        expected: Option<Vec<u8>>,
-        value: Vec<u8>,
-    },
-    PutMany(Vec<(Vec<u8>, Vec<u8>)>),
-    Get {
-        key: Vec<u8>,
-        read: ReadAt,
-    },
-    GetMany {
-        keys: Vec<Vec<u8>>,
-        read: ReadAt,
-    },
-}
-
-/// How a read is served: its level and the staleness a lease or follower read accepts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ReadAt {
-    pub level: ReadLevel,
-    pub max_staleness_s: f64,
-}
-
-impl ReadAt {
-    pub const LINEARIZABLE: ReadAt = ReadAt {
-        level: ReadLevel::Linearizable,
-        max_staleness_s: 0.0,
-    };
-}
-
-/// Per-item results, or the failure of the item that ended the call.
-pub type Outcome = Result<Vec<Option<Vec<u8>>>, Failure>;
 
 /// The deadline of a call that may take `timeout_s` (at most [`TIMEOUT_S_MAX`]).
 pub fn deadline_in(timeout_s: f64) -> Result<Instant, KvError> {
@@ -596,95 +541,6 @@ impl KvClient {
     }
 }
 
-/// One attempt's answer, from a peer or from this node's own server.
-type Rpc<'a> = Pin<Box<dyn Future<Output = Result<OutboundFrame, TransportError>> + Send + 'a>>;
-
-/// Serve a request on this node's own server, as a peer would answer it (a handler error comes
-/// back as the Error message a peer would send).
-async fn serve_here(
-    server: Weak<KvServer>,
-    payload: Bytes,
-) -> Result<OutboundFrame, TransportError> {
-    let server = server.upgrade().ok_or(TransportError::Closed)?;
-    let remote = |code: &str, message: &str| TransportError::Remote {
-        code: code.into(),
-        message: message.into(),
-    };
-    let served = server.serve_fast(&payload).ok_or_else(|| {
-        remote(
-            "no_handler",
-            "this node's fast path does not serve this request",
-        )
-    })?;
-    match served.await {
-        Ok(Some(frame)) => Ok(frame),
-        Ok(None) => Err(remote("no_reply", "this node's server gave no reply")),
-        Err(err) => Err(TransportError::Remote {
-            code: err.code,
-            message: err.message,
-        }),
-    }
-}
-
-fn item_error(group: u64, error: KvError) -> SubmitError {
-    SubmitError::Item(Failure { group, error })
-}
-
-/// (routing key, payload) of each item of a call: a read's payload is its key, a write's its
-/// encoded command.
-type Items = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// The kind, lane and items of a request.
-fn items_of(request: Request) -> Result<(CallKind, Lane, Items), SubmitError> {
-    let put = |key: Vec<u8>, value: Vec<u8>| {
-        let cmd = KvCommand::Put {
-            key: key.clone(),
-            value,
-        }
-        .encode();
-        (key, cmd)
-    };
-    let read_lane = |read: ReadAt| {
-        let stale_s = read.max_staleness_s;
-        if !stale_s.is_finite() || stale_s < 0.0 {
-            let text = format!("max_staleness_s must be >= 0, got {stale_s}");
-            return Err(item_error(0, KvError::Invalid(text)));
-        }
-        Ok(Lane::read(read.level, stale_s))
-    };
-    Ok(match request {
-        Request::Put { key, value } => (CallKind::Put, Lane::Propose, vec![put(key, value)]),
-        Request::PutMany(pairs) => (
-            CallKind::PutMany,
-            Lane::Propose,
-            pairs.into_iter().map(|(k, v)| put(k, v)).collect(),
-        ),
-        Request::Delete { key } => {
-            let cmd = KvCommand::Delete { key: key.clone() }.encode();
-            (CallKind::Delete, Lane::Propose, vec![(key, cmd)])
-        }
-        Request::Cas {
-            key,
-            expected,
-            value,
-        } => {
-            let cmd = KvCommand::Cas {
-                key: key.clone(),
-                expected,
-                value,
-            }
-            .encode();
-            (CallKind::Cas, Lane::Propose, vec![(key, cmd)])
-        }
-        Request::Get { key, read } => (CallKind::Get, read_lane(read)?, vec![(key.clone(), key)]),
-        Request::GetMany { keys, read } => (
-            CallKind::GetMany,
-            read_lane(read)?,
-            keys.into_iter().map(|k| (k.clone(), k)).collect(),
-        ),
-    })
-}
-
 /// Hand each finished call to its completion (outside the client's lock).
 fn resolve(finished: Vec<Finished>) {
     for f in finished {
@@ -696,138 +552,6 @@ fn resolve(finished: Vec<Finished>) {
             .take();
         if let Some(completion) = completion {
             completion.complete(answer(&f.call, f.outcome));
-        }
-    }
-}
-
-fn encode_request(
-    lane: Lane,
-    items: &[Item],
-    timeout_ms: u64,
-    avoid: Option<Vec<u64>>,
-) -> Result<Bytes, KvError> {
-    let groups = items.iter().map(|i| i.group).collect();
-    let list = items
-        .iter()
-        .map(|i| Cow::Borrowed(i.payload.as_slice()))
-        .collect();
-    let request = match lane {
-        Lane::Propose => KvRequest::ProposeMany(ProposeMany {
-            groups,
-            commands: list,
-            timeout_ms,
-            avoid,
-        }),
-        Lane::Read { level, .. } => KvRequest::ReadMany(ReadMany {
-            groups,
-            keys: list,
-            level,
-            stale_s: lane.stale_s(),
-            timeout_ms,
-        }),
-    };
-    request
-        .encode()
-        .map(Bytes::from)
-        .map_err(|e| KvError::Invalid(format!("cannot encode a kv request: {e}")))
-}
-
-/// One result per item and the groups that failed.
-type Decoded = (Vec<Option<Vec<u8>>>, HashMap<u64, KvError>);
-
-/// One result per item and the groups that failed, or the error of the whole request.
-fn decode_reply(frame: &OutboundFrame, lane: Lane, count: usize) -> Result<Decoded, KvError> {
-    if frame.kind != MessageKind::KV_RESPONSE {
-        return Err(KvError::Malformed(format!(
-            "answered kv with kind {}",
-            frame.kind.number()
-        )));
-    }
-    let reply =
-        KvResponse::decode(&frame.payload).map_err(|e| KvError::Malformed(e.to_string()))?;
-    let stale = |age_s| KvError::Stale {
-        age_s,
-        max_s: lane.stale_s(),
-    };
-    match reply {
-        KvResponse::Results(r) => {
-            if r.results.len() != count {
-                return Err(KvError::Malformed(format!(
-                    "{} results for {count} items",
-                    r.results.len()
-                )));
-            }
-            let mut failed = HashMap::new();
-            for (group, hint) in r.not_leader {
-                failed.insert(group, KvError::NotLeader { hint });
-            }
-            for group in r.unknown {
-                failed.insert(group, KvError::LeadershipLost);
-            }
-            for (group, age_s) in r.stale {
-                failed.insert(group, stale(age_s));
-            }
-            let results = r
-                .results
-                .into_iter()
-                .map(|v| v.map(Cow::into_owned))
-                .collect();
-            Ok((results, failed))
-        }
-        KvResponse::NotLeader { leader } => Err(KvError::NotLeader { hint: leader }),
-        KvResponse::Stale { age_s } => Err(stale(age_s)),
-        KvResponse::Routing { .. } => {
-            Err(KvError::Malformed("kv response without a result".into()))
-        }
-    }
-}
-
-/// A write's result; a session copy refused as already answered is an unknown outcome.
-fn written(result: Option<&Vec<u8>>) -> Result<KvResult, KvError> {
-    let bytes = result.ok_or_else(|| KvError::Malformed("a write without a result".into()))?;
-    match KvResult::decode(bytes) {
-        Ok(KvResult::Duplicate) => Err(KvError::OutcomeUnknown),
-        Ok(result) => Ok(result),
-        Err(e) => Err(KvError::Malformed(format!("kv result: {e}"))),
-    }
-}
-
-/// The answer a finished call gives, by its kind.
-fn answer(call: &Call, outcome: Outcome) -> Result<Answer, Failure> {
-    let mut results = outcome?;
-    let fail = |i: usize, error: KvError| Failure {
-        group: call.groups.get(i).copied().unwrap_or(0),
-        error,
-    };
-    match call.kind {
-        CallKind::Get => Ok(Answer::Value(results.pop().flatten())),
-        CallKind::GetMany => Ok(Answer::Values(results)),
-        CallKind::Put | CallKind::PutMany => {
-            let mut refused = None;
-            for (i, r) in results.iter().enumerate() {
-                if let KvResult::Invalid { reason } = written(r.as_ref()).map_err(|e| fail(i, e))? {
-                    refused.get_or_insert(reason);
-                }
-            }
-            Ok(Answer::Written { refused })
-        }
-        CallKind::Delete => {
-            let status =
-                written(results.first().and_then(Option::as_ref)).map_err(|e| fail(0, e))?;
-            Ok(Answer::Deleted {
-                existed: matches!(status, KvResult::Ok { .. }),
-            })
-        }
-        CallKind::Cas => {
-            match written(results.first().and_then(Option::as_ref)).map_err(|e| fail(0, e))? {
-                KvResult::Invalid { reason } => Err(fail(
-                    0,
-                    KvError::Invalid(format!("cas refused: {reason:?}")),
-                )),
-                status => Ok(Answer::Swapped {
-                    applied: matches!(status, KvResult::Ok { .. }),
-                }),
-            }
         }
     }
 }

@@ -1,7 +1,14 @@
 //! The client core's wire and answer rules, without a network.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use nodedb_transport::{MessageKind, OutboundFrame};
+use nodedb_wire::{KvRequest, KvResponse, KvResults, ReadLevel};
+
+use super::calls::written;
 use super::*;
-use nodedb_wire::KvResults;
+use crate::command::{KvCommand, KvResult};
 
 fn frame(payload: Vec<u8>) -> OutboundFrame {
     OutboundFrame {

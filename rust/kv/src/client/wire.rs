@@ -1,0 +1,134 @@
+//! One attempt on the wire: the request of a batch of items ([`nodedb_wire::kv`]), the reply
+//! decoded into per-item results and per-group failures, and this node's own server standing
+//! in for a peer.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Weak;
+
+use bytes::Bytes;
+use nodedb_transport::{MessageKind, OutboundFrame, TransportError};
+use nodedb_wire::{KvRequest, KvResponse, ProposeMany, ReadMany};
+
+use super::error::KvError;
+use super::state::{Item, Lane};
+use crate::serve::KvServer;
+
+/// One attempt's answer, from a peer or from this node's own server.
+pub(super) type Rpc<'a> =
+    Pin<Box<dyn Future<Output = Result<OutboundFrame, TransportError>> + Send + 'a>>;
+
+/// Serve a request on this node's own server, as a peer would answer it (a handler error comes
+/// back as the Error message a peer would send).
+pub(super) async fn serve_here(
+    server: Weak<KvServer>,
+    payload: Bytes,
+) -> Result<OutboundFrame, TransportError> {
+    let server = server.upgrade().ok_or(TransportError::Closed)?;
+    let remote = |code: &str, message: &str| TransportError::Remote {
+        code: code.into(),
+        message: message.into(),
+    };
+    let served = server.serve_fast(&payload).ok_or_else(|| {
+        remote(
+            "no_handler",
+            "this node's fast path does not serve this request",
+        )
+    })?;
+    match served.await {
+        Ok(Some(frame)) => Ok(frame),
+        Ok(None) => Err(remote("no_reply", "this node's server gave no reply")),
+        Err(err) => Err(TransportError::Remote {
+            code: err.code,
+            message: err.message,
+        }),
+    }
+}
+
+pub(super) fn encode_request(
+    lane: Lane,
+    items: &[Item],
+    timeout_ms: u64,
+    avoid: Option<Vec<u64>>,
+) -> Result<Bytes, KvError> {
+    let groups = items.iter().map(|i| i.group).collect();
+    let list = items
+        .iter()
+        .map(|i| Cow::Borrowed(i.payload.as_slice()))
+        .collect();
+    let request = match lane {
+        Lane::Propose => KvRequest::ProposeMany(ProposeMany {
+            groups,
+            commands: list,
+            timeout_ms,
+            avoid,
+        }),
+        Lane::Read { level, .. } => KvRequest::ReadMany(ReadMany {
+            groups,
+            keys: list,
+            level,
+            stale_s: lane.stale_s(),
+            timeout_ms,
+        }),
+    };
+    request
+        .encode()
+        .map(Bytes::from)
+        .map_err(|e| KvError::Invalid(format!("cannot encode a kv request: {e}")))
+}
+
+/// One result per item and the groups that failed.
+pub(super) type Decoded = (Vec<Option<Vec<u8>>>, HashMap<u64, KvError>);
+
+/// One result per item and the groups that failed, or the error of the whole request.
+pub(super) fn decode_reply(
+    frame: &OutboundFrame,
+    lane: Lane,
+    count: usize,
+) -> Result<Decoded, KvError> {
+    if frame.kind != MessageKind::KV_RESPONSE {
+        return Err(KvError::Malformed(format!(
+            "answered kv with kind {}",
+            frame.kind.number()
+        )));
+    }
+    let reply =
+        KvResponse::decode(&frame.payload).map_err(|e| KvError::Malformed(e.to_string()))?;
+    let stale = |age_s| KvError::Stale {
+        age_s,
+        max_s: lane.stale_s(),
+    };
+    match reply {
+        KvResponse::Results(r) => {
+            if r.results.len() != count {
+                return Err(KvError::Malformed(format!(
+                    "{} results for {count} items",
+                    r.results.len()
+                )));
+            }
+            let mut failed = HashMap::new();
+            for (group, hint) in r.not_leader {
+                failed.insert(group, KvError::NotLeader { hint });
+            }
+            for group in r.unknown {
+                failed.insert(group, KvError::LeadershipLost);
+            }
+            for (group, age_s) in r.stale {
+                failed.insert(group, stale(age_s));
+            }
+            let results = r
+                .results
+                .into_iter()
+                .map(|v| v.map(Cow::into_owned))
+                .collect();
+            Ok((results, failed))
+        }
+        KvResponse::NotLeader { leader } => Err(KvError::NotLeader { hint: leader }),
+        KvResponse::Stale { age_s } => Err(stale(age_s)),
+        KvResponse::Routing { .. } => {
+            Err(KvError::Malformed("kv response without a result".into()))
+        }
+    }
+}
