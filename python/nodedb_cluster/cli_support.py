@@ -55,7 +55,8 @@ async def fetch_status(addr: str, credentials: Credentials, timeout_s: float) ->
 
 
 def format_status(doc: dict[str, object]) -> str:
-    """A human-readable status: the node, the members, the groups."""
+    """A human-readable status: the node, the members (with SWIM's verdict), the groups (a group
+    with a member SWIM declares DEAD is flagged: it runs on fewer replicas than it lists)."""
     lines = [
         f"node {doc['node_id']}  lifecycle {doc['lifecycle']}  cluster {doc['cluster_id']}",
         f"topology v{doc['topology_version']}  routing epoch {doc['routing_epoch']}  "
@@ -63,9 +64,16 @@ def format_status(doc: dict[str, object]) -> str:
     ]
     if doc.get("no_space"):
         lines.append(f"NO_SPACE: {doc['no_space']}")
-    lines += ["", f"{'NODE':>6}  {'ADDRESS':<22} STATE"]
+    swim = {int(m[0]): m for m in doc.get("members") or ()}  # type: ignore[attr-defined]
+    lines += ["", f"{'NODE':>6}  {'ADDRESS':<22} {'MEMBER':<9} {'SWIM':<8} LAST CONTACT"]
     for node_id, addr, state in doc["nodes"]:  # type: ignore[attr-defined]
-        lines.append(f"{node_id:>6}  {addr:<22} {state}")
+        if node_id == doc["node_id"]:
+            health, contact = "self", "-"
+        elif node_id in swim:
+            health, contact = str(swim[node_id][1]), _ago(swim[node_id][3])
+        else:
+            health, contact = "-", "-"  # SWIM off here, or the node has no SWIM address
+        lines.append(f"{node_id:>6}  {addr:<22} {state:<9} {health:<8} {contact}")
     lines += [
         "",
         f"{'GROUP':>5}  {'ROLE':<13} {'LEADER':>6} {'TERM':>5} {'COMMIT':>7} "
@@ -75,8 +83,16 @@ def format_status(doc: dict[str, object]) -> str:
         members = (
             ",".join(map(str, g["voters"])) + " / " + (",".join(map(str, g["learners"])) or "-")
         )
+        dead = g.get("dead") or []
+        flag = f"  DEAD: {','.join(map(str, dead))}" if dead else ""
         lines.append(
             f"{g['group_id']:>5}  {g['role']:<13} {g['leader']:>6} {g['term']:>5} "
-            f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7}  {members}"
+            f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7}  {members}{flag}"
         )
     return "\n".join(lines)
+
+
+def _ago(ms: object) -> str:
+    if not isinstance(ms, int):
+        return "never"
+    return f"{ms / 1000:.1f} s ago"

@@ -26,15 +26,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from nodedb_cluster.addr import SocketAddr, parse_socket_addr
+from nodedb_cluster.docstrings import field_docs, first_sentence
 from nodedb_cluster.errors import ConfigError, InvalidAddress
 from nodedb_cluster.formation.join_token import TOKEN_HEX_CHARS, parse_token
 from nodedb_cluster.formation.retry import JoinRetryPolicy
@@ -60,6 +62,22 @@ INSTALL_SNAPSHOT_CHUNK_BYTES_MAX: Final = 64 * 1024 * 1024
 ORPHAN_PARTIAL_MAX_AGE_SECS_MAX: Final = 7 * 24 * 3600
 
 DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: Final = 4 * 1024 * 1024
+SWIM_PORT_OFFSET: Final = 1
+"""SWIM's default UDP port is the listen port + 1, on the listen IP. QUIC owns the listen port's
+UDP socket, so SWIM needs a port of its own; deriving it leaves nothing to configure, and a
+fixed port would collide between nodes that share one IP."""
+SWIM_OFF: Final = "off"
+"""The `swim_udp_addr` value (TOML, `--swim-udp-addr off`) that turns SWIM off."""
+
+
+class _DerivedSwimAddr:
+    """Marker default of `swim_udp_addr`: replaced at construction by listen IP, port + 1."""
+
+    def __repr__(self) -> str:
+        return "<listen port + 1>"
+
+
+SWIM_UDP_ADDR_DEFAULT: Final = cast(SocketAddr, _DerivedSwimAddr())
 
 _TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
 _ADDR_FIELDS: Final = frozenset({"listen_addr", "swim_udp_addr", "metrics_addr"})
@@ -93,7 +111,7 @@ class ClusterConfig:
     listen_addr: SocketAddr
     """The QUIC address peers reach this node on (also its identity in the seed order)."""
     data_dir: Path
-    """Holds `catalog/`, `raft/` and `snapshots/`."""
+    """This node's directory: `catalog/`, `raft/`, `snapshots/`, the audit log."""
     seed_nodes: tuple[SocketAddr, ...] = ()
     """Addresses to join through; the smallest bootstraps. Ignored once the catalog is formed."""
     num_groups: int = 4
@@ -117,8 +135,10 @@ class ClusterConfig:
     """The operator's token admitting this node id (`nodedb-cluster join-token`, 96 hex
     characters); needed to join an mTLS cluster that does not list this node's address among its
     seeds. Ignored once the node belongs to a cluster. A bearer credential: kept out of repr."""
-    swim_udp_addr: SocketAddr | None = None
-    """UDP address for SWIM membership; None disables SWIM."""
+    swim_udp_addr: SocketAddr | None = SWIM_UDP_ADDR_DEFAULT
+    """UDP address of SWIM, the failure detector (default: the listen IP, listen port + 1;
+    `off` turns it off). Its datagrams are keyed by the cluster secret. From Python, None is
+    off."""
     cluster_secret_path: Path | None = None
     """File with the cluster secret (16..4096 raw bytes, same on every node) keying SWIM's HMAC;
     required to run SWIM unless swim_insecure (checked when SWIM starts: membership/secret.py)."""
@@ -223,10 +243,14 @@ class ClusterConfig:
         return cls.from_mapping(_merge(raw, overrides or {}))
 
     def to_mapping(self) -> dict[str, object]:
-        """The TOML-shaped form `from_mapping` accepts (None fields left out); round-trips."""
+        """The TOML-shaped form `from_mapping` accepts (None fields left out, but SWIM off is
+        written `"off"`); round-trips."""
         out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name == "swim_udp_addr":
+                out[f.name] = SWIM_OFF  # absent would mean the default: on
+                continue
             if value is None:
                 continue
             if isinstance(value, SocketAddr | Path):
@@ -267,6 +291,8 @@ class ClusterConfig:
                 raise ConfigError(name, f"expected a path, got {type(value).__name__}")
         if self.data_dir is None:
             raise ConfigError("data_dir", "required")
+        if self.swim_udp_addr is SWIM_UDP_ADDR_DEFAULT:
+            object.__setattr__(self, "swim_udp_addr", _derived_swim_addr(self.listen_addr))
 
     def _check_identity(self) -> None:
         check_int("node_id", self.node_id, 1, U64_MAX)
@@ -388,56 +414,100 @@ class ClusterConfig:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add `--config PATH` and one flag per field (`--node-id`, `--seed-nodes A,B`, ...).
+    """Add `--config PATH` and one flag per field (`--node-id`, `--seed-nodes A,B`, ...), each with
+    the first sentence of the field's docstring as its help (`docstrings.field_docs`).
 
     Flags left out keep the TOML value (or the default); given flags override it.
     """
+    required = parser.add_argument_group(
+        "required (as flags, or in the --config file)",
+    )
     group = parser.add_argument_group("cluster configuration")
-    group.add_argument("--config", dest="config_path", metavar="PATH", help="TOML config file")
+    group.add_argument(
+        "--config",
+        dest="config_path",
+        metavar="PATH",
+        help="TOML file with these settings (keys: the flag names with '_'); flags override it",
+    )
+    docs = field_docs(ClusterConfig)
     for f in dataclasses.fields(ClusterConfig):
         if f.name in _TABLES:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        target = required if f.name in _REQUIRED_FIELDS else group
+        help_text = _help(docs.get(f.name, ""), _default_text(f))
         if f.name in _BOOL_FIELDS:
-            group.add_argument(
-                flag, dest=_dest(f.name), action=argparse.BooleanOptionalAction, default=None
+            target.add_argument(
+                _flag(f.name),
+                dest=_dest(f.name),
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
-        elif f.name == "seed_nodes":
-            group.add_argument(flag, dest=_dest(f.name), metavar="ADDR,ADDR,...", default=None)
         else:
-            group.add_argument(flag, dest=_dest(f.name), default=None)
-    for key in _table_keys():
-        group.add_argument("--" + key.replace("_", "-").replace(".", "-"), dest=_dest(key))
+            target.add_argument(
+                _flag(f.name), dest=_dest(f.name), metavar=_metavar(f.name), help=help_text
+            )
+    for name, table in _TABLES.items():
+        table_docs = field_docs(table)
+        defaults = table()
+        for t in dataclasses.fields(table):
+            key = f"{name}.{t.name}"
+            group.add_argument(
+                _flag(key),
+                dest=_dest(key),
+                metavar=_metavar(t.name),
+                help=_help(table_docs.get(t.name, ""), f"default: {getattr(defaults, t.name)}"),
+            )
 
 
 def config_from_args(namespace: argparse.Namespace) -> ClusterConfig:
-    """The config the parsed flags describe: `--config` file (if given) overlaid by every flag."""
+    """The config the parsed flags describe: `--config` file (if given) overlaid by every flag.
+    A refusal names the flag when the value came from one (`name_config_error`)."""
     overrides: dict[str, object] = {}
-    for f in dataclasses.fields(ClusterConfig):
-        if f.name in _TABLES:
-            continue
-        value = getattr(namespace, _dest(f.name), None)
-        if value is None:
-            continue
-        if f.name in _BOOL_FIELDS:
-            overrides[f.name] = value
-        elif f.name == "seed_nodes":
-            overrides[f.name] = [part.strip() for part in str(value).split(",") if part.strip()]
-        elif f.name in _ADDR_FIELDS or f.name in _PATH_FIELDS or f.name in _STR_FIELDS:
-            overrides[f.name] = str(value)
-        else:
-            overrides[f.name] = _int_from_text(f.name, str(value))
-    tables: dict[str, dict[str, object]] = {}
-    for key in _table_keys():
-        value = getattr(namespace, _dest(key), None)
-        if value is not None:
-            name, _, sub = key.partition(".")
-            tables.setdefault(name, {})[sub] = _int_from_text(key, str(value))
-    overrides.update(tables)
+    try:
+        for f in dataclasses.fields(ClusterConfig):
+            if f.name in _TABLES:
+                continue
+            value = getattr(namespace, _dest(f.name), None)
+            if value is None:
+                continue
+            if f.name in _BOOL_FIELDS:
+                overrides[f.name] = value
+            elif f.name == "seed_nodes":
+                overrides[f.name] = [part.strip() for part in str(value).split(",") if part.strip()]
+            elif f.name in _ADDR_FIELDS or f.name in _PATH_FIELDS or f.name in _STR_FIELDS:
+                overrides[f.name] = str(value)
+            else:
+                overrides[f.name] = _int_from_text(f.name, str(value))
+        tables: dict[str, dict[str, object]] = {}
+        for key in _table_keys():
+            value = getattr(namespace, _dest(key), None)
+            if value is not None:
+                name, _, sub = key.partition(".")
+                tables.setdefault(name, {})[sub] = _int_from_text(key, str(value))
+        overrides.update(tables)
+        config_path = getattr(namespace, "config_path", None)
+        if config_path is not None:
+            return ClusterConfig.from_toml(config_path, overrides)
+        return ClusterConfig.from_mapping(overrides)
+    except ConfigError as e:
+        raise name_config_error(e, namespace) from e
+
+
+def name_config_error(error: ConfigError, namespace: argparse.Namespace) -> ConfigError:
+    """`error` as the user wrote the value: `--tls-ca-path` when it came from a flag (or there is
+    no config file, so every setting is a flag or a default), `tls_ca_path in node.toml` when it
+    came from the file. Also for refusals at start (key modes, certificate identity)."""
+    if error.field.startswith("--") or error.field == "config":
+        return error
     config_path = getattr(namespace, "config_path", None)
-    if config_path is not None:
-        return ClusterConfig.from_toml(config_path, overrides)
-    return ClusterConfig.from_mapping(overrides)
+    from_flag = getattr(namespace, _dest(error.field), None) is not None
+    if config_path is None:
+        reason = _field_names_re().sub(lambda m: _flag(m.group(0)), error.reason)
+        return ConfigError(_flag(error.field), reason)
+    if from_flag:
+        return ConfigError(_flag(error.field), error.reason)
+    return ConfigError(f"{error.field} in {config_path}", error.reason)
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -445,6 +515,63 @@ def config_from_args(namespace: argparse.Namespace) -> ClusterConfig:
 
 def _dest(name: str) -> str:
     return "cfg_" + name.replace(".", "_")
+
+
+@functools.cache
+def _field_names_re() -> re.Pattern[str]:
+    """Any setting's name (`tls_ca_path`, `swim.probe_interval_ms`) as a whole word."""
+    names = [f.name for f in dataclasses.fields(ClusterConfig)] + _table_keys()
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<![\w.-])(?:{alternatives})(?![\w-])")
+
+
+def _flag(name: str) -> str:
+    """`tls_ca_path` -> `--tls-ca-path`, `swim.probe_interval_ms` -> `--swim-probe-interval-ms`."""
+    return "--" + name.replace("_", "-").replace(".", "-")
+
+
+_METAVARS: Final = {
+    "node_id": "ID",
+    "seed_nodes": "IP:PORT,...",
+    "swim_udp_addr": "IP:PORT|off",
+    "data_dir": "DIR",
+    "join_token": "TOKEN",
+}
+_UNIT_METAVARS: Final = (("_ms", "MS"), ("_secs", "SECS"), ("_bytes", "BYTES"))
+
+
+def _metavar(name: str) -> str:
+    """A readable placeholder: what the value is (an address, a path, a unit), not CFG_*."""
+    if name in _METAVARS:
+        return _METAVARS[name]
+    if name in _ADDR_FIELDS:
+        return "IP:PORT"
+    if name in _PATH_FIELDS:
+        return "PATH"
+    for suffix, metavar in _UNIT_METAVARS:
+        if name.endswith(suffix):
+            return metavar
+    return "N"
+
+
+def _default_text(f: dataclasses.Field[object]) -> str:
+    if f.name in _REQUIRED_FIELDS:
+        return "required"
+    if f.name == "swim_udp_addr":
+        return ""  # its docstring says it
+    if f.default is dataclasses.MISSING or f.default is None or f.default == ():
+        return "default: none"
+    if isinstance(f.default, bool):
+        return "default: on" if f.default else "default: off"
+    return f"default: {f.default}"
+
+
+def _help(doc: str, suffix: str) -> str:
+    """One line of help from a docstring, with the default; '%' escaped for argparse."""
+    text = first_sentence(doc) if doc else ""
+    if suffix:
+        text = f"{text} ({suffix})" if text else suffix
+    return text.replace("%", "%%")
 
 
 def _table_keys() -> list[str]:
@@ -460,6 +587,8 @@ def _int_from_text(name: str, text: str) -> int:
 
 def _convert(key: str, value: object) -> object:
     """One raw (TOML-shaped) value to the field's type; type mismatches name the field."""
+    if key == "swim_udp_addr" and value == SWIM_OFF:
+        return None  # from_mapping passes it on: SWIM off, not the default
     if key in _ADDR_FIELDS:
         return _addr(key, value)
     if key == "seed_nodes":
@@ -485,6 +614,21 @@ def _convert(key: str, value: object) -> object:
             raise ConfigError(key, f"expected true or false, got {type(value).__name__} {value!r}")
         return value
     return require_int(key, value)
+
+
+def _derived_swim_addr(listen_addr: object) -> SocketAddr | None:
+    """The default SWIM address for `listen_addr` (left for `_check_identity` to refuse when
+    listen_addr is not an address)."""
+    if not isinstance(listen_addr, SocketAddr):
+        return None
+    port = listen_addr.port + SWIM_PORT_OFFSET
+    if port > 65535:
+        raise ConfigError(
+            "swim_udp_addr",
+            f"listen port {listen_addr.port} leaves no default SWIM port (listen port + "
+            f"{SWIM_PORT_OFFSET}): give swim_udp_addr, or {SWIM_OFF!r}",
+        )
+    return dataclasses.replace(listen_addr, port=port)
 
 
 def _addr(key: str, value: object) -> SocketAddr:

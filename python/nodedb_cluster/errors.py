@@ -22,7 +22,9 @@ class ConfigError(ClusterError, ValueError):
     """A configuration value or combination is invalid; names the offending field."""
 
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"invalid config field {field!r}: {reason}")
+        # A command-line flag is named as typed (`--tls-ca-path`); a config key is quoted.
+        named = field if field.startswith("--") else f"config field {field!r}"
+        super().__init__(f"invalid {named}: {reason}")
         self.field = field
         self.reason = reason
 

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.cli_support import READY_PREFIX, fetch_status
-from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.config import SWIM_PORT_OFFSET, ClusterConfig
 from nodedb_cluster.errors import ClusterError, Timeout
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.transport import Credentials, Insecure, Mtls, generate_cluster_credentials
@@ -52,15 +52,20 @@ class NodeProcessError(ClusterError):
 
 
 def free_port(hosts: Iterable[str]) -> int:
-    """A UDP port free on every one of `hosts` right now (the OS may hand it out again later)."""
+    """A UDP port free on every one of `hosts` right now, and so is the next one (SWIM's default
+    port, listen port + 1: `config.SWIM_PORT_OFFSET`); the OS may hand them out again later."""
+    hosts = list(hosts)
     for _ in range(64):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((next(iter(hosts)), 0))
+            probe.bind((hosts[0], 0))
             port = int(probe.getsockname()[1])
+        if port + SWIM_PORT_OFFSET > 65535:
+            continue
         try:
             for host in hosts:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    s.bind((host, port))
+                for p in (port, port + SWIM_PORT_OFFSET):
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                        s.bind((host, p))
         except OSError:
             continue
         return port

@@ -21,6 +21,10 @@ from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
 from nodedb_cluster.transport import Peer, Reply
 
+SwimView = tuple[int, str, int, int | None]
+"""One SWIM member as status reports it: (node id, ALIVE|SUSPECT|DEAD|LEFT, incarnation, ms since
+a datagram from it last arrived, None if none ever did)."""
+
 
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
@@ -40,12 +44,19 @@ class NodeStatus:
     kv_digests: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     """(applied index, key count, digest) per local KV replica: equal on two nodes = same state
     (the fault harness compares them across replicas after healing)."""
-    members: tuple[tuple[int, str, int], ...] = ()
-    """SWIM's view: (node id, swim state name, incarnation) per other node; () without SWIM."""
+    members: tuple[SwimView, ...] = ()
+    """SWIM's view: (node id, state name, incarnation, ms since its last datagram or None) per
+    other node; () without SWIM."""
     no_space: str | None = None
     """Set while the node is NO_SPACE (writes refused, reads served): why; `Node.no_space`."""
 
+    def dead_nodes(self) -> set[int]:
+        """The nodes SWIM declares DEAD: the topology still lists them ACTIVE and voting (only an
+        operator removes a member), so status must say it."""
+        return {m[0] for m in self.members if m[1] == "DEAD"}
+
     def to_doc(self) -> dict[str, object]:
+        dead = self.dead_nodes()
         return {
             "node_id": self.node_id,
             "lifecycle": self.lifecycle,
@@ -69,6 +80,7 @@ class NodeStatus:
                     "learners": list(g.learners),
                     "vshards": self.vshards_per_group.get(g.group_id, 0),
                     "kv": list(self.kv_digests.get(g.group_id, ())),
+                    "dead": sorted(dead.intersection((*g.voters, *g.learners))),
                 }
                 for g in self.groups
             ],
@@ -82,7 +94,7 @@ class NodeIdentity:
     node_id: int
     cluster_id: str
     lifecycle: str
-    members: tuple[tuple[int, str, int], ...]
+    members: tuple[SwimView, ...]
     no_space: str | None
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.membership.secret import read_cluster_secret
+from nodedb_cluster.status import SwimView
 from nodedb_cluster.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,21 @@ class SwimWiring:
         hooks run in the order they were added."""
         self._dead_hooks.append(hook)
 
-    def view(self) -> tuple[tuple[int, str, int], ...]:
-        """(node id, state name, incarnation) per other member; () without SWIM."""
+    def view(self) -> tuple[SwimView, ...]:
+        """(node id, state name, incarnation, ms since its last datagram) per other member, as
+        status reports it; () without SWIM."""
         if self.swim is None:
             return ()
-        return tuple((m.node_id, m.state.name, m.incarnation) for m in self.swim.members())
+        now_ms = self.swim.now_ms()
+        return tuple(
+            (
+                m.node_id,
+                m.state.name,
+                m.incarnation,
+                None if m.last_contact_ms is None else max(0, now_ms - m.last_contact_ms),
+            )
+            for m in self.swim.members()
+        )
 
     def _on_member_changed(self, event: MemberChanged) -> None:
         log.info(

@@ -236,7 +236,7 @@ def _addr_text(addr: str | SocketAddr) -> str:
 class Transport:
     """One QUIC endpoint bound to `listen_addr` (port 0 → ephemeral; see `local_addr`)."""
 
-    __slots__ = ("_core", "_handler", "_loop", "_tasks")
+    __slots__ = ("_core", "_handler", "_insecure", "_loop", "_tasks")
 
     def __init__(
         self,
@@ -249,12 +249,7 @@ class Transport:
         keep_alive_interval: float = KEEP_ALIVE_INTERVAL_SECS_DEFAULT,
         idle_timeout: float = IDLE_TIMEOUT_SECS_DEFAULT,
     ) -> None:
-        if isinstance(credentials, Insecure):
-            _log.warning(
-                "node %d: INSECURE transport on %s: peers are not authenticated",
-                node_id,
-                listen_addr,
-            )
+        self._insecure = isinstance(credentials, Insecure)
         self._core = _core.Transport(
             node_id,
             _addr_text(listen_addr),
@@ -378,7 +373,16 @@ class Transport:
         await future
 
     def serve(self, handler: Handler | None) -> None:
-        """Answer inbound frames without a Rust handler with `handler`, on the running loop."""
+        """Answer inbound frames without a Rust handler with `handler`, on the running loop.
+
+        An insecure endpoint warns here, when it starts answering strangers: a client endpoint
+        (the CLI's `--insecure`, `Client`) never serves, and its user asked for it by name."""
+        if self._insecure and handler is not None:
+            _log.warning(
+                "node %d: INSECURE transport on %s: peers are not authenticated",
+                self.node_id,
+                self.local_addr,
+            )
         self._attach()
         self._handler = handler
         self._core.serve(None if handler is None else self._dispatch)

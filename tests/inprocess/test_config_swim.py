@@ -172,9 +172,9 @@ def test_cli_flags_set_swim_knobs_over_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flag", "field"),
     [
-        ("--swim-indirect-probes=x", "swim.indirect_probes"),
-        ("--swim-probe-interval-ms=5", "swim.probe_interval_ms"),
-        ("--swim-probe-timeout-ms=200", "swim.probe_timeout_ms"),  # == the file's interval
+        ("--swim-indirect-probes=x", "--swim-indirect-probes"),
+        ("--swim-probe-interval-ms=5", "--swim-probe-interval-ms"),
+        ("--swim-probe-timeout-ms=200", "--swim-probe-timeout-ms"),  # == the file's interval
     ],
 )
 def test_cli_bad_swim_flags_name_the_knob(tmp_path: Path, flag: str, field: str) -> None:
@@ -204,5 +204,5 @@ def test_start_command_refuses_a_bad_swim_flag_naming_it(tmp_path: Path) -> None
         check=False,
     )
     assert result.returncode == 2, result.stderr
-    assert "swim.probe_timeout_ms" in result.stderr
+    assert "invalid --swim-probe-timeout-ms: " in result.stderr  # the flag, as typed
     assert not (tmp_path / "catalog").exists()  # refused before anything was written

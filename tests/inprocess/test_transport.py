@@ -222,14 +222,16 @@ async def test_another_ca_is_refused_and_says_so(tmp_path: Path) -> None:
 async def test_insecure_and_mtls_refuse_each_other(
     creds: list[Mtls], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="nodedb_cluster.transport"):
-        insecure = Transport(2, LOCAL, Insecure())
-    assert "INSECURE" in caplog.text
+    caplog.set_level(logging.WARNING, logger="nodedb_cluster.transport")
+    insecure = Transport(2, LOCAL, Insecure())
+    # A client endpoint (it never serves) does not warn: its user asked for --insecure.
+    assert "INSECURE" not in caplog.text
     assert insecure.metrics()["insecure"] == 1
     assert insecure.metrics()["insecure_transports_total"] >= 1
     async with Transport(1, LOCAL, creds[0]) as secure, insecure:
         secure.serve(echo)
-        insecure.serve(echo)
+        insecure.serve(echo)  # answering strangers unauthenticated: say so
+        assert "node 2: INSECURE transport" in caplog.text
         assert secure.metrics()["insecure"] == 0
         with pytest.raises(HandshakeError) as info:
             await insecure.send_rpc_to_addr(secure.local_addr, MessageKind.PING, b"")

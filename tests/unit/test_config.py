@@ -53,7 +53,7 @@ def test_defaults() -> None:
     assert cfg.replication_factor == 3
     assert cfg.force_bootstrap is False
     assert cfg.join_retry == JoinRetryPolicy(8, 32)
-    assert cfg.swim_udp_addr is None
+    assert cfg.swim_udp_addr == parse_socket_addr("127.0.0.1:9401")  # SWIM on: listen port + 1
     assert cfg.install_snapshot_chunk_bytes == 4 * 1024 * 1024
     assert cfg.orphan_partial_max_age_secs == 300
     assert cfg.rpc_timeout_ms == 5000
@@ -193,6 +193,38 @@ def test_empty_seed_list_is_a_valid_config() -> None:
 def test_swim_must_not_share_the_quic_port() -> None:
     refused("swim_udp_addr", swim_udp_addr="127.0.0.1:9400")
     assert make(swim_udp_addr="127.0.0.1:9401").swim_udp_addr == parse_socket_addr("127.0.0.1:9401")
+
+
+def test_swim_is_on_by_default_at_listen_port_plus_one_and_off_by_name(tmp_path: Path) -> None:
+    # On by default (issue 15): the listen IP, listen port + 1, so nodes sharing a port on
+    # different IPs (LocalCluster) get distinct sockets and nothing has to be configured.
+    assert make().swim_udp_addr == parse_socket_addr("127.0.0.1:9401")
+    v6 = make(listen_addr="[::1]:7000", seed_nodes=["[::1]:7000"])
+    assert v6.swim_udp_addr == parse_socket_addr("[::1]:7001")
+    direct = ClusterConfig(
+        node_id=1,
+        listen_addr=parse_socket_addr("10.0.0.5:9400"),
+        data_dir=tmp_path,
+        insecure_transport=True,
+    )
+    assert direct.swim_udp_addr == parse_socket_addr("10.0.0.5:9401")
+    # Off only when asked for, in every source; and it stays off through TOML and the mapping.
+    off = make(swim_udp_addr="off")
+    assert off.swim_udp_addr is None
+    assert off.to_mapping()["swim_udp_addr"] == "off"
+    assert ClusterConfig.from_mapping(tomllib.loads(off.to_toml())) == off
+    assert config_from_args(parse([*_BASE_FLAGS, "--swim-udp-addr", "off"])).swim_udp_addr is None
+    assert config_from_args(parse(_BASE_FLAGS)).swim_udp_addr == parse_socket_addr("127.0.0.1:9401")
+    err = refused("swim_udp_addr", listen_addr="127.0.0.1:65535", seed_nodes=[])
+    assert "65535" in str(err)
+    assert (
+        make(listen_addr="127.0.0.1:65535", seed_nodes=[], swim_udp_addr="off").swim_udp_addr
+        is None
+    )
+
+
+_BASE_FLAGS = ["--node-id", "1", "--listen-addr", "127.0.0.1:9400", "--data-dir", "/tmp/x"]
+_BASE_FLAGS += ["--insecure-transport"]
 
 
 def test_raft_timing_relations() -> None:
@@ -368,18 +400,39 @@ def test_cli_flags_override_toml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flag", "field"),
     [
-        ("--node-id=abc", "node_id"),
-        ("--num-groups=0", "num_groups"),
-        ("--join-retry-max-attempts=x", "join_retry.max_attempts"),
-        ("--listen-addr=host:1", "listen_addr"),
+        ("--node-id=abc", "--node-id"),
+        ("--num-groups=0", "--num-groups"),
+        ("--join-retry-max-attempts=x", "--join-retry-max-attempts"),
+        ("--listen-addr=host:1", "--listen-addr"),
     ],
 )
-def test_cli_bad_values_name_the_field(tmp_path: Path, flag: str, field: str) -> None:
+def test_cli_bad_values_name_the_flag(tmp_path: Path, flag: str, field: str) -> None:
+    # The value came from a flag: the error names the flag the user typed, not the config key.
     path = tmp_path / "node.toml"
     path.write_text(TOML)
     with pytest.raises(ConfigError) as info:
         config_from_args(parse([f"--config={path}", flag]))
     assert info.value.field == field
+    assert str(info.value).startswith(f"invalid {field}: ")
+
+
+def test_a_bad_value_from_the_file_names_the_key_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(TOML.replace("num_groups = 8", "num_groups = 0"))
+    assert "num_groups = 0" in path.read_text()
+    with pytest.raises(ConfigError) as info:
+        config_from_args(parse([f"--config={path}"]))
+    assert info.value.field == f"num_groups in {path}"
+    assert "--num-groups" not in str(info.value)
+
+
+def test_without_a_file_every_setting_named_in_an_error_is_a_flag() -> None:
+    # A relation between two settings: both are flags here, so the reason names flags too.
+    with pytest.raises(ConfigError) as info:
+        config_from_args(parse([*_BASE_FLAGS[:-1], "--tls-cert-path", "/c.pem"]))
+    assert info.value.field == "--tls-ca-path"
+    assert "--tls-cert-path" in info.value.reason
+    assert "tls_cert_path" not in str(info.value)
 
 
 scalars = st.one_of(

@@ -120,12 +120,48 @@ def test_no_ack_suspect_then_dead_after_the_suspicion_timeout() -> None:
 
 
 def test_a_late_timer_does_not_let_a_failed_probe_escape() -> None:
-    # The shell's timer fires a millisecond late for the probe; the period still ends on schedule,
-    # so the failed probe is judged before the next one starts (it used to be replaced unjudged).
+    # The shell's timer fires a millisecond late for the probe: the period starts then (a whole
+    # period for the ack), and the failed probe is judged in the tick that starts the next one,
+    # before it (a probe replaced unjudged would let a dead target escape suspicion).
     a = machine(1, [2])
     a.tick(1001)
     a.tick(1501)
-    assert changes(a.tick(2000)) == [(2, MemberState.SUSPECT)]
+    assert changes(a.tick(2000)) == []
+    out = a.tick(2001)
+    assert changes(out) == [(2, MemberState.SUSPECT)]
+    assert [m.kind for _, m in sends(out)].count(MessageKind.PING) == 2  # the claim, the probe
+
+
+def test_the_first_probe_after_a_stall_gets_a_whole_period() -> None:
+    # A paused process resumes 2.5 periods late. Its probe in flight proves nothing (the silence
+    # was its own), and the next probe must not get a 1 ms period judged failed at once (the old
+    # `now + 1` schedule suspected B at 3501): B's ack, a few ms later, clears it.
+    a, b = machine(1, [2]), machine(2, [1])
+    a.tick(1000)  # probe B; then A stalls (no ticks, no datagrams) until 3500
+    probe = a.tick(3500)
+    assert a.counters["probes_stalled"] == 1
+    assert changes(probe) == []
+    assert a.next_deadline_ms() == 3500 + CFG.probe_timeout_ms
+    [(_, reply)] = deliver(probe, {2: b}, 1, 3503)
+    deliver(reply, {1: a}, 2, 3506)
+    later = a.tick(4000) + a.tick(4500)
+    assert changes(later) == []
+    assert a.counters["probes_failed"] == 0
+    assert a.member(2).state is MemberState.ALIVE  # type: ignore[union-attr]
+
+
+def test_a_datagram_from_the_target_during_the_period_counts_as_an_ack() -> None:
+    # The probe's ping is lost, but the target pings us during the period (its own probe, or a
+    # refutation): it is alive, and the probe is not judged failed.
+    a, b = machine(1, [2]), machine(2, [1])
+    a.tick(1000)  # A's ping to B is lost
+    b_ping = b.tick(1000)
+    a_out = deliver(b_ping, {1: a}, 2, 1200)
+    assert a_out
+    assert changes(a.tick(1500)) == []  # ping-reqs: nobody to ask, fine
+    assert changes(a.tick(2000)) == []
+    assert a.counters["probes_failed"] == 0
+    assert a.member(2).last_contact_ms == 1200  # type: ignore[union-attr]
 
 
 def test_refutation_with_a_higher_incarnation_cancels_the_suspicion_timer() -> None:

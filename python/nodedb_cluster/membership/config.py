@@ -39,9 +39,10 @@ class SwimConfig:
     indirect_probes: int = 3
     """k: helpers asked to probe a member that missed its direct ack."""
     suspicion_mult: int = 4
-    """Suspicion timeout = suspicion_mult * max(1, log10(n)) * probe_interval_ms ..."""
+    """A suspect has suspicion_mult * max(1, log10(n)) * probe_interval_ms to refute (n: live
+    members), then it is DEAD."""
     suspicion_min_ms: int = 2000
-    """... but never less than this."""
+    """The shortest suspicion timeout."""
     piggyback_updates_max: int = 6
     """Membership updates carried per datagram."""
     retransmit_mult: int = 4

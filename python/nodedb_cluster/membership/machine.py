@@ -77,12 +77,15 @@ class Member:
     incarnation: int
     since_ms: int
     """When this node last changed the member's state."""
+    last_contact_ms: int | None = None
+    """When a datagram from the member last arrived (a relayed ack counts); None: never."""
 
 
 @dataclass(slots=True)
 class _Probe:
     seq: int
     target: int
+    sent_ms: int
     direct_deadline_ms: int
     end_ms: int
     indirect_sent: bool = False
@@ -196,6 +199,9 @@ class SwimMachine:
         if msg.kind is not MessageKind.ACK and msg.sender not in self._members:
             # A node we never heard of pinged us from its SWIM socket: that is where it lives.
             self._apply(Update(msg.sender, src, MemberState.ALIVE, 0), now_ms, out)
+        sender = self._members.get(msg.sender)
+        if sender is not None:
+            sender.last_contact_ms = now_ms
         refutations_before = self.counters["refutations"]
         for update in msg.updates:
             self._apply(update, now_ms, out, rebroadcast=True)
@@ -234,12 +240,11 @@ class SwimMachine:
             elif now_ms >= probe.direct_deadline_ms and not probe.indirect_sent:
                 self._send_ping_reqs(probe, out)
         if now_ms >= self._next_probe_ms:
-            # The period ends at the next scheduled probe, not at now + interval: a timer that
-            # fires late must not leave this probe pending when the next one starts (it would be
-            # replaced unjudged, and a dead target would escape suspicion for a whole round).
-            self._next_probe_ms = max(
-                self._next_probe_ms + self.config.probe_interval_ms, now_ms + 1
-            )
+            # Every probe gets a whole period from when it is sent: a late timer (a busy loop) or
+            # a stall (a paused process) shifts the schedule instead of shortening this period,
+            # which would judge the probe failed before its ack could arrive and suspect a live
+            # node. The probe in flight was judged above, so none is replaced unjudged.
+            self._next_probe_ms = now_ms + self.config.probe_interval_ms
             self._start_probe(now_ms, out)
         return out
 
@@ -330,7 +335,7 @@ class SwimMachine:
         cfg = self.config
         end_ms = self._next_probe_ms
         self._probe = _Probe(
-            seq, target.node_id, min(now_ms + cfg.probe_timeout_ms, end_ms), end_ms
+            seq, target.node_id, now_ms, min(now_ms + cfg.probe_timeout_ms, end_ms), end_ms
         )
         self.counters["probes"] += 1
         self._send(out, target.addr, MessageKind.PING, seq, about=target.node_id)
@@ -371,8 +376,12 @@ class SwimMachine:
 
     def _probe_failed(self, probe: _Probe, now_ms: int, out: list[Action]) -> None:
         self._probe = None
-        self.counters["probes_failed"] += 1
         m = self._members.get(probe.target)
+        if m is not None and m.last_contact_ms is not None and m.last_contact_ms >= probe.sent_ms:
+            # The target spoke during the period (e.g. its refutation after a pause crossed our
+            # ping): an authenticated datagram from it proves it alive as well as an ack would.
+            return
+        self.counters["probes_failed"] += 1
         if m is not None and m.state is MemberState.ALIVE:
             self._apply(Update(m.node_id, m.addr, MemberState.SUSPECT, m.incarnation), now_ms, out)
             # Tell the suspect at once (Lifeguard's point: refutation needs the claim to reach the

@@ -131,6 +131,10 @@ class SwimNode:
     def members(self) -> tuple[Member, ...]:
         return self._machine.members()
 
+    def now_ms(self) -> int:
+        """The machine's clock (monotonic ms): what `Member.last_contact_ms` is measured on."""
+        return self._clock.monotonic_ms()
+
     def metrics(self) -> dict[str, int]:
         return {**self._machine.counters, **self.counters}
 

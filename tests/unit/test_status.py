@@ -1,0 +1,60 @@
+"""What `status` shows about SWIM's verdicts: the state and last contact per node, and the groups
+that list a DEAD member (the topology keeps it ACTIVE and voting until an operator removes it, so
+without this flag a dead replica looks healthy: issue 15)."""
+
+from __future__ import annotations
+
+from nodedb_cluster.cli_support import format_status
+from nodedb_cluster.raft import GroupStatus
+from nodedb_cluster.status import NodeStatus
+
+
+def group(group_id: int, voters: tuple[int, ...], learners: tuple[int, ...] = ()) -> GroupStatus:
+    return GroupStatus(group_id, "leader", 3, 1, 10, 10, 10, 0, voters, learners)
+
+
+def status(members: tuple[tuple[int, str, int, int | None], ...]) -> NodeStatus:
+    return NodeStatus(
+        node_id=1,
+        lifecycle="ready",
+        cluster_id="c",
+        topology_version=4,
+        routing_epoch=2,
+        metadata_applied_index=9,
+        nodes=(
+            (1, "127.0.0.1:9400", "ACTIVE"),
+            (2, "127.0.0.2:9400", "ACTIVE"),
+            (3, "127.0.0.3:9400", "ACTIVE"),
+            (4, "127.0.0.4:9400", "ACTIVE"),
+        ),
+        groups=(group(0, (1, 2, 3)), group(1, (1, 2), (3,)), group(2, (1, 2, 4))),
+        vshards_per_group={1: 512, 2: 512},
+        settings={},
+        members=members,
+    )
+
+
+def test_groups_with_a_dead_member_are_flagged_in_the_doc_and_the_table() -> None:
+    st = status(((2, "ALIVE", 5, 120), (3, "DEAD", 7, 9_400), (4, "SUSPECT", 1, None)))
+    doc = st.to_doc()
+    assert [g["dead"] for g in doc["groups"]] == [[3], [3], []]  # type: ignore[index]
+    assert doc["members"] == [[2, "ALIVE", 5, 120], [3, "DEAD", 7, 9_400], [4, "SUSPECT", 1, None]]
+    lines = format_status(doc).splitlines()
+    node_rows = [line for line in lines if "127.0.0." in line]
+    assert node_rows[0].split()[3:] == ["self", "-"]
+    assert node_rows[1].split()[2:] == ["ACTIVE", "ALIVE", "0.1", "s", "ago"]
+    assert node_rows[2].split()[2:] == ["ACTIVE", "DEAD", "9.4", "s", "ago"]
+    assert node_rows[3].split()[2:] == ["ACTIVE", "SUSPECT", "never"]
+    group_rows = [line for line in lines if " / " in line and not line.startswith("GROUP")]
+    assert group_rows[0].endswith("1,2,3 / -  DEAD: 3")
+    assert group_rows[1].endswith("1,2 / 3  DEAD: 3")  # a dead learner counts too
+    assert "DEAD" not in group_rows[2]
+
+
+def test_without_swim_nothing_is_flagged_and_the_column_says_so() -> None:
+    doc = status(()).to_doc()
+    assert all(g["dead"] == [] for g in doc["groups"])  # type: ignore[attr-defined]
+    text = format_status(doc)
+    assert "DEAD" not in text
+    row = next(line for line in text.splitlines() if "127.0.0.2:9400" in line)
+    assert row.split()[2:] == ["ACTIVE", "-", "-"]
