@@ -6,7 +6,7 @@ table admits only admin certificates (anything else gets `PermissionDenied`, exi
     nodedb-cluster join-token --node-id 4 [--ttl 3600] --addr HOST:PORT --ca … --cert … --key …
         prints the token (only the token on stdout, so `TOKEN=$(…)` works); its expiry on stderr.
     nodedb-cluster audit --addr HOST:PORT [--limit 100] [--json] --ca … --cert … --key …
-        the node's audit log, newest last: a table, or the JSON lines as written.
+        the node's audit log, newest last: a table, or {"records": [...], "truncated": bool}.
 """
 
 from __future__ import annotations
@@ -14,15 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import sys
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from nodedb_cluster import wire
-from nodedb_cluster.addr import parse_socket_addr
-from nodedb_cluster.client import CLIENT_NODE_ID
-from nodedb_cluster.errors import ClusterError, ConfigError, InvalidAddress
+from nodedb_cluster.cli_support import (
+    EXIT_OK,
+    add_client_arguments,
+    client_credentials,
+    control_rpc,
+    print_json,
+)
+from nodedb_cluster.errors import ConfigError
 from nodedb_cluster.formation.admission import (
     decode_join_token_response,
     encode_join_token_request,
@@ -34,69 +38,41 @@ from nodedb_cluster.metadata.audit import (
     decode_audit_response,
     encode_audit_request,
 )
-from nodedb_cluster.transport import Credentials, Transport
-
-AddCredentials = Callable[[argparse.ArgumentParser], None]
-CredentialsOf = Callable[[argparse.Namespace], Credentials]
 
 
-def add_admin_commands(
-    sub: Any, add_credentials: AddCredentials, credentials_of: CredentialsOf
-) -> None:
+def add_admin_commands(sub: Any, environ: Mapping[str, str]) -> None:
     """Register `join-token` and `audit` on the CLI's subparsers (`sub`)."""
     token = sub.add_parser(
         "join-token", help="issue a token that lets one new node id join (admin credentials)"
     )
-    token.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
-    token.add_argument("--node-id", required=True, type=int, help="the node id it admits")
+    token.add_argument(
+        "--node-id", required=True, type=int, metavar="ID", help="the node id it admits"
+    )
     token.add_argument(
         "--ttl",
         type=int,
         default=TTL_SECS_DEFAULT,
+        metavar="SECS",
         help=f"seconds it stays valid (60..2592000, default {TTL_SECS_DEFAULT})",
     )
-    add_credentials(token)
-    token.set_defaults(run=lambda args: _cmd_join_token(args, credentials_of(args)))
+    add_client_arguments(token, environ, "any node's listen address")
+    token.set_defaults(run=_cmd_join_token)
 
     audit = sub.add_parser(
         "audit", help="the membership and settings changes a node applied (admin credentials)"
     )
-    audit.add_argument("--addr", required=True, help="the node's listen address HOST:PORT")
-    audit.add_argument("--json", action="store_true", help="print the JSON lines as written")
     audit.add_argument(
         "--limit",
         type=int,
         default=AUDIT_LIMIT_DEFAULT,
+        metavar="N",
         help=f"the last N records (1..{AUDIT_LIMIT_MAX}, default {AUDIT_LIMIT_DEFAULT})",
     )
-    add_credentials(audit)
-    audit.set_defaults(run=lambda args: _cmd_audit(args, credentials_of(args)))
+    add_client_arguments(audit, environ, "the node's listen address")
+    audit.set_defaults(run=_cmd_audit)
 
 
-async def control_rpc(
-    addr: str,
-    credentials: Credentials,
-    timeout_s: float,
-    kind: wire.MessageKind,
-    payload: bytes,
-    expected: wire.MessageKind,
-) -> bytes:
-    """One request to the node at `addr` on a throwaway endpoint; the reply's payload."""
-    try:
-        target = parse_socket_addr(addr)
-    except InvalidAddress as e:
-        raise ConfigError("--addr", str(e)) from e
-    client = Transport(CLIENT_NODE_ID, "127.0.0.1:0", credentials, rpc_timeout=timeout_s)
-    try:
-        kind_in, reply = await client.send_rpc_to_addr(target, kind, payload)
-    finally:
-        await client.close()
-    if kind_in != expected:
-        raise ClusterError(f"node {addr} answered {kind.name} with message kind {kind_in}")
-    return reply
-
-
-def _cmd_join_token(args: argparse.Namespace, credentials: Credentials) -> int:
+def _cmd_join_token(args: argparse.Namespace) -> int:
     try:
         check_ttl(args.ttl)
     except ValueError as e:
@@ -106,7 +82,7 @@ def _cmd_join_token(args: argparse.Namespace, credentials: Credentials) -> int:
     reply = asyncio.run(
         control_rpc(
             args.addr,
-            credentials,
+            client_credentials(args),
             args.timeout,
             wire.MessageKind.JOIN_TOKEN_REQUEST,
             encode_join_token_request(args.node_id, args.ttl),
@@ -114,22 +90,25 @@ def _cmd_join_token(args: argparse.Namespace, credentials: Credentials) -> int:
         )
     )
     token, node_id, expires_at_s = decode_join_token_response(reply)
+    if args.json:
+        print_json({"token": token, "node_id": node_id, "expires_at": expires_at_s})
+        return EXIT_OK
     print(token)
     print(
         f"join token for node {node_id}, valid until {_utc(expires_at_s * 1000)}; start the node "
         "with --join-token <token>",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_OK
 
 
-def _cmd_audit(args: argparse.Namespace, credentials: Credentials) -> int:
+def _cmd_audit(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= AUDIT_LIMIT_MAX:
         raise ConfigError("--limit", f"{args.limit} is outside 1..{AUDIT_LIMIT_MAX}")
     reply = asyncio.run(
         control_rpc(
             args.addr,
-            credentials,
+            client_credentials(args),
             args.timeout,
             wire.MessageKind.AUDIT_REQUEST,
             encode_audit_request(args.limit),
@@ -138,13 +117,12 @@ def _cmd_audit(args: argparse.Namespace, credentials: Credentials) -> int:
     )
     records, truncated = decode_audit_response(reply)
     if args.json:
-        for record in records:
-            print(json.dumps(record, separators=(",", ":")))
-    else:
-        print(format_audit(records))
+        print_json({"records": records, "truncated": truncated})
+        return EXIT_OK
+    print(format_audit(records))
     if truncated:
         print("(older records left out to bound the reply; lower --limit)", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def format_audit(records: list[dict[str, Any]]) -> str:

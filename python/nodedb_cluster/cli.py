@@ -1,6 +1,8 @@
 """The `nodedb-cluster` command: run a node, ask one for its status, make credentials, run the demo.
 
-Exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage or config.
+Exit codes (every command; `cli_support.EXIT_*`, README "Exit codes"): 0 success, 1 the operation
+failed (the message says why), 2 bad usage or config, 3 the node at --addr did not answer.
+With `--json` a result is one JSON object on stdout and a failure one JSON object on stderr.
 """
 
 from __future__ import annotations
@@ -13,23 +15,37 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from nodedb_cluster import __version__
 from nodedb_cluster.admin_cli import add_admin_commands
 from nodedb_cluster.cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
     READY_PREFIX,
+    add_client_arguments,
     add_client_credentials,
     client_credentials,
     fetch_status,
     format_status,
+    no_answer,
+    print_error,
+    print_json,
 )
 from nodedb_cluster.client import Client
-from nodedb_cluster.config import ClusterConfig, add_config_arguments, config_from_args
-from nodedb_cluster.errors import ClusterError, ConfigError
+from nodedb_cluster.config import (
+    ClusterConfig,
+    add_config_arguments,
+    config_from_args,
+    name_config_error,
+)
+from nodedb_cluster.errors import ClusterError, ConfigError, Timeout, Unreachable
 from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
+from nodedb_cluster.kv import Unavailable
 from nodedb_cluster.transport import (
     LEAF_VALIDITY_DAYS_DEFAULT,
     Leaf,
@@ -47,9 +63,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("nodedb_cluster.cli")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; its exit code. `environ` (default os.environ) supplies the client
+    commands' NODEDB_CLUSTER_* defaults: read here, at the boundary, and nowhere else."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args_in
+    parser = _parser(os.environ if environ is None else environ, as_json)
+    args = parser.parse_args(args_in)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -58,58 +78,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except ConfigError as e:
-        print(f"nodedb-cluster: {e}", file=sys.stderr)
-        return 2
+        print_error(e, EXIT_USAGE, as_json)
+        return EXIT_USAGE
+    except Unreachable as e:
+        print_error(e, EXIT_UNREACHABLE, as_json)
+        return EXIT_UNREACHABLE
     except ClusterError as e:
-        print(f"nodedb-cluster: {e}", file=sys.stderr)
-        return 1
+        print_error(e, EXIT_FAILED, as_json)
+        return EXIT_FAILED
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error under --json is one JSON object on stderr (still exit 2)."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if not self.json_errors:
+            super().error(message)
+        print_error(ClusterError(f"{self.prog}: {message}"), EXIT_USAGE, True, kind="usage")
+        sys.exit(EXIT_USAGE)
+
+
+def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.ArgumentParser:
+    parser_class = type("Parser", (_Parser,), {"json_errors": json_errors})
+    parser: argparse.ArgumentParser = parser_class(
         prog="nodedb-cluster",
         description="Distributed coordination layer of NodeDB: vShards on Multi-Raft over QUIC.",
+        epilog="Exit codes: 0 success, 1 the operation failed, 2 bad usage or config, 3 the node "
+        "did not answer. Client commands read NODEDB_CLUSTER_ADDR, NODEDB_CLUSTER_CA, "
+        "NODEDB_CLUSTER_CERT and NODEDB_CLUSTER_KEY as defaults for --addr, --ca, --cert, --key.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="log lines on stderr at this level and above (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     start = sub.add_parser("start", help="run a node in the foreground until SIGTERM/SIGINT")
     add_config_arguments(start)
     start.set_defaults(run=_cmd_start)
 
     status = sub.add_parser("status", help="ask a running node for its status")
-    status.add_argument("--addr", required=True, help="the node's listen address HOST:PORT")
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    add_client_credentials(status)
+    add_client_arguments(status, environ, "the node's listen address")
     status.set_defaults(run=_cmd_status)
 
     put = sub.add_parser("put", help="write KEY=VALUE to the replicated KV")
-    put.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
-    put.add_argument("kv_key", metavar="KEY")  # dest differs from --key (the credential file)
-    put.add_argument("kv_value", metavar="VALUE")
-    add_client_credentials(put)
+    put.add_argument("kv_key", metavar="KEY", help="the key (UTF-8)")
+    put.add_argument("kv_value", metavar="VALUE", help="the value (UTF-8)")
+    add_client_arguments(put, environ, "any node's listen address")
     put.set_defaults(run=_cmd_put)
 
     get = sub.add_parser("get", help="read KEY from the replicated KV (exit 1 if absent)")
-    get.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
-    get.add_argument("kv_key", metavar="KEY")
+    get.add_argument("kv_key", metavar="KEY", help="the key (UTF-8)")
     get.add_argument(
-        "--read", default="linearizable", choices=("linearizable", "lease", "follower")
+        "--read",
+        default="linearizable",
+        choices=("linearizable", "lease", "follower"),
+        metavar="LEVEL",
+        help="linearizable (default), lease (the leader's lease, no round), follower (this "
+        "node's replica, may be stale)",
     )
-    add_client_credentials(get)
+    add_client_arguments(get, environ, "any node's listen address")
     get.set_defaults(run=_cmd_get)
 
     delete = sub.add_parser("delete", help="delete KEY from the replicated KV")
-    delete.add_argument("--addr", required=True, help="any node's listen address HOST:PORT")
-    delete.add_argument("kv_key", metavar="KEY")
-    add_client_credentials(delete)
+    delete.add_argument("kv_key", metavar="KEY", help="the key (UTF-8)")
+    add_client_arguments(delete, environ, "any node's listen address")
     delete.set_defaults(run=_cmd_delete)
 
     bench = sub.add_parser("bench", help="KV load: N clients for D seconds, latency percentiles")
     _add_bench_arguments(bench)
-    add_client_credentials(bench)
+    add_client_credentials(bench, environ)
     bench.set_defaults(run=_cmd_bench)
 
     certs = sub.add_parser(
@@ -117,10 +161,13 @@ def _parser() -> argparse.ArgumentParser:
         help="mTLS credentials with identities: a cluster CA (or the one already in --out) and "
         "node, admin and client leaves",
     )
-    certs.add_argument("--out", required=True, type=Path, help="directory to write into")
+    certs.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="directory to write into"
+    )
     certs.add_argument(
         "--cluster-name",
         default="nodedb-cluster",
+        metavar="NAME",
         help="the trust domain of every identity: [a-z0-9._-], at most 255 characters",
     )
     for flag, what in (
@@ -135,21 +182,28 @@ def _parser() -> argparse.ArgumentParser:
         "--days",
         type=int,
         default=LEAF_VALIDITY_DAYS_DEFAULT,
+        metavar="N",
         help=f"leaf validity (default {LEAF_VALIDITY_DAYS_DEFAULT}); the CA gets 3650",
     )
+    certs.add_argument("--json", action="store_true", help="print the files as one JSON object")
     certs.set_defaults(run=_cmd_gen_certs)
 
     revoke = sub.add_parser(
         "revoke", help="add certificates to the cluster CRL (nodes reload it on SIGHUP)"
     )
     revoke.add_argument(
-        "--ca-dir", required=True, type=Path, help="the gen-certs folder (ca.pem, ca-key/ca.key)"
+        "--ca-dir",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="the gen-certs folder (ca.pem, ca-key/ca.key)",
     )
     revoke.add_argument(
         "--cert",
         action="append",
         default=[],
         type=Path,
+        metavar="PATH",
         help="a leaf to revoke; repeat (none: write the CRL with what it holds, e.g. an empty "
         "one to start nodes with --tls-crl-path before anything is revoked)",
     )
@@ -157,11 +211,13 @@ def _parser() -> argparse.ArgumentParser:
         "--crl",
         required=True,
         type=Path,
+        metavar="PATH",
         help="the CRL file (updated, or created); nodes' tls_crl_path",
     )
+    revoke.add_argument("--json", action="store_true", help="print the CRL as one JSON object")
     revoke.set_defaults(run=_cmd_revoke)
 
-    add_admin_commands(sub, add_client_credentials, client_credentials)  # join-token, audit
+    add_admin_commands(sub, environ)  # join-token, audit
 
     demo = sub.add_parser("demo", help="a local 3-node cluster: form, replicate, fail over")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")
@@ -178,11 +234,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_start(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    return asyncio.run(run_node(config))
+    try:
+        return asyncio.run(run_node(config))
+    except ConfigError as e:
+        # Found at start (a key others can read, a secret file): the node failed to start (1),
+        # and the setting is named as the user gave it.
+        named = name_config_error(e, args)
+        print(f"nodedb-cluster: node {config.node_id} failed: {named}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+class _NotFailedLines(logging.Filter):
+    """The start command prints a failure itself, once: it drops the lifecycle's own line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "lifecycle_next", None) != "failed"
 
 
 async def run_node(config: ClusterConfig) -> int:
-    """Run one node until SIGTERM/SIGINT; 1 if formation fails."""
+    """Run one node until SIGTERM/SIGINT; 1 if formation fails (a config refusal found at
+    start is raised, as `ConfigError`, for the caller to name the setting)."""
     from nodedb_cluster.formation.start import start_cluster  # the engine loads only here
 
     stop = asyncio.Event()
@@ -191,11 +262,18 @@ async def run_node(config: ClusterConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    lifecycle_log = logging.getLogger("nodedb_cluster.lifecycle")
+    once = _NotFailedLines()
+    lifecycle_log.addFilter(once)
     try:
         node = await start_cluster(config)
+    except ConfigError:
+        raise
     except ClusterError as e:
         print(f"nodedb-cluster: node {config.node_id} failed: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    finally:
+        lifecycle_log.removeFilter(once)
     if config.allow_bench_load:  # the bench tool's handler; the node alone refuses the kind
         from nodedb_cluster.bench import serve_embedded_load
 
@@ -251,52 +329,87 @@ async def _reload_crl_on_hangup(node: Node, hangup: asyncio.Event) -> None:
 def _cmd_status(args: argparse.Namespace) -> int:
     doc = asyncio.run(fetch_status(args.addr, client_credentials(args), args.timeout))
     if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True, default=_json_bytes))
+        print_json(doc)
     else:
         print(format_status(doc))
-    return 0
-
-
-def _json_bytes(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return EXIT_OK
 
 
 # --- put / get / delete -------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _client(args: argparse.Namespace) -> AsyncIterator[Client]:
+    """A KV client connected through --addr; a node that did not answer at all (the endpoint
+    counted only timeouts) is `no_answer`, one that refused (a handshake, an error) keeps its
+    own message."""
+    client = Client([args.addr], client_credentials(args), args.timeout)
+    try:
+        try:
+            await client.connect()
+        except (Unavailable, Unreachable, Timeout) as e:
+            errors = client.transport.metrics()
+            answered = sum(
+                n
+                for name, n in errors.items()
+                if name.startswith("errors.") and name not in _NO_ANSWER_ERRORS
+            )
+            if answered:
+                raise
+            raise no_answer(args.addr, args.timeout) from e
+        yield client
+    finally:
+        await client.close()
+
+
+_NO_ANSWER_ERRORS: Final = frozenset({"errors.timeout", "errors.unreachable"})
+"""Transport error counters that mean the node never answered (anything else: it did)."""
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="backslashreplace")
+
+
 def _cmd_put(args: argparse.Namespace) -> int:
     async def run() -> None:
-        async with Client([args.addr], client_credentials(args), args.timeout) as client:
+        async with _client(args) as client:
             await client.put(args.kv_key.encode(), args.kv_value.encode(), timeout_s=args.timeout)
 
     asyncio.run(run())
-    return 0
+    if args.json:
+        print_json({"key": args.kv_key, "written": True})
+    return EXIT_OK
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
     async def run() -> bytes | None:
-        async with Client([args.addr], client_credentials(args), args.timeout) as client:
+        async with _client(args) as client:
             return await client.get(args.kv_key.encode(), read=args.read, timeout_s=args.timeout)
 
     value = asyncio.run(run())
+    if args.json:
+        text = None if value is None else _text(value)
+        print_json({"key": args.kv_key, "found": value is not None, "value": text})
+        return EXIT_FAILED if value is None else EXIT_OK
     if value is None:
         print(f"nodedb-cluster: key {args.kv_key!r} not found", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     sys.stdout.buffer.write(value + b"\n")
     sys.stdout.flush()
-    return 0
+    return EXIT_OK
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
     async def run() -> bool:
-        async with Client([args.addr], client_credentials(args), args.timeout) as client:
+        async with _client(args) as client:
             return await client.delete(args.kv_key.encode(), timeout_s=args.timeout)
 
     existed = asyncio.run(run())
-    print("deleted" if existed else "not found")
-    return 0
+    if args.json:
+        print_json({"key": args.kv_key, "deleted": existed})
+    else:
+        print("deleted" if existed else "not found")
+    return EXIT_OK
 
 
 # --- bench ----------------------------------------------------------------------------------------
@@ -350,7 +463,10 @@ def _cmd_gen_certs(args: argparse.Namespace) -> int:
                     raise ConfigError(
                         "--out", f"{existing} exists; choose another name or remove it first"
                     )
-        print(f"issuing from the existing CA in {out} (its cluster name; --cluster-name unused)")
+        if not args.json:
+            print(
+                f"issuing from the existing CA in {out} (its cluster name; --cluster-name unused)"
+            )
         files = [
             issue_node_credentials(ca_cert, ca_key, name, sans, out, role=role, days=args.days)
             for role, (name, sans) in leaves
@@ -359,14 +475,32 @@ def _cmd_gen_certs(args: argparse.Namespace) -> int:
         files = generate_cluster_credentials(
             out, args.cluster_name, nodes, admins=admins, clients=clients, days=args.days
         )
+    named = list(zip([*nodes, *admins, *clients], files, strict=True))
+    if args.json:
+        print_json(
+            {
+                "ca": str(files[0].ca),
+                "ca_key": str(ca_key_path(out)),
+                "leaves": [
+                    {
+                        "name": name,
+                        "identity": read_cert_identity(creds.cert).uri,
+                        "cert": str(creds.cert),
+                        "key": str(creds.key),
+                    }
+                    for (name, _), creds in named
+                ],
+            }
+        )
+        return EXIT_OK
     print(f"CA certificate: {files[0].ca}  (every node and client needs it)")
     print(
         f"CA key: {ca_key_path(args.out)}  (keep it off the nodes: it signs certificates and CRLs)"
     )
-    for (name, _), creds in zip([*nodes, *admins, *clients], files, strict=True):
+    for (name, _), creds in named:
         identity = read_cert_identity(creds.cert)
         print(f"{name}: {identity.uri} ca={creds.ca} cert={creds.cert} key={creds.key}")
-    return 0
+    return EXIT_OK
 
 
 # --- revoke ---------------------------------------------------------------------------------------
@@ -377,12 +511,22 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
     summary = revoke_node_credentials(
         ca_dir / "ca.pem", ca_key_path(ca_dir), list(args.cert), args.crl
     )
+    if args.json:
+        print_json(
+            {
+                "crl": str(summary.path),
+                "crl_number": summary.crl_number,
+                "newly_revoked": summary.newly_revoked,
+                "revoked_total": summary.revoked_total,
+            }
+        )
+        return EXIT_OK
     print(
         f"{summary.path}: CRL number {summary.crl_number}, {summary.newly_revoked} newly "
         f"revoked, {summary.revoked_total} in total; send SIGHUP to every node whose "
         "tls_crl_path is this file (or copy it there first)"
     )
-    return 0
+    return EXIT_OK
 
 
 # --- demo -----------------------------------------------------------------------------------------

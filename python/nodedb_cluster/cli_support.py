@@ -1,41 +1,179 @@
 """What the `nodedb-cluster` command shares with the tools built on it (bench, demo, the local
-cluster harness): client credentials from flags, the `start` command's READY line, and a node's
-status fetched and printed. Kept apart from `cli` so a tool never imports the command itself.
+cluster harness): exit codes, client flags (with their environment defaults), one control RPC to
+a node, the `start` command's READY line, and a node's status fetched and printed. Kept apart
+from `cli` so a tool never imports the command itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 import msgpack
 
 from nodedb_cluster import wire
-from nodedb_cluster.admin_cli import control_rpc
-from nodedb_cluster.errors import ClusterError, ConfigError
-from nodedb_cluster.transport import Credentials, Insecure, Mtls
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.client import CLIENT_NODE_ID
+from nodedb_cluster.errors import ClusterError, ConfigError, InvalidAddress, Timeout, Unreachable
+from nodedb_cluster.transport import Credentials, Insecure, Mtls, Transport
 
 READY_PREFIX: Final = "READY "
 """`start` prints this plus a JSON object on stdout once the node is Ready: a parent process
 awaits that line instead of guessing with sleeps."""
 
+# --- exit codes (README "Exit codes"): the same meaning for every command -------------------------
 
-def add_client_credentials(parser: argparse.ArgumentParser) -> None:
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+"""The operation failed and the message says why: refused (permission, token), a key not found,
+a node that answered with an error, a start that failed."""
+EXIT_USAGE: Final = 2
+"""Bad flags or config: nothing was attempted."""
+EXIT_UNREACHABLE: Final = 3
+"""No answer from the node at --addr within --timeout."""
+
+# --- client flags ---------------------------------------------------------------------------------
+
+ENV_ADDR: Final = "NODEDB_CLUSTER_ADDR"
+ENV_CA: Final = "NODEDB_CLUSTER_CA"
+ENV_CERT: Final = "NODEDB_CLUSTER_CERT"
+ENV_KEY: Final = "NODEDB_CLUSTER_KEY"
+TIMEOUT_S_DEFAULT: Final = 5.0
+
+
+def add_client_arguments(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], addr_help: str
+) -> None:
+    """`--addr` (default $NODEDB_CLUSTER_ADDR; required without it), the credentials, `--json`."""
+    addr = environ.get(ENV_ADDR) or None
+    parser.add_argument(
+        "--addr",
+        default=addr,
+        required=addr is None,
+        metavar="IP:PORT",
+        help=f"{addr_help} (default: ${ENV_ADDR}{', required when unset' if addr is None else ''})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as one JSON object; errors as one JSON object on stderr",
+    )
+    add_client_credentials(parser, environ)
+
+
+def add_client_credentials(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
+    """--insecure, --ca/--cert/--key (defaults from $NODEDB_CLUSTER_CA/_CERT/_KEY), --timeout."""
+    env = environ or {}
     group = parser.add_argument_group("client credentials (mTLS unless --insecure)")
     group.add_argument("--insecure", action="store_true", help="the node runs without TLS")
-    group.add_argument("--ca", type=Path, help="cluster CA certificate (PEM)")
-    group.add_argument("--cert", type=Path, help="client certificate issued by the cluster CA")
-    group.add_argument("--key", type=Path, help="client private key")
-    group.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    for flag, var, what in (
+        ("--ca", ENV_CA, "cluster CA certificate (PEM)"),
+        ("--cert", ENV_CERT, "client certificate issued by the cluster CA (PEM)"),
+        ("--key", ENV_KEY, "its private key (PEM)"),
+    ):
+        value = env.get(var) or None
+        group.add_argument(
+            flag,
+            type=Path,
+            metavar="PATH",
+            default=None if value is None else Path(value),
+            help=f"{what} (default: ${var})",
+        )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=TIMEOUT_S_DEFAULT,
+        metavar="SECS",
+        help=f"give up on the node after this long (default: {TIMEOUT_S_DEFAULT:g})",
+    )
 
 
 def client_credentials(args: argparse.Namespace) -> Credentials:
     if args.insecure:
         return Insecure()
     if not (args.ca and args.cert and args.key):
-        raise ConfigError("credentials", "give --ca, --cert and --key, or --insecure")
+        missing = [f for f in ("ca", "cert", "key") if not getattr(args, f)]
+        raise ConfigError(
+            f"--{missing[0]}",
+            f"give --ca, --cert and --key (or ${ENV_CA}, ${ENV_CERT}, ${ENV_KEY}), or --insecure",
+        )
     return Mtls(args.ca, args.cert, args.key)
+
+
+# --- talking to one node --------------------------------------------------------------------------
+
+
+def no_answer(addr: str, timeout_s: float) -> Unreachable:
+    """The one wording every command uses for a node that did not answer."""
+    return Unreachable(addr, f"no answer within {timeout_s:g} s")
+
+
+async def control_rpc(
+    addr: str,
+    credentials: Credentials,
+    timeout_s: float,
+    kind: wire.MessageKind,
+    payload: bytes,
+    expected: wire.MessageKind,
+) -> bytes:
+    """One request to the node at `addr` on a throwaway endpoint; the reply's payload. A node
+    that does not answer in time is `Unreachable(addr)` (`no_answer`)."""
+    try:
+        target = parse_socket_addr(addr)
+    except InvalidAddress as e:
+        raise ConfigError("--addr", str(e)) from e
+    client = Transport(CLIENT_NODE_ID, "127.0.0.1:0", credentials, rpc_timeout=timeout_s)
+    try:
+        kind_in, reply = await client.send_rpc_to_addr(target, kind, payload)
+    except Timeout as e:
+        raise no_answer(addr, timeout_s) from e
+    except Unreachable as e:
+        raise Unreachable(addr, e.reason) from e
+    finally:
+        await client.close()
+    if kind_in != expected:
+        raise ClusterError(f"node {addr} answered {kind.name} with message kind {kind_in}")
+    return reply
+
+
+# --- printing -------------------------------------------------------------------------------------
+
+
+def print_json(doc: object) -> None:
+    """One JSON object on stdout (bytes as hex)."""
+    print(json.dumps(doc, sort_keys=True, default=_json_bytes))
+
+
+def print_error(
+    error: ClusterError, exit_code: int, as_json: bool, kind: str | None = None
+) -> None:
+    """The failure on stderr, once: `nodedb-cluster: <message>`, or one JSON object with the
+    message, the error's type (or `kind`), the exit code and what it names (field, addr)."""
+    if not as_json:
+        print(f"nodedb-cluster: {error}", file=sys.stderr)
+        return
+    doc: dict[str, object] = {
+        "error": str(error),
+        "type": kind or type(error).__name__,
+        "exit_code": exit_code,
+    }
+    for attr in ("field", "addr"):
+        value = getattr(error, attr, None)
+        if isinstance(value, str):
+            doc[attr] = value
+    print(json.dumps(doc, sort_keys=True), file=sys.stderr)
+
+
+def _json_bytes(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 async def fetch_status(addr: str, credentials: Credentials, timeout_s: float) -> dict[str, object]:

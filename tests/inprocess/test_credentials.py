@@ -231,6 +231,8 @@ def test_start_refuses_a_world_readable_key(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert f"chmod 600 {creds.key}" in result.stderr, result.stderr
+    assert "node 1 failed: invalid --tls-key-path: " in result.stderr  # the flag, as typed
+    assert result.stderr.count("chmod 600") == 1  # the reason, once
 
 
 def mtls_config(tmp_path: Path, creds: Mtls, node_id: int = 1, **kw: object) -> ClusterConfig:

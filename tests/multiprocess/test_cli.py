@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_bad_config_names_the_field_and_exits_2(tmp_path: Path) -> None:
         "--insecure-transport",
     )
     assert result.returncode == 2
-    assert "node_id" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # the reason, once
+    assert "invalid --node-id: " in result.stderr  # the flag as typed, not the config key
 
 
 def test_gen_certs_writes_private_files(tmp_path: Path) -> None:
@@ -78,6 +80,74 @@ def test_gen_certs_adds_leaves_from_the_existing_ca(tmp_path: Path) -> None:
     again = run("gen-certs", "--out", str(tmp_path), "--node", "n4=127.0.0.4")
     assert again.returncode != 0
     assert "n4.pem exists" in again.stderr
+
+
+CLIENT_COMMANDS = (
+    ("status",),
+    ("get", "k"),
+    ("put", "k", "v"),
+    ("delete", "k"),
+    ("audit",),
+    ("join-token", "--node-id", "4"),
+)
+
+
+def test_a_dead_address_is_named_in_one_wording_by_every_client_command() -> None:
+    # A real address nobody listens on (a bound, silent UDP socket: QUIC gets no answer).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{silent.getsockname()[1]}"
+        flags = ["--addr", addr, "--insecure", "--timeout", "0.5"]
+        for command in CLIENT_COMMANDS:
+            result = run(*command, *flags)
+            assert result.returncode == 3, (command, result.stderr)
+            assert (
+                result.stderr
+                == f"nodedb-cluster: peer {addr} unreachable: no answer within 0.5 s\n"
+            )
+            assert result.stdout == ""
+            # --insecure is the user's choice: no warning about the client's own endpoint.
+            assert "INSECURE" not in result.stderr
+            as_json = run(*command, *flags, "--json")
+            assert as_json.returncode == 3
+            assert as_json.stdout == ""
+            assert json.loads(as_json.stderr) == {
+                "addr": addr,
+                "error": f"peer {addr} unreachable: no answer within 0.5 s",
+                "exit_code": 3,
+                "type": "Unreachable",
+            }
+        # The address from the environment is the same address.
+        env = {**os.environ, "NODEDB_CLUSTER_ADDR": addr}
+        from_env = subprocess.run(
+            [*CLI, "status", "--insecure", "--timeout", "0.5"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+        assert from_env.returncode == 3
+        assert addr in from_env.stderr
+
+
+def test_a_start_failure_prints_its_reason_once(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = run(
+            "start",
+            "--node-id=1",
+            f"--listen-addr={addr}",
+            f"--seed-nodes={addr}",
+            f"--data-dir={tmp_path / 'n1'}",
+            "--insecure-transport",
+        )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if "Address already in use" in line] == [
+        f"nodedb-cluster: node 1 failed: cannot bind {addr}: Address already in use (os error 98)"
+    ], result.stderr
 
 
 @pytest.fixture
@@ -111,11 +181,53 @@ async def test_status_over_mtls_as_table_and_json(cluster: LocalCluster) -> None
     doc = json.loads((await asyncio.to_thread(run, *args, "--json")).stdout)
     assert doc["node_id"] == 2
     assert doc["lifecycle"] == "ready"
+    assert {m[0] for m in doc["members"]} == {1, 3}  # SWIM's view, on by default
     # Without credentials an mTLS node cannot be asked at all.
     insecure = await asyncio.to_thread(
         run, "status", "--addr", cluster.nodes[2].addr, "--insecure", "--timeout", "2"
     )
     assert insecure.returncode == 1
+
+
+async def test_kv_commands_print_one_json_object_with_credentials_from_the_environment(
+    cluster: LocalCluster,
+) -> None:
+    creds = cluster.client_credentials
+    assert isinstance(creds, Mtls)
+    env = {
+        **os.environ,
+        "NODEDB_CLUSTER_ADDR": cluster.nodes[1].addr,
+        "NODEDB_CLUSTER_CA": str(creds.ca),
+        "NODEDB_CLUSTER_CERT": str(creds.cert),
+        "NODEDB_CLUSTER_KEY": str(creds.key),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+        )
+
+    put = await asyncio.to_thread(cli, "put", "greeting", "hello")
+    assert put.returncode == 0, put.stderr
+    assert json.loads(put.stdout) == {"key": "greeting", "written": True}
+    got = await asyncio.to_thread(cli, "get", "greeting")
+    assert json.loads(got.stdout) == {"key": "greeting", "found": True, "value": "hello"}
+    deleted = await asyncio.to_thread(cli, "delete", "greeting")
+    assert json.loads(deleted.stdout) == {"key": "greeting", "deleted": True}
+    missing = await asyncio.to_thread(cli, "get", "greeting")
+    assert missing.returncode == 1  # absent: the documented exit code, and still one object
+    assert json.loads(missing.stdout) == {"key": "greeting", "found": False, "value": None}
+    # A client certificate may not issue join tokens: refused (1), as one JSON object on stderr.
+    refused = await asyncio.to_thread(cli, "join-token", "--node-id", "4")
+    assert refused.returncode == 1
+    error = json.loads(refused.stderr)
+    assert error["exit_code"] == 1
+    assert error["type"] == "PermissionDenied"
 
 
 async def test_sigterm_shuts_a_node_down_cleanly(cluster: LocalCluster) -> None:

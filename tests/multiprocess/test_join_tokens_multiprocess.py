@@ -170,7 +170,9 @@ async def test_a_new_node_joins_only_with_a_valid_token_of_its_own(cluster: Loca
     flags = _cred_flags(cluster.admin_credentials)
     code, out, err = await _cli("audit", "--addr", cluster.nodes[2].addr, "--json", *flags)
     assert code == 0, err
-    records = [json.loads(line) for line in out.splitlines()]
+    doc = json.loads(out)  # one object: {"records": [...], "truncated": bool}
+    assert doc["truncated"] is False
+    records = doc["records"]
     admission = [
         r for r in records if r["command"] == "add_node" and r["args"]["node"]["node_id"] == JOINER
     ]
@@ -190,7 +192,7 @@ async def test_a_new_node_joins_only_with_a_valid_token_of_its_own(cluster: Loca
     assert code == 0, err
     added = {
         r["args"]["node"]["node_id"]: r["proposer"]
-        for r in map(json.loads, out.splitlines())
+        for r in json.loads(out)["records"]
         if r["command"] == "add_node"
     }
     assert added == {i: f"spiffe://localcluster/node/{i}" for i in (2, 3, JOINER)}

@@ -27,19 +27,36 @@ SCHEDULES_MAX = 10_000
 
 
 def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--schedules", type=int, default=3, help="runs, seeds SEED..SEED+N-1")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--duration-s", type=float, default=15.0, help="load per run")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--workers", type=int, default=4, help="client tasks")
-    p.add_argument("--keys", type=int, default=6)
+    p.add_argument(
+        "--schedules", type=int, default=3, metavar="N", help="runs, seeds SEED..SEED+N-1"
+    )
+    p.add_argument(
+        "--seed", type=int, default=1, metavar="N", help="the first run's seed (default: 1)"
+    )
+    p.add_argument(
+        "--duration-s", type=float, default=15.0, metavar="SECS", help="load per run (default: 15)"
+    )
+    p.add_argument("--nodes", type=int, default=3, metavar="N", help="cluster size (default: 3)")
+    p.add_argument("--workers", type=int, default=4, metavar="N", help="client tasks (default: 4)")
+    p.add_argument(
+        "--keys", type=int, default=6, metavar="N", help="keys the workload uses (default: 6)"
+    )
     p.add_argument(
         "--kinds",
         default=",".join(FAULT_KINDS),
+        metavar="KIND,...",
         help=f"comma-separated subset of {','.join(FAULT_KINDS)}",
     )
-    p.add_argument("--out", type=Path, default=None, help="run directories (default: a tmp dir)")
-    p.add_argument("--json", type=Path, default=None, help="write the summary and runs here")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="run directories (default: a tmp dir)"
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="write the summary and runs here as JSON",
+    )
     p.add_argument("--keep", action="store_true", help="keep run directories that passed")
     p.add_argument("--no-netns", action="store_true", help="never re-exec under unshare --net")
 
