@@ -384,6 +384,7 @@ impl MultiRaftCore {
         let Some(g) = self.groups.get_mut(&gid) else {
             return;
         };
+        Metrics::inc(&self.metrics.read_index_requests);
         // Sent now if a leader that can answer is known, else once there is one (a read
         // waits out an election instead of failing: `issue_reads`); the ReadIndex deadline
         // bounds the wait.

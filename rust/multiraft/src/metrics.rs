@@ -10,6 +10,9 @@ pub struct Metrics {
     pub records_written: AtomicU64,
     pub proposals: AtomicU64,
     pub proposals_busy: AtomicU64,
+    /// ReadIndex requests taken (each one quorum round unless it rides another's): a
+    /// linearizable read costs one; lease and follower reads none.
+    pub read_index_requests: AtomicU64,
     pub commands_applied: AtomicU64,
     pub frames_sent: AtomicU64,
     pub messages_sent: AtomicU64,

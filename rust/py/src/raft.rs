@@ -659,8 +659,9 @@ impl PyRaftEngine {
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
         let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 30] = [
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 31] = [
             ("rounds", &m.rounds),
+            ("read_index_requests", &m.read_index_requests),
             ("fsyncs", &m.fsyncs),
             ("records_written", &m.records_written),
             ("proposals", &m.proposals),
