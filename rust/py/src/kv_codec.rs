@@ -1,7 +1,13 @@
 //! `kv_command`, `kv_session`, `kv_result`: the KV command codec (`nodedb_kv::command`) for
-//! Python callers (`KvRouter`, tests). Translation only.
+//! Python callers (tests, tools); `kv_routing_request` / `kv_routing_answer` and
+//! `kv_read_here_request` / `kv_results_answer`: the few KV_REQUESTs Python sends itself (a
+//! `Client` asking for routing, a read of one node's replica), in the schema of
+//! `nodedb_wire::kv`. Translation only: Python never builds a KV map.
+
+use std::borrow::Cow;
 
 use nodedb_kv::{KvCommand, KvResult};
+use nodedb_wire::{KvRequest, KvResponse, ReadLevel, ReadOne};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -80,7 +86,88 @@ fn kv_result<'py>(
     })
 }
 
+fn invalid(py: Python<'_>, err: impl std::fmt::Display) -> PyErr {
+    cluster_error(py, "InvalidRequest", (err.to_string(),))
+}
+
+/// The KV_REQUEST asking a node for routing (what a `Client` needs to reach leaders).
+#[pyfunction]
+fn kv_routing_request(py: Python<'_>) -> PyResult<Bound<'_, PyBytes>> {
+    let bytes = KvRequest::Routing.encode().map_err(|e| invalid(py, e))?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// Its answer: `(routing table bytes, [(node_id, "ip:port", spki pin or None)])`;
+/// `InvalidRequest` for any other answer.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn kv_routing_answer<'py>(
+    py: Python<'py>,
+    payload: &[u8],
+) -> PyResult<(Bound<'py, PyBytes>, Vec<(u64, String, Option<Bound<'py, PyBytes>>)>)> {
+    match KvResponse::decode(payload).map_err(|e| invalid(py, e))? {
+        KvResponse::Routing { routing, nodes } => Ok((
+            PyBytes::new(py, &routing),
+            nodes
+                .into_iter()
+                .map(|n| (n.0, n.1, n.2.map(|pin| PyBytes::new(py, &pin))))
+                .collect(),
+        )),
+        _ => Err(invalid(py, "the node answered without routing")),
+    }
+}
+
+/// A read of `keys` of `group` at `level` on the receiving node only (forwarded: never sent
+/// on), e.g. to check one replica after a failover.
+#[pyfunction]
+fn kv_read_here_request<'py>(
+    py: Python<'py>,
+    group: u64,
+    keys: Vec<Vec<u8>>,
+    level: &str,
+    stale_s: f64,
+    timeout_ms: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let level = ReadLevel::parse(level)
+        .ok_or_else(|| invalid(py, format!("unknown read level {level:?}")))?;
+    let request = KvRequest::Read(ReadOne {
+        group,
+        keys: keys.into_iter().map(Cow::Owned).collect(),
+        level,
+        stale_s,
+        forwarded: true,
+        timeout_ms,
+    });
+    let bytes = request.encode().map_err(|e| invalid(py, e))?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// The values of a results answer (`None` for an absent key); `InvalidRequest` naming what the
+/// node answered instead (not leader, stale, failed groups).
+#[pyfunction]
+fn kv_results_answer<'py>(
+    py: Python<'py>,
+    payload: &[u8],
+) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+    match KvResponse::decode(payload).map_err(|e| invalid(py, e))? {
+        KvResponse::Results(r)
+            if r.not_leader.is_empty() && r.unknown.is_empty() && r.stale.is_empty() =>
+        {
+            Ok(r
+                .results
+                .into_iter()
+                .map(|v| v.map(|v| PyBytes::new(py, &v)))
+                .collect())
+        }
+        other => Err(invalid(py, format!("the node did not serve the read: {other:?}"))),
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(kv_routing_request, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_routing_answer, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_read_here_request, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_results_answer, m)?)?;
     m.add_function(wrap_pyfunction!(kv_command, m)?)?;
     m.add_function(wrap_pyfunction!(kv_session, m)?)?;
     m.add_function(wrap_pyfunction!(kv_result, m)?)?;
