@@ -209,7 +209,16 @@ class RaftEngine:
     def propose(
         self, group_id: int, data: bytes, timeout_ms: int, future: Future[tuple[int, bytes]]
     ) -> None: ...
-    def serve_kv_requests(self, transport: Transport) -> None: ...
+    def serve_kv_requests(self, transport: Transport) -> None:
+        """Answer every KV_REQUEST of `transport` in Rust (none reaches Python); undone by
+        `close`."""
+    def set_kv_routing(
+        self, routing: bytes, nodes: list[tuple[int, str, bytes | None]]
+    ) -> None:
+        """The snapshot KV_REQUEST `routing` is answered with: `RoutingTable.encode()` and
+        (node_id, "ip:port", spki pin or None) per member. Call on every metadata change; until
+        the first call `routing` answers an Error (code "Unavailable"). Needs
+        `serve_kv_requests` first (else ClusterError)."""
     def propose_batch(
         self,
         group_id: int,
@@ -329,8 +338,9 @@ class KvClient:
         client_id: int | None = None,
     ) -> None: ...
     def serve_locally(self, engine: RaftEngine) -> None:
-        """Serve this node's own share (proposals, linearizable reads of the groups it leads)
-        in process through `engine`'s KV server; `engine.serve_kv_requests` must have run."""
+        """Serve this node's own share (proposals, reads at every level of the groups it leads
+        or serves) in process through `engine`'s KV server; `engine.serve_kv_requests` must
+        have run."""
     def bridge_fd(self) -> int: ...
     def drain(self) -> int: ...
     def set_routing(
@@ -349,6 +359,9 @@ class KvClient:
     def calls_unresolved(self) -> int: ...
     def group_of(self, key: bytes) -> int: ...
     def leader_hint(self, group: int) -> int: ...
+    def set_dead(self, node_id: int, dead: bool) -> None:
+        """SWIM's verdict (True: dead or departed): the node is tried last and forgotten as the
+        learned leader of its groups."""
     def put(
         self, key: bytes, value: bytes, timeout_s: float | None, future: Future[None]
     ) -> bool: ...

@@ -33,6 +33,14 @@ impl KvGroups {
         self.readers().get(&group).cloned()
     }
 
+    /// The groups that run the KV on this node (the ones its follower-read refresher keeps
+    /// confirmed).
+    pub fn ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.readers().keys().map(|g| g.0).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Forget `group` (removed from this node).
     pub fn remove(&self, group: GroupId) {
         self.readers().remove(&group);

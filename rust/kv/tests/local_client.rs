@@ -1,7 +1,7 @@
 //! A client inside a node reaches the groups this node leads without the network: one node
 //! over a real transport with no peer registered (not even itself), so any attempt that left
-//! the process would fail; with `serve_locally` writes and linearizable reads are answered by
-//! the node's own KvServer.
+//! the process would fail; with `serve_locally` writes and reads at every level are answered by
+//! the node's own KvServer (a lease read right after a commit without a ReadIndex round).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use nodedb_multiraft::{
     GroupId, GroupRole, MultiRaft, MultiRaftConfig, NodeId, Role, TransportNetwork, WalSink,
 };
 use nodedb_transport::{Credentials, Transport, TransportConfig};
+use nodedb_wire::ReadLevel;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
@@ -91,7 +92,6 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
     }
     let server = Arc::new(KvServer::new(
         Arc::downgrade(&engine),
-        Arc::downgrade(&transport),
         groups.clone(),
         Handle::current(),
     ));
@@ -125,6 +125,33 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
         read: ReadAt::LINEARIZABLE,
     };
     let read = call(&client, get, T).await.expect("get");
+    assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
+    // A lease read right after this leader's own commit: served from its lease, no round.
+    let rounds = || {
+        engine
+            .metrics()
+            .read_index_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    call(&client, put(), T).await.expect("put");
+    let before = rounds();
+    let get_at = |level, max_staleness_s| Request::Get {
+        key: b"k".to_vec(),
+        read: ReadAt {
+            level,
+            max_staleness_s,
+        },
+    };
+    let lease = get_at(ReadLevel::Lease, 1.0);
+    let read = call(&client, lease, T).await.expect("lease get");
+    assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
+    assert_eq!(
+        rounds(),
+        before,
+        "a lease read inside the lease takes no round"
+    );
+    let follower = get_at(ReadLevel::Follower, 5.0);
+    let read = call(&client, follower, T).await.expect("follower get");
     assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
     let reader = groups.reader(G).expect("a KV group here");
     assert_eq!(

@@ -187,6 +187,8 @@ impl Inbound {
 pub struct MultiRaft {
     node_id: NodeId,
     tick_interval: Duration,
+    /// The shortest election timeout raft-rs draws (`election_ticks` ticks).
+    election_timeout_min: Duration,
     inbound: Inbound,
     thread: Mutex<Option<JoinHandle<()>>>,
     discarded: Vec<LostTail>,
@@ -244,6 +246,9 @@ impl MultiRaft {
         Ok(MultiRaft {
             node_id: cfg.node_id,
             tick_interval: cfg.tick_interval,
+            election_timeout_min: cfg
+                .tick_interval
+                .saturating_mul(u32::try_from(cfg.election_ticks).unwrap_or(u32::MAX)),
             inbound: Inbound { tx, shared },
             thread: Mutex::new(Some(thread)),
             discarded,
@@ -256,6 +261,12 @@ impl MultiRaft {
     }
     pub fn tick_interval(&self) -> Duration {
         self.tick_interval
+    }
+    /// The shortest election timeout (raft-rs draws it from [election_ticks, 2 ×
+    /// election_ticks) ticks): a lease granted by a quorum's acknowledgement must end before it
+    /// (the KV's lease reads).
+    pub fn election_timeout_min(&self) -> Duration {
+        self.election_timeout_min
     }
     pub fn inbound(&self) -> Inbound {
         self.inbound.clone()

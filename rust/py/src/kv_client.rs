@@ -173,7 +173,7 @@ impl PyKvClient {
 
     /// Serve this node's own share in process through `engine`'s KV server (the engine must
     /// serve KV requests: `serve_kv_requests`): a client inside a node then reaches the groups
-    /// it leads (proposals, linearizable reads) without the network.
+    /// it leads or serves (proposals, reads at every level) without the network.
     fn serve_locally(&self, py: Python<'_>, engine: &PyRaftEngine) -> PyResult<()> {
         let server = engine.kv_server().ok_or_else(|| {
             let text = "the engine serves no KV requests: call serve_kv_requests first";
@@ -255,6 +255,12 @@ impl PyKvClient {
         self.core
             .group_of(key)
             .map_err(|error| failure_error(py, Failure { group: 0, error }))
+    }
+
+    /// SWIM's verdict on `node_id` (True: dead or departed; False: alive again): see
+    /// `nodedb_kv::client::KvClient::set_dead`.
+    fn set_dead(&self, node_id: u64, dead: bool) {
+        self.core.set_dead(node_id, dead);
     }
 
     /// The node this client would send `group`'s requests to now (0 = unknown).

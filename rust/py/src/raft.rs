@@ -27,6 +27,7 @@ use nodedb_multiraft::{
     MultiRaftConfig, NodeId, Role, StateMachine, StateMachineKind, TransportNetwork, WalSink,
 };
 use nodedb_transport::{MessageKind, Transport};
+use nodedb_wire::KvNode;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -453,14 +454,13 @@ impl PyRaftEngine {
         Ok(())
     }
 
-    /// Answer `transport`'s KV_REQUEST `propose_many` in Rust from now on (group commit per
-    /// group, the same reply as kv.py's `_serve_many`); every other KV_REQUEST still goes to
-    /// the Python handler set with `transport.serve`. Undone by `close`.
+    /// Answer every KV_REQUEST of `transport` in Rust from now on (nodedb_kv::serve: group
+    /// commit, reads at every level, routing from `set_kv_routing`, typed errors for bad
+    /// input); none reaches Python. Undone by `close`.
     fn serve_kv_requests(&self, transport: &PyTransport) {
         let shared = transport.shared();
         let handler = Arc::new(KvServer::new(
             Arc::downgrade(&self.engine),
-            Arc::downgrade(&shared),
             self.kv_groups.clone(),
             self.runtime.handle().clone(),
         ));
@@ -468,6 +468,29 @@ impl PyRaftEngine {
         *self.kv_server.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
         *self.kv_transport.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(Arc::downgrade(&shared));
+    }
+
+    /// The routing snapshot KV_REQUEST `routing` is answered with: `routing` =
+    /// `RoutingTable.encode()`, `nodes` = `(node_id, "ip:port", spki pin or None)` per member.
+    /// Call on every metadata change; before the first call `routing` is answered with an
+    /// Error the requester answers by asking another node. Needs `serve_kv_requests`.
+    fn set_kv_routing(
+        &self,
+        py: Python<'_>,
+        routing: &[u8],
+        nodes: Vec<(u64, String, Option<Vec<u8>>)>,
+    ) -> PyResult<()> {
+        let server = self.kv_server().ok_or_else(|| {
+            let text = "the engine serves no KV requests: call serve_kv_requests first";
+            cluster_error(py, "ClusterError", (text,))
+        })?;
+        let nodes = nodes
+            .into_iter()
+            .map(|(id, addr, pin)| KvNode(id, addr, pin))
+            .collect();
+        server
+            .set_routing(routing.to_vec(), nodes)
+            .map_err(|e| cluster_error(py, "InvalidRequest", (e.to_string(),)))
     }
 
     /// Resolve with the read index once leadership is confirmed by a quorum and this node has

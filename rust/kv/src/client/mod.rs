@@ -146,6 +146,22 @@ impl KvClient {
         self.state().group_of(key)
     }
 
+    /// SWIM's verdict on `node` (dead or departed: `dead`). A dead node is tried only when no
+    /// other member is left ([`crate::peer_health::PeerHealth::set_dead`]), and is forgotten as
+    /// the learned leader of its groups, so their requests ask the other members at once
+    /// instead of waiting out an attempt bound on it.
+    pub fn set_dead(&self, node: u64, dead: bool) {
+        let mut st = self.state();
+        st.health.set_dead(node, dead);
+        if dead {
+            for leader in st.leaders.values_mut() {
+                if *leader == node {
+                    *leader = 0;
+                }
+            }
+        }
+    }
+
     /// The node this client would send `group`'s requests to now (0 = unknown).
     pub fn leader_hint(&self, group: u64) -> u64 {
         self.state().target(group, Instant::now())
@@ -204,7 +220,7 @@ impl KvClient {
                 KvError::Unavailable(text) => SubmitError::NotConnected(text),
                 e => item_error(0, e),
             })?;
-            let Some((target, probe)) = st.pick(group, lane, 0, self.me, now) else {
+            let Some((target, probe)) = st.pick(group, 0, self.me, now) else {
                 return Err(item_error(
                     group,
                     KvError::Unavailable("no member known".into()),
@@ -323,7 +339,7 @@ impl KvClient {
             st.complete(item, Err(err), out);
             return;
         }
-        match st.pick(item.group, item.lane, item.attempt, self.me, now) {
+        match st.pick(item.group, item.attempt, self.me, now) {
             Some((target, probe)) => {
                 let key = (target, item.lane, probe);
                 st.enqueue(key, item);

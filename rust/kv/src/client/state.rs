@@ -44,19 +44,6 @@ impl Lane {
         }
     }
 
-    /// Whether a node's own [`crate::serve::KvServer`] answers this lane in process (its fast
-    /// path: proposals and linearizable reads).
-    pub fn served_locally(self) -> bool {
-        matches!(
-            self,
-            Lane::Propose
-                | Lane::Read {
-                    level: ReadLevel::Linearizable,
-                    ..
-                }
-        )
-    }
-
     pub fn stale_s(self) -> f64 {
         match self {
             Lane::Propose => 0.0,
@@ -256,17 +243,10 @@ impl State {
         pool[tried % pool.len()]
     }
 
-    /// Where an item of `lane` goes: the leader as known (false), else a member in turn (true:
-    /// a probe). This node (`me`) only when it serves `lane` in process.
-    pub fn pick(
-        &self,
-        group: u64,
-        lane: Lane,
-        attempt: usize,
-        me: u64,
-        now: Instant,
-    ) -> Option<(u64, bool)> {
-        let here = self.local.is_some() && lane.served_locally();
+    /// Where an item goes: the leader as known (false), else a member in turn (true: a probe).
+    /// This node (`me`) only when its own server answers in process (every lane).
+    pub fn pick(&self, group: u64, attempt: usize, me: u64, now: Instant) -> Option<(u64, bool)> {
+        let here = self.local.is_some();
         let target = self.target(group, now);
         if target != 0 && (target != me || here) {
             return Some((target, false));

@@ -31,13 +31,7 @@ pub(super) async fn serve_here(
         code: code.into(),
         message: message.into(),
     };
-    let served = server.serve_fast(&payload).ok_or_else(|| {
-        remote(
-            "no_handler",
-            "this node's fast path does not serve this request",
-        )
-    })?;
-    match served.await {
+    match server.serve(&payload).await {
         Ok(Some(frame)) => Ok(frame),
         Ok(None) => Err(remote("no_reply", "this node's server gave no reply")),
         Err(err) => Err(TransportError::Remote {

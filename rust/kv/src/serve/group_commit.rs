@@ -5,8 +5,12 @@
 //! are in flight rides the next entry (ONE Raft entry per batch). Reads share ReadIndex rounds:
 //! a read that arrives while a round is in flight waits for the next one (the running one may
 //! have been sent before it arrived), then reads the local state.
+//!
+//! Both report what a quorum confirmed to the node's [`Freshness`] clocks: a committed entry
+//! (its send time starts a lease) and a ReadIndex round that came back (its send time is how
+//! current this replica is), which lease and follower reads decide on.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -15,7 +19,44 @@ use nodedb_multiraft::{GroupId, MultiRaft};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::freshness::Freshness;
 use crate::KV_STATE_MACHINE;
+
+/// The node's confirmation clocks, shared by its batchers, read shares and reads.
+pub(super) type Clocks = Arc<Mutex<Freshness>>;
+
+pub(super) fn clocks(clocks: &Clocks) -> std::sync::MutexGuard<'_, Freshness> {
+    clocks.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a group's batcher and read share work with.
+#[derive(Clone)]
+pub(super) struct GroupCtx {
+    pub group: GroupId,
+    pub engine: Weak<MultiRaft>,
+    pub runtime: Handle,
+    pub clocks: Clocks,
+}
+
+/// The entry of `group` in `map`, created by `make` if absent; past `max` entries the map is
+/// cleared first (running batches and rounds finish; their users hold them).
+pub(super) fn entry<T>(
+    map: &Mutex<HashMap<u64, Arc<T>>>,
+    group: u64,
+    max: usize,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = map.get(&group) {
+        return Arc::clone(found);
+    }
+    if map.len() >= max {
+        map.clear();
+    }
+    let made = Arc::new(make());
+    map.insert(group, Arc::clone(&made));
+    made
+}
 
 /// Commands per Raft entry (kv.py `BATCH_COMMANDS_MAX`).
 const BATCH_COMMANDS_MAX: usize = 4096;
@@ -45,18 +86,14 @@ struct Queue {
 
 /// One group's group commit.
 pub(super) struct Batcher {
-    group: GroupId,
-    engine: Weak<MultiRaft>,
-    runtime: Handle,
+    ctx: GroupCtx,
     queue: Mutex<Queue>,
 }
 
 impl Batcher {
-    pub(super) fn new(group: GroupId, engine: Weak<MultiRaft>, runtime: Handle) -> Self {
+    pub(super) fn new(ctx: GroupCtx) -> Self {
         Batcher {
-            group,
-            engine,
-            runtime,
+            ctx,
             queue: Mutex::new(Queue::default()),
         }
     }
@@ -116,7 +153,7 @@ impl Batcher {
             }
             queue.in_flight += 1;
             let this = Arc::clone(self);
-            self.runtime.spawn(async move { this.run(batch).await });
+            self.ctx.runtime.spawn(async move { this.run(batch).await });
         }
     }
 
@@ -137,12 +174,12 @@ impl Batcher {
             items.extend(waiter.cmds);
         }
         let expected = items.len();
-        let outcome = match self.engine.upgrade() {
+        let outcome = match self.ctx.engine.upgrade() {
             // KV commands only into groups that run the KV state machine (never group 0's
             // metadata machine nor a host's).
             Some(engine) => {
                 engine
-                    .propose_for(Some(KV_STATE_MACHINE), self.group, items, timeout)
+                    .propose_for(Some(KV_STATE_MACHINE), self.ctx.group, items, timeout)
                     .await
             }
             None => Err(RaftError::Stopped {
@@ -151,6 +188,8 @@ impl Batcher {
         };
         match outcome {
             Ok(out) if out.results.len() == expected => {
+                // Only a leader commits its own proposals: a quorum followed it at `now`.
+                clocks(&self.ctx.clocks).committed(self.ctx.group.0, now);
                 let mut results = out.results.into_iter();
                 for (reply, n) in replies.into_iter().zip(counts) {
                     // A requester that went away meanwhile is fine to miss.
@@ -186,18 +225,14 @@ struct ReadQueue {
 
 /// One group's shared ReadIndex rounds (kv.py `_ReadIndexShare`).
 pub(super) struct ReadShare {
-    group: GroupId,
-    engine: Weak<MultiRaft>,
-    runtime: Handle,
+    ctx: GroupCtx,
     queue: Mutex<ReadQueue>,
 }
 
 impl ReadShare {
-    pub(super) fn new(group: GroupId, engine: Weak<MultiRaft>, runtime: Handle) -> Self {
+    pub(super) fn new(ctx: GroupCtx) -> Self {
         ReadShare {
-            group,
-            engine,
-            runtime,
+            ctx,
             queue: Mutex::new(ReadQueue::default()),
         }
     }
@@ -220,7 +255,7 @@ impl ReadShare {
         if !queue.running {
             queue.running = true;
             let this = Arc::clone(self);
-            self.runtime.spawn(async move { this.rounds().await });
+            self.ctx.runtime.spawn(async move { this.rounds().await });
         }
         receiver
     }
@@ -238,15 +273,19 @@ impl ReadShare {
                     queue.next_deadline.take().unwrap_or_else(Instant::now),
                 )
             };
+            let sent_at = Instant::now();
             let timeout = deadline
-                .saturating_duration_since(Instant::now())
+                .saturating_duration_since(sent_at)
                 .max(Duration::from_millis(1));
-            let outcome = match self.engine.upgrade() {
-                Some(engine) => engine.read_index(self.group, timeout).await.map(|_| ()),
+            let outcome = match self.ctx.engine.upgrade() {
+                Some(engine) => engine.read_index(self.ctx.group, timeout).await.map(|_| ()),
                 None => Err(RaftError::Stopped {
                     reason: "engine closed".into(),
                 }),
             };
+            if outcome.is_ok() {
+                clocks(&self.ctx.clocks).confirmed(self.ctx.group.0, sent_at);
+            }
             for waiter in waiters {
                 let _ = waiter.send(outcome.clone());
             }

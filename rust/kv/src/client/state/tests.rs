@@ -4,8 +4,6 @@ use super::*;
 use crate::peer_health::DOWN_HOLD_S;
 use crate::routing::{Route, VSHARDS};
 
-const P: Lane = Lane::Propose;
-
 pub(crate) fn state_with(leader: u64, voters: Vec<u64>) -> State {
     let mut st = State::new(SessionState::new(1));
     st.routing = Some(Routing::new(vec![1; VSHARDS], [(1, Route { leader, voters })]).unwrap());
@@ -81,25 +79,21 @@ fn attempt_timeout_follows_the_slowest_recent_answer() {
 fn target_follows_hints_and_skips_failed_nodes() {
     let now = Instant::now();
     let mut st = state_with(2, vec![1, 2, 3]);
-    assert_eq!(
-        st.pick(1, P, 0, 99, now),
-        Some((2, false)),
-        "routing's leader"
-    );
+    assert_eq!(st.pick(1, 0, 99, now), Some((2, false)), "routing's leader");
     st.learn(1, Lesson::Leader(3), 99, now);
     assert_eq!(
-        st.pick(1, P, 0, 99, now),
+        st.pick(1, 0, 99, now),
         Some((3, false)),
         "a learned leader wins"
     );
     st.learn(1, Lesson::Failed(3), 99, now);
     // Leader forgotten, node 3 down: members in turn (probes), those not down first.
-    assert_eq!(st.pick(1, P, 0, 99, now), Some((1, true)));
-    assert_eq!(st.pick(1, P, 1, 99, now), Some((2, true)));
+    assert_eq!(st.pick(1, 0, 99, now), Some((1, true)));
+    assert_eq!(st.pick(1, 1, 99, now), Some((2, true)));
     let hold_passed = now + Duration::from_secs_f64(2.0 * DOWN_HOLD_S);
-    assert_eq!(st.pick(1, P, 0, 99, hold_passed), Some((1, true)));
+    assert_eq!(st.pick(1, 0, 99, hold_passed), Some((1, true)));
     let empty = state_with(0, vec![]);
-    assert_eq!(empty.pick(1, P, 0, 99, now), None);
+    assert_eq!(empty.pick(1, 0, 99, now), None);
 }
 
 #[test]
@@ -156,27 +150,19 @@ fn items_of_a_finished_call_are_not_sent_and_a_failure_ends_the_call() {
 }
 
 #[test]
-fn a_client_inside_a_node_targets_its_node_only_on_lanes_it_serves_in_process() {
+fn a_client_inside_a_node_targets_its_node_only_when_its_server_answers_in_process() {
     let now = Instant::now();
     let mut st = state_with(2, vec![1, 2, 3]);
-    let lease = Lane::read(ReadLevel::Lease, 1.0);
     assert_eq!(
-        st.pick(1, P, 0, 2, now),
+        st.pick(1, 0, 2, now),
         Some((1, true)),
         "not local: ask another"
     );
     st.local = Some(std::sync::Weak::new());
-    assert_eq!(st.pick(1, P, 0, 2, now), Some((2, false)), "its own leader");
-    let linearizable = Lane::read(ReadLevel::Linearizable, 0.0);
-    assert_eq!(st.pick(1, linearizable, 0, 2, now), Some((2, false)));
-    assert_eq!(
-        st.pick(1, lease, 0, 2, now),
-        Some((1, true)),
-        "lease reads are not served by the fast path"
-    );
+    assert_eq!(st.pick(1, 0, 2, now), Some((2, false)), "its own leader");
     st.leaders.insert(1, 0);
     assert_eq!(
-        st.pick(1, P, 1, 2, now),
+        st.pick(1, 1, 2, now),
         Some((2, true)),
         "no leader known: this node is one of the members to ask"
     );

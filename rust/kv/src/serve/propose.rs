@@ -1,0 +1,160 @@
+//! Proposals on the serving node: each group's share of a `propose_many` (or the one group of a
+//! `propose`) goes to the group's batcher (group commit); a probe's share that finds no usable
+//! leader here waits for one (issue 13, failover tail).
+
+use std::borrow::Cow;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use nodedb_multiraft::error::RaftError;
+use nodedb_multiraft::{GroupId, MultiRaft, NodeId};
+use nodedb_transport::HandlerResult;
+use tokio::sync::oneshot;
+
+use super::group_commit::{Batcher, GroupResult};
+use super::{by_group, classify, encode, reply_of, KvServer};
+use crate::peer_health::serve_budget_ms;
+
+pub(super) struct GroupShare {
+    group: u64,
+    idx: Vec<usize>,
+    receiver: oneshot::Receiver<GroupResult>,
+    /// A probe's share: its batcher and commands, to propose again if this node comes to lead.
+    again: Option<(Arc<Batcher>, Vec<Vec<u8>>)>,
+}
+
+/// A probe's wait for a leader (its `wl`: the nodes the client avoids).
+pub(super) struct Park {
+    engine: Weak<MultiRaft>,
+    avoid: Vec<NodeId>,
+    deadline: Instant,
+}
+
+impl Park {
+    /// A NotLeader answer the probe may wait out: no leader known here, or only one the
+    /// client avoids (it will be replaced).
+    fn waits_for(&self, hint: Option<NodeId>) -> bool {
+        hint.is_none_or(|h| self.avoid.contains(&h))
+    }
+}
+
+impl KvServer {
+    /// Split by group, submit each share to its batcher. With `wait_leader` (a probe) each
+    /// share keeps its commands and batcher, to be proposed again here if this node becomes
+    /// the leader while the share waits ([`answer`]).
+    pub(super) fn submit(
+        &self,
+        gs: &[u64],
+        cmds: Vec<Vec<u8>>,
+        t: u64,
+        wait_leader: Option<Vec<NodeId>>,
+    ) -> (usize, Vec<GroupShare>, Option<Park>) {
+        let deadline = Instant::now() + Duration::from_millis(serve_budget_ms(t));
+        let total = cmds.len();
+        let mut cmds: Vec<Option<Vec<u8>>> = cmds.into_iter().map(Some).collect();
+        let park = wait_leader.map(|avoid| Park {
+            engine: self.engine.clone(),
+            avoid,
+            deadline,
+        });
+        let shares = by_group(gs)
+            .into_iter()
+            .map(|(g, idx)| {
+                let share: Vec<Vec<u8>> = idx
+                    .iter()
+                    .map(|&i| cmds[i].take().unwrap_or_default())
+                    .collect();
+                let batcher = self.batcher(g);
+                let again = park.as_ref().map(|_| (Arc::clone(&batcher), share.clone()));
+                let receiver = batcher.submit(share, deadline);
+                GroupShare {
+                    group: g,
+                    idx,
+                    receiver,
+                    again,
+                }
+            })
+            .collect();
+        (total, shares, park)
+    }
+}
+
+/// `propose_many`'s answer: results in place, NotLeader/unknown-group shares in "nlg",
+/// unknown outcomes in "unk", any other failure fails the whole request. A probe's share that
+/// found no usable leader here waits for one (issue 13, failover tail): named in "nlg" as soon
+/// as this node knows it (an avoided node only when elected during the wait), or proposed here
+/// if that is this node; 0 when none came within the request's time.
+pub(super) async fn answer(
+    total: usize,
+    shares: Vec<GroupShare>,
+    park: Option<Park>,
+) -> HandlerResult {
+    let mut reply = reply_of(total);
+    for share in shares {
+        let mut outcome = share.receiver.await;
+        if let (Some(park), Some((batcher, cmds))) = (&park, share.again) {
+            if let Ok(Err(RaftError::NotLeader { leader_hint, .. })) = &outcome {
+                if park.waits_for(*leader_hint) {
+                    match wait_for_leader(park, share.group).await {
+                        Some((_, true)) => outcome = batcher.submit(cmds, park.deadline).await,
+                        Some((leader, false)) => {
+                            reply.not_leader.push((share.group, leader.0));
+                            continue;
+                        }
+                        None => {
+                            // Still no usable leader: "none known", never the avoided one
+                            // again (a probe's answer naming an avoided node means that node
+                            // was elected since: the client may use it at once).
+                            reply.not_leader.push((share.group, 0));
+                            continue;
+                        }
+                    }
+                }
+            }
+        }
+        match outcome {
+            Ok(Ok(results)) => {
+                for (i, r) in share.idx.into_iter().zip(results) {
+                    reply.results[i] = Some(Cow::Owned(r));
+                }
+            }
+            Ok(Err(err)) => classify(&mut reply, share.group, err)?,
+            Err(_) => reply.unknown.push(share.group),
+        }
+    }
+    encode(reply)
+}
+
+/// The leader `park` waits for in `group`, and whether it is this node; None once its time is
+/// up (or the engine is gone).
+async fn wait_for_leader(park: &Park, group: u64) -> Option<(NodeId, bool)> {
+    let engine = park.engine.upgrade()?;
+    let left = park.deadline.saturating_duration_since(Instant::now());
+    let leader = engine
+        .wait_leader(GroupId(group), &park.avoid, left)
+        .await?;
+    Some((leader, leader == engine.node_id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_waits_only_for_a_leader_it_does_not_avoid() {
+        let park = Park {
+            engine: Weak::new(),
+            avoid: vec![NodeId(3)],
+            deadline: Instant::now(),
+        };
+        assert!(park.waits_for(None), "no leader known: wait for one");
+        assert!(
+            park.waits_for(Some(NodeId(3))),
+            "only an avoided one: wait for another"
+        );
+        assert!(
+            !park.waits_for(Some(NodeId(2))),
+            "another leader: named at once"
+        );
+    }
+}

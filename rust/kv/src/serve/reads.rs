@@ -1,0 +1,233 @@
+//! Reads at every level on the serving node: each group's share of a request is decided at
+//! once ([`Freshness`]: local now, or after a shared ReadIndex round) and then answered from
+//! the local state; the follower-read refresher keeps groups confirmed while follower reads
+//! come in.
+//!
+//! A share's round starts when the request arrives (every group of a request at once), and the
+//! request then waits for its shares in turn: the groups' rounds overlap.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use nodedb_multiraft::error::RaftError;
+use nodedb_multiraft::{GroupId, MultiRaft};
+use nodedb_wire::ReadLevel;
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+
+use super::freshness::{Decision, Freshness, REFRESH_INTERVAL, REFRESH_ROUND_TIMEOUT};
+use super::group_commit::{clocks, entry, Clocks, GroupCtx, ReadShare};
+use super::request::ReadAt;
+use crate::groups::KvGroups;
+
+/// Remembered read shares, at most (the map is cleared past it; running rounds finish).
+const SHARES_MAX: usize = 4096;
+
+/// Why a group's share of a read got no values.
+#[derive(Debug)]
+pub(super) enum ReadFail {
+    /// This node does not run the KV of the group: (leader hint or 0).
+    NotHere(u64),
+    /// A follower read whose replica could not be confirmed within its staleness: age in s.
+    Stale(f64),
+    Raft(RaftError),
+}
+
+/// A group's share of a read, decided: values now, or after a round.
+pub(super) struct Pending {
+    group: u64,
+    wait: Wait,
+}
+
+impl Pending {
+    pub(super) fn group(&self) -> u64 {
+        self.group
+    }
+}
+
+enum Wait {
+    Local,
+    NotHere(u64),
+    Round {
+        receiver: oneshot::Receiver<Result<(), RaftError>>,
+        /// A follower read's age when it was decided: refused with it if the round fails.
+        stale_age_s: Option<f64>,
+    },
+}
+
+/// The read side of a node's KV server.
+pub(super) struct ReadPath {
+    engine: Weak<MultiRaft>,
+    groups: KvGroups,
+    runtime: Handle,
+    clocks: Clocks,
+    shares: Mutex<HashMap<u64, Arc<ReadShare>>>,
+}
+
+impl ReadPath {
+    pub(super) fn new(
+        engine: Weak<MultiRaft>,
+        groups: KvGroups,
+        runtime: Handle,
+        clocks: Clocks,
+    ) -> Arc<Self> {
+        Arc::new(ReadPath {
+            engine,
+            groups,
+            runtime,
+            clocks,
+            shares: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What `group`'s batcher or read share works with on this node.
+    pub(super) fn ctx(&self, group: u64) -> GroupCtx {
+        GroupCtx {
+            group: GroupId(group),
+            engine: self.engine.clone(),
+            runtime: self.runtime.clone(),
+            clocks: Arc::clone(&self.clocks),
+        }
+    }
+
+    fn share(&self, group: u64) -> Arc<ReadShare> {
+        entry(&self.shares, group, SHARES_MAX, || {
+            ReadShare::new(self.ctx(group))
+        })
+    }
+
+    /// The leader of `group` this node knows, or 0.
+    pub(super) fn hint(&self, group: u64) -> u64 {
+        self.engine
+            .upgrade()
+            .and_then(|e| e.leader(GroupId(group)))
+            .map_or(0, |n| n.0)
+    }
+
+    /// Decide `group`'s share of a read at `at`, answered by `deadline`; starts its round now
+    /// if it needs one.
+    pub(super) fn start(self: &Arc<Self>, group: u64, at: ReadAt, deadline: Instant) -> Pending {
+        if self.groups.reader(GroupId(group)).is_none() {
+            return Pending {
+                group,
+                wait: Wait::NotHere(self.hint(group)),
+            };
+        }
+        let now = Instant::now();
+        let (decision, follower) = {
+            let mut clocks = clocks(&self.clocks);
+            match at.level {
+                ReadLevel::Linearizable => (
+                    Decision::Confirm {
+                        bound: None,
+                        age_s: 0.0,
+                    },
+                    false,
+                ),
+                ReadLevel::Lease => (clocks.lease_read(group, now), false),
+                ReadLevel::Follower => {
+                    if clocks.note_follower_read(now) {
+                        self.start_refresher();
+                    }
+                    (clocks.follower_read(group, now, at.stale_s), true)
+                }
+            }
+        };
+        let wait = match decision {
+            Decision::Local => Wait::Local,
+            Decision::Confirm { bound, age_s } => {
+                let until = bound
+                    .and_then(|b| now.checked_add(b))
+                    .map_or(deadline, |b| b.min(deadline));
+                Wait::Round {
+                    receiver: self.share(group).wait(until),
+                    stale_age_s: follower.then_some(age_s),
+                }
+            }
+        };
+        Pending { group, wait }
+    }
+
+    /// The values of `keys` once `pending` may read (None per absent key).
+    pub(super) async fn finish(
+        &self,
+        pending: Pending,
+        keys: impl Iterator<Item = &[u8]>,
+    ) -> Result<Vec<Option<Vec<u8>>>, ReadFail> {
+        match pending.wait {
+            Wait::Local => {}
+            Wait::NotHere(hint) => return Err(ReadFail::NotHere(hint)),
+            Wait::Round {
+                receiver,
+                stale_age_s,
+            } => {
+                let outcome = receiver.await.unwrap_or_else(|_| {
+                    Err(RaftError::Stopped {
+                        reason: "read round dropped".into(),
+                    })
+                });
+                match (outcome, stale_age_s) {
+                    (Ok(()), _) => {}
+                    (
+                        Err(
+                            RaftError::Timeout { .. }
+                            | RaftError::NotLeader { .. }
+                            | RaftError::LeadershipLost { .. },
+                        ),
+                        Some(age_s),
+                    ) => return Err(ReadFail::Stale(age_s)),
+                    (Err(err), _) => return Err(ReadFail::Raft(err)),
+                }
+            }
+        }
+        let Some(reader) = self.groups.reader(GroupId(pending.group)) else {
+            return Err(ReadFail::NotHere(self.hint(pending.group))); // removed meanwhile
+        };
+        Ok(keys.map(|k| reader.get(k)).collect())
+    }
+
+    /// While follower reads come in, confirm every local group not confirmed within
+    /// [`REFRESH_INTERVAL`], every [`REFRESH_INTERVAL`]; one task at most, holding the read
+    /// path weakly (it ends with the server).
+    fn start_refresher(self: &Arc<Self>) {
+        let path = Arc::downgrade(self);
+        self.runtime.spawn(async move { refresh(path).await });
+    }
+}
+
+async fn refresh(path: Weak<ReadPath>) {
+    loop {
+        let receivers = {
+            let Some(path) = path.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let local = path.groups.ids();
+            let Some(due) = clocks(&path.clocks).refresh_due(&local, now) else {
+                return;
+            };
+            let until = now + REFRESH_ROUND_TIMEOUT;
+            due.into_iter()
+                .map(|g| path.share(g).wait(until))
+                .collect::<Vec<_>>()
+        };
+        for receiver in receivers {
+            if let Ok(Err(RaftError::Stopped { .. })) | Err(_) = receiver.await {
+                if let Some(path) = path.upgrade() {
+                    clocks(&path.clocks).refresher_stopped();
+                }
+                return;
+            }
+        }
+        tokio::time::sleep(REFRESH_INTERVAL).await; // a period, not a synchronisation
+    }
+}
+
+/// A fresh set of clocks for a node whose minimum election timeout is `election_timeout_min`.
+pub(super) fn new_clocks(election_timeout_min: Duration) -> Clocks {
+    Arc::new(Mutex::new(Freshness::new(
+        election_timeout_min,
+        Instant::now(),
+    )))
+}
