@@ -104,7 +104,10 @@ fn kv_routing_request(py: Python<'_>) -> PyResult<Bound<'_, PyBytes>> {
 fn kv_routing_answer<'py>(
     py: Python<'py>,
     payload: &[u8],
-) -> PyResult<(Bound<'py, PyBytes>, Vec<(u64, String, Option<Bound<'py, PyBytes>>)>)> {
+) -> PyResult<(
+    Bound<'py, PyBytes>,
+    Vec<(u64, String, Option<Bound<'py, PyBytes>>)>,
+)> {
     match KvResponse::decode(payload).map_err(|e| invalid(py, e))? {
         KvResponse::Routing { routing, nodes } => Ok((
             PyBytes::new(py, &routing),
@@ -153,13 +156,15 @@ fn kv_results_answer<'py>(
         KvResponse::Results(r)
             if r.not_leader.is_empty() && r.unknown.is_empty() && r.stale.is_empty() =>
         {
-            Ok(r
-                .results
+            Ok(r.results
                 .into_iter()
                 .map(|v| v.map(|v| PyBytes::new(py, &v)))
                 .collect())
         }
-        other => Err(invalid(py, format!("the node did not serve the read: {other:?}"))),
+        other => Err(invalid(
+            py,
+            format!("the node did not serve the read: {other:?}"),
+        )),
     }
 }
 
