@@ -183,7 +183,10 @@ class RaftEngine:
         max_uncommitted_bytes: int = 33554432,
         rejoin: bool = False,
         free_space_reserve_bytes: int | None = None,
-    ) -> None: ...
+        share_bridge: bool = False,
+    ) -> None:
+        """`share_bridge=True`: use `transport`'s loop bridge (then `bridge_fd()` is the
+        transport's fd and `drain()` drains it: watch that fd once, not once per object)."""
     def discarded_groups(self) -> list[tuple[int, int, int]]: ...
     def leader(self, group_id: int) -> int | None: ...
     def leaders(self) -> tuple[int, list[tuple[int, int | None, int]]]: ...
@@ -336,7 +339,9 @@ class KvClient:
         node_id: int,
         timeout_s: float = 5.0,
         client_id: int | None = None,
-    ) -> None: ...
+        share_bridge: bool = False,
+    ) -> None:
+        """`share_bridge=True`: use `transport`'s loop bridge, as for `RaftEngine`."""
     def serve_locally(self, engine: RaftEngine) -> None:
         """Serve this node's own share (proposals, reads at every level of the groups it leads
         or serves) in process through `engine`'s KV server; `engine.serve_kv_requests` must

@@ -11,7 +11,6 @@ use nodedb_kv::client::{
 use nodedb_kv::routing::{Route, Routing};
 use nodedb_kv::session::random_client_id;
 use nodedb_wire::ReadLevel;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyList};
 
@@ -140,20 +139,20 @@ impl Drop for UnresolvedCall {
 #[pymethods]
 impl PyKvClient {
     #[new]
-    #[pyo3(signature = (transport, node_id, timeout_s = 5.0, client_id = None))]
+    #[pyo3(signature = (transport, node_id, timeout_s = 5.0, client_id = None, share_bridge = false))]
     fn new(
         py: Python<'_>,
         transport: &PyTransport,
         node_id: u64,
         timeout_s: f64,
         client_id: Option<u64>,
+        share_bridge: bool,
     ) -> PyResult<Self> {
         if !(timeout_s.is_finite() && timeout_s > 0.0 && timeout_s <= TIMEOUT_S_MAX) {
             let reason = format!("{timeout_s} s is not in (0, {TIMEOUT_S_MAX}]");
             return Err(cluster_error(py, "ConfigError", ("timeout_s", reason)));
         }
-        let bridge = LoopBridge::new()
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot create the loop bridge: {e}")))?;
+        let bridge = transport.bridge_for(share_bridge)?;
         let runtime = transport_runtime()?;
         let client_id = client_id.unwrap_or_else(random_client_id);
         let core = KvClient::new(
@@ -164,7 +163,7 @@ impl PyKvClient {
         );
         Ok(PyKvClient {
             core,
-            bridge: Arc::new(bridge),
+            bridge,
             runtime,
             calls_unresolved: Arc::new(AtomicUsize::new(0)),
             timeout_s,

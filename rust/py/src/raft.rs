@@ -28,7 +28,6 @@ use nodedb_multiraft::{
 };
 use nodedb_transport::{MessageKind, Transport};
 use nodedb_wire::KvNode;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
@@ -179,7 +178,7 @@ impl PyRaftEngine {
                         install_snapshot_chunk_bytes = 4 << 20,
                         orphan_partial_max_age_secs = 300,
                         max_uncommitted_bytes = 32 << 20, rejoin = false,
-                        free_space_reserve_bytes = None))]
+                        free_space_reserve_bytes = None, share_bridge = false))]
     fn new(
         py: Python<'_>,
         node_id: u64,
@@ -195,6 +194,7 @@ impl PyRaftEngine {
         max_uncommitted_bytes: u64,
         rejoin: bool,
         free_space_reserve_bytes: Option<u64>,
+        share_bridge: bool,
     ) -> PyResult<Self> {
         let mut cfg = MultiRaftConfig::new(NodeId(node_id), &data_dir);
         cfg.tick_interval = Duration::from_millis(tick_interval_ms);
@@ -250,12 +250,11 @@ impl PyRaftEngine {
             })
             .map_err(|e| engine_error(py, e))?;
         TransportNetwork::attach_inbound(&shared, engine.inbound());
-        let bridge = LoopBridge::new()
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot create the loop bridge: {e}")))?;
+        let bridge = transport.bridge_for(share_bridge)?;
         Ok(PyRaftEngine {
             engine: Arc::new(engine),
             kv_groups,
-            bridge: Arc::new(bridge),
+            bridge,
             runtime,
             kv_transport: Mutex::new(None),
             kv_server: Mutex::new(None),

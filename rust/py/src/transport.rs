@@ -269,6 +269,17 @@ impl PyTransport {
         self.inner.clone()
     }
 
+    /// The loop bridge of a binding over this transport: this transport's own when `share` (the
+    /// node's owning loop then watches one fd for all of them), else a new one.
+    pub(crate) fn bridge_for(&self, share: bool) -> PyResult<Arc<LoopBridge>> {
+        if share {
+            return Ok(Arc::clone(&self.bridge));
+        }
+        LoopBridge::new()
+            .map(Arc::new)
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot create the loop bridge: {e}")))
+    }
+
     /// Run `work` on the runtime; resolve `future` on the loop thread (see `bridge::spawn_settle`).
     fn spawn_settle<F, T>(
         &self,

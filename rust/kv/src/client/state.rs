@@ -222,7 +222,7 @@ impl State {
     }
 
     /// kv.py `_next_member`: with no leader known, the members in turn, those that answered
-    /// lately first (this node among them only when it serves `lane` in process).
+    /// lately first (this node among them only when its own server answers in process).
     fn next_member(&self, group: u64, tried: usize, me: u64, here: bool, now: Instant) -> u64 {
         let Some(route) = self.routing.as_ref().and_then(|r| r.route(group)) else {
             return 0;
