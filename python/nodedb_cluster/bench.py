@@ -22,17 +22,18 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 
+import msgpack
 import numpy as np
 import numpy.typing as npt
 
 from nodedb_cluster import wire
-from nodedb_cluster.errors import ClusterError, ConfigError
-from nodedb_cluster.kv import ReadLevel, decode_doc, encode_request
+from nodedb_cluster.errors import ClusterError, ConfigError, InvalidRequest
+from nodedb_cluster.kv import ReadLevel
 
 if TYPE_CHECKING:
     from nodedb_cluster.control import ControlDispatch
@@ -48,6 +49,21 @@ KEYSPACE_DEFAULT: Final = 100_000
 
 T = TypeVar("T")
 PREFILL_BATCH: Final = 5000
+
+
+def _encode_doc(doc: Mapping[str, object]) -> bytes:
+    """A BENCH_LOAD payload (the bench tool's own messages: a MessagePack map)."""
+    return bytes(msgpack.packb(doc, use_bin_type=True))
+
+
+def _decode_doc(payload: bytes, what: str) -> dict[str, object]:
+    try:
+        doc = msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise InvalidRequest(f"malformed {what}: {e}") from e
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"malformed {what}: not a map")
+    return doc
 
 
 class KvApi(Protocol):
@@ -327,9 +343,9 @@ def serve_embedded_load(control: ControlDispatch, kv: Callable[[], KvApi]) -> No
     load = EmbeddedLoad()
 
     async def on_bench_load(peer: Peer, payload: bytes) -> Reply:
-        request = decode_doc(payload, "bench load request")
+        request = _decode_doc(payload, "bench load request")
         answer = await load.handle(kv(), request)
-        return wire.MessageKind.BENCH_LOAD_RESPONSE, encode_request(answer)
+        return wire.MessageKind.BENCH_LOAD_RESPONSE, _encode_doc(answer)
 
     control.register(wire.MessageKind.BENCH_LOAD, on_bench_load)
 
@@ -437,11 +453,11 @@ async def _rpc(transport: object, addr: str, doc: dict[str, object]) -> dict[str
 
     assert isinstance(transport, Transport)
     kind, payload = await transport.send_rpc_to_addr(
-        addr, wire.MessageKind.BENCH_LOAD, encode_request(doc)
+        addr, wire.MessageKind.BENCH_LOAD, _encode_doc(doc)
     )
     if kind != wire.MessageKind.BENCH_LOAD_RESPONSE:
         raise ClusterError(f"{addr} answered with kind {kind}")
-    return decode_doc(payload, "load response")
+    return _decode_doc(payload, "load response")
 
 
 async def _all_nodes(

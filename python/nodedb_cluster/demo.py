@@ -79,7 +79,7 @@ async def _demo(cluster: LocalCluster) -> int:
             await client.put(key, value)
             acked[key] = value
         say(f"   {len(acked)} writes acknowledged")
-        group = client.router.group_of(b"demo.key00")
+        group = client.group_of(b"demo.key00")
         leader = leader_of(await _statuses(cluster), group)
         say(f"\n3. SIGKILL node {leader}, the leader of data group {group}")
         cluster.nodes[leader].kill()

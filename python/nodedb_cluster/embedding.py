@@ -36,6 +36,7 @@ from nodedb_cluster.errors import (
     HandshakeError,
     InvalidRequest,
     LeadershipLost,
+    OutcomeUnknown,
     RaftNotLeader,
     Timeout,
     TransportClosed,
@@ -61,15 +62,6 @@ NO_LEADER_WAIT_S: Final = 0.05
 
 LeaderCallback = Callable[[int, int | None, int], None]
 """(group, leader node id or None, term), called on the event loop."""
-
-
-class OutcomeUnknown(ClusterError):
-    """A command was handed to a leader but whether it was applied is not known."""
-
-    def __init__(self, group_id: int, reason: str) -> None:
-        super().__init__(f"group {group_id}: outcome of the command unknown ({reason})")
-        self.group_id = group_id
-        self.reason = reason
 
 
 class NotEmbedded(ClusterError):

@@ -406,3 +406,37 @@ class NoSpace(ClusterError):
             "freed there, then resume by themselves (no restart needed); reads are still served"
         )
         self.data_dir = data_dir
+
+
+class Unavailable(ClusterError):
+    """No leader of the key's group could be reached before the deadline."""
+
+    def __init__(self, group_id: int, reason: str) -> None:
+        super().__init__(f"group {group_id} unavailable: {reason}")
+        self.group_id = group_id
+        self.reason = reason
+
+
+class OutcomeUnknown(ClusterError):
+    """A write was handed to a leader but whether it was applied is not known: a KV write whose
+    retry found its first copy's cached result already dropped (the session's window
+    overflowed, or the session was evicted), or a host command whose leader failed or timed out
+    after taking it (`nodedb_cluster.embedding`). Applied at most once either way."""
+
+    def __init__(self, group_id: int, reason: str = "session result dropped") -> None:
+        super().__init__(f"group {group_id}: write outcome unknown ({reason})")
+        self.group_id = group_id
+        self.reason = reason
+
+
+class StaleRead(ClusterError):
+    """A follower read refused: this replica was last confirmed current `age_s` ago."""
+
+    def __init__(self, group_id: int, age_s: float, max_staleness_s: float) -> None:
+        super().__init__(
+            f"group {group_id}: replica last confirmed {age_s:.3f} s ago, "
+            f"more than the allowed {max_staleness_s:.3f} s"
+        )
+        self.group_id = group_id
+        self.age_s = age_s
+        self.max_staleness_s = max_staleness_s

@@ -15,6 +15,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+import nodedb_cluster_core as _core
+
 from nodedb_cluster import wire
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.config import ClusterConfig
@@ -28,7 +30,7 @@ from nodedb_cluster.embedding import DataGroups, NotEmbedded
 from nodedb_cluster.errors import CatalogNoSpace, EngineStopped
 from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.formation.credentials import reload_crl
-from nodedb_cluster.kv import LEASE_FRACTION, KvRouter, decode_doc, encode_request
+from nodedb_cluster.kv import TIMEOUT_S_DEFAULT, Kv
 from nodedb_cluster.lifecycle import Failed, LifecycleTracker
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.metadata.applier import MetadataState
@@ -65,7 +67,7 @@ class Node:
         self.transport = transport
         self.cluster_id = cluster_id
         self.engine: RaftEngine | None = None
-        self._kv: KvRouter | None = None
+        self._kv: Kv | None = None
         self._data: DataGroups | None = None
         self._metadata: MetadataGroup | None = None
         self._data_group_kind: StateMachineKind = data_group_kind
@@ -109,7 +111,6 @@ class Node:
             wire.MessageKind.JOIN_REQUEST: self.admission.on_join_request,
             wire.MessageKind.STATUS_REQUEST: status_handler(self.status),
             wire.MessageKind.METADATA_PROPOSE: self._proposer.on_propose,
-            wire.MessageKind.KV_REQUEST: self._on_kv,
             wire.MessageKind.BENCH_LOAD: bench_load_refusal(transport.record_refusal),
             wire.MessageKind.JOIN_TOKEN_REQUEST: self.admission.on_join_token_request,
             wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
@@ -152,15 +153,17 @@ class Node:
             self._routing,
             host=self._data_group_kind == "python",
         )
-        self._attach_kv(engine)
 
     def serve(self) -> None:
-        """Answer control RPCs from now on (raft frames are answered inside the engine; so is
-        KV_REQUEST `propose_many`, the hot write path: rust/py/src/kv_serve.rs)."""
+        """Answer RPCs from now on: control kinds through `self.control`; raft frames inside the
+        engine; every KV_REQUEST inside the Rust KV server (nodedb-kv), which also serves this
+        node's own `node.kv` calls in process."""
         self.transport.serve(self.control)
         self._tasks.append(asyncio.ensure_future(log_refusals(self.transport)))
         if self.engine is not None:
             self.engine.serve_kv_requests(self.transport)
+            self._push_kv_routing(self.metadata)
+            self._attach_kv(self.engine)
 
     def start_reconciler(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._reconciler.run()))
@@ -175,29 +178,29 @@ class Node:
     # --- the built-in KV (issue 14 part 5: the lead replaces this block) --------------------------
 
     def _attach_kv(self, engine: RaftEngine) -> None:
-        """Build the KV router over `engine` and feed it SWIM's verdicts: a dead or departed
-        node's health is marked, and a dead leader is forgotten so requests ask the group's
-        other members instead of waiting it out."""
-        lease_s = self.config.election_timeout_min_ms / 1000 * LEASE_FRACTION
-        kv = KvRouter(self.config.node_id, self.transport, self._routing, engine, lease_s)
+        """`node.kv`: a client core whose own share (groups this node leads) is served in
+        process by the engine's KV server; SWIM's verdicts steer it off dead nodes."""
+        core = _core.KvClient(self.transport._core, self.config.node_id, TIMEOUT_S_DEFAULT)
+        core.serve_locally(engine._core)
+        kv = Kv(core)
+        kv.set_routing(self.metadata.routing)
         self._kv = kv
 
         def on_change(event: MemberChanged) -> None:
-            gone = event.state in (MemberState.DEAD, MemberState.LEFT)
-            kv.health.set_dead(event.node_id, gone)
-
-        def forget_dead_leader(node_id: int) -> None:
-            if self._metadata is None:
-                return
-            for group_id in self.metadata.routing.group_ids:
-                if kv.leader_hint(group_id) == node_id:
-                    kv.learn_leader(group_id, None)
+            kv.set_dead(event.node_id, event.state in (MemberState.DEAD, MemberState.LEFT))
 
         self._swim.observe(on_change)
-        self._swim.add_dead_hook(forget_dead_leader)
+
+    def _push_kv_routing(self, state: MetadataState) -> None:
+        """What the KV server answers a `Client` asking for routing: the table and members."""
+        if self.engine is not None:
+            self.engine.set_kv_routing(
+                state.routing.encode(),
+                [(n.node_id, str(n.addr), n.spki_pin) for n in state.topology.nodes()],
+            )
 
     @property
-    def kv(self) -> KvRouter:
+    def kv(self) -> Kv:
         """The replicated KV API: `await node.kv.put(key, value)`, `get`, `delete`, `cas`,
         `put_many`, `get_many` (nodedb_cluster.kv). `NotEmbedded` on a node whose data groups
         run the host's state machine: KV commands never reach the host's log."""
@@ -221,18 +224,6 @@ class Node:
     async def _on_host_propose(self, peer: Peer, payload: bytes) -> Reply:
         return await self.data.serve_propose(peer, payload)
 
-    async def _on_kv(self, peer: Peer, payload: bytes) -> Reply:
-        """KV requests: "routing" (what a `Client` needs to reach leaders) or one operation."""
-        request = decode_doc(payload, "kv request")
-        if request.get("op") == "routing":
-            state = self.metadata
-            doc = {
-                "routing": state.routing.encode(),
-                "nodes": [[n.node_id, str(n.addr), n.spki_pin] for n in state.topology.nodes()],
-            }
-            return wire.MessageKind.KV_RESPONSE, encode_request(doc)
-        return wire.MessageKind.KV_RESPONSE, await self.kv.serve(request)
-
     # --- state --------------------------------------------------------------------------------
 
     @property
@@ -247,6 +238,9 @@ class Node:
     def on_metadata_change(self, state: MetadataState) -> None:
         """On the event loop after group 0 applied something: peers, then reconcile."""
         self.register_peers(state)
+        if self._kv is not None:
+            self._kv.set_routing(state.routing)
+            self._push_kv_routing(state)
         self._swim.seed(state.topology)
         self._reconciler.wake()
 

@@ -233,10 +233,15 @@ class RaftEngine:
         return ProposedBatch(index, tuple(results))
 
     def serve_kv_requests(self, transport: Transport) -> None:
-        """Answer `transport`'s KV_REQUEST `propose_many` in Rust from now on (group commit per
-        group, the reply `KvRouter.serve` would give); every other KV_REQUEST still reaches the
-        Python handler of `transport.serve`. Undone by `close`."""
+        """Answer every KV_REQUEST of `transport` in Rust from now on (nodedb-kv's server: group
+        commit per group, shared ReadIndex rounds, lease and follower reads, routing as set by
+        `set_kv_routing`). Undone by `close`."""
         self._core.serve_kv_requests(transport._core)
+
+    def set_kv_routing(self, routing: bytes, nodes: list[tuple[int, str, bytes | None]]) -> None:
+        """What the KV server answers a `Client` asking for routing from now on: the encoded
+        routing table and the members (id, "ip:port", SPKI pin or None)."""
+        self._core.set_kv_routing(routing, nodes)
 
     async def read_index(self, group_id: int, timeout_ms: int = TIMEOUT_MS_DEFAULT) -> int:
         """Confirm leadership with a quorum (ReadIndex) and wait until this node applied
@@ -386,7 +391,7 @@ def kv_cas(key: bytes, expected: bytes | None, value: bytes) -> bytes:
 
 
 def kv_session(client: int, seq: int, acked_below: int, command: bytes) -> bytes:
-    """`command` as client `client`'s write `seq` (exactly-once: see `nodedb_cluster.session`)."""
+    """`command` as client `client`'s write `seq` (exactly-once: docs/KV.md, "Sessions")."""
     return _core.kv_session(client, seq, acked_below, command)
 
 

@@ -57,14 +57,14 @@ async def test_every_operation_round_trips(client: Client, three: list[Node]) ->
     assert await client.get_many([]) == []
     await client.put_many([])
     # The keys spread over every data group, and each group's replica holds them.
-    groups = {client.router.group_of(k) for k in keys}
+    groups = {client.group_of(k) for k in keys}
     assert groups == set(data_groups(three[0]))
     for node in three:
         engine = node.engine
         assert engine is not None
         key = keys[7]
         deadline = time.monotonic() + CALL_BOUND_S
-        while engine.kv_get(client.router.group_of(key), key) != b"7":
+        while engine.kv_get(client.group_of(key), key) != b"7":
             assert time.monotonic() < deadline, "replica never applied the put"
             await asyncio.sleep(0.05)  # followers apply asynchronously: poll, bounded
 
@@ -96,7 +96,7 @@ async def test_session_floor_advances_and_nothing_stays_open(client: Client) -> 
 
 async def test_a_wrong_leader_is_learned_from_not_leader(client: Client, three: list[Node]) -> None:
     routing = three[0].metadata.routing
-    group = client.router.group_of(b"hint")
+    group = client.group_of(b"hint")
     leader = routing.route(group).leader
     wrong = next(n.config.node_id for n in three if n.config.node_id != leader)
     # Routing that names a follower as every group's leader.
@@ -130,7 +130,7 @@ async def test_unreachable_members_give_a_typed_error_within_the_deadline(
     port = free_port(["127.0.0.1"])
     for fake in (901, 902, 903):
         client.transport.register_peer(fake, f"127.0.0.1:{port}")
-    routing = client.router._routing()
+    routing = client.routing
     client._core.set_routing(
         routing.vshard_to_group.tolist(),
         [(g, 901, [901, 902, 903]) for g in routing.group_ids],

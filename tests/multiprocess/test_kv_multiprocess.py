@@ -39,7 +39,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
 async def test_writes_continue_without_errors_across_a_leader_kill(cluster: LocalCluster) -> None:
     addrs = [n.addr for n in cluster.nodes.values()]
     async with Client(addrs, cluster.client_credentials) as client:
-        group = client.router.group_of(b"w0:0")
+        group = client.group_of(b"w0:0")
         statuses = {i: await cluster.status(i) for i in cluster.nodes}
         victim = leader_of(statuses, group)
         assert victim
@@ -112,7 +112,7 @@ async def test_a_restarted_node_is_heard_at_once_and_elects_the_next_leader(
     addrs = [n.addr for n in cluster.nodes.values()]
     async with Client(addrs, cluster.client_credentials, timeout_s=5.0) as client:
         key = b"restart-then-kill"
-        group = client.router.group_of(key)
+        group = client.group_of(key)
         statuses = {i: await cluster.status(i) for i in cluster.nodes}
         leader = leader_of(statuses, group)
         assert leader

@@ -32,7 +32,7 @@ async def main(base: Path) -> dict[str, object]:
         addrs = [n.addr for n in cluster.nodes.values()]
         async with Client(addrs, cluster.client_credentials, timeout_s=5.0) as client:
             key = b"probe"
-            group = client.router.group_of(key)
+            group = client.group_of(key)
             old_leader = leader_of(statuses, group)
             old_term = _term_of(statuses, old_leader, group)
             part = Partitioner(cluster.nodes[1].config.listen_addr.port)

@@ -264,7 +264,7 @@ def failover_times_ms(
             and op.outcome is Outcome.OK
             and op.invoke_ms >= killed_ms
             and op.complete_ms is not None
-            and client.router.group_of(op.key.encode()) == group_id
+            and client.group_of(op.key.encode()) == group_id
         ]
         if done:
             out.append(min(done) - killed_ms)
@@ -315,7 +315,7 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
                 await connect_client(addrs, cluster.client_credentials, spec.workload.op_timeout_s)
             )
         keys = spec.workload.key_names()
-        key_groups = sorted({clients[0].router.group_of(k.encode()) for k in keys})
+        key_groups = sorted({clients[0].group_of(k.encode()) for k in keys})
         schedule = plan_schedule(
             spec.seed, spec.workload.duration_s, sorted(cluster.nodes), key_groups, spec.kinds
         )

@@ -48,7 +48,7 @@ class WorkloadSpec:
 
 CLIENT_RETRIES_UNKNOWN: Final = True
 """The harness's clients retry unknown write outcomes within the deadline, as users' clients do
-by default: sessions make the retry exactly-once (`nodedb_cluster.session`). Before sessions this
+by default: sessions make the retry exactly-once (docs/KV.md, "Sessions"). Before sessions this
 was the one anomaly of the long run (seeds 1029 and 1095: a retried put landing after another
 client's later write), so the checker now guards that fix."""
 
