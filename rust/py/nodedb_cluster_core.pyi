@@ -4,7 +4,7 @@ Each concern's section mirrors one file of rust/py/src/ (transport.rs, wire.rs, 
 """
 
 from asyncio import Future
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from os import PathLike
 from pathlib import Path
 from typing import Final
@@ -267,21 +267,6 @@ def kv_read_here_request(
 ) -> bytes: ...
 def kv_results_answer(payload: bytes) -> list[bytes | None]: ...
 
-# --- KV write sessions (rust/py/src/kv_session.rs) -----------------------------------------------
-
-class WriteSession:
-    """Seqs for one client's writes and the floor of those in flight (exactly-once writes)."""
-
-    def __init__(self, client_id: int | None = None) -> None: ...
-    @property
-    def client_id(self) -> int: ...
-    @property
-    def acked_below(self) -> int: ...
-    @property
-    def in_flight(self) -> int: ...
-    def wrap(self, commands: list[bytes]) -> tuple[list[int], list[bytes]]: ...
-    def finish(self, seqs: list[int]) -> None: ...
-
 # --- native load driver (rust/py/src/kv_load.rs) ------------------------------------------------
 
 class NativeLoad:
@@ -301,30 +286,6 @@ def run_native_load(
     timeout_s: float,
     future: Future[dict[str, object]],
 ) -> NativeLoad: ...
-
-# --- peer health (rust/py/src/peer_health.rs) ----------------------------------------------------
-
-ATTEMPT_TIMEOUT_MIN_S: float
-ATTEMPT_TIMEOUT_MAX_S: float
-SLOWEST_MULT: float
-SLOWEST_HALF_LIFE_S: float
-DOWN_HOLD_S: float
-DOWN_NODES_MAX: int
-SERVE_MARGIN_MS_MAX: int
-
-def serve_budget_ms(t_ms: int) -> int:
-    """How long a node serving a request with attempt bound `t_ms` may wait before answering."""
-
-class PeerHealth:
-    """Nodes to try last and the bound of one attempt (shared with the client core)."""
-
-    def __init__(self, clock: Callable[[], float] | None = None) -> None: ...
-    def answered(self, elapsed_s: float) -> None: ...
-    def attempt_timeout_s(self) -> float: ...
-    def failed(self, node_id: int) -> None: ...
-    def set_dead(self, node_id: int, dead: bool) -> None: ...
-    def avoid(self, node_id: int) -> bool: ...
-    def preferred(self, nodes: Sequence[int]) -> list[int]: ...
 
 # --- KV client core (rust/py/src/kv_client.rs) ---------------------------------------------------
 

@@ -8,8 +8,6 @@ mod host_state_machine;
 mod kv_client;
 mod kv_codec;
 mod kv_load;
-mod kv_session;
-mod peer_health;
 mod probe;
 mod raft;
 mod transport;
@@ -34,8 +32,6 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     transport::register(m)?;
     raft::register(m)?;
     kv_codec::register(m)?;
-    kv_session::register(m)?;
-    peer_health::register(m)?;
     kv_client::register(m)?;
     kv_load::register(m)?;
     probe::register(m)?;
