@@ -365,17 +365,20 @@ fn a_peer_that_dials_again_after_a_crash_is_reached_at_once() {
 /// again, their connections stay and every frame arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_peer_that_dials_again_costs_one_connection_and_no_ping_pong() {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let dir = tempfile::tempdir().unwrap();
     let c = creds(dir.path(), "a", &["n1", "n2"]);
     let a = bind(1, ANY, c[0].clone());
     let b = bind(2, ANY, c[1].clone());
-    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    for t in [&a, &b] {
-        let got = Arc::clone(&got);
+    // Frames received by A and by B, apart: one arriving over a connection proves its receiver
+    // accepted that connection, and so ran its redial rule on it (before any stream).
+    let got = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    for (t, got) in [(&a, &got[0]), (&b, &got[1])] {
+        let got = Arc::clone(got);
         t.register_handler(
             MessageKind::RAFT_BATCH,
             handler_fn(move |_frame| {
-                got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                got.fetch_add(1, Relaxed);
                 async { Ok(None) }
             }),
         );
@@ -403,36 +406,57 @@ async fn a_live_peer_that_dials_again_costs_one_connection_and_no_ping_pong() {
     exchange(3).await;
     // B forgets its connection to A (a changed pin does that) and dials A again.
     b.register_peer(NodeId(1), a.local_addr(), a.spki_pin());
-    // Bounded: the connections settle (20 exchanges in a row without a change) within 500.
     let ids = || {
         (
             a.pooled_connection_id(b.local_addr()),
             b.pooled_connection_id(a.local_addr()),
         )
     };
-    let (mut last, mut steady) = (ids(), 0);
+    let replaced = || {
+        a.metrics()["connections_replaced_on_redial"]
+            + b.metrics()["connections_replaced_on_redial"]
+    };
+    let received = || (got[0].load(Relaxed), got[1].load(Relaxed));
+    // Settled: A has acted on B's dial, and then each side received a frame while neither
+    // connection changed - so each accepted the other's current connection (a reaction to a
+    // dial happens before its first frame is handled) and no dial is left unanswered. Counting
+    // quiet exchanges instead is no proof: a loaded node may accept a dial after 20 of them.
+    // Bounded: 500 exchanges.
+    let mut settled = false;
     for _ in 0..500 {
+        let (before_ids, before_replaced, before_got) = (ids(), replaced(), received());
         exchange(1).await;
-        let now = ids();
-        steady = if now == last { steady + 1 } else { 0 };
-        last = now;
-        if steady >= 20 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while received().0 == before_got.0 || received().1 == before_got.1 {
+            if tokio::time::Instant::now() >= deadline || ids() != before_ids {
+                break; // lost in a closing connection, or a change: another round
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await; // handlers count; nothing to await
+        }
+        let now_got = received();
+        if before_replaced >= 1
+            && ids() == before_ids
+            && replaced() == before_replaced
+            && now_got.0 > before_got.0
+            && now_got.1 > before_got.1
+        {
+            settled = true;
             break;
         }
     }
-    assert!(steady >= 20, "connections keep being replaced");
-    let replaced = a.metrics()["connections_replaced_on_redial"]
-        + b.metrics()["connections_replaced_on_redial"];
+    assert!(settled, "connections keep being replaced");
+    let last = ids();
+    let replaced = replaced();
     assert!(replaced <= 2, "{replaced} connections replaced");
-    let before = got.load(std::sync::atomic::Ordering::Relaxed);
+    let before = received();
     exchange(20).await;
     assert_eq!(ids(), last, "a connection was replaced after settling");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while got.load(std::sync::atomic::Ordering::Relaxed) < before + 40 {
-        let now = got.load(std::sync::atomic::Ordering::Relaxed) - before;
+    while received().0 < before.0 + 20 || received().1 < before.1 + 20 {
+        let now = received();
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{now} of 40 frames arrived"
+            "{now:?} of 20 frames each way arrived (from {before:?})"
         );
         tokio::time::sleep(Duration::from_millis(5)).await; // handlers count; nothing to await
     }
