@@ -139,10 +139,13 @@ async fn converge(nodes: &[Node], g: GroupId, keys: usize, budget: Duration) {
         if Instant::now() >= until {
             let mut report = Vec::new();
             for n in nodes {
+                // Transport counters too: a stall below raft (a send that failed and dropped
+                // the peer's queue, connections replaced on redial) shows there.
                 report.push(format!(
-                    "{:?}\n{:?}",
+                    "{:?}\n{:?}\n{:?}",
                     n.engine.status(g, T).await,
-                    n.engine.metrics()
+                    n.engine.metrics(),
+                    n.transport.metrics()
                 ));
             }
             panic!("{g} did not converge: {digests:?}\n{}", report.join("\n"));
