@@ -10,10 +10,9 @@ use nodedb_wire::FrameError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-/// The cluster's exception classes.
+/// The cluster's exception classes, the KV's (`StaleRead`, `Unavailable`, `OutcomeUnknown`)
+/// included: the one module every Rust error maps into.
 const ERRORS_MODULE: &str = "nodedb_cluster.errors";
-/// The KV's own exception classes (`StaleRead`, `Unavailable`, `OutcomeUnknown`).
-const KV_MODULE: &str = "nodedb_cluster.kv";
 
 /// Instantiate `<module>.<class>(*args)` as a PyErr.
 fn python_error<'py, A>(py: Python<'py>, module: &str, class: &str, args: A) -> PyErr
@@ -58,12 +57,10 @@ pub fn failure_error(py: Python<'_>, failure: Failure) -> PyErr {
         }
         KvError::Net(err) => transport_error_with(py, err),
         KvError::Malformed(text) => cluster_error(py, "RemoteError", ("malformed", text)),
-        KvError::Stale { age_s, max_s } => {
-            python_error(py, KV_MODULE, "StaleRead", (group, age_s, max_s))
-        }
-        KvError::Unavailable(reason) => python_error(py, KV_MODULE, "Unavailable", (group, reason)),
+        KvError::Stale { age_s, max_s } => cluster_error(py, "StaleRead", (group, age_s, max_s)),
+        KvError::Unavailable(reason) => cluster_error(py, "Unavailable", (group, reason)),
         KvError::Invalid(reason) => cluster_error(py, "InvalidRequest", (reason,)),
-        KvError::OutcomeUnknown => python_error(py, KV_MODULE, "OutcomeUnknown", (group,)),
+        KvError::OutcomeUnknown => cluster_error(py, "OutcomeUnknown", (group,)),
         KvError::Busy(reason) => cluster_error(py, "Busy", (reason,)),
         KvError::Closed => cluster_error(py, "TransportClosed", ()),
     }
