@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nodedb_cluster import wire
-from nodedb_cluster.errors import ClusterError, ConfigError, InvalidRequest
+from nodedb_cluster.errors import ClusterError, ConfigError
 from nodedb_cluster.kv import ReadLevel
 
 if TYPE_CHECKING:
@@ -54,16 +54,6 @@ PREFILL_BATCH: Final = 5000
 def _encode_doc(doc: Mapping[str, object]) -> bytes:
     """A BENCH_LOAD payload (the bench tool's own messages: a MessagePack map)."""
     return bytes(msgpack.packb(doc, use_bin_type=True))
-
-
-def _decode_doc(payload: bytes, what: str) -> dict[str, object]:
-    try:
-        doc = msgpack.unpackb(payload, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise InvalidRequest(f"malformed {what}: {e}") from e
-    if not isinstance(doc, dict):
-        raise InvalidRequest(f"malformed {what}: not a map")
-    return doc
 
 
 class KvApi(Protocol):
@@ -343,7 +333,7 @@ def serve_embedded_load(control: ControlDispatch, kv: Callable[[], KvApi]) -> No
     load = EmbeddedLoad()
 
     async def on_bench_load(peer: Peer, payload: bytes) -> Reply:
-        request = _decode_doc(payload, "bench load request")
+        request = wire.decode_map(payload, "bench load request")
         answer = await load.handle(kv(), request)
         return wire.MessageKind.BENCH_LOAD_RESPONSE, _encode_doc(answer)
 
@@ -457,7 +447,7 @@ async def _rpc(transport: object, addr: str, doc: dict[str, object]) -> dict[str
     )
     if kind != wire.MessageKind.BENCH_LOAD_RESPONSE:
         raise ClusterError(f"{addr} answered with kind {kind}")
-    return _decode_doc(payload, "load response")
+    return wire.decode_map(payload, "load response")
 
 
 async def _all_nodes(

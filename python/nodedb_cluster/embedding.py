@@ -122,7 +122,7 @@ def encode_propose(group: int, command: bytes, timeout_ms: int) -> bytes:
 
 def decode_propose(payload: bytes) -> tuple[int, bytes, int]:
     """(group, command, timeout_ms) of a HOST_PROPOSE; `InvalidRequest` naming what is wrong."""
-    doc = _decode_map(payload, "HostPropose")
+    doc = wire.decode_map(payload, "HostPropose")
     version = doc.get("v", HOST_VERSION)
     if not isinstance(version, int) or version > HOST_VERSION:
         raise InvalidRequest(
@@ -140,16 +140,6 @@ def decode_propose(payload: bytes) -> tuple[int, bytes, int]:
 
 def encode_outcome(doc: dict[str, object]) -> bytes:
     return bytes(msgpack.packb(doc, use_bin_type=True))
-
-
-def _decode_map(payload: bytes, what: str) -> dict[str, object]:
-    try:
-        doc = msgpack.unpackb(payload, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise InvalidRequest(f"malformed {what}: {e}") from e
-    if not isinstance(doc, dict):
-        raise InvalidRequest(f"malformed {what}: not a map")
-    return doc
 
 
 _NOT_SENT: Final = (UnknownPeer, HandshakeError)
@@ -334,7 +324,7 @@ class DataGroups:
             raise OutcomeUnknown(group, f"node {target}: {e}") from e
         if kind != wire.MessageKind.HOST_PROPOSE_RESPONSE:
             raise InvalidRequest(f"node {target} answered HOST_PROPOSE with kind {kind}")
-        doc = _decode_map(reply, "HostProposeResponse")
+        doc = wire.decode_map(reply, "HostProposeResponse")
         outcome, result = doc.get("outcome"), doc.get("result")
         if outcome == "applied" and isinstance(result, bytes):
             return result

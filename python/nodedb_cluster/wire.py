@@ -15,7 +15,7 @@ from typing import Any, Final, Self
 import msgpack
 import nodedb_cluster_core as _core
 
-from nodedb_cluster.errors import FrameError
+from nodedb_cluster.errors import FrameError, InvalidRequest
 
 FORMAT_VERSION: Final = _core.FORMAT_VERSION
 HEADER_BYTES: Final = _core.HEADER_BYTES
@@ -57,6 +57,18 @@ class MessageKind(enum.IntEnum):
     @classmethod
     def _missing_(cls, value: object) -> MessageKind:
         raise FrameError("unknown_kind", f"unknown message kind {value!r}")
+
+
+def decode_map(payload: bytes, what: str) -> dict[str, object]:
+    """A MessagePack map from a peer (a request of a kind without a Rust schema: HOST_PROPOSE's
+    answers, the bench tool's BENCH_LOAD); `InvalidRequest` naming `what` otherwise."""
+    try:
+        doc = msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise InvalidRequest(f"malformed {what}: {e}") from e
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"malformed {what}: not a map")
+    return doc
 
 
 def _unpack(payload: bytes, name: str) -> dict[str, Any]:
