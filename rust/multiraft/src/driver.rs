@@ -546,7 +546,13 @@ impl MultiRaft {
     /// node sees it) or `timeout` passes or the engine stops; returns the epoch then.
     pub async fn leaders_changed(&self, since: u64, timeout: Duration) -> u64 {
         let mut epochs = self.inbound.shared.leader_epoch.subscribe();
-        let _ = tokio::time::timeout(timeout, epochs.wait_for(|e| *e != since)).await;
+        let _ = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                _ = epochs.wait_for(|e| *e != since) => {}
+                _ = self.stopped() => {}
+            }
+        })
+        .await;
         let epoch = *epochs.borrow();
         epoch
     }

@@ -308,13 +308,7 @@ impl PyRaftEngine {
         let e = Arc::clone(&self.engine);
         self.spawn_settle(
             future,
-            async move {
-                let stopped = e.stopped();
-                tokio::select! {
-                    epoch = e.leaders_changed(since, t) => Ok(epoch),
-                    _ = stopped => Ok(since),
-                }
-            },
+            async move { Ok(e.leaders_changed(since, t).await) },
             |py, epoch: u64| Ok(epoch.into_pyobject(py)?.into_any().unbind()),
         );
         Ok(())
