@@ -3,6 +3,9 @@
 set -euo pipefail
 needed=()
 pkgs=(build-essential pkg-config)
+# promtool (`promtool check metrics` / `check rules` in tests/multiprocess/test_metrics_promtool.py):
+# Debian ships it only in the server's package.
+pkgs+=(prometheus)
 # `cargo test` links the pyo3 binding's unit tests against libpython: Debian's interpreter needs
 # its development package for that (pyenv/venv interpreters built shared ship the library).
 py_lib=$(python3 -c 'import os, sysconfig as s; print(os.path.join(s.get_config_var("LIBDIR") or "", s.get_config_var("LDLIBRARY") or ""))')

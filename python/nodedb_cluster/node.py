@@ -84,6 +84,8 @@ class Node:
         self._closed = False
         self.join_attempts: list[int] = [0]
         """Joining transitions before Ready (a cell shared with the lifecycle observer)."""
+        self.join_durations_s: list[float] = []
+        """How long this process took to join (JOIN path only): `nodedb_join_duration_seconds`."""
 
         self.admission = JoinAdmission(
             config, catalog, transport, cluster_id, self._require_engine, lambda: self.metadata

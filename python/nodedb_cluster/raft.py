@@ -360,6 +360,18 @@ class RaftEngine:
     def metrics(self) -> dict[str, int]:
         return self._core.metrics()
 
+    def histograms(self) -> list[_core.HistogramRow]:
+        """Latency histograms (WAL fsync, proposal commit, apply, snapshot send/apply)."""
+        return self._core.histograms()
+
+    def leader_changes(self) -> dict[int, int]:
+        """Leader changes this node has seen, by group."""
+        return self._core.leader_changes()
+
+    def kv_requests(self) -> list[tuple[str, str, int]]:
+        """(op, result, count) of the KV requests this node served."""
+        return self._core.kv_requests()
+
     async def close(self) -> None:
         """Stop the engine; pending calls fail with `EngineStopped`. Idempotent."""
         await asyncio.get_running_loop().run_in_executor(None, self._core.close)

@@ -464,6 +464,10 @@ class Transport:
         """Counters: rpcs sent/received, errors by type, decode errors by code, insecure, ..."""
         return self._core.metrics()
 
+    def served_histograms(self) -> list[_core.HistogramRow]:
+        """How long inbound requests took to serve, by kind (kinds served at least once)."""
+        return self._core.served_histograms()
+
     def pooled_connection_id(self, addr: str | SocketAddr) -> int | None:
         """Identity of the pooled connection to `addr` (tests: reuse across requests)."""
         return self._core.pooled_connection_id(_addr_text(addr))

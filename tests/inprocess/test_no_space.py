@@ -25,7 +25,8 @@ from test_kv import formed
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import NoSpace, Timeout
 from nodedb_cluster.formation.start import start_cluster
-from nodedb_cluster.metrics import NodeCollector, _Snapshot
+from nodedb_cluster.metrics import take_scrape
+from nodedb_cluster.metrics_families import Scrape, families
 from nodedb_cluster.raft import LogRepair, RaftEngine, RaftSettings, kv_put
 from nodedb_cluster.transport import Insecure, Transport
 from support import walfile
@@ -135,9 +136,9 @@ async def test_a_remote_client_gets_no_space_at_once_not_retries(small_fs: Path)
             await client.put(b"before", b"1")
             filler = fill(small_fs)
             await until(lambda: engine.no_space, "NO_SPACE entered")
-            exported = {
-                m.name: m for m in NodeCollector(node, _Snapshot(counters=node.metrics())).collect()
-            }
+            scrape = Scrape(lifecycle="ready", lifecycle_states=())
+            take_scrape(node, scrape)
+            exported = {m.name: m for m in families(scrape)}
             assert exported["nodedb_raft_no_space"].type == "gauge"
             assert exported["nodedb_raft_no_space"].samples[0].value == 1.0
             assert exported["nodedb_raft_no_space_entered"].type == "counter"

@@ -96,7 +96,9 @@ async def start_cluster(
                 tracker.transition(Bootstrapping(), detail=str(config.listen_addr))
                 node = await _bootstrap(parts)
             case FormationPath.JOIN:
+                join_started = time.monotonic()
                 node = await _join(parts)
+                node.join_durations_s.append(time.monotonic() - join_started)
         node.join_attempts = join_attempts
         node.serve()
         node.start_reconciler()

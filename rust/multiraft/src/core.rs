@@ -86,6 +86,7 @@ pub const ORPHAN_SWEEP_EVERY_TICKS: u64 = 100;
 struct OutgoingTransfer {
     key: SnapshotKey,
     started_tick: u64,
+    started: std::time::Instant,
     /// When the sender thread queued the last chunk; the ack must follow within
     /// `snapshot_ack_timeout_ticks` (a lost chunk or a dead receiver never acks).
     queued_tick: Option<u64>,
@@ -350,8 +351,12 @@ impl MultiRaftCore {
             Ok((index, term)) => {
                 Metrics::inc(&self.metrics.proposals);
                 if let Some(g) = self.groups.get_mut(&gid) {
-                    g.proposals
-                        .push_back(PendingProposal { index, term, reply });
+                    g.proposals.push_back(PendingProposal {
+                        index,
+                        term,
+                        started: std::time::Instant::now(),
+                        reply,
+                    });
                 }
             }
             Err(e) => {
@@ -477,7 +482,9 @@ impl MultiRaftCore {
             // along with the next sync (a lost commit index is re-learned from the leader).
             must_sync |= rd.must_sync();
             if !rd.snapshot().is_empty() {
+                let started = std::time::Instant::now();
                 install_snapshot(g, &self.snapshots, rd.snapshot().clone(), &mut records)?;
+                self.metrics.snapshot_apply_seconds.observe_since(started);
                 Metrics::inc(&self.metrics.snapshots_installed);
                 floors_changed = true;
             }
@@ -545,6 +552,9 @@ impl MultiRaftCore {
             let known = (g.raw.raft.leader_id, g.raw.raft.term);
             if g.published_leader != Some(known) {
                 g.published_leader = Some(known);
+                if known.0 != 0 {
+                    self.metrics.leader_changed(gid.0);
+                }
                 self.leader_changes.push((gid, known.0, known.1));
             }
         }

@@ -22,6 +22,7 @@ use crate::storage::GroupStorage;
 pub(crate) struct PendingProposal {
     pub(crate) index: u64,
     pub(crate) term: u64,
+    pub(crate) started: std::time::Instant,
     pub(crate) reply: Reply<ProposeOutcome>,
 }
 
@@ -296,6 +297,7 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
             })
         })
         .collect();
+    let started = std::time::Instant::now();
     let mut results = if commands.is_empty() {
         Vec::new()
     } else {
@@ -309,6 +311,7 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
         g.id
     );
     Metrics::add(&metrics.commands_applied, commands.len() as u64);
+    metrics.apply_batch_seconds.observe_since(started);
     for (index, term, cmds) in &decoded {
         let mine: Vec<Vec<u8>> = match cmds {
             Some(c) => results.by_ref().take(c.len()).collect(),
@@ -328,6 +331,7 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
                         reason: "committed entry did not decode".into(),
                     })
                 } else {
+                    metrics.proposal_commit_seconds.observe_since(p.started);
                     Ok(ProposeOutcome {
                         index: *index,
                         results: mine,

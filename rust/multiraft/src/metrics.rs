@@ -1,6 +1,10 @@
-//! Counters of the engine, readable from any thread.
+//! Counters and latency histograms of the engine, readable from any thread.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub use nodedb_obs::{Histogram, HistogramSnapshot};
 
 /// Monotonic counters. Relaxed ordering: they are statistics, never synchronisation.
 #[derive(Default, Debug)]
@@ -50,6 +54,19 @@ pub struct Metrics {
     pub wal_torn_tail_repairs_total: AtomicU64,
     /// Bytes those repairs discarded (truncated or zeroed).
     pub wal_torn_tail_bytes_discarded_total: AtomicU64,
+    /// The round's one log sync (the durability point).
+    pub wal_fsync_seconds: Histogram,
+    /// A proposal taken by the leader until its entry applied here and the caller was answered.
+    pub proposal_commit_seconds: Histogram,
+    /// One run of committed commands through the state machine's `apply_batch`.
+    pub apply_batch_seconds: Histogram,
+    /// A snapshot sent to a follower, from the first chunk until its ack.
+    pub snapshot_send_seconds: Histogram,
+    /// A received snapshot installed (state machine restore and log reset).
+    pub snapshot_apply_seconds: Histogram,
+    /// Leader changes seen per group (a new leader or a new term with one); elections are rare,
+    /// so a lock is fine here.
+    leader_changes: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Metrics {
@@ -64,5 +81,46 @@ impl Metrics {
     }
     pub fn set(c: &AtomicU64, v: u64) {
         c.store(v, Ordering::Relaxed);
+    }
+
+    /// Group `group` has a leader it did not have before (or the same one in a new term).
+    pub fn leader_changed(&self, group: u64) {
+        if let Ok(mut m) = self.leader_changes.lock() {
+            *m.entry(group).or_default() += 1;
+        }
+    }
+
+    /// Leader changes seen, by group.
+    pub fn leader_changes(&self) -> BTreeMap<u64, u64> {
+        self.leader_changes
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every histogram of the engine by family name (without `nodedb_raft_`).
+    pub fn histograms(&self) -> [(&'static str, HistogramSnapshot); 5] {
+        [
+            (
+                "wal_fsync_duration_seconds",
+                self.wal_fsync_seconds.snapshot(),
+            ),
+            (
+                "proposal_commit_duration_seconds",
+                self.proposal_commit_seconds.snapshot(),
+            ),
+            (
+                "apply_batch_duration_seconds",
+                self.apply_batch_seconds.snapshot(),
+            ),
+            (
+                "snapshot_send_duration_seconds",
+                self.snapshot_send_seconds.snapshot(),
+            ),
+            (
+                "snapshot_apply_duration_seconds",
+                self.snapshot_apply_seconds.snapshot(),
+            ),
+        ]
     }
 }

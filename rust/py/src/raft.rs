@@ -87,6 +87,16 @@ fn status_to_py(py: Python<'_>, s: GroupStatus) -> PyResult<Py<PyAny>> {
     Ok(d.into_any().unbind())
 }
 
+/// A histogram as Python takes it: `(name, bounds_s, cumulative counts, sum_s, count)`.
+pub(crate) type HistogramRow = (&'static str, Vec<f64>, Vec<u64>, f64, u64);
+
+pub(crate) fn histogram_row(
+    name: &'static str,
+    s: nodedb_multiraft::metrics::HistogramSnapshot,
+) -> HistogramRow {
+    (name, s.bounds_s, s.cumulative, s.sum_s, s.count)
+}
+
 fn none(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
     Ok(py.None())
 }
@@ -671,6 +681,25 @@ impl PyRaftEngine {
             .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
         let st = r.read();
         Ok((st.applied_index, st.map.len(), st.digest()))
+    }
+
+    /// The engine's latency histograms: `(name, bounds_s, cumulative counts, sum_s, count)`.
+    fn histograms(&self) -> Vec<HistogramRow> {
+        let m = self.engine.metrics();
+        m.histograms()
+            .into_iter()
+            .map(|(name, s)| histogram_row(name, s))
+            .collect()
+    }
+
+    /// Leader changes seen, by group id.
+    fn leader_changes(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.engine.metrics().leader_changes()
+    }
+
+    /// KV requests served here: `(op, result, count)` (empty before `serve_kv_requests`).
+    fn kv_requests(&self) -> Vec<(&'static str, &'static str, u64)> {
+        self.kv_server().map_or_else(Vec::new, |s| s.ops.snapshot())
     }
 
     fn metrics(&self) -> HashMap<&'static str, u64> {

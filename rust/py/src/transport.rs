@@ -683,6 +683,15 @@ impl PyTransport {
         Ok(dict)
     }
 
+    /// Served-latency histograms by kind: `(kind, bounds_s, cumulative counts, sum_s, count)`.
+    fn served_histograms(&self) -> Vec<crate::raft::HistogramRow> {
+        self.inner
+            .served_histograms()
+            .into_iter()
+            .map(|(kind, s)| crate::raft::histogram_row(kind, s))
+            .collect()
+    }
+
     /// DIAGNOSTICS: resolve `future` with None after one trip through the runtime and the loop
     /// bridge, no network: the floor under every request's latency (benchmarks report it).
     fn _probe_bridge(&self, future: Py<PyAny>) {

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nodedb_wire::FrameError;
+use std::time::Instant;
+
+use nodedb_obs::{Histogram, HistogramSnapshot};
+use nodedb_wire::{FrameError, MessageKind, KINDS};
 
 use crate::error::TransportError;
 
@@ -11,6 +14,9 @@ use crate::error::TransportError;
 pub static INSECURE_TRANSPORTS_TOTAL: AtomicU64 = AtomicU64::new(0);
 
 const FRAME_ERROR_CODES: usize = 9;
+/// Kind numbers below this get a served-latency histogram of their own (every kind assigned so
+/// far is below 64: the Control, Raft and KV ranges).
+const LATENCY_KINDS: usize = 64;
 const TRANSPORT_ERROR_LABELS: [&str; 12] = [
     "timeout",
     "unreachable",
@@ -26,7 +32,6 @@ const TRANSPORT_ERROR_LABELS: [&str; 12] = [
     "config",
 ];
 
-#[derive(Default)]
 pub struct Metrics {
     pub rpcs_sent: AtomicU64,
     pub rpcs_received: AtomicU64,
@@ -49,6 +54,32 @@ pub struct Metrics {
     pub insecure: AtomicU64,
     decode_errors: [AtomicU64; FRAME_ERROR_CODES],
     errors: [AtomicU64; TRANSPORT_ERROR_LABELS.len()],
+    /// Inbound requests served, by kind number: frame read until the reply was written (a
+    /// one-way frame: until its handler returned).
+    served: [Histogram; LATENCY_KINDS],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            rpcs_sent: AtomicU64::new(0),
+            rpcs_received: AtomicU64::new(0),
+            oneway_sent: AtomicU64::new(0),
+            oneway_received: AtomicU64::new(0),
+            connections_opened: AtomicU64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_replaced_on_redial: AtomicU64::new(0),
+            inbound_handshake_failures: AtomicU64::new(0),
+            streams_reset: AtomicU64::new(0),
+            inbound_stream_timeouts: AtomicU64::new(0),
+            handler_errors: AtomicU64::new(0),
+            requests_refused: AtomicU64::new(0),
+            insecure: AtomicU64::new(0),
+            decode_errors: Default::default(),
+            errors: Default::default(),
+            served: [const { Histogram::new() }; LATENCY_KINDS],
+        }
+    }
 }
 
 pub type MetricsSnapshot = BTreeMap<String, u64>;
@@ -74,6 +105,24 @@ impl Metrics {
         {
             Metrics::inc(&self.errors[index]);
         }
+    }
+
+    /// An inbound request of `kind` served since `started`.
+    pub fn served(&self, kind: MessageKind, started: Instant) {
+        if let Some(h) = self.served.get(usize::from(kind.number())) {
+            h.observe_since(started);
+        }
+    }
+
+    /// Served-latency histograms by kind name, for kinds served at least once.
+    pub fn served_histograms(&self) -> Vec<(&'static str, HistogramSnapshot)> {
+        KINDS
+            .iter()
+            .filter_map(|row| {
+                let h = self.served.get(usize::from(row.number))?.snapshot();
+                (h.count > 0).then_some((row.name, h))
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {

@@ -514,6 +514,11 @@ impl Transport {
         snapshot
     }
 
+    /// Served-latency histograms by kind name (`Metrics::served_histograms`).
+    pub fn served_histograms(&self) -> Vec<(&'static str, nodedb_obs::HistogramSnapshot)> {
+        self.inner.metrics.served_histograms()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
     }

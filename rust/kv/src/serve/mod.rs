@@ -25,6 +25,7 @@
 
 pub mod freshness;
 mod group_commit;
+pub mod ops;
 mod propose;
 mod reads;
 mod request;
@@ -78,6 +79,7 @@ pub struct KvServer {
     reads: Arc<ReadPath>,
     /// The encoded answer to `routing`, as the node last pushed it (None: not yet).
     routing: Mutex<Option<Bytes>>,
+    pub ops: Arc<ops::KvOpCounters>,
 }
 
 impl KvServer {
@@ -92,6 +94,7 @@ impl KvServer {
             engine,
             batchers: Mutex::new(HashMap::new()),
             routing: Mutex::new(None),
+            ops: Arc::default(),
         }
     }
 
@@ -122,7 +125,8 @@ impl KvServer {
                 Err(HandlerError::new("EngineStopped", "the engine is closed"))
             });
         }
-        match request {
+        let op = ops::op_of(&request);
+        let answer: HandlerFuture = match request {
             Served::ProposeMany {
                 gs,
                 cmds,
@@ -174,7 +178,8 @@ impl KvServer {
                 })
             }
             Served::Routing => self.routing_answer(),
-        }
+        };
+        self.ops.counted(op, answer)
     }
 }
 

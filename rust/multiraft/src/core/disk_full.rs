@@ -182,7 +182,9 @@ impl MultiRaftCore {
             // DURABILITY POINT: entries, term/vote and snapshot marks of every group in this
             // round become durable here, with one fsync. Nothing after this line runs before it
             // (a stalled round finishes only after a retry of this sync succeeded).
+            let started = std::time::Instant::now();
             self.sink.sync()?;
+            self.metrics.wal_fsync_seconds.observe_since(started);
             Metrics::inc(&self.metrics.fsyncs);
             self.unsynced_records = 0;
         }

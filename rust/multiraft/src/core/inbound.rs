@@ -62,8 +62,13 @@ impl MultiRaftCore {
     }
 
     pub(super) fn finish_transfer(&mut self, peer: NodeId, gid: GroupId, ok: bool) {
-        if self.transfers.remove(&(peer, gid)).is_none() {
+        let Some(transfer) = self.transfers.remove(&(peer, gid)) else {
             return;
+        };
+        if ok {
+            self.metrics
+                .snapshot_send_seconds
+                .observe_since(transfer.started);
         }
         if let Some(g) = self.groups.get_mut(&gid) {
             let status = if ok {

@@ -83,6 +83,7 @@ impl MultiRaftCore {
             OutgoingTransfer {
                 key,
                 started_tick: self.ticks,
+                started: std::time::Instant::now(),
                 queued_tick: None,
             },
         );

@@ -120,6 +120,7 @@ impl Inner {
             return;
         };
         Metrics::inc(&self.metrics.rpcs_received);
+        let started = std::time::Instant::now();
         let reply = match self.dispatch(peer.clone(), kind, payload, false).await {
             Ok(Some(reply)) => reply,
             Ok(None) => error_frame(&HandlerError::new(
@@ -134,6 +135,7 @@ impl Inner {
         if let Err(err) = write_frame(&mut send, reply.kind, reply.payload).await {
             tracing::debug!(peer = %peer.addr, ?err, "could not send the reply");
         }
+        self.metrics.served(kind, started);
     }
 
     pub(super) async fn serve_uni(
@@ -148,12 +150,12 @@ impl Inner {
             return;
         };
         Metrics::inc(&self.metrics.oneway_received);
-        match self.dispatch(peer.clone(), kind, payload, true).await {
-            Ok(_) => {}
-            Err(err) => {
-                Metrics::inc(&self.metrics.handler_errors);
-                tracing::warn!(peer = %peer.addr, %kind, %err, "one-way handler failed");
-            }
+        let started = std::time::Instant::now();
+        let result = self.dispatch(peer.clone(), kind, payload, true).await;
+        self.metrics.served(kind, started);
+        if let Err(err) = result {
+            Metrics::inc(&self.metrics.handler_errors);
+            tracing::warn!(peer = %peer.addr, %kind, %err, "one-way handler failed");
         }
     }
 }
