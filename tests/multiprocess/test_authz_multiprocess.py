@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
 from nodedb_cluster.errors import ClusterError, PermissionDenied
 from nodedb_cluster.formation.join_token import issue_token
-from nodedb_cluster.localcluster import LocalCluster, Status, free_port, leader_of
+from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
 from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
     AddNode,
@@ -42,6 +41,7 @@ from nodedb_cluster.metadata.commands import (
 from nodedb_cluster.metadata.forward import encode_metadata_propose
 from nodedb_cluster.topology import NodeInfo, NodeState
 from nodedb_cluster.transport import Mtls, Transport, ca_key_path, issue_node_credentials
+from support.metrics_scrape import scrape, serve_metrics_on_every_node
 
 pytestmark = pytest.mark.multiprocess
 
@@ -120,23 +120,13 @@ def snapshot_ack(sender: int, group: int, index: int, term: int) -> bytes:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     c = LocalCluster(tmp_path, 3)
-    port = free_port([f"127.0.0.{i}" for i in c.nodes])
-    for i, node in c.nodes.items():
-        metrics = parse_socket_addr(f"127.0.0.{i}:{port}")
-        node.config = replace(node.config, metrics_addr=metrics)
+    serve_metrics_on_every_node(c)
     try:
         await c.start()
         await c.wait_formed(60.0)
         yield c
     finally:
         await c.close()
-
-
-def _metrics(cluster: LocalCluster, node_id: int) -> str:
-    addr = cluster.nodes[node_id].config.metrics_addr
-    assert addr is not None
-    with urllib.request.urlopen(f"http://{addr.host}:{addr.port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -159,7 +149,7 @@ async def _wait_metric(
     """Metrics refresh once a second: wait (bounded) until the sample reaches `at_least`."""
     async with asyncio.timeout(10):
         while True:
-            value = _metric(await asyncio.to_thread(_metrics, cluster, node_id), name, **labels)
+            value = _metric(await asyncio.to_thread(scrape, cluster, node_id), name, **labels)
             if value >= at_least:
                 return value
             await asyncio.sleep(0.2)  # the scrape endpoint has no push channel: poll, bounded

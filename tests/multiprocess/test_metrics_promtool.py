@@ -15,16 +15,15 @@ import asyncio
 import json
 import shutil
 import subprocess
-import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodedb_cluster.client import Client
-from nodedb_cluster.localcluster import LocalCluster, free_port
+from nodedb_cluster.localcluster import LocalCluster
+from support.metrics_scrape import scrape, serve_metrics_on_every_node
 
 pytestmark = pytest.mark.multiprocess
 
@@ -81,24 +80,13 @@ def run_promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedPr
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     c = LocalCluster(tmp_path, 3)
-    port = free_port([f"127.0.0.{i}" for i in c.nodes])
-    for node in c.nodes.values():
-        addr = node.config.listen_addr
-        node.config = replace(node.config, metrics_addr=replace(addr, port=port))
+    serve_metrics_on_every_node(c)
     try:
         await c.start()
         await c.wait_formed(30.0)
         yield c
     finally:
         await c.close()
-
-
-def scrape(cluster: LocalCluster, node_id: int) -> str:
-    addr = cluster.nodes[node_id].config.metrics_addr
-    assert addr is not None
-    with urllib.request.urlopen(f"http://{addr.host}:{addr.port}/metrics", timeout=5) as r:
-        body: bytes = r.read()
-    return body.decode()
 
 
 def kv_requests(text: str) -> float:
