@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
-from nodedb_cluster import __version__
+from nodedb_cluster import __version__, logsetup
 from nodedb_cluster.admin_cli import add_admin_commands
 from nodedb_cluster.cli_support import (
     EXIT_FAILED,
@@ -38,6 +38,8 @@ from nodedb_cluster.cli_support import (
 )
 from nodedb_cluster.client import Client
 from nodedb_cluster.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
     ClusterConfig,
     add_config_arguments,
     config_from_args,
@@ -70,11 +72,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     as_json = "--json" in args_in
     parser = _parser(os.environ if environ is None else environ, as_json)
     args = parser.parse_args(args_in)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logsetup.configure(args.log_level or "info", args.log_format or "text")
     try:
         code: int = args.run(args)
     except ConfigError as e:
@@ -113,9 +111,15 @@ def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.A
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
-        default="info",
-        choices=("debug", "info", "warning", "error"),
-        help="log lines on stderr at this level and above (default: info)",
+        choices=LOG_LEVELS,
+        help="log lines on stderr at this level and above (default: info, or the start "
+        "command's log_level)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="text, or json: one object per line with time, level, logger, message and the "
+        "record's fields (default: text, or the start command's log_format)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -234,6 +238,9 @@ def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.A
 
 def _cmd_start(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    logsetup.configure(
+        args.log_level or config.log_level, args.log_format or config.log_format, config.node_id
+    )
     try:
         return asyncio.run(run_node(config))
     except ConfigError as e:
@@ -254,14 +261,28 @@ class _NotFailedLines(logging.Filter):
 async def run_node(config: ClusterConfig) -> int:
     """Run one node until SIGTERM/SIGINT; 1 if formation fails (a config refusal found at
     start is raised, as `ConfigError`, for the caller to name the setting)."""
-    from nodedb_cluster.formation.start import start_cluster  # the engine loads only here
-
     stop = asyncio.Event()
     hangup = asyncio.Event()  # SIGHUP: reload the CRL (set early: a HUP during start is kept)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    # The Rust core's records from the first handshake to the last close (the node forwards
+    # them too once it serves; whichever drains first writes them).
+    forwarder = asyncio.create_task(logsetup.forward_core_logs())
+    try:
+        return await _run_until_stopped(config, stop, hangup)
+    finally:
+        forwarder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await forwarder
+
+
+async def _run_until_stopped(
+    config: ClusterConfig, stop: asyncio.Event, hangup: asyncio.Event
+) -> int:
+    from nodedb_cluster.formation.start import start_cluster  # the engine loads only here
+
     lifecycle_log = logging.getLogger("nodedb_cluster.lifecycle")
     once = _NotFailedLines()
     lifecycle_log.addFilter(once)

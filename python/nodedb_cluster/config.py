@@ -78,6 +78,8 @@ class _DerivedSwimAddr:
 
 
 SWIM_UDP_ADDR_DEFAULT: Final = cast(SocketAddr, _DerivedSwimAddr())
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
 
 _TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
 _ADDR_FIELDS: Final = frozenset({"listen_addr", "swim_udp_addr", "metrics_addr"})
@@ -92,7 +94,9 @@ _BOOL_FIELDS: Final = frozenset(
         "rejoin",
     }
 )
-_STR_FIELDS: Final = frozenset({"join_token"})
+_STR_FIELDS: Final = frozenset({"join_token", "log_level", "log_format"})
+_CHOICES: Final = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}
+"""String fields that take one of a few words."""
 _REQUIRED_FIELDS: Final = ("node_id", "listen_addr", "data_dir")
 _INT_RE: Final = re.compile(r"-?[0-9]{1,20}")
 _TABLES: Final[dict[str, type[JoinRetryPolicy] | type[SwimConfig]]] = {
@@ -180,6 +184,14 @@ class ClusterConfig:
     user's keyspace) to admin certificates. Off by default: the CLI's self-started bench and demo
     clusters turn it on; a production node never needs it. The `start` command installs the
     bench tool's handler (`bench.serve_embedded_load`); `start_cluster` alone only refuses it."""
+    log_level: str = "info"
+    """The `start` command's log lines on stderr at this level and above: debug, info, warning or
+    error (the top-level `--log-level`, when given, wins). Also the Rust core's level: its
+    records below it are dropped before they are formatted."""
+    log_format: str = "text"
+    """The `start` command's log format: text (`time LEVEL logger: message`) or json (one object
+    per line: time, level, logger, message and the record's fields such as node_id, group,
+    peer); the top-level `--log-format`, when given, wins."""
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -188,6 +200,7 @@ class ClusterConfig:
         self._check_raft_timing()
         self._check_sizes()
         self._check_transport()
+        self._check_choices()
 
     # --- derived values --------------------------------------------------------------------------
 
@@ -384,6 +397,13 @@ class ClusterConfig:
             ORPHAN_PARTIAL_MAX_AGE_SECS_MAX,
         )
 
+    def _check_choices(self) -> None:
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    name, f"expected one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+
     def _check_transport(self) -> None:
         if self.swim_insecure and self.cluster_secret_path is not None:
             raise ConfigError(
@@ -544,6 +564,8 @@ def _metavar(name: str) -> str:
     """A readable placeholder: what the value is (an address, a path, a unit), not CFG_*."""
     if name in _METAVARS:
         return _METAVARS[name]
+    if name in _CHOICES:
+        return "|".join(_CHOICES[name])
     if name in _ADDR_FIELDS:
         return "IP:PORT"
     if name in _PATH_FIELDS:

@@ -44,6 +44,7 @@ from nodedb_cluster.errors import (
     UnknownPeer,
     Unreachable,
 )
+from nodedb_cluster.leaders import LeaderView, changed_leaders
 from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
@@ -341,17 +342,13 @@ class DataGroups:
 
     async def _watch_leaders(self) -> None:
         epoch, known = self._engine.leaders()
-        seen = {g: (leader, term) for g, leader, term in known}
+        seen: LeaderView = {g: (leader, term) for g, leader, term in known}
         while True:
             epoch = await self._engine.wait_leaders_changed(epoch, 60_000)
             epoch, now = self._engine.leaders()
-            for g, leader, term in now:
-                if g == METADATA_GROUP_ID or seen.get(g) == (leader, term):
+            for g, leader, term, _ in changed_leaders(seen, now):
+                if g == METADATA_GROUP_ID:
                     continue
-                previous = seen.get(g)
-                seen[g] = (leader, term)
-                if previous is not None and previous[0] == leader:
-                    continue  # a new term with the same leader: no change for the host
                 for callback in list(self._callbacks):
                     try:
                         callback(g, leader, term)

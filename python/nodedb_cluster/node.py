@@ -31,7 +31,9 @@ from nodedb_cluster.errors import CatalogNoSpace, EngineStopped
 from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.formation.credentials import reload_crl
 from nodedb_cluster.kv import TIMEOUT_S_DEFAULT, Kv
+from nodedb_cluster.leaders import log_leader_changes
 from nodedb_cluster.lifecycle import Failed, LifecycleTracker
+from nodedb_cluster.logsetup import forward_core_logs
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.audit import AUDIT_FILE_NAME, AuditLog
@@ -72,7 +74,8 @@ class Node:
         self._metadata: MetadataGroup | None = None
         self._data_group_kind: StateMachineKind = data_group_kind
         self._tasks: list[asyncio.Task[None]] = []
-        """Reconciler, refusal logger, engine watch: cancelled first at shutdown."""
+        """Reconciler, refusal logger, Rust log forwarder, leader log, engine watch: cancelled
+        first at shutdown."""
         self.failed = asyncio.Event()
         """Set when the node can no longer serve (its Raft engine stopped on its own): the
         lifecycle is Failed with the reason in `failure`, and the node shuts itself down. The
@@ -162,7 +165,11 @@ class Node:
         node's own `node.kv` calls in process."""
         self.transport.serve(self.control)
         self._tasks.append(asyncio.ensure_future(log_refusals(self.transport)))
+        self._tasks.append(asyncio.ensure_future(forward_core_logs()))
         if self.engine is not None:
+            self._tasks.append(
+                asyncio.ensure_future(log_leader_changes(self.engine, self.config.node_id))
+            )
             self.engine.serve_kv_requests(self.transport)
             self._push_kv_routing(self.metadata)
             self._attach_kv(self.engine)

@@ -89,6 +89,7 @@ class SwimWiring:
             event.node_id,
             event.state.name,
             event.incarnation,
+            extra={"peer": event.node_id, "swim_state": event.state.name},
         )
         for observer in self._observers:
             observer(event)

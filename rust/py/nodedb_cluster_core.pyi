@@ -17,6 +17,16 @@ def build_profile() -> str:
 def _probe_async_runtimes() -> Awaitable[None]:
     """DIAGNOSTICS: one trip through pyo3-async-runtimes (the bridging we did not take)."""
 
+# --- Rust log records (rust/py/src/hostlog.rs) ----------------------------------------------------
+
+def set_log_level(level: int) -> None:
+    """Queue Rust records at this Python level and above (the first call routes them here)."""
+
+def take_log_records() -> list[tuple[float, int, str, str, list[tuple[str, str]], int]]:
+    """(unix time, level, component, message, fields, left out before it), oldest first."""
+
+def log_records_dropped() -> int: ...
+
 # --- wire (rust/py/src/wire.rs) ------------------------------------------------------------------
 
 FORMAT_VERSION: Final[int]

@@ -153,21 +153,25 @@ class JoinAdmission:
             caller=caller,
             join_token=request.join_token,
         )
+        fields = {"joiner": request.node_id, "peer": peer.addr, "identity": caller.identity}
         match decision:
             case Reject(text=text, reason=reason):
                 label = None if reason is None else REFUSAL_LABELS.get(reason)
                 if label is not None:  # counted, and logged at WARN rate-limited
                     self._transport.record_refusal(peer, wire.MessageKind.JOIN_REQUEST, label, text)
                 else:  # a redirect, or docs/JOIN.md's retryable refusals
-                    log.info("join of node %d not admitted: %s", request.node_id, text)
+                    log.info(
+                        "join of node %d not admitted: %s", request.node_id, text, extra=fields
+                    )
                 return wire.JoinResponse(success=False, error=text, permanent=decision.permanent)
             case AlreadyMember():
-                log.info("node %d re-joined (idempotent)", request.node_id)
+                log.info("node %d re-joined (idempotent)", request.node_id, extra=fields)
             case Admit(entry=entry):
                 if not view.authenticated:
                     log.warning(
                         "admitting node %d without authentication (insecure_transport)",
                         request.node_id,
+                        extra=fields,
                     )
                 try:
                     proposed = await engine.propose(
@@ -176,17 +180,18 @@ class JoinAdmission:
                 except RaftNotLeader as e:
                     hint = state.topology.get(e.leader_id) if e.leader_id else None
                     text = format_not_leader(hint.addr) if hint else "not leader; leader unknown"
-                    return wire.JoinResponse(success=False, error=text)
+                    return self._not_admitted(request, text, fields)
                 except Timeout as e:
-                    return wire.JoinResponse(success=False, error=f"join not applied in time: {e}")
+                    return self._not_admitted(request, f"join not applied in time: {e}", fields)
                 refused = decode_result(proposed.result)
                 if refused is not None:
-                    return wire.JoinResponse(success=False, error=refused)
+                    return self._not_admitted(request, refused, fields)
                 log.info(
                     "node %d (%s) admitted at metadata index %d",
                     request.node_id,
                     caller.identity or "insecure",
                     proposed.index,
+                    extra=fields,
                 )
         return wire.JoinResponse(
             success=True,
@@ -194,6 +199,14 @@ class JoinAdmission:
             state=encode_state(self._metadata()),
             cluster_secret=view.cluster_secret,
         )
+
+    @staticmethod
+    def _not_admitted(
+        request: wire.JoinRequest, text: str, fields: dict[str, object]
+    ) -> wire.JoinResponse:
+        """An admission that did not go through group 0 (the joiner retries): logged, answered."""
+        log.info("join of node %d not admitted: %s", request.node_id, text, extra=fields)
+        return wire.JoinResponse(success=False, error=text)
 
     # --- JOIN_TOKEN_REQUEST -----------------------------------------------------------------------
 

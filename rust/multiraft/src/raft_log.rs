@@ -1,59 +1,56 @@
-//! raft-rs's own log (elections, votes, lease rejections) on stderr when `NODEDB_RAFT_LOG` is
-//! set: one line per record, `raft <unix seconds> <level> <message> key=value ...`, for
-//! diagnosing elections on real nodes. Off (slog `Discard`) otherwise, costing nothing.
+//! raft-rs's own log (elections, votes, lease rejections) into the host's log: a slog drain that
+//! queues each record at the host's level in `nodedb-hostlog` under the component `raft`, with
+//! its key-values (`node`, `group`, `term`, ...) as fields. The Raft driver thread that emits
+//! only takes the queue's lock; below the level a record costs one atomic load (and slog itself
+//! compiles its debug records out of release builds).
 
 use std::fmt;
-use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use slog::{Drain, Level, OwnedKVList, Record, Serializer, KV};
+use nodedb_hostlog::Level;
+use slog::{Drain, OwnedKVList, Record, Serializer, KV};
 
-/// Environment variable: any value turns raft-rs's info-level log on (slog compiles out its
-/// debug records in release builds).
-pub const RAFT_LOG_ENV: &str = "NODEDB_RAFT_LOG";
+/// The component raft-rs's records are logged under (`nodedb_cluster_core.raft`).
+pub const COMPONENT: &str = "raft";
 
-struct StderrDrain;
+struct HostDrain;
 
-struct Line(String);
+struct Fields(Vec<(String, String)>);
 
-impl Serializer for Line {
+impl Serializer for Fields {
     fn emit_arguments(&mut self, key: slog::Key, val: &fmt::Arguments<'_>) -> slog::Result {
-        use fmt::Write as _;
-        let _ = write!(self.0, " {key}={val}");
+        self.0.push((key.to_string(), val.to_string()));
         Ok(())
     }
 }
 
-impl Drain for StderrDrain {
+fn level_of(level: slog::Level) -> Level {
+    match level {
+        slog::Level::Critical | slog::Level::Error => Level::Error,
+        slog::Level::Warning => Level::Warn,
+        slog::Level::Info => Level::Info,
+        slog::Level::Debug => Level::Debug,
+        slog::Level::Trace => Level::Trace,
+    }
+}
+
+impl Drain for HostDrain {
     type Ok = ();
     type Err = slog::Never;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
-        if !record.level().is_at_least(Level::Info) {
+        let level = level_of(record.level());
+        if !nodedb_hostlog::enabled(level) {
             return Ok(());
         }
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        let mut line = Line(format!(
-            "raft {t:.4} {} {}",
-            record.level().as_short_str(),
-            record.msg()
-        ));
-        let _ = record.kv().serialize(record, &mut line);
-        let _ = values.serialize(record, &mut line);
-        line.0.push('\n');
-        let _ = std::io::stderr().lock().write_all(line.0.as_bytes());
+        let mut fields = Fields(Vec::new());
+        let _ = record.kv().serialize(record, &mut fields);
+        let _ = values.serialize(record, &mut fields);
+        nodedb_hostlog::emit(level, COMPONENT, record.msg().to_string(), fields.0);
         Ok(())
     }
 }
 
-/// The root logger of an engine: stderr if `NODEDB_RAFT_LOG` is set, else discarded.
+/// The root logger of an engine: raft-rs's records go to the host's log, tagged with `node`.
 pub fn root_logger(node: u64) -> slog::Logger {
-    if std::env::var_os(RAFT_LOG_ENV).is_some() {
-        slog::Logger::root(StderrDrain.fuse(), slog::o!("node" => node))
-    } else {
-        slog::Logger::root(slog::Discard, slog::o!())
-    }
+    slog::Logger::root(HostDrain.fuse(), slog::o!("node" => node))
 }

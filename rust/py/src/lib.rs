@@ -5,6 +5,7 @@ mod bridge;
 mod credentials;
 mod errors;
 mod host_state_machine;
+mod hostlog;
 mod kv_client;
 mod kv_codec;
 mod kv_load;
@@ -35,5 +36,6 @@ fn nodedb_cluster_core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     kv_client::register(m)?;
     kv_load::register(m)?;
     probe::register(m)?;
+    hostlog::register(m)?;
     Ok(())
 }

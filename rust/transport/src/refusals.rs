@@ -1,15 +1,17 @@
 //! Refused requests: counted by (kind, reason), and turned into log lines at most once per
 //! (peer, kind, reason) per [`LOG_INTERVAL`] with the count of those suppressed meanwhile.
 //!
-//! Lines queue here (bounded) and the host drains them into its own log: the transport's threads
-//! never call into the host (no interpreter lock on the I/O path), and a peer that floods
-//! forbidden frames costs a counter increment per frame, not a log line.
+//! Lines queue here (bounded) and the host drains them into its own log (they are not also
+//! `tracing` events, which would log each twice): the transport's threads never call into the
+//! host (no interpreter lock on the I/O path), and a peer that floods forbidden frames costs a
+//! counter increment per frame, not a log line ([`RateLimiter`]).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nodedb_hostlog::RateLimiter;
 use nodedb_wire::MessageKind;
 
 /// At most one line per (peer, kind, reason) per this interval.
@@ -55,18 +57,29 @@ pub struct RefusalLine {
     pub suppressed: u64,
 }
 
-#[derive(Default)]
 struct State {
     counts: BTreeMap<(MessageKind, &'static str), u64>,
-    last: HashMap<(String, MessageKind, &'static str), (Instant, u64)>,
+    limiter: RateLimiter<(String, MessageKind, &'static str)>,
     pending: VecDeque<RefusalLine>,
     lines_dropped: u64,
 }
 
 /// Counts and rate-limited lines of refused requests.
-#[derive(Default)]
 pub struct RefusalLog {
     state: Mutex<State>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        RefusalLog {
+            state: Mutex::new(State {
+                counts: BTreeMap::new(),
+                limiter: RateLimiter::new(LOG_INTERVAL, KEYS_MAX),
+                pending: VecDeque::new(),
+                lines_dropped: 0,
+            }),
+        }
+    }
 }
 
 impl RefusalLog {
@@ -92,25 +105,9 @@ impl RefusalLog {
     ) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         *state.counts.entry((kind, reason)).or_default() += 1;
-        if state.last.len() >= KEYS_MAX {
-            state
-                .last
-                .retain(|_, (at, _)| now.saturating_duration_since(*at) < LOG_INTERVAL);
-        }
-        let entry = state
-            .last
-            .entry((peer.clone(), kind, reason))
-            .or_insert((now, u64::MAX));
-        let suppressed = if entry.1 == u64::MAX {
-            0
-        } else if now.saturating_duration_since(entry.0) >= LOG_INTERVAL {
-            entry.1
-        } else {
-            entry.1 += 1;
+        let Some(suppressed) = state.limiter.admit((peer.clone(), kind, reason), now) else {
             return;
         };
-        *entry = (now, 0);
-        tracing::warn!(%peer, %addr, %kind, reason, suppressed, "{message}");
         if state.pending.len() >= PENDING_LINES_MAX {
             state.pending.pop_front();
             state.lines_dropped += 1;

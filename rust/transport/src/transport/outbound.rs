@@ -135,7 +135,13 @@ impl Inner {
         let timeout = self.config.connect_timeout;
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => return Err(self.connection_error(addr, err)),
+            Ok(Err(err)) => {
+                let err = self.connection_error(addr, err);
+                if let TransportError::Handshake { reason, .. } = &err {
+                    tracing::warn!(peer = %addr, %reason, "outbound handshake failed");
+                }
+                return Err(err);
+            }
             Err(_) => {
                 return Err(TransportError::Timeout {
                     op: "connect",
@@ -175,8 +181,11 @@ impl Inner {
         let mut conns = lock(&self.conns);
         match conns.get(&addr) {
             Some(pooled) if pooled.conn.close_reason().is_none() => Some(pooled.clone()),
-            Some(_) => {
+            Some(dead) => {
                 // Dead: replaced on this use.
+                if let Some(reason) = dead.conn.close_reason() {
+                    tracing::info!(peer = %addr, %reason, "connection to the peer lost");
+                }
                 conns.remove(&addr);
                 None
             }
