@@ -137,6 +137,7 @@ async def test_every_nodes_scrape_passes_promtool_and_counts_the_writes(
         for name, kind in EXPECTED.items():
             assert kinds.get(name) == kind, f"node {node_id}: {name} is {kinds.get(name)}"
         assert counts["nodedb_raft_wal_fsync_duration_seconds"] > 0
+        assert counts["nodedb_transport_request_duration_seconds"] > 0, "RaftBatch frames served"
         proposals_committed += counts["nodedb_raft_proposal_commit_duration_seconds"]
         served_kv += kv_requests(text)
         joined += counts["nodedb_join_duration_seconds"]

@@ -80,3 +80,37 @@ impl KvOpCounters {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodedb_transport::HandlerError;
+
+    #[test]
+    fn results_are_counted_under_their_op_once_the_answer_resolves() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let counters = Arc::new(KvOpCounters::default());
+        let ok = counters.counted(0, Box::pin(async { Ok(None) }));
+        let busy = counters.counted(3, Box::pin(async { Err(HandlerError::new("Busy", "")) }));
+        let odd = counters.counted(3, Box::pin(async { Err(HandlerError::new("Weird", "")) }));
+        assert!(
+            counters.snapshot().is_empty(),
+            "nothing counted before the answer"
+        );
+        rt.block_on(async {
+            assert!(ok.await.is_ok());
+            assert_eq!(busy.await.unwrap_err().code, "Busy");
+            assert!(odd.await.is_err());
+        });
+        assert_eq!(
+            counters.snapshot(),
+            vec![
+                ("propose_many", "ok", 1),
+                ("read", "Busy", 1),
+                ("read", "other", 1)
+            ]
+        );
+    }
+}
