@@ -41,7 +41,7 @@ from nodedb_cluster.metadata.commands import (
 from nodedb_cluster.metadata.forward import encode_metadata_propose
 from nodedb_cluster.topology import NodeInfo, NodeState
 from nodedb_cluster.transport import Mtls, Transport, ca_key_path, issue_node_credentials
-from support.metrics_scrape import scrape, serve_metrics_on_every_node
+from support.metrics_scrape import formed_with_metrics, scrape
 
 pytestmark = pytest.mark.multiprocess
 
@@ -119,14 +119,8 @@ def snapshot_ack(sender: int, group: int, index: int, term: int) -> bytes:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    c = LocalCluster(tmp_path, 3)
-    serve_metrics_on_every_node(c)
-    try:
-        await c.start()
-        await c.wait_formed(60.0)
+    async with formed_with_metrics(tmp_path) as c:
         yield c
-    finally:
-        await c.close()
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

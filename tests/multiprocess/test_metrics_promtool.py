@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster
-from support.metrics_scrape import scrape, serve_metrics_on_every_node
+from support.metrics_scrape import formed_with_metrics, scrape
 
 pytestmark = pytest.mark.multiprocess
 
@@ -79,14 +79,8 @@ def run_promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedPr
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    c = LocalCluster(tmp_path, 3)
-    serve_metrics_on_every_node(c)
-    try:
-        await c.start()
-        await c.wait_formed(30.0)
+    async with formed_with_metrics(tmp_path) as c:
         yield c
-    finally:
-        await c.close()
 
 
 def kv_requests(text: str) -> float:

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 from nodedb_cluster.localcluster import LocalCluster, free_port
 
 SCRAPE_TIMEOUT_S = 5.0
+FORM_TIMEOUT_S = 60.0
+
+
+@asynccontextmanager
+async def formed_with_metrics(tmp_path: Path, size: int = 3) -> AsyncIterator[LocalCluster]:
+    """A formed `LocalCluster` whose every node serves `/metrics`; closed on exit."""
+    c = LocalCluster(tmp_path, size)
+    serve_metrics_on_every_node(c)
+    try:
+        await c.start()
+        await c.wait_formed(FORM_TIMEOUT_S)
+        yield c
+    finally:
+        await c.close()
 
 
 def serve_metrics_on_every_node(cluster: LocalCluster) -> None:
