@@ -172,3 +172,23 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_requests_are_timed_by_kind_and_only_served_kinds_are_listed() {
+        let m = Metrics::default();
+        assert!(m.served_histograms().is_empty());
+        let started = Instant::now();
+        m.served(MessageKind::KV_REQUEST, started);
+        m.served(MessageKind::KV_REQUEST, started);
+        m.served(MessageKind::RAFT_BATCH, started);
+        let served = m.served_histograms();
+        let names: Vec<&str> = served.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["RaftBatch", "KvRequest"]);
+        assert_eq!(served[0].1.count, 1);
+        assert_eq!(served[1].1.count, 2);
+    }
+}
