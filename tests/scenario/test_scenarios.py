@@ -13,6 +13,7 @@ import pytest
 from scenario.datadriven import Stanza, run_file
 from scenario.join import JoinScript
 from scenario.placement import PlacementScript
+from scenario.rebalance import RebalanceScript
 from scenario.reconcile import ReconcileScript
 from scenario.swim import SwimScript
 
@@ -20,6 +21,7 @@ TESTDATA: Final = Path(__file__).resolve().parent / "testdata"
 MACHINES: Final[dict[str, Callable[[], Callable[[Stanza], str]]]] = {
     "join": lambda: JoinScript().handle,
     "placement": lambda: PlacementScript().handle,
+    "rebalance": lambda: RebalanceScript().handle,
     "reconcile": lambda: ReconcileScript().handle,
     "swim": lambda: SwimScript().handle,
 }

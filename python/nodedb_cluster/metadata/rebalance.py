@@ -1,0 +1,281 @@
+"""The rebalancer's planner: routing table and per-node load in, moves out (pure; issue 16).
+
+One plan is a short list of independent moves, at most one per group, that the shell proposes
+through the metadata group and runs; the next plan is made from the routing table those moves
+produced, so a crash between plans loses nothing and a plan never has to be remembered.
+
+Rules, in order (each spends the plan's budget; later rules get what is left):
+1. **Back-pressure.** Nothing moves while any node that would take part is at or above the CPU
+   limit: a move costs the source and the target a snapshot stream.
+2. **Evacuation.** A replica on a node that is leaving (DRAINING, or DEAD past its grace) moves
+   to the eligible node with the fewest replicas that is not in the group. A group below
+   min(RF, eligible nodes) members (not counting leaving ones) gains one. A node down but
+   within its grace is neither: its replicas stay where they are, and it takes none.
+3. **Replicas per node.** While the most and least loaded eligible nodes differ by more than one
+   replica and by more than the threshold (relative to the mean), one replica moves from the
+   first to the second; a group the source leads is chosen last (its move needs a transfer).
+4. **Leaders per node.** The same rule for data-group leaderships, moved by leader transfer to
+   another voter of the group.
+5. **Bytes per group.** While the heaviest and lightest data group differ by more than the
+   threshold, the heaviest's largest vShard that fits half the difference moves to the lightest.
+
+Every rule simulates its moves on the counts before choosing the next, so a plan never moves the
+same replica twice nor overshoots; ties break by the lowest id, so a plan is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+
+IMBALANCE_THRESHOLD_DEFAULT: Final = 0.20
+"""Balance when (max - min) / mean of a quantity exceeds this."""
+MOVES_PER_PLAN_MAX_DEFAULT: Final = 10
+CONCURRENT_MOVES_MAX_DEFAULT: Final = 4
+CPU_BACKPRESSURE_DEFAULT: Final = 0.80
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    imbalance_threshold: float = IMBALANCE_THRESHOLD_DEFAULT
+    moves_per_plan_max: int = MOVES_PER_PLAN_MAX_DEFAULT
+    concurrent_moves_max: int = CONCURRENT_MOVES_MAX_DEFAULT
+    """Moves in flight at once, counting those still running from earlier plans."""
+    cpu_backpressure: float = CPU_BACKPRESSURE_DEFAULT
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLoad:
+    """What the planner knows beyond routing."""
+
+    eligible: frozenset[int]
+    """Nodes that may take replicas and leaderships: ACTIVE and alive."""
+    leaving: frozenset[int] = frozenset()
+    """Nodes every replica moves off: DRAINING, or DEAD for longer than the grace."""
+    cpu: Mapping[int, float] = field(default_factory=dict)
+    """Recent CPU use per node, 0..1 (absent: unknown, taken as idle)."""
+    group_bytes: Mapping[int, int] = field(default_factory=dict)
+    """KV bytes per data group (absent: bytes are not balanced)."""
+    vshard_bytes: Mapping[int, int] = field(default_factory=dict)
+    """KV bytes per vShard, for choosing which vShard moves."""
+    moving_groups: frozenset[int] = frozenset()
+    """Groups with a move in flight: left alone, and counted against the concurrency limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveReplica:
+    """Add a replica of `group_id` on `to_node` (learner, caught up, promoted), then remove the
+    one on `from_node` (0: nothing to remove; the group was short of a member)."""
+
+    group_id: int
+    from_node: int
+    to_node: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeader:
+    group_id: int
+    from_node: int
+    to_node: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveVShard:
+    vshard: int
+    from_group: int
+    to_group: int
+
+
+Move = MoveReplica | TransferLeader | MoveVShard
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    moves: tuple[Move, ...]
+    held: tuple[str, ...] = ()
+    """Why something that should move did not (back-pressure, no spare node, budget)."""
+
+
+def imbalance(counts: Iterable[int]) -> float:
+    """(max - min) / mean; 0 for no values or a zero mean."""
+    values = list(counts)
+    if not values:
+        return 0.0
+    mean = sum(values) / len(values)
+    return 0.0 if mean == 0 else (max(values) - min(values)) / mean
+
+
+class _Planning:
+    """One plan in the making: the simulated placement and the budget left."""
+
+    def __init__(self, routing: RoutingTable, load: ClusterLoad, limits: Limits) -> None:
+        self.load = load
+        self.limits = limits
+        self.groups = [g for g in routing.group_ids if g != METADATA_GROUP_ID]
+        self.members: dict[int, set[int]] = {}
+        self.voters: dict[int, set[int]] = {}
+        self.leader: dict[int, int] = {}
+        for g in self.groups:
+            route = routing.route(g)
+            self.members[g] = set(route.voters) | set(route.learners)
+            self.voters[g] = set(route.voters)
+            self.leader[g] = route.leader
+        self.vshard_group = {v: int(g) for v, g in enumerate(routing.vshard_to_group)}
+        self.busy: set[int] = set(load.moving_groups)
+        in_flight = len(load.moving_groups)
+        self.budget = max(
+            0, min(limits.moves_per_plan_max, limits.concurrent_moves_max - in_flight)
+        )
+        self.moves: list[Move] = []
+        self.held: list[str] = []
+
+    def replicas(self) -> Counter[int]:
+        counts: Counter[int] = Counter({n: 0 for n in self.load.eligible})
+        for g in self.groups:
+            for n in self.members[g]:
+                if n in self.load.eligible:
+                    counts[n] += 1
+        return counts
+
+    def leaderships(self) -> Counter[int]:
+        counts: Counter[int] = Counter({n: 0 for n in self.load.eligible})
+        for g in self.groups:
+            if self.leader[g] in self.load.eligible:
+                counts[self.leader[g]] += 1
+        return counts
+
+    def spend(self, move: Move, group: int) -> None:
+        self.moves.append(move)
+        self.busy.add(group)
+        self.budget -= 1
+
+    def target_for(self, group: int) -> int | None:
+        """The eligible node outside `group` with the fewest replicas (then leaders, then id)."""
+        replicas, leaders = self.replicas(), self.leaderships()
+        outside = [n for n in self.load.eligible if n not in self.members[group]]
+        if not outside:
+            return None
+        return min(outside, key=lambda n: (replicas[n], leaders[n], n))
+
+    def move_replica(self, group: int, src: int, dst: int) -> None:
+        self.members[group].discard(src)
+        self.members[group].add(dst)
+        if src in self.voters[group]:
+            self.voters[group].discard(src)
+            self.voters[group].add(dst)
+        self.spend(MoveReplica(group, src, dst), group)
+
+
+def plan(
+    routing: RoutingTable, load: ClusterLoad, replication_factor: int, limits: Limits | None = None
+) -> Plan:
+    """The next moves toward a balanced placement (empty when balanced or held)."""
+    p = _Planning(routing, load, limits or Limits())
+    hot = sorted(
+        n for n, cpu in load.cpu.items() if cpu >= p.limits.cpu_backpressure and n in load.eligible
+    )
+    if hot:
+        return Plan((), (f"back-pressure: node {hot[0]} at CPU {load.cpu[hot[0]]:.2f}",))
+    _evacuate(p, replication_factor)
+    _balance_replicas(p)
+    _balance_leaders(p)
+    _balance_bytes(p)
+    return Plan(tuple(p.moves), tuple(p.held))
+
+
+def _evacuate(p: _Planning, replication_factor: int) -> None:
+    want = min(replication_factor, len(p.load.eligible))
+    for g in p.groups:
+        if g in p.busy:
+            continue
+        leaving = sorted(n for n in p.members[g] if n in p.load.leaving)
+        # A member neither eligible nor leaving (down, within its grace) still holds its copy.
+        short = want - len([n for n in p.members[g] if n not in p.load.leaving])
+        if not leaving and short <= 0:
+            continue
+        if p.budget == 0:
+            p.held.append(f"group {g}: needs a move, plan budget spent")
+            continue
+        dst = p.target_for(g)
+        if dst is None:
+            p.held.append(f"group {g}: no eligible node outside it to take a replica")
+            continue
+        # A leaving member is replaced (which also mends a shortage); else the group gains one.
+        p.move_replica(g, leaving[0] if leaving else 0, dst)
+
+
+def _balance_replicas(p: _Planning) -> None:
+    while p.budget > 0:
+        counts = p.replicas()
+        if len(counts) < 2:
+            return
+        src = max(counts, key=lambda n: (counts[n], -n))
+        dst = min(counts, key=lambda n: (counts[n], n))
+        spread = counts[src] - counts[dst]
+        if spread <= 1 or imbalance(counts.values()) <= p.limits.imbalance_threshold:
+            return
+        candidates = [
+            g
+            for g in p.groups
+            if g not in p.busy and src in p.members[g] and dst not in p.members[g]
+        ]
+        if not candidates:
+            return
+        group = min(candidates, key=lambda g: (p.leader[g] == src, g))
+        p.move_replica(group, src, dst)
+
+
+def _balance_leaders(p: _Planning) -> None:
+    while p.budget > 0:
+        counts = p.leaderships()
+        if len(counts) < 2:
+            return
+        src = max(counts, key=lambda n: (counts[n], -n))
+        if counts[src] - min(counts.values()) <= 1:
+            return
+        if imbalance(counts.values()) <= p.limits.imbalance_threshold:
+            return
+        candidates = [
+            (counts[n], n, g)
+            for g in p.groups
+            if g not in p.busy and p.leader[g] == src
+            for n in p.voters[g]
+            if n != src and n in p.load.eligible and counts[n] + 1 < counts[src]
+        ]
+        if not candidates:
+            return
+        _, dst, group = min(candidates)
+        p.leader[group] = dst
+        p.spend(TransferLeader(group, src, dst), group)
+
+
+def _balance_bytes(p: _Planning) -> None:
+    sizes = {g: p.load.group_bytes.get(g, 0) for g in p.groups}
+    if not p.load.group_bytes or len(sizes) < 2:
+        return
+    while p.budget > 0:
+        heavy = max(sizes, key=lambda g: (sizes[g], -g))
+        light = min(sizes, key=lambda g: (sizes[g], g))
+        if imbalance(sizes.values()) <= p.limits.imbalance_threshold:
+            return
+        if heavy in p.busy or light in p.busy:
+            return
+        half = (sizes[heavy] - sizes[light]) // 2
+        fitting = [
+            (p.load.vshard_bytes.get(v, 0), v)
+            for v, g in p.vshard_group.items()
+            if g == heavy and 0 < p.load.vshard_bytes.get(v, 0) <= half
+        ]
+        if not fitting:
+            return
+        size, vshard = max(fitting, key=lambda sv: (sv[0], -sv[1]))
+        p.vshard_group[vshard] = light
+        sizes[heavy] -= size
+        sizes[light] += size
+        p.moves.append(MoveVShard(vshard, heavy, light))
+        p.budget -= 1
+        p.busy.update((heavy, light))
