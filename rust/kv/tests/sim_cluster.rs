@@ -331,11 +331,11 @@ fn lagging_follower_receives_a_chunked_snapshot_and_converges() {
         "caught up via snapshot"
     );
     assert!(Metrics::get(&m.snapshots_installed) >= 1);
-    assert!(m.snapshot_apply_seconds.snapshot().count >= 1, "install timed");
-    assert!(lm.snapshot_send_seconds.snapshot().count >= 1, "send timed");
-    assert!(lm.proposal_commit_seconds.snapshot().count >= 300, "each proposal timed");
-    assert!(lm.wal_fsync_seconds.snapshot().count >= 1, "fsyncs timed");
-    assert!(lm.apply_batch_seconds.snapshot().count >= 1, "applies timed");
+    assert!(m.snapshot_apply_seconds.snapshot().count >= 1, "install");
+    assert!(lm.snapshot_send_seconds.snapshot().count >= 1, "send");
+    assert!(lm.proposal_commit_seconds.snapshot().count >= 300);
+    assert!(lm.wal_fsync_seconds.snapshot().count >= 1, "fsyncs");
+    assert!(lm.apply_batch_seconds.snapshot().count >= 1, "applies");
     assert_eq!(c.nodes[&lagger].reg.kv(g).len(), 300);
     assert_eq!(
         c.nodes[&lagger].reg.kv(g).digest(),
