@@ -9,14 +9,15 @@
 //! left out); the queue is bounded and drops its oldest record, counted, if the host falls
 //! behind. Nothing is queued until the host sets a level ([`set_max_level`]).
 
+pub mod bounded;
 mod bridge;
 pub mod limiter;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub use bounded::Bounded;
 pub use limiter::RateLimiter;
 
 /// At most one WARN or ERROR line per (component, message, peer) per this interval.
@@ -93,9 +94,8 @@ pub struct Record {
 
 #[derive(Debug)]
 struct Queue {
-    records: VecDeque<Record>,
+    records: Bounded<Record>,
     limiter: RateLimiter<(String, String, String)>,
-    dropped: u64,
 }
 
 /// The bounded, rate-limited queue (one per process: [`emit`], [`take`]; apart in tests).
@@ -110,9 +110,8 @@ impl Default for Sink {
         Sink {
             max_level: AtomicU8::new(0),
             queue: Mutex::new(Queue {
-                records: VecDeque::new(),
+                records: Bounded::new(QUEUE_MAX),
                 limiter: RateLimiter::new(WARN_INTERVAL, KEYS_MAX),
-                dropped: 0,
             }),
         }
     }
@@ -168,14 +167,10 @@ impl Sink {
         } else {
             0
         };
-        if queue.records.len() >= QUEUE_MAX {
-            queue.records.pop_front();
-            queue.dropped += 1;
-        }
         let unix_time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        queue.records.push_back(Record {
+        queue.records.push(Record {
             unix_time,
             level,
             component: component.to_owned(),
@@ -188,12 +183,13 @@ impl Sink {
     /// Every queued record, oldest first.
     pub fn take(&self) -> Vec<Record> {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        queue.records.drain(..).collect()
+        queue.records.take()
     }
 
     /// Records dropped because the host did not drain them in time.
     pub fn dropped(&self) -> u64 {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).dropped
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.records.dropped()
     }
 }
 

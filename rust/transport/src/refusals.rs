@@ -6,12 +6,12 @@
 //! host (no interpreter lock on the I/O path), and a peer that floods forbidden frames costs a
 //! counter increment per frame, not a log line ([`RateLimiter`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nodedb_hostlog::RateLimiter;
+use nodedb_hostlog::{Bounded, RateLimiter};
 use nodedb_wire::MessageKind;
 
 /// At most one line per (peer, kind, reason) per this interval.
@@ -60,8 +60,7 @@ pub struct RefusalLine {
 struct State {
     counts: BTreeMap<(MessageKind, &'static str), u64>,
     limiter: RateLimiter<(String, MessageKind, &'static str)>,
-    pending: VecDeque<RefusalLine>,
-    lines_dropped: u64,
+    pending: Bounded<RefusalLine>,
 }
 
 /// Counts and rate-limited lines of refused requests.
@@ -75,8 +74,7 @@ impl Default for RefusalLog {
             state: Mutex::new(State {
                 counts: BTreeMap::new(),
                 limiter: RateLimiter::new(LOG_INTERVAL, KEYS_MAX),
-                pending: VecDeque::new(),
-                lines_dropped: 0,
+                pending: Bounded::new(PENDING_LINES_MAX),
             }),
         }
     }
@@ -108,11 +106,7 @@ impl RefusalLog {
         let Some(suppressed) = state.limiter.admit((peer.clone(), kind, reason), now) else {
             return;
         };
-        if state.pending.len() >= PENDING_LINES_MAX {
-            state.pending.pop_front();
-            state.lines_dropped += 1;
-        }
-        state.pending.push_back(RefusalLine {
+        state.pending.push(RefusalLine {
             peer,
             addr,
             kind,
@@ -125,7 +119,7 @@ impl RefusalLog {
     /// Lines not yet handed out, oldest first.
     pub fn take_lines(&self) -> Vec<RefusalLine> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.pending.drain(..).collect()
+        state.pending.take()
     }
 
     /// Refusals so far by (kind, reason).
@@ -140,10 +134,8 @@ impl RefusalLog {
 
     /// Lines dropped because the host did not drain them in time.
     pub fn lines_dropped(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lines_dropped
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.pending.dropped()
     }
 }
 
