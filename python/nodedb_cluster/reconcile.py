@@ -106,6 +106,16 @@ class ProposeDemotion:
 
 
 @dataclass(frozen=True, slots=True)
+class ProposeReplacement:
+    """A replica move's learner `new` caught up in a group already at RF voters: ask group 0 to
+    put it in `old`'s place (`ReplaceGroupVoter`)."""
+
+    group_id: int
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProposePromotion:
     """A caught-up learner of an under-replicated group: ask group 0 to make it a voter."""
 
@@ -122,6 +132,7 @@ Action = (
     | TransferLeader
     | ProposeDemotion
     | ProposePromotion
+    | ProposeReplacement
 )
 
 
@@ -131,9 +142,12 @@ def plan_reconcile(
     local: Mapping[int, LocalGroup],
     replication_factor: int,
     balance_leaders: bool = False,
+    leaving: frozenset[int] = frozenset(),
 ) -> list[Action]:
     """The next action for every group that needs one, in group order; then, when nothing else
-    is to be done here, at most one leadership hand-over towards balance."""
+    is to be done here, at most one leadership hand-over towards balance. `leaving`: nodes whose
+    replicas are being moved off (draining, or dead past their grace): a replica move's learner
+    replaces one of them first."""
     actions: list[Action] = []
     desired_groups = set(routing.groups_of_node(self_id))
     for group_id in sorted(desired_groups - set(local)):
@@ -150,7 +164,7 @@ def plan_reconcile(
             continue
         if not group.is_leader or group_id not in routing.group_ids:
             continue
-        action = _leader_step(self_id, routing, group, replication_factor)
+        action = _leader_step(self_id, routing, group, replication_factor, leaving)
         if action is not None:
             actions.append(action)
     if balance_leaders and not actions:
@@ -193,7 +207,11 @@ def _caught_up(group: LocalGroup, node_id: int) -> bool:
 
 
 def _leader_step(
-    self_id: int, routing: RoutingTable, group: LocalGroup, replication_factor: int
+    self_id: int,
+    routing: RoutingTable,
+    group: LocalGroup,
+    replication_factor: int,
+    leaving: frozenset[int],
 ) -> Action | None:
     route = routing.route(group.group_id)
     desired = set(route.voters) | set(route.learners)
@@ -218,6 +236,32 @@ def _leader_step(
     for node_id in sorted(set(route.learners) & set(group.learners)):
         matched = group.matched.get(node_id, 0)
         caught_up = matched > 0 and matched + CAUGHT_UP_LAG_ENTRIES_MAX >= group.commit_index
-        if caught_up and plan_promotion(routing, group.group_id, node_id, replication_factor):
+        if not caught_up:
+            continue
+        if plan_promotion(routing, group.group_id, node_id, replication_factor):
             return ProposePromotion(group.group_id, node_id)
+        if group.group_id != METADATA_GROUP_ID:
+            # A learner beyond RF voters is a replica move in flight (`rebalance`): it
+            # replaces a voter once caught up.
+            return ProposeReplacement(
+                group.group_id, replaced_by_move(routing, route.voters, leaving), node_id
+            )
     return None
+
+
+def replaced_by_move(
+    routing: RoutingTable, voters: tuple[int, ...], leaving: frozenset[int]
+) -> int:
+    """Which voter a replica move's learner replaces: one on a leaving node (lowest id), else
+    the one on the node holding the most data-group replicas (the rebalancer moved off the most
+    loaded node; ties go to the highest id, never decided by who leads)."""
+    gone = sorted(v for v in voters if v in leaving)
+    if gone:
+        return gone[0]
+    replicas = Counter(
+        n
+        for g in routing.group_ids
+        if g != METADATA_GROUP_ID
+        for n in (*routing.route(g).voters, *routing.route(g).learners)
+    )
+    return max(voters, key=lambda v: (replicas[v], v))

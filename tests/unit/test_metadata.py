@@ -28,6 +28,7 @@ from nodedb_cluster.metadata.commands import (
     PutSetting,
     RemoveGroupMember,
     RemoveNode,
+    ReplaceGroupVoter,
     SetGroupMembers,
     SetNodeState,
 )
@@ -75,6 +76,7 @@ def test_every_command_round_trips() -> None:
             AddGroupLearner(2, 4, 3),
             PromoteGroupLearner(2, 4, 3),
             RemoveGroupMember(2, 3),
+            ReplaceGroupVoter(2, 3, 4),
             AssignVShard(1023, 2),
             PutSetting("rf", 3),
             PutSetting("name", "x"),
@@ -157,6 +159,44 @@ def test_removal_never_empties_a_group() -> None:
     routing = machine.state.routing
     assert routing.route(1).voters == (2,)  # node 2 had been promoted in group 1
     assert routing.route(2).voters == (1,)  # the last voter stays until replaced
+
+
+def test_a_replica_move_puts_the_learner_in_the_old_voters_place_only_when_it_can() -> None:
+    """ReplaceGroupVoter (a replica move's last step) is judged at apply time: the learner takes
+    a voter's place; a learner `old` just leaves; anything else (not a learner, not a member,
+    the same node) changes nothing, identically on every node."""
+    state = bootstrap_state()
+    for n in (2, 3, 4):
+        state.topology.add(node(n))
+    state.routing.set_members(1, (1, 2, 3), (4,))
+    state.routing.set_members(2, (1, 2, 3), (4,))
+    machine = MetadataStateMachine(state, Recorder())
+    entries = [
+        ReplaceGroupVoter(1, 2, 4),  # 4 takes 2's place
+        ReplaceGroupVoter(1, 3, 4),  # 4 is no longer a learner: no effect
+        ReplaceGroupVoter(2, 4, 4),  # the same node: no effect
+        ReplaceGroupVoter(2, 9, 4),  # 9 is not a member: no effect
+        ReplaceGroupVoter(3, 1, 4),  # 4 is not a learner of group 3: no effect
+    ]
+    results = machine.apply_batch(
+        [(i + 1, MetadataEntry((c,)).encode()) for i, c in enumerate(entries)]
+    )
+    assert results == [Applied(i + 1) for i in range(len(entries))]
+    routing = machine.state.routing
+    assert (routing.route(1).voters, routing.route(1).learners) == ((1, 4, 3), ())
+    assert (routing.route(2).voters, routing.route(2).learners) == ((1, 2, 3), (4,))
+    assert routing.route(3).voters == (1,)
+    # A learner `old` leaves; `new` stays a learner (promoted later if the group is short).
+    machine.apply_batch(
+        [
+            (6, MetadataEntry((SetGroupMembers(2, (1, 2), (3, 4)),)).encode()),
+            (7, MetadataEntry((ReplaceGroupVoter(2, 3, 4),)).encode()),
+        ]
+    )
+    assert (machine.state.routing.route(2).voters, machine.state.routing.route(2).learners) == (
+        (1, 2),
+        (4,),
+    )
 
 
 def test_joins_decided_on_the_same_state_both_land_and_respect_rf() -> None:

@@ -38,6 +38,7 @@ from nodedb_cluster.metadata.commands import (
     PutSetting,
     RemoveGroupMember,
     RemoveNode,
+    ReplaceGroupVoter,
     SetGroupMembers,
     SetNodeState,
     SettingValue,
@@ -338,6 +339,16 @@ def _apply_command(
             voters = tuple(n for n in route.voters if n != node_id)
             if node_id in route.voters and voters:
                 routing.set_members(group_id, voters, (*route.learners, node_id))
+        case ReplaceGroupVoter(group_id=group_id, old=old, new=new):
+            route = routing.route(group_id)
+            if new in route.learners and route.has_member(old) and old != new:
+                if old in route.voters:
+                    voters = tuple(new if n == old else n for n in route.voters)
+                    learners = tuple(n for n in route.learners if n != new)
+                else:
+                    voters = route.voters
+                    learners = tuple(n for n in route.learners if n != old)
+                routing.set_members(group_id, voters, learners)
         case AssignVShard(vshard=vshard, group_id=group_id):
             routing.assign_vshard(vshard, group_id)
         case PutSetting(key=key, value=value):

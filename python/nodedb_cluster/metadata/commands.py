@@ -98,6 +98,18 @@ class DemoteGroupVoter:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceGroupVoter:
+    """A replica move's last step: the caught-up learner `new` takes the place of `old`, which
+    leaves the group. At apply time only while `new` is a learner and `old` a member (a voter's
+    place goes to `new`; a learner `old` just leaves). Raft follows with the promotion first and
+    the removal after (`reconcile`), so the group never has fewer voters than before."""
+
+    group_id: int
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
 class AssignVShard:
     vshard: int
     group_id: int
@@ -118,6 +130,7 @@ MetadataCommand = (
     | PromoteGroupLearner
     | RemoveGroupMember
     | DemoteGroupVoter
+    | ReplaceGroupVoter
     | AssignVShard
     | PutSetting
 )
@@ -278,6 +291,15 @@ _CODECS: Final[dict[str, tuple[type, Encoder, Decoder]]] = {
         lambda c: {"group_id": c.group_id, "node_id": c.node_id},
         lambda d: DemoteGroupVoter(
             _int(d.get("group_id"), "group_id"), _int(d.get("node_id"), "node_id")
+        ),
+    ),
+    "replace_group_voter": (
+        ReplaceGroupVoter,
+        lambda c: {"group_id": c.group_id, "old": c.old, "new": c.new},
+        lambda d: ReplaceGroupVoter(
+            _int(d.get("group_id"), "group_id"),
+            _int(d.get("old"), "old"),
+            _int(d.get("new"), "new"),
         ),
     ),
     "assign_vshard": (
