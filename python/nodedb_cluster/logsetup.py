@@ -5,7 +5,7 @@ Rust records (TLS handshake failures and malformed frames naming the peer, lost 
 raft-rs's elections and votes) queue in the core (`nodedb-hostlog`: bounded, WARN and ERROR
 rate-limited to one line per component, message and peer per 10 s) and are drained here, on the
 event loop, into loggers named `nodedb_cluster_core.<component>` (`.transport`, `.raft`,
-`.multiraft`, `.rustls`, ...). No Rust thread ever waits for the GIL to log, which a bridge that
+`.quinn`, `.rustls`, ...). No Rust thread ever waits for the GIL to log, which a bridge that
 calls into Python from the emitting thread (pyo3-log) would make the Raft driver and the QUIC
 workers do. The core queues only what the `nodedb_cluster_core` logger's effective level lets
 through (checked in Rust before anything is formatted), re-read on every drain.
