@@ -134,6 +134,19 @@ class ClusterConfig:
     Off by default: with every node on one host (shared cores and disk) spreading leaders cut
     64-client writes/s to 0.40x (benches/compare/leader_balance.py, BENCHMARKS.md); turn it on
     when nodes have hosts of their own, so each leader's work lands on its own CPU and disk."""
+    rebalance_interval_ms: int = 30_000
+    """How often the rebalancer plans (metadata/rebalance.py): replicas onto nodes that have
+    few, off DRAINING nodes and nodes dead longer than dead_node_grace_ms; 0 turns it off."""
+    rebalance_moves_max: int = 10
+    """Replica moves one plan may start."""
+    rebalance_concurrent_moves_max: int = 4
+    """Replica moves (and joins) in flight at once, cluster-wide."""
+    rebalance_imbalance_percent: int = 20
+    """Replicas per node (or bytes per group) are balanced once max - min exceeds this share of
+    the mean (and one replica)."""
+    dead_node_grace_ms: int = 300_000
+    """A node SWIM has reported dead for this long gets its replicas re-created on live nodes
+    (when a node outside the group can take them); until then they wait for it."""
     join_retry: JoinRetryPolicy = field(default_factory=JoinRetryPolicy)
     join_token: str | None = field(default=None, repr=False)
     """The operator's token admitting this node id (`nodedb-cluster join-token`, 96 hex
@@ -348,6 +361,11 @@ class ClusterConfig:
     def _check_groups(self) -> None:
         check_int("num_groups", self.num_groups, 1, NUM_GROUPS_MAX)
         check_int("replication_factor", self.replication_factor, 1, REPLICATION_FACTOR_MAX)
+        check_int("rebalance_interval_ms", self.rebalance_interval_ms, 0, 86_400_000)
+        check_int("rebalance_moves_max", self.rebalance_moves_max, 1, 1024)
+        check_int("rebalance_concurrent_moves_max", self.rebalance_concurrent_moves_max, 1, 1024)
+        check_int("rebalance_imbalance_percent", self.rebalance_imbalance_percent, 1, 1000)
+        check_int("dead_node_grace_ms", self.dead_node_grace_ms, 0, 30 * 86_400_000)
         for name, table in _TABLES.items():
             if not isinstance(getattr(self, name), table):
                 raise ConfigError(name, f"expected a {table.__name__}")

@@ -40,7 +40,9 @@ from nodedb_cluster.metadata.audit import AUDIT_FILE_NAME, AuditLog
 from nodedb_cluster.metadata.commands import MetadataEntry
 from nodedb_cluster.metadata.forward import MetadataProposer
 from nodedb_cluster.metadata.group import MetadataGroup
+from nodedb_cluster.metadata.rebalance import Limits
 from nodedb_cluster.raft import RaftEngine, StateMachineKind
+from nodedb_cluster.rebalancer import RebalancePolicy, Rebalancer
 from nodedb_cluster.reconcile import Action
 from nodedb_cluster.reconciler import ReconcilePolicy, Reconciler
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
@@ -105,10 +107,35 @@ class Node:
             config.balance_leaders,
             config.rpc_timeout_ms,
         )
+        self.rebalancer = Rebalancer(
+            RebalancePolicy(
+                config.node_id,
+                config.replication_factor,
+                config.rebalance_interval_ms / 1000,
+                config.dead_node_grace_ms / 1000,
+                config.rpc_timeout_ms,
+                Limits(
+                    imbalance_threshold=config.rebalance_imbalance_percent / 100,
+                    moves_per_plan_max=config.rebalance_moves_max,
+                    concurrent_moves_max=config.rebalance_concurrent_moves_max,
+                ),
+            ),
+            self._require_engine,
+            self._routing,
+            lambda: self.metadata.topology,
+            self._proposer.propose,
+        )
+        """Replica placement over time: onto new nodes, off draining and long-dead ones."""
         self._reconciler = Reconciler(
-            policy, self._require_engine, self._routing, self.group_kind, self._proposer.propose
+            policy,
+            self._require_engine,
+            self._routing,
+            self.group_kind,
+            self._proposer.propose,
+            self.rebalancer.leaving,
         )
         self._swim = SwimWiring(config, self.admission.secret)
+        self._swim.observe(self.rebalancer.on_member_changed)
         self.control = ControlDispatch()
         """Who answers which control RPC; tools may add kinds (the bench tool's BENCH_LOAD)."""
         handlers = {
@@ -176,6 +203,7 @@ class Node:
 
     def start_reconciler(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._reconciler.run()))
+        self._tasks.append(asyncio.ensure_future(self.rebalancer.run()))
 
     async def start_membership(self) -> None:
         """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology."""

@@ -61,8 +61,11 @@ class Reconciler:
         routing: Callable[[], RoutingTable],
         group_kind: Callable[[int], StateMachineKind],
         propose: Callable[[MetadataEntry], Awaitable[str | None]],
+        leaving: Callable[[], frozenset[int]] = frozenset,
     ) -> None:
         self._policy = policy
+        self._leaving = leaving
+        """Nodes whose replicas move off (the rebalancer's view: draining, dead past grace)."""
         self._engine = engine
         """The running engine (raises EngineStopped once the node stops)."""
         self._routing = routing
@@ -115,6 +118,7 @@ class Reconciler:
             local,
             policy.replication_factor,
             policy.balance_leaders,
+            self._leaving(),
         )
         bound_s = 2 * policy.rpc_timeout_ms / 1000
         for action in actions:

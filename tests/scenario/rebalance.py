@@ -18,7 +18,6 @@ from nodedb_cluster.metadata.rebalance import (
     MoveReplica,
     MoveVShard,
     Plan,
-    TransferLeader,
     plan,
 )
 from scenario.datadriven import ScriptError, Stanza
@@ -74,7 +73,8 @@ class RebalanceScript:
         raise ScriptError(f"{st.pos}: unknown command {st.cmd!r}")
 
     def apply(self) -> str:
-        """What running the last plan would leave in routing (moves done, nothing in flight)."""
+        """What running the last plan would leave in routing (moves done, nothing in flight; a
+        moved leader's leadership goes to the lowest remaining voter)."""
         if self.last is None:
             raise ScriptError("apply before any plan")
         table = self.routing.table
@@ -89,8 +89,6 @@ class RebalanceScript:
                     table.set_members(g, sorted(voters), learners)
                     if route.leader == src:
                         table.set_leader(g, min(voters))
-                case TransferLeader(group_id=g, to_node=dst):
-                    table.set_leader(g, dst)
                 case MoveVShard(vshard=v, to_group=g):
                     table.assign_vshard(v, g)
         return routing_lines(table)

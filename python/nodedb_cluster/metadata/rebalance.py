@@ -14,13 +14,13 @@ Rules, in order (each spends the plan's budget; later rules get what is left):
 3. **Replicas per node.** While the most and least loaded eligible nodes differ by more than one
    replica and by more than the threshold (relative to the mean), one replica moves from the
    first to the second; a group the source leads is chosen last (its move needs a transfer).
-4. **Leaders per node.** The same rule for data-group leaderships, moved by leader transfer to
-   another voter of the group.
-5. **Bytes per group.** While the heaviest and lightest data group differ by more than the
+4. **Bytes per group.** While the heaviest and lightest data group differ by more than the
    threshold, the heaviest's largest vShard that fits half the difference moves to the lightest.
 
 Every rule simulates its moves on the counts before choosing the next, so a plan never moves the
 same replica twice nor overshoots; ties break by the lowest id, so a plan is deterministic.
+Leaders per node are balanced by each group's leader itself (`reconcile.plan_leader_balance`,
+`ClusterConfig.balance_leaders`), not here: one rule, in one place.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.topology import NodeState, Topology
 
 IMBALANCE_THRESHOLD_DEFAULT: Final = 0.20
 """Balance when (max - min) / mean of a quantity exceeds this."""
@@ -53,7 +54,7 @@ class ClusterLoad:
     """What the planner knows beyond routing."""
 
     eligible: frozenset[int]
-    """Nodes that may take replicas and leaderships: ACTIVE and alive."""
+    """Nodes that may take replicas: ACTIVE and alive."""
     leaving: frozenset[int] = frozenset()
     """Nodes every replica moves off: DRAINING, or DEAD for longer than the grace."""
     cpu: Mapping[int, float] = field(default_factory=dict)
@@ -77,20 +78,13 @@ class MoveReplica:
 
 
 @dataclass(frozen=True, slots=True)
-class TransferLeader:
-    group_id: int
-    from_node: int
-    to_node: int
-
-
-@dataclass(frozen=True, slots=True)
 class MoveVShard:
     vshard: int
     from_group: int
     to_group: int
 
 
-Move = MoveReplica | TransferLeader | MoveVShard
+Move = MoveReplica | MoveVShard
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,25 +135,18 @@ class _Planning:
                     counts[n] += 1
         return counts
 
-    def leaderships(self) -> Counter[int]:
-        counts: Counter[int] = Counter({n: 0 for n in self.load.eligible})
-        for g in self.groups:
-            if self.leader[g] in self.load.eligible:
-                counts[self.leader[g]] += 1
-        return counts
-
     def spend(self, move: Move, group: int) -> None:
         self.moves.append(move)
         self.busy.add(group)
         self.budget -= 1
 
     def target_for(self, group: int) -> int | None:
-        """The eligible node outside `group` with the fewest replicas (then leaders, then id)."""
-        replicas, leaders = self.replicas(), self.leaderships()
+        """The eligible node outside `group` with the fewest replicas (then the lowest id)."""
+        replicas = self.replicas()
         outside = [n for n in self.load.eligible if n not in self.members[group]]
         if not outside:
             return None
-        return min(outside, key=lambda n: (replicas[n], leaders[n], n))
+        return min(outside, key=lambda n: (replicas[n], n))
 
     def move_replica(self, group: int, src: int, dst: int) -> None:
         self.members[group].discard(src)
@@ -182,7 +169,6 @@ def plan(
         return Plan((), (f"back-pressure: node {hot[0]} at CPU {load.cpu[hot[0]]:.2f}",))
     _evacuate(p, replication_factor)
     _balance_replicas(p)
-    _balance_leaders(p)
     _balance_bytes(p)
     return Plan(tuple(p.moves), tuple(p.held))
 
@@ -229,30 +215,6 @@ def _balance_replicas(p: _Planning) -> None:
         p.move_replica(group, src, dst)
 
 
-def _balance_leaders(p: _Planning) -> None:
-    while p.budget > 0:
-        counts = p.leaderships()
-        if len(counts) < 2:
-            return
-        src = max(counts, key=lambda n: (counts[n], -n))
-        if counts[src] - min(counts.values()) <= 1:
-            return
-        if imbalance(counts.values()) <= p.limits.imbalance_threshold:
-            return
-        candidates = [
-            (counts[n], n, g)
-            for g in p.groups
-            if g not in p.busy and p.leader[g] == src
-            for n in p.voters[g]
-            if n != src and n in p.load.eligible and counts[n] + 1 < counts[src]
-        ]
-        if not candidates:
-            return
-        _, dst, group = min(candidates)
-        p.leader[group] = dst
-        p.spend(TransferLeader(group, src, dst), group)
-
-
 def _balance_bytes(p: _Planning) -> None:
     sizes = {g: p.load.group_bytes.get(g, 0) for g in p.groups}
     if not p.load.group_bytes or len(sizes) < 2:
@@ -279,3 +241,30 @@ def _balance_bytes(p: _Planning) -> None:
         p.moves.append(MoveVShard(vshard, heavy, light))
         p.budget -= 1
         p.busy.update((heavy, light))
+
+
+def cluster_load(
+    topology: Topology,
+    routing: RoutingTable,
+    dead_for_s: Mapping[int, float],
+    dead_grace_s: float,
+) -> ClusterLoad:
+    """What the planner needs from the topology, routing and SWIM: ACTIVE nodes not dead are
+    eligible; DRAINING nodes and those dead for at least `dead_grace_s` are leaving (a node dead
+    for less is neither: its replicas wait for it); a data group with a learner has a move or a
+    join in flight."""
+    eligible = frozenset(
+        n.node_id
+        for n in topology.nodes()
+        if n.state is NodeState.ACTIVE and n.node_id not in dead_for_s
+    )
+    leaving = frozenset(
+        n.node_id
+        for n in topology.nodes()
+        if n.state in (NodeState.DRAINING, NodeState.DECOMMISSIONED)
+        or dead_for_s.get(n.node_id, -1.0) >= dead_grace_s
+    )
+    moving = frozenset(
+        g for g in routing.group_ids if g != METADATA_GROUP_ID and routing.route(g).learners
+    )
+    return ClusterLoad(eligible=eligible, leaving=leaving, moving_groups=moving)

@@ -1,0 +1,136 @@
+"""The rebalancer's shell: plans on a timer (`metadata/rebalance.py`, pure) and carries out the
+moves of the groups this node leads (issue 16).
+
+Every node plans from the same routing table and acts only for the groups it leads, so each move
+is started once, by the node that sees its progress. A replica move becomes `AddGroupLearner`
+with room for one member beyond RF; the group's leader later puts the caught-up learner in a
+voter's place (`reconcile.ProposeReplacement`). Leaderships are balanced by the reconciler
+(`balance_leaders`). vShard moves are planned but not carried out yet (logged). Nothing is
+remembered between rounds: a crash, a lost proposal or a new leader only delays the next plan,
+made again from the routing table the moves so far produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from nodedb_cluster.errors import ClusterError, EngineStopped, UnknownGroup
+from nodedb_cluster.membership import MemberChanged, MemberState
+from nodedb_cluster.metadata.commands import AddGroupLearner, MetadataEntry
+from nodedb_cluster.metadata.rebalance import (
+    ClusterLoad,
+    Limits,
+    MoveReplica,
+    MoveVShard,
+    Plan,
+    cluster_load,
+    plan,
+)
+from nodedb_cluster.raft import RaftEngine
+from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RebalancePolicy:
+    """The configuration a round reads (`ClusterConfig.rebalance_*`, `dead_node_grace_s`)."""
+
+    node_id: int
+    replication_factor: int
+    interval_s: float
+    """Between plans; 0 turns the rebalancer off."""
+    dead_grace_s: float
+    rpc_timeout_ms: int
+    limits: Limits = field(default_factory=Limits)
+
+
+class Rebalancer:
+    def __init__(
+        self,
+        policy: RebalancePolicy,
+        engine: Callable[[], RaftEngine],
+        routing: Callable[[], RoutingTable],
+        topology: Callable[[], Topology],
+        propose: Callable[[MetadataEntry], Awaitable[str | None]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._policy = policy
+        self._engine = engine
+        self._routing = routing
+        self._topology = topology
+        self._propose = propose
+        self._clock = clock
+        self._dead_since: dict[int, float] = {}
+        self.last_plan: Plan | None = None
+
+    def on_member_changed(self, event: MemberChanged) -> None:
+        """SWIM's verdicts: how long each node has been dead decides when it is replaced."""
+        if event.state in (MemberState.DEAD, MemberState.LEFT):
+            self._dead_since.setdefault(event.node_id, self._clock())
+        else:
+            self._dead_since.pop(event.node_id, None)
+
+    def leaving(self) -> frozenset[int]:
+        """Nodes whose replicas move off now (draining, or dead past the grace)."""
+        return self._load(self._routing()).leaving
+
+    def _load(self, routing: RoutingTable) -> ClusterLoad:
+        now = self._clock()
+        dead_for = {n: now - since for n, since in self._dead_since.items()}
+        return cluster_load(self._topology(), routing, dead_for, self._policy.dead_grace_s)
+
+    async def run(self) -> None:
+        """Plans every `interval_s` until the engine stops or the task is cancelled."""
+        if self._policy.interval_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._policy.interval_s)  # a period, not a synchronisation
+            try:
+                await self.rebalance_once()
+            except EngineStopped:
+                return
+            except ClusterError as e:
+                log.info("rebalance round incomplete: %s", e)
+            except Exception:
+                log.exception("rebalance round failed; retrying next round")
+
+    async def rebalance_once(self) -> Plan:
+        """One plan; the moves of groups this node leads are started (not awaited to the end)."""
+        routing = self._routing()
+        load = self._load(routing)
+        planned = plan(routing, load, self._policy.replication_factor, self._policy.limits)
+        self.last_plan = planned
+        for held in planned.held:
+            log.info("rebalance: %s", held)
+        engine = self._engine()
+        bound_s = 2 * self._policy.rpc_timeout_ms / 1000
+        for move in planned.moves:
+            group = move.from_group if isinstance(move, MoveVShard) else move.group_id
+            with contextlib.suppress(UnknownGroup):
+                if (await engine.status(group)).role != "leader":
+                    continue
+                try:
+                    async with asyncio.timeout(bound_s):
+                        await self._start(move)
+                except (ClusterError, TimeoutError) as e:
+                    log.info("rebalance %s not started: %s", move, e or "timed out")
+        return planned
+
+    async def _start(self, move: MoveReplica | MoveVShard) -> None:
+        log.info("rebalance: %s", move)
+        match move:
+            case MoveReplica(group_id=g, from_node=src, to_node=dst):
+                rf = self._policy.replication_factor
+                cap = rf + 1 if src else rf
+                refused = await self._propose(MetadataEntry((AddGroupLearner(g, dst, cap),)))
+                if refused is not None:
+                    log.info("rebalance: learner %d of group %d refused: %s", dst, g, refused)
+            case MoveVShard():
+                log.info("rebalance: vShard moves are not carried out yet: %s", move)

@@ -1,0 +1,79 @@
+"""The rebalancer's inputs (metadata/rebalance.cluster_load) and its SWIM bookkeeping
+(rebalancer.Rebalancer.leaving): who may take replicas, whose replicas move off, and when."""
+
+from __future__ import annotations
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.membership import MemberChanged, MemberState
+from nodedb_cluster.metadata.commands import MetadataEntry
+from nodedb_cluster.metadata.rebalance import cluster_load
+from nodedb_cluster.raft import RaftEngine
+from nodedb_cluster.rebalancer import RebalancePolicy, Rebalancer
+from nodedb_cluster.routing.table import RoutingTable
+from nodedb_cluster.topology import NodeInfo, NodeState, Topology
+
+GRACE_S = 300.0
+
+
+def topology(states: dict[int, NodeState]) -> Topology:
+    return Topology(
+        [NodeInfo(n, parse_socket_addr(f"127.0.0.{n}:9400"), s, 1) for n, s in states.items()]
+    )
+
+
+def routing() -> RoutingTable:
+    table = RoutingTable.bootstrap(3, 1)
+    table.set_members(1, (1, 2, 3))
+    table.set_members(2, (1, 2, 3), (4,))  # a move (or join) in flight
+    table.set_members(3, (1, 2, 3))
+    table.set_members(0, (1, 2, 3), (4, 5))  # group 0's permanent learners are not moves
+    return table
+
+
+def test_eligible_leaving_and_moving() -> None:
+    topo = topology(
+        {
+            1: NodeState.ACTIVE,
+            2: NodeState.ACTIVE,
+            3: NodeState.DRAINING,
+            4: NodeState.ACTIVE,
+            5: NodeState.ACTIVE,
+            6: NodeState.JOINING,
+        }
+    )
+    load = cluster_load(topo, routing(), {4: 10.0, 5: GRACE_S}, GRACE_S)
+    assert load.eligible == frozenset({1, 2})  # 3 drains, 4 and 5 are dead, 6 still joins
+    assert load.leaving == frozenset({3, 5})  # 4 is dead within its grace: it waits
+    assert load.moving_groups == frozenset({2})
+
+
+def test_swim_verdicts_start_the_grace_and_a_return_ends_it() -> None:
+    now = [1000.0]
+
+    def engine() -> RaftEngine:
+        raise AssertionError("not needed to say who is leaving")
+
+    async def propose(entry: MetadataEntry) -> str | None:
+        raise AssertionError("not needed to say who is leaving")
+
+    topo = topology({n: NodeState.ACTIVE for n in (1, 2, 3, 4)})
+    rebalancer = Rebalancer(
+        RebalancePolicy(1, 3, 30.0, GRACE_S, 2000),
+        engine,
+        routing,
+        lambda: topo,
+        propose,
+        clock=lambda: now[0],
+    )
+
+    def event(node: int, state: MemberState) -> MemberChanged:
+        return MemberChanged(node, parse_socket_addr(f"127.0.0.{node}:9401"), state, 1, 0)
+
+    rebalancer.on_member_changed(event(4, MemberState.DEAD))
+    now[0] += GRACE_S - 1
+    assert rebalancer.leaving() == frozenset()
+    rebalancer.on_member_changed(event(4, MemberState.DEAD))  # told again: the grace runs on
+    now[0] += 1
+    assert rebalancer.leaving() == frozenset({4})
+    rebalancer.on_member_changed(event(4, MemberState.ALIVE))
+    assert rebalancer.leaving() == frozenset()
