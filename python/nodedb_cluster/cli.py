@@ -48,6 +48,7 @@ from nodedb_cluster.config import (
 from nodedb_cluster.errors import ClusterError, ConfigError, Timeout, Unreachable
 from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
 from nodedb_cluster.kv import Unavailable
+from nodedb_cluster.placement_cli import add_placement_commands
 from nodedb_cluster.transport import (
     LEAF_VALIDITY_DAYS_DEFAULT,
     Leaf,
@@ -222,6 +223,7 @@ def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.A
     revoke.set_defaults(run=_cmd_revoke)
 
     add_admin_commands(sub, environ)  # join-token, audit
+    add_placement_commands(sub, environ)  # decommission, rebalance, locate
 
     demo = sub.add_parser("demo", help="a local 3-node cluster: form, replicate, fail over")
     demo.add_argument("--keep", action="store_true", help="keep the data directory")

@@ -203,7 +203,12 @@ def format_status(doc: dict[str, object]) -> str:
     if doc.get("no_space"):
         lines.append(f"NO_SPACE: {doc['no_space']}")
     swim = {int(m[0]): m for m in doc.get("members") or ()}  # type: ignore[attr-defined]
-    lines += ["", f"{'NODE':>6}  {'ADDRESS':<22} {'MEMBER':<9} {'SWIM':<8} LAST CONTACT"]
+    placed = {int(p[0]): p for p in doc.get("placement") or ()}  # type: ignore[attr-defined]
+    lines += [
+        "",
+        f"{'NODE':>6}  {'ADDRESS':<22} {'MEMBER':<14} {'REPLICAS':>8} {'LEADS':>5}  "
+        f"{'SWIM':<8} LAST CONTACT",
+    ]
     for node_id, addr, state in doc["nodes"]:  # type: ignore[attr-defined]
         if node_id == doc["node_id"]:
             health, contact = "self", "-"
@@ -211,7 +216,17 @@ def format_status(doc: dict[str, object]) -> str:
             health, contact = str(swim[node_id][1]), _ago(swim[node_id][3])
         else:
             health, contact = "-", "-"  # SWIM off here, or the node has no SWIM address
-        lines.append(f"{node_id:>6}  {addr:<22} {state:<9} {health:<8} {contact}")
+        replicas, leads = (
+            (placed[node_id][1], placed[node_id][2]) if node_id in placed else ("-", "-")
+        )
+        lines.append(
+            f"{node_id:>6}  {addr:<22} {state:<14} {replicas:>8} {leads:>5}  {health:<8} {contact}"
+        )
+    moving = doc.get("moving") or []
+    for group_id, learners in moving:  # type: ignore[attr-defined]
+        lines.append(
+            f"moving: group {group_id} is filling learner(s) {','.join(map(str, learners))}"
+        )
     lines += [
         "",
         f"{'GROUP':>5}  {'ROLE':<13} {'LEADER':>6} {'TERM':>5} {'COMMIT':>7} "

@@ -41,6 +41,7 @@ from nodedb_cluster.metadata.commands import MetadataEntry
 from nodedb_cluster.metadata.forward import MetadataProposer
 from nodedb_cluster.metadata.group import MetadataGroup
 from nodedb_cluster.metadata.rebalance import Limits
+from nodedb_cluster.placement_control import PlacementControl
 from nodedb_cluster.raft import RaftEngine, StateMachineKind
 from nodedb_cluster.rebalancer import RebalancePolicy, Rebalancer
 from nodedb_cluster.reconcile import Action
@@ -136,6 +137,10 @@ class Node:
         )
         self._swim = SwimWiring(config, self.admission.secret)
         self._swim.observe(self.rebalancer.on_member_changed)
+        self.placement = PlacementControl(
+            config, lambda: self.metadata, self.rebalancer, self._proposer.propose
+        )
+        """Decommission and rebalance on an admin's request (PLACEMENT_REQUEST)."""
         self.control = ControlDispatch()
         """Who answers which control RPC; tools may add kinds (the bench tool's BENCH_LOAD)."""
         handlers = {
@@ -147,6 +152,7 @@ class Node:
             wire.MessageKind.JOIN_TOKEN_REQUEST: self.admission.on_join_token_request,
             wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
             wire.MessageKind.HOST_PROPOSE: self._on_host_propose,
+            wire.MessageKind.PLACEMENT_REQUEST: self.placement.on_request,
         }
         for kind, handler in handlers.items():
             self.control.register(kind, handler)

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 
 from nodedb_cluster.errors import ClusterError, EngineStopped, UnknownGroup
 from nodedb_cluster.membership import MemberChanged, MemberState
-from nodedb_cluster.metadata.commands import AddGroupLearner, MetadataEntry
+from nodedb_cluster.metadata.commands import (
+    AddGroupLearner,
+    MetadataEntry,
+    RemoveGroupMember,
+    SetNodeState,
+)
 from nodedb_cluster.metadata.rebalance import (
     ClusterLoad,
     Limits,
@@ -30,10 +35,11 @@ from nodedb_cluster.metadata.rebalance import (
     Plan,
     cluster_load,
     plan,
+    retirements,
 )
 from nodedb_cluster.raft import RaftEngine
-from nodedb_cluster.routing.table import RoutingTable
-from nodedb_cluster.topology import Topology
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.topology import NodeState, Topology
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +107,30 @@ class Rebalancer:
             except Exception:
                 log.exception("rebalance round failed; retrying next round")
 
-    async def rebalance_once(self) -> Plan:
-        """One plan; the moves of groups this node leads are started (not awaited to the end)."""
+    async def rebalance_once(self, dry_run: bool = False) -> Plan:
+        """One plan; unless `dry_run`, the moves of groups this node leads are started (not
+        awaited to the end), and the metadata group's leader retires drained nodes."""
         routing = self._routing()
         load = self._load(routing)
         planned = plan(routing, load, self._policy.replication_factor, self._policy.limits)
+        if dry_run:
+            return planned
         self.last_plan = planned
         for held in planned.held:
             log.info("rebalance: %s", held)
         engine = self._engine()
         bound_s = 2 * self._policy.rpc_timeout_ms / 1000
+        with contextlib.suppress(UnknownGroup):
+            if (await engine.status(METADATA_GROUP_ID)).role == "leader":
+                for node_id in retirements(self._topology(), routing):
+                    log.info("rebalance: node %d holds no data replica: decommissioned", node_id)
+                    retire = (
+                        SetNodeState(node_id, NodeState.DECOMMISSIONED),
+                        RemoveGroupMember(METADATA_GROUP_ID, node_id),
+                    )
+                    refused = await self._propose(MetadataEntry(retire))
+                    if refused is not None:
+                        log.info("rebalance: retiring node %d refused: %s", node_id, refused)
         for move in planned.moves:
             group = move.from_group if isinstance(move, MoveVShard) else move.group_id
             with contextlib.suppress(UnknownGroup):

@@ -19,6 +19,7 @@ from nodedb_cluster.errors import UnknownGroup
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
+from nodedb_cluster.routing.table import METADATA_GROUP_ID
 from nodedb_cluster.transport import Peer, Reply
 
 SwimView = tuple[int, str, int, int | None]
@@ -49,6 +50,10 @@ class NodeStatus:
     other node; () without SWIM."""
     no_space: str | None = None
     """Set while the node is NO_SPACE (writes refused, reads served): why; `Node.no_space`."""
+    placement: tuple[tuple[int, int, int], ...] = ()
+    """(node id, data-group replicas, data-group leaderships) per node, from routing."""
+    moving: tuple[tuple[int, tuple[int, ...]], ...] = ()
+    """(data group, learners) for each group with a replica move or a join in flight."""
 
     def dead_nodes(self) -> set[int]:
         """The nodes SWIM declares DEAD: the topology still lists them ACTIVE and voting (only an
@@ -68,6 +73,8 @@ class NodeStatus:
             "settings": dict(self.settings),
             "members": [list(m) for m in self.members],
             "no_space": self.no_space,
+            "placement": [list(p) for p in self.placement],
+            "moving": [[g, list(learners)] for g, learners in self.moving],
             "groups": [
                 {
                     "group_id": g.group_id,
@@ -130,6 +137,26 @@ async def collect_status(
         kv_digests=kv_digests,
         members=who.members,
         no_space=who.no_space,
+        placement=placement_of(state),
+        moving=tuple(
+            (g, state.routing.route(g).learners)
+            for g in state.routing.group_ids
+            if g != METADATA_GROUP_ID and state.routing.route(g).learners
+        ),
+    )
+
+
+def placement_of(state: MetadataState) -> tuple[tuple[int, int, int], ...]:
+    """(node id, data-group replicas, data-group leaderships) per topology node."""
+    routing = state.routing
+    data = [routing.route(g) for g in routing.group_ids if g != METADATA_GROUP_ID]
+    return tuple(
+        (
+            n.node_id,
+            sum(1 for r in data if r.has_member(n.node_id)),
+            sum(1 for r in data if r.leader == n.node_id),
+        )
+        for n in state.topology.nodes()
     )
 
 

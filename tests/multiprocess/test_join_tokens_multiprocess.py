@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -24,14 +23,13 @@ import pytest
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.formation.join_token import issue_token
 from nodedb_cluster.localcluster import LocalCluster, Status, free_port
-from nodedb_cluster.transport import Mtls
+from support.cli_run import cred_flags, run_cli
 
 pytestmark = pytest.mark.multiprocess
 
 SEEDS = (1, 2, 3)
 JOINER = 4
 JOINER_IDENTITY = "spiffe://localcluster/node/4"
-CLI_TIMEOUT_S = 30.0
 REFUSED_EXIT_TIMEOUT_S = 30.0
 """A refused joiner must exit well inside this: the refusal is permanent, no backoff schedule."""
 
@@ -64,28 +62,11 @@ def _members(n: int) -> Callable[[dict[int, Status]], bool]:
     return check
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nodedb_cluster.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(CLI_TIMEOUT_S):
-        out, err = await proc.communicate()
-    return int(proc.returncode or 0), out.decode(), err.decode()
-
-
-def _cred_flags(creds: object) -> list[str]:
-    assert isinstance(creds, Mtls)
-    return ["--ca", str(creds.ca), "--cert", str(creds.cert), "--key", str(creds.key)]
-
-
 async def _join_token(cluster: LocalCluster, node_id: int, creds: object) -> tuple[int, str, str]:
     addr = cluster.nodes[2].addr  # any member issues: every node holds the cluster secret
-    return await _cli("join-token", "--addr", addr, "--node-id", str(node_id), *_cred_flags(creds))
+    return await run_cli(
+        "join-token", "--addr", addr, "--node-id", str(node_id), *cred_flags(creds)
+    )
 
 
 def _refused_joins(cluster: LocalCluster, reason: str) -> float:
@@ -167,8 +148,8 @@ async def test_a_new_node_joins_only_with_a_valid_token_of_its_own(cluster: Loca
     await cluster.wait_for(_members(4), [*SEEDS, JOINER], 30.0, "node 4 admitted")
 
     # The audit log of another member names the joiner as the admission's proposer.
-    flags = _cred_flags(cluster.admin_credentials)
-    code, out, err = await _cli("audit", "--addr", cluster.nodes[2].addr, "--json", *flags)
+    flags = cred_flags(cluster.admin_credentials)
+    code, out, err = await run_cli("audit", "--addr", cluster.nodes[2].addr, "--json", *flags)
     assert code == 0, err
     doc = json.loads(out)  # one object: {"records": [...], "truncated": bool}
     assert doc["truncated"] is False
@@ -188,7 +169,7 @@ async def test_a_new_node_joins_only_with_a_valid_token_of_its_own(cluster: Loca
     assert all(r["proposer"] == JOINER_IDENTITY for r in learners)
     # The bootstrapper applied every admission: the seeds joined without tokens, each under its
     # own certificate (node 2 above got the state before its own admission in its JoinResponse).
-    code, out, err = await _cli("audit", "--addr", cluster.nodes[1].addr, "--json", *flags)
+    code, out, err = await run_cli("audit", "--addr", cluster.nodes[1].addr, "--json", *flags)
     assert code == 0, err
     added = {
         r["args"]["node"]["node_id"]: r["proposer"]
@@ -196,12 +177,12 @@ async def test_a_new_node_joins_only_with_a_valid_token_of_its_own(cluster: Loca
         if r["command"] == "add_node"
     }
     assert added == {i: f"spiffe://localcluster/node/{i}" for i in (2, 3, JOINER)}
-    code, out, _ = await _cli("audit", "--addr", cluster.nodes[3].addr, *flags)
+    code, out, _ = await run_cli("audit", "--addr", cluster.nodes[3].addr, *flags)
     assert code == 0
     assert "add_node" in out
     assert JOINER_IDENTITY in out  # the table names the proposer too
-    code, _, err = await _cli(
-        "audit", "--addr", cluster.nodes[3].addr, *_cred_flags(cluster.client_credentials)
+    code, _, err = await run_cli(
+        "audit", "--addr", cluster.nodes[3].addr, *cred_flags(cluster.client_credentials)
     )
     assert code == 1
     assert "permission denied" in err

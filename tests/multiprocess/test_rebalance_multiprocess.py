@@ -6,6 +6,7 @@ error."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,6 +16,7 @@ import pytest
 
 from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster, Status
+from support.cli_run import cred_flags, run_cli
 
 pytestmark = pytest.mark.multiprocess
 
@@ -118,5 +120,56 @@ async def test_without_the_rebalancer_new_nodes_take_no_data_replicas(tmp_path: 
         await asyncio.sleep(3)  # observing that nothing happens: there is no event to await
         statuses = await cluster.wait_for(settled(3), [1, 2, 3], 10, "still RF 3 on 1-3")
         assert replicas(statuses) == Counter({1: 4, 2: 4, 3: 4})
+    finally:
+        await cluster.close()
+
+
+async def test_decommission_moves_every_replica_off_then_retires_the_node(
+    tmp_path: Path,
+) -> None:
+    """`nodedb-cluster decommission` (the real CLI, admin credentials) on a 4-node cluster:
+    the node drains, its replicas land on the other three, it ends DECOMMISSIONED and out of
+    every group, and once it is stopped every acknowledged write still reads back. Draining one
+    of the remaining three is refused (RF 3 needs three ACTIVE nodes), `locate` names the new
+    members and a dry-run rebalance finds nothing to move."""
+    cluster = LocalCluster(tmp_path / "c", 4, overrides=FAST)
+    try:
+        await cluster.start([1, 2, 3])
+        await cluster.wait_for(settled(3), [1, 2, 3], 30, "RF 3 on three nodes")
+        await cluster.start([4])
+        await cluster.wait_for(settled(4), cluster.nodes, 60, "replicas spread over four")
+        addrs = [cluster.nodes[n].addr for n in (1, 2, 3)]
+        async with Client(addrs, cluster.client_credentials) as client:
+            for i in range(KEYS):
+                await client.put(f"k{i}".encode(), f"v{i}".encode())
+        admin = ["--addr", cluster.nodes[1].addr, *cred_flags(cluster.admin_credentials)]
+        code, out, err = await run_cli("decommission", "--node-id", "4", "--json", *admin)
+        assert code == 0, err
+        assert json.loads(out)["state"] == "DECOMMISSIONED"
+        statuses = await cluster.wait_for(settled(3), [1, 2, 3], 30, "RF 3 on 1-3 again")
+        assert replicas(statuses) == Counter({1: 4, 2: 4, 3: 4})
+        states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}  # type: ignore[attr-defined]
+        assert states[4] == "DECOMMISSIONED"
+        await cluster.nodes[4].stop()
+        async with Client(addrs, cluster.client_credentials) as reader:
+            values = await reader.get_many([f"k{i}".encode() for i in range(KEYS)])
+        assert values == [f"v{i}".encode() for i in range(KEYS)]
+
+        code, _, err = await run_cli("decommission", "--node-id", "3", "--no-wait", *admin)
+        assert code != 0
+        assert "below the replication factor 3" in err, err
+        code, out, err = await run_cli("rebalance", "--dry-run", "--json", *admin)
+        assert code == 0, err
+        assert json.loads(out)["moves"] == []
+        client_flags = ["--addr", cluster.nodes[2].addr, *cred_flags(cluster.client_credentials)]
+        code, out, err = await run_cli("locate", "k7", "--json", *client_flags)
+        assert code == 0, err
+        where = json.loads(out)
+        assert set(where) >= {"vshard", "group", "leader", "voters", "learners"}
+        assert sorted(where["voters"]) == [1, 2, 3]
+        # A client certificate may not decommission.
+        code, _, err = await run_cli("decommission", "--node-id", "3", *client_flags)
+        assert code != 0
+        assert "PermissionDenied" in err or "permission" in err.lower(), err
     finally:
         await cluster.close()

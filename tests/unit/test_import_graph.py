@@ -32,6 +32,7 @@ TOOLS: Final = (
     "nodedb_cluster.cli",
     "nodedb_cluster.cli_support",
     "nodedb_cluster.admin_cli",
+    "nodedb_cluster.placement_cli",
 )
 """Modules (and packages, with everything under them) outside the runtime."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.membership import MemberChanged, MemberState
 from nodedb_cluster.metadata.commands import MetadataEntry
-from nodedb_cluster.metadata.rebalance import cluster_load
+from nodedb_cluster.metadata.rebalance import cluster_load, decommission_refusal, retirements
 from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.rebalancer import RebalancePolicy, Rebalancer
 from nodedb_cluster.routing.table import RoutingTable
@@ -77,3 +77,21 @@ def test_swim_verdicts_start_the_grace_and_a_return_ends_it() -> None:
     assert rebalancer.leaving() == frozenset({4})
     rebalancer.on_member_changed(event(4, MemberState.ALIVE))
     assert rebalancer.leaving() == frozenset()
+
+
+def test_decommission_is_refused_when_rf_could_not_hold_and_drained_nodes_retire() -> None:
+    states = {n: NodeState.ACTIVE for n in (1, 2, 3, 4)}
+    table = routing()
+    assert decommission_refusal(topology(states), table, 4, 3) is None
+    assert decommission_refusal(topology(states), table, 9, 3) == "node 9 is not in the cluster"
+    three = topology({n: NodeState.ACTIVE for n in (1, 2, 3)})
+    refusal = decommission_refusal(three, table, 3, 3)
+    assert refusal is not None
+    assert "below the replication factor 3" in refusal
+    # Node 4 drains: it still fills a learner of group 2, so it is not retired yet.
+    draining = topology({**states, 4: NodeState.DRAINING})
+    assert retirements(draining, table) == ()
+    table.set_members(2, (1, 2, 3))
+    assert retirements(draining, table) == (4,)  # group 0's learner does not hold it back
+    gone = topology({**states, 4: NodeState.DECOMMISSIONED})
+    assert decommission_refusal(gone, table, 4, 3) == "node 4 is already decommissioned"

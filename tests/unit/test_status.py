@@ -4,6 +4,8 @@ without this flag a dead replica looks healthy: issue 15)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from nodedb_cluster.cli_support import format_status
 from nodedb_cluster.raft import GroupStatus
 from nodedb_cluster.status import NodeStatus
@@ -41,10 +43,11 @@ def test_groups_with_a_dead_member_are_flagged_in_the_doc_and_the_table() -> Non
     assert doc["members"] == [[2, "ALIVE", 5, 120], [3, "DEAD", 7, 9_400], [4, "SUSPECT", 1, None]]
     lines = format_status(doc).splitlines()
     node_rows = [line for line in lines if "127.0.0." in line]
-    assert node_rows[0].split()[3:] == ["self", "-"]
-    assert node_rows[1].split()[2:] == ["ACTIVE", "ALIVE", "0.1", "s", "ago"]
-    assert node_rows[2].split()[2:] == ["ACTIVE", "DEAD", "9.4", "s", "ago"]
-    assert node_rows[3].split()[2:] == ["ACTIVE", "SUSPECT", "never"]
+    # NODE ADDRESS MEMBER REPLICAS LEADS SWIM LAST-CONTACT (no placement in this status: "-")
+    assert node_rows[0].split()[5:] == ["self", "-"]
+    assert node_rows[1].split()[2:] == ["ACTIVE", "-", "-", "ALIVE", "0.1", "s", "ago"]
+    assert node_rows[2].split()[2:] == ["ACTIVE", "-", "-", "DEAD", "9.4", "s", "ago"]
+    assert node_rows[3].split()[2:] == ["ACTIVE", "-", "-", "SUSPECT", "never"]
     group_rows = [line for line in lines if " / " in line and not line.startswith("GROUP")]
     assert group_rows[0].endswith("1,2,3 / -  DEAD: 3")
     assert group_rows[1].endswith("1,2 / 3  DEAD: 3")  # a dead learner counts too
@@ -57,4 +60,19 @@ def test_without_swim_nothing_is_flagged_and_the_column_says_so() -> None:
     text = format_status(doc)
     assert "DEAD" not in text
     row = next(line for line in text.splitlines() if "127.0.0.2:9400" in line)
-    assert row.split()[2:] == ["ACTIVE", "-", "-"]
+    assert row.split()[2:] == ["ACTIVE", "-", "-", "-", "-"]
+
+
+def test_placement_columns_and_moves_in_flight() -> None:
+    """Issue 16: per node its data replicas and leaderships (from routing), and every group
+    filling a learner (a replica move or a join) on a line of its own."""
+    st = dataclasses.replace(
+        status(()), placement=((1, 3, 2), (2, 3, 1), (3, 2, 0)), moving=((2, (4,)),)
+    )
+    doc = st.to_doc()
+    assert doc["placement"] == [[1, 3, 2], [2, 3, 1], [3, 2, 0]]
+    assert doc["moving"] == [[2, [4]]]
+    text = format_status(doc)
+    row = next(line for line in text.splitlines() if "127.0.0.2:9400" in line)
+    assert row.split()[2:5] == ["ACTIVE", "3", "1"]
+    assert "moving: group 2 is filling learner(s) 4" in text

@@ -52,7 +52,7 @@ def test_python_kind_enum_mirrors_the_rust_table() -> None:
 
 def test_unknown_kind_number_is_refused_at_the_boundary() -> None:
     with pytest.raises(FrameError) as info:
-        MessageKind(14)
+        MessageKind(19)
     assert info.value.code == "unknown_kind"
 
 

@@ -268,3 +268,36 @@ def cluster_load(
         g for g in routing.group_ids if g != METADATA_GROUP_ID and routing.route(g).learners
     )
     return ClusterLoad(eligible=eligible, leaving=leaving, moving_groups=moving)
+
+
+def decommission_refusal(
+    topology: Topology, routing: RoutingTable, node_id: int, replication_factor: int
+) -> str | None:
+    """Why `node_id` may not start draining (None: it may): unknown, already gone, or the
+    other ACTIVE nodes could not hold RF replicas of a group it serves."""
+    node = topology.get(node_id)
+    if node is None:
+        return f"node {node_id} is not in the cluster"
+    if node.state is NodeState.DECOMMISSIONED:
+        return f"node {node_id} is already decommissioned"
+    others = [
+        n.node_id for n in topology.nodes() if n.state is NodeState.ACTIVE and n.node_id != node_id
+    ]
+    serves = [g for g in routing.groups_of_node(node_id) if g != METADATA_GROUP_ID]
+    if serves and len(others) < replication_factor:
+        return (
+            f"decommissioning node {node_id} would leave data groups {serves} below the "
+            f"replication factor {replication_factor}: only {len(others)} other ACTIVE nodes"
+        )
+    return None
+
+
+def retirements(topology: Topology, routing: RoutingTable) -> tuple[int, ...]:
+    """DRAINING nodes that no longer serve a data group: they can be marked DECOMMISSIONED and
+    leave the metadata group."""
+    return tuple(
+        n.node_id
+        for n in topology.nodes()
+        if n.state is NodeState.DRAINING
+        and not [g for g in routing.groups_of_node(n.node_id) if g != METADATA_GROUP_ID]
+    )

@@ -133,6 +133,9 @@ kinds! {
     JOIN_TOKEN_RESPONSE = 11, "JoinTokenResponse", Active, NONE;
     AUDIT_REQUEST = 12, "AuditRequest", Active, ADMIN;
     AUDIT_RESPONSE = 13, "AuditResponse", Active, NONE;
+    // Placement operations (decommission, rebalance now or as a dry run): admins only.
+    PLACEMENT_REQUEST = 14, "PlacementRequest", Active, ADMIN;
+    PLACEMENT_RESPONSE = 15, "PlacementResponse", Active, NONE;
     // 16–31: Raft traffic, handled inside Rust.
     RAFT_BATCH = 16, "RaftBatch", Active, NODE;
     SNAPSHOT_CHUNK = 17, "SnapshotChunk", Active, NODE;
@@ -227,7 +230,8 @@ mod tests {
         assert_eq!(MessageKind::KV_REQUEST.number(), 32);
         assert_eq!(MessageKind::from_u16(3), Ok(MessageKind::JOIN_REQUEST));
         assert_eq!(MessageKind::METADATA_PROPOSE_RESPONSE.number(), 9);
-        assert_eq!(MessageKind::from_u16(14), Err(None));
+        assert_eq!(MessageKind::PLACEMENT_REQUEST.number(), 14);
+        assert_eq!(MessageKind::from_u16(19), Err(None));
         assert_eq!(MessageKind::BENCH_LOAD.number(), 34);
     }
 
@@ -256,7 +260,11 @@ mod tests {
                 "{kind}"
             );
         }
-        for kind in [MessageKind::JOIN_TOKEN_REQUEST, MessageKind::AUDIT_REQUEST] {
+        for kind in [
+            MessageKind::JOIN_TOKEN_REQUEST,
+            MessageKind::AUDIT_REQUEST,
+            MessageKind::PLACEMENT_REQUEST,
+        ] {
             assert!(
                 !may(kind, Node) && may(kind, Admin) && !may(kind, Client),
                 "{kind}"

@@ -1,0 +1,91 @@
+"""PLACEMENT_REQUEST (admins only, by the kind table): start a decommission, or rebalance now or
+as a dry run. Any node answers; a decommission is a metadata entry (forwarded to group 0's
+leader), after which the rebalancer moves the node's replicas off and retires it.
+
+    {op: "decommission", node_id: u64}   -> {node_id, state: "DRAINING"}
+    {op: "rebalance", dry_run: bool}      -> {moves: [{move: name, ...fields}], held: [str],
+                                              started: bool}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+
+from nodedb_cluster import wire
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.errors import InvalidRequest
+from nodedb_cluster.metadata.applier import MetadataState
+from nodedb_cluster.metadata.commands import MetadataEntry, SetNodeState
+from nodedb_cluster.metadata.rebalance import Plan, decommission_refusal
+from nodedb_cluster.rebalancer import Rebalancer
+from nodedb_cluster.topology import NodeState
+from nodedb_cluster.transport import Peer, Reply
+
+log = logging.getLogger(__name__)
+
+
+def encode_placement_request(op: str, **fields: object) -> bytes:
+    return bytes(msgpack.packb({"op": op, **fields}))
+
+
+def plan_doc(planned: Plan, started: bool) -> dict[str, Any]:
+    return {
+        "moves": [{"move": type(m).__name__, **dataclasses.asdict(m)} for m in planned.moves],
+        "held": list(planned.held),
+        "started": started,
+    }
+
+
+class PlacementControl:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        metadata: Callable[[], MetadataState],
+        rebalancer: Rebalancer,
+        propose: Callable[[MetadataEntry], Awaitable[str | None]],
+    ) -> None:
+        self._config = config
+        self._metadata = metadata
+        self._rebalancer = rebalancer
+        self._propose = propose
+
+    async def on_request(self, peer: Peer, payload: bytes) -> Reply:
+        doc = wire.decode_map(payload, "placement request")
+        match doc.get("op"):
+            case "decommission":
+                node_id = doc.get("node_id")
+                if isinstance(node_id, bool) or not isinstance(node_id, int):
+                    raise InvalidRequest(f"decommission node_id {node_id!r} is not an integer")
+                answer = await self._decommission(peer, node_id)
+            case "rebalance":
+                dry_run = doc.get("dry_run", False)
+                if not isinstance(dry_run, bool):
+                    raise InvalidRequest(f"rebalance dry_run {dry_run!r} is not a boolean")
+                planned = await self._rebalancer.rebalance_once(dry_run=dry_run)
+                answer = plan_doc(planned, not dry_run)
+            case other:
+                raise InvalidRequest(f"unknown placement op {other!r}")
+        return wire.MessageKind.PLACEMENT_RESPONSE, bytes(msgpack.packb(answer))
+
+    async def _decommission(self, peer: Peer, node_id: int) -> dict[str, Any]:
+        state = self._metadata()
+        node = state.topology.get(node_id)
+        if node is not None and node.state is NodeState.DRAINING:
+            return {"node_id": node_id, "state": "DRAINING"}  # asked again: already under way
+        refusal = decommission_refusal(
+            state.topology, state.routing, node_id, self._config.replication_factor
+        )
+        if refusal is not None:
+            raise InvalidRequest(refusal)
+        refused = await self._propose(
+            MetadataEntry((SetNodeState(node_id, NodeState.DRAINING),), peer.identity)
+        )
+        if refused is not None:
+            raise InvalidRequest(f"decommission of node {node_id} refused: {refused}")
+        log.info("node %d is draining (decommission asked by %s)", node_id, peer.identity)
+        return {"node_id": node_id, "state": "DRAINING"}
