@@ -116,6 +116,16 @@ class ProposeReplacement:
 
 
 @dataclass(frozen=True, slots=True)
+class ProposeRemoval:
+    """A learner of a data group on a leaving node (a move or join whose target drained or died
+    past its grace) will never be of use: ask group 0 to take it out, which frees the group for
+    the rebalancer's next move."""
+
+    group_id: int
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ProposePromotion:
     """A caught-up learner of an under-replicated group: ask group 0 to make it a voter."""
 
@@ -133,6 +143,7 @@ Action = (
     | ProposeDemotion
     | ProposePromotion
     | ProposeReplacement
+    | ProposeRemoval
 )
 
 
@@ -233,6 +244,9 @@ def _leader_step(
                 return TransferLeader(group.group_id, successors[0])
             continue
         return RemoveMember(group.group_id, node_id)
+    if group.group_id != METADATA_GROUP_ID:
+        for node_id in sorted(set(route.learners) & leaving):
+            return ProposeRemoval(group.group_id, node_id)
     for node_id in sorted(set(route.learners) & set(group.learners)):
         matched = group.matched.get(node_id, 0)
         caught_up = matched > 0 and matched + CAUGHT_UP_LAG_ENTRIES_MAX >= group.commit_index

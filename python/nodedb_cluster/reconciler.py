@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from nodedb_cluster.errors import ClusterError, EngineStopped, UnknownGroup
-from nodedb_cluster.metadata.commands import DemoteGroupVoter, MetadataEntry, ReplaceGroupVoter
+from nodedb_cluster.metadata.commands import (
+    DemoteGroupVoter,
+    MetadataEntry,
+    RemoveGroupMember,
+    ReplaceGroupVoter,
+)
 from nodedb_cluster.metadata.placement import plan_promotion
 from nodedb_cluster.raft import RaftEngine, StateMachineKind
 from nodedb_cluster.reconcile import (
@@ -27,6 +32,7 @@ from nodedb_cluster.reconcile import (
     PromoteVoter,
     ProposeDemotion,
     ProposePromotion,
+    ProposeRemoval,
     ProposeReplacement,
     RemoveMember,
     TransferLeader,
@@ -164,6 +170,10 @@ class Reconciler:
                     refused = await self._propose(MetadataEntry((change,)))
                     if refused is not None:
                         log.info("promotion of %d in group %d refused: %s", n, g, refused)
+            case ProposeRemoval(group_id=g, node_id=n):
+                refused = await self._propose(MetadataEntry((RemoveGroupMember(g, n),)))
+                if refused is not None:
+                    log.info("removal of learner %d from group %d refused: %s", n, g, refused)
             case ProposeReplacement(group_id=g, old=old, new=new):
                 refused = await self._propose(MetadataEntry((ReplaceGroupVoter(g, old, new),)))
                 if refused is not None:
