@@ -24,6 +24,7 @@ from nodedb_cluster.cli_support import READY_PREFIX, fetch_status
 from nodedb_cluster.config import SWIM_PORT_OFFSET, ClusterConfig
 from nodedb_cluster.errors import ClusterError, Timeout
 from nodedb_cluster.formation.retry import JoinRetryPolicy
+from nodedb_cluster.routing.table import METADATA_GROUP_ID
 from nodedb_cluster.transport import Credentials, Insecure, Mtls, generate_cluster_credentials
 
 Status = dict[str, Any]
@@ -39,6 +40,40 @@ def leader_of(statuses: Mapping[int, Status], group_id: int) -> int:
             if int(g["group_id"]) == group_id and g["role"] == "leader":
                 best = max(best, (int(g["term"]), node_id))
     return best[1]
+
+
+def leader_views(
+    statuses: Mapping[int, Mapping[str, Any]],
+) -> dict[int, tuple[int, Mapping[str, Any]]]:
+    """group id -> (leader node, its view of the group) for every group some node leads, the
+    highest term winning. The leader's configuration is the group's: a replica removed while
+    it could not hear of it keeps an older one (and may campaign forever) without counting."""
+    best: dict[int, tuple[int, int, Mapping[str, Any]]] = {}
+    for node_id, doc in statuses.items():
+        for g in doc.get("groups", []):
+            gid = int(g["group_id"])
+            if g["role"] == "leader" and (gid not in best or int(g["term"]) > best[gid][0]):
+                best[gid] = (int(g["term"]), node_id, g)
+    return {gid: (node, view) for gid, (_, node, view) in best.items()}
+
+
+def groups_formed(statuses: Mapping[int, Mapping[str, Any]], voters_per_group: int) -> bool:
+    """Every group (metadata and KV) has a leader whose view holds `voters_per_group` voters
+    (min(nodes, RF)), data groups no learner (the metadata group keeps nodes beyond RF as
+    learners), and every voter reports a replica. Before this, followers may still be learners,
+    which never campaign: a fault then tests formation, not failover."""
+    present: dict[int, set[int]] = {}
+    for node_id, doc in statuses.items():
+        for g in doc.get("groups", []):
+            present.setdefault(int(g["group_id"]), set()).add(node_id)
+    views = leader_views(statuses)
+    return bool(present) and all(
+        gid in views
+        and len(views[gid][1]["voters"]) == voters_per_group
+        and (gid == METADATA_GROUP_ID or not views[gid][1]["learners"])
+        and {int(v) for v in views[gid][1]["voters"]} <= present[gid]
+        for gid in present
+    )
 
 
 READY_TIMEOUT_S: Final = 30.0
@@ -322,18 +357,18 @@ class LocalCluster:
         raise Timeout(f"waiting for {what} ({last_error})", int(timeout_s * 1000))
 
     async def wait_formed(self, timeout_s: float = 60.0) -> dict[int, Status]:
-        """Until every node sees all `size` nodes and every group has them all as voters and a
-        leader (the state a bench or a test of the formed cluster starts from)."""
+        """Until every node sees all `size` nodes and every group has a leader and
+        min(size, RF) voters (`groups_formed`: the state a bench or a test of the formed
+        cluster starts from)."""
         size = self.size
+        voters = min(size, self.nodes[1].config.replication_factor)
         return await self.wait_for(
-            lambda s: all(
-                len(st["nodes"]) == size
-                and all(len(g["voters"]) == size and g["leader"] for g in st["groups"])
-                for st in s.values()
+            lambda s: (
+                all(len(st["nodes"]) == size for st in s.values()) and groups_formed(s, voters)
             ),
             self.nodes,
             timeout_s,
-            f"every group to have all {size} nodes as voters and a leader",
+            f"every node to see {size} nodes and every group {voters} voters and a leader",
         )
 
     async def close(self) -> None:

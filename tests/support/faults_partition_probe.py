@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from nodedb_cluster.client import Client
-from nodedb_cluster.faults.checks import replica_divergence
+from nodedb_cluster.faults.checks import convergence_problems
 from nodedb_cluster.faults.netfault import Partitioner, prepare_private_netns
-from nodedb_cluster.faults.run import _term_of, groups_formed
-from nodedb_cluster.localcluster import LocalCluster, leader_of
+from nodedb_cluster.faults.run import _term_of
+from nodedb_cluster.localcluster import LocalCluster, groups_formed, leader_of
 
 
 async def main(base: Path) -> dict[str, object]:
@@ -57,7 +57,7 @@ async def main(base: Path) -> dict[str, object]:
             await client.put(key, b"during-partition", timeout_s=10.0)
             part.heal()
             await cluster.wait_for(
-                lambda s: groups_formed(s, 3) and not replica_divergence(s),
+                lambda s: groups_formed(s, 3) and not convergence_problems(s, {1, 2, 3}, 3),
                 cluster.nodes,
                 30.0,
                 "convergence after heal",

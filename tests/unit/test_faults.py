@@ -12,15 +12,23 @@ import pytest
 import support
 from nodedb_cluster.checker import Op, OpKind, Outcome, Verdict, check
 from nodedb_cluster.cli import main
-from nodedb_cluster.faults.checks import check_history, ops_from_porcupine, replica_divergence
+from nodedb_cluster.faults.checks import (
+    check_history,
+    convergence_problems,
+    ops_from_porcupine,
+    stale_replicas,
+)
 from nodedb_cluster.faults.nemesis import (
+    DRAINING_TARGETABLE_S,
     FAULT_KINDS,
     FAULTS_MAX,
+    NODE_KINDS,
     WARMUP_S,
     format_schedule,
     plan_schedule,
 )
 from nodedb_cluster.faults.run import percentile
+from nodedb_cluster.localcluster import groups_formed
 
 # --- schedules ------------------------------------------------------------------------------------
 
@@ -42,7 +50,7 @@ def test_schedule_stays_inside_the_run_and_names_valid_targets() -> None:
         for f in faults:
             assert f.at_s + f.hold_s <= 20.0
             assert f.kind in FAULT_KINDS
-            if f.kind in ("kill", "pause", "partition"):
+            if f.kind in NODE_KINDS:
                 assert f.node_id in (1, 2, 3)
             if f.kind == "kill_leader":
                 assert f.group_id in (2, 4)
@@ -52,6 +60,58 @@ def test_schedule_bounded_and_restricted_to_the_kinds_asked() -> None:
     assert len(plan_schedule(1, 1e9, [1], [1])) == FAULTS_MAX
     only = plan_schedule(5, 60.0, [1, 2, 3], [], kinds=("pause", "kill_leader"))
     assert {f.kind for f in only} == {"pause"}  # no group known: no leader kills
+
+
+def test_without_membership_kinds_a_schedule_is_what_it_was() -> None:
+    """Seeds recorded before add_node / decommission existed replay the same faults."""
+    old = ("kill", "kill_leader", "pause", "restart_all", "partition")
+    faults = plan_schedule(10, 15.0, [1, 2, 3], [1, 2], old, spare_ids=[4, 5])  # type: ignore[arg-type]
+    assert [(f.at_s, f.kind, f.node_id, f.group_id) for f in faults] == SEED_10_BEFORE
+
+
+SEED_10_BEFORE = [
+    (1.5, "pause", 2, 0),
+    (5.36, "restart_all", 0, 0),
+    (9.0, "partition", 3, 0),
+    (12.29, "kill_leader", 0, 2),
+]
+"""`plan_schedule(10, 15.0, [1, 2, 3], [1, 2], <the five old kinds>)` at commit c09d58a."""
+
+
+def test_membership_faults_follow_the_plan_model_of_who_runs() -> None:
+    """add_node starts each spare once, lowest first; decommission never leaves fewer than RF
+    active nodes; no fault aims at a decommissioned node once it had time to drain; a node
+    that joined is a target like the others."""
+    seen: set[str] = set()
+    for seed in range(300):
+        faults = plan_schedule(
+            seed, 40.0, [1, 2, 3, 4, 5], [1, 2], FAULT_KINDS, spare_ids=[6, 7], replication_factor=3
+        )
+        active, spares = {1, 2, 3, 4, 5}, [6, 7]
+        gone: dict[int, float] = {}
+        for f in faults:
+            seen.add(f.kind)
+            if f.kind in NODE_KINDS and f.kind != "decommission":
+                drained = f.node_id in gone and f.at_s - gone[f.node_id] >= DRAINING_TARGETABLE_S
+                assert f.node_id in active | set(gone), (seed, f)
+                assert not drained, (seed, f)
+            if f.kind == "add_node":
+                assert f.node_id == spares.pop(0), (seed, f)
+                active.add(f.node_id)
+            if f.kind == "decommission":
+                assert f.node_id in active, (seed, f)
+                active.remove(f.node_id)
+                gone[f.node_id] = f.at_s
+                assert len(active) >= 3, (seed, f)
+    assert seen == set(FAULT_KINDS)
+
+
+def test_membership_kinds_alone_stop_when_nothing_is_left_to_do() -> None:
+    """Three nodes, one spare, RF 3: add the spare, decommission one node, then neither kind
+    can fire again (no spare, three active), so the schedule ends."""
+    faults = plan_schedule(4, 60.0, [1, 2, 3], [1], ("add_node", "decommission"), spare_ids=[4])
+    assert [f.kind for f in faults] == ["add_node", "decommission"]
+    assert faults[0].node_id == 4
 
 
 # --- history checks (the checker, fed by the harness) -------------------------------------------
@@ -97,14 +157,24 @@ def test_a_stale_read_is_caught_even_when_the_final_state_is_right() -> None:
 # --- replica convergence --------------------------------------------------------------------------
 
 
-def _status(node: int, groups: dict[int, tuple[int, int, int] | None]) -> dict[str, object]:
+def _status(
+    node: int,
+    groups: dict[int, tuple[int, int, int] | None],
+    voters: tuple[int, ...] = (1, 2, 3),
+    learners: tuple[int, ...] = (),
+    leader: int = 1,
+    term: int = 2,
+) -> dict[str, object]:
     return {
         "node_id": node,
+        "routing_epoch": 1,
         "groups": [
             {
                 "group_id": g,
-                "role": "leader" if node == 1 else "follower",
-                "voters": [1, 2, 3],
+                "role": "leader" if node == leader else "follower",
+                "term": term,
+                "voters": list(voters),
+                "learners": list(learners),
                 "kv": [] if kv is None else list(kv),
             }
             for g, kv in groups.items()
@@ -112,26 +182,74 @@ def _status(node: int, groups: dict[int, tuple[int, int, int] | None]) -> dict[s
     }
 
 
+MEMBERS = {1, 2, 3}
+
+
 def test_equal_replicas_converge_and_a_diverged_digest_is_caught() -> None:
     same = {n: _status(n, {1: (9, 3, 77), 2: (4, 1, 5)}) for n in (1, 2, 3)}
-    assert replica_divergence(same) == []
+    assert convergence_problems(same, MEMBERS, 3) == []
     broken = dict(same)
     broken[3] = _status(3, {1: (9, 3, 78), 2: (4, 1, 5)})
-    (problem,) = replica_divergence(broken)
+    (problem,) = convergence_problems(broken, MEMBERS, 3)
     assert problem.startswith("group 1: replicas differ")
     assert "node 3: (9, 3, 78)" in problem
 
 
 def test_statuses_without_digests_do_not_pass_vacuously() -> None:
     statuses = {n: _status(n, {1: None}) for n in (1, 2, 3)}
-    (problem,) = replica_divergence(statuses)
-    assert problem.startswith("no node reports a KV replica digest")
+    problems = convergence_problems(statuses, MEMBERS, 3)
+    assert problems[0].startswith("no node reports a KV replica digest")
 
 
 def test_a_voter_without_a_replica_is_caught() -> None:
     statuses = {n: _status(n, {1: (9, 3, 77)}) for n in (1, 2)}
-    (problem,) = replica_divergence(statuses)
+    (problem,) = convergence_problems(statuses, MEMBERS, 3)
     assert problem == "group 1: no replica state from voters [3]"
+
+
+def test_five_nodes_compare_the_leaders_configuration_only() -> None:
+    """Five members, RF 3: group 1 on 3, 4, 5 (led by 3). Node 1 still holds an old replica
+    with another configuration and state (removed while it could not hear of it): not
+    compared, named by `stale_replicas`; a learner left over or a missing group leader is."""
+    members = {1, 2, 3, 4, 5}
+    statuses = {n: _status(n, {}) for n in (1, 2)}
+    statuses.update({n: _status(n, {1: (20, 6, 9)}, (3, 4, 5), leader=3) for n in (3, 4, 5)})
+    statuses[1] = _status(1, {1: (11, 2, 4)}, (1, 3, 4, 5), leader=0)
+    assert convergence_problems(statuses, members, 3) == []
+    assert stale_replicas(statuses) == [(1, 1)]
+    stuck = dict(statuses)
+    stuck[3] = _status(3, {1: (20, 6, 9)}, (3, 4, 5), learners=(2,), leader=3)
+    (problem,) = convergence_problems(stuck, members, 3)
+    assert problem.startswith("group 1: learners [2] not promoted or removed (leader 3")
+    assert convergence_problems(statuses, members - {5}, 3) == [
+        "group 1: members [5] are not running members"
+    ]
+    leaderless = {n: _status(n, {1: (20, 6, 9)}, (3, 4, 5), leader=0) for n in (3, 4, 5)}
+    assert convergence_problems(leaderless, members, 3) == ["group 1: no leader"]
+
+
+def test_too_few_voters_and_a_routing_disagreement_are_caught() -> None:
+    statuses = {n: _status(n, {1: (9, 3, 77)}, (1, 2)) for n in (1, 2)}
+    assert convergence_problems(statuses, MEMBERS, 3) == [
+        "group 1: voters [1, 2] (leader 1), want 3"
+    ]
+    same = {n: _status(n, {1: (9, 3, 77)}) for n in (1, 2, 3)}
+    same[1]["placement"] = [[1, 1, 1], [2, 1, 0], [3, 0, 0], [4, 1, 0]]
+    (problem,) = convergence_problems(same, MEMBERS, 3)
+    assert problem.startswith("routing's replicas per node {1: 1, 2: 1, 4: 1} != leaders'")
+
+
+def test_the_metadata_group_keeps_learners_beyond_rf() -> None:
+    meta = {n: _status(n, {0: None, 1: (9, 3, 77)}, learners=(4,)) for n in (1, 2, 3)}
+    for doc in meta.values():
+        groups = doc["groups"]
+        assert isinstance(groups, list)
+        groups[1]["learners"] = []
+    assert convergence_problems(meta, {1, 2, 3, 4}, 3) == []
+    assert groups_formed(meta, 3)
+    assert convergence_problems(meta, {1, 2, 3, 4, 5}, 3) == [
+        "group 0: running nodes [5] are not members"
+    ]
 
 
 # --- percentiles ---------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ group and the values involved, so a failing run can be read without the debugger
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,8 @@ from nodedb_cluster.checker import (
     check,
 )
 from nodedb_cluster.checker.porcupine import INT64_MAX
+from nodedb_cluster.localcluster import leader_views
+from nodedb_cluster.routing.table import METADATA_GROUP_ID
 
 Status = Mapping[str, Any]
 
@@ -75,27 +77,80 @@ def kv_replicas(statuses: Mapping[int, Status]) -> dict[int, dict[int, tuple[int
     return out
 
 
-def replica_divergence(statuses: Mapping[int, Status]) -> list[str]:
-    """Every voter of every KV group holds a replica, and all replicas report the same state
-    (applied index, key count, digest). Empty = converged."""
-    voters: dict[int, set[int]] = {}
-    for doc in statuses.values():
-        for g in doc.get("groups", []):
-            if g.get("kv"):
-                voters.setdefault(int(g["group_id"]), set()).update(int(v) for v in g["voters"])
-    problems: list[str] = []
-    if statuses and not voters:
-        return ["no node reports a KV replica digest (status without 'kv'): nothing compared"]
+def convergence_problems(
+    statuses: Mapping[int, Status], members: Set[int], replication_factor: int
+) -> list[str]:
+    """What keeps the cluster from having converged, as sentences; empty = converged.
+
+    `members` are the nodes that should run now (started, not retired). Per group, the leader's
+    configuration (highest term: `leader_views`) is the membership: it holds min(members, RF)
+    voters, only running members, and data groups no learner (one left is a move or a join that
+    has not finished); every voter of a KV group reports the same (applied index, key count,
+    digest). Routing's replica count per node (`placement`, from the status with the newest
+    routing) equals the data groups whose leader lists that node. Replicas outside their
+    group's configuration are not compared (`stale_replicas` names them)."""
+    if not statuses:
+        return ["no status from any member"]
+    wanted = min(len(members), replication_factor)
+    views = leader_views(statuses)
+    present = {int(g["group_id"]) for doc in statuses.values() for g in doc.get("groups", [])}
     replicas = kv_replicas(statuses)
-    for group_id in sorted(voters):
-        states = replicas.get(group_id, {})
-        missing = sorted(v for v in voters[group_id] if v not in states)
+    problems: list[str] = []
+    if present and not replicas:
+        problems.append("no node reports a KV replica digest (status without 'kv')")
+    held: dict[int, int] = {}
+    for gid in sorted(present):
+        if gid not in views:
+            problems.append(f"group {gid}: no leader")
+            continue
+        leader, view = views[gid]
+        voters = sorted(int(v) for v in view["voters"])
+        learners = sorted(int(v) for v in view["learners"])
+        if len(voters) != wanted:
+            problems.append(f"group {gid}: voters {voters} (leader {leader}), want {wanted}")
+        strangers = sorted(set(voters + learners) - members)
+        if strangers:
+            problems.append(f"group {gid}: members {strangers} are not running members")
+        if gid == METADATA_GROUP_ID:
+            missing = sorted(members - set(voters + learners))
+            if missing:
+                problems.append(f"group 0: running nodes {missing} are not members")
+            continue
+        if learners:
+            problems.append(
+                f"group {gid}: learners {learners} not promoted or removed (leader {leader}, "
+                f"voters {voters}, commit {view.get('commit')})"
+            )
+        for n in {*voters, *learners}:
+            held[n] = held.get(n, 0) + 1
+        states = replicas.get(gid, {})
+        missing = [v for v in voters if v not in states]
         if missing:
-            problems.append(f"group {group_id}: no replica state from voters {missing}")
-        if len(set(states.values())) > 1:
-            shown = ", ".join(f"node {n}: {s}" for n, s in sorted(states.items()))
-            problems.append(f"group {group_id}: replicas differ (applied, keys, digest): {shown}")
+            problems.append(f"group {gid}: no replica state from voters {missing}")
+        compared = {v: states[v] for v in voters if v in states}
+        if len(set(compared.values())) > 1:
+            shown = ", ".join(f"node {n}: {s}" for n, s in sorted(compared.items()))
+            problems.append(f"group {gid}: replicas differ (applied, keys, digest): {shown}")
+    newest = max(statuses.values(), key=lambda d: int(d.get("routing_epoch", 0)))
+    routed = {int(p[0]): int(p[1]) for p in newest.get("placement") or () if int(p[1])}
+    if routed and routed != held:
+        problems.append(f"routing's replicas per node {routed} != leaders' configurations {held}")
     return problems
+
+
+def stale_replicas(statuses: Mapping[int, Status]) -> list[tuple[int, int]]:
+    """(node, group) for each local replica its group's leader does not list: a node removed
+    from a group while it could not hear of the removal keeps its replica (and campaigns)."""
+    views = leader_views(statuses)
+    out: list[tuple[int, int]] = []
+    for node_id, doc in sorted(statuses.items()):
+        for g in doc.get("groups", []):
+            gid = int(g["group_id"])
+            if gid in views:
+                view = views[gid][1]
+                if node_id not in {int(v) for v in (*view["voters"], *view["learners"])}:
+                    out.append((node_id, gid))
+    return out
 
 
 _PORCUPINE_KINDS = {0: OpKind.GET, 1: OpKind.PUT, 2: OpKind.DELETE, 3: OpKind.CAS}

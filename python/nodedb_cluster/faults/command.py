@@ -20,10 +20,19 @@ from nodedb_cluster.faults.netfault import (
     prepare_private_netns,
     reexec_in_private_netns,
 )
-from nodedb_cluster.faults.run import RunResult, RunSpec, run_schedule, summarize, write_summary
+from nodedb_cluster.faults.run import (
+    SPARES_DEFAULT,
+    RunResult,
+    RunSpec,
+    run_schedule,
+    summarize,
+    write_summary,
+)
 from nodedb_cluster.faults.workload import WorkloadSpec
 
 SCHEDULES_MAX = 10_000
+NODES_MAX = 32
+"""Node slots (127.0.0.1..N, one process each) on one host."""
 
 
 def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,6 +46,13 @@ def add_chaos_arguments(p: argparse.ArgumentParser) -> None:
         "--duration-s", type=float, default=15.0, metavar="SECS", help="load per run (default: 15)"
     )
     p.add_argument("--nodes", type=int, default=3, metavar="N", help="cluster size (default: 3)")
+    p.add_argument(
+        "--spares",
+        type=int,
+        default=SPARES_DEFAULT,
+        metavar="N",
+        help=f"node slots only add_node faults start (default: {SPARES_DEFAULT})",
+    )
     p.add_argument("--workers", type=int, default=4, metavar="N", help="client tasks (default: 4)")
     p.add_argument(
         "--keys", type=int, default=6, metavar="N", help="keys the workload uses (default: 6)"
@@ -68,6 +84,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
         f"--seed={args.seed}",
         f"--duration-s={args.duration_s}",
         f"--nodes={args.nodes}",
+        f"--spares={args.spares}",
         f"--workers={args.workers}",
         f"--keys={args.keys}",
         f"--kinds={args.kinds}",
@@ -88,6 +105,9 @@ def run_chaos_command(args: argparse.Namespace) -> int:
     if not 1 <= args.schedules <= SCHEDULES_MAX:
         print(f"nodedb-cluster chaos: --schedules must be 1..{SCHEDULES_MAX}", file=sys.stderr)
         return 2
+    if not 1 <= args.nodes <= NODES_MAX or not 0 <= args.spares <= NODES_MAX - args.nodes:
+        print(f"nodedb-cluster chaos: --nodes + --spares must be 1..{NODES_MAX}", file=sys.stderr)
+        return 2
     if "partition" in kinds and not in_private_netns():
         if can_make_private_netns() and not args.no_netns:
             return reexec_in_private_netns(_argv(args))
@@ -107,6 +127,7 @@ def run_chaos_command(args: argparse.Namespace) -> int:
                 seed=args.seed + i,
                 base_dir=out,
                 nodes=args.nodes,
+                spares=args.spares,
                 workload=workload,
                 kinds=tuple(kinds),
                 keep_dirs=args.keep,

@@ -1,25 +1,33 @@
 """The nemesis's plan: a seeded, printable schedule of faults (pure; `faults.run` executes it).
 
-Faults run one at a time, each held for `hold_s` and then healed, so a 3-node cluster always
-gets a majority back before the next one: the runs test recovery, not unavailability.
-The same seed, duration, node ids and groups always give the same schedule.
+Faults start one at a time, each held for `hold_s` and then healed, so the cluster always gets
+a majority back before the next one: the runs test recovery, not unavailability. Membership
+faults outlive their hold on purpose: an added node keeps taking replicas and a decommissioned
+one keeps draining while the next kills, pauses and partitions fire.
+The same seed, duration, node ids, spares and groups always give the same schedule.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
-FaultKind = Literal["kill", "kill_leader", "pause", "restart_all", "partition"]
+FaultKind = Literal[
+    "kill", "kill_leader", "pause", "restart_all", "partition", "add_node", "decommission"
+]
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
     "kill",
     "kill_leader",
     "pause",
     "restart_all",
     "partition",
+    "add_node",
+    "decommission",
 )
+NODE_KINDS: Final[frozenset[FaultKind]] = frozenset(("kill", "pause", "partition", "decommission"))
+"""Kinds aimed at one existing node (`Fault.node_id`)."""
 WARMUP_S: Final = 1.5
 """Load runs this long before the first fault (a baseline in the history)."""
 HOLD_S_RANGE: Final = (1.0, 3.0)
@@ -28,6 +36,10 @@ GAP_S_RANGE: Final = (0.5, 2.0)
 """Quiet time between a heal and the next fault."""
 FAULTS_MAX: Final = 64
 """Bound on the faults in one schedule, whatever the duration."""
+DRAINING_TARGETABLE_S: Final = 6.0
+"""A decommissioned node stays a target of kill / pause / partition this long after the
+decommission starts (it is DRAINING meanwhile, the case to exercise); never afterwards (it is
+retired and stopped once drained)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +49,8 @@ class Fault:
     kind: FaultKind
     hold_s: float
     node_id: int = 0
-    """kill / pause / partition (the node cut off from every other node)."""
+    """kill / pause / partition (the node cut off from every other node) / decommission /
+    add_node (the spare slot started)."""
     group_id: int = 0
     """kill_leader: the group whose leader (found when the fault fires) is killed."""
 
@@ -49,8 +62,34 @@ class Fault:
             "pause": f"SIGSTOP node {self.node_id} for {self.hold_s:.2f} s",
             "restart_all": f"SIGKILL every node, restart all after {self.hold_s:.2f} s",
             "partition": f"isolate node {self.node_id} from its peers for {self.hold_s:.2f} s",
+            "add_node": f"start spare node {self.node_id}, then {self.hold_s:.2f} s",
+            "decommission": f"decommission node {self.node_id} (drains on), then "
+            f"{self.hold_s:.2f} s",
         }[self.kind]
         return f"t+{self.at_s:6.2f}s  {what}"
+
+
+@dataclass(slots=True)
+class _Membership:
+    """The plan's model of who runs: what each membership fault may pick from."""
+
+    active: list[int]
+    spares: list[int]
+    replication_factor: int
+    draining: dict[int, float] = field(default_factory=dict)
+    """Decommissioned node -> when its decommission was planned."""
+
+    def targets(self, t: float) -> list[int]:
+        """Nodes a kill / pause / partition may hit at `t`: active, or draining recently."""
+        recent = [n for n, at in self.draining.items() if t - at < DRAINING_TARGETABLE_S]
+        return sorted({*self.active, *recent})
+
+    def usable(self, kind: FaultKind) -> bool:
+        if kind == "add_node":
+            return bool(self.spares)
+        if kind == "decommission":  # the others must still hold RF (the server refuses too)
+            return len(self.active) - 1 >= self.replication_factor
+        return True
 
 
 def plan_schedule(
@@ -59,31 +98,48 @@ def plan_schedule(
     node_ids: Sequence[int],
     group_ids: Sequence[int],
     kinds: Sequence[FaultKind] = FAULT_KINDS,
+    spare_ids: Sequence[int] = (),
+    replication_factor: int = 3,
 ) -> tuple[Fault, ...]:
-    """Faults starting after `WARMUP_S`, each (with its hold) ending before `duration_s`."""
+    """Faults starting after `WARMUP_S`, each (with its hold) ending before `duration_s`.
+    `add_node` starts the lowest unused spare; `decommission` picks an active node while the
+    other active nodes can hold `replication_factor` replicas."""
     if not node_ids or not kinds:
         return ()
     rng = random.Random(seed)
-    nodes = sorted(node_ids)
+    members = _Membership(sorted(node_ids), sorted(spare_ids), replication_factor)
     groups = sorted(group_ids)
-    usable = [k for k in kinds if k != "kill_leader" or groups]
+    wanted = [k for k in kinds if k != "kill_leader" or groups]
     faults: list[Fault] = []
     t = WARMUP_S
-    while len(faults) < FAULTS_MAX:
+    while len(faults) < FAULTS_MAX and wanted:
         hold = round(rng.uniform(*HOLD_S_RANGE), 2)
-        # One random() per choice: the kinds and times do not depend on how many groups exist.
+        # One random() per choice: the kinds and times do not depend on how many groups
+        # exist, and a schedule without membership kinds is what it was before they existed.
+        usable = [k for k in wanted if members.usable(k)] or [
+            k for k in wanted if k not in ("add_node", "decommission")
+        ]
+        if not usable:
+            break
         kind = usable[int(rng.random() * len(usable))]
-        node = nodes[int(rng.random() * len(nodes))]
+        pool = members.active if kind == "decommission" else members.targets(t)
+        node = pool[int(rng.random() * len(pool))]
         g = rng.random()
         group = groups[int(g * len(groups))] if groups else 0
         if t + hold > duration_s:
             break
+        if kind == "add_node":
+            node = members.spares.pop(0)
+            members.active.append(node)
+        elif kind == "decommission":
+            members.active.remove(node)
+            members.draining[node] = t
         faults.append(
             Fault(
                 at_s=round(t, 2),
                 kind=kind,
                 hold_s=hold,
-                node_id=node if kind in ("kill", "pause", "partition") else 0,
+                node_id=node if kind in NODE_KINDS or kind == "add_node" else 0,
                 group_id=group if kind == "kill_leader" else 0,
             )
         )

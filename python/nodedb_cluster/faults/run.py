@@ -14,15 +14,18 @@ import math
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from nodedb_cluster import wire
 from nodedb_cluster.checker import HistoryRecorder, Op, OpKind, Outcome, dumps
+from nodedb_cluster.cli_support import control_rpc
 from nodedb_cluster.client import Client
-from nodedb_cluster.errors import ClusterError, Timeout
-from nodedb_cluster.faults.checks import check_history, replica_divergence
+from nodedb_cluster.errors import ClusterError, RemoteError, Timeout
+from nodedb_cluster.faults.checks import check_history, convergence_problems, stale_replicas
 from nodedb_cluster.faults.nemesis import (
     FAULT_KINDS,
     Fault,
@@ -32,14 +35,28 @@ from nodedb_cluster.faults.nemesis import (
 )
 from nodedb_cluster.faults.netfault import Partitioner, in_private_netns
 from nodedb_cluster.faults.workload import WorkloadSpec, connect_client, now_ms, run_workload
-from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
+from nodedb_cluster.localcluster import (
+    LocalCluster,
+    NodeProcessError,
+    Status,
+    groups_formed,
+    leader_of,
+)
+from nodedb_cluster.placement_control import encode_placement_request
 
 FORM_TIMEOUT_S: Final = 60.0
-"""Start to every KV group led with all its voters."""
+"""Start to every group led with min(nodes, RF) voters."""
 CONVERGE_TIMEOUT_S: Final = 30.0
 """Heal to every replica of every group reporting the same state."""
 FINAL_READ_TIMEOUT_S: Final = 15.0
 RESTART_READY_TIMEOUT_S: Final = 30.0
+DECOMMISSION_REQUEST_TIMEOUT_S: Final = 10.0
+DRAIN_TIMEOUT_S: Final = 60.0
+"""A decommission's request to the node DECOMMISSIONED (its replicas moved off meanwhile)."""
+SPARES_DEFAULT: Final = 2
+HARNESS_OVERRIDES: Final[dict[str, object]] = {"rebalance_interval_ms": 500}
+"""Every node plans replica moves twice a second, so an added node takes replicas and a
+decommissioned one drains within a fault or two."""
 FINAL_READ_PROCESS: Final = 999_999
 """The process id of the reads after healing (in the history, so the checker sees them)."""
 
@@ -51,6 +68,8 @@ class RunSpec:
     seed: int
     base_dir: Path
     nodes: int = 3
+    spares: int = SPARES_DEFAULT
+    """Node slots started only by `add_node` faults (ids nodes+1 ..)."""
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     kinds: tuple[FaultKind, ...] = FAULT_KINDS
     keep_dirs: bool = False
@@ -70,6 +89,9 @@ class RunResult:
     """Leader SIGKILL → first acknowledged write invoked after it, in that group."""
     ops: dict[str, int] = field(default_factory=dict)
     fault_log: list[str] = field(default_factory=list)
+    stale_replicas: list[tuple[int, int]] = field(default_factory=list)
+    """(node, group): replicas outside their group's configuration after convergence (not an
+    anomaly: not compared, they hold no acknowledged state the group depends on)."""
     history_path: Path | None = None
 
     @property
@@ -88,29 +110,9 @@ class RunResult:
             "ops": self.ops,
             "schedule": [f.describe() for f in self.schedule],
             "fault_log": self.fault_log,
+            "stale_replicas": self.stale_replicas,
             "history_path": None if self.history_path is None else str(self.history_path),
         }
-
-
-def groups_formed(statuses: dict[int, Status], voters_per_group: int) -> bool:
-    """Every group (metadata and KV) has a leader whose view holds `voters_per_group` voters
-    and no learners, and every voter reports a replica. Before this, followers may still be
-    learners, which never campaign: a fault then tests formation, not failover."""
-    leaders: dict[int, Mapping[str, Any]] = {}
-    present: dict[int, set[int]] = {}
-    for node_id, doc in statuses.items():
-        for g in doc.get("groups", []):
-            gid = int(g["group_id"])
-            present.setdefault(gid, set()).add(node_id)
-            if g["role"] == "leader":
-                leaders[gid] = g
-    return bool(present) and all(
-        gid in leaders
-        and len(leaders[gid]["voters"]) == voters_per_group
-        and not leaders[gid]["learners"]
-        and {int(v) for v in leaders[gid]["voters"]} <= present[gid]
-        for gid in present
-    )
 
 
 def _term_of(statuses: dict[int, Status], node_id: int, group_id: int) -> int:
@@ -120,93 +122,235 @@ def _term_of(statuses: dict[int, Status], node_id: int, group_id: int) -> int:
     return 0
 
 
-class _Nemesis:
-    """Executes a schedule against `cluster`; everything it did is in `log`."""
+def _node_state(statuses: Mapping[int, Status], node_id: int) -> str:
+    """`node_id`'s state in the topology of the status with the most metadata applied
+    (REMOVED when that topology no longer lists it)."""
+    if not statuses:
+        return "UNKNOWN"
+    newest = max(statuses.values(), key=lambda d: int(d.get("metadata_applied_index", 0)))
+    states = {int(n[0]): str(n[2]) for n in newest.get("nodes") or ()}
+    return states.get(node_id, "REMOVED")
 
-    def __init__(self, cluster: LocalCluster, port: int, t0: float) -> None:
+
+FaultAction = Callable[[Fault], Awaitable[None]]
+
+
+class _Nemesis:
+    """Executes a schedule against `cluster`; everything it did is in `log`.
+
+    `members` are the nodes that should run (started, not retired): heals, restarts and
+    convergence look at them only. One method per fault kind (`_actions`): a new kind is one
+    more method and one more entry."""
+
+    def __init__(self, cluster: LocalCluster, members: Sequence[int], port: int, t0: float) -> None:
         self.cluster = cluster
         self.partitioner = Partitioner(port) if in_private_netns() else None
         self.t0 = t0
         self.log: list[str] = []
+        self.anomalies: list[str] = []
+        """Membership faults that did not finish (a join or a decommission), with the reason."""
+        self.members: set[int] = set(members)
+        self.retired: set[int] = set()
+        self._locks = {i: asyncio.Lock() for i in cluster.nodes}
+        """Per node: a restart and a retirement of the same node never interleave."""
+        self._drains: list[asyncio.Task[None]] = []
         self.leader_kills: list[tuple[int, float]] = []
         """(group id, `now_ms()` of the SIGKILL)."""
         self.elections_ms: list[float] = []
         """Leader SIGKILL → a survivor reports itself leader in a later term (status polls)."""
+        self._actions: dict[FaultKind, FaultAction] = {
+            "kill": self._kill,
+            "kill_leader": self._kill_leader,
+            "pause": self._pause,
+            "restart_all": self._restart_all,
+            "partition": self._partition,
+            "add_node": self._add_node,
+            "decommission": self._decommission,
+        }
 
     def note(self, text: str) -> None:
         self.log.append(f"t+{time.monotonic() - self.t0:6.2f}s  {text}")
 
+    def live(self) -> list[int]:
+        """Members whose process runs now."""
+        return sorted(i for i in self.members if self.cluster.nodes[i].running)
+
     async def _statuses(self) -> dict[int, Status]:
         out: dict[int, Status] = {}
-        for node_id, node in self.cluster.nodes.items():
-            if not node.running:
-                continue
+        for node_id in self.live():
             with contextlib.suppress(ClusterError, TimeoutError):
                 out[node_id] = await self.cluster.status(node_id, timeout_s=1.0)
         return out
 
     async def _restart(self, node_ids: Sequence[int]) -> None:
-        chosen = [self.cluster.nodes[i] for i in node_ids]
-        for node in chosen:
-            with contextlib.suppress(TimeoutError):
-                await node.wait_exit(5.0)
-            if not node.running:
-                await node.start()
-        await asyncio.gather(*(n.wait_ready(RESTART_READY_TIMEOUT_S) for n in chosen))
+        """Start the given members again (retired ones are left down) and await Ready."""
+
+        async def one(node_id: int) -> None:
+            node = self.cluster.nodes[node_id]
+            async with self._locks[node_id]:
+                if node_id in self.retired:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await node.wait_exit(5.0)
+                if not node.running:
+                    await node.start()
+                await node.wait_ready(RESTART_READY_TIMEOUT_S)
+
+        await asyncio.gather(*(one(i) for i in node_ids))
         self.note(f"restarted {list(node_ids)}")
 
-    async def fire(self, fault: Fault, duration_s: float) -> None:
+    def _gone(self, fault: Fault) -> bool:
+        """A fault aimed at a node retired meanwhile is skipped (noted)."""
+        if fault.node_id in self.members:
+            return False
+        self.note(f"node {fault.node_id} is retired: {fault.kind} skipped")
+        return True
+
+    async def fire(self, fault: Fault) -> None:
+        await self._actions[fault.kind](fault)
+
+    async def _kill(self, fault: Fault) -> None:
+        if self._gone(fault):
+            return await asyncio.sleep(fault.hold_s)
+        self.cluster.nodes[fault.node_id].kill()
+        self.note(f"SIGKILL node {fault.node_id}")
+        await asyncio.sleep(fault.hold_s)
+        await self._restart([fault.node_id])
+
+    async def _kill_leader(self, fault: Fault) -> None:
+        statuses = await self._statuses()
+        leader = leader_of(statuses, fault.group_id)
+        if not leader:
+            self.note(f"group {fault.group_id} has no leader now: kill skipped")
+            return await asyncio.sleep(fault.hold_s)
+        term = _term_of(statuses, leader, fault.group_id)
+        self.cluster.nodes[leader].kill()
+        killed_ms = now_ms()
+        self.leader_kills.append((fault.group_id, killed_ms))
+        self.note(f"SIGKILL node {leader}, leader of group {fault.group_id} (term {term})")
+        await self._watch_election(fault.group_id, leader, term, killed_ms, fault.hold_s)
+        await self._restart([leader])
+
+    async def _pause(self, fault: Fault) -> None:
+        if self._gone(fault):
+            return await asyncio.sleep(fault.hold_s)
+        node = self.cluster.nodes[fault.node_id]
+        node.pause()
+        self.note(f"SIGSTOP node {fault.node_id}")
+        try:
+            await asyncio.sleep(fault.hold_s)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                node.resume()
+            self.note(f"SIGCONT node {fault.node_id}")
+
+    async def _restart_all(self, fault: Fault) -> None:
+        chosen = sorted(self.members)
+        for i in chosen:
+            self.cluster.nodes[i].kill()
+        self.note(f"SIGKILL every node {chosen}")
+        await asyncio.sleep(fault.hold_s)
+        await self._restart(chosen)
+
+    async def _partition(self, fault: Fault) -> None:
+        if self.partitioner is None:
+            self.note("partition skipped: not in a private network namespace")
+            return await asyncio.sleep(fault.hold_s)
+        if self._gone(fault):
+            return await asyncio.sleep(fault.hold_s)
         nodes = self.cluster.nodes
-        hold = fault.hold_s
-        if fault.kind == "kill":
-            nodes[fault.node_id].kill()
-            self.note(f"SIGKILL node {fault.node_id}")
-            await asyncio.sleep(hold)
-            await self._restart([fault.node_id])
-        elif fault.kind == "kill_leader":
-            leader = leader_of(await self._statuses(), fault.group_id)
-            if not leader:
-                self.note(f"group {fault.group_id} has no leader now: kill skipped")
-                await asyncio.sleep(hold)
+        host = nodes[fault.node_id].config.listen_addr.host
+        others = [str(nodes[i].config.listen_addr.host) for i in self.live() if i != fault.node_id]
+        self.partitioner.isolate(str(host), others)
+        self.note(f"isolated node {fault.node_id} ({host}) from {others}")
+        try:
+            await asyncio.sleep(fault.hold_s)
+        finally:
+            self.partitioner.heal()
+            self.note(f"healed partition of node {fault.node_id}")
+
+    async def _add_node(self, fault: Fault) -> None:
+        """Start a spare slot: it joins through its seeds and the rebalancer (every
+        `HARNESS_OVERRIDES["rebalance_interval_ms"]`) moves replicas onto it from then on."""
+        node = self.cluster.nodes[fault.node_id]
+        self.members.add(fault.node_id)
+        started = time.monotonic()
+        try:
+            await node.start()
+            await node.wait_ready(RESTART_READY_TIMEOUT_S)
+        except NodeProcessError as e:
+            node.kill()
+            self.members.discard(fault.node_id)
+            self.anomalies.append(f"spare node {fault.node_id} did not join: {e}")
+            self.note(f"spare node {fault.node_id} did not join")
+            return
+        took = time.monotonic() - started
+        self.note(f"spare node {fault.node_id} joined (Ready after {took:.2f} s)")
+        await asyncio.sleep(fault.hold_s)
+
+    async def _decommission(self, fault: Fault) -> None:
+        """PLACEMENT_REQUEST decommission with the admin certificate (what `nodedb-cluster
+        decommission --no-wait` sends), to any live member, retried while unanswered; the drain
+        is then awaited in the background (`_retire`) while later faults fire."""
+        if self._gone(fault):
+            return await asyncio.sleep(fault.hold_s)
+        node_id = fault.node_id
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DECOMMISSION_REQUEST_TIMEOUT_S
+        answer: dict[str, Any] | None = None
+        error = ""
+        while answer is None and loop.time() < deadline:
+            for via in self.live():
+                try:
+                    reply = await control_rpc(
+                        self.cluster.nodes[via].addr,
+                        self.cluster.admin_credentials,
+                        2.0,
+                        wire.MessageKind.PLACEMENT_REQUEST,
+                        encode_placement_request("decommission", node_id=node_id),
+                        wire.MessageKind.PLACEMENT_RESPONSE,
+                    )
+                    answer = wire.decode_map(reply, "placement response")
+                    break
+                except RemoteError as e:
+                    if "replication factor" in e.message:  # refused: stays so
+                        self.note(f"decommission of node {node_id} refused: {e.message}")
+                        return await asyncio.sleep(fault.hold_s)
+                    error = str(e)
+                except ClusterError as e:
+                    error = str(e)
+            if answer is None:
+                await asyncio.sleep(0.2)  # no member answered: try again, bounded
+        if answer is None:
+            self.anomalies.append(
+                f"decommission of node {node_id}: no member accepted the request within "
+                f"{DECOMMISSION_REQUEST_TIMEOUT_S} s ({error})"
+            )
+            return await asyncio.sleep(fault.hold_s)
+        self.note(f"decommission of node {node_id}: {answer.get('state')}")
+        self._drains.append(asyncio.create_task(self._retire(node_id)))
+        await asyncio.sleep(fault.hold_s)
+
+    async def _retire(self, node_id: int) -> None:
+        """Poll until the topology says `node_id` is DECOMMISSIONED (or gone), then stop it for
+        good; bounded by `DRAIN_TIMEOUT_S` (past it: an anomaly naming its state)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        state = "UNKNOWN"
+        while loop.time() < deadline:
+            others = {i: s for i, s in (await self._statuses()).items() if i != node_id}
+            state = _node_state(others, node_id) if others else state
+            if state in ("DECOMMISSIONED", "REMOVED"):
+                async with self._locks[node_id]:
+                    self.retired.add(node_id)
+                    self.members.discard(node_id)
+                    await self.cluster.nodes[node_id].stop()
+                self.note(f"node {node_id} {state}: stopped for good")
                 return
-            term = _term_of(await self._statuses(), leader, fault.group_id)
-            nodes[leader].kill()
-            killed_ms = now_ms()
-            self.leader_kills.append((fault.group_id, killed_ms))
-            self.note(f"SIGKILL node {leader}, leader of group {fault.group_id} (term {term})")
-            await self._watch_election(fault.group_id, leader, term, killed_ms, hold)
-            await self._restart([leader])
-        elif fault.kind == "pause":
-            nodes[fault.node_id].pause()
-            self.note(f"SIGSTOP node {fault.node_id}")
-            try:
-                await asyncio.sleep(hold)
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    nodes[fault.node_id].resume()
-                self.note(f"SIGCONT node {fault.node_id}")
-        elif fault.kind == "restart_all":
-            for node in nodes.values():
-                node.kill()
-            self.note("SIGKILL every node")
-            await asyncio.sleep(hold)
-            await self._restart(sorted(nodes))
-        elif fault.kind == "partition":
-            if self.partitioner is None:
-                self.note("partition skipped: not in a private network namespace")
-                await asyncio.sleep(hold)
-                return
-            host = nodes[fault.node_id].config.listen_addr.host
-            others = [
-                str(n.config.listen_addr.host) for i, n in nodes.items() if i != fault.node_id
-            ]
-            self.partitioner.isolate(str(host), others)
-            self.note(f"isolated node {fault.node_id} ({host}) from {others}")
-            try:
-                await asyncio.sleep(hold)
-            finally:
-                self.partitioner.heal()
-                self.note(f"healed partition of node {fault.node_id}")
+            await asyncio.sleep(0.2)  # the drain has no push channel: poll, bounded
+        self.anomalies.append(
+            f"decommission of node {node_id} not finished within {DRAIN_TIMEOUT_S} s: {state}"
+        )
 
     async def _watch_election(
         self, group_id: int, old: int, term: int, killed_ms: float, hold_s: float
@@ -233,14 +377,16 @@ class _Nemesis:
                 self.note(f"out of time: {fault.describe()} not fired")
                 break
             await asyncio.sleep(max(0.0, wait))
-            await self.fire(fault, duration_s)
+            await self.fire(fault)
 
     async def heal_all(self) -> None:
-        """Resume paused nodes, drop partitions, restart anything dead."""
+        """Resume paused nodes, drop partitions, restart any member that is down, then await
+        the decommissions under way (each bounded by `DRAIN_TIMEOUT_S`)."""
         if self.partitioner is not None:
             self.partitioner.heal()
         dead = []
-        for node_id, node in self.cluster.nodes.items():
+        for node_id in sorted(self.members):
+            node = self.cluster.nodes[node_id]
             if node.running:
                 with contextlib.suppress(ProcessLookupError):  # exited since the check
                     node.resume()
@@ -248,6 +394,7 @@ class _Nemesis:
                 dead.append(node_id)
         if dead:
             await self._restart(dead)
+        await asyncio.gather(*self._drains)
 
 
 def failover_times_ms(
@@ -299,31 +446,36 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
     if base.exists():
         shutil.rmtree(base)
     base.mkdir(parents=True)
-    cluster = LocalCluster(base, spec.nodes)
+    cluster = LocalCluster(base, spec.nodes + spec.spares, overrides=dict(HARNESS_OVERRIDES))
     clients: list[Client] = []
     result = RunResult(spec.seed, ())
     finished = False
     try:
-        await cluster.start()
-        voters = min(spec.nodes, cluster.nodes[1].config.replication_factor)
+        initial = list(range(1, spec.nodes + 1))
+        await cluster.start(initial)
+        rf = cluster.nodes[1].config.replication_factor
         await cluster.wait_for(
-            lambda s: groups_formed(s, voters), cluster.nodes, FORM_TIMEOUT_S, "groups formed"
+            lambda s: groups_formed(s, min(spec.nodes, rf)),
+            initial,
+            FORM_TIMEOUT_S,
+            "groups formed",
         )
-        addrs = [n.addr for n in cluster.nodes.values()]
+        addrs = [cluster.nodes[i].addr for i in initial]
         for _ in range(spec.workload.workers):
             clients.append(
                 await connect_client(addrs, cluster.client_credentials, spec.workload.op_timeout_s)
             )
         keys = spec.workload.key_names()
         key_groups = sorted({clients[0].group_of(k.encode()) for k in keys})
+        spares = range(spec.nodes + 1, spec.nodes + spec.spares + 1)
         schedule = plan_schedule(
-            spec.seed, spec.workload.duration_s, sorted(cluster.nodes), key_groups, spec.kinds
+            spec.seed, spec.workload.duration_s, initial, key_groups, spec.kinds, spares, rf
         )
         result.schedule = schedule
         print_fn(format_schedule(spec.seed, schedule))
         history = HistoryRecorder()
         loop = asyncio.get_running_loop()
-        nemesis = _Nemesis(cluster, cluster.nodes[1].config.listen_addr.port, loop.time())
+        nemesis = _Nemesis(cluster, initial, cluster.nodes[1].config.listen_addr.port, loop.time())
         workload = asyncio.create_task(run_workload(clients, spec.workload, history, spec.seed))
         try:
             await nemesis.run(schedule, spec.workload.duration_s)
@@ -331,10 +483,12 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
             await nemesis.heal_all()
             await workload
         result.fault_log = nemesis.log
+        result.anomalies += nemesis.anomalies
+        members = set(nemesis.members)
         try:
-            await cluster.wait_for(
-                lambda s: groups_formed(s, voters) and not replica_divergence(s),
-                cluster.nodes,
+            statuses = await cluster.wait_for(
+                lambda s: not convergence_problems(s, members, rf),
+                sorted(members),
                 CONVERGE_TIMEOUT_S,
                 "replicas to converge",
             )
@@ -342,8 +496,10 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
             statuses = await nemesis._statuses()
             result.anomalies += [
                 f"no convergence within {CONVERGE_TIMEOUT_S} s: {p}"
-                for p in replica_divergence(statuses) or ["(no group led)"]
+                for p in convergence_problems(statuses, members, rf)
+                or [f"members {sorted(members)} did not all answer status"]
             ]
+        result.stale_replicas = stale_replicas(statuses)
         final = await _final_values(clients[0], keys, history)
         ops = history.close()
         result.ops = _count_ops(ops)
@@ -406,6 +562,8 @@ def summarize(results: Sequence[RunResult]) -> dict[str, object]:
             ops[k] = ops.get(k, 0) + v
     return {
         "runs": len(results),
+        "faults": dict(sorted(Counter(f.kind for r in results for f in r.schedule).items())),
+        "stale_replicas": sum(len(r.stale_replicas) for r in results),
         "failed_runs": [r.seed for r in results if not r.passed],
         "anomalies": sum(len(r.anomalies) for r in results),
         "linearizable_unknown": [r.seed for r in results if r.linearizable is None],
