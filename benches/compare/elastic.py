@@ -1,0 +1,170 @@
+"""Issue 16's placement figures on real processes, in ONE invocation:
+
+    python benches/compare/elastic.py [--mib 256] [--value-bytes 1024] [--clients 64]
+
+1. A 3-node mTLS cluster (RF 3, four data groups, rebalance every second) is loaded with
+   `--mib` of KV data (`put_many` batches).
+2. Writes run from `--clients` asyncio callers of one `Client` (single puts, each bounded by the
+   client's 5 s deadline) through everything below; every failure is counted.
+3. Nodes 4 and 5 start: time until the replicas are spread (3/3/2/2/2, no learner) and the KV
+   bytes moved per second (every move copies one group: its bytes are the data size / 4).
+4. Node 5 is decommissioned (PLACEMENT_REQUEST, as `nodedb-cluster decommission` sends): time until
+   it is DECOMMISSIONED with its replicas back on nodes 1-4.
+5. Writes stop; every key loaded in step 1 is read back and compared.
+Refuses a debug build of the Rust core; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import nodedb_cluster_core
+
+from nodedb_cluster import wire
+from nodedb_cluster.client import CLIENT_NODE_ID, Client
+from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.placement_control import encode_placement_request
+from nodedb_cluster.transport import Transport
+
+DATA_GROUPS = 4
+BATCH = 500
+LOADERS = 8
+SETTLE_TIMEOUT_S = 600.0
+
+
+def views(statuses: dict[int, Status]) -> dict[int, dict[str, object]]:
+    out: dict[int, dict[str, object]] = {}
+    for s in statuses.values():
+        for g in s["groups"]:
+            if g["group_id"] != 0 and g["role"] == "leader":
+                out[int(g["group_id"])] = g
+    return out
+
+
+def spread(nodes: list[int]) -> object:
+    def check(statuses: dict[int, Status]) -> bool:
+        v = views(statuses)
+        if len(v) != DATA_GROUPS:
+            return False
+        counts: Counter[int] = Counter()
+        for g in v.values():
+            voters, learners = g["voters"], g["learners"]
+            assert isinstance(voters, list)
+            assert isinstance(learners, list)
+            if len(voters) != 3 or learners or not set(voters) <= set(nodes):
+                return False
+            counts.update(int(n) for n in voters)
+        per_node = [counts.get(n, 0) for n in nodes]
+        return max(per_node) - min(per_node) <= 1
+
+    return check
+
+
+async def load(client: Client, mib: int, value_bytes: int) -> int:
+    keys = mib * (1 << 20) // value_bytes
+    value = b"v" * value_bytes
+    next_batch = iter(range(0, keys, BATCH))
+
+    async def loader() -> None:
+        for start in next_batch:
+            items = [(f"k{i}".encode(), value) for i in range(start, min(start + BATCH, keys))]
+            await client.put_many(items, timeout_s=30)
+
+    await asyncio.gather(*(loader() for _ in range(LOADERS)))
+    return keys
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    base = Path(tempfile.mkdtemp(prefix="nodedb-elastic-"))
+    cluster = LocalCluster(base, 5, overrides={"rebalance_interval_ms": 1000})
+    result: dict[str, object] = {"mib": args.mib, "value_bytes": args.value_bytes}
+    try:
+        await cluster.start([1, 2, 3])
+        await cluster.wait_for(spread([1, 2, 3]), [1, 2, 3], 60, "RF 3 on three nodes")  # type: ignore[arg-type]
+        addrs = [cluster.nodes[n].addr for n in (1, 2, 3)]
+        async with Client(addrs, cluster.client_credentials) as client:
+            t = time.monotonic()
+            keys = await load(client, args.mib, args.value_bytes)
+            result["load_s"] = round(time.monotonic() - t, 1)
+            print(f"loaded {keys} keys ({args.mib} MiB) in {result['load_s']} s", file=sys.stderr)
+            stop = asyncio.Event()
+            ops = Counter[str]()
+
+            async def writer(n: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    try:
+                        await client.put(f"w{n}-{i}".encode(), b"x" * 100)
+                        ops["ok"] += 1
+                    except Exception as e:  # every failure counts; the kind is kept
+                        ops[f"error:{type(e).__name__}"] += 1
+                    i += 1
+
+            writers = [asyncio.ensure_future(writer(n)) for n in range(args.clients)]
+            t = time.monotonic()
+            await cluster.start([4, 5])
+            await cluster.wait_for(
+                spread([1, 2, 3, 4, 5]), cluster.nodes, SETTLE_TIMEOUT_S, "spread"
+            )  # type: ignore[arg-type]
+            grow_s = time.monotonic() - t
+            moved_mib = 4 * args.mib / DATA_GROUPS  # 12 replicas: 4/4/4/0/0 -> 3/3/2/2/2
+            result["grow_s"] = round(grow_s, 1)
+            result["grow_moved_mib"] = moved_mib
+            result["grow_mib_per_s"] = round(moved_mib / grow_s, 1)
+            print(
+                f"nodes 4, 5 balanced in {grow_s:.1f} s ({moved_mib:.0f} MiB moved)",
+                file=sys.stderr,
+            )
+
+            admin = Transport(
+                CLIENT_NODE_ID, "127.0.0.1:0", cluster.admin_credentials, rpc_timeout=10
+            )
+            try:
+                t = time.monotonic()
+                kind, _ = await admin.send_rpc_to_addr(
+                    cluster.nodes[1].addr,
+                    wire.MessageKind.PLACEMENT_REQUEST,
+                    encode_placement_request("decommission", node_id=5),
+                )
+                assert kind == wire.MessageKind.PLACEMENT_RESPONSE
+
+                def retired(statuses: dict[int, Status]) -> bool:
+                    states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}  # type: ignore[attr-defined]
+                    return states.get(5) == "DECOMMISSIONED" and spread([1, 2, 3, 4])(statuses)  # type: ignore[operator]
+
+                await cluster.wait_for(retired, [1, 2, 3, 4], SETTLE_TIMEOUT_S, "decommissioned")
+                result["decommission_s"] = round(time.monotonic() - t, 1)
+            finally:
+                await admin.close()
+            print(f"node 5 decommissioned in {result['decommission_s']} s", file=sys.stderr)
+            stop.set()
+            await asyncio.gather(*writers)
+            result["writes"] = dict(ops)
+            result["write_errors"] = sum(v for k, v in ops.items() if k != "ok")
+            sample = [f"k{i}".encode() for i in range(0, keys, max(1, keys // 2000))]
+            values = await client.get_many(sample)
+            result["read_back_ok"] = all(v == b"v" * args.value_bytes for v in values)
+    finally:
+        await cluster.close()
+        shutil.rmtree(base, ignore_errors=True)
+    return result
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mib", type=int, default=256, help="KV data loaded first (MiB)")
+    parser.add_argument("--value-bytes", type=int, default=1024, help="bytes per value")
+    parser.add_argument("--clients", type=int, default=64, help="writers during the moves")
+    ns = parser.parse_args()
+    if nodedb_cluster_core.build_profile() != "release":
+        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(asyncio.run(main(ns)), sort_keys=True))
