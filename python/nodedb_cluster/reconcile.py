@@ -237,6 +237,19 @@ def _leader_step(
         # whose matched index is that of the copy it lost: it would look caught up and be
         # promoted before it holds those entries again.
         return RemoveMember(group.group_id, node_id)
+    if (
+        group.group_id != METADATA_GROUP_ID
+        and self_id in route.learners
+        and self_id in group.voters
+    ):
+        # Routing lists this leader as a move's learner while Raft counts it a voter: a leader
+        # died between promoting a move's learner and removing the voter it replaced (this
+        # node, elected next), and a later move put this node back as a learner. Nothing else
+        # ever changes either side; a leader holds every committed entry, so it is caught up.
+        if plan_promotion(routing, group.group_id, self_id, replication_factor):
+            return ProposePromotion(group.group_id, self_id)
+        old = replaced_by_move(routing, route.voters, leaving)
+        return ProposeReplacement(group.group_id, old, self_id)
     for node_id in sorted(actual - desired):
         if node_id == self_id:
             successors = sorted(set(route.voters) & set(group.voters) - {self_id})

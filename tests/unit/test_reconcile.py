@@ -11,6 +11,7 @@ from nodedb_cluster.reconcile import (
     PromoteVoter,
     ProposeDemotion,
     ProposePromotion,
+    ProposeReplacement,
     RemoveMember,
     TransferLeader,
     plan_reconcile,
@@ -189,3 +190,20 @@ def test_a_voter_routing_demoted_is_removed_readded_as_learner_and_promoted_caug
     assert plan_reconcile(1, routing, local, RF) == [AddLearner(1, 3)]
     local[1] = leader(1, (1, 2), (3,), commit=100, matched={3: 100})
     assert plan_reconcile(1, routing, local, RF) == [ProposePromotion(1, 3)]
+
+
+def test_a_leader_routing_lists_as_a_learner_finishes_the_move_onto_itself() -> None:
+    """Seen in a chaos run (5 nodes, seed 9): leader 1 of group 1 promoted move learner 4 in
+    Raft, routing replaced voter 3 by 4, then 1 was SIGKILLed before removing 3 from Raft; 3
+    was elected, and the rebalancer moved draining node 1's replica onto 3: routing voters
+    (1, 2, 4) + learner 3, Raft voters (1, 2, 3, 4). Leader 3 proposes to replace 1 (leaving) by
+    itself; without it neither side ever changed (the drain of node 1 never finished)."""
+    routing = routing_with(1, (1, 2, 4), (3,))
+    local = {0: leader(0, (1, 2, 3, 4)), 1: leader(1, (1, 2, 3, 4), matched={1: 0})}
+    leaving = frozenset({1})
+    assert plan_reconcile(3, routing, local, RF, False, leaving)[-1:] == [
+        ProposeReplacement(1, 1, 3)
+    ]
+    under_rf = routing_with(1, (2, 4), (3,))
+    local = {0: leader(0, (2, 3, 4)), 1: leader(1, (2, 3, 4))}
+    assert plan_reconcile(3, under_rf, local, RF)[-1:] == [ProposePromotion(1, 3)]
