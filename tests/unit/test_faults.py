@@ -106,6 +106,18 @@ def test_membership_faults_follow_the_plan_model_of_who_runs() -> None:
     assert seen == set(FAULT_KINDS)
 
 
+def test_only_decommissions_kill_their_draining_node_and_some_do() -> None:
+    faults = [
+        f
+        for seed in range(100)
+        for f in plan_schedule(seed, 30.0, [1, 2, 3, 4, 5], [1], FAULT_KINDS, [6, 7])
+    ]
+    assert not any(f.kill_draining for f in faults if f.kind != "decommission")
+    assert {f.kill_draining for f in faults if f.kind == "decommission"} == {True, False}
+    killing = next(f for f in faults if f.kill_draining)
+    assert "SIGKILL it while it drains" in killing.describe()
+
+
 def test_membership_kinds_alone_stop_when_nothing_is_left_to_do() -> None:
     """Three nodes, one spare, RF 3: add the spare, decommission one node, then neither kind
     can fire again (no spare, three active), so the schedule ends."""

@@ -36,6 +36,8 @@ GAP_S_RANGE: Final = (0.5, 2.0)
 """Quiet time between a heal and the next fault."""
 FAULTS_MAX: Final = 64
 """Bound on the faults in one schedule, whatever the duration."""
+KILL_DRAINING_P: Final = 0.5
+"""Share of decommissions whose node is SIGKILLed as it starts draining (`Fault.kill_draining`)."""
 DRAINING_TARGETABLE_S: Final = 6.0
 """A decommissioned node stays a target of kill / pause / partition this long after the
 decommission starts (it is DRAINING meanwhile, the case to exercise); never afterwards (it is
@@ -53,6 +55,9 @@ class Fault:
     add_node (the spare slot started)."""
     group_id: int = 0
     """kill_leader: the group whose leader (found when the fault fires) is killed."""
+    kill_draining: bool = False
+    """decommission: SIGKILL the node right after it starts draining (restart after the hold):
+    a drain takes about a second on loopback, too short for the next fault to land in it."""
 
     def describe(self) -> str:
         what = {
@@ -63,8 +68,9 @@ class Fault:
             "restart_all": f"SIGKILL every node, restart all after {self.hold_s:.2f} s",
             "partition": f"isolate node {self.node_id} from its peers for {self.hold_s:.2f} s",
             "add_node": f"start spare node {self.node_id}, then {self.hold_s:.2f} s",
-            "decommission": f"decommission node {self.node_id} (drains on), then "
-            f"{self.hold_s:.2f} s",
+            "decommission": f"decommission node {self.node_id}"
+            + (", SIGKILL it while it drains, restart" if self.kill_draining else ", wait")
+            + f" {self.hold_s:.2f} s",
         }[self.kind]
         return f"t+{self.at_s:6.2f}s  {what}"
 
@@ -126,6 +132,8 @@ def plan_schedule(
         node = pool[int(rng.random() * len(pool))]
         g = rng.random()
         group = groups[int(g * len(groups))] if groups else 0
+        # Drawn only for a decommission: schedules without one keep their old draws.
+        kill_draining = kind == "decommission" and rng.random() < KILL_DRAINING_P
         if t + hold > duration_s:
             break
         if kind == "add_node":
@@ -141,6 +149,7 @@ def plan_schedule(
                 hold_s=hold,
                 node_id=node if kind in NODE_KINDS or kind == "add_node" else 0,
                 group_id=group if kind == "kill_leader" else 0,
+                kill_draining=kill_draining,
             )
         )
         t += hold + rng.uniform(*GAP_S_RANGE)

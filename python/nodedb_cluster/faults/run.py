@@ -329,7 +329,12 @@ class _Nemesis:
             return await asyncio.sleep(fault.hold_s)
         self.note(f"decommission of node {node_id}: {answer.get('state')}")
         self._drains.append(asyncio.create_task(self._retire(node_id)))
+        if not fault.kill_draining:
+            return await asyncio.sleep(fault.hold_s)
+        self.cluster.nodes[node_id].kill()
+        self.note(f"SIGKILL node {node_id} (draining)")
         await asyncio.sleep(fault.hold_s)
+        await self._restart([node_id])  # unless retired meanwhile (its replicas moved anyway)
 
     async def _retire(self, node_id: int) -> None:
         """Poll until the topology says `node_id` is DECOMMISSIONED (or gone), then stop it for
@@ -454,12 +459,20 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
         initial = list(range(1, spec.nodes + 1))
         await cluster.start(initial)
         rf = cluster.nodes[1].config.replication_factor
-        await cluster.wait_for(
-            lambda s: groups_formed(s, min(spec.nodes, rf)),
-            initial,
-            FORM_TIMEOUT_S,
-            "groups formed",
-        )
+        try:
+            await cluster.wait_for(
+                lambda s: groups_formed(s, min(spec.nodes, rf)),
+                initial,
+                FORM_TIMEOUT_S,
+                "groups formed",
+            )
+        except Timeout as e:  # say why: the groups' state as the nodes report it
+            statuses = {}
+            for i in initial:
+                with contextlib.suppress(ClusterError, TimeoutError):
+                    statuses[i] = await cluster.status(i, timeout_s=1.0)
+            why = convergence_problems(statuses, set(initial), rf)
+            raise ClusterError(f"{e}: {why}; stale replicas {stale_replicas(statuses)}") from e
         addrs = [cluster.nodes[i].addr for i in initial]
         for _ in range(spec.workload.workers):
             clients.append(
