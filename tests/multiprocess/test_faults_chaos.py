@@ -1,6 +1,7 @@
 """The fault harness end to end on real processes: `nodedb-cluster chaos` (three fixed seeds,
-15 s each, every fault kind including partitions in a private network namespace), and a probe
-that a partition really stops packets (the isolated leader is replaced, the majority commits)."""
+15 s each, every fault kind including partitions in a private network namespace), the same on
+5 nodes with membership changes, and a probe that a partition really stops packets (the isolated
+leader is replaced, the majority commits)."""
 
 from __future__ import annotations
 
@@ -9,47 +10,57 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import support
 from nodedb_cluster.faults.netfault import NETNS_ENV, can_make_private_netns
 
-pytestmark = [
-    pytest.mark.multiprocess,
-    pytest.mark.skipif(
-        not can_make_private_netns(),
-        reason="partitions need root, unshare and ip (util-linux, iproute2)",
-    ),
-]
+pytestmark = pytest.mark.multiprocess
+needs_netns = pytest.mark.skipif(
+    not can_make_private_netns(),
+    reason="partitions need root, unshare and ip (util-linux, iproute2)",
+)
 
 CHAOS_SEED = 10
 """Seeds 10..12: every fault kind (pause, restart_all, partition, kill_leader, kill)."""
+CHAOS_KINDS = ("kill", "kill_leader", "pause", "restart_all", "partition")
+"""The kinds these seeds were chosen with (the membership kinds: the 5-node test below)."""
 CHAOS_RUNS = 3
 CHAOS_TIMEOUT_S = 280
 
 
-@pytest.mark.timeout(CHAOS_TIMEOUT_S + 20)
-def test_chaos_three_fixed_schedules_pass_every_check(tmp_path: Path) -> None:
+def run_chaos(tmp_path: Path, seed: int, runs: int, *flags: str) -> dict[str, Any]:
+    """`nodedb-cluster chaos` as a user runs it; asserts what every run must show (passed, no
+    anomaly, linearizable, the load ran) and returns the JSON summary."""
     summary_path = tmp_path / "chaos.json"
     cmd = [
-        sys.executable, "-m", "nodedb_cluster.cli", "chaos",
-        f"--schedules={CHAOS_RUNS}", f"--seed={CHAOS_SEED}", "--duration-s=15",
+        sys.executable, "-m", "nodedb_cluster.cli", "chaos", *flags,
+        f"--schedules={runs}", f"--seed={seed}",
         f"--out={tmp_path / 'runs'}", f"--json={summary_path}",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=CHAOS_TIMEOUT_S, check=False)
     print(done.stdout)  # the schedules and per-run lines, shown on failure
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    doc = json.loads(summary_path.read_text())
-    runs = doc["runs"]
-    assert [r["seed"] for r in runs] == [CHAOS_SEED + i for i in range(CHAOS_RUNS)]
-    for run in runs:
+    doc: dict[str, Any] = json.loads(summary_path.read_text())
+    assert [r["seed"] for r in doc["runs"]] == [seed + i for i in range(runs)]
+    for run in doc["runs"]:
         assert run["passed"], run
         assert run["anomalies"] == []
         assert run["linearizable"] is True, run["linearizable_note"]
         assert run["ops"].get("put:ok", 0) > 100  # the load really ran
         assert run["ops"].get("get:ok", 0) > 100
-    log = "\n".join(line for r in runs for line in r["fault_log"])
+    return doc
+
+
+@needs_netns
+@pytest.mark.timeout(CHAOS_TIMEOUT_S + 20)
+def test_chaos_three_fixed_schedules_pass_every_check(tmp_path: Path) -> None:
+    doc = run_chaos(
+        tmp_path, CHAOS_SEED, CHAOS_RUNS, "--duration-s=15", f"--kinds={','.join(CHAOS_KINDS)}"
+    )
+    log = "\n".join(line for r in doc["runs"] for line in r["fault_log"])
     assert "isolated node" in log  # partitions fired, inside the namespace
     assert "healed partition" in log
     assert "SIGKILL node" in log
@@ -59,6 +70,30 @@ def test_chaos_three_fixed_schedules_pass_every_check(tmp_path: Path) -> None:
     assert ", leader of group" in log
 
 
+@pytest.mark.timeout(CHAOS_TIMEOUT_S + 20)
+def test_chaos_on_five_nodes_with_joins_and_decommissions(tmp_path: Path) -> None:
+    """Seeds 9-10, 12 s, add_node / decommission / kill on 5 nodes. Seed 9 decommissions node 1
+    (the first seed, the clients' first address) and SIGKILLs it while it drains, then starts
+    spare 6; seed 10 decommissions node 3, starts spare 6, then kills node 1. Passing = every
+    check (above) after nodes joined and left: the replicas of each group's configuration
+    identical, no learner left, routing agreeing with Raft."""
+    doc = run_chaos(
+        tmp_path, 9, 2, "--no-netns", "--nodes=5", "--kinds=add_node,decommission,kill",
+        "--duration-s=12",
+    )  # fmt: skip
+    assert doc["summary"]["faults"] == {"add_node": 2, "decommission": 2, "kill": 2}
+    first, second = ("\n".join(r["fault_log"]) for r in doc["runs"])
+    assert "spare node 6 joined" in first
+    assert "spare node 6 joined" in second
+    # Seed 9: node 1 killed as it drains; its replicas move all the same and it is retired.
+    drains = first.index("decommission of node 1: DRAINING")
+    assert drains < first.index("SIGKILL node 1 (draining)")
+    assert "node 1 DECOMMISSIONED: stopped for good" in first
+    assert "decommission of node 3: DRAINING" in second
+    assert "node 3 DECOMMISSIONED: stopped for good" in second
+
+
+@needs_netns
 @pytest.mark.timeout(150)
 def test_a_partition_drops_real_packets_and_the_majority_moves_on() -> None:
     probe = support.DIR / "faults_partition_probe.py"
