@@ -59,8 +59,9 @@ for version in $pythons; do
     echo "== nodedb-cluster for CPython $version ($interpreter)"
     "$interpreter" -m venv "$work/venv-$version"
     "$work/venv-$version/bin/python" -m pip install -q build==1.6.1
-    "$work/venv-$version/bin/python" -m build --wheel --outdir "$work/raw-$version" "$work/src"
-    auditwheel repair --plat manylinux_2_17_x86_64 --wheel-dir dist "$work/raw-$version"/*.whl
+    "$work/venv-$version/bin/python" -m build --wheel --outdir "$work/raw-$version" "$work/src" \
+        >"$work/build-$version.log" 2>&1 || { cat "$work/build-$version.log"; exit 1; }
+    auditwheel repair --strip --plat manylinux_2_17_x86_64 --wheel-dir dist "$work/raw-$version"/*.whl
 done
 
 status=0
