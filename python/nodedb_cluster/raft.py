@@ -62,6 +62,8 @@ class RaftSettings:
     heartbeat_ticks: int = 1
     election_ticks: int = 8
     snapshot_threshold_entries: int = 20_000
+    snapshot_threshold_bytes: int = 32 << 20
+    """A group also snapshots (and compacts its log) after this many bytes of applied entries."""
     install_snapshot_chunk_bytes: int = 4 << 20
     orphan_partial_max_age_secs: int = 300
     max_uncommitted_bytes: int = 32 << 20
@@ -147,6 +149,7 @@ class RaftEngine:
             heartbeat_ticks=s.heartbeat_ticks,
             election_ticks=s.election_ticks,
             snapshot_threshold_entries=s.snapshot_threshold_entries,
+            snapshot_threshold_bytes=s.snapshot_threshold_bytes,
             install_snapshot_chunk_bytes=s.install_snapshot_chunk_bytes,
             orphan_partial_max_age_secs=s.orphan_partial_max_age_secs,
             max_uncommitted_bytes=s.max_uncommitted_bytes,

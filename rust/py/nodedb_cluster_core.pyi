@@ -193,6 +193,7 @@ class RaftEngine:
         heartbeat_ticks: int = 1,
         election_ticks: int = 8,
         snapshot_threshold_entries: int = 20000,
+        snapshot_threshold_bytes: int = 33554432,
         install_snapshot_chunk_bytes: int = 4194304,
         orphan_partial_max_age_secs: int = 300,
         max_uncommitted_bytes: int = 33554432,

@@ -610,3 +610,44 @@ fn wal_rolls_and_compacts_behind_snapshots_and_restarts_from_what_is_left() {
     assert!(c.drive_until(100, |c| (1..=2).all(|g| c.converged(GroupId(g)))));
     assert_eq!(c.nodes[&id].reg.kv(GroupId(1)).len(), 400);
 }
+
+/// Big entries compact the log by bytes long before the entry count would: the in-memory log
+/// stays bounded, and a replica that fell behind is fed one snapshot instead of the history.
+#[test]
+fn big_entries_compact_the_log_by_bytes() {
+    let tweak = |c: &mut MultiRaftConfig| {
+        c.snapshot_threshold_entries = 1_000_000; // never by count in this test
+        c.snapshot_threshold_bytes = 64 << 10;
+    };
+    let mut c = Cluster::new(3, 1, tweak, false);
+    let g = GroupId(1);
+    c.elect_all(1);
+    let leader = c.leader_of(g).expect("leader");
+    let lagger = c
+        .live()
+        .into_iter()
+        .find(|n| *n != leader)
+        .expect("follower");
+    c.crash(lagger);
+    for i in 0..40 {
+        // 40 entries of ~8 KiB: 320 KiB, five times the byte threshold.
+        c.propose(g, vec![put(&format!("big-{i:03}"), &[i as u8; 8 << 10])])
+            .expect("commit");
+    }
+    let st = c.core(leader).status(g).expect("status");
+    assert!(
+        st.snapshot_index > 0,
+        "the leader compacted by bytes: {st:?}"
+    );
+    c.restart(lagger);
+    assert!(
+        c.drive_until(300, |c| c.converged(g)),
+        "the lagging node converged"
+    );
+    let m = c.core(lagger).metrics().clone();
+    assert!(
+        Metrics::get(&m.snapshots_installed) >= 1,
+        "it was fed a snapshot"
+    );
+    assert_eq!(c.nodes[&lagger].reg.kv(g).len(), 40);
+}

@@ -36,6 +36,9 @@ pub const DEFAULT_INBOUND_QUEUE_CAPACITY: usize = 4096;
 pub const DEFAULT_PENDING_PROPOSALS_MAX: usize = 65_536;
 /// A group snapshots its state machine and compacts its log after this many applied entries.
 pub const DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES: u64 = 20_000;
+/// A group also snapshots after this many bytes of applied entries: the log since the last
+/// snapshot is held in memory, and a new replica is fed from it, so big entries compact sooner.
+pub const DEFAULT_SNAPSHOT_THRESHOLD_BYTES: u64 = 32 << 20;
 /// Snapshot transfer chunk (issue 4): 4 MiB, well below the 64 MiB frame limit.
 pub const DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 /// A `.partial` snapshot untouched this long belongs to a dead transfer and is removed.
@@ -79,6 +82,8 @@ pub struct MultiRaftConfig {
     pub pending_proposals_max: usize,
     /// Applied entries between state-machine snapshots (log compaction).
     pub snapshot_threshold_entries: u64,
+    /// A group also snapshots once it applied this many entry bytes since its last snapshot.
+    pub snapshot_threshold_bytes: u64,
     /// Chunk size of snapshot transfer.
     pub install_snapshot_chunk_bytes: usize,
     /// Age after which an untouched `.partial` snapshot is deleted.
@@ -110,6 +115,7 @@ impl MultiRaftConfig {
             inbound_queue_capacity: DEFAULT_INBOUND_QUEUE_CAPACITY,
             pending_proposals_max: DEFAULT_PENDING_PROPOSALS_MAX,
             snapshot_threshold_entries: DEFAULT_SNAPSHOT_THRESHOLD_ENTRIES,
+            snapshot_threshold_bytes: DEFAULT_SNAPSHOT_THRESHOLD_BYTES,
             install_snapshot_chunk_bytes: DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES,
             orphan_partial_max_age_secs: DEFAULT_ORPHAN_PARTIAL_MAX_AGE_SECS,
             read_index_timeout_ticks: DEFAULT_READ_INDEX_TIMEOUT_TICKS,
@@ -137,7 +143,7 @@ impl MultiRaftConfig {
                 format!("must exceed heartbeat_ticks ({})", self.heartbeat_ticks),
             );
         }
-        let positive: [(&'static str, u64); 11] = [
+        let positive: [(&'static str, u64); 12] = [
             (
                 "snapshot_ack_timeout_ticks",
                 self.snapshot_ack_timeout_ticks,
@@ -156,6 +162,7 @@ impl MultiRaftConfig {
                 "snapshot_threshold_entries",
                 self.snapshot_threshold_entries,
             ),
+            ("snapshot_threshold_bytes", self.snapshot_threshold_bytes),
             (
                 "install_snapshot_chunk_bytes",
                 self.install_snapshot_chunk_bytes as u64,

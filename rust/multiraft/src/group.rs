@@ -65,6 +65,10 @@ pub(crate) struct Group {
     /// committed (stepped once it has one).
     pub(crate) deferred_read_msgs: Vec<raft::prelude::Message>,
     pub(crate) applied_index: u64,
+    /// Entry bytes applied since the last snapshot: with the entry count, what decides the next
+    /// one, so a log of big entries is compacted (and a new replica fed one snapshot, not the
+    /// whole history by appends) before it holds more than `snapshot_threshold_bytes` in memory.
+    pub(crate) applied_bytes_since_snapshot: u64,
     /// The tick this node last sent pre-vote requests while a pre-candidate (None otherwise):
     /// see [`resend_pre_votes`].
     pub(crate) pre_vote_tick: Option<u64>,
@@ -242,6 +246,7 @@ pub(crate) fn install_snapshot(
         .mut_store()
         .set_outgoing(outgoing_snapshot(meta.clone(), desc));
     g.applied_index = meta.index;
+    g.applied_bytes_since_snapshot = 0;
     records.push(LogRecord::snapshot_mark(g.id, g.meta, &meta));
     store.remove_older(g.id, meta.index)?;
     // Whatever was pending here is superseded by the snapshot.
@@ -276,6 +281,7 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
         return;
     };
     let last_index = last.index;
+    g.applied_bytes_since_snapshot += run.iter().map(|e| e.data.len() as u64).sum::<u64>();
     // Decode every entry's commands; an entry that does not decode (cannot happen for entries
     // we proposed; the log is crc-checked) is applied as empty and its proposer told.
     // (index, term, its commands — None if undecodable)
@@ -371,6 +377,7 @@ pub(crate) fn apply_conf_entry(g: &mut Group, e: &Entry) {
         g.raw.mut_store().set_conf_state(cs.clone());
     }
     g.applied_index = e.index;
+    g.applied_bytes_since_snapshot += e.data.len() as u64;
     while g.confs.front().is_some_and(|p| p.index < e.index) {
         if let Some(p) = g.confs.pop_front() {
             p.reply.send(Err(lost(g.id, g.raw.raft.leader_id)));

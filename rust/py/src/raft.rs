@@ -184,7 +184,7 @@ impl PyRaftEngine {
     #[new]
     #[pyo3(signature = (node_id, data_dir, transport, state_machine_factory = None,
                         tick_interval_ms = 100, heartbeat_ticks = 1, election_ticks = 8,
-                        snapshot_threshold_entries = 20_000,
+                        snapshot_threshold_entries = 20_000, snapshot_threshold_bytes = 32 << 20,
                         install_snapshot_chunk_bytes = 4 << 20,
                         orphan_partial_max_age_secs = 300,
                         max_uncommitted_bytes = 32 << 20, rejoin = false,
@@ -199,6 +199,7 @@ impl PyRaftEngine {
         heartbeat_ticks: usize,
         election_ticks: usize,
         snapshot_threshold_entries: u64,
+        snapshot_threshold_bytes: u64,
         install_snapshot_chunk_bytes: usize,
         orphan_partial_max_age_secs: u64,
         max_uncommitted_bytes: u64,
@@ -211,6 +212,7 @@ impl PyRaftEngine {
         cfg.heartbeat_ticks = heartbeat_ticks;
         cfg.election_ticks = election_ticks;
         cfg.snapshot_threshold_entries = snapshot_threshold_entries;
+        cfg.snapshot_threshold_bytes = snapshot_threshold_bytes;
         cfg.install_snapshot_chunk_bytes = install_snapshot_chunk_bytes;
         cfg.orphan_partial_max_age_secs = orphan_partial_max_age_secs;
         cfg.max_uncommitted_bytes = max_uncommitted_bytes;

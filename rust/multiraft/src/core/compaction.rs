@@ -3,13 +3,15 @@
 use super::*;
 
 impl MultiRaftCore {
-    /// Snapshots every group that applied `snapshot_threshold_entries` since its last one, or
-    /// whose leader was asked for a snapshot it could not serve.
+    /// Snapshots every group that applied `snapshot_threshold_entries` or
+    /// `snapshot_threshold_bytes` since its last one, or whose leader was asked for a snapshot it
+    /// could not serve.
     pub(super) fn maybe_snapshot(&mut self) -> Result<bool, EngineError> {
         if self.disk.no_space() {
             return Ok(false); // a snapshot writes a file and a mark: not on a full disk
         }
         let threshold = self.cfg.snapshot_threshold_entries;
+        let threshold_bytes = self.cfg.snapshot_threshold_bytes;
         let due: Vec<GroupId> = self
             .groups
             .values()
@@ -17,7 +19,9 @@ impl MultiRaftCore {
                 let wanted = g.raw.store().take_snapshot_wanted();
                 let since =
                     g.applied_index - g.raw.store().snapshot_meta().index.min(g.applied_index);
-                since >= threshold || (wanted && since > 0)
+                since >= threshold
+                    || (since > 0 && g.applied_bytes_since_snapshot >= threshold_bytes)
+                    || (wanted && since > 0)
             })
             .map(|g| g.id)
             .collect();
@@ -59,6 +63,7 @@ impl MultiRaftCore {
         self.sink.sync()?;
         self.unsynced_records = 0;
         g.raw.mut_store().compact_to_snapshot(meta.clone());
+        g.applied_bytes_since_snapshot = 0;
         g.raw
             .mut_store()
             .set_outgoing(outgoing_snapshot(meta, desc));

@@ -61,6 +61,7 @@ impl MultiRaftCore {
                 reads: Vec::new(),
                 deferred_read_msgs: Vec::new(),
                 applied_index: applied,
+                applied_bytes_since_snapshot: 0,
                 pre_vote_tick: None,
                 published_leader: None,
                 was_leader,
