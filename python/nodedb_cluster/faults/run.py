@@ -185,19 +185,21 @@ class _Nemesis:
     async def _restart(self, node_ids: Sequence[int]) -> None:
         """Start the given members again (retired ones are left down) and await Ready."""
 
-        async def one(node_id: int) -> None:
+        async def one(node_id: int) -> int:
             node = self.cluster.nodes[node_id]
             async with self._locks[node_id]:
                 if node_id in self.retired:
-                    return
+                    return 0
                 with contextlib.suppress(TimeoutError):
                     await node.wait_exit(5.0)
                 if not node.running:
                     await node.start()
                 await node.wait_ready(RESTART_READY_TIMEOUT_S)
+                return node_id
 
-        await asyncio.gather(*(one(i) for i in node_ids))
-        self.note(f"restarted {list(node_ids)}")
+        started = [i for i in await asyncio.gather(*(one(i) for i in node_ids)) if i]
+        skipped = sorted(set(node_ids) - set(started))
+        self.note(f"restarted {started}" + (f" (retired meanwhile: {skipped})" if skipped else ""))
 
     def _gone(self, fault: Fault) -> bool:
         """A fault aimed at a node retired meanwhile is skipped (noted)."""
