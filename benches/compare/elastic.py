@@ -84,7 +84,10 @@ async def load(client: Client, mib: int, value_bytes: int) -> int:
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     base = Path(tempfile.mkdtemp(prefix="nodedb-elastic-"))
-    cluster = LocalCluster(base, 5, overrides={"rebalance_interval_ms": 1000})
+    overrides: dict[str, object] = {"rebalance_interval_ms": 1000}
+    if args.concurrent_moves:
+        overrides["rebalance_concurrent_moves_max"] = args.concurrent_moves
+    cluster = LocalCluster(base, 5, overrides=overrides)
     result: dict[str, object] = {"mib": args.mib, "value_bytes": args.value_bytes}
     try:
         await cluster.start([1, 2, 3])
@@ -163,6 +166,12 @@ if __name__ == "__main__":
     parser.add_argument("--mib", type=int, default=256, help="KV data loaded first (MiB)")
     parser.add_argument("--value-bytes", type=int, default=1024, help="bytes per value")
     parser.add_argument("--clients", type=int, default=64, help="writers during the moves")
+    parser.add_argument(
+        "--concurrent-moves",
+        type=int,
+        default=0,
+        help="rebalance_concurrent_moves_max (0: default)",
+    )
     ns = parser.parse_args()
     if nodedb_cluster_core.build_profile() != "release":
         print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
