@@ -253,3 +253,67 @@ async fn lagging_node_catches_up_by_chunked_snapshot_over_quic() {
         n.transport.close().await;
     }
 }
+
+/// A peer that takes nothing in costs the sender bounded memory: once frames worth
+/// `PEER_QUEUE_KIB` wait for it (here 4 MiB snapshot chunks, as a snapshot transfer queues
+/// them), further sends fail at once (`Full`: raft retransmits later) instead of queuing
+/// gigabytes behind a slow peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_takes_nothing_fills_a_byte_bounded_queue() {
+    use nodedb_multiraft::codec::{SnapshotChunk, SnapshotKey};
+    use nodedb_multiraft::network::{NetError, RaftNetwork};
+    use nodedb_multiraft::transport_net::PEER_QUEUE_KIB;
+    use nodedb_multiraft::Frame;
+
+    let transport = Arc::new(
+        Transport::bind(
+            nodedb_wire::NodeId(1),
+            "127.0.0.1:0".parse().expect("addr"),
+            Credentials::Insecure,
+            TransportConfig::default(),
+        )
+        .expect("bind"),
+    );
+    // A UDP socket that never reads: no QUIC handshake ever completes there.
+    let silent = std::net::UdpSocket::bind("127.0.0.2:0").expect("udp");
+    transport.register_peer(
+        nodedb_wire::NodeId(2),
+        silent.local_addr().expect("addr"),
+        None,
+    );
+    let net = TransportNetwork::new(
+        Arc::clone(&transport),
+        tokio::runtime::Handle::current(),
+        1024,
+    );
+    const CHUNK: usize = 4 << 20;
+    let chunk = |i: u64| {
+        Frame::Chunk(Box::new(SnapshotChunk {
+            from: NodeId(1),
+            key: SnapshotKey {
+                group: GroupId(1),
+                index: 10,
+                term: 2,
+            },
+            offset_bytes: i * CHUNK as u64,
+            total_bytes: 64 * CHUNK as u64,
+            checksum: 0,
+            data: vec![0; CHUNK],
+            message: None,
+        }))
+    };
+    let mut queued = 0usize;
+    for i in 0..64 {
+        match net.send(NodeId(2), chunk(i)) {
+            Ok(()) => queued += 1,
+            Err(NetError::Full(_)) => break,
+            Err(e) => panic!("unexpected send error: {e:?}"),
+        }
+    }
+    let budget_chunks = (PEER_QUEUE_KIB as usize * 1024) / CHUNK;
+    assert!(
+        queued <= budget_chunks && queued + 1 >= budget_chunks,
+        "{queued} chunks of 4 MiB queued for a silent peer; the budget holds {budget_chunks}"
+    );
+    transport.close().await;
+}

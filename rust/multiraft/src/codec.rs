@@ -338,6 +338,30 @@ pub const KIND_SNAPSHOT_CHUNK: u16 = 17;
 pub const KIND_SNAPSHOT_ACK: u16 = 18;
 
 impl Frame {
+    /// About how many bytes the frame encodes to, without encoding it: the entries' and
+    /// snapshot data plus a fixed allowance per message (what a byte-bounded queue counts).
+    pub fn approx_bytes(&self) -> usize {
+        const PER_MESSAGE: usize = 64;
+        const PER_ENTRY: usize = 24;
+        match self {
+            Frame::Batch(b) => b
+                .messages
+                .iter()
+                .map(|(_, m)| {
+                    PER_MESSAGE
+                        + m.context.len()
+                        + m.get_snapshot().data.len()
+                        + m.entries
+                            .iter()
+                            .map(|e| PER_ENTRY + e.data.len() + e.context.len())
+                            .sum::<usize>()
+                })
+                .sum(),
+            Frame::Chunk(c) => PER_MESSAGE + c.data.len(),
+            Frame::Ack(_) => PER_MESSAGE,
+        }
+    }
+
     /// (wire kind, payload).
     pub fn encode(&self) -> (u16, Vec<u8>) {
         match self {

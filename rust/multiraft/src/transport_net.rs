@@ -3,7 +3,9 @@
 //! frames of those kinds are handed to the engine inside Rust (they never reach Python).
 //!
 //! Each peer has a bounded outbound queue drained by one tokio task, so the driver thread never
-//! waits on the network: a full queue drops the frame (raft retransmits), counted.
+//! waits on the network: a full queue drops the frame (raft retransmits), counted. The queue is
+//! bounded in frames and in bytes: snapshot chunks (4 MiB) and big appends would otherwise let a
+//! slow peer hold gigabytes of queued frames on the sender.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,23 +15,40 @@ use bytes::Bytes;
 use nodedb_transport::{handler_fn, PeerIdentity, Refusal, Transport};
 use nodedb_wire::MessageKind;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::{Frame, KIND_RAFT_BATCH, KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK};
 use crate::driver::Inbound;
 use crate::ids::NodeId;
 use crate::network::{NetError, RaftNetwork};
 
-/// Frames queued per peer before drops: a few seconds of rounds at full rate, so a slow peer
-/// costs bounded memory (frames are ≤ 16 MiB batches or one snapshot chunk).
+/// Frames queued per peer before drops: a few seconds of rounds at full rate.
 pub const PEER_QUEUE_FRAMES_DEFAULT: usize = 1024;
+/// Bytes queued (or being sent) per peer, at most, in KiB: a slow peer costs at most this much
+/// memory on the sender (16 snapshot chunks, or many seconds of small rounds).
+pub const PEER_QUEUE_KIB: u32 = 64 << 10;
+
+/// A frame on its way to a peer, holding its share of the peer's byte budget until sent.
+type Queued = (Frame, OwnedSemaphorePermit);
+
+#[derive(Clone)]
+struct PeerQueue {
+    frames: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+}
 
 /// Outbound raft traffic over QUIC.
 pub struct TransportNetwork {
     transport: Arc<Transport>,
     runtime: Handle,
     queue_frames_max: usize,
-    peers: Mutex<HashMap<NodeId, mpsc::Sender<Frame>>>,
+    peers: Mutex<HashMap<NodeId, PeerQueue>>,
+}
+
+/// The byte budget a frame takes (KiB, rounded up, at least 1, at most the whole budget).
+fn kib_of(frame: &Frame) -> u32 {
+    let kib = frame.approx_bytes().div_ceil(1024).max(1);
+    u32::try_from(kib).unwrap_or(u32::MAX).min(PEER_QUEUE_KIB)
 }
 
 fn wire_kind(kind: u16) -> Option<MessageKind> {
@@ -92,16 +111,20 @@ impl TransportNetwork {
         }
     }
 
-    fn sender(&self, to: NodeId) -> mpsc::Sender<Frame> {
+    fn sender(&self, to: NodeId) -> PeerQueue {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = peers.get(&to).filter(|tx| !tx.is_closed()) {
-            return tx.clone();
+        if let Some(q) = peers.get(&to).filter(|q| !q.frames.is_closed()) {
+            return q.clone();
         }
         let (tx, rx) = mpsc::channel(self.queue_frames_max);
         let transport = Arc::clone(&self.transport);
         self.runtime.spawn(pump(transport, to, rx));
-        peers.insert(to, tx.clone());
-        tx
+        let q = PeerQueue {
+            frames: tx,
+            bytes: Arc::new(Semaphore::new(PEER_QUEUE_KIB as usize)),
+        };
+        peers.insert(to, q.clone());
+        q
     }
 }
 
@@ -134,8 +157,8 @@ fn known_sender(
 /// Sends one peer's frames in order. A failed send (peer down: it took up to the connect
 /// timeout) also drops whatever queued meanwhile: those frames are stale by now and raft
 /// retransmits what still matters, so a returning peer is not fed a backlog first.
-async fn pump(transport: Arc<Transport>, to: NodeId, mut rx: mpsc::Receiver<Frame>) {
-    while let Some(frame) = rx.recv().await {
+async fn pump(transport: Arc<Transport>, to: NodeId, mut rx: mpsc::Receiver<Queued>) {
+    while let Some((frame, _budget)) = rx.recv().await {
         let (kind, payload) = frame.encode();
         let Some(wk) = wire_kind(kind) else {
             continue;
@@ -162,7 +185,11 @@ impl RaftNetwork for TransportNetwork {
         {
             return Err(NetError::Unreachable(to));
         }
-        self.sender(to).try_send(frame).map_err(|e| match e {
+        let q = self.sender(to);
+        let Ok(budget) = Arc::clone(&q.bytes).try_acquire_many_owned(kib_of(&frame)) else {
+            return Err(NetError::Full(to));
+        };
+        q.frames.try_send((frame, budget)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => NetError::Full(to),
             mpsc::error::TrySendError::Closed(_) => NetError::Unreachable(to),
         })
@@ -177,12 +204,22 @@ impl RaftNetwork for TransportNetwork {
         {
             return Err(NetError::Unreachable(to));
         }
-        let tx = self.sender(to);
-        self.runtime
-            .block_on(tx.send_timeout(frame, timeout))
-            .map_err(|e| match e {
-                mpsc::error::SendTimeoutError::Timeout(_) => NetError::Full(to),
-                mpsc::error::SendTimeoutError::Closed(_) => NetError::Unreachable(to),
-            })
+        let q = self.sender(to);
+        let kib = kib_of(&frame);
+        self.runtime.block_on(async move {
+            let queued = async {
+                let budget = Arc::clone(&q.bytes)
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|_| NetError::Unreachable(to))?;
+                q.frames
+                    .send((frame, budget))
+                    .await
+                    .map_err(|_| NetError::Unreachable(to))
+            };
+            tokio::time::timeout(timeout, queued)
+                .await
+                .unwrap_or(Err(NetError::Full(to)))
+        })
     }
 }
