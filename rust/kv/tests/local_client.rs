@@ -3,6 +3,8 @@
 //! the process would fail; with `serve_locally` writes and reads at every level are answered by
 //! the node's own KvServer (a lease read right after a commit without a ReadIndex round).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,6 @@ use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
 use nodedb_multiraft::{
     GroupId, GroupRole, MultiRaft, MultiRaftConfig, NodeId, Role, TransportNetwork, WalSink,
 };
-use nodedb_transport::{Credentials, Transport, TransportConfig};
 use nodedb_wire::ReadLevel;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -53,15 +54,7 @@ async fn call(client: &Arc<KvClient>, request: Request, timeout: Duration) -> Ou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let transport = Arc::new(
-        Transport::bind(
-            nodedb_wire::NodeId(1),
-            "127.0.0.1:0".parse().expect("addr"),
-            Credentials::Insecure,
-            TransportConfig::default(),
-        )
-        .expect("bind"),
-    );
+    let transport = common::insecure_transport(1, "127.0.0.1");
     let groups = KvGroups::default();
     let factory_groups = groups.clone();
     let factory = Box::new(

@@ -2,6 +2,8 @@
 //! 8 groups of concurrent proposals applied identically everywhere, and a snapshot transfer in
 //! chunks through the transport.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use nodedb_multiraft::{
     GroupId, GroupRole, Metrics, MultiRaft, MultiRaftConfig, NodeId, Role, TransportNetwork,
     WalSink,
 };
-use nodedb_transport::{Credentials, Transport, TransportConfig};
+use nodedb_transport::Transport;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -34,18 +36,8 @@ fn put(k: &str, v: &[u8]) -> Vec<u8> {
 }
 
 async fn cluster(dir: &std::path::Path, tweak: impl Fn(&mut MultiRaftConfig)) -> Vec<Node> {
-    let transports: Vec<Arc<Transport>> = (1..=3u8)
-        .map(|i| {
-            Arc::new(
-                Transport::bind(
-                    nodedb_wire::NodeId(u64::from(i)),
-                    format!("127.0.0.{i}:0").parse().expect("addr"),
-                    Credentials::Insecure,
-                    TransportConfig::default(),
-                )
-                .expect("bind"),
-            )
-        })
+    let transports: Vec<Arc<Transport>> = (1..=3u64)
+        .map(|i| common::insecure_transport(i, &format!("127.0.0.{i}")))
         .collect();
     for t in &transports {
         for (j, u) in transports.iter().enumerate() {
@@ -265,15 +257,7 @@ async fn a_peer_that_takes_nothing_fills_a_byte_bounded_queue() {
     use nodedb_multiraft::transport_net::PEER_QUEUE_KIB;
     use nodedb_multiraft::Frame;
 
-    let transport = Arc::new(
-        Transport::bind(
-            nodedb_wire::NodeId(1),
-            "127.0.0.1:0".parse().expect("addr"),
-            Credentials::Insecure,
-            TransportConfig::default(),
-        )
-        .expect("bind"),
-    );
+    let transport = common::insecure_transport(1, "127.0.0.1");
     // A UDP socket that never reads: no QUIC handshake ever completes there.
     let silent = std::net::UdpSocket::bind("127.0.0.2:0").expect("udp");
     transport.register_peer(

@@ -15,6 +15,7 @@ use nodedb_kv::{KvCommand, KvReader, KvStateMachine};
 use nodedb_multiraft::error::SmError;
 use nodedb_multiraft::state_machine::{StateMachine, StateMachineKind};
 use nodedb_multiraft::GroupId;
+use nodedb_transport::{Credentials, Transport, TransportConfig};
 
 /// The KV readers of one node, by group, filled in as its groups are created.
 pub type Readers = Arc<Mutex<HashMap<GroupId, KvReader>>>;
@@ -37,4 +38,17 @@ pub fn put(key: &str, value: &[u8]) -> Vec<u8> {
         value: value.to_vec(),
     }
     .encode()
+}
+
+/// An insecure QUIC transport of node `node_id` bound on `ip`, on a port the OS picks.
+pub fn insecure_transport(node_id: u64, ip: &str) -> Arc<Transport> {
+    Arc::new(
+        Transport::bind(
+            nodedb_wire::NodeId(node_id),
+            format!("{ip}:0").parse().expect("addr"),
+            Credentials::Insecure,
+            TransportConfig::default(),
+        )
+        .expect("bind"),
+    )
 }
