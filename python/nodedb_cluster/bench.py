@@ -512,17 +512,51 @@ async def _run_on_nodes(
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--addr", action="append", help="attach to these nodes (repeat)")
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
-    parser.add_argument("--value-bytes", type=int, default=100)
-    parser.add_argument("--read-fraction", type=float, default=0.0, help="0.9 = 90%% reads")
     parser.add_argument(
-        "--read-level", default="linearizable", choices=("linearizable", "lease", "follower")
+        "--addr", action="append", metavar="IP:PORT", help="attach to these nodes (repeat)"
     )
-    parser.add_argument("--batch", type=int, default=0, help="put_many of this many per write")
-    parser.add_argument("--keyspace", type=int, default=KEYSPACE_DEFAULT)
-    parser.add_argument("--placement", choices=("client", "embedded"), default="client")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=64,
+        metavar="N",
+        help="concurrent callers, one call each (default 64)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, metavar="SECS", help="seconds (default 10)"
+    )
+    parser.add_argument(
+        "--value-bytes",
+        type=int,
+        default=100,
+        metavar="BYTES",
+        help="bytes per written value (default 100)",
+    )
+    parser.add_argument(
+        "--read-fraction", type=float, default=0.0, metavar="F", help="0.9 = 90%% reads"
+    )
+    parser.add_argument(
+        "--read-level",
+        default="linearizable",
+        choices=("linearizable", "lease", "follower"),
+        help="how reads are served (docs/KV.md; default linearizable)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=0, metavar="N", help="put_many of this many per write"
+    )
+    parser.add_argument(
+        "--keyspace",
+        type=int,
+        metavar="N",
+        default=KEYSPACE_DEFAULT,
+        help=f"distinct keys the load picks from (default {KEYSPACE_DEFAULT})",
+    )
+    parser.add_argument(
+        "--placement",
+        choices=("client", "embedded"),
+        default="client",
+        help="where the callers run: this process, or inside the nodes (default client)",
+    )
     parser.add_argument(
         "--driver",
         choices=("asyncio", "native"),
