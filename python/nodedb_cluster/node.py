@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -27,7 +28,7 @@ from nodedb_cluster.control import (
     ping_handler,
 )
 from nodedb_cluster.embedding import DataGroups, NotEmbedded
-from nodedb_cluster.errors import CatalogNoSpace, EngineStopped
+from nodedb_cluster.errors import CatalogNoSpace, ClusterError, EngineStopped
 from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.formation.credentials import reload_crl
 from nodedb_cluster.kv import TIMEOUT_S_DEFAULT, Kv
@@ -37,7 +38,7 @@ from nodedb_cluster.logsetup import forward_core_logs
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.audit import AUDIT_FILE_NAME, AuditLog
-from nodedb_cluster.metadata.commands import MetadataEntry
+from nodedb_cluster.metadata.commands import AddNode, MetadataEntry
 from nodedb_cluster.metadata.forward import MetadataProposer
 from nodedb_cluster.metadata.group import MetadataGroup
 from nodedb_cluster.metadata.rebalance import Limits
@@ -52,6 +53,11 @@ from nodedb_cluster.swim_wiring import SwimWiring
 from nodedb_cluster.transport import Peer, Reply, Transport
 
 log = logging.getLogger(__name__)
+
+SWIM_ADVERTISE_ATTEMPTS = 30
+SWIM_ADVERTISE_RETRY_S = 1.0
+"""A restarted member retries recording its SWIM address for about half a minute (group 0 may be
+electing a leader meanwhile); the next start tries again."""
 
 
 class Node:
@@ -212,8 +218,28 @@ class Node:
         self._tasks.append(asyncio.ensure_future(self.rebalancer.run()))
 
     async def start_membership(self) -> None:
-        """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology."""
+        """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology; a
+        member whose topology entry names another SWIM address (a cluster formed with SWIM off,
+        or a moved port) tells the cluster its address now, in the background."""
         await self._swim.start(self.metadata.topology)
+        self._tasks.append(asyncio.ensure_future(self._advertise_swim_addr()))
+
+    async def _advertise_swim_addr(self) -> None:
+        """Propose this node's SWIM address until the topology holds it (bounded attempts)."""
+        for _ in range(SWIM_ADVERTISE_ATTEMPTS):
+            own = self.metadata.topology.get(self.config.node_id)
+            if own is None or own.swim_addr == self.config.swim_udp_addr:
+                return
+            updated = dataclasses.replace(own, swim_addr=self.config.swim_udp_addr)
+            try:
+                refused = await self._proposer.propose(MetadataEntry((AddNode(updated),)))
+            except ClusterError as e:
+                refused = str(e)
+            if refused is None:
+                log.info("node %d: SWIM address %s recorded", own.node_id, updated.swim_addr)
+                return
+            log.info("node %d: SWIM address not recorded yet: %s", own.node_id, refused)
+            await asyncio.sleep(SWIM_ADVERTISE_RETRY_S)  # a pause between bounded attempts
 
     def group_kind(self, group_id: int) -> StateMachineKind:
         return "python" if group_id == METADATA_GROUP_ID else self._data_group_kind

@@ -11,6 +11,7 @@ that a refutation undid between two polls would be missed, the INFO line never i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -114,5 +115,32 @@ async def test_a_brief_sigstop_does_not_end_dead(tmp_path: Path) -> None:
             assert "DEAD" not in swim_states(st).values(), (i, st["members"])
         for i in SURVIVORS:
             assert f"node {VICTIM} is DEAD" not in cluster.nodes[i].log_path.read_text()
+    finally:
+        await cluster.close()
+
+
+async def test_a_cluster_formed_with_swim_off_gets_it_after_a_restart(tmp_path: Path) -> None:
+    """A cluster formed with SWIM off records no SWIM address in its topology. Restarted at the
+    defaults (SWIM on), each node records its address through group 0, and every node ends up
+    hearing from the others, ALIVE."""
+    cluster = LocalCluster(tmp_path, 3, overrides={"num_groups": 2})
+    defaults = {n: node.config for n, node in cluster.nodes.items()}
+    for node in cluster.nodes.values():
+        node.config = dataclasses.replace(node.config, swim_udp_addr=None)
+    try:
+        await cluster.start()
+        statuses = await cluster.wait_formed(60)
+        assert all(st["members"] == [] for st in statuses.values()), "SWIM is off"
+        for node in cluster.nodes.values():
+            await node.stop()
+        for n, node in cluster.nodes.items():
+            node.config = defaults[n]
+        await cluster.start()
+        await cluster.wait_for(
+            lambda s: all_heard_alive(s, list(cluster.nodes)),
+            cluster.nodes,
+            ALIVE_TIMEOUT_S,
+            "every node to hear from the others after the restart with SWIM on",
+        )
     finally:
         await cluster.close()

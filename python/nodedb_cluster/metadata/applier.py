@@ -303,6 +303,10 @@ def _apply_command(
                 raise ClusterError(
                     f"node id {node.node_id} already belongs to {existing.addr}, not {node.addr}"
                 )
+            elif existing.swim_addr != node.swim_addr:
+                # A member restarted with SWIM turned on (or moved, or off): the one field a
+                # member may change about itself.
+                topology.update(dataclasses.replace(existing, swim_addr=node.swim_addr))
         case SetNodeState(node_id=node_id, state=state):
             topology.set_state(node_id, state)
         case RemoveNode(node_id=node_id):
