@@ -33,6 +33,9 @@ can vote without stalling commits while it replays the rest. It must also have a
 least one append (matched > 0): in a young group every commit index is below the lag, and
 promoting a learner that never answered (a joiner that timed out before creating its replica)
 would add a voter that cannot vote, and with one founder, lose the quorum."""
+ORPHAN_AFTER_S: Final = 30.0
+"""A replica routing no longer wants that has known no leader this long is dropped (see
+`plan_reconcile`): long enough that a leader elected after a partition heals has reached it."""
 LEADER_IMBALANCE_MIN: Final = 2
 """Move a leadership only from a node leading this many more data groups than the target."""
 
@@ -154,11 +157,13 @@ def plan_reconcile(
     replication_factor: int,
     balance_leaders: bool = False,
     leaving: frozenset[int] = frozenset(),
+    orphaned: frozenset[int] = frozenset(),
 ) -> list[Action]:
     """The next action for every group that needs one, in group order; then, when nothing else
     is to be done here, at most one leadership hand-over towards balance. `leaving`: nodes whose
     replicas are being moved off (draining, or dead past their grace): a replica move's learner
-    replaces one of them first."""
+    replaces one of them first. `orphaned`: local groups whose replica has known no leader for
+    `ORPHAN_AFTER_S` (the shell's clock)."""
     actions: list[Action] = []
     desired_groups = set(routing.groups_of_node(self_id))
     for group_id in sorted(desired_groups - set(local)):
@@ -170,7 +175,11 @@ def plan_reconcile(
         # else: the sole voter lost its only copy; nothing can restore it from here.
     for group_id, group in sorted(local.items()):
         unwanted = group_id not in routing.group_ids or group_id not in desired_groups
-        if unwanted and self_id not in group.voters and self_id not in group.learners:
+        gone = self_id not in group.voters and self_id not in group.learners
+        if unwanted and (gone or group_id in orphaned):
+            # Gone: Raft took this node out. Orphaned: routing moved the group away while this
+            # replica could not hear of its removal; it knows no leader and never will (the
+            # group's leader no longer sends to it), so it would campaign forever.
             actions.append(DropGroup(group_id))
             continue
         if not group.is_leader or group_id not in routing.group_ids:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -24,6 +25,7 @@ from nodedb_cluster.metadata.commands import (
 from nodedb_cluster.metadata.placement import plan_promotion
 from nodedb_cluster.raft import RaftEngine, StateMachineKind
 from nodedb_cluster.reconcile import (
+    ORPHAN_AFTER_S,
     Action,
     AddLearner,
     CreateGroup,
@@ -71,6 +73,8 @@ class Reconciler:
     ) -> None:
         self._policy = policy
         self._leaving = leaving
+        self._leaderless_since: dict[int, float] = {}
+        """When each local group was first seen knowing no leader (monotonic clock)."""
         """Nodes whose replicas move off (the rebalancer's view: draining, dead past grace)."""
         self._engine = engine
         """The running engine (raises EngineStopped once the node stops)."""
@@ -118,6 +122,15 @@ class Reconciler:
                     s.leader_id or 0,
                 )
         policy = self._policy
+        now = time.monotonic()
+        leaderless = {g for g, st in local.items() if not st.leader_id and not st.is_leader}
+        for g in leaderless - set(self._leaderless_since):
+            self._leaderless_since[g] = now
+        for g in set(self._leaderless_since) - leaderless:
+            del self._leaderless_since[g]
+        orphaned = frozenset(
+            g for g, since in self._leaderless_since.items() if now - since >= ORPHAN_AFTER_S
+        )
         actions = plan_reconcile(
             policy.node_id,
             self._routing(),
@@ -125,6 +138,7 @@ class Reconciler:
             policy.replication_factor,
             policy.balance_leaders,
             self._leaving(),
+            orphaned,
         )
         bound_s = 2 * policy.rpc_timeout_ms / 1000
         for action in actions:

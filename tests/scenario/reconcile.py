@@ -5,7 +5,7 @@ routing table and its engine's view of its local replicas.
     set group=1 voters=(1,2,3) learners=()
     local group=1 leader voters=(1,2) learners=(3) commit=100 matched=(2:100,3:40) leader-id=1
     forget group=1                # the engine no longer has this replica
-    plan self=1 rf=3 [balance] [leaving=(4)]
+    plan self=1 rf=3 [balance] [leaving=(4)] [orphaned=(2)]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class ReconcileScript:
                     st.get_int("rf"),
                     st.flag("balance"),
                     frozenset(st.get_ints("leaving")),
+                    frozenset(st.get_ints("orphaned")),
                 )
                 return "\n".join(record(a) for a in actions) or "nothing to do"
         raise ScriptError(f"{st.pos}: unknown command {st.cmd!r}")
