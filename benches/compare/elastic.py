@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import nodedb_cluster_core
@@ -49,7 +50,7 @@ def views(statuses: dict[int, Status]) -> dict[int, dict[str, object]]:
     return out
 
 
-def spread(nodes: list[int]) -> object:
+def spread(nodes: list[int]) -> Callable[[dict[int, Status]], bool]:
     def check(statuses: dict[int, Status]) -> bool:
         v = views(statuses)
         if len(v) != DATA_GROUPS:
@@ -91,7 +92,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     result: dict[str, object] = {"mib": args.mib, "value_bytes": args.value_bytes}
     try:
         await cluster.start([1, 2, 3])
-        await cluster.wait_for(spread([1, 2, 3]), [1, 2, 3], 60, "RF 3 on three nodes")  # type: ignore[arg-type]
+        await cluster.wait_for(spread([1, 2, 3]), [1, 2, 3], 60, "RF 3 on three nodes")
         addrs = [cluster.nodes[n].addr for n in (1, 2, 3)]
         async with Client(addrs, cluster.client_credentials) as client:
             t = time.monotonic()
@@ -116,7 +117,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             await cluster.start([4, 5])
             await cluster.wait_for(
                 spread([1, 2, 3, 4, 5]), cluster.nodes, SETTLE_TIMEOUT_S, "spread"
-            )  # type: ignore[arg-type]
+            )
             grow_s = time.monotonic() - t
             moved_mib = 4 * args.mib / DATA_GROUPS  # 12 replicas: 4/4/4/0/0 -> 3/3/2/2/2
             result["grow_s"] = round(grow_s, 1)
@@ -141,7 +142,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 
                 def retired(statuses: dict[int, Status]) -> bool:
                     states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}  # type: ignore[attr-defined]
-                    return states.get(5) == "DECOMMISSIONED" and spread([1, 2, 3, 4])(statuses)  # type: ignore[operator]
+                    return states.get(5) == "DECOMMISSIONED" and spread([1, 2, 3, 4])(statuses)
 
                 await cluster.wait_for(retired, [1, 2, 3, 4], SETTLE_TIMEOUT_S, "decommissioned")
                 result["decommission_s"] = round(time.monotonic() - t, 1)

@@ -74,7 +74,6 @@ class Rebalancer:
         self._propose = propose
         self._clock = clock
         self._dead_since: dict[int, float] = {}
-        self.last_plan: Plan | None = None
 
     def on_member_changed(self, event: MemberChanged) -> None:
         """SWIM's verdicts: how long each node has been dead decides when it is replaced."""
@@ -115,7 +114,6 @@ class Rebalancer:
         planned = plan(routing, load, self._policy.replication_factor, self._policy.limits)
         if dry_run:
             return planned
-        self.last_plan = planned
         for held in planned.held:
             log.info("rebalance: %s", held)
         engine = self._engine()

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from nodedb_cluster.metadata.placement import plan_promotion
+from nodedb_cluster.metadata.placement import plan_promotion, replica_counts
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 
 CAUGHT_UP_LAG_ENTRIES_MAX: Final = 64
@@ -294,10 +294,5 @@ def replaced_by_move(
     gone = sorted(v for v in voters if v in leaving)
     if gone:
         return gone[0]
-    replicas = Counter(
-        n
-        for g in routing.group_ids
-        if g != METADATA_GROUP_ID
-        for n in (*routing.route(g).voters, *routing.route(g).learners)
-    )
+    replicas = replica_counts(routing)
     return max(voters, key=lambda v: (replicas[v], v))

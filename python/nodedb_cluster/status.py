@@ -8,6 +8,7 @@ exporter share one shape.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from nodedb_cluster.control import ControlHandler
 from nodedb_cluster.errors import UnknownGroup
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import SettingValue
+from nodedb_cluster.metadata.placement import filling_groups, replica_counts
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
 from nodedb_cluster.routing.table import METADATA_GROUP_ID
 from nodedb_cluster.transport import Peer, Reply
@@ -138,26 +140,16 @@ async def collect_status(
         members=who.members,
         no_space=who.no_space,
         placement=placement_of(state),
-        moving=tuple(
-            (g, state.routing.route(g).learners)
-            for g in state.routing.group_ids
-            if g != METADATA_GROUP_ID and state.routing.route(g).learners
-        ),
+        moving=tuple((g, state.routing.route(g).learners) for g in filling_groups(state.routing)),
     )
 
 
 def placement_of(state: MetadataState) -> tuple[tuple[int, int, int], ...]:
     """(node id, data-group replicas, data-group leaderships) per topology node."""
     routing = state.routing
-    data = [routing.route(g) for g in routing.group_ids if g != METADATA_GROUP_ID]
-    return tuple(
-        (
-            n.node_id,
-            sum(1 for r in data if r.has_member(n.node_id)),
-            sum(1 for r in data if r.leader == n.node_id),
-        )
-        for n in state.topology.nodes()
-    )
+    replicas = replica_counts(routing)
+    leads = Counter(routing.route(g).leader for g in routing.group_ids if g != METADATA_GROUP_ID)
+    return tuple((n.node_id, replicas[n.node_id], leads[n.node_id]) for n in state.topology.nodes())
 
 
 def status_handler(status: Callable[[], Awaitable[NodeStatus]]) -> ControlHandler:

@@ -9,6 +9,8 @@ rebalancer moves a replica. The metadata group keeps learners beyond RF as perma
 
 from __future__ import annotations
 
+from collections import Counter
+
 from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
     PromoteGroupLearner,
@@ -45,3 +47,20 @@ def plan_promotion(
 def plan_removal(routing: RoutingTable, node_id: int) -> tuple[RemoveGroupMember, ...]:
     """Take `node_id` out of every group it belongs to (decommission); never empties a group."""
     return tuple(RemoveGroupMember(g, node_id) for g in routing.groups_of_node(node_id))
+
+
+def replica_counts(routing: RoutingTable) -> Counter[int]:
+    """Data-group replicas (voters and learners) per node, as routing places them."""
+    return Counter(
+        n
+        for g in routing.group_ids
+        if g != METADATA_GROUP_ID
+        for n in (*routing.route(g).voters, *routing.route(g).learners)
+    )
+
+
+def filling_groups(routing: RoutingTable) -> tuple[int, ...]:
+    """Data groups with a learner: a replica move or a join in flight."""
+    return tuple(
+        g for g in routing.group_ids if g != METADATA_GROUP_ID and routing.route(g).learners
+    )

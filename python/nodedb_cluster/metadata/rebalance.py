@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from nodedb_cluster.metadata.placement import filling_groups, replica_counts
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.topology import NodeState, Topology
 
@@ -264,9 +265,7 @@ def cluster_load(
         if n.state in (NodeState.DRAINING, NodeState.DECOMMISSIONED)
         or dead_for_s.get(n.node_id, -1.0) >= dead_grace_s
     )
-    moving = frozenset(
-        g for g in routing.group_ids if g != METADATA_GROUP_ID and routing.route(g).learners
-    )
+    moving = frozenset(filling_groups(routing))
     return ClusterLoad(eligible=eligible, leaving=leaving, moving_groups=moving)
 
 
@@ -295,9 +294,9 @@ def decommission_refusal(
 def retirements(topology: Topology, routing: RoutingTable) -> tuple[int, ...]:
     """DRAINING nodes that no longer serve a data group: they can be marked DECOMMISSIONED and
     leave the metadata group."""
+    replicas = replica_counts(routing)
     return tuple(
         n.node_id
         for n in topology.nodes()
-        if n.state is NodeState.DRAINING
-        and not [g for g in routing.groups_of_node(n.node_id) if g != METADATA_GROUP_ID]
+        if n.state is NodeState.DRAINING and replicas[n.node_id] == 0
     )
