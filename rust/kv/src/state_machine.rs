@@ -22,7 +22,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nodedb_multiraft::codec::{Reader, Writer, FORMAT_VERSION};
 use nodedb_multiraft::error::{DecodeError, SmError};
-use nodedb_multiraft::state_machine::{Command, StateMachine};
+use nodedb_multiraft::state_machine::{
+    Command, DecodedState, SnapshotDecoder, SnapshotView, StateMachine,
+};
 
 use crate::command::{KvCommand, KvResult};
 
@@ -241,88 +243,155 @@ impl StateMachine for KvStateMachine {
         false
     }
 
-    /// `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`, then
-    /// `sessions u64, (client u64, floor u64, last_index u64, results u64, (seq u64, result)*)*`
-    /// (a snapshot written before sessions existed ends after the map and restores none).
     fn snapshot(&self) -> Result<Vec<u8>, SmError> {
         let st = self.state.read().unwrap_or_else(|p| p.into_inner());
         let bytes: usize = st.map.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-        let mut w = Writer::with_capacity(33 + bytes);
-        w.u8(FORMAT_VERSION);
-        w.u64(st.applied_index);
-        w.u64(st.applied_commands);
-        w.u64(st.map.len() as u64);
-        for (k, v) in &st.map {
-            w.bytes(k);
-            w.bytes(v);
-        }
-        w.u64(st.sessions.len() as u64);
-        for (client, s) in &st.sessions {
-            w.u64(*client);
-            w.u64(s.floor);
-            w.u64(s.last_index);
-            w.u64(s.results.len() as u64);
-            for (seq, r) in &s.results {
-                w.u64(*seq);
-                w.bytes(r);
-            }
-        }
-        Ok(w.buf)
+        let mut out = Vec::with_capacity(33 + bytes);
+        encode_state(&st, &mut out).map_err(|e| SmError::Other(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// A copy of the state taken under the read lock, encoded on the engine's snapshot thread.
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
+        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+        Ok(Box::new(KvSnapshotView(KvState {
+            map: st.map.clone(),
+            sessions: st.sessions.clone(),
+            applied_index: st.applied_index,
+            applied_commands: st.applied_commands,
+        })))
+    }
+
+    fn snapshot_decoder(&self) -> SnapshotDecoder {
+        Box::new(|data: &[u8]| {
+            decode_state(data)
+                .map(|st| Box::new(st) as DecodedState)
+                .map_err(|e| SmError::Decode(e.to_string()))
+        })
+    }
+
+    fn install_decoded(&mut self, state: DecodedState) -> Result<(), SmError> {
+        let fresh = state
+            .downcast::<KvState>()
+            .map_err(|_| SmError::Other("a decoded snapshot of another state machine".into()))?;
+        let old = std::mem::replace(&mut *self.write(), *fresh);
+        drop_elsewhere(old);
+        Ok(())
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
-        let decode = || -> Result<KvState, DecodeError> {
-            let mut r = Reader::new(data);
-            r.version()?;
-            let applied_index = r.u64()?;
-            let applied_commands = r.u64()?;
-            let n = r.u64()?;
-            // Capacity bounded by what the input can hold (two 4-byte length prefixes per
-            // entry), so a corrupt count cannot reserve unbounded memory.
-            let mut map = HashMap::with_capacity_and_hasher(
-                usize::try_from(n).unwrap_or(usize::MAX).min(data.len() / 8),
-                RandomState::new(),
-            );
-            for _ in 0..n {
-                let k = r.bytes("key")?.to_vec();
-                let v = r.bytes("value")?.to_vec();
-                map.insert(k, v);
-            }
-            let mut sessions = BTreeMap::new();
-            if !r.at_end() {
-                let n = r.u64()?;
-                for _ in 0..n {
-                    let client = r.u64()?;
-                    let floor = r.u64()?;
-                    let last_index = r.u64()?;
-                    let count = r.u64()?;
-                    let mut results = BTreeMap::new();
-                    for _ in 0..count {
-                        let seq = r.u64()?;
-                        results.insert(seq, r.bytes("session result")?.to_vec());
-                    }
-                    sessions.insert(
-                        client,
-                        ClientSession {
-                            floor,
-                            results,
-                            last_index,
-                        },
-                    );
-                }
-            }
-            r.finish()?;
-            Ok(KvState {
-                map,
-                sessions,
-                applied_index,
-                applied_commands,
-            })
-        };
-        let fresh = decode().map_err(|e| SmError::Decode(e.to_string()))?;
+        let fresh = decode_state(data).map_err(|e| SmError::Decode(e.to_string()))?;
         *self.write() = fresh;
         Ok(())
     }
+}
+
+/// A state being replaced is freed on a thread of its own: freeing a large map entry by entry
+/// would hold the driver thread (best effort: freed here if no thread starts).
+fn drop_elsewhere(old: KvState) {
+    if old.map.len() < 4096 {
+        return; // small: freed here
+    }
+    // If no thread starts, the closure (and the state) is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("kv-drop".into())
+        .spawn(move || drop(old));
+}
+
+/// A KV state copied for a snapshot, encoded off the driver thread.
+struct KvSnapshotView(KvState);
+
+impl SnapshotView for KvSnapshotView {
+    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> Result<(), SmError> {
+        encode_state(&self.0, out).map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
+    }
+}
+
+/// Encoding of a snapshot's bytes, flushed to `out` every this many bytes.
+const ENCODE_FLUSH_BYTES: usize = 1 << 20;
+
+/// `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`, then
+/// `sessions u64, (client u64, floor u64, last_index u64, results u64, (seq u64, result)*)*`
+/// (a snapshot written before sessions existed ends after the map and restores none).
+fn encode_state(st: &KvState, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut w = Writer::with_capacity(ENCODE_FLUSH_BYTES + 4096);
+    w.u8(FORMAT_VERSION);
+    w.u64(st.applied_index);
+    w.u64(st.applied_commands);
+    w.u64(st.map.len() as u64);
+    for (k, v) in &st.map {
+        w.bytes(k);
+        w.bytes(v);
+        if w.buf.len() >= ENCODE_FLUSH_BYTES {
+            out.write_all(&w.buf)?;
+            w.buf.clear();
+        }
+    }
+    w.u64(st.sessions.len() as u64);
+    for (client, s) in &st.sessions {
+        w.u64(*client);
+        w.u64(s.floor);
+        w.u64(s.last_index);
+        w.u64(s.results.len() as u64);
+        for (seq, r) in &s.results {
+            w.u64(*seq);
+            w.bytes(r);
+        }
+        if w.buf.len() >= ENCODE_FLUSH_BYTES {
+            out.write_all(&w.buf)?;
+            w.buf.clear();
+        }
+    }
+    out.write_all(&w.buf)
+}
+
+fn decode_state(data: &[u8]) -> Result<KvState, DecodeError> {
+    let mut r = Reader::new(data);
+    r.version()?;
+    let applied_index = r.u64()?;
+    let applied_commands = r.u64()?;
+    let n = r.u64()?;
+    // Capacity bounded by what the input can hold (two 4-byte length prefixes per
+    // entry), so a corrupt count cannot reserve unbounded memory.
+    let mut map = HashMap::with_capacity_and_hasher(
+        usize::try_from(n).unwrap_or(usize::MAX).min(data.len() / 8),
+        RandomState::new(),
+    );
+    for _ in 0..n {
+        let k = r.bytes("key")?.to_vec();
+        let v = r.bytes("value")?.to_vec();
+        map.insert(k, v);
+    }
+    let mut sessions = BTreeMap::new();
+    if !r.at_end() {
+        let n = r.u64()?;
+        for _ in 0..n {
+            let client = r.u64()?;
+            let floor = r.u64()?;
+            let last_index = r.u64()?;
+            let count = r.u64()?;
+            let mut results = BTreeMap::new();
+            for _ in 0..count {
+                let seq = r.u64()?;
+                results.insert(seq, r.bytes("session result")?.to_vec());
+            }
+            sessions.insert(
+                client,
+                ClientSession {
+                    floor,
+                    results,
+                    last_index,
+                },
+            );
+        }
+    }
+    r.finish()?;
+    Ok(KvState {
+        map,
+        sessions,
+        applied_index,
+        applied_commands,
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::codec::{Frame, Reader, SnapshotChunk, SnapshotKey, Writer, FORMAT_VER
 use crate::error::{DecodeError, SnapshotError};
 use crate::ids::{GroupId, NodeId};
 use crate::network::RaftNetwork;
+use crate::state_machine::SnapshotView;
 
 /// What travels in raft's `Snapshot.data`: not the state, just how to check the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,25 +80,71 @@ struct Incoming {
 pub enum ChunkOutcome {
     /// More chunks expected.
     InProgress,
-    /// The file is complete, verified and renamed; step this MsgSnapshot into raft.
-    Complete(Box<Message>),
+    /// Every byte arrived and matches the checksum; [`ReceivedSnapshot::seal`] it (off the
+    /// driver thread: it fsyncs), restore it, then step its MsgSnapshot into raft.
+    Complete(Box<ReceivedSnapshot>),
 }
 
-/// The node's snapshot directory.
-pub struct SnapshotStore {
-    dir: PathBuf,
-    incoming: HashMap<GroupId, Incoming>,
+/// A snapshot whose bytes all arrived, verified, still in its `.partial` file.
+#[derive(Debug)]
+pub struct ReceivedSnapshot {
+    pub from: NodeId,
+    pub key: SnapshotKey,
+    pub desc: SnapshotDescriptor,
+    pub message: Message,
+    file: File,
+    partial: PathBuf,
 }
 
-impl SnapshotStore {
-    pub fn open(dir: PathBuf) -> Result<Self, SnapshotError> {
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        Ok(SnapshotStore {
-            dir,
-            incoming: HashMap::new(),
-        })
+impl ReceivedSnapshot {
+    /// fsync → rename to `.snap` → fsync of the directory: **the durability point** of a
+    /// received snapshot is that rename (a crash before it leaves a `.partial` the orphan sweep
+    /// removes). Returns the `.snap` path.
+    pub fn seal(self, files: &SnapshotFiles) -> Result<PathBuf, SnapshotError> {
+        let sealed = (|| {
+            self.file.sync_all().map_err(io_err(&self.partial))?;
+            let fin = files.path(&self.key, "snap");
+            fs::rename(&self.partial, &fin).map_err(io_err(&fin))?;
+            fsync_dir(files.dir())?;
+            Ok(fin)
+        })();
+        if sealed.is_err() {
+            let _ = fs::remove_file(&self.partial);
+        }
+        sealed
     }
+}
 
+/// Counts and checksums what a snapshot writer writes, on its way to the file.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Xxh3,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writer buffer of a snapshot file: big writes, few syscalls.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// The files of the node's snapshot directory, by name: cheap to clone into the engine's
+/// snapshot thread, which writes, seals and reads them off the driver thread.
+#[derive(Clone, Debug)]
+pub struct SnapshotFiles {
+    dir: PathBuf,
+}
+
+impl SnapshotFiles {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -109,28 +156,67 @@ impl SnapshotStore {
         ))
     }
 
-    /// Writes a snapshot durably (tmp → fsync → rename → fsync dir) and returns its descriptor.
+    /// Writes a snapshot from `view` durably and returns its descriptor: `.tmp` → fsync →
+    /// rename to `.snap` → fsync of the directory. **The durability point is the rename after
+    /// the fsync** (made durable by the directory's fsync): a crash before it leaves only a
+    /// `.tmp`, which nothing reads (the orphan sweep removes it) and the previous `.snap` with
+    /// its log mark stays the group's snapshot.
+    pub fn write_view(
+        &self,
+        key: &SnapshotKey,
+        view: Box<dyn SnapshotView>,
+    ) -> Result<SnapshotDescriptor, SnapshotError> {
+        self.write_with(key, |out| view.write_to(out).map_err(SnapshotError::from))
+    }
+
+    /// [`SnapshotFiles::write_view`] of bytes already serialized.
     pub fn write(
         &self,
         key: &SnapshotKey,
         data: &[u8],
     ) -> Result<SnapshotDescriptor, SnapshotError> {
         let tmp = self.path(key, "tmp");
+        self.write_with(key, |out| out.write_all(data).map_err(io_err(&tmp)))
+    }
+
+    fn write_with(
+        &self,
+        key: &SnapshotKey,
+        fill: impl FnOnce(&mut dyn Write) -> Result<(), SnapshotError>,
+    ) -> Result<SnapshotDescriptor, SnapshotError> {
+        let tmp = self.path(key, "tmp");
         let fin = self.path(key, "snap");
-        let written = File::create(&tmp)
-            .and_then(|mut f| f.write_all(data).and_then(|()| f.sync_all()))
-            .map_err(io_err(&tmp));
-        if let Err(e) = written {
-            // A full disk must not keep the partial file (the space is what the node lacks).
-            let _ignored = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        let written = (|| {
+            let file = File::create(&tmp).map_err(io_err(&tmp))?;
+            let mut out = HashingWriter {
+                inner: std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+                hasher: Xxh3::new(),
+                bytes: 0,
+            };
+            fill(&mut out)?;
+            let file = out
+                .inner
+                .into_inner()
+                .map_err(|e| io_err(&tmp)(e.into_error()))?;
+            file.sync_all().map_err(io_err(&tmp))?;
+            Ok(SnapshotDescriptor {
+                total_bytes: out.bytes,
+                checksum: out.hasher.digest(),
+            })
+        })();
+        let desc = match written {
+            Ok(d) => d,
+            Err(e) => {
+                // A full disk must not keep the partial file (the space is what the node lacks).
+                let _ignored = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // Durability point (see `write_view`): the rename of the fsynced file, then the
+        // directory's fsync.
         fs::rename(&tmp, &fin).map_err(io_err(&fin))?;
         fsync_dir(&self.dir)?;
-        Ok(SnapshotDescriptor {
-            total_bytes: data.len() as u64,
-            checksum: xxhash_rust::xxh3::xxh3_64(data),
-        })
+        Ok(desc)
     }
 
     /// Reads a complete snapshot, verifying it against its descriptor.
@@ -156,6 +242,55 @@ impl SnapshotStore {
             });
         }
         Ok(data)
+    }
+}
+
+/// The node's snapshot directory.
+pub struct SnapshotStore {
+    files: SnapshotFiles,
+    dir: PathBuf,
+    incoming: HashMap<GroupId, Incoming>,
+}
+
+impl SnapshotStore {
+    pub fn open(dir: PathBuf) -> Result<Self, SnapshotError> {
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(SnapshotStore {
+            files: SnapshotFiles { dir: dir.clone() },
+            dir,
+            incoming: HashMap::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory's files, for the snapshot thread.
+    pub fn files(&self) -> &SnapshotFiles {
+        &self.files
+    }
+
+    pub fn path(&self, key: &SnapshotKey, ext: &str) -> PathBuf {
+        self.files.path(key, ext)
+    }
+
+    /// See [`SnapshotFiles::write`].
+    pub fn write(
+        &self,
+        key: &SnapshotKey,
+        data: &[u8],
+    ) -> Result<SnapshotDescriptor, SnapshotError> {
+        self.files.write(key, data)
+    }
+
+    /// See [`SnapshotFiles::read`].
+    pub fn read(
+        &self,
+        key: &SnapshotKey,
+        desc: &SnapshotDescriptor,
+    ) -> Result<Vec<u8>, SnapshotError> {
+        self.files.read(key, desc)
     }
 
     /// Deletes complete snapshots of `group` older than `keep_index`.
@@ -295,11 +430,17 @@ impl SnapshotStore {
                 "MsgSnapshot on the last chunk".into(),
             ));
         };
-        inc.file.sync_all().map_err(io_err(&inc.path))?;
-        let fin = self.path(&inc.key, "snap");
-        fs::rename(&inc.path, &fin).map_err(io_err(&fin))?;
-        fsync_dir(&self.dir)?;
-        Ok(ChunkOutcome::Complete(Box::new(msg)))
+        Ok(ChunkOutcome::Complete(Box::new(ReceivedSnapshot {
+            from: inc.from,
+            key: inc.key,
+            desc: SnapshotDescriptor {
+                total_bytes: inc.total_bytes,
+                checksum: inc.checksum,
+            },
+            message: msg,
+            file: inc.file,
+            partial: inc.path,
+        })))
     }
 }
 
@@ -398,6 +539,11 @@ mod tests {
         for (i, c) in cs.into_iter().enumerate() {
             let out = st.receive(c).expect("chunk");
             assert_eq!(matches!(out, ChunkOutcome::Complete(_)), i + 1 == n);
+            if let ChunkOutcome::Complete(r) = out {
+                assert!(!st.path(&key(), "snap").exists(), "sealed only by seal()");
+                let fin = r.seal(st.files()).expect("seal");
+                assert_eq!(fin, st.path(&key(), "snap"));
+            }
         }
         let desc = SnapshotDescriptor {
             total_bytes: data.len() as u64,

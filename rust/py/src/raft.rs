@@ -727,6 +727,10 @@ impl PyRaftEngine {
             ("snapshot_send_failures", &m.snapshot_send_failures),
             ("snapshots_received", &m.snapshots_received),
             ("snapshot_receive_errors", &m.snapshot_receive_errors),
+            (
+                "snapshot_chunks_dropped_restoring",
+                &m.snapshot_chunks_dropped_restoring,
+            ),
             ("snapshots_installed", &m.snapshots_installed),
             ("orphan_partials_removed", &m.orphan_partials_removed),
             ("no_space", &m.no_space),

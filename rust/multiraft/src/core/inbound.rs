@@ -21,16 +21,48 @@ impl MultiRaftCore {
             }
             Frame::Chunk(c) => {
                 let (from, key) = (c.from, c.key);
-                if !self.groups.contains_key(&key.group) {
+                let Some(g) = self.groups.get(&key.group) else {
                     Metrics::inc(&self.metrics.inbound_unknown_group);
+                    return;
+                };
+                if g.restoring.is_some() {
+                    // One restore per group at a time; the leader's transfer times out and is
+                    // retried if raft still needs it once this one is installed.
+                    Metrics::inc(&self.metrics.snapshot_chunks_dropped_restoring);
                     return;
                 }
                 match self.snapshots.receive(*c) {
                     Ok(ChunkOutcome::InProgress) => {}
-                    Ok(ChunkOutcome::Complete(m)) => {
-                        Metrics::inc(&self.metrics.snapshots_received);
-                        self.step_message(key.group, *m);
-                        self.send_ack(from, key, true);
+                    Ok(ChunkOutcome::Complete(received)) => {
+                        // Sealed (fsync, rename) and decoded on the snapshot thread; raft
+                        // sees the MsgSnapshot once the state is ready to swap in
+                        // (`finish_restore`), so nothing waits on it here.
+                        let Some(g) = self.groups.get_mut(&key.group) else {
+                            return;
+                        };
+                        g.restoring = Some(key);
+                        g.decoded = None;
+                        let decoder = g.sm.snapshot_decoder();
+                        let job = SnapshotJob::Restore { received, decoder };
+                        if let Err(SnapshotJob::Restore { received, decoder }) =
+                            self.snapshot_work.submit(job)
+                        {
+                            // No thread: do it here.
+                            let files = self.snapshots.files().clone();
+                            let done = crate::snapshot_worker::run_job(
+                                &files,
+                                SnapshotJob::Restore { received, decoder },
+                            );
+                            if let SnapshotDone::Restored {
+                                from,
+                                key,
+                                message,
+                                result,
+                            } = done
+                            {
+                                self.finish_restore(from, key, message, result);
+                            }
+                        }
                     }
                     Err(_) => {
                         Metrics::inc(&self.metrics.snapshot_receive_errors);

@@ -1,0 +1,157 @@
+//! The engine's snapshot threads: a snapshot is written to its file, and a received one is
+//! sealed and decoded, off the driver thread, so a large state never stalls the heartbeats of
+//! every group on the node (issue 16: a 64 MiB state serialized on the driver thread made
+//! check-quorum step leaders down). The driver hands a job over and picks its outcome up at
+//! the start of a later round (`MultiRaftCore::collect_snapshot_work`); the core allows one
+//! build and one restore per group at a time.
+//!
+//! Two threads per engine, started on first use: one builds, one restores, so a follower's
+//! restore never waits behind the node's own builds.
+
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+
+use raft::prelude::{Message, SnapshotMetadata};
+
+use crate::codec::SnapshotKey;
+use crate::error::SnapshotError;
+use crate::ids::NodeId;
+use crate::snapshot::{ReceivedSnapshot, SnapshotDescriptor, SnapshotFiles};
+use crate::state_machine::{DecodedState, SnapshotDecoder, SnapshotView};
+
+/// Work for a snapshot thread.
+pub(crate) enum SnapshotJob {
+    /// Write `view` (the state at `meta.index`) to the `.snap` of `key`.
+    Build {
+        key: SnapshotKey,
+        meta: SnapshotMetadata,
+        view: Box<dyn SnapshotView>,
+    },
+    /// Seal a received snapshot and decode it for its state machine.
+    Restore {
+        received: Box<ReceivedSnapshot>,
+        decoder: SnapshotDecoder,
+    },
+}
+
+/// A finished job.
+pub(crate) enum SnapshotDone {
+    Built {
+        key: SnapshotKey,
+        meta: SnapshotMetadata,
+        result: Result<SnapshotDescriptor, SnapshotError>,
+    },
+    Restored {
+        from: NodeId,
+        key: SnapshotKey,
+        message: Message,
+        result: Result<DecodedState, SnapshotError>,
+    },
+}
+
+/// Runs one job (on a snapshot thread, or inline in deterministic tests).
+pub(crate) fn run_job(files: &SnapshotFiles, job: SnapshotJob) -> SnapshotDone {
+    match job {
+        SnapshotJob::Build { key, meta, view } => SnapshotDone::Built {
+            key,
+            meta,
+            result: files.write_view(&key, view),
+        },
+        SnapshotJob::Restore { received, decoder } => {
+            let (from, key, desc) = (received.from, received.key, received.desc);
+            let message = received.message.clone();
+            let result = received.seal(files).and_then(|path| {
+                let data = files.read(&key, &desc)?;
+                decoder(&data).map_err(|source| SnapshotError::Restore { path, source })
+            });
+            SnapshotDone::Restored {
+                from,
+                key,
+                message,
+                result,
+            }
+        }
+    }
+}
+
+/// The two snapshot threads of an engine and the outcomes they report.
+pub(crate) struct SnapshotWorkers {
+    files: SnapshotFiles,
+    name: String,
+    build: Option<Sender<SnapshotJob>>,
+    restore: Option<Sender<SnapshotJob>>,
+    done: Arc<Mutex<Vec<SnapshotDone>>>,
+    /// Run jobs on the calling thread (deterministic tests).
+    pub(crate) inline: bool,
+}
+
+impl SnapshotWorkers {
+    pub(crate) fn new(files: SnapshotFiles, name: String) -> Self {
+        SnapshotWorkers {
+            files,
+            name,
+            build: None,
+            restore: None,
+            done: Arc::default(),
+            inline: false,
+        }
+    }
+
+    /// Hands `job` over. Returns it back if no thread could be started.
+    pub(crate) fn submit(&mut self, job: SnapshotJob) -> Result<(), SnapshotJob> {
+        if self.inline {
+            let done = run_job(&self.files, job);
+            self.push(done);
+            return Ok(());
+        }
+        let (slot, kind) = match job {
+            SnapshotJob::Build { .. } => (&mut self.build, "build"),
+            SnapshotJob::Restore { .. } => (&mut self.restore, "restore"),
+        };
+        if slot.is_none() {
+            let (tx, rx) = channel::<SnapshotJob>();
+            let files = self.files.clone();
+            let done = Arc::clone(&self.done);
+            let spawned = std::thread::Builder::new()
+                .name(format!("snap-{kind}-{}", self.name))
+                .spawn(move || {
+                    // Ends when the engine drops its sender.
+                    while let Ok(job) = rx.recv() {
+                        let outcome = run_job(&files, job);
+                        done.lock().unwrap_or_else(|p| p.into_inner()).push(outcome);
+                    }
+                });
+            if spawned.is_err() {
+                return Err(job);
+            }
+            *slot = Some(tx);
+        }
+        match slot.as_ref().map(|tx| tx.send(job)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                *slot = None; // the thread ended (a panic in a state machine's writer)
+                Err(e.0)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn push(&self, done: SnapshotDone) {
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(done);
+    }
+
+    pub(crate) fn has_done(&self) -> bool {
+        !self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    pub(crate) fn take_done(&self) -> Vec<SnapshotDone> {
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
