@@ -91,6 +91,8 @@ struct OutgoingTransfer {
     /// When the sender thread queued the last chunk; the ack must follow within
     /// `snapshot_ack_timeout_ticks` (a lost chunk or a dead receiver never acks).
     queued_tick: Option<u64>,
+    /// Tells the sender thread to stop (see `TransferJob::cancelled`).
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Completed snapshot sends reported by transfer threads: (peer, group, all chunks queued).
@@ -268,7 +270,7 @@ impl MultiRaftCore {
             .map(|(k, _)| *k)
             .collect();
         for (peer, gid) in stale {
-            self.finish_transfer(peer, gid, false);
+            self.finish_transfer(peer, gid, false, "timed out");
         }
         if now % ORPHAN_SWEEP_EVERY_TICKS == 0 {
             let age = Duration::from_secs(self.cfg.orphan_partial_max_age_secs);

@@ -10,6 +10,7 @@
 
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use raft::prelude::{Message, SnapshotMetadata};
 
@@ -40,35 +41,44 @@ pub(crate) enum SnapshotDone {
         key: SnapshotKey,
         meta: SnapshotMetadata,
         result: Result<SnapshotDescriptor, SnapshotError>,
+        /// How long the file took to write.
+        took: Duration,
     },
     Restored {
         from: NodeId,
         key: SnapshotKey,
         message: Message,
         result: Result<DecodedState, SnapshotError>,
+        /// How long sealing, reading and decoding took.
+        took: Duration,
     },
 }
 
 /// Runs one job (on a snapshot thread, or inline in deterministic tests).
 pub(crate) fn run_job(files: &SnapshotFiles, job: SnapshotJob) -> SnapshotDone {
+    let started = Instant::now();
     match job {
         SnapshotJob::Build { key, meta, view } => SnapshotDone::Built {
             key,
             meta,
             result: files.write_view(&key, view),
+            took: started.elapsed(),
         },
         SnapshotJob::Restore { received, decoder } => {
-            let (from, key, desc) = (received.from, received.key, received.desc);
+            let (from, key) = (received.from, received.key);
             let message = received.message.clone();
-            let result = received.seal(files).and_then(|path| {
-                let data = files.read(&key, &desc)?;
-                decoder(&data).map_err(|source| SnapshotError::Restore { path, source })
+            let result = received.seal_and_use(files, |data, path| {
+                decoder(&data).map_err(|source| SnapshotError::Restore {
+                    path: path.to_path_buf(),
+                    source,
+                })
             });
             SnapshotDone::Restored {
                 from,
                 key,
                 message,
                 result,
+                took: started.elapsed(),
             }
         }
     }

@@ -706,7 +706,7 @@ impl PyRaftEngine {
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
         let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 31] = [
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 32] = [
             ("rounds", &m.rounds),
             ("read_index_requests", &m.read_index_requests),
             ("fsyncs", &m.fsyncs),

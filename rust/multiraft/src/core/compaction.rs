@@ -145,9 +145,21 @@ impl MultiRaftCore {
         let mut built = false;
         for done in self.snapshot_work.take_done() {
             match done {
-                SnapshotDone::Built { key, meta, result } => {
+                SnapshotDone::Built {
+                    key,
+                    meta,
+                    result,
+                    took,
+                } => {
                     if let Some(g) = self.groups.get_mut(&key.group) {
                         g.building = false;
+                    }
+                    match &result {
+                        Ok(d) => slog::info!(self.logger, "snapshot built";
+                            "group" => key.group.0, "index" => key.index,
+                            "bytes" => d.total_bytes, "ms" => took.as_millis() as u64),
+                        Err(e) => slog::warn!(self.logger, "snapshot build failed";
+                            "group" => key.group.0, "index" => key.index, "error" => %e),
                     }
                     let r = self.finish_build(key, meta, result);
                     self.tolerate_no_space(r)?;
@@ -158,7 +170,8 @@ impl MultiRaftCore {
                     key,
                     message,
                     result,
-                } => self.finish_restore(from, key, message, result),
+                    took,
+                } => self.finish_restore(from, key, message, result, took),
             }
         }
         if built {
@@ -174,6 +187,7 @@ impl MultiRaftCore {
         key: SnapshotKey,
         message: Message,
         result: Result<DecodedState, SnapshotError>,
+        took: std::time::Duration,
     ) {
         let Some(g) = self.groups.get_mut(&key.group) else {
             let _ = std::fs::remove_file(self.snapshots.path(&key, "snap"));
@@ -182,6 +196,8 @@ impl MultiRaftCore {
         g.restoring = None;
         match result {
             Ok(state) => {
+                slog::info!(self.logger, "received snapshot decoded";
+                    "group" => key.group.0, "index" => key.index, "ms" => took.as_millis() as u64);
                 g.decoded = Some((key, state));
                 Metrics::inc(&self.metrics.snapshots_received);
                 self.step_message(key.group, message);

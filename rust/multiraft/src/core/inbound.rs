@@ -58,13 +58,16 @@ impl MultiRaftCore {
                                 key,
                                 message,
                                 result,
+                                took,
                             } = done
                             {
-                                self.finish_restore(from, key, message, result);
+                                self.finish_restore(from, key, message, result, took);
                             }
                         }
                     }
-                    Err(_) => {
+                    Err(e) => {
+                        slog::info!(self.logger, "snapshot chunk refused";
+                            "group" => key.group.0, "index" => key.index, "error" => %e);
                         Metrics::inc(&self.metrics.snapshot_receive_errors);
                         self.send_ack(from, key, false);
                     }
@@ -76,7 +79,7 @@ impl MultiRaftCore {
                     .get(&(a.from, a.key.group))
                     .is_some_and(|t| t.key == a.key)
                 {
-                    self.finish_transfer(a.from, a.key.group, a.ok);
+                    self.finish_transfer(a.from, a.key.group, a.ok, "acknowledged");
                 }
             }
         }
@@ -93,15 +96,27 @@ impl MultiRaftCore {
         }
     }
 
-    pub(super) fn finish_transfer(&mut self, peer: NodeId, gid: GroupId, ok: bool) {
+    pub(super) fn finish_transfer(
+        &mut self,
+        peer: NodeId,
+        gid: GroupId,
+        ok: bool,
+        how: &'static str,
+    ) {
         let Some(transfer) = self.transfers.remove(&(peer, gid)) else {
             return;
         };
+        transfer
+            .cancelled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if ok {
             self.metrics
                 .snapshot_send_seconds
                 .observe_since(transfer.started);
         }
+        slog::info!(self.logger, "snapshot transfer ended";
+            "group" => gid.0, "to" => peer.0, "index" => transfer.key.index, "ok" => ok, "how" => how,
+            "ms" => transfer.started.elapsed().as_millis() as u64);
         if let Some(g) = self.groups.get_mut(&gid) {
             let status = if ok {
                 SnapshotStatus::Finish
