@@ -165,3 +165,83 @@ impl SnapshotWorkers {
         std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::SnapshotChunk;
+    use crate::error::SmError;
+    use crate::ids::GroupId;
+    use crate::snapshot::{ChunkOutcome, SnapshotStore};
+
+    fn received(st: &mut SnapshotStore, data: &[u8]) -> Box<ReceivedSnapshot> {
+        let chunk = SnapshotChunk {
+            from: NodeId(1),
+            key: SnapshotKey {
+                group: GroupId(3),
+                index: 42,
+                term: 2,
+            },
+            offset_bytes: 0,
+            total_bytes: data.len() as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(data),
+            data: data.to_vec(),
+            message: Some(Message::default()),
+        };
+        match st.receive(chunk).expect("chunk") {
+            ChunkOutcome::Complete(r) => r,
+            ChunkOutcome::InProgress => panic!("one chunk holds it all"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_its_state_machine_cannot_decode_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
+        let r = received(&mut st, b"not a state");
+        let decoder: SnapshotDecoder =
+            Box::new(|_: &[u8]| Err(SmError::Decode("truncated map".into())));
+        let done = run_job(
+            st.files(),
+            SnapshotJob::Restore {
+                received: r,
+                decoder,
+            },
+        );
+        let SnapshotDone::Restored { result, .. } = done else {
+            panic!("a restore");
+        };
+        let Err(e) = result else {
+            panic!("refused");
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("g3-i00000000000000000042-t2.snap") && text.contains("truncated map"),
+            "{text}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert!(left.is_empty(), "no file of it is left: {left:?}");
+    }
+
+    #[test]
+    fn a_received_snapshot_is_sealed_and_decoded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut st = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
+        let r = received(&mut st, b"a state");
+        let key = r.key;
+        let decoder: SnapshotDecoder = Box::new(|d: &[u8]| Ok(Box::new(d.len()) as DecodedState));
+        let SnapshotDone::Restored { result, .. } = run_job(
+            st.files(),
+            SnapshotJob::Restore {
+                received: r,
+                decoder,
+            },
+        ) else {
+            panic!("a restore");
+        };
+        let state = result.expect("decoded");
+        assert_eq!(state.downcast::<usize>().ok().map(|b| *b), Some(7));
+        assert!(st.path(&key, "snap").exists(), "sealed");
+        assert!(!st.path(&key, "partial").exists());
+    }
+}
