@@ -1,10 +1,11 @@
-"""Group 0's record of vShard moves: begin, then exactly one of finish (the route flips) or abort."""
+"""Group 0's record of vShard moves: begin, then exactly one of finish or abort."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from tests.unit.test_metadata import node
 
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.errors import CatalogError
@@ -21,7 +22,6 @@ from nodedb_cluster.metadata.group import decode_state, encode_state
 from nodedb_cluster.metadata.vshard_moves import VShardMove, VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
-from tests.unit.test_metadata import node
 
 
 class Machine:
@@ -112,7 +112,8 @@ def test_begin_refusals(make: object, why: str) -> None:
     m = Machine()
     s, t = source_of(m, 5), other_group(m, 5)
     result = m.apply(make(s, t))  # type: ignore[operator]
-    assert isinstance(result, Refused) and why in result.reason
+    assert isinstance(result, Refused)
+    assert why in result.reason
     assert len(m.state.vshard_moves) == 0
 
 
@@ -121,13 +122,16 @@ def test_one_move_per_vshard_and_the_proposers_cap() -> None:
     s, t = source_of(m, 1), other_group(m, 1)
     assert isinstance(m.apply(BeginVShardMove(1, s, t, 2)), Applied)
     again = m.apply(BeginVShardMove(1, s, t, 2))
-    assert isinstance(again, Refused) and "already moving" in again.reason
+    assert isinstance(again, Refused)
+    assert "already moving" in again.reason
     assert isinstance(m.apply(BeginVShardMove(2, source_of(m, 2), other_group(m, 2), 2)), Applied)
     third = m.apply(BeginVShardMove(6, source_of(m, 6), other_group(m, 6), 2))
-    assert isinstance(third, Refused) and "in flight already" in third.reason
+    assert isinstance(third, Refused)
+    assert "in flight already" in third.reason
     # a plain assignment of a moving vShard would race the move: refused
     pinned = m.apply(AssignVShard(1, t))
-    assert isinstance(pinned, Refused) and "is moving" in pinned.reason
+    assert isinstance(pinned, Refused)
+    assert "is moving" in pinned.reason
 
 
 def test_an_entry_is_all_or_nothing_with_moves() -> None:
@@ -135,7 +139,8 @@ def test_an_entry_is_all_or_nothing_with_moves() -> None:
     s, t = source_of(m, 4), other_group(m, 4)
     result = m.apply(BeginVShardMove(4, s, t, 4), BeginVShardMove(4, s, t, 4))
     assert isinstance(result, Refused)
-    assert len(m.state.vshard_moves) == 0 and m.state.vshard_moves.next_id == 1
+    assert len(m.state.vshard_moves) == 0
+    assert m.state.vshard_moves.next_id == 1
 
 
 def test_moves_survive_the_snapshot_and_the_catalog(tmp_path: Path) -> None:
@@ -154,7 +159,8 @@ def test_moves_survive_the_snapshot_and_the_catalog(tmp_path: Path) -> None:
             state.vshard_moves.encode(),
         )
         raw = catalog.load_vshard_moves()
-    assert raw is not None and VShardMoves.decode(raw) == state.vshard_moves
+    assert raw is not None
+    assert VShardMoves.decode(raw) == state.vshard_moves
 
 
 def test_a_snapshot_from_before_moves_decodes_with_none() -> None:
