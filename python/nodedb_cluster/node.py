@@ -132,6 +132,8 @@ class Node:
             self._routing,
             lambda: self.metadata.topology,
             self._proposer.propose,
+            vshard_moves=lambda: len(self.metadata.vshard_moves),
+            vshard_bytes=self._vshard_bytes,
         )
         """Replica placement over time: onto new nodes, off draining and long-dead ones."""
         self._reconciler = Reconciler(
@@ -141,6 +143,7 @@ class Node:
             self.group_kind,
             self._proposer.propose,
             self.rebalancer.leaving,
+            lambda: frozenset(m.target for m in self.metadata.vshard_moves),
         )
         self._vshard_steps = GroupSteps(
             config.node_id, self._require_engine, transport, config.rpc_timeout_ms
@@ -258,6 +261,28 @@ class Node:
                 return
             log.info("node %d: SWIM address not recorded yet: %s", own.node_id, refused)
             await asyncio.sleep(SWIM_ADVERTISE_RETRY_S)  # a pause between bounded attempts
+
+    def _vshard_bytes(self) -> dict[int, int] | None:
+        """Bytes per vShard across every data group, read from this node's replicas; None unless
+        it holds a replica of each (the rebalancer then leaves bytes alone)."""
+        routing, engine = self.metadata.routing, self.engine
+        data = [g for g in routing.group_ids if g != METADATA_GROUP_ID]
+        if (
+            engine is None
+            or self._data_group_kind != "kv"
+            or not hasattr(engine, "kv_vshard_stats")
+        ):
+            return None
+        if set(data) - set(routing.groups_of_node(self.config.node_id)):
+            return None
+        sizes: dict[int, int] = {}
+        try:
+            for group in data:
+                for vshard, _keys, size in engine.kv_vshard_stats(group):
+                    sizes[vshard] = sizes.get(vshard, 0) + size
+        except ClusterError:
+            return None  # a replica not created yet, or gone meanwhile
+        return sizes
 
     def group_kind(self, group_id: int) -> StateMachineKind:
         return "python" if group_id == METADATA_GROUP_ID else self._data_group_kind

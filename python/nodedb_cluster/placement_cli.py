@@ -10,6 +10,8 @@ credentials, PLACEMENT_REQUEST) and `locate` (any client: routing only).
         <admin creds>
         moves vShard V into group G (copy, a short write pause, the route's flip) and waits for
         the outcome: moved, or aborted with the vShard where it was.
+    nodedb-cluster add-groups --count N --addr HOST:PORT [--json] <admin creds>
+        adds N data groups on the least loaded nodes; the rebalancer fills them with vShards.
     nodedb-cluster locate KEY --addr HOST:PORT [--json] <client creds>
         vShard, group, leader, voters and learners of KEY.
 """
@@ -87,6 +89,16 @@ def add_placement_commands(sub: Any, environ: Mapping[str, str]) -> None:
     )
     add_client_arguments(move, environ, "any node's listen address")
     move.set_defaults(run=_cmd_move_vshard)
+
+    grow = sub.add_parser(
+        "add-groups",
+        help="add data groups to the cluster; the rebalancer moves vShards into them (admin)",
+    )
+    grow.add_argument(
+        "--count", required=True, type=int, metavar="N", help="how many groups to add"
+    )
+    add_client_arguments(grow, environ, "any node's listen address")
+    grow.set_defaults(run=_cmd_add_groups)
 
     locate = sub.add_parser("locate", help="where KEY lives: vShard, group, leader, members")
     locate.add_argument("locate_key", metavar="KEY", help="the key (UTF-8)")
@@ -212,6 +224,20 @@ async def _wait_moved(args: argparse.Namespace, move_id: int, started: float) ->
     async with Client([args.addr], credentials, timeout_s=args.timeout) as c:
         group = c.routing.group_for_vshard(args.vshard)
     return "moved" if group == args.to_group else f"aborted (still in group {group})"
+
+
+def _cmd_add_groups(args: argparse.Namespace) -> int:
+    answer = _placement(args, "add_groups", count=args.count)
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    for group, voters, learners in answer.get("groups") or []:
+        print(f"group {group}: voter {voters}, joining {learners}")
+    print(
+        "added (the rebalancer moves vShards into them; `rebalance` starts that now)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def _cmd_locate(args: argparse.Namespace) -> int:

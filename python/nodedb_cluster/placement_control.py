@@ -8,6 +8,10 @@ leader), after which the rebalancer moves the node's replicas off and retires it
     {op: "move_vshard", vshard: u16, to_group: u64}
                                           -> {vshard, source, target, move_id}: begun in group 0;
                                              the source group's leader carries it out
+    {op: "add_groups", count: u32}        -> {groups: [[group, [voter], [learners]]]}: new data
+                                             groups, each bootstrapped by its first member and
+                                             joined by the others; the rebalancer then moves
+                                             vShards into them
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import InvalidRequest
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import BeginVShardMove, MetadataEntry, SetNodeState
+from nodedb_cluster.metadata.placement import plan_new_groups
 from nodedb_cluster.metadata.rebalance import Plan, decommission_refusal
 from nodedb_cluster.rebalancer import Rebalancer
 from nodedb_cluster.routing.vshard import NUM_VSHARDS
@@ -31,6 +36,9 @@ from nodedb_cluster.topology import NodeState
 from nodedb_cluster.transport import Peer, Reply
 
 log = logging.getLogger(__name__)
+
+ADD_GROUPS_MAX = 1024
+"""Groups one request may add (the routing table holds 4096 in all)."""
 
 
 def encode_placement_request(op: str, **fields: object) -> bytes:
@@ -77,6 +85,11 @@ class PlacementControl:
                 if type(vshard) is not int or type(to_group) is not int:
                     raise InvalidRequest("move_vshard needs integer vshard and to_group")
                 answer = await self._move_vshard(peer, vshard, to_group)
+            case "add_groups":
+                count = doc.get("count")
+                if type(count) is not int or not 1 <= count <= ADD_GROUPS_MAX:
+                    raise InvalidRequest(f"add_groups count must be 1..{ADD_GROUPS_MAX}")
+                answer = await self._add_groups(peer, count)
             case other:
                 raise InvalidRequest(f"unknown placement op {other!r}")
         return wire.MessageKind.PLACEMENT_RESPONSE, bytes(msgpack.packb(answer))
@@ -105,6 +118,19 @@ class PlacementControl:
             "target": to_group,
             "move_id": 0 if move is None else move.move_id,  # 0: already over when read
         }
+
+    async def _add_groups(self, peer: Peer, count: int) -> dict[str, Any]:
+        state = self._metadata()
+        commands = plan_new_groups(
+            state.topology, state.routing, count, self._config.replication_factor
+        )
+        refused = await self._propose(MetadataEntry(tuple(commands), peer.identity))
+        if refused is not None:
+            raise InvalidRequest(f"adding {count} groups refused: {refused}")
+        log.info(
+            "added data groups %s (asked by %s)", [c.group_id for c in commands], peer.identity
+        )
+        return {"groups": [[c.group_id, list(c.voters), list(c.learners)] for c in commands]}
 
     async def _decommission(self, peer: Peer, node_id: int) -> dict[str, Any]:
         state = self._metadata()
