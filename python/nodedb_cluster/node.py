@@ -270,7 +270,7 @@ class Node:
         if (
             engine is None
             or self._data_group_kind != "kv"
-            or not hasattr(engine, "kv_vshard_stats")
+            or not hasattr(_core, "kv_vshard_command")  # until the core's vShard commands land
         ):
             return None
         if set(data) - set(routing.groups_of_node(self.config.node_id)):

@@ -98,9 +98,9 @@ class Rebalancer:
 
     def leaving(self) -> frozenset[int]:
         """Nodes whose replicas move off now (draining, or dead past the grace)."""
-        return self._load(self._routing()).leaving
+        return self._load(self._routing(), with_bytes=False).leaving
 
-    def _load(self, routing: RoutingTable) -> ClusterLoad:
+    def _load(self, routing: RoutingTable, *, with_bytes: bool = True) -> ClusterLoad:
         now = self._clock()
         dead_for = {n: now - since for n, since in self._dead_since.items()}
         load = cluster_load(
@@ -110,7 +110,7 @@ class Rebalancer:
             self._policy.dead_grace_s,
             self._vshard_moves(),
         )
-        sizes = self._vshard_bytes()
+        sizes = self._vshard_bytes() if with_bytes else None
         if sizes is None:
             return load
         group_bytes: dict[int, int] = {}
