@@ -356,6 +356,23 @@ class RaftEngine:
         await self.read_index(group_id, timeout_ms)
         return self._core.kv_get(group_id, key)
 
+    def kv_vshard_export(
+        self, group_id: int, vshard: int, move_id: int, delta: bool, chunk_bytes: int
+    ) -> list[bytes]:
+        """Import commands (of move `move_id`) holding this replica's keys of `vshard`: all of
+        them, or with `delta` those changed since the vShard's `track` plus the write sessions;
+        each at most `chunk_bytes` unless one key is larger."""
+        return list(self._core.kv_vshard_export(group_id, vshard, move_id, delta, chunk_bytes))
+
+    def kv_vshard_states(self, group_id: int) -> dict[int, tuple[str, int, int]]:
+        """vShard -> (mark, group, move id) for this replica's vShards that are not plainly
+        owned (incoming, tracking, frozen, moved)."""
+        return dict(self._core.kv_vshard_states(group_id))
+
+    def kv_vshard_stats(self, group_id: int) -> list[tuple[int, int, int]]:
+        """(vShard, keys, bytes of keys and values) for each vShard with keys in this replica."""
+        return list(self._core.kv_vshard_stats(group_id))
+
     def kv_digest(self, group_id: int) -> tuple[int, int, int]:
         """(applied_index, key_count, digest) of a "kv" group: equal on two nodes = same state."""
         return self._core.kv_digest(group_id)
@@ -394,6 +411,17 @@ class RaftEngine:
 def kv_put(key: bytes, value: bytes) -> bytes:
     """A put command for a "kv" group (encoded by the core: one format, one place)."""
     return _core.kv_command("put", key, value)
+
+
+def kv_vshard_command(op: str, vshard: int, group: int, move_id: int) -> bytes:
+    """A placement command of the KV state machine (`vshard_mover.py`): incoming (group = the
+    source), track, freeze and release (group = the target), unfreeze, activate, drop."""
+    return bytes(_core.kv_vshard_command(op, vshard, group, move_id))
+
+
+def kv_check_result(result: bytes) -> None:
+    """Raise the error a placement command's result holds, if it did not apply."""
+    _core.kv_check_result(result)
 
 
 def kv_delete(key: bytes) -> bytes:

@@ -12,6 +12,9 @@ the payloads are:
     settings        MessagePack map of str -> value
     metadata_applied_index  u64 little-endian; the last metadata-group (group 0) log index whose
                     effects topology/routing/settings hold (absent = 0, nothing applied yet)
+    vshard_moves    VShardMoves.encode(): vShard moves in flight (metadata/vshard_moves.py),
+                    saved with the rest of the metadata state. Optional: catalogs made before it
+                    lack it (none in flight; no format change, old builds ignore the key)
     cluster_secret  32 raw bytes; made at bootstrap, handed to joiners in the JoinResponse; keys
                     join tokens and (without cluster_secret_path) SWIM. Optional: catalogs made
                     before it existed lack it (no format change: old builds ignore the key), and
@@ -47,6 +50,7 @@ KEY_ROUTING: Final = b"routing"
 KEY_SETTINGS: Final = b"settings"
 KEY_METADATA_APPLIED_INDEX: Final = b"metadata_applied_index"
 KEY_CLUSTER_SECRET: Final = b"cluster_secret"
+KEY_VSHARD_MOVES: Final = b"vshard_moves"
 CLUSTER_SECRET_BYTES: Final = 32
 """256 bits: HMAC-SHA256's full key strength."""
 

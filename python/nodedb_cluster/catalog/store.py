@@ -322,9 +322,11 @@ class Catalog:
         routing: RoutingCodec,
         settings: Mapping[str, object],
         applied_index: int,
+        vshard_moves: bytes | None = None,
     ) -> None:
         """Persist what group 0 has applied up to `applied_index`, all in one write transaction, so
-        a restart resumes applying after exactly the entries whose effects are on disk."""
+        a restart resumes applying after exactly the entries whose effects are on disk.
+        `vshard_moves` is `VShardMoves.encode()` (None: leave the key as it is)."""
         if not 0 <= applied_index < 2**64:
             raise ValueError(f"applied_index {applied_index} is not a u64")
         topology_data = topology.encode()
@@ -334,7 +336,15 @@ class Catalog:
             _put(txn, layout.KEY_TOPOLOGY, topology_data)
             _put(txn, layout.KEY_ROUTING, routing_data)
             _put(txn, layout.KEY_SETTINGS, settings_data)
+            if vshard_moves is not None:
+                _put(txn, layout.KEY_VSHARD_MOVES, vshard_moves)
             _put(txn, layout.KEY_METADATA_APPLIED_INDEX, _U64.pack(applied_index))
+
+    def load_vshard_moves(self) -> bytes | None:
+        """The stored `VShardMoves.encode()`; None when none was saved (catalogs from before
+        vShard moves: none in flight)."""
+        with self._read() as txn:
+            return _get(txn, layout.KEY_VSHARD_MOVES)
 
     def load_metadata_applied_index(self) -> int:
         """The last applied metadata-group index; 0 when nothing was applied."""

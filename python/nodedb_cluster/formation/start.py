@@ -51,6 +51,7 @@ from nodedb_cluster.lifecycle import (
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.metadata.group import MetadataGroup, decode_state
+from nodedb_cluster.metadata.vshard_moves import VShardMoves
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import RaftEngine, RaftSettings, StateMachine, StateMachineKind
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
@@ -258,7 +259,11 @@ async def _open_engine(
 def _persist_to(catalog: Catalog) -> Callable[[MetadataState], None]:
     def persist(state: MetadataState) -> None:
         catalog.save_metadata_state(
-            state.topology, state.routing, state.settings, state.applied_index
+            state.topology,
+            state.routing,
+            state.settings,
+            state.applied_index,
+            state.vshard_moves.encode(),
         )
 
     return persist
@@ -308,7 +313,14 @@ async def _restart(parts: _Parts) -> Node:
         raise CatalogError(f"catalog {catalog.path} lost its cluster id during restart")
     settings = await asyncio.to_thread(catalog.load_settings)
     applied = await asyncio.to_thread(catalog.load_metadata_applied_index)
-    initial = MetadataState(formation.topology, formation.routing, _settings(settings), applied)
+    moves = await asyncio.to_thread(catalog.load_vshard_moves)
+    initial = MetadataState(
+        formation.topology,
+        formation.routing,
+        _settings(settings),
+        applied,
+        VShardMoves() if moves is None else VShardMoves.decode(moves),
+    )
     node = parts.node(formation.cluster_id)
     node.register_peers(initial)
     # Peers still hold connections to our previous process: dialling them now makes them drop

@@ -22,15 +22,18 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from nodedb_cluster.errors import CatalogNoSpace, ClusterError
 from nodedb_cluster.metadata.commands import (
+    AbortVShardMove,
     AddGroupLearner,
     AddNode,
     AssignVShard,
+    BeginVShardMove,
     DemoteGroupVoter,
+    FinishVShardMove,
     MalformedCommand,
     MetadataCommand,
     MetadataEntry,
@@ -43,6 +46,7 @@ from nodedb_cluster.metadata.commands import (
     SetNodeState,
     SettingValue,
 )
+from nodedb_cluster.metadata.vshard_moves import VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
 
@@ -86,6 +90,8 @@ class MetadataState:
     routing: RoutingTable
     settings: dict[str, SettingValue]
     applied_index: int
+    vshard_moves: VShardMoves = field(default_factory=VShardMoves)
+    """vShard moves in flight (`metadata/vshard_moves.py`)."""
 
 
 Persist = Callable[[MetadataState], None]
@@ -279,13 +285,15 @@ def _apply_entry(
     topology = state.topology.copy()
     routing = RoutingTable.decode(state.routing.encode())
     settings = dict(state.settings)
+    moves = state.vshard_moves
     try:
         for command in entry.commands:
-            _apply_command(command, topology, routing, settings)
+            moves = _apply_command(command, topology, routing, settings, moves)
         _sync_node_groups(topology, routing)
     except (ClusterError, ValueError) as e:
         return Refused(index, str(e)), state, None
-    return Applied(index), MetadataState(topology, routing, settings, state.applied_index), entry
+    applied = MetadataState(topology, routing, settings, state.applied_index, moves)
+    return Applied(index), applied, entry
 
 
 def _apply_command(
@@ -293,7 +301,9 @@ def _apply_command(
     topology: Topology,
     routing: RoutingTable,
     settings: dict[str, SettingValue],
-) -> None:
+    moves: VShardMoves,
+) -> VShardMoves:
+    """Applies `command` to the copies given; returns the vShard moves after it."""
     match command:
         case AddNode(node=node):
             existing = topology.get(node.node_id)
@@ -354,9 +364,18 @@ def _apply_command(
                     learners = tuple(n for n in route.learners if n != old)
                 routing.set_members(group_id, voters, learners)
         case AssignVShard(vshard=vshard, group_id=group_id):
+            if moves.get(vshard) is not None:
+                raise ClusterError(f"vshard {vshard} is moving: finish or abort the move first")
             routing.assign_vshard(vshard, group_id)
+        case BeginVShardMove(vshard=v, source=source, target=target, in_flight_max=cap):
+            return moves.begin(v, source, target, routing, cap)
+        case FinishVShardMove(vshard=v, move_id=move_id):
+            return moves.finish(v, move_id, routing)
+        case AbortVShardMove(vshard=v, move_id=move_id):
+            return moves.abort(v, move_id)
         case PutSetting(key=key, value=value):
             settings[key] = value
+    return moves
 
 
 def _sync_node_groups(topology: Topology, routing: RoutingTable) -> None:

@@ -116,6 +116,35 @@ class AssignVShard:
 
 
 @dataclass(frozen=True, slots=True)
+class BeginVShardMove:
+    """Record a move of `vshard` from `source` to `target` (`metadata/vshard_moves.py`); refused
+    unless the vShard is in `source`, not moving, and fewer than `in_flight_max` moves run (the
+    proposer's cap, carried so every node judges with the same number)."""
+
+    vshard: int
+    source: int
+    target: int
+    in_flight_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinishVShardMove:
+    """A move's commit point: the vShard's route flips to the move's target."""
+
+    vshard: int
+    move_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AbortVShardMove:
+    """The move ends with the vShard where it was; `reason` is for the audit log."""
+
+    vshard: int
+    move_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PutSetting:
     key: str
     value: SettingValue
@@ -132,6 +161,9 @@ MetadataCommand = (
     | DemoteGroupVoter
     | ReplaceGroupVoter
     | AssignVShard
+    | BeginVShardMove
+    | FinishVShardMove
+    | AbortVShardMove
     | PutSetting
 )
 
@@ -217,6 +249,15 @@ def _ids(raw: Any, what: str) -> tuple[int, ...]:
 def _int(raw: Any, what: str) -> int:
     if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
         raise MalformedCommand(f"{what} must be a non-negative integer")
+    return raw
+
+
+REASON_CHARS_MAX: Final = 512
+
+
+def _text(raw: Any, what: str) -> str:
+    if not isinstance(raw, str) or len(raw) > REASON_CHARS_MAX:
+        raise MalformedCommand(f"{what} must be text of at most {REASON_CHARS_MAX} chars")
     return raw
 
 
@@ -307,6 +348,37 @@ _CODECS: Final[dict[str, tuple[type, Encoder, Decoder]]] = {
         lambda c: {"vshard": c.vshard, "group_id": c.group_id},
         lambda d: AssignVShard(
             _int(d.get("vshard"), "vshard"), _int(d.get("group_id"), "group_id")
+        ),
+    ),
+    "begin_vshard_move": (
+        BeginVShardMove,
+        lambda c: {
+            "vshard": c.vshard,
+            "source": c.source,
+            "target": c.target,
+            "in_flight_max": c.in_flight_max,
+        },
+        lambda d: BeginVShardMove(
+            _int(d.get("vshard"), "vshard"),
+            _int(d.get("source"), "source"),
+            _int(d.get("target"), "target"),
+            _int(d.get("in_flight_max"), "in_flight_max"),
+        ),
+    ),
+    "finish_vshard_move": (
+        FinishVShardMove,
+        lambda c: {"vshard": c.vshard, "move_id": c.move_id},
+        lambda d: FinishVShardMove(
+            _int(d.get("vshard"), "vshard"), _int(d.get("move_id"), "move_id")
+        ),
+    ),
+    "abort_vshard_move": (
+        AbortVShardMove,
+        lambda c: {"vshard": c.vshard, "move_id": c.move_id, "reason": c.reason},
+        lambda d: AbortVShardMove(
+            _int(d.get("vshard"), "vshard"),
+            _int(d.get("move_id"), "move_id"),
+            _text(d.get("reason"), "reason"),
         ),
     ),
     "put_setting": (

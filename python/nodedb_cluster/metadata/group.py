@@ -22,6 +22,7 @@ from nodedb_cluster.metadata.applier import (
     MetadataStateMachine,
     Persist,
 )
+from nodedb_cluster.metadata.vshard_moves import VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
 
@@ -41,6 +42,7 @@ def encode_state(state: MetadataState) -> bytes:
         "routing": state.routing.encode(),
         "settings": dict(state.settings),
         "applied_index": state.applied_index,
+        "vshard_moves": state.vshard_moves.encode(),
     }
     packed = msgpack.packb(doc, use_bin_type=True)
     assert isinstance(packed, bytes)
@@ -61,7 +63,13 @@ def decode_state(data: bytes) -> MetadataState:
         raise CatalogError("metadata snapshot lacks topology or routing bytes")
     if not isinstance(settings, dict) or not isinstance(applied, int) or applied < 0:
         raise CatalogError("metadata snapshot has malformed settings or applied_index")
-    return MetadataState(Topology.decode(topology), RoutingTable.decode(routing), settings, applied)
+    raw_moves = doc.get("vshard_moves")  # absent in snapshots from before vShard moves
+    if raw_moves is not None and not isinstance(raw_moves, bytes):
+        raise CatalogError("metadata snapshot has malformed vshard_moves")
+    moves = VShardMoves() if raw_moves is None else VShardMoves.decode(raw_moves)
+    return MetadataState(
+        Topology.decode(topology), RoutingTable.decode(routing), settings, applied, moves
+    )
 
 
 def decode_result(result: bytes) -> str | None:

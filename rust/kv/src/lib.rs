@@ -6,6 +6,7 @@
 //! with [`KV_STATE_MACHINE`] and the node's factory builds a [`KvStateMachine`] for that tag.
 //!
 //! - [`command`], [`state_machine`]: the log's bytes and what applies them (on disk: frozen);
+//! - [`partition`], [`snapshot`]: the state's per-vShard map and its snapshot view and bytes;
 //! - [`routing`]: key → vShard → group → leader and voters;
 //! - [`session`], [`peer_health`]: a client's write session and whom it avoids;
 //! - [`client`]: the client core (lanes, batching, retries; results through `Completion`);
@@ -18,15 +19,18 @@ pub mod client;
 pub mod command;
 pub mod groups;
 pub mod load;
+pub mod partition;
 pub mod peer_health;
 pub mod routing;
 pub mod serve;
 pub mod session;
+pub mod snapshot;
 pub mod state_machine;
 
 use nodedb_multiraft::StateMachineKind;
 
 pub use crate::command::{KvCommand, KvResult, KEY_BYTES_MAX};
+pub use crate::snapshot::KvSnapshotView;
 pub use crate::state_machine::{
     ClientSession, KvReader, KvState, KvStateMachine, SESSIONS_MAX, SESSION_RESULTS_MAX,
 };

@@ -10,23 +10,26 @@
 //! The map sits behind a shared lock so reads (after a ReadIndex) are served from any thread
 //! through `KvReader` without a round trip to the driver.
 //!
-//! The map is a hash map, not an ordered one: nothing reads keys in order, and an ordered map's
-//! insert (a dozen key comparisons, each chasing a heap pointer) was a quarter of the driver
-//! thread's time under load (BENCHMARKS.md). Its seed is random per process, so iteration order
-//! differs between replicas: the digest combines entries order-independently, and snapshots
-//! need no order.
+//! The map is partitioned by vShard ([`crate::partition`]: one hash map per vShard, copy-on-write
+//! behind `Arc`), so one vShard can be moved or dropped in O(its keys) and a snapshot view
+//! ([`crate::snapshot`]) is taken without copying the data. Hash maps, not ordered ones: nothing
+//! reads keys in order, and an ordered map's insert (a dozen key comparisons, each chasing a
+//! heap pointer) was a quarter of the driver thread's time under load (BENCHMARKS.md). Their
+//! seed is random per process, so iteration order differs between replicas: the digest combines
+//! entries order-independently, and snapshots need no order.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use nodedb_multiraft::codec::{Reader, Writer, FORMAT_VERSION};
-use nodedb_multiraft::error::{DecodeError, SmError};
+use nodedb_multiraft::error::SmError;
 use nodedb_multiraft::state_machine::{
     Command, DecodedState, SnapshotDecoder, SnapshotView, StateMachine,
 };
 
 use crate::command::{KvCommand, KvResult};
+use crate::partition::ShardedMap;
+use crate::routing::vshard_of;
+use crate::snapshot::KvSnapshotView;
 
 /// Client sessions kept per group; past it the one least recently written through is forgotten
 /// (deterministically: by last applied index). A retry from a forgotten session applies again,
@@ -51,7 +54,7 @@ pub struct ClientSession {
 /// The KV map, the client sessions and the index of the last command applied to them.
 #[derive(Default, Debug)]
 pub struct KvState {
-    pub map: HashMap<Vec<u8>, Vec<u8>>,
+    pub map: ShardedMap,
     pub sessions: BTreeMap<u64, ClientSession>,
     pub applied_index: u64,
     pub applied_commands: u64,
@@ -147,10 +150,10 @@ impl KvState {
     fn apply_command(&mut self, cmd: KvCommand) -> KvResult {
         match cmd {
             KvCommand::Put { key, value } => {
-                self.map.insert(key, value);
+                self.map.insert_in(vshard_of(&key), key, value);
                 KvResult::Ok { value: None }
             }
-            KvCommand::Delete { key } => match self.map.remove(&key) {
+            KvCommand::Delete { key } => match self.map.remove_in(vshard_of(&key), &key) {
                 Some(_) => KvResult::Ok { value: None },
                 None => KvResult::NotFound,
             },
@@ -159,9 +162,10 @@ impl KvState {
                 expected,
                 value,
             } => {
-                let current = self.map.get(&key);
+                let vshard = vshard_of(&key);
+                let current = self.map.shard(vshard).get(&key);
                 if current.map(Vec::as_slice) == expected.as_deref() {
-                    self.map.insert(key, value);
+                    self.map.insert_in(vshard, key, value);
                     KvResult::Ok { value: None }
                 } else {
                     KvResult::CasMismatch {
@@ -207,6 +211,17 @@ impl KvStateMachine {
         // Apply never panics while holding the lock; a poisoned lock still holds valid data.
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
+    /// The state as it is now, to serialize on any thread (see [`KvSnapshotView`]).
+    pub fn snapshot_view(&self) -> KvSnapshotView {
+        self.state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot_view()
+    }
+    /// Swap in a state decoded elsewhere (`KvState::from_snapshot` on another thread).
+    pub fn install(&mut self, state: KvState) {
+        *self.write() = state;
+    }
 }
 
 impl KvReader {
@@ -243,28 +258,27 @@ impl StateMachine for KvStateMachine {
         false
     }
 
+    /// The bytes of [`KvSnapshotView::encode`] (layout in [`crate::snapshot`]).
     fn snapshot(&self) -> Result<Vec<u8>, SmError> {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        let bytes: usize = st.map.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
-        let mut out = Vec::with_capacity(33 + bytes);
-        encode_state(&st, &mut out).map_err(|e| SmError::Other(e.to_string()))?;
-        Ok(out)
+        Ok(self.snapshot_view().encode())
     }
 
-    /// A copy of the state taken under the read lock, encoded on the engine's snapshot thread.
+    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
+        let fresh = KvState::from_snapshot(data).map_err(|e| SmError::Decode(e.to_string()))?;
+        self.install(fresh);
+        Ok(())
+    }
+
+    /// The copy-on-write view ([`KvSnapshotView`]): O(vShards + sessions) here, serialized on
+    /// the engine's snapshot thread.
     fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
-        let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-        Ok(Box::new(KvSnapshotView(KvState {
-            map: st.map.clone(),
-            sessions: st.sessions.clone(),
-            applied_index: st.applied_index,
-            applied_commands: st.applied_commands,
-        })))
+        Ok(Box::new(KvStateMachine::snapshot_view(self)))
     }
 
+    /// [`KvState::from_snapshot`], on the engine's snapshot thread.
     fn snapshot_decoder(&self) -> SnapshotDecoder {
         Box::new(|data: &[u8]| {
-            decode_state(data)
+            KvState::from_snapshot(data)
                 .map(|st| Box::new(st) as DecodedState)
                 .map_err(|e| SmError::Decode(e.to_string()))
         })
@@ -278,16 +292,17 @@ impl StateMachine for KvStateMachine {
         drop_elsewhere(old);
         Ok(())
     }
+}
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
-        let fresh = decode_state(data).map_err(|e| SmError::Decode(e.to_string()))?;
-        *self.write() = fresh;
-        Ok(())
+impl SnapshotView for KvSnapshotView {
+    fn write_to(self: Box<Self>, mut out: &mut dyn std::io::Write) -> Result<(), SmError> {
+        KvSnapshotView::write_to(&self, &mut out)
+            .map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
     }
 }
 
 /// A state being replaced is freed on a thread of its own: freeing a large map entry by entry
-/// would hold the driver thread (best effort: freed here if no thread starts).
+/// would hold the driver thread.
 fn drop_elsewhere(old: KvState) {
     if old.map.len() < 4096 {
         return; // small: freed here
@@ -298,106 +313,11 @@ fn drop_elsewhere(old: KvState) {
         .spawn(move || drop(old));
 }
 
-/// A KV state copied for a snapshot, encoded off the driver thread.
-struct KvSnapshotView(KvState);
-
-impl SnapshotView for KvSnapshotView {
-    fn write_to(self: Box<Self>, out: &mut dyn std::io::Write) -> Result<(), SmError> {
-        encode_state(&self.0, out).map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
-    }
-}
-
-/// Encoding of a snapshot's bytes, flushed to `out` every this many bytes.
-const ENCODE_FLUSH_BYTES: usize = 1 << 20;
-
-/// `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`, then
-/// `sessions u64, (client u64, floor u64, last_index u64, results u64, (seq u64, result)*)*`
-/// (a snapshot written before sessions existed ends after the map and restores none).
-fn encode_state(st: &KvState, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    let mut w = Writer::with_capacity(ENCODE_FLUSH_BYTES + 4096);
-    w.u8(FORMAT_VERSION);
-    w.u64(st.applied_index);
-    w.u64(st.applied_commands);
-    w.u64(st.map.len() as u64);
-    for (k, v) in &st.map {
-        w.bytes(k);
-        w.bytes(v);
-        if w.buf.len() >= ENCODE_FLUSH_BYTES {
-            out.write_all(&w.buf)?;
-            w.buf.clear();
-        }
-    }
-    w.u64(st.sessions.len() as u64);
-    for (client, s) in &st.sessions {
-        w.u64(*client);
-        w.u64(s.floor);
-        w.u64(s.last_index);
-        w.u64(s.results.len() as u64);
-        for (seq, r) in &s.results {
-            w.u64(*seq);
-            w.bytes(r);
-        }
-        if w.buf.len() >= ENCODE_FLUSH_BYTES {
-            out.write_all(&w.buf)?;
-            w.buf.clear();
-        }
-    }
-    out.write_all(&w.buf)
-}
-
-fn decode_state(data: &[u8]) -> Result<KvState, DecodeError> {
-    let mut r = Reader::new(data);
-    r.version()?;
-    let applied_index = r.u64()?;
-    let applied_commands = r.u64()?;
-    let n = r.u64()?;
-    // Capacity bounded by what the input can hold (two 4-byte length prefixes per
-    // entry), so a corrupt count cannot reserve unbounded memory.
-    let mut map = HashMap::with_capacity_and_hasher(
-        usize::try_from(n).unwrap_or(usize::MAX).min(data.len() / 8),
-        RandomState::new(),
-    );
-    for _ in 0..n {
-        let k = r.bytes("key")?.to_vec();
-        let v = r.bytes("value")?.to_vec();
-        map.insert(k, v);
-    }
-    let mut sessions = BTreeMap::new();
-    if !r.at_end() {
-        let n = r.u64()?;
-        for _ in 0..n {
-            let client = r.u64()?;
-            let floor = r.u64()?;
-            let last_index = r.u64()?;
-            let count = r.u64()?;
-            let mut results = BTreeMap::new();
-            for _ in 0..count {
-                let seq = r.u64()?;
-                results.insert(seq, r.bytes("session result")?.to_vec());
-            }
-            sessions.insert(
-                client,
-                ClientSession {
-                    floor,
-                    results,
-                    last_index,
-                },
-            );
-        }
-    }
-    r.finish()?;
-    Ok(KvState {
-        map,
-        sessions,
-        applied_index,
-        applied_commands,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::command::test_commands::{put, session};
+    use nodedb_multiraft::codec::{Writer, FORMAT_VERSION};
 
     fn apply(sm: &mut KvStateMachine, index: u64, cmds: &[KvCommand]) -> Vec<KvResult> {
         let enc: Vec<Vec<u8>> = cmds.iter().map(KvCommand::encode).collect();
@@ -663,5 +583,46 @@ mod tests {
             None,
             "not applied twice"
         );
+    }
+
+    #[test]
+    fn a_snapshot_view_is_the_state_when_taken_while_applying_goes_on() {
+        fn send_and_sync<T: Send + Sync + 'static>(_: &T) {}
+        let mut sm = KvStateMachine::new();
+        let keys: Vec<Vec<u8>> = (0..3000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let puts: Vec<KvCommand> = keys.iter().map(|k| put(k, b"old")).collect();
+        apply(&mut sm, 1, &puts);
+        apply(&mut sm, 2, &[session(4, 1, 1, put(b"s", b"1"))]);
+        let digest_then = sm.reader().digest();
+        let view = sm.snapshot_view();
+        send_and_sync(&view);
+        apply(&mut sm, 3, &[put(&keys[0], b"new"), put(b"fresh", b"x")]);
+        apply(
+            &mut sm,
+            4,
+            &[KvCommand::Delete {
+                key: keys[1].clone(),
+            }],
+        );
+        apply(&mut sm, 5, &[session(4, 2, 1, put(b"s", b"2"))]);
+        let encoded = std::thread::spawn(move || view.encode())
+            .join()
+            .expect("encodes on another thread");
+        let mut then = KvStateMachine::new();
+        then.restore(&encoded).expect("restore");
+        assert_eq!(then.reader().digest(), digest_then);
+        assert_eq!(then.reader().get(&keys[0]), Some(b"old".to_vec()));
+        assert_eq!(then.reader().get(&keys[1]), Some(b"old".to_vec()));
+        assert_eq!(then.reader().get(b"fresh"), None);
+        assert_eq!(sm.reader().get(&keys[0]), Some(b"new".to_vec()));
+        assert_eq!(sm.reader().get(&keys[1]), None);
+        assert_eq!(sm.reader().len(), 3000 + 1);
+        // The streamed form is the same bytes, and the size is announced exactly.
+        let view = sm.snapshot_view();
+        let mut streamed = Vec::new();
+        view.write_to(&mut streamed).expect("write");
+        assert_eq!(streamed, view.encode());
+        assert_eq!(streamed.len(), view.encoded_len());
+        assert_eq!(sm.snapshot().expect("snapshot"), streamed);
     }
 }

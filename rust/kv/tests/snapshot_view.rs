@@ -24,7 +24,7 @@ fn put_all(sm: &mut KvStateMachine, index: u64, n: u32) {
 fn the_view_writes_a_snapshot_the_decoder_restores_to_the_same_digest() {
     let mut a = KvStateMachine::new();
     put_all(&mut a, 5, 5000); // more than one 1 MiB flush of the encoder
-    let view = a.snapshot_view().expect("view");
+    let view = StateMachine::snapshot_view(&a).expect("view");
     // Applied after the view was taken: not in it.
     put_all(&mut a, 6, 1);
     let mut written = Vec::new();

@@ -1,0 +1,163 @@
+//! The KV map partitioned by vShard: one hash map per vShard, each behind an `Arc`.
+//!
+//! Why: a vShard is the unit that moves between groups, so exporting or dropping one must cost
+//! O(that vShard), not O(the group); and a snapshot must be takeable without stopping the
+//! driver: cloning [`ShardedMap`] clones 1024 `Arc`s, and a write to a shard still shared with
+//! such a clone copies that one shard first (`Arc::make_mut`, copy-on-write). With no clone
+//! alive a write costs one reference-count check more than a plain map.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::routing::{vshard_of, VSHARDS};
+
+/// One vShard's keys and values.
+pub type Shard = HashMap<Vec<u8>, Vec<u8>>;
+
+/// Every vShard's map, indexed by vShard, and the total key count.
+#[derive(Debug, Clone)]
+pub struct ShardedMap {
+    shards: Vec<Arc<Shard>>,
+    len: usize,
+}
+
+impl Default for ShardedMap {
+    fn default() -> Self {
+        ShardedMap {
+            // An empty HashMap does not allocate: 1024 of them cost one Arc each.
+            shards: (0..VSHARDS).map(|_| Arc::new(Shard::new())).collect(),
+            len: 0,
+        }
+    }
+}
+
+impl ShardedMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<&Vec<u8>> {
+        self.shards[vshard_of(key)].get(key)
+    }
+
+    /// `key` set to `value` in vShard `vshard` (the caller computed `vshard_of(&key)`).
+    pub fn insert_in(&mut self, vshard: usize, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        let old = Arc::make_mut(&mut self.shards[vshard]).insert(key, value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        self.insert_in(vshard_of(&key), key, value)
+    }
+
+    /// `key` removed from vShard `vshard` (the caller computed `vshard_of(key)`).
+    pub fn remove_in(&mut self, vshard: usize, key: &[u8]) -> Option<Vec<u8>> {
+        // No copy of a shared shard for a key it does not hold.
+        if !self.shards[vshard].contains_key(key) {
+            return None;
+        }
+        let old = Arc::make_mut(&mut self.shards[vshard]).remove(key);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        self.remove_in(vshard_of(key), key)
+    }
+
+    /// vShard `vshard`'s map (read only).
+    pub fn shard(&self, vshard: usize) -> &Shard {
+        &self.shards[vshard]
+    }
+
+    /// Every shard, indexed by vShard.
+    pub fn shards(&self) -> &[Arc<Shard>] {
+        &self.shards
+    }
+
+    /// vShard `vshard` emptied in O(1) (its map handed back, to drop or read).
+    pub fn take_shard(&mut self, vshard: usize) -> Arc<Shard> {
+        let taken = std::mem::take(&mut self.shards[vshard]);
+        self.len -= taken.len();
+        taken
+    }
+
+    /// Every (key, value), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// A map from whole shards (a restore): `shards` must hold one per vShard.
+    pub(crate) fn from_shards(shards: Vec<Arc<Shard>>) -> ShardedMap {
+        debug_assert_eq!(shards.len(), VSHARDS);
+        let len = shards.iter().map(|s| s.len()).sum();
+        ShardedMap { shards, len }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_land_in_their_vshard_and_the_count_follows() {
+        let mut m = ShardedMap::new();
+        for i in 0..2000u32 {
+            assert_eq!(m.insert(i.to_le_bytes().to_vec(), vec![1]), None);
+        }
+        assert_eq!(
+            m.insert(7u32.to_le_bytes().to_vec(), vec![2]),
+            Some(vec![1])
+        );
+        assert_eq!(m.len(), 2000);
+        for (v, shard) in m.shards().iter().enumerate() {
+            assert!(shard.keys().all(|k| vshard_of(k) == v));
+        }
+        assert_eq!(m.remove(&7u32.to_le_bytes()), Some(vec![2]));
+        assert_eq!(m.remove(&7u32.to_le_bytes()), None);
+        assert_eq!(m.len(), 1999);
+        let v = vshard_of(&8u32.to_le_bytes());
+        let n = m.shard(v).len();
+        let taken = m.take_shard(v);
+        assert_eq!(taken.len(), n);
+        assert!(m.shard(v).is_empty());
+        assert_eq!(m.len(), 1999 - n);
+        assert_eq!(m.iter().count(), m.len());
+    }
+
+    #[test]
+    fn a_clone_keeps_its_view_while_the_original_is_written() {
+        let mut m = ShardedMap::new();
+        m.insert(b"a".to_vec(), b"1".to_vec());
+        let view = m.clone();
+        m.insert(b"a".to_vec(), b"2".to_vec());
+        m.insert(b"b".to_vec(), b"3".to_vec());
+        m.remove(b"a");
+        assert_eq!(view.get(b"a"), Some(&b"1".to_vec()));
+        assert_eq!(view.get(b"b"), None);
+        assert_eq!(view.len(), 1);
+        assert_eq!(m.get(b"b"), Some(&b"3".to_vec()));
+        assert_eq!(m.len(), 1);
+        // Shards nobody wrote are still shared, not copied.
+        let untouched = (0..VSHARDS)
+            .find(|&v| v != vshard_of(b"a") && v != vshard_of(b"b"))
+            .unwrap_or(0);
+        assert!(Arc::ptr_eq(
+            &m.shards()[untouched],
+            &view.shards()[untouched]
+        ));
+    }
+}

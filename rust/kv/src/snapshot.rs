@@ -1,0 +1,152 @@
+//! The KV state's snapshot: a cheap consistent view of it ([`KvSnapshotView`]) and the bytes
+//! it serializes to, and back.
+//!
+//! Why a view: serializing a large map takes seconds, and the driver thread must keep applying
+//! meanwhile. The view shares the per-vShard maps (`Arc` clones, copy-on-write, see
+//! [`crate::partition`]) and copies the sessions, so taking it costs O(vShards + sessions) under
+//! the read lock and it can be serialized on any thread.
+//!
+//! Layout (little-endian, `nodedb_multiraft::codec`'s `bytes` = u32 length + bytes):
+//! `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`, then
+//! `sessions u64, (client u64, floor u64, last_index u64, results u64, (seq u64, result)*)*`.
+//! A snapshot written before sessions existed ends after the map and restores none.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use nodedb_multiraft::codec::{Reader, Writer, FORMAT_VERSION};
+use nodedb_multiraft::error::DecodeError;
+
+use crate::partition::{Shard, ShardedMap};
+use crate::routing::{vshard_of, VSHARDS};
+use crate::state_machine::{ClientSession, KvState};
+
+/// A point-in-time copy of a group's KV state that shares its maps with the live state.
+/// `Send + Sync`: serialize it on another thread while the driver keeps applying.
+#[derive(Debug, Clone)]
+pub struct KvSnapshotView {
+    map: ShardedMap,
+    sessions: BTreeMap<u64, ClientSession>,
+    applied_index: u64,
+    applied_commands: u64,
+}
+
+impl KvState {
+    /// The view of this state as it is now (see [`KvSnapshotView`]).
+    pub fn snapshot_view(&self) -> KvSnapshotView {
+        KvSnapshotView {
+            map: self.map.clone(),
+            sessions: self.sessions.clone(),
+            applied_index: self.applied_index,
+            applied_commands: self.applied_commands,
+        }
+    }
+
+    /// The state a snapshot's bytes describe; any corruption is an error, never a panic.
+    pub fn from_snapshot(data: &[u8]) -> Result<KvState, DecodeError> {
+        let mut r = Reader::new(data);
+        r.version()?;
+        let applied_index = r.u64()?;
+        let applied_commands = r.u64()?;
+        let n = r.u64()?;
+        let mut shards: Vec<Shard> = (0..VSHARDS).map(|_| Shard::new()).collect();
+        for _ in 0..n {
+            let k = r.bytes("key")?.to_vec();
+            let v = r.bytes("value")?.to_vec();
+            shards[vshard_of(&k)].insert(k, v);
+        }
+        let mut sessions = BTreeMap::new();
+        if !r.at_end() {
+            let n = r.u64()?;
+            for _ in 0..n {
+                let client = r.u64()?;
+                let floor = r.u64()?;
+                let last_index = r.u64()?;
+                let count = r.u64()?;
+                let mut results = BTreeMap::new();
+                for _ in 0..count {
+                    let seq = r.u64()?;
+                    results.insert(seq, r.bytes("session result")?.to_vec());
+                }
+                sessions.insert(
+                    client,
+                    ClientSession {
+                        floor,
+                        results,
+                        last_index,
+                    },
+                );
+            }
+        }
+        r.finish()?;
+        Ok(KvState {
+            map: ShardedMap::from_shards(shards.into_iter().map(Arc::new).collect()),
+            sessions,
+            applied_index,
+            applied_commands,
+        })
+    }
+}
+
+impl KvSnapshotView {
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// The exact size [`Self::encode`] produces.
+    pub fn encoded_len(&self) -> usize {
+        let entries: usize = self.map.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let sessions: usize = self
+            .sessions
+            .values()
+            .map(|s| 32 + s.results.values().map(|r| 12 + r.len()).sum::<usize>())
+            .sum();
+        25 + entries + 8 + sessions
+    }
+
+    /// The snapshot's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.write_to(&mut out)
+            .unwrap_or_else(|_| unreachable!("writing to a Vec cannot fail"));
+        out
+    }
+
+    /// The snapshot's bytes written to `out` as they are produced (one vShard's worth buffered
+    /// at a time), for a caller that streams them to a file.
+    pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        const FLUSH_AT: usize = 64 << 10;
+        let mut w = Writer::with_capacity(2 * FLUSH_AT);
+        w.u8(FORMAT_VERSION);
+        w.u64(self.applied_index);
+        w.u64(self.applied_commands);
+        w.u64(self.map.len() as u64);
+        for shard in self.map.shards() {
+            for (k, v) in shard.iter() {
+                w.bytes(k);
+                w.bytes(v);
+            }
+            if w.buf.len() >= FLUSH_AT {
+                out.write_all(&w.buf)?;
+                w.buf.clear();
+            }
+        }
+        w.u64(self.sessions.len() as u64);
+        for (client, s) in &self.sessions {
+            w.u64(*client);
+            w.u64(s.floor);
+            w.u64(s.last_index);
+            w.u64(s.results.len() as u64);
+            for (seq, r) in &s.results {
+                w.u64(*seq);
+                w.bytes(r);
+            }
+            if w.buf.len() >= FLUSH_AT {
+                out.write_all(&w.buf)?;
+                w.buf.clear();
+            }
+        }
+        out.write_all(&w.buf)
+    }
+}
