@@ -26,18 +26,14 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import nodedb_cluster_core
-from elastic import load
+from elastic import Writers, decommission, load, read_back_ok
 
-from nodedb_cluster import wire
-from nodedb_cluster.client import CLIENT_NODE_ID, Client
+from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster, Status
-from nodedb_cluster.placement_control import encode_placement_request
-from nodedb_cluster.transport import Transport
 
 GROUP = 1
 SETTLE_TIMEOUT_S = 600.0
@@ -95,36 +91,12 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             keys = await load(client, args.mib, args.value_bytes)
             result["load_s"] = round(time.monotonic() - t, 1)
             print(f"loaded {keys} keys ({args.mib} MiB) in {result['load_s']} s", file=sys.stderr)
-            stop = asyncio.Event()
-            ops = Counter[str]()
-
-            async def writer(n: int) -> None:
-                i = 0
-                while not stop.is_set():
-                    try:
-                        await client.put(f"w{n}-{i}".encode(), b"x" * 100)
-                        ops["ok"] += 1
-                    except Exception as e:  # every failure counts; the kind is kept
-                        ops[f"error:{type(e).__name__}"] += 1
-                    i += 1
-
-            writers = [asyncio.ensure_future(writer(n)) for n in range(args.clients)]
+            writers = Writers(client, args.clients)
             await cluster.start([4])
             target = leader_applied(await cluster.wait_for(formed, [1, 2, 3], 60, "a leader"))
             assert target is not None
-            admin = Transport(
-                CLIENT_NODE_ID, "127.0.0.1:0", cluster.admin_credentials, rpc_timeout=10
-            )
-            try:
-                t0 = time.monotonic()
-                kind, _ = await admin.send_rpc_to_addr(
-                    cluster.nodes[1].addr,
-                    wire.MessageKind.PLACEMENT_REQUEST,
-                    encode_placement_request("decommission", node_id=3),
-                )
-                assert kind == wire.MessageKind.PLACEMENT_RESPONSE
-            finally:
-                await admin.close()
+            t0 = time.monotonic()
+            await decommission(cluster, 3)
             created: float | None = None
             caught: float | None = None
             deadline = t0 + SETTLE_TIMEOUT_S
@@ -164,13 +136,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             await cluster.wait_for(retired, [1, 2, 4], SETTLE_TIMEOUT_S, "decommissioned")
             result["decommission_s"] = round(time.monotonic() - t0, 2)
             result["peak_rss_mib"] = peak_rss_mib(cluster)
-            stop.set()
-            await asyncio.gather(*writers)
-            result["writes"] = dict(ops)
-            result["write_errors"] = sum(v for k, v in ops.items() if k != "ok")
-            sample = [f"k{i}".encode() for i in range(0, keys, max(1, keys // 2000))]
-            values = await client.get_many(sample)
-            result["read_back_ok"] = all(v == b"v" * args.value_bytes for v in values)
+            result.update(await writers.stop())
+            result["read_back_ok"] = await read_back_ok(client, keys, args.value_bytes)
     finally:
         await cluster.close()
         if args.keep:
