@@ -31,7 +31,7 @@ pub(crate) enum SnapshotJob {
     /// Seal a received snapshot and decode it for its state machine.
     Restore {
         received: Box<ReceivedSnapshot>,
-        decoder: SnapshotDecoder,
+        decoder: Box<dyn SnapshotDecoder>,
     },
 }
 
@@ -68,10 +68,14 @@ pub(crate) fn run_job(files: &SnapshotFiles, job: SnapshotJob) -> SnapshotDone {
             let (from, key) = (received.from, received.key);
             let message = received.message.clone();
             let result = received.seal_and_use(files, |data, path| {
-                decoder(&data).map_err(|source| SnapshotError::Restore {
-                    path: path.to_path_buf(),
-                    source,
-                })
+                let mut decoder = decoder;
+                decoder
+                    .feed(&data)
+                    .and_then(|()| decoder.finish())
+                    .map_err(|source| SnapshotError::Restore {
+                        path: path.to_path_buf(),
+                        source,
+                    })
             });
             SnapshotDone::Restored {
                 from,
@@ -174,6 +178,29 @@ mod tests {
     use crate::ids::GroupId;
     use crate::snapshot::{ChunkOutcome, SnapshotStore};
 
+    /// Refuses every snapshot.
+    struct Failing;
+    impl SnapshotDecoder for Failing {
+        fn feed(&mut self, _: &[u8]) -> Result<(), SmError> {
+            Err(SmError::Decode("truncated map".into()))
+        }
+        fn finish(self: Box<Self>) -> Result<DecodedState, SmError> {
+            Err(SmError::Decode("never fed".into()))
+        }
+    }
+
+    /// Its state is the number of bytes fed.
+    struct Counting(usize);
+    impl SnapshotDecoder for Counting {
+        fn feed(&mut self, b: &[u8]) -> Result<(), SmError> {
+            self.0 += b.len();
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<DecodedState, SmError> {
+            Ok(Box::new(self.0))
+        }
+    }
+
     fn received(st: &mut SnapshotStore, data: &[u8]) -> Box<ReceivedSnapshot> {
         let chunk = SnapshotChunk {
             from: NodeId(1),
@@ -199,8 +226,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut st = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
         let r = received(&mut st, b"not a state");
-        let decoder: SnapshotDecoder =
-            Box::new(|_: &[u8]| Err(SmError::Decode("truncated map".into())));
+        let decoder: Box<dyn SnapshotDecoder> = Box::new(Failing);
         let done = run_job(
             st.files(),
             SnapshotJob::Restore {
@@ -229,7 +255,7 @@ mod tests {
         let mut st = SnapshotStore::open(dir.path().to_path_buf()).expect("open");
         let r = received(&mut st, b"a state");
         let key = r.key;
-        let decoder: SnapshotDecoder = Box::new(|d: &[u8]| Ok(Box::new(d.len()) as DecodedState));
+        let decoder: Box<dyn SnapshotDecoder> = Box::new(Counting(0));
         let SnapshotDone::Restored { result, .. } = run_job(
             st.files(),
             SnapshotJob::Restore {
