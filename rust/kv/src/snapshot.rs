@@ -10,6 +10,10 @@
 //! `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`, then
 //! `sessions u64, (client u64, floor u64, last_index u64, results u64, (seq u64, result)*)*`.
 //! A snapshot written before sessions existed ends after the map and restores none.
+//! Version 2 (written only while some vShard is not plain, so a snapshot of a group that takes
+//! no part in a move stays readable by a node from before moves) adds, after the sessions,
+//! `vshards u64, (vshard u32, state u8, group u64, dirty u64, key*)*` (state: 1 incoming,
+//! 2 tracking, 3 frozen, 4 moved; `group` as [`VShardState::group`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -21,6 +25,10 @@ use nodedb_multiraft::error::DecodeError;
 use crate::partition::{Shard, ShardedMap};
 use crate::routing::{vshard_of, VSHARDS};
 use crate::state_machine::{ClientSession, KvState};
+use crate::vshard::VShardState;
+
+/// The snapshot version that adds the vShard states.
+const VERSION_VSHARDS: u8 = 2;
 
 /// A point-in-time copy of a group's KV state that shares its maps with the live state.
 /// `Send + Sync`: serialize it on another thread while the driver keeps applying.
@@ -28,6 +36,7 @@ use crate::state_machine::{ClientSession, KvState};
 pub struct KvSnapshotView {
     map: ShardedMap,
     sessions: BTreeMap<u64, ClientSession>,
+    vshards: BTreeMap<u32, VShardState>,
     applied_index: u64,
     applied_commands: u64,
 }
@@ -38,6 +47,7 @@ impl KvState {
         KvSnapshotView {
             map: self.map.clone(),
             sessions: self.sessions.clone(),
+            vshards: self.vshards.clone(),
             applied_index: self.applied_index,
             applied_commands: self.applied_commands,
         }
@@ -46,7 +56,10 @@ impl KvState {
     /// The state a snapshot's bytes describe; any corruption is an error, never a panic.
     pub fn from_snapshot(data: &[u8]) -> Result<KvState, DecodeError> {
         let mut r = Reader::new(data);
-        r.version()?;
+        let version = r.u8()?;
+        if version != FORMAT_VERSION && version != VERSION_VSHARDS {
+            return Err(DecodeError::Version(version));
+        }
         let applied_index = r.u64()?;
         let applied_commands = r.u64()?;
         let n = r.u64()?;
@@ -79,10 +92,45 @@ impl KvState {
                 );
             }
         }
+        let mut vshards = BTreeMap::new();
+        if version == VERSION_VSHARDS {
+            let n = r.u64()?;
+            for _ in 0..n {
+                let vshard = r.u32()?;
+                if vshard as usize >= VSHARDS {
+                    return Err(DecodeError::TooLong {
+                        what: "vshard",
+                        len: u64::from(vshard),
+                        limit: VSHARDS as u64 - 1,
+                    });
+                }
+                let tag = r.u8()?;
+                let group = r.u64()?;
+                let count = r.u64()?;
+                let mut dirty = std::collections::BTreeSet::new();
+                for _ in 0..count {
+                    dirty.insert(r.bytes("dirty key")?.to_vec());
+                }
+                let state = match tag {
+                    1 => VShardState::Incoming { from: group },
+                    2 => VShardState::Tracking { dirty },
+                    3 => VShardState::Frozen { to: group, dirty },
+                    4 => VShardState::Moved { to: group },
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "vshard state",
+                            tag,
+                        })
+                    }
+                };
+                vshards.insert(vshard, state);
+            }
+        }
         r.finish()?;
         Ok(KvState {
             map: ShardedMap::from_shards(shards.into_iter().map(Arc::new).collect()),
             sessions,
+            vshards,
             applied_index,
             applied_commands,
         })
@@ -102,7 +150,19 @@ impl KvSnapshotView {
             .values()
             .map(|s| 32 + s.results.values().map(|r| 12 + r.len()).sum::<usize>())
             .sum();
-        25 + entries + 8 + sessions
+        let vshards: usize = if self.vshards.is_empty() {
+            0
+        } else {
+            8 + self
+                .vshards
+                .values()
+                .map(|st| {
+                    let dirty = st.dirty().into_iter().flatten();
+                    21 + dirty.map(|k| 4 + k.len()).sum::<usize>()
+                })
+                .sum::<usize>()
+        };
+        25 + entries + 8 + sessions + vshards
     }
 
     /// The snapshot's bytes.
@@ -118,7 +178,11 @@ impl KvSnapshotView {
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         const FLUSH_AT: usize = 64 << 10;
         let mut w = Writer::with_capacity(2 * FLUSH_AT);
-        w.u8(FORMAT_VERSION);
+        w.u8(if self.vshards.is_empty() {
+            FORMAT_VERSION
+        } else {
+            VERSION_VSHARDS
+        });
         w.u64(self.applied_index);
         w.u64(self.applied_commands);
         w.u64(self.map.len() as u64);
@@ -145,6 +209,28 @@ impl KvSnapshotView {
             if w.buf.len() >= FLUSH_AT {
                 out.write_all(&w.buf)?;
                 w.buf.clear();
+            }
+        }
+        if !self.vshards.is_empty() {
+            w.u64(self.vshards.len() as u64);
+            for (vshard, state) in &self.vshards {
+                w.u32(*vshard);
+                w.u8(match state {
+                    VShardState::Incoming { .. } => 1,
+                    VShardState::Tracking { .. } => 2,
+                    VShardState::Frozen { .. } => 3,
+                    VShardState::Moved { .. } => 4,
+                });
+                w.u64(state.group());
+                let dirty = state.dirty();
+                w.u64(dirty.map_or(0, |d| d.len() as u64));
+                for k in dirty.into_iter().flatten() {
+                    w.bytes(k);
+                }
+                if w.buf.len() >= FLUSH_AT {
+                    out.write_all(&w.buf)?;
+                    w.buf.clear();
+                }
             }
         }
         out.write_all(&w.buf)
