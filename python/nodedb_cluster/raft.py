@@ -356,6 +356,25 @@ class RaftEngine:
         await self.read_index(group_id, timeout_ms)
         return self._core.kv_get(group_id, key)
 
+    def kv_vshard_export(
+        self, group_id: int, vshard: int, delta: bool, chunk_bytes: int = 1 << 20
+    ) -> list[bytes]:
+        """vShard `vshard` of this replica of `group_id` as import commands for its move's
+        target, each at most `chunk_bytes`: all its keys (the source tracking or frozen), or
+        with `delta` (the source frozen) its keys written since tracking began, deletions
+        included, and the group's write sessions. InvalidRequest in any other state."""
+        return self._core.kv_vshard_export(group_id, vshard, delta, chunk_bytes)
+
+    def kv_vshard_stats(self, group_id: int) -> list[tuple[int, int, int]]:
+        """(vshard, keys, bytes of keys and values) of every vShard with keys in this replica."""
+        return self._core.kv_vshard_stats(group_id)
+
+    def kv_vshard_states(self, group_id: int) -> dict[int, tuple[str, int]]:
+        """vshard -> (state, the other group of its move) for every vShard of `group_id` not
+        plain here: "incoming" (from the source), "tracking" (0), "frozen" / "moved" (to the
+        target)."""
+        return self._core.kv_vshard_states(group_id)
+
     def kv_digest(self, group_id: int) -> tuple[int, int, int]:
         """(applied_index, key_count, digest) of a "kv" group: equal on two nodes = same state."""
         return self._core.kv_digest(group_id)
@@ -415,12 +434,26 @@ def kv_get_command(key: bytes) -> bytes:
     return _core.kv_command("get", key)
 
 
-KvStatus = Literal["ok", "not_found", "cas_mismatch", "duplicate", "invalid"]
+def kv_vshard_command(op: str, vshard: int, group: int = 0) -> bytes:
+    """One step of a vShard move for a "kv" group: "incoming" (group = the source), "track",
+    "freeze" (group = the target), "unfreeze", "activate", "release" (group = the target),
+    "drop" (docs/KV.md, "vShard moves"). ValueError for a bad op or vShard."""
+    return _core.kv_vshard_command(op, vshard, group)
+
+
+def kv_check_result(result: bytes) -> None:
+    """Raise unless `result` is a success: VShardPaused, VShardMoved(group), InvalidRequest
+    (refused step, with the reason), OutcomeUnknown."""
+    _core.kv_check_result(result)
+
+
+KvStatus = Literal["ok", "not_found", "cas_mismatch", "duplicate", "paused", "moved", "invalid"]
 
 
 def kv_result(data: bytes) -> tuple[KvStatus, bytes | None]:
     """Decode a "kv" group's result: ("ok", value|None), ("not_found", None),
     ("cas_mismatch", current), ("duplicate", None) (a session write answered before: not
-    applied again), ("invalid", reason)."""
+    applied again), ("paused", None) / ("moved", group u64 LE) (its vShard is moving / moved:
+    not applied), ("invalid", reason)."""
     status, value = _core.kv_result(data)
     return cast(KvStatus, status), value

@@ -39,6 +39,7 @@ use self::wire::{decode_reply, encode_request, serve_here, Decoded, Rpc};
 use crate::routing::Routing;
 use crate::serve::KvServer;
 use crate::session::SessionState;
+use crate::vshard::Refusal;
 
 /// Items queued and not yet sent, at most; a call beyond it fails with `Busy` (a call that
 /// finds the queue empty is always taken).
@@ -103,7 +104,16 @@ impl KvClient {
 
     /// Install routing; learned leaders are kept.
     pub fn set_routing(&self, routing: Routing) {
-        self.state().routing = Some(routing);
+        let mut st = self.state();
+        st.routing = Some(routing);
+        st.routing_stale = false;
+    }
+
+    /// Whether a group answered Moved since the last [`set_routing`](Self::set_routing): the
+    /// routing table is stale (the client already re-routes the moved vShards by itself; a
+    /// caller that can fetch a fresh table should, without blocking calls on it).
+    pub fn routing_stale(&self) -> bool {
+        self.state().routing_stale
     }
 
     /// Run inside the node whose serving side is `server`: items this node leads (or, with no
@@ -216,7 +226,7 @@ impl KvClient {
         }
         let mut placed = Vec::with_capacity(items.len());
         for (key, _) in &items {
-            let group = st.group_of(key).map_err(|e| match e {
+            let (vshard, group) = st.locate(key).map_err(|e| match e {
                 KvError::Unavailable(text) => SubmitError::NotConnected(text),
                 e => item_error(0, e),
             })?;
@@ -226,7 +236,7 @@ impl KvClient {
                     KvError::Unavailable("no member known".into()),
                 ));
             };
-            placed.push((group, target, probe));
+            placed.push((group, target, probe, vshard));
         }
         let count = items.len();
         let (seqs, floor) = if kind.is_write() {
@@ -238,7 +248,7 @@ impl KvClient {
         let call = Arc::new(Call {
             kind,
             deadline,
-            groups: placed.iter().map(|&(g, _, _)| g).collect(),
+            groups: placed.iter().map(|&(g, _, _, _)| g).collect(),
             seqs,
             completion: Mutex::new(Some(completion)),
             progress: Mutex::new(Progress {
@@ -247,7 +257,7 @@ impl KvClient {
                 finished: false,
             }),
         });
-        for (slot, ((group, target, probe), (_, payload))) in
+        for (slot, ((group, target, probe, vshard), (_, payload))) in
             placed.into_iter().zip(items).enumerate()
         {
             let payload = match floor {
@@ -262,6 +272,8 @@ impl KvClient {
                 payload,
                 attempt: 0,
                 last: None,
+                vshard,
+                refused: 0,
             };
             st.enqueue((target, lane, probe), item);
         }
@@ -386,6 +398,48 @@ impl KvClient {
         }
     }
 
+    /// An item its vShard's state refused ([`Refusal`]): Paused goes again to the same group
+    /// after a short pause; Moved re-routes the vShard and goes at once to its new group
+    /// ([`retry::when_refused`]). Until the call's deadline, as any retry.
+    fn on_refused(
+        &self,
+        st: &mut State,
+        mut item: Item,
+        refusal: Refusal,
+        target: u64,
+        now: Instant,
+        step: &mut Step,
+    ) {
+        if st.closed {
+            st.complete(item, Err(KvError::Closed), &mut step.finished);
+            return;
+        }
+        st.leaders.entry(item.group).or_insert(target);
+        let left = item.call.deadline.saturating_duration_since(now);
+        let next = retry::when_refused(item.refused, left);
+        item.refused = item.refused.saturating_add(1);
+        match refusal {
+            Refusal::Paused => {
+                item.last = Some(KvError::Paused {
+                    vshard: item.vshard,
+                });
+            }
+            Refusal::Moved(group) => {
+                st.moved(item.vshard, group);
+                item.group = group;
+                item.attempt = 0;
+            }
+        }
+        let next = match (refusal, next) {
+            (Refusal::Moved(_), _) if item.refused <= retry::MOVED_AT_ONCE_MAX => When::AtOnce,
+            (_, next) => next,
+        };
+        match next {
+            When::AtOnce => step.at_once.push(item),
+            When::After(pause) => step.later.push((pause, item)),
+        }
+    }
+
     async fn run_batch(self: Arc<Self>, key: LaneKey, items: Vec<Item>) {
         let (target, lane, probe) = key;
         let start = Instant::now();
@@ -489,7 +543,7 @@ impl KvClient {
                 st.suspect(target);
             }
             match reply {
-                Ok((results, failed)) => {
+                Ok((results, failed, refused)) => {
                     // Answer times of the network only (an in-process answer says nothing
                     // about how long a peer takes).
                     if !probe && target != self.me {
@@ -498,12 +552,22 @@ impl KvClient {
                     if probe && lane == Lane::Propose {
                         st.revive_named(&failed);
                     }
-                    for (item, result) in items.into_iter().zip(results) {
-                        match failed.get(&item.group) {
-                            Some(err) => {
+                    let mut refusals: Vec<Option<Refusal>> = Vec::new();
+                    if !refused.is_empty() {
+                        refusals.resize(items.len(), None);
+                        for (i, r) in refused {
+                            refusals[i] = Some(r);
+                        }
+                    }
+                    for (i, (item, result)) in items.into_iter().zip(results).enumerate() {
+                        match (failed.get(&item.group), refusals.get(i).copied().flatten()) {
+                            (Some(err), _) => {
                                 self.on_error(&mut st, item, err.clone(), target, now, &mut step)
                             }
-                            None => {
+                            (None, Some(refusal)) => {
+                                self.on_refused(&mut st, item, refusal, target, now, &mut step)
+                            }
+                            (None, None) => {
                                 st.leaders.entry(item.group).or_insert(target);
                                 st.complete(item, Ok(result), &mut step.finished);
                             }
