@@ -227,6 +227,12 @@ def format_status(doc: dict[str, object]) -> str:
         lines.append(
             f"moving: group {group_id} is filling learner(s) {','.join(map(str, learners))}"
         )
+    for vshard, source, target, move_id, phase, done, chunks in doc.get("vshard_moves") or []:  # type: ignore[attr-defined]
+        progress = f", {done}/{chunks} chunks" if chunks else ""
+        lines.append(
+            f"moving: vShard {vshard} group {source} -> {target} "
+            f"(move {move_id}, {phase}{progress})"
+        )
     lines += [
         "",
         f"{'GROUP':>5}  {'ROLE':<13} {'LEADER':>6} {'TERM':>5} {'COMMIT':>7} "

@@ -144,6 +144,9 @@ class ClusterConfig:
     rebalance_imbalance_percent: int = 20
     """Replicas per node (or bytes per group) are balanced once max - min exceeds this share of
     the mean (and one replica)."""
+    vshard_move_pause_budget_ms: int = 500
+    """How long a vShard move may pause its vShard's writes (from the freeze to the route's
+    flip); a move that cannot flip within it aborts and leaves the vShard where it was."""
     dead_node_grace_ms: int = 300_000
     """A node SWIM has reported dead for this long gets its replicas re-created on live nodes
     (when a node outside the group can take them); until then they wait for it."""
@@ -366,6 +369,7 @@ class ClusterConfig:
         check_int("rebalance_concurrent_moves_max", self.rebalance_concurrent_moves_max, 1, 1024)
         check_int("rebalance_imbalance_percent", self.rebalance_imbalance_percent, 1, 1000)
         check_int("dead_node_grace_ms", self.dead_node_grace_ms, 0, 30 * 86_400_000)
+        check_int("vshard_move_pause_budget_ms", self.vshard_move_pause_budget_ms, 1, 3_600_000)
         for name, table in _TABLES.items():
             if not isinstance(getattr(self, name), table):
                 raise ConfigError(name, f"expected a {table.__name__}")

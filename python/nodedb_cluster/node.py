@@ -51,6 +51,7 @@ from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.status import NodeIdentity, NodeStatus, collect_status, status_handler
 from nodedb_cluster.swim_wiring import SwimWiring
 from nodedb_cluster.transport import Peer, Reply, Transport
+from nodedb_cluster.vshard_mover import CoreVShards, GroupSteps, VShardMover
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ class Node:
             self._routing,
             lambda: self.metadata.topology,
             self._proposer.propose,
+            vshard_moves=lambda: len(self.metadata.vshard_moves),
+            vshard_bytes=self._vshard_bytes,
         )
         """Replica placement over time: onto new nodes, off draining and long-dead ones."""
         self._reconciler = Reconciler(
@@ -140,7 +143,21 @@ class Node:
             self.group_kind,
             self._proposer.propose,
             self.rebalancer.leaving,
+            lambda: frozenset(m.target for m in self.metadata.vshard_moves),
         )
+        self._vshard_steps = GroupSteps(
+            config.node_id, self._require_engine, transport, config.rpc_timeout_ms
+        )
+        self.vshard_mover = VShardMover(
+            config.node_id,
+            self._require_engine,
+            lambda: self.metadata,
+            self._proposer.propose,
+            self._vshard_steps,
+            CoreVShards(self._require_engine),
+            config.vshard_move_pause_budget_ms / 1000,
+        )
+        """vShard moves between groups (the ones whose source group this node leads)."""
         self._swim = SwimWiring(config, self.admission.secret)
         self._swim.observe(self.rebalancer.on_member_changed)
         self.placement = PlacementControl(
@@ -159,6 +176,7 @@ class Node:
             wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
             wire.MessageKind.HOST_PROPOSE: self._on_host_propose,
             wire.MessageKind.PLACEMENT_REQUEST: self.placement.on_request,
+            wire.MessageKind.VSHARD_STEP: self._vshard_steps.on_step,
         }
         for kind, handler in handlers.items():
             self.control.register(kind, handler)
@@ -216,6 +234,9 @@ class Node:
     def start_reconciler(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._reconciler.run()))
         self._tasks.append(asyncio.ensure_future(self.rebalancer.run()))
+        if self._data_group_kind == "kv" and hasattr(_core, "kv_vshard_command"):
+            # (the hasattr: until the core's vShard placement commands land; removed with them)
+            self._tasks.append(asyncio.ensure_future(self.vshard_mover.run()))
 
     async def start_membership(self) -> None:
         """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology; a
@@ -240,6 +261,28 @@ class Node:
                 return
             log.info("node %d: SWIM address not recorded yet: %s", own.node_id, refused)
             await asyncio.sleep(SWIM_ADVERTISE_RETRY_S)  # a pause between bounded attempts
+
+    def _vshard_bytes(self) -> dict[int, int] | None:
+        """Bytes per vShard across every data group, read from this node's replicas; None unless
+        it holds a replica of each (the rebalancer then leaves bytes alone)."""
+        routing, engine = self.metadata.routing, self.engine
+        data = [g for g in routing.group_ids if g != METADATA_GROUP_ID]
+        if (
+            engine is None
+            or self._data_group_kind != "kv"
+            or not hasattr(_core, "kv_vshard_command")  # until the core's vShard commands land
+        ):
+            return None
+        if set(data) - set(routing.groups_of_node(self.config.node_id)):
+            return None
+        sizes: dict[int, int] = {}
+        try:
+            for group in data:
+                for vshard, _keys, size in engine.kv_vshard_stats(group):
+                    sizes[vshard] = sizes.get(vshard, 0) + size
+        except ClusterError:
+            return None  # a replica not created yet, or gone meanwhile
+        return sizes
 
     def group_kind(self, group_id: int) -> StateMachineKind:
         return "python" if group_id == METADATA_GROUP_ID else self._data_group_kind
@@ -312,6 +355,8 @@ class Node:
             self._push_kv_routing(state)
         self._swim.seed(state.topology)
         self._reconciler.wake()
+        if state.vshard_moves:
+            self.vshard_mover.wake()
 
     def register_peers(self, state: MetadataState) -> None:
         """The transport's peers are the topology's other nodes: a node removed from it is
@@ -334,7 +379,7 @@ class Node:
             self._swim.view(),
             self.no_space(),
         )
-        return await collect_status(who, state, engine, self.group_kind)
+        return await collect_status(who, state, engine, self.group_kind, self.vshard_mover.progress)
 
     def no_space(self) -> str | None:
         """Why this node is NO_SPACE, or None. Its Raft log's disk is below the free-space

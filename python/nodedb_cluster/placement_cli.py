@@ -6,6 +6,12 @@ credentials, PLACEMENT_REQUEST) and `locate` (any client: routing only).
         and retired it (DECOMMISSIONED), printing progress; then it can be stopped.
     nodedb-cluster rebalance --addr HOST:PORT [--dry-run] [--json] <admin creds>
         prints the plan and, unless --dry-run, starts it.
+    nodedb-cluster move-vshard --vshard V --to-group G --addr HOST:PORT [--no-wait] [--json]
+        <admin creds>
+        moves vShard V into group G (copy, a short write pause, the route's flip) and waits for
+        the outcome: moved, or aborted with the vShard where it was.
+    nodedb-cluster add-groups --count N --addr HOST:PORT [--json] <admin creds>
+        adds N data groups on the least loaded nodes; the rebalancer fills them with vShards.
     nodedb-cluster locate KEY --addr HOST:PORT [--json] <client creds>
         vShard, group, leader, voters and learners of KEY.
 """
@@ -21,6 +27,7 @@ from typing import Any
 
 from nodedb_cluster import wire
 from nodedb_cluster.cli_support import (
+    EXIT_FAILED,
     EXIT_OK,
     add_client_arguments,
     client_credentials,
@@ -34,6 +41,7 @@ from nodedb_cluster.placement_control import encode_placement_request
 from nodedb_cluster.routing import vshard_for_key
 
 DRAIN_WAIT_S_DEFAULT = 600.0
+MOVE_WAIT_S_DEFAULT = 120.0
 POLL_S = 0.5
 
 
@@ -63,6 +71,34 @@ def add_placement_commands(sub: Any, environ: Mapping[str, str]) -> None:
     rebalance.add_argument("--dry-run", action="store_true", help="print the plan only")
     add_client_arguments(rebalance, environ, "any node's listen address")
     rebalance.set_defaults(run=_cmd_rebalance)
+
+    move = sub.add_parser(
+        "move-vshard", help="move one vShard into another group (admin credentials)"
+    )
+    move.add_argument("--vshard", required=True, type=int, metavar="V", help="the vShard")
+    move.add_argument(
+        "--to-group", required=True, type=int, metavar="G", help="the data group to move it to"
+    )
+    move.add_argument("--no-wait", action="store_true", help="return once the move began")
+    move.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=MOVE_WAIT_S_DEFAULT,
+        metavar="SECS",
+        help=f"give up waiting after this long (default {MOVE_WAIT_S_DEFAULT:.0f})",
+    )
+    add_client_arguments(move, environ, "any node's listen address")
+    move.set_defaults(run=_cmd_move_vshard)
+
+    grow = sub.add_parser(
+        "add-groups",
+        help="add data groups to the cluster; the rebalancer moves vShards into them (admin)",
+    )
+    grow.add_argument(
+        "--count", required=True, type=int, metavar="N", help="how many groups to add"
+    )
+    add_client_arguments(grow, environ, "any node's listen address")
+    grow.set_defaults(run=_cmd_add_groups)
 
     locate = sub.add_parser("locate", help="where KEY lives: vShard, group, leader, members")
     locate.add_argument("locate_key", metavar="KEY", help="the key (UTF-8)")
@@ -140,6 +176,67 @@ def _cmd_rebalance(args: argparse.Namespace) -> int:
         print(f"held: {held}")
     if moves and not args.dry_run:
         print("started (the group leaders carry the moves out; see `status`)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_move_vshard(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    answer = _placement(args, "move_vshard", vshard=args.vshard, to_group=args.to_group)
+    move_id = int(answer.get("move_id") or 0)
+    if not args.json:
+        print(
+            f"vShard {args.vshard}: move {move_id} from group {answer.get('source')} to group "
+            f"{args.to_group} begun",
+            file=sys.stderr,
+        )
+    outcome = "begun"
+    if not args.no_wait:
+        outcome = asyncio.run(_wait_moved(args, move_id, started))
+    doc = {
+        **answer,
+        "outcome": outcome,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"vShard {args.vshard}: {outcome} after {doc['seconds']} s")
+    return EXIT_OK if outcome in ("moved", "begun") else EXIT_FAILED
+
+
+async def _wait_moved(args: argparse.Namespace, move_id: int, started: float) -> str:
+    """Poll status until move `move_id` is no longer in flight; then the routing says whether it
+    moved or aborted."""
+    credentials = client_credentials(args)
+    last = ""
+    while True:
+        doc = await fetch_status(args.addr, credentials, args.timeout)
+        rows = [m for m in doc.get("vshard_moves") or () if int(m[3]) == move_id]  # type: ignore[attr-defined]
+        if not rows:
+            break
+        phase = f"{rows[0][4]}" + (f", {rows[0][5]}/{rows[0][6]} chunks" if rows[0][6] else "")
+        if phase != last and not args.json:
+            print(f"vShard {args.vshard}: {phase}", file=sys.stderr)
+            last = phase
+        if time.monotonic() - started > args.wait_timeout:
+            raise Timeout(f"move {move_id} of vShard {args.vshard}", int(args.wait_timeout * 1000))
+        await asyncio.sleep(POLL_S)  # status has no push channel: poll, bounded above
+    async with Client([args.addr], credentials, timeout_s=args.timeout) as c:
+        group = c.routing.group_for_vshard(args.vshard)
+    return "moved" if group == args.to_group else f"aborted (still in group {group})"
+
+
+def _cmd_add_groups(args: argparse.Namespace) -> int:
+    answer = _placement(args, "add_groups", count=args.count)
+    if args.json:
+        print_json(answer)
+        return EXIT_OK
+    for group, voters, learners in answer.get("groups") or []:
+        print(f"group {group}: voter {voters}, joining {learners}")
+    print(
+        "added (the rebalancer moves vShards into them; `rebalance` starts that now)",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

@@ -5,6 +5,13 @@ leader), after which the rebalancer moves the node's replicas off and retires it
     {op: "decommission", node_id: u64}   -> {node_id, state: "DRAINING"}
     {op: "rebalance", dry_run: bool}      -> {moves: [{move: name, ...fields}], held: [str],
                                               started: bool}
+    {op: "move_vshard", vshard: u16, to_group: u64}
+                                          -> {vshard, source, target, move_id}: begun in group 0;
+                                             the source group's leader carries it out
+    {op: "add_groups", count: u32}        -> {groups: [[group, [voter], [learners]]]}: new data
+                                             groups, each bootstrapped by its first member and
+                                             joined by the others; the rebalancer then moves
+                                             vShards into them
 """
 
 from __future__ import annotations
@@ -20,13 +27,18 @@ from nodedb_cluster import wire
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import InvalidRequest
 from nodedb_cluster.metadata.applier import MetadataState
-from nodedb_cluster.metadata.commands import MetadataEntry, SetNodeState
+from nodedb_cluster.metadata.commands import BeginVShardMove, MetadataEntry, SetNodeState
+from nodedb_cluster.metadata.placement import plan_new_groups
 from nodedb_cluster.metadata.rebalance import Plan, decommission_refusal
 from nodedb_cluster.rebalancer import Rebalancer
+from nodedb_cluster.routing.vshard import NUM_VSHARDS
 from nodedb_cluster.topology import NodeState
 from nodedb_cluster.transport import Peer, Reply
 
 log = logging.getLogger(__name__)
+
+ADD_GROUPS_MAX = 1024
+"""Groups one request may add (the routing table holds 4096 in all)."""
 
 
 def encode_placement_request(op: str, **fields: object) -> bytes:
@@ -68,9 +80,57 @@ class PlacementControl:
                     raise InvalidRequest(f"rebalance dry_run {dry_run!r} is not a boolean")
                 planned = await self._rebalancer.rebalance_once(dry_run=dry_run)
                 answer = plan_doc(planned, not dry_run)
+            case "move_vshard":
+                vshard, to_group = doc.get("vshard"), doc.get("to_group")
+                if type(vshard) is not int or type(to_group) is not int:
+                    raise InvalidRequest("move_vshard needs integer vshard and to_group")
+                answer = await self._move_vshard(peer, vshard, to_group)
+            case "add_groups":
+                count = doc.get("count")
+                if type(count) is not int or not 1 <= count <= ADD_GROUPS_MAX:
+                    raise InvalidRequest(f"add_groups count must be 1..{ADD_GROUPS_MAX}")
+                answer = await self._add_groups(peer, count)
             case other:
                 raise InvalidRequest(f"unknown placement op {other!r}")
         return wire.MessageKind.PLACEMENT_RESPONSE, bytes(msgpack.packb(answer))
+
+    async def _move_vshard(self, peer: Peer, vshard: int, to_group: int) -> dict[str, Any]:
+        if not 0 <= vshard < NUM_VSHARDS:
+            raise InvalidRequest(f"vshard {vshard} is not in 0..{NUM_VSHARDS - 1}")
+        source = self._metadata().routing.group_for_vshard(vshard)
+        begin = BeginVShardMove(
+            vshard, source, to_group, self._config.rebalance_concurrent_moves_max
+        )
+        refused = await self._propose(MetadataEntry((begin,), peer.identity))
+        if refused is not None:
+            raise InvalidRequest(f"move of vshard {vshard} refused: {refused}")
+        move = self._metadata().vshard_moves.get(vshard)
+        log.info(
+            "vshard %d: move from group %d to group %d begun (asked by %s)",
+            vshard,
+            source,
+            to_group,
+            peer.identity,
+        )
+        return {
+            "vshard": vshard,
+            "source": source,
+            "target": to_group,
+            "move_id": 0 if move is None else move.move_id,  # 0: already over when read
+        }
+
+    async def _add_groups(self, peer: Peer, count: int) -> dict[str, Any]:
+        state = self._metadata()
+        commands = plan_new_groups(
+            state.topology, state.routing, count, self._config.replication_factor
+        )
+        refused = await self._propose(MetadataEntry(tuple(commands), peer.identity))
+        if refused is not None:
+            raise InvalidRequest(f"adding {count} groups refused: {refused}")
+        log.info(
+            "added data groups %s (asked by %s)", [c.group_id for c in commands], peer.identity
+        )
+        return {"groups": [[c.group_id, list(c.voters), list(c.learners)] for c in commands]}
 
     async def _decommission(self, peer: Peer, node_id: int) -> dict[str, Any]:
         state = self._metadata()

@@ -357,23 +357,21 @@ class RaftEngine:
         return self._core.kv_get(group_id, key)
 
     def kv_vshard_export(
-        self, group_id: int, vshard: int, delta: bool, chunk_bytes: int = 1 << 20
+        self, group_id: int, vshard: int, move_id: int, delta: bool, chunk_bytes: int
     ) -> list[bytes]:
-        """vShard `vshard` of this replica of `group_id` as import commands for its move's
-        target, each at most `chunk_bytes`: all its keys (the source tracking or frozen), or
-        with `delta` (the source frozen) its keys written since tracking began, deletions
-        included, and the group's write sessions. InvalidRequest in any other state."""
-        return self._core.kv_vshard_export(group_id, vshard, delta, chunk_bytes)
+        """Import commands (of move `move_id`) holding this replica's keys of `vshard`: all of
+        them, or with `delta` those changed since the vShard's `track` plus the write sessions;
+        each at most `chunk_bytes` unless one key is larger."""
+        return list(self._core.kv_vshard_export(group_id, vshard, move_id, delta, chunk_bytes))
+
+    def kv_vshard_states(self, group_id: int) -> dict[int, tuple[str, int, int]]:
+        """vShard -> (mark, group, move id) for this replica's vShards that are not plainly
+        owned (incoming, tracking, frozen, moved)."""
+        return dict(self._core.kv_vshard_states(group_id))
 
     def kv_vshard_stats(self, group_id: int) -> list[tuple[int, int, int]]:
-        """(vshard, keys, bytes of keys and values) of every vShard with keys in this replica."""
-        return self._core.kv_vshard_stats(group_id)
-
-    def kv_vshard_states(self, group_id: int) -> dict[int, tuple[str, int]]:
-        """vshard -> (state, the other group of its move) for every vShard of `group_id` not
-        plain here: "incoming" (from the source), "tracking" (0), "frozen" / "moved" (to the
-        target)."""
-        return self._core.kv_vshard_states(group_id)
+        """(vShard, keys, bytes of keys and values) for each vShard with keys in this replica."""
+        return list(self._core.kv_vshard_stats(group_id))
 
     def kv_digest(self, group_id: int) -> tuple[int, int, int]:
         """(applied_index, key_count, digest) of a "kv" group: equal on two nodes = same state."""
@@ -415,6 +413,17 @@ def kv_put(key: bytes, value: bytes) -> bytes:
     return _core.kv_command("put", key, value)
 
 
+def kv_vshard_command(op: str, vshard: int, group: int, move_id: int) -> bytes:
+    """A placement command of the KV state machine (`vshard_mover.py`): incoming (group = the
+    source), track, freeze and release (group = the target), unfreeze, activate, drop."""
+    return bytes(_core.kv_vshard_command(op, vshard, group, move_id))
+
+
+def kv_check_result(result: bytes) -> None:
+    """Raise the error a placement command's result holds, if it did not apply."""
+    _core.kv_check_result(result)
+
+
 def kv_delete(key: bytes) -> bytes:
     return _core.kv_command("delete", key)
 
@@ -432,19 +441,6 @@ def kv_session(client: int, seq: int, acked_below: int, command: bytes) -> bytes
 def kv_get_command(key: bytes) -> bytes:
     """A read through the log (linearizable without ReadIndex, at the cost of an entry)."""
     return _core.kv_command("get", key)
-
-
-def kv_vshard_command(op: str, vshard: int, group: int = 0) -> bytes:
-    """One step of a vShard move for a "kv" group: "incoming" (group = the source), "track",
-    "freeze" (group = the target), "unfreeze", "activate", "release" (group = the target),
-    "drop" (docs/KV.md, "vShard moves"). ValueError for a bad op or vShard."""
-    return _core.kv_vshard_command(op, vshard, group)
-
-
-def kv_check_result(result: bytes) -> None:
-    """Raise unless `result` is a success: VShardPaused, VShardMoved(group), InvalidRequest
-    (refused step, with the reason), OutcomeUnknown."""
-    _core.kv_check_result(result)
 
 
 KvStatus = Literal["ok", "not_found", "cas_mismatch", "duplicate", "paused", "moved", "invalid"]

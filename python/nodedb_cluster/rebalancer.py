@@ -5,24 +5,30 @@ Every node plans from the same routing table and acts only for the groups it lea
 is started once, by the node that sees its progress. A replica move becomes `AddGroupLearner`
 with room for one member beyond RF; the group's leader later puts the caught-up learner in a
 voter's place (`reconcile.ProposeReplacement`). Leaderships are balanced by the reconciler
-(`balance_leaders`). vShard moves are planned but not carried out yet (logged). Nothing is
-remembered between rounds: a crash, a lost proposal or a new leader only delays the next plan,
-made again from the routing table the moves so far produced.
+(`balance_leaders`). A vShard move becomes `BeginVShardMove` in group 0, which the source
+group's leader carries out (`vshard_mover.py`). Nothing is remembered between rounds: a crash,
+a lost proposal or a new leader only delays the next plan, made again from the routing table
+the moves so far produced. A round that started moves is followed by the next after
+`REPLAN_AFTER_MOVES_S` instead of the full interval, so filling new groups (hundreds of vShard
+moves, a few at a time) does not take hundreds of intervals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from nodedb_cluster.errors import ClusterError, EngineStopped, UnknownGroup
 from nodedb_cluster.membership import MemberChanged, MemberState
 from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
+    BeginVShardMove,
     MetadataEntry,
     RemoveGroupMember,
     SetNodeState,
@@ -42,6 +48,8 @@ from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.topology import NodeState, Topology
 
 log = logging.getLogger(__name__)
+
+REPLAN_AFTER_MOVES_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,8 @@ class Rebalancer:
         topology: Callable[[], Topology],
         propose: Callable[[MetadataEntry], Awaitable[str | None]],
         clock: Callable[[], float] = time.monotonic,
+        vshard_moves: Callable[[], int] = lambda: 0,
+        vshard_bytes: Callable[[], dict[int, int] | None] = lambda: None,
     ) -> None:
         self._policy = policy
         self._engine = engine
@@ -73,6 +83,10 @@ class Rebalancer:
         self._topology = topology
         self._propose = propose
         self._clock = clock
+        self._vshard_moves = vshard_moves
+        """vShard moves in flight (group 0's record)."""
+        self._vshard_bytes = vshard_bytes
+        """Bytes per vShard of every data group, or None when this node cannot see them all."""
         self._dead_since: dict[int, float] = {}
 
     def on_member_changed(self, event: MemberChanged) -> None:
@@ -84,21 +98,37 @@ class Rebalancer:
 
     def leaving(self) -> frozenset[int]:
         """Nodes whose replicas move off now (draining, or dead past the grace)."""
-        return self._load(self._routing()).leaving
+        return self._load(self._routing(), with_bytes=False).leaving
 
-    def _load(self, routing: RoutingTable) -> ClusterLoad:
+    def _load(self, routing: RoutingTable, *, with_bytes: bool = True) -> ClusterLoad:
         now = self._clock()
         dead_for = {n: now - since for n, since in self._dead_since.items()}
-        return cluster_load(self._topology(), routing, dead_for, self._policy.dead_grace_s)
+        load = cluster_load(
+            self._topology(),
+            routing,
+            dead_for,
+            self._policy.dead_grace_s,
+            self._vshard_moves(),
+        )
+        sizes = self._vshard_bytes() if with_bytes else None
+        if sizes is None:
+            return load
+        group_bytes: dict[int, int] = {}
+        for vshard, group in enumerate(routing.vshard_to_group.tolist()):
+            group_bytes[group] = group_bytes.get(group, 0) + sizes.get(vshard, 0)
+        return dataclasses.replace(load, group_bytes=group_bytes, vshard_bytes=sizes)
 
     async def run(self) -> None:
         """Plans every `interval_s` until the engine stops or the task is cancelled."""
         if self._policy.interval_s <= 0:
             return
+        period = self._policy.interval_s
         while True:
-            await asyncio.sleep(self._policy.interval_s)  # a period, not a synchronisation
+            await asyncio.sleep(period)  # a period, not a synchronisation
+            period = self._policy.interval_s
             try:
-                await self.rebalance_once()
+                if (await self.rebalance_once()).moves:
+                    period = min(period, REPLAN_AFTER_MOVES_S)
             except EngineStopped:
                 return
             except ClusterError as e:
@@ -150,5 +180,10 @@ class Rebalancer:
                 refused = await self._propose(MetadataEntry((AddGroupLearner(g, dst, cap),)))
                 if refused is not None:
                     log.info("rebalance: learner %d of group %d refused: %s", dst, g, refused)
-            case MoveVShard():
-                log.info("rebalance: vShard moves are not carried out yet: %s", move)
+            case MoveVShard(vshard=v, from_group=src, to_group=dst):
+                cap = self._policy.limits.concurrent_moves_max
+                refused = await self._propose(
+                    MetadataEntry((BeginVShardMove(v, src, dst, min(cap, 64)),))
+                )
+                if refused is not None:
+                    log.info("rebalance: move of vShard %d refused: %s", v, refused)

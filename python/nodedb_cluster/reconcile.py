@@ -63,6 +63,14 @@ class CreateGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class BootstrapGroup:
+    """A group added to a live cluster with this node as its one voter and no data yet: create
+    it as a group of one and campaign (its learners join as in a join)."""
+
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class DropGroup:
     """The group no longer includes this node (in routing and in Raft): free its replica."""
 
@@ -138,6 +146,7 @@ class ProposePromotion:
 
 Action = (
     CreateGroup
+    | BootstrapGroup
     | DropGroup
     | AddLearner
     | PromoteVoter
@@ -158,12 +167,14 @@ def plan_reconcile(
     balance_leaders: bool = False,
     leaving: frozenset[int] = frozenset(),
     orphaned: frozenset[int] = frozenset(),
+    move_targets: frozenset[int] = frozenset(),
 ) -> list[Action]:
     """The next action for every group that needs one, in group order; then, when nothing else
     is to be done here, at most one leadership hand-over towards balance. `leaving`: nodes whose
     replicas are being moved off (draining, or dead past their grace): a replica move's learner
     replaces one of them first. `orphaned`: local groups whose replica has known no leader for
-    `ORPHAN_AFTER_S` (the shell's clock)."""
+    `ORPHAN_AFTER_S` (the shell's clock). `move_targets`: groups a vShard move in flight
+    imports into."""
     actions: list[Action] = []
     desired_groups = set(routing.groups_of_node(self_id))
     for group_id in sorted(desired_groups - set(local)):
@@ -172,7 +183,16 @@ def plan_reconcile(
             actions.append(CreateGroup(group_id))
         elif any(v != self_id for v in voters):
             actions.append(ProposeDemotion(group_id))
-        # else: the sole voter lost its only copy; nothing can restore it from here.
+        elif (
+            group_id != METADATA_GROUP_ID
+            and not len(routing.vshards_of_group(group_id))
+            and group_id not in move_targets
+        ):
+            # The sole voter of a group that holds no vShard and takes none in: a group just
+            # added (`add-groups`), or one whose only copy was lost while it held nothing.
+            # Either way an empty group of one is exactly right.
+            actions.append(BootstrapGroup(group_id))
+        # else: the sole voter of a group with data lost its only copy; nothing can restore it.
     for group_id, group in sorted(local.items()):
         unwanted = group_id not in routing.group_ids or group_id not in desired_groups
         gone = self_id not in group.voters and self_id not in group.learners

@@ -28,6 +28,7 @@ from nodedb_cluster.reconcile import (
     ORPHAN_AFTER_S,
     Action,
     AddLearner,
+    BootstrapGroup,
     CreateGroup,
     DropGroup,
     LocalGroup,
@@ -70,8 +71,11 @@ class Reconciler:
         group_kind: Callable[[int], StateMachineKind],
         propose: Callable[[MetadataEntry], Awaitable[str | None]],
         leaving: Callable[[], frozenset[int]] = frozenset,
+        move_targets: Callable[[], frozenset[int]] = frozenset,
     ) -> None:
         self._policy = policy
+        self._move_targets = move_targets
+        """Groups a vShard move in flight imports into (group 0's record)."""
         self._leaving = leaving
         self._leaderless_since: dict[int, float] = {}
         """When each local group was first seen knowing no leader (monotonic clock)."""
@@ -139,6 +143,7 @@ class Reconciler:
             policy.balance_leaders,
             self._leaving(),
             orphaned,
+            self._move_targets(),
         )
         bound_s = 2 * policy.rpc_timeout_ms / 1000
         for action in actions:
@@ -157,6 +162,9 @@ class Reconciler:
         match action:
             case CreateGroup(group_id=g):
                 await engine.add_group(g, None, self._group_kind(g))
+            case BootstrapGroup(group_id=g):
+                await engine.add_group(g, [self._policy.node_id], self._group_kind(g))
+                await engine.campaign(g)  # a group of one elects itself now
             case DropGroup(group_id=g):
                 await engine.remove_group(g)
             case AddLearner(group_id=g, node_id=n):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import msgpack
@@ -20,9 +20,11 @@ from nodedb_cluster.errors import UnknownGroup
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.metadata.placement import filling_groups, replica_counts
+from nodedb_cluster.metadata.vshard_moves import VShardMove
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
 from nodedb_cluster.routing.table import METADATA_GROUP_ID
 from nodedb_cluster.transport import Peer, Reply
+from nodedb_cluster.vshard_mover import MoveProgress
 
 SwimView = tuple[int, str, int, int | None]
 """One SWIM member as status reports it: (node id, ALIVE|SUSPECT|DEAD|LEFT, incarnation, ms since
@@ -56,6 +58,10 @@ class NodeStatus:
     """(node id, data-group replicas, data-group leaderships) per node, from routing."""
     moving: tuple[tuple[int, tuple[int, ...]], ...] = ()
     """(data group, learners) for each group with a replica move or a join in flight."""
+    vshard_moves: tuple[tuple[int, int, int, int, str, int, int], ...] = ()
+    """(vShard, source, target, move id, phase, chunks imported, chunks) per vShard move in
+    flight; phase and chunks only on the node that runs the move (the source's leader), else
+    phase "elsewhere"."""
 
     def dead_nodes(self) -> set[int]:
         """The nodes SWIM declares DEAD: the topology still lists them ACTIVE and voting (only an
@@ -77,6 +83,7 @@ class NodeStatus:
             "no_space": self.no_space,
             "placement": [list(p) for p in self.placement],
             "moving": [[g, list(learners)] for g, learners in self.moving],
+            "vshard_moves": [list(m) for m in self.vshard_moves],
             "groups": [
                 {
                     "group_id": g.group_id,
@@ -112,8 +119,10 @@ async def collect_status(
     state: MetadataState,
     engine: RaftEngine,
     group_kind: Callable[[int], StateMachineKind],
+    move_progress: Mapping[int, MoveProgress] | None = None,
 ) -> NodeStatus:
-    """Read every local group's Raft state (a group removed meanwhile is left out)."""
+    """Read every local group's Raft state (a group removed meanwhile is left out);
+    `move_progress`: the vShard moves this node runs, by vShard."""
     groups = []
     kv_digests: dict[int, tuple[int, int, int]] = {}
     for group_id in await engine.groups():
@@ -141,6 +150,25 @@ async def collect_status(
         no_space=who.no_space,
         placement=placement_of(state),
         moving=tuple((g, state.routing.route(g).learners) for g in filling_groups(state.routing)),
+        vshard_moves=tuple(
+            _move_row(m, (move_progress or {}).get(m.vshard)) for m in state.vshard_moves
+        ),
+    )
+
+
+def _move_row(
+    move: VShardMove, progress: MoveProgress | None
+) -> tuple[int, int, int, int, str, int, int]:
+    if progress is None or progress.move.move_id != move.move_id:
+        return (move.vshard, move.source, move.target, move.move_id, "elsewhere", 0, 0)
+    return (
+        move.vshard,
+        move.source,
+        move.target,
+        move.move_id,
+        progress.phase,
+        progress.chunks_done,
+        progress.chunks,
     )
 
 

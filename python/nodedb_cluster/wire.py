@@ -55,6 +55,8 @@ class MessageKind(enum.IntEnum):
     BENCH_LOAD_RESPONSE = 35
     HOST_PROPOSE = 36
     HOST_PROPOSE_RESPONSE = 37
+    VSHARD_STEP = 38
+    VSHARD_STEP_RESPONSE = 39
 
     @classmethod
     def _missing_(cls, value: object) -> MessageKind:

@@ -7,6 +7,7 @@ move leaves the vShard where it was."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -45,16 +46,21 @@ async def engine_of(nodes: list[Node], group: int) -> RaftEngine:
     return engine
 
 
+MOVE_ID = 7
+"""The move id of the moves below (group 0 hands them out; here the test does)."""
+
+
 async def step(nodes: list[Node], group: int, op: str, vshard: int, other: int = 0) -> None:
-    """One vShard step proposed to `group` (through its leader), checked."""
+    """One vShard step of move MOVE_ID proposed to `group` (through its leader), checked."""
     engine = await engine_of(nodes, group)
-    done = await engine.propose_batch(group, [kv_vshard_command(op, vshard, other)], kind="kv")
+    command = kv_vshard_command(op, vshard, other, MOVE_ID)
+    done = await engine.propose_batch(group, [command], kind="kv")
     kv_check_result(done.results[0])
 
 
 async def copy(nodes: list[Node], source: int, target: int, vshard: int, delta: bool) -> int:
     """The source leader's export proposed to the target; the number of chunks."""
-    chunks = (await engine_of(nodes, source)).kv_vshard_export(source, vshard, delta, 256)
+    chunks = (await engine_of(nodes, source)).kv_vshard_export(source, vshard, MOVE_ID, delta, 256)
     target_engine = await engine_of(nodes, target)
     for chunk in chunks:
         done = await target_engine.propose_batch(target, [chunk], kind="kv")
@@ -123,7 +129,7 @@ async def test_a_moved_vshard_keeps_every_write_and_redirects_clients(three: lis
 
         writers = Writers(writer, keys[4:])
         await step(three, target, "incoming", vshard, source)
-        await step(three, source, "track", vshard)
+        await step(three, source, "track", vshard, target)
         bulk = await copy(three, source, target, vshard, delta=False)
         assert bulk > 1, "256-byte chunks"
         await step(three, source, "freeze", vshard, target)
@@ -152,6 +158,11 @@ async def test_a_moved_vshard_keeps_every_write_and_redirects_clients(three: lis
             # A client with a stale route is redirected (Moved) and served by the target.
             assert await stale.get(key) == value, key
         assert stale.group_of(keys[0]) == target, "the Moved answer re-routed it"
+        # ... and made it fetch a fresh table in the background.
+        deadline = time.monotonic() + CALL_BOUND_S
+        while stale.routing.group_for_vshard(vshard) != target:
+            assert time.monotonic() < deadline, "no fresh routing table"
+            await asyncio.sleep(0.01)  # the refresh has no event of its own: poll, bounded
         await stale.put(keys[2], b"through-a-stale-route")
         t_engine = await engine_of(three, target)
         await t_engine.read_index(target)
@@ -161,7 +172,7 @@ async def test_a_moved_vshard_keeps_every_write_and_redirects_clients(three: lis
             assert node.engine is not None
             assert vshard not in {v for v, _, _ in node.engine.kv_vshard_stats(source)}
             assert all(node.engine.kv_get(source, k) is None for k in keys)
-        assert s_engine.kv_vshard_states(source) == {vshard: ("moved", target)}
+        assert s_engine.kv_vshard_states(source) == {vshard: ("moved", target, MOVE_ID)}
         assert t_engine.kv_vshard_states(target) == {}
 
         retry = await t_engine.propose_batch(target, retried, kind="kv")
@@ -186,7 +197,7 @@ async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]
         for key in keys:
             await client.put(key, b"v-" + key)
         await step(three, target, "incoming", vshard, source)
-        await step(three, source, "track", vshard)
+        await step(three, source, "track", vshard, target)
         await copy(three, source, target, vshard, delta=False)
         await step(three, source, "freeze", vshard, target)
         t_engine = await engine_of(three, target)
@@ -196,7 +207,9 @@ async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]
         during = asyncio.create_task(client.put(keys[0], b"after-abort", timeout_s=CALL_BOUND_S))
         await asyncio.sleep(0.05)
         assert not during.done()
-        late = (await engine_of(three, source)).kv_vshard_export(source, vshard, False)
+        late = (await engine_of(three, source)).kv_vshard_export(
+            source, vshard, MOVE_ID, False, 1 << 20
+        )
         # Abort (the pause budget ran out): the source serves v again, the target lets go.
         await step(three, source, "unfreeze", vshard)
         await step(three, target, "drop", vshard)
@@ -223,9 +236,10 @@ async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]
 
 async def test_bad_steps_are_refused_with_the_reason() -> None:
     with pytest.raises(ValueError, match="unknown vshard op"):
-        kv_vshard_command("teleport", 1)
+        kv_vshard_command("teleport", 1, 0, 1)
     with pytest.raises(ValueError, match=r"not in 0\.\.1024"):
-        kv_vshard_command("track", 1024)
+        kv_vshard_command("track", 1024, 2, 1)
     with pytest.raises(ValueError, match=r"not in 0\.\.1024"):
-        kv_vshard_command("track", -1)
-    assert kv_vshard_command("freeze", 3, 2) != kv_vshard_command("freeze", 3, 1)
+        kv_vshard_command("track", -1, 2, 1)
+    assert kv_vshard_command("freeze", 3, 2, 1) != kv_vshard_command("freeze", 3, 1, 1)
+    assert kv_vshard_command("freeze", 3, 2, 1) != kv_vshard_command("freeze", 3, 2, 2)

@@ -8,6 +8,8 @@ table and the cluster's load.
          moving=(2)
     plan rf=3 [threshold=0.2 moves=10 concurrent=4 cpu-limit=0.8]
     apply                      # the last plan's replica moves and transfers, into routing
+    add-group group=5 voters=(1,2,3)   # a group added to a live cluster (no vShards)
+    vshards                    # vShards per data group
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class RebalanceScript:
                     group_bytes={g: int(v) for g, v in pairs(st, "group-bytes").items()},
                     vshard_bytes={v: int(b) for v, b in pairs(st, "vshard-bytes").items()},
                     moving_groups=frozenset(st.get_ints("moving")),
+                    vshard_moves=st.get_int("vshard-moves", 0),
                 )
                 return "ok"
             case "plan":
@@ -70,7 +73,19 @@ class RebalanceScript:
                 return "\n".join(lines)
             case "apply":
                 return self.apply()
+            case "add-group":
+                self.routing.table.add_group(st.get_int("group"), st.get_ints("voters"))
+                return routing_lines(self.routing.table)
+            case "vshards":
+                return self.vshards()
         raise ScriptError(f"{st.pos}: unknown command {st.cmd!r}")
+
+    def vshards(self) -> str:
+        table = self.routing.table
+        counts = {g: 0 for g in table.group_ids if g != 0}
+        for g in table.vshard_to_group.tolist():
+            counts[g] += 1
+        return " ".join(f"{g}:{n}" for g, n in sorted(counts.items()))
 
     def apply(self) -> str:
         """What running the last plan would leave in routing (moves done, nothing in flight; a

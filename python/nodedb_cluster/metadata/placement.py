@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 
+from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
     PromoteGroupLearner,
     RemoveGroupMember,
+    SetGroupMembers,
 )
-from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.routing.table import GROUPS_MAX, METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.topology import NodeState, Topology
 
 
 def plan_join(
@@ -64,3 +67,29 @@ def filling_groups(routing: RoutingTable) -> tuple[int, ...]:
     return tuple(
         g for g in routing.group_ids if g != METADATA_GROUP_ID and routing.route(g).learners
     )
+
+
+def plan_new_groups(
+    topology: Topology, routing: RoutingTable, count: int, replication_factor: int
+) -> list[SetGroupMembers]:
+    """`count` new data groups (ids after the highest), each on the min(RF, ACTIVE nodes) ACTIVE
+    nodes with the fewest data replicas (then the lowest ids): the first is the group's one
+    voter, which bootstraps it (`reconcile.BootstrapGroup`); the others are learners that join
+    and are promoted as in a join. Raises ClusterError when no node is ACTIVE or the routing
+    table would exceed its group limit."""
+    active = sorted(n.node_id for n in topology.nodes() if n.state is NodeState.ACTIVE)
+    if not active:
+        raise ClusterError("no ACTIVE node to place new groups on")
+    if len(routing.group_ids) + count > GROUPS_MAX:
+        raise ClusterError(f"{count} more groups would exceed the limit of {GROUPS_MAX}")
+    replicas = replica_counts(routing)
+    first = max(routing.group_ids) + 1
+    commands = []
+    for group in range(first, first + count):
+        chosen = sorted(active, key=lambda n: (replicas[n], n))[
+            : min(replication_factor, len(active))
+        ]
+        for n in chosen:
+            replicas[n] += 1
+        commands.append(SetGroupMembers(group, (chosen[0],), tuple(chosen[1:])))
+    return commands

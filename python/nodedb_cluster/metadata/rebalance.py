@@ -14,7 +14,11 @@ Rules, in order (each spends the plan's budget; later rules get what is left):
 3. **Replicas per node.** While the most and least loaded eligible nodes differ by more than one
    replica and by more than the threshold (relative to the mean), one replica moves from the
    first to the second; a group the source leads is chosen last (its move needs a transfer).
-4. **Bytes per group.** While the heaviest and lightest data group differ by more than the
+4. **vShards per group.** While the data groups with the most and fewest vShards differ by more
+   than one and by more than the threshold, the fullest group's smallest vShard (by bytes, then
+   id) moves to the emptiest: this fills groups added to a live cluster. A group still short of
+   its replicas (min(RF, eligible nodes) voters) takes no vShard yet.
+5. **Bytes per group.** While the heaviest and lightest data group differ by more than the
    threshold, the heaviest's largest vShard that fits half the difference moves to the lightest.
 
 Every rule simulates its moves on the counts before choosing the next, so a plan never moves the
@@ -65,7 +69,10 @@ class ClusterLoad:
     vshard_bytes: Mapping[int, int] = field(default_factory=dict)
     """KV bytes per vShard, for choosing which vShard moves."""
     moving_groups: frozenset[int] = frozenset()
-    """Groups with a move in flight: left alone, and counted against the concurrency limit."""
+    """Groups with a replica move in flight: left alone, and counted against the concurrency
+    limit."""
+    vshard_moves: int = 0
+    """vShard moves in flight (group 0's record), counted against the concurrency limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +128,7 @@ class _Planning:
             self.leader[g] = route.leader
         self.vshard_group = {v: int(g) for v, g in enumerate(routing.vshard_to_group)}
         self.busy: set[int] = set(load.moving_groups)
-        in_flight = len(load.moving_groups)
+        in_flight = len(load.moving_groups) + load.vshard_moves
         self.budget = max(
             0, min(limits.moves_per_plan_max, limits.concurrent_moves_max - in_flight)
         )
@@ -170,6 +177,7 @@ def plan(
         return Plan((), (f"back-pressure: node {hot[0]} at CPU {load.cpu[hot[0]]:.2f}",))
     _evacuate(p, replication_factor)
     _balance_replicas(p)
+    _balance_vshards(p, replication_factor)
     _balance_bytes(p)
     return Plan(tuple(p.moves), tuple(p.held))
 
@@ -216,6 +224,34 @@ def _balance_replicas(p: _Planning) -> None:
         p.move_replica(group, src, dst)
 
 
+def _balance_vshards(p: _Planning, replication_factor: int) -> None:
+    want = min(replication_factor, len(p.load.eligible))
+    full = [g for g in p.groups if len(p.voters[g]) >= want and g not in p.busy]
+    if len(full) < 2:
+        return
+    counts = Counter({g: 0 for g in full})
+    for g in p.vshard_group.values():
+        if g in counts:
+            counts[g] += 1
+    while p.budget > 0:
+        heavy = max(counts, key=lambda g: (counts[g], -g))
+        light = min(counts, key=lambda g: (counts[g], g))
+        if (
+            counts[heavy] - counts[light] <= 1
+            or imbalance(counts.values()) <= p.limits.imbalance_threshold
+        ):
+            return
+        vshard = min(
+            (v for v, g in p.vshard_group.items() if g == heavy),
+            key=lambda v: (p.load.vshard_bytes.get(v, 0), v),
+        )
+        p.vshard_group[vshard] = light
+        counts[heavy] -= 1
+        counts[light] += 1
+        p.moves.append(MoveVShard(vshard, heavy, light))
+        p.budget -= 1
+
+
 def _balance_bytes(p: _Planning) -> None:
     sizes = {g: p.load.group_bytes.get(g, 0) for g in p.groups}
     if not p.load.group_bytes or len(sizes) < 2:
@@ -249,6 +285,7 @@ def cluster_load(
     routing: RoutingTable,
     dead_for_s: Mapping[int, float],
     dead_grace_s: float,
+    vshard_moves: int = 0,
 ) -> ClusterLoad:
     """What the planner needs from the topology, routing and SWIM: ACTIVE nodes not dead are
     eligible; DRAINING nodes and those dead for at least `dead_grace_s` are leaving (a node dead
@@ -266,7 +303,9 @@ def cluster_load(
         or dead_for_s.get(n.node_id, -1.0) >= dead_grace_s
     )
     moving = frozenset(filling_groups(routing))
-    return ClusterLoad(eligible=eligible, leaving=leaving, moving_groups=moving)
+    return ClusterLoad(
+        eligible=eligible, leaving=leaving, moving_groups=moving, vshard_moves=vshard_moves
+    )
 
 
 def decommission_refusal(

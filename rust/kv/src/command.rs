@@ -40,13 +40,15 @@ pub enum KvCommand {
         acked_below: u64,
         inner: Box<KvCommand>,
     },
-    /// op 32: a step of a vShard's migration between groups (`crate::vshard`): `group` is the
-    /// source for `Incoming`, the target for `Freeze` and `Release`, else 0.
-    /// Encoding: `32, step u8, vshard u32, group u64`.
+    /// op 32: a step of move `move_id` (group 0's id) of a vShard between groups
+    /// (`crate::vshard`): `group` is the source for `Incoming`, the target for `Track`,
+    /// `Freeze` and `Release`, else 0. Encoding: `32, step u8, vshard u32, group u64,
+    /// move_id u64`.
     VShard {
         step: VShardStep,
         vshard: u32,
         group: u64,
+        move_id: u64,
     },
     /// op 33: keys (and, in the last copy, the source's sessions) of a vShard copied from its
     /// source group into this, its target (`crate::migration`).
@@ -107,11 +109,13 @@ pub struct ImportedSession {
     pub results: Vec<(u64, Vec<u8>)>,
 }
 
-/// A chunk of a vShard's copy. Encoding: `33, vshard u32, entries u32, (key, opt value)*,
-/// sessions u32, (client u64, floor u64, results u32, (seq u64, result)*)*`.
+/// A chunk of a vShard's copy for move `move_id`. Encoding: `33, vshard u32, move_id u64,
+/// entries u32, (key, opt value)*, sessions u32, (client u64, floor u64, results u32,
+/// (seq u64, result)*)*`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Import {
     pub vshard: u32,
+    pub move_id: u64,
     /// (key, value); `None`: the key was deleted at the source since the bulk copy.
     pub entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub sessions: Vec<ImportedSession>,
@@ -182,15 +186,18 @@ impl KvCommand {
                 step,
                 vshard,
                 group,
+                move_id,
             } => {
                 w.u8(VSHARD_OP);
                 w.u8(*step as u8);
                 w.u32(*vshard);
                 w.u64(*group);
+                w.u64(*move_id);
             }
             KvCommand::Import(import) => {
                 w.u8(IMPORT_OP);
                 w.u32(import.vshard);
+                w.u64(import.move_id);
                 w.u32(import.entries.len() as u32);
                 for (k, v) in &import.entries {
                     w.bytes(k);
@@ -264,6 +271,7 @@ impl KvCommand {
                     step,
                     vshard: vshard(&mut r)?,
                     group: r.u64()?,
+                    move_id: r.u64()?,
                 }
             }
             IMPORT_OP => KvCommand::Import(import(&mut r, b.len())?),
@@ -366,6 +374,7 @@ fn vshard(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
 /// An import's body; every count is bounded by the bytes that could hold it (`total`).
 fn import(r: &mut Reader<'_>, total: usize) -> Result<Import, DecodeError> {
     let vshard = vshard(r)?;
+    let move_id = r.u64()?;
     let n = r.count("import entries", total / 5)?;
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
@@ -390,6 +399,7 @@ fn import(r: &mut Reader<'_>, total: usize) -> Result<Import, DecodeError> {
     }
     Ok(Import {
         vshard,
+        move_id,
         entries,
         sessions,
     })
@@ -470,12 +480,14 @@ mod tests {
                     step: VShardStep::Freeze,
                     vshard: 5,
                     group: 2,
+                    move_id: 9,
                 },
-                "2003050000000200000000000000",
+                "20030500000002000000000000000900000000000000",
             ),
             (
                 KvCommand::Import(Import {
                     vshard: 1,
+                    move_id: 9,
                     entries: vec![(k.clone(), Some(b"v".to_vec())), (k.clone(), None)],
                     sessions: vec![ImportedSession {
                         client: 7,
@@ -483,7 +495,8 @@ mod tests {
                         results: vec![(3, b"r".to_vec())],
                     }],
                 }),
-                "21010000000200000001000000\
+                "21010000000900000000000000\
+                 0200000001000000\
                  6b01010000007601000000\
                  6b0001000000070000000000000002000000000000000100000003000000000000000100000072",
             ),
@@ -524,15 +537,16 @@ mod tests {
             assert_eq!(VShardStep::parse(step.name()), Some(step));
         }
         assert_eq!(VShardStep::parse("nope"), None);
-        let bad_step = hex("2009050000000200000000000000");
+        let bad_step = hex("20090500000002000000000000000900000000000000");
         assert!(KvCommand::decode(&bad_step).is_err());
-        let bad_vshard = hex("2003000400000200000000000000");
+        let bad_vshard = hex("20030004000002000000000000000900000000000000");
         assert!(KvCommand::decode(&bad_vshard).is_err(), "vshard 1024");
         // An import announcing more entries than its bytes could hold.
-        let huge = hex("2101000000ffffffff");
+        let huge = hex("21010000000900000000000000ffffffff");
         assert!(KvCommand::decode(&huge).is_err());
         let import = KvCommand::Import(Import {
             vshard: 3,
+            move_id: 1,
             entries: vec![(b"a".to_vec(), Some(vec![0; 10]))],
             sessions: vec![],
         })

@@ -37,7 +37,7 @@ pub use crate::snapshot::KvSnapshotView;
 pub use crate::state_machine::{
     ClientSession, KvReader, KvState, KvStateMachine, SESSIONS_MAX, SESSION_RESULTS_MAX,
 };
-pub use crate::vshard::{Refusal, VShardState};
+pub use crate::vshard::{Refusal, VShardMark, VShardState};
 
 /// The tag of a group that runs the KV state machine, recorded in every node's log since the
 /// first release (as the engine's old `StateMachineKind::Kv = 1`): never changes.

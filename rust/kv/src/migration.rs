@@ -16,16 +16,17 @@ use std::collections::BTreeMap;
 use crate::command::{Import, ImportedSession, KvCommand, KvResult};
 use crate::routing::vshard_of;
 use crate::state_machine::{ClientSession, KvState, SESSIONS_MAX};
-use crate::vshard::VShardState;
+use crate::vshard::{VShardMark, VShardState};
 
 /// Encoded bytes of an empty import (op, vshard, two counts).
-const IMPORT_HEADER_BYTES: usize = 1 + 4 + 4 + 4;
+const IMPORT_HEADER_BYTES: usize = 1 + 4 + 8 + 4 + 4;
 /// Encoded bytes of a session record without results (client, floor, count).
 const SESSION_HEADER_BYTES: usize = 8 + 8 + 4;
 
 /// Fills import commands up to a byte budget each.
 struct Chunker {
     vshard: u32,
+    move_id: u64,
     limit: usize,
     current: Import,
     bytes: usize,
@@ -33,12 +34,14 @@ struct Chunker {
 }
 
 impl Chunker {
-    fn new(vshard: u32, limit: usize) -> Self {
+    fn new(vshard: u32, move_id: u64, limit: usize) -> Self {
         Chunker {
             vshard,
+            move_id,
             limit,
             current: Import {
                 vshard,
+                move_id,
                 ..Import::default()
             },
             bytes: IMPORT_HEADER_BYTES,
@@ -95,6 +98,7 @@ impl Chunker {
             &mut self.current,
             Import {
                 vshard: self.vshard,
+                move_id: self.move_id,
                 ..Import::default()
             },
         );
@@ -111,17 +115,19 @@ impl Chunker {
 }
 
 impl KvState {
-    /// vShard `vshard`'s copy for its target as import commands of at most `chunk_bytes` each
-    /// (see the module docs), or why this group cannot export it now.
+    /// vShard `vshard`'s copy for the target of move `move_id` as import commands of at most
+    /// `chunk_bytes` each (see the module docs), or why this group cannot export it now.
     pub fn export_vshard(
         &self,
         vshard: u32,
+        move_id: u64,
         delta: bool,
         chunk_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, String> {
-        let state = self.vshards.get(&vshard);
+        let mark = self.vshards.get(&vshard).filter(|m| m.move_id == move_id);
+        let state = mark.map(|m| &m.state);
         let shard = self.map.shard(vshard as usize);
-        let mut chunks = Chunker::new(vshard, chunk_bytes.max(1));
+        let mut chunks = Chunker::new(vshard, move_id, chunk_bytes.max(1));
         match (delta, state) {
             (false, Some(VShardState::Tracking { .. } | VShardState::Frozen { .. })) => {
                 for (k, v) in shard.iter() {
@@ -142,14 +148,18 @@ impl KvState {
                 }
             }
             _ => {
-                let name = state.map_or("plain", VShardState::name);
+                let name = match self.vshards.get(&vshard) {
+                    None => "plain".to_string(),
+                    Some(m) => format!("{} for move {}", m.state.name(), m.move_id),
+                };
                 let needs = if delta {
                     "frozen"
                 } else {
                     "tracking or frozen"
                 };
                 return Err(format!(
-                    "cannot export vshard {vshard} here: it is {name}, an export needs it {needs}"
+                    "cannot export vshard {vshard} for move {move_id} here: it is {name}, \
+                     an export needs it {needs} for that move"
                 ));
             }
         }
@@ -160,11 +170,20 @@ impl KvState {
     pub(crate) fn apply_import(&mut self, index: u64, import: Import) -> KvResult {
         let v = import.vshard;
         match self.vshards.get(&v) {
-            Some(VShardState::Incoming { .. }) => {}
+            Some(VShardMark {
+                state: VShardState::Incoming { .. },
+                move_id,
+            }) if *move_id == import.move_id => {}
             other => {
-                let name = other.map_or("plain", VShardState::name);
+                let name = other.map_or("plain".to_string(), |m| {
+                    format!("{} for move {}", m.state.name(), m.move_id)
+                });
                 return KvResult::Invalid {
-                    reason: format!("import refused: vshard {v} is {name} here, not incoming"),
+                    reason: format!(
+                        "import of move {} refused: vshard {v} is {name} here, not incoming \
+                         for that move",
+                        import.move_id
+                    ),
                 };
             }
         }
@@ -268,6 +287,7 @@ mod tests {
                 step,
                 vshard,
                 group,
+                move_id: MOVE,
             })
         }
         fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -298,6 +318,7 @@ mod tests {
                 step,
                 vshard,
                 group,
+                move_id: MOVE,
             })
         }
         fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -312,6 +333,8 @@ mod tests {
     }
 
     const OK: KvResult = KvResult::Ok { value: None };
+    /// The move id of the moves below.
+    const MOVE: u64 = 1;
 
     /// Keys of vShard `v` (found by trying), and one key of another vShard.
     fn keys_of(v: u32, n: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
@@ -346,6 +369,7 @@ mod tests {
         assert_eq!(t.step(VShardStep::Incoming, v, s_group), OK);
         let leftover = KvCommand::Import(Import {
             vshard: v,
+            move_id: MOVE,
             entries: vec![(keys[0].clone(), Some(b"stale".to_vec()))],
             sessions: vec![],
         });
@@ -360,15 +384,15 @@ mod tests {
             t.step(VShardStep::Track, v, 0),
             KvResult::Invalid { .. }
         ));
-        assert_eq!(s.step(VShardStep::Track, v, 0), OK);
+        assert_eq!(s.step(VShardStep::Track, v, t_group), OK);
         let bulk = s
             .reader()
-            .export_vshard(v, false, 256)
+            .export_vshard(v, MOVE, false, 256)
             .expect("bulk export");
         assert!(bulk.len() > 1, "chunked: {} chunks", bulk.len());
         assert!(bulk.iter().all(|c| c.len() <= 256));
         assert!(
-            s.reader().export_vshard(v, true, 256).is_err(),
+            s.reader().export_vshard(v, MOVE, true, 256).is_err(),
             "a delta needs the source frozen"
         );
         // Writes while the bulk copy runs: an overwrite, a delete, a session write.
@@ -390,7 +414,11 @@ mod tests {
         assert!(!s.reader().read().sessions[&9].results.contains_key(&101));
         assert_eq!(s.get(&keys[5]), Some(b"v1".to_vec()));
         assert_eq!(s.one(put(&other, b"still")), OK, "other vShards go on");
-        for c in s.reader().export_vshard(v, true, 1 << 20).expect("delta") {
+        for c in s
+            .reader()
+            .export_vshard(v, MOVE, true, 1 << 20)
+            .expect("delta")
+        {
             assert_eq!(t.apply_raw(&[c]), vec![OK]);
         }
         // The flip (group 0), then activate / release.
@@ -430,8 +458,12 @@ mod tests {
             s.one(put(k, b"a"));
         }
         assert_eq!(t.step(VShardStep::Incoming, v, 1), OK);
-        assert_eq!(s.step(VShardStep::Track, v, 0), OK);
-        for c in s.reader().export_vshard(v, false, 1 << 20).expect("bulk") {
+        assert_eq!(s.step(VShardStep::Track, v, 2), OK);
+        for c in s
+            .reader()
+            .export_vshard(v, MOVE, false, 1 << 20)
+            .expect("bulk")
+        {
             assert_eq!(t.apply_raw(&[c]), vec![OK]);
         }
         assert_eq!(s.step(VShardStep::Freeze, v, 2), OK);
@@ -446,11 +478,25 @@ mod tests {
         // A late chunk of the aborted move is refused, never applied.
         let late = KvCommand::Import(Import {
             vshard: v,
+            move_id: MOVE,
             entries: vec![(keys[0].clone(), Some(b"late".to_vec()))],
             sessions: vec![],
         });
         assert!(matches!(t.one(late), KvResult::Invalid { .. }));
         assert!(t.reader().read().map.is_empty());
+        // Nor is a chunk of another move while a new one is incoming.
+        t.step(VShardStep::Incoming, v, 1);
+        let other_move = KvCommand::Import(Import {
+            vshard: v,
+            move_id: MOVE + 1,
+            entries: vec![(keys[0].clone(), Some(b"other".to_vec()))],
+            sessions: vec![],
+        });
+        match t.one(other_move) {
+            KvResult::Invalid { reason } => assert!(reason.contains("for that move"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.reader().export_vshard(v, MOVE + 1, false, 100).is_err());
     }
 
     #[test]
@@ -490,6 +536,7 @@ mod tests {
         t.step(VShardStep::Incoming, 9, 1);
         let bad = KvCommand::Import(Import {
             vshard: 9,
+            move_id: MOVE,
             entries: vec![
                 (keys[0].clone(), Some(b"a".to_vec())),
                 (other, Some(b"b".to_vec())),
@@ -508,17 +555,28 @@ mod tests {
         s.one(put(&keys[1], b"small"));
         s.one(put(&keys[2], b"small"));
         s.step(VShardStep::Track, 3, 0);
-        let chunks = s.reader().export_vshard(3, false, 100).expect("export");
+        let chunks = s
+            .reader()
+            .export_vshard(3, MOVE, false, 100)
+            .expect("export");
         let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
-        assert_eq!(chunks.len(), 2, "{sizes:?}");
-        assert_eq!(sizes.iter().filter(|&&n| n > 100).count(), 1, "{sizes:?}");
-        let entries: usize = chunks
+        let entries: Vec<usize> = chunks
             .iter()
             .map(|c| match KvCommand::decode(c) {
                 Ok(KvCommand::Import(i)) => i.entries.len(),
                 other => panic!("not an import: {other:?}"),
             })
-            .sum();
+            .collect();
+        // In map order: the two small keys share a chunk unless the large one lies between.
+        assert!(chunks.len() <= 3, "{sizes:?}");
+        for (size, n) in sizes.iter().zip(&entries) {
+            assert!(
+                *size <= 100 || *n == 1,
+                "only a lone key exceeds the budget: {sizes:?}"
+            );
+        }
+        assert_eq!(sizes.iter().filter(|&&n| n > 100).count(), 1, "{sizes:?}");
+        let entries: usize = entries.iter().sum();
         assert_eq!(entries, 3);
     }
 
@@ -536,11 +594,11 @@ mod tests {
             "no move: old format"
         );
         let before = a.sm.reader().digest();
-        a.step(VShardStep::Track, 11, 0);
+        a.step(VShardStep::Track, 11, 4);
         a.one(put(&keys[0], b"w"));
         a.step(VShardStep::Freeze, 11, 4);
         a.step(VShardStep::Incoming, 12, 6);
-        a.step(VShardStep::Track, 13, 0);
+        a.step(VShardStep::Track, 13, 2);
         a.step(VShardStep::Freeze, 13, 2);
         a.step(VShardStep::Release, 13, 2);
         let snap = a.sm.snapshot().expect("snapshot");
@@ -550,10 +608,17 @@ mod tests {
         assert_eq!(b.reader().digest(), a.sm.reader().digest());
         assert_eq!(
             b.reader().vshard_states(),
-            vec![(11, "frozen", 4), (12, "incoming", 6), (13, "moved", 2)]
+            vec![
+                (11, "frozen", 4, MOVE),
+                (12, "incoming", 6, MOVE),
+                (13, "moved", 2, MOVE)
+            ]
         );
         assert_eq!(
-            b.reader().read().vshards[&11].dirty().map(|d| d.len()),
+            b.reader().read().vshards[&11]
+                .state
+                .dirty()
+                .map(|d| d.len()),
             Some(1)
         );
         assert!(b.restore(&snap[..snap.len() - 1]).is_err());

@@ -12,8 +12,8 @@
 //! A snapshot written before sessions existed ends after the map and restores none.
 //! Version 2 (written only while some vShard is not plain, so a snapshot of a group that takes
 //! no part in a move stays readable by a node from before moves) adds, after the sessions,
-//! `vshards u64, (vshard u32, state u8, group u64, dirty u64, key*)*` (state: 1 incoming,
-//! 2 tracking, 3 frozen, 4 moved; `group` as [`VShardState::group`]).
+//! `vshards u64, (vshard u32, state u8, group u64, move_id u64, dirty u64, key*)*` (state:
+//! 1 incoming, 2 tracking, 3 frozen, 4 moved; `group` as [`VShardState::group`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -25,7 +25,7 @@ use nodedb_multiraft::error::DecodeError;
 use crate::partition::{Shard, ShardedMap};
 use crate::routing::{vshard_of, VSHARDS};
 use crate::state_machine::{ClientSession, KvState};
-use crate::vshard::VShardState;
+use crate::vshard::{VShardMark, VShardState};
 
 /// The snapshot version that adds the vShard states.
 const VERSION_VSHARDS: u8 = 2;
@@ -36,7 +36,7 @@ const VERSION_VSHARDS: u8 = 2;
 pub struct KvSnapshotView {
     map: ShardedMap,
     sessions: BTreeMap<u64, ClientSession>,
-    vshards: BTreeMap<u32, VShardState>,
+    vshards: BTreeMap<u32, VShardMark>,
     applied_index: u64,
     applied_commands: u64,
 }
@@ -106,6 +106,7 @@ impl KvState {
                 }
                 let tag = r.u8()?;
                 let group = r.u64()?;
+                let move_id = r.u64()?;
                 let count = r.u64()?;
                 let mut dirty = std::collections::BTreeSet::new();
                 for _ in 0..count {
@@ -113,7 +114,7 @@ impl KvState {
                 }
                 let state = match tag {
                     1 => VShardState::Incoming { from: group },
-                    2 => VShardState::Tracking { dirty },
+                    2 => VShardState::Tracking { to: group, dirty },
                     3 => VShardState::Frozen { to: group, dirty },
                     4 => VShardState::Moved { to: group },
                     tag => {
@@ -123,7 +124,7 @@ impl KvState {
                         })
                     }
                 };
-                vshards.insert(vshard, state);
+                vshards.insert(vshard, VShardMark { state, move_id });
             }
         }
         r.finish()?;
@@ -156,9 +157,9 @@ impl KvSnapshotView {
             8 + self
                 .vshards
                 .values()
-                .map(|st| {
-                    let dirty = st.dirty().into_iter().flatten();
-                    21 + dirty.map(|k| 4 + k.len()).sum::<usize>()
+                .map(|m| {
+                    let dirty = m.state.dirty().into_iter().flatten();
+                    29 + dirty.map(|k| 4 + k.len()).sum::<usize>()
                 })
                 .sum::<usize>()
         };
@@ -213,7 +214,8 @@ impl KvSnapshotView {
         }
         if !self.vshards.is_empty() {
             w.u64(self.vshards.len() as u64);
-            for (vshard, state) in &self.vshards {
+            for (vshard, mark) in &self.vshards {
+                let state = &mark.state;
                 w.u32(*vshard);
                 w.u8(match state {
                     VShardState::Incoming { .. } => 1,
@@ -222,6 +224,7 @@ impl KvSnapshotView {
                     VShardState::Moved { .. } => 4,
                 });
                 w.u64(state.group());
+                w.u64(mark.move_id);
                 let dirty = state.dirty();
                 w.u64(dirty.map_or(0, |d| d.len() as u64));
                 for k in dirty.into_iter().flatten() {

@@ -28,7 +28,7 @@ use crate::command::{KvCommand, KvResult, VShardStep};
 use crate::partition::ShardedMap;
 use crate::routing::vshard_of;
 use crate::snapshot::KvSnapshotView;
-use crate::vshard::{self, Refusal, VShardState};
+use crate::vshard::{self, Refusal, VShardMark, VShardState};
 
 /// Client sessions kept per group; past it the one least recently written through is forgotten
 /// (deterministically: by last applied index). A retry from a forgotten session applies again,
@@ -69,7 +69,7 @@ pub struct KvState {
     pub map: ShardedMap,
     pub sessions: BTreeMap<u64, ClientSession>,
     /// vShards not in the plain state (moving in or out, or moved away: [`crate::vshard`]).
-    pub vshards: BTreeMap<u32, VShardState>,
+    pub vshards: BTreeMap<u32, VShardMark>,
     pub applied_index: u64,
     pub applied_commands: u64,
 }
@@ -98,11 +98,12 @@ impl KvState {
                 h.update(r);
             }
         }
-        for (vshard, state) in &self.vshards {
+        for (vshard, mark) in &self.vshards {
             h.update(&vshard.to_le_bytes());
-            h.update(state.name().as_bytes());
-            h.update(&state.group().to_le_bytes());
-            for key in state.dirty().into_iter().flatten() {
+            h.update(mark.state.name().as_bytes());
+            h.update(&mark.state.group().to_le_bytes());
+            h.update(&mark.move_id.to_le_bytes());
+            for key in mark.state.dirty().into_iter().flatten() {
                 h.update(&(key.len() as u64).to_le_bytes());
                 h.update(key);
             }
@@ -115,7 +116,7 @@ impl KvState {
         if self.vshards.is_empty() {
             return None; // no move in this group: the common case costs one branch
         }
-        self.vshards.get(&(vshard as u32))?.refusal()
+        self.vshards.get(&(vshard as u32))?.state.refusal()
     }
 
     /// `key`'s value, or why its vShard is not served here.
@@ -141,7 +142,10 @@ impl KvState {
                 step,
                 vshard,
                 group,
-            }) => self.apply_vshard_step(step, vshard, group).encode(),
+                move_id,
+            }) => self
+                .apply_vshard_step(step, vshard, group, move_id)
+                .encode(),
             Ok(KvCommand::Import(import)) => self.apply_import(c.index, import).encode(),
             Ok(cmd) => match self.admit(&cmd) {
                 Ok(vshard) => self.apply_command(vshard, cmd).encode(),
@@ -178,18 +182,16 @@ impl KvState {
         if self.vshards.is_empty() {
             return Ok(vshard);
         }
-        match self.vshards.get_mut(&(vshard as u32)) {
-            None => Ok(vshard),
-            Some(VShardState::Tracking { dirty }) => {
-                if write {
-                    dirty.insert(key.clone());
-                }
-                Ok(vshard)
-            }
-            Some(state) => Err(state
-                .refusal()
-                .map_or(KvResult::Ok { value: None }, KvResult::from)),
+        let Some(mark) = self.vshards.get_mut(&(vshard as u32)) else {
+            return Ok(vshard);
+        };
+        if let Some(refusal) = mark.state.refusal() {
+            return Err(refusal.into());
         }
+        if let (VShardState::Tracking { dirty, .. }, true) = (&mut mark.state, write) {
+            dirty.insert(key.clone());
+        }
+        Ok(vshard)
     }
 
     /// The dedup rule: a cached seq answers from the cache, a seq below the floor is refused,
@@ -288,15 +290,21 @@ impl KvState {
 
     /// One step of a vShard's move ([`crate::vshard::step`]); O(the vShard's keys) when it
     /// deletes them, else O(log vShards in a move).
-    fn apply_vshard_step(&mut self, step: VShardStep, vshard: u32, group: u64) -> KvResult {
-        match vshard::step(self.vshards.get(&vshard), step, group) {
+    fn apply_vshard_step(
+        &mut self,
+        step: VShardStep,
+        vshard: u32,
+        group: u64,
+        move_id: u64,
+    ) -> KvResult {
+        match vshard::step(self.vshards.get(&vshard), step, group, move_id) {
             Err(reason) => KvResult::Invalid { reason },
             Ok(t) => {
                 if t.clear_keys {
                     drop(self.map.take_shard(vshard as usize));
                 }
-                match t.state {
-                    Some(state) => self.vshards.insert(vshard, state),
+                match t.mark {
+                    Some(mark) => self.vshards.insert(vshard, mark),
                     None => self.vshards.remove(&vshard),
                 };
                 KvResult::Ok { value: None }
@@ -364,21 +372,24 @@ impl KvReader {
     pub fn export_vshard(
         &self,
         vshard: u32,
+        move_id: u64,
         delta: bool,
         chunk_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, String> {
-        self.read().export_vshard(vshard, delta, chunk_bytes)
+        self.read()
+            .export_vshard(vshard, move_id, delta, chunk_bytes)
     }
     /// (vshard, keys, bytes) of every vShard holding keys here.
     pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {
         self.read().vshard_stats()
     }
-    /// (vshard, state name, the other group of its move) of every vShard not plain here.
-    pub fn vshard_states(&self) -> Vec<(u32, &'static str, u64)> {
+    /// (vshard, state name, the other group of its move, move id) of every vShard not plain
+    /// here.
+    pub fn vshard_states(&self) -> Vec<(u32, &'static str, u64, u64)> {
         self.read()
             .vshards
             .iter()
-            .map(|(v, st)| (*v, st.name(), st.group()))
+            .map(|(v, m)| (*v, m.state.name(), m.state.group(), m.move_id))
             .collect()
     }
     pub fn len(&self) -> usize {

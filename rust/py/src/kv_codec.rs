@@ -90,16 +90,17 @@ fn kv_result<'py>(
     })
 }
 
-/// Encodes one step of a vShard move for a "kv" group (`nodedb_kv::vshard`): op is
-/// "incoming" (group = the source), "track", "freeze" (group = the target), "unfreeze",
-/// "activate", "release" (group = the target) or "drop". ValueError for a bad op or vShard.
+/// Encodes one step of vShard move `move_id` for a "kv" group (`nodedb_kv::vshard`): op is
+/// "incoming" (group = the source), "track", "freeze", "release" (group = the target),
+/// "unfreeze", "activate" or "drop". ValueError for a bad op or vShard.
 #[pyfunction]
-#[pyo3(signature = (op, vshard, group = 0))]
+#[pyo3(signature = (op, vshard, group = 0, move_id = 0))]
 fn kv_vshard_command<'py>(
     py: Python<'py>,
     op: &str,
     vshard: i64,
     group: u64,
+    move_id: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let step = VShardStep::parse(op).ok_or_else(|| {
         pyo3::exceptions::PyValueError::new_err(format!("unknown vshard op {op:?}"))
@@ -116,6 +117,7 @@ fn kv_vshard_command<'py>(
         step,
         vshard,
         group,
+        move_id,
     };
     Ok(PyBytes::new(py, &cmd.encode()))
 }

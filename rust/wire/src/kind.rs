@@ -151,6 +151,11 @@ kinds! {
     // its leader (host.rs): nodes only, since the host's state machine trusts its log.
     HOST_PROPOSE = 36, "HostPropose", Active, NODE;
     HOST_PROPOSE_RESPONSE = 37, "HostProposeResponse", Active, NONE;
+    // A vShard move's step (placement commands of the KV state machine) for a data group,
+    // sent by the mover to that group's leader: nodes only, since the commands freeze, import
+    // and delete a vShard's keys.
+    VSHARD_STEP = 38, "VShardStep", Active, NODE;
+    VSHARD_STEP_RESPONSE = 39, "VShardStepResponse", Active, NONE;
 }
 
 /// Which side answers a kind by default (docs/ARCHITECTURE.md).
@@ -254,6 +259,7 @@ mod tests {
             MessageKind::SNAPSHOT_ACK,
             MessageKind::METADATA_PROPOSE,
             MessageKind::JOIN_REQUEST,
+            MessageKind::VSHARD_STEP,
         ] {
             assert!(
                 may(kind, Node) && !may(kind, Admin) && !may(kind, Client),

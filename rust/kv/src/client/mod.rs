@@ -76,13 +76,19 @@ pub struct KvClient {
     state: Mutex<State>,
 }
 
-/// What handling one reply produced: finished calls, items to retry at once or after a pause.
+/// What handling one reply produced: finished calls, items to retry at once or after a pause,
+/// and the routing watcher to tell (a Moved answer made the routing table stale).
 #[derive(Default)]
 struct Step {
     finished: Vec<Finished>,
     at_once: Vec<Item>,
     later: Vec<(Duration, Item)>,
+    routing_watch: Option<RoutingWatch>,
 }
+
+/// Called once, outside the client's lock, when the routing table goes stale (see
+/// [`KvClient::watch_routing`]).
+pub type RoutingWatch = Box<dyn FnOnce() + Send>;
 
 impl KvClient {
     /// A client with id `me` (never a target) and session `client_id`, sending through
@@ -114,6 +120,20 @@ impl KvClient {
     /// caller that can fetch a fresh table should, without blocking calls on it).
     pub fn routing_stale(&self) -> bool {
         self.state().routing_stale
+    }
+
+    /// Call `watch` once when the routing table goes stale (at once if it is): the caller
+    /// fetches a fresh table and calls [`set_routing`](Self::set_routing). Items routed to a
+    /// group the table does not know (a group added since) wait for it, paced, until their
+    /// deadline. One watcher at a time (a new one replaces the last).
+    pub fn watch_routing(&self, watch: RoutingWatch) {
+        let mut st = self.state();
+        if st.routing_stale {
+            drop(st);
+            watch();
+        } else {
+            st.routing_watch = Some(watch);
+        }
     }
 
     /// Run inside the node whose serving side is `server`: items this node leads (or, with no
@@ -327,6 +347,8 @@ impl KvClient {
     }
 
     /// Queue an item again (retry), or fail it: past its deadline, client closed, no member.
+    /// An item of a group a stale table does not know (it moved to a group added since) waits
+    /// for a fresh table in `later`.
     fn requeue(
         &self,
         st: &mut State,
@@ -334,6 +356,7 @@ impl KvClient {
         now: Instant,
         keys: &mut Vec<LaneKey>,
         out: &mut Vec<Finished>,
+        later: &mut Vec<(Duration, Item)>,
     ) {
         if item.call.is_finished() {
             return;
@@ -357,6 +380,17 @@ impl KvClient {
                 st.enqueue(key, item);
                 if !keys.contains(&key) {
                     keys.push(key);
+                }
+            }
+            None if st.routing_stale && !st.knows_group(item.group) => {
+                let left = item.call.deadline.saturating_duration_since(now);
+                if let When::After(pause) = retry::when_refused(item.refused, left) {
+                    item.refused = item.refused.saturating_add(1);
+                    item.last = Some(KvError::Unavailable(format!(
+                        "group {} is not in this client's routing table yet",
+                        item.group
+                    )));
+                    later.push((pause, item));
                 }
             }
             None => st.complete(
@@ -425,7 +459,9 @@ impl KvClient {
                 });
             }
             Refusal::Moved(group) => {
-                st.moved(item.vshard, group);
+                if let Some(watch) = st.moved(item.vshard, group) {
+                    step.routing_watch = Some(watch);
+                }
                 item.group = group;
                 item.attempt = 0;
             }
@@ -582,7 +618,14 @@ impl KvClient {
             }
             let mut keys = vec![key];
             for item in std::mem::take(&mut step.at_once) {
-                self.requeue(&mut st, item, now, &mut keys, &mut step.finished);
+                self.requeue(
+                    &mut st,
+                    item,
+                    now,
+                    &mut keys,
+                    &mut step.finished,
+                    &mut step.later,
+                );
             }
             for k in keys {
                 st.take_batches(k, &mut batches);
@@ -590,6 +633,9 @@ impl KvClient {
         }
         self.spawn(batches);
         resolve(step.finished);
+        if let Some(watch) = step.routing_watch {
+            watch();
+        }
         self.retry_later(step.later);
     }
 
@@ -605,10 +651,11 @@ impl KvClient {
                 tokio::time::sleep(pause).await;
                 let now = Instant::now();
                 let (mut out, mut keys, mut batches) = (Vec::new(), Vec::new(), Vec::new());
+                let mut again = Vec::new();
                 {
                     let mut st = this.state();
                     for item in items {
-                        this.requeue(&mut st, item, now, &mut keys, &mut out);
+                        this.requeue(&mut st, item, now, &mut keys, &mut out, &mut again);
                     }
                     for k in keys {
                         st.take_batches(k, &mut batches);
@@ -616,6 +663,7 @@ impl KvClient {
                 }
                 this.spawn(batches);
                 resolve(out);
+                this.retry_later(again);
             });
         }
     }

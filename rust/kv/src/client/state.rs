@@ -154,6 +154,8 @@ pub struct State {
     pub local: Option<Weak<KvServer>>,
     /// A Moved answer came since the last routing table: the caller may fetch a fresh one.
     pub routing_stale: bool,
+    /// Told once when the table goes stale ([`super::KvClient::watch_routing`]).
+    pub routing_watch: Option<super::RoutingWatch>,
 }
 
 impl State {
@@ -170,6 +172,7 @@ impl State {
             suspects: HashMap::new(),
             local: None,
             routing_stale: false,
+            routing_watch: None,
         }
     }
 
@@ -294,12 +297,25 @@ impl State {
     }
 
     /// A group answered that `vshard` moved to `group`: route it there from now on (until the
-    /// next routing table), and note that the table is stale.
-    pub fn moved(&mut self, vshard: u32, group: u64) {
-        if let Some(routing) = self.routing.as_mut() {
-            routing.moved(vshard, group);
+    /// next routing table), and note that the table is stale; the routing watcher to call (the
+    /// first time), if one waits.
+    pub fn moved(&mut self, vshard: u32, group: u64) -> Option<super::RoutingWatch> {
+        // To a group the table does not know (added since), only the answered item goes there
+        // (it waits for a fresh table); new calls keep asking the old group until then.
+        if self.knows_group(group) {
+            if let Some(routing) = self.routing.as_mut() {
+                routing.moved(vshard, group);
+            }
         }
         self.routing_stale = true;
+        self.routing_watch.take()
+    }
+
+    /// Whether the routing table has a route for `group`.
+    pub fn knows_group(&self, group: u64) -> bool {
+        self.routing
+            .as_ref()
+            .is_some_and(|r| r.route(group).is_some())
     }
 
     pub fn enqueue(&mut self, key: LaneKey, item: Item) {

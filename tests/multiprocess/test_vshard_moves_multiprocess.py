@@ -1,0 +1,198 @@
+"""Issue 16 parts 2-3 on real processes: a vShard moves between groups through the CLI while a
+client writes to it (no error, nothing lost, the source keeps none of its keys); a move that
+cannot flip within its pause budget aborts and leaves everything where it was; groups added to a
+live cluster are bootstrapped, joined and filled with vShards by the rebalancer alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster.client import Client
+from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.routing import vshard_for_key
+from support.cli_run import cred_flags, run_cli
+
+pytestmark = pytest.mark.multiprocess
+
+FAST: dict[str, object] = {"rpc_timeout_ms": 2000, "rebalance_interval_ms": 0}
+KEYS = 400
+WRITES_MAX = 5_000
+"""Bound on the writer that runs during a move (it stops when the move is over anyway)."""
+
+
+def leaders_view(statuses: dict[int, Status]) -> dict[int, dict[str, object]]:
+    views: dict[int, dict[str, object]] = {}
+    for s in statuses.values():
+        for g in s["groups"]:
+            if g["group_id"] != 0 and g["role"] == "leader":
+                views[int(g["group_id"])] = g
+    return views
+
+
+def keys_of(group: int, statuses: dict[int, Status]) -> int:
+    """Keys in `group` as its leader's replica holds them (status' kv digest)."""
+    kv = leaders_view(statuses)[group]["kv"]
+    assert isinstance(kv, list)
+    return int(kv[1])
+
+
+def formed(groups: int) -> Callable[[dict[int, Status]], bool]:
+    def check(statuses: dict[int, Status]) -> bool:
+        views = leaders_view(statuses)
+        return len(views) == groups and all(
+            len(g["voters"]) == 3 and not g["learners"]  # type: ignore[arg-type]
+            for g in views.values()
+        )
+
+    return check
+
+
+async def write_during(client: Client, stop: asyncio.Event, prefix: str) -> list[int]:
+    """Writes `prefix{i}` until `stop` (bounded); raises on the first failed write."""
+    acked: list[int] = []
+    for i in range(WRITES_MAX):
+        if stop.is_set():
+            break
+        await client.put(f"{prefix}{i}".encode(), f"{i}".encode())
+        acked.append(i)
+    return acked
+
+
+async def move(cluster: LocalCluster, vshard: int, to_group: int) -> dict[str, object]:
+    admin = ["--addr", cluster.nodes[1].addr, *cred_flags(cluster.admin_credentials)]
+    code, out, err = await run_cli(
+        "move-vshard", "--vshard", str(vshard), "--to-group", str(to_group), "--json", *admin
+    )
+    assert code in (0, 1), err
+    doc = json.loads(out)
+    assert isinstance(doc, dict)
+    return doc
+
+
+async def test_a_vshard_moves_under_writes_and_nothing_is_lost(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path / "c", 3, overrides={**FAST, "num_groups": 2})
+    try:
+        await cluster.start()
+        await cluster.wait_for(formed(2), cluster.nodes, 30, "two groups at RF 3")
+        addrs = [n.addr for n in cluster.nodes.values()]
+        async with Client(addrs, cluster.client_credentials) as client:
+            vshard = vshard_for_key(b"k0")
+            source = client.routing.group_for_vshard(vshard)
+            target = 3 - source
+            candidates = [f"k{i}".encode() for i in range(1, KEYS * 100)]
+            moving = [*[k for k in candidates if vshard_for_key(k) == vshard][:20], b"k0"]
+            others = [f"o{i}".encode() for i in range(KEYS)]
+            for k in [*moving, *others]:
+                await client.put(k, b"before")
+            before = await cluster.wait_for(lambda s: True, cluster.nodes, 5, "status")
+            source_keys = keys_of(source, before)
+
+            stop = asyncio.Event()
+            # one writer on the moving vShard's key, one on the others
+            writers = [
+                asyncio.ensure_future(write_during(client, stop, "k0-")),
+                asyncio.ensure_future(write_during(client, stop, "o-")),
+            ]
+            hot = asyncio.ensure_future(_hammer(client, b"k0", stop))
+            doc = await move(cluster, vshard, target)
+            stop.set()
+            acked = await asyncio.gather(*writers)  # raises if any write failed
+            hot_acked = await hot
+        assert doc["outcome"] == "moved", doc
+        async with Client([cluster.nodes[3].addr], cluster.client_credentials) as reader:
+            assert reader.routing.group_for_vshard(vshard) == target
+            hot_value = hot_acked.to_bytes(8, "big") if hot_acked else b"before"
+            assert await reader.get(b"k0") == hot_value
+            assert await reader.get_many(moving[:-1]) == [b"before"] * (len(moving) - 1)
+            assert await reader.get_many(others) == [b"before"] * len(others)
+            for prefix, done in zip(("k0-", "o-"), acked, strict=True):
+                got = await reader.get_many([f"{prefix}{i}".encode() for i in done])
+                assert got == [f"{i}".encode() for i in done], f"a {prefix} write is missing"
+        after = await cluster.wait_for(
+            lambda s: keys_of(source, s) < source_keys, cluster.nodes, 10, "source released"
+        )
+        moved_keys = sum(1 for k in moving if vshard_for_key(k) == vshard)
+        assert keys_of(source, after) <= source_keys - moved_keys
+        print(f"moved vShard {vshard}: {doc}; writes meanwhile {[len(a) for a in acked]}")
+    finally:
+        await cluster.close()
+
+
+async def _hammer(client: Client, key: bytes, stop: asyncio.Event) -> int:
+    """Overwrite `key` with a counter until `stop` (bounded): the last acknowledged count."""
+    last = 0
+    for i in range(1, WRITES_MAX):
+        if stop.is_set():
+            break
+        await client.put(key, i.to_bytes(8, "big"))
+        last = i
+    return last
+
+
+async def test_a_move_over_its_pause_budget_aborts_and_keeps_everything(tmp_path: Path) -> None:
+    overrides: dict[str, object] = {**FAST, "num_groups": 2, "vshard_move_pause_budget_ms": 1}
+    cluster = LocalCluster(tmp_path / "c", 3, overrides=overrides)
+    try:
+        await cluster.start()
+        await cluster.wait_for(formed(2), cluster.nodes, 30, "two groups at RF 3")
+        addrs = [n.addr for n in cluster.nodes.values()]
+        async with Client(addrs, cluster.client_credentials) as client:
+            vshard = vshard_for_key(b"k0")
+            source = client.routing.group_for_vshard(vshard)
+            await client.put(b"k0", b"kept")
+            doc = await move(cluster, vshard, 3 - source)
+            assert str(doc["outcome"]).startswith("aborted"), doc
+            assert client.routing.group_for_vshard(vshard) == source
+            assert await client.get(b"k0") == b"kept"
+            await client.put(b"k0", b"written after")  # the source serves the vShard again
+            assert await client.get(b"k0") == b"written after"
+    finally:
+        await cluster.close()
+
+
+def vshards_spread(groups: int) -> Callable[[dict[int, Status]], bool]:
+    def check(statuses: dict[int, Status]) -> bool:
+        views = leaders_view(statuses)
+        if len(views) != groups or not formed(groups)(statuses):
+            return False
+        counts = Counter({g: int(v["vshards"]) for g, v in views.items()})  # type: ignore[call-overload]
+        return max(counts.values()) - min(counts.values()) <= 1024 * 0.2 / groups + 1
+
+    return check
+
+
+async def test_groups_added_to_a_live_cluster_are_filled(tmp_path: Path) -> None:
+    cluster = LocalCluster(
+        tmp_path / "c", 3, overrides={**FAST, "num_groups": 2, "rebalance_interval_ms": 500}
+    )
+    try:
+        await cluster.start()
+        await cluster.wait_for(formed(2), cluster.nodes, 30, "two groups at RF 3")
+        addrs = [n.addr for n in cluster.nodes.values()]
+        async with Client(addrs, cluster.client_credentials) as client:
+            keys = [f"g{i}".encode() for i in range(KEYS)]
+            for k in keys:
+                await client.put(k, b"v")
+            admin = ["--addr", cluster.nodes[2].addr, *cred_flags(cluster.admin_credentials)]
+            code, out, err = await run_cli("add-groups", "--count", "2", "--json", *admin)
+            assert code == 0, err
+            added = json.loads(out)["groups"]
+            assert [g[0] for g in added] == [3, 4]
+            stop = asyncio.Event()
+            writing = asyncio.ensure_future(write_during(client, stop, "w"))
+            statuses = await cluster.wait_for(vshards_spread(4), cluster.nodes, 240, "filled")
+            stop.set()
+            acked = await writing
+            assert await client.get_many(keys) == [b"v"] * KEYS
+            got = await client.get_many([f"w{i}".encode() for i in acked])
+            assert got == [f"{i}".encode() for i in acked]
+        counts = {g: v["vshards"] for g, v in leaders_view(statuses).items()}
+        print(f"vShards per group after adding 2 groups: {counts}; {len(acked)} writes meanwhile")
+    finally:
+        await cluster.close()
