@@ -83,6 +83,56 @@ async def load(client: Client, mib: int, value_bytes: int) -> int:
     return keys
 
 
+class Writers:
+    """`n` asyncio callers of `client` writing single puts (each bounded by the client's
+    deadline) until stopped; every outcome is counted by kind."""
+
+    def __init__(self, client: Client, n: int) -> None:
+        self.client = client
+        self.stopping = asyncio.Event()
+        self.ops = Counter[str]()
+        self.tasks = [asyncio.ensure_future(self.write(i)) for i in range(n)]
+
+    async def write(self, n: int) -> None:
+        i = 0
+        while not self.stopping.is_set():
+            try:
+                await self.client.put(f"w{n}-{i}".encode(), b"x" * 100)
+                self.ops["ok"] += 1
+            except Exception as e:  # every failure counts; the kind is kept
+                self.ops[f"error:{type(e).__name__}"] += 1
+            i += 1
+
+    async def stop(self) -> dict[str, object]:
+        """Stops them; the counts as `writes` and `write_errors`."""
+        self.stopping.set()
+        await asyncio.gather(*self.tasks)
+        errors = sum(v for k, v in self.ops.items() if k != "ok")
+        return {"writes": dict(self.ops), "write_errors": errors}
+
+
+async def decommission(cluster: LocalCluster, node_id: int) -> None:
+    """Asks node 1 to decommission `node_id` (PLACEMENT_REQUEST, as `nodedb-cluster
+    decommission` sends it)."""
+    admin = Transport(CLIENT_NODE_ID, "127.0.0.1:0", cluster.admin_credentials, rpc_timeout=10)
+    try:
+        kind, _ = await admin.send_rpc_to_addr(
+            cluster.nodes[1].addr,
+            wire.MessageKind.PLACEMENT_REQUEST,
+            encode_placement_request("decommission", node_id=node_id),
+        )
+        assert kind == wire.MessageKind.PLACEMENT_RESPONSE
+    finally:
+        await admin.close()
+
+
+async def read_back_ok(client: Client, keys: int, value_bytes: int) -> bool:
+    """Whether a sample of the keys `load` wrote reads back intact."""
+    sample = [f"k{i}".encode() for i in range(0, keys, max(1, keys // 2000))]
+    values = await client.get_many(sample)
+    return all(v == b"v" * value_bytes for v in values)
+
+
 async def main(args: argparse.Namespace) -> dict[str, object]:
     base = Path(tempfile.mkdtemp(prefix="nodedb-elastic-"))
     overrides: dict[str, object] = {"rebalance_interval_ms": 1000}
@@ -99,20 +149,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             keys = await load(client, args.mib, args.value_bytes)
             result["load_s"] = round(time.monotonic() - t, 1)
             print(f"loaded {keys} keys ({args.mib} MiB) in {result['load_s']} s", file=sys.stderr)
-            stop = asyncio.Event()
-            ops = Counter[str]()
-
-            async def writer(n: int) -> None:
-                i = 0
-                while not stop.is_set():
-                    try:
-                        await client.put(f"w{n}-{i}".encode(), b"x" * 100)
-                        ops["ok"] += 1
-                    except Exception as e:  # every failure counts; the kind is kept
-                        ops[f"error:{type(e).__name__}"] += 1
-                    i += 1
-
-            writers = [asyncio.ensure_future(writer(n)) for n in range(args.clients)]
+            writers = Writers(client, args.clients)
             t = time.monotonic()
             await cluster.start([4, 5])
             await cluster.wait_for(
@@ -128,34 +165,18 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
                 file=sys.stderr,
             )
 
-            admin = Transport(
-                CLIENT_NODE_ID, "127.0.0.1:0", cluster.admin_credentials, rpc_timeout=10
-            )
-            try:
-                t = time.monotonic()
-                kind, _ = await admin.send_rpc_to_addr(
-                    cluster.nodes[1].addr,
-                    wire.MessageKind.PLACEMENT_REQUEST,
-                    encode_placement_request("decommission", node_id=5),
-                )
-                assert kind == wire.MessageKind.PLACEMENT_RESPONSE
+            t = time.monotonic()
+            await decommission(cluster, 5)
 
-                def retired(statuses: dict[int, Status]) -> bool:
-                    states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}  # type: ignore[attr-defined]
-                    return states.get(5) == "DECOMMISSIONED" and spread([1, 2, 3, 4])(statuses)
+            def retired(statuses: dict[int, Status]) -> bool:
+                states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}
+                return states.get(5) == "DECOMMISSIONED" and spread([1, 2, 3, 4])(statuses)
 
-                await cluster.wait_for(retired, [1, 2, 3, 4], SETTLE_TIMEOUT_S, "decommissioned")
-                result["decommission_s"] = round(time.monotonic() - t, 1)
-            finally:
-                await admin.close()
+            await cluster.wait_for(retired, [1, 2, 3, 4], SETTLE_TIMEOUT_S, "decommissioned")
+            result["decommission_s"] = round(time.monotonic() - t, 1)
             print(f"node 5 decommissioned in {result['decommission_s']} s", file=sys.stderr)
-            stop.set()
-            await asyncio.gather(*writers)
-            result["writes"] = dict(ops)
-            result["write_errors"] = sum(v for k, v in ops.items() if k != "ok")
-            sample = [f"k{i}".encode() for i in range(0, keys, max(1, keys // 2000))]
-            values = await client.get_many(sample)
-            result["read_back_ok"] = all(v == b"v" * args.value_bytes for v in values)
+            result.update(await writers.stop())
+            result["read_back_ok"] = await read_back_ok(client, keys, args.value_bytes)
     finally:
         await cluster.close()
         shutil.rmtree(base, ignore_errors=True)

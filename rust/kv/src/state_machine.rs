@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::state_machine::{Command, StateMachine};
+use nodedb_multiraft::state_machine::{
+    Command, DecodedState, SnapshotDecoder, SnapshotView, StateMachine,
+};
 
 use crate::command::{KvCommand, KvResult, VShardStep};
 use crate::partition::ShardedMap;
@@ -423,6 +425,49 @@ impl StateMachine for KvStateMachine {
         self.install(fresh);
         Ok(())
     }
+
+    /// The copy-on-write view ([`KvSnapshotView`]): O(vShards + sessions) here, serialized on
+    /// the engine's snapshot thread.
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
+        Ok(Box::new(KvStateMachine::snapshot_view(self)))
+    }
+
+    /// [`KvState::from_snapshot`], on the engine's snapshot thread.
+    fn snapshot_decoder(&self) -> SnapshotDecoder {
+        Box::new(|data: &[u8]| {
+            KvState::from_snapshot(data)
+                .map(|st| Box::new(st) as DecodedState)
+                .map_err(|e| SmError::Decode(e.to_string()))
+        })
+    }
+
+    fn install_decoded(&mut self, state: DecodedState) -> Result<(), SmError> {
+        let fresh = state
+            .downcast::<KvState>()
+            .map_err(|_| SmError::Other("a decoded snapshot of another state machine".into()))?;
+        let old = std::mem::replace(&mut *self.write(), *fresh);
+        drop_elsewhere(old);
+        Ok(())
+    }
+}
+
+impl SnapshotView for KvSnapshotView {
+    fn write_to(self: Box<Self>, mut out: &mut dyn std::io::Write) -> Result<(), SmError> {
+        KvSnapshotView::write_to(&self, &mut out)
+            .map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
+    }
+}
+
+/// A state being replaced is freed on a thread of its own: freeing a large map entry by entry
+/// would hold the driver thread.
+fn drop_elsewhere(old: KvState) {
+    if old.map.len() < 4096 {
+        return; // small: freed here
+    }
+    // If no thread starts, the closure (and the state) is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("kv-drop".into())
+        .spawn(move || drop(old));
 }
 
 #[cfg(test)]

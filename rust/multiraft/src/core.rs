@@ -62,6 +62,7 @@ use crate::lost_tail::{find_lost_tails, LostTail, LostTailPolicy};
 use crate::metrics::Metrics;
 use crate::network::RaftNetwork;
 use crate::snapshot::{ChunkOutcome, SnapshotDescriptor, SnapshotStore, TransferJob};
+use crate::snapshot_worker::{SnapshotDone, SnapshotJob, SnapshotWorkers};
 use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};
 use crate::storage::GroupStorage;
 
@@ -90,6 +91,8 @@ struct OutgoingTransfer {
     /// When the sender thread queued the last chunk; the ack must follow within
     /// `snapshot_ack_timeout_ticks` (a lost chunk or a dead receiver never acks).
     queued_tick: Option<u64>,
+    /// Tells the sender thread to stop (see `TransferJob::cancelled`).
+    cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Completed snapshot sends reported by transfer threads: (peer, group, all chunks queued).
@@ -117,6 +120,8 @@ pub struct MultiRaftCore {
     /// Send snapshot chunks from the calling thread (deterministic tests) instead of a thread
     /// per transfer.
     inline_snapshot_sends: bool,
+    /// The snapshot threads: builds and restores off the driver thread.
+    snapshot_work: SnapshotWorkers,
     /// Peer reports raised while Readys were outstanding, stepped in after `advance`.
     deferred_reports: Vec<(GroupId, NodeId, PeerReport)>,
     /// Groups whose lost-tail state open forgot ([`LostTailPolicy::Discard`]).
@@ -166,7 +171,10 @@ impl MultiRaftCore {
             }
             sink.sync()?;
         }
+        let snapshot_work =
+            SnapshotWorkers::new(snapshots.files().clone(), cfg.node_id.0.to_string());
         let mut core = MultiRaftCore {
+            snapshot_work,
             logger: crate::raft_log::root_logger(cfg.node_id.0),
             sink,
             net,
@@ -193,10 +201,12 @@ impl MultiRaftCore {
         Ok(core)
     }
 
-    /// Sends snapshot chunks on the calling thread: for tests that drive the core by hand and
-    /// must not race a sender thread against their simulated time.
-    pub fn set_inline_snapshot_sends(&mut self, inline: bool) {
+    /// Sends snapshot chunks, and builds and restores snapshots, on the calling thread: for
+    /// tests that drive the core by hand and must not race a thread against their simulated
+    /// time.
+    pub fn set_inline_snapshot_work(&mut self, inline: bool) {
         self.inline_snapshot_sends = inline;
+        self.snapshot_work.inline = inline;
     }
 
     /// The groups whose state open forgot because their log lost its acknowledged tail
@@ -260,7 +270,7 @@ impl MultiRaftCore {
             .map(|(k, _)| *k)
             .collect();
         for (peer, gid) in stale {
-            self.finish_transfer(peer, gid, false);
+            self.finish_transfer(peer, gid, false, "timed out");
         }
         if now % ORPHAN_SWEEP_EVERY_TICKS == 0 {
             let age = Duration::from_secs(self.cfg.orphan_partial_max_age_secs);
@@ -421,6 +431,7 @@ impl MultiRaftCore {
             return false;
         }
         self.groups.values().any(|g| g.raw.has_ready())
+            || self.snapshot_work.has_done()
             || self
                 .transfer_results
                 .lock()
@@ -439,6 +450,7 @@ impl MultiRaftCore {
             return self.retry_stalled_round();
         }
         self.collect_transfer_results();
+        self.collect_snapshot_work()?;
         // (1) gather
         let mut readys = Vec::new();
         for (gid, g) in self.groups.iter_mut() {

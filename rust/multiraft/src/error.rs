@@ -137,6 +137,8 @@ pub enum SnapshotError {
     Missing(String),
     #[error(transparent)]
     Sm(#[from] SmError),
+    #[error("snapshot {path} not restored: {source}")]
+    Restore { path: PathBuf, source: SmError },
 }
 
 /// Opening the engine or managing a group failed.

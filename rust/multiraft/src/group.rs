@@ -16,7 +16,7 @@ use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{GroupMeta, LogRecord};
 use crate::metrics::Metrics;
 use crate::snapshot::{SnapshotDescriptor, SnapshotStore};
-use crate::state_machine::{Command, StateMachine};
+use crate::state_machine::{Command, DecodedState, StateMachine};
 use crate::storage::GroupStorage;
 
 pub(crate) struct PendingProposal {
@@ -79,6 +79,14 @@ pub(crate) struct Group {
     /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
     /// the log: it has never acknowledged anything it could have lost.
     pub(crate) started_empty: bool,
+    /// A snapshot of this group is being written on the snapshot thread (at most one).
+    pub(crate) building: bool,
+    /// A received snapshot is being sealed and decoded on the snapshot thread (at most one;
+    /// chunks of another transfer are dropped meanwhile). raft has not seen its MsgSnapshot
+    /// yet: until the state is decoded the group acks and votes on its own log only.
+    pub(crate) restoring: Option<SnapshotKey>,
+    /// The state decoded from the snapshot `key`, swapped in when raft installs that snapshot.
+    pub(crate) decoded: Option<(SnapshotKey, DecodedState)>,
 }
 
 pub(crate) fn lost(group: GroupId, leader: u64) -> RaftError {
@@ -236,8 +244,24 @@ pub(crate) fn install_snapshot(
         group: g.id,
         reason: format!("snapshot descriptor: {e}"),
     })?;
-    let data = store.read(&key, &desc)?;
-    g.sm.restore(&data).map_err(SnapshotError::from)?;
+    match g.decoded.take() {
+        // Decoded on the snapshot thread: a swap here.
+        Some((k, state)) if k == key => {
+            g.sm.install_decoded(state)
+                .map_err(|source| SnapshotError::Restore {
+                    path: store.path(&key, "snap"),
+                    source,
+                })?
+        }
+        _ => {
+            let data = store.read(&key, &desc)?;
+            g.sm.restore(&data)
+                .map_err(|source| SnapshotError::Restore {
+                    path: store.path(&key, "snap"),
+                    source,
+                })?;
+        }
+    }
     g.raw
         .mut_store()
         .install_snapshot(meta.clone())

@@ -27,6 +27,7 @@ pub mod network;
 pub mod no_space;
 pub mod raft_log;
 pub mod snapshot;
+mod snapshot_worker;
 pub mod state_machine;
 pub mod storage;
 pub mod transport_net;
@@ -44,6 +45,9 @@ pub use crate::log_sink::{LogRepair, LogSink, MemLogSink, SpaceStatus};
 pub use crate::lost_tail::{LostTail, LostTailPolicy};
 pub use crate::metrics::Metrics;
 pub use crate::network::{RaftNetwork, SimNetwork};
-pub use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};
+pub use crate::state_machine::{
+    DecodedState, SnapshotDecoder, SnapshotView, StateMachine, StateMachineFactory,
+    StateMachineKind,
+};
 pub use crate::transport_net::TransportNetwork;
 pub use crate::wal_sink::WalSink;

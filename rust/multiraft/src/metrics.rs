@@ -33,6 +33,8 @@ pub struct Metrics {
     pub snapshot_send_failures: AtomicU64,
     pub snapshots_received: AtomicU64,
     pub snapshot_receive_errors: AtomicU64,
+    /// Snapshot chunks dropped because the group was still restoring an earlier snapshot.
+    pub snapshot_chunks_dropped_restoring: AtomicU64,
     pub snapshots_installed: AtomicU64,
     pub orphan_partials_removed: AtomicU64,
     /// Vote requests an empty replica dropped (see `MultiRaftCore::step_message`).

@@ -1,7 +1,35 @@
 //! The state-machine seam: what a group's committed commands are applied to.
 
+use std::any::Any;
+use std::io::Write;
+
 use crate::error::SmError;
 use crate::ids::GroupId;
+
+/// A consistent view of a state machine's state at one applied index, taken on the driver
+/// thread (cheaply: a copy-on-write clone, not a serialization) and written to a snapshot file
+/// on the engine's snapshot thread, so a large state never stalls the groups' heartbeats.
+pub trait SnapshotView: Send {
+    /// Writes the snapshot's bytes (what [`StateMachine::restore`] reads back) to `out`.
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), SmError>;
+}
+
+/// A state decoded from a snapshot off the driver thread, handed back to the state machine
+/// that made its decoder ([`StateMachine::install_decoded`]). Opaque to the engine.
+pub type DecodedState = Box<dyn Any + Send>;
+
+/// Decodes a snapshot's bytes into a [`DecodedState`] on the engine's snapshot thread.
+pub type SnapshotDecoder = Box<dyn FnOnce(&[u8]) -> Result<DecodedState, SmError> + Send>;
+
+/// The view of a machine without one of its own: the bytes `snapshot()` returned.
+struct SnapshotBytes(Vec<u8>);
+
+impl SnapshotView for SnapshotBytes {
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), SmError> {
+        out.write_all(&self.0)
+            .map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
+    }
+}
 
 /// One committed command: the entry's index and one payload of its batch.
 #[derive(Debug, Clone, Copy)]
@@ -22,6 +50,31 @@ pub trait StateMachine: Send {
     fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>>;
     fn snapshot(&self) -> Result<Vec<u8>, SmError>;
     fn restore(&mut self, data: &[u8]) -> Result<(), SmError>;
+
+    /// A view of the state after the last applied command, to be written to a snapshot file
+    /// off the driver thread. The default serializes here (`snapshot()`): right for small
+    /// states; a large one returns a cheap copy-on-write view instead.
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
+        Ok(Box::new(SnapshotBytes(self.snapshot()?)))
+    }
+
+    /// A decoder run off the driver thread on a received snapshot's bytes; its result goes to
+    /// [`StateMachine::install_decoded`] on the driver thread. The default only copies the
+    /// bytes and `install_decoded` restores them there: right for small states.
+    fn snapshot_decoder(&self) -> SnapshotDecoder {
+        Box::new(|data: &[u8]| Ok(Box::new(data.to_vec()) as DecodedState))
+    }
+
+    /// Replaces the whole state with one this machine's decoder produced (a swap, on the
+    /// driver thread).
+    fn install_decoded(&mut self, state: DecodedState) -> Result<(), SmError> {
+        match state.downcast::<Vec<u8>>() {
+            Ok(bytes) => self.restore(&bytes),
+            Err(_) => Err(SmError::Other(
+                "a decoded snapshot of another state machine".into(),
+            )),
+        }
+    }
 
     /// Whether followers must learn a new commit index at once (a broadcast per commit) rather
     /// than on the next append or heartbeat (one tick at most). True by default: control-plane

@@ -756,7 +756,7 @@ impl PyRaftEngine {
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
         let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 31] = [
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 32] = [
             ("rounds", &m.rounds),
             ("read_index_requests", &m.read_index_requests),
             ("fsyncs", &m.fsyncs),
@@ -777,6 +777,10 @@ impl PyRaftEngine {
             ("snapshot_send_failures", &m.snapshot_send_failures),
             ("snapshots_received", &m.snapshots_received),
             ("snapshot_receive_errors", &m.snapshot_receive_errors),
+            (
+                "snapshot_chunks_dropped_restoring",
+                &m.snapshot_chunks_dropped_restoring,
+            ),
             ("snapshots_installed", &m.snapshots_installed),
             ("orphan_partials_removed", &m.orphan_partials_removed),
             ("no_space", &m.no_space),

@@ -239,7 +239,7 @@ impl Cluster {
 impl Node {
     pub(crate) fn open(&mut self, net: &SimNetwork) {
         let mut core = self.try_open(net).expect("core open");
-        core.set_inline_snapshot_sends(true);
+        core.set_inline_snapshot_work(true);
         self.core = Some(core);
     }
 

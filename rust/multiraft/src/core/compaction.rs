@@ -1,11 +1,15 @@
 //! Snapshots past the threshold and log compaction behind them.
 
 use super::*;
+use crate::state_machine::DecodedState;
+use raft::prelude::SnapshotMetadata;
 
 impl MultiRaftCore {
-    /// Snapshots every group that applied `snapshot_threshold_entries` or
-    /// `snapshot_threshold_bytes` since its last one, or whose leader was asked for a snapshot it
-    /// could not serve.
+    /// Starts a snapshot of every group that applied `snapshot_threshold_entries` or
+    /// `snapshot_threshold_bytes` since its last one, or whose leader was asked for a snapshot
+    /// it could not serve; not of a group whose snapshot is being built already. The file is
+    /// written on the snapshot thread; `collect_snapshot_work` finishes it. Returns whether the
+    /// log's floors changed (only if a build had to run here: no thread could be started).
     pub(super) fn maybe_snapshot(&mut self) -> Result<bool, EngineError> {
         if self.disk.no_space() {
             return Ok(false); // a snapshot writes a file and a mark: not on a full disk
@@ -19,24 +23,70 @@ impl MultiRaftCore {
                 let wanted = g.raw.store().take_snapshot_wanted();
                 let since =
                     g.applied_index - g.raw.store().snapshot_meta().index.min(g.applied_index);
-                since >= threshold
-                    || (since > 0 && g.applied_bytes_since_snapshot >= threshold_bytes)
-                    || (wanted && since > 0)
+                !g.building
+                    && (since >= threshold
+                        || (since > 0 && g.applied_bytes_since_snapshot >= threshold_bytes)
+                        || (wanted && since > 0))
             })
             .map(|g| g.id)
             .collect();
-        for gid in &due {
-            let taken = self.snapshot_group(*gid);
-            self.tolerate_no_space(taken)?;
-            if self.disk.no_space() {
-                break;
-            }
+        let mut finished_here = false;
+        for gid in due {
+            finished_here |= self.start_snapshot(gid)?;
         }
-        Ok(!due.is_empty())
+        Ok(finished_here)
     }
 
-    /// Snapshots one group now at its applied index and compacts its log to it. Refused in
-    /// NO_SPACE (a snapshot is a file and a log record).
+    /// The key and metadata of a snapshot of `g` at its applied index, or None if its last
+    /// snapshot is there already.
+    fn snapshot_point(g: &Group) -> Result<Option<(SnapshotKey, SnapshotMetadata)>, EngineError> {
+        let index = g.applied_index;
+        if index <= g.raw.store().snapshot_meta().index {
+            return Ok(None);
+        }
+        let term = g.raw.store().term(index)?;
+        let key = SnapshotKey {
+            group: g.id,
+            index,
+            term,
+        };
+        // The conf state in storage is the one at the applied index (conf entries are applied
+        // to it in order).
+        Ok(Some((
+            key,
+            snapshot_meta(index, term, g.raw.store().conf_state().clone()),
+        )))
+    }
+
+    /// Takes the state machine's view of `gid` (cheap, on this thread) and hands it to the
+    /// snapshot thread. Returns whether it was finished here instead (no thread).
+    fn start_snapshot(&mut self, gid: GroupId) -> Result<bool, EngineError> {
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return Ok(false);
+        };
+        let Some((key, meta)) = Self::snapshot_point(g)? else {
+            return Ok(false);
+        };
+        let view = g.sm.snapshot_view().map_err(SnapshotError::from)?;
+        g.building = true;
+        // Entries applied from here on count toward the next snapshot.
+        g.applied_bytes_since_snapshot = 0;
+        let job = SnapshotJob::Build { key, meta, view };
+        if let Err(SnapshotJob::Build { key, meta, view }) = self.snapshot_work.submit(job) {
+            // No thread: write it here (slow for a big state, but correct).
+            if let Some(g) = self.groups.get_mut(&gid) {
+                g.building = false;
+            }
+            let desc = self.snapshots.files().write_view(&key, view);
+            let r = self.finish_build(key, meta, desc);
+            self.tolerate_no_space(r)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Snapshots one group now at its applied index, on this thread, and compacts its log to
+    /// it. Refused in NO_SPACE (a snapshot is a file and a log record).
     pub fn snapshot_group(&mut self, gid: GroupId) -> Result<(), EngineError> {
         if self.disk.refuses_writes() && self.groups.contains_key(&gid) {
             return Err(self.no_space_engine_error());
@@ -44,32 +94,123 @@ impl MultiRaftCore {
         let Some(g) = self.groups.get_mut(&gid) else {
             return Err(EngineError::GroupNotFound(gid));
         };
-        let index = g.applied_index;
-        if index <= g.raw.store().snapshot_meta().index {
+        let Some((key, meta)) = Self::snapshot_point(g)? else {
+            return Ok(());
+        };
+        let view = g.sm.snapshot_view().map_err(SnapshotError::from)?;
+        g.applied_bytes_since_snapshot = 0;
+        let desc = self.snapshots.files().write_view(&key, view)?;
+        self.finish_build(key, meta, Ok(desc))?;
+        Ok(())
+    }
+
+    /// A snapshot file is durable (or failed): record its mark, compact the group's in-memory
+    /// log to it and offer it to followers. A snapshot older than the group's current one (a
+    /// received snapshot was installed meanwhile) or of a removed group is deleted.
+    fn finish_build(
+        &mut self,
+        key: SnapshotKey,
+        meta: SnapshotMetadata,
+        desc: Result<SnapshotDescriptor, SnapshotError>,
+    ) -> Result<(), EngineError> {
+        let gid = key.group;
+        let Some(g) = self.groups.get_mut(&gid) else {
+            let _ = std::fs::remove_file(self.snapshots.path(&key, "snap"));
+            return Ok(());
+        };
+        let desc = desc?;
+        if key.index <= g.raw.store().snapshot_meta().index || self.disk.no_space() {
+            let _ = std::fs::remove_file(self.snapshots.path(&key, "snap"));
             return Ok(());
         }
-        let term = g.raw.store().term(index)?;
-        let data = g.sm.snapshot().map_err(SnapshotError::from)?;
-        let key = SnapshotKey {
-            group: gid,
-            index,
-            term,
-        };
-        let desc = self.snapshots.write(&key, &data)?;
-        let meta = snapshot_meta(index, term, g.raw.store().conf_state().clone());
         // The mark must be durable before the log may drop what it covers.
         self.sink
             .append(&[LogRecord::snapshot_mark(gid, g.meta, &meta)])?;
         self.sink.sync()?;
         self.unsynced_records = 0;
         g.raw.mut_store().compact_to_snapshot(meta.clone());
-        g.applied_bytes_since_snapshot = 0;
         g.raw
             .mut_store()
             .set_outgoing(outgoing_snapshot(meta, desc));
-        self.snapshots.remove_older(gid, index)?;
+        self.snapshots.remove_older(gid, key.index)?;
         Metrics::inc(&self.metrics.snapshots_taken);
         Ok(())
+    }
+
+    /// Picks up what the snapshot threads finished: builds are recorded and the log compacted
+    /// behind them; a restored snapshot's state is kept for raft's install and its MsgSnapshot
+    /// stepped (then acked to the leader); a failed one is acked as failed. A full disk here is
+    /// noted and tried again later (the next snapshot), not fatal.
+    pub(super) fn collect_snapshot_work(&mut self) -> Result<(), EngineError> {
+        let mut built = false;
+        for done in self.snapshot_work.take_done() {
+            match done {
+                SnapshotDone::Built {
+                    key,
+                    meta,
+                    result,
+                    took,
+                } => {
+                    if let Some(g) = self.groups.get_mut(&key.group) {
+                        g.building = false;
+                    }
+                    match &result {
+                        Ok(d) => slog::info!(self.logger, "snapshot built";
+                            "group" => key.group.0, "index" => key.index,
+                            "bytes" => d.total_bytes, "ms" => took.as_millis() as u64),
+                        Err(e) => slog::warn!(self.logger, "snapshot build failed";
+                            "group" => key.group.0, "index" => key.index, "error" => %e),
+                    }
+                    let r = self.finish_build(key, meta, result);
+                    self.tolerate_no_space(r)?;
+                    built = true;
+                }
+                SnapshotDone::Restored {
+                    from,
+                    key,
+                    message,
+                    result,
+                    took,
+                } => self.finish_restore(from, key, message, result, took),
+            }
+        }
+        if built {
+            let compacted = self.compact_log();
+            self.tolerate_no_space(compacted)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish_restore(
+        &mut self,
+        from: NodeId,
+        key: SnapshotKey,
+        message: Message,
+        result: Result<DecodedState, SnapshotError>,
+        took: std::time::Duration,
+    ) {
+        let Some(g) = self.groups.get_mut(&key.group) else {
+            let _ = std::fs::remove_file(self.snapshots.path(&key, "snap"));
+            return;
+        };
+        g.restoring = None;
+        match result {
+            Ok(state) => {
+                slog::info!(self.logger, "received snapshot decoded";
+                    "group" => key.group.0, "index" => key.index, "ms" => took.as_millis() as u64);
+                g.decoded = Some((key, state));
+                Metrics::inc(&self.metrics.snapshots_received);
+                self.step_message(key.group, message);
+                self.send_ack(from, key, true);
+            }
+            Err(e) => {
+                slog::warn!(self.logger, "received snapshot refused";
+                    "group" => key.group.0, "error" => %e);
+                let _ = std::fs::remove_file(self.snapshots.path(&key, "snap"));
+                Metrics::inc(&self.metrics.snapshot_receive_errors);
+                self.send_ack(from, key, false);
+            }
+        }
     }
 
     pub(super) fn compact_log(&mut self) -> Result<(), EngineError> {

@@ -66,6 +66,9 @@ impl MultiRaftCore {
                 published_leader: None,
                 was_leader,
                 started_empty,
+                building: false,
+                restoring: None,
+                decoded: None,
             },
         );
         Ok(())

@@ -21,18 +21,53 @@ impl MultiRaftCore {
             }
             Frame::Chunk(c) => {
                 let (from, key) = (c.from, c.key);
-                if !self.groups.contains_key(&key.group) {
+                let Some(g) = self.groups.get(&key.group) else {
                     Metrics::inc(&self.metrics.inbound_unknown_group);
+                    return;
+                };
+                if g.restoring.is_some() {
+                    // One restore per group at a time; the leader's transfer times out and is
+                    // retried if raft still needs it once this one is installed.
+                    Metrics::inc(&self.metrics.snapshot_chunks_dropped_restoring);
                     return;
                 }
                 match self.snapshots.receive(*c) {
                     Ok(ChunkOutcome::InProgress) => {}
-                    Ok(ChunkOutcome::Complete(m)) => {
-                        Metrics::inc(&self.metrics.snapshots_received);
-                        self.step_message(key.group, *m);
-                        self.send_ack(from, key, true);
+                    Ok(ChunkOutcome::Complete(received)) => {
+                        // Sealed (fsync, rename) and decoded on the snapshot thread; raft
+                        // sees the MsgSnapshot once the state is ready to swap in
+                        // (`finish_restore`), so nothing waits on it here.
+                        let Some(g) = self.groups.get_mut(&key.group) else {
+                            return;
+                        };
+                        g.restoring = Some(key);
+                        g.decoded = None;
+                        let decoder = g.sm.snapshot_decoder();
+                        let job = SnapshotJob::Restore { received, decoder };
+                        if let Err(SnapshotJob::Restore { received, decoder }) =
+                            self.snapshot_work.submit(job)
+                        {
+                            // No thread: do it here.
+                            let files = self.snapshots.files().clone();
+                            let done = crate::snapshot_worker::run_job(
+                                &files,
+                                SnapshotJob::Restore { received, decoder },
+                            );
+                            if let SnapshotDone::Restored {
+                                from,
+                                key,
+                                message,
+                                result,
+                                took,
+                            } = done
+                            {
+                                self.finish_restore(from, key, message, result, took);
+                            }
+                        }
                     }
-                    Err(_) => {
+                    Err(e) => {
+                        slog::info!(self.logger, "snapshot chunk refused";
+                            "group" => key.group.0, "index" => key.index, "error" => %e);
                         Metrics::inc(&self.metrics.snapshot_receive_errors);
                         self.send_ack(from, key, false);
                     }
@@ -44,7 +79,7 @@ impl MultiRaftCore {
                     .get(&(a.from, a.key.group))
                     .is_some_and(|t| t.key == a.key)
                 {
-                    self.finish_transfer(a.from, a.key.group, a.ok);
+                    self.finish_transfer(a.from, a.key.group, a.ok, "acknowledged");
                 }
             }
         }
@@ -61,15 +96,27 @@ impl MultiRaftCore {
         }
     }
 
-    pub(super) fn finish_transfer(&mut self, peer: NodeId, gid: GroupId, ok: bool) {
+    pub(super) fn finish_transfer(
+        &mut self,
+        peer: NodeId,
+        gid: GroupId,
+        ok: bool,
+        how: &'static str,
+    ) {
         let Some(transfer) = self.transfers.remove(&(peer, gid)) else {
             return;
         };
+        transfer
+            .cancelled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if ok {
             self.metrics
                 .snapshot_send_seconds
                 .observe_since(transfer.started);
         }
+        slog::info!(self.logger, "snapshot transfer ended";
+            "group" => gid.0, "to" => peer.0, "index" => transfer.key.index, "ok" => ok, "how" => how,
+            "ms" => transfer.started.elapsed().as_millis() as u64);
         if let Some(g) = self.groups.get_mut(&gid) {
             let status = if ok {
                 SnapshotStatus::Finish

@@ -11,7 +11,7 @@ impl MultiRaftCore {
         let now = self.ticks;
         for (peer, gid, ok) in done {
             if !ok {
-                self.finish_transfer(peer, gid, false);
+                self.finish_transfer(peer, gid, false, "not sent");
             } else if let Some(t) = self.transfers.get_mut(&(peer, gid)) {
                 // Fully queued: now the receiver's ack must come within the ack timeout.
                 t.queued_tick = Some(now);
@@ -75,9 +75,13 @@ impl MultiRaftCore {
             return;
         };
         if busy {
+            slog::info!(self.logger, "snapshot transfer refused: busy";
+                "group" => gid.0, "to" => to.0, "index" => key.index,
+                "same_peer" => self.transfers.contains_key(&(to, gid)));
             self.report_snapshot_failure(gid, to);
             return;
         }
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.transfers.insert(
             (to, gid),
             OutgoingTransfer {
@@ -85,9 +89,12 @@ impl MultiRaftCore {
                 started_tick: self.ticks,
                 started: std::time::Instant::now(),
                 queued_tick: None,
+                cancelled: Arc::clone(&cancelled),
             },
         );
         Metrics::inc(&self.metrics.snapshots_sent);
+        slog::info!(self.logger, "snapshot transfer started";
+            "group" => gid.0, "to" => to.0, "index" => key.index, "bytes" => desc.total_bytes);
         let job = TransferJob {
             net: Arc::clone(&self.net),
             from: self.cfg.node_id,
@@ -98,6 +105,7 @@ impl MultiRaftCore {
             chunk_bytes: self.cfg.install_snapshot_chunk_bytes,
             message: m,
             chunk_timeout: self.cfg.tick_interval * 50,
+            cancelled,
         };
         let results = Arc::clone(&self.transfer_results);
         if self.inline_snapshot_sends {

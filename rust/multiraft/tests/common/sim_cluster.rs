@@ -97,6 +97,17 @@ impl<R> SimCluster<MemLogSink, R> {
         n: u64,
         group: GroupId,
         kind: StateMachineKind,
+        node: impl FnMut(&MemLogSink) -> (R, Box<dyn StateMachineFactory>),
+    ) -> Self {
+        Self::founding_with(n, group, kind, |_| {}, node)
+    }
+
+    /// [`SimCluster::founding`] with every node's configuration changed by `tweak`.
+    pub fn founding_with(
+        n: u64,
+        group: GroupId,
+        kind: StateMachineKind,
+        tweak: impl Fn(&mut MultiRaftConfig),
         mut node: impl FnMut(&MemLogSink) -> (R, Box<dyn StateMachineFactory>),
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -104,7 +115,8 @@ impl<R> SimCluster<MemLogSink, R> {
         let peers: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
-            let cfg = MultiRaftConfig::new(NodeId(id), dir.path().join(format!("n{id}")));
+            let mut cfg = MultiRaftConfig::new(NodeId(id), dir.path().join(format!("n{id}")));
+            tweak(&mut cfg);
             let sink = MemLogSink::new();
             let (reg, factory) = node(&sink);
             let mut core = MultiRaftCore::open(
