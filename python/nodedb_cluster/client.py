@@ -3,7 +3,8 @@
 It asks any node for the routing table and the members' addresses, then sends each request
 straight to the leader of the key's group: a NotLeader answer names the new leader and the
 request is retried there within its deadline. Call `connect()` again to refresh routing after
-members moved.
+members moved. A group that answers Moved (a vShard moved to another group) re-routes that
+vShard in the core at once, and the client fetches a fresh table in the background.
 
 The calls are `nodedb_cluster.kv.Kv`'s (the Rust client core: routing, the write session,
 per-target coalescing, retries and deadlines; one boundary crossing and one future per call),
@@ -14,6 +15,8 @@ and so are the errors (`Timeout`, `Unavailable`, `StaleRead`, `OutcomeUnknown`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Sequence
 from typing import Final
 
@@ -35,6 +38,10 @@ from nodedb_cluster.transport import Credentials, Transport
 
 CLIENT_NODE_ID: Final = (1 << 63) + 1
 """The id a client presents to the nodes it asks; outside any real node's range."""
+REFRESH_RETRY_S: Final = 0.1
+"""Pause before fetching routing again after a failed background refresh."""
+
+log = logging.getLogger(__name__)
 
 
 class Client(Kv):
@@ -56,6 +63,7 @@ class Client(Kv):
         self._timeout_s = timeout_s
         self._transport = Transport(CLIENT_NODE_ID, bind, credentials, rpc_timeout=timeout_s)
         self._routing: RoutingTable | None = None
+        self._refresher: asyncio.Task[None] | None = None
         # The core shares the transport's endpoint and runtime (the wrapper's Rust object).
         super().__init__(_core.KvClient(self._transport._core, CLIENT_NODE_ID, timeout_s=timeout_s))
         self.retry_unknown_writes = retry_unknown_writes
@@ -89,6 +97,8 @@ class Client(Kv):
             self.set_routing(table)
             self._routing = table
             self._attach()
+            if self._refresher is None:
+                self._refresher = asyncio.create_task(self._refresh_on_moves())
             return
         raise Unavailable(0, "no node answered: " + "; ".join(errors))
 
@@ -154,9 +164,28 @@ class Client(Kv):
             out.append(value)
         return out
 
+    async def _refresh_on_moves(self) -> None:
+        """Fetch a fresh routing table each time a group answers Moved (the core re-routes the
+        moved vShard meanwhile; a fresh table also names groups added since)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            stale: asyncio.Future[None] = loop.create_future()
+            self._core.watch_routing(stale)
+            await stale
+            try:
+                await self.connect()
+            except ClusterError as e:
+                log.warning("routing refresh after a moved vShard failed: %s", e)
+                await asyncio.sleep(REFRESH_RETRY_S)  # a pause before asking again
+
     async def close(self) -> None:
         """Queued calls fail with `TransportClosed`, and so do calls in flight as the transport
         closes: the bridge stays watched until the last of them is resolved."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         await super().close()
         await self._transport.close()
         self._drain()

@@ -417,6 +417,30 @@ class Unavailable(ClusterError):
         self.reason = reason
 
 
+class VShardPaused(Timeout):
+    """The key's vShard is paused in its group for a move between groups (nothing was applied):
+    a KV call that met it until its deadline, or a command result `kv_check_result` read."""
+
+    def __init__(self, group_id: int, vshard: int | None = None) -> None:
+        ClusterError.__init__(
+            self, f"group {group_id}: vshard {vshard} paused for a move (nothing applied)"
+        )
+        self.op = "kv"
+        self.timeout_ms = 0
+        self.group_id = group_id
+        self.vshard = vshard
+
+
+class VShardMoved(ClusterError):
+    """The key's vShard moved to group `group_id` (nothing was applied): send it there."""
+
+    retryable = True
+
+    def __init__(self, group_id: int) -> None:
+        super().__init__(f"vshard moved to group {group_id} (nothing applied)")
+        self.group_id = group_id
+
+
 class OutcomeUnknown(ClusterError):
     """A write was handed to a leader but whether it was applied is not known: a KV write whose
     retry found its first copy's cached result already dropped (the session's window

@@ -443,12 +443,13 @@ def kv_get_command(key: bytes) -> bytes:
     return _core.kv_command("get", key)
 
 
-KvStatus = Literal["ok", "not_found", "cas_mismatch", "duplicate", "invalid"]
+KvStatus = Literal["ok", "not_found", "cas_mismatch", "duplicate", "paused", "moved", "invalid"]
 
 
 def kv_result(data: bytes) -> tuple[KvStatus, bytes | None]:
     """Decode a "kv" group's result: ("ok", value|None), ("not_found", None),
     ("cas_mismatch", current), ("duplicate", None) (a session write answered before: not
-    applied again), ("invalid", reason)."""
+    applied again), ("paused", None) / ("moved", group u64 LE) (its vShard is moving / moved:
+    not applied), ("invalid", reason)."""
     status, value = _core.kv_result(data)
     return cast(KvStatus, status), value

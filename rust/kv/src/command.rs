@@ -11,6 +11,10 @@ use nodedb_multiraft::error::DecodeError;
 pub const KEY_BYTES_MAX: usize = 64 << 10;
 /// Op tag of `KvCommand::Session`.
 const SESSION_OP: u8 = 16;
+/// Op tag of `KvCommand::VShard`.
+const VSHARD_OP: u8 = 32;
+/// Op tag of `KvCommand::Import`.
+const IMPORT_OP: u8 = 33;
 
 /// A KV operation. Encoding: `op u8` then length-prefixed fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,85 @@ pub enum KvCommand {
         acked_below: u64,
         inner: Box<KvCommand>,
     },
+    /// op 32: a step of move `move_id` (group 0's id) of a vShard between groups
+    /// (`crate::vshard`): `group` is the source for `Incoming`, the target for `Track`,
+    /// `Freeze` and `Release`, else 0. Encoding: `32, step u8, vshard u32, group u64,
+    /// move_id u64`.
+    VShard {
+        step: VShardStep,
+        vshard: u32,
+        group: u64,
+        move_id: u64,
+    },
+    /// op 33: keys (and, in the last copy, the source's sessions) of a vShard copied from its
+    /// source group into this, its target (`crate::migration`).
+    Import(Import),
+}
+
+/// The steps of a vShard move (see `crate::vshard` for what each does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VShardStep {
+    Incoming = 1,
+    Track = 2,
+    Freeze = 3,
+    Unfreeze = 4,
+    Activate = 5,
+    Release = 6,
+    Drop = 7,
+}
+
+impl VShardStep {
+    pub const ALL: [VShardStep; 7] = [
+        VShardStep::Incoming,
+        VShardStep::Track,
+        VShardStep::Freeze,
+        VShardStep::Unfreeze,
+        VShardStep::Activate,
+        VShardStep::Release,
+        VShardStep::Drop,
+    ];
+
+    /// The name the control plane uses (`kv_vshard_command`'s `op`).
+    pub fn name(self) -> &'static str {
+        match self {
+            VShardStep::Incoming => "incoming",
+            VShardStep::Track => "track",
+            VShardStep::Freeze => "freeze",
+            VShardStep::Unfreeze => "unfreeze",
+            VShardStep::Activate => "activate",
+            VShardStep::Release => "release",
+            VShardStep::Drop => "drop",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<VShardStep> {
+        VShardStep::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    fn from_tag(tag: u8) -> Option<VShardStep> {
+        VShardStep::ALL.into_iter().find(|s| *s as u8 == tag)
+    }
+}
+
+/// One client's session as the source group holds it, carried to the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedSession {
+    pub client: u64,
+    pub floor: u64,
+    /// (seq, encoded result), ascending.
+    pub results: Vec<(u64, Vec<u8>)>,
+}
+
+/// A chunk of a vShard's copy for move `move_id`. Encoding: `33, vshard u32, move_id u64,
+/// entries u32, (key, opt value)*, sessions u32, (client u64, floor u64, results u32,
+/// (seq u64, result)*)*`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Import {
+    pub vshard: u32,
+    pub move_id: u64,
+    /// (key, value); `None`: the key was deleted at the source since the bulk copy.
+    pub entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    pub sessions: Vec<ImportedSession>,
 }
 
 /// A KV result. Encoding: `status u8` then an optional length-prefixed value.
@@ -50,6 +133,12 @@ pub enum KvResult {
     /// status 3: a session write whose result the client already had (or that fell out of the
     /// session's result window): not applied again; its first outcome stands.
     Duplicate,
+    /// status 4: the key's vShard is being moved and its writes are paused here: nothing was
+    /// applied (nor recorded in the session); retry shortly.
+    Paused,
+    /// status 5: the key's vShard now lives in group `group`: nothing was applied; send it
+    /// there.
+    Moved { group: u64 },
     /// status 255: the command did not decode; every node answers the same.
     Invalid { reason: String },
 }
@@ -92,6 +181,38 @@ impl KvCommand {
                 w.u64(*seq);
                 w.u64(*acked_below);
                 w.buf.extend_from_slice(&inner.encode());
+            }
+            KvCommand::VShard {
+                step,
+                vshard,
+                group,
+                move_id,
+            } => {
+                w.u8(VSHARD_OP);
+                w.u8(*step as u8);
+                w.u32(*vshard);
+                w.u64(*group);
+                w.u64(*move_id);
+            }
+            KvCommand::Import(import) => {
+                w.u8(IMPORT_OP);
+                w.u32(import.vshard);
+                w.u64(import.move_id);
+                w.u32(import.entries.len() as u32);
+                for (k, v) in &import.entries {
+                    w.bytes(k);
+                    opt(&mut w, v.as_deref());
+                }
+                w.u32(import.sessions.len() as u32);
+                for s in &import.sessions {
+                    w.u64(s.client);
+                    w.u64(s.floor);
+                    w.u32(s.results.len() as u32);
+                    for (seq, r) in &s.results {
+                        w.u64(*seq);
+                        w.bytes(r);
+                    }
+                }
             }
         }
         w.buf
@@ -140,6 +261,20 @@ impl KvCommand {
                 value: r.bytes("value")?.to_vec(),
             },
             4 => KvCommand::Get { key: key(&mut r)? },
+            VSHARD_OP => {
+                let tag = r.u8()?;
+                let step = VShardStep::from_tag(tag).ok_or(DecodeError::UnknownTag {
+                    what: "vshard step",
+                    tag,
+                })?;
+                KvCommand::VShard {
+                    step,
+                    vshard: vshard(&mut r)?,
+                    group: r.u64()?,
+                    move_id: r.u64()?,
+                }
+            }
+            IMPORT_OP => KvCommand::Import(import(&mut r, b.len())?),
             tag => return Err(DecodeError::UnknownTag { what: "kv op", tag }),
         };
         r.finish()?;
@@ -161,6 +296,11 @@ impl KvResult {
                 w.u8(2);
                 opt(&mut w, current.as_deref());
             }
+            KvResult::Paused => w.u8(4),
+            KvResult::Moved { group } => {
+                w.u8(5);
+                w.u64(*group);
+            }
             KvResult::Invalid { reason } => {
                 w.u8(255);
                 w.bytes(reason.as_bytes());
@@ -180,6 +320,8 @@ impl KvResult {
                 current: read_opt(&mut r)?,
             },
             3 => KvResult::Duplicate,
+            4 => KvResult::Paused,
+            5 => KvResult::Moved { group: r.u64()? },
             255 => KvResult::Invalid {
                 reason: String::from_utf8_lossy(r.bytes("reason")?).into_owned(),
             },
@@ -214,6 +356,53 @@ fn read_opt(r: &mut Reader<'_>) -> Result<Option<Vec<u8>>, DecodeError> {
             tag,
         }),
     }
+}
+
+/// A vShard number, refused past the last vShard.
+fn vshard(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+    let vshard = r.u32()?;
+    if vshard as usize >= crate::routing::VSHARDS {
+        return Err(DecodeError::TooLong {
+            what: "vshard",
+            len: u64::from(vshard),
+            limit: crate::routing::VSHARDS as u64 - 1,
+        });
+    }
+    Ok(vshard)
+}
+
+/// An import's body; every count is bounded by the bytes that could hold it (`total`).
+fn import(r: &mut Reader<'_>, total: usize) -> Result<Import, DecodeError> {
+    let vshard = vshard(r)?;
+    let move_id = r.u64()?;
+    let n = r.count("import entries", total / 5)?;
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        entries.push((key(r)?, read_opt(r)?));
+    }
+    let n = r.count("import sessions", total / 20)?;
+    let mut sessions = Vec::with_capacity(n);
+    for _ in 0..n {
+        let client = r.u64()?;
+        let floor = r.u64()?;
+        let count = r.count("import session results", total / 12)?;
+        let mut results = Vec::with_capacity(count);
+        for _ in 0..count {
+            let seq = r.u64()?;
+            results.push((seq, r.bytes("session result")?.to_vec()));
+        }
+        sessions.push(ImportedSession {
+            client,
+            floor,
+            results,
+        });
+    }
+    Ok(Import {
+        vshard,
+        move_id,
+        entries,
+        sessions,
+    })
 }
 
 fn key(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
@@ -287,6 +476,31 @@ mod tests {
             ),
             (KvCommand::Get { key: k.clone() }, "04010000006b"),
             (
+                KvCommand::VShard {
+                    step: VShardStep::Freeze,
+                    vshard: 5,
+                    group: 2,
+                    move_id: 9,
+                },
+                "20030500000002000000000000000900000000000000",
+            ),
+            (
+                KvCommand::Import(Import {
+                    vshard: 1,
+                    move_id: 9,
+                    entries: vec![(k.clone(), Some(b"v".to_vec())), (k.clone(), None)],
+                    sessions: vec![ImportedSession {
+                        client: 7,
+                        floor: 2,
+                        results: vec![(3, b"r".to_vec())],
+                    }],
+                }),
+                "21010000000900000000000000\
+                 0200000001000000\
+                 6b01010000007601000000\
+                 6b0001000000070000000000000002000000000000000100000003000000000000000100000072",
+            ),
+            (
                 session(7, 9, 3, KvCommand::Delete { key: k }),
                 "10070000000000000009000000000000000300000000000000\
                  02010000006b",
@@ -307,12 +521,44 @@ mod tests {
             (KvResult::NotFound, "01"),
             (KvResult::CasMismatch { current: None }, "0200"),
             (KvResult::Duplicate, "03"),
+            (KvResult::Paused, "04"),
+            (KvResult::Moved { group: 2 }, "050200000000000000"),
             (KvResult::Invalid { reason: "x".into() }, "ff0100000078"),
         ];
         for (result, bytes) in results {
             assert_eq!(result.encode(), hex(bytes), "{result:?}");
             assert_eq!(KvResult::decode(&hex(bytes)), Ok(result));
         }
+    }
+
+    #[test]
+    fn vshard_commands_refuse_bad_input() {
+        for step in VShardStep::ALL {
+            assert_eq!(VShardStep::parse(step.name()), Some(step));
+        }
+        assert_eq!(VShardStep::parse("nope"), None);
+        let bad_step = hex("20090500000002000000000000000900000000000000");
+        assert!(KvCommand::decode(&bad_step).is_err());
+        let bad_vshard = hex("20030004000002000000000000000900000000000000");
+        assert!(KvCommand::decode(&bad_vshard).is_err(), "vshard 1024");
+        // An import announcing more entries than its bytes could hold.
+        let huge = hex("21010000000900000000000000ffffffff");
+        assert!(KvCommand::decode(&huge).is_err());
+        let import = KvCommand::Import(Import {
+            vshard: 3,
+            move_id: 1,
+            entries: vec![(b"a".to_vec(), Some(vec![0; 10]))],
+            sessions: vec![],
+        })
+        .encode();
+        for cut in 0..import.len() {
+            assert!(KvCommand::decode(&import[..cut]).is_err(), "cut at {cut}");
+        }
+        let in_session = KvCommand::encode_session(1, 1, 0, &import);
+        assert!(matches!(
+            KvCommand::decode(&in_session),
+            Ok(KvCommand::Session { .. })
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!
 //! - [`command`], [`state_machine`]: the log's bytes and what applies them (on disk: frozen);
 //! - [`partition`], [`snapshot`]: the state's per-vShard map and its snapshot view and bytes;
+//! - [`vshard`], [`migration`]: a vShard's states while it moves between groups, and its copy;
 //! - [`routing`]: key → vShard → group → leader and voters;
 //! - [`session`], [`peer_health`]: a client's write session and whom it avoids;
 //! - [`client`]: the client core (lanes, batching, retries; results through `Completion`);
@@ -19,6 +20,7 @@ pub mod client;
 pub mod command;
 pub mod groups;
 pub mod load;
+pub mod migration;
 pub mod partition;
 pub mod peer_health;
 pub mod routing;
@@ -26,14 +28,16 @@ pub mod serve;
 pub mod session;
 pub mod snapshot;
 pub mod state_machine;
+pub mod vshard;
 
 use nodedb_multiraft::StateMachineKind;
 
-pub use crate::command::{KvCommand, KvResult, KEY_BYTES_MAX};
+pub use crate::command::{Import, ImportedSession, KvCommand, KvResult, VShardStep, KEY_BYTES_MAX};
 pub use crate::snapshot::KvSnapshotView;
 pub use crate::state_machine::{
     ClientSession, KvReader, KvState, KvStateMachine, SESSIONS_MAX, SESSION_RESULTS_MAX,
 };
+pub use crate::vshard::{Refusal, VShardMark, VShardState};
 
 /// The tag of a group that runs the KV state machine, recorded in every node's log since the
 /// first release (as the engine's old `StateMachineKind::Kv = 1`): never changes.

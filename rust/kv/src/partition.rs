@@ -14,10 +14,12 @@ use crate::routing::{vshard_of, VSHARDS};
 /// One vShard's keys and values.
 pub type Shard = HashMap<Vec<u8>, Vec<u8>>;
 
-/// Every vShard's map, indexed by vShard, and the total key count.
+/// Every vShard's map, indexed by vShard, the total key count and each vShard's bytes of
+/// keys and values (kept as writes go, so a load report costs O(vShards), not O(keys)).
 #[derive(Debug, Clone)]
 pub struct ShardedMap {
     shards: Vec<Arc<Shard>>,
+    bytes: Vec<usize>,
     len: usize,
 }
 
@@ -26,6 +28,7 @@ impl Default for ShardedMap {
         ShardedMap {
             // An empty HashMap does not allocate: 1024 of them cost one Arc each.
             shards: (0..VSHARDS).map(|_| Arc::new(Shard::new())).collect(),
+            bytes: vec![0; VSHARDS],
             len: 0,
         }
     }
@@ -50,10 +53,14 @@ impl ShardedMap {
 
     /// `key` set to `value` in vShard `vshard` (the caller computed `vshard_of(&key)`).
     pub fn insert_in(&mut self, vshard: usize, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
+        let added = key.len() + value.len();
+        let key_len = key.len();
         let old = Arc::make_mut(&mut self.shards[vshard]).insert(key, value);
-        if old.is_none() {
-            self.len += 1;
+        match &old {
+            None => self.len += 1,
+            Some(old) => self.bytes[vshard] -= key_len + old.len(),
         }
+        self.bytes[vshard] += added;
         old
     }
 
@@ -68,8 +75,9 @@ impl ShardedMap {
             return None;
         }
         let old = Arc::make_mut(&mut self.shards[vshard]).remove(key);
-        if old.is_some() {
+        if let Some(old) = &old {
             self.len -= 1;
+            self.bytes[vshard] -= key.len() + old.len();
         }
         old
     }
@@ -83,6 +91,11 @@ impl ShardedMap {
         &self.shards[vshard]
     }
 
+    /// Bytes of vShard `vshard`'s keys and values.
+    pub fn shard_bytes(&self, vshard: usize) -> usize {
+        self.bytes[vshard]
+    }
+
     /// Every shard, indexed by vShard.
     pub fn shards(&self) -> &[Arc<Shard>] {
         &self.shards
@@ -92,6 +105,7 @@ impl ShardedMap {
     pub fn take_shard(&mut self, vshard: usize) -> Arc<Shard> {
         let taken = std::mem::take(&mut self.shards[vshard]);
         self.len -= taken.len();
+        self.bytes[vshard] = 0;
         taken
     }
 
@@ -104,7 +118,11 @@ impl ShardedMap {
     pub(crate) fn from_shards(shards: Vec<Arc<Shard>>) -> ShardedMap {
         debug_assert_eq!(shards.len(), VSHARDS);
         let len = shards.iter().map(|s| s.len()).sum();
-        ShardedMap { shards, len }
+        let bytes = shards
+            .iter()
+            .map(|s| s.iter().map(|(k, v)| k.len() + v.len()).sum())
+            .collect();
+        ShardedMap { shards, bytes, len }
     }
 }
 
@@ -136,6 +154,12 @@ mod tests {
         assert!(m.shard(v).is_empty());
         assert_eq!(m.len(), 1999 - n);
         assert_eq!(m.iter().count(), m.len());
+        let bytes: usize = (0..VSHARDS).map(|v| m.shard_bytes(v)).sum();
+        assert_eq!(
+            bytes,
+            m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        );
+        assert_eq!(m.shard_bytes(v), 0);
     }
 
     #[test]

@@ -61,6 +61,20 @@ impl Routing {
         self.vshard_to_group[vshard_of(key)]
     }
 
+    /// `key`'s vShard and the group that owns it.
+    pub fn locate(&self, key: &[u8]) -> (u32, u64) {
+        let vshard = vshard_of(key);
+        // Below VSHARDS (1024): the cast cannot truncate.
+        (vshard as u32, self.vshard_to_group[vshard])
+    }
+
+    /// vShard `vshard` now lives in `group` (a Moved answer), until the next table.
+    pub fn moved(&mut self, vshard: u32, group: u64) {
+        if let Some(slot) = self.vshard_to_group.get_mut(vshard as usize) {
+            *slot = group;
+        }
+    }
+
     pub fn route(&self, group: u64) -> Option<&Route> {
         self.routes.get(&group)
     }
@@ -90,6 +104,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(routing.group_of(b"abc"), 7);
+        let mut routing = routing;
+        let v = vshard_of(b"abc") as u32;
+        assert_eq!(routing.locate(b"abc"), (v, 7));
+        routing.moved(v, 9);
+        assert_eq!(routing.group_of(b"abc"), 9);
+        routing.moved(VSHARDS as u32, 9); // out of range: ignored
         assert_eq!(routing.route(7).map(|r| r.leader), Some(2));
         assert!(routing.route(1).is_none());
     }

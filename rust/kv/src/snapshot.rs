@@ -10,6 +10,10 @@
 //! `version u8, applied_index u64, applied_commands u64, count u64, (key, value)*`, then
 //! `sessions u64, (client u64, floor u64, last_index u64, results u64, (seq u64, result)*)*`.
 //! A snapshot written before sessions existed ends after the map and restores none.
+//! Version 2 (written only while some vShard is not plain, so a snapshot of a group that takes
+//! no part in a move stays readable by a node from before moves) adds, after the sessions,
+//! `vshards u64, (vshard u32, state u8, group u64, move_id u64, dirty u64, key*)*` (state:
+//! 1 incoming, 2 tracking, 3 frozen, 4 moved; `group` as [`VShardState::group`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -21,6 +25,10 @@ use nodedb_multiraft::error::DecodeError;
 use crate::partition::{Shard, ShardedMap};
 use crate::routing::{vshard_of, VSHARDS};
 use crate::state_machine::{ClientSession, KvState};
+use crate::vshard::{VShardMark, VShardState};
+
+/// The snapshot version that adds the vShard states.
+const VERSION_VSHARDS: u8 = 2;
 
 /// A point-in-time copy of a group's KV state that shares its maps with the live state.
 /// `Send + Sync`: serialize it on another thread while the driver keeps applying.
@@ -28,6 +36,7 @@ use crate::state_machine::{ClientSession, KvState};
 pub struct KvSnapshotView {
     map: ShardedMap,
     sessions: BTreeMap<u64, ClientSession>,
+    vshards: BTreeMap<u32, VShardMark>,
     applied_index: u64,
     applied_commands: u64,
 }
@@ -38,6 +47,7 @@ impl KvState {
         KvSnapshotView {
             map: self.map.clone(),
             sessions: self.sessions.clone(),
+            vshards: self.vshards.clone(),
             applied_index: self.applied_index,
             applied_commands: self.applied_commands,
         }
@@ -54,14 +64,14 @@ impl KvState {
 /// Decodes a snapshot's bytes fed in pieces of any size, in order (a received snapshot is
 /// decoded while the rest of it is still arriving). The map's entries are decoded as they
 /// come; an entry cut by a piece's end is carried (only its bytes, completed from the next
-/// piece); the sessions section, small, is decoded at the end.
+/// piece); the sections after the map, small, are decoded at the end.
 #[derive(Default)]
 pub struct KvSnapshotDecoder {
-    /// (applied_index, applied_commands) once the header is read.
-    header: Option<(u64, u64)>,
+    /// (version, applied_index, applied_commands) once the header is read.
+    header: Option<(u8, u64, u64)>,
     entries_left: u64,
     shards: Vec<Shard>,
-    /// Bytes not decoded yet: part of one entry, or (once the map is read) the sessions.
+    /// Bytes not decoded yet: part of one entry, or (once the map is read) what follows it.
     carried: Vec<u8>,
 }
 
@@ -93,7 +103,7 @@ impl KvSnapshotDecoder {
             bytes = &bytes[n..];
         }
         if !self.carried.is_empty() {
-            self.carried.extend_from_slice(bytes); // the sessions, or a still partial item
+            self.carried.extend_from_slice(bytes); // what follows the map, or a partial item
             return Ok(());
         }
         let (used, _) = self.decode_map(bytes)?;
@@ -116,12 +126,15 @@ impl KvSnapshotDecoder {
         };
         if self.header.is_none() {
             let header = (|| {
-                r.version()?;
-                Ok::<_, DecodeError>((r.u64()?, r.u64()?, r.u64()?))
+                let version = r.u8()?;
+                if version != FORMAT_VERSION && version != VERSION_VSHARDS {
+                    return Err(DecodeError::Version(version));
+                }
+                Ok((version, r.u64()?, r.u64()?, r.u64()?))
             })();
             match header {
-                Ok((applied_index, applied_commands, count)) => {
-                    self.header = Some((applied_index, applied_commands));
+                Ok((version, applied_index, applied_commands, count)) => {
+                    self.header = Some((version, applied_index, applied_commands));
                     self.entries_left = count;
                     used = r.position();
                 }
@@ -144,7 +157,8 @@ impl KvSnapshotDecoder {
 
     /// Every byte was fed: the state.
     pub fn finish(self) -> Result<KvState, DecodeError> {
-        let Some((applied_index, applied_commands)) = self.header.filter(|_| self.map_read())
+        let Some((version, applied_index, applied_commands)) =
+            self.header.filter(|_| self.map_read())
         else {
             return Err(DecodeError::Truncated {
                 offset: 0,
@@ -176,10 +190,46 @@ impl KvSnapshotDecoder {
                 );
             }
         }
+        let mut vshards = BTreeMap::new();
+        if version == VERSION_VSHARDS {
+            let n = r.u64()?;
+            for _ in 0..n {
+                let vshard = r.u32()?;
+                if vshard as usize >= VSHARDS {
+                    return Err(DecodeError::TooLong {
+                        what: "vshard",
+                        len: u64::from(vshard),
+                        limit: VSHARDS as u64 - 1,
+                    });
+                }
+                let tag = r.u8()?;
+                let group = r.u64()?;
+                let move_id = r.u64()?;
+                let count = r.u64()?;
+                let mut dirty = std::collections::BTreeSet::new();
+                for _ in 0..count {
+                    dirty.insert(r.bytes("dirty key")?.to_vec());
+                }
+                let state = match tag {
+                    1 => VShardState::Incoming { from: group },
+                    2 => VShardState::Tracking { to: group, dirty },
+                    3 => VShardState::Frozen { to: group, dirty },
+                    4 => VShardState::Moved { to: group },
+                    tag => {
+                        return Err(DecodeError::UnknownTag {
+                            what: "vshard state",
+                            tag,
+                        })
+                    }
+                };
+                vshards.insert(vshard, VShardMark { state, move_id });
+            }
+        }
         r.finish()?;
         Ok(KvState {
             map: ShardedMap::from_shards(self.shards.into_iter().map(Arc::new).collect()),
             sessions,
+            vshards,
             applied_index,
             applied_commands,
         })
@@ -199,7 +249,19 @@ impl KvSnapshotView {
             .values()
             .map(|s| 32 + s.results.values().map(|r| 12 + r.len()).sum::<usize>())
             .sum();
-        25 + entries + 8 + sessions
+        let vshards: usize = if self.vshards.is_empty() {
+            0
+        } else {
+            8 + self
+                .vshards
+                .values()
+                .map(|m| {
+                    let dirty = m.state.dirty().into_iter().flatten();
+                    29 + dirty.map(|k| 4 + k.len()).sum::<usize>()
+                })
+                .sum::<usize>()
+        };
+        25 + entries + 8 + sessions + vshards
     }
 
     /// The snapshot's bytes.
@@ -215,7 +277,11 @@ impl KvSnapshotView {
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         const FLUSH_AT: usize = 64 << 10;
         let mut w = Writer::with_capacity(2 * FLUSH_AT);
-        w.u8(FORMAT_VERSION);
+        w.u8(if self.vshards.is_empty() {
+            FORMAT_VERSION
+        } else {
+            VERSION_VSHARDS
+        });
         w.u64(self.applied_index);
         w.u64(self.applied_commands);
         w.u64(self.map.len() as u64);
@@ -242,6 +308,30 @@ impl KvSnapshotView {
             if w.buf.len() >= FLUSH_AT {
                 out.write_all(&w.buf)?;
                 w.buf.clear();
+            }
+        }
+        if !self.vshards.is_empty() {
+            w.u64(self.vshards.len() as u64);
+            for (vshard, mark) in &self.vshards {
+                let state = &mark.state;
+                w.u32(*vshard);
+                w.u8(match state {
+                    VShardState::Incoming { .. } => 1,
+                    VShardState::Tracking { .. } => 2,
+                    VShardState::Frozen { .. } => 3,
+                    VShardState::Moved { .. } => 4,
+                });
+                w.u64(state.group());
+                w.u64(mark.move_id);
+                let dirty = state.dirty();
+                w.u64(dirty.map_or(0, |d| d.len() as u64));
+                for k in dirty.into_iter().flatten() {
+                    w.bytes(k);
+                }
+                if w.buf.len() >= FLUSH_AT {
+                    out.write_all(&w.buf)?;
+                    w.buf.clear();
+                }
             }
         }
         out.write_all(&w.buf)

@@ -26,10 +26,11 @@ use nodedb_multiraft::state_machine::{
     Command, DecodedState, SnapshotDecoder, SnapshotView, StateMachine,
 };
 
-use crate::command::{KvCommand, KvResult};
+use crate::command::{KvCommand, KvResult, VShardStep};
 use crate::partition::ShardedMap;
 use crate::routing::vshard_of;
 use crate::snapshot::{KvSnapshotDecoder, KvSnapshotView};
+use crate::vshard::{self, Refusal, VShardMark, VShardState};
 
 /// Client sessions kept per group; past it the one least recently written through is forgotten
 /// (deterministically: by last applied index). A retry from a forgotten session applies again,
@@ -51,19 +52,35 @@ pub struct ClientSession {
     pub last_index: u64,
 }
 
-/// The KV map, the client sessions and the index of the last command applied to them.
+impl ClientSession {
+    /// Past [`SESSION_RESULTS_MAX`] results the oldest go and the floor rises above them: a
+    /// retry of one is refused, never applied twice.
+    pub(crate) fn trim(&mut self) {
+        while self.results.len() > SESSION_RESULTS_MAX {
+            if let Some((dropped, _)) = self.results.pop_first() {
+                self.floor = self.floor.max(dropped + 1);
+            }
+        }
+    }
+}
+
+/// The KV map, the client sessions, the vShards in a move, and the index of the last command
+/// applied to them.
 #[derive(Default, Debug)]
 pub struct KvState {
     pub map: ShardedMap,
     pub sessions: BTreeMap<u64, ClientSession>,
+    /// vShards not in the plain state (moving in or out, or moved away: [`crate::vshard`]).
+    pub vshards: BTreeMap<u32, VShardMark>,
     pub applied_index: u64,
     pub applied_commands: u64,
 }
 
 impl KvState {
     /// xxh3 over (applied index, the map's entry count and the wrapping sum of its entries'
-    /// hashes, every session in order): equal digests on two nodes mean equal state at the same
-    /// index. The sum makes the map's part independent of iteration order.
+    /// hashes, every session in order, then every vShard state in order when there are any):
+    /// equal digests on two nodes mean equal state at the same index. The sum makes the map's
+    /// part independent of iteration order.
     pub fn digest(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.applied_index.to_le_bytes());
@@ -83,7 +100,34 @@ impl KvState {
                 h.update(r);
             }
         }
+        for (vshard, mark) in &self.vshards {
+            h.update(&vshard.to_le_bytes());
+            h.update(mark.state.name().as_bytes());
+            h.update(&mark.state.group().to_le_bytes());
+            h.update(&mark.move_id.to_le_bytes());
+            for key in mark.state.dirty().into_iter().flatten() {
+                h.update(&(key.len() as u64).to_le_bytes());
+                h.update(key);
+            }
+        }
         h.digest()
+    }
+
+    /// Why a command or read on a key of `vshard` is not served here, if it is not.
+    pub fn refusal(&self, vshard: usize) -> Option<Refusal> {
+        if self.vshards.is_empty() {
+            return None; // no move in this group: the common case costs one branch
+        }
+        self.vshards.get(&(vshard as u32))?.state.refusal()
+    }
+
+    /// `key`'s value, or why its vShard is not served here.
+    pub fn lookup(&self, key: &[u8]) -> Result<Option<&Vec<u8>>, Refusal> {
+        let vshard = vshard_of(key);
+        match self.refusal(vshard) {
+            Some(refusal) => Err(refusal),
+            None => Ok(self.map.shard(vshard).get(key)),
+        }
     }
 
     fn apply(&mut self, c: &Command<'_>) -> Vec<u8> {
@@ -96,7 +140,19 @@ impl KvState {
                 acked_below,
                 inner,
             }) => self.apply_in_session(c.index, client, seq, acked_below, *inner),
-            Ok(cmd) => self.apply_command(cmd).encode(),
+            Ok(KvCommand::VShard {
+                step,
+                vshard,
+                group,
+                move_id,
+            }) => self
+                .apply_vshard_step(step, vshard, group, move_id)
+                .encode(),
+            Ok(KvCommand::Import(import)) => self.apply_import(c.index, import).encode(),
+            Ok(cmd) => match self.admit(&cmd) {
+                Ok(vshard) => self.apply_command(vshard, cmd).encode(),
+                Err(refused) => refused.encode(),
+            },
             Err(e) => KvResult::Invalid {
                 reason: e.to_string(),
             }
@@ -104,8 +160,46 @@ impl KvState {
         }
     }
 
+    /// The vShard of a key command that may apply here (a write's key recorded if its vShard
+    /// is tracked), or the result that answers it instead: Paused / Moved (nothing applied),
+    /// Invalid for a command that is not a key command.
+    fn admit(&mut self, cmd: &KvCommand) -> Result<usize, KvResult> {
+        let (key, write) = match cmd {
+            KvCommand::Put { key, .. } | KvCommand::Delete { key } | KvCommand::Cas { key, .. } => {
+                (key, true)
+            }
+            KvCommand::Get { key } => (key, false),
+            KvCommand::Session { .. } => {
+                return Err(KvResult::Invalid {
+                    reason: "a session inside a session".into(),
+                })
+            }
+            KvCommand::VShard { .. } | KvCommand::Import(_) => {
+                return Err(KvResult::Invalid {
+                    reason: "a vshard command inside a session".into(),
+                })
+            }
+        };
+        let vshard = vshard_of(key);
+        if self.vshards.is_empty() {
+            return Ok(vshard);
+        }
+        let Some(mark) = self.vshards.get_mut(&(vshard as u32)) else {
+            return Ok(vshard);
+        };
+        if let Some(refusal) = mark.state.refusal() {
+            return Err(refusal.into());
+        }
+        if let (VShardState::Tracking { dirty, .. }, true) = (&mut mark.state, write) {
+            dirty.insert(key.clone());
+        }
+        Ok(vshard)
+    }
+
     /// The dedup rule: a cached seq answers from the cache, a seq below the floor is refused,
-    /// anything else applies once and is cached until the client acknowledges it.
+    /// anything else applies once and is cached until the client acknowledges it. A command
+    /// its vShard's state refuses (Paused, Moved) touches no session: a retry, here or in the
+    /// vShard's new group, must still be able to apply it.
     fn apply_in_session(
         &mut self,
         index: u64,
@@ -114,15 +208,12 @@ impl KvState {
         acked_below: u64,
         inner: KvCommand,
     ) -> Vec<u8> {
-        if !self.sessions.contains_key(&client) && self.sessions.len() >= SESSIONS_MAX {
-            let oldest = self
-                .sessions
-                .iter()
-                .min_by_key(|(id, s)| (s.last_index, **id))
-                .map(|(id, _)| *id);
-            if let Some(id) = oldest {
-                self.sessions.remove(&id);
-            }
+        let vshard = match self.admit(&inner) {
+            Ok(vshard) => vshard,
+            Err(refused) => return refused.encode(),
+        };
+        if !self.sessions.contains_key(&client) {
+            self.evict_sessions_down_to(SESSIONS_MAX - 1);
         }
         let session = self.sessions.entry(client).or_default();
         session.last_index = index;
@@ -136,24 +227,37 @@ impl KvState {
         if seq < session.floor {
             return KvResult::Duplicate.encode();
         }
-        let result = self.apply_command(inner).encode();
+        let result = self.apply_command(vshard, inner).encode();
         let session = self.sessions.entry(client).or_default();
         session.results.insert(seq, result.clone());
-        if session.results.len() > SESSION_RESULTS_MAX {
-            if let Some((dropped, _)) = session.results.pop_first() {
-                session.floor = session.floor.max(dropped + 1);
-            }
-        }
+        session.trim();
         result
     }
 
-    fn apply_command(&mut self, cmd: KvCommand) -> KvResult {
+    /// Forget the least recently written sessions (by last applied index, then id:
+    /// deterministic) until at most `keep` are left.
+    pub(crate) fn evict_sessions_down_to(&mut self, keep: usize) {
+        while self.sessions.len() > keep {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(id, s)| (s.last_index, **id))
+                .map(|(id, _)| *id);
+            match oldest {
+                Some(id) => self.sessions.remove(&id),
+                None => return,
+            };
+        }
+    }
+
+    /// A key command admitted in vShard `vshard` (its key's).
+    fn apply_command(&mut self, vshard: usize, cmd: KvCommand) -> KvResult {
         match cmd {
             KvCommand::Put { key, value } => {
-                self.map.insert_in(vshard_of(&key), key, value);
+                self.map.insert_in(vshard, key, value);
                 KvResult::Ok { value: None }
             }
-            KvCommand::Delete { key } => match self.map.remove_in(vshard_of(&key), &key) {
+            KvCommand::Delete { key } => match self.map.remove_in(vshard, &key) {
                 Some(_) => KvResult::Ok { value: None },
                 None => KvResult::NotFound,
             },
@@ -162,7 +266,6 @@ impl KvState {
                 expected,
                 value,
             } => {
-                let vshard = vshard_of(&key);
                 let current = self.map.shard(vshard).get(&key);
                 if current.map(Vec::as_slice) == expected.as_deref() {
                     self.map.insert_in(vshard, key, value);
@@ -173,15 +276,41 @@ impl KvState {
                     }
                 }
             }
-            KvCommand::Get { key } => match self.map.get(&key) {
+            KvCommand::Get { key } => match self.map.shard(vshard).get(&key) {
                 Some(v) => KvResult::Ok {
                     value: Some(v.clone()),
                 },
                 None => KvResult::NotFound,
             },
-            KvCommand::Session { .. } => KvResult::Invalid {
-                reason: "a session inside a session".into(),
-            },
+            KvCommand::Session { .. } | KvCommand::VShard { .. } | KvCommand::Import(_) => {
+                KvResult::Invalid {
+                    reason: "not a key command".into(),
+                }
+            }
+        }
+    }
+
+    /// One step of a vShard's move ([`crate::vshard::step`]); O(the vShard's keys) when it
+    /// deletes them, else O(log vShards in a move).
+    fn apply_vshard_step(
+        &mut self,
+        step: VShardStep,
+        vshard: u32,
+        group: u64,
+        move_id: u64,
+    ) -> KvResult {
+        match vshard::step(self.vshards.get(&vshard), step, group, move_id) {
+            Err(reason) => KvResult::Invalid { reason },
+            Ok(t) => {
+                if t.clear_keys {
+                    drop(self.map.take_shard(vshard as usize));
+                }
+                match t.mark {
+                    Some(mark) => self.vshards.insert(vshard, mark),
+                    None => self.vshards.remove(&vshard),
+                };
+                KvResult::Ok { value: None }
+            }
         }
     }
 }
@@ -236,6 +365,34 @@ impl KvReader {
     }
     pub fn digest(&self) -> u64 {
         self.read().digest()
+    }
+    /// `key`'s value, or why its vShard is not served here (what a served read answers).
+    pub fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {
+        self.read().lookup(key).map(|v| v.cloned())
+    }
+    /// [`KvState::export_vshard`] under the read lock (held O(the vShard's keys)).
+    pub fn export_vshard(
+        &self,
+        vshard: u32,
+        move_id: u64,
+        delta: bool,
+        chunk_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        self.read()
+            .export_vshard(vshard, move_id, delta, chunk_bytes)
+    }
+    /// (vshard, keys, bytes) of every vShard holding keys here.
+    pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {
+        self.read().vshard_stats()
+    }
+    /// (vshard, state name, the other group of its move, move id) of every vShard not plain
+    /// here.
+    pub fn vshard_states(&self) -> Vec<(u32, &'static str, u64, u64)> {
+        self.read()
+            .vshards
+            .iter()
+            .map(|(v, m)| (*v, m.state.name(), m.state.group(), m.move_id))
+            .collect()
     }
     pub fn len(&self) -> usize {
         self.read().map.len()

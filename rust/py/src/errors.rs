@@ -61,6 +61,7 @@ pub fn failure_error(py: Python<'_>, failure: Failure) -> PyErr {
         KvError::Unavailable(reason) => cluster_error(py, "Unavailable", (group, reason)),
         KvError::Invalid(reason) => cluster_error(py, "InvalidRequest", (reason,)),
         KvError::OutcomeUnknown => cluster_error(py, "OutcomeUnknown", (group,)),
+        KvError::Paused { vshard } => cluster_error(py, "VShardPaused", (group, Some(vshard))),
         KvError::Busy(reason) => cluster_error(py, "Busy", (reason,)),
         KvError::Closed => cluster_error(py, "TransportClosed", ()),
     }

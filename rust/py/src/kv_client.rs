@@ -192,6 +192,21 @@ impl PyKvClient {
         self.bridge.drain(py)
     }
 
+    /// Resolve `future` (with None, on its loop) once a group answers Moved: the routing table
+    /// is stale and the caller should fetch a fresh one (`nodedb_kv::client::KvClient::
+    /// watch_routing`). At once if it already is; one watcher at a time.
+    fn watch_routing(&self, future: Py<PyAny>) {
+        let bridge = Arc::clone(&self.bridge);
+        self.core.watch_routing(Box::new(move || {
+            bridge.push(Box::new(move |py| settle(py, &future, Ok(py.None()))));
+        }));
+    }
+
+    /// Whether a group answered Moved since the last `set_routing`.
+    fn routing_stale(&self) -> bool {
+        self.core.routing_stale()
+    }
+
     /// Install routing: `vshard_to_group` (1024 group ids) and `(group, leader or 0, voters)`
     /// per group. Learned leaders are kept.
     fn set_routing(

@@ -6,7 +6,8 @@
 
 use std::borrow::Cow;
 
-use nodedb_kv::{KvCommand, KvResult};
+use nodedb_kv::routing::VSHARDS;
+use nodedb_kv::{KvCommand, KvResult, VShardStep};
 use nodedb_wire::{KvRequest, KvResponse, ReadLevel, ReadOne};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -68,7 +69,8 @@ fn kv_session<'py>(
 }
 
 /// Decodes a KV result: ("ok", value | None) | ("not_found", None) | ("cas_mismatch", current)
-/// | ("duplicate", None) | ("invalid", reason bytes).
+/// | ("duplicate", None) | ("paused", None) | ("moved", group as u64 little-endian)
+/// | ("invalid", reason bytes).
 #[pyfunction]
 fn kv_result<'py>(
     py: Python<'py>,
@@ -82,8 +84,56 @@ fn kv_result<'py>(
         KvResult::NotFound => ("not_found", None),
         KvResult::CasMismatch { current } => ("cas_mismatch", b(current)),
         KvResult::Duplicate => ("duplicate", None),
+        KvResult::Paused => ("paused", None),
+        KvResult::Moved { group } => ("moved", b(Some(group.to_le_bytes().to_vec()))),
         KvResult::Invalid { reason } => ("invalid", b(Some(reason.into_bytes()))),
     })
+}
+
+/// Encodes one step of vShard move `move_id` for a "kv" group (`nodedb_kv::vshard`): op is
+/// "incoming" (group = the source), "track", "freeze", "release" (group = the target),
+/// "unfreeze", "activate" or "drop". ValueError for a bad op or vShard.
+#[pyfunction]
+#[pyo3(signature = (op, vshard, group = 0, move_id = 0))]
+fn kv_vshard_command<'py>(
+    py: Python<'py>,
+    op: &str,
+    vshard: i64,
+    group: u64,
+    move_id: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let step = VShardStep::parse(op).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!("unknown vshard op {op:?}"))
+    })?;
+    let vshard = u32::try_from(vshard)
+        .ok()
+        .filter(|&v| (v as usize) < VSHARDS)
+        .ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "vshard {vshard} is not in 0..{VSHARDS}"
+            ))
+        })?;
+    let cmd = KvCommand::VShard {
+        step,
+        vshard,
+        group,
+        move_id,
+    };
+    Ok(PyBytes::new(py, &cmd.encode()))
+}
+
+/// None if `result` is a success (`ok`, `not_found`, `cas_mismatch`); else raises:
+/// `VShardPaused`, `VShardMoved(group)`, `InvalidRequest(reason)` (refused, or undecodable),
+/// `OutcomeUnknown` (a session write answered before).
+#[pyfunction]
+fn kv_check_result(py: Python<'_>, result: &[u8]) -> PyResult<()> {
+    match KvResult::decode(result).map_err(|e| invalid(py, format!("kv result: {e}")))? {
+        KvResult::Ok { .. } | KvResult::NotFound | KvResult::CasMismatch { .. } => Ok(()),
+        KvResult::Paused => Err(cluster_error(py, "VShardPaused", (0u64, None::<u32>))),
+        KvResult::Moved { group } => Err(cluster_error(py, "VShardMoved", (group,))),
+        KvResult::Duplicate => Err(cluster_error(py, "OutcomeUnknown", (0u64,))),
+        KvResult::Invalid { reason } => Err(invalid(py, reason)),
+    }
 }
 
 fn invalid(py: Python<'_>, err: impl std::fmt::Display) -> PyErr {
@@ -140,6 +190,7 @@ fn kv_read_here_request<'py>(
         stale_s,
         forwarded: true,
         timeout_ms,
+        caps: 0, // `kv_results_answer` reads no refusals: a refused read is an error
     });
     let bytes = request.encode().map_err(|e| invalid(py, e))?;
     Ok(PyBytes::new(py, &bytes))
@@ -176,5 +227,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_command, m)?)?;
     m.add_function(wrap_pyfunction!(kv_session, m)?)?;
     m.add_function(wrap_pyfunction!(kv_result, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_vshard_command, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_check_result, m)?)?;
     Ok(())
 }

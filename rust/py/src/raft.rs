@@ -675,6 +675,56 @@ impl PyRaftEngine {
         Ok(r.get(key).map(|v| PyBytes::new(py, &v)))
     }
 
+    /// vShard `vshard` of this node's replica of KV group `group_id` as import commands for
+    /// the target of move `move_id`, each at most `chunk_bytes` (`nodedb_kv::migration`): all
+    /// its keys, or (`delta`) its keys written since tracking began and the group's sessions.
+    #[pyo3(signature = (group_id, vshard, move_id, delta, chunk_bytes = 1 << 20))]
+    fn kv_vshard_export<'py>(
+        &self,
+        py: Python<'py>,
+        group_id: u64,
+        vshard: u32,
+        move_id: u64,
+        delta: bool,
+        chunk_bytes: usize,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let r = self
+            .kv_groups
+            .reader(GroupId(group_id))
+            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let chunks = py
+            .detach(|| r.export_vshard(vshard, move_id, delta, chunk_bytes))
+            .map_err(|reason| cluster_error(py, "InvalidRequest", (reason,)))?;
+        Ok(chunks.iter().map(|c| PyBytes::new(py, c)).collect())
+    }
+
+    /// `(vshard, keys, bytes of keys and values)` of every vShard holding keys in this node's
+    /// replica of KV group `group_id`.
+    fn kv_vshard_stats(&self, py: Python<'_>, group_id: u64) -> PyResult<Vec<(u32, u64, u64)>> {
+        let r = self
+            .kv_groups
+            .reader(GroupId(group_id))
+            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        Ok(r.vshard_stats())
+    }
+
+    /// vshard → (state name, the other group of its move, move id) for every vShard of KV
+    /// group `group_id` not in the plain state here.
+    fn kv_vshard_states(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+    ) -> PyResult<std::collections::BTreeMap<u32, (&'static str, u64, u64)>> {
+        let r = self
+            .kv_groups
+            .reader(GroupId(group_id))
+            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        Ok(r.vshard_states()
+            .into_iter()
+            .map(|(v, name, group, move_id)| (v, (name, group, move_id)))
+            .collect())
+    }
+
     /// `(applied_index, key_count, digest)` of a KV group: equal on two nodes = same state.
     fn kv_digest(&self, py: Python<'_>, group_id: u64) -> PyResult<(u64, usize, u64)> {
         let r = self

@@ -10,9 +10,18 @@
 //! - `read`: `g: u64, keys: [bin], level: str, stale_s: f64, fwd: bool, t: u64 ms`
 //! - `routing`: no fields (what a client needs to reach leaders)
 //!
+//! Every request but `routing` may carry `caps: u32`, the answers the requester understands
+//! (absent = 0, what every requester before it sent): [`KV_CAP_VSHARD_REDIRECTS`] = per-item
+//! Paused / Moved answers (a command result of status Paused or Moved, a read's `vsp` / `vsm`).
+//! A server never sends those to a requester without the bit: it answers that group's share as
+//! an unknown outcome (`unk`, or `LeadershipLost` for the single forms), which every requester
+//! retries.
+//!
 //! Responses (the key present names the variant, in this order):
 //! - `r: [bin | nil]` (a result per item), `nlg: [[group, leader or 0]]`, `unk: [group]`,
-//!   `stale_g: [[group, age_s]]` — the last three only when non-empty;
+//!   `stale_g: [[group, age_s]]`, `vsp: [item index]` (reads whose vShard is paused for a
+//!   move: retry shortly), `vsm: [[item index, group]]` (reads whose vShard moved to that
+//!   group) — all but `r` only when non-empty;
 //! - `nl: u64` (not leader; leader or 0), `stale: f64` (age in seconds);
 //! - `routing: bin (RoutingTable.encode()), nodes: [[id, "ip:port", spki pin | nil]]`.
 //!
@@ -30,6 +39,8 @@ use serde_bytes::ByteBuf;
 
 /// The KV message version this build speaks (and the meaning of an absent `v`).
 pub const KV_VERSION: u32 = 1;
+/// `caps` bit: the requester understands Paused / Moved answers (vShard moves).
+pub const KV_CAP_VSHARD_REDIRECTS: u32 = 1;
 /// kv.py's request timeout when `t` is absent.
 pub const KV_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// kv.py's staleness bound when `stale_s` is absent (`MAX_STALENESS_S_DEFAULT`).
@@ -99,6 +110,8 @@ pub struct ProposeMany<'a> {
     /// A probe's avoided nodes (`wl`): the receiver may hold a group's share until it knows a
     /// leader that is none of these, and answer with that leader.
     pub avoid: Option<Vec<u64>>,
+    /// The answers the requester understands (`caps`, [`KV_CAP_VSHARD_REDIRECTS`]).
+    pub caps: u32,
 }
 
 /// Keys of several groups read at one level (`read_many`).
@@ -110,6 +123,7 @@ pub struct ReadMany<'a> {
     pub level: ReadLevel,
     pub stale_s: f64,
     pub timeout_ms: u64,
+    pub caps: u32,
 }
 
 /// Commands of one group (`propose`).
@@ -119,6 +133,7 @@ pub struct ProposeOne<'a> {
     pub commands: Vec<Cow<'a, [u8]>>,
     pub forwarded: bool,
     pub timeout_ms: u64,
+    pub caps: u32,
 }
 
 /// Keys of one group (`read`).
@@ -130,6 +145,7 @@ pub struct ReadOne<'a> {
     pub stale_s: f64,
     pub forwarded: bool,
     pub timeout_ms: u64,
+    pub caps: u32,
 }
 
 /// One KV_REQUEST.
@@ -152,6 +168,10 @@ pub struct KvResults<'a> {
     pub unknown: Vec<u64>,
     /// (group, age in seconds): groups whose local copy is staler than asked.
     pub stale: Vec<(u64, f64)>,
+    /// Items (indexes) of a read whose vShard is paused for a move (`vsp`).
+    pub paused: Vec<u64>,
+    /// (item index, group): items of a read whose vShard moved to `group` (`vsm`).
+    pub moved: Vec<(u64, u64)>,
 }
 
 /// A member in a routing answer: `[id, "ip:port", spki pin | nil]`.
@@ -190,6 +210,7 @@ impl KvRequest<'_> {
                 cmds: bins(&m.commands),
                 t: m.timeout_ms,
                 wl: m.avoid.as_deref(),
+                caps: m.caps,
             }),
             KvRequest::ReadMany(m) => rmp_serde::to_vec_named(&ReadManyOut {
                 op: "read_many",
@@ -198,6 +219,7 @@ impl KvRequest<'_> {
                 level: m.level.as_str(),
                 stale_s: m.stale_s,
                 t: m.timeout_ms,
+                caps: m.caps,
             }),
             KvRequest::Propose(p) => rmp_serde::to_vec_named(&ProposeOut {
                 op: "propose",
@@ -205,6 +227,7 @@ impl KvRequest<'_> {
                 cmds: bins(&p.commands),
                 fwd: p.forwarded,
                 t: p.timeout_ms,
+                caps: p.caps,
             }),
             KvRequest::Read(r) => rmp_serde::to_vec_named(&ReadOut {
                 op: "read",
@@ -214,6 +237,7 @@ impl KvRequest<'_> {
                 stale_s: r.stale_s,
                 fwd: r.forwarded,
                 t: r.timeout_ms,
+                caps: r.caps,
             }),
             KvRequest::Routing => rmp_serde::to_vec_named(&RoutingOut { op: "routing" }),
         };
@@ -234,6 +258,7 @@ impl KvRequest<'_> {
                 .ok_or_else(|| invalid("level", format!("unknown read level {text:?}"))),
         };
         let stale_s = raw.stale_s.unwrap_or(KV_STALE_S_DEFAULT);
+        let caps = raw.caps.unwrap_or(0);
         match op.as_str() {
             "propose_many" => {
                 let commands = owned(raw.cmds, "cmds")?;
@@ -243,6 +268,7 @@ impl KvRequest<'_> {
                     commands,
                     timeout_ms: t,
                     avoid: raw.wl,
+                    caps,
                 }))
             }
             "read_many" => {
@@ -254,6 +280,7 @@ impl KvRequest<'_> {
                     level: level()?,
                     stale_s,
                     timeout_ms: t,
+                    caps,
                 }))
             }
             "propose" => Ok(KvRequest::Propose(ProposeOne {
@@ -261,6 +288,7 @@ impl KvRequest<'_> {
                 commands: owned(raw.cmds, "cmds")?,
                 forwarded: raw.fwd.unwrap_or(false),
                 timeout_ms: t,
+                caps,
             })),
             "read" => Ok(KvRequest::Read(ReadOne {
                 group: raw.g.ok_or_else(|| invalid("g", "missing"))?,
@@ -269,6 +297,7 @@ impl KvRequest<'_> {
                 stale_s,
                 forwarded: raw.fwd.unwrap_or(false),
                 timeout_ms: t,
+                caps,
             })),
             "routing" => Ok(KvRequest::Routing),
             _ => Err(KvWireError::UnknownOp(op)),
@@ -284,6 +313,8 @@ impl KvResponse<'_> {
                 nlg: &r.not_leader,
                 unk: &r.unknown,
                 stale_g: &r.stale,
+                vsp: &r.paused,
+                vsm: &r.moved,
             }),
             KvResponse::NotLeader { leader } => {
                 rmp_serde::to_vec_named(&NotLeaderOut { nl: *leader })
@@ -312,6 +343,8 @@ impl KvResponse<'_> {
                 not_leader: raw.nlg,
                 unknown: raw.unk,
                 stale: raw.stale_g,
+                paused: raw.vsp,
+                moved: raw.vsm,
             }));
         }
         if let Some(leader) = raw.nl {
@@ -427,6 +460,7 @@ struct RawRequest {
     fwd: Option<bool>,
     t: Option<u64>,
     wl: Option<Vec<u64>>,
+    caps: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -439,6 +473,10 @@ struct RawResponse {
     unk: Vec<u64>,
     #[serde(default)]
     stale_g: Vec<(u64, f64)>,
+    #[serde(default)]
+    vsp: Vec<u64>,
+    #[serde(default)]
+    vsm: Vec<(u64, u64)>,
     nl: Option<u64>,
     stale: Option<f64>,
     routing: Option<ByteBuf>,
@@ -458,6 +496,8 @@ struct ProposeManyOut<'b> {
     t: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     wl: Option<&'b [u64]>,
+    #[serde(skip_serializing_if = "is_zero")]
+    caps: u32,
 }
 
 #[derive(Serialize)]
@@ -468,6 +508,8 @@ struct ReadManyOut<'b> {
     level: &'static str,
     stale_s: f64,
     t: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    caps: u32,
 }
 
 #[derive(Serialize)]
@@ -477,6 +519,8 @@ struct ProposeOut<'b> {
     cmds: Vec<Bin<'b>>,
     fwd: bool,
     t: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    caps: u32,
 }
 
 #[derive(Serialize)]
@@ -488,6 +532,8 @@ struct ReadOut<'b> {
     stale_s: f64,
     fwd: bool,
     t: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    caps: u32,
 }
 
 #[derive(Serialize)]
@@ -504,6 +550,14 @@ struct ResultsOut<'b> {
     unk: &'b [u64],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     stale_g: &'b [(u64, f64)],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    vsp: &'b [u64],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    vsm: &'b [(u64, u64)],
+}
+
+fn is_zero(caps: &u32) -> bool {
+    *caps == 0
 }
 
 #[derive(Serialize)]

@@ -109,9 +109,10 @@ mod kv {
             (
                 blobs(),
                 any::<u64>(),
-                proptest::option::of(proptest::collection::vec(any::<u64>(), 0..4))
+                proptest::option::of(proptest::collection::vec(any::<u64>(), 0..4)),
+                any::<u32>()
             )
-                .prop_flat_map(|(commands, t, avoid)| {
+                .prop_flat_map(|(commands, t, avoid, caps)| {
                     proptest::collection::vec(any::<u64>(), commands.len()).prop_map(
                         move |groups| {
                             KvRequest::ProposeMany(ProposeMany {
@@ -119,12 +120,13 @@ mod kv {
                                 commands: commands.clone(),
                                 timeout_ms: t,
                                 avoid: avoid.clone(),
+                                caps,
                             })
                         },
                     )
                 }),
-            (blobs(), level(), stale_s(), any::<u64>()).prop_flat_map(
-                |(keys, level, stale_s, t)| {
+            (blobs(), level(), stale_s(), any::<u64>(), any::<u32>()).prop_flat_map(
+                |(keys, level, stale_s, t, caps)| {
                     proptest::collection::vec(any::<u64>(), keys.len()).prop_map(move |groups| {
                         KvRequest::ReadMany(ReadMany {
                             groups,
@@ -132,29 +134,37 @@ mod kv {
                             level,
                             stale_s,
                             timeout_ms: t,
+                            caps,
                         })
-                    })
-                }
-            ),
-            (any::<u64>(), blobs(), any::<bool>(), any::<u64>()).prop_map(
-                |(group, commands, forwarded, t)| {
-                    KvRequest::Propose(ProposeOne {
-                        group,
-                        commands,
-                        forwarded,
-                        timeout_ms: t,
                     })
                 }
             ),
             (
                 any::<u64>(),
                 blobs(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u32>()
+            )
+                .prop_map(|(group, commands, forwarded, t, caps)| {
+                    KvRequest::Propose(ProposeOne {
+                        group,
+                        commands,
+                        forwarded,
+                        timeout_ms: t,
+                        caps,
+                    })
+                }),
+            (
+                any::<u64>(),
+                blobs(),
                 level(),
                 stale_s(),
                 any::<bool>(),
-                any::<u64>()
+                any::<u64>(),
+                any::<u32>()
             )
-                .prop_map(|(group, keys, level, stale_s, forwarded, t)| {
+                .prop_map(|(group, keys, level, stale_s, forwarded, t, caps)| {
                     KvRequest::Read(ReadOne {
                         group,
                         keys,
@@ -162,6 +172,7 @@ mod kv {
                         stale_s,
                         forwarded,
                         timeout_ms: t,
+                        caps,
                     })
                 }),
             Just(KvRequest::Routing),
@@ -178,14 +189,18 @@ mod kv {
                 results,
                 proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3),
                 proptest::collection::vec(any::<u64>(), 0..3),
-                proptest::collection::vec((any::<u64>(), stale_s()), 0..3)
+                proptest::collection::vec((any::<u64>(), stale_s()), 0..3),
+                proptest::collection::vec(any::<u64>(), 0..3),
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3)
             )
-                .prop_map(|(results, not_leader, unknown, stale)| {
+                .prop_map(|(results, not_leader, unknown, stale, paused, moved)| {
                     KvResponse::Results(KvResults {
                         results,
                         not_leader,
                         unknown,
                         stale,
+                        paused,
+                        moved,
                     })
                 }),
             any::<u64>().prop_map(|leader| KvResponse::NotLeader { leader }),

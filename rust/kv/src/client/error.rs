@@ -37,6 +37,10 @@ pub enum KvError {
     Invalid(String),
     /// A retried write whose first copy's result the state machine no longer has.
     OutcomeUnknown,
+    /// The key's vShard was paused for a move (at the deadline: the call timed out).
+    Paused {
+        vshard: u32,
+    },
     Busy(String),
     Closed,
 }
@@ -46,7 +50,9 @@ impl KvError {
     pub fn is_timeout(&self) -> bool {
         matches!(
             self,
-            KvError::Timeout { .. } | KvError::Net(TransportError::Timeout { .. })
+            KvError::Timeout { .. }
+                | KvError::Net(TransportError::Timeout { .. })
+                | KvError::Paused { .. }
         )
     }
 
@@ -65,6 +71,9 @@ impl KvError {
             KvError::Unavailable(reason) => reason.clone(),
             KvError::Invalid(reason) => reason.clone(),
             KvError::OutcomeUnknown => format!("group {group}: write outcome unknown"),
+            KvError::Paused { vshard } => {
+                format!("group {group}: vshard {vshard} paused for a move until the deadline")
+            }
             KvError::Busy(reason) => reason.clone(),
             KvError::Closed => "client closed".into(),
         }

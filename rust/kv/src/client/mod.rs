@@ -39,6 +39,7 @@ use self::wire::{decode_reply, encode_request, serve_here, Decoded, Rpc};
 use crate::routing::Routing;
 use crate::serve::KvServer;
 use crate::session::SessionState;
+use crate::vshard::Refusal;
 
 /// Items queued and not yet sent, at most; a call beyond it fails with `Busy` (a call that
 /// finds the queue empty is always taken).
@@ -75,13 +76,19 @@ pub struct KvClient {
     state: Mutex<State>,
 }
 
-/// What handling one reply produced: finished calls, items to retry at once or after a pause.
+/// What handling one reply produced: finished calls, items to retry at once or after a pause,
+/// and the routing watcher to tell (a Moved answer made the routing table stale).
 #[derive(Default)]
 struct Step {
     finished: Vec<Finished>,
     at_once: Vec<Item>,
     later: Vec<(Duration, Item)>,
+    routing_watch: Option<RoutingWatch>,
 }
+
+/// Called once, outside the client's lock, when the routing table goes stale (see
+/// [`KvClient::watch_routing`]).
+pub type RoutingWatch = Box<dyn FnOnce() + Send>;
 
 impl KvClient {
     /// A client with id `me` (never a target) and session `client_id`, sending through
@@ -103,7 +110,30 @@ impl KvClient {
 
     /// Install routing; learned leaders are kept.
     pub fn set_routing(&self, routing: Routing) {
-        self.state().routing = Some(routing);
+        let mut st = self.state();
+        st.routing = Some(routing);
+        st.routing_stale = false;
+    }
+
+    /// Whether a group answered Moved since the last [`set_routing`](Self::set_routing): the
+    /// routing table is stale (the client already re-routes the moved vShards by itself; a
+    /// caller that can fetch a fresh table should, without blocking calls on it).
+    pub fn routing_stale(&self) -> bool {
+        self.state().routing_stale
+    }
+
+    /// Call `watch` once when the routing table goes stale (at once if it is): the caller
+    /// fetches a fresh table and calls [`set_routing`](Self::set_routing). Items routed to a
+    /// group the table does not know (a group added since) wait for it, paced, until their
+    /// deadline. One watcher at a time (a new one replaces the last).
+    pub fn watch_routing(&self, watch: RoutingWatch) {
+        let mut st = self.state();
+        if st.routing_stale {
+            drop(st);
+            watch();
+        } else {
+            st.routing_watch = Some(watch);
+        }
     }
 
     /// Run inside the node whose serving side is `server`: items this node leads (or, with no
@@ -216,7 +246,7 @@ impl KvClient {
         }
         let mut placed = Vec::with_capacity(items.len());
         for (key, _) in &items {
-            let group = st.group_of(key).map_err(|e| match e {
+            let (vshard, group) = st.locate(key).map_err(|e| match e {
                 KvError::Unavailable(text) => SubmitError::NotConnected(text),
                 e => item_error(0, e),
             })?;
@@ -226,7 +256,7 @@ impl KvClient {
                     KvError::Unavailable("no member known".into()),
                 ));
             };
-            placed.push((group, target, probe));
+            placed.push((group, target, probe, vshard));
         }
         let count = items.len();
         let (seqs, floor) = if kind.is_write() {
@@ -238,7 +268,7 @@ impl KvClient {
         let call = Arc::new(Call {
             kind,
             deadline,
-            groups: placed.iter().map(|&(g, _, _)| g).collect(),
+            groups: placed.iter().map(|&(g, _, _, _)| g).collect(),
             seqs,
             completion: Mutex::new(Some(completion)),
             progress: Mutex::new(Progress {
@@ -247,7 +277,7 @@ impl KvClient {
                 finished: false,
             }),
         });
-        for (slot, ((group, target, probe), (_, payload))) in
+        for (slot, ((group, target, probe, vshard), (_, payload))) in
             placed.into_iter().zip(items).enumerate()
         {
             let payload = match floor {
@@ -262,6 +292,8 @@ impl KvClient {
                 payload,
                 attempt: 0,
                 last: None,
+                vshard,
+                refused: 0,
             };
             st.enqueue((target, lane, probe), item);
         }
@@ -315,6 +347,8 @@ impl KvClient {
     }
 
     /// Queue an item again (retry), or fail it: past its deadline, client closed, no member.
+    /// An item of a group a stale table does not know (it moved to a group added since) waits
+    /// for a fresh table in `later`.
     fn requeue(
         &self,
         st: &mut State,
@@ -322,6 +356,7 @@ impl KvClient {
         now: Instant,
         keys: &mut Vec<LaneKey>,
         out: &mut Vec<Finished>,
+        later: &mut Vec<(Duration, Item)>,
     ) {
         if item.call.is_finished() {
             return;
@@ -345,6 +380,17 @@ impl KvClient {
                 st.enqueue(key, item);
                 if !keys.contains(&key) {
                     keys.push(key);
+                }
+            }
+            None if st.routing_stale && !st.knows_group(item.group) => {
+                let left = item.call.deadline.saturating_duration_since(now);
+                if let When::After(pause) = retry::when_refused(item.refused, left) {
+                    item.refused = item.refused.saturating_add(1);
+                    item.last = Some(KvError::Unavailable(format!(
+                        "group {} is not in this client's routing table yet",
+                        item.group
+                    )));
+                    later.push((pause, item));
                 }
             }
             None => st.complete(
@@ -380,6 +426,50 @@ impl KvClient {
         let next = when(item.attempt, &err, left);
         item.attempt += 1;
         item.last = Some(err);
+        match next {
+            When::AtOnce => step.at_once.push(item),
+            When::After(pause) => step.later.push((pause, item)),
+        }
+    }
+
+    /// An item its vShard's state refused ([`Refusal`]): Paused goes again to the same group
+    /// after a short pause; Moved re-routes the vShard and goes at once to its new group
+    /// ([`retry::when_refused`]). Until the call's deadline, as any retry.
+    fn on_refused(
+        &self,
+        st: &mut State,
+        mut item: Item,
+        refusal: Refusal,
+        target: u64,
+        now: Instant,
+        step: &mut Step,
+    ) {
+        if st.closed {
+            st.complete(item, Err(KvError::Closed), &mut step.finished);
+            return;
+        }
+        st.leaders.entry(item.group).or_insert(target);
+        let left = item.call.deadline.saturating_duration_since(now);
+        let next = retry::when_refused(item.refused, left);
+        item.refused = item.refused.saturating_add(1);
+        match refusal {
+            Refusal::Paused => {
+                item.last = Some(KvError::Paused {
+                    vshard: item.vshard,
+                });
+            }
+            Refusal::Moved(group) => {
+                if let Some(watch) = st.moved(item.vshard, group) {
+                    step.routing_watch = Some(watch);
+                }
+                item.group = group;
+                item.attempt = 0;
+            }
+        }
+        let next = match (refusal, next) {
+            (Refusal::Moved(_), _) if item.refused <= retry::MOVED_AT_ONCE_MAX => When::AtOnce,
+            (_, next) => next,
+        };
         match next {
             When::AtOnce => step.at_once.push(item),
             When::After(pause) => step.later.push((pause, item)),
@@ -489,7 +579,7 @@ impl KvClient {
                 st.suspect(target);
             }
             match reply {
-                Ok((results, failed)) => {
+                Ok((results, failed, refused)) => {
                     // Answer times of the network only (an in-process answer says nothing
                     // about how long a peer takes).
                     if !probe && target != self.me {
@@ -498,12 +588,22 @@ impl KvClient {
                     if probe && lane == Lane::Propose {
                         st.revive_named(&failed);
                     }
-                    for (item, result) in items.into_iter().zip(results) {
-                        match failed.get(&item.group) {
-                            Some(err) => {
+                    let mut refusals: Vec<Option<Refusal>> = Vec::new();
+                    if !refused.is_empty() {
+                        refusals.resize(items.len(), None);
+                        for (i, r) in refused {
+                            refusals[i] = Some(r);
+                        }
+                    }
+                    for (i, (item, result)) in items.into_iter().zip(results).enumerate() {
+                        match (failed.get(&item.group), refusals.get(i).copied().flatten()) {
+                            (Some(err), _) => {
                                 self.on_error(&mut st, item, err.clone(), target, now, &mut step)
                             }
-                            None => {
+                            (None, Some(refusal)) => {
+                                self.on_refused(&mut st, item, refusal, target, now, &mut step)
+                            }
+                            (None, None) => {
                                 st.leaders.entry(item.group).or_insert(target);
                                 st.complete(item, Ok(result), &mut step.finished);
                             }
@@ -518,7 +618,14 @@ impl KvClient {
             }
             let mut keys = vec![key];
             for item in std::mem::take(&mut step.at_once) {
-                self.requeue(&mut st, item, now, &mut keys, &mut step.finished);
+                self.requeue(
+                    &mut st,
+                    item,
+                    now,
+                    &mut keys,
+                    &mut step.finished,
+                    &mut step.later,
+                );
             }
             for k in keys {
                 st.take_batches(k, &mut batches);
@@ -526,6 +633,9 @@ impl KvClient {
         }
         self.spawn(batches);
         resolve(step.finished);
+        if let Some(watch) = step.routing_watch {
+            watch();
+        }
         self.retry_later(step.later);
     }
 
@@ -541,10 +651,11 @@ impl KvClient {
                 tokio::time::sleep(pause).await;
                 let now = Instant::now();
                 let (mut out, mut keys, mut batches) = (Vec::new(), Vec::new(), Vec::new());
+                let mut again = Vec::new();
                 {
                     let mut st = this.state();
                     for item in items {
-                        this.requeue(&mut st, item, now, &mut keys, &mut out);
+                        this.requeue(&mut st, item, now, &mut keys, &mut out, &mut again);
                     }
                     for k in keys {
                         st.take_batches(k, &mut batches);
@@ -552,6 +663,7 @@ impl KvClient {
                 }
                 this.spawn(batches);
                 resolve(out);
+                this.retry_later(again);
             });
         }
     }

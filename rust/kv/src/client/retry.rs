@@ -20,6 +20,13 @@ use super::error::{KvError, INVALID_REQUEST, NO_SPACE, UNSUPPORTED_VERSION};
 
 /// Pause before retry n (then the last value), cut short by the deadline (kv.py).
 pub const RETRY_BACKOFF_MS: [u64; 5] = [5, 10, 20, 50, 100];
+/// Pause before the first retry of an item its vShard's state refused (Paused), doubled per
+/// refusal up to [`REFUSED_PAUSE_MAX`]: a move pauses a vShard for tens of milliseconds.
+pub const REFUSED_PAUSE_FIRST: Duration = Duration::from_millis(1);
+pub const REFUSED_PAUSE_MAX: Duration = Duration::from_millis(16);
+/// Moved answers an item follows at once, in a row; past them it is paced as Paused (two
+/// groups each naming the other must not spin).
+pub const MOVED_AT_ONCE_MAX: u32 = 3;
 /// Retries that go at once when NotLeader named a leader, per item (kv.py: `attempt < 3`).
 pub const NAMED_LEADER_RETRIES_MAX: usize = 3;
 
@@ -103,9 +110,37 @@ pub fn when(attempt: usize, err: &KvError, left: Duration) -> When {
     When::After(pause.min(left))
 }
 
+/// When an item refused `refused_before` times already by its vShard's state goes again,
+/// with `left` until its deadline: 1 ms, doubling, at most 16 ms.
+pub fn when_refused(refused_before: u32, left: Duration) -> When {
+    let pause = REFUSED_PAUSE_FIRST
+        .saturating_mul(1u32 << refused_before.min(8))
+        .min(REFUSED_PAUSE_MAX);
+    When::After(pause.min(left))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_item_backs_off_from_1_ms_doubling_to_16_ms() {
+        let left = Duration::from_secs(1);
+        let ms = |n| match when_refused(n, left) {
+            When::After(p) => p.as_millis(),
+            When::AtOnce => 0,
+        };
+        assert_eq!(
+            (0..7).map(ms).collect::<Vec<_>>(),
+            vec![1, 2, 4, 8, 16, 16, 16]
+        );
+        assert_eq!(ms(u32::MAX), 16);
+        assert_eq!(
+            when_refused(3, Duration::from_millis(3)),
+            When::After(Duration::from_millis(3)),
+            "cut short by the deadline"
+        );
+    }
 
     fn remote(code: &str) -> KvError {
         KvError::Net(TransportError::Remote {

@@ -110,6 +110,10 @@ pub struct Item {
     pub payload: Vec<u8>,
     pub attempt: usize,
     pub last: Option<KvError>,
+    /// The key's vShard (to re-route it when its group answers Moved).
+    pub vshard: u32,
+    /// Times its vShard's state refused it (Paused, Moved): paces its retries.
+    pub refused: u32,
 }
 
 /// A call that has its outcome, to hand to its completion outside the lock.
@@ -148,6 +152,10 @@ pub struct State {
     /// This node's serving side, when the client runs inside a node: its own share of a
     /// request is served in process ([`super::KvClient::serve_locally`]).
     pub local: Option<Weak<KvServer>>,
+    /// A Moved answer came since the last routing table: the caller may fetch a fresh one.
+    pub routing_stale: bool,
+    /// Told once when the table goes stale ([`super::KvClient::watch_routing`]).
+    pub routing_watch: Option<super::RoutingWatch>,
 }
 
 impl State {
@@ -163,6 +171,8 @@ impl State {
             closed: false,
             suspects: HashMap::new(),
             local: None,
+            routing_stale: false,
+            routing_watch: None,
         }
     }
 
@@ -275,10 +285,37 @@ impl State {
     }
 
     pub fn group_of(&self, key: &[u8]) -> Result<u64, KvError> {
+        self.locate(key).map(|(_, group)| group)
+    }
+
+    /// `key`'s vShard and group.
+    pub fn locate(&self, key: &[u8]) -> Result<(u32, u64), KvError> {
         let routing = self.routing.as_ref().ok_or(KvError::Unavailable(
             "Client not connected: call `await connect()` first".into(),
         ))?;
-        Ok(routing.group_of(key))
+        Ok(routing.locate(key))
+    }
+
+    /// A group answered that `vshard` moved to `group`: route it there from now on (until the
+    /// next routing table), and note that the table is stale; the routing watcher to call (the
+    /// first time), if one waits.
+    pub fn moved(&mut self, vshard: u32, group: u64) -> Option<super::RoutingWatch> {
+        // To a group the table does not know (added since), only the answered item goes there
+        // (it waits for a fresh table); new calls keep asking the old group until then.
+        if self.knows_group(group) {
+            if let Some(routing) = self.routing.as_mut() {
+                routing.moved(vshard, group);
+            }
+        }
+        self.routing_stale = true;
+        self.routing_watch.take()
+    }
+
+    /// Whether the routing table has a route for `group`.
+    pub fn knows_group(&self, group: u64) -> bool {
+        self.routing
+            .as_ref()
+            .is_some_and(|r| r.route(group).is_some())
     }
 
     pub fn enqueue(&mut self, key: LaneKey, item: Item) {

@@ -28,6 +28,8 @@ fn results(
         not_leader: nlg,
         unknown: unk,
         stale,
+        paused: vec![],
+        moved: vec![],
     })
     .encode()
     .unwrap()
@@ -58,11 +60,58 @@ fn reply_decodes_results_and_per_group_failures() {
         vec![4],
         vec![(5, 1.5)],
     );
-    let (values, failed) = decode_reply(&frame(payload), lane, 4).unwrap();
+    let (values, failed, refused) = decode_reply(&frame(payload), lane, 4).unwrap();
+    assert!(refused.is_empty());
     assert_eq!(values, vec![Some(b"v".to_vec()), None, None, None]);
     assert!(matches!(failed[&2], KvError::NotLeader { hint: 3 }));
     assert!(matches!(failed[&4], KvError::LeadershipLost));
     assert!(matches!(failed[&5], KvError::Stale { age_s, max_s } if age_s == 1.5 && max_s == 0.5));
+}
+
+#[test]
+fn refused_items_are_read_from_results_or_vsp_vsm() {
+    use crate::command::KvResult;
+    use crate::vshard::Refusal;
+    let paused = KvResult::Paused.encode();
+    let moved = KvResult::Moved { group: 7 }.encode();
+    let ok = KvResult::Ok { value: None }.encode();
+    let payload = KvResponse::Results(KvResults {
+        results: vec![
+            Some(Cow::Owned(ok)),
+            Some(Cow::Owned(paused)),
+            Some(Cow::Owned(moved)),
+        ],
+        ..KvResults::default()
+    })
+    .encode()
+    .unwrap();
+    let (_, _, refused) = decode_reply(&frame(payload.clone()), Lane::Propose, 3).unwrap();
+    assert_eq!(refused, vec![(1, Refusal::Paused), (2, Refusal::Moved(7))]);
+    // A read's value that happens to start with those bytes is a value, not a refusal.
+    let lane = Lane::read(ReadLevel::Linearizable, 0.0);
+    let (_, _, refused) = decode_reply(&frame(payload), lane, 3).unwrap();
+    assert!(refused.is_empty());
+    let reads = KvResponse::Results(KvResults {
+        results: vec![None, None, None],
+        paused: vec![2],
+        moved: vec![(0, 4)],
+        ..KvResults::default()
+    })
+    .encode()
+    .unwrap();
+    let (_, _, refused) = decode_reply(&frame(reads), lane, 3).unwrap();
+    assert_eq!(refused, vec![(2, Refusal::Paused), (0, Refusal::Moved(4))]);
+    let bad = KvResponse::Results(KvResults {
+        results: vec![None],
+        paused: vec![1],
+        ..KvResults::default()
+    })
+    .encode()
+    .unwrap();
+    assert!(matches!(
+        decode_reply(&frame(bad), lane, 1),
+        Err(KvError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -110,6 +159,8 @@ fn request_is_the_schemas_propose_many_and_only_a_probe_names_wl() {
             payload,
             attempt: 0,
             last: None,
+            vshard: 0,
+            refused: 0,
         })
         .collect();
     let bytes = encode_request(Lane::Propose, &items, 250, None).unwrap();

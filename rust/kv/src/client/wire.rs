@@ -10,11 +10,12 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use nodedb_transport::{MessageKind, OutboundFrame, TransportError};
-use nodedb_wire::{KvRequest, KvResponse, ProposeMany, ReadMany};
+use nodedb_wire::{KvRequest, KvResponse, ProposeMany, ReadMany, KV_CAP_VSHARD_REDIRECTS};
 
 use super::error::KvError;
 use super::state::{Item, Lane};
 use crate::serve::KvServer;
+use crate::vshard::Refusal;
 
 /// One attempt's answer, from a peer or from this node's own server.
 pub(super) type Rpc<'a> =
@@ -58,6 +59,7 @@ pub(super) fn encode_request(
             commands: list,
             timeout_ms,
             avoid,
+            caps: KV_CAP_VSHARD_REDIRECTS,
         }),
         Lane::Read { level, .. } => KvRequest::ReadMany(ReadMany {
             groups,
@@ -65,6 +67,7 @@ pub(super) fn encode_request(
             level,
             stale_s: lane.stale_s(),
             timeout_ms,
+            caps: KV_CAP_VSHARD_REDIRECTS,
         }),
     };
     request
@@ -73,10 +76,16 @@ pub(super) fn encode_request(
         .map_err(|e| KvError::Invalid(format!("cannot encode a kv request: {e}")))
 }
 
-/// One result per item and the groups that failed.
-pub(super) type Decoded = (Vec<Option<Vec<u8>>>, HashMap<u64, KvError>);
+/// One result per item, the groups that failed, and the items refused by their vShard's state
+/// (index, why): paused for a move, or moved to another group.
+pub(super) type Decoded = (
+    Vec<Option<Vec<u8>>>,
+    HashMap<u64, KvError>,
+    Vec<(usize, Refusal)>,
+);
 
-/// One result per item and the groups that failed, or the error of the whole request.
+/// One result per item, the groups that failed and the refused items, or the error of the
+/// whole request.
 pub(super) fn decode_reply(
     frame: &OutboundFrame,
     lane: Lane,
@@ -112,12 +121,32 @@ pub(super) fn decode_reply(
             for (group, age_s) in r.stale {
                 failed.insert(group, stale(age_s));
             }
-            let results = r
+            let results: Vec<Option<Vec<u8>>> = r
                 .results
                 .into_iter()
                 .map(|v| v.map(Cow::into_owned))
                 .collect();
-            Ok((results, failed))
+            let mut refused: Vec<(usize, Refusal)> = Vec::new();
+            if lane == Lane::Propose {
+                for (i, result) in results.iter().enumerate() {
+                    if let Some(refusal) = result.as_deref().and_then(Refusal::of_result) {
+                        refused.push((i, refusal));
+                    }
+                }
+            }
+            let marked = r.paused.iter().map(|&i| (i, Refusal::Paused));
+            let moved = r.moved.iter().map(|&(i, g)| (i, Refusal::Moved(g)));
+            for (i, refusal) in marked.chain(moved) {
+                match usize::try_from(i).ok().filter(|&i| i < count) {
+                    Some(i) => refused.push((i, refusal)),
+                    None => {
+                        return Err(KvError::Malformed(format!(
+                            "refusal of item {i} of {count}"
+                        )))
+                    }
+                }
+            }
+            Ok((results, failed, refused))
         }
         KvResponse::NotLeader { leader } => Err(KvError::NotLeader { hint: leader }),
         KvResponse::Stale { age_s } => Err(stale(age_s)),

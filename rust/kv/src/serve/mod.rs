@@ -51,6 +51,7 @@ use self::request::{parse, Served};
 use crate::client::error::{INVALID_REQUEST, NO_SPACE};
 use crate::groups::KvGroups;
 use crate::peer_health::serve_budget_ms;
+use crate::vshard::Refusal;
 
 /// Remembered group batchers, at most (the map is cleared past it; running batches finish).
 const BATCHERS_MAX: usize = 4096;
@@ -132,19 +133,36 @@ impl KvServer {
                 cmds,
                 t,
                 wait_leader,
+                redirects,
             } => {
                 let (total, shares, park) = self.submit(&gs, cmds, t, wait_leader);
-                Box::pin(propose::answer(total, shares, park))
+                Box::pin(propose::answer(total, shares, park, redirects))
             }
-            Served::ReadMany { gs, keys, at, t } => {
+            Served::ReadMany {
+                gs,
+                keys,
+                at,
+                t,
+                redirects,
+            } => {
                 let deadline = deadline_of(t);
                 let shares: Vec<(Vec<usize>, Pending)> = by_group(&gs)
                     .into_iter()
                     .map(|(g, idx)| (idx, self.reads.start(g, at, deadline)))
                     .collect();
-                Box::pin(answer_reads(Arc::clone(&self.reads), keys, shares))
+                Box::pin(answer_reads(
+                    Arc::clone(&self.reads),
+                    keys,
+                    shares,
+                    redirects,
+                ))
             }
-            Served::Propose { g, cmds, t } => {
+            Served::Propose {
+                g,
+                cmds,
+                t,
+                redirects,
+            } => {
                 let receiver = self.batcher(g).submit(cmds, deadline_of(t));
                 let reads = Arc::clone(&self.reads);
                 Box::pin(async move {
@@ -154,6 +172,9 @@ impl KvServer {
                         leader_hint: None,
                     }));
                     match outcome {
+                        Ok(results) if !redirects && any_refused(&results) => {
+                            answer_one_failure(&reads, g, ReadFail::Raft(refused_share(g)))
+                        }
                         Ok(results) => {
                             let mut reply = reply_of(0);
                             reply.results = results.into_iter().map(|r| Some(r.into())).collect();
@@ -163,14 +184,23 @@ impl KvServer {
                     }
                 })
             }
-            Served::Read { g, keys, at, t } => {
+            Served::Read {
+                g,
+                keys,
+                at,
+                t,
+                redirects,
+            } => {
                 let pending = self.reads.start(g, at, deadline_of(t));
                 let reads = Arc::clone(&self.reads);
                 Box::pin(async move {
                     match reads.finish(pending, keys.iter().map(Vec::as_slice)).await {
+                        Ok(values) if !redirects && values.iter().any(Result::is_err) => {
+                            answer_one_failure(&reads, g, ReadFail::Raft(refused_share(g)))
+                        }
                         Ok(values) => {
-                            let mut reply = reply_of(0);
-                            reply.results = values.into_iter().map(|v| v.map(Cow::Owned)).collect();
+                            let mut reply = reply_of(values.len());
+                            place_values(&mut reply, 0.., values);
                             encode(reply)
                         }
                         Err(fail) => answer_one_failure(&reads, g, fail),
@@ -229,12 +259,44 @@ fn answer_one_failure(reads: &ReadPath, group: u64, fail: ReadFail) -> HandlerRe
     frame(response)
 }
 
+/// Whether any encoded command result is a refusal (Paused, Moved).
+pub(super) fn any_refused(results: &[Vec<u8>]) -> bool {
+    results.iter().any(|r| Refusal::of_result(r).is_some())
+}
+
+/// What a share with a refused item is for a requester that does not understand refusals: an
+/// unknown outcome (nothing of it is lost: a refused item was not applied, the others are in
+/// their sessions), which every requester retries.
+pub(super) fn refused_share(group: u64) -> RaftError {
+    RaftError::LeadershipLost {
+        group: GroupId(group),
+        leader_hint: None,
+    }
+}
+
+/// Read values into their items' places; refused items named in "vsp" / "vsm".
+fn place_values(
+    reply: &mut KvResults<'_>,
+    places: impl Iterator<Item = usize>,
+    values: Vec<Result<Option<Vec<u8>>, Refusal>>,
+) {
+    for (i, v) in places.zip(values) {
+        match v {
+            Ok(v) => reply.results[i] = v.map(Cow::Owned),
+            Err(Refusal::Paused) => reply.paused.push(i as u64),
+            Err(Refusal::Moved(group)) => reply.moved.push((i as u64, group)),
+        }
+    }
+}
+
 /// `read_many`'s answer: values in place, failures per group as for proposals, too-stale
-/// follower reads in "stale_g".
+/// follower reads in "stale_g", refused items in "vsp" / "vsm" (or, for a requester without
+/// `redirects`, their group in "unk").
 async fn answer_reads(
     reads: Arc<ReadPath>,
     keys: Vec<Vec<u8>>,
     shares: Vec<(Vec<usize>, Pending)>,
+    redirects: bool,
 ) -> HandlerResult {
     let mut reply = reply_of(keys.len());
     for (idx, pending) in shares {
@@ -243,11 +305,10 @@ async fn answer_reads(
             .finish(pending, idx.iter().map(|&i| keys[i].as_slice()))
             .await
         {
-            Ok(values) => {
-                for (i, v) in idx.into_iter().zip(values) {
-                    reply.results[i] = v.map(Cow::Owned);
-                }
+            Ok(values) if !redirects && values.iter().any(Result::is_err) => {
+                reply.unknown.push(group);
             }
+            Ok(values) => place_values(&mut reply, idx.into_iter(), values),
             Err(ReadFail::NotHere(leader)) => reply.not_leader.push((group, leader)),
             Err(ReadFail::Stale(age_s)) => reply.stale.push((group, age_s)),
             Err(ReadFail::Raft(err)) => classify(&mut reply, group, err)?,

@@ -12,7 +12,7 @@ use nodedb_transport::HandlerResult;
 use tokio::sync::oneshot;
 
 use super::group_commit::{Batcher, GroupResult};
-use super::{by_group, classify, encode, reply_of, KvServer};
+use super::{any_refused, by_group, classify, encode, reply_of, KvServer};
 use crate::peer_health::serve_budget_ms;
 
 pub(super) struct GroupShare {
@@ -80,7 +80,8 @@ impl KvServer {
 }
 
 /// `propose_many`'s answer: results in place, NotLeader/unknown-group shares in "nlg",
-/// unknown outcomes in "unk", any other failure fails the whole request. A probe's share that
+/// unknown outcomes in "unk", any other failure fails the whole request. A share with a
+/// refused command (Paused, Moved) goes in "unk" for a requester without `redirects`. A probe's share that
 /// found no usable leader here waits for one (issue 13, failover tail): named in "nlg" as soon
 /// as this node knows it (an avoided node only when elected during the wait), or proposed here
 /// if that is this node; 0 when none came within the request's time.
@@ -88,6 +89,7 @@ pub(super) async fn answer(
     total: usize,
     shares: Vec<GroupShare>,
     park: Option<Park>,
+    redirects: bool,
 ) -> HandlerResult {
     let mut reply = reply_of(total);
     for share in shares {
@@ -113,6 +115,9 @@ pub(super) async fn answer(
             }
         }
         match outcome {
+            Ok(Ok(results)) if !redirects && any_refused(&results) => {
+                reply.unknown.push(share.group); // see `refused_share`
+            }
             Ok(Ok(results)) => {
                 for (i, r) in share.idx.into_iter().zip(results) {
                     reply.results[i] = Some(Cow::Owned(r));

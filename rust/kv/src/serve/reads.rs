@@ -20,6 +20,7 @@ use super::freshness::{Decision, Freshness, REFRESH_INTERVAL, REFRESH_ROUND_TIME
 use super::group_commit::{clocks, entry, Clocks, GroupCtx, ReadShare};
 use super::request::ReadAt;
 use crate::groups::KvGroups;
+use crate::vshard::Refusal;
 
 /// Remembered read shares, at most (the map is cleared past it; running rounds finish).
 const SHARES_MAX: usize = 4096;
@@ -149,12 +150,13 @@ impl ReadPath {
         Pending { group, wait }
     }
 
-    /// The values of `keys` once `pending` may read (None per absent key).
+    /// The values of `keys` once `pending` may read (None per absent key; a key whose vShard
+    /// this group does not serve now, why).
     pub(super) async fn finish(
         &self,
         pending: Pending,
         keys: impl Iterator<Item = &[u8]>,
-    ) -> Result<Vec<Option<Vec<u8>>>, ReadFail> {
+    ) -> Result<Vec<Result<Option<Vec<u8>>, Refusal>>, ReadFail> {
         match pending.wait {
             Wait::Local => {}
             Wait::NotHere(hint) => return Err(ReadFail::NotHere(hint)),
@@ -184,7 +186,7 @@ impl ReadPath {
         let Some(reader) = self.groups.reader(GroupId(pending.group)) else {
             return Err(ReadFail::NotHere(self.hint(pending.group))); // removed meanwhile
         };
-        Ok(keys.map(|k| reader.get(k)).collect())
+        Ok(keys.map(|k| reader.lookup(k)).collect())
     }
 
     /// While follower reads come in, confirm every local group not confirmed within

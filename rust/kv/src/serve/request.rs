@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use nodedb_multiraft::NodeId;
 use nodedb_transport::HandlerError;
-use nodedb_wire::{KvRequest, KvWireError, ReadLevel};
+use nodedb_wire::{KvRequest, KvWireError, ReadLevel, KV_CAP_VSHARD_REDIRECTS};
 
 use crate::client::error::{INVALID_REQUEST, UNSUPPORTED_VERSION};
 
@@ -26,7 +26,9 @@ pub(super) struct ReadAt {
     pub stale_s: f64,
 }
 
-/// What the server does.
+/// What the server does. `redirects`: the requester understands per-item Paused / Moved
+/// answers (`caps` has [`KV_CAP_VSHARD_REDIRECTS`]); without it a refused item makes its
+/// group's share an unknown outcome, which every requester retries.
 #[derive(Debug, PartialEq)]
 pub(super) enum Served {
     /// Commands of several groups (`propose_many`); with `wait_leader`, a probe.
@@ -35,6 +37,7 @@ pub(super) enum Served {
         cmds: Vec<Vec<u8>>,
         t: u64,
         wait_leader: Option<Vec<NodeId>>,
+        redirects: bool,
     },
     /// Keys of several groups (`read_many`).
     ReadMany {
@@ -42,12 +45,14 @@ pub(super) enum Served {
         keys: Vec<Vec<u8>>,
         at: ReadAt,
         t: u64,
+        redirects: bool,
     },
     /// Commands of one group (`propose`), executed here (never forwarded).
     Propose {
         g: u64,
         cmds: Vec<Vec<u8>>,
         t: u64,
+        redirects: bool,
     },
     /// Keys of one group (`read`), read here (never forwarded).
     Read {
@@ -55,8 +60,13 @@ pub(super) enum Served {
         keys: Vec<Vec<u8>>,
         at: ReadAt,
         t: u64,
+        redirects: bool,
     },
     Routing,
+}
+
+fn redirects(caps: u32) -> bool {
+    caps & KV_CAP_VSHARD_REDIRECTS != 0
 }
 
 fn owned(list: Vec<Cow<'static, [u8]>>) -> Vec<Vec<u8>> {
@@ -103,23 +113,27 @@ pub(super) fn parse(payload: &[u8]) -> Result<Served, HandlerError> {
                 .avoid
                 .filter(|wl| wl.len() <= AVOIDED_MAX)
                 .map(|wl| wl.into_iter().map(NodeId).collect()),
+            redirects: redirects(m.caps),
         },
         KvRequest::ReadMany(m) => Served::ReadMany {
             t: timeout(m.timeout_ms)?,
             at: read_at(m.level, m.stale_s)?,
             gs: m.groups,
             keys: owned(m.keys),
+            redirects: redirects(m.caps),
         },
         KvRequest::Propose(p) => Served::Propose {
             t: timeout(p.timeout_ms)?,
             g: p.group,
             cmds: owned(p.commands),
+            redirects: redirects(p.caps),
         },
         KvRequest::Read(r) => Served::Read {
             t: timeout(r.timeout_ms)?,
             at: read_at(r.level, r.stale_s)?,
             g: r.group,
             keys: owned(r.keys),
+            redirects: redirects(r.caps),
         },
         KvRequest::Routing => Served::Routing,
     })
@@ -204,7 +218,8 @@ mod tests {
             Served::Propose {
                 g: 7,
                 cmds: vec![b"c".to_vec()],
-                t: 5000
+                t: 5000,
+                redirects: false,
             }
         );
         assert_eq!(
@@ -216,12 +231,27 @@ mod tests {
                     level: ReadLevel::Follower,
                     stale_s: 0.25
                 },
-                t: 5000
+                t: 5000,
+                redirects: false,
             }
         );
         assert_eq!(code(&one("read", -1.0)), INVALID_REQUEST);
         assert_eq!(code(&one("read", f64::NAN)), INVALID_REQUEST);
         assert_eq!(code(&one("read", f64::INFINITY)), INVALID_REQUEST);
+    }
+
+    #[test]
+    fn a_requester_that_announces_redirects_gets_them() {
+        // {"op": "propose_many", "gs": [1], "cmds": [b"c"], "caps": 1}
+        let with = b"\x84\xa2op\xacpropose_many\xa2gs\x91\x01\xa4cmds\x91\xc4\x01c\xa4caps\x01";
+        match parse(with).unwrap() {
+            Served::ProposeMany { redirects, .. } => assert!(redirects),
+            other => panic!("{other:?}"),
+        }
+        match parse(&req("propose_many", vec![1], 1, "linearizable", 50)).unwrap() {
+            Served::ProposeMany { redirects, .. } => assert!(!redirects, "absent = old"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn python_requests() -> Vec<(&'static str, KvRequest<'static>)> {
                 commands: vec![b(b"a"), b(b"bc")],
                 timeout_ms: 250,
                 avoid: None,
+                caps: 0,
             }),
         ),
         (
@@ -54,6 +55,7 @@ fn python_requests() -> Vec<(&'static str, KvRequest<'static>)> {
                 level: ReadLevel::Follower,
                 stale_s: 0.5,
                 timeout_ms: 300,
+                caps: 0,
             }),
         ),
         (
@@ -63,6 +65,7 @@ fn python_requests() -> Vec<(&'static str, KvRequest<'static>)> {
                 commands: vec![b(b"x")],
                 forwarded: true,
                 timeout_ms: 5000,
+                caps: 0,
             }),
         ),
         (
@@ -74,6 +77,7 @@ fn python_requests() -> Vec<(&'static str, KvRequest<'static>)> {
                 stale_s: 1.0,
                 forwarded: false,
                 timeout_ms: 5000,
+                caps: 0,
             }),
         ),
         (PY_ROUTING, KvRequest::Routing),
@@ -89,6 +93,8 @@ fn python_responses() -> Vec<(&'static str, KvResponse<'static>)> {
                 not_leader: vec![(2, 3)],
                 unknown: vec![4],
                 stale: vec![(5, 1.5)],
+                paused: vec![],
+                moved: vec![],
             }),
         ),
         (PY_NOT_LEADER, KvResponse::NotLeader { leader: 0 }),
@@ -190,6 +196,7 @@ fn todays_maps_decode_with_their_defaults_and_unknown_keys_ignored() {
             level: ReadLevel::Linearizable,
             stale_s: KV_STALE_S_DEFAULT,
             timeout_ms: KV_TIMEOUT_MS_DEFAULT,
+            caps: 0,
         })
     );
     let int_stale = map(vec![
@@ -298,9 +305,16 @@ fn every_request_round_trips_and_only_a_probe_names_wl() {
         commands: vec![Cow::Borrowed(b"x"), Cow::Borrowed(b"")],
         timeout_ms: 1,
         avoid: Some(vec![9]),
+        caps: 0,
     });
     let bytes = probe.encode().unwrap();
     assert_eq!(KvRequest::decode(&bytes).unwrap(), probe);
+    for (_, request) in python_requests() {
+        assert!(
+            !request.encode().unwrap().windows(4).any(|w| w == b"caps"),
+            "no caps: the old bytes"
+        );
+    }
     for (_, request) in python_requests() {
         let bytes = request.encode().unwrap();
         assert!(!bytes.windows(2).any(|w| w == b"wl"));
@@ -310,4 +324,40 @@ fn every_request_round_trips_and_only_a_probe_names_wl() {
         );
         assert_eq!(KvRequest::decode(&bytes).unwrap(), request);
     }
+}
+
+#[test]
+fn caps_and_refused_items_round_trip_and_old_decoders_ignore_them() {
+    let request = KvRequest::ReadMany(ReadMany {
+        groups: vec![1],
+        keys: vec![b(b"k")],
+        level: ReadLevel::Linearizable,
+        stale_s: 1.0,
+        timeout_ms: 5,
+        caps: KV_CAP_VSHARD_REDIRECTS,
+    });
+    let bytes = request.encode().unwrap();
+    assert!(bytes.windows(4).any(|w| w == b"caps"));
+    assert_eq!(KvRequest::decode(&bytes).unwrap(), request);
+    let reply = KvResponse::Results(KvResults {
+        results: vec![None, None, Some(b(b"v"))],
+        paused: vec![0],
+        moved: vec![(1, 7)],
+        ..KvResults::default()
+    });
+    let bytes = reply.encode().unwrap();
+    assert_eq!(KvResponse::decode(&bytes).unwrap(), reply);
+    // Without refusals the reply is today's bytes (no vsp / vsm keys).
+    let plain = KvResponse::Results(KvResults {
+        results: vec![None],
+        ..KvResults::default()
+    })
+    .encode()
+    .unwrap();
+    assert!(!plain.windows(3).any(|w| w == b"vsp" || w == b"vsm"));
+    // Badly typed new fields are decode errors, never misread.
+    let bad = map(vec![("r", V::L(vec![])), ("vsm", V::L(vec![V::U(1)]))]);
+    assert!(KvResponse::decode(&bad).is_err());
+    let bad_caps = map(vec![("op", V::S("read_many")), ("caps", V::S("x"))]);
+    assert!(KvRequest::decode(&bad_caps).is_err());
 }

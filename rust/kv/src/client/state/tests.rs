@@ -34,6 +34,8 @@ fn item(call: &Arc<Call>, slot: usize, bytes: usize) -> Item {
         payload: vec![0; bytes],
         attempt: 0,
         last: None,
+        vshard: 0,
+        refused: 0,
     }
 }
 

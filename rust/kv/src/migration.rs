@@ -1,0 +1,636 @@
+//! Copying a vShard between groups: the source's export (ready-to-propose import commands) and
+//! the target's apply of an import, sessions merged so exactly-once survives the move.
+//!
+//! Export reads one vShard (O(its keys), under the state's read lock held by the caller):
+//! - bulk (`delta = false`, source Tracking or Frozen): every key and value;
+//! - delta (`delta = true`, source Frozen: nothing changes any more): the current value (or
+//!   deletion) of every key written since tracking began, and every session record of the
+//!   source (any of them may hold the result of a write to this vShard).
+//!
+//! Import (target Incoming only: a late chunk of an aborted or superseded move is refused):
+//! values set, deletions applied; per client, floor = max of both, results = union (the
+//! target's own result wins on an equal seq), last index = the import's index.
+
+use std::collections::BTreeMap;
+
+use crate::command::{Import, ImportedSession, KvCommand, KvResult};
+use crate::routing::vshard_of;
+use crate::state_machine::{ClientSession, KvState, SESSIONS_MAX};
+use crate::vshard::{VShardMark, VShardState};
+
+/// Encoded bytes of an empty import (op, vshard, two counts).
+const IMPORT_HEADER_BYTES: usize = 1 + 4 + 8 + 4 + 4;
+/// Encoded bytes of a session record without results (client, floor, count).
+const SESSION_HEADER_BYTES: usize = 8 + 8 + 4;
+
+/// Fills import commands up to a byte budget each.
+struct Chunker {
+    vshard: u32,
+    move_id: u64,
+    limit: usize,
+    current: Import,
+    bytes: usize,
+    out: Vec<Vec<u8>>,
+}
+
+impl Chunker {
+    fn new(vshard: u32, move_id: u64, limit: usize) -> Self {
+        Chunker {
+            vshard,
+            move_id,
+            limit,
+            current: Import {
+                vshard,
+                move_id,
+                ..Import::default()
+            },
+            bytes: IMPORT_HEADER_BYTES,
+            out: Vec::new(),
+        }
+    }
+
+    /// Room for `n` more bytes, starting a new chunk if the current one is not empty and
+    /// would grow past the limit (an item larger than the limit gets a chunk of its own).
+    fn make_room(&mut self, n: usize) {
+        let empty = self.current.entries.is_empty() && self.current.sessions.is_empty();
+        if !empty && self.bytes + n > self.limit {
+            self.flush();
+        }
+        self.bytes += n;
+    }
+
+    fn entry(&mut self, key: &[u8], value: Option<&Vec<u8>>) {
+        self.make_room(4 + key.len() + 1 + value.map_or(0, |v| 4 + v.len()));
+        self.current.entries.push((key.to_vec(), value.cloned()));
+    }
+
+    fn result(&mut self, client: u64, floor: u64, seq: u64, result: &[u8]) {
+        let n = 8 + 4 + result.len();
+        let same_client = self.current.sessions.last().map(|s| s.client) == Some(client);
+        let fits = self.bytes + n <= self.limit;
+        if !(same_client && fits) {
+            self.make_room(SESSION_HEADER_BYTES + n);
+            self.current.sessions.push(ImportedSession {
+                client,
+                floor,
+                results: Vec::new(),
+            });
+        } else {
+            self.make_room(n);
+        }
+        if let Some(s) = self.current.sessions.last_mut() {
+            s.results.push((seq, result.to_vec()));
+        }
+    }
+
+    /// A session with no results still carries its floor.
+    fn session_without_results(&mut self, client: u64, floor: u64) {
+        self.make_room(SESSION_HEADER_BYTES);
+        self.current.sessions.push(ImportedSession {
+            client,
+            floor,
+            results: Vec::new(),
+        });
+    }
+
+    fn flush(&mut self) {
+        let done = std::mem::replace(
+            &mut self.current,
+            Import {
+                vshard: self.vshard,
+                move_id: self.move_id,
+                ..Import::default()
+            },
+        );
+        self.bytes = IMPORT_HEADER_BYTES;
+        if !done.entries.is_empty() || !done.sessions.is_empty() {
+            self.out.push(KvCommand::Import(done).encode());
+        }
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        self.flush();
+        self.out
+    }
+}
+
+impl KvState {
+    /// vShard `vshard`'s copy for the target of move `move_id` as import commands of at most
+    /// `chunk_bytes` each (see the module docs), or why this group cannot export it now.
+    pub fn export_vshard(
+        &self,
+        vshard: u32,
+        move_id: u64,
+        delta: bool,
+        chunk_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        let mark = self.vshards.get(&vshard).filter(|m| m.move_id == move_id);
+        let state = mark.map(|m| &m.state);
+        let shard = self.map.shard(vshard as usize);
+        let mut chunks = Chunker::new(vshard, move_id, chunk_bytes.max(1));
+        match (delta, state) {
+            (false, Some(VShardState::Tracking { .. } | VShardState::Frozen { .. })) => {
+                for (k, v) in shard.iter() {
+                    chunks.entry(k, Some(v));
+                }
+            }
+            (true, Some(VShardState::Frozen { dirty, .. })) => {
+                for k in dirty {
+                    chunks.entry(k, shard.get(k));
+                }
+                for (client, s) in &self.sessions {
+                    if s.results.is_empty() {
+                        chunks.session_without_results(*client, s.floor);
+                    }
+                    for (seq, r) in &s.results {
+                        chunks.result(*client, s.floor, *seq, r);
+                    }
+                }
+            }
+            _ => {
+                let name = match self.vshards.get(&vshard) {
+                    None => "plain".to_string(),
+                    Some(m) => format!("{} for move {}", m.state.name(), m.move_id),
+                };
+                let needs = if delta {
+                    "frozen"
+                } else {
+                    "tracking or frozen"
+                };
+                return Err(format!(
+                    "cannot export vshard {vshard} for move {move_id} here: it is {name}, \
+                     an export needs it {needs} for that move"
+                ));
+            }
+        }
+        Ok(chunks.finish())
+    }
+
+    /// An import chunk into this group, the target (see the module docs); all or nothing.
+    pub(crate) fn apply_import(&mut self, index: u64, import: Import) -> KvResult {
+        let v = import.vshard;
+        match self.vshards.get(&v) {
+            Some(VShardMark {
+                state: VShardState::Incoming { .. },
+                move_id,
+            }) if *move_id == import.move_id => {}
+            other => {
+                let name = other.map_or("plain".to_string(), |m| {
+                    format!("{} for move {}", m.state.name(), m.move_id)
+                });
+                return KvResult::Invalid {
+                    reason: format!(
+                        "import of move {} refused: vshard {v} is {name} here, not incoming \
+                         for that move",
+                        import.move_id
+                    ),
+                };
+            }
+        }
+        if let Some((k, _)) = import
+            .entries
+            .iter()
+            .find(|(k, _)| vshard_of(k) != v as usize)
+        {
+            return KvResult::Invalid {
+                reason: format!(
+                    "import refused: a key of vshard {} in an import of vshard {v}",
+                    vshard_of(k)
+                ),
+            };
+        }
+        for (key, value) in import.entries {
+            match value {
+                Some(value) => {
+                    self.map.insert_in(v as usize, key, value);
+                }
+                None => {
+                    self.map.remove_in(v as usize, &key);
+                }
+            }
+        }
+        for s in import.sessions {
+            merge_session(self.sessions.entry(s.client).or_default(), s, index);
+        }
+        self.evict_sessions_down_to(SESSIONS_MAX);
+        KvResult::Ok { value: None }
+    }
+
+    /// (vshard, keys, bytes of keys and values) of every vShard holding keys here.
+    pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {
+        (0..crate::routing::VSHARDS)
+            .filter_map(|v| {
+                let keys = self.map.shard(v).len();
+                (keys > 0).then(|| (v as u32, keys as u64, self.map.shard_bytes(v) as u64))
+            })
+            .collect()
+    }
+}
+
+/// The source's record of one client merged into the target's (see the module docs).
+fn merge_session(mine: &mut ClientSession, theirs: ImportedSession, index: u64) {
+    mine.floor = mine.floor.max(theirs.floor);
+    let mut results: BTreeMap<u64, Vec<u8>> = theirs.results.into_iter().collect();
+    results.append(&mut std::mem::take(&mut mine.results)); // equal seq: ours replaces theirs
+    mine.results = results.split_off(&mine.floor);
+    mine.last_index = index;
+    mine.trim();
+}
+
+#[cfg(test)]
+mod tests {
+    use nodedb_multiraft::state_machine::{Command, StateMachine};
+
+    use super::*;
+    use crate::command::test_commands::{put, session};
+    use crate::command::VShardStep;
+    use crate::state_machine::KvStateMachine;
+    use crate::vshard::Refusal;
+
+    /// A group's replica with its own log index.
+    struct Replica {
+        sm: KvStateMachine,
+        index: u64,
+    }
+
+    impl Replica {
+        fn new() -> Self {
+            Replica {
+                sm: KvStateMachine::new(),
+                index: 0,
+            }
+        }
+        fn apply_raw(&mut self, cmds: &[Vec<u8>]) -> Vec<KvResult> {
+            self.index += 1;
+            let batch: Vec<Command<'_>> = cmds
+                .iter()
+                .map(|d| Command {
+                    index: self.index,
+                    data: d,
+                })
+                .collect();
+            self.sm
+                .apply_batch(&batch)
+                .iter()
+                .map(|r| KvResult::decode(r).expect("result decodes"))
+                .collect()
+        }
+        fn apply(&mut self, cmds: &[KvCommand]) -> Vec<KvResult> {
+            let enc: Vec<Vec<u8>> = cmds.iter().map(KvCommand::encode).collect();
+            self.apply_raw(&enc)
+        }
+        fn one(&mut self, cmd: KvCommand) -> KvResult {
+            self.apply(&[cmd]).remove(0)
+        }
+        fn step(&mut self, step: VShardStep, vshard: u32, group: u64) -> KvResult {
+            self.one(KvCommand::VShard {
+                step,
+                vshard,
+                group,
+                move_id: MOVE,
+            })
+        }
+        fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+            self.sm.reader().get(key)
+        }
+        fn reader(&self) -> crate::state_machine::KvReader {
+            self.sm.reader()
+        }
+    }
+
+    /// Two replicas of one group: every command applied to both, the same results asserted.
+    struct Group([Replica; 2]);
+
+    impl Group {
+        fn new() -> Self {
+            Group([Replica::new(), Replica::new()])
+        }
+        fn apply_raw(&mut self, cmds: &[Vec<u8>]) -> Vec<KvResult> {
+            let a = self.0[0].apply_raw(cmds);
+            assert_eq!(self.0[1].apply_raw(cmds), a, "replicas agree");
+            a
+        }
+        fn one(&mut self, cmd: KvCommand) -> KvResult {
+            self.apply_raw(&[cmd.encode()]).remove(0)
+        }
+        fn step(&mut self, step: VShardStep, vshard: u32, group: u64) -> KvResult {
+            self.one(KvCommand::VShard {
+                step,
+                vshard,
+                group,
+                move_id: MOVE,
+            })
+        }
+        fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+            self.0[0].get(key)
+        }
+        fn reader(&self) -> crate::state_machine::KvReader {
+            self.0[0].reader()
+        }
+        fn converged(&self) -> bool {
+            self.0[0].sm.reader().digest() == self.0[1].sm.reader().digest()
+        }
+    }
+
+    const OK: KvResult = KvResult::Ok { value: None };
+    /// The move id of the moves below.
+    const MOVE: u64 = 1;
+
+    /// Keys of vShard `v` (found by trying), and one key of another vShard.
+    fn keys_of(v: u32, n: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let mut mine = Vec::new();
+        let mut other = None;
+        for i in 0u64.. {
+            let k = format!("key-{i}").into_bytes();
+            if vshard_of(&k) == v as usize {
+                mine.push(k);
+            } else if other.is_none() {
+                other = Some(k);
+            }
+            if mine.len() == n && other.is_some() {
+                break;
+            }
+        }
+        (mine, other.unwrap_or_default())
+    }
+
+    #[test]
+    fn a_move_with_writes_during_the_copy_ends_with_the_target_holding_the_vshard() {
+        let v = 77;
+        let (keys, other) = keys_of(v, 50);
+        let (s_group, t_group) = (1, 2);
+        let mut s = Group::new();
+        let mut t = Group::new();
+        for (i, k) in keys.iter().enumerate() {
+            s.one(session(9, i as u64 + 1, 1, put(k, b"v1")));
+        }
+        s.one(put(&other, b"stays"));
+        // Leftovers of an earlier aborted attempt at T are cleared (Drop; Incoming too).
+        assert_eq!(t.step(VShardStep::Incoming, v, s_group), OK);
+        let leftover = KvCommand::Import(Import {
+            vshard: v,
+            move_id: MOVE,
+            entries: vec![(keys[0].clone(), Some(b"stale".to_vec()))],
+            sessions: vec![],
+        });
+        assert_eq!(t.one(leftover), OK);
+        assert_eq!(t.step(VShardStep::Drop, v, 0), OK);
+        assert_eq!(t.get(&keys[0]), None, "drop deletes the vshard's keys");
+        assert_eq!(t.step(VShardStep::Incoming, v, s_group), OK);
+        // T pauses v until active; other vShards are unaffected.
+        assert_eq!(t.one(put(&keys[1], b"x")), KvResult::Paused);
+        assert_eq!(t.reader().lookup(&keys[1]), Err(Refusal::Paused));
+        assert!(matches!(
+            t.step(VShardStep::Track, v, 0),
+            KvResult::Invalid { .. }
+        ));
+        assert_eq!(s.step(VShardStep::Track, v, t_group), OK);
+        let bulk = s
+            .reader()
+            .export_vshard(v, MOVE, false, 256)
+            .expect("bulk export");
+        assert!(bulk.len() > 1, "chunked: {} chunks", bulk.len());
+        assert!(bulk.iter().all(|c| c.len() <= 256));
+        assert!(
+            s.reader().export_vshard(v, MOVE, true, 256).is_err(),
+            "a delta needs the source frozen"
+        );
+        // Writes while the bulk copy runs: an overwrite, a delete, a session write.
+        s.one(put(&keys[2], b"v2"));
+        s.one(KvCommand::Delete {
+            key: keys[3].clone(),
+        });
+        let late = session(9, 100, 1, put(&keys[4], b"v2"));
+        let late_result = s.one(late.clone());
+        assert_eq!(late_result, OK);
+        for c in bulk {
+            assert_eq!(t.apply_raw(&[c]), vec![OK]);
+        }
+        assert_eq!(s.step(VShardStep::Freeze, v, t_group), OK);
+        // Frozen: refused, not applied, not recorded in the session.
+        let paused = session(9, 101, 1, put(&keys[5], b"v3"));
+        assert_eq!(s.one(paused.clone()), KvResult::Paused);
+        assert_eq!(s.one(late.clone()), KvResult::Paused);
+        assert!(!s.reader().read().sessions[&9].results.contains_key(&101));
+        assert_eq!(s.get(&keys[5]), Some(b"v1".to_vec()));
+        assert_eq!(s.one(put(&other, b"still")), OK, "other vShards go on");
+        for c in s
+            .reader()
+            .export_vshard(v, MOVE, true, 1 << 20)
+            .expect("delta")
+        {
+            assert_eq!(t.apply_raw(&[c]), vec![OK]);
+        }
+        // The flip (group 0), then activate / release.
+        assert_eq!(t.step(VShardStep::Activate, v, 0), OK);
+        assert_eq!(s.step(VShardStep::Release, v, t_group), OK);
+        assert_eq!(
+            s.one(put(&keys[1], b"x")),
+            KvResult::Moved { group: t_group }
+        );
+        assert_eq!(s.reader().lookup(&keys[1]), Err(Refusal::Moved(t_group)));
+        assert!(s.reader().read().map.shard(v as usize).is_empty());
+        assert_eq!(s.get(&other), Some(b"still".to_vec()));
+        // T holds S's last values, deletions included.
+        assert_eq!(t.get(&keys[2]), Some(b"v2".to_vec()));
+        assert_eq!(t.get(&keys[3]), None);
+        assert_eq!(t.get(&keys[4]), Some(b"v2".to_vec()));
+        assert_eq!(t.get(&keys[0]), Some(b"v1".to_vec()));
+        assert_eq!(t.reader().read().map.shard(v as usize).len(), 49);
+        assert_eq!(t.get(&other), None, "only the vshard moved");
+        // A retry of a write S applied gets its first result at T, not a second apply.
+        t.one(put(&keys[4], b"newer"));
+        assert_eq!(t.one(late), late_result);
+        assert_eq!(t.get(&keys[4]), Some(b"newer".to_vec()));
+        // A write S paused applies at T.
+        assert_eq!(t.one(paused), OK);
+        assert_eq!(t.get(&keys[5]), Some(b"v3".to_vec()));
+        assert!(t.converged() && s.converged());
+    }
+
+    #[test]
+    fn an_aborted_move_leaves_the_source_serving_everything() {
+        let v = 5;
+        let (keys, _) = keys_of(v, 10);
+        let mut s = Group::new();
+        let mut t = Group::new();
+        for k in &keys {
+            s.one(put(k, b"a"));
+        }
+        assert_eq!(t.step(VShardStep::Incoming, v, 1), OK);
+        assert_eq!(s.step(VShardStep::Track, v, 2), OK);
+        for c in s
+            .reader()
+            .export_vshard(v, MOVE, false, 1 << 20)
+            .expect("bulk")
+        {
+            assert_eq!(t.apply_raw(&[c]), vec![OK]);
+        }
+        assert_eq!(s.step(VShardStep::Freeze, v, 2), OK);
+        assert_eq!(s.one(put(&keys[0], b"b")), KvResult::Paused);
+        assert_eq!(s.step(VShardStep::Unfreeze, v, 0), OK);
+        assert_eq!(t.step(VShardStep::Drop, v, 0), OK);
+        assert_eq!(s.one(put(&keys[0], b"b")), OK);
+        assert_eq!(s.reader().lookup(&keys[1]), Ok(Some(b"a".to_vec())));
+        assert!(s.reader().vshard_states().is_empty());
+        assert!(t.reader().read().map.is_empty());
+        assert!(t.reader().vshard_states().is_empty());
+        // A late chunk of the aborted move is refused, never applied.
+        let late = KvCommand::Import(Import {
+            vshard: v,
+            move_id: MOVE,
+            entries: vec![(keys[0].clone(), Some(b"late".to_vec()))],
+            sessions: vec![],
+        });
+        assert!(matches!(t.one(late), KvResult::Invalid { .. }));
+        assert!(t.reader().read().map.is_empty());
+        // Nor is a chunk of another move while a new one is incoming.
+        t.step(VShardStep::Incoming, v, 1);
+        let other_move = KvCommand::Import(Import {
+            vshard: v,
+            move_id: MOVE + 1,
+            entries: vec![(keys[0].clone(), Some(b"other".to_vec()))],
+            sessions: vec![],
+        });
+        match t.one(other_move) {
+            KvResult::Invalid { reason } => assert!(reason.contains("for that move"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.reader().export_vshard(v, MOVE + 1, false, 100).is_err());
+    }
+
+    #[test]
+    fn sessions_merge_by_max_floor_and_union_with_the_targets_own_winning() {
+        let mut mine = ClientSession {
+            floor: 3,
+            results: [(3, b"t3".to_vec()), (5, b"t5".to_vec())].into(),
+            last_index: 4,
+        };
+        let theirs = ImportedSession {
+            client: 1,
+            floor: 4,
+            results: vec![
+                (4, b"s4".to_vec()),
+                (5, b"s5".to_vec()),
+                (6, b"s6".to_vec()),
+            ],
+        };
+        merge_session(&mut mine, theirs, 99);
+        assert_eq!(mine.floor, 4);
+        assert_eq!(
+            mine.results,
+            [
+                (4, b"s4".to_vec()),
+                (5, b"t5".to_vec()),
+                (6, b"s6".to_vec())
+            ]
+            .into()
+        );
+        assert_eq!(mine.last_index, 99);
+    }
+
+    #[test]
+    fn an_import_with_a_key_of_another_vshard_is_refused_whole() {
+        let (keys, other) = keys_of(9, 1);
+        let mut t = Replica::new();
+        t.step(VShardStep::Incoming, 9, 1);
+        let bad = KvCommand::Import(Import {
+            vshard: 9,
+            move_id: MOVE,
+            entries: vec![
+                (keys[0].clone(), Some(b"a".to_vec())),
+                (other, Some(b"b".to_vec())),
+            ],
+            sessions: vec![],
+        });
+        assert!(matches!(t.one(bad), KvResult::Invalid { .. }));
+        assert!(t.reader().read().map.is_empty());
+    }
+
+    #[test]
+    fn a_key_larger_than_the_chunk_gets_its_own_chunk() {
+        let (keys, _) = keys_of(3, 3);
+        let mut s = Replica::new();
+        s.one(put(&keys[0], &[1; 1000]));
+        s.one(put(&keys[1], b"small"));
+        s.one(put(&keys[2], b"small"));
+        s.step(VShardStep::Track, 3, 0);
+        let chunks = s
+            .reader()
+            .export_vshard(3, MOVE, false, 100)
+            .expect("export");
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        let entries: Vec<usize> = chunks
+            .iter()
+            .map(|c| match KvCommand::decode(c) {
+                Ok(KvCommand::Import(i)) => i.entries.len(),
+                other => panic!("not an import: {other:?}"),
+            })
+            .collect();
+        // In map order: the two small keys share a chunk unless the large one lies between.
+        assert!(chunks.len() <= 3, "{sizes:?}");
+        for (size, n) in sizes.iter().zip(&entries) {
+            assert!(
+                *size <= 100 || *n == 1,
+                "only a lone key exceeds the budget: {sizes:?}"
+            );
+        }
+        assert_eq!(sizes.iter().filter(|&&n| n > 100).count(), 1, "{sizes:?}");
+        let entries: usize = entries.iter().sum();
+        assert_eq!(entries, 3);
+    }
+
+    #[test]
+    fn vshard_states_survive_a_snapshot_and_show_in_the_digest() {
+        let (keys, _) = keys_of(11, 4);
+        let mut a = Replica::new();
+        for k in &keys {
+            a.one(put(k, b"v"));
+        }
+        let plain = a.sm.snapshot().expect("snapshot");
+        assert_eq!(
+            plain[0],
+            nodedb_multiraft::codec::FORMAT_VERSION,
+            "no move: old format"
+        );
+        let before = a.sm.reader().digest();
+        a.step(VShardStep::Track, 11, 4);
+        a.one(put(&keys[0], b"w"));
+        a.step(VShardStep::Freeze, 11, 4);
+        a.step(VShardStep::Incoming, 12, 6);
+        a.step(VShardStep::Track, 13, 2);
+        a.step(VShardStep::Freeze, 13, 2);
+        a.step(VShardStep::Release, 13, 2);
+        let snap = a.sm.snapshot().expect("snapshot");
+        assert_eq!(snap[0], 2, "states: version 2");
+        let mut b = KvStateMachine::new();
+        b.restore(&snap).expect("restore");
+        assert_eq!(b.reader().digest(), a.sm.reader().digest());
+        assert_eq!(
+            b.reader().vshard_states(),
+            vec![
+                (11, "frozen", 4, MOVE),
+                (12, "incoming", 6, MOVE),
+                (13, "moved", 2, MOVE)
+            ]
+        );
+        assert_eq!(
+            b.reader().read().vshards[&11]
+                .state
+                .dirty()
+                .map(|d| d.len()),
+            Some(1)
+        );
+        assert!(b.restore(&snap[..snap.len() - 1]).is_err());
+        // The states are in the digest: the same map without them differs.
+        let mut c = Replica::new();
+        for k in &keys {
+            c.one(put(k, b"v"));
+        }
+        assert_eq!(c.sm.reader().digest(), before);
+        assert_ne!(a.sm.reader().digest(), before);
+        let mut d = KvStateMachine::new();
+        d.restore(&plain).expect("an old-format snapshot restores");
+        assert_eq!(d.reader().digest(), before);
+    }
+}

@@ -1,0 +1,364 @@
+//! A group's view of a vShard while it moves between groups: the states, what a command or
+//! read on one of its keys gets in each, and the steps between them. Pure; the state machine
+//! ([`crate::state_machine`]) holds one [`VShardMark`] (state and move id) per vShard not in
+//! the plain state and applies [`step`]'s verdict (replicated: every replica takes the same steps at the same
+//! indexes).
+//!
+//! A move of vShard v from source group S to target T (the control plane drives it through
+//! group 0, which alone decides whether it finishes or aborts):
+//! 1. T `Incoming{from: S}`: T answers v with Paused (and drops keys of v an earlier attempt
+//!    left) until it is activated; imports of v (of this move) are taken only in this state;
+//! 2. S `Tracking{to: T}`: S records the keys of v written from now on (the dirty set);
+//! 3. bulk copy S → T (no pause);
+//! 4. S `Frozen{to: T}`: S answers v with Paused (nothing applied, nothing recorded);
+//! 5. delta copy: the dirty keys' current values (or deletions) and S's sessions;
+//! 6. group 0 flips v to T;
+//! 7. T `activate` (plain: T serves v), S `release` → `Moved{to: T}` (keys of v deleted; v
+//!    answered with Moved{T}).
+//!
+//! Abort (before the flip): S `unfreeze` (plain again), T `drop` (keys of v deleted, plain).
+//! The plain state ("serve it") is every vShard's state before any move, so a group that never
+//! took part in one answers exactly as before.
+
+use std::collections::BTreeSet;
+
+use crate::command::{KvResult, VShardStep};
+
+/// A vShard's state in this group, when not plain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VShardState {
+    /// This group is the target of a move from group `from`, not yet active: answers Paused.
+    Incoming { from: u64 },
+    /// This group is the source of a move to `to`: serves the vShard and records the keys
+    /// written.
+    Tracking { to: u64, dirty: BTreeSet<Vec<u8>> },
+    /// The source with writes paused for the last copy to target `to`: answers Paused.
+    Frozen { to: u64, dirty: BTreeSet<Vec<u8>> },
+    /// The vShard moved to group `to`: answers Moved{to}.
+    Moved { to: u64 },
+}
+
+/// A vShard's state and the move (group 0's move id) that put it there: a step names its
+/// move, and a step of another move is refused, so a step decided on an old view (a mover or
+/// a convergence round that lost the race) never ends a newer move of the same vShard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VShardMark {
+    pub state: VShardState,
+    pub move_id: u64,
+}
+
+impl VShardState {
+    /// `kv_vshard_states`' name of the state.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VShardState::Incoming { .. } => "incoming",
+            VShardState::Tracking { .. } => "tracking",
+            VShardState::Frozen { .. } => "frozen",
+            VShardState::Moved { .. } => "moved",
+        }
+    }
+
+    /// The other group of the move: the source for Incoming, the target otherwise.
+    pub fn group(&self) -> u64 {
+        match self {
+            VShardState::Incoming { from } => *from,
+            VShardState::Tracking { to, .. }
+            | VShardState::Frozen { to, .. }
+            | VShardState::Moved { to } => *to,
+        }
+    }
+
+    /// The dirty set of a source (Tracking, Frozen).
+    pub fn dirty(&self) -> Option<&BTreeSet<Vec<u8>>> {
+        match self {
+            VShardState::Tracking { dirty, .. } | VShardState::Frozen { dirty, .. } => Some(dirty),
+            VShardState::Incoming { .. } | VShardState::Moved { .. } => None,
+        }
+    }
+
+    /// Why a command or read on a key of this vShard is not served here (None: it is, and a
+    /// Tracking source records the written keys).
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            VShardState::Incoming { .. } | VShardState::Frozen { .. } => Some(Refusal::Paused),
+            VShardState::Tracking { .. } => None,
+            VShardState::Moved { to } => Some(Refusal::Moved(*to)),
+        }
+    }
+}
+
+/// Why a key is not served by this group now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its vShard is in a move: retry shortly (nothing applied, nothing recorded).
+    Paused,
+    /// Its vShard lives in this group now.
+    Moved(u64),
+}
+
+impl From<Refusal> for KvResult {
+    fn from(r: Refusal) -> KvResult {
+        match r {
+            Refusal::Paused => KvResult::Paused,
+            Refusal::Moved(group) => KvResult::Moved { group },
+        }
+    }
+}
+
+impl Refusal {
+    /// The refusal an encoded command result carries, if any (cheap: one byte looked at for
+    /// every other result).
+    pub fn of_result(result: &[u8]) -> Option<Refusal> {
+        match result.first() {
+            Some(4 | 5) => match KvResult::decode(result) {
+                Ok(KvResult::Paused) => Some(Refusal::Paused),
+                Ok(KvResult::Moved { group }) => Some(Refusal::Moved(group)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// What a step does to a vShard: its new mark (`None` = plain) and whether its keys here are
+/// deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub mark: Option<VShardMark>,
+    pub clear_keys: bool,
+}
+
+/// The transition `step` of move `move_id` (with its `group`) makes from `current` (`None` =
+/// plain), or why it is refused. Repeating a step changes nothing (a mover that restarts, or a
+/// convergence round, may send it again), except Incoming, which always empties the vShard
+/// here (its copy starts over). A step naming another move than the mark's is refused,
+/// except Incoming (a new move into this group replaces the marks of ended ones).
+pub fn step(
+    current: Option<&VShardMark>,
+    step: VShardStep,
+    group: u64,
+    move_id: u64,
+) -> Result<Transition, String> {
+    use VShardState::{Frozen, Incoming, Moved, Tracking};
+    let mark = |state: VShardState| Some(VShardMark { state, move_id });
+    let to = |mark: Option<VShardMark>, clear_keys: bool| Ok(Transition { mark, clear_keys });
+    let keep = || to(current.cloned(), false);
+    let refuse = |why: &str| {
+        Err(format!(
+            "vshard step {} of move {move_id} refused in state {}{why}",
+            step.name(),
+            current.map_or("plain".to_string(), |m| format!(
+                "{} (move {}, group {})",
+                m.state.name(),
+                m.move_id,
+                m.state.group()
+            )),
+        ))
+    };
+    if step == VShardStep::Incoming {
+        // The target: leftovers of an earlier attempt go; a vShard it moved away may return.
+        return match current.map(|m| &m.state) {
+            None | Some(Incoming { .. } | Moved { .. }) => to(mark(Incoming { from: group }), true),
+            Some(Tracking { .. } | Frozen { .. }) => refuse(": this group is a move's source"),
+        };
+    }
+    let Some(current_mark) = current else {
+        return match step {
+            VShardStep::Track => to(
+                mark(Tracking {
+                    to: group,
+                    dirty: BTreeSet::new(),
+                }),
+                false,
+            ),
+            // Already plain: a repeated end of a move.
+            VShardStep::Activate | VShardStep::Drop | VShardStep::Unfreeze => keep(),
+            _ => refuse(""),
+        };
+    };
+    if current_mark.move_id != move_id {
+        return refuse(": another move's mark");
+    }
+    match (step, &current_mark.state) {
+        (VShardStep::Activate, Incoming { .. }) => to(None, false),
+        (VShardStep::Drop, Incoming { .. }) => to(None, true),
+        (VShardStep::Track, Tracking { to: t, .. }) if *t == group => keep(),
+        (VShardStep::Freeze, Tracking { to: t, dirty }) if *t == group => to(
+            mark(Frozen {
+                to: group,
+                dirty: dirty.clone(),
+            }),
+            false,
+        ),
+        (VShardStep::Freeze, Frozen { to: t, .. }) if *t == group => keep(),
+        (VShardStep::Unfreeze, Tracking { .. } | Frozen { .. }) => to(None, false),
+        // Released to wherever group 0 routes the vShard now (a convergence round may name a
+        // group the vShard moved on to since).
+        (VShardStep::Release, Tracking { .. } | Frozen { .. }) => {
+            to(mark(Moved { to: group }), true)
+        }
+        (VShardStep::Release, Moved { to: t }) if *t == group => keep(),
+        (VShardStep::Release, Moved { .. }) => to(mark(Moved { to: group }), false),
+        _ => refuse(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(steps: &[(VShardStep, u64, u64)]) -> Result<(Option<VShardMark>, bool), String> {
+        let mut mark = None;
+        let mut cleared = false;
+        for &(s, g, id) in steps {
+            let t = step(mark.as_ref(), s, g, id)?;
+            mark = t.mark;
+            cleared |= t.clear_keys;
+        }
+        Ok((mark, cleared))
+    }
+
+    fn moved(to: u64, move_id: u64) -> Option<VShardMark> {
+        Some(VShardMark {
+            state: VShardState::Moved { to },
+            move_id,
+        })
+    }
+
+    #[test]
+    fn a_move_runs_source_and_target_through_their_states() {
+        use VShardStep::*;
+        assert_eq!(
+            run(&[(Track, 9, 1), (Freeze, 9, 1), (Release, 9, 1)]),
+            Ok((moved(9, 1), true))
+        );
+        assert_eq!(run(&[(Incoming, 4, 1), (Activate, 0, 1)]), Ok((None, true)));
+        // Aborts.
+        assert_eq!(
+            run(&[(Track, 9, 1), (Freeze, 9, 1), (Unfreeze, 0, 1)]),
+            Ok((None, false))
+        );
+        assert_eq!(run(&[(Incoming, 4, 1), (Drop, 0, 1)]), Ok((None, true)));
+        // A vShard that moved away can come back (a new move).
+        let back = run(&[
+            (Track, 9, 1),
+            (Freeze, 9, 1),
+            (Release, 9, 1),
+            (Incoming, 9, 2),
+        ]);
+        assert_eq!(
+            back,
+            Ok((
+                Some(VShardMark {
+                    state: VShardState::Incoming { from: 9 },
+                    move_id: 2
+                }),
+                true
+            ))
+        );
+        // A moved mark follows the vShard's later moves (convergence names the new owner).
+        assert_eq!(
+            run(&[
+                (Track, 9, 1),
+                (Freeze, 9, 1),
+                (Release, 9, 1),
+                (Release, 5, 1)
+            ]),
+            Ok((moved(5, 1), true))
+        );
+    }
+
+    #[test]
+    fn repeating_a_step_changes_nothing_and_other_steps_are_refused() {
+        use VShardStep::*;
+        assert_eq!(
+            run(&[
+                (Track, 9, 1),
+                (Track, 9, 1),
+                (Freeze, 9, 1),
+                (Freeze, 9, 1),
+                (Release, 9, 1),
+                (Release, 9, 1)
+            ]),
+            Ok((moved(9, 1), true))
+        );
+        assert_eq!(
+            run(&[(Activate, 0, 1), (Drop, 0, 1), (Unfreeze, 0, 1)]),
+            Ok((None, false))
+        );
+        for bad in [
+            vec![(Freeze, 9, 1)],
+            vec![(Release, 9, 1)],
+            vec![(Track, 9, 1), (Track, 8, 1)],
+            vec![(Track, 9, 1), (Freeze, 8, 1)],
+            vec![(Track, 9, 1), (Freeze, 9, 1), (Freeze, 8, 1)],
+            vec![(Track, 9, 1), (Incoming, 3, 1)],
+            vec![(Incoming, 3, 1), (Track, 9, 1)],
+            vec![
+                (Track, 9, 1),
+                (Freeze, 9, 1),
+                (Release, 9, 1),
+                (Unfreeze, 0, 1),
+            ],
+            vec![(Track, 9, 1), (Activate, 0, 1)],
+        ] {
+            let err = run(&bad).expect_err("refused");
+            assert!(err.contains("refused in state"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_step_of_another_move_is_refused() {
+        use VShardStep::*;
+        for late in [
+            (Unfreeze, 0, 1),
+            (Release, 9, 1),
+            (Freeze, 9, 1),
+            (Track, 9, 1),
+        ] {
+            let err = run(&[(Track, 9, 2), late]).expect_err("another move");
+            assert!(err.contains("another move's mark"), "{err}");
+        }
+        for late in [(Drop, 0, 1), (Activate, 0, 1)] {
+            let err = run(&[(Incoming, 4, 2), late]).expect_err("another move");
+            assert!(err.contains("another move's mark"), "{err}");
+        }
+        // An old move's drop after the new move's incoming: the new copy stays.
+        assert!(run(&[(Incoming, 4, 1), (Incoming, 4, 2), (Drop, 0, 1)]).is_err());
+    }
+
+    #[test]
+    fn what_each_state_refuses() {
+        let none = BTreeSet::new;
+        assert_eq!(
+            VShardState::Incoming { from: 1 }.refusal(),
+            Some(Refusal::Paused)
+        );
+        let frozen = VShardState::Frozen {
+            to: 2,
+            dirty: none(),
+        };
+        assert_eq!(frozen.refusal(), Some(Refusal::Paused));
+        assert_eq!(
+            VShardState::Moved { to: 2 }.refusal(),
+            Some(Refusal::Moved(2))
+        );
+        assert_eq!(
+            VShardState::Tracking {
+                to: 2,
+                dirty: none()
+            }
+            .refusal(),
+            None
+        );
+        for r in [Refusal::Paused, Refusal::Moved(7)] {
+            assert_eq!(Refusal::of_result(&KvResult::from(r).encode()), Some(r));
+        }
+        assert_eq!(Refusal::of_result(&KvResult::NotFound.encode()), None);
+        assert_eq!(
+            Refusal::of_result(&[5, 1]),
+            None,
+            "truncated: not a refusal"
+        );
+    }
+}

@@ -1,0 +1,245 @@
+"""A vShard moved between two data groups by hand, through the data plane's API (the steps the
+mover runs: docs/KV.md, "vShard moves"), on 3 real nodes (in-process, real QUIC, real logs),
+with a `Client` writing all along: nothing acknowledged is lost, nothing applies twice, clients
+with stale routes are redirected, writes during the pause go through after it, and an aborted
+move leaves the vShard where it was."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from test_kv import formed
+from test_kv_sessions import converged, leader_of
+
+from nodedb_cluster.client import Client
+from nodedb_cluster.errors import InvalidRequest, VShardMoved, VShardPaused
+from nodedb_cluster.metadata.commands import AssignVShard, MetadataEntry
+from nodedb_cluster.node import Node
+from nodedb_cluster.raft import (
+    RaftEngine,
+    kv_check_result,
+    kv_put,
+    kv_result,
+    kv_session,
+    kv_vshard_command,
+)
+from nodedb_cluster.routing import vshard_for_key
+from nodedb_cluster.transport import Insecure
+
+CALL_BOUND_S = 10.0
+WRITERS = 4
+
+
+@pytest.fixture
+async def three(tmp_path: Path) -> AsyncIterator[list[Node]]:
+    async with formed(tmp_path, num_groups=2) as nodes:
+        yield nodes
+
+
+async def engine_of(nodes: list[Node], group: int) -> RaftEngine:
+    engine = (await leader_of(nodes, group)).engine
+    assert engine is not None
+    return engine
+
+
+MOVE_ID = 7
+"""The move id of the moves below (group 0 hands them out; here the test does)."""
+
+
+async def step(nodes: list[Node], group: int, op: str, vshard: int, other: int = 0) -> None:
+    """One vShard step of move MOVE_ID proposed to `group` (through its leader), checked."""
+    engine = await engine_of(nodes, group)
+    command = kv_vshard_command(op, vshard, other, MOVE_ID)
+    done = await engine.propose_batch(group, [command], kind="kv")
+    kv_check_result(done.results[0])
+
+
+async def copy(nodes: list[Node], source: int, target: int, vshard: int, delta: bool) -> int:
+    """The source leader's export proposed to the target; the number of chunks."""
+    chunks = (await engine_of(nodes, source)).kv_vshard_export(source, vshard, MOVE_ID, delta, 256)
+    target_engine = await engine_of(nodes, target)
+    for chunk in chunks:
+        done = await target_engine.propose_batch(target, [chunk], kind="kv")
+        kv_check_result(done.results[0])
+    return len(chunks)
+
+
+def keys_of(vshard: int, n: int, prefix: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    i = 0
+    while len(out) < n:
+        key = prefix + b":%d" % i
+        if vshard_for_key(key) == vshard:
+            out.append(key)
+        i += 1
+    return out
+
+
+class Writers:
+    """Clients writing keys of the vShard in a loop; each remembers what was acknowledged."""
+
+    def __init__(self, client: Client, keys: list[bytes]) -> None:
+        self.client = client
+        self.keys = keys
+        self.acked: dict[bytes, bytes] = {}
+        self.errors: list[BaseException] = []
+        self._stop = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._run(w)) for w in range(WRITERS)]
+
+    async def _run(self, w: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            key = self.keys[(w + n * WRITERS) % len(self.keys)]
+            value = b"w%d-%d" % (w, n)
+            try:
+                await self.client.put(key, value, timeout_s=CALL_BOUND_S)
+            except Exception as e:
+                self.errors.append(e)
+                return
+            self.acked[key] = value
+            n += 1
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.wait_for(asyncio.gather(*self._tasks), CALL_BOUND_S * 2)
+
+
+async def test_a_moved_vshard_keeps_every_write_and_redirects_clients(three: list[Node]) -> None:
+    routing = three[0].metadata.routing
+    vshard = next(v for v in range(1024) if routing.group_for_vshard(v) == 1)
+    source, target = 1, 2
+    keys = keys_of(vshard, 40, b"mv")
+    addrs = [str(n.config.listen_addr) for n in three]
+    async with (
+        Client(addrs, Insecure()) as writer,
+        Client(addrs, Insecure()) as stale,
+    ):
+        for key in keys:
+            await writer.put(key, b"before")
+        # A session write applied at the source before the move, then overwritten there: its
+        # retry at the target after the move must answer its first result, not apply again.
+        s_engine = await engine_of(three, source)
+        retried = [kv_session(0x5E55, 1, 1, kv_put(keys[0], b"session-write"))]
+        first = await s_engine.propose_batch(source, retried, kind="kv")
+        await writer.put(keys[0], b"overwritten")
+
+        writers = Writers(writer, keys[4:])
+        await step(three, target, "incoming", vshard, source)
+        await step(three, source, "track", vshard, target)
+        bulk = await copy(three, source, target, vshard, delta=False)
+        assert bulk > 1, "256-byte chunks"
+        await step(three, source, "freeze", vshard, target)
+        # Writes during the pause wait it out (Paused, retried) and land after it.
+        during = asyncio.create_task(writer.put(keys[1], b"during-pause", timeout_s=CALL_BOUND_S))
+        await asyncio.sleep(0.05)  # let it meet the pause at least once
+        assert not during.done(), "paused, not refused"
+        await copy(three, source, target, vshard, delta=True)
+        # The flip, as group 0 records it; then the target serves v and the source lets go.
+        assert (
+            await three[0].propose_metadata(MetadataEntry((AssignVShard(vshard, target),))) is None
+        )
+        await step(three, target, "activate", vshard)
+        await step(three, source, "release", vshard, target)
+        await asyncio.wait_for(during, CALL_BOUND_S)
+        await asyncio.sleep(0.2)  # the writers keep going through the new route for a while
+        await writers.stop()
+        assert writers.errors == []
+        assert writers.acked, "the writers wrote"
+
+        # Every acknowledged write is at the target; the source holds nothing of v.
+        expected = {keys[0]: b"overwritten", keys[1]: b"during-pause"} | writers.acked
+        assert stale.group_of(keys[0]) == source, "its routing is from before the flip"
+        for key, value in expected.items():
+            assert await writer.get(key) == value, key
+            # A client with a stale route is redirected (Moved) and served by the target.
+            assert await stale.get(key) == value, key
+        assert stale.group_of(keys[0]) == target, "the Moved answer re-routed it"
+        # ... and made it fetch a fresh table in the background.
+        deadline = time.monotonic() + CALL_BOUND_S
+        while stale.routing.group_for_vshard(vshard) != target:
+            assert time.monotonic() < deadline, "no fresh routing table"
+            await asyncio.sleep(0.01)  # the refresh has no event of its own: poll, bounded
+        await stale.put(keys[2], b"through-a-stale-route")
+        t_engine = await engine_of(three, target)
+        await t_engine.read_index(target)
+        assert t_engine.kv_get(target, keys[2]) == b"through-a-stale-route"
+        await converged(three, source)
+        for node in three:
+            assert node.engine is not None
+            assert vshard not in {v for v, _, _ in node.engine.kv_vshard_stats(source)}
+            assert all(node.engine.kv_get(source, k) is None for k in keys)
+        assert s_engine.kv_vshard_states(source) == {vshard: ("moved", target, MOVE_ID)}
+        assert t_engine.kv_vshard_states(target) == {}
+
+        retry = await t_engine.propose_batch(target, retried, kind="kv")
+        assert kv_result(retry.results[0]) == kv_result(first.results[0]) == ("ok", None)
+        assert await writer.get(keys[0]) == b"overwritten", "the retry did not apply again"
+        # The source answers commands on v with Moved, never applying them.
+        moved = await s_engine.propose_batch(source, [kv_put(keys[3], b"x")], kind="kv")
+        with pytest.raises(VShardMoved) as info:
+            kv_check_result(moved.results[0])
+        assert info.value.group_id == target
+        await converged(three, source)
+        await converged(three, target)
+
+
+async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]) -> None:
+    routing = three[0].metadata.routing
+    vshard = next(v for v in range(1024) if routing.group_for_vshard(v) == 2)
+    source, target = 2, 1
+    keys = keys_of(vshard, 20, b"ab")
+    addrs = [str(n.config.listen_addr) for n in three]
+    async with Client(addrs, Insecure()) as client:
+        for key in keys:
+            await client.put(key, b"v-" + key)
+        await step(three, target, "incoming", vshard, source)
+        await step(three, source, "track", vshard, target)
+        await copy(three, source, target, vshard, delta=False)
+        await step(three, source, "freeze", vshard, target)
+        t_engine = await engine_of(three, target)
+        paused = await t_engine.propose_batch(target, [kv_put(keys[0], b"x")], kind="kv")
+        with pytest.raises(VShardPaused):
+            kv_check_result(paused.results[0])
+        during = asyncio.create_task(client.put(keys[0], b"after-abort", timeout_s=CALL_BOUND_S))
+        await asyncio.sleep(0.05)
+        assert not during.done()
+        late = (await engine_of(three, source)).kv_vshard_export(
+            source, vshard, MOVE_ID, False, 1 << 20
+        )
+        # Abort (the pause budget ran out): the source serves v again, the target lets go.
+        await step(three, source, "unfreeze", vshard)
+        await step(three, target, "drop", vshard)
+        await asyncio.wait_for(during, CALL_BOUND_S)
+        assert await client.get(keys[0]) == b"after-abort"
+        for key in keys[1:]:
+            assert await client.get(key) == b"v-" + key
+        await converged(three, source)
+        await converged(three, target)
+        for node in three:
+            assert node.engine is not None
+            assert node.engine.kv_vshard_states(source) == {}
+            assert node.engine.kv_vshard_states(target) == {}
+        await t_engine.read_index(target)
+        assert all(t_engine.kv_get(target, k) is None for k in keys)
+        # A late chunk of the aborted move is refused, never applied.
+        refused = await t_engine.propose_batch(target, late, kind="kv")
+        for result in refused.results:
+            with pytest.raises(InvalidRequest, match="not incoming"):
+                kv_check_result(result)
+        with pytest.raises(InvalidRequest, match="plain"):
+            await copy(three, source, target, vshard, delta=False)
+
+
+async def test_bad_steps_are_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="unknown vshard op"):
+        kv_vshard_command("teleport", 1, 0, 1)
+    with pytest.raises(ValueError, match=r"not in 0\.\.1024"):
+        kv_vshard_command("track", 1024, 2, 1)
+    with pytest.raises(ValueError, match=r"not in 0\.\.1024"):
+        kv_vshard_command("track", -1, 2, 1)
+    assert kv_vshard_command("freeze", 3, 2, 1) != kv_vshard_command("freeze", 3, 1, 1)
+    assert kv_vshard_command("freeze", 3, 2, 1) != kv_vshard_command("freeze", 3, 2, 2)
