@@ -562,6 +562,53 @@ mod tests {
     }
 
     #[test]
+    fn random_vshard_and_import_bytes_decode_or_fail_but_never_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = KvCommand::Import(Import {
+            vshard: 2,
+            move_id: 3,
+            entries: vec![(b"k".to_vec(), Some(b"v".to_vec())), (b"d".to_vec(), None)],
+            sessions: vec![ImportedSession {
+                client: 1,
+                floor: 1,
+                results: vec![(1, b"r".to_vec())],
+            }],
+        })
+        .encode();
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                let len = (next() % 64) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                b.insert(
+                    0,
+                    if next() % 2 == 0 {
+                        VSHARD_OP
+                    } else {
+                        IMPORT_OP
+                    },
+                );
+                b
+            };
+            // Flip a few bytes of the valid import, or keep the random ones.
+            for _ in 0..(next() % 4) {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            if let Ok(cmd) = KvCommand::decode(&bytes) {
+                assert_eq!(KvCommand::decode(&cmd.encode()), Ok(cmd), "re-encodes");
+            }
+        }
+    }
+
+    #[test]
     fn session_encoding_round_trips_and_matches_the_fast_wrapper() {
         let c = session(7, 9, 3, put(b"k", b"v"));
         let enc = c.encode();
