@@ -234,8 +234,7 @@ class Node:
     def start_reconciler(self) -> None:
         self._tasks.append(asyncio.ensure_future(self._reconciler.run()))
         self._tasks.append(asyncio.ensure_future(self.rebalancer.run()))
-        if self._data_group_kind == "kv" and hasattr(_core, "kv_vshard_command"):
-            # (the hasattr: until the core's vShard placement commands land; removed with them)
+        if self._data_group_kind == "kv":
             self._tasks.append(asyncio.ensure_future(self.vshard_mover.run()))
 
     async def start_membership(self) -> None:
@@ -267,11 +266,7 @@ class Node:
         it holds a replica of each (the rebalancer then leaves bytes alone)."""
         routing, engine = self.metadata.routing, self.engine
         data = [g for g in routing.group_ids if g != METADATA_GROUP_ID]
-        if (
-            engine is None
-            or self._data_group_kind != "kv"
-            or not hasattr(_core, "kv_vshard_command")  # until the core's vShard commands land
-        ):
+        if engine is None or self._data_group_kind != "kv":
             return None
         if set(data) - set(routing.groups_of_node(self.config.node_id)):
             return None
