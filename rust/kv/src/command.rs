@@ -143,6 +143,21 @@ pub enum KvResult {
     Invalid { reason: String },
 }
 
+/// Whether `encoded` is a command a KV_REQUEST may carry: put, delete, compare-and-set or get,
+/// bare or in a session. Placement commands (vShard steps, imports) are proposed only by a
+/// node's mover (VSHARD_STEP, nodes only): from a client one could freeze, empty or overwrite a
+/// vShard. Looks at the op bytes only (the state machine decodes the rest).
+pub fn is_client_command(encoded: &[u8]) -> bool {
+    let op = match encoded.first() {
+        Some(&SESSION_OP) => encoded.get(SESSION_HEADER_BYTES),
+        first => first,
+    };
+    matches!(op, Some(1..=4))
+}
+
+/// `16, client u64, seq u64, acked_below u64`: the bytes before a session's inner command.
+const SESSION_HEADER_BYTES: usize = 1 + 8 + 8 + 8;
+
 impl KvCommand {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
@@ -235,7 +250,7 @@ impl KvCommand {
         if b.first() == Some(&SESSION_OP) {
             r.u8()?;
             let (client, seq, acked_below) = (r.u64()?, r.u64()?, r.u64()?);
-            let inner = b.get(25..).unwrap_or(&[]);
+            let inner = b.get(SESSION_HEADER_BYTES..).unwrap_or(&[]);
             if inner.first() == Some(&SESSION_OP) {
                 return Err(DecodeError::UnknownTag {
                     what: "kv op inside a session",
