@@ -95,13 +95,15 @@ async def test_propose_many_is_answered_in_rust_with_per_group_not_leader(
 
 async def test_unknown_group_and_bad_input_keep_their_answers(three: list[Node]) -> None:
     target, sender = three[0], three[1]
-    reply = await kv_rpc(sender, target, {"op": "propose_many", "gs": [999], "cmds": [b"x"]})
+    put = kv_put(b"x", b"y")
+    reply = await kv_rpc(sender, target, {"op": "propose_many", "gs": [999], "cmds": [put]})
     assert reply == {"r": [None], "nlg": [[999, 0]]}
     # Malformed propose_many: a typed error from the schema, the node goes on.
     bad: list[dict[str, object]] = [
-        {"op": "propose_many", "gs": [1, 2], "cmds": [b"x"]},
-        {"op": "propose_many", "gs": [1], "cmds": [b"x"], "t": 0},
-        {"op": "propose_many", "gs": [-1], "cmds": [b"x"]},
+        {"op": "propose_many", "gs": [1, 2], "cmds": [put]},
+        {"op": "propose_many", "gs": [1], "cmds": [put], "t": 0},
+        {"op": "propose_many", "gs": [-1], "cmds": [put]},
+        {"op": "propose_many", "gs": [1], "cmds": [b"x"]},  # not a client command
     ]
     for doc in bad:
         with pytest.raises(RemoteError) as refused:

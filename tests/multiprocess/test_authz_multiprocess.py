@@ -39,6 +39,9 @@ from nodedb_cluster.metadata.commands import (
     SetNodeState,
 )
 from nodedb_cluster.metadata.forward import encode_metadata_propose
+from nodedb_cluster.placement_control import encode_placement_request
+from nodedb_cluster.raft import kv_vshard_command
+from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.topology import NodeInfo, NodeState
 from nodedb_cluster.transport import Mtls, Transport, ca_key_path, issue_node_credentials
 from support.metrics_scrape import formed_with_metrics, scrape
@@ -391,7 +394,8 @@ async def test_the_kv_path_cannot_write_into_the_metadata_group(cluster: LocalCl
     ]
     async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", _creds(cluster, "client")) as attacker:
         for request in requests:
-            with pytest.raises(ClusterError, match="does not run the Kv state machine"):
+            refused = "does not run the Kv state machine|only put, delete, cas and get"
+            with pytest.raises(ClusterError, match=refused):
                 await attacker.send_rpc_to_addr(
                     cluster.nodes[g0_leader].addr,
                     wire.MessageKind.KV_REQUEST,
@@ -401,6 +405,49 @@ async def test_the_kv_path_cannot_write_into_the_metadata_group(cluster: LocalCl
     async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
         await c.put(b"after", b"1")
     assert _picture(await _all_status(cluster)) == before
+
+
+async def test_a_client_certificate_cannot_move_freeze_or_empty_a_vshard(
+    cluster: LocalCluster,
+) -> None:
+    """vShard placement commands (freeze, drop, release, imports) change which keys a group
+    serves: KV_REQUEST refuses them from anyone, VSHARD_STEP and PLACEMENT_REQUEST refuse a
+    client certificate before any handler runs, and the key stays readable and writable."""
+    async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
+        await c.put(b"authz:vshard", b"kept")
+        vshard = vshard_for_key(b"authz:vshard")
+        group = c.routing.group_for_vshard(vshard)
+    statuses = await _all_status(cluster)
+    leader = leader_of(statuses, group)
+    freeze = kv_vshard_command("freeze", vshard, 3 - group if group in (1, 2) else 1, 1)
+    release = kv_vshard_command("release", vshard, 3 - group if group in (1, 2) else 1, 1)
+    step = msgpack.packb({"g": group, "cmds": [freeze], "t": 2000})
+    async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", _creds(cluster, "client")) as attacker:
+        for cmds in ([freeze], [release]):
+            for request in (
+                {"op": "propose_many", "gs": [group], "cmds": cmds, "t": 2000},
+                {"op": "propose", "g": group, "cmds": cmds, "fwd": False, "t": 2000},
+            ):
+                with pytest.raises(ClusterError, match="only put, delete, cas and get"):
+                    await attacker.send_rpc_to_addr(
+                        cluster.nodes[leader].addr,
+                        wire.MessageKind.KV_REQUEST,
+                        msgpack.packb(request),
+                    )
+        with pytest.raises(PermissionDenied):
+            await attacker.send_rpc_to_addr(
+                cluster.nodes[leader].addr, wire.MessageKind.VSHARD_STEP, step
+            )
+        with pytest.raises(PermissionDenied):
+            await attacker.send_rpc_to_addr(
+                cluster.nodes[leader].addr,
+                wire.MessageKind.PLACEMENT_REQUEST,
+                encode_placement_request("move_vshard", vshard=vshard, to_group=1),
+            )
+    async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
+        assert await c.get(b"authz:vshard") == b"kept"
+        await c.put(b"authz:vshard", b"still served")
+        assert await c.get(b"authz:vshard") == b"still served"
 
 
 async def test_a_node_certificate_of_a_node_never_admitted_takes_no_part_in_raft(

@@ -143,6 +143,21 @@ pub enum KvResult {
     Invalid { reason: String },
 }
 
+/// Whether `encoded` is a command a KV_REQUEST may carry: put, delete, compare-and-set or get,
+/// bare or in a session. Placement commands (vShard steps, imports) are proposed only by a
+/// node's mover (VSHARD_STEP, nodes only): from a client one could freeze, empty or overwrite a
+/// vShard. Looks at the op bytes only (the state machine decodes the rest).
+pub fn is_client_command(encoded: &[u8]) -> bool {
+    let op = match encoded.first() {
+        Some(&SESSION_OP) => encoded.get(SESSION_HEADER_BYTES),
+        first => first,
+    };
+    matches!(op, Some(1..=4))
+}
+
+/// `16, client u64, seq u64, acked_below u64`: the bytes before a session's inner command.
+const SESSION_HEADER_BYTES: usize = 1 + 8 + 8 + 8;
+
 impl KvCommand {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
@@ -235,7 +250,7 @@ impl KvCommand {
         if b.first() == Some(&SESSION_OP) {
             r.u8()?;
             let (client, seq, acked_below) = (r.u64()?, r.u64()?, r.u64()?);
-            let inner = b.get(25..).unwrap_or(&[]);
+            let inner = b.get(SESSION_HEADER_BYTES..).unwrap_or(&[]);
             if inner.first() == Some(&SESSION_OP) {
                 return Err(DecodeError::UnknownTag {
                     what: "kv op inside a session",
@@ -559,6 +574,53 @@ mod tests {
             KvCommand::decode(&in_session),
             Ok(KvCommand::Session { .. })
         ));
+    }
+
+    #[test]
+    fn random_vshard_and_import_bytes_decode_or_fail_but_never_panic() {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = KvCommand::Import(Import {
+            vshard: 2,
+            move_id: 3,
+            entries: vec![(b"k".to_vec(), Some(b"v".to_vec())), (b"d".to_vec(), None)],
+            sessions: vec![ImportedSession {
+                client: 1,
+                floor: 1,
+                results: vec![(1, b"r".to_vec())],
+            }],
+        })
+        .encode();
+        for round in 0..20_000 {
+            let mut bytes = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                let len = (next() % 64) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                b.insert(
+                    0,
+                    if next() % 2 == 0 {
+                        VSHARD_OP
+                    } else {
+                        IMPORT_OP
+                    },
+                );
+                b
+            };
+            // Flip a few bytes of the valid import, or keep the random ones.
+            for _ in 0..(next() % 4) {
+                let i = (next() as usize) % bytes.len();
+                bytes[i] = next() as u8;
+            }
+            if let Ok(cmd) = KvCommand::decode(&bytes) {
+                assert_eq!(KvCommand::decode(&cmd.encode()), Ok(cmd), "re-encodes");
+            }
+        }
     }
 
     #[test]

@@ -275,21 +275,6 @@ mod tests {
                 .map(|r| KvResult::decode(r).expect("result decodes"))
                 .collect()
         }
-        fn apply(&mut self, cmds: &[KvCommand]) -> Vec<KvResult> {
-            let enc: Vec<Vec<u8>> = cmds.iter().map(KvCommand::encode).collect();
-            self.apply_raw(&enc)
-        }
-        fn one(&mut self, cmd: KvCommand) -> KvResult {
-            self.apply(&[cmd]).remove(0)
-        }
-        fn step(&mut self, step: VShardStep, vshard: u32, group: u64) -> KvResult {
-            self.one(KvCommand::VShard {
-                step,
-                vshard,
-                group,
-                move_id: MOVE,
-            })
-        }
         fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
             self.sm.reader().get(key)
         }
@@ -326,6 +311,9 @@ mod tests {
         }
         fn reader(&self) -> crate::state_machine::KvReader {
             self.0[0].reader()
+        }
+        fn sm(&self) -> &KvStateMachine {
+            &self.0[0].sm
         }
         fn converged(&self) -> bool {
             self.0[0].sm.reader().digest() == self.0[1].sm.reader().digest()
@@ -532,7 +520,7 @@ mod tests {
     #[test]
     fn an_import_with_a_key_of_another_vshard_is_refused_whole() {
         let (keys, other) = keys_of(9, 1);
-        let mut t = Replica::new();
+        let mut t = Group::new();
         t.step(VShardStep::Incoming, 9, 1);
         let bad = KvCommand::Import(Import {
             vshard: 9,
@@ -550,7 +538,7 @@ mod tests {
     #[test]
     fn a_key_larger_than_the_chunk_gets_its_own_chunk() {
         let (keys, _) = keys_of(3, 3);
-        let mut s = Replica::new();
+        let mut s = Group::new();
         s.one(put(&keys[0], &[1; 1000]));
         s.one(put(&keys[1], b"small"));
         s.one(put(&keys[2], b"small"));
@@ -583,17 +571,17 @@ mod tests {
     #[test]
     fn vshard_states_survive_a_snapshot_and_show_in_the_digest() {
         let (keys, _) = keys_of(11, 4);
-        let mut a = Replica::new();
+        let mut a = Group::new();
         for k in &keys {
             a.one(put(k, b"v"));
         }
-        let plain = a.sm.snapshot().expect("snapshot");
+        let plain = a.sm().snapshot().expect("snapshot");
         assert_eq!(
             plain[0],
             nodedb_multiraft::codec::FORMAT_VERSION,
             "no move: old format"
         );
-        let before = a.sm.reader().digest();
+        let before = a.sm().reader().digest();
         a.step(VShardStep::Track, 11, 4);
         a.one(put(&keys[0], b"w"));
         a.step(VShardStep::Freeze, 11, 4);
@@ -601,11 +589,11 @@ mod tests {
         a.step(VShardStep::Track, 13, 2);
         a.step(VShardStep::Freeze, 13, 2);
         a.step(VShardStep::Release, 13, 2);
-        let snap = a.sm.snapshot().expect("snapshot");
+        let snap = a.sm().snapshot().expect("snapshot");
         assert_eq!(snap[0], 2, "states: version 2");
         let mut b = KvStateMachine::new();
         b.restore(&snap).expect("restore");
-        assert_eq!(b.reader().digest(), a.sm.reader().digest());
+        assert_eq!(b.reader().digest(), a.sm().reader().digest());
         assert_eq!(
             b.reader().vshard_states(),
             vec![
@@ -623,12 +611,12 @@ mod tests {
         );
         assert!(b.restore(&snap[..snap.len() - 1]).is_err());
         // The states are in the digest: the same map without them differs.
-        let mut c = Replica::new();
+        let mut c = Group::new();
         for k in &keys {
             c.one(put(k, b"v"));
         }
-        assert_eq!(c.sm.reader().digest(), before);
-        assert_ne!(a.sm.reader().digest(), before);
+        assert_eq!(c.sm().reader().digest(), before);
+        assert_ne!(a.sm().reader().digest(), before);
         let mut d = KvStateMachine::new();
         d.restore(&plain).expect("an old-format snapshot restores");
         assert_eq!(d.reader().digest(), before);

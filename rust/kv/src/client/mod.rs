@@ -86,6 +86,16 @@ struct Step {
     routing_watch: Option<RoutingWatch>,
 }
 
+impl Step {
+    /// `item` goes again `next`.
+    fn retry(&mut self, item: Item, next: When) {
+        match next {
+            When::AtOnce => self.at_once.push(item),
+            When::After(pause) => self.later.push((pause, item)),
+        }
+    }
+}
+
 /// Called once, outside the client's lock, when the routing table goes stale (see
 /// [`KvClient::watch_routing`]).
 pub type RoutingWatch = Box<dyn FnOnce() + Send>;
@@ -426,10 +436,7 @@ impl KvClient {
         let next = when(item.attempt, &err, left);
         item.attempt += 1;
         item.last = Some(err);
-        match next {
-            When::AtOnce => step.at_once.push(item),
-            When::After(pause) => step.later.push((pause, item)),
-        }
+        step.retry(item, next);
     }
 
     /// An item its vShard's state refused ([`Refusal`]): Paused goes again to the same group
@@ -470,10 +477,7 @@ impl KvClient {
             (Refusal::Moved(_), _) if item.refused <= retry::MOVED_AT_ONCE_MAX => When::AtOnce,
             (_, next) => next,
         };
-        match next {
-            When::AtOnce => step.at_once.push(item),
-            When::After(pause) => step.later.push((pause, item)),
-        }
+        step.retry(item, next);
     }
 
     async fn run_batch(self: Arc<Self>, key: LaneKey, items: Vec<Item>) {

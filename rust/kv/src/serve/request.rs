@@ -12,6 +12,7 @@ use nodedb_transport::HandlerError;
 use nodedb_wire::{KvRequest, KvWireError, ReadLevel, KV_CAP_VSHARD_REDIRECTS};
 
 use crate::client::error::{INVALID_REQUEST, UNSUPPORTED_VERSION};
+use crate::command::is_client_command;
 
 /// A request timeout above this (or 0) is refused: no caller waits longer than the RPC bound.
 pub(super) const REQUEST_TIMEOUT_MS_MAX: u64 = 60_000;
@@ -73,6 +74,17 @@ fn owned(list: Vec<Cow<'static, [u8]>>) -> Vec<Vec<u8>> {
     list.into_iter().map(Cow::into_owned).collect()
 }
 
+/// The commands of a proposal, refused as a whole if any is not a client's (a placement
+/// command travels only in VSHARD_STEP, which only nodes may send).
+fn client_commands(list: Vec<Cow<'static, [u8]>>) -> Result<Vec<Vec<u8>>, HandlerError> {
+    match list.iter().position(|c| !is_client_command(c)) {
+        Some(i) => Err(invalid(format!(
+            "cmds[{i}]: only put, delete, cas and get may be proposed in a KV request"
+        ))),
+        None => Ok(owned(list)),
+    }
+}
+
 fn invalid(message: impl Into<String>) -> HandlerError {
     HandlerError::new(INVALID_REQUEST, message)
 }
@@ -108,7 +120,7 @@ pub(super) fn parse(payload: &[u8]) -> Result<Served, HandlerError> {
         KvRequest::ProposeMany(m) => Served::ProposeMany {
             t: timeout(m.timeout_ms)?,
             gs: m.groups,
-            cmds: owned(m.commands),
+            cmds: client_commands(m.commands)?,
             wait_leader: m
                 .avoid
                 .filter(|wl| wl.len() <= AVOIDED_MAX)
@@ -125,7 +137,7 @@ pub(super) fn parse(payload: &[u8]) -> Result<Served, HandlerError> {
         KvRequest::Propose(p) => Served::Propose {
             t: timeout(p.timeout_ms)?,
             g: p.group,
-            cmds: owned(p.commands),
+            cmds: client_commands(p.commands)?,
             redirects: redirects(p.caps),
         },
         KvRequest::Read(r) => Served::Read {
@@ -156,11 +168,15 @@ mod tests {
     }
 
     pub(crate) fn req(op: &str, gs: Vec<i64>, items: usize, level: &str, t: u64) -> Vec<u8> {
-        let list = (0..items).map(|i| ByteBuf::from(vec![i as u8])).collect();
         let (cmds, keys) = if op == "read_many" || op == "read" {
-            (Vec::new(), list)
+            let keys = (0..items).map(|i| ByteBuf::from(vec![i as u8])).collect();
+            (Vec::new(), keys)
         } else {
-            (list, Vec::new())
+            // op bytes of put, delete, cas, get in turn (the server looks no further)
+            let cmds = (0..items)
+                .map(|i| ByteBuf::from(vec![1 + (i % 4) as u8]))
+                .collect();
+            (cmds, Vec::new())
         };
         rmp_serde::to_vec_named(&Req {
             op,
@@ -178,6 +194,49 @@ mod tests {
             Err(err) => err.code,
             Ok(served) => panic!("{payload:?} was taken: {served:?}"),
         }
+    }
+
+    #[test]
+    fn placement_commands_are_refused_from_kv_requests() {
+        use crate::command::{Import, KvCommand, VShardStep};
+        let freeze = KvCommand::VShard {
+            step: VShardStep::Drop,
+            vshard: 7,
+            group: 2,
+            move_id: 1,
+        }
+        .encode();
+        let import = KvCommand::Import(Import {
+            vshard: 7,
+            ..Import::default()
+        })
+        .encode();
+        let put = KvCommand::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        }
+        .encode();
+        let in_session = KvCommand::encode_session(9, 1, 1, &freeze);
+        let put_in_session = KvCommand::encode_session(9, 1, 1, &put);
+        for bad in [&freeze, &import, &in_session] {
+            for op in ["propose_many", "propose"] {
+                let payload = rmp_serde::to_vec_named(&Req {
+                    op,
+                    gs: vec![1, 1],
+                    cmds: vec![ByteBuf::from(put.clone()), ByteBuf::from(bad.clone())],
+                    keys: Vec::new(),
+                    level: "linearizable",
+                    t: 50,
+                })
+                .unwrap();
+                assert_eq!(code(&payload), INVALID_REQUEST, "{op} {bad:?}");
+            }
+        }
+        for good in [&put, &put_in_session] {
+            assert!(is_client_command(good));
+        }
+        assert!(!is_client_command(&[]));
+        assert!(!is_client_command(&[16, 0, 0]), "a session cut short");
     }
 
     #[test]
@@ -205,7 +264,7 @@ mod tests {
             rmp_serde::to_vec_named(&One {
                 op,
                 g: 7,
-                cmds: vec![ByteBuf::from(b"c".to_vec())],
+                cmds: vec![ByteBuf::from(vec![1u8])], // a put's op byte
                 keys: vec![ByteBuf::from(b"k".to_vec())],
                 level: "follower",
                 stale_s,
@@ -217,7 +276,7 @@ mod tests {
             parse(&one("propose", 1.0)).unwrap(),
             Served::Propose {
                 g: 7,
-                cmds: vec![b"c".to_vec()],
+                cmds: vec![vec![1u8]],
                 t: 5000,
                 redirects: false,
             }
@@ -242,8 +301,8 @@ mod tests {
 
     #[test]
     fn a_requester_that_announces_redirects_gets_them() {
-        // {"op": "propose_many", "gs": [1], "cmds": [b"c"], "caps": 1}
-        let with = b"\x84\xa2op\xacpropose_many\xa2gs\x91\x01\xa4cmds\x91\xc4\x01c\xa4caps\x01";
+        // {"op": "propose_many", "gs": [1], "cmds": [b"\x01"], "caps": 1}
+        let with = b"\x84\xa2op\xacpropose_many\xa2gs\x91\x01\xa4cmds\x91\xc4\x01\x01\xa4caps\x01";
         match parse(with).unwrap() {
             Served::ProposeMany { redirects, .. } => assert!(redirects),
             other => panic!("{other:?}"),
