@@ -55,20 +55,118 @@ impl KvState {
 
     /// The state a snapshot's bytes describe; any corruption is an error, never a panic.
     pub fn from_snapshot(data: &[u8]) -> Result<KvState, DecodeError> {
-        let mut r = Reader::new(data);
-        let version = r.u8()?;
-        if version != FORMAT_VERSION && version != VERSION_VSHARDS {
-            return Err(DecodeError::Version(version));
+        let mut decoder = KvSnapshotDecoder::new();
+        decoder.feed(data)?;
+        decoder.finish()
+    }
+}
+
+/// Decodes a snapshot's bytes fed in pieces of any size, in order (a received snapshot is
+/// decoded while the rest of it is still arriving). The map's entries are decoded as they
+/// come; an entry cut by a piece's end is carried (only its bytes, completed from the next
+/// piece); the sections after the map, small, are decoded at the end.
+#[derive(Default)]
+pub struct KvSnapshotDecoder {
+    /// (version, applied_index, applied_commands) once the header is read.
+    header: Option<(u8, u64, u64)>,
+    entries_left: u64,
+    shards: Vec<Shard>,
+    /// Bytes not decoded yet: part of one entry, or (once the map is read) what follows it.
+    carried: Vec<u8>,
+}
+
+impl KvSnapshotDecoder {
+    pub fn new() -> Self {
+        KvSnapshotDecoder {
+            shards: (0..VSHARDS).map(|_| Shard::new()).collect(),
+            ..Default::default()
         }
-        let applied_index = r.u64()?;
-        let applied_commands = r.u64()?;
-        let n = r.u64()?;
-        let mut shards: Vec<Shard> = (0..VSHARDS).map(|_| Shard::new()).collect();
-        for _ in 0..n {
-            let k = r.bytes("key")?.to_vec();
-            let v = r.bytes("value")?.to_vec();
-            shards[vshard_of(&k)].insert(k, v);
+    }
+
+    fn map_read(&self) -> bool {
+        self.header.is_some() && self.entries_left == 0
+    }
+
+    /// The next bytes of the snapshot.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), DecodeError> {
+        // Complete the item carried from the last piece with exactly the bytes it lacks.
+        while !self.carried.is_empty() && !self.map_read() {
+            let carried = std::mem::take(&mut self.carried);
+            let (used, lacking) = self.decode_map(&carried)?;
+            self.carried = carried;
+            self.carried.drain(..used);
+            if self.carried.is_empty() || bytes.is_empty() {
+                break;
+            }
+            let n = lacking.min(bytes.len()).max(1);
+            self.carried.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
         }
+        if !self.carried.is_empty() {
+            self.carried.extend_from_slice(bytes); // what follows the map, or a partial item
+            return Ok(());
+        }
+        let (used, _) = self.decode_map(bytes)?;
+        self.carried.extend_from_slice(&bytes[used..]);
+        Ok(())
+    }
+
+    /// Decodes the header and entries `buf` holds whole; returns the bytes used and, when it
+    /// stopped at an entry cut short, how many more bytes its next field needs.
+    fn decode_map(&mut self, buf: &[u8]) -> Result<(usize, usize), DecodeError> {
+        let mut r = Reader::new(buf);
+        let mut used = 0;
+        let cut = |e: DecodeError, used: usize| match e {
+            DecodeError::Truncated {
+                need_bytes,
+                have_bytes,
+                ..
+            } => Ok((used, need_bytes - have_bytes)),
+            e => Err(e),
+        };
+        if self.header.is_none() {
+            let header = (|| {
+                let version = r.u8()?;
+                if version != FORMAT_VERSION && version != VERSION_VSHARDS {
+                    return Err(DecodeError::Version(version));
+                }
+                Ok((version, r.u64()?, r.u64()?, r.u64()?))
+            })();
+            match header {
+                Ok((version, applied_index, applied_commands, count)) => {
+                    self.header = Some((version, applied_index, applied_commands));
+                    self.entries_left = count;
+                    used = r.position();
+                }
+                Err(e) => return cut(e, used),
+            }
+        }
+        while self.entries_left > 0 {
+            let entry = (|| Ok::<_, DecodeError>((r.bytes("key")?, r.bytes("value")?)))();
+            match entry {
+                Ok((k, v)) => {
+                    self.shards[vshard_of(k)].insert(k.to_vec(), v.to_vec());
+                    self.entries_left -= 1;
+                    used = r.position();
+                }
+                Err(e) => return cut(e, used),
+            }
+        }
+        Ok((used, 0))
+    }
+
+    /// Every byte was fed: the state.
+    pub fn finish(self) -> Result<KvState, DecodeError> {
+        let Some((version, applied_index, applied_commands)) =
+            self.header.filter(|_| self.map_read())
+        else {
+            return Err(DecodeError::Truncated {
+                offset: 0,
+                need_bytes: 1,
+                have_bytes: 0,
+            });
+        };
+        let mut r = Reader::new(&self.carried);
         let mut sessions = BTreeMap::new();
         if !r.at_end() {
             let n = r.u64()?;
@@ -129,7 +227,7 @@ impl KvState {
         }
         r.finish()?;
         Ok(KvState {
-            map: ShardedMap::from_shards(shards.into_iter().map(Arc::new).collect()),
+            map: ShardedMap::from_shards(self.shards.into_iter().map(Arc::new).collect()),
             sessions,
             vshards,
             applied_index,

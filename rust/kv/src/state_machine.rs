@@ -29,7 +29,7 @@ use nodedb_multiraft::state_machine::{
 use crate::command::{KvCommand, KvResult, VShardStep};
 use crate::partition::ShardedMap;
 use crate::routing::vshard_of;
-use crate::snapshot::KvSnapshotView;
+use crate::snapshot::{KvSnapshotDecoder, KvSnapshotView};
 use crate::vshard::{self, Refusal, VShardMark, VShardState};
 
 /// Client sessions kept per group; past it the one least recently written through is forgotten
@@ -432,13 +432,9 @@ impl StateMachine for KvStateMachine {
         Ok(Box::new(KvStateMachine::snapshot_view(self)))
     }
 
-    /// [`KvState::from_snapshot`], on the engine's snapshot thread.
-    fn snapshot_decoder(&self) -> SnapshotDecoder {
-        Box::new(|data: &[u8]| {
-            KvState::from_snapshot(data)
-                .map(|st| Box::new(st) as DecodedState)
-                .map_err(|e| SmError::Decode(e.to_string()))
-        })
+    /// [`KvSnapshotDecoder`], fed on the engine's snapshot thread as the bytes arrive.
+    fn snapshot_decoder(&self) -> Box<dyn SnapshotDecoder> {
+        Box::new(KvSnapshotDecoder::new())
     }
 
     fn install_decoded(&mut self, state: DecodedState) -> Result<(), SmError> {
@@ -448,6 +444,17 @@ impl StateMachine for KvStateMachine {
         let old = std::mem::replace(&mut *self.write(), *fresh);
         drop_elsewhere(old);
         Ok(())
+    }
+}
+
+impl SnapshotDecoder for KvSnapshotDecoder {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), SmError> {
+        KvSnapshotDecoder::feed(self, bytes).map_err(|e| SmError::Decode(e.to_string()))
+    }
+    fn finish(self: Box<Self>) -> Result<DecodedState, SmError> {
+        KvSnapshotDecoder::finish(*self)
+            .map(|st| Box::new(st) as DecodedState)
+            .map_err(|e| SmError::Decode(e.to_string()))
     }
 }
 

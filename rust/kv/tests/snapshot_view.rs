@@ -20,6 +20,24 @@ fn put_all(sm: &mut KvStateMachine, index: u64, n: u32) {
     sm.apply_batch(&batch);
 }
 
+/// Feeds `data` to the machine's decoder in pieces of the given sizes, in turn.
+fn decode_in_pieces(
+    sm: &KvStateMachine,
+    mut data: &[u8],
+    sizes: &[usize],
+) -> Result<nodedb_multiraft::DecodedState, nodedb_multiraft::error::SmError> {
+    let mut d = sm.snapshot_decoder();
+    for n in sizes.iter().cycle() {
+        if data.is_empty() {
+            break;
+        }
+        let (piece, rest) = data.split_at((*n).min(data.len()));
+        d.feed(piece)?;
+        data = rest;
+    }
+    d.finish()
+}
+
 #[test]
 fn the_view_writes_a_snapshot_the_decoder_restores_to_the_same_digest() {
     let mut a = KvStateMachine::new();
@@ -37,12 +55,16 @@ fn the_view_writes_a_snapshot_the_decoder_restores_to_the_same_digest() {
 
     let mut b = KvStateMachine::new();
     put_all(&mut b, 1, 3); // replaced whole
-    let decoded = (b.snapshot_decoder())(&written).expect("decode");
+    let decoded = decode_in_pieces(&b, &written, &[1, 3, 7, 100, 4096, 65536]).expect("decode");
     b.install_decoded(decoded).expect("install");
     assert_eq!(b.reader().digest(), at_view.reader().digest());
     assert_eq!(b.reader().len(), 5000);
 
-    assert!((b.snapshot_decoder())(&written[..written.len() - 1]).is_err());
+    assert!(decode_in_pieces(&b, &written[..written.len() - 1], &[4096]).is_err());
+    assert!(
+        decode_in_pieces(&b, &written[..20], &[1]).is_err(),
+        "cut in the header"
+    );
     let other: nodedb_multiraft::DecodedState = Box::new(7u32);
     assert!(b.install_decoded(other).is_err(), "another machine's state");
     assert_eq!(b.reader().len(), 5000, "a refused install keeps the state");

@@ -111,6 +111,10 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
     /// Nothing left to read (an optional trailing section is absent).
     pub fn at_end(&self) -> bool {
         self.pos == self.buf.len()

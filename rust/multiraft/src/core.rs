@@ -62,7 +62,7 @@ use crate::lost_tail::{find_lost_tails, LostTail, LostTailPolicy};
 use crate::metrics::Metrics;
 use crate::network::RaftNetwork;
 use crate::snapshot::{ChunkOutcome, SnapshotDescriptor, SnapshotStore, TransferJob};
-use crate::snapshot_worker::{SnapshotDone, SnapshotJob, SnapshotWorkers};
+use crate::snapshot_worker::{RestoreStream, SnapshotDone, SnapshotJob, SnapshotWorkers};
 use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};
 use crate::storage::GroupStorage;
 
@@ -122,6 +122,8 @@ pub struct MultiRaftCore {
     inline_snapshot_sends: bool,
     /// The snapshot threads: builds and restores off the driver thread.
     snapshot_work: SnapshotWorkers,
+    /// Received snapshots being decoded while they arrive, by group.
+    streams: HashMap<GroupId, RestoreStream>,
     /// Peer reports raised while Readys were outstanding, stepped in after `advance`.
     deferred_reports: Vec<(GroupId, NodeId, PeerReport)>,
     /// Groups whose lost-tail state open forgot ([`LostTailPolicy::Discard`]).
@@ -175,6 +177,7 @@ impl MultiRaftCore {
             SnapshotWorkers::new(snapshots.files().clone(), cfg.node_id.0.to_string());
         let mut core = MultiRaftCore {
             snapshot_work,
+            streams: HashMap::new(),
             logger: crate::raft_log::root_logger(cfg.node_id.0),
             sink,
             net,
@@ -277,6 +280,7 @@ impl MultiRaftCore {
             if let Ok(n) = self.snapshots.remove_orphans(age) {
                 Metrics::add(&self.metrics.orphan_partials_removed, n as u64);
             }
+            self.drop_dead_streams();
         }
     }
 

@@ -68,17 +68,36 @@ fn fsync_dir(dir: &Path) -> Result<(), SnapshotError> {
 /// frame on a stream of its own): each is written at its offset, and the file is complete once
 /// distinct chunks cover every byte; the checksum is verified when it is read back.
 struct Incoming {
-    from: NodeId,
-    key: SnapshotKey,
+    id: TransferId,
     file: File,
     path: PathBuf,
-    total_bytes: u64,
-    checksum: u64,
     /// Offsets of the chunks written, with their lengths.
     chunks: BTreeMap<u64, u64>,
     written_bytes: u64,
+    /// Bytes from offset 0 written without a gap.
+    contiguous: u64,
     /// Carried by the last chunk.
     message: Option<Message>,
+}
+
+/// Which transfer a chunk belongs to: its sender, snapshot and file. Two transfers of the same
+/// snapshot from the same sender carry the same bytes, so their chunks mix safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferId {
+    pub from: NodeId,
+    pub key: SnapshotKey,
+    pub total_bytes: u64,
+    pub checksum: u64,
+}
+
+/// A transfer under way: what has arrived of it.
+#[derive(Debug, Clone)]
+pub struct Receiving {
+    pub id: TransferId,
+    /// Bytes from offset 0 on disk without a gap (readable by a decoder now).
+    pub contiguous: u64,
+    /// Its `.partial` file.
+    pub path: PathBuf,
 }
 
 /// Result of feeding one chunk.
@@ -104,6 +123,20 @@ pub struct ReceivedSnapshot {
 }
 
 impl ReceivedSnapshot {
+    pub fn id(&self) -> TransferId {
+        TransferId {
+            from: self.from,
+            key: self.key,
+            total_bytes: self.desc.total_bytes,
+            checksum: self.desc.checksum,
+        }
+    }
+
+    /// Deletes its file (a restore refused it).
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.partial);
+    }
+
     /// fsync → rename to `.snap` → fsync of the directory: **the durability point** of a
     /// received snapshot is that rename (a crash before it leaves a `.partial` the orphan sweep
     /// removes). Returns the `.snap` path.
@@ -423,14 +456,24 @@ impl SnapshotStore {
         r
     }
 
+    /// The transfer under way for `group`, if any.
+    pub fn receiving(&self, group: GroupId) -> Option<Receiving> {
+        self.incoming.get(&group).map(|inc| Receiving {
+            id: inc.id,
+            contiguous: inc.contiguous,
+            path: inc.path.clone(),
+        })
+    }
+
     fn receive_inner(&mut self, c: SnapshotChunk) -> Result<ChunkOutcome, SnapshotError> {
         let group = c.key.group;
-        let same = self.incoming.get(&group).is_some_and(|inc| {
-            inc.key == c.key
-                && inc.from == c.from
-                && inc.total_bytes == c.total_bytes
-                && inc.checksum == c.checksum
-        });
+        let id = TransferId {
+            from: c.from,
+            key: c.key,
+            total_bytes: c.total_bytes,
+            checksum: c.checksum,
+        };
+        let same = self.incoming.get(&group).is_some_and(|inc| inc.id == id);
         if !same {
             if let Some(old) = self.incoming.remove(&group) {
                 let _ = fs::remove_file(&old.path);
@@ -445,14 +488,12 @@ impl SnapshotStore {
             self.incoming.insert(
                 group,
                 Incoming {
-                    from: c.from,
-                    key: c.key,
+                    id,
                     file,
                     path,
-                    total_bytes: c.total_bytes,
-                    checksum: c.checksum,
                     chunks: BTreeMap::new(),
                     written_bytes: 0,
+                    contiguous: 0,
                     message: None,
                 },
             );
@@ -462,9 +503,9 @@ impl SnapshotStore {
         };
         let len = c.data.len() as u64;
         let end = c.offset_bytes.checked_add(len);
-        if end.is_none_or(|e| e > inc.total_bytes) {
+        if end.is_none_or(|e| e > inc.id.total_bytes) {
             return Err(SnapshotError::Overflow {
-                total_bytes: inc.total_bytes,
+                total_bytes: inc.id.total_bytes,
             });
         }
         if let Some(m) = c.message {
@@ -484,9 +525,12 @@ impl SnapshotStore {
                     .map_err(io_err(&inc.path))?;
                 inc.chunks.insert(c.offset_bytes, len);
                 inc.written_bytes += len;
+                while let Some(n) = inc.chunks.get(&inc.contiguous) {
+                    inc.contiguous += n;
+                }
             }
         }
-        if inc.written_bytes < inc.total_bytes || inc.message.is_none() {
+        if inc.written_bytes < inc.id.total_bytes || inc.message.is_none() {
             return Ok(ChunkOutcome::InProgress);
         }
         let Some(inc) = self.incoming.remove(&group) else {
@@ -509,11 +553,11 @@ impl SnapshotStore {
             return Ok(ChunkOutcome::InProgress);
         };
         Ok(ChunkOutcome::Complete(Box::new(ReceivedSnapshot {
-            from: inc.from,
-            key: inc.key,
+            from: inc.id.from,
+            key: inc.id.key,
             desc: SnapshotDescriptor {
-                total_bytes: inc.total_bytes,
-                checksum: inc.checksum,
+                total_bytes: inc.id.total_bytes,
+                checksum: inc.id.checksum,
             },
             message,
             file: inc.file,

@@ -18,8 +18,28 @@ pub trait SnapshotView: Send {
 /// that made its decoder ([`StateMachine::install_decoded`]). Opaque to the engine.
 pub type DecodedState = Box<dyn Any + Send>;
 
-/// Decodes a snapshot's bytes into a [`DecodedState`] on the engine's snapshot thread.
-pub type SnapshotDecoder = Box<dyn FnOnce(&[u8]) -> Result<DecodedState, SmError> + Send>;
+/// Decodes a snapshot's bytes into a [`DecodedState`] off the driver thread, fed in order as
+/// they arrive from the leader (in pieces of any size), so a large state is decoded while the
+/// rest of it is still on the wire.
+pub trait SnapshotDecoder: Send {
+    /// The next bytes of the snapshot.
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), SmError>;
+    /// Every byte was fed: the state.
+    fn finish(self: Box<Self>) -> Result<DecodedState, SmError>;
+}
+
+/// The decoder of a machine without one of its own: gathers the bytes for `restore`.
+struct BufferedDecoder(Vec<u8>);
+
+impl SnapshotDecoder for BufferedDecoder {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), SmError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> Result<DecodedState, SmError> {
+        Ok(Box::new(self.0))
+    }
+}
 
 /// The view of a machine without one of its own: the bytes `snapshot()` returned.
 struct SnapshotBytes(Vec<u8>);
@@ -59,10 +79,10 @@ pub trait StateMachine: Send {
     }
 
     /// A decoder run off the driver thread on a received snapshot's bytes; its result goes to
-    /// [`StateMachine::install_decoded`] on the driver thread. The default only copies the
+    /// [`StateMachine::install_decoded`] on the driver thread. The default only gathers the
     /// bytes and `install_decoded` restores them there: right for small states.
-    fn snapshot_decoder(&self) -> SnapshotDecoder {
-        Box::new(|data: &[u8]| Ok(Box::new(data.to_vec()) as DecodedState))
+    fn snapshot_decoder(&self) -> Box<dyn SnapshotDecoder> {
+        Box::new(BufferedDecoder(Vec::new()))
     }
 
     /// Replaces the whole state with one this machine's decoder produced (a swap, on the

@@ -199,6 +199,7 @@ impl MultiRaftCore {
                 self.note_no_space();
             }
         })?;
+        self.streams.remove(&gid);
         self.snapshots.remove_group(gid)?;
         Ok(())
     }

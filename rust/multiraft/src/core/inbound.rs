@@ -32,16 +32,25 @@ impl MultiRaftCore {
                     return;
                 }
                 match self.snapshots.receive(*c) {
-                    Ok(ChunkOutcome::InProgress) => {}
+                    Ok(ChunkOutcome::InProgress) => self.stream_received(key.group),
                     Ok(ChunkOutcome::Complete(received)) => {
-                        // Sealed (fsync, rename) and decoded on the snapshot thread; raft
-                        // sees the MsgSnapshot once the state is ready to swap in
-                        // (`finish_restore`), so nothing waits on it here.
+                        // Sealed (fsync, rename) and decoded off the driver thread (by the
+                        // stream that decoded it while it arrived, else by the restore
+                        // thread); raft sees the MsgSnapshot once the state is ready to swap
+                        // in (`finish_restore`), so nothing waits on it here.
+                        let stream = self.streams.remove(&key.group);
                         let Some(g) = self.groups.get_mut(&key.group) else {
                             return;
                         };
                         g.restoring = Some(key);
                         g.decoded = None;
+                        let received = match stream {
+                            Some(stream) if stream.id == received.id() => {
+                                stream.complete(received);
+                                return;
+                            }
+                            _ => received,
+                        };
                         let decoder = g.sm.snapshot_decoder();
                         let job = SnapshotJob::Restore { received, decoder };
                         if let Err(SnapshotJob::Restore { received, decoder }) =
@@ -66,6 +75,7 @@ impl MultiRaftCore {
                         }
                     }
                     Err(e) => {
+                        self.streams.remove(&key.group); // its file is gone: cancelled
                         slog::info!(self.logger, "snapshot chunk refused";
                             "group" => key.group.0, "index" => key.index, "error" => %e);
                         Metrics::inc(&self.metrics.snapshot_receive_errors);
@@ -83,6 +93,45 @@ impl MultiRaftCore {
                 }
             }
         }
+    }
+
+    /// Feeds what arrived of `group`'s transfer to the stream decoding it, starting one for
+    /// a new transfer (the one of an older transfer is dropped: cancelled).
+    fn stream_received(&mut self, group: GroupId) {
+        let Some(receiving) = self.snapshots.receiving(group) else {
+            self.streams.remove(&group);
+            return;
+        };
+        if self
+            .streams
+            .get(&group)
+            .is_none_or(|s| s.id != receiving.id)
+        {
+            self.streams.remove(&group);
+            let Some(g) = self.groups.get(&group) else {
+                return;
+            };
+            let decoder = g.sm.snapshot_decoder();
+            if let Some(stream) =
+                self.snapshot_work
+                    .start_stream(receiving.id, receiving.path.clone(), decoder)
+            {
+                self.streams.insert(group, stream);
+            }
+        }
+        if let Some(stream) = self.streams.get(&group) {
+            stream.advance(receiving.contiguous);
+        }
+    }
+
+    /// Drops the streams whose transfer is gone (its partial file swept, its group removed).
+    pub(super) fn drop_dead_streams(&mut self) {
+        let snapshots = &self.snapshots;
+        self.streams.retain(|group, stream| {
+            snapshots
+                .receiving(*group)
+                .is_some_and(|r| r.id == stream.id)
+        });
     }
 
     pub(super) fn send_ack(&mut self, to: NodeId, key: SnapshotKey, ok: bool) {
