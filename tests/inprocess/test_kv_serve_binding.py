@@ -129,7 +129,8 @@ async def test_singles_and_every_read_level_are_served_here(one: One) -> None:
     many = {"op": "read_many", "gs": [GROUP, 99], "keys": [b"a", b"z"], "level": "follower"}
     assert await ask(one, many) == {"r": [b"1", None], "nlg": [[99, 0]]}
     # A group this node does not run: "nl" with the leader it knows (none).
-    assert await ask(one, {"op": "propose", "g": 99, "cmds": [b"x"], "fwd": True}) == {"nl": 0}
+    elsewhere = {"op": "propose", "g": 99, "cmds": [kv_put(b"x", b"y")], "fwd": True}
+    assert await ask(one, elsewhere) == {"nl": 0}
     assert await ask(one, {"op": "read", "g": 99, "keys": [b"x"], "fwd": True}) == {"nl": 0}
 
 
