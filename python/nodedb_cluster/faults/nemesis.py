@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 FaultKind = Literal[
     "kill",
@@ -28,17 +28,7 @@ FaultKind = Literal[
     "move_vshard",
     "add_groups",
 ]
-FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
-    "kill",
-    "kill_leader",
-    "pause",
-    "restart_all",
-    "partition",
-    "add_node",
-    "decommission",
-    "move_vshard",
-    "add_groups",
-)
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 MoverFault = Literal["", "kill", "pause", "partition"]
 MOVER_FAULTS: Final[tuple[MoverFault, ...]] = ("", "kill", "pause", "partition")
 """What hits a move's mover (the first vShard's source leader) right after the moves begin:
