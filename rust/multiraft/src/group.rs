@@ -85,7 +85,8 @@ pub(crate) struct Group {
     /// chunks of another transfer are dropped meanwhile). raft has not seen its MsgSnapshot
     /// yet: until the state is decoded the group acks and votes on its own log only.
     pub(crate) restoring: Option<SnapshotKey>,
-    /// The state decoded from the snapshot `key`, swapped in when raft installs that snapshot.
+    /// The state decoded from the snapshot `key`, swapped in when raft installs that snapshot
+    /// (in the round its MsgSnapshot is stepped in; dropped at the next round if raft did not).
     pub(crate) decoded: Option<(SnapshotKey, DecodedState)>,
 }
 

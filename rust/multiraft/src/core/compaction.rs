@@ -142,6 +142,16 @@ impl MultiRaftCore {
     /// stepped (then acked to the leader); a failed one is acked as failed. A full disk here is
     /// noted and tried again later (the next snapshot), not fatal.
     pub(super) fn collect_snapshot_work(&mut self) -> Result<(), EngineError> {
+        // A state decoded for a snapshot raft did not install in the round its MsgSnapshot was
+        // stepped in (stale by then) is dropped, off this thread (freeing a large state takes
+        // time).
+        for g in self.groups.values_mut() {
+            if let Some((_, stale)) = g.decoded.take() {
+                let _ = std::thread::Builder::new()
+                    .name("snap-drop".into())
+                    .spawn(move || drop(stale));
+            }
+        }
         let mut built = false;
         for done in self.snapshot_work.take_done() {
             match done {
