@@ -258,8 +258,8 @@ async def requesters_see_refusals_only_when_they_announce_them(
         assert isinstance(reply, dict)
         return reply
 
-    propose = {"op": "propose_many", "gs": [group], "cmds": [command]}
-    read = {"op": "read_many", "gs": [group], "keys": [key]}
+    propose: dict[str, object] = {"op": "propose_many", "gs": [group], "cmds": [command]}
+    read: dict[str, object] = {"op": "read_many", "gs": [group], "keys": [key]}
     assert await ask(propose) == {"r": [None], "unk": [group]}
     assert await ask(read) == {"r": [None], "unk": [group]}
     new = await ask({**propose, "caps": 1})
