@@ -93,6 +93,24 @@ def test_chaos_on_five_nodes_with_joins_and_decommissions(tmp_path: Path) -> Non
     assert "node 3 DECOMMISSIONED: stopped for good" in second
 
 
+@pytest.mark.timeout(CHAOS_TIMEOUT_S + 20)
+def test_chaos_moves_vshards_while_their_mover_is_killed(tmp_path: Path) -> None:
+    """Seed 4, 12 s, move_vshard / kill / pause on 5 nodes: vShard 385 moves while its mover
+    (the source group's leader) is SIGKILLed at once, then four vShards move together. Passing =
+    every check (above) plus the placement settle: no move left in flight, every node serving
+    the same routing. A move may abort (that is allowed); each one begun is accounted for."""
+    doc = run_chaos(
+        tmp_path, 4, 1, "--no-netns", "--nodes=5", "--kinds=move_vshard,kill,pause",
+        "--duration-s=12",
+    )  # fmt: skip
+    assert doc["summary"]["faults"] == {"kill": 1, "move_vshard": 2, "pause": 1}
+    log = "\n".join(doc["runs"][0]["fault_log"])
+    assert "kill the mover, node" in log
+    moves = doc["summary"]["moves"]
+    assert moves["begun"] >= 1  # the first move; of the next four, some may be refused
+    assert moves["begun"] == moves["finished"] + moves["aborted"] + moves["elsewhere"]
+
+
 @needs_netns
 @pytest.mark.timeout(150)
 def test_a_partition_drops_real_packets_and_the_majority_moves_on() -> None:

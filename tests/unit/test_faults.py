@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any
 
 import pytest
 
@@ -15,13 +16,19 @@ from nodedb_cluster.cli import main
 from nodedb_cluster.faults.checks import (
     check_history,
     convergence_problems,
+    moves_in_flight,
     ops_from_porcupine,
+    routing_problems,
     stale_replicas,
 )
 from nodedb_cluster.faults.nemesis import (
+    ADD_GROUPS_PER_SCHEDULE_MAX,
+    DATA_GROUPS_MAX,
     DRAINING_TARGETABLE_S,
     FAULT_KINDS,
     FAULTS_MAX,
+    MOVE_VSHARDS_MAX,
+    MOVER_FAULTS,
     NODE_KINDS,
     WARMUP_S,
     format_schedule,
@@ -85,7 +92,15 @@ def test_membership_faults_follow_the_plan_model_of_who_runs() -> None:
     seen: set[str] = set()
     for seed in range(300):
         faults = plan_schedule(
-            seed, 40.0, [1, 2, 3, 4, 5], [1, 2], FAULT_KINDS, spare_ids=[6, 7], replication_factor=3
+            seed,
+            40.0,
+            [1, 2, 3, 4, 5],
+            [1, 2],
+            FAULT_KINDS,
+            spare_ids=[6, 7],
+            replication_factor=3,
+            vshards=[5, 9],
+            data_groups=4,
         )
         active, spares = {1, 2, 3, 4, 5}, [6, 7]
         gone: dict[int, float] = {}
@@ -124,6 +139,82 @@ def test_membership_kinds_alone_stop_when_nothing_is_left_to_do() -> None:
     faults = plan_schedule(4, 60.0, [1, 2, 3], [1], ("add_node", "decommission"), spare_ids=[4])
     assert [f.kind for f in faults] == ["add_node", "decommission"]
     assert faults[0].node_id == 4
+
+
+def test_without_placement_kinds_a_membership_schedule_is_what_it_was() -> None:
+    """Seeds recorded before move_vshard / add_groups existed replay the same faults, whatever
+    vShards and groups are passed."""
+    old = ("kill", "kill_leader", "pause", "restart_all", "partition", "add_node", "decommission")
+    for seed in range(50):
+        before = plan_schedule(seed, 30.0, [1, 2, 3, 4, 5], [1, 2], old, [6, 7])  # type: ignore[arg-type]
+        after = plan_schedule(
+            seed,
+            30.0,
+            [1, 2, 3, 4, 5],
+            [1, 2],
+            old,  # type: ignore[arg-type]
+            [6, 7],
+            vshards=[3, 8],
+            data_groups=4,
+        )
+        assert before == after, seed
+    nine = plan_schedule(9, 30.0, [1, 2, 3, 4, 5], [1, 2], old, [6, 7])  # type: ignore[arg-type]
+    assert [(f.at_s, f.kind, f.node_id, f.group_id) for f in nine] == SEED_9_MEMBERSHIP
+
+
+SEED_9_MEMBERSHIP = [
+    (1.5, "pause", 1, 0),
+    (3.94, "decommission", 1, 0),
+    (6.51, "partition", 3, 0),
+    (9.01, "kill", 3, 0),
+    (11.87, "pause", 4, 0),
+    (15.36, "add_node", 6, 0),
+    (18.61, "kill_leader", 0, 1),
+    (21.86, "kill", 3, 0),
+    (25.15, "decommission", 2, 0),
+]
+"""`plan_schedule(9, 30.0, [1..5], [1, 2], <the seven kinds before placement>, [6, 7])` at
+commit 01d27a0 (before move_vshard / add_groups)."""
+
+
+def test_vshard_moves_pick_the_workloads_vshards_and_sometimes_hit_the_mover() -> None:
+    moves = [
+        f
+        for seed in range(200)
+        for f in plan_schedule(
+            seed, 30.0, [1, 2, 3, 4, 5], [1], FAULT_KINDS, [6, 7], vshards=[4, 4, 9, 700, 12, 3]
+        )
+        if f.kind == "move_vshard"
+    ]
+    assert moves
+    for f in moves:
+        assert 1 <= len(f.vshards) <= MOVE_VSHARDS_MAX
+        assert len(set(f.vshards)) == len(f.vshards)
+        assert set(f.vshards) <= {3, 4, 9, 12, 700}
+        assert 0.0 <= f.target_pick < 1.0
+        assert f.node_id == 0
+        assert f.count == 0
+    assert {len(f.vshards) for f in moves} == {1, 2, 3, 4}
+    assert {f.mover_fault for f in moves} == set(MOVER_FAULTS)
+    hit = next(f for f in moves if f.mover_fault == "kill")
+    assert "kill the mover" in hit.describe()
+    # No vShard known: no move is planned.
+    none = plan_schedule(1, 60.0, [1, 2, 3], [1], ("move_vshard", "kill"))
+    assert {f.kind for f in none} == {"kill"}
+
+
+def test_added_groups_stay_bounded_per_schedule_and_in_all() -> None:
+    for seed in range(300):
+        for start in (4, 7, DATA_GROUPS_MAX):
+            faults = plan_schedule(
+                seed, 60.0, [1, 2, 3], [1], ("add_groups", "pause"), data_groups=start
+            )
+            adds = [f for f in faults if f.kind == "add_groups"]
+            assert len(adds) <= ADD_GROUPS_PER_SCHEDULE_MAX, (seed, start)
+            assert all(1 <= f.count <= 2 for f in adds), (seed, start)
+            assert start + sum(f.count for f in adds) <= DATA_GROUPS_MAX, (seed, start)
+    only = plan_schedule(3, 60.0, [1, 2, 3], [1], ("add_groups",), data_groups=4)
+    assert 1 <= len(only) <= ADD_GROUPS_PER_SCHEDULE_MAX  # then nothing is left to plan
 
 
 # --- history checks (the checker, fed by the harness) -------------------------------------------
@@ -265,6 +356,47 @@ def test_the_metadata_group_keeps_learners_beyond_rf() -> None:
 
 
 # --- percentiles ---------------------------------------------------------------------------------
+
+
+def _leading(node: int, group: int, vshards: int) -> dict[str, object]:
+    return {
+        "group_id": group,
+        "role": "leader",
+        "term": 2,
+        "leader": node,
+        "voters": [node],
+        "learners": [],
+        "vshards": vshards,
+    }
+
+
+def test_moves_in_flight_lists_each_move_once_with_the_movers_phase() -> None:
+    statuses: dict[int, dict[str, Any]] = {
+        1: {"vshard_moves": [[7, 1, 2, 30, "elsewhere", 0, 0]]},
+        2: {"vshard_moves": [[7, 1, 2, 30, "copying", 1, 3], [9, 2, 1, 31, "elsewhere", 0, 0]]},
+        3: {"vshard_moves": []},
+    }
+    assert moves_in_flight(statuses) == [(7, 1, 2, 30, "copying"), (9, 2, 1, 31, "elsewhere")]
+    assert moves_in_flight({1: {"vshard_moves": []}, 2: {}}) == []
+
+
+def test_routing_problems_catch_a_lagging_node_and_a_group_without_leader() -> None:
+    statuses = {1: {"groups": [_leading(1, 1, 3)]}, 2: {"groups": [_leading(2, 2, 1)]}}
+    same = [1, 1, 2, 1]
+    assert routing_problems({1: (5, same), 2: (5, same)}, statuses) == []
+    lagging = routing_problems({1: (5, same), 2: (4, [1, 1, 1, 1])}, statuses)
+    assert lagging == ["node 2 routes at epoch 4, node 1 at 5; 1 vShards differ (vShard 2: 1 vs 2)"]
+    # Same epoch, different maps: caught too.
+    assert len(routing_problems({1: (5, same), 2: (5, [1, 1, 1, 2])}, statuses)) == 1
+    orphan = routing_problems({1: (6, [1, 1, 3, 1])}, statuses)
+    assert "routing sends 1 vShards to group 3, which has no leader" in orphan
+    assert "group 2: routing gives it" not in " ".join(orphan)  # group 2 holds none: not asked
+    miscount = routing_problems(
+        {1: (5, [1, 1, 1, 2])},
+        {1: {"groups": [_leading(1, 1, 2)]}, 2: {"groups": [_leading(2, 2, 1)]}},
+    )
+    assert miscount == ["group 1: routing gives it 3 vShards, its leader 1 reports 2"]
+    assert routing_problems({}, statuses) == ["no node answered a routing request"]
 
 
 def test_percentile_nearest_rank() -> None:

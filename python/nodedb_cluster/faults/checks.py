@@ -138,6 +138,62 @@ def convergence_problems(
     return problems
 
 
+MoveRow = tuple[int, int, int, int, str]
+"""(vShard, source, target, move id, phase) of a vShard move in flight, from status."""
+
+
+def moves_in_flight(statuses: Mapping[int, Status]) -> list[MoveRow]:
+    """Every vShard move some node's status lists (`vshard_moves` rows), each once; the phase
+    from the node that runs it when one reports it ("elsewhere" on the others)."""
+    rows: dict[tuple[int, int], MoveRow] = {}
+    for doc in statuses.values():
+        for m in doc.get("vshard_moves") or ():
+            row = (int(m[0]), int(m[1]), int(m[2]), int(m[3]), str(m[4]))
+            key = (row[0], row[3])
+            if key not in rows or rows[key][4] == "elsewhere":
+                rows[key] = row
+    return sorted(rows.values())
+
+
+RoutingView = tuple[int, Sequence[int]]
+"""(routing epoch, vShard -> group) as one node serves it to clients."""
+
+
+def routing_problems(views: Mapping[int, RoutingView], statuses: Mapping[int, Status]) -> list[str]:
+    """What keeps routing from being settled, as sentences; empty = settled: every node serves
+    the same epoch and the same vShard -> group map, and every group that map routes vShards
+    to has a leader (`leader_views` of `statuses`) holding the number of vShards the map gives
+    it in its status (`vshards`)."""
+    if not views:
+        return ["no node answered a routing request"]
+    ref_node = max(views, key=lambda n: (views[n][0], -n))
+    ref_epoch, ref_map = views[ref_node]
+    problems: list[str] = []
+    for node_id, (epoch, mapping) in sorted(views.items()):
+        differ = [v for v, (a, b) in enumerate(zip(mapping, ref_map, strict=True)) if a != b]
+        if epoch != ref_epoch or differ:
+            shown = ", ".join(f"vShard {v}: {mapping[v]} vs {ref_map[v]}" for v in differ[:3])
+            problems.append(
+                f"node {node_id} routes at epoch {epoch}, node {ref_node} at {ref_epoch}; "
+                f"{len(differ)} vShards differ" + (f" ({shown})" if shown else "")
+            )
+    counts: dict[int, int] = {}
+    for g in ref_map:
+        counts[int(g)] = counts.get(int(g), 0) + 1
+    views_by_group = leader_views(statuses)
+    for gid, n in sorted(counts.items()):
+        if gid not in views_by_group:
+            problems.append(f"routing sends {n} vShards to group {gid}, which has no leader")
+            continue
+        leader, view = views_by_group[gid]
+        if int(view.get("vshards", n)) != n:
+            problems.append(
+                f"group {gid}: routing gives it {n} vShards, its leader {leader} reports "
+                f"{view.get('vshards')}"
+            )
+    return problems
+
+
 def stale_replicas(statuses: Mapping[int, Status]) -> list[tuple[int, int]]:
     """(node, group) for each local replica its group's leader does not list: a node removed
     from a group while it could not hear of the removal keeps its replica (and campaigns)."""

@@ -3,8 +3,11 @@
 Faults start one at a time, each held for `hold_s` and then healed, so the cluster always gets
 a majority back before the next one: the runs test recovery, not unavailability. Membership
 faults outlive their hold on purpose: an added node keeps taking replicas and a decommissioned
-one keeps draining while the next kills, pauses and partitions fire.
-The same seed, duration, node ids, spares and groups always give the same schedule.
+one keeps draining while the next kills, pauses and partitions fire. Placement faults too: a
+`move_vshard` fault begins moves of the workload's vShards and may hit the mover (the source
+group's leader) at once with a kill, pause or partition; `add_groups` adds data groups, after
+which the rebalancer moves vShards into them while the next faults fire.
+The same seed, duration, node ids, spares, groups and vShards always give the same schedule.
 """
 
 from __future__ import annotations
@@ -12,12 +15,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 FaultKind = Literal[
-    "kill", "kill_leader", "pause", "restart_all", "partition", "add_node", "decommission"
-]
-FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
     "kill",
     "kill_leader",
     "pause",
@@ -25,9 +25,26 @@ FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
     "partition",
     "add_node",
     "decommission",
-)
+    "move_vshard",
+    "add_groups",
+]
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
+MoverFault = Literal["", "kill", "pause", "partition"]
+MOVER_FAULTS: Final[tuple[MoverFault, ...]] = ("", "kill", "pause", "partition")
+"""What hits a move's mover (the first vShard's source leader) right after the moves begin:
+nothing, SIGKILL (restart after the hold), SIGSTOP or isolation (both for the hold)."""
+MOVE_VSHARDS_MAX: Final = 4
+"""vShards one `move_vshard` fault moves at once (the default concurrent-move limit)."""
+ADD_GROUPS_PER_SCHEDULE_MAX: Final = 2
+"""`add_groups` faults in one schedule."""
+DATA_GROUPS_MAX: Final = 8
+"""`add_groups` never takes the data groups past this (each fault adds 1 or 2)."""
 NODE_KINDS: Final[frozenset[FaultKind]] = frozenset(("kill", "pause", "partition", "decommission"))
 """Kinds aimed at one existing node (`Fault.node_id`)."""
+LIMITED_KINDS: Final[frozenset[FaultKind]] = frozenset(
+    ("add_node", "decommission", "move_vshard", "add_groups")
+)
+"""Kinds that can run out (no spare, RF reached, no vShard, the group bound)."""
 WARMUP_S: Final = 1.5
 """Load runs this long before the first fault (a baseline in the history)."""
 HOLD_S_RANGE: Final = (1.0, 3.0)
@@ -58,6 +75,15 @@ class Fault:
     kill_draining: bool = False
     """decommission: SIGKILL the node right after it starts draining (restart after the hold):
     a drain takes about a second on loopback, too short for the next fault to land in it."""
+    vshards: tuple[int, ...] = ()
+    """move_vshard: the vShards moved (each one some workload key hashes to)."""
+    target_pick: float = 0.0
+    """move_vshard: picks the target among the data groups other than the first vShard's
+    source when the fault fires (the groups then depend on earlier `add_groups`)."""
+    mover_fault: MoverFault = ""
+    """move_vshard: what hits the first vShard's source leader (its mover) right after."""
+    count: int = 0
+    """add_groups: how many data groups are added."""
 
     def describe(self) -> str:
         what = {
@@ -71,6 +97,12 @@ class Fault:
             "decommission": f"decommission node {self.node_id}"
             + (", SIGKILL it while it drains, restart" if self.kill_draining else ", wait")
             + f" {self.hold_s:.2f} s",
+            "move_vshard": f"move vShards {list(self.vshards)} to another group "
+            f"(pick {self.target_pick:.2f})"
+            + (f", {self.mover_fault} the mover" if self.mover_fault else "")
+            + f", {self.hold_s:.2f} s",
+            "add_groups": f"add {self.count} data group{'s' if self.count > 1 else ''}, then "
+            f"{self.hold_s:.2f} s",
         }[self.kind]
         return f"t+{self.at_s:6.2f}s  {what}"
 
@@ -84,6 +116,10 @@ class _Membership:
     replication_factor: int
     draining: dict[int, float] = field(default_factory=dict)
     """Decommissioned node -> when its decommission was planned."""
+    vshards: tuple[int, ...] = ()
+    data_groups: int = 0
+    groups_added: int = 0
+    """`add_groups` faults planned so far."""
 
     def targets(self, t: float) -> list[int]:
         """Nodes a kill / pause / partition may hit at `t`: active, or draining recently."""
@@ -95,6 +131,13 @@ class _Membership:
             return bool(self.spares)
         if kind == "decommission":  # the others must still hold RF (the server refuses too)
             return len(self.active) - 1 >= self.replication_factor
+        if kind == "move_vshard":
+            return bool(self.vshards)
+        if kind == "add_groups":
+            return (
+                self.groups_added < ADD_GROUPS_PER_SCHEDULE_MAX
+                and self.data_groups < DATA_GROUPS_MAX
+            )
         return True
 
 
@@ -106,14 +149,24 @@ def plan_schedule(
     kinds: Sequence[FaultKind] = FAULT_KINDS,
     spare_ids: Sequence[int] = (),
     replication_factor: int = 3,
+    vshards: Sequence[int] = (),
+    data_groups: int = 0,
 ) -> tuple[Fault, ...]:
     """Faults starting after `WARMUP_S`, each (with its hold) ending before `duration_s`.
     `add_node` starts the lowest unused spare; `decommission` picks an active node while the
-    other active nodes can hold `replication_factor` replicas."""
+    other active nodes can hold `replication_factor` replicas; `move_vshard` moves 1 to
+    `MOVE_VSHARDS_MAX` of `vshards`; `add_groups` adds 1 or 2 to the `data_groups` there are,
+    at most `ADD_GROUPS_PER_SCHEDULE_MAX` times and up to `DATA_GROUPS_MAX`."""
     if not node_ids or not kinds:
         return ()
     rng = random.Random(seed)
-    members = _Membership(sorted(node_ids), sorted(spare_ids), replication_factor)
+    members = _Membership(
+        sorted(node_ids),
+        sorted(spare_ids),
+        replication_factor,
+        vshards=tuple(sorted(set(vshards))),
+        data_groups=data_groups,
+    )
     groups = sorted(group_ids)
     wanted = [k for k in kinds if k != "kill_leader" or groups]
     faults: list[Fault] = []
@@ -123,7 +176,7 @@ def plan_schedule(
         # One random() per choice: the kinds and times do not depend on how many groups
         # exist, and a schedule without membership kinds is what it was before they existed.
         usable = [k for k in wanted if members.usable(k)] or [
-            k for k in wanted if k not in ("add_node", "decommission")
+            k for k in wanted if k not in LIMITED_KINDS
         ]
         if not usable:
             break
@@ -134,6 +187,17 @@ def plan_schedule(
         group = groups[int(g * len(groups))] if groups else 0
         # Drawn only for a decommission: schedules without one keep their old draws.
         kill_draining = kind == "decommission" and rng.random() < KILL_DRAINING_P
+        moved: tuple[int, ...] = ()
+        target_pick = 0.0
+        mover_fault: MoverFault = ""
+        count = 0
+        if kind == "move_vshard":  # drawn only for a move, as above
+            n = min(len(members.vshards), 1 + int(rng.random() * MOVE_VSHARDS_MAX))
+            moved = tuple(rng.sample(members.vshards, n))
+            target_pick = rng.random()  # unrounded: stays below 1
+            mover_fault = MOVER_FAULTS[int(rng.random() * len(MOVER_FAULTS))]
+        elif kind == "add_groups":
+            count = min(DATA_GROUPS_MAX - members.data_groups, 1 + int(rng.random() * 2))
         if t + hold > duration_s:
             break
         if kind == "add_node":
@@ -142,6 +206,9 @@ def plan_schedule(
         elif kind == "decommission":
             members.active.remove(node)
             members.draining[node] = t
+        elif kind == "add_groups":
+            members.groups_added += 1
+            members.data_groups += count
         faults.append(
             Fault(
                 at_s=round(t, 2),
@@ -150,6 +217,10 @@ def plan_schedule(
                 node_id=node if kind in NODE_KINDS or kind == "add_node" else 0,
                 group_id=group if kind == "kill_leader" else 0,
                 kill_draining=kill_draining,
+                vshards=moved,
+                target_pick=target_pick,
+                mover_fault=mover_fault,
+                count=count,
             )
         )
         t += hold + rng.uniform(*GAP_S_RANGE)

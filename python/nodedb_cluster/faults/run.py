@@ -15,7 +15,7 @@ import shutil
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -25,7 +25,13 @@ from nodedb_cluster.checker import HistoryRecorder, Op, OpKind, Outcome, dumps
 from nodedb_cluster.cli_support import control_rpc
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import ClusterError, RemoteError, Timeout
-from nodedb_cluster.faults.checks import check_history, convergence_problems, stale_replicas
+from nodedb_cluster.faults.checks import (
+    check_history,
+    convergence_problems,
+    moves_in_flight,
+    routing_problems,
+    stale_replicas,
+)
 from nodedb_cluster.faults.nemesis import (
     FAULT_KINDS,
     Fault,
@@ -43,6 +49,8 @@ from nodedb_cluster.localcluster import (
     leader_of,
 )
 from nodedb_cluster.placement_control import encode_placement_request
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.routing.vshard import vshard_for_key
 
 FORM_TIMEOUT_S: Final = 60.0
 """Start to every group led with min(nodes, RF) voters."""
@@ -53,6 +61,14 @@ RESTART_READY_TIMEOUT_S: Final = 30.0
 DECOMMISSION_REQUEST_TIMEOUT_S: Final = 10.0
 DRAIN_TIMEOUT_S: Final = 60.0
 """A decommission's request to the node DECOMMISSIONED (its replicas moved off meanwhile)."""
+PLACEMENT_REQUEST_TIMEOUT_S: Final = 10.0
+"""A placement request (decommission, move_vshard, add_groups) retried over the live members."""
+VSHARD_SETTLE_TIMEOUT_S: Final = 20.0
+"""Heal to no vShard move in flight on any member and every member serving the same routing.
+The rebalancer may still be filling added groups (a round of up to 4 moves of ~50 ms each,
+then 1 s to the next round): a moment between two rounds is enough; moves that never end, or
+that the rebalancer begins again and again because they keep aborting, are not."""
+ROUTING_PROBE_TIMEOUT_S: Final = 2.0
 SPARES_DEFAULT: Final = 2
 HARNESS_OVERRIDES: Final[dict[str, object]] = {"rebalance_interval_ms": 500}
 """Every node plans replica moves twice a second, so an added node takes replicas and a
@@ -93,6 +109,10 @@ class RunResult:
     """(node, group): replicas outside their group's configuration after convergence (not an
     anomaly: not compared, they hold no acknowledged state the group depends on)."""
     history_path: Path | None = None
+    moves: dict[str, int] = field(default_factory=dict)
+    """The harness's vShard moves: begun, refused, finished (in the target at the end), aborted
+    (still in the source), elsewhere (moved on by the rebalancer); groups_added; relocated:
+    vShards whose group at the end differs from the start (the rebalancer's moves included)."""
 
     @property
     def passed(self) -> bool:
@@ -111,6 +131,7 @@ class RunResult:
             "schedule": [f.describe() for f in self.schedule],
             "fault_log": self.fault_log,
             "stale_replicas": self.stale_replicas,
+            "moves": self.moves,
             "history_path": None if self.history_path is None else str(self.history_path),
         }
 
@@ -166,7 +187,13 @@ class _Nemesis:
             "partition": self._partition,
             "add_node": self._add_node,
             "decommission": self._decommission,
+            "move_vshard": self._move_vshard,
+            "add_groups": self._add_groups,
         }
+        self.moves_begun: list[tuple[int, int, int]] = []
+        """(vShard, source, target) per move begun by a `move_vshard` fault."""
+        self.moves_refused = 0
+        self.groups_added: set[int] = set()
 
     def note(self, text: str) -> None:
         self.log.append(f"t+{time.monotonic() - self.t0:6.2f}s  {text}")
@@ -214,10 +241,13 @@ class _Nemesis:
     async def _kill(self, fault: Fault) -> None:
         if self._gone(fault):
             return await asyncio.sleep(fault.hold_s)
-        self.cluster.nodes[fault.node_id].kill()
-        self.note(f"SIGKILL node {fault.node_id}")
-        await asyncio.sleep(fault.hold_s)
-        await self._restart([fault.node_id])
+        await self._kill_node(fault.node_id, fault.hold_s)
+
+    async def _kill_node(self, node_id: int, hold_s: float) -> None:
+        self.cluster.nodes[node_id].kill()
+        self.note(f"SIGKILL node {node_id}")
+        await asyncio.sleep(hold_s)
+        await self._restart([node_id])
 
     async def _kill_leader(self, fault: Fault) -> None:
         statuses = await self._statuses()
@@ -236,15 +266,18 @@ class _Nemesis:
     async def _pause(self, fault: Fault) -> None:
         if self._gone(fault):
             return await asyncio.sleep(fault.hold_s)
-        node = self.cluster.nodes[fault.node_id]
+        await self._pause_node(fault.node_id, fault.hold_s)
+
+    async def _pause_node(self, node_id: int, hold_s: float) -> None:
+        node = self.cluster.nodes[node_id]
         node.pause()
-        self.note(f"SIGSTOP node {fault.node_id}")
+        self.note(f"SIGSTOP node {node_id}")
         try:
-            await asyncio.sleep(fault.hold_s)
+            await asyncio.sleep(hold_s)
         finally:
             with contextlib.suppress(ProcessLookupError):
                 node.resume()
-            self.note(f"SIGCONT node {fault.node_id}")
+            self.note(f"SIGCONT node {node_id}")
 
     async def _restart_all(self, fault: Fault) -> None:
         chosen = sorted(self.members)
@@ -255,21 +288,25 @@ class _Nemesis:
         await self._restart(chosen)
 
     async def _partition(self, fault: Fault) -> None:
-        if self.partitioner is None:
-            self.note("partition skipped: not in a private network namespace")
-            return await asyncio.sleep(fault.hold_s)
         if self._gone(fault):
             return await asyncio.sleep(fault.hold_s)
+        await self._isolate(fault.node_id, fault.hold_s)
+
+    async def _isolate(self, node_id: int, hold_s: float) -> None:
+        """Cut `node_id` off from every other live member for `hold_s`, then heal."""
+        if self.partitioner is None:
+            self.note("partition skipped: not in a private network namespace")
+            return await asyncio.sleep(hold_s)
         nodes = self.cluster.nodes
-        host = nodes[fault.node_id].config.listen_addr.host
-        others = [str(nodes[i].config.listen_addr.host) for i in self.live() if i != fault.node_id]
+        host = nodes[node_id].config.listen_addr.host
+        others = [str(nodes[i].config.listen_addr.host) for i in self.live() if i != node_id]
         self.partitioner.isolate(str(host), others)
-        self.note(f"isolated node {fault.node_id} ({host}) from {others}")
+        self.note(f"isolated node {node_id} ({host}) from {others}")
         try:
-            await asyncio.sleep(fault.hold_s)
+            await asyncio.sleep(hold_s)
         finally:
             self.partitioner.heal()
-            self.note(f"healed partition of node {fault.node_id}")
+            self.note(f"healed partition of node {node_id}")
 
     async def _add_node(self, fault: Fault) -> None:
         """Start a spare slot: it joins through its seeds and the rebalancer (every
@@ -290,18 +327,17 @@ class _Nemesis:
         self.note(f"spare node {fault.node_id} joined (Ready after {took:.2f} s)")
         await asyncio.sleep(fault.hold_s)
 
-    async def _decommission(self, fault: Fault) -> None:
-        """PLACEMENT_REQUEST decommission with the admin certificate (what `nodedb-cluster
-        decommission --no-wait` sends), to any live member, retried while unanswered; the drain
-        is then awaited in the background (`_retire`) while later faults fire."""
-        if self._gone(fault):
-            return await asyncio.sleep(fault.hold_s)
-        node_id = fault.node_id
+    async def _placement(
+        self, op: str, refusal: str, **fields: object
+    ) -> tuple[dict[str, Any] | None, str]:
+        """PLACEMENT_REQUEST `op` with the admin certificate (what the `nodedb-cluster`
+        placement commands send) to any live member, retried while unanswered, bounded by
+        `PLACEMENT_REQUEST_TIMEOUT_S`. (answer, "") or (None, why): a refusal (an error naming
+        `refusal`, final) or the last error when no member answered."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + DECOMMISSION_REQUEST_TIMEOUT_S
-        answer: dict[str, Any] | None = None
+        deadline = loop.time() + PLACEMENT_REQUEST_TIMEOUT_S
         error = ""
-        while answer is None and loop.time() < deadline:
+        while loop.time() < deadline:
             for via in self.live():
                 try:
                     reply = await control_rpc(
@@ -309,25 +345,30 @@ class _Nemesis:
                         self.cluster.admin_credentials,
                         2.0,
                         wire.MessageKind.PLACEMENT_REQUEST,
-                        encode_placement_request("decommission", node_id=node_id),
+                        encode_placement_request(op, **fields),
                         wire.MessageKind.PLACEMENT_RESPONSE,
                     )
-                    answer = wire.decode_map(reply, "placement response")
-                    break
+                    return wire.decode_map(reply, "placement response"), ""
                 except RemoteError as e:
-                    if "replication factor" in e.message:  # refused: stays so
-                        self.note(f"decommission of node {node_id} refused: {e.message}")
-                        return await asyncio.sleep(fault.hold_s)
+                    if refusal in e.message:  # refused: stays so
+                        return None, f"refused: {e.message}"
                     error = str(e)
                 except ClusterError as e:
                     error = str(e)
-            if answer is None:
-                await asyncio.sleep(0.2)  # no member answered: try again, bounded
+            await asyncio.sleep(0.2)  # no member answered: try again, bounded
+        return None, f"no member answered within {PLACEMENT_REQUEST_TIMEOUT_S} s ({error})"
+
+    async def _decommission(self, fault: Fault) -> None:
+        """PLACEMENT_REQUEST decommission (what `nodedb-cluster decommission --no-wait` sends);
+        the drain is then awaited in the background (`_retire`) while later faults fire."""
+        if self._gone(fault):
+            return await asyncio.sleep(fault.hold_s)
+        node_id = fault.node_id
+        answer, why = await self._placement("decommission", "replication factor", node_id=node_id)
         if answer is None:
-            self.anomalies.append(
-                f"decommission of node {node_id}: no member accepted the request within "
-                f"{DECOMMISSION_REQUEST_TIMEOUT_S} s ({error})"
-            )
+            self.note(f"decommission of node {node_id}: {why}")
+            if not why.startswith("refused"):
+                self.anomalies.append(f"decommission of node {node_id}: {why}")
             return await asyncio.sleep(fault.hold_s)
         self.note(f"decommission of node {node_id}: {answer.get('state')}")
         self._drains.append(asyncio.create_task(self._retire(node_id)))
@@ -337,6 +378,82 @@ class _Nemesis:
         self.note(f"SIGKILL node {node_id} (draining)")
         await asyncio.sleep(fault.hold_s)
         await self._restart([node_id])  # unless retired meanwhile (its replicas moved anyway)
+
+    async def routing_tables(self) -> dict[int, RoutingTable]:
+        """The routing table each live member serves to a client (those that answer)."""
+
+        async def one(node_id: int) -> tuple[int, RoutingTable | None]:
+            addr = self.cluster.nodes[node_id].addr
+            creds = self.cluster.client_credentials
+            try:
+                async with asyncio.timeout(ROUTING_PROBE_TIMEOUT_S * 2):
+                    async with Client([addr], creds, timeout_s=ROUTING_PROBE_TIMEOUT_S) as c:
+                        return node_id, c.routing
+            except (ClusterError, TimeoutError):
+                return node_id, None
+
+        got = await asyncio.gather(*(one(i) for i in self.live()))
+        return {i: t for i, t in got if t is not None}
+
+    async def _move_vshard(self, fault: Fault) -> None:
+        """Begin moves of `fault.vshards` (at once) to one group other than the first one's
+        source, picked by `fault.target_pick` among the data groups routing has now; then hit
+        the mover (the source group's leader) with `fault.mover_fault` for the hold. A move
+        refused (the concurrent-move limit, a move of that vShard under way) is noted."""
+        tables = await self.routing_tables()
+        if not tables:
+            self.note("move_vshard skipped: no member served routing")
+            return await asyncio.sleep(fault.hold_s)
+        routing = max(tables.values(), key=lambda t: t.epoch)
+        source = routing.group_for_vshard(fault.vshards[0])
+        others = sorted(set(routing.group_ids) - {source, METADATA_GROUP_ID})
+        if not others:
+            self.note("move_vshard skipped: one data group")
+            return await asyncio.sleep(fault.hold_s)
+        target = others[int(fault.target_pick * len(others))]
+        there = [v for v in fault.vshards if routing.group_for_vshard(v) == target]
+        if there:
+            self.note(f"vShards {there} are in group {target} already: not moved")
+        # The mover is found before the moves begin, so the hit lands while they run.
+        mover = leader_of(await self._statuses(), source) if fault.mover_fault else 0
+
+        async def begin(vshard: int) -> None:
+            answer, why = await self._placement(
+                "move_vshard", "refused", vshard=vshard, to_group=target
+            )
+            if answer is None:
+                self.moves_refused += 1
+                self.note(f"move of vShard {vshard} to group {target}: {why}")
+                return
+            self.moves_begun.append((vshard, int(answer.get("source", 0)), target))
+            self.note(
+                f"move {answer.get('move_id')} of vShard {vshard}: group "
+                f"{answer.get('source')} -> {target} begun"
+            )
+
+        await asyncio.gather(*(begin(v) for v in fault.vshards if v not in there))
+        if not fault.mover_fault:
+            return await asyncio.sleep(fault.hold_s)
+        if not mover:
+            self.note(f"group {source} had no leader: {fault.mover_fault} skipped")
+            return await asyncio.sleep(fault.hold_s)
+        self.note(f"{fault.mover_fault} the mover, node {mover} (leader of group {source})")
+        hit = {"kill": self._kill_node, "pause": self._pause_node, "partition": self._isolate}
+        await hit[fault.mover_fault](mover, fault.hold_s)
+
+    async def _add_groups(self, fault: Fault) -> None:
+        """PLACEMENT_REQUEST add_groups (what `nodedb-cluster add-groups` sends); the rebalancer
+        then moves vShards into them while later faults fire."""
+        answer, why = await self._placement("add_groups", "refused", count=fault.count)
+        if answer is None:
+            self.note(f"adding {fault.count} groups: {why}")
+            if not why.startswith("refused"):
+                self.anomalies.append(f"adding {fault.count} groups: {why}")
+            return await asyncio.sleep(fault.hold_s)
+        added = [int(g[0]) for g in answer.get("groups") or ()]
+        self.groups_added.update(added)
+        self.note(f"added data groups {added}")
+        await asyncio.sleep(fault.hold_s)
 
     async def _retire(self, node_id: int) -> None:
         """Poll until the topology says `node_id` is DECOMMISSIONED (or gone), then stop it for
@@ -358,6 +475,32 @@ class _Nemesis:
         self.anomalies.append(
             f"decommission of node {node_id} not finished within {DRAIN_TIMEOUT_S} s: {state}"
         )
+
+    async def settle_placement(self) -> tuple[list[str], RoutingTable | None]:
+        """Poll until no member's status lists a vShard move in flight and every member serves
+        the same routing (`checks.routing_problems`), bounded by `VSHARD_SETTLE_TIMEOUT_S`.
+        Returns what was still wrong at the bound (empty: settled) and the newest routing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + VSHARD_SETTLE_TIMEOUT_S
+        while True:
+            statuses = await self._statuses()
+            tables: dict[int, RoutingTable] = {}
+            problems = [f"member {i} did not answer status" for i in self.members - statuses.keys()]
+            rows = moves_in_flight(statuses)
+            last = loop.time() > deadline
+            if rows:
+                problems.append(
+                    f"vShard moves in flight (vShard, source, target, id, phase) {rows}"
+                )
+            if not rows or last:  # routing is read once no move runs (and at the bound)
+                tables = await self.routing_tables()
+                problems += [f"member {i} served no routing" for i in self.members - tables.keys()]
+                views = {i: (t.epoch, list(map(int, t.vshard_to_group))) for i, t in tables.items()}
+                problems += routing_problems(views, statuses)
+            newest = max(tables.values(), key=lambda t: t.epoch) if tables else None
+            if not problems or last:
+                return problems, newest
+            await asyncio.sleep(0.25)  # moves and routing have no push channel: poll, bounded
 
     async def _watch_election(
         self, group_id: int, old: int, term: int, killed_ms: float, hold_s: float
@@ -482,9 +625,20 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
             )
         keys = spec.workload.key_names()
         key_groups = sorted({clients[0].group_of(k.encode()) for k in keys})
+        key_vshards = sorted({int(vshard_for_key(k.encode())) for k in keys})
+        start_routing = [int(g) for g in clients[0].routing.vshard_to_group]
+        data_groups = len(set(clients[0].routing.group_ids) - {METADATA_GROUP_ID})
         spares = range(spec.nodes + 1, spec.nodes + spec.spares + 1)
         schedule = plan_schedule(
-            spec.seed, spec.workload.duration_s, initial, key_groups, spec.kinds, spares, rf
+            spec.seed,
+            spec.workload.duration_s,
+            initial,
+            key_groups,
+            spec.kinds,
+            spares,
+            rf,
+            vshards=key_vshards,
+            data_groups=data_groups,
         )
         result.schedule = schedule
         print_fn(format_schedule(spec.seed, schedule))
@@ -497,6 +651,12 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
         finally:
             await nemesis.heal_all()
             await workload
+        unsettled, routing = await nemesis.settle_placement()
+        result.anomalies += [
+            f"placement not settled {VSHARD_SETTLE_TIMEOUT_S} s after healing: {p}"
+            for p in unsettled
+        ]
+        result.moves = _move_outcomes(nemesis, start_routing, routing)
         result.fault_log = nemesis.log
         result.anomalies += nemesis.anomalies
         members = set(nemesis.members)
@@ -539,6 +699,33 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def _move_outcomes(
+    nemesis: _Nemesis, start: Sequence[int], end: RoutingTable | None
+) -> dict[str, int]:
+    """The harness's moves by where their vShard is at the end (see `RunResult.moves`)."""
+    out = {
+        "begun": len(nemesis.moves_begun),
+        "refused": nemesis.moves_refused,
+        "finished": 0,
+        "aborted": 0,
+        "elsewhere": 0,
+        "groups_added": len(nemesis.groups_added),
+        "relocated": 0,
+    }
+    if end is None:
+        return out
+    final = [int(g) for g in end.vshard_to_group]
+    begun = nemesis.moves_begun
+    for n, (vshard, source, target) in enumerate(begun):
+        # Where the vShard is next seen: the source of the harness's next move of it, or the end.
+        later = [s for v, s, _ in begun[n + 1 :] if v == vshard]
+        group = later[0] if later else final[vshard]
+        outcome = "finished" if group == target else "aborted" if group == source else "elsewhere"
+        out[outcome] += 1
+    out["relocated"] = sum(1 for a, b in zip(start, final, strict=True) if a != b)
+    return out
+
+
 def _count_ops(ops: Sequence[Op]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for op in ops:
@@ -571,10 +758,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def summarize(results: Sequence[RunResult]) -> dict[str, object]:
     failovers = [f for r in results for f in r.failovers_ms]
     elections = [f for r in results for f in r.elections_ms]
-    ops: dict[str, int] = {}
-    for r in results:
-        for k, v in r.ops.items():
-            ops[k] = ops.get(k, 0) + v
+    ops = _sum_counts(r.ops for r in results)
     return {
         "runs": len(results),
         "faults": dict(sorted(Counter(f.kind for r in results for f in r.schedule).items())),
@@ -590,7 +774,15 @@ def summarize(results: Sequence[RunResult]) -> dict[str, object]:
         "election_ms_p50": statistics.median(elections) if elections else None,
         "election_ms_p99": percentile(elections, 99) if elections else None,
         "ops": dict(sorted(ops.items())),
+        "moves": _sum_counts(r.moves for r in results),
     }
+
+
+def _sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    out: Counter[str] = Counter()
+    for c in counts:
+        out.update(c)
+    return dict(sorted(out.items()))
 
 
 def write_summary(path: Path, results: Sequence[RunResult]) -> None:
