@@ -24,8 +24,9 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import nodedb_cluster_core
 
@@ -183,19 +184,32 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def load_arguments(doc: str, clients: int, clients_help: str) -> argparse.ArgumentParser:
+    """The arguments of a placement bench: the data loaded first and the writers beside."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=256, help="KV data loaded first (MiB)")
     parser.add_argument("--value-bytes", type=int, default=1024, help="bytes per value")
-    parser.add_argument("--clients", type=int, default=64, help="writers during the moves")
+    parser.add_argument("--clients", type=int, default=clients, help=clients_help)
+    return parser
+
+
+def run_release(
+    main: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, object]]],
+    ns: argparse.Namespace,
+) -> None:
+    """Runs a bench's `main` and prints its result as JSON; refuses a debug build of the core."""
+    if nodedb_cluster_core.build_profile() != "release":
+        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(asyncio.run(main(ns)), sort_keys=True))
+
+
+if __name__ == "__main__":
+    parser = load_arguments(__doc__, 64, "writers during the moves")
     parser.add_argument(
         "--concurrent-moves",
         type=int,
         default=0,
         help="rebalance_concurrent_moves_max (0: default)",
     )
-    ns = parser.parse_args()
-    if nodedb_cluster_core.build_profile() != "release":
-        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(asyncio.run(main(ns)), sort_keys=True))
+    run_release(main, parser.parse_args())

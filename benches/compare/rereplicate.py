@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -29,8 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nodedb_cluster_core
-from elastic import Writers, decommission, load, read_back_ok
+from elastic import Writers, decommission, load, load_arguments, read_back_ok, run_release
 
 from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster, Status
@@ -148,13 +146,6 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mib", type=int, default=256, help="KV data loaded first (MiB)")
-    parser.add_argument("--value-bytes", type=int, default=1024, help="bytes per value")
-    parser.add_argument("--clients", type=int, default=0, help="writers during the move")
+    parser = load_arguments(__doc__, 0, "writers during the move")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' directories and logs")
-    ns = parser.parse_args()
-    if nodedb_cluster_core.build_profile() != "release":
-        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(asyncio.run(main(ns)), sort_keys=True))
+    run_release(main, parser.parse_args())

@@ -114,8 +114,7 @@ pub fn when(attempt: usize, err: &KvError, left: Duration) -> When {
 }
 
 /// When an item refused `refused_before` times already by its vShard's state goes again,
-/// with `left` until its deadline: [`REFUSED_PAUSE_FIRST`], doubling, at most
-/// [`REFUSED_PAUSE_MAX`].
+/// with `left` until its deadline: 1 ms, doubling, at most 4 ms.
 pub fn when_refused(refused_before: u32, left: Duration) -> When {
     let pause = REFUSED_PAUSE_FIRST
         .saturating_mul(1u32 << refused_before.min(8))
@@ -127,33 +126,30 @@ pub fn when_refused(refused_before: u32, left: Duration) -> When {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_refused_item_backs_off_from_1_ms_doubling_to_4_ms() {
+        let left = Duration::from_secs(1);
+        let ms = |n| match when_refused(n, left) {
+            When::After(p) => p.as_millis(),
+            When::AtOnce => 0,
+        };
+        assert_eq!(
+            (0..7).map(ms).collect::<Vec<_>>(),
+            vec![1, 2, 4, 4, 4, 4, 4]
+        );
+        assert_eq!(ms(u32::MAX), 4);
+        assert_eq!(
+            when_refused(3, Duration::from_millis(2)),
+            When::After(Duration::from_millis(2)),
+            "cut short by the deadline"
+        );
+    }
+
     fn remote(code: &str) -> KvError {
         KvError::Net(TransportError::Remote {
             code: code.into(),
             message: "m".into(),
         })
-    }
-
-    #[test]
-    fn a_refused_item_backs_off_doubling_from_the_first_pause_to_the_cap() {
-        let left = Duration::from_secs(1);
-        let pause = |n| match when_refused(n, left) {
-            When::After(p) => p,
-            When::AtOnce => Duration::ZERO,
-        };
-        assert_eq!(pause(0), REFUSED_PAUSE_FIRST);
-        assert_eq!(pause(1), REFUSED_PAUSE_FIRST * 2);
-        for n in 1..12 {
-            assert!(pause(n) >= pause(n - 1), "never shorter");
-            assert!(pause(n) <= REFUSED_PAUSE_MAX);
-        }
-        assert_eq!(pause(11), REFUSED_PAUSE_MAX);
-        assert_eq!(pause(u32::MAX), REFUSED_PAUSE_MAX);
-        assert_eq!(
-            when_refused(3, Duration::from_micros(500)),
-            When::After(Duration::from_micros(500)),
-            "cut short by the deadline"
-        );
     }
 
     #[test]
