@@ -11,10 +11,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgpack
 import pytest
 from test_kv import formed
 from test_kv_sessions import converged, leader_of
 
+from nodedb_cluster import wire
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import InvalidRequest, VShardMoved, VShardPaused
 from nodedb_cluster.metadata.commands import AssignVShard, MetadataEntry
@@ -207,6 +209,7 @@ async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]
         during = asyncio.create_task(client.put(keys[0], b"after-abort", timeout_s=CALL_BOUND_S))
         await asyncio.sleep(0.05)
         assert not during.done()
+        await requesters_see_refusals_only_when_they_announce_them(three, source, keys[1])
         late = (await engine_of(three, source)).kv_vshard_export(
             source, vshard, MOVE_ID, False, 1 << 20
         )
@@ -232,6 +235,36 @@ async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]
                 kv_check_result(result)
         with pytest.raises(InvalidRequest, match="plain"):
             await copy(three, source, target, vshard, delta=False)
+
+
+async def requesters_see_refusals_only_when_they_announce_them(
+    nodes: list[Node], group: int, key: bytes
+) -> None:
+    """`key`'s vShard is frozen in `group`: a requester with `caps` 1 gets the per-item
+    refusal; one without (every requester before vShard moves) gets an unknown outcome for the
+    group's share, which it retries, never a value or an absence."""
+    leader = await leader_of(nodes, group)
+    sender = next(n for n in nodes if n is not leader)
+    command = kv_put(key, b"x")
+
+    async def ask(doc: dict[str, object]) -> dict[str, object]:
+        kind, payload = await sender.transport.send_rpc(
+            leader.config.node_id,
+            wire.MessageKind.KV_REQUEST,
+            bytes(msgpack.packb(doc, use_bin_type=True)),
+        )
+        assert kind == wire.MessageKind.KV_RESPONSE
+        reply = msgpack.unpackb(payload, raw=False)
+        assert isinstance(reply, dict)
+        return reply
+
+    propose: dict[str, object] = {"op": "propose_many", "gs": [group], "cmds": [command]}
+    read: dict[str, object] = {"op": "read_many", "gs": [group], "keys": [key]}
+    assert await ask(propose) == {"r": [None], "unk": [group]}
+    assert await ask(read) == {"r": [None], "unk": [group]}
+    new = await ask({**propose, "caps": 1})
+    assert kv_result(new["r"][0]) == ("paused", None)  # type: ignore[index]
+    assert await ask({**read, "caps": 1}) == {"r": [None], "vsp": [0]}
 
 
 async def test_bad_steps_are_refused_with_the_reason() -> None:

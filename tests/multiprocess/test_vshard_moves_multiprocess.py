@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.client import Client
-from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
 from nodedb_cluster.routing import vshard_for_key
 from support.cli_run import cred_flags, run_cli
 
@@ -195,5 +195,64 @@ async def test_groups_added_to_a_live_cluster_are_filled(tmp_path: Path) -> None
             assert got == [f"{i}".encode() for i in acked]
         counts = {g: v["vshards"] for g, v in leaders_view(statuses).items()}
         print(f"vShards per group after adding 2 groups: {counts}; {len(acked)} writes meanwhile")
+    finally:
+        await cluster.close()
+
+
+async def test_a_mover_killed_mid_move_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL of the node running a move while it copies: the move ends (finished by the new
+    leader of the source group, or aborted) with no move left in flight, and the vShard's keys
+    are all readable and writable wherever it ends up."""
+    overrides: dict[str, object] = {**FAST, "num_groups": 2, "vshard_move_pause_budget_ms": 5000}
+    cluster = LocalCluster(tmp_path / "c", 3, overrides=overrides)
+    try:
+        await cluster.start()
+        await cluster.wait_for(formed(2), cluster.nodes, 30, "two groups at RF 3")
+        addrs = [n.addr for n in cluster.nodes.values()]
+        vshard = vshard_for_key(b"k0")
+        # ~25 MiB in the moving vShard, so its copy takes long enough to be killed in.
+        keys = [
+            k for k in (f"big{i}".encode() for i in range(400_000)) if vshard_for_key(k) == vshard
+        ]
+        keys = keys[:100]
+        value = b"x" * (256 << 10)
+        async with Client(addrs, cluster.client_credentials) as client:
+            source = client.routing.group_for_vshard(vshard)
+            for k in keys:
+                await client.put(k, value)
+            statuses = await cluster.wait_for(lambda s: True, cluster.nodes, 5, "status")
+            mover = leader_of(statuses, source)
+            admin = ["--addr", cluster.nodes[mover].addr, *cred_flags(cluster.admin_credentials)]
+            code, _, err = await run_cli(
+                "move-vshard",
+                "--vshard",
+                str(vshard),
+                "--to-group",
+                str(3 - source),
+                "--no-wait",
+                *admin,
+            )
+            assert code == 0, err
+
+            def copying(s: dict[int, Status]) -> bool:
+                rows = s[mover].get("vshard_moves") or []
+                return any(r[4] in ("copying", "frozen") for r in rows)
+
+            await cluster.wait_for(copying, [mover], 20, "the move copying")
+            cluster.nodes[mover].kill()
+            await cluster.nodes[mover].stop()  # reaps the killed process
+            await cluster.start([mover])
+            others = [n for n in cluster.nodes if n != mover]
+
+            def over(s: dict[int, Status]) -> bool:
+                return all(not st.get("vshard_moves") for st in s.values())
+
+            await cluster.wait_for(over, cluster.nodes, 60, "no move in flight")
+            await client.connect()
+            where = client.routing.group_for_vshard(vshard)
+            assert await client.get_many(keys) == [value] * len(keys)
+            await client.put(keys[0], b"after")
+            assert await client.get(keys[0]) == b"after"
+        print(f"vShard {vshard} ended in group {where} (source {source}); survivors {others}")
     finally:
         await cluster.close()

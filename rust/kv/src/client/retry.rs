@@ -114,7 +114,7 @@ pub fn when(attempt: usize, err: &KvError, left: Duration) -> When {
 }
 
 /// When an item refused `refused_before` times already by its vShard's state goes again,
-/// with `left` until its deadline: 1 ms, doubling, at most 16 ms.
+/// with `left` until its deadline: 1 ms, doubling, at most 4 ms.
 pub fn when_refused(refused_before: u32, left: Duration) -> When {
     let pause = REFUSED_PAUSE_FIRST
         .saturating_mul(1u32 << refused_before.min(8))
@@ -127,7 +127,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_refused_item_backs_off_from_1_ms_doubling_to_16_ms() {
+    fn a_refused_item_backs_off_from_1_ms_doubling_to_4_ms() {
         let left = Duration::from_secs(1);
         let ms = |n| match when_refused(n, left) {
             When::After(p) => p.as_millis(),
@@ -135,12 +135,12 @@ mod tests {
         };
         assert_eq!(
             (0..7).map(ms).collect::<Vec<_>>(),
-            vec![1, 2, 4, 8, 16, 16, 16]
+            vec![1, 2, 4, 4, 4, 4, 4]
         );
-        assert_eq!(ms(u32::MAX), 16);
+        assert_eq!(ms(u32::MAX), 4);
         assert_eq!(
-            when_refused(3, Duration::from_millis(3)),
-            When::After(Duration::from_millis(3)),
+            when_refused(3, Duration::from_millis(2)),
+            When::After(Duration::from_millis(2)),
             "cut short by the deadline"
         );
     }
