@@ -146,7 +146,7 @@ class Node:
             lambda: frozenset(m.target for m in self.metadata.vshard_moves),
         )
         self._vshard_steps = GroupSteps(
-            config.node_id, self._require_engine, transport, config.rpc_timeout_ms
+            config.node_id, self._require_engine, transport, self._routing, config.rpc_timeout_ms
         )
         self.vshard_mover = VShardMover(
             config.node_id,

@@ -50,7 +50,7 @@ from nodedb_cluster.metadata.commands import (
 from nodedb_cluster.metadata.vshard_converge import Step, VShardMark, converge
 from nodedb_cluster.metadata.vshard_moves import VShardMove
 from nodedb_cluster.raft import RaftEngine, kv_check_result, kv_vshard_command
-from nodedb_cluster.routing.table import METADATA_GROUP_ID
+from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.transport import Peer, Reply, Transport
 
 log = logging.getLogger(__name__)
@@ -175,28 +175,38 @@ class GroupSteps:
         node_id: int,
         engine: Callable[[], RaftEngine],
         transport: Transport,
+        routing: Callable[[], RoutingTable],
         timeout_ms: int,
     ) -> None:
         self._node_id = node_id
         self._engine = engine
         self._transport = transport
+        self._routing = routing
+        """The applied routing table: who the voters of a group are."""
         self._timeout_ms = timeout_ms
 
     async def propose(self, group: int, commands: list[bytes]) -> list[bytes]:
-        """The results of `commands`, applied as ONE entry of `group`."""
+        """The results of `commands`, applied as ONE entry of `group`. The leader is the one
+        this node knows (it holds a replica), else asked of the group's voters in turn, each
+        answer naming the leader it knows."""
         last: ClusterError = NotLeader(None, f"group {group} has no leader")
-        for _ in range(STEP_ATTEMPTS_MAX):
-            engine = self._engine()
-            leader = engine.leader(group)
+        engine = self._engine()
+        hint = engine.leader(group) or 0
+        voters = [v for v in self._routing().route(group).voters if v != self._node_id]
+        for attempt in range(STEP_ATTEMPTS_MAX + len(voters)):
+            target = hint or engine.leader(group) or 0
+            if not target and voters:
+                target = voters[attempt % len(voters)]  # someone who can name the leader
+            hint = 0
             try:
-                if leader == self._node_id:
+                if target == self._node_id:
                     return await self._propose_here(group, commands)
-                if not leader:
+                if not target:
                     epoch, _ = engine.leaders()
                     await engine.wait_leaders_changed(epoch, NO_LEADER_WAIT_MS)
                     continue
                 _kind, payload = await self._transport.send_rpc(
-                    leader,
+                    target,
                     wire.MessageKind.VSHARD_STEP,
                     encode_step(group, commands, self._timeout_ms),
                 )
@@ -207,7 +217,12 @@ class GroupSteps:
             results = doc.get("r")
             if isinstance(results, list) and all(isinstance(r, bytes) for r in results):
                 return list(results)
-            last = NotLeader(None, f"group {group}: node {leader} does not lead it")
+            named = doc.get("nl")
+            hint = named if type(named) is int and named != target else 0
+            last = NotLeader(None, f"group {group}: node {target} does not lead it")
+            if not hint:
+                epoch, _ = engine.leaders()
+                await engine.wait_leaders_changed(epoch, NO_LEADER_WAIT_MS)  # an election
         raise last
 
     async def _propose_here(self, group: int, commands: list[bytes]) -> list[bytes]:
@@ -221,7 +236,7 @@ class GroupSteps:
         try:
             proposed = await engine.propose_batch(group, commands, timeout_ms, kind="kv")
         except (RaftNotLeader, UnknownGroup):
-            doc: dict[str, object] = {"nl": engine.leader(group) or 0}
+            doc: dict[str, object] = {"nl": engine.leader(group) or 0}  # a hint, or 0
         else:
             doc = {"r": list(proposed.results)}
         return wire.MessageKind.VSHARD_STEP_RESPONSE, bytes(msgpack.packb(doc))
