@@ -5,9 +5,11 @@ leader), after which the rebalancer moves the node's replicas off and retires it
     {op: "decommission", node_id: u64}   -> {node_id, state: "DRAINING"}
     {op: "rebalance", dry_run: bool}      -> {moves: [{move: name, ...fields}], held: [str],
                                               started: bool}
-    {op: "move_vshard", vshard: u16, to_group: u64}
-                                          -> {vshard, source, target, move_id}: begun in group 0;
-                                             the source group's leader carries it out
+    {op: "move_vshard", vshard: u16, to_group: u64, wait_ms: u32 = 0}
+                                          -> {vshard, source, target, move_id, outcome}: begun in
+                                             group 0; the source group's leader carries it out;
+                                             with wait_ms the answer waits (bounded) for the end:
+                                             outcome "moved", "aborted" or "running"
     {op: "add_groups", count: u32}        -> {groups: [[group, [voter], [learners]]]}: new data
                                              groups, each bootstrapped by its first member and
                                              joined by the others; the rebalancer then moves
@@ -16,8 +18,10 @@ leader), after which the rebalancer moves the node's replicas off and retires it
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,6 +41,8 @@ from nodedb_cluster.transport import Peer, Reply
 
 log = logging.getLogger(__name__)
 
+MOVE_WAIT_MS_MAX = 600_000
+MOVE_POLL_S = 0.002
 ADD_GROUPS_MAX = 1024
 """Groups one request may add (the routing table holds 4096 in all)."""
 
@@ -82,9 +88,16 @@ class PlacementControl:
                 answer = plan_doc(planned, not dry_run)
             case "move_vshard":
                 vshard, to_group = doc.get("vshard"), doc.get("to_group")
+                wait_ms = doc.get("wait_ms", 0)
                 if type(vshard) is not int or type(to_group) is not int:
                     raise InvalidRequest("move_vshard needs integer vshard and to_group")
+                if type(wait_ms) is not int or not 0 <= wait_ms <= MOVE_WAIT_MS_MAX:
+                    raise InvalidRequest(f"move_vshard wait_ms must be 0..{MOVE_WAIT_MS_MAX}")
                 answer = await self._move_vshard(peer, vshard, to_group)
+                if wait_ms and answer["move_id"]:
+                    answer["outcome"] = await self._move_outcome(
+                        vshard, answer["move_id"], to_group, wait_ms / 1000
+                    )
             case "add_groups":
                 count = doc.get("count")
                 if type(count) is not int or not 1 <= count <= ADD_GROUPS_MAX:
@@ -131,6 +144,20 @@ class PlacementControl:
             "added data groups %s (asked by %s)", [c.group_id for c in commands], peer.identity
         )
         return {"groups": [[c.group_id, list(c.voters), list(c.learners)] for c in commands]}
+
+    async def _move_outcome(self, vshard: int, move_id: int, to_group: int, wait_s: float) -> str:
+        """How move `move_id` ended, as this node's replica of group 0 says, once it ended or
+        `wait_s` passed ("running"). Reads local state only (no RPC), every `MOVE_POLL_S`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            state = self._metadata()
+            move = state.vshard_moves.get(vshard)
+            if move is None or move.move_id != move_id:
+                moved = state.routing.group_for_vshard(vshard) == to_group
+                return "moved" if moved else "aborted"
+            if time.monotonic() >= deadline:
+                return "running"
+            await asyncio.sleep(MOVE_POLL_S)  # local state, read cheaply; bounded above
 
     async def _decommission(self, peer: Peer, node_id: int) -> dict[str, Any]:
         state = self._metadata()

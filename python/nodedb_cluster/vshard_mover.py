@@ -366,6 +366,7 @@ class VShardMover:
         progress.phase = "frozen"
         frozen_at = self._clock()
         await self._checked_here(s, [command("freeze", v, t, move_id)])
+        froze_ms = (self._clock() - frozen_at) * 1000
         await self._import(move, progress, delta=True)
         pause_s = self._clock() - frozen_at
         if pause_s > self._pause_budget_s:
@@ -374,7 +375,9 @@ class VShardMover:
                 f"(budget {self._pause_budget_s * 1000:.0f} ms)"
             )
         progress.phase = "flipping"
+        flip_at = self._clock()
         refused = await self._propose_metadata(MetadataEntry((FinishVShardMove(v, move_id),)))
+        flipped_at = self._clock()
         if refused is not None:
             raise MoveAborted(f"group 0 refused the flip: {refused}")
         # Committed: from here on the move is done whatever happens; converge ends the marks
@@ -389,12 +392,17 @@ class VShardMover:
         self.pauses_ms.append(pause_ms)
         del self.pauses_ms[:-1024]
         log.info(
-            "vshard %d moved from group %d to group %d (move %d, paused %.1f ms)",
+            "vshard %d moved from group %d to group %d (move %d, paused %.1f ms: freeze %.1f, "
+            "delta %.1f, flip %.1f, release %.1f)",
             v,
             s,
             t,
             move_id,
             pause_ms,
+            froze_ms,
+            (flip_at - frozen_at) * 1000 - froze_ms,
+            (flipped_at - flip_at) * 1000,
+            (self._clock() - flipped_at) * 1000,
         )
 
     async def _import(self, move: VShardMove, progress: MoveProgress, *, delta: bool) -> None:
