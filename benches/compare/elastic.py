@@ -32,7 +32,7 @@ import nodedb_cluster_core
 
 from nodedb_cluster import wire
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
-from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views
 from nodedb_cluster.placement_control import encode_placement_request
 from nodedb_cluster.transport import Transport
 
@@ -42,18 +42,9 @@ LOADERS = 8
 SETTLE_TIMEOUT_S = 600.0
 
 
-def views(statuses: dict[int, Status]) -> dict[int, dict[str, object]]:
-    out: dict[int, dict[str, object]] = {}
-    for s in statuses.values():
-        for g in s["groups"]:
-            if g["group_id"] != 0 and g["role"] == "leader":
-                out[int(g["group_id"])] = g
-    return out
-
-
 def spread(nodes: list[int]) -> Callable[[dict[int, Status]], bool]:
     def check(statuses: dict[int, Status]) -> bool:
-        v = views(statuses)
+        v = data_group_views(statuses)
         if len(v) != DATA_GROUPS:
             return False
         counts: Counter[int] = Counter()

@@ -31,6 +31,17 @@ Status = dict[str, Any]
 """A node's status document (`Node.status().to_doc()` as sent over the wire)."""
 
 
+def data_group_views(statuses: Mapping[int, Status]) -> dict[int, dict[str, Any]]:
+    """Each data group as a node reporting itself its leader sees it (group id -> the group's
+    row of that node's status)."""
+    views: dict[int, dict[str, Any]] = {}
+    for s in statuses.values():
+        for g in s["groups"]:
+            if g["group_id"] != 0 and g["role"] == "leader":
+                views[int(g["group_id"])] = g
+    return views
+
+
 def leader_of(statuses: Mapping[int, Status], group_id: int) -> int:
     """The node that reports itself leader of `group_id` with the highest term (0 if none): a
     deposed leader that has not heard of the new term yet may still say it leads."""

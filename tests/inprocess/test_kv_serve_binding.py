@@ -114,9 +114,7 @@ async def test_bad_input_gets_typed_errors_and_the_server_goes_on(one: One) -> N
 
 async def test_singles_and_every_read_level_are_served_here(one: One) -> None:
     one.engine.serve_kv_requests(one.transport)
-    reply = await ask(
-        one, {"op": "propose", "g": GROUP, "cmds": [kv_put(b"a", b"1")], "fwd": True}
-    )
+    reply = await ask(one, {"op": "propose", "g": GROUP, "cmds": [kv_put(b"a", b"1")], "fwd": True})
     assert kv_result(reply["r"][0]) == ("ok", None)
     rounds = one.engine.metrics()["read_index_requests"]
     # Right after this leader's own commit: a lease read takes no ReadIndex round.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.client import Client
-from nodedb_cluster.localcluster import LocalCluster, Status
+from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views
 from support.cli_run import cred_flags, run_cli
 
 pytestmark = pytest.mark.multiprocess
@@ -25,16 +25,6 @@ DATA_GROUPS = 4
 KEYS = 200
 WRITES_MAX = 20_000
 """Bound on the writer that runs while replicas move (it stops at balance anyway)."""
-
-
-def data_group_views(statuses: dict[int, Status]) -> dict[int, dict[str, object]]:
-    """Each data group as its leader reports it."""
-    views: dict[int, dict[str, object]] = {}
-    for s in statuses.values():
-        for g in s["groups"]:
-            if g["group_id"] != 0 and g["role"] == "leader":
-                views[int(g["group_id"])] = g
-    return views
 
 
 def replicas(statuses: dict[int, Status]) -> Counter[int]:
@@ -148,7 +138,7 @@ async def test_decommission_moves_every_replica_off_then_retires_the_node(
         assert json.loads(out)["state"] == "DECOMMISSIONED"
         statuses = await cluster.wait_for(settled(3), [1, 2, 3], 30, "RF 3 on 1-3 again")
         assert replicas(statuses) == Counter({1: 4, 2: 4, 3: 4})
-        states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}  # type: ignore[attr-defined]
+        states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}
         assert states[4] == "DECOMMISSIONED"
         await cluster.nodes[4].stop()
         async with Client(addrs, cluster.client_credentials) as reader:

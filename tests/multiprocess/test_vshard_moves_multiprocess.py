@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.client import Client
-from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
+from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views, leader_of
 from nodedb_cluster.routing import vshard_for_key
 from support.cli_run import cred_flags, run_cli
 
@@ -26,28 +26,18 @@ WRITES_MAX = 5_000
 """Bound on the writer that runs during a move (it stops when the move is over anyway)."""
 
 
-def leaders_view(statuses: dict[int, Status]) -> dict[int, dict[str, object]]:
-    views: dict[int, dict[str, object]] = {}
-    for s in statuses.values():
-        for g in s["groups"]:
-            if g["group_id"] != 0 and g["role"] == "leader":
-                views[int(g["group_id"])] = g
-    return views
-
-
 def keys_of(group: int, statuses: dict[int, Status]) -> int:
     """Keys in `group` as its leader's replica holds them (status' kv digest)."""
-    kv = leaders_view(statuses)[group]["kv"]
+    kv = data_group_views(statuses)[group]["kv"]
     assert isinstance(kv, list)
     return int(kv[1])
 
 
 def formed(groups: int) -> Callable[[dict[int, Status]], bool]:
     def check(statuses: dict[int, Status]) -> bool:
-        views = leaders_view(statuses)
+        views = data_group_views(statuses)
         return len(views) == groups and all(
-            len(g["voters"]) == 3 and not g["learners"]  # type: ignore[arg-type]
-            for g in views.values()
+            len(g["voters"]) == 3 and not g["learners"] for g in views.values()
         )
 
     return check
@@ -159,10 +149,10 @@ async def test_a_move_over_its_pause_budget_aborts_and_keeps_everything(tmp_path
 
 def vshards_spread(groups: int) -> Callable[[dict[int, Status]], bool]:
     def check(statuses: dict[int, Status]) -> bool:
-        views = leaders_view(statuses)
+        views = data_group_views(statuses)
         if len(views) != groups or not formed(groups)(statuses):
             return False
-        counts = Counter({g: int(v["vshards"]) for g, v in views.items()})  # type: ignore[call-overload]
+        counts = Counter({g: int(v["vshards"]) for g, v in views.items()})
         return max(counts.values()) - min(counts.values()) <= 1024 * 0.2 / groups + 1
 
     return check
@@ -193,7 +183,7 @@ async def test_groups_added_to_a_live_cluster_are_filled(tmp_path: Path) -> None
             assert await client.get_many(keys) == [b"v"] * KEYS
             got = await client.get_many([f"w{i}".encode() for i in acked])
             assert got == [f"{i}".encode() for i in acked]
-        counts = {g: v["vshards"] for g, v in leaders_view(statuses).items()}
+        counts = {g: v["vshards"] for g, v in data_group_views(statuses).items()}
         print(f"vShards per group after adding 2 groups: {counts}; {len(acked)} writes meanwhile")
     finally:
         await cluster.close()
