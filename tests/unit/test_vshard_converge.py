@@ -4,7 +4,6 @@ new groups go (metadata/placement.plan_new_groups)."""
 from __future__ import annotations
 
 import pytest
-from tests.unit.test_metadata import node
 
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.metadata.placement import plan_new_groups
@@ -20,6 +19,7 @@ from nodedb_cluster.metadata.vshard_converge import (
 from nodedb_cluster.metadata.vshard_moves import VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeState, Topology
+from support.nodes import node
 
 
 def routing() -> RoutingTable:

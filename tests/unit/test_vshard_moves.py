@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.unit.test_metadata import node
 
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.errors import CatalogError
@@ -22,6 +21,7 @@ from nodedb_cluster.metadata.group import decode_state, encode_state
 from nodedb_cluster.metadata.vshard_moves import VShardMove, VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
+from support.nodes import node
 
 
 class Machine:
