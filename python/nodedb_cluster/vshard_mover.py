@@ -123,19 +123,6 @@ class MoveProgress:
     phase: str = "starting"
     chunks_done: int = 0
     chunks: int = 0
-    pause_ms: float | None = None
-
-    def to_doc(self) -> dict[str, object]:
-        return {
-            "vshard": self.move.vshard,
-            "source": self.move.source,
-            "target": self.move.target,
-            "move_id": self.move.move_id,
-            "phase": self.phase,
-            "chunks_done": self.chunks_done,
-            "chunks": self.chunks,
-            "pause_ms": self.pause_ms,
-        }
 
 
 # --- one hop to a data group's leader -----------------------------------------------------------
@@ -271,8 +258,6 @@ class VShardMover:
         self._running: dict[int, asyncio.Task[None]] = {}
         self.progress: dict[int, MoveProgress] = {}
         """Moves this node runs, by vShard."""
-        self.pauses_ms: list[float] = []
-        """The pause of each move this node finished (freeze to flip), for benches and status."""
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -388,9 +373,6 @@ class VShardMover:
             self._checked_here(s, [command("release", v, t, move_id)]),
         )
         pause_ms = (self._clock() - frozen_at) * 1000
-        progress.pause_ms = pause_ms
-        self.pauses_ms.append(pause_ms)
-        del self.pauses_ms[:-1024]
         log.info(
             "vshard %d moved from group %d to group %d (move %d, paused %.1f ms: freeze %.1f, "
             "delta %.1f, flip %.1f, release %.1f)",
