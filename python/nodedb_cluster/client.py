@@ -2,9 +2,11 @@
 
 It asks any node for the routing table and the members' addresses, then sends each request
 straight to the leader of the key's group: a NotLeader answer names the new leader and the
-request is retried there within its deadline. Call `connect()` again to refresh routing after
-members moved. A group that answers Moved (a vShard moved to another group) re-routes that
-vShard in the core at once, and the client fetches a fresh table in the background.
+request is retried there within its deadline. A group that answers Moved (a vShard moved to
+another group) re-routes that vShard in the core at once, and the client fetches a fresh table
+in the background; so it does when every member the table names for a group found no leader
+(the group's replicas moved to other nodes: the core's `LeaderSearch`, paced). A refresh asks
+the node that answered last first, then the given addresses, then the members it learned.
 
 The calls are `nodedb_cluster.kv.Kv`'s (the Rust client core: routing, the write session,
 per-target coalescing, retries and deadlines; one boundary crossing and one future per call),
@@ -63,6 +65,8 @@ class Client(Kv):
         self._timeout_s = timeout_s
         self._transport = Transport(CLIENT_NODE_ID, bind, credentials, rpc_timeout=timeout_s)
         self._routing: RoutingTable | None = None
+        self._answered: list[str] = []  # the address whose answer is the current table
+        self._members: list[str] = []  # the nodes' addresses as that answer named them
         self._refresher: asyncio.Task[None] | None = None
         # The core shares the transport's endpoint and runtime (the wrapper's Rust object).
         super().__init__(_core.KvClient(self._transport._core, CLIENT_NODE_ID, timeout_s=timeout_s))
@@ -75,10 +79,16 @@ class Client(Kv):
             raise ClusterError("Client not connected: call `await connect()` first")
         return self._routing
 
+    def _sources(self) -> list[str]:
+        """Whom to ask for routing, in order: the node that answered last, the given
+        addresses, then the members the last answer named (the given nodes may have left)."""
+        order = [*self._answered[-1:], *self._addrs, *self._members]
+        return list(dict.fromkeys(order))
+
     async def connect(self) -> None:
         """Fetch routing and members from the first node that answers."""
         errors: list[str] = []
-        for addr in self._addrs:
+        for addr in self._sources():
             try:
                 kind, payload = await self._transport.send_rpc_to_addr(
                     addr, wire.MessageKind.KV_REQUEST, _core.kv_routing_request()
@@ -93,6 +103,8 @@ class Client(Kv):
                 continue
             for node_id, node_addr, pin in nodes:
                 self._transport.register_peer(node_id, node_addr, pin)
+            self._answered = [addr]
+            self._members = [node_addr for _, node_addr, _ in nodes]
             table = RoutingTable.decode(routing)
             self.set_routing(table)
             self._routing = table
@@ -165,8 +177,10 @@ class Client(Kv):
         return out
 
     async def _refresh_on_moves(self) -> None:
-        """Fetch a fresh routing table each time a group answers Moved (the core re-routes the
-        moved vShard meanwhile; a fresh table also names groups added since)."""
+        """Fetch a fresh routing table each time the core finds its table stale: a group
+        answered Moved (the core re-routes the moved vShard meanwhile; a fresh table also names
+        groups added since), or none of a group's members found a leader (its replicas moved
+        to nodes the table does not name). One fetch at a time; the core paces the asking."""
         loop = asyncio.get_running_loop()
         while True:
             stale: asyncio.Future[None] = loop.create_future()
@@ -175,7 +189,7 @@ class Client(Kv):
             try:
                 await self.connect()
             except ClusterError as e:
-                log.warning("routing refresh after a moved vShard failed: %s", e)
+                log.warning("routing refresh of a stale table failed: %s", e)
                 await asyncio.sleep(REFRESH_RETRY_S)  # a pause before asking again
 
     async def close(self) -> None:

@@ -338,7 +338,8 @@ class KvClient:
     def bridge_fd(self) -> int: ...
     def drain(self) -> int: ...
     def watch_routing(self, future: Future[None]) -> None:
-        """Resolve `future` once a group answers Moved (the routing table is stale)."""
+        """Resolve `future` once the routing table is stale: a group answered Moved, or none of
+        a group's members found a leader (paced)."""
     def routing_stale(self) -> bool: ...
     def set_routing(
         self, vshard_to_group: list[int], routes: list[tuple[int, int, list[int]]]

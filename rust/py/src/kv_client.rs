@@ -192,8 +192,8 @@ impl PyKvClient {
         self.bridge.drain(py)
     }
 
-    /// Resolve `future` (with None, on its loop) once a group answers Moved: the routing table
-    /// is stale and the caller should fetch a fresh one (`nodedb_kv::client::KvClient::
+    /// Resolve `future` (with None, on its loop) once a group answers Moved, or none of a
+    /// group's members finds a leader (paced): the routing table is stale and the caller should fetch a fresh one (`nodedb_kv::client::KvClient::
     /// watch_routing`). At once if it already is; one watcher at a time.
     fn watch_routing(&self, future: Py<PyAny>) {
         let bridge = Arc::clone(&self.bridge);
@@ -202,7 +202,8 @@ impl PyKvClient {
         }));
     }
 
-    /// Whether a group answered Moved since the last `set_routing`.
+    /// Whether the routing table went stale (Moved, or a leaderless group) since the last
+    /// `set_routing`.
     fn routing_stale(&self) -> bool {
         self.core.routing_stale()
     }

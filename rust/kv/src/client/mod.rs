@@ -33,7 +33,7 @@ use tokio::runtime::Handle;
 use self::calls::{answer, item_error, items_of, Items};
 pub use self::calls::{Answer, Outcome, ReadAt, Request};
 pub use self::error::{Failure, KvError, SubmitError};
-use self::retry::{judge, when, When};
+use self::retry::{judge, when, LeaderSearch, When};
 use self::state::{Batch, Call, CallKind, Finished, Item, Lane, LaneKey, Progress, State};
 use self::wire::{decode_reply, encode_request, serve_here, Decoded, Rpc};
 use crate::routing::Routing;
@@ -77,7 +77,8 @@ pub struct KvClient {
 }
 
 /// What handling one reply produced: finished calls, items to retry at once or after a pause,
-/// and the routing watcher to tell (a Moved answer made the routing table stale).
+/// and the routing watcher to tell (a Moved answer, or a group whose members found no leader,
+/// made the routing table stale).
 #[derive(Default)]
 struct Step {
     finished: Vec<Finished>,
@@ -125,9 +126,11 @@ impl KvClient {
         st.routing_stale = false;
     }
 
-    /// Whether a group answered Moved since the last [`set_routing`](Self::set_routing): the
-    /// routing table is stale (the client already re-routes the moved vShards by itself; a
-    /// caller that can fetch a fresh table should, without blocking calls on it).
+    /// Whether a group answered Moved, or none of a group's members found a leader
+    /// ([`retry::LeaderSearch`]), since the last [`set_routing`](Self::set_routing): the routing
+    /// table is stale (the client already re-routes the moved vShards by itself, and keeps
+    /// retrying the leaderless group until the call's deadline; a caller that can fetch a
+    /// fresh table should, without blocking calls on it).
     pub fn routing_stale(&self) -> bool {
         self.state().routing_stale
     }
@@ -304,6 +307,7 @@ impl KvClient {
                 last: None,
                 vshard,
                 refused: 0,
+                search: LeaderSearch::default(),
             };
             st.enqueue((target, lane, probe), item);
         }
@@ -432,6 +436,11 @@ impl KvClient {
             st.complete(item, Err(err), &mut step.finished);
             return;
         }
+        if item.search.failed(&err, st.members(item.group)) {
+            if let Some(watch) = st.leaderless(now) {
+                step.routing_watch = Some(watch);
+            }
+        }
         let left = item.call.deadline.saturating_duration_since(now);
         let next = when(item.attempt, &err, left);
         item.attempt += 1;
@@ -456,6 +465,7 @@ impl KvClient {
             return;
         }
         st.leaders.entry(item.group).or_insert(target);
+        item.search.found();
         let left = item.call.deadline.saturating_duration_since(now);
         let next = retry::when_refused(item.refused, left);
         item.refused = item.refused.saturating_add(1);

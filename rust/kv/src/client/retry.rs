@@ -11,6 +11,9 @@
 //!   other than the two below) and malformed replies: hold the node back, try another member.
 //! - InvalidRequest, NoSpace and UnsupportedVersion from the server, and every local error:
 //!   never retried.
+//! - An item whose last attempts in a row found no leader, one per member the routing table
+//!   names for its group ([`LeaderSearch`]), asks for a fresh routing table: the group's
+//!   replicas may all have moved to nodes the table does not name (issue 16).
 
 use std::time::Duration;
 
@@ -32,6 +35,10 @@ pub const REFUSED_PAUSE_MAX: Duration = Duration::from_millis(4);
 pub const MOVED_AT_ONCE_MAX: u32 = 3;
 /// Retries that go at once when NotLeader named a leader, per item (kv.py: `attempt < 3`).
 pub const NAMED_LEADER_RETRIES_MAX: usize = 3;
+
+/// The fewest members a group's search counts ([`LeaderSearch`]) before asking for a fresh
+/// table (a table naming no member of the group still gets its one try).
+const LEADER_SEARCH_MEMBERS_MIN: usize = 1;
 
 /// What a failed attempt teaches about the group's leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +129,100 @@ pub fn when_refused(refused_before: u32, left: Duration) -> When {
     When::After(pause.min(left))
 }
 
+/// Whether a failed attempt found no leader of its group where the client looked: the target
+/// does not lead it (NotLeader, whatever leader it names: a replica that left the group may
+/// name one that left too), does not host it (an unknown group answers NotLeader, none), or
+/// could not be reached. LeadershipLost is not: that target led the group a moment ago.
+pub fn found_no_leader(err: &KvError) -> bool {
+    matches!(
+        err,
+        KvError::NotLeader { .. }
+            | KvError::Timeout { .. }
+            | KvError::Net(
+                TransportError::Timeout { .. }
+                    | TransportError::Unreachable { .. }
+                    | TransportError::Handshake { .. }
+                    | TransportError::Closed
+                    | TransportError::UnknownPeer { .. }
+            )
+    )
+}
+
+/// One item's search for its group's leader: the attempts in a row that found none
+/// ([`found_no_leader`]). Once they number the members the routing table names for the group,
+/// every member had its turn (the client tries them in turn) and none led it or knew a leader
+/// that answered: the table is likely stale (the group's replicas moved to nodes it does not
+/// name), and the client asks for a fresh one. Pure: the caller rate-limits the asking.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderSearch {
+    misses: u32,
+}
+
+impl LeaderSearch {
+    /// A failed attempt answered `err`, with `members` replicas of the group in the routing
+    /// table: true when a fresh table is due (the count starts over then).
+    pub fn failed(&mut self, err: &KvError, members: usize) -> bool {
+        if !found_no_leader(err) {
+            self.misses = 0;
+            return false;
+        }
+        self.misses = self.misses.saturating_add(1);
+        let due = self.misses as usize >= members.max(LEADER_SEARCH_MEMBERS_MIN);
+        if due {
+            self.misses = 0;
+        }
+        due
+    }
+
+    /// A leader answered (a result, or its vShard's refusal): the search is over.
+    pub fn found(&mut self) {
+        self.misses = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fresh_table_is_due_once_every_member_found_no_leader_in_a_row() {
+        let none = KvError::NotLeader { hint: 0 };
+        let named = KvError::NotLeader { hint: 9 };
+        let unreachable = KvError::Net(TransportError::UnknownPeer {
+            node_id: nodedb_transport::NodeId(9),
+        });
+        let timeout = KvError::Timeout {
+            target: 2,
+            timeout_ms: 300,
+        };
+        // Three members: not due until the third answer without a leader in a row.
+        let mut s = LeaderSearch::default();
+        assert!(!s.failed(&none, 3));
+        assert!(!s.failed(&named, 3));
+        assert!(s.failed(&unreachable, 3), "every member had its turn");
+        // Counted again from zero: the next round of three.
+        assert!(!s.failed(&timeout, 3));
+        assert!(!s.failed(&none, 3));
+        assert!(s.failed(&none, 3));
+        // A leader that answered (LeadershipLost: it led a moment ago) starts the count over.
+        assert!(!s.failed(&none, 3));
+        assert!(!s.failed(&KvError::LeadershipLost, 3));
+        assert!(!s.failed(&none, 3));
+        assert!(!s.failed(&none, 3));
+        assert!(s.failed(&none, 3));
+        // So does a refusal or a result (`found`).
+        assert!(!s.failed(&none, 2));
+        s.found();
+        assert!(!s.failed(&none, 2));
+        assert!(s.failed(&none, 2));
+        // A table naming no member of the group: due at the first miss.
+        assert!(s.failed(&none, 0));
+        // Answers that say nothing about where the leader is never make it due.
+        let mut s = LeaderSearch::default();
+        for _ in 0..10 {
+            assert!(!s.failed(&KvError::Stale { age_s: 2.0, max_s: 1.0 }, 1));
+        }
+    }
 
     #[test]
     fn a_refused_item_backs_off_from_1_ms_doubling_to_4_ms() {

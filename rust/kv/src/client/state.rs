@@ -22,6 +22,10 @@ pub const BATCH_ITEMS_MAX: usize = 4096;
 pub const BATCH_BYTES_MAX: usize = 512 << 10;
 /// KV_REQUESTs per (target, lane) in flight at once (kv.py `REMOTE_IN_FLIGHT_MAX`).
 pub const REMOTE_IN_FLIGHT_MAX: usize = 4;
+/// Fresh routing tables asked for because a group's members found no leader
+/// ([`super::retry::LeaderSearch`]), at most one per this long: a group that is electing answers
+/// so too, on every client, and each ask costs one routing request to a node.
+pub const LEADERLESS_REFRESH_PAUSE: Duration = Duration::from_millis(250);
 /// Targets with a suspicion channel (`State::suspects`), at most (forgotten all at once past it).
 const SUSPECT_TARGETS_MAX: usize = 4096;
 
@@ -114,6 +118,8 @@ pub struct Item {
     pub vshard: u32,
     /// Times its vShard's state refused it (Paused, Moved): paces its retries.
     pub refused: u32,
+    /// Its attempts in a row that found no leader: when to ask for a fresh routing table.
+    pub search: super::retry::LeaderSearch,
 }
 
 /// A call that has its outcome, to hand to its completion outside the lock.
@@ -152,10 +158,14 @@ pub struct State {
     /// This node's serving side, when the client runs inside a node: its own share of a
     /// request is served in process ([`super::KvClient::serve_locally`]).
     pub local: Option<Weak<KvServer>>,
-    /// A Moved answer came since the last routing table: the caller may fetch a fresh one.
+    /// A Moved answer, or a group none of whose members found a leader, came since the last
+    /// routing table: the caller may fetch a fresh one.
     pub routing_stale: bool,
     /// Told once when the table goes stale ([`super::KvClient::watch_routing`]).
     pub routing_watch: Option<super::RoutingWatch>,
+    /// When a group's leaderless members last made the table stale (rate limit,
+    /// [`LEADERLESS_REFRESH_PAUSE`]).
+    pub leaderless_refresh_at: Option<Instant>,
 }
 
 impl State {
@@ -173,6 +183,7 @@ impl State {
             local: None,
             routing_stale: false,
             routing_watch: None,
+            leaderless_refresh_at: None,
         }
     }
 
@@ -307,8 +318,37 @@ impl State {
                 routing.moved(vshard, group);
             }
         }
+        self.stale()
+    }
+
+    /// Every member the table names for a group found no leader ([`super::retry::LeaderSearch`]):
+    /// the table is stale (its replicas may all have moved elsewhere). The routing watcher to
+    /// call, if one waits. At most one such ask per [`LEADERLESS_REFRESH_PAUSE`], and none while
+    /// the table is stale already (a fresh one is on its way, or the caller has no way to fetch
+    /// one): no refresh storm.
+    pub fn leaderless(&mut self, now: Instant) -> Option<super::RoutingWatch> {
+        let paced = self
+            .leaderless_refresh_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LEADERLESS_REFRESH_PAUSE);
+        if self.routing_stale || paced {
+            return None;
+        }
+        self.leaderless_refresh_at = Some(now);
+        self.stale()
+    }
+
+    /// Mark the table stale; the routing watcher to call (the first time), if one waits.
+    fn stale(&mut self) -> Option<super::RoutingWatch> {
         self.routing_stale = true;
         self.routing_watch.take()
+    }
+
+    /// How many members the table names for `group` (0 when it does not know the group).
+    pub fn members(&self, group: u64) -> usize {
+        self.routing
+            .as_ref()
+            .and_then(|r| r.route(group))
+            .map_or(0, |r| r.voters.len())
     }
 
     /// Whether the routing table has a route for `group`.

@@ -36,6 +36,7 @@ fn item(call: &Arc<Call>, slot: usize, bytes: usize) -> Item {
         last: None,
         vshard: 0,
         refused: 0,
+        search: Default::default(),
     }
 }
 
@@ -168,4 +169,37 @@ fn a_client_inside_a_node_targets_its_node_only_when_its_server_answers_in_proce
         Some((2, true)),
         "no leader known: this node is one of the members to ask"
     );
+}
+
+#[test]
+fn a_leaderless_group_makes_the_table_stale_once_per_pause_and_tells_the_watcher() {
+    let mut st = state_with(0, vec![1, 2, 3]);
+    assert_eq!(st.members(1), 3);
+    assert_eq!(st.members(9), 0, "a group the table does not know");
+    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = |told: &Arc<std::sync::atomic::AtomicUsize>| -> super::super::RoutingWatch {
+        let told = Arc::clone(told);
+        Box::new(move || {
+            told.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    st.routing_watch = Some(watch(&told));
+    let t0 = Instant::now();
+    let first = st.leaderless(t0).expect("the waiting watcher");
+    first();
+    assert!(st.routing_stale);
+    assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // While stale (a fresh table on its way), no other ask, however late.
+    st.routing_watch = Some(watch(&told));
+    assert!(st.leaderless(t0 + LEADERLESS_REFRESH_PAUSE * 4).is_none());
+    assert!(st.routing_watch.is_some(), "kept for the next stale table");
+    // A fresh table came (set_routing clears the flag): paced from the last ask.
+    st.routing_stale = false;
+    assert!(st.leaderless(t0 + LEADERLESS_REFRESH_PAUSE / 2).is_none());
+    assert!(!st.routing_stale, "a paced ask leaves the table as it is");
+    let second = st
+        .leaderless(t0 + LEADERLESS_REFRESH_PAUSE)
+        .expect("due again after the pause");
+    second();
+    assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
