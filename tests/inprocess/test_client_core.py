@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,7 +127,15 @@ async def test_bad_input_is_refused_before_anything_is_sent(client: Client) -> N
 async def test_unreachable_members_give_a_typed_error_within_the_deadline(
     client: Client,
 ) -> None:
-    # Every group "led" by nodes nobody listens for: registered at a free UDP port.
+    # Every group "led" by nodes nobody listens for: registered at a free UDP port. The
+    # client's refresher would replace this table with the cluster's as soon as a group's
+    # members all failed (a leaderless group makes the table stale): stopped, so the calls
+    # have no way out but their deadline.
+    assert client._refresher is not None
+    client._refresher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await client._refresher
+    client._refresher = None
     port = free_port(["127.0.0.1"])
     for fake in (901, 902, 903):
         client.transport.register_peer(fake, f"127.0.0.1:{port}")
@@ -143,6 +152,7 @@ async def test_unreachable_members_give_a_typed_error_within_the_deadline(
     elapsed = time.monotonic() - start
     assert 1.5 <= elapsed < 1.5 * 2 + 2.0, elapsed
     assert client._core.writes_in_flight == 0, "the failed write's seq is finished"
+    assert client._core.routing_stale(), "every member failed: the table is stale"
 
 
 async def test_close_fails_pending_calls_and_refuses_new_ones(three: list[Node]) -> None:

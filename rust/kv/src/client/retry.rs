@@ -218,9 +218,13 @@ mod tests {
         // A table naming no member of the group: due at the first miss.
         assert!(s.failed(&none, 0));
         // Answers that say nothing about where the leader is never make it due.
+        let stale = KvError::Stale {
+            age_s: 2.0,
+            max_s: 1.0,
+        };
         let mut s = LeaderSearch::default();
         for _ in 0..10 {
-            assert!(!s.failed(&KvError::Stale { age_s: 2.0, max_s: 1.0 }, 1));
+            assert!(!s.failed(&stale, 1));
         }
     }
 
