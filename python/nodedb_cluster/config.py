@@ -92,6 +92,7 @@ _BOOL_FIELDS: Final = frozenset(
         "balance_leaders",
         "allow_bench_load",
         "rejoin",
+        "read_lease",
     }
 )
 _STR_FIELDS: Final = frozenset({"join_token", "log_level", "log_format"})
@@ -175,6 +176,10 @@ class ClusterConfig:
     """Lower end of the randomized election timeout; must exceed the heartbeat interval."""
     election_timeout_max_ms: int = 1000
     """Upper end (exclusive) of the randomized election timeout; must exceed the lower end."""
+    read_lease: bool = True
+    """A leader answers linearizable KV reads from its lease (no quorum round) while one holds:
+    clocks of the nodes may run at rates up to 10 % apart (docs/KV.md, "Read levels"). False:
+    every linearizable read takes a ReadIndex round and nothing is assumed of clocks."""
     install_snapshot_chunk_bytes: int = DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES
     """Snapshot transfer chunk size (1 B..64 MiB)."""
     orphan_partial_max_age_secs: int = 300

@@ -227,7 +227,7 @@ class Node:
             self._tasks.append(
                 asyncio.ensure_future(log_leader_changes(self.engine, self.config.node_id))
             )
-            self.engine.serve_kv_requests(self.transport)
+            self.engine.serve_kv_requests(self.transport, read_lease=self.config.read_lease)
             self._push_kv_routing(self.metadata)
             self._attach_kv(self.engine)
 

@@ -228,9 +228,9 @@ class RaftEngine:
     def propose(
         self, group_id: int, data: bytes, timeout_ms: int, future: Future[tuple[int, bytes]]
     ) -> None: ...
-    def serve_kv_requests(self, transport: Transport) -> None:
+    def serve_kv_requests(self, transport: Transport, read_lease: bool) -> None:
         """Answer every KV_REQUEST of `transport` in Rust (none reaches Python); undone by
-        `close`."""
+        `close`. `read_lease`: linearizable reads may use the leader's lease."""
     def set_kv_routing(
         self, routing: bytes, nodes: list[tuple[int, str, bytes | None]]
     ) -> None:

@@ -92,10 +92,14 @@ async def test_routing_from_every_node_reaches_the_right_group(three: list[Node]
         for key in keys:
             expected_group = routing.group_for_vshard(vshard_for_key(key))
             assert node.kv.group_of(key) == expected_group
-            # Through the API from this node, then directly in the group's replica here.
+            # Through the API from this node, then directly in the group's replica here (a
+            # follower applies after the leader answered: no event to await, so bounded polls).
             assert await node.kv.get(key) == b"v" + key
             engine = node.engine
             assert engine is not None
+            deadline = time.monotonic() + 5.0
+            while engine.kv_get(expected_group, key) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             assert engine.kv_get(expected_group, key) == b"v" + key
             for other in data_groups:
                 if other != expected_group:

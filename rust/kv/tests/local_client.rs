@@ -87,6 +87,7 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
         Arc::downgrade(&engine),
         groups.clone(),
         Handle::current(),
+        nodedb_kv::serve::ReadOptions { lease: true },
     ));
     let client = KvClient::new(Arc::clone(&transport), Handle::current(), 1, 77);
     let route = Route {

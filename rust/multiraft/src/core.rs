@@ -53,7 +53,7 @@ use crate::config::MultiRaftConfig;
 use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::group::{
     answer_reads, apply_entries, fail_all, install_snapshot, issue_reads, le_u64,
-    leads_with_commit, outgoing_snapshot, resend_pre_votes, snapshot_meta, sorted_ids,
+    leads_with_commit, lease_holds, outgoing_snapshot, resend_pre_votes, snapshot_meta, sorted_ids,
     step_down_check, Group, PendingConf, PendingProposal, PendingRead, DEFERRED_READ_MSGS_MAX,
 };
 use crate::ids::{GroupId, NodeId};
@@ -388,6 +388,17 @@ impl MultiRaftCore {
     /// Confirms leadership with a quorum (raft ReadIndex); `reply` gets the read index once
     /// this node has applied through it, so a local read is linearizable.
     pub fn read_index(&mut self, gid: GroupId, reply: impl Into<Reply<u64>>) {
+        self.read_index_leased(gid, None, reply);
+    }
+
+    /// [`Self::read_index`], answered with the commit index and no quorum round when this
+    /// node leads `gid` and the caller's lease `lease_until` holds ([`lease_holds`]).
+    pub fn read_index_leased(
+        &mut self,
+        gid: GroupId,
+        lease_until: Option<std::time::Instant>,
+        reply: impl Into<Reply<u64>>,
+    ) {
         let reply = reply.into();
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
@@ -404,6 +415,19 @@ impl MultiRaftCore {
             return;
         };
         Metrics::inc(&self.metrics.read_index_requests);
+        if lease_until.is_some_and(|until| lease_holds(g, until, std::time::Instant::now())) {
+            Metrics::inc(&self.metrics.read_index_leased);
+            g.reads.push(PendingRead {
+                ctx,
+                started_tick: now,
+                read_index: Some(g.raw.raft.raft_log.committed),
+                sent_to: g.raw.raft.id,
+                sent_tick: now,
+                reply,
+            });
+            answer_reads(g);
+            return;
+        }
         // Sent now if a leader that can answer is known, else once there is one (a read
         // waits out an election instead of failing: `issue_reads`); the ReadIndex deadline
         // bounds the wait.

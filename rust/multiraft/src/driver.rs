@@ -46,6 +46,8 @@ enum Input {
     },
     ReadIndex {
         group: GroupId,
+        /// The caller's read lease, if it holds one (`MultiRaftCore::read_index_leased`).
+        lease_until: Option<Instant>,
         reply: Reply<u64>,
     },
     Membership {
@@ -187,7 +189,7 @@ impl Inbound {
 pub struct MultiRaft {
     node_id: NodeId,
     tick_interval: Duration,
-    /// The shortest election timeout raft-rs draws (`election_ticks` ticks).
+    /// See [`MultiRaft::election_timeout_min`].
     election_timeout_min: Duration,
     inbound: Inbound,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -246,9 +248,9 @@ impl MultiRaft {
         Ok(MultiRaft {
             node_id: cfg.node_id,
             tick_interval: cfg.tick_interval,
-            election_timeout_min: cfg
-                .tick_interval
-                .saturating_mul(u32::try_from(cfg.election_ticks).unwrap_or(u32::MAX)),
+            election_timeout_min: cfg.tick_interval.saturating_mul(
+                u32::try_from(cfg.election_ticks.saturating_sub(1)).unwrap_or(u32::MAX),
+            ),
             inbound: Inbound { tx, shared },
             thread: Mutex::new(Some(thread)),
             discarded,
@@ -262,9 +264,11 @@ impl MultiRaft {
     pub fn tick_interval(&self) -> Duration {
         self.tick_interval
     }
-    /// The shortest election timeout (raft-rs draws it from [election_ticks, 2 ×
-    /// election_ticks) ticks): a lease granted by a quorum's acknowledgement must end before it
-    /// (the KV's lease reads).
+    /// The shortest time after a voter last heard from the leader before it may vote for
+    /// another candidate: raft-rs ignores votes while fewer than `election_ticks` ticks passed,
+    /// and the first of those ticks may come right after the message, so `election_ticks - 1`
+    /// tick intervals. A lease granted by a quorum's acknowledgement must end before it (the
+    /// KV's lease reads).
     pub fn election_timeout_min(&self) -> Duration {
         self.election_timeout_min
     }
@@ -386,7 +390,14 @@ impl MultiRaft {
 
     /// Callback form of `read_index` (see `propose_batch_with`).
     pub fn read_index_with(&self, group: GroupId, reply: Reply<u64>) {
-        self.submit_with(|reply| Input::ReadIndex { group, reply }, reply);
+        self.submit_with(
+            |reply| Input::ReadIndex {
+                group,
+                lease_until: None,
+                reply,
+            },
+            reply,
+        );
     }
 
     async fn wait<T>(
@@ -449,7 +460,22 @@ impl MultiRaft {
 
     /// Confirms leadership with a quorum; resolves with the read index once applied locally.
     pub async fn read_index(&self, group: GroupId, timeout: Duration) -> Result<u64, RaftError> {
-        let rx = self.submit(|reply| Input::ReadIndex { group, reply });
+        self.read_index_leased(group, None, timeout).await
+    }
+
+    /// `read_index`, answered without a quorum round while this node leads `group` and
+    /// `lease_until` (the caller's read lease) holds: see `MultiRaftCore::read_index_leased`.
+    pub async fn read_index_leased(
+        &self,
+        group: GroupId,
+        lease_until: Option<Instant>,
+        timeout: Duration,
+    ) -> Result<u64, RaftError> {
+        let rx = self.submit(|reply| Input::ReadIndex {
+            group,
+            lease_until,
+            reply,
+        });
         self.wait("read_index", rx, timeout).await
     }
 
@@ -646,7 +672,11 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
             commands,
             reply,
         } => core.propose_for(kind, group, &commands, reply),
-        Input::ReadIndex { group, reply } => core.read_index(group, reply),
+        Input::ReadIndex {
+            group,
+            lease_until,
+            reply,
+        } => core.read_index_leased(group, lease_until, reply),
         Input::Membership {
             group,
             changes,

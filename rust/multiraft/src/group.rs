@@ -76,6 +76,10 @@ pub(crate) struct Group {
     /// (`MultiRaftCore::take_leader_changes`).
     pub(crate) published_leader: Option<(u64, u64)>,
     pub(crate) was_leader: bool,
+    /// The term in which this node, as leader, started handing leadership away (0: never). A
+    /// transfer's target campaigns without waiting out the followers' election timeout, so no
+    /// read lease of that term is honoured after it ([`lease_holds`]).
+    pub(crate) lease_revoked_term: u64,
     /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
     /// the log: it has never acknowledged anything it could have lost.
     pub(crate) started_empty: bool,
@@ -182,6 +186,25 @@ pub(crate) fn resend_pre_votes(g: &mut Group, now_tick: u64) {
 /// ReadIndex requests (the new leader does not know the commit index yet).
 pub(crate) fn leads_with_commit(g: &Group) -> bool {
     g.raw.raft.state == StateRole::Leader && g.raw.raft.commit_to_current_term()
+}
+
+/// May this node answer a read of `g` with its commit index, without a quorum round, while the
+/// caller's lease (`lease_until`) holds? The lease (the caller's: a quorum acknowledged this
+/// node's entry sent at `t`, so with check-quorum and pre-vote no voter that acknowledged it
+/// votes for another candidate before `t` + the minimum election timeout) proves no other
+/// leader exists now, unless a leadership transfer of this term let a target campaign inside
+/// it. Decided on the driver thread at `now`, which is the read's linearization point: the
+/// commit index then covers every write acknowledged before, and the read is answered once
+/// applied through it (a pause after this point cannot make it stale).
+pub(crate) fn lease_holds(
+    g: &Group,
+    lease_until: std::time::Instant,
+    now: std::time::Instant,
+) -> bool {
+    now < lease_until
+        && leads_with_commit(g)
+        && g.raw.raft.lead_transferee.is_none()
+        && g.lease_revoked_term != g.raw.raft.term
 }
 
 /// Sends every unconfirmed read's ReadIndex request where it can be answered now: to the

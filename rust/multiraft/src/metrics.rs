@@ -17,6 +17,8 @@ pub struct Metrics {
     /// ReadIndex requests taken (each one quorum round unless it rides another's): a
     /// linearizable read costs one; lease and follower reads none.
     pub read_index_requests: AtomicU64,
+    /// Of those, answered at once from a leader's lease (no quorum round).
+    pub read_index_leased: AtomicU64,
     pub commands_applied: AtomicU64,
     pub frames_sent: AtomicU64,
     pub messages_sent: AtomicU64,

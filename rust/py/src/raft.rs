@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nodedb_kv::groups::KvGroups;
-use nodedb_kv::serve::KvServer;
+use nodedb_kv::serve::{KvServer, ReadOptions};
 use nodedb_kv::KV_STATE_MACHINE;
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{RaftError, SmError};
@@ -462,12 +462,13 @@ impl PyRaftEngine {
     /// Answer every KV_REQUEST of `transport` in Rust from now on (nodedb_kv::serve: group
     /// commit, reads at every level, routing from `set_kv_routing`, typed errors for bad
     /// input); none reaches Python. Undone by `close`.
-    fn serve_kv_requests(&self, transport: &PyTransport) {
+    fn serve_kv_requests(&self, transport: &PyTransport, read_lease: bool) {
         let shared = transport.shared();
         let handler = Arc::new(KvServer::new(
             Arc::downgrade(&self.engine),
             self.kv_groups.clone(),
             self.runtime.handle().clone(),
+            ReadOptions { lease: read_lease },
         ));
         shared.register_handler(MessageKind::KV_REQUEST, Arc::clone(&handler) as _);
         *self.kv_server.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
@@ -756,9 +757,10 @@ impl PyRaftEngine {
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
         let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 32] = [
+        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 33] = [
             ("rounds", &m.rounds),
             ("read_index_requests", &m.read_index_requests),
+            ("read_index_leased", &m.read_index_leased),
             ("fsyncs", &m.fsyncs),
             ("records_written", &m.records_written),
             ("proposals", &m.proposals),

@@ -59,6 +59,8 @@ pub struct Freshness {
     groups: HashMap<u64, Clocks>,
     follower_read_at: Option<Instant>,
     refreshing: bool,
+    /// Linearizable reads may use the lease (`ReadOptions::lease`).
+    linearizable_lease: bool,
 }
 
 impl Freshness {
@@ -70,6 +72,7 @@ impl Freshness {
             groups: HashMap::new(),
             follower_read_at: None,
             refreshing: false,
+            linearizable_lease: true,
         }
     }
 
@@ -107,13 +110,26 @@ impl Freshness {
         now.saturating_duration_since(since).as_secs_f64()
     }
 
+    /// When `group`'s lease ends (None: it has none). The engine decides on it with the
+    /// leadership checks a lease needs (`MultiRaftCore::read_index_leased`).
+    pub fn lease_until(&self, group: u64) -> Option<Instant> {
+        let from = self.groups.get(&group).and_then(|c| c.lease_from)?;
+        from.checked_add(self.lease)
+    }
+
+    pub fn set_linearizable_lease(&mut self, on: bool) {
+        self.linearizable_lease = on;
+    }
+
+    /// The lease a linearizable read of `group` offers the engine (None when they may not
+    /// use one).
+    pub fn linearizable_lease_until(&self, group: u64) -> Option<Instant> {
+        self.lease_until(group).filter(|_| self.linearizable_lease)
+    }
+
     /// A `lease` read of `group` at `now`.
     pub fn lease_read(&self, group: u64, now: Instant) -> Decision {
-        let held = self
-            .groups
-            .get(&group)
-            .and_then(|c| c.lease_from)
-            .is_some_and(|from| now.saturating_duration_since(from) < self.lease);
+        let held = self.lease_until(group).is_some_and(|until| now < until);
         if held {
             Decision::Local
         } else {

@@ -73,6 +73,15 @@ fn by_group(gs: &[u64]) -> Vec<(u64, Vec<usize>)> {
     order
 }
 
+/// How a node serves reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// Linearizable reads are answered by a leader from its lease, without a quorum round,
+    /// while the lease holds (`MultiRaft::read_index_leased` decides); false: every one takes
+    /// a ReadIndex round, and nothing is assumed of clock rates.
+    pub lease: bool,
+}
+
 /// The KV_REQUEST handler of a node. Holds the engine weakly (the node owns it).
 pub struct KvServer {
     engine: Weak<MultiRaft>,
@@ -86,12 +95,22 @@ pub struct KvServer {
 impl KvServer {
     /// Serves `groups` (the node's KV groups) of `engine`; tasks run on `runtime`. Leases last
     /// [`freshness::LEASE_FRACTION`] of the engine's minimum election timeout.
-    pub fn new(engine: Weak<MultiRaft>, groups: KvGroups, runtime: Handle) -> Self {
+    pub fn new(
+        engine: Weak<MultiRaft>,
+        groups: KvGroups,
+        runtime: Handle,
+        options: ReadOptions,
+    ) -> Self {
         let election = engine
             .upgrade()
             .map_or(Duration::ZERO, |e| e.election_timeout_min());
         KvServer {
-            reads: ReadPath::new(engine.clone(), groups, runtime, new_clocks(election)),
+            reads: ReadPath::new(
+                engine.clone(),
+                groups,
+                runtime,
+                new_clocks(election, options),
+            ),
             engine,
             batchers: Mutex::new(HashMap::new()),
             routing: Mutex::new(None),

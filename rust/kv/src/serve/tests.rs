@@ -14,7 +14,12 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn server(rt: &tokio::runtime::Runtime) -> KvServer {
-    KvServer::new(Weak::new(), KvGroups::default(), rt.handle().clone())
+    KvServer::new(
+        Weak::new(),
+        KvGroups::default(),
+        rt.handle().clone(),
+        ReadOptions { lease: true },
+    )
 }
 
 fn serve(rt: &tokio::runtime::Runtime, s: &KvServer, payload: &[u8]) -> HandlerResult {

@@ -90,6 +90,7 @@ impl MultiRaftCore {
                 leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
             });
         }
+        g.lease_revoked_term = g.raw.raft.term;
         g.raw.transfer_leader(to.0);
         Ok(())
     }

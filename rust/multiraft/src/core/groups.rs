@@ -65,6 +65,7 @@ impl MultiRaftCore {
                 pre_vote_tick: None,
                 published_leader: None,
                 was_leader,
+                lease_revoked_term: 0,
                 started_empty,
                 building: false,
                 restoring: None,

@@ -25,6 +25,12 @@ impl MultiRaftCore {
             let mut batch = Vec::new();
             let mut bytes = 0usize;
             for (gid, m) in msgs {
+                if m.get_msg_type() == MessageType::MsgTimeoutNow {
+                    // A transfer a follower asked for (this node's own set it already).
+                    if let Some(g) = self.groups.get_mut(&gid) {
+                        g.lease_revoked_term = g.lease_revoked_term.max(m.term);
+                    }
+                }
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     self.start_transfer(to, gid, m);
                     continue;

@@ -1,0 +1,90 @@
+//! Reads from a leader's lease (`read_index_leased`): answered at once, with no quorum round,
+//! only by a leader of the group whose lease holds and that has not started handing leadership
+//! away in its term; anything else takes the ReadIndex round.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sim_cluster::SimCluster;
+use common::{factory, Journals, JOURNAL};
+use nodedb_multiraft::error::RaftError;
+use nodedb_multiraft::log_sink::MemLogSink;
+use nodedb_multiraft::{GroupId, NodeId};
+use tokio::sync::oneshot;
+
+type Cluster = SimCluster<MemLogSink, Journals>;
+
+const G: GroupId = GroupId(1);
+
+fn cluster() -> (Cluster, NodeId) {
+    let mut c = Cluster::founding(3, G, JOURNAL, |_| {
+        let journals = Journals::default();
+        (journals.clone(), factory(journals))
+    });
+    let l = c.elect(G);
+    c.propose_via(l, None, G, &[b"x".to_vec()]).expect("commit");
+    (c, l)
+}
+
+fn held() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(60))
+}
+
+/// Asks `at` for a read; its answer if it came without any frame delivered or tick.
+fn read_alone(
+    c: &mut Cluster,
+    at: NodeId,
+    lease_until: Option<Instant>,
+) -> (Option<Result<u64, RaftError>>, oneshot::Receiver<Result<u64, RaftError>>) {
+    let (tx, mut rx) = oneshot::channel();
+    c.core(at).read_index_leased(G, lease_until, tx);
+    (rx.try_recv().ok(), rx)
+}
+
+#[test]
+fn a_leader_whose_lease_holds_answers_with_its_commit_index_and_no_round() {
+    let (mut c, l) = cluster();
+    let (answer, _) = read_alone(&mut c, l, held());
+    let index = answer.expect("answered at once").expect("read index");
+    let (tx, mut rx) = oneshot::channel();
+    c.core(l).read_index(G, tx);
+    assert!(rx.try_recv().is_err(), "without a lease a quorum round is needed");
+    c.drive_until(20, |_| false);
+    let confirmed = rx.try_recv().expect("round done").expect("read index");
+    assert_eq!(confirmed, index, "the same read point: nothing was written meanwhile");
+}
+
+#[test]
+fn an_ended_lease_takes_a_quorum_round() {
+    let (mut c, l) = cluster();
+    let ended = Instant::now().checked_sub(Duration::from_millis(1));
+    let (answer, mut rx) = read_alone(&mut c, l, ended);
+    assert!(answer.is_none(), "an ended lease answers nothing alone");
+    c.drive_until(20, |_| false);
+    assert!(matches!(rx.try_recv(), Ok(Ok(_))), "answered by the round");
+}
+
+#[test]
+fn a_follower_never_answers_from_a_lease() {
+    let (mut c, l) = cluster();
+    let f = *c.nodes.keys().find(|id| **id != l).expect("a follower");
+    let (answer, mut rx) = read_alone(&mut c, f, held());
+    assert!(answer.is_none());
+    c.drive_until(20, |_| false);
+    assert!(matches!(rx.try_recv(), Ok(Ok(_))), "answered through the leader");
+}
+
+#[test]
+fn no_lease_is_honoured_after_the_leader_started_a_transfer_in_its_term() {
+    let (mut c, l) = cluster();
+    let target = *c.nodes.keys().find(|id| **id != l).expect("a follower");
+    c.core(l).transfer_leader(G, target).expect("transfer");
+    let (answer, _) = read_alone(&mut c, l, held());
+    assert!(answer.is_none(), "the target may be elected inside the lease");
+    // And once the transfer is over, the old leader is a follower.
+    c.drive_until(50, |c| c.a_leader(G) == Some(target));
+    assert_eq!(c.a_leader(G), Some(target), "the transfer completed");
+    let (answer, _) = read_alone(&mut c, l, held());
+    assert!(answer.is_none(), "no longer the leader");
+}
