@@ -17,7 +17,10 @@ runs on S's leader in these steps (each a KV command through Raft; `docs/PLACEME
 A mover that fails before step 6 aborts the move in group 0 and undoes its marks; one that dies
 leaves marks that `metadata/vshard_converge.converge` ends on the next round of each group's
 leader, after a ReadIndex of group 0, by group 0's outcome. Every step names the move id, and
-the state machines ignore a step of another move, so no step of an old move touches a new one.
+the state machines refuse a step of another move than their mark's, and any step of a move
+older than the highest they applied for the vShard (the fence, docs/KV.md), so no step of an
+old move touches a new one. A step refused so (`InvalidRequest`, "refused as stale") aborts
+the move like any failed step, once: group 0 then holds no move to run again.
 """
 
 from __future__ import annotations

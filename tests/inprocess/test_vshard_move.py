@@ -7,6 +7,7 @@ move leaves the vShard where it was."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from test_kv_sessions import converged, leader_of
 from nodedb_cluster import wire
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import InvalidRequest, VShardMoved, VShardPaused
-from nodedb_cluster.metadata.commands import AssignVShard, MetadataEntry
+from nodedb_cluster.metadata.commands import AssignVShard, BeginVShardMove, MetadataEntry
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import (
     RaftEngine,
@@ -235,6 +236,52 @@ async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]
                 kv_check_result(result)
         with pytest.raises(InvalidRequest, match="plain"):
             await copy(three, source, target, vshard, delta=False)
+
+
+STALE_FENCE = 1000
+"""A move id above any group 0 hands out in these tests."""
+MOVE_END_S = 10.0
+"""A mover's move begun in group 0 has ended (finished or aborted) within this."""
+
+
+async def test_a_move_refused_as_stale_at_the_target_aborts_once(
+    three: list[Node], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The target's fence is above the move group 0 begins (a later move of the vShard applied
+    a step there): the mover's first step is refused as stale, and the mover aborts the move
+    once (group 0 records the abort, nothing is retried), leaving every key at the source."""
+    routing = three[0].metadata.routing
+    vshard = next(v for v in range(1024) if routing.group_for_vshard(v) == 1)
+    source, target = 1, 2
+    keys = keys_of(vshard, 10, b"st")
+    addrs = [str(n.config.listen_addr) for n in three]
+    async with Client(addrs, Insecure()) as client:
+        for key in keys:
+            await client.put(key, b"v-" + key)
+        t_engine = await engine_of(three, target)
+        for op in ("incoming", "drop"):
+            command = kv_vshard_command(op, vshard, source, STALE_FENCE)
+            done = await t_engine.propose_batch(target, [command], kind="kv")
+            kv_check_result(done.results[0])
+        caplog.set_level(logging.INFO, logger="nodedb_cluster.vshard_mover")
+        begin = BeginVShardMove(vshard, source, target, 1)
+        assert await three[0].propose_metadata(MetadataEntry((begin,))) is None
+        deadline = time.monotonic() + MOVE_END_S
+        while any(n.metadata.vshard_moves.get(vshard) is not None for n in three):
+            assert time.monotonic() < deadline, "the move did not end"
+            await asyncio.sleep(0.05)  # group 0's local state: no event to await, bounded
+        assert all(n.metadata.routing.group_for_vshard(vshard) == source for n in three)
+        aborted = [r for r in caplog.records if "aborted" in r.getMessage()]
+        assert len(aborted) == 1, [r.getMessage() for r in aborted]
+        assert "refused as stale" in aborted[0].getMessage()
+        for key in keys:
+            assert await client.get(key) == b"v-" + key
+        await converged(three, source)
+        await converged(three, target)
+        for node in three:
+            assert node.engine is not None
+            assert node.engine.kv_vshard_states(source) == {}
+            assert node.engine.kv_vshard_states(target) == {}
 
 
 async def requesters_see_refusals_only_when_they_announce_them(

@@ -299,11 +299,14 @@ mod tests {
             self.apply_raw(&[cmd.encode()]).remove(0)
         }
         fn step(&mut self, step: VShardStep, vshard: u32, group: u64) -> KvResult {
+            self.step_of(step, vshard, group, MOVE)
+        }
+        fn step_of(&mut self, step: VShardStep, vshard: u32, group: u64, move_id: u64) -> KvResult {
             self.one(KvCommand::VShard {
                 step,
                 vshard,
                 group,
-                move_id: MOVE,
+                move_id,
             })
         }
         fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
@@ -590,7 +593,7 @@ mod tests {
         a.step(VShardStep::Freeze, 13, 2);
         a.step(VShardStep::Release, 13, 2);
         let snap = a.sm().snapshot().expect("snapshot");
-        assert_eq!(snap[0], 2, "states: version 2");
+        assert_eq!(snap[0], 3, "states and fences: version 3");
         let mut b = KvStateMachine::new();
         b.restore(&snap).expect("restore");
         assert_eq!(b.reader().digest(), a.sm().reader().digest());
@@ -620,5 +623,130 @@ mod tests {
         let mut d = KvStateMachine::new();
         d.restore(&plain).expect("an old-format snapshot restores");
         assert_eq!(d.reader().digest(), before);
+    }
+    /// `result` is a refusal as stale.
+    fn stale(result: &KvResult) -> bool {
+        matches!(result, KvResult::Invalid { reason } if reason.contains("refused as stale"))
+    }
+
+    #[test]
+    fn a_stale_incoming_after_a_later_move_leaves_the_owners_data() {
+        let (keys, _) = keys_of(21, 3);
+        // Group T is the target of move 2 of vShard 21 from group 5: marked, activated (T owns
+        // it now), then written to.
+        let mut t = Group::new();
+        assert_eq!(t.step_of(VShardStep::Incoming, 21, 5, 2), OK);
+        assert_eq!(t.step_of(VShardStep::Activate, 21, 0, 2), OK);
+        for k in &keys {
+            t.one(put(k, b"v"));
+        }
+        // Move 1's incoming (aborted long ago), its Raft entry committed only now.
+        let late = t.step_of(VShardStep::Incoming, 21, 5, 1);
+        assert!(stale(&late), "{late:?}");
+        for k in &keys {
+            assert_eq!(t.get(k), Some(b"v".to_vec()), "the data stays");
+        }
+        assert_eq!(t.reader().read().refusal(21), None, "still served here");
+        assert!(t.reader().vshard_states().is_empty());
+        assert_eq!(t.reader().vshard_fences(), vec![(21, 2)]);
+        // Every other step of the old move is refused the same way.
+        for step in [VShardStep::Drop, VShardStep::Track, VShardStep::Release] {
+            assert!(stale(&t.step_of(step, 21, 5, 1)), "{step:?}");
+        }
+        assert!(t.converged());
+    }
+
+    #[test]
+    fn retries_of_the_same_step_pass_the_fence_and_a_refused_step_leaves_it() {
+        let (keys, _) = keys_of(22, 2);
+        let mut s = Group::new();
+        for k in &keys {
+            s.one(put(k, b"v"));
+        }
+        for _ in 0..2 {
+            assert_eq!(s.step_of(VShardStep::Track, 22, 4, 3), OK);
+        }
+        for _ in 0..2 {
+            assert_eq!(s.step_of(VShardStep::Freeze, 22, 4, 3), OK);
+        }
+        for _ in 0..2 {
+            assert_eq!(s.step_of(VShardStep::Release, 22, 4, 3), OK);
+        }
+        assert_eq!(s.reader().vshard_states(), vec![(22, "moved", 4, 3)]);
+        assert_eq!(s.reader().vshard_fences(), vec![(22, 3)]);
+        // A step of a later move refused for its state (freeze of a moved vShard) raises no
+        // fence: move 3's convergence steps still apply.
+        let refused = s.step_of(VShardStep::Freeze, 22, 4, 9);
+        assert!(matches!(refused, KvResult::Invalid { .. }) && !stale(&refused));
+        assert_eq!(s.reader().vshard_fences(), vec![(22, 3)]);
+        assert_eq!(
+            s.step_of(VShardStep::Release, 22, 6, 3),
+            OK,
+            "moved on since"
+        );
+        // A later move into this group passes it (the vShard comes back).
+        assert_eq!(s.step_of(VShardStep::Incoming, 22, 6, 4), OK);
+        assert_eq!(s.reader().vshard_fences(), vec![(22, 4)]);
+        assert!(s.converged());
+    }
+
+    #[test]
+    fn fences_survive_a_snapshot_show_in_the_digest_and_older_snapshots_read_as_none() {
+        let (keys, _) = keys_of(23, 2);
+        let mut a = Group::new();
+        assert_eq!(a.step_of(VShardStep::Incoming, 23, 5, 7), OK);
+        assert_eq!(a.step_of(VShardStep::Activate, 23, 0, 7), OK);
+        for k in &keys {
+            a.one(put(k, b"v"));
+        }
+        // No mark left, only the fence: version 3 with an empty state section.
+        assert!(a.reader().vshard_states().is_empty());
+        let snap = a.sm().snapshot().expect("snapshot");
+        assert_eq!(snap[0], 3);
+        let view = a.sm().snapshot_view();
+        assert_eq!(snap.len(), view.encoded_len());
+        let mut b = KvStateMachine::new();
+        b.restore(&snap).expect("restore");
+        assert_eq!(b.reader().digest(), a.sm().reader().digest());
+        assert_eq!(b.reader().vshard_fences(), vec![(23, 7)]);
+        assert!(
+            b.restore(&snap[..snap.len() - 1]).is_err(),
+            "cut in the fences"
+        );
+        // The restored replica refuses the stale step too, and keeps the data.
+        let mut restored = Replica {
+            sm: b,
+            index: a.0[0].index,
+        };
+        let late = restored.apply_raw(&[KvCommand::VShard {
+            step: VShardStep::Incoming,
+            vshard: 23,
+            group: 5,
+            move_id: 6,
+        }
+        .encode()]);
+        assert!(stale(&late[0]), "{late:?}");
+        assert_eq!(restored.get(&keys[0]), Some(b"v".to_vec()));
+        // The fence is in the digest: the same map and index without it differ.
+        let mut plain = KvState::default();
+        let mut fenced = KvState::default();
+        fenced.fences.insert(23, 7);
+        assert_ne!(plain.digest(), fenced.digest());
+        // Snapshots of older builds (version 2: marks, no fences; version 1) read as fence 0.
+        plain.vshards.insert(
+            23,
+            crate::vshard::VShardMark {
+                state: crate::vshard::VShardState::Moved { to: 4 },
+                move_id: 7,
+            },
+        );
+        let v2 = plain.snapshot_view().encode();
+        assert_eq!(v2[0], 2);
+        let back = KvState::from_snapshot(&v2).expect("a version-2 snapshot");
+        assert!(back.fences.is_empty());
+        assert_eq!(back.vshards, plain.vshards);
+        let v1 = KvState::default().snapshot_view().encode();
+        assert_eq!(v1[0], 1);
+        assert!(KvState::from_snapshot(&v1).expect("v1").fences.is_empty());
     }
 }

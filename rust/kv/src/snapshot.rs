@@ -14,6 +14,11 @@
 //! no part in a move stays readable by a node from before moves) adds, after the sessions,
 //! `vshards u64, (vshard u32, state u8, group u64, move_id u64, dirty u64, key*)*` (state:
 //! 1 incoming, 2 tracking, 3 frozen, 4 moved; `group` as [`VShardState::group`]).
+//! Version 3 (written while some vShard has a fence: a group a move step ever applied to)
+//! is version 2's layout (its vShard section possibly empty) followed by
+//! `fences u64, (vshard u32, move_id u64)*` ([`KvState::fences`]). Versions 1 and 2 read as
+//! no fence (0) for every vShard. A build from before fences refuses a version-3 snapshot
+//! (`DecodeError::Version`): every node is upgraded before vShards move.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -29,6 +34,8 @@ use crate::vshard::{VShardMark, VShardState};
 
 /// The snapshot version that adds the vShard states.
 const VERSION_VSHARDS: u8 = 2;
+/// The snapshot version that adds the vShards' fences (after the states).
+const VERSION_FENCES: u8 = 3;
 
 /// A point-in-time copy of a group's KV state that shares its maps with the live state.
 /// `Send + Sync`: serialize it on another thread while the driver keeps applying.
@@ -37,6 +44,7 @@ pub struct KvSnapshotView {
     map: ShardedMap,
     sessions: BTreeMap<u64, ClientSession>,
     vshards: BTreeMap<u32, VShardMark>,
+    fences: BTreeMap<u32, u64>,
     applied_index: u64,
     applied_commands: u64,
 }
@@ -48,6 +56,7 @@ impl KvState {
             map: self.map.clone(),
             sessions: self.sessions.clone(),
             vshards: self.vshards.clone(),
+            fences: self.fences.clone(),
             applied_index: self.applied_index,
             applied_commands: self.applied_commands,
         }
@@ -127,7 +136,7 @@ impl KvSnapshotDecoder {
         if self.header.is_none() {
             let header = (|| {
                 let version = r.u8()?;
-                if version != FORMAT_VERSION && version != VERSION_VSHARDS {
+                if ![FORMAT_VERSION, VERSION_VSHARDS, VERSION_FENCES].contains(&version) {
                     return Err(DecodeError::Version(version));
                 }
                 Ok((version, r.u64()?, r.u64()?, r.u64()?))
@@ -191,17 +200,10 @@ impl KvSnapshotDecoder {
             }
         }
         let mut vshards = BTreeMap::new();
-        if version == VERSION_VSHARDS {
+        if version >= VERSION_VSHARDS {
             let n = r.u64()?;
             for _ in 0..n {
-                let vshard = r.u32()?;
-                if vshard as usize >= VSHARDS {
-                    return Err(DecodeError::TooLong {
-                        what: "vshard",
-                        len: u64::from(vshard),
-                        limit: VSHARDS as u64 - 1,
-                    });
-                }
+                let vshard = vshard_in_range(r.u32()?)?;
                 let tag = r.u8()?;
                 let group = r.u64()?;
                 let move_id = r.u64()?;
@@ -225,15 +227,36 @@ impl KvSnapshotDecoder {
                 vshards.insert(vshard, VShardMark { state, move_id });
             }
         }
+        let mut fences = BTreeMap::new();
+        if version >= VERSION_FENCES {
+            let n = r.u64()?;
+            for _ in 0..n {
+                let vshard = vshard_in_range(r.u32()?)?;
+                fences.insert(vshard, r.u64()?);
+            }
+        }
         r.finish()?;
         Ok(KvState {
             map: ShardedMap::from_shards(self.shards.into_iter().map(Arc::new).collect()),
             sessions,
             vshards,
+            fences,
             applied_index,
             applied_commands,
         })
     }
+}
+
+/// `vshard` if it names one, else the decode error.
+fn vshard_in_range(vshard: u32) -> Result<u32, DecodeError> {
+    if vshard as usize >= VSHARDS {
+        return Err(DecodeError::TooLong {
+            what: "vshard",
+            len: u64::from(vshard),
+            limit: VSHARDS as u64 - 1,
+        });
+    }
+    Ok(vshard)
 }
 
 impl KvSnapshotView {
@@ -249,7 +272,12 @@ impl KvSnapshotView {
             .values()
             .map(|s| 32 + s.results.values().map(|r| 12 + r.len()).sum::<usize>())
             .sum();
-        let vshards: usize = if self.vshards.is_empty() {
+        let fences = if self.fences.is_empty() {
+            0
+        } else {
+            8 + 12 * self.fences.len()
+        };
+        let vshards: usize = if self.version() == FORMAT_VERSION {
             0
         } else {
             8 + self
@@ -261,7 +289,18 @@ impl KvSnapshotView {
                 })
                 .sum::<usize>()
         };
-        25 + entries + 8 + sessions + vshards
+        25 + entries + 8 + sessions + vshards + fences
+    }
+
+    /// The version written: the lowest whose layout holds this state.
+    fn version(&self) -> u8 {
+        if !self.fences.is_empty() {
+            VERSION_FENCES
+        } else if !self.vshards.is_empty() {
+            VERSION_VSHARDS
+        } else {
+            FORMAT_VERSION
+        }
     }
 
     /// The snapshot's bytes.
@@ -277,11 +316,8 @@ impl KvSnapshotView {
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         const FLUSH_AT: usize = 64 << 10;
         let mut w = Writer::with_capacity(2 * FLUSH_AT);
-        w.u8(if self.vshards.is_empty() {
-            FORMAT_VERSION
-        } else {
-            VERSION_VSHARDS
-        });
+        let version = self.version();
+        w.u8(version);
         w.u64(self.applied_index);
         w.u64(self.applied_commands);
         w.u64(self.map.len() as u64);
@@ -310,7 +346,7 @@ impl KvSnapshotView {
                 w.buf.clear();
             }
         }
-        if !self.vshards.is_empty() {
+        if version >= VERSION_VSHARDS {
             w.u64(self.vshards.len() as u64);
             for (vshard, mark) in &self.vshards {
                 let state = &mark.state;
@@ -332,6 +368,13 @@ impl KvSnapshotView {
                     out.write_all(&w.buf)?;
                     w.buf.clear();
                 }
+            }
+        }
+        if version >= VERSION_FENCES {
+            w.u64(self.fences.len() as u64);
+            for (vshard, fence) in &self.fences {
+                w.u32(*vshard);
+                w.u64(*fence);
             }
         }
         out.write_all(&w.buf)

@@ -72,13 +72,17 @@ pub struct KvState {
     pub sessions: BTreeMap<u64, ClientSession>,
     /// vShards not in the plain state (moving in or out, or moved away: [`crate::vshard`]).
     pub vshards: BTreeMap<u32, VShardMark>,
+    /// Per vShard a step ever applied to here: the highest move id of those steps (the fence,
+    /// [`crate::vshard::step`]; a step of an older move is refused as stale).
+    pub fences: BTreeMap<u32, u64>,
     pub applied_index: u64,
     pub applied_commands: u64,
 }
 
 impl KvState {
     /// xxh3 over (applied index, the map's entry count and the wrapping sum of its entries'
-    /// hashes, every session in order, then every vShard state in order when there are any):
+    /// hashes, every session in order, then every vShard state in order when there are any,
+    /// then every vShard's fence in order when there are any):
     /// equal digests on two nodes mean equal state at the same index. The sum makes the map's
     /// part independent of iteration order.
     pub fn digest(&self) -> u64 {
@@ -108,6 +112,13 @@ impl KvState {
             for key in mark.state.dirty().into_iter().flatten() {
                 h.update(&(key.len() as u64).to_le_bytes());
                 h.update(key);
+            }
+        }
+        if !self.fences.is_empty() {
+            h.update(b"fences");
+            for (vshard, fence) in &self.fences {
+                h.update(&vshard.to_le_bytes());
+                h.update(&fence.to_le_bytes());
             }
         }
         h.digest()
@@ -291,7 +302,8 @@ impl KvState {
     }
 
     /// One step of a vShard's move ([`crate::vshard::step`]); O(the vShard's keys) when it
-    /// deletes them, else O(log vShards in a move).
+    /// deletes them, else O(log vShards in a move). A step that applies raises the vShard's
+    /// fence to its move id; a refused one (stale included) changes nothing.
     fn apply_vshard_step(
         &mut self,
         step: VShardStep,
@@ -299,9 +311,13 @@ impl KvState {
         group: u64,
         move_id: u64,
     ) -> KvResult {
-        match vshard::step(self.vshards.get(&vshard), step, group, move_id) {
+        let fence = self.fences.get(&vshard).copied().unwrap_or(0);
+        match vshard::step(self.vshards.get(&vshard), fence, step, group, move_id) {
             Err(reason) => KvResult::Invalid { reason },
             Ok(t) => {
+                if move_id > fence {
+                    self.fences.insert(vshard, move_id);
+                }
                 if t.clear_keys {
                     drop(self.map.take_shard(vshard as usize));
                 }
@@ -384,6 +400,11 @@ impl KvReader {
     /// (vshard, keys, bytes) of every vShard holding keys here.
     pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {
         self.read().vshard_stats()
+    }
+    /// (vshard, fence) of every vShard a move step ever applied to here: the highest move id
+    /// of those steps (a step of an older move is refused as stale).
+    pub fn vshard_fences(&self) -> Vec<(u32, u64)> {
+        self.read().fences.iter().map(|(v, f)| (*v, *f)).collect()
     }
     /// (vshard, state name, the other group of its move, move id) of every vShard not plain
     /// here.

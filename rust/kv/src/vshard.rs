@@ -19,6 +19,14 @@
 //! Abort (before the flip): S `unfreeze` (plain again), T `drop` (keys of v deleted, plain).
 //! The plain state ("serve it") is every vShard's state before any move, so a group that never
 //! took part in one answers exactly as before.
+//!
+//! The fence: the state machine also keeps, per vShard, the highest move id of a step it
+//! applied ([`step`]'s `fence`), and refuses a step of an older move (group 0 numbers moves in
+//! order and runs one per vShard at a time, so once a step of move m applied, every older move
+//! of the vShard has ended). Without it, an `incoming` of an old move whose Raft entry commits
+//! after a later move made this group the vShard's owner would mark it incoming again and
+//! empty it. A refused step changes nothing, fence included, so a mark's move id is never below
+//! its fence (the convergence of a dead mover's marks never meets a stale refusal).
 
 use std::collections::BTreeSet;
 
@@ -129,17 +137,26 @@ pub struct Transition {
 }
 
 /// The transition `step` of move `move_id` (with its `group`) makes from `current` (`None` =
-/// plain), or why it is refused. Repeating a step changes nothing (a mover that restarts, or a
-/// convergence round, may send it again), except Incoming, which always empties the vShard
-/// here (its copy starts over). A step naming another move than the mark's is refused,
-/// except Incoming (a new move into this group replaces the marks of ended ones).
+/// plain), or why it is refused. A step of a move older than `fence` (the highest move id of a
+/// step applied to this vShard here, 0 = none) is refused as stale; the caller raises the
+/// fence to `move_id` when the step applies. Repeating a step changes nothing (a mover that
+/// restarts, or a convergence round, may send it again), except Incoming, which always empties
+/// the vShard here (its copy starts over). A step naming another move than the mark's is
+/// refused, except Incoming (a new move into this group replaces the marks of ended ones).
 pub fn step(
     current: Option<&VShardMark>,
+    fence: u64,
     step: VShardStep,
     group: u64,
     move_id: u64,
 ) -> Result<Transition, String> {
     use VShardState::{Frozen, Incoming, Moved, Tracking};
+    if move_id < fence {
+        return Err(format!(
+            "vshard step {} of move {move_id} refused as stale: move {fence} came since",
+            step.name()
+        ));
+    }
     let mark = |state: VShardState| Some(VShardMark { state, move_id });
     let to = |mark: Option<VShardMark>, clear_keys: bool| Ok(Transition { mark, clear_keys });
     let keep = || to(current.cloned(), false);
@@ -207,12 +224,16 @@ pub fn step(
 mod tests {
     use super::*;
 
+    /// The steps in order, as the state machine applies them (the fence rises with each step
+    /// that applies); the last mark and whether any step cleared the keys.
     fn run(steps: &[(VShardStep, u64, u64)]) -> Result<(Option<VShardMark>, bool), String> {
         let mut mark = None;
+        let mut fence = 0;
         let mut cleared = false;
         for &(s, g, id) in steps {
-            let t = step(mark.as_ref(), s, g, id)?;
+            let t = step(mark.as_ref(), fence, s, g, id)?;
             mark = t.mark;
+            fence = fence.max(id);
             cleared |= t.clear_keys;
         }
         Ok((mark, cleared))
@@ -310,21 +331,52 @@ mod tests {
     #[test]
     fn a_step_of_another_move_is_refused() {
         use VShardStep::*;
-        for late in [
-            (Unfreeze, 0, 1),
-            (Release, 9, 1),
-            (Freeze, 9, 1),
-            (Track, 9, 1),
-        ] {
-            let err = run(&[(Track, 9, 2), late]).expect_err("another move");
-            assert!(err.contains("another move's mark"), "{err}");
-        }
-        for late in [(Drop, 0, 1), (Activate, 0, 1)] {
-            let err = run(&[(Incoming, 4, 2), late]).expect_err("another move");
-            assert!(err.contains("another move's mark"), "{err}");
+        let tracking = |move_id| VShardMark {
+            state: VShardState::Tracking {
+                to: 9,
+                dirty: BTreeSet::new(),
+            },
+            move_id,
+        };
+        let incoming = |move_id| VShardMark {
+            state: VShardState::Incoming { from: 4 },
+            move_id,
+        };
+        // Either side of the mark's move: an older one (a mark restored from a version-2
+        // snapshot has no fence) or a newer one (its mark was never written here).
+        for (other, fence) in [(1, 0), (3, 2)] {
+            for (s, g) in [(Unfreeze, 0), (Release, 9), (Freeze, 9), (Track, 9)] {
+                let err = step(Some(&tracking(2)), fence, s, g, other).expect_err("another move");
+                assert!(err.contains("another move's mark"), "{err}");
+            }
+            for s in [Drop, Activate] {
+                let err = step(Some(&incoming(2)), fence, s, 0, other).expect_err("another move");
+                assert!(err.contains("another move's mark"), "{err}");
+            }
         }
         // An old move's drop after the new move's incoming: the new copy stays.
         assert!(run(&[(Incoming, 4, 1), (Incoming, 4, 2), (Drop, 0, 1)]).is_err());
+    }
+
+    #[test]
+    fn a_step_of_a_move_older_than_the_fence_is_refused_as_stale() {
+        use VShardStep::*;
+        // Move 2 made this group the owner (incoming, activate: plain); move 1's incoming,
+        // committed late, would mark it incoming and empty it.
+        let err = run(&[(Incoming, 4, 2), (Activate, 0, 2), (Incoming, 4, 1)]).expect_err("stale");
+        assert!(err.contains("refused as stale: move 2 came since"), "{err}");
+        // Every step of an older move, whatever the state, once a later one applied.
+        for late in [Incoming, Track, Freeze, Activate, Drop, Unfreeze, Release] {
+            let err = run(&[(Track, 9, 5), (Unfreeze, 0, 5), (late, 9, 4)]).expect_err("stale");
+            assert!(err.contains("refused as stale"), "{late:?}: {err}");
+        }
+        // Equal move ids pass the fence: retries of a step are idempotent as before.
+        assert_eq!(
+            run(&[(Incoming, 4, 3), (Activate, 0, 3), (Activate, 0, 3)]),
+            Ok((None, true))
+        );
+        // A later move passes it.
+        assert!(run(&[(Incoming, 4, 2), (Activate, 0, 2), (Incoming, 4, 3)]).is_ok());
     }
 
     #[test]
