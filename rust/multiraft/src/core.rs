@@ -54,7 +54,8 @@ use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::group::{
     answer_reads, apply_entries, fail_all, install_snapshot, issue_reads, le_u64,
     leads_with_commit, lease_holds, outgoing_snapshot, resend_pre_votes, snapshot_meta, sorted_ids,
-    step_down_check, Group, PendingConf, PendingProposal, PendingRead, DEFERRED_READ_MSGS_MAX,
+    step_down_check, Group, PendingConf, PendingProposal, PendingRead, ReadLease,
+    DEFERRED_READ_MSGS_MAX,
 };
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
@@ -392,11 +393,11 @@ impl MultiRaftCore {
     }
 
     /// [`Self::read_index`], answered with the commit index and no quorum round when this
-    /// node leads `gid` and the caller's lease `lease_until` holds ([`lease_holds`]).
+    /// node leads `gid` and the caller's `lease` holds ([`lease_holds`]).
     pub fn read_index_leased(
         &mut self,
         gid: GroupId,
-        lease_until: Option<std::time::Instant>,
+        lease: Option<ReadLease>,
         reply: impl Into<Reply<u64>>,
     ) {
         let reply = reply.into();
@@ -415,7 +416,7 @@ impl MultiRaftCore {
             return;
         };
         Metrics::inc(&self.metrics.read_index_requests);
-        if lease_until.is_some_and(|until| lease_holds(g, until, std::time::Instant::now())) {
+        if lease.is_some_and(|lease| lease_holds(g, lease, std::time::Instant::now())) {
             Metrics::inc(&self.metrics.read_index_leased);
             g.reads.push(PendingRead {
                 ctx,

@@ -28,6 +28,7 @@ use crate::codec::Frame;
 use crate::config::MultiRaftConfig;
 use crate::core::{GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Reply};
 use crate::error::{EngineError, RaftError};
+use crate::group::ReadLease;
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{LogRepair, LogSink};
 use crate::lost_tail::LostTail;
@@ -47,7 +48,7 @@ enum Input {
     ReadIndex {
         group: GroupId,
         /// The caller's read lease, if it holds one (`MultiRaftCore::read_index_leased`).
-        lease_until: Option<Instant>,
+        lease: Option<ReadLease>,
         reply: Reply<u64>,
     },
     Membership {
@@ -393,7 +394,7 @@ impl MultiRaft {
         self.submit_with(
             |reply| Input::ReadIndex {
                 group,
-                lease_until: None,
+                lease: None,
                 reply,
             },
             reply,
@@ -464,16 +465,16 @@ impl MultiRaft {
     }
 
     /// `read_index`, answered without a quorum round while this node leads `group` and
-    /// `lease_until` (the caller's read lease) holds: see `MultiRaftCore::read_index_leased`.
+    /// `lease` (the caller's read lease) holds: see `MultiRaftCore::read_index_leased`.
     pub async fn read_index_leased(
         &self,
         group: GroupId,
-        lease_until: Option<Instant>,
+        lease: Option<ReadLease>,
         timeout: Duration,
     ) -> Result<u64, RaftError> {
         let rx = self.submit(|reply| Input::ReadIndex {
             group,
-            lease_until,
+            lease,
             reply,
         });
         self.wait("read_index", rx, timeout).await
@@ -674,9 +675,9 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
         } => core.propose_for(kind, group, &commands, reply),
         Input::ReadIndex {
             group,
-            lease_until,
+            lease,
             reply,
-        } => core.read_index_leased(group, lease_until, reply),
+        } => core.read_index_leased(group, lease, reply),
         Input::Membership {
             group,
             changes,

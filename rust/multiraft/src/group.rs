@@ -80,6 +80,8 @@ pub(crate) struct Group {
     /// transfer's target campaigns without waiting out the followers' election timeout, so no
     /// read lease of that term is honoured after it ([`lease_holds`]).
     pub(crate) lease_revoked_term: u64,
+    /// When this node was last seen becoming the group's leader (at the end of that round).
+    pub(crate) leader_since: Option<std::time::Instant>,
     /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
     /// the log: it has never acknowledged anything it could have lost.
     pub(crate) started_empty: bool,
@@ -156,6 +158,11 @@ pub(crate) fn step_down_check(g: &mut Group) {
         }
         g.deferred_read_msgs.clear();
     }
+    if leader && !g.was_leader {
+        g.leader_since = Some(std::time::Instant::now());
+    } else if !leader {
+        g.leader_since = None;
+    }
     g.was_leader = leader;
 }
 
@@ -188,20 +195,25 @@ pub(crate) fn leads_with_commit(g: &Group) -> bool {
     g.raw.raft.state == StateRole::Leader && g.raw.raft.commit_to_current_term()
 }
 
-/// May this node answer a read of `g` with its commit index, without a quorum round, while the
-/// caller's lease (`lease_until`) holds? The lease (the caller's: a quorum acknowledged this
-/// node's entry sent at `t`, so with check-quorum and pre-vote no voter that acknowledged it
-/// votes for another candidate before `t` + the minimum election timeout) proves no other
-/// leader exists now, unless a leadership transfer of this term let a target campaign inside
-/// it. Decided on the driver thread at `now`, which is the read's linearization point: the
-/// commit index then covers every write acknowledged before, and the read is answered once
-/// applied through it (a pause after this point cannot make it stale).
-pub(crate) fn lease_holds(
-    g: &Group,
-    lease_until: std::time::Instant,
-    now: std::time::Instant,
-) -> bool {
-    now < lease_until
+/// A read lease a caller holds on a group: a quorum acknowledged a message this node sent at
+/// `from` (with check-quorum and pre-vote none of those voters votes for another candidate
+/// before `from` + [`crate::MultiRaft::election_timeout_min`]), trusted until `until` (the
+/// caller's margin for clock rates taken off that bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLease {
+    pub from: std::time::Instant,
+    pub until: std::time::Instant,
+}
+
+/// May this node answer a read of `g` with its commit index, without a quorum round, under
+/// `lease`? It proves no other leader exists now if it was earned while this node led
+/// continuously since (`leader_since`), unless a leadership transfer of this term let a target
+/// campaign inside it. Decided on the driver thread at `now`, which is the read's
+/// linearization point: the commit index then covers every write acknowledged before, and the
+/// read is answered once applied through it (a pause after this point cannot make it stale).
+pub(crate) fn lease_holds(g: &Group, lease: ReadLease, now: std::time::Instant) -> bool {
+    now < lease.until
+        && g.leader_since.is_some_and(|since| since <= lease.from)
         && leads_with_commit(g)
         && g.raw.raft.lead_transferee.is_none()
         && g.lease_revoked_term != g.raw.raft.term

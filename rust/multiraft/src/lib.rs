@@ -40,6 +40,7 @@ pub use crate::core::{
 };
 pub use crate::driver::{Inbound, MultiRaft};
 pub use crate::error::{EngineError, RaftError};
+pub use crate::group::ReadLease;
 pub use crate::ids::{GroupId, NodeId};
 pub use crate::log_sink::{LogRepair, LogSink, MemLogSink, SpaceStatus};
 pub use crate::lost_tail::{LostTail, LostTailPolicy};

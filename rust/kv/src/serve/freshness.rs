@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use nodedb_multiraft::ReadLease;
+
 /// Lease = this fraction of the minimum election timeout: covers a 10 % clock-rate difference.
 pub const LEASE_FRACTION: f64 = 0.9;
 /// How often a node serving follower reads re-confirms its groups.
@@ -76,7 +78,7 @@ impl Freshness {
         }
     }
 
-    pub fn lease(&self) -> Duration {
+    pub fn lease_duration(&self) -> Duration {
         self.lease
     }
 
@@ -110,11 +112,14 @@ impl Freshness {
         now.saturating_duration_since(since).as_secs_f64()
     }
 
-    /// When `group`'s lease ends (None: it has none). The engine decides on it with the
-    /// leadership checks a lease needs (`MultiRaftCore::read_index_leased`).
-    pub fn lease_until(&self, group: u64) -> Option<Instant> {
+    /// `group`'s lease (None: it has none). The engine decides on it with the leadership
+    /// checks a lease needs (`MultiRaftCore::read_index_leased`).
+    pub fn lease(&self, group: u64) -> Option<ReadLease> {
         let from = self.groups.get(&group).and_then(|c| c.lease_from)?;
-        from.checked_add(self.lease)
+        Some(ReadLease {
+            from,
+            until: from.checked_add(self.lease)?,
+        })
     }
 
     pub fn set_linearizable_lease(&mut self, on: bool) {
@@ -123,13 +128,13 @@ impl Freshness {
 
     /// The lease a linearizable read of `group` offers the engine (None when they may not
     /// use one).
-    pub fn linearizable_lease_until(&self, group: u64) -> Option<Instant> {
-        self.lease_until(group).filter(|_| self.linearizable_lease)
+    pub fn linearizable_lease(&self, group: u64) -> Option<ReadLease> {
+        self.lease(group).filter(|_| self.linearizable_lease)
     }
 
     /// A `lease` read of `group` at `now`.
     pub fn lease_read(&self, group: u64, now: Instant) -> Decision {
-        let held = self.lease_until(group).is_some_and(|until| now < until);
+        let held = self.lease(group).is_some_and(|lease| now < lease.until);
         if held {
             Decision::Local
         } else {
@@ -201,7 +206,7 @@ mod tests {
     fn a_lease_holds_from_the_send_time_of_a_commit_for_09_election_timeouts() {
         let t0 = Instant::now();
         let mut f = Freshness::new(ms(500), t0);
-        assert_eq!(f.lease(), ms(450));
+        assert_eq!(f.lease_duration(), ms(450));
         // Never committed here: ReadIndex.
         assert!(matches!(
             f.lease_read(1, t0 + ms(10)),

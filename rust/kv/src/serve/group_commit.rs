@@ -277,10 +277,10 @@ impl ReadShare {
             let timeout = deadline
                 .saturating_duration_since(sent_at)
                 .max(Duration::from_millis(1));
-            let lease_until = clocks(&self.ctx.clocks).linearizable_lease_until(self.ctx.group.0);
+            let lease = clocks(&self.ctx.clocks).linearizable_lease(self.ctx.group.0);
             let outcome = match self.ctx.engine.upgrade() {
                 Some(engine) => engine
-                    .read_index_leased(self.ctx.group, lease_until, timeout)
+                    .read_index_leased(self.ctx.group, lease, timeout)
                     .await
                     .map(|_| ()),
                 None => Err(RaftError::Stopped {
