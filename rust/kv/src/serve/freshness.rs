@@ -127,9 +127,18 @@ impl Freshness {
     }
 
     /// The lease a linearizable read of `group` offers the engine (None when they may not
-    /// use one).
+    /// use one). Earned by any request a quorum confirmed, a ReadIndex round included: the
+    /// engine honours it only if this node led the group from the request's send time on, and
+    /// then the round was its own (a follower's round confirms another leader).
     pub fn linearizable_lease(&self, group: u64) -> Option<ReadLease> {
-        self.lease(group).filter(|_| self.linearizable_lease)
+        if !self.linearizable_lease {
+            return None;
+        }
+        let from = self.groups.get(&group).and_then(|c| c.confirmed)?;
+        Some(ReadLease {
+            from,
+            until: from.checked_add(self.lease)?,
+        })
     }
 
     /// A `lease` read of `group` at `now`.
@@ -239,6 +248,23 @@ mod tests {
             Decision::Confirm { .. }
         ));
         assert_eq!(f.follower_read(1, t0 + ms(110), 1.0), Decision::Local);
+    }
+
+    #[test]
+    fn linearizable_reads_offer_the_engine_a_lease_from_any_confirmation_unless_turned_off() {
+        let t0 = Instant::now();
+        let mut f = Freshness::new(ms(500), t0);
+        assert_eq!(f.linearizable_lease(1), None, "nothing confirmed yet");
+        f.confirmed(1, t0 + ms(100));
+        let lease = f.linearizable_lease(1).expect("a round earns one");
+        assert_eq!((lease.from, lease.until), (t0 + ms(100), t0 + ms(550)));
+        f.committed(1, t0 + ms(200));
+        assert_eq!(f.linearizable_lease(1).map(|l| l.from), Some(t0 + ms(200)));
+        f.confirmed(1, t0 + ms(150)); // an older round coming back late moves nothing
+        assert_eq!(f.linearizable_lease(1).map(|l| l.from), Some(t0 + ms(200)));
+        assert_eq!(f.linearizable_lease(2), None, "per group");
+        f.set_linearizable_lease(false);
+        assert_eq!(f.linearizable_lease(1), None);
     }
 
     #[test]
