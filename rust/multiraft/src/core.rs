@@ -69,7 +69,9 @@ use crate::storage::GroupStorage;
 
 pub use self::disk_full::SPACE_SAMPLE_EVERY_TICKS;
 use self::disk_full::{grows_log, DiskState, PendingRound, STALLED};
-pub use self::types::{GroupRole, GroupStatus, MembershipChange, ProposeOutcome, Reply, Role};
+pub use self::types::{
+    GroupRole, GroupStatus, MembershipChange, ProposeOutcome, ReadPoint, Reply, Role,
+};
 
 /// One frame carries at most this many bytes of raft messages (a 64 MiB wire frame holds it
 /// with room to spare); more go in further frames.
@@ -389,7 +391,12 @@ impl MultiRaftCore {
     /// Confirms leadership with a quorum (raft ReadIndex); `reply` gets the read index once
     /// this node has applied through it, so a local read is linearizable.
     pub fn read_index(&mut self, gid: GroupId, reply: impl Into<Reply<u64>>) {
-        self.read_index_leased(gid, None, reply);
+        let reply = reply.into();
+        self.read_index_leased(
+            gid,
+            None,
+            Reply::new(move |r: Result<ReadPoint, RaftError>| reply.send(r.map(|p| p.index))),
+        );
     }
 
     /// [`Self::read_index`], answered with the commit index and no quorum round when this
@@ -398,7 +405,7 @@ impl MultiRaftCore {
         &mut self,
         gid: GroupId,
         lease: Option<ReadLease>,
-        reply: impl Into<Reply<u64>>,
+        reply: impl Into<Reply<ReadPoint>>,
     ) {
         let reply = reply.into();
         let ctx = self.next_read_ctx;
@@ -424,6 +431,7 @@ impl MultiRaftCore {
                 read_index: Some(g.raw.raft.raft_log.committed),
                 sent_to: g.raw.raft.id,
                 sent_tick: now,
+                by_lease: true,
                 reply,
             });
             answer_reads(g);
@@ -438,6 +446,7 @@ impl MultiRaftCore {
             read_index: None,
             sent_to: 0,
             sent_tick: now,
+            by_lease: false,
             reply,
         });
         issue_reads(g, now);

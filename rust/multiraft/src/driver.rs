@@ -26,7 +26,9 @@ use tokio::sync::{oneshot, watch};
 
 use crate::codec::Frame;
 use crate::config::MultiRaftConfig;
-use crate::core::{GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Reply};
+use crate::core::{
+    GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, ReadPoint, Reply,
+};
 use crate::error::{EngineError, RaftError};
 use crate::group::ReadLease;
 use crate::ids::{GroupId, NodeId};
@@ -49,7 +51,7 @@ enum Input {
         group: GroupId,
         /// The caller's read lease, if it holds one (`MultiRaftCore::read_index_leased`).
         lease: Option<ReadLease>,
-        reply: Reply<u64>,
+        reply: Reply<ReadPoint>,
     },
     Membership {
         group: GroupId,
@@ -397,7 +399,7 @@ impl MultiRaft {
                 lease: None,
                 reply,
             },
-            reply,
+            Reply::new(move |r: Result<ReadPoint, RaftError>| reply.send(r.map(|p| p.index))),
         );
     }
 
@@ -461,7 +463,7 @@ impl MultiRaft {
 
     /// Confirms leadership with a quorum; resolves with the read index once applied locally.
     pub async fn read_index(&self, group: GroupId, timeout: Duration) -> Result<u64, RaftError> {
-        self.read_index_leased(group, None, timeout).await
+        Ok(self.read_index_leased(group, None, timeout).await?.index)
     }
 
     /// `read_index`, answered without a quorum round while this node leads `group` and
@@ -471,7 +473,7 @@ impl MultiRaft {
         group: GroupId,
         lease: Option<ReadLease>,
         timeout: Duration,
-    ) -> Result<u64, RaftError> {
+    ) -> Result<ReadPoint, RaftError> {
         let rx = self.submit(|reply| Input::ReadIndex {
             group,
             lease,

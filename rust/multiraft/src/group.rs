@@ -10,7 +10,7 @@ use raft::prelude::{
 use raft::{RawNode, StateRole};
 
 use crate::codec::{decode_commands, decode_pb, SnapshotKey};
-use crate::core::{ProposeOutcome, Reply};
+use crate::core::{ProposeOutcome, ReadPoint, Reply};
 use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{GroupMeta, LogRecord};
@@ -42,7 +42,9 @@ pub(crate) struct PendingRead {
     /// an entry of its term yet). See [`issue_reads`].
     pub(crate) sent_to: u64,
     pub(crate) sent_tick: u64,
-    pub(crate) reply: Reply<u64>,
+    /// Answered from the caller's read lease (no quorum round).
+    pub(crate) by_lease: bool,
+    pub(crate) reply: Reply<ReadPoint>,
 }
 
 /// Followers' ReadIndex requests a leader holds until it has committed an entry of its term
@@ -259,7 +261,10 @@ pub(crate) fn answer_reads(g: &mut Group) {
         .partition(|r| r.read_index.is_some_and(|i| i <= applied));
     g.reads = waiting;
     for r in ready {
-        r.reply.send(Ok(r.read_index.unwrap_or(applied)));
+        r.reply.send(Ok(ReadPoint {
+            index: r.read_index.unwrap_or(applied),
+            by_lease: r.by_lease,
+        }));
     }
 }
 

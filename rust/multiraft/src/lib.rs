@@ -36,7 +36,7 @@ pub mod wal_sink;
 pub use crate::codec::Frame;
 pub use crate::config::MultiRaftConfig;
 pub use crate::core::{
-    GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Role,
+    GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, ReadPoint, Role,
 };
 pub use crate::driver::{Inbound, MultiRaft};
 pub use crate::error::{EngineError, RaftError};

@@ -10,7 +10,7 @@ use common::sim_cluster::SimCluster;
 use common::{factory, Journals, JOURNAL};
 use nodedb_multiraft::error::RaftError;
 use nodedb_multiraft::log_sink::MemLogSink;
-use nodedb_multiraft::{GroupId, NodeId, ReadLease};
+use nodedb_multiraft::{GroupId, NodeId, ReadLease, ReadPoint};
 use tokio::sync::oneshot;
 
 type Cluster = SimCluster<MemLogSink, Journals>;
@@ -36,14 +36,14 @@ fn held() -> Option<ReadLease> {
     })
 }
 
-type Answer = oneshot::Receiver<Result<u64, RaftError>>;
+type Answer = oneshot::Receiver<Result<ReadPoint, RaftError>>;
 
 /// Asks `at` for a read; its answer if it came without any frame delivered or tick.
 fn read_alone(
     c: &mut Cluster,
     at: NodeId,
     lease: Option<ReadLease>,
-) -> (Option<Result<u64, RaftError>>, Answer) {
+) -> (Option<Result<ReadPoint, RaftError>>, Answer) {
     let (tx, mut rx) = oneshot::channel();
     c.core(at).read_index_leased(G, lease, tx);
     (rx.try_recv().ok(), rx)
@@ -53,18 +53,19 @@ fn read_alone(
 fn a_leader_whose_lease_holds_answers_with_its_commit_index_and_no_round() {
     let (mut c, l) = cluster();
     let (answer, _) = read_alone(&mut c, l, held());
-    let index = answer.expect("answered at once").expect("read index");
-    let (tx, mut rx) = oneshot::channel();
-    c.core(l).read_index(G, tx);
+    let point = answer.expect("answered at once").expect("read index");
     assert!(
-        rx.try_recv().is_err(),
-        "without a lease a quorum round is needed"
+        point.by_lease,
+        "said to be from the lease: it earns no new one"
     );
+    let (answer, mut rx) = read_alone(&mut c, l, None);
+    assert!(answer.is_none(), "without a lease a quorum round is needed");
     c.drive_until(20, |_| false);
     let confirmed = rx.try_recv().expect("round done").expect("read index");
+    assert!(!confirmed.by_lease);
     assert_eq!(
-        confirmed, index,
-        "the same read point: nothing was written meanwhile"
+        confirmed.index, point.index,
+        "nothing was written meanwhile"
     );
 }
 
@@ -78,7 +79,16 @@ fn an_ended_lease_takes_a_quorum_round() {
     let (answer, mut rx) = read_alone(&mut c, l, ended);
     assert!(answer.is_none(), "an ended lease answers nothing alone");
     c.drive_until(20, |_| false);
-    assert!(matches!(rx.try_recv(), Ok(Ok(_))), "answered by the round");
+    assert!(
+        matches!(
+            rx.try_recv(),
+            Ok(Ok(ReadPoint {
+                by_lease: false,
+                ..
+            }))
+        ),
+        "answered by the round"
+    );
 }
 
 #[test]

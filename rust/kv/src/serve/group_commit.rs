@@ -282,14 +282,15 @@ impl ReadShare {
                 Some(engine) => engine
                     .read_index_leased(self.ctx.group, lease, timeout)
                     .await
-                    .map(|_| ()),
+                    .map(|point| point.by_lease),
                 None => Err(RaftError::Stopped {
                     reason: "engine closed".into(),
                 }),
             };
-            if outcome.is_ok() {
-                clocks(&self.ctx.clocks).confirmed(self.ctx.group.0, sent_at);
+            if let Ok(by_lease) = outcome {
+                clocks(&self.ctx.clocks).confirmed(self.ctx.group.0, sent_at, !by_lease);
             }
+            let outcome = outcome.map(|_| ());
             for waiter in waiters {
                 let _ = waiter.send(outcome.clone());
             }
