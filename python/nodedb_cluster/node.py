@@ -350,6 +350,7 @@ class Node:
             self._push_kv_routing(state)
         self._swim.seed(state.topology)
         self._reconciler.wake()
+        self.placement.metadata_changed()
         if state.vshard_moves:
             self.vshard_mover.wake()
 

@@ -19,6 +19,7 @@ leader), after which the rebalancer moves the node's replicas off and retires it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -42,7 +43,6 @@ from nodedb_cluster.transport import Peer, Reply
 log = logging.getLogger(__name__)
 
 MOVE_WAIT_MS_MAX = 600_000
-MOVE_POLL_S = 0.002
 ADD_GROUPS_MAX = 1024
 """Groups one request may add (the routing table holds 4096 in all)."""
 
@@ -71,6 +71,14 @@ class PlacementControl:
         self._metadata = metadata
         self._rebalancer = rebalancer
         self._propose = propose
+        self._changed = asyncio.Event()
+        """Set (and replaced) each time group 0 applied something here."""
+
+    def metadata_changed(self) -> None:
+        """Group 0 applied something on this node (`Node.on_metadata_change`): wakes requests
+        waiting for a move's end."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def on_request(self, peer: Peer, payload: bytes) -> Reply:
         doc = wire.decode_map(payload, "placement request")
@@ -147,17 +155,21 @@ class PlacementControl:
 
     async def _move_outcome(self, vshard: int, move_id: int, to_group: int, wait_s: float) -> str:
         """How move `move_id` ended, as this node's replica of group 0 says, once it ended or
-        `wait_s` passed ("running"). Reads local state only (no RPC), every `MOVE_POLL_S`."""
+        `wait_s` passed ("running"). Reads local state only (no RPC), again after each change
+        group 0 applies here."""
         deadline = time.monotonic() + wait_s
         while True:
+            changed = self._changed  # taken before the state is read: no change is missed
             state = self._metadata()
             move = state.vshard_moves.get(vshard)
             if move is None or move.move_id != move_id:
                 moved = state.routing.group_for_vshard(vshard) == to_group
                 return "moved" if moved else "aborted"
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return "running"
-            await asyncio.sleep(MOVE_POLL_S)  # local state, read cheaply; bounded above
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
 
     async def _decommission(self, peer: Peer, node_id: int) -> dict[str, Any]:
         state = self._metadata()

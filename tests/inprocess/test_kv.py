@@ -92,14 +92,12 @@ async def test_routing_from_every_node_reaches_the_right_group(three: list[Node]
         for key in keys:
             expected_group = routing.group_for_vshard(vshard_for_key(key))
             assert node.kv.group_of(key) == expected_group
-            # Through the API from this node, then directly in the group's replica here (a
-            # follower applies after the leader answered: no event to await, so bounded polls).
+            # Through the API from this node, then directly in the group's replica here (once
+            # it applied through a read index: a follower applies after the leader answered).
             assert await node.kv.get(key) == b"v" + key
             engine = node.engine
             assert engine is not None
-            deadline = time.monotonic() + 5.0
-            while engine.kv_get(expected_group, key) is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await engine.read_index(expected_group)
             assert engine.kv_get(expected_group, key) == b"v" + key
             for other in data_groups:
                 if other != expected_group:
@@ -135,15 +133,39 @@ async def test_lease_reads_skip_read_index_and_concurrent_reads_share_rounds(
     def rounds() -> int:
         return engine.metrics()["read_index_requests"]
 
+    def leased() -> int:
+        return engine.metrics()["read_index_leased"]
+
     before = rounds()
     assert await leader.kv.get(key, read="lease") == b"1"
-    assert rounds() == before  # served inside the lease, no quorum round
+    assert rounds() == before  # served inside the lease, no engine request at all
+    leased_before = leased()
     assert await leader.kv.get(key) == b"1"
-    assert rounds() == before + 1  # linearizable: one ReadIndex round
+    assert rounds() == before + 1  # linearizable: one ReadIndex request...
+    assert leased() == leased_before + 1  # ...answered by the engine from the lease
     before = rounds()
     values = await asyncio.gather(*(leader.kv.get(key) for _ in range(64)))
     assert values == [b"1"] * 64
-    assert rounds() - before <= 2  # 64 reads, at most two shared rounds
+    assert rounds() - before <= 2  # 64 reads, at most two shared requests
+
+
+async def test_without_read_lease_every_linearizable_read_takes_a_quorum_round(
+    tmp_path: Path,
+) -> None:
+    async with formed(tmp_path, read_lease=False) as three:
+        key = b"no-lease"
+        g = three[0].kv.group_of(key)
+        leader = next(
+            n for n in three if n.engine is not None and n.engine.leader(g) == n.config.node_id
+        )
+        engine = leader.engine
+        assert engine is not None
+        await leader.kv.put(key, b"1")
+        before = engine.metrics()["read_index_requests"]
+        for _ in range(5):
+            assert await leader.kv.get(key) == b"1"
+        assert engine.metrics()["read_index_requests"] == before + 5
+        assert engine.metrics()["read_index_leased"] == 0
 
 
 async def test_cas_delete_and_missing_keys(three: list[Node]) -> None:

@@ -54,7 +54,8 @@ use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::group::{
     answer_reads, apply_entries, fail_all, install_snapshot, issue_reads, le_u64,
     leads_with_commit, lease_holds, outgoing_snapshot, resend_pre_votes, snapshot_meta, sorted_ids,
-    step_down_check, Group, PendingConf, PendingProposal, PendingRead, DEFERRED_READ_MSGS_MAX,
+    step_down_check, Group, PendingConf, PendingProposal, PendingRead, ReadLease,
+    DEFERRED_READ_MSGS_MAX,
 };
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
@@ -68,7 +69,9 @@ use crate::storage::GroupStorage;
 
 pub use self::disk_full::SPACE_SAMPLE_EVERY_TICKS;
 use self::disk_full::{grows_log, DiskState, PendingRound, STALLED};
-pub use self::types::{GroupRole, GroupStatus, MembershipChange, ProposeOutcome, Reply, Role};
+pub use self::types::{
+    GroupRole, GroupStatus, MembershipChange, ProposeOutcome, ReadPoint, Reply, Role,
+};
 
 /// One frame carries at most this many bytes of raft messages (a 64 MiB wire frame holds it
 /// with room to spare); more go in further frames.
@@ -388,16 +391,21 @@ impl MultiRaftCore {
     /// Confirms leadership with a quorum (raft ReadIndex); `reply` gets the read index once
     /// this node has applied through it, so a local read is linearizable.
     pub fn read_index(&mut self, gid: GroupId, reply: impl Into<Reply<u64>>) {
-        self.read_index_leased(gid, None, reply);
+        let reply = reply.into();
+        self.read_index_leased(
+            gid,
+            None,
+            Reply::new(move |r: Result<ReadPoint, RaftError>| reply.send(r.map(|p| p.index))),
+        );
     }
 
     /// [`Self::read_index`], answered with the commit index and no quorum round when this
-    /// node leads `gid` and the caller's lease `lease_until` holds ([`lease_holds`]).
+    /// node leads `gid` and the caller's `lease` holds ([`lease_holds`]).
     pub fn read_index_leased(
         &mut self,
         gid: GroupId,
-        lease_until: Option<std::time::Instant>,
-        reply: impl Into<Reply<u64>>,
+        lease: Option<ReadLease>,
+        reply: impl Into<Reply<ReadPoint>>,
     ) {
         let reply = reply.into();
         let ctx = self.next_read_ctx;
@@ -415,7 +423,7 @@ impl MultiRaftCore {
             return;
         };
         Metrics::inc(&self.metrics.read_index_requests);
-        if lease_until.is_some_and(|until| lease_holds(g, until, std::time::Instant::now())) {
+        if lease.is_some_and(|lease| lease_holds(g, lease, std::time::Instant::now())) {
             Metrics::inc(&self.metrics.read_index_leased);
             g.reads.push(PendingRead {
                 ctx,
@@ -423,6 +431,7 @@ impl MultiRaftCore {
                 read_index: Some(g.raw.raft.raft_log.committed),
                 sent_to: g.raw.raft.id,
                 sent_tick: now,
+                by_lease: true,
                 reply,
             });
             answer_reads(g);
@@ -437,6 +446,7 @@ impl MultiRaftCore {
             read_index: None,
             sent_to: 0,
             sent_tick: now,
+            by_lease: false,
             reply,
         });
         issue_reads(g, now);

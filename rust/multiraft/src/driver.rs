@@ -26,8 +26,11 @@ use tokio::sync::{oneshot, watch};
 
 use crate::codec::Frame;
 use crate::config::MultiRaftConfig;
-use crate::core::{GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Reply};
+use crate::core::{
+    GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, ReadPoint, Reply,
+};
 use crate::error::{EngineError, RaftError};
+use crate::group::ReadLease;
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{LogRepair, LogSink};
 use crate::lost_tail::LostTail;
@@ -47,8 +50,8 @@ enum Input {
     ReadIndex {
         group: GroupId,
         /// The caller's read lease, if it holds one (`MultiRaftCore::read_index_leased`).
-        lease_until: Option<Instant>,
-        reply: Reply<u64>,
+        lease: Option<ReadLease>,
+        reply: Reply<ReadPoint>,
     },
     Membership {
         group: GroupId,
@@ -393,10 +396,10 @@ impl MultiRaft {
         self.submit_with(
             |reply| Input::ReadIndex {
                 group,
-                lease_until: None,
+                lease: None,
                 reply,
             },
-            reply,
+            Reply::new(move |r: Result<ReadPoint, RaftError>| reply.send(r.map(|p| p.index))),
         );
     }
 
@@ -460,20 +463,20 @@ impl MultiRaft {
 
     /// Confirms leadership with a quorum; resolves with the read index once applied locally.
     pub async fn read_index(&self, group: GroupId, timeout: Duration) -> Result<u64, RaftError> {
-        self.read_index_leased(group, None, timeout).await
+        Ok(self.read_index_leased(group, None, timeout).await?.index)
     }
 
     /// `read_index`, answered without a quorum round while this node leads `group` and
-    /// `lease_until` (the caller's read lease) holds: see `MultiRaftCore::read_index_leased`.
+    /// `lease` (the caller's read lease) holds: see `MultiRaftCore::read_index_leased`.
     pub async fn read_index_leased(
         &self,
         group: GroupId,
-        lease_until: Option<Instant>,
+        lease: Option<ReadLease>,
         timeout: Duration,
-    ) -> Result<u64, RaftError> {
+    ) -> Result<ReadPoint, RaftError> {
         let rx = self.submit(|reply| Input::ReadIndex {
             group,
-            lease_until,
+            lease,
             reply,
         });
         self.wait("read_index", rx, timeout).await
@@ -674,9 +677,9 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
         } => core.propose_for(kind, group, &commands, reply),
         Input::ReadIndex {
             group,
-            lease_until,
+            lease,
             reply,
-        } => core.read_index_leased(group, lease_until, reply),
+        } => core.read_index_leased(group, lease, reply),
         Input::Membership {
             group,
             changes,

@@ -10,7 +10,7 @@ use raft::prelude::{
 use raft::{RawNode, StateRole};
 
 use crate::codec::{decode_commands, decode_pb, SnapshotKey};
-use crate::core::{ProposeOutcome, Reply};
+use crate::core::{ProposeOutcome, ReadPoint, Reply};
 use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::ids::{GroupId, NodeId};
 use crate::log_sink::{GroupMeta, LogRecord};
@@ -42,7 +42,9 @@ pub(crate) struct PendingRead {
     /// an entry of its term yet). See [`issue_reads`].
     pub(crate) sent_to: u64,
     pub(crate) sent_tick: u64,
-    pub(crate) reply: Reply<u64>,
+    /// Answered from the caller's read lease (no quorum round).
+    pub(crate) by_lease: bool,
+    pub(crate) reply: Reply<ReadPoint>,
 }
 
 /// Followers' ReadIndex requests a leader holds until it has committed an entry of its term
@@ -80,6 +82,8 @@ pub(crate) struct Group {
     /// transfer's target campaigns without waiting out the followers' election timeout, so no
     /// read lease of that term is honoured after it ([`lease_holds`]).
     pub(crate) lease_revoked_term: u64,
+    /// When this node was last seen becoming the group's leader (at the end of that round).
+    pub(crate) leader_since: Option<std::time::Instant>,
     /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
     /// the log: it has never acknowledged anything it could have lost.
     pub(crate) started_empty: bool,
@@ -156,6 +160,11 @@ pub(crate) fn step_down_check(g: &mut Group) {
         }
         g.deferred_read_msgs.clear();
     }
+    if leader && !g.was_leader {
+        g.leader_since = Some(std::time::Instant::now());
+    } else if !leader {
+        g.leader_since = None;
+    }
     g.was_leader = leader;
 }
 
@@ -188,20 +197,25 @@ pub(crate) fn leads_with_commit(g: &Group) -> bool {
     g.raw.raft.state == StateRole::Leader && g.raw.raft.commit_to_current_term()
 }
 
-/// May this node answer a read of `g` with its commit index, without a quorum round, while the
-/// caller's lease (`lease_until`) holds? The lease (the caller's: a quorum acknowledged this
-/// node's entry sent at `t`, so with check-quorum and pre-vote no voter that acknowledged it
-/// votes for another candidate before `t` + the minimum election timeout) proves no other
-/// leader exists now, unless a leadership transfer of this term let a target campaign inside
-/// it. Decided on the driver thread at `now`, which is the read's linearization point: the
-/// commit index then covers every write acknowledged before, and the read is answered once
-/// applied through it (a pause after this point cannot make it stale).
-pub(crate) fn lease_holds(
-    g: &Group,
-    lease_until: std::time::Instant,
-    now: std::time::Instant,
-) -> bool {
-    now < lease_until
+/// A read lease a caller holds on a group: a quorum acknowledged a message this node sent at
+/// `from` (with check-quorum and pre-vote none of those voters votes for another candidate
+/// before `from` + [`crate::MultiRaft::election_timeout_min`]), trusted until `until` (the
+/// caller's margin for clock rates taken off that bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLease {
+    pub from: std::time::Instant,
+    pub until: std::time::Instant,
+}
+
+/// May this node answer a read of `g` with its commit index, without a quorum round, under
+/// `lease`? It proves no other leader exists now if it was earned while this node led
+/// continuously since (`leader_since`), unless a leadership transfer of this term let a target
+/// campaign inside it. Decided on the driver thread at `now`, which is the read's
+/// linearization point: the commit index then covers every write acknowledged before, and the
+/// read is answered once applied through it (a pause after this point cannot make it stale).
+pub(crate) fn lease_holds(g: &Group, lease: ReadLease, now: std::time::Instant) -> bool {
+    now < lease.until
+        && g.leader_since.is_some_and(|since| since <= lease.from)
         && leads_with_commit(g)
         && g.raw.raft.lead_transferee.is_none()
         && g.lease_revoked_term != g.raw.raft.term
@@ -247,7 +261,10 @@ pub(crate) fn answer_reads(g: &mut Group) {
         .partition(|r| r.read_index.is_some_and(|i| i <= applied));
     g.reads = waiting;
     for r in ready {
-        r.reply.send(Ok(r.read_index.unwrap_or(applied)));
+        r.reply.send(Ok(ReadPoint {
+            index: r.read_index.unwrap_or(applied),
+            by_lease: r.by_lease,
+        }));
     }
 }
 

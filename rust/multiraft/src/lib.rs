@@ -36,10 +36,11 @@ pub mod wal_sink;
 pub use crate::codec::Frame;
 pub use crate::config::MultiRaftConfig;
 pub use crate::core::{
-    GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, Role,
+    GroupRole, GroupStatus, MembershipChange, MultiRaftCore, ProposeOutcome, ReadPoint, Role,
 };
 pub use crate::driver::{Inbound, MultiRaft};
 pub use crate::error::{EngineError, RaftError};
+pub use crate::group::ReadLease;
 pub use crate::ids::{GroupId, NodeId};
 pub use crate::log_sink::{LogRepair, LogSink, MemLogSink, SpaceStatus};
 pub use crate::lost_tail::{LostTail, LostTailPolicy};

@@ -10,7 +10,7 @@ use common::sim_cluster::SimCluster;
 use common::{factory, Journals, JOURNAL};
 use nodedb_multiraft::error::RaftError;
 use nodedb_multiraft::log_sink::MemLogSink;
-use nodedb_multiraft::{GroupId, NodeId};
+use nodedb_multiraft::{GroupId, NodeId, ReadLease, ReadPoint};
 use tokio::sync::oneshot;
 
 type Cluster = SimCluster<MemLogSink, Journals>;
@@ -27,18 +27,25 @@ fn cluster() -> (Cluster, NodeId) {
     (c, l)
 }
 
-fn held() -> Option<Instant> {
-    Some(Instant::now() + Duration::from_secs(60))
+/// A lease earned now (after the leader was elected), trusted for a minute.
+fn held() -> Option<ReadLease> {
+    let from = Instant::now();
+    Some(ReadLease {
+        from,
+        until: from + Duration::from_secs(60),
+    })
 }
+
+type Answer = oneshot::Receiver<Result<ReadPoint, RaftError>>;
 
 /// Asks `at` for a read; its answer if it came without any frame delivered or tick.
 fn read_alone(
     c: &mut Cluster,
     at: NodeId,
-    lease_until: Option<Instant>,
-) -> (Option<Result<u64, RaftError>>, oneshot::Receiver<Result<u64, RaftError>>) {
+    lease: Option<ReadLease>,
+) -> (Option<Result<ReadPoint, RaftError>>, Answer) {
     let (tx, mut rx) = oneshot::channel();
-    c.core(at).read_index_leased(G, lease_until, tx);
+    c.core(at).read_index_leased(G, lease, tx);
     (rx.try_recv().ok(), rx)
 }
 
@@ -46,23 +53,42 @@ fn read_alone(
 fn a_leader_whose_lease_holds_answers_with_its_commit_index_and_no_round() {
     let (mut c, l) = cluster();
     let (answer, _) = read_alone(&mut c, l, held());
-    let index = answer.expect("answered at once").expect("read index");
-    let (tx, mut rx) = oneshot::channel();
-    c.core(l).read_index(G, tx);
-    assert!(rx.try_recv().is_err(), "without a lease a quorum round is needed");
+    let point = answer.expect("answered at once").expect("read index");
+    assert!(
+        point.by_lease,
+        "said to be from the lease: it earns no new one"
+    );
+    let (answer, mut rx) = read_alone(&mut c, l, None);
+    assert!(answer.is_none(), "without a lease a quorum round is needed");
     c.drive_until(20, |_| false);
     let confirmed = rx.try_recv().expect("round done").expect("read index");
-    assert_eq!(confirmed, index, "the same read point: nothing was written meanwhile");
+    assert!(!confirmed.by_lease);
+    assert_eq!(
+        confirmed.index, point.index,
+        "nothing was written meanwhile"
+    );
 }
 
 #[test]
 fn an_ended_lease_takes_a_quorum_round() {
     let (mut c, l) = cluster();
-    let ended = Instant::now().checked_sub(Duration::from_millis(1));
+    let ended = held().map(|lease| ReadLease {
+        until: lease.from,
+        ..lease
+    });
     let (answer, mut rx) = read_alone(&mut c, l, ended);
     assert!(answer.is_none(), "an ended lease answers nothing alone");
     c.drive_until(20, |_| false);
-    assert!(matches!(rx.try_recv(), Ok(Ok(_))), "answered by the round");
+    assert!(
+        matches!(
+            rx.try_recv(),
+            Ok(Ok(ReadPoint {
+                by_lease: false,
+                ..
+            }))
+        ),
+        "answered by the round"
+    );
 }
 
 #[test]
@@ -72,7 +98,10 @@ fn a_follower_never_answers_from_a_lease() {
     let (answer, mut rx) = read_alone(&mut c, f, held());
     assert!(answer.is_none());
     c.drive_until(20, |_| false);
-    assert!(matches!(rx.try_recv(), Ok(Ok(_))), "answered through the leader");
+    assert!(
+        matches!(rx.try_recv(), Ok(Ok(_))),
+        "answered through the leader"
+    );
 }
 
 #[test]
@@ -81,10 +110,35 @@ fn no_lease_is_honoured_after_the_leader_started_a_transfer_in_its_term() {
     let target = *c.nodes.keys().find(|id| **id != l).expect("a follower");
     c.core(l).transfer_leader(G, target).expect("transfer");
     let (answer, _) = read_alone(&mut c, l, held());
-    assert!(answer.is_none(), "the target may be elected inside the lease");
+    assert!(
+        answer.is_none(),
+        "the target may be elected inside the lease"
+    );
     // And once the transfer is over, the old leader is a follower.
     c.drive_until(50, |c| c.a_leader(G) == Some(target));
     assert_eq!(c.a_leader(G), Some(target), "the transfer completed");
     let (answer, _) = read_alone(&mut c, l, held());
     assert!(answer.is_none(), "no longer the leader");
+}
+
+#[test]
+fn a_lease_earned_before_this_node_last_became_leader_is_not_honoured() {
+    let (mut c, l) = cluster();
+    let earned_before = Instant::now();
+    let target = *c.nodes.keys().find(|id| **id != l).expect("a follower");
+    // Leadership goes to `target` and comes back: the old lease spans another leader's term.
+    c.core(l).transfer_leader(G, target).expect("transfer");
+    assert!(c.drive_until(50, |c| c.a_leader(G) == Some(target)));
+    c.core(target).transfer_leader(G, l).expect("transfer back");
+    assert!(c.drive_until(50, |c| c.a_leader(G) == Some(l)));
+    c.propose_via(l, None, G, &[b"y".to_vec()])
+        .expect("commit in the new term");
+    let stale = Some(ReadLease {
+        from: earned_before,
+        until: earned_before + Duration::from_secs(60),
+    });
+    let (answer, _) = read_alone(&mut c, l, stale);
+    assert!(answer.is_none(), "earned in an earlier leadership");
+    let (answer, _) = read_alone(&mut c, l, held());
+    assert!(answer.is_some(), "one earned in this leadership holds");
 }

@@ -19,6 +19,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use nodedb_multiraft::ReadLease;
+
 /// Lease = this fraction of the minimum election timeout: covers a 10 % clock-rate difference.
 pub const LEASE_FRACTION: f64 = 0.9;
 /// How often a node serving follower reads re-confirms its groups.
@@ -48,6 +50,9 @@ struct Clocks {
     confirmed: Option<Instant>,
     /// The send time of the latest own proposal that committed (leases start there).
     lease_from: Option<Instant>,
+    /// The send time of the latest request a *quorum* answered (a commit or a ReadIndex round
+    /// that was not answered from a lease): where the lease offered to the engine starts.
+    quorum_at: Option<Instant>,
 }
 
 /// The serving node's confirmation clocks of its groups.
@@ -76,7 +81,7 @@ impl Freshness {
         }
     }
 
-    pub fn lease(&self) -> Duration {
+    pub fn lease_duration(&self) -> Duration {
         self.lease
     }
 
@@ -87,15 +92,19 @@ impl Freshness {
         self.groups.entry(group).or_default()
     }
 
-    /// A ReadIndex round of `group` sent at `sent_at` came back.
-    pub fn confirmed(&mut self, group: u64, sent_at: Instant) {
+    /// A ReadIndex request of `group` sent at `sent_at` came back; `by_quorum`: a quorum
+    /// answered it (not the leader's lease, which must not extend itself).
+    pub fn confirmed(&mut self, group: u64, sent_at: Instant, by_quorum: bool) {
         let clocks = self.clocks(group);
         clocks.confirmed = Some(clocks.confirmed.map_or(sent_at, |c| c.max(sent_at)));
+        if by_quorum {
+            clocks.quorum_at = Some(clocks.quorum_at.map_or(sent_at, |c| c.max(sent_at)));
+        }
     }
 
     /// A proposal of this node into `group` sent at `sent_at` committed.
     pub fn committed(&mut self, group: u64, sent_at: Instant) {
-        self.confirmed(group, sent_at);
+        self.confirmed(group, sent_at, true);
         let clocks = self.clocks(group);
         clocks.lease_from = Some(clocks.lease_from.map_or(sent_at, |c| c.max(sent_at)));
     }
@@ -110,11 +119,14 @@ impl Freshness {
         now.saturating_duration_since(since).as_secs_f64()
     }
 
-    /// When `group`'s lease ends (None: it has none). The engine decides on it with the
-    /// leadership checks a lease needs (`MultiRaftCore::read_index_leased`).
-    pub fn lease_until(&self, group: u64) -> Option<Instant> {
+    /// `group`'s lease (None: it has none). The engine decides on it with the leadership
+    /// checks a lease needs (`MultiRaftCore::read_index_leased`).
+    pub fn lease(&self, group: u64) -> Option<ReadLease> {
         let from = self.groups.get(&group).and_then(|c| c.lease_from)?;
-        from.checked_add(self.lease)
+        Some(ReadLease {
+            from,
+            until: from.checked_add(self.lease)?,
+        })
     }
 
     pub fn set_linearizable_lease(&mut self, on: bool) {
@@ -122,14 +134,24 @@ impl Freshness {
     }
 
     /// The lease a linearizable read of `group` offers the engine (None when they may not
-    /// use one).
-    pub fn linearizable_lease_until(&self, group: u64) -> Option<Instant> {
-        self.lease_until(group).filter(|_| self.linearizable_lease)
+    /// use one). Earned by any request a quorum answered, a ReadIndex round included: the
+    /// engine honours it only if this node led the group from the request's send time on, and
+    /// then the round was its own (a follower's round confirms another leader). A read the
+    /// engine answered from the lease earns nothing: a lease never extends itself.
+    pub fn linearizable_lease(&self, group: u64) -> Option<ReadLease> {
+        if !self.linearizable_lease {
+            return None;
+        }
+        let from = self.groups.get(&group).and_then(|c| c.quorum_at)?;
+        Some(ReadLease {
+            from,
+            until: from.checked_add(self.lease)?,
+        })
     }
 
     /// A `lease` read of `group` at `now`.
     pub fn lease_read(&self, group: u64, now: Instant) -> Decision {
-        let held = self.lease_until(group).is_some_and(|until| now < until);
+        let held = self.lease(group).is_some_and(|lease| now < lease.until);
         if held {
             Decision::Local
         } else {
@@ -201,7 +223,7 @@ mod tests {
     fn a_lease_holds_from_the_send_time_of_a_commit_for_09_election_timeouts() {
         let t0 = Instant::now();
         let mut f = Freshness::new(ms(500), t0);
-        assert_eq!(f.lease(), ms(450));
+        assert_eq!(f.lease_duration(), ms(450));
         // Never committed here: ReadIndex.
         assert!(matches!(
             f.lease_read(1, t0 + ms(10)),
@@ -228,7 +250,7 @@ mod tests {
     fn a_read_index_round_confirms_but_grants_no_lease() {
         let t0 = Instant::now();
         let mut f = Freshness::new(ms(500), t0);
-        f.confirmed(1, t0 + ms(100));
+        f.confirmed(1, t0 + ms(100), true);
         assert!(matches!(
             f.lease_read(1, t0 + ms(110)),
             Decision::Confirm { .. }
@@ -237,10 +259,31 @@ mod tests {
     }
 
     #[test]
+    fn linearizable_reads_offer_the_engine_a_lease_from_any_confirmation_unless_turned_off() {
+        let t0 = Instant::now();
+        let mut f = Freshness::new(ms(500), t0);
+        assert_eq!(f.linearizable_lease(1), None, "nothing confirmed yet");
+        f.confirmed(1, t0 + ms(100), true);
+        let lease = f.linearizable_lease(1).expect("a round earns one");
+        assert_eq!((lease.from, lease.until), (t0 + ms(100), t0 + ms(550)));
+        f.committed(1, t0 + ms(200));
+        assert_eq!(f.linearizable_lease(1).map(|l| l.from), Some(t0 + ms(200)));
+        f.confirmed(1, t0 + ms(150), true); // an older round coming back late moves nothing
+        assert_eq!(f.linearizable_lease(1).map(|l| l.from), Some(t0 + ms(200)));
+        // A read answered from the lease confirms the replica current but earns no lease.
+        f.confirmed(1, t0 + ms(600), false);
+        assert_eq!(f.linearizable_lease(1).map(|l| l.from), Some(t0 + ms(200)));
+        assert_eq!(f.age_s(1, t0 + ms(600)), 0.0);
+        assert_eq!(f.linearizable_lease(2), None, "per group");
+        f.set_linearizable_lease(false);
+        assert_eq!(f.linearizable_lease(1), None);
+    }
+
+    #[test]
     fn a_follower_read_is_local_within_its_staleness_else_one_bounded_round() {
         let t0 = Instant::now();
         let mut f = Freshness::new(ms(500), t0);
-        f.confirmed(3, t0 + ms(1000));
+        f.confirmed(3, t0 + ms(1000), true);
         assert_eq!(f.follower_read(3, t0 + ms(1500), 0.5), Decision::Local);
         match f.follower_read(3, t0 + ms(1700), 0.5) {
             Decision::Confirm { bound, age_s } => {
@@ -274,7 +317,7 @@ mod tests {
         assert_eq!(f.refresh_due(&[1], t0), None, "no follower read yet");
         assert!(f.note_follower_read(t0), "the first read starts it");
         assert!(!f.note_follower_read(t0 + ms(1)), "one refresher at a time");
-        f.confirmed(1, t0 + ms(100));
+        f.confirmed(1, t0 + ms(100), true);
         assert_eq!(f.refresh_due(&[1, 2], t0 + ms(250)), Some(vec![2]));
         assert_eq!(f.refresh_due(&[1, 2], t0 + ms(400)), Some(vec![1, 2]));
         let idle = t0 + ms(1) + REFRESH_IDLE_STOP;

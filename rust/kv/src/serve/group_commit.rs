@@ -277,19 +277,20 @@ impl ReadShare {
             let timeout = deadline
                 .saturating_duration_since(sent_at)
                 .max(Duration::from_millis(1));
-            let lease_until = clocks(&self.ctx.clocks).linearizable_lease_until(self.ctx.group.0);
+            let lease = clocks(&self.ctx.clocks).linearizable_lease(self.ctx.group.0);
             let outcome = match self.ctx.engine.upgrade() {
                 Some(engine) => engine
-                    .read_index_leased(self.ctx.group, lease_until, timeout)
+                    .read_index_leased(self.ctx.group, lease, timeout)
                     .await
-                    .map(|_| ()),
+                    .map(|point| point.by_lease),
                 None => Err(RaftError::Stopped {
                     reason: "engine closed".into(),
                 }),
             };
-            if outcome.is_ok() {
-                clocks(&self.ctx.clocks).confirmed(self.ctx.group.0, sent_at);
+            if let Ok(by_lease) = outcome {
+                clocks(&self.ctx.clocks).confirmed(self.ctx.group.0, sent_at, !by_lease);
             }
+            let outcome = outcome.map(|_| ());
             for waiter in waiters {
                 let _ = waiter.send(outcome.clone());
             }

@@ -66,6 +66,7 @@ impl MultiRaftCore {
                 published_leader: None,
                 was_leader,
                 lease_revoked_term: 0,
+                leader_since: None,
                 started_empty,
                 building: false,
                 restoring: None,

@@ -28,6 +28,14 @@ impl<T: Send + 'static> From<oneshot::Sender<Result<T, RaftError>>> for Reply<T>
     }
 }
 
+/// Where a read may read: once applied through `index`. `by_lease`: the leader answered from
+/// the caller's read lease, not after a quorum round, so it confirms no new lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPoint {
+    pub index: u64,
+    pub by_lease: bool,
+}
+
 /// A proposal's outcome: the entry's index and one state-machine result per command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProposeOutcome {
