@@ -190,6 +190,16 @@ async def test_a_moved_vshard_keeps_every_write_and_redirects_clients(three: lis
         await converged(three, target)
 
 
+async def unmarked(nodes: list[Node], *groups: int) -> None:
+    """`groups` converged, and no vShard of theirs is marked on any node."""
+    for group in groups:
+        await converged(nodes, group)
+    for node in nodes:
+        assert node.engine is not None
+        for group in groups:
+            assert node.engine.kv_vshard_states(group) == {}
+
+
 async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]) -> None:
     routing = three[0].metadata.routing
     vshard = next(v for v in range(1024) if routing.group_for_vshard(v) == 2)
@@ -221,12 +231,7 @@ async def test_an_aborted_move_leaves_the_vshard_at_its_source(three: list[Node]
         assert await client.get(keys[0]) == b"after-abort"
         for key in keys[1:]:
             assert await client.get(key) == b"v-" + key
-        await converged(three, source)
-        await converged(three, target)
-        for node in three:
-            assert node.engine is not None
-            assert node.engine.kv_vshard_states(source) == {}
-            assert node.engine.kv_vshard_states(target) == {}
+        await unmarked(three, source, target)
         await t_engine.read_index(target)
         assert all(t_engine.kv_get(target, k) is None for k in keys)
         # A late chunk of the aborted move is refused, never applied.
@@ -276,12 +281,7 @@ async def test_a_move_refused_as_stale_at_the_target_aborts_once(
         assert "refused as stale" in aborted[0].getMessage()
         for key in keys:
             assert await client.get(key) == b"v-" + key
-        await converged(three, source)
-        await converged(three, target)
-        for node in three:
-            assert node.engine is not None
-            assert node.engine.kv_vshard_states(source) == {}
-            assert node.engine.kv_vshard_states(target) == {}
+        await unmarked(three, source, target)
 
 
 async def requesters_see_refusals_only_when_they_announce_them(
