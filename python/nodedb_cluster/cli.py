@@ -145,8 +145,8 @@ def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.A
         default="linearizable",
         choices=("linearizable", "lease", "follower"),
         metavar="LEVEL",
-        help="linearizable (default), lease (the leader's lease, no round), follower (this "
-        "node's replica, may be stale)",
+        help="linearizable (default; the leader answers from its read lease while it holds), "
+        "lease (the same), follower (this node's replica, may be stale)",
     )
     add_client_arguments(get, environ, "any node's listen address")
     get.set_defaults(run=_cmd_get)

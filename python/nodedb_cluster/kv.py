@@ -17,9 +17,9 @@ unknown outcome is applied at most once and answers the first copy's result (`Ou
 when that result was already dropped).
 
 Read levels (docs/KV.md): "linearizable" (ReadIndex, shared by every read of a group that
-arrives while a round is in flight), "lease" (the leader serves locally while its lease holds)
-and "follower" (any member serves if it was confirmed current within `max_staleness_s`, else
-`StaleRead`).
+arrives while one is in flight; a leader answers it from its read lease, with no quorum round,
+while the lease holds), "lease" (the same) and "follower" (any member serves if it was
+confirmed current within `max_staleness_s`, else `StaleRead`).
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
-//! When a node may answer a `lease` or `follower` read from its local state without asking a
-//! quorum first: the decision alone, no I/O, the clock passed in (kv.py's `_read_local`,
-//! `_on_confirmed`, `_on_committed` and `_refresh_loop`, the reference until it was deleted).
+//! What a node knows of how current its replicas are, and the decisions made on it: no I/O,
+//! the clock passed in (kv.py's `_read_local`, `_on_confirmed`, `_on_committed` and
+//! `_refresh_loop`, the reference until it was deleted).
 //!
-//! - A ReadIndex round that was *sent* at `t` and came back proves this node's state was
-//!   current at `t` ("confirmed"). A proposal of this node sent at `t` that committed proves
-//!   the same, and more: only a leader commits its own proposals, so a quorum followed this
-//!   node at `t` and, with check-quorum and pre-vote, no other node can be elected before
-//!   `t + election_timeout_min`. The lease is `LEASE_FRACTION` of that, so a 10 % difference
-//!   in clock rates between nodes cannot make it outlive the real bound.
-//! - `lease`: served locally while the lease holds, else a ReadIndex round (stronger, never
-//!   weaker). Caveat (docs/ARCHITECTURE.md, "Read levels"): a leadership *transfer* elects the
-//!   successor inside the old leader's lease.
+//! - A ReadIndex request that was *sent* at `t` and came back proves this node's state was
+//!   current at `t` ("confirmed"). One a quorum answered (a ReadIndex round, or a proposal of
+//!   this node that committed) proves more when this node led the group from `t` on: with
+//!   check-quorum and pre-vote no other node can be elected before `t` +
+//!   `election_timeout_min`. The read lease offered to the engine is `LEASE_FRACTION` of that,
+//!   so a 10 % difference in clock rates between nodes cannot make it outlive the real bound;
+//!   the engine checks the leadership (`MultiRaftCore::read_index_leased`). A read the engine
+//!   answered from the lease confirms, but earns no lease: a lease never extends itself.
+//! - `linearizable` and `lease` reads offer that lease (unless `ReadOptions::lease` is off).
 //! - `follower`: served locally if confirmed within `stale_s`; else one ReadIndex round bounded
 //!   by `stale_s`, and if that fails the read is refused as stale with its age.
 //! - While follower reads arrive, a refresher keeps every local group confirmed (so followers
@@ -33,14 +33,13 @@ pub const REFRESH_ROUND_TIMEOUT: Duration = Duration::from_secs(1);
 /// follower read takes a ReadIndex round, never weaker).
 const GROUPS_MAX: usize = 4096;
 
-/// What a lease or follower read does.
+/// What a follower read does.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
     /// Read the local state now.
     Local,
     /// Take a ReadIndex round first, bounded by `bound` (None: the request's own budget). On
-    /// failure a follower read is refused as stale with `age_s`; a lease read fails as a
-    /// linearizable one would.
+    /// failure the read is refused as stale with `age_s`.
     Confirm { bound: Option<Duration>, age_s: f64 },
 }
 
@@ -48,8 +47,6 @@ pub enum Decision {
 struct Clocks {
     /// The send time of the latest request a quorum confirmed (ReadIndex or own commit).
     confirmed: Option<Instant>,
-    /// The send time of the latest own proposal that committed (leases start there).
-    lease_from: Option<Instant>,
     /// The send time of the latest request a *quorum* answered (a commit or a ReadIndex round
     /// that was not answered from a lease): where the lease offered to the engine starts.
     quorum_at: Option<Instant>,
@@ -102,11 +99,9 @@ impl Freshness {
         }
     }
 
-    /// A proposal of this node into `group` sent at `sent_at` committed.
+    /// A proposal of this node into `group` sent at `sent_at` committed (a quorum took it).
     pub fn committed(&mut self, group: u64, sent_at: Instant) {
         self.confirmed(group, sent_at, true);
-        let clocks = self.clocks(group);
-        clocks.lease_from = Some(clocks.lease_from.map_or(sent_at, |c| c.max(sent_at)));
     }
 
     /// Seconds since `group` was last confirmed here (since the server started if never).
@@ -117,16 +112,6 @@ impl Freshness {
             .and_then(|c| c.confirmed)
             .unwrap_or(self.origin);
         now.saturating_duration_since(since).as_secs_f64()
-    }
-
-    /// `group`'s lease (None: it has none). The engine decides on it with the leadership
-    /// checks a lease needs (`MultiRaftCore::read_index_leased`).
-    pub fn lease(&self, group: u64) -> Option<ReadLease> {
-        let from = self.groups.get(&group).and_then(|c| c.lease_from)?;
-        Some(ReadLease {
-            from,
-            until: from.checked_add(self.lease)?,
-        })
     }
 
     pub fn set_linearizable_lease(&mut self, on: bool) {
@@ -147,19 +132,6 @@ impl Freshness {
             from,
             until: from.checked_add(self.lease)?,
         })
-    }
-
-    /// A `lease` read of `group` at `now`.
-    pub fn lease_read(&self, group: u64, now: Instant) -> Decision {
-        let held = self.lease(group).is_some_and(|lease| now < lease.until);
-        if held {
-            Decision::Local
-        } else {
-            Decision::Confirm {
-                bound: None,
-                age_s: self.age_s(group, now),
-            }
-        }
     }
 
     /// A `follower` read of `group` at `now` that accepts `stale_s` seconds of staleness
@@ -224,38 +196,17 @@ mod tests {
         let t0 = Instant::now();
         let mut f = Freshness::new(ms(500), t0);
         assert_eq!(f.lease_duration(), ms(450));
-        // Never committed here: ReadIndex.
-        assert!(matches!(
-            f.lease_read(1, t0 + ms(10)),
-            Decision::Confirm { bound: None, .. }
-        ));
+        assert_eq!(
+            f.linearizable_lease(1),
+            None,
+            "never confirmed here: ReadIndex"
+        );
         f.committed(1, t0 + ms(100));
-        assert_eq!(f.lease_read(1, t0 + ms(100)), Decision::Local);
-        assert_eq!(f.lease_read(1, t0 + ms(549)), Decision::Local);
-        assert!(matches!(
-            f.lease_read(1, t0 + ms(550)),
-            Decision::Confirm { .. }
-        ));
+        let lease = f.linearizable_lease(1).expect("a commit earns one");
+        assert_eq!((lease.from, lease.until), (t0 + ms(100), t0 + ms(550)));
         // An older commit coming back late never moves the lease back.
         f.committed(1, t0 + ms(50));
-        assert_eq!(f.lease_read(1, t0 + ms(549)), Decision::Local);
-        // Other groups have their own lease.
-        assert!(matches!(
-            f.lease_read(2, t0 + ms(120)),
-            Decision::Confirm { .. }
-        ));
-    }
-
-    #[test]
-    fn a_read_index_round_confirms_but_grants_no_lease() {
-        let t0 = Instant::now();
-        let mut f = Freshness::new(ms(500), t0);
-        f.confirmed(1, t0 + ms(100), true);
-        assert!(matches!(
-            f.lease_read(1, t0 + ms(110)),
-            Decision::Confirm { .. }
-        ));
-        assert_eq!(f.follower_read(1, t0 + ms(110), 1.0), Decision::Local);
+        assert_eq!(f.linearizable_lease(1), Some(lease));
     }
 
     #[test]
@@ -335,7 +286,7 @@ mod tests {
             f.committed(g, t0);
         }
         f.committed(u64::MAX, t0);
-        assert!(matches!(f.lease_read(0, t0), Decision::Confirm { .. }));
-        assert_eq!(f.lease_read(u64::MAX, t0), Decision::Local);
+        assert_eq!(f.linearizable_lease(0), None);
+        assert!(f.linearizable_lease(u64::MAX).is_some());
     }
 }

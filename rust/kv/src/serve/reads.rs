@@ -120,14 +120,15 @@ impl ReadPath {
         let (decision, follower) = {
             let mut clocks = clocks(&self.clocks);
             match at.level {
-                ReadLevel::Linearizable => (
+                // `lease` is `linearizable` since the leader's engine checks the lease
+                // (freshness.rs); it was a weaker, server-only decision before.
+                ReadLevel::Linearizable | ReadLevel::Lease => (
                     Decision::Confirm {
                         bound: None,
                         age_s: 0.0,
                     },
                     false,
                 ),
-                ReadLevel::Lease => (clocks.lease_read(group, now), false),
                 ReadLevel::Follower => {
                     if clocks.note_follower_read(now) {
                         self.start_refresher();
