@@ -478,4 +478,6 @@ class Node:
         if self.engine is not None:
             await self.engine.close()
         await self.transport.close()
+        if self._metadata is not None:  # the engine applies no more: write what is pending
+            await asyncio.to_thread(self._metadata.machine.close)
         await asyncio.to_thread(self.catalog.close)

@@ -282,21 +282,13 @@ class RaftEngine:
     async def status(self, group_id: int) -> GroupStatus:
         fut: asyncio.Future[dict[str, object]] = self._future()
         self._core.status(group_id, fut)
-        d = await fut
-        return GroupStatus(
-            group_id=cast(int, d["group_id"]),
-            role=cast(Role, d["role"]),
-            term=cast(int, d["term"]),
-            leader_id=cast("int | None", d["leader_id"]),
-            commit_index=cast(int, d["commit_index"]),
-            applied_index=cast(int, d["applied_index"]),
-            last_index=cast(int, d["last_index"]),
-            snapshot_index=cast(int, d["snapshot_index"]),
-            voters=tuple(cast("list[int]", d["voters"])),
-            learners=tuple(cast("list[int]", d["learners"])),
-            voters_outgoing=tuple(cast("list[int]", d["voters_outgoing"])),
-            matched=tuple(cast("list[tuple[int, int]]", d["matched"])),
-        )
+        return _group_status(await fut)
+
+    async def statuses(self) -> list[GroupStatus]:
+        """Every group's status, in group order, in one engine request (not one per group)."""
+        fut: asyncio.Future[list[dict[str, object]]] = self._future()
+        self._core.statuses(fut)
+        return [_group_status(d) for d in await fut]
 
     async def groups(self) -> list[int]:
         fut: asyncio.Future[list[int]] = self._future()
@@ -454,3 +446,20 @@ def kv_result(data: bytes) -> tuple[KvStatus, bytes | None]:
     not applied), ("invalid", reason)."""
     status, value = _core.kv_result(data)
     return cast(KvStatus, status), value
+
+
+def _group_status(d: dict[str, object]) -> GroupStatus:
+    return GroupStatus(
+        group_id=cast(int, d["group_id"]),
+        role=cast(Role, d["role"]),
+        term=cast(int, d["term"]),
+        leader_id=cast("int | None", d["leader_id"]),
+        commit_index=cast(int, d["commit_index"]),
+        applied_index=cast(int, d["applied_index"]),
+        last_index=cast(int, d["last_index"]),
+        snapshot_index=cast(int, d["snapshot_index"]),
+        voters=tuple(cast("list[int]", d["voters"])),
+        learners=tuple(cast("list[int]", d["learners"])),
+        voters_outgoing=tuple(cast("list[int]", d["voters_outgoing"])),
+        matched=tuple(cast("list[tuple[int, int]]", d["matched"])),
+    )

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from nodedb_cluster.errors import ClusterError, EngineStopped, UnknownGroup
+from nodedb_cluster.errors import ClusterError, EngineStopped
 from nodedb_cluster.metadata.commands import (
     DemoteGroupVoter,
     MetadataEntry,
@@ -113,18 +113,16 @@ class Reconciler:
         """One round: plan from the routing table and the engine's view, then act."""
         engine = self._engine()
         local: dict[int, LocalGroup] = {}
-        for group_id in await engine.groups():
-            with contextlib.suppress(UnknownGroup):
-                s = await engine.status(group_id)
-                local[group_id] = LocalGroup(
-                    group_id,
-                    s.role == "leader",
-                    s.voters,
-                    s.learners,
-                    s.commit_index,
-                    dict(s.matched),
-                    s.leader_id or 0,
-                )
+        for s in await engine.statuses():
+            local[s.group_id] = LocalGroup(
+                s.group_id,
+                s.role == "leader",
+                s.voters,
+                s.learners,
+                s.commit_index,
+                dict(s.matched),
+                s.leader_id or 0,
+            )
         policy = self._policy
         now = time.monotonic()
         leaderless = {g for g, st in local.items() if not st.leader_id and not st.is_leader}

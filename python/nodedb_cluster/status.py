@@ -123,14 +123,12 @@ async def collect_status(
 ) -> NodeStatus:
     """Read every local group's Raft state (a group removed meanwhile is left out);
     `move_progress`: the vShard moves this node runs, by vShard."""
-    groups = []
+    groups = await engine.statuses()
     kv_digests: dict[int, tuple[int, int, int]] = {}
-    for group_id in await engine.groups():
-        with contextlib.suppress(UnknownGroup):
-            groups.append(await engine.status(group_id))
-        if group_kind(group_id) == "kv":
+    for s in groups:
+        if group_kind(s.group_id) == "kv":
             with contextlib.suppress(UnknownGroup):
-                kv_digests[group_id] = engine.kv_digest(group_id)
+                kv_digests[s.group_id] = engine.kv_digest(s.group_id)
     counts: dict[int, int] = {}
     for group_id in state.routing.vshard_to_group.tolist():
         counts[group_id] = counts.get(group_id, 0) + 1

@@ -252,6 +252,9 @@ class RaftEngine:
         self, group_id: int, future: Future[dict[str, object]], timeout_ms: int = 5000
     ) -> None: ...
     def groups(self, future: Future[list[int]], timeout_ms: int = 5000) -> None: ...
+    def statuses(
+        self, future: Future[list[dict[str, object]]], timeout_ms: int = 5000
+    ) -> None: ...
     def change_membership(
         self,
         group_id: int,

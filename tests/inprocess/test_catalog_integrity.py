@@ -476,12 +476,11 @@ def test_the_applier_keeps_applying_on_a_full_disk_and_saves_once_space_is_freed
     routing = RoutingTable.bootstrap(4, 1)
     catalog.save_formation(CLUSTER_ID, topology(), routing, SECRET)
     events: list[CatalogNoSpace | None] = []
-    cleared = threading.Event()
+    cleared, failing = threading.Event(), threading.Event()
 
     def observe(error: CatalogNoSpace | None) -> None:
         events.append(error)
-        if error is None:
-            cleared.set()
+        (failing if error is not None else cleared).set()
 
     def persist(s: MetadataState) -> None:
         catalog.save_metadata_state(s.topology, s.routing, s.settings, s.applied_index)
@@ -491,10 +490,13 @@ def test_the_applier_keeps_applying_on_a_full_disk_and_saves_once_space_is_freed
     )
     try:
         assert machine.apply_batch([(1, setting_entry("a"))]) == [Applied(1)]
+        assert machine.flush(5.0)
         blocker = fill(small_fs)
         first = machine.apply_batch([(2, setting_entry("b" * 300_000))])
         second = machine.apply_batch([(3, setting_entry("c" * 200_000)), (4, b"")])
         assert (first, second) == ([Applied(2)], [Applied(3), Applied(4)])  # not lost, not raised
+        assert failing.wait(10.0), "the saver met the full disk"
+        assert not machine.flush(0.2), "nothing lands while the disk is full"
         assert machine.no_space
         assert isinstance(machine.no_space_error, CatalogNoSpace)
         assert len(events) == 1
@@ -524,10 +526,14 @@ def test_the_applier_still_raises_other_catalog_errors(tmp_path: Path) -> None:
     machine = MetadataStateMachine(
         MetadataState(topology(), RoutingTable.bootstrap(4, 1), {}, 0), persist
     )
+    assert machine.apply_batch([(1, setting_entry("a"))]) == [Applied(1)]  # saved behind
+    machine.flush(5.0)
+    # The save failed: the next batch raises it (the engine stops the node with the reason).
     with pytest.raises(CatalogError, match="closed"):
-        machine.apply_batch([(1, setting_entry("a"))])
+        machine.apply_batch([(2, setting_entry("b"))])
     assert not machine.no_space
-    assert machine.state.applied_index == 0
+    assert machine.state.applied_index == 1
+    machine.close()
 
 
 # --- a real node through the CLI ------------------------------------------------------------------

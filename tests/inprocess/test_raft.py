@@ -147,6 +147,13 @@ async def test_kv_groups_replicate_with_results_and_identical_state(cluster: lis
         )
     m = cluster[0].engine.metrics()
     assert m["inbound_decode_errors"] == 0
+    # Every group's status in one request, as the one-group request answers it.
+    engine = cluster[0].engine
+    all_groups = await engine.statuses()
+    assert [s.group_id for s in all_groups] == await engine.groups()
+    for s in all_groups:
+        one = await engine.status(s.group_id)
+        assert (s.voters, s.learners, s.term) == (one.voters, one.learners, one.term)
 
 
 async def test_python_state_machine_gets_batches_in_the_same_order_everywhere(

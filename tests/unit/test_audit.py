@@ -131,6 +131,7 @@ def test_the_applier_feeds_applied_entries_only_before_persisting(tmp_path: Path
         (AddNode(NodeInfo(1, parse_socket_addr("127.0.0.9:1"), NodeState.ACTIVE, 1)),)
     )
     machine.apply_batch([(1, b""), (2, join_entry().encode()), (3, reused.encode())])
+    assert machine.flush(5.0)
     assert order == ["audit", "persist"]
     assert [(r["index"], r["command"]) for r in records(log)] == [
         (2, "add_node"),
@@ -138,7 +139,9 @@ def test_the_applier_feeds_applied_entries_only_before_persisting(tmp_path: Path
     ]  # the no-op and the refused entry (id reuse) are not audited
     order.clear()
     machine.apply_batch([(4, b"")])
+    assert machine.flush(5.0)
     assert order == ["persist"]
+    machine.close()
 
 
 def test_requests_and_replies_are_bounded_and_typed(tmp_path: Path) -> None:

@@ -3,17 +3,23 @@
 Deterministic: the same entries in the same order give the same topology, routing and settings on
 every node (no clock, no randomness, no local state consulted). An entry whose commands cannot all
 apply (say, a node id reused with another address) is refused as a whole, identically everywhere,
-and leaves the state untouched. After each batch the state and the last applied index are written
-to the catalog in one transaction: that commit is the durability point, and a restart resumes
-after exactly the entries whose effects it holds (entries at or below it are skipped).
+and leaves the state untouched.
+
+Saving is behind the apply: `apply_batch` runs on the engine's driver thread, which every Raft
+group of the node waits on, so it only updates the state in memory and hands the batch to the
+saver thread, which writes the audit lines, then the state and the last applied index in one
+catalog transaction (fsynced: the catalog's own durability point), always the newest state (one
+full state covers all before it). The durability point of a metadata entry is group 0's Raft log
+(fsynced on a quorum before the entry commits): the catalog is a checkpoint that may lag it, which
+a crash repairs by replay (the engine replays everything after its latest snapshot, and the
+applier skips only what the catalog holds; the audit log skips indexes it already holds).
+`flush` waits for the saver (a clean stop flushes).
 
 A full disk (`CatalogNoSpace` from the save) neither stops the node nor loses a batch: the
 state is applied in memory as usual (the log has moved on; dropping it would diverge from every
-other node), the save is retried on a thread with a bounded backoff, and each later batch saves
-the newer state instead (one full state covers all before it). Until a save lands the catalog
-lags the log, which a crash repairs by replay (the engine replays everything after its latest
-snapshot, and the applier skips only what the catalog holds). `no_space` and the `on_no_space`
-observer tell the node, which refuses writes meanwhile (its NO_SPACE state).
+other node), and the saver retries with a bounded backoff, taking the newest state each time.
+`no_space` and the `on_no_space` observer tell the node, which refuses writes meanwhile (its
+NO_SPACE state).
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ NO_SPACE_RETRY_FIRST_S: Final = 0.05
 NO_SPACE_RETRY_MAX_S: Final = 1.0
 """Backoff of the save retry while the disk is full: doubling from 50 ms, capped at 1 s, so writes
 resume within about a second of space being freed at a cost of one failed commit per second."""
-RETRIER_JOIN_S: Final = 5.0
+SAVER_JOIN_S: Final = 5.0
+"""How long `close` waits for the saver to write what is pending (the rest is replayed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +110,8 @@ skips indexes it already holds) instead of losing them."""
 NoSpaceObserver = Callable[[CatalogNoSpace | None], None]
 """Told of each change of the no-space condition: the error when saves start failing for lack of
 space, None once a save lands again. Called on the engine's driver thread or the retry thread
-(never the event loop's), with the applier's save lock held: it must only hand the news on
-(e.g. `loop.call_soon_threadsafe`), never block or call back into the applier."""
+(never the event loop's): it must only hand the news on (e.g. `loop.call_soon_threadsafe`),
+never block or call back into the applier."""
 
 
 class MetadataStateMachine:
@@ -122,11 +129,15 @@ class MetadataStateMachine:
         self._persist = persist
         self._audit = audit
         self._on_no_space = on_no_space
-        self._save_lock = threading.Lock()  # the driver's saves and the retrier's, one at a time
-        self._unsaved: MetadataState | None = None  # applied, not yet durable (disk full)
+        self._pending = threading.Condition()  # guards the two below; the saver waits on it
+        self._unsaved: MetadataState | None = None  # applied, not yet in the catalog
+        self._unaudited: list[tuple[int, MetadataEntry]] = []
+        self._saving = False  # the saver holds a batch it has not written yet
         self._no_space: CatalogNoSpace | None = None
-        self._retrier: threading.Thread | None = None
+        self._failed: Exception | None = None  # a save failed for another reason than space
         self._closed = threading.Event()
+        self._saver = threading.Thread(target=self._save_behind, name="metadata-saver", daemon=True)
+        self._saver.start()
 
     @property
     def state(self) -> MetadataState:
@@ -144,12 +155,24 @@ class MetadataStateMachine:
         return self._no_space
 
     def close(self) -> None:
-        """Stop the save retrier, if one runs (bounded wait). Whatever it had not saved yet is
-        re-applied from the Raft log at the next start."""
+        """Write what is pending (bounded wait), then stop the saver. Whatever it could not
+        write is re-applied from the Raft log at the next start."""
+        self.flush(SAVER_JOIN_S)
         self._closed.set()
-        retrier = self._retrier
-        if retrier is not None and retrier is not threading.current_thread():
-            retrier.join(RETRIER_JOIN_S)
+        with self._pending:
+            self._pending.notify_all()
+        if self._saver is not threading.current_thread():
+            self._saver.join(SAVER_JOIN_S)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every applied batch is in the catalog; False if `timeout_s` passed or a
+        save failed (other than for space: see `apply_batch`)."""
+        with self._pending:
+            done = self._pending.wait_for(
+                lambda: self._failed is not None or (self._unsaved is None and not self._saving),
+                timeout_s,
+            )
+            return done and self._failed is None
 
     def apply_batch(self, entries: Sequence[tuple[int, bytes]]) -> list[ApplyResult]:
         """Apply committed `(index, data)` entries in log order; one result per entry.
@@ -157,6 +180,8 @@ class MetadataStateMachine:
         Empty data (the no-op a new Raft leader appends) and indexes already applied are
         acknowledged without effect.
         """
+        if self._failed is not None:
+            raise self._failed  # the catalog cannot be written: the node must stop, not linger
         results: list[ApplyResult] = []
         audited: list[tuple[int, MetadataEntry]] = []
         state = self._state
@@ -172,11 +197,9 @@ class MetadataStateMachine:
             state = dataclasses.replace(state, applied_index=index)
             results.append(result)
         changed = bool(audited)
-        if audited and self._audit is not None:
-            self._audit(audited)
         if entries:
-            self._save(state)
             self._state = state
+            self._save(state, audited)
         if changed:
             log.info(
                 "metadata applied through %d: topology v%d, routing epoch %d",
@@ -187,62 +210,71 @@ class MetadataStateMachine:
         return results
 
     def replace_state(self, state: MetadataState) -> None:
-        """Install a state wholesale (a restored snapshot), persisted first."""
-        self._save(state)
+        """Install a state wholesale (a restored snapshot), saved behind like a batch."""
         self._state = state
+        self._save(state, [])
 
     # --- saving, and retrying while the disk is full -------------------------------------------
 
-    def _save(self, state: MetadataState) -> None:
-        """Persist `state`; on `CatalogNoSpace` keep it for the retrier instead of raising (any
-        other error propagates as before)."""
-        with self._save_lock:
-            try:
-                self._persist(state)
-            except CatalogNoSpace as e:
-                self._unsaved = state
-                self._enter_no_space(e)
-                if self._retrier is None and not self._closed.is_set():
-                    self._retrier = threading.Thread(
-                        target=self._retry_saves, name="metadata-save-retry", daemon=True
-                    )
-                    self._retrier.start()
-                return
-            self._unsaved = None  # this state covers any older unsaved one
-            self._leave_no_space(state)
+    def _save(self, state: MetadataState, audited: list[tuple[int, MetadataEntry]]) -> None:
+        """Hand `state` (and the entries to audit) to the saver; never waits for the disk."""
+        with self._pending:
+            self._unsaved = state
+            self._unaudited.extend(audited)
+            self._pending.notify_all()
 
-    def _retry_saves(self) -> None:
-        """Save the newest unsaved state with a doubling, capped backoff until one lands, a batch
-        saves it first, the applier closes, or another error ends the attempt (logged). The
-        thread clears `_retrier` under the save lock in the same step as it decides to end, so a
-        save failing meanwhile always finds either this thread still retrying or none."""
+    def _save_behind(self) -> None:
+        """The saver thread: writes the newest applied state (audit lines first, so a crash in
+        between makes the replay write them again rather than lose them), retrying with a
+        doubling, capped backoff while the disk is full; another error is logged and the next
+        batch tries again (a restart replays what never landed)."""
         delay = NO_SPACE_RETRY_FIRST_S
         while True:
-            closed = self._closed.wait(delay)
-            with self._save_lock:
-                state = self._unsaved
-                if closed or state is None:  # closing, or a later batch's save landed
-                    self._retrier = None
+            with self._pending:
+                self._pending.wait_for(lambda: self._unsaved is not None or self._closed.is_set())
+                state, audited = self._unsaved, self._unaudited
+                if state is None:
+                    return  # closed, nothing pending
+                self._unsaved, self._unaudited, self._saving = None, [], True
+            try:
+                if audited and self._audit is not None:
+                    self._audit(audited)
+                    audited = []
+                self._persist(state)
+            except CatalogNoSpace as e:
+                self._enter_no_space(e)
+                self._requeue(state, audited)
+                if self._closed.wait(delay):
                     return
-                try:
-                    self._persist(state)
-                except CatalogNoSpace as e:
-                    self._no_space = e
-                    delay = min(delay * 2, NO_SPACE_RETRY_MAX_S)
-                    continue
-                except Exception as e:  # a closed or damaged catalog: not a reason to spin
-                    log.error(
-                        "metadata: gave up saving the state applied through %d: %s (the next "
-                        "batch tries again; a restart replays it from the Raft log)",
-                        state.applied_index,
-                        e,
-                    )
-                    self._retrier = None
-                    return
-                self._unsaved = None
-                self._retrier = None
-                self._leave_no_space(state)
+                delay = min(delay * 2, NO_SPACE_RETRY_MAX_S)
+                continue
+            except Exception as e:  # a closed or damaged catalog: the next batch raises it
+                log.error(
+                    "metadata: could not save the state applied through %d: %s (a restart "
+                    "replays it from the Raft log)",
+                    state.applied_index,
+                    e,
+                )
+                self._failed = e
+                self._requeue(state, audited, retry=False)
                 return
+            delay = NO_SPACE_RETRY_FIRST_S
+            self._leave_no_space(state)
+            with self._pending:
+                self._saving = False
+                self._pending.notify_all()
+
+    def _requeue(
+        self, state: MetadataState, audited: list[tuple[int, MetadataEntry]], *, retry: bool = True
+    ) -> None:
+        """Put back what a failed save held: the audit lines before any newer ones, and the
+        state unless a newer one came (`retry` False: the saver stops, nothing is pending)."""
+        with self._pending:
+            self._unaudited[:0] = audited
+            if retry and self._unsaved is None:
+                self._unsaved = state
+            self._saving = False
+            self._pending.notify_all()
 
     def _enter_no_space(self, error: CatalogNoSpace) -> None:
         first = self._no_space is None

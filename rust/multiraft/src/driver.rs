@@ -70,6 +70,9 @@ enum Input {
     ListGroups {
         reply: Reply<Vec<GroupId>>,
     },
+    Statuses {
+        reply: Reply<Vec<GroupStatus>>,
+    },
     AddGroup {
         group: GroupId,
         role: GroupRole,
@@ -524,6 +527,12 @@ impl MultiRaft {
         self.wait("groups", rx, timeout).await
     }
 
+    /// Every group's status, in one driver request.
+    pub async fn statuses(&self, timeout: Duration) -> Result<Vec<GroupStatus>, RaftError> {
+        let rx = self.submit(|reply| Input::Statuses { reply });
+        self.wait("statuses", rx, timeout).await
+    }
+
     /// Creates a group on this node (durably).
     pub async fn add_group(
         &self,
@@ -694,6 +703,9 @@ fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) -> bool {
         Input::ListGroups { reply } => {
             reply.send(Ok(core.group_ids()));
         }
+        Input::Statuses { reply } => {
+            reply.send(Ok(core.statuses()));
+        }
         Input::AddGroup {
             group,
             role,
@@ -736,6 +748,7 @@ fn refuse_with(input: Input, e: RaftError) {
         Input::Membership { reply, .. } => reply.send(Err(e)),
         Input::TransferLeader { reply, .. } => reply.send(Err(e)),
         Input::Status { reply, .. } => reply.send(Err(e)),
+        Input::Statuses { reply } => reply.send(Err(e)),
         Input::ListGroups { reply } => reply.send(Err(e)),
         Input::AddGroup { reply, .. } => reply.send(Err(e)),
         Input::RemoveGroup { reply, .. } => reply.send(Err(e)),

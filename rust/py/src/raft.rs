@@ -534,6 +534,21 @@ impl PyRaftEngine {
         Ok(())
     }
 
+    /// Every group's status (a list of `status` dicts), in one engine request.
+    #[pyo3(signature = (future, timeout_ms = 5000))]
+    fn statuses(&self, py: Python<'_>, future: Py<PyAny>, timeout_ms: u64) -> PyResult<()> {
+        let t = timeout(py, timeout_ms)?;
+        let e = Arc::clone(&self.engine);
+        self.spawn_settle(future, async move { e.statuses(t).await }, |py, all| {
+            let items = all
+                .into_iter()
+                .map(|s| status_to_py(py, s))
+                .collect::<PyResult<Vec<_>>>()?;
+            Ok(PyList::new(py, items)?.into_any().unbind())
+        });
+        Ok(())
+    }
+
     /// Resolve `future` with the reason once the engine's driver thread has ended (shutdown,
     /// fatal log error, panic).
     fn wait_stopped(&self, future: Py<PyAny>) {

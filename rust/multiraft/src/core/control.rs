@@ -106,6 +106,15 @@ impl MultiRaftCore {
         })
     }
 
+    /// The status of every group this node runs, in group order (one driver request for
+    /// what would be one per group).
+    pub fn statuses(&self) -> Vec<GroupStatus> {
+        self.group_ids()
+            .into_iter()
+            .filter_map(|gid| self.status(gid).ok())
+            .collect()
+    }
+
     pub fn status(&self, gid: GroupId) -> Result<GroupStatus, RaftError> {
         let g = self
             .groups
