@@ -120,15 +120,19 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
     };
     let read = call(&client, get, T).await.expect("get");
     assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
-    // A lease read right after this leader's own commit: served from its lease, no round.
-    let rounds = || {
-        engine
-            .metrics()
-            .read_index_requests
-            .load(std::sync::atomic::Ordering::Relaxed)
+    // Reads right after this leader's own commit: answered by the engine from its lease, with
+    // no quorum round (one engine request each, counted as leased).
+    let counts = || {
+        let m = engine.metrics();
+        (
+            m.read_index_requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            m.read_index_leased
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     };
     call(&client, put(), T).await.expect("put");
-    let before = rounds();
+    let (requests, leased) = counts();
     let get_at = |level, max_staleness_s| Request::Get {
         key: b"k".to_vec(),
         read: ReadAt {
@@ -136,13 +140,14 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
             max_staleness_s,
         },
     };
-    let lease = get_at(ReadLevel::Lease, 1.0);
-    let read = call(&client, lease, T).await.expect("lease get");
-    assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
+    for level in [ReadLevel::Lease, ReadLevel::Linearizable] {
+        let read = call(&client, get_at(level, 1.0), T).await.expect("get");
+        assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
+    }
     assert_eq!(
-        rounds(),
-        before,
-        "a lease read inside the lease takes no round"
+        counts(),
+        (requests + 2, leased + 2),
+        "reads inside the lease take no quorum round"
     );
     let follower = get_at(ReadLevel::Follower, 5.0);
     let read = call(&client, follower, T).await.expect("follower get");
