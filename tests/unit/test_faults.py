@@ -34,7 +34,7 @@ from nodedb_cluster.faults.nemesis import (
     format_schedule,
     plan_schedule,
 )
-from nodedb_cluster.faults.run import percentile
+from nodedb_cluster.faults.summary import percentile
 from nodedb_cluster.localcluster import groups_formed
 
 # --- schedules ------------------------------------------------------------------------------------

@@ -25,9 +25,8 @@ from nodedb_cluster.faults.run import (
     RunResult,
     RunSpec,
     run_schedule,
-    summarize,
-    write_summary,
 )
+from nodedb_cluster.faults.summary import summarize, write_summary
 from nodedb_cluster.faults.workload import WorkloadSpec
 
 SCHEDULES_MAX = 10_000

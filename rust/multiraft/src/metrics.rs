@@ -94,6 +94,55 @@ impl Metrics {
         }
     }
 
+    /// Every counter by its exported name (what a host shows as metrics).
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let rows: [(&'static str, &AtomicU64); 33] = [
+            ("rounds", &self.rounds),
+            ("read_index_requests", &self.read_index_requests),
+            ("read_index_leased", &self.read_index_leased),
+            ("fsyncs", &self.fsyncs),
+            ("records_written", &self.records_written),
+            ("proposals", &self.proposals),
+            ("proposals_busy", &self.proposals_busy),
+            ("commands_applied", &self.commands_applied),
+            ("frames_sent", &self.frames_sent),
+            ("messages_sent", &self.messages_sent),
+            ("send_errors", &self.send_errors),
+            ("step_errors", &self.step_errors),
+            ("inbound_dropped_full", &self.inbound_dropped_full),
+            ("inbound_decode_errors", &self.inbound_decode_errors),
+            ("inbound_forged_sender", &self.inbound_forged_sender),
+            ("inbound_unknown_group", &self.inbound_unknown_group),
+            ("snapshots_taken", &self.snapshots_taken),
+            ("snapshots_sent", &self.snapshots_sent),
+            ("snapshot_send_failures", &self.snapshot_send_failures),
+            ("snapshots_received", &self.snapshots_received),
+            ("snapshot_receive_errors", &self.snapshot_receive_errors),
+            (
+                "snapshot_chunks_dropped_restoring",
+                &self.snapshot_chunks_dropped_restoring,
+            ),
+            ("snapshots_installed", &self.snapshots_installed),
+            ("orphan_partials_removed", &self.orphan_partials_removed),
+            ("no_space", &self.no_space),
+            ("no_space_entered", &self.no_space_entered),
+            ("appends_dropped_no_space", &self.appends_dropped_no_space),
+            ("proposals_no_space", &self.proposals_no_space),
+            ("log_stalls", &self.log_stalls),
+            ("inbound_dropped_stalled", &self.inbound_dropped_stalled),
+            (
+                "wal_torn_tail_repairs_total",
+                &self.wal_torn_tail_repairs_total,
+            ),
+            (
+                "wal_torn_tail_bytes_discarded_total",
+                &self.wal_torn_tail_bytes_discarded_total,
+            ),
+            ("votes_refused_empty", &self.votes_refused_empty),
+        ];
+        rows.iter().map(|(k, v)| (*k, Metrics::get(v))).collect()
+    }
+
     /// Leader changes seen, by group.
     pub fn leader_changes(&self) -> BTreeMap<u64, u64> {
         self.leader_changes

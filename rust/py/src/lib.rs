@@ -11,6 +11,7 @@ mod kv_codec;
 mod kv_load;
 mod probe;
 mod raft;
+mod raft_convert;
 mod transport;
 mod wire;
 

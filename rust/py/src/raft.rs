@@ -23,8 +23,8 @@ use nodedb_kv::KV_STATE_MACHINE;
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{RaftError, SmError};
 use nodedb_multiraft::{
-    GroupId, GroupRole, GroupStatus, LostTailPolicy, MembershipChange, Metrics, MultiRaft,
-    MultiRaftConfig, NodeId, Role, StateMachine, StateMachineKind, TransportNetwork, WalSink,
+    GroupId, GroupRole, LostTailPolicy, MembershipChange, MultiRaft, MultiRaftConfig, NodeId,
+    StateMachine, StateMachineKind, TransportNetwork, WalSink,
 };
 use nodedb_transport::{MessageKind, Transport};
 use nodedb_wire::KvNode;
@@ -34,73 +34,11 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use crate::bridge::{settle, LoopBridge};
 use crate::errors::{cluster_error, engine_error, raft_error};
 use crate::host_state_machine::{PyStateMachine, HOST_STATE_MACHINE};
+use crate::raft_convert::{histogram_row, none, status_to_py, timeout, HistogramRow};
 use crate::transport::{transport_runtime, PyTransport};
 
 /// Frames queued per peer by the raft network adapter before drops (raft retransmits).
 const PEER_QUEUE_FRAMES: usize = 1024;
-/// Upper bound for every timeout a caller passes (a day): a typo cannot park a future forever.
-const TIMEOUT_MS_MAX: u64 = 86_400_000;
-
-fn timeout(py: Python<'_>, ms: u64) -> PyResult<Duration> {
-    if ms == 0 || ms > TIMEOUT_MS_MAX {
-        return Err(cluster_error(
-            py,
-            "ConfigError",
-            ("timeout_ms", format!("{ms} is not in 1..={TIMEOUT_MS_MAX}")),
-        ));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Follower => "follower",
-        Role::PreCandidate => "pre_candidate",
-        Role::Candidate => "candidate",
-        Role::Leader => "leader",
-    }
-}
-
-fn status_to_py(py: Python<'_>, s: GroupStatus) -> PyResult<Py<PyAny>> {
-    let d = PyDict::new(py);
-    d.set_item("group_id", s.group.0)?;
-    d.set_item("role", role_name(s.role))?;
-    d.set_item("term", s.term)?;
-    d.set_item("leader_id", s.leader.map(|n| n.0))?;
-    d.set_item("commit_index", s.commit_index)?;
-    d.set_item("applied_index", s.applied_index)?;
-    d.set_item("last_index", s.last_index)?;
-    d.set_item("snapshot_index", s.snapshot_index)?;
-    d.set_item("voters", s.voters.iter().map(|n| n.0).collect::<Vec<_>>())?;
-    d.set_item(
-        "learners",
-        s.learners.iter().map(|n| n.0).collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "matched",
-        s.matched.iter().map(|(n, i)| (n.0, *i)).collect::<Vec<_>>(),
-    )?;
-    d.set_item(
-        "voters_outgoing",
-        s.voters_outgoing.iter().map(|n| n.0).collect::<Vec<_>>(),
-    )?;
-    Ok(d.into_any().unbind())
-}
-
-/// A histogram as Python takes it: `(name, bounds_s, cumulative counts, sum_s, count)`.
-pub(crate) type HistogramRow = (&'static str, Vec<f64>, Vec<u64>, f64, u64);
-
-pub(crate) fn histogram_row(
-    name: &'static str,
-    s: nodedb_multiraft::metrics::HistogramSnapshot,
-) -> HistogramRow {
-    (name, s.bounds_s, s.cumulative, s.sum_s, s.count)
-}
-
-fn none(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
-    Ok(py.None())
-}
-
 /// One node's Multi-Raft engine.
 #[pyclass(frozen, name = "RaftEngine", module = "nodedb_cluster_core")]
 pub struct PyRaftEngine {
@@ -771,52 +709,7 @@ impl PyRaftEngine {
     }
 
     fn metrics(&self) -> HashMap<&'static str, u64> {
-        let m = self.engine.metrics();
-        let rows: [(&'static str, &std::sync::atomic::AtomicU64); 33] = [
-            ("rounds", &m.rounds),
-            ("read_index_requests", &m.read_index_requests),
-            ("read_index_leased", &m.read_index_leased),
-            ("fsyncs", &m.fsyncs),
-            ("records_written", &m.records_written),
-            ("proposals", &m.proposals),
-            ("proposals_busy", &m.proposals_busy),
-            ("commands_applied", &m.commands_applied),
-            ("frames_sent", &m.frames_sent),
-            ("messages_sent", &m.messages_sent),
-            ("send_errors", &m.send_errors),
-            ("step_errors", &m.step_errors),
-            ("inbound_dropped_full", &m.inbound_dropped_full),
-            ("inbound_decode_errors", &m.inbound_decode_errors),
-            ("inbound_forged_sender", &m.inbound_forged_sender),
-            ("inbound_unknown_group", &m.inbound_unknown_group),
-            ("snapshots_taken", &m.snapshots_taken),
-            ("snapshots_sent", &m.snapshots_sent),
-            ("snapshot_send_failures", &m.snapshot_send_failures),
-            ("snapshots_received", &m.snapshots_received),
-            ("snapshot_receive_errors", &m.snapshot_receive_errors),
-            (
-                "snapshot_chunks_dropped_restoring",
-                &m.snapshot_chunks_dropped_restoring,
-            ),
-            ("snapshots_installed", &m.snapshots_installed),
-            ("orphan_partials_removed", &m.orphan_partials_removed),
-            ("no_space", &m.no_space),
-            ("no_space_entered", &m.no_space_entered),
-            ("appends_dropped_no_space", &m.appends_dropped_no_space),
-            ("proposals_no_space", &m.proposals_no_space),
-            ("log_stalls", &m.log_stalls),
-            ("inbound_dropped_stalled", &m.inbound_dropped_stalled),
-            (
-                "wal_torn_tail_repairs_total",
-                &m.wal_torn_tail_repairs_total,
-            ),
-            (
-                "wal_torn_tail_bytes_discarded_total",
-                &m.wal_torn_tail_bytes_discarded_total,
-            ),
-            ("votes_refused_empty", &m.votes_refused_empty),
-        ];
-        rows.iter().map(|(k, v)| (*k, Metrics::get(v))).collect()
+        self.engine.metrics().counters().into_iter().collect()
     }
 
     /// Stop the engine: pending requests fail with EngineStopped. Blocks (without the GIL)

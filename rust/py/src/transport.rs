@@ -684,11 +684,11 @@ impl PyTransport {
     }
 
     /// Served-latency histograms by kind: `(kind, bounds_s, cumulative counts, sum_s, count)`.
-    fn served_histograms(&self) -> Vec<crate::raft::HistogramRow> {
+    fn served_histograms(&self) -> Vec<crate::raft_convert::HistogramRow> {
         self.inner
             .served_histograms()
             .into_iter()
-            .map(|(kind, s)| crate::raft::histogram_row(kind, s))
+            .map(|(kind, s)| crate::raft_convert::histogram_row(kind, s))
             .collect()
     }
 
