@@ -425,16 +425,24 @@ impl MultiRaftCore {
         Metrics::inc(&self.metrics.read_index_requests);
         if lease.is_some_and(|lease| lease_holds(g, lease, std::time::Instant::now())) {
             Metrics::inc(&self.metrics.read_index_leased);
+            let index = g.raw.raft.raft_log.committed;
+            if g.applied_index >= index {
+                // The usual case: answered now, without queueing (or re-sorting the queue).
+                reply.send(Ok(ReadPoint {
+                    index,
+                    by_lease: true,
+                }));
+                return;
+            }
             g.reads.push(PendingRead {
                 ctx,
                 started_tick: now,
-                read_index: Some(g.raw.raft.raft_log.committed),
+                read_index: Some(index),
                 sent_to: g.raw.raft.id,
                 sent_tick: now,
                 by_lease: true,
                 reply,
             });
-            answer_reads(g);
             return;
         }
         // Sent now if a leader that can answer is known, else once there is one (a read
