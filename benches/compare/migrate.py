@@ -223,19 +223,30 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             result["errors"] = {k: v for k, v in (steady.ops + moving.ops).items() if k != "ok"}
             paused = []  # the movers' own figure: freeze to release, from the node logs
             steps: dict[str, list[float]] = {}
+            per_move: list[tuple[float, dict[str, float]]] = []
             for node in cluster.nodes.values():
                 for line in node.log_path.read_text(errors="replace").splitlines():
                     if "moved from group" in line and "paused" in line:
                         paused.append(float(line.rsplit("paused ", 1)[1].split(" ms")[0]))
+                        move_steps: dict[str, float] = {}
                         for part in line.rsplit("ms: ", 1)[1].rstrip(")").split(", "):
                             name, ms = part.split(" ")
                             steps.setdefault(name, []).append(float(ms))
+                            move_steps[name] = float(ms)
+                        per_move.append((paused[-1], move_steps))
             result["mover_pause_ms"] = {
                 "p50": round(percentile(paused, 0.5), 1),
+                "p99": round(percentile(paused, 0.99), 1),
                 "max": round(max(paused, default=0.0), 1),
                 "n": len(paused),
                 **{f"{name}_p50": round(percentile(ms, 0.5), 1) for name, ms in steps.items()},
             }
+            # The slowest moves step by step: where a tail comes from.
+            result["mover_slowest"] = [
+                {"paused": ms, **parts}
+                for ms, parts in sorted(per_move, key=lambda m: m[0], reverse=True)[:3]
+            ]
+            result["pauses_ms_slowest"] = [round(p, 1) for p in sorted(pauses, reverse=True)[:5]]
             sample = [
                 f"k{i}".encode() for i in range(keys) if vshard_for_key(f"k{i}".encode()) == vshard
             ]

@@ -342,6 +342,10 @@ class VShardMover:
         finally:
             self.progress.pop(move.vshard, None)
             self._running.pop(move.vshard, None)
+            # The vShard's next move may have been begun while this one was ending (the flip
+            # answers requesters before the release): a round skipped it, so run one now
+            # instead of on the next timed round.
+            self.wake()
 
     async def _carry_out(self, move: VShardMove, progress: MoveProgress) -> None:
         v, s, t, move_id = move.vshard, move.source, move.target, move.move_id
