@@ -140,9 +140,13 @@ async def move_once(
 
 async def main(args: argparse.Namespace) -> dict[str, object]:
     base = Path(tempfile.mkdtemp(prefix="nodedb-migrate-"))
-    overrides: dict[str, object] = {"rebalance_interval_ms": 0, "num_groups": DATA_GROUPS}
+    overrides: dict[str, object] = {
+        "rebalance_interval_ms": 0,
+        "num_groups": DATA_GROUPS,
+        "vshard_move_duty_percent": args.duty,
+    }
     cluster = LocalCluster(base, 3, overrides=overrides)
-    result: dict[str, object] = {"mib": args.mib, "clients": args.clients}
+    result: dict[str, object] = {"mib": args.mib, "clients": args.clients, "duty": args.duty}
     try:
         await cluster.start()
         await cluster.wait_formed(60)
@@ -264,6 +268,12 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=64, help="W64 writers")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--moves", type=int, default=100, help="moves at most in the second phase")
+    parser.add_argument(
+        "--duty",
+        type=int,
+        default=25,
+        help="the nodes' vshard_move_duty_percent (the default's; 100: moves back to back)",
+    )
     parser.add_argument(
         "--gap-s", type=float, default=0.5, help="pause between moves (0: back to back)"
     )

@@ -148,6 +148,11 @@ class ClusterConfig:
     vshard_move_pause_budget_ms: int = 500
     """How long a vShard move may pause its vShard's writes (from the freeze to the route's
     flip); a move that cannot flip within it aborts and leaves the vShard where it was."""
+    vshard_move_duty_percent: int = 25
+    """vShard moves are background work: a node's mover spends at most this share of the time
+    moving. After a move that took d, its next move starts no sooner than d x (100 / duty - 1)
+    later (a move's Raft rounds in three groups and two group 0 changes on every node cost about
+    as much CPU as the move lasts; BENCHMARKS.md). 100: back to back."""
     dead_node_grace_ms: int = 300_000
     """A node SWIM has reported dead for this long gets its replicas re-created on live nodes
     (when a node outside the group can take them); until then they wait for it."""
@@ -375,6 +380,7 @@ class ClusterConfig:
         check_int("rebalance_imbalance_percent", self.rebalance_imbalance_percent, 1, 1000)
         check_int("dead_node_grace_ms", self.dead_node_grace_ms, 0, 30 * 86_400_000)
         check_int("vshard_move_pause_budget_ms", self.vshard_move_pause_budget_ms, 1, 3_600_000)
+        check_int("vshard_move_duty_percent", self.vshard_move_duty_percent, 1, 100)
         for name, table in _TABLES.items():
             if not isinstance(getattr(self, name), table):
                 raise ConfigError(name, f"expected a {table.__name__}")

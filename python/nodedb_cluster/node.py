@@ -51,7 +51,7 @@ from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.status import NodeIdentity, NodeStatus, collect_status, status_handler
 from nodedb_cluster.swim_wiring import SwimWiring
 from nodedb_cluster.transport import Peer, Reply, Transport
-from nodedb_cluster.vshard_mover import CoreVShards, GroupSteps, VShardMover
+from nodedb_cluster.vshard_mover import CoreVShards, GroupSteps, MovePacer, VShardMover
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class Node:
         self.failure: str | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._peers: set[int] = set()
+        self._seen: MetadataState | None = None
+        """The state `on_metadata_change` last acted on."""
         """Node ids registered with the transport (the topology's other nodes)."""
         self._closed = False
         self.join_attempts: list[int] = [0]
@@ -156,6 +158,7 @@ class Node:
             self._vshard_steps,
             CoreVShards(self._require_engine),
             config.vshard_move_pause_budget_ms / 1000,
+            MovePacer(config.vshard_move_duty_percent),
         )
         """vShard moves between groups (the ones whose source group this node leads)."""
         self._swim = SwimWiring(config, self.admission.secret)
@@ -241,7 +244,7 @@ class Node:
         """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology; a
         member whose topology entry names another SWIM address (a cluster formed with SWIM off,
         or a moved port) tells the cluster its address now, in the background."""
-        await self._swim.start(self.metadata.topology)
+        await self._swim.start(lambda: self.metadata.topology)
         self._tasks.append(asyncio.ensure_future(self._advertise_swim_addr()))
 
     async def _advertise_swim_addr(self) -> None:
@@ -343,15 +346,23 @@ class Node:
         return self.metadata.routing
 
     def on_metadata_change(self, state: MetadataState) -> None:
-        """On the event loop after group 0 applied something: peers, then reconcile."""
-        self.register_peers(state)
-        if self._kv is not None:
+        """On the event loop after group 0 applied something: peers, routing, then reconcile,
+        each only when its input changed (a vShard move changes group 0's state twice on every
+        node, and its begin changes neither the topology nor the routing)."""
+        seen = self._seen
+        topology_changed = seen is None or seen.topology.version != state.topology.version
+        routing_changed = seen is None or seen.routing.epoch != state.routing.epoch
+        self._seen = state
+        if topology_changed:
+            self.register_peers(state)
+            self._swim.seed(state.topology)
+        if self._kv is not None and routing_changed:
             self._kv.set_routing(state.routing)
+        if routing_changed or topology_changed:
             self._push_kv_routing(state)
-        self._swim.seed(state.topology)
-        self._reconciler.wake()
+        self._reconciler.metadata_changed()
         self.placement.metadata_changed()
-        if state.vshard_moves:
+        if state.vshard_moves or (seen is not None and seen.vshard_moves):
             self.vshard_mover.wake()
 
     def register_peers(self, state: MetadataState) -> None:

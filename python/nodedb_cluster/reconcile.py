@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+import numpy as np
+
 from nodedb_cluster.metadata.placement import plan_promotion, replica_counts
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 
@@ -157,6 +159,34 @@ Action = (
     | ProposeReplacement
     | ProposeRemoval
 )
+
+
+PlanInputs = tuple[
+    tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...],
+    frozenset[int],
+    frozenset[int],
+    frozenset[int],
+]
+"""What `plan_reconcile` reads of group 0's state (`plan_inputs`)."""
+
+
+def plan_inputs(
+    routing: RoutingTable, leaving: frozenset[int], move_targets: frozenset[int]
+) -> PlanInputs:
+    """Everything of group 0's state that `plan_reconcile` reads: each group's voters and
+    learners, which groups hold no vShard, the leaving nodes and the move targets. A metadata
+    change that leaves these equal (a vShard move's begin or flip between groups that keep
+    vShards) cannot change a round's plan, so the shell runs no round for it; what changes in
+    Raft alone is caught by its timer."""
+    routes = tuple(
+        (g, route.voters, route.learners)
+        for g in routing.group_ids
+        for route in (routing.route(g),)
+    )
+    holding = frozenset(np.unique(routing.vshard_to_group).tolist())
+    empty = frozenset(g for g in routing.group_ids if g not in holding)
+    # The plan reads move targets only of groups that hold no vShard.
+    return routes, empty, leaving, move_targets & empty
 
 
 def plan_reconcile(

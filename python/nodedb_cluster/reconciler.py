@@ -32,6 +32,7 @@ from nodedb_cluster.reconcile import (
     CreateGroup,
     DropGroup,
     LocalGroup,
+    PlanInputs,
     PromoteVoter,
     ProposeDemotion,
     ProposePromotion,
@@ -39,6 +40,7 @@ from nodedb_cluster.reconcile import (
     ProposeReplacement,
     RemoveMember,
     TransferLeader,
+    plan_inputs,
     plan_reconcile,
 )
 from nodedb_cluster.routing.table import RoutingTable
@@ -87,10 +89,21 @@ class Reconciler:
         self._propose = propose
         """Replicates a metadata entry through group 0; None once applied, else why refused."""
         self._wakeup = asyncio.Event()
+        self._inputs: PlanInputs | None = None
+        """What the last metadata change that woke a round left for the plan to read."""
 
     def wake(self) -> None:
-        """Run a round soon (the metadata changed)."""
+        """Run a round soon."""
         self._wakeup.set()
+
+    def metadata_changed(self) -> None:
+        """Group 0 applied something: a round soon if it changed what a plan reads
+        (`plan_inputs`). A vShard move changes group 0's state twice on every node and most
+        often nothing a plan reads; a round costs one engine request and a plan."""
+        inputs = plan_inputs(self._routing(), self._leaving(), self._move_targets())
+        if inputs != self._inputs:
+            self._inputs = inputs
+            self.wake()
 
     async def run(self) -> None:
         """Rounds until the engine stops or the task is cancelled; a failed round is logged and

@@ -36,9 +36,10 @@ class SwimWiring:
         self._observers: list[MemberObserver] = []
         self._dead_hooks: list[DeadHook] = []
 
-    async def start(self, topology: Topology) -> None:
+    async def start(self, topology: Callable[[], Topology]) -> None:
         """Run SWIM on config.swim_udp_addr with config.swim's timings (no-op when the address
-        is unset or SWIM already runs), seeded from `topology`."""
+        is unset or SWIM already runs), seeded from the topology as it is once SWIM runs (a
+        change applied while it started is not seeded again: the node seeds on changes)."""
         config = self._config
         if config.swim_udp_addr is None or self.swim is not None:
             return
@@ -48,7 +49,7 @@ class SwimWiring:
         swim.subscribe(self._on_member_changed)
         await swim.start()
         self.swim = swim
-        self.seed(topology)
+        self.seed(topology())
 
     def seed(self, topology: Topology) -> None:
         """Probe every other node of the topology that has a SWIM address."""

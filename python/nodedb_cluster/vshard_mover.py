@@ -128,6 +128,26 @@ class MoveProgress:
     chunks: int = 0
 
 
+@dataclass(slots=True)
+class MovePacer:
+    """Keeps a node's moves to `duty_percent` of the time: a move's work (Raft rounds in its
+    two groups, two group 0 changes applied, saved and acted on by every node) takes CPU from
+    the writes of every other vShard for as long as the move lasts, so after a move that took
+    d the next one starts no sooner than d x (100 / duty - 1) later. 100: back to back."""
+
+    duty_percent: int
+    not_before: float = 0.0
+    """When the next move may start (the mover's clock)."""
+
+    def ended(self, started: float, now: float) -> None:
+        rest = (now - started) * (100 / self.duty_percent - 1)
+        self.not_before = max(self.not_before, now + rest)
+
+    def wait_s(self, now: float) -> float:
+        """How long until a move may start (0: now)."""
+        return max(0.0, self.not_before - now)
+
+
 # --- one hop to a data group's leader -----------------------------------------------------------
 
 
@@ -248,6 +268,7 @@ class VShardMover:
         steps: GroupSteps,
         vshards: KvVShards,
         pause_budget_s: float,
+        pacer: MovePacer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._node_id = node_id
@@ -258,6 +279,8 @@ class VShardMover:
         self._vshards = vshards
         self._pause_budget_s = pause_budget_s
         self._clock = clock
+        self._pacer = MovePacer(100) if pacer is None else pacer
+        self._rest_timer: asyncio.TimerHandle | None = None
         self._running: dict[int, asyncio.Task[None]] = {}
         self.progress: dict[int, MoveProgress] = {}
         """Moves this node runs, by vShard."""
@@ -282,6 +305,8 @@ class VShardMover:
                 except Exception:
                     log.exception("vshard mover round failed; retrying next round")
         finally:
+            if self._rest_timer is not None:
+                self._rest_timer.cancel()
             for task in self._running.values():
                 task.cancel()
 
@@ -290,20 +315,45 @@ class VShardMover:
         for move in self._metadata().vshard_moves:
             if move.vshard in self._running or engine.leader(move.source) != self._node_id:
                 continue
+            rest_s = self._pacer.wait_s(self._clock())
+            if rest_s > 0:
+                self._wake_after(rest_s)
+                break
             self._running[move.vshard] = asyncio.ensure_future(self._run_move(move))
         await self._converge(engine)
 
+    def _wake_after(self, delay_s: float) -> None:
+        """A round once the pacer's rest is over (one timer at a time)."""
+        if self._rest_timer is not None and not self._rest_timer.cancelled():
+            self._rest_timer.cancel()
+        self._rest_timer = asyncio.get_running_loop().call_later(delay_s, self.wake)
+
     async def _converge(self, engine: RaftEngine) -> None:
-        """End the marks of moves no longer in flight, in the groups this node leads."""
+        """End the marks of moves no longer in flight, in the groups this node leads. Marks of
+        a vShard whose move this node runs are left to it: once group 0 flipped the route, the
+        mover's own activate and release are under way (when the mover ends, it wakes a round
+        that ends what it left)."""
         marked: dict[int, dict[int, VShardMark]] = {}
         for group in self._metadata().routing.group_ids:
             if group == METADATA_GROUP_ID or engine.leader(group) != self._node_id:
                 continue
             with contextlib.suppress(UnknownGroup):
-                marks = self._vshards.marks(group)
+                marks = {
+                    v: mark
+                    for v, mark in self._vshards.marks(group).items()
+                    if v not in self._running
+                }
                 if marks:
                     marked[group] = marks
         if not marked:
+            return
+        state = self._metadata()
+        if not any(
+            converge(g, marks, state.routing, state.vshard_moves) for g, marks in marked.items()
+        ):
+            # Nothing to end as far as this node's group 0 knows (a source keeps its MOVED
+            # marks, so most rounds see marks). What would end one is a group 0 change, and
+            # its apply here wakes a round; the ReadIndex below is only for marks newer than it.
             return
         await engine.read_index(METADATA_GROUP_ID)  # group 0 as new as the marks, at least
         state = self._metadata()
@@ -326,6 +376,7 @@ class VShardMover:
     async def _run_move(self, move: VShardMove) -> None:
         progress = MoveProgress(move)
         self.progress[move.vshard] = progress
+        started = self._clock()
         try:
             await self._carry_out(move, progress)
         except (ClusterError, OSError) as e:
@@ -340,6 +391,7 @@ class VShardMover:
             )
             await self._abort(move, str(e))
         finally:
+            self._pacer.ended(started, self._clock())
             self.progress.pop(move.vshard, None)
             self._running.pop(move.vshard, None)
             # The vShard's next move may have been begun while this one was ending (the flip

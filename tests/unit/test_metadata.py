@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
+import time
 from pathlib import Path
 
 import msgpack
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.metadata.applier import (
+    SAVE_INTERVAL_S,
     Applied,
     MetadataState,
     MetadataStateMachine,
@@ -274,6 +277,31 @@ def test_the_apply_never_waits_for_the_save(tmp_path: Path) -> None:
     assert machine.flush(5.0)
     assert saved[-1] == 50
     assert len(saved) <= 2  # the first, then the newest: not 50 saves
+    machine.close()
+
+
+def test_a_burst_of_batches_is_saved_once_per_interval_and_flush_does_not_wait() -> None:
+    """Tens of changes a second (a plan of vShard moves) cost a save per SAVE_INTERVAL_S, not
+    one each; `flush` cuts the interval short."""
+    saved: list[tuple[int, float]] = []
+    machine = MetadataStateMachine(
+        bootstrap_state(), lambda state: saved.append((state.applied_index, time.monotonic()))
+    )
+    assert machine.flush(5.0)  # nothing pending
+    start = time.monotonic()
+    index = 0
+    while time.monotonic() - start < 3 * SAVE_INTERVAL_S:
+        index += 1
+        machine.apply_batch([(index, b"")])
+        time.sleep(0.002)  # the pace of the burst, not a synchronisation
+    assert index > 30
+    flushed = time.monotonic()
+    assert machine.flush(5.0)
+    assert time.monotonic() - flushed < SAVE_INTERVAL_S / 2, "flush skipped the interval"
+    assert saved[-1][0] == index, "the newest state is saved"
+    assert len(saved) <= 6, f"{len(saved)} saves for {index} batches"
+    gaps = [b - a for (_, a), (_, b) in list(itertools.pairwise(saved))[:-1]]
+    assert all(gap >= SAVE_INTERVAL_S * 0.9 for gap in gaps), gaps
     machine.close()
 
 

@@ -14,6 +14,7 @@ from nodedb_cluster.reconcile import (
     ProposeReplacement,
     RemoveMember,
     TransferLeader,
+    plan_inputs,
     plan_reconcile,
 )
 from nodedb_cluster.routing.table import RoutingTable
@@ -207,3 +208,28 @@ def test_a_leader_routing_lists_as_a_learner_finishes_the_move_onto_itself() -> 
     under_rf = routing_with(1, (2, 4), (3,))
     local = {0: leader(0, (2, 3, 4)), 1: leader(1, (2, 3, 4))}
     assert plan_reconcile(3, under_rf, local, RF)[-1:] == [ProposePromotion(1, 3)]
+
+
+def test_plan_inputs_change_only_with_what_a_plan_reads() -> None:
+    """A vShard moving between groups that keep vShards, or a leader hint, changes nothing a
+    plan reads (no round is woken for it); members, a group emptied or added, a leaving node,
+    or a move into an empty group do."""
+    table = data_routing(3, (1, 2, 3))
+    base = plan_inputs(table, frozenset(), frozenset())
+    moved = table.copy()
+    moved.assign_vshard(0, 2)
+    moved.set_leader(1, 2)
+    assert plan_inputs(moved, frozenset(), frozenset({2})) == base
+    members = table.copy()
+    members.set_members(1, (1, 2), (4,))
+    assert plan_inputs(members, frozenset(), frozenset()) != base
+    assert plan_inputs(table, frozenset({3}), frozenset()) != base
+    grown = table.copy()
+    grown.add_group(4, (1, 2, 3))
+    with_group = plan_inputs(grown, frozenset(), frozenset())
+    assert with_group != base
+    assert plan_inputs(grown, frozenset(), frozenset({4})) != with_group, "a move into it"
+    emptied = table.copy()
+    for v in emptied.vshards_of_group(3).tolist():
+        emptied.assign_vshard(v, 1)
+    assert plan_inputs(emptied, frozenset(), frozenset()) != base

@@ -113,6 +113,24 @@ def test_old_arrays_stay_a_consistent_snapshot() -> None:
         table.vshard_to_leader[0] = 5
 
 
+def test_a_copy_is_equal_and_changes_apart() -> None:
+    table = RoutingTable.bootstrap(2, node_id=1)
+    table.set_members(1, [1, 2])
+    copy = table.copy()
+    assert copy == table
+    assert copy.encode() == table.encode()
+    copy.set_leader(1, 2)
+    copy.add_group(3, [2])
+    copy.assign_vshard(0, 3)
+    assert table == RoutingTable.decode(table.encode())
+    assert table.group_ids == (0, 1, 2)
+    assert table.group_for_vshard(0) == 1
+    assert table.vshard_to_leader[2] == 1
+    assert copy.vshard_to_leader[2] == 2
+    assert copy.epoch == table.epoch + 3
+    assert RoutingTable.decode(copy.encode()) == copy
+
+
 def test_failed_mutators_change_nothing() -> None:
     table = RoutingTable.bootstrap(3, node_id=1)
     table.set_members(1, [1, 2])

@@ -21,6 +21,7 @@ from nodedb_cluster.metadata.group import decode_state, encode_state
 from nodedb_cluster.metadata.vshard_moves import VShardMove, VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
+from nodedb_cluster.vshard_mover import MovePacer
 from support.nodes import node
 
 
@@ -183,3 +184,16 @@ def test_a_snapshot_from_before_moves_decodes_with_none() -> None:
 def test_damaged_moves_are_refused(data: bytes) -> None:
     with pytest.raises(CatalogError):
         VShardMoves.decode(data)
+
+
+def test_the_pacer_keeps_moves_to_their_duty() -> None:
+    pacer = MovePacer(25)
+    assert pacer.wait_s(10.0) == 0.0, "the first move starts at once"
+    pacer.ended(started=10.0, now=10.02)  # a 20 ms move, then 3 x 20 ms of rest
+    assert abs(pacer.wait_s(10.02) - 0.06) < 1e-9
+    assert pacer.wait_s(10.08) == 0.0
+    pacer.ended(started=10.08, now=10.09)  # a shorter move rests less, never from the past
+    assert abs(pacer.wait_s(10.09) - 0.03) < 1e-9
+    back_to_back = MovePacer(100)
+    back_to_back.ended(started=1.0, now=2.0)
+    assert back_to_back.wait_s(2.0) == 0.0

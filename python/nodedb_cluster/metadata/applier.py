@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -63,6 +64,11 @@ NO_SPACE_RETRY_MAX_S: Final = 1.0
 """Backoff of the save retry while the disk is full: doubling from 50 ms, capped at 1 s, so writes
 resume within about a second of space being freed at a cost of one failed commit per second."""
 SAVER_JOIN_S: Final = 5.0
+SAVE_INTERVAL_S: Final = 0.1
+"""The saver writes at most once per interval while changes keep coming, the newest state and
+every audit line since in one save: a burst of vShard moves changes group 0 tens of times a
+second on every node, and each save is a catalog commit and an audit append, each with its
+fdatasync. `flush` and `close` cut the wait short; a crash loses nothing (the Raft log)."""
 """How long `close` waits for the saver to write what is pending (the rest is replayed)."""
 
 
@@ -133,6 +139,7 @@ class MetadataStateMachine:
         self._unsaved: MetadataState | None = None  # applied, not yet in the catalog
         self._unaudited: list[tuple[int, MetadataEntry]] = []
         self._saving = False  # the saver holds a batch it has not written yet
+        self._flushing = 0  # callers of `flush` waiting: the saver does not coalesce
         self._no_space: CatalogNoSpace | None = None
         self._failed: Exception | None = None  # a save failed for another reason than space
         self._closed = threading.Event()
@@ -168,10 +175,17 @@ class MetadataStateMachine:
         """Wait until every applied batch is in the catalog; False if `timeout_s` passed or a
         save failed (other than for space: see `apply_batch`)."""
         with self._pending:
-            done = self._pending.wait_for(
-                lambda: self._failed is not None or (self._unsaved is None and not self._saving),
-                timeout_s,
-            )
+            self._flushing += 1
+            self._pending.notify_all()
+            try:
+                done = self._pending.wait_for(
+                    lambda: (
+                        self._failed is not None or (self._unsaved is None and not self._saving)
+                    ),
+                    timeout_s,
+                )
+            finally:
+                self._flushing -= 1
             return done and self._failed is None
 
     def apply_batch(self, entries: Sequence[tuple[int, bytes]]) -> list[ApplyResult]:
@@ -197,11 +211,16 @@ class MetadataStateMachine:
             state = dataclasses.replace(state, applied_index=index)
             results.append(result)
         changed = bool(audited)
+        before = self._state
         if entries:
             self._state = state
             self._save(state, audited)
         if changed:
-            log.info(
+            # INFO for membership; routing-only changes (vShard moves, tens a second while a
+            # plan runs) are in the audit log and the mover's own line.
+            membership = before.topology.version != state.topology.version
+            log.log(
+                logging.INFO if membership else logging.DEBUG,
                 "metadata applied through %d: topology v%d, routing epoch %d",
                 self._state.applied_index,
                 self._state.topology.version,
@@ -229,9 +248,15 @@ class MetadataStateMachine:
         doubling, capped backoff while the disk is full; another error is logged and the next
         batch tries again (a restart replays what never landed)."""
         delay = NO_SPACE_RETRY_FIRST_S
+        saved_at = -SAVE_INTERVAL_S
         while True:
             with self._pending:
                 self._pending.wait_for(lambda: self._unsaved is not None or self._closed.is_set())
+                coalesce_s = saved_at + SAVE_INTERVAL_S - time.monotonic()
+                if coalesce_s > 0:
+                    self._pending.wait_for(
+                        lambda: self._flushing > 0 or self._closed.is_set(), coalesce_s
+                    )
                 state, audited = self._unsaved, self._unaudited
                 if state is None:
                     return  # closed, nothing pending
@@ -259,6 +284,7 @@ class MetadataStateMachine:
                 self._requeue(state, audited, retry=False)
                 return
             delay = NO_SPACE_RETRY_FIRST_S
+            saved_at = time.monotonic()
             self._leave_no_space(state)
             with self._pending:
                 self._saving = False
@@ -315,7 +341,7 @@ def _apply_entry(
     except MalformedCommand as e:
         return Refused(index, f"malformed entry: {e}"), state, None
     topology = state.topology.copy()
-    routing = RoutingTable.decode(state.routing.encode())
+    routing = state.routing.copy()
     settings = dict(state.settings)
     moves = state.vshard_moves
     try:

@@ -285,6 +285,18 @@ class RoutingTable:
         """uint64 leader per vShard id (0 = unknown); UnknownVShard outside 0..1023."""
         return _kernels.leaders_for_vshards(vshards, self._vshard_to_leader, out)
 
+    def copy(self) -> RoutingTable:
+        """An equal table to change apart from this one, without re-validating it (the metadata
+        applier copies the table for every entry). The arrays are shared: a mutator replaces
+        them, never writes into them."""
+        table = RoutingTable.__new__(RoutingTable)
+        table._epoch = self._epoch
+        table._groups = dict(self._groups)
+        table._vshard_to_group = self._vshard_to_group
+        table._vshard_to_leader = self._vshard_to_leader
+        table._leader_by_vshard = self._leader_by_vshard
+        return table
+
     # --- mutators: validate, apply, bump the epoch, rebuild the fused array -----------------------
 
     def set_leader(self, group_id: int, node_id: int) -> None:
