@@ -271,7 +271,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--duty",
         type=int,
-        default=25,
+        default=15,
         help="the nodes' vshard_move_duty_percent (the default's; 100: moves back to back)",
     )
     parser.add_argument(

@@ -148,7 +148,7 @@ class ClusterConfig:
     vshard_move_pause_budget_ms: int = 500
     """How long a vShard move may pause its vShard's writes (from the freeze to the route's
     flip); a move that cannot flip within it aborts and leaves the vShard where it was."""
-    vshard_move_duty_percent: int = 25
+    vshard_move_duty_percent: int = 15
     """vShard moves are background work: a node's mover spends at most this share of the time
     moving. After a move that took d, its next move starts no sooner than d x (100 / duty - 1)
     later (a move's Raft rounds in three groups and two group 0 changes on every node cost about
