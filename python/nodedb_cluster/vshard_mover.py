@@ -312,13 +312,20 @@ class VShardMover:
 
     async def round(self) -> None:
         engine = self._engine()
-        for move in self._metadata().vshard_moves:
-            if move.vshard in self._running or engine.leader(move.source) != self._node_id:
-                continue
-            rest_s = self._pacer.wait_s(self._clock())
-            if rest_s > 0:
-                self._wake_after(rest_s)
-                break
+        startable = [
+            move
+            for move in self._metadata().vshard_moves
+            if move.vshard not in self._running and engine.leader(move.source) == self._node_id
+        ]
+        for vshard in [v for v, p in self.progress.items() if p.phase == "resting"]:
+            del self.progress[vshard]  # re-marked below while they still wait here
+        rest_s = self._pacer.wait_s(self._clock()) if startable else 0.0
+        if rest_s > 0:
+            self._wake_after(rest_s)
+            for move in startable:  # `status` shows why they wait
+                self.progress[move.vshard] = MoveProgress(move, phase="resting")
+            startable = []
+        for move in startable:
             self._running[move.vshard] = asyncio.ensure_future(self._run_move(move))
         await self._converge(engine)
 

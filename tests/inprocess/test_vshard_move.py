@@ -300,17 +300,49 @@ async def test_back_to_back_moves_of_a_vshard_start_at_once(
             await client.put(key, b"v-" + key)
         for n in range(6):
             source, target = (1, 2) if n % 2 == 0 else (2, 1)
-            begin = BeginVShardMove(vshard, source, target, 1)
-            assert await three[0].propose_metadata(MetadataEntry((begin,))) is None
-            deadline = time.monotonic() + MOVE_END_S
-            while (
-                three[0].metadata.vshard_moves.get(vshard) is not None
-                or three[0].metadata.routing.group_for_vshard(vshard) != target
-            ):
-                assert time.monotonic() < deadline, f"move {n} did not end"
-                await asyncio.sleep(0.005)  # group 0's local state: no event to await, bounded
+            await begin_move(three, vshard, source, target)
+            await move_ended(three, vshard, target, MOVE_END_S)
         for key in keys:
             assert await client.get(key) == b"v-" + key
+
+
+async def begin_move(nodes: list[Node], vshard: int, source: int, target: int) -> None:
+    begin = BeginVShardMove(vshard, source, target, 1)
+    assert await nodes[0].propose_metadata(MetadataEntry((begin,))) is None
+
+
+async def move_ended(nodes: list[Node], vshard: int, target: int, bound_s: float) -> None:
+    """Group 0 (as node 1 applied it) shows the move over with `vshard` in `target`."""
+    deadline = time.monotonic() + bound_s
+    while (
+        nodes[0].metadata.vshard_moves.get(vshard) is not None
+        or nodes[0].metadata.routing.group_for_vshard(vshard) != target
+    ):
+        assert time.monotonic() < deadline, f"the move of vshard {vshard} did not end"
+        await asyncio.sleep(0.005)  # group 0's local state: no event to await, bounded
+
+
+async def test_a_node_rests_between_its_moves_and_status_says_so(tmp_path: Path) -> None:
+    """Moves are background work: after a move that took d, the next move of the same node
+    starts d x (100 / duty - 1) later (duty 1 %: 99 d), shown as "resting" meanwhile."""
+    async with formed(tmp_path, num_groups=2, vshard_move_duty_percent=1) as nodes:
+        routing = nodes[0].metadata.routing
+        first, second = [v for v in range(1024) if routing.group_for_vshard(v) == 1][:2]
+        mover = await leader_of(nodes, 1)
+        await begin_move(nodes, first, 1, 2)
+        await move_ended(nodes, first, 2, MOVE_END_S)
+        ended = time.monotonic()
+        await begin_move(nodes, second, 1, 2)
+        deadline = time.monotonic() + MOVE_END_S
+        while (progress := mover.vshard_mover.progress.get(second)) is None or (
+            progress.phase != "resting"
+        ):
+            assert time.monotonic() < deadline, "the second move is not shown resting"
+            await asyncio.sleep(0.005)  # the mover's local state: no event to await, bounded
+        status = await mover.status()
+        assert next(m for m in status.vshard_moves if m[0] == second)[4] == "resting"
+        await move_ended(nodes, second, 2, 60.0)
+        assert time.monotonic() - ended > 0.3, "99 times a move of at least a few ms"
 
 
 async def requesters_see_refusals_only_when_they_announce_them(
