@@ -152,7 +152,7 @@ class ClusterConfig:
     """vShard moves are background work: a node's mover spends at most this share of the time
     moving. After a move that took d, its next move starts no sooner than d x (100 / duty - 1)
     later (a move's Raft rounds in three groups and two group 0 changes on every node cost about
-    as much CPU as the move lasts; BENCHMARKS.md). 100: back to back."""
+    as much CPU as the move lasts; BENCHMARKS.md); the rest is at most 2 s. 100: back to back."""
     dead_node_grace_ms: int = 300_000
     """A node SWIM has reported dead for this long gets its replicas re-created on live nodes
     (when a node outside the group can take them); until then they wait for it."""

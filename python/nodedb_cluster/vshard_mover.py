@@ -128,6 +128,11 @@ class MoveProgress:
     chunks: int = 0
 
 
+MOVE_REST_MAX_S: Final = 2.0
+"""The longest rest after one move: a move slowed by waiting (an election, a partition, a
+timeout) rather than by work would otherwise hold the node's next move for minutes."""
+
+
 @dataclass(slots=True)
 class MovePacer:
     """Keeps a node's moves to `duty_percent` of the time: a move's work (Raft rounds in its
@@ -140,7 +145,7 @@ class MovePacer:
     """When the next move may start (the mover's clock)."""
 
     def ended(self, started: float, now: float) -> None:
-        rest = (now - started) * (100 / self.duty_percent - 1)
+        rest = min((now - started) * (100 / self.duty_percent - 1), MOVE_REST_MAX_S)
         self.not_before = max(self.not_before, now + rest)
 
     def wait_s(self, now: float) -> float:

@@ -21,7 +21,7 @@ from nodedb_cluster.metadata.group import decode_state, encode_state
 from nodedb_cluster.metadata.vshard_moves import VShardMove, VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
-from nodedb_cluster.vshard_mover import MovePacer
+from nodedb_cluster.vshard_mover import MOVE_REST_MAX_S, MovePacer
 from support.nodes import node
 
 
@@ -194,6 +194,9 @@ def test_the_pacer_keeps_moves_to_their_duty() -> None:
     assert pacer.wait_s(10.08) == 0.0
     pacer.ended(started=10.08, now=10.09)  # a shorter move rests less, never from the past
     assert abs(pacer.wait_s(10.09) - 0.03) < 1e-9
+    slow = MovePacer(1)
+    slow.ended(started=0.0, now=30.0)  # a move that waited out a partition
+    assert slow.wait_s(30.0) == MOVE_REST_MAX_S
     back_to_back = MovePacer(100)
     back_to_back.ended(started=1.0, now=2.0)
     assert back_to_back.wait_s(2.0) == 0.0
