@@ -59,6 +59,9 @@ SWIM_ADVERTISE_ATTEMPTS = 30
 SWIM_ADVERTISE_RETRY_S = 1.0
 """A restarted member retries recording its SWIM address for about half a minute (group 0 may be
 electing a leader meanwhile); the next start tries again."""
+AUDIT_FLUSH_S = 2.0
+"""How long an audit request waits for applied lines still being saved (a full disk: answered
+without them)."""
 
 
 class Node:
@@ -176,7 +179,7 @@ class Node:
             wire.MessageKind.METADATA_PROPOSE: self._proposer.on_propose,
             wire.MessageKind.BENCH_LOAD: bench_load_refusal(transport.record_refusal),
             wire.MessageKind.JOIN_TOKEN_REQUEST: self.admission.on_join_token_request,
-            wire.MessageKind.AUDIT_REQUEST: self.audit.handle_request,
+            wire.MessageKind.AUDIT_REQUEST: self._on_audit_request,
             wire.MessageKind.HOST_PROPOSE: self._on_host_propose,
             wire.MessageKind.PLACEMENT_REQUEST: self.placement.on_request,
             wire.MessageKind.VSHARD_STEP: self._vshard_steps.on_step,
@@ -330,6 +333,13 @@ class Node:
         if self._data is None or self._closed:
             raise EngineStopped("the node is not running")
         return self._data
+
+    async def _on_audit_request(self, peer: Peer, payload: bytes) -> Reply:
+        """The audit log as of the request: what group 0 applied here before it is written
+        first (the saver writes behind the apply, at most every 100 ms)."""
+        if self._metadata is not None:
+            await asyncio.to_thread(self._metadata.machine.flush, AUDIT_FLUSH_S)
+        return await self.audit.handle_request(peer, payload)
 
     async def _on_host_propose(self, peer: Peer, payload: bytes) -> Reply:
         return await self.data.serve_propose(peer, payload)
