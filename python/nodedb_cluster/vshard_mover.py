@@ -16,7 +16,10 @@ runs on S's leader in these steps (each a KV command through Raft; `docs/PLACEME
 
 A mover that fails before step 6 aborts the move in group 0 and undoes its marks; one that dies
 leaves marks that `metadata/vshard_converge.converge` ends on the next round of each group's
-leader, after a ReadIndex of group 0, by group 0's outcome. Every step names the move id, and
+leader, after a ReadIndex of group 0, by group 0's outcome. Only the node that led S when it
+first saw the move carries it out: a node that leads S later rolls the move back (its first
+mover may still be running, paused or cut off, and two movers would interleave their copies at
+T), and T refuses a late Incoming of a move that already ended there. Every step names the move id, and
 the state machines refuse a step of another move than their mark's, and any step of a move
 older than the highest they applied for the vShard (the fence, docs/KV.md), so no step of an
 old move touches a new one. A step refused so (`InvalidRequest`, "refused as stale") aborts
@@ -287,6 +290,8 @@ class VShardMover:
         self._pacer = MovePacer(100) if pacer is None else pacer
         self._rest_timer: asyncio.TimerHandle | None = None
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._first_seen: dict[int, bool] = {}
+        """Per move in flight: whether this node led its source group when it first saw it."""
         self.progress: dict[int, MoveProgress] = {}
         """Moves this node runs, by vShard."""
         self._wakeup = asyncio.Event()
@@ -317,11 +322,25 @@ class VShardMover:
 
     async def round(self) -> None:
         engine = self._engine()
+        moves = list(self._metadata().vshard_moves)
+        for move in moves:
+            if move.move_id not in self._first_seen:
+                self._first_seen[move.move_id] = engine.leader(move.source) == self._node_id
+        in_flight = {m.move_id for m in moves}
+        for move_id in [m for m in self._first_seen if m not in in_flight]:
+            del self._first_seen[move_id]
         startable = [
             move
-            for move in self._metadata().vshard_moves
+            for move in moves
             if move.vshard not in self._running and engine.leader(move.source) == self._node_id
         ]
+        # A move this node did not lead the source group for when it first saw it may have
+        # another mover still running (a leader paused or cut off mid-move, then resuming): two
+        # movers of one move interleave their copies at the target. Such a move is rolled back,
+        # never taken over.
+        for move in [m for m in startable if not self._first_seen[m.move_id]]:
+            self._running[move.vshard] = asyncio.ensure_future(self._roll_back(move))
+        startable = [m for m in startable if self._first_seen[m.move_id]]
         for vshard in [v for v, p in self.progress.items() if p.phase == "resting"]:
             del self.progress[vshard]  # re-marked below while they still wait here
         rest_s = self._pacer.wait_s(self._clock()) if startable else 0.0
@@ -384,6 +403,21 @@ class VShardMover:
         command = self._vshards.command(step.op, step.vshard, step.to_group, step.move_id)
         for result in await self._steps.propose(group, [command]):
             self._vshards.check(result)
+
+    async def _roll_back(self, move: VShardMove) -> None:
+        try:
+            log.warning(
+                "vshard %d: move %d from group %d to group %d rolled back: this node began "
+                "leading group %d after the move began",
+                move.vshard,
+                move.move_id,
+                move.source,
+                move.target,
+                move.source,
+            )
+            await self._abort(move, "the source group's leader changed during the move")
+        finally:
+            self._running.pop(move.vshard, None)
 
     async def _run_move(self, move: VShardMove) -> None:
         progress = MoveProgress(move)

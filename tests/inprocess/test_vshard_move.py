@@ -345,6 +345,40 @@ async def test_a_node_rests_between_its_moves_and_status_says_so(tmp_path: Path)
         assert time.monotonic() - ended > 0.3, "99 times a move of at least a few ms"
 
 
+async def test_a_move_whose_source_leader_changed_before_it_ran_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """The node that leads the source group when a move begins carries it out; a node that
+    leads it only later rolls the move back instead of taking it over (the first mover may
+    still be running: paused, or cut off), and every key stays where it was. The first move
+    makes the leader rest (duty 1 %), so the second waits for it while leadership changes."""
+    async with formed(tmp_path, num_groups=2, vshard_move_duty_percent=1) as nodes:
+        routing = nodes[0].metadata.routing
+        first, second = [v for v in range(1024) if routing.group_for_vshard(v) == 1][:2]
+        keys = keys_of(second, 10, b"rb")
+        for key in keys:
+            await nodes[0].kv.put(key, b"v-" + key)
+        mover = await leader_of(nodes, 1)
+        await begin_move(nodes, first, 1, 2)
+        await move_ended(nodes, first, 2, MOVE_END_S)
+        await begin_move(nodes, second, 1, 2)  # the first mover rests: not started yet
+        heir = next(n for n in nodes if n is not mover)
+        assert mover.engine is not None
+        await mover.engine.transfer_leader(1, heir.config.node_id)
+        deadline = time.monotonic() + MOVE_END_S
+        while nodes[0].metadata.vshard_moves.get(second) is not None:
+            assert time.monotonic() < deadline, "the move was not rolled back"
+            await asyncio.sleep(0.005)  # group 0's local state: no event to await, bounded
+        assert all(n.metadata.routing.group_for_vshard(second) == 1 for n in nodes)
+        for key in keys:
+            assert await nodes[0].kv.get(key) == b"v-" + key
+        for group in (1, 2):
+            await converged(nodes, group)
+            for node in nodes:
+                assert node.engine is not None
+                assert second not in node.engine.kv_vshard_states(group), "marks ended"
+
+
 async def requesters_see_refusals_only_when_they_announce_them(
     nodes: list[Node], group: int, key: bytes
 ) -> None:

@@ -325,7 +325,7 @@ mod tests {
 
     const OK: KvResult = KvResult::Ok { value: None };
     /// The move id of the moves below.
-    const MOVE: u64 = 1;
+    const MOVE: u64 = 2;
 
     /// Keys of vShard `v` (found by trying), and one key of another vShard.
     fn keys_of(v: u32, n: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
@@ -356,16 +356,17 @@ mod tests {
             s.one(session(9, i as u64 + 1, 1, put(k, b"v1")));
         }
         s.one(put(&other, b"stays"));
-        // Leftovers of an earlier aborted attempt at T are cleared (Drop; Incoming too).
-        assert_eq!(t.step(VShardStep::Incoming, v, s_group), OK);
+        // Leftovers of an earlier aborted move at T are cleared (Drop; Incoming too).
+        let earlier = MOVE - 1;
+        assert_eq!(t.step_of(VShardStep::Incoming, v, s_group, earlier), OK);
         let leftover = KvCommand::Import(Import {
             vshard: v,
-            move_id: MOVE,
+            move_id: earlier,
             entries: vec![(keys[0].clone(), Some(b"stale".to_vec()))],
             sessions: vec![],
         });
         assert_eq!(t.one(leftover), OK);
-        assert_eq!(t.step(VShardStep::Drop, v, 0), OK);
+        assert_eq!(t.step_of(VShardStep::Drop, v, 0, earlier), OK);
         assert_eq!(t.get(&keys[0]), None, "drop deletes the vshard's keys");
         assert_eq!(t.step(VShardStep::Incoming, v, s_group), OK);
         // T pauses v until active; other vShards are unaffected.

@@ -140,9 +140,9 @@ pub struct Transition {
 /// plain), or why it is refused. A step of a move older than `fence` (the highest move id of a
 /// step applied to this vShard here, 0 = none) is refused as stale; the caller raises the
 /// fence to `move_id` when the step applies. Repeating a step changes nothing (a mover that
-/// restarts, or a convergence round, may send it again), except Incoming, which always empties
-/// the vShard here (its copy starts over). A step naming another move than the mark's is
-/// refused, except Incoming (a new move into this group replaces the marks of ended ones).
+/// restarts, or a convergence round, may send it again); Incoming of a move that already ended
+/// here is refused as stale. A step naming another move than the mark's is refused, except
+/// Incoming (a new move into this group replaces the marks of ended ones, emptying the vShard).
 pub fn step(
     current: Option<&VShardMark>,
     fence: u64,
@@ -173,10 +173,21 @@ pub fn step(
         ))
     };
     if step == VShardStep::Incoming {
-        // The target: leftovers of an earlier attempt go; a vShard it moved away may return.
-        return match current.map(|m| &m.state) {
-            None | Some(Incoming { .. } | Moved { .. }) => to(mark(Incoming { from: group }), true),
-            Some(Tracking { .. } | Frozen { .. }) => refuse(": this group is a move's source"),
+        // The target: leftovers of an earlier move go; a vShard it moved away may return. The
+        // same move's Incoming again keeps what it imported (a retry must not empty a copy in
+        // progress), and once the move ended here (activated or dropped: plain, with this move
+        // as the fence) a late Incoming of it is refused: it would empty a vShard this group
+        // now serves.
+        return match current.map(|m| (m.move_id, &m.state)) {
+            Some((id, Incoming { .. })) if id == move_id => keep(),
+            None if move_id == fence && fence > 0 => Err(format!(
+                "vshard step incoming of move {move_id} refused as stale: the move already \
+                 ended in this group"
+            )),
+            None | Some((_, Incoming { .. } | Moved { .. })) => {
+                to(mark(Incoming { from: group }), true)
+            }
+            Some((_, Tracking { .. } | Frozen { .. })) => refuse(": this group is a move's source"),
         };
     }
     let Some(current_mark) = current else {
@@ -377,6 +388,32 @@ mod tests {
         );
         // A later move passes it.
         assert!(run(&[(Incoming, 4, 2), (Activate, 0, 2), (Incoming, 4, 3)]).is_ok());
+    }
+
+    #[test]
+    fn a_late_incoming_of_an_ended_move_is_refused_and_a_repeated_one_keeps_the_copy() {
+        use VShardStep::*;
+        // A second mover of the same move (its first, paused, resuming after the move ended
+        // here) must not empty the vShard this group now serves.
+        for end in [Activate, Drop] {
+            let err = run(&[(Incoming, 4, 3), (end, 0, 3), (Incoming, 4, 3)]).expect_err("late");
+            assert!(
+                err.contains("already ended in this group"),
+                "{end:?}: {err}"
+            );
+        }
+        // The same move's Incoming again while it is incoming keeps what it imported.
+        let mark = step(
+            Some(&VShardMark {
+                state: VShardState::Incoming { from: 4 },
+                move_id: 3,
+            }),
+            3,
+            Incoming,
+            4,
+            3,
+        );
+        assert_eq!(mark.map(|t| t.clear_keys), Ok(false));
     }
 
     #[test]
