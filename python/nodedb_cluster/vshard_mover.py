@@ -19,8 +19,8 @@ leaves marks that `metadata/vshard_converge.converge` ends on the next round of 
 leader, after a ReadIndex of group 0, by group 0's outcome. Only the node that led S when it
 first saw the move carries it out: a node that leads S later rolls the move back (its first
 mover may still be running, paused or cut off, and two movers would interleave their copies at
-T), and T refuses a late Incoming of a move that already ended there. Every step names the move id, and
-the state machines refuse a step of another move than their mark's, and any step of a move
+T), and T refuses a late Incoming of a move that already ended there. Every step names the move
+id, and the state machines refuse a step of another move than their mark's, and any step of a move
 older than the highest they applied for the vShard (the fence, docs/KV.md), so no step of an
 old move touches a new one. A step refused so (`InvalidRequest`, "refused as stale") aborts
 the move like any failed step, once: group 0 then holds no move to run again.
