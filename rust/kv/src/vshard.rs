@@ -210,7 +210,10 @@ pub fn step(
     match (step, &current_mark.state) {
         (VShardStep::Activate, Incoming { .. }) => to(None, false),
         (VShardStep::Drop, Incoming { .. }) => to(None, true),
-        (VShardStep::Track, Tracking { to: t, .. }) if *t == group => keep(),
+        // Only one mover of a move passes Track: a second (a new leader of the source while
+        // the first, paused or cut off, may still run) is refused and rolls the move back;
+        // two would interleave their copies at the target. No one repeats Track otherwise.
+        (VShardStep::Track, Tracking { .. }) => refuse(": another mover began this move"),
         (VShardStep::Freeze, Tracking { to: t, dirty }) if *t == group => to(
             mark(Frozen {
                 to: group,
@@ -306,7 +309,6 @@ mod tests {
         assert_eq!(
             run(&[
                 (Track, 9, 1),
-                (Track, 9, 1),
                 (Freeze, 9, 1),
                 (Freeze, 9, 1),
                 (Release, 9, 1),
@@ -391,8 +393,11 @@ mod tests {
     }
 
     #[test]
-    fn a_late_incoming_of_an_ended_move_is_refused_and_a_repeated_one_keeps_the_copy() {
+    fn one_mover_per_move_and_a_late_incoming_of_an_ended_move_is_refused() {
         use VShardStep::*;
+        // A second mover's Track is refused: only the first copies.
+        let err = run(&[(Track, 9, 3), (Track, 9, 3)]).expect_err("second mover");
+        assert!(err.contains("another mover began this move"), "{err}");
         // A second mover of the same move (its first, paused, resuming after the move ended
         // here) must not empty the vShard this group now serves.
         for end in [Activate, Drop] {
