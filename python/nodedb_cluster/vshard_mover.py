@@ -341,6 +341,8 @@ class VShardMover:
         for move in [m for m in startable if not self._first_seen[m.move_id]]:
             self._running[move.vshard] = asyncio.ensure_future(self._roll_back(move))
         startable = [m for m in startable if self._first_seen[m.move_id]]
+        if self._pacer.duty_percent < 100 and self._running:
+            startable = []  # paced moves go one at a time; the running one's end wakes a round
         for vshard in [v for v, p in self.progress.items() if p.phase == "resting"]:
             del self.progress[vshard]  # re-marked below while they still wait here
         rest_s = self._pacer.wait_s(self._clock()) if startable else 0.0
