@@ -96,9 +96,9 @@ class Node:
         self.failure: str | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._peers: set[int] = set()
+        """Node ids registered with the transport (the topology's other nodes)."""
         self._seen: MetadataState | None = None
         """The state `on_metadata_change` last acted on."""
-        """Node ids registered with the transport (the topology's other nodes)."""
         self._closed = False
         self.join_attempts: list[int] = [0]
         """Joining transitions before Ready (a cell shared with the lifecycle observer)."""

@@ -179,9 +179,7 @@ def plan_inputs(
     vShards) cannot change a round's plan, so the shell runs no round for it; what changes in
     Raft alone is caught by its timer."""
     routes = tuple(
-        (g, route.voters, route.learners)
-        for g in routing.group_ids
-        for route in (routing.route(g),)
+        (r.group_id, r.voters, r.learners) for r in map(routing.route, routing.group_ids)
     )
     holding = frozenset(np.unique(routing.vshard_to_group).tolist())
     empty = frozenset(g for g in routing.group_ids if g not in holding)

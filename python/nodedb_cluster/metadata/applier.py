@@ -64,12 +64,12 @@ NO_SPACE_RETRY_MAX_S: Final = 1.0
 """Backoff of the save retry while the disk is full: doubling from 50 ms, capped at 1 s, so writes
 resume within about a second of space being freed at a cost of one failed commit per second."""
 SAVER_JOIN_S: Final = 5.0
+"""How long `close` waits for the saver to write what is pending (the rest is replayed)."""
 SAVE_INTERVAL_S: Final = 0.1
 """The saver writes at most once per interval while changes keep coming, the newest state and
 every audit line since in one save: a burst of vShard moves changes group 0 tens of times a
 second on every node, and each save is a catalog commit and an audit append, each with its
 fdatasync. `flush` and `close` cut the wait short; a crash loses nothing (the Raft log)."""
-"""How long `close` waits for the saver to write what is pending (the rest is replayed)."""
 
 
 @dataclass(frozen=True, slots=True)
