@@ -6,7 +6,10 @@ request is retried there within its deadline. A group that answers Moved (a vSha
 another group) re-routes that vShard in the core at once, and the client fetches a fresh table
 in the background; so it does when every member the table names for a group found no leader
 (the group's replicas moved to other nodes: the core's `LeaderSearch`, paced). A refresh asks
-the node that answered last first, then the given addresses, then the members it learned.
+the node that answered last first, then the given addresses, then the members it learned; the
+next source is asked as soon as one fails or `ROUTING_HEDGE_S` passes without an answer, so a
+source that died (its RPC times out only after the client's timeout) costs a refresh 0.1 s, not
+the timeout, while a live first source still answers alone.
 
 The calls are `nodedb_cluster.kv.Kv`'s (the Rust client core: routing, the write session,
 per-target coalescing, retries and deadlines; one boundary crossing and one future per call),
@@ -20,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeAlias
 
 import nodedb_cluster_core as _core
 
@@ -38,10 +41,18 @@ from nodedb_cluster.kv import MAX_STALENESS_S_DEFAULT, Kv, ReadLevel
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.transport import Credentials, Transport
 
+Members: TypeAlias = list[tuple[int, str, bytes | None]]
+"""(node id, address, key pin) of each member, as a routing answer names them."""
+RoutingAnswer: TypeAlias = tuple[bytes, Members]
+"""A routing answer: the encoded table and the members."""
+
 CLIENT_NODE_ID: Final = (1 << 63) + 1
 """The id a client presents to the nodes it asks; outside any real node's range."""
 REFRESH_RETRY_S: Final = 0.1
 """Pause before fetching routing again after a failed background refresh."""
+ROUTING_HEDGE_S: Final = 0.1
+"""A routing fetch asks its next source after this long without an answer (module docs): well
+above a loopback or LAN round trip, far below the RPC timeout a dead source costs."""
 
 log = logging.getLogger(__name__)
 
@@ -86,33 +97,60 @@ class Client(Kv):
         return list(dict.fromkeys(order))
 
     async def connect(self) -> None:
-        """Fetch routing and members from the first node that answers."""
+        """Fetch routing and members from the first node that answers (the sources in order,
+        hedged: module docs)."""
+        sources = self._sources()
         errors: list[str] = []
-        for addr in self._sources():
-            try:
-                kind, payload = await self._transport.send_rpc_to_addr(
-                    addr, wire.MessageKind.KV_REQUEST, _core.kv_routing_request()
+        asks: dict[asyncio.Task[RoutingAnswer], str] = {}
+        try:
+            asked = 0
+            while asked < len(sources) or asks:
+                if asked < len(sources):
+                    addr = sources[asked]
+                    asks[asyncio.ensure_future(self._ask_routing(addr))] = addr
+                    asked += 1
+                hedge = ROUTING_HEDGE_S if asked < len(sources) else None
+                done, _ = await asyncio.wait(
+                    asks, timeout=hedge, return_when=asyncio.FIRST_COMPLETED
                 )
-                if kind != wire.MessageKind.KV_RESPONSE:
-                    raise InvalidRequest(f"answered with kind {kind}")
-                routing, nodes = _core.kv_routing_answer(payload)
-            except PermissionDenied:
-                raise  # every node answers the same: this certificate may not use the cluster
-            except (Unreachable, RemoteError, ClusterError) as e:
-                errors.append(f"{addr}: {e}")
-                continue
-            for node_id, node_addr, pin in nodes:
-                self._transport.register_peer(node_id, node_addr, pin)
-            self._answered = [addr]
-            self._members = [node_addr for _, node_addr, _ in nodes]
-            table = RoutingTable.decode(routing)
-            self.set_routing(table)
-            self._routing = table
-            self._attach()
-            if self._refresher is None:
-                self._refresher = asyncio.create_task(self._refresh_on_moves())
-            return
+                for task in done:
+                    addr = asks.pop(task)
+                    try:
+                        routing, nodes = task.result()
+                    except PermissionDenied:
+                        raise  # every node answers the same: this certificate may not use it
+                    except (Unreachable, RemoteError, ClusterError) as e:
+                        errors.append(f"{addr}: {e}")
+                        continue
+                    self._adopt(addr, routing, nodes)
+                    return
+        finally:
+            for task in asks:
+                task.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
         raise Unavailable(0, "no node answered: " + "; ".join(errors))
+
+    async def _ask_routing(self, addr: str) -> RoutingAnswer:
+        kind, payload = await self._transport.send_rpc_to_addr(
+            addr, wire.MessageKind.KV_REQUEST, _core.kv_routing_request()
+        )
+        if kind != wire.MessageKind.KV_RESPONSE:
+            raise InvalidRequest(f"answered with kind {kind}")
+        routing, nodes = _core.kv_routing_answer(payload)
+        return routing, nodes
+
+    def _adopt(self, addr: str, routing: bytes, nodes: Members) -> None:
+        """The answer of `addr`: its members become peers and its table the client's."""
+        for node_id, node_addr, pin in nodes:
+            self._transport.register_peer(node_id, node_addr, pin)
+        self._answered = [addr]
+        self._members = [node_addr for _, node_addr, _ in nodes]
+        table = RoutingTable.decode(routing)
+        self.set_routing(table)
+        self._routing = table
+        self._attach()
+        if self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh_on_moves())
 
     @property
     def transport(self) -> Transport:

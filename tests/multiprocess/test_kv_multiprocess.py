@@ -165,6 +165,27 @@ async def test_client_through_any_single_node_and_typed_timeout(cluster: LocalCl
             assert await client.get_many_at(node.node_id, [b"via:1"], max_staleness_s=5.0) == [b"y"]
 
 
+async def test_a_routing_refresh_does_not_wait_on_a_source_that_stopped_answering(
+    cluster: LocalCluster,
+) -> None:
+    """The node that answered last is asked first; paused (its socket bound, so the ask hangs
+    until the RPC timeout), the refresh takes the next node's answer within the hedge."""
+    addrs = [n.addr for n in cluster.nodes.values()]
+    async with Client(addrs, cluster.client_credentials, timeout_s=5.0) as client:
+        first = next(n for n in cluster.nodes.values() if n.addr == client._sources()[0])
+        assert client._answered == [first.addr]
+        first.pause()
+        try:
+            t0 = time.monotonic()
+            await client.connect()
+            took = time.monotonic() - t0
+        finally:
+            first.resume()
+        assert took < 1.0, f"the refresh took {took:.2f} s (the RPC timeout is 5 s)"
+        assert client._answered != [first.addr]
+        await client.put(b"after-refresh", b"1")
+
+
 def _cli(*args: str, creds: Mtls) -> subprocess.CompletedProcess[str]:
     flags = ["--ca", str(creds.ca), "--cert", str(creds.cert), "--key", str(creds.key)]
     return subprocess.run(
