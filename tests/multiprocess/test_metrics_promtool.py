@@ -105,6 +105,15 @@ def kinds_and_counts(text: str) -> tuple[dict[str, str], dict[str, float]]:
     return kinds, counts
 
 
+def _refreshed_since_formation(text: str) -> bool:
+    """A node's scrape taken after it fsynced and served a Raft frame (every member has)."""
+    _, counts = kinds_and_counts(text)
+    return (
+        counts.get("nodedb_raft_wal_fsync_duration_seconds", 0.0) > 0
+        and counts.get("nodedb_transport_request_duration_seconds", 0.0) > 0
+    )
+
+
 async def test_every_nodes_scrape_passes_promtool_and_counts_the_writes(
     cluster: LocalCluster,
 ) -> None:
@@ -113,12 +122,15 @@ async def test_every_nodes_scrape_passes_promtool_and_counts_the_writes(
         await client.put_many([(b"k%d" % i, b"v%d" % i) for i in range(WRITES)])
         for i in range(20):
             await client.put(b"single%d" % i, b"x")
-    # The snapshot behind a scrape is refreshed once a second: poll (bounded) until the writes
-    # show (the KV requests were served by the groups' leaders, wherever they are).
+    # The snapshot behind a scrape is refreshed once a second, on each node on its own clock:
+    # poll (bounded) until every node's shows its fsyncs and served frames and the writes show
+    # somewhere (the KV requests were served by the groups' leaders, wherever they are).
     async with asyncio.timeout(SCRAPE_WAIT_S):
         while True:
             texts = {i: await asyncio.to_thread(scrape, cluster, i) for i in cluster.nodes}
-            if sum(kv_requests(t) for t in texts.values()) >= 1:
+            if sum(kv_requests(t) for t in texts.values()) >= 1 and all(
+                map(_refreshed_since_formation, texts.values())
+            ):
                 break
             await asyncio.sleep(0.2)
     proposals_committed = 0.0
