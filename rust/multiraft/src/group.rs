@@ -183,7 +183,9 @@ pub(crate) fn resend_pre_votes(g: &mut Group, now_tick: u64) {
     }
     match g.pre_vote_tick {
         Some(sent) if now_tick > sent => {
-            let _ = g.raw.campaign(); // refused only in states where raft-rs would not campaign
+            // Refused only in states where raft-rs would not campaign; raft-rs's lines about it
+            // go out at DEBUG (a re-send, not a new election: `raft_log::as_repeat`).
+            let _ = crate::raft_log::as_repeat(|| g.raw.campaign());
             g.pre_vote_tick = Some(now_tick);
         }
         Some(_) => {}
