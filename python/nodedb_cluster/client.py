@@ -136,8 +136,7 @@ class Client(Kv):
         )
         if kind != wire.MessageKind.KV_RESPONSE:
             raise InvalidRequest(f"answered with kind {kind}")
-        routing, nodes = _core.kv_routing_answer(payload)
-        return routing, nodes
+        return _core.kv_routing_answer(payload)
 
     def _adopt(self, addr: str, routing: bytes, nodes: Members) -> None:
         """The answer of `addr`: its members become peers and its table the client's."""

@@ -139,9 +139,9 @@ pub struct Transition {
 /// The transition `step` of move `move_id` (with its `group`) makes from `current` (`None` =
 /// plain), or why it is refused. A step of a move older than `fence` (the highest move id of a
 /// step applied to this vShard here, 0 = none) is refused as stale; the caller raises the
-/// fence to `move_id` when the step applies. Repeating a step changes nothing (a mover that
-/// restarts, or a convergence round, may send it again); Incoming of a move that already ended
-/// here is refused as stale. A step naming another move than the mark's is refused, except
+/// fence to `move_id` when the step applies. Repeating a step changes nothing (a convergence
+/// round may send it again), except Track (a second mover of the move is refused: one mover per
+/// move) and Incoming of a move that already ended here (refused as stale). A step naming another move than the mark's is refused, except
 /// Incoming (a new move into this group replaces the marks of ended ones, emptying the vShard).
 pub fn step(
     current: Option<&VShardMark>,
