@@ -133,14 +133,14 @@ async def test_reads_inside_the_lease_take_no_quorum_round_and_share_engine_requ
     def rounds() -> int:
         return engine.metrics()["read_index_requests"]
 
-    def leased() -> int:
-        return engine.metrics()["read_index_leased"]
+    def local() -> int:
+        return engine.metrics()["read_lease_local"]
 
-    before, leased_before = rounds(), leased()
+    before, local_before = rounds(), local()
     assert await leader.kv.get(key, read="lease") == b"1"
     assert await leader.kv.get(key) == b"1"
-    assert rounds() == before + 2  # lease and linearizable: one ReadIndex request each...
-    assert leased() == leased_before + 2  # ...answered by the engine from the lease
+    assert rounds() == before  # lease and linearizable: no ReadIndex request...
+    assert local() == local_before + 2  # ...answered here from the lease
     before = rounds()
     values = await asyncio.gather(*(leader.kv.get(key) for _ in range(64)))
     assert values == [b"1"] * 64
@@ -164,6 +164,7 @@ async def test_without_read_lease_every_linearizable_read_takes_a_quorum_round(
             assert await leader.kv.get(key) == b"1"
         assert engine.metrics()["read_index_requests"] == before + 5
         assert engine.metrics()["read_index_leased"] == 0
+        assert engine.metrics()["read_lease_local"] == 0
 
 
 async def test_cas_delete_and_missing_keys(three: list[Node]) -> None:

@@ -116,11 +116,12 @@ async def test_singles_and_every_read_level_are_served_here(one: One) -> None:
     one.engine.serve_kv_requests(one.transport)
     reply = await ask(one, {"op": "propose", "g": GROUP, "cmds": [kv_put(b"a", b"1")], "fwd": True})
     assert kv_result(reply["r"][0]) == ("ok", None)
-    leased = one.engine.metrics()["read_index_leased"]
-    # Right after this leader's own commit: the engine answers from the lease (no round).
+    local = one.engine.metrics()["read_lease_local"]
+    # Right after this leader's own commit: answered from the lease, here (no round, no
+    # request to the driver).
     lease = {"op": "read", "g": GROUP, "keys": [b"a", b"b"], "level": "lease", "fwd": True}
     assert await ask(one, lease) == {"r": [b"1", None]}
-    assert one.engine.metrics()["read_index_leased"] == leased + 1
+    assert one.engine.metrics()["read_lease_local"] == local + 1
     for level in ("linearizable", "follower"):
         doc = {"op": "read", "g": GROUP, "keys": [b"a"], "level": level, "stale_s": 5.0}
         assert await ask(one, doc) == {"r": [b"1"]}, level

@@ -465,6 +465,26 @@ async fn a_failing_fsync_stops_the_engine_and_every_request_gets_stopped() {
         .propose(g, put("ok", b"1"), T)
         .await
         .expect("healthy commit");
+    // A proposal sent after the round that answered the first one finished (that round
+    // noted the leadership last), then a commit sent now, earns a lease: reads are answered
+    // off the driver while it holds.
+    engine
+        .propose(g, put("ok", b"2"), T)
+        .await
+        .expect("healthy commit");
+    let earned = Instant::now();
+    engine
+        .propose(g, put("ok", b"3"), T)
+        .await
+        .expect("healthy commit");
+    let lease = nodedb_multiraft::ReadLease {
+        from: earned,
+        until: earned + Duration::from_secs(60),
+    };
+    assert!(
+        engine.lease_read(g, lease, Instant::now()),
+        "a healthy leader reads locally"
+    );
     fail.store(true, std::sync::atomic::Ordering::SeqCst);
     // The proposal's entry cannot be made durable: it must not be acknowledged.
     match engine.propose(g, put("lost", b"1"), T).await {
@@ -479,6 +499,10 @@ async fn a_failing_fsync_stops_the_engine_and_every_request_gets_stopped() {
         engine.status(g, T).await,
         Err(RaftError::Stopped { .. })
     ));
+    assert!(
+        !engine.lease_read(g, lease, Instant::now()),
+        "a stopped engine answers no read from its lease"
+    );
 }
 
 /// Issue 13 (failover tail): `wait_leader` answers as soon as a node knows a leader that is not

@@ -58,6 +58,7 @@ use crate::group::{
     DEFERRED_READ_MSGS_MAX,
 };
 use crate::ids::{GroupId, NodeId};
+use crate::lease_board::LeaseBoard;
 use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
 use crate::lost_tail::{find_lost_tails, LostTail, LostTailPolicy};
 use crate::metrics::Metrics;
@@ -135,6 +136,8 @@ pub struct MultiRaftCore {
     lost_at_runtime: Vec<LostTail>,
     /// NO_SPACE state and a round stalled on a full disk (`core/disk_full.rs`).
     disk: DiskState,
+    /// The lease views of the groups this node leads, for readers on other threads.
+    lease_board: Arc<LeaseBoard>,
 }
 
 /// A transport outcome raft must hear about.
@@ -199,6 +202,7 @@ impl MultiRaftCore {
             discarded: lost,
             lost_at_runtime: Vec::new(),
             disk: DiskState::default(),
+            lease_board: Arc::default(),
             cfg,
         };
         for (gid, rg) in recovered {
@@ -229,6 +233,10 @@ impl MultiRaftCore {
     }
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+    /// Where this engine publishes its groups' read leases ([`LeaseBoard`]).
+    pub fn lease_board(&self) -> Arc<LeaseBoard> {
+        Arc::clone(&self.lease_board)
     }
     pub fn group_ids(&self) -> Vec<GroupId> {
         self.groups.keys().copied().collect()
@@ -508,6 +516,9 @@ impl MultiRaftCore {
             return Ok(0);
         }
         Metrics::inc(&self.metrics.rounds);
+        // Before anything of this round leaves: a leadership transfer started since the last
+        // round ends the lease here before its target hears of it (lease_board.rs).
+        self.publish_leases(readys.iter().map(|(gid, _)| *gid));
         // (2) messages sendable before persistence (leader appends / heartbeats)
         let mut out = Outbox::default();
         for (gid, rd) in readys.iter_mut() {
@@ -591,6 +602,7 @@ impl MultiRaftCore {
         // (6) apply what waited for a snapshot, advance, light ready
         let mut out = Outbox::default();
         let groups_handled = readys.len();
+        let handled: Vec<GroupId> = readys.iter().map(|(gid, _)| *gid).collect();
         for (gid, mut rd) in readys {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
@@ -616,6 +628,7 @@ impl MultiRaftCore {
                 self.leader_changes.push((gid, known.0, known.1));
             }
         }
+        self.publish_leases(handled.into_iter());
         self.flush(out);
         self.apply_deferred_reports();
         // (7) snapshots past the threshold (none in NO_SPACE; a full disk here is noted and
@@ -626,6 +639,15 @@ impl MultiRaftCore {
             self.tolerate_no_space(compacted)?;
         }
         Ok(groups_handled)
+    }
+
+    /// Publishes the lease views of `gids` that changed since their last publication.
+    fn publish_leases(&mut self, gids: impl Iterator<Item = GroupId>) {
+        for gid in gids {
+            if let Some(g) = self.groups.get_mut(&gid) {
+                crate::lease_board::publish(g);
+            }
+        }
     }
 
     /// Persists each lost group's attested commit index (so the next open refuses it too,

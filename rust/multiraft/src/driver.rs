@@ -32,6 +32,7 @@ use crate::core::{
 use crate::error::{EngineError, RaftError};
 use crate::group::ReadLease;
 use crate::ids::{GroupId, NodeId};
+use crate::lease_board::LeaseBoard;
 use crate::log_sink::{LogRepair, LogSink};
 use crate::lost_tail::LostTail;
 use crate::metrics::Metrics;
@@ -149,6 +150,8 @@ pub struct MultiRaft {
     discarded: Vec<LostTail>,
     /// What the log's recovery repaired at open.
     repairs: Vec<LogRepair>,
+    /// The driver's published read leases (`MultiRaft::lease_read`).
+    leases: Arc<LeaseBoard>,
 }
 
 impl MultiRaft {
@@ -163,6 +166,7 @@ impl MultiRaft {
         let metrics = Arc::new(Metrics::default());
         let core = MultiRaftCore::open(cfg.clone(), sink, net, factory, Arc::clone(&metrics))?;
         let discarded = core.discarded_groups().to_vec();
+        let leases = core.lease_board();
         let repairs = core.recovery_repairs();
         for repair in &repairs {
             Metrics::inc(&metrics.wal_torn_tail_repairs_total);
@@ -183,6 +187,7 @@ impl MultiRaft {
             leader_epoch: watch::Sender::new(0),
         });
         let thread_shared = Arc::clone(&shared);
+        let thread_leases = Arc::clone(&leases);
         let thread = std::thread::Builder::new()
             .name(format!("multiraft-{}", cfg.node_id.0))
             .spawn(move || {
@@ -191,6 +196,7 @@ impl MultiRaft {
                 if let Err(payload) = std::panic::catch_unwind(run) {
                     // The panic hook printed it; the host learns it through `stopped()`. The
                     // core is gone with the unwound stack: pending callers get "dropped".
+                    thread_leases.clear();
                     let text = panic_text(payload.as_ref());
                     after_panic
                         .stopped
@@ -208,6 +214,7 @@ impl MultiRaft {
             thread: Mutex::new(Some(thread)),
             discarded,
             repairs,
+            leases,
         })
     }
 
@@ -508,6 +515,20 @@ impl MultiRaft {
         self.wait("snapshot_now", rx, timeout).await
     }
 
+    /// May a linearizable read of `group` under `lease` be answered from this node's local
+    /// state now, without asking the driver? True when this node leads the group, the lease
+    /// holds ([`crate::ReadLease`]) and the state covers every commit index the driver
+    /// published (`lease_board.rs` says why that is linearizable). The call is the read's
+    /// linearization point: read the state after it. False while the engine is stopped.
+    pub fn lease_read(&self, group: GroupId, lease: ReadLease, now: Instant) -> bool {
+        let readable = self.inbound.shared.stopped.borrow().is_none()
+            && self.leases.readable_now(group, lease, now);
+        if readable {
+            Metrics::inc(&self.inbound.shared.metrics.read_lease_local);
+        }
+        readable
+    }
+
     /// The leader of `group` this node knows (itself included), as of the last round.
     pub fn leader(&self, group: GroupId) -> Option<NodeId> {
         self.inbound.shared.known(group).0
@@ -672,6 +693,7 @@ fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
         }
         shared.publish_leaders(core.take_leader_changes());
     };
+    core.lease_board().clear();
     shared.stopped.send_replace(Some(reason.clone()));
     core.fail_all_pending(&reason);
     while let Ok(input) = rx.try_recv() {

@@ -84,6 +84,10 @@ pub(crate) struct Group {
     pub(crate) lease_revoked_term: u64,
     /// When this node was last seen becoming the group's leader (at the end of that round).
     pub(crate) leader_since: Option<std::time::Instant>,
+    /// Where this group's lease view is published, and the view last published there
+    /// (`lease_board::publish`).
+    pub(crate) lease_board: std::sync::Arc<crate::lease_board::LeaseBoard>,
+    pub(crate) published_lease: Option<crate::lease_board::LeaseView>,
     /// Created empty in this engine's lifetime (a learner a leader fills), not recovered from
     /// the log: it has never acknowledged anything it could have lost.
     pub(crate) started_empty: bool,
@@ -216,11 +220,7 @@ pub struct ReadLease {
 /// linearization point: the commit index then covers every write acknowledged before, and the
 /// read is answered once applied through it (a pause after this point cannot make it stale).
 pub(crate) fn lease_holds(g: &Group, lease: ReadLease, now: std::time::Instant) -> bool {
-    now < lease.until
-        && g.leader_since.is_some_and(|since| since <= lease.from)
-        && leads_with_commit(g)
-        && g.raw.raft.lead_transferee.is_none()
-        && g.lease_revoked_term != g.raw.raft.term
+    crate::lease_board::LeaseView::of(g).holds(lease, now)
 }
 
 /// Sends every unconfirmed read's ReadIndex request where it can be answered now: to the
@@ -386,6 +386,10 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
     Metrics::add(&metrics.commands_applied, commands.len() as u64);
     let applied = std::time::Instant::now(); // one clock read for both histograms
     metrics.apply_batch_seconds.observe(applied - started);
+    // Published before any answer leaves: a caller that got one reads its write from the
+    // lease (`lease_board.rs`).
+    g.applied_index = last_index;
+    crate::lease_board::publish(g);
     for (index, term, cmds) in &decoded {
         let mine: Vec<Vec<u8>> = match cmds {
             Some(c) => results.by_ref().take(c.len()).collect(),
@@ -416,7 +420,6 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
             }
         }
     }
-    g.applied_index = last_index;
 }
 
 /// Applies a committed conf change to raft and storage. Membership is made durable by snapshot

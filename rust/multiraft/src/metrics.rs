@@ -19,6 +19,8 @@ pub struct Metrics {
     pub read_index_requests: AtomicU64,
     /// Of those, answered at once from a leader's lease (no quorum round).
     pub read_index_leased: AtomicU64,
+    /// Linearizable reads answered from the lease off the driver (`MultiRaft::lease_read`).
+    pub read_lease_local: AtomicU64,
     pub commands_applied: AtomicU64,
     pub frames_sent: AtomicU64,
     pub messages_sent: AtomicU64,
@@ -96,10 +98,11 @@ impl Metrics {
 
     /// Every counter by its exported name (what a host shows as metrics).
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let rows: [(&'static str, &AtomicU64); 33] = [
+        let rows: [(&'static str, &AtomicU64); 34] = [
             ("rounds", &self.rounds),
             ("read_index_requests", &self.read_index_requests),
             ("read_index_leased", &self.read_index_leased),
+            ("read_lease_local", &self.read_lease_local),
             ("fsyncs", &self.fsyncs),
             ("records_written", &self.records_written),
             ("proposals", &self.proposals),

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::sim_cluster::SimCluster;
@@ -141,4 +142,76 @@ fn a_lease_earned_before_this_node_last_became_leader_is_not_honoured() {
     assert!(answer.is_none(), "earned in an earlier leadership");
     let (answer, _) = read_alone(&mut c, l, held());
     assert!(answer.is_some(), "one earned in this leadership holds");
+}
+
+/// Does `frame` carry a MsgTimeoutNow of group `G`?
+fn carries_timeout_now(frame: &nodedb_multiraft::Frame) -> bool {
+    match frame {
+        nodedb_multiraft::Frame::Batch(b) => b
+            .messages
+            .iter()
+            .any(|(g, m)| *g == G && m.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow),
+        _ => false,
+    }
+}
+
+#[test]
+fn the_lease_board_offers_a_leaders_lease_to_other_threads_and_withdraws_it_with_leadership() {
+    let (mut c, l) = cluster();
+    let board = c.core(l).lease_board();
+    let lease = held().expect("a lease");
+    assert!(
+        board.readable_now(G, lease, Instant::now()),
+        "a leader that committed in its term offers its lease"
+    );
+    let f = *c.nodes.keys().find(|id| **id != l).expect("a follower");
+    assert!(
+        !c.core(f)
+            .lease_board()
+            .readable_now(G, lease, Instant::now()),
+        "a follower never does"
+    );
+    let ended = ReadLease {
+        until: lease.from,
+        ..lease
+    };
+    assert!(
+        !board.readable_now(G, ended, Instant::now()),
+        "nor an ended lease"
+    );
+    c.core(l).transfer_leader(G, f).expect("transfer");
+    assert!(c.drive_until(50, |c| c.a_leader(G) == Some(f)));
+    assert!(
+        !board.readable_now(G, lease, Instant::now()),
+        "the old leader's board no longer offers it"
+    );
+}
+
+#[test]
+fn the_lease_board_withdraws_the_lease_before_a_transfer_target_hears_of_the_transfer() {
+    let (mut c, l) = cluster();
+    let board = c.core(l).lease_board();
+    let lease = held().expect("a lease");
+    assert!(board.readable_now(G, lease, Instant::now()));
+    let target = *c.nodes.keys().find(|id| **id != l).expect("a follower");
+    // What the board said at the instant the target received its MsgTimeoutNow.
+    let seen: Arc<Mutex<Vec<bool>>> = Arc::default();
+    {
+        let seen = Arc::clone(&seen);
+        let board = Arc::clone(&board);
+        c.net.attach(target, move |frame| {
+            if carries_timeout_now(&frame) {
+                let offered = board.readable_now(G, lease, Instant::now());
+                seen.lock().expect("lock").push(offered);
+            }
+        });
+    }
+    c.core(l).transfer_leader(G, target).expect("transfer");
+    c.core(l).round().expect("round");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen,
+        vec![false],
+        "the target got one MsgTimeoutNow, and the lease was gone by then"
+    );
 }

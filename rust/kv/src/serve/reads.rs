@@ -122,13 +122,27 @@ impl ReadPath {
             match at.level {
                 // `lease` is `linearizable` since the leader's engine checks the lease
                 // (freshness.rs); it was a weaker, server-only decision before.
-                ReadLevel::Linearizable | ReadLevel::Lease => (
-                    Decision::Confirm {
-                        bound: None,
-                        age_s: 0.0,
-                    },
-                    false,
-                ),
+                ReadLevel::Linearizable | ReadLevel::Lease => {
+                    // A leader whose lease holds reads here, now, without the driver
+                    // (`MultiRaft::lease_read`); it confirms, but earns no lease.
+                    let local = clocks.linearizable_lease(group).is_some_and(|lease| {
+                        self.engine
+                            .upgrade()
+                            .is_some_and(|e| e.lease_read(GroupId(group), lease, now))
+                    });
+                    if local {
+                        clocks.confirmed(group, now, false);
+                    }
+                    let decision = if local {
+                        Decision::Local
+                    } else {
+                        Decision::Confirm {
+                            bound: None,
+                            age_s: 0.0,
+                        }
+                    };
+                    (decision, false)
+                }
                 ReadLevel::Follower => {
                     if clocks.note_follower_read(now) {
                         self.start_refresher();

@@ -67,6 +67,8 @@ impl MultiRaftCore {
                 was_leader,
                 lease_revoked_term: 0,
                 leader_since: None,
+                lease_board: Arc::clone(&self.lease_board),
+                published_lease: None,
                 started_empty,
                 building: false,
                 restoring: None,
@@ -194,6 +196,7 @@ impl MultiRaftCore {
         if let Some(mut g) = self.groups.remove(&gid) {
             fail_all(&mut g, &RaftError::GroupNotFound { group: gid });
             self.leader_changes.push((gid, 0, 0));
+            self.lease_board.publish(vec![(gid, None)]);
         }
         self.transfers.retain(|(_, g), _| *g != gid);
         self.sink.sync().inspect_err(|e| {
