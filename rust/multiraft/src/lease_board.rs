@@ -12,10 +12,11 @@
 //!   (`MultiRaftCore::round`), so no target gets its MsgTimeoutNow while a view still offers the
 //!   lease.
 //! - `committed` is published before a round sends anything, so it is at least every commit
-//!   index another node or client has seen; `applied` is published after the entries were
-//!   applied. A view with `applied >= committed` therefore covers every write acknowledged
-//!   anywhere before the read: reading the local state after the check is linearizable, with
-//!   the check as the read's linearization point (a pause after it only lets later writes in).
+//!   index another node or client has seen; `applied` is published once the entries are
+//!   applied and before any of them is answered (`group::apply_run`). A view with
+//!   `applied >= committed` therefore covers every write acknowledged anywhere before the
+//!   read: reading the local state after the check is linearizable, with the check as the
+//!   read's linearization point (a pause after it only lets later writes in).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
