@@ -124,6 +124,16 @@ mod tests {
         }
     }
 
+    /// A lease earned at `t0` for a second, and an instant inside it.
+    fn a_second_of_lease() -> (Instant, ReadLease, Instant) {
+        let t0 = Instant::now();
+        let lease = ReadLease {
+            from: t0,
+            until: t0 + Duration::from_secs(1),
+        };
+        (t0, lease, t0 + Duration::from_millis(1))
+    }
+
     #[test]
     fn a_lease_holds_only_from_a_leadership_that_began_before_it_and_until_it_ends() {
         let t0 = Instant::now();
@@ -144,24 +154,14 @@ mod tests {
 
     #[test]
     fn a_local_read_needs_everything_published_as_committed_applied() {
-        let t0 = Instant::now();
-        let lease = ReadLease {
-            from: t0,
-            until: t0 + Duration::from_secs(1),
-        };
-        let now = t0 + Duration::from_millis(1);
+        let (t0, lease, now) = a_second_of_lease();
         assert!(view(Some(t0), 7, 7).readable_now(lease, now));
         assert!(!view(Some(t0), 8, 7).readable_now(lease, now));
     }
 
     #[test]
     fn the_board_keeps_only_views_that_lead() {
-        let t0 = Instant::now();
-        let lease = ReadLease {
-            from: t0,
-            until: t0 + Duration::from_secs(1),
-        };
-        let now = t0 + Duration::from_millis(1);
+        let (t0, lease, now) = a_second_of_lease();
         let board = LeaseBoard::default();
         board.publish(vec![(GroupId(1), Some(view(Some(t0), 3, 3)))]);
         assert!(board.readable_now(GroupId(1), lease, now));
