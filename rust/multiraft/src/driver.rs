@@ -518,8 +518,9 @@ impl MultiRaft {
     /// May a linearizable read of `group` under `lease` be answered from this node's local
     /// state now, without asking the driver? True when this node leads the group, the lease
     /// holds ([`crate::ReadLease`]) and the state covers every commit index the driver
-    /// published (`lease_board.rs` says why that is linearizable). The call is the read's
-    /// linearization point: read the state after it. False while the engine is stopped.
+    /// published (`lease_board.rs` says why that is linearizable). Call it once the read has
+    /// arrived, with `now` taken after that, and read the state after it. False while the
+    /// engine is stopped.
     pub fn lease_read(&self, group: GroupId, lease: ReadLease, now: Instant) -> bool {
         let readable = self.inbound.shared.stopped.borrow().is_none()
             && self.leases.readable_now(group, lease, now);

@@ -14,9 +14,11 @@
 //! - `committed` is published before a round sends anything, so it is at least every commit
 //!   index another node or client has seen; `applied` is published once the entries are
 //!   applied and before any of them is answered (`group::apply_run`). A view with
-//!   `applied >= committed` therefore covers every write acknowledged anywhere before the
-//!   read: reading the local state after the check is linearizable, with the check as the
-//!   read's linearization point (a pause after it only lets later writes in).
+//!   `applied >= committed`, read after the read arrived, covers every write this node
+//!   revealed before then; the lease, checked at an instant after the read arrived, rules out
+//!   any other leader before then. So the local state read after the check holds every write
+//!   anyone could have seen before the read arrived, and is a prefix of the log: linearizable
+//!   (a pause after the check only lets later writes in).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
