@@ -602,7 +602,6 @@ impl MultiRaftCore {
         // (6) apply what waited for a snapshot, advance, light ready
         let mut out = Outbox::default();
         let groups_handled = readys.len();
-        let handled: Vec<GroupId> = readys.iter().map(|(gid, _)| *gid).collect();
         for (gid, mut rd) in readys {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
@@ -627,8 +626,9 @@ impl MultiRaftCore {
                 }
                 self.leader_changes.push((gid, known.0, known.1));
             }
+            // Before this round's last messages leave (the commit index they carry).
+            crate::lease_board::publish(g);
         }
-        self.publish_leases(handled.into_iter());
         self.flush(out);
         self.apply_deferred_reports();
         // (7) snapshots past the threshold (none in NO_SPACE; a full disk here is noted and

@@ -71,7 +71,7 @@ pub(crate) fn publish(g: &mut Group) {
     let view = LeaseView::of(g);
     if g.published_lease != Some(view) {
         g.published_lease = Some(view);
-        g.lease_board.publish(vec![(g.id, Some(view))]);
+        g.lease_board.set(g.id, Some(view));
     }
 }
 
@@ -93,18 +93,13 @@ impl LeaseBoard {
             .is_some_and(|v| v.readable_now(lease, now))
     }
 
-    /// Replaces the views of `changes` (None: the group serves no lease read).
-    pub(crate) fn publish(&self, changes: Vec<(GroupId, Option<LeaseView>)>) {
-        if changes.is_empty() {
-            return;
-        }
+    /// Replaces the view of `group` (None: the group serves no lease read).
+    pub(crate) fn set(&self, group: GroupId, view: Option<LeaseView>) {
         let mut views = self.views();
-        for (group, view) in changes {
-            match view.filter(LeaseView::leading) {
-                Some(v) => views.insert(group, v),
-                None => views.remove(&group),
-            };
-        }
+        match view.filter(LeaseView::leading) {
+            Some(v) => views.insert(group, v),
+            None => views.remove(&group),
+        };
     }
 
     /// No lease read anywhere (the engine stopped).
@@ -165,16 +160,16 @@ mod tests {
     fn the_board_keeps_only_views_that_lead() {
         let (t0, lease, now) = a_second_of_lease();
         let board = LeaseBoard::default();
-        board.publish(vec![(GroupId(1), Some(view(Some(t0), 3, 3)))]);
+        board.set(GroupId(1), Some(view(Some(t0), 3, 3)));
         assert!(board.readable_now(GroupId(1), lease, now));
         assert!(
             !board.readable_now(GroupId(2), lease, now),
             "never published"
         );
-        board.publish(vec![(GroupId(1), Some(view(None, 3, 3)))]);
+        board.set(GroupId(1), Some(view(None, 3, 3)));
         assert!(!board.readable_now(GroupId(1), lease, now), "stepped down");
         assert!(board.views().is_empty());
-        board.publish(vec![(GroupId(1), Some(view(Some(t0), 3, 3)))]);
+        board.set(GroupId(1), Some(view(Some(t0), 3, 3)));
         board.clear();
         assert!(
             !board.readable_now(GroupId(1), lease, now),

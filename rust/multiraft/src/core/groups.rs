@@ -196,7 +196,7 @@ impl MultiRaftCore {
         if let Some(mut g) = self.groups.remove(&gid) {
             fail_all(&mut g, &RaftError::GroupNotFound { group: gid });
             self.leader_changes.push((gid, 0, 0));
-            self.lease_board.publish(vec![(gid, None)]);
+            self.lease_board.set(gid, None);
         }
         self.transfers.retain(|(_, g), _| *g != gid);
         self.sink.sync().inspect_err(|e| {
