@@ -141,6 +141,13 @@ async def test_reads_inside_the_lease_take_no_quorum_round_and_share_engine_requ
     assert await leader.kv.get(key) == b"1"
     assert rounds() == before  # lease and linearizable: no ReadIndex request...
     assert local() == local_before + 2  # ...answered here from the lease
+    # In the leader's own process such a read is answered within the call: it never suspends
+    # (no request, no thread hand-off, no loop wake-up).
+    call = leader.kv.get(key)
+    with pytest.raises(StopIteration) as answered:
+        call.send(None)
+    assert answered.value.value == b"1"
+    assert local() == local_before + 3
     before = rounds()
     values = await asyncio.gather(*(leader.kv.get(key) for _ in range(64)))
     assert values == [b"1"] * 64

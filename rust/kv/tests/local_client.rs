@@ -152,6 +152,65 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
     let follower = get_at(ReadLevel::Follower, 5.0);
     let read = call(&client, follower, T).await.expect("follower get");
     assert_eq!(read, Answer::Value(Some(b"v".to_vec())));
+
+    // The same reads asked in the caller's own thread (how `node.kv` reads): answered there,
+    // with nothing queued, no request and no completion; the lease decides as above.
+    let sent = client.requests_sent();
+    let (_, _, local) = counts();
+    let many = Request::GetMany {
+        keys: vec![b"k".to_vec(), b"absent".to_vec()],
+        read: ReadAt::LINEARIZABLE,
+    };
+    assert_eq!(
+        client.read_here(&many),
+        Some(Answer::Values(vec![Some(b"v".to_vec()), None]))
+    );
+    assert_eq!(
+        client.read_here(&get_at(ReadLevel::Follower, 5.0)),
+        Some(Answer::Value(Some(b"v".to_vec())))
+    );
+    assert_eq!(
+        client.read_here(&put()),
+        None,
+        "a write is never answered here"
+    );
+    assert_eq!(client.requests_sent(), sent);
+    assert_eq!(
+        counts().2,
+        local + 1,
+        "the linearizable read was a lease read"
+    );
+    // Without a server in its process, or when that server has no lease to read in (leases
+    // off), a client sends its reads as requests.
+    let other = KvClient::new(Arc::clone(&transport), Handle::current(), 1, 78);
+    other.set_routing(
+        Routing::new(
+            vec![1; VSHARDS],
+            [(
+                1,
+                Route {
+                    leader: 1,
+                    voters: vec![1],
+                },
+            )],
+        )
+        .expect("routing"),
+    );
+    let linearizable = get_at(ReadLevel::Linearizable, 0.0);
+    assert_eq!(other.read_here(&linearizable), None, "no server here");
+    let no_lease = Arc::new(KvServer::new(
+        Arc::downgrade(&engine),
+        groups.clone(),
+        Handle::current(),
+        nodedb_kv::serve::ReadOptions { lease: false },
+    ));
+    other.serve_locally(&no_lease);
+    assert_eq!(other.read_here(&linearizable), None, "no lease to read in");
+    assert_eq!(
+        call(&other, linearizable, T).await.expect("get by request"),
+        Answer::Value(Some(b"v".to_vec()))
+    );
+
     let reader = groups.reader(G).expect("a KV group here");
     assert_eq!(
         reader.get(b"k"),

@@ -377,6 +377,10 @@ impl PyKvClient {
                 Request::GetMany { keys, read }
             }
         };
+        if let Some(answer) = self.core.read_here(&request) {
+            settle(py, &future, answer_to_py(py, answer));
+            return Ok(false);
+        }
         self.submit(py, request, timeout_s, future)
     }
 

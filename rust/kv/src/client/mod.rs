@@ -156,6 +156,47 @@ impl KvClient {
         self.state().local = Some(Arc::downgrade(server));
     }
 
+    /// A read answered in the calling thread, with nothing queued and no completion: when this
+    /// client runs inside a node ([`Self::serve_locally`]) that may answer every key now without
+    /// a round (it leads their groups and its lease holds, or a follower read is fresh enough;
+    /// [`KvServer::read_here`]). None: [`Self::submit`] it. A leader's own reads of what it
+    /// leads then cost no thread hand-off at all.
+    pub fn read_here(&self, request: &Request) -> Option<Answer> {
+        let (keys, read): (Vec<&[u8]>, ReadAt) = match request {
+            Request::Get { key, read } => (vec![key.as_slice()], *read),
+            Request::GetMany { keys, read } => (keys.iter().map(Vec::as_slice).collect(), *read),
+            _ => return None,
+        };
+        let stale_s = read.max_staleness_s;
+        if keys.is_empty() || !stale_s.is_finite() || stale_s < 0.0 {
+            return None; // nothing to read, or refused by `submit` with its reason
+        }
+        let (server, groups) = {
+            let st = self.state();
+            if st.closed {
+                return None;
+            }
+            let server = st.local.as_ref()?.upgrade()?;
+            let groups: Option<Vec<u64>> = keys
+                .iter()
+                .map(|k| st.locate(k).ok().map(|(_, g)| g))
+                .collect();
+            (server, groups?)
+        };
+        let mut values = vec![None; keys.len()];
+        for (group, indexes) in crate::serve::by_group(&groups) {
+            let share: Vec<&[u8]> = indexes.iter().map(|&i| keys[i]).collect();
+            let found = server.read_here(group, read.level, stale_s, &share)?;
+            for (i, value) in indexes.into_iter().zip(found) {
+                values[i] = value;
+            }
+        }
+        Some(match request {
+            Request::Get { .. } => Answer::Value(values.pop().flatten()),
+            _ => Answer::Values(values),
+        })
+    }
+
     pub fn retry_unknown_writes(&self) -> bool {
         self.retry_unknown_writes.load(Ordering::Relaxed)
     }

@@ -42,7 +42,7 @@ use nodedb_transport::{
     FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame, MessageKind,
     OutboundFrame,
 };
-use nodedb_wire::{KvNode, KvResponse, KvResults, KvWireError};
+use nodedb_wire::{KvNode, KvResponse, KvResults, KvWireError, ReadLevel};
 use tokio::runtime::Handle;
 
 use self::group_commit::{entry, Batcher};
@@ -60,7 +60,7 @@ const BATCHERS_MAX: usize = 4096;
 pub const ROUTING_UNAVAILABLE: &str = "Unavailable";
 
 /// Request indexes per group, groups in order of first appearance (as kv.py).
-fn by_group(gs: &[u64]) -> Vec<(u64, Vec<usize>)> {
+pub(crate) fn by_group(gs: &[u64]) -> Vec<(u64, Vec<usize>)> {
     let mut order: Vec<(u64, Vec<usize>)> = Vec::new();
     let mut index_of: HashMap<u64, usize> = HashMap::new();
     for (i, &g) in gs.iter().enumerate() {
@@ -125,6 +125,20 @@ impl KvServer {
         let encoded = KvResponse::Routing { routing, nodes }.encode()?;
         *self.routing.lock().unwrap_or_else(|p| p.into_inner()) = Some(Bytes::from(encoded));
         Ok(())
+    }
+
+    /// `keys`, all of `group`, read in the calling thread when this node may answer them now
+    /// without a round (the decision a served read takes: `serve/reads.rs`); None: ask by
+    /// request. How a client inside this node reads what the node leads with no hop at all.
+    pub fn read_here(
+        &self,
+        group: u64,
+        level: ReadLevel,
+        stale_s: f64,
+        keys: &[&[u8]],
+    ) -> Option<Vec<Option<Vec<u8>>>> {
+        self.reads
+            .read_now(group, request::ReadAt { level, stale_s }, keys)
     }
 
     fn batcher(&self, group: u64) -> Arc<Batcher> {

@@ -117,40 +117,7 @@ impl ReadPath {
             };
         }
         let now = Instant::now();
-        let (decision, follower) = {
-            let mut clocks = clocks(&self.clocks);
-            match at.level {
-                // `lease` is `linearizable` since the leader's engine checks the lease
-                // (freshness.rs); it was a weaker, server-only decision before.
-                ReadLevel::Linearizable | ReadLevel::Lease => {
-                    // A leader whose lease holds reads here, now, without the driver
-                    // (`MultiRaft::lease_read`); it confirms, but earns no lease.
-                    let local = clocks.linearizable_lease(group).is_some_and(|lease| {
-                        self.engine
-                            .upgrade()
-                            .is_some_and(|e| e.lease_read(GroupId(group), lease, now))
-                    });
-                    if local {
-                        clocks.confirmed(group, now, false);
-                    }
-                    let decision = if local {
-                        Decision::Local
-                    } else {
-                        Decision::Confirm {
-                            bound: None,
-                            age_s: 0.0,
-                        }
-                    };
-                    (decision, false)
-                }
-                ReadLevel::Follower => {
-                    if clocks.note_follower_read(now) {
-                        self.start_refresher();
-                    }
-                    (clocks.follower_read(group, now, at.stale_s), true)
-                }
-            }
-        };
+        let (decision, follower) = self.decide(group, at, now);
         let wait = match decision {
             Decision::Local => Wait::Local,
             Decision::Confirm { bound, age_s } => {
@@ -164,6 +131,64 @@ impl ReadPath {
             }
         };
         Pending { group, wait }
+    }
+
+    /// `keys` of `group` read at `at` in the calling thread, when this node may answer them now
+    /// without a round (the same decision as [`Self::start`]'s); None when it may not, or when a
+    /// key's vShard is not served by `group` here now: the caller sends a request instead.
+    pub(super) fn read_now(
+        self: &Arc<Self>,
+        group: u64,
+        at: ReadAt,
+        keys: &[&[u8]],
+    ) -> Option<Vec<Option<Vec<u8>>>> {
+        self.groups.reader(GroupId(group))?;
+        match self.decide(group, at, Instant::now()).0 {
+            // The state is taken, and read, after the decision (as `finish` does): see
+            // `MultiRaft::lease_read` for why that order makes a leased read linearizable.
+            Decision::Local => {
+                let reader = self.groups.reader(GroupId(group))?;
+                keys.iter().map(|k| reader.lookup(k).ok()).collect()
+            }
+            Decision::Confirm { .. } => None,
+        }
+    }
+
+    /// Whether `group` may be read here at `now` at once, or only after a round; and whether
+    /// the read is a follower read (its age is its refusal if the round fails).
+    fn decide(self: &Arc<Self>, group: u64, at: ReadAt, now: Instant) -> (Decision, bool) {
+        let mut clocks = clocks(&self.clocks);
+        match at.level {
+            // `lease` is `linearizable` since the leader's engine checks the lease
+            // (freshness.rs); it was a weaker, server-only decision before.
+            ReadLevel::Linearizable | ReadLevel::Lease => {
+                // A leader whose lease holds reads here, now, without the driver
+                // (`MultiRaft::lease_read`); it confirms, but earns no lease.
+                let local = clocks.linearizable_lease(group).is_some_and(|lease| {
+                    self.engine
+                        .upgrade()
+                        .is_some_and(|e| e.lease_read(GroupId(group), lease, now))
+                });
+                if local {
+                    clocks.confirmed(group, now, false);
+                }
+                let decision = if local {
+                    Decision::Local
+                } else {
+                    Decision::Confirm {
+                        bound: None,
+                        age_s: 0.0,
+                    }
+                };
+                (decision, false)
+            }
+            ReadLevel::Follower => {
+                if clocks.note_follower_read(now) {
+                    self.start_refresher();
+                }
+                (clocks.follower_read(group, now, at.stale_s), true)
+            }
+        }
     }
 
     /// The values of `keys` once `pending` may read (None per absent key; a key whose vShard
