@@ -5,8 +5,9 @@ deadlines all run in Rust (crate nodedb-kv); this class only turns each call int
 crossing and one future, and resolves the futures a reply finishes in one loop wake-up (the
 core's loop bridge). It is used two ways:
 - on a running `Node` (`node.kv`): the core serves this node's own share in process (a group
-  this node leads is proposed to, or read, without leaving Rust); any other group goes ONE hop
-  over QUIC to its leader;
+  this node leads is proposed to, or read, without leaving Rust; a read this node may answer
+  now, inside its lease, is answered within the call, which then does not suspend); any other
+  group goes ONE hop over QUIC to its leader;
 - in a separate process (`nodedb_cluster.Client`): every request goes straight to the leader.
 
 A NotLeader answer teaches the core the new leader and the call retries there, all within the
