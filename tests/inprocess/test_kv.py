@@ -154,6 +154,34 @@ async def test_reads_inside_the_lease_take_no_quorum_round_and_share_engine_requ
     assert rounds() - before <= 2  # 64 reads, at most two shared requests
 
 
+async def test_a_read_answered_in_the_call_never_outlives_a_leadership_transfer(
+    three: list[Node],
+) -> None:
+    key = b"handed-over"
+    g = three[0].kv.group_of(key)
+    old = next(n for n in three if n.engine is not None and n.engine.leader(g) == n.config.node_id)
+    new = next(n for n in three if n is not old)
+    old_engine, new_engine = old.engine, new.engine
+    assert old_engine is not None
+    assert new_engine is not None
+    await old.kv.put(key, b"1")
+    assert await old.kv.get(key) == b"1"  # from its lease, within the call
+    local = old_engine.metrics()["read_lease_local"]
+    await old_engine.transfer_leader(g, new.config.node_id)
+    deadline = asyncio.get_running_loop().time() + 10.0
+    epoch, _ = new_engine.leaders()
+    while new_engine.leader(g) != new.config.node_id:
+        left_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
+        assert left_ms > 0, "the transfer did not complete"
+        epoch = await new_engine.wait_leaders_changed(epoch, left_ms)
+    await new.kv.put(key, b"2")
+    # The old leader's lease ended when the transfer began: its own reads now go by request
+    # and see the new leader's write.
+    assert await old.kv.get(key) == b"2"
+    assert await old.kv.get(key, read="lease") == b"2"
+    assert old_engine.metrics()["read_lease_local"] == local
+
+
 async def test_without_read_lease_every_linearizable_read_takes_a_quorum_round(
     tmp_path: Path,
 ) -> None:
