@@ -35,6 +35,7 @@ from nodedb_cluster.errors import OutcomeUnknown, StaleRead, TransportClosed, Un
 from nodedb_cluster.routing.table import RoutingTable
 
 __all__ = [
+    "IN_CALL_ANSWERS_MAX",
     "MAX_STALENESS_S_DEFAULT",
     "READ_LEVELS",
     "TIMEOUT_S_DEFAULT",
@@ -52,6 +53,9 @@ TIMEOUT_S_DEFAULT: Final = 5.0
 """A call's deadline unless given (docs/WIRE.md's RPC bound)."""
 MAX_STALENESS_S_DEFAULT: Final = 1.0
 """How old a follower's confirmation may be for a "follower" read unless given."""
+IN_CALL_ANSWERS_MAX: Final = 64
+"""Reads answered within the call (they do not suspend) in a row before one yields to the loop,
+so a tight loop of a node's own reads cannot starve its other tasks (SWIM, control handlers)."""
 
 
 class Kv:
@@ -62,6 +66,7 @@ class Kv:
         self._core = core
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._in_call = 0
 
     # --- calls --------------------------------------------------------------------------------
 
@@ -102,6 +107,8 @@ class Kv:
         future: asyncio.Future[bytes | None] = loop.create_future()
         if self._core.get_many([key], read, max_staleness_s, timeout_s, future, True):
             loop.call_soon(self._core.flush)
+        elif future.done() and self._answered_in_call(loop):
+            await asyncio.sleep(0)
         return await future
 
     async def put_many(
@@ -131,6 +138,8 @@ class Kv:
         future: asyncio.Future[list[bytes | None]] = loop.create_future()
         if self._core.get_many(list(keys), read, max_staleness_s, timeout_s, future, False):
             loop.call_soon(self._core.flush)
+        elif future.done() and self._answered_in_call(loop):
+            await asyncio.sleep(0)
         return await future
 
     # --- routing and state --------------------------------------------------------------------
@@ -196,6 +205,17 @@ class Kv:
             loop.add_reader(self._core.bridge_fd(), self._drain)
             self._loop = loop
         return loop
+
+    def _answered_in_call(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Count a read the core answered within the call; True when this one should yield:
+        `IN_CALL_ANSWERS_MAX` of them ran since the loop last did."""
+        self._in_call += 1
+        if self._in_call == 1:
+            loop.call_soon(self._loop_ran)
+        return self._in_call >= IN_CALL_ANSWERS_MAX
+
+    def _loop_ran(self) -> None:
+        self._in_call = 0
 
     def _drain(self) -> None:
         """Resolve finished calls; once closed, stop watching when none is left."""

@@ -15,7 +15,7 @@ from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import InvalidRequest, RemoteError, Timeout
 from nodedb_cluster.formation.start import start_cluster
-from nodedb_cluster.kv import StaleRead, Unavailable
+from nodedb_cluster.kv import IN_CALL_ANSWERS_MAX, StaleRead, Unavailable
 from nodedb_cluster.localcluster import free_port
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import GroupStatus
@@ -74,6 +74,13 @@ async def formed(tmp_path: Path, size: int = 3, **overrides: object) -> AsyncIte
     finally:
         for node in nodes:
             await node.shutdown()
+
+
+def leading(nodes: list[Node], group: int) -> Node:
+    """The node that leads `group` by its own engine's account."""
+    return next(
+        n for n in nodes if n.engine is not None and n.engine.leader(group) == n.config.node_id
+    )
 
 
 @pytest.fixture
@@ -154,12 +161,39 @@ async def test_reads_inside_the_lease_take_no_quorum_round_and_share_engine_requ
     assert rounds() - before <= 2  # 64 reads, at most two shared requests
 
 
+async def test_reads_answered_in_the_call_do_not_starve_the_loop(three: list[Node]) -> None:
+    key = b"tight-loop"
+    g = three[0].kv.group_of(key)
+    leader = leading(three, g)
+    await leader.kv.put(key, b"1")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)  # the ticker starts
+    start = ticks
+    reads = 20 * IN_CALL_ANSWERS_MAX
+    for _ in range(reads):
+        assert await leader.kv.get(key) == b"1"
+    other.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await other
+    # Each read is answered within its call; every IN_CALL_ANSWERS_MAX of them the caller
+    # yields once and the other task runs.
+    assert ticks - start >= reads // IN_CALL_ANSWERS_MAX - 1
+
+
 async def test_a_read_answered_in_the_call_never_outlives_a_leadership_transfer(
     three: list[Node],
 ) -> None:
     key = b"handed-over"
     g = three[0].kv.group_of(key)
-    old = next(n for n in three if n.engine is not None and n.engine.leader(g) == n.config.node_id)
+    old = leading(three, g)
     new = next(n for n in three if n is not old)
     old_engine, new_engine = old.engine, new.engine
     assert old_engine is not None
@@ -188,9 +222,7 @@ async def test_without_read_lease_every_linearizable_read_takes_a_quorum_round(
     async with formed(tmp_path, read_lease=False) as three:
         key = b"no-lease"
         g = three[0].kv.group_of(key)
-        leader = next(
-            n for n in three if n.engine is not None and n.engine.leader(g) == n.config.node_id
-        )
+        leader = leading(three, g)
         engine = leader.engine
         assert engine is not None
         await leader.kv.put(key, b"1")
