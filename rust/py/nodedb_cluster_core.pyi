@@ -386,6 +386,8 @@ class KvClient:
         timeout_s: float | None,
         future: Future[list[bytes | None]] | Future[bytes | None],
         single: bool = False,
-    ) -> bool: ...
+    ) -> bool:
+        """True when the caller must flush. Inside a node, a read the node may answer now
+        (lease, fresh follower read) has `future` resolved before this returns (and False)."""
     def flush(self) -> None: ...
     def close(self) -> None: ...
