@@ -208,11 +208,15 @@ class Kv:
 
     def _answered_in_call(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Count a read the core answered within the call; True when this one should yield:
-        `IN_CALL_ANSWERS_MAX` of them ran since the loop last did."""
+        `IN_CALL_ANSWERS_MAX` of them ran since the loop last did or a call last yielded (so
+        no task runs more than that many in a row, and the others do not yield for it)."""
         self._in_call += 1
         if self._in_call == 1:
             loop.call_soon(self._loop_ran)
-        return self._in_call >= IN_CALL_ANSWERS_MAX
+        if self._in_call < IN_CALL_ANSWERS_MAX:
+            return False
+        self._in_call = 0
+        return True
 
     def _loop_ran(self) -> None:
         self._in_call = 0
