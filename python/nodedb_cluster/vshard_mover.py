@@ -299,6 +299,10 @@ class VShardMover:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def rest_left_s(self) -> float:
+        """How long this node still rests before it may start its next move (0: it may now)."""
+        return self._pacer.wait_s(self._clock())
+
     async def run(self) -> None:
         """Rounds until the engine stops or the task is cancelled (a failed round is logged)."""
         try:
