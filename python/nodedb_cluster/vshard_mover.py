@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -129,6 +130,16 @@ class MoveProgress:
     phase: str = "starting"
     chunks_done: int = 0
     chunks: int = 0
+
+
+FAILPOINT_FROZEN_DELAY_MS: Final = "NODEDB_FAILPOINT_MOVE_FROZEN_DELAY_MS"
+"""Failpoint (tests of the pause budget): a mover waits this many ms after freezing a vShard,
+so a move over its budget can be made on any host. Read once per mover; unset in production."""
+
+
+def _failpoint_frozen_delay_s() -> float:
+    text = os.environ.get(FAILPOINT_FROZEN_DELAY_MS, "")
+    return int(text) / 1000 if text.isdigit() else 0.0
 
 
 MOVE_REST_MAX_S: Final = 2.0
@@ -286,6 +297,7 @@ class VShardMover:
         self._steps = steps
         self._vshards = vshards
         self._pause_budget_s = pause_budget_s
+        self._frozen_delay_s = _failpoint_frozen_delay_s()
         self._clock = clock
         self._pacer = MovePacer(100) if pacer is None else pacer
         self._rest_timer: asyncio.TimerHandle | None = None
@@ -463,6 +475,8 @@ class VShardMover:
         frozen_at = self._clock()
         await self._checked_here(s, [command("freeze", v, t, move_id)])
         froze_ms = (self._clock() - frozen_at) * 1000
+        if self._frozen_delay_s:
+            await asyncio.sleep(self._frozen_delay_s)  # the failpoint: a slow pause, on purpose
         await self._import(move, progress, delta=True)
         pause_s = self._clock() - frozen_at
         if pause_s > self._pause_budget_s:

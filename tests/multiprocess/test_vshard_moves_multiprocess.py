@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nodedb_cluster import vshard_mover
 from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views, leader_of
 from nodedb_cluster.routing import vshard_for_key
@@ -126,8 +127,12 @@ async def _hammer(client: Client, key: bytes, stop: asyncio.Event) -> int:
     return last
 
 
-async def test_a_move_over_its_pause_budget_aborts_and_keeps_everything(tmp_path: Path) -> None:
+async def test_a_move_over_its_pause_budget_aborts_and_keeps_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     overrides: dict[str, object] = {**FAST, "num_groups": 2, "vshard_move_pause_budget_ms": 1}
+    # A pause of a few ms is under 1 ms on a fast disk: the nodes' movers wait 20 ms once frozen.
+    monkeypatch.setenv(vshard_mover.FAILPOINT_FROZEN_DELAY_MS, "20")
     cluster = LocalCluster(tmp_path / "c", 3, overrides=overrides)
     try:
         await cluster.start()
