@@ -73,6 +73,8 @@ pub struct KvClient {
     runtime: Handle,
     retry_unknown_writes: AtomicBool,
     requests_sent: AtomicU64,
+    /// Set by [`Self::serve_locally`]: a client without a server here skips `read_here` lock-free.
+    serves_locally: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -111,6 +113,7 @@ impl KvClient {
             runtime,
             retry_unknown_writes: AtomicBool::new(true),
             requests_sent: AtomicU64::new(0),
+            serves_locally: AtomicBool::new(false),
             state: Mutex::new(State::new(SessionState::new(client_id))),
         })
     }
@@ -154,6 +157,7 @@ impl KvClient {
     /// through the network; the rest as before. Held weakly (the node owns its server).
     pub fn serve_locally(&self, server: &Arc<KvServer>) {
         self.state().local = Some(Arc::downgrade(server));
+        self.serves_locally.store(true, Ordering::Release);
     }
 
     /// A read answered in the calling thread, with nothing queued and no completion: when this
@@ -162,6 +166,9 @@ impl KvClient {
     /// [`KvServer::read_here`]). None: [`Self::submit`] it. A leader's own reads of what it
     /// leads then cost no thread hand-off at all.
     pub fn read_here(&self, request: &Request) -> Option<Answer> {
+        if !self.serves_locally.load(Ordering::Acquire) {
+            return None; // a separate client: no lock, no allocation per read
+        }
         let (keys, read): (Vec<&[u8]>, ReadAt) = match request {
             Request::Get { key, read } => (vec![key.as_slice()], *read),
             Request::GetMany { keys, read } => (keys.iter().map(Vec::as_slice).collect(), *read),
