@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,32 @@ from nodedb_cluster.transport import Credentials, Insecure, Mtls, generate_clust
 
 Status = dict[str, Any]
 """A node's status document (`Node.status().to_doc()` as sent over the wire)."""
+
+
+PAUSE_TIMEOUT_S: Final = 2.0
+
+
+def _wait_stopped(pid: int) -> None:
+    """Poll /proc until each of `pid`'s threads is stopped (or the process is gone); Linux
+    gives no awaitable event for a group stop that leaves the asyncio child watcher alone."""
+    deadline = time.monotonic() + PAUSE_TIMEOUT_S
+    while not all(s in "TtZX" for s in _thread_states(pid)):
+        if time.monotonic() > deadline:
+            raise Timeout(f"SIGSTOP of process {pid}", int(PAUSE_TIMEOUT_S * 1000))
+        time.sleep(0.001)
+
+
+def _thread_states(pid: int) -> list[str]:
+    """Each thread's state letter (`man 5 proc`, field 3); [] once the process is gone."""
+    states = []
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
+    for t in threads:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # that thread exited
+            states.append((t / "stat").read_text().rpartition(")")[2].split()[0])
+    return states
 
 
 def data_group_views(statuses: Mapping[int, Status]) -> dict[int, dict[str, Any]]:
@@ -244,8 +271,11 @@ class NodeProcess:
             self.proc.kill()
 
     def pause(self) -> None:
+        """SIGSTOP, and return once every thread of the process has stopped: the signal is
+        delivered asynchronously, and a thread still running could answer one more request."""
         if self.proc is not None:
             self.proc.send_signal(signal.SIGSTOP)
+            _wait_stopped(self.proc.pid)
 
     def resume(self) -> None:
         if self.proc is not None:
