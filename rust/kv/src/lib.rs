@@ -19,6 +19,7 @@
 pub mod client;
 pub mod command;
 pub mod groups;
+mod inline;
 pub mod load;
 pub mod migration;
 pub mod partition;

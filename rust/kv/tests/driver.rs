@@ -576,3 +576,49 @@ async fn add_founding_group(nodes: &[Option<Node>], g: GroupId) {
             .expect("add");
     }
 }
+
+/// A reply callback runs on the driver thread; one that releases the engine's last handle
+/// there must not make the driver wait for (join) itself: it stops after its round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_handle_dropped_on_the_driver_thread_stops_it_without_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = SimNetwork::new(7, 10_000);
+    let node = start(&net, fast_cfg(1, dir.path()), false);
+    node.engine
+        .add_group(
+            GroupId(1),
+            GroupRole::Voter {
+                peers: vec![NodeId(1)],
+            },
+            KV_STATE_MACHINE,
+            T,
+        )
+        .await
+        .expect("add group");
+    node.engine.campaign(GroupId(1), T).await.expect("campaign");
+    assert!(wait_leader(&[&node], GroupId(1), T).await.is_some());
+    let Node { engine, .. } = node;
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let handle = Arc::clone(&engine);
+    engine.propose_for_with(
+        Some(KV_STATE_MACHINE),
+        GroupId(1),
+        vec![put("k", b"v")],
+        nodedb_multiraft::core::Reply::new(move |r: Result<_, RaftError>| {
+            let on = std::thread::current().name().map(str::to_string);
+            drop(handle); // the last handle: `shutdown` runs here, on the driver thread
+            let _ = done_tx.send((r.is_ok(), on));
+        }),
+    );
+    drop(engine);
+    let (ok, thread) = tokio::task::spawn_blocking(move || done_rx.recv_timeout(T))
+        .await
+        .expect("join")
+        .expect("the callback finished: dropping the engine there did not panic or block");
+    assert!(ok, "the proposal committed");
+    assert_eq!(
+        thread.as_deref(),
+        Some("multiraft-1"),
+        "ran on the driver thread"
+    );
+}

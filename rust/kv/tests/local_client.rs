@@ -36,6 +36,16 @@ impl Completion for ToTest {
     }
 }
 
+/// Hands a call's outcome to the test with the name of the thread that completed it.
+struct ToTestFrom(mpsc::UnboundedSender<(Outcome, Option<String>)>);
+
+impl Completion for ToTestFrom {
+    fn complete(self: Box<Self>, outcome: Outcome) {
+        let thread = std::thread::current().name().map(str::to_string);
+        let _ = self.0.send((outcome, thread));
+    }
+}
+
 async fn call(client: &Arc<KvClient>, request: Request, timeout: Duration) -> Outcome {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let deadline = Instant::now() + timeout;
@@ -114,6 +124,26 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
     client.serve_locally(&server);
     let written = call(&client, put(), T).await.expect("put");
     assert_eq!(written, Answer::Written { refused: None });
+    // The write committed on the engine's driver thread, and its reply ran to the caller's
+    // completion right there: no runtime worker in between (crate::inline).
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let deadline = Instant::now() + T;
+    if client
+        .submit(put(), deadline, Box::new(ToTestFrom(tx)))
+        .expect("submitted")
+    {
+        client.flush();
+    }
+    let (outcome, thread) = tokio::time::timeout(T, rx.recv())
+        .await
+        .expect("answered in time")
+        .expect("completion called");
+    assert_eq!(outcome.expect("put"), Answer::Written { refused: None });
+    assert_eq!(
+        thread.as_deref(),
+        Some("multiraft-1"),
+        "completed on the driver thread"
+    );
     let get = Request::Get {
         key: b"k".to_vec(),
         read: ReadAt::LINEARIZABLE,

@@ -605,13 +605,19 @@ impl MultiRaft {
     }
 
     /// Stops the driver: pending and queued requests get `Stopped`. Idempotent; blocks until
-    /// the thread exited (one round at most).
+    /// the thread exited (one round at most), except on the driver thread itself (the last
+    /// handle released by a reply's callback), which cannot wait for itself: it stops after
+    /// the round it is in.
     pub fn shutdown(&self) {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        let current = std::thread::current().id();
+        if thread.as_ref().is_some_and(|h| h.thread().id() == current) {
+            let _ = self.inbound.tx.try_send(Input::Shutdown);
+            return;
+        }
+        let handle = thread.take();
+        drop(thread);
         let _ = self.inbound.tx.send(Input::Shutdown);
-        let handle = match self.thread.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
-        };
         if let Some(h) = handle {
             let _ = h.join();
         }

@@ -49,8 +49,9 @@ pub const TIMEOUT_S_MAX: f64 = 86_400.0;
 /// Nodes named in a probe's "wl" (the nodes the client avoids), at most.
 const AVOIDED_IN_REQUEST_MAX: usize = 16;
 
-/// Whom a call tells when it finishes: called exactly once, on a runtime thread or the thread
-/// that closed the client, never with the client's lock held.
+/// Whom a call tells when it finishes: called exactly once, never with the client's lock held,
+/// on a runtime thread, the thread that closed the client, or (served in process) the thread
+/// that flushed it or the engine's driver thread: it must not block.
 pub trait Completion: Send + 'static {
     fn complete(self: Box<Self>, outcome: Result<Answer, Failure>);
 }
@@ -400,11 +401,19 @@ impl KvClient {
         resolve(out);
     }
 
+    /// Send each batch: a network one on the runtime; one this node serves in process on the
+    /// calling thread and then on whichever answers it ([`crate::inline`]): an own write that
+    /// this node leads crosses the caller's thread, the driver's, and the caller's again.
     fn spawn(self: &Arc<Self>, batches: Vec<Batch>) {
+        let here = self.serves_locally.load(Ordering::Acquire);
         for (key, items) in batches {
             let this = Arc::clone(self);
-            self.runtime
-                .spawn(async move { this.run_batch(key, items).await });
+            let run = async move { this.run_batch(key, items).await };
+            if here && key.0 == self.me {
+                crate::inline::spawn(&self.runtime, run);
+            } else {
+                self.runtime.spawn(run);
+            }
         }
     }
 

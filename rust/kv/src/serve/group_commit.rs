@@ -120,40 +120,18 @@ impl Batcher {
             deadline,
             reply,
         });
-        self.launch(&mut queue);
+        let batches = take_batches(&mut queue);
+        drop(queue);
+        self.launch(batches);
         receiver
     }
 
-    /// Start entries while slots are free (queue lock held).
-    fn launch(self: &Arc<Self>, queue: &mut Queue) {
-        while queue.in_flight < BATCHES_IN_FLIGHT_MAX && !queue.pending.is_empty() {
-            let mut batch: Vec<Waiter> = Vec::new();
-            let (mut count, mut size) = (0usize, 0usize);
-            while let Some(front) = queue.pending.front() {
-                let w_size: usize = front.cmds.iter().map(Vec::len).sum();
-                if !batch.is_empty()
-                    && (count + front.cmds.len() > BATCH_COMMANDS_MAX
-                        || size + w_size > BATCH_BYTES_MAX)
-                {
-                    break;
-                }
-                let Some(waiter) = queue.pending.pop_front() else {
-                    break;
-                };
-                queue.pending_cmds -= waiter.cmds.len();
-                if waiter.reply.is_closed() {
-                    continue; // the request was dropped (requester gone): not proposed
-                }
-                count += waiter.cmds.len();
-                size += w_size;
-                batch.push(waiter);
-            }
-            if batch.is_empty() {
-                continue;
-            }
-            queue.in_flight += 1;
+    /// Propose each batch as one entry. Polled on this thread and then on the thread that
+    /// answers it (the driver's): nothing hops to a runtime worker ([`crate::inline`]).
+    fn launch(self: &Arc<Self>, batches: Vec<Vec<Waiter>>) {
+        for batch in batches {
             let this = Arc::clone(self);
-            self.ctx.runtime.spawn(async move { this.run(batch).await });
+            crate::inline::spawn(&self.ctx.runtime, async move { this.run(batch).await });
         }
     }
 
@@ -210,10 +188,48 @@ impl Batcher {
                 }
             }
         }
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        queue.in_flight -= 1;
-        self.launch(&mut queue);
+        let batches = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.in_flight -= 1;
+            take_batches(&mut queue)
+        };
+        self.launch(batches);
     }
+}
+
+/// The batches to propose now: one per free slot, each as many waiting commands as one entry
+/// takes (queue lock held; the caller proposes them after letting it go).
+fn take_batches(queue: &mut Queue) -> Vec<Vec<Waiter>> {
+    let mut batches = Vec::new();
+    while queue.in_flight < BATCHES_IN_FLIGHT_MAX && !queue.pending.is_empty() {
+        let mut batch: Vec<Waiter> = Vec::new();
+        let (mut count, mut size) = (0usize, 0usize);
+        while let Some(front) = queue.pending.front() {
+            let w_size: usize = front.cmds.iter().map(Vec::len).sum();
+            if !batch.is_empty()
+                && (count + front.cmds.len() > BATCH_COMMANDS_MAX
+                    || size + w_size > BATCH_BYTES_MAX)
+            {
+                break;
+            }
+            let Some(waiter) = queue.pending.pop_front() else {
+                break;
+            };
+            queue.pending_cmds -= waiter.cmds.len();
+            if waiter.reply.is_closed() {
+                continue; // the request was dropped (requester gone): not proposed
+            }
+            count += waiter.cmds.len();
+            size += w_size;
+            batch.push(waiter);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        queue.in_flight += 1;
+        batches.push(batch);
+    }
+    batches
 }
 
 #[derive(Default)]
