@@ -216,6 +216,42 @@ async def test_a_read_answered_in_the_call_never_outlives_a_leadership_transfer(
     assert old_engine.metrics()["read_lease_local"] == local
 
 
+async def test_own_writes_in_flight_across_a_leadership_transfer_all_land_once(
+    three: list[Node],
+) -> None:
+    """The leader's own writes go caller → driver → caller (no runtime worker); a transfer
+    in the middle of a stream of them turns the rest into NotLeader answers from the driver
+    thread, retried to the new leader: every write lands, and none twice."""
+    g = three[0].kv.group_of(b"moving-0")
+    old = leading(three, g)
+    new = next(n for n in three if n is not old)
+    assert old.engine is not None
+    assert new.engine is not None
+    keys = [k for k in (f"moving-{i}".encode() for i in range(2000)) if old.kv.group_of(k) == g]
+    keys = keys[:400]
+    started = asyncio.Event()
+
+    async def writer(part: list[bytes]) -> None:
+        for i, key in enumerate(part):
+            await old.kv.put(key, key + b"=v")
+            if i == 25:
+                started.set()
+
+    writers = [asyncio.create_task(writer(keys[i::4])) for i in range(4)]
+    await asyncio.wait_for(started.wait(), 10.0)
+    assert not all(w.done() for w in writers), "the writes ended before the transfer began"
+    await old.engine.transfer_leader(g, new.config.node_id)
+    await asyncio.wait_for(asyncio.gather(*writers), 30.0)
+    assert new.engine.leader(g) == new.config.node_id
+    values = await new.kv.get_many(keys)
+    assert values == [k + b"=v" for k in keys]
+    # Each CAS applies once: a chain of them from the old leader's node, now by request.
+    await old.kv.put(keys[0], b"0")
+    for i in range(20):
+        assert await old.kv.cas(keys[0], str(i).encode(), str(i + 1).encode())
+    assert await new.kv.get(keys[0]) == b"20"
+
+
 async def test_without_read_lease_every_linearizable_read_takes_a_quorum_round(
     tmp_path: Path,
 ) -> None:
