@@ -331,8 +331,10 @@ async def test_a_node_rests_between_its_moves_and_status_says_so(
 ) -> None:
     """Moves are background work: after a move that took d, the next move of the same node
     starts d x (100 / duty - 1) later (duty 1 %: 99 d; the 2 s cap lifted so a loaded host's
-    slow test steps cannot outlast the rest), shown as "resting" meanwhile."""
+    slow test steps cannot outlast the rest), shown as "resting" meanwhile. Each move is held
+    30 ms once frozen (failpoint), so the rest is at least 3 s on any host."""
     monkeypatch.setattr(vshard_mover, "MOVE_REST_MAX_S", 3600.0)
+    monkeypatch.setenv(vshard_mover.FAILPOINT_FROZEN_DELAY_MS, "30")
     async with formed(tmp_path, num_groups=2, vshard_move_duty_percent=1) as nodes:
         routing = nodes[0].metadata.routing
         first, second = [v for v in range(1024) if routing.group_for_vshard(v) == 1][:2]
@@ -344,8 +346,8 @@ async def test_a_node_rests_between_its_moves_and_status_says_so(
             assert time.monotonic() < deadline, "the first move's mover did not finish"
             await asyncio.sleep(0.005)  # the mover's local state: no event to await, bounded
         ended = time.monotonic()
-        # The rest is the first move's measured time x 99 (a few ms of Raft rounds on a fast
-        # host, more on a slow one): read it from the mover rather than assuming a floor.
+        # The rest is the first move's measured time x 99 (the 30 ms hold plus a few ms of Raft
+        # rounds on a fast host, more on a slow one): read it from the mover.
         rest_s = mover.vshard_mover.rest_left_s()
         assert rest_s > 0, "a move makes its node rest"
         await begin_move(nodes, second, 1, 2)
@@ -367,8 +369,10 @@ async def test_a_move_whose_source_leader_changed_before_it_ran_is_rolled_back(
     """The node that leads the source group when a move begins carries it out; a node that
     leads it only later rolls the move back instead of taking it over (the first mover may
     still be running: paused, or cut off), and every key stays where it was. The first move
-    makes the leader rest (duty 1 %, no cap), so the second waits while leadership changes."""
+    makes the leader rest (duty 1 %, no cap; held 30 ms once frozen, so at least 3 s on any
+    host), so the second waits while leadership changes."""
     monkeypatch.setattr(vshard_mover, "MOVE_REST_MAX_S", 3600.0)
+    monkeypatch.setenv(vshard_mover.FAILPOINT_FROZEN_DELAY_MS, "30")
     async with formed(tmp_path, num_groups=2, vshard_move_duty_percent=1) as nodes:
         routing = nodes[0].metadata.routing
         first, second = [v for v in range(1024) if routing.group_for_vshard(v) == 1][:2]

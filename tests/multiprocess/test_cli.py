@@ -239,6 +239,7 @@ async def test_sigterm_shuts_a_node_down_cleanly(cluster: LocalCluster) -> None:
     assert "shutting down" in node.log_path.read_text(errors="replace")
 
 
+@pytest.mark.timeout(180 + 30)  # its own bound: the demo subprocess, 180 s
 def test_demo_forms_replicates_fails_over_and_recovers() -> None:
     result = run("demo", timeout_s=180)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -96,6 +96,7 @@ async def workload(
             ops.rounds_after += 1
 
 
+@pytest.mark.timeout(60 + 120 + 40)  # its own bounds: formation 60 s, settling 120 s
 async def test_a_client_follows_a_group_whose_replicas_all_left_the_nodes_it_knows(
     tmp_path: Path,
 ) -> None:

@@ -56,6 +56,7 @@ def settled(nodes: int) -> Callable[[dict[int, Status]], bool]:
     return check
 
 
+@pytest.mark.timeout(30 + 90 + 30)  # its own bounds: formation 30 s, rebalance 90 s
 async def test_new_nodes_take_replicas_and_nothing_is_lost(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path / "c", 5, overrides=FAST)
     try:

@@ -163,6 +163,7 @@ def vshards_spread(groups: int) -> Callable[[dict[int, Status]], bool]:
     return check
 
 
+@pytest.mark.timeout(30 + 240 + 30)  # its own bounds: formation 30 s, filling 240 s
 async def test_groups_added_to_a_live_cluster_are_filled(tmp_path: Path) -> None:
     cluster = LocalCluster(
         tmp_path / "c", 3, overrides={**FAST, "num_groups": 2, "rebalance_interval_ms": 500}
@@ -194,10 +195,16 @@ async def test_groups_added_to_a_live_cluster_are_filled(tmp_path: Path) -> None
         await cluster.close()
 
 
-async def test_a_mover_killed_mid_move_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.timeout(30 + 20 + 60 + 40)  # its own bounds: formation, copying, settling
+async def test_a_mover_killed_mid_move_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL of the node running a move while it copies: the move ends (finished by the new
     leader of the source group, or aborted) with no move left in flight, and the vShard's keys
-    are all readable and writable wherever it ends up."""
+    are all readable and writable wherever it ends up. A fast host copies 25 MiB between two
+    status polls: each mover holds the move 3 s once frozen (failpoint, within the 5 s pause
+    budget), so the kill lands during the move on any host."""
+    monkeypatch.setenv(vshard_mover.FAILPOINT_FROZEN_DELAY_MS, "3000")
     overrides: dict[str, object] = {**FAST, "num_groups": 2, "vshard_move_pause_budget_ms": 5000}
     cluster = LocalCluster(tmp_path / "c", 3, overrides=overrides)
     try:
