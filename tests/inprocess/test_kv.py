@@ -13,7 +13,7 @@ import pytest
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import InvalidRequest, RemoteError, Timeout
+from nodedb_cluster.errors import ClusterError, InvalidRequest, RemoteError, Timeout
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.kv import IN_CALL_ANSWERS_MAX, StaleRead, Unavailable
 from nodedb_cluster.localcluster import free_port
@@ -250,6 +250,40 @@ async def test_own_writes_in_flight_across_a_leadership_transfer_all_land_once(
     for i in range(20):
         assert await old.kv.cas(keys[0], str(i).encode(), str(i + 1).encode())
     assert await new.kv.get(keys[0]) == b"20"
+
+
+async def test_a_leader_shut_down_under_its_own_writes_ends_every_call_and_loses_none(
+    three: list[Node],
+) -> None:
+    """Shutdown while the leader's own writes are in flight (their batches run on the caller's
+    and the driver's threads): every call ends, none hangs, and every acknowledged write is
+    read back from the two nodes left."""
+    g = three[0].kv.group_of(b"closing-0")
+    old = leading(three, g)
+    left = [n for n in three if n is not old]
+    keys = [k for k in (f"closing-{i}".encode() for i in range(20_000)) if old.kv.group_of(k) == g]
+    acked: list[bytes] = []
+    ended: list[str] = []
+    started = asyncio.Event()
+
+    async def writer(part: list[bytes]) -> None:
+        for i, key in enumerate(part):
+            try:
+                await old.kv.put(key, key)
+            except ClusterError as e:
+                ended.append(type(e).__name__)
+                return
+            acked.append(key)
+            if i == 25:
+                started.set()
+
+    writers = [asyncio.create_task(writer(keys[i::4])) for i in range(4)]
+    await asyncio.wait_for(started.wait(), 10.0)
+    assert not all(w.done() for w in writers), "the writes ended before the shutdown began"
+    await asyncio.wait_for(old.shutdown(), 30.0)
+    await asyncio.wait_for(asyncio.gather(*writers), 10.0)  # every call ended
+    assert len(ended) == 4, f"each writer's next call failed after the shutdown: {ended}"
+    assert await asyncio.wait_for(left[0].kv.get_many(acked), 30.0) == acked
 
 
 async def test_without_read_lease_every_linearizable_read_takes_a_quorum_round(
