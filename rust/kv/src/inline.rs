@@ -9,26 +9,49 @@
 //!
 //! A task runs inside the runtime's context (timers and `Notify` work from any thread) and
 //! outside tokio's cooperative budget: polled inside another task's poll, a budget it did not
-//! spend would otherwise make it yield and wake itself forever.
+//! spend would otherwise make it yield and wake itself forever. Polls nest (a task that ends
+//! wakes or starts the next one); past `NESTED_POLLS_MAX` on one thread the next poll goes to
+//! a runtime worker instead, so a cascade (a full engine queue refusing batch after batch at
+//! once) cannot grow the waking thread's stack without bound.
 
+use std::cell::Cell;
 use std::future::Future;
 
 use tokio::runtime::Handle;
+
+/// Task polls nested on one thread, at most; the next goes to the runtime.
+const NESTED_POLLS_MAX: u32 = 16;
+
+thread_local! {
+    static NESTED_POLLS: Cell<u32> = const { Cell::new(0) };
+}
 
 /// Polls `future` at once on this thread, then on whichever thread wakes it, until it ends.
 pub(crate) fn spawn(runtime: &Handle, future: impl Future<Output = ()> + Send + 'static) {
     let runtime = runtime.clone();
     let (runnable, task) = async_task::spawn(tokio::task::unconstrained(future), move |r| {
+        if NESTED_POLLS.get() >= NESTED_POLLS_MAX {
+            runtime.spawn(async move {
+                poll(r);
+            });
+            return;
+        }
         let _context = runtime.enter();
-        // A panic in the task ends the task (its futures are dropped, so whoever waits on it
-        // sees a dropped reply), as on the runtime; never the thread that happened to wake it
-        // (the engine's driver). The panic hook has printed it.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            async_task::Runnable::run(r);
-        }));
+        poll(r);
     });
     task.detach();
     runnable.schedule();
+}
+
+fn poll(runnable: async_task::Runnable) {
+    NESTED_POLLS.set(NESTED_POLLS.get() + 1);
+    // A panic in the task ends the task (its futures are dropped, so whoever waits on it sees
+    // a dropped reply), as on the runtime; never the thread that happened to wake it (the
+    // engine's driver). The panic hook has printed it.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runnable.run();
+    }));
+    NESTED_POLLS.set(NESTED_POLLS.get() - 1);
 }
 
 #[cfg(test)]
@@ -63,6 +86,35 @@ mod tests {
         assert_eq!(waker.join().ok(), Some(true), "the waking thread survived");
         let seen = seen_rx.recv_timeout(Duration::from_secs(5)).expect("ran");
         assert_eq!(seen.as_deref(), Some("waker"));
+    }
+
+    #[test]
+    fn a_cascade_of_tasks_ending_at_once_hands_over_to_the_runtime_past_the_nesting_bound() {
+        // Each task starts the next from its own poll and ends: inline they would nest 10,000
+        // deep on this thread.
+        fn chain(rt: tokio::runtime::Handle, left: u32, done: mpsc::Sender<Option<String>>) {
+            let next = rt.clone();
+            spawn(&rt, async move {
+                if left == 0 {
+                    let _ = done.send(std::thread::current().name().map(str::to_string));
+                } else {
+                    chain(next, left - 1, done);
+                }
+            });
+        }
+        let rt = runtime();
+        let me = std::thread::current().name().map(str::to_string);
+        let (done_tx, done_rx) = mpsc::channel();
+        chain(rt.handle().clone(), 10_000, done_tx);
+        let last = done_rx.recv_timeout(Duration::from_secs(5)).expect("ended");
+        assert_ne!(
+            last, me,
+            "handed over: not all nested on the starting thread"
+        );
+        assert!(
+            super::NESTED_POLLS.get() == 0,
+            "the nesting count is back to zero"
+        );
     }
 
     #[test]
