@@ -111,8 +111,9 @@ mod tests {
             last, me,
             "handed over: not all nested on the starting thread"
         );
-        assert!(
-            super::NESTED_POLLS.get() == 0,
+        assert_eq!(
+            super::NESTED_POLLS.get(),
+            0,
             "the nesting count is back to zero"
         );
     }
