@@ -317,6 +317,10 @@ class LocalCluster:
     overrides: dict[str, object] = field(default_factory=dict)
     program: tuple[str, ...] = ()
     """Run this host program on every node instead of `nodedb-cluster start` (NodeProcess)."""
+    port: int = 0
+    """The port every node listens on (SWIM on the next); 0 = one free right now. A data
+    directory written earlier records its peers' addresses, so a cluster restarted on one
+    needs the port it was written with."""
     nodes: dict[int, NodeProcess] = field(default_factory=dict)
     client_credentials: Credentials = field(default_factory=Insecure)
     """A client-role certificate (KV operations, status), as an application holds."""
@@ -326,17 +330,11 @@ class LocalCluster:
 
     def __post_init__(self) -> None:
         hosts = [f"127.0.0.{i}" for i in range(1, self.size + 1)]
-        port = free_port(hosts)
+        port = self.port or free_port(hosts)
         seeds = tuple(parse_socket_addr(f"{h}:{port}") for h in hosts)
         creds: list[Mtls] = []
         if self.secure:
-            names = [(f"n{i}", [h]) for i, h in enumerate(hosts, start=1)]
-            creds = generate_cluster_credentials(
-                self.base_dir / "certs",
-                "localcluster",
-                [*names, ("client", ["127.0.0.1"])],
-                admins=[("admin", ["127.0.0.1"])],
-            )
+            creds = self._credentials(hosts)
             self.client_credentials, self.admin_credentials = creds[-2], creds[-1]
         for i, seed in enumerate(seeds, start=1):
             tls: dict[str, object] = {"insecure_transport": True}
@@ -362,6 +360,24 @@ class LocalCluster:
                 self.base_dir / f"node{i}.log",
                 program=self.program,
             )
+
+    def _credentials(self, hosts: list[str]) -> list[Mtls]:
+        """The nodes', the client's and the admin's, in that order: those `base_dir/certs`
+        already holds (a cluster restarted on its old directories keeps its keys, which its
+        peers pin), else new ones."""
+        out = self.base_dir / "certs"
+        names = [f"n{i}" for i in range(1, len(hosts) + 1)]
+        if (out / "ca.pem").exists():
+            ca = out / "ca.pem"
+            return [
+                Mtls(ca, out / f"{n}.pem", out / f"{n}.key") for n in [*names, "client", "admin"]
+            ]
+        return generate_cluster_credentials(
+            out,
+            "localcluster",
+            [*((n, [h]) for n, h in zip(names, hosts, strict=True)), ("client", ["127.0.0.1"])],
+            admins=[("admin", ["127.0.0.1"])],
+        )
 
     async def start(self, node_ids: Iterable[int] | None = None) -> None:
         """Start the given nodes (default all) at once and wait until each is Ready."""

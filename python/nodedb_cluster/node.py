@@ -97,6 +97,9 @@ class Node:
         self._stopping: asyncio.Task[None] | None = None
         self._peers: set[int] = set()
         """Node ids registered with the transport (the topology's other nodes)."""
+        self._serving_kv = False
+        """The engine's KV server is up (`serve`): routing pushed before then has nowhere to go,
+        and `serve` pushes the state it starts from."""
         self._seen: MetadataState | None = None
         """The state `on_metadata_change` last acted on."""
         self._closed = False
@@ -234,6 +237,7 @@ class Node:
                 asyncio.ensure_future(log_leader_changes(self.engine, self.config.node_id))
             )
             self.engine.serve_kv_requests(self.transport, read_lease=self.config.read_lease)
+            self._serving_kv = True
             self._push_kv_routing(self.metadata)
             self._attach_kv(self.engine)
 
@@ -305,8 +309,9 @@ class Node:
         self._swim.observe(on_change)
 
     def _push_kv_routing(self, state: MetadataState) -> None:
-        """What the KV server answers a `Client` asking for routing: the table and members."""
-        if self.engine is not None:
+        """What the KV server answers a `Client` asking for routing: the table and members.
+        Group 0 may apply (and call here) while the engine opens, before `serve`."""
+        if self.engine is not None and self._serving_kv:
             self.engine.set_kv_routing(
                 state.routing.encode(),
                 [(n.node_id, str(n.addr), n.spki_pin) for n in state.topology.nodes()],
