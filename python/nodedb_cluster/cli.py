@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
@@ -53,10 +54,13 @@ from nodedb_cluster.transport import (
     LEAF_VALIDITY_DAYS_DEFAULT,
     Leaf,
     LeafRole,
+    Mtls,
     ca_key_path,
+    certificate_not_after,
     generate_cluster_credentials,
     issue_node_credentials,
     read_cert_identity,
+    renew_node_credentials,
     revoke_node_credentials,
 )
 
@@ -189,6 +193,15 @@ def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.A
         default=LEAF_VALIDITY_DAYS_DEFAULT,
         metavar="N",
         help=f"leaf validity (default {LEAF_VALIDITY_DAYS_DEFAULT}); the CA gets 3650",
+    )
+    certs.add_argument(
+        "--renew",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a new NAME.pem in --out for the key NAME.key it has (peers pin a node's key, so "
+        "a new one would cut the node off), same identity and addresses, from the CA there, "
+        "valid --days; restart the node to use it; repeat",
     )
     certs.add_argument("--json", action="store_true", help="print the files as one JSON object")
     certs.set_defaults(run=_cmd_gen_certs)
@@ -468,11 +481,30 @@ def _cmd_gen_certs(args: argparse.Namespace) -> int:
     nodes = _leaves("--node", args.node)
     admins = _leaves("--admin", args.admin)
     clients = _leaves("--client", args.client)
-    if not (nodes or admins or clients):
-        raise ConfigError("--node", "give at least one --node, --admin or --client NAME=IP")
+    renew: list[str] = args.renew
+    if not (nodes or admins or clients or renew):
+        raise ConfigError(
+            "--node", "give at least one --node, --admin or --client NAME=IP, or --renew NAME"
+        )
     out: Path = args.out
     ca_cert, ca_key = out / "ca.pem", ca_key_path(out)
-    if ca_key.exists() and ca_cert.exists():
+    has_ca = ca_key.exists() and ca_cert.exists()
+    if renew and not has_ca:
+        raise ConfigError(
+            "--renew", f"no CA in {out} (ca.pem, ca-key/ca.key): give gen-certs' folder"
+        )
+    renewed = [
+        (
+            name,
+            renew_node_credentials(
+                ca_cert, ca_key, out / f"{name}.pem", out / f"{name}.key", days=args.days
+            ),
+        )
+        for name in renew
+    ]
+    if not (nodes or admins or clients):
+        files: list[Mtls] = []
+    elif has_ca:
         # The cluster's CA is already here (adding a node, an operator, an application): issue
         # from it, never over an existing leaf.
         leaves: list[tuple[LeafRole, tuple[str, list[str]]]] = [
@@ -498,11 +530,17 @@ def _cmd_gen_certs(args: argparse.Namespace) -> int:
         files = generate_cluster_credentials(
             out, args.cluster_name, nodes, admins=admins, clients=clients, days=args.days
         )
-    named = list(zip([*nodes, *admins, *clients], files, strict=True))
+    named = [
+        *(
+            (name, creds)
+            for (name, _), creds in zip([*nodes, *admins, *clients], files, strict=True)
+        ),
+        *renewed,
+    ]
     if args.json:
         print_json(
             {
-                "ca": str(files[0].ca),
+                "ca": str(ca_cert),
                 "ca_key": str(ca_key_path(out)),
                 "leaves": [
                     {
@@ -511,18 +549,21 @@ def _cmd_gen_certs(args: argparse.Namespace) -> int:
                         "cert": str(creds.cert),
                         "key": str(creds.key),
                     }
-                    for (name, _), creds in named
+                    for name, creds in named
                 ],
             }
         )
         return EXIT_OK
-    print(f"CA certificate: {files[0].ca}  (every node and client needs it)")
+    print(f"CA certificate: {ca_cert}  (every node and client needs it)")
     print(
         f"CA key: {ca_key_path(args.out)}  (keep it off the nodes: it signs certificates and CRLs)"
     )
-    for (name, _), creds in named:
+    for name, creds in named:
         identity = read_cert_identity(creds.cert)
         print(f"{name}: {identity.uri} ca={creds.ca} cert={creds.cert} key={creds.key}")
+    for name, creds in renewed:
+        until = time.strftime("%Y-%m-%d", time.gmtime(certificate_not_after(creds.cert)))
+        print(f"{name}: renewed until {until}, same key; restart its node to use it")
     return EXIT_OK
 
 

@@ -173,6 +173,15 @@ def issue_node_credentials(
     return Mtls(Path(ca), Path(cert), Path(key))
 
 
+def renew_node_credentials(
+    ca_cert: Path, ca_key: Path, cert: Path, key: Path, *, days: int = LEAF_VALIDITY_DAYS_DEFAULT
+) -> Mtls:
+    """A new certificate in place of `cert` for the key it has (peers pin a node's key: a new
+    key would cut the node off), same identity and addresses, valid `days` from now."""
+    ca, new_cert, same_key = _core.renew_node_credentials(ca_cert, ca_key, cert, key, days)
+    return Mtls(Path(ca), Path(new_cert), Path(same_key))
+
+
 def certificate_not_after(path: Path) -> int:
     """When the certificate in `path` (PEM) expires, in seconds since the Unix epoch."""
     return _core.certificate_not_after(path)

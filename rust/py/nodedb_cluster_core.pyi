@@ -176,6 +176,13 @@ def issue_node_credentials(
     days: int,
     dir: str | PathLike[str],
 ) -> tuple[Path, Path, Path]: ...
+def renew_node_credentials(
+    ca_cert: str | PathLike[str],
+    ca_key: str | PathLike[str],
+    cert: str | PathLike[str],
+    key: str | PathLike[str],
+    days: int,
+) -> tuple[Path, Path, Path]: ...
 
 # --- Multi-Raft engine (rust/py/src/raft.rs) -----------------------------------------------------
 

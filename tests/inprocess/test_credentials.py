@@ -116,6 +116,28 @@ def test_gen_certs_refuses_bad_names_and_an_existing_leaf(tmp_path: Path) -> Non
     assert "n1.pem exists" in again.stderr
 
 
+def test_gen_certs_renew_refuses_without_the_ca_a_missing_leaf_and_another_key(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "c"
+    assert run("gen-certs", "--out", str(out), "--node", "n1=127.0.0.1").returncode == 0
+    assert run("gen-certs", "--out", str(out), "--node", "n2=127.0.0.2").returncode == 0
+    cases = [
+        (tmp_path / "elsewhere", "n1", "no CA in"),
+        (out, "n9", "n9.pem"),
+    ]
+    for folder, name, words in cases:
+        result = run("gen-certs", "--out", str(folder), "--renew", name)
+        assert result.returncode != 0, name
+        assert words in result.stderr, (name, result.stderr)
+    n1 = (out / "n1.pem").read_bytes()
+    (out / "n1.key").write_bytes((out / "n2.key").read_bytes())
+    result = run("gen-certs", "--out", str(out), "--renew", "n1")
+    assert result.returncode != 0
+    assert "is not the key of" in result.stderr, result.stderr
+    assert (out / "n1.pem").read_bytes() == n1, "nothing written"
+
+
 def test_revoke_keeps_earlier_entries(tmp_path: Path) -> None:
     out = tmp_path / "certs"
     nodes = [(f"n{i}", ["127.0.0.1"]) for i in (1, 2, 3)]
@@ -205,7 +227,8 @@ def test_check_warns_a_month_ahead_and_refuses_an_expired_certificate(tmp_path: 
     assert warning is not None
     assert "expires" in warning
     assert "29.0 days" in warning
-    with pytest.raises(CredentialsError, match="expired"):
+    assert "--renew" in warning, "the way that keeps the key its peers pin"
+    with pytest.raises(CredentialsError, match=r"expired.*--renew"):
         check_credentials(config(tmp_path), facts(cert_not_after_s=NOW_S - 1), NOW_S)
 
 

@@ -96,6 +96,12 @@ def check_credentials(config: ClusterConfig, facts: CredentialFacts, now_s: floa
     return expiry_warning(cert, facts.cert_not_after_s, now_s)
 
 
+RENEW_HINT: Final = (
+    "renew it over the key it has (`nodedb-cluster gen-certs --out <its gen-certs folder> "
+    "--renew <its name>`: peers pin a node's key, so a new key pair would be refused)"
+)
+
+
 def expiry_warning(cert: Path | None, not_after_s: int | None, now_s: float) -> str | None:
     """The warning for a certificate within `EXPIRY_WARNING_SECS` of expiry; raises when it has
     expired already."""
@@ -105,14 +111,13 @@ def expiry_warning(cert: Path | None, not_after_s: int | None, now_s: float) -> 
     expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(not_after_s))
     if left_s <= 0:
         raise CredentialsError(
-            f"{cert} expired at {expires}: peers refuse it; issue a new certificate "
-            "(`nodedb-cluster gen-certs`) and start again"
+            f"{cert} expired at {expires}: peers refuse it; {RENEW_HINT} and start again"
         )
     if left_s > EXPIRY_WARNING_SECS:
         return None
     return (
-        f"TLS certificate {cert} expires at {expires} (in {left_s / 86_400:.1f} days): issue "
-        "a new one before then, or peers will refuse this node"
+        f"TLS certificate {cert} expires at {expires} (in {left_s / 86_400:.1f} days), then "
+        f"peers refuse this node: {RENEW_HINT} and restart it before then"
     )
 
 

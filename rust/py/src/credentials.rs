@@ -112,6 +112,23 @@ fn issue_node_credentials(
     Ok((files.ca_cert, files.cert, files.key))
 }
 
+/// Renew the leaf at `cert` over its key at `key` (kept: peers pin it), valid `days`. Returns
+/// `(ca_cert, cert, key)` paths.
+#[pyfunction]
+fn renew_node_credentials(
+    py: Python<'_>,
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    days: u32,
+) -> PyResult<(PathBuf, PathBuf, PathBuf)> {
+    let files = py
+        .detach(|| nodedb_transport::renew_node_credentials(&ca_cert, &ca_key, &cert, &key, days))
+        .map_err(|e| transport_error_with(py, e))?;
+    Ok((files.ca_cert, files.cert, files.key))
+}
+
 /// Revoke the given leaf certificates in the CRL at `out` (PEM), keeping the entries already in
 /// it. Returns `(crl_number, revoked_total, newly_revoked)`.
 #[pyfunction]
@@ -154,6 +171,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCredentials>()?;
     m.add_function(wrap_pyfunction!(generate_cluster_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(issue_node_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(renew_node_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(revoke_node_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(certificate_not_after, m)?)?;
     m.add_function(wrap_pyfunction!(cert_identity, m)?)?;

@@ -8,7 +8,7 @@ use rustls::pki_types::CertificateRevocationListDer;
 
 use crate::credentials::{bad, parse_x509, read_cert_der, read_pem};
 use crate::error::TransportError;
-use crate::issue::{from_unix, load_ca, now_utc, rcgen_err, replace_private, LoadedCa};
+use crate::issue::{from_unix, issued_by, load_ca, now_utc, rcgen_err, replace_private, LoadedCa};
 
 /// The PEM texts of CRL files (e.g. `tls_crl_path`), for [`Credentials::with_crl_pems`].
 pub fn read_crl_files(paths: &[PathBuf]) -> Result<Vec<String>, TransportError> {
@@ -49,9 +49,7 @@ pub fn revoke_node_credentials(
     for path in revoked {
         let der = read_cert_der(path)?;
         let cert = parse_x509(&der, path)?;
-        if cert.issuer().as_raw() != ca.subject_der.as_slice()
-            || cert.verify_signature(Some(ca_x509.public_key())).is_err()
-        {
+        if !issued_by(&cert, &ca_x509) {
             return Err(bad(
                 &format!("cannot revoke {}", path.display()),
                 format!("it was not issued by the CA {}", ca_cert.display()),

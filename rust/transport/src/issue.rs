@@ -302,6 +302,15 @@ pub(crate) fn load_ca(ca_cert: &Path, ca_key: &Path) -> Result<LoadedCa, Transpo
     Ok(loaded)
 }
 
+/// Whether the CA `ca` (its certificate) issued `cert`: the issuer's name and the signature.
+pub(crate) fn issued_by(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    ca: &x509_parser::certificate::X509Certificate<'_>,
+) -> bool {
+    cert.issuer().as_raw() == ca.subject().as_raw()
+        && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// The trust domain a CA of this generator carries as its URI SAN `spiffe://<cluster-name>`.
 fn ca_trust_domain(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
     let san = cert.subject_alternative_name().ok()??;
@@ -384,6 +393,27 @@ fn issue_leaf(
     now: time::OffsetDateTime,
 ) -> Result<NodeCredentialFiles, TransportError> {
     check_file_stem(&spec.file_stem)?;
+    let key = rcgen::KeyPair::generate().map_err(rcgen_err)?;
+    let cert = sign_leaf(ca, spec, days, &key, now)?;
+    let files = NodeCredentialFiles {
+        ca_cert: ca_cert.to_path_buf(),
+        cert: dir.join(format!("{}.pem", spec.file_stem)),
+        key: dir.join(format!("{}.key", spec.file_stem)),
+    };
+    write_private(&files.key, &key.serialize_pem())?;
+    write_private(&files.cert, &cert)?;
+    Ok(files)
+}
+
+/// The certificate (PEM) of `spec` over `key`, signed by `ca`, valid `days` from `now` (an
+/// hour early) and never past the CA.
+pub(crate) fn sign_leaf(
+    ca: &LoadedCa,
+    spec: &LeafSpec,
+    days: u32,
+    key: &rcgen::KeyPair,
+    now: time::OffsetDateTime,
+) -> Result<String, TransportError> {
     if !(1..=LEAF_VALIDITY_DAYS_MAX).contains(&days) {
         return Err(bad(
             "validity",
@@ -418,19 +448,12 @@ fn issue_leaf(
             ),
         ));
     }
-    let key = rcgen::KeyPair::generate().map_err(rcgen_err)?;
-    // The serial is derived from the key's SPKI: unique per leaf without a counter to keep.
-    let pin = SpkiPin(Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(&key)).into());
+    // The serial is derived from the key's SPKI: unique per key without a counter to keep (a
+    // renewed certificate keeps its key, so its serial too: revoking one revokes both).
+    let pin = SpkiPin(Sha256::digest(rcgen::PublicKeyData::subject_public_key_info(key)).into());
     params.serial_number = Some(serial_for_pin(&pin));
-    let cert = params.signed_by(&key, &ca.issuer).map_err(rcgen_err)?;
-    let files = NodeCredentialFiles {
-        ca_cert: ca_cert.to_path_buf(),
-        cert: dir.join(format!("{}.pem", spec.file_stem)),
-        key: dir.join(format!("{}.key", spec.file_stem)),
-    };
-    write_private(&files.key, &key.serialize_pem())?;
-    write_private(&files.cert, &cert.pem())?;
-    Ok(files)
+    let cert = params.signed_by(key, &ca.issuer).map_err(rcgen_err)?;
+    Ok(cert.pem())
 }
 
 /// Serial number of a leaf this generator issues: 16 bytes of its SPKI pin, positive.

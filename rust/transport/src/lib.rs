@@ -15,6 +15,7 @@ pub mod identity;
 pub mod issue;
 pub mod metrics;
 pub mod refusals;
+pub mod renew;
 pub mod stream;
 mod tls;
 pub mod transport;
@@ -32,6 +33,7 @@ pub use issue::generate_cluster_credentials;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use nodedb_wire::{MessageKind, NodeId, Role, Roles};
 pub use refusals::{refusal_reason, RefusalLine, RefusalLog, REASONS};
+pub use renew::renew_node_credentials;
 pub use transport::Transport;
 
 /// ALPN protocol id: names the protocol and its major version.
