@@ -26,6 +26,7 @@ from nodedb_cluster.formation.credentials import (
     EXPIRY_WARNING_SECS,
     CredentialFacts,
     check_credentials,
+    check_pinned_key,
 )
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.localcluster import free_port
@@ -114,6 +115,15 @@ def test_gen_certs_refuses_bad_names_and_an_existing_leaf(tmp_path: Path) -> Non
     again = run("gen-certs", "--out", str(tmp_path / "c"), "--node", "n1=127.0.0.1")
     assert again.returncode != 0
     assert "n1.pem exists" in again.stderr
+
+
+def test_a_restart_with_another_key_than_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog"
+    pin, other = bytes(32), b"\x01" * 32
+    for pinned, presented in [(pin, pin), (None, pin), (pin, None), (None, None)]:
+        check_pinned_key(config(tmp_path), pinned, presented, catalog)  # nothing to refuse
+    with pytest.raises(CredentialsError, match=r"not the key node 1's cluster pinned.*--renew n1"):
+        check_pinned_key(config(tmp_path), pin, other, catalog)
 
 
 def test_gen_certs_renew_refuses_without_the_ca_a_missing_leaf_and_another_key(

@@ -10,6 +10,8 @@ calls one function and the rules are tested here on plain values:
   certificate would speak for someone else;
 - an expired certificate is refused (every peer would refuse it anyway, with a vaguer error), and
   one that expires within `EXPIRY_WARNING_SECS` is logged at WARN.
+- a restarting node must present the key its cluster pinned when it joined (the topology's
+  SPKI pin): every peer refuses any other (`unknown_sender`), so it would run cut off for good.
 
 A certificate without the URI SAN is refused by `read_cert_identity`, which names the file and
 `nodedb-cluster gen-certs`.
@@ -118,6 +120,23 @@ def expiry_warning(cert: Path | None, not_after_s: int | None, now_s: float) -> 
     return (
         f"TLS certificate {cert} expires at {expires} (in {left_s / 86_400:.1f} days), then "
         f"peers refuse this node: {RENEW_HINT} and restart it before then"
+    )
+
+
+def check_pinned_key(
+    config: ClusterConfig, pinned: bytes | None, presented: bytes | None, catalog: Path
+) -> None:
+    """Refuse a restart whose key is not the one the cluster pinned for this node (None on
+    either side: an insecure transport then or now, nothing to compare)."""
+    if pinned is None or presented is None or pinned == presented:
+        return
+    node = config.node_id
+    raise CredentialsError(
+        f"{config.tls_key_path} is not the key node {node}'s cluster pinned when it joined "
+        f"(catalog {catalog}): every peer would refuse this node. Renew the certificate of the "
+        f"key it had (`nodedb-cluster gen-certs --out <its gen-certs folder> --renew n{node}`), "
+        f"or, to change the key, decommission node {node} and add it back as a new member with "
+        "an empty data dir"
     )
 
 

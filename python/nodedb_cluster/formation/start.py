@@ -24,7 +24,7 @@ from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.catalog.layout import CLUSTER_SECRET_BYTES
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import CatalogError, ClusterError, CorruptLog
-from nodedb_cluster.formation.credentials import check_node_credentials
+from nodedb_cluster.formation.credentials import check_node_credentials, check_pinned_key
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
 from nodedb_cluster.formation.join_client import join_sender, run_join
 from nodedb_cluster.formation.log_identity import (
@@ -321,6 +321,9 @@ async def _restart(parts: _Parts) -> Node:
         applied,
         VShardMoves() if moves is None else VShardMoves.decode(moves),
     )
+    own = formation.topology.get(config.node_id)
+    pinned = None if own is None else own.spki_pin
+    check_pinned_key(config, pinned, parts.transport.spki_pin, catalog.path)
     node = parts.node(formation.cluster_id)
     node.register_peers(initial)
     # Peers still hold connections to our previous process: dialling them now makes them drop
