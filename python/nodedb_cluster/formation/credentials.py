@@ -135,8 +135,7 @@ def check_pinned_key(
         f"{config.tls_key_path} is not the key node {node}'s cluster pinned when it joined "
         f"(catalog {catalog}): every peer would refuse this node. Renew the certificate of the "
         f"key it had (`nodedb-cluster gen-certs --out <its gen-certs folder> --renew n{node}`), "
-        f"or, to change the key, decommission node {node} and add it back as a new member with "
-        "an empty data dir"
+        f"or, to change the key, decommission node {node} and add a new node in its place"
     )
 
 
