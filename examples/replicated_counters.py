@@ -20,6 +20,7 @@ import asyncio
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from nodedb_cluster.cli_support import READY_PREFIX
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.node import Node
 
 
 class Counters:
@@ -76,31 +78,50 @@ async def run_node(config: ClusterConfig) -> int:
     reader = asyncio.StreamReader()
     loop = asyncio.get_running_loop()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    serving = asyncio.ensure_future(serve(node, replicas, reader, say))
+    failed = asyncio.ensure_future(node.failed.wait())
     try:
-        while line := await reader.readline():
-            request = json.loads(line)
-            key = request.get("key", "").encode()
-            try:
-                if request["op"] == "incr":
-                    command = msgpack.packb([key, request.get("by", 1)])
-                    value = await node.data.propose(command, key=key)
-                    say({"ok": True, "value": int(value)})
-                elif request["op"] == "get":
-                    await node.data.read_index(key=key)
-                    group = node.data.locate(key).group
-                    say({"ok": True, "value": replicas[group].values.get(key, 0)})
-                elif request["op"] == "locate":
-                    say({"ok": True, "location": node.data.locate(key).to_doc()})
-                elif request["op"] == "kv_put":  # the built-in KV is off on host groups
-                    await node.kv.put(key, b"x")
-                    say({"ok": True})
-                else:
-                    say({"ok": False, "error": f"unknown op {request['op']!r}"})
-            except ClusterError as e:
-                say({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        # A node that can no longer serve (its disk, or a state machine that raised) has
+        # stopped itself; the host process exits with its reason rather than linger.
+        await asyncio.wait((serving, failed), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        serving.cancel()
+        failed.cancel()
         await node.shutdown()
+    if node.failure is not None:
+        print(f"node {config.node_id} failed: {node.failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+async def serve(
+    node: Node,
+    replicas: dict[int, Counters],
+    reader: asyncio.StreamReader,
+    say: Callable[[dict[str, Any]], None],
+) -> None:
+    """Answer the JSON commands on stdin until it closes."""
+    while line := await reader.readline():
+        request = json.loads(line)
+        key = request.get("key", "").encode()
+        try:
+            if request["op"] == "incr":
+                command = msgpack.packb([key, request.get("by", 1)])
+                value = await node.data.propose(command, key=key)
+                say({"ok": True, "value": int(value)})
+            elif request["op"] == "get":
+                await node.data.read_index(key=key)
+                group = node.data.locate(key).group
+                say({"ok": True, "value": replicas[group].values.get(key, 0)})
+            elif request["op"] == "locate":
+                say({"ok": True, "location": node.data.locate(key).to_doc()})
+            elif request["op"] == "kv_put":  # the built-in KV is off on host groups
+                await node.kv.put(key, b"x")
+                say({"ok": True})
+            else:
+                say({"ok": False, "error": f"unknown op {request['op']!r}"})
+        except ClusterError as e:
+            say({"ok": False, "error": f"{type(e).__name__}: {e}"})
 
 
 async def demo() -> int:

@@ -40,8 +40,10 @@ MembershipOp = Literal["add_learner", "add_voter", "remove"]
 class StateMachine(Protocol):
     """A Python-applied group (group 0 always). Called on the engine's driver thread.
 
-    `apply_batch` must be deterministic and return one result per entry; raising is a bug
-    (reported; each entry of the batch then gets the result b"\\xff" + reason).
+    `apply_batch` must be deterministic and return one result per entry (a bad command gets
+    an error *result*). Raising, or another number of results, stops the engine and so the
+    node: the machine's state after part of a batch is unknown, and batch boundaries differ
+    between replicas. Entries are applied again from the last snapshot when it restarts.
     """
 
     def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]: ...

@@ -11,7 +11,7 @@ import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import FormationFailed
+from nodedb_cluster.errors import ClusterError, FormationFailed
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.lifecycle import Failed, LifecycleTracker
@@ -19,6 +19,10 @@ from nodedb_cluster.localcluster import free_port
 from nodedb_cluster.metadata.commands import AddNode, MetadataEntry, PutSetting, RemoveNode
 from nodedb_cluster.metrics import serve_metrics
 from nodedb_cluster.topology import NodeInfo, NodeState
+
+SAVE_FAILURE_PROPOSALS_MAX = 50
+"""Metadata proposals made until one finds the catalog's failed save (it fails right behind
+the first apply; the bound only keeps the loop finite)."""
 
 
 def config(tmp_path: Path, port: int, **overrides: object) -> ClusterConfig:
@@ -64,6 +68,31 @@ async def test_bootstrap_status_shutdown_and_restart_in_the_same_process(tmp_pat
         assert await again.propose_metadata(MetadataEntry((PutSetting("k", "w"),))) is None
     finally:
         await again.shutdown()
+
+
+async def test_a_catalog_that_can_no_longer_be_written_stops_the_node(tmp_path: Path) -> None:
+    """A metadata save that fails for another reason than space (here the catalog closed under
+    the node) leaves applied metadata that no restart of this process could keep: the next
+    metadata batch stops the engine, and the node is marked Failed with the reason, rather
+    than serve on. (A restart replays the entries from the Raft log.)"""
+    node = await start_cluster(config(tmp_path, free_port(["127.0.0.1"])))
+    try:
+        node.catalog.close()
+        stopped: list[ClusterError] = []
+        for i in range(SAVE_FAILURE_PROPOSALS_MAX):  # the save fails behind the apply
+            try:
+                await node.propose_metadata(MetadataEntry((PutSetting("k", str(i)),)))
+            except ClusterError as e:
+                stopped.append(e)
+                break
+        assert stopped, "a metadata batch after the failed save stops the engine"
+        async with asyncio.timeout(10):
+            await node.failed.wait()
+        assert isinstance(node.lifecycle.state, Failed)
+        assert node.failure is not None
+        assert "state machine of g0 failed to apply entries" in node.failure, node.failure
+    finally:
+        await node.shutdown()
 
 
 async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ errors are the typed classes of nodedb_cluster.errors.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,35 +301,62 @@ async def test_corrupt_log_refuses_to_start_naming_file_and_offset(tmp_path: Pat
         await t.close()
 
 
+@dataclass
 class ExplodingMachine(LogMachine):
-    """Raises on one payload: a bug in a Python state machine."""
+    """Raises on one payload while `broken`: the host's own store failed mid-batch."""
+
+    broken: bool = True
 
     def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
-        if any(data == b"boom" for _, data in entries):
-            raise RuntimeError("state machine bug")
+        if self.broken and any(data == b"boom" for _, data in entries):
+            raise OSError(5, "the host's store failed")
         return super().apply_batch(entries)
 
 
-async def test_raising_python_state_machine_yields_error_results_not_a_dead_engine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_raising_python_state_machine_stops_the_engine_and_applies_after_restart(
+    tmp_path: Path,
 ) -> None:
-    reported: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_value))
+    """Moving on after a raise would leave this replica's state unknown (batch boundaries
+    differ between replicas): the engine stops, naming the group, the entries and the raise,
+    and a restart with the store repaired applies the committed entry once."""
+    machines: list[ExplodingMachine] = []
+
+    def factory(_group: int) -> StateMachine:
+        machines.append(ExplodingMachine())
+        return machines[-1]
+
     t = Transport(1, "127.0.0.1:0", Insecure())
     t.register_peer(1, t.local_addr)
-    engine = RaftEngine(1, tmp_path / "n1", t, lambda _g: ExplodingMachine(), FAST)
+    engine = RaftEngine(1, tmp_path / "n1", t, factory, FAST)
     try:
         await engine.add_group(0, [1], "python")
         await engine.campaign(0)
-        bad = await engine.propose(0, b"boom")
-        assert [type(e) for e in reported] == [RuntimeError], "the bug is reported"
-        assert bad.result.startswith(b"\xff")
-        assert b"state machine bug" in bad.result
-        ok = await engine.propose(0, b"fine")
-        assert ok.result == b"applied:fine"
-        assert ok.index > bad.index
+        before = await engine.propose(0, b"before")
+        with pytest.raises(EngineStopped):
+            await engine.propose(0, b"boom")
+        async with asyncio.timeout(DEADLINE_S):
+            reason = await engine.wait_stopped()
+        assert f"state machine of g0 failed to apply entries {before.index + 1}..=" in reason
+        assert "OSError: [Errno 5] the host's store failed" in reason
+        assert "test_raft.py:" in reason
+        assert "in apply_batch" in reason
+        assert "differ from the other replicas" in reason
+        assert machines[0].applied == [(before.index, b"before")], "nothing after is applied"
+        with pytest.raises(EngineStopped):
+            await engine.propose(0, b"after")
     finally:
         await engine.close()
+    repaired = await start_node(1, tmp_path, t, FAST)
+    try:
+        await until(
+            lambda: [d for _, d in repaired.machines[0].applied] == [b"before", b"boom"],
+            "the restarted engine applies the committed entry",
+        )
+        after = await repaired.engine.propose(0, b"after")
+        assert after.result == b"applied:after"
+        assert [d for _, d in repaired.machines[0].applied] == [b"before", b"boom", b"after"]
+    finally:
+        await repaired.engine.close()
         await t.close()
 
 

@@ -2,7 +2,8 @@
 (the README's example, examples/replicated_counters.py, is the host program): proposals from
 any node (followers forward one hop), linearizable reads on followers, locate, leader-change
 callbacks across a leader kill, node.kv refused on host groups, HOST_PROPOSE refused from a
-client certificate, and a killed node restarting onto the same counters."""
+client certificate, a killed node restarting onto the same counters, and a node whose host
+state machine raised stopping (tests/support/failing_counters.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ from nodedb_cluster.embedding import encode_propose
 from nodedb_cluster.errors import PermissionDenied
 from nodedb_cluster.localcluster import LocalCluster
 from nodedb_cluster.transport import Transport
+from support.failing_counters import BROKEN_MARKER
 
 pytestmark = pytest.mark.multiprocess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "replicated_counters.py"
+FAILING_HOST = Path(__file__).resolve().parents[1] / "support" / "failing_counters.py"
+EXIT_WITHIN_S = 10.0
+"""The failing node's host process exits within this of the raise (the engine stops at once)."""
 
 
 @pytest.fixture
@@ -96,3 +101,42 @@ async def test_a_leader_kill_is_reported_and_counters_continue_then_the_node_cat
     await nodes[victim].start()  # same data dir: the counters come back and catch up
     await nodes[victim].wait_ready()
     assert await nodes[victim].request({"op": "get", "key": "c"}) == {"ok": True, "value": 46}
+
+
+async def test_a_host_state_machine_that_raises_stops_its_node_and_the_others_go_on(
+    tmp_path: Path,
+) -> None:
+    """A follower's host store fails while it applies a batch: that node stops and its host
+    process exits with the reason (group, entries, the raise and where), instead of moving on
+    with a state that now differs from its replicas'. The other two go on; repaired, the node
+    restarts, applies the entry again, and reads what the others read."""
+    c = LocalCluster(tmp_path, 3, program=(str(FAILING_HOST), "node"))
+    try:
+        await c.start()
+        await c.wait_formed(30.0)
+        nodes = c.nodes
+        for i in range(3):
+            assert (await nodes[1 + i % 3].request({"op": "incr", "key": "k", "by": 1}))["ok"]
+        where = (await nodes[1].request({"op": "locate", "key": "k"}))["location"]
+        victim = next(i for i in nodes if i != where["leader"])
+        survivor = next(i for i in nodes if i not in (victim, where["leader"]))
+        broken = nodes[victim].config.data_dir / BROKEN_MARKER
+        broken.touch()
+        doc = await nodes[where["leader"]].request({"op": "incr", "key": "k", "by": "fail"})
+        assert doc == {"ok": True, "value": 4}, doc
+        assert await nodes[victim].wait_exit(EXIT_WITHIN_S) == 1
+        log = nodes[victim].log_tail()
+        assert f"state machine of g{where['group']} failed to apply entries" in log, log
+        assert "OSError: [Errno 5] the host's store failed" in log, log
+        assert "failing_counters.py:" in log, log
+        assert f"node {victim} failed: " in log, log
+        assert "Traceback" not in log, log
+        for by, value in ((10, 14), (100, 114)):  # the other two go on
+            doc = await nodes[survivor].request({"op": "incr", "key": "k", "by": by})
+            assert doc == {"ok": True, "value": value}, doc
+        broken.unlink()  # repaired: the restart applies the entry again, then catches up
+        await nodes[victim].start()
+        await nodes[victim].wait_ready()
+        assert await nodes[victim].request({"op": "get", "key": "k"}) == {"ok": True, "value": 114}
+    finally:
+        await c.close()

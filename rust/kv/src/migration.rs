@@ -271,6 +271,7 @@ mod tests {
                 .collect();
             self.sm
                 .apply_batch(&batch)
+                .expect("the KV machine applies")
                 .iter()
                 .map(|r| KvResult::decode(r).expect("result decodes"))
                 .collect()

@@ -424,9 +424,10 @@ impl KvReader {
 }
 
 impl StateMachine for KvStateMachine {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
+    /// Never `Err`: a command that does not decode or is refused gets an error result.
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
         let mut st = self.write();
-        commands.iter().map(|c| st.apply(c)).collect()
+        Ok(commands.iter().map(|c| st.apply(c)).collect())
     }
 
     /// No: nothing on the KV path waits on a follower's apply without asking (a ReadIndex

@@ -287,7 +287,7 @@ impl StateMachine for Gate {
     fn apply_batch(
         &mut self,
         commands: &[nodedb_multiraft::state_machine::Command<'_>],
-    ) -> Vec<Vec<u8>> {
+    ) -> Result<Vec<Vec<u8>>, nodedb_multiraft::error::SmError> {
         if !self.blocked_once && !commands.is_empty() {
             self.blocked_once = true;
             let _ = self.entered.send(());

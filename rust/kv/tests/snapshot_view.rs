@@ -17,7 +17,7 @@ fn put_all(sm: &mut KvStateMachine, index: u64, n: u32) {
         })
         .collect();
     let batch: Vec<Command<'_>> = enc.iter().map(|d| Command { index, data: d }).collect();
-    sm.apply_batch(&batch);
+    sm.apply_batch(&batch).expect("the KV machine applies");
 }
 
 /// Feeds `data` to the machine's decoder in pieces of the given sizes, in turn.

@@ -534,7 +534,7 @@ impl MultiRaftCore {
             let Some(g) = self.groups.get_mut(gid) else {
                 continue;
             };
-            apply_entries(g, rd.take_committed_entries(), &self.metrics);
+            apply_entries(g, rd.take_committed_entries(), &self.metrics)?;
             take_read_states(g, rd);
             answer_reads(g);
         }
@@ -606,14 +606,14 @@ impl MultiRaftCore {
             let Some(g) = self.groups.get_mut(&gid) else {
                 continue;
             };
-            apply_entries(g, rd.take_committed_entries(), &self.metrics);
+            apply_entries(g, rd.take_committed_entries(), &self.metrics)?;
             take_read_states(g, &mut rd);
             let mut light = g.raw.advance(rd);
             if let Some(c) = light.commit_index() {
                 g.raw.mut_store().set_commit(c);
             }
             out.add(gid, light.take_messages());
-            apply_entries(g, light.take_committed_entries(), &self.metrics);
+            apply_entries(g, light.take_committed_entries(), &self.metrics)?;
             g.raw.advance_apply();
             answer_reads(g);
             step_down_check(g);

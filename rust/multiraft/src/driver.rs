@@ -696,7 +696,7 @@ fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
             }
         }
         if let Err(e) = core.round() {
-            break 'outer format!("fatal log or snapshot error: {e}");
+            break 'outer format!("fatal: {e}");
         }
         shared.publish_leaders(core.take_leader_changes());
     };

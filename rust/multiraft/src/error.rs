@@ -178,6 +178,18 @@ pub enum EngineError {
     /// Refused in the NO_SPACE state (see [`RaftError::NoSpace`]).
     #[error("no space left on the device holding {}", data_dir.display())]
     NoSpace { data_dir: PathBuf },
+    /// The state machine could not apply committed entries (see
+    /// [`crate::StateMachine::apply_batch`]); the engine stops.
+    #[error(
+        "the state machine of {group} failed to apply entries {first}..={last}: {reason}; this \
+         node stops rather than let its copy of the group differ from the other replicas"
+    )]
+    Apply {
+        group: GroupId,
+        first: u64,
+        last: u64,
+        reason: String,
+    },
 }
 
 impl EngineError {

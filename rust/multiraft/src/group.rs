@@ -326,7 +326,12 @@ pub(crate) fn install_snapshot(
 
 /// Applies committed entries in order: runs of normal entries go to the state machine as one
 /// batch; a conf change entry is applied to raft between runs. Answers matching proposals.
-pub(crate) fn apply_entries(g: &mut Group, entries: Vec<Entry>, metrics: &Metrics) {
+/// `Err`: the state machine failed (`EngineError::Apply`), nothing after it was applied.
+pub(crate) fn apply_entries(
+    g: &mut Group,
+    entries: Vec<Entry>,
+    metrics: &Metrics,
+) -> Result<(), EngineError> {
     let mut run: Vec<Entry> = Vec::new();
     for e in entries {
         if e.index <= g.applied_index {
@@ -335,19 +340,23 @@ pub(crate) fn apply_entries(g: &mut Group, entries: Vec<Entry>, metrics: &Metric
         match e.get_entry_type() {
             EntryType::EntryNormal => run.push(e),
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                apply_run(g, std::mem::take(&mut run), metrics);
+                apply_run(g, std::mem::take(&mut run), metrics)?;
                 apply_conf_entry(g, &e);
             }
         }
     }
-    apply_run(g, run, metrics);
+    apply_run(g, run, metrics)
 }
 
-pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
-    let Some(last) = run.last() else {
-        return;
+pub(crate) fn apply_run(
+    g: &mut Group,
+    run: Vec<Entry>,
+    metrics: &Metrics,
+) -> Result<(), EngineError> {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return Ok(());
     };
-    let last_index = last.index;
+    let (first_index, last_index) = (first.index, last.index);
     g.applied_bytes_since_snapshot += run.iter().map(|e| e.data.len() as u64).sum::<u64>();
     // Decode every entry's commands; an entry that does not decode (cannot happen for entries
     // we proposed; the log is crc-checked) is applied as empty and its proposer told.
@@ -371,18 +380,26 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
         })
         .collect();
     let started = std::time::Instant::now();
-    let mut results = if commands.is_empty() {
+    let failed = |reason: String| EngineError::Apply {
+        group: g.id,
+        first: first_index,
+        last: last_index,
+        reason,
+    };
+    let results = if commands.is_empty() {
         Vec::new()
     } else {
         g.sm.apply_batch(&commands)
+            .map_err(|e| failed(e.to_string()))?
+    };
+    if results.len() != commands.len() {
+        return Err(failed(format!(
+            "{} results for {} commands",
+            results.len(),
+            commands.len()
+        )));
     }
-    .into_iter();
-    assert_eq!(
-        results.len(),
-        commands.len(),
-        "state machine of {} returned a result count unequal to its command count",
-        g.id
-    );
+    let mut results = results.into_iter();
     Metrics::add(&metrics.commands_applied, commands.len() as u64);
     let applied = std::time::Instant::now(); // one clock read for both histograms
     metrics.apply_batch_seconds.observe(applied - started);
@@ -420,6 +437,7 @@ pub(crate) fn apply_run(g: &mut Group, run: Vec<Entry>, metrics: &Metrics) {
             }
         }
     }
+    Ok(())
 }
 
 /// Applies a committed conf change to raft and storage. Membership is made durable by snapshot

@@ -64,10 +64,14 @@ pub struct Command<'a> {
 ///
 /// `apply_batch` must be deterministic (same commands → same state and results on every node)
 /// and returns exactly one result per command; a bad command gets an error *result*, because a
-/// committed entry cannot be refused. `snapshot` captures the state after the last applied
+/// committed entry cannot be refused. `Err` (or a result count unequal to the command count)
+/// says the machine cannot go on, e.g. its own storage failed: its state after part of a batch
+/// is unknown, and batch boundaries differ between replicas, so moving on could make this copy
+/// differ from the others. The engine stops instead; nothing of the batch is answered and the
+/// applied index stays before it. `snapshot` captures the state after the last applied
 /// command; `restore` replaces the whole state with a snapshot.
 pub trait StateMachine: Send {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>>;
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError>;
     fn snapshot(&self) -> Result<Vec<u8>, SmError>;
     fn restore(&mut self, data: &[u8]) -> Result<(), SmError>;
 

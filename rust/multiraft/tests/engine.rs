@@ -5,11 +5,12 @@
 mod common;
 
 use common::sim_cluster::SimCluster;
-use common::{factory, Journals, JOURNAL};
+use common::{factory, Journals, FAIL, JOURNAL, SHORT};
 use nodedb_multiraft::core::ProposeOutcome;
 use nodedb_multiraft::error::{EngineError, RaftError};
 use nodedb_multiraft::log_sink::MemLogSink;
 use nodedb_multiraft::{GroupId, GroupRole, NodeId, StateMachineKind};
+use tokio::sync::oneshot;
 
 type Cluster = SimCluster<MemLogSink, Journals>;
 
@@ -94,4 +95,55 @@ fn kind_zero_is_refused_and_an_unknown_kind_fails_in_the_factory() {
         "the factory knows no kind 9"
     );
     assert!(!core.has_group(GroupId(2)) && !core.has_group(GroupId(3)));
+}
+
+/// A machine that cannot apply (its `Err`, or a result count that does not match) stops the
+/// engine: the round fails with `EngineError::Apply` naming the group and the entries, nothing
+/// of the batch is recorded or answered with a result, and the applied index stays before it.
+#[test]
+fn a_state_machine_that_cannot_apply_stops_the_engine() {
+    let cases = [
+        (FAIL, "state machine: the journal's disk failed"),
+        (SHORT, "0 results for 1 commands"),
+    ];
+    for (bad, why) in cases {
+        let mut c = cluster(1);
+        let l = c.elect(G);
+        propose(&mut c, l, None, &[b"a".to_vec()]).expect("a first command");
+        let applied_before = c.core(l).status(G).expect("status").applied_index;
+        let (tx, mut rx) = oneshot::channel();
+        c.core(l).propose_for(None, G, &[bad.to_vec()], tx);
+        let mut failed = None;
+        for _ in 0..20 {
+            match c.core(l).round() {
+                Ok(_) => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            Some(EngineError::Apply {
+                group,
+                first,
+                last,
+                reason,
+            }) => {
+                assert_eq!(group, G);
+                assert_eq!((first, last), (applied_before + 1, applied_before + 1));
+                assert_eq!(reason, why);
+            }
+            other => panic!("expected EngineError::Apply, got {other:?}"),
+        }
+        assert_eq!(applied(&c, l), vec![(applied_before, b"a".to_vec())]);
+        assert_eq!(
+            c.core(l).status(G).expect("status").applied_index,
+            applied_before
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "no result for a command that was not applied"
+        );
+    }
 }

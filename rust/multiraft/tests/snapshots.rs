@@ -68,7 +68,7 @@ impl SnapshotView for GatedView {
 }
 
 impl StateMachine for Gated {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
         self.inner.apply_batch(commands)
     }
     fn snapshot(&self) -> Result<Vec<u8>, SmError> {

@@ -4,7 +4,6 @@
 use nodedb_multiraft::error::SmError;
 use nodedb_multiraft::state_machine::Command;
 use nodedb_multiraft::{GroupId, StateMachine, StateMachineKind};
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -20,38 +19,22 @@ pub(crate) struct PyStateMachine {
 }
 
 impl StateMachine for PyStateMachine {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
+    /// A raising `apply_batch` (the host's own storage failed, a bug) becomes the engine's
+    /// `SmError`: the engine stops (see `StateMachine::apply_batch`). The reason names the
+    /// exception and where it was raised.
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
         Python::attach(|py| {
             let entries: Vec<(u64, Bound<'_, PyBytes>)> = commands
                 .iter()
                 .map(|c| (c.index, PyBytes::new(py, c.data)))
                 .collect();
-            let out = self
-                .obj
+            self.obj
                 .bind(py)
                 .call_method1("apply_batch", (entries,))
-                .and_then(|r| r.extract::<Vec<Vec<u8>>>());
-            match out {
-                Ok(results) if results.len() == commands.len() => results,
-                Ok(results) => {
-                    let msg = format!(
-                        "state machine of group {} returned {} results for {} entries",
-                        self.group.0,
-                        results.len(),
-                        commands.len()
-                    );
-                    PyRuntimeError::new_err(msg.clone()).write_unraisable(py, None);
-                    vec![error_result(&msg); commands.len()]
-                }
-                Err(err) => {
-                    // A raising apply is a bug in the Python state machine: reported, and every
-                    // entry of the batch gets an error result (the log moves on; the proposer
-                    // sees the error as its result).
-                    let msg = format!("apply_batch of group {} raised: {err}", self.group.0);
-                    err.write_unraisable(py, None);
-                    vec![error_result(&msg); commands.len()]
-                }
-            }
+                .and_then(|r| r.extract::<Vec<Vec<u8>>>())
+                .map_err(|err| {
+                    SmError::Other(format!("apply_batch raised {}", described(py, &err)))
+                })
         })
     }
 
@@ -76,9 +59,22 @@ impl StateMachine for PyStateMachine {
     }
 }
 
-/// Result bytes of an entry a Python state machine failed to apply: 0xFF + UTF-8 reason.
-fn error_result(reason: &str) -> Vec<u8> {
-    let mut v = vec![0xFF];
-    v.extend_from_slice(reason.as_bytes());
-    v
+/// `Type: message (file:line in function)`, the innermost frame of the exception's traceback.
+fn described(py: Python<'_>, err: &PyErr) -> String {
+    let mut frame = err.traceback(py).map(|tb| tb.into_any());
+    while let Some(next) = frame
+        .as_ref()
+        .and_then(|tb| tb.getattr("tb_next").ok())
+        .filter(|next| !next.is_none())
+    {
+        frame = Some(next);
+    }
+    let place = frame.and_then(|tb| {
+        let line: u32 = tb.getattr("tb_lineno").ok()?.extract().ok()?;
+        let code = tb.getattr("tb_frame").ok()?.getattr("f_code").ok()?;
+        let file: String = code.getattr("co_filename").ok()?.extract().ok()?;
+        let name: String = code.getattr("co_name").ok()?.extract().ok()?;
+        Some(format!(" ({file}:{line} in {name})"))
+    });
+    format!("{err}{}", place.unwrap_or_default())
 }

@@ -8,6 +8,7 @@ fn apply(sm: &mut KvStateMachine, index: u64, cmds: &[KvCommand]) -> Vec<KvResul
     let enc: Vec<Vec<u8>> = cmds.iter().map(KvCommand::encode).collect();
     let batch: Vec<Command<'_>> = enc.iter().map(|d| Command { index, data: d }).collect();
     sm.apply_batch(&batch)
+        .expect("the KV machine applies")
         .iter()
         .map(|r| KvResult::decode(r).expect("result decodes"))
         .collect()
@@ -67,10 +68,12 @@ fn put_get_delete_cas_each_return_their_result() {
 #[test]
 fn garbage_command_gets_an_invalid_result_not_a_panic() {
     let mut sm = KvStateMachine::new();
-    let out = sm.apply_batch(&[Command {
-        index: 1,
-        data: &[9, 9, 9],
-    }]);
+    let out = sm
+        .apply_batch(&[Command {
+            index: 1,
+            data: &[9, 9, 9],
+        }])
+        .expect("a bad command is a result, not an error");
     assert!(matches!(
         KvResult::decode(&out[0]),
         Ok(KvResult::Invalid { .. })
@@ -243,7 +246,7 @@ fn a_full_result_window_drops_the_oldest_and_refuses_its_retry() {
         .map(|seq| session(3, seq, 1, put(&seq.to_le_bytes(), b"v")).encode())
         .collect();
     let batch: Vec<Command<'_>> = enc.iter().map(|d| Command { index: 1, data: d }).collect();
-    sm.apply_batch(&batch);
+    sm.apply_batch(&batch).expect("the KV machine applies");
     {
         let st = sm.reader();
         let st = st.read();
@@ -256,7 +259,8 @@ fn a_full_result_window_drops_the_oldest_and_refuses_its_retry() {
             key: 1u64.to_le_bytes().to_vec(),
         }
         .encode(),
-    }]);
+    }])
+    .expect("the KV machine applies");
     let again = apply(
         &mut sm,
         3,

@@ -23,7 +23,7 @@ pub(crate) struct SeqKv {
 }
 
 impl StateMachine for SeqKv {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
         let mut s = self.seq.lock().expect("seq lock");
         for c in commands {
             let mut h = xxhash_rust::xxh3::Xxh3::new();

@@ -17,22 +17,34 @@ pub const JOURNAL: StateMachineKind = StateMachineKind::new(7, "journal");
 /// Every (index, command) a group applied, in order.
 pub type Entries = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
 
-/// Records what it applies; answers each command with its length as 8 little-endian bytes.
+/// A command the journal cannot apply, as a machine whose own storage failed: `Err`.
+pub const FAIL: &[u8] = b"fail!";
+/// A command the journal answers with no result at all (a result count one short).
+pub const SHORT: &[u8] = b"short!";
+
+/// Records what it applies; answers each command with its length as 8 little-endian bytes
+/// (`FAIL` and `SHORT` in a batch: nothing of it is recorded).
 /// Snapshot: the count, then (index, length, bytes) per entry.
 pub struct Journal {
     entries: Entries,
 }
 
 impl StateMachine for Journal {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Vec<Vec<u8>> {
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
+        if commands.iter().any(|c| c.data == FAIL) {
+            return Err(SmError::Other("the journal's disk failed".into()));
+        }
+        if commands.iter().any(|c| c.data == SHORT) {
+            return Ok(vec![Vec::new(); commands.len() - 1]);
+        }
         let mut entries = self.entries.lock().expect("journal lock");
-        commands
+        Ok(commands
             .iter()
             .map(|c| {
                 entries.push((c.index, c.data.to_vec()));
                 (c.data.len() as u64).to_le_bytes().to_vec()
             })
-            .collect()
+            .collect())
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, SmError> {

@@ -1,0 +1,57 @@
+"""The README's embedding example (examples/replicated_counters.py) with a host store that can
+fail: while `<data_dir>/store-broken` exists, applying a counter command whose increment is
+"fail" raises OSError on this node, as a host whose own storage failed mid-batch. On the other
+nodes (and once the file is gone) "fail" counts as 1, so the replicas agree.
+
+    python tests/support/failing_counters.py node --config node2.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from nodedb_cluster.config import ClusterConfig
+
+BROKEN_MARKER = "store-broken"
+"""The file under a node's data dir that breaks its host store (the test creates it)."""
+
+_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "replicated_counters.py"
+_spec = importlib.util.spec_from_file_location("replicated_counters", _EXAMPLE)
+assert _spec is not None
+assert _spec.loader is not None
+example: Any = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(example)
+
+
+def failing_counters(marker: Path) -> type:
+    class FailingCounters(example.Counters):  # type: ignore[misc]
+        def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+            commands = [(i, msgpack.unpackb(c)) for i, c in entries]
+            if marker.exists() and any(by == "fail" for _, (_, by) in commands):
+                raise OSError(5, "the host's store failed")
+            ones = [(i, msgpack.packb([k, 1 if by == "fail" else by])) for i, (k, by) in commands]
+            result: list[bytes] = super().apply_batch(ones)
+            return result
+
+    return FailingCounters
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cmd", choices=["node"])
+    parser.add_argument("--config", type=Path, required=True)
+    config = ClusterConfig.from_toml(parser.parse_args().config)
+    example.Counters = failing_counters(config.data_dir / BROKEN_MARKER)
+    result: int = asyncio.run(example.run_node(config))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
