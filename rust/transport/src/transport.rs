@@ -39,6 +39,9 @@ use outbound::{peer_cert, read_error, write_error};
 pub const FRAME_ERROR_CODE_BASE: u32 = 0x100;
 /// Stream reset / stop code when an inbound frame did not arrive within `rpc_timeout`.
 pub const STREAM_CODE_INBOUND_TIMEOUT: u32 = 0x300;
+/// Stop code of a request refused on its header (the sender's role may not send its kind):
+/// the payload is not read; a request's refusal reply follows on the stream.
+pub const STREAM_CODE_REFUSED: u32 = 0x301;
 /// Unit of the per-connection inbound buffer budget (a semaphore permit).
 const BUDGET_UNIT_BYTES: usize = 1024;
 /// Error code of a request the sender's certificate role may not make (the caller gets

@@ -211,3 +211,54 @@ async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
     assert_eq!(reply.unwrap().payload, Bytes::from_static(b"ok"));
     assert_eq!(server.metrics()["connections_accepted"], 1);
 }
+
+/// A kind the sender's role may not send is refused on its header: a client certificate
+/// announcing a RaftBatch gets the refusal at once, before sending (and without the node
+/// reserving or reading) its payload; one that sends a large payload anyway gets the typed
+/// `PermissionDenied` although the node stopped reading mid-payload. The connection survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_the_role_may_not_send_is_refused_on_its_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "client"]);
+    let mut server_cfg = config();
+    server_cfg.rpc_timeout = Duration::from_secs(5);
+    let server =
+        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    let client = bind(1000, ANY, c[1].clone());
+    serve_echo(&server);
+    let addr = server.local_addr();
+    let header = FrameHeader::encode(MessageKind::RAFT_BATCH, &[0u8; 1 << 20]).unwrap();
+    let started = std::time::Instant::now();
+    let answer = client
+        .send_raw_to_addr(addr, Bytes::copy_from_slice(&header), false)
+        .await
+        .unwrap()
+        .expect("a refusal reply, not a reset");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused on the header, not after the 5 s read deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(answer.kind, MessageKind::ERROR);
+    let text = String::from_utf8_lossy(&answer.payload);
+    assert!(text.contains("permission_denied"), "{text}");
+    assert!(text.contains("RaftBatch(16) refused"), "{text}");
+    let big = Bytes::from(vec![0u8; 16 << 20]);
+    match client
+        .send_rpc_to_addr(addr, MessageKind::RAFT_BATCH, big)
+        .await
+    {
+        Err(TransportError::PermissionDenied { message }) => {
+            assert!(message.contains("only the node role"), "{message}");
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
+    let m = server.metrics();
+    assert_eq!(m["requests_refused"], 2);
+    assert_eq!(m["inbound_stream_timeouts"], 0);
+    let reply = client
+        .send_rpc_to_addr(addr, MessageKind::PING, Bytes::from_static(b"ok"))
+        .await;
+    assert_eq!(reply.unwrap().payload, Bytes::from_static(b"ok"));
+    assert_eq!(server.metrics()["connections_accepted"], 1);
+}

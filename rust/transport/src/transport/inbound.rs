@@ -2,10 +2,22 @@
 
 use super::*;
 
+/// What reading an inbound stream gave.
+enum Inbound {
+    /// A whole frame, its payload held in the connection's budget by the permit.
+    Frame(MessageKind, Bytes, OwnedSemaphorePermit),
+    /// A kind the peer's role may not send, refused on its header: nothing of the payload was
+    /// read or reserved.
+    Refused(MessageKind, Refusal),
+}
+
 impl Inner {
     /// Read one frame from an inbound stream within `rpc_timeout`, reserving its payload size in
     /// the connection's buffer `budget` (held by the returned permit until the caller is done).
     /// A malformed frame is counted and the stream reset; so is one that does not arrive in time.
+    /// A kind the peer's role may not send is refused on its header (`authorize`, the kind
+    /// table's senders): the payload is neither reserved nor read, the refusal is recorded, and
+    /// a request gets its `PERMISSION_DENIED` reply.
     pub(super) async fn read_inbound(
         &self,
         peer: &PeerInfo,
@@ -15,6 +27,9 @@ impl Inner {
     ) -> Option<(MessageKind, Bytes, OwnedSemaphorePermit)> {
         let read = async {
             let header = read_header(recv).await?;
+            if let Err(refusal) = authorize(&peer.identity, header.kind) {
+                return Ok(Ok(Inbound::Refused(header.kind, refusal)));
+            }
             let units = header.payload_bytes.div_ceil(BUDGET_UNIT_BYTES);
             // Cannot fail: the semaphore is never closed and units ≤ the budget (validated).
             let permit = budget
@@ -22,7 +37,7 @@ impl Inner {
                 .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
                 .await;
             let payload = read_payload(recv, &header).await?;
-            Ok::<_, ReadFrameError>((header.kind, payload, permit))
+            Ok::<_, ReadFrameError>(permit.map(|p| Inbound::Frame(header.kind, payload, p)))
         };
         let outcome = tokio::time::timeout(self.config.rpc_timeout, read).await;
         let reset =
@@ -34,8 +49,20 @@ impl Inner {
                 }
             };
         match outcome {
-            Ok(Ok((kind, payload, Ok(permit)))) => Some((kind, payload, permit)),
-            Ok(Ok((_, _, Err(closed)))) => {
+            Ok(Ok(Ok(Inbound::Frame(kind, payload, permit)))) => Some((kind, payload, permit)),
+            Ok(Ok(Ok(Inbound::Refused(kind, refusal)))) => {
+                let error = HandlerError::new(PERMISSION_DENIED, refusal.message.clone());
+                self.record_refusal(peer, kind, refusal);
+                let _ = recv.stop(VarInt::from_u32(STREAM_CODE_REFUSED));
+                if let Some(send) = send {
+                    let reply = error_frame(&error);
+                    if let Err(err) = write_frame(send, reply.kind, reply.payload).await {
+                        tracing::debug!(peer = %peer.addr, ?err, "could not send the refusal");
+                    }
+                }
+                None
+            }
+            Ok(Ok(Err(closed))) => {
                 tracing::error!(peer = %peer.addr, %closed, "inbound budget closed");
                 None
             }
@@ -65,11 +92,6 @@ impl Inner {
         payload: Bytes,
         oneway: bool,
     ) -> Result<Option<OutboundFrame>, HandlerError> {
-        if let Err(refusal) = authorize(&peer.identity, kind) {
-            let error = HandlerError::new(PERMISSION_DENIED, refusal.message.clone());
-            self.record_refusal(&peer, kind, refusal);
-            return Err(error);
-        }
         let Some(handler) = self.handlers.get(kind) else {
             return Err(HandlerError::new(
                 "no_handler",

@@ -349,16 +349,23 @@ impl Inner {
             .open_bi()
             .await
             .map_err(|e| AttemptError::Stale(self.connection_error(addr, e)))?;
-        if let Err(err) = write_frame(&mut send, kind, payload).await {
-            return Err(match err {
-                WriteFrameError::Frame(e) => AttemptError::Fatal(TransportError::Frame(e)),
-                WriteFrameError::Write(quinn::WriteError::ConnectionLost(
-                    quinn::ConnectionError::Reset,
-                )) => {
-                    AttemptError::Stale(self.connection_error(addr, quinn::ConnectionError::Reset))
-                }
-                WriteFrameError::Write(e) => AttemptError::Fatal(write_error(addr, self, e)),
-            });
+        match write_frame(&mut send, kind, payload).await {
+            Ok(()) => {}
+            // Refused on its header while the payload was still being written: the refusal
+            // reply follows on the stream.
+            Err(WriteFrameError::Write(quinn::WriteError::Stopped(code)))
+                if code == VarInt::from_u32(STREAM_CODE_REFUSED) => {}
+            Err(err) => {
+                return Err(match err {
+                    WriteFrameError::Frame(e) => AttemptError::Fatal(TransportError::Frame(e)),
+                    WriteFrameError::Write(quinn::WriteError::ConnectionLost(
+                        quinn::ConnectionError::Reset,
+                    )) => AttemptError::Stale(
+                        self.connection_error(addr, quinn::ConnectionError::Reset),
+                    ),
+                    WriteFrameError::Write(e) => AttemptError::Fatal(write_error(addr, self, e)),
+                })
+            }
         }
         match read_frame(&mut recv).await {
             Ok((kind, payload)) => Ok(OutboundFrame { kind, payload }),
