@@ -181,12 +181,8 @@ async fn timeouts_are_typed_and_bounded() {
 async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let c = creds(dir.path(), "a", &["n1", "n2"]);
-    let mut server_cfg = config();
-    server_cfg.rpc_timeout = Duration::from_millis(300);
-    let server =
-        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    let server = echo_server(c[0].clone(), Duration::from_millis(300));
     let client = bind(2, ANY, c[1].clone());
-    serve_echo(&server);
     let addr = server.local_addr();
     let mut partial = FrameHeader::encode(MessageKind::PING, &[0u8; 1000])
         .unwrap()
@@ -220,12 +216,8 @@ async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
 async fn a_kind_the_role_may_not_send_is_refused_on_its_header() {
     let dir = tempfile::tempdir().unwrap();
     let c = creds(dir.path(), "a", &["n1", "client"]);
-    let mut server_cfg = config();
-    server_cfg.rpc_timeout = Duration::from_secs(5);
-    let server =
-        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    let server = echo_server(c[0].clone(), Duration::from_secs(5));
     let client = bind(1000, ANY, c[1].clone());
-    serve_echo(&server);
     let addr = server.local_addr();
     let header = FrameHeader::encode(MessageKind::RAFT_BATCH, &[0u8; 1 << 20]).unwrap();
     let started = std::time::Instant::now();

@@ -45,6 +45,18 @@ pub fn bind(id: u64, addr: &str, creds: Credentials) -> Transport {
     Transport::bind(NodeId(id), addr.parse().unwrap(), creds, config()).unwrap()
 }
 
+/// Node 1 on 127.0.0.1 with its own `rpc_timeout` (the read deadline of its inbound frames),
+/// serving echo.
+pub fn echo_server(creds: Credentials, rpc_timeout: Duration) -> Transport {
+    let cfg = TransportConfig {
+        rpc_timeout,
+        ..config()
+    };
+    let server = Transport::bind(NodeId(1), ANY.parse().unwrap(), creds, cfg).unwrap();
+    serve_echo(&server);
+    server
+}
+
 /// Echo server: replies Pong with the request payload.
 pub fn serve_echo(t: &Transport) {
     t.set_fallback_handler(Some(handler_fn(|frame| async move {
