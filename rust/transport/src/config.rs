@@ -30,10 +30,12 @@ pub struct TransportConfig {
     pub connection_receive_window_bytes: u32,
     /// Send buffer per connection (quinn's `send_window`).
     pub send_window_bytes: u64,
-    /// Bytes of inbound payloads one connection may hold at once (being read or handled); a
-    /// stream whose frame does not fit waits, and gives up after `rpc_timeout`. With the
-    /// per-stream read deadline this bounds what a slow or hostile peer can pin in memory.
-    /// Must fit one maximal frame.
+    /// Bytes of inbound payloads one node's connection may hold at once (being read or
+    /// handled); all connections of other peers (client and admin certificates, and every peer
+    /// of an insecure transport) share ONE budget of this size, so a certificate cannot
+    /// multiply it by opening connections. A stream whose frame does not fit waits, and gives
+    /// up after `rpc_timeout`. With the per-stream read deadline this bounds what slow or
+    /// hostile peers can pin in memory. Must fit one maximal frame.
     pub inbound_buffer_bytes_max: usize,
     /// Connection attempts (handshakes) queued at once before new ones are refused.
     pub incoming_handshakes_max: usize,

@@ -121,12 +121,21 @@ struct Inner {
     tls_state: Mutex<TlsState>,
     /// Live inbound connections by `stable_id`, so a CRL reload can close a revoked peer's.
     inbound: Mutex<HashMap<usize, quinn::Connection>>,
+    /// The inbound buffer budget every connection of a peer that is not a node shares
+    /// (`TransportConfig::inbound_buffer_bytes_max`); a node's connection has its own.
+    shared_inbound_budget: Arc<Semaphore>,
     /// Addresses of nodes that have dialled this node (at most `DIALLED_US_MAX`): a second dial
     /// from one means its process restarted or lost its connection (`peer_dialled`).
     dialled_us: Mutex<HashMap<SocketAddr, DialledUs>>,
     /// The runtime the endpoint lives on: `close`/`drop` may run outside it (e.g. Python's GC),
     /// and re-binding the socket needs its reactor.
     runtime: tokio::runtime::Handle,
+}
+
+/// A budget of `inbound_buffer_bytes_max`, in units of `BUDGET_UNIT_BYTES`.
+fn inbound_budget(config: &TransportConfig) -> Arc<Semaphore> {
+    let units = config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
+    Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,6 +193,7 @@ impl Transport {
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let inner = Arc::new(Inner {
             node_id,
+            shared_inbound_budget: inbound_budget(&config),
             config,
             endpoint: endpoint.clone(),
             local_addr,
@@ -513,6 +523,13 @@ impl Transport {
         snapshot.insert(
             "connections_pooled".into(),
             lock(&self.inner.conns).len() as u64,
+        );
+        let shared = &self.inner.shared_inbound_budget;
+        let units = self.inner.config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
+        let held = units.saturating_sub(shared.available_permits());
+        snapshot.insert(
+            "inbound_shared_bytes_held".into(),
+            (held * BUDGET_UNIT_BYTES) as u64,
         );
         snapshot
     }

@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nodedb_transport::{handler_fn, MessageKind, NodeId, Transport, TransportError};
+use nodedb_transport::{
+    handler_fn, MessageKind, NodeId, Transport, TransportConfig, TransportError,
+};
 use nodedb_wire::FrameHeader;
 
 use common::*;
@@ -253,4 +255,80 @@ async fn a_kind_the_role_may_not_send_is_refused_on_its_header() {
         .await;
     assert_eq!(reply.unwrap().payload, Bytes::from_static(b"ok"));
     assert_eq!(server.metrics()["connections_accepted"], 1);
+}
+
+/// However many connections client certificates open, they share ONE inbound buffer budget: a
+/// second client connection's frame waits for the bytes a stalled one holds (until that one is
+/// reset at the read deadline), while a node's connection has a budget of its own and is served
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_share_one_inbound_budget_and_a_node_keeps_its_own() {
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2", "client"]);
+    let server_cfg = TransportConfig {
+        rpc_timeout: Duration::from_secs(2),
+        inbound_buffer_bytes_max: 64 * MIB,
+        ..config()
+    };
+    let server =
+        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    serve_echo(&server);
+    let addr = server.local_addr();
+    let patient = || TransportConfig {
+        rpc_timeout: Duration::from_secs(8),
+        ..config()
+    };
+    let client = |id| Transport::bind(NodeId(id), ANY.parse().unwrap(), c[2].clone(), patient());
+    let (holder, second) = (client(1000).unwrap(), client(1001).unwrap());
+    let node = Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), patient()).unwrap();
+
+    let mut stalled = FrameHeader::encode(MessageKind::PING, &vec![0u8; 48 * MIB])
+        .unwrap()
+        .to_vec();
+    stalled.extend_from_slice(&vec![0u8; 48 * MIB - 10]); // all but 10 bytes, stream left open
+    let stall = tokio::spawn(async move {
+        let answer = holder
+            .send_raw_to_addr(addr, Bytes::from(stalled), false)
+            .await;
+        (answer, std::time::Instant::now())
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.metrics()["inbound_shared_bytes_held"] < (48 * MIB) as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled frame was never reserved"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let big = |n: usize| Bytes::from(vec![7u8; n * MIB]);
+    let reply = node
+        .send_rpc_to_addr(addr, MessageKind::PING, big(32))
+        .await;
+    assert_eq!(
+        reply.unwrap().payload.len(),
+        32 * MIB,
+        "a node's connection has its own budget"
+    );
+    assert!(
+        !stall.is_finished(),
+        "the node was served while the client's bytes were held"
+    );
+    let reply = second
+        .send_rpc_to_addr(addr, MessageKind::PING, big(20))
+        .await;
+    let replied_at = std::time::Instant::now();
+    assert_eq!(reply.unwrap().payload.len(), 20 * MIB);
+    let (answer, reset_at) = stall.await.unwrap();
+    assert_eq!(
+        answer.unwrap(),
+        Err(u64::from(
+            nodedb_transport::transport::STREAM_CODE_INBOUND_TIMEOUT
+        ))
+    );
+    assert!(
+        reset_at <= replied_at,
+        "the second client connection waited for the first one's bytes"
+    );
+    assert_eq!(server.metrics()["inbound_shared_bytes_held"], 0);
 }

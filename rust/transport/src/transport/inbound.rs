@@ -259,8 +259,11 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
     inner.peer_dialled(&peer, dial_started);
-    let budget_units = inner.config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
-    let budget = Arc::new(Semaphore::new(budget_units.min(Semaphore::MAX_PERMITS)));
+    let budget = if peer.identity.node_id().is_some() {
+        inbound_budget(&inner.config)
+    } else {
+        Arc::clone(&inner.shared_inbound_budget) // clients cannot multiply it by connecting
+    };
     // Holding only a weak reference between streams lets a dropped transport shut down.
     let weak = Arc::downgrade(&inner);
     drop(inner);
