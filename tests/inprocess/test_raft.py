@@ -360,6 +360,47 @@ async def test_a_raising_python_state_machine_stops_the_engine_and_applies_after
         await t.close()
 
 
+class TextMachine(LogMachine):
+    """Returns text, not bytes: a bug in the host's machine."""
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        return ["applied" for _ in entries]  # type: ignore[misc]
+
+
+class ShortMachine(LogMachine):
+    """Returns no result at all."""
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        return []
+
+
+@pytest.mark.parametrize(
+    ("machine", "why"),
+    [
+        (TextMachine, "apply_batch returned no list of bytes"),
+        (ShortMachine, "0 results for 1 commands"),
+    ],
+)
+async def test_a_python_state_machine_with_wrong_results_stops_the_engine(
+    tmp_path: Path, machine: Callable[[], StateMachine], why: str
+) -> None:
+    t = Transport(1, "127.0.0.1:0", Insecure())
+    t.register_peer(1, t.local_addr)
+    engine = RaftEngine(1, tmp_path / "n1", t, lambda _g: machine(), FAST)
+    try:
+        await engine.add_group(0, [1], "python")
+        await engine.campaign(0)
+        with pytest.raises(EngineStopped):
+            await engine.propose(0, b"x")
+        async with asyncio.timeout(DEADLINE_S):
+            reason = await engine.wait_stopped()
+        assert "state machine of g0 failed to apply entries" in reason
+        assert why in reason
+    finally:
+        await engine.close()
+        await t.close()
+
+
 async def test_garbage_raft_frames_are_counted_and_dropped(cluster: list[Node]) -> None:
     for n in cluster:
         await n.engine.add_group(1, [1, 2, 3], "kv")

@@ -28,13 +28,16 @@ impl StateMachine for PyStateMachine {
                 .iter()
                 .map(|c| (c.index, PyBytes::new(py, c.data)))
                 .collect();
-            self.obj
+            let out = self
+                .obj
                 .bind(py)
                 .call_method1("apply_batch", (entries,))
-                .and_then(|r| r.extract::<Vec<Vec<u8>>>())
                 .map_err(|err| {
                     SmError::Other(format!("apply_batch raised {}", described(py, &err)))
-                })
+                })?;
+            out.extract::<Vec<Vec<u8>>>().map_err(|err| {
+                SmError::Other(format!("apply_batch returned no list of bytes: {err}"))
+            })
         })
     }
 
