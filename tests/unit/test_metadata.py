@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -36,6 +38,7 @@ from nodedb_cluster.metadata.commands import (
     SetGroupMembers,
     SetNodeState,
 )
+from nodedb_cluster.metadata.group import RESULT_APPLIED, MetadataGroup
 from nodedb_cluster.metadata.placement import plan_join, plan_promotion, plan_removal
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
@@ -339,3 +342,28 @@ def test_state_persists_to_the_catalog_and_restart_resumes_after_it(tmp_path: Pa
         assert catalog.load_metadata_applied_index() == 2
         assert formation.topology == machine.state.topology
         assert formation.routing == machine.state.routing
+
+
+class LoopClosingOnCall(asyncio.SelectorEventLoop):
+    """A real loop that closes at the worst moment: between the caller's `is_closed()` check
+    and its `call_soon_threadsafe` (as when the node shuts down meanwhile)."""
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> asyncio.Handle:
+        self.close()
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+@pytest.mark.parametrize("closed_before", [True, False])
+def test_a_closed_loop_does_not_fail_the_apply(closed_before: bool) -> None:
+    """The metadata group tells the node's loop of each change from the driver thread. Once
+    the loop has closed (the node shuts down) nobody is left to tell; raising there would stop
+    the engine as if the state machine had failed (a raising apply stops it)."""
+    recorder = Recorder()
+    loop = LoopClosingOnCall()
+    if closed_before:
+        loop.close()
+    group = MetadataGroup(bootstrap_state(), recorder, loop, lambda _state: None)
+    entry = join_entry(group.machine.state, node(2))
+    assert group.apply_batch([(1, entry)]) == [RESULT_APPLIED]
+    assert loop.is_closed()
+    group.machine.close()

@@ -8,9 +8,10 @@ peers, reconcile its Raft groups and wake join handlers waiting for their entry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, TypeVar
 
 import msgpack
 
@@ -26,6 +27,7 @@ from nodedb_cluster.metadata.vshard_moves import VShardMoves
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import Topology
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT: Final = 1
@@ -103,8 +105,7 @@ class MetadataGroup:
         loop: asyncio.AbstractEventLoop, callback: Callable[[CatalogNoSpace | None], None]
     ) -> Callable[[CatalogNoSpace | None], None]:
         def hand_over(error: CatalogNoSpace | None) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(callback, error)
+            _tell_loop(loop, callback, error)
 
         return hand_over
 
@@ -141,6 +142,13 @@ class MetadataGroup:
         self._announce()
 
     def _announce(self) -> None:
-        state = self.machine.state
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._on_change, state)
+        _tell_loop(self._loop, self._on_change, self.machine.state)
+
+
+def _tell_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[T], None], arg: T) -> None:
+    """Hand `arg` to `callback` on the loop, from the driver thread. A loop that has closed
+    (the node is shutting down, maybe between the check and the call) has nobody left to tell:
+    raising here would stop the engine as if the state machine had failed."""
+    with contextlib.suppress(RuntimeError):
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(callback, arg)
