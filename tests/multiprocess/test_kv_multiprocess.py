@@ -23,6 +23,7 @@ CLI = [sys.executable, "-m", "nodedb_cluster.cli"]
 WRITERS = 8
 WRITES_PER_WRITER_MAX = 3000
 AFTER_FAILOVER_S = 2.0
+LARGE_VALUE_BYTES = 40 << 20
 
 
 @pytest.fixture
@@ -163,6 +164,22 @@ async def test_client_through_any_single_node_and_typed_timeout(cluster: LocalCl
     async with Client([cluster.nodes[1].addr], cluster.client_credentials) as client:
         for node in cluster.nodes.values():
             assert await client.get_many_at(node.node_id, [b"via:1"], max_staleness_s=5.0) == [b"y"]
+
+
+async def test_a_fresh_clients_large_put_is_given_the_time_to_move_its_bytes(
+    cluster: LocalCluster,
+) -> None:
+    """A 40 MiB value put by a client with no answer times behind it: its attempt bound (0.3 s
+    for a small request) grows with the bytes it carries (peer_health TRANSFER_BYTES_PER_S_MIN),
+    so it is acknowledged within the default deadline instead of being retried until it runs out
+    while every attempt marks the leader down; it reads back from every node."""
+    value = bytes(range(256)) * (LARGE_VALUE_BYTES // 256)
+    addrs = [n.addr for n in cluster.nodes.values()]
+    async with Client(addrs, cluster.client_credentials) as client:
+        await client.put(b"large", value)
+    for node in cluster.nodes.values():
+        async with Client([node.addr], cluster.client_credentials) as client:
+            assert await client.get(b"large") == value
 
 
 async def test_a_routing_refresh_does_not_wait_on_a_source_that_stopped_answering(

@@ -22,6 +22,12 @@ pub const ATTEMPT_TIMEOUT_MIN_S: f64 = 0.3;
 pub const ATTEMPT_TIMEOUT_MAX_S: f64 = 1.0;
 /// An attempt waits at least this multiple of the slowest recent answer.
 pub const SLOWEST_MULT: f64 = 3.0;
+/// An attempt carrying a large request also gets the time to move its bytes at this rate, on
+/// top of the bound above: a write crosses the network twice (to the leader, then from it to
+/// its followers) and is fsynced on each, and a request that takes long to send is not a dead
+/// leader. (Without it a 40 MiB put on a fresh client, bounded by 0.3 s, was retried until its
+/// deadline and every attempt marked its leader down.) Far below what loopback or a LAN carries.
+pub const TRANSFER_BYTES_PER_S_MIN: f64 = 16.0 * 1024.0 * 1024.0;
 /// The remembered slowest answer halves every this many seconds (a load spike fades).
 pub const SLOWEST_HALF_LIFE_S: f64 = 2.0;
 /// A node that failed to answer is tried after the others for this long: about one election,
@@ -33,6 +39,11 @@ pub const DOWN_NODES_MAX: usize = 4096;
 /// most (an eighth of the bound below 400 ms): the answer must arrive before the requester
 /// gives up.
 pub const SERVE_MARGIN_MS_MAX: u64 = 50;
+
+/// The time an attempt is given, besides its answer bound, to move a request of `bytes`.
+pub fn transfer_allowance_s(bytes: usize) -> f64 {
+    bytes as f64 / TRANSFER_BYTES_PER_S_MIN
+}
 
 /// How long a node serving a request with attempt bound `t_ms` may wait before answering:
 /// a little less than `t_ms`, so that a request that waited out an election, or a slow
@@ -160,6 +171,17 @@ mod tests {
             h.attempt_timeout_s(t + 10.0 * SLOWEST_HALF_LIFE_S),
             ATTEMPT_TIMEOUT_MIN_S
         );
+    }
+
+    #[test]
+    fn a_large_request_gets_the_time_to_move_its_bytes() {
+        assert_eq!(transfer_allowance_s(0), 0.0);
+        assert!(
+            transfer_allowance_s(64 << 10) < 0.005,
+            "small requests: nothing to speak of"
+        );
+        assert!((transfer_allowance_s(16 << 20) - 1.0).abs() < 1e-9);
+        assert!((transfer_allowance_s(40 << 20) - 2.5).abs() < 1e-9);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub use self::error::{Failure, KvError, SubmitError};
 use self::retry::{judge, when, LeaderSearch, When};
 use self::state::{Batch, Call, CallKind, Finished, Item, Lane, LaneKey, Progress, State};
 use self::wire::{decode_reply, encode_request, serve_here, Decoded, Rpc};
+use crate::peer_health::transfer_allowance_s;
 use crate::routing::Routing;
 use crate::serve::KvServer;
 use crate::session::SessionState;
@@ -563,7 +564,9 @@ impl KvClient {
             });
             let suspect = cancellable.then(|| st.suspect_channel(target));
             let local = (target == self.me).then(|| st.local.clone()).flatten();
-            (st.attempt_timeout(start), avoid, suspect, local)
+            let bytes = items.iter().map(|i| i.payload.len()).sum();
+            let moving = Duration::from_secs_f64(transfer_allowance_s(bytes));
+            (st.attempt_timeout(start) + moving, avoid, suspect, local)
         };
         let deadline = items
             .iter()
