@@ -57,6 +57,20 @@ pub fn echo_server(creds: Credentials, rpc_timeout: Duration) -> Transport {
     server
 }
 
+/// After a stream was refused or reset: the client's one connection to `server` (an echo
+/// server) is still the only one and still serves a request.
+pub async fn assert_the_one_connection_still_serves(client: &Transport, server: &Transport) {
+    let reply = client
+        .send_rpc_to_addr(
+            server.local_addr(),
+            MessageKind::PING,
+            Bytes::from_static(b"ok"),
+        )
+        .await;
+    assert_eq!(reply.unwrap().payload, Bytes::from_static(b"ok"));
+    assert_eq!(server.metrics()["connections_accepted"], 1);
+}
+
 /// Echo server: replies Pong with the request payload.
 pub fn serve_echo(t: &Transport) {
     t.set_fallback_handler(Some(handler_fn(|frame| async move {
