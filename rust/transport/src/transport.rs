@@ -132,10 +132,14 @@ struct Inner {
     runtime: tokio::runtime::Handle,
 }
 
-/// A budget of `inbound_buffer_bytes_max`, in units of `BUDGET_UNIT_BYTES`.
+/// `inbound_buffer_bytes_max` in units of `BUDGET_UNIT_BYTES` (a budget's permits).
+fn inbound_budget_units(config: &TransportConfig) -> usize {
+    (config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES).min(Semaphore::MAX_PERMITS)
+}
+
+/// A budget of `inbound_buffer_bytes_max`.
 fn inbound_budget(config: &TransportConfig) -> Arc<Semaphore> {
-    let units = config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
-    Arc::new(Semaphore::new(units.min(Semaphore::MAX_PERMITS)))
+    Arc::new(Semaphore::new(inbound_budget_units(config)))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -525,7 +529,7 @@ impl Transport {
             lock(&self.inner.conns).len() as u64,
         );
         let shared = &self.inner.shared_inbound_budget;
-        let units = self.inner.config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES;
+        let units = inbound_budget_units(&self.inner.config);
         let held = units.saturating_sub(shared.available_permits());
         snapshot.insert(
             "inbound_shared_bytes_held".into(),
