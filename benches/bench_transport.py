@@ -309,8 +309,10 @@ def main() -> None:
     from nodedb_cluster.transport import generate_cluster_credentials
 
     with tempfile.TemporaryDirectory() as tmp:
+        # Two node certificates: the bulk case sends SnapshotChunk, a kind only nodes may send
+        # (docs/WIRE.md's kind table); the server is node 1, this client node 2.
         files = generate_cluster_credentials(
-            Path(tmp), "bench", [("server", ["127.0.0.1"]), ("client", ["127.0.0.1"])]
+            Path(tmp), "bench", [("n1", ["127.0.0.1"]), ("n2", ["127.0.0.1"])]
         )
         server_creds = [str(files[0].ca), str(files[0].cert), str(files[0].key)]
         client_creds = [str(files[1].ca), str(files[1].cert), str(files[1].key)]

@@ -475,11 +475,18 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize(("value", "workers"), [("1", 1), ("3", 3), (None, 2)])
-def test_transport_workers_follow_the_environment(value: str | None, workers: int) -> None:
+@pytest.mark.parametrize(
+    ("value", "cpus", "workers"), [("1", None, 1), ("3", None, 3), ("3", 1, 3), (None, 1, 1)]
+)
+def test_transport_workers_follow_the_environment_and_the_host(
+    value: str | None, cpus: int | None, workers: int
+) -> None:
+    """The override wins; without it a process limited to 1 CPU (a small host) gets one
+    worker. The larger-host default is the pure rule's (`cargo test -p nodedb-transport`)."""
     env = {k: v for k, v in os.environ.items() if k != "NODEDB_TRANSPORT_WORKERS"}
     if value is not None:
         env["NODEDB_TRANSPORT_WORKERS"] = value
+    allowed = sorted(os.sched_getaffinity(0))
     out = subprocess.run(
         [sys.executable, "-c", WORKERS_PROBE, str(workers)],
         env=env,
@@ -487,6 +494,7 @@ def test_transport_workers_follow_the_environment(value: str | None, workers: in
         text=True,
         timeout=60,
         check=True,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, allowed[:cpus]),
     )
     assert int(out.stdout.strip()) == workers
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use nodedb_transport::crl::read_crl_files;
 use nodedb_transport::{refusal_reason, Identity, PeerIdentity, PeerInfo, Refusal};
+use nodedb_transport::{runtime_workers, RUNTIME_WORKERS_ENV};
 use nodedb_transport::{
     FrameHandler, HandlerError, HandlerFuture, HandlerResult, InboundFrame, MessageKind, NodeId,
     OutboundFrame, SpkiPin, Transport, TransportConfig, TransportError,
@@ -26,30 +27,12 @@ use crate::credentials::PyCredentials;
 use crate::errors::{cluster_error, transport_error_with};
 use crate::wire::kind_of;
 
-/// Worker threads of the transport's own tokio runtime (separate from pyo3-async-runtimes' so
-/// other engines keep theirs). Measured on this project's 2-core machines (BENCHMARKS.md,
-/// transport section), 2 workers against 1: bulk 297 vs 162 MB/s, 64 in flight 29k vs 19k req/s,
-/// serial p50 with a Python handler 202 vs 219 us; only a Rust-answered serial probe is faster on
-/// one worker (115 vs 184 us), because its hops then stay on one thread.
-const TRANSPORT_RUNTIME_WORKERS: usize = 2;
-/// Environment variable overriding `TRANSPORT_RUNTIME_WORKERS` for the whole process (read once,
-/// when the runtime starts): the runtime is process-wide, so no per-object setting can size it.
-const TRANSPORT_WORKERS_ENV: &str = "NODEDB_TRANSPORT_WORKERS";
-/// Largest accepted override.
-const TRANSPORT_WORKERS_MAX: usize = 64;
-
-/// The worker count: the override when set (1..=64, anything else refused naming the
-/// variable), else the default.
+/// The worker count of the process-wide runtime: `nodedb_transport::runtime_workers` for the
+/// CPUs this process may use and the environment's override.
 fn transport_workers() -> Result<usize, String> {
-    let Ok(text) = std::env::var(TRANSPORT_WORKERS_ENV) else {
-        return Ok(TRANSPORT_RUNTIME_WORKERS);
-    };
-    match text.trim().parse::<usize>() {
-        Ok(n) if (1..=TRANSPORT_WORKERS_MAX).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{TRANSPORT_WORKERS_ENV}={text:?} is not a worker count in 1..={TRANSPORT_WORKERS_MAX}"
-        )),
-    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let text = std::env::var(RUNTIME_WORKERS_ENV).ok();
+    runtime_workers(text.as_deref(), cpus)
 }
 
 /// The process-wide transport runtime (built on first use).

@@ -19,6 +19,7 @@ pub mod renew;
 pub mod stream;
 mod tls;
 pub mod transport;
+pub mod workers;
 
 pub use config::TransportConfig;
 pub use credentials::{spki_pin_of_cert, Credentials, SpkiPin};
@@ -35,6 +36,7 @@ pub use nodedb_wire::{MessageKind, NodeId, Role, Roles};
 pub use refusals::{refusal_reason, RefusalLine, RefusalLog, REASONS};
 pub use renew::renew_node_credentials;
 pub use transport::Transport;
+pub use workers::{runtime_workers, RUNTIME_WORKERS_ENV};
 
 /// ALPN protocol id: names the protocol and its major version.
 pub const ALPN: &[u8] = b"nodedb-cluster/1";
