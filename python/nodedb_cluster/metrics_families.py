@@ -38,7 +38,9 @@ SWIM_STATES: Final = ("alive", "suspect", "dead", "left")
 ENGINE_GAUGES: Final = frozenset({"no_space"})
 """Engine entries that are states, not counts (1 while the engine refuses writes for lack of
 disk space)."""
-TRANSPORT_GAUGES: Final = frozenset({"connections_pooled", "insecure", "inbound_shared_bytes_held"})
+TRANSPORT_GAUGES: Final = frozenset(
+    {"connections_pooled", "insecure", "inbound_shared_bytes_held", "client_connections"}
+)
 """Transport entries that go down: pooled connections now; 1 while this transport is insecure;
 bytes of inbound frames the connections of non-node peers hold in their shared budget now."""
 RENAMED: Final = {

@@ -43,6 +43,8 @@ pub struct Metrics {
     /// restarted): the next send dials the new process.
     pub connections_replaced_on_redial: AtomicU64,
     pub inbound_handshake_failures: AtomicU64,
+    /// Inbound client connections closed because `client_connections_max` were open.
+    pub inbound_connections_refused_full: AtomicU64,
     pub streams_reset: AtomicU64,
     /// Inbound streams reset because their frame did not arrive (or fit the connection's
     /// buffer budget) within `rpc_timeout`.
@@ -70,6 +72,7 @@ impl Default for Metrics {
             connections_accepted: AtomicU64::new(0),
             connections_replaced_on_redial: AtomicU64::new(0),
             inbound_handshake_failures: AtomicU64::new(0),
+            inbound_connections_refused_full: AtomicU64::new(0),
             streams_reset: AtomicU64::new(0),
             inbound_stream_timeouts: AtomicU64::new(0),
             handler_errors: AtomicU64::new(0),
@@ -144,6 +147,10 @@ impl Metrics {
         out.insert(
             "inbound_handshake_failures".into(),
             get(&self.inbound_handshake_failures),
+        );
+        out.insert(
+            "inbound_connections_refused_full".into(),
+            get(&self.inbound_connections_refused_full),
         );
         out.insert("streams_reset".into(), get(&self.streams_reset));
         out.insert(

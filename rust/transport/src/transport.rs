@@ -58,6 +58,10 @@ const CLOSE_CODE_REVOKED: u32 = 0x202;
 /// Connection close code of an outbound connection dropped because its peer dialled this node
 /// again (it restarted, or lost its own connection): see `Inner::peer_dialled_again`.
 const CLOSE_CODE_PEER_REDIALLED: u32 = 0x203;
+/// Connection close code of a client's connection beyond `client_connections_max`.
+const CLOSE_CODE_CONNECTIONS_FULL: u32 = 0x204;
+/// At most one warning per this interval about connections closed at `client_connections_max`.
+const CONNECTIONS_FULL_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Nodes remembered as having dialled this one, at most (then forgotten all at once).
 const DIALLED_US_MAX: usize = 4096;
@@ -124,6 +128,11 @@ struct Inner {
     /// The inbound buffer budget every connection of a peer that is not a node shares
     /// (`TransportConfig::inbound_buffer_bytes_max`); a node's connection has its own.
     shared_inbound_budget: Arc<Semaphore>,
+    /// One permit per open connection of a peer with a certificate that is not a node's
+    /// (`TransportConfig::client_connections_max`).
+    client_connection_slots: Arc<Semaphore>,
+    /// When connections were last refused at that cap with a warning, and how many since.
+    connections_full_warned: Mutex<(Option<Instant>, u64)>,
     /// Addresses of nodes that have dialled this node (at most `DIALLED_US_MAX`): a second dial
     /// from one means its process restarted or lost its connection (`peer_dialled`).
     dialled_us: Mutex<HashMap<SocketAddr, DialledUs>>,
@@ -198,6 +207,10 @@ impl Transport {
         let inner = Arc::new(Inner {
             node_id,
             shared_inbound_budget: inbound_budget(&config),
+            client_connection_slots: Arc::new(Semaphore::new(
+                config.client_connections_max.min(Semaphore::MAX_PERMITS),
+            )),
+            connections_full_warned: Mutex::new((None, 0)),
             config,
             endpoint: endpoint.clone(),
             local_addr,
@@ -534,6 +547,13 @@ impl Transport {
         snapshot.insert(
             "inbound_shared_bytes_held".into(),
             (held * BUDGET_UNIT_BYTES) as u64,
+        );
+        let slots = &self.inner.client_connection_slots;
+        let max = self.inner.config.client_connections_max;
+        snapshot.insert(
+            "client_connections".into(),
+            max.min(Semaphore::MAX_PERMITS)
+                .saturating_sub(slots.available_permits()) as u64,
         );
         snapshot
     }

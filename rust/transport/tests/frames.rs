@@ -324,3 +324,56 @@ async fn client_connections_share_one_inbound_budget_and_a_node_keeps_its_own() 
     );
     assert_eq!(server.metrics()["inbound_shared_bytes_held"], 0);
 }
+
+/// Client certificates may hold `client_connections_max` connections to a node at once: a
+/// further one is closed with the reason, a node still connects, and a slot freed by a closing
+/// client is taken by the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_connections_beyond_the_cap_are_closed_and_a_node_still_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2", "client"]);
+    let server_cfg = TransportConfig {
+        client_connections_max: 2,
+        ..config()
+    };
+    let server =
+        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    serve_echo(&server);
+    let addr = server.local_addr();
+    async fn ping(t: &Transport, addr: std::net::SocketAddr) -> Result<usize, TransportError> {
+        let reply = t.send_rpc_to_addr(addr, MessageKind::PING, Bytes::from("p"));
+        reply.await.map(|r| r.payload.len())
+    }
+    let clients: Vec<Transport> = (0..3).map(|i| bind(1000 + i, ANY, c[2].clone())).collect();
+    ping(&clients[0], addr).await.unwrap();
+    ping(&clients[1], addr).await.unwrap();
+    match ping(&clients[2], addr).await {
+        Err(TransportError::Unreachable { reason, .. }) => {
+            assert!(reason.contains("client_connections_max"), "{reason}")
+        }
+        other => panic!("a third client connection was served: {other:?}"),
+    }
+    let metrics = server.metrics();
+    assert_eq!(metrics["inbound_connections_refused_full"], 1);
+    assert_eq!(metrics["client_connections"], 2);
+
+    let node = bind(2, ANY, c[1].clone());
+    ping(&node, addr)
+        .await
+        .expect("a node connects whatever clients hold");
+    assert_eq!(server.metrics()["client_connections"], 2);
+
+    clients[0].close().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.metrics()["client_connections"] > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed client's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ping(&clients[2], addr)
+        .await
+        .expect("the freed slot serves the next client");
+    assert_eq!(server.metrics()["client_connections"], 2);
+}

@@ -12,6 +12,55 @@ enum Inbound {
 }
 
 impl Inner {
+    /// A slot among `client_connections_max` for a peer with a certificate that is not a
+    /// node's (`Ok(None)`: not counted); `Err` when they are all taken.
+    fn client_connection_slot(
+        &self,
+        identity: &PeerIdentity,
+    ) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        let counted = match identity {
+            PeerIdentity::Unauthenticated => false,
+            PeerIdentity::Verified(_) => identity.node_id().is_none(),
+            PeerIdentity::Unidentified(_) => true,
+        };
+        if !counted {
+            return Ok(None);
+        }
+        Arc::clone(&self.client_connection_slots)
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| ())
+    }
+
+    /// Closes a connection beyond `client_connections_max` (its peer reads the reason); warns
+    /// at most once per `CONNECTIONS_FULL_WARN_INTERVAL`, with the count since.
+    fn refuse_connection_full(&self, conn: &quinn::Connection, peer: &PeerInfo) {
+        Metrics::inc(&self.metrics.inbound_connections_refused_full);
+        let max = self.config.client_connections_max;
+        let reason = format!(
+            "this node serves at most {max} client connections at once \
+             (client_connections_max); try again later or another node"
+        );
+        conn.close(
+            VarInt::from_u32(CLOSE_CODE_CONNECTIONS_FULL),
+            reason.as_bytes(),
+        );
+        let now = Instant::now();
+        let mut warned = lock(&self.connections_full_warned);
+        warned.1 += 1;
+        if warned
+            .0
+            .is_none_or(|at| now.duration_since(at) >= CONNECTIONS_FULL_WARN_INTERVAL)
+        {
+            let refused = std::mem::take(&mut warned.1);
+            warned.0 = Some(now);
+            tracing::warn!(
+                peer = %peer.identity, addr = %peer.addr, refused, max,
+                "client connections refused: {max} are open (client_connections_max)"
+            );
+        }
+    }
+
     /// Read one frame from an inbound stream within `rpc_timeout`, reserving its payload size in
     /// the connection's buffer `budget` (held by the returned permit until the caller is done).
     /// A malformed frame is counted and the stream reset; so is one that does not arrive in time.
@@ -250,7 +299,6 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         }
     };
     Metrics::inc(&inner.metrics.connections_accepted);
-    let _tracked = InboundTracked::new(&inner, &conn);
     let cert = peer_cert(&conn);
     let trust_domain = inner.identity.as_ref().map(|id| id.trust_domain.as_str());
     let peer = PeerInfo {
@@ -258,6 +306,11 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
+    let Ok(_client_slot) = inner.client_connection_slot(&peer.identity) else {
+        inner.refuse_connection_full(&conn, &peer);
+        return;
+    };
+    let _tracked = InboundTracked::new(&inner, &conn);
     inner.peer_dialled(&peer, dial_started);
     let budget = if peer.identity.node_id().is_some() {
         inbound_budget(&inner.config)

@@ -57,6 +57,14 @@ impl Inner {
                     reason: String::from_utf8_lossy(&close.reason).into_owned(),
                 }
             }
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code == VarInt::from_u32(CLOSE_CODE_CONNECTIONS_FULL) =>
+            {
+                TransportError::Unreachable {
+                    addr,
+                    reason: String::from_utf8_lossy(&close.reason).into_owned(),
+                }
+            }
             quinn::ConnectionError::TimedOut => TransportError::Unreachable {
                 addr,
                 reason: "no packet from the peer within the idle timeout".into(),
