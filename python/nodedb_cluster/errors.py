@@ -120,6 +120,20 @@ class CorruptLog(ClusterError):
         self.reason = reason
 
 
+class CorruptSnapshot(ClusterError):
+    """A group's snapshot file does not match the size and checksum its log recorded (damaged,
+    replaced or missing): restoring it would give this node a state no other replica has."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"corrupt snapshot {path}: {reason}; refusing to start (this node's copy of the "
+            "group would differ from the other replicas). Restore the file, or start with "
+            "--rejoin to move this node's Raft state aside and rejoin as a fresh replica"
+        )
+        self.path = path
+        self.reason = reason
+
+
 class LostLogTail(ClusterError):
     """A group's Raft log ends before its persisted commit index: entries this node
     acknowledged are gone. The node refuses to start; `start --rejoin` re-replicates them."""
@@ -331,7 +345,8 @@ class FormationFailed(ClusterError):
 
 
 # --- Multi-Raft engine (nodedb_cluster_core.RaftEngine; Rust `RaftError` maps 1:1) -------------
-# GroupNotFound -> UnknownGroup, Timeout -> Timeout, a corrupt log at open -> CorruptLog.
+# GroupNotFound -> UnknownGroup, Timeout -> Timeout, a corrupt log at open -> CorruptLog, a
+# snapshot file that does not match its mark -> CorruptSnapshot.
 
 
 class RaftNotLeader(NotLeader):

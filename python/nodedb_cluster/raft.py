@@ -9,7 +9,8 @@ machine receives committed entries in batches (`apply_batch`).
 
 The engine belongs to the first event loop that uses it. Errors are the classes of
 `nodedb_cluster.errors`: `RaftNotLeader` (a `NotLeader`), `Timeout`, `UnknownGroup`, `Busy`,
-`LeadershipLost`, `EngineStopped`, `InvalidRequest`, `NoSpace`, `ConfigError`, `CorruptLog`.
+`LeadershipLost`, `EngineStopped`, `InvalidRequest`, `NoSpace`, `ConfigError`, `CorruptLog`,
+`CorruptSnapshot`.
 
 Disk full: the engine does not stop. In NO_SPACE (free space below the log's reserve, or the log
 hit ENOSPC) writes fail with `NoSpace` naming the data dir, reads are served, and writes resume

@@ -141,6 +141,17 @@ def _damage_the_identity(node: NodeProcess) -> str:
     return "IDENTITY is damaged"
 
 
+def _damage_a_snapshot_file(node: NodeProcess) -> str:
+    """One byte changed in the middle of a group's snapshot file, its size kept (every group
+    holds one from its founding)."""
+    snapshots = sorted((node.config.data_dir / "snapshots").glob("g*-i*.snap"))
+    path = max(snapshots, key=lambda p: p.stat().st_size)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x20
+    path.write_bytes(bytes(raw))
+    return "corrupt snapshot"
+
+
 def _cut_at_the_last_entry_boundary(node: NodeProcess) -> str:
     """The newest segment cut (zeroed) at the boundary before its last entry record: whole
     records lost, as if never written."""
@@ -159,6 +170,7 @@ DAMAGE: dict[str, Callable[[NodeProcess], str]] = {
     "bit_flip_inside_a_middle_record": _flip_inside_a_middle_record,
     "record_header_length_changed": _flip_a_record_header,
     "identity_file_damaged": _damage_the_identity,
+    "snapshot_file_damaged": _damage_a_snapshot_file,
     "cut_at_the_last_entry_record_boundary": _cut_at_the_last_entry_boundary,
 }
 

@@ -23,7 +23,7 @@ from nodedb_cluster import wire
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.catalog.layout import CLUSTER_SECRET_BYTES
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import CatalogError, ClusterError, CorruptLog
+from nodedb_cluster.errors import CatalogError, ClusterError, CorruptLog, CorruptSnapshot
 from nodedb_cluster.formation.credentials import check_node_credentials, check_pinned_key
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
 from nodedb_cluster.formation.join_client import join_sender, run_join
@@ -242,7 +242,7 @@ async def _open_engine(
     )
     try:
         engine = await asyncio.to_thread(open_engine)
-    except CorruptLog as e:
+    except (CorruptLog, CorruptSnapshot) as e:
         if not config.rejoin:
             raise
         # --rejoin: a log damaged before its tail is moved aside whole; every group is then

@@ -206,7 +206,7 @@ impl MultiRaftCore {
             cfg,
         };
         for (gid, rg) in recovered {
-            core.start_group(gid, rg.meta, rg.storage)?;
+            core.start_group(gid, rg)?;
         }
         Ok(core)
     }

@@ -314,7 +314,7 @@ pub(crate) fn install_snapshot(
         .set_outgoing(outgoing_snapshot(meta.clone(), desc));
     g.applied_index = meta.index;
     g.applied_bytes_since_snapshot = 0;
-    records.push(LogRecord::snapshot_mark(g.id, g.meta, &meta));
+    records.push(LogRecord::snapshot_mark(g.id, g.meta, &meta, &desc));
     store.remove_older(g.id, meta.index)?;
     // Whatever was pending here is superseded by the snapshot.
     let e = lost(g.id, g.raw.raft.leader_id);

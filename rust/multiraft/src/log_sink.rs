@@ -13,7 +13,11 @@ use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
 use crate::codec::{decode_pb, encode_pb};
 use crate::error::{DecodeError, SinkError};
 use crate::ids::GroupId;
+use crate::snapshot::SnapshotDescriptor;
 use crate::storage::GroupStorage;
+
+/// Payload version of a `SnapshotMark` that records its file's descriptor.
+const MARK_WITH_FILE_VERSION: u8 = 2;
 
 /// What a log record holds. Stable numbers: they are on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,9 +92,19 @@ impl LogRecord {
         }
     }
     /// Carries the group's `GroupMeta` too: once the log drops records below the snapshot
-    /// (including `GroupCreated`), the mark alone re-creates the group on replay.
-    pub fn snapshot_mark(group: GroupId, gm: GroupMeta, meta: &SnapshotMetadata) -> Self {
-        let mut payload = vec![1u8, gm.sm_kind];
+    /// (including `GroupCreated`), the mark alone re-creates the group on replay. And the
+    /// snapshot file's size and checksum, so a restart verifies the file against what was
+    /// written rather than believing whatever is on disk (payload version 2; version 1, written
+    /// before, has no descriptor and is still read).
+    pub fn snapshot_mark(
+        group: GroupId,
+        gm: GroupMeta,
+        meta: &SnapshotMetadata,
+        file: &SnapshotDescriptor,
+    ) -> Self {
+        let mut payload = vec![MARK_WITH_FILE_VERSION, gm.sm_kind];
+        payload.extend_from_slice(&file.total_bytes.to_le_bytes());
+        payload.extend_from_slice(&file.checksum.to_le_bytes());
         payload.extend_from_slice(&encode_pb(meta));
         LogRecord {
             group,
@@ -207,6 +221,9 @@ pub const STATE_KINDS: [RecordKind; 4] = [
 pub struct RecoveredGroup {
     pub meta: GroupMeta,
     pub storage: GroupStorage,
+    /// The size and checksum its newest snapshot mark recorded for the snapshot file (`None`:
+    /// no snapshot, or a mark written before marks recorded them).
+    pub snapshot_file: Option<SnapshotDescriptor>,
 }
 
 #[derive(Default)]
@@ -215,8 +232,8 @@ struct Fold {
     /// Membership at creation (used when no snapshot survives).
     created_cs: Option<ConfState>,
     hard_state: HardState,
-    /// The newest snapshot mark seen.
-    snapshot: Option<SnapshotMetadata>,
+    /// The newest snapshot mark seen, with the file descriptor it recorded.
+    snapshot: Option<(SnapshotMetadata, Option<SnapshotDescriptor>)>,
     /// The log with raft's overwrite rule: an entry at index i replaces i and everything after.
     entries: BTreeMap<u64, Entry>,
 }
@@ -272,11 +289,14 @@ fn fold_record(f: &mut Fold, r: &LogRecord) -> Result<(), String> {
             f.created_cs.get_or_insert(cs);
         }
         RecordKind::SnapshotMark => {
-            let (meta, rest) = split_meta(&r.payload).map_err(|e| e.to_string())?;
+            let (meta, file, rest) = split_mark(&r.payload).map_err(|e| e.to_string())?;
             let snap: SnapshotMetadata = decode_pb(rest).map_err(pb)?;
             f.meta.get_or_insert(meta);
-            if f.snapshot.as_ref().is_none_or(|s| snap.index > s.index) {
-                f.snapshot = Some(snap);
+            if f.snapshot
+                .as_ref()
+                .is_none_or(|(s, _)| snap.index > s.index)
+            {
+                f.snapshot = Some((snap, file));
             }
         }
         RecordKind::GroupRemoved => {}
@@ -291,7 +311,8 @@ fn finish(f: Fold) -> Result<RecoveredGroup, String> {
     let mut storage = GroupStorage::new(f.created_cs.unwrap_or_default());
     let mut hs = f.hard_state;
     let mut floor = 0;
-    if let Some(snap) = f.snapshot {
+    let snapshot_file = f.snapshot.as_ref().and_then(|(_, file)| *file);
+    if let Some((snap, _)) = f.snapshot {
         floor = snap.index;
         if snap.term > hs.term {
             // Cannot happen with records we write (the hard state is written with the mark);
@@ -316,7 +337,34 @@ fn finish(f: Fold) -> Result<RecoveredGroup, String> {
     // as found for `lost_tail::find_lost_tails`, which the engine runs before raft sees it.
     hs.commit = hs.commit.max(floor);
     storage.set_hard_state(hs);
-    Ok(RecoveredGroup { meta, storage })
+    Ok(RecoveredGroup {
+        meta,
+        storage,
+        snapshot_file,
+    })
+}
+
+/// A snapshot mark's meta, the file descriptor it recorded (version 2) or none (version 1),
+/// and the encoded `SnapshotMetadata`.
+fn split_mark(payload: &[u8]) -> Result<(GroupMeta, Option<SnapshotDescriptor>, &[u8]), SinkError> {
+    match payload {
+        [MARK_WITH_FILE_VERSION, sm_kind, rest @ ..] => {
+            let (Some(total), Some(checksum)) = (rest.get(..8), rest.get(8..16)) else {
+                return Err(SinkError::Decode(DecodeError::Truncated {
+                    offset: 2,
+                    need_bytes: 16,
+                    have_bytes: rest.len(),
+                }));
+            };
+            let le = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            let file = SnapshotDescriptor {
+                total_bytes: le(total),
+                checksum: le(checksum),
+            };
+            Ok((GroupMeta { sm_kind: *sm_kind }, Some(file), &rest[16..]))
+        }
+        _ => split_meta(payload).map(|(meta, rest)| (meta, None, rest)),
+    }
 }
 
 fn split_meta(payload: &[u8]) -> Result<(GroupMeta, &[u8]), SinkError> {
@@ -466,6 +514,65 @@ mod tests {
     use super::*;
     use raft::Storage;
 
+    const FILE: SnapshotDescriptor = SnapshotDescriptor {
+        total_bytes: 4096,
+        checksum: 0x0123_4567_89ab_cdef,
+    };
+
+    #[test]
+    fn a_snapshot_mark_recovers_the_file_it_recorded_and_an_old_mark_none() {
+        let (g, gm) = (GroupId(3), GroupMeta { sm_kind: 1 });
+        let snap = SnapshotMetadata {
+            index: 9,
+            term: 2,
+            ..Default::default()
+        };
+        let out = recover(&[LogRecord::snapshot_mark(g, gm, &snap, &FILE)]).expect("recover");
+        assert_eq!(out[&g].snapshot_file, Some(FILE));
+        assert_eq!(out[&g].meta, gm);
+        assert_eq!(out[&g].storage.snapshot_meta().index, 9);
+        // A mark written before marks recorded their file (payload version 1).
+        let mut old = vec![1u8, gm.sm_kind];
+        old.extend_from_slice(&encode_pb(&snap));
+        let old = LogRecord {
+            group: g,
+            kind: RecordKind::SnapshotMark,
+            index: 9,
+            payload: old,
+        };
+        let out = recover(&[old]).expect("recover a version 1 mark");
+        assert_eq!(out[&g].snapshot_file, None);
+        assert_eq!(out[&g].storage.snapshot_meta().index, 9);
+        // The newest mark's file wins.
+        let newer = SnapshotMetadata {
+            index: 12,
+            ..snap.clone()
+        };
+        let file2 = SnapshotDescriptor {
+            total_bytes: 1,
+            checksum: 2,
+        };
+        let out = recover(&[
+            LogRecord::snapshot_mark(g, gm, &newer, &file2),
+            LogRecord::snapshot_mark(g, gm, &snap, &FILE),
+        ])
+        .expect("recover");
+        assert_eq!(out[&g].snapshot_file, Some(file2));
+    }
+
+    #[test]
+    fn a_version_2_mark_cut_inside_its_descriptor_is_refused() {
+        let mut payload = vec![MARK_WITH_FILE_VERSION, 1];
+        payload.extend_from_slice(&[0; 10]);
+        let cut = LogRecord {
+            group: GroupId(3),
+            kind: RecordKind::SnapshotMark,
+            index: 9,
+            payload,
+        };
+        assert!(recover(&[cut]).is_err());
+    }
+
     fn ent(index: u64, term: u64) -> Entry {
         Entry {
             index,
@@ -540,7 +647,7 @@ mod tests {
             ..Default::default()
         };
         let mut recs = vec![LogRecord::group_created(g, gm, &cs_old)];
-        recs.push(LogRecord::snapshot_mark(g, gm, &snap));
+        recs.push(LogRecord::snapshot_mark(g, gm, &snap, &FILE));
         for i in 6..=8 {
             recs.push(LogRecord::entry(g, &ent(i, 2)));
         }
@@ -549,7 +656,7 @@ mod tests {
         // Segment roll: re-written copies, then the group goes on.
         recs.push(LogRecord::hard_state(g, &hs));
         recs.push(LogRecord::conf_state(g, 7, &cs_new));
-        recs.push(LogRecord::snapshot_mark(g, gm, &snap));
+        recs.push(LogRecord::snapshot_mark(g, gm, &snap, &FILE));
         recs.push(LogRecord::group_created(g, gm, &cs_old));
         let out = recover(&recs).expect("recover");
         let s = &out[&g].storage;
@@ -606,12 +713,12 @@ mod tests {
         };
         let mut recs = vec![
             LogRecord::group_created(g, gm, &cs),
-            LogRecord::snapshot_mark(g, gm, &snap(1)),
+            LogRecord::snapshot_mark(g, gm, &snap(1), &FILE),
         ];
         for i in 101..=160 {
             recs.push(LogRecord::entry(g, &ent(i, 2)));
         }
-        recs.push(LogRecord::snapshot_mark(g, gm, &snap(150)));
+        recs.push(LogRecord::snapshot_mark(g, gm, &snap(150), &FILE));
         recs.push(LogRecord::hard_state(g, &hs));
         let out = recover(&recs).expect("replayable");
         let s = &out[&g].storage;

@@ -257,3 +257,54 @@ fn a_crash_between_the_tmp_file_and_its_rename_leaves_the_previous_snapshot() {
         .collect();
     assert_eq!(all, (0..10u8).collect::<Vec<_>>());
 }
+
+/// A snapshot file damaged at rest (one byte changed, the size kept) refuses the reopen,
+/// naming the file: restoring it would give this node a state no other replica has. Put back,
+/// the same log opens and restores it.
+#[test]
+fn a_snapshot_file_damaged_at_rest_refuses_the_open_naming_it() {
+    let mut c = Cluster::founding(1, G, JOURNAL, |_| {
+        let journals = Journals::default();
+        (journals.clone(), factory(journals))
+    });
+    let id = c.elect(G);
+    for i in 0..5u8 {
+        c.propose_via(id, None, G, &[vec![i; 64]])
+            .expect("proposal");
+    }
+    c.core(id).snapshot_group(G).expect("snapshot");
+    let st = c.core(id).status(G).expect("status");
+    let path = c.nodes[&id].cfg.data_dir.join("snapshots").join(format!(
+        "g{}-i{:020}-t{}.snap",
+        G.0, st.snapshot_index, st.term
+    ));
+    let good = std::fs::read(&path).expect("the snapshot file");
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x20;
+    std::fs::write(&path, &bad).expect("damage");
+    let node = c.nodes.get_mut(&id).expect("node");
+    node.core = None;
+    let (cfg, sink) = (node.cfg.clone(), node.sink.clone());
+    let reopen = || {
+        MultiRaftCore::open(
+            cfg.clone(),
+            Box::new(sink.clone()),
+            Arc::new(c.net.endpoint(id)),
+            factory(Journals::default()),
+            Arc::new(Metrics::default()),
+        )
+    };
+    let err = match reopen() {
+        Ok(_) => panic!("a damaged snapshot file was restored"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("checksum"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    std::fs::write(&path, &good).expect("put back");
+    let core = reopen().expect("the undamaged file opens");
+    assert_eq!(
+        core.status(G).expect("status").snapshot_index,
+        st.snapshot_index
+    );
+}

@@ -4,7 +4,7 @@
 
 use nodedb_kv::client::error::NO_SPACE;
 use nodedb_kv::client::{Failure, KvError, SubmitError};
-use nodedb_multiraft::error::{EngineError, RaftError, SinkError};
+use nodedb_multiraft::error::{EngineError, RaftError, SinkError, SnapshotError};
 use nodedb_transport::TransportError;
 use nodedb_wire::FrameError;
 use pyo3::exceptions::PyRuntimeError;
@@ -151,6 +151,23 @@ pub fn engine_error(py: Python<'_>, err: EngineError) -> PyErr {
             py,
             "CorruptLog",
             (path.display().to_string(), offset, reason),
+        ),
+        EngineError::Snapshot(SnapshotError::Checksum {
+            path,
+            expected,
+            actual,
+        }) => cluster_error(
+            py,
+            "CorruptSnapshot",
+            (
+                path.display().to_string(),
+                format!("its checksum is {actual:#x}, the log recorded {expected:#x}"),
+            ),
+        ),
+        EngineError::Snapshot(SnapshotError::Missing(path)) => cluster_error(
+            py,
+            "CorruptSnapshot",
+            (path, "the file is missing".to_string()),
         ),
         EngineError::LostTail { ref lost, .. } => {
             let groups: Vec<(u64, u64, u64)> = lost

@@ -125,7 +125,7 @@ impl MultiRaftCore {
         }
         // The mark must be durable before the log may drop what it covers.
         self.sink
-            .append(&[LogRecord::snapshot_mark(gid, g.meta, &meta)])?;
+            .append(&[LogRecord::snapshot_mark(gid, g.meta, &meta, &desc)])?;
         self.sink.sync()?;
         self.unsynced_records = 0;
         g.raw.mut_store().compact_to_snapshot(meta.clone());

@@ -1,15 +1,23 @@
 //! Groups coming and going: created (`add_group`), re-created from the log on open, removed.
 
 use super::*;
+use crate::log_sink::RecoveredGroup;
 
 impl MultiRaftCore {
-    /// Re-creates a recovered group: its state machine restored from the latest snapshot.
+    /// Re-creates a recovered group: its state machine restored from the latest snapshot,
+    /// whose file must match the size and checksum its mark recorded (a damaged or replaced
+    /// file refuses the open, naming it, instead of restoring a state the other replicas do not
+    /// have). A mark from before marks recorded them has nothing to check against.
     pub(super) fn start_group(
         &mut self,
         gid: GroupId,
-        meta: GroupMeta,
-        mut storage: GroupStorage,
+        recovered: RecoveredGroup,
     ) -> Result<(), EngineError> {
+        let RecoveredGroup {
+            meta,
+            mut storage,
+            snapshot_file,
+        } = recovered;
         if meta.sm_kind == 0 {
             return Err(EngineError::Recovery {
                 group: gid,
@@ -28,7 +36,10 @@ impl MultiRaftCore {
                 index: snap_meta.index,
                 term: snap_meta.term,
             };
-            let desc = self.find_descriptor(&key)?;
+            let desc = match snapshot_file {
+                Some(recorded) => recorded,
+                None => self.find_descriptor(&key)?,
+            };
             let data = self.snapshots.read(&key, &desc)?;
             sm.restore(&data).map_err(SnapshotError::from)?;
             storage.set_outgoing(outgoing_snapshot(snap_meta, desc));
@@ -158,7 +169,7 @@ impl MultiRaftCore {
                 .install_snapshot(snap.clone())
                 .map_err(|e| EngineError::Raft(raft::Error::Store(e)))?;
             storage.set_outgoing(outgoing_snapshot(snap.clone(), desc));
-            records.push(LogRecord::snapshot_mark(gid, meta, &snap));
+            records.push(LogRecord::snapshot_mark(gid, meta, &snap, &desc));
         }
         self.sink.append(&records).inspect_err(|e| {
             if e.is_no_space() {
