@@ -316,6 +316,30 @@ async def test_cas_delete_and_missing_keys(three: list[Node]) -> None:
     assert await three[1].kv.get(b"c") is None
 
 
+async def test_a_key_over_the_limit_is_refused_before_it_leaves_and_nothing_applies(
+    three: list[Node],
+) -> None:
+    """A key above 64 KiB can never be stored: every call naming one raises InvalidRequest,
+    and a batch holding one applies none of its items. (A put of such a key used to answer
+    success while its entry was refused at apply.)"""
+    kv = three[1].kv
+    limit = 64 << 10
+    at_limit, over = b"a" * limit, b"o" * (limit + 1)
+    await kv.put(at_limit, b"v")
+    assert await three[2].kv.get(at_limit) == b"v"
+    for call in (
+        kv.put(over, b"v"),
+        kv.get(over),
+        kv.delete(over),
+        kv.cas(over, None, b"v"),
+        kv.get_many([b"k", over]),
+        kv.put_many([(b"first", b"1"), (over, b"v")]),
+    ):
+        with pytest.raises(InvalidRequest, match=f"a key of {limit + 1} bytes exceeds"):
+            await call
+    assert await kv.get_many([b"first"]) == [None], "nothing of the refused batch applied"
+
+
 async def test_write_through_a_node_that_is_no_member_of_the_group(tmp_path: Path) -> None:
     nodes = await start_nodes(tmp_path, 2, replication_factor=1)
     try:

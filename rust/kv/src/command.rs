@@ -9,6 +9,18 @@ use nodedb_multiraft::error::DecodeError;
 
 /// Keys above 64 KiB are refused (as an error result) so one entry cannot bloat every snapshot.
 pub const KEY_BYTES_MAX: usize = 64 << 10;
+
+/// Refuses a key no KV group can hold ([`KEY_BYTES_MAX`]): the client checks it before a call
+/// leaves (a committed entry with it would only be answered with an error result).
+pub fn check_key(key: &[u8]) -> Result<(), String> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(format!(
+            "a key of {} bytes exceeds the limit of {KEY_BYTES_MAX} bytes",
+            key.len()
+        ));
+    }
+    Ok(())
+}
 /// Op tag of `KvCommand::Session`.
 const SESSION_OP: u8 = 16;
 /// Op tag of `KvCommand::VShard`.
@@ -422,7 +434,7 @@ fn import(r: &mut Reader<'_>, total: usize) -> Result<Import, DecodeError> {
 
 fn key(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
     let k = r.bytes("key")?;
-    if k.len() > KEY_BYTES_MAX {
+    if check_key(k).is_err() {
         return Err(DecodeError::TooLong {
             what: "key",
             len: k.len() as u64,

@@ -59,7 +59,11 @@ fn answer_to_py(py: Python<'_>, answer: Answer) -> PyResult<Py<PyAny>> {
             let values: Vec<Py<PyAny>> = values.into_iter().map(|v| opt_bytes(py, v)).collect();
             PyList::new(py, values)?.into_any().unbind()
         }
-        Answer::Written { .. } => py.None(),
+        Answer::Written { refused: None } => py.None(),
+        // A write the state machine refused did not apply: never answered as a success.
+        Answer::Written {
+            refused: Some(reason),
+        } => return Err(cluster_error(py, "InvalidRequest", (reason,))),
         Answer::Deleted { existed } => flag(existed),
         Answer::Swapped { applied } => flag(applied),
     })

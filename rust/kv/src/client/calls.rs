@@ -5,7 +5,7 @@ use nodedb_wire::ReadLevel;
 
 use super::error::{Failure, KvError, SubmitError};
 use super::state::{Call, CallKind, Lane};
-use crate::command::{KvCommand, KvResult};
+use crate::command::{check_key, KvCommand, KvResult};
 
 /// What a finished call gives its caller (by the kind of call).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +74,17 @@ pub(super) fn item_error(group: u64, error: KvError) -> SubmitError {
 /// encoded command.
 pub(super) type Items = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// The kind, lane and items of a request.
+/// The kind, lane and items of a request; a key no group can hold refuses the whole call
+/// before anything leaves.
 pub(super) fn items_of(request: Request) -> Result<(CallKind, Lane, Items), SubmitError> {
+    let (kind, lane, items) = items_of_unchecked(request)?;
+    for (key, _) in &items {
+        check_key(key).map_err(|text| item_error(0, KvError::Invalid(text)))?;
+    }
+    Ok((kind, lane, items))
+}
+
+fn items_of_unchecked(request: Request) -> Result<(CallKind, Lane, Items), SubmitError> {
     let put = |key: Vec<u8>, value: Vec<u8>| {
         let cmd = KvCommand::Put {
             key: key.clone(),

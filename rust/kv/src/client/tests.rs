@@ -278,3 +278,31 @@ fn requests_become_items_and_bad_reads_are_refused_before_queueing() {
         deadline_in(0.0).is_err() && deadline_in(f64::NAN).is_err() && deadline_in(1.0).is_ok()
     );
 }
+
+#[test]
+fn a_key_no_group_can_hold_refuses_the_call_before_queueing() {
+    use crate::command::KEY_BYTES_MAX;
+    let at_limit = vec![b'a'; KEY_BYTES_MAX];
+    let over = vec![b'o'; KEY_BYTES_MAX + 1];
+    assert!(items_of(Request::Put {
+        key: at_limit,
+        value: b"v".to_vec()
+    })
+    .is_ok());
+    let refused = |request| {
+        matches!(
+            items_of(request),
+            Err(SubmitError::Item(Failure { error: KvError::Invalid(t), .. }))
+                if t.contains("exceeds the limit")
+        )
+    };
+    assert!(refused(Request::PutMany(vec![
+        (b"k".to_vec(), b"v".to_vec()),
+        (over.clone(), b"v".to_vec())
+    ])));
+    assert!(refused(Request::Delete { key: over.clone() }));
+    assert!(refused(Request::Get {
+        key: over,
+        read: ReadAt::LINEARIZABLE
+    }));
+}
