@@ -134,6 +134,7 @@ class Node:
                     imbalance_threshold=config.rebalance_imbalance_percent / 100,
                     moves_per_plan_max=config.rebalance_moves_max,
                     concurrent_moves_max=config.rebalance_concurrent_moves_max,
+                    vshards_movable=data_group_kind == "kv",
                 ),
             ),
             self._require_engine,
@@ -170,7 +171,11 @@ class Node:
         self._swim = SwimWiring(config, self.admission.secret)
         self._swim.observe(self.rebalancer.on_member_changed)
         self.placement = PlacementControl(
-            config, lambda: self.metadata, self.rebalancer, self._proposer.propose
+            config,
+            lambda: self.metadata,
+            self.rebalancer,
+            self._proposer.propose,
+            vshards_movable=data_group_kind == "kv",
         )
         """Decommission and rebalance on an admin's request (PLACEMENT_REQUEST)."""
         self.control = ControlDispatch()

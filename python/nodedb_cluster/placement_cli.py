@@ -92,7 +92,8 @@ def add_placement_commands(sub: Any, environ: Mapping[str, str]) -> None:
 
     grow = sub.add_parser(
         "add-groups",
-        help="add data groups to the cluster; the rebalancer moves vShards into them (admin)",
+        help="add data groups to the cluster; the rebalancer moves vShards into them when "
+        "they run the built-in KV (admin)",
     )
     grow.add_argument(
         "--count", required=True, type=int, metavar="N", help="how many groups to add"

@@ -7,6 +7,7 @@ state machine raised stopping (tests/support/failing_counters.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from nodedb_cluster import wire
 from nodedb_cluster.client import CLIENT_NODE_ID
 from nodedb_cluster.embedding import encode_propose
 from nodedb_cluster.errors import PermissionDenied
-from nodedb_cluster.localcluster import LocalCluster
+from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views
 from nodedb_cluster.transport import Transport
+from support.cli_run import cred_flags, run_cli
 from support.failing_counters import BROKEN_MARKER
 
 pytestmark = pytest.mark.multiprocess
@@ -62,6 +64,47 @@ async def test_node_kv_is_refused_on_host_groups(cluster: LocalCluster) -> None:
     assert not doc["ok"]
     assert doc["error"].startswith("NotEmbedded")
     assert "node.data" in doc["error"]
+
+
+@pytest.mark.timeout(30 + 60 + 30)  # its own bounds: formation, the new group's replicas, CLIs
+async def test_host_groups_never_begin_a_vshard_move(tmp_path: Path) -> None:
+    """Only the built-in KV can hand a vShard to another group. On host groups a requested
+    move is refused with the reason, and the rebalancer holds the vShard balance of a group
+    added by `add-groups` instead of beginning moves that nothing could carry out (they stayed
+    in flight forever and used up the concurrency limit that replica moves also count)."""
+    c = LocalCluster(
+        tmp_path, 3, program=(str(EXAMPLE), "node"), overrides={"rebalance_interval_ms": 300}
+    )
+    try:
+        await c.start()
+        await c.wait_formed(30.0)
+        admin = ["--addr", c.nodes[1].addr, *cred_flags(c.admin_credentials)]
+        code, out, err = await run_cli("add-groups", "--count", "1", "--json", *admin)
+        assert code == 0, err
+        (added,) = [g[0] for g in json.loads(out)["groups"]]
+
+        def new_group_replicated(statuses: dict[int, Status]) -> bool:
+            view = data_group_views(statuses).get(added)
+            return view is not None and len(view["voters"]) == 3 and not view["learners"]
+
+        statuses = await c.wait_for(new_group_replicated, c.nodes, 60, "the new group at RF 3")
+        assert all(not s["vshard_moves"] for s in statuses.values())
+        code, out, err = await run_cli(
+            "move-vshard", "--vshard", "5", "--to-group", str(added), "--no-wait", *admin
+        )
+        assert code == 1
+        assert "cannot move vShards between groups" in out + err
+        code, out, err = await run_cli("rebalance", "--dry-run", "--json", *admin)
+        assert code == 0, err
+        plan = json.loads(out)
+        assert not [m for m in plan["moves"] if m["move"] == "MoveVShard"], plan
+        assert any("cannot move vShards" in h for h in plan["held"]), plan
+        statuses = {n: await c.status(n) for n in c.nodes}
+        assert all(not s["vshard_moves"] for s in statuses.values()), "no move ever began"
+        doc = await c.nodes[2].request({"op": "incr", "key": "k", "by": 1})
+        assert doc == {"ok": True, "value": 1}, doc
+    finally:
+        await c.close()
 
 
 async def test_a_client_certificate_may_not_propose_into_the_hosts_log(

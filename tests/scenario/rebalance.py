@@ -66,6 +66,7 @@ class RebalanceScript:
                     moves_per_plan_max=st.get_int("moves", 10),
                     concurrent_moves_max=st.get_int("concurrent", 4),
                     cpu_backpressure=float(st.get("cpu-limit", "0.8")),
+                    vshards_movable=st.get("vshards-movable", "true") == "true",
                 )
                 self.last = plan(self.routing.table, self.load, st.get_int("rf"), limits)
                 lines = [record(m) for m in self.last.moves] or ["nothing"]

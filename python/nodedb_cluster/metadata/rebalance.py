@@ -52,6 +52,16 @@ class Limits:
     concurrent_moves_max: int = CONCURRENT_MOVES_MAX_DEFAULT
     """Moves in flight at once, counting those still running from earlier plans."""
     cpu_backpressure: float = CPU_BACKPRESSURE_DEFAULT
+    vshards_movable: bool = True
+    """Whether data groups can hand vShards to each other: only the built-in KV state machine
+    exports and imports a vShard; groups that run a host's state machine cannot (their
+    replicas still move between nodes)."""
+
+
+HOST_GROUPS_HOLD_VSHARDS: Final = (
+    "vShard balance: the data groups run the host's state machine, which cannot move vShards"
+)
+"""The held reason of a plan that would move vShards between groups of a host state machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,9 @@ def plan(
     _balance_replicas(p)
     _balance_vshards(p, replication_factor)
     _balance_bytes(p)
+    if not p.limits.vshards_movable and any(isinstance(m, MoveVShard) for m in p.moves):
+        p.moves = [m for m in p.moves if not isinstance(m, MoveVShard)]
+        p.held.append(HOST_GROUPS_HOLD_VSHARDS)
     return Plan(tuple(p.moves), tuple(p.held))
 
 
