@@ -651,3 +651,52 @@ fn big_entries_compact_the_log_by_bytes() {
     );
     assert_eq!(c.nodes[&lagger].reg.kv(g).len(), 40);
 }
+
+/// A follower that crashes after installing a received snapshot but before the round that
+/// records it is durable restarts from its previous snapshot: the older snapshot files are only
+/// removed once the new mark is synced (they were removed first, and the restart found its
+/// newest durable mark's file gone).
+#[test]
+fn a_crash_before_a_received_snapshot_is_durable_keeps_the_previous_one() {
+    let tweak = |c: &mut MultiRaftConfig| {
+        c.snapshot_threshold_entries = 50;
+        c.install_snapshot_chunk_bytes = 4096;
+    };
+    let mut c = Cluster::new(3, 1, tweak, false);
+    let g = GroupId(1);
+    c.elect_all(1);
+    let leader = c.leader_of(g).expect("leader");
+    let lagger = c
+        .live()
+        .into_iter()
+        .find(|n| *n != leader)
+        .expect("follower");
+    c.crash(lagger);
+    for i in 0..300 {
+        c.propose(g, vec![put(&format!("key-{i:05}"), &[i as u8; 200])])
+            .expect("commit");
+    }
+    c.restart(lagger);
+    let sink = match &c.nodes[&lagger].sink {
+        sim::Sink::Mem(m) => m.clone(),
+        sim::Sink::Wal(_) => unreachable!("an in-memory log"),
+    };
+    // Every sync of the follower now meets a full disk: the install round stalls unsynced.
+    sink.fail_no_space(0, u32::MAX);
+    let installed = c.drive_until(300, |c| {
+        Metrics::get(&c.core(lagger).metrics().snapshots_installed) >= 1
+    });
+    assert!(installed, "the follower installed the leader's snapshot");
+    c.crash(lagger); // its unsynced records (the new mark) are lost
+    sink.fail_no_space(0, 0);
+    c.net.set_down(lagger, false);
+    let net = c.net.clone();
+    let reopened = c.nodes.get_mut(&lagger).expect("node").try_open(&net);
+    let core = reopened.expect("the previous snapshot is still there to restart from");
+    c.nodes.get_mut(&lagger).expect("node").core = Some(core);
+    assert!(
+        c.drive_until(300, |c| c.converged(g)),
+        "and it catches up again"
+    );
+    assert_eq!(c.nodes[&lagger].reg.kv(g).len(), 300);
+}

@@ -542,6 +542,7 @@ impl MultiRaftCore {
         let mut records = Vec::new();
         let mut must_sync = false;
         let mut floors_changed = false;
+        let mut installed_snapshots = Vec::new();
         for (gid, rd) in readys.iter_mut() {
             let Some(g) = self.groups.get_mut(gid) else {
                 continue;
@@ -553,6 +554,7 @@ impl MultiRaftCore {
             if !rd.snapshot().is_empty() {
                 let started = std::time::Instant::now();
                 install_snapshot(g, &self.snapshots, rd.snapshot().clone(), &mut records)?;
+                installed_snapshots.push((*gid, rd.snapshot().get_metadata().index));
                 self.metrics.snapshot_apply_seconds.observe_since(started);
                 Metrics::inc(&self.metrics.snapshots_installed);
                 floors_changed = true;
@@ -580,6 +582,7 @@ impl MultiRaftCore {
             records,
             must_sync,
             floors_changed,
+            installed_snapshots,
             appended: false,
             retries: 0,
         })
@@ -590,10 +593,14 @@ impl MultiRaftCore {
         let PendingRound {
             mut readys,
             mut floors_changed,
+            installed_snapshots,
             ..
         } = round;
         // (5) persisted messages — votes and append acks promise what is now on disk.
         assert_eq!(self.unsynced_records, 0, "persisted-before-send violated");
+        for (gid, index) in installed_snapshots {
+            self.snapshots.remove_older(gid, index)?; // their marks are durable now
+        }
         let mut out = Outbox::default();
         for (gid, rd) in readys.iter_mut() {
             out.add(*gid, rd.take_persisted_messages());

@@ -314,8 +314,9 @@ pub(crate) fn install_snapshot(
         .set_outgoing(outgoing_snapshot(meta.clone(), desc));
     g.applied_index = meta.index;
     g.applied_bytes_since_snapshot = 0;
+    // The older snapshot files go only once this mark is durable (`finish_round`): a crash
+    // before the round's sync restarts from the previous mark, which needs its file.
     records.push(LogRecord::snapshot_mark(g.id, g.meta, &meta, &desc));
-    store.remove_older(g.id, meta.index)?;
     // Whatever was pending here is superseded by the snapshot.
     let e = lost(g.id, g.raw.raft.leader_id);
     for p in g.proposals.drain(..) {

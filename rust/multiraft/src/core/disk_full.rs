@@ -49,6 +49,9 @@ pub(super) struct PendingRound {
     pub records: Vec<LogRecord>,
     pub must_sync: bool,
     pub floors_changed: bool,
+    /// (group, index) of each snapshot installed in this round: the group's older snapshot
+    /// files are removed once the round's records (its mark) are durable.
+    pub installed_snapshots: Vec<(GroupId, u64)>,
     /// The records were appended (a failed `sync` keeps them; a failed `append` took none).
     pub appended: bool,
     /// Retries of this round's log write so far (0 until it first stalled).
