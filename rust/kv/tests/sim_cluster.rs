@@ -692,7 +692,8 @@ fn a_crash_before_a_received_snapshot_is_durable_keeps_the_previous_one() {
     c.net.set_down(lagger, false);
     let net = c.net.clone();
     let reopened = c.nodes.get_mut(&lagger).expect("node").try_open(&net);
-    let core = reopened.expect("the previous snapshot is still there to restart from");
+    let mut core = reopened.expect("the previous snapshot is still there to restart from");
+    core.set_inline_snapshot_work(true); // deterministic, as every node of the sim
     c.nodes.get_mut(&lagger).expect("node").core = Some(core);
     assert!(
         c.drive_until(300, |c| c.converged(g)),
