@@ -23,10 +23,10 @@ fn tls_err(what: &str, err: impl std::fmt::Display) -> TransportError {
     }
 }
 
-/// Server and client crypto for `credentials`.
+/// Server and client crypto for `credentials`, with the QUIC limits of each side.
 pub(crate) fn build(
     credentials: &Credentials,
-    transport: Arc<quinn::TransportConfig>,
+    quic: &QuicConfigs,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TransportError> {
     let provider = provider();
     let (server, client) = match credentials.material()? {
@@ -94,10 +94,17 @@ pub(crate) fn build(
     let client =
         QuicClientConfig::try_from(client).map_err(|e| tls_err("QUIC client config", e))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
-    server.transport_config(transport.clone());
+    server.transport_config(Arc::clone(&quic.server));
     let mut client = quinn::ClientConfig::new(Arc::new(client));
-    client.transport_config(transport);
+    client.transport_config(Arc::clone(&quic.client));
     Ok((server, client))
+}
+
+/// The QUIC limits of inbound connections (streams start at the client allowance) and of
+/// outbound ones.
+pub(crate) struct QuicConfigs {
+    pub server: Arc<quinn::TransportConfig>,
+    pub client: Arc<quinn::TransportConfig>,
 }
 
 /// Insecure mode only: accepts any server certificate (signatures are still checked so the

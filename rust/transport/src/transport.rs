@@ -175,8 +175,17 @@ impl Transport {
         }
         let spki_pin = credentials.spki_pin()?;
         let identity = own_identity(&credentials);
-        let quic = Arc::new(quic_transport_config(&config)?);
-        let (mut server, client) = tls::build(&credentials, quic.clone())?;
+        let quic = Arc::new(tls::QuicConfigs {
+            server: Arc::new(quic_transport_config(
+                &config,
+                config.client_streams_per_connection_max,
+            )?),
+            client: Arc::new(quic_transport_config(
+                &config,
+                config.streams_per_connection_max,
+            )?),
+        });
+        let (mut server, client) = tls::build(&credentials, &quic)?;
         server.max_incoming(config.incoming_handshakes_max);
         let mut endpoint_config = endpoint_config(credentials.reset_key_seed());
         endpoint_config
@@ -284,7 +293,7 @@ impl Transport {
         {
             let mut state = lock(&inner.tls_state);
             let credentials = state.credentials.with_crl_pems(crl_pems)?;
-            let (mut server, client) = tls::build(&credentials, state.quic.clone())?;
+            let (mut server, client) = tls::build(&credentials, &state.quic)?;
             server.max_incoming(inner.config.incoming_handshakes_max);
             inner.endpoint.set_server_config(Some(server));
             *state = TlsState {
@@ -624,8 +633,11 @@ fn endpoint_config(seed: Option<[u8; 32]>) -> quinn::EndpointConfig {
     config
 }
 
+/// The QUIC limits of one side; `streams_max` is how many streams of each direction the peer
+/// may open at once.
 fn quic_transport_config(
     config: &TransportConfig,
+    streams_max: u32,
 ) -> Result<quinn::TransportConfig, TransportError> {
     let mut tc = quinn::TransportConfig::default();
     let idle =
@@ -635,8 +647,8 @@ fn quic_transport_config(
     tc.max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(config.keep_alive_interval))
         .initial_rtt(config.initial_rtt)
-        .max_concurrent_bidi_streams(VarInt::from_u32(config.streams_per_connection_max))
-        .max_concurrent_uni_streams(VarInt::from_u32(config.streams_per_connection_max))
+        .max_concurrent_bidi_streams(VarInt::from_u32(streams_max))
+        .max_concurrent_uni_streams(VarInt::from_u32(streams_max))
         .stream_receive_window(VarInt::from_u32(config.stream_receive_window_bytes))
         .receive_window(VarInt::from_u32(config.connection_receive_window_bytes))
         .send_window(config.send_window_bytes)
@@ -651,6 +663,6 @@ fn quic_transport_config(
 /// What a CRL reload rebuilds the TLS configs from, and the client config dials use.
 struct TlsState {
     credentials: Credentials,
-    quic: Arc<quinn::TransportConfig>,
+    quic: Arc<tls::QuicConfigs>,
     client: quinn::ClientConfig,
 }

@@ -377,3 +377,82 @@ async fn client_connections_beyond_the_cap_are_closed_and_a_node_still_connects(
         .expect("the freed slot serves the next client");
     assert_eq!(server.metrics()["client_connections"], 2);
 }
+
+/// A client certificate's connection may hold `client_streams_per_connection_max` streams at
+/// once: with them all stalled, its next request waits until the node resets them at the read
+/// deadline. A node's connection is raised to `streams_per_connection_max` after its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_gets_fewer_streams_than_a_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2", "client"]);
+    let server_cfg = TransportConfig {
+        rpc_timeout: Duration::from_secs(2),
+        streams_per_connection_max: 64,
+        client_streams_per_connection_max: 4,
+        ..config()
+    };
+    let server =
+        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
+    serve_echo(&server);
+    let addr = server.local_addr();
+    let patient = TransportConfig {
+        rpc_timeout: Duration::from_secs(8),
+        ..config()
+    };
+    let client = std::sync::Arc::new(
+        Transport::bind(
+            NodeId(1000),
+            ANY.parse().unwrap(),
+            c[2].clone(),
+            patient.clone(),
+        )
+        .unwrap(),
+    );
+    let node = std::sync::Arc::new(
+        Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), patient).unwrap(),
+    );
+    async fn ping(t: &Transport, addr: std::net::SocketAddr) -> Duration {
+        let started = std::time::Instant::now();
+        let reply = t.send_rpc_to_addr(addr, MessageKind::PING, Bytes::from("p"));
+        reply.await.expect("served");
+        started.elapsed()
+    }
+    let stall = |t: &std::sync::Arc<Transport>, n: usize| {
+        (0..n)
+            .map(|_| {
+                let t = std::sync::Arc::clone(t);
+                tokio::spawn(async move {
+                    // Half a header, the stream left open: the node waits for the rest.
+                    t.send_raw_to_addr(addr, Bytes::from_static(&[1, 1, 0]), false)
+                        .await
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    ping(&node, addr).await; // connected, its allowance raised
+    let held = stall(&node, 8);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waited = ping(&node, addr).await;
+    assert!(
+        waited < Duration::from_secs(1),
+        "a node's 9th stream: {waited:?}"
+    );
+
+    ping(&client, addr).await;
+    let held_by_client = stall(&client, 4);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waited = ping(&client, addr).await;
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "the client's 5th stream waited for the stalled ones to be reset: {waited:?}"
+    );
+    for t in held.into_iter().chain(held_by_client) {
+        let reset = t.await.unwrap().expect("answered");
+        assert_eq!(
+            reset,
+            Err(u64::from(
+                nodedb_transport::transport::STREAM_CODE_INBOUND_TIMEOUT
+            ))
+        );
+    }
+}

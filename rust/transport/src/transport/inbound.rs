@@ -306,10 +306,16 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
-    let Ok(_client_slot) = inner.client_connection_slot(&peer.identity) else {
+    let Ok(client_slot) = inner.client_connection_slot(&peer.identity) else {
         inner.refuse_connection_full(&conn, &peer);
         return;
     };
+    if client_slot.is_none() {
+        // A node (or anyone on an insecure transport): its full stream allowance.
+        let streams = VarInt::from_u32(inner.config.streams_per_connection_max);
+        conn.set_max_concurrent_bi_streams(streams);
+        conn.set_max_concurrent_uni_streams(streams);
+    }
     let _tracked = InboundTracked::new(&inner, &conn);
     inner.peer_dialled(&peer, dial_started);
     let budget = if peer.identity.node_id().is_some() {
