@@ -39,7 +39,13 @@ ENGINE_GAUGES: Final = frozenset({"no_space"})
 """Engine entries that are states, not counts (1 while the engine refuses writes for lack of
 disk space)."""
 TRANSPORT_GAUGES: Final = frozenset(
-    {"connections_pooled", "insecure", "inbound_shared_bytes_held", "client_connections"}
+    {
+        "connections_pooled",
+        "insecure",
+        "inbound_shared_bytes_held",
+        "client_connections",
+        "admin_connections",
+    }
 )
 """Transport entries that go down: pooled connections now; 1 while this transport is insecure;
 bytes of inbound frames the connections of non-node peers hold in their shared budget now."""

@@ -46,13 +46,16 @@ pub struct TransportConfig {
     pub inbound_buffer_bytes_max: usize,
     /// Connection attempts (handshakes) queued at once before new ones are refused.
     pub incoming_handshakes_max: usize,
-    /// Inbound connections of peers with a certificate that is not a node's (client and admin
-    /// certificates, unidentified ones) open at once; a further one is closed after its
-    /// handshake (code `0x204`, counted as `inbound_connections_refused_full`). One idle
-    /// connection costs a node ~160 KiB (measured: 2,000 raised one node's RSS by 326 MiB), so
-    /// a stolen client certificate could otherwise exhaust its memory by connecting. Node
-    /// connections never count; an insecure transport authenticates nobody and is not capped.
+    /// Inbound connections of client certificates (and unidentified ones) open at once; a
+    /// further one is closed after its handshake (code `0x204`, counted as
+    /// `inbound_connections_refused_full`). One idle connection costs a node ~160 KiB
+    /// (measured: 2,000 raised one node's RSS by 326 MiB), so a stolen client certificate
+    /// could otherwise exhaust its memory by connecting. Node connections never count; an
+    /// insecure transport authenticates nobody and is not capped.
     pub client_connections_max: usize,
+    /// The same for admin certificates, counted apart so that clients filling theirs cannot
+    /// lock the operators out.
+    pub admin_connections_max: usize,
     /// Largest UDP payload we send (upper bound of MTU discovery) and accept. Default 1452 (a
     /// 1500-byte Ethernet path), quinn's own. Raising it to probe loopback's 64 KiB MTU did not
     /// help here: loss bursts under load trip quinn's black-hole detection back to 1200 (see
@@ -82,6 +85,7 @@ impl Default for TransportConfig {
             inbound_buffer_bytes_max: 256 * 1024 * 1024,
             incoming_handshakes_max: 1024,
             client_connections_max: 1024,
+            admin_connections_max: 64,
             udp_payload_bytes_max: 1452,
             socket_buffer_bytes: 4 * 1024 * 1024,
             close_linger: Duration::from_millis(20),
@@ -120,8 +124,8 @@ impl TransportConfig {
         if self.incoming_handshakes_max == 0 {
             return Err("incoming_handshakes_max must be positive".into());
         }
-        if self.client_connections_max == 0 {
-            return Err("client_connections_max must be positive".into());
+        if self.client_connections_max == 0 || self.admin_connections_max == 0 {
+            return Err("client_connections_max and admin_connections_max must be positive".into());
         }
         if self.streams_per_connection_max == 0 {
             return Err("streams_per_connection_max must be positive".into());

@@ -58,7 +58,8 @@ const CLOSE_CODE_REVOKED: u32 = 0x202;
 /// Connection close code of an outbound connection dropped because its peer dialled this node
 /// again (it restarted, or lost its own connection): see `Inner::peer_dialled_again`.
 const CLOSE_CODE_PEER_REDIALLED: u32 = 0x203;
-/// Connection close code of a client's connection beyond `client_connections_max`.
+/// Connection close code of a connection beyond `client_connections_max` (or
+/// `admin_connections_max`).
 const CLOSE_CODE_CONNECTIONS_FULL: u32 = 0x204;
 /// At most one warning per this interval about connections closed at `client_connections_max`.
 const CONNECTIONS_FULL_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -128,9 +129,11 @@ struct Inner {
     /// The inbound buffer budget every connection of a peer that is not a node shares
     /// (`TransportConfig::inbound_buffer_bytes_max`); a node's connection has its own.
     shared_inbound_budget: Arc<Semaphore>,
-    /// One permit per open connection of a peer with a certificate that is not a node's
+    /// One permit per open connection of a client (or unidentified) certificate
     /// (`TransportConfig::client_connections_max`).
     client_connection_slots: Arc<Semaphore>,
+    /// The same for admin certificates (`TransportConfig::admin_connections_max`).
+    admin_connection_slots: Arc<Semaphore>,
     /// When connections were last refused at that cap with a warning, and how many since.
     connections_full_warned: Mutex<(Option<Instant>, u64)>,
     /// Addresses of nodes that have dialled this node (at most `DIALLED_US_MAX`): a second dial
@@ -218,6 +221,9 @@ impl Transport {
             shared_inbound_budget: inbound_budget(&config),
             client_connection_slots: Arc::new(Semaphore::new(
                 config.client_connections_max.min(Semaphore::MAX_PERMITS),
+            )),
+            admin_connection_slots: Arc::new(Semaphore::new(
+                config.admin_connections_max.min(Semaphore::MAX_PERMITS),
             )),
             connections_full_warned: Mutex::new((None, 0)),
             config,
@@ -557,12 +563,21 @@ impl Transport {
             "inbound_shared_bytes_held".into(),
             (held * BUDGET_UNIT_BYTES) as u64,
         );
-        let slots = &self.inner.client_connection_slots;
-        let max = self.inner.config.client_connections_max;
+        let held = |slots: &Semaphore, max: usize| {
+            max.min(Semaphore::MAX_PERMITS)
+                .saturating_sub(slots.available_permits()) as u64
+        };
+        let (inner, config) = (&self.inner, &self.inner.config);
         snapshot.insert(
             "client_connections".into(),
-            max.min(Semaphore::MAX_PERMITS)
-                .saturating_sub(slots.available_permits()) as u64,
+            held(
+                &inner.client_connection_slots,
+                config.client_connections_max,
+            ),
+        );
+        snapshot.insert(
+            "admin_connections".into(),
+            held(&inner.admin_connection_slots, config.admin_connections_max),
         );
         snapshot
     }

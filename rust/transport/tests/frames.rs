@@ -326,12 +326,25 @@ async fn client_connections_share_one_inbound_budget_and_a_node_keeps_its_own() 
 }
 
 /// Client certificates may hold `client_connections_max` connections to a node at once: a
-/// further one is closed with the reason, a node still connects, and a slot freed by a closing
-/// client is taken by the next one.
+/// further one is closed with the reason, a node and an admin still connect, and a slot freed
+/// by a closing client is taken by the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_connections_beyond_the_cap_are_closed_and_a_node_still_connects() {
+async fn client_connections_beyond_the_cap_are_closed_and_nodes_and_admins_still_connect() {
     let dir = tempfile::tempdir().unwrap();
-    let c = creds(dir.path(), "a", &["n1", "n2", "client"]);
+    use nodedb_transport::issue::{generate_cluster_credentials_with, LeafSpec};
+    use nodedb_transport::{Credentials, Role};
+    let here = || vec!["127.0.0.1".to_string()];
+    let leaves = [
+        LeafSpec::node(1, here()).unwrap(),
+        LeafSpec::node(2, here()).unwrap(),
+        LeafSpec::named(Role::Client, "client", here()).unwrap(),
+        LeafSpec::named(Role::Admin, "ops", here()).unwrap(),
+    ];
+    let c: Vec<Credentials> = generate_cluster_credentials_with(dir.path(), "a", &leaves, 30)
+        .unwrap()
+        .iter()
+        .map(|f| Credentials::mtls_from_files(&f.ca_cert, &f.cert, &f.key).unwrap())
+        .collect();
     let server_cfg = TransportConfig {
         client_connections_max: 2,
         ..config()
@@ -361,7 +374,13 @@ async fn client_connections_beyond_the_cap_are_closed_and_a_node_still_connects(
     ping(&node, addr)
         .await
         .expect("a node connects whatever clients hold");
-    assert_eq!(server.metrics()["client_connections"], 2);
+    let admin = bind(3000, ANY, c[3].clone());
+    ping(&admin, addr)
+        .await
+        .expect("an admin connects whatever clients hold");
+    let metrics = server.metrics();
+    assert_eq!(metrics["client_connections"], 2);
+    assert_eq!(metrics["admin_connections"], 1);
 
     clients[0].close().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -1,6 +1,7 @@
 //! Accepting connections and serving their streams: read, authorize, dispatch, answer.
 
 use super::*;
+use nodedb_wire::Role;
 
 /// What reading an inbound stream gave.
 enum Inbound {
@@ -12,34 +13,50 @@ enum Inbound {
 }
 
 impl Inner {
-    /// A slot among `client_connections_max` for a peer with a certificate that is not a
-    /// node's (`Ok(None)`: not counted); `Err` when they are all taken.
+    /// A slot for a connection of a client or unidentified certificate (among
+    /// `client_connections_max`) or of an admin one (among `admin_connections_max`); `Ok(None)`
+    /// for a node or an insecure peer (not counted); `Err` with the cap's name when all of
+    /// that kind are taken.
     fn client_connection_slot(
         &self,
         identity: &PeerIdentity,
-    ) -> Result<Option<OwnedSemaphorePermit>, ()> {
-        let counted = match identity {
-            PeerIdentity::Unauthenticated => false,
-            PeerIdentity::Verified(_) => identity.node_id().is_none(),
-            PeerIdentity::Unidentified(_) => true,
+    ) -> Result<Option<OwnedSemaphorePermit>, (&'static str, usize)> {
+        let (slots, cap) = match identity {
+            PeerIdentity::Unauthenticated => return Ok(None),
+            PeerIdentity::Verified(id) => match id.role {
+                Role::Node => return Ok(None),
+                Role::Admin => (
+                    &self.admin_connection_slots,
+                    ("admin_connections_max", self.config.admin_connections_max),
+                ),
+                Role::Client => (
+                    &self.client_connection_slots,
+                    ("client_connections_max", self.config.client_connections_max),
+                ),
+            },
+            PeerIdentity::Unidentified(_) => (
+                &self.client_connection_slots,
+                ("client_connections_max", self.config.client_connections_max),
+            ),
         };
-        if !counted {
-            return Ok(None);
-        }
-        Arc::clone(&self.client_connection_slots)
+        Arc::clone(slots)
             .try_acquire_owned()
             .map(Some)
-            .map_err(|_| ())
+            .map_err(|_| cap)
     }
 
-    /// Closes a connection beyond `client_connections_max` (its peer reads the reason); warns
-    /// at most once per `CONNECTIONS_FULL_WARN_INTERVAL`, with the count since.
-    fn refuse_connection_full(&self, conn: &quinn::Connection, peer: &PeerInfo) {
+    /// Closes a connection beyond its cap (its peer reads the reason); warns at most once per
+    /// `CONNECTIONS_FULL_WARN_INTERVAL`, with the count since.
+    fn refuse_connection_full(
+        &self,
+        conn: &quinn::Connection,
+        peer: &PeerInfo,
+        (cap, max): (&'static str, usize),
+    ) {
         Metrics::inc(&self.metrics.inbound_connections_refused_full);
-        let max = self.config.client_connections_max;
         let reason = format!(
-            "this node serves at most {max} client connections at once \
-             (client_connections_max); try again later or another node"
+            "this node serves at most {max} connections of this certificate role at once \
+             ({cap}); try again later or another node"
         );
         conn.close(
             VarInt::from_u32(CLOSE_CODE_CONNECTIONS_FULL),
@@ -56,7 +73,7 @@ impl Inner {
             warned.0 = Some(now);
             tracing::warn!(
                 peer = %peer.identity, addr = %peer.addr, refused, max,
-                "client connections refused: {max} are open (client_connections_max)"
+                "connections refused: {max} are open ({cap})"
             );
         }
     }
@@ -306,9 +323,9 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
-    let Ok(client_slot) = inner.client_connection_slot(&peer.identity) else {
-        inner.refuse_connection_full(&conn, &peer);
-        return;
+    let client_slot = match inner.client_connection_slot(&peer.identity) {
+        Ok(slot) => slot,
+        Err(cap) => return inner.refuse_connection_full(&conn, &peer, cap),
     };
     if client_slot.is_none() {
         // A node (or anyone on an insecure transport): its full stream allowance.
