@@ -291,9 +291,10 @@ fn learner_never_campaigns() {
     }
 }
 
-#[test]
-fn lagging_follower_receives_a_chunked_snapshot_and_converges() {
-    // Small thresholds so compaction happens quickly and the state spans many chunks.
+/// Three nodes, one group (group, leader, the follower): the follower crashed, then 300 writes
+/// of 200 bytes committed, past small snapshot thresholds (compaction soon, a state of many
+/// chunks), so it can only catch up by a snapshot.
+fn follower_down_while_the_log_compacts() -> (Cluster, GroupId, NodeId, NodeId) {
     let tweak = |c: &mut MultiRaftConfig| {
         c.snapshot_threshold_entries = 50;
         c.install_snapshot_chunk_bytes = 4096;
@@ -312,6 +313,12 @@ fn lagging_follower_receives_a_chunked_snapshot_and_converges() {
         c.propose(g, vec![put(&format!("key-{i:05}"), &[i as u8; 200])])
             .expect("commit");
     }
+    (c, g, leader, lagger)
+}
+
+#[test]
+fn lagging_follower_receives_a_chunked_snapshot_and_converges() {
+    let (mut c, g, leader, lagger) = follower_down_while_the_log_compacts();
     let st = c.core(leader).status(g).expect("status");
     assert!(st.snapshot_index > 0, "leader compacted its log: {st:?}");
     let kv_bytes: usize = 300 * 210;
@@ -658,24 +665,7 @@ fn big_entries_compact_the_log_by_bytes() {
 /// newest durable mark's file gone).
 #[test]
 fn a_crash_before_a_received_snapshot_is_durable_keeps_the_previous_one() {
-    let tweak = |c: &mut MultiRaftConfig| {
-        c.snapshot_threshold_entries = 50;
-        c.install_snapshot_chunk_bytes = 4096;
-    };
-    let mut c = Cluster::new(3, 1, tweak, false);
-    let g = GroupId(1);
-    c.elect_all(1);
-    let leader = c.leader_of(g).expect("leader");
-    let lagger = c
-        .live()
-        .into_iter()
-        .find(|n| *n != leader)
-        .expect("follower");
-    c.crash(lagger);
-    for i in 0..300 {
-        c.propose(g, vec![put(&format!("key-{i:05}"), &[i as u8; 200])])
-            .expect("commit");
-    }
+    let (mut c, g, _, lagger) = follower_down_while_the_log_compacts();
     c.restart(lagger);
     let sink = match &c.nodes[&lagger].sink {
         sim::Sink::Mem(m) => m.clone(),
