@@ -141,7 +141,7 @@ class Node:
             self._routing,
             lambda: self.metadata.topology,
             self._proposer.propose,
-            vshard_moves=lambda: len(self.metadata.vshard_moves),
+            vshard_moves=lambda: list(self.metadata.vshard_moves),
             vshard_bytes=self._vshard_bytes,
         )
         """Replica placement over time: onto new nodes, off draining and long-dead ones."""

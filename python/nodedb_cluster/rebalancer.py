@@ -42,7 +42,9 @@ from nodedb_cluster.metadata.rebalance import (
     cluster_load,
     plan,
     retirements,
+    unmovable_moves,
 )
+from nodedb_cluster.metadata.vshard_moves import VShardMove
 from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.topology import NodeState, Topology
@@ -74,7 +76,7 @@ class Rebalancer:
         topology: Callable[[], Topology],
         propose: Callable[[MetadataEntry], Awaitable[str | None]],
         clock: Callable[[], float] = time.monotonic,
-        vshard_moves: Callable[[], int] = lambda: 0,
+        vshard_moves: Callable[[], list[VShardMove]] = list,
         vshard_bytes: Callable[[], dict[int, int] | None] = lambda: None,
     ) -> None:
         self._policy = policy
@@ -108,7 +110,7 @@ class Rebalancer:
             routing,
             dead_for,
             self._policy.dead_grace_s,
-            self._vshard_moves(),
+            len(self._vshard_moves()),
         )
         sizes = self._vshard_bytes() if with_bytes else None
         if sizes is None:
@@ -159,6 +161,13 @@ class Rebalancer:
                     refused = await self._propose(MetadataEntry(retire))
                     if refused is not None:
                         log.info("rebalance: retiring node %d refused: %s", node_id, refused)
+                for abort in unmovable_moves(self._policy.limits, self._vshard_moves()):
+                    log.warning(
+                        "rebalance: vShard %d: move %d aborted: %s", *dataclasses.astuple(abort)
+                    )
+                    refused = await self._propose(MetadataEntry((abort,)))
+                    if refused is not None:
+                        log.info("rebalance: abort of vShard %d refused: %s", abort.vshard, refused)
         for move in planned.moves:
             group = move.from_group if isinstance(move, MoveVShard) else move.group_id
             with contextlib.suppress(UnknownGroup):

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.membership import MemberChanged, MemberState
-from nodedb_cluster.metadata.commands import MetadataEntry
-from nodedb_cluster.metadata.rebalance import cluster_load, decommission_refusal, retirements
+from nodedb_cluster.metadata.commands import AbortVShardMove, MetadataEntry
+from nodedb_cluster.metadata.rebalance import (
+    HOST_GROUPS_HOLD_VSHARDS,
+    Limits,
+    cluster_load,
+    decommission_refusal,
+    retirements,
+    unmovable_moves,
+)
+from nodedb_cluster.metadata.vshard_moves import VShardMove
 from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.rebalancer import RebalancePolicy, Rebalancer
 from nodedb_cluster.routing.table import RoutingTable
@@ -95,3 +103,16 @@ def test_decommission_is_refused_when_rf_could_not_hold_and_drained_nodes_retire
     assert retirements(draining, table) == (4,)  # group 0's learner does not hold it back
     gone = topology({**states, 4: NodeState.DECOMMISSIONED})
     assert decommission_refusal(gone, table, 4, 3) == "node 4 is already decommissioned"
+
+
+def test_moves_in_flight_on_host_groups_are_aborted_and_kv_ones_left_alone() -> None:
+    """A vShard move begun on groups that run a host's state machine (by an earlier build)
+    can never be carried out: the metadata leader aborts it instead of letting it hold the
+    concurrency limit forever."""
+    moves = [VShardMove(5, 2, 3, 7), VShardMove(9, 1, 3, 8)]
+    assert unmovable_moves(Limits(), moves) == ()
+    assert unmovable_moves(Limits(vshards_movable=False), moves) == (
+        AbortVShardMove(5, 7, HOST_GROUPS_HOLD_VSHARDS),
+        AbortVShardMove(9, 8, HOST_GROUPS_HOLD_VSHARDS),
+    )
+    assert unmovable_moves(Limits(vshards_movable=False), []) == ()

@@ -34,7 +34,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from nodedb_cluster.metadata.commands import AbortVShardMove
 from nodedb_cluster.metadata.placement import filling_groups, replica_counts
+from nodedb_cluster.metadata.vshard_moves import VShardMove
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.topology import NodeState, Topology
 
@@ -341,6 +343,16 @@ def decommission_refusal(
             f"replication factor {replication_factor}: only {len(others)} other ACTIVE nodes"
         )
     return None
+
+
+def unmovable_moves(limits: Limits, moves: Iterable[VShardMove]) -> tuple[AbortVShardMove, ...]:
+    """The aborts of vShard moves in flight that nothing can carry out: on host groups
+    (`Limits.vshards_movable` false) a move begun by an earlier build, or on an admin's request
+    before moves were refused there, would stay in flight forever and count against the
+    concurrency limit replica moves use too."""
+    if limits.vshards_movable:
+        return ()
+    return tuple(AbortVShardMove(m.vshard, m.move_id, HOST_GROUPS_HOLD_VSHARDS) for m in moves)
 
 
 def retirements(topology: Topology, routing: RoutingTable) -> tuple[int, ...]:
