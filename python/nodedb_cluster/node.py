@@ -171,11 +171,7 @@ class Node:
         self._swim = SwimWiring(config, self.admission.secret)
         self._swim.observe(self.rebalancer.on_member_changed)
         self.placement = PlacementControl(
-            config,
-            lambda: self.metadata,
-            self.rebalancer,
-            self._proposer.propose,
-            vshards_movable=data_group_kind == "kv",
+            config, lambda: self.metadata, self.rebalancer, self._proposer.propose
         )
         """Decommission and rebalance on an admin's request (PLACEMENT_REQUEST)."""
         self.control = ControlDispatch()

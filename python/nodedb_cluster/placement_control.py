@@ -66,11 +66,8 @@ class PlacementControl:
         metadata: Callable[[], MetadataState],
         rebalancer: Rebalancer,
         propose: Callable[[MetadataEntry], Awaitable[str | None]],
-        vshards_movable: bool = True,
     ) -> None:
         self._config = config
-        self._vshards_movable = vshards_movable
-        """False when the data groups run a host's state machine (`Limits.vshards_movable`)."""
         self._metadata = metadata
         self._rebalancer = rebalancer
         self._propose = propose
@@ -121,7 +118,7 @@ class PlacementControl:
     async def _move_vshard(self, peer: Peer, vshard: int, to_group: int) -> dict[str, Any]:
         if not 0 <= vshard < NUM_VSHARDS:
             raise InvalidRequest(f"vshard {vshard} is not in 0..{NUM_VSHARDS - 1}")
-        if not self._vshards_movable:
+        if not self._rebalancer.vshards_movable:
             raise InvalidRequest(
                 f"move of vshard {vshard} refused: this cluster's data groups run the host's "
                 "state machine, which cannot move vShards between groups"

@@ -98,6 +98,11 @@ class Rebalancer:
         else:
             self._dead_since.pop(event.node_id, None)
 
+    @property
+    def vshards_movable(self) -> bool:
+        """Whether this cluster's data groups can hand vShards over (`Limits.vshards_movable`)."""
+        return self._policy.limits.vshards_movable
+
     def leaving(self) -> frozenset[int]:
         """Nodes whose replicas move off now (draining, or dead past the grace)."""
         return self._load(self._routing(), with_bytes=False).leaving

@@ -10,7 +10,7 @@ pub use nodedb_wal::SpaceStatus;
 
 use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
 
-use crate::codec::{decode_pb, encode_pb};
+use crate::codec::{decode_pb, encode_pb, Reader, Writer};
 use crate::error::{DecodeError, SinkError};
 use crate::ids::GroupId;
 use crate::snapshot::SnapshotDescriptor;
@@ -102,9 +102,12 @@ impl LogRecord {
         meta: &SnapshotMetadata,
         file: &SnapshotDescriptor,
     ) -> Self {
-        let mut payload = vec![MARK_WITH_FILE_VERSION, gm.sm_kind];
-        payload.extend_from_slice(&file.total_bytes.to_le_bytes());
-        payload.extend_from_slice(&file.checksum.to_le_bytes());
+        let mut w = Writer::with_capacity(18);
+        w.u8(MARK_WITH_FILE_VERSION);
+        w.u8(gm.sm_kind);
+        w.u64(file.total_bytes);
+        w.u64(file.checksum);
+        let mut payload = w.buf;
         payload.extend_from_slice(&encode_pb(meta));
         LogRecord {
             group,
@@ -349,19 +352,16 @@ fn finish(f: Fold) -> Result<RecoveredGroup, String> {
 fn split_mark(payload: &[u8]) -> Result<(GroupMeta, Option<SnapshotDescriptor>, &[u8]), SinkError> {
     match payload {
         [MARK_WITH_FILE_VERSION, sm_kind, rest @ ..] => {
-            let (Some(total), Some(checksum)) = (rest.get(..8), rest.get(8..16)) else {
-                return Err(SinkError::Decode(DecodeError::Truncated {
-                    offset: 2,
-                    need_bytes: 16,
-                    have_bytes: rest.len(),
-                }));
-            };
-            let le = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            let mut r = Reader::new(rest);
             let file = SnapshotDescriptor {
-                total_bytes: le(total),
-                checksum: le(checksum),
+                total_bytes: r.u64()?,
+                checksum: r.u64()?,
             };
-            Ok((GroupMeta { sm_kind: *sm_kind }, Some(file), &rest[16..]))
+            Ok((
+                GroupMeta { sm_kind: *sm_kind },
+                Some(file),
+                &rest[r.position()..],
+            ))
         }
         _ => split_meta(payload).map(|(meta, rest)| (meta, None, rest)),
     }

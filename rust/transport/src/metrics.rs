@@ -43,7 +43,8 @@ pub struct Metrics {
     /// restarted): the next send dials the new process.
     pub connections_replaced_on_redial: AtomicU64,
     pub inbound_handshake_failures: AtomicU64,
-    /// Inbound client connections closed because `client_connections_max` were open.
+    /// Inbound connections closed because `client_connections_max` (or
+    /// `admin_connections_max`) were open.
     pub inbound_connections_refused_full: AtomicU64,
     pub streams_reset: AtomicU64,
     /// Inbound streams reset because their frame did not arrive (or fit the connection's

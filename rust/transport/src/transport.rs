@@ -61,7 +61,7 @@ const CLOSE_CODE_PEER_REDIALLED: u32 = 0x203;
 /// Connection close code of a connection beyond `client_connections_max` (or
 /// `admin_connections_max`).
 const CLOSE_CODE_CONNECTIONS_FULL: u32 = 0x204;
-/// At most one warning per this interval about connections closed at `client_connections_max`.
+/// At most one warning per this interval for each connection cap that closed connections.
 const CONNECTIONS_FULL_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Nodes remembered as having dialled this one, at most (then forgotten all at once).
@@ -134,8 +134,8 @@ struct Inner {
     client_connection_slots: Arc<Semaphore>,
     /// The same for admin certificates (`TransportConfig::admin_connections_max`).
     admin_connection_slots: Arc<Semaphore>,
-    /// When connections were last refused at that cap with a warning, and how many since.
-    connections_full_warned: Mutex<(Option<Instant>, u64)>,
+    /// Warnings about connections closed at a cap, by the cap's name.
+    connections_full_warnings: Mutex<nodedb_hostlog::RateLimiter<&'static str>>,
     /// Addresses of nodes that have dialled this node (at most `DIALLED_US_MAX`): a second dial
     /// from one means its process restarted or lost its connection (`peer_dialled`).
     dialled_us: Mutex<HashMap<SocketAddr, DialledUs>>,
@@ -225,7 +225,10 @@ impl Transport {
             admin_connection_slots: Arc::new(Semaphore::new(
                 config.admin_connections_max.min(Semaphore::MAX_PERMITS),
             )),
-            connections_full_warned: Mutex::new((None, 0)),
+            connections_full_warnings: Mutex::new(nodedb_hostlog::RateLimiter::new(
+                CONNECTIONS_FULL_WARN_INTERVAL,
+                2,
+            )),
             config,
             endpoint: endpoint.clone(),
             local_addr,

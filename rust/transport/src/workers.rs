@@ -7,9 +7,10 @@
 //! host"): with three node processes and a client sharing the cores, a second worker costs more
 //! than it adds. Each hop between the workers, quinn's drivers and the stream tasks is a
 //! cross-thread wake-up, and the cores are already shared with the Raft driver thread and the
-//! asyncio loop. One worker wrote with 13-21 % less CPU per write and a lower asyncio W1 p50
-//! (0.273 vs 0.345 ms), and served more Rust-answered RPCs; only bulk transfer lost a few
-//! percent. Larger hosts keep the 2 workers chosen before that measurement.
+//! asyncio loop. One worker wrote with 14-26 % less CPU per write at W1 and 4-15 % at W64, a
+//! lower W1 p50 in every placement (asyncio 0.407 → 0.274 ms) and served more Rust-answered
+//! RPCs; only bulk transfer lost a few percent. Larger hosts keep the 2 workers chosen before
+//! that measurement.
 
 /// Workers on a host with more than [`SMALL_HOST_CPUS`] CPUs.
 pub const RUNTIME_WORKERS_DEFAULT: usize = 2;

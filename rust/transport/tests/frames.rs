@@ -263,9 +263,7 @@ async fn client_connections_share_one_inbound_budget_and_a_node_keeps_its_own() 
         inbound_buffer_bytes_max: 64 * MIB,
         ..config()
     };
-    let server =
-        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
-    serve_echo(&server);
+    let server = echo_server_with(c[0].clone(), server_cfg);
     let addr = server.local_addr();
     let patient = || TransportConfig {
         rpc_timeout: Duration::from_secs(8),
@@ -349,9 +347,7 @@ async fn client_connections_beyond_the_cap_are_closed_and_nodes_and_admins_still
         client_connections_max: 2,
         ..config()
     };
-    let server =
-        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
-    serve_echo(&server);
+    let server = echo_server_with(c[0].clone(), server_cfg);
     let addr = server.local_addr();
     async fn ping(t: &Transport, addr: std::net::SocketAddr) -> Result<usize, TransportError> {
         let reply = t.send_rpc_to_addr(addr, MessageKind::PING, Bytes::from("p"));
@@ -410,9 +406,7 @@ async fn a_client_connection_gets_fewer_streams_than_a_nodes() {
         client_streams_per_connection_max: 4,
         ..config()
     };
-    let server =
-        Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), server_cfg).unwrap();
-    serve_echo(&server);
+    let server = echo_server_with(c[0].clone(), server_cfg);
     let addr = server.local_addr();
     let patient = TransportConfig {
         rpc_timeout: Duration::from_secs(8),
@@ -436,6 +430,18 @@ async fn a_client_connection_gets_fewer_streams_than_a_nodes() {
         reply.await.expect("served");
         started.elapsed()
     }
+    /// Until `t`'s connection to `addr` has sent data on `n` streams (bounded): the stalled
+    /// streams are open before the next request asks for one.
+    fn streams_sent(t: &Transport, addr: std::net::SocketAddr) -> u64 {
+        t.connection_stats(addr).map_or(0, |s| s.frame_tx.stream)
+    }
+    async fn wait_for_streams_sent(t: &Transport, addr: std::net::SocketAddr, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while streams_sent(t, addr) < n {
+            assert!(std::time::Instant::now() < deadline, "streams never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let stall = |t: &std::sync::Arc<Transport>, n: usize| {
         (0..n)
             .map(|_| {
@@ -449,8 +455,9 @@ async fn a_client_connection_gets_fewer_streams_than_a_nodes() {
             .collect::<Vec<_>>()
     };
     ping(&node, addr).await; // connected, its allowance raised
+    let before = streams_sent(&node, addr);
     let held = stall(&node, 8);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_streams_sent(&node, addr, before + 8).await;
     let waited = ping(&node, addr).await;
     assert!(
         waited < Duration::from_secs(1),
@@ -458,8 +465,9 @@ async fn a_client_connection_gets_fewer_streams_than_a_nodes() {
     );
 
     ping(&client, addr).await;
+    let before = streams_sent(&client, addr);
     let held_by_client = stall(&client, 4);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_streams_sent(&client, addr, before + 4).await;
     let waited = ping(&client, addr).await;
     assert!(
         waited >= Duration::from_millis(1500),

@@ -17,27 +17,26 @@ impl Inner {
     /// `client_connections_max`) or of an admin one (among `admin_connections_max`); `Ok(None)`
     /// for a node or an insecure peer (not counted); `Err` with the cap's name when all of
     /// that kind are taken.
-    fn client_connection_slot(
+    fn connection_slot(
         &self,
         identity: &PeerIdentity,
     ) -> Result<Option<OwnedSemaphorePermit>, (&'static str, usize)> {
-        let (slots, cap) = match identity {
+        let admin = match identity {
             PeerIdentity::Unauthenticated => return Ok(None),
-            PeerIdentity::Verified(id) => match id.role {
-                Role::Node => return Ok(None),
-                Role::Admin => (
-                    &self.admin_connection_slots,
-                    ("admin_connections_max", self.config.admin_connections_max),
-                ),
-                Role::Client => (
-                    &self.client_connection_slots,
-                    ("client_connections_max", self.config.client_connections_max),
-                ),
-            },
-            PeerIdentity::Unidentified(_) => (
+            PeerIdentity::Verified(id) if id.role == Role::Node => return Ok(None),
+            PeerIdentity::Verified(id) => id.role == Role::Admin,
+            PeerIdentity::Unidentified(_) => false,
+        };
+        let (slots, cap) = if admin {
+            (
+                &self.admin_connection_slots,
+                ("admin_connections_max", self.config.admin_connections_max),
+            )
+        } else {
+            (
                 &self.client_connection_slots,
                 ("client_connections_max", self.config.client_connections_max),
-            ),
+            )
         };
         Arc::clone(slots)
             .try_acquire_owned()
@@ -62,18 +61,11 @@ impl Inner {
             VarInt::from_u32(CLOSE_CODE_CONNECTIONS_FULL),
             reason.as_bytes(),
         );
-        let now = Instant::now();
-        let mut warned = lock(&self.connections_full_warned);
-        warned.1 += 1;
-        if warned
-            .0
-            .is_none_or(|at| now.duration_since(at) >= CONNECTIONS_FULL_WARN_INTERVAL)
-        {
-            let refused = std::mem::take(&mut warned.1);
-            warned.0 = Some(now);
+        let admitted = lock(&self.connections_full_warnings).admit(cap, Instant::now());
+        if let Some(left_out) = admitted {
             tracing::warn!(
-                peer = %peer.identity, addr = %peer.addr, refused, max,
-                "connections refused: {max} are open ({cap})"
+                peer = %peer.identity, addr = %peer.addr, left_out, max,
+                "connection refused: {max} are open ({cap})"
             );
         }
     }
@@ -323,11 +315,11 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
-    let client_slot = match inner.client_connection_slot(&peer.identity) {
+    let slot = match inner.connection_slot(&peer.identity) {
         Ok(slot) => slot,
         Err(cap) => return inner.refuse_connection_full(&conn, &peer, cap),
     };
-    if client_slot.is_none() {
+    if slot.is_none() {
         // A node (or anyone on an insecure transport): its full stream allowance.
         let streams = VarInt::from_u32(inner.config.streams_per_connection_max);
         conn.set_max_concurrent_bi_streams(streams);

@@ -48,10 +48,17 @@ pub fn bind(id: u64, addr: &str, creds: Credentials) -> Transport {
 /// Node 1 on 127.0.0.1 with its own `rpc_timeout` (the read deadline of its inbound frames),
 /// serving echo.
 pub fn echo_server(creds: Credentials, rpc_timeout: Duration) -> Transport {
-    let cfg = TransportConfig {
-        rpc_timeout,
-        ..config()
-    };
+    echo_server_with(
+        creds,
+        TransportConfig {
+            rpc_timeout,
+            ..config()
+        },
+    )
+}
+
+/// Node 1 on 127.0.0.1 with config `cfg`, serving echo.
+pub fn echo_server_with(creds: Credentials, cfg: TransportConfig) -> Transport {
     let server = Transport::bind(NodeId(1), ANY.parse().unwrap(), creds, cfg).unwrap();
     serve_echo(&server);
     server
