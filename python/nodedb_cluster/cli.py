@@ -46,7 +46,7 @@ from nodedb_cluster.config import (
     config_from_args,
     name_config_error,
 )
-from nodedb_cluster.errors import ClusterError, ConfigError, Timeout, Unreachable
+from nodedb_cluster.errors import ClusterError, ConfigError, EngineStopped, Timeout, Unreachable
 from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
 from nodedb_cluster.kv import Unavailable
 from nodedb_cluster.placement_cli import add_placement_commands
@@ -286,16 +286,20 @@ async def run_node(config: ClusterConfig) -> int:
     # them too once it serves; whichever drains first writes them).
     forwarder = asyncio.create_task(logsetup.forward_core_logs())
     try:
-        return await _run_until_stopped(config, stop, hangup)
+        code, failure = await _run_until_stopped(config, stop, hangup)
     finally:
         forwarder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await forwarder
+    if failure is not None:  # after the core's last records: the reason is the last line
+        print(f"nodedb-cluster: node {config.node_id} failed: {failure}", file=sys.stderr)
+    return code
 
 
 async def _run_until_stopped(
     config: ClusterConfig, stop: asyncio.Event, hangup: asyncio.Event
-) -> int:
+) -> tuple[int, str | None]:
+    """The exit code, and why the node failed (None when it was asked to stop)."""
     from nodedb_cluster.formation.start import start_cluster  # the engine loads only here
 
     lifecycle_log = logging.getLogger("nodedb_cluster.lifecycle")
@@ -306,8 +310,7 @@ async def _run_until_stopped(
     except ConfigError:
         raise
     except ClusterError as e:
-        print(f"nodedb-cluster: node {config.node_id} failed: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_FAILED, str(e)
     finally:
         lifecycle_log.removeFilter(once)
     if config.allow_bench_load:  # the bench tool's handler; the node alone refuses the kind
@@ -338,15 +341,10 @@ async def _run_until_stopped(
         metrics_server.close()
     if node.failed.is_set():  # the node already logged why and stopped itself
         await node.shutdown()
-        print(
-            f"nodedb-cluster: node {config.node_id} failed: the Raft engine stopped: "
-            f"{node.failure}",
-            file=sys.stderr,
-        )
-        return 1
+        return EXIT_FAILED, str(EngineStopped(node.failure or "no reason given"))
     log.info("node %d shutting down", config.node_id)
     await node.shutdown()
-    return 0
+    return 0, None
 
 
 async def _reload_crl_on_hangup(node: Node, hangup: asyncio.Event) -> None:

@@ -239,7 +239,7 @@ class Client(Kv):
             self._refresher = None
         await super().close()
         await self._transport.close()
-        self._drain()
+        self._bridge.close()  # drains what the transport's closing failed
 
     async def __aenter__(self) -> Client:
         await self.connect()

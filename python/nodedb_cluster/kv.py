@@ -32,6 +32,7 @@ from typing import Final, Literal
 import nodedb_cluster_core as _core
 
 from nodedb_cluster.errors import OutcomeUnknown, StaleRead, TransportClosed, Unavailable
+from nodedb_cluster.loop_bridge import BridgeWatch
 from nodedb_cluster.routing.table import RoutingTable
 
 __all__ = [
@@ -64,7 +65,7 @@ class Kv:
 
     def __init__(self, core: _core.KvClient) -> None:
         self._core = core
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge = BridgeWatch(core, "KV client")
         self._closed = False
         self._in_call = 0
 
@@ -196,15 +197,9 @@ class Kv:
 
     def _attach(self) -> asyncio.AbstractEventLoop:
         """The running loop, watching the core's bridge (the first loop that uses it)."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            if self._closed:
-                raise TransportClosed()
-            if self._loop is not None:
-                raise RuntimeError("this KV client is bound to another event loop")
-            loop.add_reader(self._core.bridge_fd(), self._drain)
-            self._loop = loop
-        return loop
+        if self._closed and not self._bridge.watching:
+            raise TransportClosed()
+        return self._bridge.attach()
 
     def _answered_in_call(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Count a read the core answered within the call; True when this one should yield:
@@ -221,17 +216,9 @@ class Kv:
     def _loop_ran(self) -> None:
         self._in_call = 0
 
-    def _drain(self) -> None:
-        """Resolve finished calls; once closed, stop watching when none is left."""
-        self._core.drain()
-        if self._closed and self._core.calls_unresolved == 0 and self._loop is not None:
-            if not self._loop.is_closed():
-                self._loop.remove_reader(self._core.bridge_fd())
-            self._loop = None
-
     async def close(self) -> None:
         """Queued calls fail with `TransportClosed`; calls in flight resolve as their replies
         (or the transport's closing) come: the bridge stays watched until the last one."""
         self._core.close()
         self._closed = True
-        self._drain()
+        self._bridge.close()

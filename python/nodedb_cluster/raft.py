@@ -28,6 +28,7 @@ from typing import Any, Final, Literal, Protocol, cast
 
 import nodedb_cluster_core as _core
 
+from nodedb_cluster.loop_bridge import BridgeWatch
 from nodedb_cluster.transport import Transport
 
 TIMEOUT_MS_DEFAULT: Final = 5000
@@ -131,7 +132,7 @@ class RaftEngine:
     """One node's Multi-Raft engine (log under `data_dir/raft/`, snapshots under
     `data_dir/snapshots/`), sharing `transport`'s QUIC endpoint."""
 
-    __slots__ = ("_core", "_loop")
+    __slots__ = ("_bridge", "_core")
 
     def __init__(
         self,
@@ -159,7 +160,7 @@ class RaftEngine:
             rejoin=s.rejoin,
             free_space_reserve_bytes=s.free_space_reserve_bytes,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge = BridgeWatch(self._core, "RaftEngine")
 
     def discarded_groups(self) -> list[tuple[int, int, int]]:
         """(group_id, commit_index, last_index) of each group forgotten at open (`rejoin`)."""
@@ -167,13 +168,7 @@ class RaftEngine:
 
     def _future(self) -> asyncio.Future[Any]:
         """A future on the owning loop (bound on first use; any other loop is refused)."""
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            loop.add_reader(self._core.bridge_fd(), self._core.drain)
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError("this RaftEngine is bound to another event loop")
-        return loop.create_future()
+        return self._bridge.attach().create_future()
 
     @property
     def node_id(self) -> int:
@@ -389,13 +384,10 @@ class RaftEngine:
         return self._core.kv_requests()
 
     async def close(self) -> None:
-        """Stop the engine; pending calls fail with `EngineStopped`. Idempotent."""
+        """Stop the engine; pending calls fail with `EngineStopped` (the bridge stays watched
+        until the last one has). Idempotent."""
         await asyncio.get_running_loop().run_in_executor(None, self._core.close)
-        if self._loop is not None:
-            self._loop.remove_reader(self._core.bridge_fd())
-            # Completions queued before the reader went away still settle their futures.
-            self._core.drain()
-            self._loop = None
+        self._bridge.close()
 
     async def __aenter__(self) -> RaftEngine:
         return self

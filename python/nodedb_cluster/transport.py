@@ -24,6 +24,7 @@ import nodedb_cluster_core as _core
 
 from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.errors import NoSpace, PermissionDenied
+from nodedb_cluster.loop_bridge import BridgeWatch
 
 _log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def _addr_text(addr: str | SocketAddr) -> str:
 class Transport:
     """One QUIC endpoint bound to `listen_addr` (port 0 → ephemeral; see `local_addr`)."""
 
-    __slots__ = ("_core", "_handler", "_insecure", "_loop", "_tasks")
+    __slots__ = ("_bridge", "_core", "_handler", "_insecure", "_tasks")
 
     def __init__(
         self,
@@ -269,22 +270,13 @@ class Transport:
             idle_timeout=idle_timeout,
         )
         self._handler: Handler | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bridge = BridgeWatch(self._core, "Transport")
         self._tasks: set[asyncio.Task[None]] = set()
         """Handler tasks in flight (the loop keeps only weak references to tasks)."""
 
     def _attach(self) -> asyncio.AbstractEventLoop:
-        """The running loop, which must be this transport's: the first loop that uses it is
-        bound (its reader watches the bridge); any other loop is refused before any work starts.
-        """
-        loop = asyncio.get_running_loop()
-        if loop is self._loop:
-            return loop
-        if self._loop is not None:
-            raise RuntimeError("this Transport is bound to another event loop")
-        loop.add_reader(self._core.bridge_fd(), self._core.drain)
-        self._loop = loop
-        return loop
+        """The running loop, which must be this transport's (see `BridgeWatch.attach`)."""
+        return self._bridge.attach()
 
     @property
     def node_id(self) -> int:
@@ -466,8 +458,7 @@ class Transport:
         await future
         for task in list(self._tasks):
             task.cancel()
-        loop.remove_reader(self._core.bridge_fd())
-        self._loop = None
+        self._bridge.close()
 
     def metrics(self) -> dict[str, int]:
         """Counters: rpcs sent/received, errors by type, decode errors by code, insecure, ..."""

@@ -1,6 +1,7 @@
 """Fail fast: a node whose Raft engine stops on its own (here: a panic on the driver thread, from
 the failpoint) says why once, is marked Failed and exits non-zero within a second, so a
-supervisor restarts it; it never lingers answering errors."""
+supervisor restarts it; it never lingers answering errors. Also while it is still restarting:
+then the reason is the last line it writes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,30 @@ from nodedb_cluster.localcluster import free_port
 
 FAILPOINT = "NODEDB_FAILPOINT_DRIVER_PANIC_AFTER_MS"
 PANIC_AFTER_MS = 1500
+RESTART_EXIT_BOUND_S = 20.0
+
+
+async def _start(config_path: Path, panic_after_ms: str | None) -> asyncio.subprocess.Process:
+    env = {**os.environ}
+    if panic_after_ms is not None:
+        env[FAILPOINT] = panic_after_ms
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodedb_cluster.cli",
+        "start",
+        "--config",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+def _config_file(tmp_path: Path) -> Path:
+    config_path = tmp_path / "n1.toml"
+    config_path.write_text(_config(tmp_path).to_toml())
+    return config_path
 
 
 def _config(tmp_path: Path) -> ClusterConfig:
@@ -37,21 +62,7 @@ def _config(tmp_path: Path) -> ClusterConfig:
 
 @pytest.mark.multiprocess
 async def test_a_node_whose_engine_dies_exits_non_zero_within_a_second(tmp_path: Path) -> None:
-    config = _config(tmp_path)
-    config_path = tmp_path / "n1.toml"
-    config_path.write_text(config.to_toml())
-    env = {**os.environ, FAILPOINT: str(PANIC_AFTER_MS)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nodedb_cluster.cli",
-        "start",
-        "--config",
-        str(config_path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    proc = await _start(_config_file(tmp_path), str(PANIC_AFTER_MS))
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(30):
@@ -66,13 +77,47 @@ async def test_a_node_whose_engine_dies_exits_non_zero_within_a_second(tmp_path:
             await proc.wait()
     text = err.decode(errors="replace")
     assert proc.returncode == 1, text
-    assert "failed: the Raft engine stopped: driver thread panicked: failpoint" in text, text
+    assert "failed: raft engine stopped: driver thread panicked: failpoint" in text, text
     stopped_lines = [
         line for line in text.splitlines() if "ERROR" in line and "the Raft engine stopped" in line
     ]
     assert len(stopped_lines) == 1, "the reason is logged once"
     logged_at = datetime.datetime.strptime(stopped_lines[0][:23], "%Y-%m-%d %H:%M:%S,%f")
     assert exited_at - logged_at.timestamp() < 1.0, "exits within a second of the engine stopping"
+
+
+@pytest.mark.multiprocess
+async def test_a_node_whose_engine_dies_while_it_restarts_exits_with_the_reason_last(
+    tmp_path: Path,
+) -> None:
+    """The engine stops at several points of the restart (its open, the first requests, the
+    reconcile round): each time the process exits 1 within a bound, and its last line names the
+    panic (not a request the dead engine dropped, nor the core's records forwarded on the way
+    out). A restart awaiting an engine request once hung here for good."""
+    config_path = _config_file(tmp_path)
+    formed = await _start(config_path, None)
+    assert formed.stdout is not None
+    async with asyncio.timeout(30):
+        ready = await formed.stdout.readline()
+    assert ready.startswith(b"READY "), ready
+    formed.terminate()
+    async with asyncio.timeout(30):
+        assert await formed.wait() == 0
+    for panic_after_ms in ("0", "5", "20", "60"):
+        proc = await _start(config_path, panic_after_ms)
+        try:
+            async with asyncio.timeout(RESTART_EXIT_BOUND_S):
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        text = err.decode(errors="replace")
+        assert proc.returncode == 1, text
+        assert "Traceback" not in text, text
+        last = text.strip().splitlines()[-1]
+        assert last.startswith("nodedb-cluster: node 1 failed: raft engine stopped: "), text
+        assert "driver thread panicked: failpoint" in last, text
 
 
 async def test_an_embedded_node_is_marked_failed_and_stops_serving(

@@ -23,7 +23,13 @@ from nodedb_cluster import wire
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.catalog.layout import CLUSTER_SECRET_BYTES
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import CatalogError, ClusterError, CorruptLog, CorruptSnapshot
+from nodedb_cluster.errors import (
+    CatalogError,
+    ClusterError,
+    CorruptLog,
+    CorruptSnapshot,
+    EngineStopped,
+)
 from nodedb_cluster.formation.credentials import check_node_credentials, check_pinned_key
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
 from nodedb_cluster.formation.join_client import join_sender, run_join
@@ -101,6 +107,8 @@ async def start_cluster(
                 node = await _join(parts)
                 node.join_durations_s.append(time.monotonic() - join_started)
         node.join_attempts = join_attempts
+        if node.failure is not None:  # the engine stopped while the node was forming
+            raise EngineStopped(node.failure)
         node.serve()
         node.start_reconciler()
         await node.start_membership()  # SWIM, when config.swim_udp_addr is set
@@ -112,6 +120,10 @@ async def start_cluster(
             tracker.transition(Failed(reason, error=e), detail="start_cluster")
         if node is not None:
             await node.shutdown()
+            if node.failure is not None and isinstance(e, ClusterError):
+                # What the formation step saw ("engine dropped the request") follows from why
+                # the engine stopped: say that instead.
+                raise EngineStopped(node.failure) from e
         else:
             if transport is not None:
                 await transport.close()

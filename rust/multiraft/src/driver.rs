@@ -42,6 +42,10 @@ use crate::state_machine::{StateMachineFactory, StateMachineKind};
 mod input;
 use input::{handle, refuse, refuse_with, Input};
 
+/// How long a request the driver dropped unanswered waits for the reason the driver stopped
+/// (recorded right after a panic's unwinding; far longer than that takes).
+const STOP_REASON_WAIT: Duration = Duration::from_secs(1);
+
 struct Shared {
     metrics: Arc<Metrics>,
     inbound_queued: AtomicUsize,
@@ -192,15 +196,29 @@ impl MultiRaft {
             .name(format!("multiraft-{}", cfg.node_id.0))
             .spawn(move || {
                 let after_panic = Arc::clone(&thread_shared);
-                let run = std::panic::AssertUnwindSafe(|| drive(core, rx, thread_shared));
-                if let Err(payload) = std::panic::catch_unwind(run) {
-                    // The panic hook printed it; the host learns it through `stopped()`. The
-                    // core is gone with the unwound stack: pending callers get "dropped".
-                    thread_leases.clear();
-                    let text = panic_text(payload.as_ref());
-                    after_panic
-                        .stopped
-                        .send_replace(Some(format!("driver thread panicked: {text}")));
+                // The queue outlives a panic: until the reason is recorded, a request must
+                // still be able to enter it, not be refused without one.
+                let run = std::panic::AssertUnwindSafe(|| drive(core, &rx, thread_shared));
+                match std::panic::catch_unwind(run) {
+                    Ok(core) => {
+                        // The queue first: nothing may wait in it while a host's state
+                        // machines are dropped (they may wait for the GIL).
+                        drop(rx);
+                        drop(core);
+                    }
+                    Err(payload) => {
+                        // The panic hook printed it; the host learns it through `stopped()`.
+                        // The core is gone with the unwound stack: its pending callers learn
+                        // the reason from `stopped()` too (`wait`); queued ones are refused
+                        // with it here.
+                        thread_leases.clear();
+                        let text = panic_text(payload.as_ref());
+                        let reason = format!("driver thread panicked: {text}");
+                        after_panic.stopped.send_replace(Some(reason.clone()));
+                        while let Ok(input) = rx.try_recv() {
+                            refuse(input, &reason);
+                        }
+                    }
                 }
             })
             .map_err(|e| EngineError::Thread(e.to_string()))?;
@@ -286,6 +304,12 @@ impl MultiRaft {
     /// stopped engine answers at once, on the calling thread.
     fn submit_with<T>(&self, make: impl FnOnce(Reply<T>) -> Input, reply: Reply<T>) {
         let s = &self.inbound.shared;
+        if let Some(reason) = self.stopped_reason() {
+            // Stopped: the queue may outlive its last drain for a moment (the thread still
+            // dropping the core); a command let in then would be dropped unanswered.
+            reply.send(Err(RaftError::Stopped { reason }));
+            return;
+        }
         if s.commands_queued.fetch_add(1, Ordering::AcqRel) >= s.command_capacity {
             s.commands_queued.fetch_sub(1, Ordering::AcqRel);
             Metrics::inc(&s.metrics.proposals_busy);
@@ -368,10 +392,12 @@ impl MultiRaft {
     ) -> Result<T, RaftError> {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => r,
+            // Dropped unanswered: the driver thread ended, maybe unwinding a panic whose reason
+            // is recorded only once the unwinding is done. Say why it stopped, not just that.
             Ok(Err(_)) => Err(RaftError::Stopped {
-                reason: self
-                    .stopped_reason()
-                    .unwrap_or_else(|| "engine dropped the request".into()),
+                reason: tokio::time::timeout(STOP_REASON_WAIT, self.stopped())
+                    .await
+                    .unwrap_or_else(|_| "engine dropped the request".into()),
             }),
             Err(_) => Err(RaftError::Timeout {
                 op,
@@ -652,7 +678,9 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
+/// Runs the engine until it stops; returns the core for the thread to drop after the queue (a
+/// host state machine may wait for the GIL as it goes).
+fn drive(mut core: MultiRaftCore, rx: &Receiver<Input>, shared: Arc<Shared>) -> MultiRaftCore {
     let tick = core.config().tick_interval;
     let input_max = core.config().round_input_max;
     let mut next_tick = Instant::now() + tick;
@@ -706,4 +734,5 @@ fn drive(mut core: MultiRaftCore, rx: Receiver<Input>, shared: Arc<Shared>) {
     while let Ok(input) = rx.try_recv() {
         refuse(input, &reason);
     }
+    core
 }

@@ -7,12 +7,16 @@
 //! Python handler). Under load many completions share one wake-up; at one in flight the cost is one
 //! byte written and one epoll wake. (pyo3-async-runtimes takes the GIL on a tokio thread and does a
 //! `call_soon_threadsafe` per completion, which measured 5-10x slower here.)
+//!
+//! The bridge also counts the futures it still owes (`UnresolvedCall`): a completion pushed after
+//! the loop stopped watching would never settle its future and the coroutine awaiting it would
+//! hang, so the owner keeps watching a closed core until the count is 0 (`loop_bridge.py`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 
@@ -34,6 +38,19 @@ pub struct LoopBridge {
     signalled: AtomicBool,
     reader: UnixStream,
     writer: UnixStream,
+    /// Futures some task will settle through this bridge and has not yet (see `UnresolvedCall`).
+    unresolved: Arc<AtomicUsize>,
+}
+
+/// One future the bridge owes its loop: counted from the call until this guard is dropped, which
+/// the settling task does on the loop thread right after settling it (or wherever the task is
+/// dropped unrun: a stopped runtime, a full queue).
+pub struct UnresolvedCall(Arc<AtomicUsize>);
+
+impl Drop for UnresolvedCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LoopBridge {
@@ -46,7 +63,19 @@ impl LoopBridge {
             signalled: AtomicBool::new(false),
             reader,
             writer,
+            unresolved: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Count one more future to be settled through this bridge until the guard is dropped.
+    pub fn unresolved_call(&self) -> UnresolvedCall {
+        self.unresolved.fetch_add(1, Ordering::AcqRel);
+        UnresolvedCall(Arc::clone(&self.unresolved))
+    }
+
+    /// Futures owed (the owner of a closed core watches the bridge until this is 0).
+    pub fn unresolved(&self) -> usize {
+        self.unresolved.load(Ordering::Acquire)
     }
 
     /// The fd the loop watches for readability.
@@ -118,7 +147,7 @@ pub fn settle(py: Python<'_>, future: &Py<PyAny>, result: PyResult<Py<PyAny>>) {
 /// value with `to_py` and an error with `err_to_py` (each binding passes its own error mapper).
 pub fn spawn_settle<F, T, E>(
     runtime: &tokio::runtime::Runtime,
-    bridge: &std::sync::Arc<LoopBridge>,
+    bridge: &Arc<LoopBridge>,
     future: Py<PyAny>,
     work: F,
     to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
@@ -128,7 +157,8 @@ pub fn spawn_settle<F, T, E>(
     T: Send + 'static,
     E: Send + 'static,
 {
-    let bridge = std::sync::Arc::clone(bridge);
+    let bridge = Arc::clone(bridge);
+    let call = bridge.unresolved_call();
     runtime.spawn(async move {
         let result = work.await;
         bridge.push(Box::new(move |py| {
@@ -137,6 +167,7 @@ pub fn spawn_settle<F, T, E>(
                 Err(err) => Err(err_to_py(py, err)),
             };
             settle(py, &future, value);
+            drop(call);
         }));
     });
 }

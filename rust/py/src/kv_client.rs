@@ -2,7 +2,6 @@
 //! arguments in, a [`Completion`] that resolves the caller's asyncio future through the loop
 //! bridge, answers and errors out (errors.rs maps every error).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nodedb_kv::client::{
@@ -14,7 +13,7 @@ use nodedb_wire::ReadLevel;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyList};
 
-use crate::bridge::{settle, LoopBridge};
+use crate::bridge::{settle, LoopBridge, UnresolvedCall};
 use crate::errors::{cluster_error, failure_error, submit_error};
 use crate::raft::PyRaftEngine;
 use crate::transport::{transport_runtime, PyTransport};
@@ -23,7 +22,7 @@ use crate::transport::{transport_runtime, PyTransport};
 struct LoopCompletion {
     future: Py<PyAny>,
     bridge: Arc<LoopBridge>,
-    unresolved: Arc<AtomicUsize>,
+    call: UnresolvedCall,
 }
 
 impl Completion for LoopCompletion {
@@ -31,15 +30,15 @@ impl Completion for LoopCompletion {
         let LoopCompletion {
             future,
             bridge,
-            unresolved,
+            call,
         } = *self;
         bridge.push(Box::new(move |py| {
-            unresolved.fetch_sub(1, Ordering::AcqRel);
             let value = match outcome {
                 Ok(answer) => answer_to_py(py, answer),
                 Err(failure) => Err(failure_error(py, failure)),
             };
             settle(py, &future, value);
+            drop(call);
         }));
     }
 }
@@ -78,8 +77,6 @@ pub struct PyKvClient {
     core: Arc<KvClient>,
     bridge: Arc<LoopBridge>,
     runtime: &'static tokio::runtime::Runtime,
-    /// Calls accepted whose futures are not resolved yet (decremented on the loop).
-    calls_unresolved: Arc<AtomicUsize>,
     timeout_s: f64,
 }
 
@@ -97,15 +94,11 @@ impl PyKvClient {
         let completion = Box::new(LoopCompletion {
             future,
             bridge: Arc::clone(&self.bridge),
-            unresolved: Arc::clone(&self.calls_unresolved),
+            call: self.bridge.unresolved_call(),
         });
-        self.calls_unresolved.fetch_add(1, Ordering::AcqRel);
         self.core
             .submit(request, deadline, completion)
-            .map_err(|e| {
-                self.calls_unresolved.fetch_sub(1, Ordering::AcqRel);
-                submit_error(py, e)
-            })
+            .map_err(|e| submit_error(py, e))
     }
 
     /// The shared core (`kv_load.rs` drives it from the runtime).
@@ -119,24 +112,6 @@ impl PyKvClient {
 
     pub(crate) fn bridge(&self) -> &Arc<LoopBridge> {
         &self.bridge
-    }
-
-    /// Counts one more call whose future is resolved through the bridge by other code (so a
-    /// closing `Client` keeps watching the bridge); dropping the guard on the loop thread, once
-    /// that future is settled, uncounts it.
-    pub(crate) fn unresolved_call(&self) -> UnresolvedCall {
-        let counter = Arc::clone(&self.calls_unresolved);
-        counter.fetch_add(1, Ordering::AcqRel);
-        UnresolvedCall(counter)
-    }
-}
-
-/// See [`PyKvClient::unresolved_call`].
-pub(crate) struct UnresolvedCall(Arc<AtomicUsize>);
-
-impl Drop for UnresolvedCall {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -169,7 +144,6 @@ impl PyKvClient {
             core,
             bridge,
             runtime,
-            calls_unresolved: Arc::new(AtomicUsize::new(0)),
             timeout_s,
         })
     }
@@ -267,7 +241,7 @@ impl PyKvClient {
     /// until this is 0 after `close`).
     #[getter]
     fn calls_unresolved(&self) -> usize {
-        self.calls_unresolved.load(Ordering::Acquire)
+        self.bridge.unresolved()
     }
 
     fn group_of(&self, py: Python<'_>, key: &[u8]) -> PyResult<u64> {

@@ -11,7 +11,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::bridge::spawn_settle;
 use crate::errors::cluster_error;
-use crate::kv_client::{PyKvClient, UnresolvedCall};
+use crate::kv_client::PyKvClient;
 
 /// A running native load: `counts` while it runs; its future gets the result.
 #[pyclass(frozen, name = "NativeLoad", module = "nodedb_cluster_core")]
@@ -66,13 +66,11 @@ fn run_native_load(
     let counts = Arc::new(Counts::default());
     let core = client.core();
     let run_counts = Arc::clone(&counts);
-    let call = client.unresolved_call();
     let work = async move {
         let result = load::run(core, spec, Arc::clone(&run_counts)).await;
         Ok::<_, Infallible>(Finished {
             result,
             counts: run_counts,
-            _call: call,
         })
     };
     spawn_settle(
@@ -86,16 +84,14 @@ fn run_native_load(
     Ok(PyNativeLoad { counts })
 }
 
-/// What the run's future is resolved with; `_call` is uncounted when this is dropped, on the
-/// loop thread, right after the conversion.
+/// What the run's future is resolved with.
 struct Finished {
     result: LoadResult,
     counts: Arc<Counts>,
-    _call: UnresolvedCall,
 }
 
 fn to_py(py: Python<'_>, finished: Finished) -> PyResult<Py<PyAny>> {
-    let Finished { result, counts, .. } = finished;
+    let Finished { result, counts } = finished;
     let doc = PyDict::new(py);
     doc.set_item("writes", counts.writes.load(Ordering::Relaxed))?;
     doc.set_item("reads", counts.reads.load(Ordering::Relaxed))?;

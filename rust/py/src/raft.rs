@@ -75,27 +75,37 @@ impl PyRaftEngine {
     ) -> Reply<T> {
         let done = Arc::new(AtomicBool::new(false));
         let future = Arc::new(future);
-        let (timer_done, timer_bridge, timer_future) =
-            (Arc::clone(&done), self.bridge.clone(), Arc::clone(&future));
+        // Uncounted by whichever of the two settles the future.
+        let call = Arc::new(Mutex::new(Some(self.bridge.unresolved_call())));
+        let (timer_done, timer_bridge, timer_future, timer_call) = (
+            Arc::clone(&done),
+            self.bridge.clone(),
+            Arc::clone(&future),
+            Arc::clone(&call),
+        );
         self.runtime.spawn(async move {
             tokio::time::sleep(timeout).await;
             if !timer_done.swap(true, Ordering::AcqRel) {
                 let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+                let call = timer_call.lock().unwrap_or_else(|p| p.into_inner()).take();
                 timer_bridge.push(Box::new(move |py| {
                     let err = raft_error(py, RaftError::Timeout { op, timeout_ms });
                     settle(py, &timer_future, Err(err));
+                    drop(call);
                 }));
             }
         });
         let bridge = self.bridge.clone();
         Reply::new(move |result: Result<T, RaftError>| {
             if !done.swap(true, Ordering::AcqRel) {
+                let call = call.lock().unwrap_or_else(|p| p.into_inner()).take();
                 bridge.push(Box::new(move |py| {
                     let value = match result {
                         Ok(value) => to_py(py, value),
                         Err(err) => Err(raft_error(py, err)),
                     };
                     settle(py, &future, value);
+                    drop(call);
                 }));
             }
         })
@@ -287,6 +297,13 @@ impl PyRaftEngine {
     /// Run queued completions (loop thread only). Returns how many ran.
     fn drain(&self, py: Python<'_>) -> usize {
         self.bridge.drain(py)
+    }
+
+    /// Calls whose futures are not settled yet (the owner keeps watching the bridge until this
+    /// is 0 after `close`).
+    #[getter]
+    fn calls_unresolved(&self) -> usize {
+        self.bridge.unresolved()
     }
 
     #[getter]

@@ -358,6 +358,13 @@ impl PyTransport {
         self.bridge.drain(py)
     }
 
+    /// Calls whose futures are not settled yet (the owner keeps watching the bridge until this
+    /// is 0 after `close`).
+    #[getter]
+    fn calls_unresolved(&self) -> usize {
+        self.bridge.unresolved()
+    }
+
     #[getter]
     fn node_id(&self) -> u64 {
         self.inner.node_id().0
