@@ -316,6 +316,51 @@ fn follower_down_while_the_log_compacts() -> (Cluster, GroupId, NodeId, NodeId) 
     (c, g, leader, lagger)
 }
 
+/// The leader's snapshot file damaged at rest (one byte, its size kept) after it was written:
+/// the leader finds it while sending (the file's xxh3 is not the recorded one), sends none of
+/// its last chunk, and builds a new snapshot that the lagging follower installs. Before, every
+/// retry sent the damaged file and the follower refused it, so it never caught up.
+#[test]
+fn a_leader_whose_snapshot_file_was_damaged_sends_a_new_one() {
+    let (mut c, g, leader, lagger) = follower_down_while_the_log_compacts();
+    let damaged_index = c.core(leader).status(g).expect("status").snapshot_index;
+    assert!(damaged_index > 0, "the leader compacted its log");
+    let snapshots = c.nodes[&leader].cfg.data_dir.join("snapshots");
+    let prefix = format!("g{}-i{:020}-", g.0, damaged_index);
+    let damaged = std::fs::read_dir(&snapshots)
+        .expect("snapshots dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".snap"))
+        })
+        .expect("the leader's snapshot file");
+    let mut bytes = std::fs::read(&damaged).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&damaged, &bytes).expect("damage");
+    c.restart(lagger);
+    let ok = c.drive_until(300, |c| c.converged(g));
+    let lm = c.core(leader).metrics().clone();
+    assert!(ok, "the lagger did not converge: leader {lm:?}");
+    assert!(
+        Metrics::get(&lm.snapshot_files_damaged) >= 1,
+        "found: {lm:?}"
+    );
+    assert!(
+        c.core(leader).status(g).expect("status").snapshot_index > damaged_index,
+        "a new snapshot replaced it"
+    );
+    assert!(!damaged.exists(), "the damaged file is gone");
+    let m = c.core(lagger).metrics().clone();
+    assert!(Metrics::get(&m.snapshots_installed) >= 1, "{m:?}");
+    assert_eq!(
+        c.nodes[&lagger].reg.kv(g).digest(),
+        c.nodes[&leader].reg.kv(g).digest()
+    );
+}
+
 #[test]
 fn lagging_follower_receives_a_chunked_snapshot_and_converges() {
     let (mut c, g, leader, lagger) = follower_down_while_the_log_compacts();

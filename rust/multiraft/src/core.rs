@@ -99,8 +99,9 @@ struct OutgoingTransfer {
     cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Completed snapshot sends reported by transfer threads: (peer, group, all chunks queued).
-type TransferResults = Arc<Mutex<Vec<(NodeId, GroupId, bool)>>>;
+/// Completed snapshot sends reported by transfer threads: (peer, group, Ok once every chunk
+/// was queued).
+type TransferResults = Arc<Mutex<Vec<(NodeId, GroupId, Result<(), SnapshotError>)>>>;
 
 /// All Raft groups of one node. See the module docs for the round order.
 pub struct MultiRaftCore {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub snapshots_taken: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshot_send_failures: AtomicU64,
+    /// Snapshot files found damaged while being sent (not sent; a new snapshot replaces them).
+    pub snapshot_files_damaged: AtomicU64,
     pub snapshots_received: AtomicU64,
     pub snapshot_receive_errors: AtomicU64,
     /// Snapshot chunks dropped because the group was still restoring an earlier snapshot.
@@ -98,7 +100,7 @@ impl Metrics {
 
     /// Every counter by its exported name (what a host shows as metrics).
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let rows: [(&'static str, &AtomicU64); 34] = [
+        let rows: [(&'static str, &AtomicU64); 35] = [
             ("rounds", &self.rounds),
             ("read_index_requests", &self.read_index_requests),
             ("read_index_leased", &self.read_index_leased),
@@ -119,6 +121,7 @@ impl Metrics {
             ("snapshots_taken", &self.snapshots_taken),
             ("snapshots_sent", &self.snapshots_sent),
             ("snapshot_send_failures", &self.snapshot_send_failures),
+            ("snapshot_files_damaged", &self.snapshot_files_damaged),
             ("snapshots_received", &self.snapshots_received),
             ("snapshot_receive_errors", &self.snapshot_receive_errors),
             (

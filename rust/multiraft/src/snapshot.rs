@@ -592,8 +592,11 @@ pub struct TransferJob {
 }
 
 impl TransferJob {
+    /// Every chunk but the last is sent as read; the last only if the file's xxh3 is still the
+    /// one recorded when it was written (else `Checksum`: damaged at rest since, never sent).
     pub fn run(self) -> Result<u64, SnapshotError> {
         let mut f = File::open(&self.path).map_err(io_err(&self.path))?;
+        let mut hasher = Xxh3::new();
         let mut offset = 0u64;
         let mut sent_chunks = 0u64;
         let mut message = Some(self.message);
@@ -607,7 +610,15 @@ impl TransferJob {
             let want = (self.desc.total_bytes - offset).min(self.chunk_bytes as u64) as usize;
             let mut data = vec![0u8; want];
             f.read_exact(&mut data).map_err(io_err(&self.path))?;
+            hasher.update(&data);
             let last = offset + want as u64 >= self.desc.total_bytes;
+            if last && hasher.digest() != self.desc.checksum {
+                return Err(SnapshotError::Checksum {
+                    path: self.path.clone(),
+                    expected: self.desc.checksum,
+                    actual: hasher.digest(),
+                });
+            }
             let chunk = SnapshotChunk {
                 from: self.from,
                 key: self.key,

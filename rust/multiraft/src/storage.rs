@@ -61,6 +61,13 @@ impl GroupStorage {
     pub fn set_outgoing(&mut self, snap: Snapshot) {
         self.outgoing = Some(snap);
     }
+    /// Stops offering the outgoing snapshot (its file was found damaged) and asks for a new one,
+    /// built at the next applied index: until then raft's requests find none and wait.
+    pub(crate) fn withdraw_outgoing(&mut self) {
+        self.outgoing = None;
+        self.snapshot_wanted.set(true);
+    }
+
     /// Did raft ask for a snapshot we could not serve since the last call?
     pub fn take_snapshot_wanted(&self) -> bool {
         self.snapshot_wanted.replace(false)

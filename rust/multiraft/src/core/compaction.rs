@@ -85,6 +85,24 @@ impl MultiRaftCore {
         Ok(false)
     }
 
+    /// The snapshot file a transfer was reading no longer has the xxh3 recorded when it was
+    /// written (damaged at rest since): it is not offered again, and a new snapshot replaces it
+    /// once an entry is applied past it; a leader proposes an empty one for that (applied as a
+    /// no-op, like its election entry), so the followers waiting for a snapshot get one soon.
+    pub(super) fn replace_damaged_snapshot(&mut self, gid: GroupId, damaged: &SnapshotError) {
+        Metrics::inc(&self.metrics.snapshot_files_damaged);
+        slog::error!(self.logger, "snapshot file damaged: not sent, a new snapshot replaces it";
+            "group" => gid.0, "error" => %damaged);
+        let Some(g) = self.groups.get_mut(&gid) else {
+            return;
+        };
+        g.raw.mut_store().withdraw_outgoing();
+        if g.raw.raft.state == StateRole::Leader {
+            // Dropped (a leadership transfer under way): the next write serves as well.
+            let _ = g.raw.propose(Vec::new(), Vec::new());
+        }
+    }
+
     /// Snapshots one group now at its applied index, on this thread, and compacts its log to
     /// it. Refused in NO_SPACE (a snapshot is a file and a log record).
     pub fn snapshot_group(&mut self, gid: GroupId) -> Result<(), EngineError> {

@@ -4,17 +4,24 @@ use super::*;
 
 impl MultiRaftCore {
     pub(super) fn collect_transfer_results(&mut self) {
-        let done: Vec<(NodeId, GroupId, bool)> = match self.transfer_results.lock() {
+        let done = match self.transfer_results.lock() {
             Ok(mut v) => std::mem::take(&mut *v),
             Err(p) => std::mem::take(&mut *p.into_inner()),
         };
         let now = self.ticks;
-        for (peer, gid, ok) in done {
-            if !ok {
-                self.finish_transfer(peer, gid, false, "not sent");
-            } else if let Some(t) = self.transfers.get_mut(&(peer, gid)) {
-                // Fully queued: now the receiver's ack must come within the ack timeout.
-                t.queued_tick = Some(now);
+        for (peer, gid, sent) in done {
+            match sent {
+                Ok(()) => {
+                    if let Some(t) = self.transfers.get_mut(&(peer, gid)) {
+                        // Fully queued: now the receiver's ack must come within the ack timeout.
+                        t.queued_tick = Some(now);
+                    }
+                }
+                Err(damaged @ SnapshotError::Checksum { .. }) => {
+                    self.finish_transfer(peer, gid, false, "damaged file");
+                    self.replace_damaged_snapshot(gid, &damaged);
+                }
+                Err(_) => self.finish_transfer(peer, gid, false, "not sent"),
             }
         }
     }
@@ -115,18 +122,18 @@ impl MultiRaftCore {
         };
         let results = Arc::clone(&self.transfer_results);
         if self.inline_snapshot_sends {
-            let ok = job.run().is_ok();
+            let sent = job.run().map(|_| ());
             if let Ok(mut v) = results.lock() {
-                v.push((to, gid, ok));
+                v.push((to, gid, sent));
             }
             return;
         }
         let spawned = std::thread::Builder::new()
             .name(format!("snap-send-{}-{}", gid.0, to.0))
             .spawn(move || {
-                let ok = job.run().is_ok();
+                let sent = job.run().map(|_| ());
                 if let Ok(mut v) = results.lock() {
-                    v.push((to, gid, ok));
+                    v.push((to, gid, sent));
                 }
             });
         if spawned.is_err() {
