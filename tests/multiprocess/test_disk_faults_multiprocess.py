@@ -313,3 +313,47 @@ async def test_force_bootstrap_over_a_log_without_catalog_founds_a_new_cluster_k
             assert await client.get(b"k") == b"v"
     finally:
         await cluster.close()
+
+
+async def test_a_leader_snapshot_damaged_while_it_runs_is_replaced_and_the_follower_catches_up(
+    tmp_path: Path,
+) -> None:
+    """An operator's byte editor on a running leader's snapshot file (size kept): a follower
+    that needs that snapshot still gets one (the leader finds the damage while sending, logs it
+    naming the file and builds a new snapshot), and the damaged file is gone. Before, every
+    retry sent the damaged file and the follower refused it, so it never caught up."""
+    cluster = LocalCluster(tmp_path, 3, overrides={"num_groups": 1})
+    try:
+        await cluster.start()
+        await cluster.wait_formed(30.0)
+        statuses = {i: await cluster.status(i) for i in cluster.nodes}
+        leader = cluster.nodes[leader_of(statuses, 1)]
+        follower = next(n for n in cluster.nodes.values() if n is not leader)
+        assert await follower.stop() == 0
+        # Past the default snapshot threshold (32 MiB applied): the leader snapshots and
+        # compacts its log, so the follower can only catch up from a snapshot.
+        value = b"v" * (256 << 10)
+        others = [n.addr for n in cluster.nodes.values() if n is not follower]
+        acked: dict[bytes, bytes] = {}
+        async with Client(others, cluster.client_credentials) as client:
+            for batch in range(36):
+                items = [(b"big%d-%d" % (batch, i), value) for i in range(4)]
+                await client.put_many(items)
+                acked.update(items)
+        snapshots = leader.config.data_dir / "snapshots"
+        newest = max(snapshots.glob("g1-i*.snap"))
+        assert int(newest.name.split("-i")[1].split("-")[0]) > 10, "a snapshot past founding"
+        raw = bytearray(newest.read_bytes())
+        raw[len(raw) // 2] ^= 0x20
+        newest.write_bytes(bytes(raw))
+
+        await follower.start()
+        await follower.wait_ready()
+        await _wait_caught_up(cluster, follower.node_id)
+        await _readable_through(cluster, follower.node_id, acked)
+        assert not newest.exists(), "a new snapshot replaced the damaged file"
+        log = leader.log_path.read_text(errors="replace")
+        assert "snapshot file damaged" in log, log[-4000:]
+        assert str(newest) in log
+    finally:
+        await cluster.close()
