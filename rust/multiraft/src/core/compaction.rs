@@ -93,11 +93,13 @@ impl MultiRaftCore {
         Metrics::inc(&self.metrics.snapshot_files_damaged);
         slog::error!(self.logger, "snapshot file damaged: not sent, a new snapshot replaces it";
             "group" => gid.0, "error" => %damaged);
+        // NO_SPACE: no entry (the log must not grow) and no snapshot until space is freed.
+        let grow = !self.disk.no_space();
         let Some(g) = self.groups.get_mut(&gid) else {
             return;
         };
         g.raw.mut_store().withdraw_outgoing();
-        if g.raw.raft.state == StateRole::Leader {
+        if grow && g.raw.raft.state == StateRole::Leader {
             // Dropped (a leadership transfer under way): the next write serves as well.
             let _ = g.raw.propose(Vec::new(), Vec::new());
         }
