@@ -19,6 +19,7 @@ from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.lifecycle import Failed
 from nodedb_cluster.localcluster import free_port
+from support.cli_run import run_cli
 
 FAILPOINT = "NODEDB_FAILPOINT_DRIVER_PANIC_AFTER_MS"
 PANIC_AFTER_MS = 1500
@@ -104,16 +105,14 @@ async def test_a_node_whose_engine_dies_while_it_restarts_exits_with_the_reason_
     async with asyncio.timeout(30):
         assert await formed.wait() == 0
     for panic_after_ms in ("0", "5", "20", "60"):
-        proc = await _start(config_path, panic_after_ms)
-        try:
-            async with asyncio.timeout(RESTART_EXIT_BOUND_S):
-                _, err = await proc.communicate()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        text = err.decode(errors="replace")
-        assert proc.returncode == 1, text
+        code, _, text = await run_cli(
+            "start",
+            "--config",
+            str(config_path),
+            timeout_s=RESTART_EXIT_BOUND_S,
+            env={**os.environ, FAILPOINT: panic_after_ms},
+        )
+        assert code == 1, text
         assert "Traceback" not in text, text
         last = text.strip().splitlines()[-1]
         assert last.startswith("nodedb-cluster: node 1 failed: raft engine stopped: "), text

@@ -10,8 +10,11 @@ from nodedb_cluster.transport import Mtls
 CLI_TIMEOUT_S = 120.0
 
 
-async def run_cli(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `python -m nodedb_cluster.cli ARGS`, bounded."""
+async def run_cli(
+    *args: str, timeout_s: float = CLI_TIMEOUT_S, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `python -m nodedb_cluster.cli ARGS`, bounded; `env`: the
+    child's whole environment (default: this process's)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -19,6 +22,7 @@ async def run_cli(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> tuple[int, st
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         async with asyncio.timeout(timeout_s):
