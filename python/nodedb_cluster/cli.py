@@ -46,7 +46,14 @@ from nodedb_cluster.config import (
     config_from_args,
     name_config_error,
 )
-from nodedb_cluster.errors import ClusterError, ConfigError, EngineStopped, Timeout, Unreachable
+from nodedb_cluster.errors import (
+    ClusterError,
+    ConfigError,
+    EngineStopped,
+    FormationStopped,
+    Timeout,
+    Unreachable,
+)
 from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
 from nodedb_cluster.kv import Unavailable
 from nodedb_cluster.placement_cli import add_placement_commands
@@ -306,9 +313,12 @@ async def _run_until_stopped(
     once = _NotFailedLines()
     lifecycle_log.addFilter(once)
     try:
-        node = await start_cluster(config)
+        node = await start_cluster(config, stop=stop)
     except ConfigError:
         raise
+    except FormationStopped:
+        log.info("node %d stopped before it joined the cluster", config.node_id)
+        return EXIT_OK, None
     except ClusterError as e:
         return EXIT_FAILED, str(e)
     finally:

@@ -344,6 +344,14 @@ class FormationFailed(ClusterError):
         self.reason = reason
 
 
+class FormationStopped(ClusterError):
+    """Asked to stop (`start_cluster`'s `stop` event) while still trying to join: nothing of
+    the cluster was written here yet."""
+
+    def __init__(self) -> None:
+        super().__init__("asked to stop while joining the cluster")
+
+
 # --- Multi-Raft engine (nodedb_cluster_core.RaftEngine; Rust `RaftError` maps 1:1) -------------
 # GroupNotFound -> UnknownGroup, Timeout -> Timeout, a corrupt log at open -> CorruptLog, a
 # snapshot file that does not match its mark -> CorruptSnapshot.

@@ -118,6 +118,8 @@ READY_TIMEOUT_S: Final = 30.0
 REQUEST_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 10.0
 LOG_TAIL_BYTES: Final = 4000
+LOG_POLL_S: Final = 0.05
+"""How often `wait_log` reads the log again."""
 
 
 class NodeProcessError(ClusterError):
@@ -298,6 +300,13 @@ class NodeProcess:
         except TimeoutError:
             self.proc.kill()
             return await self.proc.wait()
+
+    async def wait_log(self, needle: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Until `needle` is in the node's log (its tail), bounded: for a state the node only
+        reports in its log, such as a join attempt under way."""
+        async with asyncio.timeout(timeout_s):
+            while needle not in self.log_tail():  # noqa: ASYNC110 - a log file has no event
+                await asyncio.sleep(LOG_POLL_S)
 
     def log_tail(self) -> str:
         try:

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status, leader_of
 
 pytestmark = pytest.mark.multiprocess
 
 FAST = {"rpc_timeout_ms": 2000}
+STOP_WHILE_JOINING_S = 5.0
 
 
 def cluster_ids(statuses: dict[int, Status]) -> set[str]:
@@ -178,3 +180,22 @@ async def test_node_killed_during_its_own_join_converges_after_restart(
     await cluster.start([3])
     statuses = await cluster.wait_for(sees_all(3), cluster.nodes, 20, "node 3 converged")
     assert len(cluster_ids(statuses)) == 1
+
+
+async def test_a_node_told_to_stop_while_it_joins_exits_at_once(make_cluster: MakeCluster) -> None:
+    """SIGTERM (a service manager's stop) to a node still retrying its join: it exits 0 at once,
+    having written nothing of the cluster. It used to run the whole retry schedule first (106 s
+    with the default one, past systemd's 90 s before its SIGKILL)."""
+    cluster = make_cluster(3)  # the default join schedule
+    node = cluster.nodes[2]
+    await node.start()  # the bootstrapper (node 1) and node 3 are down: node 2 keeps retrying
+    await node.wait_log("Joining(attempt=0)")
+    stopping = time.monotonic()
+    assert await node.stop() == 0, node.log_tail()
+    assert time.monotonic() - stopping < STOP_WHILE_JOINING_S, node.log_tail()
+    assert "stopped before it joined the cluster" in node.log_tail()
+    catalog = Catalog.open(node.config.data_dir)
+    try:
+        assert not catalog.is_bootstrapped(), "nothing of a cluster was written"
+    finally:
+        catalog.close()

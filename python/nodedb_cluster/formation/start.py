@@ -9,15 +9,16 @@ lifecycle Failed with the concrete error and releases what was opened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from nodedb_cluster import wire
 from nodedb_cluster.catalog import Catalog
@@ -29,6 +30,7 @@ from nodedb_cluster.errors import (
     CorruptLog,
     CorruptSnapshot,
     EngineStopped,
+    FormationStopped,
 )
 from nodedb_cluster.formation.credentials import check_node_credentials, check_pinned_key
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
@@ -65,6 +67,7 @@ from nodedb_cluster.topology import NodeInfo, NodeState, Topology
 from nodedb_cluster.transport import Credentials, Insecure, Mtls, Transport
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 DataStateMachineFactory = Callable[[int], StateMachine]
 """group_id -> a Python state machine for that data group (None: the built-in KV machine)."""
@@ -76,8 +79,11 @@ async def start_cluster(
     config: ClusterConfig,
     state_machine: DataStateMachineFactory | None = None,
     tracker: LifecycleTracker | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Node:
-    """Start this node and return it once Ready; raise the last concrete error if it fails."""
+    """Start this node and return it once Ready; raise the last concrete error if it fails.
+    `stop` set while the node still tries to join (the join retries can take minutes) ends the
+    start with `FormationStopped`; the other paths are short and run to their end."""
     tracker = tracker or LifecycleTracker()
     join_attempts = _count_join_attempts(tracker)
     catalog = await asyncio.to_thread(Catalog.open, config.data_dir)
@@ -94,7 +100,7 @@ async def start_cluster(
             rpc_timeout=config.rpc_timeout_ms / 1000,
         )
         kind: StateMachineKind = "kv" if state_machine is None else "python"
-        parts = _Parts(config, tracker, catalog, transport, kind, state_machine)
+        parts = _Parts(config, tracker, catalog, transport, kind, state_machine, stop)
         match path:
             case FormationPath.RESTART:
                 tracker.transition(Restarting(), detail=str(config.data_dir))
@@ -216,6 +222,7 @@ class _Parts:
     transport: Transport
     kind: StateMachineKind
     data_sm: DataStateMachineFactory | None
+    stop: asyncio.Event | None
 
     def node(self, cluster_id: str) -> Node:
         return Node(self.config, self.tracker, self.catalog, self.transport, cluster_id, self.kind)
@@ -266,6 +273,26 @@ async def _open_engine(
         engine = await asyncio.to_thread(open_engine)
     node.attach_engine(engine)
     return engine
+
+
+async def _unless_stopped(joining: Awaitable[R], stop: asyncio.Event | None) -> R:
+    """`joining`'s outcome, or `FormationStopped` once `stop` is set first (the join is
+    cancelled: it has only sent requests and waited, nothing is written yet)."""
+    if stop is None:
+        return await joining
+    join = asyncio.ensure_future(joining)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((join, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not join.done():  # stopped, or this start itself cancelled
+            join.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await join
+    if join.cancelled():
+        raise FormationStopped()
+    return join.result()
 
 
 def _persist_to(catalog: Catalog) -> Callable[[MetadataState], None]:
@@ -366,7 +393,7 @@ async def _join(parts: _Parts) -> Node:
         raise ClusterError(f"join from lifecycle {tracker.state}")
     # A node cannot join through itself: its own address in the seed list is skipped.
     seeds = [a for a in config.seed_nodes if a != config.listen_addr]
-    response = await run_join(seeds, config.join_retry, send, tracker)
+    response = await _unless_stopped(run_join(seeds, config.join_retry, send, tracker), parts.stop)
     state = decode_state(response.state)
     # 1. Topology (own entry forced Active) and routing from the response.
     own = state.topology.get(config.node_id)
