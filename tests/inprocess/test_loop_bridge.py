@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nodedb_cluster.errors import ClusterError, EngineStopped, TransportClosed
+from nodedb_cluster.errors import ClusterError, EngineStopped, Timeout, TransportClosed
 from nodedb_cluster.raft import RaftEngine, RaftSettings
 from nodedb_cluster.transport import Insecure, Peer, Transport
 from nodedb_cluster.wire import MessageKind
@@ -59,6 +59,21 @@ async def test_engine_calls_in_flight_at_close_settle_and_the_bridge_is_let_go(
     # A call after close is still answered, and the bridge let go again.
     with pytest.raises(EngineStopped):
         await asyncio.wait_for(engine.groups(), SETTLE_BOUND_S)
+    assert not _watched(engine._core.bridge_fd())
+    await t.close()
+
+
+async def test_an_engine_call_past_its_timeout_settles_once_and_is_not_owed(
+    tmp_path: Path,
+) -> None:
+    """A reply raced by its timer (the engine's proposals and reads): the timer's Timeout
+    settles the call, and the call the reply would have settled is no longer owed."""
+    t, engine = _engine(tmp_path)
+    await engine.add_group(1, [1, 2], "kv")  # no quorum: the read waits for a leader
+    with pytest.raises(Timeout):
+        await asyncio.wait_for(engine.read_index(1, 200), SETTLE_BOUND_S)
+    assert engine._core.calls_unresolved == 0
+    await engine.close()
     assert not _watched(engine._core.bridge_fd())
     await t.close()
 

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use nodedb_wire::KvNode;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::bridge::{settle, LoopBridge};
+use crate::bridge::{settle, LoopBridge, UnresolvedCall};
 use crate::errors::{cluster_error, engine_error, raft_error};
 use crate::host_state_machine::{PyStateMachine, HOST_STATE_MACHINE};
 use crate::raft_convert::{histogram_row, none, status_to_py, timeout, HistogramRow};
@@ -73,21 +72,19 @@ impl PyRaftEngine {
         timeout: Duration,
         to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
     ) -> Reply<T> {
-        let done = Arc::new(AtomicBool::new(false));
         let future = Arc::new(future);
-        // Uncounted by whichever of the two settles the future.
-        let call = Arc::new(Mutex::new(Some(self.bridge.unresolved_call())));
-        let (timer_done, timer_bridge, timer_future, timer_call) = (
-            Arc::clone(&done),
+        // The one owed call: whichever of the two takes it settles the future, the other
+        // finds it gone and does nothing.
+        let pending = Arc::new(Mutex::new(Some(self.bridge.unresolved_call())));
+        let (timer_pending, timer_bridge, timer_future) = (
+            Arc::clone(&pending),
             self.bridge.clone(),
             Arc::clone(&future),
-            Arc::clone(&call),
         );
         self.runtime.spawn(async move {
             tokio::time::sleep(timeout).await;
-            if !timer_done.swap(true, Ordering::AcqRel) {
+            if let Some(call) = take_pending(&timer_pending) {
                 let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-                let call = timer_call.lock().unwrap_or_else(|p| p.into_inner()).take();
                 timer_bridge.push(Box::new(move |py| {
                     let err = raft_error(py, RaftError::Timeout { op, timeout_ms });
                     settle(py, &timer_future, Err(err));
@@ -97,8 +94,7 @@ impl PyRaftEngine {
         });
         let bridge = self.bridge.clone();
         Reply::new(move |result: Result<T, RaftError>| {
-            if !done.swap(true, Ordering::AcqRel) {
-                let call = call.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(call) = take_pending(&pending) {
                 bridge.push(Box::new(move |py| {
                     let value = match result {
                         Ok(value) => to_py(py, value),
@@ -757,6 +753,11 @@ impl Drop for PyRaftEngine {
         let engine = Arc::clone(&self.engine);
         Python::attach(|py| py.detach(move || engine.shutdown()));
     }
+}
+
+/// The owed call of a `bridge_reply`, to the first of its reply and its timer that asks.
+fn take_pending(pending: &Mutex<Option<UnresolvedCall>>) -> Option<UnresolvedCall> {
+    pending.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
