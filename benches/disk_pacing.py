@@ -1,14 +1,16 @@
 """fdatasync latency back-to-back versus paced, as a 3-node cluster on one disk meets it.
 
-    python benches/disk_pacing.py --dir /tmp --syncs 2000 --runs 3
+    python benches/disk_pacing.py --dir /tmp --syncs 2000 --runs 3 [--processes 3] [--idle spin]
 
-Three processes (one per node of a local cluster) each overwrite a pre-written file, `--bytes`
-(default 10 KiB, one W64 wave's records) per fdatasync, with one of these gaps between their
-syncs: none (back-to-back), then 0.5, 1 and 2 ms (a cluster's sync rhythm is one per wave, ~1 ms
-at 64 writers). Some virtual disks answer a flush that follows an idle gap several times slower
-than one in a steady stream; on such a disk the write path's latency and W64 throughput depend on
-the sync rhythm, not only on the work per write. Prints one line per (gap, run) and the medians
-of the processes' p50/p99 in microseconds.
+`--processes` (default 3, one per node of a local cluster) each overwrite a pre-written file,
+`--bytes` (default 10 KiB, one W64 wave's records) per fdatasync, with one of these gaps between
+their syncs: none (back-to-back), then 0.5, 1 and 2 ms (a cluster's sync rhythm is one per wave,
+~1 ms at 64 writers). Some virtual disks answer a flush that follows an idle gap several times
+slower than one in a steady stream; on such a disk the write path's latency and W64 throughput
+depend on the sync rhythm, not only on the work per write. `--idle spin` spends the gaps
+spinning instead of sleeping: on a virtual machine whose idle vCPU halts (no cpuidle driver),
+part of the difference is the vCPU's wake-up. Prints one line per (gap, run) and the medians of
+the processes' p50/p99 in microseconds.
 
 Measures the disk only (no nodedb code runs), so it has no debug build to refuse. Bounded:
 `--syncs` per process per case.
@@ -25,12 +27,11 @@ import time
 from multiprocessing import Process, Queue
 from pathlib import Path
 
-PROCESSES = 3
 GAPS_MS = (0.0, 0.5, 1.0, 2.0)
 FILE_BYTES = 64 << 20
 
 
-def syncer(path: Path, syncs: int, size: int, gap_s: float, out: Queue) -> None:  # type: ignore[type-arg]
+def syncer(path: Path, syncs: int, size: int, gap_s: float, spin: bool, out: Queue) -> None:  # type: ignore[type-arg]
     """One node's log: overwrite `size` bytes at the next offset, fdatasync, wait out the gap."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -45,8 +46,10 @@ def syncer(path: Path, syncs: int, size: int, gap_s: float, out: Queue) -> None:
             os.fdatasync(fd)
             lat.append(time.perf_counter() - started)
             due += gap_s
-            wait = due - time.perf_counter()
-            if wait > 0:
+            if spin:
+                while time.perf_counter() < due:
+                    pass
+            elif (wait := due - time.perf_counter()) > 0:
                 time.sleep(wait)
     finally:
         os.close(fd)
@@ -55,11 +58,16 @@ def syncer(path: Path, syncs: int, size: int, gap_s: float, out: Queue) -> None:
     out.put((lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6))
 
 
-def one_case(directory: Path, syncs: int, size: int, gap_ms: float) -> dict[str, float]:
+def one_case(
+    directory: Path, processes: int, syncs: int, size: int, gap_ms: float, spin: bool
+) -> dict[str, float]:
     out: Queue = Queue()  # type: ignore[type-arg]
     procs = [
-        Process(target=syncer, args=(directory / f"pacing-{i}.dat", syncs, size, gap_ms / 1e3, out))
-        for i in range(PROCESSES)
+        Process(
+            target=syncer,
+            args=(directory / f"pacing-{i}.dat", syncs, size, gap_ms / 1e3, spin, out),
+        )
+        for i in range(processes)
     ]
     for p in procs:
         p.start()
@@ -79,13 +87,15 @@ def main() -> int:
     parser.add_argument("--syncs", type=int, default=2000, help="syncs per process and case")
     parser.add_argument("--bytes", type=int, default=10 << 10, help="bytes written per sync")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--processes", type=int, default=3, help="syncing processes (nodes)")
+    parser.add_argument("--idle", choices=("sleep", "spin"), default="sleep", help="the gaps")
     args = parser.parse_args()
-    if not 1 <= args.syncs <= 100_000 or not 1 <= args.runs <= 20:
-        parser.error("--syncs must be in 1..100000 and --runs in 1..20")
+    if not 1 <= args.syncs <= 100_000 or not 1 <= args.runs <= 20 or not 1 <= args.processes <= 8:
+        parser.error("--syncs must be in 1..100000, --runs in 1..20, --processes in 1..8")
     by_gap: dict[float, list[dict[str, float]]] = {g: [] for g in GAPS_MS}
     for run in range(args.runs):  # cases interleaved: the disk's drift falls on all alike
         for gap in GAPS_MS:
-            r = one_case(args.dir, args.syncs, args.bytes, gap)
+            r = one_case(args.dir, args.processes, args.syncs, args.bytes, gap, args.idle == "spin")
             by_gap[gap].append(r)
             print(json.dumps({"run": run, **r}), flush=True)
     for gap, rs in by_gap.items():
