@@ -56,6 +56,7 @@ from nodedb_cluster.errors import (
 )
 from nodedb_cluster.formation.credentials import node_cert_not_after, warn_before_expiry
 from nodedb_cluster.kv import Unavailable
+from nodedb_cluster.lifecycle import LifecycleTracker
 from nodedb_cluster.placement_cli import add_placement_commands
 from nodedb_cluster.transport import (
     LEAF_VALIDITY_DAYS_DEFAULT,
@@ -72,6 +73,7 @@ from nodedb_cluster.transport import (
 )
 
 if TYPE_CHECKING:
+    from nodedb_cluster.metrics import MetricsServer
     from nodedb_cluster.node import Node
 
 log = logging.getLogger("nodedb_cluster.cli")
@@ -306,14 +308,40 @@ async def run_node(config: ClusterConfig) -> int:
 async def _run_until_stopped(
     config: ClusterConfig, stop: asyncio.Event, hangup: asyncio.Event
 ) -> tuple[int, str | None]:
-    """The exit code, and why the node failed (None when it was asked to stop)."""
+    """The exit code, and why the node failed (None when it was asked to stop). The metrics
+    endpoint is bound first: a port in use fails the start before the node forms, and it shows
+    the lifecycle while the node restarts or joins."""
+    tracker = LifecycleTracker()
+    metrics_server = None
+    if config.metrics_addr is not None:
+        from nodedb_cluster.metrics import MetricsServer
+
+        try:
+            metrics_server = MetricsServer(config.metrics_addr, tracker)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            return EXIT_FAILED, f"cannot serve metrics on {config.metrics_addr}: {reason}"
+    try:
+        return await _form_and_serve(config, tracker, metrics_server, stop, hangup)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+async def _form_and_serve(
+    config: ClusterConfig,
+    tracker: LifecycleTracker,
+    metrics_server: MetricsServer | None,
+    stop: asyncio.Event,
+    hangup: asyncio.Event,
+) -> tuple[int, str | None]:
     from nodedb_cluster.formation.start import start_cluster  # the engine loads only here
 
     lifecycle_log = logging.getLogger("nodedb_cluster.lifecycle")
     once = _NotFailedLines()
     lifecycle_log.addFilter(once)
     try:
-        node = await start_cluster(config, stop=stop)
+        node = await start_cluster(config, tracker=tracker, stop=stop)
     except ConfigError:
         raise
     except FormationStopped:
@@ -331,11 +359,8 @@ async def _run_until_stopped(
         asyncio.create_task(_reload_crl_on_hangup(node, hangup)),
         asyncio.create_task(warn_before_expiry(config, node_cert_not_after(config))),
     ]
-    metrics_server = None
-    if config.metrics_addr is not None:
-        from nodedb_cluster.metrics import serve_metrics
-
-        metrics_server = await serve_metrics(node, config.metrics_addr)
+    if metrics_server is not None:
+        await metrics_server.attach(node)
     ready = {
         "node_id": config.node_id,
         "cluster_id": node.cluster_id,
@@ -347,8 +372,6 @@ async def _run_until_stopped(
     await asyncio.wait((stopped, failed), return_when=asyncio.FIRST_COMPLETED)
     for task in (*background, stopped, failed):
         task.cancel()
-    if metrics_server is not None:
-        metrics_server.close()
     if node.failed.is_set():  # the node already logged why and stopped itself
         await node.shutdown()
         return EXIT_FAILED, str(EngineStopped(node.failure or "no reason given"))

@@ -5,6 +5,11 @@ Scrapes run on prometheus_client's HTTP thread, which must not touch the engine 
 event loop), so a task on the loop refreshes a snapshot every `REFRESH_INTERVAL_S` and the
 collector only renders that snapshot. The Rust core's counters and histograms are plain atomics:
 reading them costs the hot path nothing.
+
+The CLI binds the endpoint before the node forms: a port in use fails the start before anything
+is written or any cluster learns of the node, and while the node restarts or joins (minutes, when
+its seeds are down) `nodedb_lifecycle_state` already says so. The rest follows once the node is
+attached.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.formation.credentials import node_cert_not_after
-from nodedb_cluster.lifecycle import STATE_LABELS
+from nodedb_cluster.lifecycle import STATE_LABELS, LifecycleTracker
 from nodedb_cluster.metrics_families import Scrape, families
 
 if TYPE_CHECKING:
@@ -35,12 +40,12 @@ REFRESH_INTERVAL_S: Final = 1.0
 class NodeCollector(Collector):
     """Turns the latest snapshot of a node into metric families."""
 
-    def __init__(self, node: Node, scrape: Scrape) -> None:
-        self._node = node
+    def __init__(self, lifecycle: LifecycleTracker, scrape: Scrape) -> None:
+        self._lifecycle = lifecycle
         self._scrape = scrape
 
     def collect(self) -> Iterator[Metric]:
-        self._scrape.lifecycle = self._node.lifecycle.state.label  # a plain read: always current
+        self._scrape.lifecycle = self._lifecycle.state.label  # a plain read: always current
         yield from families(self._scrape)
 
 
@@ -71,25 +76,33 @@ def _strip(counters: dict[str, int], prefix: str) -> dict[str, int]:
 
 
 class MetricsServer:
-    """The HTTP endpoint and its refresh task; `close()` stops both."""
+    """The HTTP endpoint and, once a node is attached, its refresh task; `close()` stops both.
+    Bound when made (an `OSError` if it cannot be); serves the lifecycle state alone until
+    `attach`."""
 
-    def __init__(self, node: Node, addr: SocketAddr) -> None:
-        self._scrape = Scrape(
-            lifecycle=node.lifecycle.state.label,
-            lifecycle_states=STATE_LABELS,
-            cert_not_after_s=node_cert_not_after(node.config),
-        )
+    def __init__(self, addr: SocketAddr, lifecycle: LifecycleTracker) -> None:
+        self._scrape = Scrape(lifecycle=lifecycle.state.label, lifecycle_states=STATE_LABELS)
         self.registry = CollectorRegistry()
-        self.registry.register(NodeCollector(node, self._scrape))
+        self.registry.register(NodeCollector(lifecycle, self._scrape))
         self._server, self._thread = start_http_server(addr.port, addr.host, self.registry)
-        self._node = node
-        self._task = asyncio.ensure_future(self._refresh_loop())
+        self._node: Node | None = None
+        self._task: asyncio.Future[None] | None = None
 
     @property
     def port(self) -> int:
         return int(self._server.server_port)
 
+    async def attach(self, node: Node) -> None:
+        """Serve everything of `node` from now on (its first snapshot taken before this returns)."""
+        self._node = node
+        self._scrape.cert_not_after_s = node_cert_not_after(node.config)
+        with contextlib.suppress(ClusterError):
+            await self.refresh()
+        self._task = asyncio.ensure_future(self._refresh_loop())
+
     async def refresh(self) -> None:
+        if self._node is None:
+            return
         take_scrape(self._node, self._scrape)
         self._scrape.status = await self._node.status()
 
@@ -100,13 +113,14 @@ class MetricsServer:
             await asyncio.sleep(REFRESH_INTERVAL_S)
 
     def close(self) -> None:
-        self._task.cancel()
+        if self._task is not None:
+            self._task.cancel()
         self._server.shutdown()
         self._server.server_close()
 
 
 async def serve_metrics(node: Node, addr: SocketAddr) -> MetricsServer:
-    server = MetricsServer(node, addr)
-    with contextlib.suppress(ClusterError):
-        await server.refresh()
+    """The endpoint for a node already started (an embedding host's way)."""
+    server = MetricsServer(addr, node.lifecycle)
+    await server.attach(node)
     return server

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import socket
 from collections.abc import Callable
 
 import nodedb_cluster_core as _core
@@ -248,11 +249,12 @@ class Node:
         if self._data_group_kind == "kv":
             self._tasks.append(asyncio.ensure_future(self.vshard_mover.run()))
 
-    async def start_membership(self) -> None:
-        """Run SWIM on config.swim_udp_addr (no-op when unset), seeded from the topology; a
-        member whose topology entry names another SWIM address (a cluster formed with SWIM off,
-        or a moved port) tells the cluster its address now, in the background."""
-        await self._swim.start(lambda: self.metadata.topology)
+    async def start_membership(self, sock: socket.socket | None = None) -> None:
+        """Run SWIM on config.swim_udp_addr (no-op when unset; on `sock` when the caller bound
+        it before forming), seeded from the topology; a member whose topology entry names
+        another SWIM address (a cluster formed with SWIM off, or a moved port) tells the cluster
+        its address now, in the background."""
+        await self._swim.start(lambda: self.metadata.topology, sock)
         self._tasks.append(asyncio.ensure_future(self._advertise_swim_addr()))
 
     async def _advertise_swim_addr(self) -> None:

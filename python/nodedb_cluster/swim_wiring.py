@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from nodedb_cluster.config import ClusterConfig
@@ -36,18 +37,28 @@ class SwimWiring:
         self._observers: list[MemberObserver] = []
         self._dead_hooks: list[DeadHook] = []
 
-    async def start(self, topology: Callable[[], Topology]) -> None:
-        """Run SWIM on config.swim_udp_addr with config.swim's timings (no-op when the address
-        is unset or SWIM already runs), seeded from the topology as it is once SWIM runs (a
-        change applied while it started is not seeded again: the node seeds on changes)."""
+    async def start(
+        self, topology: Callable[[], Topology], sock: socket.socket | None = None
+    ) -> None:
+        """Run SWIM on config.swim_udp_addr (on `sock` when the caller bound it already) with
+        config.swim's timings (no-op when the address is unset or SWIM already runs), seeded
+        from the topology as it is once SWIM runs (a change applied while it started is not
+        seeded again: the node seeds on changes)."""
         config = self._config
         if config.swim_udp_addr is None or self.swim is not None:
+            if sock is not None:
+                sock.close()
             return
-        stored = await self._stored_secret()
-        secret = await asyncio.to_thread(read_cluster_secret, config, stored)
-        swim = SwimNode(config.node_id, config.swim_udp_addr, config.swim, secret)
-        swim.subscribe(self._on_member_changed)
-        await swim.start()
+        try:
+            stored = await self._stored_secret()
+            secret = await asyncio.to_thread(read_cluster_secret, config, stored)
+            swim = SwimNode(config.node_id, config.swim_udp_addr, config.swim, secret)
+            swim.subscribe(self._on_member_changed)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        await swim.start(sock=sock)  # closes `sock` if it fails
         self.swim = swim
         self.seed(topology())
 

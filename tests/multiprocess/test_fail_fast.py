@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,50 @@ async def test_a_node_whose_engine_dies_while_it_restarts_exits_with_the_reason_
         last = text.strip().splitlines()[-1]
         assert last.startswith("nodedb-cluster: node 1 failed: raft engine stopped: "), text
         assert "driver thread panicked: failpoint" in last, text
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("taken", ["metrics", "swim"])
+async def test_a_node_whose_metrics_or_swim_port_is_taken_exits_before_it_forms(
+    tmp_path: Path, taken: str
+) -> None:
+    """Another process holds the node's metrics (TCP) or SWIM (UDP) port: the start fails with
+    the address and the OS's reason as its last line, before anything of a cluster is written.
+    It used to bootstrap first and then die (a traceback, for metrics): a joining node would
+    have become a member that never ran. Started again with the port free, it forms."""
+    config = _config(tmp_path)
+    if taken == "metrics":
+        port = free_port(["127.0.0.1"])
+        config = replace(config, metrics_addr=parse_socket_addr(f"127.0.0.1:{port}"))
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        expected = f"cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+    else:
+        assert config.swim_udp_addr is not None
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        holder.bind(config.swim_udp_addr.as_tuple())
+        expected = f"cannot bind SWIM UDP {config.swim_udp_addr}: Address already in use"
+    config_path = tmp_path / "n1.toml"
+    config_path.write_text(config.to_toml())
+    try:
+        code, _, text = await run_cli("start", "--config", str(config_path), timeout_s=30)
+    finally:
+        holder.close()
+    assert code == 1, text
+    assert "Traceback" not in text, text
+    assert text.strip().splitlines()[-1] == f"nodedb-cluster: node 1 failed: {expected}", text
+    assert not (config.data_dir / "raft").exists(), "nothing of a cluster was written"
+    formed = await _start(config_path, None)
+    try:
+        assert formed.stdout is not None
+        async with asyncio.timeout(30):
+            ready = await formed.stdout.readline()
+        assert ready.startswith(b"READY "), ready
+    finally:
+        formed.terminate()
+        async with asyncio.timeout(30):
+            await formed.wait()
 
 
 async def test_an_embedded_node_is_marked_failed_and_stops_serving(

@@ -7,6 +7,7 @@ fast; the production schedule's arithmetic is unit-tested in test_retry.py/test_
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -18,6 +19,7 @@ from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status, leader_of
+from support.metrics_scrape import scrape, serve_metrics_on_every_node
 
 pytestmark = pytest.mark.multiprocess
 
@@ -199,3 +201,20 @@ async def test_a_node_told_to_stop_while_it_joins_exits_at_once(make_cluster: Ma
         assert not catalog.is_bootstrapped(), "nothing of a cluster was written"
     finally:
         catalog.close()
+
+
+@pytest.mark.multiprocess
+async def test_a_joining_node_shows_it_on_metrics_while_it_retries(
+    make_cluster: MakeCluster,
+) -> None:
+    """`/metrics` is served from the start, not only once the node is Ready: an operator whose
+    node waits for its seeds (minutes, with the default schedule) sees it joining."""
+    cluster = make_cluster(3)
+    serve_metrics_on_every_node(cluster)
+    node = cluster.nodes[2]
+    await node.start()  # its seeds are down: it keeps retrying its join
+    await node.wait_log("Joining(attempt=0)")
+    text = await asyncio.to_thread(scrape, cluster, 2)
+    assert 'nodedb_lifecycle_state{state="joining"} 1.0' in text, text
+    assert 'nodedb_lifecycle_state{state="ready"} 0.0' in text, text
+    assert await node.stop() == 0, node.log_tail()

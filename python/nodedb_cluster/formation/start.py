@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import secrets
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,7 @@ from nodedb_cluster.lifecycle import (
     Starting,
     Transition,
 )
+from nodedb_cluster.membership import bind_udp
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.metadata.group import MetadataGroup, decode_state
@@ -88,6 +90,7 @@ async def start_cluster(
     join_attempts = _count_join_attempts(tracker)
     catalog = await asyncio.to_thread(Catalog.open, config.data_dir)
     transport: Transport | None = None
+    swim_socket: socket.socket | None = None
     node: Node | None = None
     try:
         await asyncio.to_thread(_check_log_identity, config, catalog)
@@ -99,6 +102,8 @@ async def start_cluster(
             credentials_of(config),
             rpc_timeout=config.rpc_timeout_ms / 1000,
         )
+        if config.swim_udp_addr is not None:  # a port in use fails here, before any formation
+            swim_socket = bind_udp(config.swim_udp_addr)
         kind: StateMachineKind = "kv" if state_machine is None else "python"
         parts = _Parts(config, tracker, catalog, transport, kind, state_machine, stop)
         match path:
@@ -117,10 +122,13 @@ async def start_cluster(
             raise EngineStopped(node.failure)
         node.serve()
         node.start_reconciler()
-        await node.start_membership()  # SWIM, when config.swim_udp_addr is set
+        socket_for_swim, swim_socket = swim_socket, None  # start_membership owns it now
+        await node.start_membership(socket_for_swim)  # SWIM, when config.swim_udp_addr is set
         tracker.transition(Ready(len(node.metadata.topology.nodes())), detail=path.value)
         return node
     except BaseException as e:
+        if swim_socket is not None:
+            swim_socket.close()
         if not isinstance(tracker.state, Failed):
             reason = str(e) or type(e).__name__
             tracker.transition(Failed(reason, error=e), detail="start_cluster")

@@ -3,7 +3,7 @@
 from nodedb_cluster.membership.codec import Codec, MemberState, SwimDatagramError
 from nodedb_cluster.membership.config import SwimConfig
 from nodedb_cluster.membership.machine import Member, MemberChanged, Send, SwimMachine
-from nodedb_cluster.membership.shell import SwimError, SwimNode
+from nodedb_cluster.membership.shell import SwimError, SwimNode, bind_udp
 
 __all__ = [
     "Codec",
@@ -16,4 +16,5 @@ __all__ = [
     "SwimError",
     "SwimMachine",
     "SwimNode",
+    "bind_udp",
 ]

@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
@@ -34,6 +35,19 @@ OBSERVERS_MAX: Final = 64
 
 class SwimError(ClusterError):
     """The SWIM shell could not start (bind failed) or was used after close."""
+
+
+def bind_udp(addr: SocketAddr) -> socket.socket:
+    """The SWIM socket, bound. A node takes it before it forms, so a port in use fails the start
+    before anything is written or any cluster learns of the node."""
+    sock = socket.socket(socket.AF_INET6 if addr.is_ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(addr.as_tuple())
+    except OSError as e:
+        sock.close()
+        raise SwimError(f"cannot bind SWIM UDP {addr}: {e.strerror or e}") from e
+    sock.setblocking(False)
+    return sock
 
 
 class SwimNode:
@@ -75,14 +89,17 @@ class SwimNode:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, seeds: Iterable[tuple[int, SocketAddr]] = ()) -> None:
+    async def start(
+        self, seeds: Iterable[tuple[int, SocketAddr]] = (), sock: socket.socket | None = None
+    ) -> None:
+        """Serve on `sock` (bound to the node's address by `bind_udp`; bound here when None)."""
         loop = asyncio.get_running_loop()
+        sock = sock if sock is not None else bind_udp(self._bind_addr)
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self), local_addr=self._bind_addr.as_tuple()
-            )
+            transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
         except OSError as e:
-            raise SwimError(f"cannot bind SWIM UDP {self._bind_addr}: {e.strerror or e}") from e
+            sock.close()
+            raise SwimError(f"cannot serve SWIM UDP {self._bind_addr}: {e.strerror or e}") from e
         self._transport = transport
         for node_id, addr in seeds:
             self.add_member(node_id, addr)
