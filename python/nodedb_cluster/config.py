@@ -347,6 +347,19 @@ class ClusterConfig:
             raise ConfigError(
                 "seed_nodes", f"{len(self.seed_nodes)} seeds; at most {SEED_NODES_MAX}"
             )
+        # What peers dial must be a host's address: a wildcard would be recorded in the
+        # topology, and every peer dialling it would reach itself (the metrics may bind one).
+        for name, addr in (
+            ("listen_addr", self.listen_addr),
+            ("swim_udp_addr", self.swim_udp_addr),
+            *(("seed_nodes", a) for a in self.seed_nodes),
+        ):
+            if addr is not None and addr.ip.is_unspecified:
+                raise ConfigError(
+                    name,
+                    f"{addr} is no address a peer can dial: give this host's own IP "
+                    "(peers and clients reach the node at the address it listens on)",
+                )
         if len(set(self.seed_nodes)) != len(self.seed_nodes):
             dup = next(a for a in self.seed_nodes if self.seed_nodes.count(a) > 1)
             raise ConfigError("seed_nodes", f"{dup} is listed twice")

@@ -11,7 +11,7 @@ import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import ClusterError, FormationFailed
+from nodedb_cluster.errors import ClusterError, ConfigError, FormationFailed
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.lifecycle import Failed, LifecycleTracker
@@ -66,6 +66,29 @@ async def test_bootstrap_status_shutdown_and_restart_in_the_same_process(tmp_pat
         assert again.engine is not None
         assert (await again.engine.status(0)).role == "leader"
         assert await again.propose_metadata(MetadataEntry((PutSetting("k", "w"),))) is None
+    finally:
+        await again.shutdown()
+
+
+async def test_a_restart_at_another_address_is_refused_naming_the_recorded_one(
+    tmp_path: Path,
+) -> None:
+    """Its peers dial the address the cluster recorded: a node restarted elsewhere used to come
+    up Ready and then campaign for good, never hearing its leaders, while the others showed it
+    ACTIVE. Refused before it serves, naming both addresses; at its own address it restarts."""
+    port, other = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
+    cfg = config(tmp_path, port)
+    await (await start_cluster(cfg)).shutdown()
+    moved = config(tmp_path, other, seed_nodes=(cfg.listen_addr,))
+    tracker = LifecycleTracker()
+    with pytest.raises(ConfigError) as refused:
+        await start_cluster(moved, tracker=tracker)
+    assert refused.value.field == "listen_addr"
+    assert f"knows node 1 at 127.0.0.1:{port}" in str(refused.value)
+    assert isinstance(tracker.state, Failed)
+    again = await start_cluster(cfg)
+    try:
+        assert (await again.status()).lifecycle == "ready"
     finally:
         await again.shutdown()
 

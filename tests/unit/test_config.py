@@ -129,6 +129,10 @@ def test_direct_construction_refuses_unparsed_address() -> None:
         ("listen_addr", "localhost:9400"),
         ("listen_addr", "127.0.0.1"),
         ("listen_addr", 9400),
+        ("listen_addr", "0.0.0.0:9400"),
+        ("listen_addr", "[::]:9400"),
+        ("swim_udp_addr", "0.0.0.0:9401"),
+        ("seed_nodes", ["0.0.0.0:9400"]),
         ("swim_udp_addr", "127.0.0.1:0"),
         ("metrics_addr", "[::1]"),
         ("seed_nodes", "127.0.0.1:9400"),
@@ -143,6 +147,11 @@ def test_direct_construction_refuses_unparsed_address() -> None:
 )
 def test_bad_values_name_the_field(field: str, value: object) -> None:
     refused(field, **{field: value})
+
+
+def test_metrics_may_bind_every_interface() -> None:
+    """Only the addresses peers dial must be a host's own; Prometheus may scrape any."""
+    assert str(make(metrics_addr="0.0.0.0:9100").metrics_addr) == "0.0.0.0:9100"
 
 
 def test_max_chunk_bytes_is_allowed() -> None:

@@ -28,6 +28,7 @@ from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import (
     CatalogError,
     ClusterError,
+    ConfigError,
     CorruptLog,
     CorruptSnapshot,
     EngineStopped,
@@ -369,6 +370,14 @@ async def _restart(parts: _Parts) -> Node:
         VShardMoves() if moves is None else VShardMoves.decode(moves),
     )
     own = formation.topology.get(config.node_id)
+    if own is not None and own.addr != config.listen_addr:
+        raise ConfigError(
+            "listen_addr",
+            f"{config.listen_addr}, but the cluster knows node {config.node_id} at {own.addr} "
+            f"(catalog {catalog.path}): its peers would go on dialling {own.addr} and this node "
+            f"would never hear its leaders. Start it at {own.addr}; to move a node to another "
+            f"address, decommission it and add a node with a new id there",
+        )
     pinned = None if own is None else own.spki_pin
     check_pinned_key(config, pinned, parts.transport.spki_pin, catalog.path)
     node = parts.node(formation.cluster_id)
