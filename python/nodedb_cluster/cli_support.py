@@ -18,7 +18,14 @@ import msgpack
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.client import CLIENT_NODE_ID
-from nodedb_cluster.errors import ClusterError, ConfigError, InvalidAddress, Timeout, Unreachable
+from nodedb_cluster.errors import (
+    ClusterError,
+    ConfigError,
+    InvalidAddress,
+    RemoteError,
+    Timeout,
+    Unreachable,
+)
 from nodedb_cluster.transport import Credentials, Insecure, Mtls, Transport
 
 READY_PREFIX: Final = "READY "
@@ -109,6 +116,14 @@ def client_credentials(args: argparse.Namespace) -> Credentials:
 # --- talking to one node --------------------------------------------------------------------------
 
 
+NOT_SERVING_CODE: Final = "no_handler"
+"""What a node's transport answers before the node serves requests."""
+NOT_SERVING_YET: Final = (
+    "it serves no requests: it is still starting, restarting or joining its cluster, or "
+    "shutting down (its log says which, and so does nodedb_lifecycle_state on its --metrics-addr)"
+)
+
+
 def no_answer(addr: str, timeout_s: float) -> Unreachable:
     """The one wording every command uses for a node that did not answer."""
     return Unreachable(addr, f"no answer within {timeout_s:g} s")
@@ -123,7 +138,8 @@ async def control_rpc(
     expected: wire.MessageKind,
 ) -> bytes:
     """One request to the node at `addr` on a throwaway endpoint; the reply's payload. A node
-    that does not answer in time is `Unreachable(addr)` (`no_answer`)."""
+    that does not answer in time is `Unreachable(addr)` (`no_answer`), and so is one that does
+    not serve requests (still restarting or joining: it answers only once Ready)."""
     try:
         target = parse_socket_addr(addr)
     except InvalidAddress as e:
@@ -135,6 +151,10 @@ async def control_rpc(
         raise no_answer(addr, timeout_s) from e
     except Unreachable as e:
         raise Unreachable(addr, e.reason) from e
+    except RemoteError as e:
+        if e.code != NOT_SERVING_CODE:
+            raise
+        raise Unreachable(addr, NOT_SERVING_YET) from e
     finally:
         await client.close()
     if kind_in != expected:

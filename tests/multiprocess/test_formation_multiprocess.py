@@ -17,8 +17,10 @@ import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import Catalog
+from nodedb_cluster.cli_support import EXIT_UNREACHABLE
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status, leader_of
+from support.cli_run import cred_flags, run_cli
 from support.metrics_scrape import scrape, serve_metrics_on_every_node
 
 pytestmark = pytest.mark.multiprocess
@@ -204,11 +206,13 @@ async def test_a_node_told_to_stop_while_it_joins_exits_at_once(make_cluster: Ma
 
 
 @pytest.mark.multiprocess
-async def test_a_joining_node_shows_it_on_metrics_while_it_retries(
+async def test_a_joining_node_says_so_on_metrics_and_to_status(
     make_cluster: MakeCluster,
 ) -> None:
     """`/metrics` is served from the start, not only once the node is Ready: an operator whose
-    node waits for its seeds (minutes, with the default schedule) sees it joining."""
+    node waits for its seeds (minutes, with the default schedule) sees it joining; `status`
+    says the node serves nothing yet and why that may be (it used to print the transport's
+    `peer error no_handler: no handler for StatusRequest(6)`)."""
     cluster = make_cluster(3)
     serve_metrics_on_every_node(cluster)
     node = cluster.nodes[2]
@@ -217,4 +221,9 @@ async def test_a_joining_node_shows_it_on_metrics_while_it_retries(
     text = await asyncio.to_thread(scrape, cluster, 2)
     assert 'nodedb_lifecycle_state{state="joining"} 1.0' in text, text
     assert 'nodedb_lifecycle_state{state="ready"} 0.0' in text, text
+    code, _, err = await run_cli(
+        "status", "--addr", node.addr, *cred_flags(cluster.client_credentials)
+    )
+    assert code == EXIT_UNREACHABLE, err
+    assert "it is still starting, restarting or joining" in err, err
     assert await node.stop() == 0, node.log_tail()
