@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-import nodedb_cluster_core
+from checks import add_rounds_and_duration, is_debug_build
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_WAIT_S = 60.0
@@ -110,15 +110,10 @@ def run(variant: str, base_args: list[str], duration_s: float) -> Result:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per run (2..60)")
-    ap.add_argument("--rounds", type=int, default=3, help="1..10")
+    add_rounds_and_duration(ap, duration_s=8.0, rounds=3)
     ap.add_argument("variants", nargs="+", help='e.g. "NODEDB_TRANSPORT_WORKERS=1 --driver=native"')
     ns = ap.parse_args()
-    if nodedb_cluster_core.build_profile() != "release":
-        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
-        return 2
-    if not (2 <= ns.duration <= 60 and 1 <= ns.rounds <= 10):
-        print("--duration must be in 2..60 s and --rounds in 1..10", file=sys.stderr)
+    if is_debug_build():
         return 2
     base = ["--clients", str(ns.clients), "--duration", str(ns.duration)]
     results: dict[str, list[Result]] = {v: [] for v in ns.variants}

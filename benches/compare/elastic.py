@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import nodedb_cluster_core
+from checks import is_debug_build
 
 from nodedb_cluster import wire
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
@@ -189,8 +189,7 @@ def run_release(
     ns: argparse.Namespace,
 ) -> None:
     """Runs a bench's `main` and prints its result as JSON; refuses a debug build of the core."""
-    if nodedb_cluster_core.build_profile() != "release":
-        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
+    if is_debug_build():
         sys.exit(2)
     print(json.dumps(asyncio.run(main(ns)), sort_keys=True))
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import nodedb_cluster_core
+from checks import is_debug_build
 
 from nodedb_cluster.bench import LoadSpec, Summary, bench_client, bench_embedded
 from nodedb_cluster.localcluster import LocalCluster
@@ -65,8 +65,8 @@ async def main() -> None:
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--placement", choices=("client", "embedded"), default="client")
     args = ap.parse_args()
-    if nodedb_cluster_core.build_profile() != "release":
-        sys.exit("refusing to benchmark a debug build of nodedb_cluster_core")
+    if is_debug_build():
+        sys.exit(2)
     spec = LoadSpec(clients=args.clients, duration_s=args.duration)
     results: dict[bool, list[Summary]] = {False: [], True: []}
     for r in range(args.rounds):

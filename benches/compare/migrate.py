@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import nodedb_cluster_core
+from checks import is_debug_build
 
 from nodedb_cluster import wire
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
@@ -278,7 +278,6 @@ if __name__ == "__main__":
         "--gap-s", type=float, default=0.5, help="pause between moves (0: back to back)"
     )
     ns = parser.parse_args()
-    if nodedb_cluster_core.build_profile() != "release":
-        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
+    if is_debug_build():
         sys.exit(2)
     print(json.dumps(asyncio.run(main(ns)), sort_keys=True))

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nodedb_cluster_core
+from checks import is_debug_build
 
 from nodedb_cluster.bench import (
     Driver,
@@ -360,8 +360,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write every result here")
     ap.add_argument("--skip", action="append", default=[], choices=("etcd", "pysyncobj"))
     args = ap.parse_args()
-    if nodedb_cluster_core.build_profile() != "release":
-        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
+    if is_debug_build():
         return 2
     if not 1 <= args.duration <= 120:
         print("--duration must be in 1..120 s", file=sys.stderr)

@@ -22,7 +22,7 @@ import statistics
 import sys
 from typing import Any
 
-import nodedb_cluster_core
+from checks import add_rounds_and_duration, is_debug_build
 
 from nodedb_cluster.bench import (
     Driver,
@@ -89,15 +89,10 @@ async def body(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="1..10")
-    ap.add_argument("--duration", type=float, default=6.0, help="seconds per run (2..60)")
+    add_rounds_and_duration(ap, duration_s=6.0, rounds=3)
     ap.add_argument("--driver", choices=("asyncio", "native"), default="native")
     ns = ap.parse_args()
-    if nodedb_cluster_core.build_profile() != "release":
-        print("refusing to benchmark a debug build of nodedb_cluster_core", file=sys.stderr)
-        return 2
-    if not (2 <= ns.duration <= 60 and 1 <= ns.rounds <= 10):
-        print("--duration must be in 2..60 s and --rounds in 1..10", file=sys.stderr)
+    if is_debug_build():
         return 2
 
     async def run(addrs: list[str], creds: Any) -> None:

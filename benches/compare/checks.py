@@ -1,0 +1,46 @@
+"""What every comparison script checks before it runs: a release build of the Rust core (figures
+from a debug build would mislead) and bounded runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import nodedb_cluster_core
+
+REFUSAL = "refusing to benchmark a debug build of nodedb_cluster_core"
+ROUNDS_MAX = 10
+DURATION_S_RANGE = (2.0, 60.0)
+
+
+def is_debug_build() -> bool:
+    """True, with the refusal printed on stderr, unless the installed core is a release build."""
+    if nodedb_cluster_core.build_profile() == "release":
+        return False
+    print(REFUSAL, file=sys.stderr)
+    return True
+
+
+def _within(low: float, high: float, convert: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = convert(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not in {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
+def add_rounds_and_duration(ap: argparse.ArgumentParser, duration_s: float, rounds: int) -> None:
+    """`--rounds` (1..10) and `--duration` seconds per run (2..60), refused by argparse outside."""
+    ap.add_argument(
+        "--rounds", type=_within(1, ROUNDS_MAX, int), default=rounds, help=f"1..{ROUNDS_MAX}"
+    )
+    low, high = DURATION_S_RANGE
+    ap.add_argument(
+        "--duration",
+        type=_within(low, high, float),
+        default=duration_s,
+        help=f"seconds per run ({low:g}..{high:g})",
+    )
