@@ -154,7 +154,9 @@ async def control_rpc(
     except RemoteError as e:
         if e.code != NOT_SERVING_CODE:
             raise
-        raise Unreachable(addr, NOT_SERVING_YET) from e
+        # A node that is starting or joining names its lifecycle; a bare transport cannot.
+        reason = e.message if e.message.startswith("node ") else NOT_SERVING_YET
+        raise Unreachable(addr, reason) from e
     finally:
         await client.close()
     if kind_in != expected:

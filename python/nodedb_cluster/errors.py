@@ -410,6 +410,15 @@ class InvalidRequest(ClusterError, ValueError):
         self.reason = reason
 
 
+class NotServing(ClusterError):
+    """A node that is still starting, restarting or joining answers only `status` (with its
+    lifecycle); any other request is refused with this, under the code its transport gives when it
+    serves nothing at all. A state of the node, not a fault: the node does not log it."""
+
+    code = "no_handler"
+    """The Error-message code (what a transport serving nothing answers, too)."""
+
+
 class NoSpace(ClusterError):
     """The node is in its NO_SPACE state: the disk holding `data_dir` is full, or below the Raft
     log's free-space reserve. Writes are refused; reads are still served. The state ends by

@@ -16,14 +16,15 @@ import msgpack
 
 from nodedb_cluster import wire
 from nodedb_cluster.control import ControlHandler
-from nodedb_cluster.errors import UnknownGroup
+from nodedb_cluster.errors import NotServing, UnknownGroup
+from nodedb_cluster.lifecycle import LifecycleTracker
 from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.metadata.placement import filling_groups, replica_counts
 from nodedb_cluster.metadata.vshard_moves import VShardMove
 from nodedb_cluster.raft import GroupStatus, RaftEngine, StateMachineKind
 from nodedb_cluster.routing.table import METADATA_GROUP_ID
-from nodedb_cluster.transport import Peer, Reply
+from nodedb_cluster.transport import Handler, Peer, Reply
 from nodedb_cluster.vshard_mover import MoveProgress
 
 SwimView = tuple[int, str, int, int | None]
@@ -186,3 +187,28 @@ def status_handler(status: Callable[[], Awaitable[NodeStatus]]) -> ControlHandle
         return wire.MessageKind.STATUS_RESPONSE, bytes(packed)
 
     return on_status
+
+
+def forming_status(node_id: int, lifecycle: LifecycleTracker) -> NodeStatus:
+    """What a node that is not Ready yet can say: who it is and how far its start got."""
+    return NodeStatus(node_id, lifecycle.state.label, "", 0, 0, 0, (), (), {}, {})
+
+
+def forming_handler(node_id: int, lifecycle: LifecycleTracker) -> Handler:
+    """What a node's transport answers from its bind until the node serves (`Node.serve`):
+    `status` with the lifecycle (a join may wait minutes for its seeds, and says so), and
+    `NotServing` to everything else."""
+
+    async def current() -> NodeStatus:
+        return forming_status(node_id, lifecycle)
+
+    on_status = status_handler(current)
+
+    async def answer(peer: Peer, kind: int, payload: bytes) -> Reply:
+        if kind == wire.MessageKind.STATUS_REQUEST:
+            return await on_status(peer, payload)
+        raise NotServing(
+            f"node {node_id} is {lifecycle.state.label}: it serves requests once it is ready"
+        )
+
+    return answer

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal
 import nodedb_cluster_core as _core
 
 from nodedb_cluster.addr import SocketAddr
-from nodedb_cluster.errors import NoSpace, PermissionDenied
+from nodedb_cluster.errors import NoSpace, NotServing, PermissionDenied
 from nodedb_cluster.loop_bridge import BridgeWatch
 
 _log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def _addr_text(addr: str | SocketAddr) -> str:
 class Transport:
     """One QUIC endpoint bound to `listen_addr` (port 0 → ephemeral; see `local_addr`)."""
 
-    __slots__ = ("_bridge", "_core", "_handler", "_insecure", "_tasks")
+    __slots__ = ("_bridge", "_core", "_handler", "_insecure", "_tasks", "_warned_insecure")
 
     def __init__(
         self,
@@ -260,6 +260,7 @@ class Transport:
         idle_timeout: float = IDLE_TIMEOUT_SECS_DEFAULT,
     ) -> None:
         self._insecure = isinstance(credentials, Insecure)
+        self._warned_insecure = False
         self._core = _core.Transport(
             node_id,
             _addr_text(listen_addr),
@@ -378,7 +379,8 @@ class Transport:
 
         An insecure endpoint warns here, when it starts answering strangers: a client endpoint
         (the CLI's `--insecure`, `Client`) never serves, and its user asked for it by name."""
-        if self._insecure and handler is not None:
+        if self._insecure and handler is not None and not self._warned_insecure:
+            self._warned_insecure = True
             _log.warning(
                 "node %d: INSECURE transport on %s: peers are not authenticated",
                 self.node_id,
@@ -427,6 +429,9 @@ class Transport:
         code = code if isinstance(code, str) else type(exc).__name__
         if isinstance(exc, PermissionDenied):  # counted and logged (rate-limited) by its raiser
             responder.fail(code, exc.message)
+            return
+        if isinstance(exc, NotServing):  # a state (starting, joining): not a warning each
+            responder.fail(exc.code, str(exc))
             return
         if isinstance(exc, NoSpace):  # a state, counted and shown by the node: not a warning each
             responder.fail(code, exc.data_dir)  # the requester raises NoSpace(data_dir) again

@@ -206,13 +206,11 @@ async def test_a_node_told_to_stop_while_it_joins_exits_at_once(make_cluster: Ma
 
 
 @pytest.mark.multiprocess
-async def test_a_joining_node_says_so_on_metrics_and_to_status(
-    make_cluster: MakeCluster,
-) -> None:
-    """`/metrics` is served from the start, not only once the node is Ready: an operator whose
-    node waits for its seeds (minutes, with the default schedule) sees it joining; `status`
-    says the node serves nothing yet and why that may be (it used to print the transport's
-    `peer error no_handler: no handler for StatusRequest(6)`)."""
+async def test_a_joining_node_says_so_on_metrics_and_to_status(make_cluster: MakeCluster) -> None:
+    """A node waiting for its seeds (minutes, with the default schedule) says so from its first
+    second: `/metrics` shows the lifecycle, `status` answers with it, and any other request is
+    refused naming it. Before, `/metrics` came up only once the node was Ready and every
+    request got the transport's `peer error no_handler: no handler for StatusRequest(6)`."""
     cluster = make_cluster(3)
     serve_metrics_on_every_node(cluster)
     node = cluster.nodes[2]
@@ -221,9 +219,15 @@ async def test_a_joining_node_says_so_on_metrics_and_to_status(
     text = await asyncio.to_thread(scrape, cluster, 2)
     assert 'nodedb_lifecycle_state{state="joining"} 1.0' in text, text
     assert 'nodedb_lifecycle_state{state="ready"} 0.0' in text, text
-    code, _, err = await run_cli(
+    code, out, err = await run_cli(
         "status", "--addr", node.addr, *cred_flags(cluster.client_credentials)
     )
+    assert code == 0, err
+    assert "node 2  lifecycle joining" in out, out
+    code, _, err = await run_cli(
+        "audit", "--addr", node.addr, *cred_flags(cluster.admin_credentials)
+    )
     assert code == EXIT_UNREACHABLE, err
-    assert "it is still starting, restarting or joining" in err, err
+    assert "node 2 is joining: it serves requests once it is ready" in err, err
     assert await node.stop() == 0, node.log_tail()
+    assert "raised" not in node.log_tail(), "a refused request is a state, not a warning"

@@ -66,6 +66,7 @@ from nodedb_cluster.metadata.vshard_moves import VShardMoves
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import RaftEngine, RaftSettings, StateMachine, StateMachineKind
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
+from nodedb_cluster.status import forming_handler
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
 from nodedb_cluster.transport import Credentials, Insecure, Mtls, Transport
 
@@ -103,6 +104,7 @@ async def start_cluster(
             credentials_of(config),
             rpc_timeout=config.rpc_timeout_ms / 1000,
         )
+        transport.serve(forming_handler(config.node_id, tracker))  # until the node serves
         if config.swim_udp_addr is not None:  # a port in use fails here, before any formation
             swim_socket = bind_udp(config.swim_udp_addr)
         kind: StateMachineKind = "kv" if state_machine is None else "python"
