@@ -22,6 +22,7 @@ from nodedb_cluster.errors import (
     ClusterError,
     ConfigError,
     InvalidAddress,
+    NotServing,
     RemoteError,
     Timeout,
     Unreachable,
@@ -116,8 +117,9 @@ def client_credentials(args: argparse.Namespace) -> Credentials:
 # --- talking to one node --------------------------------------------------------------------------
 
 
-NOT_SERVING_CODE: Final = "no_handler"
-"""What a node's transport answers before the node serves requests."""
+NO_HANDLER_CODE: Final = "no_handler"
+"""What a transport that serves nothing answers (a node shutting down, or one from before
+`NotServing`)."""
 NOT_SERVING_YET: Final = (
     "it serves no requests: it is still starting, restarting or joining its cluster, or "
     "shutting down (its log says which, and so does nodedb_lifecycle_state on its --metrics-addr)"
@@ -152,11 +154,11 @@ async def control_rpc(
     except Unreachable as e:
         raise Unreachable(addr, e.reason) from e
     except RemoteError as e:
-        if e.code != NOT_SERVING_CODE:
-            raise
-        # A node that is starting or joining names its lifecycle; a bare transport cannot.
-        reason = e.message if e.message.startswith("node ") else NOT_SERVING_YET
-        raise Unreachable(addr, reason) from e
+        if e.code == NotServing.code:  # the node names its lifecycle
+            raise Unreachable(addr, e.message) from e
+        if e.code == NO_HANDLER_CODE:  # a bare transport cannot
+            raise Unreachable(addr, NOT_SERVING_YET) from e
+        raise
     finally:
         await client.close()
     if kind_in != expected:

@@ -412,11 +412,11 @@ class InvalidRequest(ClusterError, ValueError):
 
 class NotServing(ClusterError):
     """A node that is still starting, restarting or joining answers only `status` (with its
-    lifecycle); any other request is refused with this, under the code its transport gives when it
-    serves nothing at all. A state of the node, not a fault: the node does not log it."""
+    lifecycle); any other request is refused with this, its message naming the lifecycle. A
+    state of the node, not a fault: the node does not log it."""
 
-    code = "no_handler"
-    """The Error-message code (what a transport serving nothing answers, too)."""
+    code = "not_serving"
+    """The Error-message code (a transport that serves nothing at all answers `no_handler`)."""
 
 
 class NoSpace(ClusterError):

@@ -191,7 +191,18 @@ def status_handler(status: Callable[[], Awaitable[NodeStatus]]) -> ControlHandle
 
 def forming_status(node_id: int, lifecycle: LifecycleTracker) -> NodeStatus:
     """What a node that is not Ready yet can say: who it is and how far its start got."""
-    return NodeStatus(node_id, lifecycle.state.label, "", 0, 0, 0, (), (), {}, {})
+    return NodeStatus(
+        node_id=node_id,
+        lifecycle=lifecycle.state.label,
+        cluster_id="",
+        topology_version=0,
+        routing_epoch=0,
+        metadata_applied_index=0,
+        nodes=(),
+        groups=(),
+        vshards_per_group={},
+        settings={},
+    )
 
 
 def forming_handler(node_id: int, lifecycle: LifecycleTracker) -> Handler:
