@@ -145,7 +145,7 @@ def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.A
     add_client_arguments(status, environ, "the node's listen address")
     status.set_defaults(run=_cmd_status)
 
-    put = sub.add_parser("put", help="write KEY=VALUE to the replicated KV")
+    put = sub.add_parser("put", help="write VALUE under KEY in the replicated KV")
     put.add_argument("kv_key", metavar="KEY", help="the key (UTF-8)")
     put.add_argument("kv_value", metavar="VALUE", help="the value (UTF-8)")
     add_client_arguments(put, environ, "any node's listen address")

@@ -79,6 +79,9 @@ class _DerivedSwimAddr:
 
 SWIM_UDP_ADDR_DEFAULT: Final = cast(SocketAddr, _DerivedSwimAddr())
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+KV_QUOTA_BYTES_DEFAULT: Final = 2 << 30
+"""etcd's default backend quota: a size its users know to plan memory for."""
+KV_QUOTA_BYTES_MAX: Final = (1 << 63) - 1
 LOG_FORMATS: Final = ("text", "json")
 
 _TLS_FIELDS: Final = ("tls_ca_path", "tls_cert_path", "tls_key_path")
@@ -185,6 +188,11 @@ class ClusterConfig:
     """A leader answers linearizable KV reads from its lease (no quorum round) while one holds:
     clocks of the nodes may run at rates up to 10 % apart (docs/KV.md, "Read levels"). False:
     every linearizable read takes a ReadIndex round and nothing is assumed of clocks."""
+    kv_quota_bytes: int = KV_QUOTA_BYTES_DEFAULT
+    """A data group whose keys, values and cached session results reach this many bytes takes no
+    more writes but deletes (`QuotaExceeded`, not retried; reads go on) until deletes bring it
+    below: a group's state lives in every replica's memory. 0: no quota. Set it alike on every
+    node (the leader checks it); memory use is higher than the count by the maps' overhead."""
     install_snapshot_chunk_bytes: int = DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES
     """Snapshot transfer chunk size (1 B..64 MiB)."""
     orphan_partial_max_age_secs: int = 300
@@ -430,6 +438,7 @@ class ClusterConfig:
         check_int("rpc_timeout_ms", self.rpc_timeout_ms, 1, RPC_TIMEOUT_MS_MAX)
 
     def _check_sizes(self) -> None:
+        check_int("kv_quota_bytes", self.kv_quota_bytes, 0, KV_QUOTA_BYTES_MAX)
         check_int(
             "install_snapshot_chunk_bytes",
             self.install_snapshot_chunk_bytes,

@@ -419,6 +419,20 @@ class NotServing(ClusterError):
     """The Error-message code (a transport that serves nothing at all answers `no_handler`)."""
 
 
+class QuotaExceeded(ClusterError):
+    """A write into a data group whose keys, values and cached session results reached its
+    quota (`ClusterConfig.kv_quota_bytes`, checked by the node that proposes). Nothing of the
+    request was proposed; reads and deletes are still served, and writes resume once deletes
+    bring the group below its quota. Not retryable by a client: every replica holds the same."""
+
+    code = "QuotaExceeded"
+    """The Error-message code a KV server answers with (the message says which group and why)."""
+
+    def __init__(self, group: int, message: str) -> None:
+        super().__init__(message)
+        self.group = group
+
+
 class NoSpace(ClusterError):
     """The node is in its NO_SPACE state: the disk holding `data_dir` is full, or below the Raft
     log's free-space reserve. Writes are refused; reads are still served. The state ends by

@@ -238,7 +238,11 @@ class Node:
             self._tasks.append(
                 asyncio.ensure_future(log_leader_changes(self.engine, self.config.node_id))
             )
-            self.engine.serve_kv_requests(self.transport, read_lease=self.config.read_lease)
+            self.engine.serve_kv_requests(
+                self.transport,
+                read_lease=self.config.read_lease,
+                quota_bytes=self.config.kv_quota_bytes,
+            )
             self._serving_kv = True
             self._push_kv_routing(self.metadata)
             self._attach_kv(self.engine)

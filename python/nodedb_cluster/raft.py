@@ -233,12 +233,15 @@ class RaftEngine:
         index, results = await fut
         return ProposedBatch(index, tuple(results))
 
-    def serve_kv_requests(self, transport: Transport, *, read_lease: bool = True) -> None:
+    def serve_kv_requests(
+        self, transport: Transport, *, read_lease: bool = True, quota_bytes: int = 0
+    ) -> None:
         """Answer every KV_REQUEST of `transport` in Rust from now on (nodedb-kv's server: group
         commit per group, shared ReadIndex rounds, lease and follower reads, routing as set by
         `set_kv_routing`). `read_lease`: linearizable reads may use the leader's lease
-        (`ClusterConfig.read_lease`). Undone by `close`."""
-        self._core.serve_kv_requests(transport._core, read_lease)
+        (`ClusterConfig.read_lease`); `quota_bytes`: `ClusterConfig.kv_quota_bytes`. Undone by
+        `close`."""
+        self._core.serve_kv_requests(transport._core, read_lease, quota_bytes)
 
     def set_kv_routing(self, routing: bytes, nodes: list[tuple[int, str, bytes | None]]) -> None:
         """What the KV server answers a `Client` asking for routing from now on: the encoded

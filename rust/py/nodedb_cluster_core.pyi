@@ -239,9 +239,12 @@ class RaftEngine:
     def propose(
         self, group_id: int, data: bytes, timeout_ms: int, future: Future[tuple[int, bytes]]
     ) -> None: ...
-    def serve_kv_requests(self, transport: Transport, read_lease: bool) -> None:
+    def serve_kv_requests(
+        self, transport: Transport, read_lease: bool, quota_bytes: int
+    ) -> None:
         """Answer every KV_REQUEST of `transport` in Rust (none reaches Python); undone by
-        `close`. `read_lease`: linearizable reads may use the leader's lease."""
+        `close`. `read_lease`: linearizable reads may use the leader's lease; `quota_bytes`:
+        a group at it takes only deletes (0: no quota)."""
     def set_kv_routing(
         self, routing: bytes, nodes: list[tuple[int, str, bytes | None]]
     ) -> None:

@@ -160,11 +160,21 @@ pub enum KvResult {
 /// node's mover (VSHARD_STEP, nodes only): from a client one could freeze, empty or overwrite a
 /// vShard. Looks at the op bytes only (the state machine decodes the rest).
 pub fn is_client_command(encoded: &[u8]) -> bool {
-    let op = match encoded.first() {
-        Some(&SESSION_OP) => encoded.get(SESSION_HEADER_BYTES),
-        first => first,
-    };
-    matches!(op, Some(1..=4))
+    matches!(client_op(encoded), Some(1..=4))
+}
+
+/// Whether `encoded` is a delete, bare or in a session: the one write a group at its quota
+/// still takes, since it frees space ([`crate::serve`]).
+pub fn is_delete(encoded: &[u8]) -> bool {
+    client_op(encoded) == Some(2)
+}
+
+/// The op byte of a key command, looking inside a session.
+fn client_op(encoded: &[u8]) -> Option<u8> {
+    match encoded.first() {
+        Some(&SESSION_OP) => encoded.get(SESSION_HEADER_BYTES).copied(),
+        first => first.copied(),
+    }
 }
 
 /// `16, client u64, seq u64, acked_below u64`: the bytes before a session's inner command.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::command::{Import, ImportedSession, KvCommand, KvResult};
 use crate::routing::vshard_of;
-use crate::state_machine::{ClientSession, KvState, SESSIONS_MAX};
+use crate::state_machine::{kept, ClientSession, KvState, SESSIONS_MAX};
 use crate::vshard::{VShardMark, VShardState};
 
 /// Encoded bytes of an empty import (op, vshard, two counts).
@@ -210,7 +210,10 @@ impl KvState {
             }
         }
         for s in import.sessions {
-            merge_session(self.sessions.entry(s.client).or_default(), s, index);
+            let mine = self.sessions.entry(s.client).or_default();
+            let before = mine.bytes();
+            merge_session(mine, s, index);
+            self.session_bytes = self.session_bytes + mine.bytes() - before;
         }
         self.evict_sessions_down_to(SESSIONS_MAX);
         KvResult::Ok { value: None }
@@ -230,7 +233,12 @@ impl KvState {
 /// The source's record of one client merged into the target's (see the module docs).
 fn merge_session(mine: &mut ClientSession, theirs: ImportedSession, index: u64) {
     mine.floor = mine.floor.max(theirs.floor);
-    let mut results: BTreeMap<u64, Vec<u8>> = theirs.results.into_iter().collect();
+    // A source of an older build may send results this one would not keep.
+    let mut results: BTreeMap<u64, Vec<u8>> = theirs
+        .results
+        .into_iter()
+        .map(|(seq, r)| (seq, kept(r)))
+        .collect();
     results.append(&mut std::mem::take(&mut mine.results)); // equal seq: ours replaces theirs
     mine.results = results.split_off(&mine.floor);
     mine.last_index = index;

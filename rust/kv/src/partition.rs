@@ -15,11 +15,13 @@ use crate::routing::{vshard_of, VSHARDS};
 pub type Shard = HashMap<Vec<u8>, Vec<u8>>;
 
 /// Every vShard's map, indexed by vShard, the total key count and each vShard's bytes of
-/// keys and values (kept as writes go, so a load report costs O(vShards), not O(keys)).
+/// keys and values (kept as writes go, so a load report costs O(vShards), not O(keys), and the
+/// quota check O(1)).
 #[derive(Debug, Clone)]
 pub struct ShardedMap {
     shards: Vec<Arc<Shard>>,
     bytes: Vec<usize>,
+    total: usize,
     len: usize,
 }
 
@@ -29,6 +31,7 @@ impl Default for ShardedMap {
             // An empty HashMap does not allocate: 1024 of them cost one Arc each.
             shards: (0..VSHARDS).map(|_| Arc::new(Shard::new())).collect(),
             bytes: vec![0; VSHARDS],
+            total: 0,
             len: 0,
         }
     }
@@ -58,9 +61,13 @@ impl ShardedMap {
         let old = Arc::make_mut(&mut self.shards[vshard]).insert(key, value);
         match &old {
             None => self.len += 1,
-            Some(old) => self.bytes[vshard] -= key_len + old.len(),
+            Some(old) => {
+                self.bytes[vshard] -= key_len + old.len();
+                self.total -= key_len + old.len();
+            }
         }
         self.bytes[vshard] += added;
+        self.total += added;
         old
     }
 
@@ -78,6 +85,7 @@ impl ShardedMap {
         if let Some(old) = &old {
             self.len -= 1;
             self.bytes[vshard] -= key.len() + old.len();
+            self.total -= key.len() + old.len();
         }
         old
     }
@@ -96,6 +104,11 @@ impl ShardedMap {
         self.bytes[vshard]
     }
 
+    /// Bytes of every key and value.
+    pub fn total_bytes(&self) -> usize {
+        self.total
+    }
+
     /// Every shard, indexed by vShard.
     pub fn shards(&self) -> &[Arc<Shard>] {
         &self.shards
@@ -105,6 +118,7 @@ impl ShardedMap {
     pub fn take_shard(&mut self, vshard: usize) -> Arc<Shard> {
         let taken = std::mem::take(&mut self.shards[vshard]);
         self.len -= taken.len();
+        self.total -= self.bytes[vshard];
         self.bytes[vshard] = 0;
         taken
     }
@@ -118,11 +132,17 @@ impl ShardedMap {
     pub(crate) fn from_shards(shards: Vec<Arc<Shard>>) -> ShardedMap {
         debug_assert_eq!(shards.len(), VSHARDS);
         let len = shards.iter().map(|s| s.len()).sum();
-        let bytes = shards
+        let bytes: Vec<usize> = shards
             .iter()
             .map(|s| s.iter().map(|(k, v)| k.len() + v.len()).sum())
             .collect();
-        ShardedMap { shards, bytes, len }
+        let total = bytes.iter().sum();
+        ShardedMap {
+            shards,
+            bytes,
+            total,
+            len,
+        }
     }
 }
 
@@ -158,6 +178,11 @@ mod tests {
         assert_eq!(
             bytes,
             m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        );
+        assert_eq!(m.total_bytes(), bytes);
+        assert_eq!(
+            ShardedMap::from_shards(m.shards().to_vec()).total_bytes(),
+            bytes
         );
         assert_eq!(m.shard_bytes(v), 0);
     }

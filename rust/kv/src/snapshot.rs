@@ -236,14 +236,17 @@ impl KvSnapshotDecoder {
             }
         }
         r.finish()?;
-        Ok(KvState {
+        let mut state = KvState {
             map: ShardedMap::from_shards(self.shards.into_iter().map(Arc::new).collect()),
             sessions,
             vshards,
             fences,
             applied_index,
             applied_commands,
-        })
+            session_bytes: 0,
+        };
+        state.session_bytes = state.count_session_bytes();
+        Ok(state)
     }
 }
 

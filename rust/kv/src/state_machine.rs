@@ -40,6 +40,35 @@ pub const SESSIONS_MAX: usize = 4096;
 /// this gets its oldest results dropped, and a retry of one of those is refused (`Duplicate`),
 /// never applied twice.
 pub const SESSION_RESULTS_MAX: usize = 1 << 16;
+/// A result longer than this is cached as [`KvResult::Duplicate`] ("applied; its result not
+/// kept"): the command applied once as always, and a retry of it is refused (the client raises
+/// OutcomeUnknown) instead of answered again. Why: a compare-and-set lost against a large value
+/// (or a get through the log) cached a copy of that value per command until the client
+/// acknowledged it, so a client that never did held ~32 MiB of every replica's memory per
+/// 100-byte request. Only retried answers change: which commands apply does not.
+pub const RESULT_KEPT_BYTES_MAX: usize = 1024;
+
+/// What a session costs in [`KvState::usage_bytes`]: its id, floor and last index, then per
+/// cached result its seq and bytes.
+const SESSION_BYTES: usize = 24;
+const RESULT_SEQ_BYTES: usize = 8;
+
+fn result_bytes(result: &[u8]) -> usize {
+    RESULT_SEQ_BYTES + result.len()
+}
+
+fn results_bytes<'a>(results: impl IntoIterator<Item = &'a Vec<u8>>) -> usize {
+    results.into_iter().map(|r| result_bytes(r)).sum()
+}
+
+/// The form in which `result` is cached for retries (see [`RESULT_KEPT_BYTES_MAX`]).
+pub(crate) fn kept(result: Vec<u8>) -> Vec<u8> {
+    if result.len() > RESULT_KEPT_BYTES_MAX {
+        KvResult::Duplicate.encode()
+    } else {
+        result
+    }
+}
 
 /// What a group remembers of one client's session.
 #[derive(Default, Debug, Clone, PartialEq, Eq)]
@@ -54,13 +83,21 @@ pub struct ClientSession {
 
 impl ClientSession {
     /// Past [`SESSION_RESULTS_MAX`] results the oldest go and the floor rises above them: a
-    /// retry of one is refused, never applied twice.
-    pub(crate) fn trim(&mut self) {
+    /// retry of one is refused, never applied twice. Returns the bytes freed.
+    pub(crate) fn trim(&mut self) -> usize {
+        let mut freed = 0;
         while self.results.len() > SESSION_RESULTS_MAX {
-            if let Some((dropped, _)) = self.results.pop_first() {
+            if let Some((dropped, result)) = self.results.pop_first() {
                 self.floor = self.floor.max(dropped + 1);
+                freed += result_bytes(&result);
             }
         }
+        freed
+    }
+
+    /// This session's share of [`KvState::usage_bytes`].
+    pub(crate) fn bytes(&self) -> usize {
+        SESSION_BYTES + results_bytes(self.results.values())
     }
 }
 
@@ -77,9 +114,24 @@ pub struct KvState {
     pub fences: BTreeMap<u32, u64>,
     pub applied_index: u64,
     pub applied_commands: u64,
+    /// The sessions' bytes ([`ClientSession::bytes`]), kept as they change: the map's bytes
+    /// plus these are what the quota counts ([`KvState::usage_bytes`]).
+    pub session_bytes: usize,
 }
 
 impl KvState {
+    /// Bytes of the keys and values and of the sessions' cached results: what a group's quota
+    /// (`ServeOptions::quota_bytes`) is checked against, O(1). Memory use is higher by the
+    /// containers' overhead.
+    pub fn usage_bytes(&self) -> usize {
+        self.map.total_bytes() + self.session_bytes
+    }
+
+    /// [`KvState::session_bytes`] counted from scratch (after a restore; tests compare).
+    pub fn count_session_bytes(&self) -> usize {
+        self.sessions.values().map(ClientSession::bytes).sum()
+    }
+
     /// xxh3 over (applied index, the map's entry count and the wrapping sum of its entries'
     /// hashes, every session in order, then every vShard state in order when there are any,
     /// then every vShard's fence in order when there are any):
@@ -225,12 +277,15 @@ impl KvState {
         };
         if !self.sessions.contains_key(&client) {
             self.evict_sessions_down_to(SESSIONS_MAX - 1);
+            self.session_bytes += SESSION_BYTES;
         }
         let session = self.sessions.entry(client).or_default();
         session.last_index = index;
         if acked_below > session.floor {
             session.floor = acked_below;
-            session.results = session.results.split_off(&acked_below);
+            let waiting = session.results.split_off(&acked_below);
+            let answered = std::mem::replace(&mut session.results, waiting);
+            self.session_bytes -= results_bytes(answered.values());
         }
         if let Some(cached) = session.results.get(&seq) {
             return cached.clone();
@@ -240,8 +295,10 @@ impl KvState {
         }
         let result = self.apply_command(vshard, inner).encode();
         let session = self.sessions.entry(client).or_default();
-        session.results.insert(seq, result.clone());
-        session.trim();
+        let cached = kept(result.clone());
+        self.session_bytes += result_bytes(&cached);
+        session.results.insert(seq, cached);
+        self.session_bytes -= session.trim();
         result
     }
 
@@ -254,8 +311,8 @@ impl KvState {
                 .iter()
                 .min_by_key(|(id, s)| (s.last_index, **id))
                 .map(|(id, _)| *id);
-            match oldest {
-                Some(id) => self.sessions.remove(&id),
+            match oldest.and_then(|id| self.sessions.remove(&id)) {
+                Some(gone) => self.session_bytes -= gone.bytes(),
                 None => return,
             };
         }
@@ -381,6 +438,10 @@ impl KvReader {
     }
     pub fn digest(&self) -> u64 {
         self.read().digest()
+    }
+    /// [`KvState::usage_bytes`].
+    pub fn usage_bytes(&self) -> usize {
+        self.read().usage_bytes()
     }
     /// `key`'s value, or why its vShard is not served here (what a served read answers).
     pub fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {

@@ -61,9 +61,10 @@ async fn call(client: &Arc<KvClient>, request: Request, timeout: Duration) -> Ou
         .expect("completion called")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// One node over a real transport with no peer registered, leading KV group `G`.
+async fn one_node(
+    dir: &std::path::Path,
+) -> (Arc<nodedb_transport::Transport>, KvGroups, Arc<MultiRaft>) {
     let transport = common::insecure_transport(1, "127.0.0.1");
     let groups = KvGroups::default();
     let factory_groups = groups.clone();
@@ -72,7 +73,7 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
             Ok(Box::new(factory_groups.create(g)))
         },
     );
-    let cfg = MultiRaftConfig::new(NodeId(1), dir.path().join("n1"));
+    let cfg = MultiRaftConfig::new(NodeId(1), dir.join("n1"));
     let sink = WalSink::open(
         &cfg.data_dir.join("raft"),
         nodedb_wal::WalOptions::default(),
@@ -93,18 +94,41 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
         assert!(Instant::now() < until, "no leader within {T:?}");
         tokio::time::sleep(Duration::from_millis(10)).await; // no leadership event to await
     }
-    let server = Arc::new(KvServer::new(
-        Arc::downgrade(&engine),
+    (transport, groups, engine)
+}
+
+/// The KV server of `engine`'s node.
+fn kv_server(
+    engine: &Arc<MultiRaft>,
+    groups: &KvGroups,
+    lease: bool,
+    quota_bytes: u64,
+) -> Arc<KvServer> {
+    Arc::new(KvServer::new(
+        Arc::downgrade(engine),
         groups.clone(),
         Handle::current(),
-        nodedb_kv::serve::ReadOptions { lease: true },
-    ));
-    let client = KvClient::new(Arc::clone(&transport), Handle::current(), 1, 77);
+        nodedb_kv::serve::ServeOptions { lease, quota_bytes },
+    ))
+}
+
+/// A client of node 1 whose routing puts every vShard in group `G`, led by node 1.
+fn routed_client(transport: &Arc<nodedb_transport::Transport>, client_id: u64) -> Arc<KvClient> {
+    let client = KvClient::new(Arc::clone(transport), Handle::current(), 1, client_id);
     let route = Route {
         leader: 1,
         voters: vec![1],
     };
     client.set_routing(Routing::new(vec![1; VSHARDS], [(1, route)]).expect("routing"));
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (transport, groups, engine) = one_node(dir.path()).await;
+    let server = kv_server(&engine, &groups, true, 0);
+    let client = routed_client(&transport, 77);
     let put = || Request::Put {
         key: b"k".to_vec(),
         value: b"v".to_vec(),
@@ -212,28 +236,10 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
     );
     // Without a server in its process, or when that server has no lease to read in (leases
     // off), a client sends its reads as requests.
-    let other = KvClient::new(Arc::clone(&transport), Handle::current(), 1, 78);
-    other.set_routing(
-        Routing::new(
-            vec![1; VSHARDS],
-            [(
-                1,
-                Route {
-                    leader: 1,
-                    voters: vec![1],
-                },
-            )],
-        )
-        .expect("routing"),
-    );
+    let other = routed_client(&transport, 78);
     let linearizable = get_at(ReadLevel::Linearizable, 0.0);
     assert_eq!(other.read_here(&linearizable), None, "no server here");
-    let no_lease = Arc::new(KvServer::new(
-        Arc::downgrade(&engine),
-        groups.clone(),
-        Handle::current(),
-        nodedb_kv::serve::ReadOptions { lease: false },
-    ));
+    let no_lease = kv_server(&engine, &groups, false, 0);
     other.serve_locally(&no_lease);
     assert_eq!(other.read_here(&linearizable), None, "no lease to read in");
     assert_eq!(
@@ -248,6 +254,79 @@ async fn a_client_inside_a_node_serves_its_own_groups_without_the_network() {
         "applied by the engine"
     );
 
+    engine.shutdown();
+    transport.close().await;
+}
+
+/// A group at its quota refuses writes other than deletes, naming the group and the quota,
+/// and proposes nothing of such a request; reads and deletes go on, and once deletes bring the
+/// group below its quota writes are taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_at_its_quota_takes_deletes_and_reads_but_no_other_write() {
+    const QUOTA: u64 = 64 << 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (transport, groups, engine) = one_node(dir.path()).await;
+    let server = kv_server(&engine, &groups, true, QUOTA);
+    let client = routed_client(&transport, 79);
+    client.serve_locally(&server);
+    let put = |i: u32| Request::Put {
+        key: i.to_le_bytes().to_vec(),
+        value: vec![b'v'; 4096],
+    };
+    let reader = groups.reader(G).expect("a KV group here");
+    let mut written = 0u32;
+    let refusal = loop {
+        assert!(written < 64, "no refusal after {written} writes of 4 KiB");
+        match call(&client, put(written), T).await {
+            Ok(_) => written += 1,
+            Err(failure) => break failure,
+        }
+    };
+    assert!(reader.usage_bytes() as u64 >= QUOTA);
+    assert!(
+        (reader.usage_bytes() as u64) < QUOTA + 4200,
+        "crossed by one write at most"
+    );
+    match &refusal.error {
+        KvError::Net(nodedb_transport::TransportError::Remote { code, message }) => {
+            assert_eq!(code, nodedb_kv::client::error::QUOTA_EXCEEDED);
+            assert!(
+                message.contains("group 1") && message.contains(&QUOTA.to_string()),
+                "{message}"
+            );
+        }
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    let applied = reader.applied_index();
+    let cas = Request::Cas {
+        key: 0u32.to_le_bytes().to_vec(),
+        expected: None,
+        value: b"x".to_vec(),
+    };
+    assert!(call(&client, cas, T).await.is_err(), "a CAS is a write too");
+    assert_eq!(
+        reader.applied_index(),
+        applied,
+        "nothing refused was proposed"
+    );
+    let get = Request::Get {
+        key: 0u32.to_le_bytes().to_vec(),
+        read: ReadAt::LINEARIZABLE,
+    };
+    assert_eq!(
+        call(&client, get, T).await.expect("a read"),
+        Answer::Value(Some(vec![b'v'; 4096]))
+    );
+    for i in 0..4u32 {
+        let delete = Request::Delete {
+            key: i.to_le_bytes().to_vec(),
+        };
+        call(&client, delete, T).await.expect("a delete");
+    }
+    assert!((reader.usage_bytes() as u64) < QUOTA);
+    call(&client, put(1000), T)
+        .await
+        .expect("below the quota again: written");
     engine.shutdown();
     transport.close().await;
 }

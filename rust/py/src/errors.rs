@@ -2,7 +2,7 @@
 //! only file of the binding that imports a Python module. Falls back to a RuntimeError naming
 //! the class if the module cannot be imported.
 
-use nodedb_kv::client::error::NO_SPACE;
+use nodedb_kv::client::error::{NO_SPACE, QUOTA_EXCEEDED};
 use nodedb_kv::client::{Failure, KvError, SubmitError};
 use nodedb_multiraft::error::{EngineError, RaftError, SinkError, SnapshotError};
 use nodedb_transport::TransportError;
@@ -54,6 +54,9 @@ pub fn failure_error(py: Python<'_>, failure: Failure) -> PyErr {
         ),
         KvError::Net(TransportError::Remote { code, message }) if code == NO_SPACE => {
             cluster_error(py, "NoSpace", (message,)) // the message is the data dir
+        }
+        KvError::Net(TransportError::Remote { code, message }) if code == QUOTA_EXCEEDED => {
+            cluster_error(py, "QuotaExceeded", (group, message))
         }
         KvError::Net(err) => transport_error_with(py, err),
         KvError::Malformed(text) => cluster_error(py, "RemoteError", ("malformed", text)),

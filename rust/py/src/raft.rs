@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nodedb_kv::groups::KvGroups;
-use nodedb_kv::serve::{KvServer, ReadOptions};
+use nodedb_kv::serve::{KvServer, ServeOptions};
 use nodedb_kv::KV_STATE_MACHINE;
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{RaftError, SmError};
@@ -413,13 +413,16 @@ impl PyRaftEngine {
     /// Answer every KV_REQUEST of `transport` in Rust from now on (nodedb_kv::serve: group
     /// commit, reads at every level, routing from `set_kv_routing`, typed errors for bad
     /// input); none reaches Python. Undone by `close`.
-    fn serve_kv_requests(&self, transport: &PyTransport, read_lease: bool) {
+    fn serve_kv_requests(&self, transport: &PyTransport, read_lease: bool, quota_bytes: u64) {
         let shared = transport.shared();
         let handler = Arc::new(KvServer::new(
             Arc::downgrade(&self.engine),
             self.kv_groups.clone(),
             self.runtime.handle().clone(),
-            ReadOptions { lease: read_lease },
+            ServeOptions {
+                lease: read_lease,
+                quota_bytes,
+            },
         ));
         shared.register_handler(MessageKind::KV_REQUEST, Arc::clone(&handler) as _);
         *self.kv_server.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);

@@ -6,6 +6,9 @@ use nodedb_transport::TransportError;
 /// The Error-message code of a leader in NO_SPACE (the serving side, [`crate::serve`], sends
 /// it, kv.py too): its message is the data dir; never retried.
 pub const NO_SPACE: &str = "NoSpace";
+/// The Error-message code of a write into a group at its quota (`ServeOptions::quota_bytes`);
+/// its message says so; never retried (every replica holds the same bytes).
+pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
 /// The Error-message code of a request no node or attempt will take.
 pub const INVALID_REQUEST: &str = "InvalidRequest";
 /// The Error-message code of a request of a newer KV version than the server speaks: no

@@ -9,8 +9,8 @@
 //!   that timed out is held back.
 //! - Transient transport errors (unreachable, handshake, closed, unknown peer, a remote error
 //!   other than the two below) and malformed replies: hold the node back, try another member.
-//! - InvalidRequest, NoSpace and UnsupportedVersion from the server, and every local error:
-//!   never retried.
+//! - InvalidRequest, NoSpace, QuotaExceeded and UnsupportedVersion from the server, and every
+//!   local error: never retried.
 //! - An item whose last attempts in a row found no leader, one per member the routing table
 //!   names for its group ([`LeaderSearch`]), asks for a fresh routing table: the group's
 //!   replicas may all have moved to nodes the table does not name (issue 16).
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use nodedb_transport::TransportError;
 
-use super::error::{KvError, INVALID_REQUEST, NO_SPACE, UNSUPPORTED_VERSION};
+use super::error::{KvError, INVALID_REQUEST, NO_SPACE, QUOTA_EXCEEDED, UNSUPPORTED_VERSION};
 
 /// Pause before retry n (then the last value), cut short by the deadline (kv.py).
 pub const RETRY_BACKOFF_MS: [u64; 5] = [5, 10, 20, 50, 100];
@@ -81,9 +81,13 @@ pub fn judge(err: &KvError, target: u64, may_retry_unknown: bool) -> Verdict {
         KvError::LeadershipLost => unknown(0),
         KvError::Timeout { .. } | KvError::Net(TransportError::Timeout { .. }) => unknown(target),
         // The request itself is bad (or newer than the server), or the leader's disk is full
-        // (a definite refusal until space is freed): no other node or attempt will take it.
+        // or its group at its quota (a definite refusal until space is freed): no other node
+        // or attempt will take it.
         KvError::Net(TransportError::Remote { code, .. })
-            if code == INVALID_REQUEST || code == NO_SPACE || code == UNSUPPORTED_VERSION =>
+            if code == INVALID_REQUEST
+                || code == NO_SPACE
+                || code == QUOTA_EXCEEDED
+                || code == UNSUPPORTED_VERSION =>
         {
             give_up
         }
@@ -325,6 +329,7 @@ mod tests {
         for err in [
             remote(INVALID_REQUEST),
             remote(NO_SPACE),
+            remote(QUOTA_EXCEEDED),
             remote(UNSUPPORTED_VERSION),
             KvError::Invalid("bad".into()),
             KvError::OutcomeUnknown,

@@ -10,7 +10,7 @@
 //!   so a 10 % difference in clock rates between nodes cannot make it outlive the real bound;
 //!   the engine checks the leadership (`MultiRaftCore::read_index_leased`). A read the engine
 //!   answered from the lease confirms, but earns no lease: a lease never extends itself.
-//! - `linearizable` and `lease` reads offer that lease (unless `ReadOptions::lease` is off).
+//! - `linearizable` and `lease` reads offer that lease (unless `ServeOptions::lease` is off).
 //! - `follower`: served locally if confirmed within `stale_s`; else one ReadIndex round bounded
 //!   by `stale_s`, and if that fails the read is refused as stale with its age.
 //! - While follower reads arrive, a refresher keeps every local group confirmed (so followers
@@ -61,7 +61,7 @@ pub struct Freshness {
     groups: HashMap<u64, Clocks>,
     follower_read_at: Option<Instant>,
     refreshing: bool,
-    /// Linearizable reads may use the lease (`ReadOptions::lease`).
+    /// Linearizable reads may use the lease (`ServeOptions::lease`).
     linearizable_lease: bool,
 }
 

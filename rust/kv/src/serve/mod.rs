@@ -48,7 +48,8 @@ use tokio::runtime::Handle;
 use self::group_commit::{entry, Batcher};
 use self::reads::{new_clocks, Pending, ReadFail, ReadPath};
 use self::request::{parse, Served};
-use crate::client::error::{INVALID_REQUEST, NO_SPACE};
+use crate::client::error::{INVALID_REQUEST, NO_SPACE, QUOTA_EXCEEDED};
+use crate::command::is_delete;
 use crate::groups::KvGroups;
 use crate::peer_health::serve_budget_ms;
 use crate::vshard::Refusal;
@@ -73,18 +74,24 @@ pub(crate) fn by_group(gs: &[u64]) -> Vec<(u64, Vec<usize>)> {
     order
 }
 
-/// How a node serves reads.
+/// How a node serves reads and writes.
 #[derive(Debug, Clone, Copy)]
-pub struct ReadOptions {
+pub struct ServeOptions {
     /// Linearizable reads are answered by a leader from its lease, without a quorum round,
     /// while the lease holds (`MultiRaft::read_index_leased` decides); false: every one takes
     /// a ReadIndex round, and nothing is assumed of clock rates.
     pub lease: bool,
+    /// A group whose [`crate::state_machine::KvState::usage_bytes`] reached this takes no more
+    /// writes but deletes (0: no quota). Checked by the node that proposes, before it
+    /// proposes, so replicas never disagree: one request in flight may cross it.
+    pub quota_bytes: u64,
 }
 
 /// The KV_REQUEST handler of a node. Holds the engine weakly (the node owns it).
 pub struct KvServer {
     engine: Weak<MultiRaft>,
+    groups: KvGroups,
+    quota_bytes: u64,
     batchers: Mutex<HashMap<u64, Arc<Batcher>>>,
     reads: Arc<ReadPath>,
     /// The encoded answer to `routing`, as the node last pushed it (None: not yet).
@@ -99,7 +106,7 @@ impl KvServer {
         engine: Weak<MultiRaft>,
         groups: KvGroups,
         runtime: Handle,
-        options: ReadOptions,
+        options: ServeOptions,
     ) -> Self {
         let election = engine
             .upgrade()
@@ -107,11 +114,13 @@ impl KvServer {
         KvServer {
             reads: ReadPath::new(
                 engine.clone(),
-                groups,
+                groups.clone(),
                 runtime,
                 new_clocks(election, options),
             ),
             engine,
+            groups,
+            quota_bytes: options.quota_bytes,
             batchers: Mutex::new(HashMap::new()),
             routing: Mutex::new(None),
             ops: Arc::default(),
@@ -168,6 +177,9 @@ impl KvServer {
                 wait_leader,
                 redirects,
             } => {
+                if let Some(refusal) = self.over_quota(gs.iter().copied().zip(&cmds)) {
+                    return Box::pin(async move { Err(refusal) });
+                }
                 let (total, shares, park) = self.submit(&gs, cmds, t, wait_leader);
                 Box::pin(propose::answer(total, shares, park, redirects))
             }
@@ -196,6 +208,9 @@ impl KvServer {
                 t,
                 redirects,
             } => {
+                if let Some(refusal) = self.over_quota(cmds.iter().map(|c| (g, c))) {
+                    return Box::pin(async move { Err(refusal) });
+                }
                 let receiver = self.batcher(g).submit(cmds, deadline_of(t));
                 let reads = Arc::clone(&self.reads);
                 Box::pin(async move {
@@ -247,6 +262,42 @@ impl KvServer {
 }
 
 impl KvServer {
+    /// The refusal of a request with a write other than a delete into a group this node runs
+    /// that is at its quota (None: propose it). The whole request is refused, nothing of it
+    /// proposed, as for a full disk: the requester does not retry it elsewhere (every replica
+    /// holds the same bytes).
+    fn over_quota<'c>(
+        &self,
+        items: impl Iterator<Item = (u64, &'c Vec<u8>)>,
+    ) -> Option<HandlerError> {
+        if self.quota_bytes == 0 {
+            return None;
+        }
+        let mut checked: Vec<u64> = Vec::new();
+        for (group, cmd) in items {
+            if is_delete(cmd) || checked.contains(&group) {
+                continue;
+            }
+            checked.push(group);
+            let Some(reader) = self.groups.reader(GroupId(group)) else {
+                continue; // not run here: answered NotLeader as before
+            };
+            let used = reader.usage_bytes() as u64;
+            if used >= self.quota_bytes {
+                return Some(HandlerError::new(
+                    QUOTA_EXCEEDED,
+                    format!(
+                        "group {group} holds {used} bytes of keys, values and session results, \
+                         at its quota of {} (kv_quota_bytes): writes are refused, reads and \
+                         deletes are served; delete keys, or raise kv_quota_bytes on every node",
+                        self.quota_bytes
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
     /// The last routing snapshot pushed, or (none yet) an Error the requester answers by
     /// asking another node (`Client.connect` does).
     fn routing_answer(&self) -> HandlerFuture {

@@ -13,7 +13,7 @@ use super::request::Served;
 /// Op labels, in [`op_of`]'s numbering.
 pub const OPS: [&str; 5] = ["propose_many", "read_many", "propose", "read", "routing"];
 /// Result labels: `ok` and the Error codes the server answers with; anything else is `other`.
-pub const RESULTS: [&str; 12] = [
+pub const RESULTS: [&str; 13] = [
     "ok",
     "Busy",
     "EngineStopped",
@@ -23,6 +23,7 @@ pub const RESULTS: [&str; 12] = [
     "LeadershipLost",
     "Timeout",
     "NoSpace",
+    "QuotaExceeded",
     "Unavailable",
     "UnsupportedVersion",
     "other",

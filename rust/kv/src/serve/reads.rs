@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::freshness::{Decision, Freshness, REFRESH_INTERVAL, REFRESH_ROUND_TIMEOUT};
 use super::group_commit::{clocks, entry, Clocks, GroupCtx, ReadShare};
 use super::request::ReadAt;
-use super::ReadOptions;
+use super::ServeOptions;
 use crate::groups::KvGroups;
 use crate::vshard::Refusal;
 
@@ -268,7 +268,7 @@ async fn refresh(path: Weak<ReadPath>) {
 }
 
 /// A fresh set of clocks for a node whose minimum election timeout is `election_timeout_min`.
-pub(super) fn new_clocks(election_timeout_min: Duration, options: ReadOptions) -> Clocks {
+pub(super) fn new_clocks(election_timeout_min: Duration, options: ServeOptions) -> Clocks {
     let mut freshness = Freshness::new(election_timeout_min, Instant::now());
     freshness.set_linearizable_lease(options.lease);
     Arc::new(Mutex::new(freshness))

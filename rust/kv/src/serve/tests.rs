@@ -18,7 +18,10 @@ fn server(rt: &tokio::runtime::Runtime) -> KvServer {
         Weak::new(),
         KvGroups::default(),
         rt.handle().clone(),
-        ReadOptions { lease: true },
+        ServeOptions {
+            lease: true,
+            quota_bytes: 0,
+        },
     )
 }
 

@@ -314,3 +314,95 @@ fn a_snapshot_view_is_the_state_when_taken_while_applying_goes_on() {
     assert_eq!(streamed.len(), view.encoded_len());
     assert_eq!(sm.snapshot().expect("snapshot"), streamed);
 }
+
+fn cas(key: &[u8], expected: &[u8], value: &[u8]) -> KvCommand {
+    KvCommand::Cas {
+        key: key.to_vec(),
+        expected: Some(expected.to_vec()),
+        value: value.to_vec(),
+    }
+}
+
+#[test]
+fn a_large_result_is_answered_once_and_kept_only_as_applied() {
+    // A client that never acknowledges (acked_below 0) used to make every replica keep one
+    // copy of a large value per compare-and-set it lost.
+    let mut sm = KvStateMachine::new();
+    let big = vec![7u8; 1 << 20];
+    apply(&mut sm, 1, &[put(b"k", &big)]);
+    let base = sm.reader().usage_bytes();
+    for seq in 1..=32 {
+        let lost = apply(
+            &mut sm,
+            1 + seq,
+            &[session(9, seq, 0, cas(b"k", b"no", b"x"))],
+        );
+        assert_eq!(
+            lost,
+            vec![KvResult::CasMismatch {
+                current: Some(big.clone())
+            }]
+        );
+    }
+    let grown = sm.reader().usage_bytes() - base;
+    assert!(grown < 32 * 64, "32 lost CAS kept {grown} bytes");
+    // Its retry is not applied again: refused, which the client reports as an unknown outcome.
+    let retry = apply(&mut sm, 40, &[session(9, 5, 0, cas(b"k", b"no", b"x"))]);
+    assert_eq!(retry, vec![KvResult::Duplicate]);
+    // A small result is still answered again from the cache.
+    apply(&mut sm, 41, &[put(b"s", b"1")]);
+    let small = apply(&mut sm, 42, &[session(9, 33, 0, cas(b"s", b"no", b"x"))]);
+    let again = apply(&mut sm, 43, &[session(9, 33, 0, cas(b"s", b"no", b"x"))]);
+    assert_eq!(small, again);
+    assert_eq!(
+        again,
+        vec![KvResult::CasMismatch {
+            current: Some(b"1".to_vec())
+        }]
+    );
+}
+
+#[test]
+fn usage_counts_keys_values_and_sessions_as_they_change() {
+    let mut sm = KvStateMachine::new();
+    let check = |sm: &KvStateMachine| {
+        let st = sm.reader();
+        let st = st.read();
+        assert_eq!(st.session_bytes, st.count_session_bytes());
+        let map: usize = st.map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(st.usage_bytes(), map + st.session_bytes);
+    };
+    let mut index = 0;
+    for round in 0..200u64 {
+        let client = round % 7 + 1;
+        let key = (round % 13).to_le_bytes();
+        let value = vec![1u8; (round % 5) as usize * 700];
+        index += 1;
+        // Seqs per client climb; the floor follows some of them, skips others.
+        let seq = round / 7 + 1;
+        let floor = if round % 3 == 0 {
+            seq
+        } else {
+            seq.saturating_sub(4)
+        };
+        let cmd = match round % 4 {
+            0 => session(client, seq, floor, put(&key, &value)),
+            1 => session(client, seq, floor, cas(&key, b"?", &value)),
+            2 => session(client, seq, floor, KvCommand::Delete { key: key.to_vec() }),
+            _ => session(client, seq, floor, KvCommand::Get { key: key.to_vec() }),
+        };
+        apply(&mut sm, index, &[cmd]);
+        check(&sm);
+    }
+    let n = SESSIONS_MAX as u64 + 3;
+    for c in 0..n {
+        index += 1;
+        apply(&mut sm, index, &[session(100 + c, 1, 0, put(b"e", b"v"))]);
+    }
+    check(&sm);
+    let mut restored = KvStateMachine::new();
+    let buf = sm.snapshot().expect("snapshot encodes");
+    restored.restore(&buf).expect("snapshot restores");
+    check(&restored);
+    assert_eq!(restored.reader().usage_bytes(), sm.reader().usage_bytes());
+}
