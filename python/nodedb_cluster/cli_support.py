@@ -260,19 +260,38 @@ def format_status(doc: dict[str, object]) -> str:
     lines += [
         "",
         f"{'GROUP':>5}  {'ROLE':<13} {'LEADER':>6} {'TERM':>5} {'COMMIT':>7} "
-        f"{'APPLIED':>7} {'VSHARDS':>7}  VOTERS / LEARNERS",
+        f"{'APPLIED':>7} {'VSHARDS':>7} {'KV BYTES':>9}  VOTERS / LEARNERS",
     ]
+    quota = doc.get("kv_quota_bytes") or 0
     for g in doc["groups"]:  # type: ignore[attr-defined]
         members = (
             ",".join(map(str, g["voters"])) + " / " + (",".join(map(str, g["learners"])) or "-")
         )
         dead = g.get("dead") or []
         flag = f"  DEAD: {','.join(map(str, dead))}" if dead else ""
+        used = g.get("kv_bytes")
+        if isinstance(used, int) and isinstance(quota, int) and 0 < quota <= used:
+            flag += f"  AT QUOTA ({_size(quota)}): writes refused"
         lines.append(
             f"{g['group_id']:>5}  {g['role']:<13} {g['leader']:>6} {g['term']:>5} "
-            f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7}  {members}{flag}"
+            f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7} {_size(used):>9}  "
+            f"{members}{flag}"
         )
     return "\n".join(lines)
+
+
+def _size(n: object) -> str:
+    """Bytes for a reader: 812 B, 4.0 KiB, 1.5 GiB; '-' when not known here."""
+    if not isinstance(n, int):
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    size, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"
 
 
 def _ago(ms: object) -> str:

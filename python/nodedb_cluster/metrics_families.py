@@ -175,9 +175,21 @@ def _groups(status: NodeStatus, leader_changes: Mapping[int, int]) -> Iterator[M
         commit.add_metric([group], float(g.commit_index))
         applied.add_metric([group], float(g.applied_index))
         changes.add_metric([group], float(leader_changes.get(g.group_id, 0)))
+    kv_bytes = GaugeMetricFamily(
+        "nodedb_kv_group_bytes",
+        "keys, values and cached session results of a KV replica here (what the quota counts)",
+        labels=["group"],
+    )
+    for group_id, used in sorted(status.kv_bytes.items()):
+        kv_bytes.add_metric([str(group_id)], float(used))
+    quota = GaugeMetricFamily(
+        "nodedb_kv_quota_bytes", "kv_quota_bytes: a KV group at it takes only deletes (0: none)"
+    )
+    quota.add_metric([], float(status.kv_quota_bytes))
     nodes = GaugeMetricFamily("nodedb_topology_nodes", "nodes in the topology")
     nodes.add_metric([], float(len(status.nodes)))
-    yield from (role, has_leader, is_leader, term, commit, applied, changes, nodes)
+    yield from (role, has_leader, is_leader, term, commit, applied, changes, kv_bytes, quota)
+    yield nodes
 
 
 def _engine(s: Scrape) -> Iterator[Metric]:

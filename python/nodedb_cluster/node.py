@@ -407,6 +407,7 @@ class Node:
             self.lifecycle.state.label,
             self._swim.view(),
             self.no_space(),
+            self.config.kv_quota_bytes,
         )
         return await collect_status(who, state, engine, self.group_kind, self.vshard_mover.progress)
 

@@ -367,6 +367,11 @@ class RaftEngine:
         """(vShard, keys, bytes of keys and values) for each vShard with keys in this replica."""
         return list(self._core.kv_vshard_stats(group_id))
 
+    def kv_usage_bytes(self, group_id: int) -> int:
+        """Bytes of a "kv" group's keys, values and cached session results in this replica: what
+        `ClusterConfig.kv_quota_bytes` bounds."""
+        return self._core.kv_usage_bytes(group_id)
+
     def kv_digest(self, group_id: int) -> tuple[int, int, int]:
         """(applied_index, key_count, digest) of a "kv" group: equal on two nodes = same state."""
         return self._core.kv_digest(group_id)

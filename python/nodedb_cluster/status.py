@@ -50,6 +50,10 @@ class NodeStatus:
     kv_digests: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     """(applied index, key count, digest) per local KV replica: equal on two nodes = same state
     (the fault harness compares them across replicas after healing)."""
+    kv_bytes: dict[int, int] = field(default_factory=dict)
+    """Bytes of keys, values and cached session results per local KV replica."""
+    kv_quota_bytes: int = 0
+    """`ClusterConfig.kv_quota_bytes` of this node (0: none): a group at it takes only deletes."""
     members: tuple[SwimView, ...] = ()
     """SWIM's view: (node id, state name, incarnation, ms since its last datagram or None) per
     other node; () without SWIM."""
@@ -82,6 +86,7 @@ class NodeStatus:
             "settings": dict(self.settings),
             "members": [list(m) for m in self.members],
             "no_space": self.no_space,
+            "kv_quota_bytes": self.kv_quota_bytes,
             "placement": [list(p) for p in self.placement],
             "moving": [[g, list(learners)] for g, learners in self.moving],
             "vshard_moves": [list(m) for m in self.vshard_moves],
@@ -97,6 +102,7 @@ class NodeStatus:
                     "learners": list(g.learners),
                     "vshards": self.vshards_per_group.get(g.group_id, 0),
                     "kv": list(self.kv_digests.get(g.group_id, ())),
+                    "kv_bytes": self.kv_bytes.get(g.group_id),
                     "dead": sorted(dead.intersection((*g.voters, *g.learners))),
                 }
                 for g in self.groups
@@ -113,6 +119,7 @@ class NodeIdentity:
     lifecycle: str
     members: tuple[SwimView, ...]
     no_space: str | None
+    kv_quota_bytes: int = 0
 
 
 async def collect_status(
@@ -126,10 +133,12 @@ async def collect_status(
     `move_progress`: the vShard moves this node runs, by vShard."""
     groups = await engine.statuses()
     kv_digests: dict[int, tuple[int, int, int]] = {}
+    kv_bytes: dict[int, int] = {}
     for s in groups:
         if group_kind(s.group_id) == "kv":
             with contextlib.suppress(UnknownGroup):
                 kv_digests[s.group_id] = engine.kv_digest(s.group_id)
+                kv_bytes[s.group_id] = engine.kv_usage_bytes(s.group_id)
     counts: dict[int, int] = {}
     for group_id in state.routing.vshard_to_group.tolist():
         counts[group_id] = counts.get(group_id, 0) + 1
@@ -145,6 +154,8 @@ async def collect_status(
         vshards_per_group=counts,
         settings=dict(state.settings),
         kv_digests=kv_digests,
+        kv_bytes=kv_bytes,
+        kv_quota_bytes=who.kv_quota_bytes,
         members=who.members,
         no_space=who.no_space,
         placement=placement_of(state),

@@ -87,6 +87,15 @@ async def test_a_group_at_its_quota_refuses_writes_but_serves_reads_and_deletes(
             code, out, err = await run_cli("get", "k3", "--json", *flags)
             assert code == 0, err
             assert json.loads(out)["value"] == VALUE.decode()
+            code, out, err = await run_cli("status", "--json", *flags)
+            assert code == 0, err
+            doc = json.loads(out)
+            assert doc["kv_quota_bytes"] == QUOTA
+            (group,) = [g for g in doc["groups"] if g["group_id"] == 1]
+            assert group["kv_bytes"] >= QUOTA
+            code, out, err = await run_cli("status", *flags)
+            assert code == 0, err
+            assert "AT QUOTA (256.0 KiB): writes refused" in out, out
 
             assert await client.get_many([b"k%d" % i for i in range(written)]) == [VALUE] * written
             for i in range(8):

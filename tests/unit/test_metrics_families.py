@@ -49,6 +49,8 @@ def status(*groups: GroupStatus) -> NodeStatus:
         groups=groups,
         vshards_per_group={},
         settings={},
+        kv_bytes={1: 4096},
+        kv_quota_bytes=2 << 30,
     )
 
 
@@ -136,6 +138,8 @@ def test_labelled_families_split_by_reason_result_and_state() -> None:
         'nodedb_raft_leader_changes_total{group="0"} 2.0',
         'nodedb_raft_leader_changes_total{group="1"} 0.0',
         "nodedb_tls_cert_expiry_seconds 86400.0",
+        'nodedb_kv_group_bytes{group="1"} 4096.0',
+        "nodedb_kv_quota_bytes 2.147483648e+09",
     ):
         assert line in text, line
     assert "nodedb_swim_dropped_bad_mac_total" not in text

@@ -48,13 +48,14 @@ pub const SESSION_RESULTS_MAX: usize = 1 << 16;
 /// 100-byte request. Only retried answers change: which commands apply does not.
 pub const RESULT_KEPT_BYTES_MAX: usize = 1024;
 
-/// What a session costs in [`KvState::usage_bytes`]: its id, floor and last index, then per
-/// cached result its seq and bytes.
-const SESSION_BYTES: usize = 24;
-const RESULT_SEQ_BYTES: usize = 8;
+/// What a session costs in [`KvState::usage_bytes`], then each of its cached results besides
+/// its bytes: roughly the memory of a map entry (id or seq, header, allocation), so a client
+/// cannot hide a million tiny results from the quota.
+const SESSION_BYTES: usize = 96;
+const RESULT_OVERHEAD_BYTES: usize = 48;
 
 fn result_bytes(result: &[u8]) -> usize {
-    RESULT_SEQ_BYTES + result.len()
+    RESULT_OVERHEAD_BYTES + result.len()
 }
 
 fn results_bytes<'a>(results: impl IntoIterator<Item = &'a Vec<u8>>) -> usize {

@@ -327,6 +327,47 @@ async fn a_group_at_its_quota_takes_deletes_and_reads_but_no_other_write() {
     call(&client, put(1000), T)
         .await
         .expect("below the quota again: written");
+
+    // Deletes of absent keys from a session that never acknowledges: each caches a result,
+    // so they too are refused once the group holds twice its quota.
+    let mut seq = 0u64;
+    let refusal = loop {
+        assert!(seq < 100_000, "deletes never refused");
+        let commands: Vec<std::borrow::Cow<'_, [u8]>> = (0..256)
+            .map(|i: u64| {
+                let delete = nodedb_kv::command::KvCommand::Delete {
+                    key: (1_000_000 + seq + i).to_le_bytes().to_vec(),
+                };
+                let cmd = nodedb_kv::command::KvCommand::encode_session(
+                    0xDE1,
+                    seq + i + 1,
+                    0,
+                    &delete.encode(),
+                );
+                std::borrow::Cow::Owned(cmd)
+            })
+            .collect();
+        seq += 256;
+        let request = nodedb_wire::KvRequest::ProposeMany(nodedb_wire::ProposeMany {
+            groups: vec![G.0; commands.len()],
+            commands,
+            timeout_ms: 5000,
+            avoid: None,
+            caps: 0,
+        });
+        match server.serve(&request.encode().expect("encodes")).await {
+            Ok(_) => {}
+            Err(refused) => break refused,
+        }
+    };
+    assert_eq!(refusal.code, nodedb_kv::client::error::QUOTA_EXCEEDED);
+    assert!(
+        refusal.message.contains("deletes are refused too"),
+        "{}",
+        refusal.message
+    );
+    let used = reader.usage_bytes() as u64;
+    assert!((2 * QUOTA..2 * QUOTA + 256 * 128).contains(&used), "{used}");
     engine.shutdown();
     transport.close().await;
 }

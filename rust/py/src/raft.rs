@@ -678,6 +678,16 @@ impl PyRaftEngine {
         Ok(r.vshard_stats())
     }
 
+    /// Bytes of KV group `group_id`'s keys, values and cached session results here: what its
+    /// quota is checked against.
+    fn kv_usage_bytes(&self, py: Python<'_>, group_id: u64) -> PyResult<usize> {
+        let r = self
+            .kv_groups
+            .reader(GroupId(group_id))
+            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        Ok(r.usage_bytes())
+    }
+
     /// vshard → (state name, the other group of its move, move id) for every vShard of KV
     /// group `group_id` not in the plain state here.
     fn kv_vshard_states(

@@ -54,6 +54,10 @@ use crate::groups::KvGroups;
 use crate::peer_health::serve_budget_ms;
 use crate::vshard::Refusal;
 
+/// A group at this many times its quota refuses deletes too: each one caches a result until
+/// its client acknowledges it, so a client that never does could otherwise grow the sessions
+/// through deletes without bound.
+const DELETE_CEILING_QUOTAS: u64 = 2;
 /// Remembered group batchers, at most (the map is cleared past it; running batches finish).
 const BATCHERS_MAX: usize = 4096;
 /// The Error code of a `routing` request before the node pushed its first routing snapshot
@@ -273,24 +277,35 @@ impl KvServer {
         if self.quota_bytes == 0 {
             return None;
         }
-        let mut checked: Vec<u64> = Vec::new();
+        let mut checked: Vec<(u64, bool)> = Vec::new();
         for (group, cmd) in items {
-            if is_delete(cmd) || checked.contains(&group) {
+            let delete = is_delete(cmd);
+            if checked.contains(&(group, delete)) {
                 continue;
             }
-            checked.push(group);
+            checked.push((group, delete));
             let Some(reader) = self.groups.reader(GroupId(group)) else {
                 continue; // not run here: answered NotLeader as before
             };
             let used = reader.usage_bytes() as u64;
-            if used >= self.quota_bytes {
+            let quota = self.quota_bytes;
+            if !delete && used >= quota {
                 return Some(HandlerError::new(
                     QUOTA_EXCEEDED,
                     format!(
                         "group {group} holds {used} bytes of keys, values and session results, \
-                         at its quota of {} (kv_quota_bytes): writes are refused, reads and \
-                         deletes are served; delete keys, or raise kv_quota_bytes on every node",
-                        self.quota_bytes
+                         at its quota of {quota} (kv_quota_bytes): writes are refused, reads and \
+                         deletes are served; delete keys, or raise kv_quota_bytes on every node"
+                    ),
+                ));
+            }
+            if delete && used >= quota.saturating_mul(DELETE_CEILING_QUOTAS) {
+                return Some(HandlerError::new(
+                    QUOTA_EXCEEDED,
+                    format!(
+                        "group {group} holds {used} bytes, {DELETE_CEILING_QUOTAS} times its \
+                         quota of {quota} (kv_quota_bytes): deletes are refused too (their \
+                         results were never acknowledged); raise kv_quota_bytes on every node"
                     ),
                 ));
             }
