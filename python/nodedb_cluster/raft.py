@@ -46,6 +46,13 @@ class StateMachine(Protocol):
     an error *result*). Raising, or another number of results, stops the engine and so the
     node: the machine's state after part of a batch is unknown, and batch boundaries differ
     between replicas. Entries are applied again from the last snapshot when it restarts.
+
+    `snapshot()` runs on the driver thread, which ticks and applies every group: a state that
+    takes long to serialize should also define `snapshot_view() -> Callable[[], bytes]`, a
+    cheap capture of the state as applied so far (a copy-on-write handle, an immutable
+    reference), whose callable the engine runs once on its snapshot thread, while
+    `apply_batch` goes on, for what `restore` reads back. It must not see later changes.
+    Raising in either stops the engine, as `apply_batch` does.
     """
 
     def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]: ...

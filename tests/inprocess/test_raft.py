@@ -8,6 +8,7 @@ errors are the typed classes of nodedb_cluster.errors.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +256,77 @@ async def test_python_state_machine_restores_from_its_snapshot_on_restart(tmp_pa
     status = await n2.engine.status(0)
     assert status.snapshot_index > 0
     await n2.engine.close()
+    await t.close()
+
+
+@dataclass
+class ViewMachine(LogMachine):
+    """Captures its state on the driver thread and serializes it on the snapshot thread,
+    where the writer waits until the test releases it."""
+
+    writing: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    view_indexes: list[int] = field(default_factory=list)
+
+    def snapshot_view(self) -> Callable[[], bytes]:
+        captured = LogMachine(list(self.applied))
+        self.view_indexes.append(self.applied[-1][0] if self.applied else 0)
+
+        def write() -> bytes:
+            self.writing.set()
+            self.release.wait(DEADLINE_S)
+            return captured.snapshot()
+
+        return write
+
+
+async def test_a_python_snapshot_view_is_written_while_the_engine_goes_on_applying(
+    tmp_path: Path,
+) -> None:
+    """A host state that takes long to serialize: with `snapshot_view` its writer runs on the
+    snapshot thread, and the driver goes on committing and applying (it used to call
+    `snapshot()` itself, stopping every group's ticks for as long). The snapshot holds the
+    state as of the view, and a restart restores it and applies the log after it."""
+    settings = RaftSettings(tick_interval_ms=20, snapshot_threshold_entries=20)
+    machines: dict[int, ViewMachine] = {}
+
+    def factory(group_id: int) -> StateMachine:
+        machines[group_id] = ViewMachine()
+        return machines[group_id]
+
+    t = Transport(1, "127.0.0.1:0", Insecure())
+    t.register_peer(1, t.local_addr)
+    engine = RaftEngine(1, tmp_path / "n1", t, factory, settings)
+    await engine.add_group(0, [1], "python")
+    for _ in range(POLLS_MAX):
+        if (await engine.status(0)).role == "leader":
+            break
+        await asyncio.sleep(POLL_S)
+    machine = machines[0]
+    first = (await engine.status(0)).snapshot_index  # the group's founding snapshot
+    written = 0
+    while not machine.writing.is_set():
+        assert written < 200, "no snapshot view taken"
+        await engine.propose(0, b"e%d" % written)
+        written += 1
+    # The writer is held on the snapshot thread: proposals still commit and apply.
+    for i in range(written, written + 40):
+        await asyncio.wait_for(engine.propose(0, b"e%d" % i), 5.0)
+    assert len(machine.applied) == written + 40
+    assert (await engine.status(0)).snapshot_index == first, "not written yet"
+    machine.release.set()
+    for _ in range(POLLS_MAX):
+        if (snapshot_index := (await engine.status(0)).snapshot_index) > first:
+            break
+        await asyncio.sleep(POLL_S)
+    viewed = machine.view_indexes[0]
+    assert first < viewed < machine.applied[-1][0], "captured before the later entries"
+    assert snapshot_index >= viewed
+    before = list(machine.applied)
+    await engine.close()
+    again = RaftEngine(1, tmp_path / "n1", t, factory, settings)
+    await until(lambda: machines[0].applied == before, "restart restores and re-applies")
+    await again.close()
     await t.close()
 
 

@@ -1,8 +1,10 @@
 //! The binding's adapter of a host (Python) state machine to the engine's `StateMachine`
 //! trait: group 0's metadata machine always, and data groups an embedding host plugs in.
 
+use std::io::Write;
+
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::state_machine::Command;
+use nodedb_multiraft::state_machine::{Command, SnapshotView};
 use nodedb_multiraft::{GroupId, StateMachine, StateMachineKind};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -12,7 +14,9 @@ use pyo3::types::PyBytes;
 pub(crate) const HOST_STATE_MACHINE: StateMachineKind = StateMachineKind::new(2, "Python");
 
 /// A group applied by Python: `obj.apply_batch([(index, bytes), ...]) -> [bytes, ...]`,
-/// `obj.snapshot() -> bytes`, `obj.restore(bytes) -> None`.
+/// `obj.snapshot() -> bytes`, `obj.restore(bytes) -> None`, and optionally
+/// `obj.snapshot_view() -> writer`, a cheap capture whose `writer() -> bytes` runs later on the
+/// snapshot thread.
 pub(crate) struct PyStateMachine {
     pub(crate) group: GroupId,
     pub(crate) obj: Py<PyAny>,
@@ -51,6 +55,40 @@ impl StateMachine for PyStateMachine {
         })
     }
 
+    /// With `snapshot_view` the host captures its state here (cheap: references, a
+    /// copy-on-write handle) and serializes it on the snapshot thread while this thread goes on
+    /// ticking and applying (hashicorp/raft's `FSMSnapshot.Persist`): a large state no longer
+    /// stops every group's heartbeats. Without it, `snapshot()` here, as before.
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
+        Python::attach(|py| {
+            let obj = self.obj.bind(py);
+            let group = self.group.0;
+            let has_view = obj
+                .hasattr("snapshot_view")
+                .map_err(|e| SmError::Other(format!("snapshot_view of group {group}: {e}")))?;
+            let view = if has_view {
+                let writer = obj.call_method0("snapshot_view").map_err(|e| {
+                    SmError::Other(format!(
+                        "snapshot_view() of group {group} raised {}",
+                        described(py, &e)
+                    ))
+                })?;
+                if !writer.is_callable() {
+                    return Err(SmError::Other(format!(
+                        "snapshot_view() of group {group} returned no callable"
+                    )));
+                }
+                PySnapshotView::Writer {
+                    group,
+                    writer: writer.unbind(),
+                }
+            } else {
+                PySnapshotView::Bytes(self.snapshot()?)
+            };
+            Ok(Box::new(view) as Box<dyn SnapshotView>)
+        })
+    }
+
     fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
         Python::attach(|py| {
             self.obj
@@ -59,6 +97,41 @@ impl StateMachine for PyStateMachine {
                 .map(|_| ())
                 .map_err(|e| SmError::Other(format!("restore() of group {}: {e}", self.group.0)))
         })
+    }
+}
+
+/// A host group's snapshot: its bytes, or the writer its `snapshot_view()` returned.
+enum PySnapshotView {
+    Bytes(Vec<u8>),
+    Writer { group: u64, writer: Py<PyAny> },
+}
+
+impl SnapshotView for PySnapshotView {
+    /// The writer runs holding the GIL (the host's `apply_batch` waits for it in slices of the
+    /// interpreter's switch interval); its bytes are copied out and written without it.
+    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), SmError> {
+        let bytes = match *self {
+            PySnapshotView::Bytes(bytes) => bytes,
+            PySnapshotView::Writer { group, writer } => Python::attach(|py| {
+                writer
+                    .bind(py)
+                    .call0()
+                    .map_err(|e| {
+                        SmError::Other(format!(
+                            "the snapshot writer of group {group} raised {}",
+                            described(py, &e)
+                        ))
+                    })?
+                    .extract::<Vec<u8>>()
+                    .map_err(|e| {
+                        SmError::Other(format!(
+                            "the snapshot writer of group {group} returned no bytes: {e}"
+                        ))
+                    })
+            })?,
+        };
+        out.write_all(&bytes)
+            .map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
     }
 }
 
