@@ -60,7 +60,15 @@ class Counters:
         return lambda: bytes(msgpack.packb(values))
 
     def restore(self, data: bytes) -> None:
-        self.values = dict(msgpack.unpackb(data, strict_map_key=False))
+        self.values = self.decode_snapshot(data)
+
+    def decode_snapshot(self, data: bytes) -> dict[bytes, int]:
+        """A snapshot from the leader, decoded on the engine's snapshot thread..."""
+        return dict(msgpack.unpackb(data, strict_map_key=False))
+
+    def install(self, values: dict[bytes, int]) -> None:
+        """...and swapped in on its driver thread."""
+        self.values = values
 
 
 async def run_node(config: ClusterConfig) -> int:

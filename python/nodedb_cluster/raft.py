@@ -52,7 +52,10 @@ class StateMachine(Protocol):
     cheap capture of the state as applied so far (a copy-on-write handle, an immutable
     reference), whose callable the engine runs once on its snapshot thread, while
     `apply_batch` goes on, for what `restore` reads back. It must not see later changes.
-    Raising in either stops the engine, as `apply_batch` does.
+    Likewise `restore` of a snapshot received from the leader: with `decode_snapshot(data) ->
+    state` (run on the snapshot thread; it must not touch the live state) and `install(state)`
+    (a swap on the driver thread), only the swap holds the driver. Raising in any of them
+    stops the engine, as `apply_batch` does.
     """
 
     def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]: ...

@@ -73,24 +73,30 @@ class Node:
 
 
 async def start_node(
-    node_id: int, data_dir: Path, transport: Transport, settings: RaftSettings
+    node_id: int,
+    data_dir: Path,
+    transport: Transport,
+    settings: RaftSettings,
+    machine: Callable[[], LogMachine] = LogMachine,
 ) -> Node:
     machines: dict[int, LogMachine] = {}
 
     def factory(group_id: int) -> StateMachine:
-        machines[group_id] = LogMachine()
+        machines[group_id] = machine()
         return machines[group_id]
 
     engine = RaftEngine(node_id, data_dir / f"n{node_id}", transport, factory, settings)
     return Node(node_id, transport, engine, machines)
 
 
-async def make_cluster(tmp_path: Path, settings: RaftSettings) -> list[Node]:
+async def make_cluster(
+    tmp_path: Path, settings: RaftSettings, machine: Callable[[], LogMachine] = LogMachine
+) -> list[Node]:
     transports = [Transport(i, f"127.0.0.{i}:0", Insecure()) for i in (1, 2, 3)]
     for t in transports:
         for u in transports:
             t.register_peer(u.node_id, u.local_addr)
-    return [await start_node(t.node_id, tmp_path, t, settings) for t in transports]
+    return [await start_node(t.node_id, tmp_path, t, settings, machine) for t in transports]
 
 
 @pytest.fixture
@@ -205,13 +211,44 @@ async def test_closed_engine_fails_typed(tmp_path: Path) -> None:
     await t.close()
 
 
+@dataclass
+class DecodingMachine(LogMachine):
+    """Decodes a received snapshot off the driver thread and only swaps it in on it."""
+
+    decoded_on: list[int] = field(default_factory=list)
+    applied_on: set[int] = field(default_factory=set)
+    installs: int = 0
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        self.applied_on.add(threading.get_ident())
+        return super().apply_batch(entries)
+
+    def decode_snapshot(self, data: bytes) -> LogMachine:
+        self.decoded_on.append(threading.get_ident())
+        decoded = LogMachine()
+        decoded.restore(data)
+        return decoded
+
+    def install(self, state: LogMachine) -> None:
+        self.installs += 1
+        self.applied = state.applied
+
+    def restore(self, data: bytes) -> None:
+        if self.applied:  # a restart restores into an empty machine; a transfer must not
+            raise AssertionError("a received snapshot went to restore(), not install()")
+        super().restore(data)
+
+
+@pytest.mark.parametrize("machine", [LogMachine, DecodingMachine])
 async def test_python_group_snapshot_is_sent_in_chunks_to_a_lagging_peer(
-    tmp_path: Path,
+    tmp_path: Path, machine: Callable[[], LogMachine]
 ) -> None:
+    """With `decode_snapshot` and `install`, the lagging node decodes the snapshot on the
+    engine's snapshot thread, not on the driver thread that applies, and swaps it in."""
     settings = RaftSettings(
         tick_interval_ms=20, snapshot_threshold_entries=50, install_snapshot_chunk_bytes=1024
     )
-    nodes = await make_cluster(tmp_path, settings)
+    nodes = await make_cluster(tmp_path, settings, machine)
     try:
         for n in nodes:
             await n.engine.add_group(0, [1, 2, 3], "python")
@@ -230,6 +267,12 @@ async def test_python_group_snapshot_is_sent_in_chunks_to_a_lagging_peer(
         await until(lambda: len(lagger.machines[0].applied) == 150, "lagger catches up")
         assert lagger.machines[0].applied == leader.machines[0].applied
         assert lagger.engine.metrics()["snapshots_installed"] >= 1
+        got = lagger.machines[0]
+        if isinstance(got, DecodingMachine):
+            assert got.installs >= 1
+            assert got.decoded_on
+            assert got.applied_on
+            assert not got.applied_on.intersection(got.decoded_on), "decoded on the driver"
     finally:
         for n in nodes:
             await n.engine.close()

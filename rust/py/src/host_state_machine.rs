@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::state_machine::{Command, SnapshotView};
+use nodedb_multiraft::state_machine::{Command, DecodedState, SnapshotDecoder, SnapshotView};
 use nodedb_multiraft::{GroupId, StateMachine, StateMachineKind};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -16,7 +16,9 @@ pub(crate) const HOST_STATE_MACHINE: StateMachineKind = StateMachineKind::new(2,
 /// A group applied by Python: `obj.apply_batch([(index, bytes), ...]) -> [bytes, ...]`,
 /// `obj.snapshot() -> bytes`, `obj.restore(bytes) -> None`, and optionally
 /// `obj.snapshot_view() -> writer`, a cheap capture whose `writer() -> bytes` runs later on the
-/// snapshot thread.
+/// snapshot thread, and `obj.decode_snapshot(bytes) -> state` (on the snapshot thread) with
+/// `obj.install(state)` (a swap on the driver thread) in place of `restore` for a received
+/// snapshot.
 pub(crate) struct PyStateMachine {
     pub(crate) group: GroupId,
     pub(crate) obj: Py<PyAny>,
@@ -89,6 +91,49 @@ impl StateMachine for PyStateMachine {
         })
     }
 
+    /// With `decode_snapshot` and `install`, a snapshot received from the leader is decoded on
+    /// the snapshot thread and only swapped in here; without them, `restore` here as before.
+    fn snapshot_decoder(&self) -> Box<dyn SnapshotDecoder> {
+        let obj = Python::attach(|py| {
+            let obj = self.obj.bind(py);
+            let both = obj.hasattr("decode_snapshot").unwrap_or(false)
+                && obj.hasattr("install").unwrap_or(false);
+            both.then(|| self.obj.clone_ref(py))
+        });
+        Box::new(PyDecoder {
+            group: self.group.0,
+            obj,
+            bytes: Vec::new(),
+        })
+    }
+
+    fn install_decoded(&mut self, state: DecodedState) -> Result<(), SmError> {
+        let group = self.group.0;
+        let state = match state.downcast::<PyDecoded>() {
+            Ok(decoded) => decoded,
+            Err(other) => {
+                return match other.downcast::<Vec<u8>>() {
+                    Ok(bytes) => self.restore(&bytes),
+                    Err(_) => Err(SmError::Other(format!(
+                        "a decoded snapshot of another state machine for group {group}"
+                    ))),
+                }
+            }
+        };
+        Python::attach(|py| {
+            self.obj
+                .bind(py)
+                .call_method1("install", (state.0,))
+                .map(|_| ())
+                .map_err(|e| {
+                    SmError::Other(format!(
+                        "install() of group {group} raised {}",
+                        described(py, &e)
+                    ))
+                })
+        })
+    }
+
     fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
         Python::attach(|py| {
             self.obj
@@ -132,6 +177,42 @@ impl SnapshotView for PySnapshotView {
         };
         out.write_all(&bytes)
             .map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
+    }
+}
+
+/// A received snapshot's bytes, gathered off the driver thread, then decoded there by the
+/// host's `decode_snapshot` when it has one (`obj`), else handed to `restore` as bytes.
+struct PyDecoder {
+    group: u64,
+    obj: Option<Py<PyAny>>,
+    bytes: Vec<u8>,
+}
+
+/// What a host's `decode_snapshot` returned, for its `install`.
+struct PyDecoded(Py<PyAny>);
+
+impl SnapshotDecoder for PyDecoder {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), SmError> {
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<DecodedState, SmError> {
+        let PyDecoder { group, obj, bytes } = *self;
+        let Some(obj) = obj else {
+            return Ok(Box::new(bytes));
+        };
+        Python::attach(|py| {
+            obj.bind(py)
+                .call_method1("decode_snapshot", (PyBytes::new(py, &bytes),))
+                .map(|state| Box::new(PyDecoded(state.unbind())) as DecodedState)
+                .map_err(|e| {
+                    SmError::Other(format!(
+                        "decode_snapshot() of group {group} raised {}",
+                        described(py, &e)
+                    ))
+                })
+        })
     }
 }
 
