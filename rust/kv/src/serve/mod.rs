@@ -266,10 +266,11 @@ impl KvServer {
 }
 
 impl KvServer {
-    /// The refusal of a request with a write other than a delete into a group this node runs
-    /// that is at its quota (None: propose it). The whole request is refused, nothing of it
-    /// proposed, as for a full disk: the requester does not retry it elsewhere (every replica
-    /// holds the same bytes).
+    /// The refusal of a request with a write other than a delete into a group this node leads
+    /// that is at its quota (None: propose it; a group led elsewhere is answered NotLeader as
+    /// before, and its leader decides on its own, current, count). The whole request is
+    /// refused, nothing of it proposed, as for a full disk: the requester does not retry it
+    /// elsewhere (every replica holds the same bytes).
     fn over_quota<'c>(
         &self,
         items: impl Iterator<Item = (u64, &'c Vec<u8>)>,
@@ -277,6 +278,8 @@ impl KvServer {
         if self.quota_bytes == 0 {
             return None;
         }
+        let engine = self.engine.upgrade()?;
+        let me = Some(engine.node_id());
         let mut checked: Vec<(u64, bool)> = Vec::new();
         for (group, cmd) in items {
             let delete = is_delete(cmd);
@@ -284,8 +287,11 @@ impl KvServer {
                 continue;
             }
             checked.push((group, delete));
+            if engine.leader(GroupId(group)) != me {
+                continue;
+            }
             let Some(reader) = self.groups.reader(GroupId(group)) else {
-                continue; // not run here: answered NotLeader as before
+                continue;
             };
             let used = reader.usage_bytes() as u64;
             let quota = self.quota_bytes;
