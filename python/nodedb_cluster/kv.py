@@ -115,7 +115,10 @@ class Kv:
     async def put_many(
         self, items: Sequence[tuple[bytes, bytes]], *, timeout_s: float | None = None
     ) -> None:
-        """Every pair; one session seq each, every group's share in the same requests."""
+        """Every pair; one session seq each, every group's share in the same requests. Not
+        atomic: each group's share commits on its own, exactly once, so when the call raises
+        (`QuotaExceeded` or `NoSpace` from one group, a deadline) other groups' pairs may be
+        written."""
         if not items:
             return
         loop = self._attach()
