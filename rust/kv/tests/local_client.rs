@@ -371,3 +371,41 @@ async fn a_group_at_its_quota_takes_deletes_and_reads_but_no_other_write() {
     engine.shutdown();
     transport.close().await;
 }
+
+/// A read whose values exceed one reply is refused with a reason (it used to be copied whole,
+/// its size times the count of its keys, and then fail as a bare stream reset); one that fits
+/// is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_values_exceed_one_reply_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (transport, groups, engine) = one_node(dir.path()).await;
+    let server = kv_server(&engine, &groups, true, 0);
+    let client = routed_client(&transport, 80);
+    client.serve_locally(&server);
+    let big = vec![b'b'; 8 << 20];
+    let put = Request::Put {
+        key: b"big".to_vec(),
+        value: big.clone(),
+    };
+    call(&client, put, T).await.expect("put");
+    let many = |n: usize| Request::GetMany {
+        keys: vec![b"big".to_vec(); n],
+        read: ReadAt::LINEARIZABLE,
+    };
+    assert_eq!(
+        call(&client, many(7), T).await.expect("56 MiB fit"),
+        Answer::Values(vec![Some(big); 7])
+    );
+    match call(&client, many(9), T).await {
+        Err(Failure {
+            error: KvError::Net(nodedb_transport::TransportError::Remote { code, message }),
+            ..
+        }) => {
+            assert_eq!(code, nodedb_kv::client::error::INVALID_REQUEST);
+            assert!(message.contains("several calls"), "{message}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| "values")),
+    }
+    engine.shutdown();
+    transport.close().await;
+}

@@ -28,6 +28,7 @@ mod group_commit;
 pub mod ops;
 mod propose;
 mod reads;
+pub mod reply_room;
 mod request;
 
 use std::borrow::Cow;
@@ -47,6 +48,7 @@ use tokio::runtime::Handle;
 
 use self::group_commit::{entry, Batcher};
 use self::reads::{new_clocks, Pending, ReadFail, ReadPath};
+use self::reply_room::{node_room, HeldPayload, NoRoom, ReplyRoom, REPLY_VALUE_BYTES_MAX};
 use self::request::{parse, Served};
 use crate::client::error::{INVALID_REQUEST, NO_SPACE, QUOTA_EXCEEDED};
 use crate::command::is_delete;
@@ -96,6 +98,8 @@ pub struct KvServer {
     engine: Weak<MultiRaft>,
     groups: KvGroups,
     quota_bytes: u64,
+    /// Room for the values of every reply in flight ([`reply_room`]).
+    reply_room: Arc<tokio::sync::Semaphore>,
     batchers: Mutex<HashMap<u64, Arc<Batcher>>>,
     reads: Arc<ReadPath>,
     /// The encoded answer to `routing`, as the node last pushed it (None: not yet).
@@ -125,6 +129,7 @@ impl KvServer {
             engine,
             groups,
             quota_bytes: options.quota_bytes,
+            reply_room: node_room(),
             batchers: Mutex::new(HashMap::new()),
             routing: Mutex::new(None),
             ops: Arc::default(),
@@ -204,6 +209,7 @@ impl KvServer {
                     keys,
                     shares,
                     redirects,
+                    ReplyRoom::new(&self.reply_room),
                 ))
             }
             Served::Propose {
@@ -245,15 +251,17 @@ impl KvServer {
             } => {
                 let pending = self.reads.start(g, at, deadline_of(t));
                 let reads = Arc::clone(&self.reads);
+                let mut room = ReplyRoom::new(&self.reply_room);
                 Box::pin(async move {
-                    match reads.finish(pending, keys.iter().map(Vec::as_slice)).await {
+                    let values = keys.iter().map(Vec::as_slice);
+                    match reads.finish(pending, values, &mut room).await {
                         Ok(values) if !redirects && values.iter().any(Result::is_err) => {
                             answer_one_failure(&reads, g, ReadFail::Raft(refused_share(g)))
                         }
                         Ok(values) => {
                             let mut reply = reply_of(values.len());
                             place_values(&mut reply, 0.., values);
-                            encode(reply)
+                            encode_holding(reply, room)
                         }
                         Err(fail) => answer_one_failure(&reads, g, fail),
                     }
@@ -360,8 +368,28 @@ fn answer_one_failure(reads: &ReadPath, group: u64, fail: ReadFail) -> HandlerRe
             leader: reads.hint(group),
         },
         ReadFail::Raft(err) => return Err(handler_error(err)),
+        ReadFail::NoRoom(why) => return Err(no_room(why)),
     };
     frame(response)
+}
+
+/// The refusal of a read without room ([`reply_room`]). Over one reply: the request is valid,
+/// but no node or attempt could answer it in one frame (so it is not retried), and its keys
+/// must be split. Over the node's replies in flight: Busy, tried again like any.
+fn no_room(why: NoRoom) -> HandlerError {
+    match why {
+        NoRoom::Reply => HandlerError::new(
+            INVALID_REQUEST,
+            format!(
+                "the values read add up to more than {REPLY_VALUE_BYTES_MAX} bytes, over what \
+                 one reply carries: read these keys in several calls"
+            ),
+        ),
+        NoRoom::Node => HandlerError::new(
+            "Busy",
+            "this node's replies in flight hold as many values as it sends at once: try again",
+        ),
+    }
 }
 
 /// Whether any encoded command result is a refusal (Paused, Moved).
@@ -402,12 +430,13 @@ async fn answer_reads(
     keys: Vec<Vec<u8>>,
     shares: Vec<(Vec<usize>, Pending)>,
     redirects: bool,
+    mut room: ReplyRoom,
 ) -> HandlerResult {
     let mut reply = reply_of(keys.len());
     for (idx, pending) in shares {
         let group = pending.group();
         match reads
-            .finish(pending, idx.iter().map(|&i| keys[i].as_slice()))
+            .finish(pending, idx.iter().map(|&i| keys[i].as_slice()), &mut room)
             .await
         {
             Ok(values) if !redirects && values.iter().any(Result::is_err) => {
@@ -416,10 +445,26 @@ async fn answer_reads(
             Ok(values) => place_values(&mut reply, idx.into_iter(), values),
             Err(ReadFail::NotHere(leader)) => reply.not_leader.push((group, leader)),
             Err(ReadFail::Stale(age_s)) => reply.stale.push((group, age_s)),
+            Err(ReadFail::NoRoom(why)) => return Err(no_room(why)),
             Err(ReadFail::Raft(err)) => classify(&mut reply, group, err)?,
         }
     }
-    encode(reply)
+    encode_holding(reply, room)
+}
+
+/// A read's reply, holding the room its values took until its frame is dropped.
+fn encode_holding(reply: KvResults<'_>, room: ReplyRoom) -> HandlerResult {
+    let bytes = KvResponse::Results(reply)
+        .encode()
+        .map_err(|e| HandlerError::new("encode", format!("kv reply: {e}")))?;
+    let held = HeldPayload {
+        bytes,
+        room: room.into_held(),
+    };
+    Ok(Some(OutboundFrame {
+        kind: MessageKind::KV_RESPONSE,
+        payload: Bytes::from_owner(held),
+    }))
 }
 
 fn reply_of(total: usize) -> KvResults<'static> {

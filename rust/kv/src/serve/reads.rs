@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::freshness::{Decision, Freshness, REFRESH_INTERVAL, REFRESH_ROUND_TIMEOUT};
 use super::group_commit::{clocks, entry, Clocks, GroupCtx, ReadShare};
+use super::reply_room::{NoRoom, ReplyRoom};
 use super::request::ReadAt;
 use super::ServeOptions;
 use crate::groups::KvGroups;
@@ -34,6 +35,8 @@ pub(super) enum ReadFail {
     /// A follower read whose replica could not be confirmed within its staleness: age in s.
     Stale(f64),
     Raft(RaftError),
+    /// No room for a value in the reply, or in the node's replies in flight.
+    NoRoom(NoRoom),
 }
 
 /// A group's share of a read, decided: values now, or after a round.
@@ -192,11 +195,12 @@ impl ReadPath {
     }
 
     /// The values of `keys` once `pending` may read (None per absent key; a key whose vShard
-    /// this group does not serve now, why).
+    /// this group does not serve now, why), each given room in `room` before it is copied.
     pub(super) async fn finish(
         &self,
         pending: Pending,
         keys: impl Iterator<Item = &[u8]>,
+        room: &mut ReplyRoom,
     ) -> Result<Vec<Result<Option<Vec<u8>>, Refusal>>, ReadFail> {
         match pending.wait {
             Wait::Local => {}
@@ -227,7 +231,15 @@ impl ReadPath {
         let Some(reader) = self.groups.reader(GroupId(pending.group)) else {
             return Err(ReadFail::NotHere(self.hint(pending.group))); // removed meanwhile
         };
-        Ok(keys.map(|k| reader.lookup(k)).collect())
+        let state = reader.read();
+        let mut values = Vec::new();
+        for key in keys {
+            let value = state.lookup(key);
+            room.take(value.as_ref().map_or(0, |v| v.map_or(0, Vec::len)))
+                .map_err(ReadFail::NoRoom)?;
+            values.push(value.map(|v| v.cloned()));
+        }
+        Ok(values)
     }
 
     /// While follower reads come in, confirm every local group not confirmed within

@@ -5,11 +5,17 @@
   writes again once deletes bring it below;
 - a client certificate that never acknowledges its session results cannot make every replica
   keep a copy of a large value per compare-and-set it loses (it held ~32 MiB of each node's
-  memory per 100-byte request)."""
+  memory per 100-byte request);
+- nor make a node copy a large value once per time a read names it (40 in a 1 KiB request took
+  a leader from 315 MiB to 2.7 GiB): a read over one reply is refused with a reason, where a
+  `get_many` of three 32 MiB values used to fail as `frame too short: 0 bytes`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -18,8 +24,8 @@ import pytest
 
 from nodedb_cluster import wire
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
-from nodedb_cluster.errors import QuotaExceeded
-from nodedb_cluster.localcluster import LocalCluster, leader_of
+from nodedb_cluster.errors import QuotaExceeded, RemoteError
+from nodedb_cluster.localcluster import LocalCluster, NodeProcess, leader_of
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.transport import Mtls, Transport
 from support.cli_run import cred_flags, run_cli
@@ -32,15 +38,18 @@ WRITES_MAX = 200
 """Bound on the writes that fill the group (the quota is reached after ~64)."""
 BIG = 16 << 20
 LOST_CAS = 24
+READS = 40
+"""Times one read request names the large key (40 x 16 MiB used to be copied)."""
 GROWTH_MAX = 64 << 20
 """Each node's RSS may grow this much over the lost CAS (it grew 24 x 16 MiB before)."""
 
 
-def _rss(pid: int) -> int:
+def _rss(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory now (VmRSS), or its peak so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
+    raise AssertionError(f"no {field} for process {pid}")
 
 
 async def _fill(client: Client) -> int:
@@ -106,32 +115,49 @@ async def test_a_group_at_its_quota_refuses_writes_but_serves_reads_and_deletes(
         await cluster.close()
 
 
-async def test_lost_compare_and_sets_on_a_large_value_do_not_grow_every_replica(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class LargeValue:
+    """Three nodes, one data group, and `key` holding `BIG` bytes."""
+
+    cluster: LocalCluster
+    addrs: list[str]
+    group: int
+    leader: NodeProcess
+    key: bytes = b"large"
+
+
+@asynccontextmanager
+async def _large_value(tmp_path: Path) -> AsyncIterator[LargeValue]:
     cluster = LocalCluster(tmp_path / "c", 3, overrides={"num_groups": 1})
     try:
         await cluster.start()
         statuses = await cluster.wait_formed(60.0)
-        key = b"large"
         addrs = [n.addr for n in cluster.nodes.values()]
         async with Client(addrs, cluster.client_credentials) as c:
-            await c.put(key, b"x" * BIG)
-            group = c.routing.group_for_vshard(vshard_for_key(key))
-        leader = cluster.nodes[leader_of(statuses, group)]
-        pids = _pids(cluster)
+            await c.put(LargeValue.key, b"x" * BIG)
+            group = c.routing.group_for_vshard(vshard_for_key(LargeValue.key))
+        yield LargeValue(cluster, addrs, group, cluster.nodes[leader_of(statuses, group)])
+    finally:
+        await cluster.close()
+
+
+async def test_lost_compare_and_sets_on_a_large_value_do_not_grow_every_replica(
+    tmp_path: Path,
+) -> None:
+    async with _large_value(tmp_path) as large:
+        pids = _pids(large.cluster)
         before = {n: _rss(pid) for n, pid in pids.items()}
-        creds = cluster.client_credentials
+        creds = large.cluster.client_credentials
         assert isinstance(creds, Mtls)
         async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as attacker:
 
             async def lost_cas(seq: int) -> bytes:
-                cas = core.kv_command("cas", key, b"y", b"not-it")
+                cas = core.kv_command("cas", large.key, b"y", b"not-it")
                 # acked_below 0: this client never acknowledges a result.
                 cmd = core.kv_session(0xA77AC4, seq, 0, cas)
-                request = {"op": "propose_many", "gs": [group], "cmds": [cmd], "t": 20_000}
+                request = {"op": "propose_many", "gs": [large.group], "cmds": [cmd], "t": 20_000}
                 kind, reply = await attacker.send_rpc_to_addr(
-                    leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
+                    large.leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
                 )
                 assert kind == wire.MessageKind.KV_RESPONSE
                 result: bytes = msgpack.unpackb(reply)["r"][0]
@@ -146,7 +172,35 @@ async def test_lost_compare_and_sets_on_a_large_value_do_not_grow_every_replica(
         after = {n: _rss(pid) for n, pid in pids.items()}
         grown = {n: after[n] - before[n] for n in pids}
         assert all(g < GROWTH_MAX for g in grown.values()), grown
-        async with Client(addrs, cluster.client_credentials) as c:
-            assert await c.get(key) == b"x" * BIG
-    finally:
-        await cluster.close()
+        async with Client(large.addrs, large.cluster.client_credentials) as c:
+            assert await c.get(large.key) == b"x" * BIG
+
+
+async def test_a_read_over_one_reply_is_refused_and_copies_nothing(tmp_path: Path) -> None:
+    async with _large_value(tmp_path) as large:
+        async with Client(large.addrs, large.cluster.client_credentials) as c:
+            assert await c.get_many([large.key, large.key]) == [b"x" * BIG] * 2
+            with pytest.raises(RemoteError, match="read these keys in several calls"):
+                await c.get_many([large.key] * 5)
+        assert large.leader.proc is not None
+        # Peak memory: a copy freed when the request failed would leave VmRSS as it was.
+        before = _rss(large.leader.proc.pid, "VmHWM")
+        creds = large.cluster.client_credentials
+        assert isinstance(creds, Mtls)
+        async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as attacker:
+            request = {
+                "op": "read_many",
+                "gs": [large.group] * READS,
+                "keys": [large.key] * READS,
+                "level": "linearizable",
+                "stale_s": 1.0,
+                "t": 20_000,
+            }
+            for _ in range(3):
+                with pytest.raises(RemoteError, match="several calls"):
+                    await attacker.send_rpc_to_addr(
+                        large.leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
+                    )
+        assert _rss(large.leader.proc.pid, "VmHWM") - before < GROWTH_MAX
+        async with Client(large.addrs, large.cluster.client_credentials) as c:
+            assert await c.get(large.key) == b"x" * BIG
