@@ -6,6 +6,9 @@
 - a client certificate that never acknowledges its session results cannot make every replica
   keep a copy of a large value per compare-and-set it loses (it held ~32 MiB of each node's
   memory per 100-byte request);
+- nor make every replica copy a large value once per lost compare-and-set of one request (40
+  in a 1 KiB request: +620 MiB each; a thousand would have ended every replica, again at each
+  restart's replay of that entry);
 - nor make a node copy a large value once per time a read names it (40 in a 1 KiB request took
   a leader from 315 MiB to 2.7 GiB): a read over one reply is refused with a reason, where a
   `get_many` of three 32 MiB values used to fail as `frame too short: 0 bytes`."""
@@ -38,6 +41,8 @@ WRITES_MAX = 200
 """Bound on the writes that fill the group (the quota is reached after ~64)."""
 BIG = 16 << 20
 LOST_CAS = 24
+MANY_CAS = 400
+"""Lost compare-and-sets in one request (40 x 16 MiB used to be copied on every replica)."""
 READS = 40
 """Times one read request names the large key (40 x 16 MiB used to be copied)."""
 GROWTH_MAX = 64 << 20
@@ -169,6 +174,24 @@ async def test_lost_compare_and_sets_on_a_large_value_do_not_grow_every_replica(
                 assert len(result) > BIG, "with the current value"
             # The same seq again is not applied twice; its large result was not kept.
             assert await lost_cas(1) == bytes([3]), "Duplicate"
+            peaks = {n: _rss(pid, "VmHWM") for n, pid in pids.items()}
+            cas = core.kv_command("cas", large.key, b"y", b"not-it")
+            request = {
+                "op": "propose_many",
+                "gs": [large.group] * MANY_CAS,
+                "cmds": [cas] * MANY_CAS,
+                "t": 20_000,
+            }
+            kind, reply = await attacker.send_rpc_to_addr(
+                large.leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
+            )
+            assert kind == wire.MessageKind.KV_RESPONSE
+            results = msgpack.unpackb(reply)["r"]
+            assert len(results) == MANY_CAS
+            assert results[0][0] == 2, "the first carries the value"
+            assert results[-1] == bytes([3]), "past the batch's room: Duplicate"
+            peaked = {n: _rss(pid, "VmHWM") - peaks[n] for n, pid in pids.items()}
+            assert all(g < GROWTH_MAX for g in peaked.values()), peaked
         after = {n: _rss(pid) for n, pid in pids.items()}
         grown = {n: after[n] - before[n] for n in pids}
         assert all(g < GROWTH_MAX for g in grown.values()), grown

@@ -48,6 +48,12 @@ pub const SESSION_RESULTS_MAX: usize = 1 << 16;
 /// 100-byte request. Only retried answers change: which commands apply does not.
 pub const RESULT_KEPT_BYTES_MAX: usize = 1024;
 
+/// Bytes of large results (over [`RESULT_KEPT_BYTES_MAX`]) one apply batch returns, at most.
+/// Why: one 1 KiB request of 40 compare-and-sets losing against a 16 MiB value made every
+/// replica hold 40 copies at once (+620 MiB each; a thousand of them in one entry would have
+/// ended every replica, again at each restart's replay).
+pub const RESULT_BATCH_BYTES_MAX: usize = 32 << 20;
+
 /// What a session costs in [`KvState::usage_bytes`], then each of its cached results besides
 /// its bytes: roughly the memory of a map entry (id or seq, header, allocation), so a client
 /// cannot hide a million tiny results from the quota.
@@ -487,9 +493,28 @@ impl KvReader {
 
 impl StateMachine for KvStateMachine {
     /// Never `Err`: a command that does not decode or is refused gets an error result.
+    /// Results over [`RESULT_KEPT_BYTES_MAX`] (a lost CAS's or a logged get's value) count
+    /// toward [`RESULT_BATCH_BYTES_MAX`]; past it they are answered as
+    /// [`KvResult::Duplicate`] (the client raises OutcomeUnknown; such a command changed
+    /// nothing). Only answers differ with batch boundaries: the state, sessions included, keeps
+    /// at most a marker of such a result on every replica alike.
     fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
         let mut st = self.write();
-        Ok(commands.iter().map(|c| st.apply(c)).collect())
+        let mut large = 0usize;
+        Ok(commands
+            .iter()
+            .map(|c| {
+                let result = st.apply(c);
+                if result.len() <= RESULT_KEPT_BYTES_MAX {
+                    return result;
+                }
+                large += result.len();
+                if large > RESULT_BATCH_BYTES_MAX {
+                    return KvResult::Duplicate.encode();
+                }
+                result
+            })
+            .collect())
     }
 
     /// No: nothing on the KV path waits on a follower's apply without asking (a ReadIndex

@@ -12,8 +12,11 @@ use nodedb_transport::HandlerResult;
 use tokio::sync::oneshot;
 
 use super::group_commit::{Batcher, GroupResult};
+use super::reply_room::REPLY_VALUE_BYTES_MAX;
 use super::{any_refused, by_group, classify, encode, reply_of, KvServer};
+use crate::command::KvResult;
 use crate::peer_health::serve_budget_ms;
+use crate::state_machine::RESULT_KEPT_BYTES_MAX;
 
 pub(super) struct GroupShare {
     group: u64,
@@ -127,7 +130,24 @@ pub(super) async fn answer(
             Err(_) => reply.unknown.push(share.group),
         }
     }
+    fit_large_results(&mut reply.results);
     encode(reply)
+}
+
+/// Large results (a lost CAS's value) of several groups' shares, each share bounded by its
+/// batch (`state_machine::RESULT_BATCH_BYTES_MAX`), past one reply's room are answered as
+/// Duplicate (OutcomeUnknown to the client; such a command changed nothing), so the reply
+/// still fits a frame.
+fn fit_large_results(results: &mut [Option<Cow<'_, [u8]>>]) {
+    let mut large = 0usize;
+    for result in results.iter_mut().flatten() {
+        if result.len() > RESULT_KEPT_BYTES_MAX {
+            large += result.len();
+            if large > REPLY_VALUE_BYTES_MAX {
+                *result = Cow::Owned(KvResult::Duplicate.encode());
+            }
+        }
+    }
 }
 
 /// The leader `park` waits for in `group`, and whether it is this node; None once its time is
@@ -160,6 +180,39 @@ mod tests {
         assert!(
             !park.waits_for(Some(NodeId(2))),
             "another leader: named at once"
+        );
+    }
+
+    #[test]
+    fn large_results_past_one_reply_are_answered_as_duplicate() {
+        let big = KvResult::CasMismatch {
+            current: Some(vec![1; 20 << 20]),
+        }
+        .encode();
+        let small = KvResult::Ok { value: None }.encode();
+        let mut results: Vec<Option<Cow<'_, [u8]>>> = vec![
+            Some(Cow::Owned(big.clone())),
+            Some(Cow::Owned(small.clone())),
+            None,
+            Some(Cow::Owned(big.clone())),
+            Some(Cow::Owned(big.clone())),
+            Some(Cow::Owned(big.clone())),
+            Some(Cow::Owned(small.clone())),
+        ];
+        fit_large_results(&mut results);
+        let duplicate = KvResult::Duplicate.encode();
+        let got: Vec<Option<&[u8]>> = results.iter().map(|r| r.as_deref()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(&big[..]),
+                Some(&small[..]),
+                None,
+                Some(&big[..]),
+                Some(&big[..]),
+                Some(&duplicate[..]),
+                Some(&small[..]),
+            ]
         );
     }
 }

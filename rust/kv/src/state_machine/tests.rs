@@ -406,3 +406,28 @@ fn usage_counts_keys_values_and_sessions_as_they_change() {
     check(&restored);
     assert_eq!(restored.reader().usage_bytes(), sm.reader().usage_bytes());
 }
+
+#[test]
+fn large_results_of_one_batch_are_bounded_and_the_state_stays_the_same() {
+    let mut sm = KvStateMachine::new();
+    let big = vec![3u8; 4 << 20];
+    apply(&mut sm, 1, &[put(b"k", &big)]);
+    let lost = |n: usize| vec![cas(b"k", b"no", b"x"); n];
+    // 40 x 4 MiB in one batch: the first carry the value up to the bound, the rest are
+    // answered Duplicate.
+    let results = apply(&mut sm, 2, &lost(40));
+    let carried = results
+        .iter()
+        .filter(|r| matches!(r, KvResult::CasMismatch { current: Some(v) } if *v == big))
+        .count();
+    assert_eq!(carried, RESULT_BATCH_BYTES_MAX / (big.len() + 1 + 4 + 1));
+    assert!(results[carried..].iter().all(|r| *r == KvResult::Duplicate));
+    // Batch boundaries change answers only: another replica applying them one by one ends in
+    // the same state.
+    let mut other = KvStateMachine::new();
+    apply(&mut other, 1, &[put(b"k", &big)]);
+    for cmd in lost(40) {
+        apply(&mut other, 2, &[cmd]);
+    }
+    assert_eq!(other.reader().digest(), sm.reader().digest());
+}
