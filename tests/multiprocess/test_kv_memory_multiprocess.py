@@ -45,8 +45,9 @@ MANY_CAS = 400
 """Lost compare-and-sets in one request (40 x 16 MiB used to be copied on every replica)."""
 READS = 40
 """Times one read request names the large key (40 x 16 MiB used to be copied)."""
-GROWTH_MAX = 64 << 20
-"""Each node's RSS may grow this much over the lost CAS (it grew 24 x 16 MiB before)."""
+GROWTH_MAX = 128 << 20
+"""Each node's memory may grow this much over an attack (one reply's copies and encoding; it
+grew 24-40 x 16 MiB before)."""
 
 
 def _rss(pid: int, field: str = "VmRSS") -> int:
@@ -87,7 +88,8 @@ async def test_a_group_at_its_quota_refuses_writes_but_serves_reads_and_deletes(
             written = await _fill(client)
             with pytest.raises(QuotaExceeded) as refused:
                 await client.put(b"one more", VALUE)
-            assert QUOTA // (len(VALUE) + 8) <= written < QUOTA // len(VALUE) + 2
+            # Refused near the quota, not far before it (session results in flight count too).
+            assert QUOTA * 9 // 10 // len(VALUE) <= written < QUOTA // len(VALUE) + 2
             assert refused.value.group == 1
             assert f"at its quota of {QUOTA}" in str(refused.value)
             assert "deletes are served" in str(refused.value)

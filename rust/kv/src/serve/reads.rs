@@ -239,6 +239,7 @@ impl ReadPath {
                 .map_err(ReadFail::NoRoom)?;
             values.push(value.map(|v| v.cloned()));
         }
+        room.settle().map_err(ReadFail::NoRoom)?;
         Ok(values)
     }
 

@@ -18,6 +18,10 @@ pub const REPLY_VALUE_BYTES_MAX: usize = nodedb_wire::PAYLOAD_BYTES_MAX - (1 << 
 pub const REPLY_BYTES_IN_FLIGHT_MAX: usize = 256 << 20;
 /// A value's share of a reply besides its bytes (its MessagePack header, generously).
 const ITEM_BYTES: usize = 16;
+/// The node's room is taken in steps of at least this much (and for the rest at the end of a
+/// reply): one atomic operation per reply of small values, not one per value. A reply may
+/// copy this much before the node's bound refuses it.
+const RESERVE_STEP: usize = 64 << 10;
 
 /// Why a value found no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +41,8 @@ pub fn node_room() -> Arc<Semaphore> {
 pub struct ReplyRoom {
     node: Arc<Semaphore>,
     left: usize,
+    /// Taken from `left` but not yet from the node's room.
+    unreserved: usize,
     held: Option<OwnedSemaphorePermit>,
 }
 
@@ -45,18 +51,32 @@ impl ReplyRoom {
         ReplyRoom {
             node: Arc::clone(node),
             left: REPLY_VALUE_BYTES_MAX,
+            unreserved: 0,
             held: None,
         }
     }
 
-    /// Room for a value of `bytes` (None: absent), taken before it is copied.
+    /// Room for a value of `bytes` (0: absent), taken before it is copied.
     pub fn take(&mut self, bytes: usize) -> Result<(), NoRoom> {
         let need = ITEM_BYTES + bytes;
         self.left = self.left.checked_sub(need).ok_or(NoRoom::Reply)?;
-        let permits = u32::try_from(need).map_err(|_| NoRoom::Reply)?;
+        self.unreserved += need;
+        if self.unreserved >= RESERVE_STEP {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Takes from the node's room what this reply took since the last time.
+    pub fn settle(&mut self) -> Result<(), NoRoom> {
+        if self.unreserved == 0 {
+            return Ok(());
+        }
+        let permits = u32::try_from(self.unreserved).map_err(|_| NoRoom::Reply)?;
         let permit = Arc::clone(&self.node)
             .try_acquire_many_owned(permits)
             .map_err(|_| NoRoom::Node)?;
+        self.unreserved = 0;
         match &mut self.held {
             Some(held) => held.merge(permit),
             None => self.held = Some(permit),
@@ -64,8 +84,9 @@ impl ReplyRoom {
         Ok(())
     }
 
-    /// What the reply's frame keeps until it is dropped.
+    /// What the reply's frame keeps until it is dropped (call [`Self::settle`] first).
     pub fn into_held(self) -> Option<OwnedSemaphorePermit> {
+        debug_assert_eq!(self.unreserved, 0, "settled");
         self.held
     }
 }
@@ -92,11 +113,29 @@ mod tests {
         let mut one = ReplyRoom::new(&node);
         one.take(REPLY_VALUE_BYTES_MAX - 64).expect("fits");
         assert_eq!(one.take(64), Err(NoRoom::Reply));
+        // Small values are taken from the node's room together, at the end.
+        let mut small = ReplyRoom::new(&node);
+        small.take(100).expect("fits");
+        assert_eq!(
+            node.available_permits(),
+            REPLY_BYTES_IN_FLIGHT_MAX - (REPLY_VALUE_BYTES_MAX - 64 + ITEM_BYTES)
+        );
+        small.settle().expect("room");
+        assert_eq!(
+            node.available_permits(),
+            REPLY_BYTES_IN_FLIGHT_MAX
+                - (REPLY_VALUE_BYTES_MAX - 64 + ITEM_BYTES)
+                - (100 + ITEM_BYTES)
+        );
+        drop(small);
         let mut rooms = vec![one];
         // Other replies take the rest of the node's room, then one more finds none.
         loop {
             let mut room = ReplyRoom::new(&node);
-            match room.take(REPLY_VALUE_BYTES_MAX - 64) {
+            match room
+                .take(REPLY_VALUE_BYTES_MAX - 64)
+                .and_then(|()| room.settle())
+            {
                 Ok(()) => rooms.push(room),
                 Err(e) => {
                     assert_eq!(e, NoRoom::Node);
@@ -111,8 +150,7 @@ mod tests {
         // A reply's room comes back when what holds it is dropped.
         let held = rooms.pop().map(ReplyRoom::into_held);
         drop(held);
-        ReplyRoom::new(&node)
-            .take(REPLY_VALUE_BYTES_MAX - 64)
-            .expect("room again");
+        let mut again = ReplyRoom::new(&node);
+        again.take(REPLY_VALUE_BYTES_MAX - 64).expect("room again");
     }
 }
