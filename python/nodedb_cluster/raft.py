@@ -77,7 +77,9 @@ class RaftSettings:
     election_ticks: int = 8
     snapshot_threshold_entries: int = 20_000
     snapshot_threshold_bytes: int = 32 << 20
-    """A group also snapshots (and compacts its log) after this many bytes of applied entries."""
+    """A group also snapshots (and compacts its log) after this many bytes of applied entries.
+    Either threshold waits, besides, until the log since the last snapshot holds a quarter of
+    that snapshot's size: a large state is not serialized again for every 32 MiB written."""
     install_snapshot_chunk_bytes: int = 4 << 20
     orphan_partial_max_age_secs: int = 300
     max_uncommitted_bytes: int = 32 << 20

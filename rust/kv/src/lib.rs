@@ -27,6 +27,7 @@ pub mod peer_health;
 pub mod routing;
 pub mod serve;
 pub mod session;
+pub mod shard;
 pub mod snapshot;
 pub mod state_machine;
 pub mod vshard;

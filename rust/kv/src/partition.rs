@@ -1,18 +1,16 @@
-//! The KV map partitioned by vShard: one hash map per vShard, each behind an `Arc`.
+//! The KV map partitioned by vShard: one map per vShard ([`Shard`]), each behind an `Arc`.
 //!
 //! Why: a vShard is the unit that moves between groups, so exporting or dropping one must cost
 //! O(that vShard), not O(the group); and a snapshot must be takeable without stopping the
 //! driver: cloning [`ShardedMap`] clones 1024 `Arc`s, and a write to a shard still shared with
-//! such a clone copies that one shard first (`Arc::make_mut`, copy-on-write). With no clone
-//! alive a write costs one reference-count check more than a plain map.
+//! such a clone copies that one shard first (`Arc::make_mut`, copy-on-write): a small shard
+//! whole, a large (persistent) one only along the write's path. With no clone alive a write
+//! costs one reference-count check more than a plain map.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::routing::{vshard_of, VSHARDS};
-
-/// One vShard's keys and values.
-pub type Shard = HashMap<Vec<u8>, Vec<u8>>;
+pub use crate::shard::Shard;
 
 /// Every vShard's map, indexed by vShard, the total key count and each vShard's bytes of
 /// keys and values (kept as writes go, so a load report costs O(vShards), not O(keys), and the
@@ -58,7 +56,8 @@ impl ShardedMap {
     pub fn insert_in(&mut self, vshard: usize, key: Vec<u8>, value: Vec<u8>) -> Option<Vec<u8>> {
         let added = key.len() + value.len();
         let key_len = key.len();
-        let old = Arc::make_mut(&mut self.shards[vshard]).insert(key, value);
+        let shard = Arc::make_mut(&mut self.shards[vshard]);
+        let old = shard.insert(key, value);
         match &old {
             None => self.len += 1,
             Some(old) => {
@@ -68,6 +67,7 @@ impl ShardedMap {
         }
         self.bytes[vshard] += added;
         self.total += added;
+        shard.fit(self.bytes[vshard]);
         old
     }
 
@@ -129,13 +129,16 @@ impl ShardedMap {
     }
 
     /// A map from whole shards (a restore): `shards` must hold one per vShard.
-    pub(crate) fn from_shards(shards: Vec<Arc<Shard>>) -> ShardedMap {
+    pub(crate) fn from_shards(mut shards: Vec<Arc<Shard>>) -> ShardedMap {
         debug_assert_eq!(shards.len(), VSHARDS);
         let len = shards.iter().map(|s| s.len()).sum();
         let bytes: Vec<usize> = shards
             .iter()
             .map(|s| s.iter().map(|(k, v)| k.len() + v.len()).sum())
             .collect();
+        for (shard, &b) in shards.iter_mut().zip(&bytes) {
+            Arc::make_mut(shard).fit(b);
+        }
         let total = bytes.iter().sum();
         ShardedMap {
             shards,
@@ -162,7 +165,7 @@ mod tests {
         );
         assert_eq!(m.len(), 2000);
         for (v, shard) in m.shards().iter().enumerate() {
-            assert!(shard.keys().all(|k| vshard_of(k) == v));
+            assert!(shard.iter().all(|(k, _)| vshard_of(k) == v));
         }
         assert_eq!(m.remove(&7u32.to_le_bytes()), Some(vec![2]));
         assert_eq!(m.remove(&7u32.to_le_bytes()), None);
@@ -185,6 +188,35 @@ mod tests {
             bytes
         );
         assert_eq!(m.shard_bytes(v), 0);
+    }
+
+    #[test]
+    fn a_shard_past_its_size_is_persistent_and_stays_so_through_a_restore() {
+        let mut m = ShardedMap::new();
+        let key = |i: u32| i.to_le_bytes().to_vec();
+        let v = vshard_of(&key(0));
+        let mine: Vec<u32> = (0..2_000_000)
+            .filter(|&i| vshard_of(&key(i)) == v)
+            .take(12)
+            .collect();
+        for &i in &mine {
+            m.insert(key(i), vec![1; 2048]);
+        }
+        assert!(m.shard_bytes(v) >= crate::shard::PERSISTENT_BYTES);
+        assert!(m.shard(v).is_persistent());
+        assert!(!m.shard((v + 1) % VSHARDS).is_persistent());
+        // A restore decodes into small shards; the large one turns persistent again.
+        let decoded = m.shards().iter().map(|s| {
+            let mut fresh = Shard::new();
+            for (k, val) in s.iter() {
+                fresh.insert(k.clone(), val.clone());
+            }
+            Arc::new(fresh)
+        });
+        let restored = ShardedMap::from_shards(decoded.collect());
+        assert!(restored.shard(v).is_persistent());
+        assert_eq!(restored.shard(v).len(), mine.len());
+        assert_eq!(restored.total_bytes(), m.total_bytes());
     }
 
     #[test]

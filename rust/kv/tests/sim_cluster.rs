@@ -396,8 +396,10 @@ fn lagging_follower_receives_a_chunked_snapshot_and_converges() {
     // The follower can restart from its own snapshot + log.
     c.crash(lagger);
     c.restart(lagger);
+    // Its snapshot is the one it installed or a later one of its own (taken once the log
+    // holds a quarter of the last snapshot's size: past ~200 of the 300 keys here).
     assert!(
-        c.nodes[&lagger].reg.kv(g).len() >= 250,
+        c.nodes[&lagger].reg.kv(g).len() >= 200,
         "state restored from the local snapshot before any message"
     );
     assert!(c.drive_until(100, |c| c.converged(g)));

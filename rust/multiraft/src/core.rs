@@ -53,9 +53,8 @@ use crate::config::MultiRaftConfig;
 use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::group::{
     answer_reads, apply_entries, fail_all, install_snapshot, issue_reads, le_u64,
-    leads_with_commit, lease_holds, outgoing_snapshot, resend_pre_votes, snapshot_meta, sorted_ids,
-    step_down_check, Group, PendingConf, PendingProposal, PendingRead, ReadLease,
-    DEFERRED_READ_MSGS_MAX,
+    leads_with_commit, lease_holds, resend_pre_votes, snapshot_meta, sorted_ids, step_down_check,
+    Group, PendingConf, PendingProposal, PendingRead, ReadLease, DEFERRED_READ_MSGS_MAX,
 };
 use crate::ids::{GroupId, NodeId};
 use crate::lease_board::LeaseBoard;

@@ -309,9 +309,7 @@ pub(crate) fn install_snapshot(
         .mut_store()
         .install_snapshot(meta.clone())
         .map_err(|e| EngineError::Raft(raft::Error::Store(e)))?;
-    g.raw
-        .mut_store()
-        .set_outgoing(outgoing_snapshot(meta.clone(), desc));
+    g.raw.mut_store().offer_snapshot(meta.clone(), desc);
     g.applied_index = meta.index;
     g.applied_bytes_since_snapshot = 0;
     // The older snapshot files go only once this mark is durable (`finish_round`): a crash

@@ -7,6 +7,9 @@ use std::cell::Cell;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
+use crate::group::outgoing_snapshot;
+use crate::snapshot::SnapshotDescriptor;
+
 /// In-memory view of one group's durable Raft state. Read by raft-rs through `Storage`; mutated
 /// only by the driver, in the order the log records it.
 #[derive(Default, Debug, Clone)]
@@ -21,6 +24,9 @@ pub struct GroupStorage {
     /// `data` (the state itself travels as file chunks, see `snapshot.rs`). `None` until the
     /// state machine has snapshotted once.
     outgoing: Option<Snapshot>,
+    /// Bytes of the last snapshot file offered (0: none yet): how much log the next snapshot
+    /// waits for (`core::compaction::snapshot_due`).
+    last_snapshot_bytes: u64,
     /// Set when raft asked for a snapshot we cannot serve (none yet, too old, or without the
     /// peer in its membership): the driver builds a fresh one and raft asks again.
     snapshot_wanted: Cell<bool>,
@@ -58,8 +64,13 @@ impl GroupStorage {
     pub fn set_conf_state(&mut self, cs: ConfState) {
         self.conf_state = cs;
     }
-    pub fn set_outgoing(&mut self, snap: Snapshot) {
-        self.outgoing = Some(snap);
+    /// Offers the snapshot `meta` written as `desc` to followers behind the compacted log.
+    pub(crate) fn offer_snapshot(&mut self, meta: SnapshotMetadata, desc: SnapshotDescriptor) {
+        self.last_snapshot_bytes = desc.total_bytes;
+        self.outgoing = Some(outgoing_snapshot(meta, desc));
+    }
+    pub fn last_snapshot_bytes(&self) -> u64 {
+        self.last_snapshot_bytes
     }
     /// Stops offering the outgoing snapshot (its file was found damaged) and asks for a new one,
     /// built at the next applied index: until then raft's requests find none and wait.

@@ -4,10 +4,38 @@ use super::*;
 use crate::state_machine::DecodedState;
 use raft::prelude::SnapshotMetadata;
 
+/// A log since the last snapshot counts each entry as at least this many bytes (its record and
+/// its place in memory), so a log of empty entries is compacted too.
+const ENTRY_BYTES_MIN: u64 = 64;
+/// The next snapshot waits until the log since the last one holds this fraction of its size.
+const LOG_PER_SNAPSHOT_DIVISOR: u64 = 4;
+
+/// Whether a group that applied `entries` entries of `bytes` bytes since its last snapshot,
+/// whose file had `last_bytes`, takes a new one: past either threshold, and once that log holds
+/// a quarter of the last snapshot's size. Why the second rule: a snapshot serializes the whole
+/// state, so with the thresholds alone a group of several GiB was serialized again for every
+/// 32 MiB written, and loading a group cost the square of its size in snapshots (each node
+/// writing them on two shared cores slowed every write wave). Now each byte of state is
+/// serialized about four times per its size written; the log kept in memory and replayed at a
+/// restart stays under a quarter of the state (or the thresholds).
+pub(crate) fn snapshot_due(
+    entries: u64,
+    bytes: u64,
+    last_bytes: u64,
+    threshold_entries: u64,
+    threshold_bytes: u64,
+) -> bool {
+    if entries == 0 {
+        return false;
+    }
+    let past = entries >= threshold_entries || bytes >= threshold_bytes;
+    let log = bytes.max(entries.saturating_mul(ENTRY_BYTES_MIN));
+    past && log >= last_bytes / LOG_PER_SNAPSHOT_DIVISOR
+}
+
 impl MultiRaftCore {
-    /// Starts a snapshot of every group that applied `snapshot_threshold_entries` or
-    /// `snapshot_threshold_bytes` since its last one, or whose leader was asked for a snapshot
-    /// it could not serve; not of a group whose snapshot is being built already. The file is
+    /// Starts a snapshot of every group [`snapshot_due`] says is due, or whose leader was asked
+    /// for a snapshot it could not serve; not of a group whose snapshot is being built already. The file is
     /// written on the snapshot thread; `collect_snapshot_work` finishes it. Returns whether the
     /// log's floors changed (only if a build had to run here: no thread could be started).
     pub(super) fn maybe_snapshot(&mut self) -> Result<bool, EngineError> {
@@ -23,10 +51,14 @@ impl MultiRaftCore {
                 let wanted = g.raw.store().take_snapshot_wanted();
                 let since =
                     g.applied_index - g.raw.store().snapshot_meta().index.min(g.applied_index);
-                !g.building
-                    && (since >= threshold
-                        || (since > 0 && g.applied_bytes_since_snapshot >= threshold_bytes)
-                        || (wanted && since > 0))
+                let due = snapshot_due(
+                    since,
+                    g.applied_bytes_since_snapshot,
+                    g.raw.store().last_snapshot_bytes(),
+                    threshold,
+                    threshold_bytes,
+                );
+                !g.building && (due || (wanted && since > 0))
             })
             .map(|g| g.id)
             .collect();
@@ -149,9 +181,7 @@ impl MultiRaftCore {
         self.sink.sync()?;
         self.unsynced_records = 0;
         g.raw.mut_store().compact_to_snapshot(meta.clone());
-        g.raw
-            .mut_store()
-            .set_outgoing(outgoing_snapshot(meta, desc));
+        g.raw.mut_store().offer_snapshot(meta, desc);
         self.snapshots.remove_older(gid, key.index)?;
         Metrics::inc(&self.metrics.snapshots_taken);
         Ok(())
@@ -256,5 +286,48 @@ impl MultiRaftCore {
     /// Applied index of a group (tests and status).
     pub fn applied_index(&self, gid: GroupId) -> Option<u64> {
         self.groups.get(&gid).map(|g| g.applied_index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_due;
+
+    const ENTRIES: u64 = 20_000;
+    const BYTES: u64 = 32 << 20;
+
+    #[test]
+    fn a_small_state_snapshots_at_the_thresholds() {
+        assert!(!snapshot_due(0, 0, 0, ENTRIES, BYTES), "nothing applied");
+        assert!(!snapshot_due(
+            ENTRIES - 1,
+            BYTES - 1,
+            1 << 20,
+            ENTRIES,
+            BYTES
+        ));
+        assert!(
+            snapshot_due(ENTRIES, 10, 1 << 20, ENTRIES, BYTES),
+            "entries"
+        );
+        assert!(snapshot_due(1, BYTES, 1 << 20, ENTRIES, BYTES), "bytes");
+        assert!(snapshot_due(ENTRIES, 0, 0, ENTRIES, BYTES), "the first one");
+    }
+
+    #[test]
+    fn a_large_state_waits_for_a_quarter_of_its_size_in_log() {
+        let state = 2u64 << 30;
+        assert!(!snapshot_due(ENTRIES, BYTES, state, ENTRIES, BYTES));
+        assert!(!snapshot_due(
+            ENTRIES * 4,
+            state / 4 - 1,
+            state,
+            ENTRIES,
+            BYTES
+        ));
+        assert!(snapshot_due(ENTRIES, state / 4, state, ENTRIES, BYTES));
+        // Empty entries count too, so a log of no-ops is still compacted.
+        let entries = state / 4 / 64;
+        assert!(snapshot_due(entries, 0, state, ENTRIES, BYTES));
     }
 }

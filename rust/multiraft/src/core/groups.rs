@@ -42,7 +42,7 @@ impl MultiRaftCore {
             };
             let data = self.snapshots.read(&key, &desc)?;
             sm.restore(&data).map_err(SnapshotError::from)?;
-            storage.set_outgoing(outgoing_snapshot(snap_meta, desc));
+            storage.offer_snapshot(snap_meta, desc);
         }
         self.insert_group(gid, meta, storage, sm)
     }
@@ -168,7 +168,7 @@ impl MultiRaftCore {
             storage
                 .install_snapshot(snap.clone())
                 .map_err(|e| EngineError::Raft(raft::Error::Store(e)))?;
-            storage.set_outgoing(outgoing_snapshot(snap.clone(), desc));
+            storage.offer_snapshot(snap.clone(), desc);
             records.push(LogRecord::snapshot_mark(gid, meta, &snap, &desc));
         }
         self.sink.append(&records).inspect_err(|e| {
