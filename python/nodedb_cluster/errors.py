@@ -421,7 +421,7 @@ class NotServing(ClusterError):
 
 class QuotaExceeded(ClusterError):
     """A write into a data group whose keys, values and cached session results reached its
-    quota (`ClusterConfig.kv_quota_bytes`, checked by the node that proposes). Nothing of the
+    quota (`ClusterConfig.kv_quota_bytes`, checked by the group's leader). Nothing of the
     request was proposed; reads and deletes are still served, and writes resume once deletes
     bring the group below its quota. Not retryable by a client: every replica holds the same."""
 

@@ -88,7 +88,7 @@ pub struct ServeOptions {
     /// a ReadIndex round, and nothing is assumed of clock rates.
     pub lease: bool,
     /// A group whose [`crate::state_machine::KvState::usage_bytes`] reached this takes no more
-    /// writes but deletes (0: no quota). Checked by the node that proposes, before it
+    /// writes but deletes (0: no quota). Checked by the group's leader, before it
     /// proposes, so replicas never disagree: one request in flight may cross it.
     pub quota_bytes: u64,
 }
