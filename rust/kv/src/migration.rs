@@ -210,10 +210,11 @@ impl KvState {
             }
         }
         for s in import.sessions {
+            // A session new here counts whole (`bytes` of the empty one it starts as too).
+            let before = self.sessions.get(&s.client).map_or(0, ClientSession::bytes);
             let mine = self.sessions.entry(s.client).or_default();
-            let before = mine.bytes();
             merge_session(mine, s, index);
-            self.session_bytes = self.session_bytes + mine.bytes() - before;
+            self.session_bytes = (self.session_bytes + mine.bytes()).saturating_sub(before);
         }
         self.evict_sessions_down_to(SESSIONS_MAX);
         KvResult::Ok { value: None }
@@ -421,6 +422,13 @@ mod tests {
             .expect("delta")
         {
             assert_eq!(t.apply_raw(&[c]), vec![OK]);
+        }
+        // The sessions imported with it count in the target's usage (the quota's) as applied.
+        for g in [&s, &t] {
+            let st = g.reader();
+            let st = st.read();
+            assert!(st.sessions.contains_key(&9));
+            assert_eq!(st.session_bytes, st.count_session_bytes());
         }
         // The flip (group 0), then activate / release.
         assert_eq!(t.step(VShardStep::Activate, v, 0), OK);

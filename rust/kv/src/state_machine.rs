@@ -289,7 +289,9 @@ impl KvState {
             session.floor = acked_below;
             let waiting = session.results.split_off(&acked_below);
             let answered = std::mem::replace(&mut session.results, waiting);
-            self.session_bytes -= results_bytes(answered.values());
+            self.session_bytes = self
+                .session_bytes
+                .saturating_sub(results_bytes(answered.values()));
         }
         if let Some(cached) = session.results.get(&seq) {
             return cached.clone();
@@ -302,7 +304,7 @@ impl KvState {
         let cached = kept(result.clone());
         self.session_bytes += result_bytes(&cached);
         session.results.insert(seq, cached);
-        self.session_bytes -= session.trim();
+        self.session_bytes = self.session_bytes.saturating_sub(session.trim());
         result
     }
 
@@ -316,7 +318,7 @@ impl KvState {
                 .min_by_key(|(id, s)| (s.last_index, **id))
                 .map(|(id, _)| *id);
             match oldest.and_then(|id| self.sessions.remove(&id)) {
-                Some(gone) => self.session_bytes -= gone.bytes(),
+                Some(gone) => self.session_bytes = self.session_bytes.saturating_sub(gone.bytes()),
                 None => return,
             };
         }
