@@ -331,45 +331,37 @@ async def test_a_python_snapshot_view_is_written_while_the_engine_goes_on_applyi
     `snapshot()` itself, stopping every group's ticks for as long). The snapshot holds the
     state as of the view, and a restart restores it and applies the log after it."""
     settings = RaftSettings(tick_interval_ms=20, snapshot_threshold_entries=20)
-    machines: dict[int, ViewMachine] = {}
-
-    def factory(group_id: int) -> StateMachine:
-        machines[group_id] = ViewMachine()
-        return machines[group_id]
-
     t = Transport(1, "127.0.0.1:0", Insecure())
     t.register_peer(1, t.local_addr)
-    engine = RaftEngine(1, tmp_path / "n1", t, factory, settings)
-    await engine.add_group(0, [1], "python")
-    for _ in range(POLLS_MAX):
-        if (await engine.status(0)).role == "leader":
-            break
-        await asyncio.sleep(POLL_S)
-    machine = machines[0]
-    first = (await engine.status(0)).snapshot_index  # the group's founding snapshot
+    n = await start_node(1, tmp_path, t, settings, ViewMachine)
+    await n.engine.add_group(0, [1], "python")
+    await leader_of([n], 0)
+    machine = n.machines[0]
+    assert isinstance(machine, ViewMachine)
+    first = (await n.engine.status(0)).snapshot_index  # the group's founding snapshot
     written = 0
     while not machine.writing.is_set():
         assert written < 200, "no snapshot view taken"
-        await engine.propose(0, b"e%d" % written)
+        await n.engine.propose(0, b"e%d" % written)
         written += 1
     # The writer is held on the snapshot thread: proposals still commit and apply.
     for i in range(written, written + 40):
-        await asyncio.wait_for(engine.propose(0, b"e%d" % i), 5.0)
+        await asyncio.wait_for(n.engine.propose(0, b"e%d" % i), 5.0)
     assert len(machine.applied) == written + 40
-    assert (await engine.status(0)).snapshot_index == first, "not written yet"
+    assert (await n.engine.status(0)).snapshot_index == first, "not written yet"
     machine.release.set()
     for _ in range(POLLS_MAX):
-        if (snapshot_index := (await engine.status(0)).snapshot_index) > first:
+        if (snapshot_index := (await n.engine.status(0)).snapshot_index) > first:
             break
         await asyncio.sleep(POLL_S)
     viewed = machine.view_indexes[0]
     assert first < viewed < machine.applied[-1][0], "captured before the later entries"
     assert snapshot_index >= viewed
     before = list(machine.applied)
-    await engine.close()
-    again = RaftEngine(1, tmp_path / "n1", t, factory, settings)
-    await until(lambda: machines[0].applied == before, "restart restores and re-applies")
-    await again.close()
+    await n.engine.close()
+    again = await start_node(1, tmp_path, t, settings, ViewMachine)
+    await until(lambda: again.machines[0].applied == before, "restart restores and re-applies")
+    await again.engine.close()
     await t.close()
 
 

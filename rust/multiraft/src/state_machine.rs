@@ -28,8 +28,10 @@ pub trait SnapshotDecoder: Send {
     fn finish(self: Box<Self>) -> Result<DecodedState, SmError>;
 }
 
-/// The decoder of a machine without one of its own: gathers the bytes for `restore`.
-struct BufferedDecoder(Vec<u8>);
+/// The decoder of a machine without one of its own: gathers the bytes for `restore`
+/// ([`install_buffered`]).
+#[derive(Default)]
+pub struct BufferedDecoder(Vec<u8>);
 
 impl SnapshotDecoder for BufferedDecoder {
     fn feed(&mut self, bytes: &[u8]) -> Result<(), SmError> {
@@ -42,12 +44,25 @@ impl SnapshotDecoder for BufferedDecoder {
 }
 
 /// The view of a machine without one of its own: the bytes `snapshot()` returned.
-struct SnapshotBytes(Vec<u8>);
+pub struct SnapshotBytes(pub Vec<u8>);
 
 impl SnapshotView for SnapshotBytes {
     fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), SmError> {
         out.write_all(&self.0)
             .map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
+    }
+}
+
+/// What [`BufferedDecoder`] gathered, handed to `restore` (the default `install_decoded`).
+pub fn install_buffered<M: StateMachine + ?Sized>(
+    machine: &mut M,
+    state: DecodedState,
+) -> Result<(), SmError> {
+    match state.downcast::<Vec<u8>>() {
+        Ok(bytes) => machine.restore(&bytes),
+        Err(_) => Err(SmError::Other(
+            "a decoded snapshot of another state machine".into(),
+        )),
     }
 }
 
@@ -86,18 +101,13 @@ pub trait StateMachine: Send {
     /// [`StateMachine::install_decoded`] on the driver thread. The default only gathers the
     /// bytes and `install_decoded` restores them there: right for small states.
     fn snapshot_decoder(&self) -> Box<dyn SnapshotDecoder> {
-        Box::new(BufferedDecoder(Vec::new()))
+        Box::new(BufferedDecoder::default())
     }
 
     /// Replaces the whole state with one this machine's decoder produced (a swap, on the
     /// driver thread).
     fn install_decoded(&mut self, state: DecodedState) -> Result<(), SmError> {
-        match state.downcast::<Vec<u8>>() {
-            Ok(bytes) => self.restore(&bytes),
-            Err(_) => Err(SmError::Other(
-                "a decoded snapshot of another state machine".into(),
-            )),
-        }
+        install_buffered(self, state)
     }
 
     /// Whether followers must learn a new commit index at once (a broadcast per commit) rather

@@ -4,7 +4,10 @@
 use std::io::Write;
 
 use nodedb_multiraft::error::SmError;
-use nodedb_multiraft::state_machine::{Command, DecodedState, SnapshotDecoder, SnapshotView};
+use nodedb_multiraft::state_machine::{
+    install_buffered, BufferedDecoder, Command, DecodedState, SnapshotBytes, SnapshotDecoder,
+    SnapshotView,
+};
 use nodedb_multiraft::{GroupId, StateMachine, StateMachineKind};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -68,26 +71,24 @@ impl StateMachine for PyStateMachine {
             let has_view = obj
                 .hasattr("snapshot_view")
                 .map_err(|e| SmError::Other(format!("snapshot_view of group {group}: {e}")))?;
-            let view = if has_view {
-                let writer = obj.call_method0("snapshot_view").map_err(|e| {
-                    SmError::Other(format!(
-                        "snapshot_view() of group {group} raised {}",
-                        described(py, &e)
-                    ))
-                })?;
-                if !writer.is_callable() {
-                    return Err(SmError::Other(format!(
-                        "snapshot_view() of group {group} returned no callable"
-                    )));
-                }
-                PySnapshotView::Writer {
-                    group,
-                    writer: writer.unbind(),
-                }
-            } else {
-                PySnapshotView::Bytes(self.snapshot()?)
-            };
-            Ok(Box::new(view) as Box<dyn SnapshotView>)
+            if !has_view {
+                return Ok(Box::new(SnapshotBytes(self.snapshot()?)) as Box<dyn SnapshotView>);
+            }
+            let writer = obj.call_method0("snapshot_view").map_err(|e| {
+                SmError::Other(format!(
+                    "snapshot_view() of group {group} raised {}",
+                    described(py, &e)
+                ))
+            })?;
+            if !writer.is_callable() {
+                return Err(SmError::Other(format!(
+                    "snapshot_view() of group {group} returned no callable"
+                )));
+            }
+            Ok(Box::new(PyWriter {
+                group,
+                writer: writer.unbind(),
+            }) as Box<dyn SnapshotView>)
         })
     }
 
@@ -100,25 +101,21 @@ impl StateMachine for PyStateMachine {
                 && obj.hasattr("install").unwrap_or(false);
             both.then(|| self.obj.clone_ref(py))
         });
-        Box::new(PyDecoder {
-            group: self.group.0,
-            obj,
-            bytes: Vec::new(),
-        })
+        match obj {
+            Some(obj) => Box::new(PyDecoder {
+                group: self.group.0,
+                obj,
+                bytes: Vec::new(),
+            }),
+            None => Box::new(BufferedDecoder::default()),
+        }
     }
 
     fn install_decoded(&mut self, state: DecodedState) -> Result<(), SmError> {
         let group = self.group.0;
         let state = match state.downcast::<PyDecoded>() {
             Ok(decoded) => decoded,
-            Err(other) => {
-                return match other.downcast::<Vec<u8>>() {
-                    Ok(bytes) => self.restore(&bytes),
-                    Err(_) => Err(SmError::Other(format!(
-                        "a decoded snapshot of another state machine for group {group}"
-                    ))),
-                }
-            }
+            Err(buffered) => return install_buffered(self, buffered),
         };
         Python::attach(|py| {
             self.obj
@@ -145,46 +142,44 @@ impl StateMachine for PyStateMachine {
     }
 }
 
-/// A host group's snapshot: its bytes, or the writer its `snapshot_view()` returned.
-enum PySnapshotView {
-    Bytes(Vec<u8>),
-    Writer { group: u64, writer: Py<PyAny> },
+/// The writer a host's `snapshot_view()` returned.
+struct PyWriter {
+    group: u64,
+    writer: Py<PyAny>,
 }
 
-impl SnapshotView for PySnapshotView {
+impl SnapshotView for PyWriter {
     /// The writer runs holding the GIL (the host's `apply_batch` waits for it in slices of the
     /// interpreter's switch interval); its bytes are copied out and written without it.
     fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<(), SmError> {
-        let bytes = match *self {
-            PySnapshotView::Bytes(bytes) => bytes,
-            PySnapshotView::Writer { group, writer } => Python::attach(|py| {
-                writer
-                    .bind(py)
-                    .call0()
-                    .map_err(|e| {
-                        SmError::Other(format!(
-                            "the snapshot writer of group {group} raised {}",
-                            described(py, &e)
-                        ))
-                    })?
-                    .extract::<Vec<u8>>()
-                    .map_err(|e| {
-                        SmError::Other(format!(
-                            "the snapshot writer of group {group} returned no bytes: {e}"
-                        ))
-                    })
-            })?,
-        };
+        let PyWriter { group, writer } = *self;
+        let bytes = Python::attach(|py| {
+            writer
+                .bind(py)
+                .call0()
+                .map_err(|e| {
+                    SmError::Other(format!(
+                        "the snapshot writer of group {group} raised {}",
+                        described(py, &e)
+                    ))
+                })?
+                .extract::<Vec<u8>>()
+                .map_err(|e| {
+                    SmError::Other(format!(
+                        "the snapshot writer of group {group} returned no bytes: {e}"
+                    ))
+                })
+        })?;
         out.write_all(&bytes)
             .map_err(|e| SmError::Other(format!("writing a snapshot: {e}")))
     }
 }
 
 /// A received snapshot's bytes, gathered off the driver thread, then decoded there by the
-/// host's `decode_snapshot` when it has one (`obj`), else handed to `restore` as bytes.
+/// host's `decode_snapshot`.
 struct PyDecoder {
     group: u64,
-    obj: Option<Py<PyAny>>,
+    obj: Py<PyAny>,
     bytes: Vec<u8>,
 }
 
@@ -199,9 +194,6 @@ impl SnapshotDecoder for PyDecoder {
 
     fn finish(self: Box<Self>) -> Result<DecodedState, SmError> {
         let PyDecoder { group, obj, bytes } = *self;
-        let Some(obj) = obj else {
-            return Ok(Box::new(bytes));
-        };
         Python::attach(|py| {
             obj.bind(py)
                 .call_method1("decode_snapshot", (PyBytes::new(py, &bytes),))

@@ -295,14 +295,15 @@ impl KvServer {
                 continue;
             }
             checked.push((group, delete));
-            if engine.leader(GroupId(group)) != me {
-                continue;
-            }
             let Some(reader) = self.groups.reader(GroupId(group)) else {
                 continue;
             };
             let used = reader.usage_bytes() as u64;
             let quota = self.quota_bytes;
+            // Leadership is looked up (a lock) only for a group at its quota: rarely.
+            if used < quota || engine.leader(GroupId(group)) != me {
+                continue;
+            }
             if !delete && used >= quota {
                 return Some(HandlerError::new(
                     QUOTA_EXCEEDED,
