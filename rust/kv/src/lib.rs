@@ -10,6 +10,7 @@
 //! - [`vshard`], [`migration`]: a vShard's states while it moves between groups, and its copy;
 //! - [`routing`]: key → vShard → group → leader and voters;
 //! - [`session`], [`peer_health`]: a client's write session and whom it avoids;
+//! - [`session_table`]: the sessions a group remembers (exactly-once on the server's side);
 //! - [`client`]: the client core (lanes, batching, retries; results through `Completion`);
 //! - [`serve`], [`groups`]: a node's KV_REQUEST fast path and its KV groups;
 //! - [`load`]: the native load generator.
@@ -27,6 +28,7 @@ pub mod peer_health;
 pub mod routing;
 pub mod serve;
 pub mod session;
+pub mod session_table;
 pub mod shard;
 pub mod snapshot;
 pub mod state_machine;
@@ -35,10 +37,9 @@ pub mod vshard;
 use nodedb_multiraft::StateMachineKind;
 
 pub use crate::command::{Import, ImportedSession, KvCommand, KvResult, VShardStep, KEY_BYTES_MAX};
+pub use crate::session_table::{ClientSession, SessionTable, SESSIONS_MAX, SESSION_RESULTS_MAX};
 pub use crate::snapshot::KvSnapshotView;
-pub use crate::state_machine::{
-    ClientSession, KvReader, KvState, KvStateMachine, SESSIONS_MAX, SESSION_RESULTS_MAX,
-};
+pub use crate::state_machine::{KvReader, KvState, KvStateMachine};
 pub use crate::vshard::{Refusal, VShardMark, VShardState};
 
 /// The tag of a group that runs the KV state machine, recorded in every node's log since the

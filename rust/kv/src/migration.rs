@@ -11,11 +11,10 @@
 //! values set, deletions applied; per client, floor = max of both, results = union (the
 //! target's own result wins on an equal seq), last index = the import's index.
 
-use std::collections::BTreeMap;
-
 use crate::command::{Import, ImportedSession, KvCommand, KvResult};
 use crate::routing::vshard_of;
-use crate::state_machine::{kept, ClientSession, KvState, SESSIONS_MAX};
+use crate::session_table::SESSIONS_MAX;
+use crate::state_machine::KvState;
 use crate::vshard::{VShardMark, VShardState};
 
 /// Encoded bytes of an empty import (op, vshard, two counts).
@@ -138,12 +137,12 @@ impl KvState {
                 for k in dirty {
                     chunks.entry(k, shard.get(k));
                 }
-                for (client, s) in &self.sessions {
-                    if s.results.is_empty() {
-                        chunks.session_without_results(*client, s.floor);
+                for (client, s) in self.sessions.iter() {
+                    if s.results().is_empty() {
+                        chunks.session_without_results(*client, s.floor());
                     }
-                    for (seq, r) in &s.results {
-                        chunks.result(*client, s.floor, *seq, r);
+                    for (seq, r) in s.results() {
+                        chunks.result(*client, s.floor(), *seq, r);
                     }
                 }
             }
@@ -210,13 +209,11 @@ impl KvState {
             }
         }
         for s in import.sessions {
-            // A session new here counts whole (`bytes` of the empty one it starts as too).
-            let before = self.sessions.get(&s.client).map_or(0, ClientSession::bytes);
-            let mine = self.sessions.entry(s.client).or_default();
-            merge_session(mine, s, index);
-            self.session_bytes = (self.session_bytes + mine.bytes()).saturating_sub(before);
+            // A source of an older build may send results this one would not keep: `merge`
+            // keeps them as `kept` says.
+            self.sessions.merge(index, s.client, s.floor, s.results);
         }
-        self.evict_sessions_down_to(SESSIONS_MAX);
+        self.sessions.evict_down_to(SESSIONS_MAX);
         KvResult::Ok { value: None }
     }
 
@@ -231,21 +228,6 @@ impl KvState {
     }
 }
 
-/// The source's record of one client merged into the target's (see the module docs).
-fn merge_session(mine: &mut ClientSession, theirs: ImportedSession, index: u64) {
-    mine.floor = mine.floor.max(theirs.floor);
-    // A source of an older build may send results this one would not keep.
-    let mut results: BTreeMap<u64, Vec<u8>> = theirs
-        .results
-        .into_iter()
-        .map(|(seq, r)| (seq, kept(r)))
-        .collect();
-    results.append(&mut std::mem::take(&mut mine.results)); // equal seq: ours replaces theirs
-    mine.results = results.split_off(&mine.floor);
-    mine.last_index = index;
-    mine.trim();
-}
-
 #[cfg(test)]
 mod tests {
     use nodedb_multiraft::state_machine::{Command, StateMachine};
@@ -253,6 +235,7 @@ mod tests {
     use super::*;
     use crate::command::test_commands::{put, session};
     use crate::command::VShardStep;
+    use crate::session_table::{ClientSession, SessionTable};
     use crate::state_machine::KvStateMachine;
     use crate::vshard::Refusal;
 
@@ -413,7 +396,7 @@ mod tests {
         let paused = session(9, 101, 1, put(&keys[5], b"v3"));
         assert_eq!(s.one(paused.clone()), KvResult::Paused);
         assert_eq!(s.one(late.clone()), KvResult::Paused);
-        assert!(!s.reader().read().sessions[&9].results.contains_key(&101));
+        assert!(!s.reader().read().sessions[&9].results().contains_key(&101));
         assert_eq!(s.get(&keys[5]), Some(b"v1".to_vec()));
         assert_eq!(s.one(put(&other, b"still")), OK, "other vShards go on");
         for c in s
@@ -428,7 +411,7 @@ mod tests {
             let st = g.reader();
             let st = st.read();
             assert!(st.sessions.contains_key(&9));
-            assert_eq!(st.session_bytes, st.count_session_bytes());
+            assert_eq!(st.sessions.bytes(), st.sessions.count_bytes());
         }
         // The flip (group 0), then activate / release.
         assert_eq!(t.step(VShardStep::Activate, v, 0), OK);
@@ -510,32 +493,27 @@ mod tests {
 
     #[test]
     fn sessions_merge_by_max_floor_and_union_with_the_targets_own_winning() {
-        let mut mine = ClientSession {
-            floor: 3,
-            results: [(3, b"t3".to_vec()), (5, b"t5".to_vec())].into(),
-            last_index: 4,
-        };
-        let theirs = ImportedSession {
-            client: 1,
-            floor: 4,
-            results: vec![
-                (4, b"s4".to_vec()),
-                (5, b"s5".to_vec()),
-                (6, b"s6".to_vec()),
-            ],
-        };
-        merge_session(&mut mine, theirs, 99);
-        assert_eq!(mine.floor, 4);
+        let mine = ClientSession::new(3, 4, [(3, b"t3".to_vec()), (5, b"t5".to_vec())]);
+        let mut table = SessionTable::from_sessions([(1, mine)]);
+        let theirs = [
+            (4, b"s4".to_vec()),
+            (5, b"s5".to_vec()),
+            (6, b"s6".to_vec()),
+        ];
+        table.merge(99, 1, 4, theirs);
+        let merged = &table[&1];
+        assert_eq!(merged.floor(), 4);
+        let results: Vec<(u64, Vec<u8>)> = merged.results().clone().into_iter().collect();
         assert_eq!(
-            mine.results,
+            results,
             [
                 (4, b"s4".to_vec()),
                 (5, b"t5".to_vec()),
                 (6, b"s6".to_vec())
             ]
-            .into()
         );
-        assert_eq!(mine.last_index, 99);
+        assert_eq!(merged.last_index(), 99);
+        assert_eq!(table.bytes(), table.count_bytes());
     }
 
     #[test]

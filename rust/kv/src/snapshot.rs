@@ -29,7 +29,8 @@ use nodedb_multiraft::error::DecodeError;
 
 use crate::partition::{Shard, ShardedMap};
 use crate::routing::{vshard_of, VSHARDS};
-use crate::state_machine::{ClientSession, KvState};
+use crate::session_table::{ClientSession, SessionTable};
+use crate::state_machine::KvState;
 use crate::vshard::{VShardMark, VShardState};
 
 /// The snapshot version that adds the vShard states.
@@ -42,7 +43,7 @@ const VERSION_FENCES: u8 = 3;
 #[derive(Debug, Clone)]
 pub struct KvSnapshotView {
     map: ShardedMap,
-    sessions: BTreeMap<u64, ClientSession>,
+    sessions: SessionTable,
     vshards: BTreeMap<u32, VShardMark>,
     fences: BTreeMap<u32, u64>,
     applied_index: u64,
@@ -176,7 +177,7 @@ impl KvSnapshotDecoder {
             });
         };
         let mut r = Reader::new(&self.carried);
-        let mut sessions = BTreeMap::new();
+        let mut sessions = Vec::new();
         if !r.at_end() {
             let n = r.u64()?;
             for _ in 0..n {
@@ -184,19 +185,12 @@ impl KvSnapshotDecoder {
                 let floor = r.u64()?;
                 let last_index = r.u64()?;
                 let count = r.u64()?;
-                let mut results = BTreeMap::new();
+                let mut results = Vec::new();
                 for _ in 0..count {
                     let seq = r.u64()?;
-                    results.insert(seq, r.bytes("session result")?.to_vec());
+                    results.push((seq, r.bytes("session result")?.to_vec()));
                 }
-                sessions.insert(
-                    client,
-                    ClientSession {
-                        floor,
-                        results,
-                        last_index,
-                    },
-                );
+                sessions.push((client, ClientSession::new(floor, last_index, results)));
             }
         }
         let mut vshards = BTreeMap::new();
@@ -236,16 +230,14 @@ impl KvSnapshotDecoder {
             }
         }
         r.finish()?;
-        let mut state = KvState {
+        let state = KvState {
             map: ShardedMap::from_shards(self.shards.into_iter().map(Arc::new).collect()),
-            sessions,
+            sessions: SessionTable::from_sessions(sessions),
             vshards,
             fences,
             applied_index,
             applied_commands,
-            session_bytes: 0,
         };
-        state.session_bytes = state.count_session_bytes();
         Ok(state)
     }
 }
@@ -272,8 +264,8 @@ impl KvSnapshotView {
         let entries: usize = self.map.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
         let sessions: usize = self
             .sessions
-            .values()
-            .map(|s| 32 + s.results.values().map(|r| 12 + r.len()).sum::<usize>())
+            .iter()
+            .map(|(_, s)| 32 + s.results().values().map(|r| 12 + r.len()).sum::<usize>())
             .sum();
         let fences = if self.fences.is_empty() {
             0
@@ -335,12 +327,12 @@ impl KvSnapshotView {
             }
         }
         w.u64(self.sessions.len() as u64);
-        for (client, s) in &self.sessions {
+        for (client, s) in self.sessions.iter() {
             w.u64(*client);
-            w.u64(s.floor);
-            w.u64(s.last_index);
-            w.u64(s.results.len() as u64);
-            for (seq, r) in &s.results {
+            w.u64(s.floor());
+            w.u64(s.last_index());
+            w.u64(s.results().len() as u64);
+            for (seq, r) in s.results() {
                 w.u64(*seq);
                 w.bytes(r);
             }

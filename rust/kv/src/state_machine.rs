@@ -29,24 +29,9 @@ use nodedb_multiraft::state_machine::{
 use crate::command::{KvCommand, KvResult, VShardStep};
 use crate::partition::ShardedMap;
 use crate::routing::vshard_of;
+use crate::session_table::{Admission, SessionTable, RESULT_KEPT_BYTES_MAX};
 use crate::snapshot::{KvSnapshotDecoder, KvSnapshotView};
 use crate::vshard::{self, Refusal, VShardMark, VShardState};
-
-/// Client sessions kept per group; past it the one least recently written through is forgotten
-/// (deterministically: by last applied index). A retry from a forgotten session applies again,
-/// so this bounds memory at the price of at-least-once for a client silent while 4096 others wrote.
-pub const SESSIONS_MAX: usize = 4096;
-/// Cached results per session, at most: a client with more writes outstanding in one group than
-/// this gets its oldest results dropped, and a retry of one of those is refused (`Duplicate`),
-/// never applied twice.
-pub const SESSION_RESULTS_MAX: usize = 1 << 16;
-/// A result longer than this is cached as [`KvResult::Duplicate`] ("applied; its result not
-/// kept"): the command applied once as always, and a retry of it is refused (the client raises
-/// OutcomeUnknown) instead of answered again. Why: a compare-and-set lost against a large value
-/// (or a get through the log) cached a copy of that value per command until the client
-/// acknowledged it, so a client that never did held ~32 MiB of every replica's memory per
-/// 100-byte request. Only retried answers change: which commands apply does not.
-pub const RESULT_KEPT_BYTES_MAX: usize = 1024;
 
 /// Bytes of large results (over [`RESULT_KEPT_BYTES_MAX`]) one apply batch returns, at most.
 /// Why: one 1 KiB request of 40 compare-and-sets losing against a 16 MiB value made every
@@ -54,66 +39,12 @@ pub const RESULT_KEPT_BYTES_MAX: usize = 1024;
 /// ended every replica, again at each restart's replay).
 pub const RESULT_BATCH_BYTES_MAX: usize = 32 << 20;
 
-/// What a session costs in [`KvState::usage_bytes`], then each of its cached results besides
-/// its bytes: roughly the memory of a map entry (id or seq, header, allocation), so a client
-/// cannot hide a million tiny results from the quota.
-const SESSION_BYTES: usize = 96;
-const RESULT_OVERHEAD_BYTES: usize = 48;
-
-fn result_bytes(result: &[u8]) -> usize {
-    RESULT_OVERHEAD_BYTES + result.len()
-}
-
-fn results_bytes<'a>(results: impl IntoIterator<Item = &'a Vec<u8>>) -> usize {
-    results.into_iter().map(|r| result_bytes(r)).sum()
-}
-
-/// The form in which `result` is cached for retries (see [`RESULT_KEPT_BYTES_MAX`]).
-pub(crate) fn kept(result: Vec<u8>) -> Vec<u8> {
-    if result.len() > RESULT_KEPT_BYTES_MAX {
-        KvResult::Duplicate.encode()
-    } else {
-        result
-    }
-}
-
-/// What a group remembers of one client's session.
-#[derive(Default, Debug, Clone, PartialEq, Eq)]
-pub struct ClientSession {
-    /// Seqs below this are answered (or their results dropped): a copy arriving now is refused.
-    pub floor: u64,
-    /// Encoded results of applied seqs at or above `floor`, for retries.
-    pub results: BTreeMap<u64, Vec<u8>>,
-    /// Log index of the last command of this session: the least recent one is evicted first.
-    pub last_index: u64,
-}
-
-impl ClientSession {
-    /// Past [`SESSION_RESULTS_MAX`] results the oldest go and the floor rises above them: a
-    /// retry of one is refused, never applied twice. Returns the bytes freed.
-    pub(crate) fn trim(&mut self) -> usize {
-        let mut freed = 0;
-        while self.results.len() > SESSION_RESULTS_MAX {
-            if let Some((dropped, result)) = self.results.pop_first() {
-                self.floor = self.floor.max(dropped + 1);
-                freed += result_bytes(&result);
-            }
-        }
-        freed
-    }
-
-    /// This session's share of [`KvState::usage_bytes`].
-    pub(crate) fn bytes(&self) -> usize {
-        SESSION_BYTES + results_bytes(self.results.values())
-    }
-}
-
 /// The KV map, the client sessions, the vShards in a move, and the index of the last command
 /// applied to them.
 #[derive(Default, Debug)]
 pub struct KvState {
     pub map: ShardedMap,
-    pub sessions: BTreeMap<u64, ClientSession>,
+    pub sessions: SessionTable,
     /// vShards not in the plain state (moving in or out, or moved away: [`crate::vshard`]).
     pub vshards: BTreeMap<u32, VShardMark>,
     /// Per vShard a step ever applied to here: the highest move id of those steps (the fence,
@@ -121,9 +52,6 @@ pub struct KvState {
     pub fences: BTreeMap<u32, u64>,
     pub applied_index: u64,
     pub applied_commands: u64,
-    /// The sessions' bytes ([`ClientSession::bytes`]), kept as they change: the map's bytes
-    /// plus these are what the quota counts ([`KvState::usage_bytes`]).
-    pub session_bytes: usize,
 }
 
 impl KvState {
@@ -131,34 +59,22 @@ impl KvState {
     /// (`ServeOptions::quota_bytes`) is checked against, O(1). Memory use is higher by the
     /// containers' overhead.
     pub fn usage_bytes(&self) -> usize {
-        self.map.total_bytes() + self.session_bytes
-    }
-
-    /// [`KvState::session_bytes`] counted from scratch (after a restore; tests compare).
-    pub fn count_session_bytes(&self) -> usize {
-        self.sessions.values().map(ClientSession::bytes).sum()
+        self.map.total_bytes() + self.sessions.bytes()
     }
 
     /// xxh3 over (applied index, the map's entry count and the wrapping sum of its entries'
-    /// hashes, every session in order, then every vShard state in order when there are any,
-    /// then every vShard's fence in order when there are any):
-    /// equal digests on two nodes mean equal state at the same index. The sum makes the map's
-    /// part independent of iteration order, and the map keeps it as it is written, so a digest
-    /// costs O(sessions), not O(keys).
+    /// hashes, every session in order (its results as a count and a hash sum), then every
+    /// vShard state in order when there are any, then every vShard's fence in order when there
+    /// are any): equal digests on two nodes mean equal state at the same index. The sums make
+    /// the map's and results' parts independent of iteration order, and both are kept as they
+    /// are written, so a digest costs O(sessions), not O(keys) or O(cached results).
     pub fn digest(&self) -> u64 {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(&self.applied_index.to_le_bytes());
         h.update(&(self.map.len() as u64).to_le_bytes());
         h.update(&self.map.entry_hash_sum().to_le_bytes());
-        for (client, s) in &self.sessions {
-            h.update(&client.to_le_bytes());
-            h.update(&s.floor.to_le_bytes());
-            h.update(&s.last_index.to_le_bytes());
-            for (seq, r) in &s.results {
-                h.update(&seq.to_le_bytes());
-                h.update(&(r.len() as u64).to_le_bytes());
-                h.update(r);
-            }
+        for (client, s) in self.sessions.iter() {
+            s.digest_into(*client, &mut h);
         }
         for (vshard, mark) in &self.vshards {
             h.update(&vshard.to_le_bytes());
@@ -279,48 +195,14 @@ impl KvState {
             Ok(vshard) => vshard,
             Err(refused) => return refused.encode(),
         };
-        if !self.sessions.contains_key(&client) {
-            self.evict_sessions_down_to(SESSIONS_MAX - 1);
-            self.session_bytes += SESSION_BYTES;
-        }
-        let session = self.sessions.entry(client).or_default();
-        session.last_index = index;
-        if acked_below > session.floor {
-            session.floor = acked_below;
-            let waiting = session.results.split_off(&acked_below);
-            let answered = std::mem::replace(&mut session.results, waiting);
-            self.session_bytes = self
-                .session_bytes
-                .saturating_sub(results_bytes(answered.values()));
-        }
-        if let Some(cached) = session.results.get(&seq) {
-            return cached.clone();
-        }
-        if seq < session.floor {
-            return KvResult::Duplicate.encode();
-        }
-        let result = self.apply_command(vshard, inner).encode();
-        let session = self.sessions.entry(client).or_default();
-        let cached = kept(result.clone());
-        self.session_bytes += result_bytes(&cached);
-        session.results.insert(seq, cached);
-        self.session_bytes = self.session_bytes.saturating_sub(session.trim());
-        result
-    }
-
-    /// Forget the least recently written sessions (by last applied index, then id:
-    /// deterministic) until at most `keep` are left.
-    pub(crate) fn evict_sessions_down_to(&mut self, keep: usize) {
-        while self.sessions.len() > keep {
-            let oldest = self
-                .sessions
-                .iter()
-                .min_by_key(|(id, s)| (s.last_index, **id))
-                .map(|(id, _)| *id);
-            match oldest.and_then(|id| self.sessions.remove(&id)) {
-                Some(gone) => self.session_bytes = self.session_bytes.saturating_sub(gone.bytes()),
-                None => return,
-            };
+        match self.sessions.admit(index, client, seq, acked_below) {
+            Admission::Cached(result) => result,
+            Admission::BelowFloor => KvResult::Duplicate.encode(),
+            Admission::New => {
+                let result = self.apply_command(vshard, inner).encode();
+                self.sessions.cache(client, seq, result.clone());
+                result
+            }
         }
     }
 

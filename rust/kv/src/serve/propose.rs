@@ -16,7 +16,7 @@ use super::reply_room::REPLY_VALUE_BYTES_MAX;
 use super::{any_refused, by_group, classify, encode, reply_of, KvServer};
 use crate::command::KvResult;
 use crate::peer_health::serve_budget_ms;
-use crate::state_machine::RESULT_KEPT_BYTES_MAX;
+use crate::session_table::RESULT_KEPT_BYTES_MAX;
 
 pub(super) struct GroupShare {
     group: u64,

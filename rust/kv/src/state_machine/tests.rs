@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::command::test_commands::{put, session};
+use crate::session_table::{SESSIONS_MAX, SESSION_RESULTS_MAX};
 use nodedb_multiraft::codec::{Writer, FORMAT_VERSION};
 
 fn apply(sm: &mut KvStateMachine, index: u64, cmds: &[KvCommand]) -> Vec<KvResult> {
@@ -180,7 +181,7 @@ fn a_copy_below_the_acknowledged_floor_is_refused_not_applied() {
     apply(&mut sm, 1, &[session(1, 1, 1, put(b"k", b"a"))]);
     // Seq 2 says the client has seq 1's answer: its result is dropped.
     apply(&mut sm, 2, &[session(1, 2, 2, put(b"x", b"1"))]);
-    assert!(!sm.reader().read().sessions[&1].results.contains_key(&1));
+    assert!(!sm.reader().read().sessions[&1].results().contains_key(&1));
     apply(&mut sm, 3, &[put(b"k", b"z")]);
     let late = apply(&mut sm, 4, &[session(1, 1, 1, put(b"k", b"a"))]);
     assert_eq!(late, vec![KvResult::Duplicate]);
@@ -250,8 +251,8 @@ fn a_full_result_window_drops_the_oldest_and_refuses_its_retry() {
     {
         let st = sm.reader();
         let st = st.read();
-        assert_eq!(st.sessions[&3].results.len(), SESSION_RESULTS_MAX);
-        assert_eq!(st.sessions[&3].floor, 2);
+        assert_eq!(st.sessions[&3].results().len(), SESSION_RESULTS_MAX);
+        assert_eq!(st.sessions[&3].floor(), 2);
     }
     sm.apply_batch(&[Command {
         index: 2,
@@ -368,9 +369,9 @@ fn usage_counts_keys_values_and_sessions_as_they_change() {
     let check = |sm: &KvStateMachine| {
         let st = sm.reader();
         let st = st.read();
-        assert_eq!(st.session_bytes, st.count_session_bytes());
+        assert_eq!(st.sessions.bytes(), st.sessions.count_bytes());
         let map: usize = st.map.iter().map(|(k, v)| k.len() + v.len()).sum();
-        assert_eq!(st.usage_bytes(), map + st.session_bytes);
+        assert_eq!(st.usage_bytes(), map + st.sessions.bytes());
     };
     let mut index = 0;
     for round in 0..200u64 {
