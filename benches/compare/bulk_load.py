@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from checks import is_debug_build
+from checks import is_debug_build, run_variant
 
 KEYS_MAX = 10_000_000
 CHILD_TIMEOUT_S = 900.0
@@ -82,23 +79,6 @@ async def _load(keys: int, batch: int) -> dict[str, object]:
             await cluster.close()
 
 
-def _child(variant: str, keys: int, batch: int) -> dict[str, object]:
-    env = dict(os.environ)
-    for setting in shlex.split(variant):
-        name, _, value = setting.partition("=")
-        env[name] = value
-    out = subprocess.run(
-        [sys.executable, __file__, "--one", "--keys", str(keys), "--batch", str(batch)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-        check=True,
-    )
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("variants", nargs="*", default=[""], help='environment settings, or ""')
@@ -116,7 +96,8 @@ def main() -> int:
         return 0
     for round_ in range(args.rounds):
         for variant in args.variants:
-            result = _child(variant, args.keys, args.batch)
+            one = ["--one", "--keys", str(args.keys), "--batch", str(args.batch)]
+            result = run_variant(__file__, one, variant, CHILD_TIMEOUT_S)
             print(f"round {round_ + 1} {variant or '(this checkout)'}: {result['seconds']:.1f} s")
             for q in result["quarters"]:  # type: ignore[attr-defined]
                 print(

@@ -1,9 +1,14 @@
 """What every comparison script checks before it runs: a release build of the Rust core (figures
-from a debug build would mislead) and bounded runs."""
+from a debug build would mislead) and bounded runs; and how a script runs itself once per build
+it compares."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -44,3 +49,26 @@ def add_rounds_and_duration(ap: argparse.ArgumentParser, duration_s: float, roun
         default=duration_s,
         help=f"seconds per run ({low:g}..{high:g})",
     )
+
+
+def run_variant(script: str, args: list[str], variant: str, timeout_s: float) -> dict[str, object]:
+    """`script args` in a child process whose environment adds `variant`'s space-separated
+    `NAME=value` settings ("" for this checkout as installed); the JSON object it printed last,
+    or RuntimeError with the end of its stderr."""
+    env = dict(os.environ)
+    for setting in shlex.split(variant):
+        name, _, value = setting.partition("=")
+        env[name] = value
+    out = subprocess.run(
+        [sys.executable, script, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if out.returncode != 0:
+        tail = out.stderr.strip()[-3000:]
+        raise RuntimeError(f"{script} with {variant!r} exited {out.returncode}:\n{tail}")
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result

@@ -11,11 +11,16 @@
   restart's replay of that entry);
 - nor make a node copy a large value once per time a read names it (40 in a 1 KiB request took
   a leader from 315 MiB to 2.7 GiB): a read over one reply is refused with a reason, where a
-  `get_many` of three 32 MiB values used to fail as `frame too short: 0 bytes`."""
+  `get_many` of three 32 MiB values used to fail as `frame too short: 0 bytes`;
+- nor stall every replica by giving each command a new session id once the group holds its
+  4096 sessions (each evicted one by a scan of all of them: one request of 20,000 held every
+  replica's driver ~0.7 s, and the group re-elected its leader)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,6 +50,11 @@ MANY_CAS = 400
 """Lost compare-and-sets in one request (40 x 16 MiB used to be copied on every replica)."""
 READS = 40
 """Times one read request names the large key (40 x 16 MiB used to be copied)."""
+CHURN = 20_000
+"""Commands of one request, each from a session id the group has not seen."""
+SESSIONS_HELD = 4096
+WAIT_MAX_S = 0.4
+"""A concurrent write's longest wait during the churn (~40 ms now; 1.3 s before)."""
 GROWTH_MAX = 128 << 20
 """Each node's memory may grow this much over an attack (one reply's copies and encoding; it
 grew 24-40 x 16 MiB before)."""
@@ -229,3 +239,54 @@ async def test_a_read_over_one_reply_is_refused_and_copies_nothing(tmp_path: Pat
         assert _rss(large.leader.proc.pid, "VmHWM") - before < GROWTH_MAX
         async with Client(large.addrs, large.cluster.client_credentials) as c:
             assert await c.get(large.key) == b"x" * BIG
+
+
+async def test_a_new_session_id_per_command_stalls_no_replica(tmp_path: Path) -> None:
+    async with _large_value(tmp_path) as large:
+
+        async def terms() -> list[int]:
+            return [
+                g["term"]
+                for node_id in large.cluster.nodes
+                for g in (await large.cluster.status(node_id, timeout_s=10.0))["groups"]
+                if g["group_id"] == large.group
+            ]
+
+        terms_before = await terms()
+        creds = large.cluster.client_credentials
+        assert isinstance(creds, Mtls)
+        put = core.kv_command("put", b"churn", b"1")
+        waits: list[float] = []
+        stop = asyncio.Event()
+        async with (
+            Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as attacker,
+            Client(large.addrs, creds) as writer,
+        ):
+
+            async def propose(first_client: int, count: int) -> None:
+                cmds = [core.kv_session(first_client + i, 1, 0, put) for i in range(count)]
+                gs = [large.group] * count
+                request = {"op": "propose_many", "gs": gs, "cmds": cmds, "t": 20_000}
+                kind, reply = await attacker.send_rpc_to_addr(
+                    large.leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
+                )
+                assert kind == wire.MessageKind.KV_RESPONSE
+                assert msgpack.unpackb(reply)["r"] == [bytes([0, 0])] * count, (
+                    "every put applied (Ok)"
+                )
+
+            async def write() -> None:
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    await writer.put(b"writer", b"1")
+                    waits.append(time.perf_counter() - started)
+
+            await propose(1 << 40, SESSIONS_HELD)
+            writing = asyncio.create_task(write())
+            for round_ in range(3):
+                await propose(2 << 40 | round_ << 32, CHURN)
+            stop.set()
+            await asyncio.wait_for(writing, 30.0)
+        assert waits, "the concurrent writer wrote"
+        assert max(waits) < WAIT_MAX_S, f"a write waited {max(waits):.3f} s"
+        assert await terms() == terms_before, "the group re-elected its leader"
