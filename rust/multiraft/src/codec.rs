@@ -17,6 +17,10 @@ pub const COMMANDS_PER_ENTRY_MAX: usize = 1 << 16;
 pub const MESSAGES_PER_BATCH_MAX: usize = 1 << 16;
 /// A single encoded item (command, raft message, chunk) may not exceed the 64 MiB frame limit.
 pub const ITEM_BYTES_MAX: usize = 64 << 20;
+/// A proposed entry's data ([`encode_commands`]), at most: with a raft message's header it
+/// still fits one frame to a follower, and with its log record's header one log record (a
+/// record over the log's limit stops the engine).
+pub const ENTRY_BYTES_MAX: usize = ITEM_BYTES_MAX - (1 << 20);
 
 /// Appends little-endian fields to a buffer.
 #[derive(Default)]
@@ -130,14 +134,43 @@ impl<'a> Reader<'a> {
 /// Entry data: `version u8, count u32, (len u32, bytes)*`. One proposal (single or batch) is one
 /// raft entry, so a batch costs one log record and one apply call.
 pub fn encode_commands<B: AsRef<[u8]>>(commands: &[B]) -> Vec<u8> {
-    let total: usize = commands.iter().map(|c| c.as_ref().len() + 4).sum();
-    let mut w = Writer::with_capacity(5 + total);
+    let mut w = Writer::with_capacity(encoded_commands_len(commands));
     w.u8(FORMAT_VERSION);
     w.u32(commands.len() as u32);
     for c in commands {
         w.bytes(c.as_ref());
     }
     w.buf
+}
+
+/// The length of [`encode_commands`]'s output for `commands`.
+pub fn encoded_commands_len<B: AsRef<[u8]>>(commands: &[B]) -> usize {
+    5 + commands.iter().map(|c| c.as_ref().len() + 4).sum::<usize>()
+}
+
+/// Why `commands` cannot be one entry, if they cannot: an entry this node writes must decode
+/// ([`decode_commands`]), fit a log record and reach its followers in one frame. Checked
+/// before a proposal goes to raft; one that got in anyway was committed by every replica and
+/// then applied as nothing.
+pub fn entry_refusal<B: AsRef<[u8]>>(commands: &[B]) -> Option<String> {
+    if commands.is_empty() {
+        return Some("empty proposal batch".into());
+    }
+    if commands.len() > COMMANDS_PER_ENTRY_MAX {
+        return Some(format!(
+            "{} commands in one proposal; an entry holds at most {COMMANDS_PER_ENTRY_MAX}: \
+             propose them in several",
+            commands.len()
+        ));
+    }
+    let bytes = encoded_commands_len(commands);
+    if bytes > ENTRY_BYTES_MAX {
+        return Some(format!(
+            "a proposal of {bytes} bytes; an entry holds at most {ENTRY_BYTES_MAX} (one frame \
+             to a follower): propose it in several"
+        ));
+    }
+    None
 }
 
 /// Inverse of [`encode_commands`], borrowing from `data`.

@@ -48,7 +48,7 @@ use std::time::Duration;
 use raft::prelude::{ConfChangeV2, ConfState, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 
-use crate::codec::{encode_commands, Frame, RaftBatch, SnapshotAck, SnapshotKey};
+use crate::codec::{encode_commands, entry_refusal, Frame, RaftBatch, SnapshotAck, SnapshotKey};
 use crate::config::MultiRaftConfig;
 use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::group::{
@@ -331,6 +331,9 @@ impl MultiRaftCore {
         let limit = self.cfg.pending_proposals_max;
         let no_space = self.disk.refuses_writes().then(|| self.data_dir());
         let r = (|| {
+            if let Some(reason) = entry_refusal(commands) {
+                return Err(RaftError::Invalid { reason });
+            }
             let g = self.group_mut(gid)?;
             if let Some(kind) = kind {
                 if g.meta.sm_kind != kind.tag() {
@@ -355,11 +358,6 @@ impl MultiRaftCore {
             if g.proposals.len() >= limit {
                 return Err(RaftError::Busy {
                     reason: "too many pending proposals in this group",
-                });
-            }
-            if commands.is_empty() {
-                return Err(RaftError::Invalid {
-                    reason: "empty proposal batch".into(),
                 });
             }
             let before = g.raw.raft.raft_log.last_index();

@@ -147,3 +147,37 @@ fn a_state_machine_that_cannot_apply_stops_the_engine() {
         );
     }
 }
+
+/// An entry this node writes must decode, fit a log record and reach a follower in one frame.
+/// Before these checks, 65,537 commands were committed by every replica and then applied as
+/// nothing ("committed entry did not decode"), and one command over 64 MiB stopped the
+/// leader's engine (its log refused the record).
+#[test]
+fn a_proposal_no_entry_can_hold_is_refused_before_raft_sees_it() {
+    use nodedb_multiraft::codec::{COMMANDS_PER_ENTRY_MAX, ENTRY_BYTES_MAX};
+    let mut c = cluster(3);
+    let l = c.elect(G);
+    let last = |c: &mut Cluster| c.core(l).status(G).expect("status").last_index;
+    let before = last(&mut c);
+    let too_many = vec![b"c".to_vec(); COMMANDS_PER_ENTRY_MAX + 1];
+    let too_big = vec![vec![0u8; ENTRY_BYTES_MAX]];
+    let followers: Vec<NodeId> = c.nodes.keys().copied().filter(|id| *id != l).collect();
+    for (cmds, says) in [(&too_many, "at most 65536"), (&too_big, "one frame")] {
+        for at in [l, followers[0]] {
+            match propose(&mut c, at, None, cmds) {
+                Err(RaftError::Invalid { reason }) => assert!(reason.contains(says), "{reason}"),
+                outcome => panic!("expected Invalid, got {outcome:?}"),
+            }
+        }
+    }
+    assert_eq!(last(&mut c), before, "nothing reached the log");
+    let most = vec![b"c".to_vec(); COMMANDS_PER_ENTRY_MAX];
+    let out = propose(&mut c, l, None, &most).expect("the most an entry holds");
+    assert_eq!(out.results.len(), COMMANDS_PER_ENTRY_MAX);
+    let everywhere = c.drive_until(50, |c| {
+        c.nodes
+            .keys()
+            .all(|id| applied(c, *id).len() == COMMANDS_PER_ENTRY_MAX)
+    });
+    assert!(everywhere, "every node applied it");
+}

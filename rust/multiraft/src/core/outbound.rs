@@ -26,11 +26,11 @@ impl MultiRaftCore {
         }
     }
 
-    /// Sends one frame (or a few, past `BATCH_FRAME_BYTES_MAX`) per destination peer.
+    /// Sends one frame (or a few, past `BATCH_FRAME_BYTES_MAX`: [`frames_of`]) per destination
+    /// peer; snapshots go as transfers of their own.
     pub(super) fn flush(&mut self, out: Outbox) {
         for (to, msgs) in out.by_peer {
-            let mut batch = Vec::new();
-            let mut bytes = 0usize;
+            let mut batchable = Vec::with_capacity(msgs.len());
             for (gid, m) in msgs {
                 if m.get_msg_type() == MessageType::MsgTimeoutNow {
                     // A transfer a follower asked for (this node's own set it already).
@@ -42,15 +42,10 @@ impl MultiRaftCore {
                     self.start_transfer(to, gid, m);
                     continue;
                 }
-                bytes += protobuf::Message::compute_size(&m) as usize + 16;
-                batch.push((gid, m));
-                if bytes >= BATCH_FRAME_BYTES_MAX {
-                    self.send_batch(to, std::mem::take(&mut batch));
-                    bytes = 0;
-                }
+                batchable.push((gid, m));
             }
-            if !batch.is_empty() {
-                self.send_batch(to, batch);
+            for frame in frames_of(batchable, BATCH_FRAME_BYTES_MAX) {
+                self.send_batch(to, frame);
             }
         }
     }
@@ -161,5 +156,71 @@ impl MultiRaftCore {
                 }
             }
         }
+    }
+}
+
+/// `msgs` in order, in frames of at most `max` bytes each, or of one message larger than
+/// that: a message that would take a frame past `max` starts the next one. (A frame was a full
+/// one plus the message that crossed `max`: 16 MiB and a 63 MiB entry went over the transport's
+/// 64 MiB and were refused, every retransmission alike while the traffic lasted.)
+fn frames_of(msgs: Vec<(GroupId, Message)>, max: usize) -> Vec<Vec<(GroupId, Message)>> {
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut bytes = 0usize;
+    for (gid, m) in msgs {
+        let size = protobuf::Message::compute_size(&m) as usize + 16;
+        if !frame.is_empty() && bytes + size > max {
+            frames.push(std::mem::take(&mut frame));
+            bytes = 0;
+        }
+        bytes += size;
+        frame.push((gid, m));
+    }
+    if !frame.is_empty() {
+        frames.push(frame);
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use raft::prelude::Entry;
+
+    use super::*;
+
+    fn append_of(data_bytes: usize) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        let e = Entry {
+            data: vec![0u8; data_bytes].into(),
+            ..Entry::default()
+        };
+        m.entries = vec![e].into();
+        m
+    }
+
+    #[test]
+    fn frames_stay_within_the_bound_or_hold_one_larger_message_in_order() {
+        const MIB: usize = 1 << 20;
+        let sizes = [3 * MIB, 10 * MIB, 60 * MIB, 1024, 1024, 15 * MIB, 2 * MIB];
+        let msgs: Vec<(GroupId, Message)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (GroupId(i as u64), append_of(*n)))
+            .collect();
+        let frames = frames_of(msgs, 16 * MIB);
+        let groups: Vec<Vec<u64>> = frames
+            .iter()
+            .map(|f| f.iter().map(|(g, _)| g.0).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![0, 1], vec![2], vec![3, 4, 5], vec![6]]);
+        for frame in &frames {
+            let bytes: usize = frame
+                .iter()
+                .map(|(_, m)| protobuf::Message::compute_size(m) as usize + 16)
+                .sum();
+            assert!(bytes <= 16 * MIB || frame.len() == 1, "{bytes} bytes");
+        }
+        assert!(frames_of(Vec::new(), 16 * MIB).is_empty());
     }
 }
