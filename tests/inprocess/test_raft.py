@@ -19,6 +19,7 @@ from nodedb_cluster.errors import (
     ConfigError,
     CorruptLog,
     EngineStopped,
+    InvalidRequest,
     RaftNotLeader,
     UnknownGroup,
 )
@@ -175,6 +176,23 @@ async def test_python_state_machine_gets_batches_in_the_same_order_everywhere(
     assert sequences[0] == sequences[1] == sequences[2]
     # 200 concurrent proposals arrive in far fewer apply calls (batched per round).
     assert leader.machines[0].batches < 200
+
+
+async def test_a_proposal_no_entry_can_hold_is_refused_and_the_engine_goes_on(
+    cluster: list[Node],
+) -> None:
+    """70,000 commands were committed everywhere and applied as nothing; a 70 MB command
+    stopped the leader's engine (its log refused the record)."""
+    for n in cluster:
+        await n.engine.add_group(0, [1, 2, 3], "python")
+    leader = await leader_of(cluster, 0)
+    with pytest.raises(InvalidRequest, match="at most 65536"):
+        await leader.engine.propose_batch(0, [b"c"] * 70_000)
+    with pytest.raises(InvalidRequest, match="one frame to a follower"):
+        await leader.engine.propose(0, b"x" * (70 << 20))
+    after = await leader.engine.propose(0, b"after")
+    await until(lambda: all(len(n.machines[0].applied) == 1 for n in cluster), "all applied")
+    assert leader.machines[0].applied == [(after.index, b"after")]
 
 
 async def test_typed_errors(cluster: list[Node]) -> None:

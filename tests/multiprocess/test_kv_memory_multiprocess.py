@@ -14,7 +14,9 @@
   `get_many` of three 32 MiB values used to fail as `frame too short: 0 bytes`;
 - nor stall every replica by giving each command a new session id once the group holds its
   4096 sessions (each evicted one by a scan of all of them: one request of 20,000 held every
-  replica's driver ~0.7 s, and the group re-elected its leader)."""
+  replica's driver ~0.7 s, and the group re-elected its leader);
+- nor have every replica commit an entry it then applies as nothing: a request of more
+  commands for one group than an entry holds is refused before it is proposed."""
 
 from __future__ import annotations
 
@@ -290,3 +292,30 @@ async def test_a_new_session_id_per_command_stalls_no_replica(tmp_path: Path) ->
         assert waits, "the concurrent writer wrote"
         assert max(waits) < WAIT_MAX_S, f"a write waited {max(waits):.3f} s"
         assert await terms() == terms_before, "the group re-elected its leader"
+
+
+async def test_more_commands_for_a_group_than_an_entry_holds_are_refused_up_front(
+    tmp_path: Path,
+) -> None:
+    async with _large_value(tmp_path) as large:
+        creds = large.cluster.client_credentials
+        assert isinstance(creds, Mtls)
+        applied = (await large.cluster.status(large.leader.node_id))["groups"]
+        before = next(g["applied"] for g in applied if g["group_id"] == large.group)
+        async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as attacker:
+            put = core.kv_command("put", b"many", b"1")
+            request = {
+                "op": "propose_many",
+                "gs": [large.group] * 70_000,
+                "cmds": [put] * 70_000,
+                "t": 20_000,
+            }
+            with pytest.raises(RemoteError, match="an entry holds at most 65536"):
+                await attacker.send_rpc_to_addr(
+                    large.leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
+                )
+        applied = (await large.cluster.status(large.leader.node_id))["groups"]
+        assert next(g["applied"] for g in applied if g["group_id"] == large.group) == before
+        async with Client(large.addrs, creds) as c:
+            await c.put_many([(b"k%d" % i, b"v") for i in range(70_000)])  # split by the client
+            assert await c.get(b"k69999") == b"v"
