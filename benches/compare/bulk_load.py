@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from checks import is_debug_build, run_variant
+from checks import is_debug_build, variant_rounds
 
 KEYS_MAX = 10_000_000
 CHILD_TIMEOUT_S = 900.0
@@ -94,18 +94,16 @@ def main() -> int:
     if args.one:
         print(json.dumps(asyncio.run(_load(args.keys, args.batch))))
         return 0
-    for round_ in range(args.rounds):
-        for variant in args.variants:
-            one = ["--one", "--keys", str(args.keys), "--batch", str(args.batch)]
-            result = run_variant(__file__, one, variant, CHILD_TIMEOUT_S)
-            print(f"round {round_ + 1} {variant or '(this checkout)'}: {result['seconds']:.1f} s")
-            for q in result["quarters"]:  # type: ignore[attr-defined]
-                print(
-                    f"  to {q['keys']:>9,} keys: batch p50 {q['p50_ms']:6.1f} ms  "
-                    f"p99 {q['p99_ms']:6.1f} ms  max {q['max_ms']:6.1f} ms  "
-                    f"elections {q['elections']}",
-                    flush=True,
-                )
+    one = ["--one", "--keys", str(args.keys), "--batch", str(args.batch)]
+    for title, result in variant_rounds(__file__, one, args.variants, args.rounds, CHILD_TIMEOUT_S):
+        print(f"{title}: {result['seconds']:.1f} s")
+        for q in result["quarters"]:  # type: ignore[attr-defined]
+            print(
+                f"  to {q['keys']:>9,} keys: batch p50 {q['p50_ms']:6.1f} ms  "
+                f"p99 {q['p99_ms']:6.1f} ms  max {q['max_ms']:6.1f} ms  "
+                f"elections {q['elections']}",
+                flush=True,
+            )
     return 0
 
 

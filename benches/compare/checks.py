@@ -10,7 +10,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import nodedb_cluster_core
 
@@ -72,3 +72,14 @@ def run_variant(script: str, args: list[str], variant: str, timeout_s: float) ->
         raise RuntimeError(f"{script} with {variant!r} exited {out.returncode}:\n{tail}")
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def variant_rounds(
+    script: str, args: list[str], variants: list[str], rounds: int, timeout_s: float
+) -> Iterator[tuple[str, dict[str, object]]]:
+    """Each variant's result (`run_variant`), rounds alternating the variants; the title of
+    each names its round and variant."""
+    for round_ in range(rounds):
+        for variant in variants:
+            result = run_variant(script, args, variant, timeout_s)
+            yield f"round {round_ + 1} {variant or '(this checkout)'}", result

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from checks import is_debug_build, run_variant
+from checks import is_debug_build, variant_rounds
 
 SESSIONS_HELD = 4096
 NEW_IDS = 20_000
@@ -138,22 +138,19 @@ def main() -> int:
     if args.one:
         print(json.dumps(asyncio.run(_attack())))
         return 0
-    for round_ in range(args.rounds):
-        for variant in args.variants:
-            result = run_variant(__file__, ["--one"], variant, CHILD_TIMEOUT_S)
-            print(f"round {round_ + 1} {variant or '(this checkout)'}:")
-            for name, r in result.items():
-                assert isinstance(r, dict)
-                extra = ""
-                if "requests_ms" in r:
-                    extra = (
-                        "  requests " + ", ".join(f"{ms:.0f}" for ms in r["requests_ms"]) + " ms"
-                    )
-                print(
-                    f"  {name:15} {r['seconds']:6.1f} s  writes p99 {r['p99_ms']:7.1f} ms  "
-                    f"max {r['max_ms']:7.1f} ms  elections {r['elections']}{extra}",
-                    flush=True,
-                )
+    for title, result in variant_rounds(
+        __file__, ["--one"], args.variants, args.rounds, CHILD_TIMEOUT_S
+    ):
+        print(f"{title}:")
+        for name, r in result.items():
+            assert isinstance(r, dict)
+            requests = r.get("requests_ms", [])
+            extra = "  requests " + ", ".join(f"{ms:.0f}" for ms in requests) + " ms"
+            print(
+                f"  {name:15} {r['seconds']:6.1f} s  writes p99 {r['p99_ms']:7.1f} ms  "
+                f"max {r['max_ms']:7.1f} ms  elections {r['elections']}{extra if requests else ''}",
+                flush=True,
+            )
     return 0
 
 
