@@ -134,7 +134,7 @@ impl KvState {
                 }
             }
             (true, Some(VShardState::Frozen { dirty, .. })) => {
-                for k in dirty {
+                for k in dirty.iter() {
                     chunks.entry(k, shard.get(k));
                 }
                 for (client, s) in self.sessions.iter() {

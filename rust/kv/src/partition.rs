@@ -33,7 +33,8 @@ fn entry_hash(seed: u64, value: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(value, seed)
 }
 
-fn key_seed(key: &[u8]) -> u64 {
+/// A key's hash: the seed of its entry's, and a dirty key's term in the digest.
+pub(crate) fn key_seed(key: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64_with_seed(key, key.len() as u64)
 }
 

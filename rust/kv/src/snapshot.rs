@@ -31,7 +31,7 @@ use crate::partition::{Shard, ShardedMap};
 use crate::routing::{vshard_of, VSHARDS};
 use crate::session_table::{ClientSession, SessionTable};
 use crate::state_machine::KvState;
-use crate::vshard::{VShardMark, VShardState};
+use crate::vshard::{DirtyKeys, VShardMark, VShardState};
 
 /// The snapshot version that adds the vShard states.
 const VERSION_VSHARDS: u8 = 2;
@@ -202,9 +202,9 @@ impl KvSnapshotDecoder {
                 let group = r.u64()?;
                 let move_id = r.u64()?;
                 let count = r.u64()?;
-                let mut dirty = std::collections::BTreeSet::new();
+                let mut dirty = DirtyKeys::default();
                 for _ in 0..count {
-                    dirty.insert(r.bytes("dirty key")?.to_vec());
+                    dirty.insert(r.bytes("dirty key")?);
                 }
                 let state = match tag {
                     1 => VShardState::Incoming { from: group },
@@ -279,7 +279,7 @@ impl KvSnapshotView {
                 .vshards
                 .values()
                 .map(|m| {
-                    let dirty = m.state.dirty().into_iter().flatten();
+                    let dirty = m.state.dirty().into_iter().flat_map(DirtyKeys::iter);
                     29 + dirty.map(|k| 4 + k.len()).sum::<usize>()
                 })
                 .sum::<usize>()
@@ -356,7 +356,7 @@ impl KvSnapshotView {
                 w.u64(mark.move_id);
                 let dirty = state.dirty();
                 w.u64(dirty.map_or(0, |d| d.len() as u64));
-                for k in dirty.into_iter().flatten() {
+                for k in dirty.into_iter().flat_map(DirtyKeys::iter) {
                     w.bytes(k);
                 }
                 if w.buf.len() >= FLUSH_AT {

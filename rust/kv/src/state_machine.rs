@@ -81,9 +81,8 @@ impl KvState {
             h.update(mark.state.name().as_bytes());
             h.update(&mark.state.group().to_le_bytes());
             h.update(&mark.move_id.to_le_bytes());
-            for key in mark.state.dirty().into_iter().flatten() {
-                h.update(&(key.len() as u64).to_le_bytes());
-                h.update(key);
+            if let Some(dirty) = mark.state.dirty() {
+                dirty.digest_into(&mut h);
             }
         }
         if !self.fences.is_empty() {
@@ -174,7 +173,7 @@ impl KvState {
             return Err(refusal.into());
         }
         if let (VShardState::Tracking { dirty, .. }, true) = (&mut mark.state, write) {
-            dirty.insert(key.clone());
+            dirty.insert(key);
         }
         Ok(vshard)
     }

@@ -28,9 +28,57 @@
 //! empty it. A refused step changes nothing, fence included, so a mark's move id is never below
 //! its fence (the convergence of a dead mover's marks never meets a stale refusal).
 
-use std::collections::BTreeSet;
-
 use crate::command::{KvResult, VShardStep};
+use crate::partition::key_seed;
+
+/// The keys of a vShard written since its move began tracking: the delta copy's keys. A
+/// persistent set, so the freeze step and a snapshot view copy it in O(1) however many keys
+/// clients write during the move (a std set was copied whole on the driver thread), and the
+/// digest's part (count and a sum of key hashes) is kept as it grows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirtyKeys {
+    keys: imbl::OrdSet<Vec<u8>>,
+    hash_sum: u64,
+}
+
+impl DirtyKeys {
+    /// Records `key` (once).
+    pub fn insert(&mut self, key: &[u8]) {
+        if !self.keys.contains(key) {
+            self.hash_sum = self.hash_sum.wrapping_add(key_seed(key));
+            self.keys.insert(key.to_vec());
+        }
+    }
+
+    /// The keys in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.keys.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The set's part of the group's digest, O(1): equal on two replicas iff the sets are.
+    pub(crate) fn digest_into(&self, h: &mut xxhash_rust::xxh3::Xxh3) {
+        h.update(&(self.keys.len() as u64).to_le_bytes());
+        h.update(&self.hash_sum.to_le_bytes());
+    }
+}
+
+impl FromIterator<Vec<u8>> for DirtyKeys {
+    fn from_iter<I: IntoIterator<Item = Vec<u8>>>(keys: I) -> Self {
+        let mut set = DirtyKeys::default();
+        for key in keys {
+            set.insert(&key);
+        }
+        set
+    }
+}
 
 /// A vShard's state in this group, when not plain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +87,9 @@ pub enum VShardState {
     Incoming { from: u64 },
     /// This group is the source of a move to `to`: serves the vShard and records the keys
     /// written.
-    Tracking { to: u64, dirty: BTreeSet<Vec<u8>> },
+    Tracking { to: u64, dirty: DirtyKeys },
     /// The source with writes paused for the last copy to target `to`: answers Paused.
-    Frozen { to: u64, dirty: BTreeSet<Vec<u8>> },
+    Frozen { to: u64, dirty: DirtyKeys },
     /// The vShard moved to group `to`: answers Moved{to}.
     Moved { to: u64 },
 }
@@ -77,7 +125,7 @@ impl VShardState {
     }
 
     /// The dirty set of a source (Tracking, Frozen).
-    pub fn dirty(&self) -> Option<&BTreeSet<Vec<u8>>> {
+    pub fn dirty(&self) -> Option<&DirtyKeys> {
         match self {
             VShardState::Tracking { dirty, .. } | VShardState::Frozen { dirty, .. } => Some(dirty),
             VShardState::Incoming { .. } | VShardState::Moved { .. } => None,
@@ -195,7 +243,7 @@ pub fn step(
             VShardStep::Track => to(
                 mark(Tracking {
                     to: group,
-                    dirty: BTreeSet::new(),
+                    dirty: DirtyKeys::default(),
                 }),
                 false,
             ),
@@ -237,6 +285,42 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The freeze step (and a snapshot view) copy the dirty set by sharing it, and its digest
+    /// part depends on the keys alone, not on the order they were written in.
+    #[test]
+    fn a_dirty_set_is_shared_by_the_freeze_and_digested_by_its_keys() {
+        let mut dirty: DirtyKeys = (0..100_000u32).map(|k| k.to_le_bytes().to_vec()).collect();
+        dirty.insert(&7u32.to_le_bytes()); // again: once
+        assert_eq!(dirty.len(), 100_000);
+        let tracking = VShardMark {
+            state: VShardState::Tracking {
+                to: 2,
+                dirty: dirty.clone(),
+            },
+            move_id: 1,
+        };
+        let frozen = step(Some(&tracking), 1, VShardStep::Freeze, 2, 1)
+            .expect("freeze")
+            .mark
+            .expect("a mark");
+        let shared = frozen.state.dirty().expect("frozen keeps the keys");
+        assert!(shared.keys.ptr_eq(&dirty.keys), "the set was copied");
+
+        let digest = |d: &DirtyKeys| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            d.digest_into(&mut h);
+            h.digest()
+        };
+        let backwards: DirtyKeys = (0..100_000u32)
+            .rev()
+            .map(|k| k.to_le_bytes().to_vec())
+            .collect();
+        assert_eq!(digest(&backwards), digest(&dirty));
+        let mut more = backwards.clone();
+        more.insert(b"another");
+        assert_ne!(digest(&more), digest(&dirty));
+    }
 
     /// The steps in order, as the state machine applies them (the fence rises with each step
     /// that applies); the last mark and whether any step cleared the keys.
@@ -347,7 +431,7 @@ mod tests {
         let tracking = |move_id| VShardMark {
             state: VShardState::Tracking {
                 to: 9,
-                dirty: BTreeSet::new(),
+                dirty: DirtyKeys::default(),
             },
             move_id,
         };
@@ -423,7 +507,7 @@ mod tests {
 
     #[test]
     fn what_each_state_refuses() {
-        let none = BTreeSet::new;
+        let none = DirtyKeys::default;
         assert_eq!(
             VShardState::Incoming { from: 1 }.refusal(),
             Some(Refusal::Paused)
