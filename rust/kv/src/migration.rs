@@ -13,7 +13,10 @@
 
 use crate::command::{Import, ImportedSession, KvCommand, KvResult};
 use crate::routing::vshard_of;
-use crate::session_table::SESSIONS_MAX;
+use std::sync::Arc;
+
+use crate::session_table::{SessionTable, SESSIONS_MAX};
+use crate::shard::Shard;
 use crate::state_machine::KvState;
 use crate::vshard::{VShardMark, VShardState};
 
@@ -113,31 +116,46 @@ impl Chunker {
     }
 }
 
-impl KvState {
-    /// vShard `vshard`'s copy for the target of move `move_id` as import commands of at most
-    /// `chunk_bytes` each (see the module docs), or why this group cannot export it now.
-    pub fn export_vshard(
+/// What an export of one vShard reads, copied from the state in O(sessions) at most (the
+/// shard and a dirty set are shared, not copied), so the chunks are built after the state's
+/// lock is let go: built under it, a large vShard held up every apply of its group (and so the
+/// driver thread of every group) for as long as its keys and values took to copy.
+pub struct VShardExport {
+    vshard: u32,
+    mark: Option<VShardMark>,
+    shard: Arc<Shard>,
+    /// The group's sessions (a delta carries them all).
+    sessions: Option<SessionTable>,
+}
+
+impl VShardExport {
+    /// The copy for the target of move `move_id` as import commands of at most `chunk_bytes`
+    /// each (see the module docs), or why this group cannot export it now.
+    pub fn chunks(
         &self,
-        vshard: u32,
         move_id: u64,
         delta: bool,
         chunk_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, String> {
-        let mark = self.vshards.get(&vshard).filter(|m| m.move_id == move_id);
-        let state = mark.map(|m| &m.state);
-        let shard = self.map.shard(vshard as usize);
+        let vshard = self.vshard;
+        let state = self
+            .mark
+            .as_ref()
+            .filter(|m| m.move_id == move_id)
+            .map(|m| &m.state);
+        let shard = &self.shard;
         let mut chunks = Chunker::new(vshard, move_id, chunk_bytes.max(1));
-        match (delta, state) {
-            (false, Some(VShardState::Tracking { .. } | VShardState::Frozen { .. })) => {
+        match (delta, state, &self.sessions) {
+            (false, Some(VShardState::Tracking { .. } | VShardState::Frozen { .. }), _) => {
                 for (k, v) in shard.iter() {
                     chunks.entry(k, Some(v));
                 }
             }
-            (true, Some(VShardState::Frozen { dirty, .. })) => {
+            (true, Some(VShardState::Frozen { dirty, .. }), Some(sessions)) => {
                 for k in dirty.iter() {
                     chunks.entry(k, shard.get(k));
                 }
-                for (client, s) in self.sessions.iter() {
+                for (client, s) in sessions.iter() {
                     if s.results().is_empty() {
                         chunks.session_without_results(*client, s.floor());
                     }
@@ -147,7 +165,7 @@ impl KvState {
                 }
             }
             _ => {
-                let name = match self.vshards.get(&vshard) {
+                let name = match &self.mark {
                     None => "plain".to_string(),
                     Some(m) => format!("{} for move {}", m.state.name(), m.move_id),
                 };
@@ -163,6 +181,36 @@ impl KvState {
             }
         }
         Ok(chunks.finish())
+    }
+}
+
+impl KvState {
+    /// What an export of vShard `vshard` reads ([`VShardExport`]), cheaply copied.
+    pub fn vshard_export(&self, vshard: u32, delta: bool) -> VShardExport {
+        VShardExport {
+            vshard,
+            mark: self.vshards.get(&vshard).cloned(),
+            // Past the last vShard: no shard and no mark, so `chunks` refuses it as plain.
+            shard: self
+                .map
+                .shards()
+                .get(vshard as usize)
+                .cloned()
+                .unwrap_or_default(),
+            sessions: delta.then(|| self.sessions.clone()),
+        }
+    }
+
+    /// vShard `vshard`'s copy for the target of move `move_id` (see [`VShardExport::chunks`]).
+    pub fn export_vshard(
+        &self,
+        vshard: u32,
+        move_id: u64,
+        delta: bool,
+        chunk_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, String> {
+        self.vshard_export(vshard, delta)
+            .chunks(move_id, delta, chunk_bytes)
     }
 
     /// An import chunk into this group, the target (see the module docs); all or nothing.
@@ -336,6 +384,33 @@ mod tests {
             }
         }
         (mine, other.unwrap_or_default())
+    }
+
+    /// An export is the vShard as it was when the lock was taken (the chunks are built after
+    /// it is let go, while writes go on), and a vShard past the last is refused, not aliased.
+    #[test]
+    fn an_export_is_the_vshard_as_of_its_copy_and_an_unknown_vshard_is_refused() {
+        let v = 12;
+        let (keys, _) = keys_of(v, 20);
+        let mut s = Group::new();
+        for k in &keys {
+            s.one(put(k, b"before"));
+        }
+        assert_eq!(s.step(VShardStep::Track, v, 2), OK);
+        let export = s.reader().read().vshard_export(v, false);
+        for k in &keys {
+            s.one(put(k, b"after"));
+        }
+        let chunks = export
+            .chunks(MOVE, false, 1 << 20)
+            .expect("tracking: exported");
+        let mut t = Group::new();
+        assert_eq!(t.step(VShardStep::Incoming, v, 1), OK);
+        t.apply_raw(&chunks);
+        assert!(keys.iter().all(|k| t.get(k) == Some(b"before".to_vec())));
+        let past = crate::routing::VSHARDS as u32 + v;
+        let refused = s.reader().export_vshard(past, MOVE, false, 1 << 20);
+        assert!(refused.is_err_and(|e| e.contains("it is plain")));
     }
 
     #[test]

@@ -334,7 +334,8 @@ impl KvReader {
     pub fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {
         self.read().lookup(key).map(|v| v.cloned())
     }
-    /// [`KvState::export_vshard`] under the read lock (held O(the vShard's keys)).
+    /// [`KvState::export_vshard`], the read lock held only to copy what it reads (O(sessions)
+    /// at most: [`crate::migration::VShardExport`]).
     pub fn export_vshard(
         &self,
         vshard: u32,
@@ -342,8 +343,8 @@ impl KvReader {
         delta: bool,
         chunk_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, String> {
-        self.read()
-            .export_vshard(vshard, move_id, delta, chunk_bytes)
+        let export = self.read().vshard_export(vshard, delta);
+        export.chunks(move_id, delta, chunk_bytes)
     }
     /// (vshard, keys, bytes) of every vShard holding keys here.
     pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {
