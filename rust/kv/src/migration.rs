@@ -11,10 +11,10 @@
 //! values set, deletions applied; per client, floor = max of both, results = union (the
 //! target's own result wins on an equal seq), last index = the import's index.
 
-use crate::command::{Import, ImportedSession, KvCommand, KvResult};
-use crate::routing::vshard_of;
 use std::sync::Arc;
 
+use crate::command::{Import, ImportedSession, KvCommand, KvResult};
+use crate::routing::vshard_of;
 use crate::session_table::{SessionTable, SESSIONS_MAX};
 use crate::shard::Shard;
 use crate::state_machine::KvState;
@@ -124,20 +124,15 @@ pub struct VShardExport {
     vshard: u32,
     mark: Option<VShardMark>,
     shard: Arc<Shard>,
-    /// The group's sessions (a delta carries them all).
+    /// The group's sessions, for a delta (it carries them all); None for a bulk copy.
     sessions: Option<SessionTable>,
 }
 
 impl VShardExport {
     /// The copy for the target of move `move_id` as import commands of at most `chunk_bytes`
     /// each (see the module docs), or why this group cannot export it now.
-    pub fn chunks(
-        &self,
-        move_id: u64,
-        delta: bool,
-        chunk_bytes: usize,
-    ) -> Result<Vec<Vec<u8>>, String> {
-        let vshard = self.vshard;
+    pub fn chunks(&self, move_id: u64, chunk_bytes: usize) -> Result<Vec<Vec<u8>>, String> {
+        let (vshard, delta) = (self.vshard, self.sessions.is_some());
         let state = self
             .mark
             .as_ref()
@@ -185,7 +180,8 @@ impl VShardExport {
 }
 
 impl KvState {
-    /// What an export of vShard `vshard` reads ([`VShardExport`]), cheaply copied.
+    /// What an export of vShard `vshard` reads ([`VShardExport`]), cheaply copied: a delta's
+    /// (`delta`) or a bulk copy's.
     pub fn vshard_export(&self, vshard: u32, delta: bool) -> VShardExport {
         VShardExport {
             vshard,
@@ -210,7 +206,7 @@ impl KvState {
         chunk_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, String> {
         self.vshard_export(vshard, delta)
-            .chunks(move_id, delta, chunk_bytes)
+            .chunks(move_id, chunk_bytes)
     }
 
     /// An import chunk into this group, the target (see the module docs); all or nothing.
@@ -401,9 +397,7 @@ mod tests {
         for k in &keys {
             s.one(put(k, b"after"));
         }
-        let chunks = export
-            .chunks(MOVE, false, 1 << 20)
-            .expect("tracking: exported");
+        let chunks = export.chunks(MOVE, 1 << 20).expect("tracking: exported");
         let mut t = Group::new();
         assert_eq!(t.step(VShardStep::Incoming, v, 1), OK);
         t.apply_raw(&chunks);

@@ -344,7 +344,7 @@ impl KvReader {
         chunk_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, String> {
         let export = self.read().vshard_export(vshard, delta);
-        export.chunks(move_id, delta, chunk_bytes)
+        export.chunks(move_id, chunk_bytes)
     }
     /// (vshard, keys, bytes) of every vShard holding keys here.
     pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {
