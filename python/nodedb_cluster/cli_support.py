@@ -272,6 +272,9 @@ def format_status(doc: dict[str, object]) -> str:
         used = g.get("kv_bytes")
         if isinstance(used, int) and isinstance(quota, int) and 0 < quota <= used:
             flag += f"  AT QUOTA ({_size(quota)}): writes refused"
+        sessions = g.get("kv_sessions") or []
+        if len(sessions) == 2 and isinstance(sessions[1], int) and sessions[1] > 0:
+            flag += f"  {sessions[1]} SESSIONS EVICTED: a retry of theirs may apply twice"
         lines.append(
             f"{g['group_id']:>5}  {g['role']:<13} {g['leader']:>6} {g['term']:>5} "
             f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7} {_size(used):>9}  "

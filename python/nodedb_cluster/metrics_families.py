@@ -182,6 +182,20 @@ def _groups(status: NodeStatus, leader_changes: Mapping[int, int]) -> Iterator[M
     )
     for group_id, used in sorted(status.kv_bytes.items()):
         kv_bytes.add_metric([str(group_id)], float(used))
+    sessions = GaugeMetricFamily(
+        "nodedb_kv_group_sessions",
+        "client sessions a KV replica here keeps for exactly-once (at most 4096)",
+        labels=["group"],
+    )
+    evicted = CounterMetricFamily(
+        "nodedb_kv_sessions_evicted",
+        "client sessions a KV replica here forgot to make room since it started or restored: "
+        "a retry from one of them applies again",
+        labels=["group"],
+    )
+    for group_id, (kept, gone) in sorted(status.kv_sessions.items()):
+        sessions.add_metric([str(group_id)], float(kept))
+        evicted.add_metric([str(group_id)], float(gone))
     quota = GaugeMetricFamily(
         "nodedb_kv_quota_bytes", "kv_quota_bytes: a KV group at it takes only deletes (0: none)"
     )
@@ -189,6 +203,7 @@ def _groups(status: NodeStatus, leader_changes: Mapping[int, int]) -> Iterator[M
     nodes = GaugeMetricFamily("nodedb_topology_nodes", "nodes in the topology")
     nodes.add_metric([], float(len(status.nodes)))
     yield from (role, has_leader, is_leader, term, commit, applied, changes, kv_bytes, quota)
+    yield from (sessions, evicted)
     yield nodes
 
 

@@ -384,6 +384,11 @@ class RaftEngine:
         `ClusterConfig.kv_quota_bytes` bounds."""
         return self._core.kv_usage_bytes(group_id)
 
+    def kv_sessions(self, group_id: int) -> tuple[int, int]:
+        """(client sessions kept, sessions evicted since this replica started or restored) of a
+        "kv" group here: a retry from an evicted session applies again."""
+        return self._core.kv_sessions(group_id)
+
     def kv_digest(self, group_id: int) -> tuple[int, int, int]:
         """(applied_index, key_count, digest) of a "kv" group: equal on two nodes = same state."""
         return self._core.kv_digest(group_id)

@@ -52,6 +52,8 @@ class NodeStatus:
     (the fault harness compares them across replicas after healing)."""
     kv_bytes: dict[int, int] = field(default_factory=dict)
     """Bytes of keys, values and cached session results per local KV replica."""
+    kv_sessions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """(sessions kept, sessions evicted since the replica started or restored) per KV group."""
     kv_quota_bytes: int = 0
     """`ClusterConfig.kv_quota_bytes` of this node (0: none): a group at it takes only deletes."""
     members: tuple[SwimView, ...] = ()
@@ -103,6 +105,7 @@ class NodeStatus:
                     "vshards": self.vshards_per_group.get(g.group_id, 0),
                     "kv": list(self.kv_digests.get(g.group_id, ())),
                     "kv_bytes": self.kv_bytes.get(g.group_id),
+                    "kv_sessions": list(self.kv_sessions.get(g.group_id, ())),
                     "dead": sorted(dead.intersection((*g.voters, *g.learners))),
                 }
                 for g in self.groups
@@ -134,11 +137,13 @@ async def collect_status(
     groups = await engine.statuses()
     kv_digests: dict[int, tuple[int, int, int]] = {}
     kv_bytes: dict[int, int] = {}
+    kv_sessions: dict[int, tuple[int, int]] = {}
     for s in groups:
         if group_kind(s.group_id) == "kv":
             with contextlib.suppress(UnknownGroup):
                 kv_digests[s.group_id] = engine.kv_digest(s.group_id)
                 kv_bytes[s.group_id] = engine.kv_usage_bytes(s.group_id)
+                kv_sessions[s.group_id] = engine.kv_sessions(s.group_id)
     counts: dict[int, int] = {}
     for group_id in state.routing.vshard_to_group.tolist():
         counts[group_id] = counts.get(group_id, 0) + 1
@@ -155,6 +160,7 @@ async def collect_status(
         settings=dict(state.settings),
         kv_digests=kv_digests,
         kv_bytes=kv_bytes,
+        kv_sessions=kv_sessions,
         kv_quota_bytes=who.kv_quota_bytes,
         members=who.members,
         no_space=who.no_space,

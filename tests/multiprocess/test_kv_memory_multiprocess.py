@@ -292,6 +292,16 @@ async def test_a_new_session_id_per_command_stalls_no_replica(tmp_path: Path) ->
         assert waits, "the concurrent writer wrote"
         assert max(waits) < WAIT_MAX_S, f"a write waited {max(waits):.3f} s"
         assert await terms() == terms_before, "the group re-elected its leader"
+        # Visible: the evictions weaken exactly-once for the forgotten clients.
+        flags = ["--addr", large.leader.addr, *cred_flags(creds)]
+        code, out, err = await run_cli("status", "--json", *flags)
+        assert code == 0, err
+        (group,) = [g for g in json.loads(out)["groups"] if g["group_id"] == large.group]
+        assert group["kv_sessions"][0] == SESSIONS_HELD
+        assert group["kv_sessions"][1] >= 3 * CHURN
+        code, out, err = await run_cli("status", *flags)
+        assert code == 0, err
+        assert "SESSIONS EVICTED: a retry of theirs may apply twice" in out, out
 
 
 async def test_more_commands_for_a_group_than_an_entry_holds_are_refused_up_front(

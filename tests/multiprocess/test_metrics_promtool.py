@@ -53,6 +53,8 @@ EXPECTED: dict[str, str] = {
     "nodedb_kv_requests": "counter",
     "nodedb_kv_group_bytes": "gauge",
     "nodedb_kv_quota_bytes": "gauge",
+    "nodedb_kv_group_sessions": "gauge",
+    "nodedb_kv_sessions_evicted": "counter",
     "nodedb_swim_members": "gauge",
     "nodedb_swim_drops": "counter",
     "nodedb_requests_refused": "counter",
@@ -159,7 +161,7 @@ async def test_every_nodes_scrape_passes_promtool_and_counts_the_writes(
 def test_the_shipped_alerts_pass_promtool_and_their_unit_tests() -> None:
     checked = run_promtool("check", "rules", str(ALERTS))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "6 rules found" in checked.stdout
+    assert "7 rules found" in checked.stdout
     tested = run_promtool("test", "rules", str(ALERTS_TEST))
     assert tested.returncode == 0, tested.stdout + tested.stderr
 

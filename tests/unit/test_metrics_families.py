@@ -50,6 +50,7 @@ def status(*groups: GroupStatus) -> NodeStatus:
         vshards_per_group={},
         settings={},
         kv_bytes={1: 4096},
+        kv_sessions={1: (4096, 17)},
         kv_quota_bytes=2 << 30,
     )
 
@@ -140,6 +141,8 @@ def test_labelled_families_split_by_reason_result_and_state() -> None:
         "nodedb_tls_cert_expiry_seconds 86400.0",
         'nodedb_kv_group_bytes{group="1"} 4096.0',
         "nodedb_kv_quota_bytes 2.147483648e+09",
+        'nodedb_kv_group_sessions{group="1"} 4096.0',
+        'nodedb_kv_sessions_evicted_total{group="1"} 17.0',
     ):
         assert line in text, line
     assert "nodedb_swim_dropped_bad_mac_total" not in text

@@ -183,6 +183,10 @@ pub struct SessionTable {
     order: BTreeSet<(u64, u64)>,
     /// Sum of the sessions' [`ClientSession::bytes`].
     bytes: usize,
+    /// Sessions evicted by this replica since it started or restored a snapshot (a metric, not
+    /// replicated state): a retry from one of them applies again, so a rising count means more
+    /// clients write to the group than it keeps sessions for, and exactly-once is at risk.
+    evicted: u64,
 }
 
 impl SessionTable {
@@ -224,6 +228,11 @@ impl SessionTable {
     /// The sessions' bytes as the quota counts them, O(1).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Sessions evicted here since this replica started or restored a snapshot.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// [`Self::bytes`] counted from scratch (tests compare the two).
@@ -304,6 +313,7 @@ impl SessionTable {
             };
             if let Some(gone) = self.sessions.remove(&client) {
                 self.bytes = self.bytes.saturating_sub(gone.bytes());
+                self.evicted += 1;
             }
         }
     }
@@ -547,6 +557,7 @@ mod tests {
         }
         let took = started.elapsed();
         assert_eq!(table.len(), SESSIONS_MAX);
+        assert_eq!(table.evicted(), 20_000);
         assert!(!table.contains_key(&0) && table.contains_key(&(1 << 32 | 19_999)));
         assert!(
             took < Duration::from_millis(250),

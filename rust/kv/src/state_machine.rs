@@ -346,6 +346,11 @@ impl KvReader {
         let export = self.read().vshard_export(vshard, delta);
         export.chunks(move_id, chunk_bytes)
     }
+    /// (sessions kept, sessions evicted here since this replica started or restored).
+    pub fn sessions(&self) -> (usize, u64) {
+        let st = self.read();
+        (st.sessions.len(), st.sessions.evicted())
+    }
     /// (vshard, keys, bytes) of every vShard holding keys here.
     pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {
         self.read().vshard_stats()

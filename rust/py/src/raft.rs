@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use nodedb_kv::groups::KvGroups;
 use nodedb_kv::serve::{KvServer, ServeOptions};
-use nodedb_kv::KV_STATE_MACHINE;
+use nodedb_kv::{KvReader, KV_STATE_MACHINE};
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{RaftError, SmError};
 use nodedb_multiraft::{
@@ -60,6 +60,13 @@ impl PyRaftEngine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// KV group `group_id`'s reader here, or UnknownGroup.
+    fn kv_reader(&self, py: Python<'_>, group_id: u64) -> PyResult<KvReader> {
+        self.kv_groups
+            .reader(GroupId(group_id))
+            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))
     }
 
     /// A `Reply` that settles `future` straight from the driver thread through the loop bridge
@@ -638,10 +645,7 @@ impl PyRaftEngine {
         group_id: u64,
         key: &[u8],
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        let r = self
-            .kv_groups
-            .reader(GroupId(group_id))
-            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let r = self.kv_reader(py, group_id)?;
         Ok(r.get(key).map(|v| PyBytes::new(py, &v)))
     }
 
@@ -658,10 +662,7 @@ impl PyRaftEngine {
         delta: bool,
         chunk_bytes: usize,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        let r = self
-            .kv_groups
-            .reader(GroupId(group_id))
-            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let r = self.kv_reader(py, group_id)?;
         let chunks = py
             .detach(|| r.export_vshard(vshard, move_id, delta, chunk_bytes))
             .map_err(|reason| cluster_error(py, "InvalidRequest", (reason,)))?;
@@ -671,21 +672,22 @@ impl PyRaftEngine {
     /// `(vshard, keys, bytes of keys and values)` of every vShard holding keys in this node's
     /// replica of KV group `group_id`.
     fn kv_vshard_stats(&self, py: Python<'_>, group_id: u64) -> PyResult<Vec<(u32, u64, u64)>> {
-        let r = self
-            .kv_groups
-            .reader(GroupId(group_id))
-            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let r = self.kv_reader(py, group_id)?;
         Ok(r.vshard_stats())
     }
 
     /// Bytes of KV group `group_id`'s keys, values and cached session results here: what its
     /// quota is checked against.
     fn kv_usage_bytes(&self, py: Python<'_>, group_id: u64) -> PyResult<usize> {
-        let r = self
-            .kv_groups
-            .reader(GroupId(group_id))
-            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let r = self.kv_reader(py, group_id)?;
         Ok(r.usage_bytes())
+    }
+
+    /// (sessions kept, sessions evicted since this replica started or restored) of KV group
+    /// `group_id` here.
+    fn kv_sessions(&self, py: Python<'_>, group_id: u64) -> PyResult<(usize, u64)> {
+        let r = self.kv_reader(py, group_id)?;
+        Ok(r.sessions())
     }
 
     /// vshard → (state name, the other group of its move, move id) for every vShard of KV
@@ -695,10 +697,7 @@ impl PyRaftEngine {
         py: Python<'_>,
         group_id: u64,
     ) -> PyResult<std::collections::BTreeMap<u32, (&'static str, u64, u64)>> {
-        let r = self
-            .kv_groups
-            .reader(GroupId(group_id))
-            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let r = self.kv_reader(py, group_id)?;
         Ok(r.vshard_states()
             .into_iter()
             .map(|(v, name, group, move_id)| (v, (name, group, move_id)))
@@ -707,10 +706,7 @@ impl PyRaftEngine {
 
     /// `(applied_index, key_count, digest)` of a KV group: equal on two nodes = same state.
     fn kv_digest(&self, py: Python<'_>, group_id: u64) -> PyResult<(u64, usize, u64)> {
-        let r = self
-            .kv_groups
-            .reader(GroupId(group_id))
-            .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))?;
+        let r = self.kv_reader(py, group_id)?;
         let st = r.read();
         Ok((st.applied_index, st.map.len(), st.digest()))
     }
