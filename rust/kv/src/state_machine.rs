@@ -334,8 +334,9 @@ impl KvReader {
     pub fn lookup(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Refusal> {
         self.read().lookup(key).map(|v| v.cloned())
     }
-    /// [`KvState::export_vshard`], the read lock held only to copy what it reads (O(sessions)
-    /// at most: [`crate::migration::VShardExport`]).
+    /// vShard `vshard`'s copy for the target of move `move_id` as import commands of at most
+    /// `chunk_bytes` each ([`crate::migration::VShardExport::chunks`]), the read lock held only
+    /// to copy what it reads (O(sessions) at most).
     pub fn export_vshard(
         &self,
         vshard: u32,
