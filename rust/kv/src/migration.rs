@@ -132,7 +132,7 @@ impl VShardExport {
     /// The copy for the target of move `move_id` as import commands of at most `chunk_bytes`
     /// each (see the module docs), or why this group cannot export it now.
     pub fn chunks(&self, move_id: u64, chunk_bytes: usize) -> Result<Vec<Vec<u8>>, String> {
-        let (vshard, delta) = (self.vshard, self.sessions.is_some());
+        let vshard = self.vshard;
         let state = self
             .mark
             .as_ref()
@@ -140,13 +140,13 @@ impl VShardExport {
             .map(|m| &m.state);
         let shard = &self.shard;
         let mut chunks = Chunker::new(vshard, move_id, chunk_bytes.max(1));
-        match (delta, state, &self.sessions) {
-            (false, Some(VShardState::Tracking { .. } | VShardState::Frozen { .. }), _) => {
+        match (state, &self.sessions) {
+            (Some(VShardState::Tracking { .. } | VShardState::Frozen { .. }), None) => {
                 for (k, v) in shard.iter() {
                     chunks.entry(k, Some(v));
                 }
             }
-            (true, Some(VShardState::Frozen { dirty, .. }), Some(sessions)) => {
+            (Some(VShardState::Frozen { dirty, .. }), Some(sessions)) => {
                 for k in dirty.iter() {
                     chunks.entry(k, shard.get(k));
                 }
@@ -160,11 +160,8 @@ impl VShardExport {
                 }
             }
             _ => {
-                let name = match &self.mark {
-                    None => "plain".to_string(),
-                    Some(m) => format!("{} for move {}", m.state.name(), m.move_id),
-                };
-                let needs = if delta {
+                let name = VShardMark::describe(self.mark.as_ref());
+                let needs = if self.sessions.is_some() {
                     "frozen"
                 } else {
                     "tracking or frozen"
@@ -206,9 +203,7 @@ impl KvState {
                 move_id,
             }) if *move_id == import.move_id => {}
             other => {
-                let name = other.map_or("plain".to_string(), |m| {
-                    format!("{} for move {}", m.state.name(), m.move_id)
-                });
+                let name = VShardMark::describe(other);
                 return KvResult::Invalid {
                     reason: format!(
                         "import of move {} refused: vshard {v} is {name} here, not incoming \

@@ -257,27 +257,23 @@ impl SessionTable {
         if !self.sessions.contains_key(&client) {
             self.evict_down_to(SESSIONS_MAX - 1);
         }
-        let s = self.touch(index, client);
-        let before = s.results_bytes;
-        s.acknowledge(acked_below);
-        let freed = before.saturating_sub(s.results_bytes);
-        let admission = match s.results.get(&seq) {
-            Some(cached) => Admission::Cached(cached.clone()),
-            None if seq < s.floor => Admission::BelowFloor,
-            None => Admission::New,
-        };
-        self.bytes = self.bytes.saturating_sub(freed);
-        admission
+        self.update(index, client, |s| {
+            s.acknowledge(acked_below);
+            match s.results.get(&seq) {
+                Some(cached) => Admission::Cached(cached.clone()),
+                None if seq < s.floor => Admission::BelowFloor,
+                None => Admission::New,
+            }
+        })
     }
 
-    /// Caches the result of `client`'s new command `seq` (in the form [`kept`] gives).
-    pub(crate) fn cache(&mut self, client: u64, seq: u64, result: Vec<u8>) {
-        if let Some(s) = self.sessions.get_mut(&client) {
-            let before = s.bytes();
+    /// Caches the result of `client`'s new command `seq` at `index` (in the form [`kept`]
+    /// gives).
+    pub(crate) fn cache(&mut self, index: u64, client: u64, seq: u64, result: Vec<u8>) {
+        self.update(index, client, |s| {
             s.insert(seq, kept(result));
             s.trim();
-            self.bytes = (self.bytes + s.bytes()).saturating_sub(before);
-        }
+        });
     }
 
     /// Merges a source group's record of `client` (a vShard's import at `index`): the higher
@@ -290,18 +286,16 @@ impl SessionTable {
         floor: u64,
         results: impl IntoIterator<Item = (u64, Vec<u8>)>,
     ) {
-        let s = self.touch(index, client);
-        let before = s.bytes(); // a new session's own bytes were counted by `touch`
-        s.floor = s.floor.max(floor);
-        for (seq, result) in results {
-            if seq >= s.floor && !s.results.contains_key(&seq) {
-                s.insert(seq, kept(result));
+        self.update(index, client, |s| {
+            s.floor = s.floor.max(floor);
+            for (seq, result) in results {
+                if seq >= s.floor && !s.results.contains_key(&seq) {
+                    s.insert(seq, kept(result));
+                }
             }
-        }
-        s.drop_below(s.floor);
-        s.trim();
-        let after = s.bytes();
-        self.bytes = (self.bytes + after).saturating_sub(before);
+            s.drop_below(s.floor);
+            s.trim();
+        });
     }
 
     /// Forgets the least recently written sessions (by last applied index, then id:
@@ -318,8 +312,14 @@ impl SessionTable {
         }
     }
 
-    /// `client`'s session, created (counted whole) if new, marked written at `index`.
-    fn touch(&mut self, index: u64, client: u64) -> &mut ClientSession {
+    /// Runs `change` on `client`'s session, created (counted whole) if new and marked written
+    /// at `index`, keeping [`Self::bytes`] in step with what it changed.
+    fn update<R>(
+        &mut self,
+        index: u64,
+        client: u64,
+        change: impl FnOnce(&mut ClientSession) -> R,
+    ) -> R {
         let mut new = false;
         let s = self.sessions.entry(client).or_insert_with(|| {
             new = true;
@@ -327,14 +327,18 @@ impl SessionTable {
         });
         if new {
             self.bytes += SESSION_BYTES;
+            self.order.insert((index, client));
+            s.last_index = index;
         } else if s.last_index != index {
             self.order.remove(&(s.last_index, client));
-        }
-        if new || s.last_index != index {
             self.order.insert((index, client));
             s.last_index = index;
         }
-        s
+        let before = s.bytes();
+        let out = change(s);
+        let after = s.bytes();
+        self.bytes = (self.bytes + after).saturating_sub(before);
+        out
     }
 }
 
@@ -468,7 +472,7 @@ mod tests {
             for client in 0..SESSIONS_MAX as u64 - 300 {
                 let client = (client + 1) << 20;
                 table.admit(1, client, 1, 0);
-                table.cache(client, 1, vec![0]);
+                table.cache(1, client, 1, vec![0]);
                 model.apply(1, client, 1, 0, &[0]);
             }
             let mut index = 1;
@@ -485,7 +489,7 @@ mod tests {
                 } else {
                     let admitted = table.admit(index, client, seq, acked);
                     if admitted == Admission::New {
-                        table.cache(client, seq, result.clone());
+                        table.cache(index, client, seq, result.clone());
                     }
                     prop_assert_eq!(admitted, model.apply(index, client, seq, acked, &result));
                 }
@@ -503,7 +507,7 @@ mod tests {
         let mut table = SessionTable::default();
         for seq in 1..=SESSION_RESULTS_MAX as u64 + 2 {
             assert_eq!(table.admit(1, 7, seq, 0), Admission::New);
-            table.cache(7, seq, vec![0]);
+            table.cache(1, 7, seq, vec![0]);
         }
         assert_eq!(table[&7].results().len(), SESSION_RESULTS_MAX);
         assert_eq!(table[&7].floor(), 3);
@@ -520,7 +524,7 @@ mod tests {
         for client in 0..64 {
             for seq in 1..=1000 {
                 table.admit(1, client, seq, 0);
-                table.cache(client, seq, vec![1, 2, 3]);
+                table.cache(1, client, seq, vec![1, 2, 3]);
             }
         }
         let copy = table.clone();
@@ -531,7 +535,7 @@ mod tests {
             );
         }
         assert_eq!(table.admit(2, 5, 1001, 500), Admission::New);
-        table.cache(5, 1001, vec![9]);
+        table.cache(2, 5, 1001, vec![9]);
         assert_eq!(copy[&5].results().len(), 1000);
         assert_eq!(copy[&5].floor(), 0);
         assert_eq!(table[&5].results().len(), 502);
@@ -547,13 +551,13 @@ mod tests {
         let mut table = SessionTable::default();
         for client in 0..SESSIONS_MAX as u64 {
             table.admit(1, client, 1, 0);
-            table.cache(client, 1, vec![0]);
+            table.cache(1, client, 1, vec![0]);
         }
         let started = Instant::now();
         for n in 0..20_000u64 {
             let client = 1 << 32 | n;
             assert_eq!(table.admit(2 + n / 1000, client, 1, 0), Admission::New);
-            table.cache(client, 1, vec![0]);
+            table.cache(2 + n / 1000, client, 1, vec![0]);
         }
         let took = started.elapsed();
         assert_eq!(table.len(), SESSIONS_MAX);

@@ -199,7 +199,7 @@ impl KvState {
             Admission::BelowFloor => KvResult::Duplicate.encode(),
             Admission::New => {
                 let result = self.apply_command(vshard, inner).encode();
-                self.sessions.cache(client, seq, result.clone());
+                self.sessions.cache(index, client, seq, result.clone());
                 result
             }
         }

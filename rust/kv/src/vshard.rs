@@ -103,6 +103,15 @@ pub struct VShardMark {
     pub move_id: u64,
 }
 
+impl VShardMark {
+    /// A vShard's mark in an error: "plain" (none) or "<state> for move <id>".
+    pub fn describe(mark: Option<&VShardMark>) -> String {
+        mark.map_or("plain".to_string(), |m| {
+            format!("{} for move {}", m.state.name(), m.move_id)
+        })
+    }
+}
+
 impl VShardState {
     /// `kv_vshard_states`' name of the state.
     pub fn name(&self) -> &'static str {

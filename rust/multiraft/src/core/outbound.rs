@@ -29,24 +29,28 @@ impl MultiRaftCore {
     /// Sends one frame (or a few, past `BATCH_FRAME_BYTES_MAX`: [`frames_of`]) per destination
     /// peer; snapshots go as transfers of their own.
     pub(super) fn flush(&mut self, out: Outbox) {
-        for (to, msgs) in out.by_peer {
-            let mut batchable = Vec::with_capacity(msgs.len());
-            for (gid, m) in msgs {
+        for (to, mut msgs) in out.by_peer {
+            for (gid, m) in &msgs {
                 if m.get_msg_type() == MessageType::MsgTimeoutNow {
                     // A transfer a follower asked for (this node's own set it already).
-                    if let Some(g) = self.groups.get_mut(&gid) {
+                    if let Some(g) = self.groups.get_mut(gid) {
                         g.lease_revoked_term = g.lease_revoked_term.max(m.term);
                     }
                 }
-                if m.get_msg_type() == MessageType::MsgSnapshot {
+            }
+            let is_snapshot =
+                |(_, m): &(GroupId, Message)| m.get_msg_type() == MessageType::MsgSnapshot;
+            if msgs.iter().any(is_snapshot) {
+                // Rare: only then are the messages split (and copied).
+                let (snapshots, rest): (Vec<_>, Vec<_>) = msgs.into_iter().partition(is_snapshot);
+                for (gid, m) in snapshots {
                     self.start_transfer(to, gid, m);
-                    continue;
                 }
-                batchable.push((gid, m));
+                msgs = rest;
             }
-            for frame in frames_of(batchable, BATCH_FRAME_BYTES_MAX) {
-                self.send_batch(to, frame);
-            }
+            frames_of(msgs, BATCH_FRAME_BYTES_MAX, |frame| {
+                self.send_batch(to, frame)
+            });
         }
     }
 
@@ -159,27 +163,29 @@ impl MultiRaftCore {
     }
 }
 
-/// `msgs` in order, in frames of at most `max` bytes each, or of one message larger than
-/// that: a message that would take a frame past `max` starts the next one. (A frame was a full
-/// one plus the message that crossed `max`: 16 MiB and a 63 MiB entry went over the transport's
-/// 64 MiB and were refused, every retransmission alike while the traffic lasted.)
-fn frames_of(msgs: Vec<(GroupId, Message)>, max: usize) -> Vec<Vec<(GroupId, Message)>> {
-    let mut frames = Vec::new();
+/// `msgs` in order to `send`, in frames of at most `max` bytes each, or of one message larger
+/// than that: a message that would take a frame past `max` starts the next one. (A frame was a
+/// full one plus the message that crossed `max`: 16 MiB and a 63 MiB entry went over the
+/// transport's 64 MiB and were refused, every retransmission alike while the traffic lasted.)
+fn frames_of(
+    msgs: Vec<(GroupId, Message)>,
+    max: usize,
+    mut send: impl FnMut(Vec<(GroupId, Message)>),
+) {
     let mut frame = Vec::new();
     let mut bytes = 0usize;
     for (gid, m) in msgs {
         let size = protobuf::Message::compute_size(&m) as usize + 16;
         if !frame.is_empty() && bytes + size > max {
-            frames.push(std::mem::take(&mut frame));
+            send(std::mem::take(&mut frame));
             bytes = 0;
         }
         bytes += size;
         frame.push((gid, m));
     }
     if !frame.is_empty() {
-        frames.push(frame);
+        send(frame);
     }
-    frames
 }
 
 #[cfg(test)]
@@ -208,7 +214,8 @@ mod tests {
             .enumerate()
             .map(|(i, n)| (GroupId(i as u64), append_of(*n)))
             .collect();
-        let frames = frames_of(msgs, 16 * MIB);
+        let mut frames = Vec::new();
+        frames_of(msgs, 16 * MIB, |f| frames.push(f));
         let groups: Vec<Vec<u64>> = frames
             .iter()
             .map(|f| f.iter().map(|(g, _)| g.0).collect())
@@ -221,6 +228,6 @@ mod tests {
                 .sum();
             assert!(bytes <= 16 * MIB || frame.len() == 1, "{bytes} bytes");
         }
-        assert!(frames_of(Vec::new(), 16 * MIB).is_empty());
+        frames_of(Vec::new(), 16 * MIB, |_| panic!("a frame of nothing"));
     }
 }
