@@ -13,6 +13,7 @@
 //! - [`session_table`]: the sessions a group remembers (exactly-once on the server's side);
 //! - [`client`]: the client core (lanes, batching, retries; results through `Completion`);
 //! - [`serve`], [`groups`]: a node's KV_REQUEST fast path and its KV groups;
+//! - [`keys_read`]: many keys read with the group's lock held for O(vShards);
 //! - [`load`]: the native load generator.
 //!
 //! The wire messages are `nodedb_wire::kv`'s.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod command;
 pub mod groups;
 mod inline;
+pub mod keys_read;
 pub mod load;
 pub mod migration;
 pub mod partition;

@@ -317,6 +317,11 @@ impl KvReader {
     pub fn read(&self) -> RwLockReadGuard<'_, KvState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
+    /// Whether a reader or the driver holds the state's lock now (tests of who holds it when).
+    #[cfg(test)]
+    pub(crate) fn is_locked(&self) -> bool {
+        self.state.try_write().is_err()
+    }
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.read().map.get(key).cloned()
     }

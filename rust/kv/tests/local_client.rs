@@ -372,11 +372,14 @@ async fn a_group_at_its_quota_takes_deletes_and_reads_but_no_other_write() {
     transport.close().await;
 }
 
-/// A read whose values exceed one reply is refused with a reason (it used to be copied whole,
-/// its size times the count of its keys, and then fail as a bare stream reset); one that fits
-/// is answered.
+/// A read whose values exceed one reply is answered over several: each reply carries what it
+/// has room for and names the rest (`ovr`), which the client reads again at once. One call's
+/// 9 x 8 MiB used to be refused ("read these keys in several calls"), and so were independent
+/// calls whose reads the client had put in one request. A requester that does not take a
+/// partial answer is still refused with the reason (before that, such a read was copied whole,
+/// its size times the count of its keys, and then failed as a bare stream reset).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_whose_values_exceed_one_reply_is_refused_with_a_reason() {
+async fn a_read_whose_values_exceed_one_reply_is_answered_over_several() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (transport, groups, engine) = one_node(dir.path()).await;
     let server = kv_server(&engine, &groups, true, 0);
@@ -392,19 +395,53 @@ async fn a_read_whose_values_exceed_one_reply_is_refused_with_a_reason() {
         keys: vec![b"big".to_vec(); n],
         read: ReadAt::LINEARIZABLE,
     };
+    let sent = client.requests_sent();
     assert_eq!(
         call(&client, many(7), T).await.expect("56 MiB fit"),
-        Answer::Values(vec![Some(big); 7])
+        Answer::Values(vec![Some(big.clone()); 7])
     );
-    match call(&client, many(9), T).await {
-        Err(Failure {
-            error: KvError::Net(nodedb_transport::TransportError::Remote { code, message }),
-            ..
-        }) => {
-            assert_eq!(code, nodedb_kv::client::error::INVALID_REQUEST);
-            assert!(message.contains("several calls"), "{message}");
+    assert_eq!(client.requests_sent() - sent, 1);
+    let sent = client.requests_sent();
+    assert_eq!(
+        call(&client, many(20), T)
+            .await
+            .expect("160 MiB in three replies"),
+        Answer::Values(vec![Some(big.clone()); 20])
+    );
+    assert_eq!(client.requests_sent() - sent, 3);
+    // Independent calls the client sends in one request each get their value.
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let client = Arc::clone(&client);
+            tokio::spawn(async move { call(&client, many(1), T).await })
+        })
+        .collect();
+    for answer in calls {
+        let answer = answer.await.expect("the call's task");
+        assert_eq!(
+            answer.expect("one value each"),
+            Answer::Values(vec![Some(big.clone())])
+        );
+    }
+    // A requester without the capability: refused whole, with the reason.
+    let request = nodedb_wire::KvRequest::ReadMany(nodedb_wire::ReadMany {
+        groups: vec![1; 9],
+        keys: vec![std::borrow::Cow::Borrowed(&b"big"[..]); 9],
+        level: ReadLevel::Linearizable,
+        stale_s: 0.0,
+        timeout_ms: 10_000,
+        caps: nodedb_wire::KV_CAP_VSHARD_REDIRECTS,
+    });
+    match server.serve(&request.encode().expect("encode")).await {
+        Err(refusal) => {
+            assert_eq!(refusal.code, nodedb_kv::client::error::INVALID_REQUEST);
+            assert!(
+                refusal.message.contains("several calls"),
+                "{}",
+                refusal.message
+            );
         }
-        other => panic!("expected a refusal, got {:?}", other.map(|_| "values")),
+        Ok(_) => panic!("a read over one reply answered to a requester without KV_CAP_READ_OVER"),
     }
     engine.shutdown();
     transport.close().await;

@@ -15,15 +15,22 @@
 //! Paused / Moved answers (a command result of status Paused or Moved, a read's `vsp` / `vsm`).
 //! A server never sends those to a requester without the bit: it answers that group's share as
 //! an unknown outcome (`unk`, or `LeadershipLost` for the single forms), which every requester
-//! retries.
+//! retries. [`KV_CAP_READ_OVER`] = a `read_many` answered in part: the values that fit in one
+//! reply, and `ovr` naming the items that did not, to read again (without the bit, a read whose
+//! values exceed one reply is refused whole, `InvalidRequest`).
 //!
 //! Responses (the key present names the variant, in this order):
 //! - `r: [bin | nil]` (a result per item), `nlg: [[group, leader or 0]]`, `unk: [group]`,
 //!   `stale_g: [[group, age_s]]`, `vsp: [item index]` (reads whose vShard is paused for a
 //!   move: retry shortly), `vsm: [[item index, group]]` (reads whose vShard moved to that
-//!   group) — all but `r` only when non-empty;
+//!   group), `ovr: [item index]` (reads this reply had no room for: read them again) — all but
+//!   `r` only when non-empty;
 //! - `nl: u64` (not leader; leader or 0), `stale: f64` (age in seconds);
 //! - `routing: bin (RoutingTable.encode()), nodes: [[id, "ip:port", spki pin | nil]]`.
+//!
+//! Size: a request lists at most [`KV_ITEMS_MAX`] groups, commands or keys; decoding stops at
+//! the first past it (a client sends at most 4096 per request; one request of a million keys
+//! held a node's only I/O worker for most of a second).
 //!
 //! Versions: `v: u32` in either direction, absent = 1 ([`KV_VERSION`]); this build writes no
 //! `v` while it speaks version 1, so its bytes are exactly the old ones. A message of a newer
@@ -33,6 +40,7 @@
 //! `stale_s` is 1.0 s (kv.py's defaults).
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_bytes::ByteBuf;
@@ -41,6 +49,11 @@ use serde_bytes::ByteBuf;
 pub const KV_VERSION: u32 = 1;
 /// `caps` bit: the requester understands Paused / Moved answers (vShard moves).
 pub const KV_CAP_VSHARD_REDIRECTS: u32 = 1;
+/// `caps` bit: the requester takes a `read_many` answered in part (`ovr`: the items one reply
+/// had no room for, each to read again).
+pub const KV_CAP_READ_OVER: u32 = 2;
+/// Groups, commands or keys one request may list (an entry holds as many commands).
+pub const KV_ITEMS_MAX: usize = 65_536;
 /// kv.py's request timeout when `t` is absent.
 pub const KV_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// kv.py's staleness bound when `stale_s` is absent (`MAX_STALENESS_S_DEFAULT`).
@@ -172,6 +185,9 @@ pub struct KvResults<'a> {
     pub paused: Vec<u64>,
     /// (item index, group): items of a read whose vShard moved to `group` (`vsm`).
     pub moved: Vec<(u64, u64)>,
+    /// Items (indexes) of a read this reply had no room for, to read again (`ovr`; only to a
+    /// requester with [`KV_CAP_READ_OVER`]).
+    pub over: Vec<u64>,
 }
 
 /// A member in a routing answer: `[id, "ip:port", spki pin | nil]`.
@@ -262,18 +278,18 @@ impl KvRequest<'_> {
         match op.as_str() {
             "propose_many" => {
                 let commands = owned(raw.cmds, "cmds")?;
-                let groups = one_group_each(raw.gs, commands.len())?;
+                let groups = one_group_each(raw.gs.map(|g| g.0), commands.len())?;
                 Ok(KvRequest::ProposeMany(ProposeMany {
                     groups,
                     commands,
                     timeout_ms: t,
-                    avoid: raw.wl,
+                    avoid: raw.wl.map(|w| w.0),
                     caps,
                 }))
             }
             "read_many" => {
                 let keys = owned(raw.keys, "keys")?;
-                let groups = one_group_each(raw.gs, keys.len())?;
+                let groups = one_group_each(raw.gs.map(|g| g.0), keys.len())?;
                 Ok(KvRequest::ReadMany(ReadMany {
                     groups,
                     keys,
@@ -315,6 +331,7 @@ impl KvResponse<'_> {
                 stale_g: &r.stale,
                 vsp: &r.paused,
                 vsm: &r.moved,
+                ovr: &r.over,
             }),
             KvResponse::NotLeader { leader } => {
                 rmp_serde::to_vec_named(&NotLeaderOut { nl: *leader })
@@ -345,6 +362,7 @@ impl KvResponse<'_> {
                 stale: raw.stale_g,
                 paused: raw.vsp,
                 moved: raw.vsm,
+                over: raw.ovr,
             }));
         }
         if let Some(leader) = raw.nl {
@@ -395,11 +413,48 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> KvWireError {
 }
 
 fn owned(
-    list: Option<Vec<BinIn>>,
+    list: Option<Bounded<BinIn>>,
     field: &'static str,
 ) -> Result<Vec<Cow<'static, [u8]>>, KvWireError> {
     let list = list.ok_or_else(|| invalid(field, "must be a list of bytes"))?;
-    Ok(list.into_iter().map(|b| Cow::Owned(b.0)).collect())
+    Ok(list.0.into_iter().map(|b| Cow::Owned(b.0)).collect())
+}
+
+/// A request's list of at most [`KV_ITEMS_MAX`] elements: refused at its length when the
+/// encoding states one, else at the first element past it, before the rest is decoded.
+struct Bounded<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Bounded<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a list of at most {KV_ITEMS_MAX} items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bounded<T>, A::Error> {
+                use serde::de::Error;
+                let too_many =
+                    || A::Error::custom(format!("over {KV_ITEMS_MAX} items in one request"));
+                let stated = seq.size_hint().unwrap_or(0);
+                if stated > KV_ITEMS_MAX {
+                    return Err(too_many());
+                }
+                let mut out = Vec::with_capacity(stated);
+                while let Some(element) = seq.next_element()? {
+                    if out.len() == KV_ITEMS_MAX {
+                        return Err(too_many());
+                    }
+                    out.push(element);
+                }
+                Ok(Bounded(out))
+            }
+        }
+        d.deserialize_seq(Visit(PhantomData))
+    }
 }
 
 /// A msgpack `bin` and nothing else: kv.py refuses a str where bytes belong (`_bytes_list`),
@@ -451,15 +506,15 @@ impl Serialize for Bin<'_> {
 struct RawRequest {
     op: Option<String>,
     v: Option<u32>,
-    gs: Option<Vec<u64>>,
+    gs: Option<Bounded<u64>>,
     g: Option<u64>,
-    cmds: Option<Vec<BinIn>>,
-    keys: Option<Vec<BinIn>>,
+    cmds: Option<Bounded<BinIn>>,
+    keys: Option<Bounded<BinIn>>,
     level: Option<String>,
     stale_s: Option<f64>,
     fwd: Option<bool>,
     t: Option<u64>,
-    wl: Option<Vec<u64>>,
+    wl: Option<Bounded<u64>>,
     caps: Option<u32>,
 }
 
@@ -477,6 +532,8 @@ struct RawResponse {
     vsp: Vec<u64>,
     #[serde(default)]
     vsm: Vec<(u64, u64)>,
+    #[serde(default)]
+    ovr: Vec<u64>,
     nl: Option<u64>,
     stale: Option<f64>,
     routing: Option<ByteBuf>,
@@ -554,6 +611,8 @@ struct ResultsOut<'b> {
     vsp: &'b [u64],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     vsm: &'b [(u64, u64)],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    ovr: &'b [u64],
 }
 
 fn is_zero(caps: &u32) -> bool {

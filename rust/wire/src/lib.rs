@@ -22,7 +22,7 @@ pub use host::{HostPropose, HostProposeResponse, HOST_VERSION};
 pub use kind::{KindRow, KindStatus, MessageKind, Role, Roles, KINDS};
 pub use kv::{
     KvNode, KvRequest, KvResponse, KvResults, KvWireError, ProposeMany, ProposeOne, ReadLevel,
-    ReadMany, ReadOne, KV_CAP_VSHARD_REDIRECTS, KV_VERSION,
+    ReadMany, ReadOne, KV_CAP_READ_OVER, KV_CAP_VSHARD_REDIRECTS, KV_ITEMS_MAX, KV_VERSION,
 };
 
 /// The node wire version that travels in JoinRequest (docs/WIRE.md "Versions").

@@ -191,18 +191,22 @@ mod kv {
                 proptest::collection::vec(any::<u64>(), 0..3),
                 proptest::collection::vec((any::<u64>(), stale_s()), 0..3),
                 proptest::collection::vec(any::<u64>(), 0..3),
-                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3)
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..3),
+                proptest::collection::vec(any::<u64>(), 0..3)
             )
-                .prop_map(|(results, not_leader, unknown, stale, paused, moved)| {
-                    KvResponse::Results(KvResults {
-                        results,
-                        not_leader,
-                        unknown,
-                        stale,
-                        paused,
-                        moved,
-                    })
-                }),
+                .prop_map(
+                    |(results, not_leader, unknown, stale, paused, moved, over)| {
+                        KvResponse::Results(KvResults {
+                            results,
+                            not_leader,
+                            unknown,
+                            stale,
+                            paused,
+                            moved,
+                            over,
+                        })
+                    }
+                ),
             any::<u64>().prop_map(|leader| KvResponse::NotLeader { leader }),
             stale_s().prop_map(|age_s| KvResponse::Stale { age_s }),
             (

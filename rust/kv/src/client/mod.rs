@@ -653,7 +653,12 @@ impl KvClient {
                 st.suspect(target);
             }
             match reply {
-                Ok((results, failed, refused)) => {
+                Ok(Decoded {
+                    results,
+                    failed,
+                    refused,
+                    over,
+                }) => {
                     // Answer times of the network only (an in-process answer says nothing
                     // about how long a peer takes).
                     if !probe && target != self.me {
@@ -669,6 +674,10 @@ impl KvClient {
                             refusals[i] = Some(r);
                         }
                     }
+                    let mut left_over = vec![false; if over.is_empty() { 0 } else { items.len() }];
+                    for i in over {
+                        left_over[i] = true;
+                    }
                     for (i, (item, result)) in items.into_iter().zip(results).enumerate() {
                         match (failed.get(&item.group), refusals.get(i).copied().flatten()) {
                             (Some(err), _) => {
@@ -676,6 +685,11 @@ impl KvClient {
                             }
                             (None, Some(refusal)) => {
                                 self.on_refused(&mut st, item, refusal, target, now, &mut step)
+                            }
+                            // No room in this reply: the next request, at once (the reply
+                            // answered others, so each round trip progresses).
+                            (None, None) if left_over.get(i) == Some(&true) => {
+                                step.at_once.push(item);
                             }
                             (None, None) => {
                                 st.leaders.entry(item.group).or_insert(target);

@@ -28,8 +28,7 @@ fn results(
         not_leader: nlg,
         unknown: unk,
         stale,
-        paused: vec![],
-        moved: vec![],
+        ..KvResults::default()
     })
     .encode()
     .unwrap()
@@ -60,8 +59,9 @@ fn reply_decodes_results_and_per_group_failures() {
         vec![4],
         vec![(5, 1.5)],
     );
-    let (values, failed, refused) = decode_reply(&frame(payload), lane, 4).unwrap();
-    assert!(refused.is_empty());
+    let d = decode_reply(&frame(payload), lane, 4).unwrap();
+    let (values, failed) = (d.results, d.failed);
+    assert!(d.refused.is_empty() && d.over.is_empty());
     assert_eq!(values, vec![Some(b"v".to_vec()), None, None, None]);
     assert!(matches!(failed[&2], KvError::NotLeader { hint: 3 }));
     assert!(matches!(failed[&4], KvError::LeadershipLost));
@@ -85,11 +85,13 @@ fn refused_items_are_read_from_results_or_vsp_vsm() {
     })
     .encode()
     .unwrap();
-    let (_, _, refused) = decode_reply(&frame(payload.clone()), Lane::Propose, 3).unwrap();
+    let refused = decode_reply(&frame(payload.clone()), Lane::Propose, 3)
+        .unwrap()
+        .refused;
     assert_eq!(refused, vec![(1, Refusal::Paused), (2, Refusal::Moved(7))]);
     // A read's value that happens to start with those bytes is a value, not a refusal.
     let lane = Lane::read(ReadLevel::Linearizable, 0.0);
-    let (_, _, refused) = decode_reply(&frame(payload), lane, 3).unwrap();
+    let refused = decode_reply(&frame(payload), lane, 3).unwrap().refused;
     assert!(refused.is_empty());
     let reads = KvResponse::Results(KvResults {
         results: vec![None, None, None],
@@ -99,7 +101,7 @@ fn refused_items_are_read_from_results_or_vsp_vsm() {
     })
     .encode()
     .unwrap();
-    let (_, _, refused) = decode_reply(&frame(reads), lane, 3).unwrap();
+    let refused = decode_reply(&frame(reads), lane, 3).unwrap().refused;
     assert_eq!(refused, vec![(2, Refusal::Paused), (0, Refusal::Moved(4))]);
     let bad = KvResponse::Results(KvResults {
         results: vec![None],
@@ -112,6 +114,33 @@ fn refused_items_are_read_from_results_or_vsp_vsm() {
         decode_reply(&frame(bad), lane, 1),
         Err(KvError::Malformed(_))
     ));
+}
+
+#[test]
+fn reads_over_the_reply_are_sent_again_and_a_reply_answering_none_is_malformed() {
+    let lane = Lane::read(ReadLevel::Linearizable, 0.0);
+    let answer = |over: Vec<u64>| {
+        let reply = KvResponse::Results(KvResults {
+            results: vec![Some(Cow::Borrowed(&b"v"[..])), None, None],
+            over,
+            ..KvResults::default()
+        });
+        frame(reply.encode().unwrap())
+    };
+    let d = decode_reply(&answer(vec![1, 2]), lane, 3).unwrap();
+    assert_eq!(d.over, vec![1, 2]);
+    assert_eq!(d.results[0], Some(b"v".to_vec()));
+    // None answered, an index past the items, or a proposal "over": never believed.
+    for (over, lane) in [
+        (vec![0, 1, 2], lane),
+        (vec![3], lane),
+        (vec![1], Lane::Propose),
+    ] {
+        assert!(matches!(
+            decode_reply(&answer(over), lane, 3),
+            Err(KvError::Malformed(_))
+        ));
+    }
 }
 
 #[test]

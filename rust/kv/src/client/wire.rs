@@ -10,7 +10,9 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use nodedb_transport::{MessageKind, OutboundFrame, TransportError};
-use nodedb_wire::{KvRequest, KvResponse, ProposeMany, ReadMany, KV_CAP_VSHARD_REDIRECTS};
+use nodedb_wire::{
+    KvRequest, KvResponse, ProposeMany, ReadMany, KV_CAP_READ_OVER, KV_CAP_VSHARD_REDIRECTS,
+};
 
 use super::error::KvError;
 use super::state::{Item, Lane};
@@ -67,7 +69,7 @@ pub(super) fn encode_request(
             level,
             stale_s: lane.stale_s(),
             timeout_ms,
-            caps: KV_CAP_VSHARD_REDIRECTS,
+            caps: KV_CAP_VSHARD_REDIRECTS | KV_CAP_READ_OVER,
         }),
     };
     request
@@ -76,13 +78,18 @@ pub(super) fn encode_request(
         .map_err(|e| KvError::Invalid(format!("cannot encode a kv request: {e}")))
 }
 
-/// One result per item, the groups that failed, and the items refused by their vShard's state
-/// (index, why): paused for a move, or moved to another group.
-pub(super) type Decoded = (
-    Vec<Option<Vec<u8>>>,
-    HashMap<u64, KvError>,
-    Vec<(usize, Refusal)>,
-);
+/// One attempt's answer, item by item.
+#[derive(Debug)]
+pub(super) struct Decoded {
+    /// One result per item (meaningless for an item failed, refused or over).
+    pub results: Vec<Option<Vec<u8>>>,
+    /// The groups that failed.
+    pub failed: HashMap<u64, KvError>,
+    /// Items refused by their vShard's state (index, why): paused for a move, or moved.
+    pub refused: Vec<(usize, Refusal)>,
+    /// Reads the reply had no room for (indexes): to send again at once.
+    pub over: Vec<usize>,
+}
 
 /// One result per item, the groups that failed and the refused items, or the error of the
 /// whole request.
@@ -134,19 +141,35 @@ pub(super) fn decode_reply(
                     }
                 }
             }
+            let item = |i: u64| {
+                usize::try_from(i)
+                    .ok()
+                    .filter(|&i| i < count)
+                    .ok_or_else(|| KvError::Malformed(format!("answer of item {i} of {count}")))
+            };
             let marked = r.paused.iter().map(|&i| (i, Refusal::Paused));
             let moved = r.moved.iter().map(|&(i, g)| (i, Refusal::Moved(g)));
             for (i, refusal) in marked.chain(moved) {
-                match usize::try_from(i).ok().filter(|&i| i < count) {
-                    Some(i) => refused.push((i, refusal)),
-                    None => {
-                        return Err(KvError::Malformed(format!(
-                            "refusal of item {i} of {count}"
-                        )))
-                    }
-                }
+                refused.push((item(i)?, refusal));
             }
-            Ok((results, failed, refused))
+            let over = r
+                .over
+                .iter()
+                .map(|&i| item(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            // A reply with room for no item would have the same items sent again for ever.
+            if !over.is_empty() && (lane == Lane::Propose || over.len() >= count) {
+                return Err(KvError::Malformed(format!(
+                    "{} of {count} items answered as over the reply's room",
+                    over.len()
+                )));
+            }
+            Ok(Decoded {
+                results,
+                failed,
+                refused,
+                over,
+            })
         }
         KvResponse::NotLeader { leader } => Err(KvError::NotLeader { hint: leader }),
         KvResponse::Stale { age_s } => Err(stale(age_s)),

@@ -53,6 +53,7 @@ use self::request::{parse, Served};
 use crate::client::error::{INVALID_REQUEST, NO_SPACE, QUOTA_EXCEEDED};
 use crate::command::is_delete;
 use crate::groups::KvGroups;
+use crate::keys_read::Found;
 use crate::peer_health::serve_budget_ms;
 use crate::vshard::Refusal;
 
@@ -198,6 +199,7 @@ impl KvServer {
                 at,
                 t,
                 redirects,
+                partial,
             } => {
                 let deadline = deadline_of(t);
                 let shares: Vec<(Vec<usize>, Pending)> = by_group(&gs)
@@ -208,7 +210,7 @@ impl KvServer {
                     Arc::clone(&self.reads),
                     keys,
                     shares,
-                    redirects,
+                    Answers { redirects, partial },
                     ReplyRoom::new(&self.reply_room),
                 ))
             }
@@ -253,14 +255,15 @@ impl KvServer {
                 let reads = Arc::clone(&self.reads);
                 let mut room = ReplyRoom::new(&self.reply_room);
                 Box::pin(async move {
-                    let values = keys.iter().map(Vec::as_slice);
-                    match reads.finish(pending, values, &mut room).await {
-                        Ok(values) if !redirects && values.iter().any(Result::is_err) => {
+                    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                    match reads.finish(pending, &keys, &mut room).await {
+                        Ok(values) if values.full => Err(no_room(NoRoom::Reply)),
+                        Ok(values) if !redirects && values.found.iter().any(Result::is_err) => {
                             answer_one_failure(&reads, g, ReadFail::Raft(refused_share(g)))
                         }
                         Ok(values) => {
-                            let mut reply = reply_of(values.len());
-                            place_values(&mut reply, 0.., values);
+                            let mut reply = reply_of(values.found.len());
+                            place_values(&mut reply, 0.., values.found);
                             encode_holding(reply, room)
                         }
                         Err(fail) => answer_one_failure(&reads, g, fail),
@@ -412,7 +415,7 @@ pub(super) fn refused_share(group: u64) -> RaftError {
 fn place_values(
     reply: &mut KvResults<'_>,
     places: impl Iterator<Item = usize>,
-    values: Vec<Result<Option<Vec<u8>>, Refusal>>,
+    values: Vec<Found>,
 ) {
     for (i, v) in places.zip(values) {
         match v {
@@ -423,27 +426,53 @@ fn place_values(
     }
 }
 
+/// The answers a `read_many`'s requester understands beyond values and failed groups.
+struct Answers {
+    /// Per-item Paused / Moved ([`nodedb_wire::KV_CAP_VSHARD_REDIRECTS`]).
+    redirects: bool,
+    /// Items the reply had no room for, to read again ([`nodedb_wire::KV_CAP_READ_OVER`]).
+    partial: bool,
+}
+
 /// `read_many`'s answer: values in place, failures per group as for proposals, too-stale
 /// follower reads in "stale_g", refused items in "vsp" / "vsm" (or, for a requester without
-/// `redirects`, their group in "unk").
+/// `redirects`, their group in "unk"). Once the reply is full, the items left are named in
+/// "ovr" for a requester that reads them again (at least one item is answered: the requester
+/// always progresses), and the whole read is refused for one that would not.
 async fn answer_reads(
     reads: Arc<ReadPath>,
     keys: Vec<Vec<u8>>,
     shares: Vec<(Vec<usize>, Pending)>,
-    redirects: bool,
+    answers: Answers,
     mut room: ReplyRoom,
 ) -> HandlerResult {
     let mut reply = reply_of(keys.len());
+    let mut answered = 0usize;
+    let mut full = false;
     for (idx, pending) in shares {
         let group = pending.group();
-        match reads
-            .finish(pending, idx.iter().map(|&i| keys[i].as_slice()), &mut room)
-            .await
-        {
-            Ok(values) if !redirects && values.iter().any(Result::is_err) => {
-                reply.unknown.push(group);
+        if full {
+            reply.over.extend(idx.iter().map(|&i| i as u64));
+            continue;
+        }
+        let share: Vec<&[u8]> = idx.iter().map(|&i| keys[i].as_slice()).collect();
+        match reads.finish(pending, &share, &mut room).await {
+            Ok(values)
+                if values.full && (!answers.partial || answered + values.found.len() == 0) =>
+            {
+                return Err(no_room(NoRoom::Reply));
             }
-            Ok(values) => place_values(&mut reply, idx.into_iter(), values),
+            Ok(values) if !answers.redirects && values.found.iter().any(Result::is_err) => {
+                reply.unknown.push(group);
+                full = values.full;
+            }
+            Ok(values) => {
+                let read = values.found.len();
+                answered += read;
+                full = values.full;
+                reply.over.extend(idx[read..].iter().map(|&i| i as u64));
+                place_values(&mut reply, idx.into_iter(), values.found);
+            }
             Err(ReadFail::NotHere(leader)) => reply.not_leader.push((group, leader)),
             Err(ReadFail::Stale(age_s)) => reply.stale.push((group, age_s)),
             Err(ReadFail::NoRoom(why)) => return Err(no_room(why)),

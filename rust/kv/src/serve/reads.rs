@@ -22,7 +22,7 @@ use super::reply_room::{NoRoom, ReplyRoom};
 use super::request::ReadAt;
 use super::ServeOptions;
 use crate::groups::KvGroups;
-use crate::vshard::Refusal;
+use crate::keys_read::{read_keys, Found};
 
 /// Remembered read shares, at most (the map is cleared past it; running rounds finish).
 const SHARES_MAX: usize = 4096;
@@ -35,8 +35,16 @@ pub(super) enum ReadFail {
     /// A follower read whose replica could not be confirmed within its staleness: age in s.
     Stale(f64),
     Raft(RaftError),
-    /// No room for a value in the reply, or in the node's replies in flight.
+    /// No room for a value in the node's replies in flight, or (for a requester that takes no
+    /// partial answer) in the reply.
     NoRoom(NoRoom),
+}
+
+/// A group's share of a read as far as the reply had room: the values of its first keys, in
+/// order, and whether the reply was full before the rest.
+pub(super) struct Values {
+    pub found: Vec<Found>,
+    pub full: bool,
 }
 
 /// A group's share of a read, decided: values now, or after a round.
@@ -151,7 +159,8 @@ impl ReadPath {
             // `MultiRaft::lease_read` for why that order makes a leased read linearizable.
             Decision::Local => {
                 let reader = self.groups.reader(GroupId(group))?;
-                keys.iter().map(|k| reader.lookup(k).ok()).collect()
+                let (found, _) = read_keys(&reader, keys, |_| Ok::<(), ()>(()));
+                found.into_iter().map(Result::ok).collect()
             }
             Decision::Confirm { .. } => None,
         }
@@ -195,13 +204,14 @@ impl ReadPath {
     }
 
     /// The values of `keys` once `pending` may read (None per absent key; a key whose vShard
-    /// this group does not serve now, why), each given room in `room` before it is copied.
+    /// this group does not serve now, why), each given room in `room` before it is copied
+    /// ([`read_keys`]: the group's lock is held for O(vShards)), until the reply is full.
     pub(super) async fn finish(
         &self,
         pending: Pending,
-        keys: impl Iterator<Item = &[u8]>,
+        keys: &[&[u8]],
         room: &mut ReplyRoom,
-    ) -> Result<Vec<Result<Option<Vec<u8>>, Refusal>>, ReadFail> {
+    ) -> Result<Values, ReadFail> {
         match pending.wait {
             Wait::Local => {}
             Wait::NotHere(hint) => return Err(ReadFail::NotHere(hint)),
@@ -231,16 +241,14 @@ impl ReadPath {
         let Some(reader) = self.groups.reader(GroupId(pending.group)) else {
             return Err(ReadFail::NotHere(self.hint(pending.group))); // removed meanwhile
         };
-        let state = reader.read();
-        let mut values = Vec::new();
-        for key in keys {
-            let value = state.lookup(key);
-            room.take(value.as_ref().map_or(0, |v| v.map_or(0, Vec::len)))
-                .map_err(ReadFail::NoRoom)?;
-            values.push(value.map(|v| v.cloned()));
-        }
+        let (found, stop) = read_keys(&reader, keys, |bytes| room.take(bytes));
+        let full = match stop {
+            None => false,
+            Some(NoRoom::Reply) => true,
+            Some(why @ NoRoom::Node) => return Err(ReadFail::NoRoom(why)),
+        };
         room.settle().map_err(ReadFail::NoRoom)?;
-        Ok(values)
+        Ok(Values { found, full })
     }
 
     /// While follower reads come in, confirm every local group not confirmed within

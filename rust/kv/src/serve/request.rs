@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use nodedb_multiraft::NodeId;
 use nodedb_transport::HandlerError;
-use nodedb_wire::{KvRequest, KvWireError, ReadLevel, KV_CAP_VSHARD_REDIRECTS};
+use nodedb_wire::{KvRequest, KvWireError, ReadLevel, KV_CAP_READ_OVER, KV_CAP_VSHARD_REDIRECTS};
 
 use crate::client::error::{INVALID_REQUEST, UNSUPPORTED_VERSION};
 use crate::command::is_client_command;
@@ -40,13 +40,16 @@ pub(super) enum Served {
         wait_leader: Option<Vec<NodeId>>,
         redirects: bool,
     },
-    /// Keys of several groups (`read_many`).
+    /// Keys of several groups (`read_many`). `partial`: the requester takes the values one
+    /// reply has room for and reads the rest again ([`KV_CAP_READ_OVER`]); without it a read
+    /// over one reply is refused whole.
     ReadMany {
         gs: Vec<u64>,
         keys: Vec<Vec<u8>>,
         at: ReadAt,
         t: u64,
         redirects: bool,
+        partial: bool,
     },
     /// Commands of one group (`propose`), executed here (never forwarded).
     Propose {
@@ -68,6 +71,10 @@ pub(super) enum Served {
 
 fn redirects(caps: u32) -> bool {
     caps & KV_CAP_VSHARD_REDIRECTS != 0
+}
+
+fn partial(caps: u32) -> bool {
+    caps & KV_CAP_READ_OVER != 0
 }
 
 fn owned(list: Vec<Cow<'static, [u8]>>) -> Vec<Vec<u8>> {
@@ -133,6 +140,7 @@ pub(super) fn parse(payload: &[u8]) -> Result<Served, HandlerError> {
             gs: m.groups,
             keys: owned(m.keys),
             redirects: redirects(m.caps),
+            partial: partial(m.caps),
         },
         KvRequest::Propose(p) => Served::Propose {
             t: timeout(p.timeout_ms)?,

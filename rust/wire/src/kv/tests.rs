@@ -95,6 +95,7 @@ fn python_responses() -> Vec<(&'static str, KvResponse<'static>)> {
                 stale: vec![(5, 1.5)],
                 paused: vec![],
                 moved: vec![],
+                over: vec![],
             }),
         ),
         (PY_NOT_LEADER, KvResponse::NotLeader { leader: 0 }),
@@ -343,21 +344,65 @@ fn caps_and_refused_items_round_trip_and_old_decoders_ignore_them() {
         results: vec![None, None, Some(b(b"v"))],
         paused: vec![0],
         moved: vec![(1, 7)],
+        over: vec![2],
         ..KvResults::default()
     });
     let bytes = reply.encode().unwrap();
     assert_eq!(KvResponse::decode(&bytes).unwrap(), reply);
-    // Without refusals the reply is today's bytes (no vsp / vsm keys).
+    // Without refusals the reply is today's bytes (no vsp / vsm / ovr keys).
     let plain = KvResponse::Results(KvResults {
         results: vec![None],
         ..KvResults::default()
     })
     .encode()
     .unwrap();
-    assert!(!plain.windows(3).any(|w| w == b"vsp" || w == b"vsm"));
+    assert!(!plain
+        .windows(3)
+        .any(|w| w == b"vsp" || w == b"vsm" || w == b"ovr"));
     // Badly typed new fields are decode errors, never misread.
     let bad = map(vec![("r", V::L(vec![])), ("vsm", V::L(vec![V::U(1)]))]);
     assert!(KvResponse::decode(&bad).is_err());
     let bad_caps = map(vec![("op", V::S("read_many")), ("caps", V::S("x"))]);
     assert!(KvRequest::decode(&bad_caps).is_err());
+}
+
+#[test]
+fn a_request_of_more_items_than_an_entry_holds_is_refused_before_it_is_decoded() {
+    let read = |n: usize| {
+        KvRequest::ReadMany(ReadMany {
+            groups: vec![1; n],
+            keys: vec![b(b"k"); n],
+            level: ReadLevel::Linearizable,
+            stale_s: 1.0,
+            timeout_ms: 5,
+            caps: 0,
+        })
+        .encode()
+        .unwrap()
+    };
+    assert!(
+        matches!(KvRequest::decode(&read(KV_ITEMS_MAX)), Ok(KvRequest::ReadMany(m)) if m.keys.len() == KV_ITEMS_MAX)
+    );
+    let refusal = KvRequest::decode(&read(KV_ITEMS_MAX + 1)).unwrap_err();
+    assert!(
+        refusal.to_string().contains("over 65536 items"),
+        "{refusal}"
+    );
+    // An array header stating 2^32 - 1 keys and then nothing: refused at the header.
+    let mut stated = map(vec![("op", V::S("read_many"))]);
+    stated[0] += 1; // one more entry in the map
+    stated.extend([0xa4, b'k', b'e', b'y', b's', 0xdd, 0xff, 0xff, 0xff, 0xff]);
+    let refusal = KvRequest::decode(&stated).unwrap_err();
+    assert!(
+        refusal.to_string().contains("over 65536 items"),
+        "{refusal}"
+    );
+    let propose = KvRequest::ProposeMany(ProposeMany {
+        groups: vec![1; KV_ITEMS_MAX + 1],
+        commands: vec![b(b"c"); KV_ITEMS_MAX + 1],
+        timeout_ms: 5,
+        avoid: None,
+        caps: 0,
+    });
+    assert!(KvRequest::decode(&propose.encode().unwrap()).is_err());
 }
