@@ -27,16 +27,8 @@ pub const LOCKED_VALUE_BYTES_MAX: usize = 64 << 10;
 /// A key's value (None: absent), or why its vShard is not served here.
 pub type Found = Result<Option<Vec<u8>>, Refusal>;
 
-/// The vShard maps (or refusals) a read took under the lock, indexed by vShard (empty when it
-/// took none).
+/// The vShard maps (or refusals) a read of many keys took under the lock, indexed by vShard.
 type Held = Vec<Option<Result<Arc<Shard>, Refusal>>>;
-
-/// What the lock's holder left for after it: a result, or the key's value to copy from its
-/// vShard's map.
-enum Early {
-    Done(Found),
-    Later,
-}
 
 /// The values of `keys`, in order, as of one moment of `reader`'s state. `take(bytes)` is asked
 /// in order before each value is copied (0 for an absent or refused key); its first error stops
@@ -44,84 +36,97 @@ enum Early {
 pub fn read_keys<E>(
     reader: &KvReader,
     keys: &[&[u8]],
+    take: impl FnMut(usize) -> Result<(), E>,
+) -> (Vec<Found>, Option<E>) {
+    if keys.len() <= LOCKED_KEYS_MAX {
+        read_few(reader, keys, take)
+    } else {
+        read_many(reader, keys, take)
+    }
+}
+
+/// Few keys: each looked up under the lock (its room taken there too), its value copied there
+/// while the copies stay within [`LOCKED_VALUE_BYTES_MAX`]; a larger one's map is held to copy
+/// it afterwards.
+fn read_few<E>(
+    reader: &KvReader,
+    keys: &[&[u8]],
+    mut take: impl FnMut(usize) -> Result<(), E>,
+) -> (Vec<Found>, Option<E>) {
+    let mut values = Vec::with_capacity(keys.len());
+    let mut later: Vec<(usize, Arc<Shard>)> = Vec::new();
+    let mut stop = None;
+    {
+        let state = reader.read();
+        let mut copied = 0usize;
+        for key in keys {
+            let vshard = vshard_of(key);
+            let found = match state.refusal(vshard) {
+                Some(refusal) => Err(refusal),
+                None => Ok(state.map.shard(vshard).get(key)),
+            };
+            if let Err(why) = take(found.map_or(0, |v| v.map_or(0, Vec::len))) {
+                stop = Some(why);
+                break;
+            }
+            values.push(match found {
+                Ok(Some(v)) if copied + v.len() > LOCKED_VALUE_BYTES_MAX => {
+                    later.push((values.len(), Arc::clone(&state.map.shards()[vshard])));
+                    Ok(None) // copied below
+                }
+                Ok(Some(v)) => {
+                    copied += v.len();
+                    Ok(Some(v.clone()))
+                }
+                Ok(None) => Ok(None),
+                Err(refusal) => Err(refusal),
+            });
+        }
+    }
+    for (i, shard) in later {
+        values[i] = Ok(shard.get(keys[i]).cloned());
+    }
+    (values, stop)
+}
+
+/// Many keys: under the lock, only each distinct vShard's map or refusal; every lookup and
+/// copy after.
+fn read_many<E>(
+    reader: &KvReader,
+    keys: &[&[u8]],
     mut take: impl FnMut(usize) -> Result<(), E>,
 ) -> (Vec<Found>, Option<E>) {
     let vshards: Vec<usize> = keys.iter().map(|k| vshard_of(k)).collect();
-    let (early, held) = if keys.len() <= LOCKED_KEYS_MAX {
-        look_up_under_lock(reader, keys, &vshards)
-    } else {
-        hold_shards(reader, &vshards)
-    };
-    let mut values = Vec::with_capacity(keys.len());
-    for ((key, early), vshard) in keys.iter().zip(early).zip(vshards) {
-        let found = match early {
-            Early::Done(found) => found,
-            Early::Later => match held.get(vshard).and_then(Option::as_ref) {
-                Some(Err(refusal)) => Err(*refusal),
-                Some(Ok(shard)) => Ok(shard.get(key).cloned()),
-                None => unreachable!("a key left for later has its vShard's map held"),
-            },
-        };
-        let bytes = found.as_ref().map_or(0, |v| v.as_ref().map_or(0, Vec::len));
-        if let Err(stop) = take(bytes) {
-            return (values, Some(stop));
-        }
-        values.push(found);
-    }
-    (values, None)
-}
-
-/// Few keys: each looked up under the lock, its value copied there while the copies stay
-/// within [`LOCKED_VALUE_BYTES_MAX`]; a larger one's map is held to copy it afterwards.
-fn look_up_under_lock(reader: &KvReader, keys: &[&[u8]], vshards: &[usize]) -> (Vec<Early>, Held) {
-    let mut held: Held = Vec::new();
-    let mut copied = 0usize;
-    let state = reader.read();
-    let early = keys
-        .iter()
-        .zip(vshards)
-        .map(|(key, &vshard)| {
-            if let Some(refusal) = state.refusal(vshard) {
-                return Early::Done(Err(refusal));
-            }
-            match state.map.shard(vshard).get(key) {
-                None => Early::Done(Ok(None)),
-                Some(v) if copied + v.len() <= LOCKED_VALUE_BYTES_MAX => {
-                    copied += v.len();
-                    Early::Done(Ok(Some(v.clone())))
-                }
-                Some(_) => {
-                    if held.is_empty() {
-                        held.resize(VSHARDS, None);
-                    }
-                    held[vshard] = Some(Ok(Arc::clone(&state.map.shards()[vshard])));
-                    Early::Later
-                }
-            }
-        })
-        .collect();
-    (early, held)
-}
-
-/// Many keys: under the lock, only each distinct vShard's map or refusal.
-fn hold_shards(reader: &KvReader, vshards: &[usize]) -> (Vec<Early>, Held) {
     let mut wanted = vec![false; VSHARDS];
-    for &vshard in vshards {
+    for &vshard in &vshards {
         wanted[vshard] = true;
     }
-    let state = reader.read();
-    let held = wanted
-        .into_iter()
-        .enumerate()
-        .map(|(vshard, wanted)| {
-            wanted.then(|| match state.refusal(vshard) {
-                Some(refusal) => Err(refusal),
-                None => Ok(Arc::clone(&state.map.shards()[vshard])),
+    let held: Held = {
+        let state = reader.read();
+        wanted
+            .into_iter()
+            .enumerate()
+            .map(|(vshard, wanted)| {
+                wanted.then(|| match state.refusal(vshard) {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(Arc::clone(&state.map.shards()[vshard])),
+                })
             })
-        })
-        .collect();
-    drop(state);
-    (vshards.iter().map(|_| Early::Later).collect(), held)
+            .collect()
+    };
+    let mut values = Vec::with_capacity(keys.len());
+    for (key, vshard) in keys.iter().zip(vshards) {
+        let found = match held.get(vshard).and_then(Option::as_ref) {
+            Some(Err(refusal)) => Err(*refusal),
+            Some(Ok(shard)) => Ok(shard.get(key)),
+            None => unreachable!("every key's vShard was taken under the lock"),
+        };
+        if let Err(why) = take(found.map_or(0, |v| v.map_or(0, Vec::len))) {
+            return (values, Some(why));
+        }
+        values.push(found.map(|v| v.cloned()));
+    }
+    (values, None)
 }
 
 #[cfg(test)]
