@@ -24,9 +24,9 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from attack import while_writing
 from checks import is_debug_build, variant_rounds
 
 SESSIONS_HELD = 4096
@@ -35,11 +35,6 @@ NEW_ID_REQUESTS = 3
 RESULTS_PER_SESSION = 1000
 PER_REQUEST = 20_000
 CHILD_TIMEOUT_S = 600.0
-
-
-def _waits(waits: list[float]) -> dict[str, float]:
-    waits = sorted(waits)
-    return {"p99_ms": waits[int(len(waits) * 0.99)] * 1000, "max_ms": waits[-1] * 1000}
 
 
 async def _attack() -> dict[str, object]:
@@ -67,26 +62,6 @@ async def _attack() -> dict[str, object]:
             async def term() -> int:
                 status = await cluster.status(1, 30.0)
                 return sum(int(g["term"]) for g in status["groups"] if g["group_id"] == group)
-
-            async def while_writing(attack: Callable[[], Awaitable[None]]) -> dict[str, object]:
-                """The attack's seconds and elections, and a concurrent writer's waits."""
-                stop, waits = asyncio.Event(), []
-
-                async def write() -> None:
-                    async with Client(addrs, creds) as writer:
-                        while not stop.is_set():
-                            started = time.perf_counter()
-                            await writer.put(b"writer", b"1")
-                            waits.append(time.perf_counter() - started)
-
-                before = await term()
-                writing = asyncio.create_task(write())
-                started = time.perf_counter()
-                await attack()
-                took = time.perf_counter() - started
-                stop.set()
-                await asyncio.wait_for(writing, 60.0)
-                return {"seconds": took, **_waits(waits), "elections": await term() - before}
 
             async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as attacker:
 
@@ -120,9 +95,10 @@ async def _attack() -> dict[str, object]:
                         ]
                         await propose(cmds)
 
-                churn = await while_writing(new_ids)
+                churn = await while_writing(addrs, creds, new_ids, term)
                 churn["requests_ms"] = [r * 1000 for r in requests]
-                return {"new_ids": churn, "unacknowledged": await while_writing(unacknowledged)}
+                unacked = await while_writing(addrs, creds, unacknowledged, term)
+                return {"new_ids": churn, "unacknowledged": unacked}
         finally:
             await cluster.close()
 
