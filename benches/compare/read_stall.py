@@ -19,16 +19,11 @@ Bounded: fixed sizes, one timeout per child.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from attack import while_writing
-from checks import is_debug_build, variant_rounds
+from attack import group_term, one_group_cluster, probe_main, while_writing
 
 MILLION = 1_000_000
 MILLION_REQUESTS = 4
@@ -45,103 +40,76 @@ async def _reads() -> dict[str, object]:
 
     from nodedb_cluster import wire
     from nodedb_cluster.client import CLIENT_NODE_ID, Client
-    from nodedb_cluster.localcluster import LocalCluster, leader_of
+    from nodedb_cluster.localcluster import leader_of
     from nodedb_cluster.routing import vshard_for_key
     from nodedb_cluster.transport import Transport
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster(Path(tmp), 3, overrides={"num_groups": 1})
-        try:
-            await cluster.start()
-            statuses = await cluster.wait_formed(60.0)
-            addrs = [n.addr for n in cluster.nodes.values()]
-            creds = cluster.client_credentials
-            async with Client(addrs, creds, timeout_s=120.0) as reader:
-                group = reader.routing.group_for_vshard(vshard_for_key(b"large"))
-                await reader.put(b"large", b"v" * LARGE)
-                leader = cluster.nodes[leader_of(statuses, group)]
+    async with (
+        one_group_cluster() as (cluster, statuses, addrs, creds),
+        Client(addrs, creds, timeout_s=120.0) as reader,
+    ):
+        group = reader.routing.group_for_vshard(vshard_for_key(b"large"))
+        await reader.put(b"large", b"v" * LARGE)
+        leader = cluster.nodes[leader_of(statuses, group)]
 
-                async def term() -> int:
-                    status = await cluster.status(1, 30.0)
-                    return sum(int(g["term"]) for g in status["groups"] if g["group_id"] == group)
+        async def term() -> int:
+            return await group_term(cluster, group)
 
-                seconds: list[float] = []
-                refusals: list[str] = []
+        seconds: list[float] = []
+        refusals: list[str] = []
 
-                async def timed(read: object) -> None:
-                    started = time.perf_counter()
-                    try:
-                        await read  # type: ignore[misc]
-                        seconds.append(time.perf_counter() - started)
-                    except Exception as e:  # the refusal is the result
-                        refusals.append(f"{type(e).__name__}: {str(e)[:120]}")
+        async def timed(read: object) -> None:
+            started = time.perf_counter()
+            try:
+                await read  # type: ignore[misc]
+                seconds.append(time.perf_counter() - started)
+            except Exception as e:  # the refusal is the result
+                refusals.append(f"{type(e).__name__}: {str(e)[:120]}")
 
-                async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as raw:
-                    keys = [b"%d" % i for i in range(MILLION)]
-                    payload = msgpack.packb(
-                        {"op": "read_many", "gs": [group] * MILLION, "keys": keys, "t": 60_000}
+        async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as raw:
+            keys = [b"%d" % i for i in range(MILLION)]
+            payload = msgpack.packb(
+                {"op": "read_many", "gs": [group] * MILLION, "keys": keys, "t": 60_000}
+            )
+
+            async def million() -> None:
+                for _ in range(MILLION_REQUESTS):
+                    await timed(
+                        raw.send_rpc_to_addr(leader.addr, wire.MessageKind.KV_REQUEST, payload)
                     )
 
-                    async def million() -> None:
-                        for _ in range(MILLION_REQUESTS):
-                            await timed(
-                                raw.send_rpc_to_addr(
-                                    leader.addr, wire.MessageKind.KV_REQUEST, payload
-                                )
-                            )
+            async def many() -> None:
+                for _ in range(MANY_CALLS):
+                    await timed(reader.get_many(keys[:MANY]))
 
-                    async def many() -> None:
-                        for _ in range(MANY_CALLS):
-                            await timed(reader.get_many(keys[:MANY]))
+            async def large() -> None:
+                async def caller() -> None:
+                    for _ in range(LARGE_CALLS):
+                        await timed(reader.get(b"large"))
 
-                    async def large() -> None:
-                        async def caller() -> None:
-                            for _ in range(LARGE_CALLS):
-                                await timed(reader.get(b"large"))
+                await asyncio.gather(*(caller() for _ in range(LARGE_CALLERS)))
 
-                        await asyncio.gather(*(caller() for _ in range(LARGE_CALLERS)))
-
-                    out: dict[str, object] = {}
-                    for name, attack in (("million", million), ("many", many), ("large", large)):
-                        seconds.clear()
-                        refusals.clear()
-                        doc = await while_writing(addrs, creds, attack, term)
-                        doc["reads_s"] = [round(s, 3) for s in seconds]
-                        doc["refusals"] = sorted(set(refusals))
-                        out[name] = doc
-                    return out
-        finally:
-            await cluster.close()
+            out: dict[str, object] = {}
+            for name, attack in (("million", million), ("many", many), ("large", large)):
+                seconds.clear()
+                refusals.clear()
+                doc = await while_writing(addrs, creds, attack, term)
+                doc["reads_s"] = [round(s, 3) for s in seconds]
+                doc["refusals"] = sorted(set(refusals))
+                out[name] = doc
+            return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("variants", nargs="*", default=[""], help='environment settings, or ""')
-    ap.add_argument("--rounds", type=int, default=1, choices=range(1, 6))
-    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if is_debug_build():
-        return 2
-    if args.one:
-        print(json.dumps(asyncio.run(_reads())))
-        return 0
-    for title, result in variant_rounds(
-        __file__, ["--one"], args.variants, args.rounds, CHILD_TIMEOUT_S
-    ):
-        print(f"{title}:")
-        for name, r in result.items():
-            assert isinstance(r, dict)
-            reads = r["reads_s"]
-            answered = ""
-            if reads:
-                answered = f"{len(reads)} answered, {min(reads):.2f}-{max(reads):.2f} s"
-            print(
-                f"  {name:8} writes p99 {r['p99_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms  "
-                f"elections {r['elections']}  {answered}  refused {r['refusals'] or 'none'}",
-                flush=True,
-            )
-    return 0
+def _show(name: str, r: dict[str, object]) -> None:
+    reads = r["reads_s"]
+    assert isinstance(reads, list)
+    answered = f"{len(reads)} answered, {min(reads):.2f}-{max(reads):.2f} s" if reads else ""
+    print(
+        f"  {name:8} writes p99 {r['p99_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms  "
+        f"elections {r['elections']}  {answered}  refused {r['refusals'] or 'none'}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(probe_main(__file__, __doc__ or "", _reads, _show))

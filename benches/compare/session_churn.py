@@ -18,16 +18,10 @@ sizes, one timeout per child.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from attack import while_writing
-from checks import is_debug_build, variant_rounds
+from attack import group_term, one_group_cluster, probe_main, while_writing
 
 SESSIONS_HELD = 4096
 NEW_IDS = 20_000
@@ -43,92 +37,65 @@ async def _attack() -> dict[str, object]:
 
     from nodedb_cluster import wire
     from nodedb_cluster.client import CLIENT_NODE_ID, Client
-    from nodedb_cluster.localcluster import LocalCluster, leader_of
+    from nodedb_cluster.localcluster import leader_of
     from nodedb_cluster.routing import vshard_for_key
     from nodedb_cluster.transport import Transport
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cluster = LocalCluster(Path(tmp), 3, overrides={"num_groups": 1})
-        try:
-            await cluster.start()
-            statuses = await cluster.wait_formed(60.0)
-            addrs = [n.addr for n in cluster.nodes.values()]
-            creds = cluster.client_credentials
-            async with Client(addrs, creds) as client:
-                group = client.routing.group_for_vshard(vshard_for_key(b"churn"))
-            leader = cluster.nodes[leader_of(statuses, group)]
-            put = core.kv_command("put", b"churn", b"1")
+    async with one_group_cluster() as (cluster, statuses, addrs, creds):
+        async with Client(addrs, creds) as client:
+            group = client.routing.group_for_vshard(vshard_for_key(b"churn"))
+        leader = cluster.nodes[leader_of(statuses, group)]
+        put = core.kv_command("put", b"churn", b"1")
 
-            async def term() -> int:
-                status = await cluster.status(1, 30.0)
-                return sum(int(g["term"]) for g in status["groups"] if g["group_id"] == group)
+        async def term() -> int:
+            return await group_term(cluster, group)
 
-            async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as attacker:
+        async with Transport(CLIENT_NODE_ID, "127.0.0.1:0", creds) as attacker:
 
-                async def propose(cmds: list[bytes]) -> float:
-                    gs = [group] * len(cmds)
-                    request = {"op": "propose_many", "gs": gs, "cmds": cmds, "t": 60_000}
-                    started = time.perf_counter()
-                    kind, _ = await attacker.send_rpc_to_addr(
-                        leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
-                    )
-                    assert kind == wire.MessageKind.KV_RESPONSE
-                    return time.perf_counter() - started
+            async def propose(cmds: list[bytes]) -> float:
+                gs = [group] * len(cmds)
+                request = {"op": "propose_many", "gs": gs, "cmds": cmds, "t": 60_000}
+                started = time.perf_counter()
+                kind, _ = await attacker.send_rpc_to_addr(
+                    leader.addr, wire.MessageKind.KV_REQUEST, msgpack.packb(request)
+                )
+                assert kind == wire.MessageKind.KV_RESPONSE
+                return time.perf_counter() - started
 
-                await propose([core.kv_session(1 << 40 | i, 1, 0, put) for i in range(4096)])
-                requests: list[float] = []
+            await propose([core.kv_session(1 << 40 | i, 1, 0, put) for i in range(4096)])
+            requests: list[float] = []
 
-                async def new_ids() -> None:
-                    for r in range(NEW_ID_REQUESTS):
-                        first = 2 << 40 | r << 32
-                        cmds = [core.kv_session(first + i, 1, 0, put) for i in range(NEW_IDS)]
-                        requests.append(await propose(cmds))
+            async def new_ids() -> None:
+                for r in range(NEW_ID_REQUESTS):
+                    first = 2 << 40 | r << 32
+                    cmds = [core.kv_session(first + i, 1, 0, put) for i in range(NEW_IDS)]
+                    requests.append(await propose(cmds))
 
-                async def unacknowledged() -> None:
-                    total = SESSIONS_HELD * RESULTS_PER_SESSION
-                    for first in range(0, total, PER_REQUEST):
-                        cmds = [
-                            core.kv_session(
-                                3 << 40 | n % SESSIONS_HELD, n // SESSIONS_HELD + 1, 0, put
-                            )
-                            for n in range(first, min(total, first + PER_REQUEST))
-                        ]
-                        await propose(cmds)
+            async def unacknowledged() -> None:
+                total = SESSIONS_HELD * RESULTS_PER_SESSION
+                for first in range(0, total, PER_REQUEST):
+                    cmds = [
+                        core.kv_session(3 << 40 | n % SESSIONS_HELD, n // SESSIONS_HELD + 1, 0, put)
+                        for n in range(first, min(total, first + PER_REQUEST))
+                    ]
+                    await propose(cmds)
 
-                churn = await while_writing(addrs, creds, new_ids, term)
-                churn["requests_ms"] = [r * 1000 for r in requests]
-                unacked = await while_writing(addrs, creds, unacknowledged, term)
-                return {"new_ids": churn, "unacknowledged": unacked}
-        finally:
-            await cluster.close()
+            churn = await while_writing(addrs, creds, new_ids, term)
+            churn["requests_ms"] = [r * 1000 for r in requests]
+            unacked = await while_writing(addrs, creds, unacknowledged, term)
+            return {"new_ids": churn, "unacknowledged": unacked}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("variants", nargs="*", default=[""], help='environment settings, or ""')
-    ap.add_argument("--rounds", type=int, default=1, choices=range(1, 6))
-    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if is_debug_build():
-        return 2
-    if args.one:
-        print(json.dumps(asyncio.run(_attack())))
-        return 0
-    for title, result in variant_rounds(
-        __file__, ["--one"], args.variants, args.rounds, CHILD_TIMEOUT_S
-    ):
-        print(f"{title}:")
-        for name, r in result.items():
-            assert isinstance(r, dict)
-            requests = r.get("requests_ms", [])
-            extra = "  requests " + ", ".join(f"{ms:.0f}" for ms in requests) + " ms"
-            print(
-                f"  {name:15} {r['seconds']:6.1f} s  writes p99 {r['p99_ms']:7.1f} ms  "
-                f"max {r['max_ms']:7.1f} ms  elections {r['elections']}{extra if requests else ''}",
-                flush=True,
-            )
-    return 0
+def _show(name: str, r: dict[str, object]) -> None:
+    requests = r.get("requests_ms", [])
+    assert isinstance(requests, list)
+    extra = "  requests " + ", ".join(f"{ms:.0f}" for ms in requests) + " ms" if requests else ""
+    print(
+        f"  {name:15} {r['seconds']:6.1f} s  writes p99 {r['p99_ms']:7.1f} ms  "
+        f"max {r['max_ms']:7.1f} ms  elections {r['elections']}{extra}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(probe_main(__file__, __doc__ or "", _attack, _show))
