@@ -135,7 +135,8 @@ class Kv:
         max_staleness_s: float = MAX_STALENESS_S_DEFAULT,
         timeout_s: float | None = None,
     ) -> list[bytes | None]:
-        """One value (or None) per key, in order."""
+        """One value (or None) per key, in order. Values past what one reply carries (63 MiB)
+        come in further replies, one round trip each (docs/KV.md, `ovr`)."""
         if not keys:
             return []
         loop = self._attach()
