@@ -446,3 +446,62 @@ async fn a_read_whose_values_exceed_one_reply_is_answered_over_several() {
     engine.shutdown();
     transport.close().await;
 }
+
+/// Attempts to one node that all time out end, each call with its failure: the first to time
+/// out wakes the others waiting on that node (it is suspect for all of them). The wake-up was
+/// made under the client's lock, and a woken attempt runs at once on the waking thread
+/// (`inline`) and takes the lock: the client deadlocked (seen in CI, session 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_that_time_out_on_one_node_together_all_end() {
+    use nodedb_transport::{handler_fn, MessageKind};
+    let mute = common::insecure_transport(2, "127.0.0.2");
+    mute.register_handler(
+        MessageKind::KV_REQUEST,
+        handler_fn(|_| std::future::pending()),
+    );
+    let transport = common::insecure_transport(1, "127.0.0.1");
+    transport.register_peer(nodedb_wire::NodeId(2), mute.local_addr(), None);
+    let client = KvClient::new(Arc::clone(&transport), Handle::current(), 1, 81);
+    let route = Route {
+        leader: 2,
+        voters: vec![2],
+    };
+    client.set_routing(Routing::new(vec![1; VSHARDS], [(1, route)]).expect("routing"));
+    for round in 0..3u8 {
+        // A read and a write travel in requests of their own lanes, the write's a little
+        // later (an offset, not a synchronisation): when the read's attempt times out, the
+        // write's is waiting on node 2.
+        let read = Request::Get {
+            key: vec![round],
+            read: ReadAt::LINEARIZABLE,
+        };
+        let write = Request::Put {
+            key: vec![round],
+            value: b"v".to_vec(),
+        };
+        let mut calls = Vec::new();
+        for request in [read, write] {
+            let client = Arc::clone(&client);
+            let deadline = Duration::from_secs(2);
+            calls.push(tokio::spawn(async move {
+                call(&client, request, deadline).await
+            }));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for outcome in calls {
+            let outcome = tokio::time::timeout(T, outcome)
+                .await
+                .expect("the call ended: no deadlock")
+                .expect("the call's task");
+            assert!(matches!(
+                outcome,
+                Err(Failure {
+                    error: KvError::Timeout { target: 2, .. },
+                    ..
+                })
+            ));
+        }
+    }
+    transport.close().await;
+    mute.close().await;
+}

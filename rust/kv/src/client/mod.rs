@@ -644,14 +644,12 @@ impl KvClient {
         let now = Instant::now();
         let mut step = Step::default();
         let mut batches = Vec::new();
-        {
+        let suspected = {
             let mut st = self.state();
             if let Some(q) = st.lanes.get_mut(&key) {
                 q.in_flight -= 1;
             }
-            if timed_out_here {
-                st.suspect(target);
-            }
+            let suspected = timed_out_here.then(|| st.suspected(target)).flatten();
             match reply {
                 Ok(Decoded {
                     results,
@@ -718,6 +716,10 @@ impl KvClient {
             for k in keys {
                 st.take_batches(k, &mut batches);
             }
+            suspected
+        };
+        if let Some(channel) = suspected {
+            channel.notify_waiters(); // outside the lock (`State::suspected`)
         }
         self.spawn(batches);
         resolve(step.finished);

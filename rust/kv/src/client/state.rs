@@ -208,11 +208,12 @@ impl State {
         }
     }
 
-    /// One attempt to `target` timed out: wake every other attempt waiting on it.
-    pub fn suspect(&self, target: u64) {
-        if let Some(channel) = self.suspects.get(&target) {
-            channel.notify_waiters();
-        }
+    /// One attempt to `target` timed out: the channel that wakes every other attempt waiting
+    /// on it, to notify once this state's lock is let go. A woken attempt may run at once on
+    /// the notifying thread ([`crate::inline`]) and take the lock: notified under it, two
+    /// attempts timing out together on one node deadlocked the client.
+    pub fn suspected(&self, target: u64) -> Option<Arc<tokio::sync::Notify>> {
+        self.suspects.get(&target).cloned()
     }
 
     /// A node answered after `elapsed`.

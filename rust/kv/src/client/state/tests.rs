@@ -55,7 +55,11 @@ fn one_timed_out_attempt_wakes_every_attempt_waiting_on_that_node() {
         tokio::pin!(a, b);
         a.as_mut().enable();
         b.as_mut().enable();
-        st.suspect(1);
+        st.suspected(1).expect("node 1's channel").notify_waiters();
+        assert!(
+            st.suspected(3).is_none(),
+            "no channel for a node no attempt waits on"
+        );
         let woke = tokio::time::timeout(Duration::from_secs(5), a).await;
         assert!(woke.is_ok(), "the waiter on node 1 was woken");
         let other = tokio::time::timeout(Duration::from_millis(50), b).await;
