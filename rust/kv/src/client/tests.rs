@@ -335,3 +335,64 @@ fn a_key_no_group_can_hold_refuses_the_call_before_queueing() {
         read: ReadAt::LINEARIZABLE
     }));
 }
+
+/// A timed-out attempt wakes the others waiting on its node with the client's lock let go: a
+/// woken attempt may run at once on the waking thread (`crate::inline`, for attempts this node
+/// serves) and take the lock. Woken under it, two such attempts deadlocked the client (seen in
+/// CI, session 22). The waker here records whether the lock was held when it ran.
+#[test]
+fn attempts_on_a_suspected_node_are_woken_with_the_lock_let_go() {
+    use std::future::Future;
+    use std::sync::Weak;
+    use std::task::{Context, Wake, Waker};
+
+    struct Probe {
+        client: Mutex<Weak<KvClient>>,
+        locked_when_woken: Mutex<Option<bool>>,
+    }
+    impl Wake for Probe {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            let client = self.client.lock().unwrap().upgrade().expect("client");
+            let locked = client.state.try_lock().is_err();
+            *self.locked_when_woken.lock().unwrap() = Some(locked);
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _context = rt.enter();
+    let transport = nodedb_transport::Transport::bind(
+        nodedb_wire::NodeId(1),
+        "127.0.0.1:0".parse().expect("addr"),
+        nodedb_transport::Credentials::Insecure,
+        nodedb_transport::TransportConfig::default(),
+    )
+    .expect("bind");
+    let client = KvClient::new(Arc::new(transport), rt.handle().clone(), 1, 5);
+    let probe = Arc::new(Probe {
+        client: Mutex::new(Arc::downgrade(&client)),
+        locked_when_woken: Mutex::new(None),
+    });
+    let waker = Waker::from(Arc::clone(&probe));
+    let channel = client.state().suspect_channel(2);
+    let mut waiting = std::pin::pin!(channel.notified());
+    let polled = waiting.as_mut().poll(&mut Context::from_waker(&waker));
+    assert!(polled.is_pending(), "an attempt waits on node 2");
+    let timed_out = Err(KvError::Timeout {
+        target: 2,
+        timeout_ms: 300,
+    });
+    let key = (2, Lane::Propose, false);
+    client.on_reply(key, Vec::new(), timed_out, Instant::now(), true);
+    assert_eq!(
+        *probe.locked_when_woken.lock().unwrap(),
+        Some(false),
+        "the waiting attempt was woken, with the client's lock let go"
+    );
+}
