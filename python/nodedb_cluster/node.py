@@ -370,7 +370,11 @@ class Node:
     def on_metadata_change(self, state: MetadataState) -> None:
         """On the event loop after group 0 applied something: peers, routing, then reconcile,
         each only when its input changed (a vShard move changes group 0's state twice on every
-        node, and its begin changes neither the topology nor the routing)."""
+        node, and its begin changes neither the topology nor the routing). Nothing once the
+        node shuts down: a change applied just before is queued behind the shutdown's first
+        steps, and the engine it would reach may have stopped serving KV (CI, session 22)."""
+        if self._closed:
+            return
         seen = self._seen
         topology_changed = seen is None or seen.topology.version != state.topology.version
         routing_changed = seen is None or seen.routing.epoch != state.routing.epoch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import urllib.request
 from pathlib import Path
@@ -68,6 +69,21 @@ async def test_bootstrap_status_shutdown_and_restart_in_the_same_process(tmp_pat
         assert await again.propose_metadata(MetadataEntry((PutSetting("k", "w"),))) is None
     finally:
         await again.shutdown()
+
+
+async def test_a_metadata_change_queued_behind_a_shutdown_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Group 0's applier queues its callback on the loop; one that runs after the shutdown
+    began found the engine no longer serving KV and raised (CI, session 22)."""
+    node = await start_cluster(config(tmp_path, free_port(["127.0.0.1"])))
+    state = node.metadata
+    topology = state.topology.copy()
+    other = dataclasses.replace(topology[1], node_id=2, addr=parse_socket_addr("127.0.0.2:1"))
+    topology.add(other)
+    changed = dataclasses.replace(state, topology=topology)
+    await node.shutdown()
+    node.on_metadata_change(changed)  # raised ClusterError: "serves no KV requests"
 
 
 async def test_a_restart_at_another_address_is_refused_naming_the_recorded_one(

@@ -155,6 +155,32 @@ pub enum KvResult {
     Invalid { reason: String },
 }
 
+/// A result that may carry a value: a get's `Ok`, a lost compare-and-set's `CasMismatch`.
+/// Encoded from the borrowed value, so the value is copied once, into the result, and its
+/// length is known before that copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueAnswer {
+    Got,
+    CasLost,
+}
+
+impl ValueAnswer {
+    /// The encoded result's length.
+    pub fn encoded_len(value: Option<&[u8]>) -> usize {
+        2 + value.map_or(0, |v| 4 + v.len())
+    }
+
+    pub fn encode(self, value: Option<&[u8]>) -> Vec<u8> {
+        let mut w = Writer::with_capacity(Self::encoded_len(value));
+        w.u8(match self {
+            ValueAnswer::Got => 0,
+            ValueAnswer::CasLost => 2,
+        });
+        opt(&mut w, value);
+        w.buf
+    }
+}
+
 /// Whether `encoded` is a command a KV_REQUEST may carry: put, delete, compare-and-set or get,
 /// bare or in a session. Placement commands (vShard steps, imports) are proposed only by a
 /// node's mover (VSHARD_STEP, nodes only): from a client one could freeze, empty or overwrite a
@@ -323,15 +349,11 @@ impl KvResult {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         match self {
-            KvResult::Ok { value } => {
-                w.u8(0);
-                opt(&mut w, value.as_deref());
-            }
+            KvResult::Ok { value } => return ValueAnswer::Got.encode(value.as_deref()),
             KvResult::NotFound => w.u8(1),
             KvResult::Duplicate => w.u8(3),
             KvResult::CasMismatch { current } => {
-                w.u8(2);
-                opt(&mut w, current.as_deref());
+                return ValueAnswer::CasLost.encode(current.as_deref())
             }
             KvResult::Paused => w.u8(4),
             KvResult::Moved { group } => {

@@ -53,11 +53,11 @@ fn result_hash(seq: u64, result: &[u8]) -> u64 {
 }
 
 /// The form in which `result` is cached for retries (see [`RESULT_KEPT_BYTES_MAX`]).
-pub(crate) fn kept(result: Vec<u8>) -> Vec<u8> {
+pub(crate) fn kept(result: &[u8]) -> Vec<u8> {
     if result.len() > RESULT_KEPT_BYTES_MAX {
         KvResult::Duplicate.encode()
     } else {
-        result
+        result.to_vec()
     }
 }
 
@@ -269,7 +269,7 @@ impl SessionTable {
 
     /// Caches the result of `client`'s new command `seq` at `index` (in the form [`kept`]
     /// gives).
-    pub(crate) fn cache(&mut self, index: u64, client: u64, seq: u64, result: Vec<u8>) {
+    pub(crate) fn cache(&mut self, index: u64, client: u64, seq: u64, result: &[u8]) {
         self.update(index, client, |s| {
             s.insert(seq, kept(result));
             s.trim();
@@ -290,7 +290,7 @@ impl SessionTable {
             s.floor = s.floor.max(floor);
             for (seq, result) in results {
                 if seq >= s.floor && !s.results.contains_key(&seq) {
-                    s.insert(seq, kept(result));
+                    s.insert(seq, kept(&result));
                 }
             }
             s.drop_below(s.floor);
@@ -411,7 +411,7 @@ mod tests {
             if seq < s.0 {
                 return Admission::BelowFloor;
             }
-            s.1.insert(seq, kept(result.to_vec()));
+            s.1.insert(seq, kept(result));
             Self::trim(s);
             Admission::New
         }
@@ -419,10 +419,8 @@ mod tests {
         fn merge(&mut self, index: u64, client: u64, floor: u64, theirs: &[(u64, Vec<u8>)]) {
             let s = self.sessions.entry(client).or_default();
             s.0 = s.0.max(floor);
-            let mut results: BTreeMap<u64, Vec<u8>> = theirs
-                .iter()
-                .map(|(seq, r)| (*seq, kept(r.clone())))
-                .collect();
+            let mut results: BTreeMap<u64, Vec<u8>> =
+                theirs.iter().map(|(seq, r)| (*seq, kept(r))).collect();
             results.append(&mut std::mem::take(&mut s.1));
             s.1 = results.split_off(&s.0);
             s.2 = index;
@@ -472,7 +470,7 @@ mod tests {
             for client in 0..SESSIONS_MAX as u64 - 300 {
                 let client = (client + 1) << 20;
                 table.admit(1, client, 1, 0);
-                table.cache(1, client, 1, vec![0]);
+                table.cache(1, client, 1, &[0]);
                 model.apply(1, client, 1, 0, &[0]);
             }
             let mut index = 1;
@@ -489,7 +487,7 @@ mod tests {
                 } else {
                     let admitted = table.admit(index, client, seq, acked);
                     if admitted == Admission::New {
-                        table.cache(index, client, seq, result.clone());
+                        table.cache(index, client, seq, &result);
                     }
                     prop_assert_eq!(admitted, model.apply(index, client, seq, acked, &result));
                 }
@@ -507,7 +505,7 @@ mod tests {
         let mut table = SessionTable::default();
         for seq in 1..=SESSION_RESULTS_MAX as u64 + 2 {
             assert_eq!(table.admit(1, 7, seq, 0), Admission::New);
-            table.cache(1, 7, seq, vec![0]);
+            table.cache(1, 7, seq, &[0]);
         }
         assert_eq!(table[&7].results().len(), SESSION_RESULTS_MAX);
         assert_eq!(table[&7].floor(), 3);
@@ -524,7 +522,7 @@ mod tests {
         for client in 0..64 {
             for seq in 1..=1000 {
                 table.admit(1, client, seq, 0);
-                table.cache(1, client, seq, vec![1, 2, 3]);
+                table.cache(1, client, seq, &[1, 2, 3]);
             }
         }
         let copy = table.clone();
@@ -535,7 +533,7 @@ mod tests {
             );
         }
         assert_eq!(table.admit(2, 5, 1001, 500), Admission::New);
-        table.cache(2, 5, 1001, vec![9]);
+        table.cache(2, 5, 1001, &[9]);
         assert_eq!(copy[&5].results().len(), 1000);
         assert_eq!(copy[&5].floor(), 0);
         assert_eq!(table[&5].results().len(), 502);
@@ -551,13 +549,13 @@ mod tests {
         let mut table = SessionTable::default();
         for client in 0..SESSIONS_MAX as u64 {
             table.admit(1, client, 1, 0);
-            table.cache(1, client, 1, vec![0]);
+            table.cache(1, client, 1, &[0]);
         }
         let started = Instant::now();
         for n in 0..20_000u64 {
             let client = 1 << 32 | n;
             assert_eq!(table.admit(2 + n / 1000, client, 1, 0), Admission::New);
-            table.cache(2 + n / 1000, client, 1, vec![0]);
+            table.cache(2 + n / 1000, client, 1, &[0]);
         }
         let took = started.elapsed();
         assert_eq!(table.len(), SESSIONS_MAX);
