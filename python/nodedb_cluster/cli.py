@@ -207,10 +207,11 @@ def _parser(environ: Mapping[str, str], json_errors: bool = False) -> argparse.A
         "--renew",
         action="append",
         default=[],
-        metavar="NAME",
+        metavar="NAME[=IP,...]",
         help="a new NAME.pem in --out for the key NAME.key it has (peers pin a node's key, so "
-        "a new one would cut the node off), same identity and addresses, from the CA there, "
-        "valid --days; restart the node to use it; repeat",
+        "a new one would cut the node off), same identity, from the CA there, valid --days, "
+        "naming the IPs given (a node moved to another address) or else the same ones; "
+        "restart the node to use it; repeat",
     )
     certs.add_argument("--json", action="store_true", help="print the files as one JSON object")
     certs.set_defaults(run=_cmd_gen_certs)
@@ -508,11 +509,20 @@ def _leaves(flag: str, specs: list[str]) -> list[Leaf]:
     return leaves
 
 
+def _renewal(spec: str) -> tuple[str, list[str] | None]:
+    """`--renew NAME` (same addresses) or `--renew NAME=IP[,IP...]` (these instead)."""
+    name, sep, _ = spec.partition("=")
+    if not sep:
+        return name, None
+    [(name, addrs)] = _leaves("--renew", [spec])
+    return name, addrs
+
+
 def _cmd_gen_certs(args: argparse.Namespace) -> int:
     nodes = _leaves("--node", args.node)
     admins = _leaves("--admin", args.admin)
     clients = _leaves("--client", args.client)
-    renew: list[str] = args.renew
+    renew = [_renewal(spec) for spec in args.renew]
     if not (nodes or admins or clients or renew):
         raise ConfigError(
             "--node", "give at least one --node, --admin or --client NAME=IP, or --renew NAME"
@@ -528,10 +538,10 @@ def _cmd_gen_certs(args: argparse.Namespace) -> int:
         (
             name,
             renew_node_credentials(
-                ca_cert, ca_key, out / f"{name}.pem", out / f"{name}.key", days=args.days
+                ca_cert, ca_key, out / f"{name}.pem", out / f"{name}.key", days=args.days, sans=sans
             ),
         )
-        for name in renew
+        for name, sans in renew
     ]
     if not (nodes or admins or clients):
         files: list[Mtls] = []

@@ -56,10 +56,11 @@ from nodedb_cluster.vshard_mover import CoreVShards, GroupSteps, MovePacer, VSha
 
 log = logging.getLogger(__name__)
 
-SWIM_ADVERTISE_ATTEMPTS = 30
-SWIM_ADVERTISE_RETRY_S = 1.0
-"""A restarted member retries recording its SWIM address for about half a minute (group 0 may be
-electing a leader meanwhile); the next start tries again."""
+OWN_ENTRY_RETRY_S = (1.0, 5.0)
+"""A restarted member retries recording its addresses every 1 s, backing off to 5 s, until
+group 0 applies them or the node stops: until then a moved node's peers dial its old address."""
+OWN_ENTRY_WARN_EVERY = 12
+"""Of the failed attempts to record them, the first and every this many are logged as warnings."""
 AUDIT_FLUSH_S = 2.0
 """How long an audit request waits for applied lines still being saved (a full disk: answered
 without them)."""
@@ -256,27 +257,35 @@ class Node:
     async def start_membership(self, sock: socket.socket | None = None) -> None:
         """Run SWIM on config.swim_udp_addr (no-op when unset; on `sock` when the caller bound
         it before forming), seeded from the topology; a member whose topology entry names
-        another SWIM address (a cluster formed with SWIM off, or a moved port) tells the cluster
-        its address now, in the background."""
+        other addresses (restarted at another listen address, SWIM turned on or moved) tells
+        the cluster its addresses now, in the background."""
         await self._swim.start(lambda: self.metadata.topology, sock)
-        self._tasks.append(asyncio.ensure_future(self._advertise_swim_addr()))
+        self._tasks.append(asyncio.ensure_future(self._record_own_addresses()))
 
-    async def _advertise_swim_addr(self) -> None:
-        """Propose this node's SWIM address until the topology holds it (bounded attempts)."""
-        for _ in range(SWIM_ADVERTISE_ATTEMPTS):
-            own = self.metadata.topology.get(self.config.node_id)
-            if own is None or own.swim_addr == self.config.swim_udp_addr:
+    async def _record_own_addresses(self) -> None:
+        """Propose this node's listen and SWIM addresses until the topology holds them (the
+        applier takes a member's new address only with the key pinned for it, and refuses one
+        another member holds); retried with backoff until then, or until the node stops."""
+        node_id, wanted = self.config.node_id, (self.config.listen_addr, self.config.swim_udp_addr)
+        pause_s, pause_max_s = OWN_ENTRY_RETRY_S
+        failures = 0
+        while True:
+            own = self.metadata.topology.get(node_id)
+            if own is None or (own.addr, own.swim_addr) == wanted:
                 return
-            updated = dataclasses.replace(own, swim_addr=self.config.swim_udp_addr)
+            updated = dataclasses.replace(own, addr=wanted[0], swim_addr=wanted[1])
             try:
                 refused = await self._proposer.propose(MetadataEntry((AddNode(updated),)))
             except ClusterError as e:
                 refused = str(e)
             if refused is None:
-                log.info("node %d: SWIM address %s recorded", own.node_id, updated.swim_addr)
+                log.info("node %d: addresses %s (SWIM %s) recorded", node_id, *wanted)
                 return
-            log.info("node %d: SWIM address not recorded yet: %s", own.node_id, refused)
-            await asyncio.sleep(SWIM_ADVERTISE_RETRY_S)  # a pause between bounded attempts
+            level = logging.WARNING if failures % OWN_ENTRY_WARN_EVERY == 0 else logging.INFO
+            log.log(level, "node %d: addresses not recorded yet: %s", node_id, refused)
+            failures += 1
+            await asyncio.sleep(pause_s)  # a pause between attempts, not a synchronisation
+            pause_s = min(pause_s * 2, pause_max_s)
 
     def _vshard_bytes(self) -> dict[int, int] | None:
         """Bytes per vShard across every data group, read from this node's replicas; None unless

@@ -175,12 +175,26 @@ def issue_node_credentials(
 
 
 def renew_node_credentials(
-    ca_cert: Path, ca_key: Path, cert: Path, key: Path, *, days: int = LEAF_VALIDITY_DAYS_DEFAULT
+    ca_cert: Path,
+    ca_key: Path,
+    cert: Path,
+    key: Path,
+    *,
+    days: int = LEAF_VALIDITY_DAYS_DEFAULT,
+    sans: Sequence[str] | None = None,
 ) -> Mtls:
     """A new certificate in place of `cert` for the key it has (peers pin a node's key: a new
-    key would cut the node off), same identity and addresses, valid `days` from now."""
-    ca, new_cert, same_key = _core.renew_node_credentials(ca_cert, ca_key, cert, key, days)
+    key would cut the node off), same identity, valid `days` from now, naming `sans` (IPs or
+    DNS names; None: the addresses it names)."""
+    ca, new_cert, same_key = _core.renew_node_credentials(
+        ca_cert, ca_key, cert, key, days, None if sans is None else list(sans)
+    )
     return Mtls(Path(ca), Path(new_cert), Path(same_key))
+
+
+def certificate_addresses(path: Path) -> tuple[str, ...]:
+    """The IP addresses and DNS names the certificate in `path` (PEM) names."""
+    return tuple(_core.certificate_addresses(path))
 
 
 def certificate_not_after(path: Path) -> int:

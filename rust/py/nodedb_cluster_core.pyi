@@ -184,7 +184,9 @@ def renew_node_credentials(
     cert: str | PathLike[str],
     key: str | PathLike[str],
     days: int,
+    sans: list[str] | None = None,
 ) -> tuple[Path, Path, Path]: ...
+def certificate_addresses(path: str | PathLike[str]) -> list[str]: ...
 
 # --- Multi-Raft engine (rust/py/src/raft.rs) -----------------------------------------------------
 

@@ -35,6 +35,7 @@ from nodedb_cluster.transport import (
     CertIdentity,
     Mtls,
     ca_key_path,
+    certificate_addresses,
     generate_cluster_credentials,
     revoke_node_credentials,
 )
@@ -148,6 +149,24 @@ def test_gen_certs_renew_refuses_without_the_ca_a_missing_leaf_and_another_key(
     assert (out / "n1.pem").read_bytes() == n1, "nothing written"
 
 
+def test_gen_certs_renew_with_addresses_names_them_over_the_same_key(tmp_path: Path) -> None:
+    """A node moved to another address: the renewed certificate names the new one, the pin its
+    peers hold still matches, and `--renew NAME` alone keeps what it names."""
+    out = tmp_path / "c"
+    assert run("gen-certs", "--out", str(out), "--node", "n1=127.0.0.1").returncode == 0
+    creds = Mtls(out / "ca.pem", out / "n1.pem", out / "n1.key")
+    pin = creds.spki_pin()
+    result = run("gen-certs", "--out", str(out), "--renew", "n1=10.0.0.7,db1.example")
+    assert result.returncode == 0, result.stderr
+    assert certificate_addresses(out / "n1.pem") == ("10.0.0.7", "db1.example")
+    assert creds.spki_pin() == pin
+    assert run("gen-certs", "--out", str(out), "--renew", "n1").returncode == 0
+    assert certificate_addresses(out / "n1.pem") == ("10.0.0.7", "db1.example")
+    refused = run("gen-certs", "--out", str(out), "--renew", "n1=")
+    assert refused.returncode != 0
+    assert "NAME=IP" in refused.stderr, refused.stderr
+
+
 def test_revoke_keeps_earlier_entries(tmp_path: Path) -> None:
     out = tmp_path / "certs"
     nodes = [(f"n{i}", ["127.0.0.1"]) for i in (1, 2, 3)]
@@ -229,6 +248,20 @@ def test_check_refuses_another_identity(tmp_path: Path) -> None:
     client = CertIdentity("spiffe://c/client/app", "client", "app", None)
     with pytest.raises(CredentialsError, match="a client certificate"):
         check_credentials(config(tmp_path), facts(identity=client), NOW_S)
+
+
+def test_check_refuses_a_certificate_that_does_not_name_the_listen_address(
+    tmp_path: Path,
+) -> None:
+    """Peers and clients check the address they dial against the certificate (its DNS names
+    never match: peers dial IPs), so a node it does not name would be refused by all."""
+    for named in ((), ("127.0.0.9", "db1.example"), ("::1",)):
+        with pytest.raises(CredentialsError) as info:
+            check_credentials(config(tmp_path), facts(cert_addresses=named), NOW_S)
+        assert "not 127.0.0.1, the listen address" in str(info.value)
+        assert "--renew n1=127.0.0.1" in str(info.value)
+    named = ("db1.example", "127.0.0.1")
+    assert check_credentials(config(tmp_path), facts(cert_addresses=named), NOW_S) is None
 
 
 def test_check_warns_a_month_ahead_and_refuses_an_expired_certificate(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import socket
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,27 +87,47 @@ async def test_a_metadata_change_queued_behind_a_shutdown_changes_nothing(
     node.on_metadata_change(changed)  # raised ClusterError: "serves no KV requests"
 
 
-async def test_a_restart_at_another_address_is_refused_naming_the_recorded_one(
+async def test_a_restart_at_another_address_records_it_and_one_held_by_a_member_is_refused(
     tmp_path: Path,
 ) -> None:
-    """Its peers dial the address the cluster recorded: a node restarted elsewhere used to come
-    up Ready and then campaign for good, never hearing its leaders, while the others showed it
-    ACTIVE. Refused before it serves, naming both addresses; at its own address it restarts."""
+    """A re-IPed host or rescheduled pod: the node restarts where it is told and records its
+    new address through group 0 (its peers dial what the topology says). An address another
+    member holds is refused before the node serves, naming that member."""
     port, other = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
     cfg = config(tmp_path, port)
-    await (await start_cluster(cfg)).shutdown()
+    first = await start_cluster(cfg)
+    await first.shutdown()
     moved = config(tmp_path, other, seed_nodes=(cfg.listen_addr,))
-    tracker = LifecycleTracker()
-    with pytest.raises(ConfigError) as refused:
-        await start_cluster(moved, tracker=tracker)
-    assert refused.value.field == "listen_addr"
-    assert f"knows node 1 at 127.0.0.1:{port}" in str(refused.value)
-    assert isinstance(tracker.state, Failed)
-    again = await start_cluster(cfg)
+    again = await start_cluster(moved)
     try:
-        assert (await again.status()).lifecycle == "ready"
+        recorded = await _wait_for(lambda: again.metadata.topology[1].addr == moved.listen_addr)
+        assert recorded, f"still {again.metadata.topology[1].addr}"
+        assert (await again.status()).nodes == ((1, f"127.0.0.1:{other}", "ACTIVE"),)
+        assert await again.propose_metadata(MetadataEntry((PutSetting("k", "v"),))) is None
+        # A second member, then node 1 told to take its address: refused.
+        two = dataclasses.replace(
+            again.metadata.topology[1], node_id=2, addr=parse_socket_addr(f"127.0.0.2:{port}")
+        )
+        assert await again.propose_metadata(MetadataEntry((AddNode(two),))) is None
     finally:
         await again.shutdown()
+    tracker = LifecycleTracker()
+    with pytest.raises(ConfigError) as refused:
+        await start_cluster(config(tmp_path, port, listen_addr=two.addr), tracker=tracker)
+    assert refused.value.field == "listen_addr"
+    assert f"127.0.0.2:{port} belongs to node 2" in str(refused.value)
+    assert isinstance(tracker.state, Failed)
+
+
+async def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll `condition` (group 0 applies on its own thread; no event tells the test) until
+    true or `timeout_s`; whether it became true."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)  # polling a state with a bound, not synchronisation
+    return True
 
 
 async def test_a_catalog_that_can_no_longer_be_written_stops_the_node(tmp_path: Path) -> None:

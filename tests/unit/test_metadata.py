@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import threading
 import time
@@ -227,7 +228,8 @@ def test_joins_decided_on_the_same_state_both_land_and_respect_rf() -> None:
 
 
 def test_refused_entry_changes_nothing_and_is_refused_everywhere() -> None:
-    bad = MetadataEntry((SetNodeState(1, NodeState.DRAINING), AddNode(node(1, port=9999)))).encode()
+    elsewhere = dataclasses.replace(node(1, port=9999), spki_pin=b"k" * 32)  # another key
+    bad = MetadataEntry((SetNodeState(1, NodeState.DRAINING), AddNode(elsewhere))).encode()
     results = []
     for _ in range(2):
         machine = MetadataStateMachine(bootstrap_state(), Recorder())
@@ -239,6 +241,28 @@ def test_refused_entry_changes_nothing_and_is_refused_everywhere() -> None:
         assert machine.state.applied_index == 1  # refused entries are still consumed
         results.append(result)
     assert results[0] == results[1]
+
+
+def test_a_member_moves_to_another_address_with_its_pinned_key_and_to_no_one_elses() -> None:
+    pin = b"p" * 32
+    machine = MetadataStateMachine(bootstrap_state(), Recorder())
+    two = dataclasses.replace(node(2), spki_pin=pin)
+    assert machine.apply_batch([(1, join_entry(machine.state, two))]) == [Applied(1)]
+    version = machine.state.topology.version
+    moved = dataclasses.replace(two, addr=parse_socket_addr("127.0.0.9:9400"))
+    moved = dataclasses.replace(moved, swim_addr=parse_socket_addr("127.0.0.9:9401"))
+    assert machine.apply_batch([(2, MetadataEntry((AddNode(moved),)).encode())]) == [Applied(2)]
+    recorded = machine.state.topology[2]
+    assert (recorded.addr, recorded.swim_addr) == (moved.addr, moved.swim_addr)
+    assert machine.state.topology.version == version + 1
+    # Another member's address, or another key: refused, nothing changed.
+    taken = dataclasses.replace(two, addr=node(1).addr)
+    rekeyed = dataclasses.replace(two, spki_pin=b"q" * 32, addr=parse_socket_addr("127.0.0.8:1"))
+    for index, bad in ((3, taken), (4, rekeyed)):
+        [result] = machine.apply_batch([(index, MetadataEntry((AddNode(bad),)).encode())])
+        assert isinstance(result, Refused)
+        assert "already belongs to" in result.reason
+        assert machine.state.topology[2] == recorded
 
 
 def test_members_must_be_in_the_topology() -> None:

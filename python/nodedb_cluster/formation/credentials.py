@@ -20,6 +20,7 @@ A certificate without the URI SAN is refused by `read_cert_identity`, which name
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import stat
@@ -28,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from nodedb_cluster.addr import IPAddress
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import ClusterError, ConfigError, CredentialsError
 from nodedb_cluster.transport import (
     CertIdentity,
     Transport,
+    certificate_addresses,
     certificate_not_after,
     read_cert_identity,
 )
@@ -66,6 +69,8 @@ class CredentialFacts:
     """The certificate's identity; None when insecure."""
     cert_not_after_s: int | None = None
     """When the certificate expires, seconds since the Unix epoch; None when insecure."""
+    cert_addresses: tuple[str, ...] | None = None
+    """The IPs and DNS names the certificate names; None when insecure."""
 
 
 def check_credentials(config: ClusterConfig, facts: CredentialFacts, now_s: float) -> str | None:
@@ -95,7 +100,27 @@ def check_credentials(config: ClusterConfig, facts: CredentialFacts, now_s: floa
                 f"node's node_id is {config.node_id}: give node {config.node_id} its own "
                 f"certificate, or start node {identity.node_id}'s config"
             )
+    named = facts.cert_addresses
+    if named is not None and not _names_ip(named, config.listen_addr.ip):
+        ip = config.listen_addr.ip
+        raise CredentialsError(
+            f"{cert} names {', '.join(named) or 'no address'}, not {ip}, the listen address: "
+            f"peers and clients check the address they dial against the certificate and would "
+            f"refuse this node. Issue it again for {ip} over the key it has (`nodedb-cluster "
+            f"gen-certs --out <its gen-certs folder> --renew n{config.node_id}={ip}`)"
+        )
     return expiry_warning(cert, facts.cert_not_after_s, now_s)
+
+
+def _names_ip(named: tuple[str, ...], ip: IPAddress) -> bool:
+    """Whether one of a certificate's names is `ip` (its DNS names never are: peers dial IPs)."""
+    for name in named:
+        try:
+            if ipaddress.ip_address(name) == ip:
+                return True
+        except ValueError:
+            continue  # a DNS name
+    return False
 
 
 RENEW_HINT: Final = (
@@ -156,6 +181,7 @@ def check_node_credentials(config: ClusterConfig, now_s: float) -> CredentialFac
             cert_path=cert,
             identity=read_cert_identity(cert),
             cert_not_after_s=certificate_not_after(cert),
+            cert_addresses=certificate_addresses(cert),
         )
     warning = check_credentials(config, facts, now_s)
     if warning is not None:

@@ -19,9 +19,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, TypeVar
 
 from nodedb_cluster import wire
+from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.catalog.layout import CLUSTER_SECRET_BYTES
 from nodedb_cluster.config import ClusterConfig
@@ -372,16 +374,10 @@ async def _restart(parts: _Parts) -> Node:
         VShardMoves() if moves is None else VShardMoves.decode(moves),
     )
     own = formation.topology.get(config.node_id)
-    if own is not None and own.addr != config.listen_addr:
-        raise ConfigError(
-            "listen_addr",
-            f"{config.listen_addr}, but the cluster knows node {config.node_id} at {own.addr} "
-            f"(catalog {catalog.path}): its peers would go on dialling {own.addr} and this node "
-            f"would never hear its leaders. Start it at {own.addr}; to move a node to another "
-            f"address, decommission it and add a node with a new id there",
-        )
     pinned = None if own is None else own.spki_pin
     check_pinned_key(config, pinned, parts.transport.spki_pin, catalog.path)
+    if own is not None and own.addr != config.listen_addr:
+        _check_move(config, own.addr, formation.topology, catalog.path)
     node = parts.node(formation.cluster_id)
     node.register_peers(initial)
     # Peers still hold connections to our previous process: dialling them now makes them drop
@@ -394,6 +390,28 @@ async def _restart(parts: _Parts) -> Node:
     await node.reconcile_once()  # groups routing gave us while we were down
     log.info("restarted node %d of cluster %s", config.node_id, formation.cluster_id)
     return node
+
+
+def _check_move(
+    config: ClusterConfig, recorded: SocketAddr, topology: Topology, path: Path
+) -> None:
+    """A member restarted at another address (a re-IPed host, a rescheduled pod) records it
+    once it serves (`Node._record_own_addresses`; until group 0 applies it, its peers dial the
+    old one). Refused if another member holds the new address."""
+    holder = topology.by_addr(config.listen_addr)
+    if holder is not None:
+        raise ConfigError(
+            "listen_addr",
+            f"{config.listen_addr} belongs to node {holder.node_id} (catalog {path}); the "
+            f"cluster knows node {config.node_id} at {recorded}",
+        )
+    log.warning(
+        "node %d restarts at %s; the cluster knows it at %s: recording the new address "
+        "through the metadata group (its peers reach it there once applied)",
+        config.node_id,
+        config.listen_addr,
+        recorded,
+    )
 
 
 async def _join(parts: _Parts) -> Node:

@@ -367,14 +367,19 @@ def _apply_command(
             existing = topology.get(node.node_id)
             if existing is None:
                 topology.add(node)
-            elif existing.addr != node.addr:
+            elif existing.addr != node.addr and existing.spki_pin != node.spki_pin:
                 raise ClusterError(
-                    f"node id {node.node_id} already belongs to {existing.addr}, not {node.addr}"
+                    f"node id {node.node_id} already belongs to {existing.addr} with another "
+                    f"key, not {node.addr}"
                 )
-            elif existing.swim_addr != node.swim_addr:
-                # A member restarted with SWIM turned on (or moved, or off): the one field a
-                # member may change about itself.
-                topology.update(dataclasses.replace(existing, swim_addr=node.swim_addr))
+            elif (existing.addr, existing.swim_addr) != (node.addr, node.swim_addr):
+                # A member restarted at another address (a re-IPed host, a rescheduled pod),
+                # with the key the cluster pinned for it, or with SWIM turned on, moved or off:
+                # the fields a member may change about itself. An address another member
+                # holds is refused (TopologyError).
+                topology.update(
+                    dataclasses.replace(existing, addr=node.addr, swim_addr=node.swim_addr)
+                )
         case SetNodeState(node_id=node_id, state=state):
             topology.set_state(node_id, state)
         case RemoveNode(node_id=node_id):

@@ -1,10 +1,11 @@
 """Metadata proposals from any member: replicate an entry through group 0 wherever its leader is.
 
 A member that leads group 0 proposes the entry itself; one that does not forwards it in a
-METADATA_PROPOSE to the leader it knows, or, holding no replica of group 0 (rejoining), to
-another voter of the group, which forwards it once more. A forwarded proposal is never forwarded
-again: the receiver either leads (and answers the outcome) or says `not_leader`, and the sender
-follows at most `METADATA_FORWARD_ATTEMPTS_MAX` leader changes.
+METADATA_PROPOSE to the leader it knows, or, knowing none (no replica of group 0 while it
+rejoins, or no leader heard), to another voter of the group, which forwards it once more. A
+forwarded proposal is never forwarded again: the receiver either leads (and answers the outcome)
+or says `not_leader`, and the sender follows at most `METADATA_FORWARD_ATTEMPTS_MAX` leader
+changes.
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ class MetadataProposer:
         """The applied routing table: who the voters of group 0 are."""
         self._timeout_ms = timeout_ms
 
-    async def propose(self, entry: MetadataEntry) -> str | None:
+    async def propose(self, entry: MetadataEntry, *, ask_voters: bool = True) -> str | None:
         """Replicate `entry` through group 0 (forwarded to its leader); None once applied, or
-        the reason the state machine refused it."""
+        the reason the state machine refused it. With no leader known here, another voter
+        is asked to forward it (`ask_voters`; never by a member asked that way itself): this
+        node holds no replica of group 0 (rejoining), or hears no leader (restarted at another
+        address, which the leader learns from this very proposal)."""
         engine = self._engine()
         if entry.proposer is None:  # the audit log names who proposed: this node, by default
             entry = dataclasses.replace(entry, proposer=self._transport.identity)
@@ -67,10 +71,10 @@ class MetadataProposer:
             if status is not None and status.role == "leader":
                 proposed = await engine.propose(METADATA_GROUP_ID, data, self._timeout_ms)
                 return decode_result(proposed.result)
-            if status is not None:
-                if not status.leader_id:
-                    raise NotLeader(None, "metadata group has no leader")
+            if status is not None and status.leader_id:
                 target, forwarded = status.leader_id, True
+            elif not ask_voters:
+                raise NotLeader(None, "metadata group has no leader here")
             else:
                 voters = self._routing().route(METADATA_GROUP_ID).voters
                 others = [v for v in voters if v != self._node_id]
@@ -112,5 +116,6 @@ class MetadataProposer:
             else:
                 doc = {"refused": decode_result(proposed.result)}
         else:
-            doc = {"refused": await self.propose(MetadataEntry.decode(entry))}
+            decoded = MetadataEntry.decode(entry)
+            doc = {"refused": await self.propose(decoded, ask_voters=False)}
         return wire.MessageKind.METADATA_PROPOSE_RESPONSE, bytes(msgpack.packb(doc))

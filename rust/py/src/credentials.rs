@@ -112,9 +112,10 @@ fn issue_node_credentials(
     Ok((files.ca_cert, files.cert, files.key))
 }
 
-/// Renew the leaf at `cert` over its key at `key` (kept: peers pin it), valid `days`. Returns
-/// `(ca_cert, cert, key)` paths.
+/// Renew the leaf at `cert` over its key at `key` (kept: peers pin it), valid `days`, naming
+/// `sans` (None: the addresses it names). Returns `(ca_cert, cert, key)` paths.
 #[pyfunction]
+#[pyo3(signature = (ca_cert, ca_key, cert, key, days, sans=None))]
 fn renew_node_credentials(
     py: Python<'_>,
     ca_cert: PathBuf,
@@ -122,9 +123,12 @@ fn renew_node_credentials(
     cert: PathBuf,
     key: PathBuf,
     days: u32,
+    sans: Option<Vec<String>>,
 ) -> PyResult<(PathBuf, PathBuf, PathBuf)> {
     let files = py
-        .detach(|| nodedb_transport::renew_node_credentials(&ca_cert, &ca_key, &cert, &key, days))
+        .detach(|| {
+            nodedb_transport::renew_node_credentials(&ca_cert, &ca_key, &cert, &key, days, sans)
+        })
         .map_err(|e| transport_error_with(py, e))?;
     Ok((files.ca_cert, files.cert, files.key))
 }
@@ -156,6 +160,13 @@ fn certificate_not_after(py: Python<'_>, path: PathBuf) -> PyResult<i64> {
         .map_err(|e| transport_error_with(py, e))
 }
 
+/// The IP addresses and DNS names a certificate (PEM file) names.
+#[pyfunction]
+fn certificate_addresses(py: Python<'_>, path: PathBuf) -> PyResult<Vec<String>> {
+    py.detach(|| nodedb_transport::certificate_addresses(&path))
+        .map_err(|e| transport_error_with(py, e))
+}
+
 /// The identity in a certificate (PEM file): `(uri, role, name, node_id or None)`; a
 /// CredentialsError names the file when it has none.
 #[pyfunction]
@@ -174,6 +185,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(renew_node_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(revoke_node_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(certificate_not_after, m)?)?;
+    m.add_function(wrap_pyfunction!(certificate_addresses, m)?)?;
     m.add_function(wrap_pyfunction!(cert_identity, m)?)?;
     Ok(())
 }

@@ -34,7 +34,7 @@ pub use issue::generate_cluster_credentials;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use nodedb_wire::{MessageKind, NodeId, Role, Roles};
 pub use refusals::{refusal_reason, RefusalLine, RefusalLog, REASONS};
-pub use renew::renew_node_credentials;
+pub use renew::{certificate_addresses, renew_node_credentials};
 pub use transport::Transport;
 pub use workers::{runtime_workers, RUNTIME_WORKERS_ENV};
 

@@ -2,8 +2,9 @@
 //!
 //! Peers pin a node's key: the topology records the SPKI pin its join proved, and a node that
 //! presents another key is refused (`unknown_sender`), so a node given a fresh key pair is cut
-//! off from its cluster. Renewal keeps the key, the identity, the addresses and the name, and
-//! gives a new validity. The serial is derived from the key, so it stays too: revoking either
+//! off from its cluster. Renewal keeps the key, the identity and the name, and gives a new
+//! validity; it keeps the addresses too unless given new ones (a node moved to another host
+//! address: peers verify the address they dial against the certificate). The serial is derived from the key, so it stays too: revoking either
 //! certificate revokes both, which is right for the one thing that gets compromised, a key.
 
 use std::net::IpAddr;
@@ -21,13 +22,15 @@ use crate::issue::{
 /// Renew the certificate at `cert` (PEM) over its key at `key`, signed by the CA in
 /// `ca_cert`/`ca_key`, valid `days` from now. The certificate file is replaced atomically;
 /// the key file is only read. Refused, naming the file: a certificate of another cluster or
-/// CA, a key that is not the certificate's, a certificate without an identity.
+/// CA, a key that is not the certificate's, a certificate without an identity. `sans`: the
+/// addresses (IPs or DNS names) the new certificate names instead of the old one's.
 pub fn renew_node_credentials(
     ca_cert: &Path,
     ca_key: &Path,
     cert: &Path,
     key: &Path,
     days: u32,
+    sans: Option<Vec<String>>,
 ) -> Result<NodeCredentialFiles, TransportError> {
     let ca = load_ca(ca_cert, ca_key)?;
     let ca_der = read_cert_der(ca_cert)?;
@@ -55,11 +58,21 @@ pub fn renew_node_credentials(
             format!("it is not the key of {}", cert.display()),
         ));
     }
+    let sans = match sans {
+        Some(sans) if sans.is_empty() => {
+            return Err(bad(
+                &what,
+                "a renewal with new addresses needs at least one",
+            ))
+        }
+        Some(sans) => sans,
+        None => addresses(&old).map_err(|reason| bad(&what, reason))?,
+    };
     let spec = LeafSpec {
         role: identity.role,
         name: identity.name,
         file_stem: common_name(&old).unwrap_or_else(|| file_stem(cert)),
-        sans: addresses(&old).map_err(|reason| bad(&what, reason))?,
+        sans,
     };
     let pem = sign_leaf(&ca, &spec, days, &key_pair, now_utc())?;
     replace_private(cert, &pem)?;
@@ -68,6 +81,14 @@ pub fn renew_node_credentials(
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
     })
+}
+
+/// The IP addresses and DNS names the certificate in `path` (PEM) names: a peer dialling
+/// an address the certificate does not name refuses it.
+pub fn certificate_addresses(path: &Path) -> Result<Vec<String>, TransportError> {
+    let der = read_cert_der(path)?;
+    addresses(&parse_x509(&der, path)?)
+        .map_err(|reason| bad(&format!("certificate {}", path.display()), reason))
 }
 
 /// The certificate's IP and DNS names, as `sign_leaf` takes them (its identity URI apart).
@@ -138,7 +159,8 @@ mod tests {
         let old_addrs = addresses(&parse_x509(&old_der, &files[0].cert).unwrap()).unwrap();
         let before = certificate_not_after(&files[0].cert).unwrap();
         let renewed =
-            renew_node_credentials(&ca.cert, &ca.key, &files[0].cert, &files[0].key, 400).unwrap();
+            renew_node_credentials(&ca.cert, &ca.key, &files[0].cert, &files[0].key, 400, None)
+                .unwrap();
         assert_eq!(renewed.cert, files[0].cert, "renewed in place");
         assert_eq!(
             pin(&renewed),
@@ -160,11 +182,52 @@ mod tests {
         assert_eq!(common_name(&cert).as_deref(), Some("n3"));
         let after = certificate_not_after(&renewed.cert).unwrap();
         assert!(after - before > 360 * 86_400, "{before} -> {after}");
-        let v6 = renew_node_credentials(&ca.cert, &ca.key, &files[1].cert, &files[1].key, 1);
+        let v6 = renew_node_credentials(&ca.cert, &ca.key, &files[1].cert, &files[1].key, 1, None);
         let der = read_cert_der(&v6.unwrap().cert).unwrap();
         assert_eq!(
             addresses(&parse_x509(&der, Path::new("n4")).unwrap()).unwrap(),
             ["::1"]
+        );
+    }
+
+    #[test]
+    fn a_leaf_renewed_with_new_addresses_names_them_over_the_same_key_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = cluster(dir.path(), "c");
+        let ca = CaFiles::in_dir(dir.path());
+        let pin_before = pin(&files[0]);
+        let moved = Some(vec!["10.1.2.3".to_string(), "db3.example".to_string()]);
+        let renewed =
+            renew_node_credentials(&ca.cert, &ca.key, &files[0].cert, &files[0].key, 30, moved)
+                .unwrap();
+        assert_eq!(
+            pin(&renewed),
+            pin_before,
+            "the pin peers hold still matches"
+        );
+        assert_eq!(
+            certificate_addresses(&renewed.cert).unwrap(),
+            ["10.1.2.3", "db3.example"]
+        );
+        let der = read_cert_der(&renewed.cert).unwrap();
+        assert_eq!(
+            Identity::from_cert_der(&der).unwrap().uri(),
+            "spiffe://c/node/3"
+        );
+        let before = std::fs::read(&renewed.cert).unwrap();
+        let none = renew_node_credentials(
+            &ca.cert,
+            &ca.key,
+            &files[0].cert,
+            &files[0].key,
+            30,
+            Some(vec![]),
+        );
+        assert!(none.unwrap_err().to_string().contains("needs at least one"));
+        assert_eq!(
+            std::fs::read(&renewed.cert).unwrap(),
+            before,
+            "nothing written"
         );
     }
 
@@ -182,19 +245,26 @@ mod tests {
         ];
         for (cert, key, words) in cases {
             let before = std::fs::read(cert).unwrap();
-            let err = renew_node_credentials(&ca.cert, &ca.key, cert, key, 30).unwrap_err();
+            let err = renew_node_credentials(&ca.cert, &ca.key, cert, key, 30, None).unwrap_err();
             assert!(err.to_string().contains(words), "{err}");
             assert_eq!(std::fs::read(cert).unwrap(), before, "{}", cert.display());
         }
         let same_name = cluster(other_dir.path().join("c").as_path(), "c");
-        let err =
-            renew_node_credentials(&ca.cert, &ca.key, &same_name[0].cert, &same_name[0].key, 30)
-                .unwrap_err();
+        let err = renew_node_credentials(
+            &ca.cert,
+            &ca.key,
+            &same_name[0].cert,
+            &same_name[0].key,
+            30,
+            None,
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("was not issued by the CA"),
             "another CA of the same name: {err}"
         );
-        let days = renew_node_credentials(&ca.cert, &ca.key, &files[0].cert, &files[0].key, 0);
+        let days =
+            renew_node_credentials(&ca.cert, &ca.key, &files[0].cert, &files[0].key, 0, None);
         assert!(days.unwrap_err().to_string().contains("validity"));
     }
 }
