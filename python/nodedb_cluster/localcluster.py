@@ -26,7 +26,14 @@ from nodedb_cluster.config import SWIM_PORT_OFFSET, ClusterConfig
 from nodedb_cluster.errors import ClusterError, Timeout
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.routing.table import METADATA_GROUP_ID
-from nodedb_cluster.transport import Credentials, Insecure, Mtls, generate_cluster_credentials
+from nodedb_cluster.transport import (
+    Credentials,
+    Insecure,
+    Mtls,
+    ca_key_path,
+    generate_cluster_credentials,
+    renew_node_credentials,
+)
 
 Status = dict[str, Any]
 """A node's status document (`Node.status().to_doc()` as sent over the wire)."""
@@ -436,6 +443,33 @@ class LocalCluster:
             timeout_s,
             f"every node to see {size} nodes and every group {voters} voters and a leader",
         )
+
+    def readdress(self, node_id: int, host: str, port: int | None = None) -> None:
+        """Point a stopped node's config at `host` (and `port`, default its own; SWIM on the
+        next port when it runs SWIM) and issue its certificate again for `host` over the same
+        key, as an operator moving a node does (`gen-certs --renew n<id>=IP`). Its next start
+        records the address through the cluster."""
+        node = self.nodes[node_id]
+        if node.running:
+            raise NodeProcessError(f"node {node_id} is running: stop it first")
+        port = node.config.listen_addr.port if port is None else port
+        swim = node.config.swim_udp_addr
+        node.config = replace(
+            node.config,
+            listen_addr=parse_socket_addr(f"{host}:{port}"),
+            swim_udp_addr=None
+            if swim is None
+            else parse_socket_addr(f"{host}:{port + SWIM_PORT_OFFSET}"),
+        )
+        if isinstance(self.client_credentials, Mtls):
+            certs = self.base_dir / "certs"
+            renew_node_credentials(
+                certs / "ca.pem",
+                ca_key_path(certs),
+                certs / f"n{node_id}.pem",
+                certs / f"n{node_id}.key",
+                sans=[host],
+            )
 
     async def close(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL) — also after a failure or Ctrl-C."""

@@ -274,6 +274,8 @@ class Node:
             if own is None or (own.addr, own.swim_addr) == wanted:
                 return
             updated = dataclasses.replace(own, addr=wanted[0], swim_addr=wanted[1])
+            if own.addr != wanted[0]:
+                self.transport.announce_address()  # peers that missed it (down, restarted)
             try:
                 refused = await self._proposer.propose(MetadataEntry((AddNode(updated),)))
             except ClusterError as e:

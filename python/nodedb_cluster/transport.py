@@ -353,6 +353,12 @@ class Transport:
         into it until a QUIC probe draws a stateless reset (seconds after a crash)."""
         self._core.dial_peers()
 
+    def announce_address(self) -> None:
+        """Tell every registered peer, in the background, that this node listens at its local
+        address (PEER_ADDRESS; errors ignored): a node restarted at another address is reached
+        there before the cluster's topology records it."""
+        self._core.announce_address()
+
     async def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Reply:
         """Request/response to a registered peer; an Error reply raises `RemoteError`."""
         future: asyncio.Future[Reply] = self._attach().create_future()

@@ -57,6 +57,7 @@ class MessageKind(enum.IntEnum):
     HOST_PROPOSE_RESPONSE = 37
     VSHARD_STEP = 38
     VSHARD_STEP_RESPONSE = 39
+    PEER_ADDRESS = 40
 
     @classmethod
     def _missing_(cls, value: object) -> MessageKind:

@@ -111,6 +111,23 @@ def test_chaos_moves_vshards_while_their_mover_is_killed(tmp_path: Path) -> None
     assert moves["begun"] == moves["finished"] + moves["aborted"] + moves["elsewhere"]
 
 
+@pytest.mark.timeout(CHAOS_TIMEOUT_S + 20)
+def test_chaos_moves_nodes_to_other_addresses_under_load(tmp_path: Path) -> None:
+    """Seed 22, 15 s, readdress / kill_leader / kill on 3 nodes: node 1 (the clients' first
+    address) restarts at another address, a leader is killed, node 2 moves, then node 1 is
+    killed again at its new address. Each move is a SIGKILL, a certificate issued again for the
+    new address, and a restart there. Passing = every check (above): the moved nodes recorded
+    their addresses, served their groups and converged, the clients following them."""
+    doc = run_chaos(
+        tmp_path, 22, 1, "--no-netns", "--nodes=3", "--kinds=readdress,kill_leader,kill",
+        "--duration-s=15",
+    )  # fmt: skip
+    assert doc["summary"]["faults"] == {"kill": 1, "kill_leader": 1, "readdress": 2}
+    log = "\n".join(doc["runs"][0]["fault_log"])
+    assert "node 1 moves to 127.0.1.1" in log
+    assert "node 2 moves to 127.0.1.2" in log
+
+
 @needs_netns
 @pytest.mark.timeout(150)
 def test_a_partition_drops_real_packets_and_the_majority_moves_on() -> None:

@@ -6,7 +6,9 @@ faults outlive their hold on purpose: an added node keeps taking replicas and a 
 one keeps draining while the next kills, pauses and partitions fire. Placement faults too: a
 `move_vshard` fault begins moves of the workload's vShards and may hit the mover (the source
 group's leader) at once with a kill, pause or partition; `add_groups` adds data groups, after
-which the rebalancer moves vShards into them while the next faults fire.
+which the rebalancer moves vShards into them while the next faults fire. `readdress` kills a
+node and restarts it at another address (its certificate issued again for it), which it
+records through the metadata group while the next faults fire.
 The same seed, duration, node ids, spares, groups and vShards always give the same schedule.
 """
 
@@ -27,6 +29,7 @@ FaultKind = Literal[
     "decommission",
     "move_vshard",
     "add_groups",
+    "readdress",
 ]
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 MoverFault = Literal["", "kill", "pause", "partition"]
@@ -39,7 +42,9 @@ ADD_GROUPS_PER_SCHEDULE_MAX: Final = 2
 """`add_groups` faults in one schedule."""
 DATA_GROUPS_MAX: Final = 8
 """`add_groups` never takes the data groups past this (each fault adds 1 or 2)."""
-NODE_KINDS: Final[frozenset[FaultKind]] = frozenset(("kill", "pause", "partition", "decommission"))
+NODE_KINDS: Final[frozenset[FaultKind]] = frozenset(
+    ("kill", "pause", "partition", "decommission", "readdress")
+)
 """Kinds aimed at one existing node (`Fault.node_id`)."""
 LIMITED_KINDS: Final[frozenset[FaultKind]] = frozenset(
     ("add_node", "decommission", "move_vshard", "add_groups")
@@ -102,6 +107,8 @@ class Fault:
             + (f", {self.mover_fault} the mover" if self.mover_fault else "")
             + f", {self.hold_s:.2f} s",
             "add_groups": f"add {self.count} data group{'s' if self.count > 1 else ''}, then "
+            f"{self.hold_s:.2f} s",
+            "readdress": f"SIGKILL node {self.node_id}, restart it at another address after "
             f"{self.hold_s:.2f} s",
         }[self.kind]
         return f"t+{self.at_s:6.2f}s  {what}"

@@ -188,11 +188,14 @@ class _Nemesis:
             "decommission": self._decommission,
             "move_vshard": self._move_vshard,
             "add_groups": self._add_groups,
+            "readdress": self._readdress,
         }
         self.moves_begun: list[tuple[int, int, int]] = []
         """(vShard, source, target) per move begun by a `move_vshard` fault."""
         self.moves_refused = 0
         self.groups_added: set[int] = set()
+        self._readdressed: dict[int, int] = {}
+        """Per node: how many times it moved (its address is 127.0.<that>.<node id>)."""
 
     def note(self, text: str) -> None:
         self.log.append(f"t+{time.monotonic() - self.t0:6.2f}s  {text}")
@@ -261,6 +264,23 @@ class _Nemesis:
         self.note(f"SIGKILL node {leader}, leader of group {fault.group_id} (term {term})")
         await self._watch_election(fault.group_id, leader, term, killed_ms, fault.hold_s)
         await self._restart([leader])
+
+    async def _readdress(self, fault: Fault) -> None:
+        """SIGKILL the node, then restart it at 127.0.<n>.<id> (its n-th move), same port."""
+        if self._gone(fault):
+            return await asyncio.sleep(fault.hold_s)
+        node_id = fault.node_id
+        self.cluster.nodes[node_id].kill()
+        self.note(f"SIGKILL node {node_id}")
+        await asyncio.sleep(fault.hold_s)
+        async with self._locks[node_id]:
+            with contextlib.suppress(TimeoutError):
+                await self.cluster.nodes[node_id].wait_exit(5.0)
+            self._readdressed[node_id] = self._readdressed.get(node_id, 0) + 1
+            host = f"127.0.{self._readdressed[node_id]}.{node_id}"
+            self.cluster.readdress(node_id, host)
+        self.note(f"node {node_id} moves to {host}")
+        await self._restart([node_id])
 
     async def _pause(self, fault: Fault) -> None:
         if self._gone(fault):

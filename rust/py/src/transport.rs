@@ -472,6 +472,12 @@ impl PyTransport {
         self.inner.dial_peers();
     }
 
+    /// Tell every registered peer, in the background, that this node listens at its local
+    /// address (see `Transport::announce_address`).
+    fn announce_address(&self) {
+        self.inner.announce_address();
+    }
+
     /// Resolve `future` with `(kind, payload)` of the reply.
     fn send_rpc(
         &self,

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -19,7 +20,8 @@ use crate::credentials::{spki_pin_of_cert, Credentials, SpkiPin};
 use crate::crl::{issuer_and_serial, revoked_serials};
 use crate::error::TransportError;
 use crate::handler::{
-    FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
+    FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, InboundFrame, OutboundFrame,
+    PeerInfo,
 };
 use crate::identity::{authorize, own_identity, Identity, PeerIdentity, Refusal};
 use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
@@ -94,8 +96,100 @@ struct Pooled {
 
 #[derive(Debug, Clone)]
 struct PeerEntry {
+    /// The address registered for the peer (the cluster's topology).
     addr: SocketAddr,
     expected_pin: Option<SpkiPin>,
+    /// Where the peer said it listens (`PEER_ADDRESS`, from that very address), when not
+    /// `addr`: a member restarted at another address, before the topology records it. Until
+    /// then the only way to reach it, and it may need this node's vote to elect the group 0
+    /// leader that records it.
+    dialled_from: Option<SocketAddr>,
+    /// Notified when the peer's target or pin changes: a send under way to the address it
+    /// left gives up at once instead of waiting out the connect timeout there (a peer's frames
+    /// go one at a time: one such wait holds up every Raft message behind it).
+    moved: Arc<tokio::sync::Notify>,
+}
+
+impl PeerEntry {
+    /// Where frames to the peer go.
+    fn target(&self) -> SocketAddr {
+        self.dialled_from.unwrap_or(self.addr)
+    }
+}
+
+impl Inner {
+    /// [`Transport::send_oneway`].
+    async fn send_oneway(
+        &self,
+        node_id: NodeId,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let (peer, moved) = self.watched_peer(node_id)?;
+        let timeout = self.config.rpc_timeout;
+        let send = tokio::time::timeout(timeout, self.oneway(peer.clone(), kind, payload));
+        let send = async move {
+            send.await.unwrap_or(Err(TransportError::Timeout {
+                op: "send_oneway",
+                timeout,
+            }))
+        };
+        let result = unless_moved(&peer, moved, send).await;
+        match &result {
+            Ok(()) => Metrics::inc(&self.metrics.oneway_sent),
+            Err(err) => self.metrics.error(err),
+        }
+        result
+    }
+}
+
+/// `send`, or `Unreachable` as soon as the peer's target changes (`PeerEntry::moved`).
+async fn unless_moved<T>(
+    peer: &PeerEntry,
+    moved: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    send: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    tokio::select! {
+        biased;
+        result = send => result,
+        () = moved => Err(TransportError::Unreachable {
+            addr: peer.target(),
+            reason: "the peer moved to another address meanwhile".into(),
+        }),
+    }
+}
+
+/// Longest `PEER_ADDRESS` payload: an IPv6 address with brackets and a port is at most 47.
+const PEER_ADDRESS_BYTES_MAX: usize = 64;
+
+/// Answers `PEER_ADDRESS` (nodes only, by the kind table): the address must parse and be the
+/// one the peer's connection comes from (nodes dial from their listening socket), so a node
+/// can name only where it is.
+struct PeerAddressHandler(std::sync::Weak<Inner>);
+
+impl FrameHandler for PeerAddressHandler {
+    fn handle(&self, frame: InboundFrame) -> HandlerFuture {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            let claimed = (frame.payload.len() <= PEER_ADDRESS_BYTES_MAX)
+                .then(|| std::str::from_utf8(&frame.payload).ok())
+                .flatten()
+                .and_then(|text| text.parse::<SocketAddr>().ok());
+            if claimed != Some(frame.peer.addr) {
+                return Err(HandlerError::new(
+                    "invalid_request",
+                    format!(
+                        "PeerAddress must name the address the connection comes from ({})",
+                        frame.peer.addr
+                    ),
+                ));
+            }
+            if let (Some(inner), Some(node_id)) = (inner, frame.peer.identity.node_id()) {
+                inner.note_dialled_from(NodeId(node_id), &frame.peer);
+            }
+            Ok(None)
+        })
+    }
 }
 
 /// A QUIC transport bound to one UDP socket. Cheap to share behind an `Arc`; dropping the last
@@ -251,6 +345,10 @@ impl Transport {
             dialled_us: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
         });
+        inner.handlers.register(
+            MessageKind::PEER_ADDRESS,
+            Arc::new(PeerAddressHandler(Arc::downgrade(&inner))),
+        );
         let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint));
         *lock(&inner.accept_task) = Some(task);
         Ok(Transport { inner })
@@ -344,17 +442,33 @@ impl Transport {
     }
 
     /// Map `node_id` to `addr` (replacing any previous address); with `expected_pin`, a
-    /// connection to it is refused unless the peer's certificate has that SPKI pin.
+    /// connection to it is refused unless the peer's certificate has that SPKI pin. The same
+    /// registration again keeps the address the peer last dialled from (`PeerEntry`); a new
+    /// one drops it.
     pub fn register_peer(&self, node_id: NodeId, addr: SocketAddr, expected_pin: Option<SpkiPin>) {
-        let previous = self
-            .inner
-            .peers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node_id, PeerEntry { addr, expected_pin });
+        let mut peers = self.inner.peers.write().unwrap_or_else(|p| p.into_inner());
+        let previous = peers.get(&node_id).cloned();
+        let same = previous
+            .as_ref()
+            .is_some_and(|p| p.addr == addr && p.expected_pin == expected_pin);
+        let entry = PeerEntry {
+            addr,
+            expected_pin,
+            dialled_from: previous
+                .as_ref()
+                .filter(|_| same)
+                .and_then(|p| p.dialled_from),
+            moved: previous
+                .as_ref()
+                .map_or_else(Arc::default, |p| Arc::clone(&p.moved)),
+        };
+        let target = entry.target();
+        peers.insert(node_id, entry);
+        drop(peers);
         if let Some(previous) = previous {
-            if previous.addr != addr || previous.expected_pin != expected_pin {
-                self.inner.forget_connection(previous.addr, None);
+            if previous.target() != target || previous.expected_pin != expected_pin {
+                previous.moved.notify_waiters();
+                self.inner.forget_connection(previous.target(), None);
             }
         }
     }
@@ -374,13 +488,14 @@ impl Transport {
             .cloned()
             .collect();
         for peer in peers {
-            if self.inner.pooled(peer.addr).is_some() {
+            let addr = peer.target();
+            if self.inner.pooled(addr).is_some() {
                 continue;
             }
             let inner = Arc::clone(&self.inner);
             self.inner.runtime.spawn(async move {
-                if let Err(err) = inner.connection(peer.addr, peer.expected_pin).await {
-                    tracing::debug!(addr = %peer.addr, %err, "dial_peers: not reached");
+                if let Err(err) = inner.connection(addr, peer.expected_pin).await {
+                    tracing::debug!(%addr, %err, "dial_peers: not reached");
                 }
             });
         }
@@ -395,13 +510,41 @@ impl Transport {
             .is_some()
     }
 
+    /// Tells every registered peer, in the background, that this node listens at its local
+    /// address (`PEER_ADDRESS`): a node restarted at another address, which its peers reach
+    /// there before the cluster's topology records it. Errors are ignored (the caller repeats
+    /// it until the address is recorded).
+    pub fn announce_address(&self) {
+        let peers: Vec<NodeId> = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let here = Bytes::from(self.inner.local_addr.to_string());
+        for node_id in peers {
+            let (inner, here) = (Arc::clone(&self.inner), here.clone());
+            self.inner.runtime.spawn(async move {
+                let sent = inner
+                    .send_oneway(node_id, MessageKind::PEER_ADDRESS, here)
+                    .await;
+                if let Err(err) = sent {
+                    tracing::debug!(node = node_id.0, %err, "address announcement not sent");
+                }
+            });
+        }
+    }
+
+    /// Where frames to `node_id` go: its registered address, or the one it said it listens at.
     pub fn peer_addr(&self, node_id: NodeId) -> Option<SocketAddr> {
         self.inner
             .peers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&node_id)
-            .map(|p| p.addr)
+            .map(PeerEntry::target)
     }
 
     /// Whether `node_id` is a registered peer, and the SPKI pin registered for it (`None`
@@ -441,10 +584,11 @@ impl Transport {
         kind: MessageKind,
         payload: Bytes,
     ) -> Result<OutboundFrame, TransportError> {
-        let peer = self.inner.peer(node_id)?;
-        self.inner
-            .rpc(peer.addr, peer.expected_pin, kind, payload)
-            .await
+        let (peer, moved) = self.inner.watched_peer(node_id)?;
+        let rpc = self
+            .inner
+            .rpc(peer.target(), peer.expected_pin, kind, payload);
+        unless_moved(&peer, moved, rpc).await
     }
 
     /// Request/response to an address (join: the peer has no node id yet).
@@ -482,21 +626,7 @@ impl Transport {
         kind: MessageKind,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        let peer = self.inner.peer(node_id)?;
-        let inner = &self.inner;
-        let timeout = inner.config.rpc_timeout;
-        let result = match tokio::time::timeout(timeout, inner.oneway(peer, kind, payload)).await {
-            Ok(result) => result,
-            Err(_) => Err(TransportError::Timeout {
-                op: "send_oneway",
-                timeout,
-            }),
-        };
-        match &result {
-            Ok(()) => Metrics::inc(&inner.metrics.oneway_sent),
-            Err(err) => inner.metrics.error(err),
-        }
-        result
+        self.inner.send_oneway(node_id, kind, payload).await
     }
 
     /// TEST/DIAGNOSTIC: write raw `bytes` (not necessarily a frame) on a fresh bidirectional

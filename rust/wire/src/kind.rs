@@ -156,6 +156,10 @@ kinds! {
     // and delete a vShard's keys.
     VSHARD_STEP = 38, "VShardStep", Active, NODE;
     VSHARD_STEP_RESPONSE = 39, "VShardStepResponse", Active, NONE;
+    // One-way, answered inside the transport: a node restarted at another address tells a
+    // peer where it listens now (the payload, "ip:port", must be the address its connection
+    // comes from), before the cluster's topology records it. Nodes only.
+    PEER_ADDRESS = 40, "PeerAddress", Active, NODE;
 }
 
 /// Which side answers a kind by default (docs/ARCHITECTURE.md).
@@ -260,6 +264,7 @@ mod tests {
             MessageKind::METADATA_PROPOSE,
             MessageKind::JOIN_REQUEST,
             MessageKind::VSHARD_STEP,
+            MessageKind::PEER_ADDRESS,
         ] {
             assert!(
                 may(kind, Node) && !may(kind, Admin) && !may(kind, Client),

@@ -1,6 +1,7 @@
 //! Dialling, the connection pool and the requesting side of RPCs and one-way frames.
 
 use super::*;
+use tokio::sync::futures::OwnedNotified;
 
 /// Why one attempt failed, and whether a fresh connection may retry it safely.
 pub(super) enum AttemptError {
@@ -11,16 +12,23 @@ pub(super) enum AttemptError {
 }
 
 impl Inner {
-    pub(super) fn peer(&self, node_id: NodeId) -> Result<PeerEntry, TransportError> {
+    /// `node_id`'s entry and a wake-up for when its target changes, armed under the same lock
+    /// (a change after the read cannot be missed).
+    pub(super) fn watched_peer(
+        &self,
+        node_id: NodeId,
+    ) -> Result<(PeerEntry, Pin<Box<OwnedNotified>>), TransportError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(TransportError::Closed);
         }
-        self.peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let peer = peers
             .get(&node_id)
             .cloned()
-            .ok_or(TransportError::UnknownPeer { node_id })
+            .ok_or(TransportError::UnknownPeer { node_id })?;
+        let mut moved = Box::pin(Arc::clone(&peer.moved).notified_owned());
+        moved.as_mut().enable();
+        Ok((peer, moved))
     }
 
     pub(super) fn release_port(&self) {
@@ -221,6 +229,7 @@ impl Inner {
         if !node_peer {
             return;
         }
+
         let again = {
             let mut dialled = lock(&self.dialled_us);
             if dialled.len() >= DIALLED_US_MAX && !dialled.contains_key(&peer.addr) {
@@ -246,6 +255,42 @@ impl Inner {
         if again {
             self.peer_dialled_again(peer.addr, dial_started);
         }
+    }
+
+    /// Registered node `node_id`, identified by its certificate and its pinned key, said it
+    /// listens at `peer.addr`, where its connection comes from (`PEER_ADDRESS`): frames to it
+    /// go there from now on if that is not its registered address
+    /// (`PeerEntry::dialled_from`), and to the registered one if it is. Nothing for an unknown
+    /// node or another key than the pinned one.
+    pub(super) fn note_dialled_from(&self, node_id: NodeId, peer: &PeerInfo) {
+        let moved = {
+            let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+            let Some(entry) = peers.get_mut(&node_id) else {
+                return;
+            };
+            if entry
+                .expected_pin
+                .is_some_and(|pin| peer.spki_pin != Some(pin))
+            {
+                return;
+            }
+            let dialled_from = (peer.addr != entry.addr).then_some(peer.addr);
+            if entry.dialled_from == dialled_from {
+                return;
+            }
+            let before = entry.target();
+            entry.dialled_from = dialled_from;
+            entry.moved.notify_waiters();
+            (before, entry.addr)
+        };
+        let (before, registered) = moved;
+        tracing::info!(
+            node = node_id.0,
+            at = %peer.addr,
+            %registered,
+            "a node says it listens at another address than the one registered: sending there"
+        );
+        self.forget_connection(before, None);
     }
 
     /// The peer at `addr` closed its connection to us because we dialled it again: the
@@ -393,7 +438,7 @@ impl Inner {
         kind: MessageKind,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        let addr = peer.addr;
+        let addr = peer.target();
         let (mut conn, reused) = self.connection(addr, peer.expected_pin).await?;
         let mut send = match conn.open_uni().await {
             Ok(send) => send,
