@@ -59,6 +59,20 @@ impl KvError {
         )
     }
 
+    /// No answer came from the node at all (timed out, unreachable, no handshake): it may be
+    /// down, or listen at another address now (a member restarted elsewhere).
+    pub fn is_no_answer(&self) -> bool {
+        matches!(
+            self,
+            KvError::Timeout { .. }
+                | KvError::Net(
+                    TransportError::Timeout { .. }
+                        | TransportError::Unreachable { .. }
+                        | TransportError::Handshake { .. }
+                )
+        )
+    }
+
     /// One line for a Rust caller (the native load's `first_error`).
     pub fn describe(&self, group: u64) -> String {
         match self {

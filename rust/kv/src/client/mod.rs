@@ -697,6 +697,11 @@ impl KvClient {
                     }
                 }
                 Err(err) => {
+                    if err.is_no_answer() && target != self.me {
+                        if let Some(watch) = st.unanswered(now) {
+                            step.routing_watch = Some(watch);
+                        }
+                    }
                     for item in items {
                         self.on_error(&mut st, item, err.clone(), target, now, &mut step);
                     }

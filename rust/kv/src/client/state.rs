@@ -328,6 +328,19 @@ impl State {
     /// the table is stale already (a fresh one is on its way, or the caller has no way to fetch
     /// one): no refresh storm.
     pub fn leaderless(&mut self, now: Instant) -> Option<super::RoutingWatch> {
+        self.paced_stale(now)
+    }
+
+    /// A node gave no answer ([`KvError::is_no_answer`]): the members' addresses come with
+    /// the routing table, and a member restarted at another address is reached only once a
+    /// fresh table names it (a client kept trying the old one while the node led the group,
+    /// ~2 s of failover in chaos). Paced with [`Self::leaderless`]: a node that is simply down
+    /// costs one small routing request per pause.
+    pub fn unanswered(&mut self, now: Instant) -> Option<super::RoutingWatch> {
+        self.paced_stale(now)
+    }
+
+    fn paced_stale(&mut self, now: Instant) -> Option<super::RoutingWatch> {
         let paced = self
             .leaderless_refresh_at
             .is_some_and(|at| now.saturating_duration_since(at) < LEADERLESS_REFRESH_PAUSE);

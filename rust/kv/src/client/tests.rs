@@ -396,3 +396,61 @@ fn attempts_on_a_suspected_node_are_woken_with_the_lock_let_go() {
         "the waiting attempt was woken, with the client's lock let go"
     );
 }
+
+/// An attempt that got no answer makes the routing table stale, paced: the members' addresses
+/// come with it, and a member restarted at another address is reached only once a fresh one
+/// names it.
+#[test]
+fn an_unanswered_attempt_asks_for_fresh_routing_once_per_pause() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _context = rt.enter();
+    let transport = nodedb_transport::Transport::bind(
+        nodedb_wire::NodeId(1),
+        "127.0.0.1:0".parse().expect("addr"),
+        nodedb_transport::Credentials::Insecure,
+        nodedb_transport::TransportConfig::default(),
+    )
+    .expect("bind");
+    let client = KvClient::new(Arc::new(transport), rt.handle().clone(), 1, 5);
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = |asked: &Arc<std::sync::atomic::AtomicUsize>| -> RoutingWatch {
+        let asked = Arc::clone(asked);
+        Box::new(move || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    client.watch_routing(watch(&asked));
+    let key = (2, Lane::Propose, false);
+    let refused = Err(KvError::NotLeader { hint: 3 });
+    client.on_reply(key, Vec::new(), refused, Instant::now(), false);
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an answer"
+    );
+    let unreachable = || {
+        Err(KvError::Net(
+            nodedb_transport::TransportError::Unreachable {
+                addr: "127.0.0.2:9".parse().expect("addr"),
+                reason: "connect timed out".into(),
+            },
+        ))
+    };
+    client.on_reply(key, Vec::new(), unreachable(), Instant::now(), false);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(client.routing_stale());
+    // A fresh table, then another unanswered attempt within the pause: not asked again.
+    let route = crate::routing::Route {
+        leader: 2,
+        voters: vec![1, 2, 3],
+    };
+    let table = Routing::new(vec![1; crate::routing::VSHARDS], [(1, route)]).expect("routing");
+    client.set_routing(table);
+    client.watch_routing(watch(&asked));
+    client.on_reply(key, Vec::new(), unreachable(), Instant::now(), false);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "paced");
+}
