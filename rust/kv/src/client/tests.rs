@@ -336,6 +336,28 @@ fn a_key_no_group_can_hold_refuses_the_call_before_queueing() {
     }));
 }
 
+/// A client core of node 1 on an insecure transport of its own (bound on 127.0.0.1), and the
+/// runtime it runs on.
+fn client_of_node_1() -> (tokio::runtime::Runtime, Arc<KvClient>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let transport = {
+        let _context = rt.enter();
+        nodedb_transport::Transport::bind(
+            nodedb_wire::NodeId(1),
+            "127.0.0.1:0".parse().expect("addr"),
+            nodedb_transport::Credentials::Insecure,
+            nodedb_transport::TransportConfig::default(),
+        )
+        .expect("bind")
+    };
+    let client = KvClient::new(Arc::new(transport), rt.handle().clone(), 1, 5);
+    (rt, client)
+}
+
 /// A timed-out attempt wakes the others waiting on its node with the client's lock let go: a
 /// woken attempt may run at once on the waking thread (`crate::inline`, for attempts this node
 /// serves) and take the lock. Woken under it, two such attempts deadlocked the client (seen in
@@ -361,20 +383,8 @@ fn attempts_on_a_suspected_node_are_woken_with_the_lock_let_go() {
         }
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (rt, client) = client_of_node_1();
     let _context = rt.enter();
-    let transport = nodedb_transport::Transport::bind(
-        nodedb_wire::NodeId(1),
-        "127.0.0.1:0".parse().expect("addr"),
-        nodedb_transport::Credentials::Insecure,
-        nodedb_transport::TransportConfig::default(),
-    )
-    .expect("bind");
-    let client = KvClient::new(Arc::new(transport), rt.handle().clone(), 1, 5);
     let probe = Arc::new(Probe {
         client: Mutex::new(Arc::downgrade(&client)),
         locked_when_woken: Mutex::new(None),
@@ -402,20 +412,8 @@ fn attempts_on_a_suspected_node_are_woken_with_the_lock_let_go() {
 /// names it.
 #[test]
 fn an_unanswered_attempt_asks_for_fresh_routing_once_per_pause() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (rt, client) = client_of_node_1();
     let _context = rt.enter();
-    let transport = nodedb_transport::Transport::bind(
-        nodedb_wire::NodeId(1),
-        "127.0.0.1:0".parse().expect("addr"),
-        nodedb_transport::Credentials::Insecure,
-        nodedb_transport::TransportConfig::default(),
-    )
-    .expect("bind");
-    let client = KvClient::new(Arc::new(transport), rt.handle().clone(), 1, 5);
     let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let watch = |asked: &Arc<std::sync::atomic::AtomicUsize>| -> RoutingWatch {
         let asked = Arc::clone(asked);
