@@ -20,6 +20,7 @@ from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.cli_support import EXIT_UNREACHABLE
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.localcluster import LocalCluster, NodeProcessError, Status, leader_of
+from nodedb_cluster.transport import ca_key_path, renew_node_credentials
 from support.cli_run import cred_flags, run_cli
 from support.metrics_scrape import scrape, serve_metrics_on_every_node
 
@@ -144,13 +145,21 @@ async def test_node_id_reused_with_another_address_is_refused(make_cluster: Make
     await cluster.wait_for(sees_all(2), [1, 2], 15, "two nodes")
     impostor = cluster.nodes[3]
     port = impostor.config.listen_addr.port
+    # Node 2's key, with a certificate that names node 3's address (a node refuses to start on
+    # one that does not name its listen address): the join itself must refuse it.
+    certs = cluster.base_dir / "certs"
+    cert, key = certs / "n2-at-3.pem", certs / "n2-at-3.key"
+    cert.write_bytes((certs / "n2.pem").read_bytes())
+    key.write_bytes((certs / "n2.key").read_bytes())
+    key.chmod(0o600)
+    renew_node_credentials(certs / "ca.pem", ca_key_path(certs), cert, key, sans=["127.0.0.3"])
     impostor.config = replace(
         impostor.config,
         node_id=2,  # node 2's id (and its certificate: a node proves its id), at node 3's address
         listen_addr=parse_socket_addr(f"127.0.0.3:{port}"),
         join_retry=JoinRetryPolicy(max_attempts=1, max_backoff_secs=0),
-        tls_cert_path=cluster.nodes[2].config.tls_cert_path,
-        tls_key_path=cluster.nodes[2].config.tls_key_path,
+        tls_cert_path=cert,
+        tls_key_path=key,
     )
     await impostor.start()
     with pytest.raises(NodeProcessError, match="exited with 1"):
