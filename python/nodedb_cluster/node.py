@@ -275,7 +275,9 @@ class Node:
                 return
             updated = dataclasses.replace(own, addr=wanted[0], swim_addr=wanted[1])
             if own.addr != wanted[0]:
-                self.transport.announce_address()  # peers that missed it (down, restarted)
+                # Moved: peers reach it where it says until group 0 records it (PEER_ADDRESS),
+                # told again each attempt for those that missed it (down, restarted).
+                self.transport.announce_address()
             try:
                 refused = await self._proposer.propose(MetadataEntry((AddNode(updated),)))
             except ClusterError as e:

@@ -383,8 +383,6 @@ async def _restart(parts: _Parts) -> Node:
     # Peers still hold connections to our previous process: dialling them now makes them drop
     # those at once, so their Raft traffic (a leader's appends, a candidate's votes) reaches us.
     parts.transport.dial_peers()
-    if own is not None and own.addr != config.listen_addr:
-        parts.transport.announce_address()  # moved: reached here before group 0 records it
     engine = await _open_engine(node, initial, parts.data_sm)  # every group, from the log
     for group_id in await engine.groups():
         if (await engine.status(group_id)).voters == (config.node_id,):

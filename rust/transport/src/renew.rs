@@ -4,8 +4,9 @@
 //! presents another key is refused (`unknown_sender`), so a node given a fresh key pair is cut
 //! off from its cluster. Renewal keeps the key, the identity and the name, and gives a new
 //! validity; it keeps the addresses too unless given new ones (a node moved to another host
-//! address: peers verify the address they dial against the certificate). The serial is derived from the key, so it stays too: revoking either
-//! certificate revokes both, which is right for the one thing that gets compromised, a key.
+//! address: peers verify the address they dial against the certificate). The serial is
+//! derived from the key, so it stays too: revoking either certificate revokes both, which is
+//! right for the one thing that gets compromised, a key.
 
 use std::net::IpAddr;
 use std::path::Path;

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -20,8 +19,7 @@ use crate::credentials::{spki_pin_of_cert, Credentials, SpkiPin};
 use crate::crl::{issuer_and_serial, revoked_serials};
 use crate::error::TransportError;
 use crate::handler::{
-    FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, InboundFrame, OutboundFrame,
-    PeerInfo,
+    FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
 };
 use crate::identity::{authorize, own_identity, Identity, PeerIdentity, Refusal};
 use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
@@ -35,7 +33,7 @@ mod inbound;
 mod outbound;
 
 use inbound::accept_loop;
-use outbound::{peer_cert, read_error, write_error};
+use outbound::{peer_cert, read_error, unless_moved, write_error};
 
 /// Stream reset / stop code for a malformed frame: `FRAME_ERROR_CODE_BASE + FrameError::number()`.
 pub const FRAME_ERROR_CODE_BASE: u32 = 0x100;
@@ -103,7 +101,7 @@ struct PeerEntry {
     /// `addr`: a member restarted at another address, before the topology records it. Until
     /// then the only way to reach it, and it may need this node's vote to elect the group 0
     /// leader that records it.
-    dialled_from: Option<SocketAddr>,
+    announced: Option<SocketAddr>,
     /// Notified when the peer's target or pin changes: a send under way to the address it
     /// left gives up at once instead of waiting out the connect timeout there (a peer's frames
     /// go one at a time: one such wait holds up every Raft message behind it).
@@ -113,82 +111,7 @@ struct PeerEntry {
 impl PeerEntry {
     /// Where frames to the peer go.
     fn target(&self) -> SocketAddr {
-        self.dialled_from.unwrap_or(self.addr)
-    }
-}
-
-impl Inner {
-    /// [`Transport::send_oneway`].
-    async fn send_oneway(
-        &self,
-        node_id: NodeId,
-        kind: MessageKind,
-        payload: Bytes,
-    ) -> Result<(), TransportError> {
-        let (peer, moved) = self.watched_peer(node_id)?;
-        let timeout = self.config.rpc_timeout;
-        let send = tokio::time::timeout(timeout, self.oneway(peer.clone(), kind, payload));
-        let send = async move {
-            send.await.unwrap_or(Err(TransportError::Timeout {
-                op: "send_oneway",
-                timeout,
-            }))
-        };
-        let result = unless_moved(&peer, moved, send).await;
-        match &result {
-            Ok(()) => Metrics::inc(&self.metrics.oneway_sent),
-            Err(err) => self.metrics.error(err),
-        }
-        result
-    }
-}
-
-/// `send`, or `Unreachable` as soon as the peer's target changes (`PeerEntry::moved`).
-async fn unless_moved<T>(
-    peer: &PeerEntry,
-    moved: Pin<Box<tokio::sync::futures::OwnedNotified>>,
-    send: impl std::future::Future<Output = Result<T, TransportError>>,
-) -> Result<T, TransportError> {
-    tokio::select! {
-        biased;
-        result = send => result,
-        () = moved => Err(TransportError::Unreachable {
-            addr: peer.target(),
-            reason: "the peer moved to another address meanwhile".into(),
-        }),
-    }
-}
-
-/// Longest `PEER_ADDRESS` payload: an IPv6 address with brackets and a port is at most 47.
-const PEER_ADDRESS_BYTES_MAX: usize = 64;
-
-/// Answers `PEER_ADDRESS` (nodes only, by the kind table): the address must parse and be the
-/// one the peer's connection comes from (nodes dial from their listening socket), so a node
-/// can name only where it is.
-struct PeerAddressHandler(std::sync::Weak<Inner>);
-
-impl FrameHandler for PeerAddressHandler {
-    fn handle(&self, frame: InboundFrame) -> HandlerFuture {
-        let inner = self.0.upgrade();
-        Box::pin(async move {
-            let claimed = (frame.payload.len() <= PEER_ADDRESS_BYTES_MAX)
-                .then(|| std::str::from_utf8(&frame.payload).ok())
-                .flatten()
-                .and_then(|text| text.parse::<SocketAddr>().ok());
-            if claimed != Some(frame.peer.addr) {
-                return Err(HandlerError::new(
-                    "invalid_request",
-                    format!(
-                        "PeerAddress must name the address the connection comes from ({})",
-                        frame.peer.addr
-                    ),
-                ));
-            }
-            if let (Some(inner), Some(node_id)) = (inner, frame.peer.identity.node_id()) {
-                inner.note_dialled_from(NodeId(node_id), &frame.peer);
-            }
-            Ok(None)
-        })
+        self.announced.unwrap_or(self.addr)
     }
 }
 
@@ -347,7 +270,7 @@ impl Transport {
         });
         inner.handlers.register(
             MessageKind::PEER_ADDRESS,
-            Arc::new(PeerAddressHandler(Arc::downgrade(&inner))),
+            Arc::new(inbound::PeerAddressHandler(Arc::downgrade(&inner))),
         );
         let task = tokio::spawn(accept_loop(Arc::downgrade(&inner), endpoint));
         *lock(&inner.accept_task) = Some(task);
@@ -443,8 +366,8 @@ impl Transport {
 
     /// Map `node_id` to `addr` (replacing any previous address); with `expected_pin`, a
     /// connection to it is refused unless the peer's certificate has that SPKI pin. The same
-    /// registration again keeps the address the peer last dialled from (`PeerEntry`); a new
-    /// one drops it.
+    /// registration again keeps the address the peer announced (`PeerEntry::announced`); a
+    /// new one drops it.
     pub fn register_peer(&self, node_id: NodeId, addr: SocketAddr, expected_pin: Option<SpkiPin>) {
         let mut peers = self.inner.peers.write().unwrap_or_else(|p| p.into_inner());
         let previous = peers.get(&node_id).cloned();
@@ -454,10 +377,7 @@ impl Transport {
         let entry = PeerEntry {
             addr,
             expected_pin,
-            dialled_from: previous
-                .as_ref()
-                .filter(|_| same)
-                .and_then(|p| p.dialled_from),
+            announced: previous.as_ref().filter(|_| same).and_then(|p| p.announced),
             moved: previous
                 .as_ref()
                 .map_or_else(Arc::default, |p| Arc::clone(&p.moved)),

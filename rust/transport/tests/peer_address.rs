@@ -40,23 +40,20 @@ async fn a_moved_node_is_reached_where_it_says_it_listens_until_it_is_registered
         .await;
     assert!(gone.is_err(), "nothing listens at the recorded address");
     // A send dialling the recorded address (up to the 2 s connect timeout) when node 2 says
-    // where it is gives up at once: Raft frames to a peer go one at a time behind it.
-    let one = std::sync::Arc::new(one);
-    let dialling = {
-        let one = std::sync::Arc::clone(&one);
-        tokio::spawn(async move {
-            one.send_oneway(NodeId(2), MessageKind::PING, Bytes::new())
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await; // let it start dialling
+    // where it is gives up at once: Raft frames to a peer go one at a time behind it. Polled
+    // once here, so it has read the recorded address before the announcement.
+    let mut dialling = std::pin::pin!(one.send_oneway(NodeId(2), MessageKind::PING, Bytes::new()));
+    tokio::select! {
+        biased;
+        sent = &mut dialling => panic!("nothing listens there, yet: {sent:?}"),
+        () = std::future::ready(()) => {}
+    }
 
     moved.announce_address();
     assert!(wait_peer_addr(&one, 2, moved.local_addr()).await);
     let given_up = tokio::time::timeout(Duration::from_secs(1), dialling)
         .await
-        .expect("ended well before the connect timeout")
-        .unwrap();
+        .expect("ended well before the connect timeout");
     match given_up {
         Err(TransportError::Unreachable { reason, .. }) => assert!(reason.contains("moved")),
         other => panic!("{other:?}"),

@@ -163,8 +163,8 @@ pub struct State {
     pub routing_stale: bool,
     /// Told once when the table goes stale ([`super::KvClient::watch_routing`]).
     pub routing_watch: Option<super::RoutingWatch>,
-    /// When a group's leaderless members last made the table stale (rate limit,
-    /// [`LEADERLESS_REFRESH_PAUSE`]).
+    /// When a leaderless group or an unanswered attempt last made the table stale (rate
+    /// limit, [`LEADERLESS_REFRESH_PAUSE`]).
     pub leaderless_refresh_at: Option<Instant>,
 }
 

@@ -363,3 +363,36 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         }
     }
 }
+
+/// Longest `PEER_ADDRESS` payload: an IPv6 address with brackets and a port is at most 47.
+const PEER_ADDRESS_BYTES_MAX: usize = 64;
+
+/// Answers `PEER_ADDRESS` (nodes only, by the kind table): the address must parse and be the
+/// one the peer's connection comes from (nodes dial from their listening socket), so a node
+/// can name only where it is.
+pub(super) struct PeerAddressHandler(pub(super) std::sync::Weak<Inner>);
+
+impl FrameHandler for PeerAddressHandler {
+    fn handle(&self, frame: InboundFrame) -> crate::handler::HandlerFuture {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            let claimed = (frame.payload.len() <= PEER_ADDRESS_BYTES_MAX)
+                .then(|| std::str::from_utf8(&frame.payload).ok())
+                .flatten()
+                .and_then(|text| text.parse::<SocketAddr>().ok());
+            if claimed != Some(frame.peer.addr) {
+                return Err(HandlerError::new(
+                    "invalid_request",
+                    format!(
+                        "PeerAddress must name the address the connection comes from ({})",
+                        frame.peer.addr
+                    ),
+                ));
+            }
+            if let (Some(inner), Some(node_id)) = (inner, frame.peer.identity.node_id()) {
+                inner.note_announced(NodeId(node_id), &frame.peer);
+            }
+            Ok(None)
+        })
+    }
+}

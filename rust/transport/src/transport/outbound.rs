@@ -1,6 +1,8 @@
 //! Dialling, the connection pool and the requesting side of RPCs and one-way frames.
 
 use super::*;
+use std::pin::Pin;
+
 use tokio::sync::futures::OwnedNotified;
 
 /// Why one attempt failed, and whether a fresh connection may retry it safely.
@@ -229,7 +231,6 @@ impl Inner {
         if !node_peer {
             return;
         }
-
         let again = {
             let mut dialled = lock(&self.dialled_us);
             if dialled.len() >= DIALLED_US_MAX && !dialled.contains_key(&peer.addr) {
@@ -260,9 +261,9 @@ impl Inner {
     /// Registered node `node_id`, identified by its certificate and its pinned key, said it
     /// listens at `peer.addr`, where its connection comes from (`PEER_ADDRESS`): frames to it
     /// go there from now on if that is not its registered address
-    /// (`PeerEntry::dialled_from`), and to the registered one if it is. Nothing for an unknown
+    /// (`PeerEntry::announced`), and to the registered one if it is. Nothing for an unknown
     /// node or another key than the pinned one.
-    pub(super) fn note_dialled_from(&self, node_id: NodeId, peer: &PeerInfo) {
+    pub(super) fn note_announced(&self, node_id: NodeId, peer: &PeerInfo) {
         let moved = {
             let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
             let Some(entry) = peers.get_mut(&node_id) else {
@@ -274,12 +275,12 @@ impl Inner {
             {
                 return;
             }
-            let dialled_from = (peer.addr != entry.addr).then_some(peer.addr);
-            if entry.dialled_from == dialled_from {
+            let announced = (peer.addr != entry.addr).then_some(peer.addr);
+            if entry.announced == announced {
                 return;
             }
             let before = entry.target();
-            entry.dialled_from = dialled_from;
+            entry.announced = announced;
             entry.moved.notify_waiters();
             (before, entry.addr)
         };
@@ -557,4 +558,46 @@ pub(super) fn peer_cert(conn: &quinn::Connection) -> Option<Vec<u8>> {
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
     Some(certs.first()?.to_vec())
+}
+
+impl Inner {
+    /// [`Transport::send_oneway`].
+    pub(super) async fn send_oneway(
+        &self,
+        node_id: NodeId,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<(), TransportError> {
+        let (peer, moved) = self.watched_peer(node_id)?;
+        let timeout = self.config.rpc_timeout;
+        let send = tokio::time::timeout(timeout, self.oneway(peer.clone(), kind, payload));
+        let send = async move {
+            send.await.unwrap_or(Err(TransportError::Timeout {
+                op: "send_oneway",
+                timeout,
+            }))
+        };
+        let result = unless_moved(&peer, moved, send).await;
+        match &result {
+            Ok(()) => Metrics::inc(&self.metrics.oneway_sent),
+            Err(err) => self.metrics.error(err),
+        }
+        result
+    }
+}
+
+/// `send`, or `Unreachable` as soon as the peer's target changes (`PeerEntry::moved`).
+pub(super) async fn unless_moved<T>(
+    peer: &PeerEntry,
+    moved: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    send: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    tokio::select! {
+        biased;
+        result = send => result,
+        () = moved => Err(TransportError::Unreachable {
+            addr: peer.target(),
+            reason: "the peer moved to another address meanwhile".into(),
+        }),
+    }
 }
