@@ -8,6 +8,7 @@ Each node process runs `start_cluster(config, state_machine=Counters)`: every da
 leader in one hop), reads them linearizably after `read_index`, locates keys and reports leader
 changes. A `node` reads one JSON command per line on stdin and answers one JSON line on stdout:
   {"op": "incr", "key": "a", "by": 2}   -> {"ok": true, "value": 2}
+  {"op": "incr", "key": "a", "times": 3} -> {"ok": true, "values": [3, 4, 5]}  (concurrently)
   {"op": "get", "key": "a"}             -> {"ok": true, "value": 2}   (read_index, then local)
   {"op": "locate", "key": "a"}          -> {"ok": true, "location": {...}}
 and prints {"event": "leader", "group": g, "leader": n, "term": t} on every leader change.
@@ -30,6 +31,7 @@ from nodedb_cluster.cli_support import READY_PREFIX
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.metrics import serve_metrics
 from nodedb_cluster.node import Node
 
 
@@ -79,6 +81,9 @@ async def run_node(config: ClusterConfig) -> int:
         return replicas[group]
 
     node = await start_cluster(config, state_machine=factory)
+    # `metrics_addr` in the config: an embedding host serves /metrics itself (docs/METRICS.md).
+    addr = config.metrics_addr
+    metrics = None if addr is None else await serve_metrics(node, addr)
     out = sys.stdout
 
     def say(doc: dict[str, Any]) -> None:
@@ -101,6 +106,8 @@ async def run_node(config: ClusterConfig) -> int:
     finally:
         serving.cancel()
         failed.cancel()
+        if metrics is not None:
+            metrics.close()
         await node.shutdown()
     if node.failure is not None:
         print(f"node {config.node_id} failed: {node.failure}", file=sys.stderr, flush=True)
@@ -119,7 +126,13 @@ async def serve(
         request = json.loads(line)
         key = request.get("key", "").encode()
         try:
-            if request["op"] == "incr":
+            if request["op"] == "incr" and "times" in request:
+                # Concurrent proposals: those made in one turn of the loop travel together.
+                command = msgpack.packb([key, 1])
+                calls = (node.data.propose(command, key=key) for _ in range(request["times"]))
+                values = await asyncio.gather(*calls)
+                say({"ok": True, "values": sorted(int(v) for v in values)})
+            elif request["op"] == "incr":
                 command = msgpack.packb([key, request.get("by", 1)])
                 value = await node.data.propose(command, key=key)
                 say({"ok": True, "value": int(value)})

@@ -8,7 +8,8 @@
 - `propose(command, key=... | group=...)`: replicate one command and return what the state
   machine's `apply_batch` returned for it. On a node that does not lead the group the command
   goes ONE hop to the leader (HOST_PROPOSE: node certificates only, so no client can put
-  commands into the host's log) and the answer comes back;
+  commands into the host's log) and the answer comes back. Commands proposed in the same turn
+  of the event loop travel together (host_proposals.py), each still its own log entry;
 - `read_index(key=... | group=...)`: once it returns, a read of the host's local state on this
   node is linearizable (this node must hold a replica of the group);
 - `on_leader_change(callback)`: `callback(group, leader or None, term)` whenever this node sees a
@@ -28,27 +29,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-import msgpack
-
 from nodedb_cluster import wire
 from nodedb_cluster.errors import (
     ClusterError,
-    HandshakeError,
     InvalidRequest,
     LeadershipLost,
     OutcomeUnknown,
     RaftNotLeader,
     Timeout,
-    TransportClosed,
     UnknownGroup,
-    UnknownPeer,
-    Unreachable,
+)
+from nodedb_cluster.host_proposals import (
+    NOT_SENT,
+    ProposalQueue,
+    decode_propose,
+    encode_outcome,
 )
 from nodedb_cluster.leaders import LeaderView, changed_leaders
-from nodedb_cluster.raft import RaftEngine
+from nodedb_cluster.raft import Proposed, RaftEngine
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
-from nodedb_cluster.transport import Peer, Reply, Transport
+from nodedb_cluster.transport import Peer, Reply, Transport, wire_error
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ TIMEOUT_S_DEFAULT: Final = 5.0
 """A call's deadline unless given (docs/WIRE.md's RPC bound)."""
 SERVE_TIMEOUT_MS_MAX: Final = 60_000
 """A forwarded command's timeout is capped here: a peer cannot hold a leader's slot longer."""
-HOST_VERSION: Final = 1
-"""The HOST_PROPOSE message version this build speaks (rust/wire/src/host.rs)."""
 NO_LEADER_WAIT_S: Final = 0.05
 """How long a proposer with no leader to try waits for one to be elected before trying again."""
 
@@ -113,42 +112,6 @@ def locate(
     )
 
 
-def encode_propose(group: int, command: bytes, timeout_ms: int) -> bytes:
-    return bytes(
-        msgpack.packb(
-            {"group": group, "command": command, "timeout_ms": timeout_ms}, use_bin_type=True
-        )
-    )
-
-
-def decode_propose(payload: bytes) -> tuple[int, bytes, int]:
-    """(group, command, timeout_ms) of a HOST_PROPOSE; `InvalidRequest` naming what is wrong."""
-    doc = wire.decode_map(payload, "HostPropose")
-    version = doc.get("v", HOST_VERSION)
-    if not isinstance(version, int) or version > HOST_VERSION:
-        raise InvalidRequest(
-            f"HostPropose version {version!r} is newer than this build's {HOST_VERSION}"
-        )
-    group, command, timeout_ms = doc.get("group"), doc.get("command"), doc.get("timeout_ms")
-    if not isinstance(group, int) or isinstance(group, bool) or group < 0:
-        raise InvalidRequest("HostPropose group must be a non-negative integer")
-    if not isinstance(command, bytes):
-        raise InvalidRequest("HostPropose command must be bytes")
-    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms <= 0:
-        raise InvalidRequest("HostPropose timeout_ms must be a positive integer")
-    return group, command, timeout_ms
-
-
-def encode_outcome(doc: dict[str, object]) -> bytes:
-    return bytes(msgpack.packb(doc, use_bin_type=True))
-
-
-_NOT_SENT: Final = (UnknownPeer, HandshakeError)
-"""Failures that prove the request never reached the peer: safe to try another node."""
-_MAYBE_SENT: Final = (Unreachable, TransportClosed, Timeout)
-"""Failures after which the peer may have proposed the command."""
-
-
 class DataGroups:
     """`node.data`: the data groups of a node that runs the host's state machine."""
 
@@ -167,6 +130,7 @@ class DataGroups:
         self._host = host
         self._callbacks: list[LeaderCallback] = []
         self._watcher: asyncio.Task[None] | None = None
+        self._proposals = ProposalQueue(node_id, engine, transport)
 
     # --- the host's API -----------------------------------------------------------------------
 
@@ -208,13 +172,11 @@ class DataGroups:
                 hint = self._engine.leader(where.group)
                 continue
             try:
-                if target == self._node_id:
-                    return await self._propose_here(where.group, command, remaining)
-                return await self._propose_at(target, where.group, command, remaining)
+                return await self._proposals.propose(target, where.group, command, deadline)
             except RaftNotLeader as e:
                 tried.add(target)
                 hint = e.leader_id
-            except _NOT_SENT:
+            except NOT_SENT:
                 tried.add(target)
                 hint = None
             except OutcomeUnknown:
@@ -260,6 +222,7 @@ class DataGroups:
         return stop
 
     async def close(self) -> None:
+        await self._proposals.close()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,26 +232,55 @@ class DataGroups:
     # --- serving HOST_PROPOSE (registered on the node's control dispatch) ------------------------
 
     async def serve_propose(self, peer: Peer, payload: bytes) -> Reply:
-        """Propose a forwarded command on a group this node leads; never forward it again."""
+        """Propose forwarded commands on groups this node leads; never forward them again.
+        Version 1 (one command) answers one outcome, and a failure that is not about
+        leadership as an ERROR frame; version 2 answers one outcome per command, in order."""
         self._require_host()
-        group, command, timeout_ms = decode_propose(payload)
-        if group == METADATA_GROUP_ID:
-            raise InvalidRequest("group 0 is the cluster's metadata group, not a data group")
+        version, timeout_ms, items = decode_propose(payload)
         timeout_ms = min(timeout_ms, SERVE_TIMEOUT_MS_MAX)
-        try:
-            done = await self._engine.propose_batch(group, [command], timeout_ms, kind="python")
-            doc: dict[str, object] = {
-                "outcome": "applied",
-                "index": done.index,
-                "result": done.results[0],
-            }
-        except RaftNotLeader as e:
-            doc = {"outcome": "not_leader", "leader": e.leader_id}
-        except UnknownGroup:
-            doc = {"outcome": "not_leader", "leader": None}
-        except (LeadershipLost, Timeout) as e:
-            doc = {"outcome": "unknown", "reason": str(e)}
-        return wire.MessageKind.HOST_PROPOSE_RESPONSE, encode_outcome(doc)
+        outcomes: list[dict[str, object]] = [{} for _ in items]
+        by_group: dict[int, list[int]] = {}
+        for i, (group, _) in enumerate(items):
+            by_group.setdefault(group, []).append(i)
+
+        async def serve_group(group: int, at: list[int]) -> None:
+            commands = [items[i][1] for i in at]
+            docs = await self._serve_group(group, commands, timeout_ms, version == 1)
+            for i, doc in zip(at, docs, strict=True):
+                outcomes[i] = doc
+
+        await asyncio.gather(*(serve_group(g, at) for g, at in by_group.items()))
+        answer: dict[str, object] = outcomes[0] if version == 1 else {"outcomes": outcomes}
+        return wire.MessageKind.HOST_PROPOSE_RESPONSE, encode_outcome(answer)
+
+    async def _serve_group(
+        self, group: int, commands: list[bytes], timeout_ms: int, raise_failures: bool
+    ) -> list[dict[str, object]]:
+        outs: list[Proposed | ClusterError]
+        if group == METADATA_GROUP_ID:
+            refusal = InvalidRequest("group 0 is the cluster's metadata group, not a data group")
+            outs = [refusal] * len(commands)
+        else:
+            try:
+                outs = await self._engine.propose_each(group, commands, timeout_ms, kind="python")
+            except ClusterError as e:  # the whole call: its deadline, a stopped engine
+                outs = [e] * len(commands)
+        docs: list[dict[str, object]] = []
+        for out in outs:
+            if isinstance(out, Proposed):
+                docs.append({"outcome": "applied", "index": out.index, "result": out.result})
+            elif isinstance(out, RaftNotLeader):
+                docs.append({"outcome": "not_leader", "leader": out.leader_id})
+            elif isinstance(out, UnknownGroup):
+                docs.append({"outcome": "not_leader", "leader": None})
+            elif isinstance(out, (LeadershipLost, Timeout)):
+                docs.append({"outcome": "unknown", "reason": str(out)})
+            elif raise_failures:
+                raise out
+            else:
+                code, message = wire_error(out)
+                docs.append({"outcome": "failed", "code": code, "message": message})
+        return docs
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -298,43 +290,6 @@ class DataGroups:
                 "this node's data groups run the built-in KV (use node.kv); start it with "
                 "start_cluster(config, state_machine=factory) to run your own"
             )
-
-    async def _propose_here(self, group: int, command: bytes, remaining_s: float) -> bytes:
-        try:
-            done = await self._engine.propose_batch(
-                group, [command], max(1, int(remaining_s * 1000)), kind="python"
-            )
-        except UnknownGroup:
-            raise RaftNotLeader(group, None) from None
-        except (LeadershipLost, Timeout) as e:
-            raise OutcomeUnknown(group, str(e)) from e
-        return done.results[0]
-
-    async def _propose_at(
-        self, target: int, group: int, command: bytes, remaining_s: float
-    ) -> bytes:
-        payload = encode_propose(group, command, max(1, int(remaining_s * 1000)))
-        try:
-            kind, reply = await asyncio.wait_for(
-                self._transport.send_rpc(target, wire.MessageKind.HOST_PROPOSE, payload),
-                remaining_s,
-            )
-        except TimeoutError as e:
-            raise OutcomeUnknown(group, f"no answer from node {target} in time") from e
-        except _MAYBE_SENT as e:
-            raise OutcomeUnknown(group, f"node {target}: {e}") from e
-        if kind != wire.MessageKind.HOST_PROPOSE_RESPONSE:
-            raise InvalidRequest(f"node {target} answered HOST_PROPOSE with kind {kind}")
-        doc = wire.decode_map(reply, "HostProposeResponse")
-        outcome, result = doc.get("outcome"), doc.get("result")
-        if outcome == "applied" and isinstance(result, bytes):
-            return result
-        if outcome == "not_leader":
-            leader = doc.get("leader")
-            raise RaftNotLeader(group, leader if isinstance(leader, int) and leader else None)
-        if outcome == "unknown":
-            raise OutcomeUnknown(group, f"node {target}: {doc.get('reason')}")
-        raise InvalidRequest(f"node {target} answered HOST_PROPOSE with {doc!r}")
 
     async def _wait_leader(self, group: int, timeout_s: float) -> None:
         epoch, _ = self._engine.leaders()

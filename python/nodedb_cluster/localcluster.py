@@ -377,6 +377,13 @@ class LocalCluster:
                 program=self.program,
             )
 
+    def node_credentials(self, node_id: int) -> Mtls:
+        """Node `node_id`'s own certificate (tests that speak as a node from another port)."""
+        c = self.nodes[node_id].config
+        if c.tls_ca_path is None or c.tls_cert_path is None or c.tls_key_path is None:
+            raise ValueError(f"node {node_id} runs without TLS")
+        return Mtls(c.tls_ca_path, c.tls_cert_path, c.tls_key_path)
+
     def _credentials(self, hosts: list[str]) -> list[Mtls]:
         """The nodes', the client's and the admin's, in that order: those `base_dir/certs`
         already holds (a cluster restarted on its old directories keeps its keys, which its

@@ -28,6 +28,7 @@ from typing import Any, Final, Literal, Protocol, cast
 
 import nodedb_cluster_core as _core
 
+from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.loop_bridge import BridgeWatch
 from nodedb_cluster.transport import Transport
 
@@ -244,6 +245,21 @@ class RaftEngine:
         self._core.propose_batch(group_id, list(payloads), timeout_ms, fut, kind)
         index, results = await fut
         return ProposedBatch(index, tuple(results))
+
+    async def propose_each(
+        self,
+        group_id: int,
+        payloads: Sequence[bytes],
+        timeout_ms: int = TIMEOUT_MS_DEFAULT,
+        *,
+        kind: StateMachineKind | None = None,
+    ) -> list[Proposed | ClusterError]:
+        """Each payload as its OWN entry (its own index), in one boundary crossing and one
+        driver round: one `Proposed`, or the error its proposal failed with, per payload, in
+        order. A deadline for the whole raises `Timeout`."""
+        fut: asyncio.Future[list[tuple[int, bytes] | BaseException]] = self._future()
+        self._core.propose_each(group_id, list(payloads), timeout_ms, fut, kind)
+        return [_proposed(item) for item in await fut]
 
     def serve_kv_requests(
         self, transport: Transport, *, read_lease: bool = True, quota_bytes: int = 0
@@ -466,6 +482,14 @@ def kv_result(data: bytes) -> tuple[KvStatus, bytes | None]:
     not applied), ("invalid", reason)."""
     status, value = _core.kv_result(data)
     return cast(KvStatus, status), value
+
+
+def _proposed(item: tuple[int, bytes] | BaseException) -> Proposed | ClusterError:
+    if isinstance(item, ClusterError):
+        return item
+    if isinstance(item, BaseException):  # the binding raises only ClusterErrors
+        raise item
+    return Proposed(*item)
 
 
 def _group_status(d: dict[str, object]) -> GroupStatus:

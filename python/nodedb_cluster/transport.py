@@ -257,6 +257,19 @@ def _addr_text(addr: str | SocketAddr) -> str:
     return str(addr) if isinstance(addr, SocketAddr) else addr
 
 
+def wire_error(exc: Exception) -> tuple[str, str]:
+    """(code, message) of the Error message a handler's exception is answered with: the
+    class's `code` (else its name) and its text (`NoSpace`: the data dir, which the requester
+    raises `NoSpace` with again)."""
+    code = getattr(exc, "code", None)
+    code = code if isinstance(code, str) else type(exc).__name__
+    if isinstance(exc, PermissionDenied):
+        return code, exc.message
+    if isinstance(exc, NoSpace):
+        return code, exc.data_dir
+    return code, str(exc)
+
+
 class Transport:
     """One QUIC endpoint bound to `listen_addr` (port 0 → ephemeral; see `local_addr`)."""
 
@@ -445,19 +458,12 @@ class Transport:
 
     @staticmethod
     def _fail(responder: Responder, peer: Peer, kind: int, exc: Exception) -> None:
-        code = getattr(exc, "code", None)
-        code = code if isinstance(code, str) else type(exc).__name__
-        if isinstance(exc, PermissionDenied):  # counted and logged (rate-limited) by its raiser
-            responder.fail(code, exc.message)
-            return
-        if isinstance(exc, NotServing):  # a state (starting, joining): not a warning each
-            responder.fail(exc.code, str(exc))
-            return
-        if isinstance(exc, NoSpace):  # a state, counted and shown by the node: not a warning each
-            responder.fail(code, exc.data_dir)  # the requester raises NoSpace(data_dir) again
-            return
-        _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
-        responder.fail(code, str(exc))
+        code, message = wire_error(exc)
+        # PermissionDenied is counted and logged (rate-limited) by its raiser; NotServing
+        # (starting, joining) and NoSpace are states the node shows: not a warning each.
+        if not isinstance(exc, (PermissionDenied, NotServing, NoSpace)):
+            _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
+        responder.fail(code, message)
 
     @staticmethod
     def _reply(responder: Responder, peer: Peer, kind: int, reply: Reply | None) -> None:

@@ -45,6 +45,10 @@ def message_kinds() -> list[tuple[int, str, bool]]:
 def check_control_payload(kind: int, payload: bytes) -> bytes:
     """Decode with the Rust schema of `kind`, re-encode (named fields)."""
 
+def decode_host_propose(payload: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """A HOST_PROPOSE of either version: (version, timeout_ms, [(group, command)]);
+    `InvalidRequest` naming what is wrong."""
+
 # --- transport (rust/py/src/transport.rs) --------------------------------------------------------
 
 ALPN: Final[str]
@@ -261,6 +265,14 @@ class RaftEngine:
         payloads: list[bytes],
         timeout_ms: int,
         future: Future[tuple[int, list[bytes]]],
+        kind: str | None = None,
+    ) -> None: ...
+    def propose_each(
+        self,
+        group_id: int,
+        payloads: list[bytes],
+        timeout_ms: int,
+        future: Future[list[tuple[int, bytes] | BaseException]],
         kind: str | None = None,
     ) -> None: ...
     def read_index(self, group_id: int, timeout_ms: int, future: Future[int]) -> None: ...

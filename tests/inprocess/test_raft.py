@@ -24,6 +24,7 @@ from nodedb_cluster.errors import (
     UnknownGroup,
 )
 from nodedb_cluster.raft import (
+    Proposed,
     RaftEngine,
     RaftSettings,
     StateMachine,
@@ -176,6 +177,29 @@ async def test_python_state_machine_gets_batches_in_the_same_order_everywhere(
     assert sequences[0] == sequences[1] == sequences[2]
     # 200 concurrent proposals arrive in far fewer apply calls (batched per round).
     assert leader.machines[0].batches < 200
+
+
+async def test_proposals_made_together_get_an_entry_and_an_index_each(
+    cluster: list[Node],
+) -> None:
+    """`propose_each` (the embedding API's queue): one crossing, but every command its own
+    entry, so the host's apply sees one index per command; a follower refuses each one."""
+    for n in cluster:
+        await n.engine.add_group(0, [1, 2, 3], "python")
+    leader = await leader_of(cluster, 0)
+    commands = [b"cmd-%d" % i for i in range(20)]
+    done = await leader.engine.propose_each(0, commands, kind="python")
+    assert all(isinstance(d, Proposed) for d in done)
+    indexes = [d.index for d in done if isinstance(d, Proposed)]
+    assert indexes == list(range(indexes[0], indexes[0] + 20))
+    results = [d.result for d in done if isinstance(d, Proposed)]
+    assert results == [b"applied:" + c for c in commands]
+    await until(lambda: all(len(n.machines[0].applied) == 20 for n in cluster), "all applied")
+    assert leader.machines[0].applied == list(zip(indexes, commands, strict=True))
+    follower = next(n for n in cluster if n is not leader)
+    refused = await follower.engine.propose_each(0, [b"x", b"y"], kind="python")
+    assert all(isinstance(r, RaftNotLeader) for r in refused)
+    assert (await follower.engine.propose_each(0, [], kind="python")) == []
 
 
 async def test_a_proposal_no_entry_can_hold_is_refused_and_the_engine_goes_on(

@@ -203,14 +203,6 @@ def _creds(cluster: LocalCluster, which: str) -> Mtls:
     return creds
 
 
-def _node_creds(cluster: LocalCluster, node_id: int) -> Mtls:
-    config = cluster.nodes[node_id].config
-    assert config.tls_ca_path is not None
-    assert config.tls_cert_path is not None
-    assert config.tls_key_path is not None
-    return Mtls(config.tls_ca_path, config.tls_cert_path, config.tls_key_path)
-
-
 # --- the tests -----------------------------------------------------------------------------------
 
 
@@ -346,7 +338,7 @@ async def test_a_node_certificate_cannot_speak_for_another_node(cluster: LocalCl
         raft_batch(3, [(1, raft_message(MSG_HEARTBEAT, target, 3, term + 100))]),
         raft_batch(2, [(1, raft_message(MSG_HEARTBEAT, target, 3, term + 100))]),
     ]
-    async with Transport(2, "127.0.0.1:0", _node_creds(cluster, 2)) as impostor:
+    async with Transport(2, "127.0.0.1:0", cluster.node_credentials(2)) as impostor:
         for frame in frames:
             with pytest.raises(ClusterError):  # one-way kind on a request stream: no reply
                 await impostor.send_rpc_to_addr(

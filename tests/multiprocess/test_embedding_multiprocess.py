@@ -2,25 +2,29 @@
 (the README's example, examples/replicated_counters.py, is the host program): proposals from
 any node (followers forward one hop), linearizable reads on followers, locate, leader-change
 callbacks across a leader kill, node.kv refused on host groups, HOST_PROPOSE refused from a
-client certificate, a killed node restarting onto the same counters, and a node whose host
-state machine raised stopping (tests/support/failing_counters.py)."""
+client certificate, concurrent proposals travelling to the leader together, a batch answered
+per command, a killed node restarting onto the same counters, and a node whose host state
+machine raised stopping (tests/support/failing_counters.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from nodedb_cluster import wire
 from nodedb_cluster.client import CLIENT_NODE_ID
-from nodedb_cluster.embedding import encode_propose
 from nodedb_cluster.errors import PermissionDenied
+from nodedb_cluster.host_proposals import decode_outcomes, encode_batch, encode_propose
 from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views
 from nodedb_cluster.transport import Transport
 from support.cli_run import cred_flags, run_cli
 from support.failing_counters import BROKEN_MARKER
+from support.metrics_scrape import scrape, serve_metrics_on_every_node
 
 pytestmark = pytest.mark.multiprocess
 
@@ -33,6 +37,7 @@ EXIT_WITHIN_S = 10.0
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     c = LocalCluster(tmp_path, 3, program=(str(EXAMPLE), "node"))
+    serve_metrics_on_every_node(c)
     try:
         await c.start()
         await c.wait_formed(30.0)
@@ -57,6 +62,75 @@ async def test_proposals_from_every_node_apply_once_in_order_and_read_linearizab
     assert len({(w["vshard"], w["group"], tuple(w["voters"])) for w in where}) == 1
     assert sorted(where[0]["voters"]) == [1, 2, 3]
     assert where[0]["leader"] in (1, 2, 3)
+
+
+HOST_PROPOSE_SERVED = 'nodedb_transport_request_duration_seconds_count{kind="HostPropose"}'
+"""How many HOST_PROPOSE requests a node served (the transport's histogram, by kind)."""
+
+
+async def _host_proposes_served(cluster: LocalCluster, node_id: int) -> float:
+    text = await asyncio.to_thread(scrape, cluster, node_id)
+    for line in text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == HOST_PROPOSE_SERVED:
+            return float(value)
+    return 0.0
+
+
+async def _served_after(cluster: LocalCluster, node_id: int, before: float) -> float:
+    """The count once it moved past `before` (/metrics refreshes once a second: poll, bounded)."""
+    async with asyncio.timeout(10):
+        while True:
+            served = await _host_proposes_served(cluster, node_id)
+            if served > before:
+                return served
+            await asyncio.sleep(0.2)
+
+
+async def test_concurrent_proposals_on_a_follower_reach_the_leader_together_and_apply_once(
+    cluster: LocalCluster,
+) -> None:
+    """64 increments started in one turn of a follower's loop: each applied once with its own
+    result, carried by a handful of HOST_PROPOSE requests, not 64 (one per command before)."""
+    where = (await cluster.nodes[1].request({"op": "locate", "key": "burst"}))["location"]
+    leader = where["leader"]
+    follower = next(i for i in cluster.nodes if i != leader)
+    before = await _host_proposes_served(cluster, leader)
+    doc = await cluster.nodes[follower].request({"op": "incr", "key": "burst", "times": 64})
+    assert doc == {"ok": True, "values": list(range(1, 65))}, doc
+    served = await _served_after(cluster, leader, before)
+    assert served - before <= 8, served - before
+    for i in cluster.nodes:
+        assert await cluster.nodes[i].request({"op": "get", "key": "burst"}) == {
+            "ok": True,
+            "value": 64,
+        }
+
+
+async def test_a_batch_is_answered_per_command_and_a_bad_one_fails_alone(
+    cluster: LocalCluster,
+) -> None:
+    """A HOST_PROPOSE of version 2 from a node certificate: a command for group 0 (the
+    metadata group, never the host's) is refused by itself; the others apply, in order."""
+    where = (await cluster.nodes[1].request({"op": "locate", "key": "b"}))["location"]
+    leader, group = where["leader"], where["group"]
+    incr = msgpack.packb([b"b", 5])
+    items = [(group, incr), (0, incr), (group, incr)]
+    async with Transport(3, "127.0.0.1:0", cluster.node_credentials(3)) as node3:
+        kind, reply = await node3.send_rpc_to_addr(
+            cluster.nodes[leader].addr, wire.MessageKind.HOST_PROPOSE, encode_batch(items, 5000)
+        )
+    assert kind == wire.MessageKind.HOST_PROPOSE_RESPONSE
+    applied, refused, again = decode_outcomes(reply, 3, leader)
+    assert isinstance(applied, dict)
+    assert isinstance(refused, dict)
+    assert isinstance(again, dict)
+    assert (applied["outcome"], applied["result"]) == ("applied", b"5")
+    assert (again["outcome"], again["result"]) == ("applied", b"10")
+    assert applied["index"] < again["index"]
+    assert (refused["outcome"], refused["code"]) == ("failed", "InvalidRequest")
+    assert "metadata group" in refused["message"]
+    assert await cluster.nodes[2].request({"op": "get", "key": "b"}) == {"ok": True, "value": 10}
 
 
 async def test_node_kv_is_refused_on_host_groups(cluster: LocalCluster) -> None:

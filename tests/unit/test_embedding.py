@@ -1,6 +1,6 @@
-"""The embedding API's pure parts: HOST_PROPOSE payloads agree with the Rust schema
-(rust/wire/src/host.rs), malformed ones are refused naming the field, and `locate` answers
-from the routing table."""
+"""The embedding API's pure parts: HOST_PROPOSE payloads of both versions agree with the Rust
+schema (rust/wire/src/host.rs), malformed ones are refused naming the field, outcomes map to
+results or errors, and `locate` answers from the routing table."""
 
 from __future__ import annotations
 
@@ -9,14 +9,23 @@ import nodedb_cluster_core as core
 import pytest
 
 from nodedb_cluster import wire
-from nodedb_cluster.embedding import (
+from nodedb_cluster.embedding import locate
+from nodedb_cluster.errors import (
+    InvalidRequest,
+    OutcomeUnknown,
+    RaftNotLeader,
+    RemoteError,
+    UnknownGroup,
+)
+from nodedb_cluster.host_proposals import (
     HOST_VERSION,
+    decode_outcomes,
     decode_propose,
+    encode_batch,
     encode_outcome,
     encode_propose,
-    locate,
+    outcome_result,
 )
-from nodedb_cluster.errors import InvalidRequest, UnknownGroup
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.routing.table import RoutingTable
 
@@ -24,8 +33,16 @@ from nodedb_cluster.routing.table import RoutingTable
 def test_a_request_is_what_the_rust_schema_reads_and_round_trips() -> None:
     payload = encode_propose(3, b"\x00cmd", 2500)
     again = core.check_control_payload(wire.MessageKind.HOST_PROPOSE, payload)
-    assert decode_propose(again) == (3, b"\x00cmd", 2500)
-    assert decode_propose(payload) == (3, b"\x00cmd", 2500)
+    assert decode_propose(again) == (1, 2500, [(3, b"\x00cmd")])
+    assert decode_propose(payload) == (1, 2500, [(3, b"\x00cmd")])
+
+
+def test_a_batch_keeps_its_order_and_groups_and_round_trips() -> None:
+    items = [(2, b"a"), (1, b""), (2, b"\xffb")]
+    payload = encode_batch(items, 900)
+    again = core.check_control_payload(wire.MessageKind.HOST_PROPOSE, payload)
+    assert decode_propose(again) == (HOST_VERSION, 900, items)
+    assert decode_propose(payload) == (HOST_VERSION, 900, items)
 
 
 @pytest.mark.parametrize(
@@ -35,24 +52,54 @@ def test_a_request_is_what_the_rust_schema_reads_and_round_trips() -> None:
         {"outcome": "not_leader", "leader": 2},
         {"outcome": "not_leader", "leader": None},
         {"outcome": "unknown", "reason": "leadership lost"},
+        {"outcome": "failed", "code": "NoSpace", "message": "/data"},
     ],
 )
 def test_every_outcome_is_what_the_rust_schema_reads(doc: dict[str, object]) -> None:
-    payload = encode_outcome(doc)
-    again = core.check_control_payload(wire.MessageKind.HOST_PROPOSE_RESPONSE, payload)
-    assert msgpack.unpackb(again) == doc
+    for answer in (doc, {"outcomes": [doc, doc]}):
+        payload = encode_outcome(answer)
+        again = core.check_control_payload(wire.MessageKind.HOST_PROPOSE_RESPONSE, payload)
+        assert msgpack.unpackb(again) == answer
+
+
+def test_each_outcome_is_the_result_or_the_error_it_stands_for() -> None:
+    assert outcome_result({"outcome": "applied", "index": 1, "result": b"r"}, 2, 3) == b"r"
+    with pytest.raises(RaftNotLeader) as not_leader:
+        outcome_result({"outcome": "not_leader", "leader": 1}, 2, 3)
+    assert not_leader.value.leader_id == 1
+    with pytest.raises(OutcomeUnknown, match="node 3: lost"):
+        outcome_result({"outcome": "unknown", "reason": "lost"}, 2, 3)
+    with pytest.raises(RemoteError) as failed:
+        outcome_result({"outcome": "failed", "code": "NoSpace", "message": "/d"}, 2, 3)
+    assert (failed.value.code, failed.value.message) == ("NoSpace", "/d")
+    for bad in ({"outcome": "applied"}, {"outcome": "failed", "code": 1}, [], None):
+        with pytest.raises(InvalidRequest, match="node 3 answered"):
+            outcome_result(bad, 2, 3)
+
+
+def test_a_batch_answer_of_another_length_is_refused() -> None:
+    doc = {"outcome": "not_leader", "leader": None}
+    assert decode_outcomes(encode_outcome({"outcomes": [doc]}), 1, 3) == [doc]
+    for answer in ({"outcomes": [doc]}, {"outcomes": "x"}, doc):
+        with pytest.raises(InvalidRequest, match="a batch of 2"):
+            decode_outcomes(encode_outcome(answer), 2, 3)
 
 
 @pytest.mark.parametrize(
     ("doc", "says"),
     [
         ({"v": HOST_VERSION + 1, "group": 1, "command": b"", "timeout_ms": 5}, "newer"),
+        ({"v": 0, "group": 1, "command": b"", "timeout_ms": 5}, "version 0"),
         ({"command": b"x", "timeout_ms": 5}, "group"),
         ({"group": -1, "command": b"x", "timeout_ms": 5}, "group"),
         ({"group": True, "command": b"x", "timeout_ms": 5}, "group"),
         ({"group": 1, "command": "text", "timeout_ms": 5}, "command"),
         ({"group": 1, "command": b"x", "timeout_ms": 0}, "timeout_ms"),
         ({"group": 1, "command": b"x"}, "timeout_ms"),
+        ({"v": 2, "timeout_ms": 5, "items": []}, "no items"),
+        ({"v": 2, "timeout_ms": 5, "items": [{"group": 1}]}, "items.*command"),
+        ({"v": 2, "timeout_ms": 5, "items": [{"group": 1, "command": "a"}]}, "items.*command"),
+        ({"v": 2, "items": [{"group": 1, "command": b"a"}]}, "timeout_ms"),
     ],
 )
 def test_a_malformed_request_is_refused_naming_the_field(doc: dict[str, object], says: str) -> None:
@@ -62,7 +109,7 @@ def test_a_malformed_request_is_refused_naming_the_field(doc: dict[str, object],
 
 @pytest.mark.parametrize("payload", [b"", b"\xc1", msgpack.packb([1, 2]), b"\x81\xa1"])
 def test_garbage_is_refused_not_raised_as_something_else(payload: bytes) -> None:
-    with pytest.raises(InvalidRequest, match="malformed HostPropose"):
+    with pytest.raises(InvalidRequest, match="cannot decode HostPropose"):
         decode_propose(payload)
 
 

@@ -39,6 +39,7 @@ mod disk_full;
 mod groups;
 mod inbound;
 mod outbound;
+mod propose;
 mod types;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -48,13 +49,13 @@ use std::time::Duration;
 use raft::prelude::{ConfChangeV2, ConfState, Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage};
 
-use crate::codec::{encode_commands, entry_refusal, Frame, RaftBatch, SnapshotAck, SnapshotKey};
+use crate::codec::{Frame, RaftBatch, SnapshotAck, SnapshotKey};
 use crate::config::MultiRaftConfig;
 use crate::error::{EngineError, RaftError, SnapshotError};
 use crate::group::{
     answer_reads, apply_entries, fail_all, install_snapshot, issue_reads, le_u64,
     leads_with_commit, lease_holds, resend_pre_votes, snapshot_meta, sorted_ids, step_down_check,
-    Group, PendingConf, PendingProposal, PendingRead, ReadLease, DEFERRED_READ_MSGS_MAX,
+    Group, PendingConf, PendingRead, ReadLease, DEFERRED_READ_MSGS_MAX,
 };
 use crate::ids::{GroupId, NodeId};
 use crate::lease_board::LeaseBoard;
@@ -70,7 +71,7 @@ use crate::storage::GroupStorage;
 pub use self::disk_full::SPACE_SAMPLE_EVERY_TICKS;
 use self::disk_full::{grows_log, DiskState, PendingRound, STALLED};
 pub use self::types::{
-    GroupRole, GroupStatus, MembershipChange, ProposeOutcome, ReadPoint, Reply, Role,
+    Gather, GroupRole, GroupStatus, MembershipChange, ProposeOutcome, ReadPoint, Reply, Role,
 };
 
 /// One frame carries at most this many bytes of raft messages (a 64 MiB wire frame holds it
@@ -303,95 +304,6 @@ impl MultiRaftCore {
         self.groups
             .get_mut(&gid)
             .ok_or(RaftError::GroupNotFound { group: gid })
-    }
-
-    /// Proposes one entry holding `commands`; `reply` gets (index, one result per command)
-    /// after commit and apply, or a typed error.
-    pub fn propose(
-        &mut self,
-        gid: GroupId,
-        commands: &[Vec<u8>],
-        reply: impl Into<Reply<ProposeOutcome>>,
-    ) {
-        self.propose_for(None, gid, commands, reply);
-    }
-
-    /// [`MultiRaftCore::propose`] of commands written for the `kind` state machine: refused
-    /// unless the group runs that one. A request path that speaks one state machine's language
-    /// (the KV protocol) must not feed another group's log — group 0's metadata machine, or a
-    /// host's — with bytes that group would take for its own commands.
-    pub fn propose_for(
-        &mut self,
-        kind: Option<StateMachineKind>,
-        gid: GroupId,
-        commands: &[Vec<u8>],
-        reply: impl Into<Reply<ProposeOutcome>>,
-    ) {
-        let reply = reply.into();
-        let limit = self.cfg.pending_proposals_max;
-        let no_space = self.disk.refuses_writes().then(|| self.data_dir());
-        let r = (|| {
-            if let Some(reason) = entry_refusal(commands) {
-                return Err(RaftError::Invalid { reason });
-            }
-            let g = self.group_mut(gid)?;
-            if let Some(kind) = kind {
-                if g.meta.sm_kind != kind.tag() {
-                    return Err(RaftError::Invalid {
-                        reason: format!("group {} does not run {kind}", gid.0),
-                    });
-                }
-            }
-            if g.raw.raft.state != StateRole::Leader {
-                return Err(RaftError::NotLeader {
-                    group: gid,
-                    leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
-                });
-            }
-            if let Some(data_dir) = &no_space {
-                // NO_SPACE (or a stalled round): a leader refuses; a follower still names the
-                // leader above, whose disk may have room.
-                return Err(RaftError::NoSpace {
-                    data_dir: data_dir.clone(),
-                });
-            }
-            if g.proposals.len() >= limit {
-                return Err(RaftError::Busy {
-                    reason: "too many pending proposals in this group",
-                });
-            }
-            let before = g.raw.raft.raft_log.last_index();
-            g.raw
-                .propose(Vec::new(), encode_commands(commands))
-                .map_err(|_| RaftError::Busy {
-                    reason: "raft dropped the proposal (uncommitted limit or leader transfer)",
-                })?;
-            let index = g.raw.raft.raft_log.last_index();
-            debug_assert_eq!(index, before + 1);
-            Ok((index, g.raw.raft.term))
-        })();
-        match r {
-            Ok((index, term)) => {
-                Metrics::inc(&self.metrics.proposals);
-                if let Some(g) = self.groups.get_mut(&gid) {
-                    g.proposals.push_back(PendingProposal {
-                        index,
-                        term,
-                        started: std::time::Instant::now(),
-                        reply,
-                    });
-                }
-            }
-            Err(e) => {
-                if matches!(e, RaftError::Busy { .. }) {
-                    Metrics::inc(&self.metrics.proposals_busy);
-                }
-                if matches!(e, RaftError::NoSpace { .. }) {
-                    Metrics::inc(&self.metrics.proposals_no_space);
-                }
-                reply.send(Err(e));
-            }
-        }
     }
 
     /// Confirms leadership with a quorum (raft ReadIndex); `reply` gets the read index once

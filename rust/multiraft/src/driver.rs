@@ -372,6 +372,29 @@ impl MultiRaft {
         );
     }
 
+    /// Each of `commands` as its own entry (its own index), proposed in one call and one raft
+    /// proposal message: `reply` gets one outcome per command, in order, once all are
+    /// answered (an `Err` for the whole when the call never ran). What a host's concurrent
+    /// proposals share is the crossing, the append and the broadcast, not the entry, so a host
+    /// state machine still sees one index per command.
+    pub fn propose_each_for_with(
+        &self,
+        kind: Option<StateMachineKind>,
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        reply: Reply<Vec<Result<ProposeOutcome, RaftError>>>,
+    ) {
+        self.submit_with(
+            |reply| Input::ProposeEach {
+                kind,
+                group,
+                commands,
+                reply,
+            },
+            reply,
+        );
+    }
+
     /// Callback form of `read_index` (see `propose_batch_with`).
     pub fn read_index_with(&self, group: GroupId, reply: Reply<u64>) {
         self.submit_with(

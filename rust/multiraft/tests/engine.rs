@@ -181,3 +181,64 @@ fn a_proposal_no_entry_can_hold_is_refused_before_raft_sees_it() {
     });
     assert!(everywhere, "every node applied it");
 }
+
+/// A host's concurrent proposals: each command its own entry and index, in order, all in one
+/// raft proposal; a command no entry can hold is refused alone, the others still apply.
+#[test]
+fn proposals_of_one_command_each_get_an_entry_and_an_index_each() {
+    use nodedb_multiraft::codec::ENTRY_BYTES_MAX;
+    use nodedb_multiraft::core::Reply;
+    let mut c = cluster(3);
+    let l = c.elect(G);
+    let before = c.core(l).status(G).expect("status").last_index;
+    let cmds = vec![
+        b"a".to_vec(),
+        vec![0u8; ENTRY_BYTES_MAX],
+        b"bb".to_vec(),
+        b"ccc".to_vec(),
+    ];
+    let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..cmds.len()).map(|_| oneshot::channel()).unzip();
+    let replies: Vec<Reply<ProposeOutcome>> = txs.into_iter().map(Reply::from).collect();
+    c.core(l).propose_each_for(None, G, cmds, replies);
+    let mut answers = vec![None; rxs.len()];
+    for _ in 0..100 {
+        c.pump();
+        for (answer, rx) in answers.iter_mut().zip(rxs.iter_mut()) {
+            if let Ok(outcome) = rx.try_recv() {
+                *answer = Some(outcome);
+            }
+        }
+        if answers.iter().all(Option::is_some) {
+            break;
+        }
+        c.tick();
+    }
+    let answers: Vec<_> = answers.into_iter().map(|a| a.expect("answered")).collect();
+    assert!(
+        matches!(&answers[1], Err(RaftError::Invalid { .. })),
+        "{answers:?}"
+    );
+    let indexes: Vec<u64> = [0, 2, 3]
+        .iter()
+        .map(|&i| answers[i].as_ref().expect("applied").index)
+        .collect();
+    assert_eq!(indexes, vec![before + 1, before + 2, before + 3]);
+    let everywhere = c.drive_until(50, |c| c.nodes.keys().all(|id| applied(c, *id).len() == 3));
+    assert!(everywhere, "every node applied the three");
+    let expected = vec![
+        (before + 1, b"a".to_vec()),
+        (before + 2, b"bb".to_vec()),
+        (before + 3, b"ccc".to_vec()),
+    ];
+    for id in c.nodes.keys() {
+        assert_eq!(applied(&c, *id), expected, "node {id}");
+    }
+    let follower = *c.nodes.keys().find(|id| **id != l).expect("a follower");
+    let (tx, mut rx) = oneshot::channel();
+    c.core(follower)
+        .propose_each_for(None, G, vec![b"d".to_vec()], vec![Reply::from(tx)]);
+    match rx.try_recv() {
+        Ok(Err(RaftError::NotLeader { leader_hint, .. })) => assert_eq!(leader_hint, Some(l)),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+}

@@ -417,6 +417,39 @@ impl PyRaftEngine {
         Ok(())
     }
 
+    /// Each payload as its own entry, in one crossing: resolve with one item per payload, in
+    /// order: `(index, result)`, or the exception that payload's proposal failed with.
+    #[pyo3(signature = (group_id, payloads, timeout_ms, future, kind = None))]
+    fn propose_each(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+        payloads: Vec<Vec<u8>>,
+        timeout_ms: u64,
+        future: Py<PyAny>,
+        kind: Option<&str>,
+    ) -> PyResult<()> {
+        let kind = kind.map(|k| kind_of(py, k)).transpose()?;
+        let t = timeout(py, timeout_ms)?;
+        let reply = self.bridge_reply(future, "propose_each", t, |py, outs: Vec<_>| {
+            let items = outs.into_iter().map(|out| match out {
+                Ok(ProposeOutcome { index, results }) => {
+                    let result = results.first().map(|r| PyBytes::new(py, r));
+                    Ok((index, result).into_pyobject(py)?.into_any().unbind())
+                }
+                Err(err) => Ok(raft_error(py, err).into_value(py).into_any()),
+            });
+            Ok(
+                PyList::new(py, items.collect::<PyResult<Vec<Py<PyAny>>>>()?)?
+                    .into_any()
+                    .unbind(),
+            )
+        });
+        self.engine
+            .propose_each_for_with(kind, GroupId(group_id), payloads, reply);
+        Ok(())
+    }
+
     /// Answer every KV_REQUEST of `transport` in Rust from now on (nodedb_kv::serve: group
     /// commit, reads at every level, routing from `set_kv_routing`, typed errors for bad
     /// input); none reaches Python. Undone by `close`.

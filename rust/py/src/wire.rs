@@ -3,9 +3,9 @@
 
 use nodedb_wire::control::ControlMessage;
 use nodedb_wire::{
-    decode_frame as decode, encode_frame as encode, ErrorMsg, HostPropose, HostProposeResponse,
-    JoinRequest, JoinResponse, KindStatus, MessageKind, Ping, Pong, FORMAT_VERSION, HEADER_BYTES,
-    KINDS, PAYLOAD_BYTES_MAX, WIRE_VERSION, WIRE_VERSION_MIN,
+    decode_frame as decode, encode_frame as encode, ErrorMsg, HostAnswer, HostRequest, JoinRequest,
+    JoinResponse, KindStatus, MessageKind, Ping, Pong, FORMAT_VERSION, HEADER_BYTES, KINDS,
+    PAYLOAD_BYTES_MAX, WIRE_VERSION, WIRE_VERSION_MIN,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -68,14 +68,37 @@ fn check_control_payload<'py>(
         MessageKind::JOIN_REQUEST => round::<JoinRequest>(payload),
         MessageKind::JOIN_RESPONSE => round::<JoinResponse>(payload),
         MessageKind::ERROR => round::<ErrorMsg>(payload),
-        MessageKind::HOST_PROPOSE => round::<HostPropose>(payload),
-        MessageKind::HOST_PROPOSE_RESPONSE => round::<HostProposeResponse>(payload),
+        MessageKind::HOST_PROPOSE => HostRequest::decode(payload)
+            .and_then(|request| match request {
+                HostRequest::One(one) => one.to_msgpack(),
+                HostRequest::Batch(batch) => batch.to_msgpack(),
+            })
+            .map_err(|e| e.to_string()),
+        MessageKind::HOST_PROPOSE_RESPONSE => round::<HostAnswer>(payload),
         other => Err(format!("{other} is not a control message")),
     };
     match result {
         Ok(bytes) => Ok(PyBytes::new(py, &bytes)),
         Err(reason) => Err(cluster_error(py, "FrameError", ("bad_payload", reason))),
     }
+}
+
+/// `(version, timeout_ms, [(group, command)])` of a HOST_PROPOSE.
+type HostCommands<'py> = (u32, u64, Vec<(u64, Bound<'py, PyBytes>)>);
+
+/// A HOST_PROPOSE payload (either version) → `(version, timeout_ms, [(group, command)])`;
+/// `InvalidRequest` naming what is wrong.
+#[pyfunction]
+fn decode_host_propose<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<HostCommands<'py>> {
+    let request = HostRequest::decode(payload)
+        .map_err(|e| cluster_error(py, "InvalidRequest", (e.to_string(),)))?;
+    let (version, timeout_ms) = (request.version(), request.timeout_ms());
+    let items = request
+        .into_items()
+        .into_iter()
+        .map(|(group, command)| (group, PyBytes::new(py, &command)))
+        .collect();
+    Ok((version, timeout_ms, items))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -88,5 +111,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(message_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(check_control_payload, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_host_propose, m)?)?;
     Ok(())
 }

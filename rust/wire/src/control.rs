@@ -20,7 +20,7 @@
 //!   JoinTokenRequest / JoinTokenResponse (10-11, `python/nodedb_cluster/formation/admission.py`)
 //!   and AuditRequest / AuditResponse (12-13, `python/nodedb_cluster/metadata/audit.py`).
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 
 /// A control payload could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,8 +48,10 @@ pub trait ControlMessage: Serialize + DeserializeOwned {
         })
     }
 
+    /// A refusal names the field that is wrong (`items[2].group: invalid type: …`).
     fn from_msgpack(bytes: &[u8]) -> Result<Self, ControlError> {
-        rmp_serde::from_slice(bytes).map_err(|e| ControlError::Decode {
+        let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| ControlError::Decode {
             message: Self::NAME,
             reason: e.to_string(),
         })
@@ -221,5 +223,31 @@ mod tests {
                 ..
             }
         ));
+    }
+}
+
+/// A `bin` field, refusing a `str` (which `serde_bytes` would take as its UTF-8): a peer that
+/// sends text where bytes belong is malformed, not lenient. Serialized as `serde_bytes`.
+pub mod strict_bytes {
+    use super::Deserializer;
+    use serde::de::{Error, Visitor};
+
+    pub use serde_bytes::serialize;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bin;
+        impl Visitor<'_> for Bin {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("binary bytes")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(Bin)
     }
 }

@@ -18,7 +18,10 @@ pub use frame::{
     decode_frame, encode_frame, Frame, FrameError, FrameHeader, FORMAT_VERSION, HEADER_BYTES,
     PAYLOAD_BYTES_MAX,
 };
-pub use host::{HostPropose, HostProposeResponse, HOST_VERSION};
+pub use host::{
+    HostAnswer, HostItem, HostOutcomes, HostPropose, HostProposeBatch, HostProposeResponse,
+    HostRequest, HOST_BATCH_VERSION, HOST_VERSION,
+};
 pub use kind::{KindRow, KindStatus, MessageKind, Role, Roles, KINDS};
 pub use kv::{
     KvNode, KvRequest, KvResponse, KvResults, KvWireError, ProposeMany, ProposeOne, ReadLevel,

@@ -273,3 +273,53 @@ mod kv {
         }
     }
 }
+
+/// HOST_PROPOSE payloads of both versions: encode → decode is the identity, and random or
+/// mutated bytes give a typed error, never a panic.
+mod host {
+    use nodedb_wire::control::ControlMessage;
+    use nodedb_wire::{HostAnswer, HostItem, HostProposeBatch, HostRequest, HOST_BATCH_VERSION};
+    use proptest::prelude::*;
+
+    fn batch() -> impl Strategy<Value = HostProposeBatch> {
+        let item = (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(group, command)| HostItem { group, command });
+        (1u64..=u64::MAX, proptest::collection::vec(item, 1..8)).prop_map(|(timeout_ms, items)| {
+            HostProposeBatch {
+                v: HOST_BATCH_VERSION,
+                timeout_ms,
+                items,
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, .. ProptestConfig::default() })]
+
+        #[test]
+        fn a_batch_round_trips(batch in batch()) {
+            let bytes = batch.to_msgpack().unwrap();
+            prop_assert_eq!(HostRequest::decode(&bytes).unwrap(), HostRequest::Batch(batch));
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+            let _ = HostRequest::decode(&bytes);
+            let _ = HostAnswer::from_msgpack(&bytes);
+        }
+
+        #[test]
+        fn mutated_batches_decode_or_fail_typed(
+            batch in batch(),
+            index in any::<prop::sample::Index>(),
+            xor in 1u8..=255,
+        ) {
+            let mut bytes = batch.to_msgpack().unwrap();
+            let i = index.index(bytes.len());
+            bytes[i] ^= xor;
+            if let Err(err) = HostRequest::decode(&bytes) {
+                prop_assert!(!err.to_string().is_empty());
+            }
+        }
+    }
+}

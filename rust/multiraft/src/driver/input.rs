@@ -2,6 +2,7 @@
 //! handles or refuses each one.
 
 use super::*;
+use crate::core::Gather;
 
 pub(super) enum Input {
     Frame(Frame),
@@ -11,6 +12,13 @@ pub(super) enum Input {
         group: GroupId,
         commands: Vec<Vec<u8>>,
         reply: Reply<ProposeOutcome>,
+    },
+    /// Each command its own entry (`EngineHandle::propose_each_for_with`).
+    ProposeEach {
+        kind: Option<StateMachineKind>,
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        reply: Reply<Vec<Result<ProposeOutcome, RaftError>>>,
     },
     ReadIndex {
         group: GroupId,
@@ -88,6 +96,16 @@ pub(super) fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) ->
             commands,
             reply,
         } => core.propose_for(kind, group, &commands, reply),
+        Input::ProposeEach {
+            kind,
+            group,
+            commands,
+            reply,
+        } => {
+            let gather = Gather::new(commands.len(), reply);
+            let replies = (0..commands.len()).map(|i| gather.slot(i)).collect();
+            core.propose_each_for(kind, group, commands, replies);
+        }
         Input::ReadIndex {
             group,
             lease,
@@ -148,6 +166,7 @@ pub(super) fn refuse(input: Input, reason: &str) {
 pub(super) fn refuse_with(input: Input, e: RaftError) {
     match input {
         Input::Propose { reply, .. } => reply.send(Err(e)),
+        Input::ProposeEach { reply, .. } => reply.send(Err(e)),
         Input::ReadIndex { reply, .. } => reply.send(Err(e)),
         Input::Membership { reply, .. } => reply.send(Err(e)),
         Input::TransferLeader { reply, .. } => reply.send(Err(e)),

@@ -1,0 +1,283 @@
+"""The embedding API's proposals, gathered per turn of the event loop.
+
+Every command `node.data.propose` queues for one node in one turn goes in ONE call: one
+`propose_each` per group this node leads (each command still its own log entry, so a host's
+`apply_batch` sees one index per command), one HOST_PROPOSE (version 2, rust/wire/src/host.rs)
+per other leader. Sent alone, each command paid a boundary crossing, a timer and a driver
+round here, or a QUIC stream, a handler task and a proposal on the leader: 64 concurrent
+proposers reached a third of the built-in KV's writes/s (BENCHMARKS.md, "Host proposals").
+
+A leader from before version 2 refuses a batch as "newer than this build"; its commands are
+then sent one by one (version 1) to it, and a batch is tried again after
+`BATCH_RETRY_AFTER_S`, by when it may have been upgraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+import nodedb_cluster_core as _core
+
+from nodedb_cluster import wire
+from nodedb_cluster.errors import (
+    ClusterError,
+    HandshakeError,
+    InvalidRequest,
+    LeadershipLost,
+    OutcomeUnknown,
+    RaftNotLeader,
+    RemoteError,
+    Timeout,
+    TransportClosed,
+    UnknownGroup,
+    UnknownPeer,
+    Unreachable,
+)
+from nodedb_cluster.raft import Proposed, RaftEngine
+from nodedb_cluster.transport import Transport
+
+HOST_VERSION: Final = 2
+"""The newest HOST_PROPOSE version this build speaks (rust/wire/src/host.rs)."""
+BATCH_RETRY_AFTER_S: Final = 60.0
+"""How long commands for a leader that refused a batch go one by one before a batch is tried
+again (a rolling upgrade replaces that leader's build meanwhile)."""
+
+NOT_SENT: Final = (UnknownPeer, HandshakeError)
+"""Failures that prove the request never reached the peer: safe to try another node."""
+_MAYBE_SENT: Final = (Unreachable, TransportClosed, Timeout)
+"""Failures after which the peer may have proposed the commands."""
+
+
+def encode_propose(group: int, command: bytes, timeout_ms: int) -> bytes:
+    """Version 1: one command."""
+    return bytes(
+        msgpack.packb(
+            {"group": group, "command": command, "timeout_ms": timeout_ms}, use_bin_type=True
+        )
+    )
+
+
+def encode_batch(items: list[tuple[int, bytes]], timeout_ms: int) -> bytes:
+    """Version 2: the commands, in order, for one leader."""
+    doc = {
+        "v": HOST_VERSION,
+        "timeout_ms": timeout_ms,
+        "items": [{"group": g, "command": c} for g, c in items],
+    }
+    return bytes(msgpack.packb(doc, use_bin_type=True))
+
+
+def decode_propose(payload: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
+    """(version, timeout_ms, [(group, command)]) of a HOST_PROPOSE of either version, by the
+    Rust schema; `InvalidRequest` naming what is wrong."""
+    return _core.decode_host_propose(payload)
+
+
+def encode_outcome(doc: dict[str, object]) -> bytes:
+    return bytes(msgpack.packb(doc, use_bin_type=True))
+
+
+def decode_outcomes(payload: bytes, count: int, target: int) -> list[object]:
+    """The outcomes of a batch of `count`; `InvalidRequest` unless there are that many."""
+    doc = wire.decode_map(payload, "HostProposeResponse")
+    outcomes = doc.get("outcomes")
+    if not isinstance(outcomes, list) or len(outcomes) != count:
+        raise InvalidRequest(f"node {target} answered a batch of {count} with {doc!r:.200}")
+    return outcomes
+
+
+def outcome_result(doc: object, group: int, target: int) -> bytes:
+    """The result of one answered command, or the error its outcome stands for."""
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"node {target} answered HOST_PROPOSE with {doc!r}")
+    outcome, result = doc.get("outcome"), doc.get("result")
+    if outcome == "applied" and isinstance(result, bytes):
+        return result
+    if outcome == "not_leader":
+        leader = doc.get("leader")
+        raise RaftNotLeader(group, leader if isinstance(leader, int) and leader else None)
+    if outcome == "unknown":
+        raise OutcomeUnknown(group, f"node {target}: {doc.get('reason')}")
+    code, message = doc.get("code"), doc.get("message")
+    if outcome == "failed" and isinstance(code, str) and isinstance(message, str):
+        raise RemoteError(code, message)  # what a version-1 answer's ERROR frame raised
+    raise InvalidRequest(f"node {target} answered HOST_PROPOSE with {doc!r}")
+
+
+def local_error(group: int, error: ClusterError) -> ClusterError:
+    """This node's engine's refusal as a proposer sees it."""
+    if isinstance(error, UnknownGroup):
+        return RaftNotLeader(group, None)
+    if isinstance(error, (LeadershipLost, Timeout)):  # it may be in the log
+        return OutcomeUnknown(group, str(error))
+    return error
+
+
+@dataclass(slots=True)
+class _Queued:
+    group: int
+    command: bytes
+    deadline: float
+    """Loop time."""
+    future: asyncio.Future[bytes]
+    sent: bool = False
+
+
+class ProposalQueue:
+    """Commands for the leaders of host groups, sent once per turn of the loop."""
+
+    def __init__(self, node_id: int, engine: RaftEngine, transport: Transport) -> None:
+        self._node_id = node_id
+        self._engine = engine
+        self._transport = transport
+        self._queued: dict[int, list[_Queued]] = {}
+        self._flush_scheduled = False
+        self._one_by_one: dict[int, float] = {}
+        """Leaders that refused a batch, and when."""
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def propose(self, target: int, group: int, command: bytes, deadline: float) -> bytes:
+        """`command`'s result from `target`, which should lead `group`; by `deadline` (loop
+        time), or `OutcomeUnknown` once it was sent (`Timeout` if it never was)."""
+        loop = asyncio.get_running_loop()
+        item = _Queued(group, command, deadline, loop.create_future())
+        self._queued.setdefault(target, []).append(item)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await item.future
+        except TimeoutError:
+            if item.sent:
+                raise OutcomeUnknown(group, f"no answer from node {target} in time") from None
+            raise Timeout("propose", 0) from None
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, {}
+        for target, items in queued.items():
+            items = [i for i in items if not i.future.done()]  # a caller may have given up
+            for item in items:
+                item.sent = True
+            if not items:
+                continue
+            if target != self._node_id:
+                self._spawn(self._send(target, items))
+                continue
+            by_group: dict[int, list[_Queued]] = {}
+            for item in items:
+                by_group.setdefault(item.group, []).append(item)
+            for group, those in by_group.items():
+                self._spawn(self._propose_here(group, those))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _propose_here(self, group: int, items: list[_Queued]) -> None:
+        try:
+            outs = await self._engine.propose_each(
+                group, [i.command for i in items], _timeout_ms(items), kind="python"
+            )
+        except ClusterError as e:  # the whole call: its deadline, a stopped engine
+            _fail(items, local_error(group, e))
+            return
+        for item, out in zip(items, outs, strict=True):
+            if isinstance(out, Proposed):
+                _settle(item, out.result)
+            else:
+                _fail([item], local_error(group, out))
+
+    async def _send(self, target: int, items: list[_Queued]) -> None:
+        loop = asyncio.get_running_loop()
+        refused_at = self._one_by_one.get(target)
+        if refused_at is not None and loop.time() - refused_at < BATCH_RETRY_AFTER_S:
+            await asyncio.gather(*(self._send_one(target, item) for item in items))
+            return
+        timeout_ms = _timeout_ms(items)
+        payload = encode_batch([(i.group, i.command) for i in items], timeout_ms)
+        try:
+            reply = await self._rpc(target, payload, timeout_ms)
+        except RemoteError as e:
+            if e.code == InvalidRequest.__name__ and "newer than this build" in e.message:
+                self._one_by_one[target] = loop.time()  # refused unread: nothing proposed
+                await asyncio.gather(*(self._send_one(target, item) for item in items))
+                return
+            _fail(items, e)
+            return
+        except ClusterError as e:
+            _fail(items, e)
+            return
+        self._one_by_one.pop(target, None)
+        try:
+            outcomes = decode_outcomes(reply, len(items), target)
+        except InvalidRequest as e:
+            _fail(items, e)
+            return
+        for item, outcome in zip(items, outcomes, strict=True):
+            try:
+                _settle(item, outcome_result(outcome, item.group, target))
+            except ClusterError as e:
+                _fail([item], e)
+
+    async def _send_one(self, target: int, item: _Queued) -> None:
+        timeout_ms = _timeout_ms([item])
+        try:
+            payload = encode_propose(item.group, item.command, timeout_ms)
+            reply = await self._rpc(target, payload, timeout_ms)
+            doc = wire.decode_map(reply, "HostProposeResponse")
+            _settle(item, outcome_result(doc, item.group, target))
+        except ClusterError as e:
+            _fail([item], e)
+
+    async def _rpc(self, target: int, payload: bytes, timeout_ms: int) -> bytes:
+        """The reply's payload; `_Unanswered` when the request may have reached `target` and
+        no answer came."""
+        try:
+            kind, reply = await asyncio.wait_for(
+                self._transport.send_rpc(target, wire.MessageKind.HOST_PROPOSE, payload),
+                timeout_ms / 1000,
+            )
+        except TimeoutError as e:
+            raise _Unanswered(f"no answer from node {target} in time") from e
+        except _MAYBE_SENT as e:
+            raise _Unanswered(f"node {target}: {e}") from e
+        if kind != wire.MessageKind.HOST_PROPOSE_RESPONSE:
+            raise InvalidRequest(f"node {target} answered HOST_PROPOSE with kind {kind}")
+        return reply
+
+
+class _Unanswered(ClusterError):
+    """Sent, and no answer: each command's outcome is unknown (`_fail` names its group)."""
+
+
+def _timeout_ms(items: list[_Queued]) -> int:
+    """The latest deadline among `items`: each caller still stops waiting at its own."""
+    remaining = max(i.deadline for i in items) - asyncio.get_running_loop().time()
+    return max(1, int(remaining * 1000))
+
+
+def _settle(item: _Queued, result: bytes) -> None:
+    if not item.future.done():
+        item.future.set_result(result)
+
+
+def _fail(items: list[_Queued], error: ClusterError) -> None:
+    for item in items:
+        if item.future.done():
+            continue
+        if isinstance(error, _Unanswered):
+            item.future.set_exception(OutcomeUnknown(item.group, str(error)))
+        else:
+            item.future.set_exception(error)
