@@ -249,7 +249,10 @@ class DataGroups:
             for i, doc in zip(at, docs, strict=True):
                 outcomes[i] = doc
 
-        await asyncio.gather(*(serve_group(g, at) for g, at in by_group.items()))
+        if len(by_group) == 1:  # the usual batch: no task for it
+            await serve_group(*next(iter(by_group.items())))
+        else:
+            await asyncio.gather(*(serve_group(g, at) for g, at in by_group.items()))
         answer: dict[str, object] = outcomes[0] if version == 1 else {"outcomes": outcomes}
         return wire.MessageKind.HOST_PROPOSE_RESPONSE, encode_outcome(answer)
 

@@ -37,7 +37,7 @@ from nodedb_cluster.errors import (
     UnknownPeer,
     Unreachable,
 )
-from nodedb_cluster.raft import Proposed, RaftEngine
+from nodedb_cluster.raft import Proposed, RaftEngine, proposed_each
 from nodedb_cluster.transport import Transport
 
 HOST_VERSION: Final = 2
@@ -163,6 +163,8 @@ class ProposalQueue:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _flush(self) -> None:
+        """Begin one call per local group and one request per other leader; callbacks settle
+        the callers (no task per call, nor per request)."""
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
         for target, items in queued.items():
@@ -172,90 +174,124 @@ class ProposalQueue:
             if not items:
                 continue
             if target != self._node_id:
-                self._spawn(self._send(target, items))
+                self._send(target, items)
                 continue
             by_group: dict[int, list[_Queued]] = {}
             for item in items:
                 by_group.setdefault(item.group, []).append(item)
             for group, those in by_group.items():
-                self._spawn(self._propose_here(group, those))
+                self._propose_here(group, those)
+
+    def _propose_here(self, group: int, items: list[_Queued]) -> None:
+        commands = [i.command for i in items]
+        try:
+            fut = self._engine.propose_each_nowait(
+                group, commands, _timeout_ms(items), kind="python"
+            )
+        except ClusterError as e:
+            _fail(items, local_error(group, e))
+            return
+
+        def proposed(fut: asyncio.Future[list[tuple[int, bytes] | BaseException]]) -> None:
+            error = _failure(fut)
+            if error is not None:  # the whole call: its deadline, a stopped engine
+                _fail(items, local_error(group, error))
+                return
+            for item, out in zip(items, proposed_each(fut.result()), strict=True):
+                if isinstance(out, Proposed):
+                    _settle(item, out.result)
+                else:
+                    _fail([item], local_error(group, out))
+
+        fut.add_done_callback(proposed)
+
+    def _send(self, target: int, items: list[_Queued]) -> None:
+        loop = asyncio.get_running_loop()
+        refused_at = self._one_by_one.get(target)
+        if refused_at is not None and loop.time() - refused_at < BATCH_RETRY_AFTER_S:
+            for item in items:
+                self._spawn(self._send_one(target, item))
+            return
+        payload = encode_batch([(i.group, i.command) for i in items], _timeout_ms(items))
+        try:
+            fut = self._transport.send_rpc_nowait(target, wire.MessageKind.HOST_PROPOSE, payload)
+        except ClusterError as e:
+            _fail(items, e)
+            return
+
+        def answered(fut: asyncio.Future[tuple[int, bytes]]) -> None:
+            error = _failure(fut)
+            if isinstance(error, RemoteError) and _refuses_batches(error):
+                self._one_by_one[target] = loop.time()  # refused unread: nothing proposed
+                for item in items:
+                    self._spawn(self._send_one(target, item))
+                return
+            try:
+                if error is not None:
+                    raise _sent_error(target, error)
+                kind, reply = fut.result()
+                _check_kind(target, kind)
+                outcomes = decode_outcomes(reply, len(items), target)
+            except ClusterError as e:
+                _fail(items, e)
+                return
+            self._one_by_one.pop(target, None)
+            for item, outcome in zip(items, outcomes, strict=True):
+                try:
+                    _settle(item, outcome_result(outcome, item.group, target))
+                except ClusterError as e:
+                    _fail([item], e)
+
+        fut.add_done_callback(answered)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _propose_here(self, group: int, items: list[_Queued]) -> None:
-        try:
-            outs = await self._engine.propose_each(
-                group, [i.command for i in items], _timeout_ms(items), kind="python"
-            )
-        except ClusterError as e:  # the whole call: its deadline, a stopped engine
-            _fail(items, local_error(group, e))
-            return
-        for item, out in zip(items, outs, strict=True):
-            if isinstance(out, Proposed):
-                _settle(item, out.result)
-            else:
-                _fail([item], local_error(group, out))
-
-    async def _send(self, target: int, items: list[_Queued]) -> None:
-        loop = asyncio.get_running_loop()
-        refused_at = self._one_by_one.get(target)
-        if refused_at is not None and loop.time() - refused_at < BATCH_RETRY_AFTER_S:
-            await asyncio.gather(*(self._send_one(target, item) for item in items))
-            return
-        timeout_ms = _timeout_ms(items)
-        payload = encode_batch([(i.group, i.command) for i in items], timeout_ms)
-        try:
-            reply = await self._rpc(target, payload, timeout_ms)
-        except RemoteError as e:
-            if e.code == InvalidRequest.__name__ and "newer than this build" in e.message:
-                self._one_by_one[target] = loop.time()  # refused unread: nothing proposed
-                await asyncio.gather(*(self._send_one(target, item) for item in items))
-                return
-            _fail(items, e)
-            return
-        except ClusterError as e:
-            _fail(items, e)
-            return
-        self._one_by_one.pop(target, None)
-        try:
-            outcomes = decode_outcomes(reply, len(items), target)
-        except InvalidRequest as e:
-            _fail(items, e)
-            return
-        for item, outcome in zip(items, outcomes, strict=True):
-            try:
-                _settle(item, outcome_result(outcome, item.group, target))
-            except ClusterError as e:
-                _fail([item], e)
-
     async def _send_one(self, target: int, item: _Queued) -> None:
-        timeout_ms = _timeout_ms([item])
+        """Version 1, for a leader from before batches."""
+        payload = encode_propose(item.group, item.command, _timeout_ms([item]))
         try:
-            payload = encode_propose(item.group, item.command, timeout_ms)
-            reply = await self._rpc(target, payload, timeout_ms)
+            try:
+                kind, reply = await self._transport.send_rpc(
+                    target, wire.MessageKind.HOST_PROPOSE, payload
+                )
+            except ClusterError as e:
+                raise _sent_error(target, e) from e
+            _check_kind(target, kind)
             doc = wire.decode_map(reply, "HostProposeResponse")
             _settle(item, outcome_result(doc, item.group, target))
         except ClusterError as e:
             _fail([item], e)
 
-    async def _rpc(self, target: int, payload: bytes, timeout_ms: int) -> bytes:
-        """The reply's payload; `_Unanswered` when the request may have reached `target` and
-        no answer came."""
-        try:
-            kind, reply = await asyncio.wait_for(
-                self._transport.send_rpc(target, wire.MessageKind.HOST_PROPOSE, payload),
-                timeout_ms / 1000,
-            )
-        except TimeoutError as e:
-            raise _Unanswered(f"no answer from node {target} in time") from e
-        except _MAYBE_SENT as e:
-            raise _Unanswered(f"node {target}: {e}") from e
-        if kind != wire.MessageKind.HOST_PROPOSE_RESPONSE:
-            raise InvalidRequest(f"node {target} answered HOST_PROPOSE with kind {kind}")
-        return reply
+
+def _failure(fut: asyncio.Future[Any]) -> ClusterError | None:
+    """The error a core future failed with (a closing loop's cancel as `TransportClosed`)."""
+    if fut.cancelled():
+        return TransportClosed()
+    error = fut.exception()
+    if error is None or isinstance(error, ClusterError):
+        return error
+    raise error  # the core answers only ClusterErrors
+
+
+def _refuses_batches(error: RemoteError) -> bool:
+    """A leader from before version 2 refused the batch unread (its own words)."""
+    return error.code == InvalidRequest.__name__ and "newer than this build" in error.message
+
+
+def _sent_error(target: int, error: ClusterError) -> ClusterError:
+    """A request's failure as its commands' callers see it: unknown outcome once it may have
+    reached `target`."""
+    if isinstance(error, _MAYBE_SENT):
+        return _Unanswered(f"node {target}: {error}")
+    return error
+
+
+def _check_kind(target: int, kind: int) -> None:
+    if kind != wire.MessageKind.HOST_PROPOSE_RESPONSE:
+        raise InvalidRequest(f"node {target} answered HOST_PROPOSE with kind {kind}")
 
 
 class _Unanswered(ClusterError):

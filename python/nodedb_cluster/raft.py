@@ -255,11 +255,24 @@ class RaftEngine:
         kind: StateMachineKind | None = None,
     ) -> list[Proposed | ClusterError]:
         """Each payload as its OWN entry (its own index), in one boundary crossing and one
-        driver round: one `Proposed`, or the error its proposal failed with, per payload, in
+        raft proposal: one `Proposed`, or the error its proposal failed with, per payload, in
         order. A deadline for the whole raises `Timeout`."""
+        begun = self.propose_each_nowait(group_id, payloads, timeout_ms, kind=kind)
+        return proposed_each(await begun)
+
+    def propose_each_nowait(
+        self,
+        group_id: int,
+        payloads: Sequence[bytes],
+        timeout_ms: int = TIMEOUT_MS_DEFAULT,
+        *,
+        kind: StateMachineKind | None = None,
+    ) -> asyncio.Future[list[tuple[int, bytes] | BaseException]]:
+        """`propose_each` begun now; `proposed_each` reads its future's result (for a caller
+        that settles many waiters in a callback, with no task of its own)."""
         fut: asyncio.Future[list[tuple[int, bytes] | BaseException]] = self._future()
         self._core.propose_each(group_id, list(payloads), timeout_ms, fut, kind)
-        return [_proposed(item) for item in await fut]
+        return fut
 
     def serve_kv_requests(
         self, transport: Transport, *, read_lease: bool = True, quota_bytes: int = 0
@@ -484,12 +497,17 @@ def kv_result(data: bytes) -> tuple[KvStatus, bytes | None]:
     return cast(KvStatus, status), value
 
 
-def _proposed(item: tuple[int, bytes] | BaseException) -> Proposed | ClusterError:
-    if isinstance(item, ClusterError):
-        return item
-    if isinstance(item, BaseException):  # the binding raises only ClusterErrors
-        raise item
-    return Proposed(*item)
+def proposed_each(items: list[tuple[int, bytes] | BaseException]) -> list[Proposed | ClusterError]:
+    """What a `propose_each_nowait` future resolved with, one `Proposed` or error per payload."""
+    out: list[Proposed | ClusterError] = []
+    for item in items:
+        if isinstance(item, ClusterError):
+            out.append(item)
+        elif isinstance(item, BaseException):  # the binding answers only ClusterErrors
+            raise item
+        else:
+            out.append(Proposed(*item))
+    return out
 
 
 def _group_status(d: dict[str, object]) -> GroupStatus:

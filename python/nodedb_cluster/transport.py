@@ -374,9 +374,14 @@ class Transport:
 
     async def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Reply:
         """Request/response to a registered peer; an Error reply raises `RemoteError`."""
+        return await self.send_rpc_nowait(node_id, kind, payload)
+
+    def send_rpc_nowait(self, node_id: int, kind: int, payload: bytes) -> asyncio.Future[Reply]:
+        """`send_rpc` begun now, its reply a future: for a caller that settles many waiters
+        from one reply in a callback, with no task of its own."""
         future: asyncio.Future[Reply] = self._attach().create_future()
         self._core.send_rpc(node_id, kind, payload, future)
-        return await future
+        return future
 
     async def send_rpc_to_addr(self, addr: str | SocketAddr, kind: int, payload: bytes) -> Reply:
         """Request/response to an address (e.g. a join seed, whose node id is unknown)."""

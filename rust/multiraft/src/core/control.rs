@@ -1,5 +1,6 @@
 //! Control of one group: membership changes, leader transfer, campaigns, status.
 
+use super::propose::writable_leader;
 use super::*;
 
 impl MultiRaftCore {
@@ -15,18 +16,8 @@ impl MultiRaftCore {
         let no_space = self.disk.refuses_writes().then(|| self.data_dir());
         let r = (|| {
             let g = self.group_mut(gid)?;
-            if g.raw.raft.state != StateRole::Leader {
-                return Err(RaftError::NotLeader {
-                    group: gid,
-                    leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
-                });
-            }
-            if let Some(data_dir) = &no_space {
-                // Every conf change is an entry every member must persist, a shrinking one too.
-                return Err(RaftError::NoSpace {
-                    data_dir: data_dir.clone(),
-                });
-            }
+            // A conf change is an entry every member must persist, a shrinking one too.
+            writable_leader(g, gid, no_space.as_deref())?;
             if changes.is_empty() || changes.iter().any(|c| node_of(c).0 == 0) {
                 return Err(RaftError::Invalid {
                     reason: format!("bad membership change {changes:?}"),

@@ -12,7 +12,7 @@ use raft::StateRole;
 use super::{MultiRaftCore, ProposeOutcome, Reply};
 use crate::codec::{encode_commands, entry_refusal};
 use crate::error::RaftError;
-use crate::group::PendingProposal;
+use crate::group::{Group, PendingProposal};
 use crate::ids::{GroupId, NodeId};
 use crate::metrics::Metrics;
 use crate::state_machine::StateMachineKind;
@@ -91,19 +91,7 @@ impl MultiRaftCore {
                     });
                 }
             }
-            if g.raw.raft.state != StateRole::Leader {
-                return Err(RaftError::NotLeader {
-                    group: gid,
-                    leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
-                });
-            }
-            if let Some(data_dir) = &no_space {
-                // NO_SPACE (or a stalled round): a leader refuses; a follower still names the
-                // leader above, whose disk may have room.
-                return Err(RaftError::NoSpace {
-                    data_dir: data_dir.clone(),
-                });
-            }
+            writable_leader(g, gid, no_space.as_deref())?;
             if g.proposals.len() + count > limit {
                 return Err(RaftError::Busy {
                     reason: "too many pending proposals in this group",
@@ -162,4 +150,26 @@ impl MultiRaftCore {
         }
         reply.send(Err(e));
     }
+}
+
+/// Whether `g` may take a new entry here: it must lead (else `NotLeader` with its hint) and
+/// the disk must have room (`no_space`: NO_SPACE or a stalled round; every entry is a write
+/// every member must persist). A follower names the leader first, whose disk may have room.
+pub(super) fn writable_leader(
+    g: &Group,
+    gid: GroupId,
+    no_space: Option<&std::path::Path>,
+) -> Result<(), RaftError> {
+    if g.raw.raft.state != StateRole::Leader {
+        return Err(RaftError::NotLeader {
+            group: gid,
+            leader_hint: NodeId::from_raft(g.raw.raft.leader_id),
+        });
+    }
+    if let Some(data_dir) = no_space {
+        return Err(RaftError::NoSpace {
+            data_dir: data_dir.to_path_buf(),
+        });
+    }
+    Ok(())
 }
