@@ -40,8 +40,10 @@ from nodedb_cluster.errors import (
 from nodedb_cluster.raft import Proposed, RaftEngine, proposed_each
 from nodedb_cluster.transport import Transport
 
-HOST_VERSION: Final = 2
-"""The newest HOST_PROPOSE version this build speaks (rust/wire/src/host.rs)."""
+HOST_VERSION: Final = _core.HOST_VERSION
+"""The newest HOST_PROPOSE version this build speaks (rust/wire/src/host.rs): a batch."""
+HOST_ITEMS_MAX: Final = _core.HOST_ITEMS_MAX
+"""The most commands one HOST_PROPOSE carries; more go in several."""
 BATCH_RETRY_AFTER_S: Final = 60.0
 """How long commands for a leader that refused a batch go one by one before a batch is tried
 again (a rolling upgrade replaces that leader's build meanwhile)."""
@@ -174,7 +176,8 @@ class ProposalQueue:
             if not items:
                 continue
             if target != self._node_id:
-                self._send(target, items)
+                for at in range(0, len(items), HOST_ITEMS_MAX):
+                    self._send(target, items[at : at + HOST_ITEMS_MAX])
                 continue
             by_group: dict[int, list[_Queued]] = {}
             for item in items:

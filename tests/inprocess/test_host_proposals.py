@@ -1,6 +1,7 @@
 """The embedding API's proposal queue over real QUIC: proposals made in one turn of the loop
 reach a leader as ONE HOST_PROPOSE with an outcome each, and a leader from before batches
-(version 1 only) still gets every command, one by one, without a batch being tried on each call.
+(version 1 only) still gets every command, one by one, without a batch being tried on each call;
+more commands than one batch carries go in several.
 The leaders here are transports whose handlers speak the wire contract (rust/wire/src/host.rs):
 the queue's remote side needs no engine."""
 
@@ -13,6 +14,7 @@ from typing import cast
 import msgpack
 import pytest
 
+from nodedb_cluster import host_proposals
 from nodedb_cluster.errors import InvalidRequest, RaftNotLeader
 from nodedb_cluster.host_proposals import ProposalQueue, decode_propose, encode_outcome
 from nodedb_cluster.raft import RaftEngine
@@ -98,4 +100,18 @@ async def test_a_leader_from_before_batches_gets_each_command_alone(
     # Remembered: the next turn's commands go one by one at once, with no batch refused first.
     assert await _propose_all(queue, [b"gh", b"ij"]) == [b"hg", b"ji"]
     assert (leader.refused, len(leader.requests)) == (1, 5)
+    await queue.close()
+
+
+async def test_more_commands_than_a_batch_carries_go_in_several(
+    pair: tuple[Transport, Transport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proposer, transport = pair
+    leader = Leader(batches=True)
+    transport.serve(leader)
+    monkeypatch.setattr(host_proposals, "HOST_ITEMS_MAX", 3)  # 65,536 in the wire schema
+    queue = _queue(proposer)
+    commands = [b"c%d" % i for i in range(7)]
+    assert await _propose_all(queue, commands) == [c[::-1] for c in commands]
+    assert sorted(leader.requests) == [(2, 1), (2, 3), (2, 3)]
     await queue.close()

@@ -242,3 +242,36 @@ fn proposals_of_one_command_each_get_an_entry_and_an_index_each() {
         other => panic!("expected NotLeader, got {other:?}"),
     }
 }
+
+/// Past a group's room for pending proposals, the rest of a call's commands are refused
+/// `Busy` alone; those that fit are proposed.
+#[test]
+fn proposals_past_the_pending_limit_are_refused_alone() {
+    use nodedb_multiraft::core::Reply;
+    let mut c = Cluster::founding_with(
+        1,
+        G,
+        JOURNAL,
+        |cfg| cfg.pending_proposals_max = 2,
+        |_| {
+            let journals = Journals::default();
+            (journals.clone(), factory(journals))
+        },
+    );
+    let l = c.elect(G);
+    let cmds: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i]).collect();
+    let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..cmds.len()).map(|_| oneshot::channel()).unzip();
+    let replies: Vec<Reply<ProposeOutcome>> = txs.into_iter().map(Reply::from).collect();
+    c.core(l).propose_each_for(None, G, cmds, replies);
+    for rx in &mut rxs[2..] {
+        match rx.try_recv() {
+            Ok(Err(RaftError::Busy { .. })) => {}
+            other => panic!("expected Busy at once, got {other:?}"),
+        }
+    }
+    let applied_both = c.drive_until(50, |c| applied(c, l).len() == 2);
+    assert!(applied_both, "the two that fit are applied");
+    for rx in &mut rxs[..2] {
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+    }
+}

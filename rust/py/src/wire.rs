@@ -104,6 +104,8 @@ fn decode_host_propose<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<HostCom
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT_VERSION", FORMAT_VERSION)?;
     m.add("HEADER_BYTES", HEADER_BYTES)?;
+    m.add("HOST_ITEMS_MAX", nodedb_wire::HOST_ITEMS_MAX)?;
+    m.add("HOST_VERSION", nodedb_wire::HOST_VERSION)?;
     m.add("PAYLOAD_BYTES_MAX", PAYLOAD_BYTES_MAX)?;
     m.add("WIRE_VERSION", WIRE_VERSION)?;
     m.add("WIRE_VERSION_MIN", WIRE_VERSION_MIN)?;

@@ -21,6 +21,9 @@ use crate::control::{ControlError, ControlMessage};
 pub const HOST_VERSION: u32 = 2;
 /// A batch's version, and the first build that reads it.
 pub const HOST_BATCH_VERSION: u32 = 2;
+/// The most commands one batch carries (a group's default room for pending proposals); a
+/// sender with more sends several.
+pub const HOST_ITEMS_MAX: usize = 65_536;
 
 fn is_one(v: &u32) -> bool {
     *v == 1
@@ -153,6 +156,12 @@ impl HostRequest {
         if let HostRequest::Batch(batch) = &request {
             if batch.items.is_empty() {
                 return Err(refused("a batch has no items".into()));
+            }
+            if batch.items.len() > HOST_ITEMS_MAX {
+                return Err(refused(format!(
+                    "a batch of {} items; at most {HOST_ITEMS_MAX}",
+                    batch.items.len()
+                )));
             }
         }
         Ok(request)
@@ -293,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_batch_a_zero_timeout_and_version_0_are_refused_naming_why() {
+    fn an_empty_or_oversized_batch_a_zero_timeout_and_version_0_are_refused_naming_why() {
         let empty = HostProposeBatch {
             v: HOST_BATCH_VERSION,
             timeout_ms: 5,
@@ -301,6 +310,16 @@ mod tests {
         };
         let err = HostRequest::decode(&empty.to_msgpack().expect("encode")).expect_err("empty");
         assert!(err.to_string().contains("no items"), "{err}");
+        let item = HostItem {
+            group: 1,
+            command: vec![],
+        };
+        let too_many = HostProposeBatch {
+            items: vec![item; HOST_ITEMS_MAX + 1],
+            ..empty
+        };
+        let err = HostRequest::decode(&too_many.to_msgpack().expect("encode")).expect_err("many");
+        assert!(err.to_string().contains("at most 65536"), "{err}");
         let zero = HostPropose {
             v: 1,
             group: 1,

@@ -20,7 +20,7 @@ pub use frame::{
 };
 pub use host::{
     HostAnswer, HostItem, HostOutcomes, HostPropose, HostProposeBatch, HostProposeResponse,
-    HostRequest, HOST_BATCH_VERSION, HOST_VERSION,
+    HostRequest, HOST_BATCH_VERSION, HOST_ITEMS_MAX, HOST_VERSION,
 };
 pub use kind::{KindRow, KindStatus, MessageKind, Role, Roles, KINDS};
 pub use kv::{

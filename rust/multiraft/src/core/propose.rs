@@ -70,19 +70,18 @@ impl MultiRaftCore {
         }
     }
 
-    /// `entries` (encoded entry data, its reply) appended in order by one raft proposal, or
-    /// all refused with the same error.
+    /// `entries` (encoded entry data, its reply) appended in order by one raft proposal. A
+    /// refusal of the group (not leader, no space, another state machine) answers all; past the
+    /// group's room for pending proposals the rest are answered `Busy`, alone.
     fn propose_entries(
         &mut self,
         kind: Option<StateMachineKind>,
         gid: GroupId,
-        entries: Vec<(Vec<u8>, Reply<ProposeOutcome>)>,
+        mut entries: Vec<(Vec<u8>, Reply<ProposeOutcome>)>,
     ) {
         let limit = self.cfg.pending_proposals_max;
         let no_space = self.disk.refuses_writes().then(|| self.data_dir());
-        let count = entries.len();
-        let (datas, replies): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
-        let r = (|| {
+        let room = (|| {
             let g = self.group_mut(gid)?;
             if let Some(kind) = kind {
                 if g.meta.sm_kind != kind.tag() {
@@ -92,11 +91,28 @@ impl MultiRaftCore {
                 }
             }
             writable_leader(g, gid, no_space.as_deref())?;
-            if g.proposals.len() + count > limit {
-                return Err(RaftError::Busy {
-                    reason: "too many pending proposals in this group",
-                });
+            Ok(limit.saturating_sub(g.proposals.len()))
+        })();
+        let over = match room {
+            Ok(room) => entries.split_off(room.min(entries.len())),
+            Err(e) => {
+                for (_, reply) in entries {
+                    self.refused(reply, e.clone());
+                }
+                return;
             }
+        };
+        for (_, reply) in over {
+            let reason = "too many pending proposals in this group";
+            self.refused(reply, RaftError::Busy { reason });
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let count = entries.len();
+        let (datas, replies): (Vec<_>, Vec<_>) = entries.into_iter().unzip();
+        let r = (|| -> Result<(u64, u64), RaftError> {
+            let g = self.group_mut(gid)?;
             let before = g.raw.raft.raft_log.last_index();
             let mut m = Message::default();
             m.set_msg_type(MessageType::MsgPropose);
