@@ -30,10 +30,12 @@ use nodedb_wire::KvNode;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::bridge::{settle, LoopBridge, UnresolvedCall};
+use crate::bridge::LoopBridge;
 use crate::errors::{cluster_error, engine_error, raft_error};
 use crate::host_state_machine::{PyStateMachine, HOST_STATE_MACHINE};
-use crate::raft_convert::{histogram_row, none, status_to_py, timeout, HistogramRow};
+use crate::raft_convert::{
+    bridge_reply, histogram_row, kind_of, none, status_to_py, timeout, HistogramRow,
+};
 use crate::transport::{transport_runtime, PyTransport};
 
 /// Frames queued per peer by the raft network adapter before drops (raft retransmits).
@@ -69,9 +71,7 @@ impl PyRaftEngine {
             .ok_or_else(|| cluster_error(py, "UnknownGroup", (group_id,)))
     }
 
-    /// A `Reply` that settles `future` straight from the driver thread through the loop bridge
-    /// (no runtime hop on the hot path), raced by a timer that settles it with `Timeout`;
-    /// whichever comes first wins, the other does nothing.
+    /// A `Reply` that settles `future` through this engine's loop bridge (`raft_convert`).
     fn bridge_reply<T: Send + 'static>(
         &self,
         future: Py<PyAny>,
@@ -79,39 +79,7 @@ impl PyRaftEngine {
         timeout: Duration,
         to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
     ) -> Reply<T> {
-        let future = Arc::new(future);
-        // The one owed call: whichever of the two takes it settles the future, the other
-        // finds it gone and does nothing.
-        let pending = Arc::new(Mutex::new(Some(self.bridge.unresolved_call())));
-        let (timer_pending, timer_bridge, timer_future) = (
-            Arc::clone(&pending),
-            self.bridge.clone(),
-            Arc::clone(&future),
-        );
-        self.runtime.spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(call) = take_pending(&timer_pending) {
-                let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-                timer_bridge.push(Box::new(move |py| {
-                    let err = raft_error(py, RaftError::Timeout { op, timeout_ms });
-                    settle(py, &timer_future, Err(err));
-                    drop(call);
-                }));
-            }
-        });
-        let bridge = self.bridge.clone();
-        Reply::new(move |result: Result<T, RaftError>| {
-            if let Some(call) = take_pending(&pending) {
-                bridge.push(Box::new(move |py| {
-                    let value = match result {
-                        Ok(value) => to_py(py, value),
-                        Err(err) => Err(raft_error(py, err)),
-                    };
-                    settle(py, &future, value);
-                    drop(call);
-                }));
-            }
-        })
+        bridge_reply(self.runtime, &self.bridge, future, op, timeout, to_py)
     }
 
     /// Run `work` on the runtime; resolve `future` on the loop thread (see `bridge::spawn_settle`).
@@ -797,25 +765,7 @@ impl Drop for PyRaftEngine {
     }
 }
 
-/// The owed call of a `bridge_reply`, to the first of its reply and its timer that asks.
-fn take_pending(pending: &Mutex<Option<UnresolvedCall>>) -> Option<UnresolvedCall> {
-    pending.lock().unwrap_or_else(|p| p.into_inner()).take()
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRaftEngine>()?;
     Ok(())
-}
-
-/// `"kv"` or `"python"`, the state machine kinds a group can run.
-fn kind_of(py: Python<'_>, kind: &str) -> PyResult<StateMachineKind> {
-    match kind {
-        "kv" => Ok(KV_STATE_MACHINE),
-        "python" => Ok(HOST_STATE_MACHINE),
-        other => Err(cluster_error(
-            py,
-            "ConfigError",
-            ("kind", format!("{other:?} is not \"kv\" or \"python\"")),
-        )),
-    }
 }

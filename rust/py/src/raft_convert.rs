@@ -1,12 +1,19 @@
-//! The engine's types as Python takes them (statuses, histograms, timeouts): translation only.
+//! The engine's types as Python takes them (statuses, histograms, timeouts, state machine kinds,
+//! replies that settle asyncio futures): translation only.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nodedb_multiraft::{GroupStatus, Role};
+use nodedb_kv::KV_STATE_MACHINE;
+use nodedb_multiraft::core::Reply;
+use nodedb_multiraft::error::RaftError;
+use nodedb_multiraft::{GroupStatus, Role, StateMachineKind};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::errors::cluster_error;
+use crate::bridge::{settle, LoopBridge, UnresolvedCall};
+use crate::errors::{cluster_error, raft_error};
+use crate::host_state_machine::HOST_STATE_MACHINE;
 
 /// Upper bound for every timeout a caller passes (a day): a typo cannot park a future forever.
 const TIMEOUT_MS_MAX: u64 = 86_400_000;
@@ -69,4 +76,65 @@ pub(crate) fn histogram_row(
 
 pub(crate) fn none(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
     Ok(py.None())
+}
+
+/// A `Reply` that settles `future` straight from the driver thread through the loop bridge
+/// (no runtime hop on the hot path), raced by a timer on `runtime` that settles it with
+/// `Timeout`; whichever comes first wins, the other does nothing.
+pub(crate) fn bridge_reply<T: Send + 'static>(
+    runtime: &'static tokio::runtime::Runtime,
+    bridge: &Arc<LoopBridge>,
+    future: Py<PyAny>,
+    op: &'static str,
+    timeout: Duration,
+    to_py: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+) -> Reply<T> {
+    let future = Arc::new(future);
+    // The one owed call: whichever of the two takes it settles the future, the other
+    // finds it gone and does nothing.
+    let pending = Arc::new(Mutex::new(Some(bridge.unresolved_call())));
+    let (timer_pending, timer_bridge, timer_future) =
+        (Arc::clone(&pending), bridge.clone(), Arc::clone(&future));
+    runtime.spawn(async move {
+        tokio::time::sleep(timeout).await;
+        if let Some(call) = take_pending(&timer_pending) {
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            timer_bridge.push(Box::new(move |py| {
+                let err = raft_error(py, RaftError::Timeout { op, timeout_ms });
+                settle(py, &timer_future, Err(err));
+                drop(call);
+            }));
+        }
+    });
+    let bridge = bridge.clone();
+    Reply::new(move |result: Result<T, RaftError>| {
+        if let Some(call) = take_pending(&pending) {
+            bridge.push(Box::new(move |py| {
+                let value = match result {
+                    Ok(value) => to_py(py, value),
+                    Err(err) => Err(raft_error(py, err)),
+                };
+                settle(py, &future, value);
+                drop(call);
+            }));
+        }
+    })
+}
+
+/// The owed call of a `bridge_reply`, to the first of its reply and its timer that asks.
+fn take_pending(pending: &Mutex<Option<UnresolvedCall>>) -> Option<UnresolvedCall> {
+    pending.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// `"kv"` or `"python"`, the state machine kinds a group can run.
+pub(crate) fn kind_of(py: Python<'_>, kind: &str) -> PyResult<StateMachineKind> {
+    match kind {
+        "kv" => Ok(KV_STATE_MACHINE),
+        "python" => Ok(HOST_STATE_MACHINE),
+        other => Err(cluster_error(
+            py,
+            "ConfigError",
+            ("kind", format!("{other:?} is not \"kv\" or \"python\"")),
+        )),
+    }
 }
