@@ -146,6 +146,7 @@ class ProposalQueue:
         """`command`'s result from `target`, which should lead `group`; by `deadline` (loop
         time), or `OutcomeUnknown` once it was sent (`Timeout` if it never was)."""
         loop = asyncio.get_running_loop()
+        timeout_ms = max(1, int((deadline - loop.time()) * 1000))
         item = _Queued(group, command, deadline, loop.create_future())
         self._queued.setdefault(target, []).append(item)
         if not self._flush_scheduled:
@@ -157,7 +158,7 @@ class ProposalQueue:
         except TimeoutError:
             if item.sent:
                 raise OutcomeUnknown(group, f"no answer from node {target} in time") from None
-            raise Timeout("propose", 0) from None
+            raise Timeout("propose", timeout_ms) from None
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -30,7 +30,7 @@ impl<T: Send + 'static> From<oneshot::Sender<Result<T, RaftError>>> for Reply<T>
 
 /// One reply for many requests: `slot(i)` answers request `i`, and the reply gets every
 /// answer, in order, once the last one arrives. Used to propose several entries in one call
-/// and answer them together (`EngineHandle::propose_each_for_with`).
+/// and answer them together (`MultiRaft::propose_each_for_with`).
 pub struct Gather<T> {
     state: std::sync::Mutex<GatherState<T>>,
 }

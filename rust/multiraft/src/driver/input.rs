@@ -13,7 +13,7 @@ pub(super) enum Input {
         commands: Vec<Vec<u8>>,
         reply: Reply<ProposeOutcome>,
     },
-    /// Each command its own entry (`EngineHandle::propose_each_for_with`).
+    /// Each command its own entry (`MultiRaft::propose_each_for_with`).
     ProposeEach {
         kind: Option<StateMachineKind>,
         group: GroupId,
