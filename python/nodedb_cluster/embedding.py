@@ -29,34 +29,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from nodedb_cluster import wire
 from nodedb_cluster.errors import (
     ClusterError,
+    EngineStopped,
     InvalidRequest,
-    LeadershipLost,
     OutcomeUnknown,
     RaftNotLeader,
     Timeout,
-    UnknownGroup,
 )
-from nodedb_cluster.host_proposals import (
-    NOT_SENT,
-    ProposalQueue,
-    decode_propose,
-    encode_outcome,
-)
+from nodedb_cluster.host_proposals import NOT_SENT, ProposalQueue
 from nodedb_cluster.leaders import LeaderView, changed_leaders
-from nodedb_cluster.raft import Proposed, RaftEngine
+from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
-from nodedb_cluster.transport import Peer, Reply, Transport, wire_error
+from nodedb_cluster.transport import Peer, Reply, Transport
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_S_DEFAULT: Final = 5.0
 """A call's deadline unless given (docs/WIRE.md's RPC bound)."""
-SERVE_TIMEOUT_MS_MAX: Final = 60_000
-"""A forwarded command's timeout is capped here: a peer cannot hold a leader's slot longer."""
 NO_LEADER_WAIT_S: Final = 0.05
 """How long a proposer with no leader to try waits for one to be elected before trying again."""
 
@@ -229,61 +220,21 @@ class DataGroups:
                 await self._watcher
             self._watcher = None
 
-    # --- serving HOST_PROPOSE (registered on the node's control dispatch) ------------------------
+    # --- HOST_PROPOSE ---------------------------------------------------------------------------
 
-    async def serve_propose(self, peer: Peer, payload: bytes) -> Reply:
-        """Propose forwarded commands on groups this node leads; never forward them again.
-        Version 1 (one command) answers one outcome, and a failure that is not about
-        leadership as an ERROR frame; version 2 answers one outcome per command, in order."""
+    def serve_proposals(self) -> None:
+        """Answer forwarded commands in Rust from now on (the engine's `HostProposeServer`):
+        each group's share proposed to the host's state machine, one outcome per command,
+        never forwarded again. A node of the built-in KV does not: its control dispatch
+        refuses them (`refuse_propose`)."""
+        if self._host:
+            self._engine.serve_host_proposals(self._transport)
+
+    async def refuse_propose(self, peer: Peer, payload: bytes) -> Reply:
+        """What a HOST_PROPOSE that reaches Python is answered: a KV node's `NotEmbedded`, or a
+        host node whose engine no longer serves."""
         self._require_host()
-        version, timeout_ms, items = decode_propose(payload)
-        timeout_ms = min(timeout_ms, SERVE_TIMEOUT_MS_MAX)
-        outcomes: list[dict[str, object]] = [{} for _ in items]
-        by_group: dict[int, list[int]] = {}
-        for i, (group, _) in enumerate(items):
-            by_group.setdefault(group, []).append(i)
-
-        async def serve_group(group: int, at: list[int]) -> None:
-            commands = [items[i][1] for i in at]
-            docs = await self._serve_group(group, commands, timeout_ms, version == 1)
-            for i, doc in zip(at, docs, strict=True):
-                outcomes[i] = doc
-
-        if len(by_group) == 1:  # the usual batch: no task for it
-            await serve_group(*next(iter(by_group.items())))
-        else:
-            await asyncio.gather(*(serve_group(g, at) for g, at in by_group.items()))
-        answer: dict[str, object] = outcomes[0] if version == 1 else {"outcomes": outcomes}
-        return wire.MessageKind.HOST_PROPOSE_RESPONSE, encode_outcome(answer)
-
-    async def _serve_group(
-        self, group: int, commands: list[bytes], timeout_ms: int, raise_failures: bool
-    ) -> list[dict[str, object]]:
-        outs: list[Proposed | ClusterError]
-        if group == METADATA_GROUP_ID:
-            refusal = InvalidRequest("group 0 is the cluster's metadata group, not a data group")
-            outs = [refusal] * len(commands)
-        else:
-            try:
-                outs = await self._engine.propose_each(group, commands, timeout_ms, kind="python")
-            except ClusterError as e:  # the whole call: its deadline, a stopped engine
-                outs = [e] * len(commands)
-        docs: list[dict[str, object]] = []
-        for out in outs:
-            if isinstance(out, Proposed):
-                docs.append({"outcome": "applied", "index": out.index, "result": out.result})
-            elif isinstance(out, RaftNotLeader):
-                docs.append({"outcome": "not_leader", "leader": out.leader_id})
-            elif isinstance(out, UnknownGroup):
-                docs.append({"outcome": "not_leader", "leader": None})
-            elif isinstance(out, (LeadershipLost, Timeout)):
-                docs.append({"outcome": "unknown", "reason": str(out)})
-            elif raise_failures:
-                raise out
-            else:
-                code, message = wire_error(out)
-                docs.append({"outcome": "failed", "code": code, "message": message})
-        return docs
+        raise EngineStopped("this node's engine is closed")
 
     # --- internals ----------------------------------------------------------------------------
 

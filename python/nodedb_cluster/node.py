@@ -231,7 +231,10 @@ class Node:
     def serve(self) -> None:
         """Answer RPCs from now on: control kinds through `self.control`; raft frames inside the
         engine; every KV_REQUEST inside the Rust KV server (nodedb-kv), which also serves this
-        node's own `node.kv` calls in process."""
+        node's own `node.kv` calls in process; on a host's node, every HOST_PROPOSE in the
+        engine too (registered before serving, so none meets Python's refusal)."""
+        if self._data is not None:
+            self._data.serve_proposals()
         self.transport.serve(self.control)
         self._tasks.append(asyncio.ensure_future(log_refusals(self.transport)))
         self._tasks.append(asyncio.ensure_future(forward_core_logs()))
@@ -367,7 +370,7 @@ class Node:
         return await self.audit.handle_request(peer, payload)
 
     async def _on_host_propose(self, peer: Peer, payload: bytes) -> Reply:
-        return await self.data.serve_propose(peer, payload)
+        return await self.data.refuse_propose(peer, payload)
 
     # --- state --------------------------------------------------------------------------------
 

@@ -284,6 +284,12 @@ class RaftEngine:
         `close`."""
         self._core.serve_kv_requests(transport._core, read_lease, quota_bytes)
 
+    def serve_host_proposals(self, transport: Transport) -> None:
+        """Answer every HOST_PROPOSE of `transport` in Rust from now on: commands other nodes
+        forwarded for groups that run the host's state machine (nodedb-multiraft's
+        `HostProposeServer`). Undone by `close`."""
+        self._core.serve_host_proposals(transport._core)
+
     def set_kv_routing(self, routing: bytes, nodes: list[tuple[int, str, bytes | None]]) -> None:
         """What the KV server answers a `Client` asking for routing from now on: the encoded
         routing table and the members (id, "ip:port", SPKI pin or None)."""

@@ -254,6 +254,9 @@ class RaftEngine:
         """Answer every KV_REQUEST of `transport` in Rust (none reaches Python); undone by
         `close`. `read_lease`: linearizable reads may use the leader's lease; `quota_bytes`:
         a group at it takes only deletes (0: no quota)."""
+    def serve_host_proposals(self, transport: Transport) -> None:
+        """Answer every HOST_PROPOSE of `transport` in Rust (none reaches Python); undone by
+        `close`."""
     def set_kv_routing(
         self, routing: bytes, nodes: list[tuple[int, str, bytes | None]]
     ) -> None:

@@ -467,6 +467,24 @@ impl MultiRaft {
         self.wait("propose", rx, timeout).await
     }
 
+    /// `propose_each_for_with` as a future: one outcome per command, in order, or an `Err` for
+    /// the whole call (its deadline, a stopped engine).
+    pub async fn propose_each_for(
+        &self,
+        kind: Option<StateMachineKind>,
+        group: GroupId,
+        commands: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<ProposeOutcome, RaftError>>, RaftError> {
+        let rx = self.submit(|reply| Input::ProposeEach {
+            kind,
+            group,
+            commands,
+            reply,
+        });
+        self.wait("propose", rx, timeout).await
+    }
+
     /// Confirms leadership with a quorum; resolves with the read index once applied locally.
     pub async fn read_index(&self, group: GroupId, timeout: Duration) -> Result<u64, RaftError> {
         Ok(self.read_index_leased(group, None, timeout).await?.index)

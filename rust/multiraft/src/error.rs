@@ -51,6 +51,40 @@ pub enum RaftError {
     NoSpace { data_dir: PathBuf },
 }
 
+impl RaftError {
+    /// The name every node and the binding give this failure: the `nodedb_cluster.errors`
+    /// class a requester raises again, sent as an Error frame's or a failed outcome's `code`
+    /// (KV_REQUEST, HOST_PROPOSE) and instantiated by the binding. One table for all of them.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RaftError::NotLeader { .. } => "RaftNotLeader",
+            RaftError::Timeout { .. } => "Timeout",
+            RaftError::GroupNotFound { .. } => "UnknownGroup",
+            RaftError::Busy { .. } => "Busy",
+            RaftError::LeadershipLost { .. } => "LeadershipLost",
+            RaftError::Stopped { .. } => "EngineStopped",
+            RaftError::Invalid { .. } => "InvalidRequest",
+            RaftError::NoSpace { .. } => "NoSpace",
+        }
+    }
+
+    /// The text sent with [`RaftError::code`]: the data dir for `NoSpace` (what
+    /// `errors.NoSpace(data_dir)` is built from again on the other side), else the message.
+    pub fn wire_message(&self) -> String {
+        match self {
+            RaftError::NoSpace { data_dir } => data_dir.display().to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The Error frame a server answers a failed request with: the engine's code and its text.
+impl From<RaftError> for nodedb_transport::HandlerError {
+    fn from(err: RaftError) -> Self {
+        nodedb_transport::HandlerError::new(err.code(), err.wire_message())
+    }
+}
+
 /// Failures of the durable log seam.
 #[derive(Debug, Error)]
 pub enum SinkError {

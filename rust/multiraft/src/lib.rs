@@ -19,6 +19,7 @@ pub mod core;
 pub mod driver;
 pub mod error;
 mod group;
+pub mod host_serve;
 pub mod ids;
 pub mod lease_board;
 pub mod log_sink;
@@ -42,6 +43,7 @@ pub use crate::core::{
 pub use crate::driver::{Inbound, MultiRaft};
 pub use crate::error::{EngineError, RaftError};
 pub use crate::group::ReadLease;
+pub use crate::host_serve::HostProposeServer;
 pub use crate::ids::{GroupId, NodeId};
 pub use crate::lease_board::LeaseBoard;
 pub use crate::log_sink::{LogRepair, LogSink, MemLogSink, SpaceStatus};

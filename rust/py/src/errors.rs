@@ -122,23 +122,22 @@ pub fn transport_error_with(py: Python<'_>, err: TransportError) -> PyErr {
     }
 }
 
-/// An engine call's failure.
+/// An engine call's failure: the class is the engine's code for it ([`RaftError::code`], the
+/// same name peers send), the arguments each class's constructor takes.
 pub fn raft_error(py: Python<'_>, err: RaftError) -> PyErr {
+    let class = err.code();
     match err {
-        RaftError::NotLeader { group, leader_hint } => {
-            cluster_error(py, "RaftNotLeader", (group.0, leader_hint.map(|n| n.0)))
+        RaftError::NotLeader { group, leader_hint }
+        | RaftError::LeadershipLost { group, leader_hint } => {
+            cluster_error(py, class, (group.0, leader_hint.map(|n| n.0)))
         }
-        RaftError::Timeout { op, timeout_ms } => cluster_error(py, "Timeout", (op, timeout_ms)),
-        RaftError::GroupNotFound { group } => cluster_error(py, "UnknownGroup", (group.0,)),
-        RaftError::Busy { reason } => cluster_error(py, "Busy", (reason,)),
-        RaftError::LeadershipLost { group, leader_hint } => {
-            cluster_error(py, "LeadershipLost", (group.0, leader_hint.map(|n| n.0)))
+        RaftError::Timeout { op, timeout_ms } => cluster_error(py, class, (op, timeout_ms)),
+        RaftError::GroupNotFound { group } => cluster_error(py, class, (group.0,)),
+        RaftError::Busy { reason } => cluster_error(py, class, (reason,)),
+        RaftError::Stopped { reason } | RaftError::Invalid { reason } => {
+            cluster_error(py, class, (reason,))
         }
-        RaftError::Stopped { reason } => cluster_error(py, "EngineStopped", (reason,)),
-        RaftError::Invalid { reason } => cluster_error(py, "InvalidRequest", (reason,)),
-        RaftError::NoSpace { data_dir } => {
-            cluster_error(py, "NoSpace", (data_dir.display().to_string(),))
-        }
+        err @ RaftError::NoSpace { .. } => cluster_error(py, class, (err.wire_message(),)),
     }
 }
 

@@ -22,8 +22,8 @@ use nodedb_kv::{KvReader, KV_STATE_MACHINE};
 use nodedb_multiraft::core::{ProposeOutcome, Reply};
 use nodedb_multiraft::error::{RaftError, SmError};
 use nodedb_multiraft::{
-    GroupId, GroupRole, LostTailPolicy, MembershipChange, MultiRaft, MultiRaftConfig, NodeId,
-    StateMachine, StateMachineKind, TransportNetwork, WalSink,
+    GroupId, GroupRole, HostProposeServer, LostTailPolicy, MembershipChange, MultiRaft,
+    MultiRaftConfig, NodeId, StateMachine, StateMachineKind, TransportNetwork, WalSink,
 };
 use nodedb_transport::{MessageKind, Transport};
 use nodedb_wire::KvNode;
@@ -48,14 +48,20 @@ pub struct PyRaftEngine {
     bridge: Arc<LoopBridge>,
     /// The transport's runtime: request hops, raft frame pumps and QUIC stay on one runtime.
     runtime: &'static tokio::runtime::Runtime,
-    /// The transport whose KV_REQUESTs `serve_kv_requests` answers here (unregistered on close).
-    kv_transport: Mutex<Option<Weak<Transport>>>,
+    /// The kinds `serve_kv_requests` / `serve_host_proposals` answer here, and on which
+    /// transport (unregistered on close).
+    served: Mutex<Vec<(Weak<Transport>, MessageKind)>>,
     /// The KV server `serve_kv_requests` registered: a `KvClient` in this node serves its own
     /// share through it (`KvClient.serve_locally`). Dropped on close.
     kv_server: Mutex<Option<Arc<KvServer>>>,
 }
 
 impl PyRaftEngine {
+    fn served(&self, transport: &Arc<Transport>, kind: MessageKind) {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        served.push((Arc::downgrade(transport), kind));
+    }
+
     /// The KV server of `serve_kv_requests`, if it was called (and `close` was not).
     pub(crate) fn kv_server(&self) -> Option<Arc<KvServer>> {
         self.kv_server
@@ -187,7 +193,7 @@ impl PyRaftEngine {
             kv_groups,
             bridge,
             runtime,
-            kv_transport: Mutex::new(None),
+            served: Mutex::new(Vec::new()),
             kv_server: Mutex::new(None),
         })
     }
@@ -434,8 +440,17 @@ impl PyRaftEngine {
         ));
         shared.register_handler(MessageKind::KV_REQUEST, Arc::clone(&handler) as _);
         *self.kv_server.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
-        *self.kv_transport.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Arc::downgrade(&shared));
+        self.served(&shared, MessageKind::KV_REQUEST);
+    }
+
+    /// Answer every HOST_PROPOSE of `transport` in Rust from now on (nodedb_multiraft's
+    /// `HostProposeServer`: each group's share proposed to the host's state machine, one
+    /// outcome per command); none reaches Python. Undone by `close`.
+    fn serve_host_proposals(&self, transport: &PyTransport) {
+        let shared = transport.shared();
+        let handler = HostProposeServer::new(Arc::downgrade(&self.engine), HOST_STATE_MACHINE);
+        shared.register_handler(MessageKind::HOST_PROPOSE, Arc::new(handler));
+        self.served(&shared, MessageKind::HOST_PROPOSE);
     }
 
     /// The routing snapshot KV_REQUEST `routing` is answered with: `routing` =
@@ -738,13 +753,11 @@ impl PyRaftEngine {
     /// Stop the engine: pending requests fail with EngineStopped. Blocks (without the GIL)
     /// until the driver thread exited.
     fn close(&self, py: Python<'_>) {
-        let served = self
-            .kv_transport
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(transport) = served.and_then(|t| t.upgrade()) {
-            transport.unregister_handler(MessageKind::KV_REQUEST);
+        let served = std::mem::take(&mut *self.served.lock().unwrap_or_else(|p| p.into_inner()));
+        for (transport, kind) in served {
+            if let Some(transport) = transport.upgrade() {
+                transport.unregister_handler(kind);
+            }
         }
         self.kv_server
             .lock()

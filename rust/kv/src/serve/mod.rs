@@ -50,7 +50,7 @@ use self::group_commit::{entry, Batcher};
 use self::reads::{new_clocks, Pending, ReadFail, ReadPath};
 use self::reply_room::{node_room, HeldPayload, NoRoom, ReplyRoom, REPLY_VALUE_BYTES_MAX};
 use self::request::{parse, Served};
-use crate::client::error::{INVALID_REQUEST, NO_SPACE, QUOTA_EXCEEDED};
+use crate::client::error::{INVALID_REQUEST, QUOTA_EXCEEDED};
 use crate::command::is_delete;
 use crate::groups::KvGroups;
 use crate::keys_read::Found;
@@ -371,7 +371,7 @@ fn answer_one_failure(reads: &ReadPath, group: u64, fail: ReadFail) -> HandlerRe
         ReadFail::Raft(RaftError::GroupNotFound { .. }) => KvResponse::NotLeader {
             leader: reads.hint(group),
         },
-        ReadFail::Raft(err) => return Err(handler_error(err)),
+        ReadFail::Raft(err) => return Err(HandlerError::from(err)),
         ReadFail::NoRoom(why) => return Err(no_room(why)),
     };
     frame(response)
@@ -531,34 +531,13 @@ pub(super) fn classify(
         RaftError::LeadershipLost { .. } | RaftError::Timeout { .. } => {
             reply.unknown.push(group);
         }
-        err => return Err(handler_error(err)),
+        err => return Err(HandlerError::from(err)),
     }
     Ok(())
 }
 
 pub(super) fn encode(reply: KvResults<'_>) -> HandlerResult {
     frame(KvResponse::Results(reply))
-}
-
-/// The Error code of a failed request: the Python exception class name the requester raises
-/// again (what the Python handler sent before this server answered everything).
-/// `NoSpace` carries the data dir as its message, as `errors.NoSpace(data_dir)` takes it (the
-/// client raises the same class again; transport.py's `_fail` sends the same).
-fn handler_error(err: RaftError) -> HandlerError {
-    if let RaftError::NoSpace { data_dir } = &err {
-        return HandlerError::new(NO_SPACE, data_dir.display().to_string());
-    }
-    let code = match &err {
-        RaftError::Busy { .. } => "Busy",
-        RaftError::Stopped { .. } => "EngineStopped",
-        RaftError::Invalid { .. } => INVALID_REQUEST,
-        RaftError::NotLeader { .. } => "RaftNotLeader",
-        RaftError::GroupNotFound { .. } => "UnknownGroup",
-        RaftError::LeadershipLost { .. } => "LeadershipLost",
-        RaftError::Timeout { .. } => "Timeout",
-        RaftError::NoSpace { .. } => NO_SPACE,
-    };
-    HandlerError::new(code, err.to_string())
 }
 
 impl FrameHandler for KvServer {
