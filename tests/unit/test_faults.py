@@ -34,6 +34,7 @@ from nodedb_cluster.faults.nemesis import (
     format_schedule,
     plan_schedule,
 )
+from nodedb_cluster.faults.run import SLOW_FAILOVER_MS, RunResult, slow_failovers_ms
 from nodedb_cluster.faults.summary import percentile
 from nodedb_cluster.localcluster import groups_formed
 
@@ -436,3 +437,14 @@ def test_the_recorded_put_retry_history_is_caught_and_its_legal_twin_passes() ->
     ]
     assert len(late) == 2  # the reads that saw the second application
     assert check([o for o in ops if o not in late]).verdict is Verdict.OK
+
+
+def test_a_slow_failover_is_picked_out_to_keep_the_runs_artifacts() -> None:
+    """A passing run with a failover over the bound keeps its logs and history (the tail can
+    then be explained); a run of usual failovers keeps nothing."""
+    usual = RunResult(seed=1, schedule=(), failovers_ms=[480.0, 760.0])
+    assert usual.passed
+    assert slow_failovers_ms(usual) == []
+    tail = RunResult(seed=2, schedule=(), failovers_ms=[600.0, SLOW_FAILOVER_MS + 715.4])
+    assert tail.passed
+    assert slow_failovers_ms(tail) == [round(SLOW_FAILOVER_MS + 715.4)]

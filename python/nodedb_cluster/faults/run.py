@@ -68,6 +68,10 @@ VSHARD_SETTLE_MAX_S: Final = 180.0
 """The settle's outer bound while moves do finish: the rebalancer filling added groups (up to
 ~170 vShards each, 4 moves a round) is progress, not an anomaly, until this."""
 ROUTING_PROBE_TIMEOUT_S: Final = 2.0
+SLOW_FAILOVER_MS: Final = 2000.0
+"""A failover slower than this (about twice the usual) keeps a passing run's directory and
+history: a tail to explain, which the run's node logs and the history of its clients' calls
+can, where a number alone cannot. Not an anomaly."""
 SPARES_DEFAULT: Final = 2
 HARNESS_OVERRIDES: Final[dict[str, object]] = {"rebalance_interval_ms": 500}
 """Every node plans replica moves twice a second, so an added node takes replicas and a
@@ -99,9 +103,9 @@ class RunResult:
     """None when the checker gave up (search bound) or is not installed."""
     linearizable_note: str = ""
     failovers_ms: list[float] = field(default_factory=list)
+    """Leader SIGKILL → first acknowledged write invoked after it, in that group."""
     elections_ms: list[float] = field(default_factory=list)
     """Leader SIGKILL → a survivor reports leading that group in a later term."""
-    """Leader SIGKILL → first acknowledged write invoked after it, in that group."""
     ops: dict[str, int] = field(default_factory=dict)
     fault_log: list[str] = field(default_factory=list)
     stale_replicas: list[tuple[int, int]] = field(default_factory=list)
@@ -575,6 +579,11 @@ class _Nemesis:
         await asyncio.gather(*self._drains)
 
 
+def slow_failovers_ms(result: RunResult) -> list[int]:
+    """The run's failovers over `SLOW_FAILOVER_MS`, which keep its directory and history."""
+    return [round(f) for f in result.failovers_ms if f > SLOW_FAILOVER_MS]
+
+
 def failover_times_ms(
     ops: Sequence[Op], leader_kills: Sequence[tuple[int, float]], client: Client
 ) -> list[float]:
@@ -718,10 +727,17 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
             result.anomalies += verdict.anomalies
         result.failovers_ms = failover_times_ms(ops, nemesis.leader_kills, clients[0])
         result.elections_ms = nemesis.elections_ms
-        if not result.passed:
+        slow = slow_failovers_ms(result)
+        if not result.passed or slow:
             result.history_path = base / "history.porcupine.json"
             result.history_path.write_text(dumps(ops))
+        if not result.passed:
             print_fn(_failure_report(spec, result))
+        elif slow:
+            print_fn(
+                f"chaos seed={spec.seed}: failover of {slow} ms (over {SLOW_FAILOVER_MS:.0f}); "
+                f"kept {base} (node logs, history: {result.history_path})"
+            )
         finished = True
         return result
     finally:
@@ -729,7 +745,8 @@ async def run_schedule(spec: RunSpec, print_fn: PrintFn = print) -> RunResult:
             with contextlib.suppress(ClusterError):
                 await client.close()
         await cluster.close()
-        if finished and result.passed and not spec.keep_dirs:  # logs kept after an error
+        # Kept after an error, a failed check or a slow failover.
+        if finished and not spec.keep_dirs and result.history_path is None:
             shutil.rmtree(base, ignore_errors=True)
 
 
