@@ -73,16 +73,6 @@ def encode_batch(items: list[tuple[int, bytes]], timeout_ms: int) -> bytes:
     return bytes(msgpack.packb(doc, use_bin_type=True))
 
 
-def decode_propose(payload: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
-    """(version, timeout_ms, [(group, command)]) of a HOST_PROPOSE of either version, by the
-    Rust schema; `InvalidRequest` naming what is wrong."""
-    return _core.decode_host_propose(payload)
-
-
-def encode_outcome(doc: dict[str, object]) -> bytes:
-    return bytes(msgpack.packb(doc, use_bin_type=True))
-
-
 def decode_outcomes(payload: bytes, count: int, target: int) -> list[object]:
     """The outcomes of a batch of `count`; `InvalidRequest` unless there are that many."""
     doc = wire.decode_map(payload, "HostProposeResponse")

@@ -47,10 +47,6 @@ def message_kinds() -> list[tuple[int, str, bool]]:
 def check_control_payload(kind: int, payload: bytes) -> bytes:
     """Decode with the Rust schema of `kind`, re-encode (named fields)."""
 
-def decode_host_propose(payload: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
-    """A HOST_PROPOSE of either version: (version, timeout_ms, [(group, command)]);
-    `InvalidRequest` naming what is wrong."""
-
 # --- transport (rust/py/src/transport.rs) --------------------------------------------------------
 
 ALPN: Final[str]

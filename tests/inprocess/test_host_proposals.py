@@ -16,7 +16,7 @@ import pytest
 
 from nodedb_cluster import host_proposals
 from nodedb_cluster.errors import InvalidRequest, RaftNotLeader
-from nodedb_cluster.host_proposals import ProposalQueue, decode_propose, encode_outcome
+from nodedb_cluster.host_proposals import ProposalQueue
 from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.transport import Insecure, Peer, Reply, Transport
 from nodedb_cluster.wire import MessageKind
@@ -40,7 +40,7 @@ class Leader:
         if not self.batches and msgpack.unpackb(payload).get("v", 1) > 1:
             self.refused += 1  # the old build's words, which the sender recognizes
             raise InvalidRequest("HostPropose version 2 is newer than this build's 1")
-        version, _, items = decode_propose(payload)
+        version, items = _commands(msgpack.unpackb(payload))
         self.requests.append((version, len(items)))
         outcomes: list[dict[str, object]] = [
             {"outcome": "not_leader", "leader": 3}
@@ -49,7 +49,15 @@ class Leader:
             for _, command in items
         ]
         answer = outcomes[0] if version == 1 else {"outcomes": outcomes}
-        return MessageKind.HOST_PROPOSE_RESPONSE, encode_outcome(answer)
+        return MessageKind.HOST_PROPOSE_RESPONSE, msgpack.packb(answer, use_bin_type=True)
+
+
+def _commands(doc: dict[str, object]) -> tuple[int, list[tuple[int, bytes]]]:
+    """(version, [(group, command)]) of a request of either version, as the contract reads it."""
+    if doc.get("v", 1) == 1:
+        return 1, [(cast(int, doc["group"]), cast(bytes, doc["command"]))]
+    items = cast(list[dict[str, object]], doc["items"])
+    return 2, [(cast(int, i["group"]), cast(bytes, i["command"])) for i in items]
 
 
 @pytest.fixture

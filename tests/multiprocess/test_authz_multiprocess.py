@@ -22,8 +22,9 @@ import pytest
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
-from nodedb_cluster.errors import ClusterError, PermissionDenied
+from nodedb_cluster.errors import ClusterError, PermissionDenied, RemoteError
 from nodedb_cluster.formation.join_token import issue_token
+from nodedb_cluster.host_proposals import encode_batch
 from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
 from nodedb_cluster.metadata.commands import (
     AddGroupLearner,
@@ -396,6 +397,26 @@ async def test_the_kv_path_cannot_write_into_the_metadata_group(cluster: LocalCl
     # The cluster still serves, and nothing of the refused entry was applied anywhere.
     async with Client([n.addr for n in cluster.nodes.values()], _creds(cluster, "client")) as c:
         await c.put(b"after", b"1")
+    assert _picture(await _all_status(cluster)) == before
+
+
+async def test_host_propose_is_refused_by_a_node_of_the_built_in_kv(cluster: LocalCluster) -> None:
+    """HOST_PROPOSE carries commands for an embedding host's state machine (node certificates
+    only). A node whose data groups run the built-in KV answers `NotEmbedded` for any group, the
+    metadata group's leader included, and applies nothing."""
+    statuses = await _all_status(cluster)
+    before = _picture(statuses)
+    g0_leader = leader_of(statuses, 0)
+    entry = MetadataEntry((PutSetting("owned", True), RemoveNode(3))).encode()
+    async with Transport(2, "127.0.0.1:0", cluster.node_credentials(2)) as node:
+        for group, command in ((0, entry), (1, b"x")):
+            with pytest.raises(RemoteError) as refused:
+                await node.send_rpc_to_addr(
+                    cluster.nodes[g0_leader].addr,
+                    wire.MessageKind.HOST_PROPOSE,
+                    encode_batch([(group, command)], 2000),
+                )
+            assert refused.value.code == "NotEmbedded", refused.value
     assert _picture(await _all_status(cluster)) == before
 
 

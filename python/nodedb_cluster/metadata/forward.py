@@ -6,6 +6,11 @@ rejoins, or no leader heard), to another voter of the group, which forwards it o
 forwarded proposal is never forwarded again: the receiver either leads (and answers the outcome)
 or says `not_leader`, and the sender follows at most `METADATA_FORWARD_ATTEMPTS_MAX` leader
 changes.
+
+Which voter is asked goes round across proposals, past each one that did not answer: a voter
+this node cannot reach (one that moved to an address this node has not applied yet, while
+this node moved too and is not heard from by it) must not be the first asked by every retry,
+or neither of the two ever learns where the other is (chaos seed 73003).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ class MetadataProposer:
         self._routing = routing
         """The applied routing table: who the voters of group 0 are."""
         self._timeout_ms = timeout_ms
+        self._ask_next = 0
+        """Which of the other voters a proposal with no leader known asks next."""
 
     async def propose(self, entry: MetadataEntry, *, ask_voters: bool = True) -> str | None:
         """Replicate `entry` through group 0 (forwarded to its leader); None once applied, or
@@ -63,7 +70,7 @@ class MetadataProposer:
             entry = dataclasses.replace(entry, proposer=self._transport.identity)
         data = entry.encode()
         last: ClusterError = Timeout("metadata proposal", self._timeout_ms)
-        for attempt in range(METADATA_FORWARD_ATTEMPTS_MAX):
+        for _ in range(METADATA_FORWARD_ATTEMPTS_MAX):
             try:
                 status: GroupStatus | None = await engine.status(METADATA_GROUP_ID)
             except UnknownGroup:
@@ -80,7 +87,7 @@ class MetadataProposer:
                 others = [v for v in voters if v != self._node_id]
                 if not others:
                     raise NotLeader(None, "no other member of the metadata group to ask")
-                target, forwarded = others[attempt % len(others)], False  # it forwards once
+                target, forwarded = others[self._ask_next % len(others)], False  # it forwards once
             try:
                 _kind, payload = await self._transport.send_rpc(
                     target,
@@ -89,16 +96,26 @@ class MetadataProposer:
                 )
             except NotLeader as e:
                 last = e
+                self._asked_in_vain(forwarded)
                 continue
+            except ClusterError:
+                self._asked_in_vain(forwarded)  # the caller's retry asks another voter
+                raise
             result = msgpack.unpackb(payload, raw=False)
             if not isinstance(result, dict):
                 raise ClusterError("malformed metadata-propose reply")
             if result.get("not_leader"):
                 last = NotLeader(None, "forwarded proposal reached a former leader")
+                self._asked_in_vain(forwarded)
                 continue
             reason = result.get("refused")
             return reason if isinstance(reason, str) else None
         raise last
+
+    def _asked_in_vain(self, forwarded: bool) -> None:
+        """A voter asked to forward (not a leader sent to) gave no outcome: ask the next one."""
+        if not forwarded:
+            self._ask_next += 1
 
     async def on_propose(self, peer: Peer, payload: bytes) -> Reply:
         """METADATA_PROPOSE: a client's proposal is forwarded to the leader once; a forwarded

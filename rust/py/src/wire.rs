@@ -83,24 +83,6 @@ fn check_control_payload<'py>(
     }
 }
 
-/// `(version, timeout_ms, [(group, command)])` of a HOST_PROPOSE.
-type HostCommands<'py> = (u32, u64, Vec<(u64, Bound<'py, PyBytes>)>);
-
-/// A HOST_PROPOSE payload (either version) → `(version, timeout_ms, [(group, command)])`;
-/// `InvalidRequest` naming what is wrong.
-#[pyfunction]
-fn decode_host_propose<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<HostCommands<'py>> {
-    let request = HostRequest::decode(payload)
-        .map_err(|e| cluster_error(py, "InvalidRequest", (e.to_string(),)))?;
-    let (version, timeout_ms) = (request.version(), request.timeout_ms());
-    let items = request
-        .into_items()
-        .into_iter()
-        .map(|(group, command)| (group, PyBytes::new(py, &command)))
-        .collect();
-    Ok((version, timeout_ms, items))
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT_VERSION", FORMAT_VERSION)?;
     m.add("HEADER_BYTES", HEADER_BYTES)?;
@@ -113,6 +95,5 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_frame, m)?)?;
     m.add_function(wrap_pyfunction!(message_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(check_control_payload, m)?)?;
-    m.add_function(wrap_pyfunction!(decode_host_propose, m)?)?;
     Ok(())
 }
