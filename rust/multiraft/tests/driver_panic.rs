@@ -7,13 +7,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{factory, Journals, JOURNAL};
+use common::{start_engine, JOURNAL};
 use nodedb_multiraft::driver::FAILPOINT_DRIVER_PANIC_AFTER_MS;
-use nodedb_multiraft::log_sink::MemLogSink;
 use nodedb_multiraft::network::SimNetwork;
-use nodedb_multiraft::{
-    GroupId, GroupRole, MembershipChange, MultiRaft, MultiRaftConfig, NodeId, RaftError,
-};
+use nodedb_multiraft::{GroupId, GroupRole, MembershipChange, NodeId, RaftError};
 
 const T: Duration = Duration::from_secs(5);
 /// Ticks slow enough that the leader, once its group needs a voter that never runs, keeps
@@ -28,17 +25,7 @@ async fn a_request_the_panicking_driver_dropped_names_the_panic() {
     std::env::set_var(FAILPOINT_DRIVER_PANIC_AFTER_MS, PANIC_AFTER_MS.to_string());
     let dir = tempfile::tempdir().expect("tempdir");
     let net = SimNetwork::new(7, 10_000);
-    let mut cfg = MultiRaftConfig::new(NodeId(1), dir.path().join("n1"));
-    cfg.tick_interval = TICK;
-    let engine = Arc::new(
-        MultiRaft::start(
-            cfg,
-            Box::new(MemLogSink::new()),
-            Arc::new(net.endpoint(NodeId(1))),
-            factory(Journals::default()),
-        )
-        .expect("start"),
-    );
+    let engine = start_engine(dir.path(), &net, NodeId(1), |cfg| cfg.tick_interval = TICK);
     let g = GroupId(1);
     let sole = GroupRole::Voter {
         peers: vec![NodeId(1)],

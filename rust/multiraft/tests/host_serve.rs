@@ -7,14 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{factory, Journals, JOURNAL};
+use common::{start_engine, JOURNAL};
 use nodedb_multiraft::core::ProposeOutcome;
 use nodedb_multiraft::host_serve::outcome_of;
-use nodedb_multiraft::log_sink::MemLogSink;
 use nodedb_multiraft::network::SimNetwork;
-use nodedb_multiraft::{
-    GroupId, GroupRole, HostProposeServer, MultiRaft, MultiRaftConfig, NodeId, RaftError,
-};
+use nodedb_multiraft::{GroupId, GroupRole, HostProposeServer, MultiRaft, NodeId, RaftError};
 use nodedb_transport::HandlerError;
 use nodedb_wire::control::ControlMessage;
 use nodedb_wire::{
@@ -27,16 +24,7 @@ const T: Duration = Duration::from_secs(5);
 async fn leader() -> (Arc<MultiRaft>, HostProposeServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = SimNetwork::new(7, 10_000);
-    let cfg = MultiRaftConfig::new(NodeId(1), dir.path().join("n1"));
-    let engine = Arc::new(
-        MultiRaft::start(
-            cfg,
-            Box::new(MemLogSink::new()),
-            Arc::new(net.endpoint(NodeId(1))),
-            factory(Journals::default()),
-        )
-        .expect("start"),
-    );
+    let engine = start_engine(dir.path(), &net, NodeId(1), |_| {});
     for g in [GroupId(1), GroupId(2)] {
         let sole = GroupRole::Voter {
             peers: vec![NodeId(1)],

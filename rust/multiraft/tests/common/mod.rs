@@ -7,9 +7,13 @@ pub mod sim_cluster;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::path::Path;
+
 use nodedb_multiraft::error::SmError;
+use nodedb_multiraft::log_sink::MemLogSink;
+use nodedb_multiraft::network::SimNetwork;
 use nodedb_multiraft::state_machine::{Command, StateMachine, StateMachineKind};
-use nodedb_multiraft::GroupId;
+use nodedb_multiraft::{GroupId, MultiRaft, MultiRaftConfig, NodeId};
 
 /// The tag the tests' groups run (any non-zero byte: the engine does not interpret it).
 pub const JOURNAL: StateMachineKind = StateMachineKind::new(7, "journal");
@@ -98,5 +102,26 @@ pub fn factory(journals: Journals) -> Box<dyn nodedb_multiraft::StateMachineFact
                 .insert(g, Arc::clone(&entries));
             Ok(Box::new(Journal { entries }))
         },
+    )
+}
+
+/// A running engine (driver thread and all) for node `id` on `net`: its log in memory, its
+/// groups journals, its config as `edit` leaves it.
+pub fn start_engine(
+    dir: &Path,
+    net: &SimNetwork,
+    id: NodeId,
+    edit: impl FnOnce(&mut MultiRaftConfig),
+) -> Arc<MultiRaft> {
+    let mut cfg = MultiRaftConfig::new(id, dir.join(format!("n{}", id.0)));
+    edit(&mut cfg);
+    Arc::new(
+        MultiRaft::start(
+            cfg,
+            Box::new(MemLogSink::new()),
+            Arc::new(net.endpoint(id)),
+            factory(Journals::default()),
+        )
+        .expect("start"),
     )
 }
