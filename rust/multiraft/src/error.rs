@@ -51,6 +51,12 @@ pub enum RaftError {
     NoSpace { data_dir: PathBuf },
 }
 
+/// [`RaftError::code`] of `NoSpace`: a requester tells it apart (never retried; its message is
+/// the data dir).
+pub const CODE_NO_SPACE: &str = "NoSpace";
+/// [`RaftError::code`] of `Invalid`, which servers also send for a request they cannot read.
+pub const CODE_INVALID_REQUEST: &str = "InvalidRequest";
+
 impl RaftError {
     /// The name every node and the binding give this failure: the `nodedb_cluster.errors`
     /// class a requester raises again, sent as an Error frame's or a failed outcome's `code`
@@ -63,8 +69,8 @@ impl RaftError {
             RaftError::Busy { .. } => "Busy",
             RaftError::LeadershipLost { .. } => "LeadershipLost",
             RaftError::Stopped { .. } => "EngineStopped",
-            RaftError::Invalid { .. } => "InvalidRequest",
-            RaftError::NoSpace { .. } => "NoSpace",
+            RaftError::Invalid { .. } => CODE_INVALID_REQUEST,
+            RaftError::NoSpace { .. } => CODE_NO_SPACE,
         }
     }
 

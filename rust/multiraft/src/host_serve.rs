@@ -119,7 +119,18 @@ async fn answer(
             place(&mut outcomes, positions, outs);
         }
     }
-    let outcomes: Vec<HostProposeResponse> = outcomes.into_iter().flatten().collect();
+    // Every slot is filled (one outcome per command); one that were not still answers in its
+    // place, so no outcome is ever read as another command's.
+    let outcomes: Vec<HostProposeResponse> = outcomes
+        .into_iter()
+        .map(|slot| {
+            slot.unwrap_or_else(|| {
+                outcome_of(Err(RaftError::Stopped {
+                    reason: "the engine gave no outcome for this command".into(),
+                }))
+            })
+        })
+        .collect();
     if version == 1 {
         return match outcomes.into_iter().next() {
             Some(HostProposeResponse::Failed { code, message }) => {

@@ -3,14 +3,15 @@
 
 use nodedb_transport::TransportError;
 
-/// The Error-message code of a leader in NO_SPACE (the serving side, [`crate::serve`], sends
-/// it, kv.py too): its message is the data dir; never retried.
-pub const NO_SPACE: &str = "NoSpace";
+/// The Error-message code of a leader in NO_SPACE (the engine's code for it, which the serving
+/// side, [`crate::serve`], sends): its message is the data dir; never retried.
+pub use nodedb_multiraft::error::CODE_NO_SPACE as NO_SPACE;
 /// The Error-message code of a write into a group at its quota (`ServeOptions::quota_bytes`);
 /// its message says so; never retried (every replica holds the same bytes).
 pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
-/// The Error-message code of a request no node or attempt will take.
-pub const INVALID_REQUEST: &str = "InvalidRequest";
+/// The Error-message code of a request no node or attempt will take (the engine's code for an
+/// invalid request, which servers also send for one they cannot read).
+pub use nodedb_multiraft::error::CODE_INVALID_REQUEST as INVALID_REQUEST;
 /// The Error-message code of a request of a newer KV version than the server speaks: no
 /// attempt helps until the server is upgraded.
 pub const UNSUPPORTED_VERSION: &str = "UnsupportedVersion";
