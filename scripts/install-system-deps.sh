@@ -10,6 +10,9 @@ pkgs+=(prometheus)
 # its development package for that (pyenv/venv interpreters built shared ship the library).
 py_lib=$(python3 -c 'import os, sysconfig as s; print(os.path.join(s.get_config_var("LIBDIR") or "", s.get_config_var("LDLIBRARY") or ""))')
 [ -e "$py_lib" ] || pkgs+=(python3-dev)
+# `ip`, `tc` and `unshare`: the chaos harness's partitions and the slow-link test's rate limit,
+# in network namespaces of their own (tests/multiprocess/test_faults_chaos.py, test_slow_link.py).
+pkgs+=(iproute2 util-linux)
 # benches/compare (etcd 3.4 + the Go gRPC load generator built against Debian's client sources):
 [ "${NODEDB_BENCH_DEPS:-0}" = 1 ] && pkgs+=(etcd-server etcd-client golang-go golang-etcd-server-dev)
 for pkg in "${pkgs[@]}"; do

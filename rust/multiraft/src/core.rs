@@ -62,7 +62,7 @@ use crate::lease_board::LeaseBoard;
 use crate::log_sink::{recover, GroupMeta, LogRecord, LogSink};
 use crate::lost_tail::{find_lost_tails, LostTail, LostTailPolicy};
 use crate::metrics::Metrics;
-use crate::network::RaftNetwork;
+use crate::network::{Lane, RaftNetwork};
 use crate::snapshot::{ChunkOutcome, SnapshotDescriptor, SnapshotStore, TransferJob};
 use crate::snapshot_worker::{RestoreStream, SnapshotDone, SnapshotJob, SnapshotWorkers};
 use crate::state_machine::{StateMachine, StateMachineFactory, StateMachineKind};

@@ -2,10 +2,13 @@
 //! RaftBatch (16), SnapshotChunk (17), SnapshotAck (18) on the node's one endpoint, and inbound
 //! frames of those kinds are handed to the engine inside Rust (they never reach Python).
 //!
-//! Each peer has a bounded outbound queue drained by one tokio task, so the driver thread never
-//! waits on the network: a full queue drops the frame (raft retransmits), counted. The queue is
-//! bounded in frames and in bytes: snapshot chunks (4 MiB) and big appends would otherwise let a
-//! slow peer hold gigabytes of queued frames on the sender.
+//! Each peer has bounded outbound queues drained by tokio tasks, so the driver thread never
+//! waits on the network: a full queue drops the frame (raft retransmits), counted. The queues
+//! are bounded in frames and, together, in bytes: snapshot chunks (4 MiB) and big appends
+//! would otherwise let a slow peer hold gigabytes of queued frames on the sender.
+//!
+//! Two queues per peer, one per [`Lane`], each sent in order by a task of its own; the signal
+//! lane's streams have the higher QUIC priority.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use crate::codec::{Frame, KIND_RAFT_BATCH, KIND_SNAPSHOT_ACK, KIND_SNAPSHOT_CHUNK};
 use crate::driver::Inbound;
 use crate::ids::NodeId;
-use crate::network::{NetError, RaftNetwork};
+use crate::network::{Lane, NetError, RaftNetwork};
 
 /// Frames queued per peer before drops: a few seconds of rounds at full rate.
 pub const PEER_QUEUE_FRAMES_DEFAULT: usize = 1024;
@@ -28,13 +31,26 @@ pub const PEER_QUEUE_FRAMES_DEFAULT: usize = 1024;
 /// memory on the sender (16 snapshot chunks, or many seconds of small rounds).
 pub const PEER_QUEUE_KIB: u32 = 64 << 10;
 
+/// QUIC priority of the signal lane's streams (the log lane's are 0).
+const SIGNAL_STREAM_PRIORITY: i32 = 1;
+
 /// A frame on its way to a peer, holding its share of the peer's byte budget until sent.
 type Queued = (Frame, OwnedSemaphorePermit);
 
 #[derive(Clone)]
 struct PeerQueue {
-    frames: mpsc::Sender<Queued>,
+    log: mpsc::Sender<Queued>,
+    signal: mpsc::Sender<Queued>,
     bytes: Arc<Semaphore>,
+}
+
+impl PeerQueue {
+    fn lane(&self, lane: Lane) -> &mpsc::Sender<Queued> {
+        match lane {
+            Lane::Log => &self.log,
+            Lane::Signal => &self.signal,
+        }
+    }
 }
 
 /// Outbound raft traffic over QUIC.
@@ -113,14 +129,21 @@ impl TransportNetwork {
 
     fn sender(&self, to: NodeId) -> PeerQueue {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(q) = peers.get(&to).filter(|q| !q.frames.is_closed()) {
+        if let Some(q) = peers
+            .get(&to)
+            .filter(|q| !q.log.is_closed() && !q.signal.is_closed())
+        {
             return q.clone();
         }
-        let (tx, rx) = mpsc::channel(self.queue_frames_max);
-        let transport = Arc::clone(&self.transport);
-        self.runtime.spawn(pump(transport, to, rx));
+        let lane = |priority: i32| {
+            let (tx, rx) = mpsc::channel(self.queue_frames_max);
+            let transport = Arc::clone(&self.transport);
+            self.runtime.spawn(pump(transport, to, rx, priority));
+            tx
+        };
         let q = PeerQueue {
-            frames: tx,
+            log: lane(0),
+            signal: lane(SIGNAL_STREAM_PRIORITY),
             bytes: Arc::new(Semaphore::new(PEER_QUEUE_KIB as usize)),
         };
         peers.insert(to, q.clone());
@@ -154,10 +177,16 @@ fn known_sender(
     }
 }
 
-/// Sends one peer's frames in order. A failed send (peer down: it took up to the connect
-/// timeout) also drops whatever queued meanwhile: those frames are stale by now and raft
-/// retransmits what still matters, so a returning peer is not fed a backlog first.
-async fn pump(transport: Arc<Transport>, to: NodeId, mut rx: mpsc::Receiver<Queued>) {
+/// Sends one lane of a peer's frames in order, on streams of QUIC priority `priority`. A failed
+/// send (peer down: it took up to the connect timeout) also drops whatever queued meanwhile:
+/// those frames are stale by now and raft retransmits what still matters, so a returning peer
+/// is not fed a backlog first.
+async fn pump(
+    transport: Arc<Transport>,
+    to: NodeId,
+    mut rx: mpsc::Receiver<Queued>,
+    priority: i32,
+) {
     while let Some((frame, _budget)) = rx.recv().await {
         let (kind, payload) = frame.encode();
         let Some(wk) = wire_kind(kind) else {
@@ -168,7 +197,12 @@ async fn pump(transport: Arc<Transport>, to: NodeId, mut rx: mpsc::Receiver<Queu
         }
         // Errors are counted by the transport's own metrics.
         let sent = transport
-            .send_oneway(nodedb_wire::NodeId(to.0), wk, Bytes::from(payload))
+            .send_oneway_prioritized(
+                nodedb_wire::NodeId(to.0),
+                wk,
+                Bytes::from(payload),
+                priority,
+            )
             .await;
         if sent.is_err() {
             while rx.try_recv().is_ok() {}
@@ -189,10 +223,12 @@ impl RaftNetwork for TransportNetwork {
         let Ok(budget) = Arc::clone(&q.bytes).try_acquire_many_owned(kib_of(&frame)) else {
             return Err(NetError::Full(to));
         };
-        q.frames.try_send((frame, budget)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => NetError::Full(to),
-            mpsc::error::TrySendError::Closed(_) => NetError::Unreachable(to),
-        })
+        q.lane(Lane::of(&frame))
+            .try_send((frame, budget))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NetError::Full(to),
+                mpsc::error::TrySendError::Closed(_) => NetError::Unreachable(to),
+            })
     }
 
     /// Waits for queue space (snapshot sender threads only: never called on a runtime thread).
@@ -212,7 +248,7 @@ impl RaftNetwork for TransportNetwork {
                     .acquire_many_owned(kib)
                     .await
                     .map_err(|_| NetError::Unreachable(to))?;
-                q.frames
+                q.lane(Lane::of(&frame))
                     .send((frame, budget))
                     .await
                     .map_err(|_| NetError::Unreachable(to))

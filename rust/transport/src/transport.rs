@@ -23,6 +23,7 @@ use crate::handler::{
 };
 use crate::identity::{authorize, own_identity, Identity, PeerIdentity, Refusal};
 use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
+use crate::pace::RpcPace;
 use crate::refusals::RefusalLog;
 use crate::stream::{
     read_frame, read_header, read_payload, write_frame, ReadFrameError, WriteFrameError,
@@ -448,7 +449,7 @@ impl Transport {
             let (inner, here) = (Arc::clone(&self.inner), here.clone());
             self.inner.runtime.spawn(async move {
                 let sent = inner
-                    .send_oneway(node_id, MessageKind::PEER_ADDRESS, here)
+                    .send_oneway(node_id, MessageKind::PEER_ADDRESS, here, 0)
                     .await;
                 if let Err(err) = sent {
                     tracing::debug!(node = node_id.0, %err, "address announcement not sent");
@@ -511,6 +512,23 @@ impl Transport {
         unless_moved(&peer, moved, rpc).await
     }
 
+    /// Request/response to a registered peer bounded by `pace` instead of `rpc_timeout`: the
+    /// reply's header by `pace.answer_by`, its payload by its length at the pace's rate (a
+    /// large reply is not a slow peer). The caller bounds the whole if it needs to.
+    pub async fn send_rpc_paced(
+        &self,
+        node_id: NodeId,
+        kind: MessageKind,
+        payload: Bytes,
+        pace: RpcPace,
+    ) -> Result<OutboundFrame, TransportError> {
+        let (peer, moved) = self.inner.watched_peer(node_id)?;
+        let rpc = self
+            .inner
+            .paced_rpc(peer.target(), peer.expected_pin, kind, payload, pace);
+        unless_moved(&peer, moved, rpc).await
+    }
+
     /// Request/response to an address (join: the peer has no node id yet).
     pub async fn send_rpc_to_addr(
         &self,
@@ -546,7 +564,22 @@ impl Transport {
         kind: MessageKind,
         payload: Bytes,
     ) -> Result<(), TransportError> {
-        self.inner.send_oneway(node_id, kind, payload).await
+        self.inner.send_oneway(node_id, kind, payload, 0).await
+    }
+
+    /// [`Transport::send_oneway`] on a stream of QUIC priority `priority` (default 0): its bytes
+    /// go out before those of lower-priority streams already queued on the connection, so a
+    /// small frame is not held behind a large one.
+    pub async fn send_oneway_prioritized(
+        &self,
+        node_id: NodeId,
+        kind: MessageKind,
+        payload: Bytes,
+        priority: i32,
+    ) -> Result<(), TransportError> {
+        self.inner
+            .send_oneway(node_id, kind, payload, priority)
+            .await
     }
 
     /// TEST/DIAGNOSTIC: write raw `bytes` (not necessarily a frame) on a fresh bidirectional

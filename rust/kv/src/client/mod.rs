@@ -27,16 +27,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nodedb_transport::{MessageKind, NodeId, Transport};
+use nodedb_transport::{MessageKind, NodeId, RpcPace, Transport, TransportError};
 use tokio::runtime::Handle;
 
 use self::calls::{answer, item_error, items_of, Items};
 pub use self::calls::{Answer, Outcome, ReadAt, Request};
 pub use self::error::{Failure, KvError, SubmitError};
-use self::retry::{judge, when, LeaderSearch, When};
+use self::retry::{backed_off, is_timeout, judge, when, LeaderSearch, When};
 use self::state::{Batch, Call, CallKind, Finished, Item, Lane, LaneKey, Progress, State};
 use self::wire::{decode_reply, encode_request, serve_here, Decoded, Rpc};
-use crate::peer_health::transfer_allowance_s;
+use crate::peer_health::{transfer_allowance_s, TRANSFER_BYTES_PER_S_MIN};
 use crate::routing::Routing;
 use crate::serve::KvServer;
 use crate::session::SessionState;
@@ -358,6 +358,7 @@ impl KvClient {
                 vshard,
                 refused: 0,
                 search: LeaderSearch::default(),
+                timeouts: 0,
             };
             st.enqueue((target, lane, probe), item);
         }
@@ -499,6 +500,9 @@ impl KvClient {
                 step.routing_watch = Some(watch);
             }
         }
+        if is_timeout(&err) {
+            item.timeouts = item.timeouts.saturating_add(1);
+        }
         let left = item.call.deadline.saturating_duration_since(now);
         let next = when(item.attempt, &err, left);
         item.attempt += 1;
@@ -566,14 +570,12 @@ impl KvClient {
             let local = (target == self.me).then(|| st.local.clone()).flatten();
             let bytes = items.iter().map(|i| i.payload.len()).sum();
             let moving = Duration::from_secs_f64(transfer_allowance_s(bytes));
-            (st.attempt_timeout(start) + moving, avoid, suspect, local)
+            let timeouts = items.iter().map(|i| i.timeouts).max().unwrap_or(0);
+            let bound = backed_off(st.attempt_timeout(start) + moving, timeouts);
+            (bound, avoid, suspect, local)
         };
-        let deadline = items
-            .iter()
-            .map(|i| i.call.deadline)
-            .min()
-            .unwrap_or(start)
-            .min(start + attempt);
+        let call_deadline = items.iter().map(|i| i.call.deadline).min().unwrap_or(start);
+        let deadline = call_deadline.min(start + attempt);
         let timeout = deadline
             .saturating_duration_since(start)
             .max(Duration::from_millis(1));
@@ -598,18 +600,28 @@ impl KvClient {
             Err(err) => Err(err),
             Ok(payload) => {
                 self.requests_sent.fetch_add(1, Ordering::Relaxed);
-                let rpc: Rpc<'_> = match local {
-                    Some(server) => Box::pin(serve_here(server, payload)),
-                    None => Box::pin(self.transport.send_rpc(
-                        NodeId(target),
-                        MessageKind::KV_REQUEST,
-                        payload,
-                    )),
+                // A peer's reply must start within the attempt's bound, and is then given its
+                // length to arrive (a large value is not a slow node); the call's deadline
+                // bounds the whole. An in-process answer moves nothing.
+                let (rpc, bound): (Rpc<'_>, Duration) = match local {
+                    Some(server) => (Box::pin(serve_here(server, payload)), timeout),
+                    None => (
+                        Box::pin(self.transport.send_rpc_paced(
+                            NodeId(target),
+                            MessageKind::KV_REQUEST,
+                            payload,
+                            RpcPace {
+                                answer_by: start + timeout,
+                                reply_bytes_per_s: TRANSFER_BYTES_PER_S_MIN,
+                            },
+                        )),
+                        call_deadline.saturating_duration_since(start).max(timeout),
+                    ),
                 };
                 tokio::select! {
                     biased;
-                    answer = tokio::time::timeout(timeout, rpc) => match answer {
-                        Err(_) => {
+                    answer = tokio::time::timeout(bound, rpc) => match answer {
+                        Err(_) | Ok(Err(TransportError::Timeout { .. })) => {
                             timed_out_here = true;
                             Err(KvError::Timeout { target, timeout_ms })
                         }

@@ -14,6 +14,9 @@
 //! - An item whose last attempts in a row found no leader, one per member the routing table
 //!   names for its group ([`LeaderSearch`]), asks for a fresh routing table: the group's
 //!   replicas may all have moved to nodes the table does not name (issue 16).
+//! - An item whose last attempts ran out of time gets a longer bound for the next
+//!   ([`backed_off`]): the bound assumes a transfer rate, and a slower link must still carry a
+//!   large request, which every retry sends again.
 
 use std::time::Duration;
 
@@ -35,6 +38,26 @@ pub const REFUSED_PAUSE_MAX: Duration = Duration::from_millis(4);
 pub const MOVED_AT_ONCE_MAX: u32 = 3;
 /// Retries that go at once when NotLeader named a leader, per item (kv.py: `attempt < 3`).
 pub const NAMED_LEADER_RETRIES_MAX: usize = 3;
+
+/// Doublings of an attempt's bound after its items' timeouts, at most (16x).
+pub const TIMEOUT_DOUBLINGS_MAX: u32 = 4;
+
+/// Whether an attempt ran out of time (its own bound, or another attempt's to the same node).
+pub fn is_timeout(err: &KvError) -> bool {
+    matches!(
+        err,
+        KvError::Timeout { .. } | KvError::Net(TransportError::Timeout { .. })
+    )
+}
+
+/// The bound of an attempt whose items ran out of time `timeouts` times (on any node; an
+/// answer in between does not reset it, as a TCP sender keeps its backed-off timer until
+/// data is acknowledged): `base`, doubled for each, at most [`TIMEOUT_DOUBLINGS_MAX`] times. Without it a put of 8 MiB
+/// over a link of 100 Mbit/s (below the rate `transfer_allowance_s` assumes) timed out on every
+/// attempt, each sending the 8 MiB again, until its deadline.
+pub fn backed_off(base: Duration, timeouts: u32) -> Duration {
+    base.saturating_mul(1u32 << timeouts.min(TIMEOUT_DOUBLINGS_MAX))
+}
 
 /// The fewest members a group's search counts ([`LeaderSearch`]) before asking for a fresh
 /// table (a table naming no member of the group still gets its one try).
@@ -187,6 +210,21 @@ impl LeaderSearch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_timeout_doubles_the_next_bound_up_to_sixteen_times() {
+        let base = Duration::from_millis(300);
+        assert_eq!(backed_off(base, 0), base);
+        assert_eq!(backed_off(base, 1), Duration::from_millis(600));
+        assert_eq!(backed_off(base, 3), Duration::from_millis(2400));
+        assert_eq!(backed_off(base, 4), Duration::from_millis(4800));
+        assert_eq!(backed_off(base, 40), Duration::from_millis(4800));
+        assert!(is_timeout(&KvError::Timeout {
+            target: 1,
+            timeout_ms: 5
+        }));
+        assert!(!is_timeout(&KvError::NotLeader { hint: 0 }));
+    }
 
     #[test]
     fn a_fresh_table_is_due_once_every_member_found_no_leader_in_a_row() {

@@ -120,6 +120,8 @@ pub struct Item {
     pub refused: u32,
     /// Its attempts in a row that found no leader: when to ask for a fresh routing table.
     pub search: super::retry::LeaderSearch,
+    /// Its attempts that ran out of time ([`super::retry::backed_off`]).
+    pub timeouts: u32,
 }
 
 /// A call that has its outcome, to hand to its completion outside the lock.

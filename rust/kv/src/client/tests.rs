@@ -191,6 +191,7 @@ fn request_is_the_schemas_propose_many_and_only_a_probe_names_wl() {
             vshard: 0,
             refused: 0,
             search: Default::default(),
+            timeouts: 0,
         })
         .collect();
     let bytes = encode_request(Lane::Propose, &items, 250, None).unwrap();

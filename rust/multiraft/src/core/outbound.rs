@@ -48,9 +48,11 @@ impl MultiRaftCore {
                 }
                 msgs = rest;
             }
-            frames_of(msgs, BATCH_FRAME_BYTES_MAX, |frame| {
-                self.send_batch(to, frame)
-            });
+            for lane in by_lane(msgs) {
+                frames_of(lane, BATCH_FRAME_BYTES_MAX, |frame| {
+                    self.send_batch(to, frame)
+                });
+            }
         }
     }
 
@@ -188,6 +190,17 @@ fn frames_of(
     }
 }
 
+/// A peer's messages of one round as the lists to send, signals first ([`Lane`]): one list when
+/// they all take one lane (the usual round), else two (rare: only then are they copied).
+fn by_lane(msgs: Vec<(GroupId, Message)>) -> Vec<Vec<(GroupId, Message)>> {
+    let log = |(_, m): &(GroupId, Message)| Lane::of_message(m) == Lane::Log;
+    if msgs.iter().all(log) || !msgs.iter().any(log) {
+        return vec![msgs];
+    }
+    let (log, signal): (Vec<_>, Vec<_>) = msgs.into_iter().partition(log);
+    vec![signal, log]
+}
+
 #[cfg(test)]
 mod tests {
     use raft::prelude::Entry;
@@ -229,5 +242,67 @@ mod tests {
             assert!(bytes <= 16 * MIB || frame.len() == 1, "{bytes} bytes");
         }
         frames_of(Vec::new(), 16 * MIB, |_| panic!("a frame of nothing"));
+    }
+
+    fn message(kind: MessageType) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m
+    }
+
+    #[test]
+    fn heartbeats_leave_a_round_apart_from_its_appends_and_first() {
+        let kinds = |lists: &[Vec<(GroupId, Message)>]| -> Vec<Vec<(u64, MessageType)>> {
+            lists
+                .iter()
+                .map(|l| l.iter().map(|(g, m)| (g.0, m.get_msg_type())).collect())
+                .collect()
+        };
+        let mixed = vec![
+            (GroupId(1), append_of(32 << 20)),
+            (GroupId(2), message(MessageType::MsgHeartbeat)),
+            (GroupId(3), append_of(10)),
+            (GroupId(4), message(MessageType::MsgRequestVoteResponse)),
+        ];
+        assert_eq!(
+            kinds(&by_lane(mixed)),
+            vec![
+                vec![
+                    (2, MessageType::MsgHeartbeat),
+                    (4, MessageType::MsgRequestVoteResponse)
+                ],
+                vec![(1, MessageType::MsgAppend), (3, MessageType::MsgAppend)],
+            ]
+        );
+        let appends = vec![(GroupId(1), append_of(10)), (GroupId(2), append_of(10))];
+        assert_eq!(by_lane(appends).len(), 1, "the usual round stays one list");
+        let signals = vec![(GroupId(1), message(MessageType::MsgHeartbeatResponse))];
+        assert_eq!(by_lane(signals).len(), 1);
+    }
+
+    #[test]
+    fn a_frame_takes_the_log_lane_if_it_carries_an_append() {
+        let batch = |messages: Vec<(GroupId, Message)>| {
+            Frame::Batch(RaftBatch {
+                from: NodeId(1),
+                messages,
+            })
+        };
+        let heartbeat = (GroupId(1), message(MessageType::MsgHeartbeat));
+        assert_eq!(Lane::of(&batch(vec![heartbeat.clone()])), Lane::Signal);
+        assert_eq!(
+            Lane::of(&batch(vec![heartbeat, (GroupId(2), append_of(1))])),
+            Lane::Log
+        );
+        let ack = SnapshotAck {
+            from: NodeId(2),
+            key: SnapshotKey {
+                group: GroupId(1),
+                index: 5,
+                term: 1,
+            },
+            ok: true,
+        };
+        assert_eq!(Lane::of(&Frame::Ack(ack)), Lane::Signal);
     }
 }

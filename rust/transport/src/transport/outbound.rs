@@ -1,6 +1,7 @@
 //! Dialling, the connection pool and the requesting side of RPCs and one-way frames.
 
 use super::*;
+use nodedb_wire::FrameHeader;
 use std::pin::Pin;
 
 use tokio::sync::futures::OwnedNotified;
@@ -184,7 +185,7 @@ impl Inner {
         payload: Bytes,
     ) -> Result<OutboundFrame, TransportError> {
         let fresh = self.connect(addr).await?;
-        let result = self.rpc_once(addr, &fresh.conn, kind, payload).await;
+        let result = self.exchange(addr, &fresh.conn, kind, payload).await;
         fresh.conn.close(
             VarInt::from_u32(CLOSE_CODE_ONE_SHOT_DONE),
             b"one-shot rpc done",
@@ -337,8 +338,30 @@ impl Inner {
         kind: MessageKind,
         payload: Bytes,
     ) -> Result<OutboundFrame, TransportError> {
-        self.bounded_rpc(self.rpc_attempts(addr, expected_pin, kind, payload))
+        self.bounded_rpc(self.rpc_attempts(addr, expected_pin, kind, payload, None))
             .await
+    }
+
+    /// A request bounded by `pace` instead of `rpc_timeout` (`Transport::send_rpc_paced`).
+    pub(super) async fn paced_rpc(
+        &self,
+        addr: SocketAddr,
+        expected_pin: Option<SpkiPin>,
+        kind: MessageKind,
+        payload: Bytes,
+        pace: RpcPace,
+    ) -> Result<OutboundFrame, TransportError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(TransportError::Closed);
+        }
+        let result = if Instant::now() >= pace.answer_by {
+            Err(paced_timeout(Instant::now()))
+        } else {
+            self.rpc_attempts(addr, expected_pin, kind, payload, Some(pace))
+                .await
+        };
+        self.count_rpc(&result);
+        result
     }
 
     /// One request, refused once closed, bounded by `rpc_timeout` as a whole, counted.
@@ -354,11 +377,15 @@ impl Inner {
             Ok(result) => result,
             Err(_) => Err(TransportError::Timeout { op: "rpc", timeout }),
         };
-        match &result {
+        self.count_rpc(&result);
+        result
+    }
+
+    fn count_rpc(&self, result: &Result<OutboundFrame, TransportError>) {
+        match result {
             Ok(_) => Metrics::inc(&self.metrics.rpcs_sent),
             Err(err) => self.metrics.error(err),
         }
-        result
     }
 
     pub(super) async fn rpc_attempts(
@@ -367,16 +394,32 @@ impl Inner {
         expected_pin: Option<SpkiPin>,
         kind: MessageKind,
         payload: Bytes,
+        pace: Option<RpcPace>,
     ) -> Result<OutboundFrame, TransportError> {
+        let start = Instant::now();
+        let connect = || async {
+            match pace {
+                Some(pace) => tokio::time::timeout_at(
+                    pace.answer_by.into(),
+                    self.connection(addr, expected_pin),
+                )
+                .await
+                .unwrap_or_else(|_| Err(paced_timeout(start))),
+                None => self.connection(addr, expected_pin).await,
+            }
+        };
         // At most two attempts: a stale pooled connection is replaced once.
-        let (mut conn, mut reused) = self.connection(addr, expected_pin).await?;
+        let (mut conn, mut reused) = connect().await?;
         for attempt in 0..2 {
-            match self.rpc_once(addr, &conn, kind, payload.clone()).await {
+            match self
+                .rpc_once(addr, &conn, kind, payload.clone(), pace, start)
+                .await
+            {
                 Ok(frame) => return reply_or_remote(frame),
                 Err(AttemptError::Stale(err)) if reused && attempt == 0 => {
                     tracing::debug!(%addr, %err, "stale connection, redialling once");
                     self.forget_connection(addr, Some(conn.stable_id()));
-                    (conn, reused) = self.connection(addr, expected_pin).await?;
+                    (conn, reused) = connect().await?;
                 }
                 Err(AttemptError::Stale(err) | AttemptError::Fatal(err)) => {
                     if conn.close_reason().is_some() {
@@ -398,7 +441,56 @@ impl Inner {
         conn: &quinn::Connection,
         kind: MessageKind,
         payload: Bytes,
+        pace: Option<RpcPace>,
+        start: Instant,
     ) -> Result<OutboundFrame, AttemptError> {
+        let Some(pace) = pace else {
+            return self.exchange(addr, conn, kind, payload).await;
+        };
+        let timed_out = || AttemptError::Fatal(paced_timeout(start));
+        let (mut recv, header) = tokio::time::timeout_at(
+            pace.answer_by.into(),
+            self.exchange_to_header(addr, conn, kind, payload),
+        )
+        .await
+        .map_err(|_| timed_out())??;
+        let reply_by = Instant::now() + pace.reply_allowance(header.payload_bytes);
+        let payload = tokio::time::timeout_at(reply_by.into(), read_payload(&mut recv, &header))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| self.read_failure(addr, e))?;
+        Ok(OutboundFrame {
+            kind: header.kind,
+            payload,
+        })
+    }
+
+    /// Send one request and read its reply, the whole frame.
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        conn: &quinn::Connection,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<OutboundFrame, AttemptError> {
+        let (mut recv, header) = self.exchange_to_header(addr, conn, kind, payload).await?;
+        let payload = read_payload(&mut recv, &header)
+            .await
+            .map_err(|e| self.read_failure(addr, e))?;
+        Ok(OutboundFrame {
+            kind: header.kind,
+            payload,
+        })
+    }
+
+    /// Send one request and read its reply's header: the stream left to read the payload from.
+    async fn exchange_to_header(
+        &self,
+        addr: SocketAddr,
+        conn: &quinn::Connection,
+        kind: MessageKind,
+        payload: Bytes,
+    ) -> Result<(quinn::RecvStream, FrameHeader), AttemptError> {
         let (mut send, mut recv) = conn
             .open_bi()
             .await
@@ -421,15 +513,19 @@ impl Inner {
                 })
             }
         }
-        match read_frame(&mut recv).await {
-            Ok((kind, payload)) => Ok(OutboundFrame { kind, payload }),
-            Err(ReadFrameError::Frame(e)) => Err(AttemptError::Fatal(TransportError::Frame(e))),
-            Err(ReadFrameError::Read(quinn::ReadError::ConnectionLost(
+        let header = read_header(&mut recv)
+            .await
+            .map_err(|e| self.read_failure(addr, e))?;
+        Ok((recv, header))
+    }
+
+    fn read_failure(&self, addr: SocketAddr, err: ReadFrameError) -> AttemptError {
+        match err {
+            ReadFrameError::Frame(e) => AttemptError::Fatal(TransportError::Frame(e)),
+            ReadFrameError::Read(quinn::ReadError::ConnectionLost(
                 quinn::ConnectionError::Reset,
-            ))) => Err(AttemptError::Stale(
-                self.connection_error(addr, quinn::ConnectionError::Reset),
-            )),
-            Err(ReadFrameError::Read(e)) => Err(AttemptError::Fatal(read_error(addr, self, e))),
+            )) => AttemptError::Stale(self.connection_error(addr, quinn::ConnectionError::Reset)),
+            ReadFrameError::Read(e) => AttemptError::Fatal(read_error(addr, self, e)),
         }
     }
 
@@ -438,6 +534,7 @@ impl Inner {
         peer: PeerEntry,
         kind: MessageKind,
         payload: Bytes,
+        priority: i32,
     ) -> Result<(), TransportError> {
         let addr = peer.target();
         let (mut conn, reused) = self.connection(addr, peer.expected_pin).await?;
@@ -453,6 +550,10 @@ impl Inner {
             }
             Err(err) => return Err(self.connection_error(addr, err)),
         };
+        if priority != 0 {
+            // Cannot fail on a stream just opened.
+            let _ = send.set_priority(priority);
+        }
         write_frame(&mut send, kind, payload)
             .await
             .map_err(|err| match err {
@@ -567,10 +668,12 @@ impl Inner {
         node_id: NodeId,
         kind: MessageKind,
         payload: Bytes,
+        priority: i32,
     ) -> Result<(), TransportError> {
         let (peer, moved) = self.watched_peer(node_id)?;
         let timeout = self.config.rpc_timeout;
-        let send = tokio::time::timeout(timeout, self.oneway(peer.clone(), kind, payload));
+        let send =
+            tokio::time::timeout(timeout, self.oneway(peer.clone(), kind, payload, priority));
         let send = async move {
             send.await.unwrap_or(Err(TransportError::Timeout {
                 op: "send_oneway",
@@ -599,5 +702,13 @@ pub(super) async fn unless_moved<T>(
             addr: peer.target(),
             reason: "the peer moved to another address meanwhile".into(),
         }),
+    }
+}
+
+/// A paced request that ran out of time (`RpcPace`), after `start`.
+fn paced_timeout(start: Instant) -> TransportError {
+    TransportError::Timeout {
+        op: "rpc",
+        timeout: start.elapsed(),
     }
 }

@@ -37,6 +37,7 @@ fn item(call: &Arc<Call>, slot: usize, bytes: usize) -> Item {
         vshard: 0,
         refused: 0,
         search: Default::default(),
+        timeouts: 0,
     }
 }
 
