@@ -279,8 +279,11 @@ class Node:
             updated = dataclasses.replace(own, addr=wanted[0], swim_addr=wanted[1])
             if own.addr != wanted[0]:
                 # Moved: peers reach it where it says until group 0 records it (PEER_ADDRESS),
-                # told again each attempt for those that missed it (down, restarted).
+                # told again each attempt for those that missed it (down, restarted). The seeds
+                # too: if every member moved at once, none listens where the topology says,
+                # and each may listen at one of them.
                 self.transport.announce_address()
+                self.transport.announce_address_to([str(a) for a in self.config.seed_nodes])
             try:
                 refused = await self._proposer.propose(MetadataEntry((AddNode(updated),)))
             except ClusterError as e:

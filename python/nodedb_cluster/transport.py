@@ -372,6 +372,11 @@ class Transport:
         there before the cluster's topology records it."""
         self._core.announce_address()
 
+    def announce_address_to(self, addrs: Sequence[str]) -> None:
+        """`announce_address` to addresses no registered peer is known at (a node's seeds):
+        when a whole cluster moved at once, every peer listens where this node never knew."""
+        self._core.announce_address_to(list(addrs))
+
     async def send_rpc(self, node_id: int, kind: int, payload: bytes) -> Reply:
         """Request/response to a registered peer; an Error reply raises `RemoteError`."""
         return await self.send_rpc_nowait(node_id, kind, payload)

@@ -478,6 +478,17 @@ impl PyTransport {
         self.inner.announce_address();
     }
 
+    /// The same to addresses no registered peer is known at (see
+    /// `Transport::announce_address_to`).
+    fn announce_address_to(&self, py: Python<'_>, addrs: Vec<String>) -> PyResult<()> {
+        let addrs = addrs
+            .iter()
+            .map(|a| parse_addr(py, a))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.inner.announce_address_to(&addrs);
+        Ok(())
+    }
+
     /// Resolve `future` with `(kind, payload)` of the reply.
     fn send_rpc(
         &self,

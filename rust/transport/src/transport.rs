@@ -458,6 +458,38 @@ impl Transport {
         }
     }
 
+    /// [`Transport::announce_address`] to addresses no registered peer is known at: the seeds of
+    /// a node whose peers may all have moved, as when a whole cluster is re-addressed at once
+    /// (each node only knows the others' old addresses, and each may now listen at a seed).
+    /// Whoever listens there learns where this node listens if it is a member that pinned
+    /// this node's key (its `PEER_ADDRESS` handler checks the connection, not the payload).
+    pub fn announce_address_to(&self, addrs: &[SocketAddr]) {
+        let known: Vec<SocketAddr> = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(PeerEntry::target)
+            .collect();
+        let here = Bytes::from(self.inner.local_addr.to_string());
+        let timeout = self.inner.config.rpc_timeout;
+        for &addr in addrs {
+            if addr == self.inner.local_addr || known.contains(&addr) {
+                continue;
+            }
+            let (inner, here) = (Arc::clone(&self.inner), here.clone());
+            self.inner.runtime.spawn(async move {
+                let send = inner.oneway(addr, None, MessageKind::PEER_ADDRESS, here, 0);
+                match tokio::time::timeout(timeout, send).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::debug!(%addr, %err, "address announcement not sent"),
+                    Err(_) => tracing::debug!(%addr, "address announcement timed out"),
+                }
+            });
+        }
+    }
+
     /// Where frames to `node_id` go: its registered address, or the one it said it listens at.
     pub fn peer_addr(&self, node_id: NodeId) -> Option<SocketAddr> {
         self.inner

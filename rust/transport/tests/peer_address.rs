@@ -106,3 +106,27 @@ async fn an_address_that_is_not_the_connections_or_another_key_changes_nothing()
         .unwrap_err(); // a one-way kind asked as a request gets "no_reply"
     assert_eq!(one.peer_addr(NodeId(2)), Some(recorded));
 }
+
+/// Both nodes moved: each knows only the other's old address. Told at a seed address (no node
+/// id known there), node 1 learns where node 2 listens; its own registered address is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_peers_all_moved_is_found_through_a_seed_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let one = bind(1, ANY, c[0].clone());
+    let two = bind(2, ANY, c[1].clone());
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    one.register_peer(NodeId(2), nowhere, two.spki_pin());
+    two.register_peer(NodeId(1), nowhere, one.spki_pin());
+    // A plain announcement goes to the registered (old) address: nothing learns anything.
+    two.announce_address();
+    two.announce_address_to(&[nowhere, two.local_addr(), one.local_addr()]);
+    assert!(wait_peer_addr(&one, 2, two.local_addr()).await);
+    serve_echo(&two);
+    let reply = one
+        .send_rpc(NodeId(2), MessageKind::PING, Bytes::from_static(b"found"))
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, Bytes::from_static(b"found"));
+    assert_eq!(two.peer_addr(NodeId(1)), Some(nowhere), "not told yet");
+}

@@ -531,19 +531,19 @@ impl Inner {
 
     pub(super) async fn oneway(
         &self,
-        peer: PeerEntry,
+        addr: SocketAddr,
+        expected_pin: Option<SpkiPin>,
         kind: MessageKind,
         payload: Bytes,
         priority: i32,
     ) -> Result<(), TransportError> {
-        let addr = peer.target();
-        let (mut conn, reused) = self.connection(addr, peer.expected_pin).await?;
+        let (mut conn, reused) = self.connection(addr, expected_pin).await?;
         let mut send = match conn.open_uni().await {
             Ok(send) => send,
             Err(err) if reused => {
                 tracing::debug!(%addr, %err, "stale connection, redialling once");
                 self.forget_connection(addr, Some(conn.stable_id()));
-                conn = self.connection(addr, peer.expected_pin).await?.0;
+                conn = self.connection(addr, expected_pin).await?.0;
                 conn.open_uni()
                     .await
                     .map_err(|e| self.connection_error(addr, e))?
@@ -672,8 +672,10 @@ impl Inner {
     ) -> Result<(), TransportError> {
         let (peer, moved) = self.watched_peer(node_id)?;
         let timeout = self.config.rpc_timeout;
-        let send =
-            tokio::time::timeout(timeout, self.oneway(peer.clone(), kind, payload, priority));
+        let send = tokio::time::timeout(
+            timeout,
+            self.oneway(peer.target(), peer.expected_pin, kind, payload, priority),
+        );
         let send = async move {
             send.await.unwrap_or(Err(TransportError::Timeout {
                 op: "send_oneway",
