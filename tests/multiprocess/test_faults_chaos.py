@@ -6,7 +6,6 @@ leader is replaced, the majority commits)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 import support
-from nodedb_cluster.faults.netfault import NETNS_ENV, can_make_private_netns
+from nodedb_cluster.faults.netfault import can_make_private_netns
 
 pytestmark = pytest.mark.multiprocess
 needs_netns = pytest.mark.skipif(
@@ -131,12 +130,7 @@ def test_chaos_moves_nodes_to_other_addresses_under_load(tmp_path: Path) -> None
 @needs_netns
 @pytest.mark.timeout(150)
 def test_a_partition_drops_real_packets_and_the_majority_moves_on() -> None:
-    probe = support.DIR / "faults_partition_probe.py"
-    env = dict(os.environ, **{NETNS_ENV: os.readlink("/proc/self/ns/net")})
-    cmd = ["unshare", "--net", "--", sys.executable, str(probe)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=140, env=env, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = support.run_in_private_netns("faults_partition_probe.py", 140)
     assert result["new_leader"] != result["old_leader"]
     assert result["new_term"] > result["old_term"]
     assert result["elected_s"] < 10.0

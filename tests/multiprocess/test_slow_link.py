@@ -3,15 +3,10 @@ is limited to 200 Mbit/s (`tests/support/slow_link_probe.py`, under `unshare --n
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 import support
-from nodedb_cluster.faults.netfault import NETNS_ENV, can_make_private_netns
+from nodedb_cluster.faults.netfault import can_make_private_netns
 
 pytestmark = pytest.mark.multiprocess
 
@@ -26,12 +21,7 @@ def test_a_32_mib_value_crosses_a_200_mbit_link_without_an_election() -> None:
     again while it crossed, and no put finished in 60 s); a retried put gets a longer bound
     each time it runs out; a read is given its reply's size (before: a 32 MiB reply always
     outlasted the 1 s attempt bound, and every attempt marked the leader down)."""
-    probe = support.DIR / "slow_link_probe.py"
-    env = dict(os.environ, **{NETNS_ENV: os.readlink("/proc/self/ns/net")})
-    cmd = ["unshare", "--net", "--", sys.executable, str(probe)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env, check=False)
-    assert done.returncode == 0, done.stderr[-4000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = support.run_in_private_netns("slow_link_probe.py", 170)
     if "skip" in result:
         pytest.skip(result["skip"])
     assert result["after"] == result["before"], "a group changed leader or term"

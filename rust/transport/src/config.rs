@@ -8,8 +8,17 @@ pub struct TransportConfig {
     /// Bound on establishing a connection (handshake included). docs/JOIN.md default rpc timeout.
     pub connect_timeout: Duration,
     /// Bound on a whole request/response (connect, write, peer handler, read); also bounds how
-    /// long an inbound handler may take before the peer gets an Error reply.
+    /// long an inbound handler may take before the peer gets an Error reply. A frame's payload
+    /// (inbound, and a one-way frame sent) is given `frame_bytes_per_s_min` on top.
     pub rpc_timeout: Duration,
+    /// The slowest rate a frame's payload may move at between nodes: an inbound frame of n
+    /// bytes from a node must arrive within `rpc_timeout` plus n / this (its header within
+    /// `rpc_timeout`), and a one-way frame sent is given as long. Without it a large frame over
+    /// a slow link (a 60 MiB append over a share of 200 Mbit/s) was reset by its receiver at
+    /// `rpc_timeout`, and raft sent it again, for good. A node's connection has a budget of its
+    /// own; every other certificate's frame still has `rpc_timeout` alone (they share one
+    /// budget, which a slow stream must not hold for long). 2 MiB/s: a 64 MiB frame 32 s more.
+    pub frame_bytes_per_s_min: u64,
     /// Keep-alive PING interval: keeps NATs open and lets the idle timer detect a dead peer.
     pub keep_alive_interval: Duration,
     /// A connection with no packet from the peer for this long is closed and replaced on next
@@ -74,6 +83,7 @@ impl Default for TransportConfig {
         TransportConfig {
             connect_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(5),
+            frame_bytes_per_s_min: 2 * 1024 * 1024,
             keep_alive_interval: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(5),
             initial_rtt: Duration::from_millis(100),
@@ -94,10 +104,19 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
+    /// `rpc_timeout` plus the time a payload of `bytes` is given at `frame_bytes_per_s_min`.
+    pub fn frame_timeout(&self, bytes: usize) -> Duration {
+        let rate = self.frame_bytes_per_s_min.max(1);
+        self.rpc_timeout + Duration::from_millis((bytes as u64).saturating_mul(1000) / rate)
+    }
+
     /// Refuse combinations that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.rpc_timeout.is_zero() {
             return Err("rpc_timeout must be positive".into());
+        }
+        if self.frame_bytes_per_s_min == 0 {
+            return Err("frame_bytes_per_s_min must be positive".into());
         }
         if self.connect_timeout.is_zero() {
             return Err("connect_timeout must be positive".into());
@@ -138,5 +157,25 @@ impl TransportConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_given_its_size_at_the_slowest_rate_on_top_of_the_rpc_timeout() {
+        let cfg = TransportConfig::default();
+        assert_eq!(cfg.frame_timeout(0), cfg.rpc_timeout);
+        assert_eq!(
+            cfg.frame_timeout(64 << 20),
+            cfg.rpc_timeout + Duration::from_secs(32)
+        );
+        let zero = TransportConfig {
+            frame_bytes_per_s_min: 0,
+            ..TransportConfig::default()
+        };
+        assert!(zero.validate().is_err());
     }
 }

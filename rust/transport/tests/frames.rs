@@ -206,6 +206,46 @@ async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
     assert_the_one_connection_still_serves(&client, &server).await;
 }
 
+/// A node's frame is given its announced size at `frame_bytes_per_s_min` on top of the rpc
+/// timeout (a large frame over a slow link is not a stalled one), and is reset after that. (A
+/// client's is not: `client_connections_share_one_inbound_budget_and_a_node_keeps_its_own`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_is_given_its_size_before_it_is_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let server = echo_server_with(
+        c[0].clone(),
+        TransportConfig {
+            rpc_timeout: Duration::from_millis(300),
+            frame_bytes_per_s_min: 1000,
+            ..config()
+        },
+    );
+    let client = bind(2, ANY, c[1].clone());
+    let mut partial = FrameHeader::encode(MessageKind::PING, &[0u8; 1000])
+        .unwrap()
+        .to_vec();
+    partial.extend_from_slice(&[0u8; 10]); // 10 of the 1000 announced bytes, stream left open
+    let started = std::time::Instant::now();
+    let answer = client
+        .send_raw_to_addr(server.local_addr(), Bytes::from(partial), false)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        answer,
+        Err(u64::from(
+            nodedb_transport::transport::STREAM_CODE_INBOUND_TIMEOUT
+        ))
+    );
+    // 300 ms + 1000 bytes at 1000 bytes/s.
+    assert!(
+        took >= Duration::from_millis(1250) && took < Duration::from_millis(3000),
+        "{took:?}"
+    );
+    assert_eq!(server.metrics()["inbound_stream_timeouts"], 1);
+}
+
 /// A kind the sender's role may not send is refused on its header: a client certificate
 /// announcing a RaftBatch gets the refusal at once, before sending (and without the node
 /// reserving or reading) its payload; one that sends a large payload anyway gets the typed

@@ -83,21 +83,40 @@ impl Inner {
         recv: &mut quinn::RecvStream,
         send: Option<&mut quinn::SendStream>,
     ) -> Option<(MessageKind, Bytes, OwnedSemaphorePermit)> {
-        let read = async {
-            let header = read_header(recv).await?;
-            if let Err(refusal) = authorize(&peer.identity, header.kind) {
-                return Ok(Ok(Inbound::Refused(header.kind, refusal)));
-            }
-            let units = header.payload_bytes.div_ceil(BUDGET_UNIT_BYTES);
-            // Cannot fail: the semaphore is never closed and units ≤ the budget (validated).
-            let permit = budget
-                .clone()
-                .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
-                .await;
-            let payload = read_payload(recv, &header).await?;
-            Ok::<_, ReadFrameError>(permit.map(|p| Inbound::Frame(header.kind, payload, p)))
+        // The header within `rpc_timeout`; the payload (its room in the budget waited for, then
+        // its bytes) within that too, or, from a node, within the frame's timeout for the size
+        // the header announced: a node's connection has a budget of its own, while every other
+        // certificate shares one that a slow stream must not hold for long.
+        let started = tokio::time::Instant::now();
+        let outcome = match tokio::time::timeout(self.config.rpc_timeout, read_header(recv)).await {
+            Err(late) => Err(late),
+            Ok(Err(err)) => Ok(Err(err)),
+            Ok(Ok(header)) => match authorize(&peer.identity, header.kind) {
+                Err(refusal) => Ok(Ok(Ok(Inbound::Refused(header.kind, refusal)))),
+                Ok(()) => {
+                    let by = started
+                        + if peer.identity.node_id().is_some() {
+                            self.config.frame_timeout(header.payload_bytes)
+                        } else {
+                            self.config.rpc_timeout
+                        };
+                    let rest = async {
+                        let units = header.payload_bytes.div_ceil(BUDGET_UNIT_BYTES);
+                        // Cannot fail: the semaphore is never closed and units ≤ the budget
+                        // (validated).
+                        let permit = budget
+                            .clone()
+                            .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
+                            .await;
+                        let payload = read_payload(recv, &header).await?;
+                        Ok::<_, ReadFrameError>(
+                            permit.map(|p| Inbound::Frame(header.kind, payload, p)),
+                        )
+                    };
+                    tokio::time::timeout_at(by, rest).await
+                }
+            },
         };
-        let outcome = tokio::time::timeout(self.config.rpc_timeout, read).await;
         let reset =
             |code: VarInt, recv: &mut quinn::RecvStream, send: Option<&mut quinn::SendStream>| {
                 Metrics::inc(&self.metrics.streams_reset);

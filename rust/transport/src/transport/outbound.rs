@@ -671,7 +671,7 @@ impl Inner {
         priority: i32,
     ) -> Result<(), TransportError> {
         let (peer, moved) = self.watched_peer(node_id)?;
-        let timeout = self.config.rpc_timeout;
+        let timeout = self.config.frame_timeout(payload.len());
         let send = tokio::time::timeout(
             timeout,
             self.oneway(peer.target(), peer.expected_pin, kind, payload, priority),
