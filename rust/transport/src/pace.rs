@@ -4,7 +4,9 @@
 //! a reply of 48 MiB over a link of 100 Mbit/s takes 4 s from a peer that answered at once.
 //! A paced request bounds the part that is the peer's (connect, the request, the handling,
 //! until the reply's header arrives) by `answer_by`, and gives the reply's payload its
-//! announced length at `reply_bytes_per_s`, counted from its header. A peer that stops
+//! announced length at `reply_bytes_per_s`, counted from its header, and never less than what
+//! is left of `answer_by` (a reply of 1 MiB that came early was otherwise given 60 ms, which a
+//! loaded host missed: the write was retried, and its result was gone). A peer that stops
 //! sending mid-reply is still caught: by that allowance, and by QUIC's idle timeout.
 
 use std::time::{Duration, Instant};

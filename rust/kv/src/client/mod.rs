@@ -600,9 +600,11 @@ impl KvClient {
             Err(err) => Err(err),
             Ok(payload) => {
                 self.requests_sent.fetch_add(1, Ordering::Relaxed);
-                // A peer's reply must start within the attempt's bound, and is then given its
-                // length to arrive (a large value is not a slow node); the call's deadline
-                // bounds the whole. An in-process answer moves nothing.
+                // A peer's reply must start within the attempt's bound, counted from now (the
+                // request is encoded: a large one took a while), and is then given its length
+                // to arrive (a large value is not a slow node); the call's deadline bounds the
+                // whole. An in-process answer moves nothing.
+                let sent_at = Instant::now();
                 let (rpc, bound): (Rpc<'_>, Duration) = match local {
                     Some(server) => (Box::pin(serve_here(server, payload)), timeout),
                     None => (
@@ -611,11 +613,13 @@ impl KvClient {
                             MessageKind::KV_REQUEST,
                             payload,
                             RpcPace {
-                                answer_by: start + timeout,
+                                answer_by: sent_at + timeout,
                                 reply_bytes_per_s: TRANSFER_BYTES_PER_S_MIN,
                             },
                         )),
-                        call_deadline.saturating_duration_since(start).max(timeout),
+                        call_deadline
+                            .saturating_duration_since(sent_at)
+                            .max(timeout),
                     ),
                 };
                 tokio::select! {

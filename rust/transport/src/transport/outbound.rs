@@ -454,7 +454,10 @@ impl Inner {
         )
         .await
         .map_err(|_| timed_out())??;
-        let reply_by = Instant::now() + pace.reply_allowance(header.payload_bytes);
+        // Never less than the answer bound left: a reply that came early keeps that too.
+        let reply_by = pace
+            .answer_by
+            .max(Instant::now() + pace.reply_allowance(header.payload_bytes));
         let payload = tokio::time::timeout_at(reply_by.into(), read_payload(&mut recv, &header))
             .await
             .map_err(|_| timed_out())?
