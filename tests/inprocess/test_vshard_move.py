@@ -7,6 +7,7 @@ move leaves the vShard where it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from test_kv_sessions import converged, leader_of
 
 from nodedb_cluster import vshard_mover, wire
 from nodedb_cluster.client import Client
-from nodedb_cluster.errors import InvalidRequest, VShardMoved, VShardPaused
+from nodedb_cluster.errors import ClusterError, InvalidRequest, VShardMoved, VShardPaused
 from nodedb_cluster.metadata.commands import AssignVShard, BeginVShardMove, MetadataEntry
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import (
@@ -369,10 +370,11 @@ async def test_a_move_whose_source_leader_changed_before_it_ran_is_rolled_back(
     """The node that leads the source group when a move begins carries it out; a node that
     leads it only later rolls the move back instead of taking it over (the first mover may
     still be running: paused, or cut off), and every key stays where it was. The first move
-    makes the leader rest (duty 1 %, no cap; held 30 ms once frozen, so at least 3 s on any
-    host), so the second waits while leadership changes."""
+    makes the leader rest (duty 1 %, no cap; held 100 ms once frozen, so at least 9.9 s on any
+    host), and the second is seen resting there while leadership changes: each step is awaited
+    (a leader transfer can fail, and the rest must not end before it lands)."""
     monkeypatch.setattr(vshard_mover, "MOVE_REST_MAX_S", 3600.0)
-    monkeypatch.setenv(vshard_mover.FAILPOINT_FROZEN_DELAY_MS, "30")
+    monkeypatch.setenv(vshard_mover.FAILPOINT_FROZEN_DELAY_MS, "100")
     async with formed(tmp_path, num_groups=2, vshard_move_duty_percent=1) as nodes:
         routing = nodes[0].metadata.routing
         first, second = [v for v in range(1024) if routing.group_for_vshard(v) == 1][:2]
@@ -382,10 +384,22 @@ async def test_a_move_whose_source_leader_changed_before_it_ran_is_rolled_back(
         mover = await leader_of(nodes, 1)
         await begin_move(nodes, first, 1, 2)
         await move_ended(nodes, first, 2, MOVE_END_S)
-        await begin_move(nodes, second, 1, 2)  # the first mover rests: not started yet
+        await begin_move(nodes, second, 1, 2)
+        deadline = time.monotonic() + MOVE_END_S
+        while (progress := mover.vshard_mover.progress.get(second)) is None or (
+            progress.phase != "resting"
+        ):
+            assert time.monotonic() < deadline, "the second move is not shown resting"
+            await asyncio.sleep(0.005)  # the mover's local state: no event to await, bounded
         heir = next(n for n in nodes if n is not mover)
         assert mover.engine is not None
-        await mover.engine.transfer_leader(1, heir.config.node_id)
+        assert heir.engine is not None
+        while heir.engine.leader(1) != heir.config.node_id:
+            assert time.monotonic() < deadline, "group 1's leadership did not move"
+            with contextlib.suppress(ClusterError):  # refused mid-change: asked again
+                await mover.engine.transfer_leader(1, heir.config.node_id)
+            await asyncio.sleep(0.05)  # leadership has no event to await here, bounded
+        assert mover.vshard_mover.rest_left_s() > 0, "the leader moved within the rest"
         deadline = time.monotonic() + MOVE_END_S
         while nodes[0].metadata.vshard_moves.get(second) is not None:
             assert time.monotonic() < deadline, "the move was not rolled back"
