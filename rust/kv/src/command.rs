@@ -195,6 +195,27 @@ pub fn is_delete(encoded: &[u8]) -> bool {
     client_op(encoded) == Some(2)
 }
 
+/// The client and seq of a session command, read from its header alone: what makes two copies
+/// of one write the same write (a retry carries the same pair).
+pub fn session_of(encoded: &[u8]) -> Option<(u64, u64)> {
+    if encoded.first() != Some(&SESSION_OP) || encoded.len() <= SESSION_HEADER_BYTES {
+        return None;
+    }
+    let mut r = Reader::new(&encoded[1..]);
+    Some((r.u64().ok()?, r.u64().ok()?))
+}
+
+/// The key of a session's key command, read without decoding the rest (a large value is not
+/// copied to find its vShard).
+pub fn session_key(encoded: &[u8]) -> Option<&[u8]> {
+    session_of(encoded)?;
+    let inner = &encoded[SESSION_HEADER_BYTES..];
+    if !matches!(inner.first(), Some(1..=4)) {
+        return None;
+    }
+    Reader::new(&inner[1..]).bytes("key").ok()
+}
+
 /// The op byte of a key command, looking inside a session.
 fn client_op(encoded: &[u8]) -> Option<u8> {
     match encoded.first() {
@@ -665,6 +686,44 @@ mod tests {
                 assert_eq!(KvCommand::decode(&cmd.encode()), Ok(cmd), "re-encodes");
             }
         }
+    }
+
+    #[test]
+    fn a_session_command_is_known_by_its_client_and_seq_from_its_header() {
+        let enc = session(7, 9, 3, put(b"k", b"v")).encode();
+        assert_eq!(session_of(&enc), Some((7, 9)));
+        assert_eq!(session_of(&put(b"k", b"v").encode()), None, "bare");
+        assert_eq!(session_of(&enc[..25]), None, "a header with no command");
+        assert_eq!(session_of(&[]), None);
+    }
+
+    #[test]
+    fn a_session_command_s_key_is_read_without_decoding_the_rest() {
+        let k = b"key".to_vec();
+        for inner in [
+            put(b"key", b"value"),
+            KvCommand::Delete { key: k.clone() },
+            KvCommand::Cas {
+                key: k.clone(),
+                expected: Some(b"old".to_vec()),
+                value: b"new".to_vec(),
+            },
+            KvCommand::Get { key: k.clone() },
+        ] {
+            let enc = session(1, 2, 0, inner.clone()).encode();
+            assert_eq!(session_key(&enc), Some(&b"key"[..]), "{inner:?}");
+            assert_eq!(session_key(&inner.encode()), None, "bare: no session");
+        }
+        let step = KvCommand::VShard {
+            step: VShardStep::Freeze,
+            vshard: 3,
+            group: 2,
+            move_id: 1,
+        };
+        let enc = KvCommand::encode_session(1, 2, 0, &step.encode());
+        assert_eq!(session_key(&enc), None, "not a key command");
+        let cut = session(1, 2, 0, put(b"key", b"v")).encode();
+        assert_eq!(session_key(&cut[..28]), None, "truncated key");
     }
 
     #[test]

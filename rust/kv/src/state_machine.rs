@@ -26,7 +26,7 @@ use nodedb_multiraft::state_machine::{
     Command, DecodedState, SnapshotDecoder, SnapshotView, StateMachine,
 };
 
-use crate::command::{KvCommand, KvResult, VShardStep, ValueAnswer};
+use crate::command::{session_key, session_of, KvCommand, KvResult, VShardStep, ValueAnswer};
 use crate::partition::ShardedMap;
 use crate::routing::vshard_of;
 use crate::session_table::{Admission, SessionTable, RESULT_KEPT_BYTES_MAX};
@@ -124,6 +124,19 @@ impl KvState {
             return None; // no move in this group: the common case costs one branch
         }
         self.vshards.get(&(vshard as u32))?.state.refusal()
+    }
+
+    /// What a copy of an applied session command (a client's retry) gets here without a new
+    /// entry: the result this group cached for it, when applying the copy now would give just
+    /// that (its vShard served here; [`KvStateMachine`]'s `apply_in_session`). Applied means
+    /// committed, so the answer is final whichever node gives it. None: propose the copy.
+    pub fn copy_answer(&self, encoded: &[u8]) -> Option<Vec<u8>> {
+        let (client, seq) = session_of(encoded)?;
+        let cached = self.sessions.get(&client)?.results().get(&seq)?;
+        let key = session_key(encoded)?;
+        self.refusal(vshard_of(key))
+            .is_none()
+            .then(|| cached.clone())
     }
 
     /// `key`'s value, or why its vShard is not served here.

@@ -2,7 +2,12 @@
 //! `_ReadIndexShare`, the reference).
 //!
 //! Group commit: every command that arrives while `BATCHES_IN_FLIGHT_MAX` entries of its group
-//! are in flight rides the next entry (ONE Raft entry per batch). Reads share ReadIndex rounds:
+//! are in flight rides the next entry (ONE Raft entry per batch). A session command that
+//! arrives again (a client's retry after its attempt timed out: a slow link, an overloaded
+//! leader) is not proposed a second time: once its first copy applied here it gets the result
+//! the group cached for it, and while that copy is proposed and unanswered it takes that
+//! copy's answer. So retries never add entries; the batcher awaits an entry's fate past its
+//! requesters' deadlines for this. Reads share ReadIndex rounds:
 //! a read that arrives while a round is in flight waits for the next one (the running one may
 //! have been sent before it arrived), then reads the local state.
 //!
@@ -20,6 +25,8 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::freshness::Freshness;
+use crate::command::session_of;
+use crate::groups::KvGroups;
 use crate::KV_STATE_MACHINE;
 
 /// The node's confirmation clocks, shared by its batchers, read shares and reads.
@@ -36,6 +43,9 @@ pub(super) struct GroupCtx {
     pub engine: Weak<MultiRaft>,
     pub runtime: Handle,
     pub clocks: Clocks,
+    /// The node's KV groups: a batcher answers a retry's copy of an applied command from its
+    /// group's state.
+    pub groups: KvGroups,
 }
 
 /// The entry of `group` in `map`, created by `make` if absent; past `max` entries the map is
@@ -69,12 +79,26 @@ const BATCHES_IN_FLIGHT_MAX: usize = 4;
 const PENDING_COMMANDS_MAX: usize = 1 << 16;
 /// Reads of one group waiting for a ReadIndex round, at most; more are refused with Busy.
 const PENDING_READS_MAX: usize = 1 << 16;
+/// How long a proposed entry's answer is awaited at most. Its fate is known once it applies or
+/// its leader steps down (check_quorum: within an election timeout of losing its quorum), so
+/// this only frees the slot of an engine that answers neither; each requester is answered at
+/// its own deadline ([`Submitted::outcome`]).
+const PROPOSED_ANSWER_BOUND: Duration = Duration::from_secs(30);
 pub(super) type GroupResult = Result<Vec<Vec<u8>>, RaftError>;
+/// One command's answer, for a copy of it riding on the entry that holds the first.
+type CommandResult = Result<Vec<u8>, RaftError>;
+/// A session command's (client, seq): a retry carries the same.
+type SessionKey = (u64, u64);
 
 struct Waiter {
     cmds: Vec<Vec<u8>>,
-    deadline: Instant,
     reply: oneshot::Sender<GroupResult>,
+}
+
+/// Waiters proposed as one entry, and the session of each of its commands in order.
+struct Batch {
+    waiters: Vec<Waiter>,
+    sessions: Vec<Option<SessionKey>>,
 }
 
 #[derive(Default)]
@@ -82,6 +106,76 @@ struct Queue {
     pending: VecDeque<Waiter>,
     pending_cmds: usize,
     in_flight: usize,
+    /// The session commands of the entries proposed and not yet answered, each with the copies
+    /// riding on it.
+    proposed: HashMap<SessionKey, Vec<oneshot::Sender<CommandResult>>>,
+}
+
+impl Queue {
+    /// Which of `cmds` (those not `applied`) were proposed already, by position, each with
+    /// the receiver of that copy's answer.
+    fn ride(
+        &mut self,
+        cmds: &[Vec<u8>],
+        applied: &[(usize, Vec<u8>)],
+    ) -> Vec<(usize, oneshot::Receiver<CommandResult>)> {
+        if self.proposed.is_empty() {
+            return Vec::new();
+        }
+        let mut riding = Vec::new();
+        let mut applied = applied.iter().map(|(i, _)| *i).peekable();
+        for (i, cmd) in cmds.iter().enumerate() {
+            if applied.next_if_eq(&i).is_some() {
+                continue;
+            }
+            if let Some(riders) = session_of(cmd).and_then(|k| self.proposed.get_mut(&k)) {
+                let (tx, rx) = oneshot::channel();
+                riders.push(tx);
+                riding.push((i, rx));
+            }
+        }
+        riding
+    }
+
+    /// Queues `cmds` for an entry, or refuses them when the queue is full (one request alone
+    /// is always taken: the frame size bounds it).
+    fn enqueue(&mut self, cmds: Vec<Vec<u8>>, reply: oneshot::Sender<GroupResult>) {
+        if self.pending_cmds > 0 && self.pending_cmds + cmds.len() > PENDING_COMMANDS_MAX {
+            // The receiver is alive: the caller holds it.
+            let _ = reply.send(Err(RaftError::Busy {
+                reason: "kv group commit queue full",
+            }));
+            return;
+        }
+        self.pending_cmds += cmds.len();
+        self.pending.push_back(Waiter { cmds, reply });
+    }
+}
+
+/// A request's share given to a batcher.
+pub(super) struct Submitted {
+    receiver: oneshot::Receiver<GroupResult>,
+    deadline: Instant,
+    bound_ms: u64,
+    group: GroupId,
+}
+
+impl Submitted {
+    /// The share's results, or Timeout at the requester's deadline (its entry may still
+    /// commit: the outcome is unknown, as when the batch is dropped unanswered).
+    pub(super) async fn outcome(self) -> GroupResult {
+        match tokio::time::timeout_at(self.deadline.into(), self.receiver).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(RaftError::LeadershipLost {
+                group: self.group,
+                leader_hint: None,
+            }),
+            Err(_) => Err(RaftError::Timeout {
+                op: "propose",
+                timeout_ms: self.bound_ms,
+            }),
+        }
+    }
 }
 
 /// One group's group commit.
@@ -98,55 +192,82 @@ impl Batcher {
         }
     }
 
-    pub(super) fn submit(
-        self: &Arc<Self>,
-        cmds: Vec<Vec<u8>>,
-        deadline: Instant,
-    ) -> oneshot::Receiver<GroupResult> {
+    pub(super) fn submit(self: &Arc<Self>, cmds: Vec<Vec<u8>>, deadline: Instant) -> Submitted {
         let (reply, receiver) = oneshot::channel();
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        // One request alone is always taken (its size is bounded by the frame size).
-        if queue.pending_cmds > 0 && queue.pending_cmds + cmds.len() > PENDING_COMMANDS_MAX {
-            drop(queue);
-            // The receiver is alive right here: the send cannot fail.
-            let _ = reply.send(Err(RaftError::Busy {
-                reason: "kv group commit queue full",
-            }));
-            return receiver;
-        }
-        queue.pending_cmds += cmds.len();
-        queue.pending.push_back(Waiter {
-            cmds,
+        let now = Instant::now();
+        let submitted = Submitted {
+            receiver,
             deadline,
-            reply,
-        });
+            bound_ms: deadline.saturating_duration_since(now).as_millis() as u64,
+            group: self.ctx.group,
+        };
+        let applied = self.applied(&cmds);
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let riding = queue.ride(&cmds, &applied);
+        if applied.is_empty() && riding.is_empty() {
+            queue.enqueue(cmds, reply);
+        } else {
+            let total = cmds.len();
+            let mut own = (Vec::new(), Vec::new());
+            let mut known = applied
+                .iter()
+                .map(|(i, _)| *i)
+                .chain(riding.iter().map(|(i, _)| *i))
+                .collect::<Vec<usize>>();
+            known.sort_unstable();
+            let mut known = known.into_iter().peekable();
+            for (i, cmd) in cmds.into_iter().enumerate() {
+                if known.next_if_eq(&i).is_none() {
+                    own.0.push(i);
+                    own.1.push(cmd);
+                }
+            }
+            let own = (!own.1.is_empty()).then(|| {
+                let (own_reply, own_receiver) = oneshot::channel();
+                queue.enqueue(own.1, own_reply);
+                (own.0, own_receiver)
+            });
+            let parts = Parts {
+                applied,
+                own,
+                riding,
+            };
+            crate::inline::spawn(&self.ctx.runtime, assemble(total, parts, reply));
+        }
         let batches = take_batches(&mut queue);
         drop(queue);
         self.launch(batches);
-        receiver
+        submitted
+    }
+
+    /// Which of `cmds` this group applied already (a retry's copies), by position, with the
+    /// answers they get ([`crate::state_machine::KvState::copy_answer`]).
+    fn applied(&self, cmds: &[Vec<u8>]) -> Vec<(usize, Vec<u8>)> {
+        let Some(reader) = self.ctx.groups.reader(self.ctx.group) else {
+            return Vec::new();
+        };
+        let state = reader.read();
+        cmds.iter()
+            .enumerate()
+            .filter_map(|(i, cmd)| Some((i, state.copy_answer(cmd)?)))
+            .collect()
     }
 
     /// Propose each batch as one entry. Polled on this thread and then on the thread that
     /// answers it (the driver's): nothing hops to a runtime worker ([`crate::inline`]).
-    fn launch(self: &Arc<Self>, batches: Vec<Vec<Waiter>>) {
+    fn launch(self: &Arc<Self>, batches: Vec<Batch>) {
         for batch in batches {
             let this = Arc::clone(self);
             crate::inline::spawn(&self.ctx.runtime, async move { this.run(batch).await });
         }
     }
 
-    async fn run(self: Arc<Self>, batch: Vec<Waiter>) {
+    async fn run(self: Arc<Self>, batch: Batch) {
         let now = Instant::now();
-        let timeout = batch
-            .iter()
-            .map(|w| w.deadline.saturating_duration_since(now))
-            .min()
-            .unwrap_or_default()
-            .max(Duration::from_millis(1));
-        let mut counts = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut counts = Vec::with_capacity(batch.waiters.len());
+        let mut replies = Vec::with_capacity(batch.waiters.len());
         let mut items = Vec::new();
-        for waiter in batch {
+        for waiter in batch.waiters {
             counts.push(waiter.cmds.len());
             replies.push(waiter.reply);
             items.extend(waiter.cmds);
@@ -157,29 +278,55 @@ impl Batcher {
             // metadata machine nor a host's).
             Some(engine) => {
                 engine
-                    .propose_for(Some(KV_STATE_MACHINE), self.ctx.group, items, timeout)
+                    .propose_for(
+                        Some(KV_STATE_MACHINE),
+                        self.ctx.group,
+                        items,
+                        PROPOSED_ANSWER_BOUND,
+                    )
                     .await
             }
             None => Err(RaftError::Stopped {
                 reason: "engine closed".into(),
             }),
         };
-        match outcome {
-            Ok(out) if out.results.len() == expected => {
-                // Only a leader commits its own proposals: a quorum followed it at `now`.
-                clocks(&self.ctx.clocks).committed(self.ctx.group.0, now);
-                let mut results = out.results.into_iter();
-                for (reply, n) in replies.into_iter().zip(counts) {
-                    // A requester that went away meanwhile is fine to miss.
-                    let _ = reply.send(Ok(results.by_ref().take(n).collect()));
-                }
+        let outcome = match outcome {
+            Ok(out) if out.results.len() == expected => Ok(out.results),
+            Ok(out) => Err(RaftError::Invalid {
+                reason: format!("{} results for {expected} commands", out.results.len()),
+            }),
+            Err(err) => Err(err),
+        };
+        if outcome.is_ok() {
+            // Only a leader commits its own proposals: a quorum followed it at `now`.
+            clocks(&self.ctx.clocks).committed(self.ctx.group.0, now);
+        }
+        let (riders, batches) = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let riders: Vec<(usize, Vec<oneshot::Sender<CommandResult>>)> = batch
+                .sessions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, key)| Some((i, queue.proposed.remove(key.as_ref()?)?)))
+                .filter(|(_, riders)| !riders.is_empty())
+                .collect();
+            queue.in_flight -= 1;
+            (riders, take_batches(&mut queue))
+        };
+        // A requester (or a copy's) that went away meanwhile is fine to miss.
+        for (i, copies) in riders {
+            for copy in copies {
+                let _ = copy.send(match &outcome {
+                    Ok(results) => Ok(results[i].clone()),
+                    Err(err) => Err(err.clone()),
+                });
             }
-            Ok(out) => {
-                let err = RaftError::Invalid {
-                    reason: format!("{} results for {expected} commands", out.results.len()),
-                };
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
+        }
+        match outcome {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for (reply, n) in replies.into_iter().zip(counts) {
+                    let _ = reply.send(Ok(results.by_ref().take(n).collect()));
                 }
             }
             Err(err) => {
@@ -188,25 +335,67 @@ impl Batcher {
                 }
             }
         }
-        let batches = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.in_flight -= 1;
-            take_batches(&mut queue)
-        };
         self.launch(batches);
     }
 }
 
+/// A share split by what its commands are: copies of ones applied already, or proposed and
+/// unanswered (riding), and new ones (own: queued as usual). Each part by position.
+struct Parts {
+    applied: Vec<(usize, Vec<u8>)>,
+    own: Option<(Vec<usize>, oneshot::Receiver<GroupResult>)>,
+    riding: Vec<(usize, oneshot::Receiver<CommandResult>)>,
+}
+
+/// The answer of a share some of whose commands are copies of ones this group knows. Any
+/// failure fails the whole share, as for a share proposed whole.
+async fn assemble(total: usize, parts: Parts, reply: oneshot::Sender<GroupResult>) {
+    let Parts {
+        applied,
+        own,
+        riding,
+    } = parts;
+    let mut results = vec![Vec::new(); total];
+    for (i, result) in applied {
+        results[i] = result;
+    }
+    if let Some((positions, receiver)) = own {
+        match receiver.await {
+            Ok(Ok(own_results)) => {
+                for (i, result) in positions.into_iter().zip(own_results) {
+                    results[i] = result;
+                }
+            }
+            Ok(Err(err)) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+            Err(_) => return, // dropped unanswered: so is the share
+        }
+    }
+    for (i, receiver) in riding {
+        match receiver.await {
+            Ok(Ok(result)) => results[i] = result,
+            Ok(Err(err)) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = reply.send(Ok(results));
+}
+
 /// The batches to propose now: one per free slot, each as many waiting commands as one entry
 /// takes (queue lock held; the caller proposes them after letting it go).
-fn take_batches(queue: &mut Queue) -> Vec<Vec<Waiter>> {
+fn take_batches(queue: &mut Queue) -> Vec<Batch> {
     let mut batches = Vec::new();
     while queue.in_flight < BATCHES_IN_FLIGHT_MAX && !queue.pending.is_empty() {
-        let mut batch: Vec<Waiter> = Vec::new();
+        let mut waiters: Vec<Waiter> = Vec::new();
         let (mut count, mut size) = (0usize, 0usize);
         while let Some(front) = queue.pending.front() {
             let w_size: usize = front.cmds.iter().map(Vec::len).sum();
-            if !batch.is_empty()
+            if !waiters.is_empty()
                 && (count + front.cmds.len() > BATCH_COMMANDS_MAX
                     || size + w_size > BATCH_BYTES_MAX)
             {
@@ -221,13 +410,21 @@ fn take_batches(queue: &mut Queue) -> Vec<Vec<Waiter>> {
             }
             count += waiter.cmds.len();
             size += w_size;
-            batch.push(waiter);
+            waiters.push(waiter);
         }
-        if batch.is_empty() {
+        if waiters.is_empty() {
             continue;
         }
+        // Recorded before the entry is proposed: a copy arriving from now on rides on it.
+        let sessions: Vec<Option<SessionKey>> = waiters
+            .iter()
+            .flat_map(|w| w.cmds.iter().map(|c| session_of(c)))
+            .collect();
+        for key in sessions.iter().flatten() {
+            queue.proposed.entry(*key).or_default();
+        }
         queue.in_flight += 1;
-        batches.push(batch);
+        batches.push(Batch { waiters, sessions });
     }
     batches
 }
@@ -313,3 +510,6 @@ impl ReadShare {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -223,14 +223,10 @@ impl KvServer {
                 if let Some(refusal) = self.over_quota(cmds.iter().map(|c| (g, c))) {
                     return Box::pin(async move { Err(refusal) });
                 }
-                let receiver = self.batcher(g).submit(cmds, deadline_of(t));
+                let submitted = self.batcher(g).submit(cmds, deadline_of(t));
                 let reads = Arc::clone(&self.reads);
                 Box::pin(async move {
-                    // A batch dropped unanswered: its outcome is unknown.
-                    let outcome = receiver.await.unwrap_or(Err(RaftError::LeadershipLost {
-                        group: GroupId(g),
-                        leader_hint: None,
-                    }));
+                    let outcome = submitted.outcome().await;
                     match outcome {
                         Ok(results) if !redirects && any_refused(&results) => {
                             answer_one_failure(&reads, g, ReadFail::Raft(refused_share(g)))

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use nodedb_multiraft::error::RaftError;
 use nodedb_multiraft::{GroupId, MultiRaft, NodeId};
 use nodedb_transport::HandlerResult;
-use tokio::sync::oneshot;
 
-use super::group_commit::{Batcher, GroupResult};
+use super::group_commit::{Batcher, Submitted};
 use super::reply_room::REPLY_VALUE_BYTES_MAX;
 use super::{any_refused, by_group, classify, encode, reply_of, KvServer};
 use crate::command::KvResult;
@@ -21,7 +20,7 @@ use crate::session_table::RESULT_KEPT_BYTES_MAX;
 pub(super) struct GroupShare {
     group: u64,
     idx: Vec<usize>,
-    receiver: oneshot::Receiver<GroupResult>,
+    submitted: Submitted,
     /// A probe's share: its batcher and commands, to propose again if this node comes to lead.
     again: Option<(Arc<Batcher>, Vec<Vec<u8>>)>,
 }
@@ -69,11 +68,11 @@ impl KvServer {
                     .collect();
                 let batcher = self.batcher(g);
                 let again = park.as_ref().map(|_| (Arc::clone(&batcher), share.clone()));
-                let receiver = batcher.submit(share, deadline);
+                let submitted = batcher.submit(share, deadline);
                 GroupShare {
                     group: g,
                     idx,
-                    receiver,
+                    submitted,
                     again,
                 }
             })
@@ -96,12 +95,14 @@ pub(super) async fn answer(
 ) -> HandlerResult {
     let mut reply = reply_of(total);
     for share in shares {
-        let mut outcome = share.receiver.await;
+        let mut outcome = share.submitted.outcome().await;
         if let (Some(park), Some((batcher, cmds))) = (&park, share.again) {
-            if let Ok(Err(RaftError::NotLeader { leader_hint, .. })) = &outcome {
+            if let Err(RaftError::NotLeader { leader_hint, .. }) = &outcome {
                 if park.waits_for(*leader_hint) {
                     match wait_for_leader(park, share.group).await {
-                        Some((_, true)) => outcome = batcher.submit(cmds, park.deadline).await,
+                        Some((_, true)) => {
+                            outcome = batcher.submit(cmds, park.deadline).outcome().await
+                        }
                         Some((leader, false)) => {
                             reply.not_leader.push((share.group, leader.0));
                             continue;
@@ -118,16 +119,16 @@ pub(super) async fn answer(
             }
         }
         match outcome {
-            Ok(Ok(results)) if !redirects && any_refused(&results) => {
+            Ok(results) if !redirects && any_refused(&results) => {
                 reply.unknown.push(share.group); // see `refused_share`
             }
-            Ok(Ok(results)) => {
+            Ok(results) => {
                 for (i, r) in share.idx.into_iter().zip(results) {
                     reply.results[i] = Some(Cow::Owned(r));
                 }
             }
-            Ok(Err(err)) => classify(&mut reply, share.group, err)?,
-            Err(_) => reply.unknown.push(share.group),
+            // A batch dropped unanswered is LeadershipLost: unknown, as a timeout.
+            Err(err) => classify(&mut reply, share.group, err)?,
         }
     }
     fit_large_results(&mut reply.results);

@@ -101,6 +101,7 @@ impl ReadPath {
             engine: self.engine.clone(),
             runtime: self.runtime.clone(),
             clocks: Arc::clone(&self.clocks),
+            groups: self.groups.clone(),
         }
     }
 

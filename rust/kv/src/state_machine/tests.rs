@@ -432,3 +432,48 @@ fn large_results_of_one_batch_are_bounded_and_the_state_stays_the_same() {
     }
     assert_eq!(other.reader().digest(), sm.reader().digest());
 }
+
+#[test]
+fn a_copy_of_an_applied_write_is_answered_from_the_cache_while_its_vshard_is_served_here() {
+    let mut sm = KvStateMachine::new();
+    let write = session(1, 1, 1, put(b"k", b"a"));
+    let first = apply(&mut sm, 1, std::slice::from_ref(&write));
+    let copy = write.encode();
+    assert_eq!(
+        sm.reader().read().copy_answer(&copy),
+        Some(first[0].encode()),
+        "what applying the copy would answer"
+    );
+    let unseen = [
+        session(1, 2, 1, put(b"k", b"a")).encode(),
+        session(2, 1, 1, put(b"k", b"a")).encode(),
+        put(b"k", b"a").encode(),
+    ];
+    for cmd in unseen {
+        assert_eq!(
+            sm.reader().read().copy_answer(&cmd),
+            None,
+            "not applied: proposed"
+        );
+    }
+    let vshard = crate::routing::vshard_of(b"k") as u32;
+    for step in [VShardStep::Track, VShardStep::Freeze] {
+        let step = KvCommand::VShard {
+            step,
+            vshard,
+            group: 2,
+            move_id: 1,
+        };
+        apply(&mut sm, 2, &[step]);
+    }
+    assert_eq!(
+        apply(&mut sm, 3, std::slice::from_ref(&write)),
+        vec![KvResult::Paused],
+        "applying the copy now answers Paused"
+    );
+    assert_eq!(
+        sm.reader().read().copy_answer(&copy),
+        None,
+        "so it is proposed"
+    );
+}
