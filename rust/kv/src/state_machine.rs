@@ -350,6 +350,14 @@ impl KvReader {
     pub fn read(&self) -> RwLockReadGuard<'_, KvState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
+    /// The state, unless the driver is applying to it right now (None: not waited for).
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, KvState>> {
+        match self.state.try_read() {
+            Ok(state) => Some(state),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
     /// Whether a reader or the driver holds the state's lock now (tests of who holds it when).
     #[cfg(test)]
     pub(crate) fn is_locked(&self) -> bool {

@@ -72,6 +72,8 @@ pub(super) fn entry<T>(
 const BATCH_COMMANDS_MAX: usize = 4096;
 /// Bytes of commands per Raft entry (kv.py `BATCH_BYTES_MAX`; below the 1 MiB message bound).
 const BATCH_BYTES_MAX: usize = 512 << 10;
+/// Clients whose highest seq a batcher remembers, at most (then forgotten all at once).
+const SEEN_CLIENTS_MAX: usize = 1 << 14;
 /// Entries per group proposed concurrently (kv.py `BATCHES_IN_FLIGHT_MAX`).
 const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Commands of one group waiting for an entry, at most; more are refused with Busy (a request
@@ -109,32 +111,49 @@ struct Queue {
     /// The session commands of the entries proposed and not yet answered, each with the copies
     /// riding on it.
     proposed: HashMap<SessionKey, Vec<oneshot::Sender<CommandResult>>>,
+    /// Per client, the highest seq queued here: a command above it is no copy.
+    seen: HashMap<u64, u64>,
 }
 
+/// Commands riding on proposed entries, by position, each with the receiver of its answer.
+type Riding = Vec<(usize, oneshot::Receiver<CommandResult>)>;
+
 impl Queue {
-    /// Which of `cmds` (those not `applied`) were proposed already, by position, each with
-    /// the receiver of that copy's answer.
-    fn ride(
-        &mut self,
-        cmds: &[Vec<u8>],
-        applied: &[(usize, Vec<u8>)],
-    ) -> Vec<(usize, oneshot::Receiver<CommandResult>)> {
-        if self.proposed.is_empty() {
-            return Vec::new();
+    /// Which of `cmds` may be copies of commands queued here before, by position: those riding
+    /// on a proposed entry (each with the receiver of its answer), and the rest, to look up in
+    /// the applied state. A command whose seq is above every seq its client had here is new (a
+    /// client's seqs only grow), so the common case touches neither the proposed map nor the
+    /// state.
+    fn copies(&mut self, cmds: &[Vec<u8>]) -> (Riding, Vec<usize>) {
+        if self.seen.len() > SEEN_CLIENTS_MAX {
+            self.seen.clear(); // forgetting only costs copies proposed again
         }
-        let mut riding = Vec::new();
-        let mut applied = applied.iter().map(|(i, _)| *i).peekable();
+        let (mut riding, mut maybe_applied) = (Vec::new(), Vec::new());
         for (i, cmd) in cmds.iter().enumerate() {
-            if applied.next_if_eq(&i).is_some() {
+            let Some((client, seq)) = session_of(cmd) else {
                 continue;
+            };
+            match self.seen.get_mut(&client) {
+                Some(highest) if seq <= *highest => {}
+                Some(highest) => {
+                    *highest = seq;
+                    continue;
+                }
+                None => {
+                    self.seen.insert(client, seq);
+                    continue;
+                }
             }
-            if let Some(riders) = session_of(cmd).and_then(|k| self.proposed.get_mut(&k)) {
-                let (tx, rx) = oneshot::channel();
-                riders.push(tx);
-                riding.push((i, rx));
+            match self.proposed.get_mut(&(client, seq)) {
+                Some(riders) => {
+                    let (tx, rx) = oneshot::channel();
+                    riders.push(tx);
+                    riding.push((i, rx));
+                }
+                None => maybe_applied.push(i),
             }
         }
-        riding
+        (riding, maybe_applied)
     }
 
     /// Queues `cmds` for an entry, or refuses them when the queue is full (one request alone
@@ -201,9 +220,9 @@ impl Batcher {
             bound_ms: deadline.saturating_duration_since(now).as_millis() as u64,
             group: self.ctx.group,
         };
-        let applied = self.applied(&cmds);
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let riding = queue.ride(&cmds, &applied);
+        let (riding, maybe_applied) = queue.copies(&cmds);
+        let applied = self.applied(&cmds, &maybe_applied);
         if applied.is_empty() && riding.is_empty() {
             queue.enqueue(cmds, reply);
         } else {
@@ -240,16 +259,23 @@ impl Batcher {
         submitted
     }
 
-    /// Which of `cmds` this group applied already (a retry's copies), by position, with the
-    /// answers they get ([`crate::state_machine::KvState::copy_answer`]).
-    fn applied(&self, cmds: &[Vec<u8>]) -> Vec<(usize, Vec<u8>)> {
+    /// Which of `cmds` at positions `maybe` this group applied already (a retry's copies), with
+    /// the answers they get ([`crate::state_machine::KvState::copy_answer`]). Never waits for an
+    /// apply in progress: then none are (a copy proposed again is answered from the cache when
+    /// it applies, as it always was).
+    fn applied(&self, cmds: &[Vec<u8>], maybe: &[usize]) -> Vec<(usize, Vec<u8>)> {
+        if maybe.is_empty() {
+            return Vec::new();
+        }
         let Some(reader) = self.ctx.groups.reader(self.ctx.group) else {
             return Vec::new();
         };
-        let state = reader.read();
-        cmds.iter()
-            .enumerate()
-            .filter_map(|(i, cmd)| Some((i, state.copy_answer(cmd)?)))
+        let Some(state) = reader.try_read() else {
+            return Vec::new();
+        };
+        maybe
+            .iter()
+            .filter_map(|&i| Some((i, state.copy_answer(&cmds[i])?)))
             .collect()
     }
 
