@@ -134,6 +134,25 @@ class Proposed:
 
 
 @dataclass(frozen=True, slots=True)
+class KvSummary:
+    """A "kv" group's replica on this node, read at one moment."""
+
+    applied_index: int
+    keys: int
+    digest: int
+    """Equal on two replicas = same state."""
+    usage_bytes: int
+    """Keys, values and cached session results: what `ClusterConfig.kv_quota_bytes` bounds."""
+    sessions: int
+    sessions_evicted: int
+    """Since this replica started or restored: a retry from an evicted session applies again."""
+
+    def digest_triple(self) -> tuple[int, int, int]:
+        """(applied_index, keys, digest): what replicas compare."""
+        return (self.applied_index, self.keys, self.digest)
+
+
+@dataclass(frozen=True, slots=True)
 class ProposedBatch:
     """A committed and applied batch (one log entry): its index and one result per payload."""
 
@@ -414,19 +433,13 @@ class RaftEngine:
         """(vShard, keys, bytes of keys and values) for each vShard with keys in this replica."""
         return list(self._core.kv_vshard_stats(group_id))
 
-    def kv_usage_bytes(self, group_id: int) -> int:
-        """Bytes of a "kv" group's keys, values and cached session results in this replica: what
-        `ClusterConfig.kv_quota_bytes` bounds."""
-        return self._core.kv_usage_bytes(group_id)
-
-    def kv_sessions(self, group_id: int) -> tuple[int, int]:
-        """(client sessions kept, sessions evicted since this replica started or restored) of a
-        "kv" group here: a retry from an evicted session applies again."""
-        return self._core.kv_sessions(group_id)
+    def kv_summary(self, group_id: int) -> KvSummary:
+        """A "kv" group's replica here, read at one moment."""
+        return KvSummary(*self._core.kv_summary(group_id))
 
     def kv_digest(self, group_id: int) -> tuple[int, int, int]:
         """(applied_index, key_count, digest) of a "kv" group: equal on two nodes = same state."""
-        return self._core.kv_digest(group_id)
+        return self.kv_summary(group_id).digest_triple()
 
     def metrics(self) -> dict[str, int]:
         return self._core.metrics()

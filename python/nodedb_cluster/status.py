@@ -141,9 +141,10 @@ async def collect_status(
     for s in groups:
         if group_kind(s.group_id) == "kv":
             with contextlib.suppress(UnknownGroup):
-                kv_digests[s.group_id] = engine.kv_digest(s.group_id)
-                kv_bytes[s.group_id] = engine.kv_usage_bytes(s.group_id)
-                kv_sessions[s.group_id] = engine.kv_sessions(s.group_id)
+                kv = engine.kv_summary(s.group_id)
+                kv_digests[s.group_id] = kv.digest_triple()
+                kv_bytes[s.group_id] = kv.usage_bytes
+                kv_sessions[s.group_id] = (kv.sessions, kv.sessions_evicted)
     counts: dict[int, int] = {}
     for group_id in state.routing.vshard_to_group.tolist():
         counts[group_id] = counts.get(group_id, 0) + 1

@@ -41,7 +41,7 @@ use nodedb_multiraft::StateMachineKind;
 pub use crate::command::{Import, ImportedSession, KvCommand, KvResult, VShardStep, KEY_BYTES_MAX};
 pub use crate::session_table::{ClientSession, SessionTable, SESSIONS_MAX, SESSION_RESULTS_MAX};
 pub use crate::snapshot::KvSnapshotView;
-pub use crate::state_machine::{KvReader, KvState, KvStateMachine};
+pub use crate::state_machine::{KvReader, KvState, KvStateMachine, KvSummary};
 pub use crate::vshard::{Refusal, VShardMark, VShardState};
 
 /// The tag of a group that runs the KV state machine, recorded in every node's log since the

@@ -314,6 +314,20 @@ pub struct KvStateMachine {
     state: Arc<RwLock<KvState>>,
 }
 
+/// A replica's state in numbers ([`KvReader::summary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvSummary {
+    pub applied_index: u64,
+    pub keys: usize,
+    /// [`KvState::digest`]: equal on two replicas iff their states are.
+    pub digest: u64,
+    /// [`KvState::usage_bytes`].
+    pub usage_bytes: usize,
+    /// Client sessions kept, and evicted since this replica started or restored.
+    pub sessions: usize,
+    pub sessions_evicted: u64,
+}
+
 /// A read handle on a group's KV state, usable from any thread.
 #[derive(Clone)]
 pub struct KvReader {
@@ -393,10 +407,17 @@ impl KvReader {
         let export = self.read().vshard_export(vshard, delta);
         export.chunks(move_id, chunk_bytes)
     }
-    /// (sessions kept, sessions evicted here since this replica started or restored).
-    pub fn sessions(&self) -> (usize, u64) {
+    /// What `status` shows of this replica, read under one lock: its parts are of one moment.
+    pub fn summary(&self) -> KvSummary {
         let st = self.read();
-        (st.sessions.len(), st.sessions.evicted())
+        KvSummary {
+            applied_index: st.applied_index,
+            keys: st.map.len(),
+            digest: st.digest(),
+            usage_bytes: st.usage_bytes(),
+            sessions: st.sessions.len(),
+            sessions_evicted: st.sessions.evicted(),
+        }
     }
     /// (vshard, keys, bytes) of every vShard holding keys here.
     pub fn vshard_stats(&self) -> Vec<(u32, u64, u64)> {

@@ -692,20 +692,6 @@ impl PyRaftEngine {
         Ok(r.vshard_stats())
     }
 
-    /// Bytes of KV group `group_id`'s keys, values and cached session results here: what its
-    /// quota is checked against.
-    fn kv_usage_bytes(&self, py: Python<'_>, group_id: u64) -> PyResult<usize> {
-        let r = self.kv_reader(py, group_id)?;
-        Ok(r.usage_bytes())
-    }
-
-    /// (sessions kept, sessions evicted since this replica started or restored) of KV group
-    /// `group_id` here.
-    fn kv_sessions(&self, py: Python<'_>, group_id: u64) -> PyResult<(usize, u64)> {
-        let r = self.kv_reader(py, group_id)?;
-        Ok(r.sessions())
-    }
-
     /// vshard → (state name, the other group of its move, move id) for every vShard of KV
     /// group `group_id` not in the plain state here.
     fn kv_vshard_states(
@@ -720,11 +706,22 @@ impl PyRaftEngine {
             .collect())
     }
 
-    /// `(applied_index, key_count, digest)` of a KV group: equal on two nodes = same state.
-    fn kv_digest(&self, py: Python<'_>, group_id: u64) -> PyResult<(u64, usize, u64)> {
-        let r = self.kv_reader(py, group_id)?;
-        let st = r.read();
-        Ok((st.applied_index, st.map.len(), st.digest()))
+    /// `(applied_index, keys, digest, usage_bytes, sessions, sessions_evicted)` of a KV group
+    /// here ([`nodedb_kv::KvSummary`]), read at one moment.
+    fn kv_summary(
+        &self,
+        py: Python<'_>,
+        group_id: u64,
+    ) -> PyResult<(u64, usize, u64, usize, usize, u64)> {
+        let s = self.kv_reader(py, group_id)?.summary();
+        Ok((
+            s.applied_index,
+            s.keys,
+            s.digest,
+            s.usage_bytes,
+            s.sessions,
+            s.sessions_evicted,
+        ))
     }
 
     /// The engine's latency histograms: `(name, bounds_s, cumulative counts, sum_s, count)`.

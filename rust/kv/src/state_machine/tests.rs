@@ -477,3 +477,27 @@ fn a_copy_of_an_applied_write_is_answered_from_the_cache_while_its_vshard_is_ser
         "so it is proposed"
     );
 }
+
+#[test]
+fn a_summary_is_the_replica_s_numbers_at_one_moment() {
+    let mut sm = KvStateMachine::new();
+    apply(
+        &mut sm,
+        1,
+        &[session(1, 1, 1, put(b"k", b"a")), put(b"x", b"yy")],
+    );
+    let reader = sm.reader();
+    let summary = reader.summary();
+    let st = reader.read();
+    assert_eq!(
+        summary,
+        KvSummary {
+            applied_index: 1,
+            keys: 2,
+            digest: st.digest(),
+            usage_bytes: st.usage_bytes(),
+            sessions: 1,
+            sessions_evicted: 0,
+        }
+    );
+}
