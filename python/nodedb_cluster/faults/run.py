@@ -60,13 +60,14 @@ DRAIN_TIMEOUT_S: Final = 60.0
 PLACEMENT_REQUEST_TIMEOUT_S: Final = 10.0
 """A placement request (decommission, move_vshard, add_groups) retried over the live members."""
 VSHARD_SETTLE_TIMEOUT_S: Final = 20.0
-"""Heal to no vShard move in flight on any member and every member serving the same routing,
-as long as moves make progress: the settle ends (unsettled) once the routing epoch (bumped by
-each finished move) has not advanced for this long while moves stay in flight, i.e. moves that
-never end or that the rebalancer begins again and again because they keep aborting."""
+"""Heal to no vShard move in flight and one routing on every member, while moves progress: the
+settle ends unsettled once the routing epoch (bumped by each finished move) stood this long
+(moves that never end, or that the rebalancer begins again and again as they keep aborting)."""
 VSHARD_SETTLE_MAX_S: Final = 180.0
 """The settle's outer bound while moves do finish: the rebalancer filling added groups (up to
 ~170 vShards each, 4 moves a round) is progress, not an anomaly, until this."""
+VSHARD_QUIET_S: Final = 4.0
+"""Settled: no move in flight nor routing change for this long (a mover rests up to 2 s)."""
 ROUTING_PROBE_TIMEOUT_S: Final = 2.0
 SLOW_FAILOVER_MS: Final = 2000.0
 """A failover slower than this (about twice the usual) keeps a passing run's directory and
@@ -500,10 +501,9 @@ class _Nemesis:
         )
 
     async def settle_placement(self) -> tuple[list[str], RoutingTable | None]:
-        """Poll until no member's status lists a vShard move in flight and every member serves
-        the same routing (`checks.routing_problems`); bounded by `VSHARD_SETTLE_TIMEOUT_S`
-        without progress (the routing epoch advancing) and `VSHARD_SETTLE_MAX_S` in all.
-        Returns what was still wrong at the bound (empty: settled) and the newest routing."""
+        """Poll until no move ran for `VSHARD_QUIET_S` and every member serves the same routing
+        (`checks.routing_problems`), bounded by `VSHARD_SETTLE_TIMEOUT_S` without progress and
+        `VSHARD_SETTLE_MAX_S`. Returns what was still wrong (empty: settled), the newest routing."""
         loop = asyncio.get_running_loop()
         start = progress_at = loop.time()
         epoch = -1
@@ -519,12 +519,13 @@ class _Nemesis:
             rows = moves_in_flight(statuses)
             now = loop.time()
             last = now - progress_at > VSHARD_SETTLE_TIMEOUT_S or now - start > VSHARD_SETTLE_MAX_S
-            if rows:
+            quiet = not rows and now - progress_at >= VSHARD_QUIET_S
+            if not quiet:
                 problems.append(
                     f"vShard moves in flight (vShard, source, target, id, phase) {rows} at "
                     f"routing epoch {epoch}, unchanged for {now - progress_at:.1f} s"
                 )
-            if not rows or last:  # routing is read once no move runs (and at the bound)
+            if quiet or last:  # routing read once no move ran for a while, and at the bound
                 tables = await self.routing_tables()
                 problems += [f"member {i} served no routing" for i in self.members - tables.keys()]
                 views = {i: (t.epoch, list(map(int, t.vshard_to_group))) for i, t in tables.items()}
