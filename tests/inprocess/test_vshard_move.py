@@ -311,6 +311,16 @@ async def test_back_to_back_moves_of_a_vshard_start_at_once(
             assert await client.get(key) == b"v-" + key
 
 
+async def shown_resting(mover: Node, vshard: int) -> None:
+    """Until `mover` shows its move of `vshard` resting (bounded)."""
+    deadline = time.monotonic() + MOVE_END_S
+    while (progress := mover.vshard_mover.progress.get(vshard)) is None or (
+        progress.phase != "resting"
+    ):
+        assert time.monotonic() < deadline, f"the move of vshard {vshard} is not shown resting"
+        await asyncio.sleep(0.005)  # the mover's local state: no event to await, bounded
+
+
 async def begin_move(nodes: list[Node], vshard: int, source: int, target: int) -> None:
     begin = BeginVShardMove(vshard, source, target, 1)
     assert await nodes[0].propose_metadata(MetadataEntry((begin,))) is None
@@ -352,12 +362,7 @@ async def test_a_node_rests_between_its_moves_and_status_says_so(
         rest_s = mover.vshard_mover.rest_left_s()
         assert rest_s > 0, "a move makes its node rest"
         await begin_move(nodes, second, 1, 2)
-        deadline = time.monotonic() + MOVE_END_S
-        while (progress := mover.vshard_mover.progress.get(second)) is None or (
-            progress.phase != "resting"
-        ):
-            assert time.monotonic() < deadline, "the second move is not shown resting"
-            await asyncio.sleep(0.005)  # the mover's local state: no event to await, bounded
+        await shown_resting(mover, second)
         status = await mover.status()
         assert next(m for m in status.vshard_moves if m[0] == second)[4] == "resting"
         await move_ended(nodes, second, 2, 60.0)
@@ -385,15 +390,11 @@ async def test_a_move_whose_source_leader_changed_before_it_ran_is_rolled_back(
         await begin_move(nodes, first, 1, 2)
         await move_ended(nodes, first, 2, MOVE_END_S)
         await begin_move(nodes, second, 1, 2)
-        deadline = time.monotonic() + MOVE_END_S
-        while (progress := mover.vshard_mover.progress.get(second)) is None or (
-            progress.phase != "resting"
-        ):
-            assert time.monotonic() < deadline, "the second move is not shown resting"
-            await asyncio.sleep(0.005)  # the mover's local state: no event to await, bounded
+        await shown_resting(mover, second)
         heir = next(n for n in nodes if n is not mover)
         assert mover.engine is not None
         assert heir.engine is not None
+        deadline = time.monotonic() + MOVE_END_S
         while heir.engine.leader(1) != heir.config.node_id:
             assert time.monotonic() < deadline, "group 1's leadership did not move"
             with contextlib.suppress(ClusterError):  # refused mid-change: asked again
