@@ -3,7 +3,8 @@
 Starts 3 nodes, then limits the namespace's loopback (which every node and the client share) to
 `RATE` with a token bucket (`tc qdisc … tbf`), writes one value of `VALUE_MIB` through a Client,
 reads it back from a fresh Client, and prints one JSON line: how long each took, how many
-requests each needed, and each group's (leader, term) before and after. Prints
+requests each needed, the log entries the put's group gained, and each group's (leader, term)
+before and after. Prints
 `{"skip": reason}` when the kernel has no token bucket qdisc.
 """
 
@@ -34,6 +35,12 @@ def leaders_and_terms(status: dict[str, object]) -> dict[int, tuple[int, int]]:
     return {g["group_id"]: (g["leader"], g["term"]) for g in groups}
 
 
+def commit_of(status: dict[str, object], group: int) -> int:
+    groups = status["groups"]
+    assert isinstance(groups, list)
+    return int(next(g["commit"] for g in groups if g["group_id"] == group))
+
+
 async def main(base: Path) -> dict[str, object]:
     prepare_private_netns()
     cluster = LocalCluster(base, 3)
@@ -53,10 +60,13 @@ async def main(base: Path) -> dict[str, object]:
         value = bytes(range(256)) * (VALUE_MIB << 12)
         out: dict[str, object] = {}
         async with Client(addrs, cluster.client_credentials, timeout_s=CALL_TIMEOUT_S) as writer:
+            group = writer.group_of(b"big")
+            commit = commit_of(await cluster.status(1), group)
             start = time.perf_counter()
             await writer.put(b"big", value)
             out["put_s"] = time.perf_counter() - start
             out["put_requests"] = writer.requests_sent
+            out["put_entries"] = commit_of(await cluster.status(1), group) - commit
         async with Client(addrs, cluster.client_credentials, timeout_s=CALL_TIMEOUT_S) as reader:
             gets: list[tuple[float, int, bool]] = []
             for _ in range(2):
