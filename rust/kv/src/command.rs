@@ -209,11 +209,12 @@ pub fn session_of(encoded: &[u8]) -> Option<(u64, u64)> {
 /// copied to find its vShard).
 pub fn session_key(encoded: &[u8]) -> Option<&[u8]> {
     session_of(encoded)?;
-    let inner = &encoded[SESSION_HEADER_BYTES..];
-    if !matches!(inner.first(), Some(1..=4)) {
+    if !is_client_command(encoded) {
         return None;
     }
-    Reader::new(&inner[1..]).bytes("key").ok()
+    Reader::new(&encoded[SESSION_HEADER_BYTES + 1..])
+        .bytes("key")
+        .ok()
 }
 
 /// The op byte of a key command, looking inside a session.
