@@ -146,6 +146,16 @@ class ProposePromotion:
     node_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class ProposeLeaderHints:
+    """This node leads `group_ids`, which the routing table says another node (or no node)
+    leads: ask group 0 to record this node (`SetGroupLeader`, one entry for all of them), so
+    `status`, `locate` and a new client's first request find the leader without a detour
+    through a node that lost it or died."""
+
+    group_ids: tuple[int, ...]
+
+
 Action = (
     CreateGroup
     | BootstrapGroup
@@ -158,11 +168,12 @@ Action = (
     | ProposePromotion
     | ProposeReplacement
     | ProposeRemoval
+    | ProposeLeaderHints
 )
 
 
 PlanInputs = tuple[
-    tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...],
+    tuple[tuple[int, tuple[int, ...], tuple[int, ...], int], ...],
     frozenset[int],
     frozenset[int],
     frozenset[int],
@@ -173,13 +184,14 @@ PlanInputs = tuple[
 def plan_inputs(
     routing: RoutingTable, leaving: frozenset[int], move_targets: frozenset[int]
 ) -> PlanInputs:
-    """Everything of group 0's state that `plan_reconcile` reads: each group's voters and
-    learners, which groups hold no vShard, the leaving nodes and the move targets. A metadata
+    """Everything of group 0's state that `plan_reconcile` reads: each group's voters,
+    learners and recorded leader, which groups hold no vShard, the leaving nodes and the move
+    targets. A metadata
     change that leaves these equal (a vShard move's begin or flip between groups that keep
     vShards) cannot change a round's plan, so the shell runs no round for it; what changes in
     Raft alone is caught by its timer."""
     routes = tuple(
-        (r.group_id, r.voters, r.learners) for r in map(routing.route, routing.group_ids)
+        (r.group_id, r.voters, r.learners, r.leader) for r in map(routing.route, routing.group_ids)
     )
     holding = frozenset(np.unique(routing.vshard_to_group).tolist())
     empty = frozenset(g for g in routing.group_ids if g not in holding)
@@ -198,7 +210,8 @@ def plan_reconcile(
     move_targets: frozenset[int] = frozenset(),
 ) -> list[Action]:
     """The next action for every group that needs one, in group order; then, when nothing else
-    is to be done here, at most one leadership hand-over towards balance. `leaving`: nodes whose
+    is to be done here, at most one leadership hand-over towards balance; then the groups this
+    node leads whose recorded leader is another (`ProposeLeaderHints`). `leaving`: nodes whose
     replicas are being moved off (draining, or dead past their grace): a replica move's learner
     replaces one of them first. `orphaned`: local groups whose replica has known no leader for
     `ORPHAN_AFTER_S` (the shell's clock). `move_targets`: groups a vShard move in flight
@@ -239,7 +252,25 @@ def plan_reconcile(
         transfer = plan_leader_balance(self_id, routing, local)
         if transfer is not None:
             actions.append(transfer)
+    hints = stale_leader_hints(self_id, routing, local)
+    if hints:
+        actions.append(ProposeLeaderHints(hints))
     return actions
+
+
+def stale_leader_hints(
+    self_id: int, routing: RoutingTable, local: Mapping[int, LocalGroup]
+) -> tuple[int, ...]:
+    """The groups this node leads whose route names another leader while it is a voter there
+    (the only leader `SetGroupLeader` records), in group order."""
+    return tuple(
+        g.group_id
+        for g in sorted(local.values(), key=lambda g: g.group_id)
+        if g.is_leader
+        and g.group_id in routing.group_ids
+        and routing.route(g.group_id).leader != self_id
+        and self_id in routing.route(g.group_id).voters
+    )
 
 
 def plan_leader_balance(

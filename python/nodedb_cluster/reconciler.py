@@ -21,6 +21,7 @@ from nodedb_cluster.metadata.commands import (
     MetadataEntry,
     RemoveGroupMember,
     ReplaceGroupVoter,
+    SetGroupLeader,
 )
 from nodedb_cluster.metadata.placement import plan_promotion
 from nodedb_cluster.raft import RaftEngine, StateMachineKind
@@ -35,6 +36,7 @@ from nodedb_cluster.reconcile import (
     PlanInputs,
     PromoteVoter,
     ProposeDemotion,
+    ProposeLeaderHints,
     ProposePromotion,
     ProposeRemoval,
     ProposeReplacement,
@@ -207,6 +209,12 @@ class Reconciler:
                 refused = await self._propose(MetadataEntry((RemoveGroupMember(g, n),)))
                 if refused is not None:
                     log.info("removal of learner %d from group %d refused: %s", n, g, refused)
+            case ProposeLeaderHints(group_ids=groups):
+                me = self._policy.node_id
+                hints = tuple(SetGroupLeader(g, me) for g in groups)
+                refused = await self._propose(MetadataEntry(hints))
+                if refused is not None:
+                    log.info("leader hints for groups %s refused: %s", groups, refused)
             case ProposeReplacement(group_id=g, old=old, new=new):
                 refused = await self._propose(MetadataEntry((ReplaceGroupVoter(g, old, new),)))
                 if refused is not None:

@@ -8,14 +8,17 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster, leader_of
 from nodedb_cluster.transport import Mtls
+from support.cli_run import cred_flags, run_cli
 
 pytestmark = pytest.mark.multiprocess
 
@@ -80,6 +83,42 @@ async def test_writes_continue_without_errors_across_a_leader_kill(cluster: Loca
         keys = list(acked)
         assert await client.get_many(keys) == [acked[k] for k in keys]
         assert writes_after_kill >= 200
+
+
+async def test_status_and_locate_name_the_leaders_elected_after_a_kill(
+    cluster: LocalCluster,
+) -> None:
+    """The routing table's leaders (status's LEADS column, `locate`, a new client's first
+    request) follow Raft's: once the node leading every group is SIGKILLed, each survivor's
+    status counts the new leaders within seconds. Before, the table named the dead node for
+    as long as it stayed a voter (LEADS 0 everywhere once it was removed)."""
+    statuses = {i: await cluster.status(i) for i in cluster.nodes}
+    groups = sorted({int(g["group_id"]) for g in statuses[1]["groups"]} - {0})
+    victim = leader_of(statuses, groups[0])
+    assert victim
+    assert all(leader_of(statuses, g) == victim for g in groups)
+    cluster.nodes[victim].kill()
+    survivors = [i for i in cluster.nodes if i != victim]
+
+    def leads_follow_raft(s: dict[int, Any]) -> bool:
+        live = Counter(leader_of(s, g) for g in groups)
+        if 0 in live or victim in live:
+            return False
+        want = {n: live.get(n, 0) for n in cluster.nodes}
+        return all({int(p[0]): int(p[2]) for p in doc["placement"]} == want for doc in s.values())
+
+    after = await cluster.wait_for(leads_follow_raft, survivors, 15.0, "LEADS naming new leaders")
+    code, out, err = await run_cli(
+        "locate",
+        "k7",
+        "--json",
+        "--addr",
+        cluster.nodes[survivors[0]].addr,
+        *cred_flags(cluster.client_credentials),
+    )
+    assert code == 0, err
+    where = json.loads(out)
+    assert where["leader"] == leader_of(after, int(where["group"]))
 
 
 DOWN_S = 3.0

@@ -5,6 +5,7 @@ routing table and its engine's view of its local replicas.
     set group=1 voters=(1,2,3) learners=()
     local group=1 leader voters=(1,2) learners=(3) commit=100 matched=(2:100,3:40) leader-id=1
     forget group=1                # the engine no longer has this replica
+    hint group=1 node=2           # group 0 applies node 2's SetGroupLeader (`note_leader`)
     plan self=1 rf=3 [balance] [leaving=(4)] [orphaned=(2)]
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from nodedb_cluster.reconcile import LocalGroup, plan_reconcile
 from scenario.datadriven import ScriptError, Stanza
-from scenario.render import RoutingScript, record
+from scenario.render import RoutingScript, record, routing_lines
 
 
 def local_group(st: Stanza) -> LocalGroup:
@@ -47,6 +48,9 @@ class ReconcileScript:
                 group = local_group(st)
                 self.local[group.group_id] = group
                 return "ok"
+            case "hint":
+                self.routing.table.note_leader(st.get_int("group"), st.get_int("node"))
+                return routing_lines(self.routing.table)
             case "forget":
                 del self.local[st.get_int("group")]
                 return "ok"

@@ -28,6 +28,7 @@ from nodedb_cluster.metadata.commands import (
     MetadataEntry,
     PutSetting,
     RemoveNode,
+    SetGroupLeader,
 )
 from nodedb_cluster.routing.table import RoutingTable
 from nodedb_cluster.topology import NodeInfo, NodeState, Topology
@@ -141,6 +142,12 @@ def test_the_applier_feeds_applied_entries_only_before_persisting(tmp_path: Path
     machine.apply_batch([(4, b"")])
     assert machine.flush(5.0)
     assert order == ["persist"]
+    order.clear()
+    hint = MetadataEntry((SetGroupLeader(1, 1),), proposer=JOINER)
+    machine.apply_batch([(5, hint.encode())])
+    assert machine.flush(5.0)
+    assert order == ["persist"], "a leader hint is neither membership nor a setting"
+    assert [r["index"] for r in records(log)] == [2, 2]
     machine.close()
 
 

@@ -36,6 +36,7 @@ from nodedb_cluster.metadata.commands import (
     RemoveGroupMember,
     RemoveNode,
     ReplaceGroupVoter,
+    SetGroupLeader,
     SetGroupMembers,
     SetNodeState,
 )
@@ -88,6 +89,7 @@ def test_every_command_round_trips() -> None:
             AssignVShard(1023, 2),
             PutSetting("rf", 3),
             PutSetting("name", "x"),
+            SetGroupLeader(2, 4),
         )
     )
     assert MetadataEntry.decode(entry.encode()) == entry
@@ -391,3 +393,24 @@ def test_a_closed_loop_does_not_fail_the_apply(closed_before: bool) -> None:
     assert group.apply_batch([(1, entry)]) == [RESULT_APPLIED]
     assert loop.is_closed()
     group.machine.close()
+
+
+def test_a_leader_hint_is_recorded_only_for_a_voter_and_never_refuses_its_entry() -> None:
+    """`SetGroupLeader` is a leader's report of itself: recorded when the node is a voter of the
+    group; a stale or impossible one changes nothing (epoch included) and is not refused, so an
+    entry of hints for several groups lands even when one of them was removed meanwhile."""
+    machine = MetadataStateMachine(bootstrap_state(), Recorder())
+    machine.apply_batch(
+        [(1, join_entry(machine.state, node(2))), (2, join_entry(machine.state, node(3)))]
+    )
+    machine.apply_batch([(3, MetadataEntry((SetGroupMembers(1, (1, 2, 3), ()),)).encode())])
+    epoch = machine.state.routing.epoch
+    hints = MetadataEntry((SetGroupLeader(1, 2), SetGroupLeader(2, 3), SetGroupLeader(99, 2)))
+    assert machine.apply_batch([(4, hints.encode())]) == [Applied(4)]
+    routing = machine.state.routing
+    assert routing.route(1).leader == 2
+    assert routing.route(2).leader == 1, "node 3 is a learner of group 2, not a voter"
+    assert routing.epoch == epoch + 1
+    assert machine.apply_batch([(5, MetadataEntry((SetGroupLeader(1, 2),)).encode())])
+    assert machine.state.routing.epoch == epoch + 1, "restating the leader changes nothing"
+    machine.close()

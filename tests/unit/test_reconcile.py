@@ -10,6 +10,7 @@ from nodedb_cluster.reconcile import (
     LocalGroup,
     PromoteVoter,
     ProposeDemotion,
+    ProposeLeaderHints,
     ProposePromotion,
     ProposeReplacement,
     RemoveMember,
@@ -100,7 +101,8 @@ def test_member_routing_dropped_is_removed_and_a_leaving_leader_hands_over() -> 
     # Node 1 leads both groups but routing no longer lists it: it transfers leadership first.
     assert plan_reconcile(1, routing, local, RF) == [TransferLeader(0, 2), TransferLeader(1, 2)]
     local = {0: leader(0, (2, 3)), 1: leader(1, (2, 3, 4))}
-    assert plan_reconcile(2, routing, local, RF) == [RemoveMember(1, 4)]
+    # Node 2 leads both now; routing knows no leader of either (node 1 left their voters).
+    assert plan_reconcile(2, routing, local, RF) == [RemoveMember(1, 4), ProposeLeaderHints((0, 1))]
 
 
 def test_followers_plan_nothing_for_groups_they_hold() -> None:
@@ -149,7 +151,8 @@ def test_a_difference_of_one_is_balanced_and_the_metadata_group_does_not_count()
     local = replicas(1, {0: 1, 1: 1, 2: 1, 3: 2, 4: 3})
     assert plan_reconcile(1, routing, local, RF, balance_leaders=True) == []
     view2 = replicas(2, {0: 1, 1: 1, 2: 1, 3: 2, 4: 3})
-    assert plan_reconcile(2, routing, view2, RF, balance_leaders=True) == []
+    # No hand-over; only the hint for the group routing says node 1 leads.
+    assert plan_reconcile(2, routing, view2, RF, balance_leaders=True) == [ProposeLeaderHints((3,))]
 
 
 def test_no_hand_over_to_a_lagging_voter_nor_while_membership_changes_or_when_off() -> None:
@@ -211,15 +214,16 @@ def test_a_leader_routing_lists_as_a_learner_finishes_the_move_onto_itself() -> 
 
 
 def test_plan_inputs_change_only_with_what_a_plan_reads() -> None:
-    """A vShard moving between groups that keep vShards, or a leader hint, changes nothing a
-    plan reads (no round is woken for it); members, a group emptied or added, a leaving node,
-    or a move into an empty group do."""
+    """A vShard moving between groups that keep vShards changes nothing a plan reads (no round
+    is woken for it); members, a leader hint (a stale one is proposed again), a group emptied or
+    added, a leaving node, or a move into an empty group do."""
     table = data_routing(3, (1, 2, 3))
     base = plan_inputs(table, frozenset(), frozenset())
     moved = table.copy()
     moved.assign_vshard(0, 2)
-    moved.set_leader(1, 2)
     assert plan_inputs(moved, frozenset(), frozenset({2})) == base
+    moved.set_leader(1, 2)
+    assert plan_inputs(moved, frozenset(), frozenset({2})) != base
     members = table.copy()
     members.set_members(1, (1, 2), (4,))
     assert plan_inputs(members, frozenset(), frozenset()) != base

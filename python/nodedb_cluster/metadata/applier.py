@@ -49,6 +49,7 @@ from nodedb_cluster.metadata.commands import (
     RemoveGroupMember,
     RemoveNode,
     ReplaceGroupVoter,
+    SetGroupLeader,
     SetGroupMembers,
     SetNodeState,
     SettingValue,
@@ -334,8 +335,8 @@ class MetadataStateMachine:
 def _apply_entry(
     state: MetadataState, index: int, data: bytes
 ) -> tuple[ApplyResult, MetadataState, MetadataEntry | None]:
-    """One entry applied to copies of `state`, and the entry when it applied; on refusal the
-    state is returned unchanged."""
+    """One entry applied to copies of `state`, and the entry when it applied and is to be
+    audited; on refusal the state is returned unchanged."""
     try:
         entry = MetadataEntry.decode(data)
     except MalformedCommand as e:
@@ -351,6 +352,8 @@ def _apply_entry(
     except (ClusterError, ValueError) as e:
         return Refused(index, str(e)), state, None
     applied = MetadataState(topology, routing, settings, state.applied_index, moves)
+    if all(isinstance(c, SetGroupLeader) for c in entry.commands):
+        return Applied(index), applied, None  # hints: not a change the audit log records
     return Applied(index), applied, entry
 
 
@@ -438,6 +441,10 @@ def _apply_command(
             return moves.abort(v, move_id)
         case PutSetting(key=key, value=value):
             settings[key] = value
+        case SetGroupLeader(group_id=group_id, node_id=node_id):
+            # Never refused. A stale one (landing after a newer leader's) is mended by that
+            # leader's next reconcile round, which proposes its own again.
+            routing.note_leader(group_id, node_id)
     return moves
 
 

@@ -150,6 +150,17 @@ class PutSetting:
     value: SettingValue
 
 
+@dataclass(frozen=True, slots=True)
+class SetGroupLeader:
+    """`node_id` leads `group_id`: proposed by that leader when the routing table names another
+    (`reconcile.ProposeLeaderHints`). A hint for `status`, `locate` and a client's first request,
+    never a rule: Raft alone decides who leads. Not audited (no membership or setting changes).
+    Applied only while `node_id` is a voter of the group; otherwise it changes nothing."""
+
+    group_id: int
+    node_id: int
+
+
 MetadataCommand = (
     AddNode
     | SetNodeState
@@ -165,6 +176,7 @@ MetadataCommand = (
     | FinishVShardMove
     | AbortVShardMove
     | PutSetting
+    | SetGroupLeader
 )
 
 
@@ -385,6 +397,13 @@ _CODECS: Final[dict[str, tuple[type, Encoder, Decoder]]] = {
         PutSetting,
         lambda c: {"key": c.key, "value": c.value},
         lambda d: PutSetting(str(d.get("key")), _setting(d.get("value"))),
+    ),
+    "set_group_leader": (
+        SetGroupLeader,
+        lambda c: {"group_id": c.group_id, "node_id": c.node_id},
+        lambda d: SetGroupLeader(
+            _int(d.get("group_id"), "group_id"), _int(d.get("node_id"), "node_id")
+        ),
     ),
 }
 _OP_OF: Final = {cls: op for op, (cls, _, _) in _CODECS.items()}

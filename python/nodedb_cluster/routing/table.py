@@ -304,6 +304,14 @@ class RoutingTable:
         route = self.route(group_id)
         self._replace(GroupRoute(route.group_id, node_id, route.voters, route.learners))
 
+    def note_leader(self, group_id: int, node_id: int) -> None:
+        """A leader's report of itself (`SetGroupLeader`): recorded when `node_id` is a voter of
+        an existing group that names another leader; otherwise nothing changes, epoch included
+        (a report may land after its group was removed or its sender left the voters)."""
+        route = self._groups.get(group_id)
+        if route is not None and node_id in route.voters and route.leader != node_id:
+            self.set_leader(group_id, node_id)
+
     def set_members(
         self, group_id: int, voters: Iterable[int], learners: Iterable[int] = ()
     ) -> None:
