@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import os
 import socket
 import sys
@@ -163,6 +164,48 @@ async def test_a_node_whose_metrics_or_swim_port_is_taken_exits_before_it_forms(
         formed.terminate()
         async with asyncio.timeout(30):
             await formed.wait()
+
+
+@pytest.mark.multiprocess
+async def test_a_second_process_on_a_running_nodes_data_dir_exits_before_reading_it(
+    tmp_path: Path,
+) -> None:
+    """A second `start` on the data dir of a running node (another port, and `--rejoin`, which
+    moves a damaged log aside) is refused with the holder's pid before it reads the data dir:
+    the running node's Raft log stays where it is and the node keeps serving. Before, the copy
+    read the catalog and logged an address change before the log's own lock refused it, and
+    with `--rejoin` it moved the running node's log aside first."""
+    config = _config(tmp_path)
+    config_path = tmp_path / "n1.toml"
+    config_path.write_text(config.to_toml())
+    running = await _start(config_path, None)
+    try:
+        assert running.stdout is not None
+        async with asyncio.timeout(30):
+            ready = await running.stdout.readline()
+        assert ready.startswith(b"READY "), ready
+        log_files = sorted(p.name for p in (config.data_dir / "raft").iterdir())
+        elsewhere = parse_socket_addr(f"127.0.0.2:{free_port(['127.0.0.2'])}")
+        copy_path = tmp_path / "copy.toml"
+        copy = replace(config, listen_addr=elsewhere, swim_udp_addr=None, rejoin=True)
+        copy_path.write_text(copy.to_toml())
+        code, _, text = await run_cli("start", "--config", str(copy_path), timeout_s=30)
+        assert code == 1, text
+        last = text.strip().splitlines()[-1]
+        assert "is in use by another process" in last, text
+        assert f"(pid {running.pid})" in last, text
+        assert "restarts at" not in text, "nothing of the data dir was read"
+        assert sorted(p.name for p in (config.data_dir / "raft").iterdir()) == log_files
+        assert not list(config.data_dir.glob("discarded-*"))
+        addr = str(config.listen_addr)
+        code, out, text = await run_cli("status", "--addr", addr, "--insecure", "--json")
+        assert code == 0, text
+        assert json.loads(out)["lifecycle"] == "ready", "the running node is untouched"
+    finally:
+        running.terminate()
+        async with asyncio.timeout(30):
+            await running.wait()
+    assert running.returncode == 0
 
 
 async def test_an_embedded_node_is_marked_failed_and_stops_serving(

@@ -58,6 +58,8 @@ def test_a_log_of_another_cluster_or_node_is_refused_naming_both(tmp_path: Path)
         assert str(other) in text
         assert "--rejoin" in text
         assert _decide(tmp_path, A, other, True, rejoin=True) is Verdict.DISCARD
+    with pytest.raises(LogIdentityError, match="check --node-id and --data-dir"):
+        _decide(tmp_path, A, LogIdentity("cluster-a", 4), True)  # another node's data dir
 
 
 def test_a_log_without_a_catalog_is_never_formed_over_without_an_explicit_way_out(

@@ -38,6 +38,7 @@ from nodedb_cluster.catalog import layout
 from nodedb_cluster.catalog.checksum import RESTORE_HINT, seal, unseal
 from nodedb_cluster.catalog.lmdbfile import check_data_file
 from nodedb_cluster.catalog.migrations import MIGRATIONS
+from nodedb_cluster.catalog.owner import OwnerLock
 from nodedb_cluster.errors import (
     CatalogCorrupt,
     CatalogError,
@@ -112,10 +113,17 @@ class Catalog:
     """The catalog of one node. Open with `Catalog.open(data_dir)`; use as a context manager."""
 
     def __init__(
-        self, env: lmdb.Environment, db: _Database, path: Path, key: Path, format_version: int
+        self,
+        env: lmdb.Environment,
+        db: _Database,
+        path: Path,
+        key: Path,
+        format_version: int,
+        owner: OwnerLock,
     ) -> None:
         """Use `Catalog.open`."""
         self._env: lmdb.Environment | None = env
+        self._owner = owner
         self._db = db
         self._path = path
         self._file = path / DATA_FILE
@@ -131,6 +139,7 @@ class Catalog:
         A new catalog is stamped with the current format; an older one is migrated in one write
         transaction; a newer one raises `CatalogFormatError` and is left untouched. A truncated or
         damaged file, or a value failing its checksum, raises `CatalogCorrupt` naming the file.
+        Held by another process, it raises `CatalogInUse` (`owner.py`) before reading anything.
         """
         if not 1 << 20 <= map_size_bytes <= MAP_SIZE_BYTES_MAX:
             raise CatalogError(f"map_size_bytes {map_size_bytes} is outside 1 MiB..1 TiB")
@@ -146,7 +155,9 @@ class Catalog:
             _open_paths.add(key)
         data_file = path / DATA_FILE
         env: lmdb.Environment | None = None
+        owner: OwnerLock | None = None
         try:
+            owner = OwnerLock.acquire(path)  # before anything of the data dir is read
             check_data_file(data_file)  # before mapping: short or damaged, it would SIGBUS/abort
             env = lmdb.open(
                 str(path),
@@ -163,13 +174,15 @@ class Catalog:
         except BaseException as e:
             if env is not None:
                 env.close()
+            if owner is not None:
+                owner.release()
             with _open_paths_lock:
                 _open_paths.discard(key)
             mapped = _catalog_error(e, data_file, "open", write=True)
             if mapped is e:
                 raise
             raise mapped from e
-        return cls(env, db, path, key, version)
+        return cls(env, db, path, key, version, owner)
 
     def close(self) -> None:
         """Close the environment; idempotent. Every commit is already durable."""
@@ -177,6 +190,7 @@ class Catalog:
             return
         self._env.close()
         self._env = None
+        self._owner.release()
         with _open_paths_lock:
             _open_paths.discard(self._key)
 

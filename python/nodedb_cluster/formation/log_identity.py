@@ -94,6 +94,16 @@ def decide(
             return Verdict.PROCEED
         if rejoin:
             return Verdict.DISCARD
+        if log.cluster_id == catalog.cluster_id:
+            # Most likely a wrong --node-id or --data-dir: say that first, and offer the way
+            # that discards a log only for when that log is truly unwanted.
+            raise LogIdentityError(
+                f"data dir {data_dir} holds the Raft log of {log} ({ident}), but this process "
+                f"is {catalog} (--node-id {catalog.node_id}): check --node-id and --data-dir; "
+                "refusing to start. Only if that log is no longer wanted (its node runs on "
+                "another data dir, or is gone), start with --rejoin to move it aside and "
+                f"rejoin as a fresh replica of node {catalog.node_id}"
+            )
         raise LogIdentityError(
             f"catalog {catalog_path} belongs to {catalog} but the Raft log beside it "
             f"({ident}) belongs to {log}: they were not written by the same node; refusing to "
