@@ -186,10 +186,9 @@ def plan_inputs(
 ) -> PlanInputs:
     """Everything of group 0's state that `plan_reconcile` reads: each group's voters,
     learners and recorded leader, which groups hold no vShard, the leaving nodes and the move
-    targets. A metadata
-    change that leaves these equal (a vShard move's begin or flip between groups that keep
-    vShards) cannot change a round's plan, so the shell runs no round for it; what changes in
-    Raft alone is caught by its timer."""
+    targets. A metadata change that leaves these equal (a vShard move's begin or flip between
+    groups that keep vShards) cannot change a round's plan, so the shell runs no round for it;
+    what changes in Raft alone is caught by its timer."""
     routes = tuple(
         (r.group_id, r.voters, r.learners, r.leader) for r in map(routing.route, routing.group_ids)
     )
