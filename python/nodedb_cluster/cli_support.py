@@ -218,7 +218,8 @@ async def fetch_status(addr: str, credentials: Credentials, timeout_s: float) ->
 
 def format_status(doc: dict[str, object]) -> str:
     """A human-readable status: the node, the members (with SWIM's verdict), the groups (a group
-    with a member SWIM declares DEAD is flagged: it runs on fewer replicas than it lists)."""
+    with a member SWIM declares DEAD is flagged: it runs on fewer replicas than it lists): this
+    node's replicas, then the groups it holds none of ("elsewhere", as group 0 records them)."""
     lines = [
         f"node {doc['node_id']}  lifecycle {doc['lifecycle']}  cluster {doc['cluster_id']}",
         f"topology v{doc['topology_version']}  routing epoch {doc['routing_epoch']}  "
@@ -279,6 +280,18 @@ def format_status(doc: dict[str, object]) -> str:
             f"{g['group_id']:>5}  {g['role']:<13} {g['leader']:>6} {g['term']:>5} "
             f"{g['commit']:>7} {g['applied']:>7} {g['vshards']:>7} {_size(used):>9}  "
             f"{members}{flag}"
+        )
+    for g in doc.get("elsewhere") or []:  # type: ignore[attr-defined]
+        # No replica here: group 0's record of it (the leader is the one it last reported).
+        members = (
+            ",".join(map(str, g["voters"])) + " / " + (",".join(map(str, g["learners"])) or "-")
+        )
+        dead = g.get("dead") or []
+        flag = f"  DEAD: {','.join(map(str, dead))}" if dead else ""
+        leader = g["leader"] or "-"
+        lines.append(
+            f"{g['group_id']:>5}  {'elsewhere':<13} {leader:>6} {'-':>5} {'-':>7} {'-':>7} "
+            f"{g['vshards']:>7} {'-':>9}  {members}{flag}"
         )
     return "\n".join(lines)
 

@@ -69,6 +69,9 @@ class NodeStatus:
     """(vShard, source, target, move id, phase, chunks imported, chunks) per vShard move in
     flight; phase and chunks only on the node that runs the move (the source's leader), else
     phase "elsewhere"."""
+    elsewhere: tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...] = ()
+    """(group, leader as routing records it or 0, voters, learners) for each group the routing
+    table places on other nodes only: the rest of the cluster, as group 0 sees it."""
 
     def dead_nodes(self) -> set[int]:
         """The nodes SWIM declares DEAD: the topology still lists them ACTIVE and voting (only an
@@ -92,6 +95,17 @@ class NodeStatus:
             "placement": [list(p) for p in self.placement],
             "moving": [[g, list(learners)] for g, learners in self.moving],
             "vshard_moves": [list(m) for m in self.vshard_moves],
+            "elsewhere": [
+                {
+                    "group_id": g,
+                    "leader": leader,
+                    "voters": list(voters),
+                    "learners": list(learners),
+                    "vshards": self.vshards_per_group.get(g, 0),
+                    "dead": sorted(dead.intersection((*voters, *learners))),
+                }
+                for g, leader, voters, learners in self.elsewhere
+            ],
             "groups": [
                 {
                     "group_id": g.group_id,
@@ -170,6 +184,7 @@ async def collect_status(
         vshard_moves=tuple(
             _move_row(m, (move_progress or {}).get(m.vshard)) for m in state.vshard_moves
         ),
+        elsewhere=elsewhere_of(state, {g.group_id for g in groups}),
     )
 
 
@@ -187,6 +202,14 @@ def _move_row(
         progress.chunks_done,
         progress.chunks,
     )
+
+
+def elsewhere_of(
+    state: MetadataState, local: set[int]
+) -> tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...]:
+    """The routing table's groups with no replica in `local`, each as `NodeStatus.elsewhere`."""
+    routes = (state.routing.route(g) for g in state.routing.group_ids if g not in local)
+    return tuple((r.group_id, r.leader, r.voters, r.learners) for r in routes)
 
 
 def placement_of(state: MetadataState) -> tuple[tuple[int, int, int], ...]:

@@ -85,6 +85,11 @@ async def test_new_nodes_take_replicas_and_nothing_is_lost(tmp_path: Path) -> No
             await writing  # raises if any write failed
         counts = replicas(statuses)
         assert sorted(counts.values()) == [2, 2, 2, 3, 3], counts
+        # Each node's status lists every group once: its replicas, then the rest from group 0.
+        for doc in statuses.values():
+            here = [int(g["group_id"]) for g in doc["groups"]]
+            there = [int(g["group_id"]) for g in doc["elsewhere"]]
+            assert sorted(here + there) == list(range(DATA_GROUPS + 1)), (here, there)
         # Every acknowledged write reads back, through a client that starts at node 4.
         async with Client([cluster.nodes[4].addr], cluster.client_credentials) as reader:
             values = await reader.get_many([f"k{i}".encode() for i in range(KEYS)])

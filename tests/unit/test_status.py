@@ -76,3 +76,30 @@ def test_placement_columns_and_moves_in_flight() -> None:
     row = next(line for line in text.splitlines() if "127.0.0.2:9400" in line)
     assert row.split()[2:5] == ["ACTIVE", "3", "1"]
     assert "moving: group 2 is filling learner(s) 4" in text
+
+
+def test_groups_without_a_replica_here_are_listed_from_group_0s_record() -> None:
+    """A node shows every group, not just its own replicas: the others as group 0 records them
+    (members, vShards, the leader they last reported), flagged when a member is DEAD. Before,
+    a group whose replicas were all on other nodes was missing from that node's status."""
+    st = dataclasses.replace(
+        status(((2, "ALIVE", 5, 120), (3, "DEAD", 7, 9_400), (4, "ALIVE", 1, 30))),
+        vshards_per_group={1: 512, 2: 256, 3: 256},
+        elsewhere=((3, 4, (2, 3, 4), ()), (4, 0, (2, 4), (3,))),
+    )
+    doc = st.to_doc()
+    assert doc["elsewhere"] == [
+        {
+            "group_id": 3,
+            "leader": 4,
+            "voters": [2, 3, 4],
+            "learners": [],
+            "vshards": 256,
+            "dead": [3],
+        },
+        {"group_id": 4, "leader": 0, "voters": [2, 4], "learners": [3], "vshards": 0, "dead": [3]},
+    ]
+    rows = [line.split() for line in format_status(doc).splitlines() if "elsewhere" in line]
+    assert rows[0][:8] == ["3", "elsewhere", "4", "-", "-", "-", "256", "-"]
+    assert rows[0][8:] == ["2,3,4", "/", "-", "DEAD:", "3"]
+    assert rows[1][:3] == ["4", "elsewhere", "-"], "no leader recorded"
