@@ -129,6 +129,9 @@ def format_audit(records: list[dict[str, Any]]) -> str:
     """A readable table, oldest first: time, index, command, proposer, arguments."""
     lines = [f"{'TIME':<24} {'INDEX':>6}  {'COMMAND':<22} {'PROPOSER':<36} ARGS"]
     for r in records:
+        if "damaged" in r:
+            lines.append(f"{'DAMAGED LINE':<24} {'?':>6}  (not a record) {r['damaged']!r}")
+            continue
         args = r.get("args")
         args_text = (
             " ".join(f"{k}={_short(v)}" for k, v in args.items()) if isinstance(args, dict) else ""

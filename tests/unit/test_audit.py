@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.admin_cli import format_audit
 from nodedb_cluster.clock import ManualClock
 from nodedb_cluster.errors import InvalidRequest
 from nodedb_cluster.metadata.applier import MetadataState, MetadataStateMachine
@@ -162,3 +163,19 @@ def test_requests_and_replies_are_bounded_and_typed(tmp_path: Path) -> None:
     assert log.tail(10) == []  # no file yet
     payload = msgpack.packb({"records": ['{"index": 1}'], "truncated": False})
     assert decode_audit_response(payload) == ([{"index": 1}], False)
+
+
+def test_a_line_changed_on_disk_is_shown_in_place_and_hides_no_other(tmp_path: Path) -> None:
+    """An operator's byte editor broke one line in the middle of the file: the reader gets the
+    records around it and the damaged line in place (it used to fail the whole `audit`)."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append([(2, join_entry()), (3, join_entry(3))])
+    raw = log.path.read_bytes()
+    log.path.write_bytes(b"[" + raw[1:])  # the first line's opening brace
+    lines = log.tail(10)
+    records, _ = decode_audit_response(msgpack.packb({"records": lines, "truncated": False}))
+    assert len(records) == len(lines) == 4
+    assert set(records[0]) == {"damaged"}
+    assert [r.get("index") for r in records[1:]] == [2, 3, 3]
+    table = format_audit(records)
+    assert "DAMAGED LINE" in table.splitlines()[1]

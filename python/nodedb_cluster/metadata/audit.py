@@ -177,8 +177,14 @@ def decode_audit_request(payload: bytes) -> int:
     return limit
 
 
+DAMAGED_LINE_CHARS_MAX: Final = 200
+"""How much of a line that is not a record a reader is shown (`decode_audit_response`)."""
+
+
 def decode_audit_response(payload: bytes) -> tuple[list[dict[str, Any]], bool]:
-    """The records (parsed) and whether the node left older ones out to bound the reply."""
+    """The records (parsed) and whether the node left older ones out to bound the reply. A
+    line of the file that is not a JSON object (changed on disk) is kept in place as
+    `{"damaged": <its start>}`, so one bad line hides none of the others."""
     try:
         doc = msgpack.unpackb(payload, raw=False)
     except (ValueError, msgpack.UnpackException) as e:
@@ -190,10 +196,10 @@ def decode_audit_response(payload: bytes) -> tuple[list[dict[str, Any]], bool]:
     for line in records:
         try:
             value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ClusterError(f"malformed audit record {line[:80]!r}: {e}") from e
+        except json.JSONDecodeError:
+            value = None
         if not isinstance(value, dict):
-            raise ClusterError(f"malformed audit record {line[:80]!r}")
+            value = {"damaged": line[:DAMAGED_LINE_CHARS_MAX]}
         parsed.append(value)
     return parsed, bool(doc.get("truncated"))
 
