@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateRevocationListDer;
 
-use crate::credentials::{bad, parse_x509, read_cert_der, read_pem};
+use crate::credentials::{bad, parse_x509, read_cert_der, read_pem, PemReason};
 use crate::error::TransportError;
 use crate::issue::{from_unix, issued_by, load_ca, now_utc, rcgen_err, replace_private, LoadedCa};
 
@@ -98,7 +98,8 @@ fn existing_crl_entries(
     ca_x509: &x509_parser::certificate::X509Certificate<'_>,
 ) -> Result<(Vec<rcgen::RevokedCertParams>, u64), TransportError> {
     let what = format!("existing CRL {}", path.display());
-    let der = CertificateRevocationListDer::from_pem_slice(pem).map_err(|e| bad(&what, e))?;
+    let der =
+        CertificateRevocationListDer::from_pem_slice(pem).map_err(|e| bad(&what, PemReason(e)))?;
     let parsed = parse_crl(&der).map_err(|e| bad(&what, e))?;
     if parsed.issuer().as_raw() != ca.subject_der.as_slice()
         || parsed.verify_signature(ca_x509.public_key()).is_err()

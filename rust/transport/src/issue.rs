@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use crate::credentials::{bad, parse_x509, read_cert_der, read_pem, SpkiPin};
+use crate::credentials::{bad, parse_x509, read_cert_der, read_pem, PemReason, SpkiPin};
 use crate::error::TransportError;
 use crate::identity::{check_trust_domain, Identity};
 
@@ -271,7 +271,7 @@ pub(crate) fn load_ca(ca_cert: &Path, ca_key: &Path) -> Result<LoadedCa, Transpo
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
         bad(
             &format!("cannot parse the CA certificate {}", ca_cert.display()),
-            e,
+            PemReason(e),
         )
     })?;
     let cert = parse_x509(&der, ca_cert)?;
