@@ -527,6 +527,7 @@ class Node:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._reconciler.close()
         await self._swim.close()
         if self._kv is not None:
             await self._kv.close()

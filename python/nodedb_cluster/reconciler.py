@@ -93,6 +93,10 @@ class Reconciler:
         self._wakeup = asyncio.Event()
         self._inputs: PlanInputs | None = None
         """What the last metadata change that woke a round left for the plan to read."""
+        self._hints: asyncio.Task[None] | None = None
+        """The leader-hint proposal in flight (`ProposeLeaderHints`): one at a time, off the
+        round, so a hint never holds up a conf change (group 0 may have lost its quorum while
+        a data group elected a leader)."""
 
     def wake(self) -> None:
         """Run a round soon."""
@@ -111,18 +115,30 @@ class Reconciler:
         """Rounds until the engine stops or the task is cancelled; a failed round is logged and
         the next one tries again (a control loop that dies silently leaves the cluster
         half-built)."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), RECONCILE_INTERVAL_S)
-            self._wakeup.clear()
-            try:
-                await self.reconcile_once()
-            except EngineStopped:
-                return
-            except ClusterError as e:
-                log.info("reconcile round incomplete: %s", e)
-            except Exception:
-                log.exception("reconcile round failed; retrying next round")
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), RECONCILE_INTERVAL_S)
+                self._wakeup.clear()
+                try:
+                    await self.reconcile_once()
+                except EngineStopped:
+                    return
+                except ClusterError as e:
+                    log.info("reconcile round incomplete: %s", e)
+                except Exception:
+                    log.exception("reconcile round failed; retrying next round")
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Cancel the leader-hint proposal in flight, if any (a round before `run`, during a
+        restart or a join, may have started one)."""
+        hints, self._hints = self._hints, None
+        if hints is not None:
+            hints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hints
 
     async def reconcile_once(self) -> list[Action]:
         """One round: plan from the routing table and the engine's view, then act."""
@@ -160,6 +176,9 @@ class Reconciler:
         )
         bound_s = 2 * policy.rpc_timeout_ms / 1000
         for action in actions:
+            if isinstance(action, ProposeLeaderHints):
+                self._propose_hints(action.group_ids, bound_s)
+                continue
             try:
                 async with asyncio.timeout(bound_s):
                     await self._act(action)
@@ -168,6 +187,28 @@ class Reconciler:
             except TimeoutError:
                 log.warning("reconcile %s not done within %.1f s; next round", action, bound_s)
         return actions
+
+    def _propose_hints(self, groups: tuple[int, ...], bound_s: float) -> None:
+        """Record this node as the leader of `groups` in group 0, in the background; nothing
+        while the previous proposal is in flight (the next round asks again if still needed)."""
+        if self._hints is not None and not self._hints.done():
+            return
+        me = self._policy.node_id
+
+        async def propose() -> None:
+            try:
+                async with asyncio.timeout(bound_s):
+                    refused = await self._propose(
+                        MetadataEntry(tuple(SetGroupLeader(g, me) for g in groups))
+                    )
+            except (ClusterError, TimeoutError) as e:
+                log.info("leader hints for groups %s not recorded: %s", groups, e or "timeout")
+            else:
+                if refused is not None:
+                    log.info("leader hints for groups %s refused: %s", groups, refused)
+
+        log.info("reconcile: recording this node as the leader of groups %s", groups)
+        self._hints = asyncio.ensure_future(propose())
 
     async def _act(self, action: Action) -> None:
         engine = self._engine()
@@ -209,12 +250,6 @@ class Reconciler:
                 refused = await self._propose(MetadataEntry((RemoveGroupMember(g, n),)))
                 if refused is not None:
                     log.info("removal of learner %d from group %d refused: %s", n, g, refused)
-            case ProposeLeaderHints(group_ids=groups):
-                me = self._policy.node_id
-                hints = tuple(SetGroupLeader(g, me) for g in groups)
-                refused = await self._propose(MetadataEntry(hints))
-                if refused is not None:
-                    log.info("leader hints for groups %s refused: %s", groups, refused)
             case ProposeReplacement(group_id=g, old=old, new=new):
                 refused = await self._propose(MetadataEntry((ReplaceGroupVoter(g, old, new),)))
                 if refused is not None:
