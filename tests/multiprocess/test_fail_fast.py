@@ -46,6 +46,14 @@ async def _start(config_path: Path, panic_after_ms: str | None) -> asyncio.subpr
     )
 
 
+async def _ready(proc: asyncio.subprocess.Process) -> None:
+    """Await the node's READY line (its start's last step), bounded."""
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        ready = await proc.stdout.readline()
+    assert ready.startswith(b"READY "), ready
+
+
 def _config_file(tmp_path: Path) -> Path:
     config_path = tmp_path / "n1.toml"
     config_path.write_text(_config(tmp_path).to_toml())
@@ -68,10 +76,7 @@ def _config(tmp_path: Path) -> ClusterConfig:
 async def test_a_node_whose_engine_dies_exits_non_zero_within_a_second(tmp_path: Path) -> None:
     proc = await _start(_config_file(tmp_path), str(PANIC_AFTER_MS))
     try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            ready = await proc.stdout.readline()
-        assert ready.startswith(b"READY "), ready
+        await _ready(proc)
         async with asyncio.timeout(PANIC_AFTER_MS / 1000 + 10):
             _, err = await proc.communicate()
         exited_at = time.time()
@@ -100,10 +105,7 @@ async def test_a_node_whose_engine_dies_while_it_restarts_exits_with_the_reason_
     out). A restart awaiting an engine request once hung here for good."""
     config_path = _config_file(tmp_path)
     formed = await _start(config_path, None)
-    assert formed.stdout is not None
-    async with asyncio.timeout(30):
-        ready = await formed.stdout.readline()
-    assert ready.startswith(b"READY "), ready
+    await _ready(formed)
     formed.terminate()
     async with asyncio.timeout(30):
         assert await formed.wait() == 0
@@ -156,10 +158,7 @@ async def test_a_node_whose_metrics_or_swim_port_is_taken_exits_before_it_forms(
     assert not (config.data_dir / "raft").exists(), "nothing of a cluster was written"
     formed = await _start(config_path, None)
     try:
-        assert formed.stdout is not None
-        async with asyncio.timeout(30):
-            ready = await formed.stdout.readline()
-        assert ready.startswith(b"READY "), ready
+        await _ready(formed)
     finally:
         formed.terminate()
         async with asyncio.timeout(30):
@@ -180,10 +179,7 @@ async def test_a_second_process_on_a_running_nodes_data_dir_exits_before_reading
     config_path.write_text(config.to_toml())
     running = await _start(config_path, None)
     try:
-        assert running.stdout is not None
-        async with asyncio.timeout(30):
-            ready = await running.stdout.readline()
-        assert ready.startswith(b"READY "), ready
+        await _ready(running)
         log_files = sorted(p.name for p in (config.data_dir / "raft").iterdir())
         elsewhere = parse_socket_addr(f"127.0.0.2:{free_port(['127.0.0.2'])}")
         copy_path = tmp_path / "copy.toml"
