@@ -1,5 +1,6 @@
 """One process per catalog (`catalog/owner.py`): a second process is refused naming the holder's
-pid, and a holder killed with SIGKILL leaves no stale lock behind."""
+pid (unless it only reads, `beside_owner`), and a holder killed with SIGKILL leaves no stale
+lock behind."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def test_a_second_process_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(CatalogInUse, match=rf"in use by another process \(pid {holder.pid}\)"):
             Catalog.open(tmp_path)
+        with Catalog.open(tmp_path, beside_owner=True) as beside:  # to read, beside the node
+            assert beside.cluster_id() == "c-1"
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
     finally:

@@ -11,6 +11,7 @@ the admission with the joiner's certificate identity as its proposer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import urllib.request
@@ -129,7 +130,8 @@ async def test_a_new_node_joins_only_with_a_valid_token_of_its_own(cluster: Loca
     await _wait_refused(cluster, "join_token_wrong_node", 1)
 
     # An expired token (made with the cluster secret, as an issuing node would have).
-    catalog = await asyncio.to_thread(Catalog.open, cluster.nodes[1].config.data_dir)
+    data_dir = cluster.nodes[1].config.data_dir  # node 1 runs: read its catalog beside it
+    catalog = await asyncio.to_thread(functools.partial(Catalog.open, data_dir, beside_owner=True))
     try:
         secret = await asyncio.to_thread(catalog.load_cluster_secret)
     finally:

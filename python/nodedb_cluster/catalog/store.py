@@ -119,7 +119,7 @@ class Catalog:
         path: Path,
         key: Path,
         format_version: int,
-        owner: OwnerLock,
+        owner: OwnerLock | None,
     ) -> None:
         """Use `Catalog.open`."""
         self._env: lmdb.Environment | None = env
@@ -133,13 +133,21 @@ class Catalog:
     # --- opening and closing ---------------------------------------------------------------------
 
     @classmethod
-    def open(cls, data_dir: str | Path, *, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> Catalog:
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES,
+        beside_owner: bool = False,
+    ) -> Catalog:
         """Open (creating it if needed) the catalog at `data_dir/catalog`.
 
         A new catalog is stamped with the current format; an older one is migrated in one write
         transaction; a newer one raises `CatalogFormatError` and is left untouched. A truncated or
         damaged file, or a value failing its checksum, raises `CatalogCorrupt` naming the file.
-        Held by another process, it raises `CatalogInUse` (`owner.py`) before reading anything.
+        Held by another process, it raises `CatalogInUse` (`owner.py`) before reading anything;
+        `beside_owner` opens it without the lock, beside a running node, to read it (a test, an
+        inspection): the caller must not write.
         """
         if not 1 << 20 <= map_size_bytes <= MAP_SIZE_BYTES_MAX:
             raise CatalogError(f"map_size_bytes {map_size_bytes} is outside 1 MiB..1 TiB")
@@ -157,7 +165,8 @@ class Catalog:
         env: lmdb.Environment | None = None
         owner: OwnerLock | None = None
         try:
-            owner = OwnerLock.acquire(path)  # before anything of the data dir is read
+            if not beside_owner:
+                owner = OwnerLock.acquire(path)  # before anything of the data dir is read
             check_data_file(data_file)  # before mapping: short or damaged, it would SIGBUS/abort
             env = lmdb.open(
                 str(path),
@@ -190,7 +199,8 @@ class Catalog:
             return
         self._env.close()
         self._env = None
-        self._owner.release()
+        if self._owner is not None:
+            self._owner.release()
         with _open_paths_lock:
             _open_paths.discard(self._key)
 
