@@ -70,8 +70,9 @@ class NodeStatus:
     flight; phase and chunks only on the node that runs the move (the source's leader), else
     phase "elsewhere"."""
     elsewhere: tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...] = ()
-    """(group, leader as routing records it or 0, voters, learners) for each group the routing
-    table places on other nodes only: the rest of the cluster, as group 0 sees it."""
+    """(group, leader as routing records it or 0, voters, learners) for each group in the
+    routing table that this node holds no replica of: the rest of the cluster, as group 0
+    sees it."""
 
     def dead_nodes(self) -> set[int]:
         """The nodes SWIM declares DEAD: the topology still lists them ACTIVE and voting (only an
