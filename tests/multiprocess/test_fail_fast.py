@@ -172,8 +172,8 @@ async def test_a_second_process_on_a_running_nodes_data_dir_exits_before_reading
     """A second `start` on the data dir of a running node (another port, and `--rejoin`, which
     moves a damaged log aside) is refused with the holder's pid before it reads the data dir:
     the running node's Raft log stays where it is and the node keeps serving. Before, the copy
-    read the catalog and logged an address change before the log's own lock refused it, and
-    with `--rejoin` it moved the running node's log aside first."""
+    read the catalog and logged an address change before the log's own lock refused it (and
+    given another `--node-id` as well, `--rejoin` moved the running node's log aside first)."""
     config = _config(tmp_path)
     config_path = tmp_path / "n1.toml"
     config_path.write_text(config.to_toml())

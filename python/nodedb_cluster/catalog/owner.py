@@ -3,7 +3,8 @@
 Why: LMDB lets several processes open one environment, so a second node process started on a
 running node's data dir (a typo in `--data-dir`, a supervisor starting a copy) got as far as
 reading the catalog, checking the Raft log and logging an address change before the Raft log's
-own lock refused it; with `--rejoin` it would have moved the running node's log aside first.
+own lock refused it; given another `--node-id` and `--rejoin`, it would have moved the running
+node's log aside first (the log-identity step runs before the Raft log is opened).
 The lock is taken before anything of the data dir is read. The kernel drops it when the process
 dies, `kill -9` included, so a crash never leaves a stale lock behind.
 """
