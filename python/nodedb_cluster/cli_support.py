@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import msgpack
 
@@ -265,11 +265,7 @@ def format_status(doc: dict[str, object]) -> str:
     ]
     quota = doc.get("kv_quota_bytes") or 0
     for g in doc["groups"]:  # type: ignore[attr-defined]
-        members = (
-            ",".join(map(str, g["voters"])) + " / " + (",".join(map(str, g["learners"])) or "-")
-        )
-        dead = g.get("dead") or []
-        flag = f"  DEAD: {','.join(map(str, dead))}" if dead else ""
+        members, flag = _members_and_dead(g)
         used = g.get("kv_bytes")
         if isinstance(used, int) and isinstance(quota, int) and 0 < quota <= used:
             flag += f"  AT QUOTA ({_size(quota)}): writes refused"
@@ -283,17 +279,21 @@ def format_status(doc: dict[str, object]) -> str:
         )
     for g in doc.get("elsewhere") or []:  # type: ignore[attr-defined]
         # No replica here: group 0's record of it (the leader is the one it last reported).
-        members = (
-            ",".join(map(str, g["voters"])) + " / " + (",".join(map(str, g["learners"])) or "-")
-        )
-        dead = g.get("dead") or []
-        flag = f"  DEAD: {','.join(map(str, dead))}" if dead else ""
+        members, flag = _members_and_dead(g)
         leader = g["leader"] or "-"
         lines.append(
             f"{g['group_id']:>5}  {'elsewhere':<13} {leader:>6} {'-':>5} {'-':>7} {'-':>7} "
             f"{g['vshards']:>7} {'-':>9}  {members}{flag}"
         )
     return "\n".join(lines)
+
+
+def _members_and_dead(group: dict[str, Any]) -> tuple[str, str]:
+    """A group row's `voters / learners` and its DEAD flag ("" when no member is dead)."""
+    members = ",".join(map(str, group["voters"])) + " / "
+    members += ",".join(map(str, group["learners"])) or "-"
+    dead = group.get("dead") or []
+    return members, f"  DEAD: {','.join(map(str, dead))}" if dead else ""
 
 
 def _size(n: object) -> str:

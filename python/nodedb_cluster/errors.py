@@ -90,6 +90,10 @@ class CatalogCorrupt(CatalogError):
         return CatalogCorrupt(self.key, self.reason, path)
 
 
+class CatalogInUse(CatalogError):
+    """Another process holds the catalog: a node runs on this data dir (`catalog/owner.py`)."""
+
+
 class CatalogNoSpace(CatalogError):
     """A catalog write found no space left on its filesystem (ENOSPC). The write transaction was
     aborted, so the catalog holds exactly what it held before; retrying once space has been

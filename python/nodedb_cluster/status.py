@@ -103,7 +103,7 @@ class NodeStatus:
                     "voters": list(voters),
                     "learners": list(learners),
                     "vshards": self.vshards_per_group.get(g, 0),
-                    "dead": sorted(dead.intersection((*voters, *learners))),
+                    "dead": _dead_among(dead, voters, learners),
                 }
                 for g, leader, voters, learners in self.elsewhere
             ],
@@ -121,7 +121,7 @@ class NodeStatus:
                     "kv": list(self.kv_digests.get(g.group_id, ())),
                     "kv_bytes": self.kv_bytes.get(g.group_id),
                     "kv_sessions": list(self.kv_sessions.get(g.group_id, ())),
-                    "dead": sorted(dead.intersection((*g.voters, *g.learners))),
+                    "dead": _dead_among(dead, g.voters, g.learners),
                 }
                 for g in self.groups
             ],
@@ -203,6 +203,11 @@ def _move_row(
         progress.chunks_done,
         progress.chunks,
     )
+
+
+def _dead_among(dead: set[int], voters: tuple[int, ...], learners: tuple[int, ...]) -> list[int]:
+    """The members of a group SWIM declares DEAD, ascending."""
+    return sorted(dead.intersection((*voters, *learners)))
 
 
 def elsewhere_of(

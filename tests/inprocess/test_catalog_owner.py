@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.catalog import Catalog
-from nodedb_cluster.catalog.owner import CatalogInUse
+from nodedb_cluster.errors import CatalogInUse
 
 HOLDER = """
 import sys, time

@@ -16,14 +16,10 @@ import os
 from pathlib import Path
 from typing import Final
 
-from nodedb_cluster.errors import CatalogError
+from nodedb_cluster.errors import CatalogError, CatalogInUse
 
 OWNER_FILE_NAME: Final = "OWNER"
 _PID_BYTES_MAX: Final = 32
-
-
-class CatalogInUse(CatalogError):
-    """Another process holds the catalog (a node is running on this data dir)."""
 
 
 class OwnerLock:
