@@ -12,11 +12,13 @@ from collections.abc import Callable
 import pytest
 
 from nodedb_cluster.addr import SocketAddr, parse_socket_addr
-from nodedb_cluster.errors import FormationFailed, Unreachable
+from nodedb_cluster.errors import FormationFailed, HandshakeError, Unreachable
 from nodedb_cluster.formation.join_client import (
+    EVERY_HANDSHAKE_REFUSED,
     NO_SEED_NODES,
     REDIRECTS_PER_ATTEMPT_MAX,
     Accepted,
+    HandshakeRefused,
     JoinAttempt,
     JoinOutcome,
     Rejected,
@@ -177,3 +179,59 @@ async def test_a_permanent_refusal_stops_at_once_with_its_text() -> None:
     state = tracker.state
     assert isinstance(state, Failed)
     assert state.reason == f"127.0.0.1:9400: {text}"
+
+
+OTHER_CA = "TLS handshake with 127.0.0.1:9400 failed: the peer refused us: decrypt error (alert 51)"
+
+
+async def test_every_seed_refusing_the_handshake_stops_after_one_attempt() -> None:
+    """A certificate of another CA (ours or theirs) is not cured by waiting: the whole ~2 min
+    schedule would end the same way. Raised or returned, the refusal counts the same."""
+
+    def raise_handshake(_: int) -> JoinOutcome[str]:
+        raise HandshakeError("127.0.0.2:9400", "we refused the peer: unknown CA (alert 48)")
+
+    script = Script(
+        {"127.0.0.1:9400": lambda _: HandshakeRefused(OTHER_CA), "127.0.0.2:9400": raise_handshake}
+    )
+    tracker = LifecycleTracker()
+    seeds = [A("127.0.0.1:9400"), A("127.0.0.2:9400")]
+    with pytest.raises(FormationFailed, match="every seed refused the TLS handshake"):
+        await run_join(seeds, JoinRetryPolicy(), script.send, tracker, script.sleep)
+    assert script.asked == ["127.0.0.1:9400", "127.0.0.2:9400"], "every seed asked once"
+    assert script.slept_s == []
+    state = tracker.state
+    assert isinstance(state, Failed)
+    assert "unknown CA" in state.reason, "the last seed's own reason"
+    assert state.reason.endswith(EVERY_HANDSHAKE_REFUSED)
+
+
+async def test_a_handshake_refused_by_some_seeds_only_is_retried() -> None:
+    """One seed of another cluster, or one seed down while the others refuse: the rest of the
+    seeds may still admit us, so the schedule runs on."""
+    script = Script(
+        {
+            "127.0.0.1:9400": lambda _: HandshakeRefused(OTHER_CA),
+            "127.0.0.2:9400": lambda n: Accepted("in") if n >= 1 else SendFailed("timed out"),
+        }
+    )
+    tracker = LifecycleTracker()
+    seeds = [A("127.0.0.1:9400"), A("127.0.0.2:9400"), A("127.0.0.3:9400")]
+    result = await run_join(seeds, JoinRetryPolicy(), script.send, tracker, script.sleep)
+    assert result == "in"
+    assert script.slept_s == [0.25]
+    every_seed = ["127.0.0.1:9400", "127.0.0.2:9400", "127.0.0.3:9400"]
+    assert script.asked == [*every_seed, "127.0.0.1:9400", "127.0.0.2:9400"]
+
+
+def test_an_attempt_counts_refused_handshakes_against_the_seeds_asked() -> None:
+    attempt = JoinAttempt.over([A("127.0.0.1:9400"), A("127.0.0.2:9400")])
+    assert not attempt.every_handshake_refused(), "nothing asked yet"
+    first = attempt.next_target()
+    assert first is not None
+    attempt.on_handshake_refused(first, OTHER_CA)
+    assert attempt.every_handshake_refused()
+    second = attempt.next_target()
+    assert second is not None
+    attempt.on_send_failed(second, "connection refused")
+    assert not attempt.every_handshake_refused()

@@ -4,10 +4,11 @@
 of the contract (sorted seeds, each address once per attempt, redirects to the front of the queue,
 at most three redirects, never revisiting) is tested by feeding it outcomes. `run_join` is the
 shell: it sleeps per `JoinRetryPolicy`, reports `Joining{attempt}` to the lifecycle, sends the
-requests and gives up with the last concrete error. `join_sender` is how a node sends them: each
-JoinRequest on a connection dialled for it alone (docs/JOIN.md: "no pooled connection"), so a join
-attempt never rides a pooled connection to a seed that restarted since, and the joiner's pool is
-left to the peers it later talks Raft to.
+requests and gives up with the last concrete error, or at once when every seed of an attempt
+refused the TLS handshake (no retry changes a certificate). `join_sender` is how a node sends
+them: each JoinRequest on a connection dialled for it alone (docs/JOIN.md: "no pooled
+connection"), so a join attempt never rides a pooled connection to a seed that restarted since,
+and the joiner's pool is left to the peers it later talks Raft to.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Final, Generic, NoReturn, TypeVar
 
 from nodedb_cluster import wire
 from nodedb_cluster.addr import SocketAddr
-from nodedb_cluster.errors import ClusterError, FormationFailed, FrameError
+from nodedb_cluster.errors import ClusterError, FormationFailed, FrameError, HandshakeError
 from nodedb_cluster.formation.leader_hint import parse_leader_hint
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.lifecycle import Failed, Joining, LifecycleTracker
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 REDIRECTS_PER_ATTEMPT_MAX: Final = 3
 """A redirect chain longer than this means the seeds disagree about the leader: retry later."""
 NO_SEED_NODES: Final = "no seed nodes configured"
+EVERY_HANDSHAKE_REFUSED: Final = (
+    "every seed refused the TLS handshake, and no retry changes a certificate: "
+    "check this node's --tls-ca-path and --tls-cert-path (or --insecure) against the cluster's"
+)
 
 R = TypeVar("R")
 
@@ -61,7 +66,16 @@ class SendFailed:
     reason: str
 
 
-JoinOutcome = Accepted[R] | Rejected | SendFailed
+@dataclass(frozen=True, slots=True)
+class HandshakeRefused:
+    """The TLS handshake failed: one side's certificate is not of the other's CA, or it is
+    revoked, expired or missing. A seed of another cluster may do this alone; every seed doing
+    it means this node's own credentials are wrong."""
+
+    reason: str
+
+
+JoinOutcome = Accepted[R] | Rejected | SendFailed | HandshakeRefused
 
 
 @dataclass(slots=True)
@@ -71,6 +85,7 @@ class JoinAttempt:
     queue: deque[SocketAddr]
     visited: set[SocketAddr] = field(default_factory=set)
     redirects: int = 0
+    handshakes_refused: int = 0
     last_error: str | None = None
 
     @classmethod
@@ -104,6 +119,15 @@ class JoinAttempt:
         """Remember a transport failure and go on to the next seed."""
         self.last_error = f"{addr}: {reason}"
 
+    def on_handshake_refused(self, addr: SocketAddr, reason: str) -> None:
+        """Remember a refused handshake and go on to the next seed."""
+        self.handshakes_refused += 1
+        self.last_error = f"{addr}: {reason}"
+
+    def every_handshake_refused(self) -> bool:
+        """Every seed asked so far refused the TLS handshake (or was refused by us)."""
+        return bool(self.visited) and self.handshakes_refused == len(self.visited)
+
 
 SendJoin = Callable[[SocketAddr], Awaitable[JoinOutcome[R]]]
 Sleep = Callable[[float], Awaitable[None]]
@@ -118,10 +142,12 @@ async def run_join(
 ) -> R:
     """Walk the seeds attempt after attempt until one admits us; raise `FormationFailed` after the
     last attempt with the last concrete error (the lifecycle ends Failed with the same reason),
-    or at once on a permanent rejection (a refused token: retrying would only repeat it).
+    or at once on a permanent rejection (a refused token: retrying would only repeat it) and
+    after an attempt in which every seed refused the TLS handshake.
 
     `send` must be bounded by the RPC timeout and turn every failure into `SendFailed`/`Rejected`
-    (a raised `ClusterError` is also accepted and treated as `SendFailed`).
+    (a raised `HandshakeError` is taken as `HandshakeRefused`, any other `ClusterError` as
+    `SendFailed`).
     """
     seed_list = sorted(set(seeds))
     if not seed_list:
@@ -136,6 +162,8 @@ async def run_join(
         while (addr := attempt.next_target()) is not None:
             try:
                 outcome = await send(addr)
+            except HandshakeError as exc:
+                outcome = HandshakeRefused(str(exc))
             except ClusterError as exc:
                 outcome = SendFailed(str(exc))
             match outcome:
@@ -151,7 +179,13 @@ async def run_join(
                 case SendFailed(reason=reason):
                     log.info("join: %s failed: %s", addr, reason)
                     attempt.on_send_failed(addr, reason)
+                case HandshakeRefused(reason=reason):
+                    log.warning("join: %s: %s", addr, reason)
+                    attempt.on_handshake_refused(addr, reason)
         last_error = attempt.last_error or last_error
+        if attempt.every_handshake_refused():
+            log.error("join: %s", EVERY_HANDSHAKE_REFUSED)
+            _fail(tracker, f"{last_error}; {EVERY_HANDSHAKE_REFUSED}")
         log.info("join attempt %d failed: %s", attempt_no, last_error)
     _fail(tracker, last_error)
 
@@ -170,6 +204,8 @@ def join_sender(transport: Transport, request: wire.JoinRequest) -> SendJoin[wir
             if kind_in != wire.MessageKind.JOIN_RESPONSE:
                 return SendFailed(f"unexpected reply kind {kind_in}")
             response = wire.JoinResponse.decode(reply)
+        except HandshakeError as e:
+            return HandshakeRefused(str(e))
         except (FrameError, ClusterError) as e:
             return SendFailed(str(e))
         if response.success:

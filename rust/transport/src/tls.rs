@@ -164,6 +164,7 @@ fn alert_meaning(alert: u64) -> &'static str {
         42 | 43 | 46 => "bad certificate: the peer does not accept our certificate (another CA?)",
         44 => "certificate revoked: the cluster CRL revokes the certificate",
         45 => "certificate expired",
+        51 => "decrypt error: a signature did not verify",
         48 => "unknown CA: the certificate is not issued by the cluster CA",
         116 => {
             "certificate required: the peer runs mTLS and this node presented no client \
@@ -176,35 +177,112 @@ fn alert_meaning(alert: u64) -> &'static str {
 
 /// If `err` is a handshake/TLS failure, a message that says so; `None` for other losses.
 pub(crate) fn describe_tls_failure(err: &quinn::ConnectionError) -> Option<String> {
-    let (code, reason) = match err {
-        quinn::ConnectionError::TransportError(te) => (u64::from(te.code), te.reason.clone()),
-        quinn::ConnectionError::ConnectionClosed(close) => (
+    match err {
+        quinn::ConnectionError::TransportError(te) => {
+            describe_alert(Side::WeRefused, u64::from(te.code), &te.reason)
+        }
+        quinn::ConnectionError::ConnectionClosed(close) => describe_alert(
+            Side::PeerRefused,
             u64::from(close.error_code),
-            String::from_utf8_lossy(&close.reason).into_owned(),
+            &String::from_utf8_lossy(&close.reason),
         ),
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+/// Which end of a handshake refused it: whose certificate `reason` speaks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Our TLS stack refused: `reason` is about the peer's certificate.
+    WeRefused,
+    /// The peer closed with an alert: `reason` is its verdict on *our* certificate.
+    PeerRefused,
+}
+
+/// Words for a QUIC close `code` carrying a TLS alert (0x100 + alert), `None` for other codes.
+fn describe_alert(side: Side, code: u64, reason: &str) -> Option<String> {
     if !(0x100..0x200).contains(&code) {
         return None;
     }
     let alert = code - 0x100;
-    let side = if matches!(err, quinn::ConnectionError::TransportError(_)) {
-        "we refused the peer"
-    } else {
-        "the peer refused us"
+    let (who, whose) = match side {
+        Side::WeRefused => ("we refused the peer", "the peer's certificate"),
+        Side::PeerRefused => ("the peer refused us", "our certificate"),
     };
-    let mut text = format!("{side}: {} (alert {alert})", alert_meaning(alert));
+    let mut text = format!("{who}: {} (alert {alert})", alert_meaning(alert));
     if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
-        text.push_str(
-            "; the peer's certificate is not issued by this cluster's CA (another CA, or an \
-             insecure peer)",
-        );
+        text.push_str(&format!(
+            "; {whose} is not issued by the CA {} (another CA, or an insecure node)",
+            match side {
+                Side::WeRefused => "this node trusts",
+                Side::PeerRefused => "the peer trusts",
+            }
+        ));
     }
     if reason.contains("Revoked") {
-        text.push_str("; the peer's certificate is revoked by the cluster CRL");
+        text.push_str(&format!("; {whose} is revoked by the cluster CRL"));
+    }
+    if reason.contains("Expired") {
+        text.push_str(&format!("; {whose} has expired"));
     }
     if !reason.is_empty() {
         text.push_str(&format!(" [{reason}]"));
     }
     Some(text)
+}
+
+#[cfg(test)]
+mod alert_tests {
+    use super::{describe_alert, Side};
+
+    const BAD_SIGNATURE: &str = "invalid peer certificate: BadSignature";
+
+    #[test]
+    fn another_ca_is_named_from_the_side_that_saw_it() {
+        let ours = describe_alert(Side::WeRefused, 0x100 + 51, BAD_SIGNATURE).unwrap();
+        assert!(
+            ours.starts_with("we refused the peer: decrypt error"),
+            "{ours}"
+        );
+        assert!(ours.contains("the peer's certificate is not issued by the CA this node trusts"));
+        let theirs = describe_alert(Side::PeerRefused, 0x100 + 51, BAD_SIGNATURE).unwrap();
+        assert!(theirs.starts_with("the peer refused us"), "{theirs}");
+        assert!(theirs.contains("our certificate is not issued by the CA the peer trusts"));
+        assert!(!theirs.contains("the peer's certificate"), "{theirs}");
+    }
+
+    #[test]
+    fn revoked_and_expired_say_whose() {
+        let revoked = describe_alert(
+            Side::PeerRefused,
+            0x100 + 44,
+            "invalid peer certificate: Revoked",
+        )
+        .unwrap();
+        assert!(revoked.contains("our certificate is revoked"), "{revoked}");
+        let expired = describe_alert(
+            Side::WeRefused,
+            0x100 + 45,
+            "invalid peer certificate: Expired",
+        )
+        .unwrap();
+        assert!(
+            expired.contains("the peer's certificate has expired"),
+            "{expired}"
+        );
+    }
+
+    #[test]
+    fn codes_outside_the_tls_range_are_not_handshake_failures() {
+        assert_eq!(
+            describe_alert(Side::WeRefused, 0x0a, "protocol violation"),
+            None
+        );
+        assert_eq!(describe_alert(Side::PeerRefused, 0x200, ""), None);
+        assert_eq!(
+            describe_alert(Side::PeerRefused, 0x100 + 120, "").unwrap(),
+            "the peer refused us: no application protocol: the peer does not speak \
+             nodedb-cluster/1 (alert 120)"
+        );
+    }
 }
