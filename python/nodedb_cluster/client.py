@@ -31,6 +31,7 @@ from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.errors import (
     ClusterError,
+    HandshakeError,
     InvalidRequest,
     PermissionDenied,
     RemoteError,
@@ -98,9 +99,11 @@ class Client(Kv):
 
     async def connect(self) -> None:
         """Fetch routing and members from the first node that answers (the sources in order,
-        hedged: module docs)."""
+        hedged: module docs). Raises `HandshakeError` when every source refused the TLS
+        handshake (this client's credentials are not the cluster's), `Unavailable` otherwise."""
         sources = self._sources()
         errors: list[str] = []
+        refused: list[HandshakeError] = []
         asks: dict[asyncio.Task[RoutingAnswer], str] = {}
         try:
             asked = 0
@@ -119,6 +122,10 @@ class Client(Kv):
                         routing, nodes = task.result()
                     except PermissionDenied:
                         raise  # every node answers the same: this certificate may not use it
+                    except HandshakeError as e:
+                        refused.append(e)
+                        errors.append(f"{addr}: {e}")
+                        continue
                     except (Unreachable, RemoteError, ClusterError) as e:
                         errors.append(f"{addr}: {e}")
                         continue
@@ -128,6 +135,8 @@ class Client(Kv):
             for task in asks:
                 task.cancel()
             await asyncio.gather(*asks, return_exceptions=True)
+        if refused and len(refused) == len(errors):
+            raise refused[-1]
         raise Unavailable(0, "no node answered: " + "; ".join(errors))
 
     async def _ask_routing(self, addr: str) -> RoutingAnswer:

@@ -69,7 +69,7 @@ async def test_a_foreign_ca_is_logged_once_per_peer_on_both_sides(
     outbound = _warnings(caplog, "outbound handshake failed")
     assert len(outbound) == 1, [r.getMessage() for r in outbound]
     assert outbound[0].__dict__["peer"] == server.local_addr
-    assert "is not issued by the CA this node trusts" in outbound[0].getMessage()
+    assert "is not issued by the CA we trust" in outbound[0].getMessage()
 
 
 async def test_malformed_frames_are_logged_once_per_peer_as_json(

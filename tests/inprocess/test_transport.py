@@ -215,7 +215,7 @@ async def test_another_ca_is_refused_and_says_so(tmp_path: Path) -> None:
         server.serve(echo)
         with pytest.raises(HandshakeError) as info:
             await client.send_rpc_to_addr(server.local_addr, MessageKind.PING, b"")
-        assert "is not issued by the CA this node trusts" in str(info.value)
+        assert "is not issued by the CA we trust" in str(info.value)
         assert client.metrics()["errors.handshake"] == 1
 
 
@@ -238,7 +238,7 @@ async def test_insecure_and_mtls_refuse_each_other(
         assert "certificate required" in str(info.value)
         with pytest.raises(HandshakeError) as info:
             await secure.send_rpc_to_addr(insecure.local_addr, MessageKind.PING, b"")
-        assert "is not issued by the CA this node trusts" in str(info.value)
+        assert "is not issued by the CA we trust" in str(info.value)
 
 
 async def test_pin_mismatch_is_refused(creds: list[Mtls]) -> None:

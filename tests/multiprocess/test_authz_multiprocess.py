@@ -22,7 +22,13 @@ import pytest
 from nodedb_cluster import wire
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.client import CLIENT_NODE_ID, Client
-from nodedb_cluster.errors import ClusterError, PermissionDenied, RemoteError
+from nodedb_cluster.errors import (
+    ClusterError,
+    HandshakeError,
+    PermissionDenied,
+    RemoteError,
+    Unavailable,
+)
 from nodedb_cluster.formation.join_token import issue_token
 from nodedb_cluster.host_proposals import encode_batch
 from nodedb_cluster.localcluster import LocalCluster, Status, leader_of
@@ -44,7 +50,13 @@ from nodedb_cluster.placement_control import encode_placement_request
 from nodedb_cluster.raft import kv_vshard_command
 from nodedb_cluster.routing import vshard_for_key
 from nodedb_cluster.topology import NodeInfo, NodeState
-from nodedb_cluster.transport import Mtls, Transport, ca_key_path, issue_node_credentials
+from nodedb_cluster.transport import (
+    Mtls,
+    Transport,
+    ca_key_path,
+    generate_cluster_credentials,
+    issue_node_credentials,
+)
 from support.metrics_scrape import formed_with_metrics, scrape
 
 pytestmark = pytest.mark.multiprocess
@@ -556,3 +568,25 @@ async def test_a_certificate_without_an_identity_gets_permission_denied_at_once(
     await _wait_metric(
         cluster, 1, "nodedb_requests_refused_total", 1, kind="KvRequest", reason="no_identity"
     )
+
+
+async def test_a_client_certificate_of_another_ca_is_told_so_not_unavailable(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Every node refusing the handshake means this client's credentials are not the cluster's:
+    the error says whose certificate, at once. A node that could not be reached at all may
+    still be the one that accepts it, so then the client is Unavailable as before."""
+    foreign = generate_cluster_credentials(
+        tmp_path / "foreign", "other", [("client", ["127.0.0.1"])]
+    )[0]
+    stranger = Mtls(_creds(cluster, "client").ca, foreign.cert, foreign.key)
+    client = Client([n.addr for n in cluster.nodes.values()], stranger)
+    began = time.monotonic()
+    with pytest.raises(HandshakeError, match="our certificate is not issued by the CA"):
+        await client.connect()
+    assert time.monotonic() - began < 5.0, "no retry, no timeout"
+    await client.close()
+    with_a_dead_node = Client(["127.0.0.1:1", *(n.addr for n in cluster.nodes.values())], stranger)
+    with pytest.raises(Unavailable, match="our certificate is not issued by the CA"):
+        await with_a_dead_node.connect()
+    await with_a_dead_node.close()

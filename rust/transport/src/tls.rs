@@ -214,7 +214,7 @@ fn describe_alert(side: Side, code: u64, reason: &str) -> Option<String> {
         text.push_str(&format!(
             "; {whose} is not issued by the CA {} (another CA, or an insecure node)",
             match side {
-                Side::WeRefused => "this node trusts",
+                Side::WeRefused => "we trust",
                 Side::PeerRefused => "the peer trusts",
             }
         ));
@@ -244,7 +244,7 @@ mod alert_tests {
             ours.starts_with("we refused the peer: decrypt error"),
             "{ours}"
         );
-        assert!(ours.contains("the peer's certificate is not issued by the CA this node trusts"));
+        assert!(ours.contains("the peer's certificate is not issued by the CA we trust"));
         let theirs = describe_alert(Side::PeerRefused, 0x100 + 51, BAD_SIGNATURE).unwrap();
         assert!(theirs.starts_with("the peer refused us"), "{theirs}");
         assert!(theirs.contains("our certificate is not issued by the CA the peer trusts"));
