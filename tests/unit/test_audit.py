@@ -100,6 +100,34 @@ def test_a_torn_tail_is_cut_and_the_replay_writes_it_again(tmp_path: Path) -> No
     assert [(r["index"], r["part"]) for r in records(log)] == [(7, 0), (7, 1), (8, 0), (8, 1)]
 
 
+@pytest.mark.parametrize("line", [3, 2], ids=["the last line", "inside the last entry"])
+def test_a_complete_line_changed_on_disk_is_kept_never_cut_as_a_torn_tail(
+    tmp_path: Path, line: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A torn write leaves a prefix, never a complete line that is not a record: such a line
+    was edited, and the record it was stays visible as damaged at the next start (it used to
+    be cut off as a torn tail, and with it the rest of its entry)."""
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path).append([(7, join_entry()), (8, join_entry(3))])
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[line] = b"#" + lines[line][1:]
+    path.write_bytes(b"".join(lines))
+    log = AuditLog(path)
+    log.append([(8, join_entry(3)), (9, join_entry(4))])  # a replay of 8: not written again
+    assert path.read_bytes().startswith(b"".join(lines)), "nothing cut"
+    shown = [json.loads(text) if text[0] == "{" else None for text in log.tail(100)]
+    assert [(r["index"], r["part"]) if r else None for r in shown] == [
+        (7, 0),
+        (7, 1),
+        *([(8, 0), None] if line == 3 else [None, (8, 1)]),
+        (9, 0),
+        (9, 1),
+    ]
+    assert f"not records (changed on disk?), the last at offset {len(b''.join(lines[:line]))}" in (
+        caplog.text
+    )
+
+
 def test_rotation_bounds_the_files_and_reads_span_both(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, file_bytes_max=2000)

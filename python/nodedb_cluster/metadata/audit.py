@@ -16,7 +16,8 @@ Durability and crashes: a batch's lines are written with ONE write, flushed and 
 the applier commits the catalog. A crash before the catalog commit makes the node re-apply those
 entries on restart; `append` skips every index at or below the last one in the file, so nothing
 is written twice. A crash inside the write leaves a torn tail: on open, a partial last line and an
-entry with fewer than `parts` lines are cut off (the replay writes them again). A failed write
+entry with fewer than `parts` lines are cut off (the replay writes them again). A complete line
+that is not a record was changed on disk: it is kept and shown as damaged, never cut. A failed write
 (disk full) is logged and counted, and the apply goes on: the control plane stays up and the
 other nodes' logs still hold the records.
 
@@ -249,8 +250,13 @@ def _record_index(line: bytes) -> tuple[int, int] | None:
 
 
 def _repair_tail(path: Path) -> int | None:
-    """Cut a torn tail off `path` (a partial or unreadable last line; a last entry with fewer
-    lines than its `parts`) and return the last complete index, None when no record is left.
+    """Cut a torn tail off `path` and return the last index on file, None when there is none.
+
+    A crash inside `append`'s one write leaves a prefix of it: a partial last line, or complete
+    lines of an entry with fewer than its `parts`, after complete lines of earlier entries. Both
+    are cut (the replay writes them again). A complete line that is not a record was changed
+    after it was written (a torn write leaves none): it is kept in place, shown by `audit` as
+    damaged, and logged; the index is then the last one of a readable line before it.
 
     Reads the whole file: it is bounded by AUDIT_FILE_BYTES_MAX plus one batch, and this runs
     once per process."""
@@ -259,31 +265,35 @@ def _repair_tail(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     lines = data[: data.rfind(b"\n") + 1].splitlines(keepends=True)
-    last: int | None = None
-    while lines:
-        parsed = _record_index(lines[-1])
-        if parsed is None:
-            lines.pop()
-            continue
-        index, parts = parsed
-        count = 0
-        while count < len(lines):
-            other = _record_index(lines[-1 - count])
-            if other is None or other[0] != index:
-                break
-            count += 1
-        if count == parts:
-            last = index
-            break
-        del lines[len(lines) - count :]
-    end = sum(len(line) for line in lines)
+    parsed = [_record_index(line) for line in lines]
+    keep = len(lines)
+    if parsed and parsed[-1] is not None:
+        index, parts = parsed[-1]
+        run = 0
+        while run < keep and parsed[keep - 1 - run] == (index, parts):
+            run += 1
+        damaged_before = run < keep and parsed[keep - 1 - run] is None
+        if run < parts and not damaged_before:
+            keep -= run
+    end = sum(len(line) for line in lines[:keep])
     if end < len(data):
         with open(path, "r+b") as f:
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
         log.warning("audit: cut a torn tail of %d bytes off %s", len(data) - end, path)
-    return last
+    damaged = [i for i in range(keep) if parsed[i] is None]
+    if damaged:
+        offset = sum(len(line) for line in lines[: damaged[-1]])
+        log.warning(
+            "audit: %s holds %d line(s) that are not records (changed on disk?), the last at "
+            "offset %d: kept, shown as damaged",
+            path,
+            len(damaged),
+            offset,
+        )
+    readable = [record for record in parsed[:keep] if record is not None]
+    return readable[-1][0] if readable else None
 
 
 def _last_lines(path: Path, limit: int) -> list[str]:
