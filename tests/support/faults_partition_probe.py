@@ -16,8 +16,8 @@ from pathlib import Path
 
 from nodedb_cluster.client import Client
 from nodedb_cluster.faults.checks import convergence_problems
+from nodedb_cluster.faults.injector import term_of
 from nodedb_cluster.faults.netfault import Partitioner, prepare_private_netns
-from nodedb_cluster.faults.run import _term_of
 from nodedb_cluster.localcluster import LocalCluster, groups_formed, leader_of
 
 
@@ -34,7 +34,7 @@ async def main(base: Path) -> dict[str, object]:
             key = b"probe"
             group = client.group_of(key)
             old_leader = leader_of(statuses, group)
-            old_term = _term_of(statuses, old_leader, group)
+            old_term = term_of(statuses, old_leader, group)
             part = Partitioner(cluster.nodes[1].config.listen_addr.port)
             isolated = str(cluster.nodes[old_leader].config.listen_addr.host)
             others = [
@@ -46,7 +46,7 @@ async def main(base: Path) -> dict[str, object]:
             after = await cluster.wait_for(
                 lambda s: (
                     (lead := leader_of(s, group)) not in (0, old_leader)
-                    and _term_of(s, lead, group) > old_term
+                    and term_of(s, lead, group) > old_term
                 ),
                 rest,
                 15.0,
@@ -68,7 +68,7 @@ async def main(base: Path) -> dict[str, object]:
                 "old_leader": old_leader,
                 "old_term": old_term,
                 "new_leader": new_leader,
-                "new_term": _term_of(after, new_leader, group),
+                "new_term": term_of(after, new_leader, group),
                 "elected_s": elected_s,
                 "value_after_heal": None if value is None else value.decode(),
                 "rules_left": len(part.rules),
