@@ -4,7 +4,8 @@ any node (followers forward one hop), linearizable reads on followers, locate, l
 callbacks across a leader kill, node.kv refused on host groups, HOST_PROPOSE refused from a
 client certificate, concurrent proposals travelling to the leader together, a batch answered
 per command, a killed node restarting onto the same counters, and a node whose host state
-machine raised stopping (tests/support/failing_counters.py)."""
+machine raised stopping, and a host whose empty state snapshots to no byte
+(tests/support/failing_counters.py)."""
 
 from __future__ import annotations
 
@@ -255,5 +256,24 @@ async def test_a_host_state_machine_that_raises_stops_its_node_and_the_others_go
         await nodes[victim].start()
         await nodes[victim].wait_ready()
         assert await nodes[victim].request({"op": "get", "key": "k"}) == {"ok": True, "value": 114}
+    finally:
+        await c.close()
+
+
+async def test_a_host_whose_empty_state_is_the_empty_snapshot_forms_and_replicates(
+    tmp_path: Path,
+) -> None:
+    """The replicas added at formation each receive the founder's snapshot of an empty state;
+    a host may encode that as `b""`. Its one empty chunk used to loop the receiver's driver
+    thread for good: no replica was ever promoted, and status and shutdown hung."""
+    c = LocalCluster(tmp_path, 3, program=(str(FAILING_HOST), "node-empty-state"))
+    try:
+        await c.start()
+        await c.wait_formed(30.0)
+        nodes = c.nodes
+        for i in range(3):
+            assert (await nodes[1 + i % 3].request({"op": "incr", "key": "k", "by": 1}))["ok"]
+        for i in nodes:
+            assert await nodes[i].request({"op": "get", "key": "k"}) == {"ok": True, "value": 3}
     finally:
         await c.close()

@@ -3,6 +3,10 @@ fail: while `<data_dir>/store-broken` exists, applying a counter command whose i
 "fail" raises OSError on this node, as a host whose own storage failed mid-batch. On the other
 nodes (and once the file is gone) "fail" counts as 1, so the replicas agree.
 
+`node-empty-state` instead runs counters whose empty state encodes to no byte at all (`b""`,
+as a host with nothing to say may): every replica added at formation receives such a
+snapshot.
+
     python tests/support/failing_counters.py node --config node2.toml
 """
 
@@ -43,12 +47,30 @@ def failing_counters(marker: Path) -> type:
     return FailingCounters
 
 
+class EmptyStateCounters(example.Counters):  # type: ignore[misc]
+    """Counters whose empty state is the empty snapshot."""
+
+    def snapshot(self) -> bytes:
+        return super().snapshot() if self.values else b""
+
+    def snapshot_view(self) -> Any:
+        view = super().snapshot_view()
+        return view if self.values else (lambda: b"")
+
+    def decode_snapshot(self, data: bytes) -> dict[bytes, int]:
+        return super().decode_snapshot(data) if data else {}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cmd", choices=["node"])
+    parser.add_argument("cmd", choices=["node", "node-empty-state"])
     parser.add_argument("--config", type=Path, required=True)
-    config = ClusterConfig.from_toml(parser.parse_args().config)
-    example.Counters = failing_counters(config.data_dir / BROKEN_MARKER)
+    args = parser.parse_args()
+    config = ClusterConfig.from_toml(args.config)
+    if args.cmd == "node-empty-state":
+        example.Counters = EmptyStateCounters
+    else:
+        example.Counters = failing_counters(config.data_dir / BROKEN_MARKER)
     result: int = asyncio.run(example.run_node(config))
     return result
 
