@@ -2,8 +2,9 @@
 
 The path is chosen by `decide_formation`; the lifecycle shows every phase. Order is load-bearing:
 the catalog is written before any Raft state exists (so a crash after it restarts from the
-catalog), groups are created after, and peers are registered last. Any failure ends the
-lifecycle Failed with the concrete error and releases what was opened.
+catalog), groups are created after (a bootstrap cut short between the two is finished by the
+restart: `bootstrap_mark`), and peers are registered last. Any failure ends the lifecycle Failed
+with the concrete error and releases what was opened.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from nodedb_cluster.errors import (
     EngineStopped,
     FormationStopped,
 )
+from nodedb_cluster.formation.bootstrap_mark import clear_mark, mark_path, read_mark, write_mark
 from nodedb_cluster.formation.credentials import check_node_credentials, check_pinned_key
 from nodedb_cluster.formation.decide import FormationPath, decide_formation
 from nodedb_cluster.formation.join_client import join_sender, run_join
@@ -95,10 +97,13 @@ async def start_cluster(
     catalog = await asyncio.to_thread(Catalog.open, config.data_dir)
     transport: Transport | None = None
     swim_socket: socket.socket | None = None
+    parts: _Parts | None = None
     node: Node | None = None
     try:
         await asyncio.to_thread(_check_log_identity, config, catalog)
         path = decide_formation(config, catalog.is_bootstrapped())
+        if path is not FormationPath.RESTART:  # a bootstrap cut short before its catalog
+            await asyncio.to_thread(clear_mark, config.data_dir)
         check_node_credentials(config, time.time())  # key modes, identity, expiry
         transport = Transport(
             config.node_id,
@@ -137,6 +142,8 @@ async def start_cluster(
         if not isinstance(tracker.state, Failed):
             reason = str(e) or type(e).__name__
             tracker.transition(Failed(reason, error=e), detail="start_cluster")
+        if node is None and parts is not None:
+            node = parts.made  # the path failed after making it: its engine may be open
         if node is not None:
             await node.shutdown()
             if node.failure is not None and isinstance(e, ClusterError):
@@ -225,9 +232,10 @@ def raft_settings_of(config: ClusterConfig) -> RaftSettings:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Parts:
-    """What every formation path starts from."""
+    """What every formation path starts from, and the node it made (for the cleanup when the
+    path fails after that: its engine holds the log's lock until shut down)."""
 
     config: ClusterConfig
     tracker: LifecycleTracker
@@ -236,9 +244,13 @@ class _Parts:
     kind: StateMachineKind
     data_sm: DataStateMachineFactory | None
     stop: asyncio.Event | None
+    made: Node | None = None
 
     def node(self, cluster_id: str) -> Node:
-        return Node(self.config, self.tracker, self.catalog, self.transport, cluster_id, self.kind)
+        self.made = Node(
+            self.config, self.tracker, self.catalog, self.transport, cluster_id, self.kind
+        )
+        return self.made
 
 
 async def _open_engine(
@@ -343,19 +355,30 @@ async def _bootstrap(parts: _Parts) -> Node:
     secret = secrets.token_bytes(CLUSTER_SECRET_BYTES)  # keys join tokens and SWIM; never logged
     routing = RoutingTable.bootstrap(config.num_groups, config.node_id)
     topology = Topology([_self_info(config, transport, routing.group_ids)])
-    # The log's identity, then the catalog: a crash from here on restarts instead of
-    # bootstrapping a second cluster.
+    # The mark, the log's identity, then the catalog: a crash from here on restarts instead of
+    # bootstrapping a second cluster, and that restart creates the groups this one did not.
+    await asyncio.to_thread(write_mark, config.data_dir, cluster_id)
     await asyncio.to_thread(
         write_identity, config.data_dir, LogIdentity(cluster_id, config.node_id)
     )
     await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing, secret)
     node = parts.node(cluster_id)
     engine = await _open_engine(node, MetadataState(topology, routing, {}, 0), parts.data_sm)
-    for group_id in routing.group_ids:
-        await engine.add_group(group_id, [config.node_id], node.group_kind(group_id))
-        await engine.campaign(group_id)  # a sole voter elects itself now, not after a timeout
+    await _found_groups(node, engine, routing)
     log.info("bootstrapped cluster %s with %d data groups", cluster_id, config.num_groups)
     return node
+
+
+async def _found_groups(node: Node, engine: RaftEngine, routing: RoutingTable) -> None:
+    """Create each group of the bootstrap `routing` that the log does not hold, this node its
+    one voter, and elect it; then remove the bootstrap's mark."""
+    have = set(await engine.groups())
+    for group_id in routing.group_ids:
+        if group_id in have or routing.route(group_id).voters != (node.config.node_id,):
+            continue
+        await engine.add_group(group_id, [node.config.node_id], node.group_kind(group_id))
+        await engine.campaign(group_id)  # a sole voter elects itself now, not after a timeout
+    await asyncio.to_thread(clear_mark, node.config.data_dir)
 
 
 async def _restart(parts: _Parts) -> Node:
@@ -387,6 +410,16 @@ async def _restart(parts: _Parts) -> Node:
     for group_id in await engine.groups():
         if (await engine.status(group_id)).voters == (config.node_id,):
             await engine.campaign(group_id)  # a sole voter need not wait out an election timeout
+    unfinished = await asyncio.to_thread(read_mark, config.data_dir)
+    if unfinished is not None:
+        if unfinished != formation.cluster_id:
+            raise CatalogError(
+                f"{mark_path(config.data_dir)} marks an unfinished bootstrap of cluster "
+                f"{unfinished}, but catalog {catalog.path} is of cluster {formation.cluster_id}; "
+                "refusing to start: delete the mark if every group of the routing exists here"
+            )
+        log.warning("the bootstrap of cluster %s did not finish: creating its groups", unfinished)
+        await _found_groups(node, engine, formation.routing)
     await node.reconcile_once()  # groups routing gave us while we were down
     log.info("restarted node %d of cluster %s", config.node_id, formation.cluster_id)
     return node

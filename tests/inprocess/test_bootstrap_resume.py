@@ -1,0 +1,99 @@
+"""A bootstrap cut short after its catalog was saved, before every group existed
+(formation/bootstrap_mark.py): the restart creates the missing groups instead of coming up
+Ready without them (every key of theirs then timed out, for good). Real engine, real files,
+one process; the cut is a host state machine factory that raises for one group, as a crash
+at that point would leave it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.config import ClusterConfig
+from nodedb_cluster.errors import CatalogError
+from nodedb_cluster.formation.bootstrap_mark import mark_path, read_mark, write_mark
+from nodedb_cluster.formation.start import start_cluster
+from nodedb_cluster.localcluster import free_port
+from nodedb_cluster.raft import StateMachine
+
+GROUPS = 3
+
+
+class Log:
+    """Keeps every command applied: enough to see a group serve."""
+
+    def __init__(self) -> None:
+        self.applied: list[bytes] = []
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        self.applied += [command for _, command in entries]
+        return [b"ok"] * len(entries)
+
+    def snapshot(self) -> bytes:
+        return b"\n".join(self.applied)
+
+    def restore(self, data: bytes) -> None:
+        self.applied = data.split(b"\n") if data else []
+
+
+def factory(failing_group: int | None) -> type[StateMachine]:
+    def make(group_id: int) -> StateMachine:
+        if group_id == failing_group:
+            raise OSError(28, "the host's store could not open its files")
+        return Log()
+
+    return make  # type: ignore[return-value]
+
+
+def config(tmp_path: Path) -> ClusterConfig:
+    addr = parse_socket_addr(f"127.0.0.1:{free_port(['127.0.0.1'])}")
+    return ClusterConfig(
+        node_id=1,
+        listen_addr=addr,
+        seed_nodes=(addr,),
+        data_dir=tmp_path / "node1",
+        insecure_transport=True,
+        num_groups=GROUPS,
+    )
+
+
+async def test_a_restart_creates_the_groups_a_cut_bootstrap_did_not(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    with pytest.raises(Exception, match="could not open its files"):
+        await start_cluster(cfg, state_machine=factory(failing_group=2))
+    assert read_mark(cfg.data_dir) is not None, "the cut bootstrap left its mark"
+    node = await start_cluster(cfg, state_machine=factory(failing_group=None))
+    try:
+        status = await node.status()
+        assert {g.group_id: g.role for g in status.groups} == {
+            g: "leader" for g in range(GROUPS + 1)
+        }
+        for group in range(1, GROUPS + 1):  # group 2 and 3 were never created by the bootstrap
+            assert await node.data.propose(b"x", group=group, timeout_s=5.0) == b"ok"
+        assert not mark_path(cfg.data_dir).exists(), "finished: the mark is gone"
+    finally:
+        await node.shutdown()
+    again = await start_cluster(cfg, state_machine=factory(failing_group=None))
+    try:  # a plain restart now, every group from the log
+        assert await again.data.propose(b"y", group=3, timeout_s=5.0) == b"ok"
+    finally:
+        await again.shutdown()
+
+
+async def test_a_mark_of_another_cluster_or_damaged_is_refused_naming_it(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    node = await start_cluster(cfg, state_machine=factory(failing_group=None))
+    await node.shutdown()
+    write_mark(cfg.data_dir, "0" * 32)
+    with pytest.raises(CatalogError, match="marks an unfinished bootstrap of cluster 0000"):
+        await start_cluster(cfg, state_machine=factory(failing_group=None))
+    path = mark_path(cfg.data_dir)
+    path.write_bytes(b"#" + path.read_bytes()[1:])
+    with pytest.raises(CatalogError, match=f"{path} is damaged"):
+        await start_cluster(cfg, state_machine=factory(failing_group=None))
+    path.unlink()  # the operator's way out once every group exists
+    node = await start_cluster(cfg, state_machine=factory(failing_group=None))
+    await node.shutdown()
