@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from nodedb_cluster.errors import (
-    ClusterError,
     EngineStopped,
     InvalidRequest,
+    NotEmbedded,
     OutcomeUnknown,
     RaftNotLeader,
     Timeout,
@@ -53,10 +53,6 @@ NO_LEADER_WAIT_S: Final = 0.05
 
 LeaderCallback = Callable[[int, int | None, int], None]
 """(group, leader node id or None, term), called on the event loop."""
-
-
-class NotEmbedded(ClusterError):
-    """The API of one kind of data group was used on a node whose data groups run the other."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,6 +247,12 @@ class WireVersionError(ClusterError):
         self.supported_max = supported_max
 
 
+class NotEmbedded(ClusterError):
+    """The API of one kind of data group was used on a node whose data groups run the other:
+    `node.kv` where a host state machine applies the data groups, or `node.data` (and
+    HOST_PROPOSE) where the built-in KV does."""
+
+
 # --- transport and wire (raised by nodedb_cluster_core; mapping in rust/py/src/errors.rs) --------
 
 

@@ -28,8 +28,8 @@ from nodedb_cluster.control import (
     log_refusals,
     ping_handler,
 )
-from nodedb_cluster.embedding import DataGroups, NotEmbedded
-from nodedb_cluster.errors import CatalogNoSpace, ClusterError, EngineStopped
+from nodedb_cluster.embedding import DataGroups
+from nodedb_cluster.errors import CatalogNoSpace, ClusterError, EngineStopped, NotEmbedded
 from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.formation.credentials import reload_crl
 from nodedb_cluster.kv import TIMEOUT_S_DEFAULT, Kv
