@@ -516,6 +516,13 @@ class TextMachine(LogMachine):
         return ["applied" for _ in entries]  # type: ignore[misc]
 
 
+class NoneMachine(LogMachine):
+    """Forgets its return: a bug in the host's machine."""
+
+    def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[bytes]:
+        return None  # type: ignore[return-value]
+
+
 class ShortMachine(LogMachine):
     """Returns no result at all."""
 
@@ -526,7 +533,8 @@ class ShortMachine(LogMachine):
 @pytest.mark.parametrize(
     ("machine", "why"),
     [
-        (TextMachine, "apply_batch returned no list of bytes"),
+        (TextMachine, "apply_batch's result 0 is a str, not bytes (one bytes per command)"),
+        (NoneMachine, "apply_batch returned a NoneType, not a list of bytes"),
         (ShortMachine, "0 results for 1 commands"),
     ],
 )

@@ -44,9 +44,8 @@ impl StateMachine for PyStateMachine {
                 .map_err(|err| {
                     SmError::Other(format!("apply_batch raised {}", described(py, &err)))
                 })?;
-            out.extract::<Vec<Vec<u8>>>().map_err(|err| {
-                SmError::Other(format!("apply_batch returned no list of bytes: {err}"))
-            })
+            out.extract::<Vec<Vec<u8>>>()
+                .map_err(|_| SmError::Other(not_a_list_of_bytes(&out)))
         })
     }
 
@@ -226,4 +225,36 @@ fn described(py: Python<'_>, err: &PyErr) -> String {
         Some(format!(" ({file}:{line} in {name})"))
     });
     format!("{err}{}", place.unwrap_or_default())
+}
+
+/// What `apply_batch` returned instead of a list of bytes, in the host's own terms: its type,
+/// or the position and type of the first result that is not bytes.
+fn not_a_list_of_bytes(out: &Bound<'_, PyAny>) -> String {
+    let type_of = |v: &Bound<'_, PyAny>| {
+        v.get_type()
+            .name()
+            .map_or_else(|_| "?".to_string(), |n| n.to_string())
+    };
+    let Ok(items) = out.try_iter() else {
+        return format!(
+            "apply_batch returned a {}, not a list of bytes",
+            type_of(out)
+        );
+    };
+    for (i, item) in items.enumerate() {
+        match item {
+            Ok(v) if v.extract::<Vec<u8>>().is_ok() => {}
+            Ok(v) => {
+                return format!(
+                    "apply_batch's result {i} is a {}, not bytes (one bytes per command)",
+                    type_of(&v)
+                )
+            }
+            Err(e) => return format!("apply_batch's results could not be read: {e}"),
+        }
+    }
+    format!(
+        "apply_batch returned a {}, not a list of bytes",
+        type_of(out)
+    )
 }
