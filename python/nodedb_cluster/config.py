@@ -60,6 +60,8 @@ RPC_TIMEOUT_MS_MAX: Final = 600_000
 INSTALL_SNAPSHOT_CHUNK_BYTES_MAX: Final = 64 * 1024 * 1024
 """docs/WIRE.md caps a frame payload at 64 MiB; a chunk must fit in one frame."""
 ORPHAN_PARTIAL_MAX_AGE_SECS_MAX: Final = 7 * 24 * 3600
+DRIVER_STALL_MAX_MS_MAX: Final = 24 * 3600 * 1000
+"""A day: a watchdog bound longer than that watches nothing a supervisor would not see first."""
 
 DEFAULT_INSTALL_SNAPSHOT_CHUNK_BYTES: Final = 4 * 1024 * 1024
 SWIM_PORT_OFFSET: Final = 1
@@ -197,6 +199,11 @@ class ClusterConfig:
     """Snapshot transfer chunk size (1 B..64 MiB)."""
     orphan_partial_max_age_secs: int = 300
     """A `*.partial` snapshot file older than this, with no transfer behind it, is removed."""
+    driver_stall_max_ms: int | None = None
+    """The Raft engine's driver thread beginning no loop for this long (a host state machine's
+    `apply_batch`, `snapshot` or `restore` that does not return, a disk whose sync hangs) stops
+    the node with that reason instead of leaving it up and serving nothing. None: 60 s (the
+    engine's default); 0: not watched; else at least two ticks."""
     rpc_timeout_ms: int = 5000
     """Bound on connect plus a whole request/response (join, forwarding, ...)."""
     tls_ca_path: Path | None = None
@@ -451,6 +458,14 @@ class ClusterConfig:
             1,
             ORPHAN_PARTIAL_MAX_AGE_SECS_MAX,
         )
+        if self.driver_stall_max_ms is not None:
+            check_int("driver_stall_max_ms", self.driver_stall_max_ms, 0, DRIVER_STALL_MAX_MS_MAX)
+            if 0 < self.driver_stall_max_ms < 2 * self.tick_interval_ms:
+                raise ConfigError(
+                    "driver_stall_max_ms",
+                    f"0 (not watched) or at least two ticks ({2 * self.tick_interval_ms} ms), "
+                    f"got {self.driver_stall_max_ms}",
+                )
 
     def _check_choices(self) -> None:
         for name, choices in _CHOICES.items():

@@ -90,6 +90,11 @@ class RaftSettings:
     free_space_reserve_bytes: int | None = None
     """Free bytes the Raft log keeps on its disk: below it the node is in NO_SPACE (writes
     refused) and segment preallocation stops. None: min(2 segments, 10 % of the filesystem)."""
+    driver_stall_max_ms: int | None = None
+    """A driver thread that begins no loop for this long (an `apply_batch`, `snapshot` or
+    `restore` that does not return, a hung disk) stops the engine, and so the node, with that
+    reason, instead of leaving it up and serving nothing. None: the engine's default (60 s);
+    0: not watched."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +196,7 @@ class RaftEngine:
             max_uncommitted_bytes=s.max_uncommitted_bytes,
             rejoin=s.rejoin,
             free_space_reserve_bytes=s.free_space_reserve_bytes,
+            driver_stall_max_ms=s.driver_stall_max_ms,
         )
         self._bridge = BridgeWatch(self._core, "RaftEngine")
 

@@ -215,6 +215,7 @@ class RaftEngine:
         rejoin: bool = False,
         free_space_reserve_bytes: int | None = None,
         share_bridge: bool = False,
+        driver_stall_max_ms: int | None = None,
     ) -> None:
         """`share_bridge=True`: use `transport`'s loop bridge (then `bridge_fd()` is the
         transport's fd and `drain()` drains it: watch that fd once, not once per object)."""

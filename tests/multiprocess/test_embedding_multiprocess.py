@@ -4,7 +4,7 @@ any node (followers forward one hop), linearizable reads on followers, locate, l
 callbacks across a leader kill, node.kv refused on host groups, HOST_PROPOSE refused from a
 client certificate, concurrent proposals travelling to the leader together, a batch answered
 per command, a killed node restarting onto the same counters, and a node whose host state
-machine raised stopping, and a host whose empty state snapshots to no byte
+machine raised (or hung) stopping, and a host whose empty state snapshots to no byte
 (tests/support/failing_counters.py)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from nodedb_cluster.host_proposals import decode_outcomes, encode_batch, encode_
 from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views
 from nodedb_cluster.transport import Transport
 from support.cli_run import cred_flags, run_cli
-from support.failing_counters import BROKEN_MARKER
+from support.failing_counters import BROKEN_MARKER, HUNG_MARKER
 from support.metrics_scrape import scrape, serve_metrics_on_every_node
 
 pytestmark = pytest.mark.multiprocess
@@ -275,5 +275,48 @@ async def test_a_host_whose_empty_state_is_the_empty_snapshot_forms_and_replicat
             assert (await nodes[1 + i % 3].request({"op": "incr", "key": "k", "by": 1}))["ok"]
         for i in nodes:
             assert await nodes[i].request({"op": "get", "key": "k"}) == {"ok": True, "value": 3}
+    finally:
+        await c.close()
+
+
+STALL_MAX_MS = 1500
+"""The hung node's watchdog bound in the test (60 s by default)."""
+
+
+async def test_a_host_state_machine_that_hangs_stops_its_node_and_the_others_go_on(
+    tmp_path: Path,
+) -> None:
+    """A follower's host store hangs inside `apply_batch` (a lock nobody releases): its
+    driver thread makes no progress, so the watchdog stops the node and its host process exits
+    with that reason, instead of staying up and serving nothing. The other two go on; repaired,
+    it restarts and reads what they read."""
+    c = LocalCluster(
+        tmp_path,
+        3,
+        program=(str(FAILING_HOST), "node"),
+        overrides={"driver_stall_max_ms": STALL_MAX_MS},
+    )
+    try:
+        await c.start()
+        await c.wait_formed(30.0)
+        nodes = c.nodes
+        assert (await nodes[1].request({"op": "incr", "key": "k", "by": 1}))["ok"]
+        where = (await nodes[1].request({"op": "locate", "key": "k"}))["location"]
+        victim = next(i for i in nodes if i != where["leader"])
+        survivor = next(i for i in nodes if i not in (victim, where["leader"]))
+        hung = nodes[victim].config.data_dir / HUNG_MARKER
+        hung.touch()
+        doc = await nodes[where["leader"]].request({"op": "incr", "key": "k", "by": "hang"})
+        assert doc == {"ok": True, "value": 2}, doc
+        assert await nodes[victim].wait_exit(STALL_MAX_MS / 1000 + EXIT_WITHIN_S) == 1
+        log = nodes[victim].log_tail()
+        assert "the driver thread made no progress for" in log, log
+        assert f"node {victim} failed: " in log, log
+        doc = await nodes[survivor].request({"op": "incr", "key": "k", "by": 10})
+        assert doc == {"ok": True, "value": 12}, doc
+        hung.unlink()
+        await nodes[victim].start()
+        await nodes[victim].wait_ready()
+        assert await nodes[victim].request({"op": "get", "key": "k"}) == {"ok": True, "value": 12}
     finally:
         await c.close()

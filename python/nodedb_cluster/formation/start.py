@@ -229,6 +229,7 @@ def raft_settings_of(config: ClusterConfig) -> RaftSettings:
         install_snapshot_chunk_bytes=config.install_snapshot_chunk_bytes,
         orphan_partial_max_age_secs=config.orphan_partial_max_age_secs,
         rejoin=config.rejoin,
+        driver_stall_max_ms=config.driver_stall_max_ms,
     )
 
 

@@ -52,6 +52,9 @@ pub const DEFAULT_SNAPSHOT_ACK_TIMEOUT_TICKS: u64 = 50;
 /// Driver work bound: commands and inbound frames handled per round before the Ready pass, so
 /// a flood of input cannot starve ticks and fsyncs.
 pub const DEFAULT_ROUND_INPUT_MAX: usize = 4096;
+/// Far beyond any apply, snapshot or sync that still makes progress (a host state machine's
+/// restore of gigabytes on the driver thread included), short of lingering for good.
+pub const DEFAULT_DRIVER_STALL_MAX: Duration = Duration::from_secs(60);
 
 /// Configuration of one node's Multi-Raft engine.
 #[derive(Clone, Debug)]
@@ -96,6 +99,9 @@ pub struct MultiRaftConfig {
     pub round_input_max: usize,
     /// What open does with a group whose log lost its acknowledged tail.
     pub lost_tail: LostTailPolicy,
+    /// A driver thread that begins no loop for this long is stuck: the engine stops (the
+    /// driver's watchdog). Zero: not watched.
+    pub driver_stall_max: Duration,
 }
 
 impl MultiRaftConfig {
@@ -122,6 +128,7 @@ impl MultiRaftConfig {
             snapshot_ack_timeout_ticks: DEFAULT_SNAPSHOT_ACK_TIMEOUT_TICKS,
             round_input_max: DEFAULT_ROUND_INPUT_MAX,
             lost_tail: LostTailPolicy::Refuse,
+            driver_stall_max: DEFAULT_DRIVER_STALL_MAX,
         }
     }
 
@@ -141,6 +148,15 @@ impl MultiRaftConfig {
             return bad(
                 "election_ticks",
                 format!("must exceed heartbeat_ticks ({})", self.heartbeat_ticks),
+            );
+        }
+        if !self.driver_stall_max.is_zero() && self.driver_stall_max < self.tick_interval * 2 {
+            return bad(
+                "driver_stall_max",
+                format!(
+                    "must be 0 (not watched) or at least two ticks ({:?})",
+                    self.tick_interval * 2
+                ),
             );
         }
         let positive: [(&'static str, u64); 12] = [

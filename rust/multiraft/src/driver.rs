@@ -40,7 +40,9 @@ use crate::network::RaftNetwork;
 use crate::state_machine::{StateMachineFactory, StateMachineKind};
 
 mod input;
+mod watchdog;
 use input::{handle, refuse, refuse_with, Input};
+use watchdog::Progress;
 
 /// How long a request the driver dropped unanswered waits for the reason the driver stopped
 /// (recorded right after a panic's unwinding; far longer than that takes).
@@ -58,6 +60,8 @@ struct Shared {
     leaders: Mutex<HashMap<GroupId, (u64, u64)>>,
     /// Bumped whenever a group's leader changes; `wait_leader` waits on it.
     leader_epoch: watch::Sender<u64>,
+    /// The driver loop's last sign of life (`watchdog`).
+    progress: Progress,
 }
 
 impl Shared {
@@ -189,6 +193,7 @@ impl MultiRaft {
             stopped: watch::Sender::new(None),
             leaders: Mutex::new(HashMap::new()),
             leader_epoch: watch::Sender::new(0),
+            progress: Progress::default(),
         });
         let thread_shared = Arc::clone(&shared);
         let thread_leases = Arc::clone(&leases);
@@ -222,6 +227,13 @@ impl MultiRaft {
                 }
             })
             .map_err(|e| EngineError::Thread(e.to_string()))?;
+        watchdog::spawn(
+            cfg.node_id,
+            cfg.driver_stall_max,
+            Arc::clone(&shared),
+            Arc::clone(&leases),
+        )
+        .map_err(|e| EngineError::Thread(e.to_string()))?;
         Ok(MultiRaft {
             node_id: cfg.node_id,
             tick_interval: cfg.tick_interval,
@@ -684,6 +696,11 @@ impl MultiRaft {
         }
         let handle = thread.take();
         drop(thread);
+        if self.inbound.shared.progress.stalled() {
+            // Stuck (the watchdog ended the engine): it stops if it ever gets past where it is.
+            let _ = self.inbound.tx.try_send(Input::Shutdown);
+            return;
+        }
         let _ = self.inbound.tx.send(Input::Shutdown);
         if let Some(h) = handle {
             let _ = h.join();
@@ -727,6 +744,7 @@ fn drive(mut core: MultiRaftCore, rx: &Receiver<Input>, shared: Arc<Shared>) -> 
     let mut next_tick = Instant::now() + tick;
     let failpoint = failpoint_panic_at();
     let reason: String = 'outer: loop {
+        shared.progress.beat();
         let now = Instant::now();
         if failpoint.is_some_and(|at| now >= at) {
             panic!("failpoint {FAILPOINT_DRIVER_PANIC_AFTER_MS}");

@@ -113,7 +113,8 @@ impl PyRaftEngine {
                         install_snapshot_chunk_bytes = 4 << 20,
                         orphan_partial_max_age_secs = 300,
                         max_uncommitted_bytes = 32 << 20, rejoin = false,
-                        free_space_reserve_bytes = None, share_bridge = false))]
+                        free_space_reserve_bytes = None, share_bridge = false,
+                        driver_stall_max_ms = None))]
     fn new(
         py: Python<'_>,
         node_id: u64,
@@ -131,6 +132,7 @@ impl PyRaftEngine {
         rejoin: bool,
         free_space_reserve_bytes: Option<u64>,
         share_bridge: bool,
+        driver_stall_max_ms: Option<u64>,
     ) -> PyResult<Self> {
         let mut cfg = MultiRaftConfig::new(NodeId(node_id), &data_dir);
         cfg.tick_interval = Duration::from_millis(tick_interval_ms);
@@ -143,6 +145,9 @@ impl PyRaftEngine {
         cfg.max_uncommitted_bytes = max_uncommitted_bytes;
         if rejoin {
             cfg.lost_tail = LostTailPolicy::Discard;
+        }
+        if let Some(ms) = driver_stall_max_ms {
+            cfg.driver_stall_max = Duration::from_millis(ms);
         }
         cfg.validate().map_err(|e| engine_error(py, e))?;
         let kv_groups = KvGroups::default();
