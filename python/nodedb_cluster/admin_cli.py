@@ -25,6 +25,7 @@ from nodedb_cluster.cli_support import (
     client_credentials,
     control_rpc,
     print_json,
+    u64_arg,
 )
 from nodedb_cluster.errors import ConfigError
 from nodedb_cluster.formation.admission import (
@@ -46,11 +47,11 @@ def add_admin_commands(sub: Any, environ: Mapping[str, str]) -> None:
         "join-token", help="issue a token that lets one new node id join (admin credentials)"
     )
     token.add_argument(
-        "--node-id", required=True, type=int, metavar="ID", help="the node id it admits"
+        "--node-id", required=True, type=u64_arg, metavar="ID", help="the node id it admits"
     )
     token.add_argument(
         "--ttl",
-        type=int,
+        type=u64_arg,
         default=TTL_SECS_DEFAULT,
         metavar="SECS",
         help=f"seconds it stays valid (60..2592000, default {TTL_SECS_DEFAULT})",
@@ -63,7 +64,7 @@ def add_admin_commands(sub: Any, environ: Mapping[str, str]) -> None:
     )
     audit.add_argument(
         "--limit",
-        type=int,
+        type=u64_arg,
         default=AUDIT_LIMIT_DEFAULT,
         metavar="N",
         help=f"the last N records (1..{AUDIT_LIMIT_MAX}, default {AUDIT_LIMIT_DEFAULT})",

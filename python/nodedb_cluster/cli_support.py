@@ -44,6 +44,24 @@ EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 """No answer from the node at --addr within --timeout."""
 
+# --- flag types -----------------------------------------------------------------------------------
+
+U64_MAX: Final = (1 << 64) - 1
+
+
+def u64_arg(text: str) -> int:
+    """argparse `type=` for an id or count sent to a node: an integer that fits the wire's u64
+    (which node ids, groups and vShards exist is the node's to say). Anything else is a usage
+    error naming the value, not a traceback from the encoder."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= U64_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..{U64_MAX}")
+    return value
+
+
 # --- client flags ---------------------------------------------------------------------------------
 
 ENV_ADDR: Final = "NODEDB_CLUSTER_ADDR"

@@ -34,6 +34,7 @@ from nodedb_cluster.cli_support import (
     control_rpc,
     fetch_status,
     print_json,
+    u64_arg,
 )
 from nodedb_cluster.client import Client
 from nodedb_cluster.errors import ConfigError, Timeout
@@ -52,7 +53,7 @@ def add_placement_commands(sub: Any, environ: Mapping[str, str]) -> None:
         help="move every replica off a node, then retire it (admin credentials)",
     )
     decommission.add_argument(
-        "--node-id", required=True, type=int, metavar="ID", help="the node to retire"
+        "--node-id", required=True, type=u64_arg, metavar="ID", help="the node to retire"
     )
     decommission.add_argument("--no-wait", action="store_true", help="return once draining started")
     decommission.add_argument(
@@ -75,9 +76,9 @@ def add_placement_commands(sub: Any, environ: Mapping[str, str]) -> None:
     move = sub.add_parser(
         "move-vshard", help="move one vShard into another group (admin credentials)"
     )
-    move.add_argument("--vshard", required=True, type=int, metavar="V", help="the vShard")
+    move.add_argument("--vshard", required=True, type=u64_arg, metavar="V", help="the vShard")
     move.add_argument(
-        "--to-group", required=True, type=int, metavar="G", help="the data group to move it to"
+        "--to-group", required=True, type=u64_arg, metavar="G", help="the data group to move it to"
     )
     move.add_argument("--no-wait", action="store_true", help="return once the move began")
     move.add_argument(
@@ -96,7 +97,7 @@ def add_placement_commands(sub: Any, environ: Mapping[str, str]) -> None:
         "they run the built-in KV (admin)",
     )
     grow.add_argument(
-        "--count", required=True, type=int, metavar="N", help="how many groups to add"
+        "--count", required=True, type=u64_arg, metavar="N", help="how many groups to add"
     )
     add_client_arguments(grow, environ, "any node's listen address")
     grow.set_defaults(run=_cmd_add_groups)

@@ -156,3 +156,25 @@ def test_gen_certs_and_revoke_print_one_json_object(
         "newly_revoked": 1,
         "revoked_total": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["move-vshard", "--vshard", "99999999999999999999999", "--to-group", "2"], "outside 0.."),
+        (["move-vshard", "--vshard", "-1", "--to-group", "2"], "-1 is outside 0.."),
+        (["add-groups", "--count", "1e3"], "expected a whole number, got '1e3'"),
+        (["decommission", "--node-id", str(1 << 64)], "outside 0..18446744073709551615"),
+        (["join-token", "--node-id", "four"], "expected a whole number"),
+    ],
+)
+def test_an_id_or_count_the_wire_cannot_carry_is_a_usage_error(
+    argv: list[str], why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: a msgpack OverflowError traceback, exit 1, after connecting."""
+    with pytest.raises(SystemExit) as done:
+        main([*argv, "--addr", "127.0.0.1:1", "--insecure"], {})
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert why in err, err
+    assert "Traceback" not in err
