@@ -148,7 +148,11 @@ class PlacementControl:
     async def _add_groups(self, peer: Peer, count: int) -> dict[str, Any]:
         state = self._metadata()
         commands = plan_new_groups(
-            state.topology, state.routing, count, self._config.replication_factor
+            state.topology,
+            state.routing,
+            count,
+            self._config.replication_factor,
+            self._rebalancer.dead(),
         )
         refused = await self._propose(MetadataEntry(tuple(commands), peer.identity))
         if refused is not None:

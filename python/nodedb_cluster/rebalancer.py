@@ -98,6 +98,10 @@ class Rebalancer:
         else:
             self._dead_since.pop(event.node_id, None)
 
+    def dead(self) -> frozenset[int]:
+        """Nodes SWIM declares dead (or left) now: no new replica goes there."""
+        return frozenset(self._dead_since)
+
     @property
     def vshards_movable(self) -> bool:
         """Whether this cluster's data groups can hand vShards over (`Limits.vshards_movable`)."""

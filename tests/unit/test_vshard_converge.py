@@ -94,5 +94,22 @@ def test_new_groups_go_to_the_least_loaded_nodes() -> None:
 def test_new_groups_need_an_active_node() -> None:
     draining = Topology([node(1)])
     draining.set_state(1, NodeState.DRAINING)
-    with pytest.raises(ClusterError, match="no ACTIVE node"):
+    with pytest.raises(ClusterError, match="no live ACTIVE node"):
         plan_new_groups(draining, routing(), 1, 3)
+
+
+def test_new_groups_go_to_no_dead_node() -> None:
+    """Found by an operator probe: node 4, the least loaded, SWIM-dead, became the one voter
+    of the new group, which had no leader until node 4 came back."""
+    topology = Topology([node(1), node(2), node(3), node(4)])
+    table = routing()
+    table.set_members(1, (1, 2, 3), ())
+    table.set_members(2, (1, 2, 3), ())
+    (group,) = plan_new_groups(topology, table, 1, 3, dead=frozenset({4}))
+    assert 4 not in group.voters + group.learners
+    assert len(group.voters) == 1
+    assert len(group.learners) == 2
+    (fewer,) = plan_new_groups(topology, table, 1, 3, dead=frozenset({3, 4}))
+    assert fewer.voters + fewer.learners == (1, 2), "below RF: the rebalancer fills it later"
+    with pytest.raises(ClusterError, match=r"no live ACTIVE node .*dead: \[1, 2, 3, 4\]"):
+        plan_new_groups(topology, table, 1, 3, dead=frozenset({1, 2, 3, 4}))

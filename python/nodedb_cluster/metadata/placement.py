@@ -70,16 +70,25 @@ def filling_groups(routing: RoutingTable) -> tuple[int, ...]:
 
 
 def plan_new_groups(
-    topology: Topology, routing: RoutingTable, count: int, replication_factor: int
+    topology: Topology,
+    routing: RoutingTable,
+    count: int,
+    replication_factor: int,
+    dead: frozenset[int] = frozenset(),
 ) -> list[SetGroupMembers]:
-    """`count` new data groups (ids after the highest), each on the min(RF, ACTIVE nodes) ACTIVE
-    nodes with the fewest data replicas (then the lowest ids): the first is the group's one
-    voter, which bootstraps it (`reconcile.BootstrapGroup`); the others are learners that join
-    and are promoted as in a join. Raises ClusterError when no node is ACTIVE or the routing
-    table would exceed its group limit."""
-    active = sorted(n.node_id for n in topology.nodes() if n.state is NodeState.ACTIVE)
+    """`count` new data groups (ids after the highest), each on the min(RF, such nodes) ACTIVE
+    nodes not `dead` (SWIM's verdict) with the fewest data replicas (then the lowest ids): the
+    first is the group's one voter, which bootstraps it (`reconcile.BootstrapGroup`); the others
+    are learners that join and are promoted as in a join. A dead node would leave its group
+    without a leader (its one voter) or with a learner that never catches up; the rebalancer
+    fills a group below RF once nodes come back. Raises ClusterError when no such node exists or
+    the routing table would exceed its group limit."""
+    active = sorted(
+        n.node_id for n in topology.nodes() if n.state is NodeState.ACTIVE and n.node_id not in dead
+    )
     if not active:
-        raise ClusterError("no ACTIVE node to place new groups on")
+        gone = f" (dead: {sorted(dead)})" if dead else ""
+        raise ClusterError(f"no live ACTIVE node to place new groups on{gone}")
     if len(routing.group_ids) + count > GROUPS_MAX:
         raise ClusterError(f"{count} more groups would exceed the limit of {GROUPS_MAX}")
     replicas = replica_counts(routing)
