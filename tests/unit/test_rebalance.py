@@ -8,9 +8,12 @@ from nodedb_cluster.membership import MemberChanged, MemberState
 from nodedb_cluster.metadata.commands import AbortVShardMove, MetadataEntry
 from nodedb_cluster.metadata.rebalance import (
     HOST_GROUPS_HOLD_VSHARDS,
+    ClusterLoad,
     Limits,
+    MoveVShard,
     cluster_load,
     decommission_refusal,
+    plan,
     retirements,
     unmovable_moves,
 )
@@ -116,3 +119,39 @@ def test_moves_in_flight_on_host_groups_are_aborted_and_kv_ones_left_alone() -> 
         AbortVShardMove(9, 8, HOST_GROUPS_HOLD_VSHARDS),
     )
     assert unmovable_moves(Limits(vshards_movable=False), []) == ()
+
+
+def test_counts_and_bytes_settle_when_one_large_vshard_holds_a_group_heavy() -> None:
+    """Found by an operator probe: one 60 MB vShard kept group 1 the heaviest by far; rule 5
+    (bytes) moved a small vShard 1 -> 6, which put the vShard counts past the threshold, and
+    rule 4 (counts) moved one straight back: two moves a second, for good. Now the plans
+    settle and no vShard moves twice."""
+    table = RoutingTable.bootstrap(6, 1)
+    for g in table.group_ids:
+        table.set_members(g, (1, 2, 3))
+    want = {1: 142, 2: 176, 3: 176, 4: 176, 5: 176, 6: 178}
+    vshards = iter(range(1024))
+    for group, count in want.items():
+        for _ in range(count):
+            table.assign_vshard(next(vshards), group)
+    large = 0  # in group 1
+    original = 142 + 3 * 176  # groups 1-4: the lighter vShards went to groups 5 and 6
+    sizes = {v: 30_000 if v < original else 20_000 for v in range(1024)}
+    sizes[large] = 60_000_000
+    moved: dict[int, int] = {}
+    for _ in range(40):
+        group_bytes = dict.fromkeys(range(1, 7), 0)
+        for v, g in enumerate(table.vshard_to_group.tolist()):
+            group_bytes[int(g)] += sizes[v]
+        load = ClusterLoad(
+            eligible=frozenset({1, 2, 3}), group_bytes=group_bytes, vshard_bytes=sizes
+        )
+        moves = [m for m in plan(table, load, 3).moves if isinstance(m, MoveVShard)]
+        if not moves:
+            break
+        for m in moves:
+            table.assign_vshard(m.vshard, m.to_group)
+            moved[m.vshard] = moved.get(m.vshard, 0) + 1
+    else:
+        raise AssertionError(f"still moving after 40 plans: {sorted(moved.items())[:8]}")
+    assert all(n == 1 for n in moved.values()), moved

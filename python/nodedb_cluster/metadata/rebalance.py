@@ -19,7 +19,9 @@ Rules, in order (each spends the plan's budget; later rules get what is left):
    id) moves to the emptiest: this fills groups added to a live cluster. A group still short of
    its replicas (min(RF, eligible nodes) voters) takes no vShard yet.
 5. **Bytes per group.** While the heaviest and lightest data group differ by more than the
-   threshold, the heaviest's largest vShard that fits half the difference moves to the lightest.
+   threshold, the heaviest's largest vShard that fits half the difference (and that this plan
+   did not move already) moves to the lightest, unless that would set off rule 4: the two
+   rules undid each other every round when one large vShard held its group's bytes high.
 
 Every rule simulates its moves on the counts before choosing the next, so a plan never moves the
 same replica twice nor overshoots; ties break by the lowest id, so a plan is deterministic.
@@ -190,7 +192,7 @@ def plan(
     _evacuate(p, replication_factor)
     _balance_replicas(p)
     _balance_vshards(p, replication_factor)
-    _balance_bytes(p)
+    _balance_bytes(p, replication_factor)
     if not p.limits.vshards_movable and any(isinstance(m, MoveVShard) for m in p.moves):
         p.moves = [m for m in p.moves if not isinstance(m, MoveVShard)]
         p.held.append(HOST_GROUPS_HOLD_VSHARDS)
@@ -239,23 +241,33 @@ def _balance_replicas(p: _Planning) -> None:
         p.move_replica(group, src, dst)
 
 
-def _balance_vshards(p: _Planning, replication_factor: int) -> None:
+def _vshard_counts(p: _Planning, replication_factor: int) -> Counter[int]:
+    """vShards per data group that may take vShards (its replicas complete, no move under
+    way), as the plan so far leaves them."""
     want = min(replication_factor, len(p.load.eligible))
-    full = [g for g in p.groups if len(p.voters[g]) >= want and g not in p.busy]
-    if len(full) < 2:
-        return
-    counts = Counter({g: 0 for g in full})
+    counts = Counter({g: 0 for g in p.groups if len(p.voters[g]) >= want and g not in p.busy})
     for g in p.vshard_group.values():
         if g in counts:
             counts[g] += 1
-    while p.budget > 0:
+    return counts
+
+
+def _counts_unbalanced(counts: Counter[int], limits: Limits) -> bool:
+    """Rule 4's trigger: the fullest and emptiest groups differ by more than one vShard and by
+    more than the threshold."""
+    return (
+        max(counts.values()) - min(counts.values()) > 1
+        and imbalance(counts.values()) > limits.imbalance_threshold
+    )
+
+
+def _balance_vshards(p: _Planning, replication_factor: int) -> None:
+    counts = _vshard_counts(p, replication_factor)
+    if len(counts) < 2:
+        return
+    while p.budget > 0 and _counts_unbalanced(counts, p.limits):
         heavy = max(counts, key=lambda g: (counts[g], -g))
         light = min(counts, key=lambda g: (counts[g], g))
-        if (
-            counts[heavy] - counts[light] <= 1
-            or imbalance(counts.values()) <= p.limits.imbalance_threshold
-        ):
-            return
         vshard = min(
             (v for v, g in p.vshard_group.items() if g == heavy),
             key=lambda v: (p.load.vshard_bytes.get(v, 0), v),
@@ -267,10 +279,12 @@ def _balance_vshards(p: _Planning, replication_factor: int) -> None:
         p.budget -= 1
 
 
-def _balance_bytes(p: _Planning) -> None:
+def _balance_bytes(p: _Planning, replication_factor: int) -> None:
     sizes = {g: p.load.group_bytes.get(g, 0) for g in p.groups}
     if not p.load.group_bytes or len(sizes) < 2:
         return
+    moved = {m.vshard for m in p.moves if isinstance(m, MoveVShard)}
+    counts = _vshard_counts(p, replication_factor)
     while p.budget > 0:
         heavy = max(sizes, key=lambda g: (sizes[g], -g))
         light = min(sizes, key=lambda g: (sizes[g], g))
@@ -278,11 +292,25 @@ def _balance_bytes(p: _Planning) -> None:
             return
         if heavy in p.busy or light in p.busy:
             return
+        after = counts.copy()
+        if heavy in after:
+            after[heavy] -= 1
+        if light in after:
+            after[light] += 1
+        if (
+            len(after) > 1
+            and _counts_unbalanced(after, p.limits)
+            and imbalance(after.values()) > imbalance(counts.values())
+        ):
+            # Rule 4 would move a vShard straight back (a large vShard pins its group's bytes
+            # high): the bytes wait rather than have the two rules undo each other every round.
+            p.held.append(f"bytes: a vShard {heavy} -> {light} would unbalance vShard counts")
+            return
         half = (sizes[heavy] - sizes[light]) // 2
         fitting = [
             (p.load.vshard_bytes.get(v, 0), v)
             for v, g in p.vshard_group.items()
-            if g == heavy and 0 < p.load.vshard_bytes.get(v, 0) <= half
+            if g == heavy and v not in moved and 0 < p.load.vshard_bytes.get(v, 0) <= half
         ]
         if not fitting:
             return
@@ -290,6 +318,8 @@ def _balance_bytes(p: _Planning) -> None:
         p.vshard_group[vshard] = light
         sizes[heavy] -= size
         sizes[light] += size
+        counts = after
+        moved.add(vshard)
         p.moves.append(MoveVShard(vshard, heavy, light))
         p.budget -= 1
         p.busy.update((heavy, light))
