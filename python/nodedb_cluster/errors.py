@@ -247,6 +247,10 @@ class WireVersionError(ClusterError):
         self.supported_max = supported_max
 
 
+class NodeRetired(ClusterError):
+    """This node was decommissioned: a restart of it has nothing to serve and is refused."""
+
+
 class NotEmbedded(ClusterError):
     """The API of one kind of data group was used on a node whose data groups run the other:
     `node.kv` where a host state machine applies the data groups, or `node.data` (and

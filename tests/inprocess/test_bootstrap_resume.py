@@ -1,8 +1,8 @@
-"""A bootstrap cut short after its catalog was saved, before every group existed
-(formation/bootstrap_mark.py): the restart creates the missing groups instead of coming up
-Ready without them (every key of theirs then timed out, for good). Real engine, real files,
-one process; the cut is a host state machine factory that raises for one group, as a crash
-at that point would leave it.
+"""Restarts that must not come up Ready with nothing to serve. A bootstrap cut short after its
+catalog was saved, before every group existed (formation/bootstrap_mark.py): the restart creates
+the missing groups (every key of theirs used to time out, for good); the cut is a host state
+machine factory that raises for one group, as a crash at that point would leave it. A node its
+catalog says was decommissioned (formation/retired.py): refused. Real engine, real files.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import CatalogError
+from nodedb_cluster.errors import CatalogError, NodeRetired
 from nodedb_cluster.formation.bootstrap_mark import mark_path, read_mark, write_mark
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.localcluster import free_port
 from nodedb_cluster.raft import StateMachine
+from nodedb_cluster.topology import NodeState
 
 GROUPS = 3
 
@@ -97,3 +99,20 @@ async def test_a_mark_of_another_cluster_or_damaged_is_refused_naming_it(tmp_pat
     path.unlink()  # the operator's way out once every group exists
     node = await start_cluster(cfg, state_machine=factory(failing_group=None))
     await node.shutdown()
+
+
+async def test_a_node_its_catalog_says_decommissioned_refuses_to_restart(tmp_path: Path) -> None:
+    """Found by an operator probe: restarted, a decommissioned node came up Ready with nothing
+    to serve, its stale groups campaigning for good."""
+    cfg = config(tmp_path)
+    node = await start_cluster(cfg, state_machine=factory(failing_group=None))
+    await node.shutdown()
+    with Catalog.open(cfg.data_dir) as catalog:
+        topology = catalog.load_topology()
+        assert topology is not None
+        topology.set_state(1, NodeState.DECOMMISSIONED)
+        catalog.save_topology(topology)
+    with pytest.raises(
+        NodeRetired, match=r"node 1 was decommissioned \(catalog .*join it as a new"
+    ):
+        await start_cluster(cfg, state_machine=factory(failing_group=None))

@@ -52,6 +52,7 @@ from nodedb_cluster.formation.log_identity import (
     write_identity,
 )
 from nodedb_cluster.formation.log_identity import decide as decide_log_identity
+from nodedb_cluster.formation.retired import peers_verdict, retired_refusal, status_sender
 from nodedb_cluster.lifecycle import (
     Bootstrapping,
     Failed,
@@ -398,6 +399,15 @@ async def _restart(parts: _Parts) -> Node:
         VShardMoves() if moves is None else VShardMoves.decode(moves),
     )
     own = formation.topology.get(config.node_id)
+    if own is not None and own.state is NodeState.DECOMMISSIONED:
+        refusal = retired_refusal(config.node_id, own.state, f"catalog {catalog.path}")
+        assert refusal is not None
+        raise refusal
+    if own is not None and own.state is NodeState.DRAINING:  # it may have finished meanwhile
+        send_status = status_sender(parts.transport.send_rpc_to_addr)
+        refusal = await peers_verdict(config.node_id, formation.topology.nodes(), send_status)
+        if refusal is not None:
+            raise refusal
     pinned = None if own is None else own.spki_pin
     check_pinned_key(config, pinned, parts.transport.spki_pin, catalog.path)
     if own is not None and own.addr != config.listen_addr:
