@@ -29,6 +29,7 @@ from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.formation.credentials import node_cert_not_after
 from nodedb_cluster.lifecycle import STATE_LABELS, LifecycleTracker
 from nodedb_cluster.metrics_families import Scrape, families
+from nodedb_cluster.topology import NodeState
 
 if TYPE_CHECKING:
     from nodedb_cluster.node import Node
@@ -67,8 +68,20 @@ def take_scrape(node: Node, scrape: Scrape) -> None:
     swim = node.membership
     if swim is not None:
         scrape.swim_counters = swim.metrics()
-        scrape.swim_members = Counter(m.state.name.lower() for m in swim.members())
+        members = members_of(node)
+        scrape.swim_members = Counter(
+            m.state.name.lower() for m in swim.members() if m.node_id in members
+        )
     scrape.join_durations_s = tuple(node.join_durations_s)
+
+
+def members_of(node: Node) -> frozenset[int]:
+    """The nodes still members of the cluster as group 0 records it: a node decommissioned (or
+    removed) is no member SWIM's gauges count, or `NodeDBNodeDead` would fire for good once it
+    is stopped, as the decommission tells the operator to do."""
+    return frozenset(
+        n.node_id for n in node.metadata.topology.nodes() if n.state is not NodeState.DECOMMISSIONED
+    )
 
 
 def _strip(counters: dict[str, int], prefix: str) -> dict[str, int]:

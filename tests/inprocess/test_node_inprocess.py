@@ -16,10 +16,17 @@ from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import ClusterError, ConfigError, FormationFailed
 from nodedb_cluster.formation.retry import JoinRetryPolicy
 from nodedb_cluster.formation.start import start_cluster
-from nodedb_cluster.lifecycle import Failed, LifecycleTracker
+from nodedb_cluster.lifecycle import STATE_LABELS, Failed, LifecycleTracker
 from nodedb_cluster.localcluster import free_port
-from nodedb_cluster.metadata.commands import AddNode, MetadataEntry, PutSetting, RemoveNode
-from nodedb_cluster.metrics import serve_metrics
+from nodedb_cluster.metadata.commands import (
+    AddNode,
+    MetadataEntry,
+    PutSetting,
+    RemoveNode,
+    SetNodeState,
+)
+from nodedb_cluster.metrics import members_of, serve_metrics, take_scrape
+from nodedb_cluster.metrics_families import Scrape
 from nodedb_cluster.topology import NodeInfo, NodeState
 
 SAVE_FAILURE_PROPOSALS_MAX = 50
@@ -207,5 +214,34 @@ async def test_a_node_removed_from_the_topology_is_no_longer_a_transport_peer(
         node.on_metadata_change(node.metadata)  # what group 0's apply hook ran already
         assert node.transport.unregister_peer(5) is False, "removed: no longer registered"
         assert node.transport.unregister_peer(6) is True, "still a member: registered"
+    finally:
+        await node.shutdown()
+
+
+async def test_a_decommissioned_node_is_no_member_swims_gauges_count(tmp_path: Path) -> None:
+    """Found by an operator probe: a decommissioned node, stopped as `decommission` says,
+    stayed DEAD in every survivor's `nodedb_swim_members`, and `NodeDBNodeDead` fired for good.
+    SWIM knows node 7 (from the topology); once decommissioned, no gauge counts it."""
+    port = free_port(["127.0.0.1"])
+    swim = parse_socket_addr(f"127.0.0.1:{free_port(['127.0.0.1'])}")
+    node = await start_cluster(config(tmp_path, port, swim_udp_addr=swim))
+    try:
+        gone = parse_socket_addr("127.0.0.7:1")
+        info = NodeInfo(7, gone, NodeState.ACTIVE, 1, swim_addr=gone)
+        assert await node.propose_metadata(MetadataEntry((AddNode(info),))) is None
+        assert await _wait_for(
+            lambda: (
+                node.membership is not None
+                and any(m.node_id == 7 for m in node.membership.members())
+            )
+        )
+        scrape = Scrape(lifecycle="ready", lifecycle_states=STATE_LABELS)
+        take_scrape(node, scrape)
+        assert sum(scrape.swim_members.values()) == 1, "a member: counted"
+        retire = SetNodeState(7, NodeState.DECOMMISSIONED)
+        assert await node.propose_metadata(MetadataEntry((retire,))) is None
+        take_scrape(node, scrape)
+        assert sum(scrape.swim_members.values()) == 0, scrape.swim_members
+        assert 7 not in members_of(node)
     finally:
         await node.shutdown()
