@@ -10,12 +10,15 @@ from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.node import Node
 from nodedb_cluster.status import NodeStatus
+from nodedb_cluster.transport import Insecure, Mtls
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client",
     "ClusterConfig",
+    "Insecure",
+    "Mtls",
     "Node",
     "NodeStatus",
     "SocketAddr",
