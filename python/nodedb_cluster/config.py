@@ -125,7 +125,8 @@ class ClusterConfig:
     seed_nodes: tuple[SocketAddr, ...] = ()
     """Addresses to join through; the smallest bootstraps. Ignored once the catalog is formed."""
     num_groups: int = 4
-    """Data groups (1..1024); group 0, the metadata group, comes on top."""
+    """Data groups (1..1024) a bootstrap creates; group 0, the metadata group, comes on top.
+    Read at bootstrap only (a restart asking for more warns): `add-groups` adds groups later."""
     replication_factor: int = 3
     """Voters per data group (1..15), capped at the number of live nodes."""
     force_bootstrap: bool = False

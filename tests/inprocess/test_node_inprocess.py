@@ -245,3 +245,19 @@ async def test_a_decommissioned_node_is_no_member_swims_gauges_count(tmp_path: P
         assert 7 not in members_of(node)
     finally:
         await node.shutdown()
+
+
+async def test_a_restart_asking_for_more_groups_says_it_is_read_at_bootstrap_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port(["127.0.0.1"])
+    node = await start_cluster(config(tmp_path, port))
+    await node.shutdown()
+    again = await start_cluster(config(tmp_path, port, num_groups=8))
+    try:
+        assert len((await again.status()).groups) == 3, "group 0 and the 2 it was founded with"
+        assert "num_groups 8 is read when a cluster is bootstrapped only; this one has 2" in (
+            caplog.text
+        )
+    finally:
+        await again.shutdown()

@@ -408,6 +408,14 @@ async def _restart(parts: _Parts) -> Node:
         refusal = await peers_verdict(config.node_id, formation.topology.nodes(), send_status)
         if refusal is not None:
             raise refusal
+    data_groups = len(formation.routing.group_ids) - 1
+    if config.num_groups > data_groups:
+        log.warning(
+            "num_groups %d is read when a cluster is bootstrapped only; this one has %d data "
+            "groups: `nodedb-cluster add-groups` adds more",
+            config.num_groups,
+            data_groups,
+        )
     pinned = None if own is None else own.spki_pin
     check_pinned_key(config, pinned, parts.transport.spki_pin, catalog.path)
     if own is not None and own.addr != config.listen_addr:
