@@ -37,7 +37,7 @@ from nodedb_cluster.cli_support import (
     u64_arg,
 )
 from nodedb_cluster.client import Client
-from nodedb_cluster.errors import ConfigError, Timeout
+from nodedb_cluster.errors import ConfigError, Timeout, Unreachable
 from nodedb_cluster.placement_control import encode_placement_request
 from nodedb_cluster.routing import vshard_for_key
 
@@ -109,16 +109,29 @@ def add_placement_commands(sub: Any, environ: Mapping[str, str]) -> None:
 
 
 def _placement(args: argparse.Namespace, op: str, **fields: object) -> dict[str, Any]:
-    reply = asyncio.run(
-        control_rpc(
-            args.addr,
-            client_credentials(args),
-            args.timeout,
-            wire.MessageKind.PLACEMENT_REQUEST,
-            encode_placement_request(op, **fields),
-            wire.MessageKind.PLACEMENT_RESPONSE,
+    """One placement request. No answer in time does not mean nothing happened: the node may
+    have proposed the change and then waited on a metadata group that lost its leader; the
+    error says so (exit 3, as any node that did not answer)."""
+    try:
+        reply = asyncio.run(
+            control_rpc(
+                args.addr,
+                client_credentials(args),
+                args.timeout,
+                wire.MessageKind.PLACEMENT_REQUEST,
+                encode_placement_request(op, **fields),
+                wire.MessageKind.PLACEMENT_RESPONSE,
+            )
         )
-    )
+    except Unreachable as e:
+        if not e.reason.startswith("no answer within"):
+            raise  # never reached: nothing began
+        raise Unreachable(
+            e.addr,
+            f"{e.reason}; the {op.replace('_', '-')} may have begun before it stopped answering "
+            "(a node waits on the metadata group's leader): `nodedb-cluster status` and "
+            "`nodedb-cluster audit` show what happened",
+        ) from e
     return wire.decode_map(reply, "placement response")
 
 
