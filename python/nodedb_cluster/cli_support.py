@@ -62,6 +62,18 @@ def u64_arg(text: str) -> int:
     return value
 
 
+def seconds_arg(text: str) -> float:
+    """argparse `type=` for a bound in seconds: a finite number above 0 (a usage error naming
+    the flag, not the transport's own field)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value
+
+
 # --- client flags ---------------------------------------------------------------------------------
 
 ENV_ADDR: Final = "NODEDB_CLUSTER_ADDR"
@@ -113,7 +125,7 @@ def add_client_credentials(
         )
     group.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_arg,
         default=TIMEOUT_S_DEFAULT,
         metavar="SECS",
         help=f"give up on the node after this long (default: {TIMEOUT_S_DEFAULT:g})",

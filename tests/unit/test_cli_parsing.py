@@ -178,3 +178,15 @@ def test_an_id_or_count_the_wire_cannot_carry_is_a_usage_error(
     err = capsys.readouterr().err
     assert why in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "soon"])
+def test_a_timeout_that_is_no_time_names_the_flag(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["status", "--addr", "127.0.0.1:1", "--insecure", "--timeout", bad], {})
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --timeout" in err, err
+    assert "rpc_timeout" not in err
