@@ -165,9 +165,9 @@ impl Credentials {
                 Ok(certs)
             };
         let ca = certs(ca_pem, "CA certificate")?;
-        let chain = certs(cert_pem, "node certificate")?;
+        let chain = certs(cert_pem, "certificate")?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| bad("cannot parse node private key PEM", PemReason(e)))?;
+            .map_err(|e| bad("cannot parse the private key PEM", PemReason(e)))?;
         let mut crls = Vec::new();
         for pem in crl_pems {
             let parsed = CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())

@@ -50,7 +50,7 @@ pub(crate) fn build(
                 .map_err(|e| tls_err("TLS 1.3", e))?
                 .with_client_cert_verifier(client_verifier)
                 .with_single_cert(material.chain.clone(), material.key.clone_key())
-                .map_err(|e| tls_err("node certificate/key rejected", e))?;
+                .map_err(|e| tls_err("the certificate and its private key were refused (a key of another certificate?)", e))?;
             let client = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .map_err(|e| tls_err("TLS 1.3", e))?
@@ -64,7 +64,7 @@ pub(crate) fn build(
                     .map_err(|e| tls_err("cannot build server verifier", e))?,
                 )
                 .with_client_auth_cert(material.chain, material.key)
-                .map_err(|e| tls_err("node certificate/key rejected", e))?;
+                .map_err(|e| tls_err("the certificate and its private key were refused (a key of another certificate?)", e))?;
             (server, client)
         }
         None => {
