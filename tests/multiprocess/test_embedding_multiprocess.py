@@ -13,6 +13,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -221,6 +222,14 @@ async def test_a_leader_kill_is_reported_and_counters_continue_then_the_node_cat
     assert await nodes[victim].request({"op": "get", "key": "c"}) == {"ok": True, "value": 46}
 
 
+async def _leader_and_followers(c: LocalCluster, key: str) -> tuple[dict[str, Any], int, int]:
+    """Where `key` lives, and its two followers: the one the test breaks, the one that goes on."""
+    where: dict[str, Any] = (await c.nodes[1].request({"op": "locate", "key": key}))["location"]
+    victim = next(i for i in c.nodes if i != where["leader"])
+    survivor = next(i for i in c.nodes if i not in (victim, where["leader"]))
+    return where, victim, survivor
+
+
 async def test_a_host_state_machine_that_raises_stops_its_node_and_the_others_go_on(
     tmp_path: Path,
 ) -> None:
@@ -235,9 +244,7 @@ async def test_a_host_state_machine_that_raises_stops_its_node_and_the_others_go
         nodes = c.nodes
         for i in range(3):
             assert (await nodes[1 + i % 3].request({"op": "incr", "key": "k", "by": 1}))["ok"]
-        where = (await nodes[1].request({"op": "locate", "key": "k"}))["location"]
-        victim = next(i for i in nodes if i != where["leader"])
-        survivor = next(i for i in nodes if i not in (victim, where["leader"]))
+        where, victim, survivor = await _leader_and_followers(c, "k")
         broken = nodes[victim].config.data_dir / BROKEN_MARKER
         broken.touch()
         doc = await nodes[where["leader"]].request({"op": "incr", "key": "k", "by": "fail"})
@@ -301,9 +308,7 @@ async def test_a_host_state_machine_that_hangs_stops_its_node_and_the_others_go_
         await c.wait_formed(30.0)
         nodes = c.nodes
         assert (await nodes[1].request({"op": "incr", "key": "k", "by": 1}))["ok"]
-        where = (await nodes[1].request({"op": "locate", "key": "k"}))["location"]
-        victim = next(i for i in nodes if i != where["leader"])
-        survivor = next(i for i in nodes if i not in (victim, where["leader"]))
+        where, victim, survivor = await _leader_and_followers(c, "k")
         hung = nodes[victim].config.data_dir / HUNG_MARKER
         hung.touch()
         doc = await nodes[where["leader"]].request({"op": "incr", "key": "k", "by": "hang"})

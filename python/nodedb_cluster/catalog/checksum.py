@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from pathlib import Path
 from typing import Final
 
 from nodedb_cluster.errors import CatalogCorrupt
@@ -43,6 +44,20 @@ def is_sealed(key: bytes, value: bytes) -> bool:
         return False
     payload, stored = value[:-CHECKSUM_BYTES], value[-CHECKSUM_BYTES:]
     return bool(_CRC.unpack(stored)[0] == _crc(key, payload))
+
+
+def read_sealed_file(path: Path, key: bytes, max_bytes: int) -> bytes | None:
+    """The payload of a small file written as `seal(key, payload)`; None when there is no file.
+    Raises OSError when it cannot be read, ValueError when it is longer than `max_bytes` or its
+    checksum does not match (it was changed on disk)."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(max_bytes + 1)
+    except FileNotFoundError:
+        return None
+    if len(raw) > max_bytes or not is_sealed(key, raw):
+        raise ValueError(f"{path}: its checksum does not match")
+    return raw[:-CHECKSUM_BYTES]
 
 
 def unseal(key: bytes, value: bytes) -> bytes:

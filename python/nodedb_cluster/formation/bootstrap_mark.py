@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from nodedb_cluster.catalog.checksum import is_sealed, seal, unseal
+from nodedb_cluster.catalog.checksum import read_sealed_file, seal
 from nodedb_cluster.durable import fsync_dir, write_atomic
 from nodedb_cluster.errors import CatalogError
 
@@ -45,18 +45,16 @@ def read_mark(data_dir: Path) -> str | None:
     is not one (changed on disk) raises `CatalogError` naming the file and the ways out."""
     path = mark_path(data_dir)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
+        payload = read_sealed_file(path, _SEAL_KEY, _MARK_BYTES_MAX)
     except OSError as e:
         raise CatalogError(f"cannot read {path}: {e}") from e
-    if len(raw) > _MARK_BYTES_MAX or not is_sealed(_SEAL_KEY, raw):
+    except ValueError as e:
         raise CatalogError(
             f"{path} is damaged (its checksum does not match): it marks a bootstrap of this node "
             "that did not finish. Refusing to start: delete it if every group of the routing "
             "exists on this node, or delete the data dir to bootstrap again"
-        )
-    return unseal(_SEAL_KEY, raw).decode("utf-8", errors="replace")
+        ) from e
+    return None if payload is None else payload.decode("utf-8", errors="replace")
 
 
 def clear_mark(data_dir: Path) -> None:

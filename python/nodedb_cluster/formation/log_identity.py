@@ -21,7 +21,7 @@ from typing import Final
 
 import msgpack
 
-from nodedb_cluster.catalog.checksum import CHECKSUM_BYTES, is_sealed, seal
+from nodedb_cluster.catalog.checksum import read_sealed_file, seal
 from nodedb_cluster.durable import fsync_dir, write_atomic
 from nodedb_cluster.errors import ClusterError
 
@@ -130,20 +130,19 @@ def read_identity(data_dir: Path) -> LogIdentity | None:
     cannot be trusted."""
     path = identity_path(data_dir)
     try:
-        with path.open("rb") as f:
-            raw = f.read(_IDENTITY_BYTES_MAX + 1)
-    except FileNotFoundError:
-        return None
+        payload = read_sealed_file(path, _SEAL_KEY, _IDENTITY_BYTES_MAX)
     except OSError as e:
         raise LogIdentityError(f"cannot read {path}: {e}") from e
-    if len(raw) > _IDENTITY_BYTES_MAX or not is_sealed(_SEAL_KEY, raw):
+    except ValueError as e:
         raise LogIdentityError(
             f"{path} is damaged (its checksum does not match); it names the cluster and node "
             "the Raft log beside it belongs to. Restore it from a backup, or start with "
             "--rejoin to discard this node's Raft log and rejoin as a fresh replica"
-        )
+        ) from e
+    if payload is None:
+        return None
     try:
-        doc = msgpack.unpackb(raw[:-CHECKSUM_BYTES], raw=False)
+        doc = msgpack.unpackb(payload, raw=False)
         if doc.get("format") != _FORMAT:
             raise ValueError(f"format {doc.get('format')!r}, this build reads {_FORMAT}")
         cluster_id, node_id = doc["cluster_id"], doc["node_id"]
