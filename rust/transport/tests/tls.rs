@@ -68,7 +68,8 @@ async fn another_ca_is_refused_and_says_so() {
         .unwrap_err();
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
     assert!(
-        err.to_string().contains("not issued by this cluster's CA"),
+        err.to_string()
+            .contains("the peer's certificate is not issued by the CA we trust"),
         "{err}"
     );
     assert_eq!(client.metrics()["errors.handshake"], 1);
@@ -96,7 +97,8 @@ async fn insecure_and_mtls_do_not_mix() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("not issued by this cluster's CA"),
+        err.to_string()
+            .contains("the peer's certificate is not issued by the CA we trust"),
         "{err}"
     );
     // Two insecure transports do talk (asked for by name).
