@@ -124,8 +124,8 @@ def _placement(args: argparse.Namespace, op: str, **fields: object) -> dict[str,
             )
         )
     except Unreachable as e:
-        if not e.reason.startswith("no answer within"):
-            raise  # never reached: nothing began
+        if not isinstance(e.__cause__, Timeout):
+            raise  # never reached (control_rpc's no_answer comes from a Timeout): nothing began
         raise Unreachable(
             e.addr,
             f"{e.reason}; the {op.replace('_', '-')} may have begun before it stopped answering "

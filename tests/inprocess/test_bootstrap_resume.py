@@ -18,7 +18,7 @@ from nodedb_cluster.errors import CatalogError, NodeRetired
 from nodedb_cluster.formation.bootstrap_mark import mark_path, read_mark, write_mark
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.localcluster import free_port
-from nodedb_cluster.raft import StateMachine
+from nodedb_cluster.raft import StateMachine, StateMachineFactory
 from nodedb_cluster.topology import NodeState
 
 GROUPS = 3
@@ -41,13 +41,13 @@ class Log:
         self.applied = data.split(b"\n") if data else []
 
 
-def factory(failing_group: int | None) -> type[StateMachine]:
+def factory(failing_group: int | None) -> StateMachineFactory:
     def make(group_id: int) -> StateMachine:
         if group_id == failing_group:
             raise OSError(28, "the host's store could not open its files")
         return Log()
 
-    return make  # type: ignore[return-value]
+    return make
 
 
 def config(tmp_path: Path) -> ClusterConfig:

@@ -222,6 +222,14 @@ async def test_a_leader_kill_is_reported_and_counters_continue_then_the_node_cat
     assert await nodes[victim].request({"op": "get", "key": "c"}) == {"ok": True, "value": 46}
 
 
+async def _formed_with_k_at_3(c: LocalCluster) -> None:
+    """Start the host processes, await formation, and count "k" up to 3 through each node."""
+    await c.start()
+    await c.wait_formed(30.0)
+    for i in range(3):
+        assert (await c.nodes[1 + i % 3].request({"op": "incr", "key": "k", "by": 1}))["ok"]
+
+
 async def _leader_and_followers(c: LocalCluster, key: str) -> tuple[dict[str, Any], int, int]:
     """Where `key` lives, and its two followers: the one the test breaks, the one that goes on."""
     where: dict[str, Any] = (await c.nodes[1].request({"op": "locate", "key": key}))["location"]
@@ -239,11 +247,8 @@ async def test_a_host_state_machine_that_raises_stops_its_node_and_the_others_go
     restarts, applies the entry again, and reads what the others read."""
     c = LocalCluster(tmp_path, 3, program=(str(FAILING_HOST), "node"))
     try:
-        await c.start()
-        await c.wait_formed(30.0)
+        await _formed_with_k_at_3(c)
         nodes = c.nodes
-        for i in range(3):
-            assert (await nodes[1 + i % 3].request({"op": "incr", "key": "k", "by": 1}))["ok"]
         where, victim, survivor = await _leader_and_followers(c, "k")
         broken = nodes[victim].config.data_dir / BROKEN_MARKER
         broken.touch()
@@ -275,11 +280,8 @@ async def test_a_host_whose_empty_state_is_the_empty_snapshot_forms_and_replicat
     thread for good: no replica was ever promoted, and status and shutdown hung."""
     c = LocalCluster(tmp_path, 3, program=(str(FAILING_HOST), "node-empty-state"))
     try:
-        await c.start()
-        await c.wait_formed(30.0)
+        await _formed_with_k_at_3(c)
         nodes = c.nodes
-        for i in range(3):
-            assert (await nodes[1 + i % 3].request({"op": "incr", "key": "k", "by": 1}))["ok"]
         for i in nodes:
             assert await nodes[i].request({"op": "get", "key": "k"}) == {"ok": True, "value": 3}
     finally:
