@@ -302,14 +302,16 @@ async def run_node(config: ClusterConfig) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await forwarder
     if failure is not None:  # after the core's last records: the reason is the last line
-        print(f"nodedb-cluster: node {config.node_id} failed: {failure}", file=sys.stderr)
+        verb = "stopped" if code == EXIT_OK else "failed"
+        print(f"nodedb-cluster: node {config.node_id} {verb}: {failure}", file=sys.stderr)
     return code
 
 
 async def _run_until_stopped(
     config: ClusterConfig, stop: asyncio.Event, hangup: asyncio.Event
 ) -> tuple[int, str | None]:
-    """The exit code, and why the node failed (None when it was asked to stop). The metrics
+    """The exit code, and why the node failed or, exiting 0, why it stopped by itself (a
+    decommissioned node; None when it was asked to stop). The metrics
     endpoint is bound first: a port in use fails the start before the node forms, and it shows
     the lifecycle while the node restarts or joins."""
     tracker = LifecycleTracker()
@@ -369,13 +371,16 @@ async def _form_and_serve(
         "pid": os.getpid(),
     }
     print(READY_PREFIX + json.dumps(ready), flush=True)
-    stopped, failed = asyncio.create_task(stop.wait()), asyncio.create_task(node.failed.wait())
-    await asyncio.wait((stopped, failed), return_when=asyncio.FIRST_COMPLETED)
-    for task in (*background, stopped, failed):
+    ends = [asyncio.create_task(e.wait()) for e in (stop, node.failed, node.retired)]
+    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+    for task in (*background, *ends):
         task.cancel()
     if node.failed.is_set():  # the node already logged why and stopped itself
         await node.shutdown()
         return EXIT_FAILED, str(EngineStopped(node.failure or "no reason given"))
+    if node.retired.is_set():  # decommissioned: its work is done, so a supervisor leaves it
+        await node.shutdown()
+        return EXIT_OK, node.retirement
     log.info("node %d shutting down", config.node_id)
     await node.shutdown()
     return 0, None

@@ -2,10 +2,11 @@
 
     Starting ──▶ Restarting ───────────────┐
         │──────▶ Bootstrapping ────────────┤──▶ Ready{nodes} ──▶ Ready{nodes'}
-        │──────▶ Joining{0} ─▶ Joining{n} ─┘        │
+        │──────▶ Joining{0} ─▶ Joining{n} ─┘        │    └────▶ Retired{reason}
         └──(any non-terminal state)──────▶ Failed{reason}  ◀┘
 
-Failed is terminal: a node that failed to form is restarted as a new process. The tracker logs every
+Failed and Retired are terminal: a node that failed to form is restarted as a new process; a
+decommissioned one has nothing left to serve and stops. The tracker logs every
 transition, tells observers (status, metrics), keeps a bounded history, and lets coroutines await
 Ready or Failed without polling. It is meant to be driven from the event-loop thread.
 """
@@ -96,10 +97,19 @@ class Failed:
             raise ValueError("Failed.reason must be a non-empty string")
 
 
-LifecycleState = Starting | Restarting | Bootstrapping | Joining | Ready | Failed
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """Decommissioned: the node holds no replica and takes no part in the cluster, so it stops
+    (formation/retired.py); `reason` says where it learned so."""
+
+    reason: str
+    label: ClassVar[str] = "retired"
+
+
+LifecycleState = Starting | Restarting | Bootstrapping | Joining | Ready | Failed | Retired
 
 STATE_LABELS: Final = tuple(
-    s.label for s in (Starting, Restarting, Bootstrapping, Joining, Ready, Failed)
+    s.label for s in (Starting, Restarting, Bootstrapping, Joining, Ready, Failed, Retired)
 )
 """Every label, for initialising a per-state metric."""
 
@@ -108,8 +118,9 @@ TRANSITIONS: Final[dict[type[LifecycleState], frozenset[type[LifecycleState]]]] 
     Restarting: frozenset({Ready, Failed}),
     Bootstrapping: frozenset({Ready, Failed}),
     Joining: frozenset({Joining, Ready, Failed}),
-    Ready: frozenset({Ready, Failed}),
+    Ready: frozenset({Ready, Failed, Retired}),
     Failed: frozenset(),
+    Retired: frozenset(),
 }
 """Legal (previous state type -> next state types); Joining -> Joining needs a larger attempt."""
 

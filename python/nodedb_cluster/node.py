@@ -32,9 +32,10 @@ from nodedb_cluster.embedding import DataGroups
 from nodedb_cluster.errors import CatalogNoSpace, ClusterError, EngineStopped, NotEmbedded
 from nodedb_cluster.formation.admission import JoinAdmission
 from nodedb_cluster.formation.credentials import reload_crl
+from nodedb_cluster.formation.retired import status_sender, until_retired
 from nodedb_cluster.kv import TIMEOUT_S_DEFAULT, Kv
 from nodedb_cluster.leaders import log_leader_changes
-from nodedb_cluster.lifecycle import Failed, LifecycleTracker
+from nodedb_cluster.lifecycle import Failed, LifecycleTracker, Ready, Retired
 from nodedb_cluster.logsetup import forward_core_logs
 from nodedb_cluster.membership import MemberChanged, MemberState, SwimNode
 from nodedb_cluster.metadata.applier import MetadataState
@@ -51,6 +52,7 @@ from nodedb_cluster.reconciler import ReconcilePolicy, Reconciler
 from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 from nodedb_cluster.status import NodeIdentity, NodeStatus, collect_status, status_handler
 from nodedb_cluster.swim_wiring import SwimWiring
+from nodedb_cluster.topology import NodeState
 from nodedb_cluster.transport import Peer, Reply, Transport
 from nodedb_cluster.vshard_mover import CoreVShards, GroupSteps, MovePacer, VShardMover
 
@@ -96,6 +98,11 @@ class Node:
         lifecycle is Failed with the reason in `failure`, and the node shuts itself down. The
         `start` command exits non-zero on it, so a supervisor restarts the process."""
         self.failure: str | None = None
+        self.retired = asyncio.Event()
+        """Set once this node was decommissioned and holds no replica: the lifecycle is Retired
+        with the reason in `retirement`, and the node shuts itself down (`start` exits 0)."""
+        self.retirement: str | None = None
+        self._retiring: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._peers: set[int] = set()
         """Node ids registered with the transport (the topology's other nodes)."""
@@ -409,6 +416,11 @@ class Node:
         self.placement.metadata_changed()
         if state.vshard_moves or (seen is not None and seen.vshard_moves):
             self.vshard_mover.wake()
+        own = state.topology.get(self.config.node_id)
+        leaving = own is None or own.state in (NodeState.DRAINING, NodeState.DECOMMISSIONED)
+        if leaving and (self._retiring is None or self._retiring.done()):
+            self._retiring = asyncio.ensure_future(self._stop_once_retired())
+            self._tasks.append(self._retiring)
 
     def register_peers(self, state: MetadataState) -> None:
         """The transport's peers are the topology's other nodes: a node removed from it is
@@ -507,6 +519,34 @@ class Node:
         if not isinstance(self.lifecycle.state, Failed):
             self.lifecycle.transition(Failed(f"raft engine stopped: {reason}"), "engine stopped")
         self.failed.set()
+        await self.shutdown()
+
+    async def _stop_once_retired(self) -> None:
+        """A draining node stops by itself once retired and holding no replica: before, it
+        served nothing and lingered until someone stopped it (formation/retired.py)."""
+        node_id = self.config.node_id
+
+        def own_state() -> NodeState | None:
+            own = self.metadata.topology.get(node_id)
+            return None if own is None else own.state
+
+        try:
+            reason = await until_retired(
+                node_id,
+                own_state,
+                lambda: self._require_engine().groups(),
+                self.metadata.topology.nodes,
+                status_sender(self.transport.send_rpc_to_addr),
+            )
+        except EngineStopped:
+            return
+        if reason is None or self._closed:
+            return
+        self.retirement = reason
+        log.warning("node %d: %s; it stops", node_id, reason)
+        if isinstance(self.lifecycle.state, Ready):
+            self.lifecycle.transition(Retired(reason), "decommissioned")
+        self.retired.set()
         await self.shutdown()
 
     def _require_engine(self) -> RaftEngine:

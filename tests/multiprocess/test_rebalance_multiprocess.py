@@ -16,6 +16,7 @@ import pytest
 
 from nodedb_cluster.client import Client
 from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views
+from nodedb_cluster.reconcile import ORPHAN_AFTER_S
 from support.cli_run import cred_flags, run_cli
 
 pytestmark = pytest.mark.multiprocess
@@ -125,7 +126,8 @@ async def test_decommission_moves_every_replica_off_then_retires_the_node(
 ) -> None:
     """`nodedb-cluster decommission` (the real CLI, admin credentials) on a 4-node cluster:
     the node drains, its replicas land on the other three, it ends DECOMMISSIONED and out of
-    every group, and once it is stopped every acknowledged write still reads back. Draining one
+    every group, it stops by itself (exit 0, saying why), and every acknowledged write still
+    reads back. Draining one
     of the remaining three is refused (RF 3 needs three ACTIVE nodes), `locate` names the new
     members and a dry-run rebalance finds nothing to move."""
     cluster = LocalCluster(tmp_path / "c", 4, overrides=FAST)
@@ -146,7 +148,10 @@ async def test_decommission_moves_every_replica_off_then_retires_the_node(
         assert replicas(statuses) == Counter({1: 4, 2: 4, 3: 4})
         states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}
         assert states[4] == "DECOMMISSIONED"
-        await cluster.nodes[4].stop()
+        # Nothing left to serve: it stops by itself once out of group 0 (its replica there is
+        # dropped when it hears of its removal, or after ORPHAN_AFTER_S hearing no leader).
+        assert await cluster.nodes[4].wait_exit(ORPHAN_AFTER_S + 30) == 0
+        assert "node 4 stopped: node 4 was decommissioned" in cluster.nodes[4].log_tail()
         async with Client(addrs, cluster.client_credentials) as reader:
             values = await reader.get_many([f"k{i}".encode() for i in range(KEYS)])
         assert values == [f"v{i}".encode() for i in range(KEYS)]

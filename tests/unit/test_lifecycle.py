@@ -21,6 +21,7 @@ from nodedb_cluster.lifecycle import (
     LifecycleTracker,
     Ready,
     Restarting,
+    Retired,
     Starting,
     Transition,
 )
@@ -32,6 +33,7 @@ EXAMPLES: dict[type, LifecycleState] = {
     Joining: Joining(5),
     Ready: Ready(3),
     Failed: Failed("boom"),
+    Retired: Retired("node 3 was decommissioned"),
 }
 
 
@@ -44,6 +46,7 @@ def tracker_in(state: LifecycleState) -> LifecycleTracker:
         Joining: [Joining(0), state],
         Ready: [Bootstrapping(), state],
         Failed: [state],
+        Retired: [Bootstrapping(), Ready(3), state],
     }
     for step in paths[type(state)]:
         tracker.transition(step)
@@ -52,7 +55,15 @@ def tracker_in(state: LifecycleState) -> LifecycleTracker:
 
 
 def test_labels() -> None:
-    assert STATE_LABELS == ("starting", "restarting", "bootstrapping", "joining", "ready", "failed")
+    assert STATE_LABELS == (
+        "starting",
+        "restarting",
+        "bootstrapping",
+        "joining",
+        "ready",
+        "failed",
+        "retired",
+    )
     assert Joining(3).label == "joining"
     assert Ready(1).label == "ready"
 
@@ -73,8 +84,9 @@ def test_table_is_enforced_for_every_pair(src: type, dst: type) -> None:
         assert (tracker.state, tracker.history) == before
 
 
-def test_failed_is_terminal_and_starting_cannot_be_reentered() -> None:
-    assert TRANSITIONS[Failed] == frozenset()
+def test_failed_and_retired_are_terminal_and_starting_cannot_be_reentered() -> None:
+    assert TRANSITIONS[Failed] == TRANSITIONS[Retired] == frozenset()
+    assert {s for s, dsts in TRANSITIONS.items() if Retired in dsts} == {Ready}
     assert all(Starting not in dsts for dsts in TRANSITIONS.values())
 
 

@@ -1,14 +1,18 @@
-"""A decommissioned node's restart (formation/retired.py): refused from its own catalog, or from
-the first peer that answers when it stopped while still draining."""
+"""A decommissioned node (formation/retired.py): its restart refused from its own catalog, or from
+the first peer that answers when it stopped while still draining; a running one stops once
+retired and holding no replica."""
 
 from __future__ import annotations
+
+import asyncio
 
 import msgpack
 import pytest
 
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.errors import NodeRetired, Unreachable
-from nodedb_cluster.formation.retired import peers_verdict, retired_refusal
+from nodedb_cluster.formation import retired
+from nodedb_cluster.formation.retired import peers_verdict, retired_refusal, until_retired
 from nodedb_cluster.topology import NodeInfo, NodeState
 
 
@@ -68,3 +72,78 @@ async def test_a_peers_answer(answer: bytes, refused: bool) -> None:
 
     verdict = await peers_verdict(4, [node(1)], send)
     assert (verdict is not None) == refused
+
+
+class Draining:
+    """A draining node as `until_retired` sees it: its own state in group 0, its replicas, and
+    the status its peers answer, each changed by the test between polls."""
+
+    def __init__(self, state: NodeState | None, held: list[int], peer_says: str) -> None:
+        self.state = state
+        self.held = held
+        self.peer_says = peer_says
+        self.polls = 0
+        self.asked = 0
+        self._polled = asyncio.Condition()
+
+    async def groups(self) -> list[int]:
+        async with self._polled:
+            self.polls += 1
+            self._polled.notify_all()
+        return list(self.held)
+
+    async def send(self, addr: str) -> bytes:
+        self.asked += 1
+        return status((1, "ACTIVE"), (4, self.peer_says))
+
+    async def polled(self, more: int) -> None:
+        """Until the watch has looked `more` more times (bounded)."""
+        async with asyncio.timeout(5), self._polled:
+            target = self.polls + more
+            await self._polled.wait_for(lambda: self.polls >= target)
+
+    async def until_retired(self) -> str | None:
+        return await until_retired(
+            4, lambda: self.state, self.groups, lambda: [node(1), node(4)], self.send
+        )
+
+
+@pytest.fixture(autouse=True)
+def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retired, "RETIREMENT_POLL_S", 0.01)
+
+
+async def test_a_decommissioned_node_stops_once_its_last_replica_is_dropped() -> None:
+    """Group 0 still counts it a voter (its leader hands over, then removes it): it runs on."""
+    node4 = Draining(NodeState.DECOMMISSIONED, [0], "DECOMMISSIONED")
+    watch = asyncio.ensure_future(node4.until_retired())
+    await node4.polled(3)
+    assert not watch.done(), "still holding its group 0 replica"
+    node4.held = []
+    reason = await asyncio.wait_for(watch, 5)
+    assert reason is not None
+    assert "node 4 was decommissioned (as group 0 applied it here)" in reason
+    assert node4.asked == 0, "its own group 0 said so"
+
+
+async def test_a_drained_node_that_never_heard_asks_its_peers() -> None:
+    """Out of group 0 before it applied its own retirement: its view says DRAINING for good."""
+    node4 = Draining(NodeState.DRAINING, [0], "DECOMMISSIONED")
+    reason = await asyncio.wait_for(node4.until_retired(), 5)
+    assert reason is not None
+    assert "as node 1 reports" in reason
+    assert node4.asked == 1
+
+
+async def test_a_node_still_draining_data_asks_nobody_and_runs_on() -> None:
+    node4 = Draining(NodeState.DRAINING, [0, 3], "DECOMMISSIONED")
+    watch = asyncio.ensure_future(node4.until_retired())
+    await node4.polled(5)
+    assert not watch.done()
+    assert node4.asked == 0
+    node4.held, node4.peer_says = [0], "DRAINING"  # drained; the retirement not yet applied
+    await node4.polled(6)
+    assert not watch.done()
+    assert node4.asked == 1, "peers are asked once per 5 s, no more"
+    node4.state = NodeState.ACTIVE  # no longer draining: the watch ends with nothing to do
+    assert await asyncio.wait_for(watch, 5) is None

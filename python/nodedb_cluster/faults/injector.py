@@ -26,6 +26,8 @@ from nodedb_cluster.routing.table import METADATA_GROUP_ID, RoutingTable
 RESTART_READY_TIMEOUT_S: Final = 30.0
 DRAIN_TIMEOUT_S: Final = 60.0
 """A decommission's request to the node DECOMMISSIONED (its replicas moved off meanwhile)."""
+RETIRED_LINE: Final = "was decommissioned"
+"""In the last line of a node that stopped by itself once retired (`formation/retired.py`)."""
 PLACEMENT_REQUEST_TIMEOUT_S: Final = 10.0
 """A placement request (decommission, move_vshard, add_groups) retried over the live members."""
 VSHARD_SETTLE_TIMEOUT_S: Final = 20.0
@@ -126,6 +128,11 @@ class FaultInjector:
                     return 0
                 with contextlib.suppress(TimeoutError):
                     await node.wait_exit(5.0)
+                if not node.running and RETIRED_LINE in node.log_tail():
+                    # It stopped by itself, decommissioned, before `_retire` saw the state.
+                    self.retired.add(node_id)
+                    self.members.discard(node_id)
+                    return 0
                 if not node.running:
                     await node.start()
                 await node.wait_ready(RESTART_READY_TIMEOUT_S)
