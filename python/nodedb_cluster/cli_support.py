@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -246,6 +246,15 @@ async def fetch_status(addr: str, credentials: Credentials, timeout_s: float) ->
     return doc
 
 
+def move_phase(row: Sequence[object]) -> str:
+    """A `vshard_moves` status row's phase in words: only the node running the move (the source
+    group's leader) knows it; the others say "elsewhere", which says nothing to an operator."""
+    source, phase, done, chunks = row[1], row[4], row[5], row[6]
+    if phase == "elsewhere":
+        return f"in flight: group {source}'s leader runs it and its status shows the phase"
+    return f"{phase}, {done}/{chunks} chunks" if chunks else str(phase)
+
+
 def format_status(doc: dict[str, object]) -> str:
     """A human-readable status: the node, the members (with SWIM's verdict), the groups (a group
     with a member SWIM declares DEAD is flagged: it runs on fewer replicas than it lists): this
@@ -277,16 +286,21 @@ def format_status(doc: dict[str, object]) -> str:
         lines.append(
             f"{node_id:>6}  {addr:<22} {state:<14} {replicas:>8} {leads:>5}  {health:<8} {contact}"
         )
-    moving = doc.get("moving") or []
-    for group_id, learners in moving:  # type: ignore[attr-defined]
-        lines.append(
-            f"moving: group {group_id} is filling learner(s) {','.join(map(str, learners))}"
-        )
-    for vshard, source, target, move_id, phase, done, chunks in doc.get("vshard_moves") or []:  # type: ignore[attr-defined]
-        progress = f", {done}/{chunks} chunks" if chunks else ""
+    leaders = {
+        int(g["group_id"]): g["leader"]
+        for g in [*doc["groups"], *(doc.get("elsewhere") or [])]  # type: ignore[misc]
+    }
+    for group_id, learners in doc.get("moving") or []:  # type: ignore[attr-defined]
+        named = ",".join(map(str, learners))
+        if leaders.get(group_id):
+            lines.append(f"moving: group {group_id} is filling learner(s) {named}")
+        else:  # a group with no leader fills nobody: say what it waits for
+            lines.append(f"moving: group {group_id} has learner(s) {named} to fill, no leader")
+    for row in doc.get("vshard_moves") or []:  # type: ignore[attr-defined]
+        vshard, source, target, move_id = row[:4]
         lines.append(
             f"moving: vShard {vshard} group {source} -> {target} "
-            f"(move {move_id}, {phase}{progress})"
+            f"(move {move_id}, {move_phase(row)})"
         )
     lines += [
         "",

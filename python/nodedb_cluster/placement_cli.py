@@ -33,6 +33,7 @@ from nodedb_cluster.cli_support import (
     client_credentials,
     control_rpc,
     fetch_status,
+    move_phase,
     print_json,
     u64_arg,
 )
@@ -229,7 +230,7 @@ async def _wait_moved(args: argparse.Namespace, move_id: int, started: float) ->
         rows = [m for m in doc.get("vshard_moves") or () if int(m[3]) == move_id]  # type: ignore[attr-defined]
         if not rows:
             break
-        phase = f"{rows[0][4]}" + (f", {rows[0][5]}/{rows[0][6]} chunks" if rows[0][6] else "")
+        phase = move_phase(rows[0])
         if phase != last and not args.json:
             print(f"vShard {args.vshard}: {phase}", file=sys.stderr)
             last = phase

@@ -125,6 +125,12 @@ async def test_a_new_node_joins_only_with_a_valid_token_of_its_own(cluster: Loca
     assert len(other_nodes_token) == 96
     assert "valid until" in err
 
+    # None for a member's id: it restarts without one, and a joiner under its id is refused.
+    code, out, err = await _join_token(cluster, 3, cluster.admin_credentials)
+    assert code == 1
+    assert out == ""
+    assert "node 3 is already a member (ACTIVE at 127.0.0.3:" in err, err
+
     # Another node's token.
     await _refused_start(cluster, other_nodes_token, "issued for node 5, not node 4")
     await _wait_refused(cluster, "join_token_wrong_node", 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from nodedb_cluster.addr import parse_socket_addr
+from nodedb_cluster.formation.admission import id_taken
 from nodedb_cluster.formation.join_token import (
     TOKEN_BYTES,
     TOKEN_HEX_CHARS,
@@ -15,6 +17,7 @@ from nodedb_cluster.formation.join_token import (
     parse_token,
     verify_token,
 )
+from nodedb_cluster.topology import NodeInfo, NodeState, Topology
 
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(1, 33))
@@ -102,3 +105,13 @@ def test_ttl_bounds() -> None:
             check_ttl(bad)
     with pytest.raises(ValueError, match="integer"):
         check_ttl(True)
+
+
+def test_no_token_is_issued_for_a_members_or_a_retired_id() -> None:
+    def at(node_id: int, state: NodeState) -> NodeInfo:
+        return NodeInfo(node_id, parse_socket_addr(f"127.0.0.{node_id}:9400"), state, 1)
+
+    topology = Topology([at(1, NodeState.ACTIVE), at(4, NodeState.DECOMMISSIONED)])
+    assert id_taken(topology, 2) is None
+    assert "node 1 is already a member (ACTIVE at 127.0.0.1:9400)" in str(id_taken(topology, 1))
+    assert "node 4 was decommissioned and its id is not reused" in str(id_taken(topology, 4))

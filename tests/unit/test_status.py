@@ -103,3 +103,20 @@ def test_groups_without_a_replica_here_are_listed_from_group_0s_record() -> None
     assert rows[0][:8] == ["3", "elsewhere", "4", "-", "-", "-", "256", "-"]
     assert rows[0][8:] == ["2,3,4", "/", "-", "DEAD:", "3"]
     assert rows[1][:3] == ["4", "elsewhere", "-"], "no leader recorded"
+
+
+def test_a_leaderless_group_is_not_said_to_fill_its_learner_and_remote_moves_say_where() -> None:
+    """Found by an operator probe: a group with no leader was "filling" its learner, and a
+    vShard move run by another node showed its phase as the bare word "elsewhere"."""
+    leaderless = dataclasses.replace(group(1, (1, 2), (3,)), role="follower", leader_id=None)
+    st = dataclasses.replace(
+        status(()),
+        groups=(group(0, (1, 2, 3)), leaderless, group(2, (1, 2, 4), (3,))),
+        moving=((1, (3,)), (2, (3,))),
+        vshard_moves=((179, 2, 1, 5, "elsewhere", 0, 0), (180, 1, 2, 6, "bulk", 3, 8)),
+    )
+    text = format_status(st.to_doc())
+    assert "moving: group 1 has learner(s) 3 to fill, no leader" in text
+    assert "moving: group 2 is filling learner(s) 3" in text
+    assert "(move 5, in flight: group 2's leader runs it and its status shows the phase)" in text
+    assert "(move 6, bulk, 3/8 chunks)" in text

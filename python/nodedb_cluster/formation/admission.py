@@ -44,6 +44,7 @@ from nodedb_cluster.metadata.applier import MetadataState
 from nodedb_cluster.metadata.group import decode_result, encode_state
 from nodedb_cluster.raft import RaftEngine
 from nodedb_cluster.routing.table import METADATA_GROUP_ID
+from nodedb_cluster.topology import NodeState, Topology
 from nodedb_cluster.transport import Peer, Reply, Transport
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,9 @@ class JoinAdmission:
     async def on_join_token_request(self, peer: Peer, payload: bytes) -> Reply:
         """Issue a token for the requested node id (the transport admitted only admins)."""
         node_id, ttl_s = decode_join_token_request(payload)
+        taken = id_taken(self._metadata().topology, node_id)
+        if taken is not None:
+            raise InvalidRequest(taken)
         secret = await self.secret()
         if secret is None:
             raise InvalidRequest(NO_SECRET_FOR_TOKENS)
@@ -227,6 +231,24 @@ class JoinAdmission:
         )
         doc = {"token": token, "node_id": node_id, "expires_at": expires_at_s}
         return wire.MessageKind.JOIN_TOKEN_RESPONSE, bytes(msgpack.packb(doc))
+
+
+def id_taken(topology: Topology, node_id: int) -> str | None:
+    """Why no token is issued for `node_id` (None: it is free). A member restarts without one,
+    and a joiner under a member's id at another address is refused (`id_in_use`), so such a
+    token could only mislead; a decommissioned id is never reused."""
+    node = topology.get(node_id)
+    if node is None:
+        return None
+    if node.state is NodeState.DECOMMISSIONED:
+        return (
+            f"node {node_id} was decommissioned and its id is not reused; issue the token for "
+            "another --node-id"
+        )
+    return (
+        f"node {node_id} is already a member ({node.state.name} at {node.addr}): it restarts "
+        "without a token; a new node needs another --node-id"
+    )
 
 
 def encode_join_token_request(node_id: int, ttl_s: int = TTL_SECS_DEFAULT) -> bytes:
