@@ -69,7 +69,7 @@ async def test_bootstrap_status_shutdown_and_restart_in_the_same_process(tmp_pat
         assert labels == ["restarting", "ready"]
         assert again.cluster_id == cluster_id
         restarted = await again.status()
-        assert restarted.settings == {"k": "v"}
+        assert restarted.settings == {"replication_factor": 3, "k": "v"}
         assert restarted.metadata_applied_index >= status.metadata_applied_index
         # The restarted sole voter elected itself at once and serves writes again.
         assert again.engine is not None
@@ -259,5 +259,29 @@ async def test_a_restart_asking_for_more_groups_says_it_is_read_at_bootstrap_onl
         assert "num_groups 8 is read when a cluster is bootstrapped only; this one has 2" in (
             caplog.text
         )
+    finally:
+        await again.shutdown()
+
+
+async def test_the_cluster_has_one_replication_factor_recorded_when_it_was_bootstrapped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nodes with different `replication_factor`s undid each other's placement. The founder
+    records its value in group 0; a node whose config says otherwise uses the cluster's, with a
+    warning naming both."""
+    port = free_port(["127.0.0.1"])
+    node = await start_cluster(config(tmp_path, port, replication_factor=1))
+    try:
+        assert node.metadata.settings["replication_factor"] == 1
+        assert "differs from the cluster's" not in caplog.text
+    finally:
+        await node.shutdown()
+    again = await start_cluster(config(tmp_path, port, replication_factor=3))
+    try:
+        assert again.config.replication_factor == 1, "the cluster's, not this config's"
+        assert (
+            "replication_factor 3 in node 1's config differs from the cluster's 1, recorded in "
+            "group 0 when it was bootstrapped: the cluster's is used"
+        ) in caplog.text
     finally:
         await again.shutdown()

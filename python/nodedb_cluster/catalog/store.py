@@ -289,12 +289,15 @@ class Catalog:
         topology: Topology,
         routing: RoutingCodec,
         cluster_secret: bytes | None = None,
+        settings: Mapping[str, object] | None = None,
     ) -> None:
-        """Persist cluster id, topology, routing and (when given) the cluster secret in one write
-        transaction (bootstrap, join): a node never belongs to a cluster without its secret."""
+        """Persist cluster id, topology, routing and (when given) the cluster secret and the
+        settings in one write transaction (bootstrap, join): a node never belongs to a cluster
+        without its secret, nor a bootstrapped one without the settings it was founded with."""
         raw_id = _encode_cluster_id(cluster_id)
         topology_data = topology.encode()
         routing_data = routing.encode()
+        settings_data = None if settings is None else _encode_settings(settings)
         if cluster_secret is not None:
             _check_cluster_secret(cluster_secret, CatalogError)
         with self._write() as txn:
@@ -303,6 +306,8 @@ class Catalog:
             _put(txn, layout.KEY_ROUTING, routing_data)
             if cluster_secret is not None:
                 _put_cluster_secret(txn, cluster_secret)
+            if settings_data is not None:
+                _put(txn, layout.KEY_SETTINGS, settings_data)
 
     # --- the cluster secret ----------------------------------------------------------------------
 

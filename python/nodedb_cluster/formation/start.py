@@ -18,7 +18,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TypeVar
@@ -65,6 +65,7 @@ from nodedb_cluster.lifecycle import (
 )
 from nodedb_cluster.membership import bind_udp
 from nodedb_cluster.metadata.applier import MetadataState
+from nodedb_cluster.metadata.cluster_settings import adopt, founded_with
 from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.metadata.group import MetadataGroup, decode_state
 from nodedb_cluster.metadata.vshard_moves import VShardMoves
@@ -248,10 +249,10 @@ class _Parts:
     stop: asyncio.Event | None
     made: Node | None = None
 
-    def node(self, cluster_id: str) -> Node:
-        self.made = Node(
-            self.config, self.tracker, self.catalog, self.transport, cluster_id, self.kind
-        )
+    def node(self, cluster_id: str, settings: Mapping[str, object]) -> Node:
+        """The node, its config taking the cluster's recorded settings (`cluster_settings`)."""
+        config = adopt(self.config, settings)
+        self.made = Node(config, self.tracker, self.catalog, self.transport, cluster_id, self.kind)
         return self.made
 
 
@@ -363,9 +364,11 @@ async def _bootstrap(parts: _Parts) -> Node:
     await asyncio.to_thread(
         write_identity, config.data_dir, LogIdentity(cluster_id, config.node_id)
     )
-    await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing, secret)
-    node = parts.node(cluster_id)
-    engine = await _open_engine(node, MetadataState(topology, routing, {}, 0), parts.data_sm)
+    settings = founded_with(config)
+    await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing, secret, settings)
+    node = parts.node(cluster_id, settings)
+    initial = MetadataState(topology, routing, settings, 0)
+    engine = await _open_engine(node, initial, parts.data_sm)
     await _found_groups(node, engine, routing)
     log.info("bootstrapped cluster %s with %d data groups", cluster_id, config.num_groups)
     return node
@@ -420,7 +423,7 @@ async def _restart(parts: _Parts) -> Node:
     check_pinned_key(config, pinned, parts.transport.spki_pin, catalog.path)
     if own is not None and own.addr != config.listen_addr:
         _check_move(config, own.addr, formation.topology, catalog.path)
-    node = parts.node(formation.cluster_id)
+    node = parts.node(formation.cluster_id, initial.settings)
     node.register_peers(initial)
     # Peers still hold connections to our previous process: dialling them now makes them drop
     # those at once, so their Raft traffic (a leader's appends, a candidate's votes) reaches us.
@@ -503,7 +506,7 @@ async def _join(parts: _Parts) -> Node:
         response.cluster_secret,
     )
     await asyncio.to_thread(_persist_to(catalog), state)
-    node = parts.node(response.cluster_id)
+    node = parts.node(response.cluster_id, state.settings)
     # 3. The peers (Raft is taken only from registered members), 4. the groups this node
     # belongs to (empty learners the leaders fill).
     node.register_peers(state)

@@ -1,0 +1,57 @@
+"""Settings the whole cluster shares, recorded in group 0 when it is bootstrapped.
+
+The replication factor is one per cluster: every node plans placement with it (the reconciler
+fills and trims replicas to it, the rebalancer and admissions cap groups at it), so two nodes
+with different values undid each other's work for as long as both ran. The bootstrapping node
+records its configured value in group 0's settings; every node, at each start, adopts the
+recorded value over its own config and says so when they differ. A cluster bootstrapped before
+the value was recorded goes on with each node's own config, as it did.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+from nodedb_cluster.config import REPLICATION_FACTOR_MAX, ClusterConfig
+from nodedb_cluster.errors import ClusterError
+from nodedb_cluster.metadata.commands import SettingValue
+
+log = logging.getLogger(__name__)
+
+REPLICATION_FACTOR: Final = "replication_factor"
+
+
+def founded_with(config: ClusterConfig) -> dict[str, SettingValue]:
+    """The settings a cluster bootstrapped from `config` records."""
+    return {REPLICATION_FACTOR: config.replication_factor}
+
+
+def adopt(config: ClusterConfig, settings: Mapping[str, object]) -> ClusterConfig:
+    """`config` with the cluster's recorded values in place of its own, each difference
+    logged once (a warning: this node's config says something the cluster does not do)."""
+    recorded = settings.get(REPLICATION_FACTOR)
+    if recorded is None:
+        return config
+    if (
+        isinstance(recorded, bool)
+        or not isinstance(recorded, int)
+        or not 1 <= recorded <= REPLICATION_FACTOR_MAX
+    ):
+        raise ClusterError(
+            f"group 0 records replication_factor {recorded!r}, not an integer in "
+            f"1..{REPLICATION_FACTOR_MAX}: refusing to place replicas by it"
+        )
+    if recorded != config.replication_factor:
+        log.warning(
+            "replication_factor %d in node %d's config differs from the cluster's %d, recorded "
+            "in group 0 when it was bootstrapped: the cluster's is used (every node places "
+            "replicas by one factor; set %d in this node's config to silence this)",
+            config.replication_factor,
+            config.node_id,
+            recorded,
+            recorded,
+        )
+    return dataclasses.replace(config, replication_factor=recorded)
