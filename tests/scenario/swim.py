@@ -8,13 +8,17 @@ delivery (tests/support/swim_sim.py), printing every membership change each node
     pause node=2 / resume node=2   # silent for a while (a stopped process), then back
     leave node=2                   # a graceful departure
     members node=1                 # what node 1 believes now
+    replay from=3 to=1 every=300 until=9000   # resend node 3's last datagram to node 1
+    forge from=3 to=(1,2) node=2 state=DEAD inc=max   # a datagram made with the secret
+                                   # (inc: a number, max or max-1); prints each receiver's verdict
 """
 
 from __future__ import annotations
 
-from nodedb_cluster.membership import SwimConfig
+from nodedb_cluster.membership import Codec, MemberState, SwimConfig
+from nodedb_cluster.membership.codec import U64_MAX, Message, MessageKind, Update
 from scenario.datadriven import ScriptError, Stanza
-from support.swim_sim import SimNet
+from support.swim_sim import SECRET, SimNet, addr_of
 
 
 class SwimScript:
@@ -66,9 +70,45 @@ class SwimScript:
             case "leave":
                 self._net(st).leave(st.get_int("node"))
                 return "ok"
+            case "replay":
+                net = self._net(st)
+                try:
+                    net.replay(
+                        st.get_int("from"),
+                        st.get_int("to"),
+                        st.get_int("every"),
+                        st.get_int("until"),
+                    )
+                except ValueError as e:
+                    raise ScriptError(f"{st.pos}: {e}") from None
+                return "ok"
+            case "forge":
+                return self._forge(st)
             case "members":
                 machine = self._net(st).machines[st.get_int("node")]
                 return "\n".join(
                     f"n{m.node_id} {m.state.name} inc={m.incarnation}" for m in machine.members()
                 )
         raise ScriptError(f"{st.pos}: unknown command {st.cmd!r}")
+
+    def _forge(self, st: Stanza) -> str:
+        net = self._net(st)
+        inc_text = st.get("inc")
+        inc = {"max": U64_MAX, "max-1": U64_MAX - 1}.get(inc_text)
+        node = st.get_int("node")
+        claim = Update(
+            node,
+            addr_of(node),
+            MemberState[st.get("state")],
+            int(inc_text) if inc is None else inc,
+        )
+        codec = Codec(SECRET, net.config.datagram_bytes_max)
+        data = codec.encode(Message(MessageKind.PING, 1, st.get_int("from"), (claim,)))
+        lines = []
+        for dst in st.get_ints("to"):
+            counters = net.machines[dst].counters
+            before = dict(counters)
+            net.inject(dst, data)
+            diff = [f"{k}+{counters[k] - v}" for k, v in before.items() if counters[k] != v]
+            lines.append(f"n{dst}: " + " ".join(d for d in diff if not d.startswith("datagrams_")))
+        return "\n".join(lines)

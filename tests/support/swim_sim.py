@@ -2,7 +2,9 @@
 
 Datagrams travel with a fixed latency; a node can be `crash`ed (its datagrams vanish, its timers
 never fire) or `pause`d and later `resume`d (everything addressed to it while paused is lost, like a
-SIGSTOPped process whose socket buffer overflowed). `run_until` is bounded in steps and time.
+SIGSTOPped process whose socket buffer overflowed). An attacker (at `ATTACKER`, where replies go
+nowhere) can `inject` a datagram (one forged with the secret) or `replay` one a node sent.
+`run_until` is bounded in steps and time.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from dataclasses import dataclass, field
 
 from nodedb_cluster.addr import SocketAddr, parse_socket_addr
 from nodedb_cluster.membership import Codec, MemberChanged, MemberState, Send, SwimConfig
-from nodedb_cluster.membership.machine import Action, SwimMachine
+from nodedb_cluster.membership.machine import Action, SwimMachine, UnknownSender
 
 SECRET = b"test-cluster-secret-0123456789"
 STEPS_MAX = 2_000_000
+ATTACKER = parse_socket_addr("127.0.0.250:7946")
 
 
 def addr_of(node_id: int) -> SocketAddr:
@@ -36,8 +39,12 @@ class SimNet:
     down: set[int] = field(default_factory=set)
     events: list[tuple[int, MemberChanged]] = field(default_factory=list)
     """(observer node id, event) in the order they happened."""
+    unknown_senders: list[tuple[int, UnknownSender]] = field(default_factory=list)
+    """(receiving node id, report) for every datagram dropped as from a non-member."""
     _inflight: list[tuple[int, int, int, bytes, SocketAddr]] = field(default_factory=list)
     _counter: int = 0
+    _last_sent: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    """(sender, receiver) -> the last datagram sent (lost or not): what a capture would hold."""
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
@@ -57,6 +64,27 @@ class SimNet:
         for i, m in self.machines.items():
             for j in self.machines:
                 self._carry_out(i, m.add_member(j, addr_of(j), 0))
+
+    def add_member(self, observer: int, node_id: int) -> None:
+        """`observer` learns `node_id` from its topology (what a topology change seeds)."""
+        self._carry_out(
+            observer, self.machines[observer].add_member(node_id, addr_of(node_id), self.now_ms)
+        )
+
+    def inject(self, dst: int, data: bytes) -> None:
+        """The attacker's datagram reaches `dst` now (unless `dst` is down)."""
+        if dst not in self.down:
+            self._carry_out(dst, self.machines[dst].on_datagram(data, ATTACKER, self.now_ms))
+
+    def replay(self, src: int, dst: int, every_ms: int, until_ms: int) -> None:
+        """From now until `until_ms`, every `every_ms` the attacker resends to `dst` the last
+        datagram `src` sent it (captured on the wire)."""
+        data = self._last_sent.get((src, dst))
+        if data is None:
+            raise ValueError(f"node {src} has sent node {dst} nothing to capture yet")
+        for t in range(self.now_ms + every_ms, until_ms + 1, every_ms):
+            self._counter += 1
+            heapq.heappush(self._inflight, (t, self._counter, dst, data, ATTACKER))
 
     def crash(self, node_id: int) -> None:
         self.down.add(node_id)
@@ -109,12 +137,17 @@ class SimNet:
         for a in actions:
             if isinstance(a, Send):
                 dst = self._by_addr.get(a.addr)
-                if dst is None or (self.loss and self._loss_rng.random() < self.loss):
+                if dst is None:
+                    continue
+                self._last_sent[(src_id, dst)] = a.data
+                if self.loss and self._loss_rng.random() < self.loss:
                     continue
                 self._counter += 1
                 heapq.heappush(
                     self._inflight,
                     (self.now_ms + self.latency_ms, self._counter, dst, a.data, addr_of(src_id)),
                 )
-            else:
+            elif isinstance(a, MemberChanged):
                 self.events.append((src_id, a))
+            else:
+                self.unknown_senders.append((src_id, a))

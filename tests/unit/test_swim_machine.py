@@ -150,18 +150,24 @@ def test_the_first_probe_after_a_stall_gets_a_whole_period() -> None:
     assert a.member(2).state is MemberState.ALIVE  # type: ignore[union-attr]
 
 
-def test_a_datagram_from_the_target_during_the_period_counts_as_an_ack() -> None:
+def test_a_datagram_from_the_target_during_the_period_earns_it_one_fresh_ping() -> None:
     # The probe's ping is lost, but the target pings us during the period (its own probe, or a
-    # refutation): it is alive, and the probe is not judged failed.
+    # refutation). That datagram proves nothing (it could be a replay), so A pings B once more
+    # with a fresh nonce; B's ack to that one settles the probe, and is B's last contact.
     a, b = machine(1, [2]), machine(2, [1])
     a.tick(1000)  # A's ping to B is lost
     b_ping = b.tick(1000)
-    a_out = deliver(b_ping, {1: a}, 2, 1200)
-    assert a_out
+    [(_, a_out)] = deliver(b_ping, {1: a}, 2, 1200)
+    [(_, ack), (_, recheck)] = sends(a_out)
+    assert (ack.kind, recheck.kind) == (MessageKind.ACK, MessageKind.PING)
+    assert a.member(2).last_contact_ms is None  # type: ignore[union-attr]
+    b_out = [x for _, out in deliver(a_out, {2: b}, 1, 1201) for x in out]
+    deliver(b_out, {1: a}, 2, 1202)
     assert changes(a.tick(1500)) == []  # ping-reqs: nobody to ask, fine
     assert changes(a.tick(2000)) == []
     assert a.counters["probes_failed"] == 0
-    assert a.member(2).last_contact_ms == 1200  # type: ignore[union-attr]
+    assert a.counters["probes_rechecked"] == 1
+    assert a.member(2).last_contact_ms == 1202  # type: ignore[union-attr]
 
 
 def test_refutation_with_a_higher_incarnation_cancels_the_suspicion_timer() -> None:
@@ -196,7 +202,7 @@ def test_refutation_with_a_higher_incarnation_cancels_the_suspicion_timer() -> N
 
 
 def test_stale_claims_lose_to_newer_incarnations() -> None:
-    a = machine(1, [2])
+    a = machine(1, [2, 3])
     upd = [Update(2, addr_of(2), MemberState.ALIVE, 5)]
     a.on_datagram(CODEC.encode(Message(MessageKind.PING, 1, 3, tuple(upd))), addr_of(3), 10)
     stale = Update(2, addr_of(2), MemberState.SUSPECT, 4)
@@ -212,7 +218,7 @@ def test_stale_claims_lose_to_newer_incarnations() -> None:
 
 
 def test_piggyback_is_bounded_and_retransmits_stop() -> None:
-    a = machine(1, [])
+    a = machine(1, [9, *range(10, 30)])
     updates = tuple(Update(i, addr_of(i), MemberState.ALIVE, 1) for i in range(10, 30))
     for k in range(0, 20, 5):
         a.on_datagram(
@@ -278,3 +284,33 @@ def test_suspicion_timeout_grows_with_log_n_and_has_a_floor() -> None:
     assert cfg.suspicion_timeout_ms(100) == 8000
     assert cfg.suspicion_timeout_ms(1000) == 12000
     assert SwimConfig(suspicion_mult=1).suspicion_timeout_ms(5) == 2000  # the floor
+
+
+def test_a_suspect_is_reminded_of_the_claim_every_period() -> None:
+    # The claim must reach the one node able to refute it, even when the first notice (and the
+    # gossip's retransmissions) were lost: every period, a ping to it carries the claim.
+    a = machine(1, [2, 3])
+    suspect = Update(2, addr_of(2), MemberState.SUSPECT, 0)
+    a.on_datagram(CODEC.encode(Message(MessageKind.PING, 1, 3, (suspect,))), addr_of(3), 10)
+    for t in (1000, 2000, 3000):
+        to_2 = [m for d, m in sends(a.tick(t)) if d == 2 and m.kind is MessageKind.PING]
+        assert len(to_2) == 1, t
+        assert to_2[0].updates[0] == suspect, t
+        a.tick(t + CFG.probe_timeout_ms)
+
+
+def test_a_stale_accusation_brings_the_refutation_back_on_the_reply() -> None:
+    # B refuted (inc 1) long ago and its gossip spent the ALIVE; A missed it and still says B is
+    # suspect at inc 0. B's ack to A carries its ALIVE at inc 1 again.
+    b = machine(2, [1])
+    suspect = Update(2, addr_of(2), MemberState.SUSPECT, 0)
+    b.on_datagram(CODEC.encode(Message(MessageKind.PING, 1, 1, (suspect,))), addr_of(1), 10)
+    assert b.incarnation == 1
+    for seq in range(2, 40):  # spend every retransmission
+        out = b.on_datagram(CODEC.encode(Message(MessageKind.PING, seq, 1)), addr_of(1), 20)
+    assert all(not m.updates for _, m in sends(out))
+    out = b.on_datagram(CODEC.encode(Message(MessageKind.PING, 50, 1, (suspect,))), addr_of(1), 30)
+    [(dst, ack)] = sends(out)
+    assert (dst, ack.kind) == (1, MessageKind.ACK)
+    assert Update(2, addr_of(2), MemberState.ALIVE, 1) in ack.updates
+    assert b.counters["refutations"] == 1  # stale: nothing to refute, only to repeat

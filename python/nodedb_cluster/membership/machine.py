@@ -12,9 +12,19 @@ Protocol (SWIM, Das et al. 2002, with Lifeguard's log-scaled suspicion):
   the target with their own sequence number and relay its ack.
 - No ack (direct or relayed) by the end of the period: the target becomes SUSPECT; a suspect that
   does not refute within `SwimConfig.suspicion_timeout_ms(n)` is declared DEAD.
+- Liveness is fresh evidence only: an ACK echoing a nonce (`seq`) this node sent and still waits
+  for. Nonces count up from a random 64-bit start, so one node's nonces never match another's or
+  an earlier life's, and each is consumed by its ack. Any other authenticated datagram, which a
+  replay of a captured one passes as well, proves nothing: from the target of the probe in
+  flight it only makes us ping the target once more with a fresh nonce (its ack would count).
 - Incarnations order claims about one member. A node that hears itself suspected (or declared
   dead) at an incarnation >= its own takes that incarnation + 1 and disseminates ALIVE, which
   overrides the suspicion everywhere and cancels its timer (a refuted suspicion never turns DEAD).
+  An incarnation never passes 2^64 - 1 (the codec's bound): a received SUSPECT/DEAD/LEFT claim
+  at 2^64 - 1 is refused, since no refutation could outrank it.
+- Members come only from `add_member` (the node's topology): a datagram whose sender id is not a
+  member is dropped (counted, and reported as `UnknownSender`), and claims about non-members are
+  ignored (counted).
 - Every accepted change is piggybacked on outgoing datagrams (at most `piggyback_updates_max` per
   datagram, least-sent first) `retransmit_limit(n)` times.
 """
@@ -28,6 +38,7 @@ from typing import Final
 from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.membership.codec import (
     REASONS,
+    U64_MAX,
     Codec,
     MemberState,
     Message,
@@ -38,10 +49,16 @@ from nodedb_cluster.membership.codec import (
 from nodedb_cluster.membership.config import SwimConfig
 
 MEMBERS_MAX: Final = 4096
-"""Same bound as the topology (NODES_MAX): a forged-free peer still cannot make us grow forever."""
+"""Same bound as the topology (NODES_MAX); members come from the topology alone."""
 RELAYS_MAX: Final = 256
 """Pending PING_REQ relays; each lives one probe timeout, so 256 covers 256 concurrent probers."""
-SEQ_MAX: Final = 2**64 - 1
+NONCES_MAX: Final = 256
+"""Pings besides the probe whose ack we still wait for (the suspicion notice, refutation pushes,
+re-pings); each lives one period, a few are sent per period; when full the oldest is forgotten."""
+SEQ_MAX: Final = U64_MAX
+INCARNATION_MAX: Final = U64_MAX
+"""The codec's bound. A node refutes a claim with its incarnation + 1, so a claim that a member is
+suspect, dead or left at INCARNATION_MAX could never be refuted: such claims are refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +81,17 @@ class MemberChanged:
     """Monotonic time of the change, on the observing node's clock."""
 
 
-Action = Send | MemberChanged
+@dataclass(frozen=True, slots=True)
+class UnknownSender:
+    """A datagram, authenticated, from a sender id that is not a member (not in the topology this
+    node was seeded with) was dropped: a node whose join we have not applied yet, a misconfigured
+    node, or a forgery by a holder of the secret. The shell logs it (rate-limited)."""
+
+    node_id: int
+    addr: SocketAddr
+
+
+Action = Send | MemberChanged | UnknownSender
 
 
 @dataclass(slots=True)
@@ -78,7 +105,9 @@ class Member:
     since_ms: int
     """When this node last changed the member's state."""
     last_contact_ms: int | None = None
-    """When a datagram from the member last arrived (a relayed ack counts); None: never."""
+    """When the member last proved itself alive: an ack (direct or relayed) echoing a nonce this
+    node sent it and still waited for; None: never. Other datagrams claiming to come from it
+    do not count: a replay of an old one would pass for it."""
 
 
 @dataclass(slots=True)
@@ -89,6 +118,16 @@ class _Probe:
     direct_deadline_ms: int
     end_ms: int
     indirect_sent: bool = False
+    rechecked: bool = False
+    """The target spoke (or was said alive) during the probe and was pinged once more."""
+
+
+@dataclass(slots=True)
+class _Nonce:
+    """A ping other than the probe's, awaiting its ack."""
+
+    target: int
+    sent_ms: int
 
 
 @dataclass(slots=True)
@@ -119,6 +158,8 @@ class SwimMachine:
         incarnation: int = 0,
         now_ms: int = 0,
     ) -> None:
+        if not 0 <= incarnation <= INCARNATION_MAX:
+            raise ValueError(f"incarnation {incarnation} is outside 0..{INCARNATION_MAX}")
         self.node_id = node_id
         self.addr = addr
         self.config = config
@@ -131,8 +172,14 @@ class SwimMachine:
             "ping_reqs_sent": 0,
             "refutations": 0,
             "probes_stalled": 0,
+            "probes_rechecked": 0,
+            "acks_unmatched": 0,
             "members_dropped_full": 0,
             "relays_dropped_full": 0,
+            "nonces_dropped_full": 0,
+            "updates_dropped_unknown": 0,
+            "updates_dropped_unrefutable": 0,
+            "dropped_unknown_sender": 0,
             **{f"dropped_{r}": 0 for r in REASONS},
         }
         self._codec = codec
@@ -140,10 +187,13 @@ class SwimMachine:
         self._members: dict[int, Member] = {}
         self._suspect_deadline_ms: dict[int, int] = {}
         self._relays: dict[int, _Relay] = {}
+        self._nonces: dict[int, _Nonce] = {}
+        """seq -> ping awaiting its ack, oldest first (insertion order is send order)."""
         self._broadcasts: dict[int, _Broadcast] = {}
         self._probe: _Probe | None = None
         self._probe_order: list[int] = []
-        self._seq = 0
+        self._seq = rng.getrandbits(64)
+        """Nonces count up from a random start: unique to this node and this life."""
         self._next_probe_ms = now_ms + config.probe_interval_ms
         self._left = False
         self._last_now_ms = now_ms
@@ -176,7 +226,8 @@ class SwimMachine:
     # --- inputs --------------------------------------------------------------------------------
 
     def add_member(self, node_id: int, addr: SocketAddr, now_ms: int) -> list[Action]:
-        """A seed (e.g. from the topology), assumed alive at incarnation 0 until it says more."""
+        """A member from the node's topology, assumed alive at incarnation 0 until it says more.
+        The only way a member enters: datagrams never add one."""
         self._advance(now_ms)
         if node_id == self.node_id or node_id in self._members:
             return []
@@ -196,23 +247,36 @@ class SwimMachine:
         out: list[Action] = []
         if self._left or msg.sender == self.node_id:
             return out
-        if msg.kind is not MessageKind.ACK and msg.sender not in self._members:
-            # A node we never heard of pinged us from its SWIM socket: that is where it lives.
-            self._apply(Update(msg.sender, src, MemberState.ALIVE, 0), now_ms, out)
-        sender = self._members.get(msg.sender)
-        if sender is not None:
-            sender.last_contact_ms = now_ms
+        if msg.sender not in self._members:
+            # Only the topology makes members (add_member). An ACK's sender is the node it
+            # speaks for (relayed ones included), and we never ping a non-member.
+            self.counters["dropped_unknown_sender"] += 1
+            out.append(UnknownSender(msg.sender, src))
+            return out
+        probe = self._probe
+        said_alive = False  # the target of the probe in flight refuted, by gossip
         refutations_before = self.counters["refutations"]
         for update in msg.updates:
-            self._apply(update, now_ms, out, rebroadcast=True)
+            if update.node_id != self.node_id and update.node_id not in self._members:
+                self.counters["updates_dropped_unknown"] += 1
+            elif update.state is not MemberState.ALIVE and update.incarnation >= INCARNATION_MAX:
+                self.counters["updates_dropped_unrefutable"] += 1
+            elif self._apply(update, now_ms, out, rebroadcast=True):
+                said_alive |= (
+                    probe is not None
+                    and update.node_id == probe.target
+                    and update.state is MemberState.ALIVE
+                )
         if self.counters["refutations"] != refutations_before:
-            self._push_refutation(src, out)
+            self._push_refutation(msg.sender, src, now_ms, out)
         if msg.kind is MessageKind.PING:
             self._send(out, src, MessageKind.ACK, msg.seq, about=msg.sender)
         elif msg.kind is MessageKind.ACK:
-            self._on_ack(msg, out)
+            self._on_ack(msg, now_ms, out)
         else:
             self._on_ping_req(msg, src, now_ms, out)
+        if self._probe is not None and (said_alive or msg.sender == self._probe.target):
+            self._recheck(self._probe, now_ms, out)
         return out
 
     def tick(self, now_ms: int) -> list[Action]:
@@ -228,6 +292,11 @@ class SwimMachine:
         for seq, relay in list(self._relays.items()):
             if relay.expires_ms <= now_ms:
                 del self._relays[seq]
+        while self._nonces:  # oldest first: stop at the first still waited for
+            seq = next(iter(self._nonces))
+            if self._nonces[seq].sent_ms + self.config.probe_interval_ms > now_ms:
+                break
+            del self._nonces[seq]
         probe = self._probe
         if probe is not None:
             if now_ms >= probe.end_ms + self.config.probe_interval_ms:
@@ -246,6 +315,7 @@ class SwimMachine:
             # node. The probe in flight was judged above, so none is replaced unjudged.
             self._next_probe_ms = now_ms + self.config.probe_interval_ms
             self._start_probe(now_ms, out)
+            self._remind_suspects(now_ms, out)
         return out
 
     def leave(self, now_ms: int) -> list[Action]:
@@ -268,16 +338,17 @@ class SwimMachine:
 
     # --- merging claims ------------------------------------------------------------------------
 
-    def _apply(self, u: Update, now_ms: int, out: list[Action], rebroadcast: bool = True) -> None:
-        """Merge one claim by the SWIM precedence rules; accepted changes are disseminated."""
+    def _apply(self, u: Update, now_ms: int, out: list[Action], rebroadcast: bool = True) -> bool:
+        """Merge one claim by the SWIM precedence rules; accepted changes are disseminated.
+        True when the claim was accepted (about another node)."""
         if u.node_id == self.node_id:
             self._about_self(u)
-            return
+            return False
         m = self._members.get(u.node_id)
         if m is None:
             if len(self._members) >= MEMBERS_MAX:
                 self.counters["members_dropped_full"] += 1
-                return
+                return False
             m = Member(u.node_id, u.addr, u.state, u.incarnation, now_ms)
             self._members[u.node_id] = m
             self._entered(m, now_ms, out)
@@ -288,34 +359,42 @@ class SwimMachine:
                 m.state, m.since_ms = u.state, now_ms
                 self._entered(m, now_ms, out)
         else:
-            return
+            return False
         if rebroadcast:
             self._enqueue(u)
+        return True
 
     def _about_self(self, u: Update) -> None:
         if self._left or u.state is MemberState.ALIVE or u.state is MemberState.LEFT:
             return
         if u.incarnation >= self.incarnation:  # suspected or declared dead: refute
+            if u.incarnation >= INCARNATION_MAX:  # refused on receipt; never wrap or overflow
+                return
             self.incarnation = u.incarnation + 1
             self.counters["refutations"] += 1
-            self._enqueue(Update(self.node_id, self.addr, MemberState.ALIVE, self.incarnation))
+        # An accusation older than our incarnation: its sender missed our refutation (lost, or
+        # its gossip spent): our ALIVE rides again, first on the reply to that sender.
+        self._enqueue(Update(self.node_id, self.addr, MemberState.ALIVE, self.incarnation))
 
-    def _push_refutation(self, src: SocketAddr, out: list[Action]) -> None:
-        """Tell the accuser and `indirect_probes` others at once that we are alive: waiting for our
-        next probe would leave the suspicion a whole period to run out on other nodes."""
+    def _push_refutation(
+        self, accuser: int, src: SocketAddr, now_ms: int, out: list[Action]
+    ) -> None:
+        """Tell the accuser (node `accuser` at `src`) and `indirect_probes` others at once that we
+        are alive: waiting for our next probe would leave the suspicion a whole period to run out
+        on other nodes."""
         others = sorted(
             (m for m in self._members.values() if m.state <= MemberState.SUSPECT and m.addr != src),
             key=lambda m: m.node_id,
         )
         targets = [
-            src,
+            (accuser, src),
             *(
-                m.addr
+                (m.node_id, m.addr)
                 for m in self._rng.sample(others, min(len(others), self.config.indirect_probes))
             ),
         ]
-        for addr in targets:
-            self._send(out, addr, MessageKind.PING, self._next_seq())
+        for node_id, addr in targets:
+            self._ping(out, node_id, addr, now_ms)
 
     def _entered(self, m: Member, now_ms: int, out: list[Action]) -> None:
         if m.state is MemberState.SUSPECT:
@@ -376,27 +455,71 @@ class SwimMachine:
 
     def _probe_failed(self, probe: _Probe, now_ms: int, out: list[Action]) -> None:
         self._probe = None
-        m = self._members.get(probe.target)
-        if m is not None and m.last_contact_ms is not None and m.last_contact_ms >= probe.sent_ms:
-            # The target spoke during the period (e.g. its refutation after a pause crossed our
-            # ping): an authenticated datagram from it proves it alive as well as an ack would.
-            return
         self.counters["probes_failed"] += 1
+        m = self._members.get(probe.target)
         if m is not None and m.state is MemberState.ALIVE:
             self._apply(Update(m.node_id, m.addr, MemberState.SUSPECT, m.incarnation), now_ms, out)
             # Tell the suspect at once (Lifeguard's point: refutation needs the claim to reach the
             # one node able to refute it; on a lossy link the probe's silence may be the link's).
-            self._send(out, m.addr, MessageKind.PING, self._next_seq(), about=m.node_id)
+            self._ping(out, m.node_id, m.addr, now_ms)
 
-    def _on_ack(self, msg: Message, out: list[Action]) -> None:
+    def _remind_suspects(self, now_ms: int, out: list[Action]) -> None:
+        """Each period, ping members we hold suspect (but the one just probed, whose ping carries
+        the claim already) with the claim: the one node able to refute must hear it, and a
+        refutation we missed comes back on the ack (a node told of an accusation older than its
+        incarnation gossips its ALIVE again). At most `indirect_probes + 1` a period (a random
+        few when more are suspect, e.g. across a partition), so the cost stays O(1) per period."""
+        probed = None if self._probe is None else self._probe.target
+        suspects = [
+            self._members[i]
+            for i in sorted(self._suspect_deadline_ms)
+            if i != probed and self._members[i].state is MemberState.SUSPECT
+        ]
+        most = self.config.indirect_probes + 1
+        if len(suspects) > most:
+            suspects = self._rng.sample(suspects, most)
+        for m in suspects:
+            self._ping(out, m.node_id, m.addr, now_ms)
+
+    def _recheck(self, probe: _Probe, now_ms: int, out: list[Action]) -> None:
+        """The target of the probe in flight sent us a datagram, or was said alive (a refutation
+        that crossed our ping): neither proves it alive now (either may be a replay), so ping it
+        once more with a fresh nonce; its ack, not the datagram, settles the probe. Once per
+        probe, so replays cannot make us send more than one extra ping per period."""
+        m = self._members.get(probe.target)
+        if probe.rechecked or m is None:
+            return
+        probe.rechecked = True
+        self.counters["probes_rechecked"] += 1
+        self._ping(out, m.node_id, m.addr, now_ms)
+
+    def _on_ack(self, msg: Message, now_ms: int, out: list[Action]) -> None:
+        """An ack counts only if it echoes a nonce we sent its sender and still wait for: a
+        replayed one echoes a nonce already consumed, expired, or never ours."""
         probe = self._probe
         if probe is not None and probe.seq == msg.seq and probe.target == msg.sender:
             self._probe = None
+            self._alive(msg.sender, now_ms)
+            return
+        nonce = self._nonces.get(msg.seq)
+        if nonce is not None and nonce.target == msg.sender:
+            del self._nonces[msg.seq]
+            self._alive(msg.sender, now_ms)
+            if probe is not None and probe.target == msg.sender and nonce.sent_ms >= probe.sent_ms:
+                self._probe = None  # the re-ping (or the suspicion notice) was answered
             return
         relay = self._relays.get(msg.seq)
         if relay is not None and relay.target == msg.sender:
             del self._relays[msg.seq]
+            self._alive(msg.sender, now_ms)
             self._send(out, relay.origin_addr, MessageKind.ACK, relay.origin_seq, sender=msg.sender)
+            return
+        self.counters["acks_unmatched"] += 1  # late, duplicated, or replayed
+
+    def _alive(self, node_id: int, now_ms: int) -> None:
+        m = self._members.get(node_id)
+        if m is not None:
+            m.last_contact_ms = now_ms
 
     def _on_ping_req(self, msg: Message, src: SocketAddr, now_ms: int, out: list[Action]) -> None:
         assert msg.target_addr is not None  # the codec requires it on PING_REQ
@@ -405,9 +528,18 @@ class SwimMachine:
             return
         seq = self._next_seq()
         self._relays[seq] = _Relay(src, msg.seq, msg.target, now_ms + self.config.probe_timeout_ms)
-        self._send(out, msg.target_addr, MessageKind.PING, seq)
+        self._send(out, msg.target_addr, MessageKind.PING, seq, about=msg.target)
 
     # --- output --------------------------------------------------------------------------------
+
+    def _ping(self, out: list[Action], node_id: int, addr: SocketAddr, now_ms: int) -> None:
+        """A PING to member `node_id` whose ack proves it alive (its nonce is remembered)."""
+        seq = self._next_seq()
+        if len(self._nonces) >= NONCES_MAX:
+            del self._nonces[next(iter(self._nonces))]
+            self.counters["nonces_dropped_full"] += 1
+        self._nonces[seq] = _Nonce(node_id, now_ms)
+        self._send(out, addr, MessageKind.PING, seq, about=node_id)
 
     def _send(
         self,

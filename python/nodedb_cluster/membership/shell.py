@@ -8,6 +8,12 @@ or one `tick`, whose work is bounded by the member count).
 Observers: `subscribe(callback)` (called on the loop, must not block; an exception is logged and
 the observer stays subscribed) and `events()`, an async iterator over a bounded queue whose oldest
 event is dropped (and counted as `events_dropped`) when a slow consumer lets it fill.
+
+Nothing stops SWIM but `close`: an exception from the machine (a bug, or an input it did not
+foresee) in the datagram handler or the timer is logged (rate-limited) and counted as
+`handler_errors`, and the timer is re-armed regardless (no sooner than one probe interval after a
+failed tick, so a tick that keeps failing cannot spin the loop). Datagrams from sender ids that
+are not members (`UnknownSender`) are logged at most once per `LOG_INTERVAL_MS`, with a count.
 """
 
 from __future__ import annotations
@@ -25,12 +31,22 @@ from nodedb_cluster.clock import Clock, SystemClock
 from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.membership.codec import Codec
 from nodedb_cluster.membership.config import SwimConfig
-from nodedb_cluster.membership.machine import Action, Member, MemberChanged, Send, SwimMachine
+from nodedb_cluster.membership.machine import (
+    Action,
+    Member,
+    MemberChanged,
+    Send,
+    SwimMachine,
+    UnknownSender,
+)
 
 log = logging.getLogger(__name__)
 
 Observer = Callable[[MemberChanged], None]
 OBSERVERS_MAX: Final = 64
+LOG_INTERVAL_MS: Final = 10_000
+"""At most one log line per kind of trouble (unknown senders, handler errors) per this long: a
+flood of datagrams must not become a flood of log lines."""
 
 
 class SwimError(ClusterError):
@@ -48,6 +64,27 @@ def bind_udp(addr: SocketAddr) -> socket.socket:
         raise SwimError(f"cannot bind SWIM UDP {addr}: {e.strerror or e}") from e
     sock.setblocking(False)
     return sock
+
+
+class _RateLimitedLog:
+    """Logs at most once per `interval_ms`; the lines it holds back are counted into the next."""
+
+    def __init__(self, interval_ms: int) -> None:
+        self._interval_ms = interval_ms
+        self._last_ms: int | None = None
+        self._held = 0
+
+    def __call__(
+        self, now_ms: int, level: int, msg: str, *args: object, exc_info: bool = False
+    ) -> None:
+        if self._last_ms is not None and now_ms - self._last_ms < self._interval_ms:
+            self._held += 1
+            return
+        held, self._held, self._last_ms = self._held, 0, now_ms
+        if held:
+            msg += " (%d more like it held back since the last such line)"
+            args = (*args, held)
+        log.log(level, msg, *args, exc_info=exc_info)
 
 
 class SwimNode:
@@ -85,7 +122,10 @@ class SwimNode:
         self._paused = False
         self._closed = False
         self._closed_event = asyncio.Event()
-        self.counters: dict[str, int] = {"events_dropped": 0, "send_errors": 0}
+        self.counters: dict[str, int] = {"events_dropped": 0, "send_errors": 0, "handler_errors": 0}
+        self._log_unknown = _RateLimitedLog(LOG_INTERVAL_MS)
+        self._log_error = _RateLimitedLog(LOG_INTERVAL_MS)
+        self._probe_interval_ms = config.probe_interval_ms
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -196,23 +236,43 @@ class SwimNode:
         if src_addr is None:
             self._machine.counters["dropped_malformed"] += 1
             return
-        self._carry_out(self._machine.on_datagram(data, src_addr, self._clock.monotonic_ms()))
+        now_ms = self._clock.monotonic_ms()
+        try:
+            self._carry_out(self._machine.on_datagram(data, src_addr, now_ms))
+        except Exception:  # SWIM must outlive any one datagram
+            self._failed(now_ms, "a datagram from %s", src_addr)
         self._rearm()
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._paused or self._closed:
             return
-        self._carry_out(self._machine.tick(self._clock.monotonic_ms()))
-        self._rearm()
+        now_ms = self._clock.monotonic_ms()
+        try:
+            self._carry_out(self._machine.tick(now_ms))
+        except Exception:  # an unhandled raise here used to leave the timer unarmed for good
+            self._failed(now_ms, "a timer tick")
+            self._rearm(min_delay_ms=self._probe_interval_ms)
+        else:
+            self._rearm()
 
-    def _rearm(self) -> None:
+    def _failed(self, now_ms: int, what: str, *args: object) -> None:
+        self.counters["handler_errors"] += 1
+        msg = "SWIM failed on " + what + "; it keeps running"
+        self._log_error(now_ms, logging.ERROR, msg, *args, exc_info=True)
+
+    def _rearm(self, min_delay_ms: int = 0) -> None:
         if self._closed or self._paused or self._transport is None:
             return
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        delay_ms = max(0, self._machine.next_deadline_ms() - self._clock.monotonic_ms())
+        try:
+            deadline_ms = self._machine.next_deadline_ms()
+        except Exception:
+            self._failed(self._clock.monotonic_ms(), "its next deadline")
+            deadline_ms, min_delay_ms = 0, self._probe_interval_ms
+        delay_ms = max(min_delay_ms, deadline_ms - self._clock.monotonic_ms())
         self._timer = loop.call_at(loop.time() + delay_ms / 1000, self._on_timer)
 
     def _carry_out(self, actions: list[Action]) -> None:
@@ -220,6 +280,16 @@ class SwimNode:
             if isinstance(action, Send):
                 if self._transport is not None and not self._transport.is_closing():
                     self._transport.sendto(action.data, action.addr.as_tuple())
+            elif isinstance(action, UnknownSender):
+                self._log_unknown(
+                    self._clock.monotonic_ms(),
+                    logging.WARNING,
+                    "SWIM dropped a datagram from node id %d at %s: not a member in this node's "
+                    "topology (a node whose join is not applied here yet, or a forgery with the "
+                    "cluster secret)",
+                    action.node_id,
+                    action.addr,
+                )
             else:
                 self._publish(action)
 
