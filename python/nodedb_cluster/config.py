@@ -110,6 +110,13 @@ _TABLES: Final[dict[str, type[JoinRetryPolicy] | type[SwimConfig]]] = {
     "swim": SwimConfig,
 }
 """Fields that are a nested table of integer knobs, and the dataclass each table builds."""
+_ENGINE_KEYS: Final = {
+    "tick_interval": "tick_interval_ms",
+    "heartbeat_ticks": "heartbeat_interval_ms",
+    "election_ticks": "election_timeout_min_ms",
+    "driver_stall_max": "driver_stall_max_ms",
+}
+"""The engine's field (its `check_raft_timings` refusal) -> this config's key."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,6 +248,7 @@ class ClusterConfig:
         self._check_groups()
         self._check_raft_timing()
         self._check_sizes()
+        self._check_engine_timings()
         self._check_transport()
         self._check_choices()
 
@@ -430,12 +438,6 @@ class ClusterConfig:
                 raise ConfigError(
                     name, f"{value} ms is not a multiple of tick_interval_ms ({tick})"
                 )
-        if self.election_timeout_min_ms <= self.heartbeat_interval_ms:
-            raise ConfigError(
-                "election_timeout_min_ms",
-                f"{self.election_timeout_min_ms} ms must exceed heartbeat_interval_ms "
-                f"({self.heartbeat_interval_ms} ms) or followers campaign against a live leader",
-            )
         if self.election_timeout_max_ms <= self.election_timeout_min_ms:
             raise ConfigError(
                 "election_timeout_max_ms",
@@ -461,12 +463,22 @@ class ClusterConfig:
         )
         if self.driver_stall_max_ms is not None:
             check_int("driver_stall_max_ms", self.driver_stall_max_ms, 0, DRIVER_STALL_MAX_MS_MAX)
-            if 0 < self.driver_stall_max_ms < 2 * self.tick_interval_ms:
-                raise ConfigError(
-                    "driver_stall_max_ms",
-                    f"0 (not watched) or at least two ticks ({2 * self.tick_interval_ms} ms), "
-                    f"got {self.driver_stall_max_ms}",
-                )
+
+    def _check_engine_timings(self) -> None:
+        """The engine's own rules on its timings (`MultiRaftConfig::validate`, through the
+        binding), named by this config's keys."""
+        import nodedb_cluster_core as _core  # loaded by the package anyway; not at import
+
+        try:
+            _core.check_raft_timings(
+                self.tick_interval_ms,
+                self.heartbeat_ticks,
+                self.election_timeout_min_ticks,
+                self.driver_stall_max_ms,
+            )
+        except ConfigError as e:
+            key = _ENGINE_KEYS.get(e.field, e.field)
+            raise ConfigError(key, e.reason) from None
 
     def _check_choices(self) -> None:
         for name, choices in _CHOICES.items():

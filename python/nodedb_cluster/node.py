@@ -124,7 +124,12 @@ class Node:
         self.audit = AuditLog(config.data_dir / AUDIT_FILE_NAME)
         """Applied membership and settings changes (metadata/audit.py)."""
         self._proposer = MetadataProposer(
-            config.node_id, self._require_engine, transport, self._routing, config.rpc_timeout_ms
+            config.node_id,
+            self._require_engine,
+            transport,
+            self._routing,
+            config.rpc_timeout_ms,
+            self._is_retired,
         )
         policy = ReconcilePolicy(
             config.node_id,
@@ -520,6 +525,10 @@ class Node:
             self.lifecycle.transition(Failed(f"raft engine stopped: {reason}"), "engine stopped")
         self.failed.set()
         await self.shutdown()
+
+    def _is_retired(self, node_id: int) -> bool:
+        node = self.metadata.topology.get(node_id)
+        return node is not None and node.state is NodeState.DECOMMISSIONED
 
     async def _stop_once_retired(self) -> None:
         """A draining node stops by itself once retired and holding no replica: before, it

@@ -194,6 +194,14 @@ def certificate_addresses(path: str | PathLike[str]) -> list[str]: ...
 
 # --- Multi-Raft engine (rust/py/src/raft.rs) -----------------------------------------------------
 
+def check_raft_timings(
+    tick_interval_ms: int,
+    heartbeat_ticks: int,
+    election_ticks: int,
+    driver_stall_max_ms: int | None = None,
+) -> None:
+    """The engine's rules on its timings; `ConfigError` naming the engine's field."""
+
 class RaftEngine:
     """One node's Multi-Raft engine over its Transport. Async operations take an asyncio future
     and resolve it through this engine's loop bridge (`add_reader(bridge_fd(), drain)`)."""

@@ -490,17 +490,58 @@ async def test_a_node_certificate_of_a_node_never_admitted_takes_no_part_in_raft
     frame = raft_batch(
         9, [(1, raft_message(MSG_APPEND, g1_leader, 9, term + 100, 10_000, 10_001, b"x"))]
     )
+    # Found by an attack probe: a never-admitted node's certificate got any metadata entry
+    # applied (a forwarded METADATA_PROPOSE: itself admitted with no token, members removed)
+    # and emptied a vShard through VSHARD_STEP. Every kind a member sends is members only.
+    g0_leader = leader_of(statuses, 0)
+    admit_me = MetadataEntry(
+        (AddNode(NodeInfo(9, parse_socket_addr("127.0.0.1:9409"), NodeState.ACTIVE, 1)),)
+    ).encode()
+    vshard = 7
+    release = kv_vshard_command("release", vshard, 2, 1 << 62)
+    member_kinds = [
+        (g0_leader, wire.MessageKind.METADATA_PROPOSE, encode_metadata_propose(admit_me, True)),
+        (g0_leader, wire.MessageKind.METADATA_PROPOSE, encode_metadata_propose(admit_me, False)),
+        (g1_leader, wire.MessageKind.VSHARD_STEP, msgpack.packb({"g": 1, "cmds": [release]})),
+        (g1_leader, wire.MessageKind.HOST_PROPOSE, encode_batch([(1, b"x")], 2000)),
+        (g1_leader, wire.MessageKind.PEER_ADDRESS, b"127.0.0.1:9409"),
+    ]
     async with Transport(9, "127.0.0.1:0", stray) as outsider:
         with pytest.raises(ClusterError):  # one-way kind on a request stream: no reply
             await outsider.send_rpc_to_addr(
                 cluster.nodes[g1_leader].addr, wire.MessageKind.RAFT_BATCH, frame
             )
+        for target, kind, payload in member_kinds:
+            with pytest.raises(ClusterError) as refused:
+                await outsider.send_rpc_to_addr(cluster.nodes[target].addr, kind, payload)
+            assert "node 9 is not a member this node knows" in str(refused.value), kind
+        # Nor does a join for a member's id with another key get the state and the secret.
+        node2 = issue_node_credentials(
+            ca, ca_key_path(ca.parent), "n2", ["127.0.0.1"], tmp_path / "rekeyed"
+        )
+        join = wire.JoinRequest(node_id=2, listen_addr=cluster.nodes[2].addr, wire_version=1)
+    async with Transport(2, "127.0.0.1:0", node2) as rekeyed:
+        _kind, payload = await rekeyed.send_rpc_to_addr(
+            cluster.nodes[g0_leader].addr, wire.MessageKind.JOIN_REQUEST, join.encode()
+        )
+    answer = wire.JoinResponse.decode(payload)
+    assert not answer.success
+    assert answer.cluster_secret is None
+    assert "is a member whose pinned key is not the one this certificate holds" in answer.error
     await _wait_metric(
         cluster,
         g1_leader,
         "nodedb_requests_refused_total",
         1,
         kind="RaftBatch",
+        reason="unknown_sender",
+    )
+    await _wait_metric(
+        cluster,
+        g0_leader,
+        "nodedb_requests_refused_total",
+        2,
+        kind="MetadataPropose",
         reason="unknown_sender",
     )
     assert _picture(await _all_status(cluster)) == before

@@ -3,9 +3,10 @@ metadata group answers one JoinRequest, given who sent it and what it knows.
 
     cluster nodes=(1,2,3) groups=2 rf=3 [authenticated] [seeds=(1,2,3)] [no-secret] [now=1000]
     leader is=false [at=2]         # this node follows; the leader is node 2 (or unknown)
-    join id=4 [addr=127.0.0.4:9400] [wire=1] [pin=32] [swim=127.0.0.4:9500]
+    join id=4 [addr=127.0.0.4:9400] [wire=1] [pin=32|member] [swim=127.0.0.4:9500]
          [caller=node:4|admin:ops|client:app|none] [token=valid|expired|forged|malformed|for:5]
     member id=4 [addr=...]         # the admission applied: node 4 is in the topology
+    retire id=3                    # node 3 is DECOMMISSIONED
 
 Node n listens on 127.0.0.n:9400; tokens are issued with the script's cluster secret.
 """
@@ -59,6 +60,8 @@ class JoinScript:
                 return self.join(st)
             case "member":
                 return self.member(st)
+            case "retire":
+                return self.retire(st)
         raise ScriptError(f"{st.pos}: unknown command {st.cmd!r}")
 
     def _view(self, st: Stanza) -> JoinView:
@@ -115,7 +118,7 @@ class JoinScript:
             node_id,
             st.get("addr", str(addr_of(node_id))),
             st.get_int("wire", 1),
-            b"\x02" * st.get_int("pin") if st.has("pin") else None,
+            self._pin(st),
             view,
             st.get("swim") if st.has("swim") else None,
             caller=caller_of(st.get("caller", "none")),
@@ -131,6 +134,20 @@ class JoinScript:
             case Admit(entry=entry):
                 return "\n".join(["admit, proposing:", *(record(c) for c in entry.commands)])
         raise AssertionError(decision)
+
+    @staticmethod
+    def _pin(st: Stanza) -> bytes | None:
+        """`pin=member`: the key the topology pinned for every member; `pin=N`: N other bytes."""
+        if not st.has("pin"):
+            return None
+        return PIN if st.get("pin") == "member" else b"\x02" * st.get_int("pin")
+
+    def retire(self, st: Stanza) -> str:
+        view = self._view(st)
+        topology = view.topology.copy()
+        topology.set_state(st.get_int("id"), NodeState.DECOMMISSIONED)
+        self.view = dataclasses.replace(view, topology=topology)
+        return f"node {st.get_int('id')} DECOMMISSIONED"
 
     @staticmethod
     def _token(st: Stanza, node_id: int, now_s: int) -> str | None:

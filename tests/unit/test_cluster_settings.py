@@ -46,6 +46,4 @@ def test_a_recorded_value_out_of_range_is_refused_by_name(recorded: object) -> N
 
 def test_adopting_keeps_every_other_field() -> None:
     mine = dataclasses.replace(config(5), kv_quota_bytes=123)
-    assert adopt(mine, {"replication_factor": 3}) == dataclasses.replace(
-        mine, replication_factor=3
-    )
+    assert adopt(mine, {"replication_factor": 3}) == dataclasses.replace(mine, replication_factor=3)

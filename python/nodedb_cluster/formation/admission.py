@@ -59,6 +59,8 @@ REFUSAL_LABELS: Final[dict[JoinRefusal, str]] = {
     JoinRefusal.TOKEN_EXPIRED: "join_token_expired",
     JoinRefusal.TOKEN_WRONG_NODE: "join_token_wrong_node",
     JoinRefusal.NO_SECRET: "join_no_secret",
+    JoinRefusal.KEY_MISMATCH: "join_key_mismatch",
+    JoinRefusal.RETIRED: "join_retired",
 }
 """The transport's refusal label (rust/transport/src/refusals.rs `REASONS`) of each security
 refusal; the others are not trust decisions and are not counted there."""

@@ -48,6 +48,8 @@ class JoinRefusal(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     ID_IN_USE = "id_in_use"
     ADDR_IN_USE = "addr_in_use"
+    KEY_MISMATCH = "key_mismatch"
+    RETIRED = "retired"
 
     @property
     def permanent(self) -> bool:
@@ -172,11 +174,27 @@ def decide_join(
         )
     known = view.topology.get(node_id)
     if known is not None:
+        if known.state is NodeState.DECOMMISSIONED:
+            return Reject(
+                f"join refused: node {node_id} was decommissioned and its id is not reused; "
+                "join this machine as a new node (another node id and a join token)",
+                JoinRefusal.RETIRED,
+            )
         if known.addr != addr:
             return Reject(
                 f"node id {node_id} is already in use by {known.addr}", JoinRefusal.ID_IN_USE
             )
-        return AlreadyMember()  # a member restarting: its certificate already proved its id
+        if view.authenticated and known.spki_pin is not None and spki_pin != known.spki_pin:
+            # The answer carries the cluster secret: a certificate for the id is not enough,
+            # the member must hold the key the cluster pinned for it.
+            return Reject(
+                f"join refused: node {node_id} is a member whose pinned key is not the one this "
+                "certificate holds; renew the certificate of the key it had (`nodedb-cluster "
+                f"gen-certs --renew n{node_id}`), or, to change the key, decommission node "
+                f"{node_id} and add a new node in its place",
+                JoinRefusal.KEY_MISMATCH,
+            )
+        return AlreadyMember()  # a member restarting: its certificate and key proved its id
     holder = view.topology.by_addr(addr)
     if holder is not None:
         return Reject(

@@ -104,6 +104,44 @@ pub struct MultiRaftConfig {
     pub driver_stall_max: Duration,
 }
 
+/// The relations between the engine's timings: [`MultiRaftConfig::validate`] checks them, and
+/// the Python config checks a config file's values with this same function (through the
+/// binding) before anything starts, so the rule lives here alone.
+pub fn check_timings(
+    tick_interval: Duration,
+    heartbeat_ticks: usize,
+    election_ticks: usize,
+    driver_stall_max: Duration,
+) -> Result<(), EngineError> {
+    let bad = |field: &'static str, reason: String| Err(EngineError::Config { field, reason });
+    if tick_interval.is_zero() {
+        return bad("tick_interval", "must be > 0".into());
+    }
+    if heartbeat_ticks == 0 {
+        return bad("heartbeat_ticks", "must be ≥ 1".into());
+    }
+    if election_ticks <= heartbeat_ticks {
+        return bad(
+            "election_ticks",
+            format!(
+                "{election_ticks} ticks must exceed the heartbeat's {heartbeat_ticks}, or \
+                 followers campaign against a live leader"
+            ),
+        );
+    }
+    if !driver_stall_max.is_zero() && driver_stall_max < tick_interval * 2 {
+        return bad(
+            "driver_stall_max",
+            format!(
+                "must be 0 (not watched) or at least two ticks ({} ms), got {} ms",
+                (tick_interval * 2).as_millis(),
+                driver_stall_max.as_millis()
+            ),
+        );
+    }
+    Ok(())
+}
+
 impl MultiRaftConfig {
     /// Defaults for everything but identity and location.
     pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
@@ -138,27 +176,12 @@ impl MultiRaftConfig {
         if self.node_id.0 == 0 {
             return bad("node_id", "must be ≥ 1 (raft reserves 0)".into());
         }
-        if self.tick_interval.is_zero() {
-            return bad("tick_interval", "must be > 0".into());
-        }
-        if self.heartbeat_ticks == 0 {
-            return bad("heartbeat_ticks", "must be ≥ 1".into());
-        }
-        if self.election_ticks <= self.heartbeat_ticks {
-            return bad(
-                "election_ticks",
-                format!("must exceed heartbeat_ticks ({})", self.heartbeat_ticks),
-            );
-        }
-        if !self.driver_stall_max.is_zero() && self.driver_stall_max < self.tick_interval * 2 {
-            return bad(
-                "driver_stall_max",
-                format!(
-                    "must be 0 (not watched) or at least two ticks ({:?})",
-                    self.tick_interval * 2
-                ),
-            );
-        }
+        check_timings(
+            self.tick_interval,
+            self.heartbeat_ticks,
+            self.election_ticks,
+            self.driver_stall_max,
+        )?;
         let positive: [(&'static str, u64); 12] = [
             (
                 "snapshot_ack_timeout_ticks",
@@ -245,5 +268,54 @@ impl MultiRaftConfig {
             max_uncommitted_size: self.max_uncommitted_bytes,
             max_committed_size_per_ready: self.max_committed_bytes_per_ready,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(100);
+
+    fn refused_field(result: Result<(), EngineError>) -> &'static str {
+        match result {
+            Err(EngineError::Config { field, .. }) => field,
+            other => panic!("expected a config refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn timings_the_engine_refuses_name_their_field() {
+        let stall = DEFAULT_DRIVER_STALL_MAX;
+        assert!(check_timings(TICK, 1, 5, stall).is_ok());
+        assert_eq!(
+            refused_field(check_timings(Duration::ZERO, 1, 5, stall)),
+            "tick_interval"
+        );
+        assert_eq!(
+            refused_field(check_timings(TICK, 0, 5, stall)),
+            "heartbeat_ticks"
+        );
+        assert_eq!(
+            refused_field(check_timings(TICK, 5, 5, stall)),
+            "election_ticks"
+        );
+        let one_tick = Duration::from_millis(100);
+        assert_eq!(
+            refused_field(check_timings(TICK, 1, 5, one_tick)),
+            "driver_stall_max"
+        );
+        assert!(
+            check_timings(TICK, 1, 5, Duration::ZERO).is_ok(),
+            "0: not watched"
+        );
+        assert!(check_timings(TICK, 1, 5, TICK * 2).is_ok());
+    }
+
+    #[test]
+    fn validate_applies_the_same_timing_rules() {
+        let mut cfg = MultiRaftConfig::new(NodeId(1), "/nonexistent");
+        cfg.election_ticks = cfg.heartbeat_ticks;
+        assert_eq!(refused_field(cfg.validate()), "election_ticks");
     }
 }

@@ -781,6 +781,10 @@ impl Drop for PyRaftEngine {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(
+        crate::raft_convert::check_raft_timings,
+        m
+    )?)?;
     m.add_class::<PyRaftEngine>()?;
     Ok(())
 }

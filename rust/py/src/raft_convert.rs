@@ -1,10 +1,11 @@
 //! The engine's types as Python takes them (statuses, histograms, timeouts, state machine kinds,
-//! replies that settle asyncio futures): translation only.
+//! replies that settle asyncio futures, its timing rules for a config): translation only.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nodedb_kv::KV_STATE_MACHINE;
+use nodedb_multiraft::config::{check_timings, DEFAULT_DRIVER_STALL_MAX};
 use nodedb_multiraft::core::Reply;
 use nodedb_multiraft::error::RaftError;
 use nodedb_multiraft::{GroupStatus, Role, StateMachineKind};
@@ -12,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::bridge::{settle, LoopBridge, UnresolvedCall};
-use crate::errors::{cluster_error, raft_error};
+use crate::errors::{cluster_error, engine_error, raft_error};
 use crate::host_state_machine::HOST_STATE_MACHINE;
 
 /// Upper bound for every timeout a caller passes (a day): a typo cannot park a future forever.
@@ -137,4 +138,20 @@ pub(crate) fn kind_of(py: Python<'_>, kind: &str) -> PyResult<StateMachineKind> 
             ("kind", format!("{other:?} is not \"kv\" or \"python\"")),
         )),
     }
+}
+
+/// The engine's timing rules for a config file's values (`ClusterConfig.validate`): a
+/// `ConfigError` naming the engine's field, for the config to name its own key.
+#[pyfunction]
+#[pyo3(signature = (tick_interval_ms, heartbeat_ticks, election_ticks, driver_stall_max_ms = None))]
+pub fn check_raft_timings(
+    py: Python<'_>,
+    tick_interval_ms: u64,
+    heartbeat_ticks: usize,
+    election_ticks: usize,
+    driver_stall_max_ms: Option<u64>,
+) -> PyResult<()> {
+    let stall = driver_stall_max_ms.map_or(DEFAULT_DRIVER_STALL_MAX, Duration::from_millis);
+    let tick = Duration::from_millis(tick_interval_ms);
+    check_timings(tick, heartbeat_ticks, election_ticks, stall).map_err(|e| engine_error(py, e))
 }

@@ -13,7 +13,7 @@ use nodedb_wire::{MessageKind, Role};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::credentials::{read_cert_der, Credentials};
+use crate::credentials::{read_cert_der, Credentials, SpkiPin};
 use crate::error::TransportError;
 
 const SCHEME: &str = "spiffe://";
@@ -233,6 +233,40 @@ pub fn authorize(peer: &PeerIdentity, kind: MessageKind) -> Result<(), Refusal> 
     }
 }
 
+/// A member-only kind ([`nodedb_wire::Roles::MEMBER`]) from a node certificate: is its node
+/// a member this node knows, presenting the key the topology pinned for it? `registered` is
+/// the transport's peer table (`Some(pin)` for a registered node, its pinned key if known).
+/// Only the verified certificate and the connection's key are read, never the payload.
+pub fn authorize_member(
+    peer: &PeerIdentity,
+    peer_pin: Option<SpkiPin>,
+    kind: MessageKind,
+    registered: impl FnOnce(u64) -> Option<Option<SpkiPin>>,
+) -> Result<(), Refusal> {
+    let PeerIdentity::Verified(id) = peer else {
+        return Ok(()); // insecure: nothing to check; unidentified: refused by `authorize`
+    };
+    let Some(node) = id.node_id.filter(|_| kind.senders().members_only()) else {
+        return Ok(());
+    };
+    match registered(node) {
+        None => Err(Refusal {
+            reason: "unknown_sender",
+            message: format!(
+                "{kind} refused for {id}: node {node} is not a member this node knows"
+            ),
+        }),
+        Some(Some(pin)) if peer_pin != Some(pin) => Err(Refusal {
+            reason: "unknown_sender",
+            message: format!(
+                "{kind} refused for {id}: node {node} presented another key than the one the \
+                 topology pinned for it"
+            ),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +386,51 @@ mod tests {
             "no_identity"
         );
         assert!(authorize(&PeerIdentity::Unauthenticated, MessageKind::RAFT_BATCH).is_ok());
+    }
+
+    #[test]
+    fn member_kinds_need_a_registered_node_with_its_pinned_key() {
+        let peer = |uri: &str| PeerIdentity::Verified(Identity::parse(uri).unwrap());
+        let node5 = peer("spiffe://c/node/5");
+        let pinned = SpkiPin([1; 32]);
+        let other = SpkiPin([2; 32]);
+        let members = |node: u64| match node {
+            5 => Some(Some(pinned)),
+            6 => Some(None), // registered with no pin (an insecure peer then): nothing to compare
+            _ => None,
+        };
+        for kind in [
+            MessageKind::METADATA_PROPOSE,
+            MessageKind::RAFT_BATCH,
+            MessageKind::SNAPSHOT_CHUNK,
+            MessageKind::VSHARD_STEP,
+            MessageKind::HOST_PROPOSE,
+            MessageKind::PEER_ADDRESS,
+        ] {
+            assert!(authorize_member(&node5, Some(pinned), kind, members).is_ok());
+            let wrong_key = authorize_member(&node5, Some(other), kind, members).unwrap_err();
+            assert_eq!(wrong_key.reason, "unknown_sender");
+            assert!(
+                wrong_key.message.contains("another key"),
+                "{}",
+                wrong_key.message
+            );
+            let stranger = peer("spiffe://c/node/7");
+            let refused = authorize_member(&stranger, Some(pinned), kind, members).unwrap_err();
+            assert_eq!(refused.reason, "unknown_sender");
+            assert!(
+                refused.message.contains("node 7 is not a member"),
+                "{}",
+                refused.message
+            );
+            assert!(authorize_member(&peer("spiffe://c/node/6"), None, kind, members).is_ok());
+        }
+        // A joiner is no member yet; an insecure transport has no identities to check.
+        let stranger = peer("spiffe://c/node/7");
+        assert!(authorize_member(&stranger, None, MessageKind::JOIN_REQUEST, members).is_ok());
+        let insecure = PeerIdentity::Unauthenticated;
+        assert!(authorize_member(&insecure, None, MessageKind::RAFT_BATCH, |_| None).is_ok());
+        let admin = peer("spiffe://c/admin/ops");
+        assert!(authorize_member(&admin, None, MessageKind::KV_REQUEST, |_| None).is_ok());
     }
 }

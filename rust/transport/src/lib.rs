@@ -30,7 +30,7 @@ pub use handler::{
     handler_fn, FrameHandler, HandlerError, HandlerFuture, HandlerRegistry, HandlerResult,
     InboundFrame, OutboundFrame, PeerInfo,
 };
-pub use identity::{authorize, Identity, PeerIdentity, Refusal};
+pub use identity::{authorize, authorize_member, Identity, PeerIdentity, Refusal};
 pub use issue::generate_cluster_credentials;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use nodedb_wire::{MessageKind, NodeId, Role, Roles};

@@ -37,6 +37,8 @@ pub const REASONS: &[&str] = &[
     "join_token_expired",
     "join_token_wrong_node",
     "join_no_secret",
+    "join_key_mismatch",
+    "join_retired",
 ];
 
 /// `name` as the static label in [`REASONS`].

@@ -21,7 +21,7 @@ use crate::error::TransportError;
 use crate::handler::{
     FrameHandler, HandlerError, HandlerRegistry, InboundFrame, OutboundFrame, PeerInfo,
 };
-use crate::identity::{authorize, own_identity, Identity, PeerIdentity, Refusal};
+use crate::identity::{authorize, authorize_member, own_identity, Identity, PeerIdentity, Refusal};
 use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
 use crate::pace::RpcPace;
 use crate::refusals::RefusalLog;
@@ -505,12 +505,7 @@ impl Transport {
     /// Whether `node_id` is a registered peer, and the SPKI pin registered for it (`None`
     /// outside: not a peer this node knows; `Some(None)`: known, no pin expected).
     pub fn registered_pin(&self, node_id: NodeId) -> Option<Option<SpkiPin>> {
-        self.inner
-            .peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&node_id)
-            .map(|p| p.expected_pin)
+        self.inner.registered_pin(node_id)
     }
 
     /// Handlers for specific kinds (Rust-side, e.g. Raft 16–31).

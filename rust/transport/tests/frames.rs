@@ -102,6 +102,8 @@ async fn oneway_frames_reach_the_kind_handler() {
         }),
     );
     client.register_peer(NodeId(1), server.local_addr(), None);
+    // Raft frames are members only: the server knows the client as a member.
+    server.register_peer(NodeId(2), client.local_addr(), None);
     for i in 0..10u8 {
         client
             .send_oneway(NodeId(1), MessageKind::RAFT_BATCH, Bytes::from(vec![i]))

@@ -350,7 +350,27 @@ async fn a_role_may_send_only_what_the_kind_table_allows_and_handlers_see_the_id
         matches!(answer, TransportError::PermissionDenied { .. }),
         "{answer}"
     );
-    // A node may; its handler sees the certificate's node id.
+    // A node certificate the server does not know as a member may not (members only), nor
+    // one whose key is not the one registered for it.
+    let stranger = node2
+        .send_rpc(NodeId(1), MessageKind::METADATA_PROPOSE, Bytes::new())
+        .await
+        .unwrap_err();
+    match &stranger {
+        TransportError::PermissionDenied { message } => {
+            assert!(message.contains("node 2 is not a member"), "{message}")
+        }
+        other => panic!("expected PermissionDenied, got {other}"),
+    }
+    server.register_peer(NodeId(2), node2.local_addr(), server.spki_pin());
+    let rekeyed = node2
+        .send_rpc(NodeId(1), MessageKind::METADATA_PROPOSE, Bytes::new())
+        .await
+        .unwrap_err();
+    assert!(rekeyed.to_string().contains("another key"), "{rekeyed}");
+    assert!(seen.lock().unwrap().is_empty(), "no handler ran");
+    // A member with its pinned key may; its handler sees the certificate's node id.
+    server.register_peer(NodeId(2), node2.local_addr(), node2.spki_pin());
     node2
         .send_rpc(NodeId(1), MessageKind::METADATA_PROPOSE, Bytes::new())
         .await
@@ -362,12 +382,14 @@ async fn a_role_may_send_only_what_the_kind_table_allows_and_handlers_see_the_id
         "{counts:?}"
     );
     assert!(
+        counts.contains(&(MessageKind::METADATA_PROPOSE, "unknown_sender", 2)),
+        "{counts:?}"
+    );
+    assert!(
         counts.contains(&(MessageKind::PONG, "role", 1)),
         "{counts:?}"
     );
-    let lines = server.refusals().take_lines();
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert_eq!(server.metrics()["requests_refused"], 2);
+    assert_eq!(server.metrics()["requests_refused"], 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

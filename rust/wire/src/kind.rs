@@ -61,6 +61,9 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// Not a role: the [`Roles::MEMBER`] refinement of the node role.
+const MEMBER_BIT: u8 = 8;
+
 /// A set of roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Roles(u8);
@@ -69,12 +72,22 @@ impl Roles {
     /// Answers and errors: never a request, so nobody may send them to a node.
     pub const NONE: Roles = Roles(0);
     pub const NODE: Roles = Roles(Role::Node.bit());
+    /// A node this node knows as a member (registered from the topology) presenting the key the
+    /// topology pinned for it: what a kind that takes part in the cluster's state needs. Any
+    /// node certificate the CA issued is not enough (a never-admitted or retired node's, or a
+    /// re-issued one with another key); the transport checks registration and key.
+    pub const MEMBER: Roles = Roles(Role::Node.bit() | MEMBER_BIT);
     pub const NODE_ADMIN: Roles = Roles(Role::Node.bit() | Role::Admin.bit());
     pub const ADMIN: Roles = Roles(Role::Admin.bit());
     pub const ANY: Roles = Roles(Role::Node.bit() | Role::Admin.bit() | Role::Client.bit());
 
     pub const fn contains(self, role: Role) -> bool {
         self.0 & role.bit() != 0
+    }
+
+    /// Only members may send it ([`Roles::MEMBER`]).
+    pub const fn members_only(self) -> bool {
+        self.0 & MEMBER_BIT != 0
     }
 
     /// Names of the roles in the set, for refusal texts.
@@ -127,7 +140,7 @@ kinds! {
     ERROR = 5, "Error", Active, NONE;
     STATUS_REQUEST = 6, "StatusRequest", Active, ANY;
     STATUS_RESPONSE = 7, "StatusResponse", Active, NONE;
-    METADATA_PROPOSE = 8, "MetadataPropose", Active, NODE;
+    METADATA_PROPOSE = 8, "MetadataPropose", Active, MEMBER;
     METADATA_PROPOSE_RESPONSE = 9, "MetadataProposeResponse", Active, NONE;
     JOIN_TOKEN_REQUEST = 10, "JoinTokenRequest", Active, ADMIN;
     JOIN_TOKEN_RESPONSE = 11, "JoinTokenResponse", Active, NONE;
@@ -137,9 +150,9 @@ kinds! {
     PLACEMENT_REQUEST = 14, "PlacementRequest", Active, ADMIN;
     PLACEMENT_RESPONSE = 15, "PlacementResponse", Active, NONE;
     // 16–31: Raft traffic, handled inside Rust.
-    RAFT_BATCH = 16, "RaftBatch", Active, NODE;
-    SNAPSHOT_CHUNK = 17, "SnapshotChunk", Active, NODE;
-    SNAPSHOT_ACK = 18, "SnapshotAck", Active, NODE;
+    RAFT_BATCH = 16, "RaftBatch", Active, MEMBER;
+    SNAPSHOT_CHUNK = 17, "SnapshotChunk", Active, MEMBER;
+    SNAPSHOT_ACK = 18, "SnapshotAck", Active, MEMBER;
     // 32–63: KV forwarding and client requests.
     KV_REQUEST = 32, "KvRequest", Active, ANY;
     KV_RESPONSE = 33, "KvResponse", Active, NONE;
@@ -149,17 +162,17 @@ kinds! {
     BENCH_LOAD_RESPONSE = 35, "BenchLoadResponse", Active, NONE;
     // A command for a data group that runs the embedding host's state machine, forwarded to
     // its leader (host.rs): nodes only, since the host's state machine trusts its log.
-    HOST_PROPOSE = 36, "HostPropose", Active, NODE;
+    HOST_PROPOSE = 36, "HostPropose", Active, MEMBER;
     HOST_PROPOSE_RESPONSE = 37, "HostProposeResponse", Active, NONE;
     // A vShard move's step (placement commands of the KV state machine) for a data group,
     // sent by the mover to that group's leader: nodes only, since the commands freeze, import
     // and delete a vShard's keys.
-    VSHARD_STEP = 38, "VShardStep", Active, NODE;
+    VSHARD_STEP = 38, "VShardStep", Active, MEMBER;
     VSHARD_STEP_RESPONSE = 39, "VShardStepResponse", Active, NONE;
     // One-way, answered inside the transport: a node restarted at another address tells a
     // peer where it listens now (the payload, "ip:port", must be the address its connection
     // comes from), before the cluster's topology records it. Nodes only.
-    PEER_ADDRESS = 40, "PeerAddress", Active, NODE;
+    PEER_ADDRESS = 40, "PeerAddress", Active, MEMBER;
 }
 
 /// Which side answers a kind by default (docs/ARCHITECTURE.md).
@@ -263,6 +276,7 @@ mod tests {
             MessageKind::SNAPSHOT_ACK,
             MessageKind::METADATA_PROPOSE,
             MessageKind::JOIN_REQUEST,
+            MessageKind::HOST_PROPOSE,
             MessageKind::VSHARD_STEP,
             MessageKind::PEER_ADDRESS,
         ] {
@@ -270,6 +284,17 @@ mod tests {
                 may(kind, Node) && !may(kind, Admin) && !may(kind, Client),
                 "{kind}"
             );
+            // Every kind of a node's but the join itself changes the cluster's state: members
+            // only.
+            assert_eq!(
+                kind.senders().members_only(),
+                kind != MessageKind::JOIN_REQUEST,
+                "{kind}"
+            );
+        }
+        for row in KINDS {
+            let members_only = row.senders.members_only();
+            assert!(!members_only || row.senders.contains(Node), "{}", row.name);
         }
         for kind in [
             MessageKind::JOIN_TOKEN_REQUEST,

@@ -13,6 +13,15 @@ enum Inbound {
 }
 
 impl Inner {
+    /// See [`Transport::registered_pin`].
+    pub(super) fn registered_pin(&self, node_id: NodeId) -> Option<Option<SpkiPin>> {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node_id)
+            .map(|p| p.expected_pin)
+    }
+
     /// A slot for a connection of a client or unidentified certificate (among
     /// `client_connections_max`) or of an admin one (among `admin_connections_max`); `Ok(None)`
     /// for a node or an insecure peer (not counted); `Err` with the cap's name when all of
@@ -91,7 +100,11 @@ impl Inner {
         let outcome = match tokio::time::timeout(self.config.rpc_timeout, read_header(recv)).await {
             Err(late) => Err(late),
             Ok(Err(err)) => Ok(Err(err)),
-            Ok(Ok(header)) => match authorize(&peer.identity, header.kind) {
+            Ok(Ok(header)) => match authorize(&peer.identity, header.kind).and_then(|()| {
+                authorize_member(&peer.identity, peer.spki_pin, header.kind, |node| {
+                    self.registered_pin(NodeId(node))
+                })
+            }) {
                 Err(refusal) => Ok(Ok(Ok(Inbound::Refused(header.kind, refusal)))),
                 Ok(()) => {
                     let by = started
