@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -99,13 +100,20 @@ async def run_node(config: ClusterConfig) -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     serving = asyncio.ensure_future(serve(node, replicas, reader, say))
     failed = asyncio.ensure_future(node.failed.wait())
+    # SIGTERM (kill, systemd, docker stop) and Ctrl-C end the host through node.shutdown():
+    # without a handler, the default action ends the process with none of it run.
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.ensure_future(stop.wait())
     try:
         # A node that can no longer serve (its disk, or a state machine that raised) has
         # stopped itself; the host process exits with its reason rather than linger.
-        await asyncio.wait((serving, failed), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((serving, failed, stopped), return_when=asyncio.FIRST_COMPLETED)
     finally:
         serving.cancel()
         failed.cancel()
+        stopped.cancel()
         if metrics is not None:
             metrics.close()
         await node.shutdown()

@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+import nodedb_cluster_core as _core
+
 from nodedb_cluster.errors import (
+    ClusterError,
     EngineStopped,
     InvalidRequest,
     NotEmbedded,
@@ -48,9 +53,16 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_S_DEFAULT: Final = 5.0
 """A call's deadline unless given (docs/WIRE.md's RPC bound)."""
+TIMEOUT_S_MAX: Final = 86_400.0
+"""A call's deadline, at most (a day: the engine's and node.kv's bound)."""
+COMMAND_BYTES_MAX: Final = _core.PAYLOAD_BYTES_MAX - (1 << 20) - 9
+"""The largest command: one log entry holds at most a frame less 1 MiB
+(rust/multiraft/src/codec.rs, ENTRY_BYTES_MAX), 9 bytes of it the entry's own header."""
 NO_LEADER_WAIT_S: Final = 0.05
 """How long a proposer with no leader to try waits for one to be elected before trying again."""
 
+BytesLike = bytes | bytearray | memoryview
+"""A command or key: taken as its bytes."""
 LeaderCallback = Callable[[int, int | None, int], None]
 """(group, leader node id or None, term), called on the event loop."""
 
@@ -77,9 +89,12 @@ class Location:
 
 
 def locate(
-    routing: RoutingTable, key: bytes | None, group: int | None, leader: int | None
+    routing: RoutingTable, key: BytesLike | None, group: int | None, leader: int | None
 ) -> Location:
-    """The location of `key` (or of `group`); `leader` overrides the table's hint when known."""
+    """The location of `key` (or of `group`); `leader` overrides the table's hint when known.
+    `InvalidRequest` for arguments of the wrong type, `UnknownGroup` for a group not in the
+    table."""
+    key, group = _checked_key(key), _checked_group(group)
     if (key is None) == (group is None):
         raise InvalidRequest("give exactly one of key= or group=")
     vshard = None
@@ -115,23 +130,22 @@ class DataGroups:
         self._transport = transport
         self._routing = routing
         self._host = host
-        self._callbacks: list[LeaderCallback] = []
+        self._subscribers: list[_Subscriber] = []
         self._watcher: asyncio.Task[None] | None = None
         self._proposals = ProposalQueue(node_id, engine, transport)
 
     # --- the host's API -----------------------------------------------------------------------
 
-    def locate(self, key: bytes | None = None, *, group: int | None = None) -> Location:
-        routing = self._routing()
-        g = group if key is None else routing.group_for_vshard(vshard_for_key(key))
-        leader = self._engine.leader(g) if g is not None else None
-        return locate(routing, key, group, leader)
+    def locate(self, key: BytesLike | None = None, *, group: int | None = None) -> Location:
+        where = locate(self._routing(), key, group, None)  # the arguments checked first
+        leader = self._engine.leader(where.group)
+        return where if leader is None else dataclasses.replace(where, leader=leader)
 
     async def propose(
         self,
-        command: bytes,
+        command: BytesLike,
         *,
-        key: bytes | None = None,
+        key: BytesLike | None = None,
         group: int | None = None,
         timeout_s: float | None = None,
         idempotent: bool = False,
@@ -139,17 +153,22 @@ class DataGroups:
         """Replicate `command` in the group of `key` (or `group`); the result its apply gave.
 
         `idempotent=True` lets a command whose outcome became unknown be sent again within
-        the deadline (applying it twice must then be harmless)."""
+        the deadline (applying it twice must then be harmless).
+
+        Arguments are checked here, the same on the leader and on a follower, before anything
+        is queued: a bad one raises `InvalidRequest` naming it (`UnknownGroup` for a group not
+        in the routing table) to this caller alone."""
         self._require_host()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _positive(timeout_s)
+        command, timeout = _checked_command(command), _checked_timeout(timeout_s)
         where = self.locate(key, group=group)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         hint = where.leader
         tried: set[int] = set()
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise Timeout("propose", int(_positive(timeout_s) * 1000))
+                raise Timeout("propose", int(timeout * 1000))
             target = hint if hint is not None and hint not in tried else None
             if target is None:
                 target = next((v for v in where.voters if v not in tried), None)
@@ -175,7 +194,7 @@ class DataGroups:
     async def read_index(
         self,
         *,
-        key: bytes | None = None,
+        key: BytesLike | None = None,
         group: int | None = None,
         timeout_s: float | None = None,
     ) -> int:
@@ -183,28 +202,33 @@ class DataGroups:
         index as of the call: a read of the local state after it is linearizable. Returns the
         index."""
         self._require_host()
+        timeout = _checked_timeout(timeout_s)
         where = self.locate(key, group=group)
         if self._node_id not in where.voters and self._node_id not in where.learners:
             raise InvalidRequest(
                 f"node {self._node_id} holds no replica of group {where.group}: "
                 f"read on one of {list(where.voters)}"
             )
-        return await self._engine.read_index(where.group, int(_positive(timeout_s) * 1000))
+        return await self._engine.read_index(where.group, max(1, int(timeout * 1000)))
 
     def on_leader_change(self, callback: LeaderCallback) -> Callable[[], None]:
         """Call `callback(group, leader, term)` on every data-group leader change seen here;
-        returns the function that stops it."""
-        self._callbacks.append(callback)
-        loop = asyncio.get_running_loop()
-        for g, leader, term in self._engine.leaders()[1]:
-            if g != METADATA_GROUP_ID:  # the current leaders first, then every change
-                loop.call_soon(callback, g, leader, term)
+        returns the function that stops it.
+
+        Every group's current leader is reported first (soon, on the loop), then each change.
+        Each report compares the engine's leaders of that moment with what this callback was
+        last told, so a change that lands at any point after registering (the host busy in
+        synchronous code, a change before the watcher first looks) is still reported: the
+        last call per group always names the leader this node knows."""
+        subscriber = _Subscriber(callback)
+        self._subscribers.append(subscriber)
+        asyncio.get_running_loop().call_soon(self._report, subscriber)
         if self._watcher is None:
             self._watcher = asyncio.ensure_future(self._watch_leaders())
 
         def stop() -> None:
             with contextlib.suppress(ValueError):
-                self._callbacks.remove(callback)
+                self._subscribers.remove(subscriber)
 
         return stop
 
@@ -246,23 +270,83 @@ class DataGroups:
         await self._engine.wait_leaders_changed(epoch, max(1, int(timeout_s * 1000)))
 
     async def _watch_leaders(self) -> None:
-        epoch, known = self._engine.leaders()
-        seen: LeaderView = {g: (leader, term) for g, leader, term in known}
-        while True:
-            epoch = await self._engine.wait_leaders_changed(epoch, 60_000)
-            epoch, now = self._engine.leaders()
-            for g, leader, term, _ in changed_leaders(seen, now):
-                if g == METADATA_GROUP_ID:
-                    continue
-                for callback in list(self._callbacks):
-                    try:
-                        callback(g, leader, term)
-                    except Exception:
-                        log.exception("leader-change callback failed for group %d", g)
+        """Wakes on every change of the engine's leader epoch and reports it to each callback
+        (relative to what that callback was told), until closed or the engine stops."""
+        stopped = asyncio.ensure_future(self._engine.wait_stopped())
+        try:  # the epoch before the look: a change during the reports wakes the next wait
+            while not stopped.done():
+                epoch, _ = self._engine.leaders()
+                for subscriber in list(self._subscribers):
+                    self._report(subscriber)
+                await self._engine.wait_leaders_changed(epoch, 60_000)
+        except ClusterError:
+            return  # the engine stopped: no more changes
+        finally:
+            stopped.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await stopped
+
+    def _report(self, subscriber: _Subscriber) -> None:
+        """Tell `subscriber` every data group whose leader differs from what it was last told
+        (every group, the first time): from one look at the engine's leaders."""
+        if subscriber not in self._subscribers:
+            return  # stopped meanwhile
+        try:
+            _, now = self._engine.leaders()
+        except ClusterError:
+            return
+        for g, leader, term, _ in changed_leaders(subscriber.told, now):
+            if g == METADATA_GROUP_ID:
+                continue
+            try:
+                subscriber.callback(g, leader, term)
+            except Exception:
+                log.exception("leader-change callback failed for group %d", g)
 
 
-def _positive(timeout_s: float | None) -> float:
-    t = TIMEOUT_S_DEFAULT if timeout_s is None else timeout_s
-    if t <= 0:
-        raise InvalidRequest(f"timeout must be positive, got {t}")
+@dataclass(eq=False, slots=True)
+class _Subscriber:
+    """One `on_leader_change` callback and what it was last told, per group."""
+
+    callback: LeaderCallback
+    told: LeaderView = dataclasses.field(default_factory=dict)
+
+
+def _checked_key(key: object) -> bytes | None:
+    if key is None or isinstance(key, bytes):
+        return key
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise InvalidRequest(f"key must be bytes, got {type(key).__name__}")
+
+
+def _checked_group(group: object) -> int | None:
+    if group is None:
+        return None
+    if isinstance(group, bool) or not isinstance(group, int):
+        raise InvalidRequest(f"group must be an int, got {type(group).__name__}")
+    return group
+
+
+def _checked_command(command: object) -> bytes:
+    if isinstance(command, (bytearray, memoryview)):
+        command = bytes(command)
+    if not isinstance(command, bytes):
+        raise InvalidRequest(f"command must be bytes, got {type(command).__name__}")
+    if len(command) > COMMAND_BYTES_MAX:
+        raise InvalidRequest(
+            f"command of {len(command)} bytes; a command holds at most {COMMAND_BYTES_MAX}"
+        )
+    return command
+
+
+def _checked_timeout(timeout_s: object) -> float:
+    """`timeout_s` (None: the default) in seconds: a finite number in (0, TIMEOUT_S_MAX]."""
+    if timeout_s is None:
+        return TIMEOUT_S_DEFAULT
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+        raise InvalidRequest(f"timeout_s must be a number of seconds, got {timeout_s!r}")
+    t = float(timeout_s)
+    if not (math.isfinite(t) and 0 < t <= TIMEOUT_S_MAX):
+        raise InvalidRequest(f"timeout_s must be in (0, {TIMEOUT_S_MAX:g}] seconds, got {t!r}")
     return t

@@ -15,7 +15,9 @@ then sent one by one (version 1) to it, and a batch is tried again after
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import functools
+import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,6 +46,14 @@ HOST_VERSION: Final = _core.HOST_VERSION
 """The newest HOST_PROPOSE version this build speaks (rust/wire/src/host.rs): a batch."""
 HOST_ITEMS_MAX: Final = _core.HOST_ITEMS_MAX
 """The most commands one HOST_PROPOSE carries; more go in several."""
+BATCH_BYTES_MAX: Final = _core.PAYLOAD_BYTES_MAX - 4096
+"""The most bytes of commands (each counted with `ITEM_OVERHEAD_BYTES`) one HOST_PROPOSE
+carries: its frame's limit less room for the envelope; more go in several (a command alone
+always fits, embedding.COMMAND_BYTES_MAX)."""
+ITEM_OVERHEAD_BYTES: Final = 64
+"""A command's encoding around its bytes in a batch (group, keys, lengths), rounded up."""
+TIMEOUT_MS_MAX: Final = 86_400_000
+"""The engine's longest proposal deadline (rust/py/src/raft_convert.rs)."""
 BATCH_RETRY_AFTER_S: Final = 60.0
 """How long commands for a leader that refused a batch go one by one before a batch is tried
 again (a rolling upgrade replaces that leader's build meanwhile)."""
@@ -52,6 +62,8 @@ NOT_SENT: Final = (UnknownPeer, HandshakeError)
 """Failures that prove the request never reached the peer: safe to try another node."""
 _MAYBE_SENT: Final = (Unreachable, TransportClosed, Timeout)
 """Failures after which the peer may have proposed the commands."""
+
+log = logging.getLogger(__name__)
 
 
 def encode_propose(group: int, command: bytes, timeout_ms: int) -> bytes:
@@ -167,14 +179,14 @@ class ProposalQueue:
             if not items:
                 continue
             if target != self._node_id:
-                for at in range(0, len(items), HOST_ITEMS_MAX):
-                    self._send(target, items[at : at + HOST_ITEMS_MAX])
+                for chunk in _chunks(items):
+                    _guarded(chunk, functools.partial(self._send, target, chunk))
                 continue
             by_group: dict[int, list[_Queued]] = {}
             for item in items:
                 by_group.setdefault(item.group, []).append(item)
             for group, those in by_group.items():
-                self._propose_here(group, those)
+                _guarded(those, functools.partial(self._propose_here, group, those))
 
     def _propose_here(self, group: int, items: list[_Queued]) -> None:
         commands = [i.command for i in items]
@@ -293,9 +305,37 @@ class _Unanswered(ClusterError):
 
 
 def _timeout_ms(items: list[_Queued]) -> int:
-    """The latest deadline among `items`: each caller still stops waiting at its own."""
+    """The latest deadline among `items` (within the engine's bound, so no item's deadline
+    can make the call refused): each caller still stops waiting at its own."""
     remaining = max(i.deadline for i in items) - asyncio.get_running_loop().time()
-    return max(1, int(remaining * 1000))
+    return min(TIMEOUT_MS_MAX, max(1, int(remaining * 1000)))
+
+
+def _chunks(items: list[_Queued]) -> list[list[_Queued]]:
+    """`items` in order, cut so no HOST_PROPOSE carries more than `HOST_ITEMS_MAX` commands or
+    `BATCH_BYTES_MAX` bytes of them (a frame over the limit would fail all of its commands)."""
+    chunks: list[list[_Queued]] = [[]]
+    size = 0
+    for item in items:
+        cost = len(item.command) + ITEM_OVERHEAD_BYTES
+        if chunks[-1] and (len(chunks[-1]) >= HOST_ITEMS_MAX or size + cost > BATCH_BYTES_MAX):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += cost
+    return chunks
+
+
+def _guarded(items: list[_Queued], begin: Callable[[], None]) -> None:
+    """`begin()`, whose failure fails `items` alone: the other groups and leaders of the
+    same turn are still sent (an argument that reached here unchecked is a bug, not theirs)."""
+    try:
+        begin()
+    except Exception as e:
+        log.exception("host proposals for %d command(s) could not be sent", len(items))
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(e)
 
 
 def _settle(item: _Queued, result: bytes) -> None:

@@ -13,6 +13,7 @@ from typing import cast
 
 import msgpack
 import pytest
+from nodedb_cluster_core import PAYLOAD_BYTES_MAX
 
 from nodedb_cluster import host_proposals
 from nodedb_cluster.errors import InvalidRequest, RaftNotLeader
@@ -122,4 +123,18 @@ async def test_more_commands_than_a_batch_carries_go_in_several(
     commands = [b"c%d" % i for i in range(7)]
     assert await _propose_all(queue, commands) == [c[::-1] for c in commands]
     assert sorted(leader.requests) == [(2, 1), (2, 3), (2, 3)]
+    await queue.close()
+
+
+async def test_commands_over_one_frame_go_in_several(pair: tuple[Transport, Transport]) -> None:
+    """Found by an embedding probe: a turn's commands for one leader went in one request
+    whatever their size, and a request over the frame limit failed every one of them."""
+    proposer, transport = pair
+    leader = Leader(batches=True)
+    transport.serve(leader)
+    queue = _queue(proposer)
+    big = PAYLOAD_BYTES_MAX // 2 + 1  # two of them do not fit one frame; each alone does
+    commands = [b"a" * big, b"b" * big, b"c"]
+    assert await _propose_all(queue, commands) == [c[::-1] for c in commands]
+    assert sorted(leader.requests) == [(2, 1), (2, 2)]
     await queue.close()

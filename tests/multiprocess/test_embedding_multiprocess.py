@@ -4,8 +4,8 @@ any node (followers forward one hop), linearizable reads on followers, locate, l
 callbacks across a leader kill, node.kv refused on host groups, HOST_PROPOSE refused from a
 client certificate, concurrent proposals travelling to the leader together, a batch answered
 per command, a killed node restarting onto the same counters, and a node whose host state
-machine raised (or hung) stopping, and a host whose empty state snapshots to no byte
-(tests/support/failing_counters.py)."""
+machine raised (or hung) stopping, a host whose empty state snapshots to no byte
+(tests/support/failing_counters.py), and SIGTERM ending a host through `node.shutdown()`."""
 
 from __future__ import annotations
 
@@ -327,3 +327,12 @@ async def test_a_host_state_machine_that_hangs_stops_its_node_and_the_others_go_
         assert await nodes[victim].request({"op": "get", "key": "k"}) == {"ok": True, "value": 12}
     finally:
         await c.close()
+
+
+async def test_sigterm_ends_the_host_through_node_shutdown(cluster: LocalCluster) -> None:
+    """Found by an embedding probe: the example host had no SIGTERM handler, so `kill -TERM`
+    (systemd, docker stop) ended it with no `node.shutdown()` (exit status -15)."""
+    assert (await cluster.nodes[1].request({"op": "incr", "key": "t", "by": 1}))["ok"]
+    assert await cluster.nodes[3].stop() == 0  # SIGTERM; the host returned from run_node
+    doc = await cluster.nodes[1].request({"op": "incr", "key": "t", "by": 1})
+    assert doc == {"ok": True, "value": 2}, doc

@@ -154,3 +154,16 @@ def test_locate_refuses_both_neither_group_0_and_unknown_groups() -> None:
         locate(table, None, 0, None)
     with pytest.raises(UnknownGroup):
         locate(table, None, 99, None)
+
+
+def test_locate_refuses_arguments_of_the_wrong_type_naming_them() -> None:
+    table = _table()
+    with pytest.raises(InvalidRequest, match="key must be bytes, got str"):
+        locate(table, "k", None, None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="group must be an int, got bool"):
+        locate(table, None, True, None)  # group 1 by equality: refused, not taken as 1
+    with pytest.raises(InvalidRequest, match="group must be an int, got float"):
+        locate(table, None, 1.0, None)  # type: ignore[arg-type]
+    with pytest.raises(UnknownGroup):
+        locate(table, None, -1, None)
+    assert locate(table, bytearray(b"k"), None, None) == locate(table, b"k", None, None)
