@@ -135,6 +135,9 @@ pub struct MultiRaftCore {
     discarded: Vec<LostTail>,
     /// Groups a leader's heartbeat showed to have lost acknowledged entries (fatal).
     lost_at_runtime: Vec<LostTail>,
+    /// A fatal error met outside a round (a received snapshot its state machine cannot decode,
+    /// decoded on this thread): the next round returns it.
+    fatal: Option<EngineError>,
     /// NO_SPACE state and a round stalled on a full disk (`core/disk_full.rs`).
     disk: DiskState,
     /// The lease views of the groups this node leads, for readers on other threads.
@@ -202,6 +205,7 @@ impl MultiRaftCore {
             deferred_reports: Vec::new(),
             discarded: lost,
             lost_at_runtime: Vec::new(),
+            fatal: None,
             disk: DiskState::default(),
             lease_board: Arc::default(),
             cfg,
@@ -378,7 +382,11 @@ impl MultiRaftCore {
         issue_reads(g, now);
     }
 
-    /// Fails every pending request of every group (shutdown).
+    /// Fails every pending request of every group (shutdown, or a fatal error). A proposal or
+    /// membership change raft already took may still commit under the next leader (its entry
+    /// can be on the followers' logs): `LeadershipLost`, outcome unknown, as at a step-down;
+    /// answering it `Stopped` told a host it failed, and a host retrying then applied it twice
+    /// (embedding probe, session 30). Reads have no effect: `Stopped` with the reason.
     pub fn fail_all_pending(&mut self, reason: &str) {
         let e = RaftError::Stopped {
             reason: reason.to_string(),
@@ -409,6 +417,9 @@ impl MultiRaftCore {
     pub fn round(&mut self) -> Result<usize, EngineError> {
         if !self.lost_at_runtime.is_empty() {
             return Err(self.stop_for_lost_tail());
+        }
+        if let Some(fatal) = self.fatal.take() {
+            return Err(fatal);
         }
         if self.disk.stalled() {
             return self.retry_stalled_round();

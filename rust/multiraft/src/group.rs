@@ -93,6 +93,9 @@ pub(crate) struct Group {
     pub(crate) started_empty: bool,
     /// A snapshot of this group is being written on the snapshot thread (at most one).
     pub(crate) building: bool,
+    /// The state machine failed to give its state for a snapshot: the next try waits until
+    /// the group has applied up to this index (another threshold's worth of entries).
+    pub(crate) snapshot_retry_index: u64,
     /// A received snapshot is being sealed and decoded on the snapshot thread (at most one;
     /// chunks of another transfer are dropped meanwhile). raft has not seen its MsgSnapshot
     /// yet: until the state is decoded the group acks and votes on its own log only.
@@ -137,11 +140,12 @@ pub(crate) fn outgoing_snapshot(meta: SnapshotMetadata, desc: SnapshotDescriptor
 }
 
 pub(crate) fn fail_all(g: &mut Group, e: &RaftError) {
+    let taken = lost(g.id, 0); // outcome unknown: see `Core::fail_all_pending`
     for p in g.proposals.drain(..) {
-        p.reply.send(Err(e.clone()));
+        p.reply.send(Err(taken.clone()));
     }
     for p in g.confs.drain(..) {
-        p.reply.send(Err(e.clone()));
+        p.reply.send(Err(taken.clone()));
     }
     for r in g.reads.drain(..) {
         r.reply.send(Err(e.clone()));

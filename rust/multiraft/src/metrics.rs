@@ -33,6 +33,9 @@ pub struct Metrics {
     pub inbound_forged_sender: AtomicU64,
     pub inbound_unknown_group: AtomicU64,
     pub snapshots_taken: AtomicU64,
+    /// Snapshots the state machine could not give its state for (a host's `snapshot()` raised):
+    /// not fatal, the group's log grows until one succeeds.
+    pub snapshot_state_machine_errors: AtomicU64,
     pub snapshots_sent: AtomicU64,
     pub snapshot_send_failures: AtomicU64,
     /// Snapshot files found damaged while being sent (not sent; a new snapshot replaces them).
@@ -100,7 +103,7 @@ impl Metrics {
 
     /// Every counter by its exported name (what a host shows as metrics).
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let rows: [(&'static str, &AtomicU64); 35] = [
+        let rows: [(&'static str, &AtomicU64); 36] = [
             ("rounds", &self.rounds),
             ("read_index_requests", &self.read_index_requests),
             ("read_index_leased", &self.read_index_leased),
@@ -119,6 +122,10 @@ impl Metrics {
             ("inbound_forged_sender", &self.inbound_forged_sender),
             ("inbound_unknown_group", &self.inbound_unknown_group),
             ("snapshots_taken", &self.snapshots_taken),
+            (
+                "snapshot_state_machine_errors",
+                &self.snapshot_state_machine_errors,
+            ),
             ("snapshots_sent", &self.snapshots_sent),
             ("snapshot_send_failures", &self.snapshot_send_failures),
             ("snapshot_files_damaged", &self.snapshot_files_damaged),

@@ -11,7 +11,9 @@ use common::{factory, Journals, JOURNAL};
 use nodedb_multiraft::codec::SnapshotKey;
 use nodedb_multiraft::error::SmError;
 use nodedb_multiraft::log_sink::MemLogSink;
-use nodedb_multiraft::state_machine::{Command, SnapshotView, StateMachine, StateMachineKind};
+use nodedb_multiraft::state_machine::{
+    Command, SnapshotBytes, SnapshotView, StateMachine, StateMachineKind,
+};
 use nodedb_multiraft::{GroupId, Metrics, MultiRaftCore, NodeId, StateMachineFactory};
 
 type Cluster = SimCluster<MemLogSink, Journals>;
@@ -307,4 +309,122 @@ fn a_snapshot_file_damaged_at_rest_refuses_the_open_naming_it() {
         core.status(G).expect("status").snapshot_index,
         st.snapshot_index
     );
+}
+
+/// Where the journal's snapshot fails while `failing` is set: giving its view (a host's
+/// `snapshot()` raising), or writing it on the snapshot thread (its view's `encode()`).
+#[derive(Clone, Copy)]
+enum Fails {
+    View,
+    Write,
+}
+
+struct Failing {
+    inner: Box<dyn StateMachine>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    at: Fails,
+}
+
+struct FailingView(Vec<u8>);
+
+impl SnapshotView for FailingView {
+    fn write_to(self: Box<Self>, _out: &mut dyn std::io::Write) -> Result<(), SmError> {
+        Err(SmError::Other(format!(
+            "encode of {} bytes raised",
+            self.0.len()
+        )))
+    }
+}
+
+impl StateMachine for Failing {
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
+        self.inner.apply_batch(commands)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
+        self.inner.snapshot()
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
+        self.inner.restore(data)
+    }
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
+        let state = self.inner.snapshot()?;
+        if !self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Box::new(SnapshotBytes(state)));
+        }
+        match self.at {
+            Fails::View => Err(SmError::Other("snapshot() raised OSError(ENOSPC)".into())),
+            Fails::Write => Ok(Box::new(FailingView(state))),
+        }
+    }
+}
+
+/// Found by an embedding probe: every replica reaches the snapshot threshold at the same
+/// index, so a `snapshot()` that raised, fatal to the engine, stopped the whole cluster at
+/// once. Now the group goes on committing, the failure is counted, and a later snapshot is
+/// taken once the state machine gives its state again.
+#[test]
+fn a_state_machine_that_cannot_snapshot_stops_no_group() {
+    for at in [Fails::View, Fails::Write] {
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let threshold = 8;
+        let mut c = Cluster::founding_with(
+            3,
+            G,
+            JOURNAL,
+            |cfg| cfg.snapshot_threshold_entries = threshold,
+            |_| {
+                let journals = Journals::default();
+                let mut inner = factory(journals.clone());
+                let failing = Arc::clone(&failing);
+                let f: Box<dyn StateMachineFactory> = Box::new(
+                    move |g: GroupId,
+                          kind: StateMachineKind|
+                          -> Result<Box<dyn StateMachine>, SmError> {
+                        Ok(Box::new(Failing {
+                            inner: inner.create(g, kind)?,
+                            failing: Arc::clone(&failing),
+                            at,
+                        }))
+                    },
+                );
+                (journals, f)
+            },
+        );
+        let leader = c.elect(G);
+        let ids: Vec<NodeId> = c.nodes.keys().copied().collect();
+        let taken_before: Vec<u64> = ids.iter().map(|id| snapshots_taken(&mut c, *id)).collect();
+        for i in 0..3 * threshold {
+            c.propose_via(leader, None, G, &[vec![i as u8]])
+                .expect("committed while every snapshot fails");
+        }
+        let failed = |c: &mut Cluster, id: NodeId| {
+            Metrics::get(&c.core(id).metrics().snapshot_state_machine_errors)
+        };
+        assert!(
+            tick_until(&mut c, |c| ids.iter().all(|id| failed(c, *id) >= 1)),
+            "every replica counted its failed snapshot"
+        );
+        for (id, before) in ids.iter().zip(&taken_before) {
+            assert_eq!(
+                snapshots_taken(&mut c, *id),
+                *before,
+                "none taken on {id:?}"
+            );
+            // Tried again only after another threshold's worth of entries, not every round.
+            assert!(failed(&mut c, *id) <= 3, "{}", failed(&mut c, *id));
+        }
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        for i in 0..2 * threshold {
+            c.propose_via(leader, None, G, &[vec![i as u8]])
+                .expect("committed");
+        }
+        assert!(
+            tick_until(&mut c, |c| ids
+                .iter()
+                .zip(&taken_before)
+                .all(|(id, before)| snapshots_taken(c, *id) > *before)),
+            "a snapshot is taken once the state machine gives its state"
+        );
+        assert_eq!(applied(&c, leader).len(), (5 * threshold) as usize);
+    }
 }

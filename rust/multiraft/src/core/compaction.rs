@@ -58,7 +58,8 @@ impl MultiRaftCore {
                     threshold,
                     threshold_bytes,
                 );
-                !g.building && (due || (wanted && since > 0))
+                let retry = g.applied_index >= g.snapshot_retry_index;
+                !g.building && retry && (due || (wanted && since > 0))
             })
             .map(|g| g.id)
             .collect();
@@ -99,7 +100,13 @@ impl MultiRaftCore {
         let Some((key, meta)) = Self::snapshot_point(g)? else {
             return Ok(false);
         };
-        let view = g.sm.snapshot_view().map_err(SnapshotError::from)?;
+        let view = match g.sm.snapshot_view() {
+            Ok(view) => view,
+            Err(e) => {
+                let failed = Err(EngineError::from(SnapshotError::from(e)));
+                return self.tolerate_state_machine(gid, failed).map(|()| false);
+            }
+        };
         g.building = true;
         // Entries applied from here on count toward the next snapshot.
         g.applied_bytes_since_snapshot = 0;
@@ -111,10 +118,37 @@ impl MultiRaftCore {
             }
             let desc = self.snapshots.files().write_view(&key, view);
             let r = self.finish_build(key, meta, desc);
+            let r = self.tolerate_state_machine(gid, r);
             self.tolerate_no_space(r)?;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The state machine could not give its state (a host's `snapshot()`, or its view's
+    /// `encode()`, raised): the group's state is intact and only its compaction waits, so the
+    /// engine goes on. Every replica reaches the threshold at the same index: when this was
+    /// fatal, one raising `snapshot()` stopped the whole cluster within 10 ms (embedding
+    /// probe, session 30). Logged, counted, and tried again once another threshold's worth of
+    /// entries has applied; meanwhile the log grows and a follower needing a snapshot waits.
+    fn tolerate_state_machine(
+        &mut self,
+        gid: GroupId,
+        r: Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let Err(EngineError::Snapshot(SnapshotError::Sm(e))) = r else {
+            return r;
+        };
+        Metrics::inc(&self.metrics.snapshot_state_machine_errors);
+        let threshold = self.cfg.snapshot_threshold_entries;
+        if let Some(g) = self.groups.get_mut(&gid) {
+            g.snapshot_retry_index = g.applied_index.saturating_add(threshold);
+            g.building = false;
+        }
+        slog::error!(self.logger, "snapshot not taken: the state machine failed to give its \
+            state; the group's log grows until a later one succeeds";
+            "group" => gid.0, "error" => %e, "retry_after_entries" => threshold);
+        Ok(())
     }
 
     /// The snapshot file a transfer was reading no longer has the xxh3 recorded when it was
@@ -221,7 +255,9 @@ impl MultiRaftCore {
                         Err(e) => slog::warn!(self.logger, "snapshot build failed";
                             "group" => key.group.0, "index" => key.index, "error" => %e),
                     }
+                    let gid = key.group;
                     let r = self.finish_build(key, meta, result);
+                    let r = self.tolerate_state_machine(gid, r);
                     self.tolerate_no_space(r)?;
                     built = true;
                 }
@@ -231,7 +267,7 @@ impl MultiRaftCore {
                     message,
                     result,
                     took,
-                } => self.finish_restore(from, key, message, result, took),
+                } => self.finish_restore(from, key, message, result, took)?,
             }
         }
         if built {
@@ -248,13 +284,21 @@ impl MultiRaftCore {
         message: Message,
         result: Result<DecodedState, SnapshotError>,
         took: std::time::Duration,
-    ) {
+    ) -> Result<(), EngineError> {
         let Some(g) = self.groups.get_mut(&key.group) else {
             let _ = std::fs::remove_file(self.snapshots.path(&key, "snap"));
-            return;
+            return Ok(());
         };
         g.restoring = None;
         match result {
+            // The transfer was whole (its checksum held), yet the state machine cannot decode
+            // it: every resend would fail alike (it was fetched again and again, forever, with
+            // the node Ready and serving nothing of the group: embedding probe, session 30).
+            // Fatal, as a failed restore is; the file is kept for a look.
+            Err(SnapshotError::Sm(source)) => {
+                let path = self.snapshots.path(&key, "snap");
+                return Err(SnapshotError::Restore { path, source }.into());
+            }
             Ok(state) => {
                 slog::info!(self.logger, "received snapshot decoded";
                     "group" => key.group.0, "index" => key.index, "ms" => took.as_millis() as u64);
@@ -271,6 +315,7 @@ impl MultiRaftCore {
                 self.send_ack(from, key, false);
             }
         }
+        Ok(())
     }
 
     pub(super) fn compact_log(&mut self) -> Result<(), EngineError> {

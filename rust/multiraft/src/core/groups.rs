@@ -82,6 +82,7 @@ impl MultiRaftCore {
                 published_lease: None,
                 started_empty,
                 building: false,
+                snapshot_retry_index: 0,
                 restoring: None,
                 decoded: None,
             },

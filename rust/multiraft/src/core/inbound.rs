@@ -70,7 +70,11 @@ impl MultiRaftCore {
                                 took,
                             } = done
                             {
-                                self.finish_restore(from, key, message, result, took);
+                                if let Err(e) =
+                                    self.finish_restore(from, key, message, result, took)
+                                {
+                                    self.fatal.get_or_insert(e);
+                                }
                             }
                         }
                     }
