@@ -59,6 +59,12 @@ BATCH_RETRY_AFTER_S: Final = 60.0
 again (a rolling upgrade replaces that leader's build meanwhile)."""
 
 NOT_SENT: Final = (UnknownPeer, HandshakeError)
+STOPPED_CODE: Final = "EngineStopped"
+"""A leader's refusal because its engine stopped (shutting down, or failed) before it took the
+command: nothing of it is in any log (a command the engine had taken is answered outcome
+unknown, `LeadershipLost`), so it is sent to the next voter, which may lead by now (embedding
+probe, session 30: ~1,000 such commands failed during a graceful leader shutdown, although a
+new leader was elected within milliseconds)."""
 """Failures that prove the request never reached the peer: safe to try another node."""
 _MAYBE_SENT: Final = (Unreachable, TransportClosed, Timeout)
 """Failures after which the peer may have proposed the commands."""
@@ -107,6 +113,8 @@ def outcome_result(doc: object, group: int, target: int) -> bytes:
     if outcome == "unknown":
         raise OutcomeUnknown(group, f"node {target}: {doc.get('reason')}")
     code, message = doc.get("code"), doc.get("message")
+    if outcome == "failed" and code == STOPPED_CODE:
+        raise RaftNotLeader(group, None)  # it took nothing: the next voter may lead
     if outcome == "failed" and isinstance(code, str) and isinstance(message, str):
         raise RemoteError(code, message)  # what a version-1 answer's ERROR frame raised
     raise InvalidRequest(f"node {target} answered HOST_PROPOSE with {doc!r}")
@@ -349,5 +357,7 @@ def _fail(items: list[_Queued], error: ClusterError) -> None:
             continue
         if isinstance(error, _Unanswered):
             item.future.set_exception(OutcomeUnknown(item.group, str(error)))
+        elif isinstance(error, RemoteError) and error.code == STOPPED_CODE:
+            item.future.set_exception(RaftNotLeader(item.group, None))  # as `outcome_result`
         else:
             item.future.set_exception(error)

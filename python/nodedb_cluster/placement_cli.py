@@ -250,7 +250,9 @@ def _cmd_add_groups(args: argparse.Namespace) -> int:
     for group, voters, learners in answer.get("groups") or []:
         print(f"group {group}: voter {voters}, joining {learners}")
     print(
-        "added (the rebalancer moves vShards into them; `rebalance` starts that now)",
+        "added; each starts with one voter and takes its others as they catch up (`status`). "
+        "On the built-in KV the rebalancer moves vShards into them (`rebalance` starts that "
+        "now); an embedding host's new groups hold no vShard: propose into them by group",
         file=sys.stderr,
     )
     return EXIT_OK

@@ -25,8 +25,13 @@ import nodedb_cluster_core as _core
 from nodedb_cluster.addr import SocketAddr
 from nodedb_cluster.errors import NoSpace, NotServing, PermissionDenied
 from nodedb_cluster.loop_bridge import BridgeWatch
+from nodedb_cluster.ratelimit import KeyedRateLimitedLog
 
 _log = logging.getLogger(__name__)
+
+HANDLER_ERROR_LOG_INTERVAL_MS: Final = 10_000
+"""A handler's error is logged at most once per peer, kind and error class per this (as the
+core's refusals are)."""
 
 RPC_TIMEOUT_SECS_DEFAULT: Final = 5.0
 """docs/JOIN.md: connect and whole-RPC bounded, default 5 s."""
@@ -273,7 +278,15 @@ def wire_error(exc: Exception) -> tuple[str, str]:
 class Transport:
     """One QUIC endpoint bound to `listen_addr` (port 0 → ephemeral; see `local_addr`)."""
 
-    __slots__ = ("_bridge", "_core", "_handler", "_insecure", "_tasks", "_warned_insecure")
+    __slots__ = (
+        "_bridge",
+        "_core",
+        "_handler",
+        "_handler_errors_log",
+        "_insecure",
+        "_tasks",
+        "_warned_insecure",
+    )
 
     def __init__(
         self,
@@ -301,6 +314,7 @@ class Transport:
         self._bridge = BridgeWatch(self._core, "Transport")
         self._tasks: set[asyncio.Task[None]] = set()
         """Handler tasks in flight (the loop keeps only weak references to tasks)."""
+        self._handler_errors_log = KeyedRateLimitedLog(_log, HANDLER_ERROR_LOG_INTERVAL_MS)
 
     def _attach(self) -> asyncio.AbstractEventLoop:
         """The running loop, which must be this transport's (see `BridgeWatch.attach`)."""
@@ -466,13 +480,23 @@ class Transport:
         else:
             self._reply(responder, peer, kind, reply)
 
-    @staticmethod
-    def _fail(responder: Responder, peer: Peer, kind: int, exc: Exception) -> None:
+    def _fail(self, responder: Responder, peer: Peer, kind: int, exc: Exception) -> None:
         code, message = wire_error(exc)
         # PermissionDenied is counted and logged (rate-limited) by its raiser; NotServing
-        # (starting, joining) and NoSpace are states the node shows: not a warning each.
+        # (starting, joining) and NoSpace are states the node shows: not a warning each. The
+        # rest at most once per peer, kind and error class per 10 s: a peer causes them.
         if not isinstance(exc, (PermissionDenied, NotServing, NoSpace)):
-            _log.warning("handler for kind %d from %s raised %r", kind, peer.addr, exc)
+            who = peer.identity or peer.addr
+            self._handler_errors_log(
+                (who, kind, type(exc).__name__),
+                int(asyncio.get_running_loop().time() * 1000),
+                logging.WARNING,
+                "handler for kind %d from %s (%s) raised %r",
+                kind,
+                peer.addr,
+                who,
+                exc,
+            )
         responder.fail(code, message)
 
     @staticmethod

@@ -124,6 +124,27 @@ async def test_handler_exception_becomes_remote_error(pair: tuple[Transport, Tra
     assert server.metrics()["handler_errors"] == 2
 
 
+async def test_a_peers_failing_requests_are_logged_once_per_interval(
+    pair: tuple[Transport, Transport], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an attack probe: each malformed control payload from a client certificate was
+    a WARNING line (500 in 0.2 s). One line per peer, kind and error class per 10 s, the rest
+    counted into the next; every request still gets its error."""
+    server, client = pair
+
+    async def malformed(peer: Peer, kind: int, payload: bytes) -> Reply:
+        raise ValueError(f"cannot decode {payload!r}")
+
+    server.serve(malformed)
+    caplog.set_level(logging.WARNING, logger="nodedb_cluster.transport")
+    for i in range(30):
+        with pytest.raises(RemoteError):
+            await client.send_rpc(1, MessageKind.PING, bytes([i]))
+    lines = [r for r in caplog.records if "raised" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert server.metrics()["handler_errors"] == 30
+
+
 async def test_handlers_that_suspend_reply_and_fail_like_immediate_ones(
     pair: tuple[Transport, Transport],
 ) -> None:
@@ -291,6 +312,7 @@ async def test_oneway_frames_reach_the_python_handler(creds: list[Mtls]) -> None
     async with Transport(1, LOCAL, creds[0]) as server, Transport(2, LOCAL, creds[1]) as client:
         server.serve(sink)
         client.register_peer(1, server.local_addr)
+        server.register_peer(2, client.local_addr)  # Raft frames are members only
         for i in range(10):
             await client.send_oneway(1, MessageKind.RAFT_BATCH, bytes([i]))
         got = set()

@@ -80,6 +80,11 @@ def test_each_outcome_is_the_result_or_the_error_it_stands_for() -> None:
     with pytest.raises(RemoteError) as failed:
         outcome_result({"outcome": "failed", "code": "NoSpace", "message": "/d"}, 2, 3)
     assert (failed.value.code, failed.value.message) == ("NoSpace", "/d")
+    # A leader whose engine stopped before it took the command: nothing is in any log (one it
+    # had taken is "unknown"), so the proposer tries the next voter instead of failing.
+    with pytest.raises(RaftNotLeader) as stopped:
+        outcome_result({"outcome": "failed", "code": "EngineStopped", "message": "x"}, 2, 3)
+    assert stopped.value.leader_id is None
     for bad in ({"outcome": "applied"}, {"outcome": "failed", "code": 1}, [], None):
         with pytest.raises(InvalidRequest, match="node 3 answered"):
             outcome_result(bad, 2, 3)

@@ -39,6 +39,7 @@ from nodedb_cluster.membership.machine import (
     SwimMachine,
     UnknownSender,
 )
+from nodedb_cluster.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +65,6 @@ def bind_udp(addr: SocketAddr) -> socket.socket:
         raise SwimError(f"cannot bind SWIM UDP {addr}: {e.strerror or e}") from e
     sock.setblocking(False)
     return sock
-
-
-class _RateLimitedLog:
-    """Logs at most once per `interval_ms`; the lines it holds back are counted into the next."""
-
-    def __init__(self, interval_ms: int) -> None:
-        self._interval_ms = interval_ms
-        self._last_ms: int | None = None
-        self._held = 0
-
-    def __call__(
-        self, now_ms: int, level: int, msg: str, *args: object, exc_info: bool = False
-    ) -> None:
-        if self._last_ms is not None and now_ms - self._last_ms < self._interval_ms:
-            self._held += 1
-            return
-        held, self._held, self._last_ms = self._held, 0, now_ms
-        if held:
-            msg += " (%d more like it held back since the last such line)"
-            args = (*args, held)
-        log.log(level, msg, *args, exc_info=exc_info)
 
 
 class SwimNode:
@@ -123,8 +103,8 @@ class SwimNode:
         self._closed = False
         self._closed_event = asyncio.Event()
         self.counters: dict[str, int] = {"events_dropped": 0, "send_errors": 0, "handler_errors": 0}
-        self._log_unknown = _RateLimitedLog(LOG_INTERVAL_MS)
-        self._log_error = _RateLimitedLog(LOG_INTERVAL_MS)
+        self._log_unknown = RateLimitedLog(log, LOG_INTERVAL_MS)
+        self._log_error = RateLimitedLog(log, LOG_INTERVAL_MS)
         self._probe_interval_ms = config.probe_interval_ms
 
     # --- lifecycle -----------------------------------------------------------------------------
