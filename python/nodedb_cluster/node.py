@@ -129,7 +129,6 @@ class Node:
             transport,
             self._routing,
             config.rpc_timeout_ms,
-            self._is_retired,
         )
         policy = ReconcilePolicy(
             config.node_id,
@@ -428,9 +427,14 @@ class Node:
             self._tasks.append(self._retiring)
 
     def register_peers(self, state: MetadataState) -> None:
-        """The transport's peers are the topology's other nodes: a node removed from it is
-        unregistered, so its certificate no longer takes part in Raft (`unknown_sender`)."""
-        members = {n.node_id for n in state.topology.nodes()} - {self.config.node_id}
+        """The transport's peers are the topology's other nodes but the decommissioned: a node
+        removed from it, or retired, is unregistered, so its certificate sends no member-only
+        kind any more (`unknown_sender`): a machine recycled with its old node certificate on
+        its disk must not speak Raft, propose metadata or step a vShard (attack probe,
+        session 30). A retiring node holds no replica then, and its group 0 one is let go."""
+        members = {
+            n.node_id for n in state.topology.nodes() if n.state is not NodeState.DECOMMISSIONED
+        } - {self.config.node_id}
         for node in state.topology.nodes():
             if node.node_id in members:
                 self.transport.register_peer(node.node_id, node.addr, node.spki_pin)
@@ -525,10 +529,6 @@ class Node:
             self.lifecycle.transition(Failed(f"raft engine stopped: {reason}"), "engine stopped")
         self.failed.set()
         await self.shutdown()
-
-    def _is_retired(self, node_id: int) -> bool:
-        node = self.metadata.topology.get(node_id)
-        return node is not None and node.state is NodeState.DECOMMISSIONED
 
     async def _stop_once_retired(self) -> None:
         """A draining node stops by itself once retired and holding no replica: before, it

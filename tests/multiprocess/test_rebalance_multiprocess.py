@@ -14,15 +14,22 @@ from pathlib import Path
 
 import pytest
 
+from nodedb_cluster import wire
 from nodedb_cluster.client import Client
+from nodedb_cluster.errors import PermissionDenied
 from nodedb_cluster.localcluster import LocalCluster, Status, data_group_views
-from nodedb_cluster.reconcile import ORPHAN_AFTER_S
+from nodedb_cluster.metadata.commands import MetadataEntry, SetNodeState
+from nodedb_cluster.metadata.forward import encode_metadata_propose
+from nodedb_cluster.topology import NodeState
+from nodedb_cluster.transport import Transport
 from support.cli_run import cred_flags, run_cli
 
 pytestmark = pytest.mark.multiprocess
 
 FAST = {"rpc_timeout_ms": 2000, "rebalance_interval_ms": 300}
 DATA_GROUPS = 4
+RETIRED_EXIT_S = 20.0
+"""A retired node's own exit: its retirement's apply there, then a shutdown (~1 s here)."""
 KEYS = 200
 WRITES_MAX = 20_000
 """Bound on the writer that runs while replicas move (it stops at balance anyway)."""
@@ -148,10 +155,19 @@ async def test_decommission_moves_every_replica_off_then_retires_the_node(
         assert replicas(statuses) == Counter({1: 4, 2: 4, 3: 4})
         states = {int(n[0]): n[2] for n in statuses[1]["nodes"]}
         assert states[4] == "DECOMMISSIONED"
-        # Nothing left to serve: it stops by itself once out of group 0 (its replica there is
-        # dropped when it hears of its removal, or after ORPHAN_AFTER_S hearing no leader).
-        assert await cluster.nodes[4].wait_exit(ORPHAN_AFTER_S + 30) == 0
+        # Nothing left to serve: it stops by itself as its retirement applies there.
+        assert await cluster.nodes[4].wait_exit(RETIRED_EXIT_S) == 0
         assert "node 4 stopped: node 4 was decommissioned" in cluster.nodes[4].log_tail()
+        # Its certificate, left on a recycled machine, speaks for nothing: no member-only kind
+        # (here: setting itself ACTIVE again through a forwarded metadata proposal).
+        back = MetadataEntry((SetNodeState(4, NodeState.ACTIVE),)).encode()
+        async with Transport(4, "127.0.0.1:0", cluster.node_credentials(4)) as retired:
+            with pytest.raises(PermissionDenied, match="node 4 is not a member"):
+                await retired.send_rpc_to_addr(
+                    cluster.nodes[1].addr,
+                    wire.MessageKind.METADATA_PROPOSE,
+                    encode_metadata_propose(back, True),
+                )
         async with Client(addrs, cluster.client_credentials) as reader:
             values = await reader.get_many([f"k{i}".encode() for i in range(KEYS)])
         assert values == [f"v{i}".encode() for i in range(KEYS)]

@@ -117,19 +117,21 @@ async def until_retired(
     peers: Callable[[], Iterable[NodeInfo]],
     send_status: SendStatus,
 ) -> str | None:
-    """Watch a draining node until it is retired and holds no replica; the reason it has
-    nothing to serve. Group 0 leaders hand over first and the reconciler drops the group 0
-    replica once it is out (or after `ORPHAN_AFTER_S` hearing no leader), so a node still
-    counted among group 0's voters keeps running. None once the node is no longer draining."""
+    """Watch a draining node until it is retired; the reason it has nothing to serve. Once
+    its retirement applied here it stops at once: group 0 retires a node only when routing
+    places no replica on it, and every peer unregisters it as it applies the same entry
+    (`Node.register_peers`), so whatever stale replica it still runs counts for nobody (waiting
+    for their drops took 30-60 s). A drained node that never heard asks its peers. None once
+    the node is no longer draining."""
     asked_at = -math.inf
     while True:
         state = own_state()
         if state not in (NodeState.DRAINING, NodeState.DECOMMISSIONED, None):
             return None
-        replicas = await held()
         reason = retired_reason(node_id, state, "as group 0 applied it here")
-        if reason is not None and not replicas:
+        if reason is not None:
             return reason
+        replicas = await held()
         now = time.monotonic()
         if (
             state is NodeState.DRAINING

@@ -25,7 +25,6 @@ from nodedb_cluster import wire
 from nodedb_cluster.errors import (
     ClusterError,
     NotLeader,
-    PermissionDenied,
     RaftNotLeader,
     Timeout,
     UnknownGroup,
@@ -55,11 +54,8 @@ class MetadataProposer:
         transport: Transport,
         routing: Callable[[], RoutingTable],
         timeout_ms: int,
-        retired: Callable[[int], bool] = lambda _node_id: False,
     ) -> None:
         self._node_id = node_id
-        self._retired = retired
-        """Whether group 0 lists a node DECOMMISSIONED: it proposes nothing any more."""
         self._engine = engine
         """The running engine (raises EngineStopped once the node stops)."""
         self._transport = transport
@@ -131,13 +127,7 @@ class MetadataProposer:
         """METADATA_PROPOSE: a client's proposal is forwarded to the leader once; a forwarded
         one is not again."""
         # The transport admitted only members holding their pinned keys (METADATA_PROPOSE is
-        # member-only); a retired member's certificate changes nothing either.
-        if peer.node_id is not None and self._retired(peer.node_id):
-            text = f"node {peer.node_id} was decommissioned: it proposes no metadata"
-            self._transport.record_refusal(
-                peer, wire.MessageKind.METADATA_PROPOSE, "unknown_sender", text
-            )
-            raise PermissionDenied(text)
+        # member-only; a decommissioned node is no longer registered: `Node.register_peers`).
         request = msgpack.unpackb(payload, raw=False)
         entry = request.get("entry") if isinstance(request, dict) else None
         if not isinstance(entry, bytes):
