@@ -9,7 +9,9 @@ pub struct TransportConfig {
     pub connect_timeout: Duration,
     /// Bound on a whole request/response (connect, write, peer handler, read); also bounds how
     /// long an inbound handler may take before the peer gets an Error reply. A frame's payload
-    /// (inbound, and a one-way frame sent) is given `frame_bytes_per_s_min` on top.
+    /// (inbound, and a one-way frame sent) is given `frame_bytes_per_s_min` on top; so is
+    /// writing a reply to an inbound request (a peer that does not read its replies has its
+    /// stream reset with `0x302` then, instead of holding the reply for as long as it likes).
     pub rpc_timeout: Duration,
     /// The slowest rate a frame's payload may move at between nodes: an inbound frame of n
     /// bytes from a node must arrive within `rpc_timeout` plus n / this (its header within
@@ -47,12 +49,24 @@ pub struct TransportConfig {
     /// Send buffer per connection (quinn's `send_window`).
     pub send_window_bytes: u64,
     /// Bytes of inbound payloads one node's connection may hold at once (being read or
-    /// handled); all connections of other peers (client and admin certificates, and every peer
-    /// of an insecure transport) share ONE budget of this size, so a certificate cannot
-    /// multiply it by opening connections. A stream whose frame does not fit waits, and gives
-    /// up after `rpc_timeout`. With the per-stream read deadline this bounds what slow or
-    /// hostile peers can pin in memory. Must fit one maximal frame.
+    /// handled); all connections of client and unidentified certificates (and every peer of an
+    /// insecure transport) share ONE budget of this size, so a certificate cannot multiply it
+    /// by opening connections, and all admin connections share another, so clients cannot lock
+    /// the operators out. A frame is charged as its payload bytes arrive, not when its header
+    /// announces them (a header alone holds nothing). One maximal frame of it is headroom that
+    /// only the oldest waiting frame may use, so frames that together announce more than it
+    /// holds all finish in turn (src/budget.rs). A stream whose bytes find no room waits, and
+    /// gives up after `rpc_timeout`. With the per-stream read deadline this bounds what slow or
+    /// hostile peers can pin in memory. Must fit one maximal frame; with only that, frames are
+    /// read one at a time.
     pub inbound_buffer_bytes_max: usize,
+    /// Bytes of a shared budget (clients', or admins') that the frames of ONE certificate
+    /// identity may hold, outside the one frame at a time that is promoted into the headroom:
+    /// so one identity holds at most this plus one frame, and its frames beyond it wait their
+    /// turn instead of the others'. A value above `inbound_buffer_bytes_max` is the same as it.
+    /// 64 MiB: one maximal frame goes through without waiting, and with the default budget of
+    /// 256 MiB one identity holds at most half of it (attack probe s30, finding 8).
+    pub inbound_identity_bytes_max: usize,
     /// Connection attempts (handshakes) queued at once before new ones are refused.
     pub incoming_handshakes_max: usize,
     /// Inbound connections of client certificates (and unidentified ones) open at once; a
@@ -62,6 +76,14 @@ pub struct TransportConfig {
     /// could otherwise exhaust its memory by connecting. Node connections never count; an
     /// insecure transport authenticates nobody and is not capped.
     pub client_connections_max: usize,
+    /// Of those, the connections ONE client certificate identity (or one unidentified
+    /// certificate key) may hold; a further one is closed the same way. Without it one stolen
+    /// certificate took all 1024 slots and locked every other client out (attack probe s30,
+    /// finding 10). 256, a quarter: room for a fleet of 256 processes sharing a certificate
+    /// (one connection per node each), while it takes four identities to fill the node and
+    /// one holds at most ~40 MiB of connection state. A value above `client_connections_max`
+    /// is the same as it.
+    pub client_connections_per_identity_max: usize,
     /// The same for admin certificates, counted apart so that clients filling theirs cannot
     /// lock the operators out.
     pub admin_connections_max: usize,
@@ -93,8 +115,10 @@ impl Default for TransportConfig {
             connection_receive_window_bytes: 64 * 1024 * 1024,
             send_window_bytes: 64 * 1024 * 1024,
             inbound_buffer_bytes_max: 256 * 1024 * 1024,
+            inbound_identity_bytes_max: 64 * 1024 * 1024,
             incoming_handshakes_max: 1024,
             client_connections_max: 1024,
+            client_connections_per_identity_max: 256,
             admin_connections_max: 64,
             udp_payload_bytes_max: 1452,
             socket_buffer_bytes: 4 * 1024 * 1024,
@@ -104,6 +128,13 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
+    /// The connections one client identity may hold (`client_connections_per_identity_max`,
+    /// at most `client_connections_max`).
+    pub fn client_connections_per_identity(&self) -> usize {
+        self.client_connections_per_identity_max
+            .min(self.client_connections_max)
+    }
+
     /// `rpc_timeout` plus the time a payload of `bytes` is given at `frame_bytes_per_s_min`.
     pub fn frame_timeout(&self, bytes: usize) -> Duration {
         let rate = self.frame_bytes_per_s_min.max(1);
@@ -140,11 +171,17 @@ impl TransportConfig {
                 nodedb_wire::PAYLOAD_BYTES_MAX
             ));
         }
+        if self.inbound_identity_bytes_max == 0 {
+            return Err("inbound_identity_bytes_max must be positive".into());
+        }
         if self.incoming_handshakes_max == 0 {
             return Err("incoming_handshakes_max must be positive".into());
         }
         if self.client_connections_max == 0 || self.admin_connections_max == 0 {
             return Err("client_connections_max and admin_connections_max must be positive".into());
+        }
+        if self.client_connections_per_identity_max == 0 {
+            return Err("client_connections_per_identity_max must be positive".into());
         }
         if self.streams_per_connection_max == 0 {
             return Err("streams_per_connection_max must be positive".into());
@@ -177,5 +214,33 @@ mod tests {
             ..TransportConfig::default()
         };
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn the_shares_of_one_identity_are_positive_and_at_most_the_whole() {
+        let cfg = TransportConfig::default();
+        assert_eq!(cfg.client_connections_per_identity(), 256);
+        let small = TransportConfig {
+            client_connections_max: 2,
+            ..TransportConfig::default()
+        };
+        assert!(small.validate().is_ok());
+        assert_eq!(small.client_connections_per_identity(), 2);
+        let none = TransportConfig {
+            client_connections_per_identity_max: 0,
+            ..TransportConfig::default()
+        };
+        assert!(none
+            .validate()
+            .unwrap_err()
+            .contains("client_connections_per_identity_max"));
+        let none = TransportConfig {
+            inbound_identity_bytes_max: 0,
+            ..TransportConfig::default()
+        };
+        assert!(none
+            .validate()
+            .unwrap_err()
+            .contains("inbound_identity_bytes_max"));
     }
 }

@@ -6,6 +6,7 @@
 //! (Raft kinds 16–31) are registered with [`Transport::register_handler`]; everything else goes to
 //! the fallback handler (the Python handler in the binding). See docs/ARCHITECTURE.md.
 
+mod budget;
 pub mod config;
 pub mod credentials;
 pub mod crl;

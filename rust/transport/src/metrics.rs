@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Inbound streams reset because their frame did not arrive (or fit the connection's
     /// buffer budget) within `rpc_timeout`.
     pub inbound_stream_timeouts: AtomicU64,
+    /// Replies not written within `rpc_timeout` plus their size at `frame_bytes_per_s_min`
+    /// (the peer did not read them): their stream was reset with `0x302`.
+    pub reply_write_timeouts: AtomicU64,
     pub handler_errors: AtomicU64,
     /// Inbound requests refused before their handler (the kind table, or a handler's own
     /// identity rule); by kind and reason in [`crate::RefusalLog`].
@@ -76,6 +79,7 @@ impl Default for Metrics {
             inbound_connections_refused_full: AtomicU64::new(0),
             streams_reset: AtomicU64::new(0),
             inbound_stream_timeouts: AtomicU64::new(0),
+            reply_write_timeouts: AtomicU64::new(0),
             handler_errors: AtomicU64::new(0),
             requests_refused: AtomicU64::new(0),
             insecure: AtomicU64::new(0),
@@ -157,6 +161,10 @@ impl Metrics {
         out.insert(
             "inbound_stream_timeouts".into(),
             get(&self.inbound_stream_timeouts),
+        );
+        out.insert(
+            "reply_write_timeouts".into(),
+            get(&self.reply_write_timeouts),
         );
         out.insert("handler_errors".into(), get(&self.handler_errors));
         out.insert("requests_refused".into(), get(&self.requests_refused));

@@ -12,6 +12,9 @@ use nodedb_wire::{FrameError, FrameHeader, MessageKind, HEADER_BYTES};
 
 /// Bytes reserved up front for a payload; the rest grows with arrivals.
 const PAYLOAD_PREALLOC_BYTES_MAX: usize = 1024 * 1024;
+/// Largest chunk read before it is charged to an inbound budget: a stream waiting for room
+/// holds at most this outside the budget.
+const CHARGED_CHUNK_BYTES_MAX: usize = 64 * 1024;
 /// At most this many bytes after a frame are read to report how many trailed it (the stream is
 /// refused either way; a peer sending more is not worth reading).
 const TRAILING_PROBE_BYTES: usize = 64 * 1024;
@@ -62,16 +65,55 @@ pub async fn read_payload(
     let mut payload = Vec::with_capacity(header.payload_bytes.min(PAYLOAD_PREALLOC_BYTES_MAX));
     while payload.len() < header.payload_bytes {
         let wanted = header.payload_bytes - payload.len();
-        match recv.read_chunk(wanted, true).await? {
-            Some(chunk) => payload.extend_from_slice(&chunk.bytes),
-            None => {
-                return Err(ReadFrameError::Frame(FrameError::Truncated {
-                    expected_bytes: header.payload_bytes,
-                    found_bytes: payload.len(),
-                }))
-            }
-        }
+        let chunk = next_chunk(recv, header, payload.len(), wanted).await?;
+        payload.extend_from_slice(&chunk);
     }
+    finish_payload(recv, header, payload).await
+}
+
+/// [`read_payload`] charging each chunk to `charge` before it is kept: the budget holds the
+/// bytes that arrived (at most one chunk more, while it waits for room), never the bytes a
+/// header announced. Nothing is allocated before the first byte.
+pub(crate) async fn read_payload_charged(
+    recv: &mut quinn::RecvStream,
+    header: &FrameHeader,
+    charge: &mut crate::budget::FrameCharge,
+) -> Result<Bytes, ReadFrameError> {
+    let mut payload = Vec::new();
+    while payload.len() < header.payload_bytes {
+        let wanted = (header.payload_bytes - payload.len()).min(CHARGED_CHUNK_BYTES_MAX);
+        let chunk = next_chunk(recv, header, payload.len(), wanted).await?;
+        charge.charge(chunk.len()).await;
+        if payload.capacity() == 0 {
+            payload.reserve_exact(header.payload_bytes.min(PAYLOAD_PREALLOC_BYTES_MAX));
+        }
+        payload.extend_from_slice(&chunk);
+    }
+    finish_payload(recv, header, payload).await
+}
+
+/// The next chunk of at most `wanted` bytes of the payload, `found_bytes` of which are read.
+async fn next_chunk(
+    recv: &mut quinn::RecvStream,
+    header: &FrameHeader,
+    found_bytes: usize,
+    wanted: usize,
+) -> Result<Bytes, ReadFrameError> {
+    match recv.read_chunk(wanted, true).await? {
+        Some(chunk) => Ok(chunk.bytes),
+        None => Err(ReadFrameError::Frame(FrameError::Truncated {
+            expected_bytes: header.payload_bytes,
+            found_bytes,
+        })),
+    }
+}
+
+/// Verify a whole payload and require the end of the stream right after it.
+async fn finish_payload(
+    recv: &mut quinn::RecvStream,
+    header: &FrameHeader,
+    payload: Vec<u8>,
+) -> Result<Bytes, ReadFrameError> {
     header
         .verify_payload(&payload)
         .map_err(ReadFrameError::Frame)?;

@@ -14,6 +14,7 @@ use quinn::VarInt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::budget::{FrameCharge, InboundBudget};
 use crate::config::TransportConfig;
 use crate::credentials::{spki_pin_of_cert, Credentials, SpkiPin};
 use crate::crl::{issuer_and_serial, revoked_serials};
@@ -26,7 +27,8 @@ use crate::metrics::{Metrics, MetricsSnapshot, INSECURE_TRANSPORTS_TOTAL};
 use crate::pace::RpcPace;
 use crate::refusals::RefusalLog;
 use crate::stream::{
-    read_frame, read_header, read_payload, write_frame, ReadFrameError, WriteFrameError,
+    read_frame, read_header, read_payload, read_payload_charged, write_frame, ReadFrameError,
+    WriteFrameError,
 };
 use crate::tls;
 
@@ -45,8 +47,9 @@ pub const STREAM_CODE_INBOUND_TIMEOUT: u32 = 0x300;
 /// Stop code of a request refused on its header (the sender's role may not send its kind):
 /// the payload is not read; a request's refusal reply follows on the stream.
 pub const STREAM_CODE_REFUSED: u32 = 0x301;
-/// Unit of the per-connection inbound buffer budget (a semaphore permit).
-const BUDGET_UNIT_BYTES: usize = 1024;
+/// Stream reset code of a reply the peer did not read within `rpc_timeout` plus its size at
+/// `frame_bytes_per_s_min` (`reply_write_timeouts`).
+pub const STREAM_CODE_REPLY_TIMEOUT: u32 = 0x302;
 /// Error code of a request the sender's certificate role may not make (the caller gets
 /// [`TransportError::PermissionDenied`]).
 pub const PERMISSION_DENIED: &str = "permission_denied";
@@ -61,8 +64,8 @@ const CLOSE_CODE_REVOKED: u32 = 0x202;
 /// Connection close code of an outbound connection dropped because its peer dialled this node
 /// again (it restarted, or lost its own connection): see `Inner::peer_dialled_again`.
 const CLOSE_CODE_PEER_REDIALLED: u32 = 0x203;
-/// Connection close code of a connection beyond `client_connections_max` (or
-/// `admin_connections_max`).
+/// Connection close code of a connection beyond `client_connections_max`,
+/// `client_connections_per_identity_max` or `admin_connections_max`.
 const CLOSE_CODE_CONNECTIONS_FULL: u32 = 0x204;
 /// At most one warning per this interval for each connection cap that closed connections.
 const CONNECTIONS_FULL_WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -146,12 +149,18 @@ struct Inner {
     tls_state: Mutex<TlsState>,
     /// Live inbound connections by `stable_id`, so a CRL reload can close a revoked peer's.
     inbound: Mutex<HashMap<usize, quinn::Connection>>,
-    /// The inbound buffer budget every connection of a peer that is not a node shares
-    /// (`TransportConfig::inbound_buffer_bytes_max`); a node's connection has its own.
-    shared_inbound_budget: Arc<Semaphore>,
+    /// The inbound buffer budget every connection of a client or unidentified certificate (or
+    /// any peer of an insecure transport) shares (`TransportConfig::inbound_buffer_bytes_max`,
+    /// shares per identity); a node's connection has its own.
+    client_inbound_budget: Arc<InboundBudget>,
+    /// The same, apart, for admin certificates: clients cannot lock the operators out.
+    admin_inbound_budget: Arc<InboundBudget>,
     /// One permit per open connection of a client (or unidentified) certificate
     /// (`TransportConfig::client_connections_max`).
     client_connection_slots: Arc<Semaphore>,
+    /// Open connections of each client identity (or unidentified key) holding a slot
+    /// (`TransportConfig::client_connections_per_identity_max`); no entry at zero.
+    identity_connections: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     /// The same for admin certificates (`TransportConfig::admin_connections_max`).
     admin_connection_slots: Arc<Semaphore>,
     /// Warnings about connections closed at a cap, by the cap's name.
@@ -164,14 +173,14 @@ struct Inner {
     runtime: tokio::runtime::Handle,
 }
 
-/// `inbound_buffer_bytes_max` in units of `BUDGET_UNIT_BYTES` (a budget's permits).
-fn inbound_budget_units(config: &TransportConfig) -> usize {
-    (config.inbound_buffer_bytes_max / BUDGET_UNIT_BYTES).min(Semaphore::MAX_PERMITS)
-}
-
-/// A budget of `inbound_buffer_bytes_max`.
-fn inbound_budget(config: &TransportConfig) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(inbound_budget_units(config)))
+/// A budget of `inbound_buffer_bytes_max` (with headroom for one maximal frame), with shares of
+/// `inbound_identity_bytes_max` per identity if `shared`.
+fn inbound_budget(config: &TransportConfig, shared: bool) -> Arc<InboundBudget> {
+    Arc::new(InboundBudget::new(
+        config.inbound_buffer_bytes_max,
+        nodedb_wire::PAYLOAD_BYTES_MAX,
+        shared.then_some(config.inbound_identity_bytes_max),
+    ))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -238,7 +247,9 @@ impl Transport {
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let inner = Arc::new(Inner {
             node_id,
-            shared_inbound_budget: inbound_budget(&config),
+            client_inbound_budget: inbound_budget(&config, true),
+            admin_inbound_budget: inbound_budget(&config, true),
+            identity_connections: Arc::default(),
             client_connection_slots: Arc::new(Semaphore::new(
                 config.client_connections_max.min(Semaphore::MAX_PERMITS),
             )),
@@ -247,7 +258,7 @@ impl Transport {
             )),
             connections_full_warnings: Mutex::new(nodedb_hostlog::RateLimiter::new(
                 CONNECTIONS_FULL_WARN_INTERVAL,
-                2,
+                3,
             )),
             config,
             endpoint: endpoint.clone(),
@@ -622,26 +633,10 @@ impl Transport {
         bytes: Bytes,
         finish: bool,
     ) -> Result<Result<OutboundFrame, u64>, TransportError> {
-        let inner = &self.inner;
-        let timeout = inner.config.rpc_timeout;
+        let timeout = self.inner.config.rpc_timeout;
         let attempt = async {
-            let (conn, _) = inner.connection(addr, None).await?;
-            let lost = |e: quinn::ConnectionError| inner.connection_error(addr, e);
-            let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
-            send.write_all(&bytes)
-                .await
-                .map_err(|e| write_error(addr, inner, e))?;
-            if finish {
-                let _ = send.finish();
-            }
-            match read_frame(&mut recv).await {
-                Ok((kind, payload)) => Ok(Ok(OutboundFrame { kind, payload })),
-                Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) => {
-                    Ok(Err(code.into_inner()))
-                }
-                Err(ReadFrameError::Read(e)) => Err(read_error(addr, inner, e)),
-                Err(ReadFrameError::Frame(e)) => Err(TransportError::Frame(e)),
-            }
+            let stream = self.open_raw_to_addr(addr, bytes, finish).await?;
+            stream.read_answer().await
         };
         tokio::time::timeout(timeout, attempt)
             .await
@@ -649,6 +644,34 @@ impl Transport {
                 op: "send_raw",
                 timeout,
             }))
+    }
+
+    /// TEST/DIAGNOSTIC: [`Transport::send_raw_to_addr`] without reading the answer yet: the
+    /// stream is open (its bytes handed to QUIC) when this returns, and nothing of the answer
+    /// is read until [`RawStream::answer`] (a peer that does not read its replies, or holds
+    /// many streams at once).
+    pub async fn open_raw_to_addr(
+        &self,
+        addr: SocketAddr,
+        bytes: Bytes,
+        finish: bool,
+    ) -> Result<RawStream, TransportError> {
+        let inner = &self.inner;
+        let (conn, _) = inner.connection(addr, None).await?;
+        let lost = |e: quinn::ConnectionError| inner.connection_error(addr, e);
+        let (mut send, recv) = conn.open_bi().await.map_err(lost)?;
+        send.write_all(&bytes)
+            .await
+            .map_err(|e| write_error(addr, inner, e))?;
+        if finish {
+            let _ = send.finish();
+        }
+        Ok(RawStream {
+            inner: Arc::clone(inner),
+            addr,
+            send,
+            recv,
+        })
     }
 
     /// Stable id of the pooled connection to `addr`, if one is open (tests: reuse checks).
@@ -671,13 +694,8 @@ impl Transport {
             "connections_pooled".into(),
             lock(&self.inner.conns).len() as u64,
         );
-        let shared = &self.inner.shared_inbound_budget;
-        let units = inbound_budget_units(&self.inner.config);
-        let held = units.saturating_sub(shared.available_permits());
-        snapshot.insert(
-            "inbound_shared_bytes_held".into(),
-            (held * BUDGET_UNIT_BYTES) as u64,
-        );
+        let held = self.inner.client_inbound_budget.held() + self.inner.admin_inbound_budget.held();
+        snapshot.insert("inbound_shared_bytes_held".into(), held as u64);
         let held = |slots: &Semaphore, max: usize| {
             max.min(Semaphore::MAX_PERMITS)
                 .saturating_sub(slots.available_permits()) as u64
@@ -740,6 +758,51 @@ impl Drop for Transport {
             }
             lock(&inner.conns).clear();
             inner.release_port();
+        }
+    }
+}
+
+/// TEST/DIAGNOSTIC: a stream opened by [`Transport::open_raw_to_addr`], its answer not read.
+pub struct RawStream {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    /// Kept open (dropping it would finish the stream).
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl RawStream {
+    /// Write more raw `bytes` on the stream (finishing it if `finish`).
+    pub async fn send_more(&mut self, bytes: Bytes, finish: bool) -> Result<(), TransportError> {
+        self.send
+            .write_all(&bytes)
+            .await
+            .map_err(|e| write_error(self.addr, &self.inner, e))?;
+        if finish {
+            let _ = self.send.finish();
+        }
+        Ok(())
+    }
+
+    /// Read the answer within `rpc_timeout`: `Ok(Ok(frame))`, `Ok(Err(code))` when the peer
+    /// reset the stream, or an error.
+    pub async fn answer(self) -> Result<Result<OutboundFrame, u64>, TransportError> {
+        let timeout = self.inner.config.rpc_timeout;
+        tokio::time::timeout(timeout, self.read_answer())
+            .await
+            .unwrap_or(Err(TransportError::Timeout {
+                op: "send_raw",
+                timeout,
+            }))
+    }
+
+    async fn read_answer(mut self) -> Result<Result<OutboundFrame, u64>, TransportError> {
+        let (addr, inner) = (self.addr, &self.inner);
+        match read_frame(&mut self.recv).await {
+            Ok((kind, payload)) => Ok(Ok(OutboundFrame { kind, payload })),
+            Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) => Ok(Err(code.into_inner())),
+            Err(ReadFrameError::Read(e)) => Err(read_error(addr, inner, e)),
+            Err(ReadFrameError::Frame(e)) => Err(TransportError::Frame(e)),
         }
     }
 }

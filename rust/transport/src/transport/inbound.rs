@@ -5,8 +5,8 @@ use nodedb_wire::Role;
 
 /// What reading an inbound stream gave.
 enum Inbound {
-    /// A whole frame, its payload held in the connection's budget by the permit.
-    Frame(MessageKind, Bytes, OwnedSemaphorePermit),
+    /// A whole frame, its payload held in the connection's budget by the charge.
+    Frame(MessageKind, Bytes, FrameCharge),
     /// A kind the peer's role may not send, refused on its header: nothing of the payload was
     /// read or reserved.
     Refused(MessageKind, Refusal),
@@ -23,34 +23,46 @@ impl Inner {
     }
 
     /// A slot for a connection of a client or unidentified certificate (among
-    /// `client_connections_max`) or of an admin one (among `admin_connections_max`); `Ok(None)`
-    /// for a node or an insecure peer (not counted); `Err` with the cap's name when all of
-    /// that kind are taken.
+    /// `client_connections_max`, and among `client_connections_per_identity_max` of its
+    /// identity) or of an admin one (among `admin_connections_max`); `Ok(None)` for a node or
+    /// an insecure peer (not counted); `Err` with the cap's name and size when all of that
+    /// kind are taken.
     fn connection_slot(
         &self,
-        identity: &PeerIdentity,
-    ) -> Result<Option<OwnedSemaphorePermit>, (&'static str, usize)> {
-        let admin = match identity {
+        peer: &PeerInfo,
+    ) -> Result<Option<ConnectionSlot>, (&'static str, usize)> {
+        let admin = match &*peer.identity {
             PeerIdentity::Unauthenticated => return Ok(None),
             PeerIdentity::Verified(id) if id.role == Role::Node => return Ok(None),
             PeerIdentity::Verified(id) => id.role == Role::Admin,
             PeerIdentity::Unidentified(_) => false,
         };
+        let config = &self.config;
         let (slots, cap) = if admin {
             (
                 &self.admin_connection_slots,
-                ("admin_connections_max", self.config.admin_connections_max),
+                ("admin_connections_max", config.admin_connections_max),
             )
         } else {
             (
                 &self.client_connection_slots,
-                ("client_connections_max", self.config.client_connections_max),
+                ("client_connections_max", config.client_connections_max),
             )
         };
-        Arc::clone(slots)
-            .try_acquire_owned()
-            .map(Some)
-            .map_err(|_| cap)
+        let permit = Arc::clone(slots).try_acquire_owned().map_err(|_| cap)?;
+        let identity = match fair_share_key(peer) {
+            Some(key) if !admin => {
+                let max = config.client_connections_per_identity();
+                let slot = IdentitySlot::take(&self.identity_connections, key, max)
+                    .ok_or(("client_connections_per_identity_max", max))?;
+                Some(slot)
+            }
+            _ => None,
+        };
+        Ok(Some(ConnectionSlot {
+            _permit: permit,
+            _identity: identity,
+        }))
     }
 
     /// Closes a connection beyond its cap (its peer reads the reason); warns at most once per
@@ -62,9 +74,14 @@ impl Inner {
         (cap, max): (&'static str, usize),
     ) {
         Metrics::inc(&self.metrics.inbound_connections_refused_full);
+        let whose = if cap == "client_connections_per_identity_max" {
+            "one certificate"
+        } else {
+            "this certificate role"
+        };
         let reason = format!(
-            "this node serves at most {max} connections of this certificate role at once \
-             ({cap}); try again later or another node"
+            "this node serves at most {max} connections of {whose} at once ({cap}); try again \
+             later or another node"
         );
         conn.close(
             VarInt::from_u32(CLOSE_CODE_CONNECTIONS_FULL),
@@ -79,23 +96,23 @@ impl Inner {
         }
     }
 
-    /// Read one frame from an inbound stream within `rpc_timeout`, reserving its payload size in
-    /// the connection's buffer `budget` (held by the returned permit until the caller is done).
-    /// A malformed frame is counted and the stream reset; so is one that does not arrive in time.
-    /// A kind the peer's role may not send is refused on its header (`authorize`, the kind
-    /// table's senders): the payload is neither reserved nor read, the refusal is recorded, and
-    /// a request gets its `PERMISSION_DENIED` reply.
+    /// Read one frame from an inbound stream within `rpc_timeout`, charging its payload in the
+    /// connection's buffer `budget` as its bytes arrive (held by the returned charge until the
+    /// caller drops it). A malformed frame is counted and the stream reset; so is one that
+    /// does not arrive in time. A kind the peer's role may not send is refused on its header
+    /// (`authorize`, the kind table's senders): the payload is neither charged nor read, the
+    /// refusal is recorded, and a request gets its `PERMISSION_DENIED` reply.
     pub(super) async fn read_inbound(
         &self,
         peer: &PeerInfo,
-        budget: &Arc<Semaphore>,
+        budget: &BudgetShare,
         recv: &mut quinn::RecvStream,
         send: Option<&mut quinn::SendStream>,
-    ) -> Option<(MessageKind, Bytes, OwnedSemaphorePermit)> {
-        // The header within `rpc_timeout`; the payload (its room in the budget waited for, then
-        // its bytes) within that too, or, from a node, within the frame's timeout for the size
-        // the header announced: a node's connection has a budget of its own, while every other
-        // certificate shares one that a slow stream must not hold for long.
+    ) -> Option<(MessageKind, Bytes, FrameCharge)> {
+        // The header within `rpc_timeout`; the payload (its bytes, and room for them in the
+        // budget as they arrive) within that too, or, from a node, within the frame's timeout
+        // for the size the header announced: a node's connection has a budget of its own, while
+        // every other certificate shares one that a slow stream must not hold for long.
         let started = tokio::time::Instant::now();
         let outcome = match tokio::time::timeout(self.config.rpc_timeout, read_header(recv)).await {
             Err(late) => Err(late),
@@ -105,7 +122,7 @@ impl Inner {
                     self.registered_pin(NodeId(node))
                 })
             }) {
-                Err(refusal) => Ok(Ok(Ok(Inbound::Refused(header.kind, refusal)))),
+                Err(refusal) => Ok(Ok(Inbound::Refused(header.kind, refusal))),
                 Ok(()) => {
                     let by = started
                         + if peer.identity.node_id().is_some() {
@@ -114,17 +131,11 @@ impl Inner {
                             self.config.rpc_timeout
                         };
                     let rest = async {
-                        let units = header.payload_bytes.div_ceil(BUDGET_UNIT_BYTES);
-                        // Cannot fail: the semaphore is never closed and units ≤ the budget
-                        // (validated).
-                        let permit = budget
-                            .clone()
-                            .acquire_many_owned(u32::try_from(units).unwrap_or(u32::MAX))
-                            .await;
-                        let payload = read_payload(recv, &header).await?;
-                        Ok::<_, ReadFrameError>(
-                            permit.map(|p| Inbound::Frame(header.kind, payload, p)),
-                        )
+                        let mut charge = budget
+                            .budget
+                            .frame(budget.identity.clone(), header.payload_bytes);
+                        let payload = read_payload_charged(recv, &header, &mut charge).await?;
+                        Ok::<_, ReadFrameError>(Inbound::Frame(header.kind, payload, charge))
                     };
                     tokio::time::timeout_at(by, rest).await
                 }
@@ -139,21 +150,14 @@ impl Inner {
                 }
             };
         match outcome {
-            Ok(Ok(Ok(Inbound::Frame(kind, payload, permit)))) => Some((kind, payload, permit)),
-            Ok(Ok(Ok(Inbound::Refused(kind, refusal)))) => {
+            Ok(Ok(Inbound::Frame(kind, payload, charge))) => Some((kind, payload, charge)),
+            Ok(Ok(Inbound::Refused(kind, refusal))) => {
                 let error = HandlerError::new(PERMISSION_DENIED, refusal.message.clone());
                 self.record_refusal(peer, kind, refusal);
                 let _ = recv.stop(VarInt::from_u32(STREAM_CODE_REFUSED));
                 if let Some(send) = send {
-                    let reply = error_frame(&error);
-                    if let Err(err) = write_frame(send, reply.kind, reply.payload).await {
-                        tracing::debug!(peer = %peer.addr, ?err, "could not send the refusal");
-                    }
+                    self.write_reply(peer, send, error_frame(&error)).await;
                 }
-                None
-            }
-            Ok(Ok(Err(closed))) => {
-                tracing::error!(peer = %peer.addr, %closed, "inbound budget closed");
                 None
             }
             Ok(Err(ReadFrameError::Frame(err))) => {
@@ -171,6 +175,28 @@ impl Inner {
                 tracing::warn!(peer = %peer.addr, "inbound frame not received within the rpc timeout; stream reset");
                 reset(VarInt::from_u32(STREAM_CODE_INBOUND_TIMEOUT), recv, send);
                 None
+            }
+        }
+    }
+
+    /// Write a reply within `rpc_timeout` plus its size at `frame_bytes_per_s_min`
+    /// (`TransportConfig::frame_timeout`); a peer that does not read it by then has the stream
+    /// reset with `STREAM_CODE_REPLY_TIMEOUT` (counted), and the reply is dropped.
+    async fn write_reply(
+        &self,
+        peer: &PeerInfo,
+        send: &mut quinn::SendStream,
+        reply: OutboundFrame,
+    ) {
+        let limit = self.config.frame_timeout(reply.payload.len());
+        match tokio::time::timeout(limit, write_frame(send, reply.kind, reply.payload)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(peer = %peer.addr, ?err, "could not send the reply"),
+            Err(_) => {
+                Metrics::inc(&self.metrics.reply_write_timeouts);
+                Metrics::inc(&self.metrics.streams_reset);
+                let _ = send.reset(VarInt::from_u32(STREAM_CODE_REPLY_TIMEOUT));
+                tracing::debug!(peer = %peer.addr, ?limit, "reply not read within its bound; stream reset");
             }
         }
     }
@@ -221,11 +247,11 @@ impl Inner {
     pub(super) async fn serve_bi(
         &self,
         peer: PeerInfo,
-        budget: Arc<Semaphore>,
+        budget: BudgetShare,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
     ) {
-        let Some((kind, payload, _reserved)) = self
+        let Some((kind, payload, charge)) = self
             .read_inbound(&peer, &budget, &mut recv, Some(&mut send))
             .await
         else {
@@ -233,7 +259,9 @@ impl Inner {
         };
         Metrics::inc(&self.metrics.rpcs_received);
         let started = std::time::Instant::now();
-        let reply = match self.dispatch(peer.clone(), kind, payload, false).await {
+        let answer = self.dispatch(peer.clone(), kind, payload, false).await;
+        drop(charge); // the request's bytes are handled: not held while the reply is written
+        let reply = match answer {
             Ok(Some(reply)) => reply,
             Ok(None) => error_frame(&HandlerError::new(
                 "no_reply",
@@ -244,19 +272,17 @@ impl Inner {
                 error_frame(&err)
             }
         };
-        if let Err(err) = write_frame(&mut send, reply.kind, reply.payload).await {
-            tracing::debug!(peer = %peer.addr, ?err, "could not send the reply");
-        }
+        self.write_reply(&peer, &mut send, reply).await;
         self.metrics.served(kind, started);
     }
 
     pub(super) async fn serve_uni(
         &self,
         peer: PeerInfo,
-        budget: Arc<Semaphore>,
+        budget: BudgetShare,
         mut recv: quinn::RecvStream,
     ) {
-        let Some((kind, payload, _reserved)) =
+        let Some((kind, payload, charge)) =
             self.read_inbound(&peer, &budget, &mut recv, None).await
         else {
             return;
@@ -264,10 +290,77 @@ impl Inner {
         Metrics::inc(&self.metrics.oneway_received);
         let started = std::time::Instant::now();
         let result = self.dispatch(peer.clone(), kind, payload, true).await;
+        drop(charge);
         self.metrics.served(kind, started);
         if let Err(err) = result {
             Metrics::inc(&self.metrics.handler_errors);
             tracing::warn!(peer = %peer.addr, %kind, %err, "one-way handler failed");
+        }
+    }
+}
+
+/// The inbound budget a connection's frames are charged to, and the share they count in.
+#[derive(Clone)]
+pub(super) struct BudgetShare {
+    budget: Arc<InboundBudget>,
+    identity: Option<Arc<str>>,
+}
+
+/// Whose share a peer's frames and connections count in: its certificate identity (its URI),
+/// or for a certificate without one its key; `None` on an insecure transport (nobody is
+/// identified).
+fn fair_share_key(peer: &PeerInfo) -> Option<Arc<str>> {
+    match &*peer.identity {
+        PeerIdentity::Unauthenticated => None,
+        PeerIdentity::Verified(id) => Some(Arc::from(id.uri())),
+        PeerIdentity::Unidentified(_) => Some(Arc::from(match peer.spki_pin {
+            Some(pin) => format!("unidentified:{pin}"),
+            None => "unidentified".to_string(),
+        })),
+    }
+}
+
+/// A connection's place among the capped ones, released when the connection ends.
+pub(super) struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    _identity: Option<IdentitySlot>,
+}
+
+/// One of an identity's connections (`client_connections_per_identity_max`).
+struct IdentitySlot {
+    counts: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    key: Arc<str>,
+}
+
+impl IdentitySlot {
+    /// A slot for `key` if it holds fewer than `max`.
+    fn take(
+        counts: &Arc<Mutex<HashMap<Arc<str>, usize>>>,
+        key: Arc<str>,
+        max: usize,
+    ) -> Option<IdentitySlot> {
+        let mut map = lock(counts);
+        let count = map.entry(Arc::clone(&key)).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        drop(map);
+        Some(IdentitySlot {
+            counts: Arc::clone(counts),
+            key,
+        })
+    }
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut map = lock(&self.counts);
+        if let Some(count) = map.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.key);
+            }
         }
     }
 }
@@ -347,7 +440,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
     };
-    let slot = match inner.connection_slot(&peer.identity) {
+    let slot = match inner.connection_slot(&peer) {
         Ok(slot) => slot,
         Err(cap) => return inner.refuse_connection_full(&conn, &peer, cap),
     };
@@ -359,10 +452,16 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
     }
     let _tracked = InboundTracked::new(&inner, &conn);
     inner.peer_dialled(&peer, dial_started);
-    let budget = if peer.identity.node_id().is_some() {
-        inbound_budget(&inner.config)
-    } else {
-        Arc::clone(&inner.shared_inbound_budget) // clients cannot multiply it by connecting
+    let budget = BudgetShare {
+        budget: match &*peer.identity {
+            _ if peer.identity.node_id().is_some() => inbound_budget(&inner.config, false),
+            PeerIdentity::Verified(id) if id.role == Role::Admin => {
+                Arc::clone(&inner.admin_inbound_budget)
+            }
+            // Clients cannot multiply it by connecting.
+            _ => Arc::clone(&inner.client_inbound_budget),
+        },
+        identity: fair_share_key(&peer),
     };
     // Holding only a weak reference between streams lets a dropped transport shut down.
     let weak = Arc::downgrade(&inner);

@@ -623,6 +623,13 @@ pub(super) fn stream_code_error(addr: SocketAddr, code: VarInt) -> TransportErro
             reason: "the peer gave up waiting for our frame within its rpc timeout".into(),
         };
     }
+    if code == u64::from(STREAM_CODE_REPLY_TIMEOUT) {
+        return TransportError::Unreachable {
+            addr,
+            reason: "the peer gave up writing its reply: it was not read within the peer's bound"
+                .into(),
+        };
+    }
     match frame_code {
         Some(code) => TransportError::PeerRejectedFrame { addr, code },
         None => TransportError::Unreachable {

@@ -149,3 +149,42 @@ pub fn runtime(workers: usize) -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A leaf of [`leaf_creds`]: a node by id, or a client or admin certificate by name.
+pub enum Leaf {
+    Node(u64),
+    Client(&'static str),
+    Admin(&'static str),
+}
+
+/// A cluster CA and one leaf per entry of `leaves` (in order), all on 127.0.0.1.
+pub fn leaf_creds(dir: &Path, cluster: &str, leaves: &[Leaf]) -> Vec<Credentials> {
+    use nodedb_transport::issue::{generate_cluster_credentials_with, LeafSpec};
+    use nodedb_transport::Role;
+    let here = || vec!["127.0.0.1".to_string()];
+    let specs: Vec<LeafSpec> = leaves
+        .iter()
+        .map(|leaf| match leaf {
+            Leaf::Node(id) => LeafSpec::node(*id, here()).unwrap(),
+            Leaf::Client(name) => LeafSpec::named(Role::Client, name, here()).unwrap(),
+            Leaf::Admin(name) => LeafSpec::named(Role::Admin, name, here()).unwrap(),
+        })
+        .collect();
+    generate_cluster_credentials_with(dir, cluster, &specs, 30)
+        .unwrap()
+        .iter()
+        .map(|f| Credentials::mtls_from_files(&f.ca_cert, &f.cert, &f.key).unwrap())
+        .collect()
+}
+
+/// Until `check()` holds, polling every 5 ms; panics with `what` after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
