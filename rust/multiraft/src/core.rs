@@ -257,7 +257,7 @@ impl MultiRaftCore {
         self.ticks += 1;
         self.sample_space_if_due();
         let stalled = self.disk.stalled();
-        let timeout = self.cfg.read_index_timeout_ticks;
+        let tick_ms = self.cfg.tick_interval.as_millis() as u64;
         let now = self.ticks;
         for g in self.groups.values_mut() {
             if !stalled {
@@ -267,12 +267,12 @@ impl MultiRaftCore {
             }
             let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut g.reads)
                 .into_iter()
-                .partition(|r| now.saturating_sub(r.started_tick) >= timeout);
+                .partition(|r| now >= r.expires_tick);
             g.reads = kept;
             for r in expired {
                 r.reply.send(Err(RaftError::Timeout {
                     op: "read_index",
-                    timeout_ms: timeout * self.cfg.tick_interval.as_millis() as u64,
+                    timeout_ms: (r.expires_tick - r.started_tick) * tick_ms,
                 }));
             }
         }
@@ -317,6 +317,7 @@ impl MultiRaftCore {
         self.read_index_leased(
             gid,
             None,
+            None,
             Reply::new(move |r: Result<ReadPoint, RaftError>| reply.send(r.map(|p| p.index))),
         );
     }
@@ -327,12 +328,19 @@ impl MultiRaftCore {
         &mut self,
         gid: GroupId,
         lease: Option<ReadLease>,
+        timeout: Option<std::time::Duration>,
         reply: impl Into<Reply<ReadPoint>>,
     ) {
         let reply = reply.into();
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         let now = self.ticks;
+        let tick_ms = self.cfg.tick_interval.as_millis().max(1);
+        let asked = timeout.map_or(0, |t| t.as_millis().div_ceil(tick_ms));
+        let expires_tick = now
+            + u64::try_from(asked)
+                .unwrap_or(u64::MAX / 2)
+                .max(self.cfg.read_index_timeout_ticks);
         if let Err(e) = self.group_mut(gid) {
             reply.send(Err(e));
             return;
@@ -359,6 +367,7 @@ impl MultiRaftCore {
             g.reads.push(PendingRead {
                 ctx,
                 started_tick: now,
+                expires_tick,
                 read_index: Some(index),
                 sent_to: g.raw.raft.id,
                 sent_tick: now,
@@ -373,6 +382,7 @@ impl MultiRaftCore {
         g.reads.push(PendingRead {
             ctx,
             started_tick: now,
+            expires_tick,
             read_index: None,
             sent_to: 0,
             sent_tick: now,

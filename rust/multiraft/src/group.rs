@@ -35,6 +35,9 @@ pub(crate) struct PendingConf {
 pub(crate) struct PendingRead {
     pub(crate) ctx: u64,
     pub(crate) started_tick: u64,
+    /// Answered Timeout at this tick unless confirmed before (the caller's deadline, at least
+    /// `read_index_timeout_ticks` after `started_tick`).
+    pub(crate) expires_tick: u64,
     /// Set once raft confirmed leadership: the read may proceed when applied ≥ this.
     pub(crate) read_index: Option<u64>,
     /// The leader this read's ReadIndex request went to (this node when it leads), and when;
@@ -96,6 +99,8 @@ pub(crate) struct Group {
     /// The state machine failed to give its state for a snapshot: the next try waits until
     /// the group has applied up to this index (another threshold's worth of entries).
     pub(crate) snapshot_retry_index: u64,
+    /// Received snapshots in a row the state machine could not decode (`finish_restore`).
+    pub(crate) decode_failures: u32,
     /// A received snapshot is being sealed and decoded on the snapshot thread (at most one;
     /// chunks of another transfer are dropped meanwhile). raft has not seen its MsgSnapshot
     /// yet: until the state is decoded the group acks and votes on its own log only.

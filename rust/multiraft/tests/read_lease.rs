@@ -46,7 +46,7 @@ fn read_alone(
     lease: Option<ReadLease>,
 ) -> (Option<Result<ReadPoint, RaftError>>, Answer) {
     let (tx, mut rx) = oneshot::channel();
-    c.core(at).read_index_leased(G, lease, tx);
+    c.core(at).read_index_leased(G, lease, None, tx);
     (rx.try_recv().ok(), rx)
 }
 
@@ -214,4 +214,42 @@ fn the_lease_board_withdraws_the_lease_before_a_transfer_target_hears_of_the_tra
         vec![false],
         "the target got one MsgTimeoutNow, and the lease was gone by then"
     );
+}
+
+/// Found by an embedding probe: `read_index(timeout_s=20)` gave up after 3.2 s, the engine's
+/// own bound. A read with no quorum now waits for its caller's deadline (resent meanwhile),
+/// and one with no deadline of its own still ends at the engine's bound.
+#[test]
+fn a_read_waits_for_its_callers_deadline_not_only_the_engines_bound() {
+    let (mut c, l) = cluster();
+    let others: Vec<NodeId> = c.nodes.keys().copied().filter(|n| *n != l).collect();
+    c.net.partition(&[l], &others);
+    let bound = c.core(l).config().read_index_timeout_ticks;
+    let tick_ms = c.core(l).config().tick_interval.as_millis() as u64;
+    let asked_ticks = 2 * bound;
+    let (tx, mut long) = oneshot::channel();
+    let timeout = Duration::from_millis(asked_ticks * tick_ms);
+    c.core(l).read_index_leased(G, None, Some(timeout), tx);
+    let (tx, mut short) = oneshot::channel();
+    c.core(l).read_index_leased(G, None, None, tx);
+    for _ in 0..bound {
+        c.tick();
+    }
+    match short.try_recv() {
+        Ok(Err(RaftError::Timeout { timeout_ms, .. })) => assert_eq!(timeout_ms, bound * tick_ms),
+        other => panic!("the engine's bound ends a read with no deadline: {other:?}"),
+    }
+    assert!(
+        long.try_recv().is_err(),
+        "a longer deadline is still waited for"
+    );
+    for _ in bound..asked_ticks {
+        c.tick();
+    }
+    match long.try_recv() {
+        Ok(Err(RaftError::Timeout { timeout_ms, .. })) => {
+            assert_eq!(timeout_ms, asked_ticks * tick_ms)
+        }
+        other => panic!("timed out at its own deadline: {other:?}"),
+    }
 }

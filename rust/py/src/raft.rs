@@ -494,7 +494,7 @@ impl PyRaftEngine {
         let reply = self.bridge_reply(future, "read_index", t, |py, index: u64| {
             Ok(index.into_pyobject(py)?.into_any().unbind())
         });
-        self.engine.read_index_with(GroupId(group_id), reply);
+        self.engine.read_index_with(GroupId(group_id), t, reply);
         Ok(())
     }
 

@@ -7,6 +7,9 @@ use raft::prelude::SnapshotMetadata;
 /// A log since the last snapshot counts each entry as at least this many bytes (its record and
 /// its place in memory), so a log of empty entries is compacted too.
 const ENTRY_BYTES_MIN: u64 = 64;
+/// Received snapshots of one group in a row its state machine could not decode before the
+/// engine stops: one may be a damaged transfer, three are the machine's own failing.
+const DECODE_FAILURES_MAX: u32 = 3;
 /// The next snapshot waits until the log since the last one holds this fraction of its size.
 const LOG_PER_SNAPSHOT_DIVISOR: u64 = 4;
 
@@ -290,14 +293,17 @@ impl MultiRaftCore {
             return Ok(());
         };
         g.restoring = None;
+        if matches!(result, Err(SnapshotError::Restore { .. })) {
+            g.decode_failures += 1;
+        } else if result.is_ok() {
+            g.decode_failures = 0;
+        }
         match result {
-            // The transfer was whole (its checksum held), yet the state machine cannot decode
-            // it: every resend would fail alike (it was fetched again and again, forever, with
-            // the node Ready and serving nothing of the group: embedding probe, session 30).
-            // Fatal, as a failed restore is; the file is kept for a look.
-            Err(SnapshotError::Sm(source)) => {
-                let path = self.snapshots.path(&key, "snap");
-                return Err(SnapshotError::Restore { path, source }.into());
+            // The state machine could not decode whole transfers, again and again: every
+            // resend fails alike (it was fetched forever, the node Ready and serving nothing
+            // of the group: embedding probe, session 30). Fatal, as a failed restore is.
+            Err(e @ SnapshotError::Restore { .. }) if g.decode_failures >= DECODE_FAILURES_MAX => {
+                return Err(e.into());
             }
             Ok(state) => {
                 slog::info!(self.logger, "received snapshot decoded";

@@ -83,6 +83,7 @@ impl MultiRaftCore {
                 started_empty,
                 building: false,
                 snapshot_retry_index: 0,
+                decode_failures: 0,
                 restoring: None,
                 decoded: None,
             },

@@ -24,6 +24,8 @@ pub(super) enum Input {
         group: GroupId,
         /// The caller's read lease, if it holds one (`MultiRaftCore::read_index_leased`).
         lease: Option<ReadLease>,
+        /// How long the read may wait for its confirmation (None: the engine's bound).
+        timeout: Option<Duration>,
         reply: Reply<ReadPoint>,
     },
     Membership {
@@ -109,8 +111,9 @@ pub(super) fn handle(core: &mut MultiRaftCore, input: Input, shared: &Shared) ->
         Input::ReadIndex {
             group,
             lease,
+            timeout,
             reply,
-        } => core.read_index_leased(group, lease, reply),
+        } => core.read_index_leased(group, lease, timeout, reply),
         Input::Membership {
             group,
             changes,
