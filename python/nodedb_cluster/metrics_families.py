@@ -48,7 +48,8 @@ TRANSPORT_GAUGES: Final = frozenset(
     }
 )
 """Transport entries that go down: pooled connections now; 1 while this transport is insecure;
-bytes of inbound frames the connections of non-node peers hold in their shared budget now."""
+bytes of inbound frames the connections of non-node peers hold now (the clients' budget and the
+admins' own, summed); client and admin connections open now."""
 RENAMED: Final = {
     "wal_torn_tail_repairs_total": "wal_torn_tail_repairs",
     "wal_torn_tail_bytes_discarded_total": "wal_torn_tail_discarded_bytes",
