@@ -130,17 +130,28 @@ class FaultInjector:
                     await node.wait_exit(5.0)
                 if not node.running and RETIRED_LINE in node.log_tail():
                     # It stopped by itself, decommissioned, before `_retire` saw the state.
-                    self.retired.add(node_id)
-                    self.members.discard(node_id)
+                    self._retired_meanwhile(node_id)
                     return 0
                 if not node.running:
                     await node.start()
-                await node.wait_ready(RESTART_READY_TIMEOUT_S)
+                try:
+                    await node.wait_ready(RESTART_READY_TIMEOUT_S)
+                except NodeProcessError:
+                    if node.running or RETIRED_LINE not in node.log_tail():
+                        raise
+                    # Refused: killed while it drained, its drain finished while it was down.
+                    self._retired_meanwhile(node_id)
+                    return 0
                 return node_id
 
         started = [i for i in await asyncio.gather(*(one(i) for i in node_ids)) if i]
         skipped = sorted(set(node_ids) - set(started))
         self.note(f"restarted {started}" + (f" (retired meanwhile: {skipped})" if skipped else ""))
+
+    def _retired_meanwhile(self, node_id: int) -> None:
+        """`node_id` is retired (it said so, stopping or refusing to start): left down."""
+        self.retired.add(node_id)
+        self.members.discard(node_id)
 
     def _gone(self, fault: Fault) -> bool:
         """A fault aimed at a node retired meanwhile is skipped (noted)."""
