@@ -50,12 +50,45 @@ impl Gate {
     }
 }
 
-/// The journal, with a snapshot view that waits at the gate before writing its bytes.
-struct Gated {
+/// Makes the snapshot view of a journal's state (its `snapshot()` bytes).
+type ViewOf = Box<dyn Fn(Vec<u8>) -> Result<Box<dyn SnapshotView>, SmError> + Send + Sync>;
+
+/// The journal, whose snapshot view `view_of` makes: the one delegating wrapper of these tests.
+struct Viewed {
     inner: Box<dyn StateMachine>,
-    gate: Gate,
+    view_of: Arc<ViewOf>,
 }
 
+impl StateMachine for Viewed {
+    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
+        self.inner.apply_batch(commands)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
+        self.inner.snapshot()
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
+        self.inner.restore(data)
+    }
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
+        (self.view_of)(self.inner.snapshot()?)
+    }
+}
+
+/// The journal factory, each state machine's snapshot view made by `view_of`.
+fn viewed_factory(journals: Journals, view_of: ViewOf) -> Box<dyn StateMachineFactory> {
+    let mut inner = factory(journals);
+    let view_of = Arc::new(view_of);
+    Box::new(
+        move |g: GroupId, kind: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
+            Ok(Box::new(Viewed {
+                inner: inner.create(g, kind)?,
+                view_of: Arc::clone(&view_of),
+            }))
+        },
+    )
+}
+
+/// A snapshot view that waits at the gate before writing its bytes.
 struct GatedView {
     bytes: Vec<u8>,
     gate: Gate,
@@ -69,33 +102,15 @@ impl SnapshotView for GatedView {
     }
 }
 
-impl StateMachine for Gated {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
-        self.inner.apply_batch(commands)
-    }
-    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
-        self.inner.snapshot()
-    }
-    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
-        self.inner.restore(data)
-    }
-    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
-        Ok(Box::new(GatedView {
-            bytes: self.inner.snapshot()?,
-            gate: self.gate.clone(),
-        }))
-    }
-}
-
 fn gated_factory(journals: Journals, gate: Gate) -> Box<dyn StateMachineFactory> {
-    let mut inner = factory(journals);
-    Box::new(
-        move |g: GroupId, kind: StateMachineKind| -> Result<Box<dyn StateMachine>, SmError> {
-            Ok(Box::new(Gated {
-                inner: inner.create(g, kind)?,
+    viewed_factory(
+        journals,
+        Box::new(move |bytes| {
+            Ok(Box::new(GatedView {
+                bytes,
                 gate: gate.clone(),
             }))
-        },
+        }),
     )
 }
 
@@ -319,12 +334,6 @@ enum Fails {
     Write,
 }
 
-struct Failing {
-    inner: Box<dyn StateMachine>,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-    at: Fails,
-}
-
 struct FailingView(Vec<u8>);
 
 impl SnapshotView for FailingView {
@@ -336,26 +345,24 @@ impl SnapshotView for FailingView {
     }
 }
 
-impl StateMachine for Failing {
-    fn apply_batch(&mut self, commands: &[Command<'_>]) -> Result<Vec<Vec<u8>>, SmError> {
-        self.inner.apply_batch(commands)
-    }
-    fn snapshot(&self) -> Result<Vec<u8>, SmError> {
-        self.inner.snapshot()
-    }
-    fn restore(&mut self, data: &[u8]) -> Result<(), SmError> {
-        self.inner.restore(data)
-    }
-    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, SmError> {
-        let state = self.inner.snapshot()?;
-        if !self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(Box::new(SnapshotBytes(state)));
-        }
-        match self.at {
-            Fails::View => Err(SmError::Other("snapshot() raised OSError(ENOSPC)".into())),
-            Fails::Write => Ok(Box::new(FailingView(state))),
-        }
-    }
+/// The journal factory whose snapshots fail at `at` while `failing` is set.
+fn failing_factory(
+    journals: Journals,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    at: Fails,
+) -> Box<dyn StateMachineFactory> {
+    viewed_factory(
+        journals,
+        Box::new(move |state| -> Result<Box<dyn SnapshotView>, SmError> {
+            if !failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(Box::new(SnapshotBytes(state)));
+            }
+            match at {
+                Fails::View => Err(SmError::Other("snapshot() raised OSError(ENOSPC)".into())),
+                Fails::Write => Ok(Box::new(FailingView(state))),
+            }
+        }),
+    )
 }
 
 /// Found by an embedding probe: every replica reaches the snapshot threshold at the same
@@ -374,19 +381,7 @@ fn a_state_machine_that_cannot_snapshot_stops_no_group() {
             |cfg| cfg.snapshot_threshold_entries = threshold,
             |_| {
                 let journals = Journals::default();
-                let mut inner = factory(journals.clone());
-                let failing = Arc::clone(&failing);
-                let f: Box<dyn StateMachineFactory> = Box::new(
-                    move |g: GroupId,
-                          kind: StateMachineKind|
-                          -> Result<Box<dyn StateMachine>, SmError> {
-                        Ok(Box::new(Failing {
-                            inner: inner.create(g, kind)?,
-                            failing: Arc::clone(&failing),
-                            at,
-                        }))
-                    },
-                );
+                let f = failing_factory(journals.clone(), Arc::clone(&failing), at);
                 (journals, f)
             },
         );
