@@ -17,7 +17,9 @@
 
 A host command carries no session: when its fate is unknown (leadership lost or the deadline
 passed after it was handed to a leader, or the connection to the leader broke) `OutcomeUnknown`
-is raised and the command is not retried, unless the caller says it is idempotent.
+is raised and the command is not retried, unless the caller says it is idempotent. A call
+cancelled after it began (`task.cancel()`, `asyncio.wait_for`) has an unknown outcome too: the
+command may already be with the leader, and most such commands apply.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Final
 import nodedb_cluster_core as _core
 
 from nodedb_cluster.errors import (
+    Busy,
     ClusterError,
     EngineStopped,
     InvalidRequest,
@@ -60,6 +63,13 @@ COMMAND_BYTES_MAX: Final = _core.PAYLOAD_BYTES_MAX - (1 << 20) - 9
 (rust/multiraft/src/codec.rs, ENTRY_BYTES_MAX), 9 bytes of it the entry's own header."""
 NO_LEADER_WAIT_S: Final = 0.05
 """How long a proposer with no leader to try waits for one to be elected before trying again."""
+BUSY_WAIT_MIN_S: Final = 0.001
+BUSY_WAIT_MAX_S: Final = 0.05
+"""A proposer whose leader answered `Busy` (raft dropped the command unappended: a leadership
+transfer under way, or the uncommitted limit full) waits this long before trying again, from
+the first value doubling to the second, until its deadline: a replica move hands leadership over
+under load, and the callers failed at once with ~9 s of their deadline left (embedding probe,
+session 31)."""
 
 BytesLike = bytes | bytearray | memoryview
 """A command or key: taken as its bytes."""
@@ -165,6 +175,7 @@ class DataGroups:
         deadline = loop.time() + timeout
         hint = where.leader
         tried: set[int] = set()
+        busy_wait = BUSY_WAIT_MIN_S
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -190,6 +201,10 @@ class DataGroups:
                     raise
                 tried.add(target)
                 hint = None
+            except Busy:  # nothing appended: the same leader again, once it has room
+                await asyncio.sleep(min(busy_wait, max(0.0, deadline - loop.time())))
+                busy_wait = min(2 * busy_wait, BUSY_WAIT_MAX_S)
+                hint = target
 
     async def read_index(
         self,
@@ -220,6 +235,8 @@ class DataGroups:
         last told, so a change that lands at any point after registering (the host busy in
         synchronous code, a change before the watcher first looks) is still reported: the
         last call per group always names the leader this node knows."""
+        if not callable(callback):
+            raise InvalidRequest(f"callback must be callable, got {type(callback).__name__}")
         subscriber = _Subscriber(callback)
         self._subscribers.append(subscriber)
         asyncio.get_running_loop().call_soon(self._report, subscriber)

@@ -26,6 +26,7 @@ import nodedb_cluster_core as _core
 
 from nodedb_cluster import wire
 from nodedb_cluster.errors import (
+    Busy,
     ClusterError,
     HandshakeError,
     InvalidRequest,
@@ -44,6 +45,8 @@ from nodedb_cluster.transport import Transport
 
 HOST_VERSION: Final = _core.HOST_VERSION
 """The newest HOST_PROPOSE version this build speaks (rust/wire/src/host.rs): a batch."""
+HOST_SERVE_TIMEOUT_MS_MAX: Final = _core.HOST_SERVE_TIMEOUT_MS_MAX
+"""The longest a leader serves a forwarded command before answering its outcome unknown."""
 HOST_ITEMS_MAX: Final = _core.HOST_ITEMS_MAX
 """The most commands one HOST_PROPOSE carries; more go in several."""
 BATCH_BYTES_MAX: Final = _core.PAYLOAD_BYTES_MAX - 4096
@@ -59,13 +62,18 @@ BATCH_RETRY_AFTER_S: Final = 60.0
 again (a rolling upgrade replaces that leader's build meanwhile)."""
 
 NOT_SENT: Final = (UnknownPeer, HandshakeError)
+"""Failures that prove the request never reached the peer: safe to try another node."""
 STOPPED_CODE: Final = "EngineStopped"
 """A leader's refusal because its engine stopped (shutting down, or failed) before it took the
 command: nothing of it is in any log (a command the engine had taken is answered outcome
 unknown, `LeadershipLost`), so it is sent to the next voter, which may lead by now (embedding
 probe, session 30: ~1,000 such commands failed during a graceful leader shutdown, although a
 new leader was elected within milliseconds)."""
-"""Failures that prove the request never reached the peer: safe to try another node."""
+BUSY_CODE: Final = "Busy"
+"""A leader's refusal of a command raft dropped unappended (a leadership transfer under way,
+the uncommitted limit full): raised as `Busy`, as the same refusal on this node is, which the
+proposer retries within its deadline (embedding probe, session 31: it was a `RemoteError`, and
+a follower's callers failed where the leader's would have been told to retry)."""
 _MAYBE_SENT: Final = (Unreachable, TransportClosed, Timeout)
 """Failures after which the peer may have proposed the commands."""
 
@@ -115,6 +123,8 @@ def outcome_result(doc: object, group: int, target: int) -> bytes:
     code, message = doc.get("code"), doc.get("message")
     if outcome == "failed" and code == STOPPED_CODE:
         raise RaftNotLeader(group, None)  # it took nothing: the next voter may lead
+    if outcome == "failed" and code == BUSY_CODE and isinstance(message, str):
+        raise Busy(message.removeprefix("busy: "))  # it took nothing: retried, as here
     if outcome == "failed" and isinstance(code, str) and isinstance(message, str):
         raise RemoteError(code, message)  # what a version-1 answer's ERROR frame raised
     raise InvalidRequest(f"node {target} answered HOST_PROPOSE with {doc!r}")
@@ -194,7 +204,11 @@ class ProposalQueue:
             for item in items:
                 by_group.setdefault(item.group, []).append(item)
             for group, those in by_group.items():
-                _guarded(those, functools.partial(self._propose_here, group, those))
+                # Cut like a request (embedding probe, session 31: three 63 MiB commands in
+                # one engine call were one ~190 MB append and send, and the leader lost
+                # check-quorum); a cut the uncommitted limit refuses is `Busy`, retried.
+                for chunk in _chunks(those):
+                    _guarded(chunk, functools.partial(self._propose_here, group, chunk))
 
     def _propose_here(self, group: int, items: list[_Queued]) -> None:
         commands = [i.command for i in items]
@@ -226,9 +240,15 @@ class ProposalQueue:
             for item in items:
                 self._spawn(self._send_one(target, item))
             return
-        payload = encode_batch([(i.group, i.command) for i in items], _timeout_ms(items))
+        timeout_ms = _timeout_ms(items)
+        payload = encode_batch([(i.group, i.command) for i in items], timeout_ms)
         try:
-            fut = self._transport.send_rpc_nowait(target, wire.MessageKind.HOST_PROPOSE, payload)
+            fut = self._transport.send_rpc_nowait(
+                target,
+                wire.MessageKind.HOST_PROPOSE,
+                payload,
+                answer_within_ms=_served_within(timeout_ms),
+            )
         except ClusterError as e:
             _fail(items, e)
             return
@@ -265,11 +285,15 @@ class ProposalQueue:
 
     async def _send_one(self, target: int, item: _Queued) -> None:
         """Version 1, for a leader from before batches."""
-        payload = encode_propose(item.group, item.command, _timeout_ms([item]))
+        timeout_ms = _timeout_ms([item])
+        payload = encode_propose(item.group, item.command, timeout_ms)
         try:
             try:
-                kind, reply = await self._transport.send_rpc(
-                    target, wire.MessageKind.HOST_PROPOSE, payload
+                kind, reply = await self._transport.send_rpc_nowait(
+                    target,
+                    wire.MessageKind.HOST_PROPOSE,
+                    payload,
+                    answer_within_ms=_served_within(timeout_ms),
                 )
             except ClusterError as e:
                 raise _sent_error(target, e) from e
@@ -300,6 +324,8 @@ def _sent_error(target: int, error: ClusterError) -> ClusterError:
     reached `target`."""
     if isinstance(error, _MAYBE_SENT):
         return _Unanswered(f"node {target}: {error}")
+    if isinstance(error, RemoteError) and error.code == BUSY_CODE:  # a version-1 answer
+        return Busy(error.message.removeprefix("busy: "))
     return error
 
 
@@ -317,6 +343,14 @@ def _timeout_ms(items: list[_Queued]) -> int:
     can make the call refused): each caller still stops waiting at its own."""
     remaining = max(i.deadline for i in items) - asyncio.get_running_loop().time()
     return min(TIMEOUT_MS_MAX, max(1, int(remaining * 1000)))
+
+
+def _served_within(timeout_ms: int) -> int:
+    """How long a leader may take to answer commands sent with `timeout_ms`: what it serves
+    them for (it answers outcome unknown after `HOST_SERVE_TIMEOUT_MS_MAX`). The RPC bound alone
+    (5 s) made a follower's callers `OutcomeUnknown` for commands that applied after it, whatever
+    their own deadline (embedding probe, session 31: all 50,000 of a burst)."""
+    return min(timeout_ms, HOST_SERVE_TIMEOUT_MS_MAX)
 
 
 def _chunks(items: list[_Queued]) -> list[list[_Queued]]:

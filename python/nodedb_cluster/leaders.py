@@ -26,13 +26,15 @@ def changed_leaders(
     seen: LeaderView, now: Iterable[tuple[int, int | None, int]]
 ) -> list[tuple[int, int | None, int, int | None]]:
     """(group, leader, term, previous leader) for every group in `now` whose leader is not the one
-    in `seen` (a group seen for the first time is a change; a new term alone is not); `seen`
-    takes `now`'s values."""
+    in `seen` (a group seen for the first time is a change; a new term alone is not), and every
+    group whose replica left this node or came back (term 0: the engine dropped it; a replica
+    dropped while it knew no leader, as a stale one is, changed no leader but must be told);
+    `seen` takes `now`'s values."""
     changes: list[tuple[int, int | None, int, int | None]] = []
     for group, leader, term in now:
         previous = seen.get(group)
         seen[group] = (leader, term)
-        if previous is None or previous[0] != leader:
+        if previous is None or previous[0] != leader or (previous[1] == 0) != (term == 0):
             changes.append((group, leader, term, None if previous is None else previous[0]))
     return changes
 

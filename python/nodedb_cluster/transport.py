@@ -395,11 +395,14 @@ class Transport:
         """Request/response to a registered peer; an Error reply raises `RemoteError`."""
         return await self.send_rpc_nowait(node_id, kind, payload)
 
-    def send_rpc_nowait(self, node_id: int, kind: int, payload: bytes) -> asyncio.Future[Reply]:
+    def send_rpc_nowait(
+        self, node_id: int, kind: int, payload: bytes, *, answer_within_ms: int | None = None
+    ) -> asyncio.Future[Reply]:
         """`send_rpc` begun now, its reply a future: for a caller that settles many waiters
-        from one reply in a callback, with no task of its own."""
+        from one reply in a callback, with no task of its own. With `answer_within_ms`, the
+        peer's handler may take that long (the RPC bound is then for the network alone)."""
         future: asyncio.Future[Reply] = self._attach().create_future()
-        self._core.send_rpc(node_id, kind, payload, future)
+        self._core.send_rpc(node_id, kind, payload, future, answer_within_ms)
         return future
 
     async def send_rpc_to_addr(self, addr: str | SocketAddr, kind: int, payload: bytes) -> Reply:

@@ -32,6 +32,7 @@ def log_records_dropped() -> int: ...
 FORMAT_VERSION: Final[int]
 HEADER_BYTES: Final[int]
 HOST_ITEMS_MAX: Final[int]
+HOST_SERVE_TIMEOUT_MS_MAX: Final[int]
 HOST_VERSION: Final[int]
 PAYLOAD_BYTES_MAX: Final[int]
 WIRE_VERSION: Final[int]
@@ -129,7 +130,12 @@ class Transport:
     def announce_address(self) -> None: ...
     def announce_address_to(self, addrs: list[str]) -> None: ...
     def send_rpc(
-        self, node_id: int, kind: int, payload: bytes, future: Future[tuple[int, bytes]]
+        self,
+        node_id: int,
+        kind: int,
+        payload: bytes,
+        future: Future[tuple[int, bytes]],
+        answer_within_ms: int | None = None,
     ) -> None: ...
     def send_rpc_to_addr(
         self, addr: str, kind: int, payload: bytes, future: Future[tuple[int, bytes]]

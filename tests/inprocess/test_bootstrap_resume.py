@@ -14,7 +14,7 @@ import pytest
 from nodedb_cluster.addr import parse_socket_addr
 from nodedb_cluster.catalog import Catalog
 from nodedb_cluster.config import ClusterConfig
-from nodedb_cluster.errors import CatalogError, NodeRetired
+from nodedb_cluster.errors import CatalogError, ClusterError, NodeRetired
 from nodedb_cluster.formation.bootstrap_mark import mark_path, read_mark, write_mark
 from nodedb_cluster.formation.start import start_cluster
 from nodedb_cluster.localcluster import free_port
@@ -116,3 +116,21 @@ async def test_a_node_its_catalog_says_decommissioned_refuses_to_restart(tmp_pat
         NodeRetired, match=r"node 1 was decommissioned \(catalog .*join it as a new"
     ):
         await start_cluster(cfg, state_machine=factory(failing_group=None))
+
+
+@pytest.mark.parametrize("founded_as", ["kv", "python"])
+async def test_a_restart_the_other_way_than_its_cluster_is_refused(
+    tmp_path: Path, founded_as: str
+) -> None:
+    """Embedding probe, session 31: a factory given to a node of a KV cluster was never called
+    and the node came up Ready (its `node.data` calls refused by the leaders one by one)."""
+    cfg = config(tmp_path)
+    host = factory(failing_group=None)
+    node = await start_cluster(cfg, state_machine=host if founded_as == "python" else None)
+    await node.shutdown()
+    other = None if founded_as == "python" else host
+    with pytest.raises(ClusterError, match="was started to run") as refused:
+        await start_cluster(cfg, state_machine=other)
+    assert ("state_machine=factory" in str(refused.value)) == (founded_as == "python")
+    node = await start_cluster(cfg, state_machine=host if founded_as == "python" else None)
+    await node.shutdown()  # the cluster's own way still starts

@@ -88,3 +88,13 @@ def test_changed_leaders_reports_new_leaders_not_new_terms() -> None:
     assert seen[0] == (1, 3), "but the term is taken"
     assert changed_leaders(seen, [(0, None, 4), (1, 2, 2)]) == [(0, None, 4, 1), (1, 2, 2, None)]
     assert changed_leaders(seen, [(0, 3, 4)]) == [(0, 3, 4, None)]
+
+
+def test_changed_leaders_reports_a_replica_dropped_while_it_knew_no_leader() -> None:
+    """Embedding probe, session 31: a stale replica dropped after 30 s without a leader went
+    from (None, 2) to (None, 0), which compared as no change, so the host never heard it left."""
+    seen: LeaderView = {}
+    changed_leaders(seen, [(4, None, 2)])
+    assert changed_leaders(seen, [(4, None, 0)]) == [(4, None, 0, None)], "the drop is a change"
+    assert changed_leaders(seen, [(4, None, 0)]) == [], "once"
+    assert changed_leaders(seen, [(4, None, 3)]) == [(4, None, 3, None)], "and a replica back"

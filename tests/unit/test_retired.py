@@ -144,3 +144,14 @@ async def test_a_node_still_draining_data_asks_nobody_and_runs_on() -> None:
     assert node4.asked == 1, "peers are asked once per 5 s, no more"
     node4.state = NodeState.ACTIVE  # no longer draining: the watch ends with nothing to do
     assert await asyncio.wait_for(watch, 5) is None
+
+
+async def test_a_node_out_of_group_0_asks_its_peers_whatever_stale_replica_it_runs() -> None:
+    """Embedding probe, session 31: its group 1 replica was removed while it could not hear,
+    so it ran on until that replica was dropped as an orphan (30 s), serving its host, though
+    a decommission removes group 0 last: out of it, the node asks."""
+    node4 = Draining(NodeState.DRAINING, [1], "DECOMMISSIONED")
+    reason = await asyncio.wait_for(node4.until_retired(), 5)
+    assert reason is not None
+    assert "as node 1 reports" in reason
+    assert node4.asked == 1

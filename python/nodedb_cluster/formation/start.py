@@ -65,7 +65,7 @@ from nodedb_cluster.lifecycle import (
 )
 from nodedb_cluster.membership import bind_udp
 from nodedb_cluster.metadata.applier import MetadataState
-from nodedb_cluster.metadata.cluster_settings import adopt, founded_with
+from nodedb_cluster.metadata.cluster_settings import adopt, check_data_kind, founded_with
 from nodedb_cluster.metadata.commands import SettingValue
 from nodedb_cluster.metadata.group import MetadataGroup, decode_state
 from nodedb_cluster.metadata.vshard_moves import VShardMoves
@@ -251,6 +251,7 @@ class _Parts:
 
     def node(self, cluster_id: str, settings: Mapping[str, object]) -> Node:
         """The node, its config taking the cluster's recorded settings (`cluster_settings`)."""
+        check_data_kind(self.config.node_id, self.kind, settings)
         config = adopt(self.config, settings)
         self.made = Node(config, self.tracker, self.catalog, self.transport, cluster_id, self.kind)
         return self.made
@@ -364,7 +365,7 @@ async def _bootstrap(parts: _Parts) -> Node:
     await asyncio.to_thread(
         write_identity, config.data_dir, LogIdentity(cluster_id, config.node_id)
     )
-    settings = founded_with(config)
+    settings = founded_with(config, parts.kind)
     await asyncio.to_thread(catalog.save_formation, cluster_id, topology, routing, secret, settings)
     node = parts.node(cluster_id, settings)
     initial = MetadataState(topology, routing, settings, 0)
@@ -487,6 +488,9 @@ async def _join(parts: _Parts) -> Node:
     seeds = [a for a in config.seed_nodes if a != config.listen_addr]
     response = await _unless_stopped(run_join(seeds, config.join_retry, send, tracker), parts.stop)
     state = decode_state(response.state)
+    # Before anything is saved: the same node started the cluster's way joins again (its id
+    # with its pinned key is answered as a member).
+    check_data_kind(config.node_id, parts.kind, state.settings)
     # 1. Topology (own entry forced Active) and routing from the response.
     own = state.topology.get(config.node_id)
     topology = state.topology.copy()

@@ -66,6 +66,12 @@ impl FrameHandler for HostProposeServer {
     fn handle(&self, frame: InboundFrame) -> HandlerFuture {
         self.serve(&frame.payload)
     }
+
+    /// A command is served for its sender's deadline, at most `SERVE_TIMEOUT_MS_MAX`: the RPC
+    /// bound alone answered a slow apply `handler_timeout`, an outcome the sender cannot know.
+    fn answer_within(&self) -> Option<Duration> {
+        Some(Duration::from_millis(SERVE_TIMEOUT_MS_MAX))
+    }
 }
 
 /// Every group's share proposed at once; the outcomes in the request's order. Version 1 (one

@@ -489,7 +489,9 @@ impl PyTransport {
         Ok(())
     }
 
-    /// Resolve `future` with `(kind, payload)` of the reply.
+    /// Resolve `future` with `(kind, payload)` of the reply; with `answer_within_ms`, the
+    /// peer's handler may take that long (`Transport::send_rpc_within`).
+    #[pyo3(signature = (node_id, kind, payload, future, answer_within_ms = None))]
     fn send_rpc(
         &self,
         py: Python<'_>,
@@ -497,13 +499,25 @@ impl PyTransport {
         kind: u16,
         payload: &[u8],
         future: Py<PyAny>,
+        answer_within_ms: Option<u64>,
     ) -> PyResult<()> {
         let kind = kind_of(py, kind)?;
         let payload = Bytes::copy_from_slice(payload);
         let transport = self.inner.clone();
+        let node_id = NodeId(node_id);
         self.spawn_settle(
             future,
-            async move { transport.send_rpc(NodeId(node_id), kind, payload).await },
+            async move {
+                match answer_within_ms {
+                    None => transport.send_rpc(node_id, kind, payload).await,
+                    Some(ms) => {
+                        let within = Duration::from_millis(ms);
+                        transport
+                            .send_rpc_within(node_id, kind, payload, within)
+                            .await
+                    }
+                }
+            },
             reply_to_py,
         );
         Ok(())

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nodedb_wire::MessageKind;
@@ -63,6 +64,14 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'st
 /// Something that answers inbound frames. Must not block: return a future.
 pub trait FrameHandler: Send + Sync + 'static {
     fn handle(&self, frame: InboundFrame) -> HandlerFuture;
+
+    /// The longest this handler's answer may take when it bounds its own wait by more than
+    /// `rpc_timeout` allows (a forwarded host command waits for its apply, up to its sender's
+    /// deadline): the transport then answers `handler_timeout` only after this plus
+    /// `rpc_timeout`. None: `rpc_timeout` alone.
+    fn answer_within(&self) -> Option<Duration> {
+        None
+    }
 }
 
 struct FnHandler<F>(F);

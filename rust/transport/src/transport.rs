@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nodedb_wire::control::ControlMessage;
@@ -569,6 +569,25 @@ impl Transport {
             .inner
             .paced_rpc(peer.target(), peer.expected_pin, kind, payload, pace);
         unless_moved(&peer, moved, rpc).await
+    }
+
+    /// Request/response to a registered peer whose handler may take `answer_within`, more than
+    /// `rpc_timeout` allows (a forwarded host command waits for its apply, up to its caller's
+    /// deadline): the reply's header by `answer_within` plus `rpc_timeout` for the network, its
+    /// payload at `frame_bytes_per_s_min` after that (`send_rpc_paced`).
+    pub async fn send_rpc_within(
+        &self,
+        node_id: NodeId,
+        kind: MessageKind,
+        payload: Bytes,
+        answer_within: Duration,
+    ) -> Result<OutboundFrame, TransportError> {
+        let config = &self.inner.config;
+        let pace = RpcPace {
+            answer_by: Instant::now() + answer_within.saturating_add(config.rpc_timeout),
+            reply_bytes_per_s: config.frame_bytes_per_s_min as f64,
+        };
+        self.send_rpc_paced(node_id, kind, payload, pace).await
     }
 
     /// Request/response to an address (join: the peer has no node id yet).

@@ -214,7 +214,11 @@ impl Inner {
                 format!("no handler for {kind}"),
             ));
         };
-        let timeout = self.config.rpc_timeout;
+        let timeout = handler
+            .answer_within()
+            .map_or(self.config.rpc_timeout, |own| {
+                own.saturating_add(self.config.rpc_timeout)
+            });
         let frame = InboundFrame {
             peer,
             kind,
