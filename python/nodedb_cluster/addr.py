@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -151,3 +152,14 @@ def _parse_port(text: str, port_text: str) -> int:
     if not PORT_MIN <= port <= PORT_MAX:
         raise InvalidAddress(text, f"port {port} is outside {PORT_MIN}..{PORT_MAX}")
     return port
+
+
+def names_ip(named: Iterable[str], ip: IPAddress) -> bool:
+    """Whether one of a certificate's names is `ip` (its DNS names never are: peers dial IPs)."""
+    for name in named:
+        try:
+            if ipaddress.ip_address(name) == ip:
+                return True
+        except ValueError:
+            continue  # a DNS name
+    return False

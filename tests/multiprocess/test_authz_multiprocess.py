@@ -515,9 +515,20 @@ async def test_a_node_certificate_of_a_node_never_admitted_takes_no_part_in_raft
             with pytest.raises(ClusterError) as refused:
                 await outsider.send_rpc_to_addr(cluster.nodes[target].addr, kind, payload)
             assert "node 9 is not a member this node knows" in str(refused.value), kind
+        # Nor does a join claiming an address its certificate does not name (attack probe,
+        # session 31: a seed's address let a node certificate join with no token).
+        claim = wire.JoinRequest(node_id=9, listen_addr="127.0.0.9:9409", wire_version=1)
+        _kind, payload = await outsider.send_rpc_to_addr(
+            cluster.nodes[g0_leader].addr, wire.MessageKind.JOIN_REQUEST, claim.encode()
+        )
+        refusal = wire.JoinResponse.decode(payload)
+        assert not refusal.success and refusal.permanent
+        assert refusal.cluster_secret is None
+        assert "claims listen address 127.0.0.9:9409" in refusal.error
         # Nor does a join for a member's id with another key get the state and the secret.
+        node2_ip = cluster.nodes[2].addr.rsplit(":", 1)[0]  # the address it names is node 2's
         node2 = issue_node_credentials(
-            ca, ca_key_path(ca.parent), "n2", ["127.0.0.1"], tmp_path / "rekeyed"
+            ca, ca_key_path(ca.parent), "n2", ["127.0.0.1", node2_ip], tmp_path / "rekeyed"
         )
         join = wire.JoinRequest(node_id=2, listen_addr=cluster.nodes[2].addr, wire_version=1)
     async with Transport(2, "127.0.0.1:0", node2) as rekeyed:

@@ -5,6 +5,7 @@ metadata group answers one JoinRequest, given who sent it and what it knows.
     leader is=false [at=2]         # this node follows; the leader is node 2 (or unknown)
     join id=4 [addr=127.0.0.4:9400] [wire=1] [pin=32|member] [swim=127.0.0.4:9500]
          [caller=node:4|admin:ops|client:app|none] [token=valid|expired|forged|malformed|for:5]
+         [names=127.0.0.9,host]   # what the caller's certificate names (default: its own IP)
     member id=4 [addr=...]         # the admission applied: node 4 is in the topology
     retire id=3                    # node 3 is DECOMMISSIONED
 
@@ -38,12 +39,18 @@ TOKEN_LIFETIME_S = 600
 CLUSTER = "spiffe://scenario"
 
 
-def caller_of(spec: str) -> Caller:
+def caller_of(spec: str, names: str | None = None) -> Caller:
+    """A caller whose certificate names `names` (comma-separated), or, for node n, n's own
+    address (127.0.0.n)."""
     if spec == "none":
         return INSECURE_CALLER
     role, _, name = spec.partition(":")
     node_id = int(name) if role == "node" else None
-    return Caller(f"{CLUSTER}/{role}/{name}", role, node_id)
+    if names is not None:
+        addresses: tuple[str, ...] = tuple(n for n in names.split(",") if n)
+    else:
+        addresses = () if node_id is None else (str(addr_of(node_id).ip),)
+    return Caller(f"{CLUSTER}/{role}/{name}", role, node_id, addresses)
 
 
 class JoinScript:
@@ -121,7 +128,9 @@ class JoinScript:
             self._pin(st),
             view,
             st.get("swim") if st.has("swim") else None,
-            caller=caller_of(st.get("caller", "none")),
+            caller=caller_of(
+                st.get("caller", "none"), st.get("names") if st.has("names") else None
+            ),
             join_token=token,
         )
         match decision:

@@ -61,6 +61,7 @@ REFUSAL_LABELS: Final[dict[JoinRefusal, str]] = {
     JoinRefusal.NO_SECRET: "join_no_secret",
     JoinRefusal.KEY_MISMATCH: "join_key_mismatch",
     JoinRefusal.RETIRED: "join_retired",
+    JoinRefusal.ADDRESS_NOT_NAMED: "join_address_not_named",
 }
 """The transport's refusal label (rust/transport/src/refusals.rs `REASONS`) of each security
 refusal; the others are not trust decisions and are not counted there."""
@@ -72,7 +73,10 @@ NO_SECRET_FOR_TOKENS: Final = (
 
 def caller_of(peer: Peer) -> Caller:
     """The identity the transport verified from the peer's certificate (None when insecure)."""
-    return Caller(peer.identity, peer.role, peer.node_id)
+    addresses = peer.cert_addresses
+    return Caller(
+        peer.identity, peer.role, peer.node_id, None if addresses is None else tuple(addresses)
+    )
 
 
 class JoinAdmission:

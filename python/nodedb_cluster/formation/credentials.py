@@ -20,7 +20,6 @@ A certificate without the URI SAN is refused by `read_cert_identity`, which name
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import stat
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from nodedb_cluster.addr import IPAddress
+from nodedb_cluster.addr import names_ip
 from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.errors import ClusterError, ConfigError, CredentialsError
 from nodedb_cluster.transport import (
@@ -101,7 +100,7 @@ def check_credentials(config: ClusterConfig, facts: CredentialFacts, now_s: floa
                 f"certificate, or start node {identity.node_id}'s config"
             )
     named = facts.cert_addresses
-    if named is not None and not _names_ip(named, config.listen_addr.ip):
+    if named is not None and not names_ip(named, config.listen_addr.ip):
         ip = config.listen_addr.ip
         raise CredentialsError(
             f"{cert} names {', '.join(named) or 'no address'}, not {ip}, the listen address: "
@@ -110,17 +109,6 @@ def check_credentials(config: ClusterConfig, facts: CredentialFacts, now_s: floa
             f"gen-certs --out <its gen-certs folder> --renew n{config.node_id}={ip}`)"
         )
     return expiry_warning(cert, facts.cert_not_after_s, now_s)
-
-
-def _names_ip(named: tuple[str, ...], ip: IPAddress) -> bool:
-    """Whether one of a certificate's names is `ip` (its DNS names never are: peers dial IPs)."""
-    for name in named:
-        try:
-            if ipaddress.ip_address(name) == ip:
-                return True
-        except ValueError:
-            continue  # a DNS name
-    return False
 
 
 RENEW_HINT: Final = (

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from nodedb_cluster.addr import SocketAddr, parse_socket_addr
+from nodedb_cluster.addr import SocketAddr, names_ip, parse_socket_addr
 from nodedb_cluster.errors import InvalidAddress
 from nodedb_cluster.formation.join_token import verify_token
 from nodedb_cluster.formation.leader_hint import format_not_leader
@@ -50,6 +50,7 @@ class JoinRefusal(enum.StrEnum):
     ADDR_IN_USE = "addr_in_use"
     KEY_MISMATCH = "key_mismatch"
     RETIRED = "retired"
+    ADDRESS_NOT_NAMED = "address_not_named"
 
     @property
     def permanent(self) -> bool:
@@ -72,6 +73,8 @@ class Caller:
     """"node", "admin" or "client"."""
     node_id: int | None
     """The node id a node certificate carries."""
+    addresses: tuple[str, ...] | None = None
+    """The IP addresses and DNS names the certificate names: where the CA says it may listen."""
 
 
 INSECURE_CALLER = Caller(None, None, None)
@@ -153,6 +156,18 @@ def decide_join(
         addr = parse_socket_addr(listen_addr)
     except InvalidAddress as e:
         return Reject(f"invalid listen address: {e}", JoinRefusal.INVALID_REQUEST)
+    named = caller.addresses
+    if view.authenticated and named is not None and not names_ip(named, addr.ip):
+        # The address is the payload's; only the CA's word for it counts. A node certificate
+        # claiming a seed's address (a seed joins without a token) joined with none, and any
+        # address it claimed could be taken from the node it belongs to (attack probe, s31).
+        return Reject(
+            f"join refused: the request claims listen address {addr}, but the certificate "
+            f"{caller.identity} names {', '.join(named) or 'no address'}; a node listens at an "
+            f"address its certificate names (issue it again for {addr.ip}: `nodedb-cluster "
+            f"gen-certs --out <its gen-certs folder> --renew n{node_id}={addr.ip}`)",
+            JoinRefusal.ADDRESS_NOT_NAMED,
+        )
     if not view.wire_version_min <= wire_version <= view.wire_version_max:
         return Reject(
             f"wire version {wire_version} is not supported: this node speaks "

@@ -94,6 +94,7 @@ pub struct PyPeer {
     addr: String,
     spki_pin: Option<[u8; 32]>,
     identity: Arc<PeerIdentity>,
+    cert_addresses: Arc<[String]>,
 }
 
 fn verified(identity: &PeerIdentity) -> Option<&Identity> {
@@ -113,6 +114,13 @@ impl PyPeer {
     #[getter]
     fn spki_pin<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
         self.spki_pin.map(|pin| PyBytes::new(py, &pin))
+    }
+
+    /// The IP addresses and DNS names the peer's certificate names; None on an insecure
+    /// transport.
+    #[getter]
+    fn cert_addresses(&self) -> Option<Vec<String>> {
+        verified(&self.identity).map(|_| self.cert_addresses.to_vec())
     }
 
     /// The verified certificate identity URI; None on an insecure transport.
@@ -203,6 +211,7 @@ impl FrameHandler for PyHandler {
                 addr: frame.peer.addr.to_string(),
                 spki_pin: frame.peer.spki_pin.map(|pin| pin.0),
                 identity: frame.peer.identity.clone(),
+                cert_addresses: frame.peer.cert_addresses.clone(),
             };
             let args = (
                 responder,
@@ -431,6 +440,7 @@ impl PyTransport {
             addr: parse_addr(py, &peer.addr)?,
             spki_pin: None,
             identity: peer.identity.clone(),
+            cert_addresses: peer.cert_addresses.clone(),
         };
         let reason = refusal_reason(&reason)
             .ok_or_else(|| PyValueError::new_err(format!("unknown refusal reason {reason:?}")))?;

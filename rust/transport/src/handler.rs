@@ -24,6 +24,9 @@ pub struct PeerInfo {
     pub spki_pin: Option<SpkiPin>,
     /// The identity in the peer's verified certificate: what it may send.
     pub identity: Arc<PeerIdentity>,
+    /// The IP addresses and DNS names that certificate names (empty without one): where the
+    /// CA says the peer may listen.
+    pub cert_addresses: Arc<[String]>,
 }
 
 #[derive(Debug, Clone)]

@@ -39,6 +39,7 @@ pub const REASONS: &[&str] = &[
     "join_no_secret",
     "join_key_mismatch",
     "join_retired",
+    "join_address_not_named",
 ];
 
 /// `name` as the static label in [`REASONS`].

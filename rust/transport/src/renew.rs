@@ -92,6 +92,15 @@ pub fn certificate_addresses(path: &Path) -> Result<Vec<String>, TransportError>
         .map_err(|reason| bad(&format!("certificate {}", path.display()), reason))
 }
 
+/// The IP addresses and DNS names a peer's verified certificate (DER) names; empty when it
+/// cannot be read (such a certificate has no identity either, and may send nothing).
+pub fn certificate_der_addresses(der: &[u8]) -> Vec<String> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, cert)| addresses(&cert).ok())
+        .unwrap_or_default()
+}
+
 /// The certificate's IP and DNS names, as `sign_leaf` takes them (its identity URI apart).
 fn addresses(cert: &x509_parser::certificate::X509Certificate<'_>) -> Result<Vec<String>, String> {
     let san = cert

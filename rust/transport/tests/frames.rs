@@ -214,7 +214,7 @@ async fn a_stalled_inbound_frame_is_reset_after_the_rpc_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_is_given_its_size_before_it_is_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let c = creds(dir.path(), "a", &["n1", "n2", "n3"]);
     let server = echo_server_with(
         c[0].clone(),
         TransportConfig {
@@ -224,13 +224,14 @@ async fn a_frame_is_given_its_size_before_it_is_reset() {
         },
     );
     let client = bind(2, ANY, c[1].clone());
+    server.register_peer(NodeId(2), client.local_addr(), None); // a member's frame
     let mut partial = FrameHeader::encode(MessageKind::PING, &[0u8; 1000])
         .unwrap()
         .to_vec();
     partial.extend_from_slice(&[0u8; 10]); // 10 of the 1000 announced bytes, stream left open
     let started = std::time::Instant::now();
     let answer = client
-        .send_raw_to_addr(server.local_addr(), Bytes::from(partial), false)
+        .send_raw_to_addr(server.local_addr(), Bytes::from(partial.clone()), false)
         .await
         .unwrap();
     let took = started.elapsed();
@@ -246,6 +247,23 @@ async fn a_frame_is_given_its_size_before_it_is_reset() {
         "{took:?}"
     );
     assert_eq!(server.metrics()["inbound_stream_timeouts"], 1);
+
+    // A node certificate of no member has a client's: the rpc timeout alone (attack probe,
+    // session 31: stalled 64 MiB uploads of a stray node certificate held ~37 s each).
+    let stray = bind(3, ANY, c[2].clone());
+    let started = std::time::Instant::now();
+    let answer = stray
+        .send_raw_to_addr(server.local_addr(), Bytes::from(partial), false)
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        answer,
+        Err(u64::from(
+            nodedb_transport::transport::STREAM_CODE_INBOUND_TIMEOUT
+        ))
+    );
+    assert!(took < Duration::from_millis(1200), "{took:?}");
 }
 
 /// A kind the sender's role may not send is refused on its header: a client certificate
@@ -314,6 +332,7 @@ async fn client_connections_share_one_inbound_budget_and_a_node_keeps_its_own() 
     let client = |id| Transport::bind(NodeId(id), ANY.parse().unwrap(), c[2].clone(), patient());
     let (holder, second) = (client(1000).unwrap(), client(1001).unwrap());
     let node = Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), patient()).unwrap();
+    server.register_peer(NodeId(2), node.local_addr(), None); // a member: a budget of its own
 
     let mut stalled = FrameHeader::encode(MessageKind::PING, &vec![0u8; 48 * MIB])
         .unwrap()
@@ -409,10 +428,21 @@ async fn client_connections_beyond_the_cap_are_closed_and_nodes_and_admins_still
     assert_eq!(metrics["inbound_connections_refused_full"], 1);
     assert_eq!(metrics["client_connections"], 2);
 
+    // Attack probe, session 31: a node certificate of a node never admitted held 1,500
+    // connections past every cap; it is a client here.
+    let stray = bind(2, ANY, c[1].clone());
+    match ping(&stray, addr).await {
+        Err(TransportError::Unreachable { reason, .. }) => {
+            assert!(reason.contains("client_connections_max"), "{reason}")
+        }
+        other => panic!("a node certificate of no member was let past the cap: {other:?}"),
+    }
+    stray.close().await;
     let node = bind(2, ANY, c[1].clone());
+    server.register_peer(NodeId(2), node.local_addr(), None);
     ping(&node, addr)
         .await
-        .expect("a node connects whatever clients hold");
+        .expect("a member connects whatever clients hold");
     let admin = bind(3000, ANY, c[3].clone());
     ping(&admin, addr)
         .await
@@ -467,6 +497,7 @@ async fn a_client_connection_gets_fewer_streams_than_a_nodes() {
     let node = std::sync::Arc::new(
         Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), patient).unwrap(),
     );
+    server.register_peer(NodeId(2), node.local_addr(), None); // a member: every stream
     async fn ping(t: &Transport, addr: std::net::SocketAddr) -> Duration {
         let started = std::time::Instant::now();
         let reply = t.send_rpc_to_addr(addr, MessageKind::PING, Bytes::from("p"));

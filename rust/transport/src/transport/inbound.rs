@@ -22,6 +22,25 @@ impl Inner {
             .map(|p| p.expected_pin)
     }
 
+    /// Whether `peer` is a member: a node certificate of a node this node registered,
+    /// presenting the key the topology pinned for it. Only a member's connection is a node's
+    /// (no slot, every stream, a budget of its own, a frame's time for its size); any other
+    /// node certificate (never admitted, retired, another key) is held to a client's bounds
+    /// (attack probe, session 31: a stray node certificate held 1,500 connections, and its
+    /// stalled uploads 550 MiB, none of them counted or reset). A connection keeps the class it
+    /// was accepted with: a member's first connection made before it was registered here is a
+    /// client's until replaced.
+    pub(super) fn is_member(&self, peer: &PeerInfo) -> bool {
+        let Some(node) = peer.identity.node_id() else {
+            return false;
+        };
+        match self.registered_pin(NodeId(node)) {
+            None => false,
+            Some(None) => true,
+            Some(Some(pin)) => peer.spki_pin == Some(pin),
+        }
+    }
+
     /// A slot for a connection of a client or unidentified certificate (among
     /// `client_connections_max`, and among `client_connections_per_identity_max` of its
     /// identity) or of an admin one (among `admin_connections_max`); `Ok(None)` for a node or
@@ -33,7 +52,9 @@ impl Inner {
     ) -> Result<Option<ConnectionSlot>, (&'static str, usize)> {
         let admin = match &*peer.identity {
             PeerIdentity::Unauthenticated => return Ok(None),
-            PeerIdentity::Verified(id) if id.role == Role::Node => return Ok(None),
+            PeerIdentity::Verified(id) if id.role == Role::Node && self.is_member(peer) => {
+                return Ok(None)
+            }
             PeerIdentity::Verified(id) => id.role == Role::Admin,
             PeerIdentity::Unidentified(_) => false,
         };
@@ -125,7 +146,7 @@ impl Inner {
                 Err(refusal) => Ok(Ok(Inbound::Refused(header.kind, refusal))),
                 Ok(()) => {
                     let by = started
-                        + if peer.identity.node_id().is_some() {
+                        + if self.is_member(peer) {
                             self.config.frame_timeout(header.payload_bytes)
                         } else {
                             self.config.rpc_timeout
@@ -443,6 +464,11 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
         addr: conn.remote_address(),
         spki_pin: cert.as_ref().and_then(|der| spki_pin_of_cert(der).ok()),
         identity: Arc::new(PeerIdentity::of_peer_cert(cert.as_deref(), trust_domain)),
+        cert_addresses: cert
+            .as_deref()
+            .map(crate::renew::certificate_der_addresses)
+            .unwrap_or_default()
+            .into(),
     };
     let slot = match inner.connection_slot(&peer) {
         Ok(slot) => slot,
@@ -458,7 +484,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
     inner.peer_dialled(&peer, dial_started);
     let budget = BudgetShare {
         budget: match &*peer.identity {
-            _ if peer.identity.node_id().is_some() => inbound_budget(&inner.config, false),
+            _ if inner.is_member(&peer) => inbound_budget(&inner.config, false),
             PeerIdentity::Verified(id) if id.role == Role::Admin => {
                 Arc::clone(&inner.admin_inbound_budget)
             }
