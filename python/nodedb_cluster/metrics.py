@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import start_http_server
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -29,6 +28,7 @@ from nodedb_cluster.errors import ClusterError
 from nodedb_cluster.formation.credentials import node_cert_not_after
 from nodedb_cluster.lifecycle import STATE_LABELS, LifecycleTracker
 from nodedb_cluster.metrics_families import Scrape, families
+from nodedb_cluster.metrics_http import serve_registry
 from nodedb_cluster.topology import NodeState
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class MetricsServer:
         self._scrape = Scrape(lifecycle=lifecycle.state.label, lifecycle_states=STATE_LABELS)
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(lifecycle, self._scrape))
-        self._server, self._thread = start_http_server(addr.port, addr.host, self.registry)
+        self._server, self._thread = serve_registry(addr, self.registry)
         self._node: Node | None = None
         self._task: asyncio.Future[None] | None = None
 
