@@ -160,3 +160,17 @@ async def test_linearizable_read_many_is_answered_in_rust_on_any_member(
         assert (await kv_rpc(sender, target, doc))["r"] == expected
     reply = await kv_rpc(three[1], three[0], {"op": "read_many", "gs": [999], "keys": [b"k"]})
     assert reply == {"r": [None], "nlg": [[999, 0]]}
+
+
+async def test_a_read_of_group_0_never_names_its_leader_as_the_way(three: list[Node]) -> None:
+    """Attack probe, session 31: group 0's leader answered a KV read of group 0 (no KV group)
+    "not leader, the leader is me", so a requester that followed the hint asked it again."""
+    status = await three[0].status()
+    leader_id = next(g.leader_id for g in status.groups if g.group_id == 0)
+    leader = next(n for n in three if n.config.node_id == leader_id)
+    sender = next(n for n in three if n is not leader)
+    read = {"op": "read", "g": 0, "keys": [b"k"], "level": "linearizable", "t": 2000}
+    assert await kv_rpc(sender, leader, read) == {"nl": 0}
+    many = {"op": "read_many", "gs": [0], "keys": [b"k"], "level": "linearizable", "t": 2000}
+    reply = await kv_rpc(sender, leader, many)
+    assert reply.get("nlg") == [[0, 0]], reply

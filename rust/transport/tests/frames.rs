@@ -557,3 +557,52 @@ async fn a_client_connection_gets_fewer_streams_than_a_nodes() {
         );
     }
 }
+
+/// A handler that bounds its own wait by more than `rpc_timeout` (`answer_within`: a forwarded
+/// host command, a KV request with its caller's `t`) is given that long, and its sender waits
+/// for it with `send_rpc_within`; one that does not still gets `handler_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_bounds_its_own_wait_is_given_it() {
+    use nodedb_transport::{FrameHandler, HandlerFuture, InboundFrame, OutboundFrame};
+    struct Slow(Option<Duration>);
+    impl FrameHandler for Slow {
+        fn handle(&self, _frame: InboundFrame) -> HandlerFuture {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(700)).await; // a slow apply
+                Ok(Some(OutboundFrame {
+                    kind: MessageKind::PONG,
+                    payload: Bytes::from_static(b"applied"),
+                }))
+            })
+        }
+        fn answer_within(&self) -> Option<Duration> {
+            self.0
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = creds(dir.path(), "a", &["n1", "n2"]);
+    let quick = TransportConfig {
+        rpc_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let server = Transport::bind(NodeId(1), ANY.parse().unwrap(), c[0].clone(), quick.clone());
+    let server = server.unwrap();
+    let client = Transport::bind(NodeId(2), ANY.parse().unwrap(), c[1].clone(), quick).unwrap();
+    client.register_peer(NodeId(1), server.local_addr(), None);
+    server.register_peer(NodeId(2), client.local_addr(), None);
+    let within = Duration::from_secs(2);
+    server.register_handler(
+        MessageKind::PING,
+        std::sync::Arc::new(Slow(Some(Duration::from_secs(2)))),
+    );
+    let answered = client
+        .send_rpc_within(NodeId(1), MessageKind::PING, Bytes::new(), within)
+        .await;
+    assert_eq!(answered.unwrap().payload, Bytes::from_static(b"applied"));
+    server.register_handler(MessageKind::PING, std::sync::Arc::new(Slow(None)));
+    let err = client
+        .send_rpc_within(NodeId(1), MessageKind::PING, Bytes::new(), within)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("handler_timeout"), "{err}");
+}

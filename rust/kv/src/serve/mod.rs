@@ -541,6 +541,15 @@ impl FrameHandler for KvServer {
     fn handle(&self, frame: InboundFrame) -> HandlerFuture {
         self.serve(&frame.payload)
     }
+
+    /// A request is served for its `t` (`peer_health::serve_budget_ms`), up to
+    /// `REQUEST_TIMEOUT_MS_MAX`: the RPC bound alone answered one with `t` of 60 s
+    /// `handler_timeout` at 5 s (attack probe, session 31).
+    fn answer_within(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(
+            request::REQUEST_TIMEOUT_MS_MAX,
+        ))
+    }
 }
 
 #[cfg(test)]

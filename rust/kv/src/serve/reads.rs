@@ -111,11 +111,13 @@ impl ReadPath {
         })
     }
 
-    /// The leader of `group` this node knows, or 0.
+    /// The leader of `group` this node knows, or 0; never this node, which has just found it
+    /// cannot serve the group (group 0, or a host's group, which it may lead): a requester sent
+    /// back to it asked again, and again (attack probe, session 31).
     pub(super) fn hint(&self, group: u64) -> u64 {
         self.engine
             .upgrade()
-            .and_then(|e| e.leader(GroupId(group)))
+            .and_then(|e| e.leader(GroupId(group)).filter(|n| *n != e.node_id()))
             .map_or(0, |n| n.0)
     }
 
