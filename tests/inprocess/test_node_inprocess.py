@@ -69,7 +69,7 @@ async def test_bootstrap_status_shutdown_and_restart_in_the_same_process(tmp_pat
         assert labels == ["restarting", "ready"]
         assert again.cluster_id == cluster_id
         restarted = await again.status()
-        assert restarted.settings == {"replication_factor": 3, "k": "v"}
+        assert restarted.settings == {"replication_factor": 3, "data_state_machine": "kv", "k": "v"}
         assert restarted.metadata_applied_index >= status.metadata_applied_index
         # The restarted sole voter elected itself at once and serves writes again.
         assert again.engine is not None
