@@ -191,7 +191,23 @@ def _cut_at_the_last_entry_boundary(node: NodeProcess) -> str:
     return "lost entries this node acknowledged"
 
 
+def _delete_every_segment(node: NodeProcess) -> str:
+    """Every log segment gone, the identity file and snapshots kept (operator probe, session 31:
+    the node came back an empty replica without a word; with every node's log gone, all three
+    came up Ready and no group ever had a leader)."""
+    for segment in (node.config.data_dir / "raft").glob("*.wal*"):
+        segment.unlink()
+    return "holds no Raft log segment"
+
+
+def _delete_the_raft_dir(node: NodeProcess) -> str:
+    shutil.rmtree(node.config.data_dir / "raft")
+    return "holds no Raft log segment"
+
+
 DAMAGE: dict[str, Callable[[NodeProcess], str]] = {
+    "every_segment_deleted": _delete_every_segment,
+    "raft_dir_deleted": _delete_the_raft_dir,
     "bit_flip_inside_a_middle_record": _flip_inside_a_middle_record,
     "record_header_length_changed": _flip_a_record_header,
     "identity_file_damaged": _damage_the_identity,

@@ -101,3 +101,34 @@ def test_discard_moves_the_raft_state_aside(tmp_path: Path) -> None:
     assert (moved / "raft" / "0000000000000001.wal").read_bytes() == b"x"
     assert (moved / "snapshots").is_dir()
     assert discard_raft_state(tmp_path) != moved  # a second discard never overwrites the first
+
+
+def test_a_log_once_opened_and_now_gone_is_refused_unless_rejoining(tmp_path: Path) -> None:
+    """Operator probe, session 31: every segment deleted, the node came back an empty replica
+    without a word (and with every node's gone, a cluster Ready with no leader anywhere)."""
+    for identity in (A, None):  # the segments deleted, or the whole raft/ directory
+        with pytest.raises(LogIdentityError, match="holds no Raft log segment.*--rejoin"):
+            decide(
+                A,
+                identity,
+                False,
+                rejoin=False,
+                force_bootstrap=False,
+                catalog_path=tmp_path / "catalog",
+                data_dir=tmp_path,
+                log_opened=True,
+            )
+        verdict = decide(
+            A,
+            identity,
+            False,
+            rejoin=True,
+            force_bootstrap=False,
+            catalog_path=tmp_path / "catalog",
+            data_dir=tmp_path,
+            log_opened=True,
+        )
+        assert verdict is Verdict.DISCARD
+    # A catalog that never recorded an opened log (a crash before the engine first opened it,
+    # or a data dir from before the record) goes on as before.
+    assert _decide(tmp_path, A, A, False) is Verdict.PROCEED

@@ -19,6 +19,10 @@ the payloads are:
                     join tokens and (without cluster_secret_path) SWIM. Optional: catalogs made
                     before it existed lack it (no format change: old builds ignore the key), and
                     such a cluster can issue no join token until it is rebuilt. Never logged.
+    raft_log_opened b"\x01" once this node's Raft log was first opened (it may have acknowledged
+                    entries since): a catalog that says so beside a `raft/` with no segment is a
+                    lost log, refused at start. Optional (no format change: old builds ignore
+                    the key; a catalog without it is marked at its next start).
 
 A value whose checksum fails (a changed byte, a changed key name, a value copied under another
 key) is refused with `CatalogCorrupt` naming the file and the key; `Catalog.open` checks every
@@ -51,6 +55,7 @@ KEY_SETTINGS: Final = b"settings"
 KEY_METADATA_APPLIED_INDEX: Final = b"metadata_applied_index"
 KEY_CLUSTER_SECRET: Final = b"cluster_secret"
 KEY_VSHARD_MOVES: Final = b"vshard_moves"
+KEY_RAFT_LOG_OPENED: Final = b"raft_log_opened"
 CLUSTER_SECRET_BYTES: Final = 32
 """256 bits: HMAC-SHA256's full key strength."""
 

@@ -281,6 +281,19 @@ class Catalog:
             raw = _get(txn, layout.KEY_SETTINGS)
             return {} if raw is None else _decode_settings(raw)
 
+    # --- the Raft log beside it -------------------------------------------------------------------
+
+    def mark_raft_log_opened(self) -> None:
+        """Record that this node's Raft log was opened (once; durable when this returns)."""
+        with self._write() as txn:
+            if _get(txn, layout.KEY_RAFT_LOG_OPENED) is None:
+                _put(txn, layout.KEY_RAFT_LOG_OPENED, b"\x01")
+
+    def raft_log_opened(self) -> bool:
+        """Whether this node's Raft log was ever opened (`mark_raft_log_opened`)."""
+        with self._read() as txn:
+            return _get(txn, layout.KEY_RAFT_LOG_OPENED) is not None
+
     # --- formation: all three, one transaction ---------------------------------------------------
 
     def save_formation(

@@ -82,11 +82,26 @@ def decide(
     force_bootstrap: bool,
     catalog_path: Path,
     data_dir: Path,
+    log_opened: bool = False,
 ) -> Verdict:
     """What to do at start given the catalog's identity (None: not formed), the identity file's
-    (None: absent) and whether a log exists. Refusals raise `LogIdentityError` naming the files
-    and the ways out."""
+    (None: absent), whether a log exists and whether the catalog records that it was opened.
+    Refusals raise `LogIdentityError` naming the files and the ways out."""
     ident = identity_path(data_dir)
+    if catalog is not None and log_opened and not has_log:
+        # Its segments deleted or lost: the node would come back empty and forget every entry
+        # it acknowledged (operator probe, session 31: with every node's log gone, all three
+        # came up Ready, no group ever had a leader, and nothing said why).
+        if rejoin:
+            return Verdict.DISCARD
+        raise LogIdentityError(
+            f"{raft_dir(data_dir)} holds no Raft log segment, but catalog {catalog_path} "
+            f"records that {catalog}'s log was opened: the log was deleted or lost, with every "
+            "entry this node acknowledged; refusing to start. Restore the log from a backup, "
+            "or start with --rejoin to rejoin as a fresh replica that its peers refill (if "
+            "every node lost its log, the cluster's data is gone: move the data dirs aside and "
+            "bootstrap a new cluster)"
+        )
     if catalog is not None:
         if log is None:
             return Verdict.STAMP

@@ -180,6 +180,7 @@ def _check_log_identity(config: ClusterConfig, catalog: Catalog) -> None:
             force_bootstrap=config.force_bootstrap,
             catalog_path=catalog.path,
             data_dir=data_dir,
+            log_opened=catalog.raft_log_opened(),
         )
     match verdict:
         case Verdict.PROCEED:
@@ -300,6 +301,9 @@ async def _open_engine(
         identity = LogIdentity(node.cluster_id, config.node_id)
         await asyncio.to_thread(write_identity, config.data_dir, identity)
         engine = await asyncio.to_thread(open_engine)
+    # The log exists now (its directory synced as it was made): from here a start that finds
+    # none refuses, as a lost log (formation/log_identity.py).
+    await asyncio.to_thread(node.catalog.mark_raft_log_opened)
     node.attach_engine(engine)
     return engine
 
