@@ -165,6 +165,8 @@ class NodeProcess:
     """A host program to run instead of `nodedb-cluster start` (script path and arguments; it
     gets `--config PATH`, prints the READY line, then answers one JSON line on stdout per JSON
     line on stdin: `request`). Lines with an "event" key are kept in `events`."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Set in the process's environment on top of this one's (at the next start)."""
     proc: asyncio.subprocess.Process | None = None
     ready: dict[str, object] | None = None
     starts: int = 0
@@ -201,6 +203,7 @@ class NodeProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,  # a Ctrl-C at the terminal reaches the parent only
+                env={**os.environ, **self.env} if self.env else None,
             )
         finally:
             log.close()

@@ -577,7 +577,10 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._reconciler.close()
-        await self._swim.close()
+        # A node that failed does not announce a leave: its peers must see it DEAD, which
+        # `status` flags and alerts on (operator probe, session 31: a dead disk read as a
+        # graceful LEFT, and no alert fired).
+        await self._swim.close(leave=self.failure is None)
         if self._kv is not None:
             await self._kv.close()
         if self._data is not None:

@@ -112,6 +112,8 @@ class SwimWiring:
                 except Exception:  # one observer's bug must not stop the others
                     log.exception("member-dead hook %r failed for node %d", hook, event.node_id)
 
-    async def close(self) -> None:
+    async def close(self, *, leave: bool = True) -> None:
+        """Stop SWIM; `leave`: announce the departure (a graceful stop), else peers find the
+        node DEAD."""
         if self.swim is not None:
-            await self.swim.close()
+            await self.swim.close(leave=leave)

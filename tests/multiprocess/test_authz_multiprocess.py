@@ -522,7 +522,8 @@ async def test_a_node_certificate_of_a_node_never_admitted_takes_no_part_in_raft
             cluster.nodes[g0_leader].addr, wire.MessageKind.JOIN_REQUEST, claim.encode()
         )
         refusal = wire.JoinResponse.decode(payload)
-        assert not refusal.success and refusal.permanent
+        assert not refusal.success
+        assert refusal.permanent
         assert refusal.cluster_secret is None
         assert "claims listen address 127.0.0.9:9409" in refusal.error
         # Nor does a join for a member's id with another key get the state and the secret.

@@ -144,3 +144,31 @@ async def test_a_cluster_formed_with_swim_off_gets_it_after_a_restart(tmp_path: 
         )
     finally:
         await cluster.close()
+
+
+async def test_a_node_whose_engine_dies_is_shown_dead_not_left(tmp_path: Path) -> None:
+    """Operator probe, session 31: a node that failed (its disk returned EIO) announced a
+    graceful leave on its way out, so its peers showed it LEFT, flagged no group and fired no
+    alert: the worse failure was the quieter one. Here its driver thread panics (the failpoint)."""
+    cluster = await started_cluster(tmp_path)
+    try:
+        victim = cluster.nodes[VICTIM]
+        assert await victim.stop() == 0
+        victim.env = {"NODEDB_FAILPOINT_DRIVER_PANIC_AFTER_MS": "3000"}
+        await victim.start()
+        await victim.wait_ready()
+        assert victim.proc is not None
+        async with asyncio.timeout(30):
+            assert await victim.proc.wait() != 0, "it failed"
+        statuses = await cluster.wait_for(
+            lambda s: all(swim_states(s[i]).get(VICTIM) == "DEAD" for i in SURVIVORS),
+            SURVIVORS,
+            DEAD_WITHIN_S,
+            f"node {VICTIM} DEAD in both survivors' status",
+        )
+        for i in SURVIVORS:
+            flagged = [g for g in statuses[i]["groups"] if VICTIM in g["voters"]]
+            assert flagged
+            assert all(g["dead"] == [VICTIM] for g in flagged)
+    finally:
+        await cluster.close()

@@ -107,7 +107,7 @@ def test_a_log_once_opened_and_now_gone_is_refused_unless_rejoining(tmp_path: Pa
     """Operator probe, session 31: every segment deleted, the node came back an empty replica
     without a word (and with every node's gone, a cluster Ready with no leader anywhere)."""
     for identity in (A, None):  # the segments deleted, or the whole raft/ directory
-        with pytest.raises(LogIdentityError, match="holds no Raft log segment.*--rejoin"):
+        with pytest.raises(LogIdentityError, match=r"holds no Raft log segment.*--rejoin"):
             decide(
                 A,
                 identity,

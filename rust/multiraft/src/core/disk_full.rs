@@ -115,13 +115,23 @@ impl MultiRaftCore {
         }
     }
 
-    fn note(&self, t: Transition) {
+    /// Counted, and said once each way (operator probe, session 31: entering and leaving
+    /// NO_SPACE wrote no line at all, so the log never showed why writes were refused).
+    fn note(&self, t: Transition, why: &str) {
+        let dir = self.cfg.data_dir.display();
         match t {
             Transition::Entered => {
                 Metrics::inc(&self.metrics.no_space_entered);
                 Metrics::set(&self.metrics.no_space, 1);
+                tracing::warn!(
+                    "NO_SPACE: {why} on the disk of {dir}: writes refused until space is freed \
+                     there (reads go on)"
+                );
             }
-            Transition::Left => Metrics::set(&self.metrics.no_space, 0),
+            Transition::Left => {
+                Metrics::set(&self.metrics.no_space, 0);
+                tracing::info!("NO_SPACE over: {why} on the disk of {dir}; writes taken again");
+            }
             Transition::Unchanged => {}
         }
     }
@@ -129,14 +139,20 @@ impl MultiRaftCore {
     /// The log (or a snapshot write) hit a full disk.
     pub(super) fn note_no_space(&mut self) {
         let t = self.disk.state.no_space_error();
-        self.note(t);
+        self.note(t, "a write failed with ENOSPC");
     }
 
     /// One free-space sample of the log's filesystem into the NO_SPACE state.
     pub(super) fn sample_space(&mut self) {
         if let Some(sample) = self.sink.space() {
             let t = self.disk.state.observe(sample);
-            self.note(t);
+            if !matches!(t, Transition::Unchanged) {
+                let why = format!(
+                    "{} bytes free, the reserve is {}",
+                    sample.available_bytes, sample.reserve_bytes
+                );
+                self.note(t, &why);
+            }
         }
     }
 
