@@ -8,17 +8,7 @@
 //! refusing and accepting writes with every segment the log fills.
 
 use nodedb_wal::SpaceStatus;
-
-/// Smallest margin above the reserve before writes resume: a tiny (or zero) reserve still
-/// needs room for a few rounds of records after a real ENOSPC.
-pub const LEAVE_MARGIN_MIN_BYTES: u64 = 1 << 20;
-
-/// Free bytes needed to leave NO_SPACE: the reserve plus a quarter of it (at least
-/// [`LEAVE_MARGIN_MIN_BYTES`]). With the defaults (reserve 128 MiB) writes resume at 160 MiB
-/// free: a few segments of progress before the reserve is reached again.
-pub fn leave_threshold_bytes(reserve_bytes: u64) -> u64 {
-    reserve_bytes.saturating_add((reserve_bytes / 4).max(LEAVE_MARGIN_MIN_BYTES))
-}
+pub use nodedb_wal::{leave_threshold_bytes, LEAVE_MARGIN_MIN_BYTES};
 
 /// What one input did to the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

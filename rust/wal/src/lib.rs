@@ -95,7 +95,7 @@ pub use options::{
 pub use prealloc::PreallocationStats;
 pub use recovery::{Recovered, RecoveredRecord, RecoveryReport, TornTail};
 pub use segment::{segment_file_name, GroupSpan};
-pub use space::{is_no_space, SpaceStatus};
+pub use space::{is_no_space, leave_threshold_bytes, SpaceStatus, LEAVE_MARGIN_MIN_BYTES};
 pub use wal::{AppendOutcome, CompactOutcome, Wal};
 
 /// Largest batch `append` accepts, in framed bytes. A batch is never split across segments and

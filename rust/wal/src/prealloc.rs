@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::WalError;
-use crate::space::fs_space;
+use crate::space::{fs_space, leave_threshold_bytes};
 
 const PREP_SUFFIX: &str = ".wal.prep";
 /// Background pacing: idle time after each chunk, as a multiple of the time the chunk took.
@@ -347,11 +347,15 @@ fn discard(prepared: Prepared) -> Result<(), WalError> {
     fs::remove_file(&prepared.path).map_err(|e| WalError::io("remove prep file", &prepared.path, e))
 }
 
-/// Would zero-filling `len_bytes` more leave less than `reserve_bytes` free on the filesystem
-/// holding `dir`? Not knowing (statvfs failed) is not a reason to skip: the fill then fails or
+/// Would zero-filling `len_bytes` more leave less free on the filesystem holding `dir` than
+/// the reserve with the margin NO_SPACE is left at (`leave_threshold_bytes`)? With the bare
+/// reserve a node on a small volume, out of NO_SPACE after a restart, was put back at its edge
+/// by its own next segment within 5 s, and into it by the next snapshot (operator probe,
+/// session 31). Not knowing (statvfs failed) is not a reason to skip: the fill then fails or
 /// succeeds on its own.
 pub(crate) fn leaves_less_than_reserve(dir: &Path, len_bytes: u64, reserve_bytes: u64) -> bool {
-    fs_space(dir).is_ok_and(|s| s.available_bytes < len_bytes.saturating_add(reserve_bytes))
+    let keep = leave_threshold_bytes(reserve_bytes);
+    fs_space(dir).is_ok_and(|s| s.available_bytes < len_bytes.saturating_add(keep))
 }
 
 /// What the worker prepares: segment-sized files in `dir`.
@@ -443,6 +447,21 @@ fn run_worker(shared: &Shared, job: &Job<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A segment that would leave the reserve free, but not the margin NO_SPACE is left at, is
+    /// not prepared (operator probe, session 31: the node went back to the edge of NO_SPACE).
+    #[test]
+    fn a_segment_is_prepared_only_if_the_leave_threshold_stays_free() {
+        const MIB: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let available = fs_space(dir.path()).unwrap().available_bytes;
+        let reserve = 64 * MIB; // leave threshold: 80 MiB
+        assert!(available > 200 * MIB, "test needs some free space");
+        let len = available - 72 * MIB; // leaves 72 MiB: above the reserve, below the threshold
+        assert!(leaves_less_than_reserve(dir.path(), len, reserve));
+        let len = available - 120 * MIB;
+        assert!(!leaves_less_than_reserve(dir.path(), len, reserve));
+    }
 
     const WAIT: Duration = Duration::from_secs(20);
 

@@ -18,6 +18,19 @@ pub struct SpaceStatus {
     pub reserve_bytes: u64,
 }
 
+/// Smallest margin above the reserve before writes resume: a tiny (or zero) reserve still
+/// needs room for a few rounds of records after a real ENOSPC.
+pub const LEAVE_MARGIN_MIN_BYTES: u64 = 1 << 20;
+
+/// Free bytes needed to leave NO_SPACE (the engine's state, `nodedb_multiraft::no_space`): the
+/// reserve plus a quarter of it (at least [`LEAVE_MARGIN_MIN_BYTES`]). With the defaults
+/// (reserve 128 MiB) writes resume at 160 MiB free: a few segments of progress before the
+/// reserve is reached again. A segment is prepared only if this much stays free after it, so
+/// the log's own zero fill never takes a node back to the edge of NO_SPACE.
+pub fn leave_threshold_bytes(reserve_bytes: u64) -> u64 {
+    reserve_bytes.saturating_add((reserve_bytes / 4).max(LEAVE_MARGIN_MIN_BYTES))
+}
+
 impl SpaceStatus {
     /// Is the free space below the reserve?
     pub fn below_reserve(&self) -> bool {
