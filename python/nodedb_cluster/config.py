@@ -659,11 +659,17 @@ def _metavar(name: str) -> str:
     return "N"
 
 
+_NONE_MEANS: Final[dict[str, str]] = {"driver_stall_max_ms": "60000, the engine's"}
+"""What a field left None means, for its help (`start --help` said "none" for a 60 s bound)."""
+
+
 def _default_text(f: dataclasses.Field[object]) -> str:
     if f.name in _REQUIRED_FIELDS:
         return "required"
     if f.name == "swim_udp_addr":
         return ""  # its docstring says it
+    if f.default is None and f.name in _NONE_MEANS:
+        return f"default: {_NONE_MEANS[f.name]}"
     if f.default is dataclasses.MISSING or f.default is None or f.default == ():
         return "default: none"
     if isinstance(f.default, bool):

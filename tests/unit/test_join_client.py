@@ -154,6 +154,7 @@ async def test_gives_up_after_the_whole_production_schedule_with_the_last_error(
     assert isinstance(state, Failed)
     assert "127.0.0.2:9400" in state.reason  # the last concrete error: the unreachable seed
     assert "connection refused" in state.reason
+    assert "gave up after 9 attempts at every seed: check the seed addresses" in state.reason
 
 
 async def test_empty_seed_list_fails_at_once() -> None:

@@ -187,7 +187,7 @@ async def run_join(
             log.error("join: %s", EVERY_HANDSHAKE_REFUSED)
             _fail(tracker, f"{last_error}; {EVERY_HANDSHAKE_REFUSED}")
         log.info("join attempt %d failed: %s", attempt_no, last_error)
-    _fail(tracker, last_error)
+    _fail(tracker, f"{last_error}; {gave_up_hint(policy.max_attempts + 1)}")
 
 
 def join_sender(transport: Transport, request: wire.JoinRequest) -> SendJoin[wire.JoinResponse]:
@@ -213,6 +213,16 @@ def join_sender(transport: Transport, request: wire.JoinRequest) -> SendJoin[wir
         return Rejected(response.error, permanent=response.permanent)
 
     return send
+
+
+def gave_up_hint(attempts: int) -> str:
+    """What to check once every attempt failed: the last error alone named one seed and said
+    nothing of the way out (operator probe, session 31)."""
+    return (
+        f"gave up after {attempts} attempts at every seed: check the seed addresses "
+        "(--seed-nodes) and that this host reaches them over UDP (QUIC), and that at least "
+        "one of them runs; --join-retry-max-attempts sets how long a start keeps trying"
+    )
 
 
 def _fail(tracker: LifecycleTracker, reason: str) -> NoReturn:
