@@ -17,14 +17,11 @@ from typing import Any
 
 import pytest
 
-from nodedb_cluster.addr import parse_socket_addr
-from nodedb_cluster.config import ClusterConfig
 from nodedb_cluster.embedding import COMMAND_BYTES_MAX
 from nodedb_cluster.errors import ClusterError, InvalidRequest, UnknownGroup
-from nodedb_cluster.formation.start import start_cluster
-from nodedb_cluster.localcluster import free_port
 from nodedb_cluster.node import Node
 from nodedb_cluster.raft import StateMachine
+from support.host_cluster import host_cluster
 
 GOOD_CALLS = 20
 """Proposals made in the same turn as each bad call."""
@@ -55,28 +52,8 @@ def _counter(group_id: int) -> StateMachine:
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[dict[int, Node]]:
-    ports = [free_port(["127.0.0.1"]) for _ in range(3)]
-    addrs = tuple(parse_socket_addr(f"127.0.0.1:{port}") for port in ports)
-    configs = [
-        ClusterConfig(
-            node_id=i + 1,
-            listen_addr=addrs[i],
-            seed_nodes=addrs,
-            data_dir=tmp_path / f"node{i + 1}",
-            insecure_transport=True,
-            num_groups=2,
-        )
-        for i in range(3)
-    ]
-    started = await asyncio.gather(
-        *(start_cluster(c, state_machine=_counter) for c in configs), return_exceptions=True
-    )
-    running = [n for n in started if isinstance(n, Node)]
-    try:
-        assert len(running) == 3, started
-        yield {c.node_id: n for c, n in zip(configs, running, strict=True)}
-    finally:
-        await asyncio.gather(*(n.shutdown() for n in running))
+    async with host_cluster(tmp_path, _counter, num_groups=2) as running:
+        yield running
 
 
 BadCall = Callable[[Any], Coroutine[Any, Any, object]]

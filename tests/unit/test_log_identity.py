@@ -29,6 +29,7 @@ def _decide(
     *,
     rejoin: bool = False,
     force_bootstrap: bool = False,
+    log_opened: bool = False,
 ) -> Verdict:
     return decide(
         catalog,
@@ -38,6 +39,7 @@ def _decide(
         force_bootstrap=force_bootstrap,
         catalog_path=tmp_path / "catalog",
         data_dir=tmp_path,
+        log_opened=log_opened,
     )
 
 
@@ -108,27 +110,10 @@ def test_a_log_once_opened_and_now_gone_is_refused_unless_rejoining(tmp_path: Pa
     without a word (and with every node's gone, a cluster Ready with no leader anywhere)."""
     for identity in (A, None):  # the segments deleted, or the whole raft/ directory
         with pytest.raises(LogIdentityError, match=r"holds no Raft log segment.*--rejoin"):
-            decide(
-                A,
-                identity,
-                False,
-                rejoin=False,
-                force_bootstrap=False,
-                catalog_path=tmp_path / "catalog",
-                data_dir=tmp_path,
-                log_opened=True,
-            )
-        verdict = decide(
-            A,
-            identity,
-            False,
-            rejoin=True,
-            force_bootstrap=False,
-            catalog_path=tmp_path / "catalog",
-            data_dir=tmp_path,
-            log_opened=True,
+            _decide(tmp_path, A, identity, False, log_opened=True)
+        assert _decide(tmp_path, A, identity, False, log_opened=True, rejoin=True) is (
+            Verdict.DISCARD
         )
-        assert verdict is Verdict.DISCARD
     # A catalog that never recorded an opened log (a crash before the engine first opened it,
     # or a data dir from before the record) goes on as before.
     assert _decide(tmp_path, A, A, False) is Verdict.PROCEED
