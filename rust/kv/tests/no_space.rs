@@ -13,6 +13,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{factory, put, Readers, SimCluster};
 use nodedb_kv::KV_STATE_MACHINE;
@@ -347,16 +348,22 @@ fn wal_core(
     readers: &Readers,
     free_space_reserve: Option<u64>,
 ) -> MultiRaftCore {
-    let sink = WalSink::open(
-        &dir.join("raft"),
-        nodedb_wal::WalOptions {
-            segment_bytes_max: 64 << 10,
-            write_buffer_bytes: 4096,
-            free_space_reserve,
-            ..nodedb_wal::WalOptions::default()
-        },
-    )
-    .expect("wal open");
+    let options = nodedb_wal::WalOptions {
+        segment_bytes_max: 64 << 10,
+        write_buffer_bytes: 4096,
+        free_space_reserve,
+        ..nodedb_wal::WalOptions::default()
+    };
+    wal_core_with(dir, net, readers, options)
+}
+
+fn wal_core_with(
+    dir: &Path,
+    net: &SimNetwork,
+    readers: &Readers,
+    options: nodedb_wal::WalOptions,
+) -> MultiRaftCore {
+    let sink = WalSink::open(&dir.join("raft"), options).expect("wal open");
     MultiRaftCore::open(
         MultiRaftConfig::new(NodeId(1), dir),
         Box::new(sink),
@@ -381,6 +388,75 @@ fn drive(
         core.tick();
     }
     cond(core)
+}
+
+/// Operator probe, session 31: on a small volume the segment the log prepared ahead of need
+/// held the node below its reserve, and nothing could free it but a restart. Entering NO_SPACE
+/// now gives it back, and the node leaves NO_SPACE with the other file still there.
+#[test]
+fn entering_no_space_gives_back_the_prepared_segment() {
+    const MIB: u64 = 1 << 20;
+    let Some(fs) = Tmpfs::mount(32 << 20) else {
+        return;
+    };
+    let data_dir: PathBuf = fs.dir.path().join("node");
+    let net = SimNetwork::new(1, 1000);
+    let readers: Readers = Arc::default();
+    let options = nodedb_wal::WalOptions {
+        segment_bytes_max: 4 << 20,
+        write_buffer_bytes: 4096,
+        free_space_reserve: Some(4 * MIB), // leave threshold: 5 MiB
+        ..nodedb_wal::WalOptions::default()
+    };
+    let mut core = wal_core_with(&data_dir, &net, &readers, options);
+    let raft = data_dir.join("raft");
+    let prepared = || {
+        std::fs::read_dir(&raft).expect("raft dir").any(|e| {
+            let e = e.expect("entry");
+            e.file_name().to_string_lossy().ends_with(".wal.prep")
+                && e.metadata().is_ok_and(|m| m.len() == 4 * MIB)
+        })
+    };
+    let began = std::time::Instant::now();
+    while !prepared() {
+        assert!(
+            began.elapsed() < Duration::from_secs(20),
+            "no segment prepared"
+        );
+        std::thread::sleep(Duration::from_millis(10)); // a bounded poll of the worker's file
+    }
+    // Another file takes the disk down to 3 MiB free, below the reserve.
+    let free = |dir: &Path| {
+        let out = std::process::Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(dir)
+            .output();
+        let text = String::from_utf8(out.expect("df").stdout).expect("utf8");
+        text.lines()
+            .nth(1)
+            .expect("avail")
+            .trim()
+            .parse::<u64>()
+            .expect("bytes")
+    };
+    let filler_bytes = free(fs.dir.path()) - 3 * MIB;
+    std::fs::write(
+        fs.dir.path().join("filler"),
+        vec![0xAB; filler_bytes as usize],
+    )
+    .expect("fill");
+    assert!(
+        drive(&mut core, 50, |c| Metrics::get(
+            &c.metrics().no_space_entered
+        ) > 0),
+        "entered NO_SPACE"
+    );
+    assert!(!prepared(), "the prepared segment was given back");
+    assert!(
+        drive(&mut core, 50, |c| !c.no_space()),
+        "left NO_SPACE with the filler still there ({} bytes free)",
+        free(fs.dir.path())
+    );
 }
 
 #[test]

@@ -179,6 +179,11 @@ pub trait LogSink: Send {
     fn take_rolled(&mut self) -> bool {
         false
     }
+    /// Gives back disk space the log holds ahead of need (a segment prepared in advance);
+    /// true if it did. The engine asks as it enters NO_SPACE.
+    fn release_spare_space(&mut self) -> bool {
+        false
+    }
     /// What recovery repaired at open (a torn tail cut off or zeroed), for operators.
     fn recovery_repairs(&self) -> Vec<LogRepair> {
         Vec::new()

@@ -141,6 +141,10 @@ impl LogSink for WalSink {
         std::mem::take(&mut self.rolled)
     }
 
+    fn release_spare_space(&mut self) -> bool {
+        self.wal.release_prepared_segment()
+    }
+
     fn recovery_repairs(&self) -> Vec<LogRepair> {
         self.repairs.clone()
     }

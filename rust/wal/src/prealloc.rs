@@ -287,6 +287,29 @@ impl Preparer {
         }
     }
 
+    /// Gives its disk space back: deletes the prepared file if one is ready and stops a
+    /// preparation under way; the segment wanted now is not prepared again (the next roll
+    /// asks for the one after it, if the space allows then). True if a file was deleted.
+    pub fn release(&self) -> bool {
+        let ready = {
+            let mut state = self.shared.lock();
+            state.failed = state.wanted;
+            state.wanted = None; // a fill under way stops at its next chunk
+            state.ready.take()
+        };
+        self.shared.wake.notify_all();
+        let Some(ready) = ready else {
+            return false;
+        };
+        match discard(ready) {
+            Ok(()) => true,
+            Err(e) => {
+                self.shared.lock().last_failure = Some(e.to_string());
+                false
+            }
+        }
+    }
+
     /// Waits until the prepared file for `seq` is ready (true) or its preparation failed or
     /// `timeout` passed (false).
     pub fn wait_ready(&self, seq: u64, timeout: Duration) -> bool {
@@ -481,6 +504,33 @@ mod tests {
         assert_eq!(&head, b"HEADER");
         assert_eq!(preparer.failures(), (0, None));
         assert_eq!(std::fs::metadata(&taken.path).unwrap().len(), 64 * 1024);
+    }
+
+    /// A node entering NO_SPACE gives back its prepared segment, and it is not prepared again
+    /// for that roll (operator probe, session 31: on a small volume that file held the node
+    /// below its reserve for good).
+    #[test]
+    fn a_released_file_is_deleted_and_not_prepared_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let preparer = Preparer::start(dir.path(), 64 * 1024, 4096, 0).unwrap();
+        preparer.want(1);
+        assert!(preparer.wait_ready(1, WAIT));
+        assert!(dir.path().join(prep_file_name(1)).exists());
+        assert!(preparer.release());
+        assert!(
+            !dir.path().join(prep_file_name(1)).exists(),
+            "its space is back"
+        );
+        assert!(
+            !preparer.wait_ready(1, Duration::from_millis(200)),
+            "not prepared again"
+        );
+        assert!(!preparer.release(), "nothing left to give back");
+        assert!(preparer.take(1, true).is_none(), "the roll grows a segment");
+        assert!(
+            preparer.wait_ready(2, WAIT),
+            "the next one is prepared as usual"
+        );
     }
 
     #[test]

@@ -374,6 +374,13 @@ impl Wal {
             .is_some_and(|p| p.wait_ready(self.active.meta.seq + 1, timeout))
     }
 
+    /// Gives back the disk space of the next segment prepared in the background (a file of
+    /// zeros only this log would use): for a node out of space, whose reserve its own
+    /// preparation may hold. True if a prepared file was deleted.
+    pub fn release_prepared_segment(&self) -> bool {
+        self.preparer.as_ref().is_some_and(Preparer::release)
+    }
+
     /// How segment preallocation went so far (all zero with `preallocate` off).
     pub fn preallocation_stats(&self) -> PreallocationStats {
         let mut stats = self.stats.clone();

@@ -140,6 +140,19 @@ impl MultiRaftCore {
     pub(super) fn note_no_space(&mut self) {
         let t = self.disk.state.no_space_error();
         self.note(t, "a write failed with ENOSPC");
+        self.release_spare_space(t);
+    }
+
+    /// On entering NO_SPACE, the log gives back the segment it prepared ahead of need: on a
+    /// small volume that file of zeros was what held the node below its reserve, for good
+    /// (operator probe, session 31); the next sample may then find it out.
+    fn release_spare_space(&mut self, t: Transition) {
+        if matches!(t, Transition::Entered) && self.sink.release_spare_space() {
+            tracing::info!(
+                "NO_SPACE: released the log's prepared segment on the disk of {}",
+                self.cfg.data_dir.display()
+            );
+        }
     }
 
     /// One free-space sample of the log's filesystem into the NO_SPACE state.
@@ -152,6 +165,7 @@ impl MultiRaftCore {
                     sample.available_bytes, sample.reserve_bytes
                 );
                 self.note(t, &why);
+                self.release_spare_space(t);
             }
         }
     }
