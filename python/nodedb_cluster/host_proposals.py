@@ -45,8 +45,6 @@ from nodedb_cluster.transport import Transport
 
 HOST_VERSION: Final = _core.HOST_VERSION
 """The newest HOST_PROPOSE version this build speaks (rust/wire/src/host.rs): a batch."""
-HOST_SERVE_TIMEOUT_MS_MAX: Final = _core.HOST_SERVE_TIMEOUT_MS_MAX
-"""The longest a leader serves a forwarded command before answering its outcome unknown."""
 HOST_ITEMS_MAX: Final = _core.HOST_ITEMS_MAX
 """The most commands one HOST_PROPOSE carries; more go in several."""
 BATCH_BYTES_MAX: Final = _core.PAYLOAD_BYTES_MAX - 4096
@@ -242,12 +240,15 @@ class ProposalQueue:
             return
         timeout_ms = _timeout_ms(items)
         payload = encode_batch([(i.group, i.command) for i in items], timeout_ms)
+        # The leader may take the commands' deadline to answer (it caps its own wait, then says
+        # outcome unknown): the RPC bound alone (5 s) answered applied commands `OutcomeUnknown`
+        # whatever their callers' deadline (embedding probe, session 31).
         try:
             fut = self._transport.send_rpc_nowait(
                 target,
                 wire.MessageKind.HOST_PROPOSE,
                 payload,
-                answer_within_ms=_served_within(timeout_ms),
+                answer_within_ms=timeout_ms,
             )
         except ClusterError as e:
             _fail(items, e)
@@ -293,7 +294,7 @@ class ProposalQueue:
                     target,
                     wire.MessageKind.HOST_PROPOSE,
                     payload,
-                    answer_within_ms=_served_within(timeout_ms),
+                    answer_within_ms=timeout_ms,
                 )
             except ClusterError as e:
                 raise _sent_error(target, e) from e
@@ -343,14 +344,6 @@ def _timeout_ms(items: list[_Queued]) -> int:
     can make the call refused): each caller still stops waiting at its own."""
     remaining = max(i.deadline for i in items) - asyncio.get_running_loop().time()
     return min(TIMEOUT_MS_MAX, max(1, int(remaining * 1000)))
-
-
-def _served_within(timeout_ms: int) -> int:
-    """How long a leader may take to answer commands sent with `timeout_ms`: what it serves
-    them for (it answers outcome unknown after `HOST_SERVE_TIMEOUT_MS_MAX`). The RPC bound alone
-    (5 s) made a follower's callers `OutcomeUnknown` for commands that applied after it, whatever
-    their own deadline (embedding probe, session 31: all 50,000 of a burst)."""
-    return min(timeout_ms, HOST_SERVE_TIMEOUT_MS_MAX)
 
 
 def _chunks(items: list[_Queued]) -> list[list[_Queued]]:

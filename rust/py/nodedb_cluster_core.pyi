@@ -32,7 +32,6 @@ def log_records_dropped() -> int: ...
 FORMAT_VERSION: Final[int]
 HEADER_BYTES: Final[int]
 HOST_ITEMS_MAX: Final[int]
-HOST_SERVE_TIMEOUT_MS_MAX: Final[int]
 HOST_VERSION: Final[int]
 PAYLOAD_BYTES_MAX: Final[int]
 WIRE_VERSION: Final[int]

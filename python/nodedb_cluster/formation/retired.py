@@ -110,8 +110,8 @@ def drained(held: Collection[int]) -> bool:
     longer holding group 0 (a decommission removes it last), whatever stale replica it still
     runs: one removed while it could not hear is dropped only after `ORPHAN_AFTER_S` (30 s),
     and waiting for it kept a decommissioned node serving as long (embedding probe, session
-    31); `until_retired` asks its peers then."""
-    return set(held) <= {METADATA_GROUP_ID}
+    31)."""
+    return set(held) <= {METADATA_GROUP_ID} or METADATA_GROUP_ID not in held
 
 
 async def until_retired(
@@ -139,7 +139,7 @@ async def until_retired(
         now = time.monotonic()
         if (
             state is NodeState.DRAINING
-            and (drained(replicas) or METADATA_GROUP_ID not in replicas)
+            and drained(replicas)
             and now - asked_at >= (PEERS_ASKED_EVERY_S)
         ):
             asked_at = now

@@ -87,8 +87,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT_VERSION", FORMAT_VERSION)?;
     m.add("HEADER_BYTES", HEADER_BYTES)?;
     m.add("HOST_ITEMS_MAX", nodedb_wire::HOST_ITEMS_MAX)?;
-    let serve_max = nodedb_multiraft::host_serve::SERVE_TIMEOUT_MS_MAX;
-    m.add("HOST_SERVE_TIMEOUT_MS_MAX", serve_max)?;
     m.add("HOST_VERSION", nodedb_wire::HOST_VERSION)?;
     m.add("PAYLOAD_BYTES_MAX", PAYLOAD_BYTES_MAX)?;
     m.add("WIRE_VERSION", WIRE_VERSION)?;

@@ -44,6 +44,8 @@ use quic_config::{endpoint_config, quic_transport_config};
 
 /// Stream reset / stop code for a malformed frame: `FRAME_ERROR_CODE_BASE + FrameError::number()`.
 pub const FRAME_ERROR_CODE_BASE: u32 = 0x100;
+/// `Transport::send_rpc_within`'s bound when the one asked for cannot be represented.
+const ANSWER_WITHIN_UNREPRESENTABLE: Duration = Duration::from_secs(86_400);
 /// Stream reset / stop code when an inbound frame did not arrive within `rpc_timeout`.
 pub const STREAM_CODE_INBOUND_TIMEOUT: u32 = 0x300;
 /// Stop code of a request refused on its header (the sender's role may not send its kind):
@@ -583,8 +585,12 @@ impl Transport {
         answer_within: Duration,
     ) -> Result<OutboundFrame, TransportError> {
         let config = &self.inner.config;
+        let now = Instant::now();
         let pace = RpcPace {
-            answer_by: Instant::now() + answer_within.saturating_add(config.rpc_timeout),
+            // A bound past what an Instant holds (any u64 of ms from a caller) is a day.
+            answer_by: now
+                .checked_add(answer_within.saturating_add(config.rpc_timeout))
+                .unwrap_or(now + ANSWER_WITHIN_UNREPRESENTABLE),
             reply_bytes_per_s: config.frame_bytes_per_s_min as f64,
         };
         self.send_rpc_paced(node_id, kind, payload, pace).await

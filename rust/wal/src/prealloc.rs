@@ -206,7 +206,8 @@ pub(crate) struct Preparer {
 
 impl Preparer {
     /// Starts the worker thread; it idles until [`Preparer::want`]. A preparation is skipped
-    /// when the filesystem would have less than `reserve_bytes` free after it.
+    /// when the filesystem would have less than the reserve and its margin free after it
+    /// ([`leaves_too_little_free`]).
     pub fn start(
         dir: &Path,
         len_bytes: u64,
@@ -376,7 +377,7 @@ fn discard(prepared: Prepared) -> Result<(), WalError> {
 /// by its own next segment within 5 s, and into it by the next snapshot (operator probe,
 /// session 31). Not knowing (statvfs failed) is not a reason to skip: the fill then fails or
 /// succeeds on its own.
-pub(crate) fn leaves_less_than_reserve(dir: &Path, len_bytes: u64, reserve_bytes: u64) -> bool {
+pub(crate) fn leaves_too_little_free(dir: &Path, len_bytes: u64, reserve_bytes: u64) -> bool {
     let keep = leave_threshold_bytes(reserve_bytes);
     fs_space(dir).is_ok_and(|s| s.available_bytes < len_bytes.saturating_add(keep))
 }
@@ -412,7 +413,7 @@ fn run_worker(shared: &Shared, job: &Job<'_>) {
                 state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
         };
-        if leaves_less_than_reserve(dir, len_bytes, reserve_bytes) {
+        if leaves_too_little_free(dir, len_bytes, reserve_bytes) {
             // The roll falls back to a growing segment; this seq is not tried again.
             let mut state = shared.lock();
             state.failed = Some(seq);
@@ -481,9 +482,9 @@ mod tests {
         let reserve = 64 * MIB; // leave threshold: 80 MiB
         assert!(available > 200 * MIB, "test needs some free space");
         let len = available - 72 * MIB; // leaves 72 MiB: above the reserve, below the threshold
-        assert!(leaves_less_than_reserve(dir.path(), len, reserve));
+        assert!(leaves_too_little_free(dir.path(), len, reserve));
         let len = available - 120 * MIB;
-        assert!(!leaves_less_than_reserve(dir.path(), len, reserve));
+        assert!(!leaves_too_little_free(dir.path(), len, reserve));
     }
 
     const WAIT: Duration = Duration::from_secs(20);

@@ -14,7 +14,7 @@ use crate::format::{
 use crate::lock::{lock_dir, DirLock};
 use crate::options::{SyncMode, WalOptions, PREALLOCATE_BYTES_PER_SYNC_MAX, RESERVED_KIND_MIN};
 use crate::prealloc::{
-    leaves_less_than_reserve, prep_file_name, prepare_file, remove_leftover_prep_files, Pacing,
+    leaves_too_little_free, prep_file_name, prepare_file, remove_leftover_prep_files, Pacing,
     PreallocationStats, Prepared, Preparer,
 };
 use crate::recovery::{
@@ -165,7 +165,7 @@ impl Wal {
         let active = match reused {
             Some(active) => active,
             None if options.preallocate
-                && leaves_less_than_reserve(&dir, options.segment_bytes_max, reserve_bytes) =>
+                && leaves_too_little_free(&dir, options.segment_bytes_max, reserve_bytes) =>
             {
                 // Zero-filling a whole segment would eat into the reserve: grow instead.
                 stats.prepare_skipped_low_space += 1;

@@ -117,7 +117,10 @@ impl MultiRaftCore {
 
     /// Counted, and said once each way (operator probe, session 31: entering and leaving
     /// NO_SPACE wrote no line at all, so the log never showed why writes were refused).
-    fn note(&self, t: Transition, why: &str) {
+    /// Entering, the log gives back the segment it prepared ahead of need: on a small volume
+    /// that file of zeros was what held the node below its reserve, for good; the next sample
+    /// may then find it out.
+    fn note(&mut self, t: Transition, why: &str) {
         let dir = self.cfg.data_dir.display();
         match t {
             Transition::Entered => {
@@ -127,6 +130,9 @@ impl MultiRaftCore {
                     "NO_SPACE: {why} on the disk of {dir}: writes refused until space is freed \
                      there (reads go on)"
                 );
+                if self.sink.release_spare_space() {
+                    tracing::info!("NO_SPACE: released the log's prepared segment in {dir}");
+                }
             }
             Transition::Left => {
                 Metrics::set(&self.metrics.no_space, 0);
@@ -140,19 +146,6 @@ impl MultiRaftCore {
     pub(super) fn note_no_space(&mut self) {
         let t = self.disk.state.no_space_error();
         self.note(t, "a write failed with ENOSPC");
-        self.release_spare_space(t);
-    }
-
-    /// On entering NO_SPACE, the log gives back the segment it prepared ahead of need: on a
-    /// small volume that file of zeros was what held the node below its reserve, for good
-    /// (operator probe, session 31); the next sample may then find it out.
-    fn release_spare_space(&mut self, t: Transition) {
-        if matches!(t, Transition::Entered) && self.sink.release_spare_space() {
-            tracing::info!(
-                "NO_SPACE: released the log's prepared segment on the disk of {}",
-                self.cfg.data_dir.display()
-            );
-        }
     }
 
     /// One free-space sample of the log's filesystem into the NO_SPACE state.
@@ -165,7 +158,6 @@ impl MultiRaftCore {
                     sample.available_bytes, sample.reserve_bytes
                 );
                 self.note(t, &why);
-                self.release_spare_space(t);
             }
         }
     }

@@ -43,18 +43,17 @@ impl Inner {
 
     /// A slot for a connection of a client or unidentified certificate (among
     /// `client_connections_max`, and among `client_connections_per_identity_max` of its
-    /// identity) or of an admin one (among `admin_connections_max`); `Ok(None)` for a node or
+    /// identity) or of an admin one (among `admin_connections_max`); `Ok(None)` for a member or
     /// an insecure peer (not counted); `Err` with the cap's name and size when all of that
     /// kind are taken.
     fn connection_slot(
         &self,
         peer: &PeerInfo,
+        member: bool,
     ) -> Result<Option<ConnectionSlot>, (&'static str, usize)> {
         let admin = match &*peer.identity {
             PeerIdentity::Unauthenticated => return Ok(None),
-            PeerIdentity::Verified(id) if id.role == Role::Node && self.is_member(peer) => {
-                return Ok(None)
-            }
+            _ if member => return Ok(None),
             PeerIdentity::Verified(id) => id.role == Role::Admin,
             PeerIdentity::Unidentified(_) => false,
         };
@@ -131,8 +130,8 @@ impl Inner {
         send: Option<&mut quinn::SendStream>,
     ) -> Option<(MessageKind, Bytes, FrameCharge)> {
         // The header within `rpc_timeout`; the payload (its bytes, and room for them in the
-        // budget as they arrive) within that too, or, from a node, within the frame's timeout
-        // for the size the header announced: a node's connection has a budget of its own, while
+        // budget as they arrive) within that too, or, from a member, within the frame's timeout
+        // for the size the header announced: a member's connection has a budget of its own, while
         // every other certificate shares one that a slow stream must not hold for long.
         let started = tokio::time::Instant::now();
         let outcome = match tokio::time::timeout(self.config.rpc_timeout, read_header(recv)).await {
@@ -146,7 +145,7 @@ impl Inner {
                 Err(refusal) => Ok(Ok(Inbound::Refused(header.kind, refusal))),
                 Ok(()) => {
                     let by = started
-                        + if self.is_member(peer) {
+                        + if budget.member {
                             self.config.frame_timeout(header.payload_bytes)
                         } else {
                             self.config.rpc_timeout
@@ -329,6 +328,9 @@ impl Inner {
 pub(super) struct BudgetShare {
     budget: Arc<InboundBudget>,
     identity: Option<Arc<str>>,
+    /// A member's connection (`Inner::is_member`, decided once as it was accepted): a budget
+    /// of its own, and a frame's time for its size.
+    member: bool,
 }
 
 /// Whose share a peer's frames and connections count in: its certificate identity (its URI),
@@ -470,7 +472,8 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
             .unwrap_or_default()
             .into(),
     };
-    let slot = match inner.connection_slot(&peer) {
+    let member = inner.is_member(&peer); // the connection's class, for its life
+    let slot = match inner.connection_slot(&peer, member) {
         Ok(slot) => slot,
         Err(cap) => return inner.refuse_connection_full(&conn, &peer, cap),
     };
@@ -484,7 +487,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
     inner.peer_dialled(&peer, dial_started);
     let budget = BudgetShare {
         budget: match &*peer.identity {
-            _ if inner.is_member(&peer) => inbound_budget(&inner.config, false),
+            _ if member => inbound_budget(&inner.config, false),
             PeerIdentity::Verified(id) if id.role == Role::Admin => {
                 Arc::clone(&inner.admin_inbound_budget)
             }
@@ -492,6 +495,7 @@ pub(super) async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incomin
             _ => Arc::clone(&inner.client_inbound_budget),
         },
         identity: fair_share_key(&peer),
+        member,
     };
     // Holding only a weak reference between streams lets a dropped transport shut down.
     let weak = Arc::downgrade(&inner);
